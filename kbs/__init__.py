@@ -1,0 +1,1 @@
+"""A reference Key Broker Service, wire-compatible with trustee 0.4.0."""
