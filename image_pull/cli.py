@@ -1,0 +1,37 @@
+"""``coco-image``: pull images into bundles and unpack single layers.
+
+Subcommands live beside their code: ``image_pull.pull_cli`` (``pull``) and
+``image_pull.unpack.cli`` (``unpack-layer``); each provides
+``configure(parser)`` and ``run(args) -> int``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+__all__ = ["main"]
+
+_COMMANDS = {
+    "pull": ("image_pull.pull_cli", "pull an image into a bundle (rootfs/ + config.json)"),
+    "unpack-layer": ("image_pull.unpack.cli", "unpack one layer tarball into a directory"),
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="coco-image", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, (module, help_text) in _COMMANDS.items():
+        p = sub.add_parser(name, help=help_text)
+        mod = importlib.import_module(module)
+        mod.configure(p)
+        p.set_defaults(_run=mod.run)
+    args = parser.parse_args(argv)
+    rc: int = args._run(args)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())
