@@ -1,0 +1,266 @@
+"""ttRPC server and client: framing, errors, limits, timeouts, concurrency.
+
+The raw-socket tests speak the framing from the spec by hand (10-byte header,
+protobuf ttrpc.Request/Response), independent of TtrpcClient."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from pathlib import Path
+
+import pytest
+
+from coco_rpc import Code, RpcError, bind
+from coco_rpc.protos import api_pb2, attestation_agent_pb2, ttrpc_pb2
+from coco_rpc.ttrpc import MESSAGE_LENGTH_MAX, TtrpcClient, TtrpcServer
+
+
+class _Resources:
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def GetResource(self, req: api_pb2.GetResourceRequest) -> api_pb2.GetResourceResponse:
+        self.calls += 1
+        if req.ResourcePath == "kbs:///missing":
+            raise RpcError(Code.NOT_FOUND, "no such resource")
+        if req.ResourcePath == "kbs:///boom":
+            raise ValueError("exploded")
+        if req.ResourcePath == "kbs:///slow":
+            await asyncio.sleep(5)
+        if req.ResourcePath == "kbs:///big":
+            return api_pb2.GetResourceResponse(Resource=b"x" * (MESSAGE_LENGTH_MAX + 10))
+        return api_pb2.GetResourceResponse(Resource=req.ResourcePath.encode()[::-1])
+
+
+def _service() -> tuple[_Resources, list[object]]:
+    impl = _Resources()
+    svc = bind(
+        api_pb2.DESCRIPTOR.services_by_name["GetResourceService"], impl, error_prefix="[CDH] [ERROR]: "
+    )
+    aa = bind(attestation_agent_pb2.DESCRIPTOR.services_by_name["AttestationAgentService"], object())
+    return impl, [svc, aa]
+
+
+@pytest.fixture
+async def server(tmp_path: Path):  # type: ignore[no-untyped-def]
+    impl, services = _service()
+    srv = TtrpcServer(tmp_path / "sub" / "s.sock", services)  # type: ignore[arg-type]
+    await srv.start()
+    yield impl, srv
+    await srv.close()
+
+
+def _raw_call(
+    path: Path, body: bytes, stream_id: int = 1, declared: int | None = None
+) -> tuple[int, int, bytes]:
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(10)
+    s.connect(str(path))
+    length = len(body) if declared is None else declared
+    s.sendall(struct.pack(">IIBB", length, stream_id, 1, 0) + body)
+    hdr = b""
+    while len(hdr) < 10:
+        chunk = s.recv(10 - len(hdr))
+        assert chunk, "server closed the connection"
+        hdr += chunk
+    n, sid, mtype, _ = struct.unpack(">IIBB", hdr)
+    data = b""
+    while len(data) < n:
+        data += s.recv(n - len(data))
+    s.close()
+    return sid, mtype, data
+
+
+async def test_raw_frame_round_trip(server) -> None:  # type: ignore[no-untyped-def]
+    _, srv = server
+    req = ttrpc_pb2.Request(
+        service="api.GetResourceService",
+        method="GetResource",
+        payload=api_pb2.GetResourceRequest(ResourcePath="abc").SerializeToString(),
+    )
+    sid, mtype, data = await asyncio.to_thread(_raw_call, srv.path, req.SerializeToString(), 7)
+    assert (sid, mtype) == (7, 2)
+    resp = ttrpc_pb2.Response.FromString(data)
+    assert resp.status.code == 0
+    assert api_pb2.GetResourceResponse.FromString(resp.payload).Resource == b"cba"
+
+
+async def test_unknown_method_and_unimplemented(server) -> None:  # type: ignore[no-untyped-def]
+    _, srv = server
+    async with TtrpcClient(srv.path) as c:
+        with pytest.raises(RpcError) as ei:
+            await c.call("api.Nope", "X", api_pb2.GetResourceRequest(), api_pb2.GetResourceResponse)
+        assert ei.value.code == Code.NOT_FOUND
+        assert ei.value.message == "/api.Nope/X is not supported"
+        with pytest.raises(RpcError) as ei:
+            await c.call(
+                "attestation_agent.AttestationAgentService",
+                "BindInitData",
+                attestation_agent_pb2.BindInitDataRequest(),
+                attestation_agent_pb2.BindInitDataResponse,
+            )
+        assert ei.value.code == Code.NOT_FOUND
+        assert "BindInitData is not supported" in ei.value.message
+
+
+async def test_errors_map_to_status(server) -> None:  # type: ignore[no-untyped-def]
+    _, srv = server
+    async with TtrpcClient(srv.path) as c:
+        with pytest.raises(RpcError) as ei:
+            await c.call(
+                "api.GetResourceService",
+                "GetResource",
+                api_pb2.GetResourceRequest(ResourcePath="kbs:///missing"),
+                api_pb2.GetResourceResponse,
+            )
+        assert ei.value.code == Code.NOT_FOUND
+        with pytest.raises(RpcError) as ei:
+            await c.call(
+                "api.GetResourceService",
+                "GetResource",
+                api_pb2.GetResourceRequest(ResourcePath="kbs:///boom"),
+                api_pb2.GetResourceResponse,
+            )
+        assert ei.value.code == Code.INTERNAL
+        assert ei.value.message == "[CDH] [ERROR]: exploded"
+
+
+async def test_concurrent_calls_on_one_connection(server) -> None:  # type: ignore[no-untyped-def]
+    impl, srv = server
+    async with TtrpcClient(srv.path) as c:
+        paths = [f"p{i}" for i in range(50)]
+        results = await asyncio.gather(
+            *(
+                c.call(
+                    "api.GetResourceService",
+                    "GetResource",
+                    api_pb2.GetResourceRequest(ResourcePath=p),
+                    api_pb2.GetResourceResponse,
+                )
+                for p in paths
+            )
+        )
+    assert [r.Resource for r in results] == [p.encode()[::-1] for p in paths]
+    assert impl.calls == 50
+
+
+async def test_server_side_deadline_from_timeout_nano(server) -> None:  # type: ignore[no-untyped-def]
+    _, srv = server
+    req = ttrpc_pb2.Request(
+        service="api.GetResourceService",
+        method="GetResource",
+        payload=api_pb2.GetResourceRequest(ResourcePath="kbs:///slow").SerializeToString(),
+        timeout_nano=200_000_000,
+    )
+    _, _, data = await asyncio.to_thread(_raw_call, srv.path, req.SerializeToString())
+    assert ttrpc_pb2.Response.FromString(data).status.code == Code.DEADLINE_EXCEEDED
+
+
+async def test_client_timeout(server) -> None:  # type: ignore[no-untyped-def]
+    _, srv = server
+    async with TtrpcClient(srv.path) as c:
+        with pytest.raises(RpcError) as ei:
+            await c.call(
+                "api.GetResourceService",
+                "GetResource",
+                api_pb2.GetResourceRequest(ResourcePath="kbs:///slow"),
+                api_pb2.GetResourceResponse,
+                timeout=0.2,
+            )
+        assert ei.value.code == Code.DEADLINE_EXCEEDED
+
+
+async def test_oversized_request_is_refused_and_stream_stays_usable(server) -> None:  # type: ignore[no-untyped-def]
+    _, srv = server
+    big = b"\0" * (MESSAGE_LENGTH_MAX + 1)
+
+    def two_frames() -> list[ttrpc_pb2.Response]:
+        s = socket.socket(socket.AF_UNIX)
+        s.settimeout(10)
+        s.connect(str(srv.path))
+        ok = ttrpc_pb2.Request(
+            service="api.GetResourceService",
+            method="GetResource",
+            payload=api_pb2.GetResourceRequest(ResourcePath="ok").SerializeToString(),
+        ).SerializeToString()
+        s.sendall(struct.pack(">IIBB", len(big), 1, 1, 0) + big + struct.pack(">IIBB", len(ok), 3, 1, 0) + ok)
+        out = []
+        buf = b""
+        while len(out) < 2:
+            chunk = s.recv(65536)
+            assert chunk
+            buf += chunk
+            while len(buf) >= 10:
+                n = struct.unpack(">I", buf[:4])[0]
+                if len(buf) < 10 + n:
+                    break
+                out.append(
+                    (struct.unpack(">I", buf[4:8])[0], ttrpc_pb2.Response.FromString(buf[10 : 10 + n]))
+                )
+                buf = buf[10 + n :]
+        s.close()
+        return [r for _, r in sorted(out, key=lambda t: t[0])]
+
+    first, second = await asyncio.to_thread(two_frames)
+    assert first.status.code == Code.RESOURCE_EXHAUSTED
+    assert second.status.code == 0
+    assert api_pb2.GetResourceResponse.FromString(second.payload).Resource == b"ko"
+
+
+async def test_oversized_response_becomes_an_error(server) -> None:  # type: ignore[no-untyped-def]
+    _, srv = server
+    async with TtrpcClient(srv.path) as c:
+        with pytest.raises(RpcError) as ei:
+            await c.call(
+                "api.GetResourceService",
+                "GetResource",
+                api_pb2.GetResourceRequest(ResourcePath="kbs:///big"),
+                api_pb2.GetResourceResponse,
+            )
+        assert ei.value.code == Code.RESOURCE_EXHAUSTED
+
+
+async def test_client_request_over_limit_is_refused_locally(server) -> None:  # type: ignore[no-untyped-def]
+    impl, srv = server
+    async with TtrpcClient(srv.path) as c:
+        with pytest.raises(RpcError) as ei:
+            await c.call(
+                "api.GetResourceService",
+                "GetResource",
+                api_pb2.GetResourceRequest(ResourcePath="x" * (MESSAGE_LENGTH_MAX + 1)),
+                api_pb2.GetResourceResponse,
+            )
+        assert ei.value.code == Code.RESOURCE_EXHAUSTED
+    assert impl.calls == 0
+
+
+async def test_connect_failure_is_unavailable(tmp_path: Path) -> None:
+    with pytest.raises(RpcError) as ei:
+        await TtrpcClient(tmp_path / "nothing.sock").call(
+            "a.B", "C", api_pb2.GetResourceRequest(), api_pb2.GetResourceResponse
+        )
+    assert ei.value.code == Code.UNAVAILABLE
+
+
+async def test_stale_socket_file_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    stale = socket.socket(socket.AF_UNIX)
+    stale.bind(str(path))
+    stale.close()
+    _, services = _service()
+    srv = TtrpcServer(path, services)  # type: ignore[arg-type]
+    await srv.start()
+    try:
+        async with TtrpcClient(path) as c:
+            r = await c.call(
+                "api.GetResourceService",
+                "GetResource",
+                api_pb2.GetResourceRequest(ResourcePath="ab"),
+                api_pb2.GetResourceResponse,
+            )
+        assert r.Resource == b"ba"
+    finally:
+        await srv.close()
+    assert not path.exists()
