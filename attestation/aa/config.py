@@ -1,0 +1,267 @@
+"""``aa.toml``: the Attestation Agent's configuration, plus upstream's fallback
+to ``agent.aa_kbc_params`` when no file is given.
+
+```toml
+[token_configs.kbs]
+url = "https://kbs.example:8080"          # required when the section exists
+cert = "-----BEGIN CERTIFICATE-----..."   # optional PEM, trusted root for the KBS
+tee_key_algorithm = "ECDH-ES+A256KW-P256" # default; or ...-P521, RSA-OAEP-256
+[token_configs.coco_as]
+url = "http://127.0.0.1:8000"
+[eventlog_config]
+init_pcr = 17
+enable_eventlog = false
+[log]
+level = "info"
+```
+
+TOML or JSON (chosen by the file extension; TOML otherwise). Types are checked
+strictly (a string where an integer belongs is an error naming the key).
+Unknown keys are reported through :attr:`AaConfig.unknown_keys` and a warning,
+not rejected, because upstream ignores them and a newer ``aa.toml`` delivered
+through initdata must not stop the guest from booting.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from attestation.aa.errors import ConfigError
+
+__all__ = [
+    "DEFAULT_INIT_PCR",
+    "MAX_CONFIG_BYTES",
+    "TEE_KEY_ALGORITHMS",
+    "AaConfig",
+    "CocoAsConfig",
+    "EventlogConfig",
+    "KbsConfig",
+    "config_from_kbc_params",
+    "load_config",
+    "parse_config",
+    "read_kbc_params",
+    "resolve_config",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_INIT_PCR = 17
+MAX_CONFIG_BYTES = 1 << 20
+TEE_KEY_ALGORITHMS = ("ECDH-ES+A256KW-P256", "ECDH-ES+A256KW-P521", "RSA-OAEP-256")
+DEFAULT_TEE_KEY_ALGORITHM = TEE_KEY_ALGORITHMS[0]
+PROC_CMDLINE = Path("/proc/cmdline")
+KBC_PARAMS_ENV = "AA_KBC_PARAMS"
+KBC_PARAMS_CMDLINE = "agent.aa_kbc_params"
+
+
+@dataclass(frozen=True)
+class KbsConfig:
+    url: str
+    cert: str | None = None
+    tee_key_algorithm: str = DEFAULT_TEE_KEY_ALGORITHM
+
+
+@dataclass(frozen=True)
+class CocoAsConfig:
+    url: str
+
+
+@dataclass(frozen=True)
+class EventlogConfig:
+    init_pcr: int = DEFAULT_INIT_PCR
+    enable_eventlog: bool = False
+
+
+@dataclass(frozen=True)
+class AaConfig:
+    kbs: KbsConfig | None = None
+    coco_as: CocoAsConfig | None = None
+    eventlog: EventlogConfig = field(default_factory=EventlogConfig)
+    log_level: str | None = None
+    #: dotted names of keys that were present but are not understood
+    unknown_keys: tuple[str, ...] = ()
+
+
+class _Reader:
+    """Pulls typed values out of one table, remembering which keys were used."""
+
+    def __init__(self, table: Any, where: str, unknown: list[str]) -> None:
+        if not isinstance(table, dict):
+            raise ConfigError(f"aa config: [{where}] must be a table")
+        self.table: dict[str, Any] = table
+        self.where = where
+        self.unknown = unknown
+        self.used: set[str] = set()
+
+    def _name(self, key: str) -> str:
+        return f"{self.where}.{key}" if self.where else key
+
+    def get(
+        self, key: str, kind: type | tuple[type, ...], default: Any = None, *, required: bool = False
+    ) -> Any:
+        self.used.add(key)
+        if key not in self.table:
+            if required:
+                raise ConfigError(f"aa config: {self._name(key)} is required")
+            return default
+        value = self.table[key]
+        # bool is an int in Python; keep them apart
+        if (
+            isinstance(value, bool)
+            and kind is not bool
+            and bool not in (kind if isinstance(kind, tuple) else ())
+        ):
+            raise ConfigError(f"aa config: {self._name(key)} has the wrong type (bool)")
+        if not isinstance(value, kind):
+            want = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+            raise ConfigError(f"aa config: {self._name(key)} must be a {want}, not {type(value).__name__}")
+        return value
+
+    def sub(self, key: str) -> _Reader | None:
+        self.used.add(key)
+        if key not in self.table:
+            return None
+        return _Reader(self.table[key], self._name(key), self.unknown)
+
+    def done(self) -> None:
+        self.unknown.extend(self._name(k) for k in self.table if k not in self.used)
+
+
+def parse_config(untrusted_doc: Mapping[str, Any]) -> AaConfig:
+    """Check a decoded config document and build an :class:`AaConfig`."""
+    unknown: list[str] = []
+    top = _Reader(dict(untrusted_doc), "", unknown)
+    kbs = coco_as = None
+    tokens = top.sub("token_configs")
+    if tokens is not None:
+        k = tokens.sub("kbs")
+        if k is not None:
+            url = k.get("url", str, required=True)
+            if not url.startswith(("http://", "https://")):
+                raise ConfigError("aa config: token_configs.kbs.url must be an http(s) URL")
+            alg = k.get("tee_key_algorithm", str, DEFAULT_TEE_KEY_ALGORITHM)
+            if alg not in TEE_KEY_ALGORITHMS:
+                raise ConfigError(
+                    f"aa config: token_configs.kbs.tee_key_algorithm {alg!r} is not one of "
+                    + ", ".join(TEE_KEY_ALGORITHMS)
+                )
+            cert = k.get("cert", str)
+            kbs = KbsConfig(url.rstrip("/"), cert or None, alg)
+            k.done()
+        c = tokens.sub("coco_as")
+        if c is not None:
+            coco_as = CocoAsConfig(c.get("url", str, required=True).rstrip("/"))
+            c.done()
+        tokens.done()
+    eventlog = EventlogConfig()
+    e = top.sub("eventlog_config")
+    if e is not None:
+        pcr = e.get("init_pcr", int, DEFAULT_INIT_PCR)
+        if not 0 <= pcr < 24:
+            raise ConfigError(f"aa config: eventlog_config.init_pcr {pcr} is out of range 0..23")
+        eventlog = EventlogConfig(pcr, e.get("enable_eventlog", bool, False))
+        e.done()
+    level = None
+    lg = top.sub("log")
+    if lg is not None:
+        level = lg.get("level", str)
+        lg.done()
+    top.done()
+    if unknown:
+        log.warning("aa config: ignoring unknown keys: %s", ", ".join(sorted(unknown)))
+    return AaConfig(kbs, coco_as, eventlog, level, tuple(sorted(unknown)))
+
+
+def load_config(path: str | Path) -> AaConfig:
+    """Read ``aa.toml`` (or ``.json``)."""
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            raw = f.read(MAX_CONFIG_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"aa config: cannot read {p}: {exc.strerror}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"aa config: {p} is larger than {MAX_CONFIG_BYTES} bytes")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"aa config: {p} is not UTF-8") from exc
+    doc: Any
+    if p.suffix.lower() == ".json":
+        try:
+            doc = json.loads(text, object_pairs_hook=_no_duplicates)
+        except ValueError as exc:
+            raise ConfigError(f"aa config: {p} is not valid JSON: {exc}") from exc
+        if not isinstance(doc, dict):
+            raise ConfigError(f"aa config: {p} must hold a JSON object")
+    else:
+        try:
+            doc = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"aa config: {p} is not valid TOML: {exc}") from exc
+    return parse_config(doc)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def read_kbc_params(
+    env: Mapping[str, str] | None = None, cmdline_path: str | Path = PROC_CMDLINE
+) -> str | None:
+    """``AA_KBC_PARAMS`` from the environment, else ``agent.aa_kbc_params=`` from
+    the kernel command line; ``None`` when neither is set."""
+    env = os.environ if env is None else env
+    value = env.get(KBC_PARAMS_ENV)
+    if value:
+        return value
+    try:
+        with Path(cmdline_path).open("rb") as f:
+            cmdline = f.read(64 * 1024).decode("utf-8", "replace")
+    except OSError:
+        return None
+    for word in cmdline.split():
+        name, sep, val = word.partition("=")
+        if sep and name == KBC_PARAMS_CMDLINE:
+            return val
+    return None
+
+
+def config_from_kbc_params(params: str | None) -> AaConfig:
+    """Upstream's file-less configuration: ``cc_kbc::<url>`` gives a KBS config;
+    any other KBC (or none, read as ``offline_fs_kbc::``) gives none."""
+    if params is None:
+        return AaConfig()
+    kbc, sep, url = params.partition("::")
+    if not sep or "::" in url:
+        raise ConfigError("aa_kbc_params: want exactly one '::' as in cc_kbc::<url>")
+    if kbc != "cc_kbc" or not url:
+        log.info("aa_kbc_params names %r: no KBS token configuration", kbc)
+        return AaConfig()
+    if not url.startswith(("http://", "https://")):
+        raise ConfigError("aa_kbc_params: the KBS URL must be http(s)://")
+    return AaConfig(kbs=KbsConfig(url.rstrip("/")))
+
+
+def resolve_config(
+    path: str | Path | None,
+    *,
+    env: Mapping[str, str] | None = None,
+    cmdline_path: str | Path = PROC_CMDLINE,
+) -> AaConfig:
+    """The config file when given, else the ``aa_kbc_params`` fallback."""
+    if path is not None:
+        return load_config(path)
+    return config_from_kbc_params(read_kbc_params(env, cmdline_path))
