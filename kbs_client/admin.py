@@ -1,0 +1,169 @@
+"""The KBS admin API (reference §6): resources, policies, reference values.
+
+Two ways to authenticate, matching the two kbs-client generations:
+:class:`BearerToken` (trustee >= v0.21: a token file, sent verbatim) and
+:class:`Ed25519Signer` (older kbs-client: it signs a 2 h EdDSA JWT itself).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from . import _http
+from ._b64 import b64std, b64url
+from .errors import KbsClientError, ProtocolError, TokenError
+from .jws import sign
+from .uri import parse_resource_path
+
+__all__ = [
+    "AdminAuth",
+    "AdminClient",
+    "Anonymous",
+    "BearerToken",
+    "Ed25519Signer",
+    "sample_reference_value_message",
+]
+
+MAX_ADMIN_TOKEN_BYTES = 64 * 1024
+
+
+class AdminAuth(Protocol):
+    def authorization(self) -> str | None:
+        """The ``Authorization`` header value, or None for anonymous calls."""
+        ...
+
+
+@dataclass(frozen=True)
+class Anonymous:
+    def authorization(self) -> str | None:
+        return None
+
+
+@dataclass(frozen=True, repr=False)
+class BearerToken:
+    token: str
+
+    @classmethod
+    def from_file(cls, path: str) -> BearerToken:
+        with open(path, "rb") as fh:
+            raw = fh.read(MAX_ADMIN_TOKEN_BYTES + 1)
+        if len(raw) > MAX_ADMIN_TOKEN_BYTES:
+            raise TokenError("admin token file too large")
+        tok = raw.decode("utf-8", "replace").strip()
+        if not tok:
+            raise TokenError("admin token file is empty")
+        return cls(tok)
+
+    def authorization(self) -> str | None:
+        return f"Bearer {self.token}"
+
+    def __repr__(self) -> str:
+        return "BearerToken(<redacted>)"
+
+
+class Ed25519Signer:
+    """Signs ``{iat, nbf, exp=now+lifetime}`` with EdDSA, as kbs-client <= v0.20 did."""
+
+    def __init__(self, key: ed25519.Ed25519PrivateKey, *, lifetime_s: int = 7200) -> None:
+        self._key = key
+        self._lifetime = lifetime_s
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> Ed25519Signer:
+        try:
+            key = serialization.load_pem_private_key(pem, password=None)
+        except (ValueError, TypeError) as exc:
+            raise TokenError("auth private key is not an unencrypted PEM") from exc
+        if not isinstance(key, ed25519.Ed25519PrivateKey):
+            raise TokenError("auth private key must be Ed25519")
+        return cls(key)
+
+    def authorization(self) -> str | None:
+        now = int(time.time())
+        tok = sign({"iat": now, "nbf": now, "exp": now + self._lifetime}, self._key, alg="EdDSA")
+        return f"Bearer {tok}"
+
+    def __repr__(self) -> str:
+        return "Ed25519Signer(<redacted>)"
+
+
+def sample_reference_value_message(values: dict[str, Any]) -> dict[str, str]:
+    """The RVPS message for the ``sample`` extractor (payload: padded std base64)."""
+    payload = json.dumps(values, separators=(",", ":")).encode()
+    return {"version": "0.1.0", "type": "sample", "payload": b64std(payload)}
+
+
+class AdminClient:
+    def __init__(
+        self, http: httpx.AsyncClient, base_url: str, auth: AdminAuth, *, timeout: float = 60.0
+    ) -> None:
+        self._http = http
+        self._base = base_url.rstrip("/")
+        self._auth = auth
+        self._timeout = timeout
+
+    async def _call(
+        self, method: str, path: str, *, json_body: Any = None, content: bytes | None = None, ctype: str = ""
+    ) -> _http.Reply:
+        headers: dict[str, str] = {}
+        authz = self._auth.authorization()
+        if authz:
+            headers["Authorization"] = authz
+        if ctype:
+            headers["Content-Type"] = ctype
+        reply = await _http.request(
+            self._http,
+            method,
+            self._base + path,
+            json_body=json_body,
+            content=content,
+            headers=headers,
+            timeout=self._timeout,
+        )
+        if reply.status != 200:
+            raise _http.kbs_error(reply, "admin")
+        return reply
+
+    async def set_resource(self, path: str, data: bytes) -> None:
+        repo, typ, tag = parse_resource_path(path)
+        await self._call(
+            "POST", f"/kbs/v0/resource/{repo}/{typ}/{tag}", content=data, ctype="application/octet-stream"
+        )
+
+    async def delete_resource(self, path: str) -> None:
+        repo, typ, tag = parse_resource_path(path)
+        await self._call("DELETE", f"/kbs/v0/resource/{repo}/{typ}/{tag}")
+
+    async def set_resource_policy(self, rego: bytes) -> None:
+        await self._call("POST", "/kbs/v0/resource-policy", json_body={"policy": b64url(rego)})
+
+    async def list_resource_policies(self) -> list[str]:
+        doc = (await self._call("GET", "/kbs/v0/resource-policy")).json()
+        if not isinstance(doc, list) or not all(isinstance(x, str) for x in doc):
+            raise ProtocolError("resource-policy list is not a JSON array of strings")
+        return doc
+
+    async def set_attestation_policy(
+        self, rego: bytes, *, policy_id: str = "default_cpu", policy_type: str = "rego"
+    ) -> None:
+        body = {"type": policy_type, "policy_id": policy_id, "policy": b64url(rego)}
+        await self._call("POST", "/kbs/v0/attestation-policy", json_body=body)
+
+    async def register_reference_value(self, message: dict[str, Any]) -> None:
+        await self._call("POST", "/kbs/v0/reference-value", json_body=message)
+
+    async def set_sample_reference_value(self, name: str, value: Any) -> None:
+        await self.register_reference_value(sample_reference_value_message({name: value}))
+
+    async def get_reference_value(self, ref_id: str) -> str:
+        if not ref_id or ".." in ref_id.split("/"):
+            raise KbsClientError("invalid reference value id")
+        reply = await self._call("GET", "/kbs/v0/reference-value/" + ref_id.lstrip("/"))
+        return reply.body.decode("utf-8", "replace")

@@ -1,0 +1,228 @@
+"""``kbs-client``: trustee's command-line client (reference §10).
+
+Attestation uses the ``sample`` evidence source (development only); the
+hardware attesters live in :mod:`attestation`, which this package does not import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import ssl
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ._b64 import b64std
+from .admin import AdminAuth, AdminClient, Anonymous, BearerToken, Ed25519Signer
+from .errors import KbsClientError
+from .policies import builtin_policy
+from .rcar import attest
+from .resources import get_resource
+from .sample import SampleEvidenceSource
+from .tee_key import TeeKeyPair
+
+__all__ = ["build_parser", "main"]
+
+log = logging.getLogger("kbs_client")
+
+MAX_FILE_BYTES = 16 * 1024 * 1024
+DEFAULT_TOKEN_PATHS = ("kbs/config/docker-compose/admin-token", "~/.trustee/admin-token")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kbs-client", description="Client for a trustee-compatible KBS.")
+    p.add_argument("--url", default="http://127.0.0.1:8080", help="KBS root URL")
+    p.add_argument("--cert-file", help="PEM root CA for HTTPS")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("attest", help="attest and print the token")
+    a.add_argument("--tee-key-file", help="TEE private key PEM (RSA PKCS#1 or EC PKCS#8)")
+    a.add_argument("init_data", nargs="?", metavar="INIT_DATA", help="init-data TOML text")
+
+    g = sub.add_parser("get-resource", help="fetch a resource, print base64 of it")
+    g.add_argument("--path", required=True, help="repo/type/tag or kbs:///repo/type/tag")
+    g.add_argument("--tee-key-file")
+    g.add_argument("--attestation-token", help="file with a token (passport mode; needs --tee-key-file)")
+    g.add_argument("init_data", nargs="?", metavar="INIT_DATA")
+
+    c = sub.add_parser("config", help="admin operations")
+    auth = c.add_mutually_exclusive_group()
+    auth.add_argument("--admin-token-file", help="bearer admin token (trustee >= v0.21)")
+    auth.add_argument("--auth-private-key", help="Ed25519 private key PEM (kbs-client <= v0.20)")
+    cs = c.add_subparsers(dest="config_command", required=True)
+
+    sap = cs.add_parser("set-attestation-policy")
+    sap.add_argument("--policy-file", required=True)
+    sap.add_argument("--type", default="rego", dest="policy_type")
+    sap.add_argument("--id", default="default_cpu", dest="policy_id")
+
+    srp = cs.add_parser("set-resource-policy")
+    grp = srp.add_mutually_exclusive_group(required=True)
+    grp.add_argument("--policy-file")
+    grp.add_argument("--allow-all", action="store_true")
+    grp.add_argument("--deny-all", action="store_true")
+    grp.add_argument("--affirming", action="store_true")
+    grp.add_argument("--default", action="store_true", help="(as trustee's kbs-client: uploads deny-all)")
+
+    sr = cs.add_parser("set-resource")
+    sr.add_argument("--path", required=True)
+    sr.add_argument("--resource-file", required=True)
+
+    dr = cs.add_parser("delete-resource")
+    dr.add_argument("--path", required=True)
+
+    grv = cs.add_parser("get-reference-value")
+    grv.add_argument("--id", required=True, dest="ref_id")
+
+    ssr = cs.add_parser("set-sample-reference-value")
+    ssr.add_argument("name")
+    ssr.add_argument("value")
+    kind = ssr.add_mutually_exclusive_group()
+    kind.add_argument("--as-integer", action="store_true")
+    kind.add_argument("--as-bool", action="store_true")
+    ssr.add_argument("--as-single-value", action="store_true")
+    return p
+
+
+def _read(path: str, what: str) -> bytes:
+    with open(path, "rb") as fh:
+        data = fh.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise KbsClientError(f"{what} larger than {MAX_FILE_BYTES} bytes")
+    return data
+
+
+def _http(args: argparse.Namespace) -> httpx.AsyncClient:
+    verify: ssl.SSLContext | bool = True
+    if args.cert_file:
+        verify = ssl.create_default_context(cafile=args.cert_file)
+    return httpx.AsyncClient(
+        verify=verify,
+        timeout=60.0,
+        headers={"User-Agent": "kbs-client-py/0.1"},
+        trust_env=True,
+    )
+
+
+def _admin_auth(args: argparse.Namespace) -> AdminAuth:
+    if args.auth_private_key:
+        return Ed25519Signer.from_pem(_read(args.auth_private_key, "auth private key"))
+    if args.admin_token_file:
+        return BearerToken.from_file(args.admin_token_file)
+    for cand in DEFAULT_TOKEN_PATHS:
+        p = Path(cand).expanduser()
+        if p.is_file():
+            return BearerToken.from_file(str(p))
+    log.warning("no admin token given or found; sending the request anonymously")
+    return Anonymous()
+
+
+def _ref_value(args: argparse.Namespace) -> Any:
+    value: Any = args.value
+    if args.as_integer:
+        try:
+            value = int(args.value)
+        except ValueError as exc:
+            raise KbsClientError("VALUE is not an integer") from exc
+    elif args.as_bool:
+        if args.value.lower() not in ("true", "false"):
+            raise KbsClientError("VALUE is not true or false")
+        value = args.value.lower() == "true"
+    return value if args.as_single_value else [value]
+
+
+async def _run(args: argparse.Namespace) -> None:
+    out = sys.stdout
+    async with _http(args) as http:
+        if args.command in ("attest", "get-resource"):
+            key = (
+                TeeKeyPair.from_pem(_read(args.tee_key_file, "TEE key"))
+                if args.tee_key_file
+                else TeeKeyPair.generate()
+            )
+            if args.command == "get-resource" and args.attestation_token:
+                if not args.tee_key_file:
+                    raise KbsClientError("--attestation-token needs --tee-key-file")
+                token = _read(args.attestation_token, "attestation token").decode().strip()
+                data = await get_resource(http, args.url, args.path, token=token, key=key)
+                print(b64std(data), file=out)
+                return
+            source = SampleEvidenceSource()
+            last: KbsClientError | None = None
+            for _ in range(3):  # as guest-components: a 401 on the resource re-runs the handshake
+                att = await attest(http, args.url, source, key=key, init_data_toml=args.init_data)
+                if args.command == "attest":
+                    print(att.token, file=out)
+                    return
+                try:
+                    data = await get_resource(
+                        http, args.url, args.path, token=att.token, key=key, session_id=att.session_id
+                    )
+                except KbsClientError as exc:
+                    if getattr(exc, "status", None) != 401 or type(exc).__name__ == "ResourceNotFound":
+                        raise
+                    last = exc
+                    continue
+                print(b64std(data), file=out)
+                return
+            assert last is not None
+            raise last
+
+        admin = AdminClient(http, args.url, _admin_auth(args))
+        cmd = args.config_command
+        if cmd == "set-attestation-policy":
+            pol = _read(args.policy_file, "policy file")
+            await admin.set_attestation_policy(pol, policy_id=args.policy_id, policy_type=args.policy_type)
+            print(f"Set attestation policy success \n policy: {b64std(pol)}", file=out)
+        elif cmd == "set-resource-policy":
+            if args.policy_file:
+                pol = _read(args.policy_file, "policy file")
+            elif args.allow_all:
+                pol = builtin_policy("allow_all")
+            elif args.affirming:
+                pol = builtin_policy("affirming")
+            else:  # --deny-all, and --default (trustee's kbs-client uploads deny-all for it too)
+                pol = builtin_policy("deny_all")
+            await admin.set_resource_policy(pol)
+            print(f"Set resource policy success \n policy: {b64std(pol)}", file=out)
+        elif cmd == "set-resource":
+            data = _read(args.resource_file, "resource file")
+            await admin.set_resource(args.path.removeprefix("/"), data)
+            print(f"Set resource success \n resource: {b64std(data)}", file=out)
+        elif cmd == "delete-resource":
+            await admin.delete_resource(args.path.removeprefix("/"))
+            print("Delete resource success", file=out)
+        elif cmd == "get-reference-value":
+            body = await admin.get_reference_value(args.ref_id)
+            print(json.dumps(body), file=out)  # Rust Debug of a String: quoted and escaped
+        elif cmd == "set-sample-reference-value":
+            await admin.set_sample_reference_value(args.name, _ref_value(args))
+            print("Reference Values Updated", file=out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    level = os.environ.get("RUST_LOG", "info").split(",")[0].upper()
+    logging.basicConfig(
+        level=getattr(logging, level, logging.INFO),
+        stream=sys.stderr,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    args = build_parser().parse_args(argv)
+    try:
+        asyncio.run(_run(args))
+    except (KbsClientError, OSError) as exc:
+        print(f"Error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,9 @@
+package policy
+
+import rego.v1
+
+default allow := false
+
+allow if {
+	data.plugin == "resource"
+}

@@ -1,0 +1,245 @@
+"""The RCAR handshake of KBS protocol 0.4.0 (reference §2-§3).
+
+The pure parts (request bodies, report-data binding, answer parsing) are
+plain functions; :func:`attest` strings them together over an injected
+``httpx.AsyncClient``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import httpx
+
+from . import _http
+from .errors import (
+    AttestationRejected,
+    KbsClientError,
+    ProtocolError,
+    TokenError,
+    TransportError,
+    VersionMismatch,
+)
+from .jcs import HASH_ALGORITHMS, hash_canonical
+from .jws import decode_unverified
+from .tee_key import TeeKeyPair
+
+__all__ = [
+    "DEFAULT_HASH_ALGORITHM",
+    "PROTOCOL_VERSION",
+    "Attestation",
+    "Challenge",
+    "EvidenceSource",
+    "attest",
+    "attestation_body",
+    "auth_body",
+    "device_report_data",
+    "primary_report_data",
+    "runtime_data",
+]
+
+log = logging.getLogger(__name__)
+
+PROTOCOL_VERSION = "0.4.0"
+DEFAULT_HASH_ALGORITHM = "sha384"
+#: what guest-components sends in ``extra-params.supported-hash-algorithms``
+SUPPORTED_HASH_ALGORITHMS = ("sha256", "sha384", "sha512", "sm3")
+
+
+@runtime_checkable
+class EvidenceSource(Protocol):
+    """Where the handshake gets its evidence from (an attester, or the sample source)."""
+
+    #: kbs-types TEE name sent in /auth ("sample", "snp", "tdx", ...)
+    tee: str
+
+    async def primary_evidence(self, report_data: bytes) -> Any:
+        """TEE evidence (JSON value) binding ``report_data``."""
+        ...
+
+    async def additional_evidence(self, device_report_data: bytes) -> str:
+        """``""`` when there are no devices, else the JSON text of ``{"nvidia": {...}, ...}``."""
+        ...
+
+
+@dataclass(frozen=True)
+class Challenge:
+    nonce: str
+    hash_algorithm: str
+    session_id: str
+    extra_params: Any = None
+
+    @classmethod
+    def from_reply(cls, untrusted_body: Any, session_id: str | None) -> Challenge:
+        if not isinstance(untrusted_body, dict):
+            raise ProtocolError("challenge is not a JSON object")
+        nonce = untrusted_body.get("nonce")
+        if not isinstance(nonce, str) or not nonce or len(nonce) > 4096:
+            raise ProtocolError("challenge has no nonce string")
+        if "extra-params" not in untrusted_body:
+            raise ProtocolError("challenge has no extra-params")
+        extra = untrusted_body["extra-params"]
+        alg = DEFAULT_HASH_ALGORITHM
+        if isinstance(extra, dict) and "selected-hash-algorithm" in extra:
+            sel = extra["selected-hash-algorithm"]
+            if not isinstance(sel, str) or sel.lower() not in HASH_ALGORITHMS:
+                raise ProtocolError(f"KBS selected an unsupported hash algorithm {sel!r}")
+            alg = sel.lower()
+        if not session_id:
+            raise ProtocolError("KBS set no kbs-session-id cookie")
+        return cls(nonce=nonce, hash_algorithm=alg, session_id=session_id, extra_params=extra)
+
+
+@dataclass(frozen=True)
+class Attestation:
+    """A token from the KBS together with the TEE key it binds."""
+
+    token: str
+    key: TeeKeyPair
+    #: token claims as decoded WITHOUT verification (the KBS verifies; this is for expiry only)
+    claims: Mapping[str, Any] = field(default_factory=dict)
+    #: ``exp`` claim (epoch seconds), None when absent
+    expires_at: float | None = None
+    session_id: str | None = None
+
+    @classmethod
+    def from_token(cls, token: str, key: TeeKeyPair, session_id: str | None = None) -> Attestation:
+        try:
+            _, claims = decode_unverified(token)
+        except TokenError as exc:
+            raise ProtocolError(f"KBS token unreadable: {exc}") from exc
+        exp = claims.get("exp")
+        return cls(
+            token=token,
+            key=key,
+            claims=claims,
+            expires_at=float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None,
+            session_id=session_id,
+        )
+
+    def is_fresh(self, now: float | None = None, margin: float = 5.0) -> bool:
+        """True while ``exp`` / ``nbf`` (unverified) say the token is usable."""
+        t = time.time() if now is None else now
+        nbf = self.claims.get("nbf")
+        if isinstance(nbf, int | float) and t < float(nbf):
+            return False
+        return self.expires_at is None or t + margin < self.expires_at
+
+
+def auth_body(tee: str) -> dict[str, Any]:
+    return {
+        "version": PROTOCOL_VERSION,
+        "tee": tee,
+        "extra-params": {"supported-hash-algorithms": list(SUPPORTED_HASH_ALGORITHMS)},
+    }
+
+
+def runtime_data(nonce: str, tee_pubkey: Mapping[str, Any]) -> dict[str, Any]:
+    return {"nonce": nonce, "tee-pubkey": dict(tee_pubkey)}
+
+
+def device_report_data(hash_algorithm: str, nonce: str, tee_pubkey: Mapping[str, Any]) -> bytes:
+    """``H(JCS({"nonce", "tee-pubkey"}))`` given to additional-device attesters."""
+    return hash_canonical(hash_algorithm, runtime_data(nonce, tee_pubkey))
+
+
+def primary_report_data(
+    hash_algorithm: str, nonce: str, tee_pubkey: Mapping[str, Any], additional_evidence: str
+) -> bytes:
+    """``H(JCS({"additional-evidence", "nonce", "tee-pubkey"}))`` for the primary TEE."""
+    return hash_canonical(
+        hash_algorithm,
+        {"additional-evidence": additional_evidence, "nonce": nonce, "tee-pubkey": dict(tee_pubkey)},
+    )
+
+
+def attestation_body(
+    nonce: str,
+    tee_pubkey: Mapping[str, Any],
+    primary_evidence: Any,
+    additional_evidence: str,
+    init_data_toml: str | None = None,
+) -> dict[str, Any]:
+    body: dict[str, Any] = {}
+    if init_data_toml is not None:
+        body["init-data"] = {"format": "toml", "body": init_data_toml}
+    body["runtime-data"] = runtime_data(nonce, tee_pubkey)
+    body["tee-evidence"] = {"primary_evidence": primary_evidence, "additional_evidence": additional_evidence}
+    return body
+
+
+async def _handshake(
+    http: httpx.AsyncClient,
+    base_url: str,
+    source: EvidenceSource,
+    key: TeeKeyPair,
+    init_data_toml: str | None,
+    timeout: float,
+) -> Attestation:
+    root = base_url.rstrip("/")
+    reply = await _http.request(
+        http, "POST", root + "/kbs/v0/auth", json_body=auth_body(source.tee), timeout=timeout
+    )
+    if reply.status != 200:
+        raise _http.kbs_error(reply, "auth")
+    challenge = Challenge.from_reply(reply.json(), reply.session_id)
+    jwk = key.public_jwk()
+    dev = device_report_data(challenge.hash_algorithm, challenge.nonce, jwk)
+    additional = await source.additional_evidence(dev)
+    if not isinstance(additional, str):
+        raise ProtocolError("additional evidence must be a JSON string")
+    rd = primary_report_data(challenge.hash_algorithm, challenge.nonce, jwk, additional)
+    evidence = await source.primary_evidence(rd)
+    body = attestation_body(challenge.nonce, jwk, evidence, additional, init_data_toml)
+    reply = await _http.request(
+        http,
+        "POST",
+        root + "/kbs/v0/attest",
+        json_body=body,
+        session_id=challenge.session_id,
+        timeout=timeout,
+    )
+    if reply.status != 200:
+        raise _http.kbs_error(reply, "attest")
+    doc = reply.json()
+    token = doc.get("token") if isinstance(doc, dict) else None
+    if not isinstance(token, str) or not token:
+        raise ProtocolError("attest answer has no token")
+    return Attestation.from_token(token, key, challenge.session_id)
+
+
+async def attest(
+    http: httpx.AsyncClient,
+    base_url: str,
+    source: EvidenceSource,
+    *,
+    key: TeeKeyPair | None = None,
+    init_data_toml: str | None = None,
+    attempts: int = 5,
+    retry_delay: float = 1.0,
+    timeout: float = 60.0,
+) -> Attestation:
+    """Run RCAR against ``base_url`` (the KBS root, e.g. ``http://127.0.0.1:8080``).
+
+    Like guest-components, a failed handshake is retried (``attempts`` times,
+    ``retry_delay`` seconds apart), except a protocol version mismatch,
+    which no retry can fix. ``key`` defaults to a fresh EC P-256 key."""
+    tee_key = key if key is not None else TeeKeyPair.generate()
+    last: KbsClientError | None = None
+    for n in range(max(1, attempts)):
+        if n:
+            await asyncio.sleep(retry_delay)
+        try:
+            return await _handshake(http, base_url, source, tee_key, init_data_toml, timeout)
+        except VersionMismatch:
+            raise
+        except (AttestationRejected, ProtocolError, TransportError) as exc:
+            log.warning("RCAR attempt %d/%d failed: %s", n + 1, attempts, exc)
+            last = exc
+    assert last is not None
+    raise last

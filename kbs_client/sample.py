@@ -1,0 +1,30 @@
+"""The protocol's development ``sample`` TEE evidence (reference §9.1)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ._b64 import b64std
+
+__all__ = ["SAMPLE_SVN", "SampleEvidenceSource", "sample_evidence"]
+
+SAMPLE_SVN = "1"
+
+
+def sample_evidence(report_data: bytes) -> dict[str, str]:
+    """``{"svn":"1","report_data":<std base64 of the raw bytes, unpadded digest>}``."""
+    return {"svn": SAMPLE_SVN, "report_data": b64std(report_data)}
+
+
+class SampleEvidenceSource:
+    """An :class:`kbs_client.rcar.EvidenceSource` producing sample evidence and no devices.
+
+    Development only: the evidence carries no signature at all."""
+
+    tee = "sample"
+
+    async def primary_evidence(self, report_data: bytes) -> Any:
+        return sample_evidence(report_data)
+
+    async def additional_evidence(self, device_report_data: bytes) -> str:
+        return ""
