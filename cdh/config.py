@@ -1,0 +1,494 @@
+"""``cdh.toml``, the kernel-command-line fallback and the environment.
+
+Keys follow guest-components' ``CdhConfig`` / image-rs ``ImageConfig``
+(current and legacy spellings). Parsing is strict on types; unknown keys are
+not an error (upstream ignores them) but are collected in
+:attr:`CdhConfig.unknown_keys` and logged as one warning, so a typo does not
+silently change behaviour.
+
+Precedence, as upstream:
+
+* ``-c cdh.toml`` given: the file; ``[kbc]`` is required. ``AA_KBC_PARAMS``
+  in the environment wins over ``[kbc]`` name/url. If the file has no
+  ``[image]`` section, the image settings come from the kernel command line.
+* no file: everything from the kernel command line (``agent.aa_kbc_params``,
+  else ``offline_fs_kbc``).
+* always: ``cdh.kbs_resources=<uri>::<path>,...`` on the kernel command line
+  appends credentials; env ``CDH_DEFAULT_IMAGE_AUTHENTICATED_REGISTRY_CREDENTIALS``
+  overrides the registry-auth URI.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tomllib
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from cdh.errors import ConfigError
+
+__all__ = [
+    "CDH_KBS_DIR",
+    "DEFAULT_AA_SOCKET",
+    "DEFAULT_CDH_SOCKET",
+    "DEFAULT_IMAGE_WORK_DIR",
+    "MAX_CONFIG_BYTES",
+    "OCICRYPT_CONFIG_PATH",
+    "CdhConfig",
+    "Credential",
+    "ImageConfig",
+    "KbcConfig",
+    "ProxyConfig",
+    "RegistryConfigFile",
+    "RegistryEntry",
+    "RegistryMirror",
+    "check_credential_path",
+    "export_environment",
+    "load_config",
+    "parse_kernel_cmdline",
+    "parse_registry_config",
+    "write_ocicrypt_config",
+]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CDH_SOCKET = "unix:///run/confidential-containers/cdh.sock"
+DEFAULT_AA_SOCKET = "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock"
+DEFAULT_IMAGE_WORK_DIR = Path("/run/kata-containers/image/")
+CDH_KBS_DIR = PurePosixPath("/run/confidential-containers/cdh/kbs")
+OCICRYPT_CONFIG_PATH = Path("/run/confidential-containers/cdh/ocicrypt_config.json")
+MAX_CONFIG_BYTES = 1 << 20
+MAX_CMDLINE_BYTES = 64 << 10
+
+
+@dataclass(frozen=True)
+class KbcConfig:
+    name: str  # "cc_kbc" | "offline_fs_kbc"
+    url: str = ""
+    kbs_cert: str | None = None  # PEM
+
+
+@dataclass(frozen=True)
+class Credential:
+    """A resource fetched at start-up and written to ``path``."""
+
+    resource_uri: str
+    path: PurePosixPath
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    https_proxy: str | None = None
+    http_proxy: str | None = None
+    no_proxy: str | None = None
+
+
+@dataclass(frozen=True)
+class RegistryMirror:
+    location: str
+    insecure: bool = False
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    prefix: str
+    location: str
+    insecure: bool = False
+    blocked: bool = False
+    mirrors: tuple[RegistryMirror, ...] = ()
+
+
+@dataclass(frozen=True)
+class RegistryConfigFile:
+    """The ``registries.conf`` subset image-rs understands."""
+
+    unqualified_search_registries: tuple[str, ...] = ()
+    registries: tuple[RegistryEntry, ...] = ()
+
+
+@dataclass(frozen=True)
+class ImageConfig:
+    work_dir: Path = DEFAULT_IMAGE_WORK_DIR
+    image_security_policy_uri: str | None = None
+    image_security_policy: str | None = None
+    sigstore_config_uri: str | None = None
+    sigstore_config: str | None = None
+    authenticated_registry_credentials_uri: str | None = None
+    registry_configuration_uri: str | None = None
+    registry_config: RegistryConfigFile | None = None
+    max_concurrent_layer_downloads_per_image: int = 3
+    extra_root_certificates: tuple[str, ...] = ()
+    image_pull_proxy: ProxyConfig | None = None
+
+
+@dataclass(frozen=True)
+class CdhConfig:
+    kbc: KbcConfig = field(default_factory=lambda: KbcConfig("offline_fs_kbc"))
+    socket: str = DEFAULT_CDH_SOCKET
+    aa_socket: str = DEFAULT_AA_SOCKET
+    credentials: tuple[Credential, ...] = ()
+    image: ImageConfig = field(default_factory=ImageConfig)
+    skip_sealed_secret_verification: bool = False
+    log_level: str = "info"
+    unknown_keys: tuple[str, ...] = ()  # dotted paths, reported as a warning
+    source: str = "kernel"  # "file" or "kernel"
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _str(d: Mapping[str, Any], key: str, where: str) -> str | None:
+    v = d.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, str):
+        raise ConfigError(f"{where}{key} must be a string")
+    return v
+
+
+def _bool(d: Mapping[str, Any], key: str, where: str, default: bool = False) -> bool:
+    v = d.get(key, default)
+    if not isinstance(v, bool):
+        raise ConfigError(f"{where}{key} must be a boolean")
+    return v
+
+
+def _table(d: Mapping[str, Any], key: str, where: str) -> dict[str, Any] | None:
+    v = d.get(key)
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise ConfigError(f"{where}{key} must be a table")
+    return v
+
+
+def _unknown(d: Mapping[str, Any], known: set[str], where: str, out: list[str]) -> None:
+    out.extend(f"{where}{k}" for k in d if k not in known)
+
+
+def check_credential_path(path: str) -> PurePosixPath:
+    """A credential path must be absolute, under ``/run/confidential-containers/cdh/kbs``
+    and free of ``.``/``..`` segments (upstream rule)."""
+    if not path.startswith("/"):
+        raise ConfigError(f"credential path {path!r} is not absolute")
+    raw_parts = path.split("/")[1:]
+    if any(p in (".", "..") for p in raw_parts):
+        raise ConfigError(f"credential path {path!r} contains '.' or '..'")
+    p = PurePosixPath(path)
+    if p == CDH_KBS_DIR or not p.is_relative_to(CDH_KBS_DIR):
+        raise ConfigError(f"credential path {path!r} is not under {CDH_KBS_DIR}")
+    return p
+
+
+def _credentials(raw: Any, out_unknown: list[str]) -> tuple[Credential, ...]:
+    if raw is None:
+        return ()
+    if not isinstance(raw, list):
+        raise ConfigError("credentials must be an array of tables")
+    creds = []
+    for i, c in enumerate(raw):
+        where = f"credentials[{i}]."
+        if not isinstance(c, dict):
+            raise ConfigError(f"credentials[{i}] must be a table")
+        _unknown(c, {"resource_uri", "path"}, where, out_unknown)
+        uri, path = _str(c, "resource_uri", where), _str(c, "path", where)
+        if uri is None or path is None:
+            raise ConfigError(f"{where}resource_uri and {where}path are required")
+        creds.append(Credential(uri, check_credential_path(path)))
+    return tuple(creds)
+
+
+def _proxy(raw: Mapping[str, Any], where: str, unknown: list[str]) -> ProxyConfig:
+    _unknown(raw, {"https_proxy", "http_proxy", "no_proxy"}, where, unknown)
+    return ProxyConfig(
+        https_proxy=_str(raw, "https_proxy", where),
+        http_proxy=_str(raw, "http_proxy", where),
+        no_proxy=_str(raw, "no_proxy", where),
+    )
+
+
+def parse_registry_config(raw: Mapping[str, Any], where: str, unknown: list[str]) -> RegistryConfigFile:
+    """Parse the ``registries.conf`` subset (inline table or a fetched TOML file)."""
+    _unknown(raw, {"unqualified-search-registries", "registry"}, where, unknown)
+    usr = raw.get("unqualified-search-registries", [])
+    if not isinstance(usr, list) or not all(isinstance(x, str) for x in usr):
+        raise ConfigError(f"{where}unqualified-search-registries must be an array of strings")
+    regs_raw = raw.get("registry", [])
+    if not isinstance(regs_raw, list):
+        raise ConfigError(f"{where}registry must be an array of tables")
+    regs = []
+    for i, r in enumerate(regs_raw):
+        w = f"{where}registry[{i}]."
+        if not isinstance(r, dict):
+            raise ConfigError(f"{where}registry[{i}] must be a table")
+        _unknown(r, {"prefix", "location", "insecure", "blocked", "mirror"}, w, unknown)
+        prefix = _str(r, "prefix", w)
+        location = _str(r, "location", w)
+        if prefix is None and location is None:
+            raise ConfigError(f"{w}prefix or {w}location is required")
+        mirrors = []
+        mraw = r.get("mirror", [])
+        if not isinstance(mraw, list):
+            raise ConfigError(f"{w}mirror must be an array of tables")
+        for j, m in enumerate(mraw):
+            mw = f"{w}mirror[{j}]."
+            if not isinstance(m, dict):
+                raise ConfigError(f"{w}mirror[{j}] must be a table")
+            _unknown(m, {"location", "insecure"}, mw, unknown)
+            loc = _str(m, "location", mw)
+            if loc is None:
+                raise ConfigError(f"{mw}location is required")
+            mirrors.append(RegistryMirror(loc, _bool(m, "insecure", mw)))
+        regs.append(
+            RegistryEntry(
+                prefix=prefix if prefix is not None else location or "",
+                location=location if location is not None else prefix or "",
+                insecure=_bool(r, "insecure", w),
+                blocked=_bool(r, "blocked", w),
+                mirrors=tuple(mirrors),
+            )
+        )
+    return RegistryConfigFile(tuple(usr), tuple(regs))
+
+
+_IMAGE_KEYS = {
+    "work_dir",
+    "image_security_policy_uri",
+    "image_security_policy",
+    "sigstore_config_uri",
+    "sigstore_config",
+    "authenticated_registry_credentials_uri",
+    "registry_configuration_uri",
+    "registry_config",
+    "max_concurrent_layer_downloads_per_image",
+    "extra_root_certificates",
+    "image_pull_proxy",
+    "skip_proxy_ips",  # legacy (before 2025-05)
+    "nydus",  # legacy (removed 2025-12): accepted and ignored with a warning
+}
+
+
+def _image(raw: Mapping[str, Any], unknown: list[str]) -> ImageConfig:
+    w = "image."
+    _unknown(raw, _IMAGE_KEYS, w, unknown)
+    if "nydus" in raw:
+        log.warning("[image.nydus] is no longer supported upstream and is ignored")
+    work_dir = _str(raw, "work_dir", w)
+    mc = raw.get("max_concurrent_layer_downloads_per_image", 3)
+    if not isinstance(mc, int) or isinstance(mc, bool) or mc < 1:
+        raise ConfigError(f"{w}max_concurrent_layer_downloads_per_image must be a positive integer")
+    certs = raw.get("extra_root_certificates", [])
+    if not isinstance(certs, list) or not all(isinstance(c, str) for c in certs):
+        raise ConfigError(f"{w}extra_root_certificates must be an array of PEM strings")
+    proxy_raw = raw.get("image_pull_proxy")
+    proxy: ProxyConfig | None
+    if proxy_raw is None:
+        proxy = None
+    elif isinstance(proxy_raw, str):  # legacy form: https proxy URL + skip_proxy_ips
+        proxy = ProxyConfig(https_proxy=proxy_raw, no_proxy=_str(raw, "skip_proxy_ips", w))
+    elif isinstance(proxy_raw, dict):
+        proxy = _proxy(proxy_raw, f"{w}image_pull_proxy.", unknown)
+    else:
+        raise ConfigError(f"{w}image_pull_proxy must be a table or a string")
+    rc_raw = _table(raw, "registry_config", w)
+    return ImageConfig(
+        work_dir=Path(work_dir) if work_dir else DEFAULT_IMAGE_WORK_DIR,
+        image_security_policy_uri=_str(raw, "image_security_policy_uri", w),
+        image_security_policy=_str(raw, "image_security_policy", w),
+        sigstore_config_uri=_str(raw, "sigstore_config_uri", w),
+        sigstore_config=_str(raw, "sigstore_config", w),
+        authenticated_registry_credentials_uri=_str(raw, "authenticated_registry_credentials_uri", w),
+        registry_configuration_uri=_str(raw, "registry_configuration_uri", w),
+        registry_config=(
+            parse_registry_config(rc_raw, f"{w}registry_config.", unknown) if rc_raw is not None else None
+        ),
+        max_concurrent_layer_downloads_per_image=mc,
+        extra_root_certificates=tuple(certs),
+        image_pull_proxy=proxy,
+    )
+
+
+# --------------------------------------------------------------------------- kernel cmdline
+
+
+def parse_kernel_cmdline(text: str) -> dict[str, str]:
+    """``key=value`` tokens of a kernel command line (later ones win; bare
+    flags map to ``""``)."""
+    out: dict[str, str] = {}
+    for tok in text.split():
+        k, _, v = tok.partition("=")
+        out[k] = v
+    return out
+
+
+def _parse_kbc_params(value: str, where: str) -> KbcConfig:
+    name, sep, url = value.partition("::")
+    if not sep or not name:
+        raise ConfigError(f"{where} must look like <kbc name>::<kbs url>")
+    return KbcConfig(name=name, url=url)
+
+
+def _image_from_cmdline(params: Mapping[str, str]) -> ImageConfig:
+    proxy = None
+    if any(k in params for k in ("agent.https_proxy", "agent.http_proxy", "agent.no_proxy")):
+        proxy = ProxyConfig(
+            https_proxy=params.get("agent.https_proxy") or None,
+            http_proxy=params.get("agent.http_proxy") or None,
+            no_proxy=params.get("agent.no_proxy") or None,
+        )
+    policy = None
+    if params.get("agent.enable_signature_verification", "false").lower() == "true":
+        policy = params.get("agent.image_policy_file") or None
+    return ImageConfig(
+        authenticated_registry_credentials_uri=params.get("agent.image_registry_auth") or None,
+        image_security_policy_uri=policy,
+        image_pull_proxy=proxy,
+    )
+
+
+def _kbs_resources(value: str) -> tuple[Credential, ...]:
+    creds = []
+    for item in value.split(","):
+        if not item:
+            continue
+        uri, sep, path = item.partition("::")
+        if not sep or not uri or not path:
+            raise ConfigError("cdh.kbs_resources entries must look like <uri>::<path>")
+        creds.append(Credential(uri, check_credential_path(path)))
+    return tuple(creds)
+
+
+def _read_limited(path: Path, limit: int, what: str) -> bytes:
+    try:
+        with path.open("rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    if len(data) > limit:
+        raise ConfigError(f"{what} {path} is larger than {limit} bytes")
+    return data
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def load_config(
+    path: Path | None,
+    *,
+    cmdline: str | None = None,
+    cmdline_path: Path = Path("/proc/cmdline"),
+    env: Mapping[str, str] | None = None,
+) -> CdhConfig:
+    """Build the configuration from ``path`` (or the kernel command line when
+    ``None``). ``cmdline`` overrides reading ``cmdline_path``; ``env``
+    defaults to :data:`os.environ`."""
+    env = os.environ if env is None else env
+    if cmdline is None:
+        try:
+            cmdline = _read_limited(cmdline_path, MAX_CMDLINE_BYTES, "kernel command line").decode(
+                errors="replace"
+            )
+        except ConfigError:
+            cmdline = ""
+    params = parse_kernel_cmdline(cmdline)
+    unknown: list[str] = []
+
+    if path is not None:
+        raw_bytes = _read_limited(path, MAX_CONFIG_BYTES, "config file")
+        try:
+            raw = tomllib.loads(raw_bytes.decode())
+        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        _unknown(
+            raw,
+            {"socket", "skip_sealed_secret_verification", "aa", "kbc", "credentials", "image", "log"},
+            "",
+            unknown,
+        )
+        kbc_raw = _table(raw, "kbc", "")
+        if kbc_raw is None:
+            raise ConfigError("config file has no [kbc] section (name is required)")
+        _unknown(kbc_raw, {"name", "url", "kbs_cert"}, "kbc.", unknown)
+        name = _str(kbc_raw, "name", "kbc.")
+        if not name:
+            raise ConfigError("kbc.name is required")
+        kbc = KbcConfig(name, _str(kbc_raw, "url", "kbc.") or "", _str(kbc_raw, "kbs_cert", "kbc."))
+        aa_raw = _table(raw, "aa", "") or {}
+        _unknown(aa_raw, {"aa_socket"}, "aa.", unknown)
+        log_raw = _table(raw, "log", "") or {}
+        _unknown(log_raw, {"level"}, "log.", unknown)
+        image_raw = _table(raw, "image", "")
+        image = _image(image_raw, unknown) if image_raw is not None else _image_from_cmdline(params)
+        cfg = CdhConfig(
+            kbc=kbc,
+            socket=_str(raw, "socket", "") or DEFAULT_CDH_SOCKET,
+            aa_socket=_str(aa_raw, "aa_socket", "aa.") or DEFAULT_AA_SOCKET,
+            credentials=_credentials(raw.get("credentials"), unknown),
+            image=image,
+            skip_sealed_secret_verification=_bool(raw, "skip_sealed_secret_verification", ""),
+            log_level=_str(log_raw, "level", "log.") or "info",
+            source="file",
+        )
+        env_kbc = env.get("AA_KBC_PARAMS")
+        if env_kbc:  # a pre-set environment wins over the file (upstream behaviour)
+            cfg = replace(
+                cfg, kbc=replace(_parse_kbc_params(env_kbc, "AA_KBC_PARAMS"), kbs_cert=kbc.kbs_cert)
+            )
+    else:
+        kbc_param = env.get("AA_KBC_PARAMS") or params.get("agent.aa_kbc_params")
+        kbc = (
+            _parse_kbc_params(kbc_param, "agent.aa_kbc_params") if kbc_param else KbcConfig("offline_fs_kbc")
+        )
+        cfg = CdhConfig(kbc=kbc, image=_image_from_cmdline(params), source="kernel")
+
+    if kbc_resources := params.get("cdh.kbs_resources"):
+        cfg = replace(cfg, credentials=cfg.credentials + _kbs_resources(kbc_resources))
+    if auth := env.get("CDH_DEFAULT_IMAGE_AUTHENTICATED_REGISTRY_CREDENTIALS"):
+        cfg = replace(cfg, image=replace(cfg.image, authenticated_registry_credentials_uri=auth))
+    if cfg.kbc.name not in ("cc_kbc", "offline_fs_kbc"):
+        raise ConfigError(f"unknown KBC {cfg.kbc.name!r} (supported: cc_kbc, offline_fs_kbc)")
+    if cfg.kbc.name == "cc_kbc" and not cfg.kbc.url:
+        raise ConfigError("kbc.url is required for cc_kbc")
+    cfg = replace(cfg, unknown_keys=tuple(unknown))
+    if unknown:
+        log.warning("ignoring unknown configuration keys: %s", ", ".join(unknown))
+    if cfg.skip_sealed_secret_verification:
+        log.warning(
+            "INSECURE: skip_sealed_secret_verification = true: sealed secrets are accepted WITHOUT "
+            "checking their signature"
+        )
+    return cfg
+
+
+def write_ocicrypt_config(socket: str, path: Path = OCICRYPT_CONFIG_PATH) -> Path:
+    """Write the ocicrypt key-provider config pointing at this CDH and return its path."""
+    body = {"key-providers": {"attestation-agent": {"ttrpc": socket}}}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(body))
+    tmp.replace(path)
+    return path
+
+
+def export_environment(
+    cfg: CdhConfig,
+    env: MutableMapping[str, str],
+    *,
+    ocicrypt_path: Path = OCICRYPT_CONFIG_PATH,
+) -> None:
+    """Export what upstream CDH exports for its libraries at start-up."""
+    env.setdefault("AA_KBC_PARAMS", f"{cfg.kbc.name}::{cfg.kbc.url}")
+    env["AA_SOCKET"] = cfg.aa_socket
+    if cfg.kbc.kbs_cert:
+        env["KBS_CERT"] = cfg.kbc.kbs_cert
+    if cfg.skip_sealed_secret_verification:
+        env["SKIP_SEALED_SECRET_VERIFICATION"] = "true"
+    if not env.get("OCICRYPT_KEYPROVIDER_CONFIG"):
+        try:
+            env["OCICRYPT_KEYPROVIDER_CONFIG"] = str(write_ocicrypt_config(cfg.socket, ocicrypt_path))
+        except OSError as exc:
+            log.warning("cannot write the ocicrypt key-provider config %s: %s", ocicrypt_path, exc.strerror)

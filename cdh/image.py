@@ -1,0 +1,200 @@
+"""PullImage: image_pull's :class:`~image_pull.puller.ImagePuller` configured
+from ``[image]``, then the pull is recorded in the AA event log.
+
+One puller is built lazily on the first pull (a failed build is retried on
+the next call) and pulls are serialised, as upstream. After a successful
+pull, ``ExtendRuntimeMeasurement(Domain="github.com/confidential-containers",
+Operation="PullImage", Content='{"image":"<url>", "digest":"<digest>"}')``
+(note the space after the comma: upstream's exact bytes). ``NOT_SUPPORTED``
+and ``NOT_ENABLED`` only warn; an RPC error fails the pull.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import tomllib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cdh.aa import AaClient, MeasurementResult
+from cdh.config import ImageConfig, RegistryConfigFile, parse_registry_config
+from cdh.errors import CdhError, ConfigError, ImagePullFailed
+from cdh.kbc import ResourceGetter
+from coco_rpc import RpcError, parse_address
+
+__all__ = ["MEASUREMENT_DOMAIN", "ImagePullHandler", "measurement_content"]
+
+log = logging.getLogger(__name__)
+
+MEASUREMENT_DOMAIN = "github.com/confidential-containers"
+MAX_FILE_BYTES = 4 << 20
+
+
+def measurement_content(image_url: str, digest: str) -> str:
+    """Upstream's exact event content (``format!`` of the raw strings)."""
+    return '{"image":"' + image_url + '", "digest":"' + digest + '"}'
+
+
+def _read_file_uri(uri: str) -> bytes:
+    path = Path(uri[len("file://") :])
+    with path.open("rb") as f:
+        data = f.read(MAX_FILE_BYTES + 1)
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"{uri} is too large")
+    return data
+
+
+class ImagePullHandler:
+    def __init__(
+        self,
+        cfg: ImageConfig,
+        *,
+        resources: ResourceGetter | None,
+        aa: AaClient | None,
+        key_provider: Any = None,
+        puller_factory: Callable[[Any], Any] | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.resources = resources
+        self.aa = aa
+        self.key_provider = key_provider
+        self._factory = puller_factory
+        self._puller: Any = None
+        self._lock = asyncio.Lock()
+
+    async def _fetch(self, uri: str) -> bytes:
+        if uri.startswith("file://"):
+            try:
+                return _read_file_uri(uri)
+            except OSError as exc:
+                raise ConfigError(f"cannot read {uri}: {exc.strerror}") from exc
+        if self.resources is None:
+            raise ConfigError(f"cannot fetch {uri}: no KBC configured")
+        return await self.resources.get_resource(uri)
+
+    async def _registry_config(self) -> RegistryConfigFile | None:
+        if self.cfg.registry_config is not None:
+            return self.cfg.registry_config
+        if self.cfg.registry_configuration_uri:
+            raw = await self._fetch(self.cfg.registry_configuration_uri)
+            try:
+                table = tomllib.loads(raw.decode())
+            except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+                raise ConfigError("registry configuration is not valid TOML") from exc
+            unknown: list[str] = []
+            rc = parse_registry_config(table, "registry_configuration.", unknown)
+            if unknown:
+                log.warning("ignoring unknown registry configuration keys: %s", ", ".join(unknown))
+            return rc
+        return None
+
+    async def build_config(self) -> Any:
+        """The :class:`image_pull.puller.PullerConfig` for ``[image]``."""
+        from image_pull import puller as p  # type: ignore[attr-defined,unused-ignore]
+
+        c = self.cfg
+        auth = None
+        if c.authenticated_registry_credentials_uri:
+            auth = await self._fetch(c.authenticated_registry_credentials_uri)
+        policy = None
+        if c.image_security_policy_uri:
+            policy = await self._fetch(c.image_security_policy_uri)
+        elif c.image_security_policy:
+            policy = c.image_security_policy.encode()
+        rc = await self._registry_config()
+        kwargs: dict[str, Any] = {
+            "work_dir": c.work_dir,
+            "auth_json": auth,
+            "extra_root_certs": tuple(x.encode() for x in c.extra_root_certificates),
+            "max_concurrent_layers": c.max_concurrent_layer_downloads_per_image,
+            "signature_policy": policy,
+            "resource_getter": self.resources.get_resource if self.resources is not None else None,
+            "key_provider": self.key_provider,
+        }
+        if rc is not None:
+            kwargs["insecure_registries"] = frozenset(
+                [r.location for r in rc.registries if r.insecure]
+                + [m.location for r in rc.registries for m in r.mirrors if m.insecure]
+            )
+            conv = getattr(p, "RegistryConfig", None)
+            if conv is not None and hasattr(conv, "from_toml_dict"):
+                kwargs["registry_config"] = conv.from_toml_dict(_registry_dict(rc))
+        if c.image_pull_proxy is not None and hasattr(p, "ProxyConfig"):
+            kwargs["proxy"] = p.ProxyConfig(
+                https_proxy=c.image_pull_proxy.https_proxy,
+                http_proxy=c.image_pull_proxy.http_proxy,
+                no_proxy=c.image_pull_proxy.no_proxy,
+            )
+        return p.PullerConfig(**kwargs)
+
+    async def _get_puller(self) -> Any:
+        if self._puller is None:
+            config = await self.build_config()
+            if self._factory is not None:
+                self._puller = self._factory(config)
+            else:
+                from image_pull.puller import ImagePuller  # type: ignore[import-not-found,unused-ignore]
+
+                self._puller = ImagePuller(config)
+        return self._puller
+
+    async def pull(self, image_url: str, bundle_path: str) -> str:
+        if not image_url:
+            raise ImagePullFailed("image_url is empty")
+        if not bundle_path.startswith("/"):
+            raise ImagePullFailed("bundle_path must be an absolute path")
+        async with self._lock:
+            try:
+                puller = await self._get_puller()
+            except CdhError as exc:
+                raise ImagePullFailed(f"cannot set up the image client: {exc}") from exc
+            try:
+                result = await puller.pull(image_url, Path(bundle_path))
+            except CdhError:
+                raise
+            except Exception as exc:
+                raise ImagePullFailed(f"pull of {image_url} failed: {exc}") from exc
+            digest: str = result.manifest_digest
+        await self._measure(image_url, digest)
+        log.info("pulled %s (%s) into %s", image_url, digest, bundle_path)
+        return digest
+
+    def _aa_present(self) -> bool:
+        if self.aa is None:
+            return False
+        try:
+            addr = parse_address(self.aa.address)
+        except ValueError:
+            return False
+        return addr.kind != "unix" or Path(addr.target).exists()
+
+    async def _measure(self, image_url: str, digest: str) -> None:
+        if self.aa is None or not self._aa_present():
+            log.warning("attestation agent socket absent: pull of %s not measured", image_url)
+            return
+        try:
+            res = await self.aa.extend_runtime_measurement(
+                MEASUREMENT_DOMAIN, "PullImage", measurement_content(image_url, digest)
+            )
+        except RpcError as exc:
+            raise ImagePullFailed(f"cannot record the pull in the AA event log: {exc.message}") from exc
+        if res is not MeasurementResult.OK:
+            log.warning("runtime measurement of the pull not recorded: %s", res.name)
+
+
+def _registry_dict(rc: RegistryConfigFile) -> dict[str, Any]:
+    return {
+        "unqualified-search-registries": list(rc.unqualified_search_registries),
+        "registry": [
+            {
+                "prefix": r.prefix,
+                "location": r.location,
+                "insecure": r.insecure,
+                "blocked": r.blocked,
+                "mirror": [{"location": m.location, "insecure": m.insecure} for m in r.mirrors],
+            }
+            for r in rc.registries
+        ],
+    }

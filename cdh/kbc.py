@@ -1,0 +1,345 @@
+"""Resource URIs and the two KBCs the CDH supports.
+
+* :class:`CcKbc`: token from the Attestation Agent (``GetToken("kbs")`` ->
+  ``{"token", "tee_keypair"}``), then ``GET <kbs>/kbs/v0/<plugin>/<path>``
+  with ``Authorization: Bearer`` and the JWE answer decrypted with the TEE
+  key. Unlike upstream (a fresh attestation per resource), ONE token is kept
+  and reused until it expires or the KBS rejects it; then it is re-fetched
+  once. Concurrent callers share a single in-flight ``GetToken``.
+* :class:`OfflineFsKbc`: JSON maps ``{"repo/type/tag": "<base64>"}`` on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import os
+import ssl
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import quote, urlsplit
+
+import httpx
+
+from cdh.errors import ResourceError, ResourceNotFound, TokenError
+
+__all__ = [
+    "MAX_RESOURCE_BYTES",
+    "OFFLINE_FS_DEFAULT_FILES",
+    "CcKbc",
+    "JweDecrypter",
+    "KbsToken",
+    "OfflineFsKbc",
+    "ResourceGetter",
+    "ResourceUri",
+    "TokenCache",
+    "parse_token_response",
+]
+
+log = logging.getLogger(__name__)
+
+MAX_RESOURCE_BYTES = 4 << 20  # ttRPC's message limit bounds what we can return anyway
+MAX_KBS_RESPONSE_BYTES = 8 << 20  # JWE JSON of a MAX_RESOURCE_BYTES payload (base64url)
+MAX_TOKEN_RESPONSE_BYTES = 1 << 20
+TOKEN_EXPIRY_MARGIN_S = 10.0
+OFFLINE_FS_DEFAULT_FILES = (
+    Path("/etc/aa-offline_fs_kbc-keys.json"),
+    Path("/etc/aa-offline_fs_kbc-resources.json"),
+)
+MAX_OFFLINE_FILE_BYTES = 16 << 20
+
+
+class ResourceGetter(Protocol):
+    async def get_resource(self, uri: str) -> bytes: ...
+
+
+JweDecrypter = Callable[[str, bytes], bytes]
+"""``(tee private key PEM, JWE response body) -> plaintext``."""
+
+
+# --------------------------------------------------------------------------- URIs
+
+
+@dataclass(frozen=True)
+class ResourceUri:
+    """``kbs[+<plugin>]://[<host>[:port]]/<seg>/...[?query]``."""
+
+    plugin: str
+    segments: tuple[str, ...]
+    query: str | None = None
+    host: str = ""
+
+    @classmethod
+    def parse(cls, untrusted_uri: str) -> ResourceUri:
+        if len(untrusted_uri) > 4096:
+            raise ResourceError("resource URI too long")
+        parts = urlsplit(untrusted_uri)
+        scheme = parts.scheme
+        if scheme == "kbs":
+            plugin = "resource"
+        elif scheme.startswith("kbs+") and len(scheme) > 4:
+            plugin = scheme[4:]
+        else:
+            raise ResourceError(f"not a KBS resource URI (want kbs:///repo/type/tag): {untrusted_uri!r}")
+        if not untrusted_uri.startswith(f"{scheme}://"):
+            raise ResourceError(f"not a KBS resource URI: {untrusted_uri!r}")
+        segs = tuple(s for s in parts.path.split("/") if s)
+        if not segs or any(s in (".", "..") for s in segs):
+            raise ResourceError(f"bad resource path in {untrusted_uri!r}")
+        if plugin == "resource" and len(segs) != 3:
+            raise ResourceError(f"resource URI needs exactly <repo>/<type>/<tag>: {untrusted_uri!r}")
+        for s in (plugin, *segs):
+            if not all(c.isalnum() or c in "-_." for c in s):
+                raise ResourceError(f"bad character in resource URI {untrusted_uri!r}")
+        return cls(plugin, segs, parts.query or None, parts.netloc)
+
+    @property
+    def path(self) -> str:
+        return "/".join(self.segments)
+
+    def kbs_path(self) -> str:
+        """``/kbs/v0/<plugin>/<path>[?query]`` (host and port are ignored, as upstream)."""
+        q = f"?{self.query}" if self.query else ""
+        return f"/kbs/v0/{self.plugin}/{quote(self.path)}{q}"
+
+    def __str__(self) -> str:
+        scheme = "kbs" if self.plugin == "resource" else f"kbs+{self.plugin}"
+        q = f"?{self.query}" if self.query else ""
+        return f"{scheme}://{self.host}/{self.path}{q}"
+
+
+# --------------------------------------------------------------------------- tokens
+
+
+@dataclass(frozen=True)
+class KbsToken:
+    token: str
+    tee_keypair_pem: str
+    expires_at: float | None  # epoch seconds from the JWT's exp (decoded, not verified)
+
+    def __repr__(self) -> str:  # never show the key
+        return f"KbsToken(expires_at={self.expires_at})"
+
+
+def _jwt_claims(token: str) -> dict[str, Any]:
+    try:
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except (IndexError, ValueError, binascii.Error):
+        return {}
+    return claims if isinstance(claims, dict) else {}
+
+
+def parse_token_response(untrusted_body: bytes) -> KbsToken:
+    """Parse AA's ``GetToken("kbs")`` answer ``{"token": "<JWT>", "tee_keypair": "<PEM>"}``."""
+    if len(untrusted_body) > MAX_TOKEN_RESPONSE_BYTES:
+        raise TokenError("AA token response too large")
+    try:
+        obj = json.loads(untrusted_body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise TokenError("AA token response is not JSON") from exc
+    if (
+        not isinstance(obj, dict)
+        or not isinstance(obj.get("token"), str)
+        or not isinstance(obj.get("tee_keypair"), str)
+    ):
+        raise TokenError("AA token response lacks token/tee_keypair strings")
+    exp = _jwt_claims(obj["token"]).get("exp")
+    return KbsToken(obj["token"], obj["tee_keypair"], float(exp) if isinstance(exp, int | float) else None)
+
+
+class TokenCache:
+    """Holds one token; concurrent :meth:`get` calls share one fetch."""
+
+    def __init__(
+        self,
+        fetch: Callable[[], Awaitable[bytes]],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._fetch = fetch
+        self._clock = clock
+        self._token: KbsToken | None = None
+        self._inflight: asyncio.Future[KbsToken] | None = None
+        self.fetches = 0  # how many times AA was asked (for tests and benchmarks)
+
+    def _valid(self, tok: KbsToken) -> bool:
+        return tok.expires_at is None or tok.expires_at - TOKEN_EXPIRY_MARGIN_S > self._clock()
+
+    def invalidate(self, tok: KbsToken) -> None:
+        """Forget ``tok`` (if it is still the current one)."""
+        if self._token is tok:
+            self._token = None
+
+    async def get(self) -> KbsToken:
+        tok = self._token
+        if tok is not None and self._valid(tok):
+            return tok
+        if self._inflight is None:
+            self._inflight = asyncio.ensure_future(self._do_fetch())
+        fut = self._inflight
+        return await asyncio.shield(fut)
+
+    async def _do_fetch(self) -> KbsToken:
+        try:
+            self.fetches += 1
+            try:
+                raw = await self._fetch()
+            except TokenError:
+                raise
+            except Exception as exc:
+                raise TokenError(f"cannot get a KBS token from the attestation agent: {exc}") from exc
+            tok = parse_token_response(raw)
+            self._token = tok
+            return tok
+        finally:
+            self._inflight = None
+
+
+# --------------------------------------------------------------------------- cc_kbc
+
+
+def _default_decrypter(pem: str, body: bytes) -> bytes:
+    from kbs_client.tee_key import TeeKeyPair
+
+    key = TeeKeyPair.from_pem(pem.encode())
+    out: bytes = key.decrypt(body)
+    return out
+
+
+_RETRY_TOKEN_ERRORS = ("TokenNotFound", "TokenVerifierError")
+
+
+class CcKbc:
+    """``cc_kbc``: resources from a KBS with a token provided by the AA."""
+
+    def __init__(
+        self,
+        kbs_url: str,
+        token_fetch: Callable[[], Awaitable[bytes]],
+        *,
+        kbs_cert: str | None = None,
+        http: httpx.AsyncClient | None = None,
+        decrypt: JweDecrypter | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.kbs_url = kbs_url.rstrip("/")
+        self.tokens = TokenCache(token_fetch, clock=clock)
+        self._decrypt = decrypt or _default_decrypter
+        if http is None:
+            verify: ssl.SSLContext | bool = True
+            if kbs_cert:
+                ctx = ssl.create_default_context()
+                ctx.load_verify_locations(cadata=kbs_cert)
+                verify = ctx
+            http = httpx.AsyncClient(
+                timeout=60.0,
+                verify=verify,
+                headers={"User-Agent": "coco-py-cdh"},
+            )
+        self._http = http
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def _get_once(self, uri: ResourceUri, tok: KbsToken) -> tuple[int, bytes]:
+        url = self.kbs_url + uri.kbs_path()
+        try:
+            async with self._http.stream("GET", url, headers={"Authorization": f"Bearer {tok.token}"}) as r:
+                body = bytearray()
+                async for chunk in r.aiter_bytes():
+                    body += chunk
+                    if len(body) > MAX_KBS_RESPONSE_BYTES:
+                        raise ResourceError(f"KBS response for {uri} is too large")
+                return r.status_code, bytes(body)
+        except httpx.HTTPError as exc:
+            raise ResourceError(f"cannot reach the KBS at {self.kbs_url}: {type(exc).__name__}") from exc
+
+    @staticmethod
+    def _error_type(body: bytes) -> str:
+        try:
+            obj = json.loads(body[:65536])
+        except ValueError:
+            return ""
+        t = obj.get("type", "") if isinstance(obj, dict) else ""
+        return t.rsplit("/", 1)[-1] if isinstance(t, str) else ""
+
+    async def get_resource(self, uri: str) -> bytes:
+        ruri = ResourceUri.parse(uri)
+        tok = await self.tokens.get()
+        status, body = await self._get_once(ruri, tok)
+        if status == 401 and self._error_type(body) in (*_RETRY_TOKEN_ERRORS, ""):
+            # the KBS no longer accepts our token: attest again, once
+            self.tokens.invalidate(tok)
+            tok = await self.tokens.get()
+            status, body = await self._get_once(ruri, tok)
+        if status == 404:
+            raise ResourceNotFound(f"KBS has no plugin or path for {ruri}")
+        if status != 200:
+            kind = self._error_type(body) or f"HTTP {status}"
+            if kind == "PluginInternalError":
+                raise ResourceNotFound(f"KBS refused {ruri}: {kind} (resource missing or invalid)")
+            raise ResourceError(f"KBS refused {ruri}: {kind}")
+        try:
+            plain = self._decrypt(tok.tee_keypair_pem, body)
+        except Exception as exc:
+            raise ResourceError(f"cannot decrypt the KBS response for {ruri}: {type(exc).__name__}") from exc
+        if len(plain) > MAX_RESOURCE_BYTES:
+            raise ResourceError(f"resource {ruri} is larger than {MAX_RESOURCE_BYTES} bytes")
+        return plain
+
+
+# --------------------------------------------------------------------------- offline_fs_kbc
+
+
+class OfflineFsKbc:
+    """``offline_fs_kbc``: resources from JSON files ``{"repo/type/tag": "<base64>"}``.
+
+    Missing files are ignored; extra files come from ``OFFLINE_FS_KBC_EXTRA_FILE_PATH``
+    (comma separated)."""
+
+    def __init__(self, files: Iterable[Path] | None = None, *, env: Mapping[str, str] | None = None) -> None:
+        env = os.environ if env is None else env
+        paths = list(OFFLINE_FS_DEFAULT_FILES if files is None else files)
+        extra = env.get("OFFLINE_FS_KBC_EXTRA_FILE_PATH", "")
+        paths += [Path(p) for p in extra.split(",") if p]
+        self.files = tuple(paths)
+
+    def _load(self) -> dict[str, str]:
+        table: dict[str, str] = {}
+        for p in self.files:
+            try:
+                with p.open("rb") as f:
+                    raw = f.read(MAX_OFFLINE_FILE_BYTES + 1)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise ResourceError(f"cannot read offline resource file {p}: {exc.strerror}") from exc
+            if len(raw) > MAX_OFFLINE_FILE_BYTES:
+                raise ResourceError(f"offline resource file {p} is too large")
+            try:
+                obj = json.loads(raw)
+            except ValueError as exc:
+                raise ResourceError(f"offline resource file {p} is not JSON") from exc
+            if not isinstance(obj, dict) or not all(isinstance(v, str) for v in obj.values()):
+                raise ResourceError(f"offline resource file {p} must map names to base64 strings")
+            table.update(obj)
+        return table
+
+    async def get_resource(self, uri: str) -> bytes:
+        ruri = ResourceUri.parse(uri)
+        if ruri.plugin != "resource":
+            raise ResourceError(f"offline_fs_kbc serves only kbs:///repo/type/tag, not {ruri}")
+        value = self._load().get(ruri.path)
+        if value is None:
+            raise ResourceNotFound(f"offline_fs_kbc has no resource {ruri.path}")
+        try:
+            return base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ResourceError(f"offline resource {ruri.path} is not valid base64") from exc
