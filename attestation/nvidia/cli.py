@@ -1,0 +1,182 @@
+"""``coco-verify nvidia``: verify NVIDIA GPU / NVSwitch attestation evidence offline.
+
+REPORT is a raw report, the report as hex/base64 text (then --cert-chain is
+required), or an evidence JSON in the guest-components
+(``{"device_evidence_list": [...]}``) or NVIDIA SDK (list) shape. Prints
+``{"devices": [claims...]}`` and exits 0, or prints one line and exits 1
+(not authentic / policy) or 2 (unreadable input).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from attestation.errors import AttestationError, EvidenceFormatError, PolicyViolation
+from attestation.nvidia.certs import MAX_CHAIN_SIZE, arch_of_leaf, load_pem_chain
+from attestation.nvidia.evidence import (
+    MAX_EVIDENCE_JSON_SIZE,
+    DeviceEvidence,
+    decode_report_text,
+    loads_strict,
+    parse_evidence,
+)
+from attestation.nvidia.ocsp import DEFAULT_OCSP_URL, HttpOcspChecker
+from attestation.nvidia.policy import MAX_POLICY_SIZE, NvidiaPolicy
+from attestation.nvidia.rim import MAX_RIM_SIZE
+from attestation.nvidia.verifier import (
+    DEFAULT_RIM_SERVICE_URL,
+    OcspChecker,
+    RimFiles,
+    RimProvider,
+    RimService,
+    TrustAnchors,
+    verify_device,
+)
+
+__all__ = ["configure", "parse_time", "run"]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("report", metavar="REPORT", help="report (raw, hex, base64) or evidence JSON file")
+    parser.add_argument("--cert-chain", metavar="PEM", help="device certificate chain (leaf first)")
+    parser.add_argument("--nonce", metavar="HEX", help="expected 32-byte nonce in hex")
+    parser.add_argument("--rim", metavar="FILE", action="append", default=[], help="RIM file (repeatable)")
+    parser.add_argument(
+        "--rim-service",
+        metavar="URL",
+        nargs="?",
+        const=DEFAULT_RIM_SERVICE_URL,
+        help=f"fetch RIMs from a RIM service (default URL {DEFAULT_RIM_SERVICE_URL})",
+    )
+    parser.add_argument(
+        "--ocsp",
+        metavar="URL",
+        nargs="?",
+        const=DEFAULT_OCSP_URL,
+        help=f"check certificate status with OCSP (default responder {DEFAULT_OCSP_URL})",
+    )
+    parser.add_argument("--at", metavar="TIME", help="verify as of this ISO 8601 time (default: now)")
+    parser.add_argument(
+        "--policy", metavar="FILE", help="JSON appraisal policy (see attestation.nvidia.policy)"
+    )
+    parser.add_argument("--device-root", metavar="PEM", help="device root CA (default: packaged NVIDIA root)")
+    parser.add_argument("--rim-root", metavar="PEM", help="RIM root CA (default: packaged NVIDIA root)")
+
+
+def parse_time(text: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise EvidenceFormatError(f"--at: not an ISO 8601 time: {text!r}") from exc
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def _read(path: str, limit: int, what: str) -> bytes:
+    p = Path(path)
+    try:
+        with p.open("rb") as f:
+            data = f.read(limit + 1)
+    except OSError as exc:
+        raise EvidenceFormatError(f"cannot read {what} {path}: {exc.strerror}") from exc
+    if len(data) > limit:
+        raise EvidenceFormatError(f"{what} {path} is larger than {limit} bytes")
+    return data
+
+
+def _load_devices(args: argparse.Namespace) -> tuple[DeviceEvidence, ...]:
+    untrusted = _read(args.report, MAX_EVIDENCE_JSON_SIZE, "report")
+    if untrusted[:2] == b"\x11\xe0":
+        report = untrusted
+    else:
+        try:
+            text = untrusted.decode("ascii").strip()
+        except UnicodeDecodeError as exc:
+            raise EvidenceFormatError("REPORT is neither a raw report nor text") from exc
+        if text[:1] in ("{", "["):
+            if args.cert_chain:
+                raise EvidenceFormatError("--cert-chain is not used with an evidence JSON")
+            return parse_evidence(loads_strict(text))
+        report = decode_report_text(text)
+    if not args.cert_chain:
+        raise EvidenceFormatError("--cert-chain is required with a bare report")
+    pem = _read(args.cert_chain, MAX_CHAIN_SIZE, "certificate chain")
+    chain = load_pem_chain(pem)
+    if not chain:
+        raise EvidenceFormatError("certificate chain is empty")
+    try:
+        arch = arch_of_leaf(chain[0])
+    except AttestationError:
+        arch = "UNKNOWN"
+    return (DeviceEvidence(arch=arch, uuid=None, report=report, cert_chain_pem=pem),)
+
+
+def _anchors(args: argparse.Namespace) -> TrustAnchors:
+    anchors = TrustAnchors.nvidia()
+    if args.device_root or args.rim_root:
+        dev = anchors.device_root
+        rim = anchors.rim_root
+        if args.device_root:
+            dev = load_pem_chain(_read(args.device_root, MAX_CHAIN_SIZE, "device root"))[0]
+        if args.rim_root:
+            rim = load_pem_chain(_read(args.rim_root, MAX_CHAIN_SIZE, "RIM root"))[0]
+        anchors = TrustAnchors(device_root=dev, rim_root=rim)
+    return anchors
+
+
+def _verify(args: argparse.Namespace, client: httpx.Client | None) -> dict[str, object]:
+    now = parse_time(args.at) if args.at else datetime.now(UTC)
+    nonce: bytes | None = None
+    if args.nonce:
+        try:
+            nonce = bytes.fromhex(args.nonce)
+        except ValueError as exc:
+            raise EvidenceFormatError("--nonce is not hex") from exc
+        if len(nonce) != 32:
+            raise EvidenceFormatError("--nonce must be 32 bytes (64 hex digits)")
+    devices = _load_devices(args)
+    rims: RimProvider | None = None
+    if args.rim and args.rim_service:
+        raise EvidenceFormatError("use either --rim or --rim-service")
+    if args.rim:
+        rims = RimFiles(tuple(_read(p, MAX_RIM_SIZE, "RIM") for p in args.rim))
+    elif args.rim_service and client is not None:
+        rims = RimService(client=client, base_url=args.rim_service.rstrip("/") + "/")
+    ocsp: OcspChecker | None = None
+    if args.ocsp and client is not None:
+        ocsp = HttpOcspChecker(client=client, url=args.ocsp)
+    policy = NvidiaPolicy.from_json(_read(args.policy, MAX_POLICY_SIZE, "policy")) if args.policy else None
+    anchors = _anchors(args)
+    verified = [
+        verify_device(d, expected_nonce=nonce, anchors=anchors, now=now, rims=rims, ocsp=ocsp)
+        for d in devices
+    ]
+    if policy is not None:
+        policy.check(verified)
+    return {"tee": "nvidia", "verified_at": now.isoformat(), "devices": [v.claims() for v in verified]}
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.rim_service or args.ocsp:
+            with httpx.Client(timeout=30.0) as client:
+                result = _verify(args, client)
+        else:
+            result = _verify(args, None)
+    except EvidenceFormatError as exc:
+        print(f"coco-verify nvidia: unreadable input: {exc}", file=sys.stderr)
+        return 2
+    except PolicyViolation as exc:
+        print(f"coco-verify nvidia: rejected by policy: {exc}", file=sys.stderr)
+        return 1
+    except AttestationError as exc:
+        print(f"coco-verify nvidia: not verified: {exc}", file=sys.stderr)
+        return 1
+    json.dump(result, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0

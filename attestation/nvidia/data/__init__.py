@@ -1,0 +1,1 @@
+"""Trust anchors shipped with :mod:`attestation.nvidia` (see README.md here)."""

@@ -1,0 +1,347 @@
+"""Verify NVIDIA GPU / NVSwitch evidence offline, with explicit trust material and time.
+
+Per device:
+
+1. parse the report (SPDM GET_MEASUREMENTS request + MEASUREMENTS response);
+2. the device certificate chain links to the NVIDIA device root and every
+   certificate is valid at ``now``; the leaf is an "FMC LF" attestation key
+   of the claimed architecture;
+3. the report signature (ECDSA P-384, raw r||s) verifies with the leaf key
+   over request || response-without-signature;
+4. the report's FWID (opaque type 20, when present) equals the leaf's DICE FWID;
+5. the request nonce equals the expected nonce (when one is given);
+6. optional OCSP status of the intermediate certificates;
+7. with RIMs: each RIM's XML signature and chain to the RIM root at ``now``,
+   the RIM is for this device's driver/VBIOS version, and every active golden
+   measurement matches (``measurements_match``; ``None`` without RIMs).
+
+Why not NVIDIA's ``nv-local-gpu-verifier``: it reads the current time and
+fetches RIMs/OCSP over the network from global settings, takes evidence only
+from its own collector or SDK objects, and reports failures as claims
+instead of exceptions; the KBS needs a pure function of (evidence, trust
+anchors, time) that fails closed, and the steps above are small.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+
+import httpx
+from cryptography import x509
+
+from attestation.errors import EvidenceFormatError, VerificationError
+from attestation.nvidia.certs import (
+    arch_of_leaf,
+    default_device_root,
+    default_rim_root,
+    leaf_fwid,
+    load_pem_chain,
+    verify_chain,
+    verify_raw_ecdsa_p384,
+)
+from attestation.nvidia.evidence import DeviceEvidence, loads_strict, parse_evidence
+from attestation.nvidia.rim import MAX_RIM_SIZE, Rim, RimError, compare_measurements, verify_rim
+from attestation.nvidia.spdm import NONCE_SIZE, AttestationReport, OpaqueType
+
+__all__ = [
+    "DEFAULT_RIM_SERVICE_URL",
+    "NvidiaVerifier",
+    "OcspChecker",
+    "RimFiles",
+    "RimProvider",
+    "RimService",
+    "TrustAnchors",
+    "VerifiedDevice",
+    "device_nonce_from_report_data",
+    "verify_device",
+]
+
+DEFAULT_RIM_SERVICE_URL = "https://rim.attestation.nvidia.com/v1/rim/"
+_PRODUCT_ARCH = {"GH": "HOPPER", "GB": "BLACKWELL", "LS": "LS10"}
+
+
+@dataclass(frozen=True)
+class TrustAnchors:
+    """The roots a device chain and a RIM signer chain must reach."""
+
+    device_root: x509.Certificate
+    rim_root: x509.Certificate
+
+    @classmethod
+    def nvidia(cls) -> TrustAnchors:
+        """NVIDIA's production roots, shipped with this package."""
+        return cls(device_root=default_device_root(), rim_root=default_rim_root())
+
+
+@runtime_checkable
+class RimProvider(Protocol):
+    """Where RIM documents come from (files, a RIM service)."""
+
+    def rims_for(self, report: AttestationReport, arch: str) -> Sequence[bytes]:
+        """Candidate RIM documents for this device (unverified)."""
+        ...
+
+
+@runtime_checkable
+class OcspChecker(Protocol):
+    """Revocation check for a verified chain (leaf first, root last)."""
+
+    def check(
+        self, chain: Sequence[x509.Certificate], *, root: x509.Certificate, now: datetime, skip_leaf: bool
+    ) -> None:
+        """Check every certificate of a verified chain (leaf first) except the
+        root (and the leaf when ``skip_leaf``); raise VerificationError when one
+        is revoked or its status cannot be established."""
+        ...
+
+
+@dataclass(frozen=True)
+class RimFiles:
+    """A fixed set of RIM documents; each device uses those for its versions."""
+
+    documents: tuple[bytes, ...]
+
+    def __post_init__(self) -> None:
+        for d in self.documents:
+            if len(d) > MAX_RIM_SIZE:
+                raise EvidenceFormatError(f"RIM is larger than {MAX_RIM_SIZE} bytes")
+
+    def rims_for(self, report: AttestationReport, arch: str) -> Sequence[bytes]:
+        return self.documents
+
+
+@dataclass(frozen=True)
+class RimService:
+    """NVIDIA's RIM service (or a mirror): GET ``<base_url><id>`` -> ``{"rim": base64}``.
+
+    IDs: ``NV_GPU_DRIVER_GH100_<driver>`` (Hopper),
+    ``NV_GPU_CC_DRIVER_GB100_<driver>`` (Blackwell),
+    ``NV_GPU_VBIOS_<project>_<sku>_<chip sku>_<VBIOS>`` and
+    ``NV_SWITCH_BIOS_<project>_<sku>_<chip sku>_<BIOS>``."""
+
+    client: httpx.Client
+    base_url: str = DEFAULT_RIM_SERVICE_URL
+
+    @staticmethod
+    def rim_ids(report: AttestationReport, arch: str) -> list[str]:
+        o = report.opaque
+        ids: list[str] = []
+        driver = o.driver_version
+        if driver and arch == "HOPPER":
+            ids.append(f"NV_GPU_DRIVER_GH100_{driver}")
+        elif driver and arch == "BLACKWELL":
+            ids.append(f"NV_GPU_CC_DRIVER_GB100_{driver}")
+        parts = [o.text(OpaqueType.PROJECT), o.text(OpaqueType.PROJECT_SKU), o.text(OpaqueType.CHIP_SKU)]
+        vbios = o.vbios_version
+        if vbios and all(parts):
+            kind = "NV_SWITCH_BIOS" if arch == "LS10" else "NV_GPU_VBIOS"
+            ids.append(f"{kind}_{parts[0]}_{parts[1]}_{parts[2]}_{vbios.replace('.', '').upper()}")
+        return ids
+
+    def rims_for(self, report: AttestationReport, arch: str) -> Sequence[bytes]:
+        out: list[bytes] = []
+        for rim_id in self.rim_ids(report, arch):
+            try:
+                resp = self.client.get(self.base_url + rim_id)
+            except httpx.HTTPError as exc:
+                raise RimError(f"RIM service unreachable for {rim_id}") from exc
+            if resp.status_code != 200:
+                raise RimError(f"RIM service has no RIM {rim_id} (HTTP {resp.status_code})")
+            if len(resp.content) > 2 * MAX_RIM_SIZE:
+                raise RimError(f"RIM service answer for {rim_id} is too large")
+            body = loads_strict(resp.content, limit=2 * MAX_RIM_SIZE)
+            if not isinstance(body, dict) or not isinstance(body.get("rim"), str):
+                raise RimError(f"RIM service answer for {rim_id} has no 'rim' field")
+            try:
+                out.append(base64.b64decode(body["rim"], validate=True))
+            except ValueError as exc:
+                raise RimError(f"RIM service answer for {rim_id} is not base64") from exc
+        return out
+
+
+@dataclass(frozen=True)
+class VerifiedDevice:
+    """A device whose report passed every authenticity check."""
+
+    arch: str
+    uuid: str | None
+    report: AttestationReport
+    chain: tuple[x509.Certificate, ...]
+    nonce_checked: bool
+    fwid_checked: bool
+    rims: tuple[Rim, ...] = field(default=())
+    #: None without RIMs; True when all active golden measurements matched.
+    measurements_match: bool | None = None
+    matched_measurements: int = 0
+
+    def claims(self) -> dict[str, Any]:
+        o = self.report.opaque
+        fwid = o.fwid
+        return {
+            "arch": self.arch,
+            "uuid": self.uuid,
+            "nonce": self.report.nonce.hex(),
+            "nonce_checked": self.nonce_checked,
+            "driver_version": o.driver_version,
+            "vbios_version": o.vbios_version,
+            "fwid": fwid.hex() if fwid is not None else None,
+            "fwid_checked": self.fwid_checked,
+            "feature_flag": o.feature_flag,
+            "measurements_match": self.measurements_match,
+            "matched_measurements": self.matched_measurements,
+            "rims": [
+                {
+                    "tag_id": r.tag_id,
+                    "product": r.product,
+                    "edition": r.edition,
+                    "version": r.colloquial_version,
+                }
+                for r in self.rims
+            ],
+            "measurements": {str(i): v.hex() for i, v in sorted(self.report.measurements().items())},
+            "opaque": o.as_claims(),
+            "trailing_bytes": self.report.trailing_bytes,
+        }
+
+
+def device_nonce_from_report_data(report_data: bytes) -> bytes:
+    """The 32-byte device nonce: the first 32 bytes of the report data, zero-padded."""
+    return report_data[:NONCE_SIZE].ljust(NONCE_SIZE, b"\0")
+
+
+def _rim_matches_device(rim: Rim, report: AttestationReport, arch: str) -> bool:
+    product_arch = _PRODUCT_ARCH.get(rim.product[:2].upper())
+    if product_arch != arch:
+        return False
+    version = rim.colloquial_version.lower()
+    o = report.opaque
+    return version in {v.lower() for v in (o.driver_version, o.vbios_version) if v}
+
+
+def _select_rims(
+    documents: Sequence[bytes], report: AttestationReport, arch: str, anchors: TrustAnchors, now: datetime
+) -> tuple[Rim, ...]:
+    verified = [verify_rim(d, root=anchors.rim_root, now=now) for d in documents]
+    mine = tuple(r for r in verified if _rim_matches_device(r, report, arch))
+    if not mine:
+        o = report.opaque
+        raise RimError(
+            f"none of the {len(verified)} RIMs is for this {arch} device "
+            f"(driver {o.driver_version}, VBIOS {o.vbios_version})"
+        )
+    return mine
+
+
+def verify_device(
+    untrusted: DeviceEvidence,
+    *,
+    expected_nonce: bytes | None,
+    anchors: TrustAnchors,
+    now: datetime,
+    rims: RimProvider | None = None,
+    ocsp: OcspChecker | None = None,
+) -> VerifiedDevice:
+    """Verify one device's evidence; raise VerificationError / EvidenceFormatError."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    report = AttestationReport.from_bytes(untrusted.report)
+    chain = load_pem_chain(untrusted.cert_chain_pem)
+    if not chain:
+        raise EvidenceFormatError("device certificate chain is empty")
+    verify_chain(chain, root=anchors.device_root, now=now, what="device certificate")
+    arch = arch_of_leaf(chain[0])
+    if arch != untrusted.arch:
+        raise VerificationError(f"evidence says {untrusted.arch} but the certificate is for {arch}")
+    try:
+        verify_raw_ecdsa_p384(chain[0], report.response.signature, report.signed_bytes)
+    except VerificationError as exc:
+        raise VerificationError("attestation report signature is invalid") from exc
+    report_fwid = report.opaque.fwid
+    fwid_checked = False
+    if report_fwid is not None:
+        cert_fwid = leaf_fwid(chain[0])
+        if cert_fwid is None:
+            raise VerificationError("report carries an FWID but the leaf certificate has none")
+        if cert_fwid != report_fwid:
+            raise VerificationError("report FWID does not match the leaf certificate's FWID")
+        fwid_checked = True
+    if expected_nonce is not None:
+        if len(expected_nonce) != NONCE_SIZE:
+            raise ValueError("expected_nonce must be 32 bytes")
+        if report.nonce != expected_nonce:
+            raise VerificationError("report nonce does not match the expected nonce")
+    if ocsp is not None:
+        ocsp.check(chain, root=anchors.device_root, now=now, skip_leaf=True)
+    verified_rims: tuple[Rim, ...] = ()
+    measurements_match: bool | None = None
+    matched = 0
+    if rims is not None:
+        documents = rims.rims_for(report, arch)
+        if documents:
+            verified_rims = _select_rims(documents, report, arch, anchors, now)
+            if ocsp is not None:
+                for r in verified_rims:
+                    ocsp.check(r.chain, root=anchors.rim_root, now=now, skip_leaf=False)
+            matched = compare_measurements(
+                verified_rims, report.measurements(), nvdec0_disabled=report.opaque.nvdec0_disabled
+            )
+            measurements_match = True
+    return VerifiedDevice(
+        arch=arch,
+        uuid=untrusted.uuid,
+        report=report,
+        chain=chain,
+        nonce_checked=expected_nonce is not None,
+        fwid_checked=fwid_checked,
+        rims=verified_rims,
+        measurements_match=measurements_match,
+        matched_measurements=matched,
+    )
+
+
+class NvidiaVerifier:
+    """EvidenceVerifier for ``nvidia`` additional evidence (KBS side).
+
+    ``verify`` returns ``{"devices": [<claims per device>, ...]}``; the KBS
+    puts each entry in its own EAR submod. Devices cannot bind init-data, so
+    ``expected_init_data_hash`` is not checked here (as in trustee)."""
+
+    tee = "nvidia"
+
+    def __init__(
+        self,
+        *,
+        anchors: TrustAnchors | None = None,
+        rims: RimProvider | None = None,
+        ocsp: OcspChecker | None = None,
+    ) -> None:
+        self._anchors = anchors if anchors is not None else TrustAnchors.nvidia()
+        self._rims = rims
+        self._ocsp = ocsp
+
+    def verify_devices(
+        self, untrusted_evidence: Any, *, expected_report_data: bytes, now: datetime
+    ) -> list[VerifiedDevice]:
+        nonce = device_nonce_from_report_data(expected_report_data)
+        devices = parse_evidence(untrusted_evidence)
+        return [
+            verify_device(
+                d, expected_nonce=nonce, anchors=self._anchors, now=now, rims=self._rims, ocsp=self._ocsp
+            )
+            for d in devices
+        ]
+
+    def verify(
+        self,
+        untrusted_evidence: Any,
+        *,
+        expected_report_data: bytes,
+        expected_init_data_hash: bytes | None,
+        now: datetime,
+    ) -> dict[str, Any]:
+        verified = self.verify_devices(untrusted_evidence, expected_report_data=expected_report_data, now=now)
+        return {"devices": [v.claims() for v in verified]}
