@@ -1,0 +1,114 @@
+"""``coco-verify tdx QUOTE``: verify a TDX quote offline and print its claims.
+
+QUOTE is a raw quote file or trustee-shaped evidence JSON
+(``{"cc_eventlog": ..., "quote": ...}``). Authenticity is always checked
+(signatures, PCK chain to the Intel SGX Root CA, validity at ``--at``, default
+now); the TCB status needs ``--collateral`` (dcap-qvl collateral JSON) or
+``--pccs-url``; policy checks only run with ``--policy``. Prints the claims as
+JSON and exits 0, or prints one line with the reason and exits non-zero
+(1 not authentic / malformed, 3 policy violation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import binascii
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from attestation.errors import AttestationError, PolicyViolation
+from attestation.eventlog.tcg import parse_event_log
+from attestation.tdx.collateral import Collateral, CollateralCache, PccsClient
+from attestation.tdx.pck import intel_sgx_root_ca, load_pem_chain, parse_pck_extension
+from attestation.tdx.policy import TdxPolicy
+from attestation.tdx.quote import MAX_QUOTE_SIZE, Quote
+from attestation.tdx.verifier import pck_ca_kind, quote_claims, verify_quote
+
+__all__ = ["configure", "parse_time", "run"]
+
+_MAX_FILE = 16 * 1024 * 1024
+
+
+def parse_time(text: str) -> datetime:
+    t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.splitlines()[0] if __doc__ else None
+    parser.add_argument("quote", metavar="QUOTE", help="raw quote file, or evidence JSON")
+    parser.add_argument("--collateral", metavar="FILE", help="collateral JSON (dcap-qvl QuoteCollateralV3)")
+    parser.add_argument("--pccs-url", metavar="URL", help="fetch collateral from this PCS/PCCS (v4 API)")
+    parser.add_argument("--cache-dir", metavar="DIR", help="collateral cache directory for --pccs-url")
+    parser.add_argument("--eventlog", metavar="FILE", help="CCEL event log (raw); replayed against RTMRs")
+    parser.add_argument("--at", metavar="TIME", help="verify as of this RFC 3339 time (default now)")
+    parser.add_argument("--expect-report-data", metavar="HEX", help="REPORTDATA (zero-padded to 64 bytes)")
+    parser.add_argument("--policy", metavar="FILE", help="appraisal policy JSON (see attestation.tdx.policy)")
+
+
+def _read(path: str, what: str) -> bytes:
+    p = Path(path)
+    if p.stat().st_size > _MAX_FILE:
+        raise AttestationError(f"{what} file is larger than {_MAX_FILE} bytes")
+    return p.read_bytes()
+
+
+def _verify(args: argparse.Namespace) -> dict[str, object]:
+    now = parse_time(args.at) if args.at else datetime.now(UTC)
+    raw = _read(args.quote, "quote")
+    eventlog_bytes: bytes | None = _read(args.eventlog, "event log") if args.eventlog else None
+    if raw.lstrip()[:1] == b"{":
+        ev = json.loads(raw)
+        if not isinstance(ev, dict) or not isinstance(ev.get("quote"), str):
+            raise AttestationError("evidence JSON must have a base64 'quote'")
+        try:
+            raw = base64.b64decode(ev["quote"], validate=True)
+            if eventlog_bytes is None and ev.get("cc_eventlog"):
+                eventlog_bytes = base64.b64decode(ev["cc_eventlog"], validate=True)
+        except binascii.Error:
+            raise AttestationError("evidence JSON fields are not standard base64") from None
+    if len(raw) > MAX_QUOTE_SIZE:
+        raise AttestationError("quote file too large")
+    collateral = None
+    if args.collateral:
+        collateral = Collateral.from_json(_read(args.collateral, "collateral"))
+    elif args.pccs_url:
+        q = Quote.from_bytes(raw)
+        chain = load_pem_chain(q.signature_data.certification_data.pck_chain_pem(), "PCK chain")
+        cache = CollateralCache(args.cache_dir) if args.cache_dir else None
+        collateral = PccsClient(args.pccs_url, cache=cache).get(
+            fmspc=parse_pck_extension(chain[0]).fmspc, ca=pck_ca_kind(chain), tdx=q.is_tdx, now=now
+        )
+    verified = verify_quote(raw, root_ca=intel_sgx_root_ca(), now=now, collateral=collateral)
+    body = verified.quote.td_body
+    if args.expect_report_data is not None:
+        try:
+            want = bytes.fromhex(args.expect_report_data.removeprefix("0x"))
+        except ValueError:
+            raise AttestationError("--expect-report-data is not hex") from None
+        if len(want) > 64 or want.ljust(64, b"\x00") != body.report_data:
+            raise AttestationError("REPORTDATA does not match --expect-report-data")
+    el = None
+    if eventlog_bytes is not None:
+        el = parse_event_log(eventlog_bytes)
+        el.check_registers({i + 1: body.rtmrs[i] for i in range(4)})
+    claims = quote_claims(verified, el)
+    if args.policy:
+        TdxPolicy.from_json(_read(args.policy, "policy")).check(claims)
+    return claims
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        claims = _verify(args)
+    except PolicyViolation as exc:
+        print(f"coco-verify tdx: policy violation: {exc}", file=sys.stderr)
+        return 3
+    except (AttestationError, ValueError, OSError) as exc:
+        print(f"coco-verify tdx: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(claims, indent=2))
+    return 0

@@ -1,0 +1,750 @@
+"""DCAP collateral: TCB info, QE identity, CRLs; their verification; TCB
+status evaluation following Intel's matching rules; a cache and a PCCS client.
+
+Collateral is read in the JSON shape of dcap-qvl's ``QuoteCollateralV3``
+(``pck_crl_issuer_chain``, ``root_ca_crl`` hex DER, ``pck_crl`` hex DER,
+``tcb_info_issuer_chain``, ``tcb_info`` exact signed text, ``tcb_info_signature``
+hex r||s, ``qe_identity_issuer_chain``, ``qe_identity``, ``qe_identity_signature``)
+or assembled from raw Intel PCS/PCCS v4 responses
+(:meth:`Collateral.from_pcs_responses`). Signed JSON objects are verified over
+their exact bytes and only then parsed.
+
+Matching rules (Intel DCAP QVL, as also implemented by dcap-qvl; see
+``shared/reference/evidence.md`` §2.4): TCB levels sorted highest first; the
+first level whose 16 SGX components and PCESVN are all <= the PCK
+certificate's, and (TDX) whose 16 TDX components are all <= TEE_TCB_SVN,
+gives the platform status; no match is an error. For TDX, TEE_TCB_SVN[1] > 0
+selects the module identity ``TDX_%02X`` (MRSIGNERSEAM, masked
+SEAMATTRIBUTES, module tcbLevel by ISVSVN = TEE_TCB_SVN[0]). The QE identity
+must match MRSIGNER, ISVPRODID, masked MISCSELECT and ATTRIBUTES; its level is
+chosen by ISVSVN. Statuses merge to the most severe; advisory IDs are united.
+``Revoked`` is an error; every other status is returned for policy to judge.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import urllib.parse
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+from cryptography import x509
+
+from attestation.errors import VerificationError
+from attestation.tdx.pck import PckExtension, check_crl, load_pem_chain, verify_chain, verify_p256_raw
+from attestation.tdx.quote import EnclaveReport, Quote, TdReportBody
+
+__all__ = [
+    "DEFAULT_PCCS_URL",
+    "MAX_COLLATERAL_SIZE",
+    "Collateral",
+    "CollateralCache",
+    "CollateralError",
+    "CollateralSource",
+    "PccsClient",
+    "QeIdentity",
+    "StaticCollateral",
+    "TcbInfo",
+    "TcbResult",
+    "VerifiedCollateral",
+    "evaluate_tcb",
+    "verify_collateral",
+]
+
+DEFAULT_PCCS_URL = "https://api.trustedservices.intel.com"
+MAX_COLLATERAL_SIZE = 256 * 1024
+
+
+class CollateralError(VerificationError):
+    """Collateral is missing, malformed, not authentic, stale, or does not fit the quote."""
+
+
+# --- strict JSON ----------------------------------------------------------
+
+
+def _no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise CollateralError(f"duplicate JSON key {k!r} in collateral")
+        out[k] = v
+    return out
+
+
+def _strict_loads(text: str | bytes, what: str) -> Any:
+    if len(text) > MAX_COLLATERAL_SIZE:
+        raise CollateralError(f"{what}: larger than {MAX_COLLATERAL_SIZE} bytes")
+    try:
+        return json.loads(text, object_pairs_hook=_no_dupes, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CollateralError(f"{what}: not valid JSON") from exc
+
+
+def _reject_constant(name: str) -> Any:
+    raise CollateralError(f"non-standard JSON constant {name} in collateral")
+
+
+def _get(d: dict[str, Any], key: str, typ: type, what: str) -> Any:
+    v = d.get(key)
+    if type(v) is not typ:  # no bool-as-int coercion
+        raise CollateralError(f"{what}: field {key!r} missing or not a {typ.__name__}")
+    return v
+
+
+def _hex(s: str, what: str, length: int | None = None) -> bytes:
+    try:
+        b = bytes.fromhex(s)
+    except ValueError:
+        raise CollateralError(f"{what}: not hex") from None
+    if length is not None and len(b) != length:
+        raise CollateralError(f"{what}: expected {length} bytes, got {len(b)}")
+    return b
+
+
+def _time(s: str, what: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(s.replace("Z", "+00:00"))
+    except ValueError:
+        raise CollateralError(f"{what}: not an RFC 3339 time") from None
+    if t.tzinfo is None:
+        raise CollateralError(f"{what}: time without zone")
+    return t
+
+
+# --- statuses -------------------------------------------------------------
+
+_SEVERITY = {
+    "UpToDate": 0,
+    "SWHardeningNeeded": 1,
+    "ConfigurationNeeded": 2,
+    "ConfigurationAndSWHardeningNeeded": 3,
+    "TDRelaunchAdvised": 3,
+    "TDRelaunchAdvisedConfigurationNeeded": 3,
+    "OutOfDate": 4,
+    "OutOfDateConfigurationNeeded": 5,
+    "Revoked": 6,
+}
+
+
+def _status(s: Any, what: str) -> str:
+    if not isinstance(s, str) or s not in _SEVERITY:
+        raise CollateralError(f"{what}: unknown TCB status {s!r}")
+    return s
+
+
+def _merge(a: tuple[str, tuple[str, ...]], b: tuple[str, tuple[str, ...]]) -> tuple[str, tuple[str, ...]]:
+    status = b[0] if _SEVERITY[b[0]] > _SEVERITY[a[0]] else a[0]
+    ids = list(a[1])
+    ids += [i for i in b[1] if i not in ids]
+    return status, tuple(ids)
+
+
+# --- parsed signed objects -----------------------------------------------
+
+
+@dataclass(frozen=True)
+class TcbLevel:
+    sgx_components: tuple[int, ...]
+    pce_svn: int
+    tdx_components: tuple[int, ...]
+    tcb_date: str
+    status: str
+    advisory_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModuleTcbLevel:
+    isvsvn: int
+    tcb_date: str
+    status: str
+    advisory_ids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class ModuleIdentity:
+    id: str
+    mrsigner: bytes
+    attributes: bytes
+    attributes_mask: bytes
+    tcb_levels: tuple[ModuleTcbLevel, ...]
+
+
+def _advisories(d: dict[str, Any], what: str) -> tuple[str, ...]:
+    ids = d.get("advisoryIDs", [])
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise CollateralError(f"{what}: advisoryIDs must be a list of strings")
+    return tuple(ids)
+
+
+def _components(v: Any, what: str) -> tuple[int, ...]:
+    if not isinstance(v, list) or len(v) != 16:
+        raise CollateralError(f"{what}: expected 16 TCB components")
+    out = []
+    for c in v:
+        if not isinstance(c, dict) or type(c.get("svn")) is not int or not 0 <= c["svn"] <= 255:
+            raise CollateralError(f"{what}: TCB component without an svn")
+        out.append(c["svn"])
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class TcbInfo:
+    id: str
+    version: int
+    issue_date: datetime
+    next_update: datetime
+    fmspc: bytes
+    pce_id: bytes
+    tcb_evaluation_data_number: int
+    tcb_levels: tuple[TcbLevel, ...]
+    module_mrsigner: bytes | None
+    module_attributes: bytes | None
+    module_attributes_mask: bytes | None
+    module_identities: tuple[ModuleIdentity, ...]
+
+    @classmethod
+    def from_signed_text(cls, text: str) -> TcbInfo:
+        d = _strict_loads(text, "tcbInfo")
+        if not isinstance(d, dict):
+            raise CollateralError("tcbInfo: not an object")
+        w = "tcbInfo"
+        tid = d.get("id", "SGX")  # v2 SGX TCB info has no id
+        if not isinstance(tid, str):
+            raise CollateralError("tcbInfo: id not a string")
+        levels = []
+        for lv in _get(d, "tcbLevels", list, w):
+            if not isinstance(lv, dict):
+                raise CollateralError("tcbInfo: tcbLevel not an object")
+            tcb = _get(lv, "tcb", dict, w)
+            tdx = tcb.get("tdxtcbcomponents")
+            levels.append(
+                TcbLevel(
+                    sgx_components=_components(tcb.get("sgxtcbcomponents"), w),
+                    pce_svn=_get(tcb, "pcesvn", int, w),
+                    tdx_components=_components(tdx, w) if tdx is not None else (),
+                    tcb_date=_get(lv, "tcbDate", str, w),
+                    status=_status(lv.get("tcbStatus"), w),
+                    advisory_ids=_advisories(lv, w),
+                )
+            )
+        # Intel QVL order: highest first (components, then PCESVN, then TDX components)
+        levels.sort(key=lambda lv: (lv.sgx_components, lv.pce_svn, lv.tdx_components), reverse=True)
+        mod = d.get("tdxModule")
+        idents = []
+        for m in d.get("tdxModuleIdentities", []) or []:
+            mlevels = tuple(
+                ModuleTcbLevel(
+                    isvsvn=_get(_get(ml, "tcb", dict, w), "isvsvn", int, w),
+                    tcb_date=_get(ml, "tcbDate", str, w),
+                    status=_status(ml.get("tcbStatus"), w),
+                    advisory_ids=_advisories(ml, w),
+                )
+                for ml in _get(m, "tcbLevels", list, w)
+            )
+            idents.append(
+                ModuleIdentity(
+                    id=_get(m, "id", str, w),
+                    mrsigner=_hex(_get(m, "mrsigner", str, w), "module mrsigner", 48),
+                    attributes=_hex(_get(m, "attributes", str, w), "module attributes", 8),
+                    attributes_mask=_hex(_get(m, "attributesMask", str, w), "module attributesMask", 8),
+                    tcb_levels=mlevels,
+                )
+            )
+        return cls(
+            id=tid,
+            version=_get(d, "version", int, w),
+            issue_date=_time(_get(d, "issueDate", str, w), "tcbInfo issueDate"),
+            next_update=_time(_get(d, "nextUpdate", str, w), "tcbInfo nextUpdate"),
+            fmspc=_hex(_get(d, "fmspc", str, w), "tcbInfo fmspc", 6),
+            pce_id=_hex(_get(d, "pceId", str, w), "tcbInfo pceId", 2),
+            tcb_evaluation_data_number=_get(d, "tcbEvaluationDataNumber", int, w),
+            tcb_levels=tuple(levels),
+            module_mrsigner=_hex(_get(mod, "mrsigner", str, w), "tdxModule mrsigner", 48) if mod else None,
+            module_attributes=_hex(_get(mod, "attributes", str, w), "tdxModule attributes", 8)
+            if mod
+            else None,
+            module_attributes_mask=_hex(_get(mod, "attributesMask", str, w), "tdxModule mask", 8)
+            if mod
+            else None,
+            module_identities=tuple(idents),
+        )
+
+
+@dataclass(frozen=True)
+class QeIdentity:
+    id: str
+    version: int
+    issue_date: datetime
+    next_update: datetime
+    tcb_evaluation_data_number: int
+    miscselect: int
+    miscselect_mask: int
+    attributes: bytes
+    attributes_mask: bytes
+    mrsigner: bytes
+    isvprodid: int
+    tcb_levels: tuple[ModuleTcbLevel, ...]
+
+    @classmethod
+    def from_signed_text(cls, text: str) -> QeIdentity:
+        d = _strict_loads(text, "qeIdentity")
+        if not isinstance(d, dict):
+            raise CollateralError("qeIdentity: not an object")
+        w = "qeIdentity"
+        levels = tuple(
+            ModuleTcbLevel(
+                isvsvn=_get(_get(lv, "tcb", dict, w), "isvsvn", int, w),
+                tcb_date=_get(lv, "tcbDate", str, w),
+                status=_status(lv.get("tcbStatus"), w),
+                advisory_ids=_advisories(lv, w),
+            )
+            for lv in _get(d, "tcbLevels", list, w)
+        )
+        return cls(
+            id=_get(d, "id", str, w),
+            version=_get(d, "version", int, w),
+            issue_date=_time(_get(d, "issueDate", str, w), "qeIdentity issueDate"),
+            next_update=_time(_get(d, "nextUpdate", str, w), "qeIdentity nextUpdate"),
+            tcb_evaluation_data_number=_get(d, "tcbEvaluationDataNumber", int, w),
+            # hex of the little-endian MISCSELECT bytes, as QVL reads it
+            miscselect=int.from_bytes(_hex(_get(d, "miscselect", str, w), "miscselect", 4), "little"),
+            miscselect_mask=int.from_bytes(
+                _hex(_get(d, "miscselectMask", str, w), "miscselectMask", 4), "little"
+            ),
+            attributes=_hex(_get(d, "attributes", str, w), "attributes", 16),
+            attributes_mask=_hex(_get(d, "attributesMask", str, w), "attributesMask", 16),
+            mrsigner=_hex(_get(d, "mrsigner", str, w), "mrsigner", 32),
+            isvprodid=_get(d, "isvprodid", int, w),
+            tcb_levels=tuple(sorted(levels, key=lambda lv: lv.isvsvn, reverse=True)),
+        )
+
+
+# --- the collateral bundle -----------------------------------------------
+
+_FIELDS = (
+    "pck_crl_issuer_chain",
+    "root_ca_crl",
+    "pck_crl",
+    "tcb_info_issuer_chain",
+    "tcb_info",
+    "tcb_info_signature",
+    "qe_identity_issuer_chain",
+    "qe_identity",
+    "qe_identity_signature",
+)
+
+
+def _inner_signed_text(untrusted_body: str, key: str) -> tuple[str, bytes]:
+    """From a PCS body ``{"<key>": {...}, "signature": "<hex>"}`` return the exact
+    text of the inner object (what Intel signed) and the signature."""
+    outer = _strict_loads(untrusted_body, f"PCS {key} response")
+    if not isinstance(outer, dict) or set(outer) != {key, "signature"}:
+        raise CollateralError(f"PCS {key} response must have exactly the keys {key!r} and 'signature'")
+    m = re.search(r'"' + key + r'"\s*:\s*', untrusted_body)
+    if m is None:
+        raise CollateralError(f"PCS {key} response: key not found")
+    try:
+        _, end = json.JSONDecoder().raw_decode(untrusted_body, m.end())
+    except ValueError as exc:
+        raise CollateralError(f"PCS {key} response: bad inner object") from exc
+    sig = _hex(_get(outer, "signature", str, key), f"{key} signature", 64)
+    return untrusted_body[m.end() : end], sig
+
+
+@dataclass(frozen=True)
+class Collateral:
+    """Unverified collateral for one FMSPC / CA / TEE type."""
+
+    pck_crl_issuer_chain: str
+    root_ca_crl: bytes | None
+    pck_crl: bytes | None
+    tcb_info_issuer_chain: str
+    tcb_info: str
+    tcb_info_signature: bytes
+    qe_identity_issuer_chain: str
+    qe_identity: str
+    qe_identity_signature: bytes
+
+    @classmethod
+    def from_json(cls, untrusted_text: str | bytes) -> Collateral:
+        d = _strict_loads(untrusted_text, "collateral")
+        if not isinstance(d, dict):
+            raise CollateralError("collateral: not a JSON object")
+        extra = set(d) - set(_FIELDS) - {"pck_certificate_chain"}
+        if extra:
+            raise CollateralError(f"collateral: unknown keys {sorted(extra)}")
+        w = "collateral"
+
+        def crl(key: str) -> bytes | None:
+            v = d.get(key)
+            if v is None or v == "":
+                return None
+            if not isinstance(v, str):
+                raise CollateralError(f"collateral: {key} must be hex")
+            return _hex(v, key)
+
+        return cls(
+            pck_crl_issuer_chain=d.get("pck_crl_issuer_chain") or "",
+            root_ca_crl=crl("root_ca_crl"),
+            pck_crl=crl("pck_crl"),
+            tcb_info_issuer_chain=_get(d, "tcb_info_issuer_chain", str, w),
+            tcb_info=_get(d, "tcb_info", str, w),
+            tcb_info_signature=_hex(_get(d, "tcb_info_signature", str, w), "tcb_info_signature", 64),
+            qe_identity_issuer_chain=_get(d, "qe_identity_issuer_chain", str, w),
+            qe_identity=_get(d, "qe_identity", str, w),
+            qe_identity_signature=_hex(_get(d, "qe_identity_signature", str, w), "qe_identity_signature", 64),
+        )
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "pck_crl_issuer_chain": self.pck_crl_issuer_chain,
+                "root_ca_crl": (self.root_ca_crl or b"").hex(),
+                "pck_crl": (self.pck_crl or b"").hex(),
+                "tcb_info_issuer_chain": self.tcb_info_issuer_chain,
+                "tcb_info": self.tcb_info,
+                "tcb_info_signature": self.tcb_info_signature.hex(),
+                "qe_identity_issuer_chain": self.qe_identity_issuer_chain,
+                "qe_identity": self.qe_identity,
+                "qe_identity_signature": self.qe_identity_signature.hex(),
+            }
+        )
+
+    @classmethod
+    def from_pcs_responses(
+        cls,
+        *,
+        tcb_info_body: str,
+        tcb_info_issuer_chain: str,
+        qe_identity_body: str,
+        qe_identity_issuer_chain: str,
+        pck_crl: bytes | None = None,
+        pck_crl_issuer_chain: str = "",
+        root_ca_crl: bytes | None = None,
+    ) -> Collateral:
+        tcb_text, tcb_sig = _inner_signed_text(tcb_info_body, "tcbInfo")
+        qe_text, qe_sig = _inner_signed_text(qe_identity_body, "enclaveIdentity")
+        return cls(
+            pck_crl_issuer_chain=pck_crl_issuer_chain,
+            root_ca_crl=root_ca_crl,
+            pck_crl=pck_crl,
+            tcb_info_issuer_chain=tcb_info_issuer_chain,
+            tcb_info=tcb_text,
+            tcb_info_signature=tcb_sig,
+            qe_identity_issuer_chain=qe_identity_issuer_chain,
+            qe_identity=qe_text,
+            qe_identity_signature=qe_sig,
+        )
+
+
+@dataclass(frozen=True)
+class VerifiedCollateral:
+    tcb_info: TcbInfo
+    qe_identity: QeIdentity
+    crls: tuple[x509.CertificateRevocationList, ...]
+
+
+def _load_crl(der: bytes, what: str) -> x509.CertificateRevocationList:
+    try:
+        return x509.load_der_x509_crl(der)
+    except ValueError as exc:
+        raise CollateralError(f"{what}: not a DER CRL") from exc
+
+
+def verify_collateral(collateral: Collateral, *, root: x509.Certificate, now: datetime) -> VerifiedCollateral:
+    """Check every signature and chain in ``collateral`` against ``root`` and
+    freshness at ``now``; return the parsed TCB info and QE identity."""
+    crls: list[x509.CertificateRevocationList] = []
+    if collateral.root_ca_crl is not None:
+        root_crl = _load_crl(collateral.root_ca_crl, "root CA CRL")
+        check_crl(root_crl, root, now, "root CA CRL")
+        crls.append(root_crl)
+    if collateral.pck_crl is not None:
+        pck_crl = _load_crl(collateral.pck_crl, "PCK CRL")
+        if not collateral.pck_crl_issuer_chain:
+            raise CollateralError("PCK CRL given without its issuer chain")
+        issuer = verify_chain(
+            load_pem_chain(collateral.pck_crl_issuer_chain, "PCK CRL issuer chain"),
+            root=root,
+            now=now,
+            crls=crls,
+            what="PCK CRL issuer chain",
+        )
+        check_crl(pck_crl, issuer, now, "PCK CRL")
+        crls.append(pck_crl)
+
+    def signed(chain_pem: str, text: str, sig: bytes, what: str) -> None:
+        leaf = verify_chain(
+            load_pem_chain(chain_pem, f"{what} issuer chain"),
+            root=root,
+            now=now,
+            crls=crls,
+            what=f"{what} issuer chain",
+        )
+        verify_p256_raw(leaf.public_key(), sig, text.encode(), what)  # type: ignore[arg-type]
+
+    signed(collateral.tcb_info_issuer_chain, collateral.tcb_info, collateral.tcb_info_signature, "TCB info")
+    signed(
+        collateral.qe_identity_issuer_chain,
+        collateral.qe_identity,
+        collateral.qe_identity_signature,
+        "QE identity",
+    )
+    tcb = TcbInfo.from_signed_text(collateral.tcb_info)
+    qe = QeIdentity.from_signed_text(collateral.qe_identity)
+    for what, a, b in (
+        ("TCB info", tcb.issue_date, tcb.next_update),
+        ("QE identity", qe.issue_date, qe.next_update),
+    ):
+        if now < a:
+            raise CollateralError(f"{what} issued after {now.isoformat()} (issueDate {a.isoformat()})")
+        if now > b:
+            raise CollateralError(f"{what} expired at {b.isoformat()}; fetch fresh collateral or pass a time")
+    return VerifiedCollateral(tcb, qe, tuple(crls))
+
+
+# --- TCB evaluation -------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TcbResult:
+    status: str
+    advisory_ids: tuple[str, ...]
+    platform_status: str
+    qe_status: str
+    module_status: str | None
+    tcb_date: str
+    tcb_evaluation_data_number: int
+    tcb_info_issue_date: datetime
+    tcb_info_next_update: datetime
+
+
+def _module_status(tcb: TcbInfo, body: TdReportBody) -> tuple[str, tuple[str, ...]] | None:
+    isvsvn, version = body.tee_tcb_svn[0], body.tee_tcb_svn[1]
+    mrsigner, attrs, mask = tcb.module_mrsigner, tcb.module_attributes, tcb.module_attributes_mask
+    if mrsigner is None or attrs is None or mask is None:
+        raise CollateralError("TDX TCB info lacks tdxModule")
+    levels: tuple[ModuleTcbLevel, ...] | None = None
+    if version > 0 and tcb.module_identities:
+        want = f"TDX_{version:02X}"
+        ident = next((m for m in tcb.module_identities if m.id.upper() == want), None)
+        if ident is None:
+            raise CollateralError(f"TCB info has no TDX module identity {want}")
+        mrsigner, attrs, mask, levels = (
+            ident.mrsigner,
+            ident.attributes,
+            ident.attributes_mask,
+            ident.tcb_levels,
+        )
+    if body.mr_signer_seam != mrsigner:
+        raise VerificationError("MRSIGNERSEAM does not match the TDX module identity")
+    for a, m, s in zip(attrs, mask, body.seam_attributes, strict=True):
+        if a & m != s & m:
+            raise VerificationError("SEAMATTRIBUTES do not match the TDX module identity")
+    if levels is None:
+        return None
+    for lv in sorted(levels, key=lambda x: x.isvsvn, reverse=True):
+        if isvsvn >= lv.isvsvn:
+            return lv.status, lv.advisory_ids
+    raise VerificationError(f"TDX module ISVSVN {isvsvn} is below every module TCB level")
+
+
+def _qe_status(qe: QeIdentity, report: EnclaveReport, tdx: bool) -> tuple[str, tuple[str, ...]]:
+    want_id, versions = ("TD_QE", (2, 3)) if tdx else ("QE", (2,))
+    if qe.id != want_id or qe.version not in versions:
+        raise CollateralError(f"QE identity {qe.id} v{qe.version} does not fit this quote (need {want_id})")
+    if report.mr_signer != qe.mrsigner:
+        raise VerificationError("QE MRSIGNER does not match the QE identity")
+    if report.isv_prod_id != qe.isvprodid:
+        raise VerificationError("QE ISVPRODID does not match the QE identity")
+    if report.misc_select & qe.miscselect_mask != qe.miscselect & qe.miscselect_mask:
+        raise VerificationError("QE MISCSELECT does not match the QE identity")
+    for a, m, s in zip(qe.attributes, qe.attributes_mask, report.attributes, strict=True):
+        if a & m != s & m:
+            raise VerificationError("QE ATTRIBUTES do not match the QE identity")
+    if report.debug:
+        raise VerificationError("QE report is from a debug enclave")
+    for lv in qe.tcb_levels:
+        if report.isv_svn >= lv.isvsvn:
+            return lv.status, lv.advisory_ids
+    raise VerificationError(f"QE ISVSVN {report.isv_svn} is below every QE identity TCB level")
+
+
+def evaluate_tcb(quote: Quote, pck: PckExtension, collateral: VerifiedCollateral) -> TcbResult:
+    """TCB status of an authentic quote (call after signatures and chains)."""
+    tcb = collateral.tcb_info
+    if pck.fmspc != tcb.fmspc:
+        raise CollateralError(
+            f"collateral is for FMSPC {tcb.fmspc.hex()}, the PCK certificate says {pck.fmspc.hex()}"
+        )
+    if pck.pce_id != tcb.pce_id:
+        raise CollateralError("collateral PCE ID does not match the PCK certificate")
+    tdx = quote.is_tdx
+    if tdx and (tcb.id != "TDX" or tcb.version < 3):
+        raise CollateralError("TDX quote with non-TDX TCB info")
+    if not tdx and tcb.id != "SGX":
+        raise CollateralError("SGX quote with non-SGX TCB info")
+    body = quote.body if isinstance(quote.body, TdReportBody) else None
+    platform: tuple[str, tuple[str, ...]] | None = None
+    tcb_date = ""
+    for lv in tcb.tcb_levels:
+        if pck.pce_svn < lv.pce_svn:
+            continue
+        if any(a < b for a, b in zip(pck.sgx_tcb_components, lv.sgx_components, strict=True)):
+            continue
+        if body is not None:
+            if len(lv.tdx_components) != 16:
+                raise CollateralError("TDX TCB level without 16 TDX components")
+            if any(a < b for a, b in zip(body.tee_tcb_svn, lv.tdx_components, strict=True)):
+                continue
+        platform = (lv.status, lv.advisory_ids)
+        tcb_date = lv.tcb_date
+        break
+    if platform is None:
+        raise VerificationError("no TCB level in the collateral matches this platform (TCB unsupported)")
+    platform_only = platform[0]
+    module = _module_status(tcb, body) if body is not None else None
+    if module is not None:
+        platform = _merge(platform, module)
+    qe = _qe_status(collateral.qe_identity, quote.signature_data.qe_report, tdx)
+    final = _merge(platform, qe)
+    if final[0] == "Revoked":
+        raise VerificationError("TCB status is Revoked")
+    return TcbResult(
+        status=final[0],
+        advisory_ids=final[1],
+        platform_status=platform_only,
+        qe_status=qe[0],
+        module_status=module[0] if module else None,
+        tcb_date=tcb_date,
+        tcb_evaluation_data_number=tcb.tcb_evaluation_data_number,
+        tcb_info_issue_date=tcb.issue_date,
+        tcb_info_next_update=tcb.next_update,
+    )
+
+
+# --- sources: static, cache, PCCS ----------------------------------------
+
+
+class CollateralSource(Protocol):
+    def get(self, *, fmspc: bytes, ca: str, tdx: bool, now: datetime) -> Collateral | None:
+        """Collateral for the platform, or None when none is available."""
+        ...
+
+
+class StaticCollateral:
+    """One fixed collateral bundle (offline verification)."""
+
+    def __init__(self, collateral: Collateral) -> None:
+        self._collateral = collateral
+
+    def get(self, *, fmspc: bytes, ca: str, tdx: bool, now: datetime) -> Collateral | None:
+        return self._collateral
+
+
+class CollateralCache:
+    """A directory of collateral JSON files keyed by TEE, FMSPC and PCK CA.
+
+    Entries are served while their TCB info and QE identity are current at
+    ``now``; a stale entry counts as a miss. Entries are only an optimisation:
+    everything served is verified again by the verifier.
+    """
+
+    def __init__(self, directory: str | Path) -> None:
+        self._dir = Path(directory)
+
+    def _path(self, fmspc: bytes, ca: str, tdx: bool) -> Path:
+        if ca not in ("platform", "processor"):
+            raise CollateralError(f"unknown PCK CA kind {ca!r}")
+        return self._dir / f"{'tdx' if tdx else 'sgx'}-{fmspc.hex()}-{ca}.json"
+
+    def get(self, *, fmspc: bytes, ca: str, tdx: bool, now: datetime) -> Collateral | None:
+        p = self._path(fmspc, ca, tdx)
+        try:
+            if p.stat().st_size > MAX_COLLATERAL_SIZE:
+                return None
+            c = Collateral.from_json(p.read_bytes())
+            tcb = TcbInfo.from_signed_text(c.tcb_info)
+            qe = QeIdentity.from_signed_text(c.qe_identity)
+        except (OSError, CollateralError):
+            return None
+        if not (tcb.issue_date <= now <= tcb.next_update and qe.issue_date <= now <= qe.next_update):
+            return None
+        return c
+
+    def put(self, collateral: Collateral, *, fmspc: bytes, ca: str, tdx: bool) -> None:
+        self._dir.mkdir(parents=True, exist_ok=True)
+        p = self._path(fmspc, ca, tdx)
+        tmp = p.with_suffix(".tmp")
+        tmp.write_text(collateral.to_json())
+        tmp.replace(p)
+
+
+class PccsClient:
+    """Fetches collateral from an Intel PCS or a PCCS (v4 API), optionally
+    through a :class:`CollateralCache`. All I/O goes through the injected
+    ``httpx.Client`` (tests pass a client bound to a local server)."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_PCCS_URL,
+        *,
+        client: httpx.Client | None = None,
+        cache: CollateralCache | None = None,
+        timeout: float = 10.0,
+    ) -> None:
+        self._base = base_url.rstrip("/")
+        self._client = client or httpx.Client(timeout=timeout)
+        self._cache = cache
+
+    def _get(self, path: str) -> httpx.Response:
+        try:
+            resp = self._client.get(f"{self._base}{path}")
+        except httpx.HTTPError as exc:
+            raise CollateralError(f"PCCS request {path.split('?')[0]} failed: {type(exc).__name__}") from exc
+        if resp.status_code != 200:
+            raise CollateralError(f"PCCS {path.split('?')[0]} answered HTTP {resp.status_code}")
+        if len(resp.content) > MAX_COLLATERAL_SIZE:
+            raise CollateralError(f"PCCS {path.split('?')[0]} answer too large")
+        return resp
+
+    @staticmethod
+    def _header(resp: httpx.Response, *names: str) -> str:
+        for n in names:
+            v = resp.headers.get(n)
+            if v:
+                return urllib.parse.unquote(v)
+        raise CollateralError(f"PCCS answer lacks the {names[0]} header")
+
+    def get(self, *, fmspc: bytes, ca: str, tdx: bool, now: datetime) -> Collateral | None:
+        if self._cache is not None:
+            hit = self._cache.get(fmspc=fmspc, ca=ca, tdx=tdx, now=now)
+            if hit is not None:
+                return hit
+        tee = "tdx" if tdx else "sgx"
+        crl = self._get(f"/sgx/certification/v4/pckcrl?ca={ca}&encoding=der")
+        tcb = self._get(f"/{tee}/certification/v4/tcb?fmspc={fmspc.hex().upper()}")
+        qe = self._get(f"/{tee}/certification/v4/qe/identity")
+        root_crl: bytes | None
+        try:
+            root_crl = self._get("/sgx/certification/v4/rootcacrl").content
+            if root_crl[:1] != b"\x30":  # PCCS serves hex text
+                root_crl = bytes.fromhex(root_crl.decode("ascii").strip())
+        except (CollateralError, ValueError, UnicodeDecodeError):
+            root_crl = None
+        c = Collateral.from_pcs_responses(
+            tcb_info_body=tcb.text,
+            tcb_info_issuer_chain=self._header(tcb, "TCB-Info-Issuer-Chain", "SGX-TCB-Info-Issuer-Chain"),
+            qe_identity_body=qe.text,
+            qe_identity_issuer_chain=self._header(qe, "SGX-Enclave-Identity-Issuer-Chain"),
+            pck_crl=crl.content,
+            pck_crl_issuer_chain=self._header(crl, "SGX-PCK-CRL-Issuer-Chain"),
+            root_ca_crl=root_crl,
+        )
+        if self._cache is not None:
+            self._cache.put(c, fmspc=fmspc, ca=ca, tdx=tdx)
+        return c

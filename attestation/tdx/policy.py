@@ -1,0 +1,99 @@
+"""A small appraisal policy for verified TDX claims (``coco-verify tdx --policy``).
+
+Policy JSON (strict: unknown keys, duplicate keys and wrong types are errors)::
+
+    {
+      "allow_debug": false,                   # default false
+      "require_sept_ve_disable": true,        # default true
+      "accepted_tcb_statuses": ["UpToDate"],  # optional; a null status then fails
+      "rejected_advisories": ["INTEL-SA-00837"],
+      "mr_td": ["<hex>", ...], "mr_seam": [...], "mr_config_id": [...],
+      "rtmr0": [...], "rtmr1": [...], "rtmr2": [...], "rtmr3": [...]
+    }
+
+Measurement lists are allow-lists: when present, the claim must equal one entry.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from attestation.errors import EvidenceFormatError, PolicyViolation
+
+__all__ = ["MAX_POLICY_SIZE", "TdxPolicy"]
+
+MAX_POLICY_SIZE = 256 * 1024
+_MEASUREMENTS = ("mr_td", "mr_seam", "mr_config_id", "rtmr0", "rtmr1", "rtmr2", "rtmr3")
+
+
+def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise EvidenceFormatError(f"policy: duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def _strs(v: Any, key: str) -> tuple[str, ...]:
+    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
+        raise EvidenceFormatError(f"policy: {key} must be a list of strings")
+    return tuple(v)
+
+
+@dataclass(frozen=True)
+class TdxPolicy:
+    allow_debug: bool = False
+    require_sept_ve_disable: bool = True
+    accepted_tcb_statuses: tuple[str, ...] | None = None
+    rejected_advisories: tuple[str, ...] = ()
+    measurements: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @classmethod
+    def from_json(cls, untrusted_text: str | bytes) -> TdxPolicy:
+        if len(untrusted_text) > MAX_POLICY_SIZE:
+            raise EvidenceFormatError("policy too large")
+        try:
+            d = json.loads(untrusted_text, object_pairs_hook=_pairs)
+        except ValueError as exc:
+            raise EvidenceFormatError("policy is not JSON") from exc
+        if not isinstance(d, dict):
+            raise EvidenceFormatError("policy must be a JSON object")
+        known = {"allow_debug", "require_sept_ve_disable", "accepted_tcb_statuses", "rejected_advisories"}
+        unknown = set(d) - known - set(_MEASUREMENTS)
+        if unknown:
+            raise EvidenceFormatError(f"policy: unknown keys {sorted(unknown)}")
+        for b in ("allow_debug", "require_sept_ve_disable"):
+            if b in d and type(d[b]) is not bool:
+                raise EvidenceFormatError(f"policy: {b} must be true or false")
+        meas = tuple(
+            (k, tuple(s.lower().removeprefix("0x") for s in _strs(d[k], k))) for k in _MEASUREMENTS if k in d
+        )
+        acc = d.get("accepted_tcb_statuses")
+        return cls(
+            allow_debug=d.get("allow_debug", False),
+            require_sept_ve_disable=d.get("require_sept_ve_disable", True),
+            accepted_tcb_statuses=_strs(acc, "accepted_tcb_statuses") if acc is not None else None,
+            rejected_advisories=_strs(d.get("rejected_advisories", []), "rejected_advisories"),
+            measurements=meas,
+        )
+
+    def check(self, claims: dict[str, Any]) -> None:
+        """Raise :class:`PolicyViolation` with the first failed rule."""
+        if claims.get("debug") and not self.allow_debug:
+            raise PolicyViolation("TD is in DEBUG mode and the policy does not allow debug TDs")
+        td_attrs = claims.get("td_attributes") or {}
+        if self.require_sept_ve_disable and not td_attrs.get("septve_disable"):
+            raise PolicyViolation("SEPT_VE_DISABLE is not set")
+        if self.accepted_tcb_statuses is not None:
+            status = claims.get("tcb_status")
+            if status not in self.accepted_tcb_statuses:
+                raise PolicyViolation(f"TCB status {status} is not accepted (give --collateral for a status)")
+        for adv in claims.get("advisory_ids") or []:
+            if adv in self.rejected_advisories:
+                raise PolicyViolation(f"platform is affected by rejected advisory {adv}")
+        for key, allowed in self.measurements:
+            if str(claims.get(key, "")).lower() not in allowed:
+                raise PolicyViolation(f"{key} is not in the policy's allow-list")
