@@ -21,13 +21,14 @@ from typing import Any
 
 from attestation.errors import EvidenceFormatError
 from attestation.nvidia.certs import MAX_CHAIN_SIZE
-from attestation.nvidia.spdm import MAX_REPORT_SIZE
+from attestation.nvidia.spdm import MAX_REPORT_SIZE, NONCE_SIZE
 
 __all__ = [
     "MAX_DEVICES",
     "MAX_EVIDENCE_JSON_SIZE",
     "DeviceEvidence",
     "decode_report_text",
+    "device_nonce",
     "encode_evidence",
     "loads_strict",
     "parse_evidence",
@@ -50,6 +51,12 @@ class DeviceEvidence:
     cert_chain_pem: bytes
     #: Only in the NVIDIA SDK shape: the nonce the collector says it used (not trusted).
     nonce: bytes | None = None
+
+
+def device_nonce(report_data: bytes) -> bytes:
+    """The 32-byte device nonce: the first 32 bytes of the report data, zero-padded
+    (guest-components' attester and trustee's verifier both do this)."""
+    return report_data[:NONCE_SIZE].ljust(NONCE_SIZE, b"\0")
 
 
 def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

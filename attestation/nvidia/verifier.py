@@ -43,7 +43,7 @@ from attestation.nvidia.certs import (
     verify_chain,
     verify_raw_ecdsa_p384,
 )
-from attestation.nvidia.evidence import DeviceEvidence, loads_strict, parse_evidence
+from attestation.nvidia.evidence import DeviceEvidence, device_nonce, loads_strict, parse_evidence
 from attestation.nvidia.rim import MAX_RIM_SIZE, Rim, RimError, compare_measurements, verify_rim
 from attestation.nvidia.spdm import NONCE_SIZE, AttestationReport, OpaqueType
 
@@ -56,7 +56,6 @@ __all__ = [
     "RimService",
     "TrustAnchors",
     "VerifiedDevice",
-    "device_nonce_from_report_data",
     "verify_device",
 ]
 
@@ -208,11 +207,6 @@ class VerifiedDevice:
         }
 
 
-def device_nonce_from_report_data(report_data: bytes) -> bytes:
-    """The 32-byte device nonce: the first 32 bytes of the report data, zero-padded."""
-    return report_data[:NONCE_SIZE].ljust(NONCE_SIZE, b"\0")
-
-
 def _rim_matches_device(rim: Rim, report: AttestationReport, arch: str) -> bool:
     product_arch = _PRODUCT_ARCH.get(rim.product[:2].upper())
     if product_arch != arch:
@@ -326,7 +320,7 @@ class NvidiaVerifier:
     def verify_devices(
         self, untrusted_evidence: Any, *, expected_report_data: bytes, now: datetime
     ) -> list[VerifiedDevice]:
-        nonce = device_nonce_from_report_data(expected_report_data)
+        nonce = device_nonce(expected_report_data)
         devices = parse_evidence(untrusted_evidence)
         return [
             verify_device(
