@@ -1,0 +1,128 @@
+"""``coco-verify snp REPORT [--vcek CERT] [--certs-dir DIR] [--at TIME]
+[--expect-report-data HEX] [--policy FILE]``
+
+REPORT is raw report bytes (1184), hex text, or trustee SNP evidence JSON.
+Authenticity is always checked (pinned AMD roots, certificate validity at
+``--at`` or now); policy only with ``--policy``. On success prints the claims
+as one JSON object and exits 0; on rejection prints one line to stderr and
+exits 1 (2 for unreadable input or usage errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+
+from attestation.errors import AttestationError, EvidenceFormatError
+from attestation.snp.certs import MAX_CERT_FILE, EndorsementCert
+from attestation.snp.errors import SnpFormatError
+from attestation.snp.evidence import MAX_EVIDENCE_JSON, SnpEvidence
+from attestation.snp.kds import KdsClient
+from attestation.snp.policy import MAX_POLICY_FILE, SnpPolicy, validate
+from attestation.snp.report import REPORT_SIZE, AttestationReport
+from attestation.snp.verifier import SnpVerifier
+from attestation.snp.verify import check_binding, verify_report
+
+__all__ = ["configure", "load_report_input", "run"]
+
+_HEX = frozenset(b"0123456789abcdefABCDEF \t\r\n")
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Verify an AMD SEV-SNP attestation report against the pinned AMD roots."
+    parser.add_argument("report", metavar="REPORT", help="raw report, hex text, or trustee SNP evidence JSON")
+    parser.add_argument("--vcek", metavar="CERT", help="VCEK or VLEK certificate (DER or PEM)")
+    parser.add_argument(
+        "--certs-dir",
+        metavar="DIR",
+        help="folder of VCEK/VLEK certificates (also the KDS cache when --kds is given)",
+    )
+    parser.add_argument("--at", metavar="TIME", help="verify as of this ISO 8601 time (default: now)")
+    parser.add_argument(
+        "--expect-report-data", metavar="HEX", help="expected REPORT_DATA (<= 64 bytes, zero-padded)"
+    )
+    parser.add_argument("--policy", metavar="FILE", help="appraisal policy JSON (see attestation.snp.policy)")
+    parser.add_argument("--kds", action="store_true", help="allow fetching the VCEK from AMD KDS (network)")
+
+
+def _read(path: str, limit: int) -> bytes:
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise SnpFormatError(f"{Path(path).name} is larger than {limit} bytes")
+    return data
+
+
+def load_report_input(data: bytes) -> SnpEvidence:
+    """Raw bytes, hex text, or evidence JSON → :class:`SnpEvidence`."""
+    stripped = data.strip()
+    if stripped.startswith(b"{"):
+        return SnpEvidence.from_json(stripped)
+    if stripped and all(b in _HEX for b in stripped) and len(data) != REPORT_SIZE:
+        try:
+            raw = bytes.fromhex(stripped.decode("ascii"))
+        except ValueError as exc:
+            raise SnpFormatError("hex report text is malformed") from exc
+        return SnpEvidence(AttestationReport.from_bytes(raw), None)
+    return SnpEvidence(AttestationReport.from_bytes(data), None)
+
+
+def _parse_time(text: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise SnpFormatError(f"--at {text[:40]!r} is not an ISO 8601 time") from exc
+    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
+
+
+def _fail(code: int, msg: str) -> int:
+    print(f"coco-verify snp: {msg}", file=sys.stderr)
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        now = _parse_time(args.at) if args.at else datetime.now(UTC)
+        evidence = load_report_input(_read(args.report, MAX_EVIDENCE_JSON))
+        endorsement = EndorsementCert.from_bytes(_read(args.vcek, MAX_CERT_FILE)) if args.vcek else None
+        expected = None
+        if args.expect_report_data is not None:
+            try:
+                expected = bytes.fromhex(args.expect_report_data)
+            except ValueError as exc:
+                raise SnpFormatError("--expect-report-data is not hex") from exc
+            if len(expected) > 64:
+                raise SnpFormatError("--expect-report-data is longer than 64 bytes")
+        policy = SnpPolicy.from_json(_read(args.policy, MAX_POLICY_FILE)) if args.policy else None
+    except OSError as exc:
+        return _fail(2, f"cannot read input: {exc.strerror or exc}")
+    except EvidenceFormatError as exc:
+        return _fail(2, f"rejected: malformed input: {exc}")
+
+    kds = None
+    if args.certs_dir or args.kds:
+        http = httpx.Client(follow_redirects=False) if args.kds else None
+        kds = KdsClient(
+            cache_dir=Path(args.certs_dir) if args.certs_dir else None, http=http, offline=not args.kds
+        )
+    verifier = SnpVerifier(kds=kds, required_vmpl=None)
+    try:
+        key = endorsement if endorsement is not None else verifier.endorsement_for(evidence)
+        verified = verify_report(evidence.report, key, trust=verifier.trust, now=now)
+        check_binding(verified, expected_report_data=expected)
+        if policy is not None:
+            validate(verified, policy)
+    except EvidenceFormatError as exc:
+        return _fail(2, f"rejected: malformed input: {exc}")
+    except AttestationError as exc:
+        return _fail(1, f"rejected: {exc}")
+    finally:
+        if kds is not None and kds.http is not None:
+            kds.http.close()
+    print(json.dumps(verified.claims(), indent=2, sort_keys=True))
+    return 0

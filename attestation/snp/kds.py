@@ -1,0 +1,180 @@
+"""VCEK retrieval from AMD's Key Distribution Service, with an on-disk cache.
+
+URL (AMD KDS spec; go-sev-guest ``kds/kds.go``; trustee ``snp/mod.rs``)::
+
+    https://kdsintf.amd.com/vcek/v1/{Milan|Genoa|Turin}/{hwid-hex}?blSPL=NN&teeSPL=NN&snpSPL=NN&ucodeSPL=NN[&fmcSPL=NN]
+
+``hwid`` is the 64-byte CHIP_ID, or its first 8 bytes on Turin (which also
+adds ``fmcSPL``). Values are zero-padded to two digits as trustee does.
+
+Network I/O goes through one injected :class:`httpx.Client`; with
+``offline=True`` (or no client) only the cache is consulted. A VCEK fetched
+from KDS is still verified against the pinned roots like any other: KDS is a
+source of certificates, not of trust. Tests use ``httpx.MockTransport`` and
+never touch the network.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from attestation.snp.certs import MAX_CERT_FILE, EndorsementCert
+from attestation.snp.errors import CertificateFormatError, EndorsementKeyUnavailable
+from attestation.snp.report import AttestationReport, Product, SigningKey
+
+__all__ = ["KDS_BASE_URL", "KdsClient", "cache_name", "vcek_url"]
+
+log = logging.getLogger(__name__)
+
+KDS_BASE_URL = "https://kdsintf.amd.com"
+_TIMEOUT_S = 30.0
+_MAX_SCAN = 256
+
+
+def _hwid(report: AttestationReport, product: Product) -> bytes:
+    return report.chip_id[:8] if product.turin_like else report.chip_id
+
+
+def _tcb_query(report: AttestationReport, product: Product) -> list[tuple[str, int]]:
+    t = report.reported_tcb
+    q = [("blSPL", t.bootloader), ("teeSPL", t.tee), ("snpSPL", t.snp), ("ucodeSPL", t.microcode)]
+    if product.turin_like:
+        q.append(("fmcSPL", t.fmc or 0))
+    return q
+
+
+def _matches(cert: EndorsementCert, report: AttestationReport) -> bool:
+    """Cheap pre-selection: same key kind, TCB and (VCEK) chip; verification decides."""
+    t = report.reported_tcb
+    if cert.kind is not report.key_info.signing_key:
+        return False
+    if (cert.bootloader, cert.tee, cert.snp, cert.microcode) != (t.bootloader, t.tee, t.snp, t.microcode):
+        return False
+    if cert.kind is SigningKey.VCEK:
+        hwid = cert.hwid or b""
+        return hwid == report.chip_id[: len(hwid)]
+    return True
+
+
+def vcek_url(report: AttestationReport, product: Product, *, base_url: str = KDS_BASE_URL) -> str:
+    """The KDS URL of the VCEK that should have signed ``report``."""
+    query = "&".join(f"{k}={v:02d}" for k, v in _tcb_query(report, product))
+    return f"{base_url}/vcek/v1/{product.value}/{_hwid(report, product).hex()}?{query}"
+
+
+def cache_name(report: AttestationReport, product: Product) -> str:
+    """File name of the cached VCEK: ``vcek-<product>-<hwid>-<spl...>.der``."""
+    spl = "-".join(f"{k}{v}" for k, v in _tcb_query(report, product))
+    return f"vcek-{product.value.lower()}-{_hwid(report, product).hex()}-{spl}.der"
+
+
+@dataclass
+class KdsClient:
+    """Find the VCEK for a report: on-disk cache first, then (unless offline) AMD KDS.
+
+    ``cache_dir`` may be None (no cache). ``http`` is the only network seam;
+    without it the client is offline whatever ``offline`` says.
+    """
+
+    cache_dir: Path | None = None
+    http: httpx.Client | None = None
+    offline: bool = True
+    base_url: str = KDS_BASE_URL
+
+    def _products(self, report: AttestationReport) -> Iterable[Product]:
+        return [report.product] if report.product is not None else list(Product)
+
+    def cached(self, report: AttestationReport) -> EndorsementCert | None:
+        """A cached VCEK/VLEK matching ``report``'s signing key, chip and TCB, if any:
+        the KDS cache name first, then any ``*.der``/``*.pem``/``*.crt`` in the folder."""
+        if self.cache_dir is None:
+            return None
+        for p in self._products(report):
+            hit = self._read(self.cache_dir / cache_name(report, p))
+            if hit is not None and _matches(hit, report):
+                return hit
+        try:
+            names = sorted(os.listdir(self.cache_dir))[:_MAX_SCAN]
+        except OSError:
+            return None
+        for name in names:
+            if name.startswith(".") or not name.lower().endswith((".der", ".pem", ".crt", ".cer")):
+                continue
+            hit = self._read(self.cache_dir / name)
+            if hit is not None and _matches(hit, report):
+                return hit
+        return None
+
+    @staticmethod
+    def _read(path: Path) -> EndorsementCert | None:
+        try:
+            with path.open("rb") as f:
+                data = f.read(MAX_CERT_FILE + 1)
+        except OSError:
+            return None
+        try:
+            return EndorsementCert.from_bytes(data)
+        except CertificateFormatError:
+            return None
+
+    def _store(self, name: str, der: bytes) -> None:
+        if self.cache_dir is None:
+            return
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".vcek-")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(der)
+            os.replace(tmp, self.cache_dir / name)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def _fetch(self, report: AttestationReport, product: Product) -> EndorsementCert | None:
+        assert self.http is not None
+        url = vcek_url(report, product, base_url=self.base_url)
+        try:
+            with self.http.stream("GET", url, timeout=_TIMEOUT_S) as resp:
+                if resp.status_code == 404:
+                    return None
+                if resp.status_code != 200:
+                    raise EndorsementKeyUnavailable(f"AMD KDS answered HTTP {resp.status_code} for the VCEK")
+                body = b""
+                for chunk in resp.iter_bytes():
+                    body += chunk
+                    if len(body) > MAX_CERT_FILE:
+                        raise EndorsementKeyUnavailable("AMD KDS response is too large for a VCEK")
+        except httpx.HTTPError as exc:
+            raise EndorsementKeyUnavailable(f"AMD KDS is unreachable: {exc.__class__.__name__}") from exc
+        try:
+            cert = EndorsementCert.from_bytes(body)
+        except CertificateFormatError as exc:
+            raise EndorsementKeyUnavailable("AMD KDS returned something that is not a VCEK") from exc
+        self._store(cache_name(report, product), body)
+        return cert
+
+    def get_vcek(self, report: AttestationReport) -> EndorsementCert:
+        """The VCEK for ``report`` or :class:`EndorsementKeyUnavailable`."""
+        hit = self.cached(report)
+        if hit is not None:
+            return hit
+        if report.key_info.signing_key is SigningKey.VLEK:
+            raise EndorsementKeyUnavailable(
+                "VLEK-signed reports must carry their VLEK (KDS serves VLEKs to CSPs only)"
+            )
+        if self.offline or self.http is None:
+            raise EndorsementKeyUnavailable(
+                "no VCEK given and none cached; supply one (--vcek / cert_chain) or allow KDS fetches"
+            )
+        for p in self._products(report):
+            got = self._fetch(report, p)
+            if got is not None:
+                return got
+        raise EndorsementKeyUnavailable("AMD KDS has no VCEK for this chip and TCB")
