@@ -1,0 +1,202 @@
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import pytest
+
+from cdh.errors import ResourceError, ResourceNotFound, TokenError
+from cdh.kbc import CcKbc, OfflineFsKbc, ResourceUri, TokenCache, parse_token_response
+from tests.cdh.conftest import FakeKbs, make_jwt
+
+# ----------------------------------------------------------------------------- URIs
+
+
+def test_uri_forms() -> None:
+    u = ResourceUri.parse("kbs:///default/key/1")
+    assert (u.plugin, u.path, u.query) == ("resource", "default/key/1", None)
+    assert u.kbs_path() == "/kbs/v0/resource/default/key/1"
+    h = ResourceUri.parse("kbs://kbs.example:8080/a/b/c?version=2")
+    assert h.host == "kbs.example:8080"
+    assert h.kbs_path() == "/kbs/v0/resource/a/b/c?version=2"  # host ignored, query kept
+    p = ResourceUri.parse("kbs+vault:///x/y")
+    assert p.kbs_path() == "/kbs/v0/vault/x/y"
+    assert str(p) == "kbs+vault:///x/y"
+
+
+@pytest.mark.parametrize(
+    "bad",
+    ["http://x/a/b/c", "kbs:///a/b", "kbs:///a/../c", "kbs:/a/b/c", "kbs:///a/b/c d", "kbs+:///a/b/c", ""],
+)
+def test_uri_rejects(bad: str) -> None:
+    with pytest.raises(ResourceError):
+        ResourceUri.parse(bad)
+
+
+# ----------------------------------------------------------------------------- offline_fs_kbc
+
+
+async def test_offline_fs(tmp_path) -> None:
+    a = tmp_path / "a.json"
+    a.write_text(json.dumps({"default/key/1": base64.b64encode(b"one").decode()}))
+    b = tmp_path / "b.json"
+    b.write_text(json.dumps({"default/key/2": base64.b64encode(b"two").decode(), "bad/x/y": "!!"}))
+    kbc = OfflineFsKbc([a, tmp_path / "missing.json"], env={"OFFLINE_FS_KBC_EXTRA_FILE_PATH": str(b)})
+    assert await kbc.get_resource("kbs:///default/key/1") == b"one"
+    assert await kbc.get_resource("kbs:///default/key/2") == b"two"
+    with pytest.raises(ResourceNotFound):
+        await kbc.get_resource("kbs:///default/key/3")
+    with pytest.raises(ResourceError, match="base64"):
+        await kbc.get_resource("kbs:///bad/x/y")
+
+
+# ----------------------------------------------------------------------------- tokens
+
+
+def test_parse_token_response() -> None:
+    tok = parse_token_response(json.dumps({"token": make_jwt(1234, "a"), "tee_keypair": "PEM"}).encode())
+    assert tok.expires_at == 1234
+    assert "PEM" not in repr(tok)
+    for bad in (b"nope", b"[]", b'{"token": 1, "tee_keypair": "x"}', b'{"token": "x"}'):
+        with pytest.raises(TokenError):
+            parse_token_response(bad)
+
+
+async def test_token_cache_single_flight_and_expiry() -> None:
+    now = [1000.0]
+    calls = 0
+    gate = asyncio.Event()
+
+    async def fetch() -> bytes:
+        nonlocal calls
+        calls += 1
+        await gate.wait()
+        return json.dumps({"token": make_jwt(now[0] + 60, str(calls)), "tee_keypair": "k"}).encode()
+
+    cache = TokenCache(fetch, clock=lambda: now[0])
+    tasks = [asyncio.create_task(cache.get()) for _ in range(10)]
+    await asyncio.sleep(0.01)
+    gate.set()
+    toks = await asyncio.gather(*tasks)
+    assert calls == 1 and all(t is toks[0] for t in toks)
+    assert await cache.get() is toks[0]
+    now[0] += 55  # within the 10 s safety margin of exp: refresh
+    t2 = await cache.get()
+    assert calls == 2 and t2 is not toks[0]
+
+
+async def test_token_cache_failure_is_not_cached() -> None:
+    n = 0
+
+    async def fetch() -> bytes:
+        nonlocal n
+        n += 1
+        if n == 1:
+            raise ConnectionError("AA down")
+        return json.dumps({"token": make_jwt(None, "x"), "tee_keypair": "k"}).encode()
+
+    cache = TokenCache(fetch)
+    with pytest.raises(TokenError, match="AA down"):
+        await cache.get()
+    assert (await cache.get()).token.endswith(".sig")
+
+
+# ----------------------------------------------------------------------------- cc_kbc over HTTP
+
+
+async def test_cc_kbc_reuses_one_token(fake_kbs: FakeKbs) -> None:
+    fake_kbs.resources = {"default/key/1": b"secret-1", "default/key/2": b"\x00" * 5000}
+    kbc = CcKbc(fake_kbs.url, fake_kbs.issue)
+    try:
+        assert await kbc.get_resource("kbs:///default/key/1") == b"secret-1"
+        assert await kbc.get_resource("kbs://ignored.host:1/default/key/2") == b"\x00" * 5000
+        got = await asyncio.gather(*(kbc.get_resource("kbs:///default/key/1") for _ in range(8)))
+        assert got == [b"secret-1"] * 8
+        assert fake_kbs.issued == 1 and kbc.tokens.fetches == 1
+        assert len({t for _, t in fake_kbs.requests}) == 1
+    finally:
+        await kbc.close()
+
+
+async def test_cc_kbc_concurrent_first_calls_share_one_token(fake_kbs: FakeKbs) -> None:
+    fake_kbs.resources = {"a/b/c": b"x"}
+    kbc = CcKbc(fake_kbs.url, fake_kbs.issue)
+    try:
+        await asyncio.gather(*(kbc.get_resource("kbs:///a/b/c") for _ in range(6)))
+        assert fake_kbs.issued == 1
+    finally:
+        await kbc.close()
+
+
+async def test_cc_kbc_refetches_once_when_rejected(fake_kbs: FakeKbs) -> None:
+    fake_kbs.resources = {"a/b/c": b"v"}
+    kbc = CcKbc(fake_kbs.url, fake_kbs.issue)
+    try:
+        assert await kbc.get_resource("kbs:///a/b/c") == b"v"
+        fake_kbs.revoked.update(fake_kbs.tokens)  # e.g. the KBS restarted with a new signer
+        assert await kbc.get_resource("kbs:///a/b/c") == b"v"
+        assert fake_kbs.issued == 2
+    finally:
+        await kbc.close()
+
+
+async def test_cc_kbc_refetches_after_expiry(fake_kbs: FakeKbs) -> None:
+    now = [10_000.0]
+    fake_kbs.clock = lambda: now[0]
+    fake_kbs.token_lifetime = 120
+    fake_kbs.resources = {"a/b/c": b"v"}
+    kbc = CcKbc(fake_kbs.url, fake_kbs.issue, clock=lambda: now[0])
+    try:
+        await kbc.get_resource("kbs:///a/b/c")
+        now[0] += 60
+        await kbc.get_resource("kbs:///a/b/c")
+        assert fake_kbs.issued == 1
+        now[0] += 60
+        await kbc.get_resource("kbs:///a/b/c")
+        assert fake_kbs.issued == 2
+    finally:
+        await kbc.close()
+
+
+async def test_cc_kbc_missing_resource_does_not_reattest(fake_kbs: FakeKbs) -> None:
+    kbc = CcKbc(fake_kbs.url, fake_kbs.issue)
+    try:
+        with pytest.raises(ResourceNotFound, match="PluginInternalError"):
+            await kbc.get_resource("kbs:///a/b/missing")
+        with pytest.raises(ResourceNotFound):
+            await kbc.get_resource("kbs+nope:///a/b")
+        assert fake_kbs.issued == 1
+    finally:
+        await kbc.close()
+
+
+async def test_cc_kbc_unreachable_kbs() -> None:
+    async def issue() -> bytes:
+        return json.dumps({"token": make_jwt(None, "x"), "tee_keypair": "k"}).encode()
+
+    kbc = CcKbc("http://127.0.0.1:9", issue)
+    try:
+        with pytest.raises(ResourceError, match="cannot reach the KBS"):
+            await kbc.get_resource("kbs:///a/b/c")
+    finally:
+        await kbc.close()
+
+
+async def test_cc_kbc_wrong_key_fails_cleanly(fake_kbs: FakeKbs) -> None:
+    fake_kbs.resources = {"a/b/c": b"top-secret-value"}
+
+    async def issue_wrong_key() -> bytes:
+        good = json.loads(await fake_kbs.issue())
+        from kbs_client.tee_key import TeeKeyPair
+
+        good["tee_keypair"] = TeeKeyPair.generate().private_pem()
+        return json.dumps(good).encode()
+
+    kbc = CcKbc(fake_kbs.url, issue_wrong_key)
+    try:
+        with pytest.raises(ResourceError, match="cannot decrypt") as ei:
+            await kbc.get_resource("kbs:///a/b/c")
+        assert "top-secret" not in str(ei.value)
+    finally:
+        await kbc.close()
