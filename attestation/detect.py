@@ -19,6 +19,7 @@ is tolerated.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import importlib
 import inspect
@@ -197,8 +198,11 @@ async def _detect_nvidia() -> DeviceAttester | None:
         log.warning("attestation.nvidia.attester has no detect(); NVIDIA devices are not probed")
         return None
     try:
-        found = await _maybe_await(detect())
-    except Exception as exc:  # a broken device must not stop the agent
+        if inspect.iscoroutinefunction(detect):
+            found = await detect()
+        else:  # NVML calls block: keep them off the event loop
+            found = await _maybe_await(await asyncio.to_thread(detect))
+    except Exception as exc:  # a broken device (or CC mode off) must not stop the agent
         log.warning("NVIDIA device detection failed: %s", exc)
         return None
     if found is None or found is False:
