@@ -169,7 +169,7 @@ class _KeyProvider:
         self, req: keyprovider_pb2.KeyProviderKeyWrapProtocolInput
     ) -> keyprovider_pb2.KeyProviderKeyWrapProtocolOutput:
         try:
-            out = await self.hub.key_unwrapper.unwrap_key(req.KeyProviderKeyWrapProtocolInput)
+            out = await self.hub.key_unwrapper.handle_request(req.KeyProviderKeyWrapProtocolInput)
         except Exception as exc:
             raise _fail("UnWrapKey", exc) from exc
         return keyprovider_pb2.KeyProviderKeyWrapProtocolOutput(KeyProviderKeyWrapProtocolOutput=out)

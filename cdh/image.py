@@ -18,11 +18,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import tomli_w
+
 from cdh.aa import AaClient, MeasurementResult
 from cdh.config import ImageConfig, RegistryConfigFile, parse_registry_config
 from cdh.errors import CdhError, ConfigError, ImagePullFailed
 from cdh.kbc import ResourceGetter
 from coco_rpc import RpcError, parse_address
+from image_pull.errors import ImagePullError
+from image_pull.hooks import KeyUnwrapper
+from image_pull.puller import ImagePuller, ProxyConfig, PullerConfig
+from image_pull.registries_conf import RegistryConfig
 
 __all__ = ["MEASUREMENT_DOMAIN", "ImagePullHandler", "measurement_content"]
 
@@ -53,7 +59,7 @@ class ImagePullHandler:
         *,
         resources: ResourceGetter | None,
         aa: AaClient | None,
-        key_provider: Any = None,
+        key_provider: KeyUnwrapper | None = None,
         puller_factory: Callable[[Any], Any] | None = None,
     ) -> None:
         self.cfg = cfg
@@ -90,10 +96,8 @@ class ImagePullHandler:
             return rc
         return None
 
-    async def build_config(self) -> Any:
+    async def build_config(self) -> PullerConfig:
         """The :class:`image_pull.puller.PullerConfig` for ``[image]``."""
-        from image_pull import puller as p  # type: ignore[attr-defined,unused-ignore]
-
         c = self.cfg
         auth = None
         if c.authenticated_registry_credentials_uri:
@@ -104,30 +108,34 @@ class ImagePullHandler:
         elif c.image_security_policy:
             policy = c.image_security_policy.encode()
         rc = await self._registry_config()
-        kwargs: dict[str, Any] = {
-            "work_dir": c.work_dir,
-            "auth_json": auth,
-            "extra_root_certs": tuple(x.encode() for x in c.extra_root_certificates),
-            "max_concurrent_layers": c.max_concurrent_layer_downloads_per_image,
-            "signature_policy": policy,
-            "resource_getter": self.resources.get_resource if self.resources is not None else None,
-            "key_provider": self.key_provider,
-        }
+        registry_config = None
+        insecure: frozenset[str] = frozenset()
         if rc is not None:
-            kwargs["insecure_registries"] = frozenset(
+            try:
+                registry_config = RegistryConfig.from_toml(tomli_w.dumps(_registry_dict(rc)).encode())
+            except ImagePullError as exc:
+                raise ConfigError(f"registry configuration: {exc}") from exc
+            insecure = frozenset(
                 [r.location for r in rc.registries if r.insecure]
                 + [m.location for r in rc.registries for m in r.mirrors if m.insecure]
             )
-            conv = getattr(p, "RegistryConfig", None)
-            if conv is not None and hasattr(conv, "from_toml_dict"):
-                kwargs["registry_config"] = conv.from_toml_dict(_registry_dict(rc))
-        if c.image_pull_proxy is not None and hasattr(p, "ProxyConfig"):
-            kwargs["proxy"] = p.ProxyConfig(
-                https_proxy=c.image_pull_proxy.https_proxy,
-                http_proxy=c.image_pull_proxy.http_proxy,
-                no_proxy=c.image_pull_proxy.no_proxy,
-            )
-        return p.PullerConfig(**kwargs)
+        proxy = None
+        if c.image_pull_proxy is not None:
+            p = c.image_pull_proxy
+            no_proxy = tuple(x.strip() for x in (p.no_proxy or "").split(",") if x.strip())
+            proxy = ProxyConfig(https_proxy=p.https_proxy, http_proxy=p.http_proxy, no_proxy=no_proxy)
+        return PullerConfig(
+            work_dir=c.work_dir,
+            auth_json=auth,
+            extra_root_certs=tuple(x.encode() for x in c.extra_root_certificates),
+            insecure_registries=insecure,
+            registry_config=registry_config,
+            proxy=proxy,
+            max_concurrent_layers=c.max_concurrent_layer_downloads_per_image,
+            signature_policy=policy,
+            key_provider=self.key_provider,
+            resource_getter=self.resources.get_resource if self.resources is not None else None,
+        )
 
     async def _get_puller(self) -> Any:
         if self._puller is None:
@@ -135,8 +143,6 @@ class ImagePullHandler:
             if self._factory is not None:
                 self._puller = self._factory(config)
             else:
-                from image_pull.puller import ImagePuller  # type: ignore[import-not-found,unused-ignore]
-
                 self._puller = ImagePuller(config)
         return self._puller
 

@@ -101,8 +101,20 @@ class KeyUnwrapper:
             raise KeyProviderError(f"unknown key provider {packet.provider!r}")
         return await kms.decrypt(packet.wrapped_data, packet.kid, packet.annotations)
 
-    async def unwrap_key(self, untrusted_request: bytes) -> bytes:
-        """Answer one ``KeyProviderKeyWrapProtocolInput`` payload."""
+    async def unwrap_key(self, annotation: bytes) -> bytes:
+        """The image_pull hook (:class:`image_pull.hooks.KeyUnwrapper`): ``annotation``
+        is the layer annotation value (base64 of the packet, or the packet JSON);
+        returns the raw optsdata bytes."""
+        a = annotation.strip()
+        if not a.startswith(b"{"):
+            try:
+                a = b64_std(a.decode("ascii"))
+            except (CryptoError, UnicodeDecodeError) as exc:
+                raise KeyProviderError("layer key annotation is not base64") from exc
+        return await self.unwrap_packet(parse_annotation_packet(a))
+
+    async def handle_request(self, untrusted_request: bytes) -> bytes:
+        """Answer one ``KeyProviderKeyWrapProtocolInput`` payload (the UnWrapKey RPC)."""
         if len(untrusted_request) > MAX_KEYPROVIDER_REQUEST_BYTES:
             raise KeyProviderError("key-provider request too large")
         try:

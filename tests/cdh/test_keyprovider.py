@@ -42,7 +42,7 @@ def packet(kek: bytes, wrap: str, kid: str = "kbs:///default/image-kek/k1") -> d
 async def test_unwrap_returns_integer_array(wrap: str) -> None:
     kek = os.urandom(32)
     u = KeyUnwrapper(DictResources({"kbs:///default/image-kek/k1": kek}))
-    out = await u.unwrap_key(request(packet(kek, wrap)))
+    out = await u.handle_request(request(packet(kek, wrap)))
     doc = json.loads(out)
     arr = doc["keyunwrapresults"]["optsdata"]
     assert isinstance(arr, list) and all(isinstance(x, int) for x in arr)
@@ -54,19 +54,19 @@ async def test_unwrap_errors() -> None:
     kek = os.urandom(32)
     u = KeyUnwrapper(DictResources({"kbs:///default/image-kek/k1": kek, "kbs:///default/short/k": b"x" * 16}))
     with pytest.raises(KeyProviderError, match="authentication failed"):
-        await u.unwrap_key(request(packet(os.urandom(32), "A256GCM")))
+        await u.handle_request(request(packet(os.urandom(32), "A256GCM")))
     with pytest.raises(KeyProviderError, match="cannot get the key"):
-        await u.unwrap_key(request(packet(kek, "A256GCM", kid="kbs:///default/image-kek/none")))
+        await u.handle_request(request(packet(kek, "A256GCM", kid="kbs:///default/image-kek/none")))
     with pytest.raises(KeyProviderError, match="32-byte key"):
-        await u.unwrap_key(request(packet(kek, "A256GCM", kid="kbs:///default/short/k")))
+        await u.handle_request(request(packet(kek, "A256GCM", kid="kbs:///default/short/k")))
     p = packet(kek, "A256GCM")
     p["wrap_type"] = "A128KW"
     with pytest.raises(KeyProviderError, match="unsupported wrap type"):
-        await u.unwrap_key(request(p))
+        await u.handle_request(request(p))
     p = packet(kek, "A256GCM")
     p["provider"] = "aliyun"
     with pytest.raises(KeyProviderError, match="unknown key provider"):
-        await u.unwrap_key(request(p))
+        await u.handle_request(request(p))
     for bad in (
         b"{}",
         b'{"op":"keywrap"}',
@@ -75,7 +75,7 @@ async def test_unwrap_errors() -> None:
         b"x" * (2 << 20),
     ):
         with pytest.raises(KeyProviderError):
-            await u.unwrap_key(bad)
+            await u.handle_request(bad)
 
 
 def test_packet_defaults_and_strictness() -> None:
@@ -87,3 +87,13 @@ def test_packet_defaults_and_strictness() -> None:
         parse_annotation_packet(b'{"kid":"k","wrapped_data":"","iv":"","wrap_type":"A256GCM","x":1}')
     with pytest.raises(KeyProviderError, match="version"):
         parse_annotation_packet(b'{"kid":"k","wrapped_data":"","iv":"","wrap_type":"A256GCM","version":"9"}')
+
+
+async def test_image_pull_hook_form() -> None:
+    kek = os.urandom(32)
+    u = KeyUnwrapper(DictResources({"kbs:///default/image-kek/k1": kek}))
+    pk = json.dumps(packet(kek, "A256GCM")).encode()
+    assert await u.unwrap_key(base64.b64encode(pk)) == OPTS
+    assert await u.unwrap_key(pk) == OPTS
+    with pytest.raises(KeyProviderError):
+        await u.unwrap_key(b"%%%")

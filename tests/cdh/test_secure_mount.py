@@ -151,7 +151,7 @@ async def test_caller_lazy_itable_init_is_kept(env: dict[str, Path]) -> None:
         "mapperName": "m",
     }
     await mounter(env, rec).secure_mount("block-device", opts, str(env["mnt"] / "x"))
-    final = [a for a in rec.argvs() if a[0] == "mkfs.ext4" and "-n" not in a][0]
+    final = next(a for a in rec.argvs() if a[0] == "mkfs.ext4" and "-n" not in a)
     assert final[3:] == ["-E", "lazy_itable_init=1"]
 
 
