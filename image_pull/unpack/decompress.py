@@ -1,0 +1,193 @@
+"""Streaming decompression of layer blobs: gzip (multi-member), zstd (multi-frame), plain.
+
+Every codec is wrapped in a read-only, non-seeking stream whose ``read(n)``
+never returns more than ``n`` bytes, so a small compressed input cannot force
+a large allocation; codec errors surface as :class:`DecompressError`.
+"""
+
+from __future__ import annotations
+
+import io
+import zlib
+from typing import Any, BinaryIO, cast
+
+from .errors import DecompressError, UnsupportedEntry
+
+__all__ = ["MEDIA_TYPE_CODECS", "codec_for_media_type", "open_decompressed"]
+
+_RAW_CHUNK = 256 * 1024
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+MEDIA_TYPE_CODECS: dict[str, str] = {
+    "application/vnd.oci.image.layer.v1.tar": "none",
+    "application/vnd.oci.image.layer.v1.tar+gzip": "gzip",
+    "application/vnd.oci.image.layer.v1.tar+zstd": "zstd",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar": "none",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip": "gzip",
+    "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd": "zstd",
+    "application/vnd.docker.image.rootfs.diff.tar.gzip": "gzip",
+    "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip": "gzip",
+}
+
+
+def codec_for_media_type(media_type: str) -> str:
+    """Return ``"none"``, ``"gzip"`` or ``"zstd"`` for a layer media type."""
+    codec = MEDIA_TYPE_CODECS.get(media_type)
+    if codec is None:
+        if media_type.endswith("+encrypted"):
+            raise UnsupportedEntry(
+                f"layer media type {media_type!r} is encrypted: decrypt it before unpacking"
+            )
+        raise UnsupportedEntry(f"unsupported layer media type {media_type!r}")
+    return codec
+
+
+class _ReadOnly(io.RawIOBase):
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readinto(self, buffer: Any) -> int:
+        view = memoryview(buffer).cast("B")
+        data = self.read(len(view))
+        view[: len(data)] = data
+        return len(data)
+
+    def readall(self) -> bytes:
+        parts: list[bytes] = []
+        while True:
+            chunk = self.read(1 << 20)
+            if not chunk:
+                return b"".join(parts)
+            parts.append(chunk)
+
+
+class _Prefixed(_ReadOnly):
+    """A stream with some already-read bytes put back in front of it."""
+
+    def __init__(self, raw: BinaryIO, prefix: bytes) -> None:
+        super().__init__()
+        self._raw = raw
+        self._prefix = prefix
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        if self._prefix:
+            out, self._prefix = self._prefix[:size], self._prefix[size:]
+            return out
+        return self._raw.read(size)
+
+
+class _GzipStream(_ReadOnly):
+    """RFC 1952 gzip, any number of members (zero padding between members is skipped)."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__()
+        self._raw = raw
+        self._d = zlib.decompressobj(31)
+        self._input = b""
+        self._member_open = False
+        self._finished = False
+
+    def _read_raw(self) -> bytes:
+        return self._raw.read(_RAW_CHUNK)
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        if size == 0 or self._finished:
+            return b""
+        try:
+            return self._read(size)
+        except zlib.error as exc:
+            raise DecompressError(f"corrupt gzip stream: {exc}") from None
+
+    def _read(self, size: int) -> bytes:
+        while True:
+            if self._d.eof:
+                leftover = self._d.unused_data + self._input
+                self._input = b""
+                self._member_open = False
+                leftover = leftover.lstrip(b"\x00")
+                while not leftover:
+                    more = self._read_raw()
+                    if not more:
+                        self._finished = True
+                        return b""
+                    leftover = more.lstrip(b"\x00")
+                if not leftover.startswith(_GZIP_MAGIC[: len(leftover)]):
+                    raise DecompressError("trailing data after the gzip stream")
+                self._d = zlib.decompressobj(31)
+                self._input = leftover
+            if self._d.unconsumed_tail:
+                data = self._d.unconsumed_tail
+            elif self._input:
+                data, self._input = self._input, b""
+            else:
+                data = self._read_raw()
+                if not data:
+                    if self._member_open:
+                        raise DecompressError("gzip stream is truncated")
+                    self._finished = True
+                    return b""
+            self._member_open = True
+            out = self._d.decompress(data, size)
+            if out:
+                return out
+
+
+class _ZstdStream(_ReadOnly):
+    def __init__(self, raw: BinaryIO) -> None:
+        super().__init__()
+        import zstandard
+
+        self._error = zstandard.ZstdError
+        self._reader = zstandard.ZstdDecompressor().stream_reader(
+            raw, read_size=_RAW_CHUNK, read_across_frames=True, closefd=False
+        )
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        try:
+            data: bytes = self._reader.read(size)
+            return data
+        except self._error as exc:
+            raise DecompressError(f"corrupt zstd stream: {exc}") from None
+
+
+def open_decompressed(stream: BinaryIO, media_type: str | None = None) -> BinaryIO:
+    """Wrap ``stream`` so that reading it yields the uncompressed tar.
+
+    With ``media_type`` the codec follows the OCI/Docker media type (unknown or
+    encrypted types are refused); without it the codec is detected from the
+    first bytes (gzip, zstd, otherwise plain tar).
+    """
+    if media_type is not None:
+        codec = codec_for_media_type(media_type)
+        prefix = b""
+    else:
+        prefix = b""
+        while len(prefix) < 6:
+            chunk = stream.read(6 - len(prefix))
+            if not chunk:
+                break
+            prefix += chunk
+        if prefix.startswith(_GZIP_MAGIC):
+            codec = "gzip"
+        elif prefix.startswith(_ZSTD_MAGIC):
+            codec = "zstd"
+        elif prefix.startswith((b"BZh", b"\xfd7zXZ\x00")):
+            raise DecompressError("bzip2/xz compressed layers are not supported by OCI; use gzip or zstd")
+        else:
+            codec = "none"
+    source: BinaryIO = cast(BinaryIO, _Prefixed(stream, prefix)) if prefix else stream
+    if codec == "gzip":
+        return cast(BinaryIO, _GzipStream(source))
+    if codec == "zstd":
+        return cast(BinaryIO, _ZstdStream(source))
+    return source

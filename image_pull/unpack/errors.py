@@ -1,0 +1,66 @@
+"""Errors raised while decompressing and unpacking a layer.
+
+    image_pull.errors.UnpackError      (root for this package; re-exported here)
+    ├── MalformedTar                   the tar stream is not a well-formed archive
+    ├── DecompressError                the gzip/zstd stream is corrupt or unsupported
+    ├── UnsupportedEntry               an entry type or media type we do not handle
+    ├── ForbiddenEntry                 an entry the options forbid (device nodes, bad whiteouts)
+    ├── PathEscape                     an entry would resolve outside DEST or replace DEST itself
+    ├── EntryConflict                  an entry cannot be placed (parent is a file, link target missing)
+    └── LimitExceeded                  a configured limit (entries, bytes, ratio, path length) was hit
+
+Messages name the offending entry (escaped, truncated) and never include file contents.
+"""
+
+from __future__ import annotations
+
+from image_pull.errors import UnpackError
+
+__all__ = [
+    "DecompressError",
+    "EntryConflict",
+    "ForbiddenEntry",
+    "LimitExceeded",
+    "MalformedTar",
+    "PathEscape",
+    "UnpackError",
+    "UnsupportedEntry",
+    "describe_name",
+]
+
+
+class MalformedTar(UnpackError):
+    """The layer is not a well-formed tar archive (bad header, checksum, truncation)."""
+
+
+class DecompressError(UnpackError):
+    """The compressed layer stream is corrupt or uses an unsupported codec."""
+
+
+class UnsupportedEntry(UnpackError):
+    """The archive uses an entry type or media type this unpacker does not handle."""
+
+
+class ForbiddenEntry(UnpackError):
+    """The entry is well formed but not allowed (device nodes when disabled, bad whiteouts)."""
+
+
+class PathEscape(UnpackError):
+    """An entry, link target or whiteout would leave the root or change the root's type."""
+
+
+class EntryConflict(UnpackError):
+    """An entry cannot be placed: a parent is not a directory, a hardlink target is missing, ..."""
+
+
+class LimitExceeded(UnpackError):
+    """A configured unpack limit was exceeded."""
+
+
+def describe_name(untrusted_name: bytes, limit: int = 160) -> str:
+    """Printable, bounded rendering of an archive name for error messages."""
+    text = untrusted_name[:limit].decode("utf-8", "backslashreplace")
+    text = text.encode("unicode_escape").decode("ascii")
+    if len(untrusted_name) > limit:
+        text += "..."
+    return f"'{text}'"

@@ -1,0 +1,667 @@
+"""Apply one OCI layer (a tar changeset) to a directory, confined to it.
+
+Semantics (image-spec ``layer.md``; umoci and containerd where the spec is
+silent):
+
+* names are cleaned as ``clean("/" + name)``: absolute names and ``..`` stay
+  inside DEST; an entry naming DEST itself may only be a directory and then
+  only updates DEST's metadata;
+* parents are resolved inside DEST, symlinks included (chroot semantics), and
+  created (0755) when missing; the last component is never followed: an
+  existing non-directory, or a directory when the entry is not one, is
+  removed and recreated; directory onto directory keeps the directory;
+* hardlink targets resolve inside DEST and must exist (earlier in this layer
+  or, when flattening, in a lower layer);
+* overlay form (default): ``.wh.<name>`` becomes a 0:0 character device
+  (mode 0), ``.wh..wh..opq`` sets ``<prefix>opaque=y`` on its directory;
+  flattened form: the whiteout deletes ``<name>``, the opaque marker deletes
+  every child of its directory, except what this layer itself writes (in any
+  order), so entries of a layer are never hidden by that layer's whiteouts;
+* metadata order: owner, mode (setuid after chown), xattrs, times; directory
+  times are applied after the last entry;
+* xattrs that would plant overlay metadata (``trusted.overlay.*``,
+  ``user.overlay.*``) or that umoci refuses (``security.selinux``,
+  ``system.nfs4_acl``) are skipped and counted.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from .confine import RootDir, clean_path
+from .errors import (
+    EntryConflict,
+    ForbiddenEntry,
+    LimitExceeded,
+    PathEscape,
+    UnpackError,
+    describe_name,
+)
+from .tarstream import EntryType, ReaderLimits, TarEntry, TarReader
+
+__all__ = ["UnpackOptions", "UnpackStats", "unpack_layer"]
+
+_O_PATH = getattr(os, "O_PATH", 0o10000000)
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_WHITEOUT = b".wh."
+_OPAQUE = b".wh..wh..opq"
+_META_PREFIX = b".wh..wh."
+_SKIPPED_XATTRS = frozenset({"security.selinux", "system.nfs4_acl"})
+_OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
+_MAX_PRUNE_DEPTH = 4096
+
+
+def _default_preserve_owner() -> bool:
+    return os.geteuid() == 0
+
+
+@dataclass(frozen=True)
+class UnpackOptions:
+    """How to unpack a layer. Limits apply per layer."""
+
+    flatten: bool = False
+    """False: overlay form (whiteouts as 0:0 char devices, opaque xattr). True: apply deletions."""
+    allow_devices: bool = True
+    """Create char/block device entries (whiteout devices in overlay form are always made)."""
+    preserve_owner: bool = field(default_factory=_default_preserve_owner)
+    """chown entries to their uid/gid (default: when running as root)."""
+    xattrs: bool = True
+    """Restore xattrs from the archive (unsupported/forbidden ones are skipped and counted)."""
+    overlay_xattr_prefix: str = "trusted.overlay."
+    """Prefix for the opaque marker: ``trusted.overlay.`` or ``user.overlay.`` (userxattr mounts)."""
+    max_entries: int = 1_000_000
+    max_total_bytes: int = 64 << 30
+    """Limit on the uncompressed archive and on the sum of file sizes written."""
+    max_expansion_ratio: float = 1100.0
+    """Uncompressed bytes per compressed byte (checked when compressed_size is given)."""
+    max_path_length: int = 4096
+    max_component_length: int = 255
+    max_xattr_value: int = 1 << 16
+    max_meta_bytes: int = 1 << 20
+    """Pax / GNU long-name records attached to one entry."""
+    require_end_marker: bool = False
+    """Refuse archives that stop at an entry boundary without the two zero blocks."""
+    use_openat2: bool = True
+    """Use openat2(RESOLVE_IN_ROOT) when the kernel has it (the fd walk otherwise)."""
+
+
+@dataclass(frozen=True)
+class UnpackStats:
+    """What one unpack did."""
+
+    entries: int
+    files: int
+    directories: int
+    symlinks: int
+    hardlinks: int
+    devices: int
+    fifos: int
+    whiteouts: int
+    opaque_dirs: int
+    bytes_written: int
+    """Sum of regular file sizes (logical size for sparse files)."""
+    tar_bytes: int
+    """Uncompressed archive bytes consumed (to the end of the stream)."""
+    xattrs_skipped: int
+    seconds: float
+
+
+class _Counts:
+    __slots__ = (
+        "bytes_written",
+        "devices",
+        "directories",
+        "entries",
+        "fifos",
+        "files",
+        "hardlinks",
+        "opaque_dirs",
+        "symlinks",
+        "whiteouts",
+        "xattrs_skipped",
+    )
+
+    def __init__(self) -> None:
+        self.entries = self.files = self.directories = self.symlinks = self.hardlinks = 0
+        self.devices = self.fifos = self.whiteouts = self.opaque_dirs = 0
+        self.bytes_written = self.xattrs_skipped = 0
+
+
+class _Unpacker:
+    def __init__(self, root: RootDir, reader: TarReader, options: UnpackOptions) -> None:
+        self.root = root
+        self.reader = reader
+        self.opts = options
+        self.owner = options.preserve_owner
+        self.is_root = os.geteuid() == 0
+        self.written: set[tuple[int, bytes]] = set()
+        self.dir_times: dict[bytes, tuple[int, int]] = {}
+        self.dir_modes: dict[bytes, int] = {}
+        self.n = _Counts()
+
+    # -- helpers -------------------------------------------------------------
+
+    def _mkdir_hook(self, _parent_fd: int, parent_ino: int, name: bytes) -> None:
+        self.written.add((parent_ino, name))
+
+    def _fail(self, entry: TarEntry, what: str, exc: OSError | None = None) -> UnpackError:
+        msg = f"entry {describe_name(entry.name)}: {what}"
+        if exc is not None:
+            if exc.errno == errno.ENAMETOOLONG:
+                return LimitExceeded(f"entry {describe_name(entry.name)}: name too long for the filesystem")
+            if exc.errno == errno.ENOSPC:
+                return UnpackError(f"entry {describe_name(entry.name)}: no space left on the destination")
+            msg += f" ({exc.strerror})"
+        return EntryConflict(msg)
+
+    def _make_room(self, pfd: int, name: bytes, keep_dir: bool) -> bool:
+        """Clear ``name`` for a new entry; return True when an existing directory is kept."""
+        try:
+            st = os.lstat(name, dir_fd=pfd)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            if keep_dir:
+                return True
+            self._prune(pfd, name, keep_written=False)
+        else:
+            os.unlink(name, dir_fd=pfd)
+            if stat.S_ISLNK(st.st_mode):
+                self.root.invalidate()
+        return False
+
+    def _prune(self, pfd: int, name: bytes, *, keep_written: bool) -> bool:
+        """Remove ``name`` (recursively, never following symlinks); return True if it is gone.
+
+        With ``keep_written``, whatever this layer wrote survives, along with
+        the directories that lead to it.
+        """
+        pino = os.fstat(pfd).st_ino
+        if keep_written and (pino, name) in self.written:
+            return False
+        try:
+            st = os.lstat(name, dir_fd=pfd)
+        except FileNotFoundError:
+            return True
+        if not stat.S_ISDIR(st.st_mode):
+            os.unlink(name, dir_fd=pfd)
+            if stat.S_ISLNK(st.st_mode):
+                self.root.invalidate()
+            return True
+        kept = self._prune_children(pfd, name, st.st_ino, keep_written=keep_written)
+        self.root.invalidate()
+        if kept:
+            return False
+        os.rmdir(name, dir_fd=pfd)
+        return True
+
+    def _prune_children(self, pfd: int, name: bytes, ino: int, *, keep_written: bool) -> bool:
+        """Remove the children of directory ``name``; return True if any were kept.
+
+        Iterative post-order walk holding one descriptor per level.
+        """
+        stack: list[_Frame] = []
+        try:
+            stack.append(_Frame(os.open(name, _DIR_OPEN, dir_fd=pfd), ino, b""))
+            while stack:
+                frame = stack[-1]
+                if not frame.pending:
+                    stack.pop()
+                    os.close(frame.fd)
+                    if not stack:
+                        return frame.kept
+                    parent = stack[-1]
+                    if frame.kept:
+                        parent.kept = True
+                    else:
+                        os.rmdir(frame.name, dir_fd=parent.fd)
+                    continue
+                child = frame.pending.pop()
+                if keep_written and (frame.ino, child) in self.written:
+                    frame.kept = True
+                    continue
+                try:
+                    cst = os.lstat(child, dir_fd=frame.fd)
+                except FileNotFoundError:
+                    continue
+                if stat.S_ISDIR(cst.st_mode):
+                    if len(stack) >= _MAX_PRUNE_DEPTH:
+                        raise LimitExceeded("directory tree too deep to remove")
+                    stack.append(_Frame(os.open(child, _DIR_OPEN, dir_fd=frame.fd), cst.st_ino, child))
+                else:
+                    os.unlink(child, dir_fd=frame.fd)
+            return False
+        finally:
+            for frame in stack:
+                os.close(frame.fd)
+
+    def _set_xattrs(self, target: int | bytes, entry: TarEntry, clear: bool) -> None:
+        if clear:
+            try:
+                existing = os.listxattr(target, follow_symlinks=False)
+            except OSError:
+                existing = []
+            wanted = {k for k, _v in entry.xattrs}
+            for key in existing:
+                if key not in wanted and not key.startswith(_OVERLAY_XATTR_PREFIXES):
+                    with contextlib.suppress(OSError):
+                        os.removexattr(target, key, follow_symlinks=False)
+        for key, value in entry.xattrs:
+            if key in _SKIPPED_XATTRS or key.startswith(_OVERLAY_XATTR_PREFIXES) or not self.opts.xattrs:
+                self.n.xattrs_skipped += 1
+                continue
+            try:
+                os.setxattr(target, key, value, follow_symlinks=False)
+            except OSError as exc:
+                if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP) or (
+                    exc.errno in (errno.EPERM, errno.EACCES) and not self.is_root
+                ):
+                    self.n.xattrs_skipped += 1
+                    continue
+                raise self._fail(entry, f"cannot set xattr {key!r}", exc) from None
+
+    def _chown(self, entry: TarEntry, fd: int | None, pfd: int, name: bytes) -> None:
+        if not self.owner:
+            return
+        try:
+            if fd is not None:
+                os.fchown(fd, entry.uid, entry.gid)
+            else:
+                os.chown(name, entry.uid, entry.gid, dir_fd=pfd, follow_symlinks=False)
+        except OSError as exc:
+            raise self._fail(entry, "cannot set owner", exc) from None
+
+    @staticmethod
+    def _times(entry: TarEntry) -> tuple[int, int]:
+        return (entry.atime_ns if entry.atime_ns is not None else entry.mtime_ns, entry.mtime_ns)
+
+    # -- entry kinds -----------------------------------------------------------
+
+    def regular(self, entry: TarEntry, pfd: int, pino: int, name: bytes) -> None:
+        size = entry.real_size
+        if self.n.bytes_written + size > self.opts.max_total_bytes:
+            raise LimitExceeded(
+                f"entry {describe_name(entry.name)}: layer writes more than {self.opts.max_total_bytes} bytes"
+            )
+        try:
+            fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=pfd)
+        except FileExistsError:
+            self._make_room(pfd, name, keep_dir=False)
+            try:
+                fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=pfd)
+            except OSError as exc:
+                raise self._fail(entry, "cannot create file", exc) from None
+        except OSError as exc:
+            raise self._fail(entry, "cannot create file", exc) from None
+        try:
+            if entry.size or entry.sparse is not None:
+                self.reader.copy_data(fd)
+            if self.owner:
+                os.fchown(fd, entry.uid, entry.gid)
+            os.fchmod(fd, entry.mode)
+            if entry.xattrs:
+                self._set_xattrs(fd, entry, clear=False)
+            os.utime(fd, ns=self._times(entry))
+        except OSError as exc:
+            raise self._fail(entry, "cannot write file", exc) from None
+        finally:
+            os.close(fd)
+        self.written.add((pino, name))
+        self.n.files += 1
+        self.n.bytes_written += size
+
+    def directory(self, entry: TarEntry, path: bytes, pfd: int, pino: int, name: bytes) -> None:
+        existed = False
+        try:
+            os.mkdir(name, 0o700, dir_fd=pfd)
+        except FileExistsError:
+            existed = self._make_room(pfd, name, keep_dir=True)
+            if not existed:
+                try:
+                    os.mkdir(name, 0o700, dir_fd=pfd)
+                except OSError as exc:
+                    raise self._fail(entry, "cannot create directory", exc) from None
+        except OSError as exc:
+            raise self._fail(entry, "cannot create directory", exc) from None
+        try:
+            dfd = os.open(name, _DIR_OPEN, dir_fd=pfd)
+        except OSError as exc:
+            raise self._fail(entry, "cannot open directory", exc) from None
+        try:
+            self._dir_meta(entry, dfd, path, existed)
+        finally:
+            os.close(dfd)
+        self.written.add((pino, name))
+        self.n.directories += 1
+
+    def _dir_meta(self, entry: TarEntry, dfd: int, path: bytes, existed: bool) -> None:
+        try:
+            if self.owner:
+                os.fchown(dfd, entry.uid, entry.gid)
+            mode = entry.mode
+            if not self.is_root and mode & 0o700 != 0o700:
+                self.dir_modes[path] = mode
+                mode |= 0o700
+            os.fchmod(dfd, mode)
+            if entry.xattrs or existed:
+                self._set_xattrs(dfd, entry, clear=existed)
+        except OSError as exc:
+            raise self._fail(entry, "cannot set directory metadata", exc) from None
+        self.dir_times[path] = self._times(entry)
+
+    def root_entry(self, entry: TarEntry) -> None:
+        if entry.kind is not EntryType.DIRECTORY:
+            raise PathEscape(f"entry {describe_name(entry.name)} would replace the root directory")
+        self._dir_meta(entry, self.root.fd, b"", existed=True)
+
+    def symlink(self, entry: TarEntry, pfd: int, pino: int, name: bytes) -> None:
+        if not entry.linkname:
+            raise self._fail(entry, "symlink with an empty target")
+        try:
+            os.symlink(entry.linkname, name, dir_fd=pfd)
+        except FileExistsError:
+            self._make_room(pfd, name, keep_dir=False)
+            try:
+                os.symlink(entry.linkname, name, dir_fd=pfd)
+            except OSError as exc:
+                raise self._fail(entry, "cannot create symlink", exc) from None
+        except OSError as exc:
+            raise self._fail(entry, "cannot create symlink", exc) from None
+        self._chown(entry, None, pfd, name)
+        try:
+            if entry.xattrs:
+                self._set_xattrs(b"/proc/self/fd/%d/%s" % (pfd, name), entry, clear=False)
+            os.utime(name, ns=self._times(entry), dir_fd=pfd, follow_symlinks=False)
+        except OSError as exc:
+            raise self._fail(entry, "cannot set symlink metadata", exc) from None
+        self.written.add((pino, name))
+        self.n.symlinks += 1
+
+    def hardlink(self, entry: TarEntry, path: bytes, pfd: int, pino: int, name: bytes) -> None:
+        target = clean_path(entry.linkname)
+        if not target:
+            raise PathEscape(f"entry {describe_name(entry.name)}: hardlink to the root directory")
+        tparent, _, tname = target.rpartition(b"/")
+        try:
+            tpfd, _tpino = self.root.directory(tparent, create=False)
+        except EntryConflict:
+            raise self._fail(
+                entry, f"hardlink target {describe_name(entry.linkname)} does not exist"
+            ) from None
+        if target == path:
+            try:
+                os.lstat(name, dir_fd=pfd)
+            except FileNotFoundError:
+                raise self._fail(entry, "hardlink to itself") from None
+            self.written.add((pino, name))
+            self.n.hardlinks += 1
+            return
+        for attempt in (0, 1):
+            try:
+                os.link(tname, name, src_dir_fd=tpfd, dst_dir_fd=pfd, follow_symlinks=False)
+                break
+            except FileExistsError:
+                if attempt:
+                    raise self._fail(entry, "cannot create hardlink") from None
+                tst = os.lstat(tname, dir_fd=tpfd)
+                st = os.lstat(name, dir_fd=pfd)
+                if (st.st_dev, st.st_ino) == (tst.st_dev, tst.st_ino):
+                    break  # already that file
+                self._make_room(pfd, name, keep_dir=False)
+            except FileNotFoundError:
+                raise self._fail(
+                    entry, f"hardlink target {describe_name(entry.linkname)} does not exist"
+                ) from None
+            except OSError as exc:
+                if exc.errno == errno.EPERM:
+                    raise self._fail(entry, "hardlink target is a directory or not linkable") from None
+                raise self._fail(entry, "cannot create hardlink", exc) from None
+        self.written.add((pino, name))
+        self.n.hardlinks += 1
+
+    def special(self, entry: TarEntry, pfd: int, pino: int, name: bytes) -> None:
+        if entry.kind is EntryType.FIFO:
+            fmt = stat.S_IFIFO
+        else:
+            if not self.opts.allow_devices:
+                raise ForbiddenEntry(f"entry {describe_name(entry.name)}: device nodes are not allowed")
+            fmt = stat.S_IFCHR if entry.kind is EntryType.CHAR else stat.S_IFBLK
+        dev = os.makedev(entry.devmajor, entry.devminor) if fmt != stat.S_IFIFO else 0
+        placeholder = False
+        for attempt in (0, 1):
+            try:
+                os.mknod(name, fmt | 0o600, dev, dir_fd=pfd)
+                break
+            except FileExistsError:
+                if attempt:
+                    raise self._fail(entry, "cannot create node") from None
+                self._make_room(pfd, name, keep_dir=False)
+            except PermissionError as exc:
+                if self.is_root:
+                    raise self._fail(entry, "cannot create node", exc) from None
+                # Rootless (as umoci): an empty regular file stands in for the node.
+                fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=pfd)
+                os.close(fd)
+                placeholder = True
+                break
+            except OSError as exc:
+                raise self._fail(entry, "cannot create node", exc) from None
+        self._chown(entry, None, pfd, name)
+        try:
+            os.chmod(name, entry.mode, dir_fd=pfd)
+            if entry.xattrs:
+                self._set_xattrs(b"/proc/self/fd/%d/%s" % (pfd, name), entry, clear=False)
+            os.utime(name, ns=self._times(entry), dir_fd=pfd, follow_symlinks=False)
+        except OSError as exc:
+            raise self._fail(entry, "cannot set node metadata", exc) from None
+        self.written.add((pino, name))
+        if fmt == stat.S_IFIFO:
+            self.n.fifos += 1
+        elif not placeholder:
+            self.n.devices += 1
+        else:
+            self.n.files += 1
+
+    def whiteout(self, entry: TarEntry, parent: bytes, name: bytes) -> None:
+        if name in (b"", b".", b".."):
+            raise ForbiddenEntry(f"entry {describe_name(entry.name)}: invalid whiteout")
+        self.n.whiteouts += 1
+        if self.opts.flatten:
+            try:
+                pfd, pino = self.root.directory(parent, create=False)
+            except EntryConflict:
+                return  # nothing below to hide
+            if (pino, name) not in self.written:
+                self._prune(pfd, name, keep_written=True)
+            return
+        pfd, pino = self.root.directory(parent, create=True)
+        if (pino, name) in self.written:
+            return  # this layer's own entry wins over its whiteout
+        if not self._prune(pfd, name, keep_written=True):
+            return
+        try:
+            os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=pfd)
+            os.chmod(name, 0, dir_fd=pfd)
+        except PermissionError:
+            raise ForbiddenEntry(
+                f"entry {describe_name(entry.name)}: whiteout devices need CAP_MKNOD; unpack with flatten"
+            ) from None
+        except OSError as exc:
+            raise self._fail(entry, "cannot create whiteout", exc) from None
+
+    def opaque(self, entry: TarEntry, parent: bytes) -> None:
+        self.n.opaque_dirs += 1
+        if self.opts.flatten:
+            try:
+                dfd, _dino = self.root.directory(parent, create=False)
+            except EntryConflict:
+                return
+            self._prune_children(dfd, b".", os.fstat(dfd).st_ino, keep_written=True)
+            self.root.invalidate()
+            return
+        pfd, _ = self.root.directory(parent, create=True)
+        fd = os.open(b".", _DIR_OPEN, dir_fd=pfd)
+        try:
+            os.setxattr(fd, self.opts.overlay_xattr_prefix + "opaque", b"y")
+        except OSError as exc:
+            raise self._fail(entry, "cannot mark the directory opaque", exc) from None
+        finally:
+            os.close(fd)
+
+    # -- main loop -------------------------------------------------------------
+
+    def run(self) -> None:
+        opts = self.opts
+        root = self.root
+        n = self.n
+        max_path = opts.max_path_length
+        max_comp = opts.max_component_length
+        reader = self.reader
+        while True:
+            entry = reader.next()
+            if entry is None:
+                break
+            root.release()
+            n.entries += 1
+            if n.entries > opts.max_entries:
+                raise LimitExceeded(f"layer has more than {opts.max_entries} entries")
+            path = clean_path(entry.name)
+            if len(path) > max_path:
+                raise LimitExceeded(f"entry {describe_name(entry.name)}: path longer than {max_path} bytes")
+            parent, _, name = path.rpartition(b"/")
+            if len(path) > max_comp and max(len(c) for c in path.split(b"/")) > max_comp:
+                raise LimitExceeded(
+                    f"entry {describe_name(entry.name)}: path component longer than {max_comp}"
+                )
+            if _META_PREFIX in path:
+                if name == _OPAQUE:
+                    self.opaque(entry, parent)
+                    continue
+                if any(c.startswith(_META_PREFIX) for c in path.split(b"/")):
+                    continue  # aufs metadata (.wh..wh.plnk, ...): never extracted
+            if name.startswith(_WHITEOUT):
+                self.whiteout(entry, parent, name[4:])
+                continue
+            if not path:
+                self.root_entry(entry)
+                continue
+            kind = entry.kind
+            pfd, pino = root.directory(parent, create=True)
+            if kind is EntryType.REGULAR:
+                self.regular(entry, pfd, pino, name)
+            elif kind is EntryType.DIRECTORY:
+                self.directory(entry, path, pfd, pino, name)
+            elif kind is EntryType.SYMLINK:
+                self.symlink(entry, pfd, pino, name)
+            elif kind is EntryType.HARDLINK:
+                self.hardlink(entry, path, pfd, pino, name)
+            else:
+                self.special(entry, pfd, pino, name)
+        reader.drain()
+        root.release()
+        self._finish_dirs()
+
+    def _finish_dirs(self) -> None:
+        for path, mode in self.dir_modes.items():
+            pfd_name = self._find_dir(path)
+            if pfd_name is not None:
+                os.chmod(pfd_name[1], mode, dir_fd=pfd_name[0])
+        for path, times in self.dir_times.items():
+            pfd_name = self._find_dir(path)
+            if pfd_name is not None:
+                os.utime(pfd_name[1], ns=times, dir_fd=pfd_name[0], follow_symlinks=False)
+
+    def _find_dir(self, path: bytes) -> tuple[int, bytes] | None:
+        """(parent fd, name) of the directory at ``path`` if it still is one."""
+        if not path:
+            return self.root.fd, b"."
+        parent, _, name = path.rpartition(b"/")
+        try:
+            pfd, _ = self.root.directory(parent, create=False)
+            st = os.lstat(name, dir_fd=pfd)
+        except (EntryConflict, PathEscape, FileNotFoundError):
+            return None  # removed or replaced later in the layer
+        return (pfd, name) if stat.S_ISDIR(st.st_mode) else None
+
+
+class _Frame:
+    __slots__ = ("fd", "ino", "kept", "name", "pending")
+
+    def __init__(self, fd: int, ino: int, name: bytes) -> None:
+        self.fd = fd
+        self.ino = ino
+        self.name = name
+        self.pending = [os.fsencode(x) for x in os.listdir(fd)]
+        self.kept = False
+
+
+def unpack_layer(
+    untrusted_tar: BinaryIO,
+    dest: Path,
+    *,
+    options: UnpackOptions = UnpackOptions(),
+    compressed_size: int | None = None,
+) -> UnpackStats:
+    """Unpack the (already decompressed) tar stream ``untrusted_tar`` into ``dest``.
+
+    Reads sequentially (never seeks) to the end of the stream, so a hashing
+    wrapper around it sees every byte. ``dest`` must be an existing directory.
+    With ``compressed_size`` the expansion-ratio limit is enforced. On error
+    ``dest`` may hold a partial tree: the caller removes it. Raises
+    :class:`UnpackError` subclasses only (OS errors are translated).
+    """
+    started = time.monotonic()
+    cap = options.max_total_bytes
+    if compressed_size is not None and compressed_size >= 0:
+        cap = min(cap, int(max(compressed_size, 1) * options.max_expansion_ratio))
+    limits = ReaderLimits(
+        max_meta_bytes=options.max_meta_bytes,
+        max_name_length=options.max_path_length,
+        max_xattr_value=options.max_xattr_value,
+        max_stream_bytes=cap,
+    )
+    reader = TarReader(untrusted_tar, limits=limits, require_end_marker=options.require_end_marker)
+    try:
+        root_dir = RootDir(dest, use_openat2=options.use_openat2)
+    except OSError as exc:
+        raise UnpackError(f"cannot open destination directory: {exc.strerror}") from None
+    unpacker = _Unpacker(root_dir, reader, options)
+    root_dir._on_mkdir = unpacker._mkdir_hook
+    try:
+        unpacker.run()
+    except LimitExceeded as exc:
+        if compressed_size is not None and cap < options.max_total_bytes and "once decompressed" in str(exc):
+            ratio = f"{options.max_expansion_ratio:g}"
+            msg = f"layer expands beyond {ratio}x its compressed size of {compressed_size} bytes"
+            raise LimitExceeded(msg) from None
+        raise
+    except UnpackError:
+        raise
+    except OSError as exc:
+        raise UnpackError(f"unpack failed: {exc.strerror or exc}") from None
+    finally:
+        root_dir.close()
+    n = unpacker.n
+    return UnpackStats(
+        entries=n.entries,
+        files=n.files,
+        directories=n.directories,
+        symlinks=n.symlinks,
+        hardlinks=n.hardlinks,
+        devices=n.devices,
+        fifos=n.fifos,
+        whiteouts=n.whiteouts,
+        opaque_dirs=n.opaque_dirs,
+        bytes_written=n.bytes_written,
+        tar_bytes=reader.position,
+        xattrs_skipped=n.xattrs_skipped,
+        seconds=time.monotonic() - started,
+    )

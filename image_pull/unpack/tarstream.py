@@ -1,0 +1,686 @@
+"""A strict, streaming tar reader for OCI layers.
+
+It reads a tar archive front to back from any object with ``read(n)`` (never
+seeks, never holds more than one buffer of the archive in memory) and yields
+:class:`TarEntry` headers.  The data of the current entry is copied straight
+to a file descriptor with :meth:`TarReader.copy_data`; data that is not
+consumed is skipped when the next header is requested.
+
+Formats: v7, ustar (prefix field), GNU (``L``/``K`` long names, base-256
+numbers, old ``S`` sparse files), POSIX pax (``x``/``g`` records, ``path``,
+``linkpath``, ``size``, ``uid``, ``gid``, fractional ``mtime``/``atime``,
+``SCHILY.xattr.*``, ``LIBARCHIVE.xattr.*``, GNU sparse 0.0, 0.1 and 1.0).
+
+Parsing follows Go's ``archive/tar`` (what umoci and containerd use) where
+implementations differ, so that the same bytes mean the same files here and
+there: header-only types (links, devices, directories, FIFOs) carry no data
+whatever their size field says; an empty pax value for a standard keyword
+falls back to the ustar field.  Deliberate differences: an empty
+``SCHILY.xattr.*`` value is an empty xattr (as GNU tar restores it; Go drops
+it), and non-zero bytes after the end-of-archive marker are an error (Go stops
+reading; image-rs keeps reading entries past it -- a parser differential we
+refuse rather than pick a side of).
+
+An archive that ends at an entry boundary without the end-of-archive marker
+(Debian's umoci 0.4.7 ``insert`` writes such layers) is accepted unless
+``require_end_marker`` is set: the caller verifies the layer digest anyway.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import os
+import urllib.parse
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from .errors import LimitExceeded, MalformedTar, UnsupportedEntry, describe_name
+
+__all__ = ["EntryType", "ReaderLimits", "TarEntry", "TarReader"]
+
+BLOCK = 512
+_ZERO_BLOCK = bytes(BLOCK)
+_CHUNK = 1 << 20
+_OCTAL_DIGITS = b"01234567"
+_DECIMAL_DIGITS = b"0123456789"
+
+
+class EntryType(enum.Enum):
+    """Kind of filesystem object an entry describes."""
+
+    REGULAR = "regular"
+    HARDLINK = "hardlink"
+    SYMLINK = "symlink"
+    CHAR = "char"
+    BLOCK = "block"
+    DIRECTORY = "directory"
+    FIFO = "fifo"
+
+
+_TYPES: dict[bytes, EntryType] = {
+    b"0": EntryType.REGULAR,
+    b"\x00": EntryType.REGULAR,
+    b"7": EntryType.REGULAR,
+    b"S": EntryType.REGULAR,
+    b"1": EntryType.HARDLINK,
+    b"2": EntryType.SYMLINK,
+    b"3": EntryType.CHAR,
+    b"4": EntryType.BLOCK,
+    b"5": EntryType.DIRECTORY,
+    b"D": EntryType.DIRECTORY,
+    b"6": EntryType.FIFO,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class TarEntry:
+    """One archive member, with every header extension applied.
+
+    ``name`` and ``linkname`` are raw archive bytes (not yet cleaned or
+    confined). ``size`` is the number of data bytes stored in the archive;
+    ``real_size`` the logical file size (they differ for sparse files, whose
+    ``sparse`` map lists ``(offset, length)`` data regions).
+    """
+
+    name: bytes
+    kind: EntryType
+    mode: int
+    uid: int
+    gid: int
+    mtime_ns: int
+    atime_ns: int | None
+    size: int
+    real_size: int
+    linkname: bytes
+    devmajor: int
+    devminor: int
+    xattrs: tuple[tuple[str, bytes], ...]
+    sparse: tuple[tuple[int, int], ...] | None
+    offset: int
+
+
+@dataclass(frozen=True)
+class ReaderLimits:
+    """Bounds on what the reader will buffer or accept (all in bytes unless noted)."""
+
+    max_meta_bytes: int = 1 << 20
+    """Total size of pax / GNU long-name records attached to one entry."""
+    max_global_records: int = 1024
+    """Number of keys a sequence of pax global headers may accumulate."""
+    max_name_length: int = 4096
+    max_xattrs: int = 1024
+    """Xattrs on one entry (count)."""
+    max_xattr_value: int = 1 << 16
+    max_sparse_regions: int = 1 << 16
+    """Regions in one sparse map (count)."""
+    max_stream_bytes: int | None = None
+    """Total archive bytes read (None: unlimited)."""
+
+
+class TarReader:
+    """Iterate the entries of a tar stream; see the module docstring."""
+
+    def __init__(
+        self,
+        untrusted_stream: BinaryIO,
+        *,
+        limits: ReaderLimits | None = None,
+        require_end_marker: bool = False,
+    ) -> None:
+        self._stream = untrusted_stream
+        self._limits = limits or ReaderLimits()
+        self._require_end = require_end_marker
+        self._buf = b""
+        self._pos = 0
+        self._base = 0  # stream offset of self._buf[0]
+        self._read_total = 0
+        self._remaining = 0  # data bytes of the current entry not yet consumed
+        self._padding = 0  # padding after the current entry's data
+        self._current: TarEntry | None = None
+        self._globals: dict[str, bytes] = {}
+        self._done = False
+        self.saw_end_marker = False
+
+    # ------------------------------------------------------------------ buffer
+
+    @property
+    def position(self) -> int:
+        """Archive bytes consumed so far."""
+        return self._base + self._pos
+
+    @property
+    def bytes_read(self) -> int:
+        """Archive bytes read from the underlying stream so far (>= position)."""
+        return self._read_total
+
+    def _read(self, n: int) -> bytes:
+        chunk = self._stream.read(n)
+        if chunk:
+            self._read_total += len(chunk)
+            cap = self._limits.max_stream_bytes
+            if cap is not None and self._read_total > cap:
+                raise LimitExceeded(f"layer is larger than the limit of {cap} bytes once decompressed")
+        return chunk
+
+    def _fill(self, n: int) -> int:
+        """Make at least ``n`` bytes available if the stream has them; return how many are."""
+        avail = len(self._buf) - self._pos
+        if avail >= n:
+            return avail
+        parts = [self._buf[self._pos :]] if avail else []
+        while avail < n:
+            chunk = self._read(max(_CHUNK, n - avail))
+            if not chunk:
+                break
+            parts.append(chunk)
+            avail += len(chunk)
+        self._base += self._pos
+        self._buf = b"".join(parts)
+        self._pos = 0
+        return avail
+
+    def _take(self, n: int, what: str) -> bytes:
+        if self._fill(n) < n:
+            raise MalformedTar(f"archive truncated in {what} at offset {self.position}")
+        start = self._pos
+        self._pos += n
+        return self._buf[start : start + n]
+
+    def _discard(self, n: int) -> int:
+        """Skip up to ``n`` bytes; return how many were actually skipped (less only at EOF)."""
+        skipped = 0
+        while n > 0:
+            avail = len(self._buf) - self._pos
+            if avail == 0:
+                if self._fill(min(n, _CHUNK)) == 0:
+                    break
+                continue
+            k = min(avail, n)
+            self._pos += k
+            n -= k
+            skipped += k
+        return skipped
+
+    # ------------------------------------------------------------------ data
+
+    def copy_data(self, fd: int) -> int:
+        """Write the current entry's data to ``fd`` (sparse-aware); return logical size."""
+        entry = self._current
+        if entry is None:
+            raise MalformedTar("no current entry")
+        if entry.sparse is None:
+            self._copy_to(fd, self._remaining)
+            return entry.size
+        pos = 0
+        for off, length in entry.sparse:
+            if off != pos:
+                os.lseek(fd, off, os.SEEK_SET)
+            self._copy_to(fd, length)
+            pos = off + length
+        if entry.real_size != pos:
+            os.ftruncate(fd, entry.real_size)
+        return entry.real_size
+
+    def read_data(self, limit: int) -> bytes:
+        """Return the current entry's (non-sparse) data, refusing more than ``limit`` bytes."""
+        if self._remaining > limit:
+            raise LimitExceeded(f"entry data of {self._remaining} bytes exceeds {limit}")
+        n = self._remaining
+        data = self._take(n, "entry data")
+        self._remaining = 0
+        return data
+
+    def _copy_to(self, fd: int, n: int) -> None:
+        if n > self._remaining:
+            raise MalformedTar("sparse map larger than entry data")
+        self._remaining -= n
+        while n > 0:
+            avail = len(self._buf) - self._pos
+            if avail:
+                k = min(avail, n)
+                _write_all(fd, memoryview(self._buf)[self._pos : self._pos + k])
+                self._pos += k
+                n -= k
+                continue
+            if n >= _CHUNK:
+                # Large file: bypass the buffer and write each chunk as it arrives.
+                chunk = self._read(_CHUNK)
+                if not chunk:
+                    raise MalformedTar(f"archive truncated in file data at offset {self.position}")
+                self._base += len(chunk)
+                _write_all(fd, chunk)
+                n -= len(chunk)
+                continue
+            if self._fill(min(n, _CHUNK)) == 0:
+                raise MalformedTar(f"archive truncated in file data at offset {self.position}")
+
+    def skip_data(self) -> None:
+        """Skip what is left of the current entry's data and padding."""
+        n = self._remaining
+        self._remaining = 0
+        if n and self._discard(n) < n:
+            raise MalformedTar(f"archive truncated in file data at offset {self.position}")
+
+    # ------------------------------------------------------------------ headers
+
+    def __iter__(self) -> Iterator[TarEntry]:
+        while True:
+            entry = self.next()
+            if entry is None:
+                return
+            yield entry
+
+    def next(self) -> TarEntry | None:
+        """Return the next entry, or None at the end of the archive."""
+        if self._done:
+            return None
+        self.skip_data()
+        if self._padding:
+            pad = self._padding
+            self._padding = 0
+            if self._discard(pad) < pad:
+                self._end_without_marker()
+                return None
+        self._current = None
+        entry = self._read_entry()
+        self._current = entry
+        return entry
+
+    def _end_without_marker(self) -> None:
+        if self._require_end:
+            raise MalformedTar("archive ends without an end-of-archive marker")
+        self._done = True
+
+    def drain(self) -> int:
+        """Read the rest of the stream (zero padding after the end marker); return bytes read."""
+        start = self.position
+        while True:
+            avail = len(self._buf) - self._pos
+            if avail == 0 and self._fill(1) == 0:
+                break
+            view = self._buf[self._pos :]
+            if view.count(0) != len(view):
+                raise MalformedTar(f"non-zero data after the end-of-archive marker at offset {self.position}")
+            self._pos = len(self._buf)
+        return self.position - start
+
+    def _read_entry(self) -> TarEntry | None:
+        limits = self._limits
+        local: list[tuple[str, bytes]] = []
+        long_name: bytes | None = None
+        long_link: bytes | None = None
+        meta_bytes = 0
+        while True:
+            offset = self.position
+            got = self._fill(BLOCK)
+            if got == 0:
+                self._end_without_marker()
+                return None
+            if got < BLOCK:
+                raise MalformedTar(f"archive truncated in a header at offset {offset}")
+            blk = self._buf[self._pos : self._pos + BLOCK]
+            self._pos += BLOCK
+            if blk == _ZERO_BLOCK:
+                if local or long_name is not None or long_link is not None:
+                    raise MalformedTar(f"extension header without a following entry at offset {offset}")
+                self._done = True
+                self.saw_end_marker = True
+                return None
+            _verify_checksum(blk, offset)
+            flag = blk[156:157]
+            size = _number(blk[124:136], "size", offset)
+            if size < 0:
+                raise MalformedTar(f"negative size at offset {offset}")
+            if flag in (b"x", b"g", b"L", b"K"):
+                meta_bytes += size
+                if meta_bytes > limits.max_meta_bytes:
+                    raise LimitExceeded(f"extended headers of {meta_bytes} bytes at offset {offset}")
+                data = self._take(size, "an extended header")
+                self._discard(-size % BLOCK)
+                if flag == b"x":
+                    local.extend(_parse_pax(data, offset))
+                elif flag == b"g":
+                    for key, value in _parse_pax(data, offset):
+                        if value:
+                            self._globals[key] = value
+                        else:
+                            self._globals.pop(key, None)
+                    if len(self._globals) > limits.max_global_records:
+                        raise LimitExceeded(f"too many pax global records at offset {offset}")
+                elif flag == b"L":
+                    long_name = data.split(b"\x00", 1)[0]
+                else:
+                    long_link = data.split(b"\x00", 1)[0]
+                continue
+            if flag == b"V":  # GNU volume label: not a file
+                if self._discard(size + (-size % BLOCK)) < size:
+                    raise MalformedTar(f"archive truncated at offset {offset}")
+                local.clear()
+                long_name = long_link = None
+                continue
+            kind = _TYPES.get(flag)
+            if kind is None:
+                raise UnsupportedEntry(f"unsupported tar entry type {flag!r} at offset {offset}")
+            return self._build(blk, flag, kind, size, offset, local, long_name, long_link)
+
+    def _build(
+        self,
+        blk: bytes,
+        flag: bytes,
+        kind: EntryType,
+        size: int,
+        offset: int,
+        local: list[tuple[str, bytes]],
+        long_name: bytes | None,
+        long_link: bytes | None,
+    ) -> TarEntry:
+        limits = self._limits
+        magic = blk[257:265]
+        name = _cstr(blk[0:100])
+        gnu = magic == b"ustar  \x00"
+        if magic[:6] == b"ustar\x00":
+            prefix = _cstr(blk[345:500])
+            if prefix:
+                name = prefix + b"/" + name
+        linkname = _cstr(blk[157:257])
+        if long_name is not None:
+            name = long_name
+        if long_link is not None:
+            linkname = long_link
+        mode = _number(blk[100:108], "mode", offset)
+        uid = _number(blk[108:116], "uid", offset)
+        gid = _number(blk[116:124], "gid", offset)
+        mtime_ns = _number(blk[136:148], "mtime", offset) * 1_000_000_000
+        atime_ns: int | None = None
+        devmajor = devminor = 0
+        if kind is EntryType.CHAR or kind is EntryType.BLOCK:
+            devmajor = _number(blk[329:337], "devmajor", offset)
+            devminor = _number(blk[337:345], "devminor", offset)
+        if flag == b"\x00" and name.endswith(b"/"):
+            kind = EntryType.DIRECTORY
+        real_size = size
+        sparse: tuple[tuple[int, int], ...] | None = None
+        if flag == b"S":
+            if not gnu:
+                raise MalformedTar(f"GNU sparse entry without GNU magic at offset {offset}")
+            sparse, real_size = self._gnu_sparse(blk, offset)
+
+        # pax records: globals first, then this entry's (empty local value = unset).
+        xattrs: dict[str, bytes] = {}
+        records: dict[str, bytes] = dict(self._globals)
+        sparse_offsets: list[int] = []
+        sparse_numbytes: list[int] = []
+        for key, value in local:
+            if key.startswith(("SCHILY.xattr.", "LIBARCHIVE.xattr.")):
+                records[key] = value
+            elif key == "GNU.sparse.offset":
+                sparse_offsets.append(_decimal(value, key, offset))
+            elif key == "GNU.sparse.numbytes":
+                sparse_numbytes.append(_decimal(value, key, offset))
+            elif value:
+                records[key] = value
+            else:
+                records.pop(key, None)
+        for key, value in records.items():
+            if key == "path":
+                name = value
+            elif key == "linkpath":
+                linkname = value
+            elif key == "size":
+                size = real_size = _decimal(value, key, offset)
+            elif key == "uid":
+                uid = _decimal(value, key, offset)
+            elif key == "gid":
+                gid = _decimal(value, key, offset)
+            elif key == "mtime":
+                mtime_ns = _pax_time(value, offset)
+            elif key == "atime":
+                atime_ns = _pax_time(value, offset)
+            elif key.startswith("SCHILY.xattr."):
+                xattrs[_xattr_name(key[13:], offset)] = value
+            elif key.startswith("LIBARCHIVE.xattr."):
+                xname = _xattr_name(urllib.parse.unquote(key[17:], errors="strict"), offset)
+                try:
+                    xattrs[xname] = base64.b64decode(value + b"=" * (-len(value) % 4), validate=True)
+                except (binascii.Error, ValueError) as exc:
+                    raise MalformedTar(f"bad LIBARCHIVE.xattr value at offset {offset}") from exc
+        if len(xattrs) > limits.max_xattrs:
+            raise LimitExceeded(f"{len(xattrs)} xattrs on one entry at offset {offset}")
+        for xname, xvalue in xattrs.items():
+            if len(xvalue) > limits.max_xattr_value:
+                raise LimitExceeded(f"xattr {xname!r} value of {len(xvalue)} bytes at offset {offset}")
+
+        # pax sparse formats.
+        pax_sparse_1 = False
+        if "GNU.sparse.major" in records or "GNU.sparse.map" in records or sparse_offsets:
+            major = records.get("GNU.sparse.major", b"0")
+            minor = records.get("GNU.sparse.minor", b"0" if sparse_offsets else b"1")
+            sname = records.get("GNU.sparse.name")
+            if sname:
+                name = sname
+            if (major, minor) == (b"1", b"0"):
+                pax_sparse_1 = True
+                rs = records.get("GNU.sparse.realsize")
+            else:
+                rs = records.get("GNU.sparse.size")
+                if major == b"0" and minor == b"1" and "GNU.sparse.map" in records:
+                    raw_map = records["GNU.sparse.map"].split(b",")
+                    nums = [_decimal(x, "GNU.sparse.map", offset) for x in raw_map]
+                    if len(nums) % 2:
+                        raise MalformedTar(f"odd GNU.sparse.map at offset {offset}")
+                    sparse = tuple(zip(nums[0::2], nums[1::2], strict=True))
+                elif major == b"0" and minor == b"0":
+                    if len(sparse_offsets) != len(sparse_numbytes):
+                        raise MalformedTar(f"unpaired GNU.sparse.offset/numbytes at offset {offset}")
+                    sparse = tuple(zip(sparse_offsets, sparse_numbytes, strict=True))
+                else:
+                    raise UnsupportedEntry(f"unsupported GNU sparse version at offset {offset}")
+            if rs is None:
+                raise MalformedTar(f"sparse entry without a real size at offset {offset}")
+            real_size = _decimal(rs, "GNU.sparse.realsize", offset)
+
+        if b"\x00" in name or b"\x00" in linkname:
+            raise MalformedTar(f"NUL byte in a name at offset {offset}")
+        if len(name) > limits.max_name_length or len(linkname) > limits.max_name_length:
+            raise LimitExceeded(
+                f"name longer than {limits.max_name_length} bytes at offset {offset}: {describe_name(name)}"
+            )
+        if kind is not EntryType.REGULAR:
+            size = real_size = 0  # header-only types carry no data (as Go's archive/tar)
+            sparse = None
+        if uid < 0 or gid < 0:
+            raise MalformedTar(f"negative uid/gid at offset {offset}")
+        if devmajor < 0 or devminor < 0:
+            raise MalformedTar(f"negative device number at offset {offset}")
+
+        self._remaining = size
+        self._padding = -size % BLOCK
+        if pax_sparse_1:
+            sparse = self._pax1_sparse_map(offset)
+            size = self._remaining
+        if sparse is not None:
+            sparse = _check_sparse(sparse, real_size, size, limits.max_sparse_regions, offset)
+        return TarEntry(
+            name=name,
+            kind=kind,
+            mode=mode & 0o7777,
+            uid=uid,
+            gid=gid,
+            mtime_ns=mtime_ns,
+            atime_ns=atime_ns,
+            size=size,
+            real_size=real_size,
+            linkname=linkname,
+            devmajor=devmajor,
+            devminor=devminor,
+            xattrs=tuple(xattrs.items()),
+            sparse=sparse,
+            offset=offset,
+        )
+
+    def _gnu_sparse(self, blk: bytes, offset: int) -> tuple[tuple[tuple[int, int], ...], int]:
+        regions: list[tuple[int, int]] = []
+
+        def take(area: bytes, count: int) -> None:
+            for i in range(count):
+                field = area[i * 24 : i * 24 + 24]
+                if field[0] == 0:
+                    break
+                off = _number(field[:12], "sparse offset", offset)
+                regions.append((off, _number(field[12:], "sparse size", offset)))
+                if len(regions) > self._limits.max_sparse_regions:
+                    raise LimitExceeded(f"too many sparse regions at offset {offset}")
+
+        take(blk[386:482], 4)
+        extended = blk[482]
+        real_size = _number(blk[483:495], "sparse real size", offset)
+        while extended:
+            ext = self._take(BLOCK, "a sparse header")
+            take(ext[:504], 21)
+            extended = ext[504]
+        return tuple(regions), real_size
+
+    def _pax1_sparse_map(self, offset: int) -> tuple[tuple[int, int], ...]:
+        """Read the GNU sparse 1.0 map stored at the start of the entry data."""
+        numbers: list[int] = []
+        tail = b""
+        count: int | None = None
+        consumed = 0
+        while count is None or len(numbers) < 2 * count:
+            block = self._take_data(BLOCK, offset)
+            consumed += BLOCK
+            if consumed > self._limits.max_meta_bytes:
+                raise LimitExceeded(f"sparse map too large at offset {offset}")
+            parts = (tail + block).split(b"\n")
+            tail = parts.pop()
+            if len(tail) > 40:
+                raise MalformedTar(f"bad GNU sparse map at offset {offset}")
+            for part in parts:
+                if count is not None and len(numbers) >= 2 * count:
+                    break
+                value = _decimal(part, "GNU sparse map", offset)
+                if count is None:
+                    count = value
+                    if count > self._limits.max_sparse_regions:
+                        raise LimitExceeded(f"too many sparse regions at offset {offset}")
+                else:
+                    numbers.append(value)
+        return tuple(zip(numbers[0::2], numbers[1::2], strict=True))
+
+    def _take_data(self, n: int, offset: int) -> bytes:
+        if self._remaining < n:
+            raise MalformedTar(f"sparse map runs past the entry data at offset {offset}")
+        self._remaining -= n
+        return self._take(n, "a sparse map")
+
+
+def _check_sparse(
+    regions: tuple[tuple[int, int], ...], real_size: int, data_size: int, max_regions: int, offset: int
+) -> tuple[tuple[int, int], ...]:
+    if len(regions) > max_regions:
+        raise LimitExceeded(f"too many sparse regions at offset {offset}")
+    pos = 0
+    total = 0
+    for off, length in regions:
+        if off < pos or length < 0:
+            raise MalformedTar(f"sparse regions overlap or go backwards at offset {offset}")
+        pos = off + length
+        total += length
+    if pos > real_size:
+        raise MalformedTar(f"sparse region past the real size at offset {offset}")
+    if total != data_size:
+        raise MalformedTar(f"sparse map does not match the stored data at offset {offset}")
+    return regions
+
+
+def _write_all(fd: int, data: bytes | memoryview) -> None:
+    n = os.write(fd, data)
+    while n < len(data):
+        data = memoryview(data)[n:]
+        n = os.write(fd, data)
+
+
+def _cstr(field: bytes) -> bytes:
+    i = field.find(b"\x00")
+    return field if i < 0 else field[:i]
+
+
+def _number(field: bytes, what: str, offset: int) -> int:
+    """Parse an octal or base-256 numeric header field (Go archive/tar rules)."""
+    if field and field[0] & 0x80:
+        if field[0] & 0x40:
+            return int.from_bytes(field, "big", signed=True)
+        return int.from_bytes(bytes([field[0] & 0x7F]) + field[1:], "big")
+    digits = field.strip(b" \x00")
+    if not digits:
+        return 0
+    if digits.translate(None, _OCTAL_DIGITS):
+        raise MalformedTar(f"bad {what} field at offset {offset}")
+    return int(digits, 8)
+
+
+def _decimal(value: bytes, what: str, offset: int) -> int:
+    if not value or value.translate(None, _DECIMAL_DIGITS) or len(value) > 30:
+        raise MalformedTar(f"bad {what} value at offset {offset}")
+    return int(value)
+
+
+def _pax_time(value: bytes, offset: int) -> int:
+    neg = value.startswith(b"-")
+    body = value[1:] if neg else value
+    whole, dot, frac = body.partition(b".")
+    if not whole or whole.translate(None, _DECIMAL_DIGITS) or len(whole) > 20:
+        raise MalformedTar(f"bad pax time at offset {offset}")
+    if dot and (not frac or frac.translate(None, _DECIMAL_DIGITS)):
+        raise MalformedTar(f"bad pax time at offset {offset}")
+    ns = int(whole) * 1_000_000_000 + (int(frac[:9].ljust(9, b"0")) if frac else 0)
+    return -ns if neg else ns
+
+
+def _xattr_name(name: str, offset: int) -> str:
+    if not name or "\x00" in name or len(name) > 255:
+        raise MalformedTar(f"bad xattr name at offset {offset}")
+    return name
+
+
+def _verify_checksum(blk: bytes, offset: int) -> None:
+    stored = _number(blk[148:156], "checksum", offset)
+    unsigned = sum(blk) - sum(blk[148:156]) + 8 * 32
+    if stored == unsigned:
+        return
+    signed = unsigned - 256 * sum(1 for b in blk if b >= 128) + 256 * sum(1 for b in blk[148:156] if b >= 128)
+    if stored != signed:
+        raise MalformedTar(f"header checksum mismatch at offset {offset}")
+
+
+def _parse_pax(data: bytes, offset: int) -> list[tuple[str, bytes]]:
+    """Parse ``"<len> <key>=<value>\\n"`` records, in order."""
+    records: list[tuple[str, bytes]] = []
+    pos = 0
+    end_all = len(data)
+    while pos < end_all:
+        if data[pos] == 0 and not data[pos:].strip(b"\x00"):
+            break  # NUL padding after the last record
+        sp = data.find(b" ", pos, pos + 21)
+        if sp <= pos:
+            raise MalformedTar(f"bad pax record at offset {offset}")
+        length = _decimal(data[pos:sp], "pax record length", offset)
+        end = pos + length
+        if end > end_all or end <= sp + 1 or data[end - 1] != 0x0A:
+            raise MalformedTar(f"bad pax record at offset {offset}")
+        rec = data[sp + 1 : end - 1]
+        eq = rec.find(b"=")
+        if eq <= 0:
+            raise MalformedTar(f"bad pax record at offset {offset}")
+        try:
+            key = rec[:eq].decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise MalformedTar(f"non-UTF-8 pax keyword at offset {offset}") from exc
+        if "\x00" in key:
+            raise MalformedTar(f"NUL in pax keyword at offset {offset}")
+        records.append((key, rec[eq + 1 :]))
+        pos = end
+    return records
