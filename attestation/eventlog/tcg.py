@@ -33,10 +33,10 @@ __all__ = [
     "EV_NO_ACTION",
     "MAX_EVENT_LOG_SIZE",
     "DigestValue",
-    "EventLog",
     "EventLogEntry",
     "EventLogFormatError",
     "EventLogReplayError",
+    "ParsedEventLog",
     "hash_alg",
     "parse_event_log",
 ]
@@ -159,7 +159,7 @@ class EventLogEntry:
 
 
 @dataclass(frozen=True)
-class EventLog:
+class ParsedEventLog:
     entries: tuple[EventLogEntry, ...]
     #: digest sizes declared by the Spec ID event
     algorithms: Mapping[int, int]
@@ -212,7 +212,7 @@ class _R:
         return v
 
 
-def parse_event_log(untrusted_log: bytes) -> EventLog:
+def parse_event_log(untrusted_log: bytes) -> ParsedEventLog:
     if len(untrusted_log) > MAX_EVENT_LOG_SIZE:
         raise EventLogFormatError(f"event log larger than {MAX_EVENT_LOG_SIZE} bytes")
     r = _R(untrusted_log)
@@ -224,8 +224,10 @@ def parse_event_log(untrusted_log: bytes) -> EventLog:
     if first_type != EV_NO_ACTION:
         raise EventLogFormatError("event log does not start with a Spec ID (EV_NO_ACTION) event")
     spec = r.take(size, "Spec ID event")
-    if len(spec) < 29 or spec[:15] != b"Spec ID Event03":
-        raise EventLogFormatError("first event is not a 'Spec ID Event03' (not a crypto-agile log)")
+    # The signature "Spec ID Event03" is not checked: guest-components' fixed
+    # header for CCEL-less logs leaves it zeroed, and trustee accepts that.
+    if len(spec) < 29:
+        raise EventLogFormatError("first event is too short for a Spec ID event (not a crypto-agile log)")
     s = _R(spec)
     s.take(24, "spec id header")
     count = s.u32("algorithm count")
@@ -276,7 +278,7 @@ def parse_event_log(untrusted_log: bytes) -> EventLog:
                 digest_matches_event=matches,
             )
         )
-    return EventLog(tuple(entries), sizes)
+    return ParsedEventLog(tuple(entries), sizes)
 
 
 # --- per-type event descriptions (trustee's EventDetails) -----------------

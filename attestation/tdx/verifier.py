@@ -35,7 +35,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestation.errors import EvidenceFormatError, VerificationError
-from attestation.eventlog.tcg import EventLog, parse_event_log
+from attestation.eventlog.tcg import ParsedEventLog, parse_event_log
 from attestation.tdx.collateral import (
     Collateral,
     CollateralSource,
@@ -150,7 +150,7 @@ def _td_attribute_claims(body: TdReportBody) -> dict[str, bool]:
     }
 
 
-def quote_claims(v: VerifiedQuote, event_log: EventLog | None = None) -> dict[str, Any]:
+def quote_claims(v: VerifiedQuote, event_log: ParsedEventLog | None = None) -> dict[str, Any]:
     """Claims in trustee's TDX layout (``quote.header``/``quote.body`` hex
     fields, ``td_attributes``, ``report_data``, ``init_data``,
     ``uefi_event_logs``, ``platform_instance_id``) plus flat summary keys
@@ -332,7 +332,7 @@ class TdxVerifier:
             _regularize(expected_init_data_hash, 48, "init-data digest") != body.mr_config_id
         ):
             raise VerificationError("MRCONFIGID in the TDX quote does not match the init-data digest")
-        el: EventLog | None = None
+        el: ParsedEventLog | None = None
         raw_el = untrusted_evidence.get("cc_eventlog")
         if raw_el:
             el = parse_event_log(_b64(raw_el, "cc_eventlog", MAX_EVIDENCE_SIZE))

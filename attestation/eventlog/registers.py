@@ -1,0 +1,158 @@
+"""Runtime measurement registers behind one small Protocol.
+
+Registers are addressed by TPM-style PCR index, as the AA API
+(``ExtendRuntimeMeasurement.RegisterIndex``) does; each backend maps a PCR to
+its CC measurement register (CC MR) with :meth:`pcr_to_ccmr`.
+
+* :class:`TdxRtmrRegisters`: TDX RTMRs through the kernel's sysfs interface
+  (Linux >= 6.16, ``/sys/devices/virtual/misc/tdx_guest/measurements/rtmr<N>:sha384``;
+  reading gives 48 raw bytes, writing 48 bytes extends). Without it, reads fall
+  back to a TDREPORT from ``/dev/tdx_guest`` and extending is unsupported.
+* :class:`SoftwareRegisters`: file-backed registers for the sample platform and
+  development; same PCR mapping and hash as TDX, so logs replay the same way.
+  Not a security boundary (anyone who can write the files can forge values).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+from attestation.errors import AttestationError, UnsupportedPlatform
+
+__all__ = [
+    "HASH_ALGORITHMS",
+    "TDX_MEASUREMENTS_DIR",
+    "MeasurementRegister",
+    "SoftwareRegisters",
+    "TdxRtmrRegisters",
+    "tdx_pcr_to_ccmr",
+]
+
+TDX_MEASUREMENTS_DIR = "/sys/devices/virtual/misc/tdx_guest/measurements"
+TDX_REGISTER_LEN = 48
+
+#: kbs-types hash name -> (TCG algorithm id, digest size)
+HASH_ALGORITHMS: dict[str, tuple[int, int]] = {
+    "sha256": (0x0B, 32),
+    "sha384": (0x0C, 48),
+    "sha512": (0x0D, 64),
+}
+
+
+def tdx_pcr_to_ccmr(pcr: int) -> int:
+    """TD-shim / UEFI CC mapping: PCR 1,7 -> MR1; 2..6 -> MR2; 8..15 -> MR3; else MR4.
+    RTMR index = MR - 1 (so the AA's default PCR 17 lands in RTMR3)."""
+    if pcr < 0:
+        raise ValueError("register index must be non-negative")
+    if pcr in (1, 7):
+        return 1
+    if 2 <= pcr <= 6:
+        return 2
+    if 8 <= pcr <= 15:
+        return 3
+    return 4
+
+
+@runtime_checkable
+class MeasurementRegister(Protocol):
+    #: kbs-types hash name of the register bank: "sha384" for TDX
+    hash_algorithm: str
+
+    def pcr_to_ccmr(self, pcr: int) -> int: ...
+
+    def read(self, pcr: int) -> bytes:
+        """Current value of the register that ``pcr`` maps to."""
+        ...
+
+    def extend(self, pcr: int, digest: bytes) -> None:
+        """Extend the register that ``pcr`` maps to with ``digest``."""
+        ...
+
+
+class TdxRtmrRegisters:
+    hash_algorithm = "sha384"
+
+    def __init__(
+        self, measurements_dir: str | Path = TDX_MEASUREMENTS_DIR, *, device: str | None = None
+    ) -> None:
+        self._dir = Path(measurements_dir)
+        self._device = device
+
+    @property
+    def has_sysfs(self) -> bool:
+        return self._dir.is_dir()
+
+    def pcr_to_ccmr(self, pcr: int) -> int:
+        return tdx_pcr_to_ccmr(pcr)
+
+    def _path(self, pcr: int) -> Path:
+        return self._dir / f"rtmr{self.pcr_to_ccmr(pcr) - 1}:sha384"
+
+    def read(self, pcr: int) -> bytes:
+        if self.has_sysfs:
+            with open(self._path(pcr), "rb") as f:
+                value = f.read(TDX_REGISTER_LEN + 1)
+            if len(value) != TDX_REGISTER_LEN:
+                raise AttestationError(f"RTMR sysfs file returned {len(value)} bytes, expected 48")
+            return value
+        from attestation.tdx.device import TdxGuestDevice  # local: avoid a cycle
+
+        report = TdxGuestDevice(self._device).get_report(bytes(64))
+        return report.rtmrs[self.pcr_to_ccmr(pcr) - 1]
+
+    def extend(self, pcr: int, digest: bytes) -> None:
+        if len(digest) > TDX_REGISTER_LEN:
+            raise ValueError("RTMR extend data is at most 48 bytes")
+        if not self.has_sysfs:
+            raise UnsupportedPlatform(
+                f"extending RTMRs needs the kernel's TDX measurements sysfs ({self._dir}, Linux >= 6.16)"
+            )
+        with open(self._path(pcr), "wb", buffering=0) as f:
+            f.write(digest.ljust(TDX_REGISTER_LEN, b"\x00"))
+
+
+class SoftwareRegisters:
+    """File-backed CC MRs 1..4 (``<dir>/ccmr<N>``), TDX mapping, extend = H(old || digest)."""
+
+    def __init__(self, directory: str | Path, *, hash_algorithm: str = "sha384") -> None:
+        if hash_algorithm not in HASH_ALGORITHMS:
+            raise ValueError(f"unsupported hash algorithm {hash_algorithm}")
+        self.hash_algorithm = hash_algorithm
+        self._dir = Path(directory)
+        self._size = HASH_ALGORITHMS[hash_algorithm][1]
+
+    def pcr_to_ccmr(self, pcr: int) -> int:
+        return tdx_pcr_to_ccmr(pcr)
+
+    def _path(self, pcr: int) -> Path:
+        return self._dir / f"ccmr{self.pcr_to_ccmr(pcr)}"
+
+    def read(self, pcr: int) -> bytes:
+        try:
+            with open(self._path(pcr), "rb") as f:
+                value = f.read(self._size + 1)
+        except FileNotFoundError:
+            return bytes(self._size)
+        if len(value) != self._size:
+            raise AttestationError(f"software register file {self._path(pcr).name} is corrupt")
+        return value
+
+    def extend(self, pcr: int, digest: bytes) -> None:
+        if len(digest) > self._size:
+            raise ValueError(f"extend data is at most {self._size} bytes")
+        self._dir.mkdir(parents=True, exist_ok=True)
+        with open(self._dir / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            new = hashlib.new(
+                self.hash_algorithm, self.read(pcr) + digest.ljust(self._size, b"\x00")
+            ).digest()
+            tmp = self._path(pcr).with_suffix(".tmp")
+            with open(tmp, "wb") as f:
+                f.write(new)
+                f.flush()
+                os.fsync(f.fileno())
+            tmp.replace(self._path(pcr))
