@@ -1,0 +1,12 @@
+"""pytest fixtures for the NVIDIA tests."""
+
+from __future__ import annotations
+
+import pytest
+
+from attestation.nvidia.verifier import TrustAnchors
+
+
+@pytest.fixture(scope="session")
+def anchors() -> TrustAnchors:
+    return TrustAnchors.nvidia()
