@@ -1,0 +1,339 @@
+"""The five CDH services over ttRPC, called by a hand-framed client
+(tests.support.aa.ttrpc_call, written from the framing notes, not coco_rpc)
+and over gRPC.
+
+The resource store is a dict and the command runner a recorder (no
+device-mapper here); the image puller is a stand-in object because its
+registry side is tested by the pull engineer, and the AA is a small
+in-process AttestationAgentService that records ExtendRuntimeMeasurement
+(the real AA's event log is off by default, so the exact content could not
+be observed there).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from cdh.aa import AaClient
+from cdh.config import CdhConfig, ImageConfig, KbcConfig
+from cdh.hub import Hub, build_services
+from coco_rpc import RpcError, bind, connect, serve
+from coco_rpc.protos import api_pb2, keyprovider_pb2
+from coco_rpc.protos import attestation_agent_pb2 as aa_pb2
+from tests.cdh.conftest import DictResources
+from tests.cdh.test_sealed_secret import jwk_of, seal, vault
+from tests.cdh.test_secure_mount import Recorder
+from tests.support.aa import ttrpc_call
+
+SECRET = os.urandom(24)
+
+
+@dataclass
+class FakePullResult:
+    manifest_digest: str
+
+
+class FakePuller:
+    def __init__(self, config: Any) -> None:
+        self.config = config
+        self.pulls: list[tuple[str, Path]] = []
+        self.fail = False
+
+    async def pull(self, image_ref: str, bundle_dir: Path, **_: Any) -> FakePullResult:
+        if self.fail:
+            raise RuntimeError("registry said no")
+        self.pulls.append((image_ref, bundle_dir))
+        return FakePullResult("sha256:" + "ab" * 32)
+
+
+class FakeAa:
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, str]] = []
+        self.result = aa_pb2.OK
+
+    async def ExtendRuntimeMeasurement(self, req: Any) -> Any:
+        self.events.append((req.Domain, req.Operation, req.Content))
+        if self.result == -1:
+            raise RpcError(13, "event log broken")
+        return aa_pb2.ExtendRuntimeMeasurementResponse(Result=self.result)
+
+
+@dataclass
+class Env:
+    sock: Path
+    hub: Hub
+    aa: FakeAa
+    key: ec.EllipticCurvePrivateKey
+    rec: Recorder
+    tmp: Path
+
+    def call(self, service: str, method: str, payload: bytes) -> tuple[int, str, bytes]:
+        return ttrpc_call(self.sock, service, method, payload, timeout=20)
+
+    async def acall(self, service: str, method: str, payload: bytes) -> tuple[int, str, bytes]:
+        return await asyncio.to_thread(self.call, service, method, payload)
+
+
+async def _wait(path: Path) -> None:
+    for _ in range(200):
+        if path.exists():
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{path} never appeared")
+
+
+@pytest.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    kek = bytes(range(32))
+    res = DictResources(
+        {
+            "kbs:///default/cdh/secret": SECRET,
+            "kbs:///default/cdh/sealkey": jwk_of(key),
+            "kbs:///default/image-kek/k1": kek,
+            "kbs:///default/disk/key": b"disk-key",
+        }
+    )
+    aa_sock, cdh_sock = tmp_path / "aa.sock", tmp_path / "cdh.sock"
+    fake_aa = FakeAa()
+    stop = asyncio.Event()
+    aa_task = asyncio.create_task(
+        serve(
+            f"unix://{aa_sock}",
+            [bind(aa_pb2.DESCRIPTOR.services_by_name["AttestationAgentService"], fake_aa)],
+            stop=stop,
+        )
+    )
+    await _wait(aa_sock)
+    rec = Recorder()
+    (tmp_path / "mapper").mkdir()
+    cfg = CdhConfig(
+        kbc=KbcConfig("offline_fs_kbc"),
+        socket=f"unix://{cdh_sock}",
+        aa_socket=f"unix://{aa_sock}",
+        image=ImageConfig(work_dir=tmp_path / "work"),
+    )
+    hub = Hub(
+        cfg,
+        resources=res,
+        runner=rec,
+        sealed_secret_dir=tmp_path / "ss",
+        header_dir=tmp_path / "hdr",
+        mapper_dir=tmp_path / "mapper",
+        puller_factory=FakePuller,
+    )
+    cdh_task = asyncio.create_task(serve(cfg.socket, build_services(hub), stop=stop))
+    await _wait(cdh_sock)
+    try:
+        yield Env(cdh_sock, hub, fake_aa, key, rec, tmp_path)
+    finally:
+        stop.set()
+        await asyncio.gather(aa_task, cdh_task)
+        await hub.close()
+
+
+async def test_get_resource(env: Env) -> None:
+    code, msg, out = await env.acall(
+        "api.GetResourceService",
+        "GetResource",
+        api_pb2.GetResourceRequest(ResourcePath="kbs:///default/cdh/secret").SerializeToString(),
+    )
+    assert code == 0 and api_pb2.GetResourceResponse.FromString(out).Resource == SECRET
+    code, msg, _ = await env.acall(
+        "api.GetResourceService",
+        "GetResource",
+        api_pb2.GetResourceRequest(ResourcePath="kbs:///default/cdh/none").SerializeToString(),
+    )
+    assert code == 13 and msg.startswith("[CDH] [ERROR]: Get Resource failed:")
+
+
+async def test_unseal(env: Env) -> None:
+    good = seal(vault(), env.key, "kbs:///default/cdh/sealkey")
+    code, _, out = await env.acall(
+        "api.SealedSecretService", "UnsealSecret", api_pb2.UnsealSecretInput(secret=good).SerializeToString()
+    )
+    assert code == 0 and api_pb2.UnsealSecretOutput.FromString(out).plaintext == SECRET
+    forged = seal(vault(), ec.generate_private_key(ec.SECP256R1()), "kbs:///default/cdh/sealkey")
+    code, msg, _ = await env.acall(
+        "api.SealedSecretService",
+        "UnsealSecret",
+        api_pb2.UnsealSecretInput(secret=forged).SerializeToString(),
+    )
+    assert code == 13 and "signature" in msg and SECRET.hex() not in msg
+    assert base64.b64encode(SECRET).decode() not in msg
+    code, msg, _ = await env.acall(
+        "api.SealedSecretService",
+        "UnsealSecret",
+        api_pb2.UnsealSecretInput(secret=b"sealed.garbage").SerializeToString(),
+    )
+    assert code == 13 and msg.startswith("[CDH] [ERROR]: ")
+
+
+async def test_secure_mount(env: Env) -> None:
+    dev = env.tmp / "vdb"
+    dev.write_bytes(b"")
+    req = api_pb2.SecureMountRequest(
+        volume_type="block-device",
+        mount_point=str(env.tmp / "mnt"),
+        options={
+            "devicePath": str(dev),
+            "sourceType": "empty",
+            "encryptionType": "luks2",
+            "targetType": "fileSystem",
+            "key": "kbs:///default/disk/key",
+            "mapperName": "m1",
+        },
+    )
+    code, msg, _ = await env.acall("api.SecureMountService", "SecureMount", req.SerializeToString())
+    assert code == 0, msg
+    assert env.rec.calls[1][1] == b"disk-key" and env.rec.mounted == {str(env.tmp / "mnt")}
+    env.rec.fail_on = "luksOpen"
+    dev2 = env.tmp / "vdc"
+    dev2.write_bytes(b"")
+    req.options["devicePath"] = str(dev2)
+    req.options["mapperName"] = "m2"
+    req.mount_point = str(env.tmp / "mnt2")
+    code, msg, _ = await env.acall("api.SecureMountService", "SecureMount", req.SerializeToString())
+    assert code == 13 and "luksOpen failed" in msg and "disk-key" not in msg
+    assert env.rec.open_mappings == {"m1"} and len(list((env.tmp / "hdr").iterdir())) == 1
+    # the first device is formatted now: asking for an empty source again is refused
+    req.options["devicePath"] = str(dev)
+    env.rec.fail_on = None
+    code, msg, _ = await env.acall("api.SecureMountService", "SecureMount", req.SerializeToString())
+    assert code == 13 and "already" in msg
+
+
+async def test_unwrap_key_and_wrap_key(env: Env) -> None:
+    iv = os.urandom(12)
+    opts = b'{"cipher":"AES_256_CTR_HMAC_SHA256"}'
+    pk = {
+        "kid": "kbs:///default/image-kek/k1",
+        "iv": base64.b64encode(iv).decode(),
+        "wrap_type": "A256GCM",
+        "wrapped_data": base64.b64encode(AESGCM(bytes(range(32))).encrypt(iv, opts, None)).decode(),
+    }
+    body = json.dumps(
+        {
+            "op": "keyunwrap",
+            "keywrapparams": {},
+            "keyunwrapparams": {"dc": None, "annotation": base64.b64encode(json.dumps(pk).encode()).decode()},
+        }
+    ).encode()
+    inp = keyprovider_pb2.KeyProviderKeyWrapProtocolInput(KeyProviderKeyWrapProtocolInput=body)
+    code, msg, out = await env.acall("keyprovider.KeyProviderService", "UnWrapKey", inp.SerializeToString())
+    assert code == 0, msg
+    res = json.loads(
+        keyprovider_pb2.KeyProviderKeyWrapProtocolOutput.FromString(out).KeyProviderKeyWrapProtocolOutput
+    )
+    assert bytes(res["keyunwrapresults"]["optsdata"]) == opts
+    code, msg, _ = await env.acall("keyprovider.KeyProviderService", "WrapKey", inp.SerializeToString())
+    assert code == 12 and "not supported" in msg
+
+
+async def test_pull_image_measures_exact_content(env: Env) -> None:
+    req = api_pb2.ImagePullRequest(
+        image_url="127.0.0.1:5000/library/busybox:1.36", bundle_path=str(env.tmp / "bundle")
+    )
+    code, msg, out = await env.acall("api.ImagePullService", "PullImage", req.SerializeToString())
+    assert code == 0, msg
+    digest = "sha256:" + "ab" * 32
+    assert api_pb2.ImagePullResponse.FromString(out).manifest_digest == digest
+    assert env.aa.events == [
+        (
+            "github.com/confidential-containers",
+            "PullImage",
+            '{"image":"127.0.0.1:5000/library/busybox:1.36", "digest":"' + digest + '"}',
+        )
+    ]
+    puller = env.hub.images._puller
+    assert puller.config.work_dir == env.tmp / "work"
+    # NOT_ENABLED only warns
+    env.aa.result = aa_pb2.NOT_ENABLED
+    code, msg, _ = await env.acall("api.ImagePullService", "PullImage", req.SerializeToString())
+    assert code == 0, msg
+    # an AA error fails the pull
+    env.aa.result = -1
+    code, msg, _ = await env.acall("api.ImagePullService", "PullImage", req.SerializeToString())
+    assert code == 13 and "event log" in msg
+    env.aa.result = aa_pb2.OK
+    puller.fail = True
+    code, msg, _ = await env.acall("api.ImagePullService", "PullImage", req.SerializeToString())
+    assert code == 13 and msg.startswith("[CDH] [ERROR]: Pull Image failed:")
+    assert len(puller.pulls) == 3 and len(env.aa.events) == 3
+
+
+async def test_oversize_and_unknown(env: Env) -> None:
+    big = api_pb2.UnsealSecretInput(secret=b"x" * (5 << 20)).SerializeToString()
+    code, msg, _ = await env.acall("api.SealedSecretService", "UnsealSecret", big)
+    assert code == 8 and "limit" in msg
+    mid = api_pb2.UnsealSecretInput(secret=b"sealed." + b"x" * (2 << 20)).SerializeToString()
+    code, msg, _ = await env.acall("api.SealedSecretService", "UnsealSecret", mid)
+    assert code == 13 and "larger than" in msg
+    code, msg, _ = await env.acall("api.GetResourceService", "Nope", b"")
+    assert code == 5 and "not supported" in msg
+    # the server still answers afterwards
+    code, _, _ = await env.acall(
+        "api.GetResourceService",
+        "GetResource",
+        api_pb2.GetResourceRequest(ResourcePath="kbs:///default/cdh/secret").SerializeToString(),
+    )
+    assert code == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_grpc_transport(tmp_path: Path) -> None:
+    port = _free_port()
+    cfg = CdhConfig(
+        kbc=KbcConfig("offline_fs_kbc"), socket=f"127.0.0.1:{port}", aa_socket=f"unix://{tmp_path}/none.sock"
+    )
+    hub = Hub(cfg, resources=DictResources({"kbs:///a/b/c": b"grpc-value"}), aa=AaClient(cfg.aa_socket))
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(cfg.socket, build_services(hub), stop=stop))
+    client = connect(cfg.socket)
+    try:
+        for _ in range(100):
+            try:
+                r = await client.call(
+                    "api.GetResourceService",
+                    "GetResource",
+                    api_pb2.GetResourceRequest(ResourcePath="kbs:///a/b/c"),
+                    api_pb2.GetResourceResponse,
+                    timeout=5,
+                )
+                break
+            except RpcError as exc:
+                if exc.code != 14:
+                    raise
+                await asyncio.sleep(0.05)
+        assert r.Resource == b"grpc-value"
+        with pytest.raises(RpcError) as ei:
+            await client.call(
+                "api.GetResourceService",
+                "GetResource",
+                api_pb2.GetResourceRequest(ResourcePath="kbs:///a/b/missing"),
+                api_pb2.GetResourceResponse,
+                timeout=5,
+            )
+        assert ei.value.message.startswith("[CDH] [ERROR]: ")
+    finally:
+        await client.close()
+        stop.set()
+        await task
+        await hub.close()
