@@ -24,8 +24,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="coco-image", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in _COMMANDS.items():
+        try:
+            mod = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue  # subcommand not built yet: the others still work
         p = sub.add_parser(name, help=help_text)
-        mod = importlib.import_module(module)
         mod.configure(p)
         p.set_defaults(_run=mod.run)
     args = parser.parse_args(argv)

@@ -1,0 +1,416 @@
+"""Bundle creation: ``<bundle>/rootfs`` and ``<bundle>/config.json``.
+
+rootfs is an overlayfs mount of the committed layers (lowerdir newest first,
+upper/work dirs in the layer store) or, where overlay is unavailable, a
+flattened copy built in a temporary directory and renamed into place. Long
+lowerdir lists are mounted through short symlink names relative to a
+per-bundle directory (``mount`` runs with that directory as cwd), so hundreds
+of layers fit the one-page mount option limit.
+
+config.json follows the OCI runtime spec as ``umoci unpack`` / image-rs
+produce it: process args = Entrypoint + Cmd, env, cwd, user (numeric, or
+names resolved in the image's /etc/passwd and /etc/group without following
+symlinks out of the rootfs), Volumes as tmpfs mounts (image-rs), labels and
+image metadata as annotations.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import json
+import os
+import secrets
+import shutil
+import stat
+import subprocess
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from image_pull.errors import BundleError
+from image_pull.manifest import ImageConfig
+
+__all__ = [
+    "build_runtime_config",
+    "copy_rootfs",
+    "mount_overlay",
+    "overlay_supported",
+    "resolve_user",
+    "unmount",
+]
+
+DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+MAX_PASSWD = 1 << 20
+OVERLAY_OPAQUE = "trusted.overlay.opaque"
+
+
+# ------------------------------------------------------------------ overlay
+def overlay_supported() -> bool:
+    try:
+        with open("/proc/filesystems") as f:
+            return any(line.split()[-1:] == ["overlay"] for line in f)
+    except OSError:
+        return False
+
+
+def mount_overlay(
+    lowers_top_first: Sequence[Path], upper: Path, work: Path, target: Path, links_dir: Path
+) -> None:
+    """Mount overlay at ``target``; ``links_dir`` receives short symlinks to the lowers."""
+    links_dir.mkdir(parents=True, exist_ok=True)
+    names: list[str] = []
+    for i, d in enumerate(lowers_top_first):
+        name = format(i, "x")
+        link = links_dir / name
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.symlink(d, link)
+        names.append(name)
+    if not names:
+        empty = links_dir / "empty"
+        empty.mkdir(exist_ok=True)
+        names.append("empty")
+    upper.mkdir(parents=True, exist_ok=True)
+    work.mkdir(parents=True, exist_ok=True)
+    opts = f"lowerdir={':'.join(names)},upperdir={upper},workdir={work}"
+    if len(opts) > 4000:
+        raise BundleError("too many layers for one overlay mount")
+    cp = subprocess.run(
+        ["mount", "-t", "overlay", "overlay", "-o", opts, str(target)],
+        cwd=links_dir,
+        capture_output=True,
+        timeout=60,
+    )
+    if cp.returncode != 0:
+        msg = cp.stderr.decode(errors="replace").strip().splitlines()[-1:] or [""]
+        raise BundleError(f"overlay mount failed: {msg[0][:200]}")
+
+
+def unmount(target: Path) -> None:
+    subprocess.run(["umount", str(target)], capture_output=True, timeout=60)
+    if os.path.ismount(target):
+        subprocess.run(["umount", "-l", str(target)], capture_output=True, timeout=60)
+
+
+# ------------------------------------------------------------------ flattened copy
+def _is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _remove(path: str) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(path)
+    else:
+        os.unlink(path)
+
+
+def _copy_meta(src_st: os.stat_result, dst: str, *, is_link: bool) -> None:
+    with contextlib.suppress(PermissionError):
+        os.lchown(dst, src_st.st_uid, src_st.st_gid)
+    if not is_link:
+        os.chmod(dst, stat.S_IMODE(src_st.st_mode))
+
+
+def _copy_xattrs(src: str, dst: str) -> None:
+    try:
+        names = os.listxattr(src, follow_symlinks=False)
+    except OSError:
+        return
+    for n in names:
+        if n.startswith(("trusted.overlay.", "user.overlay.")):
+            continue
+        try:
+            os.setxattr(dst, n, os.getxattr(src, n, follow_symlinks=False), follow_symlinks=False)
+        except OSError:
+            continue
+
+
+def _apply_layer(layer: str, dest: str, links: dict[tuple[int, int], str]) -> None:
+    """Copy one overlay-form layer onto ``dest`` (whiteouts delete, opaque dirs clear)."""
+    dir_times: list[tuple[str, os.stat_result]] = []
+    for cur, dirs, files in os.walk(layer):
+        rel = os.path.relpath(cur, layer)
+        tgt_dir = dest if rel == "." else os.path.join(dest, rel)
+        if rel != ".":
+            try:
+                if os.getxattr(cur, OVERLAY_OPAQUE, follow_symlinks=False) == b"y":
+                    for child in os.listdir(tgt_dir):
+                        _remove(os.path.join(tgt_dir, child))
+            except OSError:
+                pass
+        for name in list(dirs) + files:
+            src = os.path.join(cur, name)
+            dst = os.path.join(tgt_dir, name)
+            st = os.lstat(src)
+            if _is_whiteout(st):
+                _remove(dst)
+                continue
+            if stat.S_ISDIR(st.st_mode):
+                try:
+                    dst_st = os.lstat(dst)
+                    if not stat.S_ISDIR(dst_st.st_mode):
+                        _remove(dst)
+                        os.mkdir(dst)
+                except FileNotFoundError:
+                    os.mkdir(dst)
+                _copy_meta(st, dst, is_link=False)
+                _copy_xattrs(src, dst)
+                dir_times.append((dst, st))
+                continue
+            _remove(dst)
+            key = (st.st_dev, st.st_ino)
+            if stat.S_ISREG(st.st_mode) and st.st_nlink > 1 and key in links:
+                os.link(links[key], dst)
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(src), dst)
+                _copy_meta(st, dst, is_link=True)
+            elif stat.S_ISREG(st.st_mode):
+                shutil.copyfile(src, dst, follow_symlinks=False)
+                _copy_meta(st, dst, is_link=False)
+                _copy_xattrs(src, dst)
+                if st.st_nlink > 1:
+                    links[key] = dst
+            elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+                os.mknod(dst, st.st_mode, st.st_rdev)
+                _copy_meta(st, dst, is_link=False)
+            else:
+                continue
+            os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+    for d, st in reversed(dir_times):
+        os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+def copy_rootfs(lowers_bottom_first: Sequence[Path], target: Path) -> None:
+    """Flatten layers into a temp dir next to ``target``, then rename it into place."""
+    tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
+    tmp.mkdir(mode=0o755)
+    try:
+        links: dict[tuple[int, int], str] = {}
+        for layer in lowers_bottom_first:
+            _apply_layer(str(layer), str(tmp), links)
+        with contextlib.suppress(FileNotFoundError):
+            os.rmdir(target)
+        os.rename(tmp, target)
+    except OSError as exc:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if exc.errno == errno.ENOSPC:
+            raise BundleError("no space left while copying the rootfs") from None
+        raise BundleError(f"cannot build the flattened rootfs: {exc.strerror}") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+# ------------------------------------------------------------------ config.json
+def _read_in_root(root: Path, rel: str, limit: int) -> bytes | None:
+    """Read root/rel without following any symlink (absent if one is met)."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        parts = rel.split("/")
+        for p in parts[:-1]:
+            nfd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            os.close(fd)
+            fd = nfd
+        ffd = os.open(parts[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, dir_fd=fd)
+        try:
+            if not stat.S_ISREG(os.fstat(ffd).st_mode):
+                return None
+            return os.read(ffd, limit)
+        finally:
+            os.close(ffd)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _lookup(root: Path | None, file: str, name: str, field_count: int) -> list[str] | None:
+    if root is None:
+        return None
+    data = _read_in_root(root, file, MAX_PASSWD)
+    if data is None:
+        return None
+    for line in data.decode("utf-8", "replace").splitlines():
+        f = line.split(":")
+        if len(f) >= field_count and f[0] == name:
+            return f
+    return None
+
+
+def resolve_user(spec: str, rootfs: Path | None) -> dict[str, Any]:
+    """Image ``User`` ("", "uid", "name", "uid:gid", "name:group") -> runtime spec user."""
+    if not spec:
+        return {"uid": 0, "gid": 0}
+    user, _, group = spec.partition(":")
+    uid: int
+    gid: int | None = None
+    if user.isdigit():
+        uid = int(user)
+        ent = None
+        if root_ent := _lookup_uid(rootfs, uid):
+            ent = root_ent
+        if ent is not None and not group:
+            gid = int(ent[3]) if ent[3].isdigit() else 0
+    else:
+        ent = _lookup(rootfs, "etc/passwd", user, 4)
+        if ent is None or not ent[2].isdigit():
+            raise BundleError(f"image user {user[:40]!r} not found in the image's /etc/passwd")
+        uid = int(ent[2])
+        if not group:
+            gid = int(ent[3]) if ent[3].isdigit() else 0
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            g = _lookup(rootfs, "etc/group", group, 3)
+            if g is None or not g[2].isdigit():
+                raise BundleError(f"image group {group[:40]!r} not found in the image's /etc/group")
+            gid = int(g[2])
+    return {"uid": uid, "gid": gid if gid is not None else 0}
+
+
+def _lookup_uid(root: Path | None, uid: int) -> list[str] | None:
+    if root is None:
+        return None
+    data = _read_in_root(root, "etc/passwd", MAX_PASSWD)
+    if data is None:
+        return None
+    for line in data.decode("utf-8", "replace").splitlines():
+        f = line.split(":")
+        if len(f) >= 4 and f[2] == str(uid):
+            return f
+    return None
+
+
+_CAPS = [
+    "CAP_AUDIT_WRITE",
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FOWNER",
+    "CAP_FSETID",
+    "CAP_KILL",
+    "CAP_MKNOD",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_NET_RAW",
+    "CAP_SETFCAP",
+    "CAP_SETGID",
+    "CAP_SETPCAP",
+    "CAP_SETUID",
+    "CAP_SYS_CHROOT",
+]
+
+
+def build_runtime_config(
+    cfg: ImageConfig, *, rootfs: Path | None, image_ref: str, manifest_digest: str
+) -> bytes:
+    if cfg.os and cfg.os != "linux":
+        raise BundleError(f"image OS {cfg.os[:20]!r} is not supported (linux only)")
+    args = list(cfg.entrypoint or ()) + list(cfg.cmd or ())
+    env = list(cfg.env)
+    if not any(e.startswith("PATH=") for e in env):
+        env.insert(0, DEFAULT_PATH)
+    mounts: list[dict[str, Any]] = [
+        {"destination": "/proc", "type": "proc", "source": "proc"},
+        {
+            "destination": "/dev",
+            "type": "tmpfs",
+            "source": "tmpfs",
+            "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
+        },
+        {
+            "destination": "/dev/pts",
+            "type": "devpts",
+            "source": "devpts",
+            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
+        },
+        {
+            "destination": "/dev/shm",
+            "type": "tmpfs",
+            "source": "shm",
+            "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
+        },
+        {
+            "destination": "/dev/mqueue",
+            "type": "mqueue",
+            "source": "mqueue",
+            "options": ["nosuid", "noexec", "nodev"],
+        },
+        {
+            "destination": "/sys",
+            "type": "sysfs",
+            "source": "sysfs",
+            "options": ["nosuid", "noexec", "nodev", "ro"],
+        },
+        {
+            "destination": "/sys/fs/cgroup",
+            "type": "cgroup",
+            "source": "cgroup",
+            "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
+        },
+    ]
+    for vol in cfg.volumes:
+        mounts.append(
+            {
+                "destination": vol,
+                "type": "tmpfs",
+                "source": "tmpfs",
+                "options": ["nosuid", "noexec", "nodev", "relatime", "rw"],
+            }
+        )
+    annotations: dict[str, str] = dict(cfg.labels)
+    annotations["org.opencontainers.image.os"] = cfg.os or "linux"
+    if cfg.architecture:
+        annotations["org.opencontainers.image.architecture"] = cfg.architecture
+    if cfg.variant:
+        annotations["org.opencontainers.image.variant"] = cfg.variant
+    if cfg.author:
+        annotations["org.opencontainers.image.author"] = cfg.author
+    if cfg.created:
+        annotations["org.opencontainers.image.created"] = cfg.created
+    if cfg.stop_signal:
+        annotations["org.opencontainers.image.stopSignal"] = cfg.stop_signal
+    if cfg.exposed_ports:
+        annotations["org.opencontainers.image.exposedPorts"] = ",".join(cfg.exposed_ports)
+    annotations["org.opencontainers.image.ref.name"] = image_ref
+    annotations["io.github.coco-py.image.manifest-digest"] = manifest_digest
+    spec: dict[str, Any] = {
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": False,
+            "user": resolve_user(cfg.user, rootfs),
+            "args": args,
+            "env": env,
+            "cwd": cfg.working_dir or "/",
+            "capabilities": {k: list(_CAPS) for k in ("bounding", "effective", "permitted")},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": True,
+        },
+        "root": {"path": "rootfs", "readonly": False},
+        "hostname": "coco",
+        "mounts": mounts,
+        "annotations": annotations,
+        "linux": {
+            "resources": {"devices": [{"allow": False, "access": "rwm"}]},
+            "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
+            "maskedPaths": [
+                "/proc/acpi",
+                "/proc/asound",
+                "/proc/kcore",
+                "/proc/keys",
+                "/proc/latency_stats",
+                "/proc/timer_list",
+                "/proc/timer_stats",
+                "/proc/sched_debug",
+                "/sys/firmware",
+                "/proc/scsi",
+            ],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+        },
+    }
+    return json.dumps(spec, indent=2).encode() + b"\n"

@@ -1,0 +1,59 @@
+"""Extension points the puller calls: signature policy and layer decryption.
+
+The trust engineer implements these (``image_pull.policy`` / ``image_pull.ocicrypt``)
+and wires them into :mod:`image_pull.puller` where the ``HOOK:`` comments are.
+Until then a pull that needs them fails closed with a clear message.
+
+* :class:`PolicyContext` is everything a signature check needs; the check runs
+  after the manifest and config are verified and **before any layer becomes
+  visible in the bundle**, for cached images too.
+* :class:`LayerDecryptor` wraps the downloaded (verified-as-it-streams)
+  ciphertext stream of one encrypted layer and returns a plaintext stream; it
+  runs in the layer's worker thread. It must verify integrity (HMAC) by EOF
+  and raise :class:`~image_pull.errors.DecryptionError` otherwise; the layer is
+  committed only after the wrapped stream reached EOF without error.
+* :class:`KeyUnwrapper` is the ocicrypt key-provider hook (CDH's UnWrapKey).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+from image_pull.manifest import Descriptor, Manifest
+from image_pull.reference import Reference
+from image_pull.registry import RegistryClient
+
+__all__ = ["KeyUnwrapper", "LayerDecryptor", "PolicyCheck", "PolicyContext"]
+
+
+class KeyUnwrapper(Protocol):
+    async def unwrap_key(self, annotation: bytes) -> bytes:
+        """Return the ocicrypt private layer options (``optsdata``) for one provider annotation."""
+        ...
+
+
+@dataclass(frozen=True)
+class PolicyContext:
+    reference: Reference  # the reference being pulled (after registries.conf rewriting)
+    original_reference: str  # what the caller asked for
+    manifest_digest: str  # platform manifest digest
+    index_digest: str | None  # image index digest when the tag named an index
+    manifest: Manifest
+    manifest_bytes: bytes
+    registry: RegistryClient  # for fetching signatures (cosign .sig tags, registry extension)
+    resource_getter: Callable[[str], Awaitable[bytes]] | None
+
+
+class PolicyCheck(Protocol):
+    async def __call__(self, ctx: PolicyContext) -> None:
+        """Return to accept; raise PolicyRejected to reject."""
+        ...
+
+
+class LayerDecryptor(Protocol):
+    def __call__(self, ciphertext: BinaryIO) -> BinaryIO: ...
+
+
+LayerDecryptorFactory = Callable[[Descriptor], Awaitable[LayerDecryptor]]

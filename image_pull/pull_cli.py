@@ -1,0 +1,150 @@
+"""``coco-image pull REF --bundle DIR``: pull an image into an OCI bundle.
+
+Prints the manifest digest (``sha256:...``) on stdout. On failure: exit status
+1 and one line ``coco-image pull: <reason>`` on stderr. Progress goes to
+stderr (a rewritten status line on a TTY, otherwise nothing unless -v).
+
+Without ``--policy`` no signature policy is enforced (as image-rs with
+signature verification disabled); pass a policy to require signatures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from image_pull.errors import ImagePullError
+from image_pull.progress import ProgressEvent, TtyProgress
+from image_pull.registries_conf import RegistryConfig
+
+__all__ = ["configure", "run"]
+
+MAX_INPUT_FILE = 4 << 20
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("image", metavar="REF", help="image reference, e.g. registry.example/ns/app:1")
+    parser.add_argument("--bundle", required=True, type=Path, help="bundle directory (rootfs/ + config.json)")
+    parser.add_argument(
+        "--work-dir", type=Path, default=Path("/run/kata-containers/image"), help="layer store"
+    )
+    parser.add_argument("--auth-file", type=Path, help="containers auth.json with registry credentials")
+    parser.add_argument("--ca-file", type=Path, action="append", default=[], help="extra root CA (PEM)")
+    parser.add_argument(
+        "--plain-http",
+        metavar="HOST:PORT",
+        action="append",
+        default=[],
+        help="registry reachable over plain HTTP",
+    )
+    parser.add_argument("--registries-conf", type=Path, help="registries.conf (v2 subset) TOML")
+    parser.add_argument("--policy", type=Path, help="containers-policy.json to enforce")
+    parser.add_argument("--registries-d", type=Path, help="registries.d directory (signature lookaside)")
+    parser.add_argument("--decryption-key", type=Path, action="append", default=[], help="PEM private key")
+    parser.add_argument("--platform", help="os/arch[/variant] (default: this machine)")
+    parser.add_argument("--max-concurrent-layers", type=int, default=3)
+    parser.add_argument("--snapshotter", choices=("auto", "overlay", "copy"), default="auto")
+    parser.add_argument("--timeout", type=float, help="seconds for the whole pull")
+    parser.add_argument("--https-proxy")
+    parser.add_argument("--http-proxy")
+    parser.add_argument("--no-proxy", default="", help="comma-separated hosts/domains reached directly")
+    parser.add_argument("-v", "--verbose", action="store_true", help="structured progress logs on stderr")
+
+
+def _read(path: Path, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            data = f.read(MAX_INPUT_FILE + 1)
+    except OSError as exc:
+        raise ImagePullError(f"cannot read {what} {path}: {exc.strerror}") from None
+    if len(data) > MAX_INPUT_FILE:
+        raise ImagePullError(f"{what} {path} is larger than 4 MiB")
+    return data
+
+
+def _log_progress(ev: ProgressEvent) -> None:
+    logging.getLogger("image_pull.progress").info(
+        "event=%s layer=%s digest=%s bytes=%d total=%d rate=%.0f elapsed=%.2f %s",
+        ev.kind,
+        ev.layer,
+        ev.digest,
+        ev.bytes,
+        ev.total,
+        ev.rate,
+        ev.elapsed,
+        ev.message,
+    )
+
+
+async def _main(args: argparse.Namespace) -> int:
+    from image_pull.puller import ImagePuller, ProxyConfig, PullerConfig
+
+    proxy = None
+    if args.https_proxy or args.http_proxy:
+        proxy = ProxyConfig(
+            https_proxy=args.https_proxy,
+            http_proxy=args.http_proxy,
+            no_proxy=tuple(x for x in args.no_proxy.split(",") if x.strip()),
+        )
+    config = PullerConfig(
+        work_dir=args.work_dir,
+        auth_json=_read(args.auth_file, "auth file") if args.auth_file else None,
+        extra_root_certs=tuple(_read(p, "CA file") for p in args.ca_file),
+        insecure_registries=frozenset(args.plain_http),
+        registry_config=RegistryConfig.from_toml(_read(args.registries_conf, "registries.conf"))
+        if args.registries_conf
+        else None,
+        proxy=proxy,
+        max_concurrent_layers=args.max_concurrent_layers,
+        signature_policy=_read(args.policy, "policy") if args.policy else None,
+        registries_d=args.registries_d,
+        decryption_keys=tuple(_read(p, "decryption key") for p in args.decryption_key),
+        platform=args.platform,
+        snapshotter=args.snapshotter,
+        pull_timeout=args.timeout,
+    )
+    if config.decryption_keys:
+        # HOOK (trust engineer): remove once ocicrypt decryption is wired into the puller.
+        raise ImagePullError("--decryption-key: layer decryption is not available in this build yet")
+    sinks: list[Callable[[ProgressEvent], None]] = []
+    if sys.stderr.isatty():
+        sinks.append(TtyProgress(sys.stderr))
+    if args.verbose:
+        sinks.append(_log_progress)
+
+    def progress(ev: ProgressEvent) -> None:
+        for s in sinks:
+            s(ev)
+
+    async with ImagePuller(config) as puller:
+        result = await puller.pull(args.image, args.bundle, progress=progress)
+    print(result.manifest_digest)
+    print(
+        f"pulled {result.image_ref}: {result.layers} layers ({result.layers_cached} cached), "
+        f"{result.bytes_downloaded / 1e6:.1f} MB in {result.seconds:.2f} s -> {result.rootfs}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return asyncio.run(_main(args))
+    except ImagePullError as exc:
+        print(f"coco-image pull: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"coco-image pull: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("coco-image pull: interrupted", file=sys.stderr)
+        return 130

@@ -1,0 +1,711 @@
+"""The pull engine: reference -> verified manifest/config -> layers -> bundle.
+
+One streaming pass per layer, never writing the compressed blob to disk and
+never holding a layer in memory::
+
+    registry GET (event loop: sha256 of the compressed bytes, size check, Range resume)
+      -> ChunkPipe -> [decrypt hook] -> decompress -> diff_id hash -> unpack (worker thread)
+      -> staging dir -> (compressed digest + diff_id verified) -> atomic rename into the store
+
+Layers run in parallel (``max_concurrent_layers``), each under a cross-process
+lock on its store key so concurrent pulls never download a layer twice. The
+rootfs appears only after every layer committed and the policy accepted the
+image; a failed pull leaves no populated rootfs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import errno
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import ssl
+import stat
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+import httpx
+
+from image_pull import bundle as _bundle
+from image_pull.auth import AuthFile
+from image_pull.errors import (
+    BundleError,
+    DecryptionError,
+    DigestMismatch,
+    ImagePullError,
+    InsufficientSpace,
+    ManifestError,
+    PolicyRejected,
+    PullTimeout,
+    RegistryError,
+    UnpackError,
+)
+from image_pull.hooks import KeyUnwrapper, LayerDecryptor, PolicyContext
+from image_pull.manifest import (
+    Descriptor,
+    ImageConfig,
+    Index,
+    Manifest,
+    Platform,
+    layer_compression,
+    parse_config,
+    parse_manifest_document,
+)
+from image_pull.progress import ProgressEvent
+from image_pull.reference import Reference, parse_reference
+from image_pull.registries_conf import Candidate, RegistryConfig
+from image_pull.registry import RegistryClient, RetryPolicy
+from image_pull.store import LayerRecord, LayerStore, chain_ids
+from image_pull.stream import ChunkPipe, HashingReader, PipeAborted
+from image_pull.unpack import EntryConflict, UnpackOptions, open_decompressed, unpack_layer
+
+__all__ = ["ImagePuller", "ProxyConfig", "PullResult", "PullerConfig"]
+
+log = logging.getLogger("image_pull.puller")
+
+DEFAULT_MAX_LAYER_BYTES = 64 << 30
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    https_proxy: str | None = None
+    http_proxy: str | None = None
+    no_proxy: tuple[str, ...] = ()
+
+    def mounts(self, verify: ssl.SSLContext) -> dict[str, httpx.AsyncBaseTransport]:
+        m: dict[str, httpx.AsyncBaseTransport] = {}
+        for entry in self.no_proxy:
+            e = entry.strip()
+            if not e:
+                continue
+            if e == "*":
+                return {}
+            if e.startswith("."):
+                e = "*" + e
+            m[f"all://{e}"] = httpx.AsyncHTTPTransport(verify=verify)
+        if self.https_proxy:
+            m["https://"] = httpx.AsyncHTTPTransport(proxy=self.https_proxy, verify=verify)
+        if self.http_proxy:
+            m["http://"] = httpx.AsyncHTTPTransport(proxy=self.http_proxy, verify=verify)
+        return m
+
+
+@dataclass(frozen=True)
+class PullerConfig:
+    work_dir: Path  # layer store + metadata live here
+    auth_json: bytes | None = field(default=None, repr=False)  # containers auth.json contents
+    extra_root_certs: tuple[bytes, ...] = ()  # PEM
+    insecure_registries: frozenset[str] = frozenset()  # host[:port] allowed over plain HTTP
+    registry_config: RegistryConfig | None = None  # registries.conf subset
+    proxy: ProxyConfig | None = None
+    max_concurrent_layers: int = 3
+    signature_policy: bytes | None = None  # containers-policy.json contents
+    registries_d: Path | None = None
+    decryption_keys: tuple[bytes, ...] = field(default=(), repr=False)  # PEM private keys (ocicrypt JWE)
+    key_provider: KeyUnwrapper | None = None  # ocicrypt key-provider hook (CDH UnWrapKey)
+    resource_getter: Callable[[str], Awaitable[bytes]] | None = None  # resolves kbs:// URIs
+    # --- beyond the agreed API (all optional) ---
+    platform: str | None = None  # "os/arch[/variant]"; default: this machine
+    snapshotter: str = "auto"  # "overlay", "copy" (flattened), or "auto" (overlay, else copy)
+    pull_timeout: float | None = None  # seconds for the whole pull
+    max_layer_bytes: int = DEFAULT_MAX_LAYER_BYTES  # uncompressed size limit per layer
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+
+
+@dataclass(frozen=True)
+class PullResult:
+    manifest_digest: str
+    config_digest: str
+    image_ref: str
+    layers: int
+    bytes_downloaded: int
+    rootfs: Path
+    index_digest: str | None = None
+    layers_cached: int = 0
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class _Resolved:
+    cand: Candidate
+    manifest: Manifest
+    manifest_bytes: bytes
+    manifest_digest: str
+    index_digest: str | None
+    config: ImageConfig
+    config_digest: str
+
+
+def _ssl_context(extra: tuple[bytes, ...]) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    for pem in extra:
+        try:
+            ctx.load_verify_locations(cadata=pem.decode("ascii"))
+        except (ssl.SSLError, UnicodeDecodeError, ValueError):
+            raise RegistryError("an extra root certificate is not a valid PEM certificate") from None
+    return ctx
+
+
+def _unwrap_group(eg: BaseExceptionGroup[BaseException]) -> BaseException:
+    flat: list[BaseException] = []
+
+    def walk(e: BaseException) -> None:
+        if isinstance(e, BaseExceptionGroup):
+            for x in e.exceptions:
+                walk(x)
+        else:
+            flat.append(e)
+
+    walk(eg)
+    for e in flat:
+        if isinstance(e, ImagePullError) and not isinstance(e, PipeAborted):
+            return e
+    for e in flat:
+        if not isinstance(e, asyncio.CancelledError):
+            return e
+    return flat[0] if flat else eg
+
+
+# ---------------------------------------------------------------------- unpack adapter
+class _MissingHardlinkTarget(UnpackError):
+    """A hardlink points at a file of a lower layer (needs the lowers to unpack)."""
+
+
+def _unpack(
+    reader: BinaryIO, dest: Path, compressed_size: int, *, flatten: bool
+) -> tuple[tuple[str, str], ...]:
+    """Unpack one layer; returns hardlinks whose target lives in a lower layer (when deferred)."""
+    opts = UnpackOptions(flatten=flatten)
+    defer = "defer_missing_hardlinks" in UnpackOptions.__dataclass_fields__
+    if defer and not flatten:
+        opts = dataclasses.replace(opts, defer_missing_hardlinks=True)  # type: ignore[call-arg,unused-ignore]
+    try:
+        stats = unpack_layer(reader, dest, options=opts, compressed_size=compressed_size)
+    except EntryConflict as exc:
+        msg = str(exc)
+        if not flatten and "hardlink target" in msg and "does not exist" in msg:
+            raise _MissingHardlinkTarget(msg) from None
+        raise
+    deferred = getattr(stats, "deferred_hardlinks", ())
+    return tuple((os.fsdecode(a), os.fsdecode(b)) for a, b in deferred)
+
+
+def _is_whiteout(path: Path) -> bool:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _opaque(path: Path) -> bool:
+    try:
+        return os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+def _find_in_lowers(rel: str, lowers_top_first: list[Path]) -> tuple[Path, Path] | None:
+    """(layer, path) of the file ``rel`` as overlayfs would show it from the lowers."""
+    parts = rel.split("/")
+    for low in lowers_top_first:
+        hidden_below = False
+        cur = low
+        for k, p in enumerate(parts):
+            cur = cur / p
+            if _is_whiteout(cur):
+                return None
+            if k < len(parts) - 1:
+                if os.path.islink(cur):
+                    raise UnpackError(f"hardlink target {rel[:80]!r} goes through a symlink")
+                if _opaque(cur):
+                    hidden_below = True
+        if (os.path.lexists(cur) and not os.path.isdir(cur)) or os.path.islink(cur):
+            return low, cur
+        if hidden_below:
+            return None
+    return None
+
+
+def _copy_up_links(
+    layer_fs: Path, deferred: tuple[tuple[str, str], ...], lowers_top_first: list[Path]
+) -> None:
+    """Make hardlinks to lower-layer files the way overlayfs would: copy the target up, then link."""
+    for link_rel, target_rel in deferred:
+        dst_target = layer_fs / target_rel
+        if not os.path.lexists(dst_target):
+            found = _find_in_lowers(target_rel, lowers_top_first)
+            if found is None:
+                raise UnpackError(f"hardlink target {target_rel[:80]!r} does not exist")
+            low, src = found
+            # parents, with the lower directories' metadata
+            cur_dst, cur_src = layer_fs, low
+            for p in target_rel.split("/")[:-1]:
+                cur_dst, cur_src = cur_dst / p, cur_src / p
+                if not os.path.lexists(cur_dst):
+                    st = os.lstat(cur_src) if os.path.isdir(cur_src) else None
+                    os.mkdir(cur_dst, 0o755)
+                    if st is not None:
+                        os.chown(cur_dst, st.st_uid, st.st_gid)
+                        os.chmod(cur_dst, stat.S_IMODE(st.st_mode))
+                elif not os.path.isdir(cur_dst) or os.path.islink(cur_dst):
+                    raise UnpackError(f"cannot place hardlink target {target_rel[:80]!r}")
+            st = os.lstat(src)
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(src), dst_target)
+            else:
+                shutil.copyfile(src, dst_target, follow_symlinks=False)
+                os.chown(dst_target, st.st_uid, st.st_gid)
+                os.chmod(dst_target, stat.S_IMODE(st.st_mode))
+                for name in os.listxattr(src, follow_symlinks=False):
+                    os.setxattr(dst_target, name, os.getxattr(src, name, follow_symlinks=False))
+            os.utime(dst_target, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+        link = layer_fs / link_rel
+        if os.path.lexists(link):
+            os.unlink(link)
+        os.link(dst_target, link, follow_symlinks=False)
+
+
+# ---------------------------------------------------------------------- the puller
+class ImagePuller:
+    def __init__(self, config: PullerConfig, *, http: httpx.AsyncClient | None = None) -> None:
+        self.config = config
+        if config.max_concurrent_layers < 1:
+            raise ValueError("max_concurrent_layers must be at least 1")
+        if config.snapshotter not in ("auto", "overlay", "copy"):
+            raise ValueError("snapshotter must be auto, overlay or copy")
+        self._owns_http = http is None
+        if http is None:
+            verify = _ssl_context(config.extra_root_certs)
+            mounts = config.proxy.mounts(verify) if config.proxy else {}
+            http = httpx.AsyncClient(
+                verify=verify,
+                mounts=mounts or None,
+                timeout=httpx.Timeout(60.0, connect=30.0),
+                limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+                trust_env=False,
+                follow_redirects=False,
+            )
+        self._http = http
+        auth = AuthFile.from_bytes(config.auth_json) if config.auth_json is not None else None
+        insecure = set(config.insecure_registries)
+        if config.registry_config is not None:
+            for r in config.registry_config.registries:
+                if r.insecure and r.location:
+                    insecure.add(r.location.split("/", 1)[0])
+                for m in r.mirrors:
+                    if m.insecure:
+                        insecure.add(m.location.split("/", 1)[0])
+        self.registry = RegistryClient(
+            self._http, auth=auth, insecure_registries=frozenset(insecure), retry=config.retry
+        )
+        self.store = LayerStore(config.work_dir)
+        self.platform = Platform.parse(config.platform) if config.platform else Platform.host()
+
+    async def aclose(self) -> None:
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> ImagePuller:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # ------------------------------------------------------------------ public
+    async def pull(
+        self,
+        image_ref: str,
+        bundle_dir: Path,
+        *,
+        progress: Callable[[ProgressEvent], None] | None = None,
+    ) -> PullResult:
+        emit = progress or (lambda _e: None)
+        t0 = time.monotonic()
+        try:
+            if self.config.pull_timeout is not None:
+                async with asyncio.timeout(self.config.pull_timeout):
+                    return await self._pull(image_ref, Path(bundle_dir), emit, t0)
+            return await self._pull(image_ref, Path(bundle_dir), emit, t0)
+        except TimeoutError:
+            raise PullTimeout(
+                f"pull of {image_ref[:120]} did not finish within {self.config.pull_timeout} s"
+            ) from None
+
+    async def release_bundle(self, bundle_dir: Path) -> None:
+        """Unmount/remove ``<bundle>/rootfs`` and drop its GC root in the store."""
+        bundle_dir = Path(bundle_dir)
+        rootfs = bundle_dir / "rootfs"
+        if os.path.ismount(rootfs):
+            await asyncio.to_thread(_bundle.unmount, rootfs)
+        key = hashlib.sha256(str(bundle_dir.resolve()).encode()).hexdigest()[:32]
+        for d in self.store.bundles.glob(f"{key}.*"):
+            shutil.rmtree(d, ignore_errors=True)
+        if rootfs.is_dir() and not os.path.ismount(rootfs):
+            shutil.rmtree(rootfs, ignore_errors=True)
+
+    # ------------------------------------------------------------------ resolve
+    async def _resolve(self, cand: Candidate) -> _Resolved:
+        ref = cand.reference
+        reg = self.registry
+        fetched = await reg.get_manifest(ref)
+        doc = parse_manifest_document(fetched.body, fetched.content_type)
+        index_digest: str | None = None
+        if isinstance(doc, Index):
+            index_digest = fetched.digest
+            entry = doc.select(self.platform)
+            fetched = await reg.get_manifest(ref, entry.digest)
+            if len(fetched.body) != entry.size:
+                raise DigestMismatch("platform manifest size differs from its index entry")
+            doc = parse_manifest_document(fetched.body, fetched.content_type)
+            if isinstance(doc, Index):
+                raise ManifestError("nested image indexes are not supported")
+        manifest = doc
+        cfg_bytes = await reg.get_blob(ref, manifest.config.digest, manifest.config.size)
+        config = parse_config(cfg_bytes)
+        if len(config.diff_ids) != len(manifest.layers):
+            raise ManifestError(
+                f"image config lists {len(config.diff_ids)} diff_ids for {len(manifest.layers)} layers"
+            )
+        for d in manifest.layers:
+            layer_compression(d.media_type)  # unsupported types fail before any download
+            if d.urls:
+                log.info("layer %s has foreign urls; fetching it from the registry only", d.digest)
+        return _Resolved(
+            cand, manifest, fetched.body, fetched.digest, index_digest, config, manifest.config.digest
+        )
+
+    async def _resolve_any(self, ref: Reference) -> _Resolved:
+        if self.config.registry_config is not None:
+            cands = self.config.registry_config.candidates(ref)
+        else:
+            cands = [Candidate(ref, False, "original")]
+        errors: list[ImagePullError] = []
+        for cand in cands:
+            try:
+                return await self._resolve(cand)
+            except (RegistryError, ManifestError, DigestMismatch) as exc:
+                log.info("pull from %s failed: %s", cand.reference, exc)
+                errors.append(exc)
+        if len(errors) == 1:
+            raise errors[0]
+        kinds = {type(e) for e in errors}
+        cls = kinds.pop() if len(kinds) == 1 else RegistryError
+        raise cls("; ".join(f"{c.reference.name}: {e}" for c, e in zip(cands, errors, strict=True))[:1000])
+
+    # ------------------------------------------------------------------ hooks
+    async def _check_policy(self, ctx: PolicyContext) -> None:
+        # HOOK (trust engineer): evaluate self.config.signature_policy here. It must
+        # run for cached images too, before anything becomes visible in the bundle.
+        if self.config.signature_policy is None:
+            return
+        raise PolicyRejected("signature policy verification is not available in this build yet")
+
+    async def _decryptor_for(self, desc: Descriptor) -> LayerDecryptor | None:
+        # HOOK (trust engineer): build an ocicrypt decryptor from desc.annotations with
+        # self.config.decryption_keys / key_provider.
+        _comp, encrypted = layer_compression(desc.media_type)
+        if not encrypted:
+            return None
+        raise DecryptionError(f"layer {desc.digest} is encrypted, but layer decryption is not available yet")
+
+    # ------------------------------------------------------------------ layers
+    def _consume(
+        self,
+        pipe: ChunkPipe,
+        desc: Descriptor,
+        decryptor: LayerDecryptor | None,
+        dest: Path,
+        diff_algo: str,
+        flatten: bool,
+    ) -> tuple[str, int, tuple[tuple[str, str], ...]]:
+        try:
+            src: BinaryIO = pipe  # type: ignore[assignment]
+            if decryptor is not None:
+                src = decryptor(src)
+            dec = open_decompressed(src, desc.media_type.removesuffix("+encrypted"))
+            hr = HashingReader(dec, diff_algo, limit=self.config.max_layer_bytes)
+            deferred = _unpack(hr, dest, desc.size, flatten=flatten)  # type: ignore[arg-type]
+            hr.drain()
+            return hr.digest(), hr.count, deferred
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise InsufficientSpace(
+                    f"no space left in {self.store.root} while unpacking a layer"
+                ) from None
+            raise UnpackError(f"layer {desc.digest}: {exc.strerror or exc}") from None
+        finally:
+            pipe.consumer_done()
+
+    async def _fetch_layer(
+        self,
+        ref: Reference,
+        i: int,
+        desc: Descriptor,
+        diff_id: str,
+        dest: Path,
+        emit: Callable[[ProgressEvent], None],
+        *,
+        flatten: bool = False,
+    ) -> tuple[int, int, tuple[tuple[str, str], ...]]:
+        loop = asyncio.get_running_loop()
+        decryptor = await self._decryptor_for(desc)
+        pipe = ChunkPipe(loop)
+        diff_algo = diff_id.split(":", 1)[0]
+        fut = loop.run_in_executor(None, self._consume, pipe, desc, decryptor, dest, diff_algo, flatten)
+        t0 = time.monotonic()
+        got = 0
+        last = 0.0
+
+        def on_bytes(n: int) -> None:
+            nonlocal got, last
+            got += n
+            now = time.monotonic()
+            if now - last >= 0.25:
+                last = now
+                el = now - t0
+                emit(
+                    ProgressEvent(
+                        "layer-progress", i, desc.digest, got, desc.size, got / el if el else 0.0, el
+                    )
+                )
+
+        emit(ProgressEvent("layer-start", i, desc.digest, 0, desc.size))
+        try:
+            nbytes = await self.registry.stream_blob(ref, desc.digest, desc.size, pipe.put, on_bytes=on_bytes)
+            pipe.finish()
+        except PipeAborted:
+            # the consumer failed first: its error is the real one
+            pipe.abort(PipeAborted("download stopped"))
+            await asyncio.wait([fut])
+            exc = fut.exception()
+            if exc is not None:
+                raise exc from None
+            raise
+        except BaseException as exc:
+            pipe.abort(exc)
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(fut)
+            raise
+        try:
+            got_diff, usize, deferred = await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            with contextlib.suppress(BaseException):
+                await fut
+            raise
+        if got_diff != diff_id:
+            raise DigestMismatch(
+                f"layer {desc.digest}: uncompressed content hashes to {got_diff}, config says {diff_id}"
+            )
+        el = time.monotonic() - t0
+        emit(ProgressEvent("layer-done", i, desc.digest, nbytes, desc.size, nbytes / el if el else 0.0, el))
+        return nbytes, usize, deferred
+
+    async def _layer(
+        self,
+        res: _Resolved,
+        i: int,
+        chain: list[str],
+        sem: asyncio.Semaphore,
+        committed: list[asyncio.Event],
+        emit: Callable[[ProgressEvent], None],
+    ) -> tuple[int, bool]:
+        key = chain[i]
+        desc = res.manifest.layers[i]
+        diff_id = res.config.diff_ids[i]
+        store = self.store
+        if store.has_layer(key):
+            emit(ProgressEvent("layer-cached", i, desc.digest, 0, desc.size))
+            committed[i].set()
+            return 0, True
+        async with store.lock(key):
+            if store.has_layer(key):
+                emit(ProgressEvent("layer-cached", i, desc.digest, 0, desc.size))
+                committed[i].set()
+                return 0, True
+            staging = store.new_staging(key)
+            try:
+                try:
+                    async with sem:
+                        nbytes, usize, deferred = await self._fetch_layer(
+                            res.cand.reference, i, desc, diff_id, staging / "fs", emit
+                        )
+                except _MissingHardlinkTarget:
+                    # a hardlink into a lower layer: redo this layer on top of its lowers
+                    log.info("layer %d links into lower layers; unpacking it over an overlay of them", i)
+                    store.discard(staging)
+                    staging = store.new_staging(key)
+                    for j in range(i):
+                        await committed[j].wait()
+                    async with sem:
+                        nbytes, usize = await self._fetch_over_lowers(res, i, chain, staging, emit)
+                    deferred = ()
+                if deferred:
+                    for j in range(i):
+                        await committed[j].wait()
+                    lowers = [store.layer_fs(chain[j]) for j in range(i - 1, -1, -1)]
+                    await asyncio.to_thread(_copy_up_links, staging / "fs", deferred, lowers)
+                rec = LayerRecord(key, diff_id, desc.digest, desc.media_type, desc.size, usize)
+                store.commit(staging, rec)
+            except BaseException:
+                store.discard(staging)
+                raise
+        committed[i].set()
+        return nbytes, False
+
+    async def _fetch_over_lowers(
+        self, res: _Resolved, i: int, chain: list[str], staging: Path, emit: Callable[[ProgressEvent], None]
+    ) -> tuple[int, int]:
+        """Unpack layer ``i`` through an overlay of its committed lowers (upper = staging/fs).
+
+        Deletions and hardlinks into lower files then behave as overlayfs makes
+        them: whiteout devices and copied-up files land in the upper dir.
+        """
+        if not _bundle.overlay_supported():
+            raise UnpackError(f"layer {i} hardlinks into a lower layer, which needs overlayfs here")
+        lowers = [self.store.layer_fs(chain[j]) for j in range(i - 1, -1, -1)]
+        merged = staging / "merged"
+        merged.mkdir()
+        await asyncio.to_thread(
+            _bundle.mount_overlay, lowers, staging / "fs", staging / "work", merged, staging / "l"
+        )
+        try:
+            desc = res.manifest.layers[i]
+            nbytes, usize, _ = await self._fetch_layer(
+                res.cand.reference, i, desc, res.config.diff_ids[i], merged, emit, flatten=True
+            )
+        finally:
+            await asyncio.to_thread(_bundle.unmount, merged)
+        for extra in ("merged", "work", "l"):
+            shutil.rmtree(staging / extra, ignore_errors=True)
+        return nbytes, usize
+
+    # ------------------------------------------------------------------ bundle
+    def _check_bundle_target(self, bundle_dir: Path) -> None:
+        rootfs = bundle_dir / "rootfs"
+        if os.path.ismount(rootfs):
+            raise BundleError(f"{rootfs} is already mounted; release the bundle first")
+        if rootfs.exists() and (not rootfs.is_dir() or any(rootfs.iterdir())):
+            raise BundleError(f"{rootfs} already exists and is not empty")
+        if (bundle_dir / "config.json").exists():
+            raise BundleError(f"{bundle_dir / 'config.json'} already exists")
+
+    def _make_bundle(self, res: _Resolved, chain: list[str], bundle_dir: Path, image_ref: str) -> Path:
+        self._check_bundle_target(bundle_dir)
+        bundle_dir.mkdir(parents=True, exist_ok=True)
+        rootfs = bundle_dir / "rootfs"
+        lowers = [self.store.layer_fs(c) for c in chain]
+        mode = self.config.snapshotter
+        if mode == "auto":
+            mode = "overlay" if _bundle.overlay_supported() else "copy"
+        mounted = False
+        bdir: Path | None = None
+        try:
+            if mode == "overlay":
+                key = hashlib.sha256(str(bundle_dir.resolve()).encode()).hexdigest()[:32]
+                bdir = self.store.bundles / f"{key}.{secrets.token_hex(4)}"
+                bdir.mkdir()
+                import json
+
+                (bdir / "bundle.json").write_text(json.dumps({"bundle": str(bundle_dir), "layers": chain}))
+                rootfs.mkdir(exist_ok=True)
+                try:
+                    _bundle.mount_overlay(
+                        list(reversed(lowers)), bdir / "upper", bdir / "work", rootfs, bdir / "l"
+                    )
+                    mounted = True
+                except BundleError:
+                    if self.config.snapshotter == "overlay":
+                        raise
+                    log.warning("overlay mount failed; falling back to a flattened copy")
+                    shutil.rmtree(bdir, ignore_errors=True)
+                    bdir = None
+                    mode = "copy"
+            if mode == "copy":
+                _bundle.copy_rootfs(lowers, rootfs)
+            spec = _bundle.build_runtime_config(
+                res.config, rootfs=rootfs, image_ref=image_ref, manifest_digest=res.manifest_digest
+            )
+            tmp = bundle_dir / f".config.json.{secrets.token_hex(4)}"
+            tmp.write_bytes(spec)
+            os.replace(tmp, bundle_dir / "config.json")
+        except BaseException:
+            if mounted:
+                _bundle.unmount(rootfs)
+            if bdir is not None:
+                shutil.rmtree(bdir, ignore_errors=True)
+            if rootfs.is_dir() and not os.path.ismount(rootfs):
+                shutil.rmtree(rootfs, ignore_errors=True)
+            raise
+        return rootfs
+
+    # ------------------------------------------------------------------ the pull
+    async def _pull(
+        self, image_ref: str, bundle_dir: Path, emit: Callable[[ProgressEvent], None], t0: float
+    ) -> PullResult:
+        if self.config.registries_d is not None:
+            raise PolicyRejected("registries.d lookaside support is not available in this build yet")
+        ref = parse_reference(image_ref)
+        self._check_bundle_target(bundle_dir)
+        res = await self._resolve_any(ref)
+        emit(ProgressEvent("resolved", message=f"{res.cand.reference.name}@{res.manifest_digest}"))
+        await self._check_policy(
+            PolicyContext(
+                reference=res.cand.reference,
+                original_reference=image_ref,
+                manifest_digest=res.manifest_digest,
+                index_digest=res.index_digest,
+                manifest=res.manifest,
+                manifest_bytes=res.manifest_bytes,
+                registry=self.registry,
+                resource_getter=self.config.resource_getter,
+            )
+        )
+        chain = chain_ids(res.config.diff_ids)
+        missing = [
+            d.size for c, d in zip(chain, res.manifest.layers, strict=True) if not self.store.has_layer(c)
+        ]
+        if missing:
+            self.store.check_space(sum(missing))
+        sem = asyncio.Semaphore(self.config.max_concurrent_layers)
+        committed = [asyncio.Event() for _ in chain]
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tasks = [
+                    tg.create_task(self._layer(res, i, chain, sem, committed, emit))
+                    for i in range(len(chain))
+                ]
+        except BaseExceptionGroup as eg:
+            raise _unwrap_group(eg) from None
+        results = [t.result() for t in tasks]
+        downloaded = sum(n for n, _ in results)
+        cached = sum(1 for _, c in results if c)
+        emit(ProgressEvent("bundle", message=str(bundle_dir)))
+        rootfs = await asyncio.to_thread(self._make_bundle, res, chain, bundle_dir, image_ref)
+        self.store.record_image(res.manifest_digest, str(res.cand.reference), res.config_digest, chain)
+        total = sum(d.size for d in res.manifest.layers)
+        el = time.monotonic() - t0
+        emit(
+            ProgressEvent(
+                "done", None, res.manifest_digest, downloaded, total, downloaded / el if el else 0.0, el
+            )
+        )
+        return PullResult(
+            manifest_digest=res.manifest_digest,
+            config_digest=res.config_digest,
+            image_ref=image_ref,
+            layers=len(chain),
+            bytes_downloaded=downloaded,
+            rootfs=rootfs,
+            index_digest=res.index_digest,
+            layers_cached=cached,
+            seconds=el,
+        )

@@ -1,0 +1,497 @@
+"""OCI distribution client on one injected ``httpx.AsyncClient``.
+
+What it does, and where the rules come from (reference/oci.md §1):
+
+* ping ``/v2/`` once per registry; challenges from that response decide the
+  scheme: Bearer (token dance, one token per scope, cached until expiry,
+  refreshed on 401, ``insufficient_scope`` upgrade) or Basic (on every request);
+* manifests by tag or digest with the OCI and Docker Accept types; the body is
+  hashed and checked against the requested digest and against
+  ``Docker-Content-Digest`` when the registry sends one; bodies are bounded;
+* blobs streamed through a caller's sink with size and digest checks, resuming
+  an interrupted body with ``Range: bytes=N-`` (only a matching ``206`` counts);
+* redirects followed by hand (at most :data:`MAX_REDIRECTS`), dropping
+  ``Authorization`` whenever the origin changes and refusing https->http
+  downgrades to hosts not configured insecure;
+* retries with exponential backoff for connection errors, 5xx and 429
+  (honouring ``Retry-After``, capped);
+* plain HTTP only for registries listed as insecure.
+
+Credentials never appear in exceptions or logs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.utils
+import hashlib
+import json
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from urllib.parse import urlencode, urljoin, urlsplit
+
+import httpx
+
+from image_pull.auth import (
+    AuthFile,
+    BearerToken,
+    Challenge,
+    Credentials,
+    parse_challenges,
+    parse_token_response,
+)
+from image_pull.errors import (
+    AuthError,
+    DigestMismatch,
+    ImagePullError,
+    NotFound,
+    RateLimited,
+    RegistryError,
+    TooLarge,
+)
+from image_pull.manifest import MANIFEST_ACCEPT
+from image_pull.reference import Reference
+
+__all__ = [
+    "MAX_CONFIG_SIZE",
+    "MAX_ERROR_BODY",
+    "MAX_MANIFEST_SIZE",
+    "MAX_REDIRECTS",
+    "FetchedManifest",
+    "RegistryClient",
+    "RetryPolicy",
+]
+
+log = logging.getLogger("image_pull.registry")
+
+MAX_MANIFEST_SIZE = 4 << 20
+MAX_CONFIG_SIZE = 4 << 20
+MAX_ERROR_BODY = 1 << 20
+MAX_REDIRECTS = 5
+_RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+_REDIRECT_STATUS = frozenset({301, 302, 303, 307, 308})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5  # total tries for a request that keeps failing transiently
+    initial_delay: float = 1.0
+    max_delay: float = 30.0
+    max_retry_after: float = 60.0  # a longer Retry-After fails fast instead of sleeping
+    resume_attempts: int = 5  # Range resumes per blob
+
+
+@dataclass(frozen=True)
+class FetchedManifest:
+    body: bytes = field(repr=False)
+    content_type: str | None
+    digest: str  # digest of ``body`` (verified)
+
+
+def _digest_of(algo: str, data: bytes) -> str:
+    return f"{algo}:{hashlib.new(algo, data).hexdigest()}"
+
+
+def _retry_after(value: str | None, now: float) -> float | None:
+    if not value:
+        return None
+    v = value.strip()
+    if v.isdigit():
+        return float(v)
+    try:
+        when = email.utils.parsedate_to_datetime(v)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - now)
+
+
+def _origin(url: httpx.URL) -> tuple[str, str, int | None]:
+    return (url.scheme, url.host, url.port)
+
+
+def _hostport(url: httpx.URL) -> str:
+    return f"{url.host}:{url.port}" if url.port else url.host
+
+
+def _redact_url(url: httpx.URL | str) -> str:
+    u = urlsplit(str(url))
+    return f"{u.scheme}://{u.netloc.rsplit('@', 1)[-1]}{u.path}"
+
+
+class _Registry:
+    """Per-endpoint auth state."""
+
+    def __init__(self) -> None:
+        self.pinged = False
+        self.challenge: Challenge | None = None
+        self.tokens: dict[str, BearerToken] = {}
+        self.lock = asyncio.Lock()
+
+
+class RegistryClient:
+    """One client per pull (or per process); safe for concurrent use in one event loop."""
+
+    def __init__(
+        self,
+        http: httpx.AsyncClient,
+        *,
+        auth: AuthFile | None = None,
+        insecure_registries: frozenset[str] = frozenset(),
+        retry: RetryPolicy = RetryPolicy(),
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._http = http
+        self._auth = auth or AuthFile()
+        self._insecure = frozenset(h.lower() for h in insecure_registries)
+        self._retry = retry
+        self._sleep = sleep
+        self._registries: dict[str, _Registry] = {}
+
+    # ------------------------------------------------------------------ helpers
+    def scheme_for(self, endpoint: str) -> str:
+        return "http" if endpoint.lower() in self._insecure else "https"
+
+    def _base(self, ref: Reference) -> str:
+        return f"{self.scheme_for(ref.endpoint)}://{ref.endpoint}"
+
+    def _state(self, endpoint: str) -> _Registry:
+        st = self._registries.get(endpoint)
+        if st is None:
+            st = self._registries[endpoint] = _Registry()
+        return st
+
+    def _creds(self, ref: Reference) -> Credentials | None:
+        return self._auth.lookup(ref)
+
+    async def _backoff(self, attempt: int, retry_after: float | None) -> None:
+        if retry_after is not None:
+            delay = retry_after
+        else:
+            delay = min(self._retry.initial_delay * (2**attempt), self._retry.max_delay)
+            delay *= 0.8 + 0.4 * random.random()
+        await self._sleep(delay)
+
+    async def _read_limited(self, resp: httpx.Response, limit: int, what: str) -> bytes:
+        cl = resp.headers.get("content-length")
+        if cl is not None and cl.isdigit() and int(cl) > limit:
+            raise TooLarge(f"{what} is larger than {limit} bytes")
+        buf = bytearray()
+        async for chunk in resp.aiter_bytes():
+            buf += chunk
+            if len(buf) > limit:
+                raise TooLarge(f"{what} is larger than {limit} bytes")
+        return bytes(buf)
+
+    async def _error_for(self, resp: httpx.Response, what: str) -> ImagePullError:
+        """Turn a non-success response into a typed error with a short reason."""
+        try:
+            body = await self._read_limited(resp, MAX_ERROR_BODY, "error body")
+        except (TooLarge, httpx.HTTPError):
+            body = b""
+        reason = ""
+        ctype = resp.headers.get("content-type", "").split(";")[0].strip()
+        if ctype == "application/json" or body[:1] == b"{":
+            try:
+                doc = json.loads(body)
+                errs = doc.get("errors") if isinstance(doc, dict) else None
+                if isinstance(errs, list) and errs and isinstance(errs[0], dict):
+                    code = str(errs[0].get("code", ""))[:40]
+                    msg = str(errs[0].get("message", ""))[:160]
+                    reason = f"{code}: {msg}" if code else msg
+            except (ValueError, UnicodeDecodeError):
+                reason = ""
+        elif ctype:
+            reason = f"non-JSON {ctype[:40]} body"
+        status = resp.status_code
+        text = f"{what}: HTTP {status}" + (f" ({reason})" if reason else "")
+        if status in (401, 403):
+            return AuthError(text + "; check the registry credentials (auth file)")
+        if status == 404:
+            return NotFound(text)
+        if status == 429:
+            return RateLimited(text + "; the registry is rate limiting, try later")
+        return RegistryError(text)
+
+    # ------------------------------------------------------------------ auth
+    async def _ping(self, ref: Reference, st: _Registry) -> None:
+        url = f"{self._base(ref)}/v2/"
+        resp = await self._send("GET", httpx.URL(url), {}, ref, what="registry ping")
+        try:
+            if resp.status_code == 401:
+                chs = parse_challenges(resp.headers.get_list("www-authenticate"))
+                for ch in chs:
+                    if ch.scheme == "bearer" and "realm" in ch.params:
+                        st.challenge = ch
+                        break
+                    if ch.scheme == "basic" and st.challenge is None:
+                        st.challenge = ch
+            elif resp.status_code >= 400 and resp.status_code != 404:
+                raise await self._error_for(resp, f"registry {ref.endpoint}")
+        finally:
+            await resp.aclose()
+        st.pinged = True
+
+    async def _fetch_token(self, ref: Reference, ch: Challenge, scope: str) -> BearerToken:
+        realm = ch.params.get("realm", "")
+        try:
+            rurl = httpx.URL(realm)
+        except httpx.InvalidURL:
+            raise AuthError("registry sent an invalid token realm") from None
+        if rurl.scheme not in ("https", "http"):
+            raise AuthError("registry token realm is not an http(s) URL")
+        plain_ok = _hostport(rurl).lower() in self._insecure or self.scheme_for(ref.endpoint) == "http"
+        if rurl.scheme == "http" and not plain_ok:
+            raise AuthError("registry token realm uses plain HTTP; refusing to send credentials")
+        creds = self._creds(ref)
+        q: list[tuple[str, str]] = []
+        if "service" in ch.params:
+            q.append(("service", ch.params["service"]))
+        q.append(("scope", scope))
+        headers: dict[str, str] = {}
+        if creds is not None:
+            q.append(("account", creds.username))
+            headers["Authorization"] = creds.basic_header()
+        sep = "&" if rurl.query else "?"
+        url = httpx.URL(str(rurl) + sep + urlencode(q))
+        resp = await self._send("GET", url, headers, ref, what="token request")
+        try:
+            if resp.status_code != 200:
+                err = await self._error_for(resp, f"token request to {_redact_url(rurl)}")
+                if resp.status_code in (401, 403):
+                    raise AuthError(f"{err}") from None
+                raise err
+            body = await self._read_limited(resp, 1 << 20, "token response")
+        finally:
+            await resp.aclose()
+        return parse_token_response(body, now_monotonic=time.monotonic(), now_wall=time.time())
+
+    async def _auth_header(self, ref: Reference, scope: str, *, force: bool = False) -> str | None:
+        st = self._state(ref.endpoint)
+        async with st.lock:
+            if not st.pinged:
+                await self._ping(ref, st)
+            ch = st.challenge
+            if ch is None:
+                return None
+            if ch.scheme == "basic":
+                creds = self._creds(ref)
+                return creds.basic_header() if creds is not None else None
+            tok = st.tokens.get(scope)
+            if tok is None or force or not tok.valid():
+                tok = await self._fetch_token(ref, ch, scope)
+                st.tokens[scope] = tok
+            return f"Bearer {tok.token}"
+
+    # ------------------------------------------------------------------ transport
+    async def _send(
+        self, method: str, url: httpx.URL, headers: dict[str, str], ref: Reference, *, what: str
+    ) -> httpx.Response:
+        """Send with retries and hand-followed redirects; returns an open streaming response."""
+        attempt = 0
+        while True:
+            cur = url
+            hdrs = dict(headers)
+            try:
+                for _hop in range(MAX_REDIRECTS + 1):
+                    req = self._http.build_request(method, cur, headers=hdrs)
+                    resp = await self._http.send(req, stream=True, follow_redirects=False)
+                    if resp.status_code in _REDIRECT_STATUS and "location" in resp.headers:
+                        loc = resp.headers["location"]
+                        await resp.aclose()
+                        try:
+                            nxt = httpx.URL(urljoin(str(cur), loc))
+                        except httpx.InvalidURL:
+                            raise RegistryError(f"{what}: invalid redirect location") from None
+                        if nxt.scheme not in ("http", "https"):
+                            raise RegistryError(f"{what}: redirect to a non-HTTP URL")
+                        downgrade = cur.scheme == "https" and nxt.scheme == "http"
+                        if downgrade and _hostport(nxt).lower() not in self._insecure:
+                            raise RegistryError(f"{what}: refusing redirect from https to plain http")
+                        if _origin(nxt) != _origin(cur):
+                            hdrs.pop("Authorization", None)
+                        cur = nxt
+                        continue
+                    break
+                else:
+                    await resp.aclose()
+                    raise RegistryError(f"{what}: more than {MAX_REDIRECTS} redirects")
+            except (httpx.TransportError, httpx.TimeoutException) as exc:
+                if attempt + 1 >= self._retry.attempts:
+                    raise RegistryError(
+                        f"{what}: {type(exc).__name__} talking to {_redact_url(cur)}"
+                    ) from None
+                log.info("%s: %s, retrying", what, type(exc).__name__)
+                await self._backoff(attempt, None)
+                attempt += 1
+                continue
+            if resp.status_code in _RETRY_STATUS and attempt + 1 < self._retry.attempts:
+                ra = _retry_after(resp.headers.get("retry-after"), time.time())
+                if ra is not None and ra > self._retry.max_retry_after:
+                    return resp  # the caller turns it into RateLimited/RegistryError
+                await resp.aclose()
+                log.info("%s: HTTP %d, retrying", what, resp.status_code)
+                await self._backoff(attempt, ra)
+                attempt += 1
+                continue
+            for w in resp.headers.get_list("warning"):
+                log.warning("registry warning: %s", w[:200])
+            return resp
+
+    async def _authed_get(
+        self, ref: Reference, path: str, headers: dict[str, str], *, what: str
+    ) -> httpx.Response:
+        scope = f"repository:{ref.repository}:pull"
+        url = httpx.URL(f"{self._base(ref)}{path}")
+        force = False
+        for _ in range(2):
+            h = dict(headers)
+            authz = await self._auth_header(ref, scope, force=force)
+            if authz is not None:
+                h["Authorization"] = authz
+            resp = await self._send("GET", url, h, ref, what=what)
+            if resp.status_code != 401 or force:
+                return resp
+            st = self._state(ref.endpoint)
+            if st.challenge is None or st.challenge.scheme != "bearer":
+                return resp
+            # token expired or insufficient: one fresh token, possibly for the scope asked for
+            for ch in parse_challenges(resp.headers.get_list("www-authenticate")):
+                if ch.scheme == "bearer" and ch.params.get("scope", "").startswith("repository:"):
+                    scope = ch.params["scope"]
+            await resp.aclose()
+            force = True
+        raise AssertionError("unreachable")
+
+    # ------------------------------------------------------------------ API
+    async def get_manifest(
+        self, ref: Reference, reference: str | None = None, *, limit: int = MAX_MANIFEST_SIZE
+    ) -> FetchedManifest:
+        """GET a manifest by tag or digest; verifies the digest and bounds the size."""
+        target = reference or ref.reference
+        what = f"manifest {ref.name}@{target}" if ":" in target else f"manifest {ref.name}:{target}"
+        resp = await self._authed_get(
+            ref, f"/v2/{ref.repository}/manifests/{target}", {"Accept": MANIFEST_ACCEPT}, what=what
+        )
+        try:
+            if resp.status_code != 200:
+                raise await self._error_for(resp, what)
+            body = await self._read_limited(resp, limit, what)
+            ctype = resp.headers.get("content-type")
+            header_digest = resp.headers.get("docker-content-digest")
+        finally:
+            await resp.aclose()
+        if ":" in target and "@" not in target and target.split(":", 1)[0] in ("sha256", "sha512"):
+            algo = target.split(":", 1)[0]
+            got = _digest_of(algo, body)
+            if got != target:
+                raise DigestMismatch(f"{what}: registry returned content with digest {got}")
+            digest = target
+        else:
+            digest = _digest_of("sha256", body)
+        if header_digest:
+            algo = header_digest.split(":", 1)[0]
+            if algo not in ("sha256", "sha512") or _digest_of(algo, body) != header_digest.strip():
+                raise DigestMismatch(f"{what}: Docker-Content-Digest does not match the body")
+        return FetchedManifest(body, ctype, digest)
+
+    async def get_blob(
+        self, ref: Reference, digest: str, size: int, *, limit: int = MAX_CONFIG_SIZE
+    ) -> bytes:
+        """Small blob (config) into memory, digest- and size-checked."""
+        if size > limit:
+            raise TooLarge(f"blob {digest} is larger than {limit} bytes")
+        buf = bytearray()
+
+        async def sink(chunk: bytes) -> None:
+            buf.extend(chunk)
+
+        await self.stream_blob(ref, digest, size, sink)
+        return bytes(buf)
+
+    async def stream_blob(
+        self,
+        ref: Reference,
+        digest: str,
+        size: int,
+        sink: Callable[[bytes], Awaitable[None]],
+        *,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> int:
+        """Stream a blob into ``sink``; checks size and digest, resumes with Range.
+
+        The sink sees every byte exactly once, in order. Raises DigestMismatch
+        after the last chunk when the content does not match (the sink must
+        then discard what it got). Returns the number of bytes received over
+        the network.
+        """
+        algo = digest.split(":", 1)[0]
+        hasher = hashlib.new(algo)
+        offset = 0
+        resumes = 0
+        what = f"blob {digest}"
+        path = f"/v2/{ref.repository}/blobs/{digest}"
+        while True:
+            headers = {"Accept-Encoding": "identity"}
+            if offset:
+                headers["Range"] = f"bytes={offset}-"
+            resp = await self._authed_get(ref, path, headers, what=what)
+            interrupted = False
+            try:
+                if offset == 0:
+                    if resp.status_code != 200:
+                        raise await self._error_for(resp, what)
+                else:
+                    self._check_resume(resp, offset, size, what)
+                cl = resp.headers.get("content-length")
+                if resp.status_code == 200 and cl is not None and cl.isdigit() and int(cl) != size:
+                    raise DigestMismatch(f"{what}: registry sends {cl} bytes, descriptor says {size}")
+                try:
+                    async for chunk in resp.aiter_raw():
+                        if offset + len(chunk) > size:
+                            raise DigestMismatch(f"{what}: more data than the descriptor size {size}")
+                        hasher.update(chunk)
+                        offset += len(chunk)
+                        await sink(chunk)
+                        if on_bytes is not None:
+                            on_bytes(len(chunk))
+                except (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout) as exc:
+                    interrupted = True
+                    log.info("%s: %s at byte %d", what, type(exc).__name__, offset)
+            finally:
+                await resp.aclose()
+            if offset >= size:
+                break
+            # short body (cut connection or early close): resume from where we are
+            if resumes >= self._retry.resume_attempts:
+                why = "connection lost" if interrupted else "body ended early"
+                raise RegistryError(
+                    f"{what}: {why} at byte {offset} of {size}, giving up after {resumes} resumes"
+                )
+            resumes += 1
+            await self._backoff(0, None)
+        got = f"{algo}:{hasher.hexdigest()}"
+        if got != digest:
+            raise DigestMismatch(f"{what}: content hashes to {got}")
+        return offset
+
+    @staticmethod
+    def _check_resume(resp: httpx.Response, offset: int, size: int, what: str) -> None:
+        if resp.status_code == 200:
+            raise RegistryError(f"{what}: registry ignored the Range request, cannot resume")
+        if resp.status_code != 206:
+            raise RegistryError(f"{what}: resume answered HTTP {resp.status_code}")
+        cr = resp.headers.get("content-range", "")
+        try:
+            unit, _, rest = cr.partition(" ")
+            span, _, total = rest.partition("/")
+            first, _, last = span.partition("-")
+            ok = unit == "bytes" and int(first) == offset and (total == "*" or int(total) == size)
+            if ok and last:
+                ok = int(last) + 1 <= size
+        except ValueError:
+            ok = False
+        if not ok:
+            raise RegistryError(f"{what}: resume answered a mismatching Content-Range")

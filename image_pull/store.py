@@ -1,0 +1,214 @@
+"""Content-addressed, crash-safe layer store under ``work_dir``.
+
+Layout::
+
+    work_dir/
+      layers/<chain-id hex>/fs/          one committed layer in overlay form
+      layers/<chain-id hex>/layer.json   its record (digest, diff_id, chain_id, ...)
+      staging/<chain-id hex>.<random>/   layers being written (never used by readers)
+      locks/<chain-id hex>.lock          flock: one writer per layer, across processes
+      images/<manifest digest hex>.json  which layers an image uses (GC roots)
+      bundles/<id>/{upper,work,bundle.json}   overlay upper/work dirs of live bundles (GC roots)
+
+Layers are keyed by *chain id* (the OCI ``ChainID`` of the layer and every
+layer below it), not by diff_id alone: a layer's overlay-form directory can
+depend on its lowers (a hardlink to a file of a lower layer is copied up).
+A layer counts only once its staging directory, with the diff_id checked,
+was atomically renamed to ``layers/<key>``; anything else (a crash, kill -9,
+ENOSPC) leaves at most a staging directory that the next writer of that key
+removes while holding the key's lock. Durability across power loss is not
+attempted (no fsync): the work dir in a guest is ephemeral storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import secrets
+import shutil
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from image_pull.errors import InsufficientSpace, StoreError
+
+__all__ = ["LayerRecord", "LayerStore", "chain_ids"]
+
+
+def chain_ids(diff_ids: Iterable[str]) -> list[str]:
+    """OCI ChainID of each layer prefix (image-spec config.md)."""
+    out: list[str] = []
+    for d in diff_ids:
+        if not out:
+            out.append(d)
+        else:
+            out.append("sha256:" + hashlib.sha256(f"{out[-1]} {d}".encode()).hexdigest())
+    return out
+
+
+def _hex(digest: str) -> str:
+    return digest.split(":", 1)[1]
+
+
+@dataclass(frozen=True)
+class LayerRecord:
+    chain_id: str
+    diff_id: str
+    digest: str
+    media_type: str
+    size: int
+    uncompressed_size: int
+
+    def to_json(self) -> bytes:
+        return json.dumps(self.__dict__, sort_keys=True).encode()
+
+
+class LayerStore:
+    def __init__(self, work_dir: Path) -> None:
+        self.root = Path(work_dir)
+        self.layers = self.root / "layers"
+        self.staging = self.root / "staging"
+        self.locks = self.root / "locks"
+        self.images = self.root / "images"
+        self.bundles = self.root / "bundles"
+        try:
+            for d in (self.layers, self.staging, self.locks, self.images, self.bundles):
+                d.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"cannot create the layer store in {self.root}: {exc.strerror}") from None
+
+    # ------------------------------------------------------------ layers
+    def layer_dir(self, chain_id: str) -> Path:
+        return self.layers / _hex(chain_id)
+
+    def layer_fs(self, chain_id: str) -> Path:
+        return self.layer_dir(chain_id) / "fs"
+
+    def has_layer(self, chain_id: str) -> bool:
+        return (self.layer_dir(chain_id) / "layer.json").is_file()
+
+    @contextlib.asynccontextmanager
+    async def lock(self, chain_id: str) -> AsyncIterator[None]:
+        """Exclusive per-layer lock across processes (flock), cancellable while waiting."""
+        path = self.locks / f"{_hex(chain_id)}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            delay = 0.005
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 0.1)
+            yield
+        finally:
+            os.close(fd)  # releases the flock
+
+    def new_staging(self, chain_id: str) -> Path:
+        """Fresh staging dir; call with the key's lock held (old attempts are removed)."""
+        key = _hex(chain_id)
+        for old in self.staging.glob(f"{key}.*"):
+            shutil.rmtree(old, ignore_errors=True)
+        d = self.staging / f"{key}.{secrets.token_hex(4)}"
+        d.mkdir()
+        (d / "fs").mkdir()
+        return d
+
+    def commit(self, staging: Path, record: LayerRecord) -> Path:
+        """Atomically publish a staging dir as layer ``record.chain_id``."""
+        (staging / "layer.json").write_bytes(record.to_json())
+        final = self.layer_dir(record.chain_id)
+        try:
+            os.rename(staging, final)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
+                shutil.rmtree(staging, ignore_errors=True)  # someone committed it meanwhile
+            else:
+                raise StoreError(f"cannot commit layer {record.chain_id}: {exc.strerror}") from None
+        return final / "fs"
+
+    @staticmethod
+    def discard(staging: Path) -> None:
+        shutil.rmtree(staging, ignore_errors=True)
+
+    # ------------------------------------------------------------ images and GC roots
+    def record_image(self, manifest_digest: str, ref: str, config_digest: str, chain: list[str]) -> None:
+        doc = {
+            "reference": ref,
+            "manifest_digest": manifest_digest,
+            "config_digest": config_digest,
+            "layers": chain,
+        }
+        tmp = self.images / f".{_hex(manifest_digest)}.{secrets.token_hex(4)}"
+        tmp.write_text(json.dumps(doc, sort_keys=True))
+        os.replace(tmp, self.images / f"{_hex(manifest_digest)}.json")
+
+    def remove_image(self, manifest_digest: str) -> bool:
+        try:
+            (self.images / f"{_hex(manifest_digest)}.json").unlink()
+            return True
+        except FileNotFoundError:
+            return False
+
+    def _referenced(self) -> set[str]:
+        keep: set[str] = set()
+        for f in list(self.images.glob("*.json")) + list(self.bundles.glob("*/bundle.json")):
+            try:
+                doc = json.loads(f.read_text())
+                keep.update(_hex(c) for c in doc.get("layers", []) if isinstance(c, str) and ":" in c)
+            except (OSError, ValueError):
+                continue
+        return keep
+
+    def gc(self) -> list[str]:
+        """Remove layers no image record or live bundle references, and stale staging dirs.
+
+        Returns the removed chain-id hex keys. A layer being written right now is
+        in staging under its lock and is not touched; staging dirs are removed
+        only when their key's lock is free.
+        """
+        keep = self._referenced()
+        removed: list[str] = []
+        for d in self.layers.iterdir():
+            if d.name not in keep:
+                trash = self.staging / f"gc.{d.name}.{secrets.token_hex(4)}"
+                try:
+                    os.rename(d, trash)  # atomically invisible first
+                except OSError:
+                    continue
+                shutil.rmtree(trash, ignore_errors=True)
+                removed.append(d.name)
+        for s in self.staging.iterdir():
+            key = s.name.split(".", 1)[0]
+            lock = self.locks / f"{key}.lock"
+            if key == "gc":
+                shutil.rmtree(s, ignore_errors=True)
+                continue
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(s, ignore_errors=True)
+            except BlockingIOError:
+                pass
+            finally:
+                os.close(fd)
+        return removed
+
+    # ------------------------------------------------------------ space
+    def check_space(self, needed: int, *, reserve: int = 64 << 20) -> None:
+        try:
+            st = os.statvfs(self.root)
+        except OSError as exc:
+            raise StoreError(f"cannot stat the work dir: {exc.strerror}") from None
+        free = st.f_bavail * st.f_frsize
+        if free < needed + reserve:
+            raise InsufficientSpace(
+                f"not enough space in {self.root}: need about {(needed + reserve) >> 20} MiB, "
+                f"{free >> 20} MiB free; free space or run the layer GC"
+            )

@@ -1,0 +1,165 @@
+"""Plumbing for the one-pass layer pipeline.
+
+download (event loop) --ChunkPipe--> [decrypt] -> decompress -> HashingReader(diff_id) -> unpack (thread)
+
+* :class:`ChunkPipe` moves bytes from the event loop to a worker thread with a
+  bounded buffer (backpressure both ways, no layer ever held in memory).
+* :class:`HashingReader` hashes and counts what the unpacker reads and enforces
+  the uncompressed-size limit (decompression bombs stop early).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import hashlib
+import io
+import threading
+from typing import BinaryIO
+
+from image_pull.errors import ImagePullError, UnpackError
+
+__all__ = [
+    "ChunkPipe",
+    "HashingReader",
+    "PipeAborted",
+]
+
+
+class PipeAborted(ImagePullError):
+    """The other side of a ChunkPipe gave up."""
+
+
+class ChunkPipe(io.RawIOBase):
+    """Producer: ``await put(chunk)`` / ``finish()`` / ``abort(exc)`` on the loop.
+    Consumer: blocking ``read``/``readinto`` in a worker thread."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, *, max_buffered: int = 8 << 20) -> None:
+        super().__init__()
+        self._loop = loop
+        self._max = max_buffered
+        self._chunks: collections.deque[memoryview] = collections.deque()
+        self._size = 0
+        self._eof = False
+        self._error: BaseException | None = None
+        self._consumer_gone = False
+        self._cond = threading.Condition()
+        self._space = asyncio.Event()
+        self._space.set()
+
+    # ---------------------------------------------------------------- producer
+    async def put(self, chunk: bytes) -> None:
+        if not chunk:
+            return
+        with self._cond:
+            if self._consumer_gone:
+                raise PipeAborted("layer consumer stopped")
+            self._chunks.append(memoryview(chunk))
+            self._size += len(chunk)
+            self._cond.notify()
+            if self._size >= self._max:
+                self._space.clear()
+        while not self._space.is_set():
+            await self._space.wait()
+            with self._cond:
+                if self._consumer_gone:
+                    raise PipeAborted("layer consumer stopped")
+
+    def finish(self) -> None:
+        with self._cond:
+            self._eof = True
+            self._cond.notify_all()
+
+    def abort(self, exc: BaseException) -> None:
+        with self._cond:
+            self._error = exc
+            self._eof = True
+            self._cond.notify_all()
+
+    # ---------------------------------------------------------------- consumer
+    def consumer_done(self) -> None:
+        """The consumer stops reading (finished or failed); unblock the producer."""
+        with self._cond:
+            self._consumer_gone = True
+            self._chunks.clear()
+            self._size = 0
+        self._loop.call_soon_threadsafe(self._space.set)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: memoryview | bytearray) -> int:  # type: ignore[override]
+        want = len(b)
+        if want == 0:
+            return 0
+        with self._cond:
+            while not self._chunks and not self._eof:
+                self._cond.wait()
+            if self._error is not None:
+                raise PipeAborted("layer download failed") from self._error
+            if not self._chunks:
+                return 0
+            n = 0
+            while self._chunks and n < want:
+                head = self._chunks[0]
+                take = min(len(head), want - n)
+                b[n : n + take] = head[:take]
+                n += take
+                if take == len(head):
+                    self._chunks.popleft()
+                else:
+                    self._chunks[0] = head[take:]
+            before = self._size
+            self._size -= n
+            if before >= self._max // 2 > self._size:
+                self._loop.call_soon_threadsafe(self._space.set)
+            return n
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            out = bytearray()
+            while True:
+                chunk = self.read(1 << 20)
+                if not chunk:
+                    return bytes(out)
+                out += chunk
+        buf = bytearray(size)
+        n = self.readinto(buf)
+        return bytes(buf[:n])
+
+
+class HashingReader(io.RawIOBase):
+    """Hashes (and counts) every byte read through it; bounded total."""
+
+    def __init__(self, inner: BinaryIO, algo: str, *, limit: int) -> None:
+        super().__init__()
+        self._inner = inner
+        self.hasher = hashlib.new(algo)
+        self.algo = algo
+        self.count = 0
+        self._limit = limit
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._inner.read(size if size is not None and size >= 0 else 1 << 20)
+        if data:
+            self.count += len(data)
+            if self.count > self._limit:
+                raise UnpackError(f"layer expands beyond the limit of {self._limit} bytes")
+            self.hasher.update(data)
+        return data
+
+    def readinto(self, b: memoryview | bytearray) -> int:  # type: ignore[override]
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+    def drain(self) -> None:
+        """Read (and hash) whatever the unpacker left unread (tar padding blocks)."""
+        while self.read(1 << 20):
+            pass
+
+    def digest(self) -> str:
+        return f"{self.algo}:{self.hasher.hexdigest()}"
