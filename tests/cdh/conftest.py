@@ -108,3 +108,6 @@ class DictResources:
         if uri not in self.items:
             raise ResourceNotFound(f"no {uri}")
         return self.items[uri]
+
+
+from tests.cdh.inproc import env  # noqa: E402,F401 (fixture shared by test_rpc and test_clients)

@@ -1,0 +1,98 @@
+"""cdh-oneshot and api-server-rest against an in-process CDH (see test_rpc.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+from pathlib import Path
+
+import pytest
+from aiohttp import ClientSession
+from aiohttp.test_utils import TestServer
+
+from cdh import oneshot
+from cdh.api_server_rest import _loopback, make_app
+from tests.cdh.inproc import SECRET, Env
+from tests.cdh.test_sealed_secret import seal, vault
+
+
+async def test_oneshot_get_resource_and_unseal(env: Env, tmp_path: Path, capsysbinary) -> None:
+    sock = f"unix://{env.sock}"
+    out = tmp_path / "out"
+    rc = await asyncio.to_thread(
+        oneshot.main,
+        ["--socket", sock, "-o", str(out), "get-resource", "--resource-uri", "kbs:///default/cdh/secret"],
+    )
+    assert rc == 0 and out.read_bytes() == SECRET
+    sp = tmp_path / "sealed"
+    sp.write_bytes(seal(vault(), env.key, "kbs:///default/cdh/sealkey") + b"\n")
+    rc = await asyncio.to_thread(
+        oneshot.main, ["--socket", sock, "-o", str(out), "unseal-secret", "--secret-path", str(sp)]
+    )
+    assert rc == 0 and out.read_bytes() == SECRET
+    rc = await asyncio.to_thread(
+        oneshot.main, ["--socket", sock, "get-resource", "--resource-uri", "kbs:///x/y/z"]
+    )
+    assert rc == 1
+    assert b"[CDH] [ERROR]: Get Resource failed" in capsysbinary.readouterr().err
+    rc = await asyncio.to_thread(
+        oneshot.main,
+        ["--socket", sock, "pull-image", "--image-url", "r/i:1", "--bundle-path", str(tmp_path / "b")],
+    )
+    assert rc == 0 and capsysbinary.readouterr().out == b"sha256:" + b"ab" * 32 + b"\n"
+
+
+@pytest.fixture
+async def rest(env: Env):
+    app = make_app(f"unix://{env.sock}", f"unix://{env.aa_sock}", "all")
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    async with ClientSession(base_url=f"http://127.0.0.1:{server.port}") as s:
+        yield s
+    await server.close()
+
+
+async def test_rest_resource_and_aa(rest: ClientSession, env: Env) -> None:
+    r = await rest.get("/cdh/resource/default/cdh/secret")
+    assert r.status == 200 and await r.read() == SECRET
+    assert r.headers["Content-Type"] == "application/octet-stream"
+    r = await rest.get("/cdh/resource/default/cdh/none")
+    assert r.status == 500 and "[CDH] [ERROR]" in await r.text()
+    r = await rest.get("/cdh/resource/too/short")
+    assert r.status == 404
+    r = await rest.get("/aa/token", params={"token_type": "kbs"})
+    assert r.status == 200 and json.loads(await r.read())["token"] == "t"
+    assert (await rest.get("/aa/token")).status == 400
+    r = await rest.get("/aa/evidence", params={"runtime_data": "hello"})
+    assert json.loads(await r.read()) == {"report_data": b"hello".hex()}
+    enc = base64.urlsafe_b64encode(b"\x00\xff\x01").rstrip(b"=").decode()
+    r = await rest.get("/aa/evidence", params={"runtime_data": enc, "encoding": "base64"})
+    assert json.loads(await r.read()) == {"report_data": "00ff01"}
+    assert (await rest.get("/aa/evidence")).status == 400
+    r = await rest.get("/aa/additional-evidence", params={"runtime_data": "x"})
+    assert r.status == 200 and await r.read() == b""
+    r = await rest.post("/aa/aael", json={"domain": "d", "operation": "o", "content": "c"})
+    assert r.status == 200 and env.aa.events[-1] == ("d", "o", "c")
+    assert (await rest.post("/aa/aael", data=b"{}")).status == 400
+    info = await (await rest.get("/info")).json()
+    assert info["tee"] == "sample" and info["feature"] == "all"
+    assert (await rest.get("/nope")).status == 404
+
+
+async def test_rest_feature_gating(env: Env) -> None:
+    app = make_app(f"unix://{env.sock}", f"unix://{env.aa_sock}", "resource")
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    try:
+        async with ClientSession(base_url=f"http://127.0.0.1:{server.port}") as s:
+            assert (await s.get("/aa/token", params={"token_type": "kbs"})).status == 404
+            assert (await s.get("/cdh/resource/default/cdh/secret")).status == 200
+    finally:
+        await server.close()
+
+
+def test_loopback_only() -> None:
+    assert _loopback("127.0.0.1") and _loopback("::1") and _loopback("127.5.0.1")
+    for peer in ("10.0.0.2", "192.168.1.1", "::ffff:10.0.0.1", "", None, "not-an-ip"):
+        assert not _loopback(peer)
