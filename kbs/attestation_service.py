@@ -1,0 +1,234 @@
+"""The built-in attestation service: checks one /attest request against its
+session, verifies primary and additional evidence with the per-TEE
+verifiers, appraises each device with the EAR policy of its class, and
+issues the EAR token (reference §2.3, §3, §4)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tomllib
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from attestation.errors import AttestationError as VerifierError
+from kbs_client.errors import TeeKeyError
+from kbs_client.jcs import hash_canonical
+from kbs_client.jwe import TeePubKey
+
+from .ear import Appraisal, EarBroker
+from .errors import AttestationError, KbsError
+from .policy import AttestationPolicies
+from .rvps import ReferenceValues
+from .verifiers import TEE_CLASS, UnsupportedTee, VerifierRegistry
+
+__all__ = ["MAX_ADDITIONAL_EVIDENCE", "AttestationService", "parse_attestation"]
+
+log = logging.getLogger(__name__)
+
+MAX_ADDITIONAL_EVIDENCE = 8 * 1024 * 1024
+INIT_DATA_ALGS = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
+ATTEST_FAILED = "Attestation error: RCAR handshake Attest failed"
+
+
+class _Reject(Exception):
+    """Internal: why an /attest failed (logged, never sent to the client)."""
+
+
+def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k!r}")
+        out[k] = v
+    return out
+
+
+def strict_json(untrusted: bytes | str) -> Any:
+    return json.loads(untrusted, object_pairs_hook=_strict_object)
+
+
+def _only(obj: Any, allowed: set[str], required: set[str], what: str) -> dict[str, Any]:
+    if not isinstance(obj, dict):
+        raise _Reject(f"{what} is not an object")
+    extra = set(obj) - allowed
+    if extra:
+        raise _Reject(f"{what} has unknown fields {sorted(extra)}")
+    missing = required - set(obj)
+    if missing:
+        raise _Reject(f"{what} lacks {sorted(missing)}")
+    return obj
+
+
+def parse_attestation(untrusted_body: bytes) -> tuple[dict[str, Any] | None, str, TeePubKey, Any, str]:
+    """-> (init_data, nonce, tee_pubkey, primary_evidence, additional_evidence)."""
+    try:
+        doc = strict_json(untrusted_body)
+    except ValueError as exc:
+        raise _Reject(f"attestation body is not strict JSON: {exc}") from exc
+    doc = _only(doc, {"init-data", "runtime-data", "tee-evidence"}, {"runtime-data", "tee-evidence"}, "body")
+    rt = _only(doc["runtime-data"], {"nonce", "tee-pubkey"}, {"nonce", "tee-pubkey"}, "runtime-data")
+    ev = _only(
+        doc["tee-evidence"],
+        {"primary_evidence", "additional_evidence"},
+        {"primary_evidence", "additional_evidence"},
+        "tee-evidence",
+    )
+    if not isinstance(rt["nonce"], str):
+        raise _Reject("nonce is not a string")
+    try:
+        key = TeePubKey.from_json(rt["tee-pubkey"])
+    except TeeKeyError as exc:
+        raise _Reject(f"tee-pubkey: {exc}") from exc
+    add = ev["additional_evidence"]
+    if not isinstance(add, str) or len(add) > MAX_ADDITIONAL_EVIDENCE:
+        raise _Reject("additional_evidence must be a string")
+    init = doc.get("init-data")
+    if init is not None:
+        init = _only(init, {"format", "body"}, {"format", "body"}, "init-data")
+        if init["format"] != "toml":
+            raise _Reject("Unsupported initdata format")
+        if not isinstance(init["body"], str):
+            raise _Reject("init-data body is not a string")
+    return init, rt["nonce"], key, ev["primary_evidence"], add
+
+
+def _init_data(init: Mapping[str, Any]) -> tuple[bytes, dict[str, Any]]:
+    body = str(init["body"])
+    try:
+        doc = tomllib.loads(body)
+    except tomllib.TOMLDecodeError as exc:
+        raise _Reject("init-data TOML does not parse") from exc
+    alg = doc.get("algorithm", "sha384")
+    if alg not in INIT_DATA_ALGS:
+        raise _Reject("init-data algorithm must be sha256, sha384 or sha512")
+    digest = INIT_DATA_ALGS[alg](body.encode("utf-8")).digest()
+    data = doc.get("data", {})
+    claims: dict[str, Any] = {}
+    if isinstance(data, dict):
+        for k, v in data.items():
+            if k in ("aa.toml", "cdh.toml") and isinstance(v, str):
+                try:
+                    claims[k] = tomllib.loads(v)
+                    continue
+                except tomllib.TOMLDecodeError:
+                    pass
+            claims[k] = v
+    return digest, claims
+
+
+class AttestationService:
+    def __init__(
+        self,
+        registry: VerifierRegistry,
+        broker: EarBroker,
+        policies: AttestationPolicies,
+        rvps: ReferenceValues,
+        *,
+        verbose_token: bool = True,
+    ) -> None:
+        self.registry = registry
+        self.broker = broker
+        self.policies = policies
+        self.rvps = rvps
+        self.verbose = verbose_token
+
+    def _verify(
+        self, tee: str, evidence: Any, report_data: bytes, init_hash: bytes | None, now: datetime
+    ) -> dict[str, Any]:
+        try:
+            v = self.registry.get(tee)
+        except UnsupportedTee as exc:
+            raise _Reject(str(exc)) from exc
+        try:
+            claims = v.verify(
+                evidence, expected_report_data=report_data, expected_init_data_hash=init_hash, now=now
+            )
+        except VerifierError as exc:
+            raise _Reject(f"{tee} evidence rejected: {exc}") from exc
+        if not isinstance(claims, dict):
+            raise _Reject(f"{tee} verifier returned no claims")
+        return claims
+
+    async def attest(
+        self,
+        *,
+        tee: str,
+        session_nonce: str,
+        hash_algorithm: str,
+        untrusted_body: bytes,
+        now: datetime | None = None,
+    ) -> str:
+        """Verify one /attest body for a session; returns the EAR token or raises
+        :class:`kbs.errors.AttestationError` (details only in the log)."""
+        t = now if now is not None else datetime.now(UTC)
+        try:
+            return await self._attest(tee, session_nonce, hash_algorithm, untrusted_body, t)
+        except _Reject as exc:
+            log.warning("attestation rejected: %s", exc)
+            raise AttestationError(ATTEST_FAILED) from exc
+        except KbsError as exc:
+            log.warning("attestation failed: %s: %s", exc.variant, exc.detail)
+            raise AttestationError(ATTEST_FAILED) from exc
+
+    async def _attest(self, tee: str, session_nonce: str, alg: str, body: bytes, now: datetime) -> str:
+        init, nonce, key, primary, additional = parse_attestation(body)
+        if nonce != session_nonce:
+            raise _Reject("runtime-data nonce differs from the session nonce")
+        jwk = key.to_jwk()
+        device_rd = hash_canonical(alg, {"nonce": nonce, "tee-pubkey": jwk})
+        runtime_claims: dict[str, Any] = {"nonce": nonce, "tee-pubkey": jwk}
+        if self.verbose:
+            runtime_claims["additional-evidence"] = additional
+        primary_rd = hash_canonical(
+            alg, {"additional-evidence": additional, "nonce": nonce, "tee-pubkey": jwk}
+        )
+        init_hash: bytes | None = None
+        init_claims: dict[str, Any] | None = None
+        if init is not None:
+            init_hash, init_claims = _init_data(init)
+
+        devices: list[tuple[str, str, dict[str, Any]]] = []  # (class, tee, claims)
+        if additional:
+            try:
+                amap = strict_json(additional)
+            except ValueError as exc:
+                raise _Reject("additional evidence is not strict JSON") from exc
+            if not isinstance(amap, dict):
+                raise _Reject("additional evidence must map TEE names to evidence")
+            for dtee, dev in amap.items():
+                claims = self._verify(dtee, dev, device_rd, None, now)
+                cls = TEE_CLASS.get(dtee, "gpu")
+                if dtee == "nvidia" and isinstance(claims.get("devices"), list):
+                    for d in claims["devices"]:
+                        arch = d.get("arch") if isinstance(d, dict) else None
+                        devices.append(("switch" if arch == "LS10" else "gpu", dtee, d))
+                else:
+                    devices.append((cls, dtee, claims))
+
+        cpu_claims = self._verify(tee, primary, primary_rd, init_hash, now)
+        rv = await self.rvps.all()
+        submods: dict[str, Appraisal] = {}
+        annotated: dict[str, Any] = {tee: cpu_claims, "runtime_data_claims": runtime_claims}
+        annotated["report_data"] = cpu_claims.get("report_data", primary_rd.hex())
+        if init_hash is not None:
+            annotated["init_data"] = init_hash.hex()
+            annotated["init_data_claims"] = init_claims or {}
+        submods["cpu0"] = await self._appraise("cpu", annotated, rv)
+        counters: dict[str, int] = {}
+        for cls, dtee, claims in devices:
+            idx = counters.get(cls, 0)
+            counters[cls] = idx + 1
+            dev_annot = {
+                dtee: claims,
+                "runtime_data_claims": {"nonce": nonce, "tee-pubkey": jwk},
+                "report_data": device_rd.hex(),
+            }
+            submods[f"{cls}{idx}"] = await self._appraise(cls, dev_annot, rv)
+        return self.broker.issue(submods, now=now.timestamp())
+
+    async def _appraise(self, cls: str, annotated: dict[str, Any], rv: Mapping[str, Any]) -> Appraisal:
+        res = await self.policies.appraise(cls, annotated, rv)
+        return Appraisal(res.trust_vector, annotated, policy_id=res.policy_id, extensions=res.extensions)

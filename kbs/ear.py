@@ -1,0 +1,291 @@
+"""EAR attestation tokens (reference §4): issue (ES256, ``jwk`` header,
+optional ``x5c``) and verify (trusted certs, JWK sets, or the insecure
+header-JWK mode), plus the TEE public key lookup in verified claims."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from kbs_client.errors import TeeKeyError, TokenError
+from kbs_client.jwe import TeePubKey
+from kbs_client.jws import (
+    PublicVerifyKey,
+    decode_unverified,
+    jwk_to_public_key,
+    public_key_to_jwk,
+    sign,
+    verify,
+)
+
+from .errors import ConfigError, TokenVerifierError
+
+__all__ = [
+    "TRUST_CLAIMS",
+    "Appraisal",
+    "EarBroker",
+    "TokenVerifier",
+    "ear_status",
+    "extract_tee_pubkey",
+    "tier",
+]
+
+TRUST_CLAIMS = (
+    "instance-identity",
+    "configuration",
+    "executables",
+    "file-system",
+    "hardware",
+    "runtime-opaque",
+    "storage-opaque",
+    "sourced-data",
+)
+_TIERS = ("none", "affirming", "warning", "contraindicated")
+LEEWAY_S = 60
+DEFAULT_TEEKEY_PATHS = (
+    "/tdx/attester_runtime_data/tee-pubkey",
+    "/tdx/attester_user_data/tee-pubkey",
+    "/customized_claims/runtime_data/tee-pubkey",
+    "/submods/cpu0/ear.veraison.annotated-evidence/runtime_data_claims/tee-pubkey",
+    "/tee-pubkey",
+)
+
+
+def tier(value: int) -> str:
+    """AR4SI tier of one trustworthiness claim value."""
+    a = abs(value)
+    if a <= 1:
+        return "none"
+    if a <= 31:
+        return "affirming"
+    if a <= 95:
+        return "warning"
+    return "contraindicated"
+
+
+def ear_status(vector: Mapping[str, int]) -> str:
+    """The worst tier among the claims."""
+    worst = 0
+    for v in vector.values():
+        worst = max(worst, _TIERS.index(tier(v)))
+    return _TIERS[worst]
+
+
+@dataclass(frozen=True)
+class Appraisal:
+    """One EAR submod: the result of appraising one device."""
+
+    trust_vector: Mapping[str, int]
+    annotated_evidence: Mapping[str, Any]
+    policy_id: str = "default"
+    extensions: Mapping[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        vec = {k: int(self.trust_vector.get(k, 0)) for k in TRUST_CLAIMS}
+        out: dict[str, Any] = {
+            "ear.status": ear_status(vec),
+            "ear.trustworthiness-vector": vec,
+            "ear.appraisal-policy-id": self.policy_id,
+            "ear.veraison.annotated-evidence": dict(self.annotated_evidence),
+        }
+        if self.extensions:
+            out.update(self.extensions)
+        return out
+
+
+class EarBroker:
+    """Signs EAR tokens with an EC P-256 key (ephemeral unless configured)."""
+
+    def __init__(
+        self,
+        key: ec.EllipticCurvePrivateKey | None = None,
+        *,
+        cert_chain_der: Sequence[bytes] = (),
+        duration_min: int = 5,
+        issuer: str = "CoCo-Attestation-Service",
+        developer: str = "https://confidentialcontainers.org",
+        build: str = "attestation-service 0.1.0 (coco-py)",
+        profile: str = "tag:github.com,2024:confidential-containers/Trustee",
+    ) -> None:
+        self.key = key if key is not None else ec.generate_private_key(ec.SECP256R1())
+        if not isinstance(self.key.curve, ec.SECP256R1):
+            raise ConfigError("the EAR signing key must be EC P-256")
+        jwk: dict[str, Any] = {**public_key_to_jwk(self.key.public_key()), "alg": "ES256"}
+        if cert_chain_der:
+            jwk["x5c"] = [base64.b64encode(c).decode() for c in cert_chain_der]
+        self._jwk = jwk
+        self._duration = duration_min * 60
+        self._issuer = issuer
+        self._verifier_id = {"build": build, "developer": developer}
+        self._profile = profile
+
+    @classmethod
+    def from_files(cls, key_path: str, cert_path: str | None, **kw: Any) -> EarBroker:
+        try:
+            key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
+            certs = x509.load_pem_x509_certificates(Path(cert_path).read_bytes()) if cert_path else []
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"cannot load the EAR signer: {exc}") from exc
+        if not isinstance(key, ec.EllipticCurvePrivateKey):
+            raise ConfigError("the EAR signing key must be EC P-256")
+        return cls(key, cert_chain_der=[c.public_bytes(serialization.Encoding.DER) for c in certs], **kw)
+
+    @property
+    def public_jwk(self) -> Mapping[str, Any]:
+        return self._jwk
+
+    def issue(self, submods: Mapping[str, Appraisal], *, now: float | None = None) -> str:
+        iat = int(time.time() if now is None else now)
+        claims = {
+            "eat_profile": self._profile,
+            "iat": iat,
+            "ear.verifier-id": self._verifier_id,
+            "submods": {name: a.to_json() for name, a in submods.items()},
+            "exp": iat + self._duration,
+            "iss": self._issuer,
+        }
+        return sign(claims, self.key, alg="ES256", header={"jwk": self._jwk})
+
+
+def _load_jwks(path: str) -> dict[str, PublicVerifyKey]:
+    p = path.removeprefix("file://")
+    try:
+        doc = json.loads(Path(p).read_bytes()[: 1024 * 1024])
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read JWK set {path}: {exc}") from exc
+    keys = doc.get("keys") if isinstance(doc, dict) else None
+    if not isinstance(keys, list):
+        raise ConfigError(f"JWK set {path} has no keys array")
+    out: dict[str, PublicVerifyKey] = {}
+    for k in keys:
+        if isinstance(k, dict) and isinstance(k.get("kid"), str):
+            try:
+                out[k["kid"]] = jwk_to_public_key(k)
+            except TokenError as exc:
+                raise ConfigError(f"JWK set {path}: bad key {k['kid']}") from exc
+    return out
+
+
+class TokenVerifier:
+    """Verifies attestation tokens as trustee's KBS does (reference §4)."""
+
+    def __init__(
+        self,
+        *,
+        trusted_certs: Sequence[x509.Certificate] = (),
+        trusted_jwks: Mapping[str, PublicVerifyKey] | None = None,
+        insecure_header_jwk: bool = False,
+    ) -> None:
+        self._certs = list(trusted_certs)
+        self._jwks = dict(trusted_jwks or {})
+        self._insecure = insecure_header_jwk
+        if not self._certs and not self._jwks and not insecure_header_jwk:
+            raise ConfigError(
+                "[attestation_token] has no trust material: set trusted_certs_paths, trusted_jwk_sets "
+                "or insecure_header_jwk = true"
+            )
+
+    @classmethod
+    def from_config(
+        cls, certs_paths: Sequence[str], jwk_sets: Sequence[str], insecure_header_jwk: bool
+    ) -> TokenVerifier:
+        certs: list[x509.Certificate] = []
+        for p in certs_paths:
+            try:
+                certs.extend(x509.load_pem_x509_certificates(Path(p).read_bytes()))
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"cannot load trusted cert {p}: {exc}") from exc
+        jwks: dict[str, PublicVerifyKey] = {}
+        for js in jwk_sets:
+            jwks.update(_load_jwks(js))
+        return cls(trusted_certs=certs, trusted_jwks=jwks, insecure_header_jwk=insecure_header_jwk)
+
+    def _chain_trusted(self, x5c: Any, key: PublicVerifyKey, now: float) -> None:
+        if not isinstance(x5c, list) or not x5c or not all(isinstance(c, str) for c in x5c) or len(x5c) > 8:
+            raise TokenVerifierError("token jwk has no usable x5c chain")
+        try:
+            chain = [x509.load_der_x509_certificate(base64.b64decode(c, validate=True)) for c in x5c]
+        except ValueError as exc:
+            raise TokenVerifierError("token x5c does not parse") from exc
+        leaf_key = chain[0].public_key()
+        if public_key_to_jwk(leaf_key) != public_key_to_jwk(key):  # type: ignore[arg-type]
+            raise TokenVerifierError("token jwk does not match its certificate")
+        ts = time.gmtime(now)
+        for c in chain:
+            if not (c.not_valid_before_utc.timetuple() <= ts <= c.not_valid_after_utc.timetuple()):
+                raise TokenVerifierError("token certificate outside its validity")
+        for i, c in enumerate(chain):
+            if c in self._certs:
+                return
+            if any(a.subject == c.issuer and _issued_by(c, a) for a in self._certs):
+                return
+            if i + 1 < len(chain) and _issued_by(c, chain[i + 1]):
+                continue
+            raise TokenVerifierError("token certificate chain is broken")
+        raise TokenVerifierError("token certificate chain does not end at a trusted certificate")
+
+    def verify(self, untrusted_token: str, *, now: float | None = None) -> dict[str, Any]:
+        t = time.time() if now is None else now
+        try:
+            header, _ = decode_unverified(untrusted_token)
+            if isinstance(header.get("jwk"), Mapping):
+                key = jwk_to_public_key(header["jwk"])
+                if not self._insecure:
+                    self._chain_trusted(header["jwk"].get("x5c"), key, t)
+            elif isinstance(header.get("kid"), str) and header["kid"] in self._jwks:
+                key = self._jwks[header["kid"]]
+            else:
+                raise TokenVerifierError("token names no trusted key")
+            _, claims = verify(untrusted_token, key, algorithms=("ES256", "ES384", "ES512", "RS256", "RS384",
+                                                                  "RS512", "PS256", "EdDSA"))  # fmt: skip
+        except TokenError as exc:
+            raise TokenVerifierError(f"token verification failed: {exc}") from exc
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            raise TokenVerifierError("token has no numeric exp")
+        if t > exp + LEEWAY_S:
+            raise TokenVerifierError("token expired")
+        nbf = claims.get("nbf")
+        if isinstance(nbf, int | float) and t + LEEWAY_S < nbf:
+            raise TokenVerifierError("token not yet valid")
+        return claims
+
+
+def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def _pointer(doc: Any, ptr: str) -> Any:
+    cur = doc
+    for raw in ptr.split("/")[1:]:
+        part = raw.replace("~1", "/").replace("~0", "~")
+        if isinstance(cur, Mapping) and part in cur:
+            cur = cur[part]
+        else:
+            return None
+    return cur
+
+
+def extract_tee_pubkey(claims: Mapping[str, Any], extra_paths: Sequence[str] = ()) -> TeePubKey:
+    for ptr in (*extra_paths, *DEFAULT_TEEKEY_PATHS):
+        v = _pointer(claims, ptr)
+        if v is not None:
+            try:
+                return TeePubKey.from_json(v)
+            except TeeKeyError as exc:
+                raise TokenVerifierError(f"tee-pubkey in the token is invalid: {exc}") from exc
+    raise TokenVerifierError("no tee-pubkey in the token")

@@ -1,0 +1,1 @@
+"""Built-in attestation (EAR) policies per device class."""

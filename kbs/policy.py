@@ -1,0 +1,195 @@
+"""Rego policies, evaluated with a real Rego engine (regopy):
+
+* the resource policy (package ``policy``, rule ``allow``; input = the
+  verified token claims, data = ``{"plugin", "resource-path", "query"}``);
+* attestation (EAR) policies per device class (``default_cpu``,
+  ``default_gpu``, ...) producing ``trust_claims`` and optional
+  ``extensions``, with ``query_reference_value(name)`` backed by the RVPS.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any
+
+from kbs_client.policies import builtin_policy
+
+from .errors import ParsePolicyError, PolicyEngineError
+from .storage import NS_ATTESTATION_POLICY, NS_KBS, KvStore
+
+__all__ = [
+    "RESOURCE_POLICY_ID",
+    "AttestationPolicies",
+    "ResourcePolicy",
+    "TrustResult",
+    "check_rego",
+    "evaluate",
+]
+
+log = logging.getLogger(__name__)
+
+RESOURCE_POLICY_ID = "resource-policy"
+MAX_POLICY_BYTES = 1024 * 1024
+_RV_MODULE = """package policy
+
+import rego.v1
+
+query_reference_value(id) := v if {
+	v := data.reference_values[id]
+} else := null
+"""
+
+
+def _interpreter(policy: str, extra: tuple[tuple[str, str], ...] = ()) -> Any:
+    from regopy import Interpreter, RegoError
+
+    i = Interpreter()
+    try:
+        i.add_module("policy.rego", policy)
+        for name, text in extra:
+            i.add_module(name, text)
+    except RegoError as exc:
+        raise ParsePolicyError("policy is not valid Rego") from exc
+    return i
+
+
+def evaluate(
+    policy: str,
+    query: str,
+    input_doc: Any,
+    data_doc: Mapping[str, Any],
+    *,
+    with_reference_values: bool = False,
+) -> Any:
+    """Evaluate ``query`` and return its JSON value, or None when undefined."""
+    from regopy import RegoError
+
+    extra = (("reference_values.rego", _RV_MODULE),) if with_reference_values else ()
+    i = _interpreter(policy, extra)
+    try:
+        i.add_data_json(json.dumps(dict(data_doc)))
+        i.set_input_term(json.dumps(input_doc))
+        out = i.query(query)
+    except RegoError as exc:
+        raise PolicyEngineError("policy evaluation failed") from exc
+    text = str(out)
+    if text == "undefined":
+        return None
+    try:
+        doc = json.loads(text)
+    except ValueError as exc:
+        raise PolicyEngineError("policy engine answered something unexpected") from exc
+    if isinstance(doc, dict) and "errors" in doc:
+        raise PolicyEngineError("policy evaluation failed")
+    exprs = doc.get("expressions") if isinstance(doc, dict) else None
+    if not isinstance(exprs, list) or not exprs:
+        return None
+    return exprs[0]
+
+
+def check_rego(policy: bytes) -> str:
+    """Decode and parse-check a policy; returns its text."""
+    if len(policy) > MAX_POLICY_BYTES:
+        raise ParsePolicyError("policy too large")
+    try:
+        text = policy.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ParsePolicyError("policy is not UTF-8") from exc
+    evaluate(text, "data.policy", {}, {})
+    return text
+
+
+class ResourcePolicy:
+    """The single resource policy, stored as ``resource-policy.rego`` in namespace ``kbs``."""
+
+    KEY = RESOURCE_POLICY_ID + ".rego"
+
+    def __init__(self, store: KvStore) -> None:
+        self._store = store
+        self._cache: tuple[bytes, str] | None = None
+
+    async def install_default(self) -> None:
+        if await self._store.get(NS_KBS, self.KEY) is None:
+            await self._store.set(NS_KBS, self.KEY, builtin_policy("default"))
+
+    async def set(self, policy: bytes) -> None:
+        check_rego(policy)
+        await self._store.set(NS_KBS, self.KEY, policy)
+
+    async def list_ids(self) -> list[str]:
+        return [k.removesuffix(".rego") for k in await self._store.keys(NS_KBS) if k.endswith(".rego")]
+
+    async def allows(
+        self, claims: Mapping[str, Any], resource_path: list[str], query: Mapping[str, Any]
+    ) -> bool:
+        raw = await self._store.get(NS_KBS, self.KEY)
+        if raw is None:
+            raw = builtin_policy("default")
+        text = raw.decode("utf-8", "replace")
+        data = {"plugin": "resource", "resource-path": resource_path, "query": dict(query)}
+        result = evaluate(text, "data.policy", dict(claims), data)
+        return isinstance(result, dict) and result.get("allow") is True
+
+
+@dataclass(frozen=True)
+class TrustResult:
+    trust_vector: Mapping[str, int]
+    extensions: Mapping[str, Any]
+    policy_id: str
+
+
+class AttestationPolicies:
+    """EAR policies per device class; uploaded ones override the built-in defaults."""
+
+    def __init__(self, store: KvStore) -> None:
+        self._store = store
+
+    async def set(self, policy_id: str, policy: bytes) -> None:
+        if not policy_id or len(policy_id) > 128 or not all(c.isalnum() or c in "_-." for c in policy_id):
+            raise ParsePolicyError("invalid policy id")
+        check_rego(policy)
+        await self._store.set(NS_ATTESTATION_POLICY, policy_id + ".rego", policy)
+
+    async def list_ids(self) -> list[str]:
+        return [k.removesuffix(".rego") for k in await self._store.keys(NS_ATTESTATION_POLICY)]
+
+    async def _policy(self, tee_class: str) -> str:
+        pid = f"default_{tee_class}"
+        raw = await self._store.get(NS_ATTESTATION_POLICY, pid + ".rego")
+        if raw is not None:
+            return raw.decode("utf-8", "replace")
+        f = resources.files("kbs.policies") / f"{pid}.rego"
+        if f.is_file():
+            return f.read_text()
+        return (resources.files("kbs.policies") / "default_gpu.rego").read_text()
+
+    async def appraise(
+        self, tee_class: str, input_doc: Mapping[str, Any], reference_values: Mapping[str, Any]
+    ) -> TrustResult:
+        text = await self._policy(tee_class)
+        out = evaluate(
+            text,
+            "data.policy",
+            dict(input_doc),
+            {"reference_values": dict(reference_values)},
+            with_reference_values=True,
+        )
+        if not isinstance(out, dict):
+            raise PolicyEngineError("attestation policy produced nothing")
+        tc = out.get("trust_claims")
+        if not isinstance(tc, dict) or not tc:
+            raise PolicyEngineError("attestation policy set no trust_claims")
+        vec: dict[str, int] = {}
+        for k, v in tc.items():
+            if not isinstance(v, int) or isinstance(v, bool) or not -128 <= v <= 127:
+                raise PolicyEngineError(f"trust claim {k} is not an i8")
+            vec[str(k)] = v
+        ext: dict[str, Any] = {}
+        for e in out.get("extensions") or []:
+            if isinstance(e, dict) and isinstance(e.get("name"), str):
+                ext[e["name"]] = e.get("value")
+        return TrustResult(vec, ext, "default")

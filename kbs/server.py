@@ -1,0 +1,515 @@
+"""The KBS HTTP API on aiohttp (reference §1, §2, §5, §6): status codes and
+RFC 7807 bodies as trustee, the ``kbs-session-id`` cookie, passport mode,
+admin endpoints, ``/healthz`` and ``/metrics``."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import signal
+import ssl
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from email.utils import formatdate
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from kbs_client import jwe as client_jwe
+from kbs_client._b64 import unb64url
+from kbs_client.errors import JweError as ClientJweError
+
+from .admin_auth import AdminAuthorizer, AdminDenied
+from .attestation_service import AttestationService, strict_json
+from .config import KbsConfig
+from .ear import EarBroker, TokenVerifier, extract_tee_pubkey
+from .errors import (
+    AdminAuthAccess,
+    AdminAuthInitialization,
+    AttestationError,
+    ConfigError,
+    JweError,
+    KbsError,
+    ParsePolicyError,
+    PluginInternalError,
+    PluginNotFound,
+    PolicyDeny,
+    RvpsError,
+    SerdeError,
+    TokenNotFound,
+)
+from .metrics import Metrics
+from .policy import AttestationPolicies, ResourcePolicy
+from .rvps import ReferenceValues
+from .sessions import Session, SessionStore
+from .storage import (
+    NS_REPOSITORY,
+    EncryptedStore,
+    KvStore,
+    LocalFsStore,
+    MemoryStore,
+    RedisStore,
+    load_at_rest_key,
+)
+from .verifiers import KNOWN_TEES, VerifierRegistry
+
+__all__ = ["KbsState", "build_state", "make_app", "serve", "ssl_context"]
+
+log = logging.getLogger("kbs")
+
+PROTOCOL_VERSION = "0.4.0"
+SESSION_COOKIE = "kbs-session-id"
+AUTH_DESERIALIZE = "Attestation error: RCAR handshake Auth failed: deserialize Request"
+_SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
+_SEGMENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+
+
+@dataclass
+class KbsState:
+    config: KbsConfig
+    store: KvStore
+    sessions: SessionStore
+    admin: AdminAuthorizer
+    tokens: TokenVerifier
+    service: AttestationService
+    resource_policy: ResourcePolicy
+    rvps: ReferenceValues
+    metrics: Metrics = field(default_factory=Metrics)
+    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+
+
+def _make_store(kind: str, cfg: KbsConfig, cache: dict[str, KvStore]) -> KvStore:
+    if kind in cache:
+        return cache[kind]
+    st: KvStore
+    if kind == "Memory":
+        st = MemoryStore()
+    elif kind in ("LocalFs", "LocalJson"):
+        st = LocalFsStore(cfg.storage.local_fs_dir)
+    elif kind == "Redis":
+        st = RedisStore(cfg.storage.redis_url)
+    else:
+        raise ConfigError(f"storage type {kind} not supported")
+    cache[kind] = st
+    return st
+
+
+async def build_state(
+    cfg: KbsConfig, *, registry: VerifierRegistry | None = None, broker: EarBroker | None = None
+) -> KbsState:
+    """Everything the HTTP layer needs, built from a parsed config."""
+    cache: dict[str, KvStore] = {}
+    base = _make_store(cfg.storage.storage_type, cfg, cache)
+    store: KvStore = base
+    if cfg.storage.encryption_key_path:
+        store = EncryptedStore(
+            base, load_at_rest_key(cfg.storage.encryption_key_path), frozenset({NS_REPOSITORY})
+        )
+    sess_store = _make_store(cfg.storage.session_storage_type or cfg.storage.storage_type, cfg, cache)
+    for st in cache.values():
+        if isinstance(st, RedisStore):
+            try:
+                await st.ping()
+            except KbsError as exc:
+                raise ConfigError(f"Redis at {cfg.storage.redis_url} is not reachable") from exc
+    a = cfg.attestation_service
+    if broker is None:
+        kw: dict[str, Any] = {
+            "duration_min": a.duration_min,
+            "issuer": a.issuer_name,
+            "developer": a.developer_name,
+            "build": a.build_name,
+            "profile": a.profile_name,
+        }
+        broker = (
+            EarBroker.from_files(a.signer_key_path, a.signer_cert_path, **kw)
+            if a.signer_key_path
+            else EarBroker(**kw)
+        )
+    t = cfg.attestation_token
+    tokens = TokenVerifier.from_config(t.trusted_certs_paths, t.trusted_jwk_sets, t.insecure_header_jwk)
+    if t.insecure_header_jwk:
+        log.warning(
+            "INSECURE: attestation tokens are trusted by the key in their own header (insecure_header_jwk)"
+        )
+    rvps = ReferenceValues(store)
+    service = AttestationService(
+        registry or VerifierRegistry(options=a.verifier_config),
+        broker,
+        AttestationPolicies(store),
+        rvps,
+        verbose_token=a.verbose_token,
+    )
+    rp = ResourcePolicy(store)
+    await rp.install_default()
+    closers: list[Callable[[], Awaitable[None]]] = [st.close for st in cache.values()]
+    state = KbsState(
+        config=cfg,
+        store=store,
+        sessions=SessionStore(sess_store, timeout_min=a.timeout_min),
+        admin=AdminAuthorizer(cfg.admin, base_dir=cfg.base_dir),
+        tokens=tokens,
+        service=service,
+        resource_policy=rp,
+        rvps=rvps,
+        closers=closers,
+    )
+    m = state.metrics
+    m.counter("kbs_http_requests_total", "HTTP requests by endpoint, method and status")
+    m.counter("kbs_attestations_total", "RCAR /attest outcomes")
+    m.counter("kbs_resource_requests_total", "resource GET outcomes")
+    m.gauge("process_resident_memory_bytes", "resident set size", _rss)
+    return state
+
+
+def _rss() -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return float(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def _error(exc: KbsError) -> web.Response:
+    return web.Response(status=exc.status, body=exc.body(), content_type="application/json")
+
+
+def _set_cookie(resp: web.StreamResponse, s: Session) -> None:
+    resp.headers.add(
+        "Set-Cookie", f"{SESSION_COOKIE}={s.id}; Expires={formatdate(s.expires_at, usegmt=True)}"
+    )
+
+
+def _json(doc: Any) -> web.Response:
+    return web.Response(body=json.dumps(doc).encode(), content_type="application/json")
+
+
+class _Handlers:
+    def __init__(self, state: KbsState) -> None:
+        self.s = state
+
+    # --- RCAR ---------------------------------------------------------------------------------
+    async def auth(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        try:
+            doc = strict_json(raw)
+        except ValueError as exc:
+            raise AttestationError(AUTH_DESERIALIZE) from exc
+        if not isinstance(doc, dict) or set(doc) != {"version", "tee", "extra-params"}:
+            raise AttestationError(AUTH_DESERIALIZE)
+        version, tee = doc["version"], doc["tee"]
+        if not isinstance(version, str) or not isinstance(tee, str):
+            raise AttestationError(AUTH_DESERIALIZE)
+        if not _SEMVER.match(version) or version != PROTOCOL_VERSION:
+            raise AttestationError(
+                "Attestation error: RCAR handshake Auth failed: KBS Client Protocol Version Mismatch: "
+                f"expect ={PROTOCOL_VERSION} while the request is {version[:40]}"
+            )
+        if tee not in KNOWN_TEES:
+            raise AttestationError(AUTH_DESERIALIZE)
+        alg = "sha512" if tee == "se" else "sha384"
+        sess = await self.s.sessions.create(tee, hash_algorithm=alg)
+        extra: Any = {"selected-hash-algorithm": "sha512"} if tee == "se" else ""
+        resp = _json({"nonce": sess.nonce, "extra-params": extra})
+        _set_cookie(resp, sess)
+        return resp
+
+    async def attest(self, request: web.Request) -> web.Response:
+        raw = await request.read()
+        sess = await self.s.sessions.get(request.cookies.get(SESSION_COOKIE))
+        if sess is None:
+            self.s.metrics.inc("kbs_attestations_total", result="no_session")
+            raise AttestationError("Attestation error: RCAR handshake Attest failed")
+        if sess.token is None:
+            try:
+                token = await self.s.service.attest(
+                    tee=sess.tee,
+                    session_nonce=sess.nonce,
+                    hash_algorithm=sess.hash_algorithm,
+                    untrusted_body=raw,
+                )
+            except AttestationError:
+                self.s.metrics.inc("kbs_attestations_total", result="rejected")
+                raise
+            sess = await self.s.sessions.mark_attested(sess, token)
+            self.s.metrics.inc("kbs_attestations_total", result="ok")
+        resp = _json({"token": sess.token})
+        _set_cookie(resp, sess)
+        return resp
+
+    # --- resources ----------------------------------------------------------------------------
+    async def _token(self, request: web.Request) -> str:
+        sess = await self.s.sessions.get(request.cookies.get(SESSION_COOKIE))
+        if sess is not None and sess.token is not None:
+            return sess.token
+        authz = request.headers.get("Authorization", "")
+        if authz.startswith("Bearer ") and authz[7:].strip():
+            return authz[7:].strip()
+        raise TokenNotFound("Attestation Token not found")
+
+    def _admin(self, request: web.Request, err: type[KbsError]) -> None:
+        try:
+            role = self.s.admin.check(request.raw_path, request.headers.get("Authorization"))
+        except AdminDenied as exc:
+            log.warning("admin access denied", extra={"path": request.path, "reason": str(exc)})
+            if err is AdminAuthInitialization:
+                raise err(f"failed to initialize [admin] configuration: Admin access denied: {exc}") from exc
+            raise err(f"Admin access denied: {exc}") from exc
+        log.info("admin request", extra={"path": request.path, "method": request.method, "role": role})
+
+    @staticmethod
+    def _resource_key(segs: list[str]) -> str:
+        if len(segs) != 3 or not all(_SEGMENT.match(x) for x in segs):
+            raise PluginInternalError("Plugin internal error: invalid resource path")
+        return "/".join(segs)
+
+    async def resource(self, request: web.Request, segs: list[str]) -> web.Response:
+        if request.method == "GET":
+            try:
+                return await self._get_resource(request, segs)
+            except KbsError as exc:
+                self.s.metrics.inc("kbs_resource_requests_total", result=exc.variant)
+                raise
+        if request.method in ("POST", "PUT"):
+            self._admin(request, AdminAuthInitialization)
+            key = self._resource_key(segs)
+            data = await request.read()
+            await self.s.store.set(NS_REPOSITORY, key, data)
+            log.info("resource stored", extra={"resource": key, "bytes": len(data)})
+            return web.Response(status=200, content_type="text/xml")
+        if request.method == "DELETE":
+            self._admin(request, AdminAuthInitialization)
+            key = self._resource_key(segs)
+            if not await self.s.store.delete(NS_REPOSITORY, key):
+                raise PluginInternalError("Plugin internal error: resource not found")
+            log.info("resource deleted", extra={"resource": key})
+            return web.Response(status=200)
+        raise PluginInternalError("Plugin internal error: method not supported")
+
+    async def _get_resource(self, request: web.Request, segs: list[str]) -> web.Response:
+        token = await self._token(request)
+        claims = self.s.tokens.verify(token)
+        query = {k: v for k, v in request.query.items()}
+        if not await self.s.resource_policy.allows(claims, segs, query):
+            raise PolicyDeny("Access denied by policy")
+        key = self._resource_key(segs)
+        data = await self.s.store.get(NS_REPOSITORY, key)
+        if data is None:
+            raise PluginInternalError("Plugin internal error")
+        tee_key = extract_tee_pubkey(claims, self.s.config.attestation_token.extra_teekey_paths)
+        try:
+            doc = client_jwe.encrypt(data, tee_key)
+        except ClientJweError as exc:
+            raise JweError(f"JWE error: {exc}") from exc
+        self.s.metrics.inc("kbs_resource_requests_total", result="ok")
+        return _json(doc)
+
+    # --- admin --------------------------------------------------------------------------------
+    @staticmethod
+    def _policy_b64(untrusted: Any) -> bytes:
+        if not isinstance(untrusted, str):
+            raise SerdeError("policy must be a base64url string")
+        try:
+            return unb64url(untrusted)
+        except ValueError as exc:
+            raise ParsePolicyError("policy is not unpadded base64url") from exc
+
+    @staticmethod
+    def _body_json(raw: bytes, keys: set[str], required: set[str]) -> dict[str, Any]:
+        try:
+            doc = strict_json(raw)
+        except ValueError as exc:
+            raise SerdeError("request body is not valid JSON") from exc
+        if not isinstance(doc, dict) or not required <= set(doc) or not set(doc) <= keys:
+            raise SerdeError("request body has the wrong fields")
+        return doc
+
+    async def resource_policy(self, request: web.Request) -> web.Response:
+        self._admin(request, AdminAuthAccess)
+        if request.method == "GET":
+            return _json(await self.s.resource_policy.list_ids())
+        doc = self._body_json(await request.read(), {"policy"}, {"policy"})
+        await self.s.resource_policy.set(self._policy_b64(doc["policy"]))
+        log.info("resource policy set")
+        return web.Response(status=200)
+
+    async def attestation_policy(self, request: web.Request) -> web.Response:
+        self._admin(request, AdminAuthAccess)
+        if request.method == "GET":
+            return _json(await self.s.service.policies.list_ids())
+        doc = self._body_json(await request.read(), {"type", "policy_id", "policy"}, {"policy"})
+        pid = doc.get("policy_id", "default")
+        if not isinstance(pid, str):
+            raise SerdeError("policy_id must be a string")
+        await self.s.service.policies.set(pid, self._policy_b64(doc["policy"]))
+        log.info("attestation policy set", extra={"policy_id": pid})
+        return web.Response(status=200)
+
+    async def reference_value(self, request: web.Request, rest: list[str]) -> web.Response:
+        self._admin(request, AdminAuthAccess)
+        if request.method == "POST" and not rest:
+            names = await self.s.rvps.register(await request.read())
+            log.info("reference values registered", extra={"names": names})
+            return web.Response(status=200, content_type="application/json")
+        if request.method == "GET" and rest:
+            v = await self.s.rvps.get("/".join(rest))
+            if v is None:
+                raise RvpsError("RVPS error: reference value not found")
+            return _json(v)
+        raise PluginNotFound("Plugin reference-value not found")
+
+    async def dispatch(self, request: web.Request) -> web.Response:
+        tail = request.match_info.get("tail", "")
+        segs = tail.split("/")
+        first, rest, m = segs[0], segs[1:], request.method
+        if first == "auth" and m == "POST" and not rest:
+            return await self.auth(request)
+        if first == "attest" and m == "POST" and not rest:
+            return await self.attest(request)
+        if first == "resource-policy" and m in ("GET", "POST") and not rest:
+            return await self.resource_policy(request)
+        if first == "attestation-policy" and m in ("GET", "POST") and not rest:
+            return await self.attestation_policy(request)
+        if first == "reference-value" and m in ("GET", "POST"):
+            return await self.reference_value(request, rest)
+        if first in self.s.config.plugins and first == "resource":
+            return await self.resource(request, rest)
+        if not first:
+            raise PluginNotFound("Invalid request path")
+        raise PluginNotFound(f"Plugin {first[:64]} not found")
+
+
+def _endpoint(path: str) -> str:
+    if not path.startswith("/kbs/v0/"):
+        return path if path in ("/healthz", "/metrics") else "other"
+    return path[len("/kbs/v0/") :].split("/", 1)[0][:32] or "other"
+
+
+def make_app(state: KbsState) -> web.Application:
+    h = _Handlers(state)
+    m = state.metrics
+
+    @web.middleware
+    async def observe(
+        request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        t0 = time.perf_counter()
+        status = 500
+        try:
+            resp = await handler(request)
+            status = resp.status
+            return resp
+        except KbsError as exc:
+            status = exc.status
+            return _error(exc)
+        except web.HTTPException as exc:
+            status = exc.status
+            raise
+        except Exception:
+            log.exception("internal error", extra={"path": request.path})
+            raise
+        finally:
+            dt = time.perf_counter() - t0
+            ep = _endpoint(request.path)
+            m.inc("kbs_http_requests_total", endpoint=ep, method=request.method, status=str(status))
+            m.observe(dt, endpoint=ep)
+            log.debug(
+                "request",
+                extra={
+                    "method": request.method,
+                    "path": request.path,
+                    "status": status,
+                    "ms": round(dt * 1e3, 2),
+                },
+            )
+
+    app = web.Application(
+        middlewares=[observe], client_max_size=state.config.http_server.payload_request_size * 1024 * 1024
+    )
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.Response(status=200)
+
+    async def metrics(_: web.Request) -> web.Response:
+        return web.Response(text=m.render(), content_type="text/plain", charset="utf-8")
+
+    app.router.add_get("/healthz", healthz, allow_head=False)
+    app.router.add_get("/metrics", metrics, allow_head=False)
+    app.router.add_route("*", "/kbs/v0/{tail:.*}", h.dispatch)
+    return app
+
+
+def ssl_context(cfg: KbsConfig) -> ssl.SSLContext | None:
+    hs = cfg.http_server
+    if hs.insecure_http:
+        return None
+    assert hs.private_key and hs.certificate
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(hs.certificate, hs.private_key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot load the TLS certificate/key: {exc}") from exc
+    versions = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
+    if hs.tls_profile == "modern":
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    elif hs.tls_profile == "old":
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # TLS < 1.2 is refused by this build on purpose
+    elif hs.tls_profile == "custom":
+        for attr, v in (("minimum_version", hs.tls_min_version), ("maximum_version", hs.tls_max_version)):
+            if v is not None:
+                if v not in versions:
+                    raise ConfigError("tls_min_version / tls_max_version must be 1.2 or 1.3")
+                setattr(ctx, attr, versions[v])
+    else:
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if hs.tls_ciphers:
+        try:
+            ctx.set_ciphers(hs.tls_ciphers)
+        except ssl.SSLError as exc:
+            raise ConfigError("tls_ciphers is not a valid OpenSSL cipher list") from exc
+    return ctx
+
+
+async def _sweeper(state: KbsState, every_s: float = 60.0) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        with contextlib.suppress(KbsError):
+            n = await state.store.purge_expired()
+            n += await state.sessions._store.purge_expired()
+            if n:
+                log.info("expired entries removed", extra={"count": n})
+
+
+async def serve(cfg: KbsConfig, *, stop: asyncio.Event | None = None, shutdown_timeout: float = 10.0) -> None:
+    """Run until SIGTERM/SIGINT (or ``stop``), then drain and close."""
+    state = await build_state(cfg)
+    app = make_app(state)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
+    await runner.setup()
+    ctx = ssl_context(cfg)
+    for sock in cfg.http_server.sockets:
+        host, _, port = sock.rpartition(":")
+        site = web.TCPSite(runner, host.strip("[]") or "127.0.0.1", int(port), ssl_context=ctx)
+        await site.start()
+        log.info("listening", extra={"socket": sock, "tls": ctx is not None})
+    ev = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, ev.set)
+    sweeper = asyncio.create_task(_sweeper(state))
+    try:
+        await ev.wait()
+    finally:
+        log.info("shutting down")
+        sweeper.cancel()
+        await runner.cleanup()
+        for close in state.closers:
+            await close()

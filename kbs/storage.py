@@ -1,0 +1,315 @@
+"""Key-value storage behind the KBS (reference §8.5): namespaces of keys to
+bytes, with optional expiry. ``Memory`` (per process), ``LocalFs``
+(trustee's layout: ``<dir>/<namespace>/<key with '/' written as \\x2F>``)
+and ``Redis`` (shared by replicas). :class:`EncryptedStore` seals values
+with AES-256-GCM when an at-rest key is configured."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import struct
+import tempfile
+import time
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from .errors import ConfigError, StorageError
+
+__all__ = [
+    "NS_ATTESTATION_POLICY",
+    "NS_KBS",
+    "NS_REFERENCE_VALUE",
+    "NS_REPOSITORY",
+    "NS_SESSION",
+    "EncryptedStore",
+    "KvStore",
+    "LocalFsStore",
+    "MemoryStore",
+    "RedisStore",
+    "load_at_rest_key",
+]
+
+NS_KBS = "kbs"
+NS_REPOSITORY = "repository"
+NS_SESSION = "kbs_protocol_session"
+NS_ATTESTATION_POLICY = "attestation_service_policy"
+NS_REFERENCE_VALUE = "reference_value"
+
+#: largest stored value (resources are bounded by the request size limit anyway)
+MAX_VALUE_BYTES = 64 * 1024 * 1024
+_NS = re.compile(r"^[a-z_]+$")
+
+
+class KvStore(Protocol):
+    async def get(self, ns: str, key: str) -> bytes | None: ...
+
+    async def set(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> None: ...
+
+    async def delete(self, ns: str, key: str) -> bool: ...
+
+    async def keys(self, ns: str) -> list[str]: ...
+
+    async def purge_expired(self) -> int: ...
+
+    async def close(self) -> None: ...
+
+
+def _check_ns(ns: str) -> None:
+    if not _NS.match(ns):
+        raise StorageError("invalid storage namespace")
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._data: dict[tuple[str, str], tuple[bytes, float | None]] = {}
+
+    async def get(self, ns: str, key: str) -> bytes | None:
+        item = self._data.get((ns, key))
+        if item is None:
+            return None
+        if item[1] is not None and item[1] <= time.time():
+            self._data.pop((ns, key), None)
+            return None
+        return item[0]
+
+    async def set(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
+        _check_ns(ns)
+        self._data[(ns, key)] = (bytes(value), time.time() + ttl_s if ttl_s is not None else None)
+
+    async def delete(self, ns: str, key: str) -> bool:
+        return self._data.pop((ns, key), None) is not None
+
+    async def keys(self, ns: str) -> list[str]:
+        now = time.time()
+        return sorted(k for (n, k), (_, exp) in self._data.items() if n == ns and (exp is None or exp > now))
+
+    async def purge_expired(self) -> int:
+        now = time.time()
+        dead = [k for k, (_, exp) in self._data.items() if exp is not None and exp <= now]
+        for k in dead:
+            self._data.pop(k, None)
+        return len(dead)
+
+    async def close(self) -> None:
+        return None
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+
+_EXP = struct.Struct(">d")
+_MAGIC_TTL = b"KBSTTL1\0"
+
+
+class LocalFsStore:
+    """One file per key. Values with a TTL get a small header (trustee stores sessions the same way
+    only in memory; on disk our header is private to this implementation)."""
+
+    def __init__(self, root: str) -> None:
+        self._root = Path(root)
+        try:
+            self._root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"storage dir {root} is not usable: {exc.strerror}") from exc
+
+    def _path(self, ns: str, key: str) -> Path:
+        _check_ns(ns)
+        if not key or "\0" in key or len(key) > 1024:
+            raise StorageError("invalid storage key")
+        name = key.replace("/", "\\x2F")
+        if name in (".", "..") or name.startswith("."):
+            raise StorageError("invalid storage key")
+        return self._root / ns / name
+
+    def _read(self, p: Path) -> bytes | None:
+        try:
+            with p.open("rb") as fh:
+                data = fh.read(MAX_VALUE_BYTES + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise StorageError("storage read failed") from exc
+        if len(data) > MAX_VALUE_BYTES:
+            raise StorageError("stored value too large")
+        if data.startswith(_MAGIC_TTL):
+            (exp,) = _EXP.unpack_from(data, len(_MAGIC_TTL))
+            if exp <= time.time():
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                return None
+            return data[len(_MAGIC_TTL) + _EXP.size :]
+        return data
+
+    async def get(self, ns: str, key: str) -> bytes | None:
+        return self._read(self._path(ns, key))
+
+    async def set(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
+        p = self._path(ns, key)
+        if len(value) > MAX_VALUE_BYTES:
+            raise StorageError("value too large")
+        data = bytes(value) if ttl_s is None else _MAGIC_TTL + _EXP.pack(time.time() + ttl_s) + value
+        try:
+            p.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(data)
+                os.replace(tmp, p)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except OSError as exc:
+            raise StorageError("storage write failed") from exc
+
+    async def delete(self, ns: str, key: str) -> bool:
+        p = self._path(ns, key)
+        try:
+            p.unlink()
+            return True
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StorageError("storage delete failed") from exc
+
+    async def keys(self, ns: str) -> list[str]:
+        _check_ns(ns)
+        d = self._root / ns
+        if not d.is_dir():
+            return []
+        out = []
+        for p in d.iterdir():
+            if p.name.startswith(".") or self._read(p) is None:
+                continue
+            out.append(p.name.replace("\\x2F", "/"))
+        return sorted(out)
+
+    async def purge_expired(self) -> int:
+        n = 0
+        for d in self._root.iterdir() if self._root.is_dir() else []:
+            if not d.is_dir():
+                continue
+            for p in d.iterdir():
+                if not p.name.startswith(".") and p.is_file() and self._read(p) is None:
+                    n += 1
+        return n
+
+    async def close(self) -> None:
+        return None
+
+
+class RedisStore:
+    """Redis / Valkey: keys ``<prefix><ns>:<key>``, expiry by ``PX``; shared by KBS replicas."""
+
+    def __init__(self, url: str, *, prefix: str = "kbs:") -> None:
+        import redis.asyncio as aioredis
+
+        self._r = aioredis.from_url(url)
+        self._prefix = prefix
+
+    def _k(self, ns: str, key: str) -> str:
+        _check_ns(ns)
+        return f"{self._prefix}{ns}:{key}"
+
+    async def _do(self, coro: object) -> object:
+        import redis
+
+        try:
+            return await coro  # type: ignore[misc]
+        except (redis.RedisError, OSError) as exc:
+            raise StorageError("shared storage unavailable") from exc
+
+    async def get(self, ns: str, key: str) -> bytes | None:
+        v = await self._do(self._r.get(self._k(ns, key)))
+        return bytes(v) if isinstance(v, bytes | bytearray) else None
+
+    async def set(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
+        px = max(1, int(ttl_s * 1000)) if ttl_s is not None else None
+        await self._do(self._r.set(self._k(ns, key), value, px=px))
+
+    async def delete(self, ns: str, key: str) -> bool:
+        return bool(await self._do(self._r.delete(self._k(ns, key))))
+
+    async def keys(self, ns: str) -> list[str]:
+        pre = self._k(ns, "")
+        out: list[str] = []
+        try:
+            async for k in self._r.scan_iter(match=pre + "*", count=500):
+                out.append(k.decode()[len(pre) :])
+        except OSError as exc:
+            raise StorageError("shared storage unavailable") from exc
+        return sorted(out)
+
+    async def purge_expired(self) -> int:
+        return 0  # Redis expires keys itself
+
+    async def ping(self) -> None:
+        await self._do(self._r.ping())
+
+    async def close(self) -> None:
+        with contextlib.suppress(Exception):
+            await self._r.aclose()
+
+
+class EncryptedStore:
+    """Seals values of the given namespaces with AES-256-GCM (AAD = namespace and key)."""
+
+    _VERSION = b"\x01"
+
+    def __init__(self, inner: KvStore, key: bytes, namespaces: frozenset[str]) -> None:
+        if len(key) != 32:
+            raise ConfigError("the at-rest key must be 32 bytes")
+        self._inner = inner
+        self._aead = AESGCM(key)
+        self._ns = namespaces
+
+    async def get(self, ns: str, key: str) -> bytes | None:
+        v = await self._inner.get(ns, key)
+        if v is None or ns not in self._ns:
+            return v
+        if len(v) < 1 + 12 + 16 or v[:1] != self._VERSION:
+            raise StorageError("stored value is not sealed (wrong at-rest key setup?)")
+        try:
+            return self._aead.decrypt(v[1:13], v[13:], f"{ns}/{key}".encode())
+        except InvalidTag as exc:
+            raise StorageError("stored value failed authentication") from exc
+
+    async def set(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
+        if ns in self._ns:
+            nonce = os.urandom(12)
+            value = self._VERSION + nonce + self._aead.encrypt(nonce, value, f"{ns}/{key}".encode())
+        await self._inner.set(ns, key, value, ttl_s=ttl_s)
+
+    async def delete(self, ns: str, key: str) -> bool:
+        return await self._inner.delete(ns, key)
+
+    async def keys(self, ns: str) -> list[str]:
+        return await self._inner.keys(ns)
+
+    async def purge_expired(self) -> int:
+        return await self._inner.purge_expired()
+
+    async def close(self) -> None:
+        await self._inner.close()
+
+
+def load_at_rest_key(path: str) -> bytes:
+    try:
+        raw = Path(path).read_bytes()[:1024]
+    except OSError as exc:
+        raise ConfigError(f"cannot read the at-rest key file: {exc.strerror}") from exc
+    if len(raw) == 32:
+        return raw
+    text = raw.strip()
+    try:
+        key = bytes.fromhex(text.decode("ascii"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ConfigError("the at-rest key file must hold 32 raw bytes or 64 hex digits") from exc
+    if len(key) != 32:
+        raise ConfigError("the at-rest key must be 32 bytes")
+    return key

@@ -1,0 +1,161 @@
+"""Verifier registry of the built-in attestation service: TEE name ->
+:class:`attestation.verifier.EvidenceVerifier`.
+
+``sample`` and ``sampledevice`` are implemented here (development TEEs:
+their evidence has no signature, only the report-data binding is checked).
+``snp``, ``tdx`` and ``nvidia`` come from :mod:`attestation` and are
+imported lazily; a TEE without a verifier is refused as unsupported."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import importlib
+import logging
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from attestation.errors import EvidenceFormatError, VerificationError
+from attestation.verifier import EvidenceVerifier
+
+__all__ = [
+    "KNOWN_TEES",
+    "TEE_CLASS",
+    "SampleDeviceVerifier",
+    "SampleVerifier",
+    "UnsupportedTee",
+    "VerifierRegistry",
+]
+
+log = logging.getLogger(__name__)
+
+#: every Tee name kbs-types 0.18 knows (reference §2.1); others fail /auth
+KNOWN_TEES = frozenset(
+    {
+        "az-snp-vtpm",
+        "az-tdx-vtpm",
+        "nvidia",
+        "sgx",
+        "snp",
+        "tdx",
+        "cca",
+        "csv",
+        "se",
+        "hygondcu",
+        "tpm",
+        "sample",
+        "sampledevice",
+        "nvidia-dpu",
+    }
+)
+#: EAR submod class per TEE (cpu0, gpu0, switch0, dcu0, ...)
+TEE_CLASS = {"nvidia": "gpu", "sampledevice": "gpu", "hygondcu": "dcu", "nvidia-dpu": "nvidia-dpu"}
+
+_LAZY = {
+    "snp": ("attestation.snp.verifier", "SnpVerifier"),
+    "tdx": ("attestation.tdx.verifier", "TdxVerifier"),
+    "nvidia": ("attestation.nvidia.verifier", "NvidiaVerifier"),
+}
+
+
+class UnsupportedTee(Exception):
+    """No verifier for this TEE in this KBS."""
+
+
+def _sample_fields(untrusted: Any, tee: str) -> tuple[str, str]:
+    if not isinstance(untrusted, Mapping):
+        raise EvidenceFormatError(f"{tee} evidence must be a JSON object")
+    extra = set(untrusted) - {"svn", "report_data"}
+    if extra:
+        raise EvidenceFormatError(f"{tee} evidence has unknown fields")
+    svn, rd = untrusted.get("svn"), untrusted.get("report_data", "")
+    if not isinstance(svn, str) or not isinstance(rd, str):
+        raise EvidenceFormatError(f"{tee} evidence needs string svn and report_data")
+    return svn, rd
+
+
+def _check_report_data(rd: str, expected: bytes, tee: str) -> None:
+    try:
+        got = base64.b64decode(rd.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError) as exc:
+        raise EvidenceFormatError(f"{tee} report_data is not standard base64") from exc
+    if got != expected:
+        raise VerificationError(f"{tee} report_data does not match the expected runtime data digest")
+
+
+class SampleVerifier:
+    """trustee's ``sample`` verifier: byte-equal report data, fixed claims. No signature exists."""
+
+    tee = "sample"
+
+    def verify(
+        self,
+        untrusted_evidence: Any,
+        *,
+        expected_report_data: bytes,
+        expected_init_data_hash: bytes | None,
+        now: datetime,
+    ) -> dict[str, Any]:
+        svn, rd = _sample_fields(untrusted_evidence, self.tee)
+        _check_report_data(rd, expected_report_data, self.tee)
+        claims: dict[str, Any] = {
+            "svn": svn,
+            "report_data": rd,
+            "launch_digest": "abcde",
+            "platform_version": {"major": 1, "minor": 4},
+            "debug": False,
+        }
+        if expected_init_data_hash is not None:
+            claims["init_data"] = base64.b64encode(expected_init_data_hash).decode()
+        return claims
+
+
+class SampleDeviceVerifier:
+    tee = "sampledevice"
+
+    def verify(
+        self,
+        untrusted_evidence: Any,
+        *,
+        expected_report_data: bytes,
+        expected_init_data_hash: bytes | None,
+        now: datetime,
+    ) -> dict[str, Any]:
+        svn, rd = _sample_fields(untrusted_evidence, self.tee)
+        _check_report_data(rd, expected_report_data, self.tee)
+        return {"svn": svn, "report_data": rd}
+
+
+class VerifierRegistry:
+    def __init__(
+        self,
+        verifiers: Mapping[str, EvidenceVerifier] | None = None,
+        *,
+        options: Mapping[str, Any] | None = None,
+    ) -> None:
+        self._v: dict[str, EvidenceVerifier] = {
+            "sample": SampleVerifier(),
+            "sampledevice": SampleDeviceVerifier(),
+        }
+        self._v.update(verifiers or {})
+        self._options = dict(options or {})
+
+    def get(self, tee: str) -> EvidenceVerifier:
+        v = self._v.get(tee)
+        if v is not None:
+            return v
+        if tee not in _LAZY:
+            raise UnsupportedTee(f"no verifier for tee {tee!r}")
+        mod_name, cls_name = _LAZY[tee]
+        try:
+            cls = getattr(importlib.import_module(mod_name), cls_name)
+            opts = self._options.get(tee, {})
+            made = cls(**opts) if isinstance(opts, Mapping) else cls()
+        except Exception as exc:  # a verifier that cannot start makes its TEE unsupported
+            log.warning("verifier for %s unavailable: %s", tee, exc)
+            raise UnsupportedTee(f"verifier for tee {tee!r} is unavailable") from exc
+        if not isinstance(made, EvidenceVerifier):
+            raise UnsupportedTee(f"verifier for tee {tee!r} does not fit the EvidenceVerifier contract")
+        self._v[tee] = made
+        return made
