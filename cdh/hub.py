@@ -83,14 +83,16 @@ class Hub:
     async def get_resource(self, uri: str) -> bytes:
         return await self.resources.get_resource(uri)
 
-    async def prefetch_credentials(self) -> None:
-        """Fetch every ``[[credentials]]`` resource to its path (fails on the first error)."""
+    async def prefetch_credentials(self, *, root: Path = Path("/")) -> None:
+        """Fetch every ``[[credentials]]`` resource to its path (fails on the first error).
+
+        ``root`` relocates the absolute paths (tests)."""
         for cred in self.cfg.credentials:
             try:
                 data = await self.resources.get_resource(cred.resource_uri)
             except CdhError as exc:
                 raise ResourceError(f"credential {cred.resource_uri} -> {cred.path}: {exc}") from exc
-            path = Path(cred.path)
+            path = root / Path(cred.path).relative_to("/")
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             tmp = path.with_name(f".{path.name}.tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

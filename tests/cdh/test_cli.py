@@ -1,0 +1,83 @@
+"""The confidential-data-hub console script as a process (offline_fs_kbc), and
+credential prefetch."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from cdh.config import load_config
+from cdh.errors import ResourceError
+from cdh.hub import Hub
+from coco_rpc.protos import api_pb2
+from tests.cdh.conftest import DictResources
+from tests.support.aa import ttrpc_call
+
+CDH = str(Path(sys.executable).parent / "confidential-data-hub")
+
+
+def test_cdh_process_offline_fs(tmp_path: Path) -> None:
+    store = tmp_path / "res.json"
+    store.write_text(json.dumps({"default/k/v": base64.b64encode(b"offline-value").decode()}))
+    sock = tmp_path / "cdh.sock"
+    (tmp_path / "cdh.toml").write_text(
+        f'socket = "unix://{sock}"\n[aa]\naa_socket = "unix://{tmp_path}/aa.sock"\n[kbc]\nname = "offline_fs_kbc"\n'
+    )
+    env = {
+        **os.environ,
+        "OFFLINE_FS_KBC_EXTRA_FILE_PATH": str(store),
+        "OCICRYPT_KEYPROVIDER_CONFIG": str(tmp_path / "oc.json"),
+    }
+    env.pop("AA_KBC_PARAMS", None)
+    log = (tmp_path / "cdh.log").open("wb")
+    proc = subprocess.Popen(
+        [CDH, "-c", str(tmp_path / "cdh.toml")], stdout=log, stderr=subprocess.STDOUT, env=env
+    )
+    try:
+        for _ in range(150):
+            if sock.exists() or proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert sock.exists(), (tmp_path / "cdh.log").read_text()
+        req = api_pb2.GetResourceRequest(ResourcePath="kbs:///default/k/v").SerializeToString()
+        code, msg, out = ttrpc_call(sock, "api.GetResourceService", "GetResource", req)
+        assert code == 0, msg
+        assert api_pb2.GetResourceResponse.FromString(out).Resource == b"offline-value"
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+    assert not sock.exists()  # socket removed on shutdown
+
+
+def test_cdh_process_bad_config(tmp_path: Path) -> None:
+    (tmp_path / "cdh.toml").write_text('[kbc]\nname = "nope_kbc"\n')
+    cp = subprocess.run([CDH, "-c", str(tmp_path / "cdh.toml")], capture_output=True, timeout=60)
+    assert cp.returncode == 1 and b"unknown KBC" in cp.stderr
+
+
+async def test_prefetch_credentials(tmp_path: Path) -> None:
+    cfg_path = tmp_path / "cdh.toml"
+    cfg_path.write_text(
+        '[kbc]\nname = "offline_fs_kbc"\n[[credentials]]\nresource_uri = "kbs:///default/cred/a"\n'
+        'path = "/run/confidential-containers/cdh/kbs/aliyun/a.json"\n'
+    )
+    cfg = load_config(
+        cfg_path,
+        cmdline="cdh.kbs_resources=kbs:///default/cred/b::/run/confidential-containers/cdh/kbs/b",
+        env={},
+    )
+    hub = Hub(cfg, resources=DictResources({"kbs:///default/cred/a": b"A", "kbs:///default/cred/b": b"B"}))
+    await hub.prefetch_credentials(root=tmp_path)
+    a = tmp_path / "run/confidential-containers/cdh/kbs/aliyun/a.json"
+    assert a.read_bytes() == b"A" and oct(a.stat().st_mode & 0o777) == "0o600"
+    assert (tmp_path / "run/confidential-containers/cdh/kbs/b").read_bytes() == b"B"
+    hub2 = Hub(cfg, resources=DictResources({"kbs:///default/cred/a": b"A"}))
+    with pytest.raises(ResourceError, match="kbs:///default/cred/b"):
+        await hub2.prefetch_credentials(root=tmp_path / "other")
