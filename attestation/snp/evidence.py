@@ -24,8 +24,15 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from attestation.snp.errors import SnpFormatError
-from attestation.snp.report import REPORT_SIZE, AttestationReport, Product, TcbVersion, product_from_cpuid
+from attestation.snp.errors import SnpFormatError, UnknownReportVersion
+from attestation.snp.report import (
+    REPORT_SIZE,
+    SUPPORTED_VERSIONS,
+    AttestationReport,
+    Product,
+    TcbVersion,
+    product_from_cpuid,
+)
 
 __all__ = [
     "CERT_GUIDS",
@@ -218,6 +225,8 @@ def report_from_serde(untrusted: Any) -> AttestationReport:
     """Rebuild and parse a report from virtee/sev's serde JSON object."""
     r = _exact_keys(untrusted, _REQUIRED, _OPTIONAL, "attestation_report")
     version = _int(r, "version", 32)
+    if version not in SUPPORTED_VERSIONS:
+        raise UnknownReportVersion(f"report version {version} is not supported (supported: 2, 3, 4, 5)")
     buf = bytearray(REPORT_SIZE)
     struct.pack_into("<I", buf, 0x00, version)
     struct.pack_into("<I", buf, 0x04, _int(r, "guest_svn", 32))

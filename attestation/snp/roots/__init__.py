@@ -1,0 +1,1 @@
+"""Package data: pinned AMD ARK/ASK/ASVK certificates (see README.md)."""

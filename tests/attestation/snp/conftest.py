@@ -1,0 +1,44 @@
+"""Shared fixtures for the SNP tests: real vectors from ../shared/fixtures and
+a synthetic AMD-shaped PKI (see synth.py) for cases no real vector covers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from attestation.snp.certs import EndorsementCert, TrustStore
+from attestation.snp.report import Product
+
+from .synth import SynthPki
+
+ROOT = Path(__file__).resolve().parents[3]
+SNP_FIXTURES = ROOT.parent / "shared" / "fixtures" / "evidence" / "snp"
+
+
+@pytest.fixture(scope="session")
+def fx() -> Path:
+    if not SNP_FIXTURES.is_dir():
+        pytest.skip(f"SNP fixtures not present at {SNP_FIXTURES}")
+    return SNP_FIXTURES
+
+
+@pytest.fixture(scope="session")
+def trust() -> TrustStore:
+    """Built-in roots, shared so the signature cache is warm across tests."""
+    return TrustStore.builtin()
+
+
+@pytest.fixture(scope="session")
+def milan_vcek(fx: Path) -> EndorsementCert:
+    return EndorsementCert.from_bytes((fx / "trustee/test-vcek.der").read_bytes())
+
+
+@pytest.fixture(scope="session")
+def pki_milan() -> SynthPki:
+    return SynthPki.create(Product.MILAN)
+
+
+@pytest.fixture(scope="session")
+def pki_turin() -> SynthPki:
+    return SynthPki.create(Product.TURIN)
