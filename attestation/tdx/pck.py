@@ -28,6 +28,7 @@ from attestation.errors import EvidenceFormatError, VerificationError
 
 __all__ = [
     "INTEL_SGX_ROOT_CA_SHA256",
+    "SGX_EXTENSION_OID",
     "PckExtension",
     "check_crl",
     "intel_sgx_root_ca",

@@ -1,0 +1,112 @@
+"""Quote and TDREPORT parsing on the real vectors; truncation and malformed headers."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+
+import pytest
+
+from attestation.errors import EvidenceFormatError
+from attestation.tdx.quote import BodyType, Quote, TdReportBody
+from attestation.tdx.report import TdReport
+
+from ._data import ALL_QUOTES, OCCLUM, Q4, Q5, Q6, QVL_SGX, TDREPORT, TDX
+
+
+def test_v4_fields_match_trustee_expected_claims() -> None:
+    expected = json.loads((TDX / "trustee/parse_tdx_claims_expected.json").read_text())["quote"]
+    q = Quote.from_bytes(Q4.read_bytes())
+    assert q.header.version == 4 and q.body_type is BodyType.TD_REPORT_10
+    b = q.td_body
+    eb = expected["body"]
+    assert b.mr_td.hex() == eb["mr_td"]
+    assert b.mr_seam.hex() == eb["mr_seam"]
+    assert b.tee_tcb_svn.hex() == eb["tcb_svn"]
+    assert b.xfam.hex() == eb["xfam"]
+    assert b.td_attributes.hex() == eb["td_attributes"]
+    assert [r.hex() for r in b.rtmrs] == [eb[f"rtmr_{i}"] for i in range(4)]
+    assert b.report_data.hex() == eb["report_data"]
+    assert q.header.user_data.hex() == expected["header"]["user_data"]
+    assert b.debug and b.sept_ve_disable
+    assert len(q.signed_bytes) == 632 and q.trailing == b""
+
+
+def test_v5_td15_body() -> None:
+    q = Quote.from_bytes(Q5.read_bytes())
+    assert q.header.version == 5 and q.body_type is BodyType.TD_REPORT_15
+    assert isinstance(q.body, TdReportBody)
+    assert q.body.tee_tcb_svn2 is not None and q.body.mr_service_td is not None
+    assert len(q.body.tee_tcb_svn2) == 16 and len(q.body.mr_service_td) == 48
+    assert len(q.signed_bytes) == 48 + 6 + 648
+
+
+def test_trailing_bytes_are_kept_aside() -> None:
+    q = Quote.from_bytes(Q6.read_bytes())
+    assert len(q.trailing) == 70 and set(q.trailing) == {0}
+
+
+@pytest.mark.parametrize("path", [OCCLUM, QVL_SGX])
+def test_sgx_v3_quotes_parse(path: object) -> None:
+    q = Quote.from_bytes(path.read_bytes())  # type: ignore[attr-defined]
+    assert q.header.version == 3 and not q.is_tdx
+    with pytest.raises(EvidenceFormatError):
+        _ = q.td_body
+
+
+@pytest.mark.parametrize("path", ALL_QUOTES, ids=lambda p: p.name)
+def test_every_truncation_is_a_format_error(path: object) -> None:
+    data = path.read_bytes()  # type: ignore[attr-defined]
+    q = Quote.from_bytes(data)
+    end = len(data) - len(q.trailing)
+    # every structural boundary and a spread of interior offsets
+    cuts = sorted(
+        {0, 1, 47, 48, 53, 54, len(q.signed_bytes), len(q.signed_bytes) + 3, end - 1, *range(0, end, 97)}
+    )
+    for cut in cuts:
+        with pytest.raises(EvidenceFormatError):
+            Quote.from_bytes(data[:cut])
+
+
+def test_unknown_version_and_body_type() -> None:
+    data = bytearray(Q5.read_bytes())
+    bad = bytes(data)
+    bad = struct.pack("<H", 7) + bad[2:]
+    with pytest.raises(EvidenceFormatError, match="version"):
+        Quote.from_bytes(bad)
+    data[48:50] = struct.pack("<H", 9)
+    with pytest.raises(EvidenceFormatError, match="body type"):
+        Quote.from_bytes(bytes(data))
+    data = bytearray(Q5.read_bytes())
+    data[50:54] = struct.pack("<I", 584)  # type 3 claims TD 1.0 size
+    with pytest.raises(EvidenceFormatError, match="must be 648"):
+        Quote.from_bytes(bytes(data))
+
+
+def test_wrong_attestation_key_type() -> None:
+    data = bytearray(Q4.read_bytes())
+    data[2:4] = struct.pack("<H", 3)
+    with pytest.raises(EvidenceFormatError, match="key type"):
+        Quote.from_bytes(bytes(data))
+
+
+def test_oversized_signature_length_is_rejected() -> None:
+    data = bytearray(Q4.read_bytes())
+    data[632:636] = struct.pack("<I", 10**6)
+    with pytest.raises(EvidenceFormatError, match="truncated"):
+        Quote.from_bytes(bytes(data))
+
+
+def test_tdreport_fields_and_internal_hashes() -> None:
+    raw = TDREPORT.read_bytes()
+    r = TdReport.from_bytes(raw)
+    assert r.rtmrs[0].hex().startswith("f4ec1a04")
+    assert r.rtmrs[1].hex().startswith("4e5f8826")
+    assert hashlib.sha384(raw[512:1024]).digest() == raw[80:128]
+    bad = bytearray(raw)
+    bad[600] ^= 1  # inside TDINFO -> its hash in REPORTMACSTRUCT no longer matches
+    with pytest.raises(EvidenceFormatError, match="TDINFO"):
+        TdReport.from_bytes(bytes(bad))
+    with pytest.raises(EvidenceFormatError):
+        TdReport.from_bytes(raw[:1000])
