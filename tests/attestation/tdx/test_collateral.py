@@ -101,14 +101,14 @@ def test_collateral_for_the_wrong_fmspc() -> None:
 
 
 def test_stale_collateral_is_rejected_at_now() -> None:
-    with pytest.raises(VerificationError, match="expired|not current"):
+    with pytest.raises(VerificationError, match=r"expired|not current"):
         verify_quote(
             QVL_TDX.read_bytes(),
             root_ca=ROOT,
             now=datetime(2026, 6, 1, tzinfo=UTC),
             collateral=_coll(QVL_TDX_COLL),
         )
-    with pytest.raises(VerificationError, match="issued after|not current"):
+    with pytest.raises(VerificationError, match=r"issued after|not current"):
         verify_quote(
             QVL_TDX.read_bytes(),
             root_ca=ROOT,
