@@ -86,8 +86,8 @@ class TestGpu:
         self.template = AttestationReport.from_bytes(template_report)
         self._raw = bytes(template_report[: REQUEST_SIZE + self.template.response.signed_length])
         fwid = self.template.opaque.fwid
-        root_key = ec.generate_private_key(ec.SECP384R1())
-        ica_key = ec.generate_private_key(ec.SECP384R1())
+        self.root_key = root_key = ec.generate_private_key(ec.SECP384R1())
+        self.ica_key = ica_key = ec.generate_private_key(ec.SECP384R1())
         self.leaf_key = ec.generate_private_key(ec.SECP384R1())
         self.root = _cert("Test Device Identity CA", root_key, "Test Device Identity CA", root_key, ca=True)
         ica = _cert("Test GH100 Identity", ica_key, "Test Device Identity CA", root_key, ca=True)
