@@ -140,14 +140,98 @@ class _GzipStream(_ReadOnly):
                 return out
 
 
+class _ZstdFrames:
+    """Walks zstd frame and block headers over the raw bytes (no decompression).
+
+    python-zstandard's stream reader reports a stream cut inside a frame as a
+    clean EOF; this walker tells whether the input really ended on a frame
+    boundary.
+    """
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._skip = 0
+        self._state = "magic"
+        self._checksum = False
+        self.valid = True
+
+    _NEED = {"magic": 4, "skipsize": 4, "fhd": 1, "block": 3}
+
+    def feed(self, data: bytes) -> None:
+        pos, end = 0, len(data)
+        while self.valid:
+            if self._skip:
+                k = min(self._skip, end - pos)
+                self._skip -= k
+                pos += k
+                if self._skip:
+                    return
+            take = self._NEED[self._state] - len(self._buf)
+            if end - pos < take:
+                self._buf += data[pos:]
+                return
+            self._buf += data[pos : pos + take]
+            pos += take
+            self._advance()
+
+    def _advance(self) -> None:
+        buf, self._buf = self._buf, b""
+        state = self._state
+        if state == "magic":
+            if buf == _ZSTD_MAGIC:
+                self._state = "fhd"
+            elif buf[1:] == b"\x2a\x4d\x18" and buf[0] & 0xF0 == 0x50:
+                self._state = "skipsize"
+            else:
+                self.valid = False
+        elif state == "skipsize":
+            self._skip = int.from_bytes(buf, "little")
+            self._state = "magic"
+        elif state == "fhd":
+            fhd = buf[0]
+            fcs_flag, single = fhd >> 6, (fhd >> 5) & 1
+            self._checksum = bool(fhd & 0x04)
+            did = (0, 1, 2, 4)[fhd & 0x03]
+            fcs = (1 if single else 0, 2, 4, 8)[fcs_flag]
+            self._skip = (0 if single else 1) + did + fcs
+            self._state = "block"
+        else:  # block header
+            value = int.from_bytes(buf, "little")
+            last, btype, size = value & 1, (value >> 1) & 3, value >> 3
+            if btype == 3:
+                self.valid = False
+                return
+            self._skip = 1 if btype == 1 else size
+            if last:
+                self._skip += 4 if self._checksum else 0
+                self._state = "magic"
+
+    def at_boundary(self) -> bool:
+        return self.valid and self._state == "magic" and not self._buf and not self._skip
+
+
+class _Tee(_ReadOnly):
+    def __init__(self, raw: BinaryIO, frames: _ZstdFrames) -> None:
+        super().__init__()
+        self._raw = raw
+        self._frames = frames
+
+    def read(self, size: int | None = -1) -> bytes:
+        data = self._raw.read(-1 if size is None else size)
+        self._frames.feed(data)
+        return data
+
+
 class _ZstdStream(_ReadOnly):
     def __init__(self, raw: BinaryIO) -> None:
         super().__init__()
         import zstandard
 
         self._error = zstandard.ZstdError
+        self._frames = _ZstdFrames()
+        source = cast(BinaryIO, _Tee(raw, self._frames))
         self._reader = zstandard.ZstdDecompressor().stream_reader(
-            raw, read_size=_RAW_CHUNK, read_across_frames=True, closefd=False
+            source, read_size=_RAW_CHUNK, read_across_frames=True, closefd=False
         )
 
     def read(self, size: int | None = -1) -> bytes:
@@ -155,9 +239,11 @@ class _ZstdStream(_ReadOnly):
             return self.readall()
         try:
             data: bytes = self._reader.read(size)
-            return data
         except self._error as exc:
             raise DecompressError(f"corrupt zstd stream: {exc}") from None
+        if not data and size and not self._frames.at_boundary():
+            raise DecompressError("zstd stream is truncated")
+        return data
 
 
 def open_decompressed(stream: BinaryIO, media_type: str | None = None) -> BinaryIO:

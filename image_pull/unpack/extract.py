@@ -244,22 +244,24 @@ class _Unpacker:
                 os.close(frame.fd)
 
     def _set_xattrs(self, target: int | bytes, entry: TarEntry, clear: bool) -> None:
+        # Paths (symlinks, device nodes) are /proc/self/fd/<parent>/<name>: never follow the last part.
+        follow = isinstance(target, int)
         if clear:
             try:
-                existing = os.listxattr(target, follow_symlinks=False)
+                existing = os.listxattr(target, follow_symlinks=follow)
             except OSError:
                 existing = []
             wanted = {k for k, _v in entry.xattrs}
             for key in existing:
                 if key not in wanted and not key.startswith(_OVERLAY_XATTR_PREFIXES):
                     with contextlib.suppress(OSError):
-                        os.removexattr(target, key, follow_symlinks=False)
+                        os.removexattr(target, key, follow_symlinks=follow)
         for key, value in entry.xattrs:
             if key in _SKIPPED_XATTRS or key.startswith(_OVERLAY_XATTR_PREFIXES) or not self.opts.xattrs:
                 self.n.xattrs_skipped += 1
                 continue
             try:
-                os.setxattr(target, key, value, follow_symlinks=False)
+                os.setxattr(target, key, value, follow_symlinks=follow)
             except OSError as exc:
                 if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP) or (
                     exc.errno in (errno.EPERM, errno.EACCES) and not self.is_root

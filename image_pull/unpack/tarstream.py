@@ -556,8 +556,6 @@ class TarReader:
                 raise LimitExceeded(f"sparse map too large at offset {offset}")
             parts = (tail + block).split(b"\n")
             tail = parts.pop()
-            if len(tail) > 40:
-                raise MalformedTar(f"bad GNU sparse map at offset {offset}")
             for part in parts:
                 if count is not None and len(numbers) >= 2 * count:
                     break
@@ -568,6 +566,8 @@ class TarReader:
                         raise LimitExceeded(f"too many sparse regions at offset {offset}")
                 else:
                     numbers.append(value)
+            if len(tail) > 40 and (count is None or len(numbers) < 2 * count):
+                raise MalformedTar(f"bad GNU sparse map at offset {offset}")
         return tuple(zip(numbers[0::2], numbers[1::2], strict=True))
 
     def _take_data(self, n: int, offset: int) -> bytes:
