@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import pytest
+
+from kbs_client.errors import InvalidUri
+from kbs_client.uri import ResourceUri, parse_resource_path
+
+
+@pytest.mark.parametrize(
+    ("text", "path"),
+    [
+        ("kbs:///default/key/k1", "/kbs/v0/resource/default/key/k1"),
+        ("kbs://kbs.example:8080/default/key/k1", "/kbs/v0/resource/default/key/k1"),
+        ("kbs://10.0.0.1/a/b/c?version=2", "/kbs/v0/resource/a/b/c?version=2"),
+        ("kbs+sample:///a/b", "/kbs/v0/sample/a/b"),
+        ("kbs+nebula-ca:///credential?ip=1.2.3.4", "/kbs/v0/nebula-ca/credential?ip=1.2.3.4"),
+        ("default/key/k1", "/kbs/v0/resource/default/key/k1"),
+        ("/default/key/k1", "/kbs/v0/resource/default/key/k1"),
+        ("a_b/c-d/e.f", "/kbs/v0/resource/a_b/c-d/e.f"),
+    ],
+)
+def test_valid(text: str, path: str) -> None:
+    u = ResourceUri.parse(text)
+    assert u.kbs_path() == path
+    assert ResourceUri.parse(str(u)) == u
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "kbs:///a/b",
+        "kbs:///a/b/c/d",
+        "kbs:///.well-known/b/c",
+        "kbs:///a/../c",
+        "kbs:///a//c",
+        "http:///a/b/c",
+        "kbs+auth:///x",
+        "kbs+Bad:///x",
+        "kbs://bad host/a/b/c",
+        "kbs:///a/b/c#frag",
+        "kbs:///a/b/c?x=<y>",
+        "kbs+p:///../x",
+        "kbs:" + "/" * 3 + "a/b/" + "c" * 5000,
+        "kbs://",
+        "",
+    ],
+)
+def test_invalid(text: str) -> None:
+    with pytest.raises(InvalidUri):
+        ResourceUri.parse(text)
+
+
+def test_resource_path_segments() -> None:
+    assert parse_resource_path("r/t/g") == ("r", "t", "g")
+    with pytest.raises(InvalidUri):
+        parse_resource_path("r/t/g/")
