@@ -210,7 +210,7 @@ async def test_malformed_challenges() -> None:
             200,
             json={"nonce": "n", "extra-params": {"selected-hash-algorithm": "md5"}},
             headers={"Set-Cookie": "kbs-session-id=ab"},
-        ),  # fmt: skip
+        ),
     ):
 
         async def h(req: httpx.Request, r: httpx.Response = reply) -> httpx.Response:
