@@ -58,7 +58,7 @@ class SnpAttester:
             self._sources = default_sources()
         if not self._sources:
             raise SnpDeviceUnavailable(
-                "no SEV-SNP guest interface here (configfs-tsm sev_guest or /dev/sev-guest)"
+                "no SEV-SNP guest interface (configfs-tsm sev_guest or /dev/sev-guest)"
             )
         return self._sources
 

@@ -1,5 +1,5 @@
 """``coco-verify snp REPORT [--vcek CERT] [--certs-dir DIR] [--at TIME]
-[--expect-report-data HEX] [--policy FILE]``
+[--expect-report-data HEX] [--policy FILE] [--kds] [--roots PEM]``
 
 REPORT is raw report bytes (1184), hex text, or trustee SNP evidence JSON.
 Authenticity is always checked (pinned AMD roots, certificate validity at
@@ -17,14 +17,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
+from cryptography.x509.oid import NameOID
 
 from attestation.errors import AttestationError, EvidenceFormatError
-from attestation.snp.certs import MAX_CERT_FILE, EndorsementCert
+from attestation.snp.certs import MAX_CERT_FILE, EndorsementCert, ProductRoots, TrustStore, load_certificates
 from attestation.snp.errors import SnpFormatError
 from attestation.snp.evidence import MAX_EVIDENCE_JSON, SnpEvidence
 from attestation.snp.kds import KdsClient
 from attestation.snp.policy import MAX_POLICY_FILE, SnpPolicy, validate
-from attestation.snp.report import REPORT_SIZE, AttestationReport
+from attestation.snp.report import REPORT_SIZE, AttestationReport, Product
 from attestation.snp.verifier import SnpVerifier
 from attestation.snp.verify import check_binding, verify_report
 
@@ -48,6 +49,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--policy", metavar="FILE", help="appraisal policy JSON (see attestation.snp.policy)")
     parser.add_argument("--kds", action="store_true", help="allow fetching the VCEK from AMD KDS (network)")
+    parser.add_argument(
+        "--roots",
+        metavar="PEM",
+        help="trust these ARK/ASK(/ASVK) certificates instead of the pinned AMD roots (testing only)",
+    )
 
 
 def _read(path: str, limit: int) -> bytes:
@@ -80,6 +86,24 @@ def _parse_time(text: str) -> datetime:
     return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
+def _load_roots(pem: bytes) -> TrustStore:
+    """Roots from a PEM bundle; the product of each ARK comes from its CN (``ARK-<Product>``)."""
+    roots = {}
+    for cert in load_certificates(pem):
+        cn = cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+        name = str(cn[0].value) if cn else ""
+        if name.startswith("ARK-"):
+            product = Product.from_name(name[4:])
+            roots[product] = ProductRoots.from_pem(product, pem)
+    if not roots:
+        raise SnpFormatError("--roots holds no ARK-<Product> certificate")
+    print(
+        f"coco-verify snp: WARNING: trusting roots from {len(roots)} ARK(s) given with --roots",
+        file=sys.stderr,
+    )
+    return TrustStore(roots)
+
+
 def _fail(code: int, msg: str) -> int:
     print(f"coco-verify snp: {msg}", file=sys.stderr)
     return code
@@ -99,6 +123,7 @@ def run(args: argparse.Namespace) -> int:
             if len(expected) > 64:
                 raise SnpFormatError("--expect-report-data is longer than 64 bytes")
         policy = SnpPolicy.from_json(_read(args.policy, MAX_POLICY_FILE)) if args.policy else None
+        trust = _load_roots(_read(args.roots, MAX_CERT_FILE)) if args.roots else None
     except OSError as exc:
         return _fail(2, f"cannot read input: {exc.strerror or exc}")
     except EvidenceFormatError as exc:
@@ -110,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         kds = KdsClient(
             cache_dir=Path(args.certs_dir) if args.certs_dir else None, http=http, offline=not args.kds
         )
-    verifier = SnpVerifier(kds=kds, required_vmpl=None)
+    verifier = SnpVerifier(kds=kds, required_vmpl=None, trust=trust)
     try:
         key = endorsement if endorsement is not None else verifier.endorsement_for(evidence)
         verified = verify_report(evidence.report, key, trust=verifier.trust, now=now)

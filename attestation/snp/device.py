@@ -153,7 +153,7 @@ class TsmReportSource:
         got = self._generation(entry)
         if got != expected:
             raise SnpDeviceUnavailable(
-                f"configfs-tsm report object was written by someone else (generation {got}, expected {expected})"
+                f"configfs-tsm report object changed under us (generation {got}, expected {expected})"
             )
 
     def get_report(self, report_data: bytes, *, vmpl: int | None, want_certs: bool) -> RawReport:
