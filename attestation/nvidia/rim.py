@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import copy
 import hashlib
 import re
 from collections.abc import Mapping, Sequence
@@ -141,7 +140,8 @@ def _c14n(el: etree._Element | etree._ElementTree) -> bytes:
 
 
 def _verify_xmldsig(root: etree._Element) -> tuple[x509.Certificate, ...]:
-    """Check the enveloped signature; return the KeyInfo chain (signer first)."""
+    """Check the enveloped signature; return the KeyInfo chain (signer first).
+    Detaches the Signature element from ``root``."""
     sigs = list(root.iter(f"{{{DS}}}Signature"))
     if len(sigs) != 1 or sigs[0].getparent() is not root:
         raise RimError("RIM must carry exactly one signature, as a child of the root element")
@@ -166,17 +166,19 @@ def _verify_xmldsig(root: etree._Element) -> tuple[x509.Certificate, ...]:
         if anc.get(f"{{{XML_NS}}}base") is not None or anc.get(f"{{{XML_NS}}}id") is not None:
             raise RimError("RIM signature: xml:base/xml:id on the signature's ancestors is not supported")
 
-    # Reference: the whole document minus the Signature element (its tail text stays).
-    doc = copy.deepcopy(root)
-    dsig = _one(doc, f"{{{DS}}}Signature")
-    tail = dsig.tail or ""
-    prev = dsig.getprevious()
+    # SignedInfo is canonicalized in place (it inherits the root's namespaces).
+    signed_info_c14n = _c14n(signed_info)
+    # Reference: the whole document minus the Signature element (its tail text
+    # stays). The element is detached from the parsed tree, which is only read
+    # afterwards (Payload, Meta), never re-serialized.
+    tail = sig.tail or ""
+    prev = sig.getprevious()
     if prev is not None:
         prev.tail = (prev.tail or "") + tail
     else:
-        doc.text = (doc.text or "") + tail
-    doc.remove(dsig)
-    if hashlib.sha384(_c14n(doc)).digest() != digest_value:
+        root.text = (root.text or "") + tail
+    root.remove(sig)
+    if hashlib.sha384(_c14n(root)).digest() != digest_value:
         raise RimError("RIM content does not match its signed digest (the RIM was modified)")
 
     key_info = _one(sig, f"{{{DS}}}KeyInfo")
@@ -188,7 +190,7 @@ def _verify_xmldsig(root: etree._Element) -> tuple[x509.Certificate, ...]:
     except ValueError as exc:
         raise RimError("RIM signature: KeyInfo holds an unparsable certificate") from exc
     try:
-        verify_raw_ecdsa_p384(chain[0], signature_value, _c14n(signed_info))
+        verify_raw_ecdsa_p384(chain[0], signature_value, signed_info_c14n)
     except VerificationError as exc:
         raise RimError("RIM signature does not verify") from exc
     return chain
