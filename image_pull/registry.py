@@ -81,7 +81,7 @@ class RetryPolicy:
     initial_delay: float = 1.0
     max_delay: float = 30.0
     max_retry_after: float = 60.0  # a longer Retry-After fails fast instead of sleeping
-    resume_attempts: int = 5  # Range resumes per blob
+    resume_attempts: int = 5  # Range resumes in a row without 1 MiB of progress in between
 
 
 @dataclass(frozen=True)
@@ -431,6 +431,7 @@ class RegistryClient:
         hasher = hashlib.new(algo)
         offset = 0
         resumes = 0
+        last_resume_offset = 0
         what = f"blob {digest}"
         path = f"/v2/{ref.repository}/blobs/{digest}"
         while True:
@@ -449,7 +450,7 @@ class RegistryClient:
                 if resp.status_code == 200 and cl is not None and cl.isdigit() and int(cl) != size:
                     raise DigestMismatch(f"{what}: registry sends {cl} bytes, descriptor says {size}")
                 try:
-                    async for chunk in resp.aiter_raw():
+                    async for chunk in resp.aiter_bytes():
                         if offset + len(chunk) > size:
                             raise DigestMismatch(f"{what}: more data than the descriptor size {size}")
                         hasher.update(chunk)
@@ -465,10 +466,13 @@ class RegistryClient:
             if offset >= size:
                 break
             # short body (cut connection or early close): resume from where we are
+            if offset - last_resume_offset >= 1 << 20:
+                resumes = 0  # real progress since the last cut: the budget starts again
+            last_resume_offset = offset
             if resumes >= self._retry.resume_attempts:
                 why = "connection lost" if interrupted else "body ended early"
                 raise RegistryError(
-                    f"{what}: {why} at byte {offset} of {size}, giving up after {resumes} resumes"
+                    f"{what}: {why} at byte {offset} of {size}, gave up after {resumes} resumes"
                 )
             resumes += 1
             await self._backoff(0, None)
