@@ -111,3 +111,4 @@ class DictResources:
 
 
 from tests.cdh.inproc import env  # noqa: E402,F401 (fixture shared by test_rpc and test_clients)
+from tests.support.registry import registry  # noqa: E402,F401 (real docker-registry fixture)
