@@ -19,8 +19,11 @@ Where we differ from upstream, on purpose: upstream writes every record with the
 MR index of the *configured* PCR even when the caller asks for another
 register (the record then does not replay); we record the MR that was
 actually extended. Because the WAL format has no register field, recovery
-looks for the register whose value (or one extend of it) equals the WAL's
-expected value, trying the configured one first.
+looks first for a register that already holds the WAL's expected value, then
+for one that a single extend brings there (configured register first). If a
+crash hit before the extend of a non-default register whose value equals the
+default register's, the default one is chosen, which is what upstream always
+does.
 """
 
 from __future__ import annotations
@@ -202,20 +205,32 @@ class EventLog:
         offset, expected, text = wal
         if offset > self._pos:
             raise EventLogError("WAL offset lies beyond the end of the event log; the log is corrupt")
-        for pcr in self._candidate_pcrs():
-            ccmr = self.registers.pcr_to_ccmr(pcr)
-            record, digest = encode_aael_record(text, ccmr=ccmr, hash_algorithm=self.hash_algorithm)
-            current = self.registers.read(pcr)
-            if current == expected:
+        # Two passes: a register already at the expected value wins (the extend
+        # happened); otherwise the first register, configured one first, that one
+        # extend brings there. Upstream only ever looks at the configured register.
+        # (The digest covers only the tagged event, not the MR index.)
+        _, digest = encode_aael_record(text, ccmr=0, hash_algorithm=self.hash_algorithm)
+        chosen: tuple[int, bytes, bool] | None = None
+        for needs_extend in (False, True):
+            for pcr in self._candidate_pcrs():
+                record, _ = encode_aael_record(
+                    text, ccmr=self.registers.pcr_to_ccmr(pcr), hash_algorithm=self.hash_algorithm
+                )
+                current = self.registers.read(pcr)
+                value = self._h(current + digest) if needs_extend else current
+                if value == expected:
+                    chosen = (pcr, record, needs_extend)
+                    break
+            if chosen is not None:
                 break
-            if self._h(current + digest) == expected:
-                self.registers.extend(pcr, digest)
-                break
-        else:
+        if chosen is None:
             raise EventLogError(
                 f"cannot recover the AAEL: no register holds the WAL's expected value; the log {self.path} "
                 "is corrupt or another process extended the register"
             )
+        pcr, record, needs_extend = chosen
+        if needs_extend:
+            self.registers.extend(pcr, digest)
         self._write_at(offset, record)
         self._file.truncate(self._pos)
         self.wal_path.unlink()

@@ -57,6 +57,15 @@ def tdx_pcr_to_ccmr(pcr: int) -> int:
     return 4
 
 
+class _Report(Protocol):
+    @property
+    def rtmrs(self) -> tuple[bytes, bytes, bytes, bytes]: ...
+
+
+class _ReportSource(Protocol):
+    def get_report(self, report_data: bytes) -> _Report: ...
+
+
 @runtime_checkable
 class MeasurementRegister(Protocol):
     #: kbs-types hash name of the register bank: "sha384" for TDX
@@ -77,7 +86,7 @@ class TdxRtmrRegisters:
     hash_algorithm = "sha384"
 
     def __init__(
-        self, measurements_dir: str | Path = TDX_MEASUREMENTS_DIR, *, device: str | None = None
+        self, measurements_dir: str | Path = TDX_MEASUREMENTS_DIR, *, device: _ReportSource | None = None
     ) -> None:
         self._dir = Path(measurements_dir)
         self._device = device
@@ -99,9 +108,12 @@ class TdxRtmrRegisters:
             if len(value) != TDX_REGISTER_LEN:
                 raise AttestationError(f"RTMR sysfs file returned {len(value)} bytes, expected 48")
             return value
-        from attestation.tdx.device import TdxGuestDevice  # local: avoid a cycle
+        device: _ReportSource | None = self._device
+        if device is None:
+            from attestation.tdx.device import TdxGuestDevice  # local: avoid a cycle
 
-        report = TdxGuestDevice(self._device).get_report(bytes(64))
+            device = TdxGuestDevice()
+        report = device.get_report(bytes(64))
         return report.rtmrs[self.pcr_to_ccmr(pcr) - 1]
 
     def extend(self, pcr: int, digest: bytes) -> None:

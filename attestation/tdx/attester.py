@@ -52,7 +52,7 @@ class TdxAttester:
         self._aael = Path(aael_path) if aael_path is not None else None
 
     def registers(self) -> TdxRtmrRegisters:
-        return TdxRtmrRegisters(self._measurements, device=self._device.path)
+        return TdxRtmrRegisters(self._measurements, device=self._device)
 
     def _evidence(self, report_data: bytes) -> dict[str, Any]:
         if len(report_data) > 64:
