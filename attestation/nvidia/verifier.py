@@ -44,6 +44,7 @@ from attestation.nvidia.certs import (
     verify_raw_ecdsa_p384,
 )
 from attestation.nvidia.evidence import DeviceEvidence, device_nonce, loads_strict, parse_evidence
+from attestation.nvidia.ocsp import HttpOcspChecker
 from attestation.nvidia.rim import MAX_RIM_SIZE, Rim, RimError, compare_measurements, verify_rim
 from attestation.nvidia.spdm import NONCE_SIZE, AttestationReport, OpaqueType
 
@@ -207,6 +208,21 @@ class VerifiedDevice:
         }
 
 
+def _read_limited(path: str, limit: int) -> bytes:
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise EvidenceFormatError(f"{path} is larger than {limit} bytes")
+    return data
+
+
+def _load_root(path: str) -> x509.Certificate:
+    certs = load_pem_chain(_read_limited(path, 64 * 1024))
+    if len(certs) != 1:
+        raise EvidenceFormatError(f"{path} must hold exactly one root certificate")
+    return certs[0]
+
+
 def _rim_matches_device(rim: Rim, report: AttestationReport, arch: str) -> bool:
     product_arch = _PRODUCT_ARCH.get(rim.product[:2].upper())
     if product_arch != arch:
@@ -312,8 +328,36 @@ class NvidiaVerifier:
         anchors: TrustAnchors | None = None,
         rims: RimProvider | None = None,
         ocsp: OcspChecker | None = None,
+        device_root_path: str | None = None,
+        rim_root_path: str | None = None,
+        rim_files: Sequence[str] = (),
+        rim_service_url: str | None = None,
+        ocsp_url: str | None = None,
     ) -> None:
-        self._anchors = anchors if anchors is not None else TrustAnchors.nvidia()
+        """Objects (``anchors``, ``rims``, ``ocsp``) or, for a KBS config file
+        (``[attestation_service.verifier_config.nvidia]``), paths and URLs:
+        ``device_root_path`` / ``rim_root_path`` (PEM; default the packaged
+        NVIDIA roots), ``rim_files`` (RIM documents), ``rim_service_url``
+        (e.g. NVIDIA's RIM service) and ``ocsp_url`` (e.g. NVIDIA's responder).
+        Without RIMs ``measurements_match`` is null; without OCSP no
+        revocation check is made."""
+        if anchors is None:
+            anchors = TrustAnchors.nvidia()
+            if device_root_path or rim_root_path:
+                anchors = TrustAnchors(
+                    device_root=_load_root(device_root_path) if device_root_path else anchors.device_root,
+                    rim_root=_load_root(rim_root_path) if rim_root_path else anchors.rim_root,
+                )
+        if rims is None and rim_files:
+            rims = RimFiles(tuple(_read_limited(p, MAX_RIM_SIZE) for p in rim_files))
+        self._client: httpx.Client | None = None
+        if (rims is None and rim_service_url) or (ocsp is None and ocsp_url):
+            self._client = httpx.Client(timeout=30.0)
+        if rims is None and rim_service_url and self._client is not None:
+            rims = RimService(client=self._client, base_url=rim_service_url.rstrip("/") + "/")
+        if ocsp is None and ocsp_url and self._client is not None:
+            ocsp = HttpOcspChecker(client=self._client, url=ocsp_url)
+        self._anchors = anchors
         self._rims = rims
         self._ocsp = ocsp
 
