@@ -16,7 +16,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
+
+import httpx
 
 from attestation.snp.certs import EndorsementCert, TrustStore
 from attestation.snp.errors import EndorsementKeyUnavailable, SigningKeyMismatch, SnpVerificationError
@@ -61,6 +64,11 @@ class SnpVerifier:
     :param min_report_version: lowest report version accepted (trustee uses 3;
         version 2 is accepted by default because its product is taken from the
         verified chain).
+    :param kds_cache_dir: shortcut for ``kds=KdsClient(cache_dir=...)`` (offline),
+        usable from the KBS config (``[attestation_service.verifier_config.snp]``).
+    :param kds_fetch: also fetch missing VCEKs from AMD KDS (network; off by default).
+    :param insecure_skip_report_data_binding: see :class:`InsecureSkipReportDataBinding`;
+        a string is taken as its ``reason`` (so the KBS config can set it).
     """
 
     tee = "snp"
@@ -72,13 +80,25 @@ class SnpVerifier:
         kds: KdsClient | None = None,
         required_vmpl: int | None = 0,
         min_report_version: int = 2,
-        insecure_skip_report_data: InsecureSkipReportDataBinding | None = None,
+        kds_cache_dir: str | Path | None = None,
+        kds_fetch: bool = False,
+        insecure_skip_report_data_binding: InsecureSkipReportDataBinding | str | None = None,
     ) -> None:
         self.trust = trust if trust is not None else TrustStore.builtin()
+        if kds is None and (kds_cache_dir is not None or kds_fetch):
+            kds = KdsClient(
+                cache_dir=Path(kds_cache_dir) if kds_cache_dir is not None else None,
+                http=httpx.Client(follow_redirects=False) if kds_fetch else None,
+                offline=not kds_fetch,
+            )
         self.kds = kds
+        if isinstance(insecure_skip_report_data_binding, str):
+            insecure_skip_report_data_binding = InsecureSkipReportDataBinding(
+                insecure_skip_report_data_binding
+            )
         self.required_vmpl = required_vmpl
         self.min_report_version = min_report_version
-        self._insecure = insecure_skip_report_data
+        self._insecure = insecure_skip_report_data_binding
 
     def endorsement_for(self, evidence: SnpEvidence) -> EndorsementCert:
         """The VCEK/VLEK to check ``evidence`` with."""

@@ -102,7 +102,9 @@ def test_insecure_hook_is_explicit_and_marked(fx: Path, caplog: pytest.LogCaptur
         InsecureSkipReportDataBinding("  ")
     ev = _evidence(fx, "trustee/test-report.bin", "trustee/test-vcek.der")
     with caplog.at_level(logging.WARNING):
-        v = SnpVerifier(insecure_skip_report_data=InsecureSkipReportDataBinding("recorded report in a test"))
+        v = SnpVerifier(
+            insecure_skip_report_data_binding=InsecureSkipReportDataBinding("recorded report in a test")
+        )
         claims = v.verify(ev, expected_report_data=b"\x77" * 48, expected_init_data_hash=None, now=TODAY)
     assert claims["insecure_report_data_binding_skipped"] == "true"
     assert "INSECURE" in caplog.text

@@ -1,0 +1,98 @@
+"""An RCAR handshake with tee "snp" against our reference ``kbs`` (a real
+subprocess on 127.0.0.1), the evidence coming from SnpAttester over a fake
+configfs-tsm tree that serves a *recorded* Milan report with its VCEK.
+
+Honest caveat: a recorded report's REPORT_DATA is fixed, so it cannot carry
+the digest of this session's nonce and TEE key. The KBS is therefore started
+with the explicit, test-only ``insecure_skip_report_data_binding`` verifier
+option (:class:`attestation.snp.verifier.InsecureSkipReportDataBinding`); the
+test also shows that without it the very same handshake is rejected. Chain,
+signature, TCB, VMPL and init-data checks stay on.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from attestation.snp.attester import SnpAttester
+from attestation.snp.device import TsmReportSource
+from attestation.snp.evidence import CertTableEntry, build_cert_table
+from kbs_client.errors import AttestationRejected
+from kbs_client.jws import decode_unverified
+from kbs_client.rcar import attest
+from kbs_client.resources import get_resource
+
+from .fakes import FakeTsmTree
+
+support = pytest.importorskip(
+    "tests.support.kbs", reason="tests/support/kbs.py (reference KBS fixture) missing"
+)
+
+SKIP_BINDING = """
+[attestation_service.verifier_config.snp]
+insecure_skip_report_data_binding = "test: recorded SNP report cannot bind this session's nonce"
+"""
+
+
+class SnpSource:
+    """kbs_client EvidenceSource over an SnpAttester (no additional devices)."""
+
+    tee = "snp"
+
+    def __init__(self, attester: SnpAttester) -> None:
+        self.attester = attester
+        self.report_data: list[bytes] = []
+
+    async def primary_evidence(self, report_data: bytes) -> Any:
+        self.report_data.append(report_data)
+        return await self.attester.get_evidence(report_data)
+
+    async def additional_evidence(self, device_report_data: bytes) -> str:
+        return ""
+
+
+def _source(fx: Path, tmp_path: Path) -> tuple[SnpSource, FakeTsmTree]:
+    report = (fx / "trustee/test-report.bin").read_bytes()
+    table = build_cert_table([CertTableEntry.of("VCEK", (fx / "trustee/test-vcek.der").read_bytes())])
+    root = tmp_path / "tsm" / "report"
+    root.mkdir(parents=True)
+    fake = FakeTsmTree(report, table)
+    return SnpSource(SnpAttester([TsmReportSource(root, fake)], vmpl=0)), fake
+
+
+@pytest.mark.slow
+async def test_snp_handshake_and_resource(fx: Path, tmp_path: Path) -> None:
+    source, fake = _source(fx, tmp_path)
+    with support.start_kbs(
+        tmp_path / "kbs",
+        policy="allow_all",
+        resources={"default/key/snp": b"released"},
+        extra_toml=SKIP_BINDING,
+    ) as kbs:
+        async with httpx.AsyncClient() as http:
+            att = await attest(http, kbs.url, source, attempts=1, timeout=30)
+            secret = await get_resource(http, kbs.url, "kbs:///default/key/snp", token=att.token, key=att.key)
+        log = kbs.log_text()
+    assert secret == b"released"
+    # the nonce-derived report data (SHA-384, 48 bytes) reached the device zero-padded to 64
+    assert len(source.report_data[0]) == 48 and fake.inblobs == [source.report_data[0] + bytes(16)]
+    _, claims = decode_unverified(att.token)
+    snp = claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]["snp"]
+    assert snp["product"] == "Milan" and snp["signing_key"] == "vcek"
+    assert snp["reported_tcb_microcode"] == "115" and snp["insecure_report_data_binding_skipped"] == "true"
+    assert "INSECURE" in log
+
+
+@pytest.mark.slow
+async def test_snp_handshake_rejected_without_the_test_hook(fx: Path, tmp_path: Path) -> None:
+    source, _ = _source(fx, tmp_path)
+    with support.start_kbs(tmp_path / "kbs", policy="allow_all") as kbs:
+        async with httpx.AsyncClient() as http:
+            with pytest.raises(AttestationRejected):
+                await attest(http, kbs.url, source, attempts=1, timeout=30)
+    assert datetime.now(UTC).year >= 2025
