@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import enum
+from typing import Any, TypeVar
 
-from coco_rpc import AA_SERVICE, RpcError, connect
+from google.protobuf.message import Message
+
+from coco_rpc import AA_SERVICE, Code, RpcError, connect
 from coco_rpc.client import RpcClient
 from coco_rpc.protos import attestation_agent_pb2 as aa_pb2
 
 __all__ = ["GET_TOKEN_TIMEOUT", "MEASURE_TIMEOUT", "AaClient", "MeasurementResult"]
+
+R = TypeVar("R", bound=Message)
 
 GET_TOKEN_TIMEOUT = 50.0  # upstream CDH -> AA GetToken
 MEASURE_TIMEOUT = 10.0  # upstream CDH -> AA ExtendRuntimeMeasurement
@@ -48,52 +53,62 @@ class AaClient:
     async def close(self) -> None:
         await self._drop()
 
+    async def _call(
+        self, method: str, request: Any, response_type: type[R], timeout: float, *, idempotent: bool = True
+    ) -> R:
+        """One call; a dead connection (AA restarted) is dropped and, for
+        idempotent calls, the call is retried once on a fresh connection."""
+        for attempt in (1, 2):
+            client = await self._get()
+            try:
+                return await client.call(AA_SERVICE, method, request, response_type, timeout=timeout)
+            except (ConnectionError, OSError) as exc:
+                await self._drop()
+                if attempt == 2 or not idempotent:
+                    raise RpcError(Code.UNAVAILABLE, f"attestation agent connection lost: {exc}") from exc
+            except RpcError as exc:
+                if exc.code not in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED):
+                    raise
+                await self._drop()
+                if attempt == 2 or not idempotent or exc.code == Code.DEADLINE_EXCEEDED:
+                    raise
+        raise AssertionError("unreachable")
+
     async def get_token(self, token_type: str = "kbs") -> bytes:  # noqa: S107 (a token *type*)
-        client = await self._get()
-        try:
-            resp = await client.call(
-                AA_SERVICE,
-                "GetToken",
-                aa_pb2.GetTokenRequest(TokenType=token_type),
-                aa_pb2.GetTokenResponse,
-                timeout=GET_TOKEN_TIMEOUT,
-            )
-        except RpcError:
-            await self._drop()
-            raise
+        resp = await self._call(
+            "GetToken",
+            aa_pb2.GetTokenRequest(TokenType=token_type),
+            aa_pb2.GetTokenResponse,
+            GET_TOKEN_TIMEOUT,
+        )
         return resp.Token
 
     async def get_evidence(self, runtime_data: bytes) -> bytes:
-        client = await self._get()
-        resp = await client.call(
-            AA_SERVICE,
+        resp = await self._call(
             "GetEvidence",
             aa_pb2.GetEvidenceRequest(RuntimeData=runtime_data),
             aa_pb2.GetEvidenceResponse,
-            timeout=GET_TOKEN_TIMEOUT,
+            GET_TOKEN_TIMEOUT,
         )
         return resp.Evidence
 
     async def get_additional_evidence(self, runtime_data: bytes) -> bytes:
-        client = await self._get()
-        resp = await client.call(
-            AA_SERVICE,
+        resp = await self._call(
             "GetAdditionalEvidence",
             aa_pb2.GetAdditionalEvidenceRequest(RuntimeData=runtime_data),
             aa_pb2.GetEvidenceResponse,
-            timeout=GET_TOKEN_TIMEOUT,
+            GET_TOKEN_TIMEOUT,
         )
         return resp.Evidence
 
     async def extend_runtime_measurement(
         self, domain: str, operation: str, content: str
     ) -> MeasurementResult:
-        client = await self._get()
-        resp = await client.call(
-            AA_SERVICE,
+        resp = await self._call(
             "ExtendRuntimeMeasurement",
             aa_pb2.ExtendRuntimeMeasurementRequest(Domain=domain, Operation=operation, Content=content),
             aa_pb2.ExtendRuntimeMeasurementResponse,
-            timeout=MEASURE_TIMEOUT,
+            MEASURE_TIMEOUT,
+            idempotent=False,
         )
         return MeasurementResult(int(resp.Result))

@@ -49,6 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CdhError, OSError) as exc:
         print(f"confidential-data-hub: {exc}", file=sys.stderr)
         return 1
+    if "RUST_LOG" not in os.environ:
+        logging.getLogger().setLevel(getattr(logging, cfg.log_level.upper(), logging.INFO))
     log.info("CDH starting: kbc=%s socket=%s (config from %s)", cfg.kbc.name, cfg.socket, cfg.source)
     try:
         asyncio.run(run(cfg))
