@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from attestation.aa.agent import AttestationAgent
 from attestation.aa.config import AaConfig, resolve_config
 from attestation.aa.errors import AaError, ConfigError, InitDataBindError
-from attestation.aa.measure import DEFAULT_EVENTLOG_PATH, RuntimeMeasurer, open_measurer
+from attestation.aa.measure import eventlog_path, open_measurer
 from attestation.aa.rpc import grpc_service, ttrpc_service
 from attestation.detect import Platform, detect_primary
 from attestation.errors import AttestationError, UnsupportedPlatform
@@ -110,17 +110,16 @@ async def _start(args: argparse.Namespace, config: AaConfig) -> int:
     primary = detect_primary(Platform())
     log.info("primary attester: %s", primary.tee)
     init_data, digest = _initdata_digest(args)
-    measurer: RuntimeMeasurer | None = None
+    agent = AttestationAgent(config, primary, init_data=init_data)
+    if digest is not None:  # a mismatch raises and aborts the start
+        await agent.bind_init_data(digest)
     if config.eventlog.enable_eventlog:
         try:
-            measurer = open_measurer(
-                primary.tee, init_pcr=config.eventlog.init_pcr, path=DEFAULT_EVENTLOG_PATH
+            agent.measurer = open_measurer(
+                primary.tee, init_pcr=config.eventlog.init_pcr, path=eventlog_path()
             )
         except UnsupportedPlatform as exc:
             log.warning("event log enabled but unavailable: %s", exc)
-    agent = AttestationAgent(config, primary, init_data=init_data, measurer=measurer)
-    if digest is not None:
-        await agent.bind_init_data(digest)
     service = ttrpc_service(agent) if address.kind == "unix" else grpc_service(agent)
 
     async def ready() -> None:
