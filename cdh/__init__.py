@@ -1,2 +1,31 @@
 """The Confidential Data Hub: resources, sealed secrets, secure mounts,
-the ocicrypt key provider and image pull, over ttRPC and gRPC."""
+the ocicrypt key provider and image pull, over ttRPC and gRPC.
+
+Modules:
+
+* :mod:`cdh.config` — ``cdh.toml`` (current and legacy keys), kernel-cmdline
+  fallback, environment overrides, ocicrypt key-provider config.
+* :mod:`cdh.kbc` — resource URIs, ``cc_kbc`` (token from AA, reused),
+  ``offline_fs_kbc``.
+* :mod:`cdh.sealed_secret` — ``sealed.`` ES256 JWS secrets (vault/envelope).
+* :mod:`cdh.secure_mount` — LUKS2 block-device mounts via cryptsetup.
+* :mod:`cdh.keyprovider` — ocicrypt ``UnWrapKey``.
+* :mod:`cdh.image` — PullImage via :mod:`image_pull` + AAEL measurement.
+* :mod:`cdh.hub` — :class:`~cdh.hub.Hub` and the five RPC services.
+* :mod:`cdh.cli`, :mod:`cdh.oneshot`, :mod:`cdh.api_server_rest` — commands.
+
+Where we differ from upstream on purpose (none of it is on the wire):
+
+* one KBS token is reused across resource fetches until it expires or the
+  KBS rejects it (upstream attests again for every resource);
+* a missing resource (KBS 401 ``PluginInternalError``) does not trigger a new
+  attestation; only ``TokenNotFound``/``TokenVerifierError`` do;
+* SecureMount with ``sourceType=empty`` refuses a device that already holds a
+  LUKS header or already has a detached header, instead of reformatting it;
+* unknown configuration keys are reported in a warning (upstream ignores them);
+* sealed-secret JSON is parsed strictly (duplicate or unknown keys refused).
+"""
+
+from cdh.errors import CdhError
+
+__all__ = ["CdhError"]
