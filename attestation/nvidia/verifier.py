@@ -284,6 +284,9 @@ def verify_device(
             raise ValueError("expected_nonce must be 32 bytes")
         if report.nonce != expected_nonce:
             raise VerificationError("report nonce does not match the expected nonce")
+    if untrusted.nonce is not None and untrusted.nonce != report.nonce:
+        # the SDK shape states its nonce; a disagreement means the entry was altered
+        raise VerificationError("evidence 'nonce' field disagrees with the report's nonce")
     if ocsp is not None:
         ocsp.check(chain, root=anchors.device_root, now=now, skip_leaf=True)
     verified_rims: tuple[Rim, ...] = ()
