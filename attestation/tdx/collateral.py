@@ -23,6 +23,7 @@ chosen by ISVSVN. Statuses merge to the most severe; advisory IDs are united.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import urllib.parse
@@ -33,9 +34,18 @@ from typing import Any, Protocol
 
 import httpx
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from attestation.errors import VerificationError
-from attestation.tdx.pck import PckExtension, check_crl, load_pem_chain, verify_chain, verify_p256_raw
+from attestation.tdx.pck import (
+    PckExtension,
+    check_crl,
+    check_crl_current,
+    check_validity,
+    load_pem_chain,
+    verify_chain,
+    verify_p256_raw,
+)
 from attestation.tdx.quote import EnclaveReport, Quote, TdReportBody
 
 __all__ = [
@@ -455,36 +465,37 @@ def _load_crl(der: bytes, what: str) -> x509.CertificateRevocationList:
         raise CollateralError(f"{what}: not a DER CRL") from exc
 
 
-def verify_collateral(collateral: Collateral, *, root: x509.Certificate, now: datetime) -> VerifiedCollateral:
-    """Check every signature and chain in ``collateral`` against ``root`` and
-    freshness at ``now``; return the parsed TCB info and QE identity."""
+@functools.lru_cache(maxsize=32)
+def _verify_signatures(collateral: Collateral, root_der: bytes) -> _SignedCollateral:
+    """Every signature, chain structure and revocation check of ``collateral``;
+    nothing here depends on the time, so results are memoized (a KBS sees the
+    same collateral for many quotes). Time checks are in :func:`verify_collateral`."""
+    root = x509.load_der_x509_certificate(root_der)
     crls: list[x509.CertificateRevocationList] = []
+    certs: list[tuple[x509.Certificate, str]] = [(root, "Intel SGX Root CA")]
     if collateral.root_ca_crl is not None:
         root_crl = _load_crl(collateral.root_ca_crl, "root CA CRL")
-        check_crl(root_crl, root, now, "root CA CRL")
+        check_crl(root_crl, root, None, "root CA CRL")
         crls.append(root_crl)
     if collateral.pck_crl is not None:
         pck_crl = _load_crl(collateral.pck_crl, "PCK CRL")
         if not collateral.pck_crl_issuer_chain:
             raise CollateralError("PCK CRL given without its issuer chain")
-        issuer = verify_chain(
-            load_pem_chain(collateral.pck_crl_issuer_chain, "PCK CRL issuer chain"),
-            root=root,
-            now=now,
-            crls=crls,
-            what="PCK CRL issuer chain",
-        )
-        check_crl(pck_crl, issuer, now, "PCK CRL")
+        chain = load_pem_chain(collateral.pck_crl_issuer_chain, "PCK CRL issuer chain")
+        issuer = verify_chain(chain, root=root, now=None, crls=crls, what="PCK CRL issuer chain")
+        certs += [(c, "PCK CRL issuer chain") for c in chain]
+        check_crl(pck_crl, issuer, None, "PCK CRL")
         crls.append(pck_crl)
 
+    leaves: dict[str, x509.Certificate] = {}  # TCB info and QE identity usually share one chain
+
     def signed(chain_pem: str, text: str, sig: bytes, what: str) -> None:
-        leaf = verify_chain(
-            load_pem_chain(chain_pem, f"{what} issuer chain"),
-            root=root,
-            now=now,
-            crls=crls,
-            what=f"{what} issuer chain",
-        )
+        leaf = leaves.get(chain_pem)
+        if leaf is None:
+            chain = load_pem_chain(chain_pem, f"{what} issuer chain")
+            leaf = verify_chain(chain, root=root, now=None, crls=crls, what=f"{what} issuer chain")
+            certs.extend((c, f"{what} issuer chain") for c in chain)
+            leaves[chain_pem] = leaf
         verify_p256_raw(leaf.public_key(), sig, text.encode(), what)  # type: ignore[arg-type]
 
     signed(collateral.tcb_info_issuer_chain, collateral.tcb_info, collateral.tcb_info_signature, "TCB info")
@@ -494,8 +505,34 @@ def verify_collateral(collateral: Collateral, *, root: x509.Certificate, now: da
         collateral.qe_identity_signature,
         "QE identity",
     )
-    tcb = TcbInfo.from_signed_text(collateral.tcb_info)
-    qe = QeIdentity.from_signed_text(collateral.qe_identity)
+    return _SignedCollateral(
+        TcbInfo.from_signed_text(collateral.tcb_info),
+        QeIdentity.from_signed_text(collateral.qe_identity),
+        tuple(crls),
+        tuple(certs),
+    )
+
+
+@dataclass(frozen=True)
+class _SignedCollateral:
+    tcb_info: TcbInfo
+    qe_identity: QeIdentity
+    crls: tuple[x509.CertificateRevocationList, ...]
+    certs: tuple[tuple[x509.Certificate, str], ...]
+
+
+def verify_collateral(collateral: Collateral, *, root: x509.Certificate, now: datetime) -> VerifiedCollateral:
+    """Check every signature and chain in ``collateral`` against ``root`` and
+    freshness at ``now`` (certificates, CRLs, TCB info, QE identity); return the
+    parsed TCB info and QE identity."""
+    s = _verify_signatures(collateral, root.public_bytes(Encoding.DER))
+    for cert, what in s.certs:
+        check_validity(cert, now, what)
+    for i, crl in enumerate(s.crls):
+        check_crl_current(
+            crl, now, "root CA CRL" if i == 0 and collateral.root_ca_crl is not None else "PCK CRL"
+        )
+    tcb, qe = s.tcb_info, s.qe_identity
     for what, a, b in (
         ("TCB info", tcb.issue_date, tcb.next_update),
         ("QE identity", qe.issue_date, qe.next_update),
@@ -504,7 +541,7 @@ def verify_collateral(collateral: Collateral, *, root: x509.Certificate, now: da
             raise CollateralError(f"{what} issued after {now.isoformat()} (issueDate {a.isoformat()})")
         if now > b:
             raise CollateralError(f"{what} expired at {b.isoformat()}; fetch fresh collateral or pass a time")
-    return VerifiedCollateral(tcb, qe, tuple(crls))
+    return VerifiedCollateral(tcb, qe, s.crls)
 
 
 # --- TCB evaluation -------------------------------------------------------

@@ -31,6 +31,8 @@ __all__ = [
     "SGX_EXTENSION_OID",
     "PckExtension",
     "check_crl",
+    "check_crl_current",
+    "check_validity",
     "intel_sgx_root_ca",
     "load_pem_chain",
     "parse_pck_extension",
@@ -87,7 +89,7 @@ def _verify_issued_by(cert: x509.Certificate, issuer: x509.Certificate, what: st
         raise VerificationError(f"{what}: certificate signature by its issuer does not verify") from None
 
 
-def _check_validity(cert: x509.Certificate, now: datetime, what: str) -> None:
+def check_validity(cert: x509.Certificate, now: datetime, what: str) -> None:
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
         raise VerificationError(
             f"{what}: certificate not valid at {now.isoformat()} "
@@ -106,14 +108,19 @@ def _is_ca(cert: x509.Certificate) -> bool:
 def check_crl(
     crl: x509.CertificateRevocationList,
     issuer: x509.Certificate,
-    now: datetime,
+    now: datetime | None,
     what: str,
 ) -> None:
-    """The CRL is signed by ``issuer`` and current at ``now``."""
+    """The CRL is signed by ``issuer`` and (unless ``now`` is None) current at ``now``."""
     if crl.issuer != issuer.subject:
         raise VerificationError(f"{what}: CRL issuer does not match")
     if not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
         raise VerificationError(f"{what}: CRL signature does not verify")
+    if now is not None:
+        check_crl_current(crl, now, what)
+
+
+def check_crl_current(crl: x509.CertificateRevocationList, now: datetime, what: str) -> None:
     nu = crl.next_update_utc
     if now < crl.last_update_utc or (nu is not None and now > nu):
         raise VerificationError(f"{what}: CRL not current at {now.isoformat()}")
@@ -123,17 +130,18 @@ def verify_chain(
     untrusted_chain: Sequence[x509.Certificate],
     *,
     root: x509.Certificate,
-    now: datetime,
+    now: datetime | None,
     crls: Sequence[x509.CertificateRevocationList] = (),
     what: str,
 ) -> x509.Certificate:
     """Verify ``leaf, intermediates..., [root]`` up to the pinned ``root``.
 
     The chain may or may not include the root; if it does, that certificate must
-    be byte-identical to ``root``. Every certificate must be valid at ``now``;
-    every CA above the leaf must be a CA. Each CRL given whose issuer is in the
-    chain must verify and be current, and no certificate may be listed in the
-    CRL of its issuer. Returns the leaf.
+    be byte-identical to ``root``. Every certificate must be valid at ``now``
+    (``None``: the caller checks validity separately);
+    every CA above the leaf must be a CA. No certificate may be listed in a CRL
+    of its issuer; ``crls`` must already be verified (:func:`check_crl`) by the
+    caller. Returns the leaf.
     """
     if not untrusted_chain:
         raise VerificationError(f"{what}: empty certificate chain")
@@ -149,15 +157,11 @@ def verify_chain(
     for i, cert in enumerate(chain):
         _verify_issued_by(cert, full[i + 1], f"{what} [{i}]")
     for i, cert in enumerate(full):
-        _check_validity(cert, now, f"{what} [{i}]")
+        if now is not None:
+            check_validity(cert, now, f"{what} [{i}]")
         if i > 0 and not _is_ca(cert):
             raise VerificationError(f"{what} [{i}]: issuing certificate is not a CA")
-    by_issuer = {c.subject.public_bytes(): c for c in full}
     for crl in crls:
-        issuer = by_issuer.get(crl.issuer.public_bytes())
-        if issuer is None:
-            continue
-        check_crl(crl, issuer, now, f"{what} CRL of {issuer.subject.rfc4514_string()}")
         for i, cert in enumerate(full):
             if cert.issuer == crl.issuer and crl.get_revoked_certificate_by_serial_number(cert.serial_number):
                 raise VerificationError(f"{what} [{i}]: certificate is revoked")
