@@ -21,6 +21,7 @@ import datetime as dt
 import json
 import os
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -154,7 +155,10 @@ class RunningKbs:
     _extra: dict[str, Any] = field(default_factory=dict)
 
     def _client(self) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=30, verify=str(self.ca_file) if self.ca_file else True)
+        verify: ssl.SSLContext | bool = (
+            ssl.create_default_context(cafile=str(self.ca_file)) if self.ca_file else True
+        )
+        return httpx.Client(base_url=self.url, timeout=30, verify=verify)
 
     def admin(self, method: str, path: str, *, content: bytes | None = None, json_body: Any = None,
               token: str | None = None) -> httpx.Response:  # fmt: skip
