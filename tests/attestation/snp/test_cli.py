@@ -41,7 +41,7 @@ def test_raw_report_claims(fx: Path, capsys: pytest.CaptureFixture[str]) -> None
         capsys, str(fx / "trustee/test-report.bin"), "--vcek", str(fx / "trustee/test-vcek.der")
     )
     assert rc == 0, err
-    assert c is not None and REQUIRED <= set(c)
+    assert c is not None and set(c) >= REQUIRED
     assert c["version"] == 2 and c["product"] == "Milan" and c["signing_key"] == "vcek"
     assert c["debug"] is False and c["vmpl"] == 0
     assert c["report_data"] == "ec6c52d7533cc2c4f45be7849cf112ab82b2009fe7bd43e71ed08c14400ad7e2" + "00" * 32
