@@ -411,14 +411,19 @@ class SecureMounter:
             dry = await self._run(
                 ["mkfs.ext4", str(mapper_dev), "-F", "-n", *user], what="mkfs.ext4 -n (superblock layout)"
             )
-            blocks = [0, *self._backup_blocks(dry.stdout.decode(errors="replace"))]
+            text = dry.stdout.decode(errors="replace")
+            blocks = [0, *self._backup_blocks(text)]
+            # block numbers count file-system blocks: 4k on a 4096-byte-sector mapping,
+            # but follow what mke2fs says it would use
+            m = re.search(r"with \d+ (\d+)k blocks", text)
+            bs = f"bs={m.group(1)}k" if m else "bs=4k"
             for b in blocks:
                 await self._run(
                     [
                         "dd",
                         "if=/dev/zero",
                         f"of={mapper_dev}",
-                        "bs=4k",
+                        bs,
                         "count=1",
                         "oflag=direct",
                         f"seek={b}",

@@ -34,7 +34,8 @@ Superblock backups stored on blocks:
 
 
 class Recorder:
-    def __init__(self, fail_on: str | None = None, is_luks: bool = False) -> None:
+    def __init__(self, fail_on: str | None = None, is_luks: bool = False, dry: bytes = MKFS_DRY) -> None:
+        self.dry = dry
         self.calls: list[tuple[list[str], bytes | None]] = []
         self.fail_on = fail_on
         self.is_luks = is_luks
@@ -56,7 +57,7 @@ class Recorder:
         if argv[0] == "mount":
             self.mounted.add(argv[-1])
         if argv[0] == "mkfs.ext4" and "-n" in argv:
-            return CommandResult(0, MKFS_DRY)
+            return CommandResult(0, self.dry)
         return CommandResult(0)
 
     def argvs(self) -> list[list[str]]:
@@ -345,3 +346,16 @@ async def test_bad_volume_type_and_mount_point(env: dict[str, Path]) -> None:
         await m.secure_mount("alibaba-cloud-oss", {}, "/x")
     with pytest.raises(SecureMountError, match="absolute"):
         await m.secure_mount("block-device", trusted_storage_request_options("254:16"), "rel/x")
+
+
+async def test_zeroing_follows_mke2fs_block_size(env: dict[str, Path]) -> None:
+    dry = b"Creating filesystem with 65536 1k blocks and 16384 inodes\nSuperblock backups stored on blocks:\n\t8193, 24577\n"
+    rec = Recorder(dry=dry)
+    opts = trusted_storage_request_options("254:16") | {"mapperName": "small"}
+    await mounter(env, rec).secure_mount("block-device", opts, str(env["mnt"] / "s"))
+    dds = [a for a in rec.argvs() if a[0] == "dd"]
+    assert [(a[4], a[-1]) for a in dds] == [
+        ("bs=1k", "seek=0"),
+        ("bs=1k", "seek=8193"),
+        ("bs=1k", "seek=24577"),
+    ]
