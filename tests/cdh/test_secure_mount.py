@@ -354,7 +354,7 @@ async def test_zeroing_follows_mke2fs_block_size(env: dict[str, Path]) -> None:
     opts = trusted_storage_request_options("254:16") | {"mapperName": "small"}
     await mounter(env, rec).secure_mount("block-device", opts, str(env["mnt"] / "s"))
     dds = [a for a in rec.argvs() if a[0] == "dd"]
-    assert [(a[4], a[-1]) for a in dds] == [
+    assert [(a[3], a[-1]) for a in dds] == [
         ("bs=1k", "seek=0"),
         ("bs=1k", "seek=8193"),
         ("bs=1k", "seek=24577"),
