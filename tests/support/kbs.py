@@ -86,7 +86,7 @@ def write_config(
     tmp: Path, port: int, admin_pub: Path, *, storage: str = "LocalFs", storage_dir: Path | None = None,
     redis_url: str | None = None, trusted_signer: bool = False, at_rest_key: Path | None = None,
     session_timeout_min: int = 5, token_minutes: int = 5, tls: tuple[Path, Path] | None = None,
-    extra_toml: str = "",
+    extra_toml: str = "", admin_style: str = "bearer",
 ) -> Path:  # fmt: skip
     """A trustee-format kbs-config.toml; returns its path."""
     sd = storage_dir or (tmp / "storage")
@@ -110,15 +110,25 @@ def write_config(
         backends += f'[storage_backend.backends.redis]\nurl = "{redis_url}"\n'
     if at_rest_key:
         backends += f'[storage_backend.encryption]\nkey_path = "{at_rest_key}"\n'
-    text = f"""[http_server]
-{http}
-[admin]
+    if admin_style == "bearer":  # trustee >= v0.21
+        admin = f"""[admin]
 authorization_mode = "AuthenticatedAuthorization"
 [admin.authentication.bearer_jwt]
 identity_providers = [ {{ issuer = "tests", audience = "KBS", public_key_uri = "{admin_pub}" }} ]
 [admin.authorization.regex_acl]
 acls = [ {{ role = "admin", allowed_endpoints = "^/kbs/.+$" }} ]
-
+"""
+    elif admin_style == "simple":  # trustee v0.16 - v0.20
+        admin = (
+            f'[admin]\ntype = "Simple"\n[[admin.personas]]\nid = "admin"\npublic_key_path = "{admin_pub}"\n'
+        )
+    elif admin_style == "legacy-key":  # trustee <= v0.15
+        admin = f'[admin]\nauth_public_key = "{admin_pub}"\ninsecure_api = false\n'
+    else:
+        raise ValueError(f"unknown admin_style {admin_style!r}")
+    text = f"""[http_server]
+{http}
+{admin}
 [attestation_token]
 {tok}
 [attestation_service]
