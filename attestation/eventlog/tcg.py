@@ -352,7 +352,7 @@ def _event_tag(data: bytes) -> dict[str, Any]:
         domain, operation, content_text = parts
         try:
             content: Any = json.loads(content_text)
-        except ValueError:
+        except (ValueError, RecursionError):
             content = content_text
         details["data"] = {"domain": domain, "operation": operation, "content": content}
         details["unicode_name"] = "AAEL"

@@ -90,7 +90,7 @@ def _strict_loads(text: str | bytes, what: str) -> Any:
         raise CollateralError(f"{what}: larger than {MAX_COLLATERAL_SIZE} bytes")
     try:
         return json.loads(text, object_pairs_hook=_no_dupes, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         raise CollateralError(f"{what}: not valid JSON") from exc
 
 

@@ -57,7 +57,7 @@ class TdxPolicy:
             raise EvidenceFormatError("policy too large")
         try:
             d = json.loads(untrusted_text, object_pairs_hook=_pairs)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:
             raise EvidenceFormatError("policy is not JSON") from exc
         if not isinstance(d, dict):
             raise EvidenceFormatError("policy must be a JSON object")

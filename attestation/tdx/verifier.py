@@ -100,6 +100,17 @@ def verify_quote(
     :class:`EvidenceFormatError`; returns the verified quote."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
+    try:
+        return _verify_quote(untrusted_quote, root_ca=root_ca, now=now, collateral=collateral)
+    except (ValueError, TypeError, RecursionError) as exc:  # malformed certificates/keys inside cryptography
+        raise EvidenceFormatError(
+            f"malformed certificate or key material in the quote: {type(exc).__name__}"
+        ) from exc
+
+
+def _verify_quote(
+    untrusted_quote: bytes, *, root_ca: x509.Certificate, now: datetime, collateral: Collateral | None
+) -> VerifiedQuote:
     quote = Quote.from_bytes(untrusted_quote)
     if quote.header.qe_vendor_id != INTEL_QE_VENDOR_ID:
         raise VerificationError("quote is not from an Intel quoting enclave (QE vendor ID)")
@@ -295,8 +306,12 @@ class TdxVerifier:
         q = Quote.from_bytes(quote_bytes)
         chain = load_pem_chain(q.signature_data.certification_data.pck_chain_pem(), "PCK chain")
         # unverified here: only selects which collateral to fetch; verify_quote checks everything
-        pck = parse_pck_extension(chain[0])
-        return self._source.get(fmspc=pck.fmspc, ca=pck_ca_kind(chain), tdx=q.is_tdx, now=now)
+        try:
+            pck = parse_pck_extension(chain[0])
+            ca = pck_ca_kind(chain)
+        except (ValueError, TypeError) as exc:
+            raise EvidenceFormatError("malformed PCK certificate in the quote") from exc
+        return self._source.get(fmspc=pck.fmspc, ca=ca, tdx=q.is_tdx, now=now)
 
     def verify(
         self,
@@ -311,7 +326,7 @@ class TdxVerifier:
                 raise EvidenceFormatError("TDX evidence too large")
             try:
                 untrusted_evidence = json.loads(untrusted_evidence, object_pairs_hook=_strict_object)
-            except ValueError as exc:
+            except (ValueError, RecursionError) as exc:
                 raise EvidenceFormatError("TDX evidence is not JSON") from exc
         if not isinstance(untrusted_evidence, Mapping):
             raise EvidenceFormatError("TDX evidence must be a JSON object")
