@@ -9,6 +9,7 @@ chosen step); the real dm-crypt path runs in the VM tests. Everything else
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from cdh.secure_mount import (
     HEADER_SIZE,
     CommandResult,
     SecureMounter,
+    SubprocessRunner,
     emptydir_request_options,
     trusted_storage_request_options,
 )
@@ -359,3 +361,55 @@ async def test_zeroing_follows_mke2fs_block_size(env: dict[str, Path]) -> None:
         ("bs=1k", "seek=8193"),
         ("bs=1k", "seek=24577"),
     ]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("cryptsetup") is None, reason="cryptsetup is not installed")
+async def test_real_cryptsetup_format_then_rollback(env: dict[str, Path], tmp_path: Path) -> None:
+    """Real cryptsetup on a file: luksFormat with the detached header and the key
+    on stdin works; the key opens the header (--test-passphrase); luksOpen then
+    fails here (no device-mapper in this kernel) or succeeds (a kernel with
+    dm-crypt) — either way the outcome is consistent and nothing is left behind
+    on failure."""
+    real = SubprocessRunner(timeout=120)
+    data = tmp_path / "disk.img"
+    with data.open("wb") as f:
+        f.truncate(64 << 20)
+    checks: dict[str, int] = {}
+
+    class Spy:
+        async def run(self, argv: Sequence[str], *, stdin: bytes | None = None) -> CommandResult:
+            if argv[:2] == ["cryptsetup", "luksOpen"]:
+                hdr = argv[argv.index("--header") + 1]
+                assert stdin is not None
+                t = await real.run(
+                    ["cryptsetup", "luksOpen", "--test-passphrase", "--header", hdr, "-d", "-", str(data)],
+                    stdin=stdin,
+                )
+                checks["right key"] = t.returncode
+                t = await real.run(
+                    ["cryptsetup", "luksOpen", "--test-passphrase", "--header", hdr, "-d", "-", str(data)],
+                    stdin=b"wrong key",
+                )
+                checks["wrong key"] = t.returncode
+                checks["isLuks header"] = (await real.run(["cryptsetup", "isLuks", hdr])).returncode
+            return await real.run(argv, stdin=stdin)
+
+    m = SecureMounter(runner=Spy(), header_dir=env["headers"], mapper_dir=env["mapper"])
+    opts = {
+        "devicePath": str(data),
+        "sourceType": "empty",
+        "encryptionType": "luks2",
+        "targetType": "device",
+        "mapperName": "cdhtest",
+    }
+    link = tmp_path / "dev-link"
+    try:
+        await m.secure_mount("block-device", opts, str(link))
+    except SecureMountError as exc:
+        assert "luksOpen failed" in str(exc)
+        assert list(env["headers"].iterdir()) == [] and not link.exists()
+    else:  # a kernel with dm-crypt: close what we opened
+        await real.run(["cryptsetup", "luksClose", "cdhtest"])
+    assert checks == {"right key": 0, "wrong key": 2, "isLuks header": 0}
+    assert (await real.run(["cryptsetup", "isLuks", str(data)])).returncode != 0  # header is detached
