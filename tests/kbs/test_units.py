@@ -1,0 +1,226 @@
+"""Unit tests: config parsing, storage backends, EAR tiers and token checks, admin auth."""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from kbs.admin_auth import AdminAuthorizer, AdminDenied
+from kbs.config import AdminConfig, IdentityProvider, RoleAcl, load_config, parse_config
+from kbs.ear import Appraisal, EarBroker, TokenVerifier, ear_status, extract_tee_pubkey, tier
+from kbs.errors import ConfigError, StorageError, TokenVerifierError
+from kbs.storage import EncryptedStore, LocalFsStore, MemoryStore
+from kbs_client.jws import sign
+from kbs_client.tee_key import TeeKeyPair
+
+from .conftest import admin_material, config_doc
+
+# --- config -----------------------------------------------------------------------------------
+
+
+def test_trustee_sample_config_loads(tmp_path: Path) -> None:
+    p = tmp_path / "kbs-config.toml"
+    p.write_text(
+        """
+[http_server]
+sockets = ["0.0.0.0:8080"]
+insecure_http = true
+[admin]
+authorization_mode = "InsecureAllowAll"
+[attestation_token]
+insecure_header_jwk = true
+[attestation_service]
+type = "coco_as_builtin"
+work_dir = "/opt/confidential-containers/attestation-service"
+[attestation_service.attestation_token_broker]
+type = "Ear"
+duration_min = 5
+[attestation_service.rvps_config]
+type = "BuiltIn"
+[storage_backend]
+storage_type = "LocalFs"
+[storage_backend.backends.local_fs]
+dir_path = "/tmp/x"
+[[plugins]]
+name = "resource"
+"""
+    )
+    cfg = load_config(str(p))
+    assert cfg.http_server.sockets == ("0.0.0.0:8080",) and cfg.admin.mode == "InsecureAllowAll"
+    assert cfg.storage.storage_type == "LocalFs" and cfg.storage.local_fs_dir == "/tmp/x"
+    assert cfg.plugins == ("resource",) and cfg.attestation_service.timeout_min == 5
+
+
+@pytest.mark.parametrize(
+    ("mutate", "msg"),
+    [
+        (lambda d: d.pop("admin"), r"\[admin\] section is required"),
+        (lambda d: d.pop("http_server"), r"\[http_server\]"),
+        (lambda d: d["admin"].update(type="Simple", authorization_mode="DenyAll"), "personas"),
+        (lambda d: d["admin"].update(bogus=1), "unknown field"),
+        (lambda d: d["http_server"].update(insecure_http=False), "private_key and certificate"),
+        (lambda d: d["attestation_token"].update(insecure_key=True), "renamed"),
+        (lambda d: d["storage_backend"].update(storage_type="Postgres"), "not supported"),
+        (
+            lambda d: d["admin"]["authorization"]["regex_acl"]["acls"].append(
+                {"role": "x", "allowed_endpoints": "/kbs"}
+            ),
+            "anchored",
+        ),
+        (lambda d: d.update(plugins=[{"name": "nebula-ca"}]), "not supported"),
+        (lambda d: d["attestation_service"].update(type="intel_ta"), "not supported"),
+    ],
+)
+def test_bad_configs(tmp_path: Path, mutate: Any, msg: str) -> None:
+    _, pub = admin_material(tmp_path)
+    doc = config_doc(tmp_path, pub)
+    mutate(doc)
+    with pytest.raises(ConfigError, match=msg):
+        parse_config(doc)
+
+
+def test_config_file_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(str(tmp_path / "missing.toml"))
+    (tmp_path / "bad.toml").write_text("[[[")
+    with pytest.raises(ConfigError, match="does not parse"):
+        load_config(str(tmp_path / "bad.toml"))
+
+
+# --- storage ----------------------------------------------------------------------------------
+
+
+async def test_localfs_layout_and_ttl(tmp_path: Path) -> None:
+    st = LocalFsStore(str(tmp_path))
+    await st.set("repository", "default/key/k1", b"v1")
+    assert (tmp_path / "repository" / "default\\x2Fkey\\x2Fk1").read_bytes() == b"v1"
+    # trustee's layout is readable as is: a pre-created file is a resource
+    (tmp_path / "repository" / "a\\x2Fb\\x2Fc").write_bytes(b"seeded")
+    assert await st.get("repository", "a/b/c") == b"seeded"
+    assert await st.keys("repository") == ["a/b/c", "default/key/k1"]
+    await st.set("kbs_protocol_session", "s1", b"x", ttl_s=0.05)
+    assert await st.get("kbs_protocol_session", "s1") == b"x"
+    time.sleep(0.06)
+    assert await st.get("kbs_protocol_session", "s1") is None
+    assert await st.delete("repository", "a/b/c") and not await st.delete("repository", "a/b/c")
+    for bad in ("", "..", ".hidden", "a\0b"):
+        with pytest.raises(StorageError):
+            await st.get("repository", bad)
+    with pytest.raises(StorageError):
+        await st.get("../etc", "x")
+
+
+async def test_encrypted_store() -> None:
+    inner = MemoryStore()
+    key = os.urandom(32)
+    st = EncryptedStore(inner, key, frozenset({"repository"}))
+    await st.set("repository", "a/b/c", b"plaintext")
+    raw = await inner.get("repository", "a/b/c")
+    assert raw is not None and b"plaintext" not in raw
+    assert await st.get("repository", "a/b/c") == b"plaintext"
+    # moving a sealed value to another key fails authentication
+    await inner.set("repository", "x/y/z", raw)
+    with pytest.raises(StorageError):
+        await st.get("repository", "x/y/z")
+    with pytest.raises(StorageError):
+        await EncryptedStore(inner, os.urandom(32), frozenset({"repository"})).get("repository", "a/b/c")
+    await st.set("kbs", "p", b"clear")
+    assert await inner.get("kbs", "p") == b"clear"
+
+
+# --- EAR --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("v", "t"),
+    [(0, "none"), (1, "none"), (-1, "none"), (2, "affirming"), (-31, "affirming"), (32, "warning"),
+     (95, "warning"), (96, "contraindicated"), (-128, "contraindicated")],
+)  # fmt: skip
+def test_tiers(v: int, t: str) -> None:
+    assert tier(v) == t
+
+
+def test_ear_status_and_token_checks() -> None:
+    assert ear_status({"hardware": 2, "executables": 3}) == "affirming"
+    assert ear_status({"hardware": 2, "executables": 33}) == "warning"
+    assert ear_status({}) == "none"
+    broker = EarBroker(duration_min=1)
+    key = TeeKeyPair.generate()
+    sub = {"cpu0": Appraisal({"hardware": 2}, {"runtime_data_claims": {"tee-pubkey": key.public_jwk()}})}
+    tok = broker.issue(sub)
+    v = TokenVerifier(insecure_header_jwk=True)
+    claims = v.verify(tok)
+    assert claims["submods"]["cpu0"]["ear.status"] == "affirming"
+    assert extract_tee_pubkey(claims).to_jwk() == key.public_jwk()
+    assert extract_tee_pubkey({"tee-pubkey": key.public_jwk()}).to_jwk() == key.public_jwk()
+    with pytest.raises(TokenVerifierError):
+        extract_tee_pubkey({"nothing": 1})
+    # expiry: 60 s leeway, then refused
+    assert v.verify(tok, now=time.time() + 60 + 59)
+    with pytest.raises(TokenVerifierError, match="expired"):
+        v.verify(tok, now=time.time() + 60 + 62)
+    # without trust material the verifier refuses to exist; with an unrelated cert, tokens fail
+    with pytest.raises(ConfigError):
+        TokenVerifier()
+    import tempfile
+
+    from tests.support.kbs import _signer
+
+    with tempfile.TemporaryDirectory() as d:
+        kp, cp = _signer(Path(d))
+        strict = TokenVerifier.from_config([str(cp)], [], False)
+        with pytest.raises(TokenVerifierError):
+            strict.verify(tok)  # no x5c
+        good = EarBroker.from_files(str(kp), str(cp)).issue(sub)
+        assert strict.verify(good)["iss"] == "CoCo-Attestation-Service"
+        # a tampered payload fails the signature
+        h, p, s = good.split(".")
+        with pytest.raises(TokenVerifierError):
+            strict.verify(h + "." + p[:-2] + ("A" if p[-2] != "A" else "B") + p[-1] + "." + s)
+    with pytest.raises(ConfigError):
+        EarBroker(ec.generate_private_key(ec.SECP384R1()))
+
+
+# --- admin auth -------------------------------------------------------------------------------
+
+
+def _pem(k: Any) -> str:
+    return (
+        k.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
+
+
+def test_admin_auth_ec_idp_and_modes() -> None:
+    k = ec.generate_private_key(ec.SECP256R1())
+    cfg = AdminConfig(
+        mode="AuthenticatedAuthorization",
+        identity_providers=(IdentityProvider(public_key_uri=_pem(k)),),
+        acls=(RoleAcl("ops", r"^/kbs/v0/resource/default/.+$"),),
+    )
+    a = AdminAuthorizer(cfg)
+    now = int(time.time())
+    tok = sign({"role": "ops", "exp": now + 60}, k, alg="ES256")
+    assert a.check("/kbs/v0/resource/default/a/b", f"Bearer {tok}") == "ops"
+    with pytest.raises(AdminDenied, match="may not access"):
+        a.check("/kbs/v0/resource/other/a/b", f"Bearer {tok}")
+    with pytest.raises(AdminDenied, match="exp"):
+        a.check(
+            "/kbs/v0/resource/default/a/b",
+            f"Bearer {sign({'role': 'ops', 'exp': str(now + 60)}, k, alg='ES256')}",
+        )
+    with pytest.raises(AdminDenied):
+        a.check(
+            "/kbs/v0/resource/default/a/b",
+            f"Bearer {sign({'role': 'ops', 'exp': now + 60}, ed25519.Ed25519PrivateKey.generate(), alg='EdDSA')}",
+        )
+    assert AdminAuthorizer(AdminConfig(mode="InsecureAllowAll")).check("/kbs/v0/x", None) == "insecure"
+    with pytest.raises(AdminDenied):
+        AdminAuthorizer(AdminConfig(mode="DenyAll")).check("/kbs/v0/x", f"Bearer {tok}")
