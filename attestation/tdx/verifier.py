@@ -29,6 +29,7 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -38,7 +39,9 @@ from attestation.errors import EvidenceFormatError, VerificationError
 from attestation.eventlog.tcg import ParsedEventLog, parse_event_log
 from attestation.tdx.collateral import (
     Collateral,
+    CollateralCache,
     CollateralSource,
+    PccsClient,
     StaticCollateral,
     TcbResult,
     evaluate_tcb,
@@ -283,6 +286,12 @@ class TdxVerifier:
     a :class:`~attestation.tdx.collateral.PccsClient` with a cache, ...). With
     ``require_collateral`` a quote whose collateral is unavailable is rejected;
     otherwise it verifies without a TCB status (``tcb_status: null``).
+
+    Config-file friendly alternatives (the reference KBS passes its
+    ``[tdx]`` options as keyword arguments): ``collateral_service`` (a PCS/PCCS
+    base URL, as trustee's QCNL ``collateral_service``, or ``file:///path`` to a
+    collateral JSON file), ``collateral_cache_dir``, ``root_ca_pem`` (a PEM file
+    replacing the packaged Intel SGX Root CA; for test PKIs only).
     """
 
     tee = "tdx"
@@ -293,8 +302,20 @@ class TdxVerifier:
         root_ca: x509.Certificate | None = None,
         collateral: CollateralSource | Collateral | None = None,
         require_collateral: bool = False,
+        collateral_service: str | None = None,
+        collateral_cache_dir: str | None = None,
+        root_ca_pem: str | None = None,
     ) -> None:
+        if root_ca is None and root_ca_pem is not None:
+            root_ca = load_pem_chain(Path(root_ca_pem).read_bytes(), "root CA file")[0]
         self._root = root_ca if root_ca is not None else intel_sgx_root_ca()
+        if collateral is None and collateral_service:
+            if collateral_service.startswith("file://"):
+                path = Path(collateral_service.removeprefix("file://"))
+                collateral = Collateral.from_json(path.read_bytes())
+            else:
+                cache = CollateralCache(collateral_cache_dir) if collateral_cache_dir else None
+                collateral = PccsClient(collateral_service, cache=cache)
         self._source: CollateralSource | None = (
             StaticCollateral(collateral) if isinstance(collateral, Collateral) else collateral
         )

@@ -144,3 +144,27 @@ def test_with_collateral_source_and_required_collateral() -> None:
         TdxVerifier(require_collateral=True).verify(
             _evidence(q), expected_report_data=rd, expected_init_data_hash=None, now=QVL_TDX_AT
         )
+
+
+def test_config_style_options(tmp_path: object) -> None:
+    from pathlib import Path
+
+    d = Path(str(tmp_path))
+    q = QVL_TDX.read_bytes()
+    rd = Quote.from_bytes(q).report_data
+    v = TdxVerifier(collateral_service=f"file://{QVL_TDX_COLL}")
+    claims = v.verify(_evidence(q), expected_report_data=rd, expected_init_data_hash=None, now=QVL_TDX_AT)
+    assert claims["tcb_status"] == "UpToDate"
+    pki = make_pki(Q4.read_bytes())
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    (d / "root.pem").write_bytes(pki.root.public_bytes(Encoding.PEM))
+    forged = forge_quote(Q4.read_bytes(), pki)
+    rd4 = Quote.from_bytes(forged).report_data
+    TdxVerifier(root_ca_pem=str(d / "root.pem")).verify(
+        _evidence(forged), expected_report_data=rd4, expected_init_data_hash=None, now=LATER
+    )
+    with pytest.raises(VerificationError):
+        TdxVerifier().verify(
+            _evidence(forged), expected_report_data=rd4, expected_init_data_hash=None, now=LATER
+        )
