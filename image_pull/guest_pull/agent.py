@@ -134,6 +134,8 @@ class ImagePullHandler:
         self.run_dir = run_dir
         self.pause_bundle = pause_bundle
         self.image_pull_timeout = image_pull_timeout
+        #: manifest digest CDH reported, per container id
+        self.digests: dict[str, str] = {}
 
     async def create_device(self, storage: Storage, container_id: str) -> Path:
         """Handle one ``image_guest_pull`` Storage; returns the rootfs path."""
@@ -151,6 +153,7 @@ class ImagePullHandler:
             digest = await self.cdh.pull_image(storage.source, str(bundle), timeout=self.image_pull_timeout)
         except RpcError as exc:
             raise AgentError(f"CDH PullImage of {storage.source} failed: {exc.message}") from exc
+        self.digests[container_id] = digest
         log.info("pulled %s (%s) into %s", storage.source, digest, bundle)
         return bundle / "rootfs"
 

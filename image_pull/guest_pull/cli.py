@@ -120,9 +120,25 @@ def _profiles(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    from image_pull.guest_pull.errors import GlueError
     from image_pull.guest_pull.simulate import simulate
 
-    _print(simulate(args.runtime_class, Path(args.pod), workdir=Path(args.workdir) if args.workdir else None))
+    resources: dict[str, bytes] = {}
+    for item in args.resource or []:
+        path, sep, file = item.partition("=")
+        if not sep or not path or not file:
+            raise GlueError(f"--resource {item!r}: want REPO/TYPE/TAG=FILE")
+        resources[path] = Path(file).read_bytes()
+    _print(
+        simulate(
+            args.runtime_class,
+            Path(args.pod),
+            workdir=Path(args.workdir) if args.workdir else None,
+            insecure_registries=args.insecure_registry or [],
+            auth_json=Path(args.auth_json) if args.auth_json else None,
+            resources=resources,
+        )
+    )
     return 0
 
 
@@ -171,6 +187,11 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("simulate", help="host side, agent side, CDH, AA and the reference KBS on loopback")
     s.add_argument("--runtime-class", required=True)
     s.add_argument("--workdir", help="keep the simulation's files here")
+    s.add_argument(
+        "--insecure-registry", action="append", help="HOST[:PORT] served over plain HTTP (repeatable)"
+    )
+    s.add_argument("--auth-json", help="registry credentials (auth.json) for CDH, served by the KBS")
+    s.add_argument("--resource", action="append", help="extra KBS resource REPO/TYPE/TAG=FILE (repeatable)")
     s.add_argument("pod", help="pod YAML")
     s.set_defaults(func=_simulate)
     return p
