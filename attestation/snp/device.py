@@ -5,10 +5,11 @@ two small seams so tests can stand in for the kernel:
 
 * :class:`ConfigfsOps` — mkdir/rmdir/read/write on the configfs-tsm tree
   (``/sys/kernel/config/tsm/report``). :class:`OsConfigfs` is the real one.
-* ``ioctl(fd, request, arg_address) -> int`` — the ``/dev/sev-guest``
-  ioctls; the real one is :func:`fcntl.ioctl`. Requests and responses live in
-  ctypes buffers whose addresses go into ``struct snp_guest_request_ioctl``,
-  exactly as the kernel expects, so a fake reads and writes the same memory.
+* ``ioctl(fd, request, arg) -> int`` — the ``/dev/sev-guest`` ioctls, ``arg``
+  being ``struct snp_guest_request_ioctl``; the real one is :func:`fcntl.ioctl`.
+  Requests and responses live in ctypes buffers whose addresses go into that
+  struct, exactly as the kernel expects, so a fake reads and writes the same
+  memory the kernel would.
 
 Protocol details: ``../shared/reference/evidence.md`` §1.4 (Linux uapi
 ``sev-guest.h``, ``Documentation/ABI/testing/configfs-tsm``).
@@ -247,11 +248,21 @@ assert ctypes.sizeof(GuestRequest) == 32
 assert ctypes.sizeof(SnpReportReq) == 96
 assert ctypes.sizeof(SnpExtReportReq) == 112
 
-IoctlFn = Callable[[int, int, int], int]
+#: ``ioctl(fd, request, arg)``: ``arg`` is the request struct; implementations
+#: must write the kernel's updates (``exitinfo2``) back into it, also on failure.
+IoctlFn = Callable[[int, int, "GuestRequest"], int]
 
 
-def _real_ioctl(fd: int, request: int, arg: int) -> int:
-    return fcntl.ioctl(fd, request, arg)
+def _real_ioctl(fd: int, request: int, arg: GuestRequest) -> int:
+    # fcntl.ioctl passes an integer argument as a C int (too small for a pointer),
+    # so hand it the 32-byte struct as a mutable buffer; CPython copies the
+    # kernel's changes back before raising on failure.
+    buf = bytearray(bytes(arg))
+    try:
+        ret: int = fcntl.ioctl(fd, request, buf, True)
+        return ret
+    finally:
+        ctypes.memmove(ctypes.addressof(arg), bytes(buf), len(buf))
 
 
 class SevGuestDevice:
@@ -269,7 +280,7 @@ class SevGuestDevice:
     def _call(self, fd: int, request: int, req: ctypes.Structure, resp: SnpReportResp) -> GuestRequest:
         arg = GuestRequest(msg_version=1, req_data=ctypes.addressof(req), resp_data=ctypes.addressof(resp))
         try:
-            self._ioctl(fd, request, ctypes.addressof(arg))
+            self._ioctl(fd, request, arg)
         except OSError as exc:
             fw, vmm = arg.exitinfo2 & 0xFFFFFFFF, arg.exitinfo2 >> 32
             if vmm == _VMM_ERR_INVALID_LEN and request == SNP_GET_EXT_REPORT:

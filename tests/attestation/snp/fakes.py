@@ -96,8 +96,7 @@ class FakeSevGuestIoctl:
         self.calls: list[tuple[int, bytes, int]] = []  # (request, user_data, vmpl)
         self.cert_buffer_sizes: list[int] = []
 
-    def __call__(self, fd: int, request: int, addr: int) -> int:
-        arg = GuestRequest.from_address(addr)
+    def __call__(self, fd: int, request: int, arg: GuestRequest) -> int:
         if arg.msg_version != 1 or request not in (SNP_GET_REPORT, SNP_GET_EXT_REPORT):
             raise OSError(errno.EINVAL, "Invalid argument")
         if request == SNP_GET_EXT_REPORT:

@@ -149,6 +149,14 @@ def test_ioctl_no_host_certs_and_failures(tmp_path: Path, recorded: tuple[bytes,
         _dev(tmp_path, FakeSevGuestIoctl(recorded[0])).get_report(b"", vmpl=4, want_certs=False)
 
 
+def test_real_ioctl_path_on_a_non_device(tmp_path: Path) -> None:
+    """The real fcntl path, on a regular file: the kernel answers ENOTTY."""
+    node = tmp_path / "not-a-device"
+    node.write_bytes(b"")
+    with pytest.raises(SnpDeviceUnavailable, match="sev-guest ioctl failed"):
+        SevGuestDevice(node).get_report(b"", vmpl=0, want_certs=False)
+
+
 def test_default_sources_detection(tmp_path: Path) -> None:
     assert default_sources(tmp_path) == []
     (tmp_path / "sys/kernel/config/tsm/report").mkdir(parents=True)
