@@ -110,3 +110,33 @@ def test_tdreport_fields_and_internal_hashes() -> None:
         TdReport.from_bytes(bytes(bad))
     with pytest.raises(EvidenceFormatError):
         TdReport.from_bytes(raw[:1000])
+
+
+def _as_v5(v4_or_v3: bytes, body_type: int) -> bytes:
+    """Re-wrap a v3/v4 quote as v5 with an explicit body descriptor (unsigned: parse-only)."""
+    q = Quote.from_bytes(v4_or_v3)
+    header = bytearray(v4_or_v3[:48])
+    header[0:2] = struct.pack("<H", 5)
+    body = q.signed_bytes[48:]
+    rest = v4_or_v3[len(q.signed_bytes) : len(v4_or_v3) - len(q.trailing)]
+    if q.header.version == 3:  # v5 always wraps the QE data in certification type 6
+        sig_len = struct.unpack_from("<I", rest)[0]
+        sd = rest[4 : 4 + sig_len]
+        inner = sd[128:]
+        sd = sd[:128] + struct.pack("<HI", 6, len(inner)) + inner
+        rest = struct.pack("<I", len(sd)) + sd
+    return bytes(header) + struct.pack("<HI", body_type, len(body)) + body + rest
+
+
+def test_v5_with_td10_and_sgx_bodies() -> None:
+    q = Quote.from_bytes(_as_v5(Q4.read_bytes(), 2))
+    assert q.header.version == 5 and q.body_type is BodyType.TD_REPORT_10
+    assert q.td_body.mr_td == Quote.from_bytes(Q4.read_bytes()).td_body.mr_td
+    assert len(q.signed_bytes) == 48 + 6 + 584
+    q = Quote.from_bytes(_as_v5(QVL_SGX.read_bytes(), 1))
+    assert q.body_type is BodyType.SGX_ENCLAVE and not q.is_tdx
+    with pytest.raises(EvidenceFormatError, match="TEE type"):
+        Quote.from_bytes(
+            _as_v5(Q4.read_bytes(), 1)[:48]
+            + Quote.from_bytes(_as_v5(QVL_SGX.read_bytes(), 1)).signed_bytes[48:]
+        )

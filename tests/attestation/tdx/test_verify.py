@@ -100,3 +100,16 @@ def test_naive_time_is_refused() -> None:
 def test_errors_share_the_package_root() -> None:
     with pytest.raises(AttestationError):
         verify_quote(b"\x04\x00" + bytes(10), root_ca=ROOT, now=FIXED_NOW)
+
+
+def test_v5_td10_body_verifies_when_signed() -> None:
+    from .test_quote import _as_v5
+
+    v5 = _as_v5(Q4.read_bytes(), 2)
+    pki = make_pki(Q4.read_bytes())
+    forged = forge_quote(v5, pki)
+    v = verify_quote(forged, root_ca=pki.root, now=LATER)
+    assert (
+        v.quote.header.version == 5
+        and v.quote.td_body.report_data == Quote.from_bytes(Q4.read_bytes()).report_data
+    )
