@@ -25,6 +25,7 @@ anchors, time) that fails closed, and the steps above are small.
 from __future__ import annotations
 
 import base64
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -178,20 +179,37 @@ class VerifiedDevice:
     measurements_match: bool | None = None
     matched_measurements: int = 0
 
-    def claims(self) -> dict[str, Any]:
+    def measurements_digest(self) -> str:
+        """SHA-384 over the measurement values in block order (one value for reference-value policies)."""
+        h = hashlib.sha384()
+        for _, value in sorted(self.report.measurements().items()):
+            h.update(value)
+        return h.hexdigest()
+
+    def claims(self, *, verbose: bool = True) -> dict[str, Any]:
+        """Claims for this device. ``verbose=False`` gives the compact set the
+        KBS puts in tokens (tokens travel in HTTP headers); ``verbose=True``
+        adds the nonce, every measurement, the opaque fields and the RIM details."""
         o = self.report.opaque
         fwid = o.fwid
-        return {
+        compact: dict[str, Any] = {
             "arch": self.arch,
             "uuid": self.uuid,
-            "nonce": self.report.nonce.hex(),
-            "nonce_checked": self.nonce_checked,
             "driver_version": o.driver_version,
             "vbios_version": o.vbios_version,
             "fwid": fwid.hex() if fwid is not None else None,
-            "fwid_checked": self.fwid_checked,
             "feature_flag": o.feature_flag,
+            "nonce_checked": self.nonce_checked,
+            "fwid_checked": self.fwid_checked,
             "measurements_match": self.measurements_match,
+            "measurements_sha384": self.measurements_digest(),
+            "rim_versions": [r.colloquial_version for r in self.rims],
+        }
+        if not verbose:
+            return compact
+        return {
+            **compact,
+            "nonce": self.report.nonce.hex(),
             "matched_measurements": self.matched_measurements,
             "rims": [
                 {
@@ -336,6 +354,7 @@ class NvidiaVerifier:
         rim_files: Sequence[str] = (),
         rim_service_url: str | None = None,
         ocsp_url: str | None = None,
+        verbose_claims: bool = False,
     ) -> None:
         """Objects (``anchors``, ``rims``, ``ocsp``) or, for a KBS config file
         (``[attestation_service.verifier_config.nvidia]``), paths and URLs:
@@ -343,7 +362,8 @@ class NvidiaVerifier:
         NVIDIA roots), ``rim_files`` (RIM documents), ``rim_service_url``
         (e.g. NVIDIA's RIM service) and ``ocsp_url`` (e.g. NVIDIA's responder).
         Without RIMs ``measurements_match`` is null; without OCSP no
-        revocation check is made."""
+        revocation check is made. Claims are the compact set unless
+        ``verbose_claims`` (every measurement: ~7 KiB per device)."""
         if anchors is None:
             anchors = TrustAnchors.nvidia()
             if device_root_path or rim_root_path:
@@ -363,6 +383,7 @@ class NvidiaVerifier:
         self._anchors = anchors
         self._rims = rims
         self._ocsp = ocsp
+        self._verbose = verbose_claims
 
     def verify_devices(
         self, untrusted_evidence: Any, *, expected_report_data: bytes, now: datetime
@@ -385,4 +406,4 @@ class NvidiaVerifier:
         now: datetime,
     ) -> dict[str, Any]:
         verified = self.verify_devices(untrusted_evidence, expected_report_data=expected_report_data, now=now)
-        return {"devices": [v.claims() for v in verified]}
+        return {"devices": [v.claims(verbose=self._verbose) for v in verified]}

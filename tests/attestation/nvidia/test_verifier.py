@@ -196,6 +196,14 @@ def test_nvidia_verifier_contract(anchors: TrustAnchors) -> None:
     )
     assert [d["uuid"] for d in claims["devices"]] == ["GPU-1234"]
     assert claims["devices"][0]["driver_version"] == "550.90.07"
+    assert set(claims["devices"][0]) == {
+        "arch", "uuid", "driver_version", "vbios_version", "fwid", "feature_flag", "nonce_checked",
+        "fwid_checked", "measurements_match", "measurements_sha384", "rim_versions",
+    }  # fmt: skip
+    verbose = NvidiaVerifier(anchors=anchors, verbose_claims=True).verify(
+        ev, expected_report_data=NONCE_931, expected_init_data_hash=None, now=NOW
+    )
+    assert len(verbose["devices"][0]["measurements"]) == 64
     with pytest.raises(VerificationError, match="nonce"):
         v.verify(ev, expected_report_data=b"\xaa" * 48, expected_init_data_hash=None, now=NOW)
     # also accepted as the JSON text, and with legacy hex evidence
