@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 AGENT_NAME = "attestation-agent"
 T = TypeVar("T")
+_PREFIX = f"[ERROR:{AGENT_NAME}] "
 
 
 def _error(what: str, exc: Exception) -> RpcError:
@@ -87,8 +88,12 @@ class _GrpcAaService(AaService):
 
 
 def ttrpc_service(agent: AttestationAgent) -> Service:
-    return bind(pb.DESCRIPTOR.services_by_name["AttestationAgentService"], AaService(agent))
+    return bind(
+        pb.DESCRIPTOR.services_by_name["AttestationAgentService"], AaService(agent), error_prefix=_PREFIX
+    )
 
 
 def grpc_service(agent: AttestationAgent) -> Service:
-    return bind(pb.DESCRIPTOR.services_by_name["AttestationAgentService"], _GrpcAaService(agent))
+    return bind(
+        pb.DESCRIPTOR.services_by_name["AttestationAgentService"], _GrpcAaService(agent), error_prefix=_PREFIX
+    )

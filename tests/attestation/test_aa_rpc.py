@@ -214,3 +214,14 @@ async def test_grpc_surface_including_bind_init_data() -> None:
     finally:
         await srv.close()
         await bad.close()
+
+
+class ExplodingAttester(SampleAttester):
+    async def get_evidence(self, report_data: bytes) -> Any:
+        raise RuntimeError("device went away")
+
+
+async def test_unexpected_errors_carry_the_upstream_prefix(served: Any) -> None:
+    sock = await served(_agent(primary=ExplodingAttester()))
+    code, msg, _ = await _ttrpc(sock, "GetEvidence", pb.GetEvidenceRequest(RuntimeData=b"x"))
+    assert code == 13 and msg == "[ERROR:attestation-agent] device went away"
