@@ -12,7 +12,8 @@ their exact bytes and only then parsed.
 Matching rules (Intel DCAP QVL, as also implemented by dcap-qvl; see
 ``shared/reference/evidence.md`` §2.4): TCB levels sorted highest first; the
 first level whose 16 SGX components and PCESVN are all <= the PCK
-certificate's, and (TDX) whose 16 TDX components are all <= TEE_TCB_SVN,
+certificate's, and (TDX) whose TDX components are all <= TEE_TCB_SVN (from
+index 2 when TEE_TCB_SVN[1] > 0, as Intel's QVL does; dcap-qvl compares all 16),
 gives the platform status; no match is an error. For TDX, TEE_TCB_SVN[1] > 0
 selects the module identity ``TDX_%02X`` (MRSIGNERSEAM, masked
 SEAMATTRIBUTES, module tcbLevel by ISVSVN = TEE_TCB_SVN[0]). The QE identity
@@ -636,7 +637,10 @@ def evaluate_tcb(quote: Quote, pck: PckExtension, collateral: VerifiedCollateral
         if body is not None:
             if len(lv.tdx_components) != 16:
                 raise CollateralError("TDX TCB level without 16 TDX components")
-            if any(a < b for a, b in zip(body.tee_tcb_svn, lv.tdx_components, strict=True)):
+            # Intel QVL (isTdxTcbHigherOrEqual): with a module version in
+            # TEE_TCB_SVN[1], bytes 0..1 are judged by the module identity instead
+            start = 2 if body.tee_tcb_svn[1] > 0 else 0
+            if any(a < b for a, b in zip(body.tee_tcb_svn[start:], lv.tdx_components[start:], strict=True)):
                 continue
         platform = (lv.status, lv.advisory_ids)
         tcb_date = lv.tcb_date

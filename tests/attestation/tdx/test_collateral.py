@@ -255,3 +255,27 @@ def test_pccs_fetch_and_cache(pcs: str, tmp_path: Path) -> None:
 
 def test_root_pem_roundtrip_is_der_identical() -> None:
     assert ROOT.public_bytes(Encoding.DER)[:2] == b"\x30\x82"
+
+
+def test_module_svn_is_judged_by_the_module_identity_not_the_platform_level() -> None:
+    """Intel's rule: with TEE_TCB_SVN[1] > 0, TDX components 0..1 are skipped in the
+    platform match and TDX_01's own levels decide the module status."""
+    from dataclasses import replace
+
+    from attestation.tdx.collateral import evaluate_tcb, verify_collateral
+    from attestation.tdx.quote import TdReportBody
+
+    coll = verify_collateral(_coll(QVL_TDX_COLL), root=ROOT, now=QVL_TDX_AT)
+    v = verify_quote(QVL_TDX.read_bytes(), root_ca=ROOT, now=QVL_TDX_AT)
+    body = v.quote.body
+    assert isinstance(body, TdReportBody) and body.tee_tcb_svn[:3] == bytes([6, 1, 3])
+
+    def status(svn0: int) -> tuple[str, str | None]:
+        q = replace(v.quote, body=replace(body, tee_tcb_svn=bytes([svn0]) + body.tee_tcb_svn[1:]))
+        r = evaluate_tcb(q, v.pck, coll)
+        return r.status, r.module_status
+
+    assert status(4) == ("UpToDate", "UpToDate")  # below the platform level's component 0 (5): skipped
+    assert status(3) == ("OutOfDate", "OutOfDate")  # TDX_01 level isvsvn 2 -> OutOfDate
+    with pytest.raises(VerificationError, match="ISVSVN 1"):
+        status(1)
