@@ -68,6 +68,7 @@ class FakeKbs:
                 return httpx.Response(401, json={"type": "x/AttestationError", "detail": "no session"})
             body = json.loads(request.content)
             self.attests.append(body)
+            self.problems = []
             self._check(body)
             if self.problems:
                 return httpx.Response(
@@ -88,7 +89,11 @@ class FakeKbs:
         dev_digest = hashlib.sha384(rfc8785.dumps({"nonce": NONCE, "tee-pubkey": key})).digest()
         if additional:
             for tee, ev in json.loads(additional).items():
-                if tee != "sampledevice" or base64.b64decode(ev["report_data"]) != dev_digest:
+                if tee == "sampledevice":
+                    ok = base64.b64decode(ev["report_data"]) == dev_digest
+                else:  # the recording "nvidia" stand-in: nonce = first 32 bytes
+                    ok = ev["device_evidence_list"][0]["nonce"] == dev_digest[:32].hex()
+                if not ok:
                     self.problems.append(f"device {tee} binding")
         primary_digest = hashlib.sha384(
             rfc8785.dumps({"additional-evidence": additional, "nonce": NONCE, "tee-pubkey": key})
@@ -233,3 +238,54 @@ async def test_coco_as_token() -> None:
     assert req["tee"] == "sample"
     ev = json.loads(base64.urlsafe_b64decode(req["evidence"] + "=" * (-len(req["evidence"]) % 4)))
     assert ev == {"svn": "1", "report_data": ""}
+
+
+def test_additional_evidence_string_matches_reference_case_2() -> None:
+    """kbs-protocol.md §3 case 2: the exact string and the primary digest it yields."""
+    from attestation.aa.agent import additional_evidence_string
+
+    a = additional_evidence_string({"sampledevice": {"svn": "2", "report_data": "X"}})
+    assert a == '{"sampledevice":{"svn":"2","report_data":"X"}}'
+    assert additional_evidence_string({}) == ""
+    k = {
+        "kty": "EC",
+        "crv": "P-256",
+        "alg": "ECDH-ES+A256KW",
+        "x": "n62Erq4Iu-9_AQAU2CzvagneKwz4cbXODE8dE6WaWTQ",
+        "y": "B8tFdp8QcOLCRw_lsb_mMTPAsM3GTqS_N5Go7CoH_U8",
+    }
+    d = hashlib.sha384(rfc8785.dumps({"additional-evidence": a, "nonce": NONCE, "tee-pubkey": k})).hexdigest()
+    assert d == (
+        "c21f2f5dd533f1f4b34683a4b271de25c9cdf7e42651b5c5f458e868b3a7ec439bbbdcbcd3f5c63648a2b66ac05fbdc2"
+    )
+
+
+class RecordingDevice(SampleDeviceAttester):
+    tee = "nvidia"
+
+    def __init__(self) -> None:
+        self.seen: list[bytes] = []
+        self.accepted = 0
+
+    async def get_evidence(self, report_data: bytes) -> Any:
+        self.seen.append(report_data)
+        return {"device_evidence_list": [{"nonce": report_data[:32].hex()}]}
+
+    async def on_attestation_accepted(self) -> None:
+        self.accepted += 1
+
+
+async def test_device_gets_the_runtime_data_digest_and_accept_hook_runs() -> None:
+    kbs = FakeKbs()
+    dev = RecordingDevice()
+    agent = AttestationAgent(
+        AaConfig(kbs=KbsConfig(URL)), SampleAttester(), devices=[dev], http_factory=_factory(kbs)
+    )
+    await agent.get_token("kbs")
+    (body,) = kbs.attests
+    key = body["runtime-data"]["tee-pubkey"]
+    want = hashlib.sha384(rfc8785.dumps({"nonce": NONCE, "tee-pubkey": key})).digest()
+    assert dev.seen == [want]
+    additional = json.loads(body["tee-evidence"]["additional_evidence"])
+    assert additional == {"nvidia": {"device_evidence_list": [{"nonce": want[:32].hex()}]}}
+    assert dev.accepted == 1
