@@ -5,10 +5,11 @@ The launch digest is computed with virtee's ``sev-snp-measure`` (PyPI
 ``../shared/reference/evidence.md`` §1.6). This module wraps it with typed
 inputs and turns digests into reference values the KBS understands:
 
-* :func:`reference_values` — ``{"snp_launch_measurement": [<std base64>, ...]}``,
-  base64 because trustee's SNP claim ``measurement`` is standard base64 and
-  the default CPU policy tests ``input.snp.measurement in
-  data.reference.snp_launch_measurement``;
+* :func:`reference_values` — ``{"snp_launch_measurement": [<lowercase hex>, ...]}``,
+  hex because the SNP claim ``measurement`` is lowercase hex (current trustee;
+  releases before its Turin support used standard base64) and the default CPU
+  policy tests ``input.snp.measurement in
+  query_reference_value("snp_launch_measurement")``;
 * :func:`reference_value_message` — the RVPS ``sample`` message
   (``{"version": "0.1.0", "type": "sample", "payload": <b64 JSON>}``) that
   ``POST /kbs/v0/reference-value`` (and ``kbs-client set-sample-reference-value``)
@@ -123,14 +124,14 @@ def ovmf_hash(ovmf: Path) -> bytes:
 def reference_values(
     measurements: Iterable[bytes], *, name: str = "snp_launch_measurement"
 ) -> dict[str, list[str]]:
-    """``{name: [std base64 of each 48-byte measurement]}`` (trustee claim encoding)."""
+    """``{name: [lowercase hex of each 48-byte measurement]}`` (the claim encoding)."""
     out: list[str] = []
     for m in measurements:
         if len(m) != 48:
             raise SnpFormatError("an SNP launch measurement is 48 bytes")
-        b64 = base64.b64encode(m).decode()
-        if b64 not in out:
-            out.append(b64)
+        text = m.hex()
+        if text not in out:
+            out.append(text)
     if not out:
         raise SnpFormatError("no measurements given")
     return {name: out}

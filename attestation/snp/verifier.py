@@ -42,7 +42,7 @@ class InsecureSkipReportDataBinding:
     was captured) can be driven through a live KBS handshake in tests. With it,
     evidence is replayable; never configure it in a real deployment. Every use
     is logged at WARNING and marked in the claims
-    (``"insecure_report_data_binding_skipped": "true"``).
+    (``"insecure_report_data_binding_skipped": true``).
     """
 
     reason: str
@@ -157,5 +157,5 @@ class SnpVerifier:
             )
         claims = verified.trustee_claims()
         if self._insecure is not None:
-            claims["insecure_report_data_binding_skipped"] = "true"
+            claims["insecure_report_data_binding_skipped"] = True
         return claims

@@ -16,7 +16,6 @@ the relying party expects. Policy (minimum TCB, measurements, debug, VMPL) is
 
 from __future__ import annotations
 
-import base64
 import hmac
 from dataclasses import dataclass
 from datetime import datetime
@@ -120,41 +119,39 @@ class VerifiedReport:
         }
 
     def trustee_claims(self) -> dict[str, Any]:
-        """Claims as trustee's SNP verifier names them (``parse_tee_evidence``):
-        strings for numbers/booleans, standard base64 for byte fields; plus
-        ``reported_tcb_fmc`` on Turin and a few extra identifying fields."""
+        """Claims as current trustee's SNP verifier names and types them
+        (``parse_tee_evidence``): booleans and integers as JSON values, byte
+        fields as lowercase hex; plus ``reported_tcb_fmc`` on Turin and a few
+        extra identifying fields (not in trustee)."""
         r = self.report
-        b64 = base64.b64encode
-
-        def s(v: object) -> str:
-            return str(v).lower() if isinstance(v, bool) else str(v)
-
         out: dict[str, Any] = {
-            "policy_abi_major": s(r.policy.abi_major),
-            "policy_abi_minor": s(r.policy.abi_minor),
-            "policy_smt_allowed": s(r.policy.smt_allowed),
-            "policy_migrate_ma": s(r.policy.migrate_ma),
-            "policy_debug_allowed": s(r.policy.debug),
-            "policy_single_socket": s(r.policy.single_socket),
-            "reported_tcb_bootloader": s(r.reported_tcb.bootloader),
-            "reported_tcb_tee": s(r.reported_tcb.tee),
-            "reported_tcb_snp": s(r.reported_tcb.snp),
-            "reported_tcb_microcode": s(r.reported_tcb.microcode),
-            "platform_tsme_enabled": s(r.platform_info.tsme_enabled),
-            "platform_smt_enabled": s(r.platform_info.smt_enabled),
-            "measurement": b64(r.measurement).decode(),
-            "report_data": b64(r.report_data).decode(),
-            "init_data": b64(r.host_data).decode(),
+            "tee_type": "snp",
+            "policy_abi_major": r.policy.abi_major,
+            "policy_abi_minor": r.policy.abi_minor,
+            "policy_smt_allowed": r.policy.smt_allowed,
+            "policy_migrate_ma": r.policy.migrate_ma,
+            "policy_debug_allowed": r.policy.debug,
+            "policy_single_socket": r.policy.single_socket,
+            "reported_tcb_bootloader": r.reported_tcb.bootloader,
+            "reported_tcb_tee": r.reported_tcb.tee,
+            "reported_tcb_snp": r.reported_tcb.snp,
+            "reported_tcb_microcode": r.reported_tcb.microcode,
+            "platform_tsme_enabled": r.platform_info.tsme_enabled,
+            "platform_smt_enabled": r.platform_info.smt_enabled,
+            "measurement": r.measurement.hex(),
+            "report_data": r.report_data.hex(),
+            "init_data": r.host_data.hex(),
             # extras (not in trustee): identify what was verified
-            "report_version": s(r.version),
-            "vmpl": s(r.vmpl),
+            "report_version": r.version,
+            "vmpl": r.vmpl,
+            "guest_svn": r.guest_svn,
             "product": self.product.value,
             "signing_key": self.signing_key.name.lower(),
             "chip_id": r.chip_id.hex(),
             "firmware_version": str(r.current),
         }
         if r.reported_tcb.fmc is not None:
-            out["reported_tcb_fmc"] = s(r.reported_tcb.fmc)
+            out["reported_tcb_fmc"] = r.reported_tcb.fmc
         return out
 
 

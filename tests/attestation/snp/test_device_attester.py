@@ -180,7 +180,7 @@ async def test_attester_evidence_verifies(tmp_path: Path, recorded: tuple[bytes,
     claims = SnpVerifier().verify(
         ev, expected_report_data=recorded_rd, expected_init_data_hash=None, now=TODAY
     )
-    assert claims["reported_tcb_snp"] == "8"
+    assert claims["reported_tcb_snp"] == 8
 
 
 async def test_attester_falls_back_to_ioctl(tmp_path: Path, recorded: tuple[bytes, bytes]) -> None:

@@ -83,7 +83,8 @@ async def test_snp_handshake_and_resource(fx: Path, tmp_path: Path) -> None:
     _, claims = decode_unverified(att.token)
     snp = claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]["snp"]
     assert snp["product"] == "Milan" and snp["signing_key"] == "vcek"
-    assert snp["reported_tcb_microcode"] == "115" and snp["insecure_report_data_binding_skipped"] == "true"
+    assert snp["reported_tcb_microcode"] == 115 and snp["insecure_report_data_binding_skipped"] is True
+    assert snp["policy_debug_allowed"] is False and snp["tee_type"] == "snp"
     assert "INSECURE" in log
 
 

@@ -10,7 +10,6 @@ independently here from the PAGE_INFO chain (evidence.md §1.6).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import struct
@@ -123,7 +122,7 @@ def test_reference_values_load_into_the_kbs_rvps_and_match_claims(tmp_path: Path
     ovmf = synth_ovmf(tmp_path / "OVMF.fd")
     digest = launch_digest(LaunchConfig(ovmf, vcpus=2))
     values = reference_values([digest, digest])
-    assert values == {"snp_launch_measurement": [base64.b64encode(digest).decode()]}
+    assert values == {"snp_launch_measurement": [digest.hex()]}
     msg = reference_value_message(values)
     assert rvps.parse_message(json.dumps(msg).encode()) == values
     # a report launched with that digest yields the same string in its claims

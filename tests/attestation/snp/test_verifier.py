@@ -36,11 +36,12 @@ def test_protocol_and_trustee_claims(fx: Path) -> None:
     doc = (fx / "trustee/e2e_snp_evidence_genoa.json").read_bytes()
     report = SnpEvidence.from_json(doc).report
     claims = v.verify(doc, expected_report_data=report.report_data, expected_init_data_hash=None, now=TODAY)
-    assert claims["measurement"] == base64.b64encode(report.measurement).decode()
-    assert claims["report_data"] == base64.b64encode(report.report_data).decode()
-    assert claims["init_data"] == base64.b64encode(report.host_data).decode()
-    assert claims["policy_debug_allowed"] == "false"
-    assert claims["reported_tcb_bootloader"] == "10" and claims["reported_tcb_microcode"] == "25"
+    assert claims["tee_type"] == "snp"
+    assert claims["measurement"] == report.measurement.hex()
+    assert claims["report_data"] == report.report_data.hex()
+    assert claims["init_data"] == report.host_data.hex()
+    assert claims["policy_debug_allowed"] is False and claims["policy_smt_allowed"] is True
+    assert claims["reported_tcb_bootloader"] == 10 and claims["reported_tcb_microcode"] == 25
     assert claims["product"] == "Genoa" and claims["signing_key"] == "vcek"
     assert "reported_tcb_fmc" not in claims
     # dict input works the same as bytes
@@ -69,7 +70,7 @@ def test_vmpl_must_be_zero_by_default(fx: Path) -> None:
     claims = SnpVerifier(required_vmpl=None).verify(
         ev, expected_report_data=rd, expected_init_data_hash=None, now=at
     )
-    assert claims["signing_key"] == "vlek" and claims["vmpl"] == "1"
+    assert claims["signing_key"] == "vlek" and claims["vmpl"] == 1
 
 
 def test_min_report_version(fx: Path) -> None:
@@ -106,7 +107,7 @@ def test_insecure_hook_is_explicit_and_marked(fx: Path, caplog: pytest.LogCaptur
             insecure_skip_report_data_binding=InsecureSkipReportDataBinding("recorded report in a test")
         )
         claims = v.verify(ev, expected_report_data=b"\x77" * 48, expected_init_data_hash=None, now=TODAY)
-    assert claims["insecure_report_data_binding_skipped"] == "true"
+    assert claims["insecure_report_data_binding_skipped"] is True
     assert "INSECURE" in caplog.text
     with pytest.raises(HostDataMismatch):  # init-data binding is still enforced
         v.verify(ev, expected_report_data=b"", expected_init_data_hash=b"\x01" * 32, now=TODAY)
