@@ -73,16 +73,21 @@ class HttpOcspChecker:
         if self.use_nonce:
             builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
         body = builder.build().public_bytes(Encoding.DER)
+        content = bytearray()
         try:
-            resp = self.client.post(
-                self.url, content=body, headers={"Content-Type": "application/ocsp-request"}
-            )
+            with self.client.stream(
+                "POST", self.url, content=body, headers={"Content-Type": "application/ocsp-request"}
+            ) as resp:
+                if resp.status_code != 200:
+                    raise VerificationError(f"OCSP responder answered HTTP {resp.status_code}")
+                for chunk in resp.iter_bytes():
+                    content += chunk
+                    if len(content) > MAX_OCSP_RESPONSE:
+                        raise VerificationError("OCSP response is too large")
         except httpx.HTTPError as exc:
             raise VerificationError("OCSP responder unreachable") from exc
-        if resp.status_code != 200 or len(resp.content) > MAX_OCSP_RESPONSE:
-            raise VerificationError(f"OCSP responder answered HTTP {resp.status_code}")
         try:
-            answer = ocsp.load_der_ocsp_response(resp.content)
+            answer = ocsp.load_der_ocsp_response(bytes(content))
         except ValueError as exc:
             raise VerificationError("OCSP response is not DER") from exc
         if answer.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:

@@ -126,6 +126,8 @@ class RimService:
 
     client: httpx.Client
     base_url: str = DEFAULT_RIM_SERVICE_URL
+    #: RIM documents by ID (RIMs are immutable; each use is re-verified).
+    cache: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
 
     @staticmethod
     def rim_ids(report: AttestationReport, arch: str) -> list[str]:
@@ -146,22 +148,34 @@ class RimService:
     def rims_for(self, report: AttestationReport, arch: str) -> Sequence[bytes]:
         out: list[bytes] = []
         for rim_id in self.rim_ids(report, arch):
-            try:
-                resp = self.client.get(self.base_url + rim_id)
-            except httpx.HTTPError as exc:
-                raise RimError(f"RIM service unreachable for {rim_id}") from exc
-            if resp.status_code != 200:
-                raise RimError(f"RIM service has no RIM {rim_id} (HTTP {resp.status_code})")
-            if len(resp.content) > 2 * MAX_RIM_SIZE:
-                raise RimError(f"RIM service answer for {rim_id} is too large")
-            body = loads_strict(resp.content, limit=2 * MAX_RIM_SIZE)
-            if not isinstance(body, dict) or not isinstance(body.get("rim"), str):
-                raise RimError(f"RIM service answer for {rim_id} has no 'rim' field")
-            try:
-                out.append(base64.b64decode(body["rim"], validate=True))
-            except ValueError as exc:
-                raise RimError(f"RIM service answer for {rim_id} is not base64") from exc
+            cached = self.cache.get(rim_id)
+            if cached is None:
+                cached = self._fetch(rim_id)
+                if len(self.cache) < 256:
+                    self.cache[rim_id] = cached
+            out.append(cached)
         return out
+
+    def _fetch(self, rim_id: str) -> bytes:
+        limit = 2 * MAX_RIM_SIZE
+        try:
+            with self.client.stream("GET", self.base_url + rim_id) as resp:
+                if resp.status_code != 200:
+                    raise RimError(f"RIM service has no RIM {rim_id} (HTTP {resp.status_code})")
+                body = bytearray()
+                for chunk in resp.iter_bytes():
+                    body += chunk
+                    if len(body) > limit:
+                        raise RimError(f"RIM service answer for {rim_id} is larger than {limit} bytes")
+        except httpx.HTTPError as exc:
+            raise RimError(f"RIM service unreachable for {rim_id}") from exc
+        doc = loads_strict(bytes(body), limit=limit)
+        if not isinstance(doc, dict) or not isinstance(doc.get("rim"), str):
+            raise RimError(f"RIM service answer for {rim_id} has no 'rim' field")
+        try:
+            return base64.b64decode(doc["rim"], validate=True)
+        except ValueError as exc:
+            raise RimError(f"RIM service answer for {rim_id} is not base64") from exc
 
 
 @dataclass(frozen=True)

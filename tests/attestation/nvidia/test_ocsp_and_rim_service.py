@@ -198,3 +198,28 @@ def test_rim_service_feeds_verification() -> None:
         with pytest.raises(RimError, match="more than one RIM"):
             verify_device(d, expected_nonce=NONCE_27A, anchors=TrustAnchors.nvidia(), now=at, rims=svc)
     assert asked == ["NV_GPU_DRIVER_GH100_535.86.09"]
+
+
+def test_rim_service_caches_and_limits_answers() -> None:
+    vbios = read("nvtrust/1010_0200_882_96005E0001_PROD.swidtag")
+    asked: list[str] = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        asked.append(request.url.path)
+        if "DRIVER" in request.url.path:
+            return httpx.Response(200, content=b'{"rim": "' + b"A" * (3 * 1024 * 1024) + b'"}')
+        return httpx.Response(200, json={"rim": base64.b64encode(vbios).decode()})
+
+    report = AttestationReport.from_bytes(report_bytes("attestation-sdk/gpu_hopperAttestationReport.txt"))
+    with httpx.Client(transport=httpx.MockTransport(handle)) as client:
+        svc = RimService(client=client, base_url="http://rim.test/v1/rim/")
+        with pytest.raises(RimError, match="larger than"):
+            svc.rims_for(report, "HOPPER")
+        assert svc._fetch("NV_GPU_VBIOS_1010_0200_882_96005E0001") == vbios
+        svc.cache["NV_GPU_DRIVER_GH100_535.86.09"] = b"<cached/>"
+        before = len(asked)
+        docs = svc.rims_for(report, "HOPPER")
+        assert docs[0] == b"<cached/>" and docs[1] == vbios
+        assert len(asked) == before + 1  # the VBIOS RIM fetched once more, then cached
+        svc.rims_for(report, "HOPPER")
+        assert len(asked) == before + 1
