@@ -109,7 +109,8 @@ class Hub:
 
 
 def _fail(what: str, exc: BaseException) -> RpcError:
-    if isinstance(exc, CdhError):
+    if isinstance(exc, CdhError):  # messages of our errors never carry secret bytes
+        log.warning("%s failed: %s", what, exc)
         return RpcError(Code.INTERNAL, f"{ERROR_PREFIX}{what} failed: {exc}")
     log.error("%s failed with an unexpected %s", what, type(exc).__name__)
     return RpcError(Code.INTERNAL, f"{ERROR_PREFIX}{what} failed: internal error ({type(exc).__name__})")

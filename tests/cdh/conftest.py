@@ -11,7 +11,9 @@ the real AA and reference KBS in test_e2e.py.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
+import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -77,21 +79,27 @@ class FakeKbs:
         return web.Response(status=200, text=json.dumps(jwe), content_type="application/json")
 
 
-@pytest.fixture
-async def fake_kbs() -> AsyncIterator[FakeKbs]:
+@contextlib.asynccontextmanager
+async def serve_fake_kbs(ssl_context: ssl.SSLContext | None = None) -> AsyncIterator[FakeKbs]:
     kbs = FakeKbs()
     app = web.Application()
     app.router.add_get("/kbs/v0/{plugin}/{tail:.*}", kbs.handle)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=ssl_context)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    kbs.url = f"http://127.0.0.1:{port}"
+    kbs.url = f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}"
     try:
         yield kbs
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def fake_kbs() -> AsyncIterator[FakeKbs]:
+    async with serve_fake_kbs() as kbs:
+        yield kbs
 
 
 class DictResources:

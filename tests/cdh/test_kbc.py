@@ -3,12 +3,14 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import ssl
 
 import pytest
 
 from cdh.errors import ResourceError, ResourceNotFound, TokenError
 from cdh.kbc import CcKbc, OfflineFsKbc, ResourceUri, TokenCache, parse_token_response
-from tests.cdh.conftest import FakeKbs, make_jwt
+from tests.cdh.conftest import FakeKbs, make_jwt, serve_fake_kbs
+from tests.support.registry import make_ca
 
 # ----------------------------------------------------------------------------- URIs
 
@@ -200,3 +202,20 @@ async def test_cc_kbc_wrong_key_fails_cleanly(fake_kbs: FakeKbs) -> None:
         assert "top-secret" not in str(ei.value)
     finally:
         await kbc.close()
+
+
+async def test_cc_kbc_https_with_kbs_cert(tmp_path) -> None:
+    ca, cert, key = make_ca(tmp_path)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    async with serve_fake_kbs(ctx) as kbs:
+        kbs.resources = {"a/b/c": b"over-tls"}
+        trusted = CcKbc(kbs.url, kbs.issue, kbs_cert=ca.read_text())
+        untrusted = CcKbc(kbs.url, kbs.issue)
+        try:
+            assert await trusted.get_resource("kbs:///a/b/c") == b"over-tls"
+            with pytest.raises(ResourceError, match="cannot reach the KBS"):
+                await untrusted.get_resource("kbs:///a/b/c")
+        finally:
+            await trusted.close()
+            await untrusted.close()
