@@ -21,7 +21,9 @@ import pytest
 from attestation.snp.attester import SnpAttester
 from attestation.snp.device import TsmReportSource
 from attestation.snp.evidence import CertTableEntry, build_cert_table
-from kbs_client.errors import AttestationRejected
+from attestation.snp.measure import reference_value_message, reference_values
+from attestation.snp.report import AttestationReport
+from kbs_client.errors import AttestationRejected, PolicyDenied
 from kbs_client.jws import decode_unverified
 from kbs_client.rcar import attest
 from kbs_client.resources import get_resource
@@ -86,6 +88,37 @@ async def test_snp_handshake_and_resource(fx: Path, tmp_path: Path) -> None:
     assert snp["reported_tcb_microcode"] == 115 and snp["insecure_report_data_binding_skipped"] is True
     assert snp["policy_debug_allowed"] is False and snp["tee_type"] == "snp"
     assert "INSECURE" in log
+
+
+@pytest.mark.slow
+async def test_reference_values_make_the_snp_guest_affirming(fx: Path, tmp_path: Path) -> None:
+    """Reference values from attestation.snp.measure, loaded through the KBS
+    admin API, turn the default CPU appraisal affirming; the 'affirming'
+    resource policy then releases the secret. With a different measurement
+    registered, the same evidence is no longer affirming and is refused."""
+    source, _ = _source(fx, tmp_path)
+    measurement = AttestationReport.from_bytes((fx / "trustee/test-report.bin").read_bytes()).measurement
+    msg = reference_value_message({**reference_values([measurement]), "snp_min_tcb_snp": 8})
+    with support.start_kbs(
+        tmp_path / "kbs", policy="affirming", resources={"default/key/snp": b"ok"}, extra_toml=SKIP_BINDING
+    ) as kbs:
+        r = kbs.admin("POST", "/kbs/v0/reference-value", json_body=msg)
+        assert r.status_code == 200, r.text
+        async with httpx.AsyncClient() as http:
+            att = await attest(http, kbs.url, source, attempts=1, timeout=30)
+            assert (
+                await get_resource(http, kbs.url, "kbs:///default/key/snp", token=att.token, key=att.key)
+                == b"ok"
+            )
+            _, claims = decode_unverified(att.token)
+            assert claims["submods"]["cpu0"]["ear.status"] == "affirming"
+
+            kbs.set_reference_values({"snp_launch_measurement": ["00" * 48], "snp_min_tcb_snp": 8})
+            att2 = await attest(http, kbs.url, source, attempts=1, timeout=30)
+            _, claims2 = decode_unverified(att2.token)
+            assert claims2["submods"]["cpu0"]["ear.status"] != "affirming"
+            with pytest.raises(PolicyDenied):
+                await get_resource(http, kbs.url, "kbs:///default/key/snp", token=att2.token, key=att2.key)
 
 
 @pytest.mark.slow
