@@ -30,7 +30,7 @@ from typing import Any
 
 from attestation.errors import AttestationError, UnsupportedPlatform
 from attestation.nvidia.evidence import DeviceEvidence, device_nonce, encode_evidence
-from attestation.nvidia.nvml import ARCH_NAMES, ConfComputeState, NvmlBackend, PynvmlBackend
+from attestation.nvidia.nvml import ARCH_NAMES, ConfComputeState, NvmlBackend, NvmlCallError, PynvmlBackend
 from attestation.nvidia.spdm import AttestationReport
 
 __all__ = ["CcModeDisabled", "NvidiaAttester", "ReadyState", "device_nonce"]
@@ -55,7 +55,13 @@ def _probe(backend: NvmlBackend) -> tuple[int, ConfComputeState]:
     count = backend.device_count()
     if count == 0:
         raise UnsupportedPlatform("no device: NVML reports no GPUs")
-    state = backend.cc_state()
+    try:
+        state = backend.cc_state()
+    except NvmlCallError as exc:
+        raise CcModeDisabled(
+            f"{count} NVIDIA GPU(s) found but NVML cannot report the confidential-computing state "
+            f"(driver without CC support?): {exc}"
+        ) from exc
     if not state.cc_feature:
         raise CcModeDisabled(
             f"{count} NVIDIA GPU(s) found but confidential computing is off; "

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from attestation.errors import UnsupportedPlatform
-from attestation.nvidia.nvml import ConfComputeState
+from attestation.nvidia.nvml import ConfComputeState, NvmlCallError
 from attestation.nvidia.spdm import REQUEST_SIZE, AttestationReport
 
 ARCH_HOPPER = 9
@@ -136,6 +136,7 @@ class FakeNvml:
 
     devices: list[FakeDevice] = field(default_factory=list)
     cc_on: bool = True
+    cc_supported: bool = True
     library_present: bool = True
     dev_tools: bool = False
     ready: bool = False
@@ -157,6 +158,8 @@ class FakeNvml:
         return len(self.devices)
 
     def cc_state(self) -> ConfComputeState:
+        if not self.cc_supported:
+            raise NvmlCallError("NVML confidential-compute state failed: Not Supported")
         return ConfComputeState(
             environment=2 if self.cc_on else 0, cc_feature=self.cc_on, dev_tools_mode=self.dev_tools
         )

@@ -43,6 +43,12 @@ def test_detect_with_cc_off_is_a_clear_error() -> None:
     assert issubclass(CcModeDisabled, UnsupportedPlatform)
 
 
+def test_detect_with_driver_lacking_cc_support() -> None:
+    fake = FakeNvml(devices=[recorded_hopper()], cc_supported=False)
+    with pytest.raises(CcModeDisabled, match="cannot report the confidential-computing state"):
+        NvidiaAttester.detect(fake)
+
+
 def test_detect_on_this_machine_says_no_device() -> None:
     """The real pynvml backend on a machine without an NVIDIA driver."""
     assert NvidiaAttester.detect(PynvmlBackend()) is None
