@@ -132,6 +132,7 @@ class EventLog:
             raise EventLogError(f"unsupported register hash {self.hash_algorithm}")
         self._digest_len = HASH_ALGORITHMS[self.hash_algorithm][1]
         self._lock = threading.Lock()
+        self._broken = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file: BinaryIO = open(self.path, "r+b" if self.path.exists() else "w+b")  # noqa: SIM115
         try:
@@ -245,16 +246,40 @@ class EventLog:
         ccmr = self.registers.pcr_to_ccmr(pcr)
         record, digest = encode_aael_record(text, ccmr=ccmr, hash_algorithm=self.hash_algorithm)
         with self._lock:
+            if self._broken:
+                raise EventLogError("the event log is inconsistent after a failed extend; restart the AA")
             if self._pos + len(record) > MAX_LOG_SIZE:
                 raise EventLogError(f"event log would exceed {MAX_LOG_SIZE} bytes")
             current = self.registers.read(pcr)
             expected = self._h(current + digest.ljust(len(current), b"\x00"))
             offset = self._pos
             self._write_wal(offset, expected, text)
-            self.registers.extend(pcr, digest)
+            try:
+                self.registers.extend(pcr, digest)
+            except BaseException:
+                self._after_failed_extend(pcr, current, expected, offset, record)
+                raise
             self._write_at(offset, record)
             self.wal_path.unlink()
         return digest
+
+    def _after_failed_extend(
+        self, pcr: int, before: bytes, expected: bytes, offset: int, record: bytes
+    ) -> None:
+        """The register bank raised (e.g. UnsupportedPlatform, an I/O error): look
+        at the register to learn whether the extend happened, and leave the log
+        and WAL consistent with it, as start-up recovery would."""
+        try:
+            now = self.registers.read(pcr)
+        except Exception:
+            now = None
+        if now == before:  # nothing happened: drop the intent
+            self.wal_path.unlink(missing_ok=True)
+        elif now == expected:  # it happened: complete the record
+            self._write_at(offset, record)
+            self.wal_path.unlink(missing_ok=True)
+        else:  # unknown: keep the WAL for start-up recovery, refuse further extends
+            self._broken = True
 
 
 def trim_ccel(ccel: bytes) -> bytes:

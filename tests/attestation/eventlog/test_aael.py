@@ -110,16 +110,44 @@ def test_second_writer_is_refused(tmp_path: Path) -> None:
         _open(tmp_path, regs)
 
 
+_CHILD = """
+import os, sys
+from attestation.eventlog import EventLog, SoftwareRegisters
+
+class Dying(SoftwareRegisters):
+    def extend(self, pcr, digest):
+        if sys.argv[2] == "before":
+            os._exit(9)
+        super().extend(pcr, digest)
+        os._exit(9)
+
+d = sys.argv[1]
+log = EventLog(Dying(d + "/r"), path=d + "/eventlog", wal_path=d + "/.wal_event_entry")
+log.extend("d", "o", sys.argv[3], register_index=int(sys.argv[4]))
+"""
+
+
+def _die_during_extend(tmp: Path, when: str, content: str, pcr: int = 17) -> None:
+    """A real crash: a child process is killed inside the register extend."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[3]
+    cp = subprocess.run(
+        [sys.executable, "-c", _CHILD, str(tmp), when, content, str(pcr)],
+        cwd=root,
+        capture_output=True,
+        timeout=60,
+    )
+    assert cp.returncode == 9, cp.stderr.decode()
+    assert (tmp / ".wal_event_entry").exists()
+
+
 def test_crash_before_extend_then_recover(tmp_path: Path) -> None:
-    regs = FlakyRegisters(tmp_path / "r")
-    log = _open(tmp_path, regs)
-    log.extend("d", "o", "first")
-    regs.crash_before_extend = True
-    with pytest.raises(Crash):
-        log.extend("d", "o", "second")
-    log.close()
-    assert (tmp_path / ".wal_event_entry").exists()
-    regs.crash_before_extend = False
+    regs = SoftwareRegisters(tmp_path / "r")
+    with _open(tmp_path, regs) as log:
+        log.extend("d", "o", "first")
+    _die_during_extend(tmp_path, "before", "second")
     with _open(tmp_path, regs):  # recovery performs the missing extend and writes the record
         pass
     assert not (tmp_path / ".wal_event_entry").exists()
@@ -128,14 +156,10 @@ def test_crash_before_extend_then_recover(tmp_path: Path) -> None:
 
 
 def test_crash_after_extend_before_record(tmp_path: Path) -> None:
-    regs = FlakyRegisters(tmp_path / "r")
-    log = _open(tmp_path, regs)
-    regs.crash_after_extend = True
-    with pytest.raises(Crash):
-        log.extend("d", "o", "c", register_index=8)
-    log.close()
-    regs.crash_after_extend = False
+    regs = SoftwareRegisters(tmp_path / "r")
+    _die_during_extend(tmp_path, "after", "c", pcr=8)
     before = regs.read(8)
+    assert before != bytes(48)
     with _open(tmp_path, regs):
         pass
     assert regs.read(8) == before  # no double extend
@@ -174,19 +198,45 @@ def test_wal_that_matches_no_register_refuses_start(tmp_path: Path) -> None:
 
 def test_wal_layout_is_upstreams(tmp_path: Path) -> None:
     """[u64 BE offset][expected][text], as in upstream's test_wal_cache_offset_is_big_endian."""
-    regs = FlakyRegisters(tmp_path / "r")
     (tmp_path / "eventlog").write_bytes(bytes(512))
-    log = _open(tmp_path, regs)
-    regs.crash_before_extend = True
-    with pytest.raises(Crash):
-        log.extend("domain", "operation", "content")
-    log.close()
+    _die_during_extend(tmp_path, "before", "content")
     wal = (tmp_path / ".wal_event_entry").read_bytes()
-    _, digest = encode_aael_record("domain operation content", ccmr=4, hash_algorithm="sha384")
+    _, digest = encode_aael_record("d o content", ccmr=4, hash_algorithm="sha384")
     assert wal[:8] == bytes([0, 0, 0, 0, 0, 0, 2, 0])
     assert wal[8:56] == hashlib.sha384(bytes(48) + digest).digest()
-    assert wal[56:] == b"domain operation content"
+    assert wal[56:] == b"d o content"
 
 
 def test_cc_eventlog_without_anything_is_none(tmp_path: Path) -> None:
     assert build_cc_eventlog(ccel_path=tmp_path / "a", aael_path=tmp_path / "b") is None
+
+
+def test_unsupported_extend_leaves_no_wal(tmp_path: Path) -> None:
+    """On a TD without the measurements sysfs, extending fails cleanly and the AA
+    can still start next time (no dangling WAL)."""
+    from attestation.errors import UnsupportedPlatform
+    from attestation.eventlog import TdxRtmrRegisters
+
+    class NoSysfs(TdxRtmrRegisters):
+        def read(self, pcr: int) -> bytes:
+            return bytes(48)  # what the TDREPORT fallback would return
+
+    regs = NoSysfs(tmp_path / "absent")
+    with _open(tmp_path, regs) as log, pytest.raises(UnsupportedPlatform):
+        log.extend("d", "o", "c")
+    assert not (tmp_path / ".wal_event_entry").exists()
+    assert (tmp_path / "eventlog").read_bytes() == b""
+    with _open(tmp_path, regs):
+        pass
+
+
+def test_extend_that_raises_after_extending_is_completed(tmp_path: Path) -> None:
+    regs = FlakyRegisters(tmp_path / "r")
+    with _open(tmp_path, regs) as log:
+        regs.crash_after_extend = True
+        with pytest.raises(Crash):
+            log.extend("d", "o", "c")
+        regs.crash_after_extend = False
+        assert not (tmp_path / ".wal_event_entry").exists()
+        log.extend("d", "o", "c2")
+    _check_replays(tmp_path, regs)
