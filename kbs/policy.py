@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -57,6 +58,31 @@ def _interpreter(policy: str, extra: tuple[tuple[str, str], ...] = ()) -> Any:
     return i
 
 
+_CACHE_SIZE = 128
+_interpreters: OrderedDict[tuple[str, str, bool], Any] = OrderedDict()
+
+
+def _cached_interpreter(policy: str, data_json: str, with_reference_values: bool) -> Any:
+    """Interpreters are reused for the same (policy, data): only the input changes per request."""
+    from regopy import RegoError
+
+    key = (policy, data_json, with_reference_values)
+    i = _interpreters.get(key)
+    if i is not None:
+        _interpreters.move_to_end(key)
+        return i
+    extra = (("reference_values.rego", _RV_MODULE),) if with_reference_values else ()
+    i = _interpreter(policy, extra)
+    try:
+        i.add_data_json(data_json)
+    except RegoError as exc:
+        raise PolicyEngineError("policy data rejected") from exc
+    _interpreters[key] = i
+    while len(_interpreters) > _CACHE_SIZE:
+        _interpreters.popitem(last=False)
+    return i
+
+
 def evaluate(
     policy: str,
     query: str,
@@ -68,10 +94,8 @@ def evaluate(
     """Evaluate ``query`` and return its JSON value, or None when undefined."""
     from regopy import RegoError
 
-    extra = (("reference_values.rego", _RV_MODULE),) if with_reference_values else ()
-    i = _interpreter(policy, extra)
+    i = _cached_interpreter(policy, json.dumps(dict(data_doc), sort_keys=True), with_reference_values)
     try:
-        i.add_data_json(json.dumps(dict(data_doc)))
         i.set_input_term(json.dumps(input_doc))
         out = i.query(query)
     except RegoError as exc:

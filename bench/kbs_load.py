@@ -1,0 +1,90 @@
+"""KBS load benchmark: concurrent sample-attester clients doing
+auth -> attest -> resource, next to a plain HTTP round trip (GET /healthz)
+on the same server in the same run.
+
+    .venv/bin/python bench/kbs_load.py [--clients 16] [--seconds 10] [--storage Memory|LocalFs]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from kbs_client.rcar import attest
+from kbs_client.resources import get_resource
+from kbs_client.sample import SampleEvidenceSource
+from kbs_client.tee_key import TeeKeyPair
+from tests.support.kbs import start_kbs
+
+
+def pct(xs: list[float], p: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(p / 100 * len(s)))] if s else float("nan")
+
+
+async def worker(url: str, deadline: float, lat: list[float], kind: str, keys: list[TeeKeyPair]) -> None:
+    src = SampleEvidenceSource()
+    async with httpx.AsyncClient(timeout=60, limits=httpx.Limits(max_connections=4)) as http:
+        i = 0
+        while time.perf_counter() < deadline:
+            t0 = time.perf_counter()
+            if kind == "plain":
+                r = await http.get(url + "/healthz")
+                assert r.status_code == 200
+            else:
+                key = keys[i % len(keys)]
+                att = await attest(http, url, src, key=key, attempts=1)
+                data = await get_resource(http, url, "default/bench/secret", token=att.token, key=key)
+                assert data == b"bench-secret"
+            lat.append(time.perf_counter() - t0)
+            i += 1
+
+
+async def phase(
+    url: str, kind: str, clients: int, seconds: float, keys: list[TeeKeyPair]
+) -> tuple[float, float, float, int]:
+    lat: list[float] = []
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+    await asyncio.gather(*(worker(url, deadline, lat, kind, keys) for _ in range(clients)))
+    dt = time.perf_counter() - t0
+    return len(lat) / dt, pct(lat, 50) * 1e3, pct(lat, 99) * 1e3, len(lat)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--seconds", type=float, default=10)
+    ap.add_argument("--storage", default="Memory", choices=["Memory", "LocalFs"])
+    args = ap.parse_args()
+    keys = [TeeKeyPair.generate() for _ in range(32)]  # key generation is the client's cost, not the KBS's
+    with tempfile.TemporaryDirectory() as d, start_kbs(Path(d), storage=args.storage,
+                                                       resources={"default/bench/secret": b"bench-secret"}) as kbs:  # fmt: skip
+        os.environ.setdefault("KBS_LOG_LEVEL", "warning")
+        plain = asyncio.run(phase(kbs.url, "plain", args.clients, args.seconds / 2, keys))
+        flows = asyncio.run(phase(kbs.url, "flow", args.clients, args.seconds, keys))
+    print(
+        f"kbs_load: storage={args.storage} clients={args.clients} (one KBS process, loopback, {os.cpu_count()} CPUs)"
+    )
+    print(
+        f"  plain HTTP GET /healthz : {plain[0]:8.1f} req/s   p50 {plain[1]:7.2f} ms   p99 {plain[2]:7.2f} ms   n={plain[3]}"
+    )
+    print(
+        f"  auth->attest->resource  : {flows[0]:8.1f} flow/s  p50 {flows[1]:7.2f} ms   p99 {flows[2]:7.2f} ms   n={flows[3]}"
+    )
+    print(f"  ratio: one flow costs {plain[0] / flows[0]:.1f}x a plain round trip (3 requests per flow)")
+    _ = statistics
+
+
+if __name__ == "__main__":
+    main()
