@@ -96,3 +96,55 @@ def test_loopback_only() -> None:
     assert _loopback("127.0.0.1") and _loopback("::1") and _loopback("127.5.0.1")
     for peer in ("10.0.0.2", "192.168.1.1", "::ffff:10.0.0.1", "", None, "not-an-ip"):
         assert not _loopback(peer)
+
+
+async def test_oneshot_secure_mount_and_unwrap_key(env: Env, tmp_path: Path) -> None:
+    sock = f"unix://{env.sock}"
+    dev = tmp_path / "vdz"
+    dev.write_bytes(b"")
+    spec = tmp_path / "storage.json"
+    spec.write_text(
+        json.dumps(
+            {
+                "volume_type": "block-device",
+                "mount_point": str(tmp_path / "mnt"),
+                "flags": [],
+                "options": {
+                    "devicePath": str(dev),
+                    "sourceType": "encrypted",
+                    "encryptionType": "luks2",
+                    "targetType": "fileSystem",
+                    "mapperName": "os1",
+                    "key": "kbs:///default/disk/key",
+                },
+            }
+        )
+    )
+    rc = await asyncio.to_thread(
+        oneshot.main, ["--socket", sock, "secure-mount", "--storage-path", str(spec)]
+    )
+    assert rc == 0 and env.rec.mounted == {str(tmp_path / "mnt")}
+    iv = bytes(12)
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    pk = {
+        "kid": "kbs:///default/image-kek/k1",
+        "iv": base64.b64encode(iv).decode(),
+        "wrap_type": "A256GCM",
+        "wrapped_data": base64.b64encode(AESGCM(bytes(range(32))).encrypt(iv, b"{}", None)).decode(),
+    }
+    req = tmp_path / "req.json"
+    req.write_text(
+        json.dumps(
+            {
+                "op": "keyunwrap",
+                "keywrapparams": {},
+                "keyunwrapparams": {"annotation": base64.b64encode(json.dumps(pk).encode()).decode()},
+            }
+        )
+    )
+    out = tmp_path / "out.json"
+    rc = await asyncio.to_thread(
+        oneshot.main, ["--socket", sock, "-o", str(out), "unwrap-key", "--input", str(req)]
+    )
+    assert rc == 0 and json.loads(out.read_text()) == {"keyunwrapresults": {"optsdata": [123, 125]}}

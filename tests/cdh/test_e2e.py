@@ -159,3 +159,25 @@ def test_cdh_survives_without_aa(tmp_path: Path) -> None:
         assert code == 13
     finally:
         s.close()
+
+
+def test_logs_do_not_leak_secrets(stack: Stack) -> None:
+    code, _, _ = get(stack, "kbs:///default/cdh/secret")
+    assert code == 0
+    forged = seal(vault(), ec.generate_private_key(ec.SECP256R1()), "kbs:///default/cdh/sealkey")
+    call(
+        stack,
+        "api.SealedSecretService",
+        "UnsealSecret",
+        api_pb2.UnsealSecretInput(secret=forged).SerializeToString(),
+    )
+    log = (stack.tmp / "cdh.log").read_bytes()
+    assert b"Get Resource failed" in log or b"Unseal Secret failed" in log  # failures are logged...
+    for needle in (
+        SECRET,
+        SECRET.hex().encode(),
+        base64.b64encode(SECRET),
+        KEK.hex().encode(),
+        base64.b64encode(KEK),
+    ):
+        assert needle not in log  # ...secrets are not

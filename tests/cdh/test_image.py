@@ -1,0 +1,89 @@
+"""[image] -> image_pull PullerConfig, and the measurement content."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from cdh.config import ImageConfig, ProxyConfig, RegistryConfigFile, RegistryEntry, RegistryMirror
+from cdh.errors import ConfigError, ImagePullFailed
+from cdh.image import ImagePullHandler, measurement_content
+from tests.cdh.conftest import DictResources
+
+AUTH = json.dumps({"auths": {"r.example": {"auth": "dTpw"}}}).encode()
+REGCONF = b"""
+unqualified-search-registries = ["docker.io"]
+[[registry]]
+prefix = "r.example/foo"
+location = "mirror.local:5000/foo"
+insecure = true
+"""
+
+
+def test_measurement_content_bytes() -> None:
+    assert measurement_content("docker.io/library/busybox:latest", "sha256:00") == (
+        '{"image":"docker.io/library/busybox:latest", "digest":"sha256:00"}'
+    )
+
+
+async def test_build_config_fetches_from_kbs_and_files(tmp_path: Path) -> None:
+    pol = tmp_path / "policy.json"
+    pol.write_text('{"default":[{"type":"insecureAcceptAnything"}]}')
+    cfg = ImageConfig(
+        work_dir=tmp_path / "w",
+        authenticated_registry_credentials_uri="kbs:///default/credential/test",
+        image_security_policy_uri=f"file://{pol}",
+        registry_configuration_uri="kbs:///default/registry-configuration/test",
+        max_concurrent_layer_downloads_per_image=7,
+        extra_root_certificates=("PEM-A",),
+        image_pull_proxy=ProxyConfig(https_proxy="http://p:1", no_proxy="a.local, b.local"),
+    )
+    res = DictResources(
+        {"kbs:///default/credential/test": AUTH, "kbs:///default/registry-configuration/test": REGCONF}
+    )
+    pc = await ImagePullHandler(cfg, resources=res, aa=None).build_config()
+    assert pc.work_dir == tmp_path / "w" and pc.auth_json == AUTH
+    assert pc.signature_policy == pol.read_bytes()
+    assert pc.max_concurrent_layers == 7 and pc.extra_root_certs == (b"PEM-A",)
+    assert pc.proxy is not None and pc.proxy.https_proxy == "http://p:1"
+    assert pc.proxy.no_proxy == ("a.local", "b.local")
+    assert pc.registry_config is not None and pc.insecure_registries == frozenset({"mirror.local:5000/foo"})
+    assert (
+        pc.resource_getter is not None and await pc.resource_getter("kbs:///default/credential/test") == AUTH
+    )
+
+
+async def test_inline_registry_config_and_policy_win(tmp_path: Path) -> None:
+    cfg = ImageConfig(
+        work_dir=tmp_path,
+        image_security_policy='{"default":[{"type":"reject"}]}',
+        registry_configuration_uri="kbs:///never/fetched/x",
+        registry_config=RegistryConfigFile(
+            ("docker.io",), (RegistryEntry("a", "a", mirrors=(RegistryMirror("m:1", insecure=True),)),)
+        ),
+    )
+    res = DictResources()
+    pc = await ImagePullHandler(cfg, resources=res, aa=None).build_config()
+    assert pc.signature_policy == b'{"default":[{"type":"reject"}]}'
+    assert pc.insecure_registries == frozenset({"m:1"}) and res.calls == []
+
+
+async def test_build_failures_are_clear(tmp_path: Path) -> None:
+    h = ImagePullHandler(
+        ImageConfig(work_dir=tmp_path, authenticated_registry_credentials_uri="kbs:///no/such/auth"),
+        resources=DictResources(),
+        aa=None,
+    )
+    with pytest.raises(ImagePullFailed, match="cannot set up the image client"):
+        await h.pull("r/x:1", str(tmp_path / "b"))
+    bad = ImagePullHandler(
+        ImageConfig(work_dir=tmp_path, registry_configuration_uri="kbs:///r/c/t"),
+        resources=DictResources({"kbs:///r/c/t": b"[[[not toml"}),
+        aa=None,
+    )
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        await bad.build_config()
+    with pytest.raises(ImagePullFailed, match="absolute"):
+        await h.pull("r/x:1", "relative/bundle")
