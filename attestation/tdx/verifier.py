@@ -272,10 +272,11 @@ def _b64(s: Any, what: str, limit: int) -> bytes:
         raise EvidenceFormatError(f"TDX evidence: {what} is not standard base64") from None
 
 
-def _regularize(data: bytes, size: int, what: str) -> bytes:
-    if len(data) > size:
-        raise VerificationError(f"expected {what} longer than {size} bytes")
-    return data.ljust(size, b"\x00")
+def _regularize(data: bytes, size: int) -> bytes:
+    """Zero-pad or truncate to ``size``, as trustee's ``regularize_data`` and Kata's
+    ``adjustProperLength`` do (a SHA-512 init-data digest fills MRCONFIGID's 48 bytes
+    with its first 48)."""
+    return data[:size].ljust(size, b"\x00")
 
 
 class TdxVerifier:
@@ -362,10 +363,10 @@ class TdxVerifier:
             raise VerificationError("no collateral available for this platform; cannot evaluate its TCB")
         v = verify_quote(quote_bytes, root_ca=self._root, now=now, collateral=collateral)
         body = v.quote.td_body
-        if _regularize(expected_report_data, 64, "report data") != body.report_data:
+        if _regularize(expected_report_data, 64) != body.report_data:
             raise VerificationError("REPORTDATA in the TDX quote does not match the expected report data")
         if expected_init_data_hash is not None and (
-            _regularize(expected_init_data_hash, 48, "init-data digest") != body.mr_config_id
+            _regularize(expected_init_data_hash, 48) != body.mr_config_id
         ):
             raise VerificationError("MRCONFIGID in the TDX quote does not match the init-data digest")
         el: ParsedEventLog | None = None

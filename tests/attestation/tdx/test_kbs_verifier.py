@@ -168,3 +168,14 @@ def test_config_style_options(tmp_path: object) -> None:
         TdxVerifier().verify(
             _evidence(forged), expected_report_data=rd4, expected_init_data_hash=None, now=LATER
         )
+
+
+def test_sha512_init_data_digest_is_truncated_to_mrconfigid() -> None:
+    q = Q6.read_bytes()
+    body = Quote.from_bytes(q).td_body
+    TdxVerifier().verify(
+        _evidence(q),
+        expected_report_data=body.report_data,
+        expected_init_data_hash=body.mr_config_id + b"\xee" * 16,  # 64-byte digest, first 48 bytes count
+        now=FIXED_NOW,
+    )
