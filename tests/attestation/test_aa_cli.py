@@ -201,3 +201,10 @@ def test_log_level_and_unknown_keys(tmp_path: Path) -> None:
     text = aa.log()
     assert "token_configs.kbs.surprise" in text
     assert "DEBUG" in text  # RUST_LOG wins over [log].level
+
+
+def test_helper_copes_with_long_work_dirs(tmp_path: Path) -> None:
+    deep = tmp_path / ("x" * 60) / ("y" * 60)
+    with start_aa(deep) as aa:
+        assert len(str(aa.socket_path)) < 108
+        assert aa.call("GetTeeType")[0] == 0

@@ -22,6 +22,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ __all__ = [
 
 AA_SERVICE = "attestation_agent.AttestationAgentService"
 _ROOT = Path(__file__).resolve().parents[2]
+_SUN_PATH_MAX = 100
 
 
 def aa_executable() -> str:
@@ -168,6 +170,8 @@ def launch_aa(
     """Start the process without waiting (see :func:`wait_for_socket`)."""
     workdir.mkdir(parents=True, exist_ok=True)
     sock = workdir / "aa.sock"
+    if len(str(sock)) > _SUN_PATH_MAX:  # AF_UNIX paths are limited to 107 bytes
+        sock = Path(tempfile.mkdtemp(prefix="aa-", dir="/tmp")) / "aa.sock"
     cmd = [aa_executable(), "--attestation_sock", f"unix://{sock}"]
     if config_toml is None and kbs_url is not None:
         config_toml = f'[token_configs.kbs]\nurl = "{kbs_url}"\n'
