@@ -25,7 +25,7 @@ from attestation.tdx.collateral import Collateral, CollateralCache, PccsClient
 from attestation.tdx.pck import intel_sgx_root_ca, load_pem_chain, parse_pck_extension
 from attestation.tdx.policy import TdxPolicy
 from attestation.tdx.quote import MAX_QUOTE_SIZE, Quote
-from attestation.tdx.verifier import pck_ca_kind, quote_claims, verify_quote
+from attestation.tdx.verifier import pck_ca_kind, quote_claims, strict_object_pairs, verify_quote
 
 __all__ = ["configure", "parse_time", "run"]
 
@@ -61,9 +61,15 @@ def _verify(args: argparse.Namespace) -> dict[str, object]:
     raw = _read(args.quote, "quote")
     eventlog_bytes: bytes | None = _read(args.eventlog, "event log") if args.eventlog else None
     if raw.lstrip()[:1] == b"{":
-        ev = json.loads(raw)
-        if not isinstance(ev, dict) or not isinstance(ev.get("quote"), str):
-            raise AttestationError("evidence JSON must have a base64 'quote'")
+        ev = json.loads(raw, object_pairs_hook=strict_object_pairs)
+        if (
+            not isinstance(ev, dict)
+            or not isinstance(ev.get("quote"), str)
+            or set(ev) - {"quote", "cc_eventlog"}
+        ):
+            raise AttestationError(
+                "evidence JSON must be {'quote': <base64>, 'cc_eventlog': <base64> | null}"
+            )
         try:
             raw = base64.b64decode(ev["quote"], validate=True)
             if eventlog_bytes is None and ev.get("cc_eventlog"):

@@ -63,6 +63,7 @@ __all__ = [
     "VerifiedQuote",
     "pck_ca_kind",
     "quote_claims",
+    "strict_object_pairs",
     "verify_quote",
 ]
 
@@ -252,7 +253,7 @@ def quote_claims(v: VerifiedQuote, event_log: ParsedEventLog | None = None) -> d
 # --- the KBS-facing verifier ----------------------------------------------
 
 
-def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+def strict_object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, val in pairs:
         if k in out:
@@ -347,7 +348,7 @@ class TdxVerifier:
             if len(untrusted_evidence) > MAX_EVIDENCE_SIZE:
                 raise EvidenceFormatError("TDX evidence too large")
             try:
-                untrusted_evidence = json.loads(untrusted_evidence, object_pairs_hook=_strict_object)
+                untrusted_evidence = json.loads(untrusted_evidence, object_pairs_hook=strict_object_pairs)
             except (ValueError, RecursionError) as exc:
                 raise EvidenceFormatError("TDX evidence is not JSON") from exc
         if not isinstance(untrusted_evidence, Mapping):
