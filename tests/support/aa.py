@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -137,6 +138,8 @@ class AaProcess:
     proc: subprocess.Popen[bytes]
     socket_path: Path
     log_path: Path
+    #: a private directory made for the socket (removed by stop()), if any
+    sock_dir: Path | None = None
 
     @property
     def address(self) -> str:
@@ -156,6 +159,8 @@ class AaProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout)
+        if self.sock_dir is not None:
+            shutil.rmtree(self.sock_dir, ignore_errors=True)
         return self.proc.returncode
 
 
@@ -170,8 +175,10 @@ def launch_aa(
     """Start the process without waiting (see :func:`wait_for_socket`)."""
     workdir.mkdir(parents=True, exist_ok=True)
     sock = workdir / "aa.sock"
+    sock_dir = None
     if len(str(sock)) > _SUN_PATH_MAX:  # AF_UNIX paths are limited to 107 bytes
-        sock = Path(tempfile.mkdtemp(prefix="aa-", dir="/tmp")) / "aa.sock"
+        sock_dir = Path(tempfile.mkdtemp(prefix="aa-", dir="/tmp"))
+        sock = sock_dir / "aa.sock"
     cmd = [aa_executable(), "--attestation_sock", f"unix://{sock}"]
     if config_toml is None and kbs_url is not None:
         config_toml = f'[token_configs.kbs]\nurl = "{kbs_url}"\n'
@@ -187,7 +194,7 @@ def launch_aa(
     log_path = workdir / "aa.log"
     with log_path.open("wb") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=full_env)
-    return AaProcess(proc, sock, log_path)
+    return AaProcess(proc, sock, log_path, sock_dir)
 
 
 def wait_for_socket(aa: AaProcess, timeout: float = 15.0) -> None:
