@@ -437,11 +437,18 @@ class ImagePuller:
             hr.drain()
             return hr.digest(), hr.count, deferred
         except OSError as exc:
-            if exc.errno == errno.ENOSPC:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise InsufficientSpace(
                     f"no space left in {self.store.root} while unpacking a layer"
                 ) from None
             raise UnpackError(f"layer {desc.digest}: {exc.strerror or exc}") from None
+        except UnpackError as exc:
+            # the unpacker translates ENOSPC into its own error; keep the space error distinct
+            if "no space left" in str(exc):
+                raise InsufficientSpace(
+                    f"no space left in {self.store.root} while unpacking a layer"
+                ) from exc
+            raise
         finally:
             pipe.consumer_done()
 

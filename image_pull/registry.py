@@ -28,6 +28,7 @@ import hashlib
 import json
 import logging
 import random
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -119,6 +120,17 @@ def _hostport(url: httpx.URL) -> str:
 def _redact_url(url: httpx.URL | str) -> str:
     u = urlsplit(str(url))
     return f"{u.scheme}://{u.netloc.rsplit('@', 1)[-1]}{u.path}"
+
+
+def _tls_failure(exc: BaseException) -> bool:
+    seen = 0
+    e: BaseException | None = exc
+    while e is not None and seen < 10:
+        if isinstance(e, ssl.SSLError):
+            return True
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return False
 
 
 class _Registry:
@@ -319,6 +331,11 @@ class RegistryClient:
                     await resp.aclose()
                     raise RegistryError(f"{what}: more than {MAX_REDIRECTS} redirects")
             except (httpx.TransportError, httpx.TimeoutException) as exc:
+                if _tls_failure(exc):
+                    raise RegistryError(
+                        f"{what}: TLS handshake with {cur.host} failed (untrusted or invalid certificate; "
+                        "add the registry's CA, or configure it as plain HTTP if it has no TLS)"
+                    ) from None
                 if attempt + 1 >= self._retry.attempts:
                     raise RegistryError(
                         f"{what}: {type(exc).__name__} talking to {_redact_url(cur)}"

@@ -201,7 +201,7 @@ class LayerStore:
         return removed
 
     # ------------------------------------------------------------ space
-    def check_space(self, needed: int, *, reserve: int = 64 << 20) -> None:
+    def check_space(self, needed: int, *, reserve: int = 8 << 20) -> None:
         try:
             st = os.statvfs(self.root)
         except OSError as exc:

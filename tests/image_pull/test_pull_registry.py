@@ -1,0 +1,462 @@
+"""End-to-end pulls from a real docker-registry (htpasswd, TLS, token auth),
+with images built by umoci and skopeo, plus fault injection: cut connections,
+kill -9 mid-pull, a full disk, cancellation, deadlines."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import signal
+import stat
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from image_pull.errors import (
+    AuthError,
+    DigestMismatch,
+    InsufficientSpace,
+    NoMatchingPlatform,
+    NotFound,
+    PullTimeout,
+    RegistryError,
+    UnpackError,
+)
+from image_pull.progress import ProgressEvent
+from image_pull.puller import ImagePuller, PullerConfig
+from tests.support.faultproxy import FaultProxy
+from tests.support.registry import OciLayout, RegistryServer, layer_tar, umoci_image
+
+PAYLOAD = b"".join(hashlib.sha256(i.to_bytes(4, "big")).digest() for i in range(9375))  # 300,000 bytes
+ROOT = os.geteuid() == 0
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(not ROOT, reason="needs root: overlay mounts, chown of image files, tmpfs mounts"),
+]
+
+
+def standard_layers(payload: bytes = PAYLOAD) -> list[bytes]:
+    return [
+        layer_tar(
+            [
+                ("etc", "dir", None, 0o755),
+                ("etc/keep.txt", "file", b"keep\n", 0o644),
+                ("etc/gone.txt", "file", b"gone\n", 0o644),
+                (
+                    "etc/passwd",
+                    "file",
+                    b"root:x:0:0::/root:/bin/sh\napp:x:1234:4321::/home/app:/bin/sh\n",
+                    0o644,
+                ),
+                ("etc/group", "file", b"root:x:0:\nstaff:x:50:\n", 0o644),
+                ("opq", "dir", None, 0o755),
+                ("opq/lower.txt", "file", b"lower\n", 0o644),
+                ("bin", "dir", None, 0o755),
+                ("bin/app", "file", payload, 0o4755),
+            ]
+        ),
+        layer_tar(
+            [
+                ("etc", "dir", None, 0o755),
+                ("etc/.wh.gone.txt", "file", b"", 0o644),
+                ("etc/link", "symlink", "keep.txt", 0o777),
+                ("etc/hard", "hardlink", "bin/app", 0o4755),
+                ("opq", "dir", None, 0o755),
+                ("opq/.wh..wh..opq", "file", b"", 0o644),
+                ("opq/upper.txt", "file", b"upper\n", 0o644),
+            ]
+        ),
+    ]
+
+
+def check_rootfs(rootfs: Path, payload: bytes = PAYLOAD) -> None:
+    assert (rootfs / "bin/app").read_bytes() == payload
+    assert (rootfs / "bin/app").stat().st_mode & stat.S_ISUID
+    assert (rootfs / "etc/keep.txt").read_text() == "keep\n"
+    assert not (rootfs / "etc/gone.txt").exists()
+    assert os.readlink(rootfs / "etc/link") == "keep.txt"
+    assert (rootfs / "etc/hard").stat().st_ino == (rootfs / "bin/app").stat().st_ino
+    assert not (rootfs / "opq/lower.txt").exists()
+    assert (rootfs / "opq/upper.txt").read_text() == "upper\n"
+
+
+@pytest.fixture(scope="module")
+def images(registry: RegistryServer, tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Push the test images once per module; returns name -> reference."""
+    tmp = tmp_path_factory.mktemp("images")
+    out: dict[str, str] = {}
+    std = umoci_image(tmp, "std", standard_layers(), extra_config=["--config.user", "app:staff"])
+    registry.push(std, "t/std:1")
+    out["std"] = f"{registry.host}/t/std:1"
+
+    lay = OciLayout(tmp / "mixed")
+    layers = [
+        (layer_tar([("z", "dir", None, 0o755), ("z/zstd.txt", "file", b"zstd layer\n", 0o644)]), "zstd"),
+        (layer_tar([("p", "dir", None, 0o755), ("p/plain.txt", "file", b"plain layer\n", 0o644)]), "none"),
+        (layer_tar([("g", "dir", None, 0o755), ("g/gzip.txt", "file", b"gzip layer\n", 0o644)]), "gzip"),
+    ]
+    amd = lay.image(layers, arch="amd64", tag=None)
+    arm = lay.image([(layer_tar([("arch", "file", b"arm64\n", 0o644)]), "gzip")], arch="arm64", tag=None)
+    lay.image_index([amd, arm], "multi")
+    registry.push(f"{lay.path}:multi", "t/mixed:multi", extra=["--all"])
+    out["mixed"] = f"{registry.host}/t/mixed:multi"
+
+    bad = OciLayout(tmp / "baddiff")
+    desc = bad.image([(layer_tar([("f", "file", b"x", 0o644)]), "gzip")], tag="v1")
+    # rewrite the config with a wrong diff_id, keeping everything else valid
+    man = json.loads((bad.path / "blobs/sha256" / desc["digest"].split(":")[1]).read_bytes())
+    cfgp = bad.path / "blobs/sha256" / man["config"]["digest"].split(":")[1]
+    cfg = json.loads(cfgp.read_bytes())
+    cfg["rootfs"]["diff_ids"] = ["sha256:" + "0" * 64]
+    man["config"] = {**man["config"], **bad.blob(json.dumps(cfg).encode())}
+    bad.index = []
+    mdesc = {"mediaType": man["mediaType"], **bad.blob(json.dumps(man).encode())}
+    bad.index.append({**mdesc, "annotations": {"org.opencontainers.image.ref.name": "v1"}})
+    bad.write_index()
+    registry.push(f"{bad.path}:v1", "t/baddiff:1")
+    out["baddiff"] = f"{registry.host}/t/baddiff:1"
+
+    bomb = OciLayout(tmp / "bomb")
+    bomb.image([(layer_tar([("zeros", "file", bytes(64 << 20), 0o644)]), "gzip")], tag="v1")
+    registry.push(f"{bomb.path}:v1", "t/bomb:1")
+    out["bomb"] = f"{registry.host}/t/bomb:1"
+
+    big = OciLayout(tmp / "big")
+    blob = os.urandom(24 << 20)
+    big.image([(layer_tar([("big.bin", "file", blob, 0o644)]), "gzip")], tag="v1")
+    registry.push(f"{big.path}:v1", "t/big:1")
+    out["big"] = f"{registry.host}/t/big:1"
+    return out
+
+
+def config_for(registry: RegistryServer, work: Path, **kw: Any) -> PullerConfig:
+    base: dict[str, Any] = {
+        "work_dir": work,
+        "auth_json": registry.authfile.read_bytes(),
+        "insecure_registries": frozenset({registry.host}),
+    }
+    base.update(kw)
+    return PullerConfig(**base)
+
+
+async def pull(cfg: PullerConfig, ref: str, bundle: Path, **kw: Any) -> Any:
+    async with ImagePuller(cfg) as p:
+        return await p.pull(ref, bundle, **kw)
+
+
+@pytest.fixture
+def cleanup_mounts(tmp_path: Path) -> Iterator[None]:
+    yield
+    for line in reversed(Path("/proc/self/mounts").read_text().splitlines()):
+        mnt = line.split()[1]
+        if mnt.startswith(str(tmp_path)):
+            subprocess.run(["umount", "-l", mnt], capture_output=True)
+
+
+def no_populated_rootfs(bundle: Path) -> bool:
+    r = bundle / "rootfs"
+    return not r.exists() or (not os.path.ismount(r) and not any(r.iterdir()))
+
+
+# ---------------------------------------------------------------------- happy paths
+@pytest.mark.parametrize("snapshotter", ["overlay", "copy"])
+async def test_pull_into_bundle_then_again_from_the_store(
+    registry: RegistryServer, images: dict[str, str], tmp_path: Path, snapshotter: str, cleanup_mounts: None
+) -> None:
+    cfg = config_for(registry, tmp_path / "work", snapshotter=snapshotter)
+    events: list[ProgressEvent] = []
+    r1 = await pull(cfg, images["std"], tmp_path / "b1", progress=events.append)
+    assert r1.manifest_digest.startswith("sha256:") and r1.layers == 2 and r1.layers_cached == 0
+    assert r1.bytes_downloaded > len(PAYLOAD) // 2
+    check_rootfs(r1.rootfs)
+    assert os.path.ismount(r1.rootfs) == (snapshotter == "overlay")
+    spec = json.loads((tmp_path / "b1/config.json").read_text())
+    assert spec["process"]["args"] == ["/bin/app"]
+    assert "CHECK=1" in spec["process"]["env"] and any(e.startswith("PATH=") for e in spec["process"]["env"])
+    assert spec["process"]["cwd"] == "/work"
+    assert spec["process"]["user"] == {"uid": 1234, "gid": 50}  # names resolved in the image's /etc files
+    assert spec["root"]["path"] == "rootfs"
+    kinds = {e.kind for e in events}
+    assert {"resolved", "layer-start", "layer-done", "bundle", "done"} <= kinds
+
+    r2 = await pull(cfg, images["std"], tmp_path / "b2")
+    assert r2.manifest_digest == r1.manifest_digest
+    assert r2.bytes_downloaded == 0 and r2.layers_cached == 2
+    check_rootfs(r2.rootfs)
+
+    # writes into one bundle do not leak into the store or the other bundle
+    (r2.rootfs / "etc/keep.txt").write_text("changed\n")
+    assert (r1.rootfs / "etc/keep.txt").read_text() == "keep\n"
+
+    async with ImagePuller(cfg) as p:
+        await p.release_bundle(tmp_path / "b1")
+        await p.release_bundle(tmp_path / "b2")
+        assert p.store.gc() == []  # the image record still references the layers
+        assert p.store.remove_image(r1.manifest_digest)
+        assert len(p.store.gc()) == 2
+    assert not any((tmp_path / "work/layers").iterdir())
+
+
+async def test_zstd_plain_gzip_layers_and_platform_selection(
+    registry: RegistryServer, images: dict[str, str], tmp_path: Path, cleanup_mounts: None
+) -> None:
+    cfg = config_for(registry, tmp_path / "work", platform="linux/amd64")
+    r = await pull(cfg, images["mixed"], tmp_path / "b")
+    assert r.index_digest is not None and r.index_digest != r.manifest_digest
+    assert (r.rootfs / "z/zstd.txt").read_text() == "zstd layer\n"
+    assert (r.rootfs / "p/plain.txt").read_text() == "plain layer\n"
+    assert (r.rootfs / "g/gzip.txt").read_text() == "gzip layer\n"
+    arm = await pull(replace(cfg, platform="linux/arm64"), images["mixed"], tmp_path / "arm")
+    assert (arm.rootfs / "arch").read_text() == "arm64\n" and arm.manifest_digest != r.manifest_digest
+    with pytest.raises(NoMatchingPlatform, match="s390x"):
+        await pull(replace(cfg, platform="linux/s390x"), images["mixed"], tmp_path / "none")
+    assert no_populated_rootfs(tmp_path / "none")
+
+
+async def test_pull_by_digest(
+    registry: RegistryServer, images: dict[str, str], tmp_path: Path, cleanup_mounts: None
+) -> None:
+    cfg = config_for(registry, tmp_path / "work")
+    r = await pull(cfg, images["std"], tmp_path / "a")
+    by_digest = images["std"].rsplit(":", 1)[0] + "@" + r.manifest_digest
+    r2 = await pull(cfg, by_digest, tmp_path / "b")
+    assert r2.manifest_digest == r.manifest_digest
+    with pytest.raises(NotFound):
+        await pull(cfg, images["std"].rsplit(":", 1)[0] + "@sha256:" + "5" * 64, tmp_path / "c")
+
+
+async def test_tls_registry_with_extra_ca_and_token_registry(
+    tls_registry: RegistryServer, token_registry: RegistryServer, tmp_path: Path, cleanup_mounts: None
+) -> None:
+    ref = umoci_image(tmp_path, "small", [layer_tar([("hello", "file", b"hi\n", 0o644)])])
+    tls_registry.push(ref, "t/small:1")
+    token_registry.push(ref, "t/small:1")
+    assert tls_registry.ca_pem is not None
+    cfg = PullerConfig(
+        work_dir=tmp_path / "w1",
+        auth_json=tls_registry.authfile.read_bytes(),
+        extra_root_certs=(tls_registry.ca_pem.read_bytes(),),
+    )
+    r = await pull(cfg, f"{tls_registry.host}/t/small:1", tmp_path / "b1")
+    assert (r.rootfs / "hello").read_text() == "hi\n"
+    with pytest.raises(RegistryError):  # same registry without its CA: certificate not trusted
+        await pull(
+            replace(cfg, extra_root_certs=(), work_dir=tmp_path / "w2"),
+            f"{tls_registry.host}/t/small:1",
+            tmp_path / "b2",
+        )
+    assert no_populated_rootfs(tmp_path / "b2")
+
+    tcfg = PullerConfig(
+        work_dir=tmp_path / "w3",
+        auth_json=token_registry.authfile.read_bytes(),
+        insecure_registries=frozenset({token_registry.host}),
+    )
+    r3 = await pull(tcfg, f"{token_registry.host}/t/small:1", tmp_path / "b3")
+    assert (r3.rootfs / "hello").read_text() == "hi\n"
+    assert token_registry.token is not None
+    assert any("scope=repository%3At%2Fsmall%3Apull" in p for p, _ in token_registry.token.requests)
+
+
+async def test_concurrent_pulls_of_one_image_download_each_layer_once(
+    registry: RegistryServer, images: dict[str, str], tmp_path: Path, cleanup_mounts: None
+) -> None:
+    cfg = config_for(registry, tmp_path / "work")
+    results = await asyncio.gather(*(pull(cfg, images["std"], tmp_path / f"b{i}") for i in range(3)))
+    assert sum(r.bytes_downloaded for r in results) == max(r.bytes_downloaded for r in results)
+    for r in results:
+        check_rootfs(r.rootfs)
+
+
+# ---------------------------------------------------------------------- failures leave nothing behind
+async def test_wrong_password_and_missing_image(
+    registry: RegistryServer, images: dict[str, str], tmp_path: Path
+) -> None:
+    bad = json.dumps({"auths": {registry.host: {"auth": base64.b64encode(b"testuser:wrong").decode()}}})
+    cfg = config_for(registry, tmp_path / "work", auth_json=bad.encode())
+    with pytest.raises(AuthError) as ei:
+        await pull(cfg, images["std"], tmp_path / "b")
+    assert "wrong" not in str(ei.value)
+    assert no_populated_rootfs(tmp_path / "b")
+    with pytest.raises(AuthError):  # no credentials at all
+        await pull(replace(cfg, auth_json=None), images["std"], tmp_path / "b")
+    with pytest.raises(NotFound):
+        await pull(config_for(registry, tmp_path / "work"), f"{registry.host}/t/nosuch:1", tmp_path / "b")
+
+
+async def test_diff_id_mismatch_commits_nothing(
+    registry: RegistryServer, images: dict[str, str], tmp_path: Path
+) -> None:
+    cfg = config_for(registry, tmp_path / "work")
+    with pytest.raises(DigestMismatch, match="uncompressed"):
+        await pull(cfg, images["baddiff"], tmp_path / "b")
+    assert not any((tmp_path / "work/layers").iterdir())
+    assert not any((tmp_path / "work/staging").iterdir())
+    assert no_populated_rootfs(tmp_path / "b")
+
+
+async def test_decompression_bomb_is_stopped(
+    registry: RegistryServer, images: dict[str, str], tmp_path: Path
+) -> None:
+    cfg = config_for(registry, tmp_path / "work", max_layer_bytes=8 << 20)
+    with pytest.raises(UnpackError, match="limit"):
+        await pull(cfg, images["bomb"], tmp_path / "b")
+    assert not any((tmp_path / "work/layers").iterdir())
+    assert not any((tmp_path / "work/staging").iterdir())
+
+
+async def test_connection_cut_mid_layer_is_resumed(
+    registry: RegistryServer, images: dict[str, str], tmp_path: Path, cleanup_mounts: None
+) -> None:
+    proxy = FaultProxy(("127.0.0.1", registry.port), cut_blobs=2, cut_after=5 << 20)
+    try:
+        ref = images["big"].replace(registry.host, proxy.host)
+        cfg = config_for(
+            registry,
+            tmp_path / "work",
+            auth_json=json.dumps(registry.auth_json(key=proxy.host)).encode(),
+            insecure_registries=frozenset({proxy.host}),
+        )
+        r = await pull(cfg, ref, tmp_path / "b")
+        assert (r.rootfs / "big.bin").stat().st_size == 24 << 20
+        assert proxy.cuts_done == 2
+        ranged = [line for line in proxy.requests if "/blobs/" in line]
+        assert len(ranged) >= 3
+    finally:
+        proxy.stop()
+
+
+async def test_cancel_and_deadline_clean_up(
+    registry: RegistryServer, images: dict[str, str], tmp_path: Path, cleanup_mounts: None
+) -> None:
+    proxy = FaultProxy(("127.0.0.1", registry.port), rate=4 << 20)
+    try:
+        ref = images["big"].replace(registry.host, proxy.host)
+        cfg = config_for(
+            registry,
+            tmp_path / "work",
+            auth_json=json.dumps(registry.auth_json(key=proxy.host)).encode(),
+            insecure_registries=frozenset({proxy.host}),
+        )
+        task = asyncio.create_task(pull(cfg, ref, tmp_path / "b"))
+        await asyncio.sleep(1.0)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not any((tmp_path / "work/staging").iterdir())
+        assert no_populated_rootfs(tmp_path / "b")
+        with pytest.raises(PullTimeout):
+            await pull(replace(cfg, pull_timeout=0.5), ref, tmp_path / "b")
+        assert not any((tmp_path / "work/staging").iterdir())
+        # the lock was released: a direct pull of the same layer now works
+        r = await pull(config_for(registry, tmp_path / "work"), images["big"], tmp_path / "b")
+        assert (r.rootfs / "big.bin").stat().st_size == 24 << 20
+    finally:
+        proxy.stop()
+
+
+def test_kill_9_mid_pull_then_a_new_pull_succeeds(
+    registry: RegistryServer, images: dict[str, str], tmp_path: Path, cleanup_mounts: None
+) -> None:
+    proxy = FaultProxy(("127.0.0.1", registry.port), rate=4 << 20)
+    try:
+        auth = tmp_path / "auth.json"
+        auth.write_text(json.dumps(registry.auth_json(key=proxy.host)))
+        ref = images["big"].replace(registry.host, proxy.host)
+        work = tmp_path / "work"
+        cmd = [
+            sys.executable,
+            "-m",
+            "image_pull.cli",
+            "pull",
+            ref,
+            "--plain-http",
+            proxy.host,
+            "--work-dir",
+            str(work),
+            "--auth-file",
+            str(auth),
+        ]
+        proc = subprocess.Popen(
+            [*cmd, "--bundle", str(tmp_path / "b1")], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not any((work / "staging").glob("*/fs/*")):
+            time.sleep(0.05)
+        assert any((work / "staging").glob("*/fs/*")), "the pull never started writing"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        assert not any((work / "layers").iterdir())  # nothing half-committed
+        assert no_populated_rootfs(tmp_path / "b1")
+        proxy.rate = 0
+        cp = subprocess.run([*cmd, "--bundle", str(tmp_path / "b2")], capture_output=True, timeout=120)
+        assert cp.returncode == 0, cp.stderr.decode()
+        assert cp.stdout.decode().strip().startswith("sha256:")
+        assert (tmp_path / "b2/rootfs/big.bin").stat().st_size == 24 << 20
+        assert not any((work / "staging").iterdir())  # the stale attempt was swept
+    finally:
+        proxy.stop()
+
+
+async def test_full_disk(registry: RegistryServer, images: dict[str, str], tmp_path: Path) -> None:
+    small = tmp_path / "small"
+    small.mkdir()
+    cp = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(small)], capture_output=True)
+    if cp.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {cp.stderr.decode().strip()}")
+    try:
+        cfg = config_for(registry, small / "work")
+        # 24 MiB compressed cannot fit in 20 MiB: refused before downloading
+        with pytest.raises(InsufficientSpace, match="need about"):
+            await pull(cfg, images["big"], tmp_path / "b1")
+        # small compressed, 64 MiB uncompressed: ENOSPC while unpacking
+        with pytest.raises(InsufficientSpace, match="no space"):
+            await pull(replace(cfg, max_layer_bytes=1 << 30), images["bomb"], tmp_path / "b2")
+        assert not any((small / "work/staging").iterdir())
+        assert not any((small / "work/layers").iterdir())
+        assert no_populated_rootfs(tmp_path / "b2")
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
+# ---------------------------------------------------------------------- CLI
+def test_cli_prints_digest_and_fails_with_one_line(
+    registry: RegistryServer, images: dict[str, str], tmp_path: Path, cleanup_mounts: None
+) -> None:
+    base = [
+        sys.executable,
+        "-m",
+        "image_pull.cli",
+        "pull",
+        images["std"],
+        "--plain-http",
+        registry.host,
+        "--work-dir",
+        str(tmp_path / "w"),
+    ]
+    cp = subprocess.run(
+        [*base, "--bundle", str(tmp_path / "b"), "--auth-file", str(registry.authfile), "-v"],
+        capture_output=True,
+        timeout=120,
+    )
+    assert cp.returncode == 0, cp.stderr.decode()
+    assert cp.stdout.decode().splitlines()[0].startswith("sha256:")
+    assert b"event=layer-done" in cp.stderr
+    cp = subprocess.run([*base, "--bundle", str(tmp_path / "c")], capture_output=True, timeout=120)
+    assert cp.returncode == 1
+    lines = cp.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("coco-image pull:") and "HTTP 401" in lines[0]
+    for flag, val in (("--decryption-key", str(registry.authfile)),):
+        cp = subprocess.run(
+            [*base, "--bundle", str(tmp_path / "d"), flag, val], capture_output=True, timeout=60
+        )
+        assert cp.returncode != 0 and b"not available" in cp.stderr
