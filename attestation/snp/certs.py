@@ -18,6 +18,7 @@ signed by the same VCEK cost one ECDSA verification each.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import threading
 import warnings
@@ -126,6 +127,7 @@ def _common_name(cert: x509.Certificate) -> str:
     return v if isinstance(v, str) else v.decode("utf-8", "replace")
 
 
+@functools.lru_cache(maxsize=1024)
 def _fingerprint(cert: x509.Certificate) -> bytes:
     return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).digest()
 
@@ -225,7 +227,8 @@ class EndorsementCert:
 
     @classmethod
     def from_bytes(cls, untrusted: bytes) -> EndorsementCert:
-        return cls.from_certificate(load_certificate(untrusted))
+        """Parse a DER/PEM VCEK or VLEK (memoized: the result is immutable)."""
+        return _parse_endorsement(bytes(untrusted))
 
     @classmethod
     def from_certificate(cls, cert: x509.Certificate) -> EndorsementCert:
@@ -288,6 +291,11 @@ class EndorsementCert:
             csp_id=csp_id,
             fingerprint=_fingerprint(cert),
         )
+
+
+@functools.lru_cache(maxsize=256)
+def _parse_endorsement(der: bytes) -> EndorsementCert:
+    return EndorsementCert.from_certificate(load_certificate(der))
 
 
 @dataclass

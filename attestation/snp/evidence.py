@@ -190,11 +190,21 @@ def _int(obj: Mapping[str, Any], key: str, bits: int) -> int:
     return v
 
 
+def _byte_list(v: Any) -> bytes | None:
+    """A JSON array of integers 0..255 as bytes (bools and floats refused), else None."""
+    if not isinstance(v, list) or (v and set(map(type, v)) != {int}):
+        return None
+    try:
+        return bytes(v)
+    except ValueError:
+        return None
+
+
 def _bytes(obj: Mapping[str, Any], key: str, size: int) -> bytes:
-    v = obj.get(key)
-    if not isinstance(v, list) or len(v) != size or any(type(b) is not int or not 0 <= b <= 255 for b in v):
+    b = _byte_list(obj.get(key))
+    if b is None or len(b) != size:
         raise SnpFormatError(f"attestation_report.{key} must be an array of {size} bytes")
-    return bytes(v)
+    return b
 
 
 def _exact_keys(obj: Any, required: set[str], optional: set[str], what: str) -> Mapping[str, Any]:
@@ -301,10 +311,10 @@ def report_to_serde(report: AttestationReport) -> dict[str, Any]:
         "report_id_ma": list(report.report_id_ma),
         "reported_tcb": _tcb_serde(report.reported_tcb),
     }
-    if report.version >= 3:
-        out["cpuid_fam_id"] = report.cpuid_fam_id
-        out["cpuid_mod_id"] = report.cpuid_mod_id
-        out["cpuid_step"] = report.cpuid_step
+    # Option<u8> in virtee/sev: null for version 2
+    out["cpuid_fam_id"] = report.cpuid_fam_id
+    out["cpuid_mod_id"] = report.cpuid_mod_id
+    out["cpuid_step"] = report.cpuid_step
     out["chip_id"] = list(report.chip_id)
     out["committed_tcb"] = _tcb_serde(report.committed_tcb)
     out["current"] = {
@@ -352,16 +362,17 @@ class SnpEvidence:
             data = e["data"]
             if not isinstance(data, list) or len(data) > _MAX_CERT_SIZE:
                 raise SnpFormatError(f"cert_chain[{i}].data must be a byte array of at most 16 KiB")
-            if any(type(b) is not int or not 0 <= b <= 255 for b in data):
+            blob = _byte_list(data)
+            if blob is None:
                 raise SnpFormatError(f"cert_chain[{i}].data must contain bytes")
             if isinstance(ct, str) and ct in CERT_GUIDS:
-                chain.append(CertTableEntry.of(ct, bytes(data)))
+                chain.append(CertTableEntry.of(ct, blob))
             elif isinstance(ct, dict) and set(ct) == {"OTHER"} and isinstance(ct["OTHER"], str):
                 try:
                     guid = uuid.UUID(ct["OTHER"])
                 except ValueError as exc:
                     raise SnpFormatError(f"cert_chain[{i}].cert_type OTHER is not a UUID") from exc
-                chain.append(CertTableEntry("OTHER", bytes(data), guid))
+                chain.append(CertTableEntry("OTHER", blob, guid))
             else:
                 raise SnpFormatError(f"cert_chain[{i}].cert_type is not a known certificate type")
         return cls(report, tuple(chain))

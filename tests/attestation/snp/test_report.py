@@ -196,6 +196,16 @@ def test_evidence_json_strictness(fx: Path) -> None:
     with pytest.raises(SnpFormatError, match="measurement"):
         SnpEvidence.from_json(d)
 
+    for bad_byte in (True, 256, -1, 1.0, "1"):
+        d = _doc(fx)
+        d["attestation_report"]["measurement"][0] = bad_byte
+        with pytest.raises(SnpFormatError, match="measurement"):
+            SnpEvidence.from_json(d)
+        d = _doc(fx)
+        d["cert_chain"][0]["data"][5] = bad_byte
+        with pytest.raises(SnpFormatError, match="data must contain bytes"):
+            SnpEvidence.from_json(d)
+
     d = _doc(fx)
     d["attestation_report"]["current_tcb"]["fmc"] = 1  # fmc on a Genoa report
     with pytest.raises(SnpFormatError, match="fmc"):
