@@ -32,6 +32,7 @@ from image_pull.guest_pull.host import (
     KATA_RUN_DIR,
     verify_container_id,
 )
+from image_pull.guest_pull.kernel_params import KernelParams
 from image_pull.guest_pull.storage import Storage
 from image_pull.guest_pull.volume import IMAGE_GUEST_PULL
 
@@ -136,6 +137,16 @@ class ImagePullHandler:
         self.image_pull_timeout = image_pull_timeout
         #: manifest digest CDH reported, per container id
         self.digests: dict[str, str] = {}
+
+    @classmethod
+    def from_kernel_params(
+        cls, params: KernelParams, cdh: CdhClient | None, *, run_dir: Path = Path(KATA_RUN_DIR),
+        pause_bundle: Path = PAUSE_BUNDLE,
+    ) -> ImagePullHandler:  # fmt: skip
+        """A handler using ``agent.image_pull_timeout`` from the kernel command line."""
+        return cls(
+            cdh, run_dir=run_dir, pause_bundle=pause_bundle, image_pull_timeout=params.image_pull_timeout
+        )
 
     async def create_device(self, storage: Storage, container_id: str) -> Path:
         """Handle one ``image_guest_pull`` Storage; returns the rootfs path."""

@@ -72,11 +72,16 @@ def _agent_storage(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         raise AgentError(f"--storage: cannot read a JSON Storage: {exc}") from exc
     storage = Storage.from_json(doc)
+    timeout = args.timeout
+    if timeout is None:
+        from image_pull.guest_pull.kernel_params import read_kernel_params
+
+        timeout = read_kernel_params(args.cmdline_file).image_pull_timeout if args.cmdline_file else 1200.0
     handler = ImagePullHandler(
         CdhClient(args.cdh),
         run_dir=Path(args.run_dir),
         pause_bundle=Path(args.pause_bundle),
-        image_pull_timeout=args.timeout,
+        image_pull_timeout=float(timeout),
     )
     rootfs = asyncio.run(handler.create_device(storage, args.container_id))
     _print({"rootfs": str(rootfs)})
@@ -163,7 +168,10 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--cdh", default="unix:///run/confidential-containers/cdh.sock")
     a.add_argument("--run-dir", default="/run/kata-containers")
     a.add_argument("--pause-bundle", default="/pause_bundle")
-    a.add_argument("--timeout", type=float, default=1200.0, help="agent.image_pull_timeout in seconds")
+    a.add_argument(
+        "--timeout", type=float, help="PullImage timeout in seconds (default: agent.image_pull_timeout)"
+    )
+    a.add_argument("--cmdline-file", help="kernel command line to read agent.image_pull_timeout from")
     a.set_defaults(func=_agent_storage)
 
     i = sub.add_parser("initdata", help="decode, digest and place the cc_init_data annotation")

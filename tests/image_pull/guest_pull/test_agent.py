@@ -175,3 +175,15 @@ async def test_sealed_volume_files(tmp_path: Path, cdh: Any) -> None:
     assert (vol / "key").read_bytes() == b"plain:abc"
     assert (vol / "plain").read_bytes() == b"not sealed"
     assert outside.read_bytes() == b"sealed.good.out"  # not followed outside the volume
+
+
+async def test_timeout_from_kernel_params(tmp_path: Path, cdh: Any) -> None:
+    from image_pull.guest_pull.kernel_params import parse_kernel_params
+
+    fake, client = cdh
+    fake.delay = 2.0
+    h = ImagePullHandler.from_kernel_params(parse_kernel_params("agent.image_pull_timeout=1"), client,
+                                            run_dir=tmp_path / "run")  # fmt: skip
+    assert h.image_pull_timeout == 1
+    with pytest.raises(AgentError, match="PullImage"):
+        await h.create_device(_storage(CONTAINER), CID)
