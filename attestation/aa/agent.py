@@ -237,9 +237,15 @@ class AttestationAgent:
             raise TokenError("no CoCo AS configured ([token_configs.coco_as])")
         evidence = await self.primary.get_evidence(b"")
         evidence_json = json.dumps(evidence, separators=(",", ":")).encode()
+        # trustee's RESTful AS API (verification_requests), as current guest-components sends it
         body = {
-            "tee": self.primary.tee,
-            "evidence": base64.urlsafe_b64encode(evidence_json).rstrip(b"=").decode(),
+            "verification_requests": [
+                {
+                    "tee": self.primary.tee,
+                    "evidence": base64.urlsafe_b64encode(evidence_json).rstrip(b"=").decode(),
+                }
+            ],
+            "policy_ids": [],
         }
         async with self._http_factory(cfg.url, None) as http:
             try:

@@ -234,8 +234,10 @@ async def test_coco_as_token() -> None:
         AaConfig(coco_as=CocoAsConfig("http://as.test:8000")), SampleAttester(), devices=[], http_factory=make
     )
     assert await agent.get_token("coco_as") == b"eyJ.token.body"
-    (req,) = seen
-    assert req["tee"] == "sample"
+    (body,) = seen
+    assert body["policy_ids"] == []
+    (req,) = body["verification_requests"]
+    assert req["tee"] == "sample" and "=" not in req["evidence"]
     ev = json.loads(base64.urlsafe_b64decode(req["evidence"] + "=" * (-len(req["evidence"]) % 4)))
     assert ev == {"svn": "1", "report_data": ""}
 
