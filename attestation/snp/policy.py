@@ -15,7 +15,11 @@ loadable from strict JSON::
       "min_guest_svn": 0,
       "min_firmware": "1.55",
       "products": ["Milan", "Genoa"],
-      "signing_keys": ["vcek"]
+      "signing_keys": ["vcek"],
+      "id_key_digests": ["<96 hex chars>", ...],
+      "author_key_digests": ["<96 hex chars>", ...],
+      "family_id": "<32 hex chars>",
+      "image_id": "<32 hex chars>"
     }
 
 Every key is optional; the defaults forbid debug guests and migration agents
@@ -51,6 +55,10 @@ _POLICY_KEYS = {
     "min_firmware",
     "products",
     "signing_keys",
+    "id_key_digests",
+    "author_key_digests",
+    "family_id",
+    "image_id",
 }
 
 
@@ -104,6 +112,10 @@ class SnpPolicy:
     min_firmware: tuple[int, int] | None = None
     products: frozenset[Product] | None = None
     signing_keys: frozenset[SigningKey] | None = None
+    id_key_digests: frozenset[bytes] | None = None
+    author_key_digests: frozenset[bytes] | None = None
+    family_id: bytes | None = None
+    image_id: bytes | None = None
 
     @classmethod
     def from_json(cls, untrusted: str | bytes) -> SnpPolicy:
@@ -155,6 +167,15 @@ class SnpPolicy:
             ):
                 raise SnpFormatError("policy signing_keys must be an array of 'vcek'/'vlek'")
             kw["signing_keys"] = frozenset(SigningKey[x.upper()] for x in s)
+        for key in ("id_key_digests", "author_key_digests"):
+            if key in obj:
+                d = obj[key]
+                if not isinstance(d, list) or not d:
+                    raise SnpFormatError(f"policy {key} must be a non-empty array")
+                kw[key] = frozenset(_hex(x, f"{key}[]", 48, 48) for x in d)
+        for key in ("family_id", "image_id"):
+            if key in obj:
+                kw[key] = _hex(obj[key], key, 16, 16)
         return cls(**kw)
 
 
@@ -197,6 +218,18 @@ def validate(verified: VerifiedReport, policy: SnpPolicy) -> VerifiedReport:
         raise SnpPolicyViolation(
             f"launch measurement {r.measurement.hex()[:16]}... is not an allowed reference value"
         )
+    if policy.id_key_digests is not None and r.id_key_digest not in policy.id_key_digests:
+        raise SnpPolicyViolation("the launch ID key (ID_KEY_DIGEST) is not an allowed one")
+    if policy.author_key_digests is not None and (
+        not r.key_info.author_key_en or r.author_key_digest not in policy.author_key_digests
+    ):
+        raise SnpPolicyViolation(
+            "the ID block author key (AUTHOR_KEY_DIGEST) is absent or not an allowed one"
+        )
+    if policy.family_id is not None and r.family_id != policy.family_id:
+        raise SnpPolicyViolation("FAMILY_ID differs from the policy's value")
+    if policy.image_id is not None and r.image_id != policy.image_id:
+        raise SnpPolicyViolation("IMAGE_ID differs from the policy's value")
     if policy.host_data is not None and not hmac.compare_digest(policy.host_data, r.host_data):
         raise SnpPolicyViolation("HOST_DATA (init-data digest) differs from the policy's value")
     if policy.report_data is not None and not hmac.compare_digest(policy.report_data, r.report_data):

@@ -87,6 +87,32 @@ def test_products_keys_svn_firmware(milan: VerifiedReport) -> None:
         validate(milan, SnpPolicy(min_firmware=(1, 55)))
 
 
+def test_id_block_fields(milan: VerifiedReport) -> None:
+    r = milan.report
+    validate(
+        milan,
+        SnpPolicy(id_key_digests=frozenset({r.id_key_digest}), family_id=r.family_id, image_id=r.image_id),
+    )
+    with pytest.raises(SnpPolicyViolation, match="ID_KEY_DIGEST"):
+        validate(milan, SnpPolicy(id_key_digests=frozenset({b"\1" * 48})))
+    with pytest.raises(SnpPolicyViolation, match="AUTHOR_KEY_DIGEST"):  # AUTHOR_KEY_EN is 0 in this report
+        validate(milan, SnpPolicy(author_key_digests=frozenset({r.author_key_digest})))
+    with pytest.raises(SnpPolicyViolation, match="FAMILY_ID"):
+        validate(milan, SnpPolicy(family_id=b"\0" * 16))
+    with pytest.raises(SnpPolicyViolation, match="IMAGE_ID"):
+        validate(milan, SnpPolicy(image_id=b"\0" * 16))
+    p = SnpPolicy.from_json(
+        json.dumps(
+            {
+                "id_key_digests": [r.id_key_digest.hex()],
+                "family_id": r.family_id.hex(),
+                "image_id": r.image_id.hex(),
+            }
+        )
+    )
+    validate(milan, p)
+
+
 def test_policy_json(milan: VerifiedReport) -> None:
     r = milan.report
     doc = {
