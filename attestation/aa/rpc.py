@@ -48,12 +48,12 @@ class AaService:
         self.agent = agent
 
     async def GetEvidence(self, req: pb.GetEvidenceRequest) -> pb.GetEvidenceResponse:
-        ev = await _guard("AA get evidence failed", lambda: self.agent.get_evidence(req.RuntimeData))
+        ev = await _guard("AA-KBC get evidence failed", lambda: self.agent.get_evidence(req.RuntimeData))
         return pb.GetEvidenceResponse(Evidence=ev)
 
     async def GetAdditionalEvidence(self, req: pb.GetAdditionalEvidenceRequest) -> pb.GetEvidenceResponse:
         ev = await _guard(
-            "AA get additional evidence failed", lambda: self.agent.get_additional_evidence(req.RuntimeData)
+            "AA-KBC get additional evidence failed", lambda: self.agent.get_additional_evidence(req.RuntimeData)
         )
         return pb.GetEvidenceResponse(Evidence=ev)
 
