@@ -75,7 +75,7 @@ class LegacyPersona:
 @dataclass(frozen=True)
 class AdminConfig:
     #: InsecureAllowAll | DenyAll | AuthenticatedAuthorization | Legacy (v0.11-v0.20 configs)
-    mode: str = "InsecureAllowAll"
+    mode: str = "DenyAll"
     identity_providers: tuple[IdentityProvider, ...] = ()
     acls: tuple[RoleAcl, ...] = ()
     #: older generations: Ed25519 public keys (persona id -> PEM path); auth_public_key is persona "admin"
@@ -193,7 +193,10 @@ def _admin(tbl: Mapping[str, Any]) -> AdminConfig:
     if "type" in tbl or "auth_public_key" in tbl or "insecure_api" in tbl:
         return _legacy_admin(tbl)
     _strict(tbl, {"authorization_mode", "authentication", "authorization"}, "[admin]")
-    mode = tbl.get("authorization_mode", "InsecureAllowAll")
+    if "authorization_mode" not in tbl:
+        # trustee defaults to InsecureAllowAll here; this KBS fails closed and opens only when asked
+        log.warning("[admin] has no authorization_mode: the admin API is disabled (DenyAll)")
+    mode = tbl.get("authorization_mode", "DenyAll")
     if mode not in ADMIN_MODES:
         raise ConfigError(f"[admin] authorization_mode must be one of {', '.join(ADMIN_MODES)}")
     if mode != "AuthenticatedAuthorization":

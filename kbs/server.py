@@ -482,7 +482,7 @@ async def _sweeper(state: KbsState, every_s: float = 60.0) -> None:
         await asyncio.sleep(every_s)
         with contextlib.suppress(KbsError):
             n = await state.store.purge_expired()
-            n += await state.sessions._store.purge_expired()
+            n += await state.sessions.purge_expired()
             if n:
                 log.info("expired entries removed", extra={"count": n})
 

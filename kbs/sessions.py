@@ -95,5 +95,8 @@ class SessionStore:
         await self._store.set(NS_SESSION, s.id, done.to_bytes(), ttl_s=max(0.001, s.expires_at - t))
         return done
 
+    async def purge_expired(self) -> int:
+        return await self._store.purge_expired()
+
     async def count(self) -> int:
         return len(await self._store.keys(NS_SESSION))

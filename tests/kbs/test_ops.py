@@ -1,0 +1,97 @@
+"""Operations of the real ``kbs`` process: startup checks, -c, TLS profiles,
+graceful shutdown, structured logs."""
+
+from __future__ import annotations
+
+import json
+import signal
+import ssl
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.kbs.test_peer import tls_material
+from tests.support.kbs import _kbs_cmd, free_port, start_kbs
+
+
+def test_refuses_to_start_without_token_trust(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'[http_server]\nsockets = ["127.0.0.1:{free_port()}"]\ninsecure_http = true\n'
+                   '[admin]\nauthorization_mode = "DenyAll"\n')  # fmt: skip
+    cp = subprocess.run([*_kbs_cmd(), "-c", str(cfg)], capture_output=True, timeout=60)
+    assert cp.returncode == 1
+    assert b"no trust material" in cp.stderr
+    cp = subprocess.run([*_kbs_cmd(), "-c", str(tmp_path / "nope.toml")], capture_output=True, timeout=60)
+    assert cp.returncode == 1 and b"cannot read config file" in cp.stderr
+
+
+def test_modern_tls_profile_refuses_tls12(tmp_path: Path) -> None:
+    tls = tls_material(tmp_path)
+    with start_kbs(tmp_path / "k", tls=tls) as kbs:
+        # intermediate (default): TLS 1.2 works
+        ctx = ssl.create_default_context(cafile=str(tls[1]))
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        assert httpx.get(f"{kbs.url}/healthz", verify=ctx).status_code == 200
+    # the same certificate under tls_profile = "modern": TLS 1.3 only
+    from tests.kbs.conftest import admin_material
+    from tests.support.kbs import write_config
+
+    _, pub = admin_material(tmp_path)
+    port = free_port()
+    cfg = write_config(tmp_path, port, pub, tls=tls)
+    cfg.write_text(
+        cfg.read_text().replace("insecure_http = false\n", 'insecure_http = false\ntls_profile = "modern"\n')
+    )
+    proc = subprocess.Popen(
+        [*_kbs_cmd(), "-c", str(cfg)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        ctx13 = ssl.create_default_context(cafile=str(tls[1]))
+        deadline = time.time() + 30
+        while True:
+            try:
+                assert httpx.get(f"https://127.0.0.1:{port}/healthz", verify=ctx13).status_code == 200
+                break
+            except httpx.ConnectError:
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.1)
+        ctx12 = ssl.create_default_context(cafile=str(tls[1]))
+        ctx12.maximum_version = ssl.TLSVersion.TLSv1_2
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"https://127.0.0.1:{port}/healthz", verify=ctx12)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_graceful_shutdown_and_json_logs(tmp_path: Path) -> None:
+    with start_kbs(tmp_path, resources={"a/b/c": b"x"}) as kbs:
+        assert kbs.proc is not None
+        results: list[int] = []
+
+        def slow_client() -> None:
+            # a request in flight when SIGTERM arrives still gets its answer
+            try:
+                with httpx.Client(timeout=30) as c:
+                    results.append(c.get(f"{kbs.url}/metrics").status_code)
+            except httpx.ConnectError:
+                pass
+
+        t = threading.Thread(target=slow_client)
+        t.start()
+        kbs.proc.send_signal(signal.SIGTERM)
+        t.join(30)
+        assert kbs.proc.wait(15) == 0
+        assert results in ([200], [])  # answered, or refused before it was accepted; never cut mid-way
+        lines = [json.loads(x) for x in kbs.log_text().splitlines() if x.startswith("{")]
+        msgs = [x["msg"] for x in lines]
+        assert "listening" in msgs and "shutting down" in msgs
+        assert all({"ts", "level", "logger", "msg"} <= set(x) for x in lines)
+        assert any(x.get("resource") == "a/b/c" for x in lines)
+        # no secret material in the logs
+        assert kbs.admin_token not in kbs.log_text()
