@@ -52,9 +52,8 @@ class AaService:
         return pb.GetEvidenceResponse(Evidence=ev)
 
     async def GetAdditionalEvidence(self, req: pb.GetAdditionalEvidenceRequest) -> pb.GetEvidenceResponse:
-        ev = await _guard(
-            "AA-KBC get additional evidence failed", lambda: self.agent.get_additional_evidence(req.RuntimeData)
-        )
+        what = "AA-KBC get additional evidence failed"
+        ev = await _guard(what, lambda: self.agent.get_additional_evidence(req.RuntimeData))
         return pb.GetEvidenceResponse(Evidence=ev)
 
     async def GetToken(self, req: pb.GetTokenRequest) -> pb.GetTokenResponse:
