@@ -22,6 +22,41 @@ GP = str(Path(sys.executable).parent / "coco-guest-pull")
 INITDATA = b'version = "0.1.0"\nalgorithm = "sha384"\n[data]\n"aa.toml" = "[token_configs.kbs]"\n'
 
 
+def _b64u(b: bytes) -> str:
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def _sealed(tmp: Path) -> tuple[str, list[str]]:
+    """A vault sealed secret (ES256, key served by the KBS) and the --resource args it needs."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    sk = ec.generate_private_key(ec.SECP256R1())
+    n = sk.public_key().public_numbers()
+    jwk = {
+        "kty": "EC",
+        "crv": "P-256",
+        "x": _b64u(n.x.to_bytes(32, "big")),
+        "y": _b64u(n.y.to_bytes(32, "big")),
+    }
+    (tmp / "jwk").write_text(json.dumps(jwk))
+    (tmp / "secret").write_bytes(b"s3cret-value")
+    vault = {"version": "0.1.0", "type": "vault", "name": "kbs:///default/sim/secret", "provider": "kbs",
+             "provider_settings": {}, "annotations": {}}  # fmt: skip
+    h = _b64u(json.dumps({"alg": "ES256", "kid": "kbs:///default/sim/sealkey"}).encode())
+    p = _b64u(json.dumps(vault).encode())
+    r, s_ = decode_dss_signature(sk.sign(f"{h}.{p}".encode(), ec.ECDSA(hashes.SHA256())))
+    sig = _b64u(r.to_bytes(32, "big") + s_.to_bytes(32, "big"))
+    args = [
+        "--resource",
+        f"default/sim/sealkey={tmp / 'jwk'}",
+        "--resource",
+        f"default/sim/secret={tmp / 'secret'}",
+    ]
+    return f"sealed.{h}.{p}.{sig}", args
+
+
 def _pod(image: str, **extra_ann: str) -> dict[str, object]:
     ann = {
         "io.katacontainers.config.hypervisor.cc_init_data": base64.b64encode(gzip.compress(INITDATA)).decode()
@@ -44,12 +79,16 @@ def test_simulate_coco_dev(registry: RegistryServer, tmp_path: Path) -> None:  #
     desc = lay.image([(tar, "gzip")], tag="v1")
     registry.push(f"{lay.path}:v1", "sim/hello:v1")
     image = f"{registry.host}/sim/hello:v1"
-    (tmp_path / "pod.yaml").write_text(yaml.safe_dump(_pod(image)))
+    pod = _pod(image)
+    sealed, resource_args = _sealed(tmp_path)
+    pod["spec"]["containers"][0]["env"].append({"name": "SECRET", "value": sealed})  # type: ignore[index]
+    (tmp_path / "pod.yaml").write_text(yaml.safe_dump(pod))
     (tmp_path / "auth.json").write_text(json.dumps(registry.auth_json()))
     work = tmp_path / "work"
     cp = subprocess.run(
         [GP, "simulate", "--runtime-class", "kata-qemu-coco-dev", "--insecure-registry", registry.host,
-         "--auth-json", str(tmp_path / "auth.json"), "--workdir", str(work), str(tmp_path / "pod.yaml")],
+         "--auth-json", str(tmp_path / "auth.json"), "--workdir", str(work), *resource_args,
+         str(tmp_path / "pod.yaml")],
         capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     logs = "".join(
@@ -65,6 +104,8 @@ def test_simulate_coco_dev(registry: RegistryServer, tmp_path: Path) -> None:  #
     assert app["storage"]["driver"] == "image_guest_pull" and app["storage"]["fstype"] == "overlay"
     assert app["manifest_digest"] == desc["digest"]
     assert "etc" in app["rootfs_entries"]
+    assert app["env_unsealed"] == ["SECRET"]  # unsealed through CDH with the KBS-held key
+    assert "s3cret-value" not in cp.stdout + cp.stderr
     assert out["eventlog_bytes"] > 0  # CDH measured the pull through AA
     # everything was stopped and unmounted
     assert not Path(app["rootfs"]).is_mount()
