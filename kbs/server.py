@@ -33,6 +33,7 @@ from .errors import (
     AdminAuthInitialization,
     AttestationError,
     ConfigError,
+    InvalidRequestPath,
     JweError,
     KbsError,
     ParsePolicyError,
@@ -382,7 +383,7 @@ class _Handlers:
         if first in self.s.config.plugins and first == "resource":
             return await self.resource(request, rest)
         if not first:
-            raise PluginNotFound("Invalid request path")
+            raise InvalidRequestPath("Invalid request path")
         raise PluginNotFound(f"Plugin {first[:64]} not found")
 
 

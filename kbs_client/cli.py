@@ -21,7 +21,7 @@ import httpx
 
 from ._b64 import b64std
 from .admin import AdminAuth, AdminClient, Anonymous, BearerToken, Ed25519Signer
-from .errors import KbsClientError
+from .errors import KbsClientError, PolicyDenied, Unauthorized
 from .policies import builtin_policy
 from .rcar import attest
 from .resources import get_resource
@@ -165,9 +165,7 @@ async def _run(args: argparse.Namespace) -> None:
                     data = await get_resource(
                         http, args.url, args.path, token=att.token, key=key, session_id=att.session_id
                     )
-                except KbsClientError as exc:
-                    if getattr(exc, "status", None) != 401 or type(exc).__name__ == "ResourceNotFound":
-                        raise
+                except (Unauthorized, PolicyDenied) as exc:
                     last = exc
                     continue
                 print(b64std(data), file=out)

@@ -111,6 +111,8 @@ async def test_wrong_method_is_plugin_not_found(kbs: Kbs, http: httpx.AsyncClien
     assert r.status_code == 404 and etype(r) == "PluginNotFound"
     r = await http.get(f"{kbs.url}/kbs/v0/nebula-ca/x")
     assert r.status_code == 404 and etype(r) == "PluginNotFound"
+    r = await http.get(f"{kbs.url}/kbs/v0/")
+    assert r.status_code == 404 and etype(r) == "InvalidRequestPath"
 
 
 # --- /attest ----------------------------------------------------------------------------------
