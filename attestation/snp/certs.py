@@ -46,6 +46,7 @@ __all__ = [
     "MAX_CERT_FILE",
     "EndorsementCert",
     "ProductRoots",
+    "RevocationList",
     "TrustStore",
     "check_validity",
     "load_certificate",
@@ -196,6 +197,41 @@ class ProductRoots:
 
     def intermediate(self, kind: SigningKey) -> x509.Certificate | None:
         return self.ask if kind is SigningKey.VCEK else self.asvk
+
+
+@dataclass(frozen=True)
+class RevocationList:
+    """An AMD KDS CRL (``/vcek/v1/<product>/crl``), checked to be signed by the product's ARK."""
+
+    product: Product
+    revoked_serials: frozenset[int]
+    last_update: datetime
+    next_update: datetime | None
+
+    @classmethod
+    def from_bytes(cls, untrusted: bytes, roots: ProductRoots) -> RevocationList:
+        if len(untrusted) > MAX_CERT_FILE * 4:
+            raise CertificateFormatError("CRL is too large")
+        try:
+            if untrusted.lstrip().startswith(b"-----BEGIN"):
+                crl = x509.load_pem_x509_crl(untrusted)
+            else:
+                crl = x509.load_der_x509_crl(untrusted)
+        except ValueError as exc:
+            raise CertificateFormatError("not a DER or PEM X.509 CRL") from exc
+        name = roots.product.value
+        try:
+            ok = crl.issuer == roots.ark.subject and crl.is_signature_valid(roots.ark.public_key())  # type: ignore[arg-type]
+        except (ValueError, TypeError, UnsupportedAlgorithm):
+            ok = False
+        if not ok:
+            raise CertChainInvalid(f"CRL is not signed by ARK-{name}")
+        return cls(
+            product=roots.product,
+            revoked_serials=frozenset(r.serial_number for r in crl),
+            last_update=crl.last_update_utc,
+            next_update=crl.next_update_utc,
+        )
 
 
 def _builtin_roots() -> dict[Product, ProductRoots]:

@@ -1,5 +1,5 @@
 """``coco-verify snp REPORT [--vcek CERT] [--certs-dir DIR] [--at TIME]
-[--expect-report-data HEX] [--policy FILE] [--kds] [--roots PEM]``
+[--expect-report-data HEX] [--policy FILE] [--kds] [--crl FILE] [--roots PEM]``
 
 REPORT is raw report bytes (1184), hex text, or trustee SNP evidence JSON.
 Authenticity is always checked (pinned AMD roots, certificate validity at
@@ -20,14 +20,21 @@ import httpx
 from cryptography.x509.oid import NameOID
 
 from attestation.errors import AttestationError, EvidenceFormatError
-from attestation.snp.certs import MAX_CERT_FILE, EndorsementCert, ProductRoots, TrustStore, load_certificates
+from attestation.snp.certs import (
+    MAX_CERT_FILE,
+    EndorsementCert,
+    ProductRoots,
+    RevocationList,
+    TrustStore,
+    load_certificates,
+)
 from attestation.snp.errors import SnpFormatError
 from attestation.snp.evidence import MAX_EVIDENCE_JSON, SnpEvidence
 from attestation.snp.kds import KdsClient
 from attestation.snp.policy import MAX_POLICY_FILE, SnpPolicy, validate
 from attestation.snp.report import REPORT_SIZE, AttestationReport, Product
 from attestation.snp.verifier import SnpVerifier
-from attestation.snp.verify import check_binding, verify_report
+from attestation.snp.verify import check_binding, check_revocation, verify_report
 
 __all__ = ["configure", "load_report_input", "run"]
 
@@ -49,6 +56,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--policy", metavar="FILE", help="appraisal policy JSON (see attestation.snp.policy)")
     parser.add_argument("--kds", action="store_true", help="allow fetching the VCEK from AMD KDS (network)")
+    parser.add_argument(
+        "--crl", metavar="FILE", help="AMD KDS CRL of the product (DER/PEM): reject revoked certificates"
+    )
     parser.add_argument(
         "--roots",
         metavar="PEM",
@@ -124,6 +134,7 @@ def run(args: argparse.Namespace) -> int:
                 raise SnpFormatError("--expect-report-data is longer than 64 bytes")
         policy = SnpPolicy.from_json(_read(args.policy, MAX_POLICY_FILE)) if args.policy else None
         trust = _load_roots(_read(args.roots, MAX_CERT_FILE)) if args.roots else None
+        crl_bytes = _read(args.crl, 4 * MAX_CERT_FILE) if args.crl else None
     except OSError as exc:
         return _fail(2, f"cannot read input: {exc.strerror or exc}")
     except EvidenceFormatError as exc:
@@ -139,6 +150,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         key = endorsement if endorsement is not None else verifier.endorsement_for(evidence)
         verified = verify_report(evidence.report, key, trust=verifier.trust, now=now)
+        if crl_bytes is not None:
+            crl = RevocationList.from_bytes(crl_bytes, verifier.trust.roots[verified.product])
+            check_revocation(verified, crl, now=now)
         check_binding(verified, expected_report_data=expected)
         if policy is not None:
             validate(verified, policy)

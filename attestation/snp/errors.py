@@ -14,11 +14,13 @@ classes, so callers that only know the shared tree keep working::
     │       ├── ReportSignatureInvalid  ECDSA signature over the report fails
     │       ├── CertChainInvalid ...... ARK → ASK/ASVK → VCEK/VLEK does not verify
     │       ├── WrongProductRoot ...... key chains to another product's root
-    │       ├── CertificateExpired .... a certificate is outside its validity at ``now``
+    │       ├── CertificateExpired .... a certificate (or the CRL) is outside its validity at ``now``
+    │       ├── CertificateRevoked .... the ASK/ASVK or VCEK/VLEK is on AMD's CRL
     │       ├── TcbMismatch ........... VCEK/VLEK TCB extensions differ from REPORTED_TCB
     │       ├── ChipIdMismatch ........ VCEK hwID differs from CHIP_ID
     │       ├── SigningKeyMismatch .... report says VLEK, cert is a VCEK (or similar)
     │       ├── EndorsementKeyUnavailable  no VCEK/VLEK given, cached, or fetchable
+    │       ├── RevocationListUnavailable  CRL checking asked for, but no usable CRL
     │       ├── ReportDataMismatch .... REPORT_DATA is not the expected binding
     │       └── HostDataMismatch ...... HOST_DATA is not the expected init-data digest
     ├── PolicyViolation
@@ -37,12 +39,14 @@ __all__ = [
     "CertChainInvalid",
     "CertificateExpired",
     "CertificateFormatError",
+    "CertificateRevoked",
     "ChipIdMismatch",
     "EndorsementKeyUnavailable",
     "HostDataMismatch",
     "ReportDataMismatch",
     "ReportSignatureInvalid",
     "ReportSizeError",
+    "RevocationListUnavailable",
     "SigningKeyMismatch",
     "SnpDeviceUnavailable",
     "SnpFormatError",
@@ -90,6 +94,10 @@ class CertificateExpired(SnpVerificationError):
     """A certificate in the chain is not valid at the given time."""
 
 
+class CertificateRevoked(SnpVerificationError):
+    """A certificate in the chain is listed on the product's CRL."""
+
+
 class TcbMismatch(SnpVerificationError):
     """The VCEK/VLEK TCB extensions differ from the report's REPORTED_TCB."""
 
@@ -104,6 +112,10 @@ class SigningKeyMismatch(SnpVerificationError):
 
 class EndorsementKeyUnavailable(SnpVerificationError):
     """No VCEK/VLEK was supplied, cached, or (when allowed) fetchable from AMD KDS."""
+
+
+class RevocationListUnavailable(SnpVerificationError):
+    """CRL checking was requested but no current CRL could be cached or fetched."""
 
 
 class ReportDataMismatch(SnpVerificationError):

@@ -21,15 +21,21 @@ import os
 import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import httpx
 
-from attestation.snp.certs import MAX_CERT_FILE, EndorsementCert
-from attestation.snp.errors import CertificateFormatError, EndorsementKeyUnavailable
+from attestation.snp.certs import MAX_CERT_FILE, EndorsementCert, ProductRoots, RevocationList
+from attestation.snp.errors import (
+    CertChainInvalid,
+    CertificateFormatError,
+    EndorsementKeyUnavailable,
+    RevocationListUnavailable,
+)
 from attestation.snp.report import AttestationReport, Product, SigningKey
 
-__all__ = ["KDS_BASE_URL", "KdsClient", "cache_name", "vcek_url"]
+__all__ = ["KDS_BASE_URL", "KdsClient", "cache_name", "crl_url", "vcek_url"]
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +73,11 @@ def vcek_url(report: AttestationReport, product: Product, *, base_url: str = KDS
     """The KDS URL of the VCEK that should have signed ``report``."""
     query = "&".join(f"{k}={v:02d}" for k, v in _tcb_query(report, product))
     return f"{base_url}/vcek/v1/{product.value}/{_hwid(report, product).hex()}?{query}"
+
+
+def crl_url(product: Product, *, base_url: str = KDS_BASE_URL) -> str:
+    """The KDS URL of the product's CRL (signed by its ARK)."""
+    return f"{base_url}/vcek/v1/{product.value}/crl"
 
 
 def cache_name(report: AttestationReport, product: Product) -> str:
@@ -178,3 +189,43 @@ class KdsClient:
             if got is not None:
                 return got
         raise EndorsementKeyUnavailable("AMD KDS has no VCEK for this chip and TCB")
+
+    def _crl_from(self, data: bytes, roots: ProductRoots, now: datetime) -> RevocationList | None:
+        try:
+            crl = RevocationList.from_bytes(data, roots)
+        except (CertificateFormatError, CertChainInvalid):
+            return None
+        if now < crl.last_update or (crl.next_update is not None and now > crl.next_update):
+            return None
+        return crl
+
+    def get_crl(self, roots: ProductRoots, *, now: datetime) -> RevocationList:
+        """A CRL for ``roots.product`` current at ``now``: the cached
+        ``crl-<product>.der`` if still current, else (unless offline) AMD KDS."""
+        name = f"crl-{roots.product.value.lower()}.der"
+        if self.cache_dir is not None:
+            try:
+                with (self.cache_dir / name).open("rb") as f:
+                    cached = self._crl_from(f.read(MAX_CERT_FILE * 4 + 1), roots, now)
+                if cached is not None:
+                    return cached
+            except OSError:
+                pass
+        if self.offline or self.http is None:
+            raise RevocationListUnavailable(
+                f"no current {roots.product.value} CRL cached and KDS fetches are off"
+            )
+        url = crl_url(roots.product, base_url=self.base_url)
+        try:
+            resp = self.http.get(url, timeout=_TIMEOUT_S)
+        except httpx.HTTPError as exc:
+            raise RevocationListUnavailable(f"AMD KDS is unreachable: {exc.__class__.__name__}") from exc
+        if resp.status_code != 200 or len(resp.content) > MAX_CERT_FILE * 4:
+            raise RevocationListUnavailable(f"AMD KDS answered HTTP {resp.status_code} for the CRL")
+        crl = self._crl_from(resp.content, roots, now)
+        if crl is None:
+            raise RevocationListUnavailable(
+                f"AMD KDS returned no current {roots.product.value} CRL signed by its ARK"
+            )
+        self._store(name, resp.content)
+        return crl

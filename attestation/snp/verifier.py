@@ -26,7 +26,7 @@ from attestation.snp.errors import EndorsementKeyUnavailable, SigningKeyMismatch
 from attestation.snp.evidence import SnpEvidence
 from attestation.snp.kds import KdsClient
 from attestation.snp.report import SigningKey
-from attestation.snp.verify import VerifiedReport, check_binding, verify_report
+from attestation.snp.verify import VerifiedReport, check_binding, check_revocation, verify_report
 
 __all__ = ["InsecureSkipReportDataBinding", "SnpVerifier"]
 
@@ -66,7 +66,10 @@ class SnpVerifier:
         verified chain).
     :param kds_cache_dir: shortcut for ``kds=KdsClient(cache_dir=...)`` (offline),
         usable from the KBS config (``[attestation_service.verifier_config.snp]``).
-    :param kds_fetch: also fetch missing VCEKs from AMD KDS (network; off by default).
+    :param kds_fetch: also fetch missing VCEKs (and CRLs) from AMD KDS (network; off by default).
+    :param check_crl: reject chains with a revoked ASK/ASVK or VCEK/VLEK, using the
+        product's CRL from the KDS cache folder (``crl-<product>.der``) or KDS;
+        no current CRL is an error.
     :param insecure_skip_report_data_binding: see :class:`InsecureSkipReportDataBinding`;
         a string is taken as its ``reason`` (so the KBS config can set it).
     """
@@ -82,6 +85,7 @@ class SnpVerifier:
         min_report_version: int = 2,
         kds_cache_dir: str | Path | None = None,
         kds_fetch: bool = False,
+        check_crl: bool = False,
         insecure_skip_report_data_binding: InsecureSkipReportDataBinding | str | None = None,
     ) -> None:
         self.trust = trust if trust is not None else TrustStore.builtin()
@@ -92,6 +96,9 @@ class SnpVerifier:
                 offline=not kds_fetch,
             )
         self.kds = kds
+        if check_crl and kds is None:
+            raise ValueError("check_crl needs kds_cache_dir or kds_fetch (where the CRL comes from)")
+        self.check_crl = check_crl
         if isinstance(insecure_skip_report_data_binding, str):
             insecure_skip_report_data_binding = InsecureSkipReportDataBinding(
                 insecure_skip_report_data_binding
@@ -124,14 +131,19 @@ class SnpVerifier:
     def verify_evidence(
         self, untrusted_evidence: Any, *, now: datetime, endorsement: EndorsementCert | None = None
     ) -> VerifiedReport:
-        """Parse and verify authenticity only (no binding, no VMPL check)."""
+        """Parse and verify authenticity (and revocation when configured); no binding, no VMPL check."""
         evidence = SnpEvidence.from_json(untrusted_evidence)
         if evidence.report.version < self.min_report_version:
             raise SnpVerificationError(
                 f"report version {evidence.report.version} is below the minimum {self.min_report_version}"
             )
         key = endorsement if endorsement is not None else self.endorsement_for(evidence)
-        return verify_report(evidence.report, key, trust=self.trust, now=now)
+        verified = verify_report(evidence.report, key, trust=self.trust, now=now)
+        if self.check_crl:
+            assert self.kds is not None
+            crl = self.kds.get_crl(self.trust.roots[verified.product], now=now)
+            check_revocation(verified, crl, now=now)
+        return verified
 
     def verify(
         self,

@@ -27,9 +27,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from attestation.snp.certs import EndorsementCert, TrustStore, check_validity
+from attestation.snp.certs import EndorsementCert, RevocationList, TrustStore, check_validity
 from attestation.snp.errors import (
     CertChainInvalid,
+    CertificateExpired,
+    CertificateRevoked,
     ChipIdMismatch,
     HostDataMismatch,
     ReportDataMismatch,
@@ -44,6 +46,7 @@ from attestation.snp.report import AttestationReport, Product, SigningKey
 __all__ = [
     "VerifiedReport",
     "check_binding",
+    "check_revocation",
     "resize",
     "verify_report",
 ]
@@ -270,6 +273,26 @@ def verify_report(
         raise ReportSignatureInvalid(f"report signature does not verify with the {sk.name}") from exc
 
     return VerifiedReport(report, product, sk, endorsement, inter, ark, now)
+
+
+def check_revocation(verified: VerifiedReport, crl: RevocationList, *, now: datetime) -> None:
+    """Reject if the ASK/ASVK or the VCEK/VLEK is on ``crl`` (the product's
+    KDS CRL, already checked to be signed by its ARK), or if ``crl`` is out of
+    date at ``now`` (a stale CRL cannot vouch for anything: fail closed)."""
+    if crl.product is not verified.product:
+        raise CertChainInvalid(f"CRL is for {crl.product.value}, the report is from {verified.product.value}")
+    if now < crl.last_update or (crl.next_update is not None and now > crl.next_update):
+        raise CertificateExpired(
+            f"the {crl.product.value} CRL is not current at {now.isoformat()}; fetch a new one"
+        )
+    for what, cert in (
+        ("intermediate", verified.intermediate),
+        (verified.signing_key.name, verified.endorsement.cert),
+    ):
+        if cert.serial_number in crl.revoked_serials:
+            raise CertificateRevoked(
+                f"the {what} certificate is revoked by AMD ({verified.product.value} CRL)"
+            )
 
 
 def check_binding(

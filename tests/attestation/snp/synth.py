@@ -96,6 +96,24 @@ class SynthPki:
         asvk = _cert(f"SEV-VLEK-{n}", f"ARK-{n}", asvk_key.public_key(), ark_key)
         return cls(product, ark_key, ask_key, asvk_key, ProductRoots(product, ark, ask, asvk))
 
+    def crl(
+        self,
+        revoked: list[int] = (),
+        *,
+        last: datetime = T0,
+        next_: datetime = T_END,
+        signer=None,  # type: ignore[assignment]
+    ) -> bytes:
+        """A DER CRL issued by this ARK (RSA-PSS/SHA-384), as AMD KDS serves them."""
+        b = x509.CertificateRevocationListBuilder().issuer_name(self.roots.ark.subject)
+        b = b.last_update(last).next_update(next_)
+        for serial in revoked:
+            b = b.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(last).build()
+            )
+        crl = b.sign(signer or self.ark_key, hashes.SHA384(), rsa_padding=PSS)
+        return crl.public_bytes(serialization.Encoding.DER)
+
     def trust(self) -> TrustStore:
         return TrustStore({self.product: self.roots})
 
