@@ -124,11 +124,15 @@ class KeyUnwrapper:
         if not isinstance(req, dict) or req.get("op") != "keyunwrap":
             raise KeyProviderError('key-provider request op must be "keyunwrap"')
         params = req.get("keyunwrapparams")
-        if not isinstance(params, dict) or not isinstance(params.get("annotation"), str):
+        ann = params.get("annotation") if isinstance(params, dict) else None
+        if isinstance(ann, str):  # ocicrypt-rs / Go: base64 of the packet
+            try:
+                packet_bytes = b64_std(ann)
+            except CryptoError as exc:
+                raise KeyProviderError(f"annotation: {exc}") from exc
+        elif isinstance(ann, list) and all(isinstance(b, int) and 0 <= b < 256 for b in ann):
+            packet_bytes = bytes(ann)  # serde's Vec<u8> form, accepted as well
+        else:
             raise KeyProviderError("key-provider request lacks keyunwrapparams.annotation")
-        try:
-            packet_bytes = b64_std(params["annotation"])
-        except CryptoError as exc:
-            raise KeyProviderError(f"annotation: {exc}") from exc
         optsdata = await self.unwrap_packet(parse_annotation_packet(packet_bytes))
         return json.dumps({"keyunwrapresults": {"optsdata": list(optsdata)}}, separators=(",", ":")).encode()

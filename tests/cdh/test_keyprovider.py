@@ -97,3 +97,15 @@ async def test_image_pull_hook_form() -> None:
     assert await u.unwrap_key(pk) == OPTS
     with pytest.raises(KeyProviderError):
         await u.unwrap_key(b"%%%")
+
+
+async def test_annotation_as_byte_array() -> None:
+    kek = os.urandom(32)
+    u = KeyUnwrapper(DictResources({"kbs:///default/image-kek/k1": kek}))
+    pk = json.dumps(packet(kek, "A256CTR")).encode()
+    body = {"op": "keyunwrap", "keyunwrapparams": {"annotation": list(pk)}}
+    out = json.loads(await u.handle_request(json.dumps(body).encode()))
+    assert bytes(out["keyunwrapresults"]["optsdata"]) == OPTS
+    body["keyunwrapparams"]["annotation"] = [1, 300]
+    with pytest.raises(KeyProviderError, match="lacks"):
+        await u.handle_request(json.dumps(body).encode())
