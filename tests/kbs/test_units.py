@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from pathlib import Path
@@ -224,3 +225,73 @@ def test_admin_auth_ec_idp_and_modes() -> None:
     assert AdminAuthorizer(AdminConfig(mode="InsecureAllowAll")).check("/kbs/v0/x", None) == "insecure"
     with pytest.raises(AdminDenied):
         AdminAuthorizer(AdminConfig(mode="DenyAll")).check("/kbs/v0/x", f"Bearer {tok}")
+
+
+# --- robustness of /attest parsing --------------------------------------------------------------
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=16),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=12), c, max_size=4),
+    max_leaves=10,
+)
+
+
+def _service() -> Any:
+    from kbs.attestation_service import AttestationService
+    from kbs.policy import AttestationPolicies
+    from kbs.rvps import ReferenceValues
+    from kbs.verifiers import VerifierRegistry
+
+    store = MemoryStore()
+    return AttestationService(
+        VerifierRegistry(), EarBroker(), AttestationPolicies(store), ReferenceValues(store)
+    )
+
+
+_SERVICE = _service()
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "runtime-data": st.fixed_dictionaries(
+                {}, optional={"nonce": _json | st.just("N"), "tee-pubkey": _json}
+            ),
+            "tee-evidence": st.fixed_dictionaries(
+                {}, optional={"primary_evidence": _json, "additional_evidence": _json | st.just("")}
+            ),
+            "init-data": _json,
+        },
+    )
+)
+async def test_attest_garbage_is_attestation_error(body: dict[str, Any]) -> None:
+    from kbs.errors import AttestationError
+
+    with pytest.raises(AttestationError):
+        await _SERVICE.attest(tee="sample", session_nonce="N", hash_algorithm="sha384",
+                              untrusted_body=json.dumps(body).encode())  # fmt: skip
+
+
+async def test_jwks_kid_token_verification(tmp_path: Path) -> None:
+    k = ec.generate_private_key(ec.SECP256R1())
+    from kbs_client.jws import public_key_to_jwk
+
+    (tmp_path / "jwks.json").write_text(
+        json.dumps({"keys": [{**public_key_to_jwk(k.public_key()), "kid": "ita-1"}]})
+    )
+    v = TokenVerifier.from_config([], [str(tmp_path / "jwks.json")], False)
+    now = int(time.time())
+    tok = sign({"exp": now + 60, "tee-pubkey": {}}, k, alg="ES256", header={"kid": "ita-1"})
+    assert v.verify(tok)["exp"] == now + 60
+    other = sign(
+        {"exp": now + 60}, ec.generate_private_key(ec.SECP256R1()), alg="ES256", header={"kid": "ita-1"}
+    )
+    with pytest.raises(TokenVerifierError):
+        v.verify(other)
+    with pytest.raises(TokenVerifierError):
+        v.verify(sign({"exp": now + 60}, k, alg="ES256", header={"kid": "unknown"}))

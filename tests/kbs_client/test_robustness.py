@@ -1,0 +1,78 @@
+"""Property tests: untrusted input ends in the package's typed errors, never a crash."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kbs_client import jwe
+from kbs_client.errors import InvalidUri, JweError, TeeKeyError, TokenError
+from kbs_client.jws import decode_unverified
+from kbs_client.tee_key import TeeKeyPair
+from kbs_client.uri import ResourceUri
+
+KEY = TeeKeyPair.generate()
+GOOD = jwe.encrypt(b"payload", KEY.pubkey)
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=10), c, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_uri_parse_only_raises_invalid_uri(text: str) -> None:
+    try:
+        u = ResourceUri.parse(text)
+    except InvalidUri:
+        return
+    assert u.kbs_path().startswith("/kbs/v0/")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.sampled_from(["protected", "encrypted_key", "iv", "ciphertext", "tag", "aad"]),
+                       json_values | st.text(alphabet="ABCDEFabcdef0123456789-_", max_size=60)))  # fmt: skip
+def test_jwe_garbage_only_raises_jwe_error(members: dict[str, Any]) -> None:
+    doc = {**GOOD, **members}
+    try:
+        out = KEY.decrypt(doc)
+    except JweError:
+        return
+    assert out == b"payload"  # only an unchanged document may decrypt
+
+
+@settings(max_examples=200, deadline=None)
+@given(json_values)
+def test_tee_pubkey_parse(v: Any) -> None:
+    try:
+        k = jwe.TeePubKey.from_json(v)
+    except TeeKeyError:
+        return
+    with contextlib.suppress(JweError):
+        jwe.encrypt(b"x", k)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=300))
+def test_token_decode(text: str) -> None:
+    try:
+        h, c = decode_unverified(text)
+    except TokenError:
+        return
+    assert isinstance(h, dict) and isinstance(c, dict)
+
+
+def test_jwe_json_text_limits() -> None:
+    try:
+        KEY.decrypt("x" * (jwe.MAX_JWE_BYTES + 1))
+    except JweError as exc:
+        assert "too large" in str(exc)
+    else:
+        raise AssertionError("oversize JWE accepted")
+    assert KEY.decrypt(json.dumps(GOOD)) == b"payload"
