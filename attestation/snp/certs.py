@@ -221,7 +221,12 @@ class RevocationList:
             raise CertificateFormatError("not a DER or PEM X.509 CRL") from exc
         name = roots.product.value
         try:
-            ok = crl.issuer == roots.ark.subject and crl.is_signature_valid(roots.ark.public_key())  # type: ignore[arg-type]
+            ark_key = roots.ark.public_key()
+            ok = (
+                isinstance(ark_key, rsa.RSAPublicKey)
+                and crl.issuer == roots.ark.subject
+                and crl.is_signature_valid(ark_key)
+            )
         except (ValueError, TypeError, UnsupportedAlgorithm):
             ok = False
         if not ok:
