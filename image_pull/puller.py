@@ -76,6 +76,10 @@ DEFAULT_MAX_LAYER_BYTES = 64 << 30
 
 @dataclass(frozen=True)
 class ProxyConfig:
+    """HTTP(S) proxies for registry traffic. ``no_proxy`` entries: ``host``, ``host:port``,
+    ``.domain``/``*.domain``/``domain`` (the domain and its subdomains), ``*`` (no proxy at all).
+    CIDR ranges are not supported. The environment is never consulted."""
+
     https_proxy: str | None = None
     http_proxy: str | None = None
     no_proxy: tuple[str, ...] = ()
@@ -88,9 +92,11 @@ class ProxyConfig:
                 continue
             if e == "*":
                 return {}
-            if e.startswith("."):
-                e = "*" + e
-            m[f"all://{e}"] = httpx.AsyncHTTPTransport(verify=verify)
+            dom = e.removeprefix("*.").removeprefix(".")
+            direct = httpx.AsyncHTTPTransport(verify=verify)
+            m[f"all://{dom}"] = direct  # the host itself (host[:port] entries too)
+            if not dom.replace(".", "").isdigit() and ":" not in dom:
+                m[f"all://*.{dom}"] = direct  # and its subdomains, as curl's no_proxy does
         if self.https_proxy:
             m["https://"] = httpx.AsyncHTTPTransport(proxy=self.https_proxy, verify=verify)
         if self.http_proxy:

@@ -176,7 +176,16 @@ class LayerStore:
         keep = self._referenced()
         removed: list[str] = []
         for d in self.layers.iterdir():
-            if d.name not in keep:
+            if d.name in keep:
+                continue
+            fd = os.open(self.locks / f"{d.name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except BlockingIOError:
+                    continue  # a pull is using this layer right now
+                if d.name in self._referenced():
+                    continue  # a pull recorded it meanwhile
                 trash = self.staging / f"gc.{d.name}.{secrets.token_hex(4)}"
                 try:
                     os.rename(d, trash)  # atomically invisible first
@@ -184,6 +193,8 @@ class LayerStore:
                     continue
                 shutil.rmtree(trash, ignore_errors=True)
                 removed.append(d.name)
+            finally:
+                os.close(fd)
         for s in self.staging.iterdir():
             key = s.name.split(".", 1)[0]
             lock = self.locks / f"{key}.lock"

@@ -1,0 +1,213 @@
+"""Bundle (overlay with long lowerdir lists, flattened copy, config.json) and layer store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from image_pull import bundle
+from image_pull.errors import BundleError, InsufficientSpace
+from image_pull.manifest import parse_config
+from image_pull.store import LayerRecord, LayerStore, chain_ids
+
+ROOT = os.geteuid() == 0
+D = ["sha256:" + c * 64 for c in "123"]
+
+
+def _config(**cfg: object) -> bytes:
+    return json.dumps(
+        {"os": "linux", "architecture": "amd64", "config": cfg, "rootfs": {"type": "layers", "diff_ids": []}}
+    ).encode()
+
+
+def test_runtime_config_from_image_config(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/passwd").write_text("root:x:0:0::/:/bin/sh\nweb:x:33:44::/:/bin/sh\n")
+    (tmp_path / "etc/group").write_text("root:x:0:\nops:x:77:\n")
+    cfg = parse_config(
+        _config(
+            Entrypoint=["/entry"],
+            Cmd=["a", "b"],
+            Env=["PATH=/x", "K=V"],
+            WorkingDir="/srv",
+            User="web:ops",
+            Volumes={"/data": {}},
+            Labels={"l": "v"},
+        )
+    )
+    spec = json.loads(bundle.build_runtime_config(cfg, rootfs=tmp_path, image_ref="r", manifest_digest=D[0]))
+    p = spec["process"]
+    assert p["args"] == ["/entry", "a", "b"] and p["env"] == ["PATH=/x", "K=V"] and p["cwd"] == "/srv"
+    assert p["user"] == {"uid": 33, "gid": 77}
+    assert {
+        "destination": "/data",
+        "type": "tmpfs",
+        "source": "tmpfs",
+        "options": ["nosuid", "noexec", "nodev", "relatime", "rw"],
+    } in spec["mounts"]
+    assert spec["annotations"]["l"] == "v" and spec["annotations"]["org.opencontainers.image.os"] == "linux"
+    assert spec["root"] == {"path": "rootfs", "readonly": False}
+
+
+@pytest.mark.parametrize(
+    ("user", "want"),
+    [("", (0, 0)), ("1000", (1000, 0)), ("33", (33, 44)), ("1000:2000", (1000, 2000)), ("web", (33, 44))],
+)
+def test_user_resolution(tmp_path: Path, user: str, want: tuple[int, int]) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/passwd").write_text("web:x:33:44::/:/bin/sh\n")
+    u = bundle.resolve_user(user, tmp_path)
+    assert (u["uid"], u["gid"]) == want
+
+
+def test_user_lookup_never_follows_symlinks_out_of_the_rootfs(tmp_path: Path) -> None:
+    outside = tmp_path / "host-passwd"
+    outside.write_text("evil:x:0:0::/:/bin/sh\n")
+    root = tmp_path / "rootfs"
+    (root / "etc").mkdir(parents=True)
+    (root / "etc/passwd").symlink_to(outside)
+    with pytest.raises(BundleError, match="not found"):
+        bundle.resolve_user("evil", root)
+    (root / "etc/passwd").unlink()
+    (root / "etc").rmdir()
+    (root / "etc").symlink_to(tmp_path)  # a symlinked /etc
+    with pytest.raises(BundleError):
+        bundle.resolve_user("evil", root)
+
+
+def test_non_linux_image_is_refused() -> None:
+    cfg = parse_config(json.dumps({"os": "windows", "rootfs": {"type": "layers", "diff_ids": []}}).encode())
+    with pytest.raises(BundleError, match="linux"):
+        bundle.build_runtime_config(cfg, rootfs=None, image_ref="r", manifest_digest=D[0])
+
+
+def _layer(root: Path, name: str) -> Path:
+    d = root / name
+    d.mkdir(parents=True)
+    return d
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not ROOT, reason="needs root: mknod whiteouts, trusted.* xattrs, mounts")
+@pytest.mark.parametrize("mode", ["overlay", "copy"])
+def test_overlay_form_layers_compose_the_same_in_both_modes(tmp_path: Path, mode: str) -> None:
+    low = _layer(tmp_path, "l0")
+    (low / "dir").mkdir()
+    (low / "dir/a").write_text("a")
+    (low / "dir/b").write_text("b")
+    (low / "opq").mkdir()
+    (low / "opq/old").write_text("old")
+    (low / "f").write_text("lower f")
+    up = _layer(tmp_path, "l1")
+    (up / "dir").mkdir()
+    os.mknod(up / "dir/a", stat.S_IFCHR, os.makedev(0, 0))  # whiteout
+    (up / "opq").mkdir()
+    os.setxattr(up / "opq", "trusted.overlay.opaque", b"y")
+    (up / "opq/new").write_text("new")
+    (up / "f").write_text("upper f")
+    os.link(up / "f", up / "f2")
+    target = tmp_path / "bundle/rootfs"
+    target.parent.mkdir()
+    if mode == "overlay":
+        target.mkdir()
+        bundle.mount_overlay([up, low], tmp_path / "u", tmp_path / "w", target, tmp_path / "links")
+    else:
+        bundle.copy_rootfs([low, up], target)
+    try:
+        assert sorted(os.listdir(target / "dir")) == ["b"]
+        assert sorted(os.listdir(target / "opq")) == ["new"]
+        assert (target / "f").read_text() == "upper f"
+        assert (target / "f2").stat().st_ino == (target / "f").stat().st_ino
+    finally:
+        if mode == "overlay":
+            bundle.unmount(target)
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not ROOT, reason="needs root: mounts")
+def test_overlay_with_hundreds_of_layers_fits_the_mount_options(tmp_path: Path) -> None:
+    layers = []
+    for i in range(300):
+        d = _layer(tmp_path / "a-rather-long-directory-name-for-the-layer-store" / "layers", f"{i:064x}")
+        (d / f"file{i}").write_text(str(i))
+        layers.append(d)
+    target = tmp_path / "rootfs"
+    target.mkdir()
+    bundle.mount_overlay(list(reversed(layers)), tmp_path / "u", tmp_path / "w", target, tmp_path / "l")
+    try:
+        assert len(os.listdir(target)) == 300
+        assert (target / "file299").read_text() == "299"
+    finally:
+        bundle.unmount(target)
+    assert not os.path.ismount(target)
+
+
+# ---------------------------------------------------------------------- store
+def _commit(store: LayerStore, chain: str, content: str) -> None:
+    st = store.new_staging(chain)
+    (st / "fs/x").write_text(content)
+    store.commit(st, LayerRecord(chain, chain, chain, "t", 1, 1))
+
+
+def test_store_commit_is_atomic_and_gc_respects_roots_and_locks(tmp_path: Path) -> None:
+    store = LayerStore(tmp_path)
+    ids = chain_ids(D)
+    for c in ids:
+        _commit(store, c, c)
+    assert all(store.has_layer(c) for c in ids)
+    # a second commit of the same key keeps the first (no partial replacement)
+    st = store.new_staging(ids[0])
+    store.commit(st, LayerRecord(ids[0], D[0], D[0], "t", 1, 1))
+    assert (store.layer_fs(ids[0]) / "x").read_text() == ids[0]
+    assert not any(store.staging.iterdir())
+
+    store.record_image(D[0], "img", D[1], ids[:2])
+    # an uncommitted staging dir of a crashed writer is swept by GC when its lock is free
+    stale = store.staging / f"{ids[2].split(':')[1]}.dead"
+    (stale / "fs").mkdir(parents=True)
+
+    async def gc_while_locked() -> list[str]:
+        async with store.lock(ids[2]):
+            return store.gc()
+
+    removed = asyncio.run(gc_while_locked())
+    assert removed == [] and store.has_layer(ids[2]) and stale.exists()  # locked: untouched
+    removed = store.gc()
+    assert removed == [ids[2].split(":")[1]] and not stale.exists()
+    assert store.has_layer(ids[0]) and store.has_layer(ids[1])
+    store.remove_image(D[0])
+    assert sorted(store.gc()) == sorted(c.split(":")[1] for c in ids[:2])
+
+
+def test_store_lock_is_exclusive_across_processes(tmp_path: Path) -> None:
+    store = LayerStore(tmp_path)
+    code = (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(store.locks / (D[0].split(':')[1] + '.lock'))!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(1.0)\n"
+    )
+    proc = subprocess.Popen(["python3", "-c", code], stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline().strip() == b"locked"
+
+    async def take() -> float:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        async with store.lock(D[0]):
+            return loop.time() - t0
+
+    waited = asyncio.run(take())
+    proc.wait()
+    assert waited > 0.3
+
+
+def test_space_check(tmp_path: Path) -> None:
+    store = LayerStore(tmp_path)
+    store.check_space(1)
+    with pytest.raises(InsufficientSpace, match="need about"):
+        store.check_space(1 << 60)
