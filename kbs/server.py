@@ -64,6 +64,7 @@ __all__ = ["KbsState", "build_state", "make_app", "serve", "ssl_context"]
 log = logging.getLogger("kbs")
 
 PROTOCOL_VERSION = "0.4.0"
+MAX_HEADER_BYTES = 128 * 1024
 SESSION_COOKIE = "kbs-session-id"
 AUTH_DESERIALIZE = "Attestation error: RCAR handshake Auth failed: deserialize Request"
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
@@ -492,7 +493,15 @@ async def serve(cfg: KbsConfig, *, stop: asyncio.Event | None = None, shutdown_t
     """Run until SIGTERM/SIGINT (or ``stop``), then drain and close."""
     state = await build_state(cfg)
     app = make_app(state)
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_timeout)
+    runner = web.AppRunner(
+        app,
+        access_log=None,
+        handle_signals=False,
+        shutdown_timeout=shutdown_timeout,
+        # trustee (actix) takes request heads up to 128 KiB: multi-device EAR tokens travel as Bearer
+        max_field_size=MAX_HEADER_BYTES,
+        max_line_size=16 * 1024,
+    )
     await runner.setup()
     ctx = ssl_context(cfg)
     for sock in cfg.http_server.sockets:

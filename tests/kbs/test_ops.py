@@ -95,3 +95,13 @@ def test_graceful_shutdown_and_json_logs(tmp_path: Path) -> None:
         assert any(x.get("resource") == "a/b/c" for x in lines)
         # no secret material in the logs
         assert kbs.admin_token not in kbs.log_text()
+
+
+def test_large_bearer_token_reaches_the_verifier(tmp_path: Path) -> None:
+    """Multi-GPU EAR tokens are large; a 100 KiB bearer must get trustee's 401, not a 400 from the HTTP layer."""
+    with start_kbs(tmp_path, resources={"a/b/c": b"x"}) as kbs:
+        big = "e30." + "A" * (100 * 1024) + ".AAAA"
+        r = httpx.get(
+            f"{kbs.url}/kbs/v0/resource/a/b/c", headers={"Authorization": f"Bearer {big}"}, timeout=30
+        )
+        assert r.status_code == 401 and r.json()["type"].endswith("/TokenVerifierError")
