@@ -33,8 +33,16 @@ class MeasurementResult(enum.IntEnum):
 class AaClient:
     """One lazily opened connection to the AA, reopened after a failure."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(
+        self,
+        address: str,
+        *,
+        token_timeout: float = GET_TOKEN_TIMEOUT,
+        measure_timeout: float = MEASURE_TIMEOUT,
+    ) -> None:
         self.address = address
+        self.token_timeout = token_timeout
+        self.measure_timeout = measure_timeout
         self._client: RpcClient | None = None
         self._lock = asyncio.Lock()
 
@@ -79,7 +87,7 @@ class AaClient:
             "GetToken",
             aa_pb2.GetTokenRequest(TokenType=token_type),
             aa_pb2.GetTokenResponse,
-            GET_TOKEN_TIMEOUT,
+            self.token_timeout,
         )
         return resp.Token
 
@@ -88,7 +96,7 @@ class AaClient:
             "GetEvidence",
             aa_pb2.GetEvidenceRequest(RuntimeData=runtime_data),
             aa_pb2.GetEvidenceResponse,
-            GET_TOKEN_TIMEOUT,
+            self.token_timeout,
         )
         return resp.Evidence
 
@@ -97,7 +105,7 @@ class AaClient:
             "GetAdditionalEvidence",
             aa_pb2.GetAdditionalEvidenceRequest(RuntimeData=runtime_data),
             aa_pb2.GetEvidenceResponse,
-            GET_TOKEN_TIMEOUT,
+            self.token_timeout,
         )
         return resp.Evidence
 
@@ -108,7 +116,7 @@ class AaClient:
             "ExtendRuntimeMeasurement",
             aa_pb2.ExtendRuntimeMeasurementRequest(Domain=domain, Operation=operation, Content=content),
             aa_pb2.ExtendRuntimeMeasurementResponse,
-            MEASURE_TIMEOUT,
+            self.measure_timeout,
             idempotent=False,
         )
         return MeasurementResult(int(resp.Result))
