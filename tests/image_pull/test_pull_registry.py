@@ -460,3 +460,95 @@ def test_cli_prints_digest_and_fails_with_one_line(
             [*base, "--bundle", str(tmp_path / "d"), flag, val], capture_output=True, timeout=60
         )
         assert cp.returncode != 0 and b"not available" in cp.stderr
+
+
+# ---------------------------------------------------------------------- proxies, registries.conf, processes
+async def test_http_proxy_and_no_proxy(
+    registry: RegistryServer, images: dict[str, str], tmp_path: Path, cleanup_mounts: None
+) -> None:
+    from image_pull.puller import ProxyConfig
+
+    proxy = FaultProxy(
+        ("127.0.0.1", registry.port)
+    )  # forwards absolute-form requests; Go's server accepts them
+    try:
+        cfg = config_for(registry, tmp_path / "w1", proxy=ProxyConfig(http_proxy=f"http://{proxy.host}"))
+        r = await pull(cfg, images["std"], tmp_path / "b1")
+        check_rootfs(r.rootfs)
+        assert any(line.startswith(f"GET http://{registry.host}/v2/") for line in proxy.requests)
+        seen = len(proxy.requests)
+        direct = replace(
+            cfg,
+            work_dir=tmp_path / "w2",
+            proxy=ProxyConfig(http_proxy=f"http://{proxy.host}", no_proxy=("127.0.0.1",)),
+        )
+        await pull(direct, images["std"], tmp_path / "b2")
+        assert len(proxy.requests) == seen  # no_proxy: straight to the registry
+    finally:
+        proxy.stop()
+
+
+async def test_registries_conf_mirror_fallback_and_block(
+    registry: RegistryServer, images: dict[str, str], tmp_path: Path, cleanup_mounts: None
+) -> None:
+    from image_pull.errors import PolicyRejected
+    from image_pull.registries_conf import RegistryConfig
+
+    conf = f"""
+[[registry]]
+prefix = "{registry.host}/t"
+location = "{registry.host}/t"
+insecure = true
+[[registry.mirror]]
+location = "{registry.host}/no-such-mirror"
+insecure = true
+
+[[registry]]
+prefix = "{registry.host}/blocked"
+blocked = true
+""".encode()
+    rc = RegistryConfig.from_toml(conf)
+    cfg = config_for(registry, tmp_path / "w", registry_config=rc, insecure_registries=frozenset())
+    r = await pull(cfg, images["std"], tmp_path / "b")  # mirror 404s, the location works
+    check_rootfs(r.rootfs)
+    with pytest.raises(PolicyRejected, match="blocked"):
+        await pull(cfg, f"{registry.host}/blocked/x:1", tmp_path / "c")
+
+
+def test_two_processes_pulling_one_image_download_each_blob_once(
+    registry: RegistryServer, images: dict[str, str], tmp_path: Path, cleanup_mounts: None
+) -> None:
+    proxy = FaultProxy(("127.0.0.1", registry.port), rate=8 << 20)
+    try:
+        auth = tmp_path / "auth.json"
+        auth.write_text(json.dumps(registry.auth_json(key=proxy.host)))
+        ref = images["big"].replace(registry.host, proxy.host)
+        cmd = [
+            sys.executable,
+            "-m",
+            "image_pull.cli",
+            "pull",
+            ref,
+            "--plain-http",
+            proxy.host,
+            "--work-dir",
+            str(tmp_path / "work"),
+            "--auth-file",
+            str(auth),
+        ]
+        procs = [
+            subprocess.Popen(
+                [*cmd, "--bundle", str(tmp_path / f"b{i}")], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+            )
+            for i in range(2)
+        ]
+        outs = [p.communicate(timeout=120) for p in procs]
+        assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+        assert outs[0][0].split()[0] == outs[1][0].split()[0]
+        layer_gets = [line for line in proxy.requests if "/blobs/" in line]
+        # config blob once per process, the 24 MiB layer once in all
+        assert len(layer_gets) == 3, layer_gets
+        for i in range(2):
+            assert (tmp_path / f"b{i}/rootfs/big.bin").stat().st_size == 24 << 20
+    finally:
+        proxy.stop()
