@@ -273,8 +273,9 @@ def report_from_serde(untrusted: Any) -> AttestationReport:
         v = _exact_keys(r.get(key), _VERSION_KEYS, set(), f"attestation_report.{key}")
         buf[off : off + 3] = bytes([_int(v, "build", 8), _int(v, "minor", 8), _int(v, "major", 8)])
     if version >= 5:
-        struct.pack_into("<Q", buf, 0x1F8, _int(r, "launch_mit_vector", 64))
-        struct.pack_into("<Q", buf, 0x200, _int(r, "current_mit_vector", 64))
+        # Option<u64> in virtee/sev; serializers that predate the field omit it (= zero bytes)
+        for key, off in (("launch_mit_vector", 0x1F8), ("current_mit_vector", 0x200)):
+            struct.pack_into("<Q", buf, off, 0 if r.get(key) is None else _int(r, key, 64))
     else:
         for k in ("launch_mit_vector", "current_mit_vector"):
             if r.get(k) is not None:

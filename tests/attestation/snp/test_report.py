@@ -90,6 +90,15 @@ def test_turin_v5_layout_with_fmc() -> None:
     assert r.hwid() == bytes(range(8))
     back = report_from_serde(report_to_serde(r))
     assert back.raw == raw
+    older = report_to_serde(
+        AttestationReport.from_bytes(build_report(version=5, product=Product.TURIN, tcb=tcb, mit=(0, 0)))
+    )
+    del older["launch_mit_vector"], older["current_mit_vector"]  # a serializer without the v5 fields
+    assert report_from_serde(older).launch_mit_vector == 0
+    bad = report_to_serde(r)
+    bad["current_mit_vector"] = -1
+    with pytest.raises(SnpFormatError, match="current_mit_vector"):
+        report_from_serde(bad)
     assert report_to_serde(r)["reported_tcb"]["fmc"] == 2
 
 
