@@ -27,7 +27,7 @@ from aiohttp import web
 
 from cdh.aa import AaClient
 from cdh.kbc import ResourceUri
-from coco_rpc import AA_SERVICE, AA_SOCKET, CDH_SOCKET, GET_RESOURCE_SERVICE, RpcError, connect
+from coco_rpc import AA_SERVICE, AA_SOCKET, CDH_SOCKET, GET_RESOURCE_SERVICE, RpcClient, RpcError, connect
 from coco_rpc.protos import api_pb2
 from coco_rpc.protos import attestation_agent_pb2 as aa_pb2
 
@@ -57,7 +57,12 @@ def make_app(cdh_addr: str, aa_addr: str, features: str = "resource") -> web.App
     if enabled is None:
         raise ValueError(f"unknown feature set {features!r} (resource, attestation, all)")
     aa = AaClient(aa_addr)
-    cdh = connect(cdh_addr)
+    clients: dict[str, RpcClient] = {}  # created on the running loop (gRPC channels need one)
+
+    def cdh() -> RpcClient:
+        if "cdh" not in clients:
+            clients["cdh"] = connect(cdh_addr)
+        return clients["cdh"]
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -111,7 +116,7 @@ def make_app(cdh_addr: str, aa_addr: str, features: str = "resource") -> web.App
             ResourceUri.parse(uri)
         except Exception as exc:
             raise web.HTTPBadRequest(text=str(exc)) from exc
-        r = await cdh.call(
+        r = await cdh().call(
             GET_RESOURCE_SERVICE,
             "GetResource",
             api_pb2.GetResourceRequest(ResourcePath=uri),
@@ -155,7 +160,8 @@ def make_app(cdh_addr: str, aa_addr: str, features: str = "resource") -> web.App
 
     async def cleanup(app: web.Application) -> None:
         await aa.close()
-        await cdh.close()
+        for c in clients.values():
+            await c.close()
 
     app = web.Application(middlewares=[guard], client_max_size=MAX_BODY_BYTES)
     app.router.add_get("/info", info)

@@ -148,3 +148,45 @@ async def test_oneshot_secure_mount_and_unwrap_key(env: Env, tmp_path: Path) -> 
         oneshot.main, ["--socket", sock, "-o", str(out), "unwrap-key", "--input", str(req)]
     )
     assert rc == 0 and json.loads(out.read_text()) == {"keyunwrapresults": {"optsdata": [123, 125]}}
+
+
+async def test_api_server_rest_process(env: Env, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import httpx
+
+    from tests.cdh.stack import free_port
+
+    port = free_port()
+    exe = str(Path(sys.executable).parent / "api-server-rest")
+    log = (tmp_path / "rest.log").open("wb")
+    proc = subprocess.Popen(
+        [
+            exe,
+            "-b",
+            f"127.0.0.1:{port}",
+            "-f",
+            "resource",
+            "-c",
+            f"unix://{env.sock}",
+            "-a",
+            f"unix://{env.aa_sock}",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as h:
+            for _ in range(200):
+                try:
+                    r = await h.get("/cdh/resource/default/cdh/secret")
+                    break
+                except httpx.ConnectError:
+                    assert proc.poll() is None, (tmp_path / "rest.log").read_text()
+                    await asyncio.sleep(0.05)
+            assert r.status_code == 200 and r.content == SECRET
+            assert (await h.get("/aa/token", params={"token_type": "kbs"})).status_code == 404
+    finally:
+        proc.terminate()
+        proc.wait(10)
