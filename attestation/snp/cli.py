@@ -139,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
         return _fail(2, f"cannot read input: {exc.strerror or exc}")
     except EvidenceFormatError as exc:
         return _fail(2, f"rejected: malformed input: {exc}")
+    except AttestationError as exc:  # e.g. a --roots bundle whose ARK does not sign its ASK
+        return _fail(2, f"unusable trust material: {exc}")
 
     kds = None
     if args.certs_dir or args.kds:

@@ -103,6 +103,21 @@ def test_usage_errors(fx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert rc == 1 and "REPORT_DATA" in err
 
 
+def test_unusable_roots_bundle(
+    fx: Path, tmp_path: Path, pki_milan: SynthPki, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A synthetic SEV-Milan ASK beside AMD's real ARK-Milan: the ARK did not sign it."""
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from attestation.snp.certs import TrustStore
+
+    ark = TrustStore.builtin().roots[Product.MILAN].ark
+    mixed = tmp_path / "mixed.pem"
+    mixed.write_bytes(pki_milan.roots.ask.public_bytes(Encoding.PEM) + ark.public_bytes(Encoding.PEM))
+    rc, _, err = _run(capsys, str(fx / "trustee/test-report.bin"), "--roots", str(mixed))
+    assert rc == 2 and "unusable trust material" in err
+
+
 def test_debug_report_verifies_and_policy_rejects(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     pki = SynthPki.create(Product.MILAN)
     tcb = TcbVersion.build(bootloader=3, tee=0, snp=8, microcode=115)
