@@ -295,3 +295,36 @@ async def test_jwks_kid_token_verification(tmp_path: Path) -> None:
         v.verify(other)
     with pytest.raises(TokenVerifierError):
         v.verify(sign({"exp": now + 60}, k, alg="ES256", header={"kid": "unknown"}))
+
+
+async def test_reference_values_expire_and_messages_are_strict() -> None:
+    import base64
+
+    from kbs.errors import RvpsError
+    from kbs.rvps import RV_LIFETIME_S, ReferenceValues
+
+    rv = ReferenceValues(MemoryStore())
+    msg = {"version": "0.1.0", "type": "sample", "payload": base64.b64encode(b'{"svn": ["1"]}').decode()}
+    t = time.time()
+    assert await rv.register(json.dumps(msg).encode(), now=t) == ["svn"]
+    assert await rv.get("svn", now=t + 10) == ["1"]
+    assert await rv.get("svn", now=t + RV_LIFETIME_S + 1) is None
+    assert await rv.all(now=t + RV_LIFETIME_S + 1) == {}
+    dup = b'{"version":"0.1.0","version":"0.1.0","type":"sample","payload":""}'
+    for bad in (dup, json.dumps({**msg, "extra": 1}).encode(), json.dumps({**msg, "type": "in-toto"}).encode(),
+                json.dumps({**msg, "payload": base64.b64encode(b"[1]").decode()}).encode()):  # fmt: skip
+        with pytest.raises(RvpsError):
+            await rv.register(bad)
+
+
+async def test_gpu_policy_with_device_reference_value() -> None:
+    from kbs.policy import AttestationPolicies
+
+    pol = AttestationPolicies(MemoryStore())
+    dev = {"sampledevice": {"svn": "2", "report_data": "x"}}
+    res = await pol.appraise("gpu", dev, {})
+    assert ear_status(res.trust_vector) == "contraindicated"
+    res = await pol.appraise("gpu", dev, {"device_svn": ["2"]})
+    assert ear_status(res.trust_vector) == "affirming"
+    # switch and other classes without their own default use the device policy
+    assert ear_status((await pol.appraise("switch", dev, {"device_svn": ["2"]})).trust_vector) == "affirming"
