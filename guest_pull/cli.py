@@ -35,8 +35,8 @@ def _print(doc: Any) -> None:
 
 
 def _host_storage(args: argparse.Namespace) -> int:
-    from image_pull.guest_pull.errors import HostStorageError
-    from image_pull.guest_pull.host import guest_pull_storages, load_annotations
+    from guest_pull.errors import HostStorageError
+    from guest_pull.host import guest_pull_storages, load_annotations
 
     annotations = load_annotations(args.annotations)
     sandbox = load_annotations(args.sandbox_annotations) if args.sandbox_annotations else None
@@ -63,9 +63,9 @@ def _host_storage(args: argparse.Namespace) -> int:
 
 
 def _agent_storage(args: argparse.Namespace) -> int:
-    from image_pull.guest_pull.agent import CdhClient, ImagePullHandler
-    from image_pull.guest_pull.errors import AgentError
-    from image_pull.guest_pull.storage import Storage
+    from guest_pull.agent import CdhClient, ImagePullHandler
+    from guest_pull.errors import AgentError
+    from guest_pull.storage import Storage
 
     try:
         doc = json.loads(Path(args.storage).read_bytes()[: 1 << 20])
@@ -74,7 +74,7 @@ def _agent_storage(args: argparse.Namespace) -> int:
     storage = Storage.from_json(doc)
     timeout = args.timeout
     if timeout is None:
-        from image_pull.guest_pull.kernel_params import read_kernel_params
+        from guest_pull.kernel_params import read_kernel_params
 
         timeout = read_kernel_params(args.cmdline_file).image_pull_timeout if args.cmdline_file else 1200.0
     handler = ImagePullHandler(
@@ -89,7 +89,7 @@ def _agent_storage(args: argparse.Namespace) -> int:
 
 
 def _initdata(args: argparse.Namespace) -> int:
-    from image_pull.guest_pull.initdata import extract, read_annotation_file, summary
+    from guest_pull.initdata import extract, read_annotation_file, summary
 
     decoded = read_annotation_file(args.annotation_file)
     out = summary(decoded, args.tee)
@@ -103,7 +103,7 @@ def _initdata(args: argparse.Namespace) -> int:
 
 
 def _kernel_params(args: argparse.Namespace) -> int:
-    from image_pull.guest_pull.kernel_params import parse_kernel_params, read_kernel_params
+    from guest_pull.kernel_params import parse_kernel_params, read_kernel_params
 
     params = (
         read_kernel_params(args.cmdline_file) if args.cmdline_file else parse_kernel_params(args.text or "")
@@ -115,7 +115,7 @@ def _kernel_params(args: argparse.Namespace) -> int:
 
 
 def _profiles(args: argparse.Namespace) -> int:
-    from image_pull.guest_pull.profiles import PROFILES, profile
+    from guest_pull.profiles import PROFILES, profile
 
     if args.name:
         _print(dataclasses.asdict(profile(args.name)))
@@ -125,8 +125,8 @@ def _profiles(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from image_pull.guest_pull.errors import GlueError
-    from image_pull.guest_pull.simulate import simulate
+    from guest_pull.errors import GlueError
+    from guest_pull.simulate import simulate
 
     resources: dict[str, bytes] = {}
     for item in args.resource or []:

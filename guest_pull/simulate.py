@@ -43,16 +43,16 @@ import yaml
 
 from attestation.detect import detect_primary_tee
 from attestation.initdata import ANNOTATION as INITDATA_ANNOTATION
-from image_pull.guest_pull.agent import CdhClient, ImagePullHandler, unseal_env
-from image_pull.guest_pull.errors import GlueError
-from image_pull.guest_pull.host import (
+from guest_pull.agent import CdhClient, ImagePullHandler, unseal_env
+from guest_pull.errors import GlueError
+from guest_pull.host import (
     CONTAINER_TYPE_KEY,
     CRI_CONTAINER_TYPE,
     CRI_IMAGE_NAME,
     guest_pull_storages,
 )
-from image_pull.guest_pull.initdata import decode_annotation_value, hypervisor_setting
-from image_pull.guest_pull.profiles import profile
+from guest_pull.initdata import decode_annotation_value, hypervisor_setting
+from guest_pull.profiles import profile
 
 __all__ = ["simulate"]
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from image_pull.guest_pull.errors import ProfileError
+from guest_pull.errors import ProfileError
 
 __all__ = ["PROFILES", "RuntimeClassProfile", "profile"]
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from image_pull.guest_pull.errors import AgentError
+from guest_pull.errors import AgentError
 
 __all__ = ["FSGroup", "Storage"]
 

@@ -18,7 +18,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from image_pull.guest_pull.errors import KernelParamError
+from guest_pull.errors import KernelParamError
 
 __all__ = [
     "GUEST_COMPONENTS_PROCS",

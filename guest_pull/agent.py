@@ -25,16 +25,16 @@ from typing import Any
 
 from coco_rpc import CDH_SOCKET, IMAGE_PULL_SERVICE, SEALED_SECRET_SERVICE, RpcError, connect
 from coco_rpc.protos import api_pb2
-from image_pull.guest_pull.errors import AgentError
-from image_pull.guest_pull.host import (
+from guest_pull.errors import AgentError
+from guest_pull.host import (
     CRI_CONTAINER_TYPE,
     CRIO_CONTAINER_TYPE,
     KATA_RUN_DIR,
     verify_container_id,
 )
-from image_pull.guest_pull.kernel_params import KernelParams
-from image_pull.guest_pull.storage import Storage
-from image_pull.guest_pull.volume import IMAGE_GUEST_PULL
+from guest_pull.kernel_params import KernelParams
+from guest_pull.storage import Storage
+from guest_pull.volume import IMAGE_GUEST_PULL
 
 __all__ = [
     "PAUSE_BUNDLE",

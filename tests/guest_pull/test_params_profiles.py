@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from image_pull.guest_pull.errors import KernelParamError, ProfileError
-from image_pull.guest_pull.kernel_params import KernelParams, parse_kernel_params, read_kernel_params
-from image_pull.guest_pull.profiles import PROFILES, profile
+from guest_pull.errors import KernelParamError, ProfileError
+from guest_pull.kernel_params import KernelParams, parse_kernel_params, read_kernel_params
+from guest_pull.profiles import PROFILES, profile
 
 
 def test_defaults() -> None:

@@ -14,16 +14,16 @@ import pytest
 from coco_rpc import Code, RpcError, bind
 from coco_rpc.protos import api_pb2
 from coco_rpc.ttrpc import TtrpcServer
-from image_pull.guest_pull.agent import (
+from guest_pull.agent import (
     CdhClient,
     ImagePullHandler,
     image_pull_volume,
     unseal_env,
     unseal_sealed_mounts,
 )
-from image_pull.guest_pull.errors import AgentError
-from image_pull.guest_pull.host import guest_pull_storages
-from image_pull.guest_pull.storage import Storage
+from guest_pull.errors import AgentError
+from guest_pull.host import guest_pull_storages
+from guest_pull.storage import Storage
 
 CID = "c0ffee"
 
@@ -178,7 +178,7 @@ async def test_sealed_volume_files(tmp_path: Path, cdh: Any) -> None:
 
 
 async def test_timeout_from_kernel_params(tmp_path: Path, cdh: Any) -> None:
-    from image_pull.guest_pull.kernel_params import parse_kernel_params
+    from guest_pull.kernel_params import parse_kernel_params
 
     fake, client = cdh
     fake.delay = 2.0

@@ -10,10 +10,10 @@ import pytest
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.message_factory import GetMessageClass
 
-from image_pull.guest_pull.errors import HostStorageError, VolumeError
-from image_pull.guest_pull.host import guest_pull_storages, image_guest_pull_storage, load_annotations
-from image_pull.guest_pull.storage import FSGroup, Storage
-from image_pull.guest_pull.volume import (
+from guest_pull.errors import HostStorageError, VolumeError
+from guest_pull.host import guest_pull_storages, image_guest_pull_storage, load_annotations
+from guest_pull.storage import FSGroup, Storage
+from guest_pull.volume import (
     KataVirtualVolume,
     decode_volume_option,
     encode_volume_option,

@@ -12,8 +12,8 @@ the confidential guest travels from the host runtime to CDH.
 
 from __future__ import annotations
 
-from image_pull.guest_pull.agent import CdhClient, ImagePullHandler, image_pull_volume, unseal_env
-from image_pull.guest_pull.errors import (
+from guest_pull.agent import CdhClient, ImagePullHandler, image_pull_volume, unseal_env
+from guest_pull.errors import (
     AgentError,
     GlueError,
     HostStorageError,
@@ -21,11 +21,11 @@ from image_pull.guest_pull.errors import (
     ProfileError,
     VolumeError,
 )
-from image_pull.guest_pull.host import guest_pull_storages, image_guest_pull_storage
-from image_pull.guest_pull.kernel_params import KernelParams, parse_kernel_params
-from image_pull.guest_pull.profiles import PROFILES, RuntimeClassProfile, profile
-from image_pull.guest_pull.storage import Storage
-from image_pull.guest_pull.volume import KataVirtualVolume, decode_volume_option, parse_volume
+from guest_pull.host import guest_pull_storages, image_guest_pull_storage
+from guest_pull.kernel_params import KernelParams, parse_kernel_params
+from guest_pull.profiles import PROFILES, RuntimeClassProfile, profile
+from guest_pull.storage import Storage
+from guest_pull.volume import KataVirtualVolume, decode_volume_option, parse_volume
 
 __all__ = [
     "PROFILES",

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from image_pull.guest_pull.errors import VolumeError
+from guest_pull.errors import VolumeError
 
 __all__ = [
     "MAX_VOLUME_OPTION_BYTES",
@@ -258,6 +258,6 @@ def decode_volume_option(untrusted_option: str) -> KataVirtualVolume:
 
 def encode_volume_option(volume: KataVirtualVolume) -> str:
     """The mount option nydus-snapshotter would write for ``volume``."""
-    from image_pull.guest_pull.gojson import go_marshal
+    from guest_pull.gojson import go_marshal
 
     return VOLUME_OPTION_PREFIX + base64.b64encode(go_marshal(volume.to_json()).encode()).decode()

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from attestation.initdata import ANNOTATION, InitDataError
-from image_pull.guest_pull.initdata import (
+from guest_pull.initdata import (
     decode_annotation_value,
     extract,
     find_initdata_device,

@@ -27,10 +27,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from image_pull.guest_pull.errors import HostStorageError
-from image_pull.guest_pull.gojson import go_marshal
-from image_pull.guest_pull.storage import Storage
-from image_pull.guest_pull.volume import (
+from guest_pull.errors import HostStorageError
+from guest_pull.gojson import go_marshal
+from guest_pull.storage import Storage
+from guest_pull.volume import (
     IMAGE_GUEST_PULL,
     VOLUME_OPTION_PREFIX,
     KataVirtualVolume,
