@@ -344,6 +344,11 @@ class _Unpacker:
         self.written.add((pino, name))
         self.n.directories += 1
 
+    def _keep_times(self, path: bytes, dfd: int) -> None:
+        """Restore this directory's times at the end (as umoci): changing a child is not a change of it."""
+        st = os.fstat(dfd)
+        self.dir_times[path] = (st.st_atime_ns, st.st_mtime_ns)
+
     def _dir_meta(self, entry: TarEntry, dfd: int, path: bytes, existed: bool) -> None:
         try:
             if self.owner:
@@ -481,10 +486,14 @@ class _Unpacker:
                 pfd, pino = self.root.directory(parent, create=False)
             except EntryConflict:
                 return  # nothing below to hide
+            if parent not in self.dir_times:
+                self._keep_times(parent, pfd)
             if (pino, name) not in self.written:
                 self._prune(pfd, name, keep_written=True)
             return
         pfd, pino = self.root.directory(parent, create=True)
+        if parent not in self.dir_times:
+            self._keep_times(parent, pfd)
         if (pino, name) in self.written:
             return  # this layer's own entry wins over its whiteout
         if not self._prune(pfd, name, keep_written=True):
@@ -506,6 +515,8 @@ class _Unpacker:
                 dfd, _dino = self.root.directory(parent, create=False)
             except EntryConflict:
                 return
+            if parent not in self.dir_times:
+                self._keep_times(parent, dfd)
             self._prune_children(dfd, b".", os.fstat(dfd).st_ino, keep_written=True)
             self.root.invalidate()
             return
@@ -557,6 +568,8 @@ class _Unpacker:
                 continue
             kind = entry.kind
             pfd, pino = root.directory(parent, create=True)
+            if parent not in self.dir_times:
+                self._keep_times(parent, pfd)
             if kind is EntryType.REGULAR:
                 self.regular(entry, pfd, pino, name)
             elif kind is EntryType.DIRECTORY:

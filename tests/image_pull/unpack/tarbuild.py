@@ -160,7 +160,12 @@ def snapshot(
 
     def visit(rel: bytes) -> None:
         full = base + b"/" + rel if rel != b"." else base
-        st = os.lstat(full)
+        try:
+            st = os.lstat(full)
+        except FileNotFoundError:
+            # overlayfs lists a whiteout in a directory that exists only in the top
+            # layer, yet looking the name up fails: the entry is not there.
+            return
         mode = st.st_mode
         content = target = rdev = None
         if stat.S_ISREG(mode):
