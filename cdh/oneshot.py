@@ -1,37 +1,50 @@
-"""``cdh-oneshot``: call one CDH service once (a client of a running CDH).
+"""``cdh-oneshot``: run one CDH operation once.
 
-    cdh-oneshot [--socket unix:///run/confidential-containers/cdh.sock] get-resource --resource-uri kbs:///a/b/c
-    cdh-oneshot unseal-secret --secret-path /path/to/sealed-secret
+Upstream-compatible by default: builds the hub in process from ``-c
+cdh.toml`` (or the kernel command line), retries ``-r`` times, and prints
+base64 of the result (``get-resource``, ``unseal-secret``, ``unwrap-key``),
+``mount path: <p>`` or ``image digest: <d>``. With ``--socket`` it is instead
+a client of a running CDH (ttRPC for ``unix://``, gRPC for host:port).
+``-o FILE`` writes the raw result bytes to FILE instead of printing base64.
+
+    cdh-oneshot [-c cdh.toml] [-r 3] get-resource -r kbs:///a/b/c
+    cdh-oneshot --socket unix:///run/confidential-containers/cdh.sock unseal-secret -s sealed.txt
     cdh-oneshot secure-mount --storage-path storage.json  # {"volume_type","options","flags","mount_point"}
-    cdh-oneshot pull-image --image-url docker.io/library/busybox --bundle-path /run/bundle
-    cdh-oneshot unwrap-key --input request.json
-
-Resource / plaintext bytes go to stdout (or ``--output FILE``); errors to
-stderr with exit status 1.
+    cdh-oneshot pull-image -i docker.io/library/busybox -b /run/bundle
+    cdh-oneshot unwrap-key -a keyprovider-input.json
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
+import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+from cdh.config import load_config
+from cdh.errors import CdhError
+from cdh.hub import Hub
 from coco_rpc import (
-    CDH_SOCKET,
     GET_RESOURCE_SERVICE,
     IMAGE_PULL_SERVICE,
     KEY_PROVIDER_SERVICE,
     SEALED_SECRET_SERVICE,
     SECURE_MOUNT_SERVICE,
+    RpcClient,
     RpcError,
     connect,
 )
 from coco_rpc.protos import api_pb2, keyprovider_pb2
 
 __all__ = ["main"]
+
+log = logging.getLogger("cdh-oneshot")
 
 MAX_INPUT_BYTES = 4 << 20
 
@@ -44,8 +57,15 @@ def _read(path: Path) -> bytes:
     return data
 
 
-async def _call(args: argparse.Namespace) -> bytes:
-    client = connect(args.socket)
+def _storage(path: Path) -> dict[str, Any]:
+    spec = json.loads(_read(path))
+    if not isinstance(spec, dict) or not isinstance(spec.get("volume_type"), str):
+        raise ValueError("storage file must be a JSON object with volume_type, options, flags, mount_point")
+    return spec
+
+
+async def _remote(args: argparse.Namespace) -> bytes:
+    client: RpcClient = connect(args.socket)
     t = args.timeout
     try:
         if args.cmd == "get-resource":
@@ -67,78 +87,110 @@ async def _call(args: argparse.Namespace) -> bytes:
             )
             return s.plaintext
         if args.cmd == "secure-mount":
-            spec = json.loads(_read(args.storage_path))
+            spec = _storage(args.storage_path)
             req = api_pb2.SecureMountRequest(
                 volume_type=spec["volume_type"],
                 options=spec.get("options", {}),
                 flags=spec.get("flags", []),
-                mount_point=spec["mount_point"],
+                mount_point=spec.get("mount_point", ""),
             )
             await client.call(
                 SECURE_MOUNT_SERVICE, "SecureMount", req, api_pb2.SecureMountResponse, timeout=t
             )
-            return b""
+            return req.mount_point.encode()
         if args.cmd == "pull-image":
             p = await client.call(
                 IMAGE_PULL_SERVICE,
                 "PullImage",
                 api_pb2.ImagePullRequest(image_url=args.image_url, bundle_path=args.bundle_path),
                 api_pb2.ImagePullResponse,
-                timeout=t,
+                timeout=max(t, 1200.0),
             )
-            return (p.manifest_digest + "\n").encode()
-        if args.cmd == "unwrap-key":
-            k = await client.call(
-                KEY_PROVIDER_SERVICE,
-                "UnWrapKey",
-                keyprovider_pb2.KeyProviderKeyWrapProtocolInput(
-                    KeyProviderKeyWrapProtocolInput=_read(args.input)
-                ),
-                keyprovider_pb2.KeyProviderKeyWrapProtocolOutput,
-                timeout=t,
-            )
-            return k.KeyProviderKeyWrapProtocolOutput
-        raise ValueError(f"unknown command {args.cmd}")
+            return p.manifest_digest.encode()
+        k = await client.call(
+            KEY_PROVIDER_SERVICE,
+            "UnWrapKey",
+            keyprovider_pb2.KeyProviderKeyWrapProtocolInput(
+                KeyProviderKeyWrapProtocolInput=_read(args.input)
+            ),
+            keyprovider_pb2.KeyProviderKeyWrapProtocolOutput,
+            timeout=t,
+        )
+        return k.KeyProviderKeyWrapProtocolOutput
     finally:
         await client.close()
 
 
+async def _local(args: argparse.Namespace) -> bytes:
+    cfg = load_config(args.config)
+    hub = Hub(cfg)
+    try:
+        for attempt in range(1, args.retry + 2):
+            try:
+                if args.cmd == "get-resource":
+                    return await hub.get_resource(args.resource_uri)
+                if args.cmd == "unseal-secret":
+                    return await hub.unsealer.unseal(_read(args.secret_path).strip())
+                if args.cmd == "unwrap-key":
+                    return await hub.key_unwrapper.handle_request(_read(args.input))
+                if args.cmd == "secure-mount":
+                    spec = _storage(args.storage_path)
+                    await hub.mounter.secure_mount(
+                        spec["volume_type"], spec.get("options", {}), spec.get("mount_point", "")
+                    )
+                    return str(spec.get("mount_point", "")).encode()
+                return (await hub.images.pull(args.image_url, args.bundle_path)).encode()
+            except CdhError as exc:
+                if args.cmd in ("secure-mount", "pull-image") or attempt > args.retry:
+                    raise
+                log.warning("Tried %d times... %s failed: %s", attempt, args.cmd, exc)
+        raise AssertionError("unreachable")
+    finally:
+        await hub.close()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        prog="cdh-oneshot", description="Call one Confidential Data Hub service once"
+        prog="cdh-oneshot", description="Run one Confidential Data Hub operation once"
     )
-    ap.add_argument("--socket", "-s", default=CDH_SOCKET, help="CDH address (unix:///... or host:port)")
-    ap.add_argument("--timeout", type=float, default=50.0)
-    ap.add_argument("--output", "-o", type=Path, help="write the result here instead of stdout")
+    ap.add_argument("-c", "--config", type=Path, help="CDH config (in-process mode; default: kernel cmdline)")
+    ap.add_argument("-r", "--retry", type=int, default=3, help="retries (in-process mode)")
+    ap.add_argument(
+        "--socket", "-S", help="call a running CDH at this address instead (unix:///... or host:port)"
+    )
+    ap.add_argument("--timeout", type=float, default=50.0, help="RPC timeout in seconds (--socket mode)")
+    ap.add_argument("--output", "-o", type=Path, help="write the raw result here instead of printing it")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    g = sub.add_parser("get-resource")
-    g.add_argument("--resource-uri", required=True)
-    u = sub.add_parser("unseal-secret")
-    u.add_argument("--secret-path", type=Path, required=True)
-    m = sub.add_parser("secure-mount")
-    m.add_argument("--storage-path", type=Path, required=True)
-    p = sub.add_parser("pull-image")
-    p.add_argument("--image-url", required=True)
-    p.add_argument("--bundle-path", required=True)
-    p.add_argument("--timeout", type=float, default=1200.0, dest="timeout")
-    k = sub.add_parser("unwrap-key")
-    k.add_argument("--input", type=Path, required=True)
+    g = sub.add_parser("get-resource", help="Get Resource from KBS")
+    g.add_argument("-r", "--resource-uri", required=True)
+    u = sub.add_parser("unseal-secret", help="Unseal the given sealed secret")
+    u.add_argument("-s", "--secret-path", type=Path, required=True)
+    m = sub.add_parser("secure-mount", help="Secure mount")
+    m.add_argument("-s", "--storage-path", type=Path, required=True)
+    p = sub.add_parser("pull-image", help="Pull image")
+    p.add_argument("-i", "--image-url", required=True)
+    p.add_argument("-b", "--bundle-path", required=True)
+    k = sub.add_parser("unwrap-key", help="Unwrap the image encryption key")
+    k.add_argument("-a", "--annotation-path", "--input", type=Path, required=True, dest="input")
     args = ap.parse_args(argv)
+    logging.basicConfig(level=os.environ.get("RUST_LOG", "warning").upper(), stream=sys.stderr)
     try:
-        out = asyncio.run(_call(args))
+        out = asyncio.run(_remote(args) if args.socket else _local(args))
     except RpcError as exc:
         print(f"cdh-oneshot: {exc.message}", file=sys.stderr)
         return 1
-    except (OSError, ValueError, KeyError) as exc:
+    except (CdhError, OSError, ValueError, KeyError) as exc:
         print(f"cdh-oneshot: {exc}", file=sys.stderr)
         return 1
     if args.output:
-        fd = args.output.open("wb")
-        with fd:
-            fd.write(out)
+        with args.output.open("wb") as f:
+            f.write(out)
+    elif args.cmd == "secure-mount":
+        print(f"mount path: {out.decode()}")
+    elif args.cmd == "pull-image":
+        print(f"image digest: {out.decode()}")
     else:
-        sys.stdout.buffer.write(out)
-        sys.stdout.buffer.flush()
+        print(base64.b64encode(out).decode())
     return 0
 
 

@@ -40,7 +40,11 @@ async def test_oneshot_get_resource_and_unseal(env: Env, tmp_path: Path, capsysb
         oneshot.main,
         ["--socket", sock, "pull-image", "--image-url", "r/i:1", "--bundle-path", str(tmp_path / "b")],
     )
-    assert rc == 0 and capsysbinary.readouterr().out == b"sha256:" + b"ab" * 32 + b"\n"
+    assert rc == 0 and capsysbinary.readouterr().out == b"image digest: sha256:" + b"ab" * 32 + b"\n"
+    rc = await asyncio.to_thread(
+        oneshot.main, ["--socket", sock, "get-resource", "-r", "kbs:///default/cdh/secret"]
+    )
+    assert rc == 0 and base64.b64decode(capsysbinary.readouterr().out) == SECRET  # upstream prints base64
 
 
 @pytest.fixture
@@ -190,3 +194,19 @@ async def test_api_server_rest_process(env: Env, tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_oneshot_in_process_like_upstream(tmp_path: Path, monkeypatch, capsys, caplog) -> None:
+    store = tmp_path / "res.json"
+    store.write_text(json.dumps({"default/k/v": base64.b64encode(b"offline").decode()}))
+    cfg = tmp_path / "cdh.toml"
+    cfg.write_text('[kbc]\nname = "offline_fs_kbc"\n')
+    monkeypatch.setenv("OFFLINE_FS_KBC_EXTRA_FILE_PATH", str(store))
+    monkeypatch.delenv("AA_KBC_PARAMS", raising=False)
+    assert oneshot.main(["-c", str(cfg), "get-resource", "-r", "kbs:///default/k/v"]) == 0
+    assert capsys.readouterr().out == base64.b64encode(b"offline").decode() + "\n"
+    assert oneshot.main(["-c", str(cfg), "-r", "1", "get-resource", "-r", "kbs:///default/k/none"]) == 1
+    assert "offline_fs_kbc has no resource" in capsys.readouterr().err
+    assert [r.message for r in caplog.records if "Tried" in r.message] == [
+        "Tried 1 times... get-resource failed: offline_fs_kbc has no resource default/k/none"
+    ]
