@@ -19,18 +19,21 @@ import asyncio
 import contextlib
 import dataclasses
 import errno
+import fcntl
 import hashlib
+import json
 import logging
 import os
 import secrets
 import shutil
 import ssl
 import stat
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -123,6 +126,7 @@ class PullerConfig:
     snapshotter: str = "auto"  # "overlay", "copy" (flattened), or "auto" (overlay, else copy)
     pull_timeout: float | None = None  # seconds for the whole pull
     max_layer_bytes: int = DEFAULT_MAX_LAYER_BYTES  # uncompressed size limit per layer
+    unpack_workers: str = "process"  # "process": one worker process per layer (uses more CPUs); "thread"
     retry: RetryPolicy = field(default_factory=RetryPolicy)
 
 
@@ -202,6 +206,21 @@ def _unpack(
         raise
     deferred = getattr(stats, "deferred_hardlinks", ())
     return tuple((os.fsdecode(a), os.fsdecode(b)) for a, b in deferred)
+
+
+_F_SETPIPE_SZ = 1031
+_WORKER_ERRORS: dict[str, type[ImagePullError]] = {
+    "InsufficientSpace": InsufficientSpace,
+    "DigestMismatch": DigestMismatch,
+    "DecryptionError": DecryptionError,
+    "_MissingHardlinkTarget": _MissingHardlinkTarget,
+}
+
+
+def _worker_error(doc: dict[str, Any]) -> ImagePullError:
+    name = str(doc.get("error", ""))
+    msg = str(doc.get("message", "layer worker failed"))[:500]
+    return _WORKER_ERRORS.get(name, UnpackError)(msg)
 
 
 def _is_whiteout(path: Path) -> bool:
@@ -286,6 +305,8 @@ class ImagePuller:
         self.config = config
         if config.max_concurrent_layers < 1:
             raise ValueError("max_concurrent_layers must be at least 1")
+        if config.unpack_workers not in ("process", "thread"):
+            raise ValueError("unpack_workers must be process or thread")
         if config.snapshotter not in ("auto", "overlay", "copy"):
             raise ValueError("snapshotter must be auto, overlay or copy")
         self._owns_http = http is None
@@ -469,11 +490,8 @@ class ImagePuller:
         *,
         flatten: bool = False,
     ) -> tuple[int, int, tuple[tuple[str, str], ...]]:
-        loop = asyncio.get_running_loop()
         decryptor = await self._decryptor_for(desc)
-        pipe = ChunkPipe(loop)
         diff_algo = diff_id.split(":", 1)[0]
-        fut = loop.run_in_executor(None, self._consume, pipe, desc, decryptor, dest, diff_algo, flatten)
         t0 = time.monotonic()
         got = 0
         last = 0.0
@@ -492,6 +510,35 @@ class ImagePuller:
                 )
 
         emit(ProgressEvent("layer-start", i, desc.digest, 0, desc.size))
+        if decryptor is None and self.config.unpack_workers == "process":
+            nbytes, (got_diff, usize, deferred) = await self._via_process(
+                ref, desc, diff_algo, dest, flatten, on_bytes
+            )
+        else:
+            nbytes, (got_diff, usize, deferred) = await self._via_thread(
+                ref, desc, decryptor, diff_algo, dest, flatten, on_bytes
+            )
+        if got_diff != diff_id:
+            raise DigestMismatch(
+                f"layer {desc.digest}: uncompressed content hashes to {got_diff}, config says {diff_id}"
+            )
+        el = time.monotonic() - t0
+        emit(ProgressEvent("layer-done", i, desc.digest, nbytes, desc.size, nbytes / el if el else 0.0, el))
+        return nbytes, usize, deferred
+
+    async def _via_thread(
+        self,
+        ref: Reference,
+        desc: Descriptor,
+        decryptor: LayerDecryptor | None,
+        diff_algo: str,
+        dest: Path,
+        flatten: bool,
+        on_bytes: Callable[[int], None],
+    ) -> tuple[int, tuple[str, int, tuple[tuple[str, str], ...]]]:
+        loop = asyncio.get_running_loop()
+        pipe = ChunkPipe(loop)
+        fut = loop.run_in_executor(None, self._consume, pipe, desc, decryptor, dest, diff_algo, flatten)
         try:
             nbytes = await self.registry.stream_blob(ref, desc.digest, desc.size, pipe.put, on_bytes=on_bytes)
             pipe.finish()
@@ -509,18 +556,81 @@ class ImagePuller:
                 await asyncio.shield(fut)
             raise
         try:
-            got_diff, usize, deferred = await asyncio.shield(fut)
+            return nbytes, await asyncio.shield(fut)
         except asyncio.CancelledError:
             with contextlib.suppress(BaseException):
                 await fut
             raise
-        if got_diff != diff_id:
-            raise DigestMismatch(
-                f"layer {desc.digest}: uncompressed content hashes to {got_diff}, config says {diff_id}"
-            )
-        el = time.monotonic() - t0
-        emit(ProgressEvent("layer-done", i, desc.digest, nbytes, desc.size, nbytes / el if el else 0.0, el))
-        return nbytes, usize, deferred
+
+    async def _via_process(
+        self,
+        ref: Reference,
+        desc: Descriptor,
+        diff_algo: str,
+        dest: Path,
+        flatten: bool,
+        on_bytes: Callable[[int], None],
+    ) -> tuple[int, tuple[str, int, tuple[tuple[str, str], ...]]]:
+        """Decompress + diff_id + unpack in a worker process fed through a pipe (uses another CPU)."""
+        job = {
+            "media_type": desc.media_type,
+            "diff_algo": diff_algo,
+            "dest": str(dest),
+            "compressed_size": desc.size,
+            "max_layer_bytes": self.config.max_layer_bytes,
+            "flatten": flatten,
+        }
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "image_pull.layer_worker",
+            json.dumps(job),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        pipe_fd = proc.stdin.get_extra_info("pipe")
+        with contextlib.suppress(OSError, AttributeError):
+            fcntl.fcntl(pipe_fd.fileno(), _F_SETPIPE_SZ, 1 << 20)
+        stdin = proc.stdin
+
+        async def sink(chunk: bytes) -> None:
+            stdin.write(chunk)
+            await stdin.drain()
+
+        async def result() -> dict[str, Any]:
+            out, err = await proc.communicate()
+            try:
+                line = out.decode().strip().splitlines()[-1]
+                doc: dict[str, Any] = json.loads(line)
+                return doc
+            except (IndexError, ValueError, UnicodeDecodeError):
+                tail = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
+                raise UnpackError(f"layer worker failed: {tail[0][:200]}") from None
+
+        try:
+            try:
+                nbytes = await self.registry.stream_blob(ref, desc.digest, desc.size, sink, on_bytes=on_bytes)
+            except (BrokenPipeError, ConnectionResetError):
+                doc = await result()  # the worker stopped reading: its error is the real one
+                if doc.get("ok"):
+                    raise UnpackError("layer worker stopped reading early") from None
+                raise _worker_error(doc) from None
+            stdin.close()
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                await stdin.wait_closed()
+            doc = await result()
+        except BaseException:
+            if proc.returncode is None:
+                proc.kill()
+            with contextlib.suppress(BaseException):
+                await asyncio.shield(proc.wait())
+            raise
+        if not doc.get("ok"):
+            raise _worker_error(doc)
+        deferred = tuple((str(a), str(b)) for a, b in doc.get("deferred", []))
+        return nbytes, (str(doc["diff_id"]), int(doc["size"]), deferred)
 
     async def _layer(
         self,

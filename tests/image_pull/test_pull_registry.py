@@ -552,3 +552,17 @@ def test_two_processes_pulling_one_image_download_each_blob_once(
             assert (tmp_path / f"b{i}/rootfs/big.bin").stat().st_size == 24 << 20
     finally:
         proxy.stop()
+
+
+@pytest.mark.parametrize("workers", ["thread", "process"])
+async def test_thread_and_process_unpack_workers_agree(
+    registry: RegistryServer, images: dict[str, str], tmp_path: Path, workers: str, cleanup_mounts: None
+) -> None:
+    cfg = config_for(registry, tmp_path / "work", unpack_workers=workers)
+    r = await pull(cfg, images["std"], tmp_path / "b")
+    check_rootfs(r.rootfs)
+    with pytest.raises(DigestMismatch):
+        await pull(cfg, images["baddiff"], tmp_path / "c")
+    with pytest.raises(UnpackError, match="limit"):
+        await pull(replace(cfg, max_layer_bytes=8 << 20), images["bomb"], tmp_path / "d")
+    assert not any((tmp_path / "work/staging").iterdir())

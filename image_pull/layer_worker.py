@@ -1,0 +1,68 @@
+"""Out-of-process layer unpack: ``python -m image_pull.layer_worker`` (internal).
+
+The puller runs one worker per layer so that decompression, diff_id hashing
+and unpacking of several layers use several CPUs (the GIL would serialise
+them in threads). Protocol:
+
+* argv[1]: JSON job ``{"media_type", "diff_algo", "dest", "compressed_size",
+  "max_layer_bytes", "flatten"}``;
+* stdin: the layer blob exactly as downloaded (its digest is checked by the
+  parent, which closes stdin only after the digest matched, or kills the
+  worker when it did not);
+* stdout: one JSON line ``{"ok": true, "diff_id", "size", "deferred"}`` or
+  ``{"ok": false, "error": <class name>, "message": <text>}``.
+
+The worker never touches the network and writes only below ``dest``.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+__all__ = ["main", "run_job"]
+
+MAX_JOB = 1 << 16
+
+
+def run_job(job: dict[str, Any], stream: Any) -> dict[str, Any]:
+    from image_pull.errors import ImagePullError, InsufficientSpace, UnpackError
+    from image_pull.puller import _unpack
+    from image_pull.stream import HashingReader
+    from image_pull.unpack import open_decompressed
+
+    try:
+        dec = open_decompressed(stream, str(job["media_type"]))
+        hr = HashingReader(dec, str(job["diff_algo"]), limit=int(job["max_layer_bytes"]))
+        deferred = _unpack(hr, Path(job["dest"]), int(job["compressed_size"]), flatten=bool(job["flatten"]))  # type: ignore[arg-type]
+        hr.drain()
+        return {"ok": True, "diff_id": hr.digest(), "size": hr.count, "deferred": [list(d) for d in deferred]}
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return {"ok": False, "error": InsufficientSpace.__name__, "message": "no space left"}
+        return {"ok": False, "error": UnpackError.__name__, "message": str(exc.strerror or exc)[:300]}
+    except ImagePullError as exc:
+        name = type(exc).__name__
+        if "no space left" in str(exc):
+            name = InsufficientSpace.__name__
+        return {"ok": False, "error": name, "message": str(exc)[:500]}
+
+
+def main() -> int:
+    if len(sys.argv) != 2 or len(sys.argv[1]) > MAX_JOB:
+        print(json.dumps({"ok": False, "error": "UnpackError", "message": "bad worker invocation"}))
+        return 2
+    job = json.loads(sys.argv[1])
+    stdin = os.fdopen(sys.stdin.fileno(), "rb", buffering=1 << 20, closefd=False)
+    result = run_job(job, stdin)
+    sys.stdout.write(json.dumps(result) + "\n")
+    sys.stdout.flush()
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
