@@ -164,6 +164,7 @@ async def build_state(
     m = state.metrics
     m.counter("kbs_http_requests_total", "HTTP requests by endpoint, method and status")
     m.counter("kbs_attestations_total", "RCAR /attest outcomes")
+    m.counter("kbs_sessions_created_total", "RCAR sessions created by /auth")
     m.counter("kbs_resource_requests_total", "resource GET outcomes")
     m.gauge("process_resident_memory_bytes", "resident set size", _rss)
     return state
@@ -218,6 +219,7 @@ class _Handlers:
             raise AttestationError(AUTH_DESERIALIZE)
         alg = "sha512" if tee == "se" else "sha384"
         sess = await self.s.sessions.create(tee, hash_algorithm=alg)
+        self.s.metrics.inc("kbs_sessions_created_total", tee=tee)
         extra: Any = {"selected-hash-algorithm": "sha512"} if tee == "se" else ""
         resp = _json({"nonce": sess.nonce, "extra-params": extra})
         _set_cookie(resp, sess)
@@ -410,6 +412,10 @@ def make_app(state: KbsState) -> web.Application:
             return resp
         except KbsError as exc:
             status = exc.status
+            log.info(
+                "request refused",
+                extra={"method": request.method, "path": request.path, "status": status, "err": exc.variant},
+            )
             return _error(exc)
         except web.HTTPException as exc:
             status = exc.status
