@@ -4,8 +4,12 @@ Prints the manifest digest (``sha256:...``) on stdout. On failure: exit status
 1 and one line ``coco-image pull: <reason>`` on stderr. Progress goes to
 stderr (a rewritten status line on a TTY, otherwise nothing unless -v).
 
-Without ``--policy`` no signature policy is enforced (as image-rs with
-signature verification disabled); pass a policy to require signatures.
+Without ``--policy`` no signature policy is enforced (the documented default,
+as image-rs with signature verification disabled); pass a containers-policy.json
+to require signatures (``image_pull.trust``). ``--registries-d DIR`` says where
+simple signatures live (lookaside) and whether cosign attachments are read.
+``--decryption-key PEM`` (repeatable) decrypts ocicrypt JWE-wrapped layers
+(``image_pull.ocicrypt``); an encrypted image without a fitting key is refused.
 """
 
 from __future__ import annotations
@@ -107,9 +111,6 @@ async def _main(args: argparse.Namespace) -> int:
         snapshotter=args.snapshotter,
         pull_timeout=args.timeout,
     )
-    if config.decryption_keys:
-        # HOOK (trust engineer): remove once ocicrypt decryption is wired into the puller.
-        raise ImagePullError("--decryption-key: layer decryption is not available in this build yet")
     sinks: list[Callable[[ProgressEvent], None]] = []
     if sys.stderr.isatty():
         sinks.append(TtyProgress(sys.stderr))

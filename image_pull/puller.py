@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import dataclasses
 import errno
 import fcntl
@@ -46,7 +47,6 @@ from image_pull.errors import (
     ImagePullError,
     InsufficientSpace,
     ManifestError,
-    PolicyRejected,
     PullTimeout,
     RegistryError,
     UnpackError,
@@ -62,12 +62,14 @@ from image_pull.manifest import (
     parse_config,
     parse_manifest_document,
 )
+from image_pull.ocicrypt.layer import DecryptingReader, LayerDecrypter, LayerKey, is_encrypted
 from image_pull.progress import ProgressEvent
 from image_pull.reference import Reference, parse_reference
 from image_pull.registries_conf import Candidate, RegistryConfig
 from image_pull.registry import RegistryClient, RetryPolicy
 from image_pull.store import LayerRecord, LayerStore, chain_ids
 from image_pull.stream import ChunkPipe, HashingReader, PipeAborted
+from image_pull.trust.evaluate import TrustPolicy
 from image_pull.unpack import EntryConflict, UnpackOptions, open_decompressed, unpack_layer
 
 __all__ = ["ImagePuller", "ProxyConfig", "PullResult", "PullerConfig"]
@@ -75,6 +77,13 @@ __all__ = ["ImagePuller", "ProxyConfig", "PullResult", "PullerConfig"]
 log = logging.getLogger("image_pull.puller")
 
 DEFAULT_MAX_LAYER_BYTES = 64 << 30
+
+# layer keys unwrapped for the current pull (set in _pull, seen by its layer tasks)
+_LAYER_KEYS: contextvars.ContextVar[dict[tuple[str, str], LayerKey]] = contextvars.ContextVar("_LAYER_KEYS")
+
+
+def _key_id(desc: Descriptor) -> tuple[str, str]:
+    return desc.digest, repr(sorted(desc.annotations.items()))
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,7 @@ class PullerConfig:
     max_layer_bytes: int = DEFAULT_MAX_LAYER_BYTES  # uncompressed size limit per layer
     unpack_workers: str = "process"  # "process": one worker process per layer (uses more CPUs); "thread"
     retry: RetryPolicy = field(default_factory=RetryPolicy)
+    sigstore_config: bytes | None = None  # registries.d YAML given inline (CDH [image] sigstore_config)
 
 
 @dataclass(frozen=True)
@@ -336,6 +346,8 @@ class ImagePuller:
         )
         self.store = LayerStore(config.work_dir)
         self.platform = Platform.parse(config.platform) if config.platform else Platform.host()
+        self._trust: TrustPolicy | None = None  # built on first use (image_pull.trust)
+        self._decrypter: LayerDecrypter | None = None  # built on first use (image_pull.ocicrypt)
 
     async def aclose(self) -> None:
         if self._owns_http:
@@ -430,19 +442,46 @@ class ImagePuller:
 
     # ------------------------------------------------------------------ hooks
     async def _check_policy(self, ctx: PolicyContext) -> None:
-        # HOOK (trust engineer): evaluate self.config.signature_policy here. It must
-        # run for cached images too, before anything becomes visible in the bundle.
+        # Runs for cached images too, before anything becomes visible in the bundle.
         if self.config.signature_policy is None:
             return
-        raise PolicyRejected("signature policy verification is not available in this build yet")
+        if self._trust is None:
+            self._trust = TrustPolicy(
+                self.config.signature_policy,
+                registries_d=self.config.registries_d,
+                sigstore_config=self.config.sigstore_config,
+                resource_getter=self.config.resource_getter,
+                http=self._http,
+            )
+        await self._trust.check(ctx)
+
+    async def _unwrap_layer_keys(self, manifest: Manifest) -> dict[tuple[str, str], LayerKey]:
+        """Unwrap every encrypted layer's key up front: a missing key fails the pull before
+        any download, and for cached layers too."""
+        keys: dict[tuple[str, str], LayerKey] = {}
+        for desc in manifest.layers:
+            if not is_encrypted(desc):
+                continue
+            if self._decrypter is None:
+                self._decrypter = LayerDecrypter(self.config.decryption_keys, self.config.key_provider)
+            keys[_key_id(desc)] = await self._decrypter.unwrap(desc)
+        return keys
 
     async def _decryptor_for(self, desc: Descriptor) -> LayerDecryptor | None:
-        # HOOK (trust engineer): build an ocicrypt decryptor from desc.annotations with
-        # self.config.decryption_keys / key_provider.
         _comp, encrypted = layer_compression(desc.media_type)
         if not encrypted:
             return None
-        raise DecryptionError(f"layer {desc.digest} is encrypted, but layer decryption is not available yet")
+        key = _LAYER_KEYS.get({}).get(_key_id(desc))
+        if key is None:
+            if self._decrypter is None:
+                self._decrypter = LayerDecrypter(self.config.decryption_keys, self.config.key_provider)
+            key = await self._decrypter.unwrap(desc)
+        layer_key = key
+
+        def decryptor(ciphertext: BinaryIO) -> BinaryIO:
+            return DecryptingReader(ciphertext, layer_key)  # type: ignore[return-value]
+
+        return decryptor
 
     # ------------------------------------------------------------------ layers
     def _consume(
@@ -462,6 +501,10 @@ class ImagePuller:
             hr = HashingReader(dec, diff_algo, limit=self.config.max_layer_bytes)
             deferred = _unpack(hr, dest, desc.size, flatten=flatten)  # type: ignore[arg-type]
             hr.drain()
+            if isinstance(src, DecryptingReader):
+                src.drain()  # the HMAC covers the whole ciphertext: read it to EOF before committing
+                if not src.verified:
+                    raise DecryptionError(f"layer {desc.digest}: ciphertext was not verified")
             return hr.digest(), hr.count, deferred
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -774,8 +817,6 @@ class ImagePuller:
     async def _pull(
         self, image_ref: str, bundle_dir: Path, emit: Callable[[ProgressEvent], None], t0: float
     ) -> PullResult:
-        if self.config.registries_d is not None:
-            raise PolicyRejected("registries.d lookaside support is not available in this build yet")
         ref = parse_reference(image_ref)
         self._check_bundle_target(bundle_dir)
         res = await self._resolve_any(ref)
@@ -792,6 +833,20 @@ class ImagePuller:
                 resource_getter=self.config.resource_getter,
             )
         )
+        keys_token = _LAYER_KEYS.set(await self._unwrap_layer_keys(res.manifest))
+        try:
+            return await self._pull_layers(res, image_ref, bundle_dir, emit, t0)
+        finally:
+            _LAYER_KEYS.reset(keys_token)
+
+    async def _pull_layers(
+        self,
+        res: _Resolved,
+        image_ref: str,
+        bundle_dir: Path,
+        emit: Callable[[ProgressEvent], None],
+        t0: float,
+    ) -> PullResult:
         chain = chain_ids(res.config.diff_ids)
         missing = [
             d.size for c, d in zip(chain, res.manifest.layers, strict=True) if not self.store.has_layer(c)

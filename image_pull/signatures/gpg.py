@@ -1,0 +1,153 @@
+"""OpenPGP verification of simple-signing blobs with ``gpgv``.
+
+Why ``gpgv`` (GnuPG's verify-only tool) in a subprocess rather than a Python
+OpenPGP library: it is the reference OpenPGP implementation (the one skopeo and
+podman signatures are made with), it has no trust database, no agent, no
+network and no key-import side effects: it accepts exactly the keys in the
+keyring file we hand it. Each verification runs with a throwaway ``--homedir``
+holding only the policy's ``keyPath``/``keyData`` keys; ``python-gnupg`` would
+drive the full ``gpg`` (trustdb, keyring state) for no gain. We read the machine
+``--status-fd`` output, never the human text, and require exactly one good,
+valid, unexpired signature (``GOODSIG`` + ``VALIDSIG``; any ``BADSIG``,
+``ERRSIG``, ``EXPSIG``, ``EXPKEYSIG``, ``REVKEYSIG`` rejects).
+
+Only OpenPGP *signed messages* are accepted: armored/cleartext-signed text,
+literal-only and encrypted messages are rejected before gpgv runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from image_pull.trust.errors import InvalidPolicy, SignatureRejected
+
+__all__ = ["GPGV", "MAX_SIGNATURE_BYTES", "VerifiedMessage", "dearmor_keyring", "verify_signed_message"]
+
+GPGV = "gpgv"
+MAX_SIGNATURE_BYTES = 4 << 20
+MAX_KEYRING_BYTES = 4 << 20
+GPGV_TIMEOUT = 30.0
+_BAD_STATUS = frozenset(
+    {
+        "BADSIG",
+        "ERRSIG",
+        "EXPSIG",
+        "EXPKEYSIG",
+        "REVKEYSIG",
+        "NO_PUBKEY",
+        "NODATA",
+        "BADARMOR",
+        "DECRYPTION_FAILED",
+    }
+)
+
+
+@dataclass(frozen=True)
+class VerifiedMessage:
+    payload: bytes = field(repr=False)
+    fingerprint: str  # of the signing (sub)key, as VALIDSIG reports it
+    primary_fingerprint: str
+
+
+def dearmor_keyring(data: bytes) -> bytes:
+    """Binary OpenPGP keyring from binary or ASCII-armored key material (several blocks allowed)."""
+    if len(data) > MAX_KEYRING_BYTES:
+        raise InvalidPolicy("GPG keyring larger than 4 MiB")
+    if b"-----BEGIN PGP" not in data:
+        if not data or not data[0] & 0x80:
+            raise InvalidPolicy("GPG key material is neither a binary keyring nor ASCII armor")
+        return data
+    out = bytearray()
+    lines = data.decode("ascii", errors="replace").splitlines()
+    i = 0
+    while i < len(lines):
+        if lines[i].startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----"):
+            i += 1
+            while i < len(lines) and lines[i].strip() and ":" in lines[i]:
+                i += 1  # armor headers
+            b64: list[str] = []
+            while i < len(lines) and not lines[i].startswith("-----END"):
+                ln = lines[i].strip()
+                if ln and not ln.startswith("="):
+                    b64.append(ln)
+                i += 1
+            try:
+                out += base64.b64decode("".join(b64), validate=True)
+            except (binascii.Error, ValueError):
+                raise InvalidPolicy("GPG key armor is not valid base64") from None
+        i += 1
+    if not out:
+        raise InvalidPolicy("no PGP PUBLIC KEY BLOCK in the key material")
+    return bytes(out)
+
+
+def _packet_tag(first: int) -> int:
+    if not first & 0x80:
+        return -1
+    return first & 0x3F if first & 0x40 else (first & 0x3C) >> 2
+
+
+def verify_signed_message(untrusted_blob: bytes, keyring: bytes, *, gpgv: str = GPGV) -> VerifiedMessage:
+    """Verify an OpenPGP signed message against ``keyring`` (binary) and return its content."""
+    if len(untrusted_blob) > MAX_SIGNATURE_BYTES:
+        raise SignatureRejected("signature larger than 4 MiB")
+    if not untrusted_blob or _packet_tag(untrusted_blob[0]) not in (2, 4, 8):
+        raise SignatureRejected("signature is not an OpenPGP signed message")
+    exe = shutil.which(gpgv)
+    if exe is None:
+        raise SignatureRejected("gpgv is not installed; cannot verify GPG signatures")
+    with tempfile.TemporaryDirectory(prefix="coco-gpgv-") as tmp:
+        home = Path(tmp)
+        os.chmod(home, 0o700)
+        (home / "trusted.gpg").write_bytes(keyring)
+        (home / "sig").write_bytes(untrusted_blob)
+        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C", "LC_ALL": "C", "GNUPGHOME": tmp}
+        try:
+            cp = subprocess.run(
+                [
+                    exe,
+                    "--homedir",
+                    tmp,
+                    "--keyring",
+                    str(home / "trusted.gpg"),
+                    "--status-fd",
+                    "1",
+                    "--output",
+                    str(home / "out"),
+                    "--",
+                    str(home / "sig"),
+                ],
+                capture_output=True,
+                timeout=GPGV_TIMEOUT,
+                env=env,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            raise SignatureRejected("gpgv timed out") from None
+        status = [
+            ln[9:].split(" ")
+            for ln in cp.stdout.decode("utf-8", "replace").splitlines()
+            if ln.startswith("[GNUPG:] ")
+        ]
+        kinds = [s[0] for s in status]
+        bad = _BAD_STATUS.intersection(kinds)
+        if bad:
+            raise SignatureRejected(f"GPG signature not accepted ({sorted(bad)[0]})")
+        valid = [s for s in status if s[0] == "VALIDSIG"]
+        if cp.returncode != 0 or kinds.count("GOODSIG") != 1 or len(valid) != 1 or kinds.count("NEWSIG") > 1:
+            raise SignatureRejected("GPG signature did not verify with the trusted keys")
+        out = home / "out"
+        if not out.is_file():
+            raise SignatureRejected("GPG signature carries no signed content")
+        payload = out.read_bytes()
+        v = valid[0]
+        primary = v[10] if len(v) > 10 else v[1]
+        return VerifiedMessage(payload, v[1], primary)

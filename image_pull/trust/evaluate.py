@@ -1,0 +1,354 @@
+"""Evaluate a containers-policy.json for one pull (the puller's policy hook).
+
+:class:`TrustPolicy` is built once per puller from the policy bytes, the
+registries.d directory and/or inline ``sigstore_config`` YAML, and a resource
+getter for ``kbs://`` key locations. :meth:`TrustPolicy.check` runs for every
+pull, cached images included, after the manifest was digest-verified and
+before any layer becomes visible.
+
+Which reference is which:
+
+* scope selection and ``signedIdentity`` use the reference the caller asked for
+  (the *logical* name, before registries.conf rewriting), as containers/image;
+* signatures are fetched from where the image actually came from (mirror or
+  rewritten location): cosign ``.sig`` tags and the registry extension from
+  that registry, the lookaside path from that repository name.
+
+A signature's ``docker-manifest-digest`` must match the platform manifest (by
+hashing the manifest bytes with the signature's algorithm) or the image index
+the tag named (image-rs accepts both). Signatures are looked up for both.
+
+Sigstore attachments (cosign ``.sig`` tags) are read when registries.d says
+``use-sigstore-attachments: true`` for the image, or when no registries.d /
+sigstore configuration was given at all (image-rs always reads them).
+
+Key locations (``keyPath``, ``caPath``, ``rekorPublicKeyPath``...) may be
+``kbs:///...`` (through the resource getter), ``file:///...`` or plain paths.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from image_pull.errors import ImagePullError, InvalidReference
+from image_pull.hooks import PolicyContext
+from image_pull.reference import parse_reference
+from image_pull.signatures import cosign
+from image_pull.signatures.gpg import dearmor_keyring, verify_signed_message
+from image_pull.signatures.lookaside import fetch_lookaside, fetch_registry_extension
+from image_pull.signatures.payload import COSIGN_TYPE, SIMPLE_SIGNING_TYPE, SignaturePayload, parse_payload
+from image_pull.signatures.registries_d import RegistriesD
+from image_pull.trust.errors import InvalidPolicy, SignatureRejected
+from image_pull.trust.policy import (
+    InsecureAcceptAnything,
+    KeySource,
+    ParsedIdentity,
+    Policy,
+    Reject,
+    Requirement,
+    SignedBy,
+    SigstoreSigned,
+    identity_matches,
+    parse_identity,
+)
+
+__all__ = ["MAX_KEY_BYTES", "Accepted", "TrustPolicy"]
+
+log = logging.getLogger("image_pull.trust")
+
+MAX_KEY_BYTES = 4 << 20
+ResourceGetter = Callable[[str], Awaitable[bytes]]
+
+
+@dataclass(frozen=True)
+class Accepted:
+    """What the policy accepted, for logs and audit."""
+
+    scope: str
+    requirements: tuple[str, ...]  # requirement types, in order
+    signers: tuple[str, ...]  # GPG fingerprints / "cosign key" / "fulcio:<email>"
+
+
+class _Pull:
+    """Per-check state: lazily fetched signatures, shared by all requirements."""
+
+    def __init__(self, ctx: PolicyContext, tp: TrustPolicy) -> None:
+        self.ctx = ctx
+        self.tp = tp
+        self.digests = [ctx.manifest_digest] + ([ctx.index_digest] if ctx.index_digest else [])
+        self._simple: list[bytes] | None = None
+        self._cosign: list[cosign.CosignSignature] | None = None
+
+    def digest_matches(self, untrusted_digest: str) -> bool:
+        algo, sep, _ = untrusted_digest.partition(":")
+        if not sep:
+            return False
+        if algo in ("sha256", "sha512"):
+            got = f"{algo}:{hashlib.new(algo, self.ctx.manifest_bytes).hexdigest()}"
+            if got == untrusted_digest:
+                return True
+        return self.ctx.index_digest is not None and untrusted_digest == self.ctx.index_digest
+
+    async def simple_signatures(self) -> list[bytes]:
+        if self._simple is None:
+            ref = self.ctx.reference
+            out: list[bytes] = []
+            base = self.tp.registries_d.lookaside_for(ref)
+            for d in self.digests:
+                if base is not None:
+                    out += await fetch_lookaside(base, ref, d, self.tp.http or self.ctx.registry._http)
+                try:
+                    out += await fetch_registry_extension(self.ctx.registry, ref, d)
+                except SignatureRejected:
+                    raise
+                except ImagePullError as exc:
+                    log.info("registry signature extension unavailable: %s", exc)
+            self._simple = out
+        return self._simple
+
+    async def cosign_signatures(self) -> list[cosign.CosignSignature]:
+        if self._cosign is None:
+            ref = self.ctx.reference
+            use = self.tp.registries_d.use_sigstore_attachments(ref)
+            if use is None:
+                use = not self.tp.has_registries_config
+            out: list[cosign.CosignSignature] = []
+            if use:
+                for d in self.digests:
+                    out += await cosign.fetch_cosign_signatures(self.ctx.registry, ref, d)
+            self._cosign = out
+        return self._cosign
+
+
+class TrustPolicy:
+    """A parsed policy plus where its signatures and keys come from."""
+
+    def __init__(
+        self,
+        policy_json: bytes,
+        *,
+        registries_d: Path | None = None,
+        sigstore_config: bytes | None = None,
+        resource_getter: ResourceGetter | None = None,
+        http: httpx.AsyncClient | None = None,
+        now: Callable[[], dt.datetime] | None = None,
+    ) -> None:
+        self.policy = Policy.from_json(policy_json)
+        self.registries_d = RegistriesD.load(registries_d, sigstore_config)
+        self.has_registries_config = registries_d is not None or sigstore_config is not None
+        self.resource_getter = resource_getter
+        self.http = http
+        self._now = now or (lambda: dt.datetime.now(dt.UTC))
+        self._key_cache: dict[KeySource, bytes] = {}
+        self._key_lock = asyncio.Lock()
+
+    # ------------------------------------------------------------------ keys
+    async def _key_bytes(self, src: KeySource) -> bytes:
+        if src.data is not None:
+            return src.data
+        assert src.path is not None
+        async with self._key_lock:
+            cached = self._key_cache.get(src)
+            if cached is not None:
+                return cached
+            data = await self._fetch_key(src.path)
+            if len(data) > MAX_KEY_BYTES:
+                raise InvalidPolicy(f"key {src.path[:80]} is larger than 4 MiB")
+            if not src.path.startswith("kbs:"):
+                self._key_cache[src] = data  # KBS resources are re-fetched (they may rotate)
+            return data
+
+    async def _fetch_key(self, location: str) -> bytes:
+        if location.startswith("kbs:") or location.startswith("kbs+"):
+            if self.resource_getter is None:
+                raise InvalidPolicy(f"key {location[:80]} needs a KBS, but no resource getter is configured")
+            try:
+                return await self.resource_getter(location)
+            except Exception as exc:  # another package's errors: translate at the seam
+                raise InvalidPolicy(f"cannot fetch key {location[:80]}: {type(exc).__name__}") from exc
+        path = location[len("file://") :] if location.startswith("file://") else location
+        if not path.startswith("/"):
+            raise InvalidPolicy(f"key path {location[:80]} must be absolute (or a kbs:// URI)")
+        try:
+            with open(path, "rb") as f:
+                return f.read(MAX_KEY_BYTES + 1)
+        except OSError as exc:
+            raise InvalidPolicy(f"cannot read key {path[:80]}: {exc.strerror}") from None
+
+    # ------------------------------------------------------------------ check
+    async def check(self, ctx: PolicyContext) -> Accepted:
+        """Accept the image (return) or raise :class:`~image_pull.errors.PolicyRejected`."""
+        try:
+            logical = parse_reference(ctx.original_reference)
+            intended = parse_identity(ctx.original_reference)
+        except InvalidReference:
+            logical = ctx.reference
+            intended = ParsedIdentity(ctx.reference.name, ctx.reference.tag, ctx.reference.digest)
+        if intended.name_only:
+            intended = ParsedIdentity(logical.name, logical.tag, logical.digest)
+        scope, reqs = self.policy.requirements_for(logical)
+        st = _Pull(ctx, self)
+        signers: list[str] = []
+        for i, req in enumerate(reqs):
+            try:
+                signers += await self._requirement(req, st, intended)
+            except SignatureRejected as exc:
+                raise SignatureRejected(
+                    f"{logical} rejected by policy scope {scope or '(transport default)'!r}, "
+                    f"requirement {i + 1} ({_type_name(req)}): {exc}"
+                ) from None
+        log.info("policy accepted %s (scope %r, %s)", logical, scope, ", ".join(signers) or "no signatures")
+        return Accepted(scope, tuple(_type_name(r) for r in reqs), tuple(signers))
+
+    async def _requirement(self, req: Requirement, st: _Pull, intended: ParsedIdentity) -> list[str]:
+        if isinstance(req, InsecureAcceptAnything):
+            return []
+        if isinstance(req, Reject):
+            raise SignatureRejected("the policy rejects this image")
+        if isinstance(req, SignedBy):
+            return [await self._signed_by(req, st, intended)]
+        return [await self._sigstore_signed(req, st, intended)]
+
+    def _check_payload(
+        self, p: SignaturePayload, st: _Pull, req: SignedBy | SigstoreSigned, intended: ParsedIdentity
+    ) -> str | None:
+        if not st.digest_matches(p.manifest_digest):
+            return "signature is for another manifest digest"
+        if not identity_matches(req.signed_identity, intended, p.docker_reference):
+            return "signature is for another identity"
+        return None
+
+    async def _signed_by(self, req: SignedBy, st: _Pull, intended: ParsedIdentity) -> str:
+        if req.key_type not in ("GPGKeys", "signedByGPGKeys"):
+            raise SignatureRejected(f"keyType {req.key_type} is not implemented")
+        keyring = b"".join([dearmor_keyring(await self._key_bytes(k)) for k in req.keys])
+        sigs = await st.simple_signatures()
+        if not sigs:
+            raise SignatureRejected("a signature was required, but no signature exists")
+        reasons: list[str] = []
+        for blob in sigs:
+            try:
+                msg = await asyncio.to_thread(verify_signed_message, blob, keyring)
+                p = parse_payload(msg.payload, expected_type=SIMPLE_SIGNING_TYPE)
+            except SignatureRejected as exc:
+                reasons.append(str(exc))
+                continue
+            why = self._check_payload(p, st, req, intended)
+            if why is None:
+                return f"gpg:{msg.primary_fingerprint}"
+            reasons.append(why)
+        raise SignatureRejected(_summary(len(sigs), reasons))
+
+    async def _sigstore_signed(self, req: SigstoreSigned, st: _Pull, intended: ParsedIdentity) -> str:
+        keys: list[cosign.PublicKey] = []
+        for k in req.keys:
+            keys += cosign.load_public_keys(await self._key_bytes(k))
+        rekor: list[cosign.PublicKey] = []
+        for k in req.rekor_keys:
+            rekor += cosign.load_public_keys(await self._key_bytes(k))
+        sigs = await st.cosign_signatures()
+        if not sigs:
+            raise SignatureRejected("a signature was required, but no sigstore signature exists")
+        reasons: list[str] = []
+        for s in sigs:
+            try:
+                who = await self._verify_cosign(req, s, keys, rekor)
+                p = parse_payload(s.payload, expected_type=COSIGN_TYPE)
+            except (SignatureRejected, InvalidPolicy) as exc:
+                if isinstance(exc, InvalidPolicy):
+                    raise
+                reasons.append(str(exc))
+                continue
+            why = self._check_payload(p, st, req, intended)
+            if why is None:
+                return who
+            reasons.append(why)
+        raise SignatureRejected(_summary(len(sigs), reasons))
+
+    async def _verify_cosign(
+        self,
+        req: SigstoreSigned,
+        s: cosign.CosignSignature,
+        keys: list[cosign.PublicKey],
+        rekor: list[cosign.PublicKey],
+    ) -> str:
+        if req.fulcio is not None or req.pki is not None:
+            if s.certificate is None:
+                raise SignatureRejected("sigstore signature carries no certificate")
+            cert = cosign.certificate(s.certificate)
+            at = self._now()
+            if rekor:
+                if s.bundle is None:
+                    raise SignatureRejected("sigstore signature carries no Rekor bundle")
+                entry = cosign.verify_rekor_set(
+                    s.bundle, rekor, signature=s.signature, payload=s.payload, signer_cert=cert
+                )
+                at = dt.datetime.fromtimestamp(entry.integrated_time, dt.UTC)
+            if req.fulcio is not None:
+                ca = cosign.load_certificates(await self._key_bytes(req.fulcio.ca))
+                key = cosign.verify_fulcio_certificate(
+                    s.certificate,
+                    s.chain,
+                    ca=ca,
+                    oidc_issuer=req.fulcio.oidc_issuer,
+                    subject_email=req.fulcio.subject_email,
+                    at=at,
+                )
+                who = f"fulcio:{req.fulcio.subject_email}"
+            else:
+                assert req.pki is not None
+                roots = cosign.load_certificates(await self._key_bytes(req.pki.ca_roots))
+                inter = (
+                    cosign.load_certificates(await self._key_bytes(req.pki.ca_intermediates))
+                    if req.pki.ca_intermediates is not None
+                    else []
+                )
+                key = cosign.verify_pki_certificate(
+                    s.certificate,
+                    s.chain,
+                    roots=roots,
+                    intermediates=inter,
+                    subject_hostname=req.pki.subject_hostname,
+                    subject_email=req.pki.subject_email,
+                    at=at,
+                )
+                who = "pki"
+            cosign.verify_with_key(key, s.signature, s.payload)
+            return who
+        last: SignatureRejected | None = None
+        for k in keys:
+            try:
+                cosign.verify_with_key(k, s.signature, s.payload)
+            except SignatureRejected as exc:
+                last = exc
+                continue
+            if rekor:
+                if s.bundle is None:
+                    raise SignatureRejected("sigstore signature carries no Rekor bundle")
+                cosign.verify_rekor_set(
+                    s.bundle, rekor, signature=s.signature, payload=s.payload, signer_key=k
+                )
+            return "cosign-key"
+        raise last or SignatureRejected("no sigstore key configured")
+
+
+def _type_name(r: Requirement) -> str:
+    return {
+        InsecureAcceptAnything: "insecureAcceptAnything",
+        Reject: "reject",
+        SignedBy: "signedBy",
+        SigstoreSigned: "sigstoreSigned",
+    }[type(r)]
+
+
+def _summary(n: int, reasons: list[str]) -> str:
+    uniq = list(dict.fromkeys(reasons))
+    return f"none of {n} signature(s) is acceptable: " + "; ".join(uniq[:4])[:600]
