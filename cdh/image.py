@@ -107,6 +107,11 @@ class ImagePullHandler:
             policy = await self._fetch(c.image_security_policy_uri)
         elif c.image_security_policy:
             policy = c.image_security_policy.encode()
+        sigstore = None
+        if c.sigstore_config_uri:
+            sigstore = await self._fetch(c.sigstore_config_uri)
+        elif c.sigstore_config:
+            sigstore = c.sigstore_config.encode()
         rc = await self._registry_config()
         registry_config = None
         insecure: frozenset[str] = frozenset()
@@ -133,6 +138,7 @@ class ImagePullHandler:
             proxy=proxy,
             max_concurrent_layers=c.max_concurrent_layer_downloads_per_image,
             signature_policy=policy,
+            sigstore_config=sigstore,
             key_provider=self.key_provider,
             resource_getter=self.resources.get_resource if self.resources is not None else None,
         )
