@@ -1,0 +1,52 @@
+"""A tiny-size run of bench/pull_vs_skopeo.py, so the benchmark keeps working (not a timing test)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.registry import have_tools
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the pull mounts overlayfs")
+def test_bench_runs_at_tiny_size(tmp_path: Path) -> None:
+    reason = have_tools()
+    if reason:
+        pytest.skip(reason)
+    out = tmp_path / "r.json"
+    cp = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench/pull_vs_skopeo.py"),
+            "--size-mb",
+            "2",
+            "--layers",
+            "2",
+            "--reps",
+            "1",
+            "--targets",
+            "shm",
+            "--cache",
+            str(tmp_path / "cache"),
+            "--json",
+            str(out),
+        ],
+        capture_output=True,
+        timeout=300,
+        cwd=ROOT,
+    )
+    assert cp.returncode == 0, cp.stderr.decode()[-2000:]
+    res = json.loads(out.read_text())
+    shm = res["targets"]["shm"]
+    for name in ("coco", "skopeo", "umoci", "peer", "floor"):
+        assert shm[name]["wall_s"] > 0
+    assert shm["ratio_wall"] > 0
+    assert b"ratio coco/(skopeo+umoci)" in cp.stdout
