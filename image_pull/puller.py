@@ -867,7 +867,9 @@ class ImagePuller:
         downloaded = sum(n for n, _ in results)
         cached = sum(1 for _, c in results if c)
         emit(ProgressEvent("bundle", message=str(bundle_dir)))
-        rootfs = await asyncio.to_thread(self._make_bundle, res, chain, bundle_dir, image_ref)
+        bundle_key = "sha256:" + hashlib.sha256(str(bundle_dir.resolve()).encode()).hexdigest()
+        async with self.store.lock(bundle_key):  # one pull at a time into one bundle dir
+            rootfs = await asyncio.to_thread(self._make_bundle, res, chain, bundle_dir, image_ref)
         self.store.record_image(res.manifest_digest, str(res.cand.reference), res.config_digest, chain)
         total = sum(d.size for d in res.manifest.layers)
         el = time.monotonic() - t0

@@ -566,3 +566,28 @@ async def test_thread_and_process_unpack_workers_agree(
     with pytest.raises(UnpackError, match="limit"):
         await pull(replace(cfg, max_layer_bytes=8 << 20), images["bomb"], tmp_path / "d")
     assert not any((tmp_path / "work/staging").iterdir())
+
+
+async def test_two_pulls_into_one_bundle_one_wins(
+    registry: RegistryServer, images: dict[str, str], tmp_path: Path, cleanup_mounts: None
+) -> None:
+    from image_pull.errors import BundleError
+
+    cfg = config_for(registry, tmp_path / "work")
+    results = await asyncio.gather(
+        *(pull(cfg, images["std"], tmp_path / "b") for _ in range(2)), return_exceptions=True
+    )
+    ok = [r for r in results if not isinstance(r, BaseException)]
+    errs = [r for r in results if isinstance(r, BaseException)]
+    assert len(ok) == 1 and len(errs) == 1 and isinstance(errs[0], BundleError), results
+    check_rootfs(tmp_path / "b/rootfs")
+    assert (
+        len(
+            [
+                line
+                for line in Path("/proc/self/mounts").read_text().splitlines()
+                if str(tmp_path / "b") in line
+            ]
+        )
+        == 1
+    )
