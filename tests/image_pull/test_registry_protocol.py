@@ -485,3 +485,24 @@ async def test_blob_content_length_lie_is_refused() -> None:
     rc, _, _ = client(handler, auth=None)
     with pytest.raises(DigestMismatch):
         await collect(rc)
+
+
+async def test_no_credentials_or_tokens_in_logs(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.host == "auth.example":
+            return httpx.Response(200, json={"token": "TOKEN-SECRET-123"})
+        if req.headers.get("authorization") != "Bearer TOKEN-SECRET-123":
+            return httpx.Response(401, headers={"WWW-Authenticate": 'Bearer realm="https://auth.example/t"'})
+        if "manifests" in req.url.path:
+            return httpx.Response(500, content=b"<html>oops</html>", headers={"Content-Type": "text/html"})
+        return httpx.Response(200)
+
+    caplog.set_level(logging.DEBUG)
+    rc, _, _ = client(handler)
+    with pytest.raises(RegistryError) as ei:
+        await rc.get_manifest(REF)
+    text = caplog.text + str(ei.value)
+    assert "s3cret-pw" not in text and "TOKEN-SECRET-123" not in text
+    assert base64.b64encode(b"alice:s3cret-pw").decode() not in text
