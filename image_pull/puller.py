@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import dataclasses
 import errno
 import fcntl
 import hashlib
@@ -52,6 +51,7 @@ from image_pull.errors import (
     UnpackError,
 )
 from image_pull.hooks import KeyUnwrapper, LayerDecryptor, PolicyContext
+from image_pull.layer_worker import _MissingHardlinkTarget, _unpack
 from image_pull.manifest import (
     Descriptor,
     ImageConfig,
@@ -70,7 +70,7 @@ from image_pull.registry import RegistryClient, RetryPolicy
 from image_pull.store import LayerRecord, LayerStore, chain_ids
 from image_pull.stream import ChunkPipe, HashingReader, PipeAborted
 from image_pull.trust.evaluate import TrustPolicy
-from image_pull.unpack import EntryConflict, UnpackOptions, open_decompressed, unpack_layer
+from image_pull.unpack import open_decompressed
 
 __all__ = ["ImagePuller", "ProxyConfig", "PullResult", "PullerConfig"]
 
@@ -194,30 +194,7 @@ def _unwrap_group(eg: BaseExceptionGroup[BaseException]) -> BaseException:
     return flat[0] if flat else eg
 
 
-# ---------------------------------------------------------------------- unpack adapter
-class _MissingHardlinkTarget(UnpackError):
-    """A hardlink points at a file of a lower layer (needs the lowers to unpack)."""
-
-
-def _unpack(
-    reader: BinaryIO, dest: Path, compressed_size: int, *, flatten: bool
-) -> tuple[tuple[str, str], ...]:
-    """Unpack one layer; returns hardlinks whose target lives in a lower layer (when deferred)."""
-    opts = UnpackOptions(flatten=flatten)
-    defer = "defer_missing_hardlinks" in UnpackOptions.__dataclass_fields__
-    if defer and not flatten:
-        opts = dataclasses.replace(opts, defer_missing_hardlinks=True)  # type: ignore[call-arg,unused-ignore]
-    try:
-        stats = unpack_layer(reader, dest, options=opts, compressed_size=compressed_size)
-    except EntryConflict as exc:
-        msg = str(exc)
-        if not flatten and "hardlink target" in msg and "does not exist" in msg:
-            raise _MissingHardlinkTarget(msg) from None
-        raise
-    deferred = getattr(stats, "deferred_hardlinks", ())
-    return tuple((os.fsdecode(a), os.fsdecode(b)) for a, b in deferred)
-
-
+# ---------------------------------------------------------------------- unpack helpers
 _F_SETPIPE_SZ = 1031
 _WORKER_ERRORS: dict[str, type[ImagePullError]] = {
     "InsufficientSpace": InsufficientSpace,
@@ -497,10 +474,15 @@ class ImagePuller:
             src: BinaryIO = pipe  # type: ignore[assignment]
             if decryptor is not None:
                 src = decryptor(src)
-            dec = open_decompressed(src, desc.media_type.removesuffix("+encrypted"))
-            hr = HashingReader(dec, diff_algo, limit=self.config.max_layer_bytes)
-            deferred = _unpack(hr, dest, desc.size, flatten=flatten)  # type: ignore[arg-type]
-            hr.drain()
+            try:
+                dec = open_decompressed(src, desc.media_type.removesuffix("+encrypted"))
+                hr = HashingReader(dec, diff_algo, limit=self.config.max_layer_bytes)
+                deferred = _unpack(hr, dest, desc.size, flatten=flatten)  # type: ignore[arg-type]
+                hr.drain()
+            except (ImagePullError, OSError):
+                if isinstance(src, DecryptingReader):
+                    src.check_after_failure()  # report tampering (HMAC) rather than its symptom
+                raise
             if isinstance(src, DecryptingReader):
                 src.drain()  # the HMAC covers the whole ciphertext: read it to EOF before committing
                 if not src.verified:

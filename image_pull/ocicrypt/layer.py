@@ -147,6 +147,16 @@ class DecryptingReader(io.RawIOBase):
             raise IntegrityError("decrypted layer does not match the digest in its private options")
         self.verified = True
 
+    def check_after_failure(self) -> None:
+        """After a downstream failure (corrupt gzip, bad tar): raise IntegrityError if the
+        ciphertext itself is bad, so tampering is reported as such; otherwise return."""
+        try:
+            self.drain()
+        except IntegrityError:
+            raise
+        except Exception:  # the download itself failed: keep the caller's error
+            return
+
     def drain(self) -> None:
         """Read to EOF (the decompressor may stop before the ciphertext ends)."""
         while self.read(1 << 20):

@@ -139,6 +139,8 @@ def verify_signed_message(untrusted_blob: bytes, keyring: bytes, *, gpgv: str = 
         ]
         kinds = [s[0] for s in status]
         bad = _BAD_STATUS.intersection(kinds)
+        if "NO_PUBKEY" in bad or ("ERRSIG" in bad and "BADSIG" not in bad and len(bad) <= 2):
+            raise SignatureRejected("GPG signature is not by a trusted key")
         if bad:
             raise SignatureRejected(f"GPG signature not accepted ({sorted(bad)[0]})")
         valid = [s for s in status if s[0] == "VALIDSIG"]
