@@ -1,33 +1,51 @@
-"""Build (or reuse) the coco-dev guest: a Debian 12 root filesystem with
-python3, cryptsetup, e2fsprogs and this project installed, as an ext4 image;
-the Debian cloud kernel; and a small busybox initramfs that loads the virtio
-modules and switches to the ext4 root.
+"""Build (or reuse) the coco-dev test guest.
 
-Everything is cached by content hash under ``/var/cache/coco-py-vm`` (outside
-the repository, so CI clones on the same machine reuse it):
+The guest is three files plus one small disk, all cached by content hash under
+``/var/cache/coco-py-vm`` (outside the repository, so CI clones on the same
+machine reuse them):
 
-* ``base-<hash>/rootfs``: debootstrap output plus a venv at ``/opt/coco`` with
-  the project's runtime dependencies (hash of the package list and the
-  dependency list in pyproject.toml);
-* ``guest-<hash>/``: ``rootfs.ext4``, ``initramfs.cpio.gz``, ``vmlinuz`` (hash
-  of the base plus every tracked file of the project).
+* ``debootstrap-<hash>/rootfs``: Debian 12 ``--variant=minbase`` with python3,
+  cryptsetup, e2fsprogs (keyed by the suite and package list; once);
+* ``wheels-<hash>/``: wheels of the project's runtime dependencies for the
+  guest's Python 3.11.2, downloaded on the host (keyed by the dependency list);
+* ``rootfs-<hash>/``: ``rootfs.ext4`` (debootstrap + a venv at ``/opt/coco``
+  holding the dependencies + the kernel modules + ``/sbin/coco-init``),
+  ``vmlinuz`` (the Debian cloud kernel) and ``initramfs.cpio.gz`` (busybox,
+  the virtio modules, switch_root to ``/dev/vda``). Keyed by the above, the
+  kernel version and the init scripts; it does NOT change when the project's
+  code changes;
+* ``project-<hash>.ext4``: this project's packages (byte-compiled), its
+  console scripts and the guest scenario, on a small separate disk that the
+  guest mounts at ``/opt/coco-project`` (``serial=cocoproject``). Keyed by the
+  content of exactly the files it holds; rebuilding it takes about a second,
+  so commits to the packages do not rebuild the root filesystem.
 
-Run as root: ``python vm/build_guest.py`` prints the guest directory.
+Run as root (debootstrap, chroot): ``python vm/build_guest.py`` prints a JSON
+object with the paths. :func:`build` is the API the harness uses.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import gzip
 import hashlib
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+__all__ = ["CACHE", "GuestImages", "build", "project_files"]
+
 REPO = Path(__file__).resolve().parent.parent
+GUEST_SRC = REPO / "vm" / "guest"
 CACHE = Path(os.environ.get("COCO_VM_CACHE", "/var/cache/coco-py-vm"))
 MIRROR = os.environ.get("COCO_VM_MIRROR", "http://deb.debian.org/debian")
 SUITE = "bookworm"
@@ -51,20 +69,39 @@ INITRAMFS_MODULES = [
     "kernel/drivers/virtio/virtio_pci.ko",
     "kernel/drivers/block/virtio_blk.ko",
 ]
-BUILDER_VERSION = "2"
+# Cache-key versions: bump one to force that stage to rebuild.
+BASE_VERSION = "2"
+ROOTFS_VERSION = "3"
+PROJECT_VERSION = "1"
+# The project's packages (pyproject's setuptools include list) copied to the project disk.
+PACKAGES = ("attestation", "kbs_client", "kbs", "cdh", "image_pull", "coco_rpc")
 GUEST_PYTHON = "3.11.2"  # Debian 12's python3
 # pip evaluates environment markers against the host interpreter even with
 # --python-version, so dependencies conditional on an older 3.11 patch level
 # (redis needs async-timeout below 3.11.3) are named here.
 GUEST_MARKER_DEPS = ["async-timeout>=4.0.3"]
+# As installed by Kata's coco-guest-components build; CDH gets
+# OCICRYPT_KEYPROVIDER_CONFIG pointing here.
+OCICRYPT_CONFIG = {
+    "key-providers": {"attestation-agent": {"ttrpc": "unix:///run/confidential-containers/cdh.sock"}}
+}
+
+
+@dataclass(frozen=True)
+class GuestImages:
+    kernel: Path
+    initramfs: Path
+    rootfs: Path  # ext4, attached read-only as /dev/vda
+    project: Path  # ext4, attached read-only with serial=cocoproject
+    built_seconds: float
 
 
 def log(msg: str) -> None:
     print(f"build-guest: {msg}", file=sys.stderr, flush=True)
 
 
-def sh(*args: str, **kw: object) -> None:
-    subprocess.run(list(args), check=True, **kw)  # type: ignore[call-overload]
+def sh(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> None:
+    subprocess.run(list(args), check=True, env=env, cwd=cwd)
 
 
 def _chroot_env() -> dict[str, str]:
@@ -88,6 +125,11 @@ def runtime_deps() -> list[str]:
     return list(data["project"]["dependencies"])
 
 
+def console_scripts() -> dict[str, str]:
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    return dict(data["project"]["scripts"])
+
+
 def digest(*parts: bytes) -> str:
     h = hashlib.sha256()
     for p in parts:
@@ -96,25 +138,24 @@ def digest(*parts: bytes) -> str:
     return h.hexdigest()[:16]
 
 
-def tracked_files() -> list[Path]:
-    out = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout
-    files = [REPO / f for f in out.decode().split("\0") if f]
-    return sorted(f for f in files if f.is_file())
+@contextlib.contextmanager
+def cache_lock() -> Iterator[None]:
+    """One builder at a time per cache (pytest and `make vm-test` may race)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / ".lock").open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def project_hash() -> str:
-    h = hashlib.sha256()
-    for f in tracked_files():
-        rel = f.relative_to(REPO).as_posix()
-        if rel.startswith(("tests/", "bench/", ".ci/")):
-            continue
-        h.update(rel.encode() + b"\0" + hashlib.sha256(f.read_bytes()).digest())
-    return h.hexdigest()[:16]
+# ---------------------------------------------------------------- stage 1: debootstrap
 
 
 def build_base() -> Path:
     """debootstrap output, keyed only by the suite and package list."""
-    key = digest(BUILDER_VERSION.encode(), SUITE.encode(), ",".join(BASE_PACKAGES).encode())
+    key = digest(BASE_VERSION.encode(), SUITE.encode(), ",".join(BASE_PACKAGES).encode())
     base = CACHE / f"debootstrap-{key}"
     rootfs = base / "rootfs"
     if (base / "done").exists():
@@ -137,11 +178,14 @@ def build_base() -> Path:
     return rootfs
 
 
+# ---------------------------------------------------------------- stage 2: wheels
+
+
 def wheelhouse() -> Path:
     """Wheels of the project's runtime dependencies, resolved on the host
     (whose pip reaches the package index), keyed by the dependency list."""
     deps = runtime_deps()
-    key = digest(BUILDER_VERSION.encode(), "\n".join(deps).encode())
+    key = digest(BASE_VERSION.encode(), "\n".join(deps).encode())
     wh = CACHE / f"wheels-{key}"
     if (wh / "done").exists():
         return wh
@@ -159,6 +203,22 @@ def wheelhouse() -> Path:
     return wh
 
 
+# ---------------------------------------------------------------- stage 3: root filesystem
+
+
+def _initramfs_init(names: str) -> str:
+    return (
+        "#!/bin/busybox sh\n"
+        "/bin/busybox --install -s /bin\n"
+        "mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev\n"
+        f"for m in {names}; do insmod /lib/modules/$m || echo initramfs: insmod $m failed; done\n"
+        "for i in $(seq 1 200); do [ -b /dev/vda ] && break; sleep 0.05; done\n"
+        "mount -t ext4 -o ro /dev/vda /newroot || { echo initramfs: cannot mount root; poweroff -f; }\n"
+        "umount /proc /sys; mount --move /dev /newroot/dev\n"
+        "exec switch_root /newroot /sbin/coco-init\n"
+    )
+
+
 def build_initramfs(kver: str, out: Path) -> None:
     busybox = shutil.which("busybox") or "/bin/busybox"
     work = out.parent / "initramfs"
@@ -168,18 +228,8 @@ def build_initramfs(kver: str, out: Path) -> None:
     shutil.copy(busybox, work / "bin/busybox")
     for mod in INITRAMFS_MODULES:
         shutil.copy(Path("/lib/modules") / kver / mod, work / "lib/modules" / Path(mod).name)
-    names = " ".join(Path(m).name for m in INITRAMFS_MODULES)
     init = work / "init"
-    init.write_text(
-        "#!/bin/busybox sh\n"
-        "/bin/busybox --install -s /bin\n"
-        "mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev\n"
-        f"for m in {names}; do insmod /lib/modules/$m || echo initramfs: insmod $m failed; done\n"
-        "for i in $(seq 1 100); do [ -b /dev/vda ] && break; sleep 0.05; done\n"
-        "mount -t ext4 -o ro /dev/vda /newroot || { echo initramfs: cannot mount root; poweroff -f; }\n"
-        "umount /proc /sys; mount --move /dev /newroot/dev\n"
-        "exec switch_root /newroot /sbin/coco-init\n"
-    )
+    init.write_text(_initramfs_init(" ".join(Path(m).name for m in INITRAMFS_MODULES)))
     init.chmod(0o755)
     buf = subprocess.run(
         ["sh", "-c", "find . | cpio -o -H newc --quiet"], cwd=work, capture_output=True, check=True
@@ -188,68 +238,158 @@ def build_initramfs(kver: str, out: Path) -> None:
     shutil.rmtree(work)
 
 
-def build_guest() -> Path:
-    kver = kernel_version()
+def build_rootfs(kver: str) -> tuple[Path, bool]:
+    """The root filesystem image, kernel and initramfs; (dir, built_now)."""
     rootfs_base = build_base()
     wheels = wheelhouse()
-    init_src = REPO / "vm" / "guest"
+    init_bytes = (GUEST_SRC / "coco-init").read_bytes()
     key = digest(
-        rootfs_base.parent.name.encode(), wheels.name.encode(), kver.encode(), project_hash().encode()
+        ROOTFS_VERSION.encode(),
+        rootfs_base.parent.name.encode(),
+        wheels.name.encode(),
+        kver.encode(),
+        init_bytes,
+        _initramfs_init("").encode(),
+        json.dumps(OCICRYPT_CONFIG).encode(),
     )
-    guest = CACHE / f"guest-{key}"
-    if (guest / "done").exists():
-        return guest
-    log(f"building guest image {guest}")
-    shutil.rmtree(guest, ignore_errors=True)
-    guest.mkdir(parents=True)
-    stage = guest / "stage"
+    out = CACHE / f"rootfs-{key}"
+    if (out / "done").exists():
+        return out, False
+    log(f"building the guest root filesystem {out} (about a minute)")
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    stage = out / "stage"
     sh("cp", "-a", str(rootfs_base), str(stage))
-    # A venv at /opt/coco with the dependencies and this project (as a wheel),
-    # installed offline from local wheels.
-    dist = guest / "dist"
-    sh(sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(REPO))
-    wheel = next(dist.glob("*.whl"))
+    # A venv at /opt/coco with the runtime dependencies, installed offline.
     sh("cp", "-a", str(wheels), str(stage / "tmp/wheels"))
-    shutil.copy(wheel, stage / "tmp/wheels" / wheel.name)
-    sh("chroot", str(stage), "python3", "-m", "venv", "/opt/coco", env=_chroot_env())
+    env = _chroot_env()
+    sh("chroot", str(stage), "python3", "-m", "venv", "/opt/coco", env=env)
+    reqs = [*runtime_deps(), *GUEST_MARKER_DEPS]
     sh(
-        "chroot",
-        str(stage),
-        "/opt/coco/bin/pip",
-        "install",
-        "-q",
-        "--no-index",
-        "--find-links",
-        "/tmp/wheels",
-        f"/tmp/wheels/{wheel.name}",
-        env=_chroot_env(),
-    )
+        "chroot", str(stage), "/opt/coco/bin/pip", "install", "-q", "--no-index",
+        "--find-links", "/tmp/wheels", *reqs, env=env,
+    )  # fmt: skip
     shutil.rmtree(stage / "tmp/wheels")
-    # Kernel modules and the guest init.
+    shutil.rmtree(stage / "root/.cache", ignore_errors=True)
+    # The project disk's packages come first on sys.path via a .pth file.
+    site = next((stage / "opt/coco/lib").glob("python3*/site-packages"))
+    (site / "coco-project.pth").write_text("/opt/coco-project/site\n")
+    (stage / "opt/coco-project").mkdir(parents=True, exist_ok=True)
+    # Kernel modules, the ocicrypt key-provider config, the guest init.
+    (stage / "lib/modules").mkdir(parents=True, exist_ok=True)
     sh("cp", "-a", f"/lib/modules/{kver}", str(stage / "lib/modules" / kver))
     sh("depmod", "-b", str(stage), kver)
-    for f in init_src.iterdir():
-        dst = stage / "sbin" / f.name if f.name == "coco-init" else stage / "opt/coco" / f.name
-        shutil.copy(f, dst)
-        dst.chmod(0o755)
+    (stage / "etc/ocicrypt_config.json").write_text(json.dumps(OCICRYPT_CONFIG) + "\n")
+    init = stage / "sbin/coco-init"
+    init.write_bytes(init_bytes)
+    init.chmod(0o755)
     size_mb = int(
         subprocess.run(["du", "-sm", str(stage)], capture_output=True, check=True).stdout.split()[0]
     )
-    img = guest / "rootfs.ext4"
-    sh("mkfs.ext4", "-q", "-F", "-L", "cocoroot", "-d", str(stage), str(img), f"{size_mb + 300}M")
+    img = out / "rootfs.ext4"
+    sh("mkfs.ext4", "-q", "-F", "-L", "cocoroot", "-d", str(stage), str(img), f"{size_mb * 11 // 10 + 64}M")
     shutil.rmtree(stage)
-    shutil.rmtree(dist)
-    shutil.copy(f"/boot/vmlinuz-{kver}", guest / "vmlinuz")
-    build_initramfs(kver, guest / "initramfs.cpio.gz")
-    (guest / "done").write_text(key)
-    return guest
+    shutil.copy(f"/boot/vmlinuz-{kver}", out / "vmlinuz")
+    build_initramfs(kver, out / "initramfs.cpio.gz")
+    (out / "done").write_text(key)
+    return out, True
+
+
+# ---------------------------------------------------------------- stage 4: project disk
+
+
+def project_files() -> list[tuple[str, Path]]:
+    """(path on the project disk, source) for everything the project disk holds."""
+    files: list[tuple[str, Path]] = []
+    for pkg in PACKAGES:
+        for f in sorted((REPO / pkg).rglob("*")):
+            rel = f.relative_to(REPO)
+            if not f.is_file() or "__pycache__" in rel.parts or f.suffix in (".pyc", ".pyo"):
+                continue
+            files.append((f"site/{rel.as_posix()}", f))
+    for f in sorted(GUEST_SRC.iterdir()):
+        if f.is_file() and f.name != "coco-init":
+            files.append((f"guest/{f.name}", f))
+    files.append(("pyproject.toml", REPO / "pyproject.toml"))
+    return files
+
+
+def build_project_disk() -> Path:
+    h = hashlib.sha256(PROJECT_VERSION.encode())
+    files = project_files()
+    for dst, src in files:
+        h.update(dst.encode() + b"\0" + hashlib.sha256(src.read_bytes()).digest())
+    img = CACHE / f"project-{h.hexdigest()[:16]}.ext4"
+    if img.exists():
+        return img
+    with tempfile.TemporaryDirectory(dir=CACHE, prefix=".project-") as tmp:
+        stage = Path(tmp) / "stage"
+        for dst, src in files:
+            p = stage / dst
+            p.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, p)
+        # Byte-compile on the host (same bytecode as the guest's 3.11): TCG is slow.
+        subprocess.run(
+            [sys.executable, "-m", "compileall", "-q", "-j", "0",
+             "--invalidation-mode", "unchecked-hash", str(stage / "site")],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        bindir = stage / "bin"
+        bindir.mkdir()
+        for name, target in console_scripts().items():
+            mod, func = target.split(":")
+            script = bindir / name
+            script.write_text(
+                f"#!/opt/coco/bin/python\nimport sys\nfrom {mod} import {func}\nsys.exit({func}())\n"
+            )
+            script.chmod(0o755)
+        tmp_img = Path(tmp) / "project.ext4"
+        size_mb = int(
+            subprocess.run(["du", "-sm", str(stage)], capture_output=True, check=True).stdout.split()[0]
+        )
+        sh(
+            "mkfs.ext4",
+            "-q",
+            "-F",
+            "-L",
+            "cocoproject",
+            "-d",
+            str(stage),
+            str(tmp_img),
+            f"{size_mb * 2 + 16}M",
+        )
+        os.replace(tmp_img, img)
+    # Keep the cache small: project disks older than the newest few go.
+    disks = sorted(CACHE.glob("project-*.ext4"), key=lambda p: p.stat().st_mtime)
+    for old in disks[:-8]:
+        old.unlink(missing_ok=True)
+    return img
+
+
+def build() -> GuestImages:
+    """Build what is missing (as root) and return the paths; reuses the cache."""
+    import time
+
+    t0 = time.monotonic()
+    kver = kernel_version()
+    with cache_lock():
+        rootfs_dir, _ = build_rootfs(kver)
+        project = build_project_disk()
+    return GuestImages(
+        kernel=rootfs_dir / "vmlinuz",
+        initramfs=rootfs_dir / "initramfs.cpio.gz",
+        rootfs=rootfs_dir / "rootfs.ext4",
+        project=project,
+        built_seconds=round(time.monotonic() - t0, 1),
+    )
 
 
 def main() -> None:
-    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
+    argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0]).parse_args()
     if os.geteuid() != 0:
         raise SystemExit("build-guest: must run as root (debootstrap, chroot)")
-    print(build_guest())
+    images = build()
+    print(json.dumps({k: str(v) for k, v in asdict(images).items()}))
 
 
 if __name__ == "__main__":

@@ -1,17 +1,26 @@
-"""The guest-pull scenario run inside the coco-dev test VM.
+"""The guest-pull scenario run inside the coco-dev test VM (by /sbin/coco-init).
 
 It does what the Kata agent does for a pod with trusted storage and a
-guest-pulled image: writes AA/CDH configs, launches AA then CDH and waits for
-their sockets, secure-mounts ``/dev/trusted_store`` (the blank virtio disk)
-with LUKS2 + integrity at the image work dir over CDH's ttRPC socket, pulls
-the image through CDH ``PullImage``, and reports what it sees. Results are
-printed on the serial console as ``coco-guest: RESULT <json>`` lines; the
-host harness parses them.
+guest-pulled image:
 
-Configuration comes from the kernel command line: ``coco.cfg=<base64 JSON>``
-with ``kbs_url``, ``registry`` (host:port as seen from the guest),
-``pulls`` (list of ``{"image": ref, "expect": "ok"|"fail", "file": path}``),
-and optional ``cdh_image`` (extra ``[image]`` TOML lines).
+1. writes ``aa.toml`` / ``cdh.toml`` where the agent puts them from initdata
+   (``/run/confidential-containers/initdata/``) and launches AA then CDH with
+   the agent's built-in launch plan (AA ``--attestation_sock <upstream path>
+   -c aa.toml``, CDH ``-c cdh.toml`` with ``OCICRYPT_KEYPROVIDER_CONFIG``),
+   waiting for each socket;
+2. attests: AA ``GetToken("kbs")`` (sample evidence, RCAR with the KBS) and a
+   CDH ``GetResource`` of a probe resource;
+3. secure-mounts ``/dev/trusted_store`` (the blank virtio disk) with LUKS2 +
+   integrity at the image work dir over CDH's ttRPC socket, with the options
+   the agent sends;
+4. pulls each configured image through CDH ``PullImage`` into a bundle under
+   ``/run/kata-containers/<cid>`` and reports what it sees (expected failures
+   included), then the same checks for a second CDH whose credentials the KBS
+   denies.
+
+Results go to the serial console as ``coco-guest: RESULT <json>`` lines; the
+host harness (tests/integration/vm_harness.py) parses them. Configuration
+comes from the kernel command line: ``coco.cfg=<urlsafe base64 JSON>``.
 """
 
 from __future__ import annotations
@@ -28,12 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from coco_rpc import connect
-from coco_rpc.protos import api_pb2
+from coco_rpc.protos import api_pb2, attestation_agent_pb2
 
 AA_SOCK = "/run/confidential-containers/attestation-agent/attestation-agent.sock"
 CDH_SOCK = "/run/confidential-containers/cdh.sock"
 CONF_DIR = Path("/run/confidential-containers/initdata")
 WORK_DIR = "/run/kata-containers/image/"
+OCICRYPT_CONFIG = "/etc/ocicrypt_config.json"
+LAUNCH_TIMEOUT_S = 180  # Kata's default is 6 s on real hardware; TCG is ~20x slower
 T0 = time.monotonic()
 
 
@@ -52,7 +63,8 @@ def uptime() -> float:
 def config() -> dict[str, Any]:
     for tok in Path("/proc/cmdline").read_text().split():
         if tok.startswith("coco.cfg="):
-            cfg: dict[str, Any] = json.loads(base64.b64decode(tok.split("=", 1)[1]))
+            raw = tok.split("=", 1)[1]
+            cfg: dict[str, Any] = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
             return cfg
     raise SystemExit("no coco.cfg= on the kernel command line")
 
@@ -62,12 +74,12 @@ def launch(
 ) -> subprocess.Popen[bytes]:
     """Launch like the Kata agent: remove a stale socket, spawn, poll for the socket."""
     Path(sock).unlink(missing_ok=True)
-    log = open(f"/run/{name}.log", "wb")  # noqa: SIM115
+    log = open(f"/run/{name}.log", "wb")  # noqa: SIM115 - the child owns it
     proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
-    deadline = time.monotonic() + 120  # TCG is slow; Kata's default is 6 s on real hardware
-    while time.monotonic() < deadline:
+    t = time.monotonic()
+    while time.monotonic() - t < LAUNCH_TIMEOUT_S:
         if Path(sock).exists():
-            say(f"{name} socket up after {time.monotonic() - T0:.1f}s")
+            say(f"{name} socket up after {time.monotonic() - t:.1f}s (uptime {uptime():.1f}s)")
             return proc
         if proc.poll() is not None:
             break
@@ -77,17 +89,40 @@ def launch(
     raise SystemExit(1)
 
 
-def mount_source(mount_point: str) -> str | None:
+def mounts() -> list[tuple[str, str, str, str]]:
+    out = []
     for line in Path("/proc/mounts").read_text().splitlines():
-        dev, mnt = line.split()[:2]
-        if mnt.rstrip("/") == mount_point.rstrip("/"):
-            return dev
-    return None
+        dev, mnt, fstype, opts = line.split()[:4]
+        out.append((dev, mnt, fstype, opts))
+    return out
 
 
-def cryptsetup_status(mapper: str) -> dict[str, str]:
-    out = subprocess.run(["cryptsetup", "status", mapper], capture_output=True, text=True).stdout
-    say("cryptsetup status:\n" + out.rstrip())
+def mount_of(mount_point: str) -> tuple[str, str, str, str] | None:
+    want = mount_point.rstrip("/")
+    found = None
+    for m in mounts():
+        if m[1].rstrip("/") == want:
+            found = m  # the last one wins (mounted on top)
+    return found
+
+
+def luks_header(device: str) -> Path:
+    """CDH's detached LUKS2 header for ``device`` (sourceType=empty)."""
+    name = base64.urlsafe_b64encode(device.encode()).rstrip(b"=").decode()
+    return Path("/run/confidential-containers/cdh/luks-headers") / f"{name}.header"
+
+
+def cryptsetup_status(mapper: str, device: str) -> dict[str, str]:
+    """``cryptsetup status`` of the mapping, with CDH's detached header
+    (without it cryptsetup cannot tell the LUKS type and integrity)."""
+    args = ["cryptsetup", "status", mapper]
+    hdr = luks_header(device)
+    if hdr.exists():
+        args[2:2] = ["--header", str(hdr)]
+    say("$ " + " ".join(args))
+    out = subprocess.run(args, capture_output=True, text=True).stdout
+    for line in out.rstrip().splitlines():
+        say(f"  | {line}")
     fields: dict[str, str] = {}
     for line in out.splitlines():
         if ":" in line:
@@ -96,14 +131,54 @@ def cryptsetup_status(mapper: str) -> dict[str, str]:
     return fields
 
 
+def dm_name(dev: str) -> str:
+    """The device-mapper name of /dev/mapper/<name> or /dev/dm-N."""
+    real = Path(dev).resolve().name
+    name_file = Path("/sys/block") / real / "dm" / "name"
+    return name_file.read_text().strip() if name_file.exists() else Path(dev).name
+
+
+async def attest(aa: Any, cdh: Any, probe: str | None) -> None:
+    t = time.monotonic()
+    resp = await aa.call(
+        "attestation_agent.AttestationAgentService",
+        "GetToken",
+        attestation_agent_pb2.GetTokenRequest(TokenType="kbs"),
+        attestation_agent_pb2.GetTokenResponse,
+        timeout=300,
+    )
+    token = json.loads(resp.Token)["token"]  # the response also holds the TEE private key: never print it
+    payload = token.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    submods = claims.get("submods", {})
+    info: dict[str, Any] = {
+        "token_seconds": round(time.monotonic() - t, 1),
+        "submods": {k: v.get("ear.status") for k, v in submods.items() if isinstance(v, dict)},
+        "profile": claims.get("eat_profile"),
+    }
+    if probe:
+        r = await cdh.call(
+            "api.GetResourceService",
+            "GetResource",
+            api_pb2.GetResourceRequest(ResourcePath=probe),
+            api_pb2.GetResourceResponse,
+            timeout=300,
+        )
+        info["probe_resource"] = probe
+        info["probe_sha256"] = hashlib.sha256(r.Resource).hexdigest()
+    result("attest", **info)
+
+
 async def secure_mount(cdh: Any) -> dict[str, Any]:
     dev = Path("/dev/trusted_store")
-    maj_min = Path("/sys/block/vdb/dev").read_text().strip()
     if not dev.exists():
-        os.symlink("/dev/vdb", dev)
+        raise SystemExit("/dev/trusted_store is missing (no virtio disk with serial=trusted_store)")
+    blk = dev.resolve().name
+    maj_min = (Path("/sys/block") / blk / "dev").read_text().strip()
+    say(f"/dev/trusted_store -> /dev/{blk} ({maj_min}); SecureMount at {WORK_DIR}")
     req = api_pb2.SecureMountRequest(
         volume_type="block-device",
-        options={
+        options={  # what kata-agent sends for /dev/trusted_store (cdh_handler_trusted_storage)
             "deviceId": maj_min,
             "sourceType": "empty",
             "targetType": "fileSystem",
@@ -116,54 +191,103 @@ async def secure_mount(cdh: Any) -> dict[str, Any]:
     )
     t = time.monotonic()
     await cdh.call("api.SecureMountService", "SecureMount", req, api_pb2.SecureMountResponse, timeout=900)
-    src = mount_source(WORK_DIR)
-    if not src or ("/dev/mapper/" not in src and not src.startswith("/dev/dm-")):
+    m = mount_of(WORK_DIR)
+    if m is None:
+        raise SystemExit(f"nothing is mounted at {WORK_DIR} after SecureMount")
+    src = m[0]
+    if not src.startswith("/dev/mapper/") and not src.startswith("/dev/dm-"):
         raise SystemExit(f"work dir {WORK_DIR} is not on a device-mapper device: {src}")
-    mapper = Path(src).name
-    st = cryptsetup_status(mapper)
+    mapper = dm_name(src)
+    say(f"mount: {' '.join(m)}")
+    st = cryptsetup_status(mapper, f"/dev/{blk}")
+    say("$ dmsetup table")
+    table = subprocess.run(["dmsetup", "table"], capture_output=True, text=True).stdout
+    for line in table.rstrip().splitlines():
+        say(
+            "  | "
+            + " ".join(
+                "<key>" if len(w) >= 64 and w.strip("0123456789abcdef:") == "" else w for w in line.split()
+            )
+        )
+    targets = sorted({line.split()[3] for line in table.splitlines() if len(line.split()) > 3})
+    # The work dir's file system really lives on the dm-crypt device.
+    same_dev = os.stat(WORK_DIR).st_dev == os.stat(src).st_rdev
     info = {
         "mapper": mapper,
         "device": src,
+        "dm_device": "/dev/" + Path(src).resolve().name,
+        "backing": st.get("device", ""),
+        "type": st.get("type", ""),
         "cipher": st.get("cipher", ""),
+        "keysize": st.get("keysize", ""),
         "integrity": st.get("integrity", "none"),
+        "integrity_keysize": st.get("integrity keysize", ""),
+        "sector_size": st.get("sector size", ""),
+        "dm_targets": targets,
+        "work_dir_on_mapper": same_dev,
         "mount_point": WORK_DIR,
+        "fstype": m[2],
         "seconds": round(time.monotonic() - t, 1),
     }
     result("secure_mount", **info)
     return info
 
 
-async def pull(cdh: Any, n: int, spec: dict[str, Any]) -> dict[str, Any]:
-    bundle = f"/run/kata-containers/c{n}"
-    Path(bundle).mkdir(parents=True, exist_ok=True)
+def _bundle_state(bundle: Path) -> dict[str, Any]:
+    rootfs = bundle / "rootfs"
+    return {
+        "leftover": rootfs.exists() and any(rootfs.iterdir()),
+        "mounted": mount_of(str(rootfs)) is not None,
+        "config_json": (bundle / "config.json").exists(),
+    }
+
+
+async def pull(cdh: Any, cid: str, spec: dict[str, Any]) -> dict[str, Any]:
+    bundle = Path("/run/kata-containers") / cid
+    bundle.mkdir(parents=True, exist_ok=True)
+    label = spec.get("label", cid)
+    say(f"PullImage {spec['image']} -> {bundle} ({label})")
     t = time.monotonic()
-    req = api_pb2.ImagePullRequest(image_url=spec["image"], bundle_path=bundle)
+    req = api_pb2.ImagePullRequest(image_url=spec["image"], bundle_path=str(bundle))
     try:
         resp = await cdh.call(
             "api.ImagePullService", "PullImage", req, api_pb2.ImagePullResponse, timeout=900
         )
     except Exception as exc:
-        rootfs = Path(bundle) / "rootfs"
-        leftover = rootfs.exists() and any(rootfs.iterdir())
         out = {
+            "label": label,
             "image": spec["image"],
             "ok": False,
-            "error": str(exc)[:300],
-            "leftover": leftover,
-            "mounted": mount_source(str(rootfs)) is not None,
+            "error": str(exc)[:400],
+            "seconds": round(time.monotonic() - t, 1),
+            **_bundle_state(bundle),
         }
         result("pull", **out)
         return out
     seconds = round(time.monotonic() - t, 1)
-    data = (Path(bundle) / "rootfs" / spec["file"].lstrip("/")).read_bytes()
+    rootfs = bundle / "rootfs"
+    data = (rootfs / spec["file"].lstrip("/")).read_bytes()
+    m = mount_of(str(rootfs))
+    opts = dict(o.split("=", 1) for o in m[3].split(",") if "=" in o) if m else {}
+    work_dev = os.stat(WORK_DIR).st_dev
+    # overlay lowerdirs are relative to the layer store (short mount options); check the
+    # upper dir and every store entry lie on the work dir's (dm-crypt) file system
+    store = [Path(WORK_DIR) / e for e in sorted(os.listdir(WORK_DIR)) if e != "lost+found"]
+    say(f"rootfs: {' '.join(m) if m else 'not a mount point'}")
+    say(f"{spec['file']}: {data[:200].decode(errors='replace')!r}")
     out = {
+        "label": label,
         "image": spec["image"],
         "ok": True,
         "manifest_digest": resp.manifest_digest,
         "file": spec["file"],
         "file_text": data[:200].decode(errors="replace"),
         "file_sha256": hashlib.sha256(data).hexdigest(),
-        "rootfs_on": mount_source(str(Path(bundle) / "rootfs")),
+        "rootfs_fstype": m[2] if m else None,
+        "layers": len(opts.get("lowerdir", "").split(":")) if opts.get("lowerdir") else 0,
+        "upper_on_work_dir": opts.get("upperdir", "").startswith(WORK_DIR),
+        "store_entries": [e.name for e in store],
+        "store_on_work_dir": bool(store) and all(e.stat().st_dev == work_dev for e in store),
         "seconds": seconds,
         "uptime": uptime(),
     }
@@ -171,33 +295,81 @@ async def pull(cdh: Any, n: int, spec: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def cdh_toml(kbs_url: str, socket: str, image_toml: str) -> str:
+    return (
+        f'socket = "unix://{socket}"\n'
+        f'[aa]\naa_socket = "unix://{AA_SOCK}"\n'
+        f'[kbc]\nname = "cc_kbc"\nurl = "{kbs_url}"\n'
+        f'[image]\nwork_dir = "{WORK_DIR}"\n{image_toml}'
+    )
+
+
+async def deny_case(cfg: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]:
+    """A second CDH whose registry credentials the KBS refuses to release."""
+    sock = "/run/confidential-containers/cdh-deny.sock"
+    conf = CONF_DIR / "cdh-deny.toml"
+    conf.write_text(cdh_toml(cfg["kbs_url"], sock, spec["image_toml"]))
+    before = [m for m in mounts() if m[1].startswith("/run/kata-containers/")]
+    proc = launch(
+        ["confidential-data-hub", "-c", str(conf)],
+        sock,
+        "confidential-data-hub-deny",
+        {"OCICRYPT_KEYPROVIDER_CONFIG": OCICRYPT_CONFIG},
+    )
+    client = connect(f"unix://{sock}")
+    try:
+        out = await pull(client, "deny", {**spec, "label": "kbs-denied"})
+    finally:
+        await client.close()
+        proc.terminate()
+    after = [m for m in mounts() if m[1].startswith("/run/kata-containers/")]
+    out["new_mounts"] = [m[1] for m in after if m not in before]
+    result("deny", **out)
+    return out
+
+
 async def main() -> int:
     cfg = config()
-    say(f"scenario start at uptime {uptime():.1f}s")
+    rootfs_up = (
+        float(Path("/run/coco-rootfs-uptime").read_text())
+        if Path("/run/coco-rootfs-uptime").exists()
+        else None
+    )
+    say(f"scenario start at uptime {uptime():.1f}s (root fs mounted at {rootfs_up}s)")
     CONF_DIR.mkdir(parents=True, exist_ok=True)
     (CONF_DIR / "aa.toml").write_text(f'[token_configs.kbs]\nurl = "{cfg["kbs_url"]}"\n')
-    (CONF_DIR / "cdh.toml").write_text(
-        f'socket = "unix://{CDH_SOCK}"\n[aa]\naa_socket = "unix://{AA_SOCK}"\n'
-        f'[kbc]\nname = "cc_kbc"\nurl = "{cfg["kbs_url"]}"\n'
-        f'[image]\nwork_dir = "{WORK_DIR}"\n' + cfg.get("cdh_image", "")
-    )
-    aa = launch(
-        ["attestation-agent", "--attestation_sock", f"unix://{AA_SOCK}", "-c", str(CONF_DIR / "aa.toml")],
-        AA_SOCK,
-        "attestation-agent",
-    )
+    (CONF_DIR / "cdh.toml").write_text(cdh_toml(cfg["kbs_url"], CDH_SOCK, cfg.get("image_toml", "")))
+    # kata-agent's built-in plan: `-c <path>` only when the config file exists.
+    aa_args = ["attestation-agent", "--attestation_sock", f"unix://{AA_SOCK}"]
+    if (CONF_DIR / "aa.toml").exists():
+        aa_args += ["-c", str(CONF_DIR / "aa.toml")]
+    aa = launch(aa_args, AA_SOCK, "attestation-agent")
     cdh_proc = launch(
-        ["confidential-data-hub", "-c", str(CONF_DIR / "cdh.toml")], CDH_SOCK, "confidential-data-hub"
+        ["confidential-data-hub", "-c", str(CONF_DIR / "cdh.toml")],
+        CDH_SOCK,
+        "confidential-data-hub",
+        {"OCICRYPT_KEYPROVIDER_CONFIG": OCICRYPT_CONFIG},
     )
-    result("boot", boot_seconds=round(uptime(), 1))
+    result("boot", boot_seconds=rootfs_up, components_up_seconds=round(uptime(), 1))
     cdh = connect(f"unix://{CDH_SOCK}")
+    aa_client = connect(f"unix://{AA_SOCK}")
     rc = 0
     try:
+        await attest(aa_client, cdh, cfg.get("probe_resource"))
         await secure_mount(cdh)
         for n, spec in enumerate(cfg["pulls"]):
-            out = await pull(cdh, n, spec)
+            out = await pull(cdh, f"c{n}", spec)
             if out["ok"] != (spec.get("expect", "ok") == "ok"):
+                say(f"unexpected outcome for {spec.get('label')}: ok={out['ok']}")
                 rc = 1
+        if cfg.get("deny"):
+            out = await deny_case(cfg, cfg["deny"])
+            if out["ok"] or out["new_mounts"]:
+                rc = 1
+        st = os.statvfs(WORK_DIR)
+        result("work_dir", used_mb=round((st.f_blocks - st.f_bfree) * st.f_frsize / 2**20, 1), mounts=[
+            " ".join(m[:3]) for m in mounts() if m[1].startswith("/run/kata-containers")
+        ])  # fmt: skip
     except SystemExit as exc:
         say(f"failed: {exc}")
         rc = 1
@@ -206,13 +378,17 @@ async def main() -> int:
         rc = 1
     finally:
         await cdh.close()
-        if rc:
-            for name in ("attestation-agent", "confidential-data-hub"):
-                say(f"--- {name} log tail ---")
-                print(Path(f"/run/{name}.log").read_text(errors="replace")[-2500:], flush=True)
-        for p in (cdh_proc, aa):
-            p.terminate()
-    result("done", rc=rc)
+        await aa_client.close()
+        if rc or cfg.get("show_logs"):
+            for name in ("attestation-agent", "confidential-data-hub", "confidential-data-hub-deny"):
+                p = Path(f"/run/{name}.log")
+                if p.exists():
+                    say(f"--- {name} log tail ---")
+                    for line in p.read_text(errors="replace")[-2500:].splitlines():
+                        say(f"  {line}")
+        for proc in (cdh_proc, aa):
+            proc.terminate()
+    result("done", rc=rc, uptime=uptime())
     return rc
 
 

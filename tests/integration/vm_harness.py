@@ -1,0 +1,392 @@
+"""`make vm-test`: boot a coco-dev guest under QEMU (TCG) and pull onto LUKS2 inside it.
+
+The host side of issue 12:
+
+1. builds (or reuses) the guest with ``vm/build_guest.py`` (cached under
+   ``/var/cache/coco-py-vm`` by content hash);
+2. starts a real ``docker-registry`` (htpasswd auth, plain HTTP) and the
+   reference KBS on 127.0.0.1, pushes the test images, and seeds the KBS with
+   the ``kbs-client`` CLI: registry credentials, a probe resource and a
+   resource policy that releases everything except paths naming ``denied``;
+3. boots the guest (``-accel tcg``, user-mode networking: the guest reaches
+   the host's loopback services at QEMU's host alias 10.0.2.2, a blank
+   virtio disk with serial ``trusted_store`` that the guest init links to
+   ``/dev/trusted_store``) and reads ``coco-guest: RESULT`` lines from the
+   serial console with a bounded timeout;
+4. checks the results: attestation, the dm-crypt mapping under the image work
+   dir, the pulled file (its sha256 against what was pushed), the second pull
+   from the layer store, the tampered image and the KBS denial.
+
+``python -m tests.integration.vm_harness`` ends with ``vm: OK {json}`` (exit
+0) or ``vm: FAILED <reason>`` (exit 1); ``vm: SKIPPED <reason>`` (exit 0)
+where QEMU cannot run. :func:`run_scenario` is the API ``test_vm.py`` uses.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.support.kbs import start_kbs  # noqa: E402
+from tests.support.registry import RegistryServer, layer_tar, umoci_image  # noqa: E402
+from vm import build_guest  # noqa: E402
+
+__all__ = ["HOST_ALIAS", "VmScenarioError", "run_scenario", "skip_reason"]
+
+BIN = REPO / ".venv" / "bin"
+HOST_ALIAS = "10.0.2.2"  # QEMU user-mode networking: the host's loopback, seen from the guest
+VM_TIMEOUT_S = float(os.environ.get("COCO_VM_TIMEOUT", "780"))
+TRUSTED_STORE_MB = 768
+CMDLINE_MAX = 2000  # x86 COMMAND_LINE_SIZE is 2048
+DENY_POLICY = b"""package policy
+
+import rego.v1
+
+default allow := false
+
+# Release resources to the (sample) guest, except those whose path names "denied".
+allow if {
+	data.plugin == "resource"
+	not "denied" in data["resource-path"]
+}
+"""
+TOOLS = ("qemu-system-x86_64", "docker-registry", "skopeo", "umoci", "mkfs.ext4", "cpio", "debootstrap")
+
+Say = Callable[[str], None]
+
+
+class VmScenarioError(Exception):
+    """The guest scenario did not produce the expected results."""
+
+
+def skip_reason() -> str | None:
+    """None when this machine can run the VM scenario, else why not."""
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        return f"not installed: {', '.join(missing)} (make deps-vm installs them)"
+    if not list(Path("/boot").glob("vmlinuz-*-cloud-amd64")) and not os.environ.get("COCO_VM_KERNEL"):
+        return "no Debian cloud kernel in /boot (make deps-vm installs linux-image-cloud-amd64)"
+    if os.geteuid() != 0:
+        return "building the guest image needs root (debootstrap, chroot)"
+    probe = subprocess.run(
+        ["qemu-system-x86_64", "-accel", "help"], capture_output=True, text=True, timeout=30
+    )
+    if probe.returncode != 0 or "tcg" not in probe.stdout:
+        return "qemu-system-x86_64 has no TCG accelerator"
+    return None
+
+
+def _kbs_client(
+    kbs_url: str, *args: str, admin_token: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    cmd = [str(BIN / "kbs-client"), "--url", kbs_url]
+    if admin_token is not None:
+        cmd += ["config", "--admin-token-file", str(admin_token)]
+    return subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=120)
+
+
+def _seed(kbs_url: str, token: Path, args: list[str]) -> None:
+    cp = _kbs_client(kbs_url, *args, admin_token=token)
+    if cp.returncode != 0:
+        raise VmScenarioError(f"kbs-client {args[0]} failed: {(cp.stderr or cp.stdout)[-300:]}")
+
+
+def _tamper_blob(registry: RegistryServer, digest: str) -> None:
+    """Flip bytes of a stored blob behind the registry's back (it serves what is on disk)."""
+    algo, hexd = digest.split(":", 1)
+    data = registry.root / "data/docker/registry/v2/blobs" / algo / hexd[:2] / hexd / "data"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+
+
+def _layer_digests(layout_ref: str) -> list[str]:
+    lay, tag = layout_ref.rsplit(":", 1)
+    index = json.loads((Path(lay) / "index.json").read_text())
+    desc = next(
+        m
+        for m in index["manifests"]
+        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag
+    )
+    algo, hexd = desc["digest"].split(":")
+    manifest = json.loads((Path(lay) / "blobs" / algo / hexd).read_text())
+    return [layer["digest"] for layer in manifest["layers"]]
+
+
+@dataclasses.dataclass
+class _Console:
+    lines: list[str] = dataclasses.field(default_factory=list)
+    results: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    done: threading.Event = dataclasses.field(default_factory=threading.Event)
+
+
+def _boot(cmd: list[str], console_log: Path, say: Say, timeout: float) -> tuple[_Console, int, float]:
+    """Run QEMU, stream the serial console, stop at poweroff or the timeout."""
+    con = _Console()
+    t0 = time.monotonic()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    stdout = proc.stdout
+
+    def reader() -> None:
+        with console_log.open("w") as logf:
+            for raw in iter(stdout.readline, b""):
+                line = raw.decode(errors="replace").rstrip("\r\n").replace("\r", "")
+                logf.write(line + "\n")
+                logf.flush()
+                con.lines.append(line)
+                idx = line.find("coco-guest: ")
+                if idx < 0:
+                    continue
+                msg = line[idx + len("coco-guest: ") :]
+                if msg.startswith("RESULT "):
+                    try:
+                        con.results.append(json.loads(msg[len("RESULT ") :]))
+                    except json.JSONDecodeError:
+                        say(f"  [{time.monotonic() - t0:6.1f}s] unparsable RESULT line: {msg[:200]}")
+                        continue
+                say(f"  [{time.monotonic() - t0:6.1f}s] guest: {msg}")
+        con.done.set()
+
+    th = threading.Thread(target=reader, daemon=True)
+    th.start()
+    try:
+        rc = proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        th.join(5)
+        tail = "\n".join(con.lines[-30:])
+        raise VmScenarioError(
+            f"the guest did not power off within {timeout:.0f}s; console tail:\n{tail}"
+        ) from None
+    th.join(10)
+    return con, rc, time.monotonic() - t0
+
+
+def _one(results: list[dict[str, Any]], kind: str, **match: Any) -> dict[str, Any]:
+    for r in results:
+        if r.get("kind") == kind and all(r.get(k) == v for k, v in match.items()):
+            return r
+    raise VmScenarioError(f"the guest reported no {kind} result {match or ''}")
+
+
+def run_scenario(workdir: Path, *, say: Say = print, timeout: float = VM_TIMEOUT_S) -> dict[str, Any]:
+    """Run the whole scenario; returns the summary (the ``vm: OK`` JSON) or raises VmScenarioError."""
+    t_start = time.monotonic()
+    say("vm: building or reusing the guest image (vm/build_guest.py)")
+    images = build_guest.build()
+    say(
+        f"  kernel {images.kernel}\n  rootfs {images.rootfs}\n  project disk {images.project} ({images.built_seconds}s)"
+    )
+    registry = RegistryServer(workdir / "registry")  # htpasswd auth, plain HTTP
+    try:
+        guest_registry = f"{HOST_ALIAS}:{registry.port}"
+        nonce = os.urandom(8).hex()
+        file_body = f"pulled inside the coco-dev guest onto LUKS2 (run {nonce})\n".encode()
+        say(
+            f"vm: docker-registry on 127.0.0.1:{registry.port} (guest: {guest_registry}); pushing test images"
+        )
+        app_layers = [
+            layer_tar([
+                ("bin", "dir", None, 0o755),
+                ("bin/app", "file", b"#!/bin/sh\necho hello from a confidential container\n", 0o755),
+                ("etc", "dir", None, 0o755),
+                ("etc/motd", "file", b"removed by the next layer\n", 0o644),
+            ]),
+            layer_tar([
+                ("etc", "dir", None, 0o755),
+                ("etc/.wh.motd", "file", b"", 0o644),
+                ("etc/coco-vm.txt", "file", file_body, 0o644),
+            ]),
+        ]  # fmt: skip
+        app_ref = umoci_image(workdir, "app", app_layers, cmd="/bin/app")
+        registry.push(app_ref, "coco/app:v1")
+        bad_ref = umoci_image(
+            workdir,
+            "tampered",
+            [
+                layer_tar(
+                    [("etc", "dir", None, 0o755), ("etc/tampered.txt", "file", nonce.encode() * 64, 0o644)]
+                )
+            ],
+        )
+        registry.push(bad_ref, "coco/tampered:v1")
+        _tamper_blob(registry, _layer_digests(bad_ref)[0])
+
+        with start_kbs(workdir / "kbs", policy=None) as kbs:
+            guest_kbs = f"http://{HOST_ALIAS}:{kbs.port}"
+            say(f"vm: reference KBS on {kbs.url} (guest: {guest_kbs}); seeding with kbs-client")
+            auth = workdir / "auth.json"
+            auth.write_text(json.dumps(registry.auth_json(key=guest_registry)))
+            probe = workdir / "probe.txt"
+            probe.write_bytes(b"released to the guest after sample attestation " + nonce.encode())
+            policy = workdir / "resource-policy.rego"
+            policy.write_bytes(DENY_POLICY)
+            tok = kbs.admin_token_file
+            for args in (
+                ["set-resource", "--path", "default/credentials/test", "--resource-file", str(auth)],
+                ["set-resource", "--path", "default/credentials/denied", "--resource-file", str(auth)],
+                ["set-resource", "--path", "default/test/probe", "--resource-file", str(probe)],
+                ["set-resource-policy", "--policy-file", str(policy)],
+            ):
+                _seed(kbs.url, tok, args)
+            # The policy as seen by a sample-TEE client on the host, before the guest relies on it.
+            if _kbs_client(kbs.url, "get-resource", "--path", "default/test/probe").returncode != 0:
+                raise VmScenarioError("the KBS refuses the probe resource to a sample TEE on the host")
+            if _kbs_client(kbs.url, "get-resource", "--path", "default/credentials/denied").returncode == 0:
+                raise VmScenarioError("the KBS releases default/credentials/denied despite the policy")
+
+            def image_toml(creds: str) -> str:
+                return (
+                    f'authenticated_registry_credentials_uri = "kbs:///default/credentials/{creds}"\n'
+                    f'[[image.registry_config.registry]]\nlocation = "{guest_registry}"\ninsecure = true\n'
+                )
+
+            app = f"{guest_registry}/coco/app:v1"
+            cfg = {
+                "kbs_url": guest_kbs,
+                "probe_resource": "kbs:///default/test/probe",
+                "image_toml": image_toml("test"),
+                "pulls": [
+                    {"label": "first", "image": app, "file": "etc/coco-vm.txt"},
+                    {"label": "again", "image": app, "file": "etc/coco-vm.txt"},
+                    {"label": "tampered", "image": f"{guest_registry}/coco/tampered:v1", "expect": "fail",
+                     "file": "etc/tampered.txt"},
+                ],
+                "deny": {"image": app, "file": "etc/coco-vm.txt", "image_toml": image_toml("denied")},
+            }  # fmt: skip
+            enc = (
+                base64.urlsafe_b64encode(json.dumps(cfg, separators=(",", ":")).encode()).decode().rstrip("=")
+            )
+            cmdline = f"console=ttyS0 quiet panic=-1 coco.cfg={enc}"
+            if len(cmdline) > CMDLINE_MAX:
+                raise VmScenarioError(
+                    f"guest config too long for the kernel command line ({len(cmdline)} bytes)"
+                )
+            blank = workdir / "trusted_store.img"
+            with blank.open("wb") as f:
+                f.truncate(TRUSTED_STORE_MB << 20)
+            cmd = [
+                "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2",
+                "-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot",
+                "-kernel", str(images.kernel), "-initrd", str(images.initramfs), "-append", cmdline,
+                "-drive", f"file={images.rootfs},if=none,id=root,format=raw,readonly=on",
+                "-device", "virtio-blk-pci,drive=root",
+                "-drive", f"file={images.project},if=none,id=proj,format=raw,readonly=on",
+                "-device", "virtio-blk-pci,drive=proj,serial=cocoproject",
+                "-drive", f"file={blank},if=none,id=ts,format=raw,cache=unsafe",
+                "-device", "virtio-blk-pci,drive=ts,serial=trusted_store",
+                "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile=",
+            ]  # fmt: skip
+            say(f"vm: booting the guest (TCG, 2 vCPUs, 2 GiB; timeout {timeout:.0f}s)")
+            con, qemu_rc, vm_seconds = _boot(cmd, workdir / "console.log", say, timeout)
+        return _summarise(con.results, qemu_rc, vm_seconds, file_body, t_start)
+    finally:
+        registry.stop()
+
+
+def _summarise(
+    results: list[dict[str, Any]], qemu_rc: int, vm_seconds: float, file_body: bytes, t_start: float
+) -> dict[str, Any]:
+    if qemu_rc != 0:
+        raise VmScenarioError(f"qemu exited with {qemu_rc}")
+    done = _one(results, "done")
+    boot = _one(results, "boot")
+    att = _one(results, "attest")
+    sm = _one(results, "secure_mount")
+    first = _one(results, "pull", label="first")
+    again = _one(results, "pull", label="again")
+    bad = _one(results, "pull", label="tampered")
+    deny = _one(results, "deny")
+    problems = []
+    if done.get("rc") != 0:
+        problems.append(f"the guest scenario failed (rc {done.get('rc')})")
+    if not sm["work_dir_on_mapper"]:
+        problems.append("the work dir's file system is not on the dm-crypt device")
+    if "aes" not in sm["cipher"].lower():
+        problems.append(f"work dir not on AES dm-crypt: {sm['cipher']}")
+    if "hmac" not in sm["integrity"].lower():
+        problems.append(f"no dm-integrity on the work dir: {sm['integrity']}")
+    for p in (first, again):
+        if not p["ok"]:
+            problems.append(f"pull {p['label']} failed: {p.get('error')}")
+        elif p["file_sha256"] != hashlib.sha256(file_body).hexdigest():
+            problems.append(f"pull {p['label']}: {p['file']} differs from what was pushed")
+        elif not (p["upper_on_work_dir"] and p["store_on_work_dir"]):
+            problems.append(f"pull {p['label']}: the bundle's layers are not on the work dir")
+    if first.get("ok") and again.get("ok") and first["manifest_digest"] != again["manifest_digest"]:
+        problems.append("the second pull resolved another manifest")
+    if bad["ok"] or bad["leftover"] or bad["mounted"]:
+        problems.append(f"tampered image: ok={bad['ok']} leftover={bad['leftover']} mounted={bad['mounted']}")
+    if deny["ok"] or deny["leftover"] or deny["mounted"] or deny["new_mounts"]:
+        problems.append(
+            f"KBS denial: ok={deny['ok']} leftover={deny['leftover']} new_mounts={deny['new_mounts']}"
+        )
+    if problems:
+        raise VmScenarioError("; ".join(problems))
+    return {
+        "mapper": sm["mapper"],
+        "dm_device": sm["dm_device"],
+        "backing": sm["backing"],
+        "cipher": sm["cipher"],
+        "keysize": sm["keysize"],
+        "integrity": sm["integrity"],
+        "dm_targets": sm["dm_targets"],
+        "mount_point": sm["mount_point"],
+        "manifest_digest": first["manifest_digest"],
+        "file": first["file"],
+        "file_text": first["file_text"],
+        "file_sha256": first["file_sha256"],
+        "boot_seconds": boot["boot_seconds"],
+        "components_up_seconds": boot["components_up_seconds"],
+        "attestation": att["submods"],
+        "secure_mount_seconds": sm["seconds"],
+        "first_pull_seconds": first["seconds"],
+        "second_pull_seconds": again["seconds"],
+        "tampered_error": bad["error"][:160],
+        "kbs_denied_error": deny["error"][:160],
+        "vm_seconds": round(vm_seconds, 1),
+        "total_seconds": round(time.monotonic() - t_start, 1),
+    }
+
+
+def main() -> int:
+    reason = skip_reason()
+    if reason:
+        print(f"vm: SKIPPED {reason}")
+        return 0
+    keep = os.environ.get("COCO_VM_KEEP")
+    workdir = Path(tempfile.mkdtemp(prefix="coco-vm-"))
+    try:
+        summary = run_scenario(workdir)
+    except VmScenarioError as exc:
+        print(f"vm: FAILED {exc}")
+        print(f"vm: console log in {workdir / 'console.log'}")
+        keep = "1"
+        return 1
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print("vm: OK " + json.dumps(summary, sort_keys=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
