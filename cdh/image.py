@@ -16,7 +16,7 @@ import logging
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomli_w
 
@@ -25,10 +25,10 @@ from cdh.config import ImageConfig, RegistryConfigFile, parse_registry_config
 from cdh.errors import CdhError, ConfigError, ImagePullFailed
 from cdh.kbc import ResourceGetter
 from coco_rpc import RpcError, parse_address
-from image_pull.errors import ImagePullError
-from image_pull.hooks import KeyUnwrapper
-from image_pull.puller import ImagePuller, ProxyConfig, PullerConfig
-from image_pull.registries_conf import RegistryConfig
+
+if TYPE_CHECKING:  # image_pull is imported when the first pull needs it
+    from image_pull.hooks import KeyUnwrapper
+    from image_pull.puller import PullerConfig
 
 __all__ = ["MEASUREMENT_DOMAIN", "ImagePullHandler", "measurement_content"]
 
@@ -98,6 +98,10 @@ class ImagePullHandler:
 
     async def build_config(self) -> PullerConfig:
         """The :class:`image_pull.puller.PullerConfig` for ``[image]``."""
+        from image_pull.errors import ImagePullError
+        from image_pull.puller import ProxyConfig, PullerConfig
+        from image_pull.registries_conf import RegistryConfig
+
         c = self.cfg
         auth = None
         if c.authenticated_registry_credentials_uri:
@@ -149,6 +153,8 @@ class ImagePullHandler:
             if self._factory is not None:
                 self._puller = self._factory(config)
             else:
+                from image_pull.puller import ImagePuller
+
                 self._puller = ImagePuller(config)
         return self._puller
 
@@ -162,6 +168,8 @@ class ImagePullHandler:
                 puller = await self._get_puller()
             except CdhError as exc:
                 raise ImagePullFailed(f"cannot set up the image client: {exc}") from exc
+            except Exception as exc:  # image_pull missing/broken, or it refused the config
+                raise ImagePullFailed(f"cannot set up the image client: {type(exc).__name__}: {exc}") from exc
             try:
                 result = await puller.pull(image_url, Path(bundle_path))
             except CdhError:
