@@ -17,24 +17,47 @@ The worker never touches the network and writes only below ``dest``.
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
+
+from image_pull.errors import ImagePullError, InsufficientSpace, UnpackError
+from image_pull.stream import HashingReader
+from image_pull.unpack import EntryConflict, UnpackOptions, open_decompressed, unpack_layer
 
 __all__ = ["main", "run_job"]
 
 MAX_JOB = 1 << 16
 
 
-def run_job(job: dict[str, Any], stream: Any) -> dict[str, Any]:
-    from image_pull.errors import ImagePullError, InsufficientSpace, UnpackError
-    from image_pull.puller import _unpack
-    from image_pull.stream import HashingReader
-    from image_pull.unpack import open_decompressed
+class _MissingHardlinkTarget(UnpackError):
+    """A hardlink points at a file of a lower layer (needs the lowers to unpack)."""
 
+
+def _unpack(
+    reader: BinaryIO, dest: Path, compressed_size: int, *, flatten: bool
+) -> tuple[tuple[str, str], ...]:
+    """Unpack one layer; returns hardlinks whose target lives in a lower layer (when deferred)."""
+    opts = UnpackOptions(flatten=flatten)
+    defer = "defer_missing_hardlinks" in UnpackOptions.__dataclass_fields__
+    if defer and not flatten:
+        opts = dataclasses.replace(opts, defer_missing_hardlinks=True)  # type: ignore[call-arg,unused-ignore]
+    try:
+        stats = unpack_layer(reader, dest, options=opts, compressed_size=compressed_size)
+    except EntryConflict as exc:
+        msg = str(exc)
+        if not flatten and "hardlink target" in msg and "does not exist" in msg:
+            raise _MissingHardlinkTarget(msg) from None
+        raise
+    deferred = getattr(stats, "deferred_hardlinks", ())
+    return tuple((os.fsdecode(a), os.fsdecode(b)) for a, b in deferred)
+
+
+def run_job(job: dict[str, Any], stream: Any) -> dict[str, Any]:
     try:
         dec = open_decompressed(stream, str(job["media_type"]))
         hr = HashingReader(dec, str(job["diff_algo"]), limit=int(job["max_layer_bytes"]))

@@ -10,14 +10,16 @@ download (event loop) --ChunkPipe--> [decrypt] -> decompress -> HashingReader(di
 
 from __future__ import annotations
 
-import asyncio
 import collections
 import hashlib
 import io
 import threading
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 from image_pull.errors import ImagePullError, UnpackError
+
+if TYPE_CHECKING:
+    import asyncio
 
 __all__ = [
     "ChunkPipe",
@@ -43,6 +45,8 @@ class ChunkPipe(io.RawIOBase):
         self._eof = False
         self._error: BaseException | None = None
         self._consumer_gone = False
+        import asyncio  # lazily: the worker process imports this module without an event loop
+
         self._cond = threading.Condition()
         self._space = asyncio.Event()
         self._space.set()

@@ -455,11 +455,6 @@ def test_cli_prints_digest_and_fails_with_one_line(
     assert cp.returncode == 1
     lines = cp.stderr.decode().strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("coco-image pull:") and "HTTP 401" in lines[0]
-    for flag, val in (("--decryption-key", str(registry.authfile)),):
-        cp = subprocess.run(
-            [*base, "--bundle", str(tmp_path / "d"), flag, val], capture_output=True, timeout=60
-        )
-        assert cp.returncode != 0 and b"not available" in cp.stderr
 
 
 # ---------------------------------------------------------------------- proxies, registries.conf, processes
