@@ -101,8 +101,16 @@ def clean_path(untrusted_name: bytes) -> bytes:
 
     ``..`` cannot climb above the root; the empty result means the root itself.
     """
+    name = untrusted_name
+    if name[:2] == b"./":
+        name = name[2:]
+    if name[-1:] == b"/":
+        name = name.rstrip(b"/")
+    split = name.split(b"/")
+    if b"" not in split and b"." not in split and b".." not in split:
+        return name  # already clean (the common case)
     parts: list[bytes] = []
-    for comp in untrusted_name.split(b"/"):
+    for comp in split:
         if comp == b"" or comp == b".":
             continue
         if comp == b"..":

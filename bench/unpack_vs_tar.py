@@ -1,0 +1,179 @@
+"""Layer unpack: ``image_pull.unpack.unpack_layer`` against GNU tar on the same layer and filesystem.
+
+Generates a source tree (``--files`` files in nested directories: mostly
+small files, some medium and large, plus symlinks and hardlinks; contents
+half random, half text so gzip behaves like on real images), packs it once
+with GNU tar (``--format=pax --numeric-owner``), gzips it, then for each
+target filesystem (tmpfs ``/dev/shm`` and disk ``/var/tmp``) measures,
+``--reps`` times each into a fresh directory:
+
+* GNU ``tar -xf`` / ``tar -xzf`` (as root tar restores owners and modes too),
+* our ``unpack_layer`` (plain) and ``unpack_layer(open_decompressed(...))``
+  (gzip), each in its own process, timed around the call.
+
+Reports medians of wall time, files/s, MB/s (uncompressed tar bytes), CPU
+(user+sys of the process) and peak RSS, and the ratio ours / GNU tar. Usage:
+
+    .venv/bin/python bench/unpack_vs_tar.py [--files 20000] [--reps 3] [--targets shm,disk]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGETS = {"shm": "/dev/shm", "disk": "/var/tmp"}
+
+OURS = r"""
+import sys, time
+from pathlib import Path
+sys.path.insert(0, sys.argv[3])
+from image_pull.unpack import open_decompressed, unpack_layer
+with open(sys.argv[1], "rb") as raw:
+    t = time.monotonic()
+    stats = unpack_layer(open_decompressed(raw), Path(sys.argv[2]))
+    print(time.monotonic() - t, stats.entries)
+"""
+
+
+def make_tree(src: Path, files: int, seed: int = 7) -> tuple[int, int]:
+    rng = random.Random(seed)
+    text = b"the quick brown fox jumps over the lazy dog 0123456789\n" * 64
+    made = 0
+    total = 0
+    dirs = [src]
+    src.mkdir(parents=True)
+    regular: list[Path] = []
+    while made < files:
+        if made % 20 == 0:
+            parent = rng.choice(dirs[-50:])
+            d = parent / f"d{len(dirs)}"
+            d.mkdir()
+            dirs.append(d)
+        d = dirs[-1] if rng.random() < 0.7 else rng.choice(dirs)
+        r = rng.random()
+        p = d / f"f{made}"
+        if r < 0.04 and regular:
+            p.symlink_to(os.path.relpath(rng.choice(regular), d))
+        elif r < 0.05 and regular:
+            os.link(rng.choice(regular), p)
+        else:
+            u = rng.random()
+            size = (
+                rng.randint(0, 4096)
+                if u < 0.7
+                else rng.randint(4096, 32768)
+                if u < 0.95
+                else rng.randint(65536, 262144)
+            )
+            half = size // 2
+            data = rng.randbytes(half) + (text * (size // len(text) + 1))[: size - half]
+            p.write_bytes(data)
+            os.chmod(p, rng.choice([0o644, 0o755, 0o600, 0o4755]))
+            regular.append(p)
+            total += size
+        made += 1
+    return made + len(dirs), total
+
+
+def run_timed(argv: list[str]) -> tuple[float, float, float, str]:
+    """(wall s, cpu s, peak RSS MiB, stdout) of one child process."""
+    t = time.monotonic()
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    _pid, status, ru = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - t
+    out = proc.stdout.read().decode() if proc.stdout else ""
+    err = proc.stderr.read().decode() if proc.stderr else ""
+    if status != 0:
+        raise SystemExit(f"{argv[0]} failed: {err[-2000:]}")
+    return wall, ru.ru_utime + ru.ru_stime, ru.ru_maxrss / 1024, out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--files", type=int, default=20000)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--targets", default="shm,disk")
+    args = ap.parse_args()
+    if shutil.which("tar") is None:
+        print("GNU tar not found; nothing to compare with")
+        return 1
+    work = Path(tempfile.mkdtemp(prefix="unpack-bench-", dir="/var/tmp"))
+    try:
+        src = work / "src"
+        t = time.monotonic()
+        entries, data_bytes = make_tree(src, args.files)
+        layer = work / "layer.tar"
+        subprocess.run(
+            ["tar", "-C", str(src), "--format=pax", "--numeric-owner", "--sort=name", "-cf", str(layer), "."],
+            check=True,
+        )
+        subprocess.run(["gzip", "-k", "-6", str(layer)], check=True)
+        shutil.rmtree(src)
+        tar_mb = layer.stat().st_size / 1e6
+        gz_mb = Path(str(layer) + ".gz").stat().st_size / 1e6
+        print(
+            f"layer: {entries} entries, {data_bytes / 1e6:.1f} MB file data, tar {tar_mb:.1f} MB, "
+            f"gzip {gz_mb:.1f} MB (built in {time.monotonic() - t:.1f}s); reps={args.reps}, medians"
+        )
+        print(
+            f"{'target':6} {'codec':5} {'tool':9} {'wall s':>7} {'files/s':>9} {'MB/s':>7} {'cpu s':>6} {'RSS MB':>7}"
+        )
+        for tname in args.targets.split(","):
+            base = Path(TARGETS[tname]) / f"unpack-bench-{os.getpid()}"
+            base.mkdir(parents=True)
+            try:
+                for codec, blob in (("plain", layer), ("gzip", Path(str(layer) + ".gz"))):
+                    staged = base / blob.name
+                    shutil.copyfile(blob, staged)
+                    results: dict[str, list[tuple[float, float, float]]] = {"gnu-tar": [], "ours": []}
+                    for rep in range(args.reps):
+                        for tool in ("gnu-tar", "ours"):
+                            dest = base / f"{tool}-{rep}"
+                            dest.mkdir()
+                            if tool == "gnu-tar":
+                                argv = [
+                                    "tar",
+                                    "-xzf" if codec == "gzip" else "-xf",
+                                    str(staged),
+                                    "-C",
+                                    str(dest),
+                                ]
+                                wall, cpu, rss, _ = run_timed(argv)
+                            else:
+                                argv = [sys.executable, "-c", OURS, str(staged), str(dest), str(ROOT)]
+                                _wall, cpu, rss, out = run_timed(argv)
+                                wall = float(out.split()[0])  # the call itself, not interpreter start
+                            results[tool].append((wall, cpu, rss))
+                            shutil.rmtree(dest)
+                    med = {
+                        k: tuple(statistics.median(x[i] for x in v) for i in range(3))
+                        for k, v in results.items()
+                    }
+                    for tool, (wall, cpu, rss) in med.items():
+                        print(
+                            f"{tname:6} {codec:5} {tool:9} {wall:7.2f} {entries / wall:9.0f} {tar_mb / wall:7.1f} "
+                            f"{cpu:6.2f} {rss:7.1f}"
+                        )
+                    print(
+                        f"{tname:6} {codec:5} ratio ours/tar = {med['ours'][0] / med['gnu-tar'][0]:.2f}x wall"
+                    )
+                    staged.unlink()
+            finally:
+                shutil.rmtree(base, ignore_errors=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
