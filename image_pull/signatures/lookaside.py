@@ -43,7 +43,9 @@ def _legacy_or_simple(blob: bytes) -> bytes:
     return blob
 
 
-async def fetch_lookaside(base: str, ref: Reference, digest: str, http: httpx.AsyncClient) -> list[bytes]:
+async def fetch_lookaside(
+    base: str, ref: Reference, digest: str, http: httpx.AsyncClient | None = None
+) -> list[bytes]:
     algo, _, hexd = digest.partition(":")
     rel = f"{ref.repository}@{algo}={hexd}"
     out: list[bytes] = []
@@ -67,6 +69,14 @@ async def fetch_lookaside(base: str, ref: Reference, digest: str, http: httpx.As
         return out
     if u.scheme not in ("http", "https"):
         raise SignatureRejected("lookaside URL must be file://, http:// or https://")
+    if http is None:
+        async with httpx.AsyncClient(trust_env=False, timeout=httpx.Timeout(60.0, connect=30.0)) as own:
+            return await _fetch_http(base, rel, own)
+    return await _fetch_http(base, rel, http)
+
+
+async def _fetch_http(base: str, rel: str, http: httpx.AsyncClient) -> list[bytes]:
+    out: list[bytes] = []
     for n in range(1, MAX_SIGNATURES + 1):
         url = f"{base.rstrip('/')}/{rel}/signature-{n}"
         try:

@@ -104,7 +104,7 @@ class _Pull:
             base = self.tp.registries_d.lookaside_for(ref)
             for d in self.digests:
                 if base is not None:
-                    out += await fetch_lookaside(base, ref, d, self.tp.http or self.ctx.registry._http)
+                    out += await fetch_lookaside(base, ref, d, self.tp.http)
                 try:
                     out += await fetch_registry_extension(self.ctx.registry, ref, d)
                 except SignatureRejected:
