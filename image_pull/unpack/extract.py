@@ -91,6 +91,10 @@ class UnpackOptions:
     """Refuse archives that stop at an entry boundary without the two zero blocks."""
     use_openat2: bool = True
     """Use openat2(RESOLVE_IN_ROOT) when the kernel has it (the fd walk otherwise)."""
+    defer_missing_hardlinks: bool = False
+    """Record hardlinks whose target is not in DEST (in overlay form: it lives in a lower
+    layer) in ``UnpackStats.deferred_hardlinks`` instead of failing; the caller copies the
+    target up from the lowers and links it, as overlayfs would."""
 
 
 @dataclass(frozen=True)
@@ -112,6 +116,9 @@ class UnpackStats:
     """Uncompressed archive bytes consumed (to the end of the stream)."""
     xattrs_skipped: int
     seconds: float
+    deferred_hardlinks: tuple[tuple[bytes, bytes], ...] = ()
+    """(link path, target path), both clean and relative to DEST, in archive order; only with
+    ``defer_missing_hardlinks``. A target is never itself a deferred link (chains are followed)."""
 
 
 class _Counts:
@@ -145,6 +152,7 @@ class _Unpacker:
         self.written: set[tuple[int, bytes]] = set()
         self.dir_times: dict[bytes, tuple[int, int]] = {}
         self.dir_modes: dict[bytes, int] = {}
+        self.deferred: dict[bytes, bytes] = {}
         self.n = _Counts()
 
     # -- helpers -------------------------------------------------------------
@@ -400,6 +408,8 @@ class _Unpacker:
         try:
             tpfd, _tpino = self.root.directory(tparent, create=False)
         except EntryConflict:
+            if self._defer(path, pfd, name, target):
+                return
             raise self._fail(
                 entry, f"hardlink target {describe_name(entry.linkname)} does not exist"
             ) from None
@@ -424,15 +434,24 @@ class _Unpacker:
                     break  # already that file
                 self._make_room(pfd, name, keep_dir=False)
             except FileNotFoundError:
-                raise self._fail(
-                    entry, f"hardlink target {describe_name(entry.linkname)} does not exist"
-                ) from None
+                if self._defer(path, pfd, name, target):
+                    return
+                msg = f"hardlink target {describe_name(entry.linkname)} does not exist"
+                raise self._fail(entry, msg) from None
             except OSError as exc:
                 if exc.errno == errno.EPERM:
                     raise self._fail(entry, "hardlink target is a directory or not linkable") from None
                 raise self._fail(entry, "cannot create hardlink", exc) from None
         self.written.add((pino, name))
         self.n.hardlinks += 1
+
+    def _defer(self, path: bytes, pfd: int, name: bytes, target: bytes) -> bool:
+        if not self.opts.defer_missing_hardlinks:
+            return False
+        self._make_room(pfd, name, keep_dir=False)
+        self.deferred[path] = self.deferred.get(target, target)
+        self.n.hardlinks += 1
+        return True
 
     def special(self, entry: TarEntry, pfd: int, pino: int, name: bytes) -> None:
         if entry.kind is EntryType.FIFO:
@@ -561,11 +580,15 @@ class _Unpacker:
                 if any(c.startswith(_META_PREFIX) for c in path.split(b"/")):
                     continue  # aufs metadata (.wh..wh.plnk, ...): never extracted
             if name.startswith(_WHITEOUT):
+                if self.deferred:
+                    self.deferred.pop((parent + b"/" if parent else b"") + name[4:], None)
                 self.whiteout(entry, parent, name[4:])
                 continue
             if not path:
                 self.root_entry(entry)
                 continue
+            if self.deferred:
+                self.deferred.pop(path, None)  # a later entry replaces a deferred link
             kind = entry.kind
             pfd, pino = root.directory(parent, create=True)
             if parent not in self.dir_times:
@@ -679,4 +702,5 @@ def unpack_layer(
         tar_bytes=reader.position,
         xattrs_skipped=n.xattrs_skipped,
         seconds=time.monotonic() - started,
+        deferred_hardlinks=tuple(unpacker.deferred.items()),
     )

@@ -319,3 +319,21 @@ def test_not_root_rootless_fallbacks(tmp_path: Path) -> None:
 
 def test_pad_helper_blocks() -> None:
     assert len(pad(b"x")) == 512 and len(header(b"n")) == 512
+
+
+def test_deferred_hardlinks_to_lower_layers(tmp_path: Path) -> None:
+    t = (
+        Tar()
+        .hardlink("b", "lower/a")  # target lives in a lower layer
+        .hardlink("c", "b")  # chain: recorded against the real target
+        .hardlink("gone", "lower/x")
+        .file("gone", b"replaced later in the layer")
+        .file("here", b"h")
+        .hardlink("here-link", "here")  # present: linked at once
+    )
+    stats = unpack(bytes(t), tmp_path / "l", defer_missing_hardlinks=True)
+    assert stats.deferred_hardlinks == ((b"b", b"lower/a"), (b"c", b"lower/a"))
+    assert not os.path.lexists(tmp_path / "l/b") and not os.path.lexists(tmp_path / "l/c")
+    assert os.stat(tmp_path / "l/here-link").st_ino == os.stat(tmp_path / "l/here").st_ino
+    with pytest.raises(EntryConflict, match="does not exist"):
+        unpack(bytes(t), tmp_path / "m")
