@@ -17,6 +17,7 @@ __all__ = ["main"]
 _COMMANDS = {
     "pull": ("image_pull.pull_cli", "pull an image into a bundle (rootfs/ + config.json)"),
     "unpack-layer": ("image_pull.unpack.cli", "unpack one layer tarball into a directory"),
+    "gc": ("image_pull.store_cli", "release bundles and remove unreferenced layers from the store"),
 }
 
 

@@ -586,3 +586,49 @@ async def test_two_pulls_into_one_bundle_one_wins(
         )
         == 1
     )
+
+
+def test_gc_cli_releases_bundles_and_removes_layers(
+    registry: RegistryServer, images: dict[str, str], tmp_path: Path, cleanup_mounts: None
+) -> None:
+    work = tmp_path / "w"
+    base = [sys.executable, "-m", "image_pull.cli"]
+    cp = subprocess.run(
+        [
+            *base,
+            "pull",
+            images["std"],
+            "--plain-http",
+            registry.host,
+            "--work-dir",
+            str(work),
+            "--bundle",
+            str(tmp_path / "b"),
+            "--auth-file",
+            str(registry.authfile),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    assert cp.returncode == 0, cp.stderr.decode()
+    digest = cp.stdout.decode().split()[0]
+    assert os.path.ismount(tmp_path / "b/rootfs")
+    cp = subprocess.run([*base, "gc", "--work-dir", str(work)], capture_output=True, timeout=60)
+    assert cp.returncode == 0 and cp.stdout == b""  # everything still referenced
+    cp = subprocess.run(
+        [
+            *base,
+            "gc",
+            "--work-dir",
+            str(work),
+            "--release-bundle",
+            str(tmp_path / "b"),
+            "--remove-image",
+            digest,
+        ],
+        capture_output=True,
+        timeout=60,
+    )
+    assert cp.returncode == 0, cp.stderr.decode()
+    assert len(cp.stdout.decode().split()) == 2
+    assert not os.path.ismount(tmp_path / "b/rootfs") and not any((work / "layers").iterdir())
