@@ -329,6 +329,8 @@ def _verify_chain(
             raise SignatureRejected("a certificate in the signing chain was not valid at signing time")
         if cur.public_bytes(serialization.Encoding.DER) in root_ders:
             return
+        if cur.subject == cur.issuer:
+            break  # a self-issued certificate that is not a trust root
         issuer = None
         for cand in pool:
             if cand.subject != cur.issuer:
@@ -346,9 +348,11 @@ def _verify_chain(
             issuer = cand
             break
         if issuer is None:
-            raise SignatureRejected("signing certificate does not chain to the trusted CA")
+            break
         cur = issuer
-    raise SignatureRejected("certificate chain too long")
+    else:
+        raise SignatureRejected("certificate chain too long")
+    raise SignatureRejected("signing certificate does not chain to the trusted CA")
 
 
 def _leaf_checks(leaf: x509.Certificate) -> None:
