@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -165,20 +166,10 @@ def main() -> int:
             )
             bundle = tmp / "bundle"
             t = time.monotonic()
-            digest = (
-                run(
-                    str(BIN / "cdh-oneshot"),
-                    "--socket",
-                    f"unix://{cdh_sock}",
-                    "pull-image",
-                    "--image-url",
-                    image,
-                    "--bundle-path",
-                    str(bundle),
-                )
-                .strip()
-                .splitlines()[-1]
-            )
+            out = run(str(BIN / "cdh-oneshot"), "--socket", f"unix://{cdh_sock}", "pull-image",
+                      "--image-url", image, "--bundle-path", str(bundle))  # fmt: skip
+            found = re.search(r"sha256:[0-9a-f]{64}", out)
+            digest = found.group(0) if found else ""
             pull_s = time.monotonic() - t
             print(f"  manifest digest: {digest}  ({pull_s:.2f}s)")
 
