@@ -96,6 +96,15 @@ class UnpackOptions:
     layer) in ``UnpackStats.deferred_hardlinks`` instead of failing; the caller copies the
     target up from the lowers and links it, as overlayfs would."""
 
+    def __post_init__(self) -> None:
+        if self.overlay_xattr_prefix not in ("trusted.overlay.", "user.overlay."):
+            raise ValueError("overlay_xattr_prefix must be 'trusted.overlay.' or 'user.overlay.'")
+        for name in ("max_entries", "max_total_bytes", "max_path_length", "max_component_length"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive")
+        if self.max_expansion_ratio <= 0:
+            raise ValueError("max_expansion_ratio must be positive")
+
 
 @dataclass(frozen=True)
 class UnpackStats:
@@ -261,7 +270,11 @@ class _Unpacker:
                 existing = []
             wanted = {k for k, _v in entry.xattrs}
             for key in existing:
-                if key not in wanted and not key.startswith(_OVERLAY_XATTR_PREFIXES):
+                if (
+                    key not in wanted
+                    and key not in _SKIPPED_XATTRS
+                    and not key.startswith(_OVERLAY_XATTR_PREFIXES)
+                ):
                     with contextlib.suppress(OSError):
                         os.removexattr(target, key, follow_symlinks=follow)
         for key, value in entry.xattrs:
@@ -684,6 +697,8 @@ def unpack_layer(
     except UnpackError:
         raise
     except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UnpackError("no space left on the destination") from None
         raise UnpackError(f"unpack failed: {exc.strerror or exc}") from None
     finally:
         root_dir.close()

@@ -337,3 +337,18 @@ def test_deferred_hardlinks_to_lower_layers(tmp_path: Path) -> None:
     assert os.stat(tmp_path / "l/here-link").st_ino == os.stat(tmp_path / "l/here").st_ino
     with pytest.raises(EntryConflict, match="does not exist"):
         unpack(bytes(t), tmp_path / "m")
+
+
+def test_options_are_validated() -> None:
+    with pytest.raises(ValueError, match="overlay_xattr_prefix"):
+        UnpackOptions(overlay_xattr_prefix="security.")
+    with pytest.raises(ValueError, match="max_entries"):
+        UnpackOptions(max_entries=0)
+
+
+def test_flatten_dir_entry_replaces_xattrs_of_existing_dir(tmp_path: Path) -> None:
+    lower = Tar().pax({"SCHILY.xattr.user.old": "1", "SCHILY.xattr.user.both": "a"}).dir("d")
+    upper = Tar().pax({"SCHILY.xattr.user.both": "b"}).dir("d")
+    root = layered(tmp_path, bytes(lower), bytes(upper))
+    assert sorted(os.listxattr(root / "d")) == ["user.both"]
+    assert os.getxattr(root / "d", "user.both") == b"b"
