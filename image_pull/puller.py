@@ -535,7 +535,7 @@ class ImagePuller:
                 )
 
         emit(ProgressEvent("layer-start", i, desc.digest, 0, desc.size))
-        if decryptor is None and self.config.unpack_workers == "process":
+        if decryptor is None and self.config.unpack_workers == "process" and sys.executable:
             nbytes, (got_diff, usize, deferred) = await self._via_process(
                 ref, desc, diff_algo, dest, flatten, on_bytes
             )
@@ -620,12 +620,23 @@ class ImagePuller:
             fcntl.fcntl(pipe_fd.fileno(), _F_SETPIPE_SZ, 1 << 20)
         stdin = proc.stdin
 
+        async def bounded(reader: asyncio.StreamReader, keep: int) -> bytes:
+            """Read a worker stream to EOF concurrently (so it never blocks), keeping the tail."""
+            buf = b""
+            while chunk := await reader.read(1 << 16):
+                buf = (buf + chunk)[-keep:]
+            return buf
+
+        out_task = asyncio.ensure_future(bounded(proc.stdout, 1 << 20))
+        err_task = asyncio.ensure_future(bounded(proc.stderr, 4096))
+
         async def sink(chunk: bytes) -> None:
             stdin.write(chunk)
             await stdin.drain()
 
         async def result() -> dict[str, Any]:
-            out, err = await proc.communicate()
+            out, err = await out_task, await err_task
+            await proc.wait()
             try:
                 line = out.decode().strip().splitlines()[-1]
                 doc: dict[str, Any] = json.loads(line)
@@ -651,6 +662,8 @@ class ImagePuller:
                 proc.kill()
             with contextlib.suppress(BaseException):
                 await asyncio.shield(proc.wait())
+            for t in (out_task, err_task):
+                t.cancel()
             raise
         if not doc.get("ok"):
             raise _worker_error(doc)
