@@ -151,3 +151,37 @@ def test_gnu_old_sparse_refused_by_umoci_unpacked_by_us(tmp_path: Path) -> None:
     assert len(content) == 8 << 20
     assert content[1 << 20 : (1 << 20) + 6] == b"middle" and content.endswith(b"end!!")
     assert content.count(0) == len(content) - 11
+
+
+def test_umoci_insert_layers_without_tar_trailer(tmp_path: Path) -> None:
+    """Debian's umoci 0.4.7 ``insert`` ends layers right after the last file's data (no padding,
+    no end-of-archive blocks); umoci accepts them, and so do we unless require_end_marker is set."""
+    import gzip
+    import json
+
+    from image_pull.unpack import MalformedTar, open_decompressed
+
+    layout = tmp_path / "oci"
+    subprocess.run([UMOCI, "init", "--layout", str(layout)], check=True, capture_output=True)
+    subprocess.run([UMOCI, "new", "--image", f"{layout}:t"], check=True, capture_output=True)
+    (tmp_path / "f").write_bytes(b"abc")
+    subprocess.run(
+        [UMOCI, "insert", "--image", f"{layout}:t", str(tmp_path / "f"), "/f"],
+        check=True,
+        capture_output=True,
+    )
+    index = json.loads((layout / "index.json").read_text())
+    mdigest = index["manifests"][0]["digest"].split(":")[1]
+    manifest = json.loads((layout / "blobs/sha256" / mdigest).read_text())
+    blob = layout / "blobs/sha256" / manifest["layers"][-1]["digest"].split(":")[1]
+    raw = gzip.decompress(blob.read_bytes())
+    assert len(raw) % 512 != 0 or raw[-1024:] != bytes(1024)  # really trailer-less
+    ours = tmp_path / "ours"
+    ours.mkdir()
+    with open(blob, "rb") as f:
+        unpack_layer(open_decompressed(f), ours)
+    assert (ours / "f").read_bytes() == b"abc"
+    strict = tmp_path / "strict"
+    strict.mkdir()
+    with open(blob, "rb") as f, pytest.raises(MalformedTar, match="end-of-archive"):
+        unpack_layer(open_decompressed(f), strict, options=UnpackOptions(require_end_marker=True))

@@ -146,3 +146,11 @@ def test_zstd_truncation_detected_at_every_cut() -> None:
             continue
         with pytest.raises(DecompressError):
             read_all(open_decompressed(io.BytesIO(blob[:cut])))
+
+
+def test_cli_reads_stdin(tmp_path: Path) -> None:
+    exe = Path(sys.executable).with_name("coco-image")
+    tar = gzip.compress(bytes(Tar().file("from-stdin", b"s")))
+    cp = subprocess.run([str(exe), "unpack-layer", "-", str(tmp_path / "o")], input=tar, capture_output=True)
+    assert cp.returncode == 0, cp.stderr
+    assert (tmp_path / "o/from-stdin").read_bytes() == b"s"
