@@ -632,3 +632,21 @@ def test_gc_cli_releases_bundles_and_removes_layers(
     assert cp.returncode == 0, cp.stderr.decode()
     assert len(cp.stdout.decode().split()) == 2
     assert not os.path.ismount(tmp_path / "b/rootfs") and not any((work / "layers").iterdir())
+
+
+async def test_token_registry_wrong_password_and_anonymous(
+    token_registry: RegistryServer, tmp_path: Path, cleanup_mounts: None
+) -> None:
+    ref = umoci_image(tmp_path, "tok", [layer_tar([("t", "file", b"t\n", 0o644)])])
+    token_registry.push(ref, "t/tok:1")
+    image = f"{token_registry.host}/t/tok:1"
+    bad = json.dumps(token_registry.auth_json(password="wrong")).encode()
+    cfg = PullerConfig(
+        work_dir=tmp_path / "w", auth_json=bad, insecure_registries=frozenset({token_registry.host})
+    )
+    with pytest.raises(AuthError, match="token request"):
+        await pull(cfg, image, tmp_path / "b")
+    assert no_populated_rootfs(tmp_path / "b")
+    # anonymous callers get a pull token from this token server
+    r = await pull(replace(cfg, auth_json=None), image, tmp_path / "b")
+    assert (r.rootfs / "t").read_text() == "t\n"
