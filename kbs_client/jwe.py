@@ -25,6 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
 from ._b64 import b64url, unb64url
+from ._json import strict_loads
 from .errors import JweError, TeeKeyError
 
 __all__ = [
@@ -184,7 +185,7 @@ def _parse_jwe(untrusted_jwe: Any) -> tuple[dict[str, Any], str, dict[str, bytes
         if len(untrusted_jwe) > MAX_JWE_BYTES:
             raise JweError("JWE too large")
         try:
-            untrusted_jwe = json.loads(untrusted_jwe)
+            untrusted_jwe = strict_loads(untrusted_jwe)
         except ValueError as exc:
             raise JweError("JWE is not JSON") from exc
     if not isinstance(untrusted_jwe, Mapping):
@@ -201,7 +202,7 @@ def _parse_jwe(untrusted_jwe: Any) -> tuple[dict[str, Any], str, dict[str, bytes
                 raise JweError(f"JWE member {name!r} is not base64url") from exc
     protected = untrusted_jwe["protected"]
     try:
-        header = json.loads(unb64url(protected))
+        header = strict_loads(unb64url(protected))
     except ValueError as exc:
         raise JweError("JWE protected header is not base64url JSON") from exc
     if not isinstance(header, dict):
@@ -209,8 +210,8 @@ def _parse_jwe(untrusted_jwe: Any) -> tuple[dict[str, Any], str, dict[str, bytes
     aad = protected.encode("ascii")
     extra = untrusted_jwe.get("aad")
     if extra is not None:
-        if not isinstance(extra, str):
-            raise JweError("JWE aad must be a string")
+        if not isinstance(extra, str) or not extra.isascii():
+            raise JweError("JWE aad must be an ASCII string")
         aad += b"." + extra.encode("ascii")
     if header.get("enc") != ENC_A256GCM:
         raise JweError("JWE enc must be A256GCM")
@@ -227,7 +228,10 @@ def decrypt(untrusted_jwe: Any, private_key: ec.EllipticCurvePrivateKey | rsa.RS
         if alg == ALG_ECDH_ES_A256KW:
             if not isinstance(private_key, ec.EllipticCurvePrivateKey):
                 raise JweError("JWE uses ECDH-ES but the TEE key is RSA")
-            epk = TeePubKey.from_json({**(header.get("epk") or {}), "alg": ALG_ECDH_ES_A256KW})
+            untrusted_epk = header.get("epk")
+            if not isinstance(untrusted_epk, Mapping):
+                raise JweError("JWE epk missing or not an object")
+            epk = TeePubKey.from_json({**untrusted_epk, "alg": ALG_ECDH_ES_A256KW})
             peer = epk.ec_public_key()
             if peer.curve.name != private_key.curve.name:
                 raise JweError("JWE epk curve differs from the TEE key curve")

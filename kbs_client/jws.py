@@ -14,6 +14,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
 from ._b64 import b64url, unb64url
+from ._json import strict_loads
 from .errors import TokenError
 
 __all__ = [
@@ -94,8 +95,8 @@ def _split(untrusted_token: str) -> tuple[dict[str, Any], dict[str, Any], bytes,
     if len(parts) != 3:
         raise TokenError("token is not a compact JWS")
     try:
-        header = json.loads(unb64url(parts[0]))
-        claims = json.loads(unb64url(parts[1]))
+        header = strict_loads(unb64url(parts[0]))
+        claims = strict_loads(unb64url(parts[1]))
         sig = unb64url(parts[2])
     except ValueError as exc:
         raise TokenError("token is not valid base64url JSON") from exc

@@ -6,10 +6,12 @@ import contextlib
 import json
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kbs_client import jwe
+from kbs_client._b64 import b64url
 from kbs_client.errors import InvalidUri, JweError, TeeKeyError, TokenError
 from kbs_client.jws import decode_unverified
 from kbs_client.tee_key import TeeKeyPair
@@ -76,3 +78,36 @@ def test_jwe_json_text_limits() -> None:
     else:
         raise AssertionError("oversize JWE accepted")
     assert KEY.decrypt(json.dumps(GOOD)) == b"payload"
+
+
+def _with_header(header_json: bytes, **members: Any) -> dict[str, Any]:
+    return {**GOOD, "protected": b64url(header_json), **members}
+
+
+def test_jwe_malformed_header_members_raise_jwe_error() -> None:
+    # an epk that is not an object, and an aad that is not ASCII: typed errors, not TypeError/UnicodeError
+    for epk in ('"abc"', '["x"]', "7"):
+        hdr = b'{"alg":"ECDH-ES+A256KW","enc":"A256GCM","epk":' + epk.encode() + b"}"
+        with pytest.raises(JweError):
+            KEY.decrypt(_with_header(hdr))
+    with pytest.raises(JweError):
+        KEY.decrypt({**GOOD, "aad": "\u00e9"})
+
+
+def test_jwe_and_jws_reject_duplicate_keys() -> None:
+    # security-relevant JSON is strict: a repeated member is ambiguous between parsers
+    hdr = b'{"alg":"ECDH-ES+A256KW","enc":"A256GCM","enc":"A256GCM"}'
+    with pytest.raises(JweError, match="protected header"):
+        KEY.decrypt(_with_header(hdr))
+    text = json.dumps(GOOD)
+    with pytest.raises(JweError):
+        KEY.decrypt(text[:-1] + ', "iv": "' + GOOD["iv"] + '"}')
+    dup_claims = b64url(b'{"alg":"ES256"}') + "." + b64url(b'{"exp":1,"exp":2}') + ".AAAA"
+    with pytest.raises(TokenError):
+        decode_unverified(dup_claims)
+    dup_header = b64url(b'{"alg":"ES256","alg":"none"}') + "." + b64url(b"{}") + ".AAAA"
+    with pytest.raises(TokenError):
+        decode_unverified(dup_header)
+    nan_claims = b64url(b'{"alg":"ES256"}') + "." + b64url(b'{"exp":NaN}') + ".AAAA"
+    with pytest.raises(TokenError):
+        decode_unverified(nan_claims)

@@ -1,0 +1,27 @@
+"""Strict JSON for security-relevant input (DESIGN §4.6): duplicate keys and
+the non-standard constants ``NaN`` / ``Infinity`` are errors."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+__all__ = ["strict_loads"]
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in pairs:
+        if k in out:
+            raise ValueError(f"duplicate key {k[:64]!r}")
+        out[k] = v
+    return out
+
+
+def _constant(name: str) -> Any:
+    raise ValueError(f"non-standard JSON constant {name}")
+
+
+def strict_loads(untrusted: str | bytes | bytearray) -> Any:
+    """``json.loads`` that raises :class:`ValueError` on duplicate keys and NaN/Infinity."""
+    return json.loads(untrusted, object_pairs_hook=_object, parse_constant=_constant)
