@@ -40,14 +40,18 @@ import httpx
 from image_pull import bundle as _bundle
 from image_pull.auth import AuthFile
 from image_pull.errors import (
+    AuthError,
     BundleError,
     DecryptionError,
     DigestMismatch,
     ImagePullError,
     InsufficientSpace,
     ManifestError,
+    NotFound,
     PullTimeout,
+    RateLimited,
     RegistryError,
+    TooLarge,
     UnpackError,
 )
 from image_pull.hooks import KeyUnwrapper, LayerDecryptor, PolicyContext
@@ -196,6 +200,7 @@ def _unwrap_group(eg: BaseExceptionGroup[BaseException]) -> BaseException:
 
 # ---------------------------------------------------------------------- unpack helpers
 _F_SETPIPE_SZ = 1031
+_FATAL_REGISTRY_ERRORS = (AuthError, NotFound, RateLimited, TooLarge)
 _WORKER_ERRORS: dict[str, type[ImagePullError]] = {
     "InsufficientSpace": InsufficientSpace,
     "DigestMismatch": DigestMismatch,
@@ -695,10 +700,23 @@ class ImagePuller:
             staging = store.new_staging(key)
             try:
                 try:
-                    async with sem:
-                        nbytes, usize, deferred = await self._fetch_layer(
-                            res.cand.reference, i, desc, diff_id, staging / "fs", emit
-                        )
+                    try:
+                        async with sem:
+                            nbytes, usize, deferred = await self._fetch_layer(
+                                res.cand.reference, i, desc, diff_id, staging / "fs", emit
+                            )
+                    except _FATAL_REGISTRY_ERRORS:
+                        raise
+                    except RegistryError as exc:
+                        # transient failure the Range resume could not bridge (e.g. a registry
+                        # without Range support): start this layer once more from scratch
+                        log.info("layer %d: %s; downloading it again", i, exc)
+                        store.discard(staging)
+                        staging = store.new_staging(key)
+                        async with sem:
+                            nbytes, usize, deferred = await self._fetch_layer(
+                                res.cand.reference, i, desc, diff_id, staging / "fs", emit
+                            )
                 except _MissingHardlinkTarget:
                     # a hardlink into a lower layer: redo this layer on top of its lowers
                     log.info("layer %d links into lower layers; unpacking it over an overlay of them", i)

@@ -650,3 +650,24 @@ async def test_token_registry_wrong_password_and_anonymous(
     # anonymous callers get a pull token from this token server
     r = await pull(replace(cfg, auth_json=None), image, tmp_path / "b")
     assert (r.rootfs / "t").read_text() == "t\n"
+
+
+async def test_cut_layer_without_range_support_is_downloaded_again(
+    registry: RegistryServer, images: dict[str, str], tmp_path: Path, cleanup_mounts: None
+) -> None:
+    proxy = FaultProxy(("127.0.0.1", registry.port), cut_blobs=1, cut_after=5 << 20, strip_range=True)
+    try:
+        ref = images["big"].replace(registry.host, proxy.host)
+        cfg = config_for(
+            registry,
+            tmp_path / "work",
+            auth_json=json.dumps(registry.auth_json(key=proxy.host)).encode(),
+            insecure_registries=frozenset({proxy.host}),
+        )
+        r = await pull(cfg, ref, tmp_path / "b")
+        assert (r.rootfs / "big.bin").stat().st_size == 24 << 20 and proxy.cuts_done == 1
+        blob_gets = [line for line in proxy.requests if "/blobs/" in line]
+        assert len(blob_gets) == 4  # config, cut layer, refused resume (200), full layer again
+        assert not any((tmp_path / "work/staging").iterdir())
+    finally:
+        proxy.stop()

@@ -3,6 +3,7 @@
 * ``cut_blobs=N, cut_after=B``: responses to requests whose path contains
   ``/blobs/`` are cut after B bytes, N times in all (``cuts_done`` counts them).
 * ``rate``: bytes/s limit on responses (to make a pull slow enough to kill).
+* ``strip_range``: hide ``Range`` request headers (a registry without Range support).
 
 Plain HTTP only (it peeks at the request line). Binds 127.0.0.1; ``stop()``.
 """
@@ -20,12 +21,19 @@ __all__ = ["FaultProxy"]
 
 class FaultProxy:
     def __init__(
-        self, upstream: tuple[str, int], *, cut_blobs: int = 0, cut_after: int = 0, rate: float = 0.0
+        self,
+        upstream: tuple[str, int],
+        *,
+        cut_blobs: int = 0,
+        cut_after: int = 0,
+        rate: float = 0.0,
+        strip_range: bool = False,
     ) -> None:
         self.upstream = upstream
         self.cut_blobs = cut_blobs
         self.cut_after = cut_after
         self.rate = rate
+        self.strip_range = strip_range
         self.cuts_done = 0
         self.requests: list[str] = []
         self._lock = threading.Lock()
@@ -69,6 +77,10 @@ class FaultProxy:
                             self.requests.append(line)
                             state["cut"] = "/blobs/" in line and self.cuts_done < self.cut_blobs
                             state["sent"] = 0
+                    if self.strip_range:
+                        data = data.replace(b"\r\nRange:", b"\r\nXange:").replace(
+                            b"\r\nrange:", b"\r\nxange:"
+                        )
                     up.sendall(data)
             except OSError:
                 pass
