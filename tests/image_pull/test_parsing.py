@@ -303,3 +303,20 @@ def test_registries_conf_ordering() -> None:
 def test_bad_registries_conf(bad: bytes) -> None:
     with pytest.raises(PolicyRejected):
         RegistryConfig.from_toml(bad)
+
+
+def test_tty_progress_line() -> None:
+    import io
+
+    from image_pull.progress import ProgressEvent, TtyProgress
+
+    out = io.StringIO()
+    tty = TtyProgress(out)
+    tty(ProgressEvent("layer-start", 0, D1, 0, 2_000_000))
+    tty(ProgressEvent("layer-cached", 1, D2, 0, 1_000_000))
+    tty(ProgressEvent("layer-done", 0, D1, 2_000_000, 2_000_000, rate=4e6))
+    tty(ProgressEvent("done", None, D1, 2_000_000, 3_000_000))
+    text = out.getvalue()
+    last = text.rstrip("\n").split("\r\x1b[K")[-1]
+    assert last.startswith("layers 2/2  3.0/3.0 MB") and last.endswith("done")
+    assert "4.0 MB/s" in text and text.endswith("\n")
