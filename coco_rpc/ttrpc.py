@@ -65,6 +65,7 @@ class TtrpcServer:
         self._services = {s.name: s for s in services}
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._writers: set[asyncio.StreamWriter] = set()
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,12 +89,15 @@ class TtrpcServer:
             self._server = None
         for t in list(self._tasks):
             t.cancel()
+        for w in list(self._writers):
+            w.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         lock = asyncio.Lock()
         pending: set[asyncio.Task[None]] = set()
+        self._writers.add(writer)
         try:
             while True:
                 try:
@@ -111,6 +115,7 @@ class TtrpcServer:
         finally:
             for t in pending:
                 t.cancel()
+            self._writers.discard(writer)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
@@ -192,8 +197,11 @@ class TtrpcClient:
         await self.close()
 
     async def connect(self) -> None:
-        if self._writer is not None:
+        if self._writer is not None and not self._writer.is_closing():
             return
+        if self._recv_task is not None:
+            self._recv_task.cancel()
+            self._recv_task = None
         try:
             self._reader, self._writer = await asyncio.wait_for(
                 asyncio.open_unix_connection(self.path), self.connect_timeout
@@ -257,10 +265,21 @@ class TtrpcClient:
             stream_id = self._next_id
             self._next_id += 2
             fut: asyncio.Future[bytes | None] = loop.create_future()
+            # A waiter failed by a lost connection after its caller gave up
+            # must not leave an unretrieved exception behind.
+            fut.add_done_callback(lambda f: f.cancelled() or f.exception())
             self._waiters[stream_id] = fut
-            assert self._writer is not None
-            self._writer.write(_frame(stream_id, _TYPE_REQUEST, body))
-            await self._writer.drain()
+            writer = self._writer
+            if writer is None:
+                self._waiters.pop(stream_id, None)
+                raise RpcError(Code.UNAVAILABLE, f"ttRPC connection to unix://{self.path} was lost")
+            try:
+                writer.write(_frame(stream_id, _TYPE_REQUEST, body))
+                await writer.drain()
+            except (ConnectionError, OSError) as exc:
+                self._waiters.pop(stream_id, None)
+                self._writer = None
+                raise RpcError(Code.UNAVAILABLE, f"ttRPC connection lost: {exc}") from exc
         started = time.monotonic()
         try:
             raw = await asyncio.wait_for(fut, timeout)

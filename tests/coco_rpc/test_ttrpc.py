@@ -264,3 +264,32 @@ async def test_stale_socket_file_is_replaced(tmp_path: Path) -> None:
     finally:
         await srv.close()
     assert not path.exists()
+
+
+async def test_server_close_drops_open_connections_and_client_reconnects(tmp_path: Path) -> None:
+    path = tmp_path / "s.sock"
+    _, services = _service()
+    srv = TtrpcServer(path, services)  # type: ignore[arg-type]
+    await srv.start()
+    client = TtrpcClient(path)
+    req = api_pb2.GetResourceRequest(ResourcePath="ab")
+    try:
+        r = await client.call("api.GetResourceService", "GetResource", req, api_pb2.GetResourceResponse)
+        assert r.Resource == b"ba"
+        await srv.close()
+        # the old connection is gone: the call fails as an RpcError, not a raw OSError
+        with pytest.raises(RpcError) as ei:
+            await client.call(
+                "api.GetResourceService", "GetResource", req, api_pb2.GetResourceResponse, timeout=5
+            )
+        assert ei.value.code in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED)
+        # a new server on the same path: the same client object reconnects
+        srv = TtrpcServer(path, services)  # type: ignore[arg-type]
+        await srv.start()
+        r = await client.call(
+            "api.GetResourceService", "GetResource", req, api_pb2.GetResourceResponse, timeout=5
+        )
+        assert r.Resource == b"ba"
+    finally:
+        await client.close()
+        await srv.close()
