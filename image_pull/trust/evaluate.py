@@ -147,24 +147,17 @@ class TrustPolicy:
         self.resource_getter = resource_getter
         self.http = http
         self._now = now or (lambda: dt.datetime.now(dt.UTC))
-        self._key_cache: dict[KeySource, bytes] = {}
-        self._key_lock = asyncio.Lock()
 
     # ------------------------------------------------------------------ keys
     async def _key_bytes(self, src: KeySource) -> bytes:
+        """Key material, read afresh for every check (keys may rotate; no stale cache)."""
         if src.data is not None:
             return src.data
         assert src.path is not None
-        async with self._key_lock:
-            cached = self._key_cache.get(src)
-            if cached is not None:
-                return cached
-            data = await self._fetch_key(src.path)
-            if len(data) > MAX_KEY_BYTES:
-                raise InvalidPolicy(f"key {src.path[:80]} is larger than 4 MiB")
-            if not src.path.startswith("kbs:"):
-                self._key_cache[src] = data  # KBS resources are re-fetched (they may rotate)
-            return data
+        data = await self._fetch_key(src.path)
+        if len(data) > MAX_KEY_BYTES:
+            raise InvalidPolicy(f"key {src.path[:80]} is larger than 4 MiB")
+        return data
 
     async def _fetch_key(self, location: str) -> bytes:
         if location.startswith("kbs:") or location.startswith("kbs+"):

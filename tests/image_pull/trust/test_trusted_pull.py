@@ -605,3 +605,61 @@ def test_cli_policy_registries_d_and_decryption_key(env: Env, tmp_path: Path) ->
     )
     assert cp.returncode == 0, cp.stderr.decode()[-500:]
     assert (tmp_path / "b3/rootfs/bin/app").read_bytes() == PAYLOAD
+
+
+async def test_keys_from_kbs_uris_through_the_resource_getter(env: Env) -> None:
+    """keyPath kbs:///... is fetched through PullerConfig.resource_getter (CDH's GetResource)."""
+    asked: list[str] = []
+    store = {
+        "kbs:///default/keys/signer": env.signer.pub.read_bytes(),
+        "kbs:///default/keys/cosign": env.cosign_pub.read_bytes(),
+    }
+
+    async def getter(uri: str) -> bytes:
+        asked.append(uri)
+        return store[uri]
+
+    pol = policy(env, [{"type": "signedBy", "keyType": "GPGKeys", "keyPath": "kbs:///default/keys/signer"}])
+    check_rootfs(
+        await pull(
+            env,
+            "t/signed:1",
+            "kbs-gpg",
+            work="kbs",
+            signature_policy=pol,
+            registries_d=env.read_d,
+            resource_getter=getter,
+        )
+    )
+    pol = policy(
+        env,
+        [
+            {
+                "type": "sigstoreSigned",
+                "keyPath": "kbs:///default/keys/cosign",
+                "signedIdentity": {"type": "matchRepository"},
+            }
+        ],
+    )
+    check_rootfs(
+        await pull(env, "t/cosign:1", "kbs-cos", work="kbs", signature_policy=pol, resource_getter=getter)
+    )
+    assert asked == ["kbs:///default/keys/signer", "kbs:///default/keys/cosign"]
+    # a KBS that cannot deliver the key: refused (fail closed)
+    pol = policy(env, [{"type": "signedBy", "keyType": "GPGKeys", "keyPath": "kbs:///default/keys/missing"}])
+    with pytest.raises(InvalidPolicy, match="cannot fetch key"):
+        await pull(
+            env,
+            "t/signed:1",
+            "kbs-missing",
+            work="kbs-missing",
+            signature_policy=pol,
+            registries_d=env.read_d,
+            resource_getter=getter,
+        )
+    assert_nothing_visible(env, "kbs-missing", "kbs-missing")
+    # no resource getter at all
+    with pytest.raises(InvalidPolicy, match="no resource getter"):
+        await pull(
+            env, "t/signed:1", "kbs-none", work="kbs-none", signature_policy=pol, registries_d=env.read_d
+        )
