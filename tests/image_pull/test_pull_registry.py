@@ -33,6 +33,7 @@ from image_pull.errors import (
 )
 from image_pull.progress import ProgressEvent
 from image_pull.puller import ImagePuller, PullerConfig
+from image_pull.reference import parse_reference
 from tests.support.faultproxy import FaultProxy
 from tests.support.registry import OciLayout, RegistryServer, layer_tar, umoci_image
 
@@ -671,3 +672,25 @@ async def test_cut_layer_without_range_support_is_downloaded_again(
         assert not any((tmp_path / "work/staging").iterdir())
     finally:
         proxy.stop()
+
+
+async def test_docker_schema2_manifest_and_an_image_without_layers(
+    registry: RegistryServer, tmp_path: Path, cleanup_mounts: None
+) -> None:
+    ref = umoci_image(tmp_path, "v2s2", standard_layers())
+    registry.push(ref, "t/v2s2:1", extra=["--format", "v2s2"])
+    cfg = config_for(registry, tmp_path / "work")
+    async with ImagePuller(cfg) as p:
+        fetched = await p.registry.get_manifest(parse_reference(f"{registry.host}/t/v2s2:1"))
+    assert fetched.content_type == "application/vnd.docker.distribution.manifest.v2+json"
+    assert b"application/vnd.docker.image.rootfs.diff.tar.gzip" in fetched.body
+    r = await pull(cfg, f"{registry.host}/t/v2s2:1", tmp_path / "b")
+    check_rootfs(r.rootfs)
+    assert r.manifest_digest == "sha256:" + hashlib.sha256(fetched.body).hexdigest()
+
+    empty = OciLayout(tmp_path / "empty")
+    empty.image([], tag="v1")
+    registry.push(f"{empty.path}:v1", "t/empty:1")
+    r2 = await pull(cfg, f"{registry.host}/t/empty:1", tmp_path / "e")
+    assert r2.layers == 0 and os.listdir(r2.rootfs) == []
+    assert json.loads((tmp_path / "e/config.json").read_text())["process"]["args"] == ["/bin/app"]
