@@ -25,6 +25,7 @@ from typing import Any
 
 from coco_rpc import CDH_SOCKET, IMAGE_PULL_SERVICE, SEALED_SECRET_SERVICE, RpcError, connect
 from coco_rpc.protos import api_pb2
+from guest_pull._fs import write_atomic
 from guest_pull.errors import AgentError
 from guest_pull.host import (
     CRI_CONTAINER_TYPE,
@@ -259,8 +260,9 @@ async def _unseal_dir(cdh: CdhClient, directory: Path, timeout: float) -> None:
             plain = await cdh.unseal_secret(content.strip(), timeout=timeout)
         except RpcError as exc:
             raise AgentError(f"unsealing {entry.name} failed: {exc.message}") from exc
-        tmp = target.with_name(f".{target.name}.unsealed")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o400)
-        with os.fdopen(fd, "wb") as f:
-            f.write(plain)
-        os.replace(tmp, target)
+        try:
+            write_atomic(target, plain, 0o400)
+        except OSError as exc:
+            raise AgentError(
+                f"sealed volume: cannot write the unsealed {entry.name}: {exc.strerror}"
+            ) from exc

@@ -34,6 +34,7 @@ from attestation.initdata import (
     parse_initdata,
     tee_digest,
 )
+from guest_pull._fs import write_atomic
 
 __all__ = [
     "CONSUMED_ENTRIES",
@@ -117,23 +118,15 @@ def hypervisor_setting(initdata: InitData, tee: str) -> dict[str, Any]:
     }
 
 
-def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
-
-
 def extract(initdata: InitData, dest: Path = INITDATA_DIR) -> Mapping[str, Path]:
     """Write ``initdata.toml`` (raw bytes) and the consumed ``[data]`` entries."""
     dest.mkdir(parents=True, exist_ok=True, mode=0o700)
     written: dict[str, Path] = {}
-    _write(dest / "initdata.toml", initdata.raw)
+    write_atomic(dest / "initdata.toml", initdata.raw)
     written["initdata.toml"] = dest / "initdata.toml"
     for name in CONSUMED_ENTRIES:
         if name in initdata.data:
-            _write(dest / name, initdata.data[name].encode())
+            write_atomic(dest / name, initdata.data[name].encode())
             written[name] = dest / name
     return written
 

@@ -187,3 +187,23 @@ async def test_timeout_from_kernel_params(tmp_path: Path, cdh: Any) -> None:
     assert h.image_pull_timeout == 1
     with pytest.raises(AgentError, match="PullImage"):
         await h.create_device(_storage(CONTAINER), CID)
+
+
+async def test_sealed_volume_write_failure_leaves_no_plaintext(
+    tmp_path: Path, cdh: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a failed replace must not leave the unsealed plaintext behind in a temp file
+    _, client = cdh
+    vol = tmp_path / "secret-vol"
+    vol.mkdir()
+    (vol / "key").write_bytes(b"sealed.good.abc")
+
+    def refuse(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.replace", refuse)
+    mounts = [{"destination": "/sealed/etc/secret", "source": str(vol), "type": "bind"}]
+    with pytest.raises(AgentError, match="key"):
+        await unseal_sealed_mounts(client, mounts)
+    assert sorted(p.name for p in vol.iterdir()) == ["key"]
+    assert (vol / "key").read_bytes() == b"sealed.good.abc"

@@ -80,3 +80,15 @@ def test_extract_and_device_scan(tmp_path: Path) -> None:
     assert (tmp_path / "out" / "cdh.toml").read_text() == "[kbc]"
     assert not (tmp_path / "out" / "other").exists()
     assert find_initdata_device(tmp_path / "missing") is None
+
+
+def test_extract_failure_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    dec = decode_annotation_value(base64.b64encode(gzip.compress(TOML, mtime=0)))
+
+    def refuse(*_: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("os.replace", refuse)
+    with pytest.raises(OSError):
+        extract(dec.initdata, tmp_path / "out")
+    assert list((tmp_path / "out").iterdir()) == []
