@@ -372,10 +372,18 @@ class RegistryClient:
             if resp.status_code != 401 or force:
                 return resp
             st = self._state(ref.endpoint)
-            if st.challenge is None or st.challenge.scheme != "bearer":
+            chs = parse_challenges(resp.headers.get_list("www-authenticate"))
+            if st.challenge is None:
+                # the ping was anonymous-friendly but this resource is not: adopt its challenge
+                adopt = next((c for c in chs if c.scheme == "bearer" and "realm" in c.params), None)
+                adopt = adopt or next((c for c in chs if c.scheme == "basic"), None)
+                if adopt is None or (adopt.scheme == "basic" and self._creds(ref) is None):
+                    return resp
+                st.challenge = adopt
+            elif st.challenge.scheme != "bearer":
                 return resp
             # token expired or insufficient: one fresh token, possibly for the scope asked for
-            for ch in parse_challenges(resp.headers.get_list("www-authenticate")):
+            for ch in chs:
                 if ch.scheme == "bearer" and ch.params.get("scope", "").startswith("repository:"):
                     scope = ch.params["scope"]
             await resp.aclose()

@@ -506,3 +506,21 @@ async def test_no_credentials_or_tokens_in_logs(caplog: pytest.LogCaptureFixture
     text = caplog.text + str(ei.value)
     assert "s3cret-pw" not in text and "TOKEN-SECRET-123" not in text
     assert base64.b64encode(b"alice:s3cret-pw").decode() not in text
+
+
+@pytest.mark.parametrize("scheme", ["bearer", "basic"])
+async def test_challenge_on_a_resource_after_an_anonymous_ping_is_adopted(scheme: str) -> None:
+    challenge = 'Bearer realm="https://auth.example/t"' if scheme == "bearer" else 'Basic realm="r"'
+    good = "Bearer tok" if scheme == "bearer" else SECRET_BASIC
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.host == "auth.example":
+            return httpx.Response(200, json={"token": "tok"})
+        if req.url.path == "/v2/":
+            return httpx.Response(200)
+        if req.headers.get("authorization") == good:
+            return manifest_response()
+        return httpx.Response(401, headers={"WWW-Authenticate": challenge})
+
+    rc, _, _ = client(handler)
+    assert (await rc.get_manifest(REF)).digest == MDIGEST
