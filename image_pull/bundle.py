@@ -230,62 +230,62 @@ def _read_in_root(root: Path, rel: str, limit: int) -> bytes | None:
         os.close(fd)
 
 
-def _lookup(root: Path | None, file: str, name: str, field_count: int) -> list[str] | None:
+def _entries(root: Path | None, file: str, fields: int) -> list[list[str]]:
+    """Colon-separated entries of an /etc file read inside ``root`` (none if absent)."""
     if root is None:
-        return None
+        return []
     data = _read_in_root(root, file, MAX_PASSWD)
     if data is None:
-        return None
+        return []
+    out = []
     for line in data.decode("utf-8", "replace").splitlines():
         f = line.split(":")
-        if len(f) >= field_count and f[0] == name:
-            return f
-    return None
+        if len(f) >= fields and not line.startswith("#"):
+            out.append(f)
+    return out
+
+
+def _find(entries: list[list[str]], column: int, value: str) -> list[str] | None:
+    return next((e for e in entries if e[column] == value), None)
 
 
 def resolve_user(spec: str, rootfs: Path | None) -> dict[str, Any]:
-    """Image ``User`` ("", "uid", "name", "uid:gid", "name:group") -> runtime spec user."""
+    """Image ``User`` ("", "uid", "name", "uid:gid", "name:group") -> runtime spec user.
+
+    Names are looked up in the image's /etc/passwd and /etc/group (read without
+    following symlinks); supplementary groups listing the user by name become
+    ``additionalGids``, as umoci does. A numeric uid need not exist in /etc/passwd.
+    """
     if not spec:
         return {"uid": 0, "gid": 0}
     user, _, group = spec.partition(":")
-    uid: int
-    gid: int | None = None
+    passwd = _entries(rootfs, "etc/passwd", 4)
+    ent = _find(passwd, 2, user) if user.isdigit() else _find(passwd, 0, user)
     if user.isdigit():
         uid = int(user)
-        ent = None
-        if root_ent := _lookup_uid(rootfs, uid):
-            ent = root_ent
-        if ent is not None and not group:
-            gid = int(ent[3]) if ent[3].isdigit() else 0
+    elif ent is None or not ent[2].isdigit():
+        raise BundleError(f"image user {user[:40]!r} not found in the image's /etc/passwd")
     else:
-        ent = _lookup(rootfs, "etc/passwd", user, 4)
-        if ent is None or not ent[2].isdigit():
-            raise BundleError(f"image user {user[:40]!r} not found in the image's /etc/passwd")
         uid = int(ent[2])
-        if not group:
-            gid = int(ent[3]) if ent[3].isdigit() else 0
+    gid = int(ent[3]) if ent is not None and ent[3].isdigit() else 0
+    groups = _entries(rootfs, "etc/group", 3)
     if group:
         if group.isdigit():
             gid = int(group)
         else:
-            g = _lookup(rootfs, "etc/group", group, 3)
+            g = _find(groups, 0, group)
             if g is None or not g[2].isdigit():
                 raise BundleError(f"image group {group[:40]!r} not found in the image's /etc/group")
             gid = int(g[2])
-    return {"uid": uid, "gid": gid if gid is not None else 0}
-
-
-def _lookup_uid(root: Path | None, uid: int) -> list[str] | None:
-    if root is None:
-        return None
-    data = _read_in_root(root, "etc/passwd", MAX_PASSWD)
-    if data is None:
-        return None
-    for line in data.decode("utf-8", "replace").splitlines():
-        f = line.split(":")
-        if len(f) >= 4 and f[2] == str(uid):
-            return f
-    return None
+    out: dict[str, Any] = {"uid": uid, "gid": gid}
+    name = ent[0] if ent is not None else None
+    if name is not None and not group:
+        extra = sorted(
+            {int(g[2]) for g in groups if len(g) >= 4 and g[2].isdigit() and name in g[3].split(",")} - {gid}
+        )
+        if extra:
+            out["additionalGids"] = extra
+    return out
 
 
 _CAPS = [

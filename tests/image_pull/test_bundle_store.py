@@ -66,6 +66,18 @@ def test_user_resolution(tmp_path: Path, user: str, want: tuple[int, int]) -> No
     assert (u["uid"], u["gid"]) == want
 
 
+def test_supplementary_groups_become_additional_gids(tmp_path: Path) -> None:
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc/passwd").write_text("web:x:33:44::/:/bin/sh\n")
+    (tmp_path / "etc/group").write_text("web:x:44:\naudio:x:63:web,bob\nvideo:x:64:bob\nwww:x:65:web\n")
+    assert bundle.resolve_user("web", tmp_path) == {"uid": 33, "gid": 44, "additionalGids": [63, 65]}
+    assert bundle.resolve_user("web:audio", tmp_path) == {"uid": 33, "gid": 63}
+    with pytest.raises(BundleError, match="group"):
+        bundle.resolve_user("web:nosuch", tmp_path)
+    with pytest.raises(BundleError, match="user"):
+        bundle.resolve_user("nobody", tmp_path)
+
+
 def test_user_lookup_never_follows_symlinks_out_of_the_rootfs(tmp_path: Path) -> None:
     outside = tmp_path / "host-passwd"
     outside.write_text("evil:x:0:0::/:/bin/sh\n")
