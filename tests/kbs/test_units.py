@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
+from kbs import storage as storage_mod
 from kbs.admin_auth import AdminAuthorizer, AdminDenied
 from kbs.config import AdminConfig, IdentityProvider, RoleAcl, load_config, parse_config
 from kbs.ear import Appraisal, EarBroker, TokenVerifier, ear_status, extract_tee_pubkey, tier
@@ -97,7 +98,19 @@ def test_config_file_errors(tmp_path: Path) -> None:
 # --- storage ----------------------------------------------------------------------------------
 
 
-async def test_localfs_layout_and_ttl(tmp_path: Path) -> None:
+class _Clock:
+    """Stands in for the ``time`` module inside :mod:`kbs.storage`: expiry without sleeping."""
+
+    def __init__(self, t: float) -> None:
+        self.t = t
+
+    def time(self) -> float:
+        return self.t
+
+
+async def test_localfs_layout_and_ttl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    clock = _Clock(1_764_000_000.0)
+    monkeypatch.setattr(storage_mod, "time", clock)
     st = LocalFsStore(str(tmp_path))
     await st.set("repository", "default/key/k1", b"v1")
     assert (tmp_path / "repository" / "default\\x2Fkey\\x2Fk1").read_bytes() == b"v1"
@@ -106,8 +119,9 @@ async def test_localfs_layout_and_ttl(tmp_path: Path) -> None:
     assert await st.get("repository", "a/b/c") == b"seeded"
     assert await st.keys("repository") == ["a/b/c", "default/key/k1"]
     await st.set("kbs_protocol_session", "s1", b"x", ttl_s=0.05)
+    clock.t += 0.04
     assert await st.get("kbs_protocol_session", "s1") == b"x"
-    time.sleep(0.06)
+    clock.t += 0.02
     assert await st.get("kbs_protocol_session", "s1") is None
     assert await st.delete("repository", "a/b/c") and not await st.delete("repository", "a/b/c")
     for bad in ("", "..", ".hidden", "a\0b"):
@@ -154,18 +168,20 @@ def test_ear_status_and_token_checks() -> None:
     broker = EarBroker(duration_min=1)
     key = TeeKeyPair.generate()
     sub = {"cpu0": Appraisal({"hardware": 2}, {"runtime_data_claims": {"tee-pubkey": key.public_jwk()}})}
-    tok = broker.issue(sub)
+    t0 = 1_764_000_000.9  # fixed issue time; the fraction is truncated in iat/exp as trustee does
+    tok = broker.issue(sub, now=t0)
     v = TokenVerifier(insecure_header_jwk=True)
-    claims = v.verify(tok)
+    claims = v.verify(tok, now=t0)
     assert claims["submods"]["cpu0"]["ear.status"] == "affirming"
     assert extract_tee_pubkey(claims).to_jwk() == key.public_jwk()
     assert extract_tee_pubkey({"tee-pubkey": key.public_jwk()}).to_jwk() == key.public_jwk()
     with pytest.raises(TokenVerifierError):
         extract_tee_pubkey({"nothing": 1})
     # expiry: 60 s leeway, then refused
-    assert v.verify(tok, now=time.time() + 60 + 59)
+    assert claims["exp"] == int(t0) + 60
+    assert v.verify(tok, now=int(t0) + 60 + 60)
     with pytest.raises(TokenVerifierError, match="expired"):
-        v.verify(tok, now=time.time() + 60 + 62)
+        v.verify(tok, now=int(t0) + 60 + 61)
     # without trust material the verifier refuses to exist; with an unrelated cert, tokens fail
     with pytest.raises(ConfigError):
         TokenVerifier()
@@ -176,8 +192,8 @@ def test_ear_status_and_token_checks() -> None:
     with tempfile.TemporaryDirectory() as d:
         kp, cp = _signer(Path(d))
         strict = TokenVerifier.from_config([str(cp)], [], False)
-        with pytest.raises(TokenVerifierError):
-            strict.verify(tok)  # no x5c
+        with pytest.raises(TokenVerifierError, match="x5c"):
+            strict.verify(tok, now=t0)  # no x5c
         good = EarBroker.from_files(str(kp), str(cp)).issue(sub)
         assert strict.verify(good)["iss"] == "CoCo-Attestation-Service"
         # a tampered payload fails the signature
