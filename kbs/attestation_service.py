@@ -6,7 +6,6 @@ issues the EAR token (reference §2.3, §3, §4)."""
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import tomllib
 from collections.abc import Mapping
@@ -14,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from attestation.errors import AttestationError as VerifierError
+from kbs_client._json import strict_loads
 from kbs_client.errors import TeeKeyError
 from kbs_client.jcs import hash_canonical
 from kbs_client.jwe import TeePubKey
@@ -37,19 +37,6 @@ class _Reject(Exception):
     """Internal: why an /attest failed (logged, never sent to the client)."""
 
 
-def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
-
-
-def strict_json(untrusted: bytes | str) -> Any:
-    return json.loads(untrusted, object_pairs_hook=_strict_object)
-
-
 def _only(obj: Any, allowed: set[str], required: set[str], what: str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise _Reject(f"{what} is not an object")
@@ -65,7 +52,7 @@ def _only(obj: Any, allowed: set[str], required: set[str], what: str) -> dict[st
 def parse_attestation(untrusted_body: bytes) -> tuple[dict[str, Any] | None, str, TeePubKey, Any, str]:
     """-> (init_data, nonce, tee_pubkey, primary_evidence, additional_evidence)."""
     try:
-        doc = strict_json(untrusted_body)
+        doc = strict_loads(untrusted_body)
     except ValueError as exc:
         raise _Reject(f"attestation body is not strict JSON: {exc}") from exc
     doc = _only(doc, {"init-data", "runtime-data", "tee-evidence"}, {"runtime-data", "tee-evidence"}, "body")
@@ -193,7 +180,7 @@ class AttestationService:
         devices: list[tuple[str, str, dict[str, Any]]] = []  # (class, tee, claims)
         if additional:
             try:
-                amap = strict_json(additional)
+                amap = strict_loads(additional)
             except ValueError as exc:
                 raise _Reject("additional evidence is not strict JSON") from exc
             if not isinstance(amap, dict):

@@ -9,6 +9,8 @@ import json
 import time
 from typing import Any
 
+from kbs_client._json import strict_loads
+
 from .errors import RvpsError
 from .storage import NS_REFERENCE_VALUE, KvStore
 
@@ -18,21 +20,12 @@ RV_LIFETIME_S = 365 * 24 * 3600
 MAX_RV_MESSAGE = 1024 * 1024
 
 
-def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
-
-
 def parse_message(untrusted_body: bytes) -> dict[str, Any]:
     """Parse ``{"version":"0.1.0","type":"sample","payload":<std b64 of {name: value}>}``."""
     if len(untrusted_body) > MAX_RV_MESSAGE:
         raise RvpsError("reference value message too large")
     try:
-        msg = json.loads(untrusted_body, object_pairs_hook=_strict_object)
+        msg = strict_loads(untrusted_body)
     except ValueError as exc:
         raise RvpsError("reference value message is not JSON") from exc
     if not isinstance(msg, dict) or set(msg) != {"version", "type", "payload"}:
@@ -44,7 +37,7 @@ def parse_message(untrusted_body: bytes) -> dict[str, Any]:
     if not isinstance(msg["payload"], str):
         raise RvpsError("payload must be a string")
     try:
-        values = json.loads(base64.b64decode(msg["payload"], validate=True), object_pairs_hook=_strict_object)
+        values = strict_loads(base64.b64decode(msg["payload"], validate=True))
     except (binascii.Error, ValueError) as exc:
         raise RvpsError("payload is not base64 of a JSON object") from exc
     if not isinstance(values, dict):

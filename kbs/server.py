@@ -22,10 +22,11 @@ from aiohttp import web
 
 from kbs_client import jwe as client_jwe
 from kbs_client._b64 import unb64url
+from kbs_client._json import strict_loads
 from kbs_client.errors import JweError as ClientJweError
 
 from .admin_auth import AdminAuthorizer, AdminDenied
-from .attestation_service import AttestationService, strict_json
+from .attestation_service import AttestationService
 from .config import KbsConfig
 from .ear import EarBroker, TokenVerifier, extract_tee_pubkey
 from .errors import (
@@ -202,7 +203,7 @@ class _Handlers:
     async def auth(self, request: web.Request) -> web.Response:
         raw = await request.read()
         try:
-            doc = strict_json(raw)
+            doc = strict_loads(raw)
         except ValueError as exc:
             raise AttestationError(AUTH_DESERIALIZE) from exc
         if not isinstance(doc, dict) or set(doc) != {"version", "tee", "extra-params"}:
@@ -328,7 +329,7 @@ class _Handlers:
     @staticmethod
     def _body_json(raw: bytes, keys: set[str], required: set[str]) -> dict[str, Any]:
         try:
-            doc = strict_json(raw)
+            doc = strict_loads(raw)
         except ValueError as exc:
             raise SerdeError("request body is not valid JSON") from exc
         if not isinstance(doc, dict) or not required <= set(doc) or not set(doc) <= keys:

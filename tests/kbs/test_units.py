@@ -328,7 +328,8 @@ async def test_reference_values_expire_and_messages_are_strict() -> None:
     assert await rv.all(now=t + RV_LIFETIME_S + 1) == {}
     dup = b'{"version":"0.1.0","version":"0.1.0","type":"sample","payload":""}'
     for bad in (dup, json.dumps({**msg, "extra": 1}).encode(), json.dumps({**msg, "type": "in-toto"}).encode(),
-                json.dumps({**msg, "payload": base64.b64encode(b"[1]").decode()}).encode()):  # fmt: skip
+                json.dumps({**msg, "payload": base64.b64encode(b"[1]").decode()}).encode(),
+                json.dumps({**msg, "payload": base64.b64encode(b'{"svn": NaN}').decode()}).encode()):  # fmt: skip
         with pytest.raises(RvpsError):
             await rv.register(bad)
 
