@@ -356,11 +356,13 @@ def _verify_chain(
 
 
 def _leaf_checks(leaf: x509.Certificate) -> None:
+    """codeSigning usage, with Go's x509 rule (containers/image verifies with crypto/x509):
+    a certificate without an ExtendedKeyUsage extension is valid for any usage."""
     try:
         eku = leaf.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
-        raise SignatureRejected("signing certificate lacks the codeSigning key usage") from None
-    if ExtendedKeyUsageOID.CODE_SIGNING not in eku:
+        return
+    if ExtendedKeyUsageOID.CODE_SIGNING not in eku and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in eku:
         raise SignatureRejected("signing certificate lacks the codeSigning key usage")
 
 

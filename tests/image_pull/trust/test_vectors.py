@@ -252,3 +252,28 @@ async def test_fulcio_rekor_vector_and_its_bad_variants() -> None:
     # "now" long after the certificate expired is fine: validity is checked at integratedTime
     sig = CosignSignature.from_sigstore_json(blob)
     assert sig.certificate is not None and sig.bundle is not None
+
+
+async def test_pki_vector() -> None:
+    """sigstoreSigned with pki (own CA, no Rekor): chain to roots via configured intermediates."""
+    ctx = cosign_ctx("localhost:5000/test:latest", "dir-img-cosign-pki-valid")
+    pki = {
+        "caRootsPath": str(V / "pki_root_crts.pem"),
+        "caIntermediatesPath": str(V / "pki_intermediate_crts.pem"),
+        "subjectEmail": "qiwan@redhat.com",
+        "subjectHostname": "myhost.example.com",
+    }
+    req = {"type": "sigstoreSigned", "pki": pki, "signedIdentity": {"type": "matchRepository"}}
+    assert (await TrustPolicy(pol([req])).check(ctx)).signers == ("pki",)
+    for field, value, match in (
+        ("subjectEmail", "x@example.com", "another subject email"),
+        ("subjectHostname", "other.example.com", "another subject hostname"),
+    ):
+        with pytest.raises(SignatureRejected, match=match):
+            await TrustPolicy(pol([{**req, "pki": {**pki, field: value}}])).check(ctx)
+    # without configured intermediates it still verifies: the signature carries its chain
+    roots_only = {k: v for k, v in pki.items() if k != "caIntermediatesPath"}
+    await TrustPolicy(pol([{**req, "pki": roots_only}])).check(ctx)
+    wrong_root = {**roots_only, "caRootsPath": str(V / "fulcio_v1.crt.pem")}
+    with pytest.raises(SignatureRejected, match="does not chain"):
+        await TrustPolicy(pol([{**req, "pki": wrong_root}])).check(ctx)
