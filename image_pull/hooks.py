@@ -1,8 +1,8 @@
 """Extension points the puller calls: signature policy and layer decryption.
 
-The trust engineer implements these (``image_pull.policy`` / ``image_pull.ocicrypt``)
-and wires them into :mod:`image_pull.puller` where the ``HOOK:`` comments are.
-Until then a pull that needs them fails closed with a clear message.
+Implemented by :mod:`image_pull.trust` (policy evaluation, signatures from
+:mod:`image_pull.signatures`) and :mod:`image_pull.ocicrypt` (layer decryption),
+called from :mod:`image_pull.puller`.
 
 * :class:`PolicyContext` is everything a signature check needs; the check runs
   after the manifest and config are verified and **before any layer becomes
