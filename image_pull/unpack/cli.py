@@ -68,9 +68,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"coco-image unpack-layer: cannot open {args.layer}: {exc.strerror}", file=sys.stderr)
         return 1
     try:
-        stats = unpack_layer(
-            open_decompressed(raw, args.media_type), dest, options=options, compressed_size=size
-        )
+        with open_decompressed(raw, args.media_type, threaded=True) as tar_stream:
+            stats = unpack_layer(tar_stream, dest, options=options, compressed_size=size)
     except UnpackError as exc:
         print(f"coco-image unpack-layer: {exc}", file=sys.stderr)
         return 1

@@ -8,6 +8,8 @@ a large allocation; codec errors surface as :class:`DecompressError`.
 from __future__ import annotations
 
 import io
+import queue
+import threading
 import zlib
 from typing import Any, BinaryIO, cast
 
@@ -246,13 +248,82 @@ class _ZstdStream(_ReadOnly):
         return data
 
 
-def open_decompressed(stream: BinaryIO, media_type: str | None = None) -> BinaryIO:
+class _Prefetched(_ReadOnly):
+    """Decompress in a helper thread (zlib and zstd release the GIL) while the caller unpacks.
+
+    At most ``depth`` chunks wait in the queue. Errors from the helper are raised
+    by ``read``. ``close()`` stops the helper; it is a daemon thread either way.
+    """
+
+    def __init__(self, inner: BinaryIO, chunk: int = 1 << 20, depth: int = 4) -> None:
+        super().__init__()
+        self._queue: queue.Queue[bytes | BaseException] = queue.Queue(depth)
+        self._stop = threading.Event()
+        self._buf = b""
+        self._pos = 0
+        self._eof = False
+        self._thread = threading.Thread(
+            target=self._run, args=(inner, chunk), name="layer-decompress", daemon=True
+        )
+        self._thread.start()
+
+    def _run(self, inner: BinaryIO, chunk: int) -> None:
+        try:
+            while not self._stop.is_set():
+                data = inner.read(chunk)
+                self._put(data)
+                if not data:
+                    return
+        except BaseException as exc:  # handed over to the reading thread
+            self._put(exc)
+
+    def _put(self, item: bytes | BaseException) -> None:
+        while not self._stop.is_set():
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def read(self, size: int | None = -1) -> bytes:
+        if size is None or size < 0:
+            return self.readall()
+        if self._pos >= len(self._buf):
+            if self._eof:
+                return b""
+            item = self._queue.get()
+            if isinstance(item, BaseException):
+                self._eof = True
+                raise item
+            if not item:
+                self._eof = True
+                return b""
+            if size >= len(item):
+                return item
+            self._buf, self._pos = item, 0
+        out = self._buf[self._pos : self._pos + size]
+        self._pos += len(out)
+        return out
+
+    def close(self) -> None:
+        self._stop.set()
+        super().close()
+
+
+def open_decompressed(stream: BinaryIO, media_type: str | None = None, *, threaded: bool = False) -> BinaryIO:
     """Wrap ``stream`` so that reading it yields the uncompressed tar.
 
     With ``media_type`` the codec follows the OCI/Docker media type (unknown or
     encrypted types are refused); without it the codec is detected from the
-    first bytes (gzip, zstd, otherwise plain tar).
+    first bytes (gzip, zstd, otherwise plain tar). With ``threaded`` a helper
+    thread reads and decompresses ahead (bounded: 4 MiB) so decompression
+    overlaps unpacking; close the returned stream when done.
     """
+    plain = _open_codec(stream, media_type)
+    return cast(BinaryIO, _Prefetched(plain)) if threaded else plain
+
+
+def _open_codec(stream: BinaryIO, media_type: str | None) -> BinaryIO:
     if media_type is not None:
         codec = codec_for_media_type(media_type)
         prefix = b""

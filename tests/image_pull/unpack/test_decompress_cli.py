@@ -154,3 +154,27 @@ def test_cli_reads_stdin(tmp_path: Path) -> None:
     cp = subprocess.run([str(exe), "unpack-layer", "-", str(tmp_path / "o")], input=tar, capture_output=True)
     assert cp.returncode == 0, cp.stderr
     assert (tmp_path / "o/from-stdin").read_bytes() == b"s"
+
+
+@pytest.mark.parametrize("blob", [gzip_members(PAYLOAD, 2), zstd_frames(PAYLOAD, 2), PAYLOAD])
+def test_threaded_prefetch_yields_the_same_bytes(blob: bytes) -> None:
+    with open_decompressed(io.BytesIO(blob), threaded=True) as s:
+        assert read_all(s, 100_000) == PAYLOAD
+
+
+def test_threaded_prefetch_raises_codec_errors_in_the_reader() -> None:
+    blob = gzip.compress(PAYLOAD)[:-20]
+    with (
+        open_decompressed(io.BytesIO(blob), threaded=True) as s,
+        pytest.raises(DecompressError, match="truncated"),
+    ):
+        read_all(s)
+
+
+def test_threaded_prefetch_stops_on_close() -> None:
+    s = open_decompressed(io.BytesIO(gzip.compress(bytes(64 << 20))), threaded=True)
+    assert len(s.read(10)) == 10
+    s.close()
+    thread = s._thread  # type: ignore[attr-defined]
+    thread.join(timeout=5)
+    assert not thread.is_alive()
