@@ -663,3 +663,59 @@ async def test_keys_from_kbs_uris_through_the_resource_getter(env: Env) -> None:
         await pull(
             env, "t/signed:1", "kbs-none", work="kbs-none", signature_policy=pol, registries_d=env.read_d
         )
+
+
+async def test_signed_image_index(env: Env, tmp_path: Path) -> None:
+    """skopeo copy --all --sign-by signs the index; the pull selects the platform manifest and the
+    signature on the index digest vouches for it (containers/image and image-rs accept both)."""
+    from tests.support.registry import OciLayout
+
+    lay = OciLayout(tmp_path / "multi")
+    amd = lay.image([(layers()[0], "gzip"), (layers()[1], "gzip")], arch="amd64", tag=None)
+    arm = lay.image([(layer_tar([("arch", "file", b"arm64\n", 0o644)]), "gzip")], arch="arm64", tag=None)
+    lay.image_index([amd, arm], "multi")
+    write_d = tmp_path / "rd-write"
+    write_d.mkdir()
+    (write_d / "d.yaml").write_text(
+        f"default-docker:\n  lookaside-staging: file://{env.tmp / 'sigstore'}\n  lookaside: file://{env.tmp / 'sigstore'}\n"
+    )
+    h.skopeo_copy(
+        env.reg,
+        f"oci:{lay.path}:multi",
+        "t/multi:1",
+        ["--all", "--registries.d", str(write_d), "--sign-by", env.signer.fpr],
+        env.signer.env,
+    )
+    # keep only the index's signature: the platform manifest is vouched for through the index
+    _, _, body = h._req(
+        env.reg,
+        "GET",
+        "/v2/t/multi/manifests/1",
+        headers={"Accept": "application/vnd.oci.image.index.v1+json"},
+    )
+    index_digest = "sha256:" + hashlib.sha256(body).hexdigest()
+    for d in (env.tmp / "sigstore/t").glob("multi@*"):
+        if d.name != f"multi@sha256={index_digest.split(':')[1]}":
+            shutil.rmtree(d)
+    pol = policy(env, signed_by(env.signer.pub))
+    res = await pull(
+        env,
+        "t/multi:1",
+        "multi",
+        work="multi",
+        signature_policy=pol,
+        registries_d=env.read_d,
+        platform="linux/amd64",
+    )
+    assert res.index_digest == index_digest and res.index_digest != res.manifest_digest
+    check_rootfs(res)
+    with pytest.raises(SignatureRejected):
+        await pull(
+            env,
+            "t/multi:1",
+            "multi-other",
+            work="multi",
+            signature_policy=policy(env, signed_by(env.other.pub)),
+            registries_d=env.read_d,
+            platform="linux/amd64",
+        )
