@@ -26,9 +26,12 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import hashlib
+import http.server
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -43,6 +46,12 @@ REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from cryptography.hazmat.primitives import serialization  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
+
+from image_pull.ocicrypt import jwe_decrypt, load_private_key  # noqa: E402
+from tests.image_pull.trust import helpers as reg_api  # noqa: E402
 from tests.support.kbs import start_kbs  # noqa: E402
 from tests.support.registry import RegistryServer, layer_tar, umoci_image  # noqa: E402
 from vm import build_guest  # noqa: E402
@@ -107,26 +116,161 @@ def _seed(kbs_url: str, token: Path, args: list[str]) -> None:
         raise VmScenarioError(f"kbs-client {args[0]} failed: {(cp.stderr or cp.stdout)[-300:]}")
 
 
-def _tamper_blob(registry: RegistryServer, digest: str) -> None:
-    """Flip bytes of a stored blob behind the registry's back (it serves what is on disk)."""
-    algo, hexd = digest.split(":", 1)
-    data = registry.root / "data/docker/registry/v2/blobs" / algo / hexd[:2] / hexd / "data"
-    raw = bytearray(data.read_bytes())
-    raw[len(raw) // 2] ^= 0xFF
-    data.write_bytes(bytes(raw))
+JWE_ANNOTATION = "org.opencontainers.image.enc.keys.jwe"
+PROVIDER_ANNOTATION = "org.opencontainers.image.enc.keys.provider.attestation-agent"
 
 
-def _layer_digests(layout_ref: str) -> list[str]:
-    lay, tag = layout_ref.rsplit(":", 1)
-    index = json.loads((Path(lay) / "index.json").read_text())
-    desc = next(
-        m
-        for m in index["manifests"]
-        if m.get("annotations", {}).get("org.opencontainers.image.ref.name") == tag
+@dataclasses.dataclass(frozen=True)
+class _Signer:
+    env: dict[str, str]
+    fingerprint: str
+    public_key: bytes  # binary OpenPGP public key (gpg --export)
+
+
+def _gpg_signer(home: Path) -> _Signer:
+    home.mkdir(mode=0o700, parents=True)
+    env = {**os.environ, "GNUPGHOME": str(home)}
+
+    def gpg(*args: str) -> bytes:
+        cp = subprocess.run(["gpg", "--batch", *args], env=env, capture_output=True, timeout=120)
+        if cp.returncode != 0:
+            raise VmScenarioError(f"gpg {args[0]} failed: {cp.stderr.decode(errors='replace')[-300:]}")
+        return cp.stdout
+
+    gpg("--passphrase", "", "--quick-gen-key", "coco-vm@example.invalid", "ed25519", "sign", "never")
+    out = gpg("--with-colons", "--list-secret-keys").decode()
+    fpr = next(line.split(":")[9] for line in out.splitlines() if line.startswith("fpr:"))
+    return _Signer(env, fpr, gpg("--export", fpr))
+
+
+def _skopeo(
+    registry: RegistryServer, src: str, dst_repo_tag: str, extra: list[str], env: dict[str, str] | None = None
+) -> None:
+    user, pw = next(iter(registry.users.items()))
+    cp = subprocess.run(
+        ["skopeo", "copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false",
+         "--src-creds", f"{user}:{pw}", "--dest-creds", f"{user}:{pw}", *extra, src,
+         f"docker://{registry.host}/{dst_repo_tag}"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    if cp.returncode != 0:
+        raise VmScenarioError(f"skopeo copy to {dst_repo_tag} failed: {cp.stderr[-400:]}")
+
+
+def _rewrap_for_kbs(manifest: dict[str, Any], rsa_pem: bytes, kek: bytes, kid: str) -> dict[str, Any]:
+    """Turn skopeo's JWE recipients into key-provider packets for ``kid`` (what
+    coco-keyprovider emits): the layer options, wrapped with the KEK (AES-256-GCM)."""
+    key = load_private_key(rsa_pem)
+    out: dict[str, Any] = json.loads(json.dumps(manifest))
+    for layer in out["layers"]:
+        ann = layer.get("annotations", {})
+        opts = jwe_decrypt(base64.b64decode(ann.pop(JWE_ANNOTATION)), [key])
+        iv = os.urandom(12)
+        packet = {
+            "kid": kid,
+            "wrapped_data": base64.b64encode(AESGCM(kek).encrypt(iv, opts, None)).decode(),
+            "iv": base64.b64encode(iv).decode(),
+            "wrap_type": "A256GCM",
+        }
+        ann[PROVIDER_ANNOTATION] = base64.b64encode(json.dumps(packet).encode()).decode()
+    return out
+
+
+def _manifest_digest(registry: RegistryServer, repo: str, tag: str) -> str:
+    return "sha256:" + hashlib.sha256(reg_api.get_manifest(registry, repo, tag)).hexdigest()
+
+
+def _lookaside_server(root: Path) -> http.server.ThreadingHTTPServer:
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    return srv
+
+
+@dataclasses.dataclass(frozen=True)
+class _TrustedImages:
+    signer: _Signer
+    policy: dict[str, Any]
+    kek: bytes
+    app_digest: str
+    tampered_digest: str
+    encrypted_layers: int  # layers of the signed app image encrypted to a KBS key
+
+
+def _trusted_images(
+    workdir: Path, registry: RegistryServer, app_layout: str, guest_registry: str, say: Say
+) -> _TrustedImages:
+    """Encrypt the app image with skopeo (JWE), re-wrap its layer keys for the KBS
+    (key-provider annotations), sign it with skopeo + gnupg into a lookaside, and
+    derive the negative cases: a signature replayed onto a tampered manifest, and
+    an image whose key the KBS will refuse."""
+    signer = _gpg_signer(workdir / "gnupg")
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    rsa_pem = rsa_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     )
-    algo, hexd = desc["digest"].split(":")
-    manifest = json.loads((Path(lay) / "blobs" / algo / hexd).read_text())
-    return [layer["digest"] for layer in manifest["layers"]]
+    rsa_pub = workdir / "jwe-pub.pem"
+    rsa_pub.write_bytes(
+        rsa_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    kek = os.urandom(32)
+    sigstore = workdir / "sigstore"
+    regd = workdir / "registries.d"
+    regd.mkdir()
+    (regd / "default.yaml").write_text(f"default-docker:\n  lookaside-staging: file://{sigstore}\n")
+
+    say("vm: skopeo: encrypting the app image (JWE), re-wrapping its layer keys for the KBS, signing (gnupg)")
+    _skopeo(registry, f"oci:{app_layout}", "coco/app-jwe:v1", ["--encryption-key", f"jwe:{rsa_pub}"])
+    jwe_manifest = json.loads(reg_api.get_manifest(registry, "coco/app-jwe", "v1"))
+    for tag, kid in (("kbs", "kbs:///default/image-kek/app"), ("denied", "kbs:///default/image-kek/denied")):
+        reg_api.push_manifest(registry, "coco/app-jwe", tag, _rewrap_for_kbs(jwe_manifest, rsa_pem, kek, kid))
+
+    def sign_copy(src_tag: str, dst: str) -> None:
+        _skopeo(
+            registry, f"docker://{registry.host}/coco/app-jwe:{src_tag}", dst,
+            ["--registries.d", str(regd), "--sign-by", signer.fingerprint,
+             "--sign-identity", f"{guest_registry}/{dst}"],
+            env=signer.env,
+        )  # fmt: skip
+
+    sign_copy("kbs", "coco/app:v1")
+    sign_copy("denied", "coco/app-denied:v1")
+    sign_copy("kbs", "coco/tampered:orig")  # a valid signature naming coco/tampered:v1 ...
+    orig = _manifest_digest(registry, "coco/tampered", "orig")
+    # ... replayed onto a manifest whose first layer was swapped for altered bytes
+    man = json.loads(reg_api.get_manifest(registry, "coco/tampered", "orig"))
+    blob = bytearray(reg_api.get_blob(registry, "coco/tampered", man["layers"][0]["digest"]))
+    blob[len(blob) // 2] ^= 0x01
+    pushed = reg_api.push_blob(registry, "coco/tampered", bytes(blob))
+    man["layers"][0]["digest"], man["layers"][0]["size"] = pushed["digest"], pushed["size"]
+    tampered = reg_api.push_manifest(registry, "coco/tampered", "v1", man)
+    src_dir = sigstore / f"coco/tampered@sha256={orig.split(':')[1]}"
+    shutil.copytree(src_dir, sigstore / f"coco/tampered@sha256={tampered.split(':')[1]}")
+
+    policy = {
+        "default": [{"type": "reject"}],
+        "transports": {
+            "docker": {
+                f"{guest_registry}/coco": [
+                    {"type": "signedBy", "keyType": "GPGKeys", "keyPath": "kbs:///default/gpg-key/signer"}
+                ]
+            }
+        },
+    }
+    app = json.loads(reg_api.get_manifest(registry, "coco/app", "v1"))
+    encrypted = sum(
+        1
+        for d in app["layers"]
+        if d["mediaType"].endswith("+encrypted") and PROVIDER_ANNOTATION in d.get("annotations", {})
+    )
+    return _TrustedImages(
+        signer, policy, kek, _manifest_digest(registry, "coco/app", "v1"), tampered, encrypted
+    )
 
 
 @dataclasses.dataclass
@@ -217,93 +361,114 @@ def run_scenario(workdir: Path, *, say: Say = print, timeout: float = VM_TIMEOUT
             ]),
         ]  # fmt: skip
         app_ref = umoci_image(workdir, "app", app_layers, cmd="/bin/app")
-        registry.push(app_ref, "coco/app:v1")
-        bad_ref = umoci_image(
-            workdir,
-            "tampered",
-            [
-                layer_tar(
-                    [("etc", "dir", None, 0o755), ("etc/tampered.txt", "file", nonce.encode() * 64, 0o644)]
-                )
-            ],
-        )
-        registry.push(bad_ref, "coco/tampered:v1")
-        _tamper_blob(registry, _layer_digests(bad_ref)[0])
+        trusted = _trusted_images(workdir, registry, app_ref, guest_registry, say)
+        lookaside = _lookaside_server(workdir / "sigstore")
+        guest_lookaside = f"http://{HOST_ALIAS}:{lookaside.server_address[1]}"
+        say(f"vm: signature lookaside on 127.0.0.1:{lookaside.server_address[1]} (guest: {guest_lookaside})")
+        try:
+            with start_kbs(workdir / "kbs", policy=None) as kbs:
+                guest_kbs = f"http://{HOST_ALIAS}:{kbs.port}"
+                say(f"vm: reference KBS on {kbs.url} (guest: {guest_kbs}); seeding with kbs-client")
+                files = {
+                    "default/credentials/test": json.dumps(registry.auth_json(key=guest_registry)).encode(),
+                    "default/credentials/denied": json.dumps(registry.auth_json(key=guest_registry)).encode(),
+                    "default/test/probe": b"released to the guest after sample attestation " + nonce.encode(),
+                    "default/security-policy/test": json.dumps(trusted.policy).encode(),
+                    "default/gpg-key/signer": trusted.signer.public_key,
+                    "default/sigstore-config/test": f"default-docker:\n  lookaside: {guest_lookaside}\n".encode(),
+                    "default/image-kek/app": trusted.kek,
+                    "default/image-kek/denied": trusted.kek,
+                }
+                seeds = workdir / "seeds"
+                for path, data in files.items():
+                    seed = seeds / path
+                    seed.parent.mkdir(parents=True, exist_ok=True)
+                    seed.write_bytes(data)
+                    _seed(
+                        kbs.url,
+                        kbs.admin_token_file,
+                        ["set-resource", "--path", path, "--resource-file", str(seed)],
+                    )
+                policy = workdir / "resource-policy.rego"
+                policy.write_bytes(DENY_POLICY)
+                _seed(kbs.url, kbs.admin_token_file, ["set-resource-policy", "--policy-file", str(policy)])
+                # The policy as seen by a sample-TEE client on the host, before the guest relies on it.
+                if _kbs_client(kbs.url, "get-resource", "--path", "default/test/probe").returncode != 0:
+                    raise VmScenarioError("the KBS refuses the probe resource to a sample TEE on the host")
+                if _kbs_client(kbs.url, "get-resource", "--path", "default/image-kek/denied").returncode == 0:
+                    raise VmScenarioError("the KBS releases default/image-kek/denied despite the policy")
 
-        with start_kbs(workdir / "kbs", policy=None) as kbs:
-            guest_kbs = f"http://{HOST_ALIAS}:{kbs.port}"
-            say(f"vm: reference KBS on {kbs.url} (guest: {guest_kbs}); seeding with kbs-client")
-            auth = workdir / "auth.json"
-            auth.write_text(json.dumps(registry.auth_json(key=guest_registry)))
-            probe = workdir / "probe.txt"
-            probe.write_bytes(b"released to the guest after sample attestation " + nonce.encode())
-            policy = workdir / "resource-policy.rego"
-            policy.write_bytes(DENY_POLICY)
-            tok = kbs.admin_token_file
-            for args in (
-                ["set-resource", "--path", "default/credentials/test", "--resource-file", str(auth)],
-                ["set-resource", "--path", "default/credentials/denied", "--resource-file", str(auth)],
-                ["set-resource", "--path", "default/test/probe", "--resource-file", str(probe)],
-                ["set-resource-policy", "--policy-file", str(policy)],
-            ):
-                _seed(kbs.url, tok, args)
-            # The policy as seen by a sample-TEE client on the host, before the guest relies on it.
-            if _kbs_client(kbs.url, "get-resource", "--path", "default/test/probe").returncode != 0:
-                raise VmScenarioError("the KBS refuses the probe resource to a sample TEE on the host")
-            if _kbs_client(kbs.url, "get-resource", "--path", "default/credentials/denied").returncode == 0:
-                raise VmScenarioError("the KBS releases default/credentials/denied despite the policy")
+                def image_toml(creds: str) -> str:
+                    return (
+                        f'authenticated_registry_credentials_uri = "kbs:///default/credentials/{creds}"\n'
+                        'image_security_policy_uri = "kbs:///default/security-policy/test"\n'
+                        'sigstore_config_uri = "kbs:///default/sigstore-config/test"\n'
+                        f'[[image.registry_config.registry]]\nlocation = "{guest_registry}"\ninsecure = true\n'
+                    )
 
-            def image_toml(creds: str) -> str:
-                return (
-                    f'authenticated_registry_credentials_uri = "kbs:///default/credentials/{creds}"\n'
-                    f'[[image.registry_config.registry]]\nlocation = "{guest_registry}"\ninsecure = true\n'
+                app = f"{guest_registry}/coco/app:v1"
+                f_ = "etc/coco-vm.txt"
+                cfg = {
+                    "kbs_url": guest_kbs,
+                    "probe_resource": "kbs:///default/test/probe",
+                    "image_toml": image_toml("test"),
+                    "pulls": [
+                        {"label": "first", "image": app, "file": f_},
+                        {"label": "again", "image": app, "file": f_},
+                        {"label": "tampered", "image": f"{guest_registry}/coco/tampered:v1", "expect": "fail", "file": f_},
+                        {"label": "key-denied", "image": f"{guest_registry}/coco/app-denied:v1", "expect": "fail", "file": f_},
+                    ],
+                    "deny": {"image": app, "file": f_, "image_toml": image_toml("denied")},
+                }  # fmt: skip
+                enc = (
+                    base64.urlsafe_b64encode(json.dumps(cfg, separators=(",", ":")).encode())
+                    .decode()
+                    .rstrip("=")
                 )
-
-            app = f"{guest_registry}/coco/app:v1"
-            cfg = {
-                "kbs_url": guest_kbs,
-                "probe_resource": "kbs:///default/test/probe",
-                "image_toml": image_toml("test"),
-                "pulls": [
-                    {"label": "first", "image": app, "file": "etc/coco-vm.txt"},
-                    {"label": "again", "image": app, "file": "etc/coco-vm.txt"},
-                    {"label": "tampered", "image": f"{guest_registry}/coco/tampered:v1", "expect": "fail",
-                     "file": "etc/tampered.txt"},
-                ],
-                "deny": {"image": app, "file": "etc/coco-vm.txt", "image_toml": image_toml("denied")},
-            }  # fmt: skip
-            enc = (
-                base64.urlsafe_b64encode(json.dumps(cfg, separators=(",", ":")).encode()).decode().rstrip("=")
-            )
-            cmdline = f"console=ttyS0 quiet panic=-1 coco.cfg={enc}"
-            if len(cmdline) > CMDLINE_MAX:
-                raise VmScenarioError(
-                    f"guest config too long for the kernel command line ({len(cmdline)} bytes)"
-                )
-            blank = workdir / "trusted_store.img"
-            with blank.open("wb") as f:
-                f.truncate(TRUSTED_STORE_MB << 20)
-            cmd = [
-                "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2",
-                "-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot",
-                "-kernel", str(images.kernel), "-initrd", str(images.initramfs), "-append", cmdline,
-                "-drive", f"file={images.rootfs},if=none,id=root,format=raw,readonly=on",
-                "-device", "virtio-blk-pci,drive=root",
-                "-drive", f"file={images.project},if=none,id=proj,format=raw,readonly=on",
-                "-device", "virtio-blk-pci,drive=proj,serial=cocoproject",
-                "-drive", f"file={blank},if=none,id=ts,format=raw,cache=unsafe",
-                "-device", "virtio-blk-pci,drive=ts,serial=trusted_store",
-                "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile=",
-            ]  # fmt: skip
-            say(f"vm: booting the guest (TCG, 2 vCPUs, 2 GiB; timeout {timeout:.0f}s)")
-            con, qemu_rc, vm_seconds = _boot(cmd, workdir / "console.log", say, timeout)
-        return _summarise(con.results, qemu_rc, vm_seconds, file_body, t_start)
+                cmdline = f"console=ttyS0 quiet panic=-1 coco.cfg={enc}"
+                if len(cmdline) > CMDLINE_MAX:
+                    raise VmScenarioError(
+                        f"guest config too long for the kernel command line ({len(cmdline)} bytes)"
+                    )
+                blank = workdir / "trusted_store.img"
+                with blank.open("wb") as f:
+                    f.truncate(TRUSTED_STORE_MB << 20)
+                cmd = [
+                    "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2",
+                    "-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot",
+                    "-kernel", str(images.kernel), "-initrd", str(images.initramfs), "-append", cmdline,
+                    "-drive", f"file={images.rootfs},if=none,id=root,format=raw,readonly=on",
+                    "-device", "virtio-blk-pci,drive=root",
+                    "-drive", f"file={images.project},if=none,id=proj,format=raw,readonly=on",
+                    "-device", "virtio-blk-pci,drive=proj,serial=cocoproject",
+                    "-drive", f"file={blank},if=none,id=ts,format=raw,cache=unsafe",
+                    "-device", "virtio-blk-pci,drive=ts,serial=trusted_store",
+                    "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile=",
+                ]  # fmt: skip
+                say(f"vm: booting the guest (TCG, 2 vCPUs, 2 GiB; timeout {timeout:.0f}s)")
+                con, qemu_rc, vm_seconds = _boot(cmd, workdir / "console.log", say, timeout)
+                refused = sorted(
+                    set(re.findall(r"/kbs/v0/resource/[\w./-]+", "\n".join(
+                        line for line in kbs.log_text().splitlines() if "request refused" in line
+                    )))
+                )  # fmt: skip
+                say(f"vm: the KBS refused: {', '.join(refused) or 'nothing'}")
+        finally:
+            lookaside.shutdown()
+            lookaside.server_close()
+        return _summarise(con.results, qemu_rc, vm_seconds, file_body, t_start, trusted, refused)
     finally:
         registry.stop()
 
 
 def _summarise(
-    results: list[dict[str, Any]], qemu_rc: int, vm_seconds: float, file_body: bytes, t_start: float
+    results: list[dict[str, Any]],
+    qemu_rc: int,
+    vm_seconds: float,
+    file_body: bytes,
+    t_start: float,
+    trusted: _TrustedImages,
+    kbs_refused: list[str],
 ) -> dict[str, Any]:
     if qemu_rc != 0:
         raise VmScenarioError(f"qemu exited with {qemu_rc}")
@@ -314,6 +479,7 @@ def _summarise(
     first = _one(results, "pull", label="first")
     again = _one(results, "pull", label="again")
     bad = _one(results, "pull", label="tampered")
+    key_denied = _one(results, "pull", label="key-denied")
     deny = _one(results, "deny")
     problems = []
     if done.get("rc") != 0:
@@ -331,14 +497,27 @@ def _summarise(
             problems.append(f"pull {p['label']}: {p['file']} differs from what was pushed")
         elif not (p["upper_on_work_dir"] and p["store_on_work_dir"]):
             problems.append(f"pull {p['label']}: the bundle's layers are not on the work dir")
-    if first.get("ok") and again.get("ok") and first["manifest_digest"] != again["manifest_digest"]:
-        problems.append("the second pull resolved another manifest")
-    if bad["ok"] or bad["leftover"] or bad["mounted"]:
-        problems.append(f"tampered image: ok={bad['ok']} leftover={bad['leftover']} mounted={bad['mounted']}")
+    for p in (first, again):
+        if p.get("ok") and p["manifest_digest"] != trusted.app_digest:
+            problems.append(
+                f"pull {p['label']} resolved {p['manifest_digest']}, not the signed {trusted.app_digest}"
+            )
+        if p.get("ok") and trusted.signer.fingerprint[-16:].lower() not in p.get("signature", "").lower():
+            problems.append(
+                f"pull {p['label']}: CDH did not report a signature by {trusted.signer.fingerprint}"
+            )
+    for p in (bad, key_denied):
+        if p["ok"] or p["leftover"] or p["mounted"]:
+            problems.append(f"{p['label']}: ok={p['ok']} leftover={p['leftover']} mounted={p['mounted']}")
     if deny["ok"] or deny["leftover"] or deny["mounted"] or deny["new_mounts"]:
         problems.append(
             f"KBS denial: ok={deny['ok']} leftover={deny['leftover']} new_mounts={deny['new_mounts']}"
         )
+    for path in ("default/image-kek/denied", "default/credentials/denied"):
+        if f"/kbs/v0/resource/{path}" not in kbs_refused:
+            problems.append(f"the KBS log shows no refusal of {path}")
+    if trusted.encrypted_layers < 1:
+        problems.append("the app image has no layer encrypted to a KBS key")
     if problems:
         raise VmScenarioError("; ".join(problems))
     return {
@@ -360,8 +539,13 @@ def _summarise(
         "secure_mount_seconds": sm["seconds"],
         "first_pull_seconds": first["seconds"],
         "second_pull_seconds": again["seconds"],
-        "tampered_error": bad["error"][:160],
-        "kbs_denied_error": deny["error"][:160],
+        "signature": first["signature"],
+        "signer_fingerprint": trusted.signer.fingerprint,
+        "encrypted_layers": trusted.encrypted_layers,
+        "tampered_error": bad["error"],
+        "key_denied_error": key_denied["error"],
+        "kbs_refused": kbs_refused,
+        "kbs_denied_error": deny["error"],
         "vm_seconds": round(vm_seconds, 1),
         "total_seconds": round(time.monotonic() - t_start, 1),
     }

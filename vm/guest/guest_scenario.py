@@ -242,11 +242,20 @@ def _bundle_state(bundle: Path) -> dict[str, Any]:
     }
 
 
-async def pull(cdh: Any, cid: str, spec: dict[str, Any]) -> dict[str, Any]:
+def _accepted(log: Path) -> list[str]:
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return [line[line.index("policy accepted") :] for line in text.splitlines() if "policy accepted" in line]
+
+
+async def pull(
+    cdh: Any, cid: str, spec: dict[str, Any], cdh_log: Path = Path("/run/confidential-data-hub.log")
+) -> dict[str, Any]:
     bundle = Path("/run/kata-containers") / cid
     bundle.mkdir(parents=True, exist_ok=True)
     label = spec.get("label", cid)
     say(f"PullImage {spec['image']} -> {bundle} ({label})")
+    n_accepted = len(_accepted(cdh_log))
+    n_log = len(cdh_log.read_text(errors="replace").splitlines()) if cdh_log.exists() else 0
     t = time.monotonic()
     req = api_pb2.ImagePullRequest(image_url=spec["image"], bundle_path=str(bundle))
     try:
@@ -254,6 +263,10 @@ async def pull(cdh: Any, cid: str, spec: dict[str, Any]) -> dict[str, Any]:
             "api.ImagePullService", "PullImage", req, api_pb2.ImagePullResponse, timeout=900
         )
     except Exception as exc:
+        # CDH's own account of the failure (new log lines since this pull began)
+        for line in cdh_log.read_text(errors="replace").splitlines()[n_log:] if cdh_log.exists() else []:
+            if any(w in line for w in ("refused", "unwrap", "rejected", "PolicyDeny", "denied")):
+                say(f"  cdh: {line[-300:]}")
         out = {
             "label": label,
             "image": spec["image"],
@@ -265,6 +278,8 @@ async def pull(cdh: Any, cid: str, spec: dict[str, Any]) -> dict[str, Any]:
         result("pull", **out)
         return out
     seconds = round(time.monotonic() - t, 1)
+    # What CDH's policy check accepted for this very pull (image_pull.trust logs it).
+    accepted = _accepted(cdh_log)[n_accepted:]
     rootfs = bundle / "rootfs"
     data = (rootfs / spec["file"].lstrip("/")).read_bytes()
     m = mount_of(str(rootfs))
@@ -275,6 +290,8 @@ async def pull(cdh: Any, cid: str, spec: dict[str, Any]) -> dict[str, Any]:
     store = [Path(WORK_DIR) / e for e in sorted(os.listdir(WORK_DIR)) if e != "lost+found"]
     say(f"rootfs: {' '.join(m) if m else 'not a mount point'}")
     say(f"{spec['file']}: {data[:200].decode(errors='replace')!r}")
+    if accepted:
+        say(accepted[-1])
     out = {
         "label": label,
         "image": spec["image"],
@@ -283,6 +300,7 @@ async def pull(cdh: Any, cid: str, spec: dict[str, Any]) -> dict[str, Any]:
         "file": spec["file"],
         "file_text": data[:200].decode(errors="replace"),
         "file_sha256": hashlib.sha256(data).hexdigest(),
+        "signature": accepted[-1] if accepted else "",
         "rootfs_fstype": m[2] if m else None,
         "layers": len(opts.get("lowerdir", "").split(":")) if opts.get("lowerdir") else 0,
         "upper_on_work_dir": opts.get("upperdir", "").startswith(WORK_DIR),
@@ -318,7 +336,9 @@ async def deny_case(cfg: dict[str, Any], spec: dict[str, Any]) -> dict[str, Any]
     )
     client = connect(f"unix://{sock}")
     try:
-        out = await pull(client, "deny", {**spec, "label": "kbs-denied"})
+        out = await pull(
+            client, "deny", {**spec, "label": "kbs-denied"}, Path("/run/confidential-data-hub-deny.log")
+        )
     finally:
         await client.close()
         proc.terminate()
