@@ -111,6 +111,11 @@ async def _main(args: argparse.Namespace) -> int:
         snapshotter=args.snapshotter,
         pull_timeout=args.timeout,
     )
+    if config.decryption_keys:
+        from image_pull.ocicrypt import load_private_key
+
+        for k in config.decryption_keys:
+            load_private_key(k)  # a bad key file fails now, not at the first encrypted layer
     sinks: list[Callable[[ProgressEvent], None]] = []
     if sys.stderr.isatty():
         sinks.append(TtyProgress(sys.stderr))
