@@ -71,7 +71,7 @@ from image_pull.progress import ProgressEvent
 from image_pull.reference import Reference, parse_reference
 from image_pull.registries_conf import Candidate, RegistryConfig
 from image_pull.registry import RegistryClient, RetryPolicy
-from image_pull.store import LayerRecord, LayerStore, chain_ids
+from image_pull.store import LayerRecord, LayerStore, bundle_key, chain_ids
 from image_pull.stream import ChunkPipe, HashingReader, PipeAborted
 from image_pull.trust.evaluate import TrustPolicy
 from image_pull.unpack import open_decompressed
@@ -362,16 +362,19 @@ class ImagePuller:
             ) from None
 
     async def release_bundle(self, bundle_dir: Path) -> None:
-        """Unmount/remove ``<bundle>/rootfs`` and drop its GC root in the store."""
+        """Unmount/remove ``<bundle>/rootfs`` and its ``config.json``; drop its GC root in the store."""
         bundle_dir = Path(bundle_dir)
         rootfs = bundle_dir / "rootfs"
-        if os.path.ismount(rootfs):
-            await asyncio.to_thread(_bundle.unmount, rootfs)
-        key = hashlib.sha256(str(bundle_dir.resolve()).encode()).hexdigest()[:32]
-        for d in self.store.bundles.glob(f"{key}.*"):
-            shutil.rmtree(d, ignore_errors=True)
-        if rootfs.is_dir() and not os.path.ismount(rootfs):
-            shutil.rmtree(rootfs, ignore_errors=True)
+        async with self.store.lock(bundle_key(bundle_dir)):
+            if os.path.ismount(rootfs):
+                await asyncio.to_thread(_bundle.unmount, rootfs)
+            key = hashlib.sha256(str(bundle_dir.resolve()).encode()).hexdigest()[:32]
+            for d in self.store.bundles.glob(f"{key}.*"):
+                shutil.rmtree(d, ignore_errors=True)
+            if rootfs.is_dir() and not os.path.ismount(rootfs):
+                shutil.rmtree(rootfs, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                (bundle_dir / "config.json").unlink()
 
     # ------------------------------------------------------------------ resolve
     async def _resolve(self, cand: Candidate) -> _Resolved:
@@ -794,7 +797,9 @@ class ImagePuller:
                 bdir.mkdir()
                 import json
 
-                (bdir / "bundle.json").write_text(json.dumps({"bundle": str(bundle_dir), "layers": chain}))
+                (bdir / "bundle.json").write_text(
+                    json.dumps({"bundle": str(bundle_dir.resolve()), "layers": chain})
+                )
                 rootfs.mkdir(exist_ok=True)
                 try:
                     _bundle.mount_overlay(
@@ -880,8 +885,7 @@ class ImagePuller:
         downloaded = sum(n for n, _ in results)
         cached = sum(1 for _, c in results if c)
         emit(ProgressEvent("bundle", message=str(bundle_dir)))
-        bundle_key = "sha256:" + hashlib.sha256(str(bundle_dir.resolve()).encode()).hexdigest()
-        async with self.store.lock(bundle_key):  # one pull at a time into one bundle dir
+        async with self.store.lock(bundle_key(bundle_dir)):  # one pull at a time into one bundle dir
             rootfs = await asyncio.to_thread(self._make_bundle, res, chain, bundle_dir, image_ref)
         self.store.record_image(res.manifest_digest, str(res.cand.reference), res.config_digest, chain)
         total = sum(d.size for d in res.manifest.layers)

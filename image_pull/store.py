@@ -37,7 +37,7 @@ from pathlib import Path
 
 from image_pull.errors import InsufficientSpace, StoreError
 
-__all__ = ["LayerRecord", "LayerStore", "chain_ids"]
+__all__ = ["LayerRecord", "LayerStore", "bundle_key", "chain_ids"]
 
 
 def chain_ids(diff_ids: Iterable[str]) -> list[str]:
@@ -49,6 +49,11 @@ def chain_ids(diff_ids: Iterable[str]) -> list[str]:
         else:
             out.append("sha256:" + hashlib.sha256(f"{out[-1]} {d}".encode()).hexdigest())
     return out
+
+
+def bundle_key(bundle_dir: Path) -> str:
+    """Lock key of a bundle directory (one pull at a time into it; GC respects it)."""
+    return "sha256:" + hashlib.sha256(str(Path(bundle_dir).resolve()).encode()).hexdigest()
 
 
 def _hex(digest: str) -> str:
@@ -166,6 +171,27 @@ class LayerStore:
                 continue
         return keep
 
+    def _sweep_dead_bundles(self) -> None:
+        """Drop overlay records whose rootfs is no longer mounted (unmounted by someone else)."""
+        for rec in self.bundles.glob("*/bundle.json"):
+            try:
+                doc = json.loads(rec.read_text())
+                rootfs = Path(str(doc["bundle"])) / "rootfs"
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            if os.path.ismount(rootfs):
+                continue
+            key = bundle_key(Path(str(doc["bundle"])))
+            fd = os.open(self.locks / f"{_hex(key)}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a pull may be mounting it right now
+                if not os.path.ismount(rootfs):
+                    shutil.rmtree(rec.parent, ignore_errors=True)
+            except BlockingIOError:
+                pass
+            finally:
+                os.close(fd)
+
     def gc(self) -> list[str]:
         """Remove layers no image record or live bundle references, and stale staging dirs.
 
@@ -173,6 +199,7 @@ class LayerStore:
         in staging under its lock and is not touched; staging dirs are removed
         only when their key's lock is free.
         """
+        self._sweep_dead_bundles()
         keep = self._referenced()
         removed: list[str] = []
         for d in self.layers.iterdir():

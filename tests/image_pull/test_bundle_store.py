@@ -255,3 +255,22 @@ def test_hardlinks_into_lower_layers_are_copied_up_like_overlayfs(tmp_path: Path
             _copy_up_links(top, (("etc/x", target),), [l1, l0])
     with pytest.raises(UnpackError, match="symlink"):
         _copy_up_links(top, (("etc/y", "sym/passwd"),), [l1, l0])
+
+
+@pytest.mark.root
+@pytest.mark.skipif(not ROOT, reason="needs root: mounts")
+def test_gc_drops_records_of_bundles_unmounted_by_someone_else(tmp_path: Path) -> None:
+    store = LayerStore(tmp_path / "work")
+    c = chain_ids(D[:1])[0]
+    _commit(store, c, "x")
+    rec = store.bundles / "somebundle.abcd"
+    rec.mkdir()
+    bundle_dir = tmp_path / "b"
+    (bundle_dir / "rootfs").mkdir(parents=True)
+    (rec / "bundle.json").write_text(json.dumps({"bundle": str(bundle_dir), "layers": [c]}))
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(bundle_dir / "rootfs")], check=True)
+    try:
+        assert store.gc() == [] and rec.exists()  # mounted: a live GC root
+    finally:
+        subprocess.run(["umount", str(bundle_dir / "rootfs")], check=True)
+    assert store.gc() == [c.split(":")[1]] and not rec.exists()
