@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import json
 from collections.abc import Sequence
@@ -206,7 +205,7 @@ def _unwrap_cek(key: PrivateKey, header: dict[str, Any], encrypted_key: bytes, e
             raise KeyUnavailable("key type does not fit the recipient")
         h: hashes.HashAlgorithm = hashes.SHA1() if alg == "RSA-OAEP" else hashes.SHA256()  # noqa: S303
         try:
-            return key.decrypt(encrypted_key, padding_oaep(h))
+            return key.decrypt(encrypted_key, _oaep(h))
         except ValueError:
             raise KeyUnavailable("RSA-OAEP unwrap failed (another key)") from None
     if isinstance(alg, str) and (alg == "ECDH-ES" or alg in _KW_LEN):
@@ -227,7 +226,7 @@ def _unwrap_cek(key: PrivateKey, header: dict[str, Any], encrypted_key: bytes, e
     raise InvalidEncryptedLayer(f"unsupported JWE key management algorithm {str(alg)[:30]!r}")
 
 
-def padding_oaep(h: hashes.HashAlgorithm) -> Any:
+def _oaep(h: hashes.HashAlgorithm) -> Any:
     from cryptography.hazmat.primitives.asymmetric import padding as apad
 
     return apad.OAEP(mgf=apad.MGF1(algorithm=h), algorithm=h, label=None)
@@ -286,11 +285,3 @@ def jwe_decrypt(untrusted_jwe: bytes, keys: Sequence[PrivateKey]) -> bytes:
             except KeyUnavailable:
                 continue
     raise KeyUnavailable("no decryption key fits any JWE recipient")
-
-
-def fingerprint(key: PrivateKey) -> str:
-    """Short sha256 of the public key (for logs; never the key itself)."""
-    der = key.public_key().public_bytes(
-        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    return hashlib.sha256(der).hexdigest()[:16]
