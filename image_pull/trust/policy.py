@@ -45,6 +45,7 @@ __all__ = [
     "MatchExact",
     "MatchRepoDigestOrExact",
     "MatchRepository",
+    "ParsedIdentity",
     "PkiConfig",
     "Policy",
     "Reject",
@@ -235,10 +236,6 @@ def parse_identity(untrusted: str) -> ParsedIdentity:
     rest = untrusted.split("@", 1)[0]
     has_tag = rest.rfind(":") > rest.rfind("/")
     return ParsedIdentity(ref.name, ref.tag if has_tag else None, ref.digest)
-
-
-def from_reference(ref: Reference) -> ParsedIdentity:
-    return ParsedIdentity(ref.name, ref.tag, ref.digest)
 
 
 def _parse_identity_rule(v: Any, what: str) -> IdentityRule:
