@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 
+from attestation._net import read_bounded
 from attestation.snp.certs import MAX_CERT_FILE, EndorsementCert, ProductRoots, RevocationList
 from attestation.snp.errors import (
     CertChainInvalid,
@@ -157,11 +158,9 @@ class KdsClient:
                     return None
                 if resp.status_code != 200:
                     raise EndorsementKeyUnavailable(f"AMD KDS answered HTTP {resp.status_code} for the VCEK")
-                body = b""
-                for chunk in resp.iter_bytes():
-                    body += chunk
-                    if len(body) > MAX_CERT_FILE:
-                        raise EndorsementKeyUnavailable("AMD KDS response is too large for a VCEK")
+                body = read_bounded(resp, MAX_CERT_FILE)
+                if body is None:
+                    raise EndorsementKeyUnavailable("AMD KDS response is too large for a VCEK")
         except httpx.HTTPError as exc:
             raise EndorsementKeyUnavailable(f"AMD KDS is unreachable: {exc.__class__.__name__}") from exc
         try:
@@ -217,15 +216,18 @@ class KdsClient:
             )
         url = crl_url(roots.product, base_url=self.base_url)
         try:
-            resp = self.http.get(url, timeout=_TIMEOUT_S)
+            with self.http.stream("GET", url, timeout=_TIMEOUT_S) as resp:
+                if resp.status_code != 200:
+                    raise RevocationListUnavailable(f"AMD KDS answered HTTP {resp.status_code} for the CRL")
+                body = read_bounded(resp, MAX_CERT_FILE * 4)
         except httpx.HTTPError as exc:
             raise RevocationListUnavailable(f"AMD KDS is unreachable: {exc.__class__.__name__}") from exc
-        if resp.status_code != 200 or len(resp.content) > MAX_CERT_FILE * 4:
-            raise RevocationListUnavailable(f"AMD KDS answered HTTP {resp.status_code} for the CRL")
-        crl = self._crl_from(resp.content, roots, now)
+        if body is None:
+            raise RevocationListUnavailable("AMD KDS response is too large for a CRL")
+        crl = self._crl_from(body, roots, now)
         if crl is None:
             raise RevocationListUnavailable(
                 f"AMD KDS returned no current {roots.product.value} CRL signed by its ARK"
             )
-        self._store(name, resp.content)
+        self._store(name, body)
         return crl

@@ -37,6 +37,7 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from attestation._net import read_bounded
 from attestation.errors import VerificationError
 from attestation.tdx.pck import (
     PckExtension,
@@ -742,24 +743,34 @@ class PccsClient:
         self._client = client or httpx.Client(timeout=timeout)
         self._cache = cache
 
-    def _get(self, path: str) -> httpx.Response:
+    def _get(self, path: str) -> tuple[httpx.Headers, bytes]:
+        what = path.split("?")[0]
         try:
-            resp = self._client.get(f"{self._base}{path}")
+            with self._client.stream("GET", f"{self._base}{path}") as resp:
+                if resp.status_code != 200:
+                    raise CollateralError(f"PCCS {what} answered HTTP {resp.status_code}")
+                body = read_bounded(resp, MAX_COLLATERAL_SIZE)
+                headers = resp.headers
         except httpx.HTTPError as exc:
-            raise CollateralError(f"PCCS request {path.split('?')[0]} failed: {type(exc).__name__}") from exc
-        if resp.status_code != 200:
-            raise CollateralError(f"PCCS {path.split('?')[0]} answered HTTP {resp.status_code}")
-        if len(resp.content) > MAX_COLLATERAL_SIZE:
-            raise CollateralError(f"PCCS {path.split('?')[0]} answer too large")
-        return resp
+            raise CollateralError(f"PCCS request {what} failed: {type(exc).__name__}") from exc
+        if body is None:
+            raise CollateralError(f"PCCS {what} answer too large")
+        return headers, body
 
     @staticmethod
-    def _header(resp: httpx.Response, *names: str) -> str:
+    def _header(headers: httpx.Headers, *names: str) -> str:
         for n in names:
-            v = resp.headers.get(n)
+            v = headers.get(n)
             if v:
                 return urllib.parse.unquote(v)
         raise CollateralError(f"PCCS answer lacks the {names[0]} header")
+
+    @staticmethod
+    def _text(body: bytes, what: str) -> str:
+        try:
+            return body.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise CollateralError(f"PCCS {what} answer is not UTF-8") from exc
 
     def get(self, *, fmspc: bytes, ca: str, tdx: bool, now: datetime) -> Collateral | None:
         if self._cache is not None:
@@ -767,23 +778,25 @@ class PccsClient:
             if hit is not None:
                 return hit
         tee = "tdx" if tdx else "sgx"
-        crl = self._get(f"/sgx/certification/v4/pckcrl?ca={ca}&encoding=der")
-        tcb = self._get(f"/{tee}/certification/v4/tcb?fmspc={fmspc.hex().upper()}")
-        qe = self._get(f"/{tee}/certification/v4/qe/identity")
+        crl_headers, crl = self._get(f"/sgx/certification/v4/pckcrl?ca={ca}&encoding=der")
+        tcb_headers, tcb = self._get(f"/{tee}/certification/v4/tcb?fmspc={fmspc.hex().upper()}")
+        qe_headers, qe = self._get(f"/{tee}/certification/v4/qe/identity")
         root_crl: bytes | None
         try:
-            root_crl = self._get("/sgx/certification/v4/rootcacrl").content
+            root_crl = self._get("/sgx/certification/v4/rootcacrl")[1]
             if root_crl[:1] != b"\x30":  # PCCS serves hex text
                 root_crl = bytes.fromhex(root_crl.decode("ascii").strip())
         except (CollateralError, ValueError, UnicodeDecodeError):
             root_crl = None
         c = Collateral.from_pcs_responses(
-            tcb_info_body=tcb.text,
-            tcb_info_issuer_chain=self._header(tcb, "TCB-Info-Issuer-Chain", "SGX-TCB-Info-Issuer-Chain"),
-            qe_identity_body=qe.text,
-            qe_identity_issuer_chain=self._header(qe, "SGX-Enclave-Identity-Issuer-Chain"),
-            pck_crl=crl.content,
-            pck_crl_issuer_chain=self._header(crl, "SGX-PCK-CRL-Issuer-Chain"),
+            tcb_info_body=self._text(tcb, "tcb"),
+            tcb_info_issuer_chain=self._header(
+                tcb_headers, "TCB-Info-Issuer-Chain", "SGX-TCB-Info-Issuer-Chain"
+            ),
+            qe_identity_body=self._text(qe, "qe/identity"),
+            qe_identity_issuer_chain=self._header(qe_headers, "SGX-Enclave-Identity-Issuer-Chain"),
+            pck_crl=crl,
+            pck_crl_issuer_chain=self._header(crl_headers, "SGX-PCK-CRL-Issuer-Chain"),
             root_ca_crl=root_crl,
         )
         if self._cache is not None:

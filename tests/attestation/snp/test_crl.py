@@ -4,13 +4,14 @@ fixtures, so CRLs here come from the synthetic PKI (same algorithms)."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
 import pytest
 
-from attestation.snp.certs import RevocationList
+from attestation.snp.certs import MAX_CERT_FILE, RevocationList
 from attestation.snp.errors import (
     CertChainInvalid,
     CertificateExpired,
@@ -122,3 +123,23 @@ def test_cli_crl(pki_milan: SynthPki, tmp_path: Path, capsys: pytest.CaptureFixt
     capsys.readouterr()
     assert main([*base, "--crl", str(tmp_path / "bad.crl")]) == 1
     assert "revoked" in capsys.readouterr().err
+
+
+def test_kds_crl_answer_is_read_with_a_limit(pki_milan: SynthPki, tmp_path: Path) -> None:
+    # a hostile or broken KDS streaming an endless body: reading stops at the limit
+    served: list[int] = []
+
+    def endless() -> Iterator[bytes]:
+        while len(served) < 1024:  # 64 MiB if nothing stops the reader
+            served.append(1)
+            yield b"\x30" * 65536
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=endless())
+
+    kds = KdsClient(
+        cache_dir=tmp_path, http=httpx.Client(transport=httpx.MockTransport(handler)), offline=False
+    )
+    with pytest.raises(RevocationListUnavailable, match="too large"):
+        kds.get_crl(pki_milan.roots, now=NOW)
+    assert len(served) * 65536 <= MAX_CERT_FILE * 4 + 65536

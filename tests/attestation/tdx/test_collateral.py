@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from attestation.errors import VerificationError
 from attestation.tdx.collateral import (
+    MAX_COLLATERAL_SIZE,
     Collateral,
     CollateralCache,
     CollateralError,
@@ -279,3 +280,22 @@ def test_module_svn_is_judged_by_the_module_identity_not_the_platform_level() ->
     assert status(3) == ("OutOfDate", "OutOfDate")  # TDX_01 level isvsvn 2 -> OutOfDate
     with pytest.raises(VerificationError, match="ISVSVN 1"):
         status(1)
+
+
+def test_pccs_answer_is_read_with_a_limit() -> None:
+    # a hostile or broken PCCS streaming an endless body: reading stops at the limit
+    served: list[int] = []
+
+    def endless() -> Iterator[bytes]:
+        while len(served) < 1024:  # 64 MiB if nothing stops the reader
+            served.append(1)
+            yield b"x" * 65536
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=endless())
+
+    with httpx.Client(transport=httpx.MockTransport(handler)) as http:
+        client = PccsClient("http://pccs.invalid", client=http)
+        with pytest.raises(CollateralError, match="too large"):
+            client.get(fmspc=bytes(6), ca="platform", tdx=True, now=TRUSTEE_COLL_AT)
+    assert len(served) * 65536 <= MAX_COLLATERAL_SIZE + 65536
