@@ -725,3 +725,34 @@ async def test_signed_image_index(env: Env, tmp_path: Path) -> None:
             registries_d=env.read_d,
             platform="linux/amd64",
         )
+
+
+async def test_cdh_image_section_policy_and_sigstore_config(env: Env) -> None:
+    """CDH's [image] (inline image_security_policy + sigstore_config, auth via file://) drives the
+    same checks through ImagePullHandler."""
+    from cdh.config import ImageConfig, RegistryConfigFile, RegistryEntry
+    from cdh.errors import ImagePullFailed
+    from cdh.image import ImagePullHandler
+
+    policy_json = policy(env, signed_by(env.signer.pub)).decode()
+    sigstore_yaml = f"default-docker:\n  sigstore: file://{env.tmp / 'sigstore'}\n"
+    cfg = ImageConfig(
+        work_dir=env.tmp / "runs" / "cdh-work",
+        image_security_policy=policy_json,
+        sigstore_config=sigstore_yaml,
+        authenticated_registry_credentials_uri=f"file://{env.reg.authfile}",
+        registry_config=RegistryConfigFile(
+            registries=(RegistryEntry(prefix=env.reg.host, location=env.reg.host, insecure=True),)
+        ),
+    )
+    handler = ImagePullHandler(cfg, resources=None, aa=None)
+    bundle = env.tmp / "runs" / "cdh-signed"
+    digest = await handler.pull(f"{env.reg.host}/t/signed:1", str(bundle))
+    assert digest == env.digests["img"]
+    try:
+        assert (bundle / "rootfs/bin/app").read_bytes() == PAYLOAD
+    finally:
+        await (await handler._get_puller()).release_bundle(bundle)  # overlay mount (snapshotter auto)
+    with pytest.raises(ImagePullFailed, match="no signature exists"):
+        await handler.pull(f"{env.reg.host}/t/unsigned:1", str(env.tmp / "runs" / "cdh-unsigned"))
+    assert_nothing_visible(env, "cdh-unsigned")
