@@ -556,6 +556,11 @@ class _Unpacker:
         fd = os.open(b".", _DIR_OPEN, dir_fd=pfd)
         try:
             os.setxattr(fd, self.opts.overlay_xattr_prefix + "opaque", b"y")
+        except PermissionError:
+            raise ForbiddenEntry(
+                f"entry {describe_name(entry.name)}: opaque directories need CAP_SYS_ADMIN for "
+                "trusted.overlay.*; use overlay_xattr_prefix='user.overlay.' (userxattr mounts) or flatten"
+            ) from None
         except OSError as exc:
             raise self._fail(entry, "cannot mark the directory opaque", exc) from None
         finally:
