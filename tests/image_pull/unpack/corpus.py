@@ -310,8 +310,29 @@ def hostile_cases(outside: Path) -> list[HostileCase]:
             (bytes(Tar().add("d", b"3", devmajor=1, devminor=3).file("d/x", b"x")),),
             EntryConflict,
         ),
+        HostileCase(
+            "hardlink-symlink-chmod",
+            (bytes(Tar().symlink("p", victim).hardlink("h", "p", mode=0o777, uid=1234, gid=1234)),),
+            None,
+        ),
+        HostileCase(
+            "whiteout-dead-symlink-parent",
+            (bytes(Tar().symlink("l", "/dead/end")), bytes(Tar().file("l/.wh.x"))),
+            None,
+        ),
+        HostileCase("symlink-named-dotdot-child", (bytes(Tar().dir("a").symlink("a/..", out)),), PathEscape),
+        HostileCase("symlink-chain-too-long", (bytes(_symlink_chain(41).file("l0/x", b"x")),), PathEscape),
+        HostileCase("symlink-chain-ok", (bytes(_symlink_chain(30).file("l0/x", b"x")),), None),
     ]
     return cases
+
+
+def _symlink_chain(n: int) -> Tar:
+    """l0 -> l1 -> ... -> l<n-1> -> d (a directory): n symlinks to follow."""
+    t = Tar().dir("d")
+    for i in range(n):
+        t.symlink(f"l{i}", f"l{i + 1}" if i + 1 < n else "d")
+    return t
 
 
 def main() -> None:
