@@ -6,7 +6,6 @@ cleartext signatures and literal-only messages made by real gpg."""
 from __future__ import annotations
 
 import base64
-import time
 from pathlib import Path
 
 import httpx
@@ -179,8 +178,29 @@ def test_gpg_verdicts(tmp_path: Path) -> None:
 
 @needs_gpg
 def test_gpg_expired_key(tmp_path: Path) -> None:
-    k = gpg_key(tmp_path / "k", expire="seconds=2")
-    blob = sign(k.env, k.fpr, tmp_path, "--sign")
-    time.sleep(3)
+    """A key that expired after it signed: gpgv says EXPKEYSIG, which rejects (containers/image too)."""
+    home = tmp_path / "k"
+    home.mkdir(mode=0o700)
+    env = {"GNUPGHOME": str(home)}
+    past = ["--faked-system-time", "20200101T000000!"]
+    run(
+        [
+            "gpg",
+            "--batch",
+            *past,
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            "old@example.invalid",
+            "ed25519",
+            "sign",
+            "1d",
+        ],
+        env,
+    )
+    out = run(["gpg", "--batch", "--with-colons", "--list-secret-keys"], env).decode()
+    fpr = next(ln.split(":")[9] for ln in out.splitlines() if ln.startswith("fpr:"))
+    pub = run(["gpg", "--batch", "--export", fpr], env)
+    blob = sign(env, fpr, tmp_path, *past, "--sign")
     with pytest.raises(SignatureRejected, match="EXPKEYSIG"):
-        verify_signed_message(blob, k.pub.read_bytes())
+        verify_signed_message(blob, pub)
