@@ -75,7 +75,16 @@ allow if {
 	not "denied" in data["resource-path"]
 }
 """
-TOOLS = ("qemu-system-x86_64", "docker-registry", "skopeo", "umoci", "mkfs.ext4", "cpio", "debootstrap")
+TOOLS = (
+    "qemu-system-x86_64",
+    "docker-registry",
+    "skopeo",
+    "umoci",
+    "gpg",
+    "mkfs.ext4",
+    "cpio",
+    "debootstrap",
+)
 
 Say = Callable[[str], None]
 
@@ -513,6 +522,10 @@ def _summarise(
         problems.append(
             f"KBS denial: ok={deny['ok']} leftover={deny['leftover']} new_mounts={deny['new_mounts']}"
         )
+    if first.get("ok") and again.get("ok") and not (first["new_layers"] >= 1 and again["new_layers"] == 0):
+        problems.append(
+            f"layer store: first pull committed {first['new_layers']} layers, the second {again['new_layers']}"
+        )
     for path in ("default/image-kek/denied", "default/credentials/denied"):
         if f"/kbs/v0/resource/{path}" not in kbs_refused:
             problems.append(f"the KBS log shows no refusal of {path}")
@@ -539,6 +552,8 @@ def _summarise(
         "secure_mount_seconds": sm["seconds"],
         "first_pull_seconds": first["seconds"],
         "second_pull_seconds": again["seconds"],
+        "store_layers_after_first": first["store_layers"],
+        "new_layers_second_pull": again["new_layers"],
         "signature": first["signature"],
         "signer_fingerprint": trusted.signer.fingerprint,
         "encrypted_layers": trusted.encrypted_layers,

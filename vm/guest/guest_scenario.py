@@ -242,6 +242,12 @@ def _bundle_state(bundle: Path) -> dict[str, Any]:
     }
 
 
+def store_layers() -> dict[str, int]:
+    """Committed layers of the layer store on the work dir: chain id -> inode."""
+    layers = Path(WORK_DIR) / "layers"
+    return {p.name: p.stat().st_ino for p in layers.iterdir()} if layers.is_dir() else {}
+
+
 def _accepted(log: Path) -> list[str]:
     text = log.read_text(errors="replace") if log.exists() else ""
     return [line[line.index("policy accepted") :] for line in text.splitlines() if "policy accepted" in line]
@@ -255,6 +261,7 @@ async def pull(
     label = spec.get("label", cid)
     say(f"PullImage {spec['image']} -> {bundle} ({label})")
     n_accepted = len(_accepted(cdh_log))
+    layers_before = store_layers()
     n_log = len(cdh_log.read_text(errors="replace").splitlines()) if cdh_log.exists() else 0
     t = time.monotonic()
     req = api_pb2.ImagePullRequest(image_url=spec["image"], bundle_path=str(bundle))
@@ -305,6 +312,8 @@ async def pull(
         "layers": len(opts.get("lowerdir", "").split(":")) if opts.get("lowerdir") else 0,
         "upper_on_work_dir": opts.get("upperdir", "").startswith(WORK_DIR),
         "store_entries": [e.name for e in store],
+        "store_layers": len(layers_after := store_layers()),
+        "new_layers": sum(1 for k, ino in layers_after.items() if layers_before.get(k) != ino),
         "store_on_work_dir": bool(store) and all(e.stat().st_dev == work_dev for e in store),
         "seconds": seconds,
         "uptime": uptime(),
