@@ -756,3 +756,66 @@ async def test_cdh_image_section_policy_and_sigstore_config(env: Env) -> None:
     with pytest.raises(ImagePullFailed, match="no signature exists"):
         await handler.pull(f"{env.reg.host}/t/unsigned:1", str(env.tmp / "runs" / "cdh-unsigned"))
     assert_nothing_visible(env, "cdh-unsigned")
+
+
+@pytest.mark.parametrize(
+    ("case", "repo", "accepted"),
+    [
+        ("signer", "t/signed:1", True),
+        ("signer", "t/unsigned:1", False),
+        ("other", "t/signed:1", False),
+        ("signer", "t/wrongid:1", False),
+        ("signer", "t/otherdigest:1", False),
+        ("exactrepo", "t/wrongid:1", True),
+        ("scoped-accept", "t/unsigned:1", True),
+        ("empty", "t/signed:1", False),
+    ],
+)
+async def test_verdicts_agree_with_skopeo(
+    env: Env, tmp_path: Path, case: str, repo: str, accepted: bool
+) -> None:
+    """The same policy.json and registries.d handed to skopeo (containers/image) reach the same verdict."""
+    reqs: dict[str, list[dict[str, Any]]] = {
+        "signer": signed_by(env.signer.pub),
+        "other": signed_by(env.other.pub),
+        "exactrepo": signed_by(
+            env.signer.pub,
+            signedIdentity={"type": "exactRepository", "dockerRepository": f"{env.reg.host}/t/elsewhere"},
+        ),
+        "scoped-accept": [{"type": "insecureAcceptAnything"}],
+        "empty": [],
+    }
+    pol = tmp_path / "policy.json"
+    pol.write_bytes(policy(env, reqs[case]))
+    cp = subprocess.run(
+        [
+            "skopeo",
+            "copy",
+            "--quiet",
+            "--src-tls-verify=false",
+            "--src-creds",
+            f"{h.USER}:{h.PASSWORD}",
+            "--policy",
+            str(pol),
+            "--registries.d",
+            str(env.read_d),
+            f"docker://{env.reg.host}/{repo}",
+            f"dir:{tmp_path / 'copy'}",
+        ],
+        capture_output=True,
+        timeout=120,
+    )
+    skopeo_ok = cp.returncode == 0
+    try:
+        await pull(
+            env,
+            repo,
+            f"parity-{case}-{repo.split('/')[1][:-2]}",
+            work="parity",
+            signature_policy=pol.read_bytes(),
+            registries_d=env.read_d,
+        )
+        ours_ok = True
+    except PolicyRejected:
+        ours_ok = False
+    assert ours_ok == skopeo_ok == accepted, cp.stderr.decode()[-300:]
