@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import httpx
 
+from ._json import strict_loads
 from .errors import (
     ERROR_TYPE_PREFIX,
     AdminDenied,
@@ -40,7 +41,7 @@ class Reply:
 
     def json(self) -> Any:
         try:
-            return json.loads(self.body)
+            return strict_loads(self.body)
         except ValueError as exc:
             raise ProtocolError("KBS answer is not JSON") from exc
 
@@ -98,7 +99,7 @@ def kbs_error(reply: Reply, context: Context) -> KbsHttpError:
     """Translate a KBS error answer into the typed exception for ``context``."""
     etype, detail = "", ""
     try:
-        doc = json.loads(reply.body[:65536]) if reply.body else {}
+        doc = strict_loads(reply.body[:65536]) if reply.body else {}
         if isinstance(doc, dict):
             t, d = doc.get("type"), doc.get("detail")
             etype = t.removeprefix(ERROR_TYPE_PREFIX) if isinstance(t, str) else ""

@@ -1,5 +1,5 @@
-"""Strict JSON for security-relevant input (DESIGN §4.6): duplicate keys and
-the non-standard constants ``NaN`` / ``Infinity`` are errors."""
+"""Strict JSON for security-relevant input (DESIGN §4.6): duplicate keys,
+the non-standard constants ``NaN`` / ``Infinity`` and runaway nesting are errors."""
 
 from __future__ import annotations
 
@@ -23,5 +23,10 @@ def _constant(name: str) -> Any:
 
 
 def strict_loads(untrusted: str | bytes | bytearray) -> Any:
-    """``json.loads`` that raises :class:`ValueError` on duplicate keys and NaN/Infinity."""
-    return json.loads(untrusted, object_pairs_hook=_object, parse_constant=_constant)
+    """``json.loads`` that raises :class:`ValueError` on duplicate keys, NaN/Infinity
+    and nesting deeper than the parser can recurse (which ``json`` reports as
+    :class:`RecursionError`, an error no ``except ValueError`` would catch)."""
+    try:
+        return json.loads(untrusted, object_pairs_hook=_object, parse_constant=_constant)
+    except RecursionError as exc:
+        raise ValueError("JSON nested too deeply") from exc

@@ -97,7 +97,9 @@ async def test_auth_version_mismatch(kbs: Kbs, http: httpx.AsyncClient, version:
         b'{"version":"0.4.0","tee":"sample","tee":"tdx","extra-params":""}',
         b'{"version":"0.4.0","tee":"sample","extra-params":"","x":1}',
         b"[]",
+        b"[" * 200_000 + b"]" * 200_000,  # nesting past the parser's recursion limit
     ],
+    ids=lambda b: b[:40].decode(),
 )
 async def test_auth_malformed(kbs: Kbs, http: httpx.AsyncClient, body: bytes) -> None:
     before = await kbs.state.sessions.count()
@@ -148,6 +150,7 @@ async def test_attest_bad_input_keeps_session_usable(kbs: Kbs, http: httpx.Async
         ),  # tee-pubkey swapped after hashing
         attest_body(nonce, key, bound_nonce=nonce2),
         b"{malformed",
+        b'{"a":' * 100_000 + b"1" + b"}" * 100_000,
         b'{"runtime-data":{},"tee-evidence":{}}',
         {**attest_body(nonce, key), "extra": 1},
         attest_body(

@@ -6,14 +6,18 @@ import contextlib
 import json
 from typing import Any
 
+import httpx
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kbs_client import jwe
 from kbs_client._b64 import b64url
-from kbs_client.errors import InvalidUri, JweError, TeeKeyError, TokenError
+from kbs_client.errors import InvalidUri, JweError, KbsHttpError, ProtocolError, TeeKeyError, TokenError
 from kbs_client.jws import decode_unverified
+from kbs_client.rcar import attest
+from kbs_client.resources import get_resource
+from kbs_client.sample import SampleEvidenceSource
 from kbs_client.tee_key import TeeKeyPair
 from kbs_client.uri import ResourceUri
 
@@ -111,3 +115,27 @@ def test_jwe_and_jws_reject_duplicate_keys() -> None:
     nan_claims = b64url(b'{"alg":"ES256"}') + "." + b64url(b'{"exp":NaN}') + ".AAAA"
     with pytest.raises(TokenError):
         decode_unverified(nan_claims)
+
+
+def test_deeply_nested_json_is_a_typed_error() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(JweError):
+        KEY.decrypt(deep)
+    with pytest.raises(JweError):
+        KEY.decrypt(_with_header(deep))
+    with pytest.raises(TokenError):
+        decode_unverified(b64url(deep) + "." + b64url(b"{}") + ".AAAA")
+
+
+async def test_deeply_nested_kbs_answers_are_typed_errors() -> None:
+    deep = b"[" * 100_000 + b"]" * 100_000
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        status = 200 if req.url.path.endswith("/auth") else 401
+        return httpx.Response(status, content=deep, headers={"set-cookie": "kbs-session-id=s"})
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(handler)) as http:
+        with pytest.raises(ProtocolError):
+            await attest(http, "http://kbs.test", SampleEvidenceSource(), attempts=1)
+        with pytest.raises(KbsHttpError):
+            await get_resource(http, "http://kbs.test", "a/b/c", token="t", key=KEY)
