@@ -292,6 +292,10 @@ def build_rootfs(kver: str) -> tuple[Path, bool]:
     shutil.copy(f"/boot/vmlinuz-{kver}", out / "vmlinuz")
     build_initramfs(kver, out / "initramfs.cpio.gz")
     (out / "done").write_text(key)
+    # Keep the cache small: root filesystems other than the newest two go.
+    others = sorted(CACHE.glob("rootfs-*"), key=lambda p: p.stat().st_mtime)
+    for old in [p for p in others if p != out][:-1]:
+        shutil.rmtree(old, ignore_errors=True)
     return out, True
 
 
