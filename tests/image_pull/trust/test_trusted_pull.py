@@ -819,3 +819,17 @@ async def test_verdicts_agree_with_skopeo(
     except PolicyRejected:
         ours_ok = False
     assert ours_ok == skopeo_ok == accepted, cp.stderr.decode()[-300:]
+
+
+async def test_sigstore_attachments_follow_registries_d(env: Env, tmp_path: Path) -> None:
+    """With a registries.d that does not enable use-sigstore-attachments, .sig tags are not read
+    (containers/image); with no registries.d/sigstore config at all they are (image-rs)."""
+    d = tmp_path / "rd"
+    d.mkdir()
+    (d / "x.yaml").write_text(f"default-docker:\n  lookaside: file://{env.tmp / 'sigstore'}\n")
+    pol = policy(env, sigstore_req(env))
+    with pytest.raises(SignatureRejected, match="no sigstore signature"):
+        await pull(env, "t/cosign:1", "att-off", work="att", signature_policy=pol, registries_d=d)
+    check_rootfs(await pull(env, "t/cosign:1", "att-default", work="att", signature_policy=pol))
+    (d / "y.yaml").write_text(f"docker:\n  {env.reg.host}/t/cosign:\n    use-sigstore-attachments: true\n")
+    check_rootfs(await pull(env, "t/cosign:1", "att-on", work="att", signature_policy=pol, registries_d=d))
