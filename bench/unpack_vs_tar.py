@@ -8,6 +8,8 @@ target filesystem (tmpfs ``/dev/shm`` and disk ``/var/tmp``) measures,
 ``--reps`` times each into a fresh directory:
 
 * GNU ``tar -xf`` / ``tar -xzf`` (as root tar restores owners and modes too),
+* ``umoci raw unpack`` (gzip only: umoci stores the layer gzipped; all three
+  tools then read that same blob), when umoci is installed,
 * our ``unpack_layer(open_decompressed(..., threaded=True))``, in its own
   process, timed around the call (interpreter start-up excluded).
 
@@ -22,6 +24,7 @@ tar. Usage:
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -109,18 +112,45 @@ def run_timed(argv: list[str]) -> tuple[float, float, str, str]:
     return wall, ru.ru_utime + ru.ru_stime, out, err
 
 
-def measure(tool: str, codec: str, layer: Path, dest: Path) -> tuple[float, float, float]:
+def _peak(err: str) -> float:
+    marks = [x for x in err.split() if x.startswith("maxrss=")]
+    return int(marks[-1][7:]) / 1024 if marks else float("nan")
+
+
+def measure(
+    tool: str, codec: str, layer: Path, dest: Path, layout: Path | None
+) -> tuple[float, float, float]:
     """(wall s, cpu s, peak RSS MiB) of one unpack of ``layer`` into ``dest``."""
+    timer = [TIME, "-f", "maxrss=%M"] if TIME else []
     if tool == "gnu-tar":
-        argv = ["tar", "-xzf" if codec == "gzip" else "-xf", str(layer), "-C", str(dest)]
-        if TIME:
-            argv = [TIME, "-f", "maxrss=%M", *argv]
-        wall, cpu, _, err = run_timed(argv)
-        marks = [x for x in err.split() if x.startswith("maxrss=")]
-        return wall, cpu, int(marks[-1][7:]) / 1024 if marks else float("nan")
+        wall, cpu, _, err = run_timed(
+            [*timer, "tar", "-xzf" if codec == "gzip" else "-xf", str(layer), "-C", str(dest)]
+        )
+        return wall, cpu, _peak(err)
+    if tool == "umoci":
+        assert layout is not None
+        wall, cpu, _, err = run_timed(
+            [*timer, "umoci", "raw", "unpack", "--image", f"{layout}:t", str(dest / "rootfs")]
+        )
+        return wall, cpu, _peak(err)
     _, cpu, out, _ = run_timed([sys.executable, "-c", OURS, str(layer), str(dest), str(ROOT)])
     wall_s, _entries, hwm_kb = out.split()
     return float(wall_s), cpu, int(hwm_kb) / 1024  # wall: the call itself, not interpreter start
+
+
+def umoci_layout(work: Path, layer: Path) -> tuple[Path, Path] | None:
+    """An OCI layout holding ``layer`` (gzipped by umoci itself) and that blob's path."""
+    if shutil.which("umoci") is None:
+        return None
+    layout = work / "oci"
+    subprocess.run(["umoci", "init", "--layout", str(layout)], check=True, capture_output=True)
+    subprocess.run(["umoci", "new", "--image", f"{layout}:t"], check=True, capture_output=True)
+    subprocess.run(
+        ["umoci", "raw", "add-layer", "--image", f"{layout}:t", str(layer)], check=True, capture_output=True
+    )
+    index = json.loads((layout / "index.json").read_text())
+    manifest = json.loads((layout / "blobs/sha256" / index["manifests"][0]["digest"][7:]).read_text())
+    return layout, layout / "blobs/sha256" / manifest["layers"][-1]["digest"][7:]
 
 
 def main() -> int:
@@ -138,34 +168,53 @@ def main() -> int:
         t = time.monotonic()
         entries, data_bytes = make_tree(src, args.files)
         layer = work / "layer.tar"
-        subprocess.run(
-            ["tar", "-C", str(src), "--format=pax", "--numeric-owner", "--sort=name", "-cf", str(layer), "."],
-            check=True,
-        )
-        subprocess.run(["gzip", "-k", "-6", str(layer)], check=True)
+        pack = [
+            "tar",
+            "-C",
+            str(src),
+            "--format=pax",
+            "--numeric-owner",
+            "--sort=name",
+            "-cf",
+            str(layer),
+            ".",
+        ]
+        subprocess.run(pack, check=True)
         shutil.rmtree(src)
+        oci = umoci_layout(work, layer)
+        if oci is None:
+            subprocess.run(["gzip", "-k", "-6", str(layer)], check=True)
+            gz = Path(str(layer) + ".gz")
+        else:
+            gz = oci[1]
         tar_mb = layer.stat().st_size / 1e6
-        gz_mb = Path(str(layer) + ".gz").stat().st_size / 1e6
         print(
             f"layer: {entries} entries, {data_bytes / 1e6:.1f} MB file data, tar {tar_mb:.1f} MB, "
-            f"gzip {gz_mb:.1f} MB (built in {time.monotonic() - t:.1f}s); reps={args.reps}, medians"
+            f"gzip {gz.stat().st_size / 1e6:.1f} MB (built in {time.monotonic() - t:.1f}s); "
+            f"reps={args.reps}, medians; umoci {'raw unpack on the same gzip blob' if oci else 'not installed'}"
         )
         print(
-            f"{'target':6} {'codec':5} {'tool':9} {'wall s':>7} {'files/s':>9} {'MB/s':>7} {'cpu s':>6} {'RSS MB':>7}"
+            f"{'target':6} {'codec':5} {'tool':8} {'wall s':>7} {'files/s':>9} {'MB/s':>7} {'cpu s':>6} {'RSS MB':>7}"
         )
         for tname in args.targets.split(","):
             base = Path(TARGETS[tname]) / f"unpack-bench-{os.getpid()}"
             base.mkdir(parents=True)
             try:
-                for codec, blob in (("plain", layer), ("gzip", Path(str(layer) + ".gz"))):
+                for codec, blob in (("plain", layer), ("gzip", gz)):
                     staged = base / blob.name
                     shutil.copyfile(blob, staged)
-                    results: dict[str, list[tuple[float, float, float]]] = {"gnu-tar": [], "ours": []}
+                    layout = None
+                    tools = ["gnu-tar", "ours"]
+                    if codec == "gzip" and oci is not None:
+                        layout = base / "oci"
+                        shutil.copytree(oci[0], layout)
+                        tools.append("umoci")
+                    results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in tools}
                     for rep in range(args.reps):
-                        for tool in ("gnu-tar", "ours"):
+                        for tool in tools:
                             dest = base / f"{tool}-{rep}"
                             dest.mkdir()
-                            results[tool].append(measure(tool, codec, staged, dest))
+                            results[tool].append(measure(tool, codec, staged, dest, layout))
                             shutil.rmtree(dest)
                     med = {
                         k: tuple(statistics.median(x[i] for x in v) for i in range(3))
@@ -173,13 +222,18 @@ def main() -> int:
                     }
                     for tool, (wall, cpu, rss) in med.items():
                         print(
-                            f"{tname:6} {codec:5} {tool:9} {wall:7.2f} {entries / wall:9.0f} {tar_mb / wall:7.1f} "
+                            f"{tname:6} {codec:5} {tool:8} {wall:7.2f} {entries / wall:9.0f} {tar_mb / wall:7.1f} "
                             f"{cpu:6.2f} {rss:7.1f}"
                         )
-                    print(
-                        f"{tname:6} {codec:5} ratio ours/tar = {med['ours'][0] / med['gnu-tar'][0]:.2f}x wall"
-                    )
+                    line = f"{tname:6} {codec:5} ours/tar = {med['ours'][0] / med['gnu-tar'][0]:.2f}x wall"
+                    line += f", {med['ours'][1] / med['gnu-tar'][1]:.2f}x cpu"
+                    if "umoci" in med:
+                        line += f"; ours/umoci = {med['ours'][0] / med['umoci'][0]:.2f}x wall"
+                        line += f", {med['ours'][1] / med['umoci'][1]:.2f}x cpu"
+                    print(line)
                     staged.unlink()
+                    if layout is not None:
+                        shutil.rmtree(layout)
             finally:
                 shutil.rmtree(base, ignore_errors=True)
     finally:
