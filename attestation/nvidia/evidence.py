@@ -78,7 +78,7 @@ def loads_strict(untrusted: bytes | str, *, limit: int = MAX_EVIDENCE_JSON_SIZE)
         raise EvidenceFormatError(f"evidence JSON is larger than {limit} bytes")
     try:
         return json.loads(untrusted, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         if isinstance(exc, EvidenceFormatError):
             raise
         raise EvidenceFormatError("evidence is not valid JSON") from exc

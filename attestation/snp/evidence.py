@@ -84,7 +84,7 @@ def strict_json_loads(untrusted: str | bytes) -> Any:
         raise SnpFormatError(f"evidence JSON exceeds {MAX_EVIDENCE_JSON} bytes")
     try:
         return json.loads(untrusted, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         if isinstance(exc, SnpFormatError):
             raise
         raise SnpFormatError(f"evidence is not valid JSON: {exc.__class__.__name__}") from exc
