@@ -116,6 +116,7 @@ def env(registry: RegistryServer, tmp_path_factory: pytest.TempPathFactory) -> I
     h.run(["openssl", "ec", "-in", str(ec_priv), "-pubout", "-out", str(ec_pub)])
     h.skopeo_copy(reg, src, "t/enc:1", ["--encryption-key", f"jwe:{rsa_pub}"])
     h.skopeo_copy(reg, src, "t/enc-ec:1", ["--encryption-key", f"jwe:{ec_pub}"])
+    h.skopeo_copy(reg, src, "t/enc-last:1", ["--encryption-key", f"jwe:{rsa_pub}", "--encrypt-layer", "-1"])
 
     def tamper(man: dict[str, Any], blobs: dict[str, bytes]) -> None:
         d = man["layers"][0]["digest"]
@@ -833,3 +834,15 @@ async def test_sigstore_attachments_follow_registries_d(env: Env, tmp_path: Path
     check_rootfs(await pull(env, "t/cosign:1", "att-default", work="att", signature_policy=pol))
     (d / "y.yaml").write_text(f"docker:\n  {env.reg.host}/t/cosign:\n    use-sigstore-attachments: true\n")
     check_rootfs(await pull(env, "t/cosign:1", "att-on", work="att", signature_policy=pol, registries_d=d))
+
+
+async def test_partly_encrypted_image(env: Env) -> None:
+    """skopeo --encrypt-layer -1: only the last layer is encrypted; it still needs the key."""
+    man = json.loads(h.get_manifest(env.reg, "t/enc-last", "1"))
+    assert [m["mediaType"].endswith("+encrypted") for m in man["layers"]] == [False, True]
+    check_rootfs(
+        await pull(env, "t/enc-last:1", "last", work="last", decryption_keys=(env.rsa_priv.read_bytes(),))
+    )
+    with pytest.raises(KeyUnavailable):
+        await pull(env, "t/enc-last:1", "last-nokey", work="last-nokey")
+    assert_nothing_visible(env, "last-nokey", "last-nokey")
