@@ -284,11 +284,14 @@ class TarReader:
         """Return the next entry, or None at the end of the archive."""
         if self._done:
             return None
-        self.skip_data()
-        if self._padding:
-            pad = self._padding
+        if self._remaining:
+            self.skip_data()
+        pad = self._padding
+        if pad:
             self._padding = 0
-            if self._discard(pad) < pad:
+            if len(self._buf) - self._pos >= pad:
+                self._pos += pad
+            elif self._discard(pad) < pad:
                 self._end_without_marker()
                 return None
         self._current = None
@@ -321,8 +324,10 @@ class TarReader:
         long_link: bytes | None = None
         meta_bytes = 0
         while True:
-            offset = self.position
-            got = self._fill(BLOCK)
+            offset = self._base + self._pos
+            got = len(self._buf) - self._pos
+            if got < BLOCK:
+                got = self._fill(BLOCK)
             if got == 0:
                 self._end_without_marker()
                 return None
@@ -346,7 +351,11 @@ class TarReader:
                 if meta_bytes > limits.max_meta_bytes:
                     raise LimitExceeded(f"extended headers of {meta_bytes} bytes at offset {offset}")
                 data = self._take(size, "an extended header")
-                self._discard(-size % BLOCK)
+                pad = -size % BLOCK
+                if len(self._buf) - self._pos >= pad:
+                    self._pos += pad
+                else:
+                    self._discard(pad)
                 if flag == b"x":
                     local.extend(_parse_pax(data, offset))
                 elif flag == b"g":
@@ -427,6 +436,24 @@ class TarReader:
         sparse_offsets: list[int] = []
         sparse_numbytes: list[int] = []
         records: dict[str, bytes] | None = None
+        if local and not self._globals:
+            fast = _apply_simple_records(local, offset)
+            if fast is not None:
+                local = []
+                if fast.name is not None:
+                    name = fast.name
+                if fast.linkname is not None:
+                    linkname = fast.linkname
+                if fast.size is not None:
+                    size = real_size = fast.size
+                if fast.uid is not None:
+                    uid = fast.uid
+                if fast.gid is not None:
+                    gid = fast.gid
+                if fast.mtime_ns is not None:
+                    mtime_ns = fast.mtime_ns
+                atime_ns = fast.atime_ns
+                xattrs = fast.xattrs
         if local or self._globals:
             records = dict(self._globals)
             for key, value in local:
@@ -641,6 +668,53 @@ def _number(field: bytes, what: str, offset: int) -> int:
     elif not digits:
         return 0
     raise MalformedTar(f"bad {what} field at offset {offset}")
+
+
+class _Simple:
+    __slots__ = ("atime_ns", "gid", "linkname", "mtime_ns", "name", "size", "uid", "xattrs")
+
+    def __init__(self) -> None:
+        self.name: bytes | None = None
+        self.linkname: bytes | None = None
+        self.size: int | None = None
+        self.uid: int | None = None
+        self.gid: int | None = None
+        self.mtime_ns: int | None = None
+        self.atime_ns: int | None = None
+        self.xattrs: dict[str, bytes] = {}
+
+
+def _apply_simple_records(local: list[tuple[str, bytes]], offset: int) -> _Simple | None:
+    """One pass over this entry's pax records when no global records apply.
+
+    Returns None (use the general path) on anything unusual: an empty value
+    (which unsets a keyword), GNU sparse keywords, libarchive xattrs.
+    """
+    out = _Simple()
+    for key, value in local:
+        if not value:
+            return None
+        if key == "mtime":
+            out.mtime_ns = _pax_time(value, offset)
+        elif key == "atime":
+            out.atime_ns = _pax_time(value, offset)
+        elif key == "ctime":
+            continue
+        elif key == "path":
+            out.name = value
+        elif key == "linkpath":
+            out.linkname = value
+        elif key == "size":
+            out.size = _decimal(value, key, offset)
+        elif key == "uid":
+            out.uid = _decimal(value, key, offset)
+        elif key == "gid":
+            out.gid = _decimal(value, key, offset)
+        elif key.startswith("SCHILY.xattr."):
+            out.xattrs[_xattr_name(key[13:], offset)] = value
+        elif key.startswith(("GNU.sparse.", "LIBARCHIVE.")):
+            return None
+    return out
 
 
 _NUMBERS: dict[bytes, int] = {}
