@@ -36,6 +36,7 @@ from guest_pull.host import (
 from guest_pull.kernel_params import KernelParams
 from guest_pull.storage import Storage
 from guest_pull.volume import IMAGE_GUEST_PULL
+from kbs_client._json import strict_loads
 
 __all__ = [
     "PAUSE_BUNDLE",
@@ -74,7 +75,7 @@ def image_pull_volume(storage: Storage) -> ImagePullVolume:
             if len(value) > MAX_DRIVER_OPTION_BYTES:
                 raise AgentError("Storage.driver_options: image_guest_pull value is too large")
             try:
-                doc = json.loads(value)
+                doc = strict_loads(value)
             except ValueError as exc:
                 raise AgentError("Storage.driver_options: image_guest_pull value is not JSON") from exc
             meta = doc.get("metadata") if isinstance(doc, dict) else None

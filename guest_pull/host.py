@@ -21,7 +21,6 @@ Mirrors ``kata:src/runtime/virtcontainers/{fs_share_linux.go,kata_agent.go}``:
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ from guest_pull.volume import (
     KataVirtualVolume,
     decode_volume_option,
 )
+from kbs_client._json import strict_loads
 
 __all__ = [
     "CONTAINER_TYPE_KEY",
@@ -96,20 +96,10 @@ def load_annotations(path: str | Path) -> dict[str, str]:
     if len(raw) > 4 * MAX_ANNOTATIONS_BYTES:
         raise HostStorageError(f"annotations: file {p} is too large")
 
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in items:
-            if k in out:
-                raise HostStorageError(f"annotations: duplicate key {k!r}")
-            out[k] = v
-        return out
-
     try:
-        doc = json.loads(raw, object_pairs_hook=pairs)
-    except HostStorageError:
-        raise
+        doc = strict_loads(raw)
     except ValueError as exc:
-        raise HostStorageError(f"annotations: {p} is not valid JSON") from exc
+        raise HostStorageError(f"annotations: {p} is not valid JSON ({exc})") from exc
     return _check_annotations(doc)
 
 

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
 from guest_pull.errors import VolumeError
+from kbs_client._json import strict_loads
 
 __all__ = [
     "MAX_VOLUME_OPTION_BYTES",
@@ -108,15 +108,6 @@ class KataVirtualVolume:
         return out
 
 
-def _strict_object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise VolumeError(f"KataVirtualVolume: duplicate key {k!r}")
-        out[k] = v
-    return out
-
-
 def _check_keys(obj: Mapping[str, Any], allowed: tuple[str, ...], where: str) -> None:
     extra = sorted(set(obj) - set(allowed))
     if extra:
@@ -189,11 +180,9 @@ def _dm_verity(value: Any) -> DmVerityInfo:
 def parse_volume(untrusted_json: bytes | str) -> KataVirtualVolume:
     """Parse and validate one KataVirtualVolume JSON document."""
     try:
-        doc = json.loads(untrusted_json, object_pairs_hook=_strict_object)
-    except VolumeError:
-        raise
+        doc = strict_loads(untrusted_json)
     except ValueError as exc:
-        raise VolumeError("KataVirtualVolume: not valid JSON") from exc
+        raise VolumeError(f"KataVirtualVolume: not valid JSON ({exc})") from exc
     if not isinstance(doc, dict):
         raise VolumeError("KataVirtualVolume: must be a JSON object")
     _check_keys(

@@ -143,6 +143,12 @@ def test_driver_options_errors() -> None:
         )
     with pytest.raises(AgentError, match="driver"):
         image_pull_volume(Storage("blk", base.driver_options, "x", "overlay", (), "/m"))
+    # the options come from the (untrusted) host: strict JSON, typed errors only
+    for value in ('{"metadata":{"a":"1"},"metadata":{}}', "[" * 100_000 + "]" * 100_000):
+        with pytest.raises(AgentError, match="not JSON"):
+            image_pull_volume(
+                Storage("image_guest_pull", (f"image_guest_pull={value}",), "x", "overlay", (), "/m")
+            )
     assert image_pull_volume(base).metadata["io.kubernetes.cri.image-name"] == "example.com/app:1"
 
 

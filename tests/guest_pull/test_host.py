@@ -186,6 +186,15 @@ def test_duplicate_keys_rejected() -> None:
         parse_volume(raw)
 
 
+def test_deeply_nested_json_is_a_typed_error(tmp_path: Path) -> None:
+    deep = "[" * 100_000 + "]" * 100_000
+    with pytest.raises(VolumeError, match="not valid JSON"):
+        parse_volume(deep)
+    (tmp_path / "deep.json").write_text(deep)
+    with pytest.raises(HostStorageError, match="not valid JSON"):
+        load_annotations(tmp_path / "deep.json")
+
+
 def test_all_volume_types_parse_and_round_trip() -> None:
     vols = [
         {
