@@ -12,6 +12,7 @@ import contextlib
 import io
 import os
 import posixpath
+import tarfile
 import tempfile
 from pathlib import Path
 
@@ -147,3 +148,47 @@ def test_unpack_never_escapes(
 def test_clean_path_matches_posix_normpath(name: bytes) -> None:
     expect = posixpath.normpath(b"/" + name.lstrip(b"/")).lstrip(b"/")
     assert clean_path(name) == expect
+
+
+MEMBER = st.tuples(
+    st.sampled_from([tarfile.REGTYPE, tarfile.DIRTYPE, tarfile.SYMTYPE, tarfile.LNKTYPE, tarfile.FIFOTYPE]),
+    st.text(st.characters(codec="utf-8", exclude_characters="\x00/"), min_size=1, max_size=120),
+    st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=150),
+    st.binary(max_size=1500),
+    st.integers(0, 0o7777),
+    st.integers(0, 2**21 - 1),
+    st.integers(0, 2**33 - 1),
+)
+
+
+@settings(FUZZ, max_examples=int(200 * SCALE))
+@given(st.lists(MEMBER, min_size=1, max_size=5), st.sampled_from([tarfile.GNU_FORMAT, tarfile.PAX_FORMAT]))
+def test_reader_agrees_with_tarfile(
+    members: list[tuple[bytes, str, str, bytes, int, int, int]], fmt: int
+) -> None:
+    """Differential: archives written by Python's tarfile read the same with our reader."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=fmt, encoding="utf-8") as t:
+        for i, (kind, name, link, data, mode, uid, mtime) in enumerate(members):
+            ti = tarfile.TarInfo(f"{i}/{name}")
+            ti.type, ti.mode, ti.uid, ti.mtime = kind, mode, uid, mtime
+            if kind in (tarfile.SYMTYPE, tarfile.LNKTYPE):
+                ti.linkname = link
+            if kind == tarfile.REGTYPE:
+                ti.size = len(data)
+                t.addfile(ti, io.BytesIO(data))
+            else:
+                t.addfile(ti)
+    raw = buf.getvalue()
+    theirs = []
+    with tarfile.open(fileobj=io.BytesIO(raw), mode="r|", encoding="utf-8") as t:
+        for ti in t:
+            body = t.extractfile(ti).read() if ti.isreg() else b""  # type: ignore[union-attr]
+            theirs.append((ti.name.encode(), ti.mode, ti.uid, ti.mtime, ti.linkname.encode(), body))
+    ours = []
+    r = TarReader(io.BytesIO(raw))
+    for e in r:
+        ours.append(
+            (e.name.rstrip(b"/"), e.mode, e.uid, e.mtime_ns // 10**9, e.linkname, r.read_data(1 << 20))
+        )
+    assert ours == theirs
