@@ -1,6 +1,6 @@
 """Resolve paths inside an unpack root without ever leaving it.
 
-:class:`RootDir` holds an ``O_PATH`` descriptor of the root and resolves
+:class:`RootDir` holds a descriptor of the root directory and resolves
 *directory* paths below it the way a chroot would: ``..`` stops at the root,
 absolute symlinks restart at the root, and nothing outside it is ever opened.
 Callers then operate on the final component with ``*at`` calls relative to the
@@ -138,7 +138,7 @@ class RootDir:
         self._use_openat2 = use_openat2
         self._cache: OrderedDict[bytes, tuple[int, int]] = OrderedDict()
         self._cache_size = max(cache_size, 4)
-        self._on_mkdir = on_mkdir
+        self.on_mkdir = on_mkdir
         self._retired: list[int] = []
         self.uses_openat2 = False
 
@@ -233,8 +233,8 @@ class RootDir:
                             f"cannot create directory in {describe_name(path)}: {exc.strerror}"
                         ) from None
                     fd = os.open(comp, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
-                    if self._on_mkdir is not None:
-                        self._on_mkdir(parent, os.fstat(parent).st_ino, comp)
+                    if self.on_mkdir is not None:
+                        self.on_mkdir(parent, os.fstat(parent).st_ino, comp)
                 except OSError as exc:
                     raise EntryConflict(f"cannot open {describe_name(path)}: {exc.strerror}") from None
                 st = os.fstat(fd)

@@ -48,7 +48,6 @@ from .tarstream import EntryType, ReaderLimits, TarEntry, TarReader
 
 __all__ = ["UnpackOptions", "UnpackStats", "unpack_layer"]
 
-_O_PATH = getattr(os, "O_PATH", 0o10000000)
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _DIR_OPEN = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _WHITEOUT = b".wh."
@@ -166,7 +165,7 @@ class _Unpacker:
 
     # -- helpers -------------------------------------------------------------
 
-    def _mkdir_hook(self, _parent_fd: int, parent_ino: int, name: bytes) -> None:
+    def mkdir_hook(self, _parent_fd: int, parent_ino: int, name: bytes) -> None:
         self.written.add((parent_ino, name))
 
     def _fail(self, entry: TarEntry, what: str, exc: OSError | None = None) -> UnpackError:
@@ -690,7 +689,7 @@ def unpack_layer(
     except OSError as exc:
         raise UnpackError(f"cannot open destination directory: {exc.strerror}") from None
     unpacker = _Unpacker(root_dir, reader, options)
-    root_dir._on_mkdir = unpacker._mkdir_hook
+    root_dir.on_mkdir = unpacker.mkdir_hook
     try:
         unpacker.run()
     except LimitExceeded as exc:
