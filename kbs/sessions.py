@@ -8,7 +8,7 @@ import json
 import os
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from .storage import NS_SESSION, KvStore
 
@@ -17,12 +17,13 @@ __all__ = ["Session", "SessionStore"]
 
 @dataclass(frozen=True)
 class Session:
-    id: str
+    #: the ``kbs-session-id`` cookie: once attested it is a bearer credential, so not in repr
+    id: str = field(repr=False)
     tee: str
     nonce: str
     expires_at: float
     hash_algorithm: str = "sha384"
-    token: str | None = None
+    token: str | None = field(default=None, repr=False)
 
     @property
     def attested(self) -> bool:

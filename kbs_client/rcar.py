@@ -99,13 +99,14 @@ class Challenge:
 class Attestation:
     """A token from the KBS together with the TEE key it binds."""
 
-    token: str
+    #: bearer credentials (token, attested session cookie) stay out of repr and so out of logs
+    token: str = field(repr=False)
     key: TeeKeyPair
     #: token claims as decoded WITHOUT verification (the KBS verifies; this is for expiry only)
     claims: Mapping[str, Any] = field(default_factory=dict)
     #: ``exp`` claim (epoch seconds), None when absent
     expires_at: float | None = None
-    session_id: str | None = None
+    session_id: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_token(cls, token: str, key: TeeKeyPair, session_id: str | None = None) -> Attestation:

@@ -345,3 +345,11 @@ async def test_gpu_policy_with_device_reference_value() -> None:
     assert ear_status(res.trust_vector) == "affirming"
     # switch and other classes without their own default use the device policy
     assert ear_status((await pol.appraise("switch", dev, {"device_svn": ["2"]})).trust_vector) == "affirming"
+
+
+def test_session_repr_hides_bearer_credentials() -> None:
+    from kbs.sessions import Session
+
+    s = Session("ab" * 16, "sample", "nonce", 1.0, token="hdr.SECRET-CLAIMS.sig")
+    assert "SECRET" not in repr(s) and "ab" * 16 not in repr(s)
+    assert Session.from_bytes(s.to_bytes()) == s  # the stored form keeps them

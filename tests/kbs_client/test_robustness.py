@@ -139,3 +139,10 @@ async def test_deeply_nested_kbs_answers_are_typed_errors() -> None:
             await attest(http, "http://kbs.test", SampleEvidenceSource(), attempts=1)
         with pytest.raises(KbsHttpError):
             await get_resource(http, "http://kbs.test", "a/b/c", token="t", key=KEY)
+
+
+def test_attestation_repr_hides_bearer_credentials() -> None:
+    from kbs_client.rcar import Attestation
+
+    att = Attestation("hdr.SECRET-CLAIMS.sig", KEY, {}, None, "SECRET-SESSION")
+    assert "SECRET" not in repr(att) and "SECRET" not in str(att)
