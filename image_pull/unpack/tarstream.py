@@ -221,8 +221,10 @@ class TarReader:
         if entry.sparse is None:
             self._copy_to(fd, self._remaining)
             return entry.size
-        pos = 0
+        pos = 0  # file offset after the last write
         for off, length in entry.sparse:
+            if not length:
+                continue  # GNU tar ends maps with a (size, 0) region; a seek alone makes no data
             if off != pos:
                 os.lseek(fd, off, os.SEEK_SET)
             self._copy_to(fd, length)

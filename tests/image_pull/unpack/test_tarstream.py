@@ -241,3 +241,23 @@ def test_gnu_tar_sparse_formats(tmp_path: Path, fmt: str) -> None:
     subprocess.run([*args, "sparse.bin"], check=True)
     got = _read_sparse((tmp_path / "s.tar").read_bytes())
     assert got == {b"sparse.bin": bytes(expect)}
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar not installed")
+@pytest.mark.parametrize("fmt", ["gnu", "pax-1.0"])
+def test_gnu_tar_sparse_many_regions(tmp_path: Path, fmt: str) -> None:
+    """More than 4 regions: GNU format needs extended sparse headers, pax 1.0 a multi-block map."""
+    src = tmp_path / "src"
+    src.mkdir()
+    size = 200 * 65536
+    expect = bytearray(size)
+    with open(src / "many.bin", "wb") as f:
+        f.truncate(size)
+        for i in range(0, 200, 2):
+            f.seek(i * 65536)
+            f.write(b"r%03d" % i)
+            expect[i * 65536 : i * 65536 + 4] = b"r%03d" % i
+    args = ["tar", "-C", str(src), "--sparse", "-cf", str(tmp_path / "s.tar")]
+    args += ["--format=gnu"] if fmt == "gnu" else ["--format=pax", "--sparse-version=1.0"]
+    subprocess.run([*args, "many.bin"], check=True)
+    assert _read_sparse((tmp_path / "s.tar").read_bytes()) == {b"many.bin": bytes(expect)}
