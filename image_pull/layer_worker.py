@@ -75,7 +75,23 @@ def run_job(job: dict[str, Any], stream: Any) -> dict[str, Any]:
         return {"ok": False, "error": name, "message": str(exc)[:500]}
 
 
+def _die_with_parent() -> None:
+    """PR_SET_PDEATHSIG: a puller killed with -9 takes its workers with it."""
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+
+
 def main() -> int:
+    parent = os.getppid()
+    _die_with_parent()
+    if os.getppid() != parent:  # the parent died before the signal was armed
+        return 1
     if len(sys.argv) != 2 or len(sys.argv[1]) > MAX_JOB:
         print(json.dumps({"ok": False, "error": "UnpackError", "message": "bad worker invocation"}))
         return 2

@@ -394,8 +394,16 @@ def test_kill_9_mid_pull_then_a_new_pull_succeeds(
         while time.monotonic() < deadline and not any((work / "staging").glob("*/fs/*")):
             time.sleep(0.05)
         assert any((work / "staging").glob("*/fs/*")), "the pull never started writing"
+        workers = subprocess.run(
+            ["pgrep", "-f", "-P", str(proc.pid), "image_pull.layer_worker"], capture_output=True
+        ).stdout.split()
+        assert workers, "the pull runs its layers in worker processes"
         proc.send_signal(signal.SIGKILL)
         proc.wait()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(Path(f"/proc/{w.decode()}").exists() for w in workers):
+            time.sleep(0.05)
+        assert not any(Path(f"/proc/{w.decode()}").exists() for w in workers), "workers outlived the puller"
         assert not any((work / "layers").iterdir())  # nothing half-committed
         assert no_populated_rootfs(tmp_path / "b1")
         proxy.rate = 0
