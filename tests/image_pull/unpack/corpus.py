@@ -38,7 +38,15 @@ def _gnu_tar_sparse_layer(fmt: str) -> bytes:
             f.write(b"middle")
             f.seek((8 << 20) - 5)
             f.write(b"end!!")
-        for p in (src / "sparse" / f"holes-{fmt}", src / "sparse", src):
+        with open(src / "sparse" / f"trailing-hole-{fmt}", "wb") as f:
+            f.truncate(3 << 20)  # ends in a hole: GNU tar closes the map with a (size, 0) region
+            f.write(b"head")
+        for p in (
+            src / "sparse" / f"holes-{fmt}",
+            src / "sparse" / f"trailing-hole-{fmt}",
+            src / "sparse",
+            src,
+        ):
             os.utime(p, (MT, MT))
         args = ["tar", "-C", str(src), "--sparse", "--numeric-owner", "--owner=0", "--group=0"]
         if fmt == "gnu":
