@@ -73,8 +73,6 @@ INITRAMFS_MODULES = [
 BASE_VERSION = "2"
 ROOTFS_VERSION = "3"
 PROJECT_VERSION = "1"
-# The project's packages (pyproject's setuptools include list) copied to the project disk.
-PACKAGES = ("attestation", "kbs_client", "kbs", "cdh", "image_pull", "coco_rpc")
 GUEST_PYTHON = "3.11.2"  # Debian 12's python3
 # pip evaluates environment markers against the host interpreter even with
 # --python-version, so dependencies conditional on an older 3.11 patch level
@@ -123,6 +121,14 @@ def kernel_version() -> str:
 def runtime_deps() -> list[str]:
     data = tomllib.loads((REPO / "pyproject.toml").read_text())
     return list(data["project"]["dependencies"])
+
+
+def packages() -> list[str]:
+    """Top-level packages named by pyproject's ``[tool.setuptools.packages.find] include``."""
+    data = tomllib.loads((REPO / "pyproject.toml").read_text())
+    patterns = data["tool"]["setuptools"]["packages"]["find"]["include"]
+    names = {p.removesuffix("*").rstrip(".") for p in patterns}
+    return sorted(n for n in names if (REPO / n / "__init__.py").is_file())
 
 
 def console_scripts() -> dict[str, str]:
@@ -305,7 +311,7 @@ def build_rootfs(kver: str) -> tuple[Path, bool]:
 def project_files() -> list[tuple[str, Path]]:
     """(path on the project disk, source) for everything the project disk holds."""
     files: list[tuple[str, Path]] = []
-    for pkg in PACKAGES:
+    for pkg in packages():
         for f in sorted((REPO / pkg).rglob("*")):
             rel = f.relative_to(REPO)
             if not f.is_file() or "__pycache__" in rel.parts or f.suffix in (".pyc", ".pyo"):

@@ -33,6 +33,8 @@ def test_guest_pull_onto_luks2_in_vm(tmp_path: Path) -> None:
     assert summary["file_text"].startswith("pulled inside the coco-dev guest onto LUKS2 (run ")
     assert summary["file_sha256"] == hashlib.sha256(summary["file_text"].encode()).hexdigest()
     assert summary["manifest_digest"].startswith("sha256:")
+    # ... through the Kata glue: a host-side Storage{driver=image_guest_pull} handled in the guest.
+    assert summary["first_pull_via"] == "agent Storage"
     # The second pull of the same image is served from the layer store.
     assert summary["new_layers_second_pull"] == 0 and summary["store_layers_after_first"] >= 2
     # The image was signed (gnupg, skopeo) and its layers encrypted to a KBS key.

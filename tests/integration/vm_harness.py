@@ -12,7 +12,8 @@ The host side of issue 12:
    the host's loopback services at QEMU's host alias 10.0.2.2, a blank
    virtio disk with serial ``trusted_store`` that the guest init links to
    ``/dev/trusted_store``) and reads ``coco-guest: RESULT`` lines from the
-   serial console with a bounded timeout;
+   serial console with a bounded timeout (the scenario config goes in through
+   QEMU's fw_cfg, ``opt/org.coco-py/cfg``);
 4. checks the results: attestation, the dm-crypt mapping under the image work
    dir, the pulled file (its sha256 against what was pushed), the second pull
    from the layer store, the tampered image and the KBS denial.
@@ -50,6 +51,7 @@ from cryptography.hazmat.primitives import serialization  # noqa: E402
 from cryptography.hazmat.primitives.asymmetric import rsa  # noqa: E402
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # noqa: E402
 
+from guest_pull.host import guest_pull_storages  # noqa: E402
 from image_pull.ocicrypt import jwe_decrypt, load_private_key  # noqa: E402
 from tests.image_pull.trust import helpers as reg_api  # noqa: E402
 from tests.support.kbs import start_kbs  # noqa: E402
@@ -62,7 +64,6 @@ BIN = REPO / ".venv" / "bin"
 HOST_ALIAS = "10.0.2.2"  # QEMU user-mode networking: the host's loopback, seen from the guest
 VM_TIMEOUT_S = float(os.environ.get("COCO_VM_TIMEOUT", "780"))
 TRUSTED_STORE_MB = 768
-CMDLINE_MAX = 2000  # x86 COMMAND_LINE_SIZE is 2048
 DENY_POLICY = b"""package policy
 
 import rego.v1
@@ -416,36 +417,42 @@ def run_scenario(workdir: Path, *, say: Say = print, timeout: float = VM_TIMEOUT
                     )
 
                 app = f"{guest_registry}/coco/app:v1"
+                # The first pull goes the Kata way: the host runtime turns the container into a
+                # Storage{driver=image_guest_pull}; the agent glue in the guest hands it to CDH.
+                cid = nonce * 4
+                storage = guest_pull_storages(
+                    cid,
+                    {
+                        "io.kubernetes.cri.container-type": "container",
+                        "io.kubernetes.cri.image-name": app,
+                        "io.katacontainers.pkg.oci.container_type": "pod_container",
+                    },
+                    force_guest_pull=True,
+                )[0]
                 f_ = "etc/coco-vm.txt"
                 cfg = {
                     "kbs_url": guest_kbs,
                     "probe_resource": "kbs:///default/test/probe",
                     "image_toml": image_toml("test"),
                     "pulls": [
-                        {"label": "first", "image": app, "file": f_},
+                        {"label": "first", "image": app, "file": f_, "cid": cid, "storage": storage.to_json()},
                         {"label": "again", "image": app, "file": f_},
                         {"label": "tampered", "image": f"{guest_registry}/coco/tampered:v1", "expect": "fail", "file": f_},
                         {"label": "key-denied", "image": f"{guest_registry}/coco/app-denied:v1", "expect": "fail", "file": f_},
                     ],
                     "deny": {"image": app, "file": f_, "image_toml": image_toml("denied")},
                 }  # fmt: skip
-                enc = (
-                    base64.urlsafe_b64encode(json.dumps(cfg, separators=(",", ":")).encode())
-                    .decode()
-                    .rstrip("=")
-                )
-                cmdline = f"console=ttyS0 quiet panic=-1 coco.cfg={enc}"
-                if len(cmdline) > CMDLINE_MAX:
-                    raise VmScenarioError(
-                        f"guest config too long for the kernel command line ({len(cmdline)} bytes)"
-                    )
+                cfg_file = workdir / "guest-config.json"
+                cfg_file.write_text(json.dumps(cfg))
                 blank = workdir / "trusted_store.img"
                 with blank.open("wb") as f:
                     f.truncate(TRUSTED_STORE_MB << 20)
                 cmd = [
                     "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "2048", "-smp", "2",
                     "-nodefaults", "-display", "none", "-serial", "stdio", "-no-reboot",
-                    "-kernel", str(images.kernel), "-initrd", str(images.initramfs), "-append", cmdline,
+                    "-kernel", str(images.kernel), "-initrd", str(images.initramfs),
+                    "-append", "console=ttyS0 quiet panic=-1",
+                    "-fw_cfg", f"name=opt/org.coco-py/cfg,file={cfg_file}",
                     "-drive", f"file={images.rootfs},if=none,id=root,format=raw,readonly=on",
                     "-device", "virtio-blk-pci,drive=root",
                     "-drive", f"file={images.project},if=none,id=proj,format=raw,readonly=on",
@@ -551,6 +558,7 @@ def _summarise(
         "attestation": att["submods"],
         "secure_mount_seconds": sm["seconds"],
         "first_pull_seconds": first["seconds"],
+        "first_pull_via": first["via"],
         "second_pull_seconds": again["seconds"],
         "store_layers_after_first": first["store_layers"],
         "new_layers_second_pull": again["new_layers"],
