@@ -283,8 +283,11 @@ class _Unpacker:
             try:
                 os.setxattr(target, key, value, follow_symlinks=follow)
             except OSError as exc:
-                if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP) or (
-                    exc.errno in (errno.EPERM, errno.EACCES) and not self.is_root
+                denied = exc.errno in (errno.EPERM, errno.EACCES)
+                if (
+                    exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP)
+                    or (denied and not self.is_root)
+                    or (denied and not follow and key.startswith("user."))  # no user.* on symlinks/nodes
                 ):
                     self.n.xattrs_skipped += 1
                     continue

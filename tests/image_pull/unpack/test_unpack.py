@@ -352,3 +352,10 @@ def test_flatten_dir_entry_replaces_xattrs_of_existing_dir(tmp_path: Path) -> No
     root = layered(tmp_path, bytes(lower), bytes(upper))
     assert sorted(os.listxattr(root / "d")) == ["user.both"]
     assert os.getxattr(root / "d", "user.both") == b"b"
+
+
+def test_user_xattr_on_symlink_is_skipped(tmp_path: Path) -> None:
+    # Linux refuses user.* xattrs on symlinks; such an entry is skipped, not fatal.
+    t = Tar().pax({"SCHILY.xattr.user.x": "v"}).symlink("s", "target")
+    stats = unpack(bytes(t), tmp_path / "l")
+    assert os.readlink(tmp_path / "l/s") == "target" and stats.xattrs_skipped == 1
