@@ -4,7 +4,6 @@ Ed25519 persona keys, InsecureAllowAll (explicit, logged loudly) and DenyAll."""
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -17,10 +16,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from kbs_client.errors import TokenError
-from kbs_client.jws import PublicVerifyKey, decode_unverified, jwk_to_public_key, verify
+from kbs_client.jws import PublicVerifyKey, decode_unverified, verify
 
 from .config import AdminConfig
 from .errors import ConfigError
+from .jwks import load_jwk_set
 
 __all__ = ["AdminAuthorizer", "AdminDenied"]
 
@@ -61,19 +61,6 @@ def _load_public_key(uri: str, base_dir: str) -> PublicVerifyKey:
     return key
 
 
-def _load_jwks(uri: str, base_dir: str) -> dict[str, PublicVerifyKey]:
-    if uri.startswith(("http://", "https://")):
-        raise ConfigError("remote jwk_set_uri is not supported by this KBS; give a file path")
-    p = Path(uri.removeprefix("file://"))
-    if not p.is_absolute():
-        p = Path(base_dir) / p
-    try:
-        doc = json.loads(p.read_bytes()[: 1024 * 1024])
-        return {k["kid"]: jwk_to_public_key(k) for k in doc["keys"] if isinstance(k.get("kid"), str)}
-    except (OSError, ValueError, KeyError, TypeError, TokenError) as exc:
-        raise ConfigError(f"cannot load JWK set {uri}") from exc
-
-
 @dataclass(frozen=True)
 class _Idp:
     issuer: str | None
@@ -90,7 +77,7 @@ class AdminAuthorizer:
         self._acls = [(a.role, re.compile(a.allowed_endpoints)) for a in cfg.acls]
         for idp in cfg.identity_providers:
             key = _load_public_key(idp.public_key_uri, base_dir) if idp.public_key_uri else None
-            jwks = _load_jwks(idp.jwk_set_uri, base_dir) if idp.jwk_set_uri else {}
+            jwks = load_jwk_set(idp.jwk_set_uri, base_dir) if idp.jwk_set_uri else {}
             self._idps.append(_Idp(idp.issuer, idp.audience, key, jwks))
         for p in cfg.personas:
             self._personas.append((p.id, _load_public_key(p.public_key_path, base_dir)))

@@ -5,7 +5,6 @@ header-JWK mode), plus the TEE public key lookup in verified claims."""
 from __future__ import annotations
 
 import base64
-import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from kbs_client.jws import (
 )
 
 from .errors import ConfigError, TokenVerifierError
+from .jwks import load_jwk_set
 
 __all__ = [
     "TRUST_CLAIMS",
@@ -157,25 +157,6 @@ class EarBroker:
         return sign(claims, self.key, alg="ES256", header={"jwk": self._jwk})
 
 
-def _load_jwks(path: str) -> dict[str, PublicVerifyKey]:
-    p = path.removeprefix("file://")
-    try:
-        doc = json.loads(Path(p).read_bytes()[: 1024 * 1024])
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read JWK set {path}: {exc}") from exc
-    keys = doc.get("keys") if isinstance(doc, dict) else None
-    if not isinstance(keys, list):
-        raise ConfigError(f"JWK set {path} has no keys array")
-    out: dict[str, PublicVerifyKey] = {}
-    for k in keys:
-        if isinstance(k, dict) and isinstance(k.get("kid"), str):
-            try:
-                out[k["kid"]] = jwk_to_public_key(k)
-            except TokenError as exc:
-                raise ConfigError(f"JWK set {path}: bad key {k['kid']}") from exc
-    return out
-
-
 class TokenVerifier:
     """Verifies attestation tokens as trustee's KBS does (reference §4)."""
 
@@ -207,7 +188,7 @@ class TokenVerifier:
                 raise ConfigError(f"cannot load trusted cert {p}: {exc}") from exc
         jwks: dict[str, PublicVerifyKey] = {}
         for js in jwk_sets:
-            jwks.update(_load_jwks(js))
+            jwks.update(load_jwk_set(js))
         return cls(trusted_certs=certs, trusted_jwks=jwks, insecure_header_jwk=insecure_header_jwk)
 
     def _chain_trusted(self, x5c: Any, key: PublicVerifyKey, now: float) -> None:

@@ -17,6 +17,7 @@ from kbs.admin_auth import AdminAuthorizer, AdminDenied
 from kbs.config import AdminConfig, IdentityProvider, RoleAcl, load_config, parse_config
 from kbs.ear import Appraisal, EarBroker, TokenVerifier, ear_status, extract_tee_pubkey, tier
 from kbs.errors import ConfigError, StorageError, TokenVerifierError
+from kbs.jwks import load_jwk_set
 from kbs.storage import EncryptedStore, LocalFsStore, MemoryStore
 from kbs_client.jws import sign
 from kbs_client.tee_key import TeeKeyPair
@@ -353,3 +354,27 @@ def test_session_repr_hides_bearer_credentials() -> None:
     s = Session("ab" * 16, "sample", "nonce", 1.0, token="hdr.SECRET-CLAIMS.sig")
     assert "SECRET" not in repr(s) and "ab" * 16 not in repr(s)
     assert Session.from_bytes(s.to_bytes()) == s  # the stored form keeps them
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'{"keys": ["not-a-jwk"]}',  # an entry that is not an object
+        b'{"keys": [{"kid": "k", "kty": "EC", "crv": "P-256", "x": "AA", "y": "AA"}]}',  # not a key
+        b'{"keys": [], "keys": []}',  # duplicate member
+        b'{"keys": []}' + b" " * (1024 * 1024),  # over the size limit
+    ],
+    ids=["entry", "key", "duplicate", "size"],
+)
+def test_bad_jwk_sets_are_config_errors(tmp_path: Path, content: bytes) -> None:
+    # token-verifier and admin identity-provider JWK sets are read by one loader
+    (tmp_path / "jwks.json").write_bytes(content)
+    with pytest.raises(ConfigError, match="JWK set"):
+        load_jwk_set(str(tmp_path / "jwks.json"))
+    with pytest.raises(ConfigError):
+        TokenVerifier.from_config([], [str(tmp_path / "jwks.json")], False)
+    idp = IdentityProvider(jwk_set_uri="jwks.json")
+    with pytest.raises(ConfigError):
+        AdminAuthorizer(
+            AdminConfig(mode="AuthenticatedAuthorization", identity_providers=(idp,)), base_dir=str(tmp_path)
+        )

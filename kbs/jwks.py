@@ -1,0 +1,54 @@
+"""JWK set files named in the config: ``[attestation_token] trusted_jwk_sets``
+and the admin identity providers' ``jwk_set_uri`` (one loader for both)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from kbs_client._json import strict_loads
+from kbs_client.errors import TokenError
+from kbs_client.jws import PublicVerifyKey, jwk_to_public_key
+
+from .errors import ConfigError
+
+__all__ = ["MAX_JWKS_BYTES", "load_jwk_set"]
+
+#: largest JWK set file read
+MAX_JWKS_BYTES = 1024 * 1024
+
+
+def load_jwk_set(uri: str, base_dir: str | None = None) -> dict[str, PublicVerifyKey]:
+    """``kid`` -> public key for a local JWK set (a path or ``file://`` URI; relative
+    paths are taken from ``base_dir`` when given). Keys without a ``kid`` are
+    skipped; anything malformed is a :class:`ConfigError`."""
+    if uri.startswith(("http://", "https://")):
+        raise ConfigError(f"remote JWK set {uri} is not supported by this KBS; give a file path")
+    p = Path(uri.removeprefix("file://"))
+    if base_dir is not None and not p.is_absolute():
+        p = Path(base_dir) / p
+    try:
+        with p.open("rb") as fh:
+            raw = fh.read(MAX_JWKS_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError(f"cannot read JWK set {uri}: {exc.strerror}") from exc
+    if len(raw) > MAX_JWKS_BYTES:
+        raise ConfigError(f"JWK set {uri} is larger than {MAX_JWKS_BYTES} bytes")
+    try:
+        doc = strict_loads(raw)
+    except ValueError as exc:
+        raise ConfigError(f"JWK set {uri} is not valid JSON") from exc
+    keys = doc.get("keys") if isinstance(doc, dict) else None
+    if not isinstance(keys, list):
+        raise ConfigError(f"JWK set {uri} has no keys array")
+    out: dict[str, PublicVerifyKey] = {}
+    for k in keys:
+        if not isinstance(k, dict):
+            raise ConfigError(f"JWK set {uri}: an entry is not a JSON object")
+        kid = k.get("kid")
+        if not isinstance(kid, str):
+            continue
+        try:
+            out[kid] = jwk_to_public_key(k)
+        except TokenError as exc:
+            raise ConfigError(f"JWK set {uri}: bad key {kid[:64]!r}") from exc
+    return out
