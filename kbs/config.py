@@ -5,7 +5,6 @@ line, so trustee's sample configs load unchanged."""
 
 from __future__ import annotations
 
-import json
 import logging
 import tomllib
 from collections.abc import Mapping
@@ -14,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from kbs_client._json import strict_loads
 
 from .errors import ConfigError
 
@@ -362,7 +363,7 @@ def load_config(path: str) -> KbsConfig:
         if p.suffix in (".yaml", ".yml"):
             doc = yaml.safe_load(raw)
         elif p.suffix == ".json":
-            doc = json.loads(raw)
+            doc = strict_loads(raw)
         else:
             doc = tomllib.loads(raw.decode("utf-8"))
     except (ValueError, yaml.YAMLError) as exc:

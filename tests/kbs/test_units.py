@@ -94,6 +94,12 @@ def test_config_file_errors(tmp_path: Path) -> None:
     (tmp_path / "bad.toml").write_text("[[[")
     with pytest.raises(ConfigError, match="does not parse"):
         load_config(str(tmp_path / "bad.toml"))
+    # JSON configs are as strict as TOML ones: a repeated security setting is an error, not "last wins"
+    (tmp_path / "dup.json").write_text(
+        '{"attestation_token": {"insecure_header_jwk": false, "insecure_header_jwk": true}}'
+    )
+    with pytest.raises(ConfigError, match="does not parse"):
+        load_config(str(tmp_path / "dup.json"))
 
 
 # --- storage ----------------------------------------------------------------------------------
