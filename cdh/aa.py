@@ -6,7 +6,6 @@ listens on ``[aa] aa_socket`` (ttRPC for ``unix://``, gRPC for host:port).
 
 from __future__ import annotations
 
-import asyncio
 import enum
 from typing import Any, TypeVar
 
@@ -31,7 +30,13 @@ class MeasurementResult(enum.IntEnum):
 
 
 class AaClient:
-    """One lazily opened connection to the AA, reopened after a failure."""
+    """One lazily created client of the AA, shared by concurrent callers.
+
+    The transport reconnects by itself after the AA restarts: a call that finds
+    the old connection dead fails with ``UNAVAILABLE`` and the next call opens a
+    new one, so idempotent calls are simply retried once. A failed or timed-out
+    call never closes the connection under the other calls in flight on it.
+    """
 
     def __init__(
         self,
@@ -44,43 +49,26 @@ class AaClient:
         self.token_timeout = token_timeout
         self.measure_timeout = measure_timeout
         self._client: RpcClient | None = None
-        self._lock = asyncio.Lock()
 
-    async def _get(self) -> RpcClient:
-        async with self._lock:
-            if self._client is None:
-                self._client = connect(self.address)
-            return self._client
-
-    async def _drop(self) -> None:
-        async with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            await client.close()
+    def _rpc(self) -> RpcClient:
+        if self._client is None:  # created on the running loop (gRPC channels need one)
+            self._client = connect(self.address)
+        return self._client
 
     async def close(self) -> None:
-        await self._drop()
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
 
     async def _call(
         self, method: str, request: Any, response_type: type[R], timeout: float, *, idempotent: bool = True
     ) -> R:
-        """One call; a dead connection (AA restarted) is dropped and, for
-        idempotent calls, the call is retried once on a fresh connection."""
-        for attempt in (1, 2):
-            client = await self._get()
-            try:
-                return await client.call(AA_SERVICE, method, request, response_type, timeout=timeout)
-            except (ConnectionError, OSError) as exc:
-                await self._drop()
-                if attempt == 2 or not idempotent:
-                    raise RpcError(Code.UNAVAILABLE, f"attestation agent connection lost: {exc}") from exc
-            except RpcError as exc:
-                if exc.code not in (Code.UNAVAILABLE, Code.DEADLINE_EXCEEDED):
-                    raise
-                await self._drop()
-                if attempt == 2 or not idempotent or exc.code == Code.DEADLINE_EXCEEDED:
-                    raise
-        raise AssertionError("unreachable")
+        try:
+            return await self._rpc().call(AA_SERVICE, method, request, response_type, timeout=timeout)
+        except RpcError as exc:
+            if exc.code != Code.UNAVAILABLE or not idempotent:
+                raise
+        return await self._rpc().call(AA_SERVICE, method, request, response_type, timeout=timeout)
 
     async def get_token(self, token_type: str = "kbs") -> bytes:  # noqa: S107 (a token *type*)
         resp = await self._call(
