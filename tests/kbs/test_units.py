@@ -384,3 +384,53 @@ def test_bad_jwk_sets_are_config_errors(tmp_path: Path, content: bytes) -> None:
         AdminAuthorizer(
             AdminConfig(mode="AuthenticatedAuthorization", identity_providers=(idp,)), base_dir=str(tmp_path)
         )
+
+
+def test_token_chain_intermediates_must_be_cas(tmp_path: Path) -> None:
+    # a trusted CA's end-entity certificate must not be able to act as an intermediate
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.x509.oid import NameOID
+
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+    def cert(subject: str, key: Any, issuer: str, issuer_key: Any, *, ca: bool | None) -> x509.Certificate:
+        b = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(t0 - dt.timedelta(days=1))
+            .not_valid_after(t0 + dt.timedelta(days=1))
+        )
+        if ca is not None:
+            b = b.add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        return b.sign(issuer_key, hashes.SHA256())
+
+    ca_key, leaf_key, forged_key = (ec.generate_private_key(ec.SECP256R1()) for _ in range(3))
+    ca = cert("CA", ca_key, "CA", ca_key, ca=True)
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    v = TokenVerifier.from_config([str(tmp_path / "ca.pem")], [], False)
+
+    def token(chain: list[x509.Certificate], key: Any) -> str:
+        broker = EarBroker(key, cert_chain_der=[c.public_bytes(serialization.Encoding.DER) for c in chain])
+        return broker.issue({"cpu0": Appraisal({"hardware": 2}, {})}, now=t0.timestamp())
+
+    for inter_ca in (True, None):
+        inter_key = ec.generate_private_key(ec.SECP256R1())
+        inter = cert("inter", inter_key, "CA", ca_key, ca=inter_ca)
+        signer = cert("signer", leaf_key, "inter", inter_key, ca=False)
+        if inter_ca:
+            assert v.verify(token([signer, inter], leaf_key), now=t0.timestamp())["iss"]
+        else:
+            with pytest.raises(TokenVerifierError, match="chain"):
+                v.verify(token([signer, inter], leaf_key), now=t0.timestamp())
+    # an ordinary end-entity certificate from the CA, used to sign a forged "signer" certificate
+    ee = cert("tls-server", leaf_key, "CA", ca_key, ca=False)
+    forged = cert("signer", forged_key, "tls-server", leaf_key, ca=False)
+    with pytest.raises(TokenVerifierError, match="chain"):
+        v.verify(token([forged, ee], forged_key), now=t0.timestamp())
+    assert v.verify(token([ee], leaf_key), now=t0.timestamp())  # signed directly under the CA
