@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.vm_harness import run_scenario, skip_reason
+from tests.integration.vm_harness import VmScenarioError, run_scenario, skip_reason
 
 pytestmark = [pytest.mark.vm, pytest.mark.slow, pytest.mark.timeout(900)]
 
@@ -21,7 +21,10 @@ def test_guest_pull_onto_luks2_in_vm(tmp_path: Path) -> None:
     if reason:
         pytest.skip(f"cannot boot the test VM here: {reason}")
     lines: list[str] = []
-    summary = run_scenario(tmp_path, say=lines.append, timeout=780)
+    try:
+        summary = run_scenario(tmp_path, say=lines.append, timeout=600)
+    except VmScenarioError as exc:
+        pytest.fail(f"{exc}\n--- harness and guest console (tail) ---\n" + "\n".join(lines[-80:]))
     console = "\n".join(lines)
     # The image work dir sits on a dm-crypt mapping with integrity, as cryptsetup reports it.
     assert summary["mount_point"] == "/run/kata-containers/image/"

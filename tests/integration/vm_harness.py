@@ -62,7 +62,7 @@ __all__ = ["HOST_ALIAS", "VmScenarioError", "run_scenario", "skip_reason"]
 
 BIN = REPO / ".venv" / "bin"
 HOST_ALIAS = "10.0.2.2"  # QEMU user-mode networking: the host's loopback, seen from the guest
-VM_TIMEOUT_S = float(os.environ.get("COCO_VM_TIMEOUT", "780"))
+VM_TIMEOUT_S = float(os.environ.get("COCO_VM_TIMEOUT", "600"))
 TRUSTED_STORE_MB = 768
 DENY_POLICY = b"""package policy
 
@@ -330,6 +330,10 @@ def _boot(cmd: list[str], console_log: Path, say: Say, timeout: float) -> tuple[
         raise VmScenarioError(
             f"the guest did not power off within {timeout:.0f}s; console tail:\n{tail}"
         ) from None
+    finally:  # interrupted (Ctrl-C, pytest-timeout): never leave QEMU behind
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
     th.join(10)
     return con, rc, time.monotonic() - t0
 
