@@ -4,19 +4,26 @@ The host side of issue 12:
 
 1. builds (or reuses) the guest with ``vm/build_guest.py`` (cached under
    ``/var/cache/coco-py-vm`` by content hash);
-2. starts a real ``docker-registry`` (htpasswd auth, plain HTTP) and the
-   reference KBS on 127.0.0.1, pushes the test images, and seeds the KBS with
-   the ``kbs-client`` CLI: registry credentials, a probe resource and a
-   resource policy that releases everything except paths naming ``denied``;
+2. starts a real ``docker-registry`` (htpasswd auth, plain HTTP), a signature
+   lookaside (HTTP) and the reference KBS on 127.0.0.1; makes the test images
+   with real tools: ``umoci`` builds, ``skopeo --encryption-key jwe:`` encrypts
+   (the layer keys are then re-wrapped into ``provider.attestation-agent``
+   packets naming a KBS key, the coco-keyprovider step), ``skopeo --sign-by``
+   signs with gnupg; and seeds the KBS with the ``kbs-client`` CLI: registry
+   credentials, the containers-policy.json and its GPG key, the registries.d
+   lookaside config, the key-encryption keys, a probe resource, and a resource
+   policy that releases everything except paths naming ``denied``;
 3. boots the guest (``-accel tcg``, user-mode networking: the guest reaches
    the host's loopback services at QEMU's host alias 10.0.2.2, a blank
    virtio disk with serial ``trusted_store`` that the guest init links to
    ``/dev/trusted_store``) and reads ``coco-guest: RESULT`` lines from the
    serial console with a bounded timeout (the scenario config goes in through
    QEMU's fw_cfg, ``opt/org.coco-py/cfg``);
-4. checks the results: attestation, the dm-crypt mapping under the image work
-   dir, the pulled file (its sha256 against what was pushed), the second pull
-   from the layer store, the tampered image and the KBS denial.
+4. checks the results: attestation, the dm-crypt + dm-integrity mapping under
+   the image work dir, the pulled file (its sha256 against what was pushed),
+   the verified signature, the second pull from the layer store, and the
+   negatives (a signature replayed onto a tampered manifest, a layer key and
+   registry credentials the KBS refuses: each pull fails and leaves nothing).
 
 ``python -m tests.integration.vm_harness`` ends with ``vm: OK {json}`` (exit
 0) or ``vm: FAILED <reason>`` (exit 1); ``vm: SKIPPED <reason>`` (exit 0)
