@@ -16,6 +16,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from attestation._x509 import is_ca
 from kbs_client.errors import TeeKeyError, TokenError
 from kbs_client.jwe import TeePubKey
 from kbs_client.jws import (
@@ -210,7 +211,7 @@ class TokenVerifier:
                 return
             if any(a.subject == c.issuer and _issued_by(c, a) for a in self._certs):
                 return
-            if i + 1 < len(chain) and _is_ca(chain[i + 1]) and _issued_by(c, chain[i + 1]):
+            if i + 1 < len(chain) and is_ca(chain[i + 1]) and _issued_by(c, chain[i + 1]):
                 continue  # only a CA certificate from the token may vouch for the next one
             raise TokenVerifierError("token certificate chain is broken")
         raise TokenVerifierError("token certificate chain does not end at a trusted certificate")
@@ -240,19 +241,6 @@ class TokenVerifier:
         if isinstance(nbf, int | float) and t + LEEWAY_S < nbf:
             raise TokenVerifierError("token not yet valid")
         return claims
-
-
-def _is_ca(cert: x509.Certificate) -> bool:
-    """basicConstraints cA set, and keyCertSign when key usage is given (RFC 5280 §4.2.1.9)."""
-    try:
-        if not cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca:
-            return False
-    except x509.ExtensionNotFound:
-        return False
-    try:
-        return cert.extensions.get_extension_for_class(x509.KeyUsage).value.key_cert_sign
-    except x509.ExtensionNotFound:
-        return True
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.x509.oid import NameOID
 
+from attestation._x509 import is_ca
 from attestation.errors import EvidenceFormatError, VerificationError
 from attestation.nvidia import _der
 
@@ -123,14 +124,6 @@ def _check_time(cert: x509.Certificate, now: datetime, what: str) -> None:
         raise VerificationError(f"{what} {_subject_cn(cert)!r} expired {cert.not_valid_after_utc}")
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return False
-    return bool(bc.ca)
-
-
 def verify_chain(
     chain: Sequence[x509.Certificate], *, root: x509.Certificate, now: datetime, what: str = "certificate"
 ) -> None:
@@ -150,7 +143,7 @@ def verify_chain(
         _check_time(cert, now, what)
         if i + 1 < len(certs):
             issuer = certs[i + 1]
-            if not _is_ca(issuer):
+            if not is_ca(issuer):
                 raise VerificationError(f"{what} chain: {_subject_cn(issuer)!r} is not a CA")
             try:
                 cert.verify_directly_issued_by(issuer)

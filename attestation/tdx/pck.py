@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from attestation._x509 import is_ca
 from attestation.errors import EvidenceFormatError, VerificationError
 
 __all__ = [
@@ -97,14 +98,6 @@ def check_validity(cert: x509.Certificate, now: datetime, what: str) -> None:
         )
 
 
-def _is_ca(cert: x509.Certificate) -> bool:
-    try:
-        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return False
-    return bool(bc.ca)
-
-
 def check_crl(
     crl: x509.CertificateRevocationList,
     issuer: x509.Certificate,
@@ -159,7 +152,7 @@ def verify_chain(
     for i, cert in enumerate(full):
         if now is not None:
             check_validity(cert, now, f"{what} [{i}]")
-        if i > 0 and not _is_ca(cert):
+        if i > 0 and not is_ca(cert):
             raise VerificationError(f"{what} [{i}]: issuing certificate is not a CA")
     for crl in crls:
         for i, cert in enumerate(full):
