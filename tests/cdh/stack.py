@@ -18,13 +18,35 @@ from pathlib import Path
 
 BIN = Path(sys.executable).parent
 
-__all__ = ["Stack", "free_port", "start_stack"]
+__all__ = ["Stack", "free_port", "start_stack", "unix_listening", "wait_listening"]
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def unix_listening(path: Path) -> bool:
+    """True once something accepts connections on the Unix socket ``path``.
+
+    The socket file appears at bind(), before listen(): a client that takes
+    "the file exists" for "the server is up" is refused now and then (seen
+    with the AA and CDH processes on a loaded box)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
+
+
+def wait_listening(path: Path, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not unix_listening(path):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing accepts connections on {path} after {timeout:.0f}s")
+        time.sleep(0.02)
 
 
 def _wait(cond: object, proc: subprocess.Popen[bytes], what: str, log: Path, timeout: float = 30.0) -> None:
@@ -103,7 +125,7 @@ class Stack:
         )
         self.procs.append(p)
         sock = self.aa_sock
-        _wait(sock.exists, p, "attestation-agent", log)
+        _wait(lambda: unix_listening(sock), p, "attestation-agent", log)
 
     def start_cdh(self, extra_toml: str = "") -> None:
         self.cdh_sock = self.tmp / "cdh.sock"
@@ -125,7 +147,7 @@ class Stack:
         )
         self.procs.append(p)
         sock = self.cdh_sock
-        _wait(sock.exists, p, "confidential-data-hub", log)
+        _wait(lambda: unix_listening(sock), p, "confidential-data-hub", log)
 
     def close(self) -> None:
         for p in reversed(self.procs):

@@ -5,6 +5,7 @@ stalling in-process AA: one timed-out call leaves the others alone."""
 from __future__ import annotations
 
 import asyncio
+import socket
 from pathlib import Path
 
 import pytest
@@ -12,32 +13,41 @@ import pytest
 from cdh.aa import AaClient, MeasurementResult
 from coco_rpc import Code, RpcError, bind, serve
 from coco_rpc.protos import attestation_agent_pb2 as aa_pb2
+from tests.cdh.stack import unix_listening, wait_listening
 from tests.support.aa import start_aa
 
 
 async def test_reconnects_after_aa_restart(tmp_path: Path) -> None:
-    client = AaClient(f"unix://{tmp_path}/aa.sock", measure_timeout=60)  # slack for a loaded CI box
+    sock = tmp_path / "aa.sock"
+    client = AaClient(f"unix://{sock}", measure_timeout=60)  # slack for a loaded CI box
     try:
-        with start_aa(tmp_path):
+        with start_aa(tmp_path) as aa:
+            assert aa.socket_path == sock
+            wait_listening(sock)  # start_aa only waits for the file (bind), not for listen()
             # the AA's event log is off by default: NOT_ENABLED (CDH only warns on it)
             assert await client.extend_runtime_measurement("d", "o", "c") is MeasurementResult.NOT_ENABLED
             with pytest.raises(RpcError):
                 await client.get_token("no-such-type")
-        with pytest.raises(RpcError):
+        with pytest.raises(RpcError) as ei:
             await client.extend_runtime_measurement("d", "o", "c")
+        assert ei.value.code == Code.UNAVAILABLE
         with start_aa(tmp_path):
-            # start_aa returns once the socket file exists; a stale file left by a slow-to-die
-            # old AA can make the first connect race the new bind, so allow a few reconnects
-            for _ in range(50):
-                try:
-                    res = await client.extend_runtime_measurement("d", "o", "c")
-                    break
-                except RpcError as exc:
-                    assert exc.code == Code.UNAVAILABLE
-                    await asyncio.sleep(0.1)
-            assert res is MeasurementResult.NOT_ENABLED
+            wait_listening(sock)
+            # exactly one call: the client must reconnect by itself
+            assert await client.extend_runtime_measurement("d", "o", "c") is MeasurementResult.NOT_ENABLED
     finally:
         await client.close()
+
+
+def test_socket_file_is_not_readiness(tmp_path: Path) -> None:
+    """Why the tests wait with wait_listening: a bound, not yet listening socket
+    has its file but refuses connections (the old flake of the restart test)."""
+    path = tmp_path / "s.sock"
+    with socket.socket(socket.AF_UNIX) as srv:
+        srv.bind(str(path))
+        assert path.exists() and not unix_listening(path)
+        srv.listen()
+        assert unix_listening(path)
 
 
 class _StallingAa:

@@ -18,6 +18,7 @@ from cdh.errors import ResourceError
 from cdh.hub import Hub
 from coco_rpc.protos import api_pb2
 from tests.cdh.conftest import DictResources
+from tests.cdh.stack import unix_listening
 from tests.support.aa import ttrpc_call
 
 CDH = str(Path(sys.executable).parent / "confidential-data-hub")
@@ -41,11 +42,11 @@ def test_cdh_process_offline_fs(tmp_path: Path) -> None:
         [CDH, "-c", str(tmp_path / "cdh.toml")], stdout=log, stderr=subprocess.STDOUT, env=env
     )
     try:
-        for _ in range(150):
-            if sock.exists() or proc.poll() is not None:
+        for _ in range(300):
+            if unix_listening(sock) or proc.poll() is not None:
                 break
-            time.sleep(0.1)
-        assert sock.exists(), (tmp_path / "cdh.log").read_text()
+            time.sleep(0.05)
+        assert unix_listening(sock), (tmp_path / "cdh.log").read_text()
         req = api_pb2.GetResourceRequest(ResourcePath="kbs:///default/k/v").SerializeToString()
         code, msg, out = ttrpc_call(sock, "api.GetResourceService", "GetResource", req)
         assert code == 0, msg
