@@ -536,6 +536,10 @@ def _summarise(
     for p in (bad, key_denied):
         if p["ok"] or p["leftover"] or p["mounted"]:
             problems.append(f"{p['label']}: ok={p['ok']} leftover={p['leftover']} mounted={p['mounted']}")
+    # ... and each for the intended reason
+    for p, why in ((bad, "another manifest digest"), (key_denied, "unwrap"), (deny, "PolicyDeny")):
+        if not p["ok"] and why not in p.get("error", ""):
+            problems.append(f"{p['label']} failed for another reason than {why!r}: {p['error'][:200]}")
     if deny["ok"] or deny["leftover"] or deny["mounted"] or deny["new_mounts"]:
         problems.append(
             f"KBS denial: ok={deny['ok']} leftover={deny['leftover']} new_mounts={deny['new_mounts']}"
