@@ -391,10 +391,18 @@ class _Handlers:
         raise PluginNotFound(f"Plugin {first[:64]} not found")
 
 
+#: metric label values for request paths; anything else (chosen by the client) is "other",
+#: so unauthenticated requests can neither add series nor put arbitrary text into /metrics
+_ENDPOINTS = frozenset(
+    {"auth", "attest", "resource", "resource-policy", "attestation-policy", "reference-value"}
+)
+
+
 def _endpoint(path: str) -> str:
     if not path.startswith("/kbs/v0/"):
         return path if path in ("/healthz", "/metrics") else "other"
-    return path[len("/kbs/v0/") :].split("/", 1)[0][:32] or "other"
+    first = path[len("/kbs/v0/") :].split("/", 1)[0]
+    return first if first in _ENDPOINTS else "other"
 
 
 def make_app(state: KbsState) -> web.Application:

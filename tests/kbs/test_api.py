@@ -404,3 +404,17 @@ async def test_health_and_metrics(kbs: Kbs, http: httpx.AsyncClient) -> None:
     assert 'kbs_http_requests_total{endpoint="auth",method="POST",status="401"} 1' in r.text
     assert "process_resident_memory_bytes" in r.text
     assert (await http.post(f"{kbs.url}/metrics")).status_code == 405
+
+
+async def test_metrics_labels_are_bounded_and_cannot_inject_lines(kbs: Kbs, http: httpx.AsyncClient) -> None:
+    # unauthenticated clients choose the path: it must neither add series nor break the text format
+    for i in range(20):
+        await http.get(f"{kbs.url}/kbs/v0/random-{i}")
+    await http.get(f"{kbs.url}/kbs/v0/%0Afake_metric%201%0A")
+    await http.get(f"{kbs.url}/nowhere")
+    text = (await http.get(f"{kbs.url}/metrics")).text
+    assert not any(line.startswith("fake_metric") for line in text.splitlines())
+    endpoints = set(re.findall(r'kbs_http_requests_total\{endpoint="([^"]*)"', text))
+    assert endpoints == {"other"}, endpoints
+    # 20 random plugins, the injection attempt and one path outside /kbs/v0
+    assert 'kbs_http_requests_total{endpoint="other",method="GET",status="404"} 22' in text

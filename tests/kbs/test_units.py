@@ -434,3 +434,12 @@ def test_token_chain_intermediates_must_be_cas(tmp_path: Path) -> None:
     with pytest.raises(TokenVerifierError, match="chain"):
         v.verify(token([forged, ee], forged_key), now=t0.timestamp())
     assert v.verify(token([ee], leaf_key), now=t0.timestamp())  # signed directly under the CA
+
+
+def test_metric_label_values_are_escaped() -> None:
+    from kbs.metrics import Metrics
+
+    m = Metrics()
+    m.counter("c_total", "help")
+    m.inc("c_total", x='a\\b"c\nfake 1')
+    assert m.render().splitlines()[2] == 'c_total{x="a\\\\b\\"c\\nfake 1"} 1'
