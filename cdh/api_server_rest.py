@@ -26,7 +26,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiohttp import web
 
 from cdh.aa import AaClient
-from cdh.kbc import ResourceUri
+from cdh.kbc import parse_resource_uri
 from coco_rpc import AA_SERVICE, AA_SOCKET, CDH_SOCKET, GET_RESOURCE_SERVICE, RpcClient, RpcError, connect
 from coco_rpc.protos import api_pb2
 from coco_rpc.protos import attestation_agent_pb2 as aa_pb2
@@ -113,7 +113,7 @@ def make_app(cdh_addr: str, aa_addr: str, features: str = "resource") -> web.App
         path = request.match_info["path"]
         uri = f"kbs:///{path}"
         try:
-            ResourceUri.parse(uri)
+            parse_resource_uri(uri)
         except Exception as exc:
             raise web.HTTPBadRequest(text=str(exc)) from exc
         r = await cdh().call(

@@ -23,11 +23,12 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import quote, urlsplit
 
 import httpx
 
 from cdh.errors import ResourceError, ResourceNotFound, TokenError
+from kbs_client.errors import InvalidUri
+from kbs_client.uri import ResourceUri
 
 __all__ = [
     "MAX_RESOURCE_BYTES",
@@ -39,6 +40,7 @@ __all__ = [
     "ResourceGetter",
     "ResourceUri",
     "TokenCache",
+    "parse_resource_uri",
     "parse_token_response",
 ]
 
@@ -66,52 +68,22 @@ JweDecrypter = Callable[[str, bytes], bytes]
 # --------------------------------------------------------------------------- URIs
 
 
-@dataclass(frozen=True)
-class ResourceUri:
-    """``kbs[+<plugin>]://[<host>[:port]]/<seg>/...[?query]``."""
-
-    plugin: str
-    segments: tuple[str, ...]
-    query: str | None = None
-    host: str = ""
-
-    @classmethod
-    def parse(cls, untrusted_uri: str) -> ResourceUri:
-        if len(untrusted_uri) > 4096:
-            raise ResourceError("resource URI too long")
-        parts = urlsplit(untrusted_uri)
-        scheme = parts.scheme
-        if scheme == "kbs":
-            plugin = "resource"
-        elif scheme.startswith("kbs+") and len(scheme) > 4:
-            plugin = scheme[4:]
-        else:
-            raise ResourceError(f"not a KBS resource URI (want kbs:///repo/type/tag): {untrusted_uri!r}")
-        if not untrusted_uri.startswith(f"{scheme}://"):
-            raise ResourceError(f"not a KBS resource URI: {untrusted_uri!r}")
-        segs = tuple(s for s in parts.path.split("/") if s)
-        if not segs or any(s in (".", "..") for s in segs):
-            raise ResourceError(f"bad resource path in {untrusted_uri!r}")
-        if plugin == "resource" and len(segs) != 3:
-            raise ResourceError(f"resource URI needs exactly <repo>/<type>/<tag>: {untrusted_uri!r}")
-        for s in (plugin, *segs):
-            if not all(c.isalnum() or c in "-_." for c in s):
-                raise ResourceError(f"bad character in resource URI {untrusted_uri!r}")
-        return cls(plugin, segs, parts.query or None, parts.netloc)
-
-    @property
-    def path(self) -> str:
-        return "/".join(self.segments)
-
-    def kbs_path(self) -> str:
-        """``/kbs/v0/<plugin>/<path>[?query]`` (host and port are ignored, as upstream)."""
-        q = f"?{self.query}" if self.query else ""
-        return f"/kbs/v0/{self.plugin}/{quote(self.path)}{q}"
-
-    def __str__(self) -> str:
-        scheme = "kbs" if self.plugin == "resource" else f"kbs+{self.plugin}"
-        q = f"?{self.query}" if self.query else ""
-        return f"{scheme}://{self.host}/{self.path}{q}"
+def parse_resource_uri(untrusted_uri: str) -> ResourceUri:
+    """``kbs[+<plugin>]://[<host>[:port]]/<seg>/...[?query]``, checked by
+    :class:`kbs_client.uri.ResourceUri` (host and port are ignored when
+    fetching, as upstream). The scheme is required (a bare ``repo/type/tag``
+    is not a URI here) and every character must be printable ASCII."""
+    if (
+        "://" not in untrusted_uri
+        or not untrusted_uri.isascii()
+        or not untrusted_uri.isprintable()
+        or " " in untrusted_uri
+    ):
+        raise ResourceError(f"not a KBS resource URI (want kbs:///repo/type/tag): {untrusted_uri[:200]!r}")
+    try:
+        return ResourceUri.parse(untrusted_uri)
+    except InvalidUri as exc:
+        raise ResourceError(f"not a KBS resource URI (want kbs:///repo/type/tag): {exc}") from exc
 
 
 # --------------------------------------------------------------------------- tokens
@@ -271,7 +243,7 @@ class CcKbc:
         return t.rsplit("/", 1)[-1] if isinstance(t, str) else ""
 
     async def get_resource(self, uri: str) -> bytes:
-        ruri = ResourceUri.parse(uri)
+        ruri = parse_resource_uri(uri)
         tok = await self.tokens.get()
         status, body = await self._get_once(ruri, tok)
         if status == 401 and self._error_type(body) in (*_RETRY_TOKEN_ERRORS, ""):
@@ -333,13 +305,13 @@ class OfflineFsKbc:
         return table
 
     async def get_resource(self, uri: str) -> bytes:
-        ruri = ResourceUri.parse(uri)
+        ruri = parse_resource_uri(uri)
         if ruri.plugin != "resource":
             raise ResourceError(f"offline_fs_kbc serves only kbs:///repo/type/tag, not {ruri}")
-        value = self._load().get(ruri.path)
+        value = self._load().get(ruri.resource_path)
         if value is None:
-            raise ResourceNotFound(f"offline_fs_kbc has no resource {ruri.path}")
+            raise ResourceNotFound(f"offline_fs_kbc has no resource {ruri.resource_path}")
         try:
             return base64.b64decode(value, validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise ResourceError(f"offline resource {ruri.path} is not valid base64") from exc
+            raise ResourceError(f"offline resource {ruri.resource_path} is not valid base64") from exc

@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cdh.crypto import CryptoError, b64_std, b64url, strict_json, unwrap
 from cdh.errors import CdhError, SealedSecretError
-from cdh.kbc import ResourceGetter, ResourceUri
+from cdh.kbc import ResourceGetter, parse_resource_uri
 
 __all__ = [
     "MAX_SEALED_SECRET_BYTES",
@@ -275,7 +275,7 @@ class SecretUnsealer:
 
     async def _verification_key(self, kid: str) -> ec.EllipticCurvePublicKey:
         try:
-            ResourceUri.parse(kid)
+            parse_resource_uri(kid)
             is_uri = True
         except CdhError:
             is_uri = False

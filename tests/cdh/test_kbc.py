@@ -8,7 +8,7 @@ import ssl
 import pytest
 
 from cdh.errors import ResourceError, ResourceNotFound, TokenError
-from cdh.kbc import CcKbc, OfflineFsKbc, ResourceUri, TokenCache, parse_token_response
+from cdh.kbc import CcKbc, OfflineFsKbc, TokenCache, parse_resource_uri, parse_token_response
 from tests.cdh.conftest import FakeKbs, make_jwt, serve_fake_kbs
 from tests.support.registry import make_ca
 
@@ -16,24 +16,45 @@ from tests.support.registry import make_ca
 
 
 def test_uri_forms() -> None:
-    u = ResourceUri.parse("kbs:///default/key/1")
-    assert (u.plugin, u.path, u.query) == ("resource", "default/key/1", None)
+    u = parse_resource_uri("kbs:///default/key/1")
+    assert (u.plugin, u.resource_path, u.query) == ("resource", "default/key/1", None)
     assert u.kbs_path() == "/kbs/v0/resource/default/key/1"
-    h = ResourceUri.parse("kbs://kbs.example:8080/a/b/c?version=2")
-    assert h.host == "kbs.example:8080"
+    h = parse_resource_uri("kbs://kbs.example:8080/a/b/c?version=2")
+    assert h.kbs_addr == "kbs.example:8080"
     assert h.kbs_path() == "/kbs/v0/resource/a/b/c?version=2"  # host ignored, query kept
-    p = ResourceUri.parse("kbs+vault:///x/y")
+    p = parse_resource_uri("kbs+vault:///x/y")
     assert p.kbs_path() == "/kbs/v0/vault/x/y"
     assert str(p) == "kbs+vault:///x/y"
 
 
 @pytest.mark.parametrize(
     "bad",
-    ["http://x/a/b/c", "kbs:///a/b", "kbs:///a/../c", "kbs:/a/b/c", "kbs:///a/b/c d", "kbs+:///a/b/c", ""],
+    [
+        "http://x/a/b/c",
+        "kbs:///a/b",
+        "kbs:///a/../c",
+        "kbs:/a/b/c",
+        "kbs:///a/b/c d",
+        "kbs+:///a/b/c",
+        "",
+        "default/key/1",  # a bare path is a local key name for sealed secrets, never a URI
+        # parsed strictly: nothing dropped, normalised or echoed that the KBS path does not carry
+        "kbs:///a/b/c\n",
+        "kbs:///a/b/c?x\ny",
+        "kbs:///a/b/c?a b",
+        "kbs:///a/b/c#frag",
+        "kbs:///\u00e4/b/c",
+        "kbs:///a/b/\u0663",
+        "kbs://user:pw@kbs/a/b/c",
+        "kbs://h\tost/a/b/c",
+        "kbs:///a//b/c",
+        "kbs:///a/b/c/",
+        "kbs+resource-policy:///x",
+    ],
 )
 def test_uri_rejects(bad: str) -> None:
     with pytest.raises(ResourceError):
-        ResourceUri.parse(bad)
+        parse_resource_uri(bad)
 
 
 # ----------------------------------------------------------------------------- offline_fs_kbc
