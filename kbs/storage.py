@@ -136,7 +136,7 @@ class LocalFsStore:
             raise StorageError("storage read failed") from exc
         if len(data) > MAX_VALUE_BYTES:
             raise StorageError("stored value too large")
-        if data.startswith(_MAGIC_TTL):
+        if data.startswith(_MAGIC_TTL) and len(data) >= len(_MAGIC_TTL) + _EXP.size:
             (exp,) = _EXP.unpack_from(data, len(_MAGIC_TTL))
             if exp <= time.time():
                 with contextlib.suppress(OSError):
@@ -144,6 +144,25 @@ class LocalFsStore:
                 return None
             return data[len(_MAGIC_TTL) + _EXP.size :]
         return data
+
+    def _live(self, p: Path) -> bool:
+        """Whether ``p`` holds an unexpired value, looking at its TTL header only
+        (an expired file is removed)."""
+        try:
+            with p.open("rb") as fh:
+                head = fh.read(len(_MAGIC_TTL) + _EXP.size)
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise StorageError("storage read failed") from exc
+        if len(head) < len(_MAGIC_TTL) + _EXP.size or not head.startswith(_MAGIC_TTL):
+            return True
+        (exp,) = _EXP.unpack_from(head, len(_MAGIC_TTL))
+        if exp > time.time():
+            return True
+        with contextlib.suppress(OSError):
+            p.unlink()
+        return False
 
     async def get(self, ns: str, key: str) -> bytes | None:
         return self._read(self._path(ns, key))
@@ -184,7 +203,7 @@ class LocalFsStore:
             return []
         out = []
         for p in d.iterdir():
-            if p.name.startswith(".") or self._read(p) is None:
+            if p.name.startswith(".") or not self._live(p):
                 continue
             out.append(p.name.replace("\\x2F", "/"))
         return sorted(out)
@@ -195,7 +214,7 @@ class LocalFsStore:
             if not d.is_dir():
                 continue
             for p in d.iterdir():
-                if not p.name.startswith(".") and p.is_file() and self._read(p) is None:
+                if not p.name.startswith(".") and p.is_file() and not self._live(p):
                     n += 1
         return n
 

@@ -443,3 +443,17 @@ def test_metric_label_values_are_escaped() -> None:
     m.counter("c_total", "help")
     m.inc("c_total", x='a\\b"c\nfake 1')
     assert m.render().splitlines()[2] == 'c_total{x="a\\\\b\\"c\\nfake 1"} 1'
+
+
+async def test_localfs_listing_and_sweeping_read_only_headers(tmp_path: Path) -> None:
+    # keys() and the periodic purge look at the TTL header only: a large stored value is not read
+    # (they used to read every file whole, and refused to list one over the value limit)
+    st = LocalFsStore(str(tmp_path))
+    await st.set("repository", "a/b/small", b"v")
+    big = tmp_path / "repository" / "a\\x2Fb\\x2Fbig"
+    with big.open("wb") as f:
+        f.truncate(64 * 1024 * 1024 + 1)  # sparse: costs nothing on disk
+    assert await st.keys("repository") == ["a/b/big", "a/b/small"]
+    assert await st.purge_expired() == 0
+    with pytest.raises(StorageError, match="too large"):
+        await st.get("repository", "a/b/big")
