@@ -364,7 +364,7 @@ class SecureMounter:
             await self._run(openc, stdin=key, what="cryptsetup luksOpen")
 
             async def _close() -> None:
-                await self.runner.run(["cryptsetup", "luksClose", opts.mapper_name])
+                await self._run(["cryptsetup", "luksClose", opts.mapper_name], what="cryptsetup luksClose")
 
             undo.append(("close mapping", _close))
 
@@ -401,8 +401,6 @@ class SecureMounter:
                 except Exception as exc:
                     log.error("secure mount rollback step %r failed: %s", what, exc)
             raise
-        finally:
-            key = b""
         log.info("secure mount of %s at %s done (mapping %s)", device, mount_point, opts.mapper_name)
 
     async def _mkfs(self, opts: BlockDeviceOptions, mapper_dev: Path) -> None:

@@ -241,6 +241,26 @@ async def test_failure_half_way_rolls_back(env: dict[str, Path], step: str) -> N
     assert rec2.mounted == {str(mp)}
 
 
+async def test_rollback_reports_a_mapping_it_could_not_close(
+    env: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    class StuckClose(Recorder):
+        async def run(self, argv: Sequence[str], *, stdin: bytes | None = None) -> CommandResult:
+            if list(argv[:2]) == ["cryptsetup", "luksClose"]:
+                self.calls.append((list(argv), stdin))
+                return CommandResult(5, b"", b"Device t is still in use.\n")
+            return await super().run(argv, stdin=stdin)
+
+    rec = StuckClose(fail_on="mount")
+    opts = trusted_storage_request_options("254:16") | {"mapperName": "t"}
+    with pytest.raises(SecureMountError, match="mount failed"):
+        await mounter(env, rec).secure_mount("block-device", opts, str(env["mnt"] / "image"))
+    assert ["cryptsetup", "luksClose", "t"] in rec.argvs()
+    # the mapping is still open: that must not pass silently
+    assert "close mapping" in caplog.text and "still in use" in caplog.text
+    assert list(env["headers"].iterdir()) == []  # the other steps were still undone
+
+
 async def test_already_formatted_refused(env: dict[str, Path]) -> None:
     opts = trusted_storage_request_options("254:16") | {"mapperName": "t"}
     rec = Recorder(is_luks=True)
