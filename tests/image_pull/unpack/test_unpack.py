@@ -359,3 +359,22 @@ def test_user_xattr_on_symlink_is_skipped(tmp_path: Path) -> None:
     t = Tar().pax({"SCHILY.xattr.user.x": "v"}).symlink("s", "target")
     stats = unpack(bytes(t), tmp_path / "l")
     assert os.readlink(tmp_path / "l/s") == "target" and stats.xattrs_skipped == 1
+
+
+@pytest.mark.parametrize("chunk", [61, 4096, 1 << 20])
+def test_unpack_streams_without_seeking_any_read_size(tmp_path: Path, chunk: int) -> None:
+    from .test_tarstream import Stream
+
+    big = os.urandom((1 << 20) + 4321)
+    t = (
+        Tar()
+        .dir("d")
+        .file("d/big", big)
+        .file("d/small", b"s" * 700)
+        .symlink("d/l", "big")
+        .hardlink("d/h", "d/big")
+    )
+    data = bytes(t)
+    stats = unpack_layer(Stream(data, chunk), tmp_path, options=UnpackOptions())  # type: ignore[arg-type]
+    assert (tmp_path / "d/big").read_bytes() == big and (tmp_path / "d/small").read_bytes() == b"s" * 700
+    assert stats.tar_bytes == len(data) and stats.bytes_written == len(big) + 700
