@@ -134,7 +134,6 @@ class ResourcePolicy:
 
     def __init__(self, store: KvStore) -> None:
         self._store = store
-        self._cache: tuple[bytes, str] | None = None
 
     async def install_default(self) -> None:
         if await self._store.get(NS_KBS, self.KEY) is None:
