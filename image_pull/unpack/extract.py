@@ -334,7 +334,8 @@ class _Unpacker:
             os.fchmod(fd, entry.mode)
             if entry.xattrs:
                 self._set_xattrs(fd, entry, clear=False)
-            os.utime(fd, ns=self._times(entry))
+            atime = entry.atime_ns
+            os.utime(fd, ns=(entry.mtime_ns if atime is None else atime, entry.mtime_ns))
         except OSError as exc:
             raise self._fail(entry, "cannot write file", exc) from None
         finally:

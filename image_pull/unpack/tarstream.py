@@ -219,7 +219,17 @@ class TarReader:
         if entry is None:
             raise MalformedTar("no current entry")
         if entry.sparse is None:
-            self._copy_to(fd, self._remaining)
+            n = self._remaining
+            pos = self._pos
+            if len(self._buf) - pos >= n:  # the common small file: already buffered
+                if n:
+                    done = os.write(fd, memoryview(self._buf)[pos : pos + n])
+                    if done < n:
+                        _write_all(fd, memoryview(self._buf)[pos + done : pos + n])
+                self._pos = pos + n
+                self._remaining = 0
+                return entry.size
+            self._copy_to(fd, n)
             return entry.size
         pos = 0  # file offset after the last write
         for off, length in entry.sparse:
@@ -418,7 +428,7 @@ class TarReader:
         gid = cache.get(f_gid)
         if gid is None:
             gid = _cached_number(f_gid, "gid", offset)
-        mtime_ns = _number(f_mtime, "mtime", offset) * 1_000_000_000
+        mtime_ns: int | None = None  # from pax, else the header field (parsed below)
         atime_ns: int | None = None
         devmajor = devminor = 0
         if kind is EntryType.CHAR or kind is EntryType.BLOCK:
@@ -492,11 +502,14 @@ class TarReader:
                         xattrs[xname] = base64.b64decode(value + b"=" * (-len(value) % 4), validate=True)
                     except (binascii.Error, ValueError) as exc:
                         raise MalformedTar(f"bad LIBARCHIVE.xattr value at offset {offset}") from exc
-        if len(xattrs) > limits.max_xattrs:
-            raise LimitExceeded(f"{len(xattrs)} xattrs on one entry at offset {offset}")
-        for xname, xvalue in xattrs.items():
-            if len(xvalue) > limits.max_xattr_value:
-                raise LimitExceeded(f"xattr {xname!r} value of {len(xvalue)} bytes at offset {offset}")
+        if mtime_ns is None:
+            mtime_ns = _number(f_mtime, "mtime", offset) * 1_000_000_000
+        if xattrs:
+            if len(xattrs) > limits.max_xattrs:
+                raise LimitExceeded(f"{len(xattrs)} xattrs on one entry at offset {offset}")
+            for xname, xvalue in xattrs.items():
+                if len(xvalue) > limits.max_xattr_value:
+                    raise LimitExceeded(f"xattr {xname!r} value of {len(xvalue)} bytes at offset {offset}")
 
         # pax sparse formats.
         pax_sparse_1 = False
@@ -551,21 +564,21 @@ class TarReader:
         if sparse is not None:
             sparse = _check_sparse(sparse, real_size, size, limits.max_sparse_regions, offset)
         return TarEntry(
-            name=name,
-            kind=kind,
-            mode=mode & 0o7777,
-            uid=uid,
-            gid=gid,
-            mtime_ns=mtime_ns,
-            atime_ns=atime_ns,
-            size=size,
-            real_size=real_size,
-            linkname=linkname,
-            devmajor=devmajor,
-            devminor=devminor,
-            xattrs=tuple(xattrs.items()),
-            sparse=sparse,
-            offset=offset,
+            name,
+            kind,
+            mode & 0o7777,
+            uid,
+            gid,
+            mtime_ns,
+            atime_ns,
+            size,
+            real_size,
+            linkname,
+            devmajor,
+            devminor,
+            tuple(xattrs.items()) if xattrs else (),
+            sparse,
+            offset,
         )
 
     def _gnu_sparse(self, blk: bytes, offset: int) -> tuple[tuple[tuple[int, int], ...], int]:
