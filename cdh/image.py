@@ -169,13 +169,13 @@ class ImagePullHandler:
             except CdhError as exc:
                 raise ImagePullFailed(f"cannot set up the image client: {exc}") from exc
             except Exception as exc:  # image_pull missing/broken, or it refused the config
-                raise ImagePullFailed(f"cannot set up the image client: {type(exc).__name__}: {exc}") from exc
+                raise ImagePullFailed(f"cannot set up the image client: {_describe(exc)}") from exc
             try:
                 result = await puller.pull(image_url, Path(bundle_path))
             except CdhError:
                 raise
             except Exception as exc:
-                raise ImagePullFailed(f"pull of {image_url} failed: {exc}") from exc
+                raise ImagePullFailed(f"pull of {image_url} failed: {_describe(exc)}") from exc
             digest: str = result.manifest_digest
         await self._measure(image_url, digest)
         log.info("pulled %s (%s) into %s", image_url, digest, bundle_path)
@@ -202,6 +202,19 @@ class ImagePullHandler:
             raise ImagePullFailed(f"cannot record the pull in the AA event log: {exc.message}") from exc
         if res is not MeasurementResult.OK:
             log.warning("runtime measurement of the pull not recorded: %s", res.name)
+
+
+def _describe(exc: Exception) -> str:
+    """What of a pull failure may be shown: image_pull's own errors are written
+    to be (no credentials in them); any other exception only by its type, as
+    its text could carry anything (proxy URLs with passwords, auth.json bytes)."""
+    if isinstance(exc, ImportError):
+        return f"image_pull is unavailable ({type(exc).__name__}: {exc.name})"
+    try:
+        from image_pull.errors import ImagePullError
+    except ImportError:
+        return type(exc).__name__
+    return str(exc) if isinstance(exc, ImagePullError) else f"internal error ({type(exc).__name__})"
 
 
 def _registry_dict(rc: RegistryConfigFile) -> dict[str, Any]:

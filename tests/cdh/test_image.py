@@ -87,3 +87,37 @@ async def test_build_failures_are_clear(tmp_path: Path) -> None:
         await bad.build_config()
     with pytest.raises(ImagePullFailed, match="absolute"):
         await h.pull("r/x:1", "relative/bundle")
+
+
+async def test_only_image_pull_errors_reach_the_message(tmp_path: Path) -> None:
+    """Text of arbitrary exceptions (which may carry credentials) stays out of the
+    error that becomes the RPC message and the log line; image_pull's own errors,
+    written to be shown, pass through."""
+    from image_pull.errors import NotFound
+
+    class Puller:
+        def __init__(self, exc: Exception) -> None:
+            self.exc = exc
+
+        async def pull(self, image_ref: str, bundle_dir: Path) -> None:
+            raise self.exc
+
+    def handler(factory: object) -> ImagePullHandler:
+        return ImagePullHandler(
+            ImageConfig(work_dir=tmp_path), resources=None, aa=None, puller_factory=factory
+        )  # type: ignore[arg-type]
+
+    leak = RuntimeError("proxy http://user:hunter2@proxy:3128 refused")
+    with pytest.raises(ImagePullFailed) as ei:
+        await handler(lambda cfg: Puller(leak)).pull("r/x:1", str(tmp_path / "b"))
+    assert "hunter2" not in str(ei.value) and "RuntimeError" in str(ei.value)
+
+    def broken_factory(cfg: object) -> None:
+        raise ValueError('auth_json=b\'{"auths": {"r": {"auth": "hunter2"}}}\'')
+
+    with pytest.raises(ImagePullFailed, match="cannot set up the image client") as ei:
+        await handler(broken_factory).pull("r/x:1", str(tmp_path / "b"))
+    assert "hunter2" not in str(ei.value) and "ValueError" in str(ei.value)
+
+    with pytest.raises(ImagePullFailed, match="manifest unknown"):
+        await handler(lambda cfg: Puller(NotFound("manifest unknown"))).pull("r/x:1", str(tmp_path / "b"))
