@@ -27,6 +27,7 @@ from typing import Any, Protocol
 import httpx
 
 from cdh.errors import ResourceError, ResourceNotFound, TokenError
+from coco_rpc import RpcError
 from kbs_client.errors import InvalidUri
 from kbs_client.uri import ResourceUri
 
@@ -165,8 +166,12 @@ class TokenCache:
                 raw = await self._fetch()
             except TokenError:
                 raise
-            except Exception as exc:
+            except RpcError as exc:
                 raise TokenError(f"cannot get a KBS token from the attestation agent: {exc}") from exc
+            except Exception as exc:  # its text could hold anything, the TEE key included
+                raise TokenError(
+                    f"cannot get a KBS token from the attestation agent: {type(exc).__name__}"
+                ) from exc
             tok = parse_token_response(raw)
             self._token = tok
             return tok

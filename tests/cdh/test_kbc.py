@@ -9,6 +9,7 @@ import pytest
 
 from cdh.errors import ResourceError, ResourceNotFound, TokenError
 from cdh.kbc import CcKbc, OfflineFsKbc, TokenCache, parse_resource_uri, parse_token_response
+from coco_rpc import Code, RpcError
 from tests.cdh.conftest import FakeKbs, make_jwt, serve_fake_kbs
 from tests.support.registry import make_ca
 
@@ -116,12 +117,17 @@ async def test_token_cache_failure_is_not_cached() -> None:
         nonlocal n
         n += 1
         if n == 1:
-            raise ConnectionError("AA down")
+            raise RpcError(Code.UNAVAILABLE, "AA down")
+        if n == 2:  # text of an unexpected exception is not repeated (it could hold the key)
+            raise ValueError("-----BEGIN PRIVATE KEY----- MIGHAgEA")
         return json.dumps({"token": make_jwt(None, "x"), "tee_keypair": "k"}).encode()
 
     cache = TokenCache(fetch)
     with pytest.raises(TokenError, match="AA down"):
         await cache.get()
+    with pytest.raises(TokenError, match="ValueError") as ei:
+        await cache.get()
+    assert "PRIVATE" not in str(ei.value)
     assert (await cache.get()).token.endswith(".sig")
 
 
