@@ -24,7 +24,6 @@ through initdata must not stop the guest from booting.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import tomllib
@@ -33,6 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from attestation._json import strict_loads
 from attestation.aa.errors import ConfigError
 
 __all__ = [
@@ -196,7 +196,7 @@ def load_config(path: str | Path) -> AaConfig:
     doc: Any
     if p.suffix.lower() == ".json":
         try:
-            doc = json.loads(text, object_pairs_hook=_no_duplicates)
+            doc = strict_loads(text)
         except ValueError as exc:
             raise ConfigError(f"aa config: {p} is not valid JSON: {exc}") from exc
         if not isinstance(doc, dict):
@@ -207,15 +207,6 @@ def load_config(path: str | Path) -> AaConfig:
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"aa config: {p} is not valid TOML: {exc}") from exc
     return parse_config(doc)
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ValueError(f"duplicate key {k!r}")
-        out[k] = v
-    return out
 
 
 def read_kbc_params(

@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from attestation._json import strict_loads
 from attestation.errors import EvidenceFormatError
 from attestation.nvidia.certs import MAX_CHAIN_SIZE
 from attestation.nvidia.spdm import MAX_REPORT_SIZE, NONCE_SIZE
@@ -59,29 +59,14 @@ def device_nonce(report_data: bytes) -> bytes:
     return report_data[:NONCE_SIZE].ljust(NONCE_SIZE, b"\0")
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise EvidenceFormatError(f"duplicate JSON key {k!r}")
-        out[k] = v
-    return out
-
-
-def _reject_constant(name: str) -> Any:
-    raise EvidenceFormatError(f"JSON constant {name} is not allowed")
-
-
 def loads_strict(untrusted: bytes | str, *, limit: int = MAX_EVIDENCE_JSON_SIZE) -> Any:
     """json.loads without duplicate keys or NaN/Infinity, with a size limit."""
     if len(untrusted) > limit:
         raise EvidenceFormatError(f"evidence JSON is larger than {limit} bytes")
     try:
-        return json.loads(untrusted, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        if isinstance(exc, EvidenceFormatError):
-            raise
-        raise EvidenceFormatError("evidence is not valid JSON") from exc
+        return strict_loads(untrusted)
+    except ValueError as exc:
+        raise EvidenceFormatError(f"evidence is not valid JSON: {exc}") from exc
 
 
 def decode_report_text(untrusted: str) -> bytes:

@@ -17,13 +17,13 @@ length}`` ended by an all-zero entry; offsets count from the table start.
 
 from __future__ import annotations
 
-import json
 import struct
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from attestation._json import strict_loads
 from attestation.snp.errors import SnpFormatError, UnknownReportVersion
 from attestation.snp.report import (
     REPORT_SIZE,
@@ -65,29 +65,14 @@ CERT_GUIDS: dict[str, uuid.UUID] = {
 _GUID_NAMES = {v: k for k, v in CERT_GUIDS.items()}
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise SnpFormatError(f"duplicate JSON key {k[:40]!r}")
-        out[k] = v
-    return out
-
-
-def _reject_constant(name: str) -> Any:
-    raise SnpFormatError(f"JSON constant {name} is not allowed")
-
-
 def strict_json_loads(untrusted: str | bytes) -> Any:
     """``json.loads`` that rejects duplicate keys, NaN/Infinity and oversized input."""
     if len(untrusted) > MAX_EVIDENCE_JSON:
         raise SnpFormatError(f"evidence JSON exceeds {MAX_EVIDENCE_JSON} bytes")
     try:
-        return json.loads(untrusted, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        if isinstance(exc, SnpFormatError):
-            raise
-        raise SnpFormatError(f"evidence is not valid JSON: {exc.__class__.__name__}") from exc
+        return strict_loads(untrusted)
+    except ValueError as exc:
+        raise SnpFormatError(f"evidence is not valid JSON: {exc}") from exc
 
 
 @dataclass(frozen=True)

@@ -19,13 +19,14 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+from attestation._json import strict_loads
 from attestation.errors import AttestationError, PolicyViolation
 from attestation.eventlog.tcg import parse_event_log
 from attestation.tdx.collateral import Collateral, CollateralCache, PccsClient
 from attestation.tdx.pck import intel_sgx_root_ca, load_pem_chain, parse_pck_extension
 from attestation.tdx.policy import TdxPolicy
 from attestation.tdx.quote import MAX_QUOTE_SIZE, Quote
-from attestation.tdx.verifier import pck_ca_kind, quote_claims, strict_object_pairs, verify_quote
+from attestation.tdx.verifier import pck_ca_kind, quote_claims, verify_quote
 
 __all__ = ["configure", "parse_time", "run"]
 
@@ -61,7 +62,10 @@ def _verify(args: argparse.Namespace) -> dict[str, object]:
     raw = _read(args.quote, "quote")
     eventlog_bytes: bytes | None = _read(args.eventlog, "event log") if args.eventlog else None
     if raw.lstrip()[:1] == b"{":
-        ev = json.loads(raw, object_pairs_hook=strict_object_pairs)
+        try:
+            ev = strict_loads(raw)
+        except ValueError as exc:
+            raise AttestationError(f"evidence JSON does not parse ({exc})") from exc
         if (
             not isinstance(ev, dict)
             or not isinstance(ev.get("quote"), str)

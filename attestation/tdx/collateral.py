@@ -37,6 +37,7 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from attestation._json import strict_loads
 from attestation._net import read_bounded
 from attestation.errors import VerificationError
 from attestation.tdx.pck import (
@@ -78,26 +79,13 @@ class CollateralError(VerificationError):
 # --- strict JSON ----------------------------------------------------------
 
 
-def _no_dupes(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise CollateralError(f"duplicate JSON key {k!r} in collateral")
-        out[k] = v
-    return out
-
-
 def _strict_loads(text: str | bytes, what: str) -> Any:
     if len(text) > MAX_COLLATERAL_SIZE:
         raise CollateralError(f"{what}: larger than {MAX_COLLATERAL_SIZE} bytes")
     try:
-        return json.loads(text, object_pairs_hook=_no_dupes, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise CollateralError(f"{what}: not valid JSON") from exc
-
-
-def _reject_constant(name: str) -> Any:
-    raise CollateralError(f"non-standard JSON constant {name} in collateral")
+        return strict_loads(text)
+    except ValueError as exc:
+        raise CollateralError(f"{what}: not valid JSON ({exc})") from exc
 
 
 def _get(d: dict[str, Any], key: str, typ: type, what: str) -> Any:

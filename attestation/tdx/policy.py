@@ -16,25 +16,16 @@ Measurement lists are allow-lists: when present, the claim must equal one entry.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from attestation._json import strict_loads
 from attestation.errors import EvidenceFormatError, PolicyViolation
 
 __all__ = ["MAX_POLICY_SIZE", "TdxPolicy"]
 
 MAX_POLICY_SIZE = 256 * 1024
 _MEASUREMENTS = ("mr_td", "mr_seam", "mr_config_id", "rtmr0", "rtmr1", "rtmr2", "rtmr3")
-
-
-def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise EvidenceFormatError(f"policy: duplicate key {k!r}")
-        out[k] = v
-    return out
 
 
 def _strs(v: Any, key: str) -> tuple[str, ...]:
@@ -56,9 +47,9 @@ class TdxPolicy:
         if len(untrusted_text) > MAX_POLICY_SIZE:
             raise EvidenceFormatError("policy too large")
         try:
-            d = json.loads(untrusted_text, object_pairs_hook=_pairs)
-        except (ValueError, RecursionError) as exc:
-            raise EvidenceFormatError("policy is not JSON") from exc
+            d = strict_loads(untrusted_text)
+        except ValueError as exc:
+            raise EvidenceFormatError(f"policy is not JSON ({exc})") from exc
         if not isinstance(d, dict):
             raise EvidenceFormatError("policy must be a JSON object")
         known = {"allow_debug", "require_sept_ve_disable", "accepted_tcb_statuses", "rejected_advisories"}

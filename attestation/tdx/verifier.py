@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,6 +34,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from attestation._json import strict_loads
 from attestation.errors import EvidenceFormatError, VerificationError
 from attestation.eventlog.tcg import ParsedEventLog, parse_event_log
 from attestation.tdx.collateral import (
@@ -63,7 +63,6 @@ __all__ = [
     "VerifiedQuote",
     "pck_ca_kind",
     "quote_claims",
-    "strict_object_pairs",
     "verify_quote",
 ]
 
@@ -253,15 +252,6 @@ def quote_claims(v: VerifiedQuote, event_log: ParsedEventLog | None = None) -> d
 # --- the KBS-facing verifier ----------------------------------------------
 
 
-def strict_object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, val in pairs:
-        if k in out:
-            raise EvidenceFormatError(f"duplicate key {k!r} in TDX evidence")
-        out[k] = val
-    return out
-
-
 def _b64(s: Any, what: str, limit: int) -> bytes:
     if not isinstance(s, str):
         raise EvidenceFormatError(f"TDX evidence: {what} must be a base64 string")
@@ -348,9 +338,9 @@ class TdxVerifier:
             if len(untrusted_evidence) > MAX_EVIDENCE_SIZE:
                 raise EvidenceFormatError("TDX evidence too large")
             try:
-                untrusted_evidence = json.loads(untrusted_evidence, object_pairs_hook=strict_object_pairs)
-            except (ValueError, RecursionError) as exc:
-                raise EvidenceFormatError("TDX evidence is not JSON") from exc
+                untrusted_evidence = strict_loads(untrusted_evidence)
+            except ValueError as exc:
+                raise EvidenceFormatError(f"TDX evidence is not JSON ({exc})") from exc
         if not isinstance(untrusted_evidence, Mapping):
             raise EvidenceFormatError("TDX evidence must be a JSON object")
         extra = set(untrusted_evidence) - {"cc_eventlog", "quote"}

@@ -82,3 +82,8 @@ def test_evidence_json_input(capsys: pytest.CaptureFixture[str], tmp_path: Path)
     ev.write_text(json.dumps({"cc_eventlog": None, "quote": base64.b64encode(Q4.read_bytes()).decode()}))
     rc, c, _ = _run(capsys, str(ev))
     assert rc == 0 and c is not None and c["version"] == 4
+    # malformed evidence JSON is a one-line rejection, not a traceback
+    for text in ('{"quote": "AA==", "quote": "AA=="}', "{not json", '{"quote": NaN}'):
+        ev.write_text(text)
+        rc, _, err = _run(capsys, str(ev))
+        assert rc != 0 and "does not parse" in err and "Traceback" not in err
