@@ -16,16 +16,18 @@ import base64
 import binascii
 import json
 import logging
+import math
 import os
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 import httpx
 
+from cdh.crypto import CryptoError, strict_json
 from cdh.errors import ResourceError, ResourceNotFound, TokenError
 from coco_rpc import RpcError
 from kbs_client.errors import InvalidUri
@@ -100,31 +102,34 @@ class KbsToken:
         return f"KbsToken(expires_at={self.expires_at})"
 
 
-def _jwt_claims(token: str) -> dict[str, Any]:
+def _jwt_expiry(token: str) -> float | None:
+    """The JWT's ``exp`` (decoded, not verified), or ``None`` when there is no
+    usable one: the KBS's rejection of the token then triggers the refetch."""
     try:
         payload = token.split(".")[1]
         claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
-    except (IndexError, ValueError, binascii.Error):
-        return {}
-    return claims if isinstance(claims, dict) else {}
+        exp = claims.get("exp") if isinstance(claims, dict) else None
+        if isinstance(exp, bool) or not isinstance(exp, int | float):
+            return None
+        value = float(exp)
+    except (IndexError, ValueError, binascii.Error, OverflowError):
+        return None
+    return value if math.isfinite(value) else None
 
 
 def parse_token_response(untrusted_body: bytes) -> KbsToken:
     """Parse AA's ``GetToken("kbs")`` answer ``{"token": "<JWT>", "tee_keypair": "<PEM>"}``."""
-    if len(untrusted_body) > MAX_TOKEN_RESPONSE_BYTES:
-        raise TokenError("AA token response too large")
     try:
-        obj = json.loads(untrusted_body)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise TokenError("AA token response is not JSON") from exc
+        obj = strict_json(untrusted_body, limit=MAX_TOKEN_RESPONSE_BYTES)
+    except CryptoError as exc:
+        raise TokenError(f"AA token response: {exc}") from exc
     if (
         not isinstance(obj, dict)
         or not isinstance(obj.get("token"), str)
         or not isinstance(obj.get("tee_keypair"), str)
     ):
         raise TokenError("AA token response lacks token/tee_keypair strings")
-    exp = _jwt_claims(obj["token"]).get("exp")
-    return KbsToken(obj["token"], obj["tee_keypair"], float(exp) if isinstance(exp, int | float) else None)
+    return KbsToken(obj["token"], obj["tee_keypair"], _jwt_expiry(obj["token"]))
 
 
 class TokenCache:

@@ -10,7 +10,7 @@ import pytest
 from cdh.errors import ResourceError, ResourceNotFound, TokenError
 from cdh.kbc import CcKbc, OfflineFsKbc, TokenCache, parse_resource_uri, parse_token_response
 from coco_rpc import Code, RpcError
-from tests.cdh.conftest import FakeKbs, make_jwt, serve_fake_kbs
+from tests.cdh.conftest import FakeKbs, b64u, make_jwt, serve_fake_kbs
 from tests.support.registry import make_ca
 
 # ----------------------------------------------------------------------------- URIs
@@ -82,9 +82,22 @@ def test_parse_token_response() -> None:
     tok = parse_token_response(json.dumps({"token": make_jwt(1234, "a"), "tee_keypair": "PEM"}).encode())
     assert tok.expires_at == 1234
     assert "PEM" not in repr(tok)
-    for bad in (b"nope", b"[]", b'{"token": 1, "tee_keypair": "x"}', b'{"token": "x"}'):
+    for bad in (
+        b"nope",
+        b"[]",
+        b'{"token": 1, "tee_keypair": "x"}',
+        b'{"token": "x"}',
+        b'{"token": "a.b.c", "token": "d.e.f", "tee_keypair": "x"}',  # which one would be used?
+    ):
         with pytest.raises(TokenError):
             parse_token_response(bad)
+    # an exp that is no usable time means "no expiry known" (the KBS's rejection then
+    # triggers the refetch), not an OverflowError escaping as an internal error
+    for exp in ("1" + "0" * 400, "1e400", "true", '"soon"'):
+        claims = b'{"exp": ' + exp.encode() + b"}"
+        token = f"{b64u(b'{}')}.{b64u(claims)}.sig"
+        body = json.dumps({"token": token, "tee_keypair": "k"}).encode()
+        assert parse_token_response(body).expires_at is None
 
 
 async def test_token_cache_single_flight_and_expiry() -> None:
