@@ -702,3 +702,26 @@ async def test_docker_schema2_manifest_and_an_image_without_layers(
     r2 = await pull(cfg, f"{registry.host}/t/empty:1", tmp_path / "e")
     assert r2.layers == 0 and os.listdir(r2.rootfs) == []
     assert json.loads((tmp_path / "e/config.json").read_text())["process"]["args"] == ["/bin/app"]
+
+
+async def test_auto_snapshotter_falls_back_to_a_flattened_copy(
+    registry: RegistryServer,
+    images: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cleanup_mounts: None,
+) -> None:
+    from image_pull import bundle as bundle_mod
+    from image_pull.errors import BundleError
+
+    def no_overlay(*_a: object, **_k: object) -> None:
+        raise BundleError("overlay mount failed: mount: unknown filesystem type 'overlay'")
+
+    monkeypatch.setattr(bundle_mod, "mount_overlay", no_overlay)  # overlayfs missing from the kernel
+    r = await pull(config_for(registry, tmp_path / "w"), images["std"], tmp_path / "b")
+    assert not os.path.ismount(r.rootfs)
+    check_rootfs(r.rootfs)
+    assert not any((tmp_path / "w/bundles").iterdir())
+    with pytest.raises(BundleError, match="overlay"):
+        await pull(config_for(registry, tmp_path / "w", snapshotter="overlay"), images["std"], tmp_path / "c")
+    assert no_populated_rootfs(tmp_path / "c")
