@@ -5,7 +5,6 @@ issues the EAR token (reference §2.3, §3, §4)."""
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import tomllib
 from collections.abc import Mapping
@@ -13,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from attestation.errors import AttestationError as VerifierError
+from attestation.initdata import InitDataError, parse_initdata
 from kbs_client._json import strict_loads
 from kbs_client.errors import TeeKeyError
 from kbs_client.jcs import hash_canonical
@@ -29,7 +29,6 @@ __all__ = ["MAX_ADDITIONAL_EVIDENCE", "AttestationService", "parse_attestation"]
 log = logging.getLogger(__name__)
 
 MAX_ADDITIONAL_EVIDENCE = 8 * 1024 * 1024
-INIT_DATA_ALGS = {"sha256": hashlib.sha256, "sha384": hashlib.sha384, "sha512": hashlib.sha512}
 ATTEST_FAILED = "Attestation error: RCAR handshake Attest failed"
 
 
@@ -83,27 +82,21 @@ def parse_attestation(untrusted_body: bytes) -> tuple[dict[str, Any] | None, str
 
 
 def _init_data(init: Mapping[str, Any]) -> tuple[bytes, dict[str, Any]]:
-    body = str(init["body"])
+    """(digest of the exact TOML bytes, claims) for a checked initdata document."""
     try:
-        doc = tomllib.loads(body)
-    except tomllib.TOMLDecodeError as exc:
-        raise _Reject("init-data TOML does not parse") from exc
-    alg = doc.get("algorithm", "sha384")
-    if alg not in INIT_DATA_ALGS:
-        raise _Reject("init-data algorithm must be sha256, sha384 or sha512")
-    digest = INIT_DATA_ALGS[alg](body.encode("utf-8")).digest()
-    data = doc.get("data", {})
+        data = parse_initdata(str(init["body"]).encode("utf-8"))
+    except InitDataError as exc:
+        raise _Reject(f"init-data rejected: {exc}") from exc
     claims: dict[str, Any] = {}
-    if isinstance(data, dict):
-        for k, v in data.items():
-            if k in ("aa.toml", "cdh.toml") and isinstance(v, str):
-                try:
-                    claims[k] = tomllib.loads(v)
-                    continue
-                except tomllib.TOMLDecodeError:
-                    pass
-            claims[k] = v
-    return digest, claims
+    for k, v in data.data.items():
+        if k in ("aa.toml", "cdh.toml"):
+            try:
+                claims[k] = tomllib.loads(v)
+                continue
+            except tomllib.TOMLDecodeError:
+                pass
+        claims[k] = v
+    return data.digest(), claims
 
 
 class AttestationService:

@@ -158,6 +158,14 @@ async def test_attest_bad_input_keeps_session_usable(kbs: Kbs, http: httpx.Async
         ),  # init-data is bound by the report? sample: no; see below
     ]
     bad_bodies[-1]["init-data"]["format"] = "json"  # only TOML is accepted
+    # init-data must be a valid initdata document (kata-types Initdata: version, algorithm, string data)
+    for toml in (
+        'version = "0.1.0"\n',  # no algorithm
+        'version = "0.2.0"\nalgorithm = "sha384"\n',
+        'version = "0.1.0"\nalgorithm = "md5"\n',
+        'version = "0.1.0"\nalgorithm = "sha384"\n[data]\nk = 1\n',
+    ):
+        bad_bodies.append(attest_body(nonce, key, init=toml))
     for body in bad_bodies:
         r = await do_attest(http, kbs.url, sid, body)
         assert r.status_code == 401 and etype(r) == "AttestationError", body
