@@ -27,14 +27,7 @@ SAMPLE_DEVICE_ENV = "ENABLE_SAMPLE_DEVICE"
 
 
 def _sample_evidence(svn: str, report_data: bytes) -> dict[str, str]:
-    if svn == "1":
-        try:  # the KBS client package defines the protocol's sample evidence; prefer it when present
-            from kbs_client.sample import sample_evidence
-        except ImportError:
-            pass
-        else:
-            evidence = sample_evidence(report_data)
-            return dict(evidence)
+    """trustee's sample evidence: the SVN and the report data, standard base64, no signature."""
     return {"svn": svn, "report_data": base64.b64encode(report_data).decode("ascii")}
 
 
