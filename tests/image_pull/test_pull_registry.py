@@ -725,3 +725,95 @@ async def test_auto_snapshotter_falls_back_to_a_flattened_copy(
     with pytest.raises(BundleError, match="overlay"):
         await pull(config_for(registry, tmp_path / "w", snapshotter="overlay"), images["std"], tmp_path / "c")
     assert no_populated_rootfs(tmp_path / "c")
+
+
+class _RedirectingFront:
+    """Reverse proxy in front of the registry that answers blob GETs with a 307 to a
+    second origin (like a registry backed by object storage with pre-signed URLs)."""
+
+    def __init__(self, registry: RegistryServer) -> None:
+        import threading
+        import urllib.error
+        import urllib.request
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.blob_requests: list[dict[str, str]] = []
+        creds = base64.b64encode(b"testuser:testpass").decode()
+        outer = self
+
+        class Blobs(BaseHTTPRequestHandler):
+            def log_message(self, *a: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                outer.blob_requests.append(dict(self.headers))
+                digest = self.path.split("/")[-1].split("?")[0]
+                repo = self.path.split("/blob/")[1].rsplit("/", 1)[0]
+                req = urllib.request.Request(
+                    f"http://{registry.host}/v2/{repo}/blobs/{digest}",
+                    headers={"Authorization": f"Basic {creds}"},
+                )
+                data = urllib.request.urlopen(req).read()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        self.blobs = ThreadingHTTPServer(("127.0.0.1", 0), Blobs)
+        blob_port = self.blobs.server_address[1]
+
+        class Front(BaseHTTPRequestHandler):
+            def log_message(self, *a: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                if "/blobs/" in self.path:
+                    repo, digest = self.path[len("/v2/") :].split("/blobs/")
+                    self.send_response(307)
+                    self.send_header("Location", f"http://localhost:{blob_port}/blob/{repo}/{digest}?sig=abc")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+                headers = {k: v for k, v in self.headers.items() if k.lower() in ("authorization", "accept")}
+                req = urllib.request.Request(f"http://{registry.host}{self.path}", headers=headers)
+                try:
+                    resp = urllib.request.urlopen(req)
+                    status, body, hdrs = resp.status, resp.read(), resp.headers
+                except urllib.error.HTTPError as exc:
+                    status, body, hdrs = exc.code, exc.read(), exc.headers
+                self.send_response(status)
+                for k, v in hdrs.items():
+                    if k.lower() in ("content-type", "docker-content-digest", "www-authenticate"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.front = ThreadingHTTPServer(("127.0.0.1", 0), Front)
+        self.host = f"127.0.0.1:{self.front.server_address[1]}"
+        for srv in (self.blobs, self.front):
+            threading.Thread(target=srv.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        for srv in (self.blobs, self.front):
+            srv.shutdown()
+            srv.server_close()
+
+
+async def test_blob_redirect_to_another_origin_gets_no_credentials(
+    registry: RegistryServer, images: dict[str, str], tmp_path: Path, cleanup_mounts: None
+) -> None:
+    front = _RedirectingFront(registry)
+    try:
+        cfg = config_for(
+            registry,
+            tmp_path / "w",
+            auth_json=json.dumps(registry.auth_json(key=front.host)).encode(),
+            insecure_registries=frozenset({front.host, "localhost"}),
+        )
+        r = await pull(cfg, images["std"].replace(registry.host, front.host), tmp_path / "b")
+        check_rootfs(r.rootfs)
+        assert len(front.blob_requests) == 3  # config + 2 layers, all through the redirect
+        assert all("Authorization" not in h and "authorization" not in h for h in front.blob_requests)
+    finally:
+        front.stop()
