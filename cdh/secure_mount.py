@@ -88,10 +88,19 @@ class SubprocessRunner:
         try:
             out, err = await asyncio.wait_for(proc.communicate(stdin), self.timeout)
         except TimeoutError as exc:
-            proc.kill()
-            await proc.wait()
+            await self._kill(proc)
             raise SecureMountError(f"{argv[0]} did not finish in {self.timeout:.0f}s") from exc
+        except BaseException:  # cancelled: the tool must not finish after the rollback ran
+            await asyncio.shield(self._kill(proc))
+            raise
         return CommandResult(proc.returncode or 0, out[-65536:], err[-65536:])
+
+    @staticmethod
+    async def _kill(proc: asyncio.subprocess.Process) -> None:
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+        await proc.wait()
 
 
 @dataclass(frozen=True)
@@ -361,12 +370,17 @@ class SecureMounter:
             if header is not None:
                 openc += ["--header", str(header)]
             openc += ["-d", "-", str(device), opts.mapper_name]
-            await self._run(openc, stdin=key, what="cryptsetup luksOpen")
+            opened = False
 
             async def _close() -> None:
-                await self._run(["cryptsetup", "luksClose", opts.mapper_name], what="cryptsetup luksClose")
+                # also when luksOpen was interrupted after it created the mapping
+                if opened or mapper_dev.exists():
+                    close = ["cryptsetup", "luksClose", opts.mapper_name]
+                    await self._run(close, what="cryptsetup luksClose")
 
             undo.append(("close mapping", _close))
+            await self._run(openc, stdin=key, what="cryptsetup luksOpen")
+            opened = True
 
             if opts.target_type == "device":
                 mount_point.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ chosen step); the real dm-crypt path runs in the VM tests. Everything else
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import Sequence
@@ -433,3 +434,48 @@ async def test_real_cryptsetup_format_then_rollback(env: dict[str, Path], tmp_pa
         await real.run(["cryptsetup", "luksClose", "cdhtest"])
     assert checks == {"right key": 0, "wrong key": 2, "isLuks header": 0}
     assert (await real.run(["cryptsetup", "isLuks", str(data)])).returncode != 0  # header is detached
+
+
+async def test_cancelled_mid_luks_open_closes_what_it_opened(env: dict[str, Path]) -> None:
+    """The RPC deadline (or a caller that hangs up) cancels the handler while
+    cryptsetup runs: a mapping luksOpen created by then is closed, the header goes."""
+
+    class SlowOpen(Recorder):
+        async def run(self, argv: Sequence[str], *, stdin: bytes | None = None) -> CommandResult:
+            if list(argv[:2]) == ["cryptsetup", "luksOpen"]:
+                self.calls.append((list(argv), stdin))
+                (env["mapper"] / argv[-1]).touch()  # the device node appears...
+                self.open_mappings.add(argv[-1])
+                await asyncio.Event().wait()  # ...and cryptsetup has not returned yet
+            if list(argv[:2]) == ["cryptsetup", "luksClose"]:
+                (env["mapper"] / argv[-1]).unlink()
+            return await super().run(argv, stdin=stdin)
+
+    rec = SlowOpen()
+    opts = trusted_storage_request_options("254:16") | {"mapperName": "t"}
+    task = asyncio.create_task(mounter(env, rec).secure_mount("block-device", opts, str(env["mnt"] / "i")))
+    while not rec.open_mappings:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert rec.open_mappings == set() and ["cryptsetup", "luksClose", "t"] in rec.argvs()
+    assert list(env["headers"].iterdir()) == [] and not (env["mnt"] / "i").exists()
+
+
+async def test_subprocess_runner_kills_its_child_when_cancelled(tmp_path: Path) -> None:
+    """Otherwise a cancelled luksOpen/mount would finish after the rollback ran."""
+    pidfile = tmp_path / "pid"
+    task = asyncio.create_task(
+        SubprocessRunner().run(["sh", "-c", f"echo $$ > {pidfile}; exec sleep 60"], stdin=b"k")
+    )
+    for _ in range(500):
+        if pidfile.exists() and pidfile.read_text().strip():
+            break
+        await asyncio.sleep(0.01)
+    pid = int(pidfile.read_text())
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    with pytest.raises(ProcessLookupError):  # killed and reaped
+        os.kill(pid, 0)
