@@ -549,7 +549,9 @@ class TarReader:
                 f"name longer than {limits.max_name_length} bytes at offset {offset}: {describe_name(name)}"
             )
         if kind is not EntryType.REGULAR:
-            size = real_size = 0  # header-only types carry no data (as Go's archive/tar)
+            if flag in _HEADER_ONLY:
+                size = 0  # links, devices, directories, FIFOs carry no data (as Go's archive/tar)
+            real_size = 0  # a GNU dumpdir ('D') keeps its data size: skipped, never extracted
             sparse = None
         if uid < 0 or gid < 0:
             raise MalformedTar(f"negative uid/gid at offset {offset}")
@@ -731,6 +733,8 @@ def _apply_simple_records(local: list[tuple[str, bytes]], offset: int) -> _Simpl
             return None
     return out
 
+
+_HEADER_ONLY = frozenset({b"1", b"2", b"3", b"4", b"5", b"6"})
 
 _NUMBERS: dict[bytes, int] = {}
 """Parsed mode/uid/gid fields: a handful of distinct values fill most archives."""

@@ -261,3 +261,35 @@ def test_gnu_tar_sparse_many_regions(tmp_path: Path, fmt: str) -> None:
     args += ["--format=gnu"] if fmt == "gnu" else ["--format=pax", "--sparse-version=1.0"]
     subprocess.run([*args, "many.bin"], check=True)
     assert _read_sparse((tmp_path / "s.tar").read_bytes()) == {b"many.bin": bytes(expect)}
+
+
+def test_gnu_dumpdir_data_is_skipped() -> None:
+    listing = b"Yfile\x00Ndir\x00\x00"
+    t = Tar().add(b"incremental/", b"D", listing, gnu=True).file(b"after", b"ok")
+    got = entries(t.build())
+    assert [(e.name, e.kind) for e, _ in got] == [  # type: ignore[attr-defined]
+        (b"incremental/", EntryType.DIRECTORY),
+        (b"after", EntryType.REGULAR),
+    ]
+    assert got[1][1] == b"ok"
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar not installed")
+def test_gnu_tar_incremental_archive(tmp_path: Path) -> None:
+    (tmp_path / "src/sub").mkdir(parents=True)
+    (tmp_path / "src/sub/f").write_bytes(b"incremental")
+    subprocess.run(
+        [
+            "tar",
+            "-C",
+            str(tmp_path / "src"),
+            "--listed-incremental",
+            str(tmp_path / "snar"),
+            "-cf",
+            str(tmp_path / "i.tar"),
+            ".",
+        ],
+        check=True,
+    )
+    got = entries((tmp_path / "i.tar").read_bytes())
+    assert (b"./sub/f", b"incremental") in [(e.name, b) for e, b in got]  # type: ignore[attr-defined]
