@@ -172,9 +172,11 @@ def _unknown(d: Mapping[str, Any], known: set[str], where: str, out: list[str]) 
 
 def check_credential_path(path: str) -> PurePosixPath:
     """A credential path must be absolute, under ``/run/confidential-containers/cdh/kbs``
-    and free of ``.``/``..`` segments (upstream rule)."""
+    and free of ``.``/``..`` segments (upstream rule) and of control characters."""
     if not path.startswith("/"):
         raise ConfigError(f"credential path {path!r} is not absolute")
+    if not path.isprintable():
+        raise ConfigError(f"credential path {path!r} contains control characters")
     raw_parts = path.split("/")[1:]
     if any(p in (".", "..") for p in raw_parts):
         raise ConfigError(f"credential path {path!r} contains '.' or '..'")

@@ -139,6 +139,8 @@ def test_bad_configs(tmp_path: Path, text: str, msg: str) -> None:
         "run/confidential-containers/cdh/kbs/x",
         "/run/confidential-containers/cdh/kbsx/y",
         "/run/confidential-containers/cdh/kbs",
+        "/run/confidential-containers/cdh/kbs/x\x00y",  # would be a ValueError at write time
+        "/run/confidential-containers/cdh/kbs/x\ny",
     ],
 )
 def test_credential_path_escape(tmp_path: Path, path: str) -> None:
