@@ -247,10 +247,11 @@ class SecureMounter:
             for line in text.splitlines():
                 if line.startswith("DEVNAME="):
                     name = line[len("DEVNAME=") :].strip()
-                    if not name or ".." in name.split("/"):
-                        break
+                    parts = name.split("/")
+                    if not name.isprintable() or any(p in ("", ".", "..") for p in parts):
+                        break  # must stay under /dev
                     return self.dev_dir / name
-            raise SecureMountError(f"{uevent} has no DEVNAME")
+            raise SecureMountError(f"{uevent} has no usable DEVNAME")
         assert opts.device_path is not None
         p = Path(opts.device_path)
         if not p.exists():

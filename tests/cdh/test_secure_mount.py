@@ -479,3 +479,14 @@ async def test_subprocess_runner_kills_its_child_when_cancelled(tmp_path: Path) 
         await task
     with pytest.raises(ProcessLookupError):  # killed and reaped
         os.kill(pid, 0)
+
+
+@pytest.mark.parametrize("devname", ["/etc/passwd", "../etc/passwd", "vdb\x00", ""])
+async def test_devname_stays_under_dev(env: dict[str, Path], devname: str) -> None:
+    (env["sys"] / "254:17").mkdir()
+    (env["sys"] / "254:17" / "uevent").write_text(f"MAJOR=254\nMINOR=17\nDEVNAME={devname}\n")
+    rec = Recorder()
+    opts = trusted_storage_request_options("254:17") | {"mapperName": "d"}
+    with pytest.raises(SecureMountError, match="DEVNAME"):
+        await mounter(env, rec).secure_mount("block-device", opts, str(env["mnt"] / "d"))
+    assert rec.calls == []
