@@ -5,6 +5,7 @@ issues the EAR token (reference §2.3, §3, §4)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tomllib
 from collections.abc import Mapping
@@ -115,7 +116,7 @@ class AttestationService:
         self.rvps = rvps
         self.verbose = verbose_token
 
-    def _verify(
+    async def _verify(
         self, tee: str, evidence: Any, report_data: bytes, init_hash: bytes | None, now: datetime
     ) -> dict[str, Any]:
         try:
@@ -123,8 +124,13 @@ class AttestationService:
         except UnsupportedTee as exc:
             raise _Reject(str(exc)) from exc
         try:
-            claims = v.verify(
-                evidence, expected_report_data=report_data, expected_init_data_hash=init_hash, now=now
+            # off the event loop: verifiers may fetch collateral with blocking I/O and are CPU-bound
+            claims = await asyncio.to_thread(
+                v.verify,
+                evidence,
+                expected_report_data=report_data,
+                expected_init_data_hash=init_hash,
+                now=now,
             )
         except VerifierError as exc:
             raise _Reject(f"{tee} evidence rejected: {exc}") from exc
@@ -179,7 +185,7 @@ class AttestationService:
             if not isinstance(amap, dict):
                 raise _Reject("additional evidence must map TEE names to evidence")
             for dtee, dev in amap.items():
-                claims = self._verify(dtee, dev, device_rd, None, now)
+                claims = await self._verify(dtee, dev, device_rd, None, now)
                 cls = TEE_CLASS.get(dtee, "gpu")
                 if dtee == "nvidia" and isinstance(claims.get("devices"), list):
                     for d in claims["devices"]:
@@ -188,7 +194,7 @@ class AttestationService:
                 else:
                     devices.append((cls, dtee, claims))
 
-        cpu_claims = self._verify(tee, primary, primary_rd, init_hash, now)
+        cpu_claims = await self._verify(tee, primary, primary_rd, init_hash, now)
         rv = await self.rvps.all()
         submods: dict[str, Appraisal] = {}
         annotated: dict[str, Any] = {tee: cpu_claims, "runtime_data_claims": runtime_claims}

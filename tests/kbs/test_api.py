@@ -426,3 +426,44 @@ async def test_metrics_labels_are_bounded_and_cannot_inject_lines(kbs: Kbs, http
     assert endpoints == {"other"}, endpoints
     # 20 random plugins, the injection attempt and one path outside /kbs/v0
     assert 'kbs_http_requests_total{endpoint="other",method="GET",status="404"} 22' in text
+
+
+async def test_evidence_verification_does_not_block_the_server() -> None:
+    # verifiers may fetch collateral (AMD KDS, Intel PCS, NVIDIA OCSP/RIM) with blocking I/O and
+    # spend CPU on signatures: they run off the event loop, so other requests are served meanwhile
+    import asyncio
+    import threading
+    from datetime import datetime
+
+    from kbs.attestation_service import AttestationService
+    from kbs.ear import EarBroker
+    from kbs.policy import AttestationPolicies
+    from kbs.rvps import ReferenceValues
+    from kbs.storage import MemoryStore
+    from kbs.verifiers import SampleVerifier, VerifierRegistry
+
+    release = threading.Event()
+
+    class Blocking(SampleVerifier):
+        def verify(self, untrusted_evidence: Any, *, expected_report_data: bytes,
+                   expected_init_data_hash: bytes | None, now: datetime) -> dict[str, Any]:  # fmt: skip
+            assert release.wait(10), "the event loop was blocked while evidence was verified"
+            return super().verify(untrusted_evidence, expected_report_data=expected_report_data,
+                                  expected_init_data_hash=expected_init_data_hash, now=now)  # fmt: skip
+
+    store = MemoryStore()
+    service = AttestationService(
+        VerifierRegistry({"sample": Blocking()}),
+        EarBroker(),
+        AttestationPolicies(store),
+        ReferenceValues(store),
+    )
+    nonce = "bm9uY2U="
+    body = json.dumps(attest_body(nonce, TeeKeyPair.generate())).encode()
+    task = asyncio.create_task(
+        service.attest(tee="sample", session_nonce=nonce, hash_algorithm="sha384", untrusted_body=body)
+    )
+    await asyncio.sleep(0.05)
+    release.set()  # only runs if the loop is free while verify() waits
+    token = await asyncio.wait_for(task, 15)
+    assert decode_unverified(token)[1]["submods"]["cpu0"]["ear.status"]
