@@ -14,7 +14,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from attestation._x509 import is_ca
 from kbs_client.errors import TeeKeyError, TokenError
@@ -200,16 +200,17 @@ class TokenVerifier:
         except ValueError as exc:
             raise TokenVerifierError("token x5c does not parse") from exc
         leaf_key = chain[0].public_key()
-        if public_key_to_jwk(leaf_key) != public_key_to_jwk(key):  # type: ignore[arg-type]
+        if not isinstance(leaf_key, ec.EllipticCurvePublicKey | ed25519.Ed25519PublicKey | rsa.RSAPublicKey):
+            raise TokenVerifierError("token certificate key type is not supported")
+        if public_key_to_jwk(leaf_key) != public_key_to_jwk(key):
             raise TokenVerifierError("token jwk does not match its certificate")
         ts = time.gmtime(now)
-        for c in chain:
-            if not (c.not_valid_before_utc.timetuple() <= ts <= c.not_valid_after_utc.timetuple()):
-                raise TokenVerifierError("token certificate outside its validity")
+        if not all(_valid_at(c, ts) for c in chain):
+            raise TokenVerifierError("token certificate outside its validity")
         for i, c in enumerate(chain):
             if c in self._certs:
                 return
-            if any(a.subject == c.issuer and _issued_by(c, a) for a in self._certs):
+            if any(a.subject == c.issuer and _valid_at(a, ts) and _issued_by(c, a) for a in self._certs):
                 return
             if i + 1 < len(chain) and is_ca(chain[i + 1]) and _issued_by(c, chain[i + 1]):
                 continue  # only a CA certificate from the token may vouch for the next one
@@ -241,6 +242,10 @@ class TokenVerifier:
         if isinstance(nbf, int | float) and t + LEEWAY_S < nbf:
             raise TokenVerifierError("token not yet valid")
         return claims
+
+
+def _valid_at(cert: x509.Certificate, ts: time.struct_time) -> bool:
+    return cert.not_valid_before_utc.timetuple() <= ts <= cert.not_valid_after_utc.timetuple()
 
 
 def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:

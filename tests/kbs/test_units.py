@@ -457,3 +457,45 @@ async def test_localfs_listing_and_sweeping_read_only_headers(tmp_path: Path) ->
     assert await st.purge_expired() == 0
     with pytest.raises(StorageError, match="too large"):
         await st.get("repository", "a/b/big")
+
+
+def test_token_chain_odd_leaf_key_and_expired_anchor(tmp_path: Path) -> None:
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import dsa
+    from cryptography.x509.oid import NameOID
+
+    t0 = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+    def cert(key: Any, issuer_key: Any, *, ca: bool, start: dt.datetime, days: int) -> x509.Certificate:
+        name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "CA" if ca else "leaf")])
+        issuer = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "CA")])
+        return (
+            x509.CertificateBuilder().subject_name(name).issuer_name(issuer).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(start)
+            .not_valid_after(start + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+            .sign(issuer_key, hashes.SHA256())
+        )  # fmt: skip
+
+    def token(chain: list[x509.Certificate], key: Any) -> str:
+        broker = EarBroker(key, cert_chain_der=[c.public_bytes(serialization.Encoding.DER) for c in chain])
+        return broker.issue({"cpu0": Appraisal({"hardware": 2}, {})}, now=t0.timestamp())
+
+    ca_key, leaf_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = cert(ca_key, ca_key, ca=True, start=t0 - dt.timedelta(days=1), days=30)
+    (tmp_path / "ca.pem").write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    v = TokenVerifier.from_config([str(tmp_path / "ca.pem")], [], False)
+    good = token([cert(leaf_key, ca_key, ca=False, start=t0 - dt.timedelta(days=1), days=2)], leaf_key)
+    assert v.verify(good, now=t0.timestamp())
+    # a DSA certificate in x5c: a typed refusal, not an AttributeError
+    dsa_cert = cert(dsa.generate_private_key(2048), ca_key, ca=False, start=t0 - dt.timedelta(days=1), days=2)
+    with pytest.raises(TokenVerifierError):
+        v.verify(token([dsa_cert], leaf_key), now=t0.timestamp())
+    # a trusted CA that has expired no longer vouches for anything (a leaf valid at that time)
+    later = t0 + dt.timedelta(days=40)
+    late_leaf = cert(leaf_key, ca_key, ca=False, start=later - dt.timedelta(days=1), days=2)
+    with pytest.raises(TokenVerifierError, match="chain"):
+        v.verify(token([late_leaf], leaf_key), now=later.timestamp())
