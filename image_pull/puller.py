@@ -871,6 +871,9 @@ class ImagePuller:
         ]
         if missing:
             self.store.check_space(sum(missing))
+        # the image record is the layers' GC root from the start: a GC running meanwhile
+        # (another process) must not remove layers this pull committed but not yet mounted
+        self.store.record_image(res.manifest_digest, str(res.cand.reference), res.config_digest, chain)
         sem = asyncio.Semaphore(self.config.max_concurrent_layers)
         committed = [asyncio.Event() for _ in chain]
         try:
@@ -887,7 +890,6 @@ class ImagePuller:
         emit(ProgressEvent("bundle", message=str(bundle_dir)))
         async with self.store.lock(bundle_key(bundle_dir)):  # one pull at a time into one bundle dir
             rootfs = await asyncio.to_thread(self._make_bundle, res, chain, bundle_dir, image_ref)
-        self.store.record_image(res.manifest_digest, str(res.cand.reference), res.config_digest, chain)
         total = sum(d.size for d in res.manifest.layers)
         el = time.monotonic() - t0
         emit(

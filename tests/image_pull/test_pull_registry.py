@@ -817,3 +817,25 @@ async def test_blob_redirect_to_another_origin_gets_no_credentials(
         assert all("Authorization" not in h and "authorization" not in h for h in front.blob_requests)
     finally:
         front.stop()
+
+
+async def test_gc_between_layer_commit_and_mount_keeps_the_pulls_layers(
+    registry: RegistryServer,
+    images: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cleanup_mounts: None,
+) -> None:
+    from image_pull.store import LayerStore
+
+    removed: list[list[str]] = []
+    real = ImagePuller._make_bundle
+
+    def gc_first(self: ImagePuller, *a: Any) -> Path:
+        removed.append(LayerStore(tmp_path / "w").gc())  # another process' GC, right before the mount
+        return real(self, *a)
+
+    monkeypatch.setattr(ImagePuller, "_make_bundle", gc_first)
+    r = await pull(config_for(registry, tmp_path / "w"), images["std"], tmp_path / "b")
+    assert removed == [[]]
+    check_rootfs(r.rootfs)
