@@ -15,10 +15,7 @@ text when the backend fails.
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 import ipaddress
-import json
 import logging
 import sys
 from collections.abc import Awaitable, Callable, Sequence
@@ -26,6 +23,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from aiohttp import web
 
 from cdh.aa import AaClient
+from cdh.crypto import CryptoError, b64url, strict_json
 from cdh.kbc import parse_resource_uri
 from coco_rpc import AA_SERVICE, AA_SOCKET, CDH_SOCKET, GET_RESOURCE_SERVICE, RpcClient, RpcError, connect
 from coco_rpc.protos import api_pb2
@@ -83,8 +81,8 @@ def make_app(cdh_addr: str, aa_addr: str, features: str = "resource") -> web.App
             raise web.HTTPBadRequest(text="runtime_data is required")
         if request.query.get("encoding") == "base64":
             try:
-                return base64.urlsafe_b64decode(rd + "=" * (-len(rd) % 4))
-            except (binascii.Error, ValueError) as exc:
+                return b64url(rd)
+            except CryptoError as exc:
                 raise web.HTTPBadRequest(text="runtime_data is not URL-safe base64") from exc
         return rd.encode()
 
@@ -149,11 +147,11 @@ def make_app(cdh_addr: str, aa_addr: str, features: str = "resource") -> web.App
         if len(raw) > MAX_BODY_BYTES:
             raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=len(raw))
         try:
-            obj = json.loads(raw)
+            obj = strict_json(raw)
             d, o, c = obj["domain"], obj["operation"], obj["content"]
             if not all(isinstance(x, str) for x in (d, o, c)):
                 raise TypeError
-        except (ValueError, KeyError, TypeError) as exc:
+        except (CryptoError, KeyError, TypeError) as exc:
             raise web.HTTPBadRequest(text='body must be {"domain","operation","content"} strings') from exc
         res = await aa.extend_runtime_measurement(d, o, c)
         return web.json_response({"result": res.name})

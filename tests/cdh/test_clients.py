@@ -84,6 +84,18 @@ async def test_rest_resource_and_aa(rest: ClientSession, env: Env) -> None:
     assert (await rest.get("/nope")).status == 404
 
 
+async def test_rest_aael_and_runtime_data_parsed_strictly(rest: ClientSession, env: Env) -> None:
+    """What gets extended into the event log must be exactly what was sent:
+    a duplicated key or a mangled base64 is a 400, not a silent pick."""
+    dup = b'{"domain":"d","operation":"o","content":"shown","content":"measured"}'
+    assert (await rest.post("/aa/aael", data=dup)).status == 400
+    assert (await rest.post("/aa/aael", data=b'{"domain":"d","operation":"o","content":NaN}')).status == 400
+    for bad in ("aGVsbG8$", "aGVs bG8", "aGVsbG8/"):
+        r = await rest.get("/aa/evidence", params={"runtime_data": bad, "encoding": "base64"})
+        assert r.status == 400, bad
+    assert env.aa.events == []
+
+
 async def test_rest_feature_gating(env: Env) -> None:
     app = make_app(f"unix://{env.sock}", f"unix://{env.aa_sock}", "resource")
     server = TestServer(app, host="127.0.0.1")
