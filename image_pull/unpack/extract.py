@@ -56,6 +56,9 @@ _META_PREFIX = b".wh..wh."
 _SKIPPED_XATTRS = frozenset({"security.selinux", "system.nfs4_acl"})
 _OVERLAY_XATTR_PREFIXES = ("trusted.overlay.", "user.overlay.")
 _MAX_PRUNE_DEPTH = 4096
+_REVIVED = TarEntry(
+    b"(whiteout replaced by a directory)", EntryType.DIRECTORY, 0, 0, 0, 0, None, 0, 0, b"", 0, 0, (), None, 0
+)
 
 
 def _default_preserve_owner() -> bool:
@@ -161,6 +164,7 @@ class _Unpacker:
         self.dir_times: dict[bytes, tuple[int, int]] = {}
         self.dir_modes: dict[bytes, int] = {}
         self.deferred: dict[bytes, bytes] = {}
+        self.whiteouts: set[bytes] = set()  # overlay form: whiteout devices made by this layer
         self.n = _Counts()
 
     # -- helpers -------------------------------------------------------------
@@ -365,6 +369,9 @@ class _Unpacker:
             self._dir_meta(entry, dfd, path, existed)
         finally:
             os.close(dfd)
+        if self.whiteouts and path in self.whiteouts:
+            self.whiteouts.discard(path)  # it replaced this layer's whiteout: keep hiding the lowers
+            self._mark_opaque(entry, pfd, name)
         self.written.add((pino, name))
         self.n.directories += 1
 
@@ -523,14 +530,28 @@ class _Unpacker:
                 return  # nothing below to hide
             if parent not in self.dir_times:
                 self._keep_times(parent, pfd)
-            if (pino, name) not in self.written:
-                self._prune(pfd, name, keep_written=True)
+            # _prune keeps what this layer wrote: a directory of its own stays, emptied of
+            # everything the lower layers had in it.
+            if (pino, name) in self.written:
+                try:
+                    st = os.lstat(name, dir_fd=pfd)
+                except FileNotFoundError:
+                    return
+                if stat.S_ISDIR(st.st_mode):
+                    self._prune_children(pfd, name, st.st_ino, keep_written=True)
+                    self.root.invalidate()
+                return
+            self._prune(pfd, name, keep_written=True)
             return
-        pfd, pino = self.root.directory(parent, create=True)
+        pfd, pino = self.parent_dir(parent)
         if parent not in self.dir_times:
             self._keep_times(parent, pfd)
         if (pino, name) in self.written:
-            return  # this layer's own entry wins over its whiteout
+            # This layer's own entry wins over its whiteout; a directory of its own still
+            # hides the lower one's contents, as flattening would.
+            if stat.S_ISDIR(os.lstat(name, dir_fd=pfd).st_mode):
+                self._mark_opaque(entry, pfd, name)
+            return
         if not self._prune(pfd, name, keep_written=True):
             return
         try:
@@ -542,6 +563,7 @@ class _Unpacker:
             ) from None
         except OSError as exc:
             raise self._fail(entry, "cannot create whiteout", exc) from None
+        self.whiteouts.add(parent + b"/" + name if parent else name)
 
     def opaque(self, entry: TarEntry, parent: bytes) -> None:
         self.n.opaque_dirs += 1
@@ -555,8 +577,11 @@ class _Unpacker:
             self._prune_children(dfd, b".", os.fstat(dfd).st_ino, keep_written=True)
             self.root.invalidate()
             return
-        pfd, _ = self.root.directory(parent, create=True)
-        fd = os.open(b".", _DIR_OPEN, dir_fd=pfd)
+        pfd, _ = self.parent_dir(parent)
+        self._mark_opaque(entry, pfd, b".")
+
+    def _mark_opaque(self, entry: TarEntry, pfd: int, name: bytes) -> None:
+        fd = os.open(name, _DIR_OPEN, dir_fd=pfd)
         try:
             os.setxattr(fd, self.opts.overlay_xattr_prefix + "opaque", b"y")
         except PermissionError:
@@ -568,6 +593,35 @@ class _Unpacker:
             raise self._fail(entry, "cannot mark the directory opaque", exc) from None
         finally:
             os.close(fd)
+
+    def parent_dir(self, parent: bytes) -> tuple[int, int]:
+        """Resolve (creating) a parent directory; in overlay form a whiteout this layer made
+        on the way is turned back into a directory, opaque so that it still hides the lowers
+        (a layer's own entries are never hidden by its whiteouts)."""
+        try:
+            return self.root.directory(parent, create=True)
+        except EntryConflict:
+            if not self.whiteouts:
+                raise
+        parts = parent.split(b"/")
+        revived = False
+        for i in range(1, len(parts) + 1):
+            prefix = b"/".join(parts[:i])
+            if prefix in self.whiteouts:
+                self.whiteouts.discard(prefix)
+                up, _, name = prefix.rpartition(b"/")
+                upfd, upino = self.root.directory(up, create=True)
+                self.written.add((upino, name))
+                st = os.lstat(name, dir_fd=upfd)
+                if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                    os.unlink(name, dir_fd=upfd)
+                    os.mkdir(name, 0o755, dir_fd=upfd)
+                    self.root.invalidate()
+                    self._mark_opaque(_REVIVED, upfd, name)
+                    revived = True
+        if not revived:
+            raise EntryConflict(f"a parent of {describe_name(parent)} is not a directory")
+        return self.root.directory(parent, create=True)
 
     # -- main loop -------------------------------------------------------------
 
@@ -611,7 +665,7 @@ class _Unpacker:
             if self.deferred:
                 self.deferred.pop(path, None)  # a later entry replaces a deferred link
             kind = entry.kind
-            pfd, pino = root.directory(parent, create=True)
+            pfd, pino = self.parent_dir(parent)
             if parent not in self.dir_times:
                 self._keep_times(parent, pfd)
             if kind is EntryType.REGULAR:

@@ -125,6 +125,12 @@ def conformance_layers(*, cross_layer_hardlinks: bool = True) -> list[tuple[str,
         .file("chmod-me/child", b"stays", mtime=MT)
         .file("hl-target", b"target in lower layer", mtime=MT)
         .file("fifo-over-file", b"x", mtime=MT)
+        .dir("wd1", mtime=MT)
+        .file("wd1/lower", b"hidden by .wh.wd1", mtime=MT)
+        .dir("wd2", mtime=MT)
+        .file("wd2/lower", b"hidden by .wh.wd2", mtime=MT)
+        .dir("wd3", mtime=MT)
+        .file("wd3/lower", b"hidden by .wh.wd3", mtime=MT)
     )
     upper = (
         Tar()
@@ -147,6 +153,14 @@ def conformance_layers(*, cross_layer_hardlinks: bool = True) -> list[tuple[str,
         .file(".wh.same-layer-b", mtime=MT)
         .file("same-layer-b", b"entry after its whiteout", mtime=MT)
         .add("fifo-over-file", b"6", mode=0o640, mtime=MT)
+        .file(".wh.wd1", mtime=MT)  # whiteout, then a new file below the same name
+        .file("wd1/x", b"x", mtime=MT)
+        .dir("wd2", mtime=MT)  # new directory and file first, whiteout after them
+        .file("wd2/y", b"y", mtime=MT)
+        .file(".wh.wd2", mtime=MT)
+        .file(".wh.wd3", mtime=MT)  # whiteout, then a directory entry of the same name
+        .dir("wd3", mode=0o750, mtime=MT)
+        .file("wd3/z", b"z", mtime=MT)
     )
     if cross_layer_hardlinks:
         upper.hardlink("hl-upper", "hl-target")

@@ -231,3 +231,15 @@ def diff_trees(a: dict[bytes, Node], b: dict[bytes, Node]) -> list[str]:
             if va != vb:
                 out.append(f"{path!r}: {fname} {va!r} != {vb!r}")
     return out
+
+
+def diff_fields(a: dict[bytes, Node], b: dict[bytes, Node]) -> set[tuple[bytes, str]]:
+    """(path, field) pairs that differ; field "presence" when a path is only on one side."""
+    out: set[tuple[bytes, str]] = set()
+    for path in set(a) | set(b):
+        na, nb = a.get(path), b.get(path)
+        if na is None or nb is None:
+            out.add((path, "presence"))
+            continue
+        out.update((path, f) for f in Node.__dataclass_fields__ if getattr(na, f) != getattr(nb, f))
+    return out

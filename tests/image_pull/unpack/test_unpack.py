@@ -378,3 +378,34 @@ def test_unpack_streams_without_seeking_any_read_size(tmp_path: Path, chunk: int
     stats = unpack_layer(Stream(data, chunk), tmp_path, options=UnpackOptions())  # type: ignore[arg-type]
     assert (tmp_path / "d/big").read_bytes() == big and (tmp_path / "d/small").read_bytes() == b"s" * 700
     assert stats.tar_bytes == len(data) and stats.bytes_written == len(big) + 700
+
+
+@needs_root
+def test_overlay_whiteout_then_same_layer_directory_is_opaque(tmp_path: Path) -> None:
+    """A layer's own entries beat its whiteouts; the directory they need must still hide the
+    lower one's contents, so it is made opaque (what flattening does by deleting them)."""
+    t = (
+        Tar()
+        .file(".wh.a")
+        .file("a/x", b"x")  # parent revived from the whiteout device
+        .dir("b")
+        .file("b/y")
+        .file(".wh.b")  # whiteout after the layer's own directory
+        .file(".wh.c")
+        .dir("c")  # directory entry replacing the whiteout device
+        .file(".wh.f")
+        .file("f", b"file wins")
+    )
+    dest = tmp_path / "l"
+    unpack(bytes(t), dest)
+    for d in ("a", "b", "c"):
+        assert (dest / d).is_dir() and os.getxattr(dest / d, "trusted.overlay.opaque") == b"y", d
+    assert (dest / "a/x").read_bytes() == b"x" and (dest / "b/y").exists()
+    assert (dest / "f").read_bytes() == b"file wins"
+
+
+def test_flatten_whiteout_of_own_directory_empties_lower_content(tmp_path: Path) -> None:
+    lower = Tar().dir("d").file("d/lower")
+    upper = Tar().dir("d").file("d/mine").file(".wh.d")
+    root = layered(tmp_path, bytes(lower), bytes(upper))
+    assert sorted(os.listdir(root / "d")) == ["mine"]
