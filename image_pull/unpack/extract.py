@@ -17,6 +17,9 @@ silent):
   flattened form: the whiteout deletes ``<name>``, the opaque marker deletes
   every child of its directory, except what this layer itself writes (in any
   order), so entries of a layer are never hidden by that layer's whiteouts;
+  in overlay form a directory of the layer's own that meets its whiteout
+  (before or after) is made opaque instead, so the merged view equals the
+  flattened one;
 * metadata order: owner, mode (setuid after chown), xattrs, times; directory
   times are applied after the last entry;
 * xattrs that would plant overlay metadata (``trusted.overlay.*``,
