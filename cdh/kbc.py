@@ -224,6 +224,7 @@ class CcKbc:
                 timeout=60.0,
                 verify=verify,
                 headers={"User-Agent": "coco-py-cdh"},
+                trust_env=False,  # trust anchors and proxies come from the config, never the environment
             )
         self._http = http
 

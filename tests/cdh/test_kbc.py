@@ -259,3 +259,31 @@ async def test_cc_kbc_https_with_kbs_cert(tmp_path) -> None:
         finally:
             await trusted.close()
             await untrusted.close()
+
+
+async def test_cc_kbc_trust_and_proxy_do_not_come_from_the_environment(
+    tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only [kbc] kbs_cert (or the system store) is trusted for the KBS: SSL_CERT_FILE
+    naming another CA, or a proxy variable, must not redirect or relax the check."""
+    ca, cert, key = make_ca(tmp_path)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))
+    async with serve_fake_kbs(ctx) as kbs:
+        kbs.resources = {"a/b/c": b"over-tls"}
+        kbc = CcKbc(kbs.url, kbs.issue)
+        try:
+            with pytest.raises(ResourceError, match="cannot reach the KBS"):
+                await kbc.get_resource("kbs:///a/b/c")
+        finally:
+            await kbc.close()
+    async with serve_fake_kbs() as kbs:
+        kbs.resources = {"a/b/c": b"direct"}
+        monkeypatch.setenv("HTTP_PROXY", "http://127.0.0.1:9")
+        monkeypatch.setenv("ALL_PROXY", "http://127.0.0.1:9")
+        kbc = CcKbc(kbs.url, kbs.issue)
+        try:
+            assert await kbc.get_resource("kbs:///a/b/c") == b"direct"
+        finally:
+            await kbc.close()
