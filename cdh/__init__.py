@@ -22,8 +22,8 @@ Where we differ from upstream on purpose (none of it is on the wire):
   attestation; only ``TokenNotFound``/``TokenVerifierError`` do;
 * SecureMount with ``sourceType=empty`` refuses a device that already holds a
   LUKS header or already has a detached header, instead of reformatting it;
-* the KBS connection takes its trust anchors (``[kbc] kbs_cert`` or the system
-  store) and its route from the configuration only: ``SSL_CERT_FILE`` and the
+* the KBS connection takes its trust anchors (``[kbc] kbs_cert``, else the
+  default CA bundle) and its route from the configuration only: ``SSL_CERT_FILE`` and the
   ``*_PROXY`` variables are ignored;
 * unknown configuration keys are reported in a warning (upstream ignores them);
 * sealed-secret JSON is parsed strictly (duplicate or unknown keys refused).

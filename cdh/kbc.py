@@ -224,7 +224,7 @@ class CcKbc:
                 timeout=60.0,
                 verify=verify,
                 headers={"User-Agent": "coco-py-cdh"},
-                trust_env=False,  # trust anchors and proxies come from the config, never the environment
+                trust_env=False,  # CA bundle and route from the config only, never the environment
             )
         self._http = http
 
@@ -304,12 +304,10 @@ class OfflineFsKbc:
                 continue
             except OSError as exc:
                 raise ResourceError(f"cannot read offline resource file {p}: {exc.strerror}") from exc
-            if len(raw) > MAX_OFFLINE_FILE_BYTES:
-                raise ResourceError(f"offline resource file {p} is too large")
             try:
-                obj = json.loads(raw)
-            except ValueError as exc:
-                raise ResourceError(f"offline resource file {p} is not JSON") from exc
+                obj = strict_json(raw, limit=MAX_OFFLINE_FILE_BYTES)
+            except CryptoError as exc:
+                raise ResourceError(f"offline resource file {p}: {exc}") from exc
             if not isinstance(obj, dict) or not all(isinstance(v, str) for v in obj.values()):
                 raise ResourceError(f"offline resource file {p} must map names to base64 strings")
             table.update(obj)

@@ -73,6 +73,10 @@ async def test_offline_fs(tmp_path) -> None:
         await kbc.get_resource("kbs:///default/key/3")
     with pytest.raises(ResourceError, match="base64"):
         await kbc.get_resource("kbs:///bad/x/y")
+    # which of two values for one name would be served? neither
+    a.write_text('{"default/key/1": "b25l", "default/key/1": "dHdv"}')
+    with pytest.raises(ResourceError, match="duplicate"):
+        await kbc.get_resource("kbs:///default/key/1")
 
 
 # ----------------------------------------------------------------------------- tokens
