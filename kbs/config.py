@@ -349,6 +349,21 @@ def parse_config(doc: Mapping[str, Any], base_dir: str = ".") -> KbsConfig:
     )
 
 
+class _StrictYamlLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key repeated in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path: str) -> KbsConfig:
     """Read a TOML (or YAML / JSON, by extension) config file."""
     p = Path(path)
@@ -361,7 +376,7 @@ def load_config(path: str) -> KbsConfig:
         raise ConfigError("config file too large")
     try:
         if p.suffix in (".yaml", ".yml"):
-            doc = yaml.safe_load(raw)
+            doc = yaml.load(raw, Loader=_StrictYamlLoader)  # noqa: S506 - a SafeLoader subclass
         elif p.suffix == ".json":
             doc = strict_loads(raw)
         else:

@@ -100,6 +100,11 @@ def test_config_file_errors(tmp_path: Path) -> None:
     )
     with pytest.raises(ConfigError, match="does not parse"):
         load_config(str(tmp_path / "dup.json"))
+    (tmp_path / "dup.yaml").write_text(
+        "attestation_token:\n  insecure_header_jwk: false\n  insecure_header_jwk: true\n"
+    )
+    with pytest.raises(ConfigError, match="duplicate"):
+        load_config(str(tmp_path / "dup.yaml"))
 
 
 # --- storage ----------------------------------------------------------------------------------
