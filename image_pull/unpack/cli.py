@@ -37,8 +37,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="do not chown entries to their archive uid/gid (default when not root)",
     )
-    parser.add_argument("--max-entries", type=int, default=UnpackOptions.max_entries)
-    parser.add_argument("--max-bytes", type=int, default=UnpackOptions.max_total_bytes)
+    parser.add_argument(
+        "--max-entries", type=int, default=UnpackOptions.max_entries, help="refuse layers with more entries"
+    )
+    parser.add_argument(
+        "--max-bytes",
+        type=int,
+        default=UnpackOptions.max_total_bytes,
+        help="refuse layers larger than this once decompressed (bytes)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="print what was unpacked")
 
 
