@@ -23,6 +23,7 @@ from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any
 
+from coco_common.strict_json import strict_loads
 from coco_rpc import CDH_SOCKET, IMAGE_PULL_SERVICE, SEALED_SECRET_SERVICE, RpcError, connect
 from coco_rpc.protos import api_pb2
 from guest_pull._fs import write_atomic
@@ -36,7 +37,6 @@ from guest_pull.host import (
 from guest_pull.kernel_params import KernelParams
 from guest_pull.storage import Storage
 from guest_pull.volume import IMAGE_GUEST_PULL
-from kbs_client._json import strict_loads
 
 __all__ = [
     "PAUSE_BUNDLE",

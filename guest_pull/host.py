@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from coco_common.strict_json import strict_loads
 from guest_pull.errors import HostStorageError
 from guest_pull.gojson import go_marshal
 from guest_pull.storage import Storage
@@ -35,7 +36,6 @@ from guest_pull.volume import (
     KataVirtualVolume,
     decode_volume_option,
 )
-from kbs_client._json import strict_loads
 
 __all__ = [
     "CONTAINER_TYPE_KEY",

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+from coco_common.strict_json import strict_loads
 from guest_pull.errors import VolumeError
-from kbs_client._json import strict_loads
 
 __all__ = [
     "MAX_VOLUME_OPTION_BYTES",

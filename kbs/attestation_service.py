@@ -14,7 +14,7 @@ from typing import Any
 
 from attestation.errors import AttestationError as VerifierError
 from attestation.initdata import InitDataError, parse_initdata
-from kbs_client._json import strict_loads
+from coco_common.strict_json import strict_loads
 from kbs_client.errors import TeeKeyError
 from kbs_client.jcs import hash_canonical
 from kbs_client.jwe import TeePubKey

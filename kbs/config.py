@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from kbs_client._json import strict_loads
+from coco_common.strict_json import strict_loads
 
 from .errors import ConfigError
 

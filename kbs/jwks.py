@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kbs_client._json import strict_loads
+from coco_common.strict_json import strict_loads
 from kbs_client.errors import TokenError
 from kbs_client.jws import PublicVerifyKey, jwk_to_public_key
 

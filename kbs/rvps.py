@@ -9,7 +9,7 @@ import json
 import time
 from typing import Any
 
-from kbs_client._json import strict_loads
+from coco_common.strict_json import strict_loads
 
 from .errors import RvpsError
 from .storage import NS_REFERENCE_VALUE, KvStore

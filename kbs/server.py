@@ -20,9 +20,9 @@ from typing import Any
 
 from aiohttp import web
 
+from coco_common.strict_json import strict_loads
 from kbs_client import jwe as client_jwe
 from kbs_client._b64 import unb64url
-from kbs_client._json import strict_loads
 from kbs_client.errors import JweError as ClientJweError
 
 from .admin_auth import AdminAuthorizer, AdminDenied

@@ -9,7 +9,8 @@ from typing import Any, Literal
 
 import httpx
 
-from ._json import strict_loads
+from coco_common.strict_json import strict_loads
+
 from .errors import (
     ERROR_TYPE_PREFIX,
     AdminDenied,

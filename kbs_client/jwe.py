@@ -24,8 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
+from coco_common.strict_json import strict_loads
+
 from ._b64 import b64url, unb64url
-from ._json import strict_loads
 from .errors import JweError, TeeKeyError
 
 __all__ = [

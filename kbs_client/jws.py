@@ -13,8 +13,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
+from coco_common.strict_json import strict_loads
+
 from ._b64 import b64url, unb64url
-from ._json import strict_loads
 from .errors import TokenError
 
 __all__ = [

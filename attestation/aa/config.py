@@ -32,8 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from attestation._json import strict_loads
 from attestation.aa.errors import ConfigError
+from coco_common.strict_json import strict_loads
 
 __all__ = [
     "DEFAULT_INIT_PCR",

@@ -18,10 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from attestation._json import strict_loads
 from attestation.errors import EvidenceFormatError
 from attestation.nvidia.certs import MAX_CHAIN_SIZE
 from attestation.nvidia.spdm import MAX_REPORT_SIZE, NONCE_SIZE
+from coco_common.strict_json import strict_loads
 
 __all__ = [
     "MAX_DEVICES",

@@ -23,7 +23,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from attestation._json import strict_loads
 from attestation.snp.errors import SnpFormatError, UnknownReportVersion
 from attestation.snp.report import (
     REPORT_SIZE,
@@ -33,6 +32,7 @@ from attestation.snp.report import (
     TcbVersion,
     product_from_cpuid,
 )
+from coco_common.strict_json import strict_loads
 
 __all__ = [
     "CERT_GUIDS",

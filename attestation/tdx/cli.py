@@ -19,7 +19,6 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from attestation._json import strict_loads
 from attestation.errors import AttestationError, PolicyViolation
 from attestation.eventlog.tcg import parse_event_log
 from attestation.tdx.collateral import Collateral, CollateralCache, PccsClient
@@ -27,6 +26,7 @@ from attestation.tdx.pck import intel_sgx_root_ca, load_pem_chain, parse_pck_ext
 from attestation.tdx.policy import TdxPolicy
 from attestation.tdx.quote import MAX_QUOTE_SIZE, Quote
 from attestation.tdx.verifier import pck_ca_kind, quote_claims, verify_quote
+from coco_common.strict_json import strict_loads
 
 __all__ = ["configure", "parse_time", "run"]
 

@@ -37,7 +37,6 @@ import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from attestation._json import strict_loads
 from attestation._net import read_bounded
 from attestation.errors import VerificationError
 from attestation.tdx.pck import (
@@ -50,6 +49,7 @@ from attestation.tdx.pck import (
     verify_p256_raw,
 )
 from attestation.tdx.quote import EnclaveReport, Quote, TdReportBody
+from coco_common.strict_json import strict_loads
 
 __all__ = [
     "DEFAULT_PCCS_URL",

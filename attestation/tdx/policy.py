@@ -19,8 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from attestation._json import strict_loads
 from attestation.errors import EvidenceFormatError, PolicyViolation
+from coco_common.strict_json import strict_loads
 
 __all__ = ["MAX_POLICY_SIZE", "TdxPolicy"]
 

@@ -34,7 +34,6 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from attestation._json import strict_loads
 from attestation.errors import EvidenceFormatError, VerificationError
 from attestation.eventlog.tcg import ParsedEventLog, parse_event_log
 from attestation.tdx.collateral import (
@@ -56,6 +55,7 @@ from attestation.tdx.pck import (
     verify_p256_raw,
 )
 from attestation.tdx.quote import INTEL_QE_VENDOR_ID, Quote, TdReportBody
+from coco_common.strict_json import strict_loads
 
 __all__ = [
     "MAX_EVIDENCE_SIZE",

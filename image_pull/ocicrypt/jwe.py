@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hmac
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +31,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.concatkdf import ConcatKDFHash
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 
+from coco_common.strict_json import strict_loads
 from image_pull.ocicrypt.errors import InvalidEncryptedLayer, KeyUnavailable
 
 __all__ = ["MAX_JWE_BYTES", "PrivateKey", "jwe_decrypt", "load_private_key"]
@@ -57,21 +57,10 @@ def _b64url(v: Any, what: str) -> bytes:
 
 
 def _strict(untrusted: bytes, what: str) -> Any:
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in items:
-            if k in out:
-                raise InvalidEncryptedLayer(f"{what}: duplicate key {k[:40]!r}")
-            out[k] = v
-        return out
-
-    def const(name: str) -> Any:
-        raise InvalidEncryptedLayer(f"{what}: invalid JSON constant {name}")
-
     try:
-        return json.loads(untrusted.decode("utf-8"), object_pairs_hook=pairs, parse_constant=const)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise InvalidEncryptedLayer(f"{what} is not valid JSON") from None
+        return strict_loads(untrusted)
+    except ValueError as exc:
+        raise InvalidEncryptedLayer(f"{what} is not valid strict JSON: {str(exc)[:80]}") from None
 
 
 def load_private_key(pem_or_der: bytes) -> PrivateKey:

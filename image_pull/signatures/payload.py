@@ -15,10 +15,10 @@ The payload is parsed only *after* its signature verified.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any
 
+from coco_common.strict_json import strict_loads
 from image_pull.trust.errors import SignatureRejected
 
 __all__ = ["COSIGN_TYPE", "MAX_PAYLOAD_BYTES", "SIMPLE_SIGNING_TYPE", "SignaturePayload", "parse_payload"]
@@ -38,21 +38,10 @@ class SignaturePayload:
 
 
 def _loads(untrusted: bytes) -> Any:
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in items:
-            if k in out:
-                raise SignatureRejected("signature payload has duplicate keys")
-            out[k] = v
-        return out
-
-    def const(_name: str) -> Any:
-        raise SignatureRejected("signature payload has an invalid JSON constant")
-
     try:
-        return json.loads(untrusted.decode("utf-8"), object_pairs_hook=pairs, parse_constant=const)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
-        raise SignatureRejected("signature payload is not valid JSON") from None
+        return strict_loads(untrusted)
+    except ValueError as exc:
+        raise SignatureRejected(f"signature payload is not valid strict JSON: {str(exc)[:80]}") from None
 
 
 def _exact(v: Any, keys: set[str], what: str) -> dict[str, Any]:

@@ -24,12 +24,12 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from coco_common.strict_json import strict_loads
 from image_pull.errors import InvalidReference
 from image_pull.reference import Reference, parse_reference
 from image_pull.trust.errors import InvalidPolicy
@@ -65,22 +65,11 @@ MAX_KEYS = 64
 
 # ---------------------------------------------------------------------- strict JSON helpers
 def _strict_loads(untrusted: bytes) -> Any:
-    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for k, v in items:
-            if k in out:
-                raise InvalidPolicy(f"policy: duplicate key {k[:60]!r}")
-            out[k] = v
-        return out
-
-    def const(name: str) -> Any:
-        raise InvalidPolicy(f"policy: invalid JSON constant {name}")
-
     if len(untrusted) > MAX_POLICY_BYTES:
         raise InvalidPolicy("policy is larger than 4 MiB")
     try:
-        return json.loads(untrusted.decode("utf-8"), object_pairs_hook=pairs, parse_constant=const)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        return strict_loads(untrusted)
+    except ValueError as exc:
         raise InvalidPolicy(f"policy is not valid JSON: {str(exc)[:80]}") from None
 
 

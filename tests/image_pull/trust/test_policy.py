@@ -201,7 +201,7 @@ def test_strict_parsing_rejects(doc: Any, match: str) -> None:
             "duplicate key",
         ),
         (b'{"default": [{"type": "reject", "type": "insecureAcceptAnything"}]}', "duplicate key"),
-        (b'{"default": NaN}', "invalid JSON constant"),
+        (b'{"default": NaN}', "non-standard JSON constant NaN"),
         (b"\xff", "not valid JSON"),
         (b"[]", "must be a JSON object"),
         (b" " * (4 << 20) + b"{}", "larger than 4 MiB"),
