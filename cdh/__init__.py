@@ -13,6 +13,7 @@ Modules:
 * :mod:`cdh.image` — PullImage via :mod:`image_pull` + AAEL measurement.
 * :mod:`cdh.hub` — :class:`~cdh.hub.Hub` and the five RPC services.
 * :mod:`cdh.cli`, :mod:`cdh.oneshot`, :mod:`cdh.api_server_rest` — commands.
+* :mod:`cdh.crypto`, :mod:`cdh.files` — strict JSON/base64, AES unwrapping, bounded file reads.
 
 Where we differ from upstream on purpose (none of it is on the wire):
 

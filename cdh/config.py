@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from cdh.errors import ConfigError
+from cdh.files import read_limited
 
 __all__ = [
     "CDH_KBS_DIR",
@@ -366,13 +367,9 @@ def _kbs_resources(value: str) -> tuple[Credential, ...]:
 
 def _read_limited(path: Path, limit: int, what: str) -> bytes:
     try:
-        with path.open("rb") as f:
-            data = f.read(limit + 1)
+        return read_limited(path, limit)
     except OSError as exc:
         raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
-    if len(data) > limit:
-        raise ConfigError(f"{what} {path} is larger than {limit} bytes")
-    return data
 
 
 # --------------------------------------------------------------------------- entry point

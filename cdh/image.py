@@ -23,6 +23,7 @@ import tomli_w
 from cdh.aa import AaClient, MeasurementResult
 from cdh.config import ImageConfig, RegistryConfigFile, parse_registry_config
 from cdh.errors import CdhError, ConfigError, ImagePullFailed
+from cdh.files import read_limited
 from cdh.kbc import ResourceGetter
 from coco_rpc import RpcError, parse_address
 
@@ -41,15 +42,6 @@ MAX_FILE_BYTES = 4 << 20
 def measurement_content(image_url: str, digest: str) -> str:
     """Upstream's exact event content (``format!`` of the raw strings)."""
     return '{"image":"' + image_url + '", "digest":"' + digest + '"}'
-
-
-def _read_file_uri(uri: str) -> bytes:
-    path = Path(uri[len("file://") :])
-    with path.open("rb") as f:
-        data = f.read(MAX_FILE_BYTES + 1)
-    if len(data) > MAX_FILE_BYTES:
-        raise ConfigError(f"{uri} is too large")
-    return data
 
 
 class ImagePullHandler:
@@ -73,7 +65,7 @@ class ImagePullHandler:
     async def _fetch(self, uri: str) -> bytes:
         if uri.startswith("file://"):
             try:
-                return _read_file_uri(uri)
+                return read_limited(Path(uri[len("file://") :]), MAX_FILE_BYTES)
             except OSError as exc:
                 raise ConfigError(f"cannot read {uri}: {exc.strerror}") from exc
         if self.resources is None:

@@ -29,6 +29,7 @@ import httpx
 
 from cdh.crypto import CryptoError, strict_json
 from cdh.errors import ResourceError, ResourceNotFound, TokenError
+from cdh.files import read_limited
 from coco_rpc import RpcError
 from kbs_client.errors import InvalidUri
 from kbs_client.uri import ResourceUri
@@ -298,8 +299,7 @@ class OfflineFsKbc:
         table: dict[str, str] = {}
         for p in self.files:
             try:
-                with p.open("rb") as f:
-                    raw = f.read(MAX_OFFLINE_FILE_BYTES + 1)
+                raw = read_limited(p, MAX_OFFLINE_FILE_BYTES)
             except FileNotFoundError:
                 continue
             except OSError as exc:

@@ -29,6 +29,7 @@ from typing import Any
 
 from cdh.config import load_config
 from cdh.errors import CdhError
+from cdh.files import read_limited
 from cdh.hub import Hub
 from coco_rpc import (
     GET_RESOURCE_SERVICE,
@@ -50,11 +51,7 @@ MAX_INPUT_BYTES = 4 << 20
 
 
 def _read(path: Path) -> bytes:
-    with path.open("rb") as f:
-        data = f.read(MAX_INPUT_BYTES + 1)
-    if len(data) > MAX_INPUT_BYTES:
-        raise ValueError(f"{path} is larger than {MAX_INPUT_BYTES} bytes")
-    return data
+    return read_limited(path, MAX_INPUT_BYTES)
 
 
 def _storage(path: Path) -> dict[str, Any]:

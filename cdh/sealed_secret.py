@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cdh.crypto import CryptoError, b64_std, b64url, strict_json, unwrap
 from cdh.errors import CdhError, SealedSecretError
+from cdh.files import read_limited
 from cdh.kbc import ResourceGetter, parse_resource_uri
 
 __all__ = [
@@ -210,13 +211,9 @@ def _read_key_file(key_dir: Path, kid: str) -> bytes:
     if not path.is_relative_to(base) or path == base:
         raise SealedSecretError(f"sealed secret kid {kid!r} escapes the sealed-secret dir")
     try:
-        with path.open("rb") as f:
-            data = f.read(MAX_KEY_FILE_BYTES + 1)
+        return read_limited(path, MAX_KEY_FILE_BYTES)
     except OSError as exc:
-        raise SealedSecretError(f"no verification key {kid!r} in {key_dir}") from exc
-    if len(data) > MAX_KEY_FILE_BYTES:
-        raise SealedSecretError(f"verification key {kid!r} is too large")
-    return data
+        raise SealedSecretError(f"cannot read key {kid!r} in {key_dir}: {exc.strerror}") from exc
 
 
 class LocalKekProvider:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Protocol
 
 from cdh.errors import CdhError, SecureMountError
+from cdh.files import read_limited
 
 __all__ = [
     "EPHEMERAL_KEY_BYTES",
@@ -241,7 +242,7 @@ class SecureMounter:
         if opts.device_id is not None:
             uevent = self.sysfs_dev_block / opts.device_id / "uevent"
             try:
-                text = uevent.read_text()[:65536]
+                text = read_limited(uevent, 64 << 10).decode(errors="replace")
             except OSError as exc:
                 raise SecureMountError(f"no block device {opts.device_id} ({uevent} unreadable)") from exc
             for line in text.splitlines():
@@ -272,9 +273,7 @@ class SecureMounter:
                     raise SecureMountError("kbs:// keys are not available (no KBC)")
                 key = await self._get_resource(k)
             elif k.startswith("file://"):
-                path = Path(k[len("file://") :])
-                with path.open("rb") as f:
-                    key = f.read(MAX_KEY_BYTES + 1)
+                key = read_limited(Path(k[len("file://") :]), MAX_KEY_BYTES)
             else:
                 raise SecureMountError("key must be a sealed secret, a kbs:// URI or a file:// URI")
         except SecureMountError:
