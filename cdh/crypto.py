@@ -12,6 +12,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from coco_common.strict_json import strict_loads
+
 __all__ = ["CryptoError", "b64_std", "b64url", "strict_json", "unwrap"]
 
 
@@ -19,29 +21,17 @@ class CryptoError(ValueError):
     """Bad key, IV, tag or encoding. Messages carry no key or plaintext bytes."""
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise CryptoError(f"duplicate JSON key {k!r}")
-        out[k] = v
-    return out
-
-
-def _reject_constant(name: str) -> Any:
-    raise CryptoError(f"non-standard JSON constant {name}")
-
-
 def strict_json(untrusted: bytes | str, *, limit: int = 1 << 20) -> Any:
-    """Parse JSON rejecting duplicate keys, NaN/Infinity and oversize input."""
+    """Parse JSON rejecting oversize input, duplicate keys, NaN/Infinity and
+    runaway nesting (:func:`coco_common.strict_json.strict_loads`)."""
     if len(untrusted) > limit:
         raise CryptoError(f"JSON document larger than {limit} bytes")
     try:
-        return json.loads(untrusted, object_pairs_hook=_reject_duplicates, parse_constant=_reject_constant)
-    except CryptoError:
-        raise
-    except (ValueError, UnicodeDecodeError) as exc:
+        return strict_loads(untrusted)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise CryptoError("malformed JSON") from exc
+    except ValueError as exc:  # duplicate key, NaN/Infinity, nesting
+        raise CryptoError(f"JSON: {exc}") from exc
 
 
 def b64url(untrusted: str) -> bytes:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import json
 import logging
 import math
 import os
@@ -30,6 +29,7 @@ import httpx
 from cdh.crypto import CryptoError, strict_json
 from cdh.errors import ResourceError, ResourceNotFound, TokenError
 from cdh.files import read_limited
+from coco_common.strict_json import strict_loads
 from coco_rpc import RpcError
 from kbs_client.errors import InvalidUri
 from kbs_client.uri import ResourceUri
@@ -108,7 +108,7 @@ def _jwt_expiry(token: str) -> float | None:
     usable one: the KBS's rejection of the token then triggers the refetch."""
     try:
         payload = token.split(".")[1]
-        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        claims = strict_loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
         exp = claims.get("exp") if isinstance(claims, dict) else None
         if isinstance(exp, bool) or not isinstance(exp, int | float):
             return None
@@ -248,7 +248,7 @@ class CcKbc:
     @staticmethod
     def _error_type(body: bytes) -> str:
         try:
-            obj = json.loads(body[:65536])
+            obj = strict_loads(body[:65536])
         except ValueError:
             return ""
         t = obj.get("type", "") if isinstance(obj, dict) else ""

@@ -90,6 +90,7 @@ async def test_rest_aael_and_runtime_data_parsed_strictly(rest: ClientSession, e
     dup = b'{"domain":"d","operation":"o","content":"shown","content":"measured"}'
     assert (await rest.post("/aa/aael", data=dup)).status == 400
     assert (await rest.post("/aa/aael", data=b'{"domain":"d","operation":"o","content":NaN}')).status == 400
+    assert (await rest.post("/aa/aael", data=b"[" * 60_000)).status == 400
     for bad in ("aGVsbG8$", "aGVs bG8", "aGVsbG8/"):
         r = await rest.get("/aa/evidence", params={"runtime_data": bad, "encoding": "base64"})
         assert r.status == 400, bad

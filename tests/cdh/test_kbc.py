@@ -291,3 +291,27 @@ async def test_cc_kbc_trust_and_proxy_do_not_come_from_the_environment(
             assert await kbc.get_resource("kbs:///a/b/c") == b"direct"
         finally:
             await kbc.close()
+
+
+async def test_cc_kbc_deeply_nested_answers_are_plain_errors() -> None:
+    """A KBS error body or a token claim nested past the parser's recursion limit is
+    an ordinary failure, not a RecursionError escaping the error tree."""
+    import httpx
+
+    deep = b"[" * 60_000
+
+    def kbs(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(403, content=deep)
+
+    async def issue() -> bytes:
+        claims = b'{"exp": ' + deep + b"}"
+        token = f"{b64u(b'{}')}.{b64u(claims)}.sig"
+        return json.dumps({"token": token, "tee_keypair": "k"}).encode()
+
+    kbc = CcKbc("http://kbs.invalid", issue, http=httpx.AsyncClient(transport=httpx.MockTransport(kbs)))
+    try:
+        with pytest.raises(ResourceError, match="HTTP 403"):
+            await kbc.get_resource("kbs:///a/b/c")
+        assert (await kbc.tokens.get()).expires_at is None
+    finally:
+        await kbc.close()

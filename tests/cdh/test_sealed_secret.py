@@ -97,6 +97,7 @@ async def test_local_key_file_and_path_escape(key, tmp_path: Path) -> None:
         b"sealed.%%%.b.c",
         b"sealed." + b"A" * (1 << 20),
         b"sealed.\xff.b.c",
+        b"sealed." + b64u(b"[" * 100_000).encode() + b".e30.c2ln",  # nesting: RecursionError before
     ],
 )
 def test_malformed(blob: bytes) -> None:
