@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from cdh.aa import AaClient
 from cdh.config import CdhConfig
@@ -24,6 +24,8 @@ from coco_rpc.protos import api_pb2, keyprovider_pb2
 __all__ = ["ERROR_PREFIX", "KMS_KEY_DIR", "Hub", "build_services"]
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 ERROR_PREFIX = "[CDH] [ERROR]: "
 KMS_KEY_DIR = Path("/run/confidential-containers/cdh/kms-keys")
@@ -116,65 +118,49 @@ def _fail(what: str, exc: BaseException) -> RpcError:
     return RpcError(Code.INTERNAL, f"{ERROR_PREFIX}{what} failed: internal error ({type(exc).__name__})")
 
 
-class _GetResource:
+async def _guarded(what: str, op: Awaitable[T]) -> T:
+    try:
+        return await op
+    except Exception as exc:
+        raise _fail(what, exc) from exc
+
+
+class _Service:
     def __init__(self, hub: Hub) -> None:
         self.hub = hub
 
+
+class _GetResource(_Service):
     async def GetResource(self, req: api_pb2.GetResourceRequest) -> api_pb2.GetResourceResponse:
-        try:
-            data = await self.hub.get_resource(req.ResourcePath)
-        except Exception as exc:
-            raise _fail("Get Resource", exc) from exc
+        data = await _guarded("Get Resource", self.hub.get_resource(req.ResourcePath))
         return api_pb2.GetResourceResponse(Resource=data)
 
 
-class _SealedSecret:
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
-
+class _SealedSecret(_Service):
     async def UnsealSecret(self, req: api_pb2.UnsealSecretInput) -> api_pb2.UnsealSecretOutput:
-        try:
-            plain = await self.hub.unsealer.unseal(req.secret)
-        except Exception as exc:
-            raise _fail("Unseal Secret", exc) from exc
+        plain = await _guarded("Unseal Secret", self.hub.unsealer.unseal(req.secret))
         return api_pb2.UnsealSecretOutput(plaintext=plain)
 
 
-class _SecureMount:
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
-
+class _SecureMount(_Service):
     async def SecureMount(self, req: api_pb2.SecureMountRequest) -> api_pb2.SecureMountResponse:
-        try:
-            await self.hub.mounter.secure_mount(req.volume_type, dict(req.options), req.mount_point)
-        except Exception as exc:
-            raise _fail("Secure Mount", exc) from exc
+        op = self.hub.mounter.secure_mount(req.volume_type, dict(req.options), req.mount_point)
+        await _guarded("Secure Mount", op)
         return api_pb2.SecureMountResponse()
 
 
-class _ImagePull:
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
-
+class _ImagePull(_Service):
     async def PullImage(self, req: api_pb2.ImagePullRequest) -> api_pb2.ImagePullResponse:
-        try:
-            digest = await self.hub.images.pull(req.image_url, req.bundle_path)
-        except Exception as exc:
-            raise _fail("Pull Image", exc) from exc
+        digest = await _guarded("Pull Image", self.hub.images.pull(req.image_url, req.bundle_path))
         return api_pb2.ImagePullResponse(manifest_digest=digest)
 
 
-class _KeyProvider:
-    def __init__(self, hub: Hub) -> None:
-        self.hub = hub
-
+class _KeyProvider(_Service):
     async def UnWrapKey(
         self, req: keyprovider_pb2.KeyProviderKeyWrapProtocolInput
     ) -> keyprovider_pb2.KeyProviderKeyWrapProtocolOutput:
-        try:
-            out = await self.hub.key_unwrapper.handle_request(req.KeyProviderKeyWrapProtocolInput)
-        except Exception as exc:
-            raise _fail("UnWrapKey", exc) from exc
+        op = self.hub.key_unwrapper.handle_request(req.KeyProviderKeyWrapProtocolInput)
+        out = await _guarded("UnWrapKey", op)
         return keyprovider_pb2.KeyProviderKeyWrapProtocolOutput(KeyProviderKeyWrapProtocolOutput=out)
 
     async def WrapKey(
@@ -185,30 +171,11 @@ class _KeyProvider:
 
 def build_services(hub: Hub) -> list[Service]:
     """The five services upstream registers on the CDH socket."""
-    return [
-        bind(
-            api_pb2.DESCRIPTOR.services_by_name["GetResourceService"],
-            _GetResource(hub),
-            error_prefix=ERROR_PREFIX,
-        ),
-        bind(
-            api_pb2.DESCRIPTOR.services_by_name["SealedSecretService"],
-            _SealedSecret(hub),
-            error_prefix=ERROR_PREFIX,
-        ),
-        bind(
-            api_pb2.DESCRIPTOR.services_by_name["SecureMountService"],
-            _SecureMount(hub),
-            error_prefix=ERROR_PREFIX,
-        ),
-        bind(
-            api_pb2.DESCRIPTOR.services_by_name["ImagePullService"],
-            _ImagePull(hub),
-            error_prefix=ERROR_PREFIX,
-        ),
-        bind(
-            keyprovider_pb2.DESCRIPTOR.services_by_name["KeyProviderService"],
-            _KeyProvider(hub),
-            error_prefix=ERROR_PREFIX,
-        ),
-    ]
+    impls = (
+        (api_pb2.DESCRIPTOR, "GetResourceService", _GetResource(hub)),
+        (api_pb2.DESCRIPTOR, "SealedSecretService", _SealedSecret(hub)),
+        (api_pb2.DESCRIPTOR, "SecureMountService", _SecureMount(hub)),
+        (api_pb2.DESCRIPTOR, "ImagePullService", _ImagePull(hub)),
+        (keyprovider_pb2.DESCRIPTOR, "KeyProviderService", _KeyProvider(hub)),
+    )
+    return [bind(d.services_by_name[name], impl, error_prefix=ERROR_PREFIX) for d, name, impl in impls]
