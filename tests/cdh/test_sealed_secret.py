@@ -132,15 +132,12 @@ async def test_kbs_key_not_ec(key, tmp_path: Path) -> None:
         await u.unseal(seal(vault(), key, "kbs:///a/b/k"))
 
 
-async def test_skip_verification_only_by_flag(key, tmp_path: Path, caplog) -> None:
+async def test_skip_verification_only_by_flag(key, tmp_path: Path, caplog, monkeypatch) -> None:
     res = DictResources({"kbs:///default/cdh/secret": SECRET})
     unsigned = seal(vault(), ec.generate_private_key(ec.SECP256R1()), "nobody")
-    os.environ["SKIP_SEALED_SECRET_VERIFICATION"] = "true"  # must have no effect
-    try:
-        with pytest.raises(SealedSecretError):
-            await SecretUnsealer(res, key_dir=tmp_path).unseal(unsigned)
-    finally:
-        del os.environ["SKIP_SEALED_SECRET_VERIFICATION"]
+    monkeypatch.setenv("SKIP_SEALED_SECRET_VERIFICATION", "true")  # must have no effect
+    with pytest.raises(SealedSecretError):
+        await SecretUnsealer(res, key_dir=tmp_path).unseal(unsigned)
     with caplog.at_level(logging.WARNING):
         assert await SecretUnsealer(res, key_dir=tmp_path, skip_verification=True).unseal(unsigned) == SECRET
     assert "INSECURE" in caplog.text
