@@ -1,6 +1,6 @@
 """EAR attestation tokens (reference §4): issue (ES256, ``jwk`` header,
-optional ``x5c``) and verify (trusted certs, JWK sets, or the insecure
-header-JWK mode), plus the TEE public key lookup in verified claims."""
+optional ``x5c``) and verify (the KBS's own signing key, trusted certs, JWK
+sets, or the insecure header-JWK mode), plus the TEE public key lookup in verified claims."""
 
 from __future__ import annotations
 
@@ -159,19 +159,25 @@ class EarBroker:
 
 
 class TokenVerifier:
-    """Verifies attestation tokens as trustee's KBS does (reference §4)."""
+    """Verifies attestation tokens as trustee's KBS does (reference §4), and also trusts a
+    header ``jwk`` that is one of ``own_keys`` (the built-in attestation service's signing key),
+    so the secure setup works without ``insecure_header_jwk`` or a signer certificate."""
 
     def __init__(
         self,
         *,
         trusted_certs: Sequence[x509.Certificate] = (),
         trusted_jwks: Mapping[str, PublicVerifyKey] | None = None,
+        own_keys: Sequence[PublicVerifyKey] = (),
         insecure_header_jwk: bool = False,
     ) -> None:
         self._certs = list(trusted_certs)
         self._jwks = dict(trusted_jwks or {})
+        #: the built-in attestation service's signing keys, as JWK members (kty, crv, x, y / n, e):
+        #: a token whose header ``jwk`` is one of them is trusted without x5c or configuration
+        self._own = [public_key_to_jwk(k) for k in own_keys]
         self._insecure = insecure_header_jwk
-        if not self._certs and not self._jwks and not insecure_header_jwk:
+        if not self._certs and not self._jwks and not self._own and not insecure_header_jwk:
             raise ConfigError(
                 "[attestation_token] has no trust material: set trusted_certs_paths, trusted_jwk_sets "
                 "or insecure_header_jwk = true"
@@ -179,7 +185,12 @@ class TokenVerifier:
 
     @classmethod
     def from_config(
-        cls, certs_paths: Sequence[str], jwk_sets: Sequence[str], insecure_header_jwk: bool
+        cls,
+        certs_paths: Sequence[str],
+        jwk_sets: Sequence[str],
+        insecure_header_jwk: bool,
+        *,
+        own_keys: Sequence[PublicVerifyKey] = (),
     ) -> TokenVerifier:
         certs: list[x509.Certificate] = []
         for p in certs_paths:
@@ -190,7 +201,9 @@ class TokenVerifier:
         jwks: dict[str, PublicVerifyKey] = {}
         for js in jwk_sets:
             jwks.update(load_jwk_set(js))
-        return cls(trusted_certs=certs, trusted_jwks=jwks, insecure_header_jwk=insecure_header_jwk)
+        return cls(
+            trusted_certs=certs, trusted_jwks=jwks, own_keys=own_keys, insecure_header_jwk=insecure_header_jwk
+        )
 
     def _chain_trusted(self, x5c: Any, key: PublicVerifyKey, now: float) -> None:
         if not isinstance(x5c, list) or not x5c or not all(isinstance(c, str) for c in x5c) or len(x5c) > 8:
@@ -223,7 +236,7 @@ class TokenVerifier:
             header, _ = decode_unverified(untrusted_token)
             if isinstance(header.get("jwk"), Mapping):
                 key = jwk_to_public_key(header["jwk"])
-                if not self._insecure:
+                if not self._insecure and public_key_to_jwk(key) not in self._own:
                     self._chain_trusted(header["jwk"].get("x5c"), key, t)
             elif isinstance(header.get("kid"), str) and header["kid"] in self._jwks:
                 key = self._jwks[header["kid"]]

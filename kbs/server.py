@@ -135,10 +135,26 @@ async def build_state(
             else EarBroker(**kw)
         )
     t = cfg.attestation_token
-    tokens = TokenVerifier.from_config(t.trusted_certs_paths, t.trusted_jwk_sets, t.insecure_header_jwk)
+    # the built-in AS's own signing key is always trusted, besides [attestation_token]'s certs and
+    # JWK sets: the secure setup needs no configuration, and insecure_header_jwk stays an opt-in
+    tokens = TokenVerifier.from_config(
+        t.trusted_certs_paths,
+        t.trusted_jwk_sets,
+        t.insecure_header_jwk,
+        own_keys=[broker.key.public_key()],
+    )
     if t.insecure_header_jwk:
         log.warning(
-            "INSECURE: attestation tokens are trusted by the key in their own header (insecure_header_jwk)"
+            "INSECURE: [attestation_token] insecure_header_jwk = true: a resource request is granted to ANY "
+            "token signed by the key in its own jwk header, whoever made it; for tests only. Without it "
+            "this KBS trusts its own attestation service's tokens and trusted_certs_paths / trusted_jwk_sets"
+        )
+    sess_kind = cfg.storage.session_storage_type or cfg.storage.storage_type
+    if not a.signer_key_path and sess_kind == "Redis":
+        log.warning(
+            "the EAR signing key is ephemeral (no [attestation_service.attestation_token_broker.signer] "
+            "key_path): tokens issued by this replica are refused by other replicas sharing the Redis "
+            "session store; give every replica the same signer key_path"
         )
     rvps = ReferenceValues(store)
     service = AttestationService(

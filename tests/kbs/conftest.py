@@ -69,7 +69,7 @@ def config_doc(tmp: Path, admin_pub: Path, **over: Any) -> dict[str, Any]:
                 }
             },
         },
-        "attestation_token": {"insecure_header_jwk": True},
+        "attestation_token": {},  # the secure default: only the built-in AS key is trusted
         "attestation_service": {"type": "coco_as_builtin"},
         "storage_backend": {"storage_type": "Memory"},
         "plugins": [{"name": "resource"}],

@@ -467,3 +467,82 @@ async def test_evidence_verification_does_not_block_the_server() -> None:
     release.set()  # only runs if the loop is free while verify() waits
     token = await asyncio.wait_for(task, 15)
     assert decode_unverified(token)[1]["submods"]["cpu0"]["ear.status"]
+
+
+# --- token trust: the built-in AS key by default, insecure_header_jwk only when asked -----------
+
+
+def _foreign_token(tee_jwk: Any, *, x5c: list[str] | None = None) -> str:
+    """An EAR-shaped token signed by a key that is not the KBS's, carrying its own jwk header."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from kbs.ear import Appraisal, EarBroker
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    sub = {"cpu0": Appraisal({"hardware": 2}, {"runtime_data_claims": {"tee-pubkey": tee_jwk}})}
+    tok = EarBroker(key).issue(sub)
+    if x5c is None:
+        return tok
+    from kbs_client.jws import public_key_to_jwk, sign
+
+    _, claims = decode_unverified(tok)
+    jwk = {**public_key_to_jwk(key.public_key()), "alg": "ES256", "x5c": x5c}
+    return sign(claims, key, alg="ES256", header={"jwk": jwk})
+
+
+async def test_secure_default_refuses_foreign_header_jwk(kbs: Kbs, http: httpx.AsyncClient) -> None:
+    await kbs.policy(http, "allow_all")
+    await kbs.seed(http, "default/key/k1", b"v")
+    key = TeeKeyPair.generate()
+    url = f"{kbs.url}/kbs/v0/resource/default/key/k1"
+    for forged in (_foreign_token(key.public_jwk()), _foreign_token(key.public_jwk(), x5c=[])):
+        r = await http.get(url, headers={"Authorization": f"Bearer {forged}"})
+        assert r.status_code == 401 and etype(r) == "TokenVerifierError"
+    # a token whose jwk header copies the KBS's own public key but is signed by another key
+    own = dict(kbs.state.service.broker.public_jwk)
+    _, claims = decode_unverified(_foreign_token(key.public_jwk()))
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from kbs_client.jws import sign
+
+    spoof = sign(claims, ec.generate_private_key(ec.SECP256R1()), alg="ES256", header={"jwk": own})
+    r = await http.get(url, headers={"Authorization": f"Bearer {spoof}"})
+    assert r.status_code == 401 and etype(r) == "TokenVerifierError"
+
+
+async def test_secure_default_serves_cookie_and_passport(kbs: Kbs, http: httpx.AsyncClient) -> None:
+    assert kbs.state.config.attestation_token.insecure_header_jwk is False
+    await kbs.policy(http, "allow_all")
+    await kbs.seed(http, "default/key/k1", b"own-key")
+    att = await attest(http, kbs.url, SampleEvidenceSource(), attempts=1)
+    header, _ = decode_unverified(att.token)
+    assert "x5c" not in header["jwk"]  # ephemeral signer, trusted because it is the KBS's own
+    url = f"{kbs.url}/kbs/v0/resource/default/key/k1"
+    http.cookies.clear()
+    r = await http.get(url, headers={"Cookie": f"kbs-session-id={att.session_id}"})
+    assert r.status_code == 200 and att.key.decrypt(r.json()) == b"own-key"
+    r = await http.get(url, headers={"Authorization": f"Bearer {att.token}"})
+    assert r.status_code == 200 and att.key.decrypt(r.json()) == b"own-key"
+
+
+async def test_insecure_header_jwk_is_an_explicit_loud_opt_in(
+    tmp_path: Any, http: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    from .conftest import start
+
+    caplog.set_level("WARNING", logger="kbs")
+    k, server = await start(tmp_path, attestation_token={"insecure_header_jwk": True})
+    try:
+        assert any("INSECURE" in r.getMessage() and r.levelname == "WARNING" for r in caplog.records)
+        await k.policy(http, "allow_all")
+        await k.seed(http, "default/key/k1", b"v")
+        key = TeeKeyPair.generate()
+        r = await http.get(
+            f"{k.url}/kbs/v0/resource/default/key/k1",
+            headers={"Authorization": f"Bearer {_foreign_token(key.public_jwk())}"},
+        )
+        assert r.status_code == 200 and key.decrypt(r.json()) == b"v"
+    finally:
+        await server.close()
+        for c in k.state.closers:
+            await c()

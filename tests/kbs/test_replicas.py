@@ -57,7 +57,9 @@ def test_handshake_split_across_replicas(tmp_path: Path, redis_url: str) -> None
     key_file = tmp_path / "at-rest.key"
     key_file.write_text(os.urandom(32).hex())
     secret = b"replicated-secret-" + os.urandom(8).hex().encode()
-    common = {"storage": "Redis", "redis_url": redis_url, "at_rest_key": key_file}
+    # secure token trust (no insecure_header_jwk): both replicas sign with, and so trust, the one
+    # configured [attestation_service.attestation_token_broker.signer] key_path
+    common = {"storage": "Redis", "redis_url": redis_url, "at_rest_key": key_file, "signer_key": True}
     with (
         start_kbs(tmp_path, policy="allow_all", **common) as a,
         start_kbs(tmp_path, policy=None, **common) as b,
@@ -76,7 +78,7 @@ def test_handshake_split_across_replicas(tmp_path: Path, redis_url: str) -> None
             body = {"runtime-data": {"nonce": nonce, "tee-pubkey": key.public_jwk()},
                     "tee-evidence": {"primary_evidence": sample_evidence(rd), "additional_evidence": ""}}  # fmt: skip
             cookie = {"Cookie": f"kbs-session-id={sid}"}
-            r = c.post(
+            r = r_attest = c.post(
                 f"{b.url}/kbs/v0/attest", content=json.dumps(body).encode(), headers=cookie
             )  # attest on B
             assert r.status_code == 200, r.text
@@ -84,13 +86,28 @@ def test_handshake_split_across_replicas(tmp_path: Path, redis_url: str) -> None
             r = c.get(f"{a.url}/kbs/v0/resource/default/key/shared", headers=cookie)  # fetch from A
             assert r.status_code == 200, r.text
             assert key.decrypt(r.json()) == secret
+            # passport mode across replicas: B's token is trusted by A (the shared signer key)
+            token = r_attest.json()["token"]
+            r = c.get(
+                f"{a.url}/kbs/v0/resource/default/key/shared", headers={"Authorization": f"Bearer {token}"}
+            )
+            assert r.status_code == 200 and key.decrypt(r.json()) == secret
             # the policy set through A governs B too
             a.set_resource_policy("deny_all")
             r = c.get(f"{b.url}/kbs/v0/resource/default/key/shared", headers=cookie)
             assert r.status_code == 401 and r.json()["type"].endswith("/PolicyDeny")
 
+        for replica in (a, b):
+            assert "INSECURE" not in replica.log_text()
         import redis
 
         raw = redis.Redis.from_url(redis_url).get("kbs:repository:default/key/shared")
         assert raw is not None and secret not in raw  # sealed at rest
         assert base64.b64encode(secret) not in raw
+
+
+def test_ephemeral_signers_warn_on_shared_sessions(tmp_path: Path, redis_url: str) -> None:
+    # no signer key_path on a Redis session store: each replica would trust only its own tokens; said at start
+    with start_kbs(tmp_path, policy=None, storage="Redis", redis_url=redis_url) as a:
+        pass
+    assert "ephemeral" in a.log_text() and "key_path" in a.log_text()

@@ -197,6 +197,11 @@ def test_ear_status_and_token_checks() -> None:
     # without trust material the verifier refuses to exist; with an unrelated cert, tokens fail
     with pytest.raises(ConfigError):
         TokenVerifier()
+    # the built-in AS's own key is trust material: its tokens verify without x5c, others do not
+    own = TokenVerifier(own_keys=[broker.key.public_key()])
+    assert own.verify(tok, now=t0)["iss"] == "CoCo-Attestation-Service"
+    with pytest.raises(TokenVerifierError, match="x5c"):
+        own.verify(EarBroker().issue(sub, now=t0), now=t0)
     import tempfile
 
     from tests.support.kbs import _signer

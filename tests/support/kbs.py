@@ -84,11 +84,18 @@ def _signer(tmp: Path) -> tuple[Path, Path]:
 
 def write_config(
     tmp: Path, port: int, admin_pub: Path, *, storage: str = "LocalFs", storage_dir: Path | None = None,
-    redis_url: str | None = None, trusted_signer: bool = False, at_rest_key: Path | None = None,
+    redis_url: str | None = None, trusted_signer: bool = False, signer_key: bool = False,
+    insecure_header_jwk: bool = False, at_rest_key: Path | None = None,
     session_timeout_min: int = 5, token_minutes: int = 5, tls: tuple[Path, Path] | None = None,
     extra_toml: str = "", admin_style: str = "bearer",
 ) -> Path:  # fmt: skip
-    """A trustee-format kbs-config.toml; returns its path."""
+    """A trustee-format kbs-config.toml; returns its path.
+
+    Token trust: by default the KBS trusts only its own (ephemeral) EAR signing key, the secure
+    setup. ``signer_key``: a configured signer key_path (no certificate), shared by every config
+    written in ``tmp`` (replicas). ``trusted_signer``: a signer key with a self-signed certificate,
+    also listed in ``trusted_certs_paths`` (tokens carry x5c). ``insecure_header_jwk``: the explicit
+    insecure switch (any token is trusted by the jwk in its own header)."""
     sd = storage_dir or (tmp / "storage")
     http = f'sockets = ["127.0.0.1:{port}"]\n'
     http += (
@@ -96,15 +103,17 @@ def write_config(
         if tls
         else "insecure_http = true\n"
     )
-    if trusted_signer:
-        kp, cp = _signer(tmp)
-        tok = f'trusted_certs_paths = ["{cp}"]\n'
-        signer = (
-            f'[attestation_service.attestation_token_broker.signer]\nkey_path = "{kp}"\ncert_path = "{cp}"\n'
-        )
-    else:
-        tok = "insecure_header_jwk = true\n"
-        signer = ""
+    tok = signer = ""
+    if trusted_signer or signer_key:
+        kp, cp = tmp / "ear-signer.key", tmp / "ear-signer.pem"
+        if not (kp.exists() and cp.exists()):  # replicas in one tmp dir share the signer
+            kp, cp = _signer(tmp)
+        signer = f'[attestation_service.attestation_token_broker.signer]\nkey_path = "{kp}"\n'
+        if trusted_signer:
+            tok += f'trusted_certs_paths = ["{cp}"]\n'
+            signer += f'cert_path = "{cp}"\n'
+    if insecure_header_jwk:
+        tok += "insecure_header_jwk = true\n"
     backends = f'[storage_backend.backends.local_fs]\ndir_path = "{sd}"\n'
     if redis_url:
         backends += f'[storage_backend.backends.redis]\nurl = "{redis_url}"\n'
