@@ -404,6 +404,15 @@ class SecureMounter:
                             mount_point.rmdir()
 
                     undo.append(("remove mount point", _rmdir))
+
+                was_mounted = os.path.ismount(mount_point)  # someone else's: never undone
+
+                async def _umount() -> None:
+                    # an interrupted mount tool may leave the kernel's mount in place
+                    if not was_mounted and os.path.ismount(mount_point):
+                        await self._run(["umount", str(mount_point)], what="umount")
+
+                undo.append(("unmount", _umount))
                 await self._run(
                     ["mount", "-t", opts.filesystem_type, "-o", "noatime", str(mapper_dev), str(mount_point)],
                     what="mount",

@@ -59,6 +59,8 @@ class Recorder:
             self.open_mappings.discard(argv[-1])
         if argv[0] == "mount":
             self.mounted.add(argv[-1])
+        if argv[0] == "umount":
+            self.mounted.discard(argv[-1])
         if argv[0] == "mkfs.ext4" and "-n" in argv:
             return CommandResult(0, self.dry)
         return CommandResult(0)
@@ -490,3 +492,44 @@ async def test_devname_stays_under_dev(env: dict[str, Path], devname: str) -> No
     with pytest.raises(SecureMountError, match="DEVNAME"):
         await mounter(env, rec).secure_mount("block-device", opts, str(env["mnt"] / "d"))
     assert rec.calls == []
+
+
+async def test_cancelled_mid_mount_unmounts(env: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    """mount(2) may complete although the mount tool was killed: the rollback
+    unmounts before it closes the mapping (which a mounted fs would keep busy)."""
+
+    class SlowMount(Recorder):
+        async def run(self, argv: Sequence[str], *, stdin: bytes | None = None) -> CommandResult:
+            res = await super().run(argv, stdin=stdin)
+            if argv[0] == "mount":
+                await asyncio.Event().wait()  # the kernel mounted; the tool has not returned
+            return res
+
+    rec = SlowMount()
+    monkeypatch.setattr(os.path, "ismount", lambda p: str(p) in rec.mounted)
+    mp = env["mnt"] / "i"
+    opts = trusted_storage_request_options("254:16") | {"mapperName": "t"}
+    task = asyncio.create_task(mounter(env, rec).secure_mount("block-device", opts, str(mp)))
+    while not rec.mounted:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert rec.mounted == set() and rec.open_mappings == set()
+    tail = [a[:2] for a in rec.argvs()[-2:]]
+    assert tail == [["umount", str(mp)], ["cryptsetup", "luksClose"]]
+    assert not mp.exists() and list(env["headers"].iterdir()) == []
+
+
+async def test_failed_mount_leaves_an_earlier_mount_alone(
+    env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    mp = env["mnt"] / "busy"
+    mp.mkdir(parents=True)
+    monkeypatch.setattr(os.path, "ismount", lambda p: str(p) == str(mp))  # mounted before we came
+    rec = Recorder(fail_on="mount -t")
+    opts = trusted_storage_request_options("254:16") | {"mapperName": "t"}
+    with pytest.raises(SecureMountError, match="mount failed"):
+        await mounter(env, rec).secure_mount("block-device", opts, str(mp))
+    assert not any(a[0] == "umount" for a in rec.argvs()) and mp.is_dir()
+    assert rec.open_mappings == set()
