@@ -104,11 +104,17 @@ class MemoryStore:
 
 _EXP = struct.Struct(">d")
 _MAGIC_TTL = b"KBSTTL1\0"
+_TTL_HEAD = len(_MAGIC_TTL) + _EXP.size
+#: per-namespace subdirectory for values with an expiry (a hidden name: never a valid key)
+_TTL_DIR = ".ttl"
 
 
 class LocalFsStore:
-    """One file per key. Values with a TTL get a small header (trustee stores sessions the same way
-    only in memory; on disk our header is private to this implementation)."""
+    """One file per key, trustee's layout: a value without expiry is the file's exact bytes at
+    ``<dir>/<ns>/<key>``, whatever they start with. A value with a TTL (sessions) lives apart,
+    in ``<dir>/<ns>/.ttl/<key>``, behind a header that is always present there (magic and expiry;
+    the format is private to this implementation). The plain file wins when both exist: each
+    write puts the new file in place, then removes the other one."""
 
     def __init__(self, root: str) -> None:
         self._root = Path(root)
@@ -126,95 +132,128 @@ class LocalFsStore:
             raise StorageError("invalid storage key")
         return self._root / ns / name
 
-    def _read(self, p: Path) -> bytes | None:
+    @staticmethod
+    def _ttl_path(p: Path) -> Path:
+        return p.parent / _TTL_DIR / p.name
+
+    @staticmethod
+    def _read_limited(p: Path, limit: int) -> bytes | None:
         try:
             with p.open("rb") as fh:
-                data = fh.read(MAX_VALUE_BYTES + 1)
+                data = fh.read(limit + 1)
         except FileNotFoundError:
             return None
         except OSError as exc:
             raise StorageError("storage read failed") from exc
-        if len(data) > MAX_VALUE_BYTES:
+        if len(data) > limit:
             raise StorageError("stored value too large")
-        if data.startswith(_MAGIC_TTL) and len(data) >= len(_MAGIC_TTL) + _EXP.size:
-            (exp,) = _EXP.unpack_from(data, len(_MAGIC_TTL))
-            if exp <= time.time():
-                with contextlib.suppress(OSError):
-                    p.unlink()
-                return None
-            return data[len(_MAGIC_TTL) + _EXP.size :]
         return data
 
-    def _live(self, p: Path) -> bool:
-        """Whether ``p`` holds an unexpired value, looking at its TTL header only
-        (an expired file is removed)."""
+    @staticmethod
+    def _expired(head: bytes) -> bool:
+        """Whether a TTL record's header says it has expired (a malformed one counts as expired)."""
+        if len(head) < _TTL_HEAD or not head.startswith(_MAGIC_TTL):
+            return True
+        (exp,) = _EXP.unpack_from(head, len(_MAGIC_TTL))
+        return bool(exp <= time.time())
+
+    def _read(self, p: Path) -> bytes | None:
+        data = self._read_limited(p, MAX_VALUE_BYTES)
+        if data is not None:
+            return data
+        tp = self._ttl_path(p)
+        rec = self._read_limited(tp, MAX_VALUE_BYTES + _TTL_HEAD)
+        if rec is None:
+            return None
+        if self._expired(rec):
+            with contextlib.suppress(OSError):
+                tp.unlink()
+            return None
+        return rec[_TTL_HEAD:]
+
+    def _ttl_live(self, tp: Path) -> bool:
+        """Whether the TTL record ``tp`` is unexpired, reading its header only (an expired or
+        malformed record is removed)."""
         try:
-            with p.open("rb") as fh:
-                head = fh.read(len(_MAGIC_TTL) + _EXP.size)
+            with tp.open("rb") as fh:
+                head = fh.read(_TTL_HEAD)
         except FileNotFoundError:
             return False
         except OSError as exc:
             raise StorageError("storage read failed") from exc
-        if len(head) < len(_MAGIC_TTL) + _EXP.size or not head.startswith(_MAGIC_TTL):
-            return True
-        (exp,) = _EXP.unpack_from(head, len(_MAGIC_TTL))
-        if exp > time.time():
+        if not self._expired(head):
             return True
         with contextlib.suppress(OSError):
-            p.unlink()
+            tp.unlink()
         return False
 
     async def get(self, ns: str, key: str) -> bytes | None:
         return self._read(self._path(ns, key))
 
+    @staticmethod
+    def _write(p: Path, chunks: tuple[bytes, ...]) -> None:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-")
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                for c in chunks:
+                    fh.write(c)
+            os.replace(tmp, p)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
     async def set(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
         p = self._path(ns, key)
         if len(value) > MAX_VALUE_BYTES:
             raise StorageError("value too large")
-        data = bytes(value) if ttl_s is None else _MAGIC_TTL + _EXP.pack(time.time() + ttl_s) + value
         try:
-            p.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(data)
-                os.replace(tmp, p)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            if ttl_s is None:
+                self._write(p, (bytes(value),))
+                other = self._ttl_path(p)
+            else:
+                head = _MAGIC_TTL + _EXP.pack(time.time() + ttl_s)
+                self._write(self._ttl_path(p), (head, bytes(value)))
+                other = p
+            with contextlib.suppress(FileNotFoundError):
+                other.unlink()
         except OSError as exc:
             raise StorageError("storage write failed") from exc
 
     async def delete(self, ns: str, key: str) -> bool:
         p = self._path(ns, key)
-        try:
-            p.unlink()
-            return True
-        except FileNotFoundError:
-            return False
-        except OSError as exc:
-            raise StorageError("storage delete failed") from exc
+        found = False
+        for q in (p, self._ttl_path(p)):
+            try:
+                q.unlink()
+                found = True
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise StorageError("storage delete failed") from exc
+        return found
 
     async def keys(self, ns: str) -> list[str]:
         _check_ns(ns)
         d = self._root / ns
         if not d.is_dir():
             return []
-        out = []
-        for p in d.iterdir():
-            if p.name.startswith(".") or not self._live(p):
-                continue
-            out.append(p.name.replace("\\x2F", "/"))
-        return sorted(out)
+        names = {p.name for p in d.iterdir() if not p.name.startswith(".")}
+        td = d / _TTL_DIR
+        if td.is_dir():
+            names.update(p.name for p in td.iterdir() if not p.name.startswith(".") and self._ttl_live(p))
+        return sorted(n.replace("\\x2F", "/") for n in names)
 
     async def purge_expired(self) -> int:
+        """Remove expired TTL records; plain values never expire and are not opened."""
         n = 0
         for d in self._root.iterdir() if self._root.is_dir() else []:
-            if not d.is_dir():
+            td = d / _TTL_DIR
+            if d.name.startswith(".") or not td.is_dir():
                 continue
-            for p in d.iterdir():
-                if not p.name.startswith(".") and p.is_file() and not self._live(p):
+            for p in td.iterdir():
+                if not p.name.startswith(".") and p.is_file() and not self._ttl_live(p):
                     n += 1
         return n
 

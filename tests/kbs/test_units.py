@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -509,3 +510,42 @@ def test_token_chain_odd_leaf_key_and_expired_anchor(tmp_path: Path) -> None:
     late_leaf = cert(leaf_key, ca_key, ca=False, start=later - dt.timedelta(days=1), days=2)
     with pytest.raises(TokenVerifierError, match="chain"):
         v.verify(token([late_leaf], leaf_key), now=later.timestamp())
+
+
+async def test_localfs_value_that_looks_like_a_ttl_record(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a plain value starting with the TTL magic and an expiry in the past used to be read as an
+    # expired TTL record (and deleted); TTL records now live apart, so the file's bytes are the value
+    clock = _Clock(1_764_000_000.0)
+    monkeypatch.setattr(storage_mod, "time", clock)
+    st = LocalFsStore(str(tmp_path))
+    lookalike = b"KBSTTL1\0" + struct.pack(">d", 1.0) + b"payload"
+    await st.set("repository", "a/b/c", lookalike)
+    (tmp_path / "repository" / "x\\x2Fy\\x2Fz").write_bytes(lookalike)  # seeded trustee-style
+    for key in ("a/b/c", "x/y/z"):
+        assert await st.get("repository", key) == lookalike
+    assert await st.purge_expired() == 0
+    assert await st.keys("repository") == ["a/b/c", "x/y/z"]
+    assert (tmp_path / "repository" / "a\\x2Fb\\x2Fc").read_bytes() == lookalike
+    # one key switching between plain and TTL storage: the latest write wins, expiry is honoured
+    await st.set("repository", "a/b/c", b"short-lived", ttl_s=10)
+    assert await st.get("repository", "a/b/c") == b"short-lived"
+    clock.t += 11
+    assert await st.get("repository", "a/b/c") is None
+    assert await st.keys("repository") == ["x/y/z"]
+    await st.set("repository", "a/b/c", b"ttl", ttl_s=10)
+    await st.set("repository", "a/b/c", b"plain")
+    clock.t += 11
+    assert await st.get("repository", "a/b/c") == b"plain"
+    # expired records are swept without touching plain values; delete removes either kind
+    await st.set("kbs_protocol_session", "s1", b"x", ttl_s=1)
+    await st.set("kbs_protocol_session", "s2", b"y", ttl_s=100)
+    assert await st.keys("kbs_protocol_session") == ["s1", "s2"]
+    clock.t += 2
+    assert await st.purge_expired() == 1
+    assert await st.keys("kbs_protocol_session") == ["s2"]
+    assert (
+        await st.delete("kbs_protocol_session", "s2") and await st.get("kbs_protocol_session", "s2") is None
+    )
+    assert await st.get("repository", "x/y/z") == lookalike
