@@ -27,7 +27,7 @@ from typing import Protocol
 import httpx
 
 from cdh.crypto import CryptoError, strict_json
-from cdh.errors import ResourceError, ResourceNotFound, TokenError
+from cdh.errors import ConfigError, ResourceError, ResourceNotFound, TokenError
 from cdh.files import read_limited
 from coco_common.strict_json import strict_loads
 from coco_rpc import RpcError
@@ -219,7 +219,10 @@ class CcKbc:
             verify: ssl.SSLContext | bool = True
             if kbs_cert:
                 ctx = ssl.create_default_context()
-                ctx.load_verify_locations(cadata=kbs_cert)
+                try:
+                    ctx.load_verify_locations(cadata=kbs_cert)
+                except ssl.SSLError as exc:
+                    raise ConfigError("kbc.kbs_cert is not a PEM certificate") from exc
                 verify = ctx
             http = httpx.AsyncClient(
                 timeout=60.0,

@@ -7,7 +7,7 @@ import ssl
 
 import pytest
 
-from cdh.errors import ResourceError, ResourceNotFound, TokenError
+from cdh.errors import ConfigError, ResourceError, ResourceNotFound, TokenError
 from cdh.kbc import CcKbc, OfflineFsKbc, TokenCache, parse_resource_uri, parse_token_response
 from coco_rpc import Code, RpcError
 from tests.cdh.conftest import FakeKbs, b64u, make_jwt, serve_fake_kbs
@@ -315,3 +315,11 @@ async def test_cc_kbc_deeply_nested_answers_are_plain_errors() -> None:
         assert (await kbc.tokens.get()).expires_at is None
     finally:
         await kbc.close()
+
+
+def test_cc_kbc_bad_kbs_cert_is_a_config_error() -> None:
+    async def issue() -> bytes:
+        return b""
+
+    with pytest.raises(ConfigError, match="kbs_cert"):
+        CcKbc("https://kbs.invalid", issue, kbs_cert="-----BEGIN CERTIFICATE-----\nnope\n")
