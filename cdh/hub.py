@@ -95,12 +95,10 @@ class Hub:
             except CdhError as exc:
                 raise ResourceError(f"credential {cred.resource_uri} -> {cred.path}: {exc}") from exc
             path = root / Path(cred.path).relative_to("/")
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            tmp = path.with_name(f".{path.name}.tmp")
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            tmp.replace(path)
+            try:
+                _write_private(path, data)
+            except OSError as exc:
+                raise ResourceError(f"cannot write credential {cred.path}: {exc.strerror}") from exc
             log.info("credential %s written to %s", cred.resource_uri, path)
 
     async def close(self) -> None:
@@ -108,6 +106,18 @@ class Hub:
         if close is not None:
             await close()
         await self.aa.close()
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Replace ``path`` with ``data`` (mode 0600) through a fresh temporary file:
+    a leftover or planted symlink at the temporary name is never written through."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    tmp.replace(path)
 
 
 def _fail(what: str, exc: BaseException) -> RpcError:

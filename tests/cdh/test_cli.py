@@ -82,3 +82,33 @@ async def test_prefetch_credentials(tmp_path: Path) -> None:
     hub2 = Hub(cfg, resources=DictResources({"kbs:///default/cred/a": b"A"}))
     with pytest.raises(ResourceError, match="kbs:///default/cred/b"):
         await hub2.prefetch_credentials(root=tmp_path / "other")
+
+
+async def test_prefetch_does_not_write_through_a_planted_symlink(tmp_path: Path) -> None:
+    cfg = load_config(
+        None,
+        cmdline="cdh.kbs_resources=kbs:///default/cred/a::/run/confidential-containers/cdh/kbs/a",
+        env={},
+    )
+    d = tmp_path / "run/confidential-containers/cdh/kbs"
+    d.mkdir(parents=True)
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"untouched")
+    (d / ".a.tmp").symlink_to(victim)  # a leftover/planted temporary name
+    hub = Hub(cfg, resources=DictResources({"kbs:///default/cred/a": b"CRED"}))
+    await hub.prefetch_credentials(root=tmp_path)
+    assert victim.read_bytes() == b"untouched"
+    assert (d / "a").read_bytes() == b"CRED" and not (d / "a").is_symlink()
+
+
+async def test_prefetch_write_failure_is_a_resource_error(tmp_path: Path) -> None:
+    cfg = load_config(
+        None,
+        cmdline="cdh.kbs_resources=kbs:///default/cred/a::/run/confidential-containers/cdh/kbs/d/a",
+        env={},
+    )
+    (tmp_path / "run/confidential-containers/cdh/kbs").mkdir(parents=True)
+    (tmp_path / "run/confidential-containers/cdh/kbs/d").write_text("a file where a directory must be")
+    hub = Hub(cfg, resources=DictResources({"kbs:///default/cred/a": b"CRED"}))
+    with pytest.raises(ResourceError, match="cannot write credential"):
+        await hub.prefetch_credentials(root=tmp_path)
