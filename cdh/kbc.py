@@ -17,6 +17,7 @@ import binascii
 import logging
 import math
 import os
+import re
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -196,6 +197,7 @@ def _default_decrypter(pem: str, body: bytes) -> bytes:
     return out
 
 
+_ERROR_KIND = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
 _RETRY_TOKEN_ERRORS = ("TokenNotFound", "TokenVerifierError")
 
 
@@ -255,7 +257,8 @@ class CcKbc:
         except ValueError:
             return ""
         t = obj.get("type", "") if isinstance(obj, dict) else ""
-        return t.rsplit("/", 1)[-1] if isinstance(t, str) else ""
+        kind = t.rsplit("/", 1)[-1] if isinstance(t, str) else ""
+        return kind if _ERROR_KIND.fullmatch(kind) else ""  # it ends up in messages and logs
 
     async def get_resource(self, uri: str) -> bytes:
         ruri = parse_resource_uri(uri)

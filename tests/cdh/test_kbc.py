@@ -323,3 +323,25 @@ def test_cc_kbc_bad_kbs_cert_is_a_config_error() -> None:
 
     with pytest.raises(ConfigError, match="kbs_cert"):
         CcKbc("https://kbs.invalid", issue, kbs_cert="-----BEGIN CERTIFICATE-----\nnope\n")
+
+
+async def test_kbs_error_type_is_not_echoed_raw() -> None:
+    """The KBS's error type goes into the RPC error and the log: a crafted one
+    cannot inject lines or control characters."""
+    import httpx
+
+    body = json.dumps({"type": "https://x/errors/Nope\n2026-01-01 INFO forged line", "detail": "d"})
+
+    def kbs(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(403, content=body.encode())
+
+    async def issue() -> bytes:
+        return json.dumps({"token": make_jwt(None, "t"), "tee_keypair": "k"}).encode()
+
+    kbc = CcKbc("http://kbs.invalid", issue, http=httpx.AsyncClient(transport=httpx.MockTransport(kbs)))
+    try:
+        with pytest.raises(ResourceError) as ei:
+            await kbc.get_resource("kbs:///a/b/c")
+        assert "\n" not in str(ei.value) and "forged" not in str(ei.value)
+    finally:
+        await kbc.close()
