@@ -167,7 +167,7 @@ class ImagePullHandler:
             except CdhError:
                 raise
             except Exception as exc:
-                raise ImagePullFailed(f"pull of {image_url} failed: {_describe(exc)}") from exc
+                raise ImagePullFailed(f"pull of {image_url!r} failed: {_describe(exc)}") from exc
             digest: str = result.manifest_digest
         await self._measure(image_url, digest)
         log.info("pulled %s (%s) into %s", image_url, digest, bundle_path)

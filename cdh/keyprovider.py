@@ -91,11 +91,11 @@ class KeyUnwrapper:
             try:
                 kek = await self.resources.get_resource(packet.kid)
             except CdhError as exc:
-                raise KeyProviderError(f"cannot get the key {packet.kid}: {exc}") from exc
+                raise KeyProviderError(f"cannot get the key {packet.kid!r}: {exc}") from exc
             try:
                 return unwrap(kek, packet.iv, packet.wrapped_data, packet.wrap_type)
             except CryptoError as exc:
-                raise KeyProviderError(f"cannot unwrap the layer key with {packet.kid}: {exc}") from exc
+                raise KeyProviderError(f"cannot unwrap the layer key with {packet.kid!r}: {exc}") from exc
         kms = self.kms.get(packet.provider)
         if kms is None:
             raise KeyProviderError(f"unknown key provider {packet.provider!r}")

@@ -280,7 +280,7 @@ class SecretUnsealer:
             try:
                 raw = await self.resources.get_resource(kid)
             except CdhError as exc:
-                raise SealedSecretError(f"cannot fetch verification key {kid}: {exc}") from exc
+                raise SealedSecretError(f"cannot fetch verification key {kid!r}: {exc}") from exc
         else:
             raw = _read_key_file(self.key_dir, kid)
         return _jwk_to_key(raw)
@@ -297,7 +297,7 @@ class SecretUnsealer:
         try:
             key.verify(der, sealed.signing_input, ec.ECDSA(hashes.SHA256()))
         except InvalidSignature as exc:
-            raise SealedSecretError(f"sealed secret signature does not verify with key {sealed.kid}") from exc
+            raise SealedSecretError(f"signature does not verify with key {sealed.kid!r}") from exc
 
     async def unseal(self, untrusted_secret: bytes) -> bytes:
         sealed = parse_sealed_secret(untrusted_secret)
@@ -316,7 +316,7 @@ class SecretUnsealer:
         try:
             return await self.resources.get_resource(s.name)
         except CdhError as exc:
-            raise SealedSecretError(f"vault secret {s.name}: {exc}") from exc
+            raise SealedSecretError(f"vault secret {s.name!r}: {exc}") from exc
 
     async def _envelope(self, s: EnvelopeSecret) -> bytes:
         kms = self.kms.get(s.provider)

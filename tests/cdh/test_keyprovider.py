@@ -5,6 +5,7 @@ import json
 import os
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -109,3 +110,23 @@ async def test_annotation_as_byte_array() -> None:
     body["keyunwrapparams"]["annotation"] = [1, 300]
     with pytest.raises(KeyProviderError, match="lacks"):
         await u.handle_request(json.dumps(body).encode())
+
+
+async def test_untrusted_names_are_quoted_in_errors(tmp_path) -> None:
+    """A layer annotation comes from the registry: its kid must not inject lines
+    into the error (and so the log)."""
+    from cdh.errors import SealedSecretError
+    from cdh.kbc import OfflineFsKbc
+    from cdh.sealed_secret import SecretUnsealer
+    from tests.cdh.test_sealed_secret import seal, vault
+
+    kek = os.urandom(32)
+    u = KeyUnwrapper(OfflineFsKbc([], env={}))  # a real KBC: its own errors quote too
+    with pytest.raises(KeyProviderError) as ei:
+        await u.handle_request(request(packet(kek, "A256GCM", kid="kbs:///a/b/c\nINFO forged")))
+    assert "\n" not in str(ei.value)
+    unsealer = SecretUnsealer(OfflineFsKbc([], env={}), key_dir=tmp_path, skip_verification=True)
+    with pytest.raises(SealedSecretError) as ei2:
+        signer = ec.generate_private_key(ec.SECP256R1())
+        await unsealer.unseal(seal(vault(name="kbs:///x/y/z\nINFO forged"), signer, "k"))
+    assert "\n" not in str(ei2.value)
