@@ -70,7 +70,7 @@ from image_pull.ocicrypt.layer import DecryptingReader, LayerDecrypter, LayerKey
 from image_pull.progress import ProgressEvent
 from image_pull.reference import Reference, parse_reference
 from image_pull.registries_conf import Candidate, RegistryConfig
-from image_pull.registry import RegistryClient, RetryPolicy
+from image_pull.registry import FetchedManifest, RegistryClient, RetryPolicy
 from image_pull.store import LayerRecord, LayerStore, bundle_key, chain_ids
 from image_pull.stream import ChunkPipe, HashingReader, PipeAborted
 from image_pull.trust.evaluate import TrustPolicy
@@ -380,21 +380,28 @@ class ImagePuller:
     async def _resolve(self, cand: Candidate) -> _Resolved:
         ref = cand.reference
         reg = self.registry
-        fetched = await reg.get_manifest(ref)
+        fetched = await self._manifest(ref, None)
         doc = parse_manifest_document(fetched.body, fetched.content_type)
         index_digest: str | None = None
+        index_body = b""
         if isinstance(doc, Index):
-            index_digest = fetched.digest
+            index_digest, index_body = fetched.digest, fetched.body
             entry = doc.select(self.platform)
-            fetched = await reg.get_manifest(ref, entry.digest)
+            fetched = await self._manifest(ref, entry.digest)
             if len(fetched.body) != entry.size:
                 raise DigestMismatch("platform manifest size differs from its index entry")
             doc = parse_manifest_document(fetched.body, fetched.content_type)
             if isinstance(doc, Index):
                 raise ManifestError("nested image indexes are not supported")
         manifest = doc
-        cfg_bytes = await reg.get_blob(ref, manifest.config.digest, manifest.config.size)
+        cfg_bytes = self.store.cache_get(manifest.config.digest)
+        if cfg_bytes is None or len(cfg_bytes) != manifest.config.size:
+            cfg_bytes = await reg.get_blob(ref, manifest.config.digest, manifest.config.size)
         config = parse_config(cfg_bytes)
+        if index_digest is not None:
+            self.store.cache_put(index_digest, index_body)
+        self.store.cache_put(fetched.digest, fetched.body)
+        self.store.cache_put(manifest.config.digest, cfg_bytes)
         if len(config.diff_ids) != len(manifest.layers):
             raise ManifestError(
                 f"image config lists {len(config.diff_ids)} diff_ids for {len(manifest.layers)} layers"
@@ -406,6 +413,22 @@ class ImagePuller:
         return _Resolved(
             cand, manifest, fetched.body, fetched.digest, index_digest, config, manifest.config.digest
         )
+
+    async def _manifest(self, ref: Reference, digest: str | None) -> FetchedManifest:
+        """A manifest by digest, or by the reference's tag/digest when ``digest`` is None.
+
+        Manifests of recorded images are cached by digest in the store (hash-checked
+        on read). For a tag, a HEAD resolves the digest first (Docker Hub does not count
+        it as a pull); only a digest we do not hold is fetched with GET.
+        """
+        target = digest or ref.digest
+        if target is None:
+            target = await self.registry.head_manifest(ref)
+        if target is not None:
+            cached = self.store.cache_get(target)
+            if cached is not None:
+                return FetchedManifest(cached, None, target)
+        return await self.registry.get_manifest(ref, digest)
 
     async def _resolve_any(self, ref: Reference) -> _Resolved:
         if self.config.registry_config is not None:
@@ -873,7 +896,13 @@ class ImagePuller:
             self.store.check_space(sum(missing))
         # the image record is the layers' GC root from the start: a GC running meanwhile
         # (another process) must not remove layers this pull committed but not yet mounted
-        self.store.record_image(res.manifest_digest, str(res.cand.reference), res.config_digest, chain)
+        self.store.record_image(
+            res.manifest_digest,
+            str(res.cand.reference),
+            res.config_digest,
+            chain,
+            index_digest=res.index_digest,
+        )
         sem = asyncio.Semaphore(self.config.max_concurrent_layers)
         committed = [asyncio.Event() for _ in chain]
         try:

@@ -54,7 +54,7 @@ from image_pull.errors import (
     TooLarge,
 )
 from image_pull.manifest import MANIFEST_ACCEPT
-from image_pull.reference import Reference
+from image_pull.reference import Reference, parse_digest
 
 __all__ = [
     "MAX_CONFIG_SIZE",
@@ -358,7 +358,7 @@ class RegistryClient:
             return resp
 
     async def _authed_get(
-        self, ref: Reference, path: str, headers: dict[str, str], *, what: str
+        self, ref: Reference, path: str, headers: dict[str, str], *, what: str, method: str = "GET"
     ) -> httpx.Response:
         scope = f"repository:{ref.repository}:pull"
         url = httpx.URL(f"{self._base(ref)}{path}")
@@ -368,7 +368,7 @@ class RegistryClient:
             authz = await self._auth_header(ref, scope, force=force)
             if authz is not None:
                 h["Authorization"] = authz
-            resp = await self._send("GET", url, h, ref, what=what)
+            resp = await self._send(method, url, h, ref, what=what)
             if resp.status_code != 401 or force:
                 return resp
             st = self._state(ref.endpoint)
@@ -421,6 +421,35 @@ class RegistryClient:
             if algo not in ("sha256", "sha512") or _digest_of(algo, body) != header_digest.strip():
                 raise DigestMismatch(f"{what}: Docker-Content-Digest does not match the body")
         return FetchedManifest(body, ctype, digest)
+
+    async def head_manifest(self, ref: Reference) -> str | None:
+        """The digest the registry says ``ref``'s tag points at (HEAD, no body), or None.
+
+        A HEAD is not counted as a pull by Docker Hub; a caller holding the
+        manifest for that digest (content-addressed, hash-checked) can skip the GET.
+        Any failure gives None: the GET that follows reports it properly.
+        """
+        what = f"manifest {ref.name}:{ref.reference}"
+        try:
+            resp = await self._authed_get(
+                ref,
+                f"/v2/{ref.repository}/manifests/{ref.reference}",
+                {"Accept": MANIFEST_ACCEPT},
+                what=what,
+                method="HEAD",
+            )
+        except ImagePullError:
+            return None
+        try:
+            if resp.status_code != 200:
+                return None
+            digest = (resp.headers.get("docker-content-digest") or "").strip()
+        finally:
+            await resp.aclose()
+        try:
+            return parse_digest(digest)
+        except ImagePullError:
+            return None
 
     async def get_blob(
         self, ref: Reference, digest: str, size: int, *, limit: int = MAX_CONFIG_SIZE

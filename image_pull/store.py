@@ -8,6 +8,7 @@ Layout::
       staging/<chain-id hex>.<random>/   layers being written (never used by readers)
       locks/<chain-id hex>.lock          flock: one writer per layer, across processes
       images/<manifest digest hex>.json  which layers an image uses (GC roots)
+      blobs/<algo>-<hex>                 manifests and configs of recorded images (hash-checked on read)
       bundles/<id>/{upper,work,bundle.json}   overlay upper/work dirs of live bundles (GC roots)
 
 Layers are keyed by *chain id* (the OCI ``ChainID`` of the layer and every
@@ -37,7 +38,9 @@ from pathlib import Path
 
 from image_pull.errors import InsufficientSpace, StoreError
 
-__all__ = ["LayerRecord", "LayerStore", "bundle_key", "chain_ids"]
+__all__ = ["MAX_CACHED_BLOB", "LayerRecord", "LayerStore", "bundle_key", "chain_ids"]
+
+MAX_CACHED_BLOB = 4 << 20
 
 
 def chain_ids(diff_ids: Iterable[str]) -> list[str]:
@@ -81,8 +84,9 @@ class LayerStore:
         self.locks = self.root / "locks"
         self.images = self.root / "images"
         self.bundles = self.root / "bundles"
+        self.blobs = self.root / "blobs"
         try:
-            for d in (self.layers, self.staging, self.locks, self.images, self.bundles):
+            for d in (self.layers, self.staging, self.locks, self.images, self.bundles, self.blobs):
                 d.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"cannot create the layer store in {self.root}: {exc.strerror}") from None
@@ -142,12 +146,47 @@ class LayerStore:
     def discard(staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)
 
+    # ------------------------------------------------------------ small blobs (manifests, configs)
+    def cache_get(self, digest: str) -> bytes | None:
+        """A cached manifest/config by digest, or None; content is re-hashed on every read."""
+        algo, _, hexpart = digest.partition(":")
+        if algo not in ("sha256", "sha512"):
+            return None
+        try:
+            with open(self.blobs / f"{algo}-{hexpart}", "rb") as f:
+                data = f.read(MAX_CACHED_BLOB + 1)
+        except OSError:
+            return None
+        if len(data) > MAX_CACHED_BLOB or hashlib.new(algo, data).hexdigest() != hexpart:
+            return None
+        return data
+
+    def cache_put(self, digest: str, data: bytes) -> None:
+        algo, _, hexpart = digest.partition(":")
+        if len(data) > MAX_CACHED_BLOB or hashlib.new(algo, data).hexdigest() != hexpart:
+            return
+        tmp = self.blobs / f".{algo}-{hexpart}.{secrets.token_hex(4)}"
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, self.blobs / f"{algo}-{hexpart}")
+        except OSError:
+            tmp.unlink(missing_ok=True)  # a cache: failing to fill it is not an error
+
     # ------------------------------------------------------------ images and GC roots
-    def record_image(self, manifest_digest: str, ref: str, config_digest: str, chain: list[str]) -> None:
+    def record_image(
+        self,
+        manifest_digest: str,
+        ref: str,
+        config_digest: str,
+        chain: list[str],
+        *,
+        index_digest: str | None = None,
+    ) -> None:
         doc = {
             "reference": ref,
             "manifest_digest": manifest_digest,
             "config_digest": config_digest,
+            "index_digest": index_digest,
             "layers": chain,
         }
         tmp = self.images / f".{_hex(manifest_digest)}.{secrets.token_hex(4)}"
@@ -160,6 +199,18 @@ class LayerStore:
             return True
         except FileNotFoundError:
             return False
+
+    def _referenced_blobs(self) -> set[str]:
+        keep: set[str] = set()
+        for f in self.images.glob("*.json"):
+            try:
+                doc = json.loads(f.read_text())
+            except (OSError, ValueError):
+                continue
+            for k in ("manifest_digest", "config_digest", "index_digest"):
+                if isinstance(doc.get(k), str):
+                    keep.add(doc[k])
+        return keep
 
     def _referenced(self) -> set[str]:
         keep: set[str] = set()
@@ -222,6 +273,10 @@ class LayerStore:
                 removed.append(d.name)
             finally:
                 os.close(fd)
+        wanted = self._referenced_blobs()
+        for b in self.blobs.iterdir():
+            if b.name.replace("-", ":", 1) not in wanted:
+                b.unlink(missing_ok=True)
         for s in self.staging.iterdir():
             key = s.name.split(".", 1)[0]
             lock = self.locks / f"{key}.lock"

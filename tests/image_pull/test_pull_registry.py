@@ -205,6 +205,7 @@ async def test_pull_into_bundle_then_again_from_the_store(
         assert p.store.remove_image(r1.manifest_digest)
         assert len(p.store.gc()) == 2
     assert not any((tmp_path / "work/layers").iterdir())
+    assert not any((tmp_path / "work/blobs").iterdir())  # cached manifest/config went with the record
 
 
 async def test_zstd_plain_gzip_layers_and_platform_selection(
@@ -549,9 +550,22 @@ def test_two_processes_pulling_one_image_download_each_blob_once(
         outs = [p.communicate(timeout=120) for p in procs]
         assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
         assert outs[0][0].split()[0] == outs[1][0].split()[0]
-        layer_gets = [line for line in proxy.requests if "/blobs/" in line]
-        # config blob once per process, the 24 MiB layer once in all
-        assert len(layer_gets) == 3, layer_gets
+        blob_gets = [line.split()[1].rsplit("/", 1)[1] for line in proxy.requests if "/blobs/" in line]
+        counts = {d: blob_gets.count(d) for d in blob_gets}
+        # the 24 MiB layer once in all; the small config once per process at most (it may be cached)
+        import urllib.request
+
+        req = urllib.request.Request(
+            f"http://{registry.host}/v2/t/big/manifests/1",
+            headers={
+                "Authorization": "Basic " + base64.b64encode(b"testuser:testpass").decode(),
+                "Accept": "application/vnd.oci.image.manifest.v1+json",
+            },
+        )
+        man = json.loads(urllib.request.urlopen(req).read())
+        layer = man["layers"][0]["digest"]
+        assert counts.pop(layer) == 1, counts
+        assert list(counts) == [man["config"]["digest"]] and counts[man["config"]["digest"]] <= 2
         for i in range(2):
             assert (tmp_path / f"b{i}/rootfs/big.bin").stat().st_size == 24 << 20
     finally:
@@ -839,3 +853,44 @@ async def test_gc_between_layer_commit_and_mount_keeps_the_pulls_layers(
     r = await pull(config_for(registry, tmp_path / "w"), images["std"], tmp_path / "b")
     assert removed == [[]]
     check_rootfs(r.rootfs)
+
+
+async def test_second_pull_by_tag_uses_head_and_the_manifest_cache(
+    registry: RegistryServer, tmp_path: Path, cleanup_mounts: None
+) -> None:
+    one = umoci_image(tmp_path, "one", [layer_tar([("v", "file", b"one\n", 0o644)])])
+    two = umoci_image(tmp_path, "two", [layer_tar([("v", "file", b"two\n", 0o644)])])
+    registry.push(one, "t/retag:latest")
+    proxy = FaultProxy(("127.0.0.1", registry.port))
+    try:
+        image = f"{proxy.host}/t/retag:latest"
+        cfg = config_for(
+            registry,
+            tmp_path / "w",
+            auth_json=json.dumps(registry.auth_json(key=proxy.host)).encode(),
+            insecure_registries=frozenset({proxy.host}),
+        )
+        r1 = await pull(cfg, image, tmp_path / "b1")
+        first = list(proxy.requests)
+        assert any(line.startswith("GET /v2/t/retag/manifests/latest") for line in first)
+        proxy.requests.clear()
+        r2 = await pull(cfg, image, tmp_path / "b2")
+        assert r2.manifest_digest == r1.manifest_digest and r2.bytes_downloaded == 0
+        # only the HEAD (plus the ping): no manifest GET (Docker Hub counts those), no blob GET
+        assert [line.split()[0] for line in proxy.requests if "/v2/t/" in line] == ["HEAD"], proxy.requests
+
+        registry.push(two, "t/retag:latest")  # the tag moves: HEAD sees a new digest
+        r3 = await pull(cfg, image, tmp_path / "b3")
+        assert r3.manifest_digest != r1.manifest_digest and (r3.rootfs / "v").read_text() == "two\n"
+
+        # a corrupted cache entry is never used: the manifest is fetched again and verified
+        cached = tmp_path / "w/blobs" / r1.manifest_digest.replace(":", "-")
+        cached.write_bytes(cached.read_bytes().replace(b"schemaVersion", b"schemaVersiom"))
+        proxy.requests.clear()
+        r4 = await pull(cfg, f"{proxy.host}/t/retag@{r1.manifest_digest}", tmp_path / "b4")
+        assert (r4.rootfs / "v").read_text() == "one\n"
+        assert any(
+            line.startswith(f"GET /v2/t/retag/manifests/{r1.manifest_digest}") for line in proxy.requests
+        )
+    finally:
+        proxy.stop()
