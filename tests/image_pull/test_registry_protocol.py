@@ -524,3 +524,24 @@ async def test_challenge_on_a_resource_after_an_anonymous_ping_is_adopted(scheme
 
     rc, _, _ = client(handler)
     assert (await rc.get_manifest(REF)).digest == MDIGEST
+
+
+@pytest.mark.parametrize(
+    ("status", "header", "want"),
+    [
+        (200, MDIGEST, MDIGEST),
+        (200, None, None),
+        (200, "sha256:NOTHEX", None),
+        (404, MDIGEST, None),
+        (401, MDIGEST, None),
+    ],
+)
+async def test_head_manifest(status: int, header: str | None, want: str | None) -> None:
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.path == "/v2/":
+            return httpx.Response(200)
+        assert req.method == "HEAD" and "vnd.oci.image.manifest.v1+json" in req.headers["accept"]
+        return httpx.Response(status, headers={"Docker-Content-Digest": header} if header else {})
+
+    rc, _, _ = client(handler, auth=None)
+    assert await rc.head_manifest(REF) == want
