@@ -25,6 +25,7 @@ import hashlib
 import hmac
 import io
 import logging
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
@@ -46,6 +47,7 @@ __all__ = [
     "LayerDecrypter",
     "LayerKey",
     "is_encrypted",
+    "provider_refusal",
 ]
 
 log = logging.getLogger("image_pull.ocicrypt")
@@ -163,6 +165,34 @@ class DecryptingReader(io.RawIOBase):
             pass
 
 
+# runs of base64/base64url/hex characters long enough to carry 120+ bits of a key
+_OPAQUE_RUN = re.compile(r"[A-Za-z0-9+/_=-]{20,}")
+_MAX_REASON = 240
+
+
+def provider_refusal(exc: BaseException) -> str:
+    """Why a key provider refused, without key material: ``ClassName: message``.
+
+    The message is kept (a KBS ``PolicyDeny``, an unknown key id, an unreachable
+    CDH are the operator's whole diagnosis) after scrubbing: only its first line,
+    control characters dropped, every run of 20+ base64/hex characters (anything
+    that could be 120+ bits of a key, a wrapped key or a token) replaced by
+    ``[redacted]``, and a message showing escaped bytes (``\\x..``, a ``repr`` of
+    ``bytes``) dropped entirely; then cut to a bounded length.
+    """
+    name = type(exc).__name__
+    if not name.isidentifier():
+        name = "Exception"
+    msg = str(exc).splitlines()[0] if str(exc) else ""
+    if "\\x" in msg or re.search(r"\bb['\"]", msg):
+        return f"{name} (message withheld: it shows raw bytes)"
+    msg = "".join(c for c in msg if c.isprintable())
+    msg = _OPAQUE_RUN.sub("[redacted]", msg).strip()
+    if len(msg) > _MAX_REASON:
+        msg = msg[:_MAX_REASON] + "..."
+    return f"{name}: {msg}" if msg else name
+
+
 def _wrapped_entries(value: str, what: str) -> list[str]:
     if len(value) > MAX_ANNOTATION:
         raise InvalidEncryptedLayer(f"{what} annotation too large")
@@ -197,6 +227,7 @@ class LayerDecrypter:
         if not schemes:
             raise InvalidEncryptedLayer(f"layer {desc.digest} is encrypted but carries no wrapped keys")
         tried: list[str] = []
+        refusals: list[str] = []
         if ANNOTATION_JWE in ann and self._keys:
             tried.append("jwe")
             for entry in _wrapped_entries(ann[ANNOTATION_JWE], "jwe"):
@@ -213,9 +244,10 @@ class LayerDecrypter:
                     try:
                         opts = await self._provider.unwrap_key(entry.encode("ascii"))
                     except Exception as exc:  # the provider is another package: translate at the seam
-                        log.info(
-                            "key provider could not unwrap a key of %s: %s", desc.digest, type(exc).__name__
-                        )
+                        why = provider_refusal(exc)
+                        log.warning("key provider could not unwrap a key of %s: %s", desc.digest, why)
+                        if why not in refusals:
+                            refusals.append(why)
                         continue
                     return LayerKey.from_options(opts, mac)
         have = ", ".join(
@@ -226,7 +258,8 @@ class LayerDecrypter:
                 f"layer {desc.digest} is encrypted ({have}); pass a matching --decryption-key "
                 "or configure a key provider"
             )
-        raise KeyUnavailable(f"no configured key unwraps layer {desc.digest} ({have})")
+        reason = f"; key provider: {'; '.join(refusals[:3])}" if refusals else ""
+        raise KeyUnavailable(f"no configured key unwraps layer {desc.digest} ({have}){reason}")
 
     @staticmethod
     def reader(ciphertext: BinaryIO, key: LayerKey) -> DecryptingReader:

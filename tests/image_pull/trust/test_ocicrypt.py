@@ -278,6 +278,45 @@ async def test_key_provider_hook_and_private_options_strictness() -> None:
         await LayerDecrypter([], Failing()).unwrap(_desc(ann))
 
 
+async def test_key_provider_refusal_keeps_the_reason_not_the_key(caplog: pytest.LogCaptureFixture) -> None:
+    """A KBS refusal (PolicyDeny) reaches the error and the log as class + message;
+    anything that could be key material in that message does not."""
+    _, _priv, pub = encrypt_layer(b"x")
+    ann = {
+        "org.opencontainers.image.enc.keys.provider.attestation-agent": "cGFja2V0",
+        "org.opencontainers.image.enc.pubopts": base64.b64encode(pub).decode(),
+    }
+    secret = base64.b64encode(os.urandom(32)).decode()
+
+    class KeyProviderError(Exception):
+        pass
+
+    class Denying:
+        def __init__(self, msg: str) -> None:
+            self.msg = msg
+
+        async def unwrap_key(self, annotation: bytes) -> bytes:
+            raise KeyProviderError(self.msg)
+
+    deny = "cannot get the key 'kbs:///default/key/k1': KBS answered 401 PolicyDeny: Access denied by policy"
+    caplog.set_level("INFO", logger="image_pull.ocicrypt")
+    with pytest.raises(KeyUnavailable) as ei:
+        await LayerDecrypter([], Denying(deny)).unwrap(_desc(ann))
+    assert f"KeyProviderError: {deny}" in str(ei.value)
+    assert f"KeyProviderError: {deny}" in caplog.text
+    caplog.clear()
+    leaky = f"unwrap failed with symkey {secret} and kek {os.urandom(16).hex()}\nsecond line"
+    with pytest.raises(KeyUnavailable) as ei:
+        await LayerDecrypter([], Denying(leaky)).unwrap(_desc(ann))
+    text = str(ei.value) + caplog.text
+    assert "unwrap failed with symkey [redacted]" in text and secret not in text
+    assert "second line" not in text and "kek [redacted]" in text
+    raw = repr(os.urandom(32))
+    with pytest.raises(KeyUnavailable, match="message withheld") as ei:
+        await LayerDecrypter([], Denying(f"bad key {raw}")).unwrap(_desc(ann))
+    assert raw not in str(ei.value) + caplog.text
+
+
 @pytest.mark.skipif(shutil.which("skopeo") is None, reason="skopeo not installed")
 def test_reverse_direction_skopeo_decrypts_our_format(tmp_path: Path) -> None:
     """A layer encrypted by the test-side encryptor (the format image_pull.ocicrypt reads)
