@@ -73,11 +73,16 @@ def mount_overlay(
         names.append("empty")
     upper.mkdir(parents=True, exist_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    opts = f"lowerdir={':'.join(names)},upperdir={upper},workdir={work}"
+    # upper/work relative to links_dir too (the mount runs there): a work dir whose path
+    # holds "," or ":" would otherwise add or change mount options (e.g. ",lowerdir=/")
+    rel_upper, rel_work = os.path.relpath(upper, links_dir), os.path.relpath(work, links_dir)
+    if any(c in p for p in (rel_upper, rel_work) for c in ",:\\"):
+        raise BundleError("overlay upper/work directories must not contain ',', ':' or '\\'")
+    opts = f"lowerdir={':'.join(names)},upperdir={rel_upper},workdir={rel_work}"
     if len(opts) > 4000:
         raise BundleError("too many layers for one overlay mount")
     cp = subprocess.run(
-        ["mount", "-t", "overlay", "overlay", "-o", opts, str(target)],
+        ["mount", "-t", "overlay", "overlay", "-o", opts, "--", os.path.abspath(target)],
         cwd=links_dir,
         capture_output=True,
         timeout=60,

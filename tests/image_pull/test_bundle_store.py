@@ -160,6 +160,27 @@ def test_overlay_with_hundreds_of_layers_fits_the_mount_options(tmp_path: Path) 
     assert not os.path.ismount(target)
 
 
+@pytest.mark.root
+@pytest.mark.skipif(not ROOT, reason="needs root: mounts")
+def test_overlay_options_are_not_spliced_from_the_work_dir_path(tmp_path: Path) -> None:
+    """A work dir path with ',' or ':' (given by an RPC caller) must not add mount options."""
+    low = _layer(tmp_path, "low")
+    (low / "f").write_text("image")
+    odd = tmp_path / "w,lowerdir=x:y"
+    target = tmp_path / "rootfs"
+    target.mkdir()
+    bundle.mount_overlay([low], odd / "u", odd / "w", target, odd / "l")
+    try:
+        assert sorted(os.listdir(target)) == ["f"]
+        (target / "new").write_text("written")
+        assert (odd / "u/new").read_text() == "written"  # the upper dir really is ours
+    finally:
+        bundle.unmount(target)
+    with pytest.raises(BundleError, match="must not contain"):
+        bundle.mount_overlay([low], tmp_path / "a,b", tmp_path / "w2", target, tmp_path / "l2")
+    assert not os.path.ismount(target)
+
+
 # ---------------------------------------------------------------------- store
 def _commit(store: LayerStore, chain: str, content: str) -> None:
     st = store.new_staging(chain)
