@@ -796,12 +796,22 @@ class ImagePuller:
     # ------------------------------------------------------------------ bundle
     def _check_bundle_target(self, bundle_dir: Path) -> None:
         rootfs = bundle_dir / "rootfs"
+        for p in (rootfs, bundle_dir / "config.json"):
+            if os.path.islink(p):  # mount(8) and the copy would follow it out of the bundle
+                raise BundleError(f"{p} is a symlink; refusing to populate it")
         if os.path.ismount(rootfs):
             raise BundleError(f"{rootfs} is already mounted; release the bundle first")
         if rootfs.exists() and (not rootfs.is_dir() or any(rootfs.iterdir())):
             raise BundleError(f"{rootfs} already exists and is not empty")
         if (bundle_dir / "config.json").exists():
             raise BundleError(f"{bundle_dir / 'config.json'} already exists")
+
+    @staticmethod
+    def _check_bundle_target_dir(rootfs: Path) -> None:
+        """Right before mounting: ``rootfs`` is still a real, empty directory of the bundle."""
+        st = os.lstat(rootfs)
+        if not stat.S_ISDIR(st.st_mode) or any(os.scandir(rootfs)):
+            raise BundleError(f"{rootfs} changed under the pull (not an empty directory)")
 
     def _make_bundle(self, res: _Resolved, chain: list[str], bundle_dir: Path, image_ref: str) -> Path:
         self._check_bundle_target(bundle_dir)
@@ -824,6 +834,7 @@ class ImagePuller:
                     json.dumps({"bundle": str(bundle_dir.resolve()), "layers": chain})
                 )
                 rootfs.mkdir(exist_ok=True)
+                self._check_bundle_target_dir(rootfs)
                 try:
                     _bundle.mount_overlay(
                         list(reversed(lowers)), bdir / "upper", bdir / "work", rootfs, bdir / "l"

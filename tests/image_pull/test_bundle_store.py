@@ -295,3 +295,26 @@ def test_gc_drops_records_of_bundles_unmounted_by_someone_else(tmp_path: Path) -
     finally:
         subprocess.run(["umount", str(bundle_dir / "rootfs")], check=True)
     assert store.gc() == [c.split(":")[1]] and not rec.exists()
+
+
+@pytest.mark.parametrize("name", ["rootfs", "config.json"])
+def test_a_symlink_in_the_bundle_is_never_followed(tmp_path: Path, name: str) -> None:
+    """<bundle>/rootfs or config.json as a symlink (to an empty dir, or dangling) would send
+    the overlay mount / the copy / the config write outside the bundle: refused up front."""
+    from image_pull.puller import ImagePuller, PullerConfig
+    from image_pull.registry import RetryPolicy
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    b = tmp_path / "bundle"
+    b.mkdir()
+    os.symlink(outside if name == "rootfs" else outside / "config.json", b / name)
+
+    async def go() -> None:
+        cfg = PullerConfig(work_dir=tmp_path / "work", retry=RetryPolicy(attempts=1))
+        async with ImagePuller(cfg) as p:
+            await p.pull("127.0.0.1:9/none/img:1", b)
+
+    with pytest.raises(BundleError, match="is a symlink"):
+        asyncio.run(go())
+    assert os.listdir(outside) == [] and os.path.islink(b / name)
