@@ -17,11 +17,11 @@ __all__ = ["MAX_URI_LENGTH", "RESOURCE_PLUGIN", "ResourceUri", "parse_resource_p
 
 RESOURCE_PLUGIN = "resource"
 MAX_URI_LENGTH = 4096
-_SEGMENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
-_PLUGIN = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
-_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
-_PLUGIN_SEGMENT = re.compile(r"^[A-Za-z0-9_.~-]+$")
-_QUERY = re.compile(r"^[A-Za-z0-9_.~!$&'()*+,;=:@/?%-]*$")
+_SEGMENT = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]*")
+_PLUGIN = re.compile(r"[a-z0-9][a-z0-9_-]*")
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?")
+_PLUGIN_SEGMENT = re.compile(r"[A-Za-z0-9_.~-]+")
+_QUERY = re.compile(r"[A-Za-z0-9_.~!$&'()*+,;=:@/?%-]*")
 _BUILTIN = {"auth", "attest", "resource-policy", "attestation-policy", "reference-value"}
 
 
@@ -33,7 +33,7 @@ def parse_resource_path(text: str) -> tuple[str, str, str]:
     if len(segs) != 3:
         raise InvalidUri(f"resource path must be repo/type/tag, got {len(segs)} segment(s)")
     for s in segs:
-        if not _SEGMENT.match(s):
+        if not _SEGMENT.fullmatch(s):
             raise InvalidUri(f"invalid resource path segment {s!r}")
     return segs[0], segs[1], segs[2]
 
@@ -59,7 +59,7 @@ class ResourceUri:
             plugin = RESOURCE_PLUGIN
         elif scheme.startswith("kbs+"):
             plugin = scheme[4:]
-            if not _PLUGIN.match(plugin) or plugin in _BUILTIN:
+            if not _PLUGIN.fullmatch(plugin) or plugin in _BUILTIN:
                 raise InvalidUri(f"invalid plugin name {plugin!r}")
         else:
             raise InvalidUri("resource URI scheme must be kbs or kbs+<plugin>")
@@ -70,13 +70,13 @@ class ResourceUri:
         addr, sep, path = rest.partition("/")
         if not sep:
             raise InvalidUri("resource URI has no path")
-        if addr and not _HOST.match(addr):
+        if addr and not _HOST.fullmatch(addr):
             raise InvalidUri(f"invalid KBS address {addr!r}")
         if plugin == RESOURCE_PLUGIN:
             segs: tuple[str, ...] = parse_resource_path(path)
         else:
             segs = tuple(path.split("/"))
-            if not segs or not all(_PLUGIN_SEGMENT.match(s) and s not in (".", "..") for s in segs):
+            if not segs or not all(_PLUGIN_SEGMENT.fullmatch(s) and s not in (".", "..") for s in segs):
                 raise InvalidUri("invalid plugin path")
         return cls(plugin, segs, addr, query)
 
@@ -99,6 +99,6 @@ def _query(text: str) -> str | None:
     if "?" not in text:
         return None
     q = text.split("?", 1)[1]
-    if not _QUERY.match(q):
+    if not _QUERY.fullmatch(q):
         raise InvalidUri("invalid characters in resource URI query")
     return q

@@ -54,3 +54,19 @@ def test_resource_path_segments() -> None:
     assert parse_resource_path("r/t/g") == ("r", "t", "g")
     with pytest.raises(InvalidUri):
         parse_resource_path("r/t/g/")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "kbs:///repo/type/tag\n",
+        "kbs:///repo/type\n/tag",
+        "kbs:///repo/type/tag?a=b\n",
+        "kbs://host:8080\n/repo/type/tag",
+        "kbs+plugin\n:///x/y",
+    ],
+)
+def test_trailing_newline_in_a_part_is_refused(text: str) -> None:
+    # `$` in a regex matches before a final newline; each part must match whole.
+    with pytest.raises(InvalidUri):
+        ResourceUri.parse(text)

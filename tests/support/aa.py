@@ -198,10 +198,17 @@ def launch_aa(
 
 
 def wait_for_socket(aa: AaProcess, timeout: float = 15.0) -> None:
+    """Wait until the socket accepts a connection: the file appears when the
+    socket is bound, a moment before the AA listens on it."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if aa.socket_path.exists():
-            return
+            with socket.socket(socket.AF_UNIX) as probe:
+                try:
+                    probe.connect(str(aa.socket_path))
+                    return
+                except OSError:
+                    pass
         if aa.proc.poll() is not None:
             raise RuntimeError(f"attestation-agent exited with {aa.proc.returncode}:\n{aa.log()}")
         time.sleep(0.05)
