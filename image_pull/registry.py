@@ -122,6 +122,12 @@ def _redact_url(url: httpx.URL | str) -> str:
     return f"{u.scheme}://{u.netloc.rsplit('@', 1)[-1]}{u.path}"
 
 
+def _printable(untrusted: str, limit: int) -> str:
+    """Registry-supplied text for an error message: printable characters only (no
+    newlines or terminal escapes that could forge log lines), bounded."""
+    return "".join(c for c in untrusted[: limit * 4] if c.isprintable())[:limit]
+
+
 def _tls_failure(exc: BaseException) -> bool:
     seen = 0
     e: BaseException | None = exc
@@ -210,13 +216,13 @@ class RegistryClient:
                 doc = json.loads(body)
                 errs = doc.get("errors") if isinstance(doc, dict) else None
                 if isinstance(errs, list) and errs and isinstance(errs[0], dict):
-                    code = str(errs[0].get("code", ""))[:40]
-                    msg = str(errs[0].get("message", ""))[:160]
+                    code = _printable(str(errs[0].get("code", "")), 40)
+                    msg = _printable(str(errs[0].get("message", "")), 160)
                     reason = f"{code}: {msg}" if code else msg
             except (ValueError, UnicodeDecodeError):
                 reason = ""
         elif ctype:
-            reason = f"non-JSON {ctype[:40]} body"
+            reason = f"non-JSON {_printable(ctype, 40)} body"
         status = resp.status_code
         text = f"{what}: HTTP {status}" + (f" ({reason})" if reason else "")
         if status in (401, 403):

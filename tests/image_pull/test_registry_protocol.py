@@ -271,6 +271,22 @@ async def test_registry_json_error_code_is_reported() -> None:
         await rc.get_manifest(REF)
 
 
+async def test_registry_error_text_cannot_forge_log_lines() -> None:
+    evil = "denied\nERROR image_pull: pull of x succeeded\x1b[2K\r"
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if "manifests" in req.url.path:
+            return httpx.Response(404, json={"errors": [{"code": "DENIED\n", "message": evil}]})
+        return httpx.Response(200)
+
+    rc, _, _ = client(handler)
+    with pytest.raises(NotFound) as ei:
+        await rc.get_manifest(REF)
+    text = str(ei.value)
+    assert "DENIED: deniedERROR image_pull: pull of x succeeded[2K" in text
+    assert not any(c in text for c in "\n\r\x1b")
+
+
 # ---------------------------------------------------------------------- retries, redirects
 async def test_429_with_retry_after_is_retried_after_the_given_delay() -> None:
     calls = {"n": 0}
