@@ -149,7 +149,7 @@ def _start_kbs(procs: _Procs, work: Path) -> str:
     cfg.write_text(
         f'[http_server]\nsockets = ["127.0.0.1:{port}"]\ninsecure_http = true\n'
         '[admin]\nauthorization_mode = "InsecureAllowAll"\n'
-        "[attestation_token]\ninsecure_header_jwk = true\n"
+        "[attestation_token]\n"
         '[attestation_service]\ntype = "coco_as_builtin"\n'
         f'[storage_backend]\nstorage_type = "LocalFs"\n[storage_backend.backends.local_fs]\n'
         f'dir_path = "{work / "kbs" / "storage"}"\n'

@@ -94,7 +94,7 @@ class Stack:
         cfg.write_text(
             f'[http_server]\nsockets = ["127.0.0.1:{port}"]\ninsecure_http = true\n\n'
             '[admin]\nauthorization_mode = "InsecureAllowAll"\n\n'
-            "[attestation_token]\ninsecure_header_jwk = true\n\n"
+            "[attestation_token]\n\n"
             '[attestation_service]\ntype = "coco_as_builtin"\n\n'
             '[storage_backend]\nstorage_type = "LocalFs"\n[storage_backend.backends.local_fs]\n'
             f'dir_path = "{self.tmp / "kbs-storage"}"\n\n[[plugins]]\nname = "resource"\n'
