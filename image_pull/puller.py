@@ -21,6 +21,7 @@ import contextvars
 import errno
 import fcntl
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -51,6 +52,7 @@ from image_pull.errors import (
     PullTimeout,
     RateLimited,
     RegistryError,
+    StoreError,
     TooLarge,
     UnpackError,
 )
@@ -84,6 +86,11 @@ DEFAULT_MAX_LAYER_BYTES = 64 << 30
 
 # layer keys unwrapped for the current pull (set in _pull, seen by its layer tasks)
 _LAYER_KEYS: contextvars.ContextVar[dict[tuple[str, str], LayerKey]] = contextvars.ContextVar("_LAYER_KEYS")
+
+
+def _key_check(key: LayerKey) -> str:
+    """Proof of holding a layer key, storable in the clear (a MAC under the key)."""
+    return hmac.new(key.symkey, b"image_pull layer store key check v1", hashlib.sha256).hexdigest()
 
 
 def _key_id(desc: Descriptor) -> tuple[str, str]:
@@ -714,12 +721,12 @@ class ImagePuller:
         desc = res.manifest.layers[i]
         diff_id = res.config.diff_ids[i]
         store = self.store
-        if store.has_layer(key):
+        if store.has_layer(key) and self._may_reuse(key, desc):
             emit(ProgressEvent("layer-cached", i, desc.digest, 0, desc.size))
             committed[i].set()
             return 0, True
         async with store.lock(key):
-            if store.has_layer(key):
+            if store.has_layer(key) and self._may_reuse(key, desc):
                 emit(ProgressEvent("layer-cached", i, desc.digest, 0, desc.size))
                 committed[i].set()
                 return 0, True
@@ -758,13 +765,47 @@ class ImagePuller:
                         await committed[j].wait()
                     lowers = [store.layer_fs(chain[j]) for j in range(i - 1, -1, -1)]
                     await asyncio.to_thread(_copy_up_links, staging / "fs", deferred, lowers)
-                rec = LayerRecord(key, diff_id, desc.digest, desc.media_type, desc.size, usize)
+                lk = _LAYER_KEYS.get({}).get(_key_id(desc)) if is_encrypted(desc) else None
+                rec = LayerRecord(
+                    key,
+                    diff_id,
+                    desc.digest,
+                    desc.media_type,
+                    desc.size,
+                    usize,
+                    key_check=_key_check(lk) if lk is not None else None,
+                )
                 store.commit(staging, rec)
             except BaseException:
                 store.discard(staging)
                 raise
         committed[i].set()
         return nbytes, False
+
+    def _may_reuse(self, key: str, desc: Descriptor) -> bool:
+        """Whether this pull may use the committed layer ``key`` without fetching it.
+
+        A layer unpacked from an encrypted blob is reused only by a pull that
+        unwrapped the same layer key (imgcrypt CVE-2022-24778: the diff_ids in an
+        encrypted image's config are public, so any image naming them would get the
+        plaintext from the store without a key). Any other pull fetches the layer
+        and verifies its diff_id (proving it holds the content); the commit then
+        finds the layer present and drops the staging copy.
+        """
+        rec = self.store.read_record(key)
+        if rec is None:
+            raise StoreError(f"layer {key} in the store has an unreadable record; run the layer GC")
+        if not rec.media_type.endswith("+encrypted") and rec.key_check is None:
+            return True
+        lk = _LAYER_KEYS.get({}).get(_key_id(desc)) if is_encrypted(desc) else None
+        if (
+            lk is not None
+            and rec.key_check is not None
+            and hmac.compare_digest(_key_check(lk), rec.key_check)
+        ):
+            return True
+        log.info("layer %s is cached from an encrypted image under another key; fetching it", desc.digest)
+        return False
 
     async def _fetch_over_lowers(
         self, res: _Resolved, i: int, chain: list[str], staging: Path, emit: Callable[[ProgressEvent], None]

@@ -41,6 +41,7 @@ from image_pull.errors import InsufficientSpace, StoreError
 __all__ = ["MAX_CACHED_BLOB", "LayerRecord", "LayerStore", "bundle_key", "chain_ids"]
 
 MAX_CACHED_BLOB = 4 << 20
+MAX_RECORD = 64 << 10
 
 
 def chain_ids(diff_ids: Iterable[str]) -> list[str]:
@@ -71,9 +72,27 @@ class LayerRecord:
     media_type: str
     size: int
     uncompressed_size: int
+    # layers unpacked from an encrypted blob: HMAC-SHA256(symkey, KEY_CHECK_LABEL) hex, so a
+    # later pull reuses the plaintext only when it unwrapped the same layer key
+    key_check: str | None = None
 
     def to_json(self) -> bytes:
         return json.dumps(self.__dict__, sort_keys=True).encode()
+
+    @classmethod
+    def from_json(cls, untrusted: bytes) -> LayerRecord | None:
+        try:
+            doc = json.loads(untrusted)
+            if not isinstance(doc, dict):
+                return None
+            rec = cls(**doc)
+        except (ValueError, TypeError):
+            return None
+        ints = (rec.size, rec.uncompressed_size)
+        strs = (rec.chain_id, rec.diff_id, rec.digest, rec.media_type)
+        if not all(isinstance(v, int) for v in ints) or not all(isinstance(v, str) for v in strs):
+            return None
+        return rec if rec.key_check is None or isinstance(rec.key_check, str) else None
 
 
 class LayerStore:
@@ -100,6 +119,15 @@ class LayerStore:
 
     def has_layer(self, chain_id: str) -> bool:
         return (self.layer_dir(chain_id) / "layer.json").is_file()
+
+    def read_record(self, chain_id: str) -> LayerRecord | None:
+        """The committed layer's record, or None when absent or unreadable."""
+        try:
+            with open(self.layer_dir(chain_id) / "layer.json", "rb") as f:
+                data = f.read(MAX_RECORD + 1)
+        except OSError:
+            return None
+        return LayerRecord.from_json(data) if len(data) <= MAX_RECORD else None
 
     @contextlib.asynccontextmanager
     async def lock(self, chain_id: str) -> AsyncIterator[None]:

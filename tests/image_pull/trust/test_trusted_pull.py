@@ -23,7 +23,7 @@ import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cdh.keyprovider import KeyUnwrapper as CdhKeyUnwrapper
-from image_pull.errors import DecryptionError, PolicyRejected
+from image_pull.errors import DecryptionError, DigestMismatch, PolicyRejected
 from image_pull.ocicrypt import IntegrityError, KeyUnavailable, jwe_decrypt, load_private_key
 from image_pull.puller import ImagePuller, PullerConfig, PullResult
 from image_pull.store import LayerStore, chain_ids
@@ -508,6 +508,31 @@ async def test_missing_key_refused_even_when_layers_are_cached(env: Env) -> None
     with pytest.raises(KeyUnavailable):
         await pull(env, "t/enc:1", "cached2", work="enc-cache")
     assert_nothing_visible(env, "cached2")
+
+
+async def test_cached_plaintext_of_an_encrypted_image_needs_its_key(env: Env) -> None:
+    """imgcrypt CVE-2022-24778: an encrypted image's diff_ids are public (its config); an
+    image naming them over junk layer blobs must not get the decrypted layers from the store."""
+    keys = (env.rsa_priv.read_bytes(),)
+    check_rootfs(await pull(env, "t/enc:1", "share-enc", work="share", decryption_keys=keys))
+
+    def junk_layers(man: dict[str, Any], blobs: dict[str, bytes]) -> None:
+        for n, d in enumerate(man["layers"]):
+            d["mediaType"] = "application/vnd.oci.image.layer.v1.tar"
+            d.pop("annotations", None)
+            blobs[f"junk{n}"] = bytes(1024)  # an empty tar: no payload of the image
+            d["digest"] = f"junk{n}"
+
+    _reencrypt_variant(env.reg, "t/enc", "t/diffid-thief", junk_layers)
+    with pytest.raises(DigestMismatch, match="uncompressed content"):
+        await pull(env, "t/diffid-thief:1", "share-thief", work="share")
+    assert_nothing_visible(env, "share-thief")
+    # the same content unencrypted proves itself by its diff_ids and shares the store
+    check_rootfs(await pull(env, "t/unsigned:1", "share-plain", work="share"))
+    # and the key holder still reuses the cached layers
+    res = await pull(env, "t/enc:1", "share-enc2", work="share", decryption_keys=keys)
+    check_rootfs(res)
+    assert res.layers_cached == res.layers and res.bytes_downloaded == 0
 
 
 @pytest.mark.parametrize(
