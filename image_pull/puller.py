@@ -894,8 +894,15 @@ class ImagePuller:
                 res.config, rootfs=rootfs, image_ref=image_ref, manifest_digest=res.manifest_digest
             )
             tmp = bundle_dir / f".config.json.{secrets.token_hex(4)}"
-            tmp.write_bytes(spec)
-            os.replace(tmp, bundle_dir / "config.json")
+            try:
+                tmp.write_bytes(spec)
+                os.replace(tmp, bundle_dir / "config.json")
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise BundleError(f"cannot write {bundle_dir / 'config.json'}: {exc.strerror}") from None
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
         except BaseException:
             if mounted:
                 _bundle.unmount(rootfs)

@@ -218,8 +218,14 @@ class LayerStore:
             "layers": chain,
         }
         tmp = self.images / f".{_hex(manifest_digest)}.{secrets.token_hex(4)}"
-        tmp.write_text(json.dumps(doc, sort_keys=True))
-        os.replace(tmp, self.images / f"{_hex(manifest_digest)}.json")
+        try:
+            tmp.write_text(json.dumps(doc, sort_keys=True))
+            os.replace(tmp, self.images / f"{_hex(manifest_digest)}.json")
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientSpace(f"no space left in {self.root} to record the image") from None
+            raise StoreError(f"cannot record the image in {self.root}: {exc.strerror}") from None
 
     def remove_image(self, manifest_digest: str) -> bool:
         try:

@@ -318,3 +318,15 @@ def test_a_symlink_in_the_bundle_is_never_followed(tmp_path: Path, name: str) ->
     with pytest.raises(BundleError, match="is a symlink"):
         asyncio.run(go())
     assert os.listdir(outside) == [] and os.path.islink(b / name)
+
+
+def test_failed_image_record_leaves_no_temp_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = LayerStore(tmp_path / "w")
+
+    def full(*_a: object, **_k: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(InsufficientSpace, match="record the image"):
+        store.record_image(D[0], "r/x:1", D[1], [D[2]])
+    assert os.listdir(store.images) == []

@@ -23,6 +23,7 @@ import pytest
 
 from image_pull.errors import (
     AuthError,
+    BundleError,
     DigestMismatch,
     InsufficientSpace,
     NoMatchingPlatform,
@@ -894,3 +895,26 @@ async def test_second_pull_by_tag_uses_head_and_the_manifest_cache(
         )
     finally:
         proxy.stop()
+
+
+async def test_failed_config_write_leaves_no_temp_file(
+    registry: RegistryServer,
+    images: dict[str, str],
+    tmp_path: Path,
+    cleanup_mounts: None,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import image_pull.puller as puller_mod
+
+    real = os.replace
+
+    def failing(src: Any, dst: Any) -> None:
+        if str(dst).endswith("config.json"):
+            raise OSError(28, "No space left on device")
+        real(src, dst)
+
+    monkeypatch.setattr(puller_mod.os, "replace", failing)
+    bundle = tmp_path / "b"
+    with pytest.raises(BundleError, match="cannot write"):
+        await pull(config_for(registry, tmp_path / "work", snapshotter="copy"), images["std"], bundle)
+    assert os.listdir(bundle) == []
