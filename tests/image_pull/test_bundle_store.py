@@ -219,24 +219,35 @@ def test_store_commit_is_atomic_and_gc_respects_roots_and_locks(tmp_path: Path) 
 
 
 def test_store_lock_is_exclusive_across_processes(tmp_path: Path) -> None:
+    """Another process holds the lock until told to let go: no timing assumption either way."""
     store = LayerStore(tmp_path)
     code = (
-        "import fcntl, os, sys, time\n"
+        "import fcntl, os, sys\n"
         f"fd = os.open({str(store.locks / (D[0].split(':')[1] + '.lock'))!r}, os.O_RDWR | os.O_CREAT)\n"
-        "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); time.sleep(1.0)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX); print('locked', flush=True); sys.stdin.readline()\n"
     )
-    proc = subprocess.Popen(["python3", "-c", code], stdout=subprocess.PIPE)
-    assert proc.stdout is not None and proc.stdout.readline().strip() == b"locked"
+    proc = subprocess.Popen(["python3", "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+    assert proc.stdin is not None and proc.stdout is not None
+    stdin = proc.stdin
+    try:
+        assert proc.stdout.readline().strip() == b"locked"
 
-    async def take() -> float:
-        loop = asyncio.get_running_loop()
-        t0 = loop.time()
-        async with store.lock(D[0]):
-            return loop.time() - t0
+        async def take() -> None:
+            async with store.lock(D[0]):
+                return
 
-    waited = asyncio.run(take())
-    proc.wait()
-    assert waited > 0.3
+        async def scenario() -> None:
+            task = asyncio.create_task(take())
+            await asyncio.sleep(0.3)
+            assert not task.done(), "took a lock another process holds"
+            stdin.write(b"go\n")
+            stdin.flush()
+            await asyncio.wait_for(task, 60)
+
+        asyncio.run(scenario())
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_space_check(tmp_path: Path) -> None:

@@ -351,7 +351,12 @@ async def test_cancel_and_deadline_clean_up(
             insecure_registries=frozenset({proxy.host}),
         )
         task = asyncio.create_task(pull(cfg, ref, tmp_path / "b"))
-        await asyncio.sleep(1.0)
+        staging = tmp_path / "work/staging"
+        for _ in range(600):  # cancel mid-layer, however slow the box is to get there
+            if task.done() or (staging.is_dir() and any(staging.glob("*/fs/*"))):
+                break
+            await asyncio.sleep(0.05)
+        assert not task.done() and any(staging.glob("*/fs/*")), "the pull never started writing"
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
