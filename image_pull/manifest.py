@@ -9,12 +9,12 @@ ignored, as the image spec requires of consumers.
 
 from __future__ import annotations
 
-import json
 import platform as _platform
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from coco_common.strict_json import strict_loads
 from image_pull.errors import InvalidReference, ManifestError, NoMatchingPlatform
 from image_pull.reference import parse_digest
 
@@ -66,28 +66,13 @@ LAYER_TYPES: Mapping[str, tuple[str, bool]] = {
 MAX_LAYERS = 512
 
 
-def _reject_dups(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in pairs:
-        if k in out:
-            raise ManifestError(f"duplicate JSON key {k[:40]!r}")
-        out[k] = v
-    return out
-
-
-def _bad_constant(name: str) -> Any:
-    raise ManifestError(f"invalid JSON constant {name}")
-
-
 def strict_json_loads(untrusted: bytes, what: str) -> Any:
-    """json.loads that rejects duplicate keys, NaN/Infinity and invalid UTF-8."""
+    """Strict JSON (:func:`coco_common.strict_json.strict_loads`: duplicate keys,
+    NaN/Infinity, invalid UTF-8, runaway nesting rejected) as a ManifestError."""
     try:
-        text = untrusted.decode("utf-8")
-        return json.loads(text, object_pairs_hook=_reject_dups, parse_constant=_bad_constant)
-    except ManifestError as exc:
-        raise ManifestError(f"{what}: {exc}") from None
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise ManifestError(f"{what} is not valid JSON: {str(exc)[:80]}") from None
+        return strict_loads(untrusted.decode("utf-8"))  # UTF-8 only, as Go decoders
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise ManifestError(f"{what} is not valid strict JSON: {str(exc)[:80]}") from None
 
 
 def _get(
