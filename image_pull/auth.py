@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 import time
 from collections.abc import Mapping
@@ -21,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from coco_common.strict_json import strict_loads
 from image_pull.errors import AuthError
 from image_pull.reference import DOCKER_HUB, Reference
 
@@ -79,8 +79,8 @@ class AuthFile:
         if len(untrusted) > MAX_AUTH_FILE:
             raise AuthError("auth file is larger than 1 MiB")
         try:
-            doc = json.loads(untrusted.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            doc = strict_loads(untrusted.decode("utf-8"))
+        except ValueError:  # also duplicate keys and runaway nesting
             raise AuthError("auth file is not valid JSON") from None
         if not isinstance(doc, dict):
             raise AuthError("auth file is not a JSON object")
@@ -180,8 +180,8 @@ def parse_token_response(untrusted_body: bytes, *, now_monotonic: float, now_wal
     if len(untrusted_body) > MAX_TOKEN_RESPONSE:
         raise AuthError("token response larger than 1 MiB")
     try:
-        doc: Any = json.loads(untrusted_body.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        doc: Any = strict_loads(untrusted_body.decode("utf-8"))
+    except ValueError:  # also duplicate keys and runaway nesting (a RecursionError escaped)
         raise AuthError("token endpoint did not return JSON") from None
     if not isinstance(doc, dict):
         raise AuthError("token response is not a JSON object")

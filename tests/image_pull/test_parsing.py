@@ -132,6 +132,20 @@ def test_token_response_lifetimes() -> None:
         parse_token_response(b'{"expires_in": 60}', now_monotonic=0.0, now_wall=0.0)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [b"[" * 100_000, b'{"token": "a", "token": "b"}', b'{"token": "a", "expires_in": NaN}'],
+    ids=["deep-nesting", "duplicate-token", "nan"],
+)
+def test_hostile_token_response_and_auth_file_are_auth_errors(body: bytes) -> None:
+    """A token server's nesting bomb escaped as RecursionError (outside the error tree);
+    which of two "token" members counts must not be a parser's choice."""
+    with pytest.raises(AuthError):
+        parse_token_response(body, now_monotonic=0.0, now_wall=0.0)
+    with pytest.raises(AuthError):
+        AuthFile.from_bytes(body.replace(b'"token"', b'"auths"'))
+
+
 # ---------------------------------------------------------------------- manifests
 def _desc(mt: str, digest: str = D1, size: int = 10, **extra: object) -> dict[str, object]:
     return {"mediaType": mt, "digest": digest, "size": size, **extra}
