@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import email.utils
 import hashlib
-import json
 import logging
 import random
 import ssl
@@ -36,6 +35,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
 
+from coco_common.strict_json import strict_loads
 from image_pull.auth import (
     AuthFile,
     BearerToken,
@@ -213,13 +213,13 @@ class RegistryClient:
         ctype = resp.headers.get("content-type", "").split(";")[0].strip()
         if ctype == "application/json" or body[:1] == b"{":
             try:
-                doc = json.loads(body)
+                doc = strict_loads(body)
                 errs = doc.get("errors") if isinstance(doc, dict) else None
                 if isinstance(errs, list) and errs and isinstance(errs[0], dict):
                     code = _printable(str(errs[0].get("code", "")), 40)
                     msg = _printable(str(errs[0].get("message", "")), 160)
                     reason = f"{code}: {msg}" if code else msg
-            except (ValueError, UnicodeDecodeError):
+            except ValueError:  # also runaway nesting (a RecursionError escaped json.loads)
                 reason = ""
         elif ctype:
             reason = f"non-JSON {_printable(ctype, 40)} body"

@@ -271,6 +271,17 @@ async def test_registry_json_error_code_is_reported() -> None:
         await rc.get_manifest(REF)
 
 
+async def test_registry_error_body_nesting_bomb_is_a_registry_error() -> None:
+    def handler(req: httpx.Request) -> httpx.Response:
+        if "manifests" in req.url.path:
+            return httpx.Response(500, content=b"[" * 200_000, headers={"Content-Type": "application/json"})
+        return httpx.Response(200)
+
+    rc, _, _ = client(handler, retry=RetryPolicy(attempts=1))
+    with pytest.raises(RegistryError, match="HTTP 500"):
+        await rc.get_manifest(REF)
+
+
 async def test_registry_error_text_cannot_forge_log_lines() -> None:
     evil = "denied\nERROR image_pull: pull of x succeeded\x1b[2K\r"
 
