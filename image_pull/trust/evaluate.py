@@ -40,6 +40,7 @@ import httpx
 
 from image_pull.errors import ImagePullError, InvalidReference
 from image_pull.hooks import PolicyContext
+from image_pull.ocicrypt.layer import provider_refusal
 from image_pull.reference import parse_reference
 from image_pull.signatures import cosign
 from image_pull.signatures.gpg import dearmor_keyring, verify_signed_message
@@ -166,7 +167,8 @@ class TrustPolicy:
             try:
                 return await self.resource_getter(location)
             except Exception as exc:  # another package's errors: translate at the seam
-                raise InvalidPolicy(f"cannot fetch key {location[:80]}: {type(exc).__name__}") from exc
+                why = provider_refusal(exc)  # keep a KBS refusal's reason (PolicyDeny), not secrets
+                raise InvalidPolicy(f"cannot fetch key {location[:80]}: {why}") from exc
         path = location[len("file://") :] if location.startswith("file://") else location
         if not path.startswith("/"):
             raise InvalidPolicy(f"key path {location[:80]} must be absolute (or a kbs:// URI)")

@@ -204,3 +204,19 @@ def test_gpg_expired_key(tmp_path: Path) -> None:
     blob = sign(env, fpr, tmp_path, *past, "--sign")
     with pytest.raises(SignatureRejected, match="EXPKEYSIG"):
         verify_signed_message(blob, pub)
+
+
+async def test_kbs_key_refusal_keeps_its_reason() -> None:
+    """A policy key the KBS refuses (PolicyDeny) says why, not only the exception type."""
+    from image_pull.trust import TrustPolicy
+
+    class PolicyDenied(Exception):
+        pass
+
+    async def getter(uri: str) -> bytes:
+        raise PolicyDenied(f"KBS answered 401 PolicyDeny: Access denied by policy for {uri}")
+
+    tp = TrustPolicy(b'{"default": [{"type": "insecureAcceptAnything"}]}', resource_getter=getter)
+    with pytest.raises(InvalidPolicy) as ei:
+        await tp._fetch_key("kbs:///default/keys/signer")
+    assert "PolicyDenied: KBS answered 401 PolicyDeny: Access denied by policy" in str(ei.value)
