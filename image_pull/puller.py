@@ -97,7 +97,14 @@ def _key_id(desc: Descriptor) -> tuple[str, str]:
     return desc.digest, repr(sorted(desc.annotations.items()))
 
 
-@dataclass(frozen=True)
+def _redact_userinfo(url: str | None) -> str | None:
+    if url is None or "@" not in url:
+        return url
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}***@{rest.rsplit('@', 1)[1]}" if sep else "***"
+
+
+@dataclass(frozen=True, repr=False)
 class ProxyConfig:
     """HTTP(S) proxies for registry traffic. ``no_proxy`` entries: ``host``, ``host:port``,
     ``.domain``/``*.domain``/``domain`` (the domain and its subdomains), ``*`` (no proxy at all).
@@ -106,6 +113,12 @@ class ProxyConfig:
     https_proxy: str | None = None
     http_proxy: str | None = None
     no_proxy: tuple[str, ...] = ()
+
+    def __repr__(self) -> str:  # proxy URLs may carry user:password
+        return (
+            f"ProxyConfig(https_proxy={_redact_userinfo(self.https_proxy)!r}, "
+            f"http_proxy={_redact_userinfo(self.http_proxy)!r}, no_proxy={self.no_proxy!r})"
+        )
 
     def mounts(self, verify: ssl.SSLContext) -> dict[str, httpx.AsyncBaseTransport]:
         m: dict[str, httpx.AsyncBaseTransport] = {}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 
 import pytest
 
@@ -334,3 +335,12 @@ def test_tty_progress_line() -> None:
     last = text.rstrip("\n").split("\r\x1b[K")[-1]
     assert last.startswith("layers 2/2  3.0/3.0 MB") and last.endswith("done")
     assert "4.0 MB/s" in text and text.endswith("\n")
+
+
+def test_proxy_credentials_stay_out_of_the_config_repr(tmp_path: Path) -> None:
+    from image_pull.puller import ProxyConfig, PullerConfig
+
+    proxy = ProxyConfig(https_proxy="http://alice:s3cret@proxy.example:3128", http_proxy="http://p:8080")
+    text = repr(PullerConfig(work_dir=tmp_path, proxy=proxy))
+    assert "s3cret" not in text and "alice" not in text
+    assert "http://***@proxy.example:3128" in text and "http://p:8080" in text
