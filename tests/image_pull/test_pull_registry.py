@@ -376,6 +376,7 @@ def test_kill_9_mid_pull_then_a_new_pull_succeeds(
     registry: RegistryServer, images: dict[str, str], tmp_path: Path, cleanup_mounts: None
 ) -> None:
     proxy = FaultProxy(("127.0.0.1", registry.port), rate=4 << 20)
+    proc: subprocess.Popen[bytes] | None = None
     try:
         auth = tmp_path / "auth.json"
         auth.write_text(json.dumps(registry.auth_json(key=proxy.host)))
@@ -420,6 +421,9 @@ def test_kill_9_mid_pull_then_a_new_pull_succeeds(
         assert (tmp_path / "b2/rootfs/big.bin").stat().st_size == 24 << 20
         assert not any((work / "staging").iterdir())  # the stale attempt was swept
     finally:
+        if proc is not None and proc.poll() is None:  # an assertion failed before the kill
+            proc.kill()
+            proc.wait()
         proxy.stop()
 
 
@@ -909,8 +913,6 @@ async def test_failed_config_write_leaves_no_temp_file(
     cleanup_mounts: None,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import image_pull.puller as puller_mod
-
     real = os.replace
 
     def failing(src: Any, dst: Any) -> None:
@@ -918,7 +920,7 @@ async def test_failed_config_write_leaves_no_temp_file(
             raise OSError(28, "No space left on device")
         real(src, dst)
 
-    monkeypatch.setattr(puller_mod.os, "replace", failing)
+    monkeypatch.setattr(os, "replace", failing)
     bundle = tmp_path / "b"
     with pytest.raises(BundleError, match="cannot write"):
         await pull(config_for(registry, tmp_path / "work", snapshotter="copy"), images["std"], bundle)
