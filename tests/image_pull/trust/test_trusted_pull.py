@@ -871,3 +871,28 @@ async def test_partly_encrypted_image(env: Env) -> None:
     with pytest.raises(KeyUnavailable):
         await pull(env, "t/enc-last:1", "last-nokey", work="last-nokey")
     assert_nothing_visible(env, "last-nokey", "last-nokey")
+
+
+async def test_keys_never_reach_a_child_process(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Encrypted layers are decrypted in-process: argv and environment of child processes are
+    readable through /proc, so no layer worker may be given a key (only plain layers use one)."""
+    import asyncio
+
+    spawned: list[tuple[tuple[Any, ...], dict[str, Any]]] = []
+    real = asyncio.create_subprocess_exec
+
+    async def spy(*args: Any, **kw: Any) -> Any:
+        spawned.append((args, kw))
+        return await real(*args, **kw)
+
+    monkeypatch.setattr(asyncio, "create_subprocess_exec", spy)
+    key = env.rsa_priv.read_bytes()
+    res = await pull(env, "t/enc-last:1", "nochild", work="nochild", decryption_keys=(key,))
+    check_rootfs(res)
+    workers = [a for a, _ in spawned if "image_pull.layer_worker" in a]
+    assert len(workers) == 1  # the plain layer; the encrypted one stays in this process
+    body = b"".join(key.splitlines()[1:-1]).decode()
+    for args, kw in spawned:
+        text = repr(args) + repr(kw.get("env"))
+        assert body[:40] not in text and "symkey" not in text and "BEGIN" not in text
+        assert kw.get("env") is None or not any("KEY" in k for k in kw["env"])
