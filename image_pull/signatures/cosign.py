@@ -214,17 +214,24 @@ def _spki(k: PublicKey) -> bytes:
     return k.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-def verify_with_key(key: PublicKey, signature: bytes, payload: bytes) -> None:
-    """Raise SignatureRejected unless ``signature`` over ``payload`` verifies with ``key``."""
+def _verifies(key: PublicKey, signature: bytes, data: bytes) -> bool:
+    """ECDSA-SHA256, RSA PKCS#1 v1.5-SHA256 or Ed25519, as cosign and Rekor sign."""
     try:
         if isinstance(key, ec.EllipticCurvePublicKey):
-            key.verify(signature, payload, ec.ECDSA(hashes.SHA256()))
+            key.verify(signature, data, ec.ECDSA(hashes.SHA256()))
         elif isinstance(key, rsa.RSAPublicKey):
-            key.verify(signature, payload, padding.PKCS1v15(), hashes.SHA256())
+            key.verify(signature, data, padding.PKCS1v15(), hashes.SHA256())
         else:
-            key.verify(signature, payload)
+            key.verify(signature, data)
     except (InvalidSignature, ValueError):
-        raise SignatureRejected("cosign signature does not verify with the trusted key") from None
+        return False
+    return True
+
+
+def verify_with_key(key: PublicKey, signature: bytes, payload: bytes) -> None:
+    """Raise SignatureRejected unless ``signature`` over ``payload`` verifies with ``key``."""
+    if not _verifies(key, signature, payload):
+        raise SignatureRejected("cosign signature does not verify with the trusted key")
 
 
 # ---------------------------------------------------------------------- Rekor SET
@@ -261,17 +268,9 @@ def verify_rekor_set(
     for rk in rekor_keys:
         if hashlib.sha256(_spki(rk)).hexdigest() != p["logID"]:
             continue
-        try:
-            if isinstance(rk, ec.EllipticCurvePublicKey):
-                rk.verify(set_sig, canonical, ec.ECDSA(hashes.SHA256()))
-            elif isinstance(rk, rsa.RSAPublicKey):
-                rk.verify(set_sig, canonical, padding.PKCS1v15(), hashes.SHA256())
-            else:
-                rk.verify(set_sig, canonical)
-        except (InvalidSignature, ValueError):
-            continue
-        signer = rk
-        break
+        if _verifies(rk, set_sig, canonical):
+            signer = rk
+            break
     if signer is None:
         raise SignatureRejected("Rekor SET is not signed by a trusted Rekor key")
     try:
