@@ -28,7 +28,6 @@ import base64
 import binascii
 import datetime as dt
 import hashlib
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from coco_common.strict_json import strict_loads
 from image_pull.errors import ManifestError, NotFound
 from image_pull.manifest import Manifest, parse_manifest_document
 from image_pull.reference import Reference
@@ -94,7 +94,7 @@ class CosignSignature:
         if not untrusted_blob.startswith(prefix):
             raise SignatureRejected("not a sigstore-json signature")
         try:
-            doc = json.loads(untrusted_blob[len(prefix) :])
+            doc = strict_loads(untrusted_blob[len(prefix) :])
         except (ValueError, RecursionError):
             raise SignatureRejected("sigstore-json signature is not valid JSON") from None
         if not isinstance(doc, dict) or doc.get("mimeType") != COSIGN_PAYLOAD_TYPE:
@@ -252,7 +252,7 @@ def verify_rekor_set(
 ) -> RekorEntry:
     """Verify a ``dev.sigstore.cosign/bundle`` SET and that its entry covers this signature."""
     try:
-        doc = json.loads(untrusted_bundle)
+        doc = strict_loads(untrusted_bundle)
     except (ValueError, RecursionError):
         raise SignatureRejected("Rekor bundle is not valid JSON") from None
     doc = _strict_obj(doc, {"SignedEntryTimestamp", "Payload"}, "bundle")
@@ -274,7 +274,7 @@ def verify_rekor_set(
     if signer is None:
         raise SignatureRejected("Rekor SET is not signed by a trusted Rekor key")
     try:
-        body = json.loads(_b64(p["body"], "Rekor body"))
+        body = strict_loads(_b64(p["body"], "Rekor body"))
     except (ValueError, RecursionError):
         raise SignatureRejected("Rekor entry body is not valid JSON") from None
     if not isinstance(body, dict) or body.get("kind") != "hashedrekord" or body.get("apiVersion") != "0.0.1":

@@ -133,6 +133,15 @@ def test_rekor_set_binds_signature_key_and_payload() -> None:
         )
     with pytest.raises(SignatureRejected, match="unexpected members"):
         verify_rekor_set(b'{"Payload": {}}', [rekor.public_key()], signature=sig, payload=payload)
+    # a second SignedEntryTimestamp member must not be silently chosen between (strict JSON)
+    doubled = bundle.replace(
+        b'"SignedEntryTimestamp"', b'"SignedEntryTimestamp": "AA==", "SignedEntryTimestamp"', 1
+    )
+    assert doubled != bundle
+    with pytest.raises(SignatureRejected, match="not valid JSON"):
+        verify_rekor_set(
+            doubled, [rekor.public_key()], signature=sig, payload=payload, signer_key=signer.public_key()
+        )
 
 
 @pytest.mark.parametrize(
