@@ -150,6 +150,17 @@ def config_for(registry: RegistryServer, work: Path, **kw: Any) -> PullerConfig:
     return PullerConfig(**base)
 
 
+def config_via(registry: RegistryServer, proxy: FaultProxy, work: Path, **kw: Any) -> PullerConfig:
+    """Pull config for ``registry`` reached through ``proxy`` (its credentials keyed by the proxy)."""
+    return config_for(
+        registry,
+        work,
+        auth_json=json.dumps(registry.auth_json(key=proxy.host)).encode(),
+        insecure_registries=frozenset({proxy.host}),
+        **kw,
+    )
+
+
 async def pull(cfg: PullerConfig, ref: str, bundle: Path, **kw: Any) -> Any:
     async with ImagePuller(cfg) as p:
         return await p.pull(ref, bundle, **kw)
@@ -323,12 +334,7 @@ async def test_connection_cut_mid_layer_is_resumed(
     proxy = FaultProxy(("127.0.0.1", registry.port), cut_blobs=2, cut_after=5 << 20)
     try:
         ref = images["big"].replace(registry.host, proxy.host)
-        cfg = config_for(
-            registry,
-            tmp_path / "work",
-            auth_json=json.dumps(registry.auth_json(key=proxy.host)).encode(),
-            insecure_registries=frozenset({proxy.host}),
-        )
+        cfg = config_via(registry, proxy, tmp_path / "work")
         r = await pull(cfg, ref, tmp_path / "b")
         assert (r.rootfs / "big.bin").stat().st_size == 24 << 20
         assert proxy.cuts_done == 2
@@ -344,12 +350,7 @@ async def test_cancel_and_deadline_clean_up(
     proxy = FaultProxy(("127.0.0.1", registry.port), rate=4 << 20)
     try:
         ref = images["big"].replace(registry.host, proxy.host)
-        cfg = config_for(
-            registry,
-            tmp_path / "work",
-            auth_json=json.dumps(registry.auth_json(key=proxy.host)).encode(),
-            insecure_registries=frozenset({proxy.host}),
-        )
+        cfg = config_via(registry, proxy, tmp_path / "work")
         task = asyncio.create_task(pull(cfg, ref, tmp_path / "b"))
         staging = tmp_path / "work/staging"
         for _ in range(600):  # cancel mid-layer, however slow the box is to get there
@@ -691,12 +692,7 @@ async def test_cut_layer_without_range_support_is_downloaded_again(
     proxy = FaultProxy(("127.0.0.1", registry.port), cut_blobs=1, cut_after=5 << 20, strip_range=True)
     try:
         ref = images["big"].replace(registry.host, proxy.host)
-        cfg = config_for(
-            registry,
-            tmp_path / "work",
-            auth_json=json.dumps(registry.auth_json(key=proxy.host)).encode(),
-            insecure_registries=frozenset({proxy.host}),
-        )
+        cfg = config_via(registry, proxy, tmp_path / "work")
         r = await pull(cfg, ref, tmp_path / "b")
         assert (r.rootfs / "big.bin").stat().st_size == 24 << 20 and proxy.cuts_done == 1
         blob_gets = [line for line in proxy.requests if "/blobs/" in line]
@@ -874,12 +870,7 @@ async def test_second_pull_by_tag_uses_head_and_the_manifest_cache(
     proxy = FaultProxy(("127.0.0.1", registry.port))
     try:
         image = f"{proxy.host}/t/retag:latest"
-        cfg = config_for(
-            registry,
-            tmp_path / "w",
-            auth_json=json.dumps(registry.auth_json(key=proxy.host)).encode(),
-            insecure_registries=frozenset({proxy.host}),
-        )
+        cfg = config_via(registry, proxy, tmp_path / "w")
         r1 = await pull(cfg, image, tmp_path / "b1")
         first = list(proxy.requests)
         assert any(line.startswith("GET /v2/t/retag/manifests/latest") for line in first)
