@@ -734,10 +734,8 @@ class ImagePuller:
         desc = res.manifest.layers[i]
         diff_id = res.config.diff_ids[i]
         store = self.store
-        if store.has_layer(key) and self._may_reuse(key, desc):
-            emit(ProgressEvent("layer-cached", i, desc.digest, 0, desc.size))
-            committed[i].set()
-            return 0, True
+        # checked under the layer's lock only: a GC holding it may have decided (before this
+        # pull recorded the image) to remove the layer, and renames it away before unlocking
         async with store.lock(key):
             if store.has_layer(key) and self._may_reuse(key, desc):
                 emit(ProgressEvent("layer-cached", i, desc.digest, 0, desc.size))

@@ -861,6 +861,37 @@ async def test_gc_between_layer_commit_and_mount_keeps_the_pulls_layers(
     check_rootfs(r.rootfs)
 
 
+async def test_cached_layer_is_reused_only_under_its_lock(
+    registry: RegistryServer, images: dict[str, str], tmp_path: Path, cleanup_mounts: None
+) -> None:
+    """A GC holding a layer's lock may already have decided to remove it (its reference check
+    ran before this pull recorded the image): the pull must wait for the lock before it counts
+    the layer as cached, then download it again if the GC removed it."""
+    import fcntl
+    import shutil
+
+    from image_pull.store import LayerStore
+
+    cfg = config_for(registry, tmp_path / "w", snapshotter="copy")
+    r1 = await pull(cfg, images["std"], tmp_path / "b1")
+    store = LayerStore(tmp_path / "w")
+    doc = json.loads((store.images / f"{r1.manifest_digest.split(':')[1]}.json").read_text())
+    first = doc["layers"][0]
+    fd = os.open(store.locks / f"{first.split(':')[1]}.lock", os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # the "GC" holds the layer
+        task = asyncio.create_task(pull(cfg, images["std"], tmp_path / "b2"))
+        await asyncio.sleep(0.5)
+        assert not task.done(), "the pull used a layer whose lock a GC holds"
+        shutil.rmtree(store.layer_dir(first))  # the GC removes it, then lets go
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+    r2 = await asyncio.wait_for(task, 120)
+    check_rootfs(r2.rootfs)
+    assert r2.layers_cached == r2.layers - 1 and store.has_layer(first)
+
+
 async def test_second_pull_by_tag_uses_head_and_the_manifest_cache(
     registry: RegistryServer, tmp_path: Path, cleanup_mounts: None
 ) -> None:
