@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import BinaryIO, Protocol
 
-from image_pull.manifest import Descriptor, Manifest
+from image_pull.manifest import Manifest
 from image_pull.reference import Reference
 from image_pull.registry import RegistryClient
 
@@ -54,6 +54,3 @@ class PolicyCheck(Protocol):
 
 class LayerDecryptor(Protocol):
     def __call__(self, ciphertext: BinaryIO) -> BinaryIO: ...
-
-
-LayerDecryptorFactory = Callable[[Descriptor], Awaitable[LayerDecryptor]]
