@@ -658,6 +658,7 @@ class ImagePuller:
         }
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
+            "-P",  # no cwd on sys.path: modules in the caller's directory must not run as the worker
             "-m",
             "image_pull.layer_worker",
             json.dumps(job),

@@ -892,6 +892,28 @@ async def test_cached_layer_is_reused_only_under_its_lock(
     assert r2.layers_cached == r2.layers - 1 and store.has_layer(first)
 
 
+async def test_layer_worker_never_imports_from_the_callers_directory(
+    registry: RegistryServer,
+    images: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cleanup_mounts: None,
+) -> None:
+    """``python -m`` puts the cwd first on sys.path: a pull started from a directory holding
+    an ``image_pull`` package must not run that code (as root) in its layer workers."""
+    evil = tmp_path / "cwd"
+    (evil / "image_pull").mkdir(parents=True)
+    marker = tmp_path / "pwned"
+    (evil / "image_pull/__init__.py").write_text("")
+    (evil / "image_pull/layer_worker.py").write_text(f"open({str(marker)!r}, 'w').write('x')\n")
+    monkeypatch.chdir(evil)
+    r = await pull(
+        config_for(registry, tmp_path / "w", unpack_workers="process"), images["std"], tmp_path / "b"
+    )
+    check_rootfs(r.rootfs)
+    assert not marker.exists()
+
+
 async def test_second_pull_by_tag_uses_head_and_the_manifest_cache(
     registry: RegistryServer, tmp_path: Path, cleanup_mounts: None
 ) -> None:
