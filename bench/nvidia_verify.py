@@ -21,16 +21,14 @@ from __future__ import annotations
 import argparse
 import base64
 import json
-import os
 import re
 import resource
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
+from _common import evidence, rate
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
@@ -42,22 +40,13 @@ from attestation.nvidia.spdm import AttestationReport
 from attestation.nvidia.verifier import RimFiles, TrustAnchors, verify_device
 
 ROOT = Path(__file__).resolve().parents[1]
-NV = Path(os.environ.get("COCO_SHARED", ROOT.parent / "shared")) / "fixtures" / "evidence" / "nvidia"
+NV = evidence("nvidia")
 
 
 def ec_key(cert: x509.Certificate) -> ec.EllipticCurvePublicKey:
     key = cert.public_key()
     assert isinstance(key, ec.EllipticCurvePublicKey)
     return key
-
-
-def rate(fn: Callable[[], object], seconds: float) -> float:
-    fn()
-    n, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        fn()
-        n += 1
-    return n / elapsed
 
 
 def main() -> int:

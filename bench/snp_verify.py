@@ -23,13 +23,12 @@ from __future__ import annotations
 import argparse
 import resource
 import sys
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import evidence, rate
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
@@ -40,18 +39,7 @@ from attestation.snp.report import AttestationReport
 from attestation.snp.verifier import SnpVerifier
 from attestation.snp.verify import verify_report
 
-SNP = Path(__file__).resolve().parents[2] / "shared/fixtures/evidence/snp"
-if not SNP.is_dir():
-    SNP = Path("/work/shared/fixtures/evidence/snp")
-
-
-def rate(fn: Callable[[], object], seconds: float) -> float:
-    fn()  # warm up
-    n, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        fn()
-        n += 1
-    return n / elapsed
+SNP = evidence("snp")
 
 
 def main() -> None:

@@ -13,29 +13,18 @@ from __future__ import annotations
 import argparse
 import resource
 import sys
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import evidence, rate
+
 from attestation.tdx.collateral import Collateral, _verify_signatures
 from attestation.tdx.pck import intel_sgx_root_ca
 from attestation.tdx.verifier import verify_quote
 
-TDX = Path(__file__).resolve().parents[2] / "shared/fixtures/evidence/tdx"
-if not TDX.is_dir():
-    TDX = Path("/work/shared/fixtures/evidence/tdx")
-
-
-def rate(fn: Callable[[], object], seconds: float) -> float:
-    fn()  # warm up
-    n, start = 0, time.perf_counter()
-    while (elapsed := time.perf_counter() - start) < seconds:
-        fn()
-        n += 1
-    return n / elapsed
+TDX = evidence("tdx")
 
 
 def main() -> None:

@@ -1,0 +1,26 @@
+"""What the evidence benchmarks share: the fixtures folder and a rate loop."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def evidence(platform: str) -> Path:
+    """``shared/fixtures/evidence/<platform>`` beside the checkout (or under ``$COCO_SHARED``)."""
+    shared = Path(os.environ.get("COCO_SHARED", ROOT.parent / "shared"))
+    return shared / "fixtures" / "evidence" / platform
+
+
+def rate(fn: Callable[[], object], seconds: float) -> float:
+    """Calls per second of ``fn`` over ``seconds`` after one warm-up call."""
+    fn()
+    n, start = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - start) < seconds:
+        fn()
+        n += 1
+    return n / elapsed
