@@ -15,7 +15,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # Helper modules that are not benchmarks of their own.
-NOT_BENCHMARKS = {"__init__", "__main__", "nvidia_nvt_peer"}
+NOT_BENCHMARKS = {"__init__", "__main__", "_common", "nvidia_nvt_peer"}
 
 
 def main(argv: list[str]) -> int:
