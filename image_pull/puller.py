@@ -52,7 +52,6 @@ from image_pull.errors import (
     PullTimeout,
     RateLimited,
     RegistryError,
-    StoreError,
     TooLarge,
     UnpackError,
 )
@@ -805,8 +804,10 @@ class ImagePuller:
         finds the layer present and drops the staging copy.
         """
         rec = self.store.read_record(key)
-        if rec is None:
-            raise StoreError(f"layer {key} in the store has an unreadable record; run the layer GC")
+        if rec is None:  # damaged: fetch the layer afresh (the caller holds the layer's lock)
+            log.warning("layer %s in the store has an unreadable record; fetching it again", key)
+            self.store.evict(key)
+            return False
         if not rec.media_type.endswith("+encrypted") and rec.key_check is None:
             return True
         lk = _LAYER_KEYS.get({}).get(_key_id(desc)) if is_encrypted(desc) else None

@@ -170,6 +170,17 @@ class LayerStore:
                 raise StoreError(f"cannot commit layer {record.chain_id}: {exc.strerror}") from None
         return final / "fs"
 
+    def evict(self, chain_id: str) -> None:
+        """Remove a committed layer (call with its lock held): invisible first, then deleted."""
+        trash = self.staging / f"gc.{_hex(chain_id)}.{secrets.token_hex(4)}"
+        try:
+            os.rename(self.layer_dir(chain_id), trash)
+        except FileNotFoundError:
+            return
+        except OSError as exc:
+            raise StoreError(f"cannot remove damaged layer {chain_id}: {exc.strerror}") from None
+        shutil.rmtree(trash, ignore_errors=True)
+
     @staticmethod
     def discard(staging: Path) -> None:
         shutil.rmtree(staging, ignore_errors=True)

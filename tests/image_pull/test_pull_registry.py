@@ -914,6 +914,21 @@ async def test_layer_worker_never_imports_from_the_callers_directory(
     assert not marker.exists()
 
 
+async def test_damaged_layer_record_is_fetched_again(
+    registry: RegistryServer, images: dict[str, str], tmp_path: Path, cleanup_mounts: None
+) -> None:
+    from image_pull.store import LayerStore
+
+    cfg = config_for(registry, tmp_path / "w", snapshotter="copy")
+    r1 = await pull(cfg, images["std"], tmp_path / "b1")
+    store = LayerStore(tmp_path / "w")
+    first = json.loads((store.images / f"{r1.manifest_digest.split(':')[1]}.json").read_text())["layers"][0]
+    (store.layer_dir(first) / "layer.json").write_text("{not json")
+    r2 = await pull(cfg, images["std"], tmp_path / "b2")
+    check_rootfs(r2.rootfs)
+    assert r2.layers_cached == r2.layers - 1 and store.read_record(first) is not None
+
+
 async def test_second_pull_by_tag_uses_head_and_the_manifest_cache(
     registry: RegistryServer, tmp_path: Path, cleanup_mounts: None
 ) -> None:
