@@ -52,6 +52,7 @@ from image_pull.errors import (
     PullTimeout,
     RateLimited,
     RegistryError,
+    StoreError,
     TooLarge,
     UnpackError,
 )
@@ -805,6 +806,11 @@ class ImagePuller:
         """
         rec = self.store.read_record(key)
         if rec is None:  # damaged: fetch the layer afresh (the caller holds the layer's lock)
+            if self.store.in_live_bundle(key):  # never pull a lower from under a mounted rootfs
+                raise StoreError(
+                    f"layer {key} in the store has a damaged record and is in use; "
+                    "release the bundles using it, then pull again"
+                )
             log.warning("layer %s in the store has an unreadable record; fetching it again", key)
             self.store.evict(key)
             return False

@@ -170,6 +170,18 @@ class LayerStore:
                 raise StoreError(f"cannot commit layer {record.chain_id}: {exc.strerror}") from None
         return final / "fs"
 
+    def in_live_bundle(self, chain_id: str) -> bool:
+        """Whether a recorded overlay bundle uses the layer as a lower."""
+        for f in self.bundles.glob("*/bundle.json"):
+            try:
+                with open(f, "rb") as fh:
+                    doc = json.loads(fh.read(MAX_RECORD * 16))
+            except (OSError, ValueError):
+                return True  # cannot tell: assume it is used
+            if isinstance(doc, dict) and chain_id in doc.get("layers", []):
+                return True
+        return False
+
     def evict(self, chain_id: str) -> None:
         """Remove a committed layer (call with its lock held): invisible first, then deleted."""
         trash = self.staging / f"gc.{_hex(chain_id)}.{secrets.token_hex(4)}"

@@ -30,6 +30,7 @@ from image_pull.errors import (
     NotFound,
     PullTimeout,
     RegistryError,
+    StoreError,
     UnpackError,
 )
 from image_pull.progress import ProgressEvent
@@ -927,6 +928,13 @@ async def test_damaged_layer_record_is_fetched_again(
     r2 = await pull(cfg, images["std"], tmp_path / "b2")
     check_rootfs(r2.rootfs)
     assert r2.layers_cached == r2.layers - 1 and store.read_record(first) is not None
+    # a lower of a mounted rootfs is never evicted: the pull refuses instead
+    r3 = await pull(replace(cfg, snapshotter="overlay"), images["std"], tmp_path / "b3")
+    assert os.path.ismount(r3.rootfs)
+    (store.layer_dir(first) / "layer.json").write_text("{not json")
+    with pytest.raises(StoreError, match="in use"):
+        await pull(cfg, images["std"], tmp_path / "b4")
+    check_rootfs(r3.rootfs)
 
 
 async def test_second_pull_by_tag_uses_head_and_the_manifest_cache(
