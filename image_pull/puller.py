@@ -70,7 +70,7 @@ from image_pull.manifest import (
 )
 from image_pull.ocicrypt.layer import DecryptingReader, LayerDecrypter, LayerKey, is_encrypted
 from image_pull.progress import ProgressEvent
-from image_pull.reference import Reference, parse_reference
+from image_pull.reference import Reference, is_short_name, parse_reference
 from image_pull.registries_conf import Candidate, RegistryConfig
 from image_pull.registry import FetchedManifest, RegistryClient, RetryPolicy
 from image_pull.store import LayerRecord, LayerStore, bundle_key, chain_ids
@@ -450,9 +450,9 @@ class ImagePuller:
                 return FetchedManifest(cached, None, target)
         return await self.registry.get_manifest(ref, digest)
 
-    async def _resolve_any(self, ref: Reference) -> _Resolved:
+    async def _resolve_any(self, ref: Reference, *, short_name: bool = False) -> _Resolved:
         if self.config.registry_config is not None:
-            cands = self.config.registry_config.candidates(ref)
+            cands = self.config.registry_config.candidates(ref, unqualified=short_name)
         else:
             cands = [Candidate(ref, False, "original")]
         errors: list[ImagePullError] = []
@@ -938,7 +938,7 @@ class ImagePuller:
     ) -> PullResult:
         ref = parse_reference(image_ref)
         self._check_bundle_target(bundle_dir)
-        res = await self._resolve_any(ref)
+        res = await self._resolve_any(ref, short_name=is_short_name(image_ref))
         emit(ProgressEvent("resolved", message=f"{res.cand.reference.name}@{res.manifest_digest}"))
         await self._check_policy(
             PolicyContext(

@@ -18,6 +18,7 @@ __all__ = [
     "DOCKER_HUB",
     "DOCKER_HUB_ENDPOINT",
     "Reference",
+    "is_short_name",
     "normalize_registry",
     "parse_digest",
     "parse_reference",
@@ -112,6 +113,13 @@ def _split_host(untrusted: str) -> tuple[str | None, str]:
     if sep and ("." in first or ":" in first or first == "localhost" or first.startswith("[")):
         return first, rest
     return None, untrusted
+
+
+def is_short_name(untrusted_ref: str) -> bool:
+    """Whether the reference names no registry (``busybox``, ``ns/app:1``): only such
+    names go through registries.conf unqualified-search-registries."""
+    rest = untrusted_ref.removeprefix("docker://").partition("@")[0]
+    return _split_host(rest)[0] is None
 
 
 def parse_reference(untrusted_ref: str, *, default_registry: str = DOCKER_HUB) -> Reference:

@@ -154,9 +154,14 @@ class RegistryConfig:
             ) from None
 
     def candidates(self, ref: Reference, *, unqualified: bool = False) -> list[Candidate]:
-        """Ordered places to pull ``ref`` from."""
+        """Ordered places to pull ``ref`` from.
+
+        ``unqualified``: the caller's reference was a short name (see
+        :func:`~image_pull.reference.is_short_name`); only then are the search
+        registries tried. A reference naming ``docker.io`` is never sent elsewhere.
+        """
         starts: list[tuple[Reference, str]] = []
-        if ref.registry == DOCKER_HUB or unqualified:
+        if unqualified and self.unqualified_search_registries:
             for reg in self.unqualified_search_registries:
                 repo = ref.repository
                 if reg != DOCKER_HUB and repo.startswith("library/"):

@@ -11,7 +11,7 @@ import pytest
 from image_pull.auth import AuthFile, parse_challenges, parse_token_response
 from image_pull.errors import AuthError, InvalidReference, ManifestError, NoMatchingPlatform, PolicyRejected
 from image_pull.manifest import Index, Manifest, Platform, parse_config, parse_manifest_document
-from image_pull.reference import parse_reference
+from image_pull.reference import is_short_name, parse_reference
 from image_pull.registries_conf import RegistryConfig
 from image_pull.store import chain_ids
 
@@ -283,13 +283,23 @@ insecure = true
 
 def test_registries_conf_ordering() -> None:
     rc = RegistryConfig.from_toml(CONF)
-    c = rc.candidates(parse_reference("busybox:1"))
+    c = rc.candidates(parse_reference("busybox:1"), unqualified=True)
     got = [(str(x.reference), x.insecure, x.origin) for x in c]
     assert got == [
         ("fast.internal/hub/busybox:1", True, "mirror"),
         ("mirror.internal/hub/busybox:1", False, "remapped"),
         ("quay.io/busybox:1", False, "search"),  # library/ dropped for non-docker.io
     ]
+    # a reference that names docker.io is never searched for elsewhere (quay.io/busybox is
+    # someone else's image): only its mirrors and remapping apply
+    for named in ("docker.io/library/busybox:1", "docker.io/busybox:1", "index.docker.io/busybox:1"):
+        assert not is_short_name(named)
+        got = [
+            str(x.reference) for x in rc.candidates(parse_reference(named), unqualified=is_short_name(named))
+        ]
+        assert got == ["fast.internal/hub/busybox:1", "mirror.internal/hub/busybox:1"]
+    assert is_short_name("busybox") and is_short_name("ns/app:1") and is_short_name("docker://busybox@" + D1)
+    assert not is_short_name("localhost/app") and not is_short_name("reg:5000/app")
     assert [str(x.reference) for x in rc.candidates(parse_reference("a.corp.example/x/y:2"))] == [
         "proxy.corp.example/all/x/y:2"
     ]
