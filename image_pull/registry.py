@@ -377,6 +377,10 @@ class RegistryClient:
             resp = await self._send(method, url, h, ref, what=what)
             if resp.status_code != 401 or force:
                 return resp
+            if _origin(resp.request.url) != _origin(url):
+                # a 401 from where a redirect led (blob storage): its challenge must not
+                # choose the token realm our credentials go to
+                return resp
             st = self._state(ref.endpoint)
             chs = parse_challenges(resp.headers.get_list("www-authenticate"))
             if st.challenge is None:

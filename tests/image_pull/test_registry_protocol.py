@@ -376,6 +376,32 @@ async def test_redirect_to_other_host_drops_authorization() -> None:
     assert any(r.url.host == "cdn.example" for r in rec.requests)
 
 
+async def test_challenge_from_a_redirect_target_never_gets_credentials() -> None:
+    """Anonymous ping, blob redirected to storage that answers 401 with its own Bearer realm:
+    the registry credentials must not be sent to that realm."""
+
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.host == "cdn.example":
+            assert "authorization" not in req.headers, "credentials went to the storage host"
+            if req.url.path == "/token":
+                return httpx.Response(200, json={"token": "t"})
+            return httpx.Response(
+                401, headers={"WWW-Authenticate": 'Bearer realm="https://cdn.example/token",service="x"'}
+            )
+        if req.url.path == "/v2/":
+            return httpx.Response(200)
+        return httpx.Response(307, headers={"Location": "https://cdn.example/blob?sig=1"})
+
+    rc, rec, _ = client(handler)
+
+    async def sink(b: bytes) -> None:
+        raise AssertionError("no content expected")
+
+    with pytest.raises(AuthError):
+        await rc.stream_blob(REF, BDIGEST, len(BLOB), sink)
+    assert not any(r.url.path == "/token" for r in rec.requests)
+
+
 async def test_redirect_same_origin_keeps_authorization() -> None:
     def handler(req: httpx.Request) -> httpx.Response:
         if req.url.path == "/v2/":
