@@ -238,6 +238,8 @@ class RegistryClient:
         url = f"{self._base(ref)}/v2/"
         resp = await self._send("GET", httpx.URL(url), {}, ref, what="registry ping")
         try:
+            if resp.status_code == 401 and _origin(resp.request.url) != _origin(httpx.URL(url)):
+                raise AuthError(f"registry {ref.endpoint}: the ping was redirected to another host's login")
             if resp.status_code == 401:
                 chs = parse_challenges(resp.headers.get_list("www-authenticate"))
                 for ch in chs:

@@ -402,6 +402,25 @@ async def test_challenge_from_a_redirect_target_never_gets_credentials() -> None
     assert not any(r.url.path == "/token" for r in rec.requests)
 
 
+async def test_ping_redirected_to_another_hosts_login_is_refused() -> None:
+    def handler(req: httpx.Request) -> httpx.Response:
+        if req.url.host == "login.example":
+            assert "authorization" not in req.headers, "credentials went to another host"
+            if req.url.path == "/token":
+                return httpx.Response(200, json={"token": "t"})
+            return httpx.Response(
+                401, headers={"WWW-Authenticate": 'Bearer realm="https://login.example/token"'}
+            )
+        if req.url.path == "/v2/":
+            return httpx.Response(307, headers={"Location": "https://login.example/v2/"})
+        return manifest_response()
+
+    rc, rec, _ = client(handler)
+    with pytest.raises(AuthError, match="another host"):
+        await rc.get_manifest(REF)
+    assert not any(r.url.path == "/token" for r in rec.requests)
+
+
 async def test_redirect_same_origin_keeps_authorization() -> None:
     def handler(req: httpx.Request) -> httpx.Response:
         if req.url.path == "/v2/":
