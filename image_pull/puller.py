@@ -881,15 +881,13 @@ class ImagePuller:
         mode = self.config.snapshotter
         if mode == "auto":
             mode = "overlay" if _bundle.overlay_supported() else "copy"
-        mounted = False
+        mounted = copied = False
         bdir: Path | None = None
         try:
             if mode == "overlay":
                 key = hashlib.sha256(str(bundle_dir.resolve()).encode()).hexdigest()[:32]
                 bdir = self.store.bundles / f"{key}.{secrets.token_hex(4)}"
                 bdir.mkdir()
-                import json
-
                 (bdir / "bundle.json").write_text(
                     json.dumps({"bundle": str(bundle_dir.resolve()), "layers": chain})
                 )
@@ -909,6 +907,7 @@ class ImagePuller:
                     mode = "copy"
             if mode == "copy":
                 _bundle.copy_rootfs(lowers, rootfs)
+                copied = True
             spec = _bundle.build_runtime_config(
                 res.config, rootfs=rootfs, image_ref=image_ref, manifest_digest=res.manifest_digest
             )
@@ -927,8 +926,11 @@ class ImagePuller:
                 _bundle.unmount(rootfs)
             if bdir is not None:
                 shutil.rmtree(bdir, ignore_errors=True)
-            if rootfs.is_dir() and not os.path.ismount(rootfs):
-                shutil.rmtree(rootfs, ignore_errors=True)
+            if copied and not os.path.islink(rootfs) and not os.path.ismount(rootfs):
+                shutil.rmtree(rootfs, ignore_errors=True)  # the flattened copy this pull made
+            else:
+                with contextlib.suppress(OSError):
+                    os.rmdir(rootfs)  # only ever an empty directory: never someone else's files
             raise
         return rootfs
 

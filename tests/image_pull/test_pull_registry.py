@@ -937,6 +937,29 @@ async def test_damaged_layer_record_is_fetched_again(
     check_rootfs(r3.rootfs)
 
 
+async def test_failed_bundle_never_deletes_files_it_did_not_make(
+    registry: RegistryServer,
+    images: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    cleanup_mounts: None,
+) -> None:
+    """Someone fills <bundle>/rootfs between the pull's checks and its mount: the pull fails
+    and leaves those files alone (its cleanup removed the whole rootfs tree)."""
+    real = ImagePuller._check_bundle_target_dir
+
+    def racer(rootfs: Path) -> None:
+        (rootfs / "theirs.txt").write_text("not the puller's")
+        real(rootfs)
+
+    monkeypatch.setattr(ImagePuller, "_check_bundle_target_dir", staticmethod(racer))
+    bundle = tmp_path / "b"
+    with pytest.raises(BundleError, match="changed under the pull"):
+        await pull(config_for(registry, tmp_path / "w", snapshotter="overlay"), images["std"], bundle)
+    assert (bundle / "rootfs/theirs.txt").read_text() == "not the puller's"
+    assert not os.path.ismount(bundle / "rootfs") and not (bundle / "config.json").exists()
+
+
 async def test_second_pull_by_tag_uses_head_and_the_manifest_cache(
     registry: RegistryServer, tmp_path: Path, cleanup_mounts: None
 ) -> None:
