@@ -18,8 +18,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import tomli_w
-
 from cdh.aa import AaClient, MeasurementResult
 from cdh.config import ImageConfig, RegistryConfigFile, parse_registry_config
 from cdh.errors import CdhError, ConfigError, ImagePullFailed
@@ -113,7 +111,7 @@ class ImagePullHandler:
         insecure: frozenset[str] = frozenset()
         if rc is not None:
             try:
-                registry_config = RegistryConfig.from_toml(tomli_w.dumps(_registry_dict(rc)).encode())
+                registry_config = RegistryConfig.from_mapping(_registry_dict(rc))
             except ImagePullError as exc:
                 raise ConfigError(f"registry configuration: {exc}") from exc
             insecure = frozenset(

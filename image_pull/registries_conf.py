@@ -24,7 +24,9 @@ in order, then the (remapped) location. All dropped -> PolicyRejected.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from image_pull.errors import InvalidReference, PolicyRejected
 from image_pull.reference import DOCKER_HUB, Reference, parse_reference
@@ -83,6 +85,12 @@ class RegistryConfig:
             doc = tomllib.loads(untrusted.decode("utf-8"))
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
             raise PolicyRejected(f"registries.conf is not valid TOML: {str(exc)[:80]}") from None
+        return cls.from_mapping(doc)
+
+    @classmethod
+    def from_mapping(cls, doc: Mapping[str, Any]) -> RegistryConfig:
+        """The same rules from an already parsed table (e.g. CDH's inline
+        ``[image.registry_config]``)."""
         unknown = set(doc) - {"unqualified-search-registries", "registry", "short-name-mode"}
         if unknown:
             raise PolicyRejected(f"registries.conf: unsupported keys {sorted(unknown)[:5]}")
