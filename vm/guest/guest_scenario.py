@@ -336,7 +336,7 @@ async def pull(
         "signature": accepted[-1] if accepted else "",
         "rootfs_fstype": m[2] if m else None,
         "layers": len(opts.get("lowerdir", "").split(":")) if opts.get("lowerdir") else 0,
-        "upper_on_work_dir": opts.get("upperdir", "").startswith(WORK_DIR),
+        "upper_on_work_dir": upper_on(opts.get("upperdir", ""), bundle, work_dev),
         "store_entries": [e.name for e in store],
         "store_layers": len(layers_after := store_layers()),
         "new_layers": sum(1 for k, ino in layers_after.items() if layers_before.get(k) != ino),
@@ -346,6 +346,20 @@ async def pull(
     }
     result("pull", **out)
     return out
+
+
+def upper_on(upperdir: str, bundle: Path, work_dev: int) -> bool:
+    """Whether the overlay upper dir of ``bundle`` lies on the work dir's device.
+    image_pull mounts with upper/work relative to the bundle's record dir
+    ``<work_dir>/bundles/<id>/l`` (so no path can inject mount options); the
+    record's bundle.json names the bundle it serves."""
+    if upperdir.startswith("/"):
+        return upperdir.startswith(WORK_DIR) and os.stat(upperdir).st_dev == work_dev
+    for rec in (Path(WORK_DIR) / "bundles").glob("*/bundle.json"):
+        if json.loads(rec.read_text()).get("bundle") == str(bundle.resolve()):
+            upper = (rec.parent / "l" / upperdir).resolve()
+            return upper.is_dir() and upper.is_relative_to(WORK_DIR) and os.stat(upper).st_dev == work_dev
+    return False
 
 
 def cdh_toml(kbs_url: str, socket: str, image_toml: str) -> str:
