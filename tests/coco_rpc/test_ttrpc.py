@@ -17,6 +17,16 @@ from coco_rpc.protos import api_pb2, attestation_agent_pb2, ttrpc_pb2
 from coco_rpc.ttrpc import MESSAGE_LENGTH_MAX, TtrpcClient, TtrpcServer
 
 
+async def _get(c: TtrpcClient, path: str, timeout: float | None = None) -> api_pb2.GetResourceResponse:
+    return await c.call(
+        "api.GetResourceService",
+        "GetResource",
+        api_pb2.GetResourceRequest(ResourcePath=path),
+        api_pb2.GetResourceResponse,
+        timeout=timeout,
+    )
+
+
 class _Resources:
     def __init__(self) -> None:
         self.calls = 0
@@ -109,20 +119,10 @@ async def test_errors_map_to_status(server) -> None:  # type: ignore[no-untyped-
     _, srv = server
     async with TtrpcClient(srv.path) as c:
         with pytest.raises(RpcError) as ei:
-            await c.call(
-                "api.GetResourceService",
-                "GetResource",
-                api_pb2.GetResourceRequest(ResourcePath="kbs:///missing"),
-                api_pb2.GetResourceResponse,
-            )
+            await _get(c, "kbs:///missing")
         assert ei.value.code == Code.NOT_FOUND
         with pytest.raises(RpcError) as ei:
-            await c.call(
-                "api.GetResourceService",
-                "GetResource",
-                api_pb2.GetResourceRequest(ResourcePath="kbs:///boom"),
-                api_pb2.GetResourceResponse,
-            )
+            await _get(c, "kbs:///boom")
         assert ei.value.code == Code.INTERNAL
         assert ei.value.message == "[CDH] [ERROR]: exploded"
 
@@ -162,13 +162,7 @@ async def test_client_timeout(server) -> None:  # type: ignore[no-untyped-def]
     _, srv = server
     async with TtrpcClient(srv.path) as c:
         with pytest.raises(RpcError) as ei:
-            await c.call(
-                "api.GetResourceService",
-                "GetResource",
-                api_pb2.GetResourceRequest(ResourcePath="kbs:///slow"),
-                api_pb2.GetResourceResponse,
-                timeout=0.2,
-            )
+            await _get(c, "kbs:///slow", timeout=0.2)
         assert ei.value.code == Code.DEADLINE_EXCEEDED
 
 
@@ -213,12 +207,7 @@ async def test_oversized_response_becomes_an_error(server) -> None:  # type: ign
     _, srv = server
     async with TtrpcClient(srv.path) as c:
         with pytest.raises(RpcError) as ei:
-            await c.call(
-                "api.GetResourceService",
-                "GetResource",
-                api_pb2.GetResourceRequest(ResourcePath="kbs:///big"),
-                api_pb2.GetResourceResponse,
-            )
+            await _get(c, "kbs:///big")
         assert ei.value.code == Code.RESOURCE_EXHAUSTED
 
 
@@ -254,12 +243,7 @@ async def test_stale_socket_file_is_replaced(tmp_path: Path) -> None:
     await srv.start()
     try:
         async with TtrpcClient(path) as c:
-            r = await c.call(
-                "api.GetResourceService",
-                "GetResource",
-                api_pb2.GetResourceRequest(ResourcePath="ab"),
-                api_pb2.GetResourceResponse,
-            )
+            r = await _get(c, "ab")
         assert r.Resource == b"ba"
     finally:
         await srv.close()
