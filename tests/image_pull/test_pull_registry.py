@@ -374,29 +374,26 @@ async def test_cancel_and_deadline_clean_up(
         proxy.stop()
 
 
+def _cli_pull_via(
+    proxy: FaultProxy, registry: RegistryServer, image: str, tmp_path: Path, work: Path
+) -> list[str]:
+    """`coco-image pull` of ``image`` through ``proxy`` (credentials keyed to the
+    proxy's host), without --bundle."""
+    auth = tmp_path / "auth.json"
+    auth.write_text(json.dumps(registry.auth_json(key=proxy.host)))
+    ref = image.replace(registry.host, proxy.host)
+    return [sys.executable, "-m", "image_pull.cli", "pull", ref, "--plain-http", proxy.host,
+            "--work-dir", str(work), "--auth-file", str(auth)]  # fmt: skip
+
+
 def test_kill_9_mid_pull_then_a_new_pull_succeeds(
     registry: RegistryServer, images: dict[str, str], tmp_path: Path, cleanup_mounts: None
 ) -> None:
     proxy = FaultProxy(("127.0.0.1", registry.port), rate=4 << 20)
     proc: subprocess.Popen[bytes] | None = None
     try:
-        auth = tmp_path / "auth.json"
-        auth.write_text(json.dumps(registry.auth_json(key=proxy.host)))
-        ref = images["big"].replace(registry.host, proxy.host)
         work = tmp_path / "work"
-        cmd = [
-            sys.executable,
-            "-m",
-            "image_pull.cli",
-            "pull",
-            ref,
-            "--plain-http",
-            proxy.host,
-            "--work-dir",
-            str(work),
-            "--auth-file",
-            str(auth),
-        ]
+        cmd = _cli_pull_via(proxy, registry, images["big"], tmp_path, work)
         proc = subprocess.Popen(
             [*cmd, "--bundle", str(tmp_path / "b1")], stdout=subprocess.PIPE, stderr=subprocess.PIPE
         )
@@ -537,22 +534,7 @@ def test_two_processes_pulling_one_image_download_each_blob_once(
 ) -> None:
     proxy = FaultProxy(("127.0.0.1", registry.port), rate=8 << 20)
     try:
-        auth = tmp_path / "auth.json"
-        auth.write_text(json.dumps(registry.auth_json(key=proxy.host)))
-        ref = images["big"].replace(registry.host, proxy.host)
-        cmd = [
-            sys.executable,
-            "-m",
-            "image_pull.cli",
-            "pull",
-            ref,
-            "--plain-http",
-            proxy.host,
-            "--work-dir",
-            str(tmp_path / "work"),
-            "--auth-file",
-            str(auth),
-        ]
+        cmd = _cli_pull_via(proxy, registry, images["big"], tmp_path, tmp_path / "work")
         procs = [
             subprocess.Popen(
                 [*cmd, "--bundle", str(tmp_path / f"b{i}")], stdout=subprocess.PIPE, stderr=subprocess.PIPE
