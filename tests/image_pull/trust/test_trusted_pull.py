@@ -433,6 +433,14 @@ async def test_cosign_key_signed_image(env: Env) -> None:
         )
 
 
+async def assert_refused(env: Env, repo: str, match: str, **config: Any) -> None:
+    """The pull of ``repo`` is refused for ``match`` and nothing of it is visible."""
+    b = "bad-" + repo.split("/")[1].split(":")[0]
+    with pytest.raises(SignatureRejected, match=match):
+        await pull(env, repo, b, work=b, **config)
+    assert_nothing_visible(env, b, b)
+
+
 @pytest.mark.parametrize(
     ("repo", "match"),
     [
@@ -442,12 +450,9 @@ async def test_cosign_key_signed_image(env: Env) -> None:
     ],
 )
 async def test_bad_cosign_cases(env: Env, repo: str, match: str) -> None:
-    b = "bad-" + repo.split("/")[1].split(":")[0]
-    with pytest.raises(SignatureRejected, match=match):
-        await pull(
-            env, repo, b, work=b, signature_policy=policy(env, sigstore_req(env)), registries_d=env.read_d
-        )
-    assert_nothing_visible(env, b, b)
+    await assert_refused(
+        env, repo, match, signature_policy=policy(env, sigstore_req(env)), registries_d=env.read_d
+    )
 
 
 def fulcio_req(env: Env, email: str = "dev@example.com") -> list[dict[str, Any]]:
@@ -480,10 +485,7 @@ async def test_keyless_fulcio_rekor(env: Env) -> None:
     ],
 )
 async def test_bad_keyless_cases(env: Env, repo: str, match: str) -> None:
-    b = "bad-" + repo.split("/")[1].split(":")[0]
-    with pytest.raises(SignatureRejected, match=match):
-        await pull(env, repo, b, work=b, signature_policy=policy(env, fulcio_req(env)))
-    assert_nothing_visible(env, b, b)
+    await assert_refused(env, repo, match, signature_policy=policy(env, fulcio_req(env)))
 
 
 # ---------------------------------------------------------------------- encryption
