@@ -31,10 +31,16 @@ ERROR_TYPE_PREFIX = "https://github.com/confidential-containers/kbs/errors/"
 
 
 class KbsError(Exception):
-    """Root of every KBS error. ``detail`` is what the client sees: no secrets in it."""
+    """Root of every KBS error. ``detail`` is what the client sees: no secrets in it.
+    ``variant`` (the trustee error name) is the class name unless a subclass sets it."""
 
     status = 401
     variant = "KbsError"
+
+    def __init_subclass__(cls, **kwargs: object) -> None:
+        super().__init_subclass__(**kwargs)
+        if "variant" not in cls.__dict__:
+            cls.variant = cls.__name__
 
     def __init__(self, detail: str) -> None:
         self.detail = detail
@@ -47,8 +53,6 @@ class KbsError(Exception):
 class ConfigError(KbsError):
     """The configuration file is invalid (startup only; never sent to clients)."""
 
-    variant = "ConfigError"
-
 
 class StorageError(KbsError):
     """The storage backend failed."""
@@ -57,58 +61,56 @@ class StorageError(KbsError):
 
 
 class AdminAuthInitialization(KbsError):
-    variant = "AdminAuthInitialization"
+    pass
 
 
 class AdminAuthAccess(KbsError):
-    variant = "AdminAuthAccess"
+    pass
 
 
 class AttestationError(KbsError):
-    variant = "AttestationError"
+    pass
 
 
 class InvalidRequestPath(KbsError):
-    variant = "InvalidRequestPath"
     status = 404
 
 
 class JweError(KbsError):
-    variant = "JweError"
+    pass
 
 
 class PluginNotFound(KbsError):
-    variant = "PluginNotFound"
     status = 404
 
 
 class PluginInternalError(KbsError):
-    variant = "PluginInternalError"
+    pass
 
 
 class PolicyDeny(KbsError):
-    variant = "PolicyDeny"
+    pass
 
 
 class ParsePolicyError(KbsError):
-    variant = "ParsePolicyError"
+    pass
 
 
 class PolicyEngineError(KbsError):
-    variant = "PolicyEngineError"
+    pass
 
 
 class RvpsError(KbsError):
-    variant = "RvpsError"
+    pass
 
 
 class SerdeError(KbsError):
-    variant = "SerdeError"
+    pass
 
 
 class TokenNotFound(KbsError):
-    variant = "TokenNotFound"
+    pass
 
 
 class TokenVerifierError(KbsError):
-    variant = "TokenVerifierError"
+    pass
