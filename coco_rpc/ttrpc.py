@@ -25,11 +25,14 @@ from coco_rpc.errors import Code, RpcError
 from coco_rpc.protos import ttrpc_pb2
 from coco_rpc.service import Service
 
-__all__ = ["MESSAGE_LENGTH_MAX", "TtrpcClient", "TtrpcServer"]
+__all__ = ["MAX_IN_FLIGHT_PER_CONNECTION", "MESSAGE_LENGTH_MAX", "TtrpcClient", "TtrpcServer"]
 
 log = logging.getLogger(__name__)
 
 MESSAGE_LENGTH_MAX = 4 << 20
+#: Requests one connection may have in flight; past it the server stops
+#: reading that connection until one finishes (backpressure, bounded memory).
+MAX_IN_FLIGHT_PER_CONNECTION = 64
 _HEADER = struct.Struct(">IIBB")
 _TYPE_REQUEST = 1
 _TYPE_RESPONSE = 2
@@ -96,6 +99,7 @@ class TtrpcServer:
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         lock = asyncio.Lock()
+        in_flight = asyncio.Semaphore(MAX_IN_FLIGHT_PER_CONNECTION)
         pending: set[asyncio.Task[None]] = set()
         self._writers.add(writer)
         try:
@@ -107,11 +111,13 @@ class TtrpcServer:
                 if mtype != _TYPE_REQUEST:
                     log.warning("ttRPC: ignoring frame of type %d on stream %d", mtype, stream_id)
                     continue
+                await in_flight.acquire()
                 task = asyncio.create_task(self._handle(stream_id, body, writer, lock))
                 pending.add(task)
                 self._tasks.add(task)
                 task.add_done_callback(pending.discard)
                 task.add_done_callback(self._tasks.discard)
+                task.add_done_callback(lambda _t: in_flight.release())
         finally:
             for t in pending:
                 t.cancel()

@@ -277,3 +277,40 @@ async def test_server_close_drops_open_connections_and_client_reconnects(tmp_pat
     finally:
         await client.close()
         await srv.close()
+
+
+async def test_requests_in_flight_per_connection_are_bounded(tmp_path: Path) -> None:
+    from coco_rpc.ttrpc import MAX_IN_FLIGHT_PER_CONNECTION
+
+    running = 0
+    peak = 0
+    gate = asyncio.Event()
+
+    class _Blocking:
+        async def GetResource(self, req: api_pb2.GetResourceRequest) -> api_pb2.GetResourceResponse:
+            nonlocal running, peak
+            running += 1
+            peak = max(peak, running)
+            await gate.wait()
+            running -= 1
+            return api_pb2.GetResourceResponse(Resource=b"ok")
+
+    svc = bind(api_pb2.DESCRIPTOR.services_by_name["GetResourceService"], _Blocking())
+    srv = TtrpcServer(tmp_path / "s.sock", [svc])
+    await srv.start()
+    n = MAX_IN_FLIGHT_PER_CONNECTION * 2
+    try:
+        async with TtrpcClient(srv.path) as c:
+            calls = asyncio.gather(*(_get(c, str(i), timeout=30) for i in range(n)))
+            for _ in range(200):
+                if running >= MAX_IN_FLIGHT_PER_CONNECTION:
+                    break
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(0.1)
+            assert running == MAX_IN_FLIGHT_PER_CONNECTION
+            gate.set()
+            results = await calls
+        assert len(results) == n and all(r.Resource == b"ok" for r in results)
+        assert peak == MAX_IN_FLIGHT_PER_CONNECTION
+    finally:
+        await srv.close()
