@@ -83,8 +83,17 @@ allow if {
 	not "denied" in data["resource-path"]
 }
 """
+# The app image's entrypoint: shell builtins only (busybox sh), so its output
+# shows the pulled file, the container's own PID namespace and UTS name.
+APP_SCRIPT = b"""#!/bin/sh
+echo "hello from a confidential container"
+while IFS= read -r line; do echo "$line"; done < /etc/coco-vm.txt
+read -r host < /proc/sys/kernel/hostname
+echo "pid $$ on $host"
+"""
 TOOLS = (
     "qemu-system-x86_64",
+    "busybox",
     "docker-registry",
     "skopeo",
     "umoci",
@@ -116,6 +125,25 @@ def skip_reason() -> str | None:
     if probe.returncode != 0 or "tcg" not in probe.stdout:
         return "qemu-system-x86_64 has no TCG accelerator"
     return None
+
+
+def _busybox() -> str:
+    """A static busybox for the app image (busybox-static, installed by make deps-vm)."""
+    path = shutil.which("busybox") or "/bin/busybox"
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if head[:4] != b"\x7fELF" or head[4] != 2:
+            raise VmScenarioError(f"{path} is not a 64-bit ELF executable")
+        phoff, phentsize, phnum = (
+            int.from_bytes(head[32:40], "little"),
+            int.from_bytes(head[54:56], "little"),
+            int.from_bytes(head[56:58], "little"),
+        )
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    if any(int.from_bytes(table[i : i + 4], "little") == 3 for i in range(0, len(table), phentsize)):
+        raise VmScenarioError(f"{path} is dynamically linked (PT_INTERP): install busybox-static")
+    return path
 
 
 def _kbs_client(
@@ -371,9 +399,12 @@ def run_scenario(workdir: Path, *, say: Say = print, timeout: float = VM_TIMEOUT
         app_layers = [
             layer_tar([
                 ("bin", "dir", None, 0o755),
-                ("bin/app", "file", b"#!/bin/sh\necho hello from a confidential container\n", 0o755),
+                ("bin/busybox", "file", Path(_busybox()).read_bytes(), 0o755),
+                ("bin/sh", "symlink", "busybox", 0o777),
+                ("bin/app", "file", APP_SCRIPT, 0o755),
                 ("etc", "dir", None, 0o755),
                 ("etc/motd", "file", b"removed by the next layer\n", 0o644),
+                ("work", "dir", None, 0o755),
             ]),
             layer_tar([
                 ("etc", "dir", None, 0o755),
@@ -446,7 +477,8 @@ def run_scenario(workdir: Path, *, say: Say = print, timeout: float = VM_TIMEOUT
                     "probe_resource": "kbs:///default/test/probe",
                     "image_toml": image_toml("test"),
                     "pulls": [
-                        {"label": "first", "image": app, "file": f_, "cid": cid, "storage": storage.to_json()},
+                        {"label": "first", "image": app, "file": f_, "cid": cid, "storage": storage.to_json(),
+                         "run": True},
                         {"label": "again", "image": app, "file": f_},
                         {"label": "tampered", "image": f"{guest_registry}/coco/tampered:v1", "expect": "fail", "file": f_},
                         {"label": "key-denied", "image": f"{guest_registry}/coco/app-denied:v1", "expect": "fail", "file": f_},
@@ -524,6 +556,13 @@ def _summarise(
             problems.append(f"pull {p['label']}: {p['file']} differs from what was pushed")
         elif not (p["upper_on_work_dir"] and p["store_on_work_dir"]):
             problems.append(f"pull {p['label']}: the bundle's layers are not on the work dir")
+    if first.get("ok"):
+        want = f"hello from a confidential container\n{file_body.decode()}pid 1 on coco\n"
+        if first.get("container_exit") != 0:
+            problems.append(f"the pulled container exited {first.get('container_exit')}: "
+                            f"{first.get('container_stderr', '')[-200:]}")  # fmt: skip
+        elif first.get("container_stdout") != want:
+            problems.append(f"the pulled container printed {first.get('container_stdout', '')[:200]!r}")
     for p in (first, again):
         if p.get("ok") and p["manifest_digest"] != trusted.app_digest:
             problems.append(
@@ -568,6 +607,9 @@ def _summarise(
         "file": first["file"],
         "file_text": first["file_text"],
         "file_sha256": first["file_sha256"],
+        "container_exit": first["container_exit"],
+        "container_stdout": first["container_stdout"],
+        "container_seconds": first["container_seconds"],
         "boot_seconds": boot["boot_seconds"],
         "components_up_seconds": boot["components_up_seconds"],
         "attestation": att["submods"],
