@@ -55,7 +55,6 @@ WORK_DIR = "/run/kata-containers/image/"
 OCICRYPT_CONFIG = "/etc/ocicrypt_config.json"
 LAUNCH_TIMEOUT_S = 180  # Kata's default is 6 s on real hardware; TCG is ~20x slower
 CONTAINER_TIMEOUT_S = 300
-RUNC_ROOT = "/run/runc"
 PR_SET_CHILD_SUBREAPER = 36
 T0 = time.monotonic()
 
@@ -275,12 +274,13 @@ def become_subreaper() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
-def run_container(cid: str, bundle: Path) -> dict[str, Any]:
+def run_container(cid: str, bundle: Path, *, state: Path = Path("/run")) -> dict[str, Any]:
     """Run the bundle with runc, unchanged: create (refusals surface here), start,
-    wait for the container's exit, return its exit status and stdout."""
+    wait for the container's exit, return its exit status and stdout. runc keeps
+    its state in ``state/runc``; the container's stdio goes to ``state/ctr-*``."""
     become_subreaper()
-    out_p, err_p, pid_p = (Path(f"/run/ctr-{cid[:12]}.{n}") for n in ("out", "err", "pid"))
-    runc = ["runc", "--root", RUNC_ROOT]
+    out_p, err_p, pid_p = (state / f"ctr-{cid[:12]}.{n}" for n in ("out", "err", "pid"))
+    runc = ["runc", "--root", str(state / "runc")]
     t = time.monotonic()
     with out_p.open("wb") as out, err_p.open("wb") as err:
         # no terminal in the spec: runc hands these descriptors to the container's process
