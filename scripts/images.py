@@ -22,6 +22,8 @@
 4. Against that containerised KBS (HTTPS on 127.0.0.1:8080 inside the
    namespace), ``kbs-client`` seeds a resource and a resource policy with an
    admin token, and a sample-TEE ``kbs-client`` attests and reads it back.
+5. Pulls the guest tools image the same way and runs its default command
+   (``coco-verify --help``) with ``runc``, bundle unchanged.
 
 Ends with ``images: OK {json}`` (exit 0) or ``images: FAILED <reason>`` (exit 1).
 Needs root (runc, network namespaces, overlay mounts). Knobs:
@@ -531,7 +533,7 @@ def run_kbs_container(work: Path, registry_host: str, auth: Path, digest: str) -
         cfg_dir = work / "etc-kbs"
         cfg_dir.mkdir(mode=0o755)
         cfg_text = (rootfs / "etc/kbs/kbs-config.toml").read_text()
-        (cfg_dir / "kbs-config.toml").write_text(cfg_text + DEV_VERIFIERS_TOML)
+        (cfg_dir / "kbs-config.toml").write_text(cfg_text + dev_verifiers_toml())
         ca, cert, key = make_ca(work / "tls", hosts=("127.0.0.1", "localhost"))
         shutil.copyfile(cert, cfg_dir / "tls.crt")
         shutil.copyfile(key, cfg_dir / "tls.key")
@@ -579,9 +581,15 @@ def run_kbs_container(work: Path, registry_host: str, auth: Path, digest: str) -
         _run(["umount", str(rootfs)], check=False)
 
 
-# Development verifiers (the sample TEE) are off in the image's default
-# configuration; the test run switches them on explicitly.
-DEV_VERIFIERS_TOML = ""
+def dev_verifiers_toml() -> str:
+    """Development verifiers (the sample TEE) are off in the image's default
+    configuration; this run switches the sample one on, explicitly, where the
+    KBS has the switch (``[security] dev_verifiers``)."""
+    from kbs import config as kbs_config
+
+    if not hasattr(kbs_config, "DEV_VERIFIERS"):
+        return ""
+    return '\n# this run only: the unsigned sample TEE, for kbs-client without TEE hardware\n[security]\ndev_verifiers = ["sample"]\n'
 
 
 def _exercise(ns: str, ca: Path, token: Path, work: Path) -> dict[str, Any]:
@@ -619,6 +627,27 @@ def _exercise(ns: str, ca: Path, token: Path, work: Path) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------ main
+
+
+def run_guest_tools(work: Path, registry_host: str, auth: Path, digest: str) -> dict[str, Any]:
+    """Pull the guest tools image by digest and run its default command with
+    runc, bundle unchanged (foreground; runc gives the container's exit status)."""
+    bundle, store = work / "guest-bundle", work / "guest-store"
+    ref = f"{registry_host}/coco/guest-tools@{digest}"
+    _run([str(BIN / "coco-image"), "pull", "--plain-http", registry_host, "--auth-file", str(auth),
+          "--bundle", str(bundle), "--work-dir", str(store), ref], timeout=600)  # fmt: skip
+    try:
+        cid = f"coco-guest-tools-{os.getpid()}"
+        cp = _run(["runc", "--root", str(work / "runc-state"), "run", "--bundle", str(bundle), cid],
+                  check=False, timeout=120, stdin=subprocess.DEVNULL)  # fmt: skip
+        _run(["runc", "--root", str(work / "runc-state"), "delete", "--force", cid], check=False)
+        out = cp.stdout.decode(errors="replace")
+        say(f"images: runc ran the guest tools image ({ref.split('@')[0]}): exit {cp.returncode}")
+        if cp.returncode != 0 or "usage: coco-verify" not in out:
+            raise ImagesError(f"the guest tools container failed: {(cp.stderr or cp.stdout).decode()[-400:]}")
+        return {"guest_tools_exit": cp.returncode, "guest_tools_stdout": out.splitlines()[0][:120]}
+    finally:
+        _run(["umount", str(bundle / "rootfs")], check=False)
 
 
 def _runtime_version() -> str:
@@ -674,6 +703,7 @@ def run(keep: bool) -> dict[str, Any]:
             auth = work / "auth.json"
             auth.write_text(json.dumps(registry.auth_json()))
             res = run_kbs_container(work, registry.host, auth, builds[0]["kbs"])
+            res.update(run_guest_tools(work, registry.host, auth, builds[0]["guest-tools"]))
         finally:
             registry.stop()
         sizes = {}
