@@ -21,7 +21,8 @@ The host side of issue 12:
    QEMU's fw_cfg, ``opt/org.coco-py/cfg``);
 4. checks the results: attestation, the dm-crypt + dm-integrity mapping under
    the image work dir, the pulled file (its sha256 against what was pushed),
-   the verified signature, the second pull from the layer store, and the
+   the verified signature, the pulled container run by runc in the guest
+   (its exit status and stdout), the second pull from the layer store, and the
    negatives (a signature replayed onto a tampered manifest, a layer key and
    registry credentials the KBS refuses: each pull fails and leaves nothing).
 
