@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import base64
 import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -154,6 +155,7 @@ def build_wheel(out: Path, epoch: int) -> Path:
     """The project's wheel, built by ``python -m build`` (no isolation: the
     venv's setuptools, so nothing is fetched)."""
     out.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(REPO / "build", ignore_errors=True)  # setuptools reuses stale files from it
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(epoch)}
     _run([str(BIN / "python"), "-m", "build", "--wheel", "--no-isolation", "--outdir", str(out), str(REPO)],
          env=env, cwd=REPO)  # fmt: skip
@@ -465,6 +467,18 @@ def _registry_digest(host: str, creds: str, repo: str, tag: str) -> str:
 
 
 @contextlib.contextmanager
+def cache_lock() -> Iterator[None]:
+    """One downloader at a time per cache (two ``make images`` may run at once)."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / ".lock").open("w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
 def netns(name: str) -> Iterator[str]:
     """A network namespace with only loopback, removed afterwards."""
     _run(["ip", "netns", "add", name])
@@ -665,10 +679,10 @@ def run(keep: bool) -> dict[str, Any]:
         say(f"images: SOURCE_DATE_EPOCH={epoch}; work dir {work}")
         wheel = build_wheel(work / "dist", epoch)
         say(f"images: built {wheel.name}")
-        debs = images_debs.download(images_debs.PYTHON_RUNTIME, CACHE)
-        say(f"images: {len(debs)} Debian packages ({CACHE})")
-        sets = requirement_sets()
-        wheelhouses = {name: wheelhouse(reqs) for name, reqs in sets.items()}
+        with cache_lock():
+            debs = images_debs.download(images_debs.PYTHON_RUNTIME, CACHE)
+            say(f"images: {len(debs)} Debian packages ({CACHE})")
+            wheelhouses = {name: wheelhouse(reqs) for name, reqs in requirement_sets().items()}
         defs = image_defs(version=wheel.name.split("-")[1])
         builds: list[dict[str, str]] = []
         build_s: list[float] = []
