@@ -148,6 +148,27 @@ async def test_token_reused_against_real_aa_and_kbs(stack: Stack) -> None:
         await aa.close()
 
 
+async def test_kbc_tokens_come_from_a_preset_aa_socket(stack: Stack, tmp_path: Path) -> None:
+    """As upstream's cc_kbc plugin: the KBS token comes from the AA at AA_SOCKET
+    when the environment sets it, not from [aa] aa_socket."""
+    from cdh.config import CdhConfig, KbcConfig
+    from cdh.errors import TokenError
+    from cdh.hub import Hub
+
+    cfg = CdhConfig(kbc=KbcConfig("cc_kbc", stack.kbs_url), aa_socket=f"unix://{tmp_path}/no-aa.sock")
+    hub = Hub(cfg, env={"AA_SOCKET": f"unix://{stack.aa_sock}"})
+    try:
+        assert await hub.get_resource("kbs:///default/cdh/secret") == SECRET
+    finally:
+        await hub.close()
+    hub = Hub(cfg, env={})
+    try:
+        with pytest.raises(TokenError):
+            await hub.get_resource("kbs:///default/cdh/secret")
+    finally:
+        await hub.close()
+
+
 def test_cdh_survives_without_aa(tmp_path: Path) -> None:
     """AA absent: GetResource fails clearly, the CDH keeps serving."""
     s = Stack(tmp_path)
