@@ -266,7 +266,9 @@ class CcKbc:
     async def get_resource(self, uri: str) -> bytes:
         ruri = parse_resource_uri(uri)
         if not self.kbs_url:  # accepted at start-up, as upstream; this is the error it then gives
-            raise ResourceError("http request failed: get failed: relative URL without a base (kbc.url is empty)")
+            raise ResourceError(
+                "http request failed: get failed: relative URL without a base (kbc.url is empty)"
+            )
         for attempt in range(1, KBS_GET_RESOURCE_MAX_ATTEMPTS + 1):
             tok = await self.tokens.get()
             status, body = await self._get_once(ruri, tok)

@@ -60,9 +60,7 @@ def test_cdh_process_offline_fs(tmp_path: Path) -> None:
 def test_cdh_process_unknown_kbc(tmp_path: Path) -> None:
     """Upstream's hub start-up creates the KBS client and fails on an unknown
     name (kms plugins/kbs KbcClient::new); the same text here."""
-    (tmp_path / "cdh.toml").write_text(
-        f'socket = "unix://{tmp_path}/cdh.sock"\n[kbc]\nname = "nope_kbc"\n'
-    )
+    (tmp_path / "cdh.toml").write_text(f'socket = "unix://{tmp_path}/cdh.sock"\n[kbc]\nname = "nope_kbc"\n')
     env = {**os.environ, "OCICRYPT_KEYPROVIDER_CONFIG": str(tmp_path / "oc.json")}
     env.pop("AA_KBC_PARAMS", None)
     cp = subprocess.run([CDH, "-c", str(tmp_path / "cdh.toml")], capture_output=True, timeout=60, env=env)

@@ -210,7 +210,7 @@ async def test_cc_kbc_missing_resource_reattests_as_upstream(fake_kbs: FakeKbs) 
     token client treats every 401 alike: new token, retry, three requests in all."""
     kbc = CcKbc(fake_kbs.url, fake_kbs.issue)
     try:
-        with pytest.raises(ResourceNotFound, match="PluginInternalError.*unauthorized after 3 attempts"):
+        with pytest.raises(ResourceNotFound, match=r"PluginInternalError.*unauthorized after 3 attempts"):
             await kbc.get_resource("kbs:///a/b/missing")
         assert len(fake_kbs.requests) == 3 and fake_kbs.issued == 3
         assert len({t for _, t in fake_kbs.requests}) == 3  # each retry with a fresh token
