@@ -21,7 +21,7 @@ from cdh.secure_mount import CommandRunner, SecureMounter
 from coco_rpc import Code, RpcError, Service, bind
 from coco_rpc.protos import api_pb2, keyprovider_pb2
 
-__all__ = ["ERROR_PREFIX", "KMS_KEY_DIR", "SUPPORTED_KBCS", "Hub", "build_services"]
+__all__ = ["ERROR_PREFIX", "KMS_KEY_DIR", "Hub", "build_services"]
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,6 @@ T = TypeVar("T")
 
 ERROR_PREFIX = "[CDH] [ERROR]: "
 KMS_KEY_DIR = Path("/run/confidential-containers/cdh/kms-keys")
-SUPPORTED_KBCS = ("cc_kbc", "offline_fs_kbc")
 
 
 def _kbc_aa_socket(cfg: CdhConfig, env: Mapping[str, str]) -> str:
@@ -55,7 +54,7 @@ class Hub:
         env: Mapping[str, str] | None = None,
     ) -> None:
         """Raises :class:`cdh.errors.ConfigError` for a KBC name other than
-        :data:`SUPPORTED_KBCS` (upstream's start-up fails there too, with this text)."""
+        ``cc_kbc`` / ``offline_fs_kbc`` (upstream's start-up fails there too, with this text)."""
         self.cfg = cfg
         env = os.environ if env is None else env
         self.aa = aa if aa is not None else AaClient(cfg.aa_socket)
