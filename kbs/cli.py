@@ -32,7 +32,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--log-level", default=os.environ.get("KBS_LOG_LEVEL", "info"))
     p.add_argument("--plain-logs", action="store_true", help="human-readable logs instead of JSON lines")
     p.add_argument("--check", action="store_true", help="validate the config, print it as JSON, do not start")
-    p.add_argument("--strict", action="store_true", help="with --check: fail on any warning or startup problem")
+    p.add_argument("--strict", action="store_true", help="with --check: fail on any warning")
     args = p.parse_args(argv)
     setup_logging("error" if args.check else args.log_level, json_lines=not args.plain_logs)
     if not args.config_file:
