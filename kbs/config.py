@@ -700,7 +700,7 @@ def startup_problems(cfg: KbsConfig) -> list[str]:
 
 
 #: storage types the server can open (grows as backends land)
-_SERVED_STORAGE = ("Memory", "LocalFs", "LocalJson", "Redis")
+_SERVED_STORAGE = ("Memory", "LocalFs", "LocalJson", "Redis", "Postgres")
 
 
 class _StrictYamlLoader(yaml.SafeLoader):

@@ -48,7 +48,9 @@ SERVABLE = {
 
 
 def test_manifest_lists_every_fixture_with_its_hash() -> None:
-    rows = [ln.split("\t") for ln in (FIXTURES / "MANIFEST").read_text().splitlines() if not ln.startswith("#")]
+    rows = [
+        ln.split("\t") for ln in (FIXTURES / "MANIFEST").read_text().splitlines() if not ln.startswith("#")
+    ]
     assert len(rows) == len(CONFIGS) == EXPECTED_COUNT
     for local, upstream, digest in rows:
         assert upstream.startswith("kbs/") and upstream.endswith(".toml")
@@ -77,7 +79,12 @@ def test_check_reads_trustee_spellings() -> None:
     assert c.storage.session_storage_type == "Memory"  # top-level key, "memory"
     c = load_config(str(FIXTURES / "configs" / "test_data_configs_coco-as-grpc-1.toml"))
     a = c.attestation_service
-    assert (a.type, a.as_addr, a.pool_size, a.timeout_min) == ("coco_as_grpc", "http://127.0.0.1:50001", 100, 600)
+    assert (a.type, a.as_addr, a.pool_size, a.timeout_min) == (
+        "coco_as_grpc",
+        "http://127.0.0.1:50001",
+        100,
+        600,
+    )
     assert [p.name for p in c.plugin_configs] == ["sample", "resource"]
     assert c.plugin_configs[0].options == {"item": "value1"}
     c = load_config(str(FIXTURES / "configs" / "test_data_configs_intel-ta-1.toml"))
@@ -85,7 +92,9 @@ def test_check_reads_trustee_spellings() -> None:
     c = load_config(str(FIXTURES / "configs" / "test_data_configs_tls-profile-custom-pqc.toml"))
     assert c.http_server.tls_groups == "X25519MLKEM768:X25519:secp256r1"
     c = load_config(str(FIXTURES / "configs" / "test_data_configs_coco-as-builtin-3.toml"))
-    assert startup_problems(c) == ["admin: AuthenticatedAuthorization needs at least one identity_providers entry"]
+    assert startup_problems(c) == [
+        "admin: AuthenticatedAuthorization needs at least one identity_providers entry"
+    ]
 
 
 def test_variant_names_and_aliases(tmp_path: Path) -> None:
@@ -123,7 +132,9 @@ def test_check_errors_name_the_key_and_strict_fails_on_warnings(
     p = _write(tmp_path, good + "[attestation_token]\nfrobnicate = 1\n")
     assert kbs_main(["-c", str(p), "--check"]) == 0
     out = capsys.readouterr()
-    assert json.loads(out.out)["warnings"] == ["attestation_token.frobnicate is not a key this KBS reads: ignored"]
+    assert json.loads(out.out)["warnings"] == [
+        "attestation_token.frobnicate is not a key this KBS reads: ignored"
+    ]
     assert kbs_main(["-c", str(p), "--check", "--strict"]) == 1
     assert "strict" in capsys.readouterr().err
     p = _write(tmp_path, good)
@@ -178,7 +189,9 @@ def _work_dir(tmp: Path) -> None:
     (w / "https.key").write_bytes(pem_key(tls_key))
     (w / "https.crt").write_bytes(cert("localhost", tls_key, "test CA", ca_key, False).public_bytes(pem))
     admin = ed25519.Ed25519PrivateKey.generate()
-    (w / "kbs.pem").write_bytes(admin.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo))
+    (w / "kbs.pem").write_bytes(
+        admin.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
     (w / "attestation-service" / "tpm_trusted_keys").mkdir(parents=True)
 
 
