@@ -55,15 +55,8 @@ from kbs_client.policies import builtin_policy
 from kbs_client.rcar import auth_body
 from kbs_client.sample import sample_evidence
 from kbs_client.tee_key import TeeKeyPair
-from tests.support.fleet import (
-    Fleet,
-    PostgresServer,
-    RedisServer,
-    StoreServer,
-    postgres_available,
-    proc_fds,
-    proc_rss_kib,
-)
+from tests.support.fleet import Fleet, PgStore, RedisServer, StoreServer, proc_fds, proc_rss_kib
+from tests.support.postgres import postgres_available
 
 __all__ = ["RunResult", "main", "run_store"]
 
@@ -165,7 +158,9 @@ class _Load:
             raise _StepError(f"auth {r.status_code}")
         sid = r.cookies.get("kbs-session-id")
         nonce = r.json()["nonce"]
-        rd = hash_canonical("sha384", {"additional-evidence": "", "nonce": nonce, "tee-pubkey": key.public_jwk()})
+        rd = hash_canonical(
+            "sha384", {"additional-evidence": "", "nonce": nonce, "tee-pubkey": key.public_jwk()}
+        )
         body = {"runtime-data": {"nonce": nonce, "tee-pubkey": key.public_jwk()},
                 "tee-evidence": {"primary_evidence": sample_evidence(rd), "additional_evidence": ""}}  # fmt: skip
         cookie = {"Cookie": f"kbs-session-id={sid}"}
@@ -267,7 +262,9 @@ class _Load:
                 self.samples.setdefault(r.name, {})[f"rss_{label}_kib"] = proc_rss_kib(r.pid)
                 self.samples[r.name][f"fds_{label}"] = proc_fds(r.pid)
 
-    async def _fault(self, name: str, begin: Callable[[], None], end: Callable[[], None], hold: float) -> None:
+    async def _fault(
+        self, name: str, begin: Callable[[], None], end: Callable[[], None], hold: float
+    ) -> None:
         t = time.monotonic()
         await asyncio.to_thread(begin)
         await asyncio.sleep(hold)
@@ -348,7 +345,9 @@ async def _read_back(fleet: Fleet, keys: list[str]) -> dict[str, bytes | None]:
         key = TeeKeyPair.generate()
         r = await c.post("/kbs/v0/auth", json=auth_body("sample"))
         nonce, sid = r.json()["nonce"], r.cookies["kbs-session-id"]
-        rd = hash_canonical("sha384", {"additional-evidence": "", "nonce": nonce, "tee-pubkey": key.public_jwk()})
+        rd = hash_canonical(
+            "sha384", {"additional-evidence": "", "nonce": nonce, "tee-pubkey": key.public_jwk()}
+        )
         body = {"runtime-data": {"nonce": nonce, "tee-pubkey": key.public_jwk()},
                 "tee-evidence": {"primary_evidence": sample_evidence(rd), "additional_evidence": ""}}  # fmt: skip
         c.cookies.clear()
@@ -441,7 +440,7 @@ def _check(load: _Load, read_back: dict[str, bytes | None], store: str) -> RunRe
 def _store(kind: str, workdir: Path) -> StoreServer:
     if kind == "redis":
         return RedisServer(workdir / "redis")
-    return PostgresServer(workdir / "postgres")
+    return PgStore(workdir / "postgres")
 
 
 def run_store(kind: str, workdir: Path, *, seconds: float, clients: int) -> RunResult:
@@ -451,7 +450,10 @@ def run_store(kind: str, workdir: Path, *, seconds: float, clients: int) -> RunR
         token = fleet.admin_token()
         with httpx.Client(base_url=fleet.url, timeout=15,
                           headers={"Authorization": f"Bearer {token}"}) as c:  # fmt: skip
-            for path, body in ((f"/kbs/v0/resource/{GATED}", GATED_VALUE), (f"/kbs/v0/resource/{RES}", b"seed")):
+            for path, body in (
+                (f"/kbs/v0/resource/{GATED}", GATED_VALUE),
+                (f"/kbs/v0/resource/{RES}", b"seed"),
+            ):
                 if c.post(path, content=body).status_code != 200:
                     raise RuntimeError(f"seeding {path} failed")
             if c.post("/kbs/v0/resource-policy", json={"policy": _b64url(ALLOW)}).status_code != 200:
@@ -473,12 +475,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", type=Path, default=None, help="keep logs here (default: a temp dir)")
     args = ap.parse_args(argv)
     kinds = ["redis", "postgres"] if args.store == "all" else [args.store]
-    if "postgres" in kinds and postgres_available() is None:
-        print("ha: FAILED {\"error\": \"PostgreSQL server binaries not installed\"}")
+    if "postgres" in kinds and not postgres_available():
+        print('ha: FAILED {"error": "PostgreSQL server binaries not installed"}')
         return 1
     ok = True
     with tempfile.TemporaryDirectory(prefix="coco-ha-") as tmp:
         base = args.workdir or Path(tmp)
+        base.mkdir(parents=True, exist_ok=True)
+        os.chmod(base, 0o755)  # the PostgreSQL server runs as user postgres
         for kind in kinds:
             try:
                 result = run_store(kind, base, seconds=args.seconds, clients=args.clients)
@@ -487,7 +491,9 @@ def main(argv: list[str] | None = None) -> int:
                 ok = False
                 continue
             ok &= result.ok
-            print(f"ha: {'OK' if result.ok else 'FAILED'} {json.dumps(result.summary, default=str)}", flush=True)
+            print(
+                f"ha: {'OK' if result.ok else 'FAILED'} {json.dumps(result.summary, default=str)}", flush=True
+            )
     return 0 if ok else 1
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -25,22 +24,21 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from tests.support.kbs import free_port, make_admin_token, write_config
+from tests.support.postgres import PostgresServer, init_postgres
 
 __all__ = [
     "Fleet",
     "HaProxy",
-    "PostgresServer",
+    "PgStore",
     "RedisServer",
     "Replica",
     "StoreServer",
     "TcpGate",
-    "postgres_available",
     "proc_fds",
     "proc_rss_kib",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
-_PG_BIN = Path("/usr/lib/postgresql")
 
 
 def _wait_port(port: int, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
@@ -138,83 +136,28 @@ class RedisServer(StoreServer):
         _stop(self.proc)  # SIGTERM: redis flushes the AOF and exits
 
 
-def postgres_available() -> str | None:
-    """The PostgreSQL bin dir of Debian's server package, or ``None``."""
-    if not _PG_BIN.is_dir():
-        return None
-    for v in sorted(_PG_BIN.iterdir(), reverse=True):
-        if (v / "bin" / "postgres").exists():
-            return str(v / "bin")
-    return None
-
-
 @dataclass
-class PostgresServer(StoreServer):
-    """A throwaway PostgreSQL cluster (Debian's server binaries) owned by user ``postgres``,
-    listening on 127.0.0.1 with password authentication."""
+class PgStore(StoreServer):
+    """A throwaway PostgreSQL cluster (:class:`tests.support.postgres.PostgresServer`)."""
 
     workdir: Path
     port: int = field(default_factory=free_port)
     name: str = "postgres"
-    user: str = "kbs"
-    password: str = field(default_factory=lambda: os.urandom(12).hex())
-    _initialised: bool = False
-
-    def url(self, port: int | None = None) -> str:
-        return f"postgresql://{self.user}:{self.password}@127.0.0.1:{port or self.port}/kbs"
+    _srv: PostgresServer | None = None
 
     def storage_toml(self, port: int | None = None) -> tuple[str, str]:
-        return "Postgres", f'[storage_backend.backends.postgres]\nurl = "{self.url(port)}"\n'
-
-    def _as_pg(self, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-        run_as = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        return subprocess.run([*run_as, *cmd], capture_output=True, timeout=timeout, check=False)
-
-    @property
-    def _data(self) -> Path:
-        return self.workdir / "pgdata"
-
-    def _init(self) -> None:
-        bindir = postgres_available()
-        if bindir is None:
-            raise RuntimeError("PostgreSQL server binaries not installed (Debian package postgresql)")
-        self._bin = Path(bindir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        if os.geteuid() == 0:
-            shutil.chown(self.workdir, "postgres", "postgres")
-        pwfile = self.workdir / "pw"
-        pwfile.write_text(self.password + "\n")
-        if os.geteuid() == 0:
-            shutil.chown(pwfile, "postgres", "postgres")
-        cp = self._as_pg(str(self._bin / "initdb"), "-D", str(self._data), "-U", "postgres", "-A",
-                         "scram-sha-256", "--pwfile", str(pwfile), "-E", "UTF8", "--no-sync")  # fmt: skip
-        if cp.returncode != 0:
-            raise RuntimeError(f"initdb failed: {cp.stderr.decode(errors='replace')[-400:]}")
-        self._initialised = True
+        assert self._srv is not None
+        return "Postgres", (f'[storage_backend.backends.postgres]\ndb = "{self._srv.db}"\n'
+                            f'username = "{self._srv.user}"\nhost = "127.0.0.1"\nport = {port or self.port}\n')  # fmt: skip
 
     def start(self) -> None:
-        if not self._initialised:
-            self._init()
-        opts = f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.workdir}"
-        cp = self._as_pg(str(self._bin / "pg_ctl"), "-D", str(self._data), "-o", opts, "-l",
-                         str(self.workdir / "pg.log"), "-w", "-t", "60", "start")  # fmt: skip
-        if cp.returncode != 0:
-            raise RuntimeError(f"pg_ctl start failed: {cp.stderr.decode(errors='replace')[-400:]}")
-        if not getattr(self, "_db_made", False):
-            env = {**os.environ, "PGPASSWORD": self.password}
-            sql = (f"CREATE ROLE {self.user} LOGIN PASSWORD '{self.password}';"
-                   f"CREATE DATABASE kbs OWNER {self.user};")  # fmt: skip
-            for stmt in sql.split(";")[:2]:
-                cp = subprocess.run(["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                                     "-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c", stmt],
-                                    capture_output=True, env=env, timeout=30, check=False)  # fmt: skip
-                if cp.returncode != 0:
-                    raise RuntimeError(f"psql failed: {cp.stderr.decode(errors='replace')[-300:]}")
-            self._db_made = True
+        if self._srv is None:
+            self._srv = init_postgres(self.workdir, self.port)
+        self._srv.start()
 
     def stop(self) -> None:
-        if self._initialised:
-            self._as_pg(str(self._bin / "pg_ctl"), "-D", str(self._data), "-m", "fast", "-w", "stop")
+        if self._srv is not None:
+            self._srv.stop()
 
 
 @dataclass
