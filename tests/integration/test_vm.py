@@ -43,6 +43,8 @@ def test_guest_pull_onto_luks2_in_vm(tmp_path: Path) -> None:
         f"hello from a confidential container\n{summary['file_text']}pid 1 on coco\n"
     )
     assert "guest: runc: container " in console
+    # A signed image whose bundle runc refuses (missing entrypoint) is a failed pull, released.
+    assert "runc create" in summary["runc_refused_error"]
     # ... through the Kata glue: a host-side Storage{driver=image_guest_pull} handled in the guest.
     assert summary["first_pull_via"] == "agent Storage"
     # The second pull of the same image is served from the layer store.

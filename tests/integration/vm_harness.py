@@ -247,7 +247,12 @@ class _TrustedImages:
 
 
 def _trusted_images(
-    workdir: Path, registry: RegistryServer, app_layout: str, guest_registry: str, say: Say
+    workdir: Path,
+    registry: RegistryServer,
+    app_layout: str,
+    broken_layout: str,
+    guest_registry: str,
+    say: Say,
 ) -> _TrustedImages:
     """Encrypt the app image with skopeo (JWE), re-wrap its layer keys for the KBS
     (key-provider annotations), sign it with skopeo + gnupg into a lookaside, and
@@ -285,6 +290,13 @@ def _trusted_images(
         )  # fmt: skip
 
     sign_copy("kbs", "coco/app:v1")
+    # A signed image whose bundle runc refuses (its entrypoint does not exist): a failed pull.
+    _skopeo(
+        registry, f"oci:{broken_layout}", "coco/broken:v1",
+        ["--registries.d", str(regd), "--sign-by", signer.fingerprint,
+         "--sign-identity", f"{guest_registry}/coco/broken:v1"],
+        env=signer.env,
+    )  # fmt: skip
     sign_copy("denied", "coco/app-denied:v1")
     sign_copy("kbs", "coco/tampered:orig")  # a valid signature naming coco/tampered:v1 ...
     orig = _manifest_digest(registry, "coco/tampered", "orig")
@@ -414,7 +426,8 @@ def run_scenario(workdir: Path, *, say: Say = print, timeout: float = VM_TIMEOUT
             ]),
         ]  # fmt: skip
         app_ref = umoci_image(workdir, "app", app_layers, cmd="/bin/app")
-        trusted = _trusted_images(workdir, registry, app_ref, guest_registry, say)
+        broken_ref = umoci_image(workdir, "broken", app_layers[:1], cmd="/bin/absent")
+        trusted = _trusted_images(workdir, registry, app_ref, broken_ref, guest_registry, say)
         lookaside = _lookaside_server(workdir / "sigstore")
         guest_lookaside = f"http://{HOST_ALIAS}:{lookaside.server_address[1]}"
         say(f"vm: signature lookaside on 127.0.0.1:{lookaside.server_address[1]} (guest: {guest_lookaside})")
@@ -483,6 +496,8 @@ def run_scenario(workdir: Path, *, say: Say = print, timeout: float = VM_TIMEOUT
                         {"label": "again", "image": app, "file": f_},
                         {"label": "tampered", "image": f"{guest_registry}/coco/tampered:v1", "expect": "fail", "file": f_},
                         {"label": "key-denied", "image": f"{guest_registry}/coco/app-denied:v1", "expect": "fail", "file": f_},
+                        {"label": "runc-refused", "image": f"{guest_registry}/coco/broken:v1", "expect": "fail", "file": f_,
+                         "cid": "refused", "run": True},
                     ],
                     "deny": {"image": app, "file": f_, "image_toml": image_toml("denied")},
                 }  # fmt: skip
@@ -540,6 +555,7 @@ def _summarise(
     again = _one(results, "pull", label="again")
     bad = _one(results, "pull", label="tampered")
     key_denied = _one(results, "pull", label="key-denied")
+    refused = _one(results, "pull", label="runc-refused")
     deny = _one(results, "deny")
     problems = []
     if done.get("rc") != 0:
@@ -573,11 +589,13 @@ def _summarise(
             problems.append(
                 f"pull {p['label']}: CDH did not report a signature by {trusted.signer.fingerprint}"
             )
-    for p in (bad, key_denied):
+    for p in (bad, key_denied, refused):
         if p["ok"] or p["leftover"] or p["mounted"]:
             problems.append(f"{p['label']}: ok={p['ok']} leftover={p['leftover']} mounted={p['mounted']}")
     # ... and each for the intended reason
-    for p, why in ((bad, "another manifest digest"), (key_denied, "unwrap"), (deny, "PolicyDeny")):
+    for p, why in (
+        (bad, "another manifest digest"), (key_denied, "unwrap"), (deny, "PolicyDeny"), (refused, "runc create"),
+    ):  # fmt: skip
         if not p["ok"] and why not in p.get("error", ""):
             problems.append(f"{p['label']} failed for another reason than {why!r}: {p['error'][:200]}")
     if deny["ok"] or deny["leftover"] or deny["mounted"] or deny["new_mounts"]:
@@ -625,6 +643,7 @@ def _summarise(
         "encrypted_layers": trusted.encrypted_layers,
         "tampered_error": bad["error"],
         "key_denied_error": key_denied["error"],
+        "runc_refused_error": refused["error"],
         "kbs_refused": kbs_refused,
         "kbs_denied_error": deny["error"],
         "vm_seconds": round(vm_seconds, 1),

@@ -319,6 +319,17 @@ def run_container(cid: str, bundle: Path, *, state: Path = Path("/run")) -> dict
     }
 
 
+def release_bundle(bundle: Path) -> None:
+    """What the agent does with a container that could not be created: unmount
+    its rootfs and remove the bundle (the layers stay in the store)."""
+    rootfs = bundle / "rootfs"
+    if subprocess.run(["umount", str(rootfs)], capture_output=True).returncode != 0 and mount_of(str(rootfs)):
+        subprocess.run(["umount", "-l", str(rootfs)], capture_output=True)
+    (bundle / "config.json").unlink(missing_ok=True)
+    if rootfs.is_dir() and not any(rootfs.iterdir()):
+        rootfs.rmdir()
+
+
 def store_layers() -> dict[str, int]:
     """Committed layers of the layer store on the work dir: chain id -> inode."""
     layers = Path(WORK_DIR) / "layers"
@@ -361,7 +372,11 @@ async def pull(
             manifest_digest = resp.manifest_digest
         seconds = round(time.monotonic() - t, 1)
         # the agent's next step: start the container from the bundle (a refusal fails the pull)
-        ran = run_container(cid, bundle) if spec.get("run") else {}
+        try:
+            ran = run_container(cid, bundle) if spec.get("run") else {}
+        except RuncRefused:
+            release_bundle(bundle)
+            raise
     except Exception as exc:
         # CDH's own account of the failure (new log lines since this pull began)
         for line in cdh_log.read_text(errors="replace").splitlines()[n_log:] if cdh_log.exists() else []:
