@@ -10,7 +10,7 @@ import logging
 import tomllib
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attestation.errors import AttestationError as VerifierError
 from attestation.initdata import InitDataError, parse_initdata
@@ -24,6 +24,9 @@ from .errors import AttestationError, KbsError
 from .policy import AttestationPolicies
 from .rvps import ReferenceValues
 from .verifiers import TEE_CLASS, UnsupportedTee, VerifierRegistry
+
+if TYPE_CHECKING:
+    from .grpc_api import RemoteReferenceValues
 
 __all__ = ["MAX_ADDITIONAL_EVIDENCE", "AttestationService", "parse_attestation"]
 
@@ -106,7 +109,7 @@ class AttestationService:
         registry: VerifierRegistry,
         broker: EarBroker,
         policies: AttestationPolicies,
-        rvps: ReferenceValues,
+        rvps: ReferenceValues | RemoteReferenceValues,
         *,
         verbose_token: bool = True,
     ) -> None:

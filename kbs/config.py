@@ -41,7 +41,10 @@ __all__ = [
     "StorageConfig",
     "effective_config",
     "load_config",
+    "load_document",
+    "parse_as_server_config",
     "parse_config",
+    "parse_rvps_server_config",
     "startup_problems",
 ]
 
@@ -86,9 +89,9 @@ PLUGIN_NAMES = {
 #: ``[attestation_service.verifier_config]`` sections trustee's verifier crate reads
 UPSTREAM_VERIFIER_SECTIONS = ("nvidia_verifier", "tpm_verifier", "snp_verifier", "dcap_verifier")
 #: what this KBS serves today (anything else loads, and is named by :func:`startup_problems`)
-SERVED_AS_TYPES = ("coco_as_builtin",)
-SERVED_PLUGINS = ("resource",)
-SERVED_RVPS = ("BuiltIn",)
+SERVED_AS_TYPES = ("coco_as_builtin", "coco_as_grpc")
+SERVED_PLUGINS = ("resource", "sample")
+SERVED_RVPS = ("BuiltIn", "GrpcRemote")
 
 _warnings: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("_warnings", default=None)
 
@@ -646,6 +649,42 @@ def _parse(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
     )
 
 
+def parse_as_server_config(
+    doc: Mapping[str, Any],
+) -> tuple[AttestationServiceConfig, StorageConfig, list[str]]:
+    """The ``grpc-as`` config (trustee's attestation-service ``config.json`` keys): ``rvps_config``,
+    ``attestation_token_broker``, ``verifier_config``, ``storage_backend``; -> (service config,
+    storage config, warnings)."""
+    sink: list[str] = []
+    tok = _warnings.set(sink)
+    try:
+        _unused(
+            doc,
+            {"work_dir", "rvps_config", "attestation_token_broker", "verifier_config", "storage_backend"},
+            "config",
+        )
+        as_doc = {
+            k: doc[k] for k in ("rvps_config", "attestation_token_broker", "verifier_config") if k in doc
+        }
+        a = _as({"type": "coco_as_builtin", **as_doc})
+        st = _storage(_table(doc, "storage_backend"), None)
+    finally:
+        _warnings.reset(tok)
+    return a, st, sink
+
+
+def parse_rvps_server_config(doc: Mapping[str, Any]) -> tuple[StorageConfig, list[str]]:
+    """The ``rvps`` config (trustee's RVPS: ``storage`` as a storage backend table, ``extractors``)."""
+    sink: list[str] = []
+    tok = _warnings.set(sink)
+    try:
+        _unused(doc, {"storage", "extractors"}, "config")
+        st = _storage(_table(doc, "storage"), None)
+    finally:
+        _warnings.reset(tok)
+    return st, sink
+
+
 _SECRET_KEYS = frozenset({"password", "ita_api_key", "api_key"})
 
 
@@ -720,6 +759,12 @@ class _StrictYamlLoader(yaml.SafeLoader):
 
 def load_config(path: str) -> KbsConfig:
     """Read a TOML (or YAML / JSON, by extension) config file."""
+    # relative paths in the file (keys, storage dirs) are read from the working directory, as trustee
+    return parse_config(load_document(path), ".")
+
+
+def load_document(path: str) -> Mapping[str, Any]:
+    """A TOML (or YAML / JSON, by extension) config file as a table."""
     p = Path(path)
     try:
         with p.open("rb") as fh:
@@ -739,5 +784,4 @@ def load_config(path: str) -> KbsConfig:
         raise ConfigError(f"config file {path} does not parse: {exc}") from exc
     if not isinstance(doc, Mapping):
         raise ConfigError("config file must hold a table")
-    # relative paths in the file (keys, storage dirs) are read from the working directory, as trustee
-    return parse_config(doc, ".")
+    return doc

@@ -45,6 +45,7 @@ from .errors import (
     SerdeError,
     TokenNotFound,
 )
+from .grpc_api import AsClient, RemoteAttestationService, RemoteReferenceValues, RvpsClient
 from .metrics import Metrics
 from .policy import AttestationPolicies, ResourcePolicy
 from .rvps import ReferenceValues
@@ -81,9 +82,9 @@ class KbsState:
     sessions: SessionStore
     admin: AdminAuthorizer
     tokens: TokenVerifier
-    service: AttestationService
+    service: AttestationService | RemoteAttestationService
     resource_policy: ResourcePolicy
-    rvps: ReferenceValues
+    rvps: ReferenceValues | RemoteReferenceValues
     metrics: Metrics = field(default_factory=Metrics)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
@@ -167,17 +168,31 @@ async def build_state(
             "key_path): tokens issued by this replica are refused by other replicas sharing the "
             "session store; give every replica the same signer key_path"
         )
-    rvps = ReferenceValues(store)
-    service = AttestationService(
-        registry or VerifierRegistry(options=a.verifier_config),
-        broker,
-        AttestationPolicies(store),
-        rvps,
-        verbose_token=a.verbose_token,
-    )
+    closers: list[Callable[[], Awaitable[None]]] = [st.close for st in cache.values()]
+    rvps: ReferenceValues | RemoteReferenceValues
+    service: AttestationService | RemoteAttestationService
+    if a.type == "coco_as_grpc":  # a separate attestation service (and the RVPS behind it)
+        as_client = AsClient(a.as_addr or "http://127.0.0.1:50004")
+        rv_client = RvpsClient(a.as_addr or "http://127.0.0.1:50004")
+        closers += [as_client.close, rv_client.close]
+        rvps = RemoteReferenceValues(rv_client, store)
+        service = RemoteAttestationService(as_client)
+    else:
+        if a.rvps_type == "GrpcRemote":  # built-in attestation service, separate RVPS
+            rv_client = RvpsClient(a.rvps_address or "http://127.0.0.1:50003")
+            closers.append(rv_client.close)
+            rvps = RemoteReferenceValues(rv_client, store)
+        else:
+            rvps = ReferenceValues(store)
+        service = AttestationService(
+            registry or VerifierRegistry(options=a.verifier_config),
+            broker,
+            AttestationPolicies(store),
+            rvps,
+            verbose_token=a.verbose_token,
+        )
     rp = ResourcePolicy(store)
     await rp.install_default()
-    closers: list[Callable[[], Awaitable[None]]] = [st.close for st in cache.values()]
     state = KbsState(
         config=cfg,
         store=store,
@@ -397,6 +412,11 @@ class _Handlers:
             return _json(v)
         raise PluginNotFound("Plugin reference-value not found")
 
+    async def sample_plugin(self, request: web.Request) -> web.Response:
+        """trustee's ``sample`` plugin: admin-authorised, any method, a fixed answer."""
+        self._admin(request, AdminAuthInitialization)
+        return web.Response(status=200, body=b"sample plugin response", content_type="text/xml")
+
     async def dispatch(self, request: web.Request) -> web.Response:
         tail = request.match_info.get("tail", "")
         segs = tail.split("/")
@@ -413,6 +433,8 @@ class _Handlers:
             return await self.reference_value(request, rest)
         if first in self.s.config.plugins and first == "resource":
             return await self.resource(request, rest)
+        if first in self.s.config.plugins and first == "sample":
+            return await self.sample_plugin(request)
         if not first:
             raise InvalidRequestPath("Invalid request path")
         raise PluginNotFound(f"Plugin {first[:64]} not found")
@@ -514,10 +536,19 @@ def ssl_context(cfg: KbsConfig) -> ssl.SSLContext | None:
     else:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if hs.tls_ciphers:
-        try:
-            ctx.set_ciphers(hs.tls_ciphers)
-        except ssl.SSLError as exc:
-            raise ConfigError("tls_ciphers is not a valid OpenSSL cipher list") from exc
+        # trustee's lists may name TLS 1.3 suites (TLS_AES_...): Python's ssl cannot restrict those,
+        # so they stay OpenSSL's TLS 1.3 defaults; the TLS <= 1.2 part is applied
+        names = [c for c in hs.tls_ciphers.split(":") if c]
+        legacy = [c for c in names if not c.startswith("TLS_")]
+        if len(legacy) != len(names):
+            log.warning("tls_ciphers: TLS 1.3 suites are OpenSSL's defaults here (not configurable)")
+        if legacy:
+            try:
+                ctx.set_ciphers(":".join(legacy))
+            except ssl.SSLError as exc:
+                raise ConfigError("tls_ciphers is not a valid OpenSSL cipher list") from exc
+    if hs.tls_groups:
+        log.warning("tls_groups: key exchange groups are OpenSSL's defaults here (not configurable)")
     return ctx
 
 
