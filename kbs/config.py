@@ -32,6 +32,7 @@ __all__ = [
     "AdminConfig",
     "AttestationServiceConfig",
     "AttestationTokenConfig",
+    "CompatibilityConfig",
     "HttpServerConfig",
     "IdentityProvider",
     "KbsConfig",
@@ -227,6 +228,19 @@ class StorageConfig:
 
 
 @dataclass(frozen=True)
+class CompatibilityConfig:
+    """``[compatibility]``: where this KBS deliberately differs from trustee v0.21, one key per
+    difference; each set the other way gives trustee's behaviour (trustee has no such section)."""
+
+    #: trust tokens signed by this KBS's own built-in attestation service without configuring its
+    #: key; false: as trustee, only [attestation_token] trusted_certs_paths / trusted_jwk_sets /
+    #: insecure_header_jwk decide
+    trust_own_signer: bool = True
+    #: an expired reference value is absent; false: as trustee's RVPS, it is still returned
+    hide_expired_reference_values: bool = True
+
+
+@dataclass(frozen=True)
 class KbsConfig:
     http_server: HttpServerConfig
     admin: AdminConfig
@@ -237,6 +251,7 @@ class KbsConfig:
     #: relative paths are read from the working directory, as trustee does
     base_dir: str = "."
     plugin_configs: tuple[PluginConfig, ...] = ()
+    compatibility: CompatibilityConfig = field(default_factory=CompatibilityConfig)
     #: keys this KBS ignores (unknown or legacy), one line each; ``kbs --check --strict`` fails on any
     warnings: tuple[str, ...] = ()
 
@@ -316,9 +331,11 @@ def _admin(tbl: Mapping[str, Any]) -> AdminConfig:
         return _legacy_admin(tbl)
     _strict(tbl, {"authorization_mode", "authentication", "authorization"}, "[admin]")
     if "authorization_mode" not in tbl:
-        # trustee defaults to InsecureAllowAll here; this KBS fails closed and opens only when asked
-        log.warning("[admin] has no authorization_mode: the admin API is disabled (DenyAll)")
-    mode = tbl.get("authorization_mode", "DenyAll")
+        # trustee's AdminConfig is a tagged enum: the tag is required
+        raise ConfigError(
+            "admin.authorization_mode is required (InsecureAllowAll, DenyAll or AuthenticatedAuthorization)"
+        )
+    mode = tbl["authorization_mode"]
     if mode not in ADMIN_MODES:
         raise ConfigError(f"admin.authorization_mode must be one of {', '.join(ADMIN_MODES)}")
     if mode != "AuthenticatedAuthorization":
@@ -630,6 +647,7 @@ def _parse(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
             "storage_backend",
             "session_storage_type",
             "plugins",
+            "compatibility",
         },
         "config",
     )
@@ -646,6 +664,14 @@ def _parse(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
         plugins=tuple(p.name for p in pcs),
         base_dir=base_dir,
         plugin_configs=pcs,
+        compatibility=_compat(_table(doc, "compatibility")),
+    )
+
+
+def _compat(tbl: Mapping[str, Any]) -> CompatibilityConfig:
+    _strict(tbl, set(CompatibilityConfig.__dataclass_fields__), "[compatibility]")
+    return CompatibilityConfig(
+        **{k: _typed(tbl, k, bool, True, "compatibility") for k in CompatibilityConfig.__dataclass_fields__}
     )
 
 

@@ -153,7 +153,7 @@ async def build_state(
         t.trusted_certs_paths,
         t.trusted_jwk_sets,
         t.insecure_header_jwk,
-        own_keys=[broker.key.public_key()],
+        own_keys=[broker.key.public_key()] if cfg.compatibility.trust_own_signer else [],
     )
     if t.insecure_header_jwk:
         log.warning(
@@ -183,7 +183,7 @@ async def build_state(
             closers.append(rv_client.close)
             rvps = RemoteReferenceValues(rv_client, store)
         else:
-            rvps = ReferenceValues(store)
+            rvps = ReferenceValues(store, hide_expired=cfg.compatibility.hide_expired_reference_values)
         service = AttestationService(
             registry or VerifierRegistry(options=a.verifier_config),
             broker,
@@ -324,7 +324,16 @@ class _Handlers:
             except KbsError as exc:
                 self.s.metrics.inc("kbs_resource_requests_total", result=exc.variant)
                 raise
-        if request.method in ("POST", "PUT"):
+        if request.method == "PUT":
+            # trustee: only POST and DELETE are admin calls; PUT goes through the token and the
+            # resource policy like a GET, and the resource plugin then refuses the method
+            claims = self.s.tokens.verify(await self._token(request))
+            if not await self.s.resource_policy.allows(claims, segs, dict(request.query.items())):
+                raise PolicyDeny("Access denied by policy")
+            raise PluginInternalError(
+                "Plugin internal error: Illegal HTTP method. Only supports `GET`, `POST` and `DELETE`"
+            )
+        if request.method == "POST":
             self._admin(request, AdminAuthInitialization)
             key = self._resource_key(segs)
             data = await request.read()
@@ -392,7 +401,9 @@ class _Handlers:
         if request.method == "GET":
             return _json(await self.s.service.policies.list_ids())
         doc = self._body_json(await request.read(), {"type", "policy_id", "policy"}, {"policy"})
-        pid = doc.get("policy_id", "default")
+        if "policy_id" not in doc:  # trustee's SetPolicyInput requires it
+            raise AttestationError("Set policy failed: parse set policy request: missing field `policy_id`")
+        pid = doc["policy_id"]
         if not isinstance(pid, str):
             raise SerdeError("policy_id must be a string")
         await self.s.service.policies.set(pid, self._policy_b64(doc["policy"]))

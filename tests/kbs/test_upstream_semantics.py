@@ -1,0 +1,107 @@
+"""Behaviour as trustee v0.21 has it where this KBS used to differ: PUT on a resource, the
+attestation-policy body, reference-value messages, ``[admin]`` without a mode; and the
+``[compatibility]`` keys that give trustee's behaviour where this KBS keeps a deliberate
+difference."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from kbs.config import parse_config
+from kbs.errors import ConfigError
+from kbs.rvps import RV_LIFETIME_S, ReferenceValues
+from kbs.storage import NS_REPOSITORY, MemoryStore
+from kbs_client.policies import builtin_policy
+from kbs_client.tee_key import TeeKeyPair
+
+from .conftest import Kbs, start
+from .test_api import attest_body, do_attest, handshake
+
+
+def _err(r: httpx.Response) -> str:
+    return str(r.json()["type"]).rsplit("/", 1)[-1]
+
+
+async def test_put_on_a_resource_is_not_an_admin_write(kbs: Kbs, http: httpx.AsyncClient) -> None:
+    await kbs.seed(http, "default/key/p", b"original")
+    url = f"{kbs.url}/kbs/v0/resource/default/key/p"
+    # an admin token is not what PUT needs: trustee checks the attestation token first
+    r = await http.put(url, content=b"overwritten", headers=kbs.admin_headers())
+    assert r.status_code == 401 and _err(r) == "TokenVerifierError", r.text
+    r = await http.put(url, content=b"overwritten")
+    assert r.status_code == 401 and _err(r) == "TokenNotFound"
+    # with an attested session and a policy that allows it, the plugin refuses the method
+    await kbs.policy(http, "allow_all")
+    key = TeeKeyPair.generate()
+    sid, nonce = await handshake(http, kbs.url)
+    assert (await do_attest(http, kbs.url, sid, attest_body(nonce, key))).status_code == 200
+    r = await http.put(url, content=b"overwritten", headers={"Cookie": f"kbs-session-id={sid}"})
+    http.cookies.clear()
+    assert r.status_code == 401 and _err(r) == "PluginInternalError" and "Illegal HTTP method" in r.text
+    assert await kbs.state.store.get(NS_REPOSITORY, "default/key/p") == b"original"
+
+
+async def test_attestation_policy_needs_policy_id(kbs: Kbs, http: httpx.AsyncClient) -> None:
+    rego = b"package policy\nimport rego.v1\ntrust_claims := {}\n"
+    pol = base64.urlsafe_b64encode(rego).rstrip(b"=").decode()
+    r = await http.post(f"{kbs.url}/kbs/v0/attestation-policy", json={"type": "rego", "policy": pol},
+                        headers=kbs.admin_headers())  # fmt: skip
+    assert r.status_code == 401 and _err(r) == "AttestationError" and "policy_id" in r.text
+    assert await kbs.state.service.policies.list_ids() == []  # nothing stored under a made-up id
+
+
+def test_admin_mode_is_required(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"admin\.authorization_mode is required"):
+        parse_config({"http_server": {"insecure_http": True}, "admin": {}})
+
+
+async def test_expired_reference_values_hidden_unless_compatibility_says(tmp_path: Path) -> None:
+    payload = base64.b64encode(b'{"svn": ["1"]}').decode()
+    msg = json.dumps({"type": "sample", "payload": payload}).encode()
+    t = time.time()
+    for hide, expect in ((True, None), (False, ["1"])):
+        rv = ReferenceValues(MemoryStore(), hide_expired=hide)
+        await rv.register(msg, now=t)
+        assert await rv.get("svn", now=t + RV_LIFETIME_S + 10) == expect
+    cfg = parse_config({"http_server": {"insecure_http": True}, "admin": {"authorization_mode": "DenyAll"},
+                        "compatibility": {"hide_expired_reference_values": False}})  # fmt: skip
+    assert cfg.compatibility.hide_expired_reference_values is False
+    with pytest.raises(ConfigError, match="unknown field"):
+        parse_config({"http_server": {"insecure_http": True}, "admin": {"authorization_mode": "DenyAll"},
+                      "compatibility": {"trust_everything": True}})  # fmt: skip
+
+
+async def test_trust_own_signer_off_is_trustees_token_trust(tmp_path: Path) -> None:
+    """``[compatibility] trust_own_signer = false``: the KBS's own tokens need trust material, as in
+    trustee; with insecure_header_jwk they are accepted again (trustee's documented setup)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with pytest.raises(ConfigError, match="no trust material"):
+        await start(tmp_path / "a", compatibility={"trust_own_signer": False})
+    kbs, server = await start(
+        tmp_path / "b",
+        compatibility={"trust_own_signer": False},
+        attestation_token={"insecure_header_jwk": True},
+    )
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            await kbs.seed(http, "default/key/t", b"t")
+            await kbs.policy(http, builtin_policy("allow_all").decode())
+            key = TeeKeyPair.generate()
+            sid, nonce = await handshake(http, kbs.url)
+            r = await do_attest(http, kbs.url, sid, attest_body(nonce, key))
+            token = r.json()["token"]
+            r = await http.get(
+                f"{kbs.url}/kbs/v0/resource/default/key/t", headers={"Authorization": f"Bearer {token}"}
+            )
+            assert r.status_code == 200
+    finally:
+        await server.close()
+        for c in kbs.state.closers:
+            await c()
