@@ -6,6 +6,7 @@ issues the EAR token (reference §2.3, §3, §4)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import tomllib
 from collections.abc import Mapping
@@ -100,7 +101,25 @@ def _init_data(init: Mapping[str, Any]) -> tuple[bytes, dict[str, Any]]:
             except tomllib.TOMLDecodeError:
                 pass
         claims[k] = v
+    _agent_policy_claims(claims)
     return data.digest(), claims
+
+
+def _agent_policy_claims(claims: dict[str, Any]) -> None:
+    """As trustee's AS: a ``policy.rego`` entry whose text ends with ``policy_data := {...}``
+    (JSON) is replaced by ``agent_policy_claims`` holding that object; otherwise left as is."""
+    rego = claims.get("policy.rego")
+    if not isinstance(rego, str):
+        return
+    i = rego.find("policy_data := {")
+    if i < 0:
+        return
+    try:
+        data = json.loads(rego[i + len("policy_data := ") :])
+    except ValueError:
+        return
+    del claims["policy.rego"]
+    claims["agent_policy_claims"] = data
 
 
 class AttestationService:

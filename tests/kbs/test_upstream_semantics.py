@@ -105,3 +105,21 @@ async def test_trust_own_signer_off_is_trustees_token_trust(tmp_path: Path) -> N
         await server.close()
         for c in kbs.state.closers:
             await c()
+
+
+async def test_init_data_policy_rego_becomes_agent_policy_claims(kbs: Kbs, http: httpx.AsyncClient) -> None:
+    from kbs_client.jws import decode_unverified
+
+    rego = 'package agent_policy\ndefault CreateContainerRequest := false\npolicy_data := {\n  "containers": [{"image": "x"}]\n}\n'
+    toml = f'algorithm = "sha384"\nversion = "0.1.0"\n[data]\n"policy.rego" = \'\'\'\n{rego}\'\'\'\nk = "v"\n'
+    no_data = 'algorithm = "sha384"\nversion = "0.1.0"\n[data]\n"policy.rego" = "package x"\n'
+    out = []
+    for doc in (toml, no_data):
+        key = TeeKeyPair.generate()
+        sid, nonce = await handshake(http, kbs.url)
+        r = await do_attest(http, kbs.url, sid, attest_body(nonce, key, init=doc))
+        assert r.status_code == 200, r.text
+        _, claims = decode_unverified(r.json()["token"])
+        out.append(claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]["init_data_claims"])
+    assert out[0] == {"agent_policy_claims": {"containers": [{"image": "x"}]}, "k": "v"}
+    assert out[1] == {"policy.rego": "package x"}  # nothing to extract: kept as is (trustee too)
