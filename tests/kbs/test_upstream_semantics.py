@@ -123,3 +123,37 @@ async def test_init_data_policy_rego_becomes_agent_policy_claims(kbs: Kbs, http:
         out.append(claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]["init_data_claims"])
     assert out[0] == {"agent_policy_claims": {"containers": [{"image": "x"}]}, "k": "v"}
     assert out[1] == {"policy.rego": "package x"}  # nothing to extract: kept as is (trustee too)
+
+
+def test_identity_providers_tried_in_order(tmp_path: Path) -> None:
+    """trustee's bearer_jwt: a token that verifies with a provider's key but names another issuer
+    or audience is tried against the next provider (two providers may share one key)."""
+    from kbs.admin_auth import AdminAuthorizer, AdminDenied
+    from kbs.config import AdminConfig, IdentityProvider, RoleAcl
+
+    from .conftest import admin_material
+
+    key, pub = admin_material(tmp_path)
+    cfg = AdminConfig(
+        mode="AuthenticatedAuthorization",
+        identity_providers=(
+            IdentityProvider(issuer="idp-1", audience="kbs", public_key_uri=str(pub)),
+            IdentityProvider(issuer="idp-2", audience="kbs", public_key_uri=str(pub)),
+        ),
+        acls=(RoleAcl("admin", "^/kbs/.+$"),),
+    )
+    az = AdminAuthorizer(cfg)
+    from kbs_client.jws import sign
+
+    now = int(time.time())
+
+    def tok(iss: str, aud: str = "kbs") -> str:
+        return "Bearer " + sign(
+            {"iss": iss, "aud": [aud], "role": "admin", "exp": now + 60}, key, alg="EdDSA"
+        )
+
+    assert az.check("/kbs/v0/resource-policy", tok("idp-2")) == "admin"
+    assert az.check("/kbs/v0/resource-policy", tok("idp-1")) == "admin"
+    for bad in (tok("idp-3"), tok("idp-2", aud="other")):
+        with pytest.raises(AdminDenied, match="trusted identity provider"):
+            az.check("/kbs/v0/resource-policy", bad)
