@@ -45,6 +45,7 @@ from .errors import (
     SerdeError,
     TokenNotFound,
 )
+from .external_plugin import ExternalPlugin, PluginCall
 from .grpc_api import AsClient, RemoteAttestationService, RemoteReferenceValues, RvpsClient
 from .metrics import Metrics
 from .policy import AttestationPolicies, ResourcePolicy
@@ -87,6 +88,8 @@ class KbsState:
     rvps: ReferenceValues | RemoteReferenceValues
     metrics: Metrics = field(default_factory=Metrics)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    #: trustee's ``external`` plugin, when configured
+    external: ExternalPlugin | None = None
 
 
 def _make_store(kind: str, cfg: KbsConfig, cache: dict[str, KvStore]) -> KvStore:
@@ -193,6 +196,11 @@ async def build_state(
         )
     rp = ResourcePolicy(store)
     await rp.install_default()
+    external: ExternalPlugin | None = None
+    for pc in cfg.plugin_configs:
+        if pc.name == "external":
+            external = ExternalPlugin(pc.options)
+            closers.append(external.close)
     state = KbsState(
         config=cfg,
         store=store,
@@ -203,6 +211,7 @@ async def build_state(
         resource_policy=rp,
         rvps=rvps,
         closers=closers,
+        external=external,
     )
     m = state.metrics
     m.counter("kbs_http_requests_total", "HTTP requests by endpoint, method and status")
@@ -423,6 +432,28 @@ class _Handlers:
             return _json(v)
         raise PluginNotFound("Plugin reference-value not found")
 
+    async def external_plugin(self, request: web.Request, rest: list[str]) -> web.Response:
+        """trustee's generic plugin flow for the ``external`` plugin: the plugin says whether the
+        call is an admin one; otherwise the attestation token and the resource policy (with
+        ``plugin = "external"``) decide, and the plugin says whether the answer is JWE-sealed."""
+        assert self.s.external is not None
+        backend, sub = self.s.external.backend_for(rest)
+        call = PluginCall(await request.read(), dict(request.query.items()), sub, request.method)
+        if await backend.validate_auth(call):
+            self._admin(request, AdminAuthInitialization)
+            return web.Response(status=200, body=await backend.handle(call), content_type="text/xml")
+        claims = self.s.tokens.verify(await self._token(request))
+        if not await self.s.resource_policy.allows(claims, rest, call.query, plugin="external"):
+            raise PolicyDeny("Access denied by policy")
+        data = await backend.handle(call)
+        if await backend.encrypted(call):
+            tee_key = extract_tee_pubkey(claims, self.s.config.attestation_token.extra_teekey_paths)
+            try:
+                return _json(client_jwe.encrypt(data, tee_key))
+            except ClientJweError as exc:
+                raise JweError(f"JWE error: {exc}") from exc
+        return web.Response(status=200, body=data, content_type="text/xml")
+
     async def sample_plugin(self, request: web.Request) -> web.Response:
         """trustee's ``sample`` plugin: admin-authorised, any method, a fixed answer."""
         self._admin(request, AdminAuthInitialization)
@@ -444,6 +475,8 @@ class _Handlers:
             return await self.reference_value(request, rest)
         if first in self.s.config.plugins and first == "resource":
             return await self.resource(request, rest)
+        if first == "external" and self.s.external is not None:
+            return await self.external_plugin(request, rest)
         if first in self.s.config.plugins and first == "sample":
             return await self.sample_plugin(request)
         if not first:

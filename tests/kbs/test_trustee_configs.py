@@ -39,9 +39,15 @@ FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "trustee"
 CONFIGS = sorted((FIXTURES / "configs").glob("*.toml"))
 #: trustee v0.21.0 ships 28 KBS configs under kbs/test_data/configs, kbs/config and kbs/test
 EXPECTED_COUNT = 28
-#: the ones this KBS serves (the rest need intel_ta or the external plugin, or are refused at
-#: start by trustee too: no TLS key with insecure_http = false, no admin identity provider)
+#: the ones this KBS serves (the rest need intel_ta, or are refused at start by trustee too:
+#: no TLS key with insecure_http = false, no admin identity provider)
 SERVABLE = {
+    "test_config_external-plugin-attest.toml",
+    "test_config_external-plugin-resource-tls.toml",
+    "test_config_external-plugin-resource.toml",
+    "test_config_external-plugin-tls.toml",
+    "test_config_external-plugin.toml",
+    "test_test_data_configs_external-plugin-test.toml",
     "config_docker-compose_kbs-config.toml",
     "config_kbs-config-grpc.toml",
     "config_kbs-config.toml",
@@ -206,6 +212,7 @@ def _work_dir(tmp: Path) -> None:
         admin.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     (w / "attestation-service" / "tpm_trusted_keys").mkdir(parents=True)
+    (w / "echo-plugin-ca.pem").write_bytes(ca.public_bytes(pem))
 
 
 @pytest.fixture(scope="module")
@@ -294,9 +301,12 @@ async def test_servable_trustee_configs_complete_rcar(
                 assert key.decrypt(r.json()) == secret
             else:  # no resource plugin listed: trustee has none then, neither does this KBS
                 assert r.status_code == 404 and r.json()["type"].endswith("/PluginNotFound")
-            if "sample" in cfg.plugins:  # trustee's sample plugin: admin-authorised (DenyAll here)
+            if "sample" in cfg.plugins:  # trustee's sample plugin: admin-authorised
                 r = await http.get(f"{url}/kbs/v0/sample")
-                assert r.status_code == 401 and r.json()["type"].endswith("/AdminAuthInitialization")
+                if cfg.admin.mode == "InsecureAllowAll":
+                    assert r.status_code == 200 and r.content == b"sample plugin response"
+                else:
+                    assert r.status_code == 401 and r.json()["type"].endswith("/AdminAuthInitialization")
     finally:
         await server.close()
         for c in state.closers:
@@ -304,6 +314,6 @@ async def test_servable_trustee_configs_complete_rcar(
 
 
 async def test_unservable_config_is_refused_at_build(tmp_path: Path) -> None:
-    cfg = load_config(str(FIXTURES / "configs" / "test_config_external-plugin.toml"))
-    with pytest.raises(ConfigError, match="plugins: external is not served"):
+    cfg = load_config(str(FIXTURES / "configs" / "test_data_configs_intel-ta-2.toml"))
+    with pytest.raises(ConfigError, match=r"attestation_service\.type intel_ta is not served"):
         await build_state(cfg)
