@@ -91,7 +91,7 @@ PLUGIN_NAMES = {
 UPSTREAM_VERIFIER_SECTIONS = ("nvidia_verifier", "tpm_verifier", "snp_verifier", "dcap_verifier")
 #: what this KBS serves today (anything else loads, and is named by :func:`startup_problems`)
 SERVED_AS_TYPES = ("coco_as_builtin", "coco_as_grpc")
-SERVED_PLUGINS = ("resource", "sample", "external")
+SERVED_PLUGINS = ("resource", "sample", "external", "pkcs11")
 SERVED_RVPS = ("BuiltIn", "GrpcRemote")
 
 _warnings: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("_warnings", default=None)
@@ -606,6 +606,14 @@ def _plugin(raw: Any) -> PluginConfig:
             raise ConfigError(f"{w}.storage_backend_type {sbt!r} is not a resource backend trustee has")
     elif name == "sample":
         _typed(opts, "item", str, None, w)
+    elif name == "pkcs11":
+        for k in ("module", "pin"):
+            if not isinstance(opts.get(k), str):
+                raise ConfigError(f"{w}.{k} is required (a string)")
+        _typed(opts, "slot_index", int, 0, w)
+        _typed(opts, "lookup_label", str, "", w)
+        if opts.get("rsa_mechanism", "RsaPkcsOaep") not in ("RsaPkcsOaep", "RsaPkcsTest"):
+            raise ConfigError(f"{w}.rsa_mechanism must be RsaPkcsOaep or RsaPkcsTest")
     elif name == "external":
         backends = opts.get("backends", [])
         if not isinstance(backends, list):
@@ -711,7 +719,7 @@ def parse_rvps_server_config(doc: Mapping[str, Any]) -> tuple[StorageConfig, lis
     return st, sink
 
 
-_SECRET_KEYS = frozenset({"password", "ita_api_key", "api_key"})
+_SECRET_KEYS = frozenset({"password", "ita_api_key", "api_key", "pin"})
 
 
 def _redact(v: Any) -> Any:

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import grpc
 
@@ -20,7 +20,7 @@ from .errors import ConfigError, PluginInternalError
 from .grpc_api import MAX_GRPC_MESSAGE, grpc_target
 from .protos import plugin_pb2 as pb
 
-__all__ = ["ExternalBackend", "ExternalPlugin", "PluginCall"]
+__all__ = ["ClientPlugin", "ExternalBackend", "ExternalPlugin", "PluginCall"]
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +35,19 @@ class PluginCall:
     query: Mapping[str, str]
     path: Sequence[str]
     method: str
+
+
+class ClientPlugin(Protocol):
+    """trustee's ``ClientPlugin``: whether a call is an admin one, the answer, whether the answer
+    is sealed to the caller's TEE key."""
+
+    async def validate_auth(self, c: PluginCall) -> bool: ...
+
+    async def handle(self, c: PluginCall) -> bytes: ...
+
+    async def encrypted(self, c: PluginCall) -> bool: ...
+
+    async def close(self) -> None: ...
 
 
 class ExternalBackend:
@@ -114,15 +127,27 @@ class ExternalPlugin:
                 name, b["endpoint"], timeout_ms=b.get("timeout_ms"), ca_cert_path=b.get("ca_cert_path")
             )
 
-    def backend_for(self, path: Sequence[str]) -> tuple[ExternalBackend, list[str]]:
-        if not path or not path[0]:
+    def _backend(self, c: PluginCall) -> tuple[ExternalBackend, PluginCall]:
+        if not c.path or not c.path[0]:
             raise PluginInternalError("Plugin internal error: external plugin name missing from request path")
-        b = self.backends.get(path[0])
+        b = self.backends.get(c.path[0])
         if b is None:
             raise PluginInternalError(
-                f"Plugin internal error: external plugin '{path[0][:64]}' not registered"
+                f"Plugin internal error: external plugin '{c.path[0][:64]}' not registered"
             )
-        return b, list(path[1:])
+        return b, PluginCall(c.body, c.query, list(c.path[1:]), c.method)
+
+    async def validate_auth(self, c: PluginCall) -> bool:
+        b, sub = self._backend(c)
+        return await b.validate_auth(sub)
+
+    async def handle(self, c: PluginCall) -> bytes:
+        b, sub = self._backend(c)
+        return await b.handle(sub)
+
+    async def encrypted(self, c: PluginCall) -> bool:
+        b, sub = self._backend(c)
+        return await b.encrypted(sub)
 
     async def close(self) -> None:
         for b in self.backends.values():

@@ -45,7 +45,7 @@ from .errors import (
     SerdeError,
     TokenNotFound,
 )
-from .external_plugin import ExternalPlugin, PluginCall
+from .external_plugin import ClientPlugin, ExternalPlugin, PluginCall
 from .grpc_api import AsClient, RemoteAttestationService, RemoteReferenceValues, RvpsClient
 from .metrics import Metrics
 from .policy import AttestationPolicies, ResourcePolicy
@@ -88,8 +88,8 @@ class KbsState:
     rvps: ReferenceValues | RemoteReferenceValues
     metrics: Metrics = field(default_factory=Metrics)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    #: trustee's ``external`` plugin, when configured
-    external: ExternalPlugin | None = None
+    #: trustee's client plugins served through the generic plugin flow (``external``, ``pkcs11``)
+    client_plugins: dict[str, ClientPlugin] = field(default_factory=dict)
 
 
 def _make_store(kind: str, cfg: KbsConfig, cache: dict[str, KvStore]) -> KvStore:
@@ -196,11 +196,15 @@ async def build_state(
         )
     rp = ResourcePolicy(store)
     await rp.install_default()
-    external: ExternalPlugin | None = None
+    client_plugins: dict[str, ClientPlugin] = {}
     for pc in cfg.plugin_configs:
         if pc.name == "external":
-            external = ExternalPlugin(pc.options)
-            closers.append(external.close)
+            client_plugins["external"] = ExternalPlugin(pc.options)
+        elif pc.name == "pkcs11":
+            from .pkcs11_plugin import Pkcs11Plugin
+
+            client_plugins["pkcs11"] = await Pkcs11Plugin.open(pc.options)
+    closers += [p.close for p in client_plugins.values()]
     state = KbsState(
         config=cfg,
         store=store,
@@ -211,7 +215,7 @@ async def build_state(
         resource_policy=rp,
         rvps=rvps,
         closers=closers,
-        external=external,
+        client_plugins=client_plugins,
     )
     m = state.metrics
     m.counter("kbs_http_requests_total", "HTTP requests by endpoint, method and status")
@@ -432,21 +436,20 @@ class _Handlers:
             return _json(v)
         raise PluginNotFound("Plugin reference-value not found")
 
-    async def external_plugin(self, request: web.Request, rest: list[str]) -> web.Response:
-        """trustee's generic plugin flow for the ``external`` plugin: the plugin says whether the
-        call is an admin one; otherwise the attestation token and the resource policy (with
-        ``plugin = "external"``) decide, and the plugin says whether the answer is JWE-sealed."""
-        assert self.s.external is not None
-        backend, sub = self.s.external.backend_for(rest)
-        call = PluginCall(await request.read(), dict(request.query.items()), sub, request.method)
-        if await backend.validate_auth(call):
+    async def client_plugin(self, request: web.Request, name: str, rest: list[str]) -> web.Response:
+        """trustee's generic plugin flow: the plugin says whether the call is an admin one;
+        otherwise the attestation token and the resource policy (``data.plugin`` = the plugin's
+        name) decide, and the plugin says whether the answer is JWE-sealed to the TEE key."""
+        plugin = self.s.client_plugins[name]
+        call = PluginCall(await request.read(), dict(request.query.items()), rest, request.method)
+        if await plugin.validate_auth(call):
             self._admin(request, AdminAuthInitialization)
-            return web.Response(status=200, body=await backend.handle(call), content_type="text/xml")
+            return web.Response(status=200, body=await plugin.handle(call), content_type="text/xml")
         claims = self.s.tokens.verify(await self._token(request))
-        if not await self.s.resource_policy.allows(claims, rest, call.query, plugin="external"):
+        if not await self.s.resource_policy.allows(claims, rest, call.query, plugin=name):
             raise PolicyDeny("Access denied by policy")
-        data = await backend.handle(call)
-        if await backend.encrypted(call):
+        data = await plugin.handle(call)
+        if await plugin.encrypted(call):
             tee_key = extract_tee_pubkey(claims, self.s.config.attestation_token.extra_teekey_paths)
             try:
                 return _json(client_jwe.encrypt(data, tee_key))
@@ -475,8 +478,8 @@ class _Handlers:
             return await self.reference_value(request, rest)
         if first in self.s.config.plugins and first == "resource":
             return await self.resource(request, rest)
-        if first == "external" and self.s.external is not None:
-            return await self.external_plugin(request, rest)
+        if first in self.s.client_plugins:
+            return await self.client_plugin(request, first, rest)
         if first in self.s.config.plugins and first == "sample":
             return await self.sample_plugin(request)
         if not first:
