@@ -24,7 +24,7 @@ import pytest
 
 from .kbs import free_port
 
-__all__ = ["PostgresServer", "postgres_available", "postgres_server"]
+__all__ = ["PostgresServer", "init_postgres", "postgres_available", "postgres_server"]
 
 
 def _bin(name: str) -> str | None:
@@ -98,21 +98,28 @@ class PostgresServer:
         )
 
 
+def init_postgres(root: Path, port: int) -> PostgresServer:
+    """A new cluster in ``root`` (made owned by ``postgres`` when run as root), not started."""
+    root.mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        os.chown(root, pw.pw_uid, pw.pw_gid)
+    srv = PostgresServer(root=root, port=port)
+    r = srv._as_owner(_bin("initdb") or "initdb", "-D", str(root / "data"), "-U", "postgres", "-A", "trust", "--no-sync",
+                      "-E", "UTF8", "--locale=C")  # fmt: skip
+    if r.returncode != 0:
+        raise RuntimeError(f"initdb failed: {r.stderr.decode(errors='replace')[-500:]}")
+    return srv
+
+
 @pytest.fixture
 def postgres_server() -> Iterator[PostgresServer]:
     if not postgres_available():
         pytest.skip("PostgreSQL (Debian postgresql) not installed")
     # not under pytest's tmp dir: that one is private to root and the server runs as postgres
     root = Path(tempfile.mkdtemp(prefix="kbs-pg-"))
-    if os.geteuid() == 0:
-        pw = pwd.getpwnam("postgres")
-        os.chown(root, pw.pw_uid, pw.pw_gid)
-    srv = PostgresServer(root=root, port=free_port())
+    srv = init_postgres(root, free_port())
     try:
-        r = srv._as_owner(_bin("initdb") or "initdb", "-D", str(root / "data"), "-U", "postgres", "-A", "trust", "--no-sync",
-                          "-E", "UTF8", "--locale=C")  # fmt: skip
-        if r.returncode != 0:
-            raise RuntimeError(f"initdb failed: {r.stderr.decode(errors='replace')[-500:]}")
         srv.start()
         yield srv
     finally:
