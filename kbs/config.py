@@ -91,7 +91,7 @@ PLUGIN_NAMES = {
 UPSTREAM_VERIFIER_SECTIONS = ("nvidia_verifier", "tpm_verifier", "snp_verifier", "dcap_verifier")
 #: what this KBS serves today (anything else loads, and is named by :func:`startup_problems`)
 SERVED_AS_TYPES = ("coco_as_builtin", "coco_as_grpc")
-SERVED_PLUGINS = ("resource", "sample", "external", "pkcs11")
+SERVED_PLUGINS = ("resource", "sample", "external", "pkcs11", "nebula-ca")
 SERVED_RVPS = ("BuiltIn", "GrpcRemote")
 
 _warnings: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("_warnings", default=None)

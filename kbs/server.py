@@ -204,6 +204,10 @@ async def build_state(
             from .pkcs11_plugin import Pkcs11Plugin
 
             client_plugins["pkcs11"] = await Pkcs11Plugin.open(pc.options)
+        elif pc.name == "nebula-ca":
+            from .nebula_ca_plugin import NebulaCaPlugin
+
+            client_plugins["nebula-ca"] = await asyncio.to_thread(NebulaCaPlugin.open, pc.options)
     closers += [p.close for p in client_plugins.values()]
     state = KbsState(
         config=cfg,
