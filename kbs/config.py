@@ -90,7 +90,7 @@ PLUGIN_NAMES = {
 #: ``[attestation_service.verifier_config]`` sections trustee's verifier crate reads
 UPSTREAM_VERIFIER_SECTIONS = ("nvidia_verifier", "tpm_verifier", "snp_verifier", "dcap_verifier")
 #: what this KBS serves today (anything else loads, and is named by :func:`startup_problems`)
-SERVED_AS_TYPES = ("coco_as_builtin", "coco_as_grpc")
+SERVED_AS_TYPES = ("coco_as_builtin", "coco_as_grpc", "intel_ta")
 SERVED_PLUGINS = ("resource", "sample", "external", "pkcs11", "nebula-ca")
 SERVED_RVPS = ("BuiltIn", "GrpcRemote")
 

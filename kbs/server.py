@@ -47,6 +47,7 @@ from .errors import (
 )
 from .external_plugin import ClientPlugin, ExternalPlugin, PluginCall
 from .grpc_api import AsClient, RemoteAttestationService, RemoteReferenceValues, RvpsClient
+from .intel_ta import IntelTrustAuthority, ItaReferenceValues
 from .metrics import Metrics
 from .policy import AttestationPolicies, ResourcePolicy
 from .rvps import ReferenceValues
@@ -83,9 +84,9 @@ class KbsState:
     sessions: SessionStore
     admin: AdminAuthorizer
     tokens: TokenVerifier
-    service: AttestationService | RemoteAttestationService
+    service: AttestationService | RemoteAttestationService | IntelTrustAuthority
     resource_policy: ResourcePolicy
-    rvps: ReferenceValues | RemoteReferenceValues
+    rvps: ReferenceValues | RemoteReferenceValues | ItaReferenceValues
     metrics: Metrics = field(default_factory=Metrics)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
     #: trustee's client plugins served through the generic plugin flow (``external``, ``pkcs11``)
@@ -152,7 +153,9 @@ async def build_state(
     t = cfg.attestation_token
     # the built-in AS's own signing key is always trusted, besides [attestation_token]'s certs and
     # JWK sets: the secure setup needs no configuration, and insecure_header_jwk stays an opt-in
-    tokens = TokenVerifier.from_config(
+    # off the event loop: a JWK set may be fetched over HTTPS (trustee's ITA configs)
+    tokens = await asyncio.to_thread(
+        TokenVerifier.from_config,
         t.trusted_certs_paths,
         t.trusted_jwk_sets,
         t.insecure_header_jwk,
@@ -172,9 +175,13 @@ async def build_state(
             "session store; give every replica the same signer key_path"
         )
     closers: list[Callable[[], Awaitable[None]]] = [st.close for st in cache.values()]
-    rvps: ReferenceValues | RemoteReferenceValues
-    service: AttestationService | RemoteAttestationService
-    if a.type == "coco_as_grpc":  # a separate attestation service (and the RVPS behind it)
+    rvps: ReferenceValues | RemoteReferenceValues | ItaReferenceValues
+    service: AttestationService | RemoteAttestationService | IntelTrustAuthority
+    if a.type == "intel_ta":  # Intel Trust Authority (a cloud service) appraises the evidence
+        ita = await asyncio.to_thread(IntelTrustAuthority, a)
+        closers.append(ita.close)
+        service, rvps = ita, ita.rvps
+    elif a.type == "coco_as_grpc":  # a separate attestation service (and the RVPS behind it)
         as_client = AsClient(a.as_addr or "http://127.0.0.1:50004")
         rv_client = RvpsClient(a.as_addr or "http://127.0.0.1:50004")
         closers += [as_client.close, rv_client.close]
@@ -278,9 +285,11 @@ class _Handlers:
         if tee not in KNOWN_TEES:
             raise AttestationError(AUTH_DESERIALIZE)
         alg = "sha512" if tee == "se" else "sha384"
+        extra: Any = {"selected-hash-algorithm": "sha512"} if tee == "se" else ""
+        if isinstance(self.s.service, IntelTrustAuthority):  # trustee's ITA backend picks the hash
+            alg, extra = self.s.service.select_hash_algorithm(tee, doc["extra-params"])
         sess = await self.s.sessions.create(tee, hash_algorithm=alg)
         self.s.metrics.inc("kbs_sessions_created_total", tee=tee)
-        extra: Any = {"selected-hash-algorithm": "sha512"} if tee == "se" else ""
         resp = _json({"nonce": sess.nonce, "extra-params": extra})
         _set_cookie(resp, sess)
         return resp

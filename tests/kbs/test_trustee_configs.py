@@ -12,7 +12,7 @@ import os
 import ssl
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,14 +34,20 @@ from kbs_client.tee_key import TeeKeyPair
 from tests.support.kbs import free_port
 
 from .test_api import attest_body, do_attest, handshake
+from .test_intel_ta import tdx_attest_body
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "trustee"
 CONFIGS = sorted((FIXTURES / "configs").glob("*.toml"))
 #: trustee v0.21.0 ships 28 KBS configs under kbs/test_data/configs, kbs/config and kbs/test
 EXPECTED_COUNT = 28
-#: the ones this KBS serves (the rest need intel_ta, or are refused at start by trustee too:
-#: no TLS key with insecure_http = false, no admin identity provider)
+#: the ones this KBS serves (the other two are refused at start by trustee too: no TLS key with
+#: insecure_http = false, no admin identity provider); intel_ta ones against a replayed ITA
 SERVABLE = {
+    "config_kbs-config-intel-trust-authority.toml",
+    "config_kubernetes_ita_kbs-config.toml",
+    "test_data_configs_intel-ta-1.toml",
+    "test_data_configs_intel-ta-2.toml",
+    "test_data_configs_intel-ta-3.toml",
     "test_config_external-plugin-attest.toml",
     "test_config_external-plugin-resource-tls.toml",
     "test_config_external-plugin-resource.toml",
@@ -161,16 +167,16 @@ def test_check_errors_name_the_key_and_strict_fails_on_warnings(
 
 
 def test_check_console_script_subprocess(tmp_path: Path) -> None:
-    cfg = FIXTURES / "configs" / "test_data_configs_intel-ta-3.toml"
+    cfg = FIXTURES / "configs" / "test_data_configs_coco-as-builtin-1.toml"
     r = subprocess.run([sys.executable, "-m", "kbs.cli", "-c", str(cfg), "--check"], capture_output=True,
                        timeout=60, check=False)  # fmt: skip
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
-    assert rep["would_start"] is False and "intel_ta" in rep["startup_problems"][0]
+    assert rep["would_start"] is False and "private_key and certificate" in rep["startup_problems"][0]
     # and the server itself refuses to start on it, naming why
     r = subprocess.run([sys.executable, "-m", "kbs.cli", "-c", str(cfg)], capture_output=True, timeout=60,
                        check=False)  # fmt: skip
-    assert r.returncode == 1 and b"intel_ta" in r.stderr
+    assert r.returncode == 1 and b"private_key and certificate" in r.stderr
 
 
 def _work_dir(tmp: Path) -> None:
@@ -231,7 +237,21 @@ def grpc_as(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pat
         yield f"http://127.0.0.1:{port}", cp
 
 
-def _localise(cfg: KbsConfig, tmp: Path, as_addr: str, as_cert: Path) -> KbsConfig:
+@pytest.fixture
+async def replay_ita() -> AsyncIterator[str]:
+    """A local server replaying Intel Trust Authority's documented answers (not the real service)."""
+    from .test_intel_ta import API_KEY, ReplayIta
+
+    ita = ReplayIta(api_keys=(API_KEY, "this-is-a-key"))
+    srv = TestServer(ita.app, host="127.0.0.1")
+    await srv.start_server()
+    try:
+        yield f"http://127.0.0.1:{srv.port}"
+    finally:
+        await srv.close()
+
+
+def _localise(cfg: KbsConfig, tmp: Path, as_addr: str, as_cert: Path, ita: str = "") -> KbsConfig:
     """The only changes made to trustee's files: nothing outside the test's directory is read or
     written, and the AS address is the test's ``grpc-as`` (whose certificate stands in for the
     configured trust anchors)."""
@@ -254,18 +274,22 @@ def _localise(cfg: KbsConfig, tmp: Path, as_addr: str, as_cert: Path) -> KbsConf
     a = cfg.attestation_service
     if a.type == "coco_as_grpc":
         a = replace(a, as_addr=as_addr)
+    if a.type == "intel_ta":  # ITA's URLs and the JWK sets: the replay server's
+        a = replace(a, ita_base_url=ita, ita_certs_file=f"{ita}/certs")
+        tok = replace(tok, trusted_jwk_sets=tuple(f"{ita}/certs" for _ in tok.trusted_jwk_sets))
     return replace(cfg, storage=st, admin=replace(cfg.admin, identity_providers=idps), attestation_token=tok,
                    http_server=hs, attestation_service=a)  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(SERVABLE))
 async def test_servable_trustee_configs_complete_rcar(
-    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grpc_as: tuple[str, Path]
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grpc_as: tuple[str, Path], replay_ita: str
 ) -> None:
     # trustee reads the relative ./work/... paths from the working directory: so does this KBS
     monkeypatch.chdir(tmp_path)
     _work_dir(tmp_path)
-    cfg = _localise(load_config(str(FIXTURES / "configs" / name)), tmp_path, *grpc_as)
+    cfg = _localise(load_config(str(FIXTURES / "configs" / name)), tmp_path, *grpc_as, ita=replay_ita)
+    ita = cfg.attestation_service.type == "intel_ta"
     if not cfg.http_server.insecure_http:  # the TLS profile is applied (served over plain HTTP below)
         ctx = ssl_context(cfg)
         assert ctx is not None
@@ -286,14 +310,20 @@ async def test_servable_trustee_configs_complete_rcar(
         await state.resource_policy.set(builtin_policy("allow_all"))
         key = TeeKeyPair.generate()
         async with httpx.AsyncClient(timeout=60) as http:
-            sid, nonce = await handshake(http, url)
-            r = await do_attest(http, url, sid, attest_body(nonce, key))
+            sid, nonce = await handshake(http, url, "tdx" if ita else "sample")
+            r = await do_attest(
+                http, url, sid, tdx_attest_body(nonce, key) if ita else attest_body(nonce, key)
+            )
             assert r.status_code == 200, r.text
             token = r.json()["token"]
             hdr = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
-            # a signer with a chain (configured, or the separate AS's) puts x5c in the header
-            remote = cfg.attestation_service.type == "coco_as_grpc"
-            assert ("x5c" in hdr["jwk"]) == (remote or cfg.attestation_service.signer_cert_path is not None)
+            if ita:
+                assert hdr["alg"] == "PS384" and hdr["kid"] == "ita-signing-1"
+            else:  # a signer with a chain (configured, or the separate AS's) puts x5c in the header
+                remote = cfg.attestation_service.type == "coco_as_grpc"
+                assert ("x5c" in hdr["jwk"]) == (
+                    remote or cfg.attestation_service.signer_cert_path is not None
+                )
             r = await http.get(f"{url}/kbs/v0/resource/default/key/trustee",
                                headers={"Cookie": f"kbs-session-id={sid}"})  # fmt: skip
             if "resource" in cfg.plugins:
@@ -314,6 +344,6 @@ async def test_servable_trustee_configs_complete_rcar(
 
 
 async def test_unservable_config_is_refused_at_build(tmp_path: Path) -> None:
-    cfg = load_config(str(FIXTURES / "configs" / "test_data_configs_intel-ta-2.toml"))
-    with pytest.raises(ConfigError, match=r"attestation_service\.type intel_ta is not served"):
+    cfg = load_config(str(FIXTURES / "configs" / "test_data_configs_coco-as-builtin-3.toml"))
+    with pytest.raises(ConfigError, match="needs at least one identity_providers entry"):
         await build_state(cfg)
