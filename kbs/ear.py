@@ -65,13 +65,15 @@ DEFAULT_TEEKEY_PATHS = (
 
 
 def tier(value: int) -> str:
-    """AR4SI tier of one trustworthiness claim value."""
+    """AR4SI tier of one trustworthiness claim value; negative values as rust-ear's half-open
+    ranges (-32 is affirming, -96 a warning)."""
     a = abs(value)
+    shift = 1 if value < 0 else 0
     if a <= 1:
         return "none"
-    if a <= 31:
+    if a <= 31 + shift:
         return "affirming"
-    if a <= 95:
+    if a <= 95 + shift:
         return "warning"
     return "contraindicated"
 

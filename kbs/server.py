@@ -34,7 +34,6 @@ from .errors import (
     AdminAuthInitialization,
     AttestationError,
     ConfigError,
-    InvalidRequestPath,
     JweError,
     KbsError,
     ParsePolicyError,
@@ -258,7 +257,7 @@ def _set_cookie(resp: web.StreamResponse, s: Session) -> None:
 
 
 def _json(doc: Any) -> web.Response:
-    return web.Response(body=json.dumps(doc).encode(), content_type="application/json")
+    return web.Response(body=json.dumps(doc, separators=(",", ":")).encode(), content_type="application/json")
 
 
 class _Handlers:
@@ -277,7 +276,8 @@ class _Handlers:
         version, tee = doc["version"], doc["tee"]
         if not isinstance(version, str) or not isinstance(tee, str):
             raise AttestationError(AUTH_DESERIALIZE)
-        if not _SEMVER.match(version) or version != PROTOCOL_VERSION:
+        # semver "=0.4.0": build metadata is ignored, a pre-release does not match
+        if not _SEMVER.match(version) or version.split("+", 1)[0] != PROTOCOL_VERSION:
             raise AttestationError(
                 "Attestation error: RCAR handshake Auth failed: KBS Client Protocol Version Mismatch: "
                 f"expect ={PROTOCOL_VERSION} while the request is {version[:40]}"
@@ -438,7 +438,7 @@ class _Handlers:
 
     async def reference_value(self, request: web.Request, rest: list[str]) -> web.Response:
         self._admin(request, AdminAuthAccess)
-        if request.method == "POST" and not rest:
+        if request.method == "POST":  # trustee registers whatever follows reference-value/
             names = await self.s.rvps.register(await request.read())
             log.info("reference values registered", extra={"names": names})
             return web.Response(status=200, content_type="application/json")
@@ -447,6 +447,8 @@ class _Handlers:
             if v is None:
                 raise RvpsError("RVPS error: reference value not found")
             return _json(v)
+        if request.method == "GET":
+            raise RvpsError("RVPS error: no reference value id")
         raise PluginNotFound("Plugin reference-value not found")
 
     async def client_plugin(self, request: web.Request, name: str, rest: list[str]) -> web.Response:
@@ -495,9 +497,7 @@ class _Handlers:
             return await self.client_plugin(request, first, rest)
         if first in self.s.config.plugins and first == "sample":
             return await self.sample_plugin(request)
-        if not first:
-            raise InvalidRequestPath("Invalid request path")
-        raise PluginNotFound(f"Plugin {first[:64]} not found")
+        raise PluginNotFound(f"Plugin {first[:64]} not found")  # "" too, as trustee
 
 
 #: metric label values for request paths; anything else (chosen by the client) is "other",

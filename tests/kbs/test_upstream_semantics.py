@@ -157,3 +157,40 @@ def test_identity_providers_tried_in_order(tmp_path: Path) -> None:
     for bad in (tok("idp-3"), tok("idp-2", aud="other")):
         with pytest.raises(AdminDenied, match="trusted identity provider"):
             az.check("/kbs/v0/resource-policy", bad)
+
+
+@pytest.mark.parametrize(
+    ("v", "t"), [(-32, "affirming"), (-33, "warning"), (-96, "warning"), (-97, "contraindicated")]
+)
+def test_negative_tiers_as_rust_ear(v: int, t: str) -> None:
+    from kbs.ear import tier
+
+    assert tier(v) == t
+
+
+async def test_small_route_semantics(kbs: Kbs, http: httpx.AsyncClient) -> None:
+    # protocol version matched as semver "=0.4.0": build metadata ignored, pre-release refused
+    for version, ok in (("0.4.0+build.7", True), ("0.4.0-rc1", False)):
+        r = await http.post(
+            f"{kbs.url}/kbs/v0/auth", json={"version": version, "tee": "sample", "extra-params": ""}
+        )
+        http.cookies.clear()
+        assert (r.status_code == 200) is ok, r.text
+    # compact JSON bodies, as serde_json writes them
+    r = await http.get(f"{kbs.url}/kbs/v0/")
+    assert (
+        r.status_code == 404
+        and _err(r) == "PluginNotFound"
+        and b'","' in r.content
+        and b", " not in r.content
+    )
+    # reference values: POST with any sub-path registers; GET without an id is an RvpsError
+    payload = base64.b64encode(b'{"svn": ["7"]}').decode()
+    body = json.dumps({"version": "0.1.0", "type": "sample", "payload": payload}).encode()
+    r = await http.post(
+        f"{kbs.url}/kbs/v0/reference-value/anything/here", content=body, headers=kbs.admin_headers()
+    )
+    assert r.status_code == 200, r.text
+    assert await kbs.state.rvps.get("svn") == ["7"]
+    r = await http.get(f"{kbs.url}/kbs/v0/reference-value", headers=kbs.admin_headers())
+    assert r.status_code == 401 and _err(r) == "RvpsError"
