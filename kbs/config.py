@@ -208,7 +208,8 @@ class PluginConfig:
     """One ``[[plugins]]`` entry: the canonical name and its other keys as given."""
 
     name: str
-    options: Mapping[str, Any] = field(default_factory=dict)
+    #: may hold secrets (pkcs11 ``pin``): not in repr; ``kbs --check`` redacts them
+    options: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
