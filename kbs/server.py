@@ -568,7 +568,8 @@ def make_app(state: KbsState) -> web.Application:
 
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/metrics", metrics, allow_head=False)
-    app.router.add_route("*", "/kbs/v0/{tail:.*}", h.dispatch)
+    for method in ("GET", "POST", "PUT", "DELETE"):  # trustee's route; other methods: 405
+        app.router.add_route(method, "/kbs/v0/{tail:.*}", h.dispatch)
     return app
 
 

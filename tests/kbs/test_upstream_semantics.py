@@ -194,3 +194,10 @@ async def test_small_route_semantics(kbs: Kbs, http: httpx.AsyncClient) -> None:
     assert await kbs.state.rvps.get("svn") == ["7"]
     r = await http.get(f"{kbs.url}/kbs/v0/reference-value", headers=kbs.admin_headers())
     assert r.status_code == 401 and _err(r) == "RvpsError"
+
+
+async def test_other_methods_are_405(kbs: Kbs, http: httpx.AsyncClient) -> None:
+    for method, path in (("PATCH", "/kbs/v0/resource/default/key/k"), ("OPTIONS", "/kbs/v0/auth"),
+                         ("POST", "/metrics"), ("POST", "/healthz")):  # fmt: skip
+        r = await http.request(method, f"{kbs.url}{path}")
+        assert r.status_code == 405, (method, path, r.status_code)
