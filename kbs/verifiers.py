@@ -3,7 +3,8 @@
 
 ``sample`` and ``sampledevice`` are implemented here (development TEEs:
 their evidence has no signature, only the report-data binding is checked).
-``snp``, ``tdx`` and ``nvidia`` come from :mod:`attestation` and are
+``snp``, ``tdx``, ``nvidia``, ``az-snp-vtpm``, ``az-tdx-vtpm``, ``tpm`` (and
+the further TEEs listed in ``_LAZY``) come from :mod:`attestation` and are
 imported lazily; a TEE without a verifier is refused as unsupported."""
 
 from __future__ import annotations
@@ -56,6 +57,9 @@ _LAZY = {
     "snp": ("attestation.snp.verifier", "SnpVerifier"),
     "tdx": ("attestation.tdx.verifier", "TdxVerifier"),
     "nvidia": ("attestation.nvidia.verifier", "NvidiaVerifier"),
+    "az-snp-vtpm": ("attestation.azure.verifier", "AzSnpVtpmVerifier"),
+    "az-tdx-vtpm": ("attestation.azure.verifier", "AzTdxVtpmVerifier"),
+    "tpm": ("attestation.tpm.verifier", "TpmVerifier"),
 }
 
 

@@ -27,6 +27,7 @@ import base64
 import binascii
 import hashlib
 import hmac
+import logging
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
@@ -37,7 +38,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from attestation.errors import EvidenceFormatError, VerificationError
+from attestation.errors import EvidenceFormatError
 from attestation.eventlog.tcg import EV_NO_ACTION, ParsedEventLog, parse_event_log
 from attestation.tpm.quote import (
     INIT_DATA_PCR,
@@ -51,6 +52,8 @@ from attestation.tpm.structures import ALG_SHA256, parse_attest, parse_signature
 from coco_common.strict_json import strict_loads
 
 __all__ = ["MAX_EVIDENCE_JSON", "TpmEvidence", "TpmVerifier", "replay_pcrs"]
+
+log = logging.getLogger(__name__)
 
 MAX_EVIDENCE_JSON = 8 * 1024 * 1024
 _NONCE_SIZE = 32
@@ -150,11 +153,25 @@ def _spki(key: Any) -> bytes:
 class TpmVerifier:
     """:param trusted_ak_keys: PEM public keys (or paths to PEM files) of trusted AKs.
     :param ak_ca_pem: PEM file (or PEM text) of the CA(s) AK certificates must chain to
-        (the AK certificate is issued directly by one of them)."""
+        (the AK certificate is issued directly by one of them).
+    :param insecure_skip_report_data_binding: TEST ONLY, a reason: the quote's nonce is
+        not compared (recorded evidence replay); logged and marked in the claims."""
 
     tee = "tpm"
 
-    def __init__(self, *, trusted_ak_keys: Sequence[str] | None = None, ak_ca_pem: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        trusted_ak_keys: Sequence[str] | None = None,
+        ak_ca_pem: str | None = None,
+        insecure_skip_report_data_binding: str | None = None,
+    ) -> None:
+        reason = insecure_skip_report_data_binding
+        if reason is not None:
+            if not reason.strip():
+                raise ValueError("say why the report-data binding is being skipped")
+            log.warning("INSECURE tpm verifier mode: nonce binding disabled (%s)", reason)
+        self._insecure = reason
         self._trusted: set[bytes] = set()
         for item in trusted_ak_keys or ():
             text = item.encode() if "-----BEGIN" in item else Path(item).read_bytes()
@@ -199,7 +216,10 @@ class TpmVerifier:
         pcrs = check_pcrs(attest, ev.pcrs)
         # current attesters send the report data resized to 32 bytes, earlier ones to 64
         size = 64 if len(attest.extra_data) == 64 else _NONCE_SIZE
-        check_nonce(attest, expected_report_data[:size].ljust(size, b"\x00"))
+        if self._insecure is None:
+            check_nonce(attest, expected_report_data[:size].ljust(size, b"\x00"))
+        else:
+            log.warning("INSECURE: tpm nonce binding not checked (%s)", self._insecure)
         if expected_init_data_hash is not None and (
             INIT_DATA_PCR not in pcrs
             or not hmac.compare_digest(pcrs[INIT_DATA_PCR], init_data_pcr_value(expected_init_data_hash))
@@ -215,15 +235,15 @@ class TpmVerifier:
             claims[f"pcr{i:02d}"] = v.hex()
         claims["ak_trust"] = trust
         if ev.event_log is not None:
-            log = parse_event_log(ev.event_log)
-            for index, value in sorted(replay_pcrs(log).items()):
+            parsed = parse_event_log(ev.event_log)
+            for index, value in sorted(replay_pcrs(parsed).items()):
                 if index not in pcrs:
                     raise TpmVerificationError(
                         f"event log extends PCR {index}, which the quote does not cover"
                     )
                 if not hmac.compare_digest(pcrs[index], value):
                     raise TpmVerificationError(f"event log does not replay to the quoted PCR {index}")
-            claims["uefi_event_logs"] = log.to_trustee_json()
-        if not isinstance(claims["report_data"], str):
-            raise VerificationError("internal: report_data claim")
+            claims["uefi_event_logs"] = parsed.to_trustee_json()
+        if self._insecure is not None:
+            claims["insecure_report_data_binding_skipped"] = True
         return claims

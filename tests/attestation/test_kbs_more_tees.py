@@ -1,0 +1,102 @@
+"""RCAR handshakes with the reference ``kbs`` (a real subprocess on
+127.0.0.1) for the TEEs added after snp/tdx/nvidia, each driven by a TEE's
+recorded evidence (tests/fixtures/evidence/<tee>, MANIFEST.md there).
+
+Honest caveat, as for SNP: recorded evidence carries the nonce of the session
+it was recorded in, never this one's, so the KBS runs with each verifier's
+test-only ``insecure_skip_report_data_binding`` option. Everything else
+(signatures, chains, PCR digests, runtime-data binding) is checked; without
+the option the same handshake is refused (checked below).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from kbs_client.errors import AttestationRejected
+from kbs_client.jws import decode_unverified
+from kbs_client.rcar import attest
+from kbs_client.resources import get_resource
+
+support = pytest.importorskip("tests.support.kbs", reason="tests/support/kbs.py (reference KBS fixture) missing")
+
+FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "evidence"
+
+#: tee -> recorded evidence file
+RECORDED = {
+    "az-snp-vtpm": FIXTURES / "az-snp-vtpm" / "evidence-v2.json",
+    "az-tdx-vtpm": FIXTURES / "az-tdx-vtpm" / "evidence-v1.json",
+    "tpm": FIXTURES / "tpm" / "tpm_evidence.json",
+}
+
+SKIP_BINDING = "".join(
+    f'[attestation_service.verifier_config."{tee}"]\n'
+    f'insecure_skip_report_data_binding = "test: recorded {tee} evidence cannot bind this session\'s nonce"\n'
+    for tee in RECORDED
+)
+
+
+class Recorded:
+    """kbs_client EvidenceSource that sends a recorded evidence document."""
+
+    def __init__(self, tee: str) -> None:
+        self.tee = tee
+        self.doc = json.loads(RECORDED[tee].read_bytes())
+
+    async def primary_evidence(self, report_data: bytes) -> Any:
+        return self.doc
+
+    async def additional_evidence(self, device_report_data: bytes) -> str:
+        return ""
+
+
+def _tee_claims(token: str, tee: str) -> dict[str, Any]:
+    _, claims = decode_unverified(token)
+    out: dict[str, Any] = claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"][tee]
+    return out
+
+
+@pytest.mark.slow
+async def test_rcar_with_each_recorded_tee(tmp_path: Path) -> None:
+    with support.start_kbs(
+        tmp_path / "kbs",
+        policy="allow_all",
+        resources={"default/key/tees": b"released"},
+        extra_toml=SKIP_BINDING,
+    ) as kbs:
+        async with httpx.AsyncClient() as http:
+            got: dict[str, dict[str, Any]] = {}
+            for tee in RECORDED:
+                att = await attest(http, kbs.url, Recorded(tee), attempts=1, timeout=30)
+                secret = await get_resource(
+                    http, kbs.url, "kbs:///default/key/tees", token=att.token, key=att.key
+                )
+                assert secret == b"released", tee
+                got[tee] = _tee_claims(att.token, tee)
+        log = kbs.log_text()
+    # upstream's claim names reach the token
+    snp = got["az-snp-vtpm"]
+    assert snp["tpm"]["pcr00"] == "84275b2f4312cd4fc6cbe6b152ad3c3683e513d9f1e23c34fca160c8cca7a6a7"
+    assert snp["policy_debug_allowed"] == "false" and "measurement" in snp and "reported_tcb_snp" in snp
+    tdx = got["az-tdx-vtpm"]
+    assert tdx["tpm"]["pcr00"] == "782b20b10f55cc46e2142cc2145d548698073e5beb82752c8d7f9279f0d8a273"
+    assert tdx["quote"]["header"]["tee_type"] == "81000000" and "mr_td" in tdx["quote"]["body"]
+    tpm = got["tpm"]
+    assert tpm["pcr17"] == "ff" * 32 and tpm["ak_public"].startswith("MIIBIjAN")
+    for claims in got.values():
+        assert claims["insecure_report_data_binding_skipped"] is True
+    assert log.count("INSECURE") >= 3
+
+
+@pytest.mark.slow
+async def test_recorded_tees_are_refused_without_the_test_hook(tmp_path: Path) -> None:
+    with support.start_kbs(tmp_path / "kbs", policy="allow_all") as kbs:
+        async with httpx.AsyncClient() as http:
+            for tee in RECORDED:
+                with pytest.raises(AttestationRejected):
+                    await attest(http, kbs.url, Recorded(tee), attempts=1, timeout=30)
