@@ -210,16 +210,35 @@ class TpmVerifier:
         expected_init_data_hash: bytes | None,
         now: datetime,
     ) -> dict[str, Any]:
+        if self._insecure is not None:
+            log.warning("INSECURE: tpm nonce binding not checked (%s)", self._insecure)
+        claims = self.check(
+            untrusted_evidence,
+            expected_report_data=None if self._insecure is not None else expected_report_data,
+            expected_init_data_hash=expected_init_data_hash,
+            now=now,
+        )
+        if self._insecure is not None:
+            claims["insecure_report_data_binding_skipped"] = True
+        return claims
+
+    def check(
+        self,
+        untrusted_evidence: Any,
+        *,
+        expected_report_data: bytes | None,
+        expected_init_data_hash: bytes | None,
+        now: datetime,
+    ) -> dict[str, Any]:
+        """:meth:`verify`; ``expected_report_data=None`` leaves the nonce unchecked (``coco-verify``)."""
         ev = TpmEvidence(untrusted_evidence)
         attest = parse_attest(ev.message)
         verify_signature(ev.message, parse_signature(ev.signature), ev.ak_key())
         pcrs = check_pcrs(attest, ev.pcrs)
         # current attesters send the report data resized to 32 bytes, earlier ones to 64
         size = 64 if len(attest.extra_data) == 64 else _NONCE_SIZE
-        if self._insecure is None:
+        if expected_report_data is not None:
             check_nonce(attest, expected_report_data[:size].ljust(size, b"\x00"))
-        else:
-            log.warning("INSECURE: tpm nonce binding not checked (%s)", self._insecure)
         if expected_init_data_hash is not None and (
             INIT_DATA_PCR not in pcrs
             or not hmac.compare_digest(pcrs[INIT_DATA_PCR], init_data_pcr_value(expected_init_data_hash))
@@ -244,6 +263,4 @@ class TpmVerifier:
                 if not hmac.compare_digest(pcrs[index], value):
                     raise TpmVerificationError(f"event log does not replay to the quoted PCR {index}")
             claims["uefi_event_logs"] = parsed.to_trustee_json()
-        if self._insecure is not None:
-            claims["insecure_report_data_binding_skipped"] = True
         return claims
