@@ -23,7 +23,9 @@ from kbs_client.jws import decode_unverified
 from kbs_client.rcar import attest
 from kbs_client.resources import get_resource
 
-support = pytest.importorskip("tests.support.kbs", reason="tests/support/kbs.py (reference KBS fixture) missing")
+support = pytest.importorskip(
+    "tests.support.kbs", reason="tests/support/kbs.py (reference KBS fixture) missing"
+)
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "evidence"
 

@@ -21,7 +21,9 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]
 
 def test_az_snp_positive_and_nonce(capsys: pytest.CaptureFixture[str]) -> None:
     ev = str(SNP / "evidence-v2.json")
-    rc, out, _ = _run(capsys, "az-snp-vtpm", ev, "--at", "2025-06-01", "--expect-report-data", SNP_V2_RD.hex())
+    rc, out, _ = _run(
+        capsys, "az-snp-vtpm", ev, "--at", "2025-06-01", "--expect-report-data", SNP_V2_RD.hex()
+    )
     assert rc == 0 and json.loads(out)["report_data"] == SNP_V2_RD.hex()
     rc, _, err = _run(capsys, "az-snp-vtpm", ev, "--at", "2025-06-01", "--expect-report-data", "00")
     assert rc == 1 and "nonce" in err
@@ -50,7 +52,9 @@ def test_az_snp_byte_flip_file(capsys: pytest.CaptureFixture[str], tmp_path: Pat
 
 def test_az_tdx(capsys: pytest.CaptureFixture[str]) -> None:
     ev = str(TDX / "evidence-v1.json")
-    rc, out, _ = _run(capsys, "az-tdx-vtpm", ev, "--at", "2025-06-01", "--expect-report-data", b"challenge".hex())
+    rc, out, _ = _run(
+        capsys, "az-tdx-vtpm", ev, "--at", "2025-06-01", "--expect-report-data", b"challenge".hex()
+    )
     claims = json.loads(out)
     assert rc == 0 and claims["tcb_status"] is None and claims["tpm"]["pcr08"] == claims["init_data"]
     rc, _, err = _run(capsys, "az-tdx-vtpm", str(SNP / "evidence-v1.json"), "--at", "2025-06-01")
