@@ -1,4 +1,4 @@
-"""``coco-verify``: verify SNP, TDX, NVIDIA, Azure vTPM and TPM evidence offline.
+"""``coco-verify``: verify SNP, TDX, NVIDIA, Azure vTPM, TPM and SGX evidence offline.
 
 Each platform module provides ``configure(parser)`` and ``run(args) -> int``
 in ``attestation.<platform>.cli`` (or the module named in ``_MODULES``); this
@@ -21,6 +21,7 @@ _PLATFORMS = {
     "az-snp-vtpm": "Azure SEV-SNP vTPM evidence",
     "az-tdx-vtpm": "Azure TDX vTPM evidence",
     "tpm": "TPM 2.0 quote",
+    "sgx": "Intel SGX DCAP quote",
 }
 #: subcommands whose module is not ``attestation.<name>.cli``
 _MODULES = {"az-snp-vtpm": "attestation.azure.cli", "az-tdx-vtpm": "attestation.azure.cli"}

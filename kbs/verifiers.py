@@ -60,6 +60,7 @@ _LAZY = {
     "az-snp-vtpm": ("attestation.azure.verifier", "AzSnpVtpmVerifier"),
     "az-tdx-vtpm": ("attestation.azure.verifier", "AzTdxVtpmVerifier"),
     "tpm": ("attestation.tpm.verifier", "TpmVerifier"),
+    "sgx": ("attestation.sgx.verifier", "SgxVerifier"),
 }
 
 
