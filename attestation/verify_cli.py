@@ -1,4 +1,4 @@
-"""``coco-verify``: verify SNP, TDX, NVIDIA, Azure vTPM, TPM and SGX evidence offline.
+"""``coco-verify``: verify SNP, TDX, NVIDIA, Azure vTPM, TPM, SGX and CCA evidence offline.
 
 Each platform module provides ``configure(parser)`` and ``run(args) -> int``
 in ``attestation.<platform>.cli`` (or the module named in ``_MODULES``); this
@@ -22,6 +22,7 @@ _PLATFORMS = {
     "az-tdx-vtpm": "Azure TDX vTPM evidence",
     "tpm": "TPM 2.0 quote",
     "sgx": "Intel SGX DCAP quote",
+    "cca": "Arm CCA attestation token",
 }
 #: subcommands whose module is not ``attestation.<name>.cli``
 _MODULES = {"az-snp-vtpm": "attestation.azure.cli", "az-tdx-vtpm": "attestation.azure.cli"}

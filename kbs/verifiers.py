@@ -61,6 +61,7 @@ _LAZY = {
     "az-tdx-vtpm": ("attestation.azure.verifier", "AzTdxVtpmVerifier"),
     "tpm": ("attestation.tpm.verifier", "TpmVerifier"),
     "sgx": ("attestation.sgx.verifier", "SgxVerifier"),
+    "cca": ("attestation.cca.verifier", "CcaVerifier"),
 }
 
 

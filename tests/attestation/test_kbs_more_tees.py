@@ -107,3 +107,44 @@ async def test_recorded_tees_are_refused_without_the_test_hook(tmp_path: Path) -
             for tee in RECORDED:
                 with pytest.raises(AttestationRejected):
                     await attest(http, kbs.url, Recorded(tee), attempts=1, timeout=30)
+
+
+class MintedCca:
+    """A CCA token minted per session with trustee's test RAK (see
+    tests/attestation/cca/mint.py): the challenge is this session's report data."""
+
+    tee = "cca"
+
+    def __init__(self) -> None:
+        self.report_data: list[bytes] = []
+
+    async def primary_evidence(self, report_data: bytes) -> Any:
+        from .cca.mint import mint
+
+        self.report_data.append(report_data)
+        return {"token": list(mint(report_data))}
+
+    async def additional_evidence(self, device_report_data: bytes) -> str:
+        return ""
+
+
+@pytest.mark.slow
+async def test_rcar_with_cca_binds_the_session_challenge(tmp_path: Path) -> None:
+    from .cca.mint import TA_STORE
+
+    toml = f'[attestation_service.verifier_config.cca]\nta_store = "{TA_STORE}"\n'
+    with support.start_kbs(
+        tmp_path / "kbs", policy="allow_all", resources={"default/key/cca": b"cca"}, extra_toml=toml
+    ) as kbs:
+        async with httpx.AsyncClient() as http:
+            source = MintedCca()
+            att = await attest(http, kbs.url, source, attempts=1, timeout=30)
+            assert (
+                await get_resource(http, kbs.url, "kbs:///default/key/cca", token=att.token, key=att.key)
+                == b"cca"
+            )
+        log = kbs.log_text()
+    claims = _tee_claims(att.token, "cca")
+    assert claims["report_data"] == source.report_data[0].ljust(64, b"\x00").hex()
+    assert "cca-realm-initial-measurement" in claims["realm"]
+    assert "insecure_report_data_binding_skipped" not in claims and "INSECURE" not in log
