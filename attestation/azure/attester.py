@@ -30,7 +30,7 @@ import httpx
 from attestation.azure.evidence import AzSnpEvidence, AzTdxEvidence, VtpmQuote
 from attestation.azure.hcl import HCL_REPORT_NV_INDEX, REPORT_DATA_NV_INDEX, HclReport, HwReportType
 from attestation.errors import AttestationError
-from attestation.tpm.attester import quote_all_pcrs
+from attestation.tpm.attester import detect_tpm_device, quote_all_pcrs
 from attestation.tpm.device import DEFAULT_DEVICE, TpmCommandError, open_tpm
 from attestation.tpm.quote import INIT_DATA_PCR
 from attestation.tpm.structures import ALG_RSASSA, parse_signature
@@ -72,13 +72,13 @@ class _AzureVtpm:
 
     def __init__(
         self,
-        device: str = DEFAULT_DEVICE,
+        device: str | None = None,
         *,
         imds_url: str = DEFAULT_IMDS,
         report_refresh_wait: float = 3.0,
         timeout: float = 30.0,
     ) -> None:
-        self.device = device
+        self.device = device or detect_tpm_device() or DEFAULT_DEVICE
         self.imds_url = imds_url.rstrip("/")
         self.report_refresh_wait = report_refresh_wait
         self.timeout = timeout

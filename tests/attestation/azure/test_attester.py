@@ -23,6 +23,7 @@ import struct
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -243,3 +244,21 @@ def test_wrong_report_type_and_imds_failures(vtpm: Swtpm) -> None:
         imds.close()
     with pytest.raises(AttestationError):
         asyncio.run(AzSnpVtpmAttester(vtpm.address, report_refresh_wait=0).get_evidence(b"y" * 65))
+
+
+def test_detection_reads_the_hcl_report_type(vtpm: Swtpm, tmp_path: Path) -> None:
+    """guest-components' order: az-tdx-vtpm, az-snp-vtpm before snp, tpm last."""
+    from attestation.detect import Platform, detect_primary_tee, make_primary_attester
+
+    plat = Platform(root=tmp_path, env={"AA_TPM_DEVICE": vtpm.address}, machine="x86_64")
+    td_report = HclReport.from_bytes((TDX / "hcl-report.bin").read_bytes()).hw_report
+    _provision_hcl(vtpm, build_hcl(td_report, HwReportType.TDX, _ak(vtpm), b""))
+    assert detect_primary_tee(plat) == "az-tdx-vtpm"
+    snp_report = HclReport.from_bytes((SNP / "hcl-report.bin").read_bytes()).hw_report
+    _provision_hcl(vtpm, build_hcl(snp_report, HwReportType.SNP, _ak(vtpm), b""))
+    assert detect_primary_tee(plat) == "az-snp-vtpm"
+    with open_tpm(vtpm.address) as tpm:
+        tpm.nv_undefine(HCL_REPORT_NV_INDEX)
+    assert detect_primary_tee(plat) == "tpm"
+    assert detect_primary_tee(Platform(root=tmp_path, env={}, machine="x86_64")) == "sample"
+    assert make_primary_attester("az-snp-vtpm").tee == "az-snp-vtpm"
