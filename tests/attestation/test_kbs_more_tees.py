@@ -218,3 +218,63 @@ async def test_se_auth_fails_without_a_configured_se_verifier(tmp_path: Path) ->
                 f"{kbs.url}/kbs/v0/auth", json={"version": "0.4.0", "tee": "se", "extra-params": ""}
             )
     assert r.status_code == 401 and "Auth failed" in r.text
+
+
+class LiveAttester:
+    """kbs_client EvidenceSource over one of our attesters."""
+
+    def __init__(self, attester: Any) -> None:
+        self.attester = attester
+        self.tee = attester.tee
+
+    async def primary_evidence(self, report_data: bytes) -> Any:
+        return await self.attester.get_evidence(report_data)
+
+    async def additional_evidence(self, device_report_data: bytes) -> str:
+        return ""
+
+
+@pytest.mark.slow
+async def test_rcar_with_a_live_swtpm_binds_the_session(tmp_path: Path) -> None:
+    """tpm end to end with nothing relaxed: TpmAttester quotes this session's
+    report data on a real software TPM; the KBS trusts the AK by configuration
+    and checks PCR 8 against the init-data digest."""
+    import hashlib
+
+    from cryptography.hazmat.primitives import serialization
+
+    from attestation.tpm.attester import TpmAttester
+    from attestation.tpm.device import open_tpm
+
+    from .tpm.swtpm import running_swtpm
+
+    initdata = 'version = "0.1.0"\nalgorithm = "sha256"\n[data]\n"aa.toml" = "x"\n'
+
+    with running_swtpm() as tpm:
+        tpm.persist_ak(0x81010002)
+        att = TpmAttester(tpm.address, ak_handle=0x81010002, event_log=None)
+        await att.bind_init_data(hashlib.sha256(initdata.encode()).digest())
+        with open_tpm(tpm.address) as t:
+            ak = t.read_public(0x81010002).public_key
+        pem = ak.public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        ).decode()
+        toml = f"[attestation_service.verifier_config.tpm]\ntrusted_ak_keys = [{json.dumps(pem)}]\n"
+        with support.start_kbs(
+            tmp_path / "kbs", policy="allow_all", resources={"default/key/tpm": b"tpm"}, extra_toml=toml
+        ) as kbs:
+            async with httpx.AsyncClient() as http:
+                result = await attest(
+                    http, kbs.url, LiveAttester(att), attempts=1, timeout=30, init_data_toml=initdata
+                )
+                got = await get_resource(
+                    http, kbs.url, "kbs:///default/key/tpm", token=result.token, key=result.key
+                )
+            log = kbs.log_text()
+    assert got == b"tpm"
+    claims = _tee_claims(result.token, "tpm")
+    assert claims["ak_trust"] == "configured" and "insecure_report_data_binding_skipped" not in claims
+    assert (
+        claims["pcr08"] == hashlib.sha256(bytes(32) + hashlib.sha256(initdata.encode()).digest()).hexdigest()
+    )
+    assert "INSECURE" not in log
