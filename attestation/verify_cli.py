@@ -1,4 +1,4 @@
-"""``coco-verify``: verify SNP, TDX, NVIDIA, Azure vTPM, TPM, SGX and CCA evidence offline.
+"""``coco-verify``: verify SNP, TDX, NVIDIA, Azure vTPM, TPM, SGX, CCA and CSV evidence offline.
 
 Each platform module provides ``configure(parser)`` and ``run(args) -> int``
 in ``attestation.<platform>.cli`` (or the module named in ``_MODULES``); this
@@ -23,6 +23,7 @@ _PLATFORMS = {
     "tpm": "TPM 2.0 quote",
     "sgx": "Intel SGX DCAP quote",
     "cca": "Arm CCA attestation token",
+    "csv": "Hygon CSV attestation report",
 }
 #: subcommands whose module is not ``attestation.<name>.cli``
 _MODULES = {"az-snp-vtpm": "attestation.azure.cli", "az-tdx-vtpm": "attestation.azure.cli"}

@@ -64,6 +64,7 @@ _LAZY = {
     "sgx": ("attestation.sgx.verifier", "SgxVerifier"),
     "cca": ("attestation.cca.verifier", "CcaVerifier"),
     "se": ("attestation.se.verifier", "SeVerifier"),
+    "csv": ("attestation.csv.verifier", "CsvVerifier"),
 }
 
 
