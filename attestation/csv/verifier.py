@@ -135,12 +135,24 @@ def csv_claims(report: CsvReport, chip: str) -> dict[str, Any]:
 class CsvVerifier:
     """:param hsk_cek_dir: folder with ``<chip ID>/hsk_cek.cert`` (HSK 832 bytes + CEK
         2084 bytes, as Hygon's KDS serves them).
-    :param hrk: a root certificate replacing the pinned HRK (test PKIs only)."""
+    :param hrk: a root certificate replacing the pinned HRK (test PKIs only).
+    :param hrk_cert: the same as a file (832 bytes), for the KBS config; logged at WARNING."""
 
     tee = "csv"
 
-    def __init__(self, *, hsk_cek_dir: str | None = None, hrk: CaCertificate | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        hsk_cek_dir: str | None = None,
+        hrk: CaCertificate | None = None,
+        hrk_cert: str | None = None,
+    ) -> None:
         self.hsk_cek_dir = Path(hsk_cek_dir) if hsk_cek_dir else None
+        if hrk is None and hrk_cert is not None:
+            log.warning(
+                "CSV verifier trusts the root key in %s instead of Hygon's (test PKIs only)", hrk_cert
+            )
+            hrk = CaCertificate.from_bytes(Path(hrk_cert).read_bytes())
         self.hrk = hrk if hrk is not None else pinned_hrk()
         if not self.hrk.signed_by(self.hrk):
             raise ValueError("the Hygon root key certificate is not self-signed")

@@ -278,3 +278,42 @@ async def test_rcar_with_a_live_swtpm_binds_the_session(tmp_path: Path) -> None:
         claims["pcr08"] == hashlib.sha256(bytes(32) + hashlib.sha256(initdata.encode()).digest()).hexdigest()
     )
     assert "INSECURE" not in log
+
+
+class CsvGuest:
+    """A CSV guest whose (generated) PEK signs a report for this session."""
+
+    tee = "csv"
+
+    def __init__(self, chain: Any) -> None:
+        self.chain = chain
+
+    async def primary_evidence(self, report_data: bytes) -> Any:
+        return self.chain.evidence(report_data)
+
+    async def additional_evidence(self, device_report_data: bytes) -> str:
+        return ""
+
+
+@pytest.mark.slow
+async def test_rcar_with_csv_over_a_generated_chain(tmp_path: Path) -> None:
+    """csv end to end (Hygon's signing keys cannot exist here: a generated
+    HRK → HSK → CEK → PEK chain, the HRK configured as the test root)."""
+    from .csv.chain import GeneratedChain
+
+    chain = GeneratedChain.create(tmp_path / "csv")
+    toml = (
+        "[attestation_service.verifier_config.csv]\n"
+        f"hsk_cek_dir = {json.dumps(str(chain.dir))}\nhrk_cert = {json.dumps(str(chain.dir / 'hrk.cert'))}\n"
+    )
+    with support.start_kbs(
+        tmp_path / "kbs", policy="allow_all", resources={"default/key/csv": b"csv"}, extra_toml=toml
+    ) as kbs:
+        async with httpx.AsyncClient() as http:
+            result = await attest(http, kbs.url, CsvGuest(chain), attempts=1, timeout=30)
+            got = await get_resource(
+                http, kbs.url, "kbs:///default/key/csv", token=result.token, key=result.key
+            )
+    assert got == b"csv"
+    claims = _tee_claims(result.token, "csv")
+    assert claims["version"] == "2" and claims["serial_number"] == "CHIP1"

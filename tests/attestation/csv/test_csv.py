@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import struct
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,8 @@ from attestation.csv.verifier import CsvVerifier, parse_evidence
 from attestation.errors import EvidenceFormatError, VerificationError
 from attestation.verifier import EvidenceVerifier
 from attestation.verify_cli import main
+
+from .chain import GeneratedChain
 
 CSV = Path(__file__).resolve().parents[2] / "fixtures" / "evidence" / "csv"
 EVIDENCE = CSV / "csv_evidence.json"
@@ -92,92 +93,12 @@ def test_verifier_refuses_without_the_chips_hsk_cek(tmp_path: Path) -> None:
         )
 
 
-# --- a whole chain with generated keys ----------------------------------------
-
-
-def _le(v: int) -> list[int]:
-    return list(v.to_bytes(72, "little"))
-
-
-def _ca_cert(d: int, usage: int, uid: bytes, signer: tuple[int, bytes]) -> bytes:
-    x, y = sm2.public_key(d)
-    body = struct.pack("<I", 1) + bytes(32) + struct.pack("<I", usage) + bytes(24)
-    body += struct.pack("<I", 3) + x.to_bytes(72, "little") + y.to_bytes(72, "little")
-    body += struct.pack("<H", len(uid)) + uid.ljust(254, b"\x00") + bytes(108)
-    r, s = sm2.sign(signer[0], signer[1], body)
-    return body + r.to_bytes(72, "little") + s.to_bytes(72, "little") + bytes(112)
-
-
-def _csv_body(d: int, usage: int, uid: bytes) -> bytes:
-    x, y = sm2.public_key(d)
-    body = (
-        struct.pack("<IBBHIII", 1, 1, 3, 0, usage, 4, 3) + x.to_bytes(72, "little") + y.to_bytes(72, "little")
-    )
-    return body + struct.pack("<H", len(uid)) + uid.ljust(254, b"\x00") + bytes(16) + bytes(608)
-
-
-def _csv_cert(d: int, usage: int, uid: bytes, signer: tuple[int, bytes]) -> bytes:
-    body = _csv_body(d, usage, uid)
-    r, s = sm2.sign(signer[0], signer[1], body)
-    slot = struct.pack("<II", 0x1004, 4) + r.to_bytes(72, "little") + s.to_bytes(72, "little") + bytes(368)
-    return body + slot + bytes(520)
-
-
-def _pek_json(raw: bytes) -> dict[str, Any]:
-    b = raw
-    sigs = []
-    for i in range(2):
-        o = 1044 + 520 * i
-        u, a = struct.unpack_from("<II", b, o)
-        sigs.append(
-            {"usage": u, "algo": a, "signature": {"r": list(b[o + 8 : o + 80]), "s": list(b[o + 80 : o + 152])},
-             "_reserved": list(b[o + 152 : o + 520])}
-        )  # fmt: skip
-    ver, major, minor, res1, usage, algo, g = struct.unpack_from("<IBBHIII", b, 0)
-    return {
-        "body": {
-            "ver": ver,
-            "data": {
-                "firmware": {"major": major, "minor": minor},
-                "reserved1": res1,
-                "pubkey": {
-                    "usage": usage,
-                    "algo": algo,
-                    "key": {"g": g, "x": list(b[20:92]), "y": list(b[92:164])},
-                },
-                "uid_size": struct.unpack_from("<H", b, 164)[0],
-                "user_id": list(b[166:420]),
-                "sid": list(b[420:436]),
-                "reserved2": list(b[436:1044]),
-            },
-        },
-        "sigs": sigs,
-    }
-
-
 def test_generated_chain_verifies_end_to_end(tmp_path: Path) -> None:
-    keys = {n: secrets.randbelow(sm2.N - 1) + 1 for n in ("hrk", "hsk", "cek", "pek")}
-    hrk = CaCertificate.from_bytes(
-        _ca_cert(keys["hrk"], 0, b"HYGON-SSD-HRK", (keys["hrk"], b"HYGON-SSD-HRK"))
-    )
-    hsk = _ca_cert(keys["hsk"], 0x13, b"HYGON-SSD-HSK", (keys["hrk"], b"HYGON-SSD-HRK"))
-    cek = _csv_cert(keys["cek"], 0x1004, b"HYGON-SSD-CEK", (keys["hsk"], b"HYGON-SSD-HSK"))
-    pek = _csv_cert(keys["pek"], 0x1002, b"HYGON-SSD-PEK", (keys["cek"], b"HYGON-SSD-CEK"))
-    (tmp_path / "CHIP1").mkdir()
-    (tmp_path / "CHIP1" / "hsk_cek.cert").write_bytes(hsk + cek)
+    chain = GeneratedChain.create(tmp_path)
+    hrk = CaCertificate.from_bytes(chain.hrk)
     rd = secrets.token_bytes(64)
-    data = bytearray(4096)
-    data[64:128] = rd
-    struct.pack_into("<IIII", data, 176, 0x1, 0x1002, 4, 1234)
-    r, s = sm2.sign(keys["pek"], b"HYGON-SSD-PEK", bytes(data[:1024]))
-    data[1024:1096], data[1096:1168] = r.to_bytes(72, "little"), s.to_bytes(72, "little")
-    report_doc: dict[str, Any] = {"magic": list(b"ATTESTATION_EXT\x00"), "flags": 1, "data": list(data)}
-    doc: dict[str, Any] = {
-        "attestation_report": report_doc,
-        "cert_chain": {"pek": _pek_json(pek), "hsk_cek": None},
-        "serial_number": list(b"CHIP1".ljust(64, b"\x00")),
-        "cc_eventlog": None,
-    }
+    doc = chain.evidence(rd, build=1234)
+    report_doc = doc["attestation_report"]
     v = CsvVerifier(hsk_cek_dir=str(tmp_path), hrk=hrk)
     claims = v.verify(doc, expected_report_data=rd, expected_init_data_hash=None, now=NOW)
     assert claims["version"] == "2" and claims["build"] == 1234 and claims["report_data"] == rd.hex()
