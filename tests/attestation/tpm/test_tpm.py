@@ -311,3 +311,18 @@ def test_no_tpm_is_unsupported(tmp_path: Path) -> None:
         asyncio.run(TpmAttester(f"unix:{tmp_path}/none", ak_handle=AK).get_evidence(b""))
     with pytest.raises(UnsupportedPlatform):
         asyncio.run(TpmAttester(str(tmp_path / "tpmrm9"), ak_handle=AK).get_evidence(b""))
+
+
+def test_aael_runtime_measurements_extend_tpm_pcrs(tpm: Swtpm, tmp_path: Path) -> None:
+    """The AA's event log on TPM PCRs: each AAEL record's SHA-256 digest is
+    extended into the PCR; the log replays to the value tpm2-tools reads."""
+    from attestation.eventlog import EventLog
+    from attestation.tpm.registers import TpmPcrRegisters
+
+    regs = TpmPcrRegisters(tpm.address)
+    before = tpm.pcr(23)  # PCRs 17-22 are DRTM: not extendable from locality 0
+    log = EventLog(regs, path=tmp_path / "aael", wal_path=tmp_path / "aael.wal", init_pcr=23)
+    digest = log.extend("github.com/confidential-containers", "PullImage", '{"image":"a", "digest":"b"}', 23)
+    assert tpm.pcr(23) == hashlib.sha256(before + digest).digest() == regs.read(23)
+    with pytest.raises(ValueError):
+        regs.extend(23, bytes(48))
