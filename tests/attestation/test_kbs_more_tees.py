@@ -150,30 +150,6 @@ async def test_rcar_with_cca_binds_the_session_challenge(tmp_path: Path) -> None
     assert "insecure_report_data_binding_skipped" not in claims and "INSECURE" not in log
 
 
-class SeGuest:
-    """An SE guest as guest-components drives one: the /auth nonce is the
-    KBS's attestation request, answered through the (software) Ultravisor."""
-
-    tee = "se"
-
-    def __init__(self, host_key: Any) -> None:
-        self.host_key = host_key
-        self.challenges: list[str] = []
-
-    async def capture(self, response: httpx.Response) -> None:
-        if response.request.url.path.endswith("/auth") and response.status_code == 200:
-            await response.aread()
-            self.challenges.append(response.json()["nonce"])
-
-    async def primary_evidence(self, report_data: bytes) -> Any:
-        from .se.fake_uv import guest_response
-
-        return guest_response(self.challenges[-1], self.host_key, report_data)
-
-    async def additional_evidence(self, device_report_data: bytes) -> str:
-        return ""
-
-
 @pytest.mark.slow
 async def test_rcar_with_se_answers_the_attestation_challenge(tmp_path: Path) -> None:
     """Audit K1: /auth for se returns the SE attestation request as the nonce,
@@ -185,12 +161,24 @@ async def test_rcar_with_se_answers_the_attestation_challenge(tmp_path: Path) ->
     toml = "[attestation_service.verifier_config.se]\n" + "".join(
         f"{k} = {json.dumps(v)}\n" for k, v in opts.items()
     )
-    guest = SeGuest(pki.host_key)
+    from attestation.se.arcb import boot_hdr_tags
+    from attestation.se.attester import SeAttester
+
+    from .se.fake_uv import SoftwareUv
+
+    uv = SoftwareUv(pki.host_key, boot_hdr_tags((pki.dir / "hdr.bin").read_bytes()))
+    challenges: list[str] = []
+
+    async def capture(response: httpx.Response) -> None:
+        if response.request.url.path.endswith("/auth") and response.status_code == 200:
+            await response.aread()
+            challenges.append(response.json()["nonce"])
+
     with support.start_kbs(
         tmp_path / "kbs", policy="allow_all", resources={"default/key/se": b"se"}, extra_toml=toml
     ) as kbs:
-        async with httpx.AsyncClient(event_hooks={"response": [guest.capture]}) as http:
-            att = await attest(http, kbs.url, guest, attempts=1, timeout=30)
+        async with httpx.AsyncClient(event_hooks={"response": [capture]}) as http:
+            att = await attest(http, kbs.url, LiveAttester(SeAttester(uv)), attempts=1, timeout=30)
             assert (
                 await get_resource(http, kbs.url, "kbs:///default/key/se", token=att.token, key=att.key)
                 == b"se"
@@ -203,9 +191,10 @@ async def test_rcar_with_se_answers_the_attestation_challenge(tmp_path: Path) ->
                     "extra-params": {"supported-hash-algorithms": ["sha512"]},
                 },
             )
-    challenge = json.loads(guest.challenges[0])
+    challenge = json.loads(challenges[0])
     assert {"request_blob", "encr_measurement_key", "image_hdr_tags"} <= set(challenge)
     assert r.json()["extra-params"] == {"selected-hash-algorithm": "sha512"}
+    assert len(uv.calls) == 1 and len(uv.calls[0][2]) == 64  # the UV got the 64-byte runtime-data digest
     claims = _tee_claims(att.token, "se")
     assert claims["tag"] == "92309d4589b9a85b427f8753171d1520" and len(claims["cuid"]) == 32
 

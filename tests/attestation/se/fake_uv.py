@@ -136,3 +136,21 @@ def guest_response(
         "encr_request_nonce": req["encr_request_nonce"],
         "image_hdr_tags": req["image_hdr_tags"],
     }
+
+
+class SoftwareUv:
+    """The attester's UV device seam served by :func:`uv_attest` (no /dev/uv here)."""
+
+    def __init__(self, host_key: ec.EllipticCurvePrivateKey, tags: bytes) -> None:
+        self.host_key = host_key
+        self.tags = tags
+        self.calls: list[tuple[int, int, bytes]] = []
+
+    def attest(
+        self, arcb: bytes, user_data: bytes, measurement_size: int, additional_size: int
+    ) -> tuple[bytes, bytes, bytes]:
+        self.calls.append((measurement_size, additional_size, user_data))
+        cuid = os.urandom(16)
+        meas, additional = uv_attest(arcb, self.host_key, self.tags, cuid, user_data)
+        assert len(meas) == measurement_size and len(additional) == additional_size
+        return meas, additional, cuid

@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding
 
-from attestation.errors import EvidenceFormatError
+from attestation.errors import AttestationError, EvidenceFormatError
 from attestation.se.arcb import boot_hdr_tags, build_arcb, measurement
 from attestation.se.verifier import SeVerificationError, SeVerifier
 from attestation.verifier import EvidenceVerifier
@@ -190,3 +190,37 @@ def test_auth_extra_params_as_trustee() -> None:
         auth_extra_params("se", {"supported-hash-algorithms": ["sha384"]})
     with pytest.raises(EvidenceFormatError):
         auth_extra_params("se", {"supported-hash-algorithms": "sha512"})
+
+
+def test_uvdevice_structures_match_the_kernel_header() -> None:
+    import ctypes
+
+    from attestation.se.attester import UVIO_IOCTL_ATT, UvioAttest, UvioIoctlCb
+
+    assert ctypes.sizeof(UvioIoctlCb) == 0x40 and ctypes.sizeof(UvioAttest) == 0x138
+    assert UvioAttest.config_uid.offset == 0x118 and UvioAttest.arcb_len.offset == 0x128
+    assert UvioAttest.user_data_len.offset == 0x134 and UvioIoctlCb.argument_len.offset == 0x10
+    # _IOWR('u', UVIO_IOCTL_ATT_NR = 1, struct uvio_ioctl_cb)
+    assert (3 << 30) | (0x40 << 16) | (ord("u") << 8) | 1 == UVIO_IOCTL_ATT
+
+
+def test_attester_answers_the_challenge(pki: SeTestPki) -> None:
+    import asyncio
+
+    from attestation.se.attester import SeAttester
+    from kbs_client.rcar import se_request_with_digest
+
+    from .fake_uv import SoftwareUv
+
+    v = _verifier(pki)
+    rd = hashlib.sha512(b"runtime data").digest()
+    challenge = v.generate_challenge("")
+    uv = SoftwareUv(pki.host_key, boot_hdr_tags((SE / "secure_guest.hdr").read_bytes()))
+    ev = asyncio.run(SeAttester(uv).get_evidence(se_request_with_digest(challenge, rd)))
+    assert uv.calls == [(64, 64, rd)]
+    assert (
+        v.verify(ev, expected_report_data=rd, expected_init_data_hash=None, now=NOW)["report_data"]
+        == rd.hex()
+    )
+    with pytest.raises(AttestationError):
+        asyncio.run(SeAttester(uv).get_evidence(challenge.encode()))  # no runtime_data_digest
