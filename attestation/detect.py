@@ -74,6 +74,7 @@ _ATTESTER_CLASSES: dict[str, tuple[str, str]] = {
     "az-tdx-vtpm": ("attestation.azure.attester", "AzTdxVtpmAttester"),
     "az-snp-vtpm": ("attestation.azure.attester", "AzSnpVtpmAttester"),
     "cca": ("attestation.cca.attester", "CcaAttester"),
+    "se": ("attestation.se.attester", "SeAttester"),
     "tpm": ("attestation.tpm.attester", "TpmAttester"),
 }
 
