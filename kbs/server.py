@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from attestation.errors import AttestationError as VerifierError
 from coco_common.strict_json import strict_loads
 from kbs_client import jwe as client_jwe
 from kbs_client._b64 import unb64url
@@ -62,7 +63,7 @@ from .storage import (
     RedisStore,
     load_at_rest_key,
 )
-from .verifiers import KNOWN_TEES, VerifierRegistry
+from .verifiers import KNOWN_TEES, UnsupportedTee, VerifierRegistry, auth_extra_params
 
 __all__ = ["KbsState", "build_state", "make_app", "serve", "ssl_context"]
 
@@ -285,10 +286,18 @@ class _Handlers:
         if tee not in KNOWN_TEES:
             raise AttestationError(AUTH_DESERIALIZE)
         alg = "sha512" if tee == "se" else "sha384"
-        extra: Any = {"selected-hash-algorithm": "sha512"} if tee == "se" else ""
+        nonce: str | None = None
+        try:  # se: the verifier's attestation request is the nonce (trustee's supplemental challenge)
+            extra: Any = auth_extra_params(tee, doc["extra-params"])
+            if isinstance(self.s.service, AttestationService):  # a remote AS or ITA: a random nonce
+                nonce = await asyncio.to_thread(
+                    self.s.service.registry.supplemental_challenge, tee, doc["extra-params"]
+                )
+        except (UnsupportedTee, VerifierError) as exc:
+            raise AttestationError(f"Attestation error: RCAR handshake Auth failed: {exc}") from exc
         if isinstance(self.s.service, IntelTrustAuthority):  # trustee's ITA backend picks the hash
             alg, extra = self.s.service.select_hash_algorithm(tee, doc["extra-params"])
-        sess = await self.s.sessions.create(tee, hash_algorithm=alg)
+        sess = await self.s.sessions.create(tee, hash_algorithm=alg, nonce=nonce)
         self.s.metrics.inc("kbs_sessions_created_total", tee=tee)
         resp = _json({"nonce": sess.nonce, "extra-params": extra})
         _set_cookie(resp, sess)
