@@ -22,13 +22,15 @@ import collections
 import contextlib
 from dataclasses import dataclass
 
-__all__ = ["MESSAGE_LENGTH_MAX", "REQUEST_OVERHEAD", "ByteBudget", "ServerLimits"]
+__all__ = ["MESSAGE_LENGTH_MAX", "REQUEST_OVERHEAD", "SMALL_REQUEST", "ByteBudget", "ServerLimits"]
 
 #: The largest frame body either side accepts (ttrpc-rust ``MESSAGE_LENGTH_MAX``).
 MESSAGE_LENGTH_MAX = 4 << 20
 #: Bytes charged to the budget for each request on top of its body: the task,
 #: the parsed message and the response it waits to write.
 REQUEST_OVERHEAD = 4096
+#: Requests up to this size may use :attr:`ServerLimits.small_request_reserve`.
+SMALL_REQUEST = 64 << 10
 
 
 @dataclass(frozen=True)
@@ -41,6 +43,10 @@ class ServerLimits:
     #: connections, from header to response written. When it is spent the
     #: server stops reading new request bodies until requests finish.
     max_in_flight_bytes: int = 32 << 20
+    #: The part of that budget only requests up to :data:`SMALL_REQUEST` bytes
+    #: may use, so that peers stalling large frames cannot hold back the small
+    #: calls every real client makes.
+    small_request_reserve: int = 8 << 20
     #: The share of that budget one connection may hold (two full-size
     #: requests), so that one peer cannot take all of it.
     max_in_flight_bytes_per_connection: int = 2 * (MESSAGE_LENGTH_MAX + REQUEST_OVERHEAD)
@@ -57,8 +63,13 @@ class ServerLimits:
     def __post_init__(self) -> None:
         if self.max_connections < 1 or self.max_in_flight_per_connection < 1:
             raise ValueError("ttRPC limits: connection and in-flight counts must be at least 1")
-        for name in ("max_in_flight_bytes", "max_in_flight_bytes_per_connection"):
-            if getattr(self, name) < MESSAGE_LENGTH_MAX + REQUEST_OVERHEAD:
+        if self.small_request_reserve < 0:
+            raise ValueError("ttRPC limits: small_request_reserve must not be negative")
+        for name, value in (
+            ("max_in_flight_bytes", self.max_in_flight_bytes - self.small_request_reserve),
+            ("max_in_flight_bytes_per_connection", self.max_in_flight_bytes_per_connection),
+        ):
+            if value < MESSAGE_LENGTH_MAX + REQUEST_OVERHEAD:
                 raise ValueError(
                     f"ttRPC limits: {name} must hold one full message "
                     f"({MESSAGE_LENGTH_MAX + REQUEST_OVERHEAD} bytes)"
@@ -70,25 +81,28 @@ class ServerLimits:
 
 
 class ByteBudget:
-    """A counting budget of bytes with first-come, first-served waiters.
+    """A counting budget of bytes.
 
-    :meth:`acquire` waits until ``n`` bytes fit; a large request is not
-    starved by a stream of small ones behind it.
+    :meth:`acquire` waits until ``n`` bytes fit under its ceiling (the whole
+    budget unless a lower one is given). Waiters with the same ceiling are
+    served in arrival order; one with a higher ceiling (a small request) is
+    not held up behind them.
     """
 
     def __init__(self, total: int) -> None:
         self.total = total
         self.used = 0
-        self._waiters: collections.deque[tuple[int, asyncio.Future[None]]] = collections.deque()
+        self._waiters: collections.deque[tuple[int, int, asyncio.Future[None]]] = collections.deque()
 
-    async def acquire(self, n: int) -> None:
-        if n > self.total:
-            raise ValueError(f"{n} bytes can never fit a budget of {self.total}")
-        if not self._waiters and self.used + n <= self.total:
+    async def acquire(self, n: int, ceiling: int | None = None) -> None:
+        top = self.total if ceiling is None else min(ceiling, self.total)
+        if n > top:
+            raise ValueError(f"{n} bytes can never fit a budget of {top}")
+        if self.used + n <= top and not any(c == top for _, c, _ in self._waiters):
             self.used += n
             return
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        entry = (n, fut)
+        entry = (n, top, fut)
         self._waiters.append(entry)
         try:
             await fut
@@ -106,13 +120,11 @@ class ByteBudget:
         self._wake()
 
     def _wake(self) -> None:
-        while self._waiters:
-            n, fut = self._waiters[0]
+        for entry in list(self._waiters):
+            n, top, fut = entry
             if fut.done():
-                self._waiters.popleft()
-                continue
-            if self.used + n > self.total:
-                break
-            self._waiters.popleft()
-            self.used += n
-            fut.set_result(None)
+                self._waiters.remove(entry)
+            elif self.used + n <= top:
+                self._waiters.remove(entry)
+                self.used += n
+                fut.set_result(None)

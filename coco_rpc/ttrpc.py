@@ -23,7 +23,7 @@ from typing import TypeVar
 from google.protobuf.message import DecodeError, Message
 
 from coco_rpc.errors import Code, RpcError
-from coco_rpc.limits import MESSAGE_LENGTH_MAX, REQUEST_OVERHEAD, ByteBudget, ServerLimits
+from coco_rpc.limits import MESSAGE_LENGTH_MAX, REQUEST_OVERHEAD, SMALL_REQUEST, ByteBudget, ServerLimits
 from coco_rpc.protos import ttrpc_pb2
 from coco_rpc.service import Service
 
@@ -312,9 +312,10 @@ class TtrpcServer:
             await conn.slots.acquire()
             acquired: list[ByteBudget] = []
             try:
-                for budget in (conn.budget, self._budget):
-                    await budget.acquire(cost)
-                    acquired.append(budget)
+                await conn.budget.acquire(cost)
+                acquired.append(conn.budget)
+                await self._budget.acquire(cost, self._ceiling(length))
+                acquired.append(self._budget)
                 body = await conn.read_exactly(length)
                 req = _parse_request(body)
                 del body
@@ -344,6 +345,12 @@ class TtrpcServer:
         if stream_id <= conn.last_stream_id:
             return "StreamID cannot be re-used and must increment"
         return None
+
+    def _ceiling(self, length: int) -> int:
+        """How much of the shared budget a request of ``length`` bytes may fill."""
+        if length <= SMALL_REQUEST:
+            return self.limits.max_in_flight_bytes
+        return self.limits.max_in_flight_bytes - self.limits.small_request_reserve
 
     def _release(self, conn: _Connection, budgets: list[ByteBudget], cost: int) -> None:
         for budget in budgets:

@@ -7,6 +7,7 @@ protobuf ``ttrpc.Request``), independent of :class:`TtrpcClient`."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import struct
@@ -185,7 +186,7 @@ async def test_junk_frames_log_one_line_per_connection(make_server, caplog) -> N
 async def test_shared_byte_budget_bounds_requests_across_connections(make_server) -> None:  # type: ignore[no-untyped-def]
     pad = 3 << 20  # 3 MiB request bodies
     cost = pad + 64 + REQUEST_OVERHEAD
-    limits = ServerLimits(max_in_flight_bytes=2 * cost + 1000)
+    limits = ServerLimits(max_in_flight_bytes=2 * cost + 1000 + (1 << 20), small_request_reserve=1 << 20)
     gate, srv = await make_server(limits)
     peers = [await asyncio.to_thread(_Peer, srv.path) for _ in range(6)]
     for i, p in enumerate(peers):
@@ -195,7 +196,7 @@ async def test_shared_byte_budget_bounds_requests_across_connections(make_server
     await asyncio.sleep(0.3)
     # only what fits the budget was read and dispatched; the rest waits unread
     assert gate.running == 2 and gate.peak == 2
-    assert srv.in_flight_bytes <= limits.max_in_flight_bytes
+    assert srv.in_flight_bytes <= limits.max_in_flight_bytes - limits.small_request_reserve
     gate.open.set()
     results = await asyncio.gather(*(asyncio.to_thread(p.recv) for p in peers))
     assert [(sid, r.status.code) for sid, _, r in results] == [(1, Code.OK)] * 6
@@ -203,6 +204,37 @@ async def test_shared_byte_budget_bounds_requests_across_connections(make_server
     await _until(lambda: srv.in_flight_bytes == 0, "budget released")
     for p in peers:
         p.close()
+
+
+async def test_small_calls_are_served_while_stalled_large_frames_hold_the_budget(make_server) -> None:  # type: ignore[no-untyped-def]
+    # the F5 memory hold: peers declare 4 MiB frames, send part of them and stall
+    _, srv = await make_server()  # defaults: 24 MiB for large frames, 8 MiB kept for small ones
+    limits = srv.limits
+    stalled = [await asyncio.to_thread(_Peer, srv.path) for _ in range(12)]
+    for p in stalled:
+        p.sock.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            p.sock.send(_HDR.pack(MESSAGE_LENGTH_MAX, 1, 1, 0) + b"\0" * (1 << 20))
+    await _until(
+        lambda: (
+            srv.in_flight_bytes
+            >= limits.max_in_flight_bytes - limits.small_request_reserve - MESSAGE_LENGTH_MAX
+        ),
+        "large frames hold the budget",
+    )
+    assert srv.in_flight_bytes <= limits.max_in_flight_bytes - limits.small_request_reserve
+
+    def small_call() -> int:
+        p = _Peer(srv.path)
+        p.send(_frame(1, _request("small")))
+        code = p.recv()[2].status.code
+        p.close()
+        return code
+
+    assert [await asyncio.to_thread(small_call) for _ in range(3)] == [Code.OK] * 3
+    for p in stalled:
+        p.close()
+    await _until(lambda: srv.in_flight_bytes == 0 and srv.connections == 0, "stalled peers gone")
 
 
 async def test_one_connection_gets_only_its_share_of_the_budget(make_server) -> None:  # type: ignore[no-untyped-def]
@@ -300,6 +332,8 @@ async def test_idle_connections_stay_open_by_default(make_server) -> None:  # ty
 def test_limits_are_validated() -> None:
     with pytest.raises(ValueError, match="max_in_flight_bytes"):
         ServerLimits(max_in_flight_bytes=MESSAGE_LENGTH_MAX)
+    with pytest.raises(ValueError, match="max_in_flight_bytes"):
+        ServerLimits(max_in_flight_bytes=12 << 20)  # less than one full message besides the reserve
     with pytest.raises(ValueError, match="frame_timeout"):
         ServerLimits(frame_timeout=0)
     with pytest.raises(ValueError, match="at least 1"):
