@@ -169,7 +169,9 @@ def test_in_flight_pull_hold_keeps_cdh_bounded_and_answering(stack: tuple[Stack,
     sent = _push(conns, rounds_without_progress=250)
     _normal_calls(s)
     peak = _status_kib(cdh_pid, "VmHWM")
-    print(f"\nF5 in-flight hold: CDH peak RSS {peak / MiB:.0f} MiB ({sent / MiB:.0f} MiB of 384 MiB taken in)")
+    print(
+        f"\nF5 in-flight hold: CDH peak RSS {peak / MiB:.0f} MiB ({sent / MiB:.0f} MiB of 384 MiB taken in)"
+    )
     for sock in socks:
         sock.close()
     _normal_calls(s)
