@@ -177,3 +177,20 @@ def test_in_flight_pull_hold_keeps_cdh_bounded_and_answering(stack: tuple[Stack,
     _normal_calls(s)
     assert peak < RSS_LIMIT
     assert sent < 100 * MiB
+
+
+def test_junk_frames_do_not_flood_the_logs(stack: tuple[Stack, _Stall]) -> None:
+    s, _ = stack
+    assert s.aa_sock is not None and s.cdh_sock is not None
+    logs = [s.tmp / "aa.log", s.tmp / "cdh.log"]
+    before = [p.stat().st_size for p in logs]
+    junk = b"".join(struct.pack(">IIBB", 0, 2 * i + 1, 9, 0) for i in range(20_000))  # 200 KB
+    for path in (s.aa_sock, s.cdh_sock):
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.settimeout(20)
+            sock.connect(str(path))
+            sock.sendall(junk)
+    _normal_calls(s)
+    grown = [p.stat().st_size - b for p, b in zip(logs, before, strict=True)]
+    # one warning line per connection (the red team saw 1.84 MB per daemon)
+    assert all(g < 4096 for g in grown), grown
