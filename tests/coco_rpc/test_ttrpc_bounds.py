@@ -338,3 +338,28 @@ def test_limits_are_validated() -> None:
         ServerLimits(frame_timeout=0)
     with pytest.raises(ValueError, match="at least 1"):
         ServerLimits(max_connections=0)
+
+
+async def test_byte_budget_waiters_and_cancellation() -> None:
+    from coco_rpc.limits import ByteBudget
+
+    b = ByteBudget(100)
+    await b.acquire(80)
+    large = asyncio.create_task(b.acquire(30, ceiling=90))  # a large request: may fill only 90
+    small = asyncio.create_task(b.acquire(15))  # a small one passes the waiting large one
+    await asyncio.sleep(0)
+    assert small.done() and not large.done() and b.used == 95
+    cancelled = asyncio.create_task(b.acquire(50, ceiling=90))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert b.used == 95  # a waiter cancelled before its grant takes nothing
+    b.release(80)
+    await asyncio.sleep(0)
+    assert large.done() and b.used == 45
+    b.release(15)
+    b.release(30)
+    assert b.used == 0
+    with pytest.raises(ValueError):
+        await b.acquire(101)
