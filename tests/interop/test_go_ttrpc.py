@@ -130,6 +130,36 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, _St
     registry.close()
 
 
+@pytest.fixture(scope="module")
+def stalled_aa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """An attestation-agent whose KBS accepts connections and never answers."""
+    kbs = _StalledRegistry()
+    s = Stack(tmp_path_factory.mktemp("stalled-aa"), kbs_url=f"http://127.0.0.1:{kbs.port}")
+    try:
+        s.start_aa()
+        yield s
+    finally:
+        s.close()
+        kbs.close()
+
+
+def test_attestation_agent_deadlines(go_client: list[str], stalled_aa: Stack) -> None:
+    sock = str(stalled_aa.aa_sock)
+    token = {"socket": sock, "service": AA, "method": "GetToken", "request": {"TokenType": "kbs"}}
+    res = _run(
+        go_client,
+        [
+            {"id": "client-deadline", **token, "timeout_ms": 1000},
+            {"id": "after", "socket": sock, "service": AA, "method": "GetTeeType", "request": {}},
+            {"id": "server-deadline", **token, "raw_timeout_nano": 1_000_000_000},
+        ],
+    )
+    (r,) = res["client-deadline"]
+    assert r["code"] == 4 or "deadline exceeded" in r.get("local_error", ""), r
+    assert _ok(res["after"]) == {"tee": "sample"}
+    assert res["server-deadline"][0]["code"] == 4, res["server-deadline"]
+
+
 def _run(go_client: list[str], specs: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     cp = subprocess.run(
         go_client,
