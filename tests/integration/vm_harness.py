@@ -242,13 +242,15 @@ def _lookaside_server(root: Path) -> http.server.ThreadingHTTPServer:
 
 
 AK_HANDLE = 0x81010002  # the tpm attester's default (AA_TPM_AK_HANDLE)
+UNTRUSTED_AK_HANDLE = 0x81010003  # an ECC AK in the same vTPM that the KBS is not told about
 AK_ATTRS = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign|noda"
 
 
 @dataclasses.dataclass
 class _Vtpm:
-    """A swtpm vTPM for the guest: provisioned on the host first (tpm2-tools create a
-    restricted signing key, the AK, persistent at :data:`AK_HANDLE`), then served to
+    """A swtpm vTPM for the guest: provisioned on the host first (tpm2-tools create
+    restricted signing keys, AKs: RSA-2048 persistent at :data:`AK_HANDLE`, the one
+    the KBS trusts, and ECC P-256 at :data:`UNTRUSTED_AK_HANDLE`), then served to
     QEMU's ``tpm-tis`` device over swtpm's control socket."""
 
     dir: Path
@@ -314,6 +316,10 @@ def _start_vtpm(say: Say) -> _Vtpm:
                  "-c", "ak.ctx"],
                 ["tpm2_evictcontrol", "-C", "o", "-c", "ak.ctx", f"{AK_HANDLE:#x}"],
                 ["tpm2_flushcontext", "-t"],
+                ["tpm2_createprimary", "-C", "o", "-G", "ecc256:ecdsa-sha256:null", "-a", AK_ATTRS,
+                 "-c", "ak2.ctx"],
+                ["tpm2_evictcontrol", "-C", "o", "-c", "ak2.ctx", f"{UNTRUSTED_AK_HANDLE:#x}"],
+                ["tpm2_flushcontext", "-t"],
                 ["tpm2_readpublic", "-c", f"{AK_HANDLE:#x}", "-f", "pem", "-o", str(vt.ak_pem)],
             ):  # fmt: skip
                 cp = subprocess.run(args, env=env, cwd=vt.dir, capture_output=True, text=True, timeout=60)
@@ -336,7 +342,9 @@ def _start_vtpm(say: Say) -> _Vtpm:
     except BaseException:
         vt.stop()
         raise
-    say(f"vm: swtpm vTPM in {vt.dir}: AK (RSA-2048, restricted signing) persistent at {AK_HANDLE:#x}")
+    say(
+        f"vm: swtpm vTPM in {vt.dir}: AKs persistent at {AK_HANDLE:#x} (RSA-2048) and {UNTRUSTED_AK_HANDLE:#x} (ECC P-256)"
+    )
     return vt
 
 
@@ -608,7 +616,7 @@ def run_scenario(workdir: Path, *, say: Say = print, timeout: float = VM_TIMEOUT
                          "cid": "refused", "run": True},
                     ],
                     "deny": {"image": app, "file": f_, "image_toml": image_toml("denied")},
-                    "tpm": {"ak_handle": f"{AK_HANDLE:#x}"},
+                    "tpm": {"ak_handle": f"{AK_HANDLE:#x}", "untrusted_ak_handle": f"{UNTRUSTED_AK_HANDLE:#x}"},
                 }  # fmt: skip
                 cfg_file = workdir / "guest-config.json"
                 cfg_file.write_text(json.dumps(cfg))
@@ -638,11 +646,18 @@ def run_scenario(workdir: Path, *, say: Say = print, timeout: float = VM_TIMEOUT
                     )))
                 )  # fmt: skip
                 say(f"vm: the KBS refused: {', '.join(refused) or 'nothing'}")
+                ak_rejections = [
+                    line[line.index("attestation rejected") :]
+                    for line in kbs.log_text().splitlines()
+                    if "attestation rejected" in line and "tpm" in line
+                ]
         finally:
             vtpm.stop()
             lookaside.shutdown()
             lookaside.server_close()
-        return _summarise(con.results, qemu_rc, vm_seconds, file_body, t_start, trusted, refused, ak_spki)
+        return _summarise(
+            con.results, qemu_rc, vm_seconds, file_body, t_start, trusted, refused, ak_spki, ak_rejections
+        )
     finally:
         registry.stop()
 
@@ -656,6 +671,7 @@ def _summarise(
     trusted: _TrustedImages,
     kbs_refused: list[str],
     ak_spki: str,
+    ak_rejections: list[str],
 ) -> dict[str, Any]:
     if qemu_rc != 0:
         raise VmScenarioError(f"qemu exited with {qemu_rc}")
@@ -686,8 +702,14 @@ def _summarise(
         mismatched = [i for i, v in tpm["guest_pcrs"].items() if tclaims.get(f"pcr{int(i):02d}") != v]
         if not tpm["guest_pcrs"] or mismatched:
             problems.append(f"the token's PCRs differ from the guest kernel's view of its TPM: {mismatched}")
-        if tclaims.get("pcr00", "0" * 64) == "0" * 64:
-            problems.append("PCR 0 is zero: the firmware measured nothing into the vTPM")
+        if 0 not in tpm["pcrs_measured"]:
+            problems.append("PCR 0 is unmeasured: the firmware measured nothing into the vTPM")
+        if tpm["event_log_events"] < 1:
+            problems.append("the KBS replayed no event log against the quoted PCRs")
+        if "untrusted_ak_error" not in tpm:
+            problems.append("no attestation with an untrusted AK was tried")
+        if not any("neither configured nor certified" in line for line in ak_rejections):
+            problems.append(f"the KBS log shows no untrusted-AK rejection: {ak_rejections}")
     if att.get("tee") != "sample":
         problems.append(f"the coco-dev AA attested as {att.get('tee')}, not sample")
     if done.get("rc") != 0:
@@ -785,9 +807,11 @@ def _summarise(
             "ak_trust": tpm["claims"]["ak_trust"],
             "ak_matches_provisioned": tpm["claims"]["ak_public"] == ak_spki,
             "pcrs_quoted": tpm["pcrs_quoted"],
-            "pcrs_nonzero": tpm["pcrs_nonzero"],
+            "pcrs_measured": tpm["pcrs_measured"],
             "pcr00": tpm["claims"]["pcr00"],
-            "event_log_replayed": tpm["event_log_replayed"],
+            "event_log_events": tpm["event_log_events"],
+            "untrusted_ak_error": tpm.get("untrusted_ak_error", ""),
+            "kbs_untrusted_ak_log": ak_rejections[-1][:200] if ak_rejections else "",
             "ear_status": tpm["ear_status"],
             "token_seconds": tpm["token_seconds"],
         },

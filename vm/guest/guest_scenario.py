@@ -476,14 +476,34 @@ def guest_pcrs() -> dict[str, str]:
     return {p.name: p.read_text().strip().lower() for p in d.iterdir()} if d.is_dir() else {}
 
 
+async def tpm_token(name: str, sock: str, ak_handle: str) -> tuple[str, dict[str, Any]]:
+    """Start an AA (as the Kata agent would on a VM with a TPM) whose attester uses
+    the AK at ``ak_handle``, get a KBS token from it, stop it: (attester, claims)."""
+    proc = launch(
+        ["attestation-agent", "--attestation_sock", f"unix://{sock}", "-c", str(CONF_DIR / "aa.toml")],
+        sock,
+        name,
+        {"AA_TPM_DEVICE": TPM_DEVICE, "AA_TPM_AK_HANDLE": ak_handle},
+    )
+    attester = ""
+    for line in Path(f"/run/{name}.log").read_text(errors="replace").splitlines():
+        if "primary attester:" in line:
+            attester = line.rsplit(":", 1)[1].strip()
+    client = connect(f"unix://{sock}")
+    try:
+        return attester, await kbs_token(client)
+    finally:
+        await client.close()
+        proc.terminate()
+
+
 async def tpm_attest(cfg: dict[str, Any]) -> dict[str, Any]:
-    """A second AA, as the Kata agent would start it on a VM with a TPM: detection
-    finds the vTPM, the ``tpm`` attester quotes PCRs 0-23 with the AK and the KBS
-    verifies the quote (AK configured there) in a full RCAR round."""
+    """Attest with the vTPM: an AA whose detection finds it runs the ``tpm``
+    attester (a quote of PCRs 0-23 by the AK the KBS is configured to trust, and
+    the firmware's event log) through a full RCAR round; then an AA quoting with
+    an AK the KBS does not trust must get no token."""
     t = time.monotonic()
     out: dict[str, Any] = {"ok": False, "device": TPM_DEVICE}
-    proc = None
-    client = None
     try:
         if not Path(TPM_DEVICE).exists():
             raise RuntimeError(f"{TPM_DEVICE} is missing: the kernel found no TPM")
@@ -494,52 +514,40 @@ async def tpm_attest(cfg: dict[str, Any]) -> dict[str, Any]:
             subprocess.run(["mount", "-t", "securityfs", "securityfs", "/sys/kernel/security"], check=False)
         elog = Path("/sys/kernel/security/tpm0/binary_bios_measurements")
         say(f"TPM event log: {'present' if elog.exists() else 'absent'}")
-        proc = launch(
-            [
-                "attestation-agent",
-                "--attestation_sock",
-                f"unix://{AA_TPM_SOCK}",
-                "-c",
-                str(CONF_DIR / "aa.toml"),
-            ],
-            AA_TPM_SOCK,
-            "attestation-agent-tpm",
-            {"AA_TPM_DEVICE": TPM_DEVICE, "AA_TPM_AK_HANDLE": cfg.get("ak_handle", "0x81010002")},
-        )
-        attester = ""
-        for line in Path("/run/attestation-agent-tpm.log").read_text(errors="replace").splitlines():
-            if "primary attester:" in line:
-                attester = line.rsplit(":", 1)[1].strip()
-        client = connect(f"unix://{AA_TPM_SOCK}")
-        claims = await kbs_token(client)
+        attester, claims = await tpm_token("attestation-agent-tpm", AA_TPM_SOCK, cfg["ak_handle"])
         tee, tclaims, status = cpu_evidence(claims)
         pcrs = {int(k[3:]): v for k, v in tclaims.items() if k.startswith("pcr") and k[3:].isdigit()}
         out.update(
-            ok=True,
             attester=attester,
             tee=tee,
             ear_status=status,
             claims={k: tclaims[k] for k in ("ak_public", "ak_trust", "report_data") if k in tclaims}
             | {k: v for k, v in tclaims.items() if k.startswith("pcr")},
             pcrs_quoted=sorted(pcrs),
-            pcrs_nonzero=sorted(i for i, v in pcrs.items() if v.strip("0")),
-            event_log_replayed=bool(tclaims.get("uefi_event_logs")),
+            # neither the reset value (0) nor that of the DRTM PCRs outside locality 4 (all ones)
+            pcrs_measured=sorted(i for i, v in pcrs.items() if v.strip("0") and v.strip("f")),
+            event_log_events=len(tclaims.get("uefi_event_logs") or []),
             guest_pcrs=guest_pcrs(),
             token_seconds=round(time.monotonic() - t, 1),
         )
         say(f"TPM attestation: {tee} token, AK trust {tclaims.get('ak_trust')}, PCR0 {tclaims.get('pcr00')}")
+        if cfg.get("untrusted_ak_handle"):
+            try:
+                await tpm_token("attestation-agent-tpm-untrusted", AA_TPM_SOCK, cfg["untrusted_ak_handle"])
+            except Exception as exc:
+                out["untrusted_ak_error"] = f"{type(exc).__name__}: {exc}"[:400]
+                say(f"TPM attestation with an untrusted AK refused: {out['untrusted_ak_error'][:200]}")
+            else:
+                raise RuntimeError("the KBS issued a token for a quote by an AK it does not trust")
+        out["ok"] = True
     except Exception as exc:
         out["error"] = f"{type(exc).__name__}: {exc}"[:400]
         say(f"TPM attestation failed: {out['error']}")
-        log = Path("/run/attestation-agent-tpm.log")
-        if log.exists():
-            for line in log.read_text(errors="replace")[-2000:].splitlines():
-                say(f"  {line}")
-    finally:
-        if client is not None:
-            await client.close()
-        if proc is not None:
-            proc.terminate()
+        for name in ("attestation-agent-tpm", "attestation-agent-tpm-untrusted"):
+            log = Path(f"/run/{name}.log")
+            if log.exists():
+                for line in log.read_text(errors="replace")[-2000:].splitlines():
+                    say(f"  {name}: {line}")
     result("tpm_attest", **out)
     return out
 
