@@ -76,6 +76,9 @@ def test_guest_pull_onto_luks2_in_vm(tmp_path: Path) -> None:
     assert tpm["pcrs_quoted"] == list(range(24))
     assert 0 in tpm["pcrs_measured"] and len(tpm["pcr00"]) == 64
     assert tpm["event_log_events"] > 0
+    # The AA bound its init-data: the KBS saw its SHA-256 and PCR 8 holds one extend with it.
+    assert len(tpm["init_data"]) == 64
+    assert tpm["pcr08"] == hashlib.sha256(bytes(32) + bytes.fromhex(tpm["init_data"])).hexdigest()
     assert "TPM attestation: tpm token, AK trust configured" in console
     # A quote by an AK the KBS does not trust (another key in the same vTPM) gets no token.
     assert tpm["untrusted_ak_error"]

@@ -19,7 +19,13 @@ The host side of issue 12:
    ``/dev/trusted_store``) and reads ``coco-guest: RESULT`` lines from the
    serial console with a bounded timeout (the scenario config goes in through
    QEMU's fw_cfg, ``opt/org.coco-py/cfg``);
-4. checks the results: attestation, the dm-crypt + dm-integrity mapping under
+   The guest also gets a ``swtpm`` vTPM (``tpm-tis``), provisioned on the host
+   with tpm2-tools before boot: an RSA AK the KBS trusts
+   (``verifier_config.tpm.trusted_ak_keys``) and an ECC AK it does not;
+4. checks the results: attestation (sample for the coco-dev AA, ``tpm`` for an
+   AA that finds the vTPM: its token's claims name the provisioned AK, quote all
+   24 PCRs, agree with the guest kernel's PCR values, the firmware event log
+   replays; the untrusted AK gets no token), the dm-crypt + dm-integrity mapping under
    the image work dir, the pulled file (its sha256 against what was pushed),
    the verified signature, the pulled container run by runc in the guest
    (its exit status and stdout), the second pull from the layer store, and the
@@ -592,6 +598,12 @@ def run_scenario(workdir: Path, *, say: Say = print, timeout: float = VM_TIMEOUT
                 # The first pull goes the Kata way: the host runtime turns the container into a
                 # Storage{driver=image_guest_pull}; the agent glue in the guest hands it to CDH.
                 cid = nonce * 4
+                # Init-data for the TPM AA (SHA-256: the tpm attester extends it into PCR 8).
+                tpm_initdata = (
+                    'version = "0.1.0"\nalgorithm = "sha256"\n[data]\n'
+                    f'"aa.toml" = """\n[token_configs.kbs]\nurl = "{guest_kbs}"\n"""\n'
+                )
+                init_digest = hashlib.sha256(tpm_initdata.encode()).digest()
                 storage = guest_pull_storages(
                     cid,
                     {
@@ -616,7 +628,11 @@ def run_scenario(workdir: Path, *, say: Say = print, timeout: float = VM_TIMEOUT
                          "cid": "refused", "run": True},
                     ],
                     "deny": {"image": app, "file": f_, "image_toml": image_toml("denied")},
-                    "tpm": {"ak_handle": f"{AK_HANDLE:#x}", "untrusted_ak_handle": f"{UNTRUSTED_AK_HANDLE:#x}"},
+                    "tpm": {
+                        "ak_handle": f"{AK_HANDLE:#x}",
+                        "untrusted_ak_handle": f"{UNTRUSTED_AK_HANDLE:#x}",
+                        "initdata_toml": tpm_initdata,
+                    },
                 }  # fmt: skip
                 cfg_file = workdir / "guest-config.json"
                 cfg_file.write_text(json.dumps(cfg))
@@ -647,7 +663,7 @@ def run_scenario(workdir: Path, *, say: Say = print, timeout: float = VM_TIMEOUT
                 )  # fmt: skip
                 say(f"vm: the KBS refused: {', '.join(refused) or 'nothing'}")
                 ak_rejections = [
-                    line[line.index("attestation rejected") :]
+                    line[line.index("attestation rejected") :].split('"')[0]
                     for line in kbs.log_text().splitlines()
                     if "attestation rejected" in line and "tpm" in line
                 ]
@@ -656,7 +672,16 @@ def run_scenario(workdir: Path, *, say: Say = print, timeout: float = VM_TIMEOUT
             lookaside.shutdown()
             lookaside.server_close()
         return _summarise(
-            con.results, qemu_rc, vm_seconds, file_body, t_start, trusted, refused, ak_spki, ak_rejections
+            con.results,
+            qemu_rc,
+            vm_seconds,
+            file_body,
+            t_start,
+            trusted,
+            refused,
+            ak_spki,
+            ak_rejections,
+            init_digest,
         )
     finally:
         registry.stop()
@@ -672,6 +697,7 @@ def _summarise(
     kbs_refused: list[str],
     ak_spki: str,
     ak_rejections: list[str],
+    init_digest: bytes,
 ) -> dict[str, Any]:
     if qemu_rc != 0:
         raise VmScenarioError(f"qemu exited with {qemu_rc}")
@@ -704,6 +730,11 @@ def _summarise(
             problems.append(f"the token's PCRs differ from the guest kernel's view of its TPM: {mismatched}")
         if 0 not in tpm["pcrs_measured"]:
             problems.append("PCR 0 is unmeasured: the firmware measured nothing into the vTPM")
+        pcr8 = hashlib.sha256(bytes(32) + init_digest).hexdigest()  # one extend from reset
+        if tpm["init_data"] != init_digest.hex() or tpm["init_data_pcr"] != pcr8 or tclaims["pcr08"] != pcr8:
+            problems.append(
+                f"init-data not bound: KBS digest {tpm['init_data']}, PCR 8 {tclaims.get('pcr08')}, want {pcr8}"
+            )
         if tpm["event_log_events"] < 1:
             problems.append("the KBS replayed no event log against the quoted PCRs")
         if "untrusted_ak_error" not in tpm:
@@ -810,6 +841,8 @@ def _summarise(
             "pcrs_measured": tpm["pcrs_measured"],
             "pcr00": tpm["claims"]["pcr00"],
             "event_log_events": tpm["event_log_events"],
+            "init_data": tpm["init_data"],
+            "pcr08": tpm["claims"]["pcr08"],
             "untrusted_ak_error": tpm.get("untrusted_ak_error", ""),
             "kbs_untrusted_ak_log": ak_rejections[-1][:200] if ak_rejections else "",
             "ear_status": tpm["ear_status"],

@@ -476,11 +476,15 @@ def guest_pcrs() -> dict[str, str]:
     return {p.name: p.read_text().strip().lower() for p in d.iterdir()} if d.is_dir() else {}
 
 
-async def tpm_token(name: str, sock: str, ak_handle: str) -> tuple[str, dict[str, Any]]:
+async def tpm_token(
+    name: str, sock: str, ak_handle: str, initdata: Path | None = None
+) -> tuple[str, dict[str, Any]]:
     """Start an AA (as the Kata agent would on a VM with a TPM) whose attester uses
-    the AK at ``ak_handle``, get a KBS token from it, stop it: (attester, claims)."""
+    the AK at ``ak_handle``, get a KBS token from it, stop it: (attester, claims).
+    With ``initdata`` the AA binds its digest (PCR 8) and sends it with the evidence."""
+    args = ["attestation-agent", "--attestation_sock", f"unix://{sock}", "-c", str(CONF_DIR / "aa.toml")]
     proc = launch(
-        ["attestation-agent", "--attestation_sock", f"unix://{sock}", "-c", str(CONF_DIR / "aa.toml")],
+        args + (["-t", str(initdata)] if initdata else []),
         sock,
         name,
         {"AA_TPM_DEVICE": TPM_DEVICE, "AA_TPM_AK_HANDLE": ak_handle},
@@ -514,8 +518,13 @@ async def tpm_attest(cfg: dict[str, Any]) -> dict[str, Any]:
             subprocess.run(["mount", "-t", "securityfs", "securityfs", "/sys/kernel/security"], check=False)
         elog = Path("/sys/kernel/security/tpm0/binary_bios_measurements")
         say(f"TPM event log: {'present' if elog.exists() else 'absent'}")
-        attester, claims = await tpm_token("attestation-agent-tpm", AA_TPM_SOCK, cfg["ak_handle"])
+        initdata = None
+        if cfg.get("initdata_toml"):
+            initdata = CONF_DIR / "initdata-tpm.toml"
+            initdata.write_text(cfg["initdata_toml"])
+        attester, claims = await tpm_token("attestation-agent-tpm", AA_TPM_SOCK, cfg["ak_handle"], initdata)
         tee, tclaims, status = cpu_evidence(claims)
+        annotated = claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]
         pcrs = {int(k[3:]): v for k, v in tclaims.items() if k.startswith("pcr") and k[3:].isdigit()}
         out.update(
             attester=attester,
@@ -527,6 +536,8 @@ async def tpm_attest(cfg: dict[str, Any]) -> dict[str, Any]:
             # neither the reset value (0) nor that of the DRTM PCRs outside locality 4 (all ones)
             pcrs_measured=sorted(i for i, v in pcrs.items() if v.strip("0") and v.strip("f")),
             event_log_events=len(tclaims.get("uefi_event_logs") or []),
+            init_data=annotated.get("init_data"),  # the digest the KBS computed from what the AA sent
+            init_data_pcr=tclaims.get("init_data"),  # PCR 8 in the verified quote
             guest_pcrs=guest_pcrs(),
             token_seconds=round(time.monotonic() - t, 1),
         )
