@@ -13,6 +13,7 @@ deps-vm:
 lint: deps
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	$(PY) scripts/check_paths.py
 
 typecheck: deps
 	.venv/bin/mypy
