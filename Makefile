@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: deps deps-vm test lint typecheck unit demo vm-test bench clean
+.PHONY: deps deps-vm test lint typecheck unit demo vm-test bench clean lock dist wheel-test footprint
 
 deps:
 	@scripts/install-deps.sh
@@ -33,5 +33,24 @@ vm-test: deps-vm
 bench: deps
 	$(PY) -m bench
 
+# Regenerate the hash-checked locks (requirements/*.txt) after editing the
+# dependencies in pyproject.toml; commit the result.
+lock: deps
+	scripts/lock.sh
+
+# Wheel + sdist into dist/.
+dist: deps
+	rm -rf dist
+	$(PY) -m build --no-isolation -o dist .
+
+# The built wheel in fresh venvs from the locks: --help of every console
+# script, the guest set without server libraries, the demo flow (CI runs it).
+wheel-test: deps
+	scripts/ci-wheel.sh
+
+# Guest footprint: installed size, AA/CDH start-up and idle RSS, one pull's peak RSS.
+footprint: deps
+	$(PY) -m bench.guest_footprint
+
 clean:
-	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info
