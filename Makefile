@@ -36,7 +36,7 @@ ha-test: deps
 bench: deps
 	$(PY) -m bench
 
-# Regenerate the hash-checked locks (requirements/*.txt) after editing the
+# Regenerate the hash-checked locks (requirements/*.lock.txt) after editing the
 # dependencies in pyproject.toml; commit the result.
 lock: deps
 	scripts/lock.sh

@@ -1,12 +1,12 @@
 """Guest footprint: what the confidential guest carries, and what its daemons cost at rest.
 
 Measured on the built wheel installed the way a guest image installs it: a
-fresh venv with the hash-checked guest lock (``requirements/guest.txt``) and
+fresh venv with the hash-checked guest lock (``requirements/guest.lock.txt``) and
 the wheel with ``--no-deps``, so nothing from the checkout or the server set
 is on the path.
 
 * installed size of that venv's ``site-packages`` (and, for scale, the same
-  for the server lock, ``requirements/server.txt``);
+  for the server lock, ``requirements/server.lock.txt``);
 * attestation-agent and confidential-data-hub: time from exec to the ttRPC
   Unix socket accepting a connection (median of ``--reps`` starts), and the
   resident set (VmRSS) after ``--idle`` seconds idle;
@@ -137,8 +137,8 @@ def main() -> int:
         _sh([sys.executable, "-m", "build", "--no-isolation", "--wheel", "-o", str(tmp / "dist"), str(ROOT)],
             stderr=subprocess.DEVNULL)  # fmt: skip
         (wheel,) = (tmp / "dist").glob("coco_py-*.whl")
-        guest_site = _venv(tmp / "guest", "guest.txt", wheel)
-        server_site = _venv(tmp / "server", "server.txt", wheel)
+        guest_site = _venv(tmp / "guest", "guest.lock.txt", wheel)
+        server_site = _venv(tmp / "server", "server.lock.txt", wheel)
         out: dict[str, object] = {
             "installed": {"guest": _site_size(guest_site), "server_set_for_scale": _site_size(server_site)},
             "python": sys.version.split()[0],

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Tests the built artifacts, not the source tree (run by .ci/run after `make test`;
 # alone: `make wheel-test`). Builds the wheel and sdist into dist/, then:
-#   1. a fresh venv with the guest lock alone (requirements/guest.txt) and the
+#   1. a fresh venv with the guest lock alone (requirements/guest.lock.txt) and the
 #      wheel: every guest console script answers --help, and the server's
 #      libraries are not installed;
-#   2. a fresh venv with the full lock (requirements/dev.txt) and the wheel:
+#   2. a fresh venv with the full lock (requirements/dev.lock.txt) and the wheel:
 #      every console script answers --help, and the demo flow (scripts/demo.py)
 #      runs against the installed commands, so package data the wheel lacks fails.
 # Both venvs install with --require-hashes and the project with --no-deps.
@@ -45,7 +45,7 @@ help_ok() {  # help_ok VENV SCRIPT
 }
 
 # 1. guest set alone
-fresh "$work/guest" requirements/guest.txt
+fresh "$work/guest" requirements/guest.lock.txt
 for mod in aiohttp regopy redis; do
   if "$work/guest/bin/python" -c "import $mod" 2>/dev/null; then
     echo "ci-wheel: the guest lock installed $mod (a server dependency)" >&2
@@ -61,7 +61,7 @@ done
 echo "ci-wheel: guest venv: $n console scripts answer --help without the server's libraries"
 
 # 2. everything, and the demo flow against the installed wheel
-fresh "$work/full" requirements/dev.txt
+fresh "$work/full" requirements/dev.lock.txt
 for s in "${scripts[@]}"; do
   help_ok "$work/full" "$s"
 done

@@ -2,7 +2,7 @@
 
 The guest's console scripts run inside the confidential guest (its TCB); the
 KBS's libraries (aiohttp, regopy, redis, ...) must not be imported by them, or
-a guest install (``requirements/guest.txt``, no ``server`` extra) would break
+a guest install (``requirements/guest.lock.txt``, no ``server`` extra) would break
 and the TCB would grow. Each module is imported in a fresh interpreter, so what
 another test imported cannot hide an import.
 """
@@ -77,11 +77,11 @@ def test_the_probe_sees_a_server_import() -> None:
 
 
 def test_guest_lock_holds_no_server_package() -> None:
-    text = (ROOT / "requirements" / "guest.txt").read_text()
+    text = (ROOT / "requirements" / "guest.lock.txt").read_text()
     pinned = {
         line.split("==")[0] for line in text.splitlines() if "==" in line and not line.startswith((" ", "#"))
     }
-    assert pinned, "requirements/guest.txt pins nothing"
+    assert pinned, "requirements/guest.lock.txt pins nothing"
     assert not pinned & {
         "aiohttp",
         "regopy",
@@ -95,7 +95,7 @@ def test_guest_lock_holds_no_server_package() -> None:
     for name in ("cryptography", "grpcio", "protobuf", "httpx"):
         assert name in pinned, name
     for lock in ("guest", "server", "dev"):
-        body = (ROOT / "requirements" / f"{lock}.txt").read_text()
+        body = (ROOT / "requirements" / f"{lock}.lock.txt").read_text()
         entries = [line for line in body.splitlines() if "==" in line and not line.startswith((" ", "#"))]
         assert entries and all(line.rstrip().endswith("\\") for line in entries), (
             f"{lock}.txt: an entry without hashes"
