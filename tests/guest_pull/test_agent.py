@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -168,6 +169,7 @@ async def test_image_guest_pull_without_metadata_is_pulled(tmp_path: Path, cdh: 
 
 
 async def test_sealed_env(cdh: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="guest_pull")
     _, client = cdh
     env = ["PATH=/bin", "TOKEN=sealed.good.xyz", "EMPTY="]
     assert await unseal_env(client, env) == ["PATH=/bin", "TOKEN=plain:xyz", "EMPTY="]
@@ -189,6 +191,7 @@ def _secret_volume(shared: Path, name: str) -> Path:
 
 
 async def test_sealed_volume_files(tmp_path: Path, cdh: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="guest_pull")
     _, client = cdh
     shared = tmp_path / "shared" / "containers"
     vol = _secret_volume(shared, "mysecret")
@@ -258,6 +261,7 @@ async def test_timeout_from_kernel_params(tmp_path: Path, cdh: Any) -> None:
 async def test_sealed_volume_write_failure_leaves_no_plaintext(
     tmp_path: Path, cdh: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
+    caplog.set_level(logging.WARNING, logger="guest_pull")
     # a failed write or re-link must not leave the unsealed plaintext behind, nor stop the container
     _, client = cdh
     shared = tmp_path / "shared"
