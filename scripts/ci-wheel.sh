@@ -27,7 +27,14 @@ for name in tomllib.load(open("pyproject.toml", "rb"))["project"]["scripts"]:
     print(name)
 PY
 )
-server_scripts=(kbs)          # the KBS side (server extra)
+# the KBS side (server extra): scripts whose module is in the kbs package
+mapfile -t server_scripts < <(.venv/bin/python - <<'PY'
+import tomllib
+for name, target in tomllib.load(open("pyproject.toml", "rb"))["project"]["scripts"].items():
+    if target.split(":")[0].split(".")[0] == "kbs":
+        print(name)
+PY
+)
 rest_scripts=(api-server-rest) # the guest-rest extra (aiohttp)
 
 fresh() {  # fresh VENV LOCK
