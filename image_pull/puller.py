@@ -78,11 +78,14 @@ from image_pull.stream import ChunkPipe, HashingReader, PipeAborted
 from image_pull.trust.evaluate import TrustPolicy
 from image_pull.unpack import open_decompressed
 
-__all__ = ["ImagePuller", "ProxyConfig", "PullResult", "PullerConfig"]
+__all__ = ["DEFAULT_PULL_TIMEOUT", "ImagePuller", "ProxyConfig", "PullResult", "PullerConfig"]
 
 log = logging.getLogger("image_pull.puller")
 
 DEFAULT_MAX_LAYER_BYTES = 64 << 30
+#: seconds a pull may take when nobody says otherwise (CLI, CDH): a registry that
+#: trickles must not hold a pull, and CDH's pull lock, forever
+DEFAULT_PULL_TIMEOUT = 1800.0
 
 # layer keys unwrapped for the current pull (set in _pull, seen by its layer tasks)
 _LAYER_KEYS: contextvars.ContextVar[dict[tuple[str, str], LayerKey]] = contextvars.ContextVar("_LAYER_KEYS")
@@ -157,7 +160,7 @@ class PullerConfig:
     # --- beyond the agreed API (all optional) ---
     platform: str | None = None  # "os/arch[/variant]"; default: this machine
     snapshotter: str = "auto"  # "overlay", "copy" (flattened), or "auto" (overlay, else copy)
-    pull_timeout: float | None = None  # seconds for the whole pull
+    pull_timeout: float | None = DEFAULT_PULL_TIMEOUT  # seconds for the whole pull (None: no deadline)
     max_layer_bytes: int = DEFAULT_MAX_LAYER_BYTES  # uncompressed size limit per layer
     unpack_workers: str = "process"  # "process": one worker process per layer (uses more CPUs); "thread"
     retry: RetryPolicy = field(default_factory=RetryPolicy)

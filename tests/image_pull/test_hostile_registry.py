@@ -1,0 +1,231 @@
+"""`coco-image pull` against a hostile registry (tests/support/hostile_registry.py).
+
+Each case is one finding of the adversarial review of the puller: HTTP
+content-coding bombs (every body: manifest, blob, token, error), bodies cut or
+stalled mid-way, trickling registries, layer bombs, sparse files in a copied
+rootfs. The pull runs as the real CLI in a child process; its peak RSS
+(``wait4``'s ``ru_maxrss``, the child and the workers it waited for) must stay
+under :data:`RSS_CAP`, and failures must be one typed line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import zstandard
+
+from tests.support.hostile_registry import HostileRegistry, small_layer
+
+RSS_CAP = 200 << 20
+BOMB = 256 << 20  # decoded size of every bomb: far above each limit, and above RSS_CAP
+
+
+def _deflate_stream(chunks: Iterator[bytes], wbits: int) -> bytes:
+    co = zlib.compressobj(9, zlib.DEFLATED, wbits)
+    out = io.BytesIO()
+    for c in chunks:
+        out.write(co.compress(c))
+    out.write(co.flush())
+    return out.getvalue()
+
+
+def _zeros(n: int) -> Iterator[bytes]:
+    block = bytes(1 << 20)
+    for _ in range(n >> 20):
+        yield block
+
+
+@pytest.fixture(scope="module")
+def bombs() -> dict[str, bytes]:
+    gz = _deflate_stream(_zeros(BOMB), 16 + zlib.MAX_WBITS)
+    cctx = zstandard.ZstdCompressor(level=3)
+    zo = cctx.compressobj()
+    zs = b"".join([*(zo.compress(c) for c in _zeros(BOMB)), zo.flush()])
+    return {
+        "gzip": gz,
+        "gzip, gzip": gzip.compress(gz, mtime=0),
+        "zstd": zs,
+        "zstd, gzip": gzip.compress(zs, mtime=0),
+    }
+
+
+@pytest.fixture
+def reg() -> Iterator[HostileRegistry]:
+    r = HostileRegistry()
+    yield r
+    r.stop()
+
+
+def cli_pull(reg: HostileRegistry, tmp: Path, *extra: str, timeout: float = 120) -> tuple[int, str, int]:
+    """Run ``coco-image pull``; (exit status, stderr, peak RSS in bytes)."""
+    cmd = [sys.executable, "-m", "image_pull.cli", "pull", reg.ref, "--plain-http", reg.host,
+           "--work-dir", str(tmp / "work"), "--bundle", str(tmp / "bundle"), "--snapshotter", "copy",
+           *extra]  # fmt: skip
+    err = tmp / "stderr"
+    with open(err, "wb") as ef:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=ef)
+        try:
+            _, status, usage = os.wait4(proc.pid, 0)
+        except BaseException:
+            proc.kill()
+            raise
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, err.read_text(errors="replace"), usage.ru_maxrss * 1024
+
+
+def assert_one_line_failure(rc: int, stderr: str, *needles: str) -> None:
+    assert rc == 1, stderr
+    assert "Traceback" not in stderr, stderr
+    lines = [ln for ln in stderr.splitlines() if ln.startswith("coco-image pull:")]
+    assert len(lines) == 1, stderr
+    for n in needles:
+        assert n in lines[0], stderr
+
+
+# ---------------------------------------------------------------------- F1: content-coding bombs
+@pytest.mark.parametrize("coding", ["zstd", "gzip", "gzip, gzip", "zstd, gzip"])
+def test_manifest_with_a_content_coding_is_refused_before_decoding(
+    reg: HostileRegistry, bombs: dict[str, bytes], tmp_path: Path, coding: str
+) -> None:
+    reg.fault("manifest", "encoding", coding=coding, body=bombs[coding])
+    rc, err, rss = cli_pull(reg, tmp_path)
+    assert_one_line_failure(rc, err, "Content-Encoding")
+    assert rss < RSS_CAP, f"peak RSS {rss >> 20} MiB"
+    assert all(r.headers.get("accept-encoding") == "identity" for r in reg.requests)
+
+
+@pytest.mark.parametrize("where", ["layer", "config"])
+def test_blob_with_a_content_coding_is_refused(
+    reg: HostileRegistry, bombs: dict[str, bytes], tmp_path: Path, where: str
+) -> None:
+    reg.fault(where, "encoding", coding="zstd", body=bombs["zstd"])
+    rc, err, rss = cli_pull(reg, tmp_path)
+    assert_one_line_failure(rc, err, "Content-Encoding")
+    assert rss < RSS_CAP, f"peak RSS {rss >> 20} MiB"
+    assert not any((tmp_path / "work" / "layers").iterdir())
+
+
+@pytest.mark.parametrize("coding", ["gzip", "gzip, gzip", "zstd"])
+def test_token_response_bomb_stops_at_its_limit(bombs: dict[str, bytes], tmp_path: Path, coding: str) -> None:
+    reg = HostileRegistry(token_auth=True)
+    try:
+        reg.fault("token", "encoding", coding=coding, body=bombs[coding])
+        rc, err, rss = cli_pull(reg, tmp_path)
+    finally:
+        reg.stop()
+    assert_one_line_failure(rc, err, "token")
+    assert rss < RSS_CAP, f"peak RSS {rss >> 20} MiB"
+
+
+def test_error_body_bomb_is_bounded(reg: HostileRegistry, bombs: dict[str, bytes], tmp_path: Path) -> None:
+    reg.fault(
+        "ping",
+        "status",
+        status=500,
+        body=bombs["gzip, gzip"],
+        headers={"Content-Encoding": "gzip, gzip", "Content-Type": "application/json"},
+    )
+    rc, err, rss = cli_pull(reg, tmp_path)
+    assert_one_line_failure(rc, err, "HTTP 500")
+    assert rss < RSS_CAP, f"peak RSS {rss >> 20} MiB"
+    assert reg.count("ping") >= 2  # 500 is retried: each error body read stays bounded
+
+
+# ---------------------------------------------------------------------- F2: transport faults mid-body
+@pytest.mark.parametrize("where", ["manifest", "token", "config"])
+def test_a_body_cut_once_is_retried(tmp_path: Path, where: str) -> None:
+    reg = HostileRegistry(token_auth=where == "token")
+    try:
+        reg.fault(where, "short", times=1, extra=0 if where == "config" else 1000)
+        rc, err, _ = cli_pull(reg, tmp_path)
+    finally:
+        reg.stop()
+    assert rc == 0, err
+    assert (tmp_path / "bundle" / "rootfs" / "hello").read_bytes().startswith(b"hello")
+
+
+@pytest.mark.parametrize("where", ["manifest", "config"])
+def test_corrupt_gzip_coding_is_one_typed_line(reg: HostileRegistry, tmp_path: Path, where: str) -> None:
+    reg.fault(where, "encoding", coding="gzip", body=b"\x1f\x8b\x08\x00garbage-not-deflate" * 10)
+    rc, err, _ = cli_pull(reg, tmp_path)
+    assert_one_line_failure(rc, err, "Content-Encoding")
+
+
+def test_a_body_cut_every_time_is_one_typed_line(reg: HostileRegistry, tmp_path: Path) -> None:
+    reg.fault("manifest", "short")
+    rc, err, _ = cli_pull(reg, tmp_path)
+    assert_one_line_failure(rc, err, "manifest", "RemoteProtocolError")
+
+
+def test_a_mirror_that_cuts_its_manifest_body_falls_back(reg: HostileRegistry, tmp_path: Path) -> None:
+    mirror = HostileRegistry()
+    try:
+        mirror.fault("manifest", "short")
+        conf = tmp_path / "registries.conf"
+        conf.write_text(
+            f'[[registry]]\nlocation = "{reg.host}"\ninsecure = true\n'
+            f'[[registry.mirror]]\nlocation = "{mirror.host}"\ninsecure = true\n'
+        )
+        rc, err, _ = cli_pull(reg, tmp_path, "--registries-conf", str(conf))
+    finally:
+        mirror.stop()
+    assert rc == 0, err
+    assert mirror.count("manifest") >= 1
+    assert (tmp_path / "bundle" / "rootfs" / "hello").exists()
+
+
+# ---------------------------------------------------------------------- F4: time bounds
+def test_a_trickled_manifest_fails_on_the_low_speed_limit(reg: HostileRegistry, tmp_path: Path) -> None:
+    reg.fault("manifest", "trickle", interval=0.5)
+    rc, err, _ = cli_pull(reg, tmp_path, "--low-speed-limit", "100", "--low-speed-time", "1")
+    assert_one_line_failure(rc, err, "bytes/s")
+
+
+def test_a_stalled_layer_resumes_then_fails_typed(reg: HostileRegistry, tmp_path: Path) -> None:
+    reg.fault("layer", "stall", after=10, hold=60)
+    rc, err, _ = cli_pull(reg, tmp_path, "--low-speed-limit", "100", "--low-speed-time", "1")
+    assert_one_line_failure(rc, err, "blob")
+
+
+def test_trickled_headers_hit_the_default_deadline_not_forever(reg: HostileRegistry, tmp_path: Path) -> None:
+    reg.fault("manifest", "stall", after=0, hold=60)
+    rc, err, _ = cli_pull(reg, tmp_path, "--timeout", "3")
+    assert_one_line_failure(rc, err, "did not finish within 3")
+
+
+def test_retry_after_is_capped(reg: HostileRegistry, tmp_path: Path) -> None:
+    reg.fault("manifest", "retry_after", value=3600)
+    rc, err, _ = cli_pull(reg, tmp_path, "--timeout", "30")
+    assert_one_line_failure(rc, err, "HTTP 503")
+    assert reg.count("manifest") <= 2  # HEAD + GET, neither slept an hour
+
+
+def test_cli_and_puller_have_a_default_deadline() -> None:
+    from image_pull.puller import DEFAULT_PULL_TIMEOUT, PullerConfig
+
+    assert PullerConfig(work_dir=Path("/nonexistent")).pull_timeout == DEFAULT_PULL_TIMEOUT
+    assert DEFAULT_PULL_TIMEOUT is not None and DEFAULT_PULL_TIMEOUT > 0
+
+
+# ---------------------------------------------------------------------- helpers for disk cases
+def bomb_layer_tar(size: int) -> bytes:
+    """An uncompressed layer tar holding one file of ``size`` zero bytes (built lazily)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        ti = tarfile.TarInfo("bomb.bin")
+        ti.size = size
+        tf.addfile(ti, io.BytesIO(bytes(size)))
+    return buf.getvalue()
+
+
+def _small() -> bytes:
+    return small_layer()
