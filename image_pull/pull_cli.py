@@ -62,6 +62,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
         metavar="BYTES",
         help="a response slower than BYTES/s for --low-speed-time seconds fails (default 1024; 0: off)",
     )
+    parser.add_argument(
+        "--max-unpacked-bytes",
+        type=int,
+        metavar="BYTES",
+        help="uncompressed bytes one pull may write (default: the work dir's free space)",
+    )
     parser.add_argument("--low-speed-time", type=float, default=30.0, metavar="SECONDS", help="(default 30)")
     parser.add_argument("--https-proxy")
     parser.add_argument("--http-proxy")
@@ -121,6 +127,7 @@ async def _main(args: argparse.Namespace) -> int:
         platform=args.platform,
         snapshotter=args.snapshotter,
         pull_timeout=args.timeout,
+        max_unpacked_bytes=args.max_unpacked_bytes,
         retry=RetryPolicy(low_speed_limit=args.low_speed_limit, low_speed_time=args.low_speed_time),
     )
     if config.decryption_keys:

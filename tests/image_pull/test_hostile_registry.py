@@ -10,12 +10,15 @@ under :data:`RSS_CAP`, and failures must be one typed line, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tarfile
+import threading
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +26,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from tests.support.hostile_registry import HostileRegistry, small_layer
+from tests.support.hostile_registry import HostileRegistry
 
 RSS_CAP = 200 << 20
 BOMB = 256 << 20  # decoded size of every bomb: far above each limit, and above RSS_CAP
@@ -65,21 +68,35 @@ def reg() -> Iterator[HostileRegistry]:
     r.stop()
 
 
+# Started from this (large) test process, a child's ru_maxrss would start at our
+# RSS (Linux carries the high-water mark over fork+exec); a small launcher
+# process forks the pull instead and reports the pull's own peak.
+_LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execv(sys.executable, [sys.executable, *sys.argv[2:]])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as f:
+    f.write(str(usage.ru_maxrss * 1024))
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
 def cli_pull(reg: HostileRegistry, tmp: Path, *extra: str, timeout: float = 120) -> tuple[int, str, int]:
-    """Run ``coco-image pull``; (exit status, stderr, peak RSS in bytes)."""
-    cmd = [sys.executable, "-m", "image_pull.cli", "pull", reg.ref, "--plain-http", reg.host,
-           "--work-dir", str(tmp / "work"), "--bundle", str(tmp / "bundle"), "--snapshotter", "copy",
-           *extra]  # fmt: skip
-    err = tmp / "stderr"
-    with open(err, "wb") as ef:
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=ef)
-        try:
-            _, status, usage = os.wait4(proc.pid, 0)
-        except BaseException:
-            proc.kill()
-            raise
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, err.read_text(errors="replace"), usage.ru_maxrss * 1024
+    """Run ``coco-image pull``; (exit status, stderr, peak RSS in bytes of the
+    puller and of its largest worker)."""
+    args = ["-m", "image_pull.cli", "pull", reg.ref, "--plain-http", reg.host,
+            "--work-dir", str(tmp / "work"), "--bundle", str(tmp / "bundle"), "--snapshotter", "copy",
+            *extra]  # fmt: skip
+    rss_file = tmp / "maxrss"
+    cp = subprocess.run(
+        [sys.executable, "-c", _LAUNCHER, str(rss_file), *args],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        timeout=timeout,
+    )
+    return cp.returncode, cp.stderr.decode(errors="replace"), int(rss_file.read_text())
 
 
 def assert_one_line_failure(rc: int, stderr: str, *needles: str) -> None:
@@ -216,9 +233,9 @@ def test_cli_and_puller_have_a_default_deadline() -> None:
     assert DEFAULT_PULL_TIMEOUT is not None and DEFAULT_PULL_TIMEOUT > 0
 
 
-# ---------------------------------------------------------------------- helpers for disk cases
+# ---------------------------------------------------------------------- F3: disk bounded by what is written
 def bomb_layer_tar(size: int) -> bytes:
-    """An uncompressed layer tar holding one file of ``size`` zero bytes (built lazily)."""
+    """A layer tar holding one file of ``size`` zero bytes."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
         ti = tarfile.TarInfo("bomb.bin")
@@ -227,5 +244,101 @@ def bomb_layer_tar(size: int) -> bytes:
     return buf.getvalue()
 
 
-def _small() -> bytes:
-    return small_layer()
+class DiskWatch:
+    """Samples the bytes allocated under a directory while a pull runs (peak kept)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.peak = 0
+        self._stop = threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+        self._t.start()
+
+    def _used(self) -> int:
+        total = 0
+        for dirpath, _dirs, files in os.walk(self.root):
+            for f in files:
+                with contextlib.suppress(OSError):
+                    total += os.lstat(os.path.join(dirpath, f)).st_blocks * 512
+        return total
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.02):
+            self.peak = max(self.peak, self._used())
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._t.join()
+        return max(self.peak, self._used())
+
+
+def test_gzip_bomb_stops_at_the_pull_budget(tmp_path: Path) -> None:
+    tar = bomb_layer_tar(BOMB)
+    reg = HostileRegistry(layer_tar=tar)  # an honest descriptor: gzip's ratio stays under 1100x
+    budget = 48 << 20
+    (tmp_path / "work").mkdir()
+    watch = DiskWatch(tmp_path)
+    try:
+        rc, err, rss = cli_pull(reg, tmp_path, "--max-unpacked-bytes", str(budget))
+    finally:
+        peak = watch.stop()
+        reg.stop()
+    assert_one_line_failure(rc, err, "budget")
+    assert peak <= budget + (16 << 20), f"peak disk {peak >> 20} MiB"
+    assert rss < RSS_CAP, f"peak RSS {rss >> 20} MiB"
+    assert not any((tmp_path / "work" / "staging").iterdir())
+    assert not any((tmp_path / "work" / "layers").iterdir())
+
+
+def test_expansion_ratio_counts_bytes_received_not_the_declared_size(tmp_path: Path) -> None:
+    tar = bomb_layer_tar(BOMB)
+    cctx = zstandard.ZstdCompressor(level=19)
+    blob = cctx.compress(tar)
+    # the descriptor claims 1 GB, the registry sends a few KB and keeps the connection open
+    reg = HostileRegistry(
+        layer_tar=tar,
+        layer_blob=blob,
+        layer_media_type="application/vnd.oci.image.layer.v1.tar+zstd",
+        declared_size=1 << 30,
+        hold_after_layer=True,
+    )
+    (tmp_path / "work").mkdir()
+    watch = DiskWatch(tmp_path)
+    try:
+        rc, err, rss = cli_pull(reg, tmp_path, "--timeout", "60")
+    finally:
+        peak = watch.stop()
+        reg.stop()
+    assert_one_line_failure(rc, err, "compressed bytes sent")
+    limit = int(1100 * len(blob)) + (1 << 20)
+    assert peak <= limit + (16 << 20), f"peak disk {peak >> 20} MiB for {len(blob)} bytes received"
+    assert rss < RSS_CAP, f"peak RSS {rss >> 20} MiB"
+
+
+@pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar not installed")
+def test_copy_snapshotter_keeps_sparse_files_sparse(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    apparent = 1 << 30
+    with open(src / "sparse.img", "wb") as f:
+        f.truncate(apparent)
+        f.seek(apparent // 2)
+        f.write(b"data in the middle")
+    tar = subprocess.run(
+        ["tar", "--sparse", "--format=posix", "-C", str(src), "-cf", "-", "sparse.img"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    reg = HostileRegistry(layer_tar=tar)
+    try:
+        rc, err, _ = cli_pull(reg, tmp_path)  # cli_pull uses --snapshotter copy
+    finally:
+        reg.stop()
+    assert rc == 0, err
+    out = tmp_path / "bundle" / "rootfs" / "sparse.img"
+    st = out.stat()
+    assert st.st_size == apparent
+    assert st.st_blocks * 512 < 1 << 20, f"{st.st_blocks * 512} bytes allocated for a sparse file"
+    with open(out, "rb") as f:
+        f.seek(apparent // 2)
+        assert f.read(18) == b"data in the middle"

@@ -232,8 +232,7 @@ class HostileRegistry:
         fl = self._take_fault(where) if faultable else None
         if fl is None:
             if where == "layer" and self.hold_after_layer and method == "GET":
-                hdrs["Content-Length"] = str(10 * len(body) + 1)  # promise more, send what we have, hold
-                _send(c, status, hdrs, body if method == "GET" else b"")
+                _send(c, status, hdrs, body)  # no length: the body "goes on" while the connection is open
                 self._stop.wait(600)
                 return False
             _send(c, status, hdrs, body if method != "HEAD" else b"", length=len(body))
