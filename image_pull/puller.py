@@ -414,6 +414,12 @@ class ImagePuller:
             raise PullTimeout(
                 f"pull of {image_ref[:120]} did not finish within {self.config.pull_timeout} s"
             ) from None
+        except OSError as exc:  # a file operation no step translated: still one typed error
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientSpace(
+                    f"no space (or no free inodes) left for the pull of {image_ref[:120]}"
+                ) from None
+            raise StoreError(f"pull of {image_ref[:120]}: {exc.strerror or type(exc).__name__}") from None
 
     async def release_bundle(self, bundle_dir: Path) -> None:
         """Unmount/remove ``<bundle>/rootfs`` and its ``config.json``; drop its GC root in the store."""

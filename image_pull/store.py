@@ -133,7 +133,14 @@ class LayerStore:
     async def lock(self, chain_id: str) -> AsyncIterator[None]:
         """Exclusive per-layer lock across processes (flock), cancellable while waiting."""
         path = self.locks / f"{_hex(chain_id)}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientSpace(
+                    f"no space (or no free inodes) left in {self.root} for a lock file"
+                ) from None
+            raise StoreError(f"cannot create a lock file in {self.root}: {exc.strerror}") from None
         try:
             delay = 0.005
             while True:
@@ -168,7 +175,12 @@ class LayerStore:
 
     def commit(self, staging: Path, record: LayerRecord) -> Path:
         """Atomically publish a staging dir as layer ``record.chain_id``."""
-        (staging / "layer.json").write_bytes(record.to_json())
+        try:
+            (staging / "layer.json").write_bytes(record.to_json())
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientSpace(f"no space (or no free inodes) left in {self.root}") from None
+            raise StoreError(f"cannot commit layer {record.chain_id}: {exc.strerror}") from None
         final = self.layer_dir(record.chain_id)
         try:
             os.rename(staging, final)
@@ -294,8 +306,14 @@ class LayerStore:
         ``<bundle>/.rootfs.*`` through this record. :meth:`end_copy` drops it."""
         key = hashlib.sha256(str(bundle_dir.resolve()).encode()).hexdigest()[:32]
         d = self.bundles / f"{key}.copy-{secrets.token_hex(4)}"
-        d.mkdir()
-        (d / "copying.json").write_text(json.dumps({"bundle": str(bundle_dir.resolve())}))
+        try:
+            d.mkdir()
+            (d / "copying.json").write_text(json.dumps({"bundle": str(bundle_dir.resolve())}))
+        except OSError as exc:
+            shutil.rmtree(d, ignore_errors=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientSpace(f"no space (or no free inodes) left in {self.root}") from None
+            raise StoreError(f"cannot record the bundle copy in {self.root}: {exc.strerror}") from None
         return d
 
     @staticmethod

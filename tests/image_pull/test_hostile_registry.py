@@ -10,9 +10,11 @@ under :data:`RSS_CAP`, and failures must be one typed line, never a traceback.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import gzip
 import io
+import json
 import os
 import shutil
 import subprocess
@@ -26,7 +28,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from tests.support.hostile_registry import HostileRegistry
+from tests.support.hostile_registry import HostileRegistry, small_layer, wait_until
 
 RSS_CAP = 200 << 20
 BOMB = 256 << 20  # decoded size of every bomb: far above each limit, and above RSS_CAP
@@ -342,3 +344,99 @@ def test_copy_snapshotter_keeps_sparse_files_sparse(tmp_path: Path) -> None:
     with open(out, "rb") as f:
         f.seek(apparent // 2)
         assert f.read(18) == b"data in the middle"
+
+
+# ---------------------------------------------------------------------- F7: kill -9 in the bundle step
+def _many_files_tar(n: int) -> bytes:
+    return small_layer({f"d{i % 50}/f{i}": os.urandom(512) for i in range(n)})
+
+
+def _kill_during_copy(reg: HostileRegistry, tmp: Path) -> None:
+    """Start a copy-mode pull; SIGKILL it while the flattened copy is being written."""
+    cmd = [sys.executable, "-m", "image_pull.cli", "pull", reg.ref, "--plain-http", reg.host,
+           "--work-dir", str(tmp / "work"), "--bundle", str(tmp / "bundle"), "--snapshotter", "copy"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        seen = wait_until(lambda: any((tmp / "bundle").glob(".rootfs.*/d*")), timeout=120)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert seen, "the pull never reached the copy step"
+
+
+def test_kill_9_mid_copy_leaves_nothing_a_later_pull_or_gc_does_not_remove(tmp_path: Path) -> None:
+    from image_pull.store import LayerStore
+
+    reg = HostileRegistry(layer_tar=_many_files_tar(20000))
+    try:
+        # the GC finds the partial copy through the store's record of it
+        _kill_during_copy(reg, tmp_path)
+        assert list((tmp_path / "bundle").glob(".rootfs.*"))
+        LayerStore(tmp_path / "work").gc()
+        assert not list((tmp_path / "bundle").glob(".rootfs.*"))
+        assert not list((tmp_path / "work" / "bundles").iterdir())
+        # the next pull into the bundle removes it too
+        _kill_during_copy(reg, tmp_path)
+        assert list((tmp_path / "bundle").glob(".rootfs.*"))
+        shutil.rmtree(tmp_path / "bundle" / "rootfs", ignore_errors=True)
+        rc, err, _ = cli_pull(reg, tmp_path)
+    finally:
+        reg.stop()
+    assert rc == 0, err
+    assert sorted(p.name for p in (tmp_path / "bundle").iterdir()) == ["config.json", "rootfs"]
+    assert (tmp_path / "bundle" / "rootfs" / "d7" / "f7").stat().st_size == 512
+
+
+# ---------------------------------------------------------------------- F8: out of inodes
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: mounts a tmpfs with few inodes")
+def test_out_of_inodes_is_insufficient_space_and_leaves_no_staging(tmp_path: Path) -> None:
+    """The work dir runs out of inodes at every step of the pull in turn (k inodes left)."""
+    from image_pull.store import LayerStore
+
+    work = tmp_path / "work"
+    work.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m,nr_inodes=64", "tmpfs", str(work)], check=True)
+    reg = HostileRegistry()
+    messages = []
+    try:
+        for k in range(10):
+            for p in list(work.iterdir()):
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+            shutil.rmtree(tmp_path / "bundle", ignore_errors=True)
+            LayerStore(work)  # its directories
+            fillers = []
+            with contextlib.suppress(OSError):
+                while len(fillers) < 1000:
+                    f = work / f"filler{len(fillers)}"
+                    f.touch()
+                    fillers.append(f)
+            for f in fillers[:k]:
+                f.unlink()
+            rc, err, _ = cli_pull(reg, tmp_path)
+            if rc != 0:
+                assert_one_line_failure(rc, err, "no space")
+                messages.append(err)
+            assert not list((work / "staging").iterdir()), f"staging left with {k} inodes free"
+    finally:
+        reg.stop()
+        subprocess.run(["umount", "-l", str(work)], check=False)
+    assert any("no free inodes" in m for m in messages), messages  # the staging dir's mkdir was hit
+
+
+# ---------------------------------------------------------------------- F9: what the logs show
+def test_verbose_logs_do_not_show_the_registry_username(tmp_path: Path) -> None:
+    reg = HostileRegistry(token_auth=True)
+    auth = tmp_path / "auth.json"
+    secret_user = "alice-the-account-name"
+    cred = base64.b64encode(f"{secret_user}:pw-not-shown".encode()).decode()
+    auth.write_text(json.dumps({"auths": {reg.host: {"auth": cred}}}))
+    try:
+        rc, err, _ = cli_pull(reg, tmp_path, "-v", "--auth-file", str(auth))
+    finally:
+        reg.stop()
+    assert rc == 0, err
+    token_reqs = [r for r in reg.requests if r.path.startswith("/token")]
+    assert token_reqs and f"account={secret_user}" in token_reqs[0].path  # sent to the realm...
+    assert "token" in err and secret_user not in err  # ...but never logged
+    assert "pw-not-shown" not in err
