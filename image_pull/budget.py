@@ -3,7 +3,8 @@
 A layer's expansion ratio alone never stops a gzip bomb (DEFLATE's ratio tops
 out near 1032x, under any useful ratio limit), and a registry-declared size
 proves nothing. So every pull has a budget of uncompressed bytes, by default
-the free space of the work dir less :data:`RESERVE` when the pull starts
+the free space of the work dir less a reserve (:data:`RESERVE`, at most a
+sixteenth of the file system) when the pull starts
 (``PullerConfig.max_unpacked_bytes`` sets it). Layers report what they have
 written (:class:`~image_pull.stream.HashingReader` progress, from worker
 threads or worker processes); the sum over the pull's layers past the budget,
@@ -33,23 +34,33 @@ def free_bytes(path: Path) -> int:
     return st.f_bavail * st.f_frsize
 
 
+def _fs_size(path: Path) -> int:
+    try:
+        st = os.statvfs(path)
+    except OSError as exc:
+        raise StoreError(f"cannot stat the work dir: {exc.strerror}") from None
+    return st.f_blocks * st.f_frsize
+
+
 class UnpackBudget:
     """Thread-safe running total of the bytes a pull's layers have written."""
 
-    def __init__(self, limit: int, watch: Path, *, reserve: int = RESERVE) -> None:
+    def __init__(self, limit: int, watch: Path, *, reserve: int = RESERVE, derived: bool = False) -> None:
         self.limit = limit
         self.watch = watch
         self.reserve = reserve
+        self.derived = derived  # the limit is the free space, not a configured budget
         self._written: dict[str, int] = {}
         self._lock = threading.Lock()
 
     @classmethod
     def for_pull(cls, work_dir: Path, configured: int | None) -> UnpackBudget:
+        reserve = min(RESERVE, _fs_size(work_dir) // 16)
         if configured is not None:
             if configured <= 0:
                 raise ValueError("max_unpacked_bytes must be positive")
-            return cls(configured, work_dir)
-        return cls(max(free_bytes(work_dir) - RESERVE, 0), work_dir)
+            return cls(configured, work_dir, reserve=reserve)
+        return cls(max(free_bytes(work_dir) - reserve, 0), work_dir, reserve=reserve, derived=True)
 
     @property
     def used(self) -> int:
@@ -62,9 +73,13 @@ class UnpackBudget:
             self._written[layer] = max(written, self._written.get(layer, 0))
             used = sum(self._written.values())
         if used > self.limit:
+            if self.derived:
+                raise InsufficientSpace(
+                    f"no space left in {self.watch}: the pull unpacks more than the {self.limit} bytes "
+                    "that were free (budget: max_unpacked_bytes)"
+                )
             raise InsufficientSpace(
-                f"the pull unpacks more than its budget of {self.limit} bytes "
-                "(max_unpacked_bytes; default: the work dir's free space)"
+                f"the pull unpacks more than its budget of {self.limit} bytes (max_unpacked_bytes)"
             )
         if free_bytes(self.watch) < self.reserve:
             raise InsufficientSpace(

@@ -1092,8 +1092,8 @@ class ImagePuller:
             self.store.check_space(expected)
             if sum(missing) > budget.limit:
                 raise InsufficientSpace(
-                    f"the image's layers ({sum(missing)} bytes compressed) exceed the pull's "
-                    f"unpacked-size budget of {budget.limit} bytes"
+                    f"not enough space: the image's layers ({sum(missing)} bytes compressed) exceed "
+                    f"the pull's unpacked-size budget of {budget.limit} bytes"
                 )
         budget_token = _BUDGET.set(budget)
         # the image record is the layers' GC root from the start: a GC running meanwhile
