@@ -67,20 +67,29 @@ class UnpackBudget:
         with self._lock:
             return sum(self._written.values())
 
+    def exceeded(self) -> str:
+        """The error text for a pull over its budget."""
+        if self.derived:
+            return (
+                f"no space left in {self.watch}: the pull unpacks more than the {self.limit} bytes "
+                "that were free (budget: max_unpacked_bytes)"
+            )
+        return f"the pull unpacks more than its budget of {self.limit} bytes (max_unpacked_bytes)"
+
+    def remaining(self, layer: str) -> int:
+        """What ``layer`` may still write: the budget less what the pull's other layers wrote
+        (a hard limit for the layer; the shared total is checked as layers report)."""
+        with self._lock:
+            others = sum(n for k, n in self._written.items() if k != layer)
+        return max(self.limit - others, 0)
+
     def update(self, layer: str, written: int) -> None:
         """Layer ``layer`` has now written ``written`` bytes; raise when the pull is over budget."""
         with self._lock:
             self._written[layer] = max(written, self._written.get(layer, 0))
             used = sum(self._written.values())
         if used > self.limit:
-            if self.derived:
-                raise InsufficientSpace(
-                    f"no space left in {self.watch}: the pull unpacks more than the {self.limit} bytes "
-                    "that were free (budget: max_unpacked_bytes)"
-                )
-            raise InsufficientSpace(
-                f"the pull unpacks more than its budget of {self.limit} bytes (max_unpacked_bytes)"
-            )
+            raise InsufficientSpace(self.exceeded())
         if free_bytes(self.watch) < self.reserve:
             raise InsufficientSpace(
                 f"free space in {self.watch} fell below {self.reserve >> 20} MiB during the pull"

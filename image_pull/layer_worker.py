@@ -5,7 +5,7 @@ and unpacking of several layers use several CPUs (the GIL would serialise
 them in threads). Protocol:
 
 * argv[1]: JSON job ``{"media_type", "diff_algo", "dest", "compressed_size",
-  "max_layer_bytes", "flatten", "progress"}``;
+  "max_layer_bytes", "flatten", "progress", "budget_left", "budget_message"}``;
 * stdin: the layer blob exactly as downloaded (its digest is checked by the
   parent, which closes stdin only after the digest matched, or kills the
   worker when it did not);
@@ -75,6 +75,8 @@ def run_job(job: dict[str, Any], stream: Any) -> dict[str, Any]:
             limit=int(job["max_layer_bytes"]),
             source=received,
             progress=_report if job.get("progress") else None,
+            budget_left=int(job["budget_left"]) if job.get("budget_left") is not None else None,
+            budget_message=str(job.get("budget_message", "the pull's unpacked-size budget is used up"))[:300],
         )
         deferred = _unpack(hr, Path(job["dest"]), int(job["compressed_size"]), flatten=bool(job["flatten"]))  # type: ignore[arg-type]
         hr.drain()

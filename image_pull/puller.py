@@ -577,6 +577,8 @@ class ImagePuller:
                     limit=self.config.max_layer_bytes,
                     source=received,
                     progress=(lambda n: budget.update(key, n)) if budget is not None else None,
+                    budget_left=budget.remaining(key) if budget is not None else None,
+                    budget_message=budget.exceeded() if budget is not None else "",
                 )
                 deferred = _unpack(hr, dest, desc.size, flatten=flatten)  # type: ignore[arg-type]
                 hr.drain()
@@ -717,6 +719,8 @@ class ImagePuller:
             "max_layer_bytes": self.config.max_layer_bytes,
             "flatten": flatten,
             "progress": budget is not None,
+            "budget_left": budget.remaining(str(dest)) if budget is not None else None,
+            "budget_message": budget.exceeded() if budget is not None else "",
         }
         proc = await asyncio.create_subprocess_exec(
             sys.executable,

@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, BinaryIO
 
-from image_pull.errors import ImagePullError, UnpackError
+from image_pull.errors import ImagePullError, InsufficientSpace, UnpackError
 
 if TYPE_CHECKING:
     import asyncio
@@ -38,7 +38,7 @@ __all__ = [
 MAX_EXPANSION_RATIO = 1100.0
 _RATIO_SLACK = 1 << 20
 #: how often (uncompressed bytes) a :class:`HashingReader` reports its count
-PROGRESS_STEP = 4 << 20
+PROGRESS_STEP = 1 << 20
 
 
 class CountingReader(io.RawIOBase):
@@ -182,9 +182,13 @@ class HashingReader(io.RawIOBase):
         source: CountingReader | None = None,
         ratio: float = MAX_EXPANSION_RATIO,
         progress: Callable[[int], None] | None = None,
+        budget_left: int | None = None,
+        budget_message: str = "the pull's unpacked-size budget is used up",
     ) -> None:
         super().__init__()
         self._inner = inner
+        self._budget_left = budget_left
+        self._budget_message = budget_message
         self.hasher = hashlib.new(algo)
         self.algo = algo
         self.count = 0
@@ -203,6 +207,8 @@ class HashingReader(io.RawIOBase):
             self.count += len(data)
             if self.count > self._limit:
                 raise UnpackError(f"layer expands beyond the limit of {self._limit} bytes")
+            if self._budget_left is not None and self.count > self._budget_left:
+                raise InsufficientSpace(self._budget_message)
             if self._source is not None and self.count > self._ratio * self._source.count + _RATIO_SLACK:
                 got = self._source.count
                 raise UnpackError(f"layer expands beyond {self._ratio:g}x the {got} compressed bytes sent")
