@@ -54,11 +54,29 @@ class BearerToken:
     def from_file(cls, path: str) -> BearerToken:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_ADMIN_TOKEN_BYTES + 1)
+        return cls.from_bytes(raw, path)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, path: str = "admin token file") -> BearerToken:
+        """A compact JWS token. The errors never quote the content: the wrong file
+        passed here is often a private key."""
         if len(raw) > MAX_ADMIN_TOKEN_BYTES:
-            raise TokenError("admin token file too large")
+            raise TokenError(f"--admin-token-file {path}: over {MAX_ADMIN_TOKEN_BYTES} bytes, not a token")
+        if b"-----BEGIN" in raw:
+            kind = "private key" if b"PRIVATE KEY" in raw else "certificate or public key"
+            raise TokenError(
+                f"--admin-token-file {path} contains a PEM {kind}, not a JWT; "
+                "pass a private key with --auth-private-key, or mint a token"
+            )
         tok = raw.decode("utf-8", "replace").strip()
         if not tok:
-            raise TokenError("admin token file is empty")
+            raise TokenError(f"--admin-token-file {path} is empty")
+        parts = tok.split(".")
+        if len(parts) != 3 or not all(parts[:2]) or not all(_is_b64url(x) for x in parts):
+            raise TokenError(
+                f"--admin-token-file {path} does not hold a JWT (want header.payload.signature "
+                "in base64url on one line)"
+            )
         return cls(tok)
 
     def authorization(self) -> str | None:
@@ -66,6 +84,13 @@ class BearerToken:
 
     def __repr__(self) -> str:
         return "BearerToken(<redacted>)"
+
+
+_B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=")
+
+
+def _is_b64url(s: str) -> bool:
+    return all(c in _B64URL for c in s)
 
 
 class Ed25519Signer:

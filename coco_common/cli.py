@@ -1,0 +1,85 @@
+"""What every console script shares: ``--version``, a validated
+``--log-level``, ``RUST_LOG``, and a quiet exit when stdout is a closed pipe."""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+import sys
+from collections.abc import Iterable
+from importlib import metadata
+
+__all__ = [
+    "LOG_LEVELS",
+    "add_version",
+    "closest",
+    "exit_on_closed_pipe",
+    "log_level_type",
+    "rust_log_level",
+    "version",
+]
+
+#: the accepted ``--log-level`` values (upstream's tracing levels; ``warning`` as an alias)
+LOG_LEVELS = ("trace", "debug", "info", "warn", "warning", "error", "critical", "off")
+_TO_PYTHON = {
+    "trace": "DEBUG",
+    "debug": "DEBUG",
+    "info": "INFO",
+    "warn": "WARNING",
+    "warning": "WARNING",
+    "error": "ERROR",
+    "critical": "CRITICAL",
+    "off": "CRITICAL",
+}
+
+
+def version() -> str:
+    """The installed coco-py version ("unknown" when run from a tree that is not installed)."""
+    try:
+        return metadata.version("coco-py")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def add_version(parser: argparse.ArgumentParser) -> None:
+    """``--version``: prints ``<prog> <version>`` and exits 0."""
+    parser.add_argument("--version", action="version", version=f"%(prog)s {version()} (coco-py)")
+
+
+def log_level_type(value: str) -> str:
+    """An argparse ``type=`` for ``--log-level``: one of :data:`LOG_LEVELS` (any case),
+    returned as the Python logging level name."""
+    v = value.strip().lower()
+    if v not in _TO_PYTHON:
+        raise argparse.ArgumentTypeError(f"invalid level {value!r} (choose from {', '.join(LOG_LEVELS)})")
+    return _TO_PYTHON[v]
+
+
+def rust_log_level(env: str | None = None) -> str | None:
+    """The global level of ``RUST_LOG`` (``debug``, ``info,hyper=warn``, ...) as a Python
+    level name, or None when it is unset or names only per-module levels."""
+    raw = os.environ.get("RUST_LOG", "") if env is None else env
+    for part in raw.split(","):
+        part = part.strip().lower()
+        if part and "=" not in part and part in _TO_PYTHON:
+            return _TO_PYTHON[part]
+    return None
+
+
+def closest(word: str, known: Iterable[str]) -> str | None:
+    """The known name closest to ``word`` (for "did you mean ..."), or None."""
+    hits = difflib.get_close_matches(word, list(known), n=1, cutoff=0.6)
+    return hits[0] if hits else None
+
+
+def exit_on_closed_pipe() -> None:
+    """Call from ``except BrokenPipeError``: stdout's reader went away (``| head``).
+    Exits quietly (status 141 like a shell's SIGPIPE), without a traceback or a
+    second error when Python flushes stdout at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):
+        pass
+    sys.exit(141)
