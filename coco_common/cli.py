@@ -9,6 +9,7 @@ import os
 import sys
 from collections.abc import Iterable
 from importlib import metadata
+from typing import NoReturn
 
 __all__ = [
     "LOG_LEVELS",
@@ -73,7 +74,7 @@ def closest(word: str, known: Iterable[str]) -> str | None:
     return hits[0] if hits else None
 
 
-def exit_on_closed_pipe() -> None:
+def exit_on_closed_pipe() -> NoReturn:
     """Call from ``except BrokenPipeError``: stdout's reader went away (``| head``).
     Exits quietly (status 141 like a shell's SIGPIPE), without a traceback or a
     second error when Python flushes stdout at exit."""
