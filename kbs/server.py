@@ -496,10 +496,30 @@ def ssl_context(cfg: KbsConfig) -> ssl.SSLContext | None:
         return None
     assert hs.private_key and hs.certificate
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    for key, path in (("certificate", hs.certificate), ("private_key", hs.private_key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"http_server.{key} {path}: {(exc.strerror or str(exc)).lower()}") from exc
     try:
         ctx.load_cert_chain(hs.certificate, hs.private_key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load the TLS certificate/key: {exc}") from exc
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in str(exc):
+            msg = (
+                f"http_server.private_key {hs.private_key} does not match "
+                f"http_server.certificate {hs.certificate}"
+            )
+        else:
+            msg = (
+                f"http_server.certificate {hs.certificate} / private_key {hs.private_key}: "
+                f"not a PEM certificate and unencrypted PEM key ({exc.reason or 'SSL error'})"
+            )
+        raise ConfigError(msg) from exc
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot load the TLS certificate/key: {(exc.strerror or str(exc)).lower()}"
+        ) from exc
     versions = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
     if hs.tls_profile == "modern":
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
