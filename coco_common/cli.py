@@ -13,8 +13,10 @@ from typing import NoReturn
 
 __all__ = [
     "LOG_LEVELS",
+    "add_log_options",
     "add_version",
     "closest",
+    "configure_logging",
     "exit_on_closed_pipe",
     "log_level_type",
     "rust_log_level",
@@ -84,3 +86,27 @@ def exit_on_closed_pipe() -> NoReturn:
     except (OSError, ValueError):
         pass
     sys.exit(141)
+
+
+def add_log_options(parser: argparse.ArgumentParser, *, default_format: str = "json") -> None:
+    """``--log-level`` (validated; default: the level in ``RUST_LOG``, else info) and
+    ``--log-format json|plain`` (the same fields either way)."""
+    parser.add_argument(
+        "--log-level",
+        type=log_level_type,
+        help=f"one of {', '.join(LOG_LEVELS)} (default: the level in $RUST_LOG, else info)",
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("json", "plain"),
+        default=default_format,
+        help=f"JSON lines or readable key=value lines with the same fields (default: {default_format})",
+    )
+
+
+def configure_logging(args: argparse.Namespace, *, default_level: str = "INFO") -> None:
+    """Apply :func:`add_log_options`' flags: ``--log-level`` > ``RUST_LOG`` > ``default_level``."""
+    from coco_common.logfmt import setup_logging
+
+    level = getattr(args, "log_level", None) or rust_log_level() or default_level
+    setup_logging(level, json_lines=getattr(args, "log_format", "json") == "json")

@@ -54,6 +54,8 @@ def setup_logging(level: str = "INFO", *, json_lines: bool = True) -> None:
     """Route the root logger to stderr in one of the two forms, at ``level``."""
     h = logging.StreamHandler(sys.stderr)
     h.setFormatter(JsonFormatter() if json_lines else PlainFormatter())
+    h._coco_logfmt = True  # type: ignore[attr-defined]
     root = logging.getLogger()
-    root.handlers[:] = [h]
+    # replace only what an earlier call installed (handlers of a host, e.g. pytest's, stay)
+    root.handlers[:] = [x for x in root.handlers if not getattr(x, "_coco_logfmt", False)] + [h]
     root.setLevel(getattr(logging, level.upper(), logging.INFO))

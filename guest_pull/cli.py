@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from attestation.errors import AttestationError
+from coco_common.cli import add_version
 from image_pull.errors import ImagePullError
 
 __all__ = ["build_parser", "main", "run"]
@@ -149,6 +150,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="coco-guest-pull", description="Kata guest-pull glue")
+    add_version(p)
     sub = p.add_subparsers(dest="command", required=True)
 
     h = sub.add_parser("host-storage", help="the Storage the Kata runtime sends for a container")
