@@ -117,3 +117,14 @@ def test_oneshot_without_config_or_socket_says_what_it_does(
         "no -c/--socket" in caplog.text
         and "--socket unix:///run/confidential-containers/cdh.sock" in caplog.text
     )
+
+
+def test_initdata_typos_are_named(caplog: pytest.LogCaptureFixture) -> None:
+    from attestation.initdata import parse_initdata
+
+    doc = b'version = "0.1.0"\nalgorithm = "sha256"\nalgoritm = "x"\n[data]\n"aa.tml" = "x"\n"app.conf" = "y"\n'
+    with caplog.at_level(logging.WARNING):
+        parse_initdata(doc)
+    assert "initdata: unknown key algoritm at the top level: ignored (did you mean algorithm?)" in caplog.text
+    assert "initdata: data.aa.tml is not a file the guest reads (did you mean aa.toml?)" in caplog.text
+    assert "app.conf" not in caplog.text  # workload files are not typos
