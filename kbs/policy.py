@@ -146,6 +146,11 @@ class ResourcePolicy:
     async def list_ids(self) -> list[str]:
         return [k.removesuffix(".rego") for k in await self._store.keys(NS_KBS) if k.endswith(".rego")]
 
+    async def text(self) -> bytes:
+        """The policy in force (the built-in default when none was uploaded)."""
+        raw = await self._store.get(NS_KBS, self.KEY)
+        return raw if raw is not None else builtin_policy("default")
+
     async def allows(
         self, claims: Mapping[str, Any], resource_path: list[str], query: Mapping[str, Any]
     ) -> bool:
@@ -179,6 +184,14 @@ class AttestationPolicies:
 
     async def list_ids(self) -> list[str]:
         return [k.removesuffix(".rego") for k in await self._store.keys(NS_ATTESTATION_POLICY)]
+
+    async def text(self, policy_id: str) -> bytes | None:
+        """An uploaded policy, or the built-in one of that id; None when there is neither."""
+        raw = await self._store.get(NS_ATTESTATION_POLICY, policy_id + ".rego")
+        if raw is not None:
+            return raw
+        f = resources.files("kbs.policies") / f"{policy_id}.rego"
+        return f.read_bytes() if policy_id.replace("_", "").isalnum() and f.is_file() else None
 
     async def _policy(self, tee_class: str) -> str:
         pid = f"default_{tee_class}"

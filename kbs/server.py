@@ -5,6 +5,7 @@ admin endpoints, ``/healthz`` and ``/metrics``."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import json
 import logging
@@ -46,7 +47,7 @@ from .errors import (
     TokenNotFound,
 )
 from .metrics import Metrics
-from .policy import AttestationPolicies, ResourcePolicy
+from .policy import RESOURCE_POLICY_ID, AttestationPolicies, ResourcePolicy
 from .rvps import ReferenceValues
 from .sessions import Session, SessionStore
 from .storage import (
@@ -384,6 +385,18 @@ class _Handlers:
         log.info("attestation policy set", extra={"policy_id": pid})
         return web.Response(status=200)
 
+    async def policy_text(self, request: web.Request, kind: str, policy_id: str) -> web.Response:
+        """GET /kbs/v0/{resource,attestation}-policy/{id}: the stored policy, as uploaded
+        (``{"policy_id", "policy": base64url}``); an extension, trustee lists ids only."""
+        self._admin(request, AdminAuthAccess)
+        if kind == "resource-policy":
+            text = await self.s.resource_policy.text() if policy_id == RESOURCE_POLICY_ID else None
+        else:
+            text = await self.s.service.policies.text(policy_id)
+        if text is None:
+            raise PluginNotFound(f"{kind} {policy_id[:64]} not found")
+        return _json({"policy_id": policy_id, "policy": base64.urlsafe_b64encode(text).decode().rstrip("=")})
+
     async def reference_value(self, request: web.Request, rest: list[str]) -> web.Response:
         self._admin(request, AdminAuthAccess)
         if request.method == "POST" and not rest:
@@ -409,6 +422,8 @@ class _Handlers:
             return await self.resource_policy(request)
         if first == "attestation-policy" and m in ("GET", "POST") and not rest:
             return await self.attestation_policy(request)
+        if first in ("resource-policy", "attestation-policy") and m == "GET" and len(rest) == 1:
+            return await self.policy_text(request, first, rest[0])
         if first == "reference-value" and m in ("GET", "POST"):
             return await self.reference_value(request, rest)
         if first in self.s.config.plugins and first == "resource":

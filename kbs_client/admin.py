@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from . import _http
-from ._b64 import b64std, b64url
+from ._b64 import b64std, b64url, unb64url
 from .errors import KbsClientError, ProtocolError, TokenError
 from .jws import sign
 from .uri import parse_resource_path
@@ -174,6 +174,26 @@ class AdminClient:
         if not isinstance(doc, list) or not all(isinstance(x, str) for x in doc):
             raise ProtocolError("resource-policy list is not a JSON array of strings")
         return doc
+
+    async def get_resource_policy(self, policy_id: str = "resource-policy") -> bytes:
+        """The stored resource policy text (a coco-py KBS extension; trustee lists ids only)."""
+        return await self._get_policy("resource-policy", policy_id)
+
+    async def get_attestation_policy(self, policy_id: str = "default_cpu") -> bytes:
+        """A stored (or built-in) attestation policy text (coco-py KBS extension)."""
+        return await self._get_policy("attestation-policy", policy_id)
+
+    async def _get_policy(self, kind: str, policy_id: str) -> bytes:
+        if not policy_id or "/" in policy_id or policy_id in (".", ".."):
+            raise KbsClientError("invalid policy id")
+        doc = (await self._call("GET", f"/kbs/v0/{kind}/{policy_id}")).json()
+        pol = doc.get("policy") if isinstance(doc, dict) else None
+        if not isinstance(pol, str):
+            raise ProtocolError(f"{kind} answer has no policy (does this KBS serve policy read-back?)")
+        try:
+            return unb64url(pol)
+        except ValueError as exc:
+            raise ProtocolError(f"{kind} answer is not base64url") from exc
 
     async def set_attestation_policy(
         self, rego: bytes, *, policy_id: str = "default_cpu", policy_type: str = "rego"

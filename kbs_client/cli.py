@@ -96,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     grp.add_argument("--affirming", action="store_true")
     grp.add_argument("--default", action="store_true", help="(as trustee's kbs-client: uploads deny-all)")
 
+    grp_ = cs.add_parser("get-resource-policy", help="print the resource policy the KBS enforces (Rego)")
+    grp_.add_argument("--id", default="resource-policy", dest="policy_id", help="(default: %(default)s)")
+    gap = cs.add_parser("get-attestation-policy", help="print an attestation policy (Rego)")
+    gap.add_argument("--id", default="default_cpu", dest="policy_id", help="(default: %(default)s)")
+
     sr = cs.add_parser("set-resource")
     sr.add_argument("--path", required=True)
     sr.add_argument("--resource-file", required=True)
@@ -278,6 +283,10 @@ async def _run(args: argparse.Namespace) -> None:
                 pol = builtin_policy("deny_all")
             await admin.set_resource_policy(pol)
             print(f"Set resource policy success \n policy: {b64std(pol)}", file=out)
+        elif cmd == "get-resource-policy":
+            out.write((await admin.get_resource_policy(args.policy_id)).decode("utf-8", "replace"))
+        elif cmd == "get-attestation-policy":
+            out.write((await admin.get_attestation_policy(args.policy_id)).decode("utf-8", "replace"))
         elif cmd == "set-resource":
             data = _read(args.resource_file, "--resource-file")
             await admin.set_resource(args.path.removeprefix("/"), data)

@@ -164,3 +164,20 @@ def test_real_kbs_delete_missing_and_bad_rego(tmp_path: Path, capsys: pytest.Cap
         rc, _, err = run(capsys, *cfg, "set-resource-policy", "--policy-file", str(tmp_path / "bad.rego"))
         assert rc == 1 and err.startswith("Error: PolicyInvalid: "), err
         assert "AdminDenied" not in err
+
+
+def test_policies_can_be_read_back(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    rego = "package policy\n\ndefault allow := false\n\nallow if {\n  input.submods.cpu0 != null\n}\n"
+    (tmp_path / "p.rego").write_text(rego)
+    with start_kbs(tmp_path / "k") as kbs:
+        cfg = ["--url", kbs.url, "config", "--admin-token-file", str(kbs.admin_token_file)]
+        assert run(capsys, *cfg, "set-resource-policy", "--policy-file", str(tmp_path / "p.rego"))[0] == 0
+        rc, out, err = run(capsys, *cfg, "get-resource-policy")
+        assert rc == 0 and out == rego, err
+        rc, out, err = run(capsys, *cfg, "get-attestation-policy")
+        assert rc == 0 and "package policy" in out, err
+        rc, _, err = run(capsys, *cfg, "get-attestation-policy", "--id", "nope")
+        assert rc == 1 and "attestation-policy nope not found" in err
+        rc, _, err = run(capsys, "--url", kbs.url, "config", "--admin-token-file", str(tmp_path / "p.rego"),
+                         "get-resource-policy")  # fmt: skip
+        assert rc == 1 and "does not hold a JWT" in err
