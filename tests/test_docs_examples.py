@@ -84,6 +84,16 @@ def _client(*argv: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120)
 
 
+def _quickstart_token(admin_key: Path) -> str:
+    """Run the token-minting snippet of docs/operator/quickstart.md as written."""
+    doc = (ROOT / "docs" / "operator" / "quickstart.md").read_text()
+    start = doc.index("<<'PY' > ~/.trustee/admin-token\n") + len("<<'PY' > ~/.trustee/admin-token\n")
+    snippet = doc[start : doc.index("\nPY\n", start)].replace("/etc/kbs/admin.key", str(admin_key))
+    cp = subprocess.run([sys.executable, "-c", snippet], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert cp.returncode == 0, cp.stderr
+    return cp.stdout.strip()
+
+
 @pytest.mark.parametrize("name", KBS_CONFIGS)
 def test_kbs_examples_pass_the_strict_check(
     name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -98,7 +108,7 @@ def test_https_token_example_with_sample_policy(tmp_path: Path) -> None:
     cfg, key, ca = _materialise(tmp_path, "kbs-https-token.toml", port)
     url = f"https://127.0.0.1:{port}"
     token = tmp_path / "admin-token"
-    token.write_text(make_admin_token(key, issuer="kbs-admins", audience="KBS", role="admin"))
+    token.write_text(_quickstart_token(tmp_path / "etc" / "admin.key"))
     (tmp_path / "secret").write_bytes(b"s3cret")
     admin = ["--url", url, "--cert-file", str(ca), "config", "--admin-token-file", str(token)]
     with _running(cfg, port):
