@@ -6,11 +6,12 @@ issues the EAR token (reference §2.3, §3, §4)."""
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import tomllib
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attestation.errors import AttestationError as VerifierError
 from attestation.initdata import InitDataError, parse_initdata
@@ -24,6 +25,9 @@ from .errors import AttestationError, KbsError
 from .policy import AttestationPolicies
 from .rvps import ReferenceValues
 from .verifiers import TEE_CLASS, UnsupportedTee, VerifierRegistry
+
+if TYPE_CHECKING:
+    from .grpc_api import RemoteReferenceValues
 
 __all__ = ["MAX_ADDITIONAL_EVIDENCE", "AttestationService", "parse_attestation"]
 
@@ -97,7 +101,25 @@ def _init_data(init: Mapping[str, Any]) -> tuple[bytes, dict[str, Any]]:
             except tomllib.TOMLDecodeError:
                 pass
         claims[k] = v
+    _agent_policy_claims(claims)
     return data.digest(), claims
+
+
+def _agent_policy_claims(claims: dict[str, Any]) -> None:
+    """As trustee's AS: a ``policy.rego`` entry whose text ends with ``policy_data := {...}``
+    (JSON) is replaced by ``agent_policy_claims`` holding that object; otherwise left as is."""
+    rego = claims.get("policy.rego")
+    if not isinstance(rego, str):
+        return
+    i = rego.find("policy_data := {")
+    if i < 0:
+        return
+    try:
+        data = json.loads(rego[i + len("policy_data := ") :])
+    except ValueError:
+        return
+    del claims["policy.rego"]
+    claims["agent_policy_claims"] = data
 
 
 class AttestationService:
@@ -106,7 +128,7 @@ class AttestationService:
         registry: VerifierRegistry,
         broker: EarBroker,
         policies: AttestationPolicies,
-        rvps: ReferenceValues,
+        rvps: ReferenceValues | RemoteReferenceValues,
         *,
         verbose_token: bool = True,
     ) -> None:

@@ -152,13 +152,18 @@ class ResourcePolicy:
         return raw if raw is not None else builtin_policy("default")
 
     async def allows(
-        self, claims: Mapping[str, Any], resource_path: list[str], query: Mapping[str, Any]
+        self,
+        claims: Mapping[str, Any],
+        resource_path: list[str],
+        query: Mapping[str, Any],
+        *,
+        plugin: str = "resource",
     ) -> bool:
         raw = await self._store.get(NS_KBS, self.KEY)
         if raw is None:
             raw = builtin_policy("default")
         text = raw.decode("utf-8", "replace")
-        data = {"plugin": "resource", "resource-path": resource_path, "query": dict(query)}
+        data = {"plugin": plugin, "resource-path": resource_path, "query": dict(query)}
         result = evaluate(text, "data.policy", dict(claims), data)
         return isinstance(result, dict) and result.get("allow") is True
 
