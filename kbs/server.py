@@ -453,7 +453,10 @@ class _Handlers:
         if kind == "resource-policy":
             text = await self.s.resource_policy.text() if policy_id == RESOURCE_POLICY_ID else None
         else:
-            text = await self.s.service.policies.text(policy_id)
+            policies = self.s.service.policies
+            if not isinstance(policies, AttestationPolicies):  # a remote or external AS holds them
+                raise PluginNotFound("attestation-policy read-back needs the built-in attestation service")
+            text = await policies.text(policy_id)
         if text is None:
             raise PluginNotFound(f"{kind} {policy_id[:64]} not found")
         return _json({"policy_id": policy_id, "policy": base64.urlsafe_b64encode(text).decode().rstrip("=")})

@@ -27,6 +27,8 @@ SCRIPTS = {
     "coco-image": "image_pull.cli:main",
     "coco-verify": "attestation.verify_cli:main",
     "coco-guest-pull": "guest_pull.cli:main",
+    "grpc-as": "kbs.grpc_as:main",
+    "rvps": "kbs.rvps_server:main",
 }
 
 
@@ -53,7 +55,16 @@ def test_version(name: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["attestation-agent", "confidential-data-hub", "api-server-rest", "kbs", "cdh-oneshot"]
+    "name",
+    [
+        "attestation-agent",
+        "confidential-data-hub",
+        "api-server-rest",
+        "kbs",
+        "cdh-oneshot",
+        "grpc-as",
+        "rvps",
+    ],
 )
 def test_log_level_is_validated(name: str) -> None:
     cp = script(name, "--log-level", "verbose")
@@ -122,7 +133,9 @@ def test_oneshot_without_config_or_socket_says_what_it_does(
 def test_initdata_typos_are_named(caplog: pytest.LogCaptureFixture) -> None:
     from attestation.initdata import parse_initdata
 
-    doc = b'version = "0.1.0"\nalgorithm = "sha256"\nalgoritm = "x"\n[data]\n"aa.tml" = "x"\n"app.conf" = "y"\n'
+    doc = (
+        b'version = "0.1.0"\nalgorithm = "sha256"\nalgoritm = "x"\n[data]\n"aa.tml" = "x"\n"app.conf" = "y"\n'
+    )
     with caplog.at_level(logging.WARNING):
         parse_initdata(doc)
     assert "initdata: unknown key algoritm at the top level: ignored (did you mean algorithm?)" in caplog.text
