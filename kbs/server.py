@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -76,6 +77,25 @@ SESSION_COOKIE = "kbs-session-id"
 AUTH_DESERIALIZE = "Attestation error: RCAR handshake Auth failed: deserialize Request"
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+
+
+def _audit_fields(request: web.Request, segs: list[str], claims: Any) -> dict[str, Any]:
+    """What an audit line names: resource, TEE, a digest of the claims, the client (no value)."""
+    tees: list[str] = []
+    sub = claims.get("submods") if isinstance(claims, dict) else None
+    if isinstance(sub, dict):
+        for mod in sub.values():
+            ev = mod.get("ear.veraison.annotated-evidence") if isinstance(mod, dict) else None
+            if isinstance(ev, dict):
+                tees += [k for k in ev if k not in ("runtime_data_claims", "report_data", "init_data",
+                                                    "init_data_claims")]  # fmt: skip
+    digest = hashlib.sha256(json.dumps(claims, sort_keys=True, default=str).encode()).hexdigest()
+    return {
+        "resource": "/".join(x[:64] for x in segs[:3]),
+        "tee": ",".join(tees[:8]),
+        "claims_sha256": digest,
+        "client": request.remote,
+    }
 
 
 @dataclass
@@ -389,11 +409,14 @@ class _Handlers:
         token = await self._token(request)
         claims = self.s.tokens.verify(token)
         query = {k: v for k, v in request.query.items()}
+        audit = _audit_fields(request, segs, claims)
         if not await self.s.resource_policy.allows(claims, segs, query):
+            log.info("resource refused by the resource policy", extra=audit)
             raise PolicyDeny("Access denied by policy")
         key = self._resource_key(segs)
         data = await self.s.store.get(NS_REPOSITORY, key)
         if data is None:
+            log.info("resource not found", extra=audit)  # the wire answer stays trustee's
             raise PluginInternalError("Plugin internal error")
         tee_key = extract_tee_pubkey(claims, self.s.config.attestation_token.extra_teekey_paths)
         try:
@@ -401,6 +424,7 @@ class _Handlers:
         except ClientJweError as exc:
             raise JweError(f"JWE error: {exc}") from exc
         self.s.metrics.inc("kbs_resource_requests_total", result="ok")
+        log.info("resource released", extra={**audit, "bytes": len(data)})
         return _json(doc)
 
     # --- admin --------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import json
 import logging
+import re
 import ssl
 import sys
 from collections.abc import Sequence
@@ -281,6 +282,13 @@ async def _run(args: argparse.Namespace) -> None:
                 pol = builtin_policy("affirming")
             else:  # --deny-all, and --default (trustee's kbs-client uploads deny-all for it too)
                 pol = builtin_policy("deny_all")
+            if not re.search(rb"^\s*package\s+policy\s*$", pol, re.M):
+                log.warning(
+                    "the policy is not 'package policy': the KBS asks data.policy.allow, so it would "
+                    "deny every request"
+                )
+            elif b"allow" not in pol:
+                log.warning("the policy defines no 'allow': the KBS would deny every request")
             await admin.set_resource_policy(pol)
             print(f"Set resource policy success \n policy: {b64std(pol)}", file=out)
         elif cmd == "get-resource-policy":

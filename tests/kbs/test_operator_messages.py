@@ -160,3 +160,73 @@ def test_rust_log_is_honoured(tmp_path: Path) -> None:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
     assert b"listening" not in err and b"effective settings" not in err
+
+
+def test_admin_refusals_name_the_fix(tmp_path: Path) -> None:
+    from kbs.admin_auth import AdminAuthorizer, AdminDenied
+    from kbs.config import AdminConfig, IdentityProvider, RoleAcl
+    from kbs_client.jws import sign
+
+    from .conftest import admin_material
+
+    key, pub = admin_material(tmp_path)
+    az = AdminAuthorizer(
+        AdminConfig(
+            mode="AuthenticatedAuthorization",
+            identity_providers=(
+                IdentityProvider(issuer="kbs-admins", audience="KBS", public_key_uri=str(pub)),
+            ),
+            acls=(RoleAcl("admin", "^/kbs/.+$"),),
+        )
+    )
+    now = int(time.time())
+
+    def check(**claims: object) -> str:
+        with pytest.raises(AdminDenied) as ei:
+            az.check("/kbs/v0/resource-policy", "Bearer " + sign(claims, key, alg="EdDSA"))
+        return str(ei.value)
+
+    msg = check(iss="kbs-admins", aud=["KBS"], role="admin", exp=now - 3600)
+    assert "token expired at " in msg and "mint a new one" in msg
+    msg = check(exp=now + 60)  # what --auth-private-key sends
+    assert "token has no 'iss' (wanted 'kbs-admins')" in msg and 'type = "Simple"' in msg
+    msg = check(iss="kbs-admins", aud=["KBS"], exp=now + 60)
+    assert "token has no role claim; add a 'role'" in msg and "regex_acl" in msg
+
+
+def test_bearer_jwt_typo_says_did_you_mean(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = tmp_path / "k.toml"
+    cfg.write_text(
+        '[http_server]\ninsecure_http = true\n[admin]\nauthorization_mode = "AuthenticatedAuthorization"\n'
+        "[admin.authentication.bearer-jwt]\nidentity_providers = []\n"
+    )
+    assert kbs_main(["-c", str(cfg), "--check"]) == 1
+    assert "unknown field(s) bearer-jwt (did you mean bearer_jwt?)" in capsys.readouterr().err
+
+
+def test_resource_decisions_are_audit_lines(tmp_path: Path) -> None:
+    from tests.support.kbs import start_kbs
+
+    secret = b"do-not-log-this-value"
+    with start_kbs(tmp_path / "k", resources={"default/key/one": secret}) as kbs:
+        for path in ("default/key/one", "default/key/none"):
+            subprocess.run(
+                [sys.executable, "-c", "import sys; from kbs_client.cli import main; sys.exit(main())",
+                 "--url", kbs.url, "get-resource", "--path", path],
+                capture_output=True, text=True, timeout=120,
+            )  # fmt: skip
+        kbs.set_resource_policy("deny_all")
+        subprocess.run(
+            [sys.executable, "-c", "import sys; from kbs_client.cli import main; sys.exit(main())",
+             "--url", kbs.url, "get-resource", "--path", "default/key/one"],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        time.sleep(0.5)
+        docs = [json.loads(line) for line in kbs.log_text().splitlines() if line.startswith("{")]
+    by_msg = {d["msg"]: d for d in docs}
+    rel = by_msg["resource released"]
+    assert rel["level"] == "INFO" and rel["resource"] == "default/key/one" and rel["tee"] == "sample"
+    assert rel["client"] == "127.0.0.1" and len(rel["claims_sha256"]) == 64 and rel["bytes"] == len(secret)
+    assert by_msg["resource not found"]["resource"] == "default/key/none"
+    assert by_msg["resource refused by the resource policy"]["tee"] == "sample"
+    assert secret.decode() not in kbs.log_text()

@@ -181,3 +181,14 @@ def test_policies_can_be_read_back(tmp_path: Path, capsys: pytest.CaptureFixture
         rc, _, err = run(capsys, "--url", kbs.url, "config", "--admin-token-file", str(tmp_path / "p.rego"),
                          "get-resource-policy")  # fmt: skip
         assert rc == 1 and "does not hold a JWT" in err
+
+
+def test_policy_that_can_never_allow_is_warned(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    (tmp_path / "kbs.rego").write_text("package kbs\n\ndefault allow := true\n")
+    caplog.set_level(logging.WARNING)
+    with start_kbs(tmp_path / "k") as kbs:
+        cfg = ["--url", kbs.url, "config", "--admin-token-file", str(kbs.admin_token_file)]
+        assert run(capsys, *cfg, "set-resource-policy", "--policy-file", str(tmp_path / "kbs.rego"))[0] == 0
+    assert "not 'package policy'" in caplog.text and "deny every request" in caplog.text
