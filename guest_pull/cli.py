@@ -26,6 +26,7 @@ from typing import Any
 
 from attestation.errors import AttestationError
 from coco_common.cli import add_version
+from guest_pull.errors import AgentError, GlueError
 from image_pull.errors import ImagePullError
 
 __all__ = ["build_parser", "main", "run"]
@@ -214,7 +215,12 @@ def run(argv: Sequence[str] | None = None) -> int:
         return rc
     except (ImagePullError, AttestationError) as exc:
         sys.stderr.write(f"coco-guest-pull: error: {exc}\n")
-        return 2
+        # 2: the input or the arguments are wrong; 1: an operation (a CDH call, a pull) failed
+        from coco_rpc import RpcError
+
+        failed_call = isinstance(exc, AgentError) and isinstance(exc.__cause__, RpcError)
+        operational = failed_call or not isinstance(exc, (GlueError, AttestationError))
+        return 1 if operational else 2
 
 
 def main() -> None:

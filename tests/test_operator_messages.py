@@ -141,3 +141,11 @@ def test_initdata_typos_are_named(caplog: pytest.LogCaptureFixture) -> None:
     assert "initdata: unknown key algoritm at the top level: ignored (did you mean algorithm?)" in caplog.text
     assert "initdata: data.aa.tml is not a file the guest reads (did you mean aa.toml?)" in caplog.text
     assert "app.conf" not in caplog.text  # workload files are not typos
+
+
+def test_guest_pull_bad_yaml_names_line_and_column(tmp_path: Path) -> None:
+    pod = tmp_path / "pod.yaml"
+    pod.write_text("kind: Pod\nspec: {containers: [\n")
+    cp = script("coco-guest-pull", "simulate", "--runtime-class", "kata-qemu-coco-dev", str(pod))
+    assert cp.returncode == 2
+    assert f"pod: {pod} is not valid YAML at line 3, column 1" in cp.stderr
