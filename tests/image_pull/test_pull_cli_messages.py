@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -39,3 +41,21 @@ def test_help_shows_work_dir_default_and_version(capsys: pytest.CaptureFixture[s
     with pytest.raises(SystemExit) as ei:
         main(["--version"])
     assert ei.value.code == 0 and capsys.readouterr().out.startswith("coco-image ")
+
+
+@pytest.mark.root
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: mounts a tmpfs on the bundle's rootfs")
+async def test_mounted_bundle_names_the_release_command(tmp_path: Path) -> None:
+    from image_pull.errors import ImagePullError
+    from image_pull.puller import ImagePuller, PullerConfig
+
+    rootfs = tmp_path / "b" / "rootfs"
+    rootfs.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(rootfs)], check=True)
+    try:
+        async with ImagePuller(PullerConfig(work_dir=tmp_path / "w")) as puller:
+            with pytest.raises(ImagePullError) as ei:
+                puller._check_bundle_target(tmp_path / "b")
+        assert f"coco-image gc --release-bundle {tmp_path / 'b'}" in str(ei.value)
+    finally:
+        subprocess.run(["umount", str(rootfs)], check=False)
