@@ -94,3 +94,12 @@ def test_closed_pipe_is_quiet() -> None:
     err = cp.stderr.decode()
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
     assert cp.returncode == 141
+
+
+def test_stale_collateral_and_report_data_mismatch_say_why(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["tdx", str(QVL_TDX), "--collateral", str(QVL_TDX_COLL), "--at", "2030-01-01T00:00:00Z"])
+    err = capsys.readouterr().err
+    assert rc == EXIT_NOT_VERIFIED and "not current at 2030-01-01" in err
+    assert "(valid 20" in err and "--at TIME" in err
+    rc = main(["tdx", str(Q4), "--expect-report-data", "00" * 64])
+    assert rc == EXIT_NOT_VERIFIED and "REPORTDATA" in capsys.readouterr().err
