@@ -163,6 +163,7 @@ def test_real_kbs_delete_missing_and_bad_rego(tmp_path: Path, capsys: pytest.Cap
         assert rc == 1 and err.startswith("Error: ResourceNotFound: "), err
         rc, _, err = run(capsys, *cfg, "set-resource-policy", "--policy-file", str(tmp_path / "bad.rego"))
         assert rc == 1 and err.startswith("Error: PolicyInvalid: "), err
+        assert "policy is not valid Rego: line 2, column " in err and "unclosed" in err
         assert "AdminDenied" not in err
 
 
