@@ -37,6 +37,7 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -489,10 +490,9 @@ async def tpm_token(
         name,
         {"AA_TPM_DEVICE": TPM_DEVICE, "AA_TPM_AK_HANDLE": ak_handle},
     )
-    attester = ""
-    for line in Path(f"/run/{name}.log").read_text(errors="replace").splitlines():
-        if "primary attester:" in line:
-            attester = line.rsplit(":", 1)[1].strip()
+    # the AA logs which attester detection chose (plain text or a JSON log record)
+    found = re.findall(r"primary attester: ([\w-]+)", Path(f"/run/{name}.log").read_text(errors="replace"))
+    attester = found[-1] if found else ""
     client = connect(f"unix://{sock}")
     try:
         return attester, await kbs_token(client)
