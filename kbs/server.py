@@ -47,6 +47,7 @@ from .errors import (
 )
 from .metrics import Metrics
 from .policy import AttestationPolicies, ResourcePolicy
+from .policy_worker import PolicyWorkers
 from .rvps import ReferenceValues
 from .sessions import Session, SessionStore
 from .storage import (
@@ -58,7 +59,7 @@ from .storage import (
     RedisStore,
     load_at_rest_key,
 )
-from .verifiers import KNOWN_TEES, VerifierRegistry
+from .verifiers import DEV_TEES, DEVICE_TEES, KNOWN_TEES, VerifierRegistry
 
 __all__ = ["KbsState", "build_state", "make_app", "serve", "ssl_context"]
 
@@ -157,16 +158,31 @@ async def build_state(
             "session store; give every replica the same signer key_path"
         )
     rvps = ReferenceValues(store)
+    dev = cfg.security.dev_verifiers
+    if dev is None:  # unset: on only where tokens are forgeable anyway (insecure_header_jwk)
+        dev = tuple(sorted(DEV_TEES)) if t.insecure_header_jwk else ()
+    if dev:
+        log.warning(
+            "INSECURE: the unsigned development verifiers %s are enabled ([security] dev_verifiers%s): "
+            "a client with no TEE at all can attest as them; the default resource policy refuses them, "
+            "a custom one must too. For tests and demos only",
+            ", ".join(dev),
+            "" if cfg.security.dev_verifiers is not None else " unset, implied by insecure_header_jwk",
+        )
+    sec = cfg.security
+    workers = PolicyWorkers(sec.policy_workers, timeout_s=sec.policy_timeout_s)
     service = AttestationService(
-        registry or VerifierRegistry(options=a.verifier_config),
+        registry or VerifierRegistry(options=a.verifier_config, dev_verifiers=dev),
         broker,
-        AttestationPolicies(store),
+        AttestationPolicies(store, workers),
         rvps,
         verbose_token=a.verbose_token,
+        limits=sec,
     )
-    rp = ResourcePolicy(store)
+    rp = ResourcePolicy(store, workers)
     await rp.install_default()
     closers: list[Callable[[], Awaitable[None]]] = [st.close for st in cache.values()]
+    closers.append(workers.close)
     state = KbsState(
         config=cfg,
         store=store,
@@ -234,6 +250,13 @@ class _Handlers:
             )
         if tee not in KNOWN_TEES:
             raise AttestationError(AUTH_DESERIALIZE)
+        if tee in DEVICE_TEES:
+            # a device TEE attests an accelerator, not the CPU the workload runs on
+            raise AttestationError(
+                f"Attestation error: RCAR handshake Auth failed: {tee} is a device TEE, not a primary TEE"
+            )
+        if self.s.service.registry.disabled(tee):
+            raise AttestationError(f"Attestation error: RCAR handshake Auth failed: tee {tee} is not enabled")
         alg = "sha512" if tee == "se" else "sha384"
         sess = await self.s.sessions.create(tee, hash_algorithm=alg)
         self.s.metrics.inc("kbs_sessions_created_total", tee=tee)
@@ -329,6 +352,8 @@ class _Handlers:
             doc = client_jwe.encrypt(data, tee_key)
         except ClientJweError as exc:
             raise JweError(f"JWE error: {exc}") from exc
+        except ValueError as exc:  # a key cryptography refuses late (tokens from other issuers)
+            raise JweError("JWE error: the tee-pubkey cannot be encrypted to") from exc
         self.s.metrics.inc("kbs_resource_requests_total", result="ok")
         return _json(doc)
 
