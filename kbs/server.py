@@ -186,7 +186,7 @@ async def build_state(
     state = KbsState(
         config=cfg,
         store=store,
-        sessions=SessionStore(sess_store, timeout_min=a.timeout_min),
+        sessions=SessionStore(sess_store, timeout_min=a.timeout_min, max_sessions=sec.max_sessions),
         admin=AdminAuthorizer(cfg.admin, base_dir=cfg.base_dir),
         tokens=tokens,
         service=service,
@@ -271,19 +271,24 @@ class _Handlers:
         if sess is None:
             self.s.metrics.inc("kbs_attestations_total", result="no_session")
             raise AttestationError("Attestation error: RCAR handshake Attest failed")
-        if sess.token is None:
-            try:
-                token = await self.s.service.attest(
-                    tee=sess.tee,
-                    session_nonce=sess.nonce,
-                    hash_algorithm=sess.hash_algorithm,
-                    untrusted_body=raw,
-                )
-            except AttestationError:
-                self.s.metrics.inc("kbs_attestations_total", result="rejected")
-                raise
-            sess = await self.s.sessions.mark_attested(sess, token)
-            self.s.metrics.inc("kbs_attestations_total", result="ok")
+        async with self.s.sessions.lock(sess.id):  # one nonce, one attestation
+            fresh = await self.s.sessions.get(sess.id)
+            if fresh is None:
+                raise AttestationError("Attestation error: RCAR handshake Attest failed")
+            sess = fresh
+            if sess.token is None:
+                try:
+                    token = await self.s.service.attest(
+                        tee=sess.tee,
+                        session_nonce=sess.nonce,
+                        hash_algorithm=sess.hash_algorithm,
+                        untrusted_body=raw,
+                    )
+                except AttestationError:
+                    self.s.metrics.inc("kbs_attestations_total", result="rejected")
+                    raise
+                sess = await self.s.sessions.mark_attested(sess, token)
+                self.s.metrics.inc("kbs_attestations_total", result="ok")
         resp = _json({"token": sess.token})
         _set_cookie(resp, sess)
         return resp
@@ -298,9 +303,17 @@ class _Handlers:
             return authz[7:].strip()
         raise TokenNotFound("Attestation Token not found")
 
+    @staticmethod
+    def acl_path(request: web.Request) -> str:
+        """What an admin ACL regex is matched against: the decoded path the router dispatched,
+        without the query. Trustee matches the raw request URI (query included); there a
+        percent-encoded path (``%70rod``, ``prod%2Fkey``) reaches the same handler as the plain
+        one yet slips past an exclusion-style ACL. Here both see one string."""
+        return "/kbs/v0/" + request.match_info.get("tail", "")
+
     def _admin(self, request: web.Request, err: type[KbsError]) -> None:
         try:
-            role = self.s.admin.check(request.raw_path, request.headers.get("Authorization"))
+            role = self.s.admin.check(self.acl_path(request), request.headers.get("Authorization"))
         except AdminDenied as exc:
             log.warning("admin access denied", extra={"path": request.path, "reason": str(exc)})
             if err is AdminAuthInitialization:
