@@ -16,10 +16,10 @@ from typing import Any
 from attestation.errors import AttestationError as VerifierError
 from attestation.initdata import InitDataError, parse_initdata
 from coco_common.strict_json import strict_loads
+from kbs_client import jwe as client_jwe
 from kbs_client.errors import JweError as ClientJweError
 from kbs_client.errors import TeeKeyError
 from kbs_client.jcs import hash_canonical
-from kbs_client import jwe as client_jwe
 from kbs_client.jwe import ALG_ECDH_ES_A256KW, ALG_RSA1_5, ALG_RSA_OAEP_256, TeePubKey
 
 from .bounds import BoundsError, check_shape, elide_long_strings

@@ -381,8 +381,15 @@ def parse_config(doc: Mapping[str, Any], base_dir: str = ".") -> KbsConfig:
             raise ConfigError(f"the [{required}] section is required")
     _unused(
         doc,
-        {"http_server", "admin", "attestation_token", "attestation_service", "storage_backend", "plugins",
-         "security"},  # fmt: skip
+        {
+            "http_server",
+            "admin",
+            "attestation_token",
+            "attestation_service",
+            "storage_backend",
+            "plugins",
+            "security",
+        },
         "config",
     )
     plugins: list[str] = []

@@ -78,7 +78,7 @@ def _serve(conn: Connection) -> None:  # pragma: no cover - runs in the worker p
             conn.send(("parse", exc.detail))
         except PolicyEngineError as exc:
             conn.send(("engine", exc.detail))
-        except Exception as exc:  # noqa: BLE001 - anything the engine raises is a failed evaluation
+        except Exception as exc:  # anything the engine raises is a failed evaluation
             conn.send(("engine", f"policy engine failed ({type(exc).__name__})"))
 
 
@@ -103,6 +103,8 @@ class _Worker:
 
     def _start(self) -> Connection:
         ctx = _context()
+        parent: Connection
+        child: Connection
         parent, child = ctx.Pipe()
         proc = ctx.Process(target=_serve, args=(child,), daemon=True, name="kbs-policy")
         proc.start()
@@ -176,7 +178,9 @@ class PolicyWorkers:
     ) -> Any:
         """:func:`kbs.policy.evaluate` in a worker; any failure is :class:`PolicyEngineError`."""
         try:
-            out = await self._call(("eval", (policy, query, input_doc, dict(data_doc), with_reference_values)))
+            out = await self._call(
+                ("eval", (policy, query, input_doc, dict(data_doc), with_reference_values))
+            )
         except _Failed as exc:
             log.warning("policy evaluation failed: %s", exc.why)
             raise PolicyEngineError(f"policy evaluation failed: {exc.why}") from exc
@@ -219,4 +223,3 @@ def shared_workers() -> PolicyWorkers:
         _shared = PolicyWorkers()
         atexit.register(_shared.stop)
     return _shared
-

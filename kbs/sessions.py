@@ -101,7 +101,7 @@ class SessionStore:
     @staticmethod
     def _drop_expired(index: OrderedDict[str, float], now: float) -> None:
         while index:
-            sid, exp = next(iter(index.items()))
+            _, exp = next(iter(index.items()))
             if exp > now:
                 return
             index.popitem(last=False)

@@ -201,7 +201,9 @@ class LocalFsStore:
         return self._read(self._path(ns, key))
 
     @staticmethod
-    def _write(p: Path, chunks: tuple[bytes, ...], *, mtime: float | None = None, exclusive: bool = False) -> bool:
+    def _write(
+        p: Path, chunks: tuple[bytes, ...], *, mtime: float | None = None, exclusive: bool = False
+    ) -> bool:
         """Write atomically; ``mtime``: stamp the file (TTL records carry their expiry there, so
         the sweeper needs no read); ``exclusive``: never replace an existing file (False if one is there)."""
         p.parent.mkdir(parents=True, exist_ok=True)

@@ -148,7 +148,10 @@ class VerifierRegistry:
     ) -> None:
         """``dev_verifiers``: which unsigned development verifiers (:data:`DEV_TEES`) to enable;
         none by default, so a client with no TEE gets no token."""
-        dev: dict[str, EvidenceVerifier] = {"sample": SampleVerifier(), "sampledevice": SampleDeviceVerifier()}
+        dev: dict[str, EvidenceVerifier] = {
+            "sample": SampleVerifier(),
+            "sampledevice": SampleDeviceVerifier(),
+        }
         unknown = set(dev_verifiers) - DEV_TEES
         if unknown:
             raise ValueError(f"unknown dev verifiers {sorted(unknown)}")

@@ -74,7 +74,9 @@ async def attested(http: httpx.AsyncClient, kbs: Kbs, tee: str = "sample") -> tu
 
 async def test_f01_device_tees_are_refused_as_primary(kbs: Kbs, http: httpx.AsyncClient) -> None:
     for tee in sorted(DEVICE_TEES):
-        r = await http.post(f"{kbs.url}/kbs/v0/auth", json={"version": "0.4.0", "tee": tee, "extra-params": ""})
+        r = await http.post(
+            f"{kbs.url}/kbs/v0/auth", json={"version": "0.4.0", "tee": tee, "extra-params": ""}
+        )
         assert r.status_code == 401 and problem(r) == "AttestationError", tee
         assert "device TEE" in r.json()["detail"]
 
@@ -96,7 +98,9 @@ async def test_f01_sampledevice_as_primary_gets_nothing(kbs: Kbs, http: httpx.As
 async def test_f01_dev_verifiers_are_off_unless_configured(make_kbs: Any, http: httpx.AsyncClient) -> None:
     secure = await make_kbs("secure", security={})
     for tee in ("sample", "sampledevice"):
-        r = await http.post(f"{secure.url}/kbs/v0/auth", json={"version": "0.4.0", "tee": tee, "extra-params": ""})
+        r = await http.post(
+            f"{secure.url}/kbs/v0/auth", json={"version": "0.4.0", "tee": tee, "extra-params": ""}
+        )
         assert r.status_code == 401 and problem(r) == "AttestationError", tee
     # one enabled, the other still off
     only = await make_kbs("only", security={"dev_verifiers": ["sample"]})
@@ -150,7 +154,9 @@ async def test_f01_no_tee_without_a_signed_verifier_gets_a_default_policy_resour
     assert r.status_code == 200, r.text
     tokens = 0
     for tee in sorted(KNOWN_TEES):
-        r = await http.post(f"{kbs.url}/kbs/v0/auth", json={"version": "0.4.0", "tee": tee, "extra-params": ""})
+        r = await http.post(
+            f"{kbs.url}/kbs/v0/auth", json={"version": "0.4.0", "tee": tee, "extra-params": ""}
+        )
         if tee in DEVICE_TEES:
             assert r.status_code == 401, tee
             continue
@@ -205,7 +211,9 @@ async def test_f07_init_data_claims_are_bounded(kbs: Kbs, http: httpx.AsyncClien
     assert (await http.get(f"{kbs.url}/healthz")).status_code == 200
 
 
-async def test_f07_oversize_evidence_and_init_data_are_refused(make_kbs: Any, http: httpx.AsyncClient) -> None:
+async def test_f07_oversize_evidence_and_init_data_are_refused(
+    make_kbs: Any, http: httpx.AsyncClient
+) -> None:
     k = await make_kbs(security={"dev_verifiers": ["sample"], "max_evidence_bytes": 4096,
                                  "max_init_data_bytes": 1024, "max_claims_depth": 8})  # fmt: skip
     key = TeeKeyPair.generate()
@@ -321,14 +329,18 @@ async def test_f05_an_engine_crash_is_contained_in_its_worker(monkeypatch: pytes
 
 async def test_f09_recursive_policy_is_a_parse_error(kbs: Kbs, http: httpx.AsyncClient) -> None:
     rego = "package policy\n\nx := y\ny := x\n"
-    r = await http.post(f"{kbs.url}/kbs/v0/resource-policy", json={"policy": _b64(rego)}, headers=kbs.admin_headers())
+    r = await http.post(
+        f"{kbs.url}/kbs/v0/resource-policy", json={"policy": _b64(rego)}, headers=kbs.admin_headers()
+    )
     assert r.status_code == 401 and problem(r) == "ParsePolicyError"
 
 
 # --- F03: bounded sessions --------------------------------------------------------------------
 
 
-async def test_f03_session_cap_evicts_unattested_sessions_only(make_kbs: Any, http: httpx.AsyncClient) -> None:
+async def test_f03_session_cap_evicts_unattested_sessions_only(
+    make_kbs: Any, http: httpx.AsyncClient
+) -> None:
     k = await make_kbs(security={"dev_verifiers": ["sample"], "max_sessions": 4})
     await k.seed(http, "default/key/k1", b"v")
     await k.policy(http, "allow_all")
@@ -338,7 +350,9 @@ async def test_f03_session_cap_evicts_unattested_sessions_only(make_kbs: Any, ht
         await handshake(http, k.url)
     assert k.state.sessions.live == 4
     for sid, _, _ in good:  # attested sessions survive the flood
-        r = await http.get(f"{k.url}/kbs/v0/resource/default/key/k1", headers={"Cookie": f"kbs-session-id={sid}"})
+        r = await http.get(
+            f"{k.url}/kbs/v0/resource/default/key/k1", headers={"Cookie": f"kbs-session-id={sid}"}
+        )
         assert r.status_code == 200
     sid, nonce = first_pending  # the oldest pending one was evicted
     r = await do_attest(http, k.url, sid, attest_body(nonce, TeeKeyPair.generate()))
@@ -346,7 +360,9 @@ async def test_f03_session_cap_evicts_unattested_sessions_only(make_kbs: Any, ht
     # all slots attested: /auth is refused rather than evicting an attested session
     await attested(http, k)
     await attested(http, k)
-    r = await http.post(f"{k.url}/kbs/v0/auth", json={"version": "0.4.0", "tee": "sample", "extra-params": ""})
+    r = await http.post(
+        f"{k.url}/kbs/v0/auth", json={"version": "0.4.0", "tee": "sample", "extra-params": ""}
+    )
     assert r.status_code == 401 and problem(r) == "AttestationError"
 
 
@@ -375,7 +391,9 @@ async def test_f03_sweeper_reads_only_expired_session_files(
 # --- F08: one nonce, one attestation ----------------------------------------------------------
 
 
-async def test_f08_concurrent_attests_on_one_session_yield_one_token(kbs: Kbs, http: httpx.AsyncClient) -> None:
+async def test_f08_concurrent_attests_on_one_session_yield_one_token(
+    kbs: Kbs, http: httpx.AsyncClient
+) -> None:
     sid, nonce = await handshake(http, kbs.url)
     bodies = [attest_body(nonce, TeeKeyPair.generate()) for _ in range(16)]
     async with httpx.AsyncClient(timeout=60) as c:
@@ -482,7 +500,9 @@ async def test_f09_hostile_attest_inputs_are_401_problem_json(kbs: Kbs, http: ht
     assert r.status_code == 200
 
 
-async def test_f09_a_foreign_token_with_an_unusable_key_is_a_jwe_error(kbs: Kbs, http: httpx.AsyncClient) -> None:
+async def test_f09_a_foreign_token_with_an_unusable_key_is_a_jwe_error(
+    kbs: Kbs, http: httpx.AsyncClient
+) -> None:
     """Keys are checked at /attest; a token from another trusted issuer with a key the KBS
     cannot encrypt to is still refused cleanly at GET."""
     await kbs.seed(http, "default/key/k1", b"v")
@@ -493,5 +513,7 @@ async def test_f09_a_foreign_token_with_an_unusable_key_is_a_jwe_error(kbs: Kbs,
     for jwk in (_rsa_jwk((1 << 2047) | 2), _rsa_jwk((1 << 16500) | 1)):
         ae = {"runtime_data_claims": {"tee-pubkey": jwk}}
         tok = broker.issue({"cpu0": Appraisal({"hardware": 2}, ae)})
-        r = await http.get(f"{kbs.url}/kbs/v0/resource/default/key/k1", headers={"Authorization": f"Bearer {tok}"})
+        r = await http.get(
+            f"{kbs.url}/kbs/v0/resource/default/key/k1", headers={"Authorization": f"Bearer {tok}"}
+        )
         assert r.status_code == 401 and problem(r) in ("JweError", "TokenVerifierError")
