@@ -219,7 +219,9 @@ class AttestationService:
     async def _attest(self, tee: str, session_nonce: str, alg: str, body: bytes, now: datetime) -> str:
         if tee in DEVICE_TEES:
             raise _Reject(f"{tee} is a device TEE, not a primary TEE")
-        init, nonce, key, primary, additional = parse_attestation(body, self.limits)
+        # parsing and bounding up to a few MB of input is CPU work: in a thread, so the event
+        # loop keeps its turn (the GIL is handed over every few ms)
+        init, nonce, key, primary, additional = await asyncio.to_thread(parse_attestation, body, self.limits)
         if nonce != session_nonce:
             raise _Reject("runtime-data nonce differs from the session nonce")
         jwk = key.to_jwk()
@@ -233,12 +235,12 @@ class AttestationService:
         init_hash: bytes | None = None
         init_claims: dict[str, Any] | None = None
         if init is not None:
-            init_hash, init_claims = _init_data(init, self.limits)
+            init_hash, init_claims = await asyncio.to_thread(_init_data, init, self.limits)
 
         devices: list[tuple[str, str, dict[str, Any]]] = []  # (class, tee, claims)
         if additional:
             try:
-                amap = strict_loads(additional)
+                amap = await asyncio.to_thread(strict_loads, additional)
             except ValueError as exc:
                 raise _Reject("additional evidence is not strict JSON") from exc
             if not isinstance(amap, dict):
@@ -273,7 +275,7 @@ class AttestationService:
                 "report_data": device_rd.hex(),
             }
             submods[f"{cls}{idx}"] = await self._appraise(cls, dev_annot, rv)
-        token = self.broker.issue(submods, now=now.timestamp())
+        token = await asyncio.to_thread(self.broker.issue, submods, now=now.timestamp())
         if len(token) > self.limits.max_token_bytes:
             raise _Reject(f"the token would be larger than {self.limits.max_token_bytes} bytes")
         return token

@@ -213,6 +213,13 @@ def _rss() -> float:
     return 0.0
 
 
+class _InternalError(KbsError):
+    """An unexpected failure inside the KBS (status 500; the detail never says more)."""
+
+    status = 500
+    variant = "PluginInternalError"
+
+
 def _error(exc: KbsError) -> web.Response:
     return web.Response(status=exc.status, body=exc.body(), content_type="application/json")
 
@@ -484,8 +491,9 @@ def make_app(state: KbsState) -> web.Application:
             status = exc.status
             raise
         except Exception:
+            # a bug: logged with its traceback, answered as an RFC 7807 body (never aiohttp's bare page)
             log.exception("internal error", extra={"path": request.path})
-            raise
+            return _error(_InternalError("internal error"))
         finally:
             dt = time.perf_counter() - t0
             ep = _endpoint(request.path)
