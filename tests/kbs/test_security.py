@@ -517,3 +517,23 @@ async def test_f09_a_foreign_token_with_an_unusable_key_is_a_jwe_error(
             f"{kbs.url}/kbs/v0/resource/default/key/k1", headers={"Authorization": f"Bearer {tok}"}
         )
         assert r.status_code == 401 and problem(r) in ("JweError", "TokenVerifierError")
+
+
+def test_bounds_check_shape_and_elision() -> None:
+    from kbs.bounds import BoundsError, check_shape, elide_long_strings
+
+    check_shape({"a": [1, {"b": "c"}]}, max_depth=3, max_items=7, what="doc")  # keys count
+    with pytest.raises(BoundsError, match="deeper"):
+        check_shape({"a": [1, {"b": "c"}]}, max_depth=2, max_items=100, what="doc")
+    with pytest.raises(BoundsError, match="more than"):
+        check_shape(list(range(10)), max_depth=5, max_items=10, what="doc")
+    for bad in ({"\ud800": 1}, ["\udfff"], {"a": object()}):
+        with pytest.raises(BoundsError):
+            check_shape(bad, max_depth=5, max_items=100, what="doc")
+    deep: Any = 1
+    for _ in range(100_000):  # iterative: no RecursionError on a deep document
+        deep = [deep]
+    with pytest.raises(BoundsError, match="deeper"):
+        check_shape(deep, max_depth=32, max_items=10**6, what="doc")
+    out = elide_long_strings({"k": ["x" * 9000, "short"]})
+    assert out["k"][1] == "short" and out["k"][0].startswith("sha384:") and len(out["k"][0]) == 7 + 96
