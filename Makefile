@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: deps deps-vm test lint typecheck unit demo vm-test bench clean
+.PHONY: deps deps-vm test lint typecheck unit demo vm-test ha-test bench clean
 
 deps:
 	@scripts/install-deps.sh
@@ -28,6 +28,9 @@ demo: deps
 
 vm-test: deps-vm
 	$(PY) -m tests.integration.vm_harness
+
+ha-test: deps
+	$(PY) -m tests.integration.ha_harness
 
 bench: deps
 	$(PY) -m bench

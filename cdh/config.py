@@ -14,8 +14,17 @@ Precedence, as upstream:
 * no file: everything from the kernel command line (``agent.aa_kbc_params``,
   else ``offline_fs_kbc``).
 * always: ``cdh.kbs_resources=<uri>::<path>,...`` on the kernel command line
-  appends credentials; env ``CDH_DEFAULT_IMAGE_AUTHENTICATED_REGISTRY_CREDENTIALS``
-  overrides the registry-auth URI.
+  appends credentials (items without ``::`` are skipped with a warning);
+  env ``CDH_DEFAULT_IMAGE_AUTHENTICATED_REGISTRY_CREDENTIALS`` overrides the
+  registry-auth URI.
+
+Kernel parameters given twice: the first ``agent.aa_kbc_params`` and
+``cdh.kbs_resources`` win (upstream looks them up with ``find``), the last of
+the image parameters (upstream collects those in a map).
+
+The KBC name and URL are not checked here, as upstream: an unknown name fails
+when the hub is built (:class:`cdh.hub.Hub`), an empty ``cc_kbc`` URL at the
+first resource request.
 """
 
 from __future__ import annotations
@@ -64,6 +73,8 @@ CDH_KBS_DIR = PurePosixPath("/run/confidential-containers/cdh/kbs")
 OCICRYPT_CONFIG_PATH = Path("/run/confidential-containers/cdh/ocicrypt_config.json")
 MAX_CONFIG_BYTES = 1 << 20
 MAX_CMDLINE_BYTES = 64 << 10
+#: kernel parameters upstream reads with ``find`` (first occurrence wins)
+FIRST_WINS_PARAMS = frozenset({"agent.aa_kbc_params", "cdh.kbs_resources"})
 
 
 @dataclass(frozen=True)
@@ -319,11 +330,17 @@ def _image(raw: Mapping[str, Any], unknown: list[str]) -> ImageConfig:
 
 
 def parse_kernel_cmdline(text: str) -> dict[str, str]:
-    """``key=value`` tokens of a kernel command line (later ones win; bare
-    flags map to ``""``)."""
+    """``key=value`` tokens of a kernel command line (bare flags map to ``""``).
+
+    A repeated parameter: the first ``key=value`` wins for
+    :data:`FIRST_WINS_PARAMS`, the last one for every other key (as upstream)."""
     out: dict[str, str] = {}
     for tok in text.split():
-        k, _, v = tok.partition("=")
+        k, sep, v = tok.partition("=")
+        if k in FIRST_WINS_PARAMS:
+            if sep and k not in out:
+                out[k] = v
+            continue
         out[k] = v
     return out
 
@@ -354,12 +371,18 @@ def _image_from_cmdline(params: Mapping[str, str]) -> ImageConfig:
 
 
 def _kbs_resources(value: str) -> tuple[Credential, ...]:
+    """``<uri>::<path>,...``: an item without ``::`` is skipped with a warning
+    (upstream drops it); an item with one must be usable (upstream's start-up
+    fails on it too, when it fetches the credentials)."""
     creds = []
     for item in value.split(","):
         if not item:
             continue
         uri, sep, path = item.partition("::")
-        if not sep or not uri or not path:
+        if not sep:
+            log.warning("cdh.kbs_resources: skipping %r (not <uri>::<path>)", item[:200])
+            continue
+        if not uri or not path:
             raise ConfigError("cdh.kbs_resources entries must look like <uri>::<path>")
         creds.append(Credential(uri, check_credential_path(path)))
     return tuple(creds)
@@ -448,10 +471,6 @@ def load_config(
         cfg = replace(cfg, credentials=cfg.credentials + _kbs_resources(kbc_resources))
     if auth := env.get("CDH_DEFAULT_IMAGE_AUTHENTICATED_REGISTRY_CREDENTIALS"):
         cfg = replace(cfg, image=replace(cfg.image, authenticated_registry_credentials_uri=auth))
-    if cfg.kbc.name not in ("cc_kbc", "offline_fs_kbc"):
-        raise ConfigError(f"unknown KBC {cfg.kbc.name!r} (supported: cc_kbc, offline_fs_kbc)")
-    if cfg.kbc.name == "cc_kbc" and not cfg.kbc.url:
-        raise ConfigError("kbc.url is required for cc_kbc")
     cfg = replace(cfg, unknown_keys=tuple(unknown))
     if unknown:
         log.warning("ignoring unknown configuration keys: %s", ", ".join(unknown))
@@ -481,7 +500,7 @@ def export_environment(
 ) -> None:
     """Export what upstream CDH exports for its libraries at start-up."""
     env.setdefault("AA_KBC_PARAMS", f"{cfg.kbc.name}::{cfg.kbc.url}")
-    env["AA_SOCKET"] = cfg.aa_socket
+    env.setdefault("AA_SOCKET", cfg.aa_socket)  # a pre-set one is kept; the KBC's tokens use it
     if cfg.kbc.kbs_cert:
         env["KBS_CERT"] = cfg.kbc.kbs_cert
     if cfg.skip_sealed_secret_verification:

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 
 from cdh.aa import AaClient
 from cdh.config import CdhConfig
-from cdh.errors import CdhError, ResourceError
+from cdh.errors import CdhError, ConfigError, ResourceError
 from cdh.image import ImagePullHandler
 from cdh.kbc import CcKbc, OfflineFsKbc, ResourceGetter
 from cdh.keyprovider import KeyUnwrapper
@@ -31,6 +31,13 @@ ERROR_PREFIX = "[CDH] [ERROR]: "
 KMS_KEY_DIR = Path("/run/confidential-containers/cdh/kms-keys")
 
 
+def _kbc_aa_socket(cfg: CdhConfig, env: Mapping[str, str]) -> str:
+    """The AA socket the KBC gets its tokens from: ``AA_SOCKET`` when set (a
+    pre-set one is kept by :func:`cdh.config.export_environment`), as
+    upstream's cc_kbc plugin reads it; else ``[aa] aa_socket``."""
+    return env.get("AA_SOCKET") or cfg.aa_socket
+
+
 class Hub:
     def __init__(
         self,
@@ -44,15 +51,28 @@ class Hub:
         header_dir: Path | None = None,
         mapper_dir: Path | None = None,
         puller_factory: Callable[[Any], Any] | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> None:
+        """Raises :class:`cdh.errors.ConfigError` for a KBC name other than
+        ``cc_kbc`` / ``offline_fs_kbc`` (upstream's start-up fails there too, with this text)."""
         self.cfg = cfg
+        env = os.environ if env is None else env
         self.aa = aa if aa is not None else AaClient(cfg.aa_socket)
+        self._kbc_aa: AaClient | None = None
         if resources is None:
             if cfg.kbc.name == "cc_kbc":
+                token_socket = _kbc_aa_socket(cfg, env)
                 client = self.aa
+                if aa is None and token_socket != cfg.aa_socket:
+                    client = self._kbc_aa = AaClient(token_socket)
                 resources = CcKbc(cfg.kbc.url, lambda: client.get_token("kbs"), kbs_cert=cfg.kbc.kbs_cert)
-            else:
+            elif cfg.kbc.name == "offline_fs_kbc":
                 resources = OfflineFsKbc()
+            else:
+                raise ConfigError(
+                    f"kbs client creation failed: unknown kbc name {cfg.kbc.name[:64]}, only support "
+                    "`cc_kbc`(feature `kbs`) and `offline_fs_kbc`."
+                )
         self.resources = resources
         self.kms: dict[str, KmsProvider] = {"localfs": LocalKekProvider(KMS_KEY_DIR)}
         self.kms.update(kms or {})
@@ -105,6 +125,8 @@ class Hub:
         close = getattr(self.resources, "close", None)
         if close is not None:
             await close()
+        if self._kbc_aa is not None:
+            await self._kbc_aa.close()
         await self.aa.close()
 
 

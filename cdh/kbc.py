@@ -3,9 +3,10 @@
 * :class:`CcKbc`: token from the Attestation Agent (``GetToken("kbs")`` ->
   ``{"token", "tee_keypair"}``), then ``GET <kbs>/kbs/v0/<plugin>/<path>``
   with ``Authorization: Bearer`` and the JWE answer decrypted with the TEE
-  key. Unlike upstream (a fresh attestation per resource), ONE token is kept
-  and reused until it expires or the KBS rejects it; then it is re-fetched
-  once. Concurrent callers share a single in-flight ``GetToken``.
+  key. As upstream's token client, ONE token is kept and reused until it
+  expires or the KBS rejects it: any 401 from the KBS re-attests (a new
+  ``GetToken``) and retries, up to :data:`KBS_GET_RESOURCE_MAX_ATTEMPTS`
+  requests in all. Concurrent callers share a single in-flight ``GetToken``.
 * :class:`OfflineFsKbc`: JSON maps ``{"repo/type/tag": "<base64>"}`` on disk.
 """
 
@@ -36,6 +37,7 @@ from kbs_client.errors import InvalidUri
 from kbs_client.uri import ResourceUri
 
 __all__ = [
+    "KBS_GET_RESOURCE_MAX_ATTEMPTS",
     "MAX_RESOURCE_BYTES",
     "OFFLINE_FS_DEFAULT_FILES",
     "CcKbc",
@@ -55,6 +57,8 @@ MAX_RESOURCE_BYTES = 4 << 20  # ttRPC's message limit bounds what we can return 
 MAX_KBS_RESPONSE_BYTES = 8 << 20  # JWE JSON of a MAX_RESOURCE_BYTES payload (base64url)
 MAX_TOKEN_RESPONSE_BYTES = 1 << 20
 TOKEN_EXPIRY_MARGIN_S = 10.0
+#: resource requests per ``get_resource`` (upstream ``KBS_GET_RESOURCE_MAX_ATTEMPT``)
+KBS_GET_RESOURCE_MAX_ATTEMPTS = 3
 OFFLINE_FS_DEFAULT_FILES = (
     Path("/etc/aa-offline_fs_kbc-keys.json"),
     Path("/etc/aa-offline_fs_kbc-resources.json"),
@@ -198,7 +202,6 @@ def _default_decrypter(pem: str, body: bytes) -> bytes:
 
 
 _ERROR_KIND = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
-_RETRY_TOKEN_ERRORS = ("TokenNotFound", "TokenVerifierError")
 
 
 class CcKbc:
@@ -262,18 +265,31 @@ class CcKbc:
 
     async def get_resource(self, uri: str) -> bytes:
         ruri = parse_resource_uri(uri)
-        tok = await self.tokens.get()
-        status, body = await self._get_once(ruri, tok)
-        if status == 401 and self._error_type(body) in (*_RETRY_TOKEN_ERRORS, ""):
-            # the KBS no longer accepts our token: attest again, once
-            self.tokens.invalidate(tok)
+        if not self.kbs_url:  # accepted at start-up, as upstream; this is the error it then gives
+            raise ResourceError(
+                "http request failed: get failed: relative URL without a base (kbc.url is empty)"
+            )
+        for attempt in range(1, KBS_GET_RESOURCE_MAX_ATTEMPTS + 1):
             tok = await self.tokens.get()
             status, body = await self._get_once(ruri, tok)
+            if status != 401:
+                break
+            # as upstream: any 401 (whatever the error type) drops the token and attests again
+            log.warning(
+                "KBS answered 401 (%s) for %s, attempt %d of %d: getting a new token",
+                self._error_type(body) or "no error type",
+                ruri,
+                attempt,
+                KBS_GET_RESOURCE_MAX_ATTEMPTS,
+            )
+            self.tokens.invalidate(tok)
         if status == 404:
             raise ResourceNotFound(f"KBS has no plugin or path for {ruri}")
         if status != 200:
             kind = self._error_type(body) or f"HTTP {status}"
-            if kind == "PluginInternalError":
+            if status == 401:
+                kind = f"{kind}, request unauthorized after {KBS_GET_RESOURCE_MAX_ATTEMPTS} attempts"
+            if kind.startswith("PluginInternalError"):
                 raise ResourceNotFound(f"KBS refused {ruri}: {kind} (resource missing or invalid)")
             raise ResourceError(f"KBS refused {ruri}: {kind}")
         try:

@@ -7,16 +7,22 @@
   by CDH (``api.ImagePullService/PullImage``) into ``/run/kata-containers/<cid>``
   within ``agent.image_pull_timeout``; the result is the rootfs path.
 * :func:`unseal_env` / :func:`unseal_sealed_mounts`: sealed secrets in
-  environment variables (``KEY=sealed.…``) and in volumes mounted under
-  ``/sealed/…`` are unsealed through CDH (``api.SealedSecretService/UnsealSecret``).
+  environment variables (``KEY=sealed.…``) and in files of every mount shared
+  from the host (source under ``/run/kata-containers/shared/containers``) are
+  unsealed through CDH (``api.SealedSecretService/UnsealSecret``), as the Kata
+  agent does (``rpc.rs`` ``cdh_handler_sealed_secrets``): a file's plaintext
+  goes to ``<file>.unsealed`` beside it and the volume's entry is re-pointed
+  there. A secret that cannot be unsealed is logged and keeps its sealed value.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import stat
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -39,13 +45,17 @@ from guest_pull.storage import Storage
 from guest_pull.volume import IMAGE_GUEST_PULL
 
 __all__ = [
+    "KATA_GUEST_SHARE_DIR",
     "PAUSE_BUNDLE",
     "SEALED_PREFIX",
+    "UNSEALED_SUFFIX",
     "CdhClient",
     "ImagePullHandler",
     "ImagePullVolume",
     "image_pull_volume",
     "is_sandbox",
+    "is_sealed_secret_source",
+    "unseal_directory",
     "unseal_env",
     "unseal_sealed_mounts",
 ]
@@ -54,7 +64,11 @@ log = logging.getLogger(__name__)
 
 PAUSE_BUNDLE = Path("/pause_bundle")
 SEALED_PREFIX = "sealed."
-SEALED_MOUNT_PREFIX = "/sealed"
+#: mounts whose source is under here are searched for sealed secrets (kata ``rpc.rs``)
+KATA_GUEST_SHARE_DIR = PurePosixPath("/run/kata-containers/shared/containers")
+#: mount sources ending so are the runtime's own files, never searched (kata ``rpc.rs``)
+_NOT_SECRET_SUFFIXES = ("resolv.conf", "termination-log", "hostname", "hosts", "serviceaccount")
+UNSEALED_SUFFIX = ".unsealed"
 MAX_DRIVER_OPTION_BYTES = 1 << 20
 MAX_PAUSE_CONFIG_BYTES = 1 << 20
 MAX_SECRET_FILE_BYTES = 1 << 20
@@ -78,7 +92,10 @@ def image_pull_volume(storage: Storage) -> ImagePullVolume:
                 doc = strict_loads(value)
             except ValueError as exc:
                 raise AgentError("Storage.driver_options: image_guest_pull value is not JSON") from exc
-            meta = doc.get("metadata") if isinstance(doc, dict) else None
+            if not isinstance(doc, dict):
+                raise AgentError("Storage.driver_options: image_guest_pull must be a JSON object")
+            # absent metadata is an empty map (kata-types serde default; runtime-rs sends {})
+            meta = doc.get("metadata", {})
             if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
                 raise AgentError("Storage.driver_options: image_guest_pull needs a metadata map of strings")
             return ImagePullVolume(MappingProxyType(dict(meta)))
@@ -205,65 +222,118 @@ class ImagePullHandler:
 
 
 async def unseal_env(cdh: CdhClient, env: Sequence[str], *, timeout: float = 50.0) -> list[str]:
-    """Replace ``KEY=sealed.…`` entries by their unsealed values."""
+    """Replace ``KEY=sealed.…`` entries by their unsealed values. One that
+    cannot be unsealed (CDH refuses it, or the plaintext is not UTF-8) is
+    logged and kept sealed, as the Kata agent does."""
     out: list[str] = []
     for entry in env:
         key, sep, value = entry.partition("=")
         if sep and value.startswith(SEALED_PREFIX):
             try:
                 plain = await cdh.unseal_secret(value.encode(), timeout=timeout)
-            except RpcError as exc:
-                raise AgentError(f"unsealing environment variable {key} failed: {exc.message}") from exc
-            try:
                 entry = f"{key}={plain.decode('utf-8')}"
-            except UnicodeDecodeError as exc:
-                raise AgentError(f"environment variable {key}: unsealed value is not UTF-8") from exc
+            except RpcError as exc:
+                log.warning("failed to unseal environment variable %s: %s", key[:128], exc.message)
+            except UnicodeDecodeError:
+                log.warning("failed to unseal environment variable %s: the plaintext is not UTF-8", key[:128])
         out.append(entry)
     return out
 
 
+def is_sealed_secret_source(source: str, shared_dir: PurePosixPath = KATA_GUEST_SHARE_DIR) -> bool:
+    """Whether the Kata agent searches a mount with this source for sealed secrets."""
+    return source.startswith(str(shared_dir)) and not source.endswith(_NOT_SECRET_SUFFIXES)
+
+
 async def unseal_sealed_mounts(
-    cdh: CdhClient, mounts: Sequence[Mapping[str, Any]], *, timeout: float = 50.0
+    cdh: CdhClient,
+    mounts: Sequence[Mapping[str, Any]],
+    *,
+    timeout: float = 50.0,
+    shared_dir: PurePosixPath = KATA_GUEST_SHARE_DIR,
 ) -> list[dict[str, Any]]:
-    """For mounts whose destination starts with ``/sealed``: strip that prefix
-    from the destination and unseal every sealed file in the source directory
-    in place (symlinks, as Kubernetes secret volumes use, are followed only
-    within the volume)."""
+    """For every mount shared from the host (:func:`is_sealed_secret_source`),
+    unseal the sealed files in its source directory (see :func:`unseal_directory`).
+    The mounts come back unchanged (destinations included); a failure is logged
+    and leaves that secret sealed."""
     out: list[dict[str, Any]] = []
     for m in mounts:
         mount = dict(m)
-        dest = str(mount.get("destination", ""))
-        if dest.startswith(SEALED_MOUNT_PREFIX + "/"):
-            mount["destination"] = dest[len(SEALED_MOUNT_PREFIX) :]
-            source = mount.get("source")
-            if isinstance(source, str) and source:
-                await _unseal_dir(cdh, Path(source), timeout)
+        source = mount.get("source")
+        if isinstance(source, str) and is_sealed_secret_source(source, shared_dir):
+            try:
+                await unseal_directory(cdh, Path(source), timeout=timeout)
+            except (AgentError, OSError) as exc:
+                log.warning("failed to unseal files of %s: %s", source, exc)
         out.append(mount)
     return out
 
 
-async def _unseal_dir(cdh: CdhClient, directory: Path, timeout: float) -> None:
-    root = directory.resolve()
-    for entry in sorted(os.scandir(root), key=lambda e: e.name):
-        if not (entry.is_file() or entry.is_symlink()):
+async def unseal_directory(cdh: CdhClient, directory: Path, *, timeout: float = 50.0) -> list[str]:
+    """Unseal every entry of ``directory`` whose file starts with ``sealed.``.
+
+    As the Kata agent: the whole content goes to CDH, the plaintext is written
+    to ``<file>.unsealed`` next to the (resolved) file, and the entry becomes a
+    relative symlink to it (in a Kubernetes secret volume ``key ->
+    ..<timestamp>/key.unsealed``); the sealed file stays. Unlike the agent, a
+    link leading out of the volume is not followed, the plaintext keeps the
+    sealed file's mode, the link is replaced atomically, and one bad secret
+    does not stop the others. Returns the names of the entries unsealed."""
+    try:
+        root = directory.resolve(strict=True)
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as exc:
+        raise AgentError(f"sealed secret directory {directory}: {exc.strerror}") from exc
+    done: list[str] = []
+    for entry in entries:
+        if not (entry.is_symlink() or entry.is_file(follow_symlinks=False)):
             continue
-        target = Path(entry.path).resolve()
-        if root not in target.parents or not target.is_file():
-            log.warning("sealed volume: skipping %s (points outside the volume)", entry.name)
-            continue
+        try:
+            if await _unseal_entry(cdh, root, Path(entry.path), timeout):
+                done.append(entry.name)
+        except AgentError as exc:
+            log.warning("%s", exc)
+    return done
+
+
+async def _unseal_entry(cdh: CdhClient, root: Path, link: Path, timeout: float) -> bool:
+    name = link.name
+    try:
+        target = link.resolve(strict=True)
+    except (OSError, RuntimeError) as exc:
+        raise AgentError(f"sealed volume: {name}: cannot resolve it") from exc
+    if root not in target.parents:
+        raise AgentError(f"sealed volume: skipping {name} (points outside the volume)")
+    if not target.is_file() or target.name.endswith(UNSEALED_SUFFIX):
+        return False
+    try:
         with target.open("rb") as f:
             content = f.read(MAX_SECRET_FILE_BYTES + 1)
-        if not content.startswith(SEALED_PREFIX.encode()):
-            continue
-        if len(content) > MAX_SECRET_FILE_BYTES:
-            raise AgentError(f"sealed volume: {entry.name} is too large")
-        try:
-            plain = await cdh.unseal_secret(content.strip(), timeout=timeout)
-        except RpcError as exc:
-            raise AgentError(f"unsealing {entry.name} failed: {exc.message}") from exc
-        try:
-            write_atomic(target, plain, 0o400)
-        except OSError as exc:
-            raise AgentError(
-                f"sealed volume: cannot write the unsealed {entry.name}: {exc.strerror}"
-            ) from exc
+            mode = stat.S_IMODE(os.fstat(f.fileno()).st_mode)
+    except OSError as exc:
+        raise AgentError(f"sealed volume: cannot read {name}: {exc.strerror}") from exc
+    if not content.startswith(SEALED_PREFIX.encode()):
+        return False
+    if len(content) > MAX_SECRET_FILE_BYTES:
+        raise AgentError(f"sealed volume: {name} is larger than {MAX_SECRET_FILE_BYTES} bytes; left sealed")
+    try:
+        plain = await cdh.unseal_secret(content, timeout=timeout)
+    except RpcError as exc:
+        raise AgentError(f"failed to unseal {name}: {exc.message}; left sealed") from exc
+    unsealed = target.with_name(target.name + UNSEALED_SUFFIX)
+    tmp_link = link.with_name(f".{name}.unsealed-link")
+    try:
+        write_atomic(unsealed, plain, mode)
+    except OSError as exc:
+        raise AgentError(f"sealed volume: cannot write {name}{UNSEALED_SUFFIX}: {exc.strerror}") from exc
+    try:
+        with contextlib.suppress(FileNotFoundError):
+            tmp_link.unlink()
+        tmp_link.symlink_to(os.path.relpath(unsealed, link.parent))
+        os.replace(tmp_link, link)
+    except OSError as exc:
+        for leftover in (tmp_link, unsealed):  # no plaintext without the link that uses it
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+        raise AgentError(f"sealed volume: cannot write {name}{UNSEALED_SUFFIX}: {exc.strerror}") from exc
+    return True

@@ -1,14 +1,24 @@
 """``kbs-config.toml`` as trustee v0.21 reads it (reference §8), parsed once
 into frozen dataclasses. ``[admin]`` is strict (trustee sets
-``deny_unknown_fields``); other sections ignore keys we do not use, with a log
-line, so trustee's sample configs load unchanged."""
+``deny_unknown_fields``); other sections ignore keys we do not use, with a
+warning kept in :attr:`KbsConfig.warnings`, so trustee's own configs load
+unchanged. The spellings trustee's serde accepts are accepted here too:
+storage types ``Memory``/``memory``, ``LocalJson``/``local_json``,
+``LocalFs``/``local_fs``, ``Redis``/``redis``, ``Postgres``/``postgres``;
+attestation service ``CoCoASBuiltIn``/``coco_as_builtin``,
+``CoCoASGrpc``/``coco_as_grpc``, ``IntelTA``/``intel_ta``.
+
+Problems trustee only finds when it starts (no TLS key, no identity provider,
+a service this KBS does not serve) are not load errors: :func:`startup_problems`
+lists them, the server refuses to start on any, ``kbs --check`` reports them."""
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,17 +35,70 @@ __all__ = [
     "HttpServerConfig",
     "IdentityProvider",
     "KbsConfig",
+    "PluginConfig",
+    "PostgresConfig",
     "RoleAcl",
     "SecurityConfig",
     "StorageConfig",
+    "effective_config",
     "load_config",
     "parse_config",
+    "startup_problems",
 ]
 
 log = logging.getLogger(__name__)
 MAX_CONFIG_BYTES = 1024 * 1024
 ADMIN_MODES = ("InsecureAllowAll", "DenyAll", "AuthenticatedAuthorization")
-STORAGE_TYPES = ("Memory", "LocalFs", "LocalJson", "Redis")
+#: trustee's ``KeyValueStorageType`` variants and their serde aliases
+STORAGE_TYPES = {
+    "Memory": "Memory",
+    "memory": "Memory",
+    "LocalJson": "LocalJson",
+    "local_json": "LocalJson",
+    "LocalFs": "LocalFs",
+    "local_fs": "LocalFs",
+    "Postgres": "Postgres",
+    "postgres": "Postgres",
+    "Redis": "Redis",
+    "redis": "Redis",
+}
+#: trustee's ``AttestationServiceConfig`` variants (``type``) and their aliases
+AS_TYPES = {
+    "CoCoASBuiltIn": "coco_as_builtin",
+    "coco_as_builtin": "coco_as_builtin",
+    "CoCoASGrpc": "coco_as_grpc",
+    "coco_as_grpc": "coco_as_grpc",
+    "IntelTA": "intel_ta",
+    "intel_ta": "intel_ta",
+}
+#: trustee's ``PluginsConfig`` variants (``name``) and their aliases
+PLUGIN_NAMES = {
+    "Sample": "sample",
+    "sample": "sample",
+    "ResourceStorage": "resource",
+    "resource": "resource",
+    "NebulaCaPlugin": "nebula-ca",
+    "nebula-ca": "nebula-ca",
+    "Pkcs11": "pkcs11",
+    "pkcs11": "pkcs11",
+    "ExternalPlugin": "external",
+    "external": "external",
+}
+#: ``[attestation_service.verifier_config]`` sections trustee's verifier crate reads
+UPSTREAM_VERIFIER_SECTIONS = ("nvidia_verifier", "tpm_verifier", "snp_verifier", "dcap_verifier")
+#: what this KBS serves today (anything else loads, and is named by :func:`startup_problems`)
+SERVED_AS_TYPES = ("coco_as_builtin",)
+SERVED_PLUGINS = ("resource",)
+SERVED_RVPS = ("BuiltIn",)
+
+_warnings: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("_warnings", default=None)
+
+
+def _warn(msg: str) -> None:
+    log.warning("config: %s", msg)
+    sink = _warnings.get()
+    if sink is not None:
+        sink.append(msg)
 
 
 @dataclass(frozen=True)
@@ -50,6 +113,7 @@ class HttpServerConfig:
     tls_min_version: str | None = None
     tls_max_version: str | None = None
     tls_ciphers: str | None = None
+    tls_groups: str | None = None
 
 
 @dataclass(frozen=True)
@@ -106,13 +170,55 @@ class AttestationServiceConfig:
     verbose_token: bool = True
     #: verifier constructor options per TEE, passed through as keyword arguments
     verifier_config: Mapping[str, Any] = field(default_factory=dict)
+    #: trustee's ``*_verifier`` sections (``snp_verifier``, ``dcap_verifier`` ...), kept as given
+    upstream_verifier_config: Mapping[str, Any] = field(default_factory=dict)
+    #: ``[attestation_service.rvps_config]``: ``BuiltIn`` or ``GrpcRemote`` (+ ``address``)
+    rvps_type: str = "BuiltIn"
+    rvps_address: str | None = None
+    #: ``coco_as_grpc``: the attestation service's gRPC address and connection pool size
+    as_addr: str | None = None
+    pool_size: int | None = None
+    #: ``intel_ta``: trustee's ``IntelTrustAuthorityConfig`` (api_key is a secret: not in repr)
+    ita_base_url: str | None = None
+    ita_api_key: str | None = field(default=None, repr=False)
+    ita_certs_file: str | None = None
+    ita_allow_unmatched_policy: bool | None = None
+    ita_policy_ids: tuple[str, ...] = ()
+    #: ``[attestation_service] storage_type`` / signer ``cert_url``: accepted, not used
+    as_storage_type: str | None = None
+    signer_cert_url: str | None = None
+
+
+@dataclass(frozen=True)
+class PostgresConfig:
+    """trustee's ``[storage_backend.backends.postgres]`` (defaults as upstream)."""
+
+    db: str = "postgres"
+    username: str = "postgres"
+    password: str | None = field(default=None, repr=False)
+    port: int = 5432
+    host: str = "localhost"
+
+
+@dataclass(frozen=True)
+class PluginConfig:
+    """One ``[[plugins]]`` entry: the canonical name and its other keys as given."""
+
+    name: str
+    options: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class StorageConfig:
     storage_type: str = "Memory"
     local_fs_dir: str = "/opt/confidential-containers/storage/local_fs"
+    #: ``backends.local_json.file_dir_path``: one JSON file per namespace
+    local_json_dir: str = "/opt/confidential-containers/storage/local_json"
     redis_url: str = "redis://127.0.0.1:6379"
+    postgres: PostgresConfig = field(default_factory=PostgresConfig)
+    #: which ``backends.*`` tables were given (trustee requires the one its type uses)
+    backends_given: tuple[str, ...] = ()
+    #: trustee's top-level ``session_storage_type`` (also read inside [storage_backend], as before)
     session_storage_type: str | None = None
     #: file with a 32-byte key (raw or hex); resources are AES-256-GCM encrypted at rest when set
     encryption_key_path: str | None = None
@@ -155,8 +261,12 @@ class KbsConfig:
     attestation_service: AttestationServiceConfig = field(default_factory=AttestationServiceConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     plugins: tuple[str, ...] = ()
+    #: relative paths are read from the working directory, as trustee does
     base_dir: str = "."
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    plugin_configs: tuple[PluginConfig, ...] = ()
+    #: keys this KBS ignores (unknown or legacy), one line each; ``kbs --check --strict`` fails on any
+    warnings: tuple[str, ...] = ()
 
 
 def _table(doc: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -187,13 +297,17 @@ def _strs(tbl: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
 def _unused(tbl: Mapping[str, Any], known: set[str], where: str) -> None:
     for k in tbl:
         if k not in known:
-            log.info("config: %s.%s is not used by this KBS", where, k)
+            _warn(f"{where}.{k} is not a key this KBS reads: ignored")
 
 
 def _http(tbl: Mapping[str, Any]) -> HttpServerConfig:
     w = "http_server"
     _unused(tbl, set(HttpServerConfig.__dataclass_fields__) | {"sockets"}, w)
     sockets = _strs(tbl, "sockets", w) or ("127.0.0.1:8080",)
+    for sock in sockets:
+        host, sep, port = sock.rpartition(":")
+        if not sep or not host or not port.isdigit() or int(port) > 65535:
+            raise ConfigError(f"http_server.sockets: {sock!r} is not an address:port")
     cfg = HttpServerConfig(
         sockets=sockets,
         insecure_http=_typed(tbl, "insecure_http", bool, False, w),
@@ -205,9 +319,13 @@ def _http(tbl: Mapping[str, Any]) -> HttpServerConfig:
         tls_min_version=_typed(tbl, "tls_min_version", str, None, w),
         tls_max_version=_typed(tbl, "tls_max_version", str, None, w),
         tls_ciphers=_typed(tbl, "tls_ciphers", str, None, w),
+        tls_groups=_typed(tbl, "tls_groups", str, None, w),
     )
-    if not cfg.insecure_http and not (cfg.private_key and cfg.certificate):
-        raise ConfigError("http_server: private_key and certificate are required unless insecure_http = true")
+    for key in ("tls_min_version", "tls_max_version"):
+        if getattr(cfg, key) not in (None, "1.2", "1.3"):
+            raise ConfigError(f'http_server.{key} must be "1.2" or "1.3"')
+    if cfg.tls_min_version == "1.3" and cfg.tls_max_version == "1.2":
+        raise ConfigError("http_server.tls_min_version cannot be greater than tls_max_version")
     if cfg.tls_profile not in ("old", "intermediate", "modern", "custom"):
         raise ConfigError("http_server.tls_profile must be old, intermediate, modern or custom")
     if not 0 < cfg.payload_request_size <= 1024:
@@ -230,7 +348,7 @@ def _admin(tbl: Mapping[str, Any]) -> AdminConfig:
         log.warning("[admin] has no authorization_mode: the admin API is disabled (DenyAll)")
     mode = tbl.get("authorization_mode", "DenyAll")
     if mode not in ADMIN_MODES:
-        raise ConfigError(f"[admin] authorization_mode must be one of {', '.join(ADMIN_MODES)}")
+        raise ConfigError(f"admin.authorization_mode must be one of {', '.join(ADMIN_MODES)}")
     if mode != "AuthenticatedAuthorization":
         return AdminConfig(mode=mode)
     authn = _table(tbl, "authentication")
@@ -240,28 +358,32 @@ def _admin(tbl: Mapping[str, Any]) -> AdminConfig:
     bj = _table(authn, "bearer_jwt")
     _strict(bj, {"identity_providers"}, "[admin.authentication.bearer_jwt]")
     idps: list[IdentityProvider] = []
-    for raw in bj.get("identity_providers", []):
+    raw_idps = bj.get("identity_providers", [])
+    if not isinstance(raw_idps, list):
+        raise ConfigError("admin.authentication.bearer_jwt.identity_providers must be a list")
+    for raw in raw_idps:
         if not isinstance(raw, Mapping):
-            raise ConfigError("identity_providers entries must be tables")
+            raise ConfigError("admin.authentication.bearer_jwt.identity_providers entries must be tables")
         _strict(raw, {"issuer", "audience", "public_key_uri", "jwk_set_uri"}, "identity provider")
         vals = {k: raw.get(k) for k in ("issuer", "audience", "public_key_uri", "jwk_set_uri")}
-        if not all(v is None or isinstance(v, str) for v in vals.values()):
-            raise ConfigError("identity provider fields must be strings")
-        if not vals["public_key_uri"] and not vals["jwk_set_uri"]:
-            raise ConfigError("identity provider needs public_key_uri or jwk_set_uri")
+        for k, v in vals.items():
+            if not (v is None or isinstance(v, str)):
+                raise ConfigError(f"admin.authentication.bearer_jwt.identity_providers.{k} must be a string")
+        # an entry without a key source, or no entry at all, is refused when the KBS starts
+        # (trustee's AdminConfig::validate), not here: see startup_problems
         idps.append(IdentityProvider(**vals))
-    if not idps:
-        raise ConfigError("AuthenticatedAuthorization needs at least one identity provider")
     ra = _table(authz, "regex_acl")
     _strict(ra, {"acls"}, "[admin.authorization.regex_acl]")
     acls: list[RoleAcl] = []
     for raw in ra.get("acls", []):
         if not isinstance(raw, Mapping) or not isinstance(raw.get("role"), str):
-            raise ConfigError("acls entries need a string role")
+            raise ConfigError("admin.authorization.regex_acl.acls entries need a string role")
         _strict(raw, {"role", "allowed_endpoints"}, "acl")
         ep = raw.get("allowed_endpoints")
         if not isinstance(ep, str) or not ep.startswith("^/kbs") or not ep.endswith("$"):
-            raise ConfigError("allowed_endpoints must be a regex anchored as ^/kbs...$")
+            raise ConfigError(
+                "admin.authorization.regex_acl.acls.allowed_endpoints must be a regex anchored as ^/kbs...$"
+            )
         acls.append(RoleAcl(raw["role"], ep))
     return AdminConfig(mode=mode, identity_providers=tuple(idps), acls=tuple(acls))
 
@@ -294,8 +416,19 @@ def _legacy_admin(tbl: Mapping[str, Any]) -> AdminConfig:
 def _token(tbl: Mapping[str, Any]) -> AttestationTokenConfig:
     w = "attestation_token"
     if "insecure_key" in tbl:
-        raise ConfigError("attestation_token.insecure_key was renamed insecure_header_jwk in trustee v0.21")
-    _unused(tbl, {"trusted_certs_paths", "trusted_jwk_sets", "extra_teekey_paths", "insecure_header_jwk"}, w)
+        # trustee's verifier config has no deny_unknown_fields: the old key is ignored there too
+        _warn("attestation_token.insecure_key is ignored (renamed insecure_header_jwk in trustee v0.21)")
+    _unused(
+        tbl,
+        {
+            "trusted_certs_paths",
+            "trusted_jwk_sets",
+            "extra_teekey_paths",
+            "insecure_header_jwk",
+            "insecure_key",
+        },
+        w,
+    )
     return AttestationTokenConfig(
         trusted_certs_paths=_strs(tbl, "trusted_certs_paths", w),
         trusted_jwk_sets=_strs(tbl, "trusted_jwk_sets", w),
@@ -304,50 +437,169 @@ def _token(tbl: Mapping[str, Any]) -> AttestationTokenConfig:
     )
 
 
+_AS_COMMON = {"type", "timeout"}
+_AS_KEYS = {
+    "coco_as_builtin": {
+        "attestation_token_broker",
+        "rvps_config",
+        "verifier_config",
+        "work_dir",
+        "storage_type",
+    },
+    "coco_as_grpc": {"as_addr", "pool_size"},
+    "intel_ta": {"base_url", "api_key", "certs_file", "allow_unmatched_policy", "policy_ids"},
+}
+_BROKER_KEYS = {
+    "type",
+    "duration_min",
+    "issuer_name",
+    "developer_name",
+    "build_name",
+    "profile_name",
+    "verbose_token",
+    "signer",
+    "policy_dir",
+}
+
+
 def _as(tbl: Mapping[str, Any]) -> AttestationServiceConfig:
     w = "attestation_service"
-    typ = tbl.get("type", "coco_as_builtin")
-    if typ != "coco_as_builtin":
-        raise ConfigError(f"attestation_service.type {typ!r} is not supported (coco_as_builtin only)")
+    raw_type = tbl.get("type", "coco_as_builtin")
+    if not isinstance(raw_type, str) or raw_type not in AS_TYPES:
+        raise ConfigError(f"attestation_service.type {raw_type!r} is not one of {', '.join(AS_TYPES)}")
+    typ = AS_TYPES[raw_type]
+    _unused(tbl, _AS_COMMON | _AS_KEYS[typ], w)
+    d = AttestationServiceConfig()
+    timeout = _typed(tbl, "timeout", int, 5, w)
+    if typ == "coco_as_grpc":
+        pool = _typed(tbl, "pool_size", int, 100, w)
+        if pool < 1:
+            raise ConfigError("attestation_service.pool_size must be at least 1")
+        return AttestationServiceConfig(
+            type=typ,
+            timeout_min=timeout,
+            as_addr=_typed(tbl, "as_addr", str, "http://127.0.0.1:50004", w),
+            pool_size=pool,
+        )
+    if typ == "intel_ta":
+        for k in ("base_url", "api_key", "certs_file"):
+            if k not in tbl:
+                raise ConfigError(f"attestation_service.{k} is required for intel_ta")
+        return AttestationServiceConfig(
+            type=typ,
+            timeout_min=timeout,
+            ita_base_url=_typed(tbl, "base_url", str, None, w),
+            ita_api_key=_typed(tbl, "api_key", str, None, w),
+            ita_certs_file=_typed(tbl, "certs_file", str, None, w),
+            ita_allow_unmatched_policy=_typed(tbl, "allow_unmatched_policy", bool, None, w),
+            ita_policy_ids=_strs(tbl, "policy_ids", f"{w}.policy_ids"),
+        )
     broker = _table(tbl, "attestation_token_broker")
+    bw = f"{w}.attestation_token_broker"
+    _unused(broker, _BROKER_KEYS, bw)
+    if broker.get("type", "Ear") not in ("Ear", "ear"):
+        raise ConfigError(f"{bw}.type must be Ear (the only token broker trustee v0.21 has)")
     signer = _table(broker, "signer")
+    _unused(signer, {"key_path", "cert_path", "cert_url"}, f"{bw}.signer")
+    rv = _table(tbl, "rvps_config")
+    rvw = f"{w}.rvps_config"
+    rvps_type = _typed(rv, "type", str, "BuiltIn", rvw)
+    if rvps_type not in ("BuiltIn", "GrpcRemote"):
+        raise ConfigError(f"{rvw}.type must be BuiltIn or GrpcRemote")
+    _unused(
+        rv,
+        {"type", "address", "storage", "extractors"} if rvps_type == "BuiltIn" else {"type", "address"},
+        rvw,
+    )
     vc = tbl.get("verifier_config", {})
     if not isinstance(vc, Mapping):
         raise ConfigError("attestation_service.verifier_config must be a table")
-    d = AttestationServiceConfig()
+    ours = {k: v for k, v in vc.items() if k not in UPSTREAM_VERIFIER_SECTIONS}
+    theirs = {k: v for k, v in vc.items() if k in UPSTREAM_VERIFIER_SECTIONS}
+    for k, v in {**ours, **theirs}.items():
+        if not isinstance(v, Mapping):
+            raise ConfigError(f"attestation_service.verifier_config.{k} must be a table")
+    for k in theirs:
+        _warn(
+            f"attestation_service.verifier_config.{k} (trustee's verifier options) is kept but not applied: "
+            "this KBS's verifiers take their options from verifier_config.<tee>"
+        )
+    ast = tbl.get("storage_type")
+    if ast is not None and ast not in STORAGE_TYPES:
+        raise ConfigError(
+            f"attestation_service.storage_type {ast!r} is not one of {', '.join(STORAGE_TYPES)}"
+        )
     return AttestationServiceConfig(
         type=typ,
-        timeout_min=_typed(tbl, "timeout", int, 5, w),
-        duration_min=_typed(broker, "duration_min", int, 5, w),
-        issuer_name=_typed(broker, "issuer_name", str, d.issuer_name, w),
-        developer_name=_typed(broker, "developer_name", str, d.developer_name, w),
-        build_name=_typed(broker, "build_name", str, d.build_name, w),
-        profile_name=_typed(broker, "profile_name", str, d.profile_name, w),
-        signer_key_path=_typed(signer, "key_path", str, None, w),
-        signer_cert_path=_typed(signer, "cert_path", str, None, w),
-        verbose_token=_typed(broker, "verbose_token", bool, True, w),
-        verifier_config=dict(vc),
+        timeout_min=timeout,
+        duration_min=_typed(broker, "duration_min", int, 5, bw),
+        issuer_name=_typed(broker, "issuer_name", str, d.issuer_name, bw),
+        developer_name=_typed(broker, "developer_name", str, d.developer_name, bw),
+        build_name=_typed(broker, "build_name", str, d.build_name, bw),
+        profile_name=_typed(broker, "profile_name", str, d.profile_name, bw),
+        signer_key_path=_typed(signer, "key_path", str, None, f"{bw}.signer"),
+        signer_cert_path=_typed(signer, "cert_path", str, None, f"{bw}.signer"),
+        signer_cert_url=_typed(signer, "cert_url", str, None, f"{bw}.signer"),
+        verbose_token=_typed(broker, "verbose_token", bool, True, bw),
+        verifier_config=ours,
+        upstream_verifier_config=theirs,
+        rvps_type=rvps_type,
+        rvps_address=_typed(rv, "address", str, None, rvw),
+        as_storage_type=STORAGE_TYPES[ast] if ast is not None else None,
     )
 
 
-def _storage(tbl: Mapping[str, Any]) -> StorageConfig:
+def _storage_type(v: Any, where: str) -> str:
+    if not isinstance(v, str) or v not in STORAGE_TYPES:
+        raise ConfigError(f"{where} {v!r} is not one of {', '.join(STORAGE_TYPES)}")
+    return STORAGE_TYPES[v]
+
+
+def _storage(tbl: Mapping[str, Any], top_session: Any) -> StorageConfig:
     w = "storage_backend"
-    st = tbl.get("storage_type", "Memory")
-    sst = tbl.get("session_storage_type")
-    for v in (st, sst):
-        if v is not None and v not in STORAGE_TYPES:
-            raise ConfigError(f"storage_backend type {v!r} is not supported ({', '.join(STORAGE_TYPES)})")
+    _unused(tbl, {"storage_type", "backends", "session_storage_type", "encryption"}, w)
+    st = _storage_type(tbl.get("storage_type", "Memory"), f"{w}.storage_type")
+    sst: str | None = None
+    if top_session is not None:
+        sst = _storage_type(top_session, "session_storage_type")
+    elif tbl.get("session_storage_type") is not None:
+        # where this KBS used to read it; trustee reads only the top-level key
+        _warn("storage_backend.session_storage_type is read for compatibility (trustee: top level only)")
+        sst = _storage_type(tbl["session_storage_type"], f"{w}.session_storage_type")
     backends = _table(tbl, "backends")
-    lfs = _table(backends, "local_fs") or _table(backends, "local_json")
+    bw = f"{w}.backends"
+    _unused(backends, {"local_fs", "local_json", "redis", "postgres"}, bw)
+    lfs = _table(backends, "local_fs")
+    ljs = _table(backends, "local_json")
     rds = _table(backends, "redis")
+    pg = _table(backends, "postgres")
+    _unused(lfs, {"dir_path"}, f"{bw}.local_fs")
+    _unused(ljs, {"file_dir_path"}, f"{bw}.local_json")
+    _unused(rds, {"url"}, f"{bw}.redis")
+    _unused(pg, {"db", "username", "password", "port", "host"}, f"{bw}.postgres")
     enc = _table(tbl, "encryption")
     d = StorageConfig()
+    dp = PostgresConfig()
+    port = _typed(pg, "port", int, dp.port, f"{bw}.postgres")
+    if not 0 < port < 65536:
+        raise ConfigError(f"{bw}.postgres.port must be 1..65535")
     return StorageConfig(
         storage_type=st,
-        local_fs_dir=_typed(lfs, "dir_path", str, d.local_fs_dir, w),
-        redis_url=_typed(rds, "url", str, d.redis_url, w),
+        local_fs_dir=_typed(lfs, "dir_path", str, d.local_fs_dir, f"{bw}.local_fs"),
+        local_json_dir=_typed(ljs, "file_dir_path", str, d.local_json_dir, f"{bw}.local_json"),
+        redis_url=_typed(rds, "url", str, d.redis_url, f"{bw}.redis"),
+        postgres=PostgresConfig(
+            db=_typed(pg, "db", str, dp.db, f"{bw}.postgres"),
+            username=_typed(pg, "username", str, dp.username, f"{bw}.postgres"),
+            password=_typed(pg, "password", str, None, f"{bw}.postgres"),
+            port=port,
+            host=_typed(pg, "host", str, dp.host, f"{bw}.postgres"),
+        ),
+        backends_given=tuple(
+            sorted(k for k in ("local_fs", "local_json", "redis", "postgres") if k in backends)
+        ),
         session_storage_type=sst,
-        encryption_key_path=_typed(enc, "key_path", str, None, w),
+        encryption_key_path=_typed(enc, "key_path", str, None, f"{w}.encryption"),
     )
 
 
@@ -375,7 +627,48 @@ def _security(tbl: Mapping[str, Any]) -> SecurityConfig:
     return SecurityConfig(dev_verifiers=dev, policy_timeout_s=float(timeout), **ints)
 
 
+def _plugin(raw: Any) -> PluginConfig:
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str):
+        raise ConfigError("plugins: every [[plugins]] entry needs a string name")
+    if raw["name"] not in PLUGIN_NAMES:
+        raise ConfigError(f"plugins.name {raw['name']!r} is not one of {', '.join(PLUGIN_NAMES)}")
+    name = PLUGIN_NAMES[raw["name"]]
+    opts = {k: v for k, v in raw.items() if k != "name"}
+    w = f"plugins.{name}"
+    if name == "resource":
+        sbt = opts.get("storage_backend_type", "kvstorage")
+        if sbt not in ("kvstorage", "aliyun", "aws", "gcp", "vault", "Aliyun", "Aws", "Gcp", "Vault"):
+            raise ConfigError(f"{w}.storage_backend_type {sbt!r} is not a resource backend trustee has")
+    elif name == "sample":
+        _typed(opts, "item", str, None, w)
+    elif name == "external":
+        backends = opts.get("backends", [])
+        if not isinstance(backends, list):
+            raise ConfigError(f"{w}.backends must be a list")
+        for b in backends:
+            if not isinstance(b, Mapping) or not isinstance(b.get("name"), str):
+                raise ConfigError(f"{w}.backends entries need a string name")
+            if not isinstance(b.get("endpoint"), str):
+                raise ConfigError(f"{w}.backends.endpoint must be a string")
+            _typed(b, "timeout_ms", int, None, f"{w}.backends")
+            _typed(b, "ca_cert_path", str, None, f"{w}.backends")
+            _typed(b, "tls_mode", str, None, f"{w}.backends")
+    return PluginConfig(name, opts)
+
+
 def parse_config(doc: Mapping[str, Any], base_dir: str = ".") -> KbsConfig:
+    """Validate ``doc`` as trustee's ``KbsConfig`` deserialisation does; a :class:`ConfigError`
+    names the offending key."""
+    sink: list[str] = []
+    tok = _warnings.set(sink)
+    try:
+        cfg = _parse(doc, base_dir)
+    finally:
+        _warnings.reset(tok)
+    return replace(cfg, warnings=tuple(sink))
+
+
+def _parse(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
     for required in ("http_server", "admin"):
         if required not in doc:
             raise ConfigError(f"the [{required}] section is required")
@@ -387,30 +680,84 @@ def parse_config(doc: Mapping[str, Any], base_dir: str = ".") -> KbsConfig:
             "attestation_token",
             "attestation_service",
             "storage_backend",
+            "session_storage_type",
             "plugins",
             "security",
         },
         "config",
     )
-    plugins: list[str] = []
-    for p in doc.get("plugins", []) or []:
-        if not isinstance(p, Mapping) or not isinstance(p.get("name"), str):
-            raise ConfigError("[[plugins]] entries need a name")
-        if p["name"] != "resource":
-            raise ConfigError(f"plugin {p['name']!r} is not supported (resource only)")
-        if p.get("storage_backend_type", "kvstorage") != "kvstorage":
-            raise ConfigError("resource plugin: only storage_backend_type = kvstorage is supported")
-        plugins.append(p["name"])
+    raw_plugins = doc.get("plugins", []) or []
+    if not isinstance(raw_plugins, list):
+        raise ConfigError("plugins must be a list of [[plugins]] tables")
+    pcs = tuple(_plugin(p) for p in raw_plugins)
     return KbsConfig(
         http_server=_http(_table(doc, "http_server")),
         admin=_admin(_table(doc, "admin")),
         attestation_token=_token(_table(doc, "attestation_token")),
         attestation_service=_as(_table(doc, "attestation_service")),
-        storage=_storage(_table(doc, "storage_backend")),
-        plugins=tuple(plugins),
+        storage=_storage(_table(doc, "storage_backend"), doc.get("session_storage_type")),
+        plugins=tuple(p.name for p in pcs),
         base_dir=base_dir,
         security=_security(_table(doc, "security")),
+        plugin_configs=pcs,
     )
+
+
+_SECRET_KEYS = frozenset({"password", "ita_api_key", "api_key"})
+
+
+def _redact(v: Any) -> Any:
+    if isinstance(v, Mapping):
+        return {
+            k: ("<redacted>" if k in _SECRET_KEYS and x is not None else _redact(x)) for k, x in v.items()
+        }
+    if isinstance(v, list | tuple):
+        return [_redact(x) for x in v]
+    return v
+
+
+def effective_config(cfg: KbsConfig) -> dict[str, Any]:
+    """The parsed config as plain JSON-able data (secrets redacted), for ``kbs --check``."""
+    out = _redact(asdict(cfg))
+    assert isinstance(out, dict)
+    return out
+
+
+def startup_problems(cfg: KbsConfig) -> list[str]:
+    """What would stop this KBS from starting with ``cfg`` although the file loads: checks trustee
+    makes when it starts, and services this KBS does not serve. The server refuses to start on any."""
+    out: list[str] = []
+    h = cfg.http_server
+    if not h.insecure_http and not (h.private_key and h.certificate):
+        out.append("http_server: private_key and certificate are required unless insecure_http = true")
+    a = cfg.admin
+    if a.mode == "AuthenticatedAuthorization":
+        if not a.identity_providers:
+            out.append("admin: AuthenticatedAuthorization needs at least one identity_providers entry")
+        for i, idp in enumerate(a.identity_providers):
+            if not idp.public_key_uri and not idp.jwk_set_uri:
+                out.append(f"admin: identity_providers[{i}] needs public_key_uri or jwk_set_uri")
+    s = cfg.attestation_service
+    if s.type not in SERVED_AS_TYPES:
+        out.append(f"attestation_service.type {s.type} is not served by this KBS")
+    elif s.rvps_type not in SERVED_RVPS:
+        out.append(f"attestation_service.rvps_config.type {s.rvps_type} is not served by this KBS")
+    st = cfg.storage
+    for kind in {st.storage_type, st.session_storage_type or st.storage_type}:
+        if kind not in _SERVED_STORAGE:
+            out.append(f"storage_backend.storage_type {kind} is not served by this KBS")
+    for p in cfg.plugin_configs:
+        if p.name not in SERVED_PLUGINS:
+            out.append(f"plugins: {p.name} is not served by this KBS")
+        elif p.name == "resource" and p.options.get("storage_backend_type", "kvstorage") != "kvstorage":
+            out.append(
+                f"plugins.resource.storage_backend_type {p.options['storage_backend_type']} is not served"
+            )
+    return out
+
+
+#: storage types the server can open (grows as backends land)
+_SERVED_STORAGE = ("Memory", "LocalFs", "LocalJson", "Redis", "Postgres")
 
 
 class _StrictYamlLoader(yaml.SafeLoader):
@@ -449,4 +796,5 @@ def load_config(path: str) -> KbsConfig:
         raise ConfigError(f"config file {path} does not parse: {exc}") from exc
     if not isinstance(doc, Mapping):
         raise ConfigError("config file must hold a table")
-    return parse_config(doc, str(p.parent))
+    # relative paths in the file (keys, storage dirs) are read from the working directory, as trustee
+    return parse_config(doc, ".")

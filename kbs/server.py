@@ -27,7 +27,7 @@ from kbs_client.errors import JweError as ClientJweError
 
 from .admin_auth import AdminAuthorizer, AdminDenied
 from .attestation_service import AttestationService
-from .config import KbsConfig
+from .config import KbsConfig, startup_problems
 from .ear import EarBroker, TokenVerifier, extract_tee_pubkey
 from .errors import (
     AdminAuthAccess,
@@ -55,7 +55,9 @@ from .storage import (
     EncryptedStore,
     KvStore,
     LocalFsStore,
+    LocalJsonStore,
     MemoryStore,
+    PostgresStore,
     RedisStore,
     load_at_rest_key,
 )
@@ -93,10 +95,15 @@ def _make_store(kind: str, cfg: KbsConfig, cache: dict[str, KvStore]) -> KvStore
     st: KvStore
     if kind == "Memory":
         st = MemoryStore()
-    elif kind in ("LocalFs", "LocalJson"):
+    elif kind == "LocalFs":
         st = LocalFsStore(cfg.storage.local_fs_dir)
+    elif kind == "LocalJson":
+        st = LocalJsonStore(cfg.storage.local_json_dir)
     elif kind == "Redis":
         st = RedisStore(cfg.storage.redis_url)
+    elif kind == "Postgres":
+        pg = cfg.storage.postgres
+        st = PostgresStore.from_config(pg.db, pg.username, pg.password, pg.host, pg.port)
     else:
         raise ConfigError(f"storage type {kind} not supported")
     cache[kind] = st
@@ -107,6 +114,9 @@ async def build_state(
     cfg: KbsConfig, *, registry: VerifierRegistry | None = None, broker: EarBroker | None = None
 ) -> KbsState:
     """Everything the HTTP layer needs, built from a parsed config."""
+    problems = startup_problems(cfg)
+    if problems:
+        raise ConfigError("; ".join(problems))
     cache: dict[str, KvStore] = {}
     base = _make_store(cfg.storage.storage_type, cfg, cache)
     store: KvStore = base
@@ -116,11 +126,12 @@ async def build_state(
         )
     sess_store = _make_store(cfg.storage.session_storage_type or cfg.storage.storage_type, cfg, cache)
     for st in cache.values():
-        if isinstance(st, RedisStore):
+        if isinstance(st, RedisStore | PostgresStore):
             try:
                 await st.ping()
             except KbsError as exc:
-                raise ConfigError(f"Redis at {cfg.storage.redis_url} is not reachable") from exc
+                where = "Redis" if isinstance(st, RedisStore) else "PostgreSQL"
+                raise ConfigError(f"the {where} storage backend is not reachable") from exc
     a = cfg.attestation_service
     if broker is None:
         kw: dict[str, Any] = {
@@ -151,10 +162,10 @@ async def build_state(
             "this KBS trusts its own attestation service's tokens and trusted_certs_paths / trusted_jwk_sets"
         )
     sess_kind = cfg.storage.session_storage_type or cfg.storage.storage_type
-    if not a.signer_key_path and sess_kind == "Redis":
+    if not a.signer_key_path and sess_kind in ("Redis", "Postgres"):
         log.warning(
             "the EAR signing key is ephemeral (no [attestation_service.attestation_token_broker.signer] "
-            "key_path): tokens issued by this replica are refused by other replicas sharing the Redis "
+            "key_path): tokens issued by this replica are refused by other replicas sharing the "
             "session store; give every replica the same signer key_path"
         )
     rvps = ReferenceValues(store)

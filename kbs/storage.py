@@ -1,19 +1,33 @@
 """Key-value storage behind the KBS (reference §8.5): namespaces of keys to
-bytes, with optional expiry. ``Memory`` (per process), ``LocalFs``
-(trustee's layout: ``<dir>/<namespace>/<key with '/' written as \\x2F>``)
-and ``Redis`` (shared by replicas). :class:`EncryptedStore` seals values
-with AES-256-GCM when an at-rest key is configured."""
+bytes, with optional expiry. The layouts are trustee v0.21's
+(``deps/key-value-storage``), so a trustee KBS and this one can share a store:
+
+* ``Memory``: per process;
+* ``LocalFs``: ``<dir_path>/<namespace>/<key with '/' written as \\x2F>``, the value's bytes;
+* ``LocalJson``: ``<file_dir_path>/<namespace>``, one JSON object of key -> URL-safe
+  base64 (padded) of the value;
+* ``Redis``: key ``<namespace>:<key>``, the value's bytes;
+* ``Postgres``: one table per namespace, ``key TEXT PRIMARY KEY, value BYTEA``.
+
+Stores with ``native_ttl`` expire values themselves; on the others a value
+written with a TTL is kept as is (sessions carry their own expiry, as
+trustee's do). :class:`EncryptedStore` seals values with AES-256-GCM when
+an at-rest key is configured."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import binascii
 import contextlib
+import json
 import os
 import re
 import struct
 import tempfile
 import time
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -29,7 +43,9 @@ __all__ = [
     "EncryptedStore",
     "KvStore",
     "LocalFsStore",
+    "LocalJsonStore",
     "MemoryStore",
+    "PostgresStore",
     "RedisStore",
     "load_at_rest_key",
 ]
@@ -69,6 +85,8 @@ def _check_ns(ns: str) -> None:
 
 
 class MemoryStore:
+    native_ttl = True
+
     def __init__(self) -> None:
         self._data: dict[tuple[str, str], tuple[bytes, float | None]] = {}
 
@@ -125,6 +143,8 @@ class LocalFsStore:
     in ``<dir>/<ns>/.ttl/<key>``, behind a header that is always present there (magic and expiry;
     the format is private to this implementation). The plain file wins when both exist: each
     write puts the new file in place, then removes the other one."""
+
+    native_ttl = False
 
     def __init__(self, root: str) -> None:
         self._root = Path(root)
@@ -310,9 +330,12 @@ class LocalFsStore:
 
 
 class RedisStore:
-    """Redis / Valkey: keys ``<prefix><ns>:<key>``, expiry by ``PX``; shared by KBS replicas."""
+    """Redis / Valkey: keys ``<prefix><ns>:<key>`` (no prefix by default: trustee's
+    ``<namespace>:<key>``), expiry by ``PX``; shared by KBS replicas."""
 
-    def __init__(self, url: str, *, prefix: str = "kbs:") -> None:
+    native_ttl = True
+
+    def __init__(self, url: str, *, prefix: str = "") -> None:
         import redis.asyncio as aioredis
 
         self._r = aioredis.from_url(url)
@@ -366,6 +389,234 @@ class RedisStore:
             await self._r.aclose()
 
 
+_JSON_KEY = re.compile(r"^[A-Za-z0-9._/-]{1,1024}$")
+
+
+class LocalJsonStore:
+    """trustee's ``LocalJson``: one file per namespace, ``<dir>/<ns>``, holding a JSON object
+    of key -> URL-safe base64 (with padding) of the value. Each write replaces the file
+    atomically; one process-wide lock orders the read-modify-write cycles."""
+
+    native_ttl = False
+    #: the whole namespace is read per call: bound it
+    MAX_FILE_BYTES = 256 * 1024 * 1024
+
+    def __init__(self, root: str) -> None:
+        self._root = Path(root)
+        self._lock = asyncio.Lock()
+        try:
+            self._root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"storage dir {root} is not usable: {exc.strerror}") from exc
+
+    def _file(self, ns: str) -> Path:
+        _check_ns(ns)
+        return self._root / ns
+
+    def _load(self, ns: str) -> dict[str, str]:
+        data = LocalFsStore._read_limited(self._file(ns), self.MAX_FILE_BYTES)
+        if data is None:
+            return {}
+        try:
+            doc = json.loads(data)
+        except ValueError as exc:
+            raise StorageError("stored namespace file is not JSON") from exc
+        if not isinstance(doc, dict) or not all(isinstance(v, str) for v in doc.values()):
+            raise StorageError("stored namespace file is not a JSON object of strings")
+        return doc
+
+    def _save(self, ns: str, doc: dict[str, str]) -> None:
+        try:
+            LocalFsStore._write(self._file(ns), (json.dumps(doc, separators=(",", ":")).encode(),))
+        except OSError as exc:
+            raise StorageError("storage write failed") from exc
+
+    @staticmethod
+    def _key(key: str) -> str:
+        if not _JSON_KEY.match(key):
+            raise StorageError("invalid storage key")
+        return key
+
+    async def get(self, ns: str, key: str) -> bytes | None:
+        async with self._lock:
+            v = self._load(ns).get(key)
+        if v is None:
+            return None
+        try:
+            return base64.urlsafe_b64decode(v.encode())
+        except (ValueError, binascii.Error) as exc:
+            raise StorageError("stored value is not base64") from exc
+
+    async def set(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
+        k = self._key(key)
+        if len(value) > MAX_VALUE_BYTES:
+            raise StorageError("value too large")
+        async with self._lock:
+            doc = self._load(ns)
+            doc[k] = base64.urlsafe_b64encode(bytes(value)).decode()
+            self._save(ns, doc)
+
+    async def delete(self, ns: str, key: str) -> bool:
+        async with self._lock:
+            doc = self._load(ns)
+            if doc.pop(key, None) is None:
+                return False
+            self._save(ns, doc)
+            return True
+
+    async def add(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> bool:
+        """Create-only: one lock orders this process's read-modify-write cycles."""
+        k = self._key(key)
+        if len(value) > MAX_VALUE_BYTES:
+            raise StorageError("value too large")
+        async with self._lock:
+            doc = self._load(ns)
+            if k in doc:
+                return False
+            doc[k] = base64.urlsafe_b64encode(bytes(value)).decode()
+            self._save(ns, doc)
+            return True
+
+    async def keys(self, ns: str) -> list[str]:
+        async with self._lock:
+            return sorted(self._load(ns))
+
+    async def purge_expired(self) -> int:
+        return 0
+
+    async def close(self) -> None:
+        return None
+
+
+#: trustee's ``set-up.sql`` table shape, one table per namespace
+_PG_CREATE = "CREATE TABLE IF NOT EXISTS {} (value BYTEA, key TEXT PRIMARY KEY)"
+
+
+class PostgresStore:
+    """trustee's ``Postgres`` backend: one table per namespace (``key TEXT PRIMARY KEY,
+    value BYTEA``), created when missing. A broken connection (a restarted server) is
+    reopened on the next call; a call that fails is reported as :class:`StorageError`."""
+
+    native_ttl = False
+
+    def __init__(self, conninfo: str, *, connect_timeout_s: float = 5.0) -> None:
+        self._conninfo = conninfo
+        self._timeout = connect_timeout_s
+        self._conn: Any = None
+        self._lock = asyncio.Lock()
+        self._tables: set[str] = set()
+
+    @classmethod
+    def from_config(cls, db: str, username: str, password: str | None, host: str, port: int) -> PostgresStore:
+        from psycopg.conninfo import make_conninfo
+
+        kw: dict[str, Any] = {"dbname": db, "user": username, "host": host, "port": port}
+        if password is not None:
+            kw["password"] = password
+        return cls(make_conninfo(os.environ.get("POSTGRES_URL", ""), **kw))
+
+    async def _connection(self) -> Any:
+        import psycopg
+
+        if self._conn is not None and not self._conn.closed and not self._conn.broken:
+            return self._conn
+        self._tables.clear()
+        self._conn = await psycopg.AsyncConnection.connect(
+            self._conninfo, autocommit=True, connect_timeout=max(1, int(self._timeout))
+        )
+        return self._conn
+
+    async def _run(self, ns: str, sql: str, args: tuple[Any, ...], fetch: str) -> Any:
+        import psycopg
+        from psycopg import sql as psql
+
+        _check_ns(ns)
+        table = psql.Identifier(ns)
+        async with self._lock:
+            for attempt in (0, 1):
+                try:
+                    conn = await self._connection()
+                    if ns not in self._tables:
+                        await conn.execute(
+                            psql.SQL(
+                                "CREATE TABLE IF NOT EXISTS {} (value BYTEA, key TEXT PRIMARY KEY)"
+                            ).format(table)
+                        )
+                        self._tables.add(ns)
+                    cur = await conn.execute(psql.SQL(sql).format(table), args)
+                    if fetch == "one":
+                        return await cur.fetchone()
+                    if fetch == "all":
+                        return await cur.fetchall()
+                    return cur.rowcount
+                except psycopg.OperationalError as exc:
+                    # the server went away (restart, failover): reconnect once, then report
+                    if self._conn is not None:
+                        with contextlib.suppress(Exception):
+                            await self._conn.close()
+                    self._conn = None
+                    if attempt:
+                        raise StorageError("shared storage unavailable") from exc
+                except psycopg.Error as exc:
+                    raise StorageError("shared storage query failed") from exc
+        raise StorageError("shared storage unavailable")  # pragma: no cover - loop always returns
+
+    async def get(self, ns: str, key: str) -> bytes | None:
+        row = await self._run(ns, "SELECT value FROM {} WHERE key = %s", (key,), "one")
+        return bytes(row[0]) if row is not None and row[0] is not None else None
+
+    async def set(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
+        if not _JSON_KEY.match(key):
+            raise StorageError("invalid storage key")
+        if len(value) > MAX_VALUE_BYTES:
+            raise StorageError("value too large")
+        await self._run(
+            ns,
+            "INSERT INTO {} (key, value) VALUES (%s, %s) "
+            "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value",
+            (key, bytes(value)),
+            "none",
+        )
+
+    async def delete(self, ns: str, key: str) -> bool:
+        return bool(await self._run(ns, "DELETE FROM {} WHERE key = %s", (key,), "none"))
+
+    async def add(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> bool:
+        """Create-only (``ON CONFLICT DO NOTHING``: atomic across replicas)."""
+        if not _JSON_KEY.match(key):
+            raise StorageError("invalid storage key")
+        if len(value) > MAX_VALUE_BYTES:
+            raise StorageError("value too large")
+        n = await self._run(
+            ns,
+            "INSERT INTO {} (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
+            (key, bytes(value)),
+            "none",
+        )
+        return bool(n)
+
+    async def keys(self, ns: str) -> list[str]:
+        rows = await self._run(ns, "SELECT key FROM {}", (), "all")
+        return sorted(str(r[0]) for r in rows)
+
+    async def purge_expired(self) -> int:
+        return 0
+
+    async def ping(self) -> None:
+        async with self._lock:
+            try:
+                await self._connection()
+            except Exception as exc:
+                self._conn = None
+                raise StorageError("shared storage unavailable") from exc
+
+    async def close(self) -> None:
+        if self._conn is not None:
+            with contextlib.suppress(Exception):
+                await self._conn.close()
+            self._conn = None
+
+
 class EncryptedStore:
     """Seals values of the given namespaces with AES-256-GCM (AAD = namespace and key)."""
 
@@ -375,6 +626,7 @@ class EncryptedStore:
         if len(key) != 32:
             raise ConfigError("the at-rest key must be 32 bytes")
         self._inner = inner
+        self.native_ttl = bool(getattr(inner, "native_ttl", False))
         self._aead = AESGCM(key)
         self._ns = namespaces
 

@@ -1,7 +1,10 @@
 """``kbs-client``: trustee's command-line client (reference §10).
 
-Attestation uses the ``sample`` evidence source (development only); the
-hardware attesters live in :mod:`attestation`, which this package does not import.
+``attest`` and ``get-resource`` collect evidence as upstream's
+``NativeEvidenceProvider``: the TEE this machine runs in (detected by
+:mod:`attestation.detect`, imported only for these commands) plus its
+attestable devices; the ``sample`` evidence (development only, with a warning)
+only where no TEE is found or :mod:`attestation` is not installed.
 """
 
 from __future__ import annotations
@@ -23,12 +26,12 @@ from ._b64 import b64std
 from .admin import AdminAuth, AdminClient, Anonymous, BearerToken, Ed25519Signer
 from .errors import KbsClientError, PolicyDenied, Unauthorized
 from .policies import builtin_policy
-from .rcar import attest
+from .rcar import EvidenceSource, attest
 from .resources import get_resource
 from .sample import SampleEvidenceSource
 from .tee_key import TeeKeyPair
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "evidence_source", "main"]
 
 log = logging.getLogger("kbs_client")
 
@@ -138,6 +141,46 @@ def _ref_value(args: argparse.Namespace) -> Any:
     return value if args.as_single_value else [value]
 
 
+class _NativeSource:
+    """An evidence source whose collection failures are :class:`KbsClientError`."""
+
+    def __init__(self, inner: EvidenceSource, errors: tuple[type[Exception], ...]) -> None:
+        self.tee = inner.tee
+        self._inner = inner
+        self._errors = errors
+
+    async def primary_evidence(self, report_data: bytes) -> Any:
+        try:
+            return await self._inner.primary_evidence(report_data)
+        except self._errors as exc:
+            raise KbsClientError(f"cannot collect {self.tee} evidence: {exc}") from exc
+
+    async def additional_evidence(self, device_report_data: bytes) -> str:
+        try:
+            return await self._inner.additional_evidence(device_report_data)
+        except self._errors as exc:
+            raise KbsClientError(f"cannot collect device evidence: {exc}") from exc
+
+
+async def evidence_source(platform: Any = None) -> EvidenceSource:
+    """The evidence of this machine's TEE and devices (``platform``: an
+    :class:`attestation.detect.Platform`, the running system by default)."""
+    try:
+        from attestation.aa.agent import CompositeEvidenceSource
+        from attestation.detect import Platform, detect_devices, detect_primary
+        from attestation.errors import AttestationError
+    except ImportError as exc:
+        log.warning("attestation package not installed (%s): using the sample evidence", exc)
+        return SampleEvidenceSource()
+    plat = platform if platform is not None else Platform()
+    try:
+        inner = CompositeEvidenceSource(detect_primary(plat), await detect_devices(plat))
+    except AttestationError as exc:
+        raise KbsClientError(f"cannot set up the TEE attester: {exc}") from exc
+    log.info("attesting as TEE %s", inner.tee)
+    return _NativeSource(inner, (AttestationError,))
+
+
 async def _run(args: argparse.Namespace) -> None:
     out = sys.stdout
     async with _http(args) as http:
@@ -154,7 +197,7 @@ async def _run(args: argparse.Namespace) -> None:
                 data = await get_resource(http, args.url, args.path, token=token, key=key)
                 print(b64std(data), file=out)
                 return
-            source = SampleEvidenceSource()
+            source = await evidence_source()
             last: KbsClientError | None = None
             for _ in range(3):  # as guest-components: a 401 on the resource re-runs the handshake
                 att = await attest(http, args.url, source, key=key, init_data_toml=args.init_data)

@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_pkgs=(docker-registry skopeo umoci gnupg gpgv openssl cryptsetup-bin e2fsprogs redis-server zstd tar
+apt_pkgs=(docker-registry skopeo umoci gnupg gpgv openssl cryptsetup-bin e2fsprogs redis-server postgresql haproxy zstd tar
           python3 python3-venv python3-dev gcc iproute2)
 if [[ "${1:-}" == "--vm" ]]; then
   apt_pkgs+=(qemu-system-x86 qemu-utils debootstrap linux-image-cloud-amd64 busybox-static cpio kmod)

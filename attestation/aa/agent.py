@@ -201,8 +201,13 @@ class AttestationAgent:
 
     async def _kbs_token(self) -> bytes:
         kbs = self.config.kbs
-        if kbs is None:
-            raise TokenError("no KBS configured ([token_configs.kbs] or agent.aa_kbc_params=cc_kbc::<url>)")
+        if kbs is None:  # upstream's text, then how to configure one
+            raise TokenError(
+                "kbs token config not configured in config file "
+                "([token_configs.kbs] or agent.aa_kbc_params=cc_kbc::<url>)"
+            )
+        if not kbs.url.startswith(("http://", "https://")):  # accepted at start-up, as upstream
+            raise TokenError(f"the KBS URL {kbs.url[:200]!r} is not an http(s) URL")
         try:
             from kbs_client import rcar
             from kbs_client.tee_key import TeeKeyPair

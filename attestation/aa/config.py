@@ -3,7 +3,7 @@ to ``agent.aa_kbc_params`` when no file is given.
 
 ```toml
 [token_configs.kbs]
-url = "https://kbs.example:8080"          # required when the section exists
+url = "https://kbs.example:8080"          # required when the section exists (checked at use)
 cert = "-----BEGIN CERTIFICATE-----..."   # optional PEM, trusted root for the KBS
 tee_key_algorithm = "ECDH-ES+A256KW-P256" # default; or ...-P521, RSA-OAEP-256
 [token_configs.coco_as]
@@ -20,6 +20,10 @@ strictly (a string where an integer belongs is an error naming the key).
 Unknown keys are reported through :attr:`AaConfig.unknown_keys` and a warning,
 not rejected, because upstream ignores them and a newer ``aa.toml`` delivered
 through initdata must not stop the guest from booting.
+
+As upstream, a KBS URL is not checked here: an unusable one (not http(s),
+empty) and a malformed ``agent.aa_kbc_params`` do not stop the agent; the
+first ``GetToken("kbs")`` fails instead, with the reason.
 """
 
 from __future__ import annotations
@@ -143,9 +147,7 @@ def parse_config(untrusted_doc: Mapping[str, Any]) -> AaConfig:
     if tokens is not None:
         k = tokens.sub("kbs")
         if k is not None:
-            url = k.get("url", str, required=True)
-            if not url.startswith(("http://", "https://")):
-                raise ConfigError("aa config: token_configs.kbs.url must be an http(s) URL")
+            url = k.get("url", str, required=True)  # checked at first use, as upstream
             alg = k.get("tee_key_algorithm", str, DEFAULT_TEE_KEY_ALGORITHM)
             if alg not in TEE_KEY_ALGORITHMS:
                 raise ConfigError(
@@ -216,7 +218,7 @@ def read_kbc_params(
     the kernel command line; ``None`` when neither is set."""
     env = os.environ if env is None else env
     value = env.get(KBC_PARAMS_ENV)
-    if value:
+    if value is not None:  # set, even empty, wins (upstream: env::var(..).is_ok())
         return value
     try:
         with Path(cmdline_path).open("rb") as f:
@@ -231,18 +233,22 @@ def read_kbc_params(
 
 
 def config_from_kbc_params(params: str | None) -> AaConfig:
-    """Upstream's file-less configuration: ``cc_kbc::<url>`` gives a KBS config;
-    any other KBC (or none, read as ``offline_fs_kbc::``) gives none."""
+    """Upstream's file-less configuration: ``cc_kbc::<url>`` gives a KBS config
+    (the URL taken as it is, checked at first use); any other KBC, none, or a
+    malformed value (not exactly one ``::``; logged) gives none, and the agent
+    still starts (upstream: ``KbsConfig::new().ok()``)."""
     if params is None:
         return AaConfig()
     kbc, sep, url = params.partition("::")
     if not sep or "::" in url:
-        raise ConfigError("aa_kbc_params: want exactly one '::' as in cc_kbc::<url>")
-    if kbc != "cc_kbc" or not url:
-        log.info("aa_kbc_params names %r: no KBS token configuration", kbc)
+        log.warning(
+            "aa_kbc_params %r is not <kbc>::<url> (exactly one '::'): no KBS token configuration",
+            params[:200],
+        )
         return AaConfig()
-    if not url.startswith(("http://", "https://")):
-        raise ConfigError("aa_kbc_params: the KBS URL must be http(s)://")
+    if kbc != "cc_kbc":
+        log.info("aa_kbc_params names %r: no KBS token configuration", kbc[:64])
+        return AaConfig()
     return AaConfig(kbs=KbsConfig(url.rstrip("/")))
 
 

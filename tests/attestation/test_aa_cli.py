@@ -194,6 +194,27 @@ def test_kbc_params_env_fallback(tmp_path: Path) -> None:
         aa.stop()
 
 
+@pytest.mark.parametrize(
+    ("params", "needle"),
+    [
+        ("cc_kbc", "kbs token config not configured in config file"),
+        ("cc_kbc::http://a::b", "kbs token config not configured in config file"),
+        ("cc_kbc::", "is not an http(s) URL"),
+        ("cc_kbc::kbs.example:8080", "is not an http(s) URL"),
+    ],
+)
+def test_unusable_kbc_params_start_and_fail_at_first_use(tmp_path: Path, params: str, needle: str) -> None:
+    """As upstream: a malformed or unusable agent.aa_kbc_params does not stop the AA."""
+    aa = launch_aa(tmp_path, env={"AA_KBC_PARAMS": params})
+    try:
+        wait_for_socket(aa)
+        assert aa.call("GetTeeType")[0] == 0
+        code, msg, _ = aa.call("GetToken", pb.GetTokenRequest(TokenType="kbs").SerializeToString())
+        assert code == 13 and needle in msg, msg
+    finally:
+        aa.stop()
+
+
 def test_log_level_and_unknown_keys(tmp_path: Path) -> None:
     cfg = '[token_configs.kbs]\nurl = "http://x:1"\nsurprise = true\n[log]\nlevel = "warn"\n'
     with start_aa(tmp_path, config_toml=cfg, env={"RUST_LOG": "debug"}) as aa:

@@ -211,8 +211,13 @@ async def test_kbs_retries_then_succeeds_or_gives_up() -> None:
 
 async def test_token_errors() -> None:
     agent = AttestationAgent(AaConfig(), SampleAttester(), devices=[])
-    with pytest.raises(TokenError, match="no KBS configured"):
+    with pytest.raises(TokenError, match="kbs token config not configured in config file"):
         await agent.get_token("kbs")
+    # an unusable URL is accepted at start-up (as upstream) and refused at use
+    for url in ("", "ftp://kbs", "kbs.example:8080"):
+        odd = AttestationAgent(AaConfig(kbs=KbsConfig(url)), SampleAttester(), devices=[])
+        with pytest.raises(TokenError, match="is not an http"):
+            await odd.get_token("kbs")
     with pytest.raises(TokenError, match="no CoCo AS"):
         await agent.get_token("coco_as")
     with pytest.raises(TokenError, match="unsupported token type"):

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from cdh.config import load_config
-from cdh.errors import ResourceError
+from cdh.config import CdhConfig, KbcConfig, load_config
+from cdh.errors import ConfigError, ResourceError
 from cdh.hub import Hub
 from coco_rpc.protos import api_pb2
 from tests.cdh.conftest import DictResources
@@ -57,10 +57,33 @@ def test_cdh_process_offline_fs(tmp_path: Path) -> None:
     assert not sock.exists()  # socket removed on shutdown
 
 
-def test_cdh_process_bad_config(tmp_path: Path) -> None:
-    (tmp_path / "cdh.toml").write_text('[kbc]\nname = "nope_kbc"\n')
-    cp = subprocess.run([CDH, "-c", str(tmp_path / "cdh.toml")], capture_output=True, timeout=60)
-    assert cp.returncode == 1 and b"unknown KBC" in cp.stderr
+def test_cdh_process_unknown_kbc(tmp_path: Path) -> None:
+    """Upstream's hub start-up creates the KBS client and fails on an unknown
+    name (kms plugins/kbs KbcClient::new); the same text here."""
+    (tmp_path / "cdh.toml").write_text(f'socket = "unix://{tmp_path}/cdh.sock"\n[kbc]\nname = "nope_kbc"\n')
+    env = {**os.environ, "OCICRYPT_KEYPROVIDER_CONFIG": str(tmp_path / "oc.json")}
+    env.pop("AA_KBC_PARAMS", None)
+    cp = subprocess.run([CDH, "-c", str(tmp_path / "cdh.toml")], capture_output=True, timeout=60, env=env)
+    assert cp.returncode == 1, cp.stderr
+    assert (
+        b"unknown kbc name nope_kbc, only support `cc_kbc`(feature `kbs`) and `offline_fs_kbc`." in cp.stderr
+    )
+    assert not (tmp_path / "cdh.sock").exists()
+
+
+def test_unknown_kbc_in_hub() -> None:
+    cfg = CdhConfig(kbc=KbcConfig("foo_kbc"))
+    with pytest.raises(ConfigError, match="kbs client creation failed: unknown kbc name foo_kbc"):
+        Hub(cfg, env={})
+
+
+async def test_cc_kbc_without_url_starts_and_fails_at_first_use() -> None:
+    hub = Hub(CdhConfig(kbc=KbcConfig("cc_kbc", "")), env={})
+    try:
+        with pytest.raises(ResourceError, match="relative URL without a base"):
+            await hub.get_resource("kbs:///default/k/v")
+    finally:
+        await hub.close()
 
 
 async def test_prefetch_credentials(tmp_path: Path) -> None:

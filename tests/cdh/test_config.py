@@ -115,8 +115,6 @@ def test_unknown_keys_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixt
     ("text", "msg"),
     [
         ('socket = "x"\n', r"\[kbc\]"),
-        ('[kbc]\nname = "cc_kbc"\n', "url is required"),
-        ('[kbc]\nname = "foo_kbc"\n', "unknown KBC"),
         ("[kbc]\nname = 3\n", "must be a string"),
         (
             '[kbc]\nname = "offline_fs_kbc"\n[image]\nmax_concurrent_layer_downloads_per_image = 0\n',
@@ -203,6 +201,58 @@ def test_env_overrides(tmp_path: Path) -> None:
 
 def test_parse_kernel_cmdline() -> None:
     assert parse_kernel_cmdline("a=1 b c=x=y a=2") == {"a": "2", "b": "", "c": "x=y"}
+
+
+def test_kbc_name_and_url_are_checked_later_not_at_load(tmp_path: Path) -> None:
+    """As upstream: the config loads; the hub (unknown name) or the first
+    request (empty cc_kbc URL) fails, see test_cli.py."""
+    c = load_config(cfg_file(tmp_path, '[kbc]\nname = "cc_kbc"\n'), cmdline="", env={})
+    assert (c.kbc.name, c.kbc.url) == ("cc_kbc", "")
+    c = load_config(cfg_file(tmp_path, '[kbc]\nname = "foo_kbc"\n'), cmdline="", env={})
+    assert c.kbc.name == "foo_kbc"
+    assert load_config(None, cmdline="agent.aa_kbc_params=foo_kbc::x", env={}).kbc.name == "foo_kbc"
+
+
+def test_duplicate_kernel_params_first_or_last_as_upstream() -> None:
+    """agent.aa_kbc_params and cdh.kbs_resources: the first occurrence (upstream
+    `find`); image parameters: the last (upstream collects them in a map)."""
+    kbs = "/run/confidential-containers/cdh/kbs"
+    cmdline = (
+        "agent.aa_kbc_params agent.aa_kbc_params=cc_kbc::http://first:1 agent.aa_kbc_params=cc_kbc::http://second:2 "
+        f"cdh.kbs_resources=kbs:///a/b/first::{kbs}/first cdh.kbs_resources=kbs:///a/b/second::{kbs}/second "
+        "agent.image_registry_auth=kbs:///x/y/first agent.image_registry_auth=kbs:///x/y/last"
+    )
+    c = load_config(None, cmdline=cmdline, env={})
+    assert c.kbc.url == "http://first:1"
+    assert [x.resource_uri for x in c.credentials] == ["kbs:///a/b/first"]
+    assert c.image.authenticated_registry_credentials_uri == "kbs:///x/y/last"
+    params = parse_kernel_cmdline(cmdline)
+    assert params["agent.aa_kbc_params"] == "cc_kbc::http://first:1"
+
+
+def test_malformed_kbs_resources_items_are_skipped(caplog: pytest.LogCaptureFixture) -> None:
+    kbs = "/run/confidential-containers/cdh/kbs"
+    cmdline = f"cdh.kbs_resources=garbage,kbs:///a/b/c::{kbs}/c,,also-garbage:/x,kbs:///d/e/f::{kbs}/f"
+    with caplog.at_level(logging.WARNING, logger="cdh.config"):
+        c = load_config(None, cmdline=cmdline, env={})
+    assert [(x.resource_uri, str(x.path)) for x in c.credentials] == [
+        ("kbs:///a/b/c", f"{kbs}/c"),
+        ("kbs:///d/e/f", f"{kbs}/f"),
+    ]
+    assert "garbage" in caplog.text and "also-garbage" in caplog.text
+    # an item with '::' is used, so a path outside the credentials directory still stops the start
+    with pytest.raises(ConfigError, match="not under"):
+        load_config(None, cmdline="cdh.kbs_resources=kbs:///a/b/c::/etc/passwd", env={})
+
+
+def test_export_environment_keeps_a_preset_aa_socket(tmp_path: Path) -> None:
+    c = load_config(cfg_file(tmp_path, FULL), cmdline="", env={})
+    env = {"AA_SOCKET": "unix:///preset/aa.sock", "OCICRYPT_KEYPROVIDER_CONFIG": "/x"}
+    export_environment(c, env)
+    assert env["AA_SOCKET"] == "unix:///preset/aa.sock"
+    env2 = {"OCICRYPT_KEYPROVIDER_CONFIG": "/x"}
+    export_environment(c, env2)
+    assert env2["AA_SOCKET"] == "unix:///tmp/x/aa.sock"
 
 
 def test_export_environment_writes_ocicrypt_config(tmp_path: Path) -> None:

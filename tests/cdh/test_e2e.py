@@ -135,15 +135,38 @@ async def test_token_reused_against_real_aa_and_kbs(stack: Stack) -> None:
         assert kbc.tokens.fetches == 1
         with pytest.raises(ResourceNotFound):
             await kbc.get_resource("kbs:///default/cdh/missing")
-        assert kbc.tokens.fetches == 1  # a missing resource does not trigger re-attestation
-        # a token the KBS rejects is replaced once
+        # trustee answers a missing resource with 401: as upstream, that re-attests (3 requests)
+        assert kbc.tokens.fetches == 3
+        # a token the KBS rejects is replaced
         cur = await kbc.tokens.get()
+        assert kbc.tokens.fetches == 4
         kbc.tokens._token = type(cur)(cur.token[:-4] + "AAAA", cur.tee_keypair_pem, None)
         assert await kbc.get_resource("kbs:///default/cdh/secret") == SECRET
-        assert kbc.tokens.fetches == 2
+        assert kbc.tokens.fetches == 5
     finally:
         await kbc.close()
         await aa.close()
+
+
+async def test_kbc_tokens_come_from_a_preset_aa_socket(stack: Stack, tmp_path: Path) -> None:
+    """As upstream's cc_kbc plugin: the KBS token comes from the AA at AA_SOCKET
+    when the environment sets it, not from [aa] aa_socket."""
+    from cdh.config import CdhConfig, KbcConfig
+    from cdh.errors import TokenError
+    from cdh.hub import Hub
+
+    cfg = CdhConfig(kbc=KbcConfig("cc_kbc", stack.kbs_url), aa_socket=f"unix://{tmp_path}/no-aa.sock")
+    hub = Hub(cfg, env={"AA_SOCKET": f"unix://{stack.aa_sock}"})
+    try:
+        assert await hub.get_resource("kbs:///default/cdh/secret") == SECRET
+    finally:
+        await hub.close()
+    hub = Hub(cfg, env={})
+    try:
+        with pytest.raises(TokenError):
+            await hub.get_resource("kbs:///default/cdh/secret")
+    finally:
+        await hub.close()
 
 
 def test_cdh_survives_without_aa(tmp_path: Path) -> None:

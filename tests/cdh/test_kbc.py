@@ -205,14 +205,73 @@ async def test_cc_kbc_refetches_after_expiry(fake_kbs: FakeKbs) -> None:
         await kbc.close()
 
 
-async def test_cc_kbc_missing_resource_does_not_reattest(fake_kbs: FakeKbs) -> None:
+async def test_cc_kbc_missing_resource_reattests_as_upstream(fake_kbs: FakeKbs) -> None:
+    """trustee answers a missing resource with 401 PluginInternalError; upstream's
+    token client treats every 401 alike: new token, retry, three requests in all."""
     kbc = CcKbc(fake_kbs.url, fake_kbs.issue)
     try:
-        with pytest.raises(ResourceNotFound, match="PluginInternalError"):
+        with pytest.raises(ResourceNotFound, match=r"PluginInternalError.*unauthorized after 3 attempts"):
             await kbc.get_resource("kbs:///a/b/missing")
-        with pytest.raises(ResourceNotFound):
+        assert len(fake_kbs.requests) == 3 and fake_kbs.issued == 3
+        assert len({t for _, t in fake_kbs.requests}) == 3  # each retry with a fresh token
+        with pytest.raises(ResourceNotFound):  # 404: no retry, no new token
             await kbc.get_resource("kbs+nope:///a/b")
-        assert fake_kbs.issued == 1
+        assert len(fake_kbs.requests) == 4 and fake_kbs.issued == 4  # the last 401 dropped the token
+    finally:
+        await kbc.close()
+
+
+async def test_cc_kbc_retries_any_401_up_to_three_times() -> None:
+    """Any 401 (an unknown error type, or none at all) re-attests and retries;
+    a success on the third request is returned; a fourth request is never made."""
+    import httpx
+
+    answers = [
+        httpx.Response(401, content=b'{"type": "https://x/errors/PolicyDenied", "detail": "d"}'),
+        httpx.Response(401, content=b"not json"),
+    ]
+    seen: list[str] = []
+    issued = [0]
+
+    async def issue() -> bytes:
+        issued[0] += 1
+        return json.dumps({"token": make_jwt(None, f"t{issued[0]}"), "tee_keypair": "k"}).encode()
+
+    def kbs(request: httpx.Request) -> httpx.Response:
+        seen.append(request.headers["Authorization"])
+        return answers.pop(0) if answers else httpx.Response(200, content=b"jwe")
+
+    kbc = CcKbc(
+        "http://kbs.invalid",
+        issue,
+        http=httpx.AsyncClient(transport=httpx.MockTransport(kbs)),
+        decrypt=lambda pem, body: b"plain:" + body,
+    )
+    try:
+        assert await kbc.get_resource("kbs:///a/b/c") == b"plain:jwe"
+        assert issued[0] == 3 and len(seen) == 3 and len(set(seen)) == 3
+        # the token that finally worked is reused
+        assert await kbc.get_resource("kbs:///a/b/c") == b"plain:jwe"
+        assert issued[0] == 3 and seen[-1] == seen[-2]
+
+        answers.extend([httpx.Response(401, content=b"")] * 5)
+        with pytest.raises(ResourceError, match="HTTP 401, request unauthorized after 3 attempts"):
+            await kbc.get_resource("kbs:///a/b/c")
+        assert len(seen) == 7 and issued[0] == 5 and len(answers) == 2
+    finally:
+        await kbc.close()
+
+
+async def test_cc_kbc_concurrent_401s_share_one_new_token(fake_kbs: FakeKbs) -> None:
+    """Single-flight survives the retries: callers rejected with the same token
+    wait for one new GetToken between them."""
+    fake_kbs.resources = {"a/b/c": b"v"}
+    kbc = CcKbc(fake_kbs.url, fake_kbs.issue)
+    try:
+        assert await kbc.get_resource("kbs:///a/b/c") == b"v"
+        fake_kbs.revoked.update(fake_kbs.tokens)
+        got = await asyncio.gather(*(kbc.get_resource("kbs:///a/b/c") for _ in range(6)))
+        assert got == [b"v"] * 6 and fake_kbs.issued == 2
     finally:
         await kbc.close()
 

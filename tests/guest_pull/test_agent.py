@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
+import logging
+import os
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
@@ -18,6 +20,7 @@ from guest_pull.agent import (
     CdhClient,
     ImagePullHandler,
     image_pull_volume,
+    is_sealed_secret_source,
     unseal_env,
     unseal_sealed_mounts,
 )
@@ -150,37 +153,97 @@ def test_driver_options_errors() -> None:
                 Storage("image_guest_pull", (f"image_guest_pull={value}",), "x", "overlay", (), "/m")
             )
     assert image_pull_volume(base).metadata["io.kubernetes.cri.image-name"] == "example.com/app:1"
+    with pytest.raises(AgentError, match="JSON object"):
+        image_pull_volume(Storage("image_guest_pull", ("image_guest_pull=[]",), "x", "overlay", (), "/m"))
 
 
-async def test_sealed_env(cdh: Any) -> None:
+async def test_image_guest_pull_without_metadata_is_pulled(tmp_path: Path, cdh: Any) -> None:
+    """runtime-rs sends image_guest_pull={} when the merged metadata is empty; the
+    Kata agent defaults the map (serde default) and pulls the image."""
+    fake, client = cdh
+    st = Storage("image_guest_pull", ("image_guest_pull={}",), "example.com/app:1", "overlay", (), "/m")
+    assert dict(image_pull_volume(st).metadata) == {}
+    h = ImagePullHandler(client, run_dir=tmp_path / "run")
+    assert await h.create_device(st, CID) == tmp_path / "run" / CID / "rootfs"
+    assert fake.pulls == [("example.com/app:1", str(tmp_path / "run" / CID))]
+
+
+async def test_sealed_env(cdh: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="guest_pull")
     _, client = cdh
     env = ["PATH=/bin", "TOKEN=sealed.good.xyz", "EMPTY="]
     assert await unseal_env(client, env) == ["PATH=/bin", "TOKEN=plain:xyz", "EMPTY="]
-    with pytest.raises(AgentError, match="BAD"):
-        await unseal_env(client, ["BAD=sealed.forged"])
+    # as the Kata agent: a secret CDH refuses is logged and keeps its sealed value
+    assert await unseal_env(client, ["BAD=sealed.forged", "OK=sealed.good.123"]) == [
+        "BAD=sealed.forged",
+        "OK=plain:123",
+    ]
+    assert "BAD" in caplog.text and "unseal failed" in caplog.text
 
 
-async def test_sealed_volume_files(tmp_path: Path, cdh: Any) -> None:
-    _, client = cdh
-    vol = tmp_path / "secret-vol"
-    data = vol / "..data"
+def _secret_volume(shared: Path, name: str) -> Path:
+    """A Kubernetes secret volume as kubelet lays it out, shared into the guest."""
+    vol = shared / f"{CID}-75490e32e51da3ff-{name}"
+    data = vol / "..2024_09_30_02_55_58.2237819815"
     data.mkdir(parents=True)
-    (data / "key").write_bytes(b"sealed.good.abc")
-    (data / "plain").write_bytes(b"not sealed")
-    (vol / "key").symlink_to("..data/key")
-    (vol / "plain").symlink_to("..data/plain")
+    (vol / "..data").symlink_to(data.name)
+    return vol
+
+
+async def test_sealed_volume_files(tmp_path: Path, cdh: Any, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="guest_pull")
+    _, client = cdh
+    shared = tmp_path / "shared" / "containers"
+    vol = _secret_volume(shared, "mysecret")
+    ts = next(vol.glob("..2024*"))
+    (ts / "key").write_bytes(b"sealed.good.abc")
+    (ts / "key").chmod(0o644)
+    (ts / "plain").write_bytes(b"not sealed")
+    (ts / "forged").write_bytes(b"sealed.forged")
+    for n in ("key", "plain", "forged"):
+        (vol / n).symlink_to(f"..data/{n}")
+    (vol / "direct").write_bytes(b"sealed.good.dir")  # a plain file entry
     outside = tmp_path / "outside"
     outside.write_bytes(b"sealed.good.out")
     (vol / "escape").symlink_to(outside)
+    hosts = shared / f"{CID}-75490e32e51da3ff-hosts"
+    hosts.mkdir()
+    (hosts / "h").write_bytes(b"sealed.good.hst")  # the runtime's own mounts are never searched
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "k").write_bytes(b"sealed.good.els")  # not shared from the host: left alone
     mounts = [
-        {"destination": "/sealed/etc/secret", "source": str(vol), "type": "bind"},
-        {"destination": "/etc/other", "source": "/nowhere", "type": "bind"},
+        {"destination": "/etc/secret", "source": str(vol), "type": "bind"},
+        {"destination": "/etc/hosts", "source": str(hosts), "type": "bind"},
+        {"destination": "/data", "source": str(elsewhere), "type": "bind"},
+        {"destination": "/etc/missing", "source": str(shared / "gone"), "type": "bind"},
     ]
-    out = await unseal_sealed_mounts(client, mounts)
-    assert [m["destination"] for m in out] == ["/etc/secret", "/etc/other"]
+    out = await unseal_sealed_mounts(client, mounts, shared_dir=PurePosixPath(shared))
+    assert out == mounts  # destinations unchanged
+    # the entry is re-pointed at <file>.unsealed beside the sealed file, which stays
+    assert os.readlink(vol / "key") == f"{ts.name}/key.unsealed"
     assert (vol / "key").read_bytes() == b"plain:abc"
-    assert (vol / "plain").read_bytes() == b"not sealed"
-    assert outside.read_bytes() == b"sealed.good.out"  # not followed outside the volume
+    assert (ts / "key").read_bytes() == b"sealed.good.abc"
+    assert ((ts / "key.unsealed").stat().st_mode & 0o777) == 0o644
+    assert os.readlink(vol / "direct") == "direct.unsealed" and (vol / "direct").read_bytes() == b"plain:dir"
+    assert (vol / "plain").read_bytes() == b"not sealed" and os.readlink(vol / "plain") == "..data/plain"
+    # a failure only warns and keeps the sealed value; the other secrets are still unsealed
+    assert (vol / "forged").read_bytes() == b"sealed.forged" and "forged" in caplog.text
+    assert outside.read_bytes() == b"sealed.good.out" and os.readlink(vol / "escape") == str(outside)
+    assert (hosts / "h").read_bytes() == b"sealed.good.hst"
+    assert (elsewhere / "k").read_bytes() == b"sealed.good.els"
+    # a second pass (the same volume for another container) changes nothing
+    before = {p.name: os.readlink(p) for p in vol.iterdir() if p.is_symlink()}
+    await unseal_sealed_mounts(client, mounts, shared_dir=PurePosixPath(shared))
+    assert {p.name: os.readlink(p) for p in vol.iterdir() if p.is_symlink()} == before
+
+
+def test_sealed_secret_sources_as_kata() -> None:
+    base = "/run/kata-containers/shared/containers/"
+    assert is_sealed_secret_source(base + f"{CID}-75490e32e51da3ff-mysecret")
+    for own in ("resolv.conf", "termination-log", "hostname", "hosts", "serviceaccount"):
+        assert not is_sealed_secret_source(base + f"{CID}-75490e32e51da3ff-{own}")
+    assert not is_sealed_secret_source("/run/kata-containers/sandbox/shm")
 
 
 async def test_timeout_from_kernel_params(tmp_path: Path, cdh: Any) -> None:
@@ -196,20 +259,28 @@ async def test_timeout_from_kernel_params(tmp_path: Path, cdh: Any) -> None:
 
 
 async def test_sealed_volume_write_failure_leaves_no_plaintext(
-    tmp_path: Path, cdh: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, cdh: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # a failed replace must not leave the unsealed plaintext behind in a temp file
+    caplog.set_level(logging.WARNING, logger="guest_pull")
+    # a failed write or re-link must not leave the unsealed plaintext behind, nor stop the container
     _, client = cdh
-    vol = tmp_path / "secret-vol"
-    vol.mkdir()
+    shared = tmp_path / "shared"
+    vol = shared / "c-1-vol"
+    vol.mkdir(parents=True)
     (vol / "key").write_bytes(b"sealed.good.abc")
+    real_replace = os.replace
+    calls = [0]
 
-    def refuse(*_: object) -> None:
-        raise OSError(28, "No space left on device")
+    def refuse(src: Any, dst: Any) -> None:
+        calls[0] += 1
+        if calls[0] in (1, 3):  # the plaintext file, then (next pass) the link
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
 
     monkeypatch.setattr("os.replace", refuse)
-    mounts = [{"destination": "/sealed/etc/secret", "source": str(vol), "type": "bind"}]
-    with pytest.raises(AgentError, match="key"):
-        await unseal_sealed_mounts(client, mounts)
-    assert sorted(p.name for p in vol.iterdir()) == ["key"]
-    assert (vol / "key").read_bytes() == b"sealed.good.abc"
+    mounts = [{"destination": "/etc/secret", "source": str(vol), "type": "bind"}]
+    for _ in range(2):
+        assert await unseal_sealed_mounts(client, mounts, shared_dir=PurePosixPath(shared)) == mounts
+        assert sorted(p.name for p in vol.iterdir()) == ["key"]
+        assert (vol / "key").read_bytes() == b"sealed.good.abc" and not (vol / "key").is_symlink()
+    assert calls[0] == 3 and caplog.text.count("No space left") == 2

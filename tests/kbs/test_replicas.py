@@ -101,7 +101,9 @@ def test_handshake_split_across_replicas(tmp_path: Path, redis_url: str) -> None
             assert "INSECURE: [attestation_token]" not in replica.log_text()  # no insecure token trust
         import redis
 
-        raw = redis.Redis.from_url(redis_url).get("kbs:repository:default/key/shared")
+        raw = redis.Redis.from_url(redis_url).get(
+            "repository:default/key/shared"
+        )  # trustee: <namespace>:<key>
         assert raw is not None and secret not in raw  # sealed at rest
         assert base64.b64encode(secret) not in raw
 
