@@ -537,3 +537,30 @@ def test_bounds_check_shape_and_elision() -> None:
         check_shape(deep, max_depth=32, max_items=10**6, what="doc")
     out = elide_long_strings({"k": ["x" * 9000, "short"]})
     assert out["k"][1] == "short" and out["k"][0].startswith("sha384:") and len(out["k"][0]) == 7 + 96
+
+
+async def test_f03_session_sweeps_read_no_records_between_full_scans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On LocalFs (trustee's layout, no TTL in the store) this replica's expired sessions are
+    removed from its own index; only every FULL_SCAN_EVERY-th sweep reads the namespace."""
+    from kbs.sessions import SessionStore
+
+    st = LocalFsStore(str(tmp_path))
+    ss = SessionStore(st, timeout_min=1)
+    t0 = 1_000_000.0
+    await ss.purge_expired(now=t0)  # the first sweep is a full scan
+    live = [await ss.create("sample", now=t0 + 100) for _ in range(20)]
+    dead = [await ss.create("sample", now=t0) for _ in range(3)]
+    reads: list[str] = []
+    real_get = LocalFsStore.get
+
+    async def counting_get(self: LocalFsStore, ns: str, key: str) -> bytes | None:
+        reads.append(key)
+        return await real_get(self, ns, key)
+
+    monkeypatch.setattr(LocalFsStore, "get", counting_get)
+    assert await ss.purge_expired(now=t0 + 61) == 3
+    assert reads == []
+    keys = await st.keys("kbs_protocol_session")
+    assert sorted(keys) == sorted(s.id for s in live) and not set(keys) & {s.id for s in dead}

@@ -212,6 +212,8 @@ async def test_servable_trustee_configs_complete_rcar(
         for i in cfg.admin.identity_providers
     )
     cfg = replace(cfg, admin=replace(cfg.admin, identity_providers=idps))
+    # the test attests with the unsigned sample TEE: switched on explicitly (off in any config)
+    cfg = replace(cfg, security=replace(cfg.security, dev_verifiers=("sample",)))
     state = await build_state(cfg)
     server = TestServer(make_app(state), host="127.0.0.1")
     await server.start_server()
