@@ -550,8 +550,8 @@ async def test_f03_session_sweeps_read_no_records_between_full_scans(
     ss = SessionStore(st, timeout_min=1)
     t0 = 1_000_000.0
     await ss.purge_expired(now=t0)  # the first sweep is a full scan
-    live = [await ss.create("sample", now=t0 + 100) for _ in range(20)]
     dead = [await ss.create("sample", now=t0) for _ in range(3)]
+    live = [await ss.create("sample", now=t0 + 30) for _ in range(20)]
     reads: list[str] = []
     real_get = LocalFsStore.get
 
