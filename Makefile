@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: deps deps-vm test lint typecheck unit demo vm-test ha-test bench clean
+.PHONY: deps deps-vm test lint typecheck unit demo vm-test ha-test images bench clean
 
 deps:
 	@scripts/install-deps.sh
@@ -31,6 +31,10 @@ vm-test: deps-vm
 
 ha-test: deps
 	$(PY) -m tests.integration.ha_harness
+
+# Reproducible OCI images of the KBS and the guest tools, run with runc (root).
+images: deps
+	$(PY) scripts/images.py
 
 bench: deps
 	$(PY) -m bench

@@ -1,7 +1,8 @@
 """Which TEE is this guest, and which attestable devices does it have.
 
 Primary detection follows guest-components' order (``attester/src/lib.rs``):
-``tdx`` → ``snp`` → ``csv`` → ``cca`` → ``tpm`` → ``sample``; the first
+``tdx`` → ``sgx`` → ``az-tdx-vtpm`` → ``az-snp-vtpm`` → ``snp`` → ``csv`` →
+``cca`` → ``se`` → ``tpm`` → ``sample``; the first
 platform found *for which an attester is installed here* wins. A platform that
 is present but has no attester in this build is skipped with a warning
 (upstream likewise only considers attesters compiled in). ``sample`` is the
@@ -49,7 +50,18 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 #: Upstream's detection order for the platforms this project knows about.
-PRIMARY_ORDER: tuple[str, ...] = ("tdx", "snp", "csv", "cca", "tpm", "sample")
+PRIMARY_ORDER: tuple[str, ...] = (
+    "tdx",
+    "sgx",
+    "az-tdx-vtpm",
+    "az-snp-vtpm",
+    "snp",
+    "csv",
+    "cca",
+    "se",
+    "tpm",
+    "sample",
+)
 
 TSM_REPORT_DIR = "sys/kernel/config/tsm/report"
 _PROVIDER_LIMIT = 64
@@ -58,6 +70,12 @@ _PROVIDER_LIMIT = 64
 _ATTESTER_CLASSES: dict[str, tuple[str, str]] = {
     "tdx": ("attestation.tdx.attester", "TdxAttester"),
     "snp": ("attestation.snp.attester", "SnpAttester"),
+    "sgx": ("attestation.sgx.attester", "SgxAttester"),
+    "az-tdx-vtpm": ("attestation.azure.attester", "AzTdxVtpmAttester"),
+    "az-snp-vtpm": ("attestation.azure.attester", "AzSnpVtpmAttester"),
+    "cca": ("attestation.cca.attester", "CcaAttester"),
+    "se": ("attestation.se.attester", "SeAttester"),
+    "tpm": ("attestation.tpm.attester", "TpmAttester"),
 }
 
 
@@ -111,15 +129,44 @@ def _tsm_provider_is(plat: Platform, provider: str) -> bool:
 def _tpm_present(plat: Platform) -> bool:
     dev = plat.env.get("AA_TPM_DEVICE")
     if dev:
-        return plat.path(dev).exists()
+        return dev.startswith(("unix:", "tcp:")) or plat.path(dev).exists()
     return any(plat.path(f"dev/tpm{i}").exists() for i in range(3))
+
+
+def _azure_hcl_type(plat: Platform) -> str | None:
+    """``"SNP"``/``"TDX"`` when the vTPM holds an Azure HCL report (NV index
+    0x01400001), as upstream's ``is_snp_cvm``/``is_tdx_cvm``; ``None`` otherwise."""
+    dev = plat.env.get("AA_TPM_DEVICE") or ""
+    if not dev.startswith(("unix:", "tcp:")):
+        dev = str(plat.path(dev or "dev/tpmrm0"))
+        if not Path(dev).exists():
+            return None
+    try:
+        from attestation.azure.hcl import HCL_REPORT_NV_INDEX, HclReport
+        from attestation.tpm.device import open_tpm
+
+        with open_tpm(dev) as tpm:
+            if tpm.nv_read_public(HCL_REPORT_NV_INDEX) is None:
+                return None
+            return HclReport.from_bytes(tpm.nv_read(HCL_REPORT_NV_INDEX)).report_type.name
+    except Exception as exc:  # any failure means "not an Azure CVM"
+        log.debug("no Azure HCL report: %s", exc)
+        return None
+
+
+def _gramine_dcap(plat: Platform) -> bool:
+    return (_read_small(plat.path("dev/attestation/attestation_type")) or "").strip() == "dcap"
 
 
 _DETECTORS: dict[str, Callable[[Platform], bool]] = {
     "tdx": lambda p: _tsm_provider_is(p, "tdx_guest") or p.path("dev/tdx_guest").exists(),
+    "sgx": _gramine_dcap,
+    "az-tdx-vtpm": lambda p: _azure_hcl_type(p) == "TDX",
+    "az-snp-vtpm": lambda p: _azure_hcl_type(p) == "SNP",
     "snp": lambda p: p.path("sys/devices/platform/sev-guest").exists(),
     "csv": lambda p: p.path("dev/csv-guest").exists(),
     "cca": lambda p: p.machine in ("aarch64", "arm64") and _tsm_provider_is(p, "arm_cca_guest"),
+    "se": lambda p: (_read_small(p.path("sys/firmware/uv/prot_virt_guest")) or "").strip() == "1",
     "tpm": _tpm_present,
     "sample": lambda p: True,
 }

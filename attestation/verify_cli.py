@@ -1,7 +1,8 @@
-"""``coco-verify``: verify SNP, TDX and NVIDIA evidence offline.
+"""``coco-verify``: verify SNP, TDX, NVIDIA, Azure vTPM, TPM, SGX, CCA and CSV evidence offline.
 
 Each platform module provides ``configure(parser)`` and ``run(args) -> int``
-in ``attestation.<platform>.cli``; this module only dispatches.
+in ``attestation.<platform>.cli`` (or the module named in ``_MODULES``); this
+module only dispatches.
 """
 
 from __future__ import annotations
@@ -17,7 +18,15 @@ _PLATFORMS = {
     "snp": "AMD SEV-SNP attestation report",
     "tdx": "Intel TDX quote",
     "nvidia": "NVIDIA GPU attestation report",
+    "az-snp-vtpm": "Azure SEV-SNP vTPM evidence",
+    "az-tdx-vtpm": "Azure TDX vTPM evidence",
+    "tpm": "TPM 2.0 quote",
+    "sgx": "Intel SGX DCAP quote",
+    "cca": "Arm CCA attestation token",
+    "csv": "Hygon CSV attestation report",
 }
+#: subcommands whose module is not ``attestation.<name>.cli``
+_MODULES = {"az-snp-vtpm": "attestation.azure.cli", "az-tdx-vtpm": "attestation.azure.cli"}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -26,7 +35,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, help_text in _PLATFORMS.items():
         p = sub.add_parser(name, help=f"verify an {help_text}")
         try:
-            mod = importlib.import_module(f"attestation.{name}.cli")
+            mod = importlib.import_module(_MODULES.get(name, f"attestation.{name}.cli"))
         except ImportError:
             p.set_defaults(_run=None)
             continue

@@ -195,10 +195,8 @@ class _KeyProvider(_Service):
         out = await _guarded("UnWrapKey", op)
         return keyprovider_pb2.KeyProviderKeyWrapProtocolOutput(KeyProviderKeyWrapProtocolOutput=out)
 
-    async def WrapKey(
-        self, req: keyprovider_pb2.KeyProviderKeyWrapProtocolInput
-    ) -> keyprovider_pb2.KeyProviderKeyWrapProtocolOutput:
-        raise RpcError(Code.UNIMPLEMENTED, f"{ERROR_PREFIX}WrapKey is not supported by the CDH (unwrap only)")
+    # WrapKey is declared in the proto but not served, as upstream's CDH:
+    # callers get NOT_FOUND "/keyprovider.KeyProviderService/WrapKey is not supported".
 
 
 def build_services(hub: Hub) -> list[Service]:

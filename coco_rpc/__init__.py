@@ -11,6 +11,7 @@ from __future__ import annotations
 from coco_rpc.address import Address, parse_address
 from coco_rpc.client import RpcClient, connect
 from coco_rpc.errors import Code, RpcError
+from coco_rpc.limits import ServerLimits
 from coco_rpc.names import (
     AA_GRPC_ADDRESS,
     AA_SERVICE,
@@ -42,6 +43,7 @@ __all__ = [
     "Method",
     "RpcClient",
     "RpcError",
+    "ServerLimits",
     "Service",
     "bind",
     "connect",

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from coco_rpc.address import parse_address
 from coco_rpc.grpc_transport import GrpcServer
+from coco_rpc.limits import ServerLimits
 from coco_rpc.service import Service
 from coco_rpc.ttrpc import TtrpcServer
 
@@ -24,9 +25,11 @@ async def serve(
     *,
     on_ready: Callable[[], Awaitable[None]] | None = None,
     stop: asyncio.Event | None = None,
+    limits: ServerLimits | None = None,
 ) -> None:
     """Serve ``services`` on ``address`` (``unix://`` → ttRPC, ``host:port`` →
-    gRPC) until SIGTERM/SIGINT/SIGHUP or until ``stop`` is set."""
+    gRPC) until SIGTERM/SIGINT/SIGHUP or until ``stop`` is set. ``limits``
+    bounds the ttRPC server (defaults: :class:`ServerLimits`)."""
     addr = parse_address(address)
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -34,7 +37,7 @@ async def serve(
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(sig, stop.set)
     if addr.kind == "unix":
-        server: TtrpcServer | GrpcServer = TtrpcServer(addr.target, services)
+        server: TtrpcServer | GrpcServer = TtrpcServer(addr.target, services, limits=limits)
     else:
         server = GrpcServer(addr.target, services)
     await server.start()

@@ -3,8 +3,9 @@
 A frame is a 10-byte header (u32 BE payload length, u32 BE stream id, u8
 type: 1 request, 2 response, u8 flags) followed by a protobuf
 ``ttrpc.Request`` or ``ttrpc.Response``. Messages above 4 MiB are refused in
-both directions. Clients use odd stream ids; requests on one connection may
-be answered out of order.
+both directions. Clients use odd, increasing stream ids; requests on one
+connection may be answered out of order. The server's resource bounds are
+described in :mod:`coco_rpc.limits`.
 """
 
 from __future__ import annotations
@@ -22,20 +23,27 @@ from typing import TypeVar
 from google.protobuf.message import DecodeError, Message
 
 from coco_rpc.errors import Code, RpcError
+from coco_rpc.limits import MESSAGE_LENGTH_MAX, REQUEST_OVERHEAD, SMALL_REQUEST, ByteBudget, ServerLimits
 from coco_rpc.protos import ttrpc_pb2
 from coco_rpc.service import Service
 
-__all__ = ["MAX_IN_FLIGHT_PER_CONNECTION", "MESSAGE_LENGTH_MAX", "TtrpcClient", "TtrpcServer"]
+__all__ = [
+    "MAX_IN_FLIGHT_PER_CONNECTION",
+    "MESSAGE_LENGTH_MAX",
+    "ServerLimits",
+    "TtrpcClient",
+    "TtrpcServer",
+]
 
 log = logging.getLogger(__name__)
 
-MESSAGE_LENGTH_MAX = 4 << 20
-#: Requests one connection may have in flight; past it the server stops
-#: reading that connection until one finishes (backpressure, bounded memory).
-MAX_IN_FLIGHT_PER_CONNECTION = 64
+#: Requests one connection may have in flight by default; past it the server
+#: stops reading that connection until one finishes.
+MAX_IN_FLIGHT_PER_CONNECTION = ServerLimits().max_in_flight_per_connection
 _HEADER = struct.Struct(">IIBB")
 _TYPE_REQUEST = 1
 _TYPE_RESPONSE = 2
+_TYPE_DATA = 3
 
 R = TypeVar("R", bound=Message)
 
@@ -56,19 +64,163 @@ async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, int, int, byte
     return stream_id, mtype, flags, await reader.readexactly(length)
 
 
+def _parse_request(body: bytes) -> ttrpc_pb2.Request | None:
+    req = ttrpc_pb2.Request()
+    try:
+        req.ParseFromString(body)
+    except DecodeError:
+        return None
+    return req
+
+
 def _frame(stream_id: int, mtype: int, body: bytes) -> bytes:
     return _HEADER.pack(len(body), stream_id, mtype, 0) + body
 
 
-class TtrpcServer:
-    """Serves one or more :class:`Service` objects on a Unix socket."""
+class _WarnLimiter:
+    """At most ``burst`` warning lines per ``period`` seconds for one server;
+    the number held back is reported with the next line that gets through."""
 
-    def __init__(self, path: str | os.PathLike[str], services: Iterable[Service]) -> None:
+    def __init__(self, burst: int = 10, period: float = 60.0) -> None:
+        self._burst = burst
+        self._period = period
+        self._window = time.monotonic()
+        self._lines = 0
+        self._held = 0
+
+    def warn(self, msg: str, *args: object) -> None:
+        now = time.monotonic()
+        if now - self._window >= self._period:
+            self._window, self._lines = now, 0
+        if self._lines >= self._burst:
+            self._held += 1
+            return
+        self._lines += 1
+        if self._held:
+            msg += " (%d similar warnings suppressed)"
+            args = (*args, self._held)
+            self._held = 0
+        log.warning(msg, *args)
+
+
+class _FrameTimeout(Exception):
+    """A frame (or a response write) did not complete within the frame timeout."""
+
+
+class _Connection:
+    """State of one accepted connection."""
+
+    def __init__(
+        self, number: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, limits: ServerLimits
+    ) -> None:
+        self.name = f"#{number}"
+        self.reader = reader
+        self.writer = writer
+        self.limits = limits
+        self.write_lock = asyncio.Lock()
+        self.slots = asyncio.Semaphore(limits.max_in_flight_per_connection)
+        self.budget = ByteBudget(limits.max_in_flight_bytes_per_connection)
+        self.pending: set[asyncio.Task[None]] = set()
+        self.last_stream_id = 0
+        self.protocol_errors = 0
+        self.last_activity = time.monotonic()
+
+    async def read_exactly(self, n: int) -> bytes:
+        try:
+            async with asyncio.timeout(self.limits.frame_timeout):
+                return await self.reader.readexactly(n)
+        except TimeoutError as exc:
+            raise _FrameTimeout(f"a {n}-byte read did not complete in {self.limits.frame_timeout}s") from exc
+
+    async def discard(self, n: int) -> None:
+        """Consume ``n`` body bytes without keeping them (bounded memory)."""
+        try:
+            async with asyncio.timeout(self.limits.frame_timeout):
+                while n:
+                    chunk = await self.reader.read(min(n, 1 << 16))
+                    if not chunk:
+                        raise asyncio.IncompleteReadError(b"", n)
+                    n -= len(chunk)
+        except TimeoutError as exc:
+            raise _FrameTimeout(f"a frame body did not arrive in {self.limits.frame_timeout}s") from exc
+
+    async def first_byte(self) -> bytes:
+        """Wait for the first byte of the next frame, closing the connection
+        when it stays idle (nothing in flight) past the idle timeout."""
+        idle = self.limits.idle_timeout
+        while True:
+            if idle is None:
+                return await self.reader.readexactly(1)
+            try:
+                async with asyncio.timeout(idle):
+                    return await self.reader.readexactly(1)
+            except TimeoutError:
+                if self.pending or time.monotonic() - self.last_activity < idle:
+                    continue
+                raise
+
+    async def send(self, stream_id: int, body: bytes) -> None:
+        async with self.write_lock:
+            self.writer.write(_frame(stream_id, _TYPE_RESPONSE, body))
+            try:
+                async with asyncio.timeout(self.limits.frame_timeout):
+                    await self.writer.drain()
+            except TimeoutError as exc:
+                raise _FrameTimeout(
+                    f"the peer did not read a response in {self.limits.frame_timeout}s"
+                ) from exc
+        self.last_activity = time.monotonic()
+
+    async def send_status(self, stream_id: int, code: Code, message: str) -> None:
+        resp = ttrpc_pb2.Response()
+        resp.status.code = int(code)
+        resp.status.message = message
+        await self.send(stream_id, resp.SerializeToString())
+
+    def abort(self) -> None:
+        self.writer.transport.abort()
+
+
+class TtrpcServer:
+    """Serves one or more :class:`Service` objects on a Unix socket.
+
+    Status codes follow ttrpc-rust 0.9.0, the server upstream's AA and CDH
+    use: an unknown service is ``INVALID_ARGUMENT "<service> service does not
+    exist"``, an unknown method ``UNIMPLEMENTED "<method> method"``, a method
+    declared in the proto but not served ``NOT_FOUND "/<service>/<method> is
+    not supported"``, a frame over 4 MiB ``INVALID_ARGUMENT "message length N
+    exceed maximum message size of 4194304"`` on its stream (the connection
+    stays usable), an even stream id ``INVALID_ARGUMENT "stream id must be
+    odd"``. A request whose stream id does not increase is refused as
+    containerd/ttrpc does. Resource use is bounded by :class:`ServerLimits`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        services: Iterable[Service],
+        *,
+        limits: ServerLimits | None = None,
+    ) -> None:
         self.path = Path(path)
+        self.limits = limits or ServerLimits()
         self._services = {s.name: s for s in services}
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._writers: set[asyncio.StreamWriter] = set()
+        self._connections: set[_Connection] = set()
+        self._budget = ByteBudget(self.limits.max_in_flight_bytes)
+        self._warn = _WarnLimiter()
+        self._accepted = 0
+
+    @property
+    def connections(self) -> int:
+        """Connections open now."""
+        return len(self._connections)
+
+    @property
+    def in_flight_bytes(self) -> int:
+        """Request bytes held against the shared budget now."""
+        return self._budget.used
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -92,79 +244,163 @@ class TtrpcServer:
             self._server = None
         for t in list(self._tasks):
             t.cancel()
-        for w in list(self._writers):
-            w.close()
+        for c in list(self._connections):
+            c.writer.close()
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        lock = asyncio.Lock()
-        in_flight = asyncio.Semaphore(MAX_IN_FLIGHT_PER_CONNECTION)
-        pending: set[asyncio.Task[None]] = set()
-        self._writers.add(writer)
+        if len(self._connections) >= self.limits.max_connections:
+            self._warn.warn(
+                "ttRPC: refusing a connection: %d are open (the limit)", self.limits.max_connections
+            )
+            writer.transport.abort()
+            return
+        self._accepted += 1
+        conn = _Connection(self._accepted, reader, writer, self.limits)
+        self._connections.add(conn)
         try:
-            while True:
-                try:
-                    stream_id, mtype, _flags, body = await _read_frame(reader)
-                except (asyncio.IncompleteReadError, ConnectionError):
-                    break
-                if mtype != _TYPE_REQUEST:
-                    log.warning("ttRPC: ignoring frame of type %d on stream %d", mtype, stream_id)
-                    continue
-                await in_flight.acquire()
-                task = asyncio.create_task(self._handle(stream_id, body, writer, lock))
-                pending.add(task)
-                self._tasks.add(task)
-                task.add_done_callback(pending.discard)
-                task.add_done_callback(self._tasks.discard)
-                task.add_done_callback(lambda _t: in_flight.release())
+            await self._read_loop(conn)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        except _FrameTimeout as exc:
+            self._warn.warn("ttRPC: closing connection %s: %s", conn.name, exc)
+            conn.abort()
+        except TimeoutError:
+            log.debug("ttRPC: closing connection %s: idle for %ss", conn.name, self.limits.idle_timeout)
         finally:
-            for t in pending:
+            for t in list(conn.pending):
                 t.cancel()
-            self._writers.discard(writer)
+            self._connections.discard(conn)
+            if conn.protocol_errors > 1:
+                log.debug("ttRPC: connection %s sent %d bad frames", conn.name, conn.protocol_errors)
             writer.close()
             with contextlib.suppress(Exception):
                 await writer.wait_closed()
 
-    async def _handle(
-        self, stream_id: int, body: bytes | None, writer: asyncio.StreamWriter, lock: asyncio.Lock
-    ) -> None:
-        resp = ttrpc_pb2.Response()
-        try:
-            resp.payload = await self._dispatch(body)
-            resp.status.code = Code.OK
-        except RpcError as exc:
-            resp.status.code = int(exc.code)
-            resp.status.message = exc.message
-        out = resp.SerializeToString()
-        if len(out) > MESSAGE_LENGTH_MAX:
-            resp = ttrpc_pb2.Response()
-            resp.status.code = Code.RESOURCE_EXHAUSTED
-            resp.status.message = f"response of {len(out)} bytes exceeds the {MESSAGE_LENGTH_MAX}-byte limit"
-            out = resp.SerializeToString()
-        async with lock:
-            writer.write(_frame(stream_id, _TYPE_RESPONSE, out))
-            with contextlib.suppress(ConnectionError):
-                await writer.drain()
+    def _protocol_error(self, conn: _Connection, what: str) -> None:
+        """One warning line per connection, however many bad frames it sends."""
+        conn.protocol_errors += 1
+        if conn.protocol_errors == 1:
+            self._warn.warn(
+                "ttRPC: connection %s: %s (further bad frames on it are not logged)", conn.name, what
+            )
 
-    async def _dispatch(self, body: bytes | None) -> bytes:
-        if body is None:
-            raise RpcError(Code.RESOURCE_EXHAUSTED, f"message exceeds the {MESSAGE_LENGTH_MAX}-byte limit")
-        req = ttrpc_pb2.Request()
+    async def _read_loop(self, conn: _Connection) -> None:
+        while True:
+            first = await conn.first_byte()
+            header = first + await conn.read_exactly(_HEADER.size - 1)
+            length, stream_id, mtype, _flags = _HEADER.unpack(header)
+            conn.last_activity = time.monotonic()
+            if length > MESSAGE_LENGTH_MAX:
+                await conn.discard(length)
+                await conn.send_status(
+                    stream_id,
+                    Code.INVALID_ARGUMENT,
+                    f"message length {length} exceed maximum message size of {MESSAGE_LENGTH_MAX}",
+                )
+                continue
+            refusal = self._refusal(conn, stream_id, mtype)
+            if refusal is not None:
+                await conn.discard(length)
+                self._protocol_error(conn, f"{refusal} (stream {stream_id}, frame type {mtype})")
+                if mtype in (_TYPE_REQUEST, _TYPE_DATA) or stream_id % 2 == 0:
+                    await conn.send_status(stream_id, Code.INVALID_ARGUMENT, refusal)
+                continue
+            conn.last_stream_id = stream_id
+            cost = length + REQUEST_OVERHEAD
+            await conn.slots.acquire()
+            acquired: list[ByteBudget] = []
+            try:
+                await conn.budget.acquire(cost)
+                acquired.append(conn.budget)
+                await self._budget.acquire(cost, self._ceiling(length))
+                acquired.append(self._budget)
+                body = await conn.read_exactly(length)
+                req = _parse_request(body)
+                del body
+            except BaseException:
+                self._release(conn, acquired, cost)
+                raise
+            if req is None:
+                self._release(conn, acquired, cost)
+                await conn.send_status(stream_id, Code.INVALID_ARGUMENT, "malformed ttRPC request")
+                continue
+            task = asyncio.create_task(self._handle(conn, stream_id, req, cost))
+            conn.pending.add(task)
+            self._tasks.add(task)
+            task.add_done_callback(conn.pending.discard)
+            task.add_done_callback(self._tasks.discard)
+
+    @staticmethod
+    def _refusal(conn: _Connection, stream_id: int, mtype: int) -> str | None:
+        """Why a frame that is not an acceptable new request is refused
+        (ttrpc-rust's and containerd/ttrpc's wording), or None to serve it."""
+        if stream_id % 2 == 0:
+            return "stream id must be odd"
+        if mtype == _TYPE_DATA:
+            return "Stream is no longer active"  # no streaming method is served
+        if mtype != _TYPE_REQUEST:
+            return "unexpected frame type ignored"
+        if stream_id <= conn.last_stream_id:
+            return "StreamID cannot be re-used and must increment"
+        return None
+
+    def _ceiling(self, length: int) -> int:
+        """How much of the shared budget a request of ``length`` bytes may fill."""
+        if length <= SMALL_REQUEST:
+            return self.limits.max_in_flight_bytes
+        return self.limits.max_in_flight_bytes - self.limits.small_request_reserve
+
+    def _release(self, conn: _Connection, budgets: list[ByteBudget], cost: int) -> None:
+        for budget in budgets:
+            budget.release(cost)
+        conn.slots.release()
+
+    async def _handle(self, conn: _Connection, stream_id: int, req: ttrpc_pb2.Request, cost: int) -> None:
         try:
-            req.ParseFromString(body)
-        except DecodeError as exc:
-            raise RpcError(Code.INVALID_ARGUMENT, "malformed ttRPC request") from exc
-        path = f"/{req.service}/{req.method}"
+            resp = ttrpc_pb2.Response()
+            try:
+                resp.payload = await self._dispatch(req)
+                resp.status.code = Code.OK
+            except RpcError as exc:
+                resp.status.code = int(exc.code)
+                resp.status.message = exc.message
+            out = resp.SerializeToString()
+            if len(out) > MESSAGE_LENGTH_MAX:
+                resp = ttrpc_pb2.Response()
+                resp.status.code = Code.INVALID_ARGUMENT
+                resp.status.message = (
+                    f"message length {len(out)} exceed maximum message size of {MESSAGE_LENGTH_MAX}"
+                )
+                out = resp.SerializeToString()
+            await conn.send(stream_id, out)
+        except ConnectionError:
+            pass
+        except _FrameTimeout as exc:
+            self._warn.warn("ttRPC: closing connection %s: %s", conn.name, exc)
+            conn.abort()
+        finally:
+            self._release(conn, [conn.budget, self._budget], cost)
+
+    async def _dispatch(self, req: ttrpc_pb2.Request) -> bytes:
         service = self._services.get(req.service)
-        method = service.methods.get(req.method) if service else None
-        if service is None or method is None or method.handler is None:
+        if service is None:
+            raise RpcError(Code.INVALID_ARGUMENT, f"{req.service} service does not exist")
+        method = service.methods.get(req.method)
+        if method is None:
+            raise RpcError(Code.UNIMPLEMENTED, f"{req.method} method")
+        path = f"/{req.service}/{req.method}"
+        if method.handler is None:
             raise RpcError(Code.NOT_FOUND, f"{path} is not supported")
         msg = method.request_type()
         try:
             msg.ParseFromString(req.payload)
         except DecodeError as exc:
-            raise RpcError(Code.INVALID_ARGUMENT, f"{path}: malformed request message") from exc
+            # ttrpc-rust: the generated handler's decode error becomes UNKNOWN.
+            raise RpcError(Code.UNKNOWN, f"ttrpc err: {path}: malformed request message") from exc
+        finally:
+            req.ClearField("payload")
         timeout = req.timeout_nano / 1e9 if req.timeout_nano > 0 else None
         try:
             result = await asyncio.wait_for(method.handler(msg), timeout)

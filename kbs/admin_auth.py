@@ -124,13 +124,14 @@ class AdminAuthorizer:
                 except TokenError:
                     continue
                 self._times(claims, now)
+                # as trustee: an issuer or audience mismatch moves on to the next identity provider
                 if idp.issuer is not None and claims.get("iss") != idp.issuer:
-                    raise AdminDenied("token issuer not accepted")
+                    continue
                 if idp.audience is not None:
                     aud = claims.get("aud")
                     auds = aud if isinstance(aud, list) else [aud]
                     if idp.audience not in auds:
-                        raise AdminDenied("token audience not accepted")
+                        continue
                 role = claims.get("role")
                 if not isinstance(role, str):
                     raise AdminDenied("token has no role claim")

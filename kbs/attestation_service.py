@@ -11,7 +11,7 @@ import logging
 import tomllib
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from attestation.errors import AttestationError as VerifierError
 from attestation.initdata import InitDataError, parse_initdata
@@ -29,6 +29,9 @@ from .errors import AttestationError, KbsError
 from .policy import AttestationPolicies
 from .rvps import ReferenceValues
 from .verifiers import DEVICE_TEES, TEE_CLASS, UnsupportedTee, VerifierRegistry
+
+if TYPE_CHECKING:
+    from .grpc_api import RemoteReferenceValues
 
 __all__ = ["MAX_ADDITIONAL_EVIDENCE", "AttestationService", "parse_attestation"]
 
@@ -145,8 +148,26 @@ def _init_data(init: Mapping[str, Any], limits: SecurityConfig) -> tuple[bytes, 
             except (ValueError, RecursionError):  # not TOML (or too deep / huge ints): kept as text
                 pass
         claims[k] = v
+    _agent_policy_claims(claims)
     _shape(claims, limits, "init-data claims")
     return data.digest(), elide_long_strings(claims)
+
+
+def _agent_policy_claims(claims: dict[str, Any]) -> None:
+    """As trustee's AS: a ``policy.rego`` entry whose text ends with ``policy_data := {...}``
+    (JSON) is replaced by ``agent_policy_claims`` holding that object; otherwise left as is."""
+    rego = claims.get("policy.rego")
+    if not isinstance(rego, str):
+        return
+    i = rego.find("policy_data := {")
+    if i < 0:
+        return
+    try:
+        data = json.loads(rego[i + len("policy_data := ") :])
+    except ValueError:
+        return
+    del claims["policy.rego"]
+    claims["agent_policy_claims"] = data
 
 
 class AttestationService:
@@ -155,7 +176,7 @@ class AttestationService:
         registry: VerifierRegistry,
         broker: EarBroker,
         policies: AttestationPolicies,
-        rvps: ReferenceValues,
+        rvps: ReferenceValues | RemoteReferenceValues,
         *,
         verbose_token: bool = True,
         limits: SecurityConfig | None = None,

@@ -32,6 +32,7 @@ __all__ = [
     "AdminConfig",
     "AttestationServiceConfig",
     "AttestationTokenConfig",
+    "CompatibilityConfig",
     "HttpServerConfig",
     "IdentityProvider",
     "KbsConfig",
@@ -42,7 +43,11 @@ __all__ = [
     "StorageConfig",
     "effective_config",
     "load_config",
+    "load_document",
+    "parse_as_server_config",
     "parse_config",
+    "parse_rvps_server_config",
+    "security_config",
     "startup_problems",
 ]
 
@@ -87,9 +92,9 @@ PLUGIN_NAMES = {
 #: ``[attestation_service.verifier_config]`` sections trustee's verifier crate reads
 UPSTREAM_VERIFIER_SECTIONS = ("nvidia_verifier", "tpm_verifier", "snp_verifier", "dcap_verifier")
 #: what this KBS serves today (anything else loads, and is named by :func:`startup_problems`)
-SERVED_AS_TYPES = ("coco_as_builtin",)
-SERVED_PLUGINS = ("resource",)
-SERVED_RVPS = ("BuiltIn",)
+SERVED_AS_TYPES = ("coco_as_builtin", "coco_as_grpc", "intel_ta")
+SERVED_PLUGINS = ("resource", "sample", "external", "pkcs11", "nebula-ca")
+SERVED_RVPS = ("BuiltIn", "GrpcRemote")
 
 _warnings: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("_warnings", default=None)
 
@@ -205,7 +210,8 @@ class PluginConfig:
     """One ``[[plugins]]`` entry: the canonical name and its other keys as given."""
 
     name: str
-    options: Mapping[str, Any] = field(default_factory=dict)
+    #: may hold secrets (pkcs11 ``pin``): not in repr; ``kbs --check`` redacts them
+    options: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)
@@ -254,6 +260,19 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True)
+class CompatibilityConfig:
+    """``[compatibility]``: where this KBS deliberately differs from trustee v0.21, one key per
+    difference; each set the other way gives trustee's behaviour (trustee has no such section)."""
+
+    #: trust tokens signed by this KBS's own built-in attestation service without configuring its
+    #: key; false: as trustee, only [attestation_token] trusted_certs_paths / trusted_jwk_sets /
+    #: insecure_header_jwk decide
+    trust_own_signer: bool = True
+    #: an expired reference value is absent; false: as trustee's RVPS, it is still returned
+    hide_expired_reference_values: bool = True
+
+
+@dataclass(frozen=True)
 class KbsConfig:
     http_server: HttpServerConfig
     admin: AdminConfig
@@ -265,6 +284,7 @@ class KbsConfig:
     base_dir: str = "."
     security: SecurityConfig = field(default_factory=SecurityConfig)
     plugin_configs: tuple[PluginConfig, ...] = ()
+    compatibility: CompatibilityConfig = field(default_factory=CompatibilityConfig)
     #: keys this KBS ignores (unknown or legacy), one line each; ``kbs --check --strict`` fails on any
     warnings: tuple[str, ...] = ()
 
@@ -344,9 +364,11 @@ def _admin(tbl: Mapping[str, Any]) -> AdminConfig:
         return _legacy_admin(tbl)
     _strict(tbl, {"authorization_mode", "authentication", "authorization"}, "[admin]")
     if "authorization_mode" not in tbl:
-        # trustee defaults to InsecureAllowAll here; this KBS fails closed and opens only when asked
-        log.warning("[admin] has no authorization_mode: the admin API is disabled (DenyAll)")
-    mode = tbl.get("authorization_mode", "DenyAll")
+        # trustee's AdminConfig is a tagged enum: the tag is required
+        raise ConfigError(
+            "admin.authorization_mode is required (InsecureAllowAll, DenyAll or AuthenticatedAuthorization)"
+        )
+    mode = tbl["authorization_mode"]
     if mode not in ADMIN_MODES:
         raise ConfigError(f"admin.authorization_mode must be one of {', '.join(ADMIN_MODES)}")
     if mode != "AuthenticatedAuthorization":
@@ -603,6 +625,11 @@ def _storage(tbl: Mapping[str, Any], top_session: Any) -> StorageConfig:
     )
 
 
+def security_config(tbl: Mapping[str, Any]) -> SecurityConfig:
+    """Parse a ``[security]`` table (the KBS config's, or the ``grpc-as`` config's ``security``)."""
+    return _security(tbl)
+
+
 def _security(tbl: Mapping[str, Any]) -> SecurityConfig:
     w = "security"
     _strict(tbl, set(SecurityConfig.__dataclass_fields__), "[security]")
@@ -641,6 +668,14 @@ def _plugin(raw: Any) -> PluginConfig:
             raise ConfigError(f"{w}.storage_backend_type {sbt!r} is not a resource backend trustee has")
     elif name == "sample":
         _typed(opts, "item", str, None, w)
+    elif name == "pkcs11":
+        for k in ("module", "pin"):
+            if not isinstance(opts.get(k), str):
+                raise ConfigError(f"{w}.{k} is required (a string)")
+        _typed(opts, "slot_index", int, 0, w)
+        _typed(opts, "lookup_label", str, "", w)
+        if opts.get("rsa_mechanism", "RsaPkcsOaep") not in ("RsaPkcsOaep", "RsaPkcsTest"):
+            raise ConfigError(f"{w}.rsa_mechanism must be RsaPkcsOaep or RsaPkcsTest")
     elif name == "external":
         backends = opts.get("backends", [])
         if not isinstance(backends, list):
@@ -683,6 +718,7 @@ def _parse(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
             "session_storage_type",
             "plugins",
             "security",
+            "compatibility",
         },
         "config",
     )
@@ -700,10 +736,61 @@ def _parse(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
         base_dir=base_dir,
         security=_security(_table(doc, "security")),
         plugin_configs=pcs,
+        compatibility=_compat(_table(doc, "compatibility")),
     )
 
 
-_SECRET_KEYS = frozenset({"password", "ita_api_key", "api_key"})
+def _compat(tbl: Mapping[str, Any]) -> CompatibilityConfig:
+    _strict(tbl, set(CompatibilityConfig.__dataclass_fields__), "[compatibility]")
+    return CompatibilityConfig(
+        **{k: _typed(tbl, k, bool, True, "compatibility") for k in CompatibilityConfig.__dataclass_fields__}
+    )
+
+
+def parse_as_server_config(
+    doc: Mapping[str, Any],
+) -> tuple[AttestationServiceConfig, StorageConfig, list[str]]:
+    """The ``grpc-as`` config (trustee's attestation-service ``config.json`` keys): ``rvps_config``,
+    ``attestation_token_broker``, ``verifier_config``, ``storage_backend``; -> (service config,
+    storage config, warnings)."""
+    sink: list[str] = []
+    tok = _warnings.set(sink)
+    try:
+        _unused(
+            doc,
+            {
+                "work_dir",
+                "rvps_config",
+                "attestation_token_broker",
+                "verifier_config",
+                "storage_backend",
+                "security",
+            },
+            "config",
+        )
+        as_doc = {
+            k: doc[k] for k in ("rvps_config", "attestation_token_broker", "verifier_config") if k in doc
+        }
+        a = _as({"type": "coco_as_builtin", **as_doc})
+        st = _storage(_table(doc, "storage_backend"), None)
+    finally:
+        _warnings.reset(tok)
+    return a, st, sink
+
+
+def parse_rvps_server_config(doc: Mapping[str, Any]) -> tuple[StorageConfig, list[str]]:
+    """The ``rvps`` config (trustee's RVPS: ``storage`` as a storage backend table, ``extractors``)."""
+    sink: list[str] = []
+    tok = _warnings.set(sink)
+    try:
+        _unused(doc, {"storage", "extractors"}, "config")
+        st = _storage(_table(doc, "storage"), None)
+    finally:
+        _warnings.reset(tok)
+    return st, sink
+
+
+_SECRET_KEYS = frozenset({"password", "ita_api_key", "api_key", "pin"})
 
 
 def _redact(v: Any) -> Any:
@@ -777,6 +864,12 @@ class _StrictYamlLoader(yaml.SafeLoader):
 
 def load_config(path: str) -> KbsConfig:
     """Read a TOML (or YAML / JSON, by extension) config file."""
+    # relative paths in the file (keys, storage dirs) are read from the working directory, as trustee
+    return parse_config(load_document(path), ".")
+
+
+def load_document(path: str) -> Mapping[str, Any]:
+    """A TOML (or YAML / JSON, by extension) config file as a table."""
     p = Path(path)
     try:
         with p.open("rb") as fh:
@@ -796,5 +889,4 @@ def load_config(path: str) -> KbsConfig:
         raise ConfigError(f"config file {path} does not parse: {exc}") from exc
     if not isinstance(doc, Mapping):
         raise ConfigError("config file must hold a table")
-    # relative paths in the file (keys, storage dirs) are read from the working directory, as trustee
-    return parse_config(doc, ".")
+    return doc

@@ -53,6 +53,8 @@ TRUST_CLAIMS = (
 )
 _TIERS = ("none", "affirming", "warning", "contraindicated")
 LEEWAY_S = 60
+#: attestation token signature algorithms (ITA signs with PS384)
+_TOKEN_ALGS = ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA")
 DEFAULT_TEEKEY_PATHS = (
     "/tdx/attester_runtime_data/tee-pubkey",
     "/tdx/attester_user_data/tee-pubkey",
@@ -63,13 +65,15 @@ DEFAULT_TEEKEY_PATHS = (
 
 
 def tier(value: int) -> str:
-    """AR4SI tier of one trustworthiness claim value."""
+    """AR4SI tier of one trustworthiness claim value; negative values as rust-ear's half-open
+    ranges (-32 is affirming, -96 a warning)."""
     a = abs(value)
+    shift = 1 if value < 0 else 0
     if a <= 1:
         return "none"
-    if a <= 31:
+    if a <= 31 + shift:
         return "affirming"
-    if a <= 95:
+    if a <= 95 + shift:
         return "warning"
     return "contraindicated"
 
@@ -242,8 +246,7 @@ class TokenVerifier:
                 key = self._jwks[header["kid"]]
             else:
                 raise TokenVerifierError("token names no trusted key")
-            _, claims = verify(untrusted_token, key, algorithms=("ES256", "ES384", "ES512", "RS256", "RS384",
-                                                                  "RS512", "PS256", "EdDSA"))  # fmt: skip
+            _, claims = verify(untrusted_token, key, algorithms=_TOKEN_ALGS)
         except TokenError as exc:
             raise TokenVerifierError(f"token verification failed: {exc}") from exc
         exp = claims.get("exp")

@@ -47,7 +47,9 @@ class KbsError(Exception):
         super().__init__(detail)
 
     def body(self) -> bytes:
-        return json.dumps({"type": ERROR_TYPE_PREFIX + self.variant, "detail": self.detail}).encode()
+        # serde_json::to_string: compact
+        body = {"type": ERROR_TYPE_PREFIX + self.variant, "detail": self.detail}
+        return json.dumps(body, separators=(",", ":")).encode()
 
 
 class ConfigError(KbsError):

@@ -3,6 +3,7 @@ and the admin identity providers' ``jwk_set_uri`` (one loader for both)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from coco_common.strict_json import strict_loads
@@ -13,6 +14,8 @@ from .errors import ConfigError
 
 __all__ = ["MAX_JWKS_BYTES", "load_jwk_set"]
 
+log = logging.getLogger(__name__)
+
 #: largest JWK set file read
 MAX_JWKS_BYTES = 1024 * 1024
 
@@ -22,7 +25,7 @@ def load_jwk_set(uri: str, base_dir: str | None = None) -> dict[str, PublicVerif
     paths are taken from ``base_dir`` when given). Keys without a ``kid`` are
     skipped; anything malformed is a :class:`ConfigError`."""
     if uri.startswith(("http://", "https://")):
-        raise ConfigError(f"remote JWK set {uri} is not supported by this KBS; give a file path")
+        return _parse(uri, _fetch(uri))
     p = Path(uri.removeprefix("file://"))
     if base_dir is not None and not p.is_absolute():
         p = Path(base_dir) / p
@@ -33,6 +36,31 @@ def load_jwk_set(uri: str, base_dir: str | None = None) -> dict[str, PublicVerif
         raise ConfigError(f"cannot read JWK set {uri}: {exc.strerror}") from exc
     if len(raw) > MAX_JWKS_BYTES:
         raise ConfigError(f"JWK set {uri} is larger than {MAX_JWKS_BYTES} bytes")
+    return _parse(uri, raw)
+
+
+def _fetch(uri: str) -> bytes:
+    """A remote JWK set (trustee fetches ``https://`` sets at start, e.g. Intel Trust Authority's
+    portal), read up to :data:`MAX_JWKS_BYTES`; ``http://`` is for local test servers."""
+    import httpx
+
+    if uri.startswith("http://"):
+        log.warning("INSECURE: JWK set %s is fetched over plain HTTP", uri)
+    try:
+        with httpx.Client(timeout=15, follow_redirects=False) as c, c.stream("GET", uri) as r:
+            if r.status_code != 200:
+                raise ConfigError(f"JWK set {uri}: HTTP {r.status_code}")
+            buf = bytearray()
+            for chunk in r.iter_bytes():
+                buf += chunk
+                if len(buf) > MAX_JWKS_BYTES:
+                    raise ConfigError(f"JWK set {uri} is larger than {MAX_JWKS_BYTES} bytes")
+            return bytes(buf)
+    except httpx.HTTPError as exc:
+        raise ConfigError(f"cannot fetch JWK set {uri}: {type(exc).__name__}") from exc
+
+
+def _parse(uri: str, raw: bytes) -> dict[str, PublicVerifyKey]:
     try:
         doc = strict_loads(raw)
     except ValueError as exc:

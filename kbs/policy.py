@@ -163,13 +163,18 @@ class ResourcePolicy:
         return [k.removesuffix(".rego") for k in await self._store.keys(NS_KBS) if k.endswith(".rego")]
 
     async def allows(
-        self, claims: Mapping[str, Any], resource_path: list[str], query: Mapping[str, Any]
+        self,
+        claims: Mapping[str, Any],
+        resource_path: list[str],
+        query: Mapping[str, Any],
+        *,
+        plugin: str = "resource",
     ) -> bool:
         raw = await self._store.get(NS_KBS, self.KEY)
         if raw is None:
             raw = builtin_policy("default")
         text = raw.decode("utf-8", "replace")
-        data = {"plugin": "resource", "resource-path": resource_path, "query": dict(query)}
+        data = {"plugin": plugin, "resource-path": resource_path, "query": dict(query)}
         result = await self._workers.evaluate(text, "data.policy", dict(claims), data)
         return isinstance(result, dict) and result.get("allow") is True
 

@@ -65,8 +65,10 @@ def decode_reference_value(raw: bytes) -> tuple[float, Any]:
 
 
 class ReferenceValues:
-    def __init__(self, store: KvStore) -> None:
+    def __init__(self, store: KvStore, *, hide_expired: bool = True) -> None:
         self._store = store
+        #: false: as trustee's RVPS, an expired value is still returned
+        self._hide_expired = hide_expired
 
     async def register(self, untrusted_body: bytes, *, now: float | None = None) -> list[str]:
         values = parse_message(untrusted_body)
@@ -87,7 +89,7 @@ class ReferenceValues:
             expires, value = decode_reference_value(raw)
         except ValueError as exc:
             raise RvpsError("stored reference value is malformed") from exc
-        if expires <= (time.time() if now is None else now):
+        if self._hide_expired and expires <= (time.time() if now is None else now):
             return None
         return value
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from aiohttp import web
 
+from attestation.errors import AttestationError as VerifierError
 from coco_common.strict_json import strict_loads
 from kbs_client import jwe as client_jwe
 from kbs_client._b64 import unb64url
@@ -34,7 +35,6 @@ from .errors import (
     AdminAuthInitialization,
     AttestationError,
     ConfigError,
-    InvalidRequestPath,
     JweError,
     KbsError,
     ParsePolicyError,
@@ -45,6 +45,9 @@ from .errors import (
     SerdeError,
     TokenNotFound,
 )
+from .external_plugin import ClientPlugin, ExternalPlugin, PluginCall
+from .grpc_api import AsClient, RemoteAttestationService, RemoteReferenceValues, RvpsClient
+from .intel_ta import IntelTrustAuthority, ItaReferenceValues
 from .metrics import Metrics
 from .policy import AttestationPolicies, ResourcePolicy
 from .policy_worker import PolicyWorkers
@@ -61,7 +64,7 @@ from .storage import (
     RedisStore,
     load_at_rest_key,
 )
-from .verifiers import DEV_TEES, DEVICE_TEES, KNOWN_TEES, VerifierRegistry
+from .verifiers import DEV_TEES, DEVICE_TEES, KNOWN_TEES, UnsupportedTee, VerifierRegistry, auth_extra_params
 
 __all__ = ["KbsState", "build_state", "make_app", "serve", "ssl_context"]
 
@@ -82,11 +85,13 @@ class KbsState:
     sessions: SessionStore
     admin: AdminAuthorizer
     tokens: TokenVerifier
-    service: AttestationService
+    service: AttestationService | RemoteAttestationService | IntelTrustAuthority
     resource_policy: ResourcePolicy
-    rvps: ReferenceValues
+    rvps: ReferenceValues | RemoteReferenceValues | ItaReferenceValues
     metrics: Metrics = field(default_factory=Metrics)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    #: trustee's client plugins served through the generic plugin flow (``external``, ``pkcs11``)
+    client_plugins: dict[str, ClientPlugin] = field(default_factory=dict)
 
 
 def _make_store(kind: str, cfg: KbsConfig, cache: dict[str, KvStore]) -> KvStore:
@@ -149,11 +154,13 @@ async def build_state(
     t = cfg.attestation_token
     # the built-in AS's own signing key is always trusted, besides [attestation_token]'s certs and
     # JWK sets: the secure setup needs no configuration, and insecure_header_jwk stays an opt-in
-    tokens = TokenVerifier.from_config(
+    # off the event loop: a JWK set may be fetched over HTTPS (trustee's ITA configs)
+    tokens = await asyncio.to_thread(
+        TokenVerifier.from_config,
         t.trusted_certs_paths,
         t.trusted_jwk_sets,
         t.insecure_header_jwk,
-        own_keys=[broker.key.public_key()],
+        own_keys=[broker.key.public_key()] if cfg.compatibility.trust_own_signer else [],
     )
     if t.insecure_header_jwk:
         log.warning(
@@ -168,32 +175,63 @@ async def build_state(
             "key_path): tokens issued by this replica are refused by other replicas sharing the "
             "session store; give every replica the same signer key_path"
         )
-    rvps = ReferenceValues(store)
-    dev = cfg.security.dev_verifiers
-    if dev is None:  # unset: on only where tokens are forgeable anyway (insecure_header_jwk)
-        dev = tuple(sorted(DEV_TEES)) if t.insecure_header_jwk else ()
-    if dev:
-        log.warning(
-            "INSECURE: the unsigned development verifiers %s are enabled ([security] dev_verifiers%s): "
-            "a client with no TEE at all can attest as them; the default resource policy refuses them, "
-            "a custom one must too. For tests and demos only",
-            ", ".join(dev),
-            "" if cfg.security.dev_verifiers is not None else " unset, implied by insecure_header_jwk",
-        )
+    closers: list[Callable[[], Awaitable[None]]] = [st.close for st in cache.values()]
     sec = cfg.security
     workers = PolicyWorkers(sec.policy_workers, timeout_s=sec.policy_timeout_s)
-    service = AttestationService(
-        registry or VerifierRegistry(options=a.verifier_config, dev_verifiers=dev),
-        broker,
-        AttestationPolicies(store, workers),
-        rvps,
-        verbose_token=a.verbose_token,
-        limits=sec,
-    )
+    closers.append(workers.close)
+    rvps: ReferenceValues | RemoteReferenceValues | ItaReferenceValues
+    service: AttestationService | RemoteAttestationService | IntelTrustAuthority
+    if a.type == "intel_ta":  # Intel Trust Authority (a cloud service) appraises the evidence
+        ita = await asyncio.to_thread(IntelTrustAuthority, a)
+        closers.append(ita.close)
+        service, rvps = ita, ita.rvps
+    elif a.type == "coco_as_grpc":  # a separate attestation service (and the RVPS behind it)
+        as_client = AsClient(a.as_addr or "http://127.0.0.1:50004")
+        rv_client = RvpsClient(a.as_addr or "http://127.0.0.1:50004")
+        closers += [as_client.close, rv_client.close]
+        rvps = RemoteReferenceValues(rv_client, store)
+        service = RemoteAttestationService(as_client)
+    else:
+        if a.rvps_type == "GrpcRemote":  # built-in attestation service, separate RVPS
+            rv_client = RvpsClient(a.rvps_address or "http://127.0.0.1:50003")
+            closers.append(rv_client.close)
+            rvps = RemoteReferenceValues(rv_client, store)
+        else:
+            rvps = ReferenceValues(store, hide_expired=cfg.compatibility.hide_expired_reference_values)
+        dev = sec.dev_verifiers
+        if dev is None:  # unset: on only where tokens are forgeable anyway (insecure_header_jwk)
+            dev = tuple(sorted(DEV_TEES)) if t.insecure_header_jwk else ()
+        if dev:
+            log.warning(
+                "INSECURE: the unsigned development verifiers %s are enabled ([security] dev_verifiers%s): "
+                "a client with no TEE at all can attest as them; the default resource policy refuses them, "
+                "a custom one must too. For tests and demos only",
+                ", ".join(dev),
+                "" if sec.dev_verifiers is not None else " unset, implied by insecure_header_jwk",
+            )
+        service = AttestationService(
+            registry or VerifierRegistry(options=a.verifier_config, dev_verifiers=dev),
+            broker,
+            AttestationPolicies(store, workers),
+            rvps,
+            verbose_token=a.verbose_token,
+            limits=sec,
+        )
     rp = ResourcePolicy(store, workers)
     await rp.install_default()
-    closers: list[Callable[[], Awaitable[None]]] = [st.close for st in cache.values()]
-    closers.append(workers.close)
+    client_plugins: dict[str, ClientPlugin] = {}
+    for pc in cfg.plugin_configs:
+        if pc.name == "external":
+            client_plugins["external"] = ExternalPlugin(pc.options)
+        elif pc.name == "pkcs11":
+            from .pkcs11_plugin import Pkcs11Plugin
+
+            client_plugins["pkcs11"] = await Pkcs11Plugin.open(pc.options)
+        elif pc.name == "nebula-ca":
+            from .nebula_ca_plugin import NebulaCaPlugin
+
+            client_plugins["nebula-ca"] = await asyncio.to_thread(NebulaCaPlugin.open, pc.options)
+    closers += [p.close for p in client_plugins.values()]
     state = KbsState(
         config=cfg,
         store=store,
@@ -204,6 +242,7 @@ async def build_state(
         resource_policy=rp,
         rvps=rvps,
         closers=closers,
+        client_plugins=client_plugins,
     )
     m = state.metrics
     m.counter("kbs_http_requests_total", "HTTP requests by endpoint, method and status")
@@ -242,7 +281,7 @@ def _set_cookie(resp: web.StreamResponse, s: Session) -> None:
 
 
 def _json(doc: Any) -> web.Response:
-    return web.Response(body=json.dumps(doc).encode(), content_type="application/json")
+    return web.Response(body=json.dumps(doc, separators=(",", ":")).encode(), content_type="application/json")
 
 
 class _Handlers:
@@ -261,7 +300,8 @@ class _Handlers:
         version, tee = doc["version"], doc["tee"]
         if not isinstance(version, str) or not isinstance(tee, str):
             raise AttestationError(AUTH_DESERIALIZE)
-        if not _SEMVER.match(version) or version != PROTOCOL_VERSION:
+        # semver "=0.4.0": build metadata is ignored, a pre-release does not match
+        if not _SEMVER.match(version) or version.split("+", 1)[0] != PROTOCOL_VERSION:
             raise AttestationError(
                 "Attestation error: RCAR handshake Auth failed: KBS Client Protocol Version Mismatch: "
                 f"expect ={PROTOCOL_VERSION} while the request is {version[:40]}"
@@ -273,12 +313,22 @@ class _Handlers:
             raise AttestationError(
                 f"Attestation error: RCAR handshake Auth failed: {tee} is a device TEE, not a primary TEE"
             )
-        if self.s.service.registry.disabled(tee):
+        if isinstance(self.s.service, AttestationService) and self.s.service.registry.disabled(tee):
             raise AttestationError(f"Attestation error: RCAR handshake Auth failed: tee {tee} is not enabled")
         alg = "sha512" if tee == "se" else "sha384"
-        sess = await self.s.sessions.create(tee, hash_algorithm=alg)
+        nonce: str | None = None
+        try:  # se: the verifier's attestation request is the nonce (trustee's supplemental challenge)
+            extra: Any = auth_extra_params(tee, doc["extra-params"])
+            if isinstance(self.s.service, AttestationService):  # a remote AS or ITA: a random nonce
+                nonce = await asyncio.to_thread(
+                    self.s.service.registry.supplemental_challenge, tee, doc["extra-params"]
+                )
+        except (UnsupportedTee, VerifierError) as exc:
+            raise AttestationError(f"Attestation error: RCAR handshake Auth failed: {exc}") from exc
+        if isinstance(self.s.service, IntelTrustAuthority):  # trustee's ITA backend picks the hash
+            alg, extra = self.s.service.select_hash_algorithm(tee, doc["extra-params"])
+        sess = await self.s.sessions.create(tee, hash_algorithm=alg, nonce=nonce)
         self.s.metrics.inc("kbs_sessions_created_total", tee=tee)
-        extra: Any = {"selected-hash-algorithm": "sha512"} if tee == "se" else ""
         resp = _json({"nonce": sess.nonce, "extra-params": extra})
         _set_cookie(resp, sess)
         return resp
@@ -352,7 +402,16 @@ class _Handlers:
             except KbsError as exc:
                 self.s.metrics.inc("kbs_resource_requests_total", result=exc.variant)
                 raise
-        if request.method in ("POST", "PUT"):
+        if request.method == "PUT":
+            # trustee: only POST and DELETE are admin calls; PUT goes through the token and the
+            # resource policy like a GET, and the resource plugin then refuses the method
+            claims = self.s.tokens.verify(await self._token(request))
+            if not await self.s.resource_policy.allows(claims, segs, dict(request.query.items())):
+                raise PolicyDeny("Access denied by policy")
+            raise PluginInternalError(
+                "Plugin internal error: Illegal HTTP method. Only supports `GET`, `POST` and `DELETE`"
+            )
+        if request.method == "POST":
             self._admin(request, AdminAuthInitialization)
             key = self._resource_key(segs)
             data = await request.read()
@@ -422,7 +481,9 @@ class _Handlers:
         if request.method == "GET":
             return _json(await self.s.service.policies.list_ids())
         doc = self._body_json(await request.read(), {"type", "policy_id", "policy"}, {"policy"})
-        pid = doc.get("policy_id", "default")
+        if "policy_id" not in doc:  # trustee's SetPolicyInput requires it
+            raise AttestationError("Set policy failed: parse set policy request: missing field `policy_id`")
+        pid = doc["policy_id"]
         if not isinstance(pid, str):
             raise SerdeError("policy_id must be a string")
         await self.s.service.policies.set(pid, self._policy_b64(doc["policy"]))
@@ -431,7 +492,7 @@ class _Handlers:
 
     async def reference_value(self, request: web.Request, rest: list[str]) -> web.Response:
         self._admin(request, AdminAuthAccess)
-        if request.method == "POST" and not rest:
+        if request.method == "POST":  # trustee registers whatever follows reference-value/
             names = await self.s.rvps.register(await request.read())
             log.info("reference values registered", extra={"names": names})
             return web.Response(status=200, content_type="application/json")
@@ -440,7 +501,35 @@ class _Handlers:
             if v is None:
                 raise RvpsError("RVPS error: reference value not found")
             return _json(v)
+        if request.method == "GET":
+            raise RvpsError("RVPS error: no reference value id")
         raise PluginNotFound("Plugin reference-value not found")
+
+    async def client_plugin(self, request: web.Request, name: str, rest: list[str]) -> web.Response:
+        """trustee's generic plugin flow: the plugin says whether the call is an admin one;
+        otherwise the attestation token and the resource policy (``data.plugin`` = the plugin's
+        name) decide, and the plugin says whether the answer is JWE-sealed to the TEE key."""
+        plugin = self.s.client_plugins[name]
+        call = PluginCall(await request.read(), dict(request.query.items()), rest, request.method)
+        if await plugin.validate_auth(call):
+            self._admin(request, AdminAuthInitialization)
+            return web.Response(status=200, body=await plugin.handle(call), content_type="text/xml")
+        claims = self.s.tokens.verify(await self._token(request))
+        if not await self.s.resource_policy.allows(claims, rest, call.query, plugin=name):
+            raise PolicyDeny("Access denied by policy")
+        data = await plugin.handle(call)
+        if await plugin.encrypted(call):
+            tee_key = extract_tee_pubkey(claims, self.s.config.attestation_token.extra_teekey_paths)
+            try:
+                return _json(client_jwe.encrypt(data, tee_key))
+            except ClientJweError as exc:
+                raise JweError(f"JWE error: {exc}") from exc
+        return web.Response(status=200, body=data, content_type="text/xml")
+
+    async def sample_plugin(self, request: web.Request) -> web.Response:
+        """trustee's ``sample`` plugin: admin-authorised, any method, a fixed answer."""
+        self._admin(request, AdminAuthInitialization)
+        return web.Response(status=200, body=b"sample plugin response", content_type="text/xml")
 
     async def dispatch(self, request: web.Request) -> web.Response:
         tail = request.match_info.get("tail", "")
@@ -458,9 +547,11 @@ class _Handlers:
             return await self.reference_value(request, rest)
         if first in self.s.config.plugins and first == "resource":
             return await self.resource(request, rest)
-        if not first:
-            raise InvalidRequestPath("Invalid request path")
-        raise PluginNotFound(f"Plugin {first[:64]} not found")
+        if first in self.s.client_plugins:
+            return await self.client_plugin(request, first, rest)
+        if first in self.s.config.plugins and first == "sample":
+            return await self.sample_plugin(request)
+        raise PluginNotFound(f"Plugin {first[:64]} not found")  # "" too, as trustee
 
 
 #: metric label values for request paths; anything else (chosen by the client) is "other",
@@ -532,7 +623,8 @@ def make_app(state: KbsState) -> web.Application:
 
     app.router.add_get("/healthz", healthz, allow_head=False)
     app.router.add_get("/metrics", metrics, allow_head=False)
-    app.router.add_route("*", "/kbs/v0/{tail:.*}", h.dispatch)
+    for method in ("GET", "POST", "PUT", "DELETE"):  # trustee's route; other methods: 405
+        app.router.add_route(method, "/kbs/v0/{tail:.*}", h.dispatch)
     return app
 
 
@@ -560,10 +652,19 @@ def ssl_context(cfg: KbsConfig) -> ssl.SSLContext | None:
     else:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if hs.tls_ciphers:
-        try:
-            ctx.set_ciphers(hs.tls_ciphers)
-        except ssl.SSLError as exc:
-            raise ConfigError("tls_ciphers is not a valid OpenSSL cipher list") from exc
+        # trustee's lists may name TLS 1.3 suites (TLS_AES_...): Python's ssl cannot restrict those,
+        # so they stay OpenSSL's TLS 1.3 defaults; the TLS <= 1.2 part is applied
+        names = [c for c in hs.tls_ciphers.split(":") if c]
+        legacy = [c for c in names if not c.startswith("TLS_")]
+        if len(legacy) != len(names):
+            log.warning("tls_ciphers: TLS 1.3 suites are OpenSSL's defaults here (not configurable)")
+        if legacy:
+            try:
+                ctx.set_ciphers(":".join(legacy))
+            except ssl.SSLError as exc:
+                raise ConfigError("tls_ciphers is not a valid OpenSSL cipher list") from exc
+    if hs.tls_groups:
+        log.warning("tls_groups: key exchange groups are OpenSSL's defaults here (not configurable)")
     return ctx
 
 

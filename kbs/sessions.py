@@ -188,13 +188,15 @@ class SessionStore:
             sid, _ = self._pending.popitem(last=False)
             await self._store.delete(NS_SESSION, sid)
 
-    async def create(self, tee: str, *, now: float | None = None, hash_algorithm: str = "sha384") -> Session:
+    async def create(
+        self, tee: str, *, now: float | None = None, hash_algorithm: str = "sha384", nonce: str | None = None
+    ) -> Session:
         t = time.time() if now is None else now
         await self._make_room(t)
         s = Session(
             id=uuid.uuid4().hex,
             tee=tee,
-            nonce=base64.b64encode(os.urandom(32)).decode(),
+            nonce=nonce if nonce is not None else base64.b64encode(os.urandom(32)).decode(),
             expires_at=t + self.timeout_s,
             hash_algorithm=hash_algorithm,
         )

@@ -27,12 +27,15 @@ import struct
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .errors import ConfigError, StorageError
+
+if TYPE_CHECKING:
+    from .config import StorageConfig
 
 __all__ = [
     "NS_ATTESTATION_POLICY",
@@ -48,6 +51,7 @@ __all__ = [
     "PostgresStore",
     "RedisStore",
     "load_at_rest_key",
+    "open_store",
 ]
 
 NS_KBS = "kbs"
@@ -681,3 +685,19 @@ def load_at_rest_key(path: str) -> bytes:
     if len(key) != 32:
         raise ConfigError("the at-rest key must be 32 bytes")
     return key
+
+
+def open_store(kind: str, cfg: StorageConfig) -> KvStore:
+    """A store of trustee's storage type ``kind`` (canonical name) configured by ``cfg``."""
+    if kind == "Memory":
+        return MemoryStore()
+    if kind == "LocalFs":
+        return LocalFsStore(cfg.local_fs_dir)
+    if kind == "LocalJson":
+        return LocalJsonStore(cfg.local_json_dir)
+    if kind == "Redis":
+        return RedisStore(cfg.redis_url)
+    if kind == "Postgres":
+        pg = cfg.postgres
+        return PostgresStore.from_config(pg.db, pg.username, pg.password, pg.host, pg.port)
+    raise ConfigError(f"storage type {kind} not supported")

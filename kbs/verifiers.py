@@ -4,7 +4,8 @@
 ``sample`` and ``sampledevice`` are implemented here (development TEEs:
 their evidence has no signature, only the report-data binding is checked);
 they are registered only when asked for (``dev_verifiers``).
-``snp``, ``tdx`` and ``nvidia`` come from :mod:`attestation` and are
+``snp``, ``tdx``, ``nvidia``, ``az-snp-vtpm``, ``az-tdx-vtpm``, ``tpm`` (and
+the further TEEs listed in ``_LAZY``) come from :mod:`attestation` and are
 imported lazily; a TEE without a verifier is refused as unsupported.
 
 Every TEE name has a class: ``cpu`` TEEs may be the primary TEE of an RCAR
@@ -33,6 +34,7 @@ __all__ = [
     "SampleVerifier",
     "UnsupportedTee",
     "VerifierRegistry",
+    "auth_extra_params",
 ]
 
 log = logging.getLogger(__name__)
@@ -67,6 +69,13 @@ _LAZY = {
     "snp": ("attestation.snp.verifier", "SnpVerifier"),
     "tdx": ("attestation.tdx.verifier", "TdxVerifier"),
     "nvidia": ("attestation.nvidia.verifier", "NvidiaVerifier"),
+    "az-snp-vtpm": ("attestation.azure.verifier", "AzSnpVtpmVerifier"),
+    "az-tdx-vtpm": ("attestation.azure.verifier", "AzTdxVtpmVerifier"),
+    "tpm": ("attestation.tpm.verifier", "TpmVerifier"),
+    "sgx": ("attestation.sgx.verifier", "SgxVerifier"),
+    "cca": ("attestation.cca.verifier", "CcaVerifier"),
+    "se": ("attestation.se.verifier", "SeVerifier"),
+    "csv": ("attestation.csv.verifier", "CsvVerifier"),
 }
 
 
@@ -138,6 +147,23 @@ class SampleDeviceVerifier:
         return {"svn": svn, "report_data": rd}
 
 
+def auth_extra_params(tee: str, untrusted_params: Any) -> Any:
+    """``extra-params`` of the ``/auth`` challenge, as trustee's
+    ``generate_extra_params``: for ``se`` with a ``supported-hash-algorithms``
+    list, ``{"selected-hash-algorithm": "sha512"}`` (and an error when the
+    list lacks sha512); otherwise ``""``."""
+    if tee != "se" or not isinstance(untrusted_params, Mapping):
+        return ""
+    algs = untrusted_params.get("supported-hash-algorithms")
+    if algs is None:
+        return ""
+    if not isinstance(algs, list):
+        raise EvidenceFormatError("SE expected a hash algorithm array")
+    if "sha512" not in {a.lower() for a in algs if isinstance(a, str)}:
+        raise EvidenceFormatError("SE TEE does not support sha512")
+    return {"selected-hash-algorithm": "sha512"}
+
+
 class VerifierRegistry:
     def __init__(
         self,
@@ -184,3 +210,14 @@ class VerifierRegistry:
             raise UnsupportedTee(f"verifier for tee {tee!r} does not fit the EvidenceVerifier contract")
         self._v[tee] = made
         return made
+
+    def supplemental_challenge(self, tee: str, untrusted_params: Any) -> str | None:
+        """The ``/auth`` nonce a verifier issues itself (trustee: ``se``, an attestation
+        request for the Ultravisor); ``None`` for TEEs that take a random nonce."""
+        if tee != "se":
+            return None
+        gen = getattr(self.get(tee), "generate_challenge", None)
+        if gen is None:
+            raise UnsupportedTee(f"verifier for tee {tee!r} cannot issue a challenge")
+        nonce: str = gen(untrusted_params)
+        return nonce

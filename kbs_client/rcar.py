@@ -8,6 +8,8 @@ plain functions; :func:`attest` strings them together over an injected
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -41,6 +43,7 @@ __all__ = [
     "device_report_data",
     "primary_report_data",
     "runtime_data",
+    "se_request_with_digest",
 ]
 
 log = logging.getLogger(__name__)
@@ -140,6 +143,19 @@ def auth_body(tee: str) -> dict[str, Any]:
     }
 
 
+def se_request_with_digest(nonce: str, digest: bytes) -> bytes:
+    """IBM SE: the ``/auth`` nonce is a JSON ``SeAttestationRequest``; the
+    attester receives it with ``runtime_data_digest`` (base64) added."""
+    try:
+        req = json.loads(nonce)
+    except ValueError as exc:
+        raise ProtocolError("Failed to deserialize SeAttestationRequest from nonce") from exc
+    if not isinstance(req, dict):
+        raise ProtocolError("Failed to deserialize SeAttestationRequest from nonce")
+    req["runtime_data_digest"] = base64.b64encode(digest).decode()
+    return json.dumps(req).encode()
+
+
 def runtime_data(nonce: str, tee_pubkey: Mapping[str, Any]) -> dict[str, Any]:
     return {"nonce": nonce, "tee-pubkey": dict(tee_pubkey)}
 
@@ -195,6 +211,8 @@ async def _handshake(
     if not isinstance(additional, str):
         raise ProtocolError("additional evidence must be a JSON string")
     rd = primary_report_data(challenge.hash_algorithm, challenge.nonce, jwk, additional)
+    if source.tee == "se":  # as guest-components: the SE attester gets the request with the digest
+        rd = se_request_with_digest(challenge.nonce, rd)
     evidence = await source.primary_evidence(rd)
     body = attestation_body(challenge.nonce, jwk, evidence, additional, init_data_toml)
     reply = await _http.request(

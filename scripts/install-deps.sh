@@ -8,8 +8,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-apt_pkgs=(docker-registry skopeo umoci gnupg gpgv openssl cryptsetup-bin e2fsprogs redis-server postgresql haproxy zstd tar
-          python3 python3-venv python3-dev gcc iproute2)
+apt_pkgs=(docker-registry skopeo umoci gnupg gpgv openssl cryptsetup-bin e2fsprogs redis-server postgresql haproxy
+          softhsm2 nebula runc swtpm swtpm-tools tpm2-tools zstd tar python3 python3-venv python3-dev gcc iproute2
+          golang-go golang-github-containerd-ttrpc-dev golang-google-protobuf-dev)
 if [[ "${1:-}" == "--vm" ]]; then
   apt_pkgs+=(qemu-system-x86 qemu-utils debootstrap linux-image-cloud-amd64 busybox-static cpio kmod)
 fi

@@ -59,6 +59,7 @@ BASE_PACKAGES = [
     "iproute2",
     "ca-certificates",
     "procps",
+    "runc",  # the guest runs the pulled bundle the way the Kata agent does
 ]
 # Modules the initramfs loads to reach the root disk, in dependency order.
 INITRAMFS_MODULES = [

@@ -77,6 +77,10 @@ def open_measurer(tee: str, *, init_pcr: int, path: Path = DEFAULT_EVENTLOG_PATH
     registers: object
     if tee == "tdx":
         registers = TdxRtmrRegisters()
+    elif tee in ("tpm", "az-snp-vtpm", "az-tdx-vtpm"):
+        from attestation.tpm.registers import TpmPcrRegisters
+
+        registers = TpmPcrRegisters()
     elif tee == "sample":
         registers = SoftwareRegisters(path.parent / SAMPLE_REGISTERS_DIR)
         log.warning("runtime measurements go to software registers in %s (sample platform)", path.parent)

@@ -326,6 +326,14 @@ class TdxVerifier:
             raise EvidenceFormatError("malformed PCK certificate in the quote") from exc
         return self._source.get(fmspc=pck.fmspc, ca=ca, tdx=q.is_tdx, now=now)
 
+    def verify_quote_bytes(self, untrusted_quote: bytes, *, now: datetime) -> VerifiedQuote:
+        """Authenticity (and, with collateral, TCB status) of a raw quote with this
+        verifier's root and collateral source; no report-data binding."""
+        collateral = self._collateral_for(untrusted_quote, now)
+        if collateral is None and self._require:
+            raise VerificationError("no collateral available for this platform; cannot evaluate its TCB")
+        return verify_quote(untrusted_quote, root_ca=self._root, now=now, collateral=collateral)
+
     def verify(
         self,
         untrusted_evidence: Any,

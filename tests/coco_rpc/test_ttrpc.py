@@ -97,13 +97,17 @@ async def test_raw_frame_round_trip(server) -> None:  # type: ignore[no-untyped-
     assert api_pb2.GetResourceResponse.FromString(resp.payload).Resource == b"cba"
 
 
-async def test_unknown_method_and_unimplemented(server) -> None:  # type: ignore[no-untyped-def]
+async def test_unknown_service_method_and_unserved_codes_as_ttrpc_rust(server) -> None:  # type: ignore[no-untyped-def]
     _, srv = server
     async with TtrpcClient(srv.path) as c:
         with pytest.raises(RpcError) as ei:
             await c.call("api.Nope", "X", api_pb2.GetResourceRequest(), api_pb2.GetResourceResponse)
-        assert ei.value.code == Code.NOT_FOUND
-        assert ei.value.message == "/api.Nope/X is not supported"
+        assert (ei.value.code, ei.value.message) == (Code.INVALID_ARGUMENT, "api.Nope service does not exist")
+        with pytest.raises(RpcError) as ei:
+            await c.call(
+                "api.GetResourceService", "Nope", api_pb2.GetResourceRequest(), api_pb2.GetResourceResponse
+            )
+        assert (ei.value.code, ei.value.message) == (Code.UNIMPLEMENTED, "Nope method")
         with pytest.raises(RpcError) as ei:
             await c.call(
                 "attestation_agent.AttestationAgentService",
@@ -112,7 +116,19 @@ async def test_unknown_method_and_unimplemented(server) -> None:  # type: ignore
                 attestation_agent_pb2.BindInitDataResponse,
             )
         assert ei.value.code == Code.NOT_FOUND
-        assert "BindInitData is not supported" in ei.value.message
+        assert ei.value.message == "/attestation_agent.AttestationAgentService/BindInitData is not supported"
+        # the connection survives all three
+        assert (await _get(c, "ab")).Resource == b"ba"
+
+
+async def test_malformed_inner_message_is_unknown_as_ttrpc_rust(server) -> None:  # type: ignore[no-untyped-def]
+    impl, srv = server
+    req = ttrpc_pb2.Request(service="api.GetResourceService", method="GetResource", payload=b"\xff\xff\xff")
+    _, _, data = await asyncio.to_thread(_raw_call, srv.path, req.SerializeToString())
+    status = ttrpc_pb2.Response.FromString(data).status
+    assert status.code == Code.UNKNOWN
+    assert "malformed request message" in status.message
+    assert impl.calls == 0
 
 
 async def test_errors_map_to_status(server) -> None:  # type: ignore[no-untyped-def]
@@ -198,7 +214,8 @@ async def test_oversized_request_is_refused_and_stream_stays_usable(server) -> N
         return [r for _, r in sorted(out, key=lambda t: t[0])]
 
     first, second = await asyncio.to_thread(two_frames)
-    assert first.status.code == Code.RESOURCE_EXHAUSTED
+    assert first.status.code == Code.INVALID_ARGUMENT
+    assert first.status.message == "message length 4194305 exceed maximum message size of 4194304"
     assert second.status.code == 0
     assert api_pb2.GetResourceResponse.FromString(second.payload).Resource == b"ko"
 
@@ -208,7 +225,9 @@ async def test_oversized_response_becomes_an_error(server) -> None:  # type: ign
     async with TtrpcClient(srv.path) as c:
         with pytest.raises(RpcError) as ei:
             await _get(c, "kbs:///big")
-        assert ei.value.code == Code.RESOURCE_EXHAUSTED
+        assert ei.value.code == Code.INVALID_ARGUMENT
+        assert ei.value.message.startswith("message length 41943")
+        assert ei.value.message.endswith(" exceed maximum message size of 4194304")
 
 
 async def test_client_request_over_limit_is_refused_locally(server) -> None:  # type: ignore[no-untyped-def]

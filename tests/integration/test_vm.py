@@ -36,6 +36,15 @@ def test_guest_pull_onto_luks2_in_vm(tmp_path: Path) -> None:
     assert summary["file_text"].startswith("pulled inside the coco-dev guest onto LUKS2 (run ")
     assert summary["file_sha256"] == hashlib.sha256(summary["file_text"].encode()).hexdigest()
     assert summary["manifest_digest"].startswith("sha256:")
+    # The guest ran the pulled bundle with runc, unchanged, and captured its output: the
+    # pulled file's text, from inside the container's own PID and UTS namespaces.
+    assert summary["container_exit"] == 0
+    assert summary["container_stdout"] == (
+        f"hello from a confidential container\n{summary['file_text']}pid 1 on coco\n"
+    )
+    assert "guest: runc: container " in console
+    # A signed image whose bundle runc refuses (missing entrypoint) is a failed pull, released.
+    assert "runc create" in summary["runc_refused_error"]
     # ... through the Kata glue: a host-side Storage{driver=image_guest_pull} handled in the guest.
     assert summary["first_pull_via"] == "agent Storage"
     # The second pull of the same image is served from the layer store.

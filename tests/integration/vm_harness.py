@@ -21,7 +21,8 @@ The host side of issue 12:
    QEMU's fw_cfg, ``opt/org.coco-py/cfg``);
 4. checks the results: attestation, the dm-crypt + dm-integrity mapping under
    the image work dir, the pulled file (its sha256 against what was pushed),
-   the verified signature, the second pull from the layer store, and the
+   the verified signature, the pulled container run by runc in the guest
+   (its exit status and stdout), the second pull from the layer store, and the
    negatives (a signature replayed onto a tampered manifest, a layer key and
    registry credentials the KBS refuses: each pull fails and leaves nothing).
 
@@ -83,8 +84,17 @@ allow if {
 	not "denied" in data["resource-path"]
 }
 """
+# The app image's entrypoint: shell builtins only (busybox sh), so its output
+# shows the pulled file, the container's own PID namespace and UTS name.
+APP_SCRIPT = b"""#!/bin/sh
+echo "hello from a confidential container"
+while IFS= read -r line; do echo "$line"; done < /etc/coco-vm.txt
+read -r host < /proc/sys/kernel/hostname
+echo "pid $$ on $host"
+"""
 TOOLS = (
     "qemu-system-x86_64",
+    "busybox",
     "docker-registry",
     "skopeo",
     "umoci",
@@ -116,6 +126,25 @@ def skip_reason() -> str | None:
     if probe.returncode != 0 or "tcg" not in probe.stdout:
         return "qemu-system-x86_64 has no TCG accelerator"
     return None
+
+
+def _busybox() -> str:
+    """A static busybox for the app image (busybox-static, installed by make deps-vm)."""
+    path = shutil.which("busybox") or "/bin/busybox"
+    with open(path, "rb") as f:
+        head = f.read(64)
+        if head[:4] != b"\x7fELF" or head[4] != 2:
+            raise VmScenarioError(f"{path} is not a 64-bit ELF executable")
+        phoff, phentsize, phnum = (
+            int.from_bytes(head[32:40], "little"),
+            int.from_bytes(head[54:56], "little"),
+            int.from_bytes(head[56:58], "little"),
+        )
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    if any(int.from_bytes(table[i : i + 4], "little") == 3 for i in range(0, len(table), phentsize)):
+        raise VmScenarioError(f"{path} is dynamically linked (PT_INTERP): install busybox-static")
+    return path
 
 
 def _kbs_client(
@@ -218,7 +247,12 @@ class _TrustedImages:
 
 
 def _trusted_images(
-    workdir: Path, registry: RegistryServer, app_layout: str, guest_registry: str, say: Say
+    workdir: Path,
+    registry: RegistryServer,
+    app_layout: str,
+    broken_layout: str,
+    guest_registry: str,
+    say: Say,
 ) -> _TrustedImages:
     """Encrypt the app image with skopeo (JWE), re-wrap its layer keys for the KBS
     (key-provider annotations), sign it with skopeo + gnupg into a lookaside, and
@@ -256,6 +290,13 @@ def _trusted_images(
         )  # fmt: skip
 
     sign_copy("kbs", "coco/app:v1")
+    # A signed image whose bundle runc refuses (its entrypoint does not exist): a failed pull.
+    _skopeo(
+        registry, f"oci:{broken_layout}", "coco/broken:v1",
+        ["--registries.d", str(regd), "--sign-by", signer.fingerprint,
+         "--sign-identity", f"{guest_registry}/coco/broken:v1"],
+        env=signer.env,
+    )  # fmt: skip
     sign_copy("denied", "coco/app-denied:v1")
     sign_copy("kbs", "coco/tampered:orig")  # a valid signature naming coco/tampered:v1 ...
     orig = _manifest_digest(registry, "coco/tampered", "orig")
@@ -371,9 +412,12 @@ def run_scenario(workdir: Path, *, say: Say = print, timeout: float = VM_TIMEOUT
         app_layers = [
             layer_tar([
                 ("bin", "dir", None, 0o755),
-                ("bin/app", "file", b"#!/bin/sh\necho hello from a confidential container\n", 0o755),
+                ("bin/busybox", "file", Path(_busybox()).read_bytes(), 0o755),
+                ("bin/sh", "symlink", "busybox", 0o777),
+                ("bin/app", "file", APP_SCRIPT, 0o755),
                 ("etc", "dir", None, 0o755),
                 ("etc/motd", "file", b"removed by the next layer\n", 0o644),
+                ("work", "dir", None, 0o755),
             ]),
             layer_tar([
                 ("etc", "dir", None, 0o755),
@@ -382,7 +426,8 @@ def run_scenario(workdir: Path, *, say: Say = print, timeout: float = VM_TIMEOUT
             ]),
         ]  # fmt: skip
         app_ref = umoci_image(workdir, "app", app_layers, cmd="/bin/app")
-        trusted = _trusted_images(workdir, registry, app_ref, guest_registry, say)
+        broken_ref = umoci_image(workdir, "broken", app_layers[:1], cmd="/bin/absent")
+        trusted = _trusted_images(workdir, registry, app_ref, broken_ref, guest_registry, say)
         lookaside = _lookaside_server(workdir / "sigstore")
         guest_lookaside = f"http://{HOST_ALIAS}:{lookaside.server_address[1]}"
         say(f"vm: signature lookaside on 127.0.0.1:{lookaside.server_address[1]} (guest: {guest_lookaside})")
@@ -446,10 +491,13 @@ def run_scenario(workdir: Path, *, say: Say = print, timeout: float = VM_TIMEOUT
                     "probe_resource": "kbs:///default/test/probe",
                     "image_toml": image_toml("test"),
                     "pulls": [
-                        {"label": "first", "image": app, "file": f_, "cid": cid, "storage": storage.to_json()},
+                        {"label": "first", "image": app, "file": f_, "cid": cid, "storage": storage.to_json(),
+                         "run": True},
                         {"label": "again", "image": app, "file": f_},
                         {"label": "tampered", "image": f"{guest_registry}/coco/tampered:v1", "expect": "fail", "file": f_},
                         {"label": "key-denied", "image": f"{guest_registry}/coco/app-denied:v1", "expect": "fail", "file": f_},
+                        {"label": "runc-refused", "image": f"{guest_registry}/coco/broken:v1", "expect": "fail", "file": f_,
+                         "cid": "refused", "run": True},
                     ],
                     "deny": {"image": app, "file": f_, "image_toml": image_toml("denied")},
                 }  # fmt: skip
@@ -507,6 +555,7 @@ def _summarise(
     again = _one(results, "pull", label="again")
     bad = _one(results, "pull", label="tampered")
     key_denied = _one(results, "pull", label="key-denied")
+    refused = _one(results, "pull", label="runc-refused")
     deny = _one(results, "deny")
     problems = []
     if done.get("rc") != 0:
@@ -524,6 +573,13 @@ def _summarise(
             problems.append(f"pull {p['label']}: {p['file']} differs from what was pushed")
         elif not (p["upper_on_work_dir"] and p["store_on_work_dir"]):
             problems.append(f"pull {p['label']}: the bundle's layers are not on the work dir")
+    if first.get("ok"):
+        want = f"hello from a confidential container\n{file_body.decode()}pid 1 on coco\n"
+        if first.get("container_exit") != 0:
+            problems.append(f"the pulled container exited {first.get('container_exit')}: "
+                            f"{first.get('container_stderr', '')[-200:]}")  # fmt: skip
+        elif first.get("container_stdout") != want:
+            problems.append(f"the pulled container printed {first.get('container_stdout', '')[:200]!r}")
     for p in (first, again):
         if p.get("ok") and p["manifest_digest"] != trusted.app_digest:
             problems.append(
@@ -533,11 +589,13 @@ def _summarise(
             problems.append(
                 f"pull {p['label']}: CDH did not report a signature by {trusted.signer.fingerprint}"
             )
-    for p in (bad, key_denied):
+    for p in (bad, key_denied, refused):
         if p["ok"] or p["leftover"] or p["mounted"]:
             problems.append(f"{p['label']}: ok={p['ok']} leftover={p['leftover']} mounted={p['mounted']}")
     # ... and each for the intended reason
-    for p, why in ((bad, "another manifest digest"), (key_denied, "unwrap"), (deny, "PolicyDeny")):
+    for p, why in (
+        (bad, "another manifest digest"), (key_denied, "unwrap"), (deny, "PolicyDeny"), (refused, "runc create"),
+    ):  # fmt: skip
         if not p["ok"] and why not in p.get("error", ""):
             problems.append(f"{p['label']} failed for another reason than {why!r}: {p['error'][:200]}")
     if deny["ok"] or deny["leftover"] or deny["mounted"] or deny["new_mounts"]:
@@ -568,6 +626,9 @@ def _summarise(
         "file": first["file"],
         "file_text": first["file_text"],
         "file_sha256": first["file_sha256"],
+        "container_exit": first["container_exit"],
+        "container_stdout": first["container_stdout"],
+        "container_seconds": first["container_seconds"],
         "boot_seconds": boot["boot_seconds"],
         "components_up_seconds": boot["components_up_seconds"],
         "attestation": att["submods"],
@@ -582,6 +643,7 @@ def _summarise(
         "encrypted_layers": trusted.encrypted_layers,
         "tampered_error": bad["error"],
         "key_denied_error": key_denied["error"],
+        "runc_refused_error": refused["error"],
         "kbs_refused": kbs_refused,
         "kbs_denied_error": deny["error"],
         "vm_seconds": round(vm_seconds, 1),

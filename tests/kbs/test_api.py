@@ -114,7 +114,7 @@ async def test_wrong_method_is_plugin_not_found(kbs: Kbs, http: httpx.AsyncClien
     r = await http.get(f"{kbs.url}/kbs/v0/nebula-ca/x")
     assert r.status_code == 404 and etype(r) == "PluginNotFound"
     r = await http.get(f"{kbs.url}/kbs/v0/")
-    assert r.status_code == 404 and etype(r) == "InvalidRequestPath"
+    assert r.status_code == 404 and etype(r) == "PluginNotFound"  # trustee: an empty plugin name
 
 
 # --- /attest ----------------------------------------------------------------------------------

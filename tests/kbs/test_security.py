@@ -160,7 +160,9 @@ async def test_f01_no_tee_without_a_signed_verifier_gets_a_default_policy_resour
         if tee in DEVICE_TEES:
             assert r.status_code == 401, tee
             continue
-        assert r.status_code == 200, tee
+        if r.status_code != 200:  # e.g. se: its verifier needs a supplemental challenge request
+            assert r.status_code == 401 and problem(r) == "AttestationError", tee
+            continue
         sid, nonce = r.cookies["kbs-session-id"], r.json()["nonce"]
         http.cookies.clear()
         key = TeeKeyPair.generate()

@@ -9,8 +9,10 @@ import datetime as dt
 import hashlib
 import json
 import os
+import ssl
 import subprocess
 import sys
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import replace
 from pathlib import Path
 
@@ -23,27 +25,50 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
 from kbs.cli import main as kbs_main
-from kbs.config import load_config, parse_config, startup_problems
+from kbs.config import KbsConfig, load_config, parse_config, startup_problems
 from kbs.errors import ConfigError
-from kbs.server import build_state, make_app
+from kbs.server import build_state, make_app, ssl_context
 from kbs.storage import NS_REPOSITORY
 from kbs_client.policies import builtin_policy
 from kbs_client.tee_key import TeeKeyPair
+from tests.support.kbs import free_port
 
 from .test_api import attest_body, do_attest, handshake
+from .test_intel_ta import tdx_attest_body
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "trustee"
 CONFIGS = sorted((FIXTURES / "configs").glob("*.toml"))
 #: trustee v0.21.0 ships 28 KBS configs under kbs/test_data/configs, kbs/config and kbs/test
 EXPECTED_COUNT = 28
-#: the ones this KBS serves today (the rest need coco_as_grpc, intel_ta, the external or sample
-#: plugin, a remote RVPS, or are refused at start by trustee too)
+#: the ones this KBS serves (the other two are refused at start by trustee too: no TLS key with
+#: insecure_http = false, no admin identity provider); intel_ta ones against a replayed ITA
 SERVABLE = {
+    "config_kbs-config-intel-trust-authority.toml",
+    "config_kubernetes_ita_kbs-config.toml",
+    "test_data_configs_intel-ta-1.toml",
+    "test_data_configs_intel-ta-2.toml",
+    "test_data_configs_intel-ta-3.toml",
+    "test_config_external-plugin-attest.toml",
+    "test_config_external-plugin-resource-tls.toml",
+    "test_config_external-plugin-resource.toml",
+    "test_config_external-plugin-tls.toml",
+    "test_config_external-plugin.toml",
+    "test_test_data_configs_external-plugin-test.toml",
+    "config_docker-compose_kbs-config.toml",
+    "config_kbs-config-grpc.toml",
     "config_kbs-config.toml",
     "config_kubernetes_base_kbs-config.toml",
     "test_config_kbs.toml",
     "test_config_resource-kbs.toml",
     "test_data_configs_coco-as-builtin-2.toml",
+    "test_data_configs_coco-as-grpc-1.toml",
+    "test_data_configs_coco-as-grpc-2.toml",
+    "test_data_configs_coco-as-grpc-3.toml",
+    "test_data_configs_tls-profile-custom-pqc.toml",
+    "test_data_configs_tls-profile-custom.toml",
+    "test_data_configs_tls-profile-intermediate.toml",
+    "test_data_configs_tls-profile-modern.toml",
+    "test_data_configs_tls-profile-old.toml",
 }
 
 
@@ -142,16 +167,16 @@ def test_check_errors_name_the_key_and_strict_fails_on_warnings(
 
 
 def test_check_console_script_subprocess(tmp_path: Path) -> None:
-    cfg = FIXTURES / "configs" / "test_data_configs_coco-as-grpc-3.toml"
+    cfg = FIXTURES / "configs" / "test_data_configs_coco-as-builtin-1.toml"
     r = subprocess.run([sys.executable, "-m", "kbs.cli", "-c", str(cfg), "--check"], capture_output=True,
                        timeout=60, check=False)  # fmt: skip
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
-    assert rep["would_start"] is False and "coco_as_grpc" in rep["startup_problems"][0]
+    assert rep["would_start"] is False and "private_key and certificate" in rep["startup_problems"][0]
     # and the server itself refuses to start on it, naming why
     r = subprocess.run([sys.executable, "-m", "kbs.cli", "-c", str(cfg)], capture_output=True, timeout=60,
                        check=False)  # fmt: skip
-    assert r.returncode == 1 and b"coco_as_grpc" in r.stderr
+    assert r.returncode == 1 and b"private_key and certificate" in r.stderr
 
 
 def _work_dir(tmp: Path) -> None:
@@ -193,27 +218,91 @@ def _work_dir(tmp: Path) -> None:
         admin.public_key().public_bytes(pem, serialization.PublicFormat.SubjectPublicKeyInfo)
     )
     (w / "attestation-service" / "tpm_trusted_keys").mkdir(parents=True)
+    (w / "echo-plugin-ca.pem").write_bytes(ca.public_bytes(pem))
 
 
-@pytest.mark.parametrize("name", sorted(SERVABLE))
-async def test_servable_trustee_configs_complete_rcar(
-    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # trustee reads the relative ./work/... paths from the working directory: so does this KBS
-    monkeypatch.chdir(tmp_path)
-    _work_dir(tmp_path)
-    cfg = load_config(str(FIXTURES / "configs" / name))
+@pytest.fixture(scope="module")
+def grpc_as(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
+    """One separate ``grpc-as`` for the ``coco_as_grpc`` configs: (address, its signer certificate)."""
+    from .test_split_services import _serve, _signer
+
+    tmp = tmp_path_factory.mktemp("grpc-as")
+    kp, cp = _signer(tmp)
+    (tmp / "as.json").write_text(json.dumps({
+        "attestation_token_broker": {"signer": {"key_path": str(kp), "cert_path": str(cp)}},
+        "storage_backend": {"storage_type": "Memory"},
+        "security": {"dev_verifiers": ["sample"]},  # the tests attest with the unsigned sample TEE
+    }))  # fmt: skip
+    port = free_port()
+    with _serve(tmp, "grpc-as", ["kbs.grpc_as", "-c", str(tmp / "as.json"), "-s", f"127.0.0.1:{port}"], port):
+        yield f"http://127.0.0.1:{port}", cp
+
+
+@pytest.fixture
+async def replay_ita() -> AsyncIterator[str]:
+    """A local server replaying Intel Trust Authority's documented answers (not the real service)."""
+    from .test_intel_ta import API_KEY, ReplayIta
+
+    ita = ReplayIta(api_keys=(API_KEY, "this-is-a-key"))
+    srv = TestServer(ita.app, host="127.0.0.1")
+    await srv.start_server()
+    try:
+        yield f"http://127.0.0.1:{srv.port}"
+    finally:
+        await srv.close()
+
+
+def _localise(cfg: KbsConfig, tmp: Path, as_addr: str, as_cert: Path, ita: str = "") -> KbsConfig:
+    """The only changes made to trustee's files: nothing outside the test's directory is read or
+    written, and the AS address is the test's ``grpc-as`` (whose certificate stands in for the
+    configured trust anchors)."""
     st = cfg.storage
-    # the only changes: nothing outside the test's directory is read or written
-    if st.local_fs_dir.startswith("/opt/"):
-        cfg = replace(cfg, storage=replace(st, local_fs_dir=str(tmp_path / "storage")))
+    for attr in ("local_fs_dir", "local_json_dir"):
+        if getattr(st, attr).startswith("/"):
+            st = replace(st, **{attr: str(tmp / "storage")})
     idps = tuple(
         replace(i, public_key_uri="work/kbs.pem") if (i.public_key_uri or "").startswith("/") else i
         for i in cfg.admin.identity_providers
     )
-    cfg = replace(cfg, admin=replace(cfg.admin, identity_providers=idps))
+    tok = cfg.attestation_token
+    tok = replace(
+        tok,
+        trusted_certs_paths=tuple(str(as_cert) if p.startswith("/") else p for p in tok.trusted_certs_paths),
+    )
+    hs = cfg.http_server
+    if hs.private_key and hs.private_key.startswith("/"):
+        hs = replace(hs, private_key="work/https.key", certificate="work/https.crt")
+    a = cfg.attestation_service
+    if a.type == "coco_as_grpc":
+        a = replace(a, as_addr=as_addr)
+    if a.type == "intel_ta":  # ITA's URLs and the JWK sets: the replay server's
+        a = replace(a, ita_base_url=ita, ita_certs_file=f"{ita}/certs")
+        tok = replace(tok, trusted_jwk_sets=tuple(f"{ita}/certs" for _ in tok.trusted_jwk_sets))
+    return replace(cfg, storage=st, admin=replace(cfg.admin, identity_providers=idps), attestation_token=tok,
+                   http_server=hs, attestation_service=a)  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(SERVABLE))
+async def test_servable_trustee_configs_complete_rcar(
+    name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, grpc_as: tuple[str, Path], replay_ita: str
+) -> None:
+    # trustee reads the relative ./work/... paths from the working directory: so does this KBS
+    monkeypatch.chdir(tmp_path)
+    _work_dir(tmp_path)
+    cfg = _localise(load_config(str(FIXTURES / "configs" / name)), tmp_path, *grpc_as, ita=replay_ita)
     # the test attests with the unsigned sample TEE: switched on explicitly (off in any config)
     cfg = replace(cfg, security=replace(cfg.security, dev_verifiers=("sample",)))
+    ita = cfg.attestation_service.type == "intel_ta"
+    if not cfg.http_server.insecure_http:  # the TLS profile is applied (served over plain HTTP below)
+        ctx = ssl_context(cfg)
+        assert ctx is not None
+        want = {"modern": ssl.TLSVersion.TLSv1_3, "old": ssl.TLSVersion.TLSv1_2}.get(
+            cfg.http_server.tls_profile
+        )
+        if cfg.http_server.tls_min_version == "1.3":
+            want = ssl.TLSVersion.TLSv1_3
+        if want is not None:
+            assert ctx.minimum_version == want
     state = await build_state(cfg)
     server = TestServer(make_app(state), host="127.0.0.1")
     await server.start_server()
@@ -223,21 +312,34 @@ async def test_servable_trustee_configs_complete_rcar(
         await state.store.set(NS_REPOSITORY, "default/key/trustee", secret)
         await state.resource_policy.set(builtin_policy("allow_all"))
         key = TeeKeyPair.generate()
-        async with httpx.AsyncClient(timeout=30) as http:
-            sid, nonce = await handshake(http, url)
-            r = await do_attest(http, url, sid, attest_body(nonce, key))
+        async with httpx.AsyncClient(timeout=60) as http:
+            sid, nonce = await handshake(http, url, "tdx" if ita else "sample")
+            r = await do_attest(
+                http, url, sid, tdx_attest_body(nonce, key) if ita else attest_body(nonce, key)
+            )
             assert r.status_code == 200, r.text
             token = r.json()["token"]
             hdr = json.loads(base64.urlsafe_b64decode(token.split(".")[0] + "=="))
-            # a configured signer with a chain puts x5c in the header (trusted via trusted_certs_paths)
-            assert ("x5c" in hdr["jwk"]) == (cfg.attestation_service.signer_cert_path is not None)
+            if ita:
+                assert hdr["alg"] == "PS384" and hdr["kid"] == "ita-signing-1"
+            else:  # a signer with a chain (configured, or the separate AS's) puts x5c in the header
+                remote = cfg.attestation_service.type == "coco_as_grpc"
+                assert ("x5c" in hdr["jwk"]) == (
+                    remote or cfg.attestation_service.signer_cert_path is not None
+                )
             r = await http.get(f"{url}/kbs/v0/resource/default/key/trustee",
                                headers={"Cookie": f"kbs-session-id={sid}"})  # fmt: skip
             if "resource" in cfg.plugins:
                 assert r.status_code == 200, r.text
                 assert key.decrypt(r.json()) == secret
-            else:  # no [[plugins]]: trustee has no resource plugin then, neither does this KBS
+            else:  # no resource plugin listed: trustee has none then, neither does this KBS
                 assert r.status_code == 404 and r.json()["type"].endswith("/PluginNotFound")
+            if "sample" in cfg.plugins:  # trustee's sample plugin: admin-authorised
+                r = await http.get(f"{url}/kbs/v0/sample")
+                if cfg.admin.mode == "InsecureAllowAll":
+                    assert r.status_code == 200 and r.content == b"sample plugin response"
+                else:
+                    assert r.status_code == 401 and r.json()["type"].endswith("/AdminAuthInitialization")
     finally:
         await server.close()
         for c in state.closers:
@@ -245,6 +347,6 @@ async def test_servable_trustee_configs_complete_rcar(
 
 
 async def test_unservable_config_is_refused_at_build(tmp_path: Path) -> None:
-    cfg = load_config(str(FIXTURES / "configs" / "test_config_external-plugin.toml"))
-    with pytest.raises(ConfigError, match="plugins: external is not served"):
+    cfg = load_config(str(FIXTURES / "configs" / "test_data_configs_coco-as-builtin-3.toml"))
+    with pytest.raises(ConfigError, match="needs at least one identity_providers entry"):
         await build_state(cfg)

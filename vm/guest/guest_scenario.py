@@ -16,7 +16,12 @@ guest-pulled image:
 4. pulls each configured image through CDH ``PullImage`` into a bundle under
    ``/run/kata-containers/<cid>`` and reports what it sees (expected failures
    included), then the same checks for a second CDH whose credentials the KBS
-   denies.
+   denies;
+5. runs the first pulled bundle as a container the way the agent does: ``runc``
+   with the bundle's own ``config.json`` and rootfs (nothing changed), this
+   process as the child subreaper (as a shim is), ``create`` then ``start``,
+   waiting for the container's exit status and capturing its stdout. A bundle
+   runc refuses (``create`` or ``start`` fails) makes the pull a failure.
 
 Results go to the serial console as ``coco-guest: RESULT <json>`` lines; the
 host harness (tests/integration/vm_harness.py) parses them. Configuration
@@ -28,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import ctypes
 import hashlib
 import json
 import os
@@ -48,6 +54,8 @@ CONF_DIR = Path("/run/confidential-containers/initdata")
 WORK_DIR = "/run/kata-containers/image/"
 OCICRYPT_CONFIG = "/etc/ocicrypt_config.json"
 LAUNCH_TIMEOUT_S = 180  # Kata's default is 6 s on real hardware; TCG is ~20x slower
+CONTAINER_TIMEOUT_S = 300
+PR_SET_CHILD_SUBREAPER = 36
 T0 = time.monotonic()
 
 
@@ -254,6 +262,74 @@ def _bundle_state(bundle: Path) -> dict[str, Any]:
     }
 
 
+class RuncRefused(Exception):
+    """runc would not create or start the container from the bundle."""
+
+
+def become_subreaper() -> None:
+    """Orphans (the container's init once ``runc create`` exits) become our
+    children, so we can wait for their exit status, as a containerd shim does."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def run_container(cid: str, bundle: Path, *, state: Path = Path("/run")) -> dict[str, Any]:
+    """Run the bundle with runc, unchanged: create (refusals surface here), start,
+    wait for the container's exit, return its exit status and stdout. runc keeps
+    its state in ``state/runc``; the container's stdio goes to ``state/ctr-*``."""
+    become_subreaper()
+    out_p, err_p, pid_p = (state / f"ctr-{cid[:12]}.{n}" for n in ("out", "err", "pid"))
+    runc = ["runc", "--root", str(state / "runc")]
+    t = time.monotonic()
+    with out_p.open("wb") as out, err_p.open("wb") as err:
+        # no terminal in the spec: runc hands these descriptors to the container's process
+        cp = subprocess.run(
+            [*runc, "create", "--bundle", str(bundle), "--pid-file", str(pid_p), cid],
+            stdin=subprocess.DEVNULL, stdout=out, stderr=err, timeout=CONTAINER_TIMEOUT_S,
+        )  # fmt: skip
+    if cp.returncode != 0:
+        raise RuncRefused(f"runc create: {err_p.read_text(errors='replace')[-400:].strip()}")
+    pid = int(pid_p.read_text())
+    try:
+        st = subprocess.run([*runc, "start", cid], capture_output=True, text=True, timeout=120)
+        if st.returncode != 0:
+            raise RuncRefused(f"runc start: {st.stderr[-400:].strip()}")
+        deadline = time.monotonic() + CONTAINER_TIMEOUT_S
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                subprocess.run([*runc, "kill", cid, "KILL"], capture_output=True, timeout=60)
+                raise RuntimeError(f"the container did not exit within {CONTAINER_TIMEOUT_S}s")
+            time.sleep(0.1)
+    finally:
+        subprocess.run([*runc, "delete", "--force", cid], capture_output=True, timeout=120)
+    code = os.waitstatus_to_exitcode(status)
+    stdout = out_p.read_text(errors="replace")
+    say(f"runc: container {cid[:12]} exited {code} after {time.monotonic() - t:.1f}s; stdout:")
+    for line in stdout.splitlines()[:20]:
+        say(f"  | {line}")
+    return {
+        "container_exit": code,
+        "container_stdout": stdout[:2000],
+        "container_stderr": err_p.read_text(errors="replace")[-500:],
+        "container_seconds": round(time.monotonic() - t, 1),
+    }
+
+
+def release_bundle(bundle: Path) -> None:
+    """What the agent does with a container that could not be created: unmount
+    its rootfs and remove the bundle (the layers stay in the store)."""
+    rootfs = bundle / "rootfs"
+    if subprocess.run(["umount", str(rootfs)], capture_output=True).returncode != 0 and mount_of(str(rootfs)):
+        subprocess.run(["umount", "-l", str(rootfs)], capture_output=True)
+    (bundle / "config.json").unlink(missing_ok=True)
+    if rootfs.is_dir() and not any(rootfs.iterdir()):
+        rootfs.rmdir()
+
+
 def store_layers() -> dict[str, int]:
     """Committed layers of the layer store on the work dir: chain id -> inode."""
     layers = Path(WORK_DIR) / "layers"
@@ -294,6 +370,13 @@ async def pull(
                 "api.ImagePullService", "PullImage", req, api_pb2.ImagePullResponse, timeout=900
             )
             manifest_digest = resp.manifest_digest
+        seconds = round(time.monotonic() - t, 1)
+        # the agent's next step: start the container from the bundle (a refusal fails the pull)
+        try:
+            ran = run_container(cid, bundle) if spec.get("run") else {}
+        except RuncRefused:
+            release_bundle(bundle)
+            raise
     except Exception as exc:
         # CDH's own account of the failure (new log lines since this pull began)
         for line in cdh_log.read_text(errors="replace").splitlines()[n_log:] if cdh_log.exists() else []:
@@ -309,7 +392,6 @@ async def pull(
         }
         result("pull", **out)
         return out
-    seconds = round(time.monotonic() - t, 1)
     # What CDH's policy check accepted for this very pull (image_pull.trust logs it).
     accepted = _accepted(cdh_log)[n_accepted:]
     rootfs = bundle / "rootfs"
@@ -343,6 +425,7 @@ async def pull(
         "store_on_work_dir": bool(store) and all(e.stat().st_dev == work_dev for e in store),
         "seconds": seconds,
         "uptime": uptime(),
+        **ran,
     }
     result("pull", **out)
     return out

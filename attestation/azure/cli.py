@@ -1,0 +1,118 @@
+"""``coco-verify az-snp-vtpm|az-tdx-vtpm EVIDENCE [--at TIME]
+[--expect-report-data HEX] [--init-data-digest HEX] [--root-ca PEM]
+[--collateral FILE]``
+
+EVIDENCE is the evidence JSON a guest sent (v0, v1 or v2). Always checked:
+the vTPM quote's signature by the HCL report's attestation key, the PCR
+digest, the HCL runtime data's binding into the SNP report / TD quote, and
+the hardware report itself (VCEK chain to the pinned AMD roots; TD quote to
+the Intel SGX Root CA) as of ``--at`` (default now). The nonce (and, for v2,
+the HCL user-data) only with ``--expect-report-data``. Prints the claims as
+JSON and exits 0; a rejection prints one line and exits 1 (2 for unreadable
+input or usage errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from attestation.azure.evidence import MAX_EVIDENCE_JSON
+from attestation.azure.verifier import AzSnpVtpmVerifier, AzTdxVtpmVerifier, snp_claims
+from attestation.errors import AttestationError, EvidenceFormatError
+from attestation.tdx.collateral import Collateral
+from attestation.tdx.pck import load_pem_chain
+from attestation.tdx.verifier import quote_claims
+from attestation.tpm.quote import INIT_DATA_PCR, TpmVerificationError, init_data_pcr_value
+
+__all__ = ["configure", "parse_hex", "parse_time", "read_limited", "run"]
+
+
+def parse_time(text: str) -> datetime:
+    try:
+        t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise EvidenceFormatError(f"--at {text[:40]!r} is not an ISO 8601 time") from exc
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def parse_hex(text: str | None, what: str, limit: int) -> bytes | None:
+    if text is None:
+        return None
+    try:
+        out = bytes.fromhex(text)
+    except ValueError as exc:
+        raise EvidenceFormatError(f"{what} is not hex") from exc
+    if len(out) > limit:
+        raise EvidenceFormatError(f"{what} is longer than {limit} bytes")
+    return out
+
+
+def read_limited(path: str, limit: int) -> bytes:
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise EvidenceFormatError(f"{Path(path).name} is larger than {limit} bytes")
+    return data
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Verify Azure vTPM evidence (HCL report, vTPM quote, SNP report or TD quote)."
+    parser.add_argument("evidence", metavar="EVIDENCE", help="evidence JSON")
+    parser.add_argument("--at", metavar="TIME", help="verify as of this ISO 8601 time (default: now)")
+    parser.add_argument(
+        "--expect-report-data", metavar="HEX", help="the quote's nonce (the session report data)"
+    )
+    parser.add_argument("--init-data-digest", metavar="HEX", help="SHA-256 init-data digest PCR 8 must hold")
+    parser.add_argument(
+        "--root-ca", metavar="PEM", help="az-tdx-vtpm: trust this root instead of Intel's (tests)"
+    )
+    parser.add_argument(
+        "--collateral", metavar="FILE", help="az-tdx-vtpm: collateral JSON for the TCB status"
+    )
+
+
+def _fail(tee: str, code: int, msg: str) -> int:
+    print(f"coco-verify {tee}: {msg}", file=sys.stderr)
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
+    tee = args.platform
+    try:
+        now = parse_time(args.at) if args.at else datetime.now(UTC)
+        doc = read_limited(args.evidence, MAX_EVIDENCE_JSON)
+        rd = parse_hex(args.expect_report_data, "--expect-report-data", 64)
+        init = parse_hex(args.init_data_digest, "--init-data-digest", 64)
+        opts: dict[str, Any] = {}
+        if args.root_ca:
+            opts["root_ca"] = load_pem_chain(read_limited(args.root_ca, 1 << 20), "--root-ca")[0]
+        if args.collateral:
+            opts["collateral"] = Collateral.from_json(read_limited(args.collateral, 16 << 20))
+    except OSError as exc:
+        return _fail(tee, 2, f"cannot read input: {exc.strerror or exc}")
+    except AttestationError as exc:
+        return _fail(tee, 2, f"rejected: malformed input: {exc}")
+    try:
+        if tee == "az-snp-vtpm":
+            if opts:
+                raise EvidenceFormatError("--root-ca/--collateral apply to az-tdx-vtpm only")
+            vt, verified = AzSnpVtpmVerifier().verify_evidence(doc, expected_report_data=rd, now=now)
+            claims = vt.tpm_claims(snp_claims(verified.report))
+        else:
+            vt, vq = AzTdxVtpmVerifier(**opts).verify_evidence(doc, expected_report_data=rd, now=now)
+            claims = vt.tpm_claims(quote_claims(vq))
+        if init is not None and vt.pcrs.get(INIT_DATA_PCR) != init_data_pcr_value(init):
+            raise TpmVerificationError(f"PCR {INIT_DATA_PCR} does not match the init-data digest")
+    except EvidenceFormatError as exc:
+        return _fail(tee, 2, f"rejected: malformed input: {exc}")
+    except AttestationError as exc:
+        return _fail(tee, 1, f"rejected: {exc}")
+    if rd is None:
+        print(f"coco-verify {tee}: note: nonce not checked (no --expect-report-data)", file=sys.stderr)
+    print(json.dumps(claims, indent=2, sort_keys=True))
+    return 0

@@ -1,0 +1,77 @@
+"""``coco-verify csv EVIDENCE [--hsk-cek FILE] [--pek-only]
+[--expect-report-data HEX] [--at TIME]``
+
+EVIDENCE is trustee's CSV evidence JSON. Full verification needs the chip's
+HSK/CEK (``--hsk-cek``: Hygon KDS's ``hsk_cek.cert``), chained to the pinned
+Hygon root key. ``--pek-only`` checks just the report signature by the PEK the
+evidence carries, and says so (``"chain_verified": false``): useful to check
+a report's integrity where the HSK/CEK are not at hand, not a trust decision.
+Prints claims as JSON and exits 0; a rejection prints one line and exits 1
+(2 for unreadable input or usage errors). ``--at`` is accepted for
+uniformity (Hygon certificates carry no validity period).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hmac
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from attestation.azure.cli import parse_hex, parse_time, read_limited
+from attestation.csv.certs import CsvCertError
+from attestation.csv.verifier import CsvVerifier, csv_claims, parse_evidence
+from attestation.errors import AttestationError, EvidenceFormatError, VerificationError
+
+__all__ = ["configure", "run"]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.description = "Verify Hygon CSV evidence (HRK → HSK → CEK → PEK → report)."
+    parser.add_argument("evidence", metavar="EVIDENCE", help="CSV evidence JSON")
+    parser.add_argument("--hsk-cek", metavar="FILE", help="the chip's hsk_cek.cert (HSK + CEK)")
+    parser.add_argument("--pek-only", action="store_true", help="check only the report signature by the PEK")
+    parser.add_argument("--expect-report-data", metavar="HEX", help="REPORT_DATA (zero-padded to 64)")
+    parser.add_argument("--at", metavar="TIME", help="accepted for uniformity; unused")
+
+
+def _fail(code: int, msg: str) -> int:
+    print(f"coco-verify csv: {msg}", file=sys.stderr)
+    return code
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        if args.at:
+            parse_time(args.at)
+        doc = read_limited(args.evidence, 1 << 20)
+        rd = parse_hex(args.expect_report_data, "--expect-report-data", 64)
+        hsk_cek = read_limited(args.hsk_cek, 8192) if args.hsk_cek else None
+        report, pek, chip, _ = parse_evidence(doc)
+    except OSError as exc:
+        return _fail(2, f"cannot read input: {exc.strerror or exc}")
+    except AttestationError as exc:
+        return _fail(2, f"rejected: malformed input: {exc}")
+    try:
+        if hsk_cek is not None:
+            with tempfile.TemporaryDirectory() as d:
+                (Path(d) / chip).mkdir()
+                (Path(d) / chip / "hsk_cek.cert").write_bytes(hsk_cek)
+                CsvVerifier(hsk_cek_dir=d).verify_chain(report, pek, chip)
+        elif args.pek_only:
+            if not pek.key.verify(report.signed, report.r, report.s):
+                raise CsvCertError("CSV attestation report signature does not verify with the PEK")
+        else:
+            raise VerificationError(f"no HSK/CEK for chip {chip}: pass --hsk-cek (or --pek-only)")
+        if rd is not None and not hmac.compare_digest(rd.ljust(64, b"\x00"), report.report_data):
+            raise VerificationError("REPORT_DATA does not match --expect-report-data")
+    except EvidenceFormatError as exc:
+        return _fail(2, f"rejected: malformed input: {exc}")
+    except AttestationError as exc:
+        return _fail(1, f"rejected: {exc}")
+    claims = csv_claims(report, chip)
+    claims["chain_verified"] = hsk_cek is not None
+    print(json.dumps(claims, indent=2, sort_keys=True))
+    return 0

@@ -1,0 +1,155 @@
+"""The KBS-side ``sgx`` verifier: trustee's evidence ``{"quote": base64}``
+holding an SGX DCAP quote (version 3), verified by
+:func:`attestation.tdx.verifier.verify_quote` (PCK chain to the Intel SGX Root
+CA, QE binding, quote signature; TCB status when collateral is configured).
+
+Bindings (trustee): REPORT_DATA equals the expected report data zero-padded to
+64 bytes; CONFIGID equals the init-data digest zero-padded to 64 bytes.
+Claims: trustee's ``header``/``body`` hex maps, ``report_data``,
+``init_data`` (CONFIGID), ``platform_instance_id`` when the PCK has one, and
+the TCB summary (``tcb_status``, ``advisory_ids``, ...).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hmac
+import logging
+import struct
+from collections.abc import Mapping
+from datetime import datetime
+from typing import Any
+
+from attestation.errors import EvidenceFormatError, VerificationError
+from attestation.tdx.quote import EnclaveReport
+from attestation.tdx.verifier import TdxVerifier, VerifiedQuote
+from coco_common.strict_json import strict_loads
+
+__all__ = ["SgxVerifier", "sgx_claims"]
+
+log = logging.getLogger(__name__)
+
+_MAX_QUOTE = 64 * 1024
+
+
+def sgx_claims(v: VerifiedQuote) -> dict[str, Any]:
+    q = v.quote
+    if not isinstance(q.body, EnclaveReport):
+        raise EvidenceFormatError("not an SGX quote")
+    h, b = q.header, q.body.raw
+    header = {
+        "version": struct.pack("<H", h.version).hex(),
+        "att_key_type": struct.pack("<H", h.attestation_key_type).hex(),
+        "att_key_data_0": struct.pack("<I", h.tee_type).hex(),
+        "qe_svn": h.reserved[:2].hex(),
+        "pce_svn": h.reserved[2:].hex(),
+        "vendor_id": h.qe_vendor_id.hex(),
+        "user_data": h.user_data.hex(),
+    }
+    # SGX REPORT body layout (Intel SDK sgx_report_body_t)
+    fields = [
+        ("cpu_svn", 0, 16),
+        ("misc_select", 16, 4),
+        ("reserved1", 20, 12),
+        ("isv_ext_prod_id", 32, 16),
+        ("attributes.flags", 48, 8),
+        ("attributes.xfrm", 56, 8),
+        ("mr_enclave", 64, 32),
+        ("reserved2", 96, 32),
+        ("mr_signer", 128, 32),
+        ("reserved3", 160, 32),
+        ("config_id", 192, 64),
+        ("isv_prod_id", 256, 2),
+        ("isv_svn", 258, 2),
+        ("config_svn", 260, 2),
+        ("reserved4", 262, 42),
+        ("isv_family_id", 304, 16),
+        ("report_data", 320, 64),
+    ]
+    body = {name: b[off : off + size].hex() for name, off, size in fields}
+    claims: dict[str, Any] = {
+        "header": header,
+        "body": body,
+        "report_data": body["report_data"],
+        "init_data": body["config_id"],
+    }
+    if v.pck.platform_instance_id is not None:
+        # the byte order trustee produces (see attestation.tdx.verifier.quote_claims)
+        claims["platform_instance_id"] = v.pck.platform_instance_id[::-1].hex()
+    t = v.tcb
+    claims.update(
+        {
+            "tee_type": "sgx",
+            "debug": q.body.debug,
+            "fmspc": v.pck.fmspc.hex(),
+            "tcb_status": t.status if t else None,
+            "advisory_ids": list(t.advisory_ids) if t else None,
+            "tcb_date": t.tcb_date if t else None,
+        }
+    )
+    return claims
+
+
+class SgxVerifier:
+    """Verify ``sgx`` evidence; keyword options are :class:`TdxVerifier`'s
+    (``collateral``, ``collateral_service``, ``require_collateral``, ``root_ca_pem``, ...)."""
+
+    tee = "sgx"
+
+    def __init__(self, *, insecure_skip_report_data_binding: str | None = None, **dcap_options: Any) -> None:
+        """``insecure_skip_report_data_binding``: TEST ONLY, a reason; REPORT_DATA is not
+        compared (recorded quotes in a live handshake); logged and marked in the claims."""
+        self.dcap = TdxVerifier(**dcap_options)
+        reason = insecure_skip_report_data_binding
+        if reason is not None:
+            if not reason.strip():
+                raise ValueError("say why the report-data binding is being skipped")
+            log.warning("INSECURE sgx verifier mode: REPORT_DATA binding disabled (%s)", reason)
+        self._insecure = reason
+
+    def verify_evidence(self, untrusted_evidence: Any, *, now: datetime) -> VerifiedQuote:
+        if isinstance(untrusted_evidence, (str, bytes, bytearray)):
+            if len(untrusted_evidence) > 2 * _MAX_QUOTE:
+                raise EvidenceFormatError("SGX evidence too large")
+            try:
+                untrusted_evidence = strict_loads(untrusted_evidence)
+            except ValueError as exc:
+                raise EvidenceFormatError(f"SGX evidence is not JSON ({exc})") from exc
+        if not isinstance(untrusted_evidence, Mapping) or set(untrusted_evidence) != {"quote"}:
+            raise EvidenceFormatError("SGX evidence must be {'quote': <base64>}")
+        raw = untrusted_evidence["quote"]
+        if not isinstance(raw, str) or not raw or len(raw) > _MAX_QUOTE * 4 // 3 + 4:
+            raise EvidenceFormatError("SGX evidence: quote must be a non-empty base64 string")
+        try:
+            quote = base64.b64decode(raw, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise EvidenceFormatError("SGX evidence: quote is not standard base64") from exc
+        v = self.dcap.verify_quote_bytes(quote, now=now)
+        if not isinstance(v.quote.body, EnclaveReport):
+            raise VerificationError("expected an SGX quote (v3), got a TDX quote")
+        return v
+
+    def verify(
+        self,
+        untrusted_evidence: Any,
+        *,
+        expected_report_data: bytes,
+        expected_init_data_hash: bytes | None,
+        now: datetime,
+    ) -> dict[str, Any]:
+        v = self.verify_evidence(untrusted_evidence, now=now)
+        body = v.quote.body
+        assert isinstance(body, EnclaveReport)
+        if self._insecure is not None:
+            log.warning("INSECURE: sgx REPORT_DATA binding not checked (%s)", self._insecure)
+        elif not hmac.compare_digest(expected_report_data[:64].ljust(64, b"\x00"), body.report_data):
+            raise VerificationError("REPORT_DATA is different from that in SGX Quote")
+        if expected_init_data_hash is not None and not hmac.compare_digest(
+            expected_init_data_hash[:64].ljust(64, b"\x00"), body.raw[192:256]
+        ):
+            raise VerificationError("CONFIGID is different from that in SGX Quote")
+        claims = sgx_claims(v)
+        if self._insecure is not None:
+            claims["insecure_report_data_binding_skipped"] = True
+        return claims

@@ -1,0 +1,203 @@
+"""Behaviour as trustee v0.21 has it where this KBS used to differ: PUT on a resource, the
+attestation-policy body, reference-value messages, ``[admin]`` without a mode; and the
+``[compatibility]`` keys that give trustee's behaviour where this KBS keeps a deliberate
+difference."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from kbs.config import parse_config
+from kbs.errors import ConfigError
+from kbs.rvps import RV_LIFETIME_S, ReferenceValues
+from kbs.storage import NS_REPOSITORY, MemoryStore
+from kbs_client.policies import builtin_policy
+from kbs_client.tee_key import TeeKeyPair
+
+from .conftest import Kbs, start
+from .test_api import attest_body, do_attest, handshake
+
+
+def _err(r: httpx.Response) -> str:
+    return str(r.json()["type"]).rsplit("/", 1)[-1]
+
+
+async def test_put_on_a_resource_is_not_an_admin_write(kbs: Kbs, http: httpx.AsyncClient) -> None:
+    await kbs.seed(http, "default/key/p", b"original")
+    url = f"{kbs.url}/kbs/v0/resource/default/key/p"
+    # an admin token is not what PUT needs: trustee checks the attestation token first
+    r = await http.put(url, content=b"overwritten", headers=kbs.admin_headers())
+    assert r.status_code == 401 and _err(r) == "TokenVerifierError", r.text
+    r = await http.put(url, content=b"overwritten")
+    assert r.status_code == 401 and _err(r) == "TokenNotFound"
+    # with an attested session and a policy that allows it, the plugin refuses the method
+    await kbs.policy(http, "allow_all")
+    key = TeeKeyPair.generate()
+    sid, nonce = await handshake(http, kbs.url)
+    assert (await do_attest(http, kbs.url, sid, attest_body(nonce, key))).status_code == 200
+    r = await http.put(url, content=b"overwritten", headers={"Cookie": f"kbs-session-id={sid}"})
+    http.cookies.clear()
+    assert r.status_code == 401 and _err(r) == "PluginInternalError" and "Illegal HTTP method" in r.text
+    assert await kbs.state.store.get(NS_REPOSITORY, "default/key/p") == b"original"
+
+
+async def test_attestation_policy_needs_policy_id(kbs: Kbs, http: httpx.AsyncClient) -> None:
+    rego = b"package policy\nimport rego.v1\ntrust_claims := {}\n"
+    pol = base64.urlsafe_b64encode(rego).rstrip(b"=").decode()
+    r = await http.post(f"{kbs.url}/kbs/v0/attestation-policy", json={"type": "rego", "policy": pol},
+                        headers=kbs.admin_headers())  # fmt: skip
+    assert r.status_code == 401 and _err(r) == "AttestationError" and "policy_id" in r.text
+    assert await kbs.state.service.policies.list_ids() == []  # nothing stored under a made-up id
+
+
+def test_admin_mode_is_required(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"admin\.authorization_mode is required"):
+        parse_config({"http_server": {"insecure_http": True}, "admin": {}})
+
+
+async def test_expired_reference_values_hidden_unless_compatibility_says(tmp_path: Path) -> None:
+    payload = base64.b64encode(b'{"svn": ["1"]}').decode()
+    msg = json.dumps({"type": "sample", "payload": payload}).encode()
+    t = time.time()
+    for hide, expect in ((True, None), (False, ["1"])):
+        rv = ReferenceValues(MemoryStore(), hide_expired=hide)
+        await rv.register(msg, now=t)
+        assert await rv.get("svn", now=t + RV_LIFETIME_S + 10) == expect
+    cfg = parse_config({"http_server": {"insecure_http": True}, "admin": {"authorization_mode": "DenyAll"},
+                        "compatibility": {"hide_expired_reference_values": False}})  # fmt: skip
+    assert cfg.compatibility.hide_expired_reference_values is False
+    with pytest.raises(ConfigError, match="unknown field"):
+        parse_config({"http_server": {"insecure_http": True}, "admin": {"authorization_mode": "DenyAll"},
+                      "compatibility": {"trust_everything": True}})  # fmt: skip
+
+
+async def test_trust_own_signer_off_is_trustees_token_trust(tmp_path: Path) -> None:
+    """``[compatibility] trust_own_signer = false``: the KBS's own tokens need trust material, as in
+    trustee; with insecure_header_jwk they are accepted again (trustee's documented setup)."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    with pytest.raises(ConfigError, match="no trust material"):
+        await start(tmp_path / "a", compatibility={"trust_own_signer": False})
+    kbs, server = await start(
+        tmp_path / "b",
+        compatibility={"trust_own_signer": False},
+        attestation_token={"insecure_header_jwk": True},
+    )
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            await kbs.seed(http, "default/key/t", b"t")
+            await kbs.policy(http, builtin_policy("allow_all").decode())
+            key = TeeKeyPair.generate()
+            sid, nonce = await handshake(http, kbs.url)
+            r = await do_attest(http, kbs.url, sid, attest_body(nonce, key))
+            token = r.json()["token"]
+            r = await http.get(
+                f"{kbs.url}/kbs/v0/resource/default/key/t", headers={"Authorization": f"Bearer {token}"}
+            )
+            assert r.status_code == 200
+    finally:
+        await server.close()
+        for c in kbs.state.closers:
+            await c()
+
+
+async def test_init_data_policy_rego_becomes_agent_policy_claims(kbs: Kbs, http: httpx.AsyncClient) -> None:
+    from kbs_client.jws import decode_unverified
+
+    rego = 'package agent_policy\ndefault CreateContainerRequest := false\npolicy_data := {\n  "containers": [{"image": "x"}]\n}\n'
+    toml = f'algorithm = "sha384"\nversion = "0.1.0"\n[data]\n"policy.rego" = \'\'\'\n{rego}\'\'\'\nk = "v"\n'
+    no_data = 'algorithm = "sha384"\nversion = "0.1.0"\n[data]\n"policy.rego" = "package x"\n'
+    out = []
+    for doc in (toml, no_data):
+        key = TeeKeyPair.generate()
+        sid, nonce = await handshake(http, kbs.url)
+        r = await do_attest(http, kbs.url, sid, attest_body(nonce, key, init=doc))
+        assert r.status_code == 200, r.text
+        _, claims = decode_unverified(r.json()["token"])
+        out.append(claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]["init_data_claims"])
+    assert out[0] == {"agent_policy_claims": {"containers": [{"image": "x"}]}, "k": "v"}
+    assert out[1] == {"policy.rego": "package x"}  # nothing to extract: kept as is (trustee too)
+
+
+def test_identity_providers_tried_in_order(tmp_path: Path) -> None:
+    """trustee's bearer_jwt: a token that verifies with a provider's key but names another issuer
+    or audience is tried against the next provider (two providers may share one key)."""
+    from kbs.admin_auth import AdminAuthorizer, AdminDenied
+    from kbs.config import AdminConfig, IdentityProvider, RoleAcl
+
+    from .conftest import admin_material
+
+    key, pub = admin_material(tmp_path)
+    cfg = AdminConfig(
+        mode="AuthenticatedAuthorization",
+        identity_providers=(
+            IdentityProvider(issuer="idp-1", audience="kbs", public_key_uri=str(pub)),
+            IdentityProvider(issuer="idp-2", audience="kbs", public_key_uri=str(pub)),
+        ),
+        acls=(RoleAcl("admin", "^/kbs/.+$"),),
+    )
+    az = AdminAuthorizer(cfg)
+    from kbs_client.jws import sign
+
+    now = int(time.time())
+
+    def tok(iss: str, aud: str = "kbs") -> str:
+        return "Bearer " + sign(
+            {"iss": iss, "aud": [aud], "role": "admin", "exp": now + 60}, key, alg="EdDSA"
+        )
+
+    assert az.check("/kbs/v0/resource-policy", tok("idp-2")) == "admin"
+    assert az.check("/kbs/v0/resource-policy", tok("idp-1")) == "admin"
+    for bad in (tok("idp-3"), tok("idp-2", aud="other")):
+        with pytest.raises(AdminDenied, match="trusted identity provider"):
+            az.check("/kbs/v0/resource-policy", bad)
+
+
+@pytest.mark.parametrize(
+    ("v", "t"), [(-32, "affirming"), (-33, "warning"), (-96, "warning"), (-97, "contraindicated")]
+)
+def test_negative_tiers_as_rust_ear(v: int, t: str) -> None:
+    from kbs.ear import tier
+
+    assert tier(v) == t
+
+
+async def test_small_route_semantics(kbs: Kbs, http: httpx.AsyncClient) -> None:
+    # protocol version matched as semver "=0.4.0": build metadata ignored, pre-release refused
+    for version, ok in (("0.4.0+build.7", True), ("0.4.0-rc1", False)):
+        r = await http.post(
+            f"{kbs.url}/kbs/v0/auth", json={"version": version, "tee": "sample", "extra-params": ""}
+        )
+        http.cookies.clear()
+        assert (r.status_code == 200) is ok, r.text
+    # compact JSON bodies, as serde_json writes them
+    r = await http.get(f"{kbs.url}/kbs/v0/")
+    assert (
+        r.status_code == 404
+        and _err(r) == "PluginNotFound"
+        and b'","' in r.content
+        and b", " not in r.content
+    )
+    # reference values: POST with any sub-path registers; GET without an id is an RvpsError
+    payload = base64.b64encode(b'{"svn": ["7"]}').decode()
+    body = json.dumps({"version": "0.1.0", "type": "sample", "payload": payload}).encode()
+    r = await http.post(
+        f"{kbs.url}/kbs/v0/reference-value/anything/here", content=body, headers=kbs.admin_headers()
+    )
+    assert r.status_code == 200, r.text
+    assert await kbs.state.rvps.get("svn") == ["7"]
+    r = await http.get(f"{kbs.url}/kbs/v0/reference-value", headers=kbs.admin_headers())
+    assert r.status_code == 401 and _err(r) == "RvpsError"
+
+
+async def test_other_methods_are_405(kbs: Kbs, http: httpx.AsyncClient) -> None:
+    for method, path in (("PATCH", "/kbs/v0/resource/default/key/k"), ("OPTIONS", "/kbs/v0/auth"),
+                         ("POST", "/metrics"), ("POST", "/healthz")):  # fmt: skip
+        r = await http.request(method, f"{kbs.url}{path}")
+        assert r.status_code == 405, (method, path, r.status_code)
