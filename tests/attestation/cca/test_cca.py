@@ -185,7 +185,7 @@ def test_cli(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert (
         main(["cca", ex, "--ta-store", str(TA_STORE), "--expect-report-data", EXAMPLE_CHALLENGE.hex()]) == 0
     )
-    assert json.loads(capsys.readouterr().out)["realm_reference_values"] == "none"
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["realm_reference_values"] == "none"
     assert main(["cca", ex, "--ta-store", str(TA_STORE), "--expect-report-data", "00"]) == 1
     (tmp_path / "bad").write_bytes(_flip_in(EXAMPLE.read_bytes(), 44241, 3, 1))
     assert main(["cca", str(tmp_path / "bad"), "--ta-store", str(TA_STORE)]) == 1
