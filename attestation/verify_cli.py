@@ -10,9 +10,9 @@ verdict format and exit-code scheme every platform reports through
   on ``yes`` the claims follow as one JSON document;
 - stderr: one line ``coco-verify <tee>: ...`` for a rejection, a usage error, or
   (as a WARNING) what was NOT checked;
-- exit status: :data:`EXIT_VERIFIED` 0 authentic, and TCB status and policy
-  checked; :data:`EXIT_NOT_VERIFIED` 1 not authentic, or a check failed;
-  :data:`EXIT_USAGE` 2 usage error or unreadable input;
+- exit status: :data:`EXIT_VERIFIED` 0 authentic (what was NOT checked is
+  named); :data:`EXIT_NOT_VERIFIED` 1 not authentic, or a check failed;
+  :data:`EXIT_USAGE` 2 usage error or unreadable input; with ``--strict``,
   :data:`EXIT_UNCHECKED` 3 authentic, but the TCB status and/or a policy
   was not evaluated (e.g. TDX without collateral, no ``--policy``).
 """
@@ -47,18 +47,26 @@ EXIT_UNCHECKED = 3
 
 EXIT_CODES_HELP = (
     "output: first line 'verified: yes|no <tee> <why>' on stdout, then the claims as JSON. "
-    "exit status: 0 verified (authentic, TCB status and policy checked); 1 not verified "
-    "(not authentic, or a check failed); 2 usage error or unreadable input; 3 authentic but "
-    "NOT fully checked (no --policy, or TCB status not evaluated): read the WARNING on stderr"
+    "exit status: 0 verified (authentic; anything NOT checked, e.g. no --policy or TCB status "
+    "not evaluated, is named in the first line and in a WARNING on stderr); 1 not verified "
+    "(not authentic, or a check failed); 2 usage error or unreadable input; 3 (only with "
+    "--strict, given before the TEE name) authentic but NOT fully checked"
 )
+
+#: set by ``--strict``: authentic but not fully checked evidence exits :data:`EXIT_UNCHECKED`
+_strict = False
 
 
 def verified(
     tee: str, claims: Mapping[str, Any] | Sequence[Any], why: str, *, unchecked: Sequence[str] = ()
 ) -> int:
     """Report authentic evidence. ``unchecked`` names what was not evaluated
-    (``"policy (no --policy)"``); any entry makes the exit status
-    :data:`EXIT_UNCHECKED` and is said loudly on stderr."""
+    (``"policy (no --policy)"``); each entry is said loudly on stderr and in the
+    verdict line, and with ``--strict`` makes the exit status :data:`EXIT_UNCHECKED`.
+
+    Without ``--strict`` such evidence exits 0, as the command always has (scripts
+    that check a signature only rely on it); ``--strict`` is for a caller that must
+    know every check ran."""
     line = f"verified: yes {tee} {why}"
     if unchecked:
         line += "; NOT checked: " + ", ".join(unchecked)
@@ -66,7 +74,7 @@ def verified(
     sys.stdout.write(line + "\n")
     sys.stdout.write(json.dumps(claims, indent=2, sort_keys=isinstance(claims, Mapping)) + "\n")
     sys.stdout.flush()
-    return EXIT_UNCHECKED if unchecked else EXIT_VERIFIED
+    return EXIT_UNCHECKED if unchecked and _strict else EXIT_VERIFIED
 
 
 def not_verified(tee: str, why: str) -> int:
@@ -103,6 +111,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="coco-verify", description=__doc__.splitlines()[0], epilog=EXIT_CODES_HELP
     )
     add_version(parser)
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 3 (not 0) when the evidence is authentic but something was NOT checked",
+    )
     sub = parser.add_subparsers(dest="platform", required=True)
     for name, help_text in _PLATFORMS.items():
         p = sub.add_parser(name, help=f"verify an {help_text}", epilog=EXIT_CODES_HELP)
@@ -114,6 +127,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         mod.configure(p)
         p.set_defaults(_run=mod.run)
     args = parser.parse_args(argv)
+    global _strict
+    _strict = args.strict
     if args._run is None:
         print(f"coco-verify: {args.platform} verification is not available in this build", file=sys.stderr)
         return EXIT_USAGE

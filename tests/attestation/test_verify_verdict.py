@@ -22,14 +22,18 @@ def test_exit_codes_are_distinct_and_documented(capsys: pytest.CaptureFixture[st
         with pytest.raises(SystemExit):
             main(argv)
         text = " ".join(capsys.readouterr().out.split())
-        assert "exit status: 0 verified" in text and "3 authentic but NOT fully checked" in text
+        assert (
+            "exit status: 0 verified" in text
+            and "--strict" in text
+            and "authentic but NOT fully checked" in text
+        )
     with pytest.raises(SystemExit) as ei:
         main(["--version"])
     assert ei.value.code == 0 and capsys.readouterr().out.startswith("coco-verify ")
 
 
 def test_tdx_without_collateral_is_not_a_silent_success(capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["tdx", str(Q4)])
+    rc = main(["--strict", "tdx", str(Q4)])
     out, err = capsys.readouterr()
     assert rc == EXIT_UNCHECKED
     first, rest = out.split("\n", 1)
@@ -42,10 +46,21 @@ def test_tdx_without_collateral_is_not_a_silent_success(capsys: pytest.CaptureFi
     )
 
 
+def test_unchecked_exits_0_without_strict_but_says_so(capsys: pytest.CaptureFixture[str]) -> None:
+    # the signature-only contract scripts rely on: exit 0, with what was NOT checked said loudly
+    rc = main(["tdx", str(Q4)])
+    out, err = capsys.readouterr()
+    assert rc == EXIT_VERIFIED
+    first, rest = out.split("\n", 1)
+    assert "NOT checked: TCB status (no --collateral/--pccs-url)" in first
+    assert json.loads(rest)["tcb_status"] is None
+    assert "WARNING: NOT checked: TCB status" in err
+
+
 def test_tdx_fully_checked_is_exit_0(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     pol = tmp_path / "p.json"
     pol.write_text(json.dumps({"allow_debug": True, "accepted_tcb_statuses": ["UpToDate"]}))
-    rc = main(["tdx", str(QVL_TDX), "--collateral", str(QVL_TDX_COLL), "--at", "2025-07-01T00:00:00Z",
+    rc = main(["--strict", "tdx", str(QVL_TDX), "--collateral", str(QVL_TDX_COLL), "--at", "2025-07-01T00:00:00Z",
                "--policy", str(pol)])  # fmt: skip
     out, err = capsys.readouterr()
     assert rc == EXIT_VERIFIED, err
@@ -58,15 +73,15 @@ def test_tdx_fully_checked_is_exit_0(capsys: pytest.CaptureFixture[str], tmp_pat
 def test_tdx_rejections_and_usage(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     snp_report = tmp_path / "snp.bin"
     snp_report.write_bytes(b"\x02\x00\x00\x00" + b"\x01" * 1180)
-    rc = main(["tdx", str(snp_report)])
+    rc = main(["--strict", "tdx", str(snp_report)])
     err = capsys.readouterr().err
     assert rc in (EXIT_NOT_VERIFIED, EXIT_USAGE) and "not a TDX quote" in err and "Traceback" not in err
-    rc = main(["tdx", str(Q4), "--at", "yesterday"])
+    rc = main(["--strict", "tdx", str(Q4), "--at", "yesterday"])
     err = capsys.readouterr().err
     assert rc == EXIT_USAGE and "--at 'yesterday' is not an ISO 8601" in err and "rejected" not in err
     pcs = tmp_path / "tcb.json"
     pcs.write_text(json.dumps({"tcbInfo": {}, "signature": "00"}))
-    rc = main(["tdx", str(Q4), "--collateral", str(pcs)])
+    rc = main(["--strict", "tdx", str(Q4), "--collateral", str(pcs)])
     err = capsys.readouterr().err
     assert rc == EXIT_USAGE and "PCS tcbInfo" in err and "QuoteCollateralV3" in err
 
@@ -97,9 +112,11 @@ def test_closed_pipe_is_quiet() -> None:
 
 
 def test_stale_collateral_and_report_data_mismatch_say_why(capsys: pytest.CaptureFixture[str]) -> None:
-    rc = main(["tdx", str(QVL_TDX), "--collateral", str(QVL_TDX_COLL), "--at", "2030-01-01T00:00:00Z"])
+    rc = main(
+        ["--strict", "tdx", str(QVL_TDX), "--collateral", str(QVL_TDX_COLL), "--at", "2030-01-01T00:00:00Z"]
+    )
     err = capsys.readouterr().err
     assert rc == EXIT_NOT_VERIFIED and "not current at 2030-01-01" in err
     assert "(valid 20" in err and "--at TIME" in err
-    rc = main(["tdx", str(Q4), "--expect-report-data", "00" * 64])
+    rc = main(["--strict", "tdx", str(Q4), "--expect-report-data", "00" * 64])
     assert rc == EXIT_NOT_VERIFIED and "REPORTDATA" in capsys.readouterr().err

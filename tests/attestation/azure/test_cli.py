@@ -14,7 +14,7 @@ from ._data import FIXTURES, SNP, SNP_V2_RD, TDX, load
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
-    rc = main(list(argv))
+    rc = main(["--strict", *argv])
     out, err = capsys.readouterr()
     if out.startswith("verified: yes "):  # the verdict line, then the claims
         out = out.split("\n", 1)[1]

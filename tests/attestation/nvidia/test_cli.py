@@ -18,7 +18,7 @@ HOPPER_CHAIN = "nvtrust/hopperCertChain.txt"
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any, str]:
-    rc = main(["nvidia", *args])
+    rc = main(["--strict", "nvidia", *args])
     out, err = capsys.readouterr()
     return rc, (json.loads(out.split("\n", 1)[1]) if rc in (0, 3) else None), err
 

@@ -31,7 +31,7 @@ REQUIRED = {
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict | None, str]:
-    rc = main(["snp", *argv])
+    rc = main(["--strict", "snp", *argv])
     out, err = capsys.readouterr()
     return rc, (json.loads(out.split("\n", 1)[1]) if rc in (0, 3) else None), err
 
@@ -148,7 +148,14 @@ def test_console_script(fx: Path) -> None:
     exe = Path(sys.executable).parent / "coco-verify"
     assert exe.exists(), f"coco-verify console script not installed beside {sys.executable} (make deps)"
     cp = subprocess.run(
-        [str(exe), "snp", str(fx / "trustee/test-report.bin"), "--vcek", str(fx / "trustee/test-vcek.der")],
+        [
+            str(exe),
+            "--strict",
+            "snp",
+            str(fx / "trustee/test-report.bin"),
+            "--vcek",
+            str(fx / "trustee/test-vcek.der"),
+        ],
         capture_output=True,
         timeout=60,
     )

@@ -14,7 +14,7 @@ from ._data import CCEL, Q4, Q5, QVL_TDX, QVL_TDX_COLL
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict[str, object] | None, str]:
-    rc = main(["tdx", *argv])
+    rc = main(["--strict", "tdx", *argv])
     out, err = capsys.readouterr()
     return rc, (json.loads(out.split("\n", 1)[1]) if rc in (0, 3) else None), err
 
