@@ -29,7 +29,7 @@ import grpc
 from coco_common.strict_json import strict_loads
 from kbs_client.jcs import hash_canonical
 
-from .attestation_service import AttestationService, _init_data, _Reject
+from .attestation_service import AttestationService, _annotate, _init_data, _Reject
 from .config import load_document, parse_as_server_config
 from .ear import Appraisal, EarBroker
 from .errors import AttestationError, KbsError
@@ -116,15 +116,7 @@ async def evaluate(
             else [(cls, claims)]
         )
         for part_cls, part in parts:
-            annotated: dict[str, Any] = {r.tee: part, "report_data": rd.hex()}
-            if part_cls == "cpu" and isinstance(claims.get("report_data"), str):
-                annotated["report_data"] = claims["report_data"]
-            if rt_claims is not None:
-                annotated["runtime_data_claims"] = rt_claims
-            if init_hash is not None:
-                annotated["init_data"] = init_hash.hex()
-                if init_claims is not None:
-                    annotated["init_data_claims"] = init_claims
+            annotated = _annotate(r.tee, part, init_claims, rt_claims)
             idx = counters.get(part_cls, 0)
             counters[part_cls] = idx + 1
             submods[f"{part_cls}{idx}"] = await svc._appraise(part_cls, annotated, rv)

@@ -19,6 +19,7 @@ from typing import Any
 
 from kbs_client.policies import builtin_policy
 
+from .ear import TRUST_CLAIMS
 from .errors import ParsePolicyError, PolicyEngineError
 from .storage import NS_ATTESTATION_POLICY, NS_KBS, KvStore
 
@@ -209,10 +210,14 @@ class AttestationPolicies:
         if not isinstance(out, dict):
             raise PolicyEngineError("attestation policy produced nothing")
         tc = out.get("trust_claims")
+        if tc is None:  # as trustee: no trust_claims rule result sets every claim to 0
+            tc = dict.fromkeys(TRUST_CLAIMS, 0)
         if not isinstance(tc, dict) or not tc:
             raise PolicyEngineError("attestation policy set no trust_claims")
         vec: dict[str, int] = {}
         for k, v in tc.items():
+            if k not in TRUST_CLAIMS:  # rust-ear has no such claim (trustee fails the appraisal too)
+                raise PolicyEngineError(f"unknown trust claim {str(k)[:40]!r}")
             if not isinstance(v, int) or isinstance(v, bool) or not -128 <= v <= 127:
                 raise PolicyEngineError(f"trust claim {k} is not an i8")
             vec[str(k)] = v
