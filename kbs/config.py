@@ -239,6 +239,9 @@ class CompatibilityConfig:
     trust_own_signer: bool = True
     #: an expired reference value is absent; false: as trustee's RVPS, it is still returned
     hide_expired_reference_values: bool = True
+    #: uploaded resource and attestation policies must parse as Rego (ParsePolicyError otherwise);
+    #: false: as trustee, any UTF-8 text is stored and a broken policy fails when evaluated
+    check_policy_at_upload: bool = True
 
 
 @dataclass(frozen=True)

@@ -116,22 +116,37 @@ def evaluate(
     return exprs[0]
 
 
-def check_rego(policy: bytes) -> str:
-    """Decode and parse-check a policy; returns its text."""
+def _decode_policy(policy: bytes) -> str:
     if len(policy) > MAX_POLICY_BYTES:
         raise ParsePolicyError("policy too large")
     try:
-        text = policy.decode("utf-8")
+        return policy.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ParsePolicyError("policy is not UTF-8") from exc
+
+
+def check_rego(policy: bytes) -> str:
+    """Decode and parse-check a policy; returns its text."""
+    text = _decode_policy(policy)
     evaluate(text, "data.policy", {}, {})
     return text
+
+
+def _check_upload(policy: bytes, parse: bool) -> None:
+    """An uploaded policy: size and UTF-8 always; Rego syntax unless ``[compatibility]
+    check_policy_at_upload = false`` (trustee stores it unchecked)."""
+    if parse:
+        check_rego(policy)
+    else:
+        _decode_policy(policy)
 
 
 class ResourcePolicy:
     """The single resource policy, stored as ``resource-policy.rego`` in namespace ``kbs``."""
 
     KEY = RESOURCE_POLICY_ID + ".rego"
+    #: ``[compatibility] check_policy_at_upload``
+    check_at_upload = True
 
     def __init__(self, store: KvStore) -> None:
         self._store = store
@@ -141,7 +156,7 @@ class ResourcePolicy:
             await self._store.set(NS_KBS, self.KEY, builtin_policy("default"))
 
     async def set(self, policy: bytes) -> None:
-        check_rego(policy)
+        _check_upload(policy, self.check_at_upload)
         await self._store.set(NS_KBS, self.KEY, policy)
 
     async def list_ids(self) -> list[str]:
@@ -174,13 +189,16 @@ class TrustResult:
 class AttestationPolicies:
     """EAR policies per device class; uploaded ones override the built-in defaults."""
 
+    #: ``[compatibility] check_policy_at_upload``
+    check_at_upload = True
+
     def __init__(self, store: KvStore) -> None:
         self._store = store
 
     async def set(self, policy_id: str, policy: bytes) -> None:
         if not policy_id or len(policy_id) > 128 or not all(c.isalnum() or c in "_-." for c in policy_id):
             raise ParsePolicyError("invalid policy id")
-        check_rego(policy)
+        _check_upload(policy, self.check_at_upload)
         await self._store.set(NS_ATTESTATION_POLICY, policy_id + ".rego", policy)
 
     async def list_ids(self) -> list[str]:

@@ -52,8 +52,70 @@ async def test_attestation_policy_needs_policy_id(kbs: Kbs, http: httpx.AsyncCli
     pol = base64.urlsafe_b64encode(rego).rstrip(b"=").decode()
     r = await http.post(f"{kbs.url}/kbs/v0/attestation-policy", json={"type": "rego", "policy": pol},
                         headers=kbs.admin_headers())  # fmt: skip
-    assert r.status_code == 401 and _err(r) == "AttestationError" and "policy_id" in r.text
+    assert r.status_code == 401 and _err(r) == "AttestationError"
+    assert r.json()["detail"] == "Attestation error: Set Attestation Policy failed"  # trustee's text
     assert await kbs.state.service.policies.list_ids() == []  # nothing stored under a made-up id
+    # trustee's SetPolicyInput: any failure to read it is the same AttestationError
+    for raw in (b"{", b"[]", json.dumps({"policy_id": 5, "policy": pol}).encode(),
+                json.dumps({"policy_id": "default_cpu", "policy": "!!"}).encode(),
+                json.dumps({"policy_id": "default_cpu"}).encode()):  # fmt: skip
+        r = await http.post(f"{kbs.url}/kbs/v0/attestation-policy", content=raw, headers=kbs.admin_headers())
+        assert r.status_code == 401 and _err(r) == "AttestationError", raw
+    # members other than policy_id and policy are ignored (serde), type included
+    body = {"type": "anything", "policy_id": "default_cpu", "policy": pol, "extra": 1}
+    r = await http.post(f"{kbs.url}/kbs/v0/attestation-policy", json=body, headers=kbs.admin_headers())
+    assert r.status_code == 200, r.text
+    assert await kbs.state.service.policies.list_ids() == ["default_cpu"]
+
+
+async def test_resource_policy_body_as_trustee(kbs: Kbs, http: httpx.AsyncClient) -> None:
+    """Audit K11: every body failure is ParsePolicyError with trustee's text; extra members
+    are ignored."""
+    url = f"{kbs.url}/kbs/v0/resource-policy"
+    before = await kbs.state.store.get("kbs", "resource-policy.rego")
+    cases = {
+        b"not json": "Illegal SetPolicy Request Json",
+        b'{"nope": "x"}': "No `policy` field inside SetPolicy Request Json",
+        b"[1]": "No `policy` field inside SetPolicy Request Json",
+        b'{"policy": 5}': "`policy` field is not a string in SetPolicy Request Json",
+        b'{"policy": "!!"}': "Failed to decode policy",
+    }
+    for raw, why in cases.items():
+        r = await http.post(url, content=raw, headers=kbs.admin_headers())
+        assert r.status_code == 401 and _err(r) == "ParsePolicyError", raw
+        assert r.json()["detail"] == f"Failed to parse policy: {why}"
+    assert await kbs.state.store.get("kbs", "resource-policy.rego") == before
+    allow = base64.urlsafe_b64encode(builtin_policy("allow_all")).rstrip(b"=").decode()
+    r = await http.post(url, json={"policy": allow, "comment": "ignored"}, headers=kbs.admin_headers())
+    assert r.status_code == 200, r.text
+    assert await kbs.state.store.get("kbs", "resource-policy.rego") == builtin_policy("allow_all")
+
+
+@pytest.mark.parametrize("check", [True, False])
+async def test_policy_syntax_check_at_upload_unless_compatibility_says(tmp_path: Path, check: bool) -> None:
+    """Deliberate difference: a policy that is not Rego is refused at upload; with
+    ``[compatibility] check_policy_at_upload = false`` it is stored as trustee stores it, and
+    fails when evaluated."""
+    kbs, server = await start(tmp_path, compatibility={"check_policy_at_upload": check})
+    broken = base64.urlsafe_b64encode(b"package policy\nallow if {{").rstrip(b"=").decode()
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            r = await http.post(f"{kbs.url}/kbs/v0/resource-policy", json={"policy": broken},
+                                headers=kbs.admin_headers())  # fmt: skip
+            assert (r.status_code == 401 and _err(r) == "ParsePolicyError") if check else r.status_code == 200
+            body = {"policy_id": "default_cpu", "policy": broken}
+            r = await http.post(f"{kbs.url}/kbs/v0/attestation-policy", json=body, headers=kbs.admin_headers())
+            assert (r.status_code == 401) if check else r.status_code == 200
+            stored = await kbs.state.service.policies.list_ids()
+            assert stored == ([] if check else ["default_cpu"])
+            if not check:  # the broken attestation policy now fails the appraisal
+                sid, nonce = await handshake(http, kbs.url)
+                r = await do_attest(http, kbs.url, sid, attest_body(nonce, TeeKeyPair.generate()))
+                assert r.status_code == 401 and _err(r) == "AttestationError"
+    finally:
+        await server.close()
+        for c in kbs.state.closers:
+            await c()
 
 
 def test_admin_mode_is_required(tmp_path: Path) -> None:
