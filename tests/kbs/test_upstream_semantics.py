@@ -104,7 +104,9 @@ async def test_policy_syntax_check_at_upload_unless_compatibility_says(tmp_path:
                                 headers=kbs.admin_headers())  # fmt: skip
             assert (r.status_code == 401 and _err(r) == "ParsePolicyError") if check else r.status_code == 200
             body = {"policy_id": "default_cpu", "policy": broken}
-            r = await http.post(f"{kbs.url}/kbs/v0/attestation-policy", json=body, headers=kbs.admin_headers())
+            r = await http.post(
+                f"{kbs.url}/kbs/v0/attestation-policy", json=body, headers=kbs.admin_headers()
+            )
             assert (r.status_code == 401) if check else r.status_code == 200
             stored = await kbs.state.service.policies.list_ids()
             assert stored == ([] if check else ["default_cpu"])
