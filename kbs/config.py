@@ -242,6 +242,9 @@ class CompatibilityConfig:
     #: uploaded resource and attestation policies must parse as Rego (ParsePolicyError otherwise);
     #: false: as trustee, any UTF-8 text is stored and a broken policy fails when evaluated
     check_policy_at_upload: bool = True
+    #: error ``detail`` texts say what failed; false: trustee's texts (e.g. "Plugin internal
+    #: error", "Token Verifier error", "Serialize/Deserialize failed"), the reason only logged
+    detailed_error_texts: bool = True
 
 
 @dataclass(frozen=True)

@@ -249,8 +249,9 @@ def _rss() -> float:
     return 0.0
 
 
-def _error(exc: KbsError) -> web.Response:
-    return web.Response(status=exc.status, body=exc.body(), content_type="application/json")
+def _error(exc: KbsError, *, trustee_texts: bool = False) -> web.Response:
+    body = exc.body(trustee_texts=trustee_texts)
+    return web.Response(status=exc.status, body=body, content_type="application/json")
 
 
 def _set_cookie(resp: web.StreamResponse, s: Session) -> None:
@@ -520,6 +521,9 @@ def make_app(state: KbsState) -> web.Application:
                 "request refused",
                 extra={"method": request.method, "path": request.path, "status": status, "err": exc.variant},
             )
+            if not state.config.compatibility.detailed_error_texts:  # the client gets trustee's text
+                log.info("refusal reason", extra={"err": exc.variant, "detail": exc.detail})
+                return _error(exc, trustee_texts=True)
             return _error(exc)
         except web.HTTPException as exc:
             status = exc.status

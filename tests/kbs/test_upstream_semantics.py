@@ -265,3 +265,52 @@ async def test_other_methods_are_405(kbs: Kbs, http: httpx.AsyncClient) -> None:
                          ("POST", "/metrics"), ("POST", "/healthz")):  # fmt: skip
         r = await http.request(method, f"{kbs.url}{path}")
         assert r.status_code == 405, (method, path, r.status_code)
+
+
+async def test_trustee_error_texts_when_compatibility_says(tmp_path: Path) -> None:
+    """Audit K15: by default error details say what failed; ``[compatibility]
+    detailed_error_texts = false`` gives trustee's error.rs texts (reason only in the log)."""
+    from kbs.errors import (
+        AttestationError,
+        JweError,
+        ParsePolicyError,
+        PluginInternalError,
+        RvpsError,
+        SerdeError,
+        StorageError,
+        TokenVerifierError,
+    )
+
+    # the variants whose trustee Display hides the source have fixed texts, the others a prefix
+    assert TokenVerifierError("token expired").trustee_detail() == "Token Verifier error"
+    assert PluginInternalError("Illegal HTTP method").trustee_detail() == "Plugin internal error"
+    assert StorageError("disk full").trustee_detail() == "Plugin internal error"
+    assert SerdeError("bad").trustee_detail() == "Serialize/Deserialize failed"
+    assert JweError("JWE error: x").trustee_detail() == "JWE failed"
+    assert RvpsError("x").trustee_detail() == "RVPS configuration failed: x"
+    assert ParsePolicyError("Failed to parse policy: y").trustee_detail() == "Failed to parse policy: y"
+    assert AttestationError("Attestation error: z").trustee_detail() == "Attestation error: z"
+
+    for detailed in (True, False):
+        (tmp_path / str(detailed)).mkdir()
+        kbs, server = await start(tmp_path / str(detailed), compatibility={"detailed_error_texts": detailed})
+        try:
+            async with httpx.AsyncClient(timeout=30) as http:
+                r = await http.get(
+                    f"{kbs.url}/kbs/v0/resource/default/key/k",
+                    headers={"Authorization": "Bearer e30.e30.AAAA"},
+                )
+                assert r.status_code == 401 and _err(r) == "TokenVerifierError"
+                if detailed:
+                    assert r.json()["detail"] != "Token Verifier error" and "token" in r.json()["detail"]
+                else:
+                    assert r.json()["detail"] == "Token Verifier error"
+                r = await http.delete(
+                    f"{kbs.url}/kbs/v0/resource/default/key/none", headers=kbs.admin_headers()
+                )
+                assert r.status_code == 401 and _err(r) == "PluginInternalError"
+                assert (r.json()["detail"] == "Plugin internal error") is not detailed
+        finally:
+            await server.close()
+            for c in kbs.state.closers:
+                await c()
