@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: deps deps-vm test lint typecheck unit demo vm-test ha-test images bench clean
+.PHONY: deps deps-vm test lint typecheck unit demo vm-test ha-test images bench clean lock dist wheel-test footprint
 
 deps:
 	@scripts/install-deps.sh
@@ -13,6 +13,7 @@ deps-vm:
 lint: deps
 	.venv/bin/ruff check .
 	.venv/bin/ruff format --check .
+	$(PY) scripts/check_paths.py
 
 typecheck: deps
 	.venv/bin/mypy
@@ -39,5 +40,24 @@ images: deps
 bench: deps
 	$(PY) -m bench
 
+# Regenerate the hash-checked locks (requirements/*.lock.txt) after editing the
+# dependencies in pyproject.toml; commit the result.
+lock: deps
+	scripts/lock.sh
+
+# Wheel + sdist into dist/.
+dist: deps
+	rm -rf dist
+	$(PY) -m build --no-isolation -o dist .
+
+# The built wheel in fresh venvs from the locks: --help of every console
+# script, the guest set without server libraries, the demo flow (CI runs it).
+wheel-test: deps
+	scripts/ci-wheel.sh
+
+# Guest footprint: installed size, AA/CDH start-up and idle RSS, one pull's peak RSS.
+footprint: deps
+	$(PY) -m bench.guest_footprint
+
 clean:
-	rm -rf .pytest_cache .mypy_cache .ruff_cache build *.egg-info
+	rm -rf .pytest_cache .mypy_cache .ruff_cache build dist *.egg-info

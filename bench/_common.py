@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from tests.support import vectors as _vectors
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def evidence(platform: str) -> Path:
-    """``shared/fixtures/evidence/<platform>`` beside the checkout (or under ``$COCO_SHARED``)."""
-    shared = Path(os.environ.get("COCO_SHARED", ROOT.parent / "shared"))
-    return shared / "fixtures" / "evidence" / platform
+    """``tests/fixtures/evidence/<platform>`` of this checkout (the test suite's own lookup)."""
+    return _vectors.evidence(platform)
 
 
 def rate(fn: Callable[[], object], seconds: float) -> float:

@@ -13,7 +13,7 @@ the same run:
   ``--peer-python`` names a Python that has it (see bench/nvidia_nvt_peer.py).
 
 Prints JSON with the ratios and the peak RSS. Fixtures come from
-../shared/fixtures/evidence/nvidia.
+tests/fixtures/evidence/nvidia (see tests/support/vectors.py).
 """
 
 from __future__ import annotations

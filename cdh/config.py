@@ -69,6 +69,9 @@ log = logging.getLogger(__name__)
 DEFAULT_CDH_SOCKET = "unix:///run/confidential-containers/cdh.sock"
 DEFAULT_AA_SOCKET = "unix:///run/confidential-containers/attestation-agent/attestation-agent.sock"
 DEFAULT_IMAGE_WORK_DIR = Path("/run/kata-containers/image/")
+#: seconds one PullImage may take (image_pull's default too): a trickling registry must
+#: not hold CDH's pull lock forever when the ttRPC caller sets no deadline
+DEFAULT_PULL_TIMEOUT = 1800.0
 CDH_KBS_DIR = PurePosixPath("/run/confidential-containers/cdh/kbs")
 OCICRYPT_CONFIG_PATH = Path("/run/confidential-containers/cdh/ocicrypt_config.json")
 MAX_CONFIG_BYTES = 1 << 20
@@ -135,6 +138,7 @@ class ImageConfig:
     max_concurrent_layer_downloads_per_image: int = 3
     extra_root_certificates: tuple[str, ...] = ()
     image_pull_proxy: ProxyConfig | None = None
+    pull_timeout: float = DEFAULT_PULL_TIMEOUT  # seconds; applies whatever deadline the caller sends
 
 
 @dataclass(frozen=True)
@@ -281,6 +285,7 @@ _IMAGE_KEYS = {
     "max_concurrent_layer_downloads_per_image",
     "extra_root_certificates",
     "image_pull_proxy",
+    "pull_timeout",  # this implementation: seconds for one pull, even when the caller sets no deadline
     "skip_proxy_ips",  # legacy (before 2025-05)
     "nydus",  # legacy (removed 2025-12): accepted and ignored with a warning
 }
@@ -295,6 +300,9 @@ def _image(raw: Mapping[str, Any], unknown: list[str]) -> ImageConfig:
     mc = raw.get("max_concurrent_layer_downloads_per_image", 3)
     if not isinstance(mc, int) or isinstance(mc, bool) or mc < 1:
         raise ConfigError(f"{w}max_concurrent_layer_downloads_per_image must be a positive integer")
+    pt = raw.get("pull_timeout", DEFAULT_PULL_TIMEOUT)
+    if not isinstance(pt, int | float) or isinstance(pt, bool) or not 0 < pt <= 86400:
+        raise ConfigError(f"{w}pull_timeout must be a number of seconds in (0, 86400]")
     certs = raw.get("extra_root_certificates", [])
     if not isinstance(certs, list) or not all(isinstance(c, str) for c in certs):
         raise ConfigError(f"{w}extra_root_certificates must be an array of PEM strings")
@@ -323,6 +331,7 @@ def _image(raw: Mapping[str, Any], unknown: list[str]) -> ImageConfig:
         max_concurrent_layer_downloads_per_image=mc,
         extra_root_certificates=tuple(certs),
         image_pull_proxy=proxy,
+        pull_timeout=float(pt),
     )
 
 

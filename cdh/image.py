@@ -135,6 +135,7 @@ class ImagePullHandler:
             sigstore_config=sigstore,
             key_provider=self.key_provider,
             resource_getter=self.resources.get_resource if self.resources is not None else None,
+            pull_timeout=c.pull_timeout,
         )
 
     async def _get_puller(self) -> Any:

@@ -31,6 +31,7 @@ import httpx
 from cdh.crypto import CryptoError, strict_json
 from cdh.errors import ConfigError, ResourceError, ResourceNotFound, TokenError
 from cdh.files import read_limited
+from coco_common.http_body import ACCEPT_DECODABLE, DECODABLE, BodyTooLarge, HttpBodyError, read_body
 from coco_common.strict_json import strict_loads
 from coco_rpc import RpcError
 from kbs_client.errors import InvalidUri
@@ -243,13 +244,16 @@ class CcKbc:
     async def _get_once(self, uri: ResourceUri, tok: KbsToken) -> tuple[int, bytes]:
         url = self.kbs_url + uri.kbs_path()
         try:
-            async with self._http.stream("GET", url, headers={"Authorization": f"Bearer {tok.token}"}) as r:
-                body = bytearray()
-                async for chunk in r.aiter_bytes():
-                    body += chunk
-                    if len(body) > MAX_KBS_RESPONSE_BYTES:
-                        raise ResourceError(f"KBS response for {uri} is too large")
-                return r.status_code, bytes(body)
+            hdrs = {"Authorization": f"Bearer {tok.token}", "Accept-Encoding": ACCEPT_DECODABLE}
+            async with self._http.stream("GET", url, headers=hdrs) as r:
+                body = await read_body(
+                    r, MAX_KBS_RESPONSE_BYTES, decode=DECODABLE, what=f"KBS response for {uri}"
+                )
+                return r.status_code, body
+        except BodyTooLarge:
+            raise ResourceError(f"KBS response for {uri} is too large") from None
+        except HttpBodyError as exc:  # refused/corrupt coding, connection cut or stalled mid-body
+            raise ResourceError(f"cannot read the KBS response for {uri}: {exc}") from None
         except httpx.HTTPError as exc:
             raise ResourceError(f"cannot reach the KBS at {self.kbs_url}: {type(exc).__name__}") from exc
 

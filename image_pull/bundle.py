@@ -33,9 +33,11 @@ from image_pull.manifest import ImageConfig
 
 __all__ = [
     "build_runtime_config",
+    "copy_file_sparse",
     "copy_rootfs",
     "mount_overlay",
     "overlay_supported",
+    "remove_stale_copies",
     "resolve_user",
     "unmount",
 ]
@@ -176,7 +178,7 @@ def _apply_layer(layer: str, dest: str, links: dict[tuple[int, int], str]) -> No
                 os.symlink(os.readlink(src), dst)
                 _copy_meta(st, dst, is_link=True)
             elif stat.S_ISREG(st.st_mode):
-                shutil.copyfile(src, dst, follow_symlinks=False)
+                copy_file_sparse(src, dst)
                 _copy_meta(st, dst, is_link=False)
                 _copy_xattrs(src, dst)
                 if st.st_nlink > 1:
@@ -191,8 +193,59 @@ def _apply_layer(layer: str, dest: str, links: dict[tuple[int, int], str]) -> No
         os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
+def _copy_range(sfd: int, dfd: int, start: int, end: int) -> None:
+    off = start
+    while off < end:
+        try:
+            n = os.copy_file_range(sfd, dfd, min(end - off, 1 << 30), off, off)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            data = os.pread(sfd, min(end - off, 1 << 20), off)
+            n = os.pwrite(dfd, data, off) if data else 0
+        if n == 0:
+            raise OSError(errno.EIO, "source file shrank while it was copied")
+        off += n
+
+
+def copy_file_sparse(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Copy a regular file (never following a symlink), keeping its holes: only the
+    data regions (``SEEK_DATA``/``SEEK_HOLE``) are copied, so a sparse file costs
+    its real blocks, not its apparent size (``shutil.copyfile`` writes holes as zeros)."""
+    sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    try:
+        dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            size = os.fstat(sfd).st_size
+            pos = 0
+            while pos < size:
+                try:
+                    start = os.lseek(sfd, pos, os.SEEK_DATA)
+                except OSError as exc:
+                    if exc.errno == errno.ENXIO:  # only a hole from here to the end
+                        break
+                    raise
+                end = os.lseek(sfd, start, os.SEEK_HOLE)
+                _copy_range(sfd, dfd, start, end)
+                pos = end
+            os.ftruncate(dfd, size)  # a trailing hole
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(sfd)
+
+
+def remove_stale_copies(target: Path) -> None:
+    """Remove ``.<target>.<hex>`` dirs that a killed :func:`copy_rootfs` left next to
+    ``target``. Call with the bundle's lock held: any such dir is then stale."""
+    for stale in target.parent.glob(f".{target.name}.*"):
+        if stale.is_dir() and not stale.is_symlink() and not os.path.ismount(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
 def copy_rootfs(lowers_bottom_first: Sequence[Path], target: Path) -> None:
     """Flatten layers into a temp dir next to ``target``, then rename it into place."""
+    remove_stale_copies(target)
     tmp = target.with_name(f".{target.name}.{secrets.token_hex(4)}")
     tmp.mkdir(mode=0o755)
     try:

@@ -9,7 +9,8 @@ Messages are short, stable, say what to do, and never contain credentials.
     │   ├── AuthError         401/403, bad credentials, token dance failed
     │   ├── NotFound          manifest/blob/repository unknown
     │   ├── RateLimited       429 after retries
-    │   └── TooLarge          a body exceeded its size limit
+    │   ├── TooLarge          a body exceeded its size limit
+    │   └── TransferError     a body broke off, stalled or trickled
     ├── ManifestError         malformed/ambiguous manifest, index or config
     │   └── NoMatchingPlatform
     ├── DigestMismatch        content does not hash to its descriptor
@@ -41,6 +42,7 @@ __all__ = [
     "RegistryError",
     "StoreError",
     "TooLarge",
+    "TransferError",
     "UnpackError",
 ]
 
@@ -71,6 +73,10 @@ class RateLimited(RegistryError):
 
 class TooLarge(RegistryError):
     """A response body exceeded its size limit."""
+
+
+class TransferError(RegistryError):
+    """A response body broke off, stalled or arrived too slowly (retried before it is raised)."""
 
 
 class ManifestError(ImagePullError):

@@ -5,12 +5,14 @@ and unpacking of several layers use several CPUs (the GIL would serialise
 them in threads). Protocol:
 
 * argv[1]: JSON job ``{"media_type", "diff_algo", "dest", "compressed_size",
-  "max_layer_bytes", "flatten"}``;
+  "max_layer_bytes", "flatten", "progress", "budget_left", "budget_message"}``;
 * stdin: the layer blob exactly as downloaded (its digest is checked by the
   parent, which closes stdin only after the digest matched, or kills the
   worker when it did not);
-* stdout: one JSON line ``{"ok": true, "diff_id", "size", "deferred"}`` or
-  ``{"ok": false, "error": <class name>, "message": <text>}``.
+* stdout: with ``progress``, lines ``{"progress": <bytes written>}`` as the
+  layer unpacks (the parent sums them into the pull's disk budget and kills the
+  worker past it); last, one JSON line ``{"ok": true, "diff_id", "size",
+  "deferred"}`` or ``{"ok": false, "error": <class name>, "message": <text>}``.
 
 The worker never touches the network and writes only below ``dest``.
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 from image_pull.errors import ImagePullError, InsufficientSpace, UnpackError
-from image_pull.stream import HashingReader
+from image_pull.stream import CountingReader, HashingReader
 from image_pull.unpack import EntryConflict, UnpackOptions, open_decompressed, unpack_layer
 
 __all__ = ["main", "run_job"]
@@ -57,10 +59,25 @@ def _unpack(
     return tuple((os.fsdecode(a), os.fsdecode(b)) for a, b in deferred)
 
 
+def _report(written: int) -> None:
+    """A progress line for the parent's per-pull budget (the last line is the result)."""
+    sys.stdout.write(json.dumps({"progress": written}) + "\n")
+    sys.stdout.flush()
+
+
 def run_job(job: dict[str, Any], stream: Any) -> dict[str, Any]:
     try:
-        dec = open_decompressed(stream, str(job["media_type"]))
-        hr = HashingReader(dec, str(job["diff_algo"]), limit=int(job["max_layer_bytes"]))
+        received = CountingReader(stream)
+        dec = open_decompressed(received, str(job["media_type"]))  # type: ignore[arg-type]
+        hr = HashingReader(
+            dec,
+            str(job["diff_algo"]),
+            limit=int(job["max_layer_bytes"]),
+            source=received,
+            progress=_report if job.get("progress") else None,
+            budget_left=int(job["budget_left"]) if job.get("budget_left") is not None else None,
+            budget_message=str(job.get("budget_message", "the pull's unpacked-size budget is used up"))[:300],
+        )
         deferred = _unpack(hr, Path(job["dest"]), int(job["compressed_size"]), flatten=bool(job["flatten"]))  # type: ignore[arg-type]
         hr.drain()
         return {"ok": True, "diff_id": hr.digest(), "size": hr.count, "deferred": [list(d) for d in deferred]}

@@ -52,7 +52,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--platform", help="os/arch[/variant] (default: this machine)")
     parser.add_argument("--max-concurrent-layers", type=int, default=3)
     parser.add_argument("--snapshotter", choices=("auto", "overlay", "copy"), default="auto")
-    parser.add_argument("--timeout", type=float, help="seconds for the whole pull")
+    parser.add_argument(
+        "--timeout", type=float, default=1800.0, help="seconds for the whole pull (default 1800)"
+    )
+    parser.add_argument(
+        "--low-speed-limit",
+        type=int,
+        default=1024,
+        metavar="BYTES",
+        help="a response slower than BYTES/s for --low-speed-time seconds fails (default 1024; 0: off)",
+    )
+    parser.add_argument(
+        "--max-unpacked-bytes",
+        type=int,
+        metavar="BYTES",
+        help="uncompressed bytes one pull may write (default: the work dir's free space)",
+    )
+    parser.add_argument("--low-speed-time", type=float, default=30.0, metavar="SECONDS", help="(default 30)")
     parser.add_argument("--https-proxy")
     parser.add_argument("--http-proxy")
     parser.add_argument("--no-proxy", default="", help="comma-separated hosts/domains reached directly")
@@ -86,6 +102,7 @@ def _log_progress(ev: ProgressEvent) -> None:
 
 async def _main(args: argparse.Namespace) -> int:
     from image_pull.puller import ImagePuller, ProxyConfig, PullerConfig
+    from image_pull.registry import RetryPolicy
 
     proxy = None
     if args.https_proxy or args.http_proxy:
@@ -110,6 +127,8 @@ async def _main(args: argparse.Namespace) -> int:
         platform=args.platform,
         snapshotter=args.snapshotter,
         pull_timeout=args.timeout,
+        max_unpacked_bytes=args.max_unpacked_bytes,
+        retry=RetryPolicy(low_speed_limit=args.low_speed_limit, low_speed_time=args.low_speed_time),
     )
     if config.decryption_keys:
         from image_pull.ocicrypt import load_private_key

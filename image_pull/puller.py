@@ -40,6 +40,7 @@ import httpx
 
 from image_pull import bundle as _bundle
 from image_pull.auth import AuthFile
+from image_pull.budget import UnpackBudget
 from image_pull.errors import (
     AuthError,
     BundleError,
@@ -74,18 +75,25 @@ from image_pull.reference import Reference, is_short_name, parse_reference
 from image_pull.registries_conf import Candidate, RegistryConfig
 from image_pull.registry import FetchedManifest, RegistryClient, RetryPolicy
 from image_pull.store import LayerRecord, LayerStore, bundle_key, chain_ids
-from image_pull.stream import ChunkPipe, HashingReader, PipeAborted
+from image_pull.stream import ChunkPipe, CountingReader, HashingReader, PipeAborted
 from image_pull.trust.evaluate import TrustPolicy
 from image_pull.unpack import open_decompressed
 
-__all__ = ["ImagePuller", "ProxyConfig", "PullResult", "PullerConfig"]
+__all__ = ["DEFAULT_PULL_TIMEOUT", "ImagePuller", "ProxyConfig", "PullResult", "PullerConfig"]
 
 log = logging.getLogger("image_pull.puller")
 
 DEFAULT_MAX_LAYER_BYTES = 64 << 30
+#: seconds a pull may take when nobody says otherwise (CLI, CDH): a registry that
+#: trickles must not hold a pull, and CDH's pull lock, forever
+DEFAULT_PULL_TIMEOUT = 1800.0
+#: free space asked for up front per compressed byte still to fetch (a typical gzip ratio)
+EXPECTED_EXPANSION = 2
 
 # layer keys unwrapped for the current pull (set in _pull, seen by its layer tasks)
 _LAYER_KEYS: contextvars.ContextVar[dict[tuple[str, str], LayerKey]] = contextvars.ContextVar("_LAYER_KEYS")
+# the disk budget of the current pull (set in _pull_layers, seen by its layer tasks)
+_BUDGET: contextvars.ContextVar[UnpackBudget] = contextvars.ContextVar("_BUDGET")
 
 
 def _key_check(key: LayerKey) -> str:
@@ -157,8 +165,11 @@ class PullerConfig:
     # --- beyond the agreed API (all optional) ---
     platform: str | None = None  # "os/arch[/variant]"; default: this machine
     snapshotter: str = "auto"  # "overlay", "copy" (flattened), or "auto" (overlay, else copy)
-    pull_timeout: float | None = None  # seconds for the whole pull
+    pull_timeout: float | None = DEFAULT_PULL_TIMEOUT  # seconds for the whole pull (None: no deadline)
     max_layer_bytes: int = DEFAULT_MAX_LAYER_BYTES  # uncompressed size limit per layer
+    # uncompressed bytes one pull may write, all layers together (None: the work dir's
+    # free space less image_pull.budget.RESERVE when the pull starts)
+    max_unpacked_bytes: int | None = None
     unpack_workers: str = "process"  # "process": one worker process per layer (uses more CPUs); "thread"
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     sigstore_config: bytes | None = None  # registries.d YAML given inline (CDH [image] sigstore_config)
@@ -235,6 +246,29 @@ def _worker_error(doc: dict[str, Any]) -> ImagePullError:
     return _WORKER_ERRORS.get(name, UnpackError)(msg)
 
 
+class _ConsumerStopped(Exception):
+    """The unpacker ended (with its own error) while the download was still waiting."""
+
+
+async def _unless_done(download: Awaitable[int], consumer: asyncio.Future[Any]) -> int:
+    """Run ``download`` unless ``consumer`` (the unpacker) finishes first: an unpacker
+    that failed must not wait for a registry that holds the connection open."""
+    task = asyncio.ensure_future(download)
+    try:
+        await asyncio.wait({task, consumer}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        with contextlib.suppress(BaseException):
+            await task
+        raise
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(BaseException):
+        await task
+    raise _ConsumerStopped
+
+
 def _is_whiteout(path: Path) -> bool:
     try:
         st = os.lstat(path)
@@ -299,7 +333,7 @@ def _copy_up_links(
             if stat.S_ISLNK(st.st_mode):
                 os.symlink(os.readlink(src), dst_target)
             else:
-                shutil.copyfile(src, dst_target, follow_symlinks=False)
+                _bundle.copy_file_sparse(src, dst_target)
                 os.chown(dst_target, st.st_uid, st.st_gid)
                 os.chmod(dst_target, stat.S_IMODE(st.st_mode))
                 for name in os.listxattr(src, follow_symlinks=False):
@@ -380,6 +414,12 @@ class ImagePuller:
             raise PullTimeout(
                 f"pull of {image_ref[:120]} did not finish within {self.config.pull_timeout} s"
             ) from None
+        except OSError as exc:  # a file operation no step translated: still one typed error
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientSpace(
+                    f"no space (or no free inodes) left for the pull of {image_ref[:120]}"
+                ) from None
+            raise StoreError(f"pull of {image_ref[:120]}: {exc.strerror or type(exc).__name__}") from None
 
     async def release_bundle(self, bundle_dir: Path) -> None:
         """Unmount/remove ``<bundle>/rootfs`` and its ``config.json``; drop its GC root in the store."""
@@ -393,6 +433,7 @@ class ImagePuller:
                 shutil.rmtree(d, ignore_errors=True)
             if rootfs.is_dir() and not os.path.ismount(rootfs):
                 shutil.rmtree(rootfs, ignore_errors=True)
+            _bundle.remove_stale_copies(rootfs)
             with contextlib.suppress(FileNotFoundError):
                 (bundle_dir / "config.json").unlink()
 
@@ -520,14 +561,25 @@ class ImagePuller:
         dest: Path,
         diff_algo: str,
         flatten: bool,
+        budget: UnpackBudget | None,
     ) -> tuple[str, int, tuple[tuple[str, str], ...]]:
         try:
-            src: BinaryIO = pipe  # type: ignore[assignment]
+            received = CountingReader(pipe)  # type: ignore[arg-type]
+            src: BinaryIO = received  # type: ignore[assignment]
             if decryptor is not None:
                 src = decryptor(src)
             try:
                 dec = open_decompressed(src, desc.media_type.removesuffix("+encrypted"))
-                hr = HashingReader(dec, diff_algo, limit=self.config.max_layer_bytes)
+                key = str(dest)
+                hr = HashingReader(
+                    dec,
+                    diff_algo,
+                    limit=self.config.max_layer_bytes,
+                    source=received,
+                    progress=(lambda n: budget.update(key, n)) if budget is not None else None,
+                    budget_left=budget.remaining(key) if budget is not None else None,
+                    budget_message=budget.exceeded() if budget is not None else "",
+                )
                 deferred = _unpack(hr, dest, desc.size, flatten=flatten)  # type: ignore[arg-type]
                 hr.drain()
             except (ImagePullError, OSError):
@@ -538,6 +590,8 @@ class ImagePuller:
                 src.drain()  # the HMAC covers the whole ciphertext: read it to EOF before committing
                 if not src.verified:
                     raise DecryptionError(f"layer {desc.digest}: ciphertext was not verified")
+            if budget is not None:
+                budget.update(str(dest), hr.count)
             return hr.digest(), hr.count, deferred
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -614,9 +668,17 @@ class ImagePuller:
     ) -> tuple[int, tuple[str, int, tuple[tuple[str, str], ...]]]:
         loop = asyncio.get_running_loop()
         pipe = ChunkPipe(loop)
-        fut = loop.run_in_executor(None, self._consume, pipe, desc, decryptor, dest, diff_algo, flatten)
+        budget = _BUDGET.get(None)
+        fut = loop.run_in_executor(
+            None, self._consume, pipe, desc, decryptor, dest, diff_algo, flatten, budget
+        )
         try:
-            nbytes = await self.registry.stream_blob(ref, desc.digest, desc.size, pipe.put, on_bytes=on_bytes)
+            try:
+                nbytes = await _unless_done(
+                    self.registry.stream_blob(ref, desc.digest, desc.size, pipe.put, on_bytes=on_bytes), fut
+                )
+            except _ConsumerStopped:
+                raise PipeAborted("the unpacker stopped") from None
             pipe.finish()
         except PipeAborted:
             # the consumer failed first: its error is the real one
@@ -648,6 +710,7 @@ class ImagePuller:
         on_bytes: Callable[[int], None],
     ) -> tuple[int, tuple[str, int, tuple[tuple[str, str], ...]]]:
         """Decompress + diff_id + unpack in a worker process fed through a pipe (uses another CPU)."""
+        budget = _BUDGET.get(None)
         job = {
             "media_type": desc.media_type,
             "diff_algo": diff_algo,
@@ -655,6 +718,9 @@ class ImagePuller:
             "compressed_size": desc.size,
             "max_layer_bytes": self.config.max_layer_bytes,
             "flatten": flatten,
+            "progress": budget is not None,
+            "budget_left": budget.remaining(str(dest)) if budget is not None else None,
+            "budget_message": budget.exceeded() if budget is not None else "",
         }
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
@@ -671,6 +737,7 @@ class ImagePuller:
         with contextlib.suppress(OSError, AttributeError):
             fcntl.fcntl(pipe_fd.fileno(), _F_SETPIPE_SZ, 1 << 20)
         stdin = proc.stdin
+        over_budget: list[ImagePullError] = []
 
         async def bounded(reader: asyncio.StreamReader, keep: int) -> bytes:
             """Read a worker stream to EOF concurrently (so it never blocks), keeping the tail."""
@@ -679,28 +746,58 @@ class ImagePuller:
                 buf = (buf + chunk)[-keep:]
             return buf
 
-        out_task = asyncio.ensure_future(bounded(proc.stdout, 1 << 20))
+        async def results(reader: asyncio.StreamReader) -> bytes:
+            """The worker's stdout: progress lines go to the budget, the last line is kept."""
+            pending = b""
+            last = b""
+            while chunk := await reader.read(1 << 16):
+                pending += chunk
+                *lines, pending = pending.split(b"\n")
+                pending = pending[-(1 << 20) :]
+                for line in lines:
+                    if line.startswith(b'{"progress":'):
+                        try:
+                            n = int(json.loads(line)["progress"])
+                        except (ValueError, KeyError, TypeError):
+                            continue
+                        if budget is not None and not over_budget:
+                            try:
+                                budget.update(str(dest), n)
+                            except ImagePullError as exc:
+                                over_budget.append(exc)
+                                if proc.returncode is None:
+                                    proc.kill()
+                    elif line.strip():
+                        last = line[-(1 << 20) :]
+            return pending if pending.strip() else last
+
+        out_task = asyncio.ensure_future(results(proc.stdout))
         err_task = asyncio.ensure_future(bounded(proc.stderr, 4096))
 
         async def sink(chunk: bytes) -> None:
+            if over_budget:
+                raise over_budget[0]
             stdin.write(chunk)
             await stdin.drain()
 
         async def result() -> dict[str, Any]:
             out, err = await out_task, await err_task
             await proc.wait()
+            if over_budget:
+                raise over_budget[0]
             try:
-                line = out.decode().strip().splitlines()[-1]
-                doc: dict[str, Any] = json.loads(line)
+                doc: dict[str, Any] = json.loads(out.decode().strip())
                 return doc
-            except (IndexError, ValueError, UnicodeDecodeError):
+            except (ValueError, UnicodeDecodeError):
                 tail = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
                 raise UnpackError(f"layer worker failed: {tail[0][:200]}") from None
 
         try:
             try:
-                nbytes = await self.registry.stream_blob(ref, desc.digest, desc.size, sink, on_bytes=on_bytes)
-            except (BrokenPipeError, ConnectionResetError):
+                nbytes = await _unless_done(
+                    self.registry.stream_blob(ref, desc.digest, desc.size, sink, on_bytes=on_bytes), out_task
+                )
+            except (BrokenPipeError, ConnectionResetError, _ConsumerStopped):
                 doc = await result()  # the worker stopped reading: its error is the real one
                 if doc.get("ok"):
                     raise UnpackError("layer worker stopped reading early") from None
@@ -719,6 +816,8 @@ class ImagePuller:
             raise
         if not doc.get("ok"):
             raise _worker_error(doc)
+        if budget is not None:
+            budget.update(str(dest), int(doc["size"]))
         deferred = tuple((str(a), str(b)) for a, b in doc.get("deferred", []))
         return nbytes, (str(doc["diff_id"]), int(doc["size"]), deferred)
 
@@ -756,7 +855,7 @@ class ImagePuller:
                         # transient failure the Range resume could not bridge (e.g. a registry
                         # without Range support): start this layer once more from scratch
                         log.info("layer %d: %s; downloading it again", i, exc)
-                        store.discard(staging)
+                        self._discard(staging)
                         staging = store.new_staging(key)
                         async with sem:
                             nbytes, usize, deferred = await self._fetch_layer(
@@ -765,7 +864,7 @@ class ImagePuller:
                 except _MissingHardlinkTarget:
                     # a hardlink into a lower layer: redo this layer on top of its lowers
                     log.info("layer %d links into lower layers; unpacking it over an overlay of them", i)
-                    store.discard(staging)
+                    self._discard(staging)
                     staging = store.new_staging(key)
                     for j in range(i):
                         await committed[j].wait()
@@ -789,10 +888,18 @@ class ImagePuller:
                 )
                 store.commit(staging, rec)
             except BaseException:
-                store.discard(staging)
+                self._discard(staging)
                 raise
         committed[i].set()
         return nbytes, False
+
+    def _discard(self, staging: Path) -> None:
+        """Remove a layer attempt; what it wrote no longer counts against the budget."""
+        self.store.discard(staging)
+        budget = _BUDGET.get(None)
+        if budget is not None:
+            budget.forget(str(staging / "fs"))
+            budget.forget(str(staging / "merged"))
 
     def _may_reuse(self, key: str, desc: Descriptor) -> bool:
         """Whether this pull may use the committed layer ``key`` without fetching it.
@@ -877,6 +984,11 @@ class ImagePuller:
         self._check_bundle_target(bundle_dir)
         bundle_dir.mkdir(parents=True, exist_ok=True)
         rootfs = bundle_dir / "rootfs"
+        # what a pull killed in this step left (we hold the bundle's lock: nobody else is in it)
+        _bundle.remove_stale_copies(rootfs)
+        for stale in bundle_dir.glob(".config.json.*"):
+            with contextlib.suppress(OSError):
+                stale.unlink()
         lowers = [self.store.layer_fs(c) for c in chain]
         mode = self.config.snapshotter
         if mode == "auto":
@@ -906,7 +1018,11 @@ class ImagePuller:
                     bdir = None
                     mode = "copy"
             if mode == "copy":
-                _bundle.copy_rootfs(lowers, rootfs)
+                copy_rec = self.store.begin_copy(bundle_dir)
+                try:
+                    _bundle.copy_rootfs(lowers, rootfs)
+                finally:
+                    self.store.end_copy(copy_rec)
                 copied = True
             spec = _bundle.build_runtime_config(
                 res.config, rootfs=rootfs, image_ref=image_ref, manifest_digest=res.manifest_digest
@@ -972,8 +1088,18 @@ class ImagePuller:
         missing = [
             d.size for c, d in zip(chain, res.manifest.layers, strict=True) if not self.store.has_layer(c)
         ]
+        budget = UnpackBudget.for_pull(self.store.root, self.config.max_unpacked_bytes)
         if missing:
-            self.store.check_space(sum(missing))
+            # unpacked layers are larger than their blobs: ask for room for a typical
+            # expansion up front; the budget and the free-space watch bound the rest
+            expected = sum(missing) * EXPECTED_EXPANSION
+            self.store.check_space(expected)
+            if sum(missing) > budget.limit:
+                raise InsufficientSpace(
+                    f"not enough space: the image's layers ({sum(missing)} bytes compressed) exceed "
+                    f"the pull's unpacked-size budget of {budget.limit} bytes"
+                )
+        budget_token = _BUDGET.set(budget)
         # the image record is the layers' GC root from the start: a GC running meanwhile
         # (another process) must not remove layers this pull committed but not yet mounted
         self.store.record_image(
@@ -993,6 +1119,8 @@ class ImagePuller:
                 ]
         except BaseExceptionGroup as eg:
             raise _unwrap_group(eg) from None
+        finally:
+            _BUDGET.reset(budget_token)
         results = [t.result() for t in tasks]
         downloaded = sum(n for n, _ in results)
         cached = sum(1 for _, c in results if c)

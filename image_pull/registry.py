@@ -23,6 +23,7 @@ Credentials never appear in exceptions or logs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email.utils
 import hashlib
 import logging
@@ -35,6 +36,16 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
 
+from coco_common.http_body import (
+    DECODABLE,
+    BodyEncodingError,
+    BodyTooLarge,
+    BodyTransportError,
+    SpeedLimit,
+    aiter_body,
+    check_codings,
+    read_body,
+)
 from coco_common.strict_json import strict_loads
 from image_pull.auth import (
     AuthFile,
@@ -52,6 +63,7 @@ from image_pull.errors import (
     RateLimited,
     RegistryError,
     TooLarge,
+    TransferError,
 )
 from image_pull.manifest import MANIFEST_ACCEPT
 from image_pull.reference import Reference, parse_digest
@@ -68,6 +80,22 @@ __all__ = [
 
 log = logging.getLogger("image_pull.registry")
 
+
+class _NoQueryInHttpxLogs(logging.Filter):
+    """httpx logs every request URL at INFO; token URLs carry ``account=<username>``.
+    Log them without their query string."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple) and any(isinstance(a, httpx.URL) for a in record.args):
+            record.args = tuple(
+                a.copy_with(query=None) if isinstance(a, httpx.URL) else a for a in record.args
+            )
+        return True
+
+
+if not any(isinstance(f, _NoQueryInHttpxLogs) for f in logging.getLogger("httpx").filters):
+    logging.getLogger("httpx").addFilter(_NoQueryInHttpxLogs())
+
 MAX_MANIFEST_SIZE = 4 << 20
 MAX_CONFIG_SIZE = 4 << 20
 MAX_ERROR_BODY = 1 << 20
@@ -81,8 +109,19 @@ class RetryPolicy:
     attempts: int = 5  # total tries for a request that keeps failing transiently
     initial_delay: float = 1.0
     max_delay: float = 30.0
-    max_retry_after: float = 60.0  # a longer Retry-After fails fast instead of sleeping
+    max_retry_after: float = 10.0  # a Retry-After sleeps at most this long
+    max_retry_wait: float = 60.0  # total sleeping between the tries of one request
     resume_attempts: int = 5  # Range resumes in a row without 1 MiB of progress in between
+    response_timeout: float = 60.0  # request sent -> all response headers received
+    # a body arriving slower than this many bytes/s over ``low_speed_time`` seconds of
+    # waiting fails (and is retried/resumed like a cut connection); 0 disables
+    low_speed_limit: int = 1024
+    low_speed_time: float = 30.0
+
+    def speed(self) -> SpeedLimit | None:
+        if self.low_speed_limit <= 0:
+            return None
+        return SpeedLimit(self.low_speed_limit, self.low_speed_time)
 
 
 @dataclass(frozen=True)
@@ -144,6 +183,7 @@ class _Registry:
 
     def __init__(self) -> None:
         self.pinged = False
+        self.ping_error: RegistryError | None = None  # a failed ping fails later requests at once
         self.challenge: Challenge | None = None
         self.tokens: dict[str, BearerToken] = {}
         self.lock = asyncio.Lock()
@@ -184,30 +224,33 @@ class RegistryClient:
     def _creds(self, ref: Reference) -> Credentials | None:
         return self._auth.lookup(ref)
 
-    async def _backoff(self, attempt: int, retry_after: float | None) -> None:
+    def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:
-            delay = retry_after
-        else:
-            delay = min(self._retry.initial_delay * (2**attempt), self._retry.max_delay)
-            delay *= 0.8 + 0.4 * random.random()
-        await self._sleep(delay)
+            return retry_after
+        delay = min(self._retry.initial_delay * (2**attempt), self._retry.max_delay)
+        return float(delay * (0.8 + 0.4 * random.random()))
 
-    async def _read_limited(self, resp: httpx.Response, limit: int, what: str) -> bytes:
-        cl = resp.headers.get("content-length")
-        if cl is not None and cl.isdigit() and int(cl) > limit:
-            raise TooLarge(f"{what} is larger than {limit} bytes")
-        buf = bytearray()
-        async for chunk in resp.aiter_bytes():
-            buf += chunk
-            if len(buf) > limit:
-                raise TooLarge(f"{what} is larger than {limit} bytes")
-        return bytes(buf)
+    async def _backoff(self, attempt: int, retry_after: float | None) -> None:
+        await self._sleep(self._delay(attempt, retry_after))
+
+    async def _read_limited(
+        self, resp: httpx.Response, limit: int, what: str, *, decode: frozenset[str] = frozenset()
+    ) -> bytes:
+        """The body, bounded after decoding (only ``decode`` codings are accepted)."""
+        try:
+            return await read_body(resp, limit, decode=decode, speed=self._retry.speed(), what=what)
+        except BodyTooLarge as exc:
+            raise TooLarge(str(exc)) from None
+        except BodyEncodingError as exc:
+            raise RegistryError(str(exc)) from None
+        except BodyTransportError as exc:
+            raise TransferError(str(exc)) from None
 
     async def _error_for(self, resp: httpx.Response, what: str) -> ImagePullError:
         """Turn a non-success response into a typed error with a short reason."""
         try:
-            body = await self._read_limited(resp, MAX_ERROR_BODY, "error body")
-        except (TooLarge, httpx.HTTPError):
+            body = await self._read_limited(resp, MAX_ERROR_BODY, "error body", decode=DECODABLE)
+        except RegistryError:
             body = b""
         reason = ""
         ctype = resp.headers.get("content-type", "").split(";")[0].strip()
@@ -276,6 +319,19 @@ class RegistryClient:
             headers["Authorization"] = creds.basic_header()
         sep = "&" if rurl.query else "?"
         url = httpx.URL(str(rurl) + sep + urlencode(q))
+        for attempt in range(self._retry.attempts):
+            try:
+                return await self._token_once(url, rurl, headers, ref)
+            except TransferError as exc:
+                if attempt + 1 >= self._retry.attempts:
+                    raise
+                log.info("token request: %s; retrying", exc)
+                await self._backoff(attempt, None)
+        raise AssertionError("unreachable")
+
+    async def _token_once(
+        self, url: httpx.URL, rurl: httpx.URL, headers: dict[str, str], ref: Reference
+    ) -> BearerToken:
         resp = await self._send("GET", url, headers, ref, what="token request")
         try:
             if resp.status_code != 200:
@@ -283,7 +339,7 @@ class RegistryClient:
                 if resp.status_code in (401, 403):
                     raise AuthError(f"{err}") from None
                 raise err
-            body = await self._read_limited(resp, 1 << 20, "token response")
+            body = await self._read_limited(resp, 1 << 20, "token response", decode=DECODABLE)
         finally:
             await resp.aclose()
         return parse_token_response(body, now_monotonic=time.monotonic(), now_wall=time.time())
@@ -291,8 +347,14 @@ class RegistryClient:
     async def _auth_header(self, ref: Reference, scope: str, *, force: bool = False) -> str | None:
         st = self._state(ref.endpoint)
         async with st.lock:
+            if st.ping_error is not None:
+                raise st.ping_error
             if not st.pinged:
-                await self._ping(ref, st)
+                try:
+                    await self._ping(ref, st)
+                except RegistryError as exc:
+                    st.ping_error = exc
+                    raise
             ch = st.challenge
             if ch is None:
                 return None
@@ -309,15 +371,23 @@ class RegistryClient:
     async def _send(
         self, method: str, url: httpx.URL, headers: dict[str, str], ref: Reference, *, what: str
     ) -> httpx.Response:
-        """Send with retries and hand-followed redirects; returns an open streaming response."""
+        """Send with retries and hand-followed redirects; returns an open streaming response.
+
+        Every request asks for ``identity``: the bodies a registry sends are
+        content-addressed or small, and a coding would only let it inflate them.
+        Response headers must arrive within ``response_timeout``; the sleeps
+        between tries add up to at most ``max_retry_wait``.
+        """
         attempt = 0
+        waited = 0.0
         while True:
             cur = url
-            hdrs = dict(headers)
+            hdrs = {"Accept-Encoding": "identity", **headers}
             try:
                 for _hop in range(MAX_REDIRECTS + 1):
                     req = self._http.build_request(method, cur, headers=hdrs)
-                    resp = await self._http.send(req, stream=True, follow_redirects=False)
+                    async with asyncio.timeout(self._retry.response_timeout):
+                        resp = await self._http.send(req, stream=True, follow_redirects=False)
                     if resp.status_code in _REDIRECT_STATUS and "location" in resp.headers:
                         loc = resp.headers["location"]
                         await resp.aclose()
@@ -332,37 +402,43 @@ class RegistryClient:
                             raise RegistryError(f"{what}: refusing redirect from https to plain http")
                         if _origin(nxt) != _origin(cur):
                             hdrs.pop("Authorization", None)
+                            log.info("%s: redirected to %s", what, _redact_url(nxt))
                         cur = nxt
                         continue
                     break
                 else:
                     await resp.aclose()
                     raise RegistryError(f"{what}: more than {MAX_REDIRECTS} redirects")
-            except (httpx.TransportError, httpx.TimeoutException) as exc:
+            except (httpx.TransportError, TimeoutError) as exc:
                 if _tls_failure(exc):
                     raise RegistryError(
                         f"{what}: TLS handshake with {cur.host} failed (untrusted or invalid certificate; "
                         "add the registry's CA, or configure it as plain HTTP if it has no TLS)"
                     ) from None
-                if attempt + 1 >= self._retry.attempts:
-                    raise RegistryError(
-                        f"{what}: {type(exc).__name__} talking to {_redact_url(cur)}"
-                    ) from None
-                log.info("%s: %s, retrying", what, type(exc).__name__)
-                await self._backoff(attempt, None)
+                name = "no response headers in time" if isinstance(exc, TimeoutError) else type(exc).__name__
+                delay = self._delay(attempt, None)
+                if attempt + 1 >= self._retry.attempts or waited + delay > self._retry.max_retry_wait:
+                    raise RegistryError(f"{what}: {name} talking to {_redact_url(cur)}") from None
+                log.info("%s: %s, retrying", what, name)
+                await self._sleep(delay)
+                waited += delay
                 attempt += 1
                 continue
             if resp.status_code in _RETRY_STATUS and attempt + 1 < self._retry.attempts:
                 ra = _retry_after(resp.headers.get("retry-after"), time.time())
                 if ra is not None and ra > self._retry.max_retry_after:
                     return resp  # the caller turns it into RateLimited/RegistryError
+                delay = self._delay(attempt, ra)
+                if waited + delay > self._retry.max_retry_wait:
+                    return resp
                 await resp.aclose()
                 log.info("%s: HTTP %d, retrying", what, resp.status_code)
-                await self._backoff(attempt, ra)
+                await self._sleep(delay)
+                waited += delay
                 attempt += 1
                 continue
             for w in resp.headers.get_list("warning"):
-                log.warning("registry warning: %s", w[:200])
+                log.warning("registry warning: %s", _printable(w, 200))
             return resp
 
     async def _authed_get(
@@ -409,6 +485,17 @@ class RegistryClient:
         """GET a manifest by tag or digest; verifies the digest and bounds the size."""
         target = reference or ref.reference
         what = f"manifest {ref.name}@{target}" if ":" in target else f"manifest {ref.name}:{target}"
+        for attempt in range(self._retry.attempts):
+            try:
+                return await self._manifest_once(ref, target, what, limit)
+            except TransferError as exc:  # cut, stalled or trickled body: fetch it again
+                if attempt + 1 >= self._retry.attempts:
+                    raise
+                log.info("%s; retrying", exc)
+                await self._backoff(attempt, None)
+        raise AssertionError("unreachable")
+
+    async def _manifest_once(self, ref: Reference, target: str, what: str, limit: int) -> FetchedManifest:
         resp = await self._authed_get(
             ref, f"/v2/{ref.repository}/manifests/{target}", {"Accept": MANIFEST_ACCEPT}, what=what
         )
@@ -501,9 +588,7 @@ class RegistryClient:
         what = f"blob {digest}"
         path = f"/v2/{ref.repository}/blobs/{digest}"
         while True:
-            headers = {"Accept-Encoding": "identity"}
-            if offset:
-                headers["Range"] = f"bytes={offset}-"
+            headers = {"Range": f"bytes={offset}-"} if offset else {}
             resp = await self._authed_get(ref, path, headers, what=what)
             interrupted = False
             try:
@@ -512,21 +597,29 @@ class RegistryClient:
                         raise await self._error_for(resp, what)
                 else:
                     self._check_resume(resp, offset, size, what)
+                try:
+                    check_codings(resp, (), what)
+                except BodyEncodingError as exc:
+                    raise RegistryError(str(exc)) from None
                 cl = resp.headers.get("content-length")
                 if resp.status_code == 200 and cl is not None and cl.isdigit() and int(cl) != size:
                     raise DigestMismatch(f"{what}: registry sends {cl} bytes, descriptor says {size}")
+                body = aiter_body(resp, limit=size - offset, speed=self._retry.speed(), what=what)
                 try:
-                    async for chunk in resp.aiter_bytes():
-                        if offset + len(chunk) > size:
-                            raise DigestMismatch(f"{what}: more data than the descriptor size {size}")
-                        hasher.update(chunk)
-                        offset += len(chunk)
-                        await sink(chunk)
-                        if on_bytes is not None:
-                            on_bytes(len(chunk))
-                except (httpx.ReadError, httpx.RemoteProtocolError, httpx.ReadTimeout) as exc:
+                    async with contextlib.aclosing(body):
+                        async for chunk in body:
+                            hasher.update(chunk)
+                            offset += len(chunk)
+                            await sink(chunk)
+                            if on_bytes is not None:
+                                on_bytes(len(chunk))
+                except BodyTooLarge:
+                    raise DigestMismatch(f"{what}: more data than the descriptor size {size}") from None
+                except BodyEncodingError as exc:
+                    raise RegistryError(str(exc)) from None
+                except BodyTransportError as exc:
                     interrupted = True
-                    log.info("%s: %s at byte %d", what, type(exc).__name__, offset)
+                    log.info("%s: %s at byte %d", what, exc, offset)
             finally:
                 await resp.aclose()
             if offset >= size:

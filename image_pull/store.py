@@ -133,7 +133,14 @@ class LayerStore:
     async def lock(self, chain_id: str) -> AsyncIterator[None]:
         """Exclusive per-layer lock across processes (flock), cancellable while waiting."""
         path = self.locks / f"{_hex(chain_id)}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientSpace(
+                    f"no space (or no free inodes) left in {self.root} for a lock file"
+                ) from None
+            raise StoreError(f"cannot create a lock file in {self.root}: {exc.strerror}") from None
         try:
             delay = 0.005
             while True:
@@ -153,13 +160,27 @@ class LayerStore:
         for old in self.staging.glob(f"{key}.*"):
             shutil.rmtree(old, ignore_errors=True)
         d = self.staging / f"{key}.{secrets.token_hex(4)}"
-        d.mkdir()
-        (d / "fs").mkdir()
+        try:
+            d.mkdir()
+            (d / "fs").mkdir()
+        except OSError as exc:
+            shutil.rmtree(d, ignore_errors=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # out of blocks, or of inodes
+                raise InsufficientSpace(
+                    f"no space (or no free inodes) left in {self.root} for a layer; "
+                    "free space or run the layer GC"
+                ) from None
+            raise StoreError(f"cannot create a staging dir in {self.root}: {exc.strerror}") from None
         return d
 
     def commit(self, staging: Path, record: LayerRecord) -> Path:
         """Atomically publish a staging dir as layer ``record.chain_id``."""
-        (staging / "layer.json").write_bytes(record.to_json())
+        try:
+            (staging / "layer.json").write_bytes(record.to_json())
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientSpace(f"no space (or no free inodes) left in {self.root}") from None
+            raise StoreError(f"cannot commit layer {record.chain_id}: {exc.strerror}") from None
         final = self.layer_dir(record.chain_id)
         try:
             os.rename(staging, final)
@@ -279,8 +300,53 @@ class LayerStore:
                 continue
         return keep
 
+    def begin_copy(self, bundle_dir: Path) -> Path:
+        """Record that a flattened copy into ``bundle_dir`` starts (call with the bundle's
+        lock held): if the process dies mid-copy, :meth:`gc` finds the partial
+        ``<bundle>/.rootfs.*`` through this record. :meth:`end_copy` drops it."""
+        key = hashlib.sha256(str(bundle_dir.resolve()).encode()).hexdigest()[:32]
+        d = self.bundles / f"{key}.copy-{secrets.token_hex(4)}"
+        try:
+            d.mkdir()
+            (d / "copying.json").write_text(json.dumps({"bundle": str(bundle_dir.resolve())}))
+        except OSError as exc:
+            shutil.rmtree(d, ignore_errors=True)
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise InsufficientSpace(f"no space (or no free inodes) left in {self.root}") from None
+            raise StoreError(f"cannot record the bundle copy in {self.root}: {exc.strerror}") from None
+        return d
+
+    @staticmethod
+    def end_copy(record: Path) -> None:
+        shutil.rmtree(record, ignore_errors=True)
+
+    def _sweep_dead_copies(self) -> None:
+        """Partial flattened copies of pulls that died mid-copy (their bundle lock is free)."""
+        for rec in self.bundles.glob("*/copying.json"):
+            try:
+                bundle = Path(str(json.loads(rec.read_text())["bundle"]))
+            except (OSError, ValueError, KeyError, TypeError):
+                shutil.rmtree(rec.parent, ignore_errors=True)
+                continue
+            fd = os.open(
+                self.locks / f"{_hex(bundle_key(bundle))}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600
+            )
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a pull may be copying right now
+            except BlockingIOError:
+                os.close(fd)
+                continue
+            try:
+                for stale in bundle.glob(".rootfs.*"):
+                    if stale.is_dir() and not stale.is_symlink() and not os.path.ismount(stale):
+                        shutil.rmtree(stale, ignore_errors=True)
+                shutil.rmtree(rec.parent, ignore_errors=True)
+            finally:
+                os.close(fd)
+
     def _sweep_dead_bundles(self) -> None:
         """Drop overlay records whose rootfs is no longer mounted (unmounted by someone else)."""
+        self._sweep_dead_copies()
         for rec in self.bundles.glob("*/bundle.json"):
             try:
                 doc = json.loads(rec.read_text())

@@ -5,7 +5,9 @@ download (event loop) --ChunkPipe--> [decrypt] -> decompress -> HashingReader(di
 * :class:`ChunkPipe` moves bytes from the event loop to a worker thread with a
   bounded buffer (backpressure both ways, no layer ever held in memory).
 * :class:`HashingReader` hashes and counts what the unpacker reads and enforces
-  the uncompressed-size limit (decompression bombs stop early).
+  the uncompressed-size limit and the expansion ratio against the compressed
+  bytes actually received (:class:`CountingReader`), never a declared size;
+  it reports its count every :data:`PROGRESS_STEP` bytes (the per-pull budget).
 """
 
 from __future__ import annotations
@@ -14,18 +16,54 @@ import collections
 import hashlib
 import io
 import threading
+from collections.abc import Callable
 from typing import TYPE_CHECKING, BinaryIO
 
-from image_pull.errors import ImagePullError, UnpackError
+from image_pull.errors import ImagePullError, InsufficientSpace, UnpackError
 
 if TYPE_CHECKING:
     import asyncio
 
 __all__ = [
+    "MAX_EXPANSION_RATIO",
+    "PROGRESS_STEP",
     "ChunkPipe",
+    "CountingReader",
     "HashingReader",
     "PipeAborted",
 ]
+
+#: uncompressed bytes per compressed byte received, plus :data:`_RATIO_SLACK`
+#: (DEFLATE tops out near 1032x, so this stops zstd/xz bombs; gzip bombs meet the budget)
+MAX_EXPANSION_RATIO = 1100.0
+_RATIO_SLACK = 1 << 20
+#: how often (uncompressed bytes) a :class:`HashingReader` reports its count
+PROGRESS_STEP = 1 << 20
+
+
+class CountingReader(io.RawIOBase):
+    """Counts the bytes read through it (the compressed bytes that really arrived)."""
+
+    def __init__(self, inner: BinaryIO) -> None:
+        super().__init__()
+        self._inner = inner
+        # a buffered reader's read(n) waits for n bytes; read1 returns what has arrived,
+        # so the decompressor (and the ratio check) see data as soon as it is there
+        self._read = getattr(inner, "read1", inner.read)
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        data: bytes = self._read(size if size is not None and size >= 0 else 1 << 20)
+        self.count += len(data)
+        return data
+
+    def readinto(self, b: memoryview | bytearray) -> int:  # type: ignore[override]
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
 
 
 class PipeAborted(ImagePullError):
@@ -135,13 +173,30 @@ class ChunkPipe(io.RawIOBase):
 class HashingReader(io.RawIOBase):
     """Hashes (and counts) every byte read through it; bounded total."""
 
-    def __init__(self, inner: BinaryIO, algo: str, *, limit: int) -> None:
+    def __init__(
+        self,
+        inner: BinaryIO,
+        algo: str,
+        *,
+        limit: int,
+        source: CountingReader | None = None,
+        ratio: float = MAX_EXPANSION_RATIO,
+        progress: Callable[[int], None] | None = None,
+        budget_left: int | None = None,
+        budget_message: str = "the pull's unpacked-size budget is used up",
+    ) -> None:
         super().__init__()
         self._inner = inner
+        self._budget_left = budget_left
+        self._budget_message = budget_message
         self.hasher = hashlib.new(algo)
         self.algo = algo
         self.count = 0
         self._limit = limit
+        self._source = source
+        self._ratio = ratio
+        self._progress = progress
+        self._next_report = PROGRESS_STEP
 
     def readable(self) -> bool:
         return True
@@ -152,6 +207,14 @@ class HashingReader(io.RawIOBase):
             self.count += len(data)
             if self.count > self._limit:
                 raise UnpackError(f"layer expands beyond the limit of {self._limit} bytes")
+            if self._budget_left is not None and self.count > self._budget_left:
+                raise InsufficientSpace(self._budget_message)
+            if self._source is not None and self.count > self._ratio * self._source.count + _RATIO_SLACK:
+                got = self._source.count
+                raise UnpackError(f"layer expands beyond {self._ratio:g}x the {got} compressed bytes sent")
+            if self._progress is not None and self.count >= self._next_report:
+                self._next_report = self.count + PROGRESS_STEP
+                self._progress(self.count)
             self.hasher.update(data)
         return data
 

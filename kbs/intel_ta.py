@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from coco_common.http_body import DECODABLE, HttpBodyError, read_body
 from coco_common.strict_json import strict_loads
 
 from .config import AttestationServiceConfig
@@ -160,12 +161,11 @@ class IntelTrustAuthority:
             async with self._http.stream(
                 "POST", self._base + ATTEST_PATH, content=json.dumps(body).encode(), headers=headers
             ) as r:
-                raw = bytearray()
-                async for chunk in r.aiter_bytes():
-                    raw += chunk
-                    if len(raw) > MAX_RESPONSE:
-                        raise AttestationError(_FAILED)
+                raw = await read_body(r, MAX_RESPONSE, decode=DECODABLE, what="ITA response")
                 status = r.status_code
+        except HttpBodyError as exc:  # too large, refused/corrupt coding, cut mid-body
+            log.warning("Intel Trust Authority answer unusable: %s", exc)
+            raise AttestationError(_FAILED) from None
         except httpx.HTTPError as exc:
             log.warning("Intel Trust Authority unreachable: %s", type(exc).__name__)
             raise AttestationError(_FAILED) from exc

@@ -44,18 +44,19 @@ def _fetch(uri: str) -> bytes:
     portal), read up to :data:`MAX_JWKS_BYTES`; ``http://`` is for local test servers."""
     import httpx
 
+    from coco_common.http_body import DECODABLE, BodyTooLarge, HttpBodyError, read_body_sync
+
     if uri.startswith("http://"):
         log.warning("INSECURE: JWK set %s is fetched over plain HTTP", uri)
     try:
         with httpx.Client(timeout=15, follow_redirects=False) as c, c.stream("GET", uri) as r:
             if r.status_code != 200:
                 raise ConfigError(f"JWK set {uri}: HTTP {r.status_code}")
-            buf = bytearray()
-            for chunk in r.iter_bytes():
-                buf += chunk
-                if len(buf) > MAX_JWKS_BYTES:
-                    raise ConfigError(f"JWK set {uri} is larger than {MAX_JWKS_BYTES} bytes")
-            return bytes(buf)
+            return read_body_sync(r, MAX_JWKS_BYTES, decode=DECODABLE, what=f"JWK set {uri}")
+    except BodyTooLarge:
+        raise ConfigError(f"JWK set {uri} is larger than {MAX_JWKS_BYTES} bytes") from None
+    except HttpBodyError as exc:
+        raise ConfigError(f"cannot fetch JWK set {uri}: {exc}") from None
     except httpx.HTTPError as exc:
         raise ConfigError(f"cannot fetch JWK set {uri}: {type(exc).__name__}") from exc
 

@@ -9,6 +9,14 @@ from typing import Any, Literal
 
 import httpx
 
+from coco_common.http_body import (
+    ACCEPT_DECODABLE,
+    DECODABLE,
+    BodyEncodingError,
+    BodyTooLarge,
+    BodyTransportError,
+    read_body,
+)
 from coco_common.strict_json import strict_loads
 
 from .errors import (
@@ -74,7 +82,7 @@ async def request(
     session_id: str | None = None,
     timeout: float = 60.0,
 ) -> Reply:
-    hdrs = dict(headers or {})
+    hdrs = {"Accept-Encoding": ACCEPT_DECODABLE, **(headers or {})}
     if session_id is not None:
         hdrs["Cookie"] = f"{SESSION_COOKIE}={session_id}"
     if json_body is not None:
@@ -82,18 +90,18 @@ async def request(
         hdrs.setdefault("Content-Type", "application/json")
     try:
         async with http.stream(method, url, content=content, headers=hdrs, timeout=timeout) as resp:
-            chunks: list[bytes] = []
-            size = 0
-            async for chunk in resp.aiter_bytes():
-                size += len(chunk)
-                if size > MAX_RESPONSE_BYTES:
-                    raise ProtocolError("KBS answer too large")
-                chunks.append(chunk)
+            body = await read_body(resp, MAX_RESPONSE_BYTES, decode=DECODABLE, what="KBS answer")
+    except BodyTooLarge:
+        raise ProtocolError("KBS answer too large") from None
+    except BodyEncodingError as exc:
+        raise ProtocolError(str(exc)) from None
+    except BodyTransportError as exc:
+        raise TransportError(f"{method} {url}: {exc}") from None
     except httpx.HTTPError as exc:
         raise TransportError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
     finally:
         _forget_session_cookie(http)
-    return Reply(resp.status_code, b"".join(chunks), resp.headers, _session_from(resp))
+    return Reply(resp.status_code, body, resp.headers, _session_from(resp))
 
 
 def kbs_error(reply: Reply, context: Context) -> KbsHttpError:

@@ -26,12 +26,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
+# Appended, not prepended: the test helpers come from the checkout, the product
+# from wherever this interpreter has it installed (the wheel, in CI's check).
+sys.path.append(str(REPO))
 
 from tests.support.kbs import start_kbs  # noqa: E402
 from tests.support.registry import RegistryServer, layer_tar, umoci_image  # noqa: E402
 
-BIN = REPO / ".venv" / "bin"
+BIN = Path(sys.executable).parent  # the console scripts installed beside this interpreter
 T0 = time.monotonic()
 
 

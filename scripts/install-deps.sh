@@ -5,6 +5,8 @@
 # Idempotent: a second run installs nothing new.
 #   scripts/install-deps.sh          apt packages + .venv
 #   scripts/install-deps.sh --vm     also what the QEMU guest test needs
+# The guest set alone (what a confidential guest image carries), in any venv:
+#   pip install --require-hashes -r requirements/guest.lock.txt && pip install --no-deps coco_py-*.whl
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,11 +30,15 @@ if ((${#missing[@]})); then
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+# Python packages come only from the hash-checked lock (requirements/dev.lock.txt:
+# guest + server + dev tools; `make lock` regenerates it from pyproject.toml);
+# the project itself is then installed without resolving anything (--no-deps).
 stamp=.venv/.installed
-if [[ ! -x .venv/bin/python || pyproject.toml -nt "$stamp" ]]; then
+lock=requirements/dev.lock.txt
+if [[ ! -x .venv/bin/python || pyproject.toml -nt "$stamp" || "$lock" -nt "$stamp" ]]; then
   py=python3
   [[ -x .venv/bin/python ]] || "$py" -m venv .venv
-  .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[dev]'
+  .venv/bin/pip install -q --require-hashes --only-binary :all: -r "$lock"
+  .venv/bin/pip install -q --no-deps --no-build-isolation -e .
   touch "$stamp"
 fi

@@ -25,6 +25,7 @@ from attestation.attester import Attester, DeviceAttester
 from attestation.detect import Platform, detect_devices
 from attestation.errors import AttestationError, UnsupportedPlatform
 from attestation.initdata import InitData
+from coco_common.http_body import ACCEPT_DECODABLE, DECODABLE, BodyTooLarge, HttpBodyError, read_body
 
 __all__ = [
     "MAX_COCO_AS_RESPONSE",
@@ -254,14 +255,17 @@ class AttestationAgent:
         }
         async with self._http_factory(cfg.url, None) as http:
             try:
-                async with http.stream("POST", f"{cfg.url}/attestation", json=body) as resp:
-                    data = bytearray()
-                    async for chunk in resp.aiter_bytes():
-                        data += chunk
-                        if len(data) > MAX_COCO_AS_RESPONSE:
-                            raise TokenError("CoCo AS response is too large")
+                hdrs = {"Accept-Encoding": ACCEPT_DECODABLE}
+                async with http.stream("POST", f"{cfg.url}/attestation", json=body, headers=hdrs) as resp:
+                    data = await read_body(
+                        resp, MAX_COCO_AS_RESPONSE, decode=DECODABLE, what="CoCo AS response"
+                    )
+            except BodyTooLarge:
+                raise TokenError("CoCo AS response is too large") from None
+            except HttpBodyError as exc:
+                raise TokenError(f"CoCo AS request failed: {exc}") from None
             except httpx.HTTPError as exc:
                 raise TokenError(f"CoCo AS request failed: {exc}") from exc
         if resp.status_code != 200:
             raise TokenError(f"CoCo AS answered HTTP {resp.status_code}")
-        return bytes(data)
+        return data

@@ -34,6 +34,7 @@ from attestation.tpm.attester import detect_tpm_device, quote_all_pcrs
 from attestation.tpm.device import DEFAULT_DEVICE, TpmCommandError, open_tpm
 from attestation.tpm.quote import INIT_DATA_PCR
 from attestation.tpm.structures import ALG_RSASSA, parse_signature
+from coco_common.http_body import DECODABLE, BodyTooLarge, HttpBodyError, read_body_sync
 from coco_common.strict_json import strict_loads
 
 __all__ = ["DEFAULT_IMDS", "VTPM_AK_HANDLE", "AzSnpVtpmAttester", "AzTdxVtpmAttester", "ImdsError"]
@@ -54,11 +55,11 @@ def _imds_json(client: httpx.Client, method: str, url: str, body: Any = None) ->
         with client.stream(method, url, headers=headers, json=body) as resp:
             if resp.status_code != 200:
                 raise ImdsError(f"IMDS {url.rsplit('/', 1)[-1]} answered HTTP {resp.status_code}")
-            data = b""
-            for chunk in resp.iter_bytes():
-                data += chunk
-                if len(data) > _MAX_IMDS_BODY:
-                    raise ImdsError("IMDS response too large")
+            data = read_body_sync(resp, _MAX_IMDS_BODY, decode=DECODABLE, what="IMDS response")
+    except BodyTooLarge:
+        raise ImdsError("IMDS response too large") from None
+    except HttpBodyError as exc:
+        raise ImdsError(f"IMDS request failed: {exc}") from None
     except httpx.HTTPError as exc:
         raise ImdsError(f"IMDS request failed: {type(exc).__name__}") from exc
     try:

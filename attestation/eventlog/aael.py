@@ -1,8 +1,9 @@
 """The Attestation Agent event log (AAEL) writer for ExtendRuntimeMeasurement,
 and the ``cc_eventlog`` blob (CCEL + AAEL) that goes into TDX evidence.
 
-Byte-compatible with guest-components (``attestation-agent/src/eventlog``;
-``shared/reference/guest-components.md`` §2.8):
+Byte-compatible with confidential-containers/guest-components
+``attestation-agent/attestation-agent/src/eventlog/`` @ 8246e5e0977f6322f0a1b0f77e0739cf1c3e1f74
+(record layout: TCG PC Client Platform Firmware Profile, "TCG_PCR_EVENT2"):
 
 * event text ``"<domain> <operation> <content>"``;
 * each event is a TCG2 crypto-agile record: u32 CC MR index, u32 EV_EVENT_TAG

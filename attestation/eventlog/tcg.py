@@ -3,8 +3,8 @@ parse, describe each event as trustee does, and replay into measurement register
 
 :func:`parse_event_log` yields :class:`EventLogEntry` records; ``to_trustee_json``
 renders them exactly as trustee's ``eventlog`` crate serializes them (the
-``uefi_event_logs`` claim; golden files in
-``shared/fixtures/evidence/tdx/trustee-eventlog/*_out.json``). Event data that
+``uefi_event_logs`` claim; golden files: trustee ``deps/eventlog/test_data/*_out.json``
+@ 78962cd416dcc8a32f9377e0066a28fe21420f69, copied into the tests' fixtures). Event data that
 trustee's per-type parsers reject (for example a non-UTF-8 EV_EFI_ACTION)
 makes the whole log invalid, as in trustee.
 

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from attestation._net import read_bounded
 from attestation.errors import VerificationError
 
 __all__ = ["DEFAULT_OCSP_URL", "MAX_OCSP_RESPONSE", "HttpOcspChecker"]
@@ -73,21 +74,20 @@ class HttpOcspChecker:
         if self.use_nonce:
             builder = builder.add_extension(x509.OCSPNonce(nonce), critical=False)
         body = builder.build().public_bytes(Encoding.DER)
-        content = bytearray()
+        content: bytes | None = b""
         try:
             with self.client.stream(
                 "POST", self.url, content=body, headers={"Content-Type": "application/ocsp-request"}
             ) as resp:
                 if resp.status_code != 200:
                     raise VerificationError(f"OCSP responder answered HTTP {resp.status_code}")
-                for chunk in resp.iter_bytes():
-                    content += chunk
-                    if len(content) > MAX_OCSP_RESPONSE:
-                        raise VerificationError("OCSP response is too large")
+                content = read_bounded(resp, MAX_OCSP_RESPONSE)
+                if content is None:
+                    raise VerificationError("OCSP response is too large")
         except httpx.HTTPError as exc:
             raise VerificationError("OCSP responder unreachable") from exc
         try:
-            answer = ocsp.load_der_ocsp_response(bytes(content))
+            answer = ocsp.load_der_ocsp_response(content or b"")
         except ValueError as exc:
             raise VerificationError("OCSP response is not DER") from exc
         if answer.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:

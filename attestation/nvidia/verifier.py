@@ -34,6 +34,7 @@ from typing import Any, Protocol, runtime_checkable
 import httpx
 from cryptography import x509
 
+from attestation._net import read_bounded
 from attestation.errors import EvidenceFormatError, VerificationError
 from attestation.nvidia.certs import (
     arch_of_leaf,
@@ -162,14 +163,12 @@ class RimService:
             with self.client.stream("GET", self.base_url + rim_id) as resp:
                 if resp.status_code != 200:
                     raise RimError(f"RIM service has no RIM {rim_id} (HTTP {resp.status_code})")
-                body = bytearray()
-                for chunk in resp.iter_bytes():
-                    body += chunk
-                    if len(body) > limit:
-                        raise RimError(f"RIM service answer for {rim_id} is larger than {limit} bytes")
+                body = read_bounded(resp, limit)
+                if body is None:
+                    raise RimError(f"RIM service answer for {rim_id} is larger than {limit} bytes")
         except httpx.HTTPError as exc:
             raise RimError(f"RIM service unreachable for {rim_id}") from exc
-        doc = loads_strict(bytes(body), limit=limit)
+        doc = loads_strict(body, limit=limit)
         if not isinstance(doc, dict) or not isinstance(doc.get("rim"), str):
             raise RimError(f"RIM service answer for {rim_id} has no 'rim' field")
         try:

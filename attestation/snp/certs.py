@@ -1,6 +1,8 @@
 """AMD certificates: pinned ARK/ASK/ASVK roots and VCEK/VLEK extension parsing.
 
-Chain shapes (AMD KDS spec; ``../shared/reference/evidence.md`` §1.3)::
+Chain shapes (AMD "Versioned Chip Endorsement Key (VCEK) Certificate and KDS
+Interface Specification", pub. 57230, and "Versioned Loaded Endorsement Key (VLEK)
+Certificate Definition", pub. 58369)::
 
     ARK-<Product> (self-signed, RSA-4096, RSASSA-PSS/SHA-384)
       ├── SEV-<Product>       (ASK)  ── SEV-VCEK (ECDSA P-384 key, signed with PSS by the ASK)

@@ -11,8 +11,10 @@ two small seams so tests can stand in for the kernel:
   struct, exactly as the kernel expects, so a fake reads and writes the same
   memory the kernel would.
 
-Protocol details: ``../shared/reference/evidence.md`` §1.4 (Linux uapi
-``sev-guest.h``, ``Documentation/ABI/testing/configfs-tsm``).
+Protocol details: Linux ``include/uapi/linux/sev-guest.h`` (SNP_GET_REPORT,
+SNP_GET_EXT_REPORT), ``Documentation/ABI/testing/configfs-tsm`` and, for the
+request/response messages, AMD SEV-SNP Firmware ABI Specification (pub. 56860),
+chapter "Guest Messages", MSG_REPORT_REQ / MSG_REPORT_RSP.
 """
 
 from __future__ import annotations

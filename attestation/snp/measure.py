@@ -1,8 +1,9 @@
 """Expected SNP launch measurements and KBS reference values.
 
 The launch digest is computed with virtee's ``sev-snp-measure`` (PyPI
-``sev-snp-measure``; its algorithm is summarized in
-``../shared/reference/evidence.md`` §1.6). This module wraps it with typed
+``sev-snp-measure``, virtee/sev-snp-measure ``sevsnpmeasure/guest.py``; the digest chain is
+the PAGE_INFO hash of SNP_LAUNCH_UPDATE in the AMD SEV-SNP Firmware ABI Specification,
+pub. 56860, table "PAGE_INFO Structure"). This module wraps it with typed
 inputs and turns digests into reference values the KBS understands:
 
 * :func:`reference_values` — ``{"snp_launch_measurement": [<lowercase hex>, ...]}``,

@@ -1,8 +1,10 @@
 """SEV-SNP attestation report: parse 1184 bytes into a frozen, checked type.
 
-Layout: AMD SEV-SNP firmware ABI, table "ATTESTATION_REPORT"; cross-checked
-against virtee/sev and go-sev-guest (see ``../shared/reference/evidence.md``
-§1.1). Versions 2, 3, 4 (read like 3, as virtee/sev does) and 5 are read;
+Layout: AMD SEV Secure Nested Paging Firmware ABI Specification (pub. 56860),
+chapter "Guest Messages", table "ATTESTATION_REPORT Structure" (with table "TCB_VERSION
+Structure" for the TCB fields); cross-checked against virtee/sev
+``src/firmware/guest/types/snp.rs`` @ 9cf2adbffa209cc5becf7ff89ffdf624e7278ced and
+google/go-sev-guest ``abi/abi.go``. Versions 2, 3, 4 (read like 3, as virtee/sev does) and 5 are read;
 anything else is rejected with :class:`UnknownReportVersion` rather than
 misread. Reserved ranges must be zero (they are either signed, so a non-zero
 byte is a forgery or a newer format, or outside the signature, where a

@@ -9,8 +9,10 @@ or assembled from raw Intel PCS/PCCS v4 responses
 (:meth:`Collateral.from_pcs_responses`). Signed JSON objects are verified over
 their exact bytes and only then parsed.
 
-Matching rules (Intel DCAP QVL, as also implemented by dcap-qvl; see
-``shared/reference/evidence.md`` §2.4): TCB levels sorted highest first; the
+Matching rules (Intel's DCAP Quote Verification Library, intel/SGXDataCenterAttestationPrimitives
+``QuoteVerification/QVL``, and Intel PCS API v4 "TCB Info" documentation; as also implemented by
+Phala-Network/dcap-qvl ``src/verify.rs`` @ 9bffe30b4da53acc05f2e3a36fafc0f6418973b8):
+TCB levels sorted highest first; the
 first level whose 16 SGX components and PCESVN are all <= the PCK
 certificate's, and (TDX) whose TDX components are all <= TEE_TCB_SVN (from
 index 2 when TEE_TCB_SVN[1] > 0, as Intel's QVL does; dcap-qvl compares all 16),

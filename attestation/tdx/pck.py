@@ -2,8 +2,8 @@
 CRLs, and the SGX extension (OID 1.2.840.113741.1.13.1) of PCK certificates.
 
 The root CA shipped as package data (``intel_sgx_root_ca.pem``) is the DER
-file ``src/TrustedRootCA.der`` of Phala-Network/dcap-qvl @ 9bffe30b (copied
-into ``shared/fixtures/evidence/tdx/dcap-qvl/TrustedRootCA.der``); it is
+file ``src/TrustedRootCA.der`` of Phala-Network/dcap-qvl @ 9bffe30b (also in the
+test fixtures, ``tests/fixtures/evidence/tdx/dcap-qvl/TrustedRootCA.der``); it is
 byte-identical to google/go-tdx-guest ``verify/trusted_root.pem`` and to the
 root at the top of every real PCK chain in the fixtures. DER SHA-256:
 44a0196b2b99f889b8e149e95b807a350e7424964399e885a7cbb8ccfab674d3.

@@ -1,7 +1,9 @@
 """Intel DCAP quote parsing: versions 3 (SGX), 4 and 5 (TDX), every v5 body type.
 
-Layouts follow Intel's "TDX DCAP Quote Generation Library and Quote
-Verification Library" spec (see ``shared/reference/evidence.md`` §2). Parsing
+Layouts follow Intel's "Intel TDX DCAP Quote Generation Library and Quote
+Verification Library" API specification, appendix "Quote Format" (Version 4 and
+Version 5 quote formats; the v3 SGX layout is the "Intel SGX ECDSA Quote Library API"
+appendix "Quote Format"). Parsing
 only checks structure: lengths, known enum values, consistency of the nested
 length fields. Authenticity is :mod:`attestation.tdx.verifier`'s job.
 

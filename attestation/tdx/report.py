@@ -1,7 +1,8 @@
 """The raw 1024-byte TDREPORT_STRUCT returned by TDG.MR.REPORT (via
 ``/dev/tdx_guest`` ``TDX_CMD_GET_REPORT0``).
 
-Layout (TDX module ABI; ``shared/reference/evidence.md`` §2.5):
+Layout (Intel TDX Module ABI specification, TDG.MR.REPORT and table "TDREPORT_STRUCT";
+Linux ``include/uapi/linux/tdx-guest.h``):
 REPORTMACSTRUCT 256 B (type 4, reserved 12, CPUSVN 16, TEE_TCB_INFO hash 48,
 TDINFO hash 48, REPORTDATA 64, reserved 32, MAC 32), TEE_TCB_INFO 239 B,
 reserved 17, TDINFO 512 B. The MAC is only checkable by the CPU; the two

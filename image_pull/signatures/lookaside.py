@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from coco_common.http_body import ACCEPT_DECODABLE, DECODABLE, BodyTooLarge, HttpBodyError, read_body
 from image_pull.reference import Reference
 from image_pull.registry import RegistryClient
 from image_pull.trust.errors import SignatureRejected
@@ -80,21 +81,24 @@ async def _fetch_http(base: str, rel: str, http: httpx.AsyncClient) -> list[byte
     for n in range(1, MAX_SIGNATURES + 1):
         url = f"{base.rstrip('/')}/{rel}/signature-{n}"
         try:
-            async with http.stream("GET", url, follow_redirects=True) as resp:
+            hdrs = {"Accept-Encoding": ACCEPT_DECODABLE}
+            async with http.stream("GET", url, follow_redirects=True, headers=hdrs) as resp:
                 if resp.status_code == 404:
                     break
                 if resp.status_code != 200:
                     raise SignatureRejected(
                         f"lookaside server answered HTTP {resp.status_code} for signature-{n}"
                     )
-                buf = bytearray()
-                async for chunk in resp.aiter_bytes():
-                    buf += chunk
-                    if len(buf) > MAX_SIGNATURE_BYTES:
-                        raise SignatureRejected("lookaside signature larger than 4 MiB")
+                buf = await read_body(
+                    resp, MAX_SIGNATURE_BYTES, decode=DECODABLE, what=f"lookaside signature-{n}"
+                )
+        except BodyTooLarge:
+            raise SignatureRejected("lookaside signature larger than 4 MiB") from None
+        except HttpBodyError as exc:
+            raise SignatureRejected(f"cannot fetch lookaside signature: {exc}") from None
         except httpx.HTTPError as exc:
             raise SignatureRejected(f"cannot fetch lookaside signature: {type(exc).__name__}") from None
-        out.append(_legacy_or_simple(bytes(buf)))
+        out.append(_legacy_or_simple(buf))
     return out
 
 

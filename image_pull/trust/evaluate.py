@@ -222,8 +222,11 @@ class TrustPolicy:
         return None
 
     async def _signed_by(self, req: SignedBy, st: _Pull, intended: ParsedIdentity) -> str:
-        if req.key_type not in ("GPGKeys", "signedByGPGKeys"):
-            raise SignatureRejected(f"keyType {req.key_type} is not implemented")
+        if req.key_type != "GPGKeys":
+            # containers/image refuses signedByGPGKeys (keys *certified by* the keyring),
+            # X509Certificates and signedByX509CAs as unimplemented: never treat one as the
+            # weaker "signed directly by a keyring key"
+            raise SignatureRejected(f"keyType {req.key_type} is not implemented (only GPGKeys is)")
         keyring = b"".join([dearmor_keyring(await self._key_bytes(k)) for k in req.keys])
         sigs = await st.simple_signatures()
         if not sigs:

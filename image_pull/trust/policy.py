@@ -11,6 +11,11 @@ Semantics follow containers/image (``containers-policy.json(5)``,
   domains of the port-less host (``*.b.example.com``, ``*.example.com``,
   ``*.com``), then the transport default ``""``, then the global ``default``.
 * All requirements of the selected list must be satisfied.
+* What containers/image does not implement never means something weaker here:
+  ``signedBy`` with ``keyType`` ``signedByGPGKeys``, ``X509Certificates`` or
+  ``signedByX509CAs`` parses (as there) but rejects every image it applies to;
+  requirement types it does not implement (``signedBaseLayer``) and unknown
+  members are refused when the policy is loaded.
 
 **Deliberate difference from image-rs (fail closed):** an empty requirement list
 is *rejected* (as containers/image rejects it at parse time, "List of

@@ -121,6 +121,8 @@ def test_unknown_keys_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixt
             "positive",
         ),
         ("[kbc\n", "not valid TOML"),
+        ('[kbc]\nname = "offline_fs_kbc"\n[image]\npull_timeout = 0\n', "pull_timeout"),
+        ('[kbc]\nname = "offline_fs_kbc"\n[image]\npull_timeout = "1h"\n', "pull_timeout"),
     ],
 )
 def test_bad_configs(tmp_path: Path, text: str, msg: str) -> None:
@@ -289,3 +291,10 @@ def test_skip_verification_is_loud(tmp_path: Path, caplog: pytest.LogCaptureFixt
         env={"SKIP_SEALED_SECRET_VERIFICATION": "true"},
     )
     assert not c2.skip_sealed_secret_verification
+
+
+def test_pull_timeout_defaults_and_is_configurable(tmp_path: Path) -> None:
+    c = load_config(cfg_file(tmp_path, '[kbc]\nname = "offline_fs_kbc"\n'), cmdline="", env={})
+    assert c.image.pull_timeout == 1800.0
+    text = '[kbc]\nname = "offline_fs_kbc"\n[image]\npull_timeout = 90\n'
+    assert load_config(cfg_file(tmp_path, text), cmdline="", env={}).image.pull_timeout == 90.0

@@ -108,11 +108,20 @@ def _recv_exact(s: socket.socket, n: int) -> bytes:
 
 
 def ttrpc_call(
-    path: str | os.PathLike[str], service: str, method: str, payload: bytes, *, timeout: float = 30.0
+    path: str | os.PathLike[str],
+    service: str,
+    method: str,
+    payload: bytes,
+    *,
+    timeout: float = 30.0,
+    send_deadline: bool = True,
 ) -> tuple[int, str, bytes]:
-    """One ttRPC request on a fresh connection: ``(status code, message, payload)``."""
+    """One ttRPC request on a fresh connection: ``(status code, message, payload)``.
+    ``timeout`` bounds the wait here and, unless ``send_deadline`` is False, is sent
+    as the request's ttRPC deadline."""
     req = _field(1, service.encode()) + _field(2, method.encode()) + _field(3, payload)
-    req += _varint(4 << 3) + _varint(int(timeout * 1e9))
+    if send_deadline:
+        req += _varint(4 << 3) + _varint(int(timeout * 1e9))
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(timeout)
         s.connect(str(path))

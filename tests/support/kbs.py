@@ -240,8 +240,10 @@ class RunningKbs:
 
 
 def _kbs_cmd() -> list[str]:
-    exe = ROOT / ".venv" / "bin" / "kbs"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "kbs.cli"]
+    for exe in (Path(sys.executable).parent / "kbs", ROOT / ".venv" / "bin" / "kbs"):
+        if exe.exists():  # the kbs installed beside this interpreter first (a wheel's venv)
+            return [str(exe)]
+    return [sys.executable, "-m", "kbs.cli"]
 
 
 @contextlib.contextmanager

@@ -1,9 +1,8 @@
+"""Paths of the TDX event-log vectors (see tests/fixtures/evidence/tdx/MANIFEST.md)."""
+
 from __future__ import annotations
 
-from pathlib import Path
+from tests.support.vectors import evidence
 
-TDX = Path("/work/shared/fixtures/evidence/tdx")
-_p = Path(__file__).resolve().parents[4] / "shared" / "fixtures" / "evidence" / "tdx"
-if _p.is_dir():
-    TDX = _p
+TDX = evidence("tdx")
 EL = TDX / "trustee-eventlog"

@@ -1,16 +1,14 @@
 """Paths and constants for the NVIDIA tests: the recorded vectors in
-``../shared/fixtures/evidence/nvidia`` (see its MANIFEST.md)."""
+``tests/fixtures/evidence/nvidia`` (see its MANIFEST.md)."""
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pytest
+from tests.support.vectors import evidence, vector
 
-_ROOT = Path(__file__).resolve().parents[3]
-NV = Path(os.environ.get("COCO_SHARED", _ROOT.parent / "shared")) / "fixtures" / "evidence" / "nvidia"
+NV = evidence("nvidia")
 
 NONCE_931 = bytes.fromhex("931d8dd0add203ac3d8b4fbde75e115278eefcdceac5b87671a748f32364dfcb")
 NONCE_27A = bytes.fromhex("27a328247bf7935c993341cf587be6f05986ccce4fe7ba2c54100bd616a58f66")
@@ -63,10 +61,8 @@ POSITIVE = [
 
 
 def fixture_path(rel: str) -> Path:
-    p = NV / rel
-    if not p.exists():
-        pytest.skip(f"NVIDIA fixture {rel} not found under {NV} (set COCO_SHARED to the shared/ folder)")
-    return p
+    """A recorded NVIDIA vector; a missing one raises (the test fails, it never skips)."""
+    return vector("nvidia", rel)
 
 
 def report_bytes(rel: str) -> bytes:

@@ -1,4 +1,4 @@
-"""Shared fixtures for the SNP tests: real vectors from ../shared/fixtures and
+"""Common fixtures for the SNP tests: real vectors from tests/fixtures/evidence/snp and
 a synthetic AMD-shaped PKI (see synth.py) for cases no real vector covers."""
 
 from __future__ import annotations
@@ -9,17 +9,16 @@ import pytest
 
 from attestation.snp.certs import EndorsementCert, TrustStore
 from attestation.snp.report import Product
+from tests.support.vectors import evidence, vector
 
 from .synth import SynthPki
 
-ROOT = Path(__file__).resolve().parents[3]
-SNP_FIXTURES = ROOT.parent / "shared" / "fixtures" / "evidence" / "snp"
+SNP_FIXTURES = evidence("snp")
 
 
 @pytest.fixture(scope="session")
 def fx() -> Path:
-    if not SNP_FIXTURES.is_dir():
-        pytest.skip(f"SNP fixtures not present at {SNP_FIXTURES}")
+    """The SNP vectors folder (a missing folder fails, it never skips)."""
     return SNP_FIXTURES
 
 
@@ -31,7 +30,7 @@ def trust() -> TrustStore:
 
 @pytest.fixture(scope="session")
 def milan_vcek(fx: Path) -> EndorsementCert:
-    return EndorsementCert.from_bytes((fx / "trustee/test-vcek.der").read_bytes())
+    return EndorsementCert.from_bytes(vector("snp", "trustee/test-vcek.der").read_bytes())
 
 
 @pytest.fixture(scope="session")

@@ -10,6 +10,10 @@ from pathlib import Path
 
 import pytest
 
+import attestation.aa.agent as agent_mod
+import attestation.aa.config as config_mod
+import attestation.aa.errors as errors_mod
+import tests.support.kbs as support
 from attestation.snp.attester import SnpAttester
 from attestation.snp.device import TsmReportSource
 from attestation.snp.evidence import SnpEvidence
@@ -17,11 +21,6 @@ from attestation.snp.report import AttestationReport
 
 from .fakes import FakeTsmTree
 from .test_kbs_handshake import SKIP_BINDING, _source
-
-agent_mod = pytest.importorskip("attestation.aa.agent", reason="attestation.aa (AA) not present")
-config_mod = pytest.importorskip("attestation.aa.config")
-errors_mod = pytest.importorskip("attestation.aa.errors")
-support = pytest.importorskip("tests.support.kbs")
 
 
 def _agent(att: SnpAttester, url: str = "http://127.0.0.1:1") -> object:

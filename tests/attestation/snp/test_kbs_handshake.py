@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+import tests.support.kbs as support
 from attestation.snp.attester import SnpAttester
 from attestation.snp.device import TsmReportSource
 from attestation.snp.evidence import CertTableEntry, build_cert_table
@@ -29,10 +30,6 @@ from kbs_client.rcar import attest
 from kbs_client.resources import get_resource
 
 from .fakes import FakeTsmTree
-
-support = pytest.importorskip(
-    "tests.support.kbs", reason="tests/support/kbs.py (reference KBS fixture) missing"
-)
 
 SKIP_BINDING = """
 [attestation_service.verifier_config.snp]

@@ -797,6 +797,9 @@ async def test_cdh_image_section_policy_and_sigstore_config(env: Env) -> None:
         ("exactrepo", "t/wrongid:1", True),
         ("scoped-accept", "t/unsigned:1", True),
         ("empty", "t/signed:1", False),
+        # keyring-certified keys: unimplemented in containers/image, so never "signed by the keyring"
+        ("signed-by-gpg-keys", "t/signed:1", False),
+        ("x509-certificates", "t/signed:1", False),
     ],
 )
 async def test_verdicts_agree_with_skopeo(
@@ -812,6 +815,12 @@ async def test_verdicts_agree_with_skopeo(
         ),
         "scoped-accept": [{"type": "insecureAcceptAnything"}],
         "empty": [],
+        "signed-by-gpg-keys": [
+            {"type": "signedBy", "keyType": "signedByGPGKeys", "keyPath": str(env.signer.pub)}
+        ],
+        "x509-certificates": [
+            {"type": "signedBy", "keyType": "X509Certificates", "keyPath": str(env.signer.pub)}
+        ],
     }
     pol = tmp_path / "policy.json"
     pol.write_bytes(policy(env, reqs[case]))

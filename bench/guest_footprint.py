@@ -1,0 +1,228 @@
+"""Guest footprint: what the confidential guest carries, and what its daemons cost at rest.
+
+Measured on the built wheel installed the way a guest image installs it: a
+fresh venv with the hash-checked guest lock (``requirements/guest.lock.txt``) and
+the wheel with ``--no-deps``, so nothing from the checkout or the server set
+is on the path.
+
+* installed size of that venv's ``site-packages`` (and, for scale, the same
+  for the server lock, ``requirements/server.lock.txt``);
+* attestation-agent and confidential-data-hub: time from exec to the ttRPC
+  Unix socket accepting a connection (median of ``--reps`` starts), and the
+  resident set (VmRSS) after ``--idle`` seconds idle;
+* one ``coco-image pull`` of a ``--size-mb`` image (4 layers, half random, half
+  text) from a local docker-registry into a bundle: the process's peak RSS
+  (``ru_maxrss``) and wall time.
+
+The peer is the same process doing nothing useful: a bare ``python3 -c`` that
+opens a Unix socket, for the start-up and RSS floor of any Python daemon.
+Prints one JSON document. Not a test: nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.append(str(ROOT))
+
+from tests.support.registry import RegistryServer, layer_tar, umoci_image  # noqa: E402
+
+
+def _sh(args: list[str], **kw: object) -> None:
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL, **kw)  # type: ignore[call-overload]
+
+
+def _du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def _venv(dest: Path, lock: str, wheel: Path) -> Path:
+    _sh([sys.executable, "-m", "venv", str(dest)])
+    pip = [str(dest / "bin" / "pip"), "install", "-q"]
+    _sh([*pip, "--require-hashes", "--only-binary", ":all:", "-r", str(ROOT / "requirements" / lock)])
+    _sh([*pip, "--no-deps", str(wheel)])
+    (site,) = (dest / "lib").glob("python3*/site-packages")
+    return site
+
+
+def _site_size(site: Path) -> dict[str, object]:
+    dists = sorted(p.name.split("-")[0] for p in site.glob("*.dist-info"))
+    skip = {"pip", "setuptools"}
+    size = sum(_du(p) for p in site.iterdir() if p.name.split("-")[0].lower() not in skip)
+    return {
+        "mib": round(size / (1 << 20), 1),
+        "distributions": len([d for d in dists if d.lower() not in skip]),
+    }
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError("no VmRSS")
+
+
+def _ready(path: Path, proc: subprocess.Popen[bytes], limit: float = 60.0) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < limit:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited {proc.returncode} before its socket was ready")
+        if path.exists():
+            with socket.socket(socket.AF_UNIX) as s:
+                try:
+                    s.connect(str(path))
+                    return time.monotonic()
+                except OSError:
+                    pass
+        time.sleep(0.002)
+    raise RuntimeError(f"{path} not ready after {limit}s")
+
+
+def _daemon(args: list[str], sock: Path, idle: float, log: Path) -> tuple[float, int]:
+    sock.unlink(missing_ok=True)
+    t0 = time.monotonic()
+    proc = subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT)
+    try:
+        t1 = _ready(sock, proc)
+        time.sleep(idle)
+        return t1 - t0, _rss_kib(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+# ru_maxrss survives execve, so a child forked from this (large) process would
+# report this process's size; a small launcher forks the pull and reports its rusage.
+_LAUNCH = """
+import json, os, subprocess, sys, time
+t0 = time.monotonic()
+p = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+_, status, ru = os.wait4(p.pid, 0)
+err = p.stderr.read().decode(errors="replace")[-400:] if p.stderr else ""
+print(json.dumps({"rc": os.waitstatus_to_exitcode(status), "wall": time.monotonic() - t0,
+                  "maxrss_kib": ru.ru_maxrss, "err": err}))
+"""
+
+
+def _pull(py: str, coco: str, reg: RegistryServer, ref: str, work: Path) -> tuple[float, int]:
+    args = [coco, "pull", f"{reg.host}/{ref}", "--plain-http", reg.host, "--auth-file", str(reg.authfile),
+            "--work-dir", str(work / "store"), "--bundle", str(work / "bundle")]  # fmt: skip
+    out = json.loads(subprocess.run([py, "-c", _LAUNCH, *args], capture_output=True, check=True).stdout)
+    subprocess.run(["umount", "-R", str(work / "bundle" / "rootfs")], capture_output=True)
+    if out["rc"]:
+        raise RuntimeError(f"coco-image pull failed: {out['err']}")
+    return float(out["wall"]), int(out["maxrss_kib"])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--reps", type=int, default=5, help="starts of each daemon (median reported)")
+    ap.add_argument("--idle", type=float, default=2.0, help="seconds idle before reading RSS")
+    ap.add_argument("--size-mb", type=int, default=64, help="uncompressed size of the pulled image")
+    a = ap.parse_args()
+    tmp = Path(tempfile.mkdtemp(prefix="bench-footprint-", dir="/var/tmp"))
+    try:
+        _sh([sys.executable, "-m", "build", "--no-isolation", "--wheel", "-o", str(tmp / "dist"), str(ROOT)],
+            stderr=subprocess.DEVNULL)  # fmt: skip
+        (wheel,) = (tmp / "dist").glob("coco_py-*.whl")
+        guest_site = _venv(tmp / "guest", "guest.lock.txt", wheel)
+        server_site = _venv(tmp / "server", "server.lock.txt", wheel)
+        out: dict[str, object] = {
+            "installed": {"guest": _site_size(guest_site), "server_set_for_scale": _site_size(server_site)},
+            "python": sys.version.split()[0],
+            "cpus": os.cpu_count(),
+        }
+        bin_ = tmp / "guest" / "bin"
+        aa_sock, cdh_sock = tmp / "aa.sock", tmp / "cdh.sock"
+        (tmp / "aa.toml").write_text('[token_configs.kbs]\nurl = "http://127.0.0.1:9"\n')
+        (tmp / "cdh.toml").write_text(
+            f'socket = "unix://{cdh_sock}"\n[aa]\naa_socket = "unix://{aa_sock}"\n'
+            '[kbc]\nname = "cc_kbc"\nurl = "http://127.0.0.1:9"\n'
+            f'[image]\nwork_dir = "{tmp / "image-work"}"\n'
+        )
+        floor_sock = tmp / "floor.sock"
+        floor = [str(bin_ / "python"), "-c",
+                 "import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(); time.sleep(3600)",
+                 str(floor_sock)]  # fmt: skip
+        log = tmp / "daemons.log"
+        runs: dict[str, list[tuple[float, int]]] = {
+            "floor": [],
+            "attestation-agent": [],
+            "confidential-data-hub": [],
+        }
+        for _ in range(a.reps):
+            runs["floor"].append(_daemon(floor, floor_sock, a.idle, log))
+            aa = [
+                str(bin_ / "attestation-agent"),
+                "--attestation_sock",
+                f"unix://{aa_sock}",
+                "-c",
+                str(tmp / "aa.toml"),
+            ]
+            runs["attestation-agent"].append(_daemon(aa, aa_sock, a.idle, log))
+        aa_proc = subprocess.Popen(
+            [str(bin_ / "attestation-agent"), "--attestation_sock", f"unix://{aa_sock}", "-c", str(tmp / "aa.toml")],
+            stdout=log.open("ab"), stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            _ready(aa_sock, aa_proc)
+            for _ in range(a.reps):
+                cdh = [str(bin_ / "confidential-data-hub"), "-c", str(tmp / "cdh.toml")]
+                runs["confidential-data-hub"].append(_daemon(cdh, cdh_sock, a.idle, log))
+        finally:
+            aa_proc.terminate()
+            aa_proc.wait(10)
+        out["daemons"] = {
+            name: {
+                "exec_to_socket_ready_ms": round(statistics.median(t for t, _ in rows) * 1000, 1),
+                "exec_to_socket_ready_ms_min_max": [round(min(t for t, _ in rows) * 1000, 1), round(max(t for t, _ in rows) * 1000, 1)],
+                "idle_rss_mib": round(statistics.median(r for _, r in rows) / 1024, 1),
+            }
+            for name, rows in runs.items()
+        }  # fmt: skip
+
+        reg = RegistryServer(tmp / "reg")
+        try:
+            rnd = random.Random(7)
+            per = a.size_mb * (1 << 20) // 4
+            layers = []
+            for i in range(4):
+                words = [b"alpha", b"beta", b"layer", b"digest", b"python"]
+                text = b" ".join(rnd.choice(words) for _ in range(per // 12))[: per // 2]
+                layers.append(
+                    layer_tar([(f"d{i}", "dir", None, 0o755), (f"d{i}/text", "file", text, 0o644),
+                               (f"d{i}/rand", "file", rnd.randbytes(per // 2), 0o644)])
+                )  # fmt: skip
+            reg.push(umoci_image(tmp, "img", layers), "footprint/img:1")
+            wall, peak = _pull(
+                str(bin_ / "python"), str(bin_ / "coco-image"), reg, "footprint/img:1", tmp / "pull"
+            )
+            out["pull"] = {
+                "image_mib": a.size_mb,
+                "layers": 4,
+                "wall_s": round(wall, 2),
+                "peak_rss_mib": round(peak / 1024, 1),
+            }
+        finally:
+            reg.stop()
+        print(json.dumps(out, indent=2))
+        return 0
+    finally:
+        subprocess.run(["umount", "-R", str(tmp / "pull" / "bundle" / "rootfs")], capture_output=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The guest set stays free of the server's dependencies.
+
+The guest's console scripts run inside the confidential guest (its TCB); the
+KBS's libraries (aiohttp, regopy, redis, ...) must not be imported by them, or
+a guest install (``requirements/guest.lock.txt``, no ``server`` extra) would break
+and the TCB would grow. Each module is imported in a fresh interpreter, so what
+another test imported cannot hide an import.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+SCRIPTS: dict[str, str] = PYPROJECT["project"]["scripts"]
+
+#: imported only by the KBS (the `server` extra) or by tooling
+SERVER_MODULES = ("aiohttp", "regopy", "redis", "psycopg", "psycopg2", "asyncpg", "kbs", "yarl", "multidict")
+#: console scripts that run on the KBS side (their module is in the ``kbs`` package;
+#: scripts/ci-wheel.sh classifies them the same way)
+SERVER_SCRIPTS = {name for name, target in SCRIPTS.items() if target.split(".")[0].split(":")[0] == "kbs"}
+#: console scripts of the guest set; a new script must be added to one of the two lists
+GUEST_SCRIPTS = {
+    "attestation-agent",
+    "confidential-data-hub",
+    "cdh-oneshot",
+    "api-server-rest",
+    "kbs-client",
+    "coco-image",
+    "coco-verify",
+    "coco-guest-pull",
+}
+#: guest scripts allowed one server-side library: api-server-rest is served by aiohttp
+#: (installed with the `guest-rest` extra; see docs/differences.md)
+ALLOWED = {"api-server-rest": {"aiohttp", "yarl", "multidict"}}
+
+_PROBE = """
+import importlib, json, sys
+importlib.import_module(sys.argv[1])
+roots = {name.split(".")[0] for name in sys.modules}
+print(json.dumps(sorted(roots)))
+"""
+
+
+def _loaded(module: str) -> set[str]:
+    cp = subprocess.run(
+        [sys.executable, "-c", _PROBE, module], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert cp.returncode == 0, cp.stderr
+    return set(json.loads(cp.stdout))
+
+
+def test_every_console_script_is_classified() -> None:
+    assert set(SCRIPTS) == GUEST_SCRIPTS | SERVER_SCRIPTS, "classify new console scripts as guest or server"
+    assert not GUEST_SCRIPTS & SERVER_SCRIPTS
+    assert set(ALLOWED) <= GUEST_SCRIPTS
+
+
+@pytest.mark.parametrize("script", sorted(GUEST_SCRIPTS))
+def test_guest_script_imports_no_server_dependency(script: str) -> None:
+    module = SCRIPTS[script].split(":")[0]
+    loaded = _loaded(module)
+    forbidden = set(SERVER_MODULES) - ALLOWED.get(script, set())
+    assert not loaded & forbidden, f"{script} ({module}) imports {sorted(loaded & forbidden)}"
+
+
+def test_the_probe_sees_a_server_import() -> None:
+    """The check can fail: the KBS's entry point does load its server libraries."""
+    loaded = _loaded(SCRIPTS["kbs"].split(":")[0])
+    assert {"aiohttp", "kbs"} <= loaded
+
+
+def test_guest_lock_holds_no_server_package() -> None:
+    text = (ROOT / "requirements" / "guest.lock.txt").read_text()
+    pinned = {
+        line.split("==")[0] for line in text.splitlines() if "==" in line and not line.startswith((" ", "#"))
+    }
+    assert pinned, "requirements/guest.lock.txt pins nothing"
+    assert not pinned & {
+        "aiohttp",
+        "regopy",
+        "redis",
+        "psycopg",
+        "psycopg2",
+        "asyncpg",
+        "yarl",
+        "multidict",
+    }, pinned
+    for name in ("cryptography", "grpcio", "protobuf", "httpx"):
+        assert name in pinned, name
+    for lock in ("guest", "server", "dev"):
+        body = (ROOT / "requirements" / f"{lock}.lock.txt").read_text()
+        entries = [line for line in body.splitlines() if "==" in line and not line.startswith((" ", "#"))]
+        assert entries and all(line.rstrip().endswith("\\") for line in entries), (
+            f"{lock}.txt: an entry without hashes"
+        )
+        assert body.count("--hash=sha256:") >= len(entries)
+
+
+_WALK = """
+import importlib, json, pkgutil, sys
+skip = set(sys.argv[2:])
+seen = []
+for top in sys.argv[1].split(","):
+    pkg = importlib.import_module(top)
+    for info in pkgutil.walk_packages(pkg.__path__, top + "."):
+        if info.name not in skip:
+            importlib.import_module(info.name)
+            seen.append(info.name)
+print(json.dumps({"modules": seen, "roots": sorted({n.split(".")[0] for n in sys.modules})}))
+"""
+
+
+def test_no_guest_module_imports_a_server_dependency() -> None:
+    """Every module of the guest packages, not only the entry points."""
+    guest = "attestation,cdh,image_pull,guest_pull,kbs_client,coco_rpc,coco_common"
+    cp = subprocess.run(
+        [sys.executable, "-c", _WALK, guest, "cdh.api_server_rest"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert cp.returncode == 0, cp.stderr
+    out = json.loads(cp.stdout)
+    assert len(out["modules"]) > 100
+    assert not set(out["roots"]) & set(SERVER_MODULES), sorted(set(out["roots"]) & set(SERVER_MODULES))
+
+
+def test_package_data_globs_cover_every_runtime_file() -> None:
+    """Files the product loads at run time (roots, policies, protos, ...) go into the wheel:
+    each tracked non-Python file of a product package matches a package-data glob
+    (the wheel itself is exercised by scripts/ci-wheel.sh in CI)."""
+    import fnmatch
+
+    globs = PYPROJECT["tool"]["setuptools"]["package-data"]["*"]
+    packages = [p.rstrip("*") for p in PYPROJECT["tool"]["setuptools"]["packages"]["find"]["include"]]
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--", *sorted(set(packages))], cwd=ROOT, capture_output=True, check=True
+    ).stdout.decode()
+    docs = ("MANIFEST", "LICENSE", "NOTICE")  # provenance notes, not read at run time
+    data = [
+        f for f in listed.split("\0") if f and not f.endswith((".py", ".md")) and Path(f).name not in docs
+    ]
+    assert any(f.endswith(".rego") for f in data) and any(f.endswith(".pem") for f in data), data
+    uncovered = [f for f in data if not any(fnmatch.fnmatch(Path(f).name, g) for g in globs)]
+    assert not uncovered, f"not in the wheel (add a glob to [tool.setuptools.package-data]): {uncovered}"
