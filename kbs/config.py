@@ -44,6 +44,7 @@ __all__ = [
     "load_config",
     "load_document",
     "parse_as_server_config",
+    "parse_compatibility",
     "parse_config",
     "parse_rvps_server_config",
     "startup_problems",
@@ -690,6 +691,11 @@ def _compat(tbl: Mapping[str, Any]) -> CompatibilityConfig:
     )
 
 
+def parse_compatibility(doc: Mapping[str, Any]) -> CompatibilityConfig:
+    """The ``[compatibility]`` table of a config document (the KBS's, or ``grpc-as``'s)."""
+    return _compat(_table(doc, "compatibility"))
+
+
 def parse_as_server_config(
     doc: Mapping[str, Any],
 ) -> tuple[AttestationServiceConfig, StorageConfig, list[str]]:
@@ -701,7 +707,14 @@ def parse_as_server_config(
     try:
         _unused(
             doc,
-            {"work_dir", "rvps_config", "attestation_token_broker", "verifier_config", "storage_backend"},
+            {
+                "work_dir",
+                "rvps_config",
+                "attestation_token_broker",
+                "verifier_config",
+                "storage_backend",
+                "compatibility",
+            },
             "config",
         )
         as_doc = {

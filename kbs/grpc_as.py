@@ -30,7 +30,7 @@ from coco_common.strict_json import strict_loads
 from kbs_client.jcs import hash_canonical
 
 from .attestation_service import AttestationService, _annotate, _init_data, _Reject
-from .config import load_document, parse_as_server_config
+from .config import load_document, parse_as_server_config, parse_compatibility
 from .ear import Appraisal, EarBroker
 from .errors import AttestationError, KbsError
 from .grpc_api import (
@@ -226,6 +226,7 @@ async def serve_grpc(handlers: list[grpc.GenericRpcHandler], socket: str, name: 
 
 async def build_service(doc: Any) -> tuple[AttestationService, list[KvStore | RvpsClient]]:
     a, st, warnings = parse_as_server_config(doc)
+    compat = parse_compatibility(doc)  # the [compatibility] keys that concern an attestation service
     for w in warnings:
         log.warning("config: %s", w)
     store = open_store(st.storage_type, st)
@@ -248,11 +249,13 @@ async def build_service(doc: Any) -> tuple[AttestationService, list[KvStore | Rv
         closers.append(client)
         rvps = RemoteReferenceValues(client, store)
     else:
-        rvps = ReferenceValues(store)
+        rvps = ReferenceValues(store, hide_expired=compat.hide_expired_reference_values)
+    policies = AttestationPolicies(store)
+    policies.check_at_upload = compat.check_policy_at_upload
     svc = AttestationService(
         VerifierRegistry(options=a.verifier_config),
         broker,
-        AttestationPolicies(store),
+        policies,
         rvps,
         verbose_token=a.verbose_token,
     )

@@ -314,3 +314,33 @@ async def test_trustee_error_texts_when_compatibility_says(tmp_path: Path) -> No
             await server.close()
             for c in kbs.state.closers:
                 await c()
+
+
+async def test_grpc_as_reads_the_compatibility_keys() -> None:
+    """The separate attestation service (``grpc-as``) takes the same ``compatibility`` keys that
+    concern it: policy syntax at upload and expired reference values."""
+    from kbs.errors import ParsePolicyError
+    from kbs.grpc_as import build_service
+
+    broken = b"package policy\nallow if {{"
+    svc, closers = await build_service({})
+    try:
+        with pytest.raises(ParsePolicyError):
+            await svc.policies.set("default_cpu", broken)
+    finally:
+        for c in closers:
+            await c.close()
+    doc = {"compatibility": {"check_policy_at_upload": False, "hide_expired_reference_values": False}}
+    svc, closers = await build_service(doc)
+    try:
+        await svc.policies.set("default_cpu", broken)
+        assert await svc.policies.list_ids() == ["default_cpu"]
+        payload = base64.b64encode(b'{"svn": ["1"]}').decode()
+        assert isinstance(svc.rvps, ReferenceValues)
+        await svc.rvps.register(
+            json.dumps({"type": "sample", "payload": payload}).encode(), now=time.time() - 2 * RV_LIFETIME_S
+        )
+        assert await svc.rvps.get("svn") == ["1"]  # expired, still returned as trustee's RVPS does
+    finally:
+        for c in closers:
+            await c.close()
