@@ -87,7 +87,10 @@ def _load_pod(path: Path) -> dict[str, Any]:
     try:
         doc = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
-        raise GlueError(f"pod: {path} is not valid YAML") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        why = getattr(exc, "problem", None)
+        raise GlueError(f"pod: {path} is not valid YAML{where}" + (f" ({why})" if why else "")) from exc
     if not isinstance(doc, dict) or doc.get("kind") != "Pod":
         raise GlueError("pod: the document must be a kind: Pod")
     spec = doc.get("spec")

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from coco_common.cli import closest
 from coco_common.strict_json import strict_loads
 
 from .errors import ConfigError
@@ -289,10 +290,15 @@ def _strs(tbl: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
     return tuple(v)
 
 
+def _did_you_mean(key: str, known: set[str]) -> str:
+    hint = closest(key, known)
+    return f" (did you mean {hint}?)" if hint else ""
+
+
 def _unused(tbl: Mapping[str, Any], known: set[str], where: str) -> None:
     for k in tbl:
         if k not in known:
-            _warn(f"{where}.{k} is not a key this KBS reads: ignored")
+            _warn(f"{where}.{k} is not a key this KBS reads: ignored{_did_you_mean(k, known)}")
 
 
 def _http(tbl: Mapping[str, Any]) -> HttpServerConfig:
@@ -331,7 +337,7 @@ def _http(tbl: Mapping[str, Any]) -> HttpServerConfig:
 def _strict(tbl: Mapping[str, Any], allowed: set[str], where: str) -> None:
     extra = sorted(set(tbl) - allowed)
     if extra:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(extra)}")
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(extra)}{_did_you_mean(extra[0], allowed)}")
 
 
 def _admin(tbl: Mapping[str, Any]) -> AdminConfig:

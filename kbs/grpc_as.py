@@ -26,6 +26,7 @@ from typing import Any
 
 import grpc
 
+from coco_common.cli import add_version, log_level_type, rust_log_level
 from coco_common.strict_json import strict_loads
 from kbs_client.jcs import hash_canonical
 
@@ -275,7 +276,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="grpc-as", description="Attestation service on trustee's gRPC API")
     p.add_argument("-c", "--config-file", help="attestation-service config (JSON, TOML or YAML)")
     p.add_argument("-s", "--socket", default="127.0.0.1:3000", help="listen address (default 127.0.0.1:3000)")
-    p.add_argument("--log-level", default=os.environ.get("KBS_LOG_LEVEL", "info"))
+    add_version(p)
+    p.add_argument(
+        "--log-level",
+        type=log_level_type,
+        default=os.environ.get("KBS_LOG_LEVEL") or rust_log_level() or "info",
+        help="trace, debug, info, warn, error, off (default: $KBS_LOG_LEVEL, else RUST_LOG, else info)",
+    )
     args = p.parse_args(argv)
     setup_logging(args.log_level, json_lines=True)
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -55,8 +56,23 @@ def _interpreter(policy: str, extra: tuple[tuple[str, str], ...] = ()) -> Any:
         for name, text in extra:
             i.add_module(name, text)
     except RegoError as exc:
-        raise ParsePolicyError("policy is not valid Rego") from exc
+        raise ParsePolicyError(f"policy is not valid Rego{_rego_where(policy, str(exc))}") from exc
     return i
+
+
+_REGO_ERROR = re.compile(r"\(error \d+:policy\.rego\|(\d+)\|\d+\s*\(errormsg \d+:([^)\n]{1,200})\)")
+
+
+def _rego_where(policy: str, err: str) -> str:
+    """``: line L, column C: <parser message>`` of the engine's first error in the
+    policy (offsets in its error tree), or "" when there is none."""
+    m = _REGO_ERROR.search(err)
+    if m is None:
+        return ""
+    off = min(int(m.group(1)), len(policy))
+    line = policy.count("\n", 0, off) + 1
+    col = off - (policy.rfind("\n", 0, off) + 1) + 1
+    return f": line {line}, column {col}: {m.group(2).strip()}"
 
 
 _CACHE_SIZE = 128
@@ -162,6 +178,11 @@ class ResourcePolicy:
     async def list_ids(self) -> list[str]:
         return [k.removesuffix(".rego") for k in await self._store.keys(NS_KBS) if k.endswith(".rego")]
 
+    async def text(self) -> bytes:
+        """The policy in force (the built-in default when none was uploaded)."""
+        raw = await self._store.get(NS_KBS, self.KEY)
+        return raw if raw is not None else builtin_policy("default")
+
     async def allows(
         self,
         claims: Mapping[str, Any],
@@ -203,6 +224,14 @@ class AttestationPolicies:
 
     async def list_ids(self) -> list[str]:
         return [k.removesuffix(".rego") for k in await self._store.keys(NS_ATTESTATION_POLICY)]
+
+    async def text(self, policy_id: str) -> bytes | None:
+        """An uploaded policy, or the built-in one of that id; None when there is neither."""
+        raw = await self._store.get(NS_ATTESTATION_POLICY, policy_id + ".rego")
+        if raw is not None:
+            return raw
+        f = resources.files("kbs.policies") / f"{policy_id}.rego"
+        return f.read_bytes() if policy_id.replace("_", "").isalnum() and f.is_file() else None
 
     async def _policy(self, tee_class: str) -> str:
         pid = f"default_{tee_class}"

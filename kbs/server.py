@@ -5,7 +5,9 @@ admin endpoints, ``/healthz`` and ``/metrics``."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -48,7 +50,7 @@ from .external_plugin import ClientPlugin, ExternalPlugin, PluginCall
 from .grpc_api import AsClient, RemoteAttestationService, RemoteReferenceValues, RvpsClient
 from .intel_ta import IntelTrustAuthority, ItaReferenceValues
 from .metrics import Metrics
-from .policy import AttestationPolicies, ResourcePolicy
+from .policy import RESOURCE_POLICY_ID, AttestationPolicies, ResourcePolicy
 from .rvps import ReferenceValues
 from .sessions import Session, SessionStore
 from .storage import (
@@ -74,6 +76,25 @@ SESSION_COOKIE = "kbs-session-id"
 AUTH_DESERIALIZE = "Attestation error: RCAR handshake Auth failed: deserialize Request"
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+
+
+def _audit_fields(request: web.Request, segs: list[str], claims: Any) -> dict[str, Any]:
+    """What an audit line names: resource, TEE, a digest of the claims, the client (no value)."""
+    tees: list[str] = []
+    sub = claims.get("submods") if isinstance(claims, dict) else None
+    if isinstance(sub, dict):
+        for mod in sub.values():
+            ev = mod.get("ear.veraison.annotated-evidence") if isinstance(mod, dict) else None
+            if isinstance(ev, dict):
+                tees += [k for k in ev if k not in ("runtime_data_claims", "report_data", "init_data",
+                                                    "init_data_claims")]  # fmt: skip
+    digest = hashlib.sha256(json.dumps(claims, sort_keys=True, default=str).encode()).hexdigest()
+    return {
+        "resource": "/".join(x[:64] for x in segs[:3]),
+        "tee": ",".join(tees[:8]),
+        "claims_sha256": digest,
+        "client": request.remote,
+    }
 
 
 @dataclass
@@ -391,11 +412,14 @@ class _Handlers:
         token = await self._token(request)
         claims = self.s.tokens.verify(token)
         query = {k: v for k, v in request.query.items()}
+        audit = _audit_fields(request, segs, claims)
         if not await self.s.resource_policy.allows(claims, segs, query):
+            log.info("resource refused by the resource policy", extra=audit)
             raise PolicyDeny("Access denied by policy")
         key = self._resource_key(segs)
         data = await self.s.store.get(NS_REPOSITORY, key)
         if data is None:
+            log.info("resource not found", extra=audit)  # the wire answer stays trustee's
             raise PluginInternalError("Plugin internal error")
         tee_key = extract_tee_pubkey(claims, self.s.config.attestation_token.extra_teekey_paths)
         try:
@@ -403,6 +427,7 @@ class _Handlers:
         except ClientJweError as exc:
             raise JweError(f"JWE error: {exc}") from exc
         self.s.metrics.inc("kbs_resource_requests_total", result="ok")
+        log.info("resource released", extra={**audit, "bytes": len(data)})
         return _json(doc)
 
     # --- admin --------------------------------------------------------------------------------
@@ -422,6 +447,21 @@ class _Handlers:
         await self.s.service.policies.set(pid, policy)
         log.info("attestation policy set", extra={"policy_id": pid})
         return web.Response(status=200)
+
+    async def policy_text(self, request: web.Request, kind: str, policy_id: str) -> web.Response:
+        """GET /kbs/v0/{resource,attestation}-policy/{id}: the stored policy, as uploaded
+        (``{"policy_id", "policy": base64url}``); an extension, trustee lists ids only."""
+        self._admin(request, AdminAuthAccess)
+        if kind == "resource-policy":
+            text = await self.s.resource_policy.text() if policy_id == RESOURCE_POLICY_ID else None
+        else:
+            policies = self.s.service.policies
+            if not isinstance(policies, AttestationPolicies):  # a remote or external AS holds them
+                raise PluginNotFound("attestation-policy read-back needs the built-in attestation service")
+            text = await policies.text(policy_id)
+        if text is None:
+            raise PluginNotFound(f"{kind} {policy_id[:64]} not found")
+        return _json({"policy_id": policy_id, "policy": base64.urlsafe_b64encode(text).decode().rstrip("=")})
 
     async def reference_value(self, request: web.Request, rest: list[str]) -> web.Response:
         self._admin(request, AdminAuthAccess)
@@ -476,6 +516,8 @@ class _Handlers:
             return await self.resource_policy(request)
         if first == "attestation-policy" and m in ("GET", "POST") and not rest:
             return await self.attestation_policy(request)
+        if first in ("resource-policy", "attestation-policy") and m == "GET" and len(rest) == 1:
+            return await self.policy_text(request, first, rest[0])
         if first == "reference-value" and m in ("GET", "POST"):
             return await self.reference_value(request, rest)
         if first in self.s.config.plugins and first == "resource":
@@ -569,10 +611,30 @@ def ssl_context(cfg: KbsConfig) -> ssl.SSLContext | None:
         return None
     assert hs.private_key and hs.certificate
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    for key, path in (("certificate", hs.certificate), ("private_key", hs.private_key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"http_server.{key} {path}: {(exc.strerror or str(exc)).lower()}") from exc
     try:
         ctx.load_cert_chain(hs.certificate, hs.private_key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load the TLS certificate/key: {exc}") from exc
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in str(exc):
+            msg = (
+                f"http_server.private_key {hs.private_key} does not match "
+                f"http_server.certificate {hs.certificate}"
+            )
+        else:
+            msg = (
+                f"http_server.certificate {hs.certificate} / private_key {hs.private_key}: "
+                f"not a PEM certificate and unencrypted PEM key ({exc.reason or 'SSL error'})"
+            )
+        raise ConfigError(msg) from exc
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot load the TLS certificate/key: {(exc.strerror or str(exc)).lower()}"
+        ) from exc
     versions = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
     if hs.tls_profile == "modern":
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
