@@ -157,6 +157,8 @@ def _start_kbs(procs: _Procs, work: Path) -> str:
         f'[storage_backend]\nstorage_type = "LocalFs"\n[storage_backend.backends.local_fs]\n'
         f'dir_path = "{work / "kbs" / "storage"}"\n'
         '[[plugins]]\nname = "resource"\n'
+        # the simulation has no TEE: it attests with the unsigned sample verifier, switched on here
+        '[security]\ndev_verifiers = ["sample"]\n'
     )
     log = work / "kbs.log"
     proc = procs.start([_exe("kbs"), "--config-file", str(cfg)], log)

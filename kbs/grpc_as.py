@@ -31,9 +31,9 @@ from coco_common.strict_json import strict_loads
 from kbs_client.jcs import hash_canonical
 
 from .attestation_service import AttestationService, _annotate, _init_data, _Reject
-from .config import load_document, parse_as_server_config, parse_compatibility
+from .config import load_document, parse_as_server_config, parse_compatibility, security_config
 from .ear import Appraisal, EarBroker
-from .errors import AttestationError, KbsError
+from .errors import AttestationError, ConfigError, KbsError
 from .grpc_api import (
     AS_SERVICE,
     MAX_GRPC_MESSAGE,
@@ -44,6 +44,7 @@ from .grpc_api import (
 )
 from .logs import setup_logging
 from .policy import AttestationPolicies
+from .policy_worker import PolicyWorkers
 from .protos import attestation_pb2 as as_pb
 from .protos import reference_pb2 as rv_pb
 from .rvps import ReferenceValues
@@ -103,7 +104,7 @@ async def evaluate(
         init_claims: dict[str, Any] | None = None
         iw = r.WhichOneof("init_data")
         if iw == "init_data_toml":
-            init_hash, init_claims = _init_data({"body": r.init_data_toml})
+            init_hash, init_claims = _init_data({"body": r.init_data_toml}, svc.limits)
         elif iw == "init_data_digest":
             init_hash = _unb64url(r.init_data_digest, "init_data_digest")
         claims = await svc._verify(r.tee, evidence, rd, init_hash, t)
@@ -251,14 +252,26 @@ async def build_service(doc: Any) -> tuple[AttestationService, list[KvStore | Rv
         rvps = RemoteReferenceValues(client, store)
     else:
         rvps = ReferenceValues(store, hide_expired=compat.hide_expired_reference_values)
-    policies = AttestationPolicies(store)
+    sec_doc = doc.get("security", {}) if isinstance(doc, dict) else {}
+    if not isinstance(sec_doc, dict):
+        raise ConfigError("security must be a table")
+    sec = security_config(sec_doc)
+    dev = sec.dev_verifiers or ()
+    if dev:
+        log.warning(
+            "INSECURE: the unsigned development verifiers %s are enabled (security.dev_verifiers): a client "
+            "with no TEE at all can attest as them; for tests and demos only",
+            ", ".join(dev),
+        )
+    policies = AttestationPolicies(store, PolicyWorkers(sec.policy_workers, timeout_s=sec.policy_timeout_s))
     policies.check_at_upload = compat.check_policy_at_upload
     svc = AttestationService(
-        VerifierRegistry(options=a.verifier_config),
+        VerifierRegistry(options=a.verifier_config, dev_verifiers=dev),
         broker,
         policies,
         rvps,
         verbose_token=a.verbose_token,
+        limits=sec,
     )
     return svc, closers
 

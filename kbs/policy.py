@@ -5,6 +5,9 @@
 * attestation (EAR) policies per device class (``default_cpu``,
   ``default_gpu``, ...) producing ``trust_claims`` and optional
   ``extensions``, with ``query_reference_value(name)`` backed by the RVPS.
+
+The engine runs in worker processes (:mod:`kbs.policy_worker`): this module's
+:func:`evaluate` is what a worker executes.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from kbs_client.policies import builtin_policy
 
 from .ear import TRUST_CLAIMS
 from .errors import ParsePolicyError, PolicyEngineError
+from .policy_worker import MAX_POLICY_DEPTH, PolicyWorkers, policy_nesting, shared_workers
 from .storage import NS_ATTESTATION_POLICY, NS_KBS, KvStore
 
 __all__ = [
@@ -30,6 +34,7 @@ __all__ = [
     "ResourcePolicy",
     "TrustResult",
     "check_rego",
+    "check_rego_inline",
     "evaluate",
 ]
 
@@ -108,12 +113,14 @@ def evaluate(
     *,
     with_reference_values: bool = False,
 ) -> Any:
-    """Evaluate ``query`` and return its JSON value, or None when undefined."""
-    from regopy import RegoError
+    """Evaluate ``query`` in this process and return its JSON value, or None when undefined.
+    The input is handed to the engine as a value (linear in its size; the engine's JSON-term
+    parser is quadratic in array length)."""
+    from regopy import Input, RegoError
 
     i = _cached_interpreter(policy, json.dumps(dict(data_doc), sort_keys=True), with_reference_values)
     try:
-        i.set_input_term(json.dumps(input_doc))
+        i.set_input(Input(input_doc))
         out = i.query(query)
     except RegoError as exc:
         raise PolicyEngineError("policy evaluation failed") from exc
@@ -132,29 +139,24 @@ def evaluate(
     return exprs[0]
 
 
-def _decode_policy(policy: bytes) -> str:
+def check_rego(policy: bytes) -> str:
+    """The checks made before the engine sees a policy (size, UTF-8, bracket nesting);
+    returns its text."""
     if len(policy) > MAX_POLICY_BYTES:
         raise ParsePolicyError("policy too large")
     try:
-        return policy.decode("utf-8")
+        text = policy.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ParsePolicyError("policy is not UTF-8") from exc
-
-
-def check_rego(policy: bytes) -> str:
-    """Decode and parse-check a policy; returns its text."""
-    text = _decode_policy(policy)
-    evaluate(text, "data.policy", {}, {})
+    depth = policy_nesting(text)
+    if depth > MAX_POLICY_DEPTH:
+        raise ParsePolicyError(f"policy nests brackets {depth} deep (at most {MAX_POLICY_DEPTH})")
     return text
 
 
-def _check_upload(policy: bytes, parse: bool) -> None:
-    """An uploaded policy: size and UTF-8 always; Rego syntax unless ``[compatibility]
-    check_policy_at_upload = false`` (trustee stores it unchecked)."""
-    if parse:
-        check_rego(policy)
-    else:
-        _decode_policy(policy)
+def check_rego_inline(text: str) -> None:
+    """Parse-check a policy in this process (what a worker runs): evaluated on an empty input."""
+    evaluate(text, "data.policy", {}, {})
 
 
 class ResourcePolicy:
@@ -164,15 +166,18 @@ class ResourcePolicy:
     #: ``[compatibility] check_policy_at_upload``
     check_at_upload = True
 
-    def __init__(self, store: KvStore) -> None:
+    def __init__(self, store: KvStore, workers: PolicyWorkers | None = None) -> None:
         self._store = store
+        self._workers = workers or shared_workers()
 
     async def install_default(self) -> None:
         if await self._store.get(NS_KBS, self.KEY) is None:
             await self._store.set(NS_KBS, self.KEY, builtin_policy("default"))
 
     async def set(self, policy: bytes) -> None:
-        _check_upload(policy, self.check_at_upload)
+        text = check_rego(policy)
+        if self.check_at_upload:  # [compatibility] check_policy_at_upload = false: stored as trustee does
+            await self._workers.check(text)
         await self._store.set(NS_KBS, self.KEY, policy)
 
     async def list_ids(self) -> list[str]:
@@ -196,7 +201,7 @@ class ResourcePolicy:
             raw = builtin_policy("default")
         text = raw.decode("utf-8", "replace")
         data = {"plugin": plugin, "resource-path": resource_path, "query": dict(query)}
-        result = evaluate(text, "data.policy", dict(claims), data)
+        result = await self._workers.evaluate(text, "data.policy", dict(claims), data)
         return isinstance(result, dict) and result.get("allow") is True
 
 
@@ -213,13 +218,16 @@ class AttestationPolicies:
     #: ``[compatibility] check_policy_at_upload``
     check_at_upload = True
 
-    def __init__(self, store: KvStore) -> None:
+    def __init__(self, store: KvStore, workers: PolicyWorkers | None = None) -> None:
         self._store = store
+        self._workers = workers or shared_workers()
 
     async def set(self, policy_id: str, policy: bytes) -> None:
         if not policy_id or len(policy_id) > 128 or not all(c.isalnum() or c in "_-." for c in policy_id):
             raise ParsePolicyError("invalid policy id")
-        _check_upload(policy, self.check_at_upload)
+        text = check_rego(policy)
+        if self.check_at_upload:  # [compatibility] check_policy_at_upload = false: stored as trustee does
+            await self._workers.check(text)
         await self._store.set(NS_ATTESTATION_POLICY, policy_id + ".rego", policy)
 
     async def list_ids(self) -> list[str]:
@@ -247,7 +255,7 @@ class AttestationPolicies:
         self, tee_class: str, input_doc: Mapping[str, Any], reference_values: Mapping[str, Any]
     ) -> TrustResult:
         text = await self._policy(tee_class)
-        out = evaluate(
+        out = await self._workers.evaluate(
             text,
             "data.policy",
             dict(input_doc),

@@ -51,6 +51,7 @@ from .grpc_api import AsClient, RemoteAttestationService, RemoteReferenceValues,
 from .intel_ta import IntelTrustAuthority, ItaReferenceValues
 from .metrics import Metrics
 from .policy import RESOURCE_POLICY_ID, AttestationPolicies, ResourcePolicy
+from .policy_worker import PolicyWorkers
 from .rvps import ReferenceValues
 from .sessions import Session, SessionStore
 from .storage import (
@@ -64,7 +65,7 @@ from .storage import (
     RedisStore,
     load_at_rest_key,
 )
-from .verifiers import KNOWN_TEES, UnsupportedTee, VerifierRegistry, auth_extra_params
+from .verifiers import DEV_TEES, DEVICE_TEES, KNOWN_TEES, UnsupportedTee, VerifierRegistry, auth_extra_params
 
 __all__ = ["KbsState", "build_state", "make_app", "serve", "ssl_context"]
 
@@ -195,6 +196,9 @@ async def build_state(
             "session store; give every replica the same signer key_path"
         )
     closers: list[Callable[[], Awaitable[None]]] = [st.close for st in cache.values()]
+    sec = cfg.security
+    workers = PolicyWorkers(sec.policy_workers, timeout_s=sec.policy_timeout_s)
+    closers.append(workers.close)
     rvps: ReferenceValues | RemoteReferenceValues | ItaReferenceValues
     service: AttestationService | RemoteAttestationService | IntelTrustAuthority
     if a.type == "intel_ta":  # Intel Trust Authority (a cloud service) appraises the evidence
@@ -214,16 +218,28 @@ async def build_state(
             rvps = RemoteReferenceValues(rv_client, store)
         else:
             rvps = ReferenceValues(store, hide_expired=cfg.compatibility.hide_expired_reference_values)
-        policies = AttestationPolicies(store)
+        dev = sec.dev_verifiers
+        if dev is None:  # unset: on only where tokens are forgeable anyway (insecure_header_jwk)
+            dev = tuple(sorted(DEV_TEES)) if t.insecure_header_jwk else ()
+        if dev:
+            log.warning(
+                "INSECURE: the unsigned development verifiers %s are enabled ([security] dev_verifiers%s): "
+                "a client with no TEE at all can attest as them; the default resource policy refuses them, "
+                "a custom one must too. For tests and demos only",
+                ", ".join(dev),
+                "" if sec.dev_verifiers is not None else " unset, implied by insecure_header_jwk",
+            )
+        policies = AttestationPolicies(store, workers)
         policies.check_at_upload = cfg.compatibility.check_policy_at_upload
         service = AttestationService(
-            registry or VerifierRegistry(options=a.verifier_config),
+            registry or VerifierRegistry(options=a.verifier_config, dev_verifiers=dev),
             broker,
             policies,
             rvps,
             verbose_token=a.verbose_token,
+            limits=sec,
         )
-    rp = ResourcePolicy(store)
+    rp = ResourcePolicy(store, workers)
     rp.check_at_upload = cfg.compatibility.check_policy_at_upload
     await rp.install_default()
     client_plugins: dict[str, ClientPlugin] = {}
@@ -242,7 +258,7 @@ async def build_state(
     state = KbsState(
         config=cfg,
         store=store,
-        sessions=SessionStore(sess_store, timeout_min=a.timeout_min),
+        sessions=SessionStore(sess_store, timeout_min=a.timeout_min, max_sessions=sec.max_sessions),
         admin=AdminAuthorizer(cfg.admin, base_dir=cfg.base_dir),
         tokens=tokens,
         service=service,
@@ -268,6 +284,13 @@ def _rss() -> float:
     except OSError:
         pass
     return 0.0
+
+
+class _InternalError(KbsError):
+    """An unexpected failure inside the KBS (status 500; the detail never says more)."""
+
+    status = 500
+    variant = "PluginInternalError"
 
 
 def _error(exc: KbsError, *, trustee_texts: bool = False) -> web.Response:
@@ -309,6 +332,13 @@ class _Handlers:
             )
         if tee not in KNOWN_TEES:
             raise AttestationError(AUTH_DESERIALIZE)
+        if tee in DEVICE_TEES:
+            # a device TEE attests an accelerator, not the CPU the workload runs on
+            raise AttestationError(
+                f"Attestation error: RCAR handshake Auth failed: {tee} is a device TEE, not a primary TEE"
+            )
+        if isinstance(self.s.service, AttestationService) and self.s.service.registry.disabled(tee):
+            raise AttestationError(f"Attestation error: RCAR handshake Auth failed: tee {tee} is not enabled")
         alg = "sha512" if tee == "se" else "sha384"
         nonce: str | None = None
         try:  # se: the verifier's attestation request is the nonce (trustee's supplemental challenge)
@@ -333,19 +363,24 @@ class _Handlers:
         if sess is None:
             self.s.metrics.inc("kbs_attestations_total", result="no_session")
             raise AttestationError("Attestation error: RCAR handshake Attest failed")
-        if sess.token is None:
-            try:
-                token = await self.s.service.attest(
-                    tee=sess.tee,
-                    session_nonce=sess.nonce,
-                    hash_algorithm=sess.hash_algorithm,
-                    untrusted_body=raw,
-                )
-            except AttestationError:
-                self.s.metrics.inc("kbs_attestations_total", result="rejected")
-                raise
-            sess = await self.s.sessions.mark_attested(sess, token)
-            self.s.metrics.inc("kbs_attestations_total", result="ok")
+        async with self.s.sessions.lock(sess.id):  # one nonce, one attestation
+            fresh = await self.s.sessions.get(sess.id)
+            if fresh is None:
+                raise AttestationError("Attestation error: RCAR handshake Attest failed")
+            sess = fresh
+            if sess.token is None:
+                try:
+                    token = await self.s.service.attest(
+                        tee=sess.tee,
+                        session_nonce=sess.nonce,
+                        hash_algorithm=sess.hash_algorithm,
+                        untrusted_body=raw,
+                    )
+                except AttestationError:
+                    self.s.metrics.inc("kbs_attestations_total", result="rejected")
+                    raise
+                sess = await self.s.sessions.mark_attested(sess, token)
+                self.s.metrics.inc("kbs_attestations_total", result="ok")
         resp = _json({"token": sess.token})
         _set_cookie(resp, sess)
         return resp
@@ -360,9 +395,17 @@ class _Handlers:
             return authz[7:].strip()
         raise TokenNotFound("Attestation Token not found")
 
+    @staticmethod
+    def acl_path(request: web.Request) -> str:
+        """What an admin ACL regex is matched against: the decoded path the router dispatched,
+        without the query. Trustee matches the raw request URI (query included); there a
+        percent-encoded path (``%70rod``, ``prod%2Fkey``) reaches the same handler as the plain
+        one yet slips past an exclusion-style ACL. Here both see one string."""
+        return "/kbs/v0/" + request.match_info.get("tail", "")
+
     def _admin(self, request: web.Request, err: type[KbsError]) -> None:
         try:
-            role = self.s.admin.check(request.raw_path, request.headers.get("Authorization"))
+            role = self.s.admin.check(self.acl_path(request), request.headers.get("Authorization"))
         except AdminDenied as exc:
             log.warning("admin access denied", extra={"path": request.path, "reason": str(exc)})
             if err is AdminAuthInitialization:
@@ -426,6 +469,8 @@ class _Handlers:
             doc = client_jwe.encrypt(data, tee_key)
         except ClientJweError as exc:
             raise JweError(f"JWE error: {exc}") from exc
+        except ValueError as exc:  # a key cryptography refuses late (tokens from other issuers)
+            raise JweError("JWE error: the tee-pubkey cannot be encrypted to") from exc
         self.s.metrics.inc("kbs_resource_requests_total", result="ok")
         log.info("resource released", extra={**audit, "bytes": len(data)})
         return _json(doc)
@@ -571,8 +616,9 @@ def make_app(state: KbsState) -> web.Application:
             status = exc.status
             raise
         except Exception:
+            # a bug: logged with its traceback, answered as an RFC 7807 body (never aiohttp's bare page)
             log.exception("internal error", extra={"path": request.path})
-            raise
+            return _error(_InternalError("internal error"))
         finally:
             dt = time.perf_counter() - t0
             ep = _endpoint(request.path)
