@@ -49,6 +49,8 @@ _BAD_STATUS = frozenset(
 )
 
 
+#: statuses showing gpgv reached a signature packet
+_SIG_SEEN = frozenset({"NEWSIG", "GOODSIG", "BADSIG", "VALIDSIG", "ERRSIG"})
 #: gpgv status codes, in the words an operator needs (first match wins)
 _BAD_WORDS = (
     ("NODATA", "the signature is not an OpenPGP signature or is corrupt (no signature data in it)"),
@@ -162,6 +164,9 @@ def verify_signed_message(untrusted_blob: bytes, keyring: bytes, *, gpgv: str = 
             raise SignatureRejected("GPG signature is not by a trusted key")
         if bad:
             raise SignatureRejected(_why_bad(bad))
+        if cp.returncode != 0 and not _SIG_SEEN.intersection(kinds):
+            # gpgv gave up before reaching any signature (e.g. "zlib inflate problem")
+            raise SignatureRejected(_why_bad({"NODATA"}))
         valid = [s for s in status if s[0] == "VALIDSIG"]
         if cp.returncode != 0 or kinds.count("GOODSIG") != 1 or len(valid) != 1 or kinds.count("NEWSIG") > 1:
             raise SignatureRejected("GPG signature did not verify with the trusted keys")

@@ -129,7 +129,9 @@ def test_signature_for_another_tag_names_both_and_the_fix(
     assert not (signed.tmp / "tag" / "b" / "config.json").exists()
     # the suggested policy accepts it
     pol = signed_by_policy(signed, "tag2", signedIdentity={"type": "matchRepository"})
-    rc = main(pull_cli(signed, "ux/signed:2", "tag2", "--policy", str(pol), "--registries-d", str(signed.read_d)))
+    rc = main(
+        pull_cli(signed, "ux/signed:2", "tag2", "--policy", str(pol), "--registries-d", str(signed.read_d))
+    )
     assert rc == 0, capsys.readouterr().err
     assert (signed.tmp / "tag2" / "b" / "rootfs" / "hello").read_bytes() == b"hi\n"
 
@@ -220,3 +222,18 @@ def test_wrong_port_says_connection_refused(tmp_path: Path, capsys: pytest.Captu
     assert rc == 1
     assert f"cannot connect to 127.0.0.1:{port} (connection refused): is the registry running" in err
     assert "ConnectError" not in err
+
+
+def test_gpgv_nodata_is_called_corrupt(signed: Signed, tmp_path: Path) -> None:
+    from image_pull.signatures.gpg import verify_signed_message
+    from image_pull.trust import SignatureRejected
+
+    (tmp_path / "p").write_bytes(b"hello\n")
+    h.run(["gpg", "--batch", "--yes", "--compress-level", "0", "--local-user", signed.key.fpr, "--sign",
+           "--output", str(tmp_path / "s"), str(tmp_path / "p")], signed.key.env)  # fmt: skip
+    good = (tmp_path / "s").read_bytes()
+    assert verify_signed_message(good, signed.key.pub.read_bytes()).payload == b"hello\n"
+    for bad in (good[: len(good) // 2], good[:1] + bytes(40)):
+        with pytest.raises(SignatureRejected) as ei:
+            verify_signed_message(bad, signed.key.pub.read_bytes())
+        assert str(ei.value).startswith("the signature is not an OpenPGP signature or is corrupt")

@@ -207,6 +207,8 @@ def test_plain_http_to_a_tls_kbs_names_https_and_is_not_retried(
         rc, _, err = run(capsys, "--url", plain, "attest")
     assert rc == 1
     host_port = plain.removeprefix("http://").rstrip("/")
-    assert f"the server at {host_port} closed the connection without answering; does it expect https://?" in err
+    assert (
+        f"the server at {host_port} closed the connection without answering; does it expect https://?" in err
+    )
     assert "RemoteProtocolError" not in err and "ReadError" not in err
     assert not [r for r in caplog.records if "RCAR attempt" in r.getMessage()]
