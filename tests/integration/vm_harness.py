@@ -731,9 +731,10 @@ def _summarise(
         if 0 not in tpm["pcrs_measured"]:
             problems.append("PCR 0 is unmeasured: the firmware measured nothing into the vTPM")
         pcr8 = hashlib.sha256(bytes(32) + init_digest).hexdigest()  # one extend from reset
-        if tpm["init_data"] != init_digest.hex() or tpm["init_data_pcr"] != pcr8 or tclaims["pcr08"] != pcr8:
+        if tpm["init_data"] != pcr8 or tclaims["pcr08"] != pcr8 or not tpm.get("init_data_claims"):
             problems.append(
-                f"init-data not bound: KBS digest {tpm['init_data']}, PCR 8 {tclaims.get('pcr08')}, want {pcr8}"
+                f"init-data not bound: the verifier's init_data {tpm['init_data']}, PCR 8 {tclaims.get('pcr08')},"
+                f" want {pcr8}; init_data_claims {'present' if tpm.get('init_data_claims') else 'absent'}"
             )
         if tpm["event_log_events"] < 1:
             problems.append("the KBS replayed no event log against the quoted PCRs")
@@ -841,7 +842,7 @@ def _summarise(
             "pcrs_measured": tpm["pcrs_measured"],
             "pcr00": tpm["claims"]["pcr00"],
             "event_log_events": tpm["event_log_events"],
-            "init_data": tpm["init_data"],
+            "init_data": init_digest.hex(),  # bound: PCR 8 is one extend of it (checked above)
             "pcr08": tpm["claims"]["pcr08"],
             "untrusted_ak_error": tpm.get("untrusted_ak_error", ""),
             "kbs_untrusted_ak_log": ak_rejections[-1][:200] if ak_rejections else "",

@@ -536,8 +536,10 @@ async def tpm_attest(cfg: dict[str, Any]) -> dict[str, Any]:
             # neither the reset value (0) nor that of the DRTM PCRs outside locality 4 (all ones)
             pcrs_measured=sorted(i for i, v in pcrs.items() if v.strip("0") and v.strip("f")),
             event_log_events=len(tclaims.get("uefi_event_logs") or []),
-            init_data=annotated.get("init_data"),  # the digest the KBS computed from what the AA sent
-            init_data_pcr=tclaims.get("init_data"),  # PCR 8 in the verified quote
+            # trustee's layout: the verifier's init_data (PCR 8 of the verified quote) at the top
+            # level, and beside it the init-data the KBS parsed, present only when it was bound
+            init_data=annotated.get("init_data"),
+            init_data_claims=annotated.get("init_data_claims"),
             guest_pcrs=guest_pcrs(),
             token_seconds=round(time.monotonic() - t, 1),
         )
