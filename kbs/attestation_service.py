@@ -48,16 +48,20 @@ class _Reject(Exception):
     """Internal: why an /attest failed (logged, never sent to the client)."""
 
 
-def _only(obj: Any, allowed: set[str], required: set[str], what: str) -> dict[str, Any]:
+def _only(
+    obj: Any, allowed: set[str], required: set[str], what: str, *, strict: bool = True
+) -> dict[str, Any]:
+    """``obj`` as an object of ``allowed`` members with every ``required`` one; other members are
+    an error, or (``strict`` false, trustee's serde) dropped."""
     if not isinstance(obj, dict):
         raise _Reject(f"{what} is not an object")
     extra = set(obj) - allowed
-    if extra:
+    if extra and strict:
         raise _Reject(f"{what} has unknown fields {sorted(extra)}")
     missing = required - set(obj)
     if missing:
         raise _Reject(f"{what} lacks {sorted(missing)}")
-    return obj
+    return {k: v for k, v in obj.items() if k in allowed}
 
 
 def _shape(doc: Any, limits: SecurityConfig, what: str, *, depth_slack: int = 0) -> None:
@@ -70,10 +74,11 @@ def _shape(doc: Any, limits: SecurityConfig, what: str, *, depth_slack: int = 0)
 
 
 def parse_attestation(
-    untrusted_body: bytes, limits: SecurityConfig | None = None
+    untrusted_body: bytes, limits: SecurityConfig | None = None, *, strict: bool = True
 ) -> tuple[dict[str, Any] | None, str, TeePubKey, Any, str]:
     """-> (init_data, nonce, tee_pubkey, primary_evidence, additional_evidence), every part
-    within ``limits`` (size, depth, element count) before anything else reads it."""
+    within ``limits`` (size, depth, element count) before anything else reads it. ``strict``
+    false ignores members the protocol does not define, as trustee does."""
     lim = limits or SecurityConfig()
     if len(untrusted_body) > lim.max_evidence_bytes + 4 * lim.max_init_data_bytes + 64 * 1024:
         raise _Reject("attestation body is larger than the evidence and init-data limits allow")
@@ -82,13 +87,22 @@ def parse_attestation(
     except ValueError as exc:
         raise _Reject(f"attestation body is not strict JSON: {exc}") from exc
     _shape(doc, lim, "attestation body", depth_slack=3)
-    doc = _only(doc, {"init-data", "runtime-data", "tee-evidence"}, {"runtime-data", "tee-evidence"}, "body")
-    rt = _only(doc["runtime-data"], {"nonce", "tee-pubkey"}, {"nonce", "tee-pubkey"}, "runtime-data")
+    doc = _only(
+        doc,
+        {"init-data", "runtime-data", "tee-evidence"},
+        {"runtime-data", "tee-evidence"},
+        "body",
+        strict=strict,
+    )
+    rt = _only(
+        doc["runtime-data"], {"nonce", "tee-pubkey"}, {"nonce", "tee-pubkey"}, "runtime-data", strict=strict
+    )
     ev = _only(
         doc["tee-evidence"],
         {"primary_evidence", "additional_evidence"},
         {"primary_evidence", "additional_evidence"},
         "tee-evidence",
+        strict=strict,
     )
     if not isinstance(rt["nonce"], str):
         raise _Reject("nonce is not a string")
@@ -105,7 +119,7 @@ def parse_attestation(
         raise _Reject(f"evidence is larger than {lim.max_evidence_bytes} bytes")
     init = doc.get("init-data")
     if init is not None:
-        init = _only(init, {"format", "body"}, {"format", "body"}, "init-data")
+        init = _only(init, {"format", "body"}, {"format", "body"}, "init-data", strict=strict)
         if init["format"] != "toml":
             raise _Reject("Unsupported initdata format")
         if not isinstance(init["body"], str):
@@ -195,6 +209,8 @@ class AttestationService:
         self.rvps = rvps
         self.verbose = verbose_token
         self.limits = limits or SecurityConfig()
+        #: ``[compatibility] strict_request_bodies``: false ignores unknown /attest members
+        self.strict_bodies = True
 
     async def _verify(
         self, tee: str, evidence: Any, report_data: bytes, init_hash: bytes | None, now: datetime
@@ -250,7 +266,9 @@ class AttestationService:
             raise _Reject(f"{tee} is a device TEE, not a primary TEE")
         # parsing and bounding up to a few MB of input is CPU work: in a thread, so the event
         # loop keeps its turn (the GIL is handed over every few ms)
-        init, nonce, key, primary, additional = await asyncio.to_thread(parse_attestation, body, self.limits)
+        init, nonce, key, primary, additional = await asyncio.to_thread(
+            parse_attestation, body, self.limits, strict=self.strict_bodies
+        )
         if nonce != session_nonce:
             raise _Reject("runtime-data nonce differs from the session nonce")
         jwk = key.to_jwk()

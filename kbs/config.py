@@ -278,6 +278,9 @@ class CompatibilityConfig:
     #: error ``detail`` texts say what failed; false: trustee's texts (e.g. "Plugin internal
     #: error", "Token Verifier error", "Serialize/Deserialize failed"), the reason only logged
     detailed_error_texts: bool = True
+    #: /auth and /attest bodies with members the protocol does not define are refused
+    #: (Serialize/Deserialize failed); false: as trustee's serde, unknown members are ignored
+    strict_request_bodies: bool = True
 
 
 @dataclass(frozen=True)

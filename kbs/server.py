@@ -239,6 +239,7 @@ async def build_state(
             verbose_token=a.verbose_token,
             limits=sec,
         )
+        service.strict_bodies = cfg.compatibility.strict_request_bodies
     rp = ResourcePolicy(store, workers)
     rp.check_at_upload = cfg.compatibility.check_policy_at_upload
     await rp.install_default()
@@ -319,7 +320,10 @@ class _Handlers:
             doc = strict_loads(raw)
         except ValueError as exc:
             raise AttestationError(AUTH_DESERIALIZE) from exc
-        if not isinstance(doc, dict) or set(doc) != {"version", "tee", "extra-params"}:
+        fields = {"version", "tee", "extra-params"}
+        if not isinstance(doc, dict) or not fields <= set(doc):
+            raise AttestationError(AUTH_DESERIALIZE)
+        if set(doc) != fields and self.s.config.compatibility.strict_request_bodies:
             raise AttestationError(AUTH_DESERIALIZE)
         version, tee = doc["version"], doc["tee"]
         if not isinstance(version, str) or not isinstance(tee, str):

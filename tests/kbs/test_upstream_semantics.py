@@ -344,3 +344,50 @@ async def test_grpc_as_reads_the_compatibility_keys() -> None:
     finally:
         for c in closers:
             await c.close()
+
+
+@pytest.mark.parametrize("strict", [True, False])
+async def test_unknown_request_members_refused_unless_compatibility_says(
+    tmp_path: Path, strict: bool
+) -> None:
+    """Audit K2, a deliberate difference: /auth and /attest bodies with members the protocol does
+    not define are refused; ``[compatibility] strict_request_bodies = false`` ignores them, as
+    trustee's serde does (a future additive field from a newer client then still works)."""
+    kbs, server = await start(tmp_path, compatibility={"strict_request_bodies": strict})
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            await kbs.policy(http, "allow_all")
+            await kbs.seed(http, "default/key/k2", b"k2-secret")
+            auth = {"version": "0.4.0", "tee": "sample", "extra-params": "", "future-field": 1}
+            r = await http.post(f"{kbs.url}/kbs/v0/auth", json=auth)
+            http.cookies.clear()
+            if strict:
+                assert r.status_code == 401 and _err(r) == "AttestationError", r.text
+            else:
+                assert r.status_code == 200, r.text
+            sid, nonce = await handshake(http, kbs.url)
+            key = TeeKeyPair.generate()
+            body = attest_body(nonce, key)
+            body["future-field"] = {"x": 1}
+            body["runtime-data"]["extra"] = "y"
+            body["tee-evidence"]["more"] = []
+            r = await do_attest(http, kbs.url, sid, body)
+            if strict:
+                assert r.status_code == 401, r.text
+                return
+            assert r.status_code == 200, r.text
+            r = await http.get(
+                f"{kbs.url}/kbs/v0/resource/default/key/k2", headers={"Cookie": f"kbs-session-id={sid}"}
+            )
+            http.cookies.clear()
+            assert r.status_code == 200 and key.decrypt(r.json()) == b"k2-secret"
+            # required members are still required, strict or not
+            sid, nonce = await handshake(http, kbs.url)
+            r = await do_attest(http, kbs.url, sid, {"runtime-data": {"nonce": nonce}, "tee-evidence": {}})
+            assert r.status_code == 401
+            r = await http.post(f"{kbs.url}/kbs/v0/auth", json={"version": "0.4.0", "tee": "sample"})
+            assert r.status_code == 401
+    finally:
+        await server.close()
+        for c in kbs.state.closers:
+            await c()
