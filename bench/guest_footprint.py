@@ -146,7 +146,10 @@ def main() -> int:
             (wheel,) = (tmp / "dist").glob("coco_py-*.whl")
             guest_site = _venv(tmp / "guest", "guest.lock.txt", wheel)
             server_site = _venv(tmp / "server", "server.lock.txt", wheel)
-            out["installed"] = {"guest": _site_size(guest_site), "server_set_for_scale": _site_size(server_site)}
+            out["installed"] = {
+                "guest": _site_size(guest_site),
+                "server_set_for_scale": _site_size(server_site),
+            }
             bin_ = tmp / "guest" / "bin"
         aa_sock, cdh_sock = tmp / "aa.sock", tmp / "cdh.sock"
         (tmp / "aa.toml").write_text('[token_configs.kbs]\nurl = "http://127.0.0.1:9"\n')

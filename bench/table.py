@@ -78,7 +78,9 @@ def _run(name: str, args: list[str], out: Path, timeout: float) -> dict[str, Any
     return doc
 
 
-def _ratio_row(what: str, ours: float, peer: float, unit: str, peer_name: str, limit: float, **kw: str) -> Row:
+def _ratio_row(
+    what: str, ours: float, peer: float, unit: str, peer_name: str, limit: float, **kw: str
+) -> Row:
     r = ours / peer if peer else None
     return Row(what, f"{ours:.3g} {unit}", f"{peer_name} {peer:.3g} {unit}", r, f"<= {limit}",
                None if r is None else r <= limit, **kw)  # fmt: skip
@@ -133,7 +135,13 @@ def kbs_rows(sweep: dict[int, dict[str, Any] | str]) -> list[Row]:
     at16 = sweep.get(16)
     if not isinstance(at16, dict):
         why = at16 if isinstance(at16, str) else "16 clients not run"
-        return [_missing("KBS auth -> attest -> resource, 16 clients", "<= 2.5 ms KBS CPU per flow, >= 208 flows/s", why)]
+        return [
+            _missing(
+                "KBS auth -> attest -> resource, 16 clients",
+                "<= 2.5 ms KBS CPU per flow, >= 208 flows/s",
+                why,
+            )
+        ]
     f, p = at16["flow"], at16["plain"]
     cpu_ok = f["kbs_cpu_ms"] <= 2.5
     return [
@@ -226,7 +234,13 @@ def plot(doc: dict[str, Any], path: Path) -> str | None:
         a2.set_xscale("log", base=2)
         a2.axhline(208, color="tab:red", ls="--", lw=1, label="target 208 flows/s")
         a3 = a2.twinx()
-        a3.plot(xs, [sweep[c]["flow"]["kbs_cpu_ms"] for c in xs], "s--", color="tab:orange", label="KBS CPU ms/flow")
+        a3.plot(
+            xs,
+            [sweep[c]["flow"]["kbs_cpu_ms"] for c in xs],
+            "s--",
+            color="tab:orange",
+            label="KBS CPU ms/flow",
+        )
         a3.set_ylabel("KBS CPU per flow (ms)")
         a2.legend(loc="upper left")
         a3.legend(loc="lower right")
@@ -322,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r.what:{w}}  {r.ours:>28}  {r.peer:>44}  {ratio}  {r.target} {verdict}")
         if r.note:
             print(f"{'':{w}}    {r.note}")
-    print(f"\nwrote {a.out / 'latest.json'}" + (f"; no plot: {why}" if why else f" and {a.out / 'latest.png'}"))
+    print(
+        f"\nwrote {a.out / 'latest.json'}" + (f"; no plot: {why}" if why else f" and {a.out / 'latest.png'}")
+    )
     return 0
 
 
