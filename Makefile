@@ -25,7 +25,7 @@ test: deps-vm lint typecheck
 	$(PY) -m pytest -q -ra
 
 demo: deps
-	$(PY) scripts/demo.py
+	$(PY) scripts/demo.py $(if $(KEEP),--keep)
 
 vm-test: deps-vm
 	$(PY) -m tests.integration.vm_harness

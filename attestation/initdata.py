@@ -31,6 +31,7 @@ import binascii
 import gzip
 import hashlib
 import io
+import logging
 import struct
 import tomllib
 import zlib
@@ -40,6 +41,9 @@ from pathlib import Path
 from types import MappingProxyType
 
 from attestation.errors import AttestationError
+from coco_common.cli import closest
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "ALGORITHMS",
@@ -102,6 +106,11 @@ class InitData:
         return tee_digest(self.digest(), tee)
 
 
+_TOP_KEYS = ("version", "algorithm", "data")
+#: the data entries the guest components read (others are kept for the workload)
+_DATA_KEYS = ("aa.toml", "cdh.toml", "policy.rego")
+
+
 def parse_initdata(untrusted_toml: bytes) -> InitData:
     """Validate initdata TOML bytes (size, UTF-8, TOML, version, algorithm, data)."""
     if len(untrusted_toml) > MAX_INITDATA_BYTES:
@@ -126,9 +135,21 @@ def parse_initdata(untrusted_toml: bytes) -> InitData:
         raise InitDataError(
             f"initdata: unsupported algorithm {algorithm!r} (want one of {', '.join(ALGORITHMS)})"
         )
+    for key in doc:
+        if key not in _TOP_KEYS:
+            hint = closest(key, _TOP_KEYS)
+            log.warning(
+                "initdata: unknown key %s at the top level: ignored%s",
+                key[:64],
+                f" (did you mean {hint}?)" if hint else "",
+            )
     raw_data = doc.get("data", {})
     if not isinstance(raw_data, dict):
         raise InitDataError("initdata: field 'data' must be a table")
+    for key in raw_data:
+        hint = closest(key, _DATA_KEYS) if key not in _DATA_KEYS else None
+        if hint:
+            log.warning("initdata: data.%s is not a file the guest reads (did you mean %s?)", key[:64], hint)
     data: dict[str, str] = {}
     for key, value in raw_data.items():
         if not isinstance(value, str):

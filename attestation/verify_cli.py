@@ -2,17 +2,94 @@
 
 Each platform module provides ``configure(parser)`` and ``run(args) -> int``
 in ``attestation.<platform>.cli`` (or the module named in ``_MODULES``); this
-module only dispatches.
+module dispatches, and owns the one
+verdict format and exit-code scheme every platform reports through
+(:func:`verified`, :func:`not_verified`, :func:`usage_error`):
+
+- stdout, first line: ``verified: yes <tee> <why>`` or ``verified: no <tee> <why>``;
+  on ``yes`` the claims follow as one JSON document;
+- stderr: one line ``coco-verify <tee>: ...`` for a rejection, a usage error, or
+  (as a WARNING) what was NOT checked;
+- exit status: :data:`EXIT_VERIFIED` 0 authentic (what was NOT checked is
+  named); :data:`EXIT_NOT_VERIFIED` 1 not authentic, or a check failed;
+  :data:`EXIT_USAGE` 2 usage error or unreadable input; with ``--strict``,
+  :data:`EXIT_UNCHECKED` 3 authentic, but the TCB status and/or a policy
+  was not evaluated (e.g. TDX without collateral, no ``--policy``).
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-__all__ = ["main"]
+from coco_common.cli import add_version, exit_on_closed_pipe
+
+__all__ = [
+    "EXIT_CODES_HELP",
+    "EXIT_NOT_VERIFIED",
+    "EXIT_UNCHECKED",
+    "EXIT_USAGE",
+    "EXIT_VERIFIED",
+    "main",
+    "not_verified",
+    "usage_error",
+    "verified",
+]
+
+EXIT_VERIFIED = 0
+EXIT_NOT_VERIFIED = 1
+EXIT_USAGE = 2
+EXIT_UNCHECKED = 3
+
+EXIT_CODES_HELP = (
+    "output: first line 'verified: yes|no <tee> <why>' on stdout, then the claims as JSON. "
+    "exit status: 0 verified (authentic; anything NOT checked, e.g. no --policy or TCB status "
+    "not evaluated, is named in the first line and in a WARNING on stderr); 1 not verified "
+    "(not authentic, or a check failed); 2 usage error or unreadable input; 3 (only with "
+    "--strict, given before the TEE name) authentic but NOT fully checked"
+)
+
+#: set by ``--strict``: authentic but not fully checked evidence exits :data:`EXIT_UNCHECKED`
+_strict = False
+
+
+def verified(
+    tee: str, claims: Mapping[str, Any] | Sequence[Any], why: str, *, unchecked: Sequence[str] = ()
+) -> int:
+    """Report authentic evidence. ``unchecked`` names what was not evaluated
+    (``"policy (no --policy)"``); each entry is said loudly on stderr and in the
+    verdict line, and with ``--strict`` makes the exit status :data:`EXIT_UNCHECKED`.
+
+    Without ``--strict`` such evidence exits 0, as the command always has (scripts
+    that check a signature only rely on it); ``--strict`` is for a caller that must
+    know every check ran."""
+    line = f"verified: yes {tee} {why}"
+    if unchecked:
+        line += "; NOT checked: " + ", ".join(unchecked)
+        print(f"coco-verify {tee}: WARNING: NOT checked: {', '.join(unchecked)}", file=sys.stderr)
+    sys.stdout.write(line + "\n")
+    sys.stdout.write(json.dumps(claims, indent=2, sort_keys=isinstance(claims, Mapping)) + "\n")
+    sys.stdout.flush()
+    return EXIT_UNCHECKED if unchecked and _strict else EXIT_VERIFIED
+
+
+def not_verified(tee: str, why: str) -> int:
+    """Report evidence that is not authentic, or that failed a requested check."""
+    print(f"coco-verify {tee}: {why}", file=sys.stderr)
+    sys.stdout.write(f"verified: no {tee} {why}\n")
+    sys.stdout.flush()
+    return EXIT_NOT_VERIFIED
+
+
+def usage_error(tee: str, why: str) -> int:
+    """A usage error or unreadable input: no verdict was reached."""
+    print(f"coco-verify {tee}: {why}", file=sys.stderr)
+    return EXIT_USAGE
+
 
 _PLATFORMS = {
     "snp": "AMD SEV-SNP attestation report",
@@ -30,10 +107,18 @@ _MODULES = {"az-snp-vtpm": "attestation.azure.cli", "az-tdx-vtpm": "attestation.
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="coco-verify", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="coco-verify", description=__doc__.splitlines()[0], epilog=EXIT_CODES_HELP
+    )
+    add_version(parser)
+    parser.add_argument(
+        "--strict",
+        action="store_true",
+        help="exit 3 (not 0) when the evidence is authentic but something was NOT checked",
+    )
     sub = parser.add_subparsers(dest="platform", required=True)
     for name, help_text in _PLATFORMS.items():
-        p = sub.add_parser(name, help=f"verify an {help_text}")
+        p = sub.add_parser(name, help=f"verify an {help_text}", epilog=EXIT_CODES_HELP)
         try:
             mod = importlib.import_module(_MODULES.get(name, f"attestation.{name}.cli"))
         except ImportError:
@@ -42,10 +127,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         mod.configure(p)
         p.set_defaults(_run=mod.run)
     args = parser.parse_args(argv)
+    global _strict
+    _strict = args.strict
     if args._run is None:
         print(f"coco-verify: {args.platform} verification is not available in this build", file=sys.stderr)
-        return 2
-    rc: int = args._run(args)
+        return EXIT_USAGE
+    try:
+        rc: int = args._run(args)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `coco-verify ... | head`
+        exit_on_closed_pipe()
     return rc
 
 

@@ -25,6 +25,7 @@ from aiohttp import web
 from cdh.aa import AaClient
 from cdh.crypto import CryptoError, b64url, strict_json
 from cdh.kbc import parse_resource_uri
+from coco_common.cli import add_log_options, add_version, configure_logging
 from coco_rpc import AA_SERVICE, AA_SOCKET, CDH_SOCKET, GET_RESOURCE_SERVICE, RpcClient, RpcError, connect
 from coco_rpc.protos import api_pb2
 from coco_rpc.protos import attestation_agent_pb2 as aa_pb2
@@ -73,7 +74,9 @@ def make_app(cdh_addr: str, aa_addr: str, features: str = "resource") -> web.App
 
     def need(feature: str) -> None:
         if feature not in enabled:
-            raise web.HTTPNotFound(text=f"feature {feature!r} is not enabled")
+            raise web.HTTPNotFound(
+                text=f"feature {feature!r} is not enabled (start api-server-rest with -f {feature} or -f all)"
+            )
 
     def runtime_data(request: web.Request) -> bytes:
         rd = request.query.get("runtime_data")
@@ -174,12 +177,20 @@ def make_app(cdh_addr: str, aa_addr: str, features: str = "resource") -> web.App
 
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="api-server-rest", description="CoCo guest REST API (loopback only)")
-    ap.add_argument("-b", "--bind", default="127.0.0.1:8006")
-    ap.add_argument("-f", "--features", default="resource", choices=sorted(_FEATURES))
-    ap.add_argument("-c", "--cdh_addr", "--cdh-addr", default=CDH_SOCKET)
-    ap.add_argument("-a", "--aa_addr", "--aa-addr", default=AA_SOCKET)
+    ap.add_argument("-b", "--bind", default="127.0.0.1:8006", help="host:port (default: %(default)s)")
+    ap.add_argument(
+        "-f",
+        "--features",
+        default="resource",
+        choices=sorted(_FEATURES),
+        help="API groups served (default: %(default)s; /aa/* needs attestation or all)",
+    )
+    ap.add_argument("-c", "--cdh_addr", "--cdh-addr", default=CDH_SOCKET, help="CDH (default: %(default)s)")
+    ap.add_argument("-a", "--aa_addr", "--aa-addr", default=AA_SOCKET, help="AA (default: %(default)s)")
+    add_version(ap)
+    add_log_options(ap)
     args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(args)
     host, _, port = args.bind.rpartition(":")
     if not host or not port.isdigit():
         print(f"api-server-rest: bad --bind {args.bind!r} (want host:port)", file=sys.stderr)

@@ -33,13 +33,14 @@ import json
 import logging
 import os
 import tomllib
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from cdh.errors import ConfigError
 from cdh.files import read_limited
+from coco_common.cli import closest
 
 __all__ = [
     "CDH_KBS_DIR",
@@ -57,6 +58,7 @@ __all__ = [
     "RegistryEntry",
     "RegistryMirror",
     "check_credential_path",
+    "describe_unknown",
     "export_environment",
     "load_config",
     "parse_kernel_cmdline",
@@ -182,8 +184,28 @@ def _table(d: Mapping[str, Any], key: str, where: str) -> dict[str, Any] | None:
     return v
 
 
+class _UnknownKey(str):
+    """A dotted unknown key that remembers the closest known key of its table."""
+
+    hint: str | None = None
+
+    def described(self) -> str:
+        table, _, _ = self.rpartition(".")
+        text = f"{self} in [{table}]" if table else f"{self} at the top level"
+        return text + (f" (did you mean {self.hint}?)" if self.hint else "")
+
+
 def _unknown(d: Mapping[str, Any], known: set[str], where: str, out: list[str]) -> None:
-    out.extend(f"{where}{k}" for k in d if k not in known)
+    for k in d:
+        if k not in known:
+            key = _UnknownKey(f"{where}{k}")
+            key.hint = closest(k, known)
+            out.append(key)
+
+
+def describe_unknown(keys: Sequence[str]) -> str:
+    """``kbc.kbs_certs in [kbc] (did you mean kbs_cert?), ...`` for a warning."""
+    return ", ".join(k.described() if isinstance(k, _UnknownKey) else k for k in keys)
 
 
 def check_credential_path(path: str) -> PurePosixPath:
@@ -482,7 +504,7 @@ def load_config(
         cfg = replace(cfg, image=replace(cfg.image, authenticated_registry_credentials_uri=auth))
     cfg = replace(cfg, unknown_keys=tuple(unknown))
     if unknown:
-        log.warning("ignoring unknown configuration keys: %s", ", ".join(unknown))
+        log.warning("ignoring unknown configuration keys: %s", describe_unknown(unknown))
     if cfg.skip_sealed_secret_verification:
         log.warning(
             "INSECURE: skip_sealed_secret_verification = true: sealed secrets are accepted WITHOUT "

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cdh.aa import AaClient, MeasurementResult
-from cdh.config import ImageConfig, RegistryConfigFile, parse_registry_config
+from cdh.config import ImageConfig, RegistryConfigFile, describe_unknown, parse_registry_config
 from cdh.errors import CdhError, ConfigError, ImagePullFailed
 from cdh.files import read_limited
 from cdh.kbc import ResourceGetter
@@ -82,7 +82,7 @@ class ImagePullHandler:
             unknown: list[str] = []
             rc = parse_registry_config(table, "registry_configuration.", unknown)
             if unknown:
-                log.warning("ignoring unknown registry configuration keys: %s", ", ".join(unknown))
+                log.warning("ignoring unknown registry configuration keys: %s", describe_unknown(unknown))
             return rc
         return None
 

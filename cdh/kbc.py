@@ -212,6 +212,30 @@ def _http_error() -> type[Exception]:
     return httpx.HTTPError
 
 
+def _transport_reason(exc: httpx.HTTPError) -> str:
+    """The cause of a failed KBS exchange and its fix, in words (no secret: h11 quotes
+    header values, so the exception's own text is never used)."""
+    cur: BaseException | None = exc
+    for _ in range(16):
+        if cur is None:
+            break
+        if isinstance(cur, ssl.SSLCertVerificationError):
+            return (
+                f"TLS: the KBS certificate is not trusted ({cur.verify_message or 'verify failed'}); "
+                "set [kbc] kbs_cert to the KBS's CA certificate (PEM)"
+            )
+        if isinstance(cur, ssl.SSLError):
+            return "TLS handshake failed; is the KBS URL's scheme (https://) right?"
+        if isinstance(cur, ConnectionRefusedError):
+            return "connection refused; is the KBS running, is [kbc] url right?"
+        cur = cur.__cause__ or cur.__context__
+    import httpx  # loaded already: ``exc`` is one of its errors
+
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    return type(exc).__name__
+
+
 class CcKbc:
     """``cc_kbc``: resources from a KBS with a token provided by the AA."""
 
@@ -268,7 +292,7 @@ class CcKbc:
         except HttpBodyError as exc:  # refused/corrupt coding, connection cut or stalled mid-body
             raise ResourceError(f"cannot read the KBS response for {uri}: {exc}") from None
         except _http_error() as exc:
-            raise ResourceError(f"cannot reach the KBS at {self.kbs_url}: {type(exc).__name__}") from exc
+            raise ResourceError(f"cannot reach the KBS at {self.kbs_url}: {_transport_reason(exc)}") from exc
 
     @staticmethod
     def _error_type(body: bytes) -> str:

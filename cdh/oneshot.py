@@ -21,7 +21,6 @@ import asyncio
 import base64
 import json
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -31,6 +30,7 @@ from cdh.config import load_config
 from cdh.errors import CdhError
 from cdh.files import read_limited
 from cdh.hub import Hub
+from coco_common.cli import add_log_options, add_version, configure_logging
 from coco_rpc import (
     GET_RESOURCE_SERVICE,
     IMAGE_PULL_SERVICE,
@@ -151,7 +151,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="cdh-oneshot", description="Run one Confidential Data Hub operation once"
     )
     ap.add_argument("-c", "--config", type=Path, help="CDH config (in-process mode; default: kernel cmdline)")
-    ap.add_argument("-r", "--retry", type=int, default=3, help="retries (in-process mode)")
+    ap.add_argument("-r", "--retry", type=int, default=3, help="retries (in-process mode; default 3)")
     ap.add_argument(
         "--socket", "-S", help="call a running CDH at this address instead (unix:///... or host:port)"
     )
@@ -159,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--output", "-o", type=Path, help="write the raw result here instead of printing it")
     sub = ap.add_subparsers(dest="cmd", required=True)
     g = sub.add_parser("get-resource", help="Get Resource from KBS")
-    g.add_argument("-r", "--resource-uri", required=True)
+    g.add_argument("-r", "--resource-uri", required=True, help="kbs:///repo/type/tag")
     u = sub.add_parser("unseal-secret", help="Unseal the given sealed secret")
     u.add_argument("-s", "--secret-path", type=Path, required=True)
     m = sub.add_parser("secure-mount", help="Secure mount")
@@ -169,8 +169,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("-b", "--bundle-path", required=True)
     k = sub.add_parser("unwrap-key", help="Unwrap the image encryption key")
     k.add_argument("-a", "--annotation-path", "--input", type=Path, required=True, dest="input")
+    add_version(ap)
+    add_log_options(ap, default_format="plain")
     args = ap.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("RUST_LOG", "warning").upper(), stream=sys.stderr)
+    configure_logging(args, default_level="WARNING")
+    if not args.socket and not args.config:
+        log.warning(
+            "no -c/--socket: running in-process with the KBC from the kernel command line "
+            "(agent.aa_kbc_params; offline_fs_kbc when it is absent). To ask the running CDH, "
+            "pass --socket unix:///run/confidential-containers/cdh.sock"
+        )
     try:
         out = asyncio.run(_remote(args) if args.socket else _local(args))
     except RpcError as exc:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
+import socket
 import struct
 import time
 from collections.abc import Iterable
@@ -75,6 +77,17 @@ def _parse_request(body: bytes) -> ttrpc_pb2.Request | None:
 
 def _frame(stream_id: int, mtype: int, body: bytes) -> bytes:
     return _HEADER.pack(len(body), stream_id, mtype, 0) + body
+
+
+def _is_served(path: Path) -> bool:
+    """Whether a live server accepts connections on the Unix socket ``path``."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(1.0)
+        try:
+            s.connect(str(path))
+        except OSError:
+            return False
+    return True
 
 
 class _WarnLimiter:
@@ -195,6 +208,9 @@ class TtrpcServer:
     containerd/ttrpc does. Resource use is bounded by :class:`ServerLimits`.
     """
 
+    #: the inode of the socket this server bound (close() removes only that one)
+    _inode: int | None = None
+
     def __init__(
         self,
         path: str | os.PathLike[str],
@@ -224,10 +240,17 @@ class TtrpcServer:
 
     async def start(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self.path.is_socket() and _is_served(self.path):
+            # upstream removes the path unconditionally, cutting the running server off
+            raise OSError(
+                errno.EADDRINUSE,
+                f"another server is serving on unix://{self.path} (stop it first, or use another socket)",
+            )
         with contextlib.suppress(FileNotFoundError):
             if self.path.is_socket() or not self.path.exists():
                 self.path.unlink()
         self._server = await asyncio.start_unix_server(self._connection, path=str(self.path))
+        self._inode = self.path.stat().st_ino
         log.info("ttRPC listening on unix://%s", self.path)
 
     async def serve_forever(self) -> None:
@@ -247,7 +270,8 @@ class TtrpcServer:
         for c in list(self._connections):
             c.writer.close()
         with contextlib.suppress(FileNotFoundError):
-            self.path.unlink()
+            if self._inode is not None and self.path.stat().st_ino == self._inode:
+                self.path.unlink()  # only our own socket, not one a later server bound
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if len(self._connections) >= self.limits.max_connections:

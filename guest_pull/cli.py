@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 from attestation.errors import AttestationError
+from coco_common.cli import add_version
+from guest_pull.errors import AgentError, GlueError
 from image_pull.errors import ImagePullError
 
 __all__ = ["build_parser", "main", "run"]
@@ -149,6 +151,7 @@ def _simulate(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="coco-guest-pull", description="Kata guest-pull glue")
+    add_version(p)
     sub = p.add_subparsers(dest="command", required=True)
 
     h = sub.add_parser("host-storage", help="the Storage the Kata runtime sends for a container")
@@ -212,7 +215,12 @@ def run(argv: Sequence[str] | None = None) -> int:
         return rc
     except (ImagePullError, AttestationError) as exc:
         sys.stderr.write(f"coco-guest-pull: error: {exc}\n")
-        return 2
+        # 2: the input or the arguments are wrong; 1: an operation (a CDH call, a pull) failed
+        from coco_rpc import RpcError
+
+        failed_call = isinstance(exc, AgentError) and isinstance(exc.__cause__, RpcError)
+        operational = failed_call or not isinstance(exc, (GlueError, AttestationError))
+        return 1 if operational else 2
 
 
 def main() -> None:

@@ -87,7 +87,10 @@ def _load_pod(path: Path) -> dict[str, Any]:
     try:
         doc = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
-        raise GlueError(f"pod: {path} is not valid YAML") from exc
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        why = getattr(exc, "problem", None)
+        raise GlueError(f"pod: {path} is not valid YAML{where}" + (f" ({why})" if why else "")) from exc
     if not isinstance(doc, dict) or doc.get("kind") != "Pod":
         raise GlueError("pod: the document must be a kind: Pod")
     spec = doc.get("spec")
@@ -154,6 +157,8 @@ def _start_kbs(procs: _Procs, work: Path) -> str:
         f'[storage_backend]\nstorage_type = "LocalFs"\n[storage_backend.backends.local_fs]\n'
         f'dir_path = "{work / "kbs" / "storage"}"\n'
         '[[plugins]]\nname = "resource"\n'
+        # the simulation has no TEE: it attests with the unsigned sample verifier, switched on here
+        '[security]\ndev_verifiers = ["sample"]\n'
     )
     log = work / "kbs.log"
     proc = procs.start([_exe("kbs"), "--config-file", str(cfg)], log)

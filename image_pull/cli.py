@@ -12,6 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
+from coco_common.cli import add_version
+
 __all__ = ["main"]
 
 _COMMANDS = {
@@ -23,6 +25,7 @@ _COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="coco-image", description=__doc__.splitlines()[0])
+    add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in _COMMANDS.items():
         try:

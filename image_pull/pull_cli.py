@@ -5,8 +5,9 @@ Prints the manifest digest (``sha256:...``) on stdout. On failure: exit status
 stderr (a rewritten status line on a TTY, otherwise nothing unless -v).
 
 Without ``--policy`` no signature policy is enforced (the documented default,
-as image-rs with signature verification disabled); pass a containers-policy.json
-to require signatures (``image_pull.trust``). ``--registries-d DIR`` says where
+as image-rs with signature verification disabled), and a warning says so on
+stderr; ``--require-signature`` refuses such a pull (exit 2). Pass a
+containers-policy.json to require signatures (``image_pull.trust``). ``--registries-d DIR`` says where
 simple signatures live (lookaside) and whether cosign attachments are read.
 ``--decryption-key PEM`` (repeatable) decrypts ocicrypt JWE-wrapped layers
 (``image_pull.ocicrypt``); an encrypted image without a fitting key is refused.
@@ -34,7 +35,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("image", metavar="REF", help="image reference, e.g. registry.example/ns/app:1")
     parser.add_argument("--bundle", required=True, type=Path, help="bundle directory (rootfs/ + config.json)")
     parser.add_argument(
-        "--work-dir", type=Path, default=Path("/run/kata-containers/image"), help="layer store"
+        "--work-dir",
+        type=Path,
+        default=Path("/run/kata-containers/image"),
+        help="layer store (default: %(default)s)",
     )
     parser.add_argument("--auth-file", type=Path, help="containers auth.json with registry credentials")
     parser.add_argument("--ca-file", type=Path, action="append", default=[], help="extra root CA (PEM)")
@@ -46,7 +50,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="registry reachable over plain HTTP",
     )
     parser.add_argument("--registries-conf", type=Path, help="registries.conf (v2 subset) TOML")
-    parser.add_argument("--policy", type=Path, help="containers-policy.json to enforce")
+    parser.add_argument(
+        "--policy", type=Path, help="containers-policy.json to enforce (without it no signature is checked)"
+    )
+    parser.add_argument(
+        "--require-signature",
+        action="store_true",
+        help="refuse to pull without --policy (no unverified images)",
+    )
     parser.add_argument("--registries-d", type=Path, help="registries.d directory (signature lookaside)")
     parser.add_argument("--decryption-key", type=Path, action="append", default=[], help="PEM private key")
     parser.add_argument("--platform", help="os/arch[/variant] (default: this machine)")
@@ -162,6 +173,19 @@ def run(args: argparse.Namespace) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
         stream=sys.stderr,
     )
+    if args.policy is None:
+        if args.require_signature:
+            print(
+                "coco-image pull: --require-signature needs --policy containers-policy.json "
+                "(refusing to pull without checking signatures)",
+                file=sys.stderr,
+            )
+            return 2
+        print(
+            "coco-image pull: WARNING: no --policy: image signatures are NOT verified "
+            "(pass --policy containers-policy.json; --require-signature makes this an error)",
+            file=sys.stderr,
+        )
     try:
         return asyncio.run(_main(args))
     except ImagePullError as exc:

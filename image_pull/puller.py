@@ -967,7 +967,10 @@ class ImagePuller:
             if os.path.islink(p):  # mount(8) and the copy would follow it out of the bundle
                 raise BundleError(f"{p} is a symlink; refusing to populate it")
         if os.path.ismount(rootfs):
-            raise BundleError(f"{rootfs} is already mounted; release the bundle first")
+            raise BundleError(
+                f"{rootfs} is already mounted; release the bundle first "
+                f"(coco-image gc --release-bundle {rootfs.parent})"
+            )
         if rootfs.exists() and (not rootfs.is_dir() or any(rootfs.iterdir())):
             raise BundleError(f"{rootfs} already exists and is not empty")
         if (bundle_dir / "config.json").exists():

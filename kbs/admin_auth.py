@@ -100,7 +100,8 @@ class AdminAuthorizer:
         if not isinstance(exp, int | float) or isinstance(exp, bool):
             raise AdminDenied("token has no numeric exp")
         if now > exp + LEEWAY_S:
-            raise AdminDenied("token expired")
+            when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(exp)))
+            raise AdminDenied(f"token expired at {when}; mint a new one")
         nbf = claims.get("nbf")
         if isinstance(nbf, int | float) and now + LEEWAY_S < nbf:
             raise AdminDenied("token not yet valid")
@@ -111,6 +112,7 @@ class AdminAuthorizer:
             header, _ = decode_unverified(tok)
         except TokenError as exc:
             raise AdminDenied("malformed token") from exc
+        mismatch = ""
         for idp in self._idps:
             keys: Sequence[PublicVerifyKey]
             kid = header.get("kid")
@@ -126,16 +128,29 @@ class AdminAuthorizer:
                 self._times(claims, now)
                 # as trustee: an issuer or audience mismatch moves on to the next identity provider
                 if idp.issuer is not None and claims.get("iss") != idp.issuer:
+                    iss = claims.get("iss")
+                    mismatch = (
+                        f"token issuer {str(iss)[:64]!r} is not {idp.issuer!r}"
+                        if iss is not None
+                        else f"token has no 'iss' (wanted {idp.issuer!r}); --auth-private-key tokens have "
+                        'none and work only with [admin] type = "Simple"'
+                    )
                     continue
                 if idp.audience is not None:
                     aud = claims.get("aud")
                     auds = aud if isinstance(aud, list) else [aud]
                     if idp.audience not in auds:
+                        mismatch = f"token audience does not include {idp.audience!r}"
                         continue
                 role = claims.get("role")
                 if not isinstance(role, str):
-                    raise AdminDenied("token has no role claim")
+                    raise AdminDenied(
+                        "token has no role claim; add a 'role' that an [admin.authorization.regex_acl] "
+                        "acls entry names"
+                    )
                 return role
+        if mismatch:
+            raise AdminDenied(f"token not accepted by a trusted identity provider: {mismatch}")
         raise AdminDenied("token not signed by a trusted identity provider")
 
     def _legacy(self, tok: str, now: float) -> str:

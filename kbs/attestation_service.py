@@ -16,15 +16,19 @@ from typing import TYPE_CHECKING, Any
 from attestation.errors import AttestationError as VerifierError
 from attestation.initdata import InitDataError, parse_initdata
 from coco_common.strict_json import strict_loads
+from kbs_client import jwe as client_jwe
+from kbs_client.errors import JweError as ClientJweError
 from kbs_client.errors import TeeKeyError
 from kbs_client.jcs import hash_canonical
-from kbs_client.jwe import TeePubKey
+from kbs_client.jwe import ALG_ECDH_ES_A256KW, ALG_RSA1_5, ALG_RSA_OAEP_256, TeePubKey
 
+from .bounds import BoundsError, check_shape, elide_long_strings
+from .config import SecurityConfig
 from .ear import Appraisal, EarBroker
 from .errors import AttestationError, KbsError
 from .policy import AttestationPolicies
 from .rvps import ReferenceValues
-from .verifiers import TEE_CLASS, UnsupportedTee, VerifierRegistry
+from .verifiers import DEVICE_TEES, TEE_CLASS, UnsupportedTee, VerifierRegistry
 
 if TYPE_CHECKING:
     from .grpc_api import RemoteReferenceValues
@@ -34,6 +38,8 @@ __all__ = ["MAX_ADDITIONAL_EVIDENCE", "AttestationService", "parse_attestation"]
 log = logging.getLogger(__name__)
 
 MAX_ADDITIONAL_EVIDENCE = 8 * 1024 * 1024
+#: base64url length of a 16384-bit modulus, the largest RSA tee-pubkey accepted
+_MAX_RSA_N_B64 = (16384 // 8 * 4 + 2) // 3
 ATTEST_FAILED = "Attestation error: RCAR handshake Attest failed"
 
 
@@ -53,12 +59,28 @@ def _only(obj: Any, allowed: set[str], required: set[str], what: str) -> dict[st
     return obj
 
 
-def parse_attestation(untrusted_body: bytes) -> tuple[dict[str, Any] | None, str, TeePubKey, Any, str]:
-    """-> (init_data, nonce, tee_pubkey, primary_evidence, additional_evidence)."""
+def _shape(doc: Any, limits: SecurityConfig, what: str, *, depth_slack: int = 0) -> None:
+    try:
+        check_shape(
+            doc, max_depth=limits.max_claims_depth + depth_slack, max_items=limits.max_claims_items, what=what
+        )
+    except BoundsError as exc:
+        raise _Reject(str(exc)) from exc
+
+
+def parse_attestation(
+    untrusted_body: bytes, limits: SecurityConfig | None = None
+) -> tuple[dict[str, Any] | None, str, TeePubKey, Any, str]:
+    """-> (init_data, nonce, tee_pubkey, primary_evidence, additional_evidence), every part
+    within ``limits`` (size, depth, element count) before anything else reads it."""
+    lim = limits or SecurityConfig()
+    if len(untrusted_body) > lim.max_evidence_bytes + 4 * lim.max_init_data_bytes + 64 * 1024:
+        raise _Reject("attestation body is larger than the evidence and init-data limits allow")
     try:
         doc = strict_loads(untrusted_body)
     except ValueError as exc:
         raise _Reject(f"attestation body is not strict JSON: {exc}") from exc
+    _shape(doc, lim, "attestation body", depth_slack=3)
     doc = _only(doc, {"init-data", "runtime-data", "tee-evidence"}, {"runtime-data", "tee-evidence"}, "body")
     rt = _only(doc["runtime-data"], {"nonce", "tee-pubkey"}, {"nonce", "tee-pubkey"}, "runtime-data")
     ev = _only(
@@ -73,9 +95,13 @@ def parse_attestation(untrusted_body: bytes) -> tuple[dict[str, Any] | None, str
         key = TeePubKey.from_json(rt["tee-pubkey"])
     except TeeKeyError as exc:
         raise _Reject(f"tee-pubkey: {exc}") from exc
+    usable_tee_key(key)
     add = ev["additional_evidence"]
     if not isinstance(add, str) or len(add) > MAX_ADDITIONAL_EVIDENCE:
         raise _Reject("additional_evidence must be a string")
+    primary = ev["primary_evidence"]
+    if len(add.encode("utf-8")) + len(json.dumps(primary)) > lim.max_evidence_bytes:
+        raise _Reject(f"evidence is larger than {lim.max_evidence_bytes} bytes")
     init = doc.get("init-data")
     if init is not None:
         init = _only(init, {"format", "body"}, {"format", "body"}, "init-data")
@@ -83,26 +109,48 @@ def parse_attestation(untrusted_body: bytes) -> tuple[dict[str, Any] | None, str
             raise _Reject("Unsupported initdata format")
         if not isinstance(init["body"], str):
             raise _Reject("init-data body is not a string")
-    return init, rt["nonce"], key, ev["primary_evidence"], add
+        if len(init["body"].encode("utf-8")) > lim.max_init_data_bytes:
+            raise _Reject(f"init-data is larger than {lim.max_init_data_bytes} bytes")
+    return init, rt["nonce"], key, primary, add
 
 
-def _init_data(init: Mapping[str, Any]) -> tuple[bytes, dict[str, Any]]:
-    """(digest of the exact TOML bytes, claims) for a checked initdata document."""
+def usable_tee_key(key: TeePubKey) -> None:
+    """Refuse a tee-pubkey the KBS could never encrypt a resource to (unsupported curve or
+    algorithm, a point off its curve, a weak, malformed or oversized RSA key): found at
+    /attest, not at the first resource GET."""
+    if key.kty == "RSA" and key.n is not None and len(key.n) > _MAX_RSA_N_B64:
+        raise _Reject("RSA tee-pubkey is longer than 16384 bits")
+    if (key.kty, key.alg) not in (("EC", ALG_ECDH_ES_A256KW), ("RSA", ALG_RSA_OAEP_256), ("RSA", ALG_RSA1_5)):
+        raise _Reject("tee-pubkey algorithm is not supported")
+    try:
+        client_jwe.encrypt(b"probe", key)  # exactly what a resource GET will do with it
+    except ClientJweError as exc:
+        raise _Reject(f"tee-pubkey is not usable: {exc}") from exc
+    except ValueError as exc:  # cryptography refuses some RSA numbers late (even modulus, size)
+        raise _Reject("tee-pubkey is not a usable RSA key") from exc
+
+
+def _init_data(init: Mapping[str, Any], limits: SecurityConfig) -> tuple[bytes, dict[str, Any]]:
+    """(digest of the exact TOML bytes, claims) for a checked initdata document. Long strings
+    in the claims are elided to a digest: init-data is unsigned input, copied into the token."""
     try:
         data = parse_initdata(str(init["body"]).encode("utf-8"))
     except InitDataError as exc:
         raise _Reject(f"init-data rejected: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # tomllib: nesting, integers over the digit limit
+        raise _Reject("init-data is not TOML this KBS reads") from exc
     claims: dict[str, Any] = {}
     for k, v in data.data.items():
         if k in ("aa.toml", "cdh.toml"):
             try:
                 claims[k] = tomllib.loads(v)
                 continue
-            except tomllib.TOMLDecodeError:
+            except (ValueError, RecursionError):  # not TOML (or too deep / huge ints): kept as text
                 pass
         claims[k] = v
     _agent_policy_claims(claims)
-    return data.digest(), claims
+    _shape(claims, limits, "init-data claims")
+    return data.digest(), elide_long_strings(claims)
 
 
 def _agent_policy_claims(claims: dict[str, Any]) -> None:
@@ -131,12 +179,14 @@ class AttestationService:
         rvps: ReferenceValues | RemoteReferenceValues,
         *,
         verbose_token: bool = True,
+        limits: SecurityConfig | None = None,
     ) -> None:
         self.registry = registry
         self.broker = broker
         self.policies = policies
         self.rvps = rvps
         self.verbose = verbose_token
+        self.limits = limits or SecurityConfig()
 
     async def _verify(
         self, tee: str, evidence: Any, report_data: bytes, init_hash: bytes | None, now: datetime
@@ -158,7 +208,9 @@ class AttestationService:
             raise _Reject(f"{tee} evidence rejected: {exc}") from exc
         if not isinstance(claims, dict):
             raise _Reject(f"{tee} verifier returned no claims")
-        return claims
+        _shape(claims, self.limits, f"{tee} claims")
+        # a verifier's claims may repeat unsigned evidence (the sample svn): bounded in the token
+        return dict(elide_long_strings(claims))
 
     async def attest(
         self,
@@ -180,32 +232,41 @@ class AttestationService:
         except KbsError as exc:
             log.warning("attestation failed: %s: %s", exc.variant, exc.detail)
             raise AttestationError(ATTEST_FAILED) from exc
+        except (ValueError, TypeError, RecursionError, UnicodeError) as exc:
+            # hostile input this code did not foresee: a refusal, never a 500 (details in the log)
+            log.warning("attestation failed on unexpected input: %s", type(exc).__name__)
+            raise AttestationError(ATTEST_FAILED) from exc
 
     async def _attest(self, tee: str, session_nonce: str, alg: str, body: bytes, now: datetime) -> str:
-        init, nonce, key, primary, additional = parse_attestation(body)
+        if tee in DEVICE_TEES:
+            raise _Reject(f"{tee} is a device TEE, not a primary TEE")
+        # parsing and bounding up to a few MB of input is CPU work: in a thread, so the event
+        # loop keeps its turn (the GIL is handed over every few ms)
+        init, nonce, key, primary, additional = await asyncio.to_thread(parse_attestation, body, self.limits)
         if nonce != session_nonce:
             raise _Reject("runtime-data nonce differs from the session nonce")
         jwk = key.to_jwk()
         device_rd = hash_canonical(alg, {"nonce": nonce, "tee-pubkey": jwk})
         runtime_claims: dict[str, Any] = {"nonce": nonce, "tee-pubkey": jwk}
-        if self.verbose:
-            runtime_claims["additional-evidence"] = additional
+        if self.verbose:  # unsigned input: verbatim only up to MAX_CLAIM_STRING
+            runtime_claims["additional-evidence"] = elide_long_strings(additional)
         primary_rd = hash_canonical(
             alg, {"additional-evidence": additional, "nonce": nonce, "tee-pubkey": jwk}
         )
         init_hash: bytes | None = None
         init_claims: dict[str, Any] | None = None
         if init is not None:
-            init_hash, init_claims = _init_data(init)
+            init_hash, init_claims = await asyncio.to_thread(_init_data, init, self.limits)
 
         devices: list[tuple[str, str, dict[str, Any]]] = []  # (class, tee, claims)
         if additional:
             try:
-                amap = strict_loads(additional)
+                amap = await asyncio.to_thread(strict_loads, additional)
             except ValueError as exc:
                 raise _Reject("additional evidence is not strict JSON") from exc
             if not isinstance(amap, dict):
                 raise _Reject("additional evidence must map TEE names to evidence")
+            _shape(amap, self.limits, "additional evidence", depth_slack=1)
             for dtee, dev in amap.items():
                 claims = await self._verify(dtee, dev, device_rd, None, now)
                 cls = TEE_CLASS.get(dtee, "gpu")
@@ -235,7 +296,10 @@ class AttestationService:
                 "report_data": device_rd.hex(),
             }
             submods[f"{cls}{idx}"] = await self._appraise(cls, dev_annot, rv)
-        return self.broker.issue(submods, now=now.timestamp())
+        token = await asyncio.to_thread(self.broker.issue, submods, now=now.timestamp())
+        if len(token) > self.limits.max_token_bytes:
+            raise _Reject(f"the token would be larger than {self.limits.max_token_bytes} bytes")
+        return token
 
     async def _appraise(self, cls: str, annotated: dict[str, Any], rv: Mapping[str, Any]) -> Appraisal:
         res = await self.policies.appraise(cls, annotated, rv)

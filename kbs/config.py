@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from coco_common.cli import closest
 from coco_common.strict_json import strict_loads
 
 from .errors import ConfigError
@@ -39,6 +40,7 @@ __all__ = [
     "PluginConfig",
     "PostgresConfig",
     "RoleAcl",
+    "SecurityConfig",
     "StorageConfig",
     "effective_config",
     "load_config",
@@ -46,6 +48,7 @@ __all__ = [
     "parse_as_server_config",
     "parse_config",
     "parse_rvps_server_config",
+    "security_config",
     "startup_problems",
 ]
 
@@ -228,6 +231,35 @@ class StorageConfig:
     encryption_key_path: str | None = None
 
 
+#: the unsigned development TEEs; their verifiers check report-data binding only
+DEV_VERIFIERS = ("sample", "sampledevice")
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """``[security]``: this KBS's own limits (trustee has no such section). Every bound applies
+    to what arrives, after decoding, before a parser or the policy engine sees it."""
+
+    #: unsigned dev verifiers to enable (``sample``, ``sampledevice``); None: enabled only when
+    #: ``[attestation_token] insecure_header_jwk = true`` (anyone can forge tokens there anyway)
+    dev_verifiers: tuple[str, ...] | None = None
+    #: live RCAR sessions per replica; past it the oldest unattested session is evicted
+    max_sessions: int = 10000
+    #: largest EAR token this KBS issues and stores (the bearer header limit is 128 KiB)
+    max_token_bytes: int = 128 * 1024
+    #: primary plus additional evidence, as JSON text
+    max_evidence_bytes: int = 1024 * 1024
+    #: the init-data TOML document
+    max_init_data_bytes: int = 64 * 1024
+    #: nesting depth and node count of any claims document handed to the policy engine
+    max_claims_depth: int = 32
+    max_claims_items: int = 20000
+    #: wall-clock budget of one policy evaluation or parse check (in a worker process)
+    policy_timeout_s: float = 5.0
+    #: policy worker processes
+    policy_workers: int = 2
+
+
 @dataclass(frozen=True)
 class CompatibilityConfig:
     """``[compatibility]``: where this KBS deliberately differs from trustee v0.21, one key per
@@ -251,6 +283,7 @@ class KbsConfig:
     plugins: tuple[str, ...] = ()
     #: relative paths are read from the working directory, as trustee does
     base_dir: str = "."
+    security: SecurityConfig = field(default_factory=SecurityConfig)
     plugin_configs: tuple[PluginConfig, ...] = ()
     compatibility: CompatibilityConfig = field(default_factory=CompatibilityConfig)
     #: keys this KBS ignores (unknown or legacy), one line each; ``kbs --check --strict`` fails on any
@@ -282,10 +315,15 @@ def _strs(tbl: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
     return tuple(v)
 
 
+def _did_you_mean(key: str, known: set[str]) -> str:
+    hint = closest(key, known)
+    return f" (did you mean {hint}?)" if hint else ""
+
+
 def _unused(tbl: Mapping[str, Any], known: set[str], where: str) -> None:
     for k in tbl:
         if k not in known:
-            _warn(f"{where}.{k} is not a key this KBS reads: ignored")
+            _warn(f"{where}.{k} is not a key this KBS reads: ignored{_did_you_mean(k, known)}")
 
 
 def _http(tbl: Mapping[str, Any]) -> HttpServerConfig:
@@ -324,7 +362,7 @@ def _http(tbl: Mapping[str, Any]) -> HttpServerConfig:
 def _strict(tbl: Mapping[str, Any], allowed: set[str], where: str) -> None:
     extra = sorted(set(tbl) - allowed)
     if extra:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(extra)}")
+        raise ConfigError(f"{where}: unknown field(s) {', '.join(extra)}{_did_you_mean(extra[0], allowed)}")
 
 
 def _admin(tbl: Mapping[str, Any]) -> AdminConfig:
@@ -593,6 +631,35 @@ def _storage(tbl: Mapping[str, Any], top_session: Any) -> StorageConfig:
     )
 
 
+def security_config(tbl: Mapping[str, Any]) -> SecurityConfig:
+    """Parse a ``[security]`` table (the KBS config's, or the ``grpc-as`` config's ``security``)."""
+    return _security(tbl)
+
+
+def _security(tbl: Mapping[str, Any]) -> SecurityConfig:
+    w = "security"
+    _strict(tbl, set(SecurityConfig.__dataclass_fields__), "[security]")
+    d = SecurityConfig()
+    dev: tuple[str, ...] | None = None
+    if "dev_verifiers" in tbl:
+        dev = _strs(tbl, "dev_verifiers", w)
+        bad = sorted(set(dev) - set(DEV_VERIFIERS))
+        if bad:
+            raise ConfigError(f"security.dev_verifiers: unknown dev verifier(s) {', '.join(bad)}")
+    ints = {
+        k: _typed(tbl, k, int, getattr(d, k), w)
+        for k in ("max_sessions", "max_token_bytes", "max_evidence_bytes", "max_init_data_bytes",
+                  "max_claims_depth", "max_claims_items", "policy_workers")
+    }  # fmt: skip
+    for k, v in ints.items():
+        if v < 1:
+            raise ConfigError(f"security.{k} must be positive")
+    timeout = _typed(tbl, "policy_timeout_s", (int, float), d.policy_timeout_s, w)
+    if isinstance(timeout, bool) or not 0 < timeout <= 600:
+        raise ConfigError("security.policy_timeout_s must be in (0, 600]")
+    return SecurityConfig(dev_verifiers=dev, policy_timeout_s=float(timeout), **ints)
+
+
 def _plugin(raw: Any) -> PluginConfig:
     if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str):
         raise ConfigError("plugins: every [[plugins]] entry needs a string name")
@@ -656,6 +723,7 @@ def _parse(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
             "storage_backend",
             "session_storage_type",
             "plugins",
+            "security",
             "compatibility",
         },
         "config",
@@ -672,6 +740,7 @@ def _parse(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
         storage=_storage(_table(doc, "storage_backend"), doc.get("session_storage_type")),
         plugins=tuple(p.name for p in pcs),
         base_dir=base_dir,
+        security=_security(_table(doc, "security")),
         plugin_configs=pcs,
         compatibility=_compat(_table(doc, "compatibility")),
     )
@@ -695,7 +764,14 @@ def parse_as_server_config(
     try:
         _unused(
             doc,
-            {"work_dir", "rvps_config", "attestation_token_broker", "verifier_config", "storage_backend"},
+            {
+                "work_dir",
+                "rvps_config",
+                "attestation_token_broker",
+                "verifier_config",
+                "storage_backend",
+                "security",
+            },
             "config",
         )
         as_doc = {

@@ -26,13 +26,14 @@ from typing import Any
 
 import grpc
 
+from coco_common.cli import add_version, log_level_type, rust_log_level
 from coco_common.strict_json import strict_loads
 from kbs_client.jcs import hash_canonical
 
 from .attestation_service import AttestationService, _init_data, _Reject
-from .config import load_document, parse_as_server_config
+from .config import load_document, parse_as_server_config, security_config
 from .ear import Appraisal, EarBroker
-from .errors import AttestationError, KbsError
+from .errors import AttestationError, ConfigError, KbsError
 from .grpc_api import (
     AS_SERVICE,
     MAX_GRPC_MESSAGE,
@@ -43,6 +44,7 @@ from .grpc_api import (
 )
 from .logs import setup_logging
 from .policy import AttestationPolicies
+from .policy_worker import PolicyWorkers
 from .protos import attestation_pb2 as as_pb
 from .protos import reference_pb2 as rv_pb
 from .rvps import ReferenceValues
@@ -102,7 +104,7 @@ async def evaluate(
         init_claims: dict[str, Any] | None = None
         iw = r.WhichOneof("init_data")
         if iw == "init_data_toml":
-            init_hash, init_claims = _init_data({"body": r.init_data_toml})
+            init_hash, init_claims = _init_data({"body": r.init_data_toml}, svc.limits)
         elif iw == "init_data_digest":
             init_hash = _unb64url(r.init_data_digest, "init_data_digest")
         claims = await svc._verify(r.tee, evidence, rd, init_hash, t)
@@ -257,12 +259,24 @@ async def build_service(doc: Any) -> tuple[AttestationService, list[KvStore | Rv
         rvps = RemoteReferenceValues(client, store)
     else:
         rvps = ReferenceValues(store)
+    sec_doc = doc.get("security", {}) if isinstance(doc, dict) else {}
+    if not isinstance(sec_doc, dict):
+        raise ConfigError("security must be a table")
+    sec = security_config(sec_doc)
+    dev = sec.dev_verifiers or ()
+    if dev:
+        log.warning(
+            "INSECURE: the unsigned development verifiers %s are enabled (security.dev_verifiers): a client "
+            "with no TEE at all can attest as them; for tests and demos only",
+            ", ".join(dev),
+        )
     svc = AttestationService(
-        VerifierRegistry(options=a.verifier_config),
+        VerifierRegistry(options=a.verifier_config, dev_verifiers=dev),
         broker,
-        AttestationPolicies(store),
+        AttestationPolicies(store, PolicyWorkers(sec.policy_workers, timeout_s=sec.policy_timeout_s)),
         rvps,
         verbose_token=a.verbose_token,
+        limits=sec,
     )
     return svc, closers
 
@@ -280,7 +294,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="grpc-as", description="Attestation service on trustee's gRPC API")
     p.add_argument("-c", "--config-file", help="attestation-service config (JSON, TOML or YAML)")
     p.add_argument("-s", "--socket", default="127.0.0.1:3000", help="listen address (default 127.0.0.1:3000)")
-    p.add_argument("--log-level", default=os.environ.get("KBS_LOG_LEVEL", "info"))
+    add_version(p)
+    p.add_argument(
+        "--log-level",
+        type=log_level_type,
+        default=os.environ.get("KBS_LOG_LEVEL") or rust_log_level() or "info",
+        help="trace, debug, info, warn, error, off (default: $KBS_LOG_LEVEL, else RUST_LOG, else info)",
+    )
     args = p.parse_args(argv)
     setup_logging(args.log_level, json_lines=True)
     try:

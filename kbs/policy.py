@@ -5,12 +5,16 @@
 * attestation (EAR) policies per device class (``default_cpu``,
   ``default_gpu``, ...) producing ``trust_claims`` and optional
   ``extensions``, with ``query_reference_value(name)`` backed by the RVPS.
+
+The engine runs in worker processes (:mod:`kbs.policy_worker`): this module's
+:func:`evaluate` is what a worker executes.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -20,6 +24,7 @@ from typing import Any
 from kbs_client.policies import builtin_policy
 
 from .errors import ParsePolicyError, PolicyEngineError
+from .policy_worker import MAX_POLICY_DEPTH, PolicyWorkers, policy_nesting, shared_workers
 from .storage import NS_ATTESTATION_POLICY, NS_KBS, KvStore
 
 __all__ = [
@@ -28,6 +33,7 @@ __all__ = [
     "ResourcePolicy",
     "TrustResult",
     "check_rego",
+    "check_rego_inline",
     "evaluate",
 ]
 
@@ -54,8 +60,23 @@ def _interpreter(policy: str, extra: tuple[tuple[str, str], ...] = ()) -> Any:
         for name, text in extra:
             i.add_module(name, text)
     except RegoError as exc:
-        raise ParsePolicyError("policy is not valid Rego") from exc
+        raise ParsePolicyError(f"policy is not valid Rego{_rego_where(policy, str(exc))}") from exc
     return i
+
+
+_REGO_ERROR = re.compile(r"\(error \d+:policy\.rego\|(\d+)\|\d+\s*\(errormsg \d+:([^)\n]{1,200})\)")
+
+
+def _rego_where(policy: str, err: str) -> str:
+    """``: line L, column C: <parser message>`` of the engine's first error in the
+    policy (offsets in its error tree), or "" when there is none."""
+    m = _REGO_ERROR.search(err)
+    if m is None:
+        return ""
+    off = min(int(m.group(1)), len(policy))
+    line = policy.count("\n", 0, off) + 1
+    col = off - (policy.rfind("\n", 0, off) + 1) + 1
+    return f": line {line}, column {col}: {m.group(2).strip()}"
 
 
 _CACHE_SIZE = 128
@@ -91,12 +112,14 @@ def evaluate(
     *,
     with_reference_values: bool = False,
 ) -> Any:
-    """Evaluate ``query`` and return its JSON value, or None when undefined."""
-    from regopy import RegoError
+    """Evaluate ``query`` in this process and return its JSON value, or None when undefined.
+    The input is handed to the engine as a value (linear in its size; the engine's JSON-term
+    parser is quadratic in array length)."""
+    from regopy import Input, RegoError
 
     i = _cached_interpreter(policy, json.dumps(dict(data_doc), sort_keys=True), with_reference_values)
     try:
-        i.set_input_term(json.dumps(input_doc))
+        i.set_input(Input(input_doc))
         out = i.query(query)
     except RegoError as exc:
         raise PolicyEngineError("policy evaluation failed") from exc
@@ -116,15 +139,23 @@ def evaluate(
 
 
 def check_rego(policy: bytes) -> str:
-    """Decode and parse-check a policy; returns its text."""
+    """The checks made before the engine sees a policy (size, UTF-8, bracket nesting);
+    returns its text."""
     if len(policy) > MAX_POLICY_BYTES:
         raise ParsePolicyError("policy too large")
     try:
         text = policy.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ParsePolicyError("policy is not UTF-8") from exc
-    evaluate(text, "data.policy", {}, {})
+    depth = policy_nesting(text)
+    if depth > MAX_POLICY_DEPTH:
+        raise ParsePolicyError(f"policy nests brackets {depth} deep (at most {MAX_POLICY_DEPTH})")
     return text
+
+
+def check_rego_inline(text: str) -> None:
+    """Parse-check a policy in this process (what a worker runs): evaluated on an empty input."""
+    evaluate(text, "data.policy", {}, {})
 
 
 class ResourcePolicy:
@@ -132,19 +163,25 @@ class ResourcePolicy:
 
     KEY = RESOURCE_POLICY_ID + ".rego"
 
-    def __init__(self, store: KvStore) -> None:
+    def __init__(self, store: KvStore, workers: PolicyWorkers | None = None) -> None:
         self._store = store
+        self._workers = workers or shared_workers()
 
     async def install_default(self) -> None:
         if await self._store.get(NS_KBS, self.KEY) is None:
             await self._store.set(NS_KBS, self.KEY, builtin_policy("default"))
 
     async def set(self, policy: bytes) -> None:
-        check_rego(policy)
+        await self._workers.check(check_rego(policy))
         await self._store.set(NS_KBS, self.KEY, policy)
 
     async def list_ids(self) -> list[str]:
         return [k.removesuffix(".rego") for k in await self._store.keys(NS_KBS) if k.endswith(".rego")]
+
+    async def text(self) -> bytes:
+        """The policy in force (the built-in default when none was uploaded)."""
+        raw = await self._store.get(NS_KBS, self.KEY)
+        return raw if raw is not None else builtin_policy("default")
 
     async def allows(
         self,
@@ -159,7 +196,7 @@ class ResourcePolicy:
             raw = builtin_policy("default")
         text = raw.decode("utf-8", "replace")
         data = {"plugin": plugin, "resource-path": resource_path, "query": dict(query)}
-        result = evaluate(text, "data.policy", dict(claims), data)
+        result = await self._workers.evaluate(text, "data.policy", dict(claims), data)
         return isinstance(result, dict) and result.get("allow") is True
 
 
@@ -173,17 +210,26 @@ class TrustResult:
 class AttestationPolicies:
     """EAR policies per device class; uploaded ones override the built-in defaults."""
 
-    def __init__(self, store: KvStore) -> None:
+    def __init__(self, store: KvStore, workers: PolicyWorkers | None = None) -> None:
         self._store = store
+        self._workers = workers or shared_workers()
 
     async def set(self, policy_id: str, policy: bytes) -> None:
         if not policy_id or len(policy_id) > 128 or not all(c.isalnum() or c in "_-." for c in policy_id):
             raise ParsePolicyError("invalid policy id")
-        check_rego(policy)
+        await self._workers.check(check_rego(policy))
         await self._store.set(NS_ATTESTATION_POLICY, policy_id + ".rego", policy)
 
     async def list_ids(self) -> list[str]:
         return [k.removesuffix(".rego") for k in await self._store.keys(NS_ATTESTATION_POLICY)]
+
+    async def text(self, policy_id: str) -> bytes | None:
+        """An uploaded policy, or the built-in one of that id; None when there is neither."""
+        raw = await self._store.get(NS_ATTESTATION_POLICY, policy_id + ".rego")
+        if raw is not None:
+            return raw
+        f = resources.files("kbs.policies") / f"{policy_id}.rego"
+        return f.read_bytes() if policy_id.replace("_", "").isalnum() and f.is_file() else None
 
     async def _policy(self, tee_class: str) -> str:
         pid = f"default_{tee_class}"
@@ -199,7 +245,7 @@ class AttestationPolicies:
         self, tee_class: str, input_doc: Mapping[str, Any], reference_values: Mapping[str, Any]
     ) -> TrustResult:
         text = await self._policy(tee_class)
-        out = evaluate(
+        out = await self._workers.evaluate(
             text,
             "data.policy",
             dict(input_doc),

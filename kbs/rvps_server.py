@@ -13,6 +13,8 @@ import os
 import sys
 from collections.abc import Sequence
 
+from coco_common.cli import add_version, log_level_type, rust_log_level
+
 from .config import load_document, parse_rvps_server_config
 from .errors import KbsError
 from .grpc_as import log as _as_log
@@ -56,7 +58,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "-a", "--address", default="127.0.0.1:50003", help="listen address (default 127.0.0.1:50003)"
     )
-    p.add_argument("--log-level", default=os.environ.get("KBS_LOG_LEVEL", "info"))
+    add_version(p)
+    p.add_argument(
+        "--log-level",
+        type=log_level_type,
+        default=os.environ.get("KBS_LOG_LEVEL") or rust_log_level() or "info",
+        help="trace, debug, info, warn, error, off (default: $KBS_LOG_LEVEL, else RUST_LOG, else info)",
+    )
     args = p.parse_args(argv)
     setup_logging(args.log_level, json_lines=True)
     try:

@@ -5,7 +5,9 @@ admin endpoints, ``/healthz`` and ``/metrics``."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
+import hashlib
 import json
 import logging
 import re
@@ -49,7 +51,8 @@ from .external_plugin import ClientPlugin, ExternalPlugin, PluginCall
 from .grpc_api import AsClient, RemoteAttestationService, RemoteReferenceValues, RvpsClient
 from .intel_ta import IntelTrustAuthority, ItaReferenceValues
 from .metrics import Metrics
-from .policy import AttestationPolicies, ResourcePolicy
+from .policy import RESOURCE_POLICY_ID, AttestationPolicies, ResourcePolicy
+from .policy_worker import PolicyWorkers
 from .rvps import ReferenceValues
 from .sessions import Session, SessionStore
 from .storage import (
@@ -63,7 +66,7 @@ from .storage import (
     RedisStore,
     load_at_rest_key,
 )
-from .verifiers import KNOWN_TEES, UnsupportedTee, VerifierRegistry, auth_extra_params
+from .verifiers import DEV_TEES, DEVICE_TEES, KNOWN_TEES, UnsupportedTee, VerifierRegistry, auth_extra_params
 
 __all__ = ["KbsState", "build_state", "make_app", "serve", "ssl_context"]
 
@@ -75,6 +78,25 @@ SESSION_COOKIE = "kbs-session-id"
 AUTH_DESERIALIZE = "Attestation error: RCAR handshake Auth failed: deserialize Request"
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
 _SEGMENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
+
+
+def _audit_fields(request: web.Request, segs: list[str], claims: Any) -> dict[str, Any]:
+    """What an audit line names: resource, TEE, a digest of the claims, the client (no value)."""
+    tees: list[str] = []
+    sub = claims.get("submods") if isinstance(claims, dict) else None
+    if isinstance(sub, dict):
+        for mod in sub.values():
+            ev = mod.get("ear.veraison.annotated-evidence") if isinstance(mod, dict) else None
+            if isinstance(ev, dict):
+                tees += [k for k in ev if k not in ("runtime_data_claims", "report_data", "init_data",
+                                                    "init_data_claims")]  # fmt: skip
+    digest = hashlib.sha256(json.dumps(claims, sort_keys=True, default=str).encode()).hexdigest()
+    return {
+        "resource": "/".join(x[:64] for x in segs[:3]),
+        "tee": ",".join(tees[:8]),
+        "claims_sha256": digest,
+        "client": request.remote,
+    }
 
 
 @dataclass
@@ -175,6 +197,9 @@ async def build_state(
             "session store; give every replica the same signer key_path"
         )
     closers: list[Callable[[], Awaitable[None]]] = [st.close for st in cache.values()]
+    sec = cfg.security
+    workers = PolicyWorkers(sec.policy_workers, timeout_s=sec.policy_timeout_s)
+    closers.append(workers.close)
     rvps: ReferenceValues | RemoteReferenceValues | ItaReferenceValues
     service: AttestationService | RemoteAttestationService | IntelTrustAuthority
     if a.type == "intel_ta":  # Intel Trust Authority (a cloud service) appraises the evidence
@@ -194,14 +219,26 @@ async def build_state(
             rvps = RemoteReferenceValues(rv_client, store)
         else:
             rvps = ReferenceValues(store, hide_expired=cfg.compatibility.hide_expired_reference_values)
+        dev = sec.dev_verifiers
+        if dev is None:  # unset: on only where tokens are forgeable anyway (insecure_header_jwk)
+            dev = tuple(sorted(DEV_TEES)) if t.insecure_header_jwk else ()
+        if dev:
+            log.warning(
+                "INSECURE: the unsigned development verifiers %s are enabled ([security] dev_verifiers%s): "
+                "a client with no TEE at all can attest as them; the default resource policy refuses them, "
+                "a custom one must too. For tests and demos only",
+                ", ".join(dev),
+                "" if sec.dev_verifiers is not None else " unset, implied by insecure_header_jwk",
+            )
         service = AttestationService(
-            registry or VerifierRegistry(options=a.verifier_config),
+            registry or VerifierRegistry(options=a.verifier_config, dev_verifiers=dev),
             broker,
-            AttestationPolicies(store),
+            AttestationPolicies(store, workers),
             rvps,
             verbose_token=a.verbose_token,
+            limits=sec,
         )
-    rp = ResourcePolicy(store)
+    rp = ResourcePolicy(store, workers)
     await rp.install_default()
     client_plugins: dict[str, ClientPlugin] = {}
     for pc in cfg.plugin_configs:
@@ -219,7 +256,7 @@ async def build_state(
     state = KbsState(
         config=cfg,
         store=store,
-        sessions=SessionStore(sess_store, timeout_min=a.timeout_min),
+        sessions=SessionStore(sess_store, timeout_min=a.timeout_min, max_sessions=sec.max_sessions),
         admin=AdminAuthorizer(cfg.admin, base_dir=cfg.base_dir),
         tokens=tokens,
         service=service,
@@ -245,6 +282,13 @@ def _rss() -> float:
     except OSError:
         pass
     return 0.0
+
+
+class _InternalError(KbsError):
+    """An unexpected failure inside the KBS (status 500; the detail never says more)."""
+
+    status = 500
+    variant = "PluginInternalError"
 
 
 def _error(exc: KbsError) -> web.Response:
@@ -285,6 +329,13 @@ class _Handlers:
             )
         if tee not in KNOWN_TEES:
             raise AttestationError(AUTH_DESERIALIZE)
+        if tee in DEVICE_TEES:
+            # a device TEE attests an accelerator, not the CPU the workload runs on
+            raise AttestationError(
+                f"Attestation error: RCAR handshake Auth failed: {tee} is a device TEE, not a primary TEE"
+            )
+        if isinstance(self.s.service, AttestationService) and self.s.service.registry.disabled(tee):
+            raise AttestationError(f"Attestation error: RCAR handshake Auth failed: tee {tee} is not enabled")
         alg = "sha512" if tee == "se" else "sha384"
         nonce: str | None = None
         try:  # se: the verifier's attestation request is the nonce (trustee's supplemental challenge)
@@ -309,19 +360,24 @@ class _Handlers:
         if sess is None:
             self.s.metrics.inc("kbs_attestations_total", result="no_session")
             raise AttestationError("Attestation error: RCAR handshake Attest failed")
-        if sess.token is None:
-            try:
-                token = await self.s.service.attest(
-                    tee=sess.tee,
-                    session_nonce=sess.nonce,
-                    hash_algorithm=sess.hash_algorithm,
-                    untrusted_body=raw,
-                )
-            except AttestationError:
-                self.s.metrics.inc("kbs_attestations_total", result="rejected")
-                raise
-            sess = await self.s.sessions.mark_attested(sess, token)
-            self.s.metrics.inc("kbs_attestations_total", result="ok")
+        async with self.s.sessions.lock(sess.id):  # one nonce, one attestation
+            fresh = await self.s.sessions.get(sess.id)
+            if fresh is None:
+                raise AttestationError("Attestation error: RCAR handshake Attest failed")
+            sess = fresh
+            if sess.token is None:
+                try:
+                    token = await self.s.service.attest(
+                        tee=sess.tee,
+                        session_nonce=sess.nonce,
+                        hash_algorithm=sess.hash_algorithm,
+                        untrusted_body=raw,
+                    )
+                except AttestationError:
+                    self.s.metrics.inc("kbs_attestations_total", result="rejected")
+                    raise
+                sess = await self.s.sessions.mark_attested(sess, token)
+                self.s.metrics.inc("kbs_attestations_total", result="ok")
         resp = _json({"token": sess.token})
         _set_cookie(resp, sess)
         return resp
@@ -336,9 +392,17 @@ class _Handlers:
             return authz[7:].strip()
         raise TokenNotFound("Attestation Token not found")
 
+    @staticmethod
+    def acl_path(request: web.Request) -> str:
+        """What an admin ACL regex is matched against: the decoded path the router dispatched,
+        without the query. Trustee matches the raw request URI (query included); there a
+        percent-encoded path (``%70rod``, ``prod%2Fkey``) reaches the same handler as the plain
+        one yet slips past an exclusion-style ACL. Here both see one string."""
+        return "/kbs/v0/" + request.match_info.get("tail", "")
+
     def _admin(self, request: web.Request, err: type[KbsError]) -> None:
         try:
-            role = self.s.admin.check(request.raw_path, request.headers.get("Authorization"))
+            role = self.s.admin.check(self.acl_path(request), request.headers.get("Authorization"))
         except AdminDenied as exc:
             log.warning("admin access denied", extra={"path": request.path, "reason": str(exc)})
             if err is AdminAuthInitialization:
@@ -388,18 +452,24 @@ class _Handlers:
         token = await self._token(request)
         claims = self.s.tokens.verify(token)
         query = {k: v for k, v in request.query.items()}
+        audit = _audit_fields(request, segs, claims)
         if not await self.s.resource_policy.allows(claims, segs, query):
+            log.info("resource refused by the resource policy", extra=audit)
             raise PolicyDeny("Access denied by policy")
         key = self._resource_key(segs)
         data = await self.s.store.get(NS_REPOSITORY, key)
         if data is None:
+            log.info("resource not found", extra=audit)  # the wire answer stays trustee's
             raise PluginInternalError("Plugin internal error")
         tee_key = extract_tee_pubkey(claims, self.s.config.attestation_token.extra_teekey_paths)
         try:
             doc = client_jwe.encrypt(data, tee_key)
         except ClientJweError as exc:
             raise JweError(f"JWE error: {exc}") from exc
+        except ValueError as exc:  # a key cryptography refuses late (tokens from other issuers)
+            raise JweError("JWE error: the tee-pubkey cannot be encrypted to") from exc
         self.s.metrics.inc("kbs_resource_requests_total", result="ok")
+        log.info("resource released", extra={**audit, "bytes": len(data)})
         return _json(doc)
 
     # --- admin --------------------------------------------------------------------------------
@@ -444,6 +514,21 @@ class _Handlers:
         await self.s.service.policies.set(pid, self._policy_b64(doc["policy"]))
         log.info("attestation policy set", extra={"policy_id": pid})
         return web.Response(status=200)
+
+    async def policy_text(self, request: web.Request, kind: str, policy_id: str) -> web.Response:
+        """GET /kbs/v0/{resource,attestation}-policy/{id}: the stored policy, as uploaded
+        (``{"policy_id", "policy": base64url}``); an extension, trustee lists ids only."""
+        self._admin(request, AdminAuthAccess)
+        if kind == "resource-policy":
+            text = await self.s.resource_policy.text() if policy_id == RESOURCE_POLICY_ID else None
+        else:
+            policies = self.s.service.policies
+            if not isinstance(policies, AttestationPolicies):  # a remote or external AS holds them
+                raise PluginNotFound("attestation-policy read-back needs the built-in attestation service")
+            text = await policies.text(policy_id)
+        if text is None:
+            raise PluginNotFound(f"{kind} {policy_id[:64]} not found")
+        return _json({"policy_id": policy_id, "policy": base64.urlsafe_b64encode(text).decode().rstrip("=")})
 
     async def reference_value(self, request: web.Request, rest: list[str]) -> web.Response:
         self._admin(request, AdminAuthAccess)
@@ -498,6 +583,8 @@ class _Handlers:
             return await self.resource_policy(request)
         if first == "attestation-policy" and m in ("GET", "POST") and not rest:
             return await self.attestation_policy(request)
+        if first in ("resource-policy", "attestation-policy") and m == "GET" and len(rest) == 1:
+            return await self.policy_text(request, first, rest[0])
         if first == "reference-value" and m in ("GET", "POST"):
             return await self.reference_value(request, rest)
         if first in self.s.config.plugins and first == "resource":
@@ -548,8 +635,9 @@ def make_app(state: KbsState) -> web.Application:
             status = exc.status
             raise
         except Exception:
+            # a bug: logged with its traceback, answered as an RFC 7807 body (never aiohttp's bare page)
             log.exception("internal error", extra={"path": request.path})
-            raise
+            return _error(_InternalError("internal error"))
         finally:
             dt = time.perf_counter() - t0
             ep = _endpoint(request.path)
@@ -588,10 +676,30 @@ def ssl_context(cfg: KbsConfig) -> ssl.SSLContext | None:
         return None
     assert hs.private_key and hs.certificate
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    for key, path in (("certificate", hs.certificate), ("private_key", hs.private_key)):
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ConfigError(f"http_server.{key} {path}: {(exc.strerror or str(exc)).lower()}") from exc
     try:
         ctx.load_cert_chain(hs.certificate, hs.private_key)
-    except (OSError, ssl.SSLError) as exc:
-        raise ConfigError(f"cannot load the TLS certificate/key: {exc}") from exc
+    except ssl.SSLError as exc:
+        if "KEY_VALUES_MISMATCH" in str(exc):
+            msg = (
+                f"http_server.private_key {hs.private_key} does not match "
+                f"http_server.certificate {hs.certificate}"
+            )
+        else:
+            msg = (
+                f"http_server.certificate {hs.certificate} / private_key {hs.private_key}: "
+                f"not a PEM certificate and unencrypted PEM key ({exc.reason or 'SSL error'})"
+            )
+        raise ConfigError(msg) from exc
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot load the TLS certificate/key: {(exc.strerror or str(exc)).lower()}"
+        ) from exc
     versions = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
     if hs.tls_profile == "modern":
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3

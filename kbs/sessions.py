@@ -4,23 +4,50 @@ attested by /attest, never extended, gone after ``timeout`` minutes.
 Stored as trustee v0.21 stores them (``SessionStatus``, serde's external
 tagging): ``{"Authed":{"request":{...},"challenge":{"nonce","extra-params"},
 "id","timeout":<RFC 3339>}}`` then ``{"Attested":{"token","id","timeout"}}``,
-so replicas of this KBS and trustee's can share one session store."""
+so replicas of this KBS and trustee's can share one session store.
+
+Bounded: each replica holds at most ``max_sessions`` live sessions it
+created. Past the cap the oldest *unattested* session is evicted (a client
+between /auth and /attest); attested sessions are never evicted, since each
+one cost a verified attestation; when every slot holds one, /auth is refused
+until one expires. Expired sessions this replica created are removed from its
+own index, without reading any record; the whole namespace is scanned only
+every ``FULL_SCAN_EVERY`` sweeps (for records other processes left behind).
+
+One nonce, one attestation: the first /attest that completes claims the
+session with a create-only write (namespace ``kbs_protocol_attested``, atomic
+in every store, Redis and PostgreSQL included), so concurrent /attest requests
+on one session, on one replica or several, all end with that one token."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import json
 import os
 import re
 import time
 import uuid
+from collections import OrderedDict
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
+from .errors import AttestationError
 from .storage import NS_SESSION, KvStore
 
-__all__ = ["Session", "SessionStore"]
+__all__ = ["NS_ATTESTED", "Session", "SessionStore", "SessionsExhausted"]
+
+#: the create-only claim an attestation makes on its session (value: expiry, newline, token)
+NS_ATTESTED = "kbs_protocol_attested"
+
+
+class SessionsExhausted(AttestationError):
+    """Every session slot holds an attested session: /auth is refused until one expires."""
+
+    variant = "AttestationError"
 
 
 @dataclass(frozen=True)
@@ -112,14 +139,60 @@ def _valid_id(sid: str) -> bool:
 
 
 class SessionStore:
-    def __init__(self, store: KvStore, *, timeout_min: int = 5) -> None:
+    #: sweeps between full scans of the session namespace (60 s sweeps: hourly)
+    FULL_SCAN_EVERY = 60
+
+    def __init__(self, store: KvStore, *, timeout_min: int = 5, max_sessions: int = 10000) -> None:
         self._store = store
         self.timeout_s = timeout_min * 60
+        self.max_sessions = max_sessions
+        #: sessions this replica created, oldest first: id -> expiry
+        self._pending: OrderedDict[str, float] = OrderedDict()
+        self._attested: OrderedDict[str, float] = OrderedDict()
+        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self._sweeps = 0
+
+    @property
+    def live(self) -> int:
+        """Live sessions this replica created (pending and attested)."""
+        return len(self._pending) + len(self._attested)
+
+    @staticmethod
+    def _pop_expired(index: OrderedDict[str, float], now: float) -> list[str]:
+        gone: list[str] = []
+        while index:
+            sid, exp = next(iter(index.items()))
+            if exp > now:
+                break
+            index.popitem(last=False)
+            gone.append(sid)
+        return gone
+
+    async def _forget(self, sids: list[str]) -> int:
+        """Delete sessions (and their claims) from a store that does not expire them itself."""
+        if getattr(self._store, "native_ttl", False):
+            return 0
+        n = 0
+        for sid in sids:
+            n += int(await self._store.delete(NS_SESSION, sid))
+            await self._store.delete(NS_ATTESTED, sid)
+        return n
+
+    async def _make_room(self, now: float) -> None:
+        await self._forget(self._pop_expired(self._pending, now) + self._pop_expired(self._attested, now))
+        while self.live >= self.max_sessions:
+            if not self._pending:
+                raise SessionsExhausted(
+                    "Attestation error: RCAR handshake Auth failed: too many attested sessions"
+                )
+            sid, _ = self._pending.popitem(last=False)
+            await self._store.delete(NS_SESSION, sid)
 
     async def create(
         self, tee: str, *, now: float | None = None, hash_algorithm: str = "sha384", nonce: str | None = None
     ) -> Session:
         t = time.time() if now is None else now
+        await self._make_room(t)
         s = Session(
             id=uuid.uuid4().hex,
             tee=tee,
@@ -128,7 +201,23 @@ class SessionStore:
             hash_algorithm=hash_algorithm,
         )
         await self._store.set(NS_SESSION, s.id, s.to_bytes(), ttl_s=self._ttl(self.timeout_s))
+        self._pending[s.id] = s.expires_at
         return s
+
+    @contextlib.asynccontextmanager
+    async def lock(self, sid: str) -> AsyncIterator[None]:
+        """Serialise /attest requests on one session within this replica."""
+        lk, n = self._locks.get(sid, (asyncio.Lock(), 0))
+        self._locks[sid] = (lk, n + 1)
+        try:
+            async with lk:
+                yield
+        finally:
+            lk, n = self._locks[sid]
+            if n <= 1:
+                del self._locks[sid]
+            else:
+                self._locks[sid] = (lk, n - 1)
 
     async def get(self, untrusted_id: str | None, *, now: float | None = None) -> Session | None:
         if not untrusted_id or not _valid_id(untrusted_id):
@@ -146,11 +235,20 @@ class SessionStore:
         return s
 
     async def mark_attested(self, s: Session, token: str, *, now: float | None = None) -> Session:
+        """Bind ``token`` to the session, unless another attestation claimed it first: then the
+        session carries that attestation's token, and ``token`` is dropped."""
         t = time.time() if now is None else now
+        ttl = max(0.001, s.expires_at - t)
+        claim = f"{s.expires_at!r}\n{token}".encode()
+        if not await self._store.add(NS_ATTESTED, s.id, claim, ttl_s=self._ttl(ttl)):
+            first = await self._store.get(NS_ATTESTED, s.id)
+            if first is None or b"\n" not in first:
+                raise AttestationError("Attestation error: RCAR handshake Attest failed")
+            return replace(s, token=first.split(b"\n", 1)[1].decode())
         done = replace(s, token=token)
-        await self._store.set(
-            NS_SESSION, s.id, done.to_bytes(), ttl_s=self._ttl(max(0.001, s.expires_at - t))
-        )
+        await self._store.set(NS_SESSION, s.id, done.to_bytes(), ttl_s=self._ttl(ttl))
+        if self._pending.pop(s.id, None) is not None:
+            self._attested[s.id] = s.expires_at
         return done
 
     def _ttl(self, ttl_s: float) -> float | None:
@@ -159,10 +257,16 @@ class SessionStore:
         return ttl_s if getattr(self._store, "native_ttl", False) else None
 
     async def purge_expired(self, *, now: float | None = None, limit: int = 10_000) -> int:
+        """Remove expired sessions: this replica's from its index (no record is read); every
+        ``FULL_SCAN_EVERY``-th call also scans the namespaces for records left by others."""
         n = await self._store.purge_expired()
+        t = time.time() if now is None else now
+        n += await self._forget(self._pop_expired(self._pending, t) + self._pop_expired(self._attested, t))
         if getattr(self._store, "native_ttl", False):
             return n
-        t = time.time() if now is None else now
+        self._sweeps += 1
+        if self._sweeps % self.FULL_SCAN_EVERY != 1:
+            return n
         for sid in (await self._store.keys(NS_SESSION))[:limit]:
             raw = await self._store.get(NS_SESSION, sid)
             if raw is None:
@@ -172,7 +276,16 @@ class SessionStore:
             except (ValueError, KeyError, TypeError):
                 continue  # not ours to judge (trustee skips records it cannot parse, too)
             if expired and await self._store.delete(NS_SESSION, sid):
+                await self._store.delete(NS_ATTESTED, sid)
                 n += 1
+        for sid in (await self._store.keys(NS_ATTESTED))[:limit]:
+            raw = await self._store.get(NS_ATTESTED, sid)
+            try:
+                exp = float(raw.split(b"\n", 1)[0]) if raw else 0.0
+            except ValueError:
+                exp = 0.0
+            if exp <= t:
+                await self._store.delete(NS_ATTESTED, sid)
         return n
 
     async def count(self) -> int:

@@ -72,6 +72,10 @@ class KvStore(Protocol):
 
     async def delete(self, ns: str, key: str) -> bool: ...
 
+    async def add(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> bool:
+        """Create-only set: True if stored, False if a live value is already there (atomic)."""
+        ...
+
     async def keys(self, ns: str) -> list[str]: ...
 
     async def purge_expired(self) -> int: ...
@@ -105,6 +109,12 @@ class MemoryStore:
 
     async def delete(self, ns: str, key: str) -> bool:
         return self._data.pop((ns, key), None) is not None
+
+    async def add(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> bool:
+        if await self.get(ns, key) is not None:
+            return False
+        await self.set(ns, key, value, ttl_s=ttl_s)
+        return True
 
     async def keys(self, ns: str) -> list[str]:
         now = time.time()
@@ -215,14 +225,29 @@ class LocalFsStore:
         return self._read(self._path(ns, key))
 
     @staticmethod
-    def _write(p: Path, chunks: tuple[bytes, ...]) -> None:
+    def _write(
+        p: Path, chunks: tuple[bytes, ...], *, mtime: float | None = None, exclusive: bool = False
+    ) -> bool:
+        """Write atomically; ``mtime``: stamp the file (TTL records carry their expiry there, so
+        the sweeper needs no read); ``exclusive``: never replace an existing file (False if one is there)."""
         p.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as fh:
                 for c in chunks:
                     fh.write(c)
-            os.replace(tmp, p)
+            if mtime is not None:
+                os.utime(tmp, (mtime, mtime))
+            if not exclusive:
+                os.replace(tmp, p)
+                return True
+            try:
+                os.link(tmp, p)
+            except FileExistsError:
+                return False
+            finally:
+                os.unlink(tmp)
+            return True
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
@@ -237,11 +262,27 @@ class LocalFsStore:
                 self._write(p, (bytes(value),))
                 other = self._ttl_path(p)
             else:
-                head = _MAGIC_TTL + _EXP.pack(time.time() + ttl_s)
-                self._write(self._ttl_path(p), (head, bytes(value)))
+                exp = time.time() + ttl_s
+                self._write(self._ttl_path(p), (_MAGIC_TTL + _EXP.pack(exp), bytes(value)), mtime=exp)
                 other = p
             with contextlib.suppress(FileNotFoundError):
                 other.unlink()
+        except OSError as exc:
+            raise StorageError("storage write failed") from exc
+
+    async def add(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> bool:
+        """Create-only (a hard link of a complete temp file: atomic). With a TTL, an expired
+        record in the way is removed first."""
+        p = self._path(ns, key)
+        if len(value) > MAX_VALUE_BYTES:
+            raise StorageError("value too large")
+        try:
+            if ttl_s is None:
+                return self._write(p, (bytes(value),), exclusive=True)
+            tp = self._ttl_path(p)
+            self._ttl_live(tp)  # removes an expired record
+            exp = time.time() + ttl_s
+            return self._write(tp, (_MAGIC_TTL + _EXP.pack(exp), bytes(value)), mtime=exp, exclusive=True)
         except OSError as exc:
             raise StorageError("storage write failed") from exc
 
@@ -270,15 +311,22 @@ class LocalFsStore:
         return sorted(n.replace("\\x2F", "/") for n in names)
 
     async def purge_expired(self) -> int:
-        """Remove expired TTL records; plain values never expire and are not opened."""
+        """Remove expired TTL records; plain values never expire and are not opened. A record's
+        mtime is its expiry: only records whose mtime has passed are opened (to read the header)."""
         n = 0
+        now = time.time()
         for d in self._root.iterdir() if self._root.is_dir() else []:
             td = d / _TTL_DIR
             if d.name.startswith(".") or not td.is_dir():
                 continue
-            for p in td.iterdir():
-                if not p.name.startswith(".") and p.is_file() and not self._ttl_live(p):
-                    n += 1
+            with os.scandir(td) as it:
+                for e in it:
+                    if e.name.startswith(".") or not e.is_file(follow_symlinks=False):
+                        continue
+                    if e.stat(follow_symlinks=False).st_mtime > now:
+                        continue
+                    if not self._ttl_live(Path(e.path)):
+                        n += 1
         return n
 
     async def close(self) -> None:
@@ -319,6 +367,10 @@ class RedisStore:
 
     async def delete(self, ns: str, key: str) -> bool:
         return bool(await self._do(self._r.delete(self._k(ns, key))))
+
+    async def add(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> bool:
+        px = max(1, int(ttl_s * 1000)) if ttl_s is not None else None
+        return bool(await self._do(self._r.set(self._k(ns, key), value, px=px, nx=True)))
 
     async def keys(self, ns: str) -> list[str]:
         pre = self._k(ns, "")
@@ -413,6 +465,19 @@ class LocalJsonStore:
             doc = self._load(ns)
             if doc.pop(key, None) is None:
                 return False
+            self._save(ns, doc)
+            return True
+
+    async def add(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> bool:
+        """Create-only: one lock orders this process's read-modify-write cycles."""
+        k = self._key(key)
+        if len(value) > MAX_VALUE_BYTES:
+            raise StorageError("value too large")
+        async with self._lock:
+            doc = self._load(ns)
+            if k in doc:
+                return False
+            doc[k] = base64.urlsafe_b64encode(bytes(value)).decode()
             self._save(ns, doc)
             return True
 
@@ -520,6 +585,20 @@ class PostgresStore:
     async def delete(self, ns: str, key: str) -> bool:
         return bool(await self._run(ns, "DELETE FROM {} WHERE key = %s", (key,), "none"))
 
+    async def add(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> bool:
+        """Create-only (``ON CONFLICT DO NOTHING``: atomic across replicas)."""
+        if not _JSON_KEY.match(key):
+            raise StorageError("invalid storage key")
+        if len(value) > MAX_VALUE_BYTES:
+            raise StorageError("value too large")
+        n = await self._run(
+            ns,
+            "INSERT INTO {} (key, value) VALUES (%s, %s) ON CONFLICT (key) DO NOTHING",
+            (key, bytes(value)),
+            "none",
+        )
+        return bool(n)
+
     async def keys(self, ns: str) -> list[str]:
         rows = await self._run(ns, "SELECT key FROM {}", (), "all")
         return sorted(str(r[0]) for r in rows)
@@ -574,6 +653,12 @@ class EncryptedStore:
 
     async def delete(self, ns: str, key: str) -> bool:
         return await self._inner.delete(ns, key)
+
+    async def add(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> bool:
+        if ns in self._ns:
+            nonce = os.urandom(12)
+            value = self._VERSION + nonce + self._aead.encrypt(nonce, value, f"{ns}/{key}".encode())
+        return await self._inner.add(ns, key, value, ttl_s=ttl_s)
 
     async def keys(self, ns: str) -> list[str]:
         return await self._inner.keys(ns)

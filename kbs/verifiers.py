@@ -2,10 +2,15 @@
 :class:`attestation.verifier.EvidenceVerifier`.
 
 ``sample`` and ``sampledevice`` are implemented here (development TEEs:
-their evidence has no signature, only the report-data binding is checked).
+their evidence has no signature, only the report-data binding is checked);
+they are registered only when asked for (``dev_verifiers``).
 ``snp``, ``tdx``, ``nvidia``, ``az-snp-vtpm``, ``az-tdx-vtpm``, ``tpm`` (and
 the further TEEs listed in ``_LAZY``) come from :mod:`attestation` and are
-imported lazily; a TEE without a verifier is refused as unsupported."""
+imported lazily; a TEE without a verifier is refused as unsupported.
+
+Every TEE name has a class: ``cpu`` TEEs may be the primary TEE of an RCAR
+session, device TEEs (:data:`DEVICE_TEES`) only appear as additional
+evidence next to a CPU TEE."""
 
 from __future__ import annotations
 
@@ -21,6 +26,8 @@ from attestation.errors import EvidenceFormatError, VerificationError
 from attestation.verifier import EvidenceVerifier
 
 __all__ = [
+    "DEVICE_TEES",
+    "DEV_TEES",
     "KNOWN_TEES",
     "TEE_CLASS",
     "SampleDeviceVerifier",
@@ -51,8 +58,12 @@ KNOWN_TEES = frozenset(
         "nvidia-dpu",
     }
 )
-#: EAR submod class per TEE (cpu0, gpu0, switch0, dcu0, ...)
+#: EAR submod class per device TEE (gpu0, switch0, dcu0, ...); any other TEE is class ``cpu``
 TEE_CLASS = {"nvidia": "gpu", "sampledevice": "gpu", "hygondcu": "dcu", "nvidia-dpu": "nvidia-dpu"}
+#: TEEs that attest a device, not the CPU the workload runs on: never a session's primary TEE
+DEVICE_TEES = frozenset(TEE_CLASS)
+#: development TEEs: no signature exists on their evidence; their verifiers are off by default
+DEV_TEES = frozenset({"sample", "sampledevice"})
 
 _LAZY = {
     "snp": ("attestation.snp.verifier", "SnpVerifier"),
@@ -159,18 +170,32 @@ class VerifierRegistry:
         verifiers: Mapping[str, EvidenceVerifier] | None = None,
         *,
         options: Mapping[str, Any] | None = None,
+        dev_verifiers: tuple[str, ...] = (),
     ) -> None:
-        self._v: dict[str, EvidenceVerifier] = {
+        """``dev_verifiers``: which unsigned development verifiers (:data:`DEV_TEES`) to enable;
+        none by default, so a client with no TEE gets no token."""
+        dev: dict[str, EvidenceVerifier] = {
             "sample": SampleVerifier(),
             "sampledevice": SampleDeviceVerifier(),
         }
+        unknown = set(dev_verifiers) - DEV_TEES
+        if unknown:
+            raise ValueError(f"unknown dev verifiers {sorted(unknown)}")
+        self._v: dict[str, EvidenceVerifier] = {t: dev[t] for t in dev_verifiers}
         self._v.update(verifiers or {})
         self._options = dict(options or {})
+        self.dev_enabled = frozenset(t for t in DEV_TEES if t in self._v)
+
+    def disabled(self, tee: str) -> bool:
+        """Whether ``tee`` is a development TEE this registry does not serve."""
+        return tee in DEV_TEES and tee not in self._v
 
     def get(self, tee: str) -> EvidenceVerifier:
         v = self._v.get(tee)
         if v is not None:
             return v
+        if tee in DEV_TEES:
+            raise UnsupportedTee(f"the dev verifier for tee {tee!r} is not enabled")
         if tee not in _LAZY:
             raise UnsupportedTee(f"no verifier for tee {tee!r}")
         mod_name, cls_name = _LAZY[tee]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -25,6 +26,7 @@ from .errors import (
     AttestationRejected,
     KbsHttpError,
     PolicyDenied,
+    PolicyInvalid,
     ProtocolError,
     ResourceNotFound,
     TransportError,
@@ -32,7 +34,7 @@ from .errors import (
     VersionMismatch,
 )
 
-__all__ = ["SESSION_COOKIE", "Reply", "kbs_error", "request"]
+__all__ = ["SESSION_COOKIE", "Reply", "kbs_error", "request", "transport_error"]
 
 SESSION_COOKIE = "kbs-session-id"
 #: largest KBS response body read (resources are bounded by the KBS's 2 MiB default, JWE adds ~35%)
@@ -98,10 +100,68 @@ async def request(
     except BodyTransportError as exc:
         raise TransportError(f"{method} {url}: {exc}") from None
     except httpx.HTTPError as exc:
-        raise TransportError(f"{method} {url}: {type(exc).__name__}: {exc}") from exc
+        raise transport_error(method, url, exc) from exc
     finally:
         _forget_session_cookie(http)
     return Reply(resp.status_code, body, resp.headers, _session_from(resp))
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    out: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and len(out) < 16:
+        out.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return out
+
+
+def transport_error(method: str, url: str, exc: httpx.HTTPError) -> TransportError:
+    """One line naming the cause and the fix; ``retryable`` only for what can heal.
+
+    Never quotes the exception text of a request that could not be built: h11
+    puts the offending header value (a bearer token) in it."""
+    u = httpx.URL(url) if "://" in url else None
+    where = f"{u.host}:{u.port or (443 if u.scheme == 'https' else 80)}" if u is not None else url[:200]
+    chain = _chain(exc)
+    for e in chain:
+        if isinstance(e, ssl.SSLCertVerificationError):
+            why = e.verify_message or "certificate verify failed"
+            return TransportError(
+                f"TLS: the certificate of the KBS at {where} is not trusted ({why}); "
+                "pass its CA with --cert-file (kbs_cert / cert in the AA/CDH config)",
+                retryable=False,
+            )
+    for e in chain:
+        if isinstance(e, ssl.SSLError):
+            return TransportError(
+                f"TLS handshake with {where} failed ({getattr(e, 'reason', None) or 'SSL error'}); "
+                "is the URL's scheme right, and does the KBS serve TLS?",
+                retryable=False,
+            )
+        if isinstance(e, ConnectionRefusedError):
+            return TransportError(
+                f"cannot connect to {where} (connection refused): is the KBS running, is the URL right?",
+                retryable=False,
+            )
+    if isinstance(exc, httpx.UnsupportedProtocol):
+        return TransportError(
+            f"{url[:200]!r} is not an http:// or https:// URL (give the scheme, e.g. https://host:8080)",
+            retryable=False,
+        )
+    if isinstance(exc, httpx.LocalProtocolError):
+        return TransportError(
+            f"{method} {where}: the request could not be built (a header value, such as the admin "
+            "token, contains characters a header cannot carry)",
+            retryable=False,
+        )
+    if isinstance(exc, httpx.TimeoutException):
+        return TransportError(f"{method} {url}: timed out talking to {where} (is the KBS overloaded?)")
+    if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)) and u is not None and u.scheme == "http":
+        return TransportError(
+            f"{method} {url}: the server at {where} closed the connection without answering; "
+            "does it expect https://?"
+        )
+    return TransportError(f"{method} {url}: {type(exc).__name__}: {exc}")
 
 
 def kbs_error(reply: Reply, context: Context) -> KbsHttpError:
@@ -121,8 +181,12 @@ def kbs_error(reply: Reply, context: Context) -> KbsHttpError:
             return VersionMismatch(st, etype, detail)
         return AttestationRejected(st, etype, detail)
     if context == "admin":
-        if etype.startswith("AdminAuth") or st in (401, 403):
+        if etype.startswith("AdminAuth") or (not etype and st in (401, 403)):
             return AdminDenied(st, etype, detail)
+        if (etype == "PluginInternalError" and "not found" in detail.lower()) or st == 404:
+            return ResourceNotFound(st, etype, detail)
+        if etype in ("ParsePolicyError", "PolicyEngineError"):
+            return PolicyInvalid(st, etype, detail)
         return KbsHttpError(st, etype, detail)
     if etype == "PolicyDeny":
         return PolicyDenied(st, etype, detail)

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from . import _http
-from ._b64 import b64std, b64url
+from ._b64 import b64std, b64url, unb64url
 from .errors import KbsClientError, ProtocolError, TokenError
 from .jws import sign
 from .uri import parse_resource_path
@@ -54,11 +54,29 @@ class BearerToken:
     def from_file(cls, path: str) -> BearerToken:
         with open(path, "rb") as fh:
             raw = fh.read(MAX_ADMIN_TOKEN_BYTES + 1)
+        return cls.from_bytes(raw, path)
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, path: str = "admin token file") -> BearerToken:
+        """A compact JWS token. The errors never quote the content: the wrong file
+        passed here is often a private key."""
         if len(raw) > MAX_ADMIN_TOKEN_BYTES:
-            raise TokenError("admin token file too large")
+            raise TokenError(f"--admin-token-file {path}: over {MAX_ADMIN_TOKEN_BYTES} bytes, not a token")
+        if b"-----BEGIN" in raw:
+            kind = "private key" if b"PRIVATE KEY" in raw else "certificate or public key"
+            raise TokenError(
+                f"--admin-token-file {path} contains a PEM {kind}, not a JWT; "
+                "pass a private key with --auth-private-key, or mint a token"
+            )
         tok = raw.decode("utf-8", "replace").strip()
         if not tok:
-            raise TokenError("admin token file is empty")
+            raise TokenError(f"--admin-token-file {path} is empty")
+        parts = tok.split(".")
+        if len(parts) != 3 or not all(parts[:2]) or not all(_is_b64url(x) for x in parts):
+            raise TokenError(
+                f"--admin-token-file {path} does not hold a JWT (want header.payload.signature "
+                "in base64url on one line)"
+            )
         return cls(tok)
 
     def authorization(self) -> str | None:
@@ -66,6 +84,13 @@ class BearerToken:
 
     def __repr__(self) -> str:
         return "BearerToken(<redacted>)"
+
+
+_B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=")
+
+
+def _is_b64url(s: str) -> bool:
+    return all(c in _B64URL for c in s)
 
 
 class Ed25519Signer:
@@ -149,6 +174,26 @@ class AdminClient:
         if not isinstance(doc, list) or not all(isinstance(x, str) for x in doc):
             raise ProtocolError("resource-policy list is not a JSON array of strings")
         return doc
+
+    async def get_resource_policy(self, policy_id: str = "resource-policy") -> bytes:
+        """The stored resource policy text (a coco-py KBS extension; trustee lists ids only)."""
+        return await self._get_policy("resource-policy", policy_id)
+
+    async def get_attestation_policy(self, policy_id: str = "default_cpu") -> bytes:
+        """A stored (or built-in) attestation policy text (coco-py KBS extension)."""
+        return await self._get_policy("attestation-policy", policy_id)
+
+    async def _get_policy(self, kind: str, policy_id: str) -> bytes:
+        if not policy_id or "/" in policy_id or policy_id in (".", ".."):
+            raise KbsClientError("invalid policy id")
+        doc = (await self._call("GET", f"/kbs/v0/{kind}/{policy_id}")).json()
+        pol = doc.get("policy") if isinstance(doc, dict) else None
+        if not isinstance(pol, str):
+            raise ProtocolError(f"{kind} answer has no policy (does this KBS serve policy read-back?)")
+        try:
+            return unb64url(pol)
+        except ValueError as exc:
+            raise ProtocolError(f"{kind} answer is not base64url") from exc
 
     async def set_attestation_policy(
         self, rego: bytes, *, policy_id: str = "default_cpu", policy_type: str = "rego"

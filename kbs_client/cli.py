@@ -13,7 +13,7 @@ import argparse
 import asyncio
 import json
 import logging
-import os
+import re
 import ssl
 import sys
 from collections.abc import Sequence
@@ -22,9 +22,11 @@ from typing import Any
 
 import httpx
 
+from coco_common.cli import add_version, exit_on_closed_pipe, rust_log_level
+
 from ._b64 import b64std
 from .admin import AdminAuth, AdminClient, Anonymous, BearerToken, Ed25519Signer
-from .errors import KbsClientError, PolicyDenied, Unauthorized
+from .errors import KbsClientError, PolicyDenied, TransportError, Unauthorized
 from .policies import builtin_policy
 from .rcar import EvidenceSource, attest
 from .resources import get_resource
@@ -39,10 +41,26 @@ MAX_FILE_BYTES = 16 * 1024 * 1024
 DEFAULT_TOKEN_PATHS = ("kbs/config/docker-compose/admin-token", "~/.trustee/admin-token")
 
 
+def _url(value: str) -> str:
+    """``--url``: checked here (exit 2), not after five connection attempts."""
+    try:
+        u = httpx.URL(value)
+    except httpx.InvalidURL as exc:
+        raise argparse.ArgumentTypeError(f"{value[:200]!r} is not a URL ({exc})") from exc
+    if u.scheme not in ("http", "https") or not u.host:
+        raise argparse.ArgumentTypeError(
+            f"{value[:200]!r} is not an http:// or https:// URL with a host (e.g. https://kbs.example:8080)"
+        )
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kbs-client", description="Client for a trustee-compatible KBS.")
-    p.add_argument("--url", default="http://127.0.0.1:8080", help="KBS root URL")
-    p.add_argument("--cert-file", help="PEM root CA for HTTPS")
+    add_version(p)
+    p.add_argument(
+        "--url", type=_url, default="http://127.0.0.1:8080", help="KBS root URL (default: %(default)s)"
+    )
+    p.add_argument("--cert-file", help="PEM root CA of the KBS's HTTPS certificate")
     sub = p.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("attest", help="attest and print the token")
@@ -57,7 +75,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("config", help="admin operations")
     auth = c.add_mutually_exclusive_group()
-    auth.add_argument("--admin-token-file", help="bearer admin token (trustee >= v0.21)")
+    auth.add_argument(
+        "--admin-token-file",
+        help="bearer admin token, a JWT (trustee >= v0.21); default: the first of "
+        + ", ".join(DEFAULT_TOKEN_PATHS)
+        + " that exists",
+    )
     auth.add_argument("--auth-private-key", help="Ed25519 private key PEM (kbs-client <= v0.20)")
     cs = c.add_subparsers(dest="config_command", required=True)
 
@@ -73,6 +96,11 @@ def build_parser() -> argparse.ArgumentParser:
     grp.add_argument("--deny-all", action="store_true")
     grp.add_argument("--affirming", action="store_true")
     grp.add_argument("--default", action="store_true", help="(as trustee's kbs-client: uploads deny-all)")
+
+    grp_ = cs.add_parser("get-resource-policy", help="print the resource policy the KBS enforces (Rego)")
+    grp_.add_argument("--id", default="resource-policy", dest="policy_id", help="(default: %(default)s)")
+    gap = cs.add_parser("get-attestation-policy", help="print an attestation policy (Rego)")
+    gap.add_argument("--id", default="default_cpu", dest="policy_id", help="(default: %(default)s)")
 
     sr = cs.add_parser("set-resource")
     sr.add_argument("--path", required=True)
@@ -94,18 +122,35 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _os_reason(exc: OSError) -> str:
+    return (exc.strerror or type(exc).__name__).lower()
+
+
 def _read(path: str, what: str) -> bytes:
-    with open(path, "rb") as fh:
-        data = fh.read(MAX_FILE_BYTES + 1)
+    """``what`` names the flag (``--policy-file``): every error names flag and file."""
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise KbsClientError(f"{what} {path}: {_os_reason(exc)}") from exc
     if len(data) > MAX_FILE_BYTES:
-        raise KbsClientError(f"{what} larger than {MAX_FILE_BYTES} bytes")
+        raise KbsClientError(f"{what} {path}: larger than {MAX_FILE_BYTES} bytes")
     return data
+
+
+def _tls_context(cert_file: str) -> ssl.SSLContext:
+    try:
+        return ssl.create_default_context(cafile=cert_file)
+    except ssl.SSLError as exc:
+        raise KbsClientError(f"--cert-file {cert_file}: no PEM certificate in file") from exc
+    except OSError as exc:
+        raise KbsClientError(f"--cert-file {cert_file}: {_os_reason(exc)}") from exc
 
 
 def _http(args: argparse.Namespace) -> httpx.AsyncClient:
     verify: ssl.SSLContext | bool = True
     if args.cert_file:
-        verify = ssl.create_default_context(cafile=args.cert_file)
+        verify = _tls_context(args.cert_file)
     return httpx.AsyncClient(
         verify=verify,
         timeout=60.0,
@@ -116,14 +161,20 @@ def _http(args: argparse.Namespace) -> httpx.AsyncClient:
 
 def _admin_auth(args: argparse.Namespace) -> AdminAuth:
     if args.auth_private_key:
-        return Ed25519Signer.from_pem(_read(args.auth_private_key, "auth private key"))
+        return Ed25519Signer.from_pem(_read(args.auth_private_key, "--auth-private-key"))
     if args.admin_token_file:
-        return BearerToken.from_file(args.admin_token_file)
+        path = args.admin_token_file
+        return BearerToken.from_bytes(_read(path, "--admin-token-file"), path)
     for cand in DEFAULT_TOKEN_PATHS:
         p = Path(cand).expanduser()
         if p.is_file():
-            return BearerToken.from_file(str(p))
-    log.warning("no admin token given or found; sending the request anonymously")
+            log.info("admin token: %s", p)
+            return BearerToken.from_bytes(_read(str(p), "admin token"), str(p))
+    log.warning(
+        "no admin token given or found (--admin-token-file, --auth-private-key, %s); "
+        "sending the request anonymously",
+        ", ".join(DEFAULT_TOKEN_PATHS),
+    )
     return Anonymous()
 
 
@@ -186,14 +237,14 @@ async def _run(args: argparse.Namespace) -> None:
     async with _http(args) as http:
         if args.command in ("attest", "get-resource"):
             key = (
-                TeeKeyPair.from_pem(_read(args.tee_key_file, "TEE key"))
+                TeeKeyPair.from_pem(_read(args.tee_key_file, "--tee-key-file"))
                 if args.tee_key_file
                 else TeeKeyPair.generate()
             )
             if args.command == "get-resource" and args.attestation_token:
                 if not args.tee_key_file:
                     raise KbsClientError("--attestation-token needs --tee-key-file")
-                token = _read(args.attestation_token, "attestation token").decode().strip()
+                token = _read(args.attestation_token, "--attestation-token").decode().strip()
                 data = await get_resource(http, args.url, args.path, token=token, key=key)
                 print(b64std(data), file=out)
                 return
@@ -219,22 +270,33 @@ async def _run(args: argparse.Namespace) -> None:
         admin = AdminClient(http, args.url, _admin_auth(args))
         cmd = args.config_command
         if cmd == "set-attestation-policy":
-            pol = _read(args.policy_file, "policy file")
+            pol = _read(args.policy_file, "--policy-file")
             await admin.set_attestation_policy(pol, policy_id=args.policy_id, policy_type=args.policy_type)
             print(f"Set attestation policy success \n policy: {b64std(pol)}", file=out)
         elif cmd == "set-resource-policy":
             if args.policy_file:
-                pol = _read(args.policy_file, "policy file")
+                pol = _read(args.policy_file, "--policy-file")
             elif args.allow_all:
                 pol = builtin_policy("allow_all")
             elif args.affirming:
                 pol = builtin_policy("affirming")
             else:  # --deny-all, and --default (trustee's kbs-client uploads deny-all for it too)
                 pol = builtin_policy("deny_all")
+            if not re.search(rb"^\s*package\s+policy\s*$", pol, re.M):
+                log.warning(
+                    "the policy is not 'package policy': the KBS asks data.policy.allow, so it would "
+                    "deny every request"
+                )
+            elif b"allow" not in pol:
+                log.warning("the policy defines no 'allow': the KBS would deny every request")
             await admin.set_resource_policy(pol)
             print(f"Set resource policy success \n policy: {b64std(pol)}", file=out)
+        elif cmd == "get-resource-policy":
+            out.write((await admin.get_resource_policy(args.policy_id)).decode("utf-8", "replace"))
+        elif cmd == "get-attestation-policy":
+            out.write((await admin.get_attestation_policy(args.policy_id)).decode("utf-8", "replace"))
         elif cmd == "set-resource":
-            data = _read(args.resource_file, "resource file")
+            data = _read(args.resource_file, "--resource-file")
             await admin.set_resource(args.path.removeprefix("/"), data)
             print(f"Set resource success \n resource: {b64std(data)}", file=out)
         elif cmd == "delete-resource":
@@ -249,9 +311,8 @@ async def _run(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    level = os.environ.get("RUST_LOG", "info").split(",")[0].upper()
     logging.basicConfig(
-        level=getattr(logging, level, logging.INFO),
+        level=rust_log_level() or "INFO",
         stream=sys.stderr,
         format="%(levelname)s %(name)s: %(message)s",
     )
@@ -259,8 +320,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         asyncio.run(_run(args))
-    except (KbsClientError, OSError) as exc:
-        print(f"Error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    except BrokenPipeError:
+        exit_on_closed_pipe()
+    except KbsClientError as exc:
+        label = "" if type(exc) in (KbsClientError, TransportError) else f"{type(exc).__name__}: "
+        print(f"Error: {label}{exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"Error: {_os_reason(exc)}" + (f": {exc.filename}" if exc.filename else ""), file=sys.stderr)
         return 1
     return 0
 

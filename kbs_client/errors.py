@@ -10,7 +10,8 @@
      |    +-- Unauthorized        token missing, expired or not trusted
      |    +-- PolicyDenied        the resource policy said no
      |    +-- ResourceNotFound    no such resource (trustee: 401 PluginInternalError, or 404)
-     |    +-- AdminDenied         admin call refused
+     |    +-- AdminDenied         admin call refused (401 AdminAuth*)
+     |    +-- PolicyInvalid       the KBS refused an uploaded policy (ParsePolicyError ...)
      +-- JweError                 JWE could not be decrypted or built
      +-- InvalidUri               not a valid kbs:// resource URI / path
      +-- TeeKeyError              bad TEE key material
@@ -28,6 +29,7 @@ __all__ = [
     "KbsClientError",
     "KbsHttpError",
     "PolicyDenied",
+    "PolicyInvalid",
     "ProtocolError",
     "ResourceNotFound",
     "TeeKeyError",
@@ -83,6 +85,10 @@ class AdminDenied(KbsHttpError):
     """An admin request was refused (AdminAuthAccess / AdminAuthInitialization)."""
 
 
+class PolicyInvalid(KbsHttpError):
+    """The KBS refused an uploaded policy (``ParsePolicyError`` and kin): fix the policy file."""
+
+
 class JweError(KbsClientError):
     """A JWE could not be decrypted (wrong key, tampered) or built (unsupported key)."""
 
@@ -100,4 +106,11 @@ class TokenError(KbsClientError):
 
 
 class TransportError(KbsClientError):
-    """The HTTP exchange with the KBS failed (connection, TLS, timeout)."""
+    """The HTTP exchange with the KBS failed (connection, TLS, timeout).
+
+    ``retryable`` is False for what no retry can heal (connection refused,
+    TLS verification, a malformed URL, a request that cannot be built)."""
+
+    def __init__(self, message: str, *, retryable: bool = True) -> None:
+        super().__init__(message)
+        self.retryable = retryable

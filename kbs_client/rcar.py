@@ -245,20 +245,40 @@ async def attest(
 ) -> Attestation:
     """Run RCAR against ``base_url`` (the KBS root, e.g. ``http://127.0.0.1:8080``).
 
-    Like guest-components, a failed handshake is retried (``attempts`` times,
-    ``retry_delay`` seconds apart), except a protocol version mismatch,
-    which no retry can fix. ``key`` defaults to a fresh EC P-256 key."""
+    A failed handshake is retried (``attempts`` times, first ``retry_delay`` seconds
+    apart, doubling up to 8x) only where a retry can heal it: timeouts, dropped connections, 5xx
+    answers and malformed answers. A refused connection, a TLS verification
+    failure, a malformed URL and a 4xx answer (the KBS's verdict, a protocol
+    version mismatch included) fail at once. ``key`` defaults to a fresh EC P-256 key."""
     tee_key = key if key is not None else TeeKeyPair.generate()
     last: KbsClientError | None = None
-    for n in range(max(1, attempts)):
+    attempts = max(1, attempts)
+    for n in range(attempts):
         if n:
-            await asyncio.sleep(retry_delay)
+            await asyncio.sleep(_backoff(retry_delay, n))
         try:
             return await _handshake(http, base_url, source, tee_key, init_data_toml, timeout)
         except VersionMismatch:
             raise
-        except (AttestationRejected, ProtocolError, TransportError) as exc:
-            log.warning("RCAR attempt %d/%d failed: %s", n + 1, attempts, exc)
+        except TransportError as exc:
+            if not exc.retryable:
+                raise
             last = exc
+        except AttestationRejected as exc:
+            if exc.status < 500:  # a 4xx answer is the KBS's verdict: no retry changes it
+                raise
+            last = exc
+        except ProtocolError as exc:
+            last = exc
+        if n + 1 < attempts:
+            pause = _backoff(retry_delay, n + 1)
+            log.warning("RCAR attempt %d/%d failed, retrying in %gs: %s", n + 1, attempts, pause, last)
     assert last is not None
+    if attempts > 1:
+        log.warning("RCAR: giving up after %d attempts", attempts)
     raise last
+
+
+def _backoff(base: float, n: int) -> float:
+    """The pause before retry ``n`` (1-based): ``base`` doubled each time, at most 8x."""
+    return float(base * min(2 ** (n - 1), 8))

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -62,7 +63,16 @@ def wait_socket(path: Path, proc: subprocess.Popen[bytes], name: str, log: Path)
     raise SystemExit(f"demo: FAILED: {name} did not create {path}: {log.read_text(errors='replace')[-800:]}")
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(
+        prog="demo.py", description="The kata-qemu-coco-dev guest-pull story, end to end on loopback."
+    )
+    ap.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the demo's directory (KBS config, admin token, aa.toml, cdh.toml, logs) to read afterwards",
+    )
+    opts = ap.parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="coco-demo-"))
     procs: list[subprocess.Popen[bytes]] = []
     registry = None
@@ -192,6 +202,8 @@ def main() -> int:
                 p.wait(10)
             procs.clear()
             subprocess.run(["umount", "-R", str(rootfs)], capture_output=True)
+        if opts.keep:
+            print(f"demo: kept {tmp}: kbs/kbs-config-*.toml, kbs/admin-token, aa.toml, cdh.toml, *.log")
         print(
             f"demo: OK {digest} pulled through CDH in {pull_s:.2f}s; whole demo {time.monotonic() - T0:.1f}s"
         )
@@ -202,7 +214,8 @@ def main() -> int:
         if registry is not None:
             registry.stop()
         subprocess.run(["umount", "-R", str(tmp / "bundle" / "rootfs")], capture_output=True)
-        shutil.rmtree(tmp, ignore_errors=True)
+        if not opts.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from attestation.aa.rpc import grpc_service, ttrpc_service
 from attestation.detect import Platform, detect_primary
 from attestation.errors import AttestationError, UnsupportedPlatform
 from attestation.initdata import InitData, InitDataError, load_initdata
+from coco_common.cli import add_version, version
+from coco_common.logfmt import setup_logging
 from coco_rpc import AA_SOCKET, parse_address, serve
 
 __all__ = ["build_parser", "main", "run"]
@@ -67,6 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--log-level", dest="log_level", choices=sorted(_LEVELS), help="overrides RUST_LOG and [log]"
     )
+    p.add_argument(
+        "--log-format",
+        choices=("json", "plain"),
+        default="json",
+        help="JSON lines (default) or readable key=value lines with the same fields",
+    )
+    add_version(p)
     return p
 
 
@@ -85,11 +94,9 @@ def _setup_logging(args: argparse.Namespace, config: AaConfig | None) -> None:
     level = args.log_level or _rust_log_level(os.environ.get("RUST_LOG"))
     if level is None and config is not None and config.log_level:
         level = config.log_level.lower()
-    logging.basicConfig(
-        level=_LEVELS.get(level or "info", logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
+    setup_logging(
+        logging.getLevelName(_LEVELS.get(level or "info", logging.INFO)),
+        json_lines=getattr(args, "log_format", "json") == "json",
     )
 
 
@@ -109,6 +116,22 @@ async def _start(args: argparse.Namespace, config: AaConfig) -> int:
     address = parse_address(args.attestation_sock)
     primary = detect_primary(Platform())
     log.info("primary attester: %s", primary.tee)
+    log.info(
+        "effective settings",
+        extra={
+            "version": version(),
+            "socket": args.attestation_sock,
+            "config_file": args.config_file,
+            "attester": primary.tee,
+            "kbs_url": config.kbs.url if config.kbs else None,
+            "kbs_cert_pinned": bool(config.kbs and config.kbs.cert),
+            "tee_key_algorithm": config.kbs.tee_key_algorithm if config.kbs else None,
+            "coco_as_url": config.coco_as.url if config.coco_as else None,
+            "eventlog": config.eventlog.enable_eventlog,
+            "initdata": bool(args.initdata_toml or args.initdata_digest),
+            "unknown_config_keys": list(config.unknown_keys),
+        },
+    )
     init_data, digest = _initdata_digest(args)
     agent = AttestationAgent(config, primary, init_data=init_data)
     if digest is not None:  # a mismatch raises and aborts the start

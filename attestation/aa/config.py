@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from attestation.aa.errors import ConfigError
+from coco_common.cli import closest
 from coco_common.strict_json import strict_loads
 
 __all__ = [
@@ -96,12 +97,14 @@ class AaConfig:
 class _Reader:
     """Pulls typed values out of one table, remembering which keys were used."""
 
-    def __init__(self, table: Any, where: str, unknown: list[str]) -> None:
+    def __init__(self, table: Any, where: str, unknown: list[str], notes: list[str] | None = None) -> None:
         if not isinstance(table, dict):
             raise ConfigError(f"aa config: [{where}] must be a table")
         self.table: dict[str, Any] = table
         self.where = where
         self.unknown = unknown
+        #: one "unknown key K in [T] (did you mean X?)" line per unknown key
+        self.notes: list[str] = notes if notes is not None else []
         self.used: set[str] = set()
 
     def _name(self, key: str) -> str:
@@ -113,7 +116,9 @@ class _Reader:
         self.used.add(key)
         if key not in self.table:
             if required:
-                raise ConfigError(f"aa config: {self._name(key)} is required")
+                near = closest(key, [k for k in self.table if k not in self.used])
+                hint = f" (found unknown key {self._name(near)}: a typo for {key}?)" if near else ""
+                raise ConfigError(f"aa config: {self._name(key)} is required{hint}")
             return default
         value = self.table[key]
         # bool is an int in Python; keep them apart
@@ -132,10 +137,17 @@ class _Reader:
         self.used.add(key)
         if key not in self.table:
             return None
-        return _Reader(self.table[key], self._name(key), self.unknown)
+        return _Reader(self.table[key], self._name(key), self.unknown, self.notes)
 
     def done(self) -> None:
-        self.unknown.extend(self._name(k) for k in self.table if k not in self.used)
+        for k in self.table:
+            if k not in self.used:
+                self.unknown.append(self._name(k))
+                hint = closest(k, self.used)
+                table = f"[{self.where}]" if self.where else "the top level"
+                self.notes.append(
+                    f"unknown key {self._name(k)} in {table}" + (f" (did you mean {hint}?)" if hint else "")
+                )
 
 
 def parse_config(untrusted_doc: Mapping[str, Any]) -> AaConfig:
@@ -155,6 +167,11 @@ def parse_config(untrusted_doc: Mapping[str, Any]) -> AaConfig:
                     + ", ".join(TEE_KEY_ALGORITHMS)
                 )
             cert = k.get("cert", str)
+            if cert and "-----BEGIN" not in cert:
+                raise ConfigError(
+                    "aa config: token_configs.kbs.cert must be the PEM text of the KBS certificate "
+                    "(-----BEGIN CERTIFICATE----- ...), not a path"
+                )
             kbs = KbsConfig(url.rstrip("/"), cert or None, alg)
             k.done()
         c = tokens.sub("coco_as")
@@ -176,8 +193,8 @@ def parse_config(untrusted_doc: Mapping[str, Any]) -> AaConfig:
         level = lg.get("level", str)
         lg.done()
     top.done()
-    if unknown:
-        log.warning("aa config: ignoring unknown keys: %s", ", ".join(sorted(unknown)))
+    for note in top.notes:
+        log.warning("aa config: %s: ignored", note)
     return AaConfig(kbs, coco_as, eventlog, level, tuple(sorted(unknown)))
 
 

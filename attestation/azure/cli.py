@@ -15,7 +15,6 @@ input or usage errors).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -28,6 +27,8 @@ from attestation.tdx.collateral import Collateral
 from attestation.tdx.pck import load_pem_chain
 from attestation.tdx.verifier import quote_claims
 from attestation.tpm.quote import INIT_DATA_PCR, TpmVerificationError, init_data_pcr_value
+from attestation.verify_cli import EXIT_NOT_VERIFIED, not_verified, usage_error
+from attestation.verify_cli import verified as report_verified
 
 __all__ = ["configure", "parse_hex", "parse_time", "read_limited", "run"]
 
@@ -77,8 +78,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _fail(tee: str, code: int, msg: str) -> int:
-    print(f"coco-verify {tee}: {msg}", file=sys.stderr)
-    return code
+    if code == EXIT_NOT_VERIFIED:
+        return not_verified(tee, msg)
+    return usage_error(tee, msg.removeprefix("rejected: "))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,5 +116,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(tee, 1, f"rejected: {exc}")
     if rd is None:
         print(f"coco-verify {tee}: note: nonce not checked (no --expect-report-data)", file=sys.stderr)
-    print(json.dumps(claims, indent=2, sort_keys=True))
-    return 0
+    unchecked = [] if rd is not None else ["nonce (no --expect-report-data)"]
+    if tee == "az-tdx-vtpm" and claims.get("tcb_status") is None:
+        unchecked.append("TCB status (no --collateral)")
+    return report_verified(tee, claims, "vTPM quote and TEE report, chains checked", unchecked=unchecked)

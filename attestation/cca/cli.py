@@ -14,14 +14,14 @@ from __future__ import annotations
 
 import argparse
 import hmac
-import json
-import sys
 from typing import Any
 
 from attestation.azure.cli import parse_hex, parse_time, read_limited
 from attestation.cca.token import MAX_TOKEN_SIZE, CcaVerificationError
 from attestation.cca.verifier import CcaVerifier, appraise_platform, appraise_realm, cca_claims
 from attestation.errors import AttestationError, EvidenceFormatError
+from attestation.verify_cli import EXIT_NOT_VERIFIED, not_verified, usage_error
+from attestation.verify_cli import verified as report_verified
 
 __all__ = ["configure", "run"]
 
@@ -37,8 +37,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _fail(code: int, msg: str) -> int:
-    print(f"coco-verify cca: {msg}", file=sys.stderr)
-    return code
+    if code == EXIT_NOT_VERIFIED:
+        return not_verified("cca", msg)
+    return usage_error("cca", msg.removeprefix("rejected: "))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,5 +70,5 @@ def run(args: argparse.Namespace) -> int:
     claims = cca_claims(token)
     claims["platform_reference_values"] = appraise_platform(token, verifier.rvs)
     claims["realm_reference_values"] = appraise_realm(token, verifier.rvs)
-    print(json.dumps(claims, indent=2, sort_keys=True))
-    return 0
+    unchecked = [] if rd is not None else ["nonce (no --expect-report-data)"]
+    return report_verified("cca", claims, "CCA token, platform and realm signatures", unchecked=unchecked)

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hmac
-import json
-import sys
 import tempfile
 from pathlib import Path
 
@@ -24,6 +22,8 @@ from attestation.azure.cli import parse_hex, parse_time, read_limited
 from attestation.csv.certs import CsvCertError
 from attestation.csv.verifier import CsvVerifier, csv_claims, parse_evidence
 from attestation.errors import AttestationError, EvidenceFormatError, VerificationError
+from attestation.verify_cli import EXIT_NOT_VERIFIED, not_verified, usage_error
+from attestation.verify_cli import verified as report_verified
 
 __all__ = ["configure", "run"]
 
@@ -38,8 +38,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _fail(code: int, msg: str) -> int:
-    print(f"coco-verify csv: {msg}", file=sys.stderr)
-    return code
+    if code == EXIT_NOT_VERIFIED:
+        return not_verified("csv", msg)
+    return usage_error("csv", msg.removeprefix("rejected: "))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,5 +74,7 @@ def run(args: argparse.Namespace) -> int:
         return _fail(1, f"rejected: {exc}")
     claims = csv_claims(report, chip)
     claims["chain_verified"] = hsk_cek is not None
-    print(json.dumps(claims, indent=2, sort_keys=True))
-    return 0
+    unchecked = [] if rd is not None else ["nonce (no --expect-report-data)"]
+    if hsk_cek is None:
+        unchecked.append("HSK/CEK chain to the Hygon root (--pek-only)")
+    return report_verified("csv", claims, "CSV report signature", unchecked=unchecked)

@@ -3,15 +3,15 @@
 REPORT is a raw report, the report as hex/base64 text (then --cert-chain is
 required), or an evidence JSON in the guest-components
 (``{"device_evidence_list": [...]}``) or NVIDIA SDK (list) shape. Prints
-``{"devices": [claims...]}`` and exits 0, or prints one line and exits 1
-(not authentic / policy) or 2 (unreadable input).
+``{"devices": [claims...]}`` through the one coco-verify verdict scheme
+(:mod:`attestation.verify_cli`): 0 verified with nonce, RIMs and policy
+checked, 1 not authentic / policy, 2 unreadable input, 3 authentic but not
+fully checked.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -38,6 +38,7 @@ from attestation.nvidia.verifier import (
     TrustAnchors,
     verify_device,
 )
+from attestation.verify_cli import not_verified, usage_error, verified
 
 __all__ = ["configure", "parse_time", "run"]
 
@@ -169,14 +170,24 @@ def run(args: argparse.Namespace) -> int:
         else:
             result = _verify(args, None)
     except EvidenceFormatError as exc:
-        print(f"coco-verify nvidia: unreadable input: {exc}", file=sys.stderr)
-        return 2
+        return usage_error("nvidia", f"unreadable input: {exc}")
     except PolicyViolation as exc:
-        print(f"coco-verify nvidia: rejected by policy: {exc}", file=sys.stderr)
-        return 1
+        return not_verified("nvidia", f"rejected by policy: {exc}")
     except AttestationError as exc:
-        print(f"coco-verify nvidia: not verified: {exc}", file=sys.stderr)
-        return 1
-    json.dump(result, sys.stdout, indent=2)
-    sys.stdout.write("\n")
-    return 0
+        msg = str(exc)
+        if "expired" in msg or "not yet valid" in msg:
+            msg += " (--at TIME verifies as of another time)"
+        return not_verified("nvidia", f"not verified: {msg}")
+    devices = result["devices"]
+    n = len(devices) if isinstance(devices, list) else 0
+    why = f"{n} device(s), certificate chain to the NVIDIA root"
+    unchecked = []
+    if not args.nonce:
+        unchecked.append("freshness (no --nonce)")
+    if not (args.rim or args.rim_service):
+        unchecked.append("measurements (no --rim/--rim-service)")
+    if args.policy:
+        why += "; policy: checked"
+    else:
+        unchecked.append("policy (no --policy)")
+    return verified("nvidia", result, why, unchecked=unchecked)

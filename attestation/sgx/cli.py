@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import base64
 import hmac
-import json
-import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -23,6 +21,8 @@ from attestation.errors import AttestationError, EvidenceFormatError, Verificati
 from attestation.sgx.verifier import SgxVerifier, sgx_claims
 from attestation.tdx.collateral import Collateral
 from attestation.tdx.pck import load_pem_chain
+from attestation.verify_cli import EXIT_NOT_VERIFIED, not_verified, usage_error
+from attestation.verify_cli import verified as report_verified
 
 __all__ = ["configure", "run"]
 
@@ -39,8 +39,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _fail(code: int, msg: str) -> int:
-    print(f"coco-verify sgx: {msg}", file=sys.stderr)
-    return code
+    if code == EXIT_NOT_VERIFIED:
+        return not_verified("sgx", msg)
+    return usage_error("sgx", msg.removeprefix("rejected: "))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -67,5 +68,9 @@ def run(args: argparse.Namespace) -> int:
         return _fail(2, f"rejected: malformed input: {exc}")
     except AttestationError as exc:
         return _fail(1, f"rejected: {exc}")
-    print(json.dumps(claims, indent=2, sort_keys=True))
-    return 0
+    unchecked = [] if rd is not None else ["nonce (no --expect-report-data)"]
+    if claims.get("tcb_status") is None:
+        unchecked.append("TCB status (no --collateral)")
+    return report_verified(
+        "sgx", claims, "SGX quote, PCK chain to the Intel SGX Root CA", unchecked=unchecked
+    )

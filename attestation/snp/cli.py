@@ -3,15 +3,15 @@
 
 REPORT is raw report bytes (1184), hex text, or trustee SNP evidence JSON.
 Authenticity is always checked (pinned AMD roots, certificate validity at
-``--at`` or now); policy only with ``--policy``. On success prints the claims
-as one JSON object and exits 0; on rejection prints one line to stderr and
-exits 1 (2 for unreadable input or usage errors).
+``--at`` or now); policy only with ``--policy``. Reports through the one
+coco-verify verdict scheme (:mod:`attestation.verify_cli`): 0 verified and
+policy-checked, 1 rejected, 2 usage error or unreadable input, 3 authentic but
+no ``--policy`` was checked.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +35,8 @@ from attestation.snp.policy import MAX_POLICY_FILE, SnpPolicy, validate
 from attestation.snp.report import REPORT_SIZE, AttestationReport, Product
 from attestation.snp.verifier import SnpVerifier
 from attestation.snp.verify import check_binding, check_revocation, verify_report
+from attestation.verify_cli import not_verified, usage_error
+from attestation.verify_cli import verified as report
 
 __all__ = ["configure", "load_report_input", "run"]
 
@@ -54,7 +56,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--expect-report-data", metavar="HEX", help="expected REPORT_DATA (<= 64 bytes, zero-padded)"
     )
-    parser.add_argument("--policy", metavar="FILE", help="appraisal policy JSON (see attestation.snp.policy)")
+    parser.add_argument(
+        "--policy", metavar="FILE", help="appraisal policy JSON (keys: see docs/operator/coco-verify.md)"
+    )
     parser.add_argument("--kds", action="store_true", help="allow fetching the VCEK from AMD KDS (network)")
     parser.add_argument(
         "--crl", metavar="FILE", help="AMD KDS CRL of the product (DER/PEM): reject revoked certificates"
@@ -115,8 +119,7 @@ def _load_roots(pem: bytes) -> TrustStore:
 
 
 def _fail(code: int, msg: str) -> int:
-    print(f"coco-verify snp: {msg}", file=sys.stderr)
-    return code
+    return not_verified("snp", msg) if code == 1 else usage_error("snp", msg)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -136,9 +139,9 @@ def run(args: argparse.Namespace) -> int:
         trust = _load_roots(_read(args.roots, MAX_CERT_FILE)) if args.roots else None
         crl_bytes = _read(args.crl, 4 * MAX_CERT_FILE) if args.crl else None
     except OSError as exc:
-        return _fail(2, f"cannot read input: {exc.strerror or exc}")
+        return _fail(2, f"cannot read input {exc.filename or ''}: {(exc.strerror or str(exc)).lower()}")
     except EvidenceFormatError as exc:
-        return _fail(2, f"rejected: malformed input: {exc}")
+        return _fail(2, f"malformed input: {exc}")
     except AttestationError as exc:  # e.g. a --roots bundle whose ARK does not sign its ASK
         return _fail(2, f"unusable trust material: {exc}")
 
@@ -159,11 +162,22 @@ def run(args: argparse.Namespace) -> int:
         if policy is not None:
             validate(verified, policy)
     except EvidenceFormatError as exc:
-        return _fail(2, f"rejected: malformed input: {exc}")
+        return _fail(2, f"malformed input: {exc}")
     except AttestationError as exc:
-        return _fail(1, f"rejected: {exc}")
+        msg = str(exc)
+        if "no VCEK/VLEK" in msg:
+            msg += " (pass --vcek CERT, --certs-dir DIR or --kds)"
+            return _fail(2, msg)
+        if "expired" in msg or "not yet valid" in msg:
+            msg += " (--at TIME verifies as of another time)"
+        return _fail(1, f"rejected: {msg}")
     finally:
         if kds is not None and kds.http is not None:
             kds.http.close()
-    print(json.dumps(verified.claims(), indent=2, sort_keys=True))
-    return 0
+    key_kind = "VLEK" if verified.claims().get("signing_key") == "vlek" else "VCEK"
+    why = f"{verified.product.value} report, {key_kind} chain to the AMD ARK, at {now.isoformat()}"
+    if policy is not None:
+        why += "; policy: checked"
+    return report(
+        "snp", verified.claims(), why, unchecked=() if policy is not None else ("policy (no --policy)",)
+    )

@@ -37,6 +37,7 @@ from attestation.snp.errors import SnpFormatError, SnpPolicyViolation
 from attestation.snp.evidence import strict_json_loads
 from attestation.snp.report import Product, SigningKey
 from attestation.snp.verify import VerifiedReport, resize
+from coco_common.cli import closest
 
 __all__ = ["MAX_POLICY_FILE", "SnpPolicy", "TcbFloor", "validate"]
 
@@ -124,7 +125,13 @@ class SnpPolicy:
             raise SnpFormatError("policy must be a JSON object")
         unknown = set(obj) - _POLICY_KEYS
         if unknown:
-            raise SnpFormatError(f"policy has unknown key {sorted(unknown)[0][:40]!r}")
+            bad = sorted(unknown)[0][:40]
+            hint = closest(bad, _POLICY_KEYS)
+            raise SnpFormatError(
+                f"policy has unknown key {bad!r}"
+                + (f" (did you mean {hint!r}?)" if hint else "")
+                + f"; valid keys: {', '.join(sorted(_POLICY_KEYS))}"
+            )
         kw: dict[str, Any] = {}
         if "min_tcb" in obj:
             t = obj["min_tcb"]

@@ -309,7 +309,8 @@ def check_binding(
             raise ReportDataMismatch("expected report data is longer than 64 bytes")
         if not hmac.compare_digest(resize(expected_report_data, 64), r.report_data):
             raise ReportDataMismatch(
-                "REPORT_DATA does not match the expected value (stale or replayed evidence?)"
+                "REPORT_DATA does not match the expected value (stale or replayed evidence?): "
+                f"expected {resize(expected_report_data, 64).hex()}, report has {r.report_data.hex()}"
             )
     if expected_init_data_hash is not None and not hmac.compare_digest(
         resize(expected_init_data_hash, 32), r.host_data

@@ -4,9 +4,10 @@ QUOTE is a raw quote file or trustee-shaped evidence JSON
 (``{"cc_eventlog": ..., "quote": ...}``). Authenticity is always checked
 (signatures, PCK chain to the Intel SGX Root CA, validity at ``--at``, default
 now); the TCB status needs ``--collateral`` (dcap-qvl collateral JSON) or
-``--pccs-url``; policy checks only run with ``--policy``. Prints the claims as
-JSON and exits 0, or prints one line with the reason and exits non-zero
-(1 not authentic / malformed, 3 policy violation).
+``--pccs-url``; policy checks only run with ``--policy``. Reports through the
+one coco-verify verdict scheme (:mod:`attestation.verify_cli`): 0 verified with
+TCB status and policy checked, 1 rejected, 2 usage error or unreadable input,
+3 authentic but the TCB status (no collateral) or a policy was not checked.
 """
 
 from __future__ import annotations
@@ -14,18 +15,17 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
-import json
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from attestation.errors import AttestationError, PolicyViolation
+from attestation.errors import AttestationError, EvidenceFormatError, PolicyViolation
 from attestation.eventlog.tcg import parse_event_log
 from attestation.tdx.collateral import Collateral, CollateralCache, PccsClient
 from attestation.tdx.pck import intel_sgx_root_ca, load_pem_chain, parse_pck_extension
 from attestation.tdx.policy import TdxPolicy
 from attestation.tdx.quote import MAX_QUOTE_SIZE, Quote
 from attestation.tdx.verifier import pck_ca_kind, quote_claims, verify_quote
+from attestation.verify_cli import not_verified, usage_error, verified
 from coco_common.strict_json import strict_loads
 
 __all__ = ["configure", "parse_time", "run"]
@@ -50,15 +50,37 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policy", metavar="FILE", help="appraisal policy JSON (see attestation.tdx.policy)")
 
 
+class _Usage(Exception):
+    """Unreadable input or a bad argument: exit 2, no verdict."""
+
+
 def _read(path: str, what: str) -> bytes:
     p = Path(path)
-    if p.stat().st_size > _MAX_FILE:
-        raise AttestationError(f"{what} file is larger than {_MAX_FILE} bytes")
-    return p.read_bytes()
+    try:
+        if p.stat().st_size > _MAX_FILE:
+            raise _Usage(f"{what} file {path} is larger than {_MAX_FILE} bytes")
+        return p.read_bytes()
+    except OSError as exc:
+        raise _Usage(f"cannot read {what} {path}: {(exc.strerror or str(exc)).lower()}") from None
+
+
+def _collateral(data: bytes) -> Collateral:
+    try:
+        return Collateral.from_json(data)
+    except AttestationError as exc:
+        if b'"tcbInfo"' in data or b'"enclaveIdentity"' in data:
+            raise _Usage(
+                "--collateral holds a PCS tcbInfo/enclaveIdentity body; it wants the whole "
+                "dcap-qvl QuoteCollateralV3 JSON (or use --pccs-url)"
+            ) from exc
+        raise
 
 
 def _verify(args: argparse.Namespace) -> dict[str, object]:
-    now = parse_time(args.at) if args.at else datetime.now(UTC)
+    try:
+        now = parse_time(args.at) if args.at else datetime.now(UTC)
+    except ValueError:
+        raise _Usage(f"--at {args.at[:40]!r} is not an ISO 8601 / RFC 3339 time") from None
     raw = _read(args.quote, "quote")
     eventlog_bytes: bytes | None = _read(args.eventlog, "event log") if args.eventlog else None
     if raw.lstrip()[:1] == b"{":
@@ -84,7 +106,7 @@ def _verify(args: argparse.Namespace) -> dict[str, object]:
         raise AttestationError("quote file too large")
     collateral = None
     if args.collateral:
-        collateral = Collateral.from_json(_read(args.collateral, "collateral"))
+        collateral = _collateral(_read(args.collateral, "collateral"))
     elif args.pccs_url:
         q = Quote.from_bytes(raw)
         chain = load_pem_chain(q.signature_data.certification_data.pck_chain_pem(), "PCK chain")
@@ -98,7 +120,7 @@ def _verify(args: argparse.Namespace) -> dict[str, object]:
         try:
             want = bytes.fromhex(args.expect_report_data.removeprefix("0x"))
         except ValueError:
-            raise AttestationError("--expect-report-data is not hex") from None
+            raise _Usage("--expect-report-data is not hex") from None
         if len(want) > 64 or want.ljust(64, b"\x00") != body.report_data:
             raise AttestationError("REPORTDATA does not match --expect-report-data")
     el = None
@@ -107,18 +129,39 @@ def _verify(args: argparse.Namespace) -> dict[str, object]:
         el.check_registers({i + 1: body.rtmrs[i] for i in range(4)})
     claims = quote_claims(verified, el)
     if args.policy:
-        TdxPolicy.from_json(_read(args.policy, "policy")).check(claims)
+        try:
+            policy = TdxPolicy.from_json(_read(args.policy, "policy"))
+        except EvidenceFormatError as exc:
+            raise _Usage(f"--policy {args.policy}: {exc}") from None
+        policy.check(claims)
     return claims
+
+
+def _why(claims: dict[str, object], args: argparse.Namespace) -> tuple[str, list[str]]:
+    why = f"v{claims.get('version')} quote, PCK chain to the Intel SGX Root CA"
+    unchecked = []
+    if claims.get("tcb_status") is None:
+        unchecked.append("TCB status (no --collateral/--pccs-url)")
+    else:
+        why += f", TCB status {claims.get('tcb_status')}"
+    if args.policy:
+        why += "; policy: checked"
+    else:
+        unchecked.append("policy (no --policy)")
+    return why, unchecked
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         claims = _verify(args)
+    except _Usage as exc:
+        return usage_error("tdx", str(exc))
     except PolicyViolation as exc:
-        print(f"coco-verify tdx: policy violation: {exc}", file=sys.stderr)
-        return 3
-    except (AttestationError, ValueError, OSError) as exc:
-        print(f"coco-verify tdx: {exc}", file=sys.stderr)
-        return 1
-    print(json.dumps(claims, indent=2))
-    return 0
+        return not_verified("tdx", f"policy violation: {exc}")
+    except (AttestationError, ValueError) as exc:
+        msg = str(exc)
+        if "attestation key type" in msg or "quote header" in msg:
+            msg = f"not a TDX quote ({msg})"
+        return not_verified("tdx", msg)
+    why, unchecked = _why(claims, args)
+    return verified("tdx", claims, why, unchecked=unchecked)

@@ -116,7 +116,11 @@ def check_crl(
 def check_crl_current(crl: x509.CertificateRevocationList, now: datetime, what: str) -> None:
     nu = crl.next_update_utc
     if now < crl.last_update_utc or (nu is not None and now > nu):
-        raise VerificationError(f"{what}: CRL not current at {now.isoformat()}")
+        window = f"{crl.last_update_utc.isoformat()} .. {nu.isoformat() if nu else 'open'}"
+        raise VerificationError(
+            f"{what}: CRL not current at {now.isoformat()} "
+            f"(valid {window}; --at TIME verifies as of another time)"
+        )
 
 
 def verify_chain(

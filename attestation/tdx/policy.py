@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from attestation.errors import EvidenceFormatError, PolicyViolation
+from coco_common.cli import closest
 from coco_common.strict_json import strict_loads
 
 __all__ = ["MAX_POLICY_SIZE", "TdxPolicy"]
@@ -55,7 +56,14 @@ class TdxPolicy:
         known = {"allow_debug", "require_sept_ve_disable", "accepted_tcb_statuses", "rejected_advisories"}
         unknown = set(d) - known - set(_MEASUREMENTS)
         if unknown:
-            raise EvidenceFormatError(f"policy: unknown keys {sorted(unknown)}")
+            allk = sorted(known | set(_MEASUREMENTS))
+            hints = [
+                f"{k!r} (did you mean {h!r}?)" if (h := closest(k, allk)) else repr(k)
+                for k in sorted(unknown)
+            ]
+            raise EvidenceFormatError(
+                f"policy: unknown keys {', '.join(hints)}; valid keys: {', '.join(allk)}"
+            )
         for b in ("allow_debug", "require_sept_ve_disable"):
             if b in d and type(d[b]) is not bool:
                 raise EvidenceFormatError(f"policy: {b} must be true or false")

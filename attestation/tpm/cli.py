@@ -12,13 +12,14 @@ prints one line and exits 1 (2 for unreadable input or usage errors).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from datetime import UTC, datetime
 
 from attestation.azure.cli import parse_hex, parse_time, read_limited
 from attestation.errors import AttestationError, EvidenceFormatError
 from attestation.tpm.verifier import MAX_EVIDENCE_JSON, TpmVerifier
+from attestation.verify_cli import EXIT_NOT_VERIFIED, not_verified, usage_error
+from attestation.verify_cli import verified as report_verified
 
 __all__ = ["configure", "run"]
 
@@ -38,8 +39,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _fail(code: int, msg: str) -> int:
-    print(f"coco-verify tpm: {msg}", file=sys.stderr)
-    return code
+    if code == EXIT_NOT_VERIFIED:
+        return not_verified("tpm", msg)
+    return usage_error("tpm", msg.removeprefix("rejected: "))
 
 
 def run(args: argparse.Namespace) -> int:
@@ -63,5 +65,5 @@ def run(args: argparse.Namespace) -> int:
         return _fail(1, f"rejected: {exc}")
     if rd is None:
         print("coco-verify tpm: note: nonce not checked (no --expect-report-data)", file=sys.stderr)
-    print(json.dumps(claims, indent=2, sort_keys=True))
-    return 0
+    unchecked = [] if rd is not None else ["nonce (no --expect-report-data)"]
+    return report_verified("tpm", claims, "TPM quote, AK trusted", unchecked=unchecked)

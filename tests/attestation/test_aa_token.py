@@ -55,7 +55,7 @@ class FakeKbs:
             self.auths.append(body)
             if self.fail_first:
                 self.fail_first -= 1
-                return httpx.Response(401, json={"type": "x/AttestationError", "detail": "busy"})
+                return httpx.Response(503, json={"type": "x/AttestationError", "detail": "busy"})
             return httpx.Response(
                 200,
                 json={"nonce": NONCE, "extra-params": ""},

@@ -134,7 +134,11 @@ async def test_rcar_with_cca_binds_the_session_challenge(tmp_path: Path) -> None
 
     toml = f'[attestation_service.verifier_config.cca]\nta_store = "{TA_STORE}"\n'
     with support.start_kbs(
-        tmp_path / "kbs", policy="allow_all", resources={"default/key/cca": b"cca"}, extra_toml=toml
+        tmp_path / "kbs",
+        policy="allow_all",
+        resources={"default/key/cca": b"cca"},
+        extra_toml=toml,
+        dev_verifiers=(),  # no unsigned dev verifier: the log must hold no INSECURE line
     ) as kbs:
         async with httpx.AsyncClient() as http:
             source = MintedCca()
@@ -250,7 +254,11 @@ async def test_rcar_with_a_live_swtpm_binds_the_session(tmp_path: Path) -> None:
         ).decode()
         toml = f"[attestation_service.verifier_config.tpm]\ntrusted_ak_keys = [{json.dumps(pem)}]\n"
         with support.start_kbs(
-            tmp_path / "kbs", policy="allow_all", resources={"default/key/tpm": b"tpm"}, extra_toml=toml
+            tmp_path / "kbs",
+            policy="allow_all",
+            resources={"default/key/tpm": b"tpm"},
+            extra_toml=toml,
+            dev_verifiers=(),  # no unsigned dev verifier: the log must hold no INSECURE line
         ) as kbs:
             async with httpx.AsyncClient() as http:
                 result = await attest(

@@ -98,6 +98,7 @@ class Stack:
             '[attestation_service]\ntype = "coco_as_builtin"\n\n'
             '[storage_backend]\nstorage_type = "LocalFs"\n[storage_backend.backends.local_fs]\n'
             f'dir_path = "{self.tmp / "kbs-storage"}"\n\n[[plugins]]\nname = "resource"\n'
+            '\n[security]\ndev_verifiers = ["sample"]\n'  # the stack attests with the sample TEE
         )
         log = self.tmp / "kbs.log"
         p = subprocess.Popen(

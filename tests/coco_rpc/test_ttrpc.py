@@ -269,6 +269,25 @@ async def test_stale_socket_file_is_replaced(tmp_path: Path) -> None:
     assert not path.exists()
 
 
+async def test_live_socket_is_not_taken_over(tmp_path: Path) -> None:
+    """A second server on a path a live server serves refuses to start, and leaves the
+    first one reachable (upstream deletes its socket)."""
+    path = tmp_path / "s.sock"
+    _, services = _service()
+    first = TtrpcServer(path, services)  # type: ignore[arg-type]
+    await first.start()
+    try:
+        second = TtrpcServer(path, services)  # type: ignore[arg-type]
+        with pytest.raises(OSError, match="another server is serving on unix://"):
+            await second.start()
+        await second.close()
+        async with TtrpcClient(path) as c:
+            assert (await _get(c, "ab")).Resource == b"ba"
+    finally:
+        await first.close()
+    assert not path.exists()
+
+
 async def test_server_close_drops_open_connections_and_client_reconnects(tmp_path: Path) -> None:
     path = tmp_path / "s.sock"
     _, services = _service()

@@ -473,7 +473,8 @@ def test_cli_prints_digest_and_fails_with_one_line(
     cp = subprocess.run([*base, "--bundle", str(tmp_path / "c")], capture_output=True, timeout=120)
     assert cp.returncode == 1
     lines = cp.stderr.decode().strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("coco-image pull:") and "HTTP 401" in lines[0]
+    assert lines[0].startswith("coco-image pull: WARNING: no --policy: image signatures are NOT verified")
+    assert len(lines) == 2 and lines[1].startswith("coco-image pull:") and "HTTP 401" in lines[1]
 
 
 # ---------------------------------------------------------------------- proxies, registries.conf, processes

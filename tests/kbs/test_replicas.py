@@ -98,7 +98,7 @@ def test_handshake_split_across_replicas(tmp_path: Path, redis_url: str) -> None
             assert r.status_code == 401 and r.json()["type"].endswith("/PolicyDeny")
 
         for replica in (a, b):
-            assert "INSECURE" not in replica.log_text()
+            assert "INSECURE: [attestation_token]" not in replica.log_text()  # no insecure token trust
         import redis
 
         raw = redis.Redis.from_url(redis_url).get(
@@ -113,3 +113,29 @@ def test_ephemeral_signers_warn_on_shared_sessions(tmp_path: Path, redis_url: st
     with start_kbs(tmp_path, policy=None, storage="Redis", redis_url=redis_url) as a:
         pass
     assert "ephemeral" in a.log_text() and "key_path" in a.log_text()
+
+
+async def test_one_nonce_one_attestation_across_replicas(redis_url: str) -> None:
+    """Two replicas finishing /attest on one session at once: the create-only claim in Redis
+    lets exactly one token win, and both replicas answer with it."""
+    import asyncio
+
+    from kbs.sessions import SessionStore
+    from kbs.storage import RedisStore
+
+    ra, rb = RedisStore(redis_url), RedisStore(redis_url)
+    try:
+        a, b = SessionStore(ra), SessionStore(rb)
+        for _ in range(5):
+            s = await a.create("sample")
+            got = await asyncio.gather(a.mark_attested(s, "token-a"), b.mark_attested(s, "token-b"))
+            assert got[0].token == got[1].token
+            assert got[0].token in ("token-a", "token-b")
+            seen_b = await b.get(s.id)
+            assert seen_b is not None and seen_b.token == got[0].token
+        assert await ra.add("kbs", "k", b"1", ttl_s=5) is True
+        assert await rb.add("kbs", "k", b"2", ttl_s=5) is False
+        assert await ra.get("kbs", "k") == b"1"
+    finally:
+        await ra.close()
+        await rb.close()

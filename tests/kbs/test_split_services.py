@@ -104,6 +104,7 @@ def split(tmp_path: Path) -> Iterator[dict[str, Any]]:
         "rvps_config": {"type": "GrpcRemote", "address": f"http://127.0.0.1:{rvps_port}"},
         "attestation_token_broker": {"duration_min": 5, "signer": {"key_path": str(kp), "cert_path": str(cp)}},
         "storage_backend": {"storage_type": "Memory"},
+        "security": {"dev_verifiers": ["sample"]},  # the test attests with the unsigned sample TEE
     }))  # fmt: skip
     with (
         _serve(tmp_path, "rvps", ["kbs.rvps_server", "-c", str(tmp_path / "rvps.json"), "-a", f"127.0.0.1:{rvps_port}"], rvps_port),

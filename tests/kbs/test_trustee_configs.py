@@ -231,6 +231,7 @@ def grpc_as(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pat
     (tmp / "as.json").write_text(json.dumps({
         "attestation_token_broker": {"signer": {"key_path": str(kp), "cert_path": str(cp)}},
         "storage_backend": {"storage_type": "Memory"},
+        "security": {"dev_verifiers": ["sample"]},  # the tests attest with the unsigned sample TEE
     }))  # fmt: skip
     port = free_port()
     with _serve(tmp, "grpc-as", ["kbs.grpc_as", "-c", str(tmp / "as.json"), "-s", f"127.0.0.1:{port}"], port):
@@ -289,6 +290,8 @@ async def test_servable_trustee_configs_complete_rcar(
     monkeypatch.chdir(tmp_path)
     _work_dir(tmp_path)
     cfg = _localise(load_config(str(FIXTURES / "configs" / name)), tmp_path, *grpc_as, ita=replay_ita)
+    # the test attests with the unsigned sample TEE: switched on explicitly (off in any config)
+    cfg = replace(cfg, security=replace(cfg.security, dev_verifiers=("sample",)))
     ita = cfg.attestation_service.type == "intel_ta"
     if not cfg.http_server.insecure_http:  # the TLS profile is applied (served over plain HTTP below)
         ctx = ssl_context(cfg)

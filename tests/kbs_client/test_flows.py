@@ -52,6 +52,7 @@ class FakeKbs:
         self.attest_calls = 0
         self.resource_calls = 0
         self.fail_attest = 0
+        self.fail_status = 401
         self.deny = False
         self.reject_tokens: set[str] = set()
         self.last_attest: dict[str, Any] = {}
@@ -84,7 +85,9 @@ class FakeKbs:
             sess = self.sessions.get(sid)
             if sess is None or self.fail_attest > 0:
                 self.fail_attest -= 1
-                return err("AttestationError", "Attestation error: RCAR handshake Attest failed")
+                return err(
+                    "AttestationError", "Attestation error: RCAR handshake Attest failed", self.fail_status
+                )
             body = json.loads(req.content)
             self.last_attest = body
             rt = body["runtime-data"]
@@ -176,13 +179,20 @@ async def test_rsa_key() -> None:
 async def test_retries_then_succeeds_and_version_mismatch_is_final() -> None:
     fake = FakeKbs()
     fake.fail_attest = 2
+    fake.fail_status = 503  # a 5xx can heal: retried
     async with client(fake) as http:
         att = await attest(http, URL, SampleEvidenceSource(), attempts=3, retry_delay=0)
         assert att.token and fake.auth_calls == 3
         fake.fail_attest = 5
         with pytest.raises(AttestationRejected) as ei:
             await attest(http, URL, SampleEvidenceSource(), attempts=2, retry_delay=0)
-        assert ei.value.error_type == "AttestationError" and ei.value.status == 401
+        assert ei.value.error_type == "AttestationError" and ei.value.status == 503
+        assert fake.auth_calls == 5
+        # a 4xx is the KBS's verdict: no retry
+        fake.fail_attest, fake.fail_status = 5, 401
+        with pytest.raises(AttestationRejected) as ei:
+            await attest(http, URL, SampleEvidenceSource(), attempts=5, retry_delay=0)
+        assert ei.value.status == 401 and fake.auth_calls == 6
 
     async def old(req: httpx.Request) -> httpx.Response:
         return err("AttestationError", "Attestation error: RCAR handshake Auth failed: KBS Client Protocol "

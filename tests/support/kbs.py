@@ -88,6 +88,7 @@ def write_config(
     insecure_header_jwk: bool = False, at_rest_key: Path | None = None,
     session_timeout_min: int = 5, token_minutes: int = 5, tls: tuple[Path, Path] | None = None,
     extra_toml: str = "", admin_style: str = "bearer",
+    dev_verifiers: tuple[str, ...] = ("sample", "sampledevice"),
 ) -> Path:  # fmt: skip
     """A trustee-format kbs-config.toml; returns its path.
 
@@ -95,7 +96,8 @@ def write_config(
     setup. ``signer_key``: a configured signer key_path (no certificate), shared by every config
     written in ``tmp`` (replicas). ``trusted_signer``: a signer key with a self-signed certificate,
     also listed in ``trusted_certs_paths`` (tokens carry x5c). ``insecure_header_jwk``: the explicit
-    insecure switch (any token is trusted by the jwk in its own header)."""
+    insecure switch (any token is trusted by the jwk in its own header). ``dev_verifiers``: the
+    unsigned development verifiers the test attests with (the KBS has none unless asked)."""
     sd = storage_dir or (tmp / "storage")
     http = f'sockets = ["127.0.0.1:{port}"]\n'
     http += (
@@ -151,6 +153,8 @@ storage_type = "{storage}"
 {backends}
 [[plugins]]
 name = "resource"
+[security]
+dev_verifiers = {json.dumps(list(dev_verifiers))}
 {extra_toml}
 """
     cfg = tmp / f"kbs-config-{port}.toml"

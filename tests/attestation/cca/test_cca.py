@@ -183,11 +183,22 @@ def test_attester_configfs_tsm(tmp_path: Path) -> None:
 def test_cli(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     ex = str(EXAMPLE)
     assert (
-        main(["cca", ex, "--ta-store", str(TA_STORE), "--expect-report-data", EXAMPLE_CHALLENGE.hex()]) == 0
+        main(
+            [
+                "--strict",
+                "cca",
+                ex,
+                "--ta-store",
+                str(TA_STORE),
+                "--expect-report-data",
+                EXAMPLE_CHALLENGE.hex(),
+            ]
+        )
+        == 0
     )
-    assert json.loads(capsys.readouterr().out)["realm_reference_values"] == "none"
-    assert main(["cca", ex, "--ta-store", str(TA_STORE), "--expect-report-data", "00"]) == 1
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["realm_reference_values"] == "none"
+    assert main(["--strict", "cca", ex, "--ta-store", str(TA_STORE), "--expect-report-data", "00"]) == 1
     (tmp_path / "bad").write_bytes(_flip_in(EXAMPLE.read_bytes(), 44241, 3, 1))
-    assert main(["cca", str(tmp_path / "bad"), "--ta-store", str(TA_STORE)]) == 1
+    assert main(["--strict", "cca", str(tmp_path / "bad"), "--ta-store", str(TA_STORE)]) == 1
     (tmp_path / "junk").write_bytes(b"\xff\xff")
-    assert main(["cca", str(tmp_path / "junk"), "--ta-store", str(TA_STORE)]) == 2
+    assert main(["--strict", "cca", str(tmp_path / "junk"), "--ta-store", str(TA_STORE)]) == 2

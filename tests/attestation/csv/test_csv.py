@@ -132,12 +132,12 @@ def test_malformed(mutate: Any) -> None:
 
 
 def test_cli(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    assert main(["csv", str(EVIDENCE)]) == 1
+    assert main(["--strict", "csv", str(EVIDENCE)]) == 1
     assert "HSK/CEK" in capsys.readouterr().err
-    assert main(["csv", str(EVIDENCE), "--pek-only", "--expect-report-data", "00" * 64]) == 0
-    assert json.loads(capsys.readouterr().out)["chain_verified"] is False
-    assert main(["csv", str(EVIDENCE), "--hsk-cek", str(CSV / "hsk_cek.cert")]) == 1
+    assert main(["--strict", "csv", str(EVIDENCE), "--pek-only", "--expect-report-data", "00" * 64]) == 3
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["chain_verified"] is False
+    assert main(["--strict", "csv", str(EVIDENCE), "--hsk-cek", str(CSV / "hsk_cek.cert")]) == 1
     doc = _doc()
     doc["attestation_report"]["data"][10] ^= 1
     (tmp_path / "bad.json").write_text(json.dumps(doc))
-    assert main(["csv", str(tmp_path / "bad.json"), "--pek-only"]) == 1
+    assert main(["--strict", "csv", str(tmp_path / "bad.json"), "--pek-only"]) == 1

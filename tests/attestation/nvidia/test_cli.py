@@ -18,9 +18,9 @@ HOPPER_CHAIN = "nvtrust/hopperCertChain.txt"
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, Any, str]:
-    rc = main(["nvidia", *args])
+    rc = main(["--strict", "nvidia", *args])
     out, err = capsys.readouterr()
-    return rc, (json.loads(out) if rc == 0 else None), err
+    return rc, (json.loads(out.split("\n", 1)[1]) if rc in (0, 3) else None), err
 
 
 def test_hex_report(capsys: pytest.CaptureFixture[str]) -> None:
@@ -32,7 +32,7 @@ def test_hex_report(capsys: pytest.CaptureFixture[str]) -> None:
         "--nonce",
         NONCE_931.hex(),
     )
-    assert rc == 0
+    assert rc == 3
     (d,) = out["devices"]
     assert d["arch"] == "HOPPER" and d["driver_version"] == "550.90.07" and d["measurements_match"] is None
 
@@ -41,7 +41,7 @@ def test_raw_report_file(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> 
     raw = tmp_path / "report.bin"
     raw.write_bytes(report_bytes(HOPPER))
     rc, out, _ = run(capsys, str(raw), "--cert-chain", str(fixture_path(HOPPER_CHAIN)))
-    assert rc == 0 and out["devices"][0]["nonce_checked"] is False
+    assert rc == 3 and out["devices"][0]["nonce_checked"] is False
 
 
 def test_guest_components_evidence_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -58,12 +58,12 @@ def test_guest_components_evidence_json(capsys: pytest.CaptureFixture[str], tmp_
     p = tmp_path / "ev.json"
     p.write_text(json.dumps(ev))
     rc, out, _ = run(capsys, str(p), "--nonce", NONCE_931.hex())
-    assert rc == 0 and out["devices"][0]["uuid"] == "GPU-x"
+    assert rc == 3 and out["devices"][0]["uuid"] == "GPU-x"
 
 
 def test_sdk_list_with_switches(capsys: pytest.CaptureFixture[str]) -> None:
     rc, out, _ = run(capsys, str(fixture_path("nvtrust/ppcie_switch_evidence.json")))
-    assert rc == 0 and [d["arch"] for d in out["devices"]] == ["LS10"] * 4
+    assert rc == 3 and [d["arch"] for d in out["devices"]] == ["LS10"] * 4
 
 
 def test_rim_and_time(capsys: pytest.CaptureFixture[str]) -> None:
@@ -77,7 +77,7 @@ def test_rim_and_time(capsys: pytest.CaptureFixture[str]) -> None:
         str(fixture_path("nvtrust/1010_0200_882_96005E0001_PROD.swidtag")),
     ]
     rc, out, _ = run(capsys, *args, "--at", "2024-06-01T00:00:00Z")
-    assert rc == 0 and out["devices"][0]["measurements_match"] is True
+    assert rc == 3 and out["devices"][0]["measurements_match"] is True
     rc, _, err = run(capsys, *args)
     assert rc == 1 and "expired" in err and len(err.strip().splitlines()) == 1
 
@@ -103,7 +103,7 @@ def test_policy(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
         "--policy",
         str(pol),
     )
-    assert rc == 0
+    assert rc == 3
 
 
 @pytest.mark.parametrize(

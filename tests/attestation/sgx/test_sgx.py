@@ -111,14 +111,22 @@ def test_gramine_attester_file_interface(tmp_path: Path) -> None:
 
 
 def test_cli(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    assert main(["sgx", str(OCCLUM), "--at", "2025-06-01", "--expect-report-data", b"test".hex()]) == 0
-    assert json.loads(capsys.readouterr().out)["body"]["isv_svn"] == "0000"
+    assert (
+        main(["--strict", "sgx", str(OCCLUM), "--at", "2025-06-01", "--expect-report-data", b"test".hex()])
+        == 3
+    )
+    assert json.loads(capsys.readouterr().out.split("\n", 1)[1])["body"]["isv_svn"] == "0000"
     coll = str(SGX / "sgx_quote_collateral.json")
-    assert main(["sgx", str(QVL), "--at", "2025-07-01", "--collateral", coll]) == 0
-    assert json.loads(capsys.readouterr().out)["tcb_status"] == "ConfigurationAndSWHardeningNeeded"
+    assert (
+        main(["--strict", "sgx", str(QVL), "--at", "2025-07-01", "--collateral", coll]) == 3
+    )  # no nonce given
+    assert (
+        json.loads(capsys.readouterr().out.split("\n", 1)[1])["tcb_status"]
+        == "ConfigurationAndSWHardeningNeeded"
+    )
     raw = bytearray(OCCLUM.read_bytes())
     raw[48 + 64] ^= 1
     (tmp_path / "bad").write_bytes(bytes(raw))
-    assert main(["sgx", str(tmp_path / "bad"), "--at", "2025-06-01"]) == 1
-    assert main(["sgx", str(OCCLUM), "--at", "2025-06-01", "--expect-report-data", "00"]) == 1
-    assert main(["sgx", str(OCCLUM), "--at", "1999-01-01"]) == 1
+    assert main(["--strict", "sgx", str(tmp_path / "bad"), "--at", "2025-06-01"]) == 1
+    assert main(["--strict", "sgx", str(OCCLUM), "--at", "2025-06-01", "--expect-report-data", "00"]) == 1
+    assert main(["--strict", "sgx", str(OCCLUM), "--at", "1999-01-01"]) == 1

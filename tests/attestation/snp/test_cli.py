@@ -31,16 +31,16 @@ REQUIRED = {
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, dict | None, str]:
-    rc = main(["snp", *argv])
+    rc = main(["--strict", "snp", *argv])
     out, err = capsys.readouterr()
-    return rc, (json.loads(out) if rc == 0 else None), err
+    return rc, (json.loads(out.split("\n", 1)[1]) if rc in (0, 3) else None), err
 
 
 def test_raw_report_claims(fx: Path, capsys: pytest.CaptureFixture[str]) -> None:
     rc, c, err = _run(
         capsys, str(fx / "trustee/test-report.bin"), "--vcek", str(fx / "trustee/test-vcek.der")
     )
-    assert rc == 0, err
+    assert rc == 3, err
     assert c is not None and set(c) >= REQUIRED
     assert c["version"] == 2 and c["product"] == "Milan" and c["signing_key"] == "vcek"
     assert c["debug"] is False and c["vmpl"] == 0
@@ -54,15 +54,15 @@ def test_hex_and_json_inputs(fx: Path, capsys: pytest.CaptureFixture[str]) -> No
     rc, c, _ = _run(
         capsys, str(fx / "virtee-sev/report_milan.hex"), "--vcek", str(fx / "virtee-sev/vcek_milan.der")
     )
-    assert rc == 0 and c is not None and c["report_data"].startswith("d447b55d")
+    assert rc == 3 and c is not None and c["report_data"].startswith("d447b55d")
     rc, c, _ = _run(capsys, str(fx / "trustee/e2e_snp_evidence_genoa.json"))
-    assert rc == 0 and c is not None and c["product"] == "Genoa" and c["version"] == 3
+    assert rc == 3 and c is not None and c["product"] == "Genoa" and c["version"] == 3
 
 
 def test_vlek_as_of(fx: Path, capsys: pytest.CaptureFixture[str]) -> None:
     args = [str(fx / "trustee/test-vlek-report.bin"), "--vcek", str(fx / "trustee/test-vlek.der")]
     rc, c, _ = _run(capsys, *args, "--at", "2025-06-01T00:00:00Z")
-    assert rc == 0 and c is not None and c["signing_key"] == "vlek" and c["vmpl"] == 1
+    assert rc == 3 and c is not None and c["signing_key"] == "vlek" and c["vmpl"] == 1
     rc, _, err = _run(capsys, *args)
     assert rc == 1 and "VLEK expired on 2025-12-10" in err and err.count("\n") == 1
 
@@ -70,9 +70,9 @@ def test_vlek_as_of(fx: Path, capsys: pytest.CaptureFixture[str]) -> None:
 def test_certs_dir(fx: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     shutil.copy(fx / "trustee/test-vcek.der", tmp_path / "chip.der")
     rc, c, _ = _run(capsys, str(fx / "trustee/test-report.bin"), "--certs-dir", str(tmp_path))
-    assert rc == 0 and c is not None
+    assert rc == 3 and c is not None
     rc, _, err = _run(capsys, str(fx / "trustee/test-report.bin"))
-    assert rc == 1 and "no VCEK" in err
+    assert rc == 2 and "no VCEK" in err and "pass --vcek CERT, --certs-dir DIR or --kds" in err
 
 
 @pytest.mark.parametrize(
@@ -134,7 +134,7 @@ def test_debug_report_verifies_and_policy_rejects(tmp_path: Path, capsys: pytest
         str(tmp_path / "roots.pem"),
     ]
     rc, c, err = _run(capsys, *args, "--at", "2026-06-01T00:00:00Z")
-    assert rc == 0 and c is not None and c["debug"] is True and "WARNING" in err
+    assert rc == 3 and c is not None and c["debug"] is True and "WARNING" in err
     rc, _, err = _run(
         capsys, *args, "--at", "2026-06-01T00:00:00Z", "--policy", str(tmp_path / "policy.json")
     )
@@ -148,8 +148,15 @@ def test_console_script(fx: Path) -> None:
     exe = Path(sys.executable).parent / "coco-verify"
     assert exe.exists(), f"coco-verify console script not installed beside {sys.executable} (make deps)"
     cp = subprocess.run(
-        [str(exe), "snp", str(fx / "trustee/test-report.bin"), "--vcek", str(fx / "trustee/test-vcek.der")],
+        [
+            str(exe),
+            "--strict",
+            "snp",
+            str(fx / "trustee/test-report.bin"),
+            "--vcek",
+            str(fx / "trustee/test-vcek.der"),
+        ],
         capture_output=True,
         timeout=60,
     )
-    assert cp.returncode == 0 and json.loads(cp.stdout)["signing_key"] == "vcek"
+    assert cp.returncode == 3 and json.loads(cp.stdout.split(b"\n", 1)[1])["signing_key"] == "vcek"

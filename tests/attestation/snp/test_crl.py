@@ -119,9 +119,9 @@ def test_cli_crl(pki_milan: SynthPki, tmp_path: Path, capsys: pytest.CaptureFixt
         str(tmp_path / "roots.pem"),
     ]
     base += ["--at", "2026-06-01T00:00:00Z"]
-    assert main([*base, "--crl", str(tmp_path / "ok.crl")]) == 0
+    assert main(["--strict", *base, "--crl", str(tmp_path / "ok.crl")]) == 3
     capsys.readouterr()
-    assert main([*base, "--crl", str(tmp_path / "bad.crl")]) == 1
+    assert main(["--strict", *base, "--crl", str(tmp_path / "bad.crl")]) == 1
     assert "revoked" in capsys.readouterr().err
 
 
