@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import logging
 import math
 import os
@@ -35,8 +36,10 @@ from coco_rpc import RpcError
 from kbs_client.errors import InvalidUri
 from kbs_client.uri import ResourceUri
 
-if TYPE_CHECKING:
-    import httpx  # imported with the first KBS client (start-up: ~0.1 s less before the socket is up)
+if TYPE_CHECKING:  # httpx is imported with the first KBS client: ~0.1 s less start-up
+    import httpx
+
+    from kbs_client.tee_key import TeeKeyPair
 
 __all__ = [
     "KBS_GET_RESOURCE_MAX_ATTEMPTS",
@@ -195,11 +198,17 @@ class TokenCache:
 # --------------------------------------------------------------------------- cc_kbc
 
 
-def _default_decrypter(pem: str, body: bytes) -> bytes:
+@functools.lru_cache(maxsize=2)
+def _tee_key(pem: str) -> TeeKeyPair:
+    """The token's TEE key, parsed once per token rather than per resource (loading an
+    RSA key checks it: ~10-100 ms; the token already holds the same PEM in memory)."""
     from kbs_client.tee_key import TeeKeyPair
 
-    key = TeeKeyPair.from_pem(pem.encode())
-    out: bytes = key.decrypt(body)
+    return TeeKeyPair.from_pem(pem.encode())
+
+
+def _default_decrypter(pem: str, body: bytes) -> bytes:
+    out: bytes = _tee_key(pem).decrypt(body)
     return out
 
 
