@@ -215,7 +215,7 @@ def _default_decrypter(pem: str, body: bytes) -> bytes:
 _ERROR_KIND = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
 
 
-def _http_error() -> type[Exception]:
+def _http_error() -> type[httpx.HTTPError]:
     import httpx
 
     return httpx.HTTPError

@@ -72,7 +72,7 @@ def default_http_factory(base_url: str, cert_pem: str | None) -> httpx.AsyncClie
     return httpx.AsyncClient(verify=verify, timeout=httpx.Timeout(30.0), follow_redirects=False)
 
 
-def _http_error() -> type[Exception]:
+def _http_error() -> type[httpx.HTTPError]:
     import httpx
 
     return httpx.HTTPError
