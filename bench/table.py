@@ -230,7 +230,8 @@ def plot(doc: dict[str, Any], path: Path) -> str | None:
         a1.legend()
     else:
         a1.text(0.5, 0.5, "pull not measured", ha="center")
-    sweep = {int(k): v for k, v in doc["raw"].get("kbs", {}).items() if isinstance(v, dict)}
+    kbs = doc["raw"].get("kbs")
+    sweep = {int(k): v for k, v in kbs.items() if isinstance(v, dict)} if isinstance(kbs, dict) else {}
     if sweep:
         xs = sorted(sweep)
         a2.plot(xs, [sweep[c]["flow"]["rps"] for c in xs], "o-", label="flows/s")
@@ -247,8 +248,8 @@ def plot(doc: dict[str, Any], path: Path) -> str | None:
             label="KBS CPU ms/flow",
         )
         a3.set_ylabel("KBS CPU per flow (ms)")
-        a2.legend(loc="upper left")
-        a3.legend(loc="lower right")
+        a2.legend(loc="upper center", fontsize=8)
+        a3.legend(loc="center right", fontsize=8)
         a2.set_title("KBS under load")
     else:
         a2.text(0.5, 0.5, "KBS load not measured", ha="center")
