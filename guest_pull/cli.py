@@ -208,13 +208,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _flag_hint(args: argparse.Namespace, msg: str) -> str:
+    """The pull's TLS hint names coco-image's flags; say which one ``simulate`` takes."""
+    if getattr(args, "func", None) is _simulate and "TLS handshake with " in msg:
+        host = msg.split("TLS handshake with ", 1)[1].split(" ", 1)[0][:100]
+        return f" [in coco-guest-pull simulate: --insecure-registry {host} for a registry without TLS]"
+    return ""
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         rc: int = args.func(args)
         return rc
     except (ImagePullError, AttestationError) as exc:
-        sys.stderr.write(f"coco-guest-pull: error: {exc}\n")
+        sys.stderr.write(f"coco-guest-pull: error: {exc}{_flag_hint(args, str(exc))}\n")
         # 2: the input or the arguments are wrong; 1: an operation (a CDH call, a pull) failed
         from coco_rpc import RpcError
 

@@ -141,6 +141,14 @@ async def _main(args: argparse.Namespace) -> int:
         max_unpacked_bytes=args.max_unpacked_bytes,
         retry=RetryPolicy(low_speed_limit=args.low_speed_limit, low_speed_time=args.low_speed_time),
     )
+    if config.signature_policy is not None:
+        from image_pull.trust.errors import InvalidPolicy
+        from image_pull.trust.policy import Policy
+
+        try:
+            Policy.from_json(config.signature_policy)  # a bad policy fails now, before the registry
+        except InvalidPolicy as exc:
+            raise InvalidPolicy(f"--policy {args.policy}: {exc}") from None
     if config.decryption_keys:
         from image_pull.ocicrypt import load_private_key
 

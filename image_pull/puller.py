@@ -861,6 +861,11 @@ class ImagePuller:
                             nbytes, usize, deferred = await self._fetch_layer(
                                 res.cand.reference, i, desc, diff_id, staging / "fs", emit
                             )
+                except DigestMismatch as exc:
+                    raise DigestMismatch(
+                        f"image {res.cand.reference}, layer {i + 1} of {len(res.manifest.layers)} "
+                        f"({desc.digest}): the content is corrupt or was tampered with: {exc}"
+                    ) from None
                 except _MissingHardlinkTarget:
                     # a hardlink into a lower layer: redo this layer on top of its lowers
                     log.info("layer %d links into lower layers; unpacking it over an overlay of them", i)

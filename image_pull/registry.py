@@ -178,6 +178,17 @@ def _tls_failure(exc: BaseException) -> bool:
     return False
 
 
+def _connection_refused(exc: BaseException) -> bool:
+    seen = 0
+    e: BaseException | None = exc
+    while e is not None and seen < 10:
+        if isinstance(e, ConnectionRefusedError):
+            return True
+        e = e.__cause__ or e.__context__
+        seen += 1
+    return False
+
+
 class _Registry:
     """Per-endpoint auth state."""
 
@@ -411,9 +422,17 @@ class RegistryClient:
                     raise RegistryError(f"{what}: more than {MAX_REDIRECTS} redirects")
             except (httpx.TransportError, TimeoutError) as exc:
                 if _tls_failure(exc):
+                    hp = _hostport(cur)
                     raise RegistryError(
-                        f"{what}: TLS handshake with {cur.host} failed (untrusted or invalid certificate; "
-                        "add the registry's CA, or configure it as plain HTTP if it has no TLS)"
+                        f"{what}: TLS handshake with {hp} failed (untrusted or invalid certificate): "
+                        f"add the registry's CA (coco-image pull --ca-file CA.pem), or if {hp} serves "
+                        f"plain HTTP allow that for it (coco-image pull --plain-http {hp}; "
+                        "registries.conf: insecure = true)"
+                    ) from None
+                if _connection_refused(exc):
+                    raise RegistryError(
+                        f"{what}: cannot connect to {_hostport(cur)} (connection refused): is the registry "
+                        "running, and is the host:port in the image reference right?"
                     ) from None
                 name = "no response headers in time" if isinstance(exc, TimeoutError) else type(exc).__name__
                 delay = self._delay(attempt, None)

@@ -22,6 +22,7 @@ from kbs_client.errors import TeeKeyError
 from kbs_client.jcs import hash_canonical
 from kbs_client.jwe import ALG_ECDH_ES_A256KW, ALG_RSA1_5, ALG_RSA_OAEP_256, TeePubKey
 
+from .annotated import AnnotationError, annotate
 from .bounds import BoundsError, check_shape, elide_long_strings
 from .config import SecurityConfig
 from .ear import Appraisal, EarBroker
@@ -170,6 +171,13 @@ def _agent_policy_claims(claims: dict[str, Any]) -> None:
     claims["agent_policy_claims"] = data
 
 
+def _annotate(tee: str, claims: Mapping[str, Any], init_claims: Any, runtime_claims: Any) -> dict[str, Any]:
+    try:
+        return annotate(tee, claims, init_data_claims=init_claims, runtime_data_claims=runtime_claims)
+    except AnnotationError as exc:
+        raise _Reject(str(exc)) from exc
+
+
 class AttestationService:
     def __init__(
         self,
@@ -280,21 +288,13 @@ class AttestationService:
         cpu_claims = await self._verify(tee, primary, primary_rd, init_hash, now)
         rv = await self.rvps.all()
         submods: dict[str, Appraisal] = {}
-        annotated: dict[str, Any] = {tee: cpu_claims, "runtime_data_claims": runtime_claims}
-        annotated["report_data"] = cpu_claims.get("report_data", primary_rd.hex())
-        if init_hash is not None:
-            annotated["init_data"] = init_hash.hex()
-            annotated["init_data_claims"] = init_claims or {}
+        annotated = _annotate(tee, cpu_claims, init_claims, runtime_claims)
         submods["cpu0"] = await self._appraise("cpu", annotated, rv)
         counters: dict[str, int] = {}
         for cls, dtee, claims in devices:
             idx = counters.get(cls, 0)
             counters[cls] = idx + 1
-            dev_annot = {
-                dtee: claims,
-                "runtime_data_claims": {"nonce": nonce, "tee-pubkey": jwk},
-                "report_data": device_rd.hex(),
-            }
+            dev_annot = _annotate(dtee, claims, None, {"nonce": nonce, "tee-pubkey": jwk})
             submods[f"{cls}{idx}"] = await self._appraise(cls, dev_annot, rv)
         token = await asyncio.to_thread(self.broker.issue, submods, now=now.timestamp())
         if len(token) > self.limits.max_token_bytes:

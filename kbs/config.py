@@ -46,6 +46,7 @@ __all__ = [
     "load_config",
     "load_document",
     "parse_as_server_config",
+    "parse_compatibility",
     "parse_config",
     "parse_rvps_server_config",
     "security_config",
@@ -271,6 +272,12 @@ class CompatibilityConfig:
     trust_own_signer: bool = True
     #: an expired reference value is absent; false: as trustee's RVPS, it is still returned
     hide_expired_reference_values: bool = True
+    #: uploaded resource and attestation policies must parse as Rego (ParsePolicyError otherwise);
+    #: false: as trustee, any UTF-8 text is stored and a broken policy fails when evaluated
+    check_policy_at_upload: bool = True
+    #: error ``detail`` texts say what failed; false: trustee's texts (e.g. "Plugin internal
+    #: error", "Token Verifier error", "Serialize/Deserialize failed"), the reason only logged
+    detailed_error_texts: bool = True
 
 
 @dataclass(frozen=True)
@@ -753,6 +760,11 @@ def _compat(tbl: Mapping[str, Any]) -> CompatibilityConfig:
     )
 
 
+def parse_compatibility(doc: Mapping[str, Any]) -> CompatibilityConfig:
+    """The ``[compatibility]`` table of a config document (the KBS's, or ``grpc-as``'s)."""
+    return _compat(_table(doc, "compatibility"))
+
+
 def parse_as_server_config(
     doc: Mapping[str, Any],
 ) -> tuple[AttestationServiceConfig, StorageConfig, list[str]]:
@@ -770,6 +782,7 @@ def parse_as_server_config(
                 "attestation_token_broker",
                 "verifier_config",
                 "storage_backend",
+                "compatibility",
                 "security",
             },
             "config",

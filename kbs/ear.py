@@ -96,7 +96,9 @@ class Appraisal:
     extensions: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        vec = {k: int(self.trust_vector.get(k, 0)) for k in TRUST_CLAIMS}
+        # as rust-ear: only the claims the policy set are serialised (trustee's default policies
+        # set all eight); ear.status is the worst tier among them
+        vec = {k: int(self.trust_vector[k]) for k in TRUST_CLAIMS if k in self.trust_vector}
         out: dict[str, Any] = {
             "ear.status": ear_status(vec),
             "ear.trustworthiness-vector": vec,

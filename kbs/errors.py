@@ -46,9 +46,25 @@ class KbsError(Exception):
         self.detail = detail
         super().__init__(detail)
 
-    def body(self) -> bytes:
+    #: trustee's text for this variant when its Display shows no source (``error.rs``)
+    trustee_text: str | None = None
+    #: trustee's Display prefix for variants that show their source
+    trustee_prefix: str | None = None
+
+    def trustee_detail(self) -> str:
+        """The ``detail`` as trustee v0.21 words it (``kbs/src/error.rs`` Display): the fixed
+        text of variants that hide their source, else our text under trustee's prefix."""
+        if self.trustee_text is not None:
+            return self.trustee_text
+        if self.trustee_prefix is not None and not self.detail.startswith(self.trustee_prefix):
+            return self.trustee_prefix + self.detail
+        return self.detail
+
+    def body(self, *, trustee_texts: bool = False) -> bytes:
+        """The RFC 7807 body; ``trustee_texts``: ``[compatibility] detailed_error_texts = false``."""
+        detail = self.trustee_detail() if trustee_texts else self.detail
         # serde_json::to_string: compact
-        body = {"type": ERROR_TYPE_PREFIX + self.variant, "detail": self.detail}
+        body = {"type": ERROR_TYPE_PREFIX + self.variant, "detail": detail}
         return json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -60,10 +76,11 @@ class StorageError(KbsError):
     """The storage backend failed."""
 
     variant = "PluginInternalError"
+    trustee_text = "Plugin internal error"
 
 
 class AdminAuthInitialization(KbsError):
-    pass
+    trustee_prefix = "failed to initialize [admin] configuration: "
 
 
 class AdminAuthAccess(KbsError):
@@ -71,7 +88,7 @@ class AdminAuthAccess(KbsError):
 
 
 class AttestationError(KbsError):
-    pass
+    trustee_prefix = "Attestation error: "
 
 
 class InvalidRequestPath(KbsError):
@@ -79,7 +96,7 @@ class InvalidRequestPath(KbsError):
 
 
 class JweError(KbsError):
-    pass
+    trustee_text = "JWE failed"
 
 
 class PluginNotFound(KbsError):
@@ -87,32 +104,32 @@ class PluginNotFound(KbsError):
 
 
 class PluginInternalError(KbsError):
-    pass
+    trustee_text = "Plugin internal error"
 
 
 class PolicyDeny(KbsError):
-    pass
+    trustee_text = "Access denied by policy"
 
 
 class ParsePolicyError(KbsError):
-    pass
+    trustee_prefix = "Failed to parse policy: "
 
 
 class PolicyEngineError(KbsError):
-    pass
+    trustee_prefix = "Policy engine error: "
 
 
 class RvpsError(KbsError):
-    pass
+    trustee_prefix = "RVPS configuration failed: "
 
 
 class SerdeError(KbsError):
-    pass
+    trustee_text = "Serialize/Deserialize failed"
 
 
 class TokenNotFound(KbsError):
-    pass
+    trustee_text = "Attestation Token not found"
 
 
 class TokenVerifierError(KbsError):
-    pass
+    trustee_text = "Token Verifier error"

@@ -30,8 +30,8 @@ from coco_common.cli import add_version, log_level_type, rust_log_level
 from coco_common.strict_json import strict_loads
 from kbs_client.jcs import hash_canonical
 
-from .attestation_service import AttestationService, _init_data, _Reject
-from .config import load_document, parse_as_server_config, security_config
+from .attestation_service import AttestationService, _annotate, _init_data, _Reject
+from .config import load_document, parse_as_server_config, parse_compatibility, security_config
 from .ear import Appraisal, EarBroker
 from .errors import AttestationError, ConfigError, KbsError
 from .grpc_api import (
@@ -118,15 +118,7 @@ async def evaluate(
             else [(cls, claims)]
         )
         for part_cls, part in parts:
-            annotated: dict[str, Any] = {r.tee: part, "report_data": rd.hex()}
-            if part_cls == "cpu" and isinstance(claims.get("report_data"), str):
-                annotated["report_data"] = claims["report_data"]
-            if rt_claims is not None:
-                annotated["runtime_data_claims"] = rt_claims
-            if init_hash is not None:
-                annotated["init_data"] = init_hash.hex()
-                if init_claims is not None:
-                    annotated["init_data_claims"] = init_claims
+            annotated = _annotate(r.tee, part, init_claims, rt_claims)
             idx = counters.get(part_cls, 0)
             counters[part_cls] = idx + 1
             submods[f"{part_cls}{idx}"] = await svc._appraise(part_cls, annotated, rv)
@@ -236,6 +228,7 @@ async def serve_grpc(handlers: list[grpc.GenericRpcHandler], socket: str, name: 
 
 async def build_service(doc: Any) -> tuple[AttestationService, list[KvStore | RvpsClient]]:
     a, st, warnings = parse_as_server_config(doc)
+    compat = parse_compatibility(doc)  # the [compatibility] keys that concern an attestation service
     for w in warnings:
         log.warning("config: %s", w)
     store = open_store(st.storage_type, st)
@@ -258,7 +251,7 @@ async def build_service(doc: Any) -> tuple[AttestationService, list[KvStore | Rv
         closers.append(client)
         rvps = RemoteReferenceValues(client, store)
     else:
-        rvps = ReferenceValues(store)
+        rvps = ReferenceValues(store, hide_expired=compat.hide_expired_reference_values)
     sec_doc = doc.get("security", {}) if isinstance(doc, dict) else {}
     if not isinstance(sec_doc, dict):
         raise ConfigError("security must be a table")
@@ -270,10 +263,12 @@ async def build_service(doc: Any) -> tuple[AttestationService, list[KvStore | Rv
             "with no TEE at all can attest as them; for tests and demos only",
             ", ".join(dev),
         )
+    policies = AttestationPolicies(store, PolicyWorkers(sec.policy_workers, timeout_s=sec.policy_timeout_s))
+    policies.check_at_upload = compat.check_policy_at_upload
     svc = AttestationService(
         VerifierRegistry(options=a.verifier_config, dev_verifiers=dev),
         broker,
-        AttestationPolicies(store, PolicyWorkers(sec.policy_workers, timeout_s=sec.policy_timeout_s)),
+        policies,
         rvps,
         verbose_token=a.verbose_token,
         limits=sec,

@@ -23,6 +23,7 @@ from typing import Any
 
 from kbs_client.policies import builtin_policy
 
+from .ear import TRUST_CLAIMS
 from .errors import ParsePolicyError, PolicyEngineError
 from .policy_worker import MAX_POLICY_DEPTH, PolicyWorkers, policy_nesting, shared_workers
 from .storage import NS_ATTESTATION_POLICY, NS_KBS, KvStore
@@ -162,6 +163,8 @@ class ResourcePolicy:
     """The single resource policy, stored as ``resource-policy.rego`` in namespace ``kbs``."""
 
     KEY = RESOURCE_POLICY_ID + ".rego"
+    #: ``[compatibility] check_policy_at_upload``
+    check_at_upload = True
 
     def __init__(self, store: KvStore, workers: PolicyWorkers | None = None) -> None:
         self._store = store
@@ -172,7 +175,9 @@ class ResourcePolicy:
             await self._store.set(NS_KBS, self.KEY, builtin_policy("default"))
 
     async def set(self, policy: bytes) -> None:
-        await self._workers.check(check_rego(policy))
+        text = check_rego(policy)
+        if self.check_at_upload:  # [compatibility] check_policy_at_upload = false: stored as trustee does
+            await self._workers.check(text)
         await self._store.set(NS_KBS, self.KEY, policy)
 
     async def list_ids(self) -> list[str]:
@@ -210,6 +215,9 @@ class TrustResult:
 class AttestationPolicies:
     """EAR policies per device class; uploaded ones override the built-in defaults."""
 
+    #: ``[compatibility] check_policy_at_upload``
+    check_at_upload = True
+
     def __init__(self, store: KvStore, workers: PolicyWorkers | None = None) -> None:
         self._store = store
         self._workers = workers or shared_workers()
@@ -217,7 +225,9 @@ class AttestationPolicies:
     async def set(self, policy_id: str, policy: bytes) -> None:
         if not policy_id or len(policy_id) > 128 or not all(c.isalnum() or c in "_-." for c in policy_id):
             raise ParsePolicyError("invalid policy id")
-        await self._workers.check(check_rego(policy))
+        text = check_rego(policy)
+        if self.check_at_upload:  # [compatibility] check_policy_at_upload = false: stored as trustee does
+            await self._workers.check(text)
         await self._store.set(NS_ATTESTATION_POLICY, policy_id + ".rego", policy)
 
     async def list_ids(self) -> list[str]:
@@ -255,10 +265,14 @@ class AttestationPolicies:
         if not isinstance(out, dict):
             raise PolicyEngineError("attestation policy produced nothing")
         tc = out.get("trust_claims")
+        if tc is None:  # as trustee: no trust_claims rule result sets every claim to 0
+            tc = dict.fromkeys(TRUST_CLAIMS, 0)
         if not isinstance(tc, dict) or not tc:
             raise PolicyEngineError("attestation policy set no trust_claims")
         vec: dict[str, int] = {}
         for k, v in tc.items():
+            if k not in TRUST_CLAIMS:  # rust-ear has no such claim (trustee fails the appraisal too)
+                raise PolicyEngineError(f"unknown trust claim {str(k)[:40]!r}")
             if not isinstance(v, int) or isinstance(v, bool) or not -128 <= v <= 127:
                 raise PolicyEngineError(f"trust claim {k} is not an i8")
             vec[str(k)] = v

@@ -44,7 +44,6 @@ from .errors import (
     PluginNotFound,
     PolicyDeny,
     RvpsError,
-    SerdeError,
     TokenNotFound,
 )
 from .external_plugin import ClientPlugin, ExternalPlugin, PluginCall
@@ -230,15 +229,18 @@ async def build_state(
                 ", ".join(dev),
                 "" if sec.dev_verifiers is not None else " unset, implied by insecure_header_jwk",
             )
+        policies = AttestationPolicies(store, workers)
+        policies.check_at_upload = cfg.compatibility.check_policy_at_upload
         service = AttestationService(
             registry or VerifierRegistry(options=a.verifier_config, dev_verifiers=dev),
             broker,
-            AttestationPolicies(store, workers),
+            policies,
             rvps,
             verbose_token=a.verbose_token,
             limits=sec,
         )
     rp = ResourcePolicy(store, workers)
+    rp.check_at_upload = cfg.compatibility.check_policy_at_upload
     await rp.install_default()
     client_plugins: dict[str, ClientPlugin] = {}
     for pc in cfg.plugin_configs:
@@ -291,8 +293,9 @@ class _InternalError(KbsError):
     variant = "PluginInternalError"
 
 
-def _error(exc: KbsError) -> web.Response:
-    return web.Response(status=exc.status, body=exc.body(), content_type="application/json")
+def _error(exc: KbsError, *, trustee_texts: bool = False) -> web.Response:
+    body = exc.body(trustee_texts=trustee_texts)
+    return web.Response(status=exc.status, body=body, content_type="application/json")
 
 
 def _set_cookie(resp: web.StreamResponse, s: Session) -> None:
@@ -473,31 +476,11 @@ class _Handlers:
         return _json(doc)
 
     # --- admin --------------------------------------------------------------------------------
-    @staticmethod
-    def _policy_b64(untrusted: Any) -> bytes:
-        if not isinstance(untrusted, str):
-            raise SerdeError("policy must be a base64url string")
-        try:
-            return unb64url(untrusted)
-        except ValueError as exc:
-            raise ParsePolicyError("policy is not unpadded base64url") from exc
-
-    @staticmethod
-    def _body_json(raw: bytes, keys: set[str], required: set[str]) -> dict[str, Any]:
-        try:
-            doc = strict_loads(raw)
-        except ValueError as exc:
-            raise SerdeError("request body is not valid JSON") from exc
-        if not isinstance(doc, dict) or not required <= set(doc) or not set(doc) <= keys:
-            raise SerdeError("request body has the wrong fields")
-        return doc
-
     async def resource_policy(self, request: web.Request) -> web.Response:
         self._admin(request, AdminAuthAccess)
         if request.method == "GET":
             return _json(await self.s.resource_policy.list_ids())
-        doc = self._body_json(await request.read(), {"policy"}, {"policy"})
-        await self.s.resource_policy.set(self._policy_b64(doc["policy"]))
+        await self.s.resource_policy.set(_resource_policy_body(await request.read()))
         log.info("resource policy set")
         return web.Response(status=200)
 
@@ -505,13 +488,8 @@ class _Handlers:
         self._admin(request, AdminAuthAccess)
         if request.method == "GET":
             return _json(await self.s.service.policies.list_ids())
-        doc = self._body_json(await request.read(), {"type", "policy_id", "policy"}, {"policy"})
-        if "policy_id" not in doc:  # trustee's SetPolicyInput requires it
-            raise AttestationError("Set policy failed: parse set policy request: missing field `policy_id`")
-        pid = doc["policy_id"]
-        if not isinstance(pid, str):
-            raise SerdeError("policy_id must be a string")
-        await self.s.service.policies.set(pid, self._policy_b64(doc["policy"]))
+        pid, policy = _attestation_policy_body(await request.read())
+        await self.s.service.policies.set(pid, policy)
         log.info("attestation policy set", extra={"policy_id": pid})
         return web.Response(status=200)
 
@@ -630,6 +608,9 @@ def make_app(state: KbsState) -> web.Application:
                 "request refused",
                 extra={"method": request.method, "path": request.path, "status": status, "err": exc.variant},
             )
+            if not state.config.compatibility.detailed_error_texts:  # the client gets trustee's text
+                log.info("refusal reason", extra={"err": exc.variant, "detail": exc.detail})
+                return _error(exc, trustee_texts=True)
             return _error(exc)
         except web.HTTPException as exc:
             status = exc.status
@@ -774,3 +755,48 @@ async def serve(cfg: KbsConfig, *, stop: asyncio.Event | None = None, shutdown_t
         await runner.cleanup()
         for close in state.closers:
             await close()
+
+
+def _resource_policy_body(untrusted: bytes) -> bytes:
+    """trustee's resource-policy POST body: a JSON object with a string ``policy`` (unpadded
+    base64url of UTF-8 Rego); other members are ignored and every failure is ParsePolicyError."""
+    try:
+        doc = strict_loads(untrusted)
+    except ValueError as exc:
+        raise ParsePolicyError("Failed to parse policy: Illegal SetPolicy Request Json") from exc
+    if not isinstance(doc, dict) or "policy" not in doc:
+        raise ParsePolicyError("Failed to parse policy: No `policy` field inside SetPolicy Request Json")
+    if not isinstance(doc["policy"], str):
+        raise ParsePolicyError(
+            "Failed to parse policy: `policy` field is not a string in SetPolicy Request Json"
+        )
+    try:
+        return unb64url(doc["policy"])
+    except ValueError as exc:
+        raise ParsePolicyError("Failed to parse policy: Failed to decode policy") from exc
+
+
+_SET_POLICY_FAILED = "Attestation error: Set Attestation Policy failed"
+
+
+def _attestation_policy_body(untrusted: bytes) -> tuple[str, bytes]:
+    """trustee's ``SetPolicyInput``: string ``policy_id`` and ``policy`` (unpadded base64url)
+    required, other members (``type``) ignored; any failure is trustee's AttestationError
+    (the reason is logged)."""
+    try:
+        doc = strict_loads(untrusted)
+    except ValueError as exc:
+        log.warning("set attestation policy: body is not JSON")
+        raise AttestationError(_SET_POLICY_FAILED) from exc
+    if (
+        not isinstance(doc, dict)
+        or not isinstance(doc.get("policy_id"), str)
+        or not isinstance(doc.get("policy"), str)
+    ):
+        log.warning("set attestation policy: policy_id and policy must be strings")
+        raise AttestationError(_SET_POLICY_FAILED)
+    try:
+        return doc["policy_id"], unb64url(doc["policy"])
+    except ValueError as exc:
+        log.warning("set attestation policy: policy is not unpadded base64url")
+        raise AttestationError(_SET_POLICY_FAILED) from exc

@@ -157,9 +157,11 @@ def transport_error(method: str, url: str, exc: httpx.HTTPError) -> TransportErr
     if isinstance(exc, httpx.TimeoutException):
         return TransportError(f"{method} {url}: timed out talking to {where} (is the KBS overloaded?)")
     if isinstance(exc, (httpx.RemoteProtocolError, httpx.ReadError)) and u is not None and u.scheme == "http":
+        # permanent: a TLS port drops a plaintext request every time, so no retry can heal it
         return TransportError(
             f"{method} {url}: the server at {where} closed the connection without answering; "
-            "does it expect https://?"
+            "does it expect https://?",
+            retryable=False,
         )
     return TransportError(f"{method} {url}: {type(exc).__name__}: {exc}")
 

@@ -31,8 +31,11 @@ def _port() -> int:
         return int(s.getsockname()[1])
 
 
-def _materialise(tmp: Path, name: str, port: int) -> tuple[Path, ed25519.Ed25519PrivateKey, Path]:
-    """The example with its /etc/kbs and /var/lib/kbs files made in ``tmp``."""
+def _materialise(
+    tmp: Path, name: str, port: int, *, dev: bool = False
+) -> tuple[Path, ed25519.Ed25519PrivateKey, Path]:
+    """The example with its /etc/kbs and /var/lib/kbs files made in ``tmp``; ``dev``: with its
+    commented-out development table (the sample TEE) switched on."""
     etc = tmp / "etc"
     etc.mkdir(parents=True, exist_ok=True)
     kp, cp = tls_material(etc)
@@ -52,6 +55,9 @@ def _materialise(tmp: Path, name: str, port: int) -> tuple[Path, ed25519.Ed25519
     text = (EX / name).read_text()
     text = text.replace("/etc/kbs/", f"{etc}/").replace("/var/lib/kbs/", f"{tmp}/var/")
     text = text.replace("0.0.0.0:8443", f"127.0.0.1:{port}").replace("127.0.0.1:8080", f"127.0.0.1:{port}")
+    if dev:
+        assert "# [security]\n# dev_verifiers" in text
+        text = text.replace("# [security]\n# dev_verifiers", "[security]\ndev_verifiers")
     cfg = tmp / name
     cfg.write_text(text)
     return cfg, key, etc / "tls.crt"
@@ -105,7 +111,12 @@ def test_kbs_examples_pass_the_strict_check(
 
 def test_https_token_example_with_sample_policy(tmp_path: Path) -> None:
     port = _port()
-    cfg, key, ca = _materialise(tmp_path, "kbs-https-token.toml", port)
+    # as shipped, the example refuses the unsigned sample TEE
+    cfg, key, ca = _materialise(tmp_path / "shipped", "kbs-https-token.toml", port)
+    with _running(cfg, port):
+        cp = _client("--url", f"https://127.0.0.1:{port}", "--cert-file", str(ca), "attest")
+        assert cp.returncode != 0 and "sample" in cp.stderr
+    cfg, key, ca = _materialise(tmp_path, "kbs-https-token.toml", port, dev=True)
     url = f"https://127.0.0.1:{port}"
     token = tmp_path / "admin-token"
     token.write_text(_quickstart_token(tmp_path / "etc" / "admin.key"))

@@ -238,6 +238,9 @@ def quote_claims(v: VerifiedQuote, event_log: ParsedEventLog | None = None) -> d
                 v.pck.sgx_type, f"Unknown ({v.pck.sgx_type})"
             ),
             "tcb_status": t.status if t else None,
+            # trustee's DCAP claim: "0" = the collateral is within its validity (expired collateral
+            # is refused here, so with a TCB status it is always "0")
+            "collateral_expiration_status": "0" if t else None,
             "advisory_ids": list(t.advisory_ids) if t else None,
             "tcb_date": t.tcb_date if t else None,
             "platform_tcb_status": t.platform_status if t else None,

@@ -49,6 +49,27 @@ _BAD_STATUS = frozenset(
 )
 
 
+#: statuses showing gpgv reached a signature packet
+_SIG_SEEN = frozenset({"NEWSIG", "GOODSIG", "BADSIG", "VALIDSIG", "ERRSIG"})
+#: gpgv status codes, in the words an operator needs (first match wins)
+_BAD_WORDS = (
+    ("NODATA", "the signature is not an OpenPGP signature or is corrupt (no signature data in it)"),
+    ("BADARMOR", "the signature is not an OpenPGP signature or is corrupt (damaged armor)"),
+    ("BADSIG", "the GPG signature is BAD: the signed content or the signature was altered"),
+    ("EXPSIG", "the GPG signature has expired"),
+    ("EXPKEYSIG", "the GPG signature was made by a key that has expired"),
+    ("REVKEYSIG", "the GPG signature was made by a key that was revoked"),
+    ("DECRYPTION_FAILED", "the signature is an encrypted message, not a signed one"),
+)
+
+
+def _why_bad(bad: set[str] | frozenset[str]) -> str:
+    for code, words in _BAD_WORDS:
+        if code in bad:
+            return words
+    return "the GPG signature did not verify (it is corrupt or not by a trusted key)"
+
+
 @dataclass(frozen=True)
 class VerifiedMessage:
     payload: bytes = field(repr=False)
@@ -142,7 +163,10 @@ def verify_signed_message(untrusted_blob: bytes, keyring: bytes, *, gpgv: str = 
         if "NO_PUBKEY" in bad or ("ERRSIG" in bad and "BADSIG" not in bad and len(bad) <= 2):
             raise SignatureRejected("GPG signature is not by a trusted key")
         if bad:
-            raise SignatureRejected(f"GPG signature not accepted ({sorted(bad)[0]})")
+            raise SignatureRejected(_why_bad(bad))
+        if cp.returncode != 0 and not _SIG_SEEN.intersection(kinds):
+            # gpgv gave up before reaching any signature (e.g. "zlib inflate problem")
+            raise SignatureRejected(_why_bad({"NODATA"}))
         valid = [s for s in status if s[0] == "VALIDSIG"]
         if cp.returncode != 0 or kinds.count("GOODSIG") != 1 or len(valid) != 1 or kinds.count("NEWSIG") > 1:
             raise SignatureRejected("GPG signature did not verify with the trusted keys")

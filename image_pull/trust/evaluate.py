@@ -35,13 +35,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import httpx
 
 from image_pull.errors import ImagePullError, InvalidReference
 from image_pull.hooks import PolicyContext
 from image_pull.ocicrypt.layer import provider_refusal
-from image_pull.reference import parse_reference
+from image_pull.reference import Reference, parse_reference
 from image_pull.signatures import cosign
 from image_pull.signatures.gpg import dearmor_keyring, verify_signed_message
 from image_pull.signatures.lookaside import fetch_lookaside, fetch_registry_extension
@@ -49,8 +50,10 @@ from image_pull.signatures.payload import COSIGN_TYPE, SIMPLE_SIGNING_TYPE, Sign
 from image_pull.signatures.registries_d import RegistriesD
 from image_pull.trust.errors import InvalidPolicy, SignatureRejected
 from image_pull.trust.policy import (
+    IdentityRule,
     InsecureAcceptAnything,
     KeySource,
+    MatchRepository,
     ParsedIdentity,
     Policy,
     Reject,
@@ -218,7 +221,7 @@ class TrustPolicy:
         if not st.digest_matches(p.manifest_digest):
             return "signature is for another manifest digest"
         if not identity_matches(req.signed_identity, intended, p.docker_reference):
-            return "signature is for another identity"
+            return _identity_mismatch(req.signed_identity, intended, p.docker_reference)
         return None
 
     async def _signed_by(self, req: SignedBy, st: _Pull, intended: ParsedIdentity) -> str:
@@ -230,7 +233,7 @@ class TrustPolicy:
         keyring = b"".join([dearmor_keyring(await self._key_bytes(k)) for k in req.keys])
         sigs = await st.simple_signatures()
         if not sigs:
-            raise SignatureRejected("a signature was required, but no signature exists")
+            raise SignatureRejected(self._no_simple_signature(st.ctx.reference))
         reasons: list[str] = []
         for blob in sigs:
             try:
@@ -245,6 +248,35 @@ class TrustPolicy:
             reasons.append(why)
         raise SignatureRejected(_summary(len(sigs), reasons))
 
+    def _no_simple_signature(self, ref: Reference) -> str:
+        where = f"{ref.registry}/{ref.repository}"
+        base = self.registries_d.lookaside_for(ref)
+        if base is None:
+            return (
+                f"a signature was required, but no signature exists: registries.d (--registries-d) "
+                f"configures no lookaside for {where}, and the registry serves no signatures "
+                "through its signature extension"
+            )
+        u = urlsplit(base)
+        shown = f"{u.scheme}://{u.hostname or ''}{f':{u.port}' if u.port else ''}{u.path}"[:200]
+        return (
+            f"a signature was required, but no signature exists: none for {where} at the lookaside "
+            f"{shown!r} nor through the registry's signature extension"
+        )
+
+    def _no_sigstore_signature(self, ref: Reference) -> str:
+        where = f"{ref.registry}/{ref.repository}"
+        use = self.registries_d.use_sigstore_attachments(ref)
+        if use is False or (use is None and self.has_registries_config):
+            return (
+                "a signature was required, but no sigstore signature exists: sigstore attachments "
+                f"are not read for {where} (set use-sigstore-attachments: true for it in registries.d)"
+            )
+        return (
+            "a signature was required, but no sigstore signature exists: "
+            f"the registry holds no sigstore attachment (.sig tag) for this image in {where}"
+        )
+
     async def _sigstore_signed(self, req: SigstoreSigned, st: _Pull, intended: ParsedIdentity) -> str:
         keys: list[cosign.PublicKey] = []
         for k in req.keys:
@@ -254,7 +286,7 @@ class TrustPolicy:
             rekor += cosign.load_public_keys(await self._key_bytes(k))
         sigs = await st.cosign_signatures()
         if not sigs:
-            raise SignatureRejected("a signature was required, but no sigstore signature exists")
+            raise SignatureRejected(self._no_sigstore_signature(st.ctx.reference))
         reasons: list[str] = []
         for s in sigs:
             try:
@@ -345,6 +377,23 @@ def _type_name(r: Requirement) -> str:
         SignedBy: "signedBy",
         SigstoreSigned: "sigstoreSigned",
     }[type(r)]
+
+
+def _identity_mismatch(rule: IdentityRule, intended: ParsedIdentity, untrusted_signed_reference: str) -> str:
+    """Name both identities (the signed one is authenticated content, bounded and quoted)
+    and, when only the tag differs, the policy change that accepts any tag of the repository."""
+    signed = untrusted_signed_reference[:256]
+    why = f"signature is for another identity: signed for {signed!r}, the image is {str(intended)!r}"
+    try:
+        same_repo = parse_identity(untrusted_signed_reference).name == intended.name
+    except InvalidReference:
+        same_repo = False
+    if same_repo and not isinstance(rule, MatchRepository):
+        why += (
+            ' (to accept a signature for any tag of this repository, set "signedIdentity": '
+            '{"type": "matchRepository"} in the requirement)'
+        )
+    return why
 
 
 def _summary(n: int, reasons: list[str]) -> str:

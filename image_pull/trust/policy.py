@@ -34,6 +34,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from coco_common.cli import closest
 from coco_common.strict_json import strict_loads
 from image_pull.errors import InvalidReference
 from image_pull.reference import Reference, parse_reference
@@ -431,7 +432,19 @@ def _parse_requirement(v: Any, what: str) -> Requirement:
             else (MatchRepoDigestOrExact())
         )
         return SigstoreSigned(keys, fulcio, pki, rekor, ident, given)
-    raise InvalidPolicy(f"{what}: unknown requirement type {str(t)[:40]!r}")
+    raise InvalidPolicy(f"{what}: unknown requirement type {str(t)[:40]!r}{_type_hint(t)}")
+
+
+_REQUIREMENT_TYPES = ("insecureAcceptAnything", "reject", "signedBy", "sigstoreSigned")
+
+
+def _type_hint(t: Any) -> str:
+    """`` (did you mean 'signedBy'?)`` for a misspelled or miscased requirement type."""
+    if not isinstance(t, str):
+        return ""
+    folded = {k.lower(): k for k in _REQUIREMENT_TYPES}
+    hint = folded.get(t.lower()) or closest(t[:40], _REQUIREMENT_TYPES)
+    return f" (did you mean {hint!r}?)" if hint else ""
 
 
 def _parse_list(v: Any, what: str) -> tuple[Requirement, ...]:

@@ -127,7 +127,12 @@ async def inproc_pull(reg: HostileRegistry, tmp: Path, **cfg: Any) -> None:
 def assert_one_line_failure(rc: int, stderr: str, *needles: str) -> None:
     assert rc == 1, stderr
     assert "Traceback" not in stderr, stderr
-    lines = [ln for ln in stderr.splitlines() if ln.startswith("coco-image pull:")]
+    # the no---policy WARNING comes first; the failure itself is one line
+    lines = [
+        ln
+        for ln in stderr.splitlines()
+        if ln.startswith("coco-image pull:") and not ln.startswith("coco-image pull: WARNING: no --policy")
+    ]
     assert len(lines) == 1, stderr
     for n in needles:
         assert n in lines[0], stderr

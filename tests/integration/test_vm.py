@@ -2,7 +2,11 @@
 onto LUKS2 + dm-integrity inside it, through AA, CDH and the reference KBS
 (see tests/integration/vm_harness.py for the scenario). Nothing is mocked:
 the sample attester is what the coco-dev runtime class uses on a VM without
-TEE hardware. Skips only where QEMU/the guest build cannot run."""
+TEE hardware. The guest also has a swtpm vTPM (tpm-tis): a second AA, started
+as the agent would on a VM with a TPM, attests with the real ``tpm`` attester
+(a quote by an AK provisioned in the vTPM, which the KBS is configured to trust,
+and the firmware's event log, replayed by the KBS). Skips only where QEMU/the
+guest build cannot run."""
 
 from __future__ import annotations
 
@@ -61,3 +65,21 @@ def test_guest_pull_onto_luks2_in_vm(tmp_path: Path) -> None:
     assert "/kbs/v0/resource/default/image-kek/denied" in summary["kbs_refused"]
     assert "policydeny" in summary["kbs_denied_error"].lower(), summary["kbs_denied_error"]
     assert summary["boot_seconds"] > 0
+    # The coco-dev AA attested with the sample TEE ...
+    assert summary["attestation_tee"] == "sample"
+    # ... and the AA that found the guest's vTPM with the tpm attester: the KBS verified the quote
+    # (nonce, signature by the AK provisioned on the host, all 24 SHA-256 PCRs, the firmware's
+    # event log replayed to them) and put tpm claims in the token.
+    tpm = summary["tpm"]
+    assert tpm["tee"] == "tpm" and tpm["device"] == "/dev/tpmrm0"
+    assert tpm["ak_trust"] == "configured" and tpm["ak_matches_provisioned"]
+    assert tpm["pcrs_quoted"] == list(range(24))
+    assert 0 in tpm["pcrs_measured"] and len(tpm["pcr00"]) == 64
+    assert tpm["event_log_events"] > 0
+    # The AA bound its init-data: the KBS saw its SHA-256 and PCR 8 holds one extend with it.
+    assert len(tpm["init_data"]) == 64
+    assert tpm["pcr08"] == hashlib.sha256(bytes(32) + bytes.fromhex(tpm["init_data"])).hexdigest()
+    assert "TPM attestation: tpm token, AK trust configured" in console
+    # A quote by an AK the KBS does not trust (another key in the same vTPM) gets no token.
+    assert tpm["untrusted_ak_error"]
+    assert "neither configured nor certified" in tpm["kbs_untrusted_ak_log"]

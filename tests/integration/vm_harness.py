@@ -19,7 +19,13 @@ The host side of issue 12:
    ``/dev/trusted_store``) and reads ``coco-guest: RESULT`` lines from the
    serial console with a bounded timeout (the scenario config goes in through
    QEMU's fw_cfg, ``opt/org.coco-py/cfg``);
-4. checks the results: attestation, the dm-crypt + dm-integrity mapping under
+   The guest also gets a ``swtpm`` vTPM (``tpm-tis``), provisioned on the host
+   with tpm2-tools before boot: an RSA AK the KBS trusts
+   (``verifier_config.tpm.trusted_ak_keys``) and an ECC AK it does not;
+4. checks the results: attestation (sample for the coco-dev AA, ``tpm`` for an
+   AA that finds the vTPM: its token's claims name the provisioned AK, quote all
+   24 PCRs, agree with the guest kernel's PCR values, the firmware event log
+   replays; the untrusted AK gets no token), the dm-crypt + dm-integrity mapping under
    the image work dir, the pulled file (its sha256 against what was pushed),
    the verified signature, the pulled container run by runc in the guest
    (its exit status and stdout), the second pull from the layer store, and the
@@ -102,6 +108,11 @@ TOOLS = (
     "mkfs.ext4",
     "cpio",
     "debootstrap",
+    "swtpm",
+    "swtpm_ioctl",
+    "tpm2_createprimary",
+    "tpm2_evictcontrol",
+    "tpm2_readpublic",
 )
 
 Say = Callable[[str], None]
@@ -234,6 +245,113 @@ def _lookaside_server(root: Path) -> http.server.ThreadingHTTPServer:
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(root)))
     threading.Thread(target=srv.serve_forever, daemon=True).start()
     return srv
+
+
+AK_HANDLE = 0x81010002  # the tpm attester's default (AA_TPM_AK_HANDLE)
+UNTRUSTED_AK_HANDLE = 0x81010003  # an ECC AK in the same vTPM that the KBS is not told about
+AK_ATTRS = "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign|noda"
+
+
+@dataclasses.dataclass
+class _Vtpm:
+    """A swtpm vTPM for the guest: provisioned on the host first (tpm2-tools create
+    restricted signing keys, AKs: RSA-2048 persistent at :data:`AK_HANDLE`, the one
+    the KBS trusts, and ECC P-256 at :data:`UNTRUSTED_AK_HANDLE`), then served to
+    QEMU's ``tpm-tis`` device over swtpm's control socket."""
+
+    dir: Path
+    ak_pem: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def ctrl(self) -> Path:
+        return self.dir / "qemu.ctrl"
+
+    def qemu_args(self) -> list[str]:
+        return [
+            "-chardev", f"socket,id=chrtpm,path={self.ctrl}",
+            "-tpmdev", "emulator,id=tpm0,chardev=chrtpm",
+            "-device", "tpm-tis,tpmdev=tpm0",
+        ]  # fmt: skip
+
+    def ak_spki_b64(self) -> str:
+        key = serialization.load_pem_public_key(self.ak_pem.read_bytes())
+        der = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+        return base64.b64encode(der).decode()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def _wait_for(path: Path, proc: subprocess.Popen[bytes], what: str) -> None:
+    for _ in range(500):
+        if path.exists():
+            return
+        if proc.poll() is not None:
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            raise VmScenarioError(f"{what} exited with {proc.returncode}: {err[-300:]}")
+        time.sleep(0.02)
+    raise VmScenarioError(f"{what} did not create {path}")
+
+
+def _start_vtpm(say: Say) -> _Vtpm:
+    # A short directory: Unix socket paths are limited to 107 bytes.
+    vt = _Vtpm(Path(tempfile.mkdtemp(prefix="coco-vtpm-")), Path())
+    vt.ak_pem = vt.dir / "ak.pem"
+    try:
+        sock = vt.dir / "prov.sock"
+        prov = subprocess.Popen(
+            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={vt.dir}",
+             "--server", f"type=unixio,path={sock}", "--ctrl", f"type=unixio,path={sock}.ctrl",
+             "--flags", "not-need-init,startup-clear"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        try:
+            _wait_for(Path(f"{sock}.ctrl"), prov, "swtpm (provisioning)")
+            _wait_for(sock, prov, "swtpm (provisioning)")
+            env = {**os.environ, "TPM2TOOLS_TCTI": f"swtpm:path={sock}"}
+            for args in (
+                ["tpm2_createprimary", "-C", "o", "-G", "rsa2048:rsassa-sha256:null", "-a", AK_ATTRS,
+                 "-c", "ak.ctx"],
+                ["tpm2_evictcontrol", "-C", "o", "-c", "ak.ctx", f"{AK_HANDLE:#x}"],
+                ["tpm2_flushcontext", "-t"],
+                ["tpm2_createprimary", "-C", "o", "-G", "ecc256:ecdsa-sha256:null", "-a", AK_ATTRS,
+                 "-c", "ak2.ctx"],
+                ["tpm2_evictcontrol", "-C", "o", "-c", "ak2.ctx", f"{UNTRUSTED_AK_HANDLE:#x}"],
+                ["tpm2_flushcontext", "-t"],
+                ["tpm2_readpublic", "-c", f"{AK_HANDLE:#x}", "-f", "pem", "-o", str(vt.ak_pem)],
+            ):  # fmt: skip
+                cp = subprocess.run(args, env=env, cwd=vt.dir, capture_output=True, text=True, timeout=60)
+                if cp.returncode != 0:
+                    raise VmScenarioError(f"{args[0]} failed: {cp.stderr[-300:]}")
+            # an orderly TPM shutdown: the persistent AK is in the state file the guest's TPM loads
+            subprocess.run(["swtpm_ioctl", "--unix", f"{sock}.ctrl", "-s"], capture_output=True, timeout=30)
+            prov.wait(30)
+        finally:
+            if prov.poll() is None:
+                prov.kill()
+                prov.wait()
+        vt.proc = subprocess.Popen(
+            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={vt.dir}",
+             "--ctrl", f"type=unixio,path={vt.ctrl}", "--terminate",
+             "--log", f"file={vt.dir / 'swtpm.log'},level=1"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        _wait_for(vt.ctrl, vt.proc, "swtpm")
+    except BaseException:
+        vt.stop()
+        raise
+    say(
+        f"vm: swtpm vTPM in {vt.dir}: AKs persistent at {AK_HANDLE:#x} (RSA-2048) and {UNTRUSTED_AK_HANDLE:#x} (ECC P-256)"
+    )
+    return vt
 
 
 @dataclasses.dataclass(frozen=True)
@@ -431,8 +549,12 @@ def run_scenario(workdir: Path, *, say: Say = print, timeout: float = VM_TIMEOUT
         lookaside = _lookaside_server(workdir / "sigstore")
         guest_lookaside = f"http://{HOST_ALIAS}:{lookaside.server_address[1]}"
         say(f"vm: signature lookaside on 127.0.0.1:{lookaside.server_address[1]} (guest: {guest_lookaside})")
+        vtpm = _start_vtpm(say)
+        ak_spki = vtpm.ak_spki_b64()
         try:
-            with start_kbs(workdir / "kbs", policy=None) as kbs:
+            # The KBS trusts the vTPM's AK by configuration (the tpm verifier's trusted_ak_keys).
+            tpm_cfg = f'[attestation_service.verifier_config.tpm]\ntrusted_ak_keys = ["{vtpm.ak_pem}"]\n'
+            with start_kbs(workdir / "kbs", policy=None, extra_toml=tpm_cfg) as kbs:
                 guest_kbs = f"http://{HOST_ALIAS}:{kbs.port}"
                 say(f"vm: reference KBS on {kbs.url} (guest: {guest_kbs}); seeding with kbs-client")
                 files = {
@@ -476,6 +598,12 @@ def run_scenario(workdir: Path, *, say: Say = print, timeout: float = VM_TIMEOUT
                 # The first pull goes the Kata way: the host runtime turns the container into a
                 # Storage{driver=image_guest_pull}; the agent glue in the guest hands it to CDH.
                 cid = nonce * 4
+                # Init-data for the TPM AA (SHA-256: the tpm attester extends it into PCR 8).
+                tpm_initdata = (
+                    'version = "0.1.0"\nalgorithm = "sha256"\n[data]\n'
+                    f'"aa.toml" = """\n[token_configs.kbs]\nurl = "{guest_kbs}"\n"""\n'
+                )
+                init_digest = hashlib.sha256(tpm_initdata.encode()).digest()
                 storage = guest_pull_storages(
                     cid,
                     {
@@ -500,6 +628,11 @@ def run_scenario(workdir: Path, *, say: Say = print, timeout: float = VM_TIMEOUT
                          "cid": "refused", "run": True},
                     ],
                     "deny": {"image": app, "file": f_, "image_toml": image_toml("denied")},
+                    "tpm": {
+                        "ak_handle": f"{AK_HANDLE:#x}",
+                        "untrusted_ak_handle": f"{UNTRUSTED_AK_HANDLE:#x}",
+                        "initdata_toml": tpm_initdata,
+                    },
                 }  # fmt: skip
                 cfg_file = workdir / "guest-config.json"
                 cfg_file.write_text(json.dumps(cfg))
@@ -519,6 +652,7 @@ def run_scenario(workdir: Path, *, say: Say = print, timeout: float = VM_TIMEOUT
                     "-drive", f"file={blank},if=none,id=ts,format=raw,cache=unsafe",
                     "-device", "virtio-blk-pci,drive=ts,serial=trusted_store",
                     "-netdev", "user,id=n0", "-device", "virtio-net-pci,netdev=n0,romfile=",
+                    *vtpm.qemu_args(),
                 ]  # fmt: skip
                 say(f"vm: booting the guest (TCG, 2 vCPUs, 2 GiB; timeout {timeout:.0f}s)")
                 con, qemu_rc, vm_seconds = _boot(cmd, workdir / "console.log", say, timeout)
@@ -528,10 +662,27 @@ def run_scenario(workdir: Path, *, say: Say = print, timeout: float = VM_TIMEOUT
                     )))
                 )  # fmt: skip
                 say(f"vm: the KBS refused: {', '.join(refused) or 'nothing'}")
+                ak_rejections = [
+                    line[line.index("attestation rejected") :].split('"')[0]
+                    for line in kbs.log_text().splitlines()
+                    if "attestation rejected" in line and "tpm" in line
+                ]
         finally:
+            vtpm.stop()
             lookaside.shutdown()
             lookaside.server_close()
-        return _summarise(con.results, qemu_rc, vm_seconds, file_body, t_start, trusted, refused)
+        return _summarise(
+            con.results,
+            qemu_rc,
+            vm_seconds,
+            file_body,
+            t_start,
+            trusted,
+            refused,
+            ak_spki,
+            ak_rejections,
+            init_digest,
+        )
     finally:
         registry.stop()
 
@@ -544,6 +695,9 @@ def _summarise(
     t_start: float,
     trusted: _TrustedImages,
     kbs_refused: list[str],
+    ak_spki: str,
+    ak_rejections: list[str],
+    init_digest: bytes,
 ) -> dict[str, Any]:
     if qemu_rc != 0:
         raise VmScenarioError(f"qemu exited with {qemu_rc}")
@@ -557,7 +711,38 @@ def _summarise(
     key_denied = _one(results, "pull", label="key-denied")
     refused = _one(results, "pull", label="runc-refused")
     deny = _one(results, "deny")
+    tpm = _one(results, "tpm_attest")
     problems = []
+    if not tpm.get("ok"):
+        problems.append(f"TPM attestation in the guest failed: {tpm.get('error')}")
+    else:
+        tclaims = tpm["claims"]
+        if tpm["tee"] != "tpm" or tpm["attester"] != "tpm":
+            problems.append(
+                f"the guest's second AA attested as {tpm['attester']}, the token says {tpm['tee']}"
+            )
+        if tclaims.get("ak_public") != ak_spki or tclaims.get("ak_trust") != "configured":
+            problems.append("the token's TPM claims name another AK than the one provisioned in the vTPM")
+        if sorted(tpm["pcrs_quoted"]) != list(range(24)):
+            problems.append(f"the token quotes PCRs {tpm['pcrs_quoted']}, not 0-23")
+        mismatched = [i for i, v in tpm["guest_pcrs"].items() if tclaims.get(f"pcr{int(i):02d}") != v]
+        if not tpm["guest_pcrs"] or mismatched:
+            problems.append(f"the token's PCRs differ from the guest kernel's view of its TPM: {mismatched}")
+        if 0 not in tpm["pcrs_measured"]:
+            problems.append("PCR 0 is unmeasured: the firmware measured nothing into the vTPM")
+        pcr8 = hashlib.sha256(bytes(32) + init_digest).hexdigest()  # one extend from reset
+        if tpm["init_data"] != init_digest.hex() or tpm["init_data_pcr"] != pcr8 or tclaims["pcr08"] != pcr8:
+            problems.append(
+                f"init-data not bound: KBS digest {tpm['init_data']}, PCR 8 {tclaims.get('pcr08')}, want {pcr8}"
+            )
+        if tpm["event_log_events"] < 1:
+            problems.append("the KBS replayed no event log against the quoted PCRs")
+        if "untrusted_ak_error" not in tpm:
+            problems.append("no attestation with an untrusted AK was tried")
+        if not any("neither configured nor certified" in line for line in ak_rejections):
+            problems.append(f"the KBS log shows no untrusted-AK rejection: {ak_rejections}")
+    if att.get("tee") != "sample":
+        problems.append(f"the coco-dev AA attested as {att.get('tee')}, not sample")
     if done.get("rc") != 0:
         problems.append(f"the guest scenario failed (rc {done.get('rc')})")
     if not sm["work_dir_on_mapper"]:
@@ -632,6 +817,7 @@ def _summarise(
         "boot_seconds": boot["boot_seconds"],
         "components_up_seconds": boot["components_up_seconds"],
         "attestation": att["submods"],
+        "attestation_tee": att["tee"],
         "secure_mount_seconds": sm["seconds"],
         "first_pull_seconds": first["seconds"],
         "first_pull_via": first["via"],
@@ -646,6 +832,22 @@ def _summarise(
         "runc_refused_error": refused["error"],
         "kbs_refused": kbs_refused,
         "kbs_denied_error": deny["error"],
+        "tpm": {
+            "tee": tpm["tee"],
+            "device": tpm["device"],
+            "ak_trust": tpm["claims"]["ak_trust"],
+            "ak_matches_provisioned": tpm["claims"]["ak_public"] == ak_spki,
+            "pcrs_quoted": tpm["pcrs_quoted"],
+            "pcrs_measured": tpm["pcrs_measured"],
+            "pcr00": tpm["claims"]["pcr00"],
+            "event_log_events": tpm["event_log_events"],
+            "init_data": tpm["init_data"],
+            "pcr08": tpm["claims"]["pcr08"],
+            "untrusted_ak_error": tpm.get("untrusted_ak_error", ""),
+            "kbs_untrusted_ak_log": ak_rejections[-1][:200] if ak_rejections else "",
+            "ear_status": tpm["ear_status"],
+            "token_seconds": tpm["token_seconds"],
+        },
         "vm_seconds": round(vm_seconds, 1),
         "total_seconds": round(time.monotonic() - t_start, 1),
     }

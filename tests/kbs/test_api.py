@@ -215,12 +215,20 @@ async def test_init_data_and_sampledevice(kbs: Kbs, http: httpx.AsyncClient) -> 
     ae = claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]
     import hashlib
 
-    assert ae["init_data"] == hashlib.sha256(toml.encode()).hexdigest()
+    # as trustee's broker: the verifier's init_data / report_data claims move to the top level
+    # unchanged (the sample verifier gives base64), and leave the TEE's own claims
+    assert ae["init_data"] == base64.b64encode(hashlib.sha256(toml.encode()).digest()).decode()
     assert ae["init_data_claims"] == {"cdh.toml": {"socket": "x"}, "k": "v"}
+    primary_rd = hash_canonical(
+        "sha384", {"additional-evidence": additional, "nonce": nonce, "tee-pubkey": key.public_jwk()}
+    )
+    assert base64.b64decode(ae["report_data"]) == primary_rd
     assert ae["runtime_data_claims"]["additional-evidence"] == additional
-    assert ae["sample"]["init_data"] == base64.b64encode(hashlib.sha256(toml.encode()).digest()).decode()
-    gpu = claims["submods"]["gpu0"]
-    assert gpu["ear.veraison.annotated-evidence"]["sampledevice"]["svn"] == "2"
+    assert "init_data" not in ae["sample"] and "report_data" not in ae["sample"]
+    gpu = claims["submods"]["gpu0"]["ear.veraison.annotated-evidence"]
+    assert gpu["sampledevice"] == {"svn": "2"}
+    assert gpu["runtime_data_claims"] == {"nonce": nonce, "tee-pubkey": key.public_jwk()}
+    assert base64.b64decode(gpu["report_data"]) == dev_rd and "init_data" not in gpu
     # device evidence bound to the wrong digest is refused
     sid, nonce = await handshake(http, kbs.url)
     bad_add = json.dumps({"sampledevice": sample_evidence(b"\0" * 48)})
@@ -315,7 +323,8 @@ async def test_attestation_policy_upload(kbs: Kbs, http: httpx.AsyncClient) -> N
     assert r.status_code == 200, r.text
     att = await attest(http, kbs.url, SampleEvidenceSource(), attempts=1)
     vec = decode_unverified(att.token)[1]["submods"]["cpu0"]["ear.trustworthiness-vector"]
-    assert vec["instance-identity"] == 4 and vec["configuration"] == 0
+    # as rust-ear: only the claims the policy set are in the vector
+    assert vec == {"executables": 2, "hardware": 2, "instance-identity": 4}
     r = await http.get(f"{kbs.url}/kbs/v0/attestation-policy", headers=kbs.admin_headers())
     assert r.json() == ["default_cpu"]
 

@@ -38,6 +38,9 @@ from tests.support.kbs import free_port
 from .conftest import admin_material, config_doc
 from .test_api import attest_body, do_attest, handshake
 
+#: the reference values trustee's default CPU policy needs for sample hardware = 2
+SAMPLE_HW_RVS = {"svn": [SAMPLE_SVN], "major_version": 1, "minimum_minor_version": 0}
+
 
 def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path) -> None:
     deadline = time.time() + 30
@@ -145,7 +148,7 @@ async def test_kbs_separate_as_separate_rvps_complete_rcar(split: dict[str, Any]
             assert key.decrypt(r.json()) == secret
 
             # KBS -> AS -> RVPS: register through the KBS admin API, it lands in the separate RVPS
-            payload = base64.b64encode(json.dumps({"svn": [SAMPLE_SVN]}).encode()).decode()
+            payload = base64.b64encode(json.dumps(SAMPLE_HW_RVS).encode()).decode()
             rvps_direct = RvpsClient(f"http://127.0.0.1:{split['rvps_port']}")
             try:
                 await state.rvps.register(
@@ -202,7 +205,7 @@ async def test_builtin_as_with_separate_rvps(split: dict[str, Any]) -> None:
     await server.start_server()
     url = f"http://127.0.0.1:{server.port}"
     try:
-        payload = base64.b64encode(json.dumps({"svn": [SAMPLE_SVN]}).encode()).decode()
+        payload = base64.b64encode(json.dumps(SAMPLE_HW_RVS).encode()).decode()
         await state.rvps.register(json.dumps({"type": "sample", "payload": payload}).encode())
         assert await state.rvps.get("svn") == [SAMPLE_SVN]
         key = TeeKeyPair.generate()

@@ -354,19 +354,6 @@ async def test_reference_values_expire_and_messages_are_strict() -> None:
             await rv.register(bad)
 
 
-async def test_gpu_policy_with_device_reference_value() -> None:
-    from kbs.policy import AttestationPolicies
-
-    pol = AttestationPolicies(MemoryStore())
-    dev = {"sampledevice": {"svn": "2", "report_data": "x"}}
-    res = await pol.appraise("gpu", dev, {})
-    assert ear_status(res.trust_vector) == "contraindicated"
-    res = await pol.appraise("gpu", dev, {"device_svn": ["2"]})
-    assert ear_status(res.trust_vector) == "affirming"
-    # switch and other classes without their own default use the device policy
-    assert ear_status((await pol.appraise("switch", dev, {"device_svn": ["2"]})).trust_vector) == "affirming"
-
-
 def test_session_repr_hides_bearer_credentials() -> None:
     from kbs.sessions import Session
 

@@ -52,8 +52,72 @@ async def test_attestation_policy_needs_policy_id(kbs: Kbs, http: httpx.AsyncCli
     pol = base64.urlsafe_b64encode(rego).rstrip(b"=").decode()
     r = await http.post(f"{kbs.url}/kbs/v0/attestation-policy", json={"type": "rego", "policy": pol},
                         headers=kbs.admin_headers())  # fmt: skip
-    assert r.status_code == 401 and _err(r) == "AttestationError" and "policy_id" in r.text
+    assert r.status_code == 401 and _err(r) == "AttestationError"
+    assert r.json()["detail"] == "Attestation error: Set Attestation Policy failed"  # trustee's text
     assert await kbs.state.service.policies.list_ids() == []  # nothing stored under a made-up id
+    # trustee's SetPolicyInput: any failure to read it is the same AttestationError
+    for raw in (b"{", b"[]", json.dumps({"policy_id": 5, "policy": pol}).encode(),
+                json.dumps({"policy_id": "default_cpu", "policy": "!!"}).encode(),
+                json.dumps({"policy_id": "default_cpu"}).encode()):  # fmt: skip
+        r = await http.post(f"{kbs.url}/kbs/v0/attestation-policy", content=raw, headers=kbs.admin_headers())
+        assert r.status_code == 401 and _err(r) == "AttestationError", raw
+    # members other than policy_id and policy are ignored (serde), type included
+    body = {"type": "anything", "policy_id": "default_cpu", "policy": pol, "extra": 1}
+    r = await http.post(f"{kbs.url}/kbs/v0/attestation-policy", json=body, headers=kbs.admin_headers())
+    assert r.status_code == 200, r.text
+    assert await kbs.state.service.policies.list_ids() == ["default_cpu"]
+
+
+async def test_resource_policy_body_as_trustee(kbs: Kbs, http: httpx.AsyncClient) -> None:
+    """Audit K11: every body failure is ParsePolicyError with trustee's text; extra members
+    are ignored."""
+    url = f"{kbs.url}/kbs/v0/resource-policy"
+    before = await kbs.state.store.get("kbs", "resource-policy.rego")
+    cases = {
+        b"not json": "Illegal SetPolicy Request Json",
+        b'{"nope": "x"}': "No `policy` field inside SetPolicy Request Json",
+        b"[1]": "No `policy` field inside SetPolicy Request Json",
+        b'{"policy": 5}': "`policy` field is not a string in SetPolicy Request Json",
+        b'{"policy": "!!"}': "Failed to decode policy",
+    }
+    for raw, why in cases.items():
+        r = await http.post(url, content=raw, headers=kbs.admin_headers())
+        assert r.status_code == 401 and _err(r) == "ParsePolicyError", raw
+        assert r.json()["detail"] == f"Failed to parse policy: {why}"
+    assert await kbs.state.store.get("kbs", "resource-policy.rego") == before
+    allow = base64.urlsafe_b64encode(builtin_policy("allow_all")).rstrip(b"=").decode()
+    r = await http.post(url, json={"policy": allow, "comment": "ignored"}, headers=kbs.admin_headers())
+    assert r.status_code == 200, r.text
+    assert await kbs.state.store.get("kbs", "resource-policy.rego") == builtin_policy("allow_all")
+
+
+@pytest.mark.parametrize("check", [True, False])
+async def test_policy_syntax_check_at_upload_unless_compatibility_says(tmp_path: Path, check: bool) -> None:
+    """Deliberate difference: a policy that is not Rego is refused at upload; with
+    ``[compatibility] check_policy_at_upload = false`` it is stored as trustee stores it, and
+    fails when evaluated."""
+    kbs, server = await start(tmp_path, compatibility={"check_policy_at_upload": check})
+    broken = base64.urlsafe_b64encode(b"package policy\nallow if {{").rstrip(b"=").decode()
+    try:
+        async with httpx.AsyncClient(timeout=30) as http:
+            r = await http.post(f"{kbs.url}/kbs/v0/resource-policy", json={"policy": broken},
+                                headers=kbs.admin_headers())  # fmt: skip
+            assert (r.status_code == 401 and _err(r) == "ParsePolicyError") if check else r.status_code == 200
+            body = {"policy_id": "default_cpu", "policy": broken}
+            r = await http.post(
+                f"{kbs.url}/kbs/v0/attestation-policy", json=body, headers=kbs.admin_headers()
+            )
+            assert (r.status_code == 401) if check else r.status_code == 200
+            stored = await kbs.state.service.policies.list_ids()
+            assert stored == ([] if check else ["default_cpu"])
+            if not check:  # the broken attestation policy now fails the appraisal
+                sid, nonce = await handshake(http, kbs.url)
+                r = await do_attest(http, kbs.url, sid, attest_body(nonce, TeeKeyPair.generate()))
+                assert r.status_code == 401 and _err(r) == "AttestationError"
+    finally:
+        await server.close()
+        for c in kbs.state.closers:
+            await c()
 
 
 def test_admin_mode_is_required(tmp_path: Path) -> None:
@@ -201,3 +265,82 @@ async def test_other_methods_are_405(kbs: Kbs, http: httpx.AsyncClient) -> None:
                          ("POST", "/metrics"), ("POST", "/healthz")):  # fmt: skip
         r = await http.request(method, f"{kbs.url}{path}")
         assert r.status_code == 405, (method, path, r.status_code)
+
+
+async def test_trustee_error_texts_when_compatibility_says(tmp_path: Path) -> None:
+    """Audit K15: by default error details say what failed; ``[compatibility]
+    detailed_error_texts = false`` gives trustee's error.rs texts (reason only in the log)."""
+    from kbs.errors import (
+        AttestationError,
+        JweError,
+        ParsePolicyError,
+        PluginInternalError,
+        RvpsError,
+        SerdeError,
+        StorageError,
+        TokenVerifierError,
+    )
+
+    # the variants whose trustee Display hides the source have fixed texts, the others a prefix
+    assert TokenVerifierError("token expired").trustee_detail() == "Token Verifier error"
+    assert PluginInternalError("Illegal HTTP method").trustee_detail() == "Plugin internal error"
+    assert StorageError("disk full").trustee_detail() == "Plugin internal error"
+    assert SerdeError("bad").trustee_detail() == "Serialize/Deserialize failed"
+    assert JweError("JWE error: x").trustee_detail() == "JWE failed"
+    assert RvpsError("x").trustee_detail() == "RVPS configuration failed: x"
+    assert ParsePolicyError("Failed to parse policy: y").trustee_detail() == "Failed to parse policy: y"
+    assert AttestationError("Attestation error: z").trustee_detail() == "Attestation error: z"
+
+    for detailed in (True, False):
+        (tmp_path / str(detailed)).mkdir()
+        kbs, server = await start(tmp_path / str(detailed), compatibility={"detailed_error_texts": detailed})
+        try:
+            async with httpx.AsyncClient(timeout=30) as http:
+                r = await http.get(
+                    f"{kbs.url}/kbs/v0/resource/default/key/k",
+                    headers={"Authorization": "Bearer e30.e30.AAAA"},
+                )
+                assert r.status_code == 401 and _err(r) == "TokenVerifierError"
+                if detailed:
+                    assert r.json()["detail"] != "Token Verifier error" and "token" in r.json()["detail"]
+                else:
+                    assert r.json()["detail"] == "Token Verifier error"
+                r = await http.delete(
+                    f"{kbs.url}/kbs/v0/resource/default/key/none", headers=kbs.admin_headers()
+                )
+                assert r.status_code == 401 and _err(r) == "PluginInternalError"
+                assert (r.json()["detail"] == "Plugin internal error") is not detailed
+        finally:
+            await server.close()
+            for c in kbs.state.closers:
+                await c()
+
+
+async def test_grpc_as_reads_the_compatibility_keys() -> None:
+    """The separate attestation service (``grpc-as``) takes the same ``compatibility`` keys that
+    concern it: policy syntax at upload and expired reference values."""
+    from kbs.errors import ParsePolicyError
+    from kbs.grpc_as import build_service
+
+    broken = b"package policy\nallow if {{"
+    svc, closers = await build_service({})
+    try:
+        with pytest.raises(ParsePolicyError):
+            await svc.policies.set("default_cpu", broken)
+    finally:
+        for c in closers:
+            await c.close()
+    doc = {"compatibility": {"check_policy_at_upload": False, "hide_expired_reference_values": False}}
+    svc, closers = await build_service(doc)
+    try:
+        await svc.policies.set("default_cpu", broken)
+        assert await svc.policies.list_ids() == ["default_cpu"]
+        payload = base64.b64encode(b'{"svn": ["1"]}').decode()
+        assert isinstance(svc.rvps, ReferenceValues)
+        await svc.rvps.register(
+            json.dumps({"type": "sample", "payload": payload}).encode(), now=time.time() - 2 * RV_LIFETIME_S
+        )
+        assert await svc.rvps.get("svn") == ["1"]  # expired, still returned as trustee's RVPS does
+    finally:
+        for c in closers:
+            await c.close()

@@ -193,3 +193,22 @@ def test_policy_that_can_never_allow_is_warned(
         cfg = ["--url", kbs.url, "config", "--admin-token-file", str(kbs.admin_token_file)]
         assert run(capsys, *cfg, "set-resource-policy", "--policy-file", str(tmp_path / "kbs.rego"))[0] == 0
     assert "not 'package policy'" in caplog.text and "deny every request" in caplog.text
+
+
+def test_plain_http_to_a_tls_kbs_names_https_and_is_not_retried(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    from tests.kbs.test_peer import tls_material
+
+    caplog.set_level(logging.INFO)
+    with start_kbs(tmp_path / "k", tls=tls_material(tmp_path)) as kbs:
+        assert kbs.url.startswith("https://")
+        plain = "http://" + kbs.url.removeprefix("https://")
+        rc, _, err = run(capsys, "--url", plain, "attest")
+    assert rc == 1
+    host_port = plain.removeprefix("http://").rstrip("/")
+    assert (
+        f"the server at {host_port} closed the connection without answering; does it expect https://?" in err
+    )
+    assert "RemoteProtocolError" not in err and "ReadError" not in err
+    assert not [r for r in caplog.records if "RCAR attempt" in r.getMessage()]

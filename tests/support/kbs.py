@@ -225,9 +225,10 @@ class RunningKbs:
         self._ok(self.admin("POST", "/kbs/v0/reference-value", json_body=body), "reference-value")
 
     def set_sample_reference_values(self) -> None:
-        """The values that make the sample TEE affirming under the default CPU policy."""
+        """The values that make the sample TEE affirming under the default CPU policy (trustee's
+        rules: launch_digest, svn, major_version, minimum_minor_version)."""
         self.set_reference_values({"svn": ["1"], "launch_digest": ["abcde"], "major_version": 1,
-                                   "minimum_minor_version": 1, "device_svn": ["2"]})  # fmt: skip
+                                   "minimum_minor_version": 1})  # fmt: skip
 
     def log_text(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -37,6 +37,7 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -49,6 +50,11 @@ from guest_pull.agent import CdhClient, ImagePullHandler
 from guest_pull.storage import Storage
 
 AA_SOCK = "/run/confidential-containers/attestation-agent/attestation-agent.sock"
+AA_TPM_SOCK = "/run/confidential-containers/attestation-agent/attestation-agent-tpm.sock"
+TPM_DEVICE = "/dev/tpmrm0"
+# Set for the coco-dev AA: a device that does not exist hides the vTPM from its
+# detection, so it falls back to the sample TEE as on a VM without a TPM.
+NO_TPM = "/dev/coco-no-tpm"
 CDH_SOCK = "/run/confidential-containers/cdh.sock"
 CONF_DIR = Path("/run/confidential-containers/initdata")
 WORK_DIR = "/run/kata-containers/image/"
@@ -158,8 +164,8 @@ def dm_name(dev: str) -> str:
     return name_file.read_text().strip() if name_file.exists() else Path(dev).name
 
 
-async def attest(aa: Any, cdh: Any, probe: str | None) -> None:
-    t = time.monotonic()
+async def kbs_token(aa: Any) -> dict[str, Any]:
+    """AA ``GetToken("kbs")`` (an RCAR round with the KBS): the token's claims."""
     resp = await aa.call(
         "attestation_agent.AttestationAgentService",
         "GetToken",
@@ -169,12 +175,32 @@ async def attest(aa: Any, cdh: Any, probe: str | None) -> None:
     )
     token = json.loads(resp.Token)["token"]  # the response also holds the TEE private key: never print it
     payload = token.split(".")[1]
-    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    claims: dict[str, Any] = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    return claims
+
+
+_NOT_TEE_CLAIMS = {"runtime_data_claims", "report_data", "init_data", "init_data_claims"}
+
+
+def cpu_evidence(claims: dict[str, Any]) -> tuple[str, dict[str, Any], str | None]:
+    """(TEE name, its verifier claims, EAR status) of the token's ``cpu0`` submod."""
+    cpu = claims.get("submods", {}).get("cpu0", {})
+    annotated = cpu.get("ear.veraison.annotated-evidence", {})
+    tees = [k for k in annotated if k not in _NOT_TEE_CLAIMS]
+    if len(tees) != 1:
+        raise RuntimeError(f"the token's cpu0 submod names {tees}, not one TEE")
+    return tees[0], annotated[tees[0]], cpu.get("ear.status")
+
+
+async def attest(aa: Any, cdh: Any, probe: str | None) -> None:
+    t = time.monotonic()
+    claims = await kbs_token(aa)
     submods = claims.get("submods", {})
     info: dict[str, Any] = {
         "token_seconds": round(time.monotonic() - t, 1),
         "submods": {k: v.get("ear.status") for k, v in submods.items() if isinstance(v, dict)},
         "profile": claims.get("eat_profile"),
+        "tee": cpu_evidence(claims)[0],
     }
     if probe:
         r = await cdh.call(
@@ -445,6 +471,98 @@ def upper_on(upperdir: str, bundle: Path, work_dev: int) -> bool:
     return False
 
 
+def guest_pcrs() -> dict[str, str]:
+    """The SHA-256 PCRs as the guest kernel reads them from its TPM (sysfs)."""
+    d = Path("/sys/class/tpm/tpm0/pcr-sha256")
+    return {p.name: p.read_text().strip().lower() for p in d.iterdir()} if d.is_dir() else {}
+
+
+async def tpm_token(
+    name: str, sock: str, ak_handle: str, initdata: Path | None = None
+) -> tuple[str, dict[str, Any]]:
+    """Start an AA (as the Kata agent would on a VM with a TPM) whose attester uses
+    the AK at ``ak_handle``, get a KBS token from it, stop it: (attester, claims).
+    With ``initdata`` the AA binds its digest (PCR 8) and sends it with the evidence."""
+    args = ["attestation-agent", "--attestation_sock", f"unix://{sock}", "-c", str(CONF_DIR / "aa.toml")]
+    proc = launch(
+        args + (["-t", str(initdata)] if initdata else []),
+        sock,
+        name,
+        {"AA_TPM_DEVICE": TPM_DEVICE, "AA_TPM_AK_HANDLE": ak_handle},
+    )
+    # the AA logs which attester detection chose (plain text or a JSON log record)
+    found = re.findall(r"primary attester: ([\w-]+)", Path(f"/run/{name}.log").read_text(errors="replace"))
+    attester = found[-1] if found else ""
+    client = connect(f"unix://{sock}")
+    try:
+        return attester, await kbs_token(client)
+    finally:
+        await client.close()
+        proc.terminate()
+
+
+async def tpm_attest(cfg: dict[str, Any]) -> dict[str, Any]:
+    """Attest with the vTPM: an AA whose detection finds it runs the ``tpm``
+    attester (a quote of PCRs 0-23 by the AK the KBS is configured to trust, and
+    the firmware's event log) through a full RCAR round; then an AA quoting with
+    an AK the KBS does not trust must get no token."""
+    t = time.monotonic()
+    out: dict[str, Any] = {"ok": False, "device": TPM_DEVICE}
+    try:
+        if not Path(TPM_DEVICE).exists():
+            raise RuntimeError(f"{TPM_DEVICE} is missing: the kernel found no TPM")
+        desc = Path("/sys/class/tpm/tpm0/tpm_version_major")
+        say(f"TPM: {TPM_DEVICE}, TPM {desc.read_text().strip() if desc.exists() else '?'}.x")
+        # securityfs carries the firmware's event log (binary_bios_measurements) the attester sends
+        if mount_of("/sys/kernel/security") is None:
+            subprocess.run(["mount", "-t", "securityfs", "securityfs", "/sys/kernel/security"], check=False)
+        elog = Path("/sys/kernel/security/tpm0/binary_bios_measurements")
+        say(f"TPM event log: {'present' if elog.exists() else 'absent'}")
+        initdata = None
+        if cfg.get("initdata_toml"):
+            initdata = CONF_DIR / "initdata-tpm.toml"
+            initdata.write_text(cfg["initdata_toml"])
+        attester, claims = await tpm_token("attestation-agent-tpm", AA_TPM_SOCK, cfg["ak_handle"], initdata)
+        tee, tclaims, status = cpu_evidence(claims)
+        annotated = claims["submods"]["cpu0"]["ear.veraison.annotated-evidence"]
+        pcrs = {int(k[3:]): v for k, v in tclaims.items() if k.startswith("pcr") and k[3:].isdigit()}
+        out.update(
+            attester=attester,
+            tee=tee,
+            ear_status=status,
+            claims={k: tclaims[k] for k in ("ak_public", "ak_trust", "report_data") if k in tclaims}
+            | {k: v for k, v in tclaims.items() if k.startswith("pcr")},
+            pcrs_quoted=sorted(pcrs),
+            # neither the reset value (0) nor that of the DRTM PCRs outside locality 4 (all ones)
+            pcrs_measured=sorted(i for i, v in pcrs.items() if v.strip("0") and v.strip("f")),
+            event_log_events=len(tclaims.get("uefi_event_logs") or []),
+            init_data=annotated.get("init_data"),  # the digest the KBS computed from what the AA sent
+            init_data_pcr=tclaims.get("init_data"),  # PCR 8 in the verified quote
+            guest_pcrs=guest_pcrs(),
+            token_seconds=round(time.monotonic() - t, 1),
+        )
+        say(f"TPM attestation: {tee} token, AK trust {tclaims.get('ak_trust')}, PCR0 {tclaims.get('pcr00')}")
+        if cfg.get("untrusted_ak_handle"):
+            try:
+                await tpm_token("attestation-agent-tpm-untrusted", AA_TPM_SOCK, cfg["untrusted_ak_handle"])
+            except Exception as exc:
+                out["untrusted_ak_error"] = f"{type(exc).__name__}: {exc}"[:400]
+                say(f"TPM attestation with an untrusted AK refused: {out['untrusted_ak_error'][:200]}")
+            else:
+                raise RuntimeError("the KBS issued a token for a quote by an AK it does not trust")
+        out["ok"] = True
+    except Exception as exc:
+        out["error"] = f"{type(exc).__name__}: {exc}"[:400]
+        say(f"TPM attestation failed: {out['error']}")
+        for name in ("attestation-agent-tpm", "attestation-agent-tpm-untrusted"):
+            log = Path(f"/run/{name}.log")
+            if log.exists():
+                for line in log.read_text(errors="replace")[-2000:].splitlines():
+                    say(f"  {name}: {line}")
+    result("tpm_attest", **out)
+    return out
+
+
 def cdh_toml(kbs_url: str, socket: str, image_toml: str) -> str:
     return (
         f'socket = "unix://{socket}"\n'
@@ -495,7 +613,7 @@ async def main() -> int:
     aa_args = ["attestation-agent", "--attestation_sock", f"unix://{AA_SOCK}"]
     if (CONF_DIR / "aa.toml").exists():
         aa_args += ["-c", str(CONF_DIR / "aa.toml")]
-    aa = launch(aa_args, AA_SOCK, "attestation-agent")
+    aa = launch(aa_args, AA_SOCK, "attestation-agent", {"AA_TPM_DEVICE": NO_TPM} if cfg.get("tpm") else None)
     cdh_proc = launch(
         ["confidential-data-hub", "-c", str(CONF_DIR / "cdh.toml")],
         CDH_SOCK,
@@ -508,6 +626,8 @@ async def main() -> int:
     rc = 0
     try:
         await attest(aa_client, cdh, cfg.get("probe_resource"))
+        if cfg.get("tpm") is not None and not (await tpm_attest(cfg["tpm"]))["ok"]:
+            rc = 1
         await secure_mount(cdh)
         for n, spec in enumerate(cfg["pulls"]):
             out = await pull(cdh, spec.get("cid", f"c{n}"), spec)

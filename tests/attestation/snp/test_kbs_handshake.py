@@ -94,8 +94,16 @@ async def test_reference_values_make_the_snp_guest_affirming(fx: Path, tmp_path:
     resource policy then releases the secret. With a different measurement
     registered, the same evidence is no longer affirming and is refused."""
     source, _ = _source(fx, tmp_path)
-    measurement = AttestationReport.from_bytes((fx / "trustee/test-report.bin").read_bytes()).measurement
-    msg = reference_value_message({**reference_values([measurement]), "snp_min_tcb_snp": 8})
+    report = AttestationReport.from_bytes((fx / "trustee/test-report.bin").read_bytes())
+    measurement = report.measurement
+    # trustee's default CPU policy: hardware 2 needs the four reported TCB components known
+    tcb = {
+        "snp_bootloader": [report.reported_tcb.bootloader],
+        "snp_microcode": [report.reported_tcb.microcode],
+        "snp_snp_svn": [report.reported_tcb.snp],
+        "snp_tee_svn": [report.reported_tcb.tee],
+    }
+    msg = reference_value_message({**reference_values([measurement]), **tcb})
     with support.start_kbs(
         tmp_path / "kbs", policy="affirming", resources={"default/key/snp": b"ok"}, extra_toml=SKIP_BINDING
     ) as kbs:
@@ -110,7 +118,7 @@ async def test_reference_values_make_the_snp_guest_affirming(fx: Path, tmp_path:
             _, claims = decode_unverified(att.token)
             assert claims["submods"]["cpu0"]["ear.status"] == "affirming"
 
-            kbs.set_reference_values({"snp_launch_measurement": ["00" * 48], "snp_min_tcb_snp": 8})
+            kbs.set_reference_values({"snp_launch_measurement": ["00" * 48], **tcb})
             att2 = await attest(http, kbs.url, source, attempts=1, timeout=30)
             _, claims2 = decode_unverified(att2.token)
             assert claims2["submods"]["cpu0"]["ear.status"] != "affirming"

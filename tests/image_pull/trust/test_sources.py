@@ -164,7 +164,7 @@ def test_gpg_verdicts(tmp_path: Path) -> None:
             verify_signed_message(sign(k.env, k.fpr, tmp_path, *args), k.pub.read_bytes())
     (tmp_path / "payload").write_bytes(PAYLOAD)
     literal = run(["gpg", "--batch", "--yes", "--store", "--output", "-", str(tmp_path / "payload")], k.env)
-    with pytest.raises(SignatureRejected, match=r"not an OpenPGP signed message|NODATA"):
+    with pytest.raises(SignatureRejected, match=r"not an OpenPGP signed message|or is corrupt"):
         verify_signed_message(literal, k.pub.read_bytes())
     # a flipped byte in the signed content
     bad = bytearray(sign(k.env, k.fpr, tmp_path, "--sign", "--compress-algo", "none"))
@@ -202,7 +202,7 @@ def test_gpg_expired_key(tmp_path: Path) -> None:
     fpr = next(ln.split(":")[9] for ln in out.splitlines() if ln.startswith("fpr:"))
     pub = run(["gpg", "--batch", "--export", fpr], env)
     blob = sign(env, fpr, tmp_path, *past, "--sign")
-    with pytest.raises(SignatureRejected, match="EXPKEYSIG"):
+    with pytest.raises(SignatureRejected, match="made by a key that has expired"):
         verify_signed_message(blob, pub)
 
 
