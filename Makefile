@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: deps deps-vm test lint typecheck unit demo vm-test ha-test images bench clean lock dist wheel-test footprint
+.PHONY: deps deps-vm test lint typecheck unit demo vm-test ha-test images bench bench-quick clean lock dist wheel-test footprint
 
 deps:
 	@scripts/install-deps.sh
@@ -37,8 +37,12 @@ ha-test: deps
 images: deps
 	$(PY) scripts/images.py
 
+# The performance table: bench/results/latest.{json,png}. BENCH_ARGS=--quick for a few minutes.
 bench: deps
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
+
+bench-quick: deps
+	$(PY) -m bench --quick
 
 # Regenerate the hash-checked locks (requirements/*.lock.txt) after editing the
 # dependencies in pyproject.toml; commit the result.

@@ -1,9 +1,12 @@
-"""`make bench`: run every benchmark in this folder, one after another.
+"""`make bench`: the performance table (``bench/table.py``), or named benchmarks.
 
-Each benchmark measures our code next to a real peer in the same run (see
-its docstring) and prints its own figures and ratios. Run one alone with
-``.venv/bin/python bench/<name>.py --help``. Pass names to run a subset:
-``python -m bench snp_verify pull_vs_skopeo``.
+With no names (or only options such as ``--quick``) this runs
+``bench/table.py``: every target row with our figure, the peer's and the
+ratio, written to ``bench/results/latest.json`` and plotted. Each benchmark
+measures our code next to a real peer in the same run (see its docstring).
+Run one alone with ``.venv/bin/python bench/<name>.py --help``; pass names to
+run those: ``python -m bench snp_verify pull_vs_skopeo``; ``--all`` runs every
+benchmark of the folder one after another.
 """
 
 from __future__ import annotations
@@ -15,10 +18,16 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 # Helper modules that are not benchmarks of their own.
-NOT_BENCHMARKS = {"__init__", "__main__", "_common", "nvidia_nvt_peer"}
+NOT_BENCHMARKS = {"__init__", "__main__", "_common", "nvidia_nvt_peer", "table"}
 
 
 def main(argv: list[str]) -> int:
+    if argv != ["--all"] and (not argv or argv[0].startswith("-")):
+        from bench import table
+
+        return table.main(argv)
+    if argv == ["--all"]:
+        argv = []
     names = argv or sorted(p.stem for p in HERE.glob("*.py") if p.stem not in NOT_BENCHMARKS)
     failed = []
     for name in names:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import statistics
 import sys
 import tempfile
@@ -63,7 +64,7 @@ def peak_rss_kib(pid: int) -> int:
     return 0
 
 
-async def bench(n: int) -> int:
+async def bench(n: int, json_out: Path | None = None) -> int:
     with tempfile.TemporaryDirectory() as d, start_stack(Path(d)) as s:
         s.set_resource("default/bench/secret", b"x" * 1024)
         assert s.cdh_sock is not None and s.aa_sock is not None
@@ -112,6 +113,11 @@ async def bench(n: int) -> int:
         print(f"  AA GetToken calls: reused client {reuse.tokens.fetches}, fresh mode {fresh_fetches}")
         cdh_pid = s.procs[-1].pid
         print(f"  CDH peak RSS {peak_rss_kib(cdh_pid) / 1024:.1f} MiB")
+        if json_out is not None:
+            doc = {"n": n, "cdh_ttrpc_ms": cdh_med, "in_process_reused_ms": reuse_med,
+                   "in_process_fresh_ms": fresh_med, "plain_http_ms": http_med,
+                   "ratio": cdh_med / http_med}  # fmt: skip
+            json_out.write_text(json.dumps(doc, indent=2))
         await reuse.close()
         await aa.close()
     return 0
@@ -120,7 +126,9 @@ async def bench(n: int) -> int:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("-n", type=int, default=50)
-    return asyncio.run(bench(ap.parse_args().n))
+    ap.add_argument("--json", type=Path, help="write the medians here too")
+    a = ap.parse_args()
+    return asyncio.run(bench(a.n, a.json))
 
 
 if __name__ == "__main__":

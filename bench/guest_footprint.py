@@ -131,20 +131,26 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=5, help="starts of each daemon (median reported)")
     ap.add_argument("--idle", type=float, default=2.0, help="seconds idle before reading RSS")
     ap.add_argument("--size-mb", type=int, default=64, help="uncompressed size of the pulled image")
+    ap.add_argument("--checkout", action="store_true",
+                    help="daemons only, from this checkout's .venv (no wheel, no fresh venvs, no pull)")  # fmt: skip
+    ap.add_argument("--json", type=Path, help="write the JSON document here too")
     a = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-footprint-", dir="/var/tmp"))
     try:
-        _sh([sys.executable, "-m", "build", "--no-isolation", "--wheel", "-o", str(tmp / "dist"), str(ROOT)],
-            stderr=subprocess.DEVNULL)  # fmt: skip
-        (wheel,) = (tmp / "dist").glob("coco_py-*.whl")
-        guest_site = _venv(tmp / "guest", "guest.lock.txt", wheel)
-        server_site = _venv(tmp / "server", "server.lock.txt", wheel)
-        out: dict[str, object] = {
-            "installed": {"guest": _site_size(guest_site), "server_set_for_scale": _site_size(server_site)},
-            "python": sys.version.split()[0],
-            "cpus": os.cpu_count(),
-        }
-        bin_ = tmp / "guest" / "bin"
+        out: dict[str, object] = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
+        if a.checkout:
+            bin_ = ROOT / ".venv" / "bin"
+        else:
+            _sh([sys.executable, "-m", "build", "--no-isolation", "--wheel", "-o", str(tmp / "dist"), str(ROOT)],
+                stderr=subprocess.DEVNULL)  # fmt: skip
+            (wheel,) = (tmp / "dist").glob("coco_py-*.whl")
+            guest_site = _venv(tmp / "guest", "guest.lock.txt", wheel)
+            server_site = _venv(tmp / "server", "server.lock.txt", wheel)
+            out["installed"] = {
+                "guest": _site_size(guest_site),
+                "server_set_for_scale": _site_size(server_site),
+            }
+            bin_ = tmp / "guest" / "bin"
         aa_sock, cdh_sock = tmp / "aa.sock", tmp / "cdh.sock"
         (tmp / "aa.toml").write_text('[token_configs.kbs]\nurl = "http://127.0.0.1:9"\n')
         (tmp / "cdh.toml").write_text(
@@ -193,6 +199,11 @@ def main() -> int:
             for name, rows in runs.items()
         }  # fmt: skip
 
+        if a.checkout:
+            print(json.dumps(out, indent=2))
+            if a.json:
+                a.json.write_text(json.dumps(out, indent=2))
+            return 0
         reg = RegistryServer(tmp / "reg")
         try:
             rnd = random.Random(7)
@@ -218,6 +229,8 @@ def main() -> int:
         finally:
             reg.stop()
         print(json.dumps(out, indent=2))
+        if a.json:
+            a.json.write_text(json.dumps(out, indent=2))
         return 0
     finally:
         subprocess.run(["umount", "-R", str(tmp / "pull" / "bundle" / "rootfs")], capture_output=True)

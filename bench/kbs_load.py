@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import tempfile
@@ -71,6 +72,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=10)
     ap.add_argument("--storage", default="Memory", choices=["Memory", "LocalFs"])
+    ap.add_argument("--json", type=Path, help="write the figures here too")
     args = ap.parse_args()
     keys = [TeeKeyPair.generate() for _ in range(32)]  # key generation is the client's cost, not the KBS's
     with tempfile.TemporaryDirectory() as d, start_kbs(Path(d), storage=args.storage,
@@ -96,6 +98,16 @@ def main() -> None:
         f"  KBS CPU: {(c1 - c0) / plain[3] * 1e3:.2f} ms per plain request, {(c2 - c1) / flows[3] * 1e3:.2f} ms per flow "
         "(client runs on the same machine)"
     )
+    if args.json:
+        doc = {
+            "clients": args.clients,
+            "storage": args.storage,
+            "plain": {"rps": plain[0], "p50_ms": plain[1], "p99_ms": plain[2], "n": plain[3],
+                      "kbs_cpu_ms": (c1 - c0) / plain[3] * 1e3},
+            "flow": {"rps": flows[0], "p50_ms": flows[1], "p99_ms": flows[2], "n": flows[3],
+                     "kbs_cpu_ms": (c2 - c1) / flows[3] * 1e3},
+        }  # fmt: skip
+        args.json.write_text(json.dumps(doc, indent=2))
 
 
 if __name__ == "__main__":

@@ -158,7 +158,9 @@ def main() -> int:
     ap.add_argument("--files", type=int, default=20000)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--targets", default="shm,disk")
+    ap.add_argument("--json", type=Path, help="write the medians here too")
     args = ap.parse_args()
+    out: dict[str, object] = {"files": args.files, "reps": args.reps, "rows": []}
     if shutil.which("tar") is None:
         print("GNU tar not found; nothing to compare with")
         return 1
@@ -188,6 +190,7 @@ def main() -> int:
         else:
             gz = oci[1]
         tar_mb = layer.stat().st_size / 1e6
+        out["entries"] = entries
         print(
             f"layer: {entries} entries, {data_bytes / 1e6:.1f} MB file data, tar {tar_mb:.1f} MB, "
             f"gzip {gz.stat().st_size / 1e6:.1f} MB (built in {time.monotonic() - t:.1f}s); "
@@ -231,6 +234,12 @@ def main() -> int:
                         line += f"; ours/umoci = {med['ours'][0] / med['umoci'][0]:.2f}x wall"
                         line += f", {med['ours'][1] / med['umoci'][1]:.2f}x cpu"
                     print(line)
+                    out["rows"].append(  # type: ignore[attr-defined]
+                        {"target": tname, "codec": codec,
+                         **{tool: {"wall_s": w, "cpu_s": c, "rss_mb": r} for tool, (w, c, r) in med.items()},
+                         "ratio_wall": med["ours"][0] / med["gnu-tar"][0],
+                         "ratio_cpu": med["ours"][1] / med["gnu-tar"][1]}
+                    )  # fmt: skip
                     staged.unlink()
                     if layout is not None:
                         shutil.rmtree(layout)
@@ -238,6 +247,8 @@ def main() -> int:
                 shutil.rmtree(base, ignore_errors=True)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2))
     return 0
 
 

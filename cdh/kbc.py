@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import logging
 import math
 import os
@@ -24,9 +25,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
-
-import httpx
+from typing import TYPE_CHECKING, Protocol
 
 from cdh.crypto import CryptoError, strict_json
 from cdh.errors import ConfigError, ResourceError, ResourceNotFound, TokenError
@@ -36,6 +35,11 @@ from coco_common.strict_json import strict_loads
 from coco_rpc import RpcError
 from kbs_client.errors import InvalidUri
 from kbs_client.uri import ResourceUri
+
+if TYPE_CHECKING:  # httpx is imported with the first KBS client: ~0.1 s less start-up
+    import httpx
+
+    from kbs_client.tee_key import TeeKeyPair
 
 __all__ = [
     "KBS_GET_RESOURCE_MAX_ATTEMPTS",
@@ -194,15 +198,27 @@ class TokenCache:
 # --------------------------------------------------------------------------- cc_kbc
 
 
-def _default_decrypter(pem: str, body: bytes) -> bytes:
+@functools.lru_cache(maxsize=2)
+def _tee_key(pem: str) -> TeeKeyPair:
+    """The token's TEE key, parsed once per token rather than per resource (loading an
+    RSA key checks it: ~10-100 ms; the token already holds the same PEM in memory)."""
     from kbs_client.tee_key import TeeKeyPair
 
-    key = TeeKeyPair.from_pem(pem.encode())
-    out: bytes = key.decrypt(body)
+    return TeeKeyPair.from_pem(pem.encode())
+
+
+def _default_decrypter(pem: str, body: bytes) -> bytes:
+    out: bytes = _tee_key(pem).decrypt(body)
     return out
 
 
 _ERROR_KIND = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
+
+
+def _http_error() -> type[httpx.HTTPError]:
+    import httpx
+
+    return httpx.HTTPError
 
 
 def _transport_reason(exc: httpx.HTTPError) -> str:
@@ -222,6 +238,8 @@ def _transport_reason(exc: httpx.HTTPError) -> str:
         if isinstance(cur, ConnectionRefusedError):
             return "connection refused; is the KBS running, is [kbc] url right?"
         cur = cur.__cause__ or cur.__context__
+    import httpx  # loaded already: ``exc`` is one of its errors
+
     if isinstance(exc, httpx.TimeoutException):
         return "timed out"
     return type(exc).__name__
@@ -243,31 +261,37 @@ class CcKbc:
         self.kbs_url = kbs_url.rstrip("/")
         self.tokens = TokenCache(token_fetch, clock=clock)
         self._decrypt = decrypt or _default_decrypter
-        if http is None:
-            verify: ssl.SSLContext | bool = True
-            if kbs_cert:
-                ctx = ssl.create_default_context()
-                try:
-                    ctx.load_verify_locations(cadata=kbs_cert)
-                except ssl.SSLError as exc:
-                    raise ConfigError("kbc.kbs_cert is not a PEM certificate") from exc
-                verify = ctx
-            http = httpx.AsyncClient(
+        self._verify: ssl.SSLContext | bool = True
+        if http is None and kbs_cert:
+            ctx = ssl.create_default_context()
+            try:
+                ctx.load_verify_locations(cadata=kbs_cert)
+            except ssl.SSLError as exc:
+                raise ConfigError("kbc.kbs_cert is not a PEM certificate") from exc
+            self._verify = ctx
+        self._http = http  # made on first use: httpx is not imported before a resource is asked for
+
+    def _client(self) -> httpx.AsyncClient:
+        if self._http is None:
+            import httpx
+
+            self._http = httpx.AsyncClient(
                 timeout=60.0,
-                verify=verify,
+                verify=self._verify,
                 headers={"User-Agent": "coco-py-cdh"},
                 trust_env=False,  # CA bundle and route from the config only, never the environment
             )
-        self._http = http
+        return self._http
 
     async def close(self) -> None:
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.aclose()
 
     async def _get_once(self, uri: ResourceUri, tok: KbsToken) -> tuple[int, bytes]:
         url = self.kbs_url + uri.kbs_path()
         try:
             hdrs = {"Authorization": f"Bearer {tok.token}", "Accept-Encoding": ACCEPT_DECODABLE}
-            async with self._http.stream("GET", url, headers=hdrs) as r:
+            async with self._client().stream("GET", url, headers=hdrs) as r:
                 body = await read_body(
                     r, MAX_KBS_RESPONSE_BYTES, decode=DECODABLE, what=f"KBS response for {uri}"
                 )
@@ -276,7 +300,7 @@ class CcKbc:
             raise ResourceError(f"KBS response for {uri} is too large") from None
         except HttpBodyError as exc:  # refused/corrupt coding, connection cut or stalled mid-body
             raise ResourceError(f"cannot read the KBS response for {uri}: {exc}") from None
-        except httpx.HTTPError as exc:
+        except _http_error() as exc:
             raise ResourceError(f"cannot reach the KBS at {self.kbs_url}: {_transport_reason(exc)}") from exc
 
     @staticmethod

@@ -29,8 +29,10 @@ import time
 import zlib
 from collections.abc import AsyncGenerator, Iterable, Iterator
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import httpx
+if TYPE_CHECKING:
+    import httpx  # a caller that has a response has imported httpx already
 
 __all__ = [
     "ACCEPT_DECODABLE",
@@ -221,6 +223,8 @@ async def aiter_body(
     ``decode`` lists the content codings the caller accepts (a subset of
     :data:`DECODABLE`); any other coding is refused before the body is read.
     """
+    import httpx  # already loaded by whoever made ``resp``
+
     codings = check_codings(resp, decode, what)
     _early_size_check(resp, codings, limit, what)
     if _already_read(resp):
@@ -288,6 +292,8 @@ def read_body_sync(
 ) -> bytes:
     """:func:`read_body` for a streamed response of a synchronous ``httpx.Client``
     (no speed limit: the client's read timeout bounds a stall)."""
+    import httpx  # already loaded by whoever made ``resp``
+
     codings = check_codings(resp, decode, what)
     _early_size_check(resp, codings, limit, what)
     if _already_read(resp):

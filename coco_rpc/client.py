@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from google.protobuf.message import Message
 
 from coco_rpc.address import parse_address
-from coco_rpc.grpc_transport import GrpcClient
 from coco_rpc.ttrpc import TtrpcClient
+
+if TYPE_CHECKING:
+    from coco_rpc.grpc_transport import GrpcClient
 
 __all__ = ["RpcClient", "connect"]
 
@@ -35,4 +37,6 @@ def connect(address: str) -> TtrpcClient | GrpcClient:
     addr = parse_address(address)
     if addr.kind == "unix":
         return TtrpcClient(addr.target)
+    from coco_rpc.grpc_transport import GrpcClient  # grpcio only for a gRPC address (start-up cost)
+
     return GrpcClient(addr.target)

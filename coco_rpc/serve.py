@@ -7,12 +7,15 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from coco_rpc.address import parse_address
-from coco_rpc.grpc_transport import GrpcServer
 from coco_rpc.limits import ServerLimits
 from coco_rpc.service import Service
 from coco_rpc.ttrpc import TtrpcServer
+
+if TYPE_CHECKING:
+    from coco_rpc.grpc_transport import GrpcServer
 
 __all__ = ["serve"]
 
@@ -39,6 +42,9 @@ async def serve(
     if addr.kind == "unix":
         server: TtrpcServer | GrpcServer = TtrpcServer(addr.target, services, limits=limits)
     else:
+        # grpcio costs ~0.1-0.3 s of start-up: only a gRPC address pays for it
+        from coco_rpc.grpc_transport import GrpcServer
+
         server = GrpcServer(addr.target, services)
     await server.start()
     try:

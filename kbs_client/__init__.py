@@ -3,7 +3,9 @@ resource URIs, the attestation flow, the admin client and ``kbs-client``."""
 
 from __future__ import annotations
 
-from .admin import AdminClient, BearerToken, Ed25519Signer
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from .errors import (
     AdminDenied,
     AttestationRejected,
@@ -20,12 +22,45 @@ from .errors import (
     Unauthorized,
     VersionMismatch,
 )
-from .jwe import TeePubKey
-from .rcar import PROTOCOL_VERSION, Attestation, EvidenceSource, attest
-from .resources import ResourceClient, TokenProvider, get_resource
-from .sample import SampleEvidenceSource, sample_evidence
-from .tee_key import TeeKeyPair
 from .uri import ResourceUri
+
+# The rest is loaded on first use (PEP 562): importing kbs_client.uri or
+# kbs_client.errors (as the CDH does at start-up) must not pull in httpx and
+# the crypto stack.
+_LAZY = {
+    "AdminClient": "admin",
+    "BearerToken": "admin",
+    "Ed25519Signer": "admin",
+    "TeePubKey": "jwe",
+    "PROTOCOL_VERSION": "rcar",
+    "Attestation": "rcar",
+    "EvidenceSource": "rcar",
+    "attest": "rcar",
+    "ResourceClient": "resources",
+    "TokenProvider": "resources",
+    "get_resource": "resources",
+    "SampleEvidenceSource": "sample",
+    "sample_evidence": "sample",
+    "TeeKeyPair": "tee_key",
+}
+
+if TYPE_CHECKING:
+    from .admin import AdminClient, BearerToken, Ed25519Signer
+    from .jwe import TeePubKey
+    from .rcar import PROTOCOL_VERSION, Attestation, EvidenceSource, attest
+    from .resources import ResourceClient, TokenProvider, get_resource
+    from .sample import SampleEvidenceSource, sample_evidence
+    from .tee_key import TeeKeyPair
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "PROTOCOL_VERSION",

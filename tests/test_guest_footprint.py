@@ -152,3 +152,27 @@ def test_package_data_globs_cover_every_runtime_file() -> None:
     assert any(f.endswith(".rego") for f in data) and any(f.endswith(".pem") for f in data), data
     uncovered = [f for f in data if not any(fnmatch.fnmatch(Path(f).name, g) for g in globs)]
     assert not uncovered, f"not in the wheel (add a glob to [tool.setuptools.package-data]): {uncovered}"
+
+
+@pytest.mark.parametrize("module", ["attestation.aa.cli", "cdh.cli"])
+def test_daemon_start_up_leaves_grpc_and_httpx_unloaded(module: str) -> None:
+    """AA and CDH serve ttRPC on a Unix socket: grpcio is loaded only for a gRPC address and
+    httpx with the first HTTP client, so neither costs start-up time or idle memory."""
+    code = (
+        f"import json, sys, {module}, kbs_client.uri, kbs_client.errors; "
+        "print(json.dumps([m for m in ('grpc', 'httpx', 'kbs_client.admin') if m in sys.modules]))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert json.loads(out.stdout) == []
+
+
+def test_kbs_client_exports_load_on_first_use() -> None:
+    code = (
+        "import sys, kbs_client; assert 'kbs_client.rcar' not in sys.modules; "
+        "from kbs_client import PROTOCOL_VERSION, TeeKeyPair, attest; "
+        "import kbs_client.rcar as r; assert attest is r.attest and PROTOCOL_VERSION == r.PROTOCOL_VERSION; "
+        "assert all(hasattr(kbs_client, n) for n in kbs_client.__all__); "
+        "print(TeeKeyPair.__module__)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
+    assert out.stdout.strip() == "kbs_client.tee_key"
