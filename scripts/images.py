@@ -361,7 +361,12 @@ def _app_tree(root: Path, image: ImageDef, wheel: Path, wh: Path) -> None:
     for name in image.scripts:
         mod, func = entry[name].split(":")
         p = venv / "bin" / name
-        p.write_text(f"#!/opt/coco/bin/python3\nimport sys\nfrom {mod} import {func}\nsys.exit({func}())\n")
+        # the __main__ guard matters: the KBS's policy workers start from a forkserver, whose
+        # children re-import the launching script as __mp_main__ (a second KBS otherwise)
+        p.write_text(
+            f"#!/opt/coco/bin/python3\nimport sys\n\nfrom {mod} import {func}\n\n"
+            f"if __name__ == \"__main__\":\n    sys.exit({func}())\n"
+        )
         p.chmod(0o755)
     for rel, data, mode in image.files:
         p = root / rel
