@@ -365,7 +365,7 @@ def _app_tree(root: Path, image: ImageDef, wheel: Path, wh: Path) -> None:
         # children re-import the launching script as __mp_main__ (a second KBS otherwise)
         p.write_text(
             f"#!/opt/coco/bin/python3\nimport sys\n\nfrom {mod} import {func}\n\n"
-            f"if __name__ == \"__main__\":\n    sys.exit({func}())\n"
+            f'if __name__ == "__main__":\n    sys.exit({func}())\n'
         )
         p.chmod(0o755)
     for rel, data, mode in image.files:
