@@ -178,6 +178,9 @@ def run(args: argparse.Namespace) -> int:
     why = f"{verified.product.value} report, {key_kind} chain to the AMD ARK, at {now.isoformat()}"
     if policy is not None:
         why += "; policy: checked"
-    return report(
-        "snp", verified.claims(), why, unchecked=() if policy is not None else ("policy (no --policy)",)
-    )
+    claims = {
+        **verified.claims(),
+        "verified_at": now.isoformat(),
+        "chain": f"{key_kind} -> {'ASVK' if key_kind == 'VLEK' else 'ASK'} -> ARK ({verified.product.value})",
+    }
+    return report("snp", claims, why, unchecked=() if policy is not None else ("policy (no --policy)",))

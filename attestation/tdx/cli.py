@@ -134,6 +134,7 @@ def _verify(args: argparse.Namespace) -> dict[str, object]:
         except EvidenceFormatError as exc:
             raise _Usage(f"--policy {args.policy}: {exc}") from None
         policy.check(claims)
+    claims["verified_at"] = now.isoformat()  # the time the chain and TCB were judged at
     return claims
 
 

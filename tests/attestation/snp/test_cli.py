@@ -48,6 +48,8 @@ def test_raw_report_claims(fx: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert c["reported_tcb"]["raw"] == "0300000000000873" and c["reported_tcb"]["microcode"] == 115
     assert c["chip_id"] == c["chip_id"].lower() and len(c["chip_id"]) == 128
     assert c["policy"]["raw"] == "0x3001f"
+    # the chain used and the time it was judged at (what the verdict line also says)
+    assert c["chain"] == "VCEK -> ASK -> ARK (Milan)" and c["verified_at"].endswith("+00:00")
 
 
 def test_hex_and_json_inputs(fx: Path, capsys: pytest.CaptureFixture[str]) -> None:
