@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -285,10 +285,14 @@ async def _run(config_file: str | None, socket: str) -> None:
             await c.close()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="grpc-as", description="Attestation service on trustee's gRPC API")
-    p.add_argument("-c", "--config-file", help="attestation-service config (JSON, TOML or YAML)")
-    p.add_argument("-s", "--socket", default="127.0.0.1:3000", help="listen address (default 127.0.0.1:3000)")
+def service_main(
+    p: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    run: Callable[[argparse.Namespace], Coroutine[Any, Any, None]],
+) -> int:
+    """The shared command line of the split services (``grpc-as``, ``rvps``): ``--version``,
+    ``--log-level`` (``$KBS_LOG_LEVEL``, else ``RUST_LOG``), JSON-lines logs, and one
+    ``Error:`` line with exit status 1 for a config or start-up failure."""
     add_version(p)
     p.add_argument(
         "--log-level",
@@ -299,12 +303,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.log_level, json_lines=True)
     try:
-        asyncio.run(_run(args.config_file, args.socket))
+        asyncio.run(run(args))
     except (KbsError, OSError) as exc:
         msg = exc.detail if isinstance(exc, KbsError) else str(exc)
         print(f"Error: {msg}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="grpc-as", description="Attestation service on trustee's gRPC API")
+    p.add_argument("-c", "--config-file", help="attestation-service config (JSON, TOML or YAML)")
+    p.add_argument("-s", "--socket", default="127.0.0.1:3000", help="listen address (default 127.0.0.1:3000)")
+    return service_main(p, argv, lambda a: _run(a.config_file, a.socket))
 
 
 if __name__ == "__main__":

@@ -8,18 +8,12 @@ The config is trustee's RVPS one: ``storage`` (a storage backend table: ``storag
 from __future__ import annotations
 
 import argparse
-import asyncio
-import os
 import sys
 from collections.abc import Sequence
 
-from coco_common.cli import add_version, log_level_type, rust_log_level
-
 from .config import load_document, parse_rvps_server_config
-from .errors import KbsError
 from .grpc_as import log as _as_log
-from .grpc_as import rv_query, rvps_handler, serve_grpc
-from .logs import setup_logging
+from .grpc_as import rv_query, rvps_handler, serve_grpc, service_main
 from .protos import reference_pb2 as rv_pb
 from .rvps import ReferenceValues
 from .storage import open_store
@@ -58,22 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "-a", "--address", default="127.0.0.1:50003", help="listen address (default 127.0.0.1:50003)"
     )
-    add_version(p)
-    p.add_argument(
-        "--log-level",
-        type=log_level_type,
-        default=os.environ.get("KBS_LOG_LEVEL") or rust_log_level() or "info",
-        help="trace, debug, info, warn, error, off (default: $KBS_LOG_LEVEL, else RUST_LOG, else info)",
-    )
-    args = p.parse_args(argv)
-    setup_logging(args.log_level, json_lines=True)
-    try:
-        asyncio.run(_run(args.config, args.address))
-    except (KbsError, OSError) as exc:
-        msg = exc.detail if isinstance(exc, KbsError) else str(exc)
-        print(f"Error: {msg}", file=sys.stderr)
-        return 1
-    return 0
+    return service_main(p, argv, lambda a: _run(a.config, a.address))
 
 
 if __name__ == "__main__":
