@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from cdh.errors import ConfigError
+from cdh.errors import CdhConfigError
 from cdh.files import read_limited
 from coco_common.cli import closest
 
@@ -164,14 +164,14 @@ def _str(d: Mapping[str, Any], key: str, where: str) -> str | None:
     if v is None:
         return None
     if not isinstance(v, str):
-        raise ConfigError(f"{where}{key} must be a string")
+        raise CdhConfigError(f"{where}{key} must be a string")
     return v
 
 
 def _bool(d: Mapping[str, Any], key: str, where: str, default: bool = False) -> bool:
     v = d.get(key, default)
     if not isinstance(v, bool):
-        raise ConfigError(f"{where}{key} must be a boolean")
+        raise CdhConfigError(f"{where}{key} must be a boolean")
     return v
 
 
@@ -180,7 +180,7 @@ def _table(d: Mapping[str, Any], key: str, where: str) -> dict[str, Any] | None:
     if v is None:
         return None
     if not isinstance(v, dict):
-        raise ConfigError(f"{where}{key} must be a table")
+        raise CdhConfigError(f"{where}{key} must be a table")
     return v
 
 
@@ -212,15 +212,15 @@ def check_credential_path(path: str) -> PurePosixPath:
     """A credential path must be absolute, under ``/run/confidential-containers/cdh/kbs``
     and free of ``.``/``..`` segments (upstream rule) and of control characters."""
     if not path.startswith("/"):
-        raise ConfigError(f"credential path {path!r} is not absolute")
+        raise CdhConfigError(f"credential path {path!r} is not absolute")
     if not path.isprintable():
-        raise ConfigError(f"credential path {path!r} contains control characters")
+        raise CdhConfigError(f"credential path {path!r} contains control characters")
     raw_parts = path.split("/")[1:]
     if any(p in (".", "..") for p in raw_parts):
-        raise ConfigError(f"credential path {path!r} contains '.' or '..'")
+        raise CdhConfigError(f"credential path {path!r} contains '.' or '..'")
     p = PurePosixPath(path)
     if p == CDH_KBS_DIR or not p.is_relative_to(CDH_KBS_DIR):
-        raise ConfigError(f"credential path {path!r} is not under {CDH_KBS_DIR}")
+        raise CdhConfigError(f"credential path {path!r} is not under {CDH_KBS_DIR}")
     return p
 
 
@@ -228,16 +228,16 @@ def _credentials(raw: Any, out_unknown: list[str]) -> tuple[Credential, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list):
-        raise ConfigError("credentials must be an array of tables")
+        raise CdhConfigError("credentials must be an array of tables")
     creds = []
     for i, c in enumerate(raw):
         where = f"credentials[{i}]."
         if not isinstance(c, dict):
-            raise ConfigError(f"credentials[{i}] must be a table")
+            raise CdhConfigError(f"credentials[{i}] must be a table")
         _unknown(c, {"resource_uri", "path"}, where, out_unknown)
         uri, path = _str(c, "resource_uri", where), _str(c, "path", where)
         if uri is None or path is None:
-            raise ConfigError(f"{where}resource_uri and {where}path are required")
+            raise CdhConfigError(f"{where}resource_uri and {where}path are required")
         creds.append(Credential(uri, check_credential_path(path)))
     return tuple(creds)
 
@@ -256,32 +256,32 @@ def parse_registry_config(raw: Mapping[str, Any], where: str, unknown: list[str]
     _unknown(raw, {"unqualified-search-registries", "registry"}, where, unknown)
     usr = raw.get("unqualified-search-registries", [])
     if not isinstance(usr, list) or not all(isinstance(x, str) for x in usr):
-        raise ConfigError(f"{where}unqualified-search-registries must be an array of strings")
+        raise CdhConfigError(f"{where}unqualified-search-registries must be an array of strings")
     regs_raw = raw.get("registry", [])
     if not isinstance(regs_raw, list):
-        raise ConfigError(f"{where}registry must be an array of tables")
+        raise CdhConfigError(f"{where}registry must be an array of tables")
     regs = []
     for i, r in enumerate(regs_raw):
         w = f"{where}registry[{i}]."
         if not isinstance(r, dict):
-            raise ConfigError(f"{where}registry[{i}] must be a table")
+            raise CdhConfigError(f"{where}registry[{i}] must be a table")
         _unknown(r, {"prefix", "location", "insecure", "blocked", "mirror"}, w, unknown)
         prefix = _str(r, "prefix", w)
         location = _str(r, "location", w)
         if prefix is None and location is None:
-            raise ConfigError(f"{w}prefix or {w}location is required")
+            raise CdhConfigError(f"{w}prefix or {w}location is required")
         mirrors = []
         mraw = r.get("mirror", [])
         if not isinstance(mraw, list):
-            raise ConfigError(f"{w}mirror must be an array of tables")
+            raise CdhConfigError(f"{w}mirror must be an array of tables")
         for j, m in enumerate(mraw):
             mw = f"{w}mirror[{j}]."
             if not isinstance(m, dict):
-                raise ConfigError(f"{w}mirror[{j}] must be a table")
+                raise CdhConfigError(f"{w}mirror[{j}] must be a table")
             _unknown(m, {"location", "insecure"}, mw, unknown)
             loc = _str(m, "location", mw)
             if loc is None:
-                raise ConfigError(f"{mw}location is required")
+                raise CdhConfigError(f"{mw}location is required")
             mirrors.append(RegistryMirror(loc, _bool(m, "insecure", mw)))
         regs.append(
             RegistryEntry(
@@ -321,13 +321,13 @@ def _image(raw: Mapping[str, Any], unknown: list[str]) -> ImageConfig:
     work_dir = _str(raw, "work_dir", w)
     mc = raw.get("max_concurrent_layer_downloads_per_image", 3)
     if not isinstance(mc, int) or isinstance(mc, bool) or mc < 1:
-        raise ConfigError(f"{w}max_concurrent_layer_downloads_per_image must be a positive integer")
+        raise CdhConfigError(f"{w}max_concurrent_layer_downloads_per_image must be a positive integer")
     pt = raw.get("pull_timeout", DEFAULT_PULL_TIMEOUT)
     if not isinstance(pt, int | float) or isinstance(pt, bool) or not 0 < pt <= 86400:
-        raise ConfigError(f"{w}pull_timeout must be a number of seconds in (0, 86400]")
+        raise CdhConfigError(f"{w}pull_timeout must be a number of seconds in (0, 86400]")
     certs = raw.get("extra_root_certificates", [])
     if not isinstance(certs, list) or not all(isinstance(c, str) for c in certs):
-        raise ConfigError(f"{w}extra_root_certificates must be an array of PEM strings")
+        raise CdhConfigError(f"{w}extra_root_certificates must be an array of PEM strings")
     proxy_raw = raw.get("image_pull_proxy")
     proxy: ProxyConfig | None
     if proxy_raw is None:
@@ -337,7 +337,7 @@ def _image(raw: Mapping[str, Any], unknown: list[str]) -> ImageConfig:
     elif isinstance(proxy_raw, dict):
         proxy = _proxy(proxy_raw, f"{w}image_pull_proxy.", unknown)
     else:
-        raise ConfigError(f"{w}image_pull_proxy must be a table or a string")
+        raise CdhConfigError(f"{w}image_pull_proxy must be a table or a string")
     rc_raw = _table(raw, "registry_config", w)
     return ImageConfig(
         work_dir=Path(work_dir) if work_dir else DEFAULT_IMAGE_WORK_DIR,
@@ -379,7 +379,7 @@ def parse_kernel_cmdline(text: str) -> dict[str, str]:
 def _parse_kbc_params(value: str, where: str) -> KbcConfig:
     name, sep, url = value.partition("::")
     if not sep or not name:
-        raise ConfigError(f"{where} must look like <kbc name>::<kbs url>")
+        raise CdhConfigError(f"{where} must look like <kbc name>::<kbs url>")
     return KbcConfig(name=name, url=url)
 
 
@@ -414,7 +414,7 @@ def _kbs_resources(value: str) -> tuple[Credential, ...]:
             log.warning("cdh.kbs_resources: skipping %r (not <uri>::<path>)", item[:200])
             continue
         if not uri or not path:
-            raise ConfigError("cdh.kbs_resources entries must look like <uri>::<path>")
+            raise CdhConfigError("cdh.kbs_resources entries must look like <uri>::<path>")
         creds.append(Credential(uri, check_credential_path(path)))
     return tuple(creds)
 
@@ -423,7 +423,7 @@ def _read_limited(path: Path, limit: int, what: str) -> bytes:
     try:
         return read_limited(path, limit)
     except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
+        raise CdhConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
 
 
 # --------------------------------------------------------------------------- entry point
@@ -445,7 +445,7 @@ def load_config(
             cmdline = _read_limited(cmdline_path, MAX_CMDLINE_BYTES, "kernel command line").decode(
                 errors="replace"
             )
-        except ConfigError:
+        except CdhConfigError:
             cmdline = ""
     params = parse_kernel_cmdline(cmdline)
     unknown: list[str] = []
@@ -455,7 +455,7 @@ def load_config(
         try:
             raw = tomllib.loads(raw_bytes.decode())
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+            raise CdhConfigError(f"config file {path} is not valid TOML: {exc}") from exc
         _unknown(
             raw,
             {"socket", "skip_sealed_secret_verification", "aa", "kbc", "credentials", "image", "log"},
@@ -464,11 +464,11 @@ def load_config(
         )
         kbc_raw = _table(raw, "kbc", "")
         if kbc_raw is None:
-            raise ConfigError("config file has no [kbc] section (name is required)")
+            raise CdhConfigError("config file has no [kbc] section (name is required)")
         _unknown(kbc_raw, {"name", "url", "kbs_cert"}, "kbc.", unknown)
         name = _str(kbc_raw, "name", "kbc.")
         if not name:
-            raise ConfigError("kbc.name is required")
+            raise CdhConfigError("kbc.name is required")
         kbc = KbcConfig(name, _str(kbc_raw, "url", "kbc.") or "", _str(kbc_raw, "kbs_cert", "kbc."))
         aa_raw = _table(raw, "aa", "") or {}
         _unknown(aa_raw, {"aa_socket"}, "aa.", unknown)

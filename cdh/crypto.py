@@ -12,12 +12,13 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from cdh.errors import CdhError
 from coco_common.strict_json import strict_loads
 
 __all__ = ["CryptoError", "b64_std", "b64url", "strict_json", "unwrap"]
 
 
-class CryptoError(ValueError):
+class CryptoError(CdhError):
     """Bad key, IV, tag or encoding. Messages carry no key or plaintext bytes."""
 
 

@@ -12,10 +12,10 @@ from typing import Any, TypeVar
 
 from cdh.aa import AaClient
 from cdh.config import CdhConfig
-from cdh.errors import CdhError, ConfigError, ResourceError
+from cdh.errors import CdhConfigError, CdhError, ResourceError
 from cdh.image import ImagePullHandler
 from cdh.kbc import CcKbc, OfflineFsKbc, ResourceGetter
-from cdh.keyprovider import KeyUnwrapper
+from cdh.keyprovider import KbsKeyProvider
 from cdh.sealed_secret import SEALED_SECRET_DIR, KmsProvider, LocalKekProvider, SecretUnsealer
 from cdh.secure_mount import CommandRunner, SecureMounter
 from coco_rpc import Code, RpcError, Service, bind
@@ -53,7 +53,7 @@ class Hub:
         puller_factory: Callable[[Any], Any] | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        """Raises :class:`cdh.errors.ConfigError` for a KBC name other than
+        """Raises :class:`cdh.errors.CdhConfigError` for a KBC name other than
         ``cc_kbc`` / ``offline_fs_kbc`` (upstream's start-up fails there too, with this text)."""
         self.cfg = cfg
         env = os.environ if env is None else env
@@ -69,7 +69,7 @@ class Hub:
             elif cfg.kbc.name == "offline_fs_kbc":
                 resources = OfflineFsKbc()
             else:
-                raise ConfigError(
+                raise CdhConfigError(
                     f"kbs client creation failed: unknown kbc name {cfg.kbc.name[:64]}, only support "
                     "`cc_kbc`(feature `kbs`) and `offline_fs_kbc`."
                 )
@@ -93,7 +93,7 @@ class Hub:
             unseal=lambda s: self.unsealer.unseal(s.encode()),
             **mount_kwargs,
         )
-        self.key_unwrapper = KeyUnwrapper(resources, kms=self.kms)
+        self.key_unwrapper = KbsKeyProvider(resources, kms=self.kms)
         self.images = ImagePullHandler(
             cfg.image,
             resources=resources,

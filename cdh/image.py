@@ -18,9 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from cdh.aa import AaClient, MeasurementResult
+from cdh.aa import AaClient, ExtendResult
 from cdh.config import ImageConfig, RegistryConfigFile, describe_unknown, parse_registry_config
-from cdh.errors import CdhError, ConfigError, ImagePullFailed
+from cdh.errors import CdhConfigError, CdhError, ImagePullFailed
 from cdh.files import read_limited
 from cdh.kbc import ResourceGetter
 from coco_rpc import RpcError, parse_address
@@ -65,9 +65,9 @@ class ImagePullHandler:
             try:
                 return read_limited(Path(uri[len("file://") :]), MAX_FILE_BYTES)
             except OSError as exc:
-                raise ConfigError(f"cannot read {uri}: {exc.strerror}") from exc
+                raise CdhConfigError(f"cannot read {uri}: {exc.strerror}") from exc
         if self.resources is None:
-            raise ConfigError(f"cannot fetch {uri}: no KBC configured")
+            raise CdhConfigError(f"cannot fetch {uri}: no KBC configured")
         return await self.resources.get_resource(uri)
 
     async def _registry_config(self) -> RegistryConfigFile | None:
@@ -78,7 +78,7 @@ class ImagePullHandler:
             try:
                 table = tomllib.loads(raw.decode())
             except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-                raise ConfigError("registry configuration is not valid TOML") from exc
+                raise CdhConfigError("registry configuration is not valid TOML") from exc
             unknown: list[str] = []
             rc = parse_registry_config(table, "registry_configuration.", unknown)
             if unknown:
@@ -113,7 +113,7 @@ class ImagePullHandler:
             try:
                 registry_config = RegistryConfig.from_mapping(_registry_dict(rc))
             except ImagePullError as exc:
-                raise ConfigError(f"registry configuration: {exc}") from exc
+                raise CdhConfigError(f"registry configuration: {exc}") from exc
             insecure = frozenset(
                 [r.location for r in rc.registries if r.insecure]
                 + [m.location for r in rc.registries for m in r.mirrors if m.insecure]
@@ -191,7 +191,7 @@ class ImagePullHandler:
             )
         except RpcError as exc:
             raise ImagePullFailed(f"cannot record the pull in the AA event log: {exc.message}") from exc
-        if res is not MeasurementResult.OK:
+        if res is not ExtendResult.OK:
             log.warning("runtime measurement of the pull not recorded: %s", res.name)
 
 

@@ -15,8 +15,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from kbs_client.errors import TokenError
-from kbs_client.jws import PublicVerifyKey, decode_unverified, verify
+from kbs_protocol.errors import TokenError
+from kbs_protocol.jws import PublicVerifyKey, decode_unverified, verify
 
 from .config import AdminConfig
 from .errors import ConfigError

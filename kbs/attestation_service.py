@@ -16,11 +16,11 @@ from typing import TYPE_CHECKING, Any
 from attestation.errors import AttestationError as VerifierError
 from attestation.initdata import InitDataError, parse_initdata
 from coco_common.strict_json import strict_loads
-from kbs_client import jwe as client_jwe
-from kbs_client.errors import JweError as ClientJweError
-from kbs_client.errors import TeeKeyError
-from kbs_client.jcs import hash_canonical
-from kbs_client.jwe import ALG_ECDH_ES_A256KW, ALG_RSA1_5, ALG_RSA_OAEP_256, TeePubKey
+from kbs_protocol import jwe as wire_jwe
+from kbs_protocol.errors import JweError as WireJweError
+from kbs_protocol.errors import TeeKeyError
+from kbs_protocol.jcs import hash_canonical
+from kbs_protocol.jwe import ALG_ECDH_ES_A256KW, ALG_RSA1_5, ALG_RSA_OAEP_256, TeePubKey
 
 from .annotated import AnnotationError, annotate
 from .bounds import BoundsError, check_shape, elide_long_strings
@@ -138,8 +138,8 @@ def usable_tee_key(key: TeePubKey) -> None:
     if (key.kty, key.alg) not in (("EC", ALG_ECDH_ES_A256KW), ("RSA", ALG_RSA_OAEP_256), ("RSA", ALG_RSA1_5)):
         raise _Reject("tee-pubkey algorithm is not supported")
     try:
-        client_jwe.encrypt(b"probe", key)  # exactly what a resource GET will do with it
-    except ClientJweError as exc:
+        wire_jwe.encrypt(b"probe", key)  # exactly what a resource GET will do with it
+    except WireJweError as exc:
         raise _Reject(f"tee-pubkey is not usable: {exc}") from exc
     except ValueError as exc:  # cryptography refuses some RSA numbers late (even modulus, size)
         raise _Reject("tee-pubkey is not a usable RSA key") from exc

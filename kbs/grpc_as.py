@@ -28,7 +28,7 @@ import grpc
 
 from coco_common.cli import add_version, log_level_type, rust_log_level
 from coco_common.strict_json import strict_loads
-from kbs_client.jcs import hash_canonical
+from kbs_protocol.jcs import hash_canonical
 
 from .attestation_service import AttestationService, _annotate, _init_data, _Reject
 from .config import load_document, parse_as_server_config, parse_compatibility, security_config

@@ -24,9 +24,11 @@ from aiohttp import web
 
 from attestation.errors import AttestationError as VerifierError
 from coco_common.strict_json import strict_loads
-from kbs_client import jwe as client_jwe
-from kbs_client._b64 import unb64url
-from kbs_client.errors import JweError as ClientJweError
+from kbs_protocol import jwe as wire_jwe
+from kbs_protocol.b64 import unb64url
+from kbs_protocol.errors import InvalidUri
+from kbs_protocol.errors import JweError as WireJweError
+from kbs_protocol.uri import parse_resource_segments
 
 from .admin_auth import AdminAuthorizer, AdminDenied
 from .attestation_service import AttestationService
@@ -76,7 +78,6 @@ MAX_HEADER_BYTES = 128 * 1024
 SESSION_COOKIE = "kbs-session-id"
 AUTH_DESERIALIZE = "Attestation error: RCAR handshake Auth failed: deserialize Request"
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
-_SEGMENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 
 
 def _audit_fields(request: web.Request, segs: list[str], claims: Any) -> dict[str, Any]:
@@ -419,9 +420,10 @@ class _Handlers:
 
     @staticmethod
     def _resource_key(segs: list[str]) -> str:
-        if len(segs) != 3 or not all(_SEGMENT.match(x) for x in segs):
-            raise PluginInternalError("Plugin internal error: invalid resource path")
-        return "/".join(segs)
+        try:
+            return "/".join(parse_resource_segments(segs))
+        except InvalidUri as exc:
+            raise PluginInternalError("Plugin internal error: invalid resource path") from exc
 
     async def resource(self, request: web.Request, segs: list[str]) -> web.Response:
         if request.method == "GET":
@@ -470,8 +472,8 @@ class _Handlers:
             raise PluginInternalError("Plugin internal error")
         tee_key = extract_tee_pubkey(claims, self.s.config.attestation_token.extra_teekey_paths)
         try:
-            doc = client_jwe.encrypt(data, tee_key)
-        except ClientJweError as exc:
+            doc = wire_jwe.encrypt(data, tee_key)
+        except WireJweError as exc:
             raise JweError(f"JWE error: {exc}") from exc
         except ValueError as exc:  # a key cryptography refuses late (tokens from other issuers)
             raise JweError("JWE error: the tee-pubkey cannot be encrypted to") from exc
@@ -543,8 +545,8 @@ class _Handlers:
         if await plugin.encrypted(call):
             tee_key = extract_tee_pubkey(claims, self.s.config.attestation_token.extra_teekey_paths)
             try:
-                return _json(client_jwe.encrypt(data, tee_key))
-            except ClientJweError as exc:
+                return _json(wire_jwe.encrypt(data, tee_key))
+            except WireJweError as exc:
                 raise JweError(f"JWE error: {exc}") from exc
         return web.Response(status=200, body=data, content_type="text/xml")
 

@@ -16,11 +16,13 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from kbs_protocol.b64 import b64std, b64url, unb64url
+from kbs_protocol.errors import TokenError
+from kbs_protocol.jws import sign
+from kbs_protocol.uri import parse_resource_path
+
 from . import _http
-from ._b64 import b64std, b64url, unb64url
-from .errors import KbsClientError, ProtocolError, TokenError
-from .jws import sign
-from .uri import parse_resource_path
+from .errors import KbsClientError, ProtocolError
 
 __all__ = [
     "AdminAuth",

@@ -23,14 +23,14 @@ from typing import Any
 import httpx
 
 from coco_common.cli import add_version, exit_on_closed_pipe, rust_log_level
+from kbs_protocol.b64 import b64std
+from kbs_protocol.errors import KbsProtocolError
+from kbs_protocol.policies import builtin_policy
 
-from ._b64 import b64std
 from .admin import AdminAuth, AdminClient, Anonymous, BearerToken, Ed25519Signer
 from .errors import KbsClientError, PolicyDenied, TransportError, Unauthorized
-from .policies import builtin_policy
 from .rcar import EvidenceSource, attest
 from .resources import get_resource
-from .sample import SampleEvidenceSource
 from .tee_key import TeeKeyPair
 
 __all__ = ["build_parser", "evidence_source", "main"]
@@ -216,13 +216,10 @@ class _NativeSource:
 async def evidence_source(platform: Any = None) -> EvidenceSource:
     """The evidence of this machine's TEE and devices (``platform``: an
     :class:`attestation.detect.Platform`, the running system by default)."""
-    try:
-        from attestation.aa.agent import CompositeEvidenceSource
-        from attestation.detect import Platform, detect_devices, detect_primary
-        from attestation.errors import AttestationError
-    except ImportError as exc:
-        log.warning("attestation package not installed (%s): using the sample evidence", exc)
-        return SampleEvidenceSource()
+    from attestation.aa.agent import CompositeEvidenceSource
+    from attestation.detect import Platform, detect_devices, detect_primary
+    from attestation.errors import AttestationError
+
     plat = platform if platform is not None else Platform()
     try:
         inner = CompositeEvidenceSource(detect_primary(plat), await detect_devices(plat))
@@ -322,7 +319,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_run(args))
     except BrokenPipeError:
         exit_on_closed_pipe()
-    except KbsClientError as exc:
+    except KbsProtocolError as exc:  # kbs_client's errors and the wire code's (JweError, ...)
         label = "" if type(exc) in (KbsClientError, TransportError) else f"{type(exc).__name__}: "
         print(f"Error: {label}{exc}", file=sys.stderr)
         return 1

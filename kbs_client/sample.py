@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._b64 import b64std
+from kbs_protocol.b64 import b64std
 
 __all__ = ["SAMPLE_SVN", "SampleEvidenceSource", "sample_evidence"]
 

@@ -7,9 +7,9 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ._b64 import b64url
-from .errors import TeeKeyError
-from .jwe import ALG_ECDH_ES_A256KW, ALG_RSA1_5, ALG_RSA_OAEP_256, TeePubKey, decrypt
+from kbs_protocol.b64 import b64url
+from kbs_protocol.errors import TeeKeyError
+from kbs_protocol.jwe import ALG_ECDH_ES_A256KW, ALG_RSA1_5, ALG_RSA_OAEP_256, TeePubKey, decrypt
 
 __all__ = ["ALGORITHMS", "DEFAULT_ALGORITHM", "TeeKeyPair"]
 

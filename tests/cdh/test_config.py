@@ -16,7 +16,7 @@ from cdh.config import (
     load_config,
     parse_kernel_cmdline,
 )
-from cdh.errors import ConfigError
+from cdh.errors import CdhConfigError
 
 FULL = """
 socket = "unix:///tmp/x/cdh.sock"
@@ -126,7 +126,7 @@ def test_unknown_keys_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixt
     ],
 )
 def test_bad_configs(tmp_path: Path, text: str, msg: str) -> None:
-    with pytest.raises(ConfigError, match=msg):
+    with pytest.raises(CdhConfigError, match=msg):
         load_config(cfg_file(tmp_path, text), cmdline="", env={})
 
 
@@ -144,12 +144,12 @@ def test_bad_configs(tmp_path: Path, text: str, msg: str) -> None:
     ],
 )
 def test_credential_path_escape(tmp_path: Path, path: str) -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(CdhConfigError):
         check_credential_path(path)
     text = (
         f'[kbc]\nname = "offline_fs_kbc"\n[[credentials]]\nresource_uri = "kbs:///a/b/c"\npath = "{path}"\n'
     )
-    with pytest.raises(ConfigError):
+    with pytest.raises(CdhConfigError):
         load_config(cfg_file(tmp_path, text), cmdline="", env={})
 
 
@@ -243,7 +243,7 @@ def test_malformed_kbs_resources_items_are_skipped(caplog: pytest.LogCaptureFixt
     ]
     assert "garbage" in caplog.text and "also-garbage" in caplog.text
     # an item with '::' is used, so a path outside the credentials directory still stops the start
-    with pytest.raises(ConfigError, match="not under"):
+    with pytest.raises(CdhConfigError, match="not under"):
         load_config(None, cmdline="cdh.kbs_resources=kbs:///a/b/c::/etc/passwd", env={})
 
 

@@ -165,7 +165,7 @@ def test_rust_log_is_honoured(tmp_path: Path) -> None:
 def test_admin_refusals_name_the_fix(tmp_path: Path) -> None:
     from kbs.admin_auth import AdminAuthorizer, AdminDenied
     from kbs.config import AdminConfig, IdentityProvider, RoleAcl
-    from kbs_client.jws import sign
+    from kbs_protocol.jws import sign
 
     from .conftest import admin_material
 

@@ -29,8 +29,8 @@ from kbs.config import KbsConfig, load_config, parse_config, startup_problems
 from kbs.errors import ConfigError
 from kbs.server import build_state, make_app, ssl_context
 from kbs.storage import NS_REPOSITORY
-from kbs_client.policies import builtin_policy
 from kbs_client.tee_key import TeeKeyPair
+from kbs_protocol.policies import builtin_policy
 from tests.support.kbs import free_port
 
 from .test_api import attest_body, do_attest, handshake

@@ -16,7 +16,6 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from kbs_client import jwe
 from kbs_client.errors import (
     AttestationRejected,
     PolicyDenied,
@@ -25,12 +24,13 @@ from kbs_client.errors import (
     Unauthorized,
     VersionMismatch,
 )
-from kbs_client.jcs import hash_canonical
-from kbs_client.jws import sign
 from kbs_client.rcar import Attestation, attest
 from kbs_client.resources import ResourceClient, get_resource
 from kbs_client.sample import SampleEvidenceSource
 from kbs_client.tee_key import TeeKeyPair
+from kbs_protocol import jwe
+from kbs_protocol.jcs import hash_canonical
+from kbs_protocol.jws import sign
 
 ERR = "https://github.com/confidential-containers/kbs/errors/"
 

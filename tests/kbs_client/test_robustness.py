@@ -11,15 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kbs_client import jwe
-from kbs_client._b64 import b64url
-from kbs_client.errors import InvalidUri, JweError, KbsHttpError, ProtocolError, TeeKeyError, TokenError
-from kbs_client.jws import decode_unverified
+from kbs_client.errors import KbsHttpError, ProtocolError
 from kbs_client.rcar import attest
 from kbs_client.resources import get_resource
 from kbs_client.sample import SampleEvidenceSource
 from kbs_client.tee_key import TeeKeyPair
-from kbs_client.uri import ResourceUri
+from kbs_protocol import jwe
+from kbs_protocol.b64 import b64url
+from kbs_protocol.errors import InvalidUri, JweError, TeeKeyError, TokenError
+from kbs_protocol.jws import decode_unverified
+from kbs_protocol.uri import ResourceUri
 
 KEY = TeeKeyPair.generate()
 GOOD = jwe.encrypt(b"payload", KEY.pubkey)

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from kbs_client.errors import InvalidUri
-from kbs_client.uri import ResourceUri, parse_resource_path
+from kbs_protocol.errors import InvalidUri
+from kbs_protocol.uri import ResourceUri, parse_resource_path
 
 
 @pytest.mark.parametrize(

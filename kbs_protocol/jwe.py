@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap
 
 from coco_common.strict_json import strict_loads
 
-from ._b64 import b64url, unb64url
+from .b64 import b64url, unb64url
 from .errors import JweError, TeeKeyError
 
 __all__ = [

@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from coco_common.strict_json import strict_loads
 
-from ._b64 import b64url, unb64url
+from .b64 import b64url, unb64url
 from .errors import TokenError
 
 __all__ = [
