@@ -12,8 +12,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import functools
 import os
 import ssl
@@ -23,9 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from cdh.crypto import CryptoError, strict_json
 from cdh.errors import CdhConfigError, NoSuchResource, ResourceError, TokenUnavailable
 from cdh.files import read_limited
+from coco_common.b64 import b64_decode
+from coco_common.http import async_client
+from coco_common.strict_json import strict_loads
 from coco_rpc import RpcError
 from kbs_client.errors import KbsHttpError, ResourceNotFound, TransportError
 from kbs_protocol.errors import InvalidUri, JweError, KbsProtocolError, TeeKeyError
@@ -103,10 +103,9 @@ class AaToken:
 
 def parse_token_response(untrusted_body: bytes) -> AaToken:
     """Parse AA's ``GetToken("kbs")`` answer ``{"token": "<JWT>", "tee_keypair": "<PEM>"}``."""
-    try:
-        obj = strict_json(untrusted_body, limit=MAX_TOKEN_RESPONSE_BYTES)
-    except CryptoError as exc:
-        raise TokenUnavailable(f"AA token response: {exc}") from exc
+    obj = strict_loads(
+        untrusted_body, limit=MAX_TOKEN_RESPONSE_BYTES, error=TokenUnavailable, what="AA token response"
+    )
     if (
         not isinstance(obj, dict)
         or not isinstance(obj.get("token"), str)
@@ -174,16 +173,11 @@ class CcKbc:
     def resource_client(self) -> ResourceClient:
         """The KBS client holding the token (made on first use)."""
         if self._client is None:
-            import httpx
-
             from kbs_client.resources import ResourceClient
 
-            if self._http is None:
-                self._http = httpx.AsyncClient(
-                    timeout=60.0,
-                    verify=self._verify,
-                    headers={"User-Agent": "coco-py-cdh"},
-                    trust_env=False,  # CA bundle and route from the config only, never the environment
+            if self._http is None:  # CA bundle and route from the config only, never the environment
+                self._http = async_client(
+                    verify=self._verify, timeout=60.0, headers={"User-Agent": "coco-py-cdh"}
                 )
             self._client = ResourceClient(
                 self._http,
@@ -260,10 +254,7 @@ class OfflineFsKbc:
                 continue
             except OSError as exc:
                 raise ResourceError(f"cannot read offline resource file {p}: {exc.strerror}") from exc
-            try:
-                obj = strict_json(raw, limit=MAX_OFFLINE_FILE_BYTES)
-            except CryptoError as exc:
-                raise ResourceError(f"offline resource file {p}: {exc}") from exc
+            obj = strict_loads(raw, error=ResourceError, what=f"offline resource file {p}")
             if not isinstance(obj, dict) or not all(isinstance(v, str) for v in obj.values()):
                 raise ResourceError(f"offline resource file {p} must map names to base64 strings")
             table.update(obj)
@@ -277,6 +268,6 @@ class OfflineFsKbc:
         if value is None:
             raise NoSuchResource(f"offline_fs_kbc has no resource {ruri.resource_path}")
         try:
-            return base64.b64decode(value, validate=True)
-        except (binascii.Error, ValueError) as exc:
+            return b64_decode(value)
+        except ValueError as exc:
             raise ResourceError(f"offline resource {ruri.resource_path} is not valid base64") from exc

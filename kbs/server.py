@@ -23,9 +23,9 @@ from typing import Any
 from aiohttp import web
 
 from attestation.errors import AttestationError as VerifierError
+from coco_common.b64 import b64url_decode
 from coco_common.strict_json import strict_loads
 from kbs_protocol import jwe as wire_jwe
-from kbs_protocol.b64 import unb64url
 from kbs_protocol.errors import InvalidUri
 from kbs_protocol.errors import JweError as WireJweError
 from kbs_protocol.uri import parse_resource_segments
@@ -777,7 +777,7 @@ def _resource_policy_body(untrusted: bytes) -> bytes:
             "Failed to parse policy: `policy` field is not a string in SetPolicy Request Json"
         )
     try:
-        return unb64url(doc["policy"])
+        return b64url_decode(doc["policy"], allow_padding=False)
     except ValueError as exc:
         raise ParsePolicyError("Failed to parse policy: Failed to decode policy") from exc
 
@@ -802,7 +802,7 @@ def _attestation_policy_body(untrusted: bytes) -> tuple[str, bytes]:
         log.warning("set attestation policy: policy_id and policy must be strings")
         raise AttestationError(_SET_POLICY_FAILED)
     try:
-        return doc["policy_id"], unb64url(doc["policy"])
+        return doc["policy_id"], b64url_decode(doc["policy"], allow_padding=False)
     except ValueError as exc:
         log.warning("set attestation policy: policy is not unpadded base64url")
         raise AttestationError(_SET_POLICY_FAILED) from exc

@@ -22,8 +22,9 @@ from typing import Any
 
 import httpx
 
+from coco_common.b64 import b64_encode
 from coco_common.cli import add_version, exit_on_closed_pipe, rust_log_level
-from kbs_protocol.b64 import b64std
+from coco_common.http import async_client
 from kbs_protocol.errors import KbsProtocolError
 from kbs_protocol.policies import builtin_policy
 
@@ -151,11 +152,9 @@ def _http(args: argparse.Namespace) -> httpx.AsyncClient:
     verify: ssl.SSLContext | bool = True
     if args.cert_file:
         verify = _tls_context(args.cert_file)
-    return httpx.AsyncClient(
-        verify=verify,
-        timeout=60.0,
-        headers={"User-Agent": "kbs-client-py/0.1"},
-        trust_env=True,
+    # a command-line tool: the operator's proxy variables apply, as they do to upstream's kbs-client
+    return async_client(
+        verify=verify, timeout=60.0, headers={"User-Agent": "kbs-client-py/0.1"}, trust_env=True
     )
 
 
@@ -243,7 +242,7 @@ async def _run(args: argparse.Namespace) -> None:
                     raise KbsClientError("--attestation-token needs --tee-key-file")
                 token = _read(args.attestation_token, "--attestation-token").decode().strip()
                 data = await get_resource(http, args.url, args.path, token=token, key=key)
-                print(b64std(data), file=out)
+                print(b64_encode(data), file=out)
                 return
             source = await evidence_source()
             last: KbsClientError | None = None
@@ -259,7 +258,7 @@ async def _run(args: argparse.Namespace) -> None:
                 except (Unauthorized, PolicyDenied) as exc:
                     last = exc
                     continue
-                print(b64std(data), file=out)
+                print(b64_encode(data), file=out)
                 return
             assert last is not None
             raise last
@@ -269,7 +268,7 @@ async def _run(args: argparse.Namespace) -> None:
         if cmd == "set-attestation-policy":
             pol = _read(args.policy_file, "--policy-file")
             await admin.set_attestation_policy(pol, policy_id=args.policy_id, policy_type=args.policy_type)
-            print(f"Set attestation policy success \n policy: {b64std(pol)}", file=out)
+            print(f"Set attestation policy success \n policy: {b64_encode(pol)}", file=out)
         elif cmd == "set-resource-policy":
             if args.policy_file:
                 pol = _read(args.policy_file, "--policy-file")
@@ -287,7 +286,7 @@ async def _run(args: argparse.Namespace) -> None:
             elif b"allow" not in pol:
                 log.warning("the policy defines no 'allow': the KBS would deny every request")
             await admin.set_resource_policy(pol)
-            print(f"Set resource policy success \n policy: {b64std(pol)}", file=out)
+            print(f"Set resource policy success \n policy: {b64_encode(pol)}", file=out)
         elif cmd == "get-resource-policy":
             out.write((await admin.get_resource_policy(args.policy_id)).decode("utf-8", "replace"))
         elif cmd == "get-attestation-policy":
@@ -295,7 +294,7 @@ async def _run(args: argparse.Namespace) -> None:
         elif cmd == "set-resource":
             data = _read(args.resource_file, "--resource-file")
             await admin.set_resource(args.path.removeprefix("/"), data)
-            print(f"Set resource success \n resource: {b64std(data)}", file=out)
+            print(f"Set resource success \n resource: {b64_encode(data)}", file=out)
         elif cmd == "delete-resource":
             await admin.delete_resource(args.path.removeprefix("/"))
             print("Delete resource success", file=out)

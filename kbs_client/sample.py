@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from kbs_protocol.b64 import b64std
+from coco_common.b64 import b64_encode
 
 __all__ = ["SAMPLE_SVN", "SampleEvidenceSource", "sample_evidence"]
 
@@ -13,7 +13,7 @@ SAMPLE_SVN = "1"
 
 def sample_evidence(report_data: bytes) -> dict[str, str]:
     """``{"svn":"1","report_data":<std base64 of the raw bytes, unpadded digest>}``."""
-    return {"svn": SAMPLE_SVN, "report_data": b64std(report_data)}
+    return {"svn": SAMPLE_SVN, "report_data": b64_encode(report_data)}
 
 
 class SampleEvidenceSource:
