@@ -44,6 +44,7 @@ __all__ = [
     "OFFLINE_FS_DEFAULT_FILES",
     "AaToken",
     "CcKbc",
+    "Kbc",
     "OfflineFsKbc",
     "ResourceGetter",
     "parse_resource_uri",
@@ -64,6 +65,12 @@ MAX_OFFLINE_FILE_BYTES = 16 << 20
 
 class ResourceGetter(Protocol):
     async def get_resource(self, uri: str) -> bytes: ...
+
+
+class Kbc(ResourceGetter, Protocol):
+    """A KBC the hub owns: it gets resources and is closed with the hub."""
+
+    async def close(self) -> None: ...
 
 
 # --------------------------------------------------------------------------- URIs
@@ -259,6 +266,9 @@ class OfflineFsKbc:
                 raise ResourceError(f"offline resource file {p} must map names to base64 strings")
             table.update(obj)
         return table
+
+    async def close(self) -> None:
+        """Nothing to release: the files are read per request."""
 
     async def get_resource(self, uri: str) -> bytes:
         ruri = parse_resource_uri(uri)

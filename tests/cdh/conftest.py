@@ -117,6 +117,9 @@ class DictResources:
             raise NoSuchResource(f"no {uri}")
         return self.items[uri]
 
+    async def close(self) -> None:
+        pass
+
 
 from tests.cdh.inproc import env  # noqa: E402,F401 (fixture shared by test_rpc and test_clients)
 from tests.support.registry import registry  # noqa: E402,F401 (real docker-registry fixture)
