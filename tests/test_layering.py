@@ -44,5 +44,7 @@ def test_package_imports_respect_the_layers(package: str) -> None:
 
 def test_the_check_sees_a_forbidden_import(tmp_path: Path) -> None:
     p = tmp_path / "m.py"
-    p.write_text("import os\nfrom kbs_client.resources import get_resource\n\ndef f():\n    import kbs.server\n")
+    p.write_text(
+        "import os\nfrom kbs_client.resources import get_resource\n\ndef f():\n    import kbs.server\n"
+    )
     assert _imports(p) == {"os", "kbs_client", "kbs"}
