@@ -53,10 +53,7 @@ class Reply:
     session_id: str | None
 
     def json(self) -> Any:
-        try:
-            return strict_loads(self.body)
-        except ValueError as exc:
-            raise ProtocolError("KBS answer is not JSON") from exc
+        return strict_loads(self.body, error=ProtocolError, what="KBS answer")
 
 
 def _session_from(resp: httpx.Response) -> str | None:
@@ -131,7 +128,8 @@ def transport_error(method: str, url: str, exc: httpx.HTTPError) -> TransportErr
             why = e.verify_message or "certificate verify failed"
             return TransportError(
                 f"TLS: the certificate of the KBS at {where} is not trusted ({why}); "
-                "pass its CA with --cert-file (kbs_cert / cert in the AA/CDH config)",
+                "give its CA certificate (kbs-client --cert-file; [kbc] kbs_cert in cdh.toml; "
+                "token_configs.kbs.cert in aa.toml)",
                 retryable=False,
             )
     for e in chain:
