@@ -29,9 +29,9 @@ from kbs_protocol.errors import KbsProtocolError
 from kbs_protocol.policies import builtin_policy
 
 from .admin import AdminAuth, AdminClient, Anonymous, BearerToken, Ed25519Signer
-from .errors import KbsClientError, PolicyDenied, TransportError, Unauthorized
-from .rcar import EvidenceSource, attest
-from .resources import get_resource
+from .errors import KbsClientError, TransportError
+from .rcar import Attestation, EvidenceSource, attest
+from .resources import ResourceClient, get_resource
 from .tee_key import TeeKeyPair
 
 __all__ = ["build_parser", "evidence_source", "main"]
@@ -245,23 +245,17 @@ async def _run(args: argparse.Namespace) -> None:
                 print(b64_encode(data), file=out)
                 return
             source = await evidence_source()
-            last: KbsClientError | None = None
-            for _ in range(3):  # as guest-components: a 401 on the resource re-runs the handshake
-                att = await attest(http, args.url, source, key=key, init_data_toml=args.init_data)
-                if args.command == "attest":
-                    print(att.token, file=out)
-                    return
-                try:
-                    data = await get_resource(
-                        http, args.url, args.path, token=att.token, key=key, session_id=att.session_id
-                    )
-                except (Unauthorized, PolicyDenied) as exc:
-                    last = exc
-                    continue
-                print(b64_encode(data), file=out)
+
+            async def handshake() -> Attestation:
+                return await attest(http, args.url, source, key=key, init_data_toml=args.init_data)
+
+            if args.command == "attest":
+                print((await handshake()).token, file=out)
                 return
-            assert last is not None
-            raise last
+            # as guest-components: a 401 on the resource re-runs the handshake (3 requests in all)
+            data = await ResourceClient(http, args.url, handshake).get(args.path)
+            print(b64_encode(data), file=out)
+            return
 
         admin = AdminClient(http, args.url, _admin_auth(args))
         cmd = args.config_command

@@ -30,6 +30,11 @@ def _uri(uri_or_path: str | ResourceUri) -> ResourceUri:
     return uri_or_path if isinstance(uri_or_path, ResourceUri) else ResourceUri.parse(uri_or_path)
 
 
+def _consume(fut: asyncio.Future[Attestation]) -> None:
+    if not fut.cancelled():
+        fut.exception()
+
+
 def response_limit(max_resource_bytes: int | None) -> int:
     """The largest JWE answer read for a resource of at most ``max_resource_bytes``:
     base64url grows it by a third, the JSON members add a little (and always the
@@ -150,6 +155,8 @@ class ResourceClient:
             return cur
         if self._inflight is None:
             self._inflight = asyncio.ensure_future(self._obtain())
+            # read the outcome even when every caller was cancelled (no "never retrieved" noise)
+            self._inflight.add_done_callback(_consume)
         return await asyncio.shield(self._inflight)
 
     async def _obtain(self) -> Attestation:
