@@ -20,7 +20,6 @@ mapping, delete the header) so nothing stays mapped or mounted.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import os
@@ -33,6 +32,7 @@ from typing import Protocol
 
 from cdh.errors import CdhError, SecureMountError
 from cdh.files import read_limited
+from coco_common.b64 import b64url_encode
 
 __all__ = [
     "EPHEMERAL_KEY_BYTES",
@@ -299,7 +299,7 @@ class SecureMounter:
         return key
 
     def header_path(self, device: Path) -> Path:
-        name = base64.urlsafe_b64encode(str(device).encode()).rstrip(b"=").decode()
+        name = b64url_encode(str(device).encode())
         return self.header_dir / f"{name}.header"
 
     # ---------------------------------------------------------------- steps

@@ -8,7 +8,6 @@ plain functions; :func:`attest` strings them together over an injected
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
 import math
@@ -19,6 +18,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
+from coco_common.b64 import b64_encode
 from kbs_protocol.errors import TokenError
 from kbs_protocol.jcs import HASH_ALGORITHMS, hash_canonical
 from kbs_protocol.jws import decode_unverified
@@ -172,7 +172,7 @@ def se_request_with_digest(nonce: str, digest: bytes) -> bytes:
         raise ProtocolError("Failed to deserialize SeAttestationRequest from nonce") from exc
     if not isinstance(req, dict):
         raise ProtocolError("Failed to deserialize SeAttestationRequest from nonce")
-    req["runtime_data_digest"] = base64.b64encode(digest).decode()
+    req["runtime_data_digest"] = b64_encode(digest)
     return json.dumps(req).encode()
 
 
