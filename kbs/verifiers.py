@@ -68,14 +68,14 @@ DEV_TEES = frozenset({"sample", "sampledevice"})
 _LAZY = {
     "snp": ("attestation.snp.verifier", "SnpVerifier"),
     "tdx": ("attestation.tdx.verifier", "TdxVerifier"),
-    "nvidia": ("attestation.nvidia.verifier", "NvidiaVerifier"),
-    "az-snp-vtpm": ("attestation.azure.verifier", "AzSnpVtpmVerifier"),
-    "az-tdx-vtpm": ("attestation.azure.verifier", "AzTdxVtpmVerifier"),
-    "tpm": ("attestation.tpm.verifier", "TpmVerifier"),
-    "sgx": ("attestation.sgx.verifier", "SgxVerifier"),
-    "cca": ("attestation.cca.verifier", "CcaVerifier"),
-    "se": ("attestation.se.verifier", "SeVerifier"),
-    "csv": ("attestation.csv.verifier", "CsvVerifier"),
+    "nvidia": ("attestation.nvidia.kbs", "NvidiaVerifier"),
+    "az-snp-vtpm": ("attestation.azure.kbs", "AzSnpVtpmVerifier"),
+    "az-tdx-vtpm": ("attestation.azure.kbs", "AzTdxVtpmVerifier"),
+    "tpm": ("attestation.tpm.kbs", "TpmVerifier"),
+    "sgx": ("attestation.sgx.kbs", "SgxVerifier"),
+    "cca": ("attestation.cca.kbs", "CcaVerifier"),
+    "se": ("attestation.se.kbs", "SeVerifier"),
+    "csv": ("attestation.csv.kbs", "CsvVerifier"),
 }
 
 

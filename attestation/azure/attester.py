@@ -27,26 +27,23 @@ from typing import Any
 
 import httpx
 
+from attestation.azure.errors import AzureError, ImdsError
 from attestation.azure.evidence import AzSnpEvidence, AzTdxEvidence, VtpmQuote
 from attestation.azure.hcl import HCL_REPORT_NV_INDEX, REPORT_DATA_NV_INDEX, HclReport, HwReportType
-from attestation.errors import AttestationError
 from attestation.tpm.attester import detect_tpm_device, quote_all_pcrs
-from attestation.tpm.device import DEFAULT_DEVICE, TpmCommandError, open_tpm
+from attestation.tpm.device import DEFAULT_DEVICE, open_tpm
+from attestation.tpm.errors import TpmCommandError
 from attestation.tpm.quote import INIT_DATA_PCR
 from attestation.tpm.structures import ALG_RSASSA, parse_signature
 from coco_common.http_body import DECODABLE, BodyTooLarge, HttpBodyError, read_body_sync
 from coco_common.strict_json import strict_loads
 
-__all__ = ["DEFAULT_IMDS", "VTPM_AK_HANDLE", "AzSnpVtpmAttester", "AzTdxVtpmAttester", "ImdsError"]
+__all__ = ["DEFAULT_IMDS", "VTPM_AK_HANDLE", "AzSnpVtpmAttester", "AzTdxVtpmAttester"]
 
 VTPM_AK_HANDLE = 0x81000003
 DEFAULT_IMDS = "http://169.254.169.254"
 _MAX_IMDS_BODY = 256 * 1024
 _EVIDENCE_VERSION = 2
-
-
-class ImdsError(AttestationError):
-    """Azure IMDS did not give a usable answer."""
 
 
 def _imds_json(client: httpx.Client, method: str, url: str, body: Any = None) -> Any:
@@ -86,7 +83,7 @@ class _AzureVtpm:
 
     def _collect(self, report_data: bytes) -> tuple[bytes, VtpmQuote]:
         if len(report_data) > 64:
-            raise AttestationError("report data longer than 64 bytes")
+            raise AzureError("report data longer than 64 bytes")
         with open_tpm(self.device) as tpm:
             tpm.nv_write_sized(REPORT_DATA_NV_INDEX, report_data)
             if self.report_refresh_wait > 0:
@@ -101,7 +98,7 @@ class _AzureVtpm:
     def _hcl(self, raw: bytes) -> HclReport:
         hcl = HclReport.from_bytes(raw)
         if hcl.report_type is not self._want:
-            raise AttestationError(f"this VM's HCL report is {hcl.report_type.name}, not {self._want.name}")
+            raise AzureError(f"this VM's HCL report is {hcl.report_type.name}, not {self._want.name}")
         return hcl
 
     def _extend(self, digest: bytes) -> None:

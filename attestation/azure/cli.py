@@ -20,13 +20,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from attestation.azure.errors import AzureFormatError
 from attestation.azure.evidence import MAX_EVIDENCE_JSON
-from attestation.azure.verifier import AzSnpVtpmVerifier, AzTdxVtpmVerifier, snp_claims
+from attestation.azure.kbs import AzSnpVtpmVerifier, AzTdxVtpmVerifier, snp_claims
 from attestation.errors import AttestationError, EvidenceFormatError
 from attestation.tdx.collateral import Collateral
 from attestation.tdx.pck import load_pem_chain
 from attestation.tdx.verifier import quote_claims
-from attestation.tpm.quote import INIT_DATA_PCR, TpmVerificationError, init_data_pcr_value
+from attestation.tpm.errors import TpmVerificationError
+from attestation.tpm.quote import INIT_DATA_PCR, init_data_pcr_value
 from attestation.verify_cli import EXIT_NOT_VERIFIED, not_verified, usage_error
 from attestation.verify_cli import verified as report_verified
 
@@ -37,7 +39,7 @@ def parse_time(text: str) -> datetime:
     try:
         t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError as exc:
-        raise EvidenceFormatError(f"--at {text[:40]!r} is not an ISO 8601 time") from exc
+        raise AzureFormatError(f"--at {text[:40]!r} is not an ISO 8601 time") from exc
     return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
@@ -47,9 +49,9 @@ def parse_hex(text: str | None, what: str, limit: int) -> bytes | None:
     try:
         out = bytes.fromhex(text)
     except ValueError as exc:
-        raise EvidenceFormatError(f"{what} is not hex") from exc
+        raise AzureFormatError(f"{what} is not hex") from exc
     if len(out) > limit:
-        raise EvidenceFormatError(f"{what} is longer than {limit} bytes")
+        raise AzureFormatError(f"{what} is longer than {limit} bytes")
     return out
 
 
@@ -57,7 +59,7 @@ def read_limited(path: str, limit: int) -> bytes:
     with open(path, "rb") as f:
         data = f.read(limit + 1)
     if len(data) > limit:
-        raise EvidenceFormatError(f"{Path(path).name} is larger than {limit} bytes")
+        raise AzureFormatError(f"{Path(path).name} is larger than {limit} bytes")
     return data
 
 
@@ -102,7 +104,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if tee == "az-snp-vtpm":
             if opts:
-                raise EvidenceFormatError("--root-ca/--collateral apply to az-tdx-vtpm only")
+                raise AzureFormatError("--root-ca/--collateral apply to az-tdx-vtpm only")
             vt, verified = AzSnpVtpmVerifier().verify_evidence(doc, expected_report_data=rd, now=now)
             claims = vt.tpm_claims(snp_claims(verified.report))
         else:

@@ -27,7 +27,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from attestation.azure.hcl import MAX_HCL_REPORT, HclFormatError
+from attestation.azure.errors import HclFormatError
+from attestation.azure.hcl import MAX_HCL_REPORT
 from coco_common.strict_json import strict_loads
 
 __all__ = ["MAX_EVIDENCE_JSON", "AzSnpEvidence", "AzTdxEvidence", "VtpmQuote", "load_json"]

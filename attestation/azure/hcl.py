@@ -28,7 +28,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from attestation.errors import EvidenceFormatError
+from attestation.azure.errors import HclFormatError
 from coco_common.strict_json import strict_loads
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "HCL_REPORT_NV_INDEX",
     "MAX_HCL_REPORT",
     "REPORT_DATA_NV_INDEX",
-    "HclFormatError",
     "HclReport",
     "HwReportType",
 ]
@@ -56,10 +55,6 @@ _SNP_LEN = 1184
 _TD_REPORT_LEN = 1024
 _SHA256 = 1
 _AK_KID = "HCLAkPub"
-
-
-class HclFormatError(EvidenceFormatError):
-    """The HCL report or its runtime data is malformed."""
 
 
 class HwReportType(enum.IntEnum):

@@ -17,8 +17,9 @@ import hmac
 from typing import Any
 
 from attestation.azure.cli import parse_hex, parse_time, read_limited
-from attestation.cca.token import MAX_TOKEN_SIZE, CcaVerificationError
-from attestation.cca.verifier import CcaVerifier, appraise_platform, appraise_realm, cca_claims
+from attestation.cca.errors import CcaVerificationError
+from attestation.cca.kbs import CcaVerifier, appraise_platform, appraise_realm, cca_claims
+from attestation.cca.token import MAX_TOKEN_SIZE
 from attestation.errors import AttestationError, EvidenceFormatError
 from attestation.verify_cli import EXIT_NOT_VERIFIED, not_verified, usage_error
 from attestation.verify_cli import verified as report_verified

@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import hmac
-import tempfile
-from pathlib import Path
 
 from attestation.azure.cli import parse_hex, parse_time, read_limited
-from attestation.csv.certs import CsvCertError
-from attestation.csv.verifier import CsvVerifier, csv_claims, parse_evidence
-from attestation.errors import AttestationError, EvidenceFormatError, VerificationError
+from attestation.csv.certs import CA_CERT_SIZE, CaCertificate, CsvCertificate, pinned_hrk
+from attestation.csv.errors import CsvVerificationError
+from attestation.csv.evidence import parse_evidence
+from attestation.csv.kbs import csv_claims
+from attestation.csv.verify import verify_chain, verify_report_signature
+from attestation.errors import AttestationError, EvidenceFormatError
 from attestation.verify_cli import EXIT_NOT_VERIFIED, not_verified, usage_error
 from attestation.verify_cli import verified as report_verified
 
@@ -57,17 +58,15 @@ def run(args: argparse.Namespace) -> int:
         return _fail(2, f"rejected: malformed input: {exc}")
     try:
         if hsk_cek is not None:
-            with tempfile.TemporaryDirectory() as d:
-                (Path(d) / chip).mkdir()
-                (Path(d) / chip / "hsk_cek.cert").write_bytes(hsk_cek)
-                CsvVerifier(hsk_cek_dir=d).verify_chain(report, pek, chip)
+            hsk = CaCertificate.from_bytes(hsk_cek[:CA_CERT_SIZE])
+            cek = CsvCertificate.from_bytes(hsk_cek[CA_CERT_SIZE:])
+            verify_chain(report, pek, hrk=pinned_hrk(), hsk=hsk, cek=cek)
         elif args.pek_only:
-            if not pek.key.verify(report.signed, report.r, report.s):
-                raise CsvCertError("CSV attestation report signature does not verify with the PEK")
+            verify_report_signature(report, pek)
         else:
-            raise VerificationError(f"no HSK/CEK for chip {chip}: pass --hsk-cek (or --pek-only)")
+            raise CsvVerificationError(f"no HSK/CEK for chip {chip}: pass --hsk-cek (or --pek-only)")
         if rd is not None and not hmac.compare_digest(rd.ljust(64, b"\x00"), report.report_data):
-            raise VerificationError("REPORT_DATA does not match --expect-report-data")
+            raise CsvVerificationError("REPORT_DATA does not match --expect-report-data")
     except EvidenceFormatError as exc:
         return _fail(2, f"rejected: malformed input: {exc}")
     except AttestationError as exc:

@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from attestation.azure.cli import parse_hex, parse_time, read_limited
-from attestation.errors import AttestationError, EvidenceFormatError, VerificationError
-from attestation.sgx.verifier import SgxVerifier, sgx_claims
+from attestation.errors import AttestationError, EvidenceFormatError
+from attestation.sgx.errors import SgxVerificationError
+from attestation.sgx.kbs import SgxVerifier, sgx_claims
 from attestation.tdx.collateral import Collateral
 from attestation.tdx.pck import load_pem_chain
 from attestation.verify_cli import EXIT_NOT_VERIFIED, not_verified, usage_error
@@ -63,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
         v = SgxVerifier(**opts).verify_evidence(doc, now=now)
         claims = sgx_claims(v)
         if rd is not None and not hmac.compare_digest(rd.ljust(64, b"\x00"), v.quote.body.report_data):
-            raise VerificationError("REPORT_DATA is different from the expected value")
+            raise SgxVerificationError("REPORT_DATA is different from the expected value")
     except EvidenceFormatError as exc:
         return _fail(2, f"rejected: malformed input: {exc}")
     except AttestationError as exc:

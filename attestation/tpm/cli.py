@@ -17,7 +17,8 @@ from datetime import UTC, datetime
 
 from attestation.azure.cli import parse_hex, parse_time, read_limited
 from attestation.errors import AttestationError, EvidenceFormatError
-from attestation.tpm.verifier import MAX_EVIDENCE_JSON, TpmVerifier
+from attestation.tpm.evidence import MAX_EVIDENCE_JSON
+from attestation.tpm.kbs import TpmVerifier
 from attestation.verify_cli import EXIT_NOT_VERIFIED, not_verified, usage_error
 from attestation.verify_cli import verified as report_verified
 

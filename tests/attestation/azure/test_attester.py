@@ -29,18 +29,16 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from attestation.azure.attester import AzSnpVtpmAttester, AzTdxVtpmAttester, ImdsError
+from attestation.azure.attester import AzSnpVtpmAttester, AzTdxVtpmAttester
+from attestation.azure.errors import AzureBindingError, ImdsError
 from attestation.azure.evidence import AzSnpEvidence, AzTdxEvidence
 from attestation.azure.hcl import HCL_REPORT_NV_INDEX, REPORT_DATA_NV_INDEX, HclReport, HwReportType
-from attestation.azure.verifier import (
-    AzSnpVtpmVerifier,
-    AzTdxVtpmVerifier,
-    AzureBindingError,
-    verify_vtpm_quote,
-)
+from attestation.azure.kbs import AzSnpVtpmVerifier, AzTdxVtpmVerifier
+from attestation.azure.verify import verify_vtpm_quote
 from attestation.errors import AttestationError
 from attestation.tpm.device import open_tpm
-from attestation.tpm.quote import TpmVerificationError, init_data_pcr_value
+from attestation.tpm.errors import TpmVerificationError
+from attestation.tpm.quote import init_data_pcr_value
 
 from ..tdx._forge import LATER, forge_quote, make_pki
 from ..tpm.swtpm import Swtpm, running_swtpm

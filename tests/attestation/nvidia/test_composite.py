@@ -29,7 +29,8 @@ from attestation.aa.agent import AttestationAgent, CompositeEvidenceSource
 from attestation.aa.config import AaConfig, KbsConfig
 from attestation.errors import VerificationError
 from attestation.nvidia.attester import NvidiaAttester
-from attestation.nvidia.verifier import NvidiaVerifier, TrustAnchors
+from attestation.nvidia.kbs import NvidiaVerifier
+from attestation.nvidia.verify import TrustAnchors
 from attestation.sample.attester import SampleAttester
 from kbs_client import rcar
 from kbs_client.errors import AttestationRejected

@@ -1,4 +1,4 @@
-"""The KBS-side ``tpm`` verifier.
+"""The KBS adapter for ``tpm``.
 
 Checks (trustee's order): the quote's ``TPMT_SIGNATURE`` by ``ak_public``;
 the PCR values against ``pcrDigest``; the nonce (report data truncated or
@@ -23,12 +23,10 @@ Claims as trustee: ``init_data`` (PCR 8 hex), ``report_data`` (nonce hex),
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -36,91 +34,25 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from attestation.errors import EvidenceFormatError
 from attestation.eventlog.tcg import EV_NO_ACTION, ParsedEventLog, parse_event_log
+from attestation.tpm.errors import TpmFormatError, TpmVerificationError
+from attestation.tpm.evidence import TpmEvidence
 from attestation.tpm.quote import (
     INIT_DATA_PCR,
-    TpmVerificationError,
     check_nonce,
     check_pcrs,
     init_data_pcr_value,
     verify_signature,
 )
 from attestation.tpm.structures import ALG_SHA256, parse_attest, parse_signature
-from coco_common.strict_json import strict_loads
 
-__all__ = ["MAX_EVIDENCE_JSON", "TpmEvidence", "TpmVerifier", "replay_pcrs"]
+__all__ = ["TpmVerifier", "replay_pcrs"]
 
 log = logging.getLogger(__name__)
 
-MAX_EVIDENCE_JSON = 8 * 1024 * 1024
 _NONCE_SIZE = 32
-_MAX_EVENT_LOG = 4 * 1024 * 1024
 _STARTUP_LOCALITY = b"StartupLocality\x00"
-
-
-def _b64(v: Any, what: str, limit: int) -> bytes:
-    if not isinstance(v, str) or len(v) > limit * 4 // 3 + 4:
-        raise EvidenceFormatError(f"tpm evidence: {what} must be a base64 string")
-    try:
-        return base64.b64decode(v, validate=True)
-    except (binascii.Error, ValueError) as exc:
-        raise EvidenceFormatError(f"tpm evidence: {what} is not standard base64") from exc
-
-
-class TpmEvidence:
-    def __init__(self, untrusted: Any) -> None:
-        if isinstance(untrusted, (str, bytes, bytearray)):
-            if len(untrusted) > MAX_EVIDENCE_JSON:
-                raise EvidenceFormatError("tpm evidence too large")
-            try:
-                untrusted = strict_loads(untrusted)
-            except ValueError as exc:
-                raise EvidenceFormatError(f"tpm evidence is not JSON ({exc})") from exc
-        if not isinstance(untrusted, Mapping):
-            raise EvidenceFormatError("tpm evidence must be a JSON object")
-        extra = set(untrusted) - {"ak_public", "tpm_quote", "event_log", "ak_certificate"}
-        if extra or not {"ak_public", "tpm_quote"} <= set(untrusted):
-            raise EvidenceFormatError(
-                "tpm evidence needs ak_public and tpm_quote (and optional event_log, ak_certificate)"
-            )
-        q = untrusted["tpm_quote"]
-        if not isinstance(q, Mapping) or set(q) != {"signature", "message", "pcrs"}:
-            raise EvidenceFormatError("tpm_quote must have exactly signature, message and pcrs")
-        if not isinstance(q["pcrs"], list) or len(q["pcrs"]) > 24:
-            raise EvidenceFormatError("tpm_quote.pcrs must be a list of at most 24 hex values")
-        pcrs = []
-        for p in q["pcrs"]:
-            if not isinstance(p, str) or len(p) != 64:
-                raise EvidenceFormatError("every PCR must be 64 hex characters (SHA-256)")
-            try:
-                pcrs.append(bytes.fromhex(p))
-            except ValueError as exc:
-                raise EvidenceFormatError("PCR value is not hex") from exc
-        self.ak_public_b64: str = untrusted["ak_public"]
-        self.ak_public_der = _b64(untrusted["ak_public"], "ak_public", 4096)
-        self.signature = _b64(q["signature"], "tpm_quote.signature", 4096)
-        self.message = _b64(q["message"], "tpm_quote.message", 4096)
-        self.pcrs = pcrs
-        self.event_log = (
-            _b64(untrusted["event_log"], "event_log", _MAX_EVENT_LOG) if untrusted.get("event_log") else None
-        )
-        self.ak_certificate = (
-            _b64(untrusted["ak_certificate"], "ak_certificate", 16 * 1024)
-            if untrusted.get("ak_certificate")
-            else None
-        )
-
-    def ak_key(self) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey:
-        try:
-            key = serialization.load_der_public_key(self.ak_public_der)
-        except ValueError as exc:
-            raise EvidenceFormatError("ak_public is not a DER public key") from exc
-        if not isinstance(key, (rsa.RSAPublicKey, ec.EllipticCurvePublicKey)):
-            raise EvidenceFormatError("ak_public must be an RSA or EC key")
-        return key
 
 
 def replay_pcrs(log: ParsedEventLog) -> dict[int, bytes]:
@@ -189,7 +121,7 @@ class TpmVerifier:
             try:
                 cert = x509.load_der_x509_certificate(ev.ak_certificate)
             except ValueError as exc:
-                raise EvidenceFormatError("ak_certificate is not a DER certificate") from exc
+                raise TpmFormatError("ak_certificate is not a DER certificate") from exc
             if not hmac.compare_digest(_spki(cert.public_key()), spki):
                 raise TpmVerificationError("ak_certificate certifies another key than ak_public")
             if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:

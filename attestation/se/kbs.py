@@ -1,4 +1,4 @@
-"""The KBS-side ``se`` verifier (IBM Secure Execution), trustee-compatible on
+"""The KBS adapter for ``se`` (IBM Secure Execution), trustee-compatible on
 the wire:
 
 * :meth:`SeVerifier.generate_challenge` is the ``/auth`` nonce for an SE
@@ -48,7 +48,6 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from attestation.errors import EvidenceFormatError, VerificationError
 from attestation.se.arcb import (
     MEASUREMENT_SIZE,
     TAGS_SIZE,
@@ -58,9 +57,10 @@ from attestation.se.arcb import (
     ec_coords,
     measurement,
 )
+from attestation.se.errors import SeFormatError, SeVerificationError
 from coco_common.strict_json import strict_loads
 
-__all__ = ["SeVerificationError", "SeVerifier", "load_host_key_document"]
+__all__ = ["SeVerifier", "load_host_key_document"]
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +75,6 @@ _RESPONSE_FIELDS = {
     "encr_request_nonce",
     "image_hdr_tags",
 }
-
-
-class SeVerificationError(VerificationError):
-    """An SE attestation response does not verify."""
 
 
 def _read(path: str | Path) -> bytes:
@@ -114,11 +110,11 @@ class _Issued:
 def _b64(doc: Mapping[str, Any], key: str, limit: int) -> bytes:
     v = doc.get(key)
     if not isinstance(v, str) or len(v) > limit * 4 // 3 + 4:
-        raise EvidenceFormatError(f"SE response: {key} must be a base64 string")
+        raise SeFormatError(f"SE response: {key} must be a base64 string")
     try:
         return base64.b64decode(v, validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise EvidenceFormatError(f"SE response: {key} is not standard base64") from exc
+        raise SeFormatError(f"SE response: {key} is not standard base64") from exc
 
 
 class SeVerifier:
@@ -229,13 +225,13 @@ class SeVerifier:
         doc = untrusted_evidence
         if isinstance(doc, (str, bytes, bytearray)):
             if len(doc) > 64 * 1024:
-                raise EvidenceFormatError("SE evidence too large")
+                raise SeFormatError("SE evidence too large")
             try:
                 doc = strict_loads(doc)
             except ValueError as exc:
-                raise EvidenceFormatError(f"SE evidence is not JSON ({exc})") from exc
+                raise SeFormatError(f"SE evidence is not JSON ({exc})") from exc
         if not isinstance(doc, Mapping) or set(doc) != _RESPONSE_FIELDS:
-            raise EvidenceFormatError(f"SE evidence must have exactly {sorted(_RESPONSE_FIELDS)}")
+            raise SeFormatError(f"SE evidence must have exactly {sorted(_RESPONSE_FIELDS)}")
         meas = _b64(doc, "measurement", 64)
         additional = _b64(doc, "additional_data", 4096)
         user_data = _b64(doc, "user_data", 256)
@@ -244,7 +240,7 @@ class SeVerifier:
         encr_nonce = _b64(doc, "encr_request_nonce", 1024)
         tags = _b64(doc, "image_hdr_tags", TAGS_SIZE)
         if len(cuid) != 16 or len(tags) != TAGS_SIZE or len(meas) != MEASUREMENT_SIZE:
-            raise EvidenceFormatError("SE response fields have the wrong sizes")
+            raise SeFormatError("SE response fields have the wrong sizes")
         issued = self._take(encr_key, encr_nonce, tags)
         expected = expected_report_data[:_REPORT_DATA_SIZE].ljust(_REPORT_DATA_SIZE, b"\x00")
         if not hmac.compare_digest(user_data[: len(expected)], expected):
