@@ -1,8 +1,8 @@
 """``coco-verify``: verify SNP, TDX, NVIDIA, Azure vTPM, TPM, SGX, CCA and CSV evidence offline.
 
-Each platform module provides ``configure(parser)`` and ``run(args) -> int``
-in ``attestation.<platform>.cli`` (or the module named in ``_MODULES``); this
-module dispatches, and owns the one
+Each platform's ``attestation.<package>.cli`` provides ``configure(parser)``
+and ``run(args) -> int`` (the table in :func:`_subcommands`); this module
+dispatches, and owns the one
 verdict format and exit-code scheme every platform reports through
 (:func:`verified`, :func:`not_verified`, :func:`usage_error`):
 
@@ -20,10 +20,10 @@ verdict format and exit-code scheme every platform reports through
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from types import ModuleType
 from typing import Any
 
 from coco_common.cli import add_version, exit_on_closed_pipe
@@ -91,19 +91,29 @@ def usage_error(tee: str, why: str) -> int:
     return EXIT_USAGE
 
 
-_PLATFORMS = {
-    "snp": "AMD SEV-SNP attestation report",
-    "tdx": "Intel TDX quote",
-    "nvidia": "NVIDIA GPU attestation report",
-    "az-snp-vtpm": "Azure SEV-SNP vTPM evidence",
-    "az-tdx-vtpm": "Azure TDX vTPM evidence",
-    "tpm": "TPM 2.0 quote",
-    "sgx": "Intel SGX DCAP quote",
-    "cca": "Arm CCA attestation token",
-    "csv": "Hygon CSV attestation report",
-}
-#: subcommands whose module is not ``attestation.<name>.cli``
-_MODULES = {"az-snp-vtpm": "attestation.azure.cli", "az-tdx-vtpm": "attestation.azure.cli"}
+def _subcommands() -> dict[str, tuple[str, ModuleType]]:
+    """Subcommand -> (what it verifies, its module). Imported here, not at the
+    top: each platform's CLI imports this module's verdict functions."""
+    from attestation.azure import cli as azure_cli
+    from attestation.cca import cli as cca_cli
+    from attestation.csv import cli as csv_cli
+    from attestation.nvidia import cli as nvidia_cli
+    from attestation.sgx import cli as sgx_cli
+    from attestation.snp import cli as snp_cli
+    from attestation.tdx import cli as tdx_cli
+    from attestation.tpm import cli as tpm_cli
+
+    return {
+        "snp": ("AMD SEV-SNP attestation report", snp_cli),
+        "tdx": ("Intel TDX quote", tdx_cli),
+        "nvidia": ("NVIDIA GPU attestation report", nvidia_cli),
+        "az-snp-vtpm": ("Azure SEV-SNP vTPM evidence", azure_cli),
+        "az-tdx-vtpm": ("Azure TDX vTPM evidence", azure_cli),
+        "tpm": ("TPM 2.0 quote", tpm_cli),
+        "sgx": ("Intel SGX DCAP quote", sgx_cli),
+        "cca": ("Arm CCA attestation token", cca_cli),
+        "csv": ("Hygon CSV attestation report", csv_cli),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,23 +127,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="exit 3 (not 0) when the evidence is authentic but something was NOT checked",
     )
     sub = parser.add_subparsers(dest="platform", required=True)
-    for name, help_text in _PLATFORMS.items():
+    for name, (help_text, mod) in _subcommands().items():
         p = sub.add_parser(name, help=f"verify an {help_text}", epilog=EXIT_CODES_HELP)
-        try:
-            mod = importlib.import_module(_MODULES.get(name, f"attestation.{name}.cli"))
-        except ImportError:
-            p.set_defaults(_run=None)
-            continue
         mod.configure(p)
         p.set_defaults(_run=mod.run)
     args = parser.parse_args(argv)
     global _strict
     _strict = args.strict
-    if args._run is None:
-        print(f"coco-verify: {args.platform} verification is not available in this build", file=sys.stderr)
-        return EXIT_USAGE
+    run: Callable[[argparse.Namespace], int] = args._run
     try:
-        rc: int = args._run(args)
+        rc = run(args)
         sys.stdout.flush()
     except BrokenPipeError:  # `coco-verify ... | head`
         exit_on_closed_pipe()

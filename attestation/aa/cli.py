@@ -22,10 +22,10 @@ from collections.abc import Sequence
 
 from attestation.aa.agent import AttestationAgent
 from attestation.aa.config import AaConfig, resolve_config
-from attestation.aa.errors import AaError, ConfigError, InitDataBindError
+from attestation.aa.errors import AaConfigError, AaError, InitDataBindError
 from attestation.aa.measure import eventlog_path, open_measurer
 from attestation.aa.rpc import grpc_service, ttrpc_service
-from attestation.detect import Platform, detect_primary
+from attestation.detect import HostView, detect_primary
 from attestation.errors import AttestationError, UnsupportedPlatform
 from attestation.initdata import InitData, InitDataError, load_initdata
 from coco_common.cli import add_version, version
@@ -114,7 +114,7 @@ def _initdata_digest(args: argparse.Namespace) -> tuple[InitData | None, bytes |
 
 async def _start(args: argparse.Namespace, config: AaConfig) -> int:
     address = parse_address(args.attestation_sock)
-    primary = detect_primary(Platform())
+    primary = detect_primary(HostView())
     log.info("primary attester: %s", primary.tee)
     log.info(
         "effective settings",
@@ -160,7 +160,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         config = resolve_config(args.config_file)
         _setup_logging(args, config)
         return asyncio.run(_start(args, config))
-    except (ConfigError, InitDataError, InitDataBindError) as exc:
+    except (AaConfigError, InitDataError, InitDataBindError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     except (AaError, AttestationError, ValueError, OSError) as exc:

@@ -70,10 +70,8 @@ def open_measurer(tee: str, *, init_pcr: int, path: Path = DEFAULT_EVENTLOG_PATH
     here; an :class:`attestation.eventlog.EventLogError` (a WAL that matches no
     register, a log held by another process) propagates and stops the agent,
     as upstream refuses to start then."""
-    try:
-        from attestation.eventlog import EventLog, SoftwareRegisters, TdxRtmrRegisters
-    except ImportError as exc:
-        raise UnsupportedPlatform("runtime measurement: attestation.eventlog is not installed") from exc
+    from attestation.eventlog import EventLog, SoftwareRegisters, TdxRtmrRegisters
+
     registers: object
     if tee == "tdx":
         registers = TdxRtmrRegisters()

@@ -246,9 +246,9 @@ def test_wrong_report_type_and_imds_failures(vtpm: Swtpm) -> None:
 
 def test_detection_reads_the_hcl_report_type(vtpm: Swtpm, tmp_path: Path) -> None:
     """guest-components' order: az-tdx-vtpm, az-snp-vtpm before snp, tpm last."""
-    from attestation.detect import Platform, detect_primary_tee, make_primary_attester
+    from attestation.detect import HostView, detect_primary_tee, make_primary_attester
 
-    plat = Platform(root=tmp_path, env={"AA_TPM_DEVICE": vtpm.address}, machine="x86_64")
+    plat = HostView(root=tmp_path, env={"AA_TPM_DEVICE": vtpm.address}, machine="x86_64")
     td_report = HclReport.from_bytes((TDX / "hcl-report.bin").read_bytes()).hw_report
     _provision_hcl(vtpm, build_hcl(td_report, HwReportType.TDX, _ak(vtpm), b""))
     assert detect_primary_tee(plat) == "az-tdx-vtpm"
@@ -258,5 +258,5 @@ def test_detection_reads_the_hcl_report_type(vtpm: Swtpm, tmp_path: Path) -> Non
     with open_tpm(vtpm.address) as tpm:
         tpm.nv_undefine(HCL_REPORT_NV_INDEX)
     assert detect_primary_tee(plat) == "tpm"
-    assert detect_primary_tee(Platform(root=tmp_path, env={}, machine="x86_64")) == "sample"
+    assert detect_primary_tee(HostView(root=tmp_path, env={}, machine="x86_64")) == "sample"
     assert make_primary_attester("az-snp-vtpm").tee == "az-snp-vtpm"

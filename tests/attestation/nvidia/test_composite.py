@@ -26,7 +26,7 @@ import pytest
 import rfc8785
 
 from attestation.aa.agent import AttestationAgent, CompositeEvidenceSource
-from attestation.aa.config import AaConfig, KbsConfig
+from attestation.aa.config import AaConfig, KbsTokenConfig
 from attestation.errors import VerificationError
 from attestation.nvidia.attester import NvidiaAttester
 from attestation.nvidia.kbs import NvidiaVerifier
@@ -213,7 +213,7 @@ async def test_aa_get_token_sets_gpu_ready_after_acceptance() -> None:
         return httpx.AsyncClient(transport=httpx.MockTransport(kbs.handler))
 
     aa = AttestationAgent(
-        AaConfig(kbs=KbsConfig(url="http://kbs.test")),
+        AaConfig(kbs=KbsTokenConfig(url="http://kbs.test")),
         SampleAttester(),
         devices=[NvidiaAttester(fake)],
         http_factory=http_factory,
