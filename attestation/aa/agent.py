@@ -8,7 +8,6 @@ are probed lazily on first use, so the socket appears at once.
 from __future__ import annotations
 
 import asyncio
-import base64
 import enum
 import json
 import logging
@@ -23,6 +22,8 @@ from attestation.attester import Attester, DeviceAttester
 from attestation.detect import HostView, detect_devices
 from attestation.errors import AttestationError, UnsupportedPlatform
 from attestation.initdata import InitData
+from coco_common.b64 import b64url_encode
+from coco_common.http import async_client
 from coco_common.http_body import ACCEPT_DECODABLE, DECODABLE, BodyTooLarge, HttpBodyError, read_body
 
 if TYPE_CHECKING:
@@ -62,14 +63,12 @@ HttpFactory = Callable[[str, str | None], "httpx.AsyncClient"]
 
 
 def default_http_factory(base_url: str, cert_pem: str | None) -> httpx.AsyncClient:
-    import httpx
-
     verify: ssl.SSLContext | bool = True
     if cert_pem:
         ctx = ssl.create_default_context()
         ctx.load_verify_locations(cadata=cert_pem)
         verify = ctx
-    return httpx.AsyncClient(verify=verify, timeout=httpx.Timeout(30.0), follow_redirects=False)
+    return async_client(verify=verify, timeout=30.0, trust_env=True)
 
 
 def _http_error() -> type[httpx.HTTPError]:
@@ -255,7 +254,7 @@ class AttestationAgent:
             "verification_requests": [
                 {
                     "tee": self.primary.tee,
-                    "evidence": base64.urlsafe_b64encode(evidence_json).rstrip(b"=").decode(),
+                    "evidence": b64url_encode(evidence_json),
                 }
             ],
             "policy_ids": [],

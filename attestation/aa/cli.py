@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import binascii
 import logging
 import os
@@ -28,6 +27,7 @@ from attestation.aa.rpc import grpc_service, ttrpc_service
 from attestation.detect import HostView, detect_primary
 from attestation.errors import AttestationError, UnsupportedPlatform
 from attestation.initdata import InitData, InitDataError, load_initdata
+from coco_common.b64 import b64_decode
 from coco_common.cli import add_version, version
 from coco_common.logfmt import setup_logging
 from coco_rpc import AA_SOCKET, parse_address, serve
@@ -106,7 +106,7 @@ def _initdata_digest(args: argparse.Namespace) -> tuple[InitData | None, bytes |
         return data, data.digest()
     if args.initdata_digest:
         try:
-            return None, base64.b64decode(args.initdata_digest, validate=True)
+            return None, b64_decode(args.initdata_digest)
         except (binascii.Error, ValueError) as exc:
             raise InitDataError("--initdata-digest is not standard base64") from exc
     return None, None

@@ -19,7 +19,6 @@ exists only inside Azure). Init-data is bound by extending PCR 8.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import ssl
 import time
@@ -35,6 +34,8 @@ from attestation.tpm.device import DEFAULT_DEVICE, open_tpm
 from attestation.tpm.errors import TpmCommandError
 from attestation.tpm.quote import INIT_DATA_PCR
 from attestation.tpm.structures import ALG_RSASSA, parse_signature
+from coco_common.b64 import b64url_decode, b64url_encode
+from coco_common.http import sync_client
 from coco_common.http_body import DECODABLE, BodyTooLarge, HttpBodyError, read_body_sync
 from coco_common.strict_json import strict_loads
 
@@ -118,7 +119,7 @@ class AzSnpVtpmAttester(_AzureVtpm):
     def _evidence(self, report_data: bytes) -> dict[str, Any]:
         hcl, quote = self._collect(report_data)
         self._hcl(hcl)
-        with httpx.Client(timeout=self.timeout, follow_redirects=False) as client:
+        with sync_client(timeout=self.timeout) as client:
             doc = _imds_json(client, "GET", f"{self.imds_url}/metadata/THIM/amd/certification")
         pem = doc.get("vcekCert") if isinstance(doc, dict) else None
         if not isinstance(pem, str):
@@ -140,14 +141,14 @@ class AzTdxVtpmAttester(_AzureVtpm):
     def _evidence(self, report_data: bytes) -> dict[str, Any]:
         hcl_raw, quote = self._collect(report_data)
         hcl = self._hcl(hcl_raw)
-        body = {"report": base64.urlsafe_b64encode(hcl.hw_report).decode().rstrip("=")}
-        with httpx.Client(timeout=self.timeout, follow_redirects=False) as client:
+        body = {"report": b64url_encode(hcl.hw_report)}
+        with sync_client(timeout=self.timeout) as client:
             doc = _imds_json(client, "POST", f"{self.imds_url}/acc/tdquote", body)
         q = doc.get("quote") if isinstance(doc, dict) else None
         if not isinstance(q, str) or len(q) > _MAX_IMDS_BODY:
             raise ImdsError("IMDS tdquote response has no quote")
         try:
-            td_quote = base64.urlsafe_b64decode(q + "=" * (-len(q) % 4))
+            td_quote = b64url_decode(q)
         except (binascii.Error, ValueError) as exc:
             raise ImdsError("IMDS quote is not base64url") from exc
         return AzTdxEvidence(_EVIDENCE_VERSION, quote, hcl_raw, td_quote).to_json()

@@ -29,6 +29,7 @@ from typing import Any
 
 from attestation.azure.errors import HclFormatError
 from attestation.azure.hcl import MAX_HCL_REPORT
+from coco_common.b64 import b64url_decode
 from coco_common.strict_json import strict_loads
 
 __all__ = ["MAX_EVIDENCE_JSON", "AzSnpEvidence", "AzTdxEvidence", "VtpmQuote", "load_json"]
@@ -73,7 +74,7 @@ def _b64url(v: Any, what: str, limit: int = _MAX_BLOB) -> bytes:
     if not isinstance(v, str) or len(v) > limit * 4 // 3 + 4:
         raise HclFormatError(f"{what} must be a base64url string")
     try:
-        return base64.b64decode(v + "=" * (-len(v) % 4), altchars=b"-_", validate=True)
+        return b64url_decode(v)
     except (binascii.Error, ValueError) as exc:
         raise HclFormatError(f"{what} is not base64url") from exc
 

@@ -4,11 +4,12 @@ naming each platform's CPAK."""
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Mapping
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from coco_common.b64 import b64url_decode
 
 __all__ = ["TrustAnchor", "jwk_public_key", "load_trust_anchors"]
 
@@ -25,7 +26,7 @@ class TrustAnchor:
 def _b64url(s: Any) -> int:
     if not isinstance(s, str):
         raise ValueError("JWK coordinate must be a string")
-    return int.from_bytes(base64.urlsafe_b64decode(s + "=" * (-len(s) % 4)), "big")
+    return int.from_bytes(b64url_decode(s), "big")
 
 
 def jwk_public_key(jwk: Mapping[str, Any]) -> ec.EllipticCurvePublicKey:

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
 from collections.abc import Mapping
 from typing import Any
 
 from attestation.cca.errors import CcaFormatError
 from attestation.cca.token import MAX_TOKEN_SIZE
+from coco_common.b64 import b64_decode
 from coco_common.strict_json import strict_loads
 
 __all__ = ["evidence_token"]
@@ -29,7 +29,7 @@ def evidence_token(untrusted: Any) -> bytes:
     tok = untrusted["token"]
     if isinstance(tok, str):  # tolerated: base64
         try:
-            return base64.b64decode(tok, validate=True)
+            return b64_decode(tok)
         except (binascii.Error, ValueError) as exc:
             raise CcaFormatError("CCA token string is not base64") from exc
     if not isinstance(tok, list) or len(tok) > MAX_TOKEN_SIZE:

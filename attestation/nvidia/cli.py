@@ -38,6 +38,7 @@ from attestation.nvidia.policy import MAX_POLICY_SIZE, NvidiaPolicy
 from attestation.nvidia.rim import MAX_RIM_SIZE
 from attestation.nvidia.verify import OcspChecker, RimProvider, TrustAnchors, verify_device
 from attestation.verify_cli import not_verified, usage_error, verified
+from coco_common.http import sync_client
 
 __all__ = ["configure", "parse_time", "run"]
 
@@ -164,7 +165,7 @@ def _verify(args: argparse.Namespace, client: httpx.Client | None) -> dict[str, 
 def run(args: argparse.Namespace) -> int:
     try:
         if args.rim_service or args.ocsp:
-            with httpx.Client(timeout=30.0) as client:
+            with sync_client(timeout=30.0, trust_env=True) as client:
                 result = _verify(args, client)
         else:
             result = _verify(args, None)

@@ -11,7 +11,6 @@ The objects here fetch; :mod:`attestation.nvidia.rim` and
 
 from __future__ import annotations
 
-import base64
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from attestation.nvidia.evidence import loads_strict
 from attestation.nvidia.ocsp import MAX_OCSP_RESPONSE, check_ocsp_response, ocsp_request
 from attestation.nvidia.rim import MAX_RIM_SIZE
 from attestation.nvidia.spdm import AttestationReport, OpaqueType
+from coco_common.b64 import b64_decode
 
 __all__ = [
     "DEFAULT_OCSP_URL",
@@ -110,7 +110,7 @@ class RimService:
         if not isinstance(doc, dict) or not isinstance(doc.get("rim"), str):
             raise RimError(f"RIM service answer for {rim_id} has no 'rim' field")
         try:
-            return base64.b64decode(doc["rim"], validate=True)
+            return b64_decode(doc["rim"])
         except ValueError as exc:
             raise RimError(f"RIM service answer for {rim_id} is not base64") from exc
 

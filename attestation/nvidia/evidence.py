@@ -21,6 +21,7 @@ from typing import Any
 from attestation.nvidia.certs import MAX_CHAIN_SIZE
 from attestation.nvidia.errors import NvidiaFormatError
 from attestation.nvidia.spdm import MAX_REPORT_SIZE, NONCE_SIZE
+from coco_common.b64 import b64_decode
 from coco_common.strict_json import strict_loads
 
 __all__ = [
@@ -77,7 +78,7 @@ def decode_report_text(untrusted: str) -> bytes:
     if _HEX.match(text) and text[:4].lower() == "11e0":
         return bytes.fromhex(text)
     try:
-        return base64.b64decode(text, validate=True)
+        return b64_decode(text)
     except (binascii.Error, ValueError) as exc:
         raise NvidiaFormatError("report is neither hex nor base64") from exc
 
@@ -97,7 +98,7 @@ def _cert_chain(text: str) -> bytes:
         pem = stripped.encode()
     else:
         try:
-            pem = base64.b64decode("".join(stripped.split()), validate=True)
+            pem = b64_decode("".join(stripped.split()))
         except (binascii.Error, ValueError) as exc:
             raise NvidiaFormatError("certificate field is neither PEM nor base64 of PEM") from exc
     if len(pem) > MAX_CHAIN_SIZE:

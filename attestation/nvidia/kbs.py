@@ -17,6 +17,7 @@ from attestation.nvidia.errors import NvidiaFormatError
 from attestation.nvidia.evidence import device_nonce, parse_evidence
 from attestation.nvidia.rim import MAX_RIM_SIZE
 from attestation.nvidia.verify import OcspChecker, RimProvider, TrustAnchors, VerifiedDevice, verify_device
+from coco_common.http import sync_client
 
 __all__ = ["NvidiaVerifier"]
 
@@ -77,7 +78,7 @@ class NvidiaVerifier:
             rims = RimFiles(tuple(_read_limited(p, MAX_RIM_SIZE) for p in rim_files))
         self._client: httpx.Client | None = None
         if (rims is None and rim_service_url) or (ocsp is None and ocsp_url):
-            self._client = httpx.Client(timeout=30.0)
+            self._client = sync_client(timeout=30.0, trust_env=True)
         if rims is None and rim_service_url and self._client is not None:
             rims = RimService(client=self._client, base_url=rim_service_url.rstrip("/") + "/")
         if ocsp is None and ocsp_url and self._client is not None:

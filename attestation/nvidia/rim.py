@@ -23,7 +23,6 @@ SignedInfo subset is rejected when an ancestor carries those attributes.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import re
@@ -37,6 +36,7 @@ from lxml import etree
 from attestation.errors import VerificationError
 from attestation.nvidia.certs import verify_chain, verify_raw_ecdsa_p384
 from attestation.nvidia.errors import NvidiaFormatError, RimError
+from coco_common.b64 import b64_decode
 
 __all__ = [
     "MAX_RIM_SIZE",
@@ -105,7 +105,7 @@ def _alg(el: etree._Element) -> str:
 
 def _b64(text: str | None, what: str) -> bytes:
     try:
-        return base64.b64decode("".join((text or "").split()), validate=True)
+        return b64_decode("".join((text or "").split()))
     except (binascii.Error, ValueError) as exc:
         raise RimError(f"RIM signature: {what} is not base64") from exc
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from attestation.se.errors import SeDeviceError, SeFormatError, SeUnavailable
+from coco_common.b64 import b64_decode
 from coco_common.strict_json import strict_loads
 
 __all__ = [
@@ -136,7 +137,7 @@ def _b64(doc: Mapping[str, Any], key: str, limit: int) -> bytes:
     if not isinstance(v, str) or len(v) > limit * 4 // 3 + 4:
         raise SeFormatError(f"SE attestation request: {key} must be base64")
     try:
-        return base64.b64decode(v, validate=True)
+        return b64_decode(v)
     except (binascii.Error, ValueError) as exc:
         raise SeFormatError(f"SE attestation request: {key} is not base64") from exc
 

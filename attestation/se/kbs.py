@@ -58,6 +58,7 @@ from attestation.se.arcb import (
     measurement,
 )
 from attestation.se.errors import SeFormatError, SeVerificationError
+from coco_common.b64 import b64_decode
 from coco_common.strict_json import strict_loads
 
 __all__ = ["SeVerifier", "load_host_key_document"]
@@ -112,7 +113,7 @@ def _b64(doc: Mapping[str, Any], key: str, limit: int) -> bytes:
     if not isinstance(v, str) or len(v) > limit * 4 // 3 + 4:
         raise SeFormatError(f"SE response: {key} must be a base64 string")
     try:
-        return base64.b64decode(v, validate=True)
+        return b64_decode(v)
     except (binascii.Error, ValueError) as exc:
         raise SeFormatError(f"SE response: {key} is not standard base64") from exc
 

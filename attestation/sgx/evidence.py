@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
 from collections.abc import Mapping
 from typing import Any
 
 from attestation.sgx.errors import SgxFormatError
+from coco_common.b64 import b64_decode
 from coco_common.strict_json import strict_loads
 
 __all__ = ["MAX_QUOTE", "evidence_quote"]
@@ -30,7 +30,7 @@ def evidence_quote(untrusted: Any) -> bytes:
     if not isinstance(raw, str) or not raw or len(raw) > MAX_QUOTE * 4 // 3 + 4:
         raise SgxFormatError("SGX evidence: quote must be a non-empty base64 string")
     try:
-        quote = base64.b64decode(raw, validate=True)
+        quote = b64_decode(raw)
     except (binascii.Error, ValueError) as exc:
         raise SgxFormatError("SGX evidence: quote is not standard base64") from exc
     return quote

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import base64
 import binascii
 from collections.abc import Mapping
 from typing import Any
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from attestation.tpm.errors import TpmFormatError
+from coco_common.b64 import b64_decode
 from coco_common.strict_json import strict_loads
 
 __all__ = ["MAX_EVIDENCE_JSON", "TpmEvidence"]
@@ -30,7 +30,7 @@ def _b64(v: Any, what: str, limit: int) -> bytes:
     if not isinstance(v, str) or len(v) > limit * 4 // 3 + 4:
         raise TpmFormatError(f"tpm evidence: {what} must be a base64 string")
     try:
-        return base64.b64decode(v, validate=True)
+        return b64_decode(v)
     except (binascii.Error, ValueError) as exc:
         raise TpmFormatError(f"tpm evidence: {what} is not standard base64") from exc
 
