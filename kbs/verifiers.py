@@ -66,7 +66,7 @@ DEVICE_TEES = frozenset(TEE_CLASS)
 DEV_TEES = frozenset({"sample", "sampledevice"})
 
 _LAZY = {
-    "snp": ("attestation.snp.verifier", "SnpVerifier"),
+    "snp": ("attestation.snp.kbs", "SnpVerifier"),
     "tdx": ("attestation.tdx.verifier", "TdxVerifier"),
     "nvidia": ("attestation.nvidia.verifier", "NvidiaVerifier"),
     "az-snp-vtpm": ("attestation.azure.verifier", "AzSnpVtpmVerifier"),

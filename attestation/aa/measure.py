@@ -71,11 +71,13 @@ def open_measurer(tee: str, *, init_pcr: int, path: Path = DEFAULT_EVENTLOG_PATH
     register, a log held by another process) propagates and stops the agent,
     as upstream refuses to start then."""
     try:
-        from attestation.eventlog import EventLog, SoftwareRegisters, TdxRtmrRegisters
+        from attestation.eventlog import EventLog, SoftwareRegisters
     except ImportError as exc:
         raise UnsupportedPlatform("runtime measurement: attestation.eventlog is not installed") from exc
     registers: object
     if tee == "tdx":
+        from attestation.tdx.registers import TdxRtmrRegisters
+
         registers = TdxRtmrRegisters()
     elif tee in ("tpm", "az-snp-vtpm", "az-tdx-vtpm"):
         from attestation.tpm.registers import TpmPcrRegisters

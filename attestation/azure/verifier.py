@@ -35,8 +35,9 @@ from attestation.errors import EvidenceFormatError, VerificationError
 from attestation.snp.certs import EndorsementCert, TrustStore
 from attestation.snp.report import AttestationReport
 from attestation.snp.verify import VerifiedReport, verify_report
+from attestation.tdx.kbs import TdxVerifier, quote_claims
 from attestation.tdx.quote import TEE_TYPE_TDX
-from attestation.tdx.verifier import TdxVerifier, VerifiedQuote, quote_claims
+from attestation.tdx.verify import VerifiedQuote
 from attestation.tpm.quote import (
     INIT_DATA_PCR,
     TpmVerificationError,
@@ -223,7 +224,7 @@ class AzSnpVtpmVerifier:
 
 class AzTdxVtpmVerifier:
     """Verify ``az-tdx-vtpm`` evidence (v0, v1, v2). The TD quote is verified
-    by :class:`~attestation.tdx.verifier.TdxVerifier` (Intel SGX Root CA;
+    by :class:`~attestation.tdx.kbs.TdxVerifier` (Intel SGX Root CA;
     TCB status with collateral); its keyword options are accepted here too.
 
     :param insecure_skip_report_data_binding: TEST ONLY, see :class:`AzSnpVtpmVerifier`.

@@ -28,12 +28,12 @@ from attestation.snp.certs import (
     TrustStore,
     load_certificates,
 )
+from attestation.snp.endorsements import KdsClient
 from attestation.snp.errors import SnpFormatError
 from attestation.snp.evidence import MAX_EVIDENCE_JSON, SnpEvidence
-from attestation.snp.kds import KdsClient
+from attestation.snp.kbs import SnpVerifier
 from attestation.snp.policy import MAX_POLICY_FILE, SnpPolicy, validate
 from attestation.snp.report import REPORT_SIZE, AttestationReport, Product
-from attestation.snp.verifier import SnpVerifier
 from attestation.snp.verify import check_binding, check_revocation, verify_report
 from attestation.verify_cli import not_verified, usage_error
 from attestation.verify_cli import verified as report

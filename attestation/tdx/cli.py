@@ -20,11 +20,13 @@ from pathlib import Path
 
 from attestation.errors import AttestationError, EvidenceFormatError, PolicyViolation
 from attestation.eventlog.tcg import parse_event_log
-from attestation.tdx.collateral import Collateral, CollateralCache, PccsClient
+from attestation.tdx.collateral import Collateral
+from attestation.tdx.endorsements import CollateralCache, PccsClient
+from attestation.tdx.kbs import quote_claims
 from attestation.tdx.pck import intel_sgx_root_ca, load_pem_chain, parse_pck_extension
 from attestation.tdx.policy import TdxPolicy
 from attestation.tdx.quote import MAX_QUOTE_SIZE, Quote
-from attestation.tdx.verifier import pck_ca_kind, quote_claims, verify_quote
+from attestation.tdx.verify import pck_ca_kind, verify_quote
 from attestation.verify_cli import not_verified, usage_error, verified
 from coco_common.strict_json import strict_loads
 
@@ -61,7 +63,7 @@ def _read(path: str, what: str) -> bytes:
             raise _Usage(f"{what} file {path} is larger than {_MAX_FILE} bytes")
         return p.read_bytes()
     except OSError as exc:
-        raise _Usage(f"cannot read {what} {path}: {(exc.strerror or str(exc)).lower()}") from None
+        raise _Usage(f"cannot read {what} {path}: {(exc.strerror or str(exc)).lower()}") from exc
 
 
 def _collateral(data: bytes) -> Collateral:
@@ -79,8 +81,8 @@ def _collateral(data: bytes) -> Collateral:
 def _verify(args: argparse.Namespace) -> dict[str, object]:
     try:
         now = parse_time(args.at) if args.at else datetime.now(UTC)
-    except ValueError:
-        raise _Usage(f"--at {args.at[:40]!r} is not an ISO 8601 / RFC 3339 time") from None
+    except ValueError as exc:
+        raise _Usage(f"--at {args.at[:40]!r} is not an ISO 8601 / RFC 3339 time") from exc
     raw = _read(args.quote, "quote")
     eventlog_bytes: bytes | None = _read(args.eventlog, "event log") if args.eventlog else None
     if raw.lstrip()[:1] == b"{":
@@ -100,8 +102,8 @@ def _verify(args: argparse.Namespace) -> dict[str, object]:
             raw = base64.b64decode(ev["quote"], validate=True)
             if eventlog_bytes is None and ev.get("cc_eventlog"):
                 eventlog_bytes = base64.b64decode(ev["cc_eventlog"], validate=True)
-        except binascii.Error:
-            raise AttestationError("evidence JSON fields are not standard base64") from None
+        except binascii.Error as exc:
+            raise AttestationError("evidence JSON fields are not standard base64") from exc
     if len(raw) > MAX_QUOTE_SIZE:
         raise AttestationError("quote file too large")
     collateral = None
@@ -119,8 +121,8 @@ def _verify(args: argparse.Namespace) -> dict[str, object]:
     if args.expect_report_data is not None:
         try:
             want = bytes.fromhex(args.expect_report_data.removeprefix("0x"))
-        except ValueError:
-            raise _Usage("--expect-report-data is not hex") from None
+        except ValueError as exc:
+            raise _Usage("--expect-report-data is not hex") from exc
         if len(want) > 64 or want.ljust(64, b"\x00") != body.report_data:
             raise AttestationError("REPORTDATA does not match --expect-report-data")
     el = None
@@ -132,7 +134,7 @@ def _verify(args: argparse.Namespace) -> dict[str, object]:
         try:
             policy = TdxPolicy.from_json(_read(args.policy, "policy"))
         except EvidenceFormatError as exc:
-            raise _Usage(f"--policy {args.policy}: {exc}") from None
+            raise _Usage(f"--policy {args.policy}: {exc}") from exc
         policy.check(claims)
     claims["verified_at"] = now.isoformat()  # the time the chain and TCB were judged at
     return claims

@@ -10,7 +10,7 @@ import pytest
 
 from attestation.errors import EvidenceFormatError
 from attestation.tdx.quote import BodyType, Quote, TdReportBody
-from attestation.tdx.report import TdReport
+from attestation.tdx.tdreport import TdReport
 
 from ._data import ALL_QUOTES, OCCLUM, Q4, Q5, Q6, QVL_SGX, TDREPORT, TDX
 
