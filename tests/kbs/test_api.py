@@ -452,7 +452,8 @@ async def test_evidence_verification_does_not_block_the_server() -> None:
     from kbs.policy import AttestationPolicies
     from kbs.rvps import ReferenceValues
     from kbs.storage import MemoryStore
-    from kbs.verifiers import SampleVerifier, VerifierRegistry
+    from attestation.sample.kbs import SampleVerifier
+    from kbs.verifiers import VerifierRegistry
 
     release = threading.Event()
 

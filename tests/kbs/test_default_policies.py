@@ -28,7 +28,7 @@ from kbs.annotated import AnnotationError, annotate
 from kbs.ear import TRUST_CLAIMS, Appraisal, ear_status
 from kbs.policy import AttestationPolicies
 from kbs.storage import MemoryStore
-from kbs.verifiers import SampleVerifier
+from attestation.sample.kbs import SampleVerifier
 
 Vec = tuple[int, int, int]
 
