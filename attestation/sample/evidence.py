@@ -8,13 +8,12 @@ hashed), which is what trustee's sample verifier compares byte for byte.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from attestation.errors import EvidenceFormatError
+from coco_common.b64 import b64_decode, b64_encode
 
 __all__ = ["SampleEvidence"]
 
@@ -27,7 +26,7 @@ class SampleEvidence:
 
     @classmethod
     def of(cls, svn: str, report_data: bytes) -> SampleEvidence:
-        return cls(svn, base64.b64encode(report_data).decode("ascii"))
+        return cls(svn, b64_encode(report_data))
 
     @classmethod
     def from_json(cls, untrusted: Any, tee: str) -> SampleEvidence:
@@ -44,8 +43,8 @@ class SampleEvidence:
     def report_data(self, tee: str) -> bytes:
         """The decoded report data (strict standard base64)."""
         try:
-            return base64.b64decode(self.report_data_b64.encode("ascii"), validate=True)
-        except (binascii.Error, UnicodeEncodeError) as exc:
+            return b64_decode(self.report_data_b64)
+        except ValueError as exc:
             raise EvidenceFormatError(f"{tee} report_data is not standard base64") from exc
 
     def to_json(self) -> dict[str, str]:

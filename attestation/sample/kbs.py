@@ -8,12 +8,12 @@ returns trustee's fixed sample claims.
 
 from __future__ import annotations
 
-import base64
 from datetime import datetime
 from typing import Any
 
 from attestation.errors import VerificationError
 from attestation.sample.evidence import SampleEvidence
+from coco_common.b64 import b64_encode
 
 __all__ = ["SampleDeviceVerifier", "SampleVerifier"]
 
@@ -47,7 +47,7 @@ class SampleVerifier:
             "debug": False,
         }
         if expected_init_data_hash is not None:
-            claims["init_data"] = base64.b64encode(expected_init_data_hash).decode()
+            claims["init_data"] = b64_encode(expected_init_data_hash)
         return claims
 
 

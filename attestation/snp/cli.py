@@ -16,7 +16,6 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 from cryptography.x509.oid import NameOID
 
 from attestation.errors import AttestationError, EvidenceFormatError
@@ -37,6 +36,8 @@ from attestation.snp.report import REPORT_SIZE, AttestationReport, Product
 from attestation.snp.verify import check_binding, check_revocation, verify_report
 from attestation.verify_cli import not_verified, usage_error
 from attestation.verify_cli import verified as report
+from coco_common.files import FileTooLarge, read_bounded
+from coco_common.http import sync_client
 
 __all__ = ["configure", "load_report_input", "run"]
 
@@ -71,11 +72,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _read(path: str, limit: int) -> bytes:
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise SnpFormatError(f"{Path(path).name} is larger than {limit} bytes")
-    return data
+    try:
+        return read_bounded(path, limit)
+    except FileTooLarge as exc:
+        raise SnpFormatError(f"{Path(path).name} is larger than {limit} bytes") from exc
+    except ValueError as exc:  # a FIFO, a device, a folder
+        raise SnpFormatError(f"{Path(path).name} is not a regular file") from exc
 
 
 def load_report_input(data: bytes) -> SnpEvidence:
@@ -147,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
 
     kds = None
     if args.certs_dir or args.kds:
-        http = httpx.Client(follow_redirects=False) if args.kds else None
+        http = sync_client() if args.kds else None
         kds = KdsClient(
             cache_dir=Path(args.certs_dir) if args.certs_dir else None, http=http, offline=not args.kds
         )

@@ -35,7 +35,7 @@ from attestation.tdx.pck import (
     verify_chain,
     verify_p256_raw,
 )
-from coco_common.strict_json import strict_loads
+from coco_common.strict_json import strict_object
 
 __all__ = [
     "MAX_COLLATERAL_SIZE",
@@ -52,16 +52,11 @@ __all__ = [
 
 MAX_COLLATERAL_SIZE = 256 * 1024
 
-# --- strict JSON ----------------------------------------------------------
+# --- field readers -------------------------------------------------------
 
 
-def _strict_loads(text: str | bytes, what: str) -> Any:
-    if len(text) > MAX_COLLATERAL_SIZE:
-        raise CollateralError(f"{what}: larger than {MAX_COLLATERAL_SIZE} bytes")
-    try:
-        return strict_loads(text)
-    except ValueError as exc:
-        raise CollateralError(f"{what}: not valid JSON ({exc})") from exc
+def _object(text: str | bytes, what: str) -> dict[str, Any]:
+    return strict_object(text, limit=MAX_COLLATERAL_SIZE, error=CollateralError, what=what)
 
 
 def _get(d: dict[str, Any], key: str, typ: type, what: str) -> Any:
@@ -178,9 +173,7 @@ class TcbInfo:
 
     @classmethod
     def from_signed_text(cls, text: str) -> TcbInfo:
-        d = _strict_loads(text, "tcbInfo")
-        if not isinstance(d, dict):
-            raise CollateralError("tcbInfo: not an object")
+        d = _object(text, "tcbInfo")
         w = "tcbInfo"
         tid = d.get("id", "SGX")  # v2 SGX TCB info has no id
         if not isinstance(tid, str):
@@ -261,9 +254,7 @@ class QeIdentity:
 
     @classmethod
     def from_signed_text(cls, text: str) -> QeIdentity:
-        d = _strict_loads(text, "qeIdentity")
-        if not isinstance(d, dict):
-            raise CollateralError("qeIdentity: not an object")
+        d = _object(text, "qeIdentity")
         w = "qeIdentity"
         levels = tuple(
             ModuleTcbLevel(
@@ -311,8 +302,8 @@ _FIELDS = (
 def _inner_signed_text(untrusted_body: str, key: str) -> tuple[str, bytes]:
     """From a PCS body ``{"<key>": {...}, "signature": "<hex>"}`` return the exact
     text of the inner object (what Intel signed) and the signature."""
-    outer = _strict_loads(untrusted_body, f"PCS {key} response")
-    if not isinstance(outer, dict) or set(outer) != {key, "signature"}:
+    outer = _object(untrusted_body, f"PCS {key} response")
+    if set(outer) != {key, "signature"}:
         raise CollateralError(f"PCS {key} response must have exactly the keys {key!r} and 'signature'")
     m = re.search(r'"' + key + r'"\s*:\s*', untrusted_body)
     if m is None:
@@ -341,9 +332,7 @@ class Collateral:
 
     @classmethod
     def from_json(cls, untrusted_text: str | bytes) -> Collateral:
-        d = _strict_loads(untrusted_text, "collateral")
-        if not isinstance(d, dict):
-            raise CollateralError("collateral: not a JSON object")
+        d = _object(untrusted_text, "collateral")
         extra = set(d) - set(_FIELDS) - {"pck_certificate_chain"}
         if extra:
             raise CollateralError(f"collateral: unknown keys {sorted(extra)}")

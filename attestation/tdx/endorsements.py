@@ -17,6 +17,9 @@ import httpx
 from attestation._net import read_bounded
 from attestation.tdx.collateral import MAX_COLLATERAL_SIZE, Collateral, QeIdentity, TcbInfo
 from attestation.tdx.errors import CollateralError
+from coco_common.files import read_bounded as read_file_bounded
+from coco_common.files import write_atomic
+from coco_common.http import sync_client
 
 __all__ = [
     "DEFAULT_PCCS_URL",
@@ -64,12 +67,10 @@ class CollateralCache:
     def get(self, *, fmspc: bytes, ca: str, tdx: bool, now: datetime) -> Collateral | None:
         p = self._path(fmspc, ca, tdx)
         try:
-            if p.stat().st_size > MAX_COLLATERAL_SIZE:
-                return None
-            c = Collateral.from_json(p.read_bytes())
+            c = Collateral.from_json(read_file_bounded(p, MAX_COLLATERAL_SIZE))
             tcb = TcbInfo.from_signed_text(c.tcb_info)
             qe = QeIdentity.from_signed_text(c.qe_identity)
-        except (OSError, CollateralError):
+        except (OSError, ValueError, CollateralError):  # absent, oversized, malformed: a miss
             return None
         if not (tcb.issue_date <= now <= tcb.next_update and qe.issue_date <= now <= qe.next_update):
             return None
@@ -77,10 +78,7 @@ class CollateralCache:
 
     def put(self, collateral: Collateral, *, fmspc: bytes, ca: str, tdx: bool) -> None:
         self._dir.mkdir(parents=True, exist_ok=True)
-        p = self._path(fmspc, ca, tdx)
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text(collateral.to_json())
-        tmp.replace(p)
+        write_atomic(self._path(fmspc, ca, tdx), collateral.to_json().encode(), mode=0o644)
 
 
 class PccsClient:
@@ -97,7 +95,7 @@ class PccsClient:
         timeout: float = 10.0,
     ) -> None:
         self._base = base_url.rstrip("/")
-        self._client = client or httpx.Client(timeout=timeout)
+        self._client = client or sync_client(timeout=timeout)
         self._cache = cache
 
     def _get(self, path: str) -> tuple[httpx.Headers, bytes]:

@@ -7,7 +7,9 @@ classes, so callers that only know the shared tree keep working::
     AttestationError
     ├── EvidenceFormatError
     │   └── TdxFormatError ........ quote, TDREPORT, evidence JSON, PCK certificate or
-    │                               policy file that does not parse
+    │       │                       policy file that does not parse
+    │       └── UnknownQuoteFormat  not a DCAP quote this code reads (attestation
+    │                               key type, version)
     ├── VerificationError
     │   └── TdxVerificationError .. signature, PCK chain, QE binding, REPORTDATA /
     │       │                       MRCONFIGID binding, event log replay, TCB level
@@ -31,11 +33,17 @@ __all__ = [
     "TdxFormatError",
     "TdxPolicyViolation",
     "TdxVerificationError",
+    "UnknownQuoteFormat",
 ]
 
 
 class TdxFormatError(EvidenceFormatError):
     """TDX (or SGX DCAP) bytes or JSON are malformed."""
+
+
+class UnknownQuoteFormat(TdxFormatError):
+    """The bytes are not a DCAP quote this code reads: another attestation key type
+    or quote version (an SNP report, say)."""
 
 
 class TdxVerificationError(VerificationError):

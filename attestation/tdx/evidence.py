@@ -9,14 +9,13 @@ checked before decoding, and the quote must not be empty.
 
 from __future__ import annotations
 
-import base64
-import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from attestation.tdx.errors import TdxFormatError
 from attestation.tdx.quote import MAX_QUOTE_SIZE
+from coco_common.b64 import b64_decode, b64_encode
 from coco_common.strict_json import strict_loads
 
 __all__ = ["MAX_EVIDENCE_SIZE", "TdxEvidence"]
@@ -31,8 +30,8 @@ def _b64(s: Any, what: str, limit: int) -> bytes:
     if len(s) > limit * 4 // 3 + 8:
         raise TdxFormatError(f"TDX evidence: {what} too large")
     try:
-        return base64.b64decode(s, validate=True)
-    except (binascii.Error, ValueError) as exc:
+        return b64_decode(s)
+    except ValueError as exc:
         raise TdxFormatError(f"TDX evidence: {what} is not standard base64") from exc
 
 
@@ -45,13 +44,13 @@ class TdxEvidence:
     @classmethod
     def from_json(cls, untrusted: Any) -> TdxEvidence:
         """From the evidence as JSON text (str/bytes) or as already-parsed JSON."""
-        if isinstance(untrusted, (str, bytes)):
-            if len(untrusted) > MAX_EVIDENCE_SIZE:
-                raise TdxFormatError("TDX evidence too large")
-            try:
-                untrusted = strict_loads(untrusted)
-            except ValueError as exc:
-                raise TdxFormatError(f"TDX evidence is not JSON ({exc})") from exc
+        if isinstance(untrusted, (str, bytes, bytearray)):
+            untrusted = strict_loads(
+                untrusted,
+                limit=MAX_EVIDENCE_SIZE,
+                error=TdxFormatError,
+                what="TDX evidence JSON does not parse",
+            )
         if not isinstance(untrusted, Mapping):
             raise TdxFormatError("TDX evidence must be a JSON object")
         if set(untrusted) - {"cc_eventlog", "quote"} or "quote" not in untrusted:
@@ -64,6 +63,6 @@ class TdxEvidence:
 
     def to_json(self) -> dict[str, Any]:
         return {
-            "cc_eventlog": base64.b64encode(self.cc_eventlog).decode() if self.cc_eventlog else None,
-            "quote": base64.b64encode(self.quote).decode(),
+            "cc_eventlog": b64_encode(self.cc_eventlog) if self.cc_eventlog else None,
+            "quote": b64_encode(self.quote),
         }

@@ -21,7 +21,7 @@ from typing import Any
 
 from attestation.tdx.errors import TdxFormatError, TdxPolicyViolation
 from coco_common.cli import closest
-from coco_common.strict_json import strict_loads
+from coco_common.strict_json import strict_object
 
 __all__ = ["MAX_POLICY_SIZE", "TdxPolicy"]
 
@@ -45,14 +45,7 @@ class TdxPolicy:
 
     @classmethod
     def from_json(cls, untrusted_text: str | bytes) -> TdxPolicy:
-        if len(untrusted_text) > MAX_POLICY_SIZE:
-            raise TdxFormatError("policy too large")
-        try:
-            d = strict_loads(untrusted_text)
-        except ValueError as exc:
-            raise TdxFormatError(f"policy is not JSON ({exc})") from exc
-        if not isinstance(d, dict):
-            raise TdxFormatError("policy must be a JSON object")
+        d = strict_object(untrusted_text, limit=MAX_POLICY_SIZE, error=TdxFormatError, what="policy")
         known = {"allow_debug", "require_sept_ve_disable", "accepted_tcb_statuses", "rejected_advisories"}
         unknown = set(d) - known - set(_MEASUREMENTS)
         if unknown:

@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from attestation.tdx.errors import TdxFormatError
+from attestation.tdx.errors import TdxFormatError, UnknownQuoteFormat
 
 __all__ = [
     "ATTESTATION_KEY_TYPE_ECDSA_P256",
@@ -303,7 +303,7 @@ class Quote:
         r = _Reader(untrusted_quote, "quote")
         header = QuoteHeader.from_bytes(r.take(_HEADER_LEN, "header"))
         if header.attestation_key_type != ATTESTATION_KEY_TYPE_ECDSA_P256:
-            raise TdxFormatError(
+            raise UnknownQuoteFormat(
                 f"unsupported attestation key type {header.attestation_key_type} (need 2, ECDSA P-256)"
             )
         body: TdReportBody | EnclaveReport
@@ -341,7 +341,7 @@ class Quote:
                 else TdReportBody.from_bytes(raw_body)
             )
         else:
-            raise TdxFormatError(f"unsupported quote version {header.version} (need 3, 4 or 5)")
+            raise UnknownQuoteFormat(f"unsupported quote version {header.version} (need 3, 4 or 5)")
         signed_len = r.pos
         sig_len = r.u32("signature data length")
         sig_data = _parse_signature_data(r.take(sig_len, "signature data"), nested=header.version >= 4)
