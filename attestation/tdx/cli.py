@@ -18,14 +18,14 @@ from datetime import UTC, datetime
 from attestation.errors import AttestationError, EvidenceFormatError, PolicyViolation
 from attestation.eventlog.tcg import parse_event_log
 from attestation.tdx.collateral import Collateral
-from attestation.tdx.endorsements import CollateralCache, PccsClient
+from attestation.tdx.endorsements import CollateralCache, PccsClient, collateral_for
 from attestation.tdx.errors import UnknownQuoteFormat
 from attestation.tdx.evidence import TdxEvidence
 from attestation.tdx.kbs import quote_claims
-from attestation.tdx.pck import intel_sgx_root_ca, load_pem_chain, parse_pck_extension
+from attestation.tdx.pck import intel_sgx_root_ca
 from attestation.tdx.policy import TdxPolicy
-from attestation.tdx.quote import MAX_QUOTE_SIZE, Quote
-from attestation.tdx.verify import pck_ca_kind, verify_quote
+from attestation.tdx.quote import MAX_QUOTE_SIZE
+from attestation.tdx.verify import verify_quote
 from attestation.verify_cli import not_verified, usage_error, verified
 from coco_common.files import FileTooLarge, read_bounded
 
@@ -96,12 +96,8 @@ def _verify(args: argparse.Namespace) -> dict[str, object]:
     if args.collateral:
         collateral = _collateral(_read(args.collateral, "collateral"))
     elif args.pccs_url:
-        q = Quote.from_bytes(raw)
-        chain = load_pem_chain(q.signature_data.certification_data.pck_chain_pem(), "PCK chain")
         cache = CollateralCache(args.cache_dir) if args.cache_dir else None
-        collateral = PccsClient(args.pccs_url, cache=cache).get(
-            fmspc=parse_pck_extension(chain[0]).fmspc, ca=pck_ca_kind(chain), tdx=q.is_tdx, now=now
-        )
+        collateral = collateral_for(PccsClient(args.pccs_url, cache=cache), raw, now=now)
     verified = verify_quote(raw, root_ca=intel_sgx_root_ca(), now=now, collateral=collateral)
     body = verified.quote.td_body
     if args.expect_report_data is not None:

@@ -16,7 +16,9 @@ import httpx
 
 from attestation._net import read_bounded
 from attestation.tdx.collateral import MAX_COLLATERAL_SIZE, Collateral, QeIdentity, TcbInfo
-from attestation.tdx.errors import CollateralError
+from attestation.tdx.errors import CollateralError, TdxFormatError
+from attestation.tdx.pck import load_pem_chain, parse_pck_extension, pck_ca_kind
+from attestation.tdx.quote import Quote
 from coco_common.files import read_bounded as read_file_bounded
 from coco_common.files import write_atomic
 from coco_common.http import sync_client
@@ -27,6 +29,7 @@ __all__ = [
     "CollateralSource",
     "PccsClient",
     "StaticCollateral",
+    "collateral_for",
 ]
 
 DEFAULT_PCCS_URL = "https://api.trustedservices.intel.com"
@@ -157,3 +160,17 @@ class PccsClient:
         if self._cache is not None:
             self._cache.put(c, fmspc=fmspc, ca=ca, tdx=tdx)
         return c
+
+
+def collateral_for(source: CollateralSource, untrusted_quote: bytes, *, now: datetime) -> Collateral | None:
+    """Ask ``source`` for the collateral of the platform that made ``untrusted_quote``
+    (its FMSPC and PCK CA, read from the quote's PCK certificate *unverified*: they
+    only select what to fetch; the verifier checks everything it is given)."""
+    q = Quote.from_bytes(untrusted_quote)
+    chain = load_pem_chain(q.signature_data.certification_data.pck_chain_pem(), "PCK chain")
+    try:
+        pck = parse_pck_extension(chain[0])
+        ca = pck_ca_kind(chain)
+    except (ValueError, TypeError) as exc:
+        raise TdxFormatError("malformed PCK certificate in the quote") from exc
+    return source.get(fmspc=pck.fmspc, ca=ca, tdx=q.is_tdx, now=now)

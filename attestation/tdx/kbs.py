@@ -19,12 +19,18 @@ from cryptography import x509
 
 from attestation.eventlog.tcg import ParsedEventLog, parse_event_log
 from attestation.tdx.collateral import Collateral
-from attestation.tdx.endorsements import CollateralCache, CollateralSource, PccsClient, StaticCollateral
-from attestation.tdx.errors import TdxFormatError, TdxVerificationError
+from attestation.tdx.endorsements import (
+    CollateralCache,
+    CollateralSource,
+    PccsClient,
+    StaticCollateral,
+    collateral_for,
+)
+from attestation.tdx.errors import TdxVerificationError
 from attestation.tdx.evidence import TdxEvidence
-from attestation.tdx.pck import intel_sgx_root_ca, load_pem_chain, parse_pck_extension
+from attestation.tdx.pck import intel_sgx_root_ca, load_pem_chain
 from attestation.tdx.quote import Quote, QuoteHeader, TdReportBody
-from attestation.tdx.verify import VerifiedQuote, pck_ca_kind, verify_quote
+from attestation.tdx.verify import VerifiedQuote, verify_quote
 
 __all__ = ["TdxVerifier", "quote_claims"]
 
@@ -195,23 +201,10 @@ class TdxVerifier:
         )
         self._require = require_collateral
 
-    def _collateral_for(self, quote_bytes: bytes, now: datetime) -> Collateral | None:
-        if self._source is None:
-            return None
-        q = Quote.from_bytes(quote_bytes)
-        chain = load_pem_chain(q.signature_data.certification_data.pck_chain_pem(), "PCK chain")
-        # unverified here: only selects which collateral to fetch; verify_quote checks everything
-        try:
-            pck = parse_pck_extension(chain[0])
-            ca = pck_ca_kind(chain)
-        except (ValueError, TypeError) as exc:
-            raise TdxFormatError("malformed PCK certificate in the quote") from exc
-        return self._source.get(fmspc=pck.fmspc, ca=ca, tdx=q.is_tdx, now=now)
-
     def verify_quote_bytes(self, untrusted_quote: bytes, *, now: datetime) -> VerifiedQuote:
         """Authenticity (and, with collateral, TCB status) of a raw quote with this
         verifier's root and collateral source; no report-data binding."""
-        collateral = self._collateral_for(untrusted_quote, now)
+        collateral = collateral_for(self._source, untrusted_quote, now=now) if self._source else None
         if collateral is None and self._require:
             raise TdxVerificationError("no collateral available for this platform; cannot evaluate its TCB")
         return verify_quote(untrusted_quote, root_ca=self._root, now=now, collateral=collateral)

@@ -37,6 +37,7 @@ __all__ = [
     "intel_sgx_root_ca",
     "load_pem_chain",
     "parse_pck_extension",
+    "pck_ca_kind",
     "verify_chain",
     "verify_p256_raw",
 ]
@@ -295,3 +296,17 @@ def parse_pck_extension(cert: x509.Certificate) -> PckExtension:
         cached_keys=flag(2),
         smt_enabled=flag(3),
     )
+
+
+def pck_ca_kind(chain: list[x509.Certificate]) -> str:
+    """Which Intel PCK CA issued the leaf: ``"platform"`` or ``"processor"`` (the
+    collateral's ``ca`` parameter)."""
+    if len(chain) < 2:
+        raise TdxVerificationError("PCK chain has no intermediate CA")
+    cns = chain[1].subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    cn = cns[0].value if cns else ""
+    if cn == "Intel SGX PCK Platform CA":
+        return "platform"
+    if cn == "Intel SGX PCK Processor CA":
+        return "processor"
+    raise TdxVerificationError(f"unexpected PCK intermediate CA {cn!r}")

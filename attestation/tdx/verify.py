@@ -36,13 +36,14 @@ from attestation.tdx.pck import (
     PckExtension,
     load_pem_chain,
     parse_pck_extension,
+    pck_ca_kind,
     verify_chain,
     verify_p256_raw,
 )
 from attestation.tdx.quote import INTEL_QE_VENDOR_ID, Quote
 from attestation.tdx.tcb import TcbResult, evaluate_tcb
 
-__all__ = ["VerifiedQuote", "pck_ca_kind", "verify_quote"]
+__all__ = ["VerifiedQuote", "verify_quote"]
 
 
 @dataclass(frozen=True)
@@ -53,18 +54,6 @@ class VerifiedQuote:
     pck_ca: str
     #: None when verified without collateral
     tcb: TcbResult | None
-
-
-def pck_ca_kind(chain: list[x509.Certificate]) -> str:
-    if len(chain) < 2:
-        raise TdxVerificationError("PCK chain has no intermediate CA")
-    cns = chain[1].subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-    cn = cns[0].value if cns else ""
-    if cn == "Intel SGX PCK Platform CA":
-        return "platform"
-    if cn == "Intel SGX PCK Processor CA":
-        return "processor"
-    raise TdxVerificationError(f"unexpected PCK intermediate CA {cn!r}")
 
 
 def verify_quote(
