@@ -28,7 +28,7 @@ from attestation.snp.certs import (
     load_certificates,
 )
 from attestation.snp.endorsements import KdsClient
-from attestation.snp.errors import SnpFormatError
+from attestation.snp.errors import CertificateExpired, EndorsementKeyUnavailable, SnpFormatError
 from attestation.snp.evidence import MAX_EVIDENCE_JSON, SnpEvidence
 from attestation.snp.kbs import SnpVerifier
 from attestation.snp.policy import MAX_POLICY_FILE, SnpPolicy, validate
@@ -165,14 +165,14 @@ def run(args: argparse.Namespace) -> int:
             validate(verified, policy)
     except EvidenceFormatError as exc:
         return _fail(2, f"malformed input: {exc}")
+    except EndorsementKeyUnavailable as exc:
+        if kds is None:  # no VCEK given and nowhere to look for one: no verdict possible
+            return _fail(2, f"{exc} (pass --vcek CERT, --certs-dir DIR or --kds)")
+        return _fail(1, f"rejected: {exc}")
+    except CertificateExpired as exc:
+        return _fail(1, f"rejected: {exc} (--at TIME verifies as of another time)")
     except AttestationError as exc:
-        msg = str(exc)
-        if "no VCEK/VLEK" in msg:
-            msg += " (pass --vcek CERT, --certs-dir DIR or --kds)"
-            return _fail(2, msg)
-        if "expired" in msg or "not yet valid" in msg:
-            msg += " (--at TIME verifies as of another time)"
-        return _fail(1, f"rejected: {msg}")
+        return _fail(1, f"rejected: {exc}")
     finally:
         if kds is not None and kds.http is not None:
             kds.http.close()
