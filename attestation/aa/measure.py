@@ -70,10 +70,12 @@ def open_measurer(tee: str, *, init_pcr: int, path: Path = DEFAULT_EVENTLOG_PATH
     here; an :class:`attestation.eventlog.EventLogError` (a WAL that matches no
     register, a log held by another process) propagates and stops the agent,
     as upstream refuses to start then."""
-    from attestation.eventlog import EventLog, SoftwareRegisters, TdxRtmrRegisters
+    from attestation.eventlog import EventLog, SoftwareRegisters
 
     registers: object
     if tee == "tdx":
+        from attestation.tdx.registers import TdxRtmrRegisters
+
         registers = TdxRtmrRegisters()
     elif tee in ("tpm", "az-snp-vtpm", "az-tdx-vtpm"):
         from attestation.tpm.registers import TpmPcrRegisters

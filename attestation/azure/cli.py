@@ -25,8 +25,8 @@ from attestation.azure.evidence import MAX_EVIDENCE_JSON
 from attestation.azure.kbs import AzSnpVtpmVerifier, AzTdxVtpmVerifier, snp_claims
 from attestation.errors import AttestationError, EvidenceFormatError
 from attestation.tdx.collateral import Collateral
+from attestation.tdx.kbs import quote_claims
 from attestation.tdx.pck import load_pem_chain
-from attestation.tdx.verifier import quote_claims
 from attestation.tpm.errors import TpmVerificationError
 from attestation.tpm.quote import INIT_DATA_PCR, init_data_pcr_value
 from attestation.verify_cli import EXIT_NOT_VERIFIED, not_verified, usage_error

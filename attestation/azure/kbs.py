@@ -19,7 +19,8 @@ from attestation.azure.verify import VerifiedVtpm, check_init_data, verify_az_sn
 from attestation.snp.certs import TrustStore
 from attestation.snp.report import AttestationReport
 from attestation.snp.verify import VerifiedReport
-from attestation.tdx.verifier import TdxVerifier, VerifiedQuote, quote_claims
+from attestation.tdx.kbs import TdxVerifier, quote_claims
+from attestation.tdx.verify import VerifiedQuote
 
 __all__ = ["AzSnpVtpmVerifier", "AzTdxVtpmVerifier", "snp_claims"]
 
@@ -140,7 +141,7 @@ class AzSnpVtpmVerifier(_AzVtpmVerifier):
 
 class AzTdxVtpmVerifier(_AzVtpmVerifier):
     """Verify ``az-tdx-vtpm`` evidence (v0, v1, v2). The TD quote is verified
-    by :class:`~attestation.tdx.verifier.TdxVerifier` (Intel SGX Root CA;
+    by :class:`~attestation.tdx.kbs.TdxVerifier` (Intel SGX Root CA;
     TCB status with collateral); its keyword options are accepted here too.
 
     :param insecure_skip_report_data_binding: TEST ONLY, see :class:`AzSnpVtpmVerifier`.

@@ -31,8 +31,9 @@ from attestation.azure.hcl import HclReport, HwReportType
 from attestation.snp.certs import EndorsementCert, TrustStore
 from attestation.snp.report import AttestationReport
 from attestation.snp.verify import VerifiedReport, verify_report
+from attestation.tdx.kbs import TdxVerifier
 from attestation.tdx.quote import TEE_TYPE_TDX
-from attestation.tdx.verifier import TdxVerifier, VerifiedQuote
+from attestation.tdx.verify import VerifiedQuote
 from attestation.tpm.errors import TpmVerificationError
 from attestation.tpm.quote import (
     INIT_DATA_PCR,

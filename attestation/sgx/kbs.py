@@ -1,6 +1,6 @@
 """The KBS adapter for ``sgx``: trustee's evidence ``{"quote": base64}``
 holding an SGX DCAP quote (version 3), verified by
-:func:`attestation.tdx.verifier.verify_quote` (PCK chain to the Intel SGX Root
+:func:`attestation.tdx.verify.verify_quote` (PCK chain to the Intel SGX Root
 CA, QE binding, quote signature; TCB status when collateral is configured).
 
 Bindings (trustee): REPORT_DATA equals the expected report data zero-padded to
@@ -21,8 +21,9 @@ from typing import Any
 from attestation.sgx.errors import SgxFormatError, SgxVerificationError
 from attestation.sgx.evidence import evidence_quote
 from attestation.sgx.verify import verify_sgx_quote
+from attestation.tdx.kbs import TdxVerifier
 from attestation.tdx.quote import EnclaveReport
-from attestation.tdx.verifier import TdxVerifier, VerifiedQuote
+from attestation.tdx.verify import VerifiedQuote
 
 __all__ = ["SgxVerifier", "sgx_claims"]
 
@@ -71,7 +72,7 @@ def sgx_claims(v: VerifiedQuote) -> dict[str, Any]:
         "init_data": body["config_id"],
     }
     if v.pck.platform_instance_id is not None:
-        # the byte order trustee produces (see attestation.tdx.verifier.quote_claims)
+        # the byte order trustee produces (see attestation.tdx.kbs.quote_claims)
         claims["platform_instance_id"] = v.pck.platform_instance_id[::-1].hex()
     t = v.tcb
     claims.update(

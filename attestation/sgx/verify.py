@@ -8,8 +8,9 @@ from __future__ import annotations
 from datetime import datetime
 
 from attestation.sgx.errors import SgxVerificationError
+from attestation.tdx.kbs import TdxVerifier
 from attestation.tdx.quote import EnclaveReport
-from attestation.tdx.verifier import TdxVerifier, VerifiedQuote
+from attestation.tdx.verify import VerifiedQuote
 
 __all__ = ["verify_sgx_quote"]
 

@@ -24,11 +24,11 @@ from typing import Any
 
 import pytest
 
+from attestation.sample.kbs import SampleVerifier
 from kbs.annotated import AnnotationError, annotate
 from kbs.ear import TRUST_CLAIMS, Appraisal, ear_status
 from kbs.policy import AttestationPolicies
 from kbs.storage import MemoryStore
-from kbs.verifiers import SampleVerifier
 
 Vec = tuple[int, int, int]
 

@@ -10,10 +10,12 @@ import pytest
 
 from attestation.errors import EvidenceFormatError, VerificationError
 from attestation.eventlog.tcg import EventLogReplayError, parse_event_log
-from attestation.tdx.collateral import Collateral, StaticCollateral
+from attestation.tdx.collateral import Collateral
+from attestation.tdx.endorsements import StaticCollateral
+from attestation.tdx.kbs import TdxVerifier, quote_claims
 from attestation.tdx.pck import intel_sgx_root_ca
 from attestation.tdx.quote import Quote
-from attestation.tdx.verifier import TdxVerifier, quote_claims, verify_quote
+from attestation.tdx.verify import verify_quote
 from attestation.verifier import EvidenceVerifier
 
 from ._data import CCEL, FIXED_NOW, OCCLUM, Q4, Q6, QVL_TDX, QVL_TDX_AT, QVL_TDX_COLL, TDX

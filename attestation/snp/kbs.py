@@ -2,7 +2,7 @@
 :class:`attestation.verifier.EvidenceVerifier`.
 
 It takes trustee's SNP evidence JSON, finds the VCEK/VLEK (from the
-evidence's ``cert_chain``, else from a :class:`~attestation.snp.kds.KdsClient`
+evidence's ``cert_chain``, else from a :class:`~attestation.snp.endorsements.KdsClient`
 cache or, only when explicitly configured, AMD KDS), verifies the report
 against the pinned roots at ``now``, checks the REPORT_DATA and HOST_DATA
 bindings and (like trustee) VMPL 0, and returns trustee-compatible claims
@@ -19,14 +19,13 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 from attestation.snp.certs import EndorsementCert, TrustStore
+from attestation.snp.endorsements import KdsClient
 from attestation.snp.errors import EndorsementKeyUnavailable, SigningKeyMismatch, SnpVerificationError
 from attestation.snp.evidence import SnpEvidence
-from attestation.snp.kds import KdsClient
 from attestation.snp.report import SigningKey
 from attestation.snp.verify import VerifiedReport, check_binding, check_revocation, verify_report
+from coco_common.http import sync_client
 
 __all__ = ["InsecureSkipReportDataBinding", "SnpVerifier"]
 
@@ -92,7 +91,7 @@ class SnpVerifier:
         if kds is None and (kds_cache_dir is not None or kds_fetch):
             kds = KdsClient(
                 cache_dir=Path(kds_cache_dir) if kds_cache_dir is not None else None,
-                http=httpx.Client(follow_redirects=False) if kds_fetch else None,
+                http=sync_client() if kds_fetch else None,
                 offline=not kds_fetch,
             )
         self.kds = kds

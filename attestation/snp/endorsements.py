@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
@@ -35,6 +34,8 @@ from attestation.snp.errors import (
     RevocationListUnavailable,
 )
 from attestation.snp.report import AttestationReport, Product, SigningKey
+from coco_common.files import read_bounded as read_file_bounded
+from coco_common.files import write_atomic
 
 __all__ = ["KDS_BASE_URL", "KdsClient", "cache_name", "crl_url", "vcek_url"]
 
@@ -126,28 +127,17 @@ class KdsClient:
 
     @staticmethod
     def _read(path: Path) -> EndorsementCert | None:
+        """A cached certificate, or None for anything unreadable, oversized or malformed."""
         try:
-            with path.open("rb") as f:
-                data = f.read(MAX_CERT_FILE + 1)
-        except OSError:
-            return None
-        try:
-            return EndorsementCert.from_bytes(data)
-        except CertificateFormatError:
+            return EndorsementCert.from_bytes(read_file_bounded(path, MAX_CERT_FILE))
+        except (OSError, ValueError, CertificateFormatError):
             return None
 
     def _store(self, name: str, der: bytes) -> None:
         if self.cache_dir is None:
             return
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.cache_dir, prefix=".vcek-")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(der)
-            os.replace(tmp, self.cache_dir / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(self.cache_dir / name, der)
 
     def _fetch(self, report: AttestationReport, product: Product) -> EndorsementCert | None:
         assert self.http is not None
@@ -204,12 +194,13 @@ class KdsClient:
         name = f"crl-{roots.product.value.lower()}.der"
         if self.cache_dir is not None:
             try:
-                with (self.cache_dir / name).open("rb") as f:
-                    cached = self._crl_from(f.read(MAX_CERT_FILE * 4 + 1), roots, now)
-                if cached is not None:
-                    return cached
-            except OSError:
-                pass
+                cached = self._crl_from(
+                    read_file_bounded(self.cache_dir / name, MAX_CERT_FILE * 4), roots, now
+                )
+            except (OSError, ValueError):  # absent, unreadable, oversized: fetch instead
+                cached = None
+            if cached is not None:
+                return cached
         if self.offline or self.http is None:
             raise RevocationListUnavailable(
                 f"no current {roots.product.value} CRL cached and KDS fetches are off"

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-from attestation.errors import EvidenceFormatError
+from attestation.tdx.errors import TdxFormatError
 
 __all__ = ["TDREPORT_LEN", "TdReport"]
 
@@ -42,16 +42,16 @@ class TdReport:
     @classmethod
     def from_bytes(cls, untrusted: bytes) -> TdReport:
         if len(untrusted) != TDREPORT_LEN:
-            raise EvidenceFormatError(f"TDREPORT must be {TDREPORT_LEN} bytes, got {len(untrusted)}")
+            raise TdxFormatError(f"TDREPORT must be {TDREPORT_LEN} bytes, got {len(untrusted)}")
         b = untrusted
         if b[0] != 0x81:
-            raise EvidenceFormatError(f"TDREPORT type {b[0]:#x} is not TDX (0x81)")
+            raise TdxFormatError(f"TDREPORT type {b[0]:#x} is not TDX (0x81)")
         tee_tcb_info = b[256:495]
         td_info = b[512:1024]
         if hashlib.sha384(tee_tcb_info).digest() != b[32:80]:
-            raise EvidenceFormatError("TDREPORT TEE_TCB_INFO hash mismatch")
+            raise TdxFormatError("TDREPORT TEE_TCB_INFO hash mismatch")
         if hashlib.sha384(td_info).digest() != b[80:128]:
-            raise EvidenceFormatError("TDREPORT TDINFO hash mismatch")
+            raise TdxFormatError("TDREPORT TDINFO hash mismatch")
         t = tee_tcb_info
         return cls(
             report_type=b[0:4],
