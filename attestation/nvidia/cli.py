@@ -31,7 +31,6 @@ from attestation.nvidia.evidence import (
     MAX_EVIDENCE_JSON_SIZE,
     DeviceEvidence,
     decode_report_text,
-    loads_strict,
     parse_evidence,
 )
 from attestation.nvidia.policy import MAX_POLICY_SIZE, NvidiaPolicy
@@ -102,7 +101,7 @@ def _load_devices(args: argparse.Namespace) -> tuple[DeviceEvidence, ...]:
         if text[:1] in ("{", "["):
             if args.cert_chain:
                 raise NvidiaFormatError("--cert-chain is not used with an evidence JSON")
-            return parse_evidence(loads_strict(text))
+            return parse_evidence(text)
         report = decode_report_text(text)
     if not args.cert_chain:
         raise NvidiaFormatError("--cert-chain is required with a bare report")

@@ -21,11 +21,11 @@ from cryptography import x509
 
 from attestation._net import read_bounded
 from attestation.nvidia.errors import NvidiaFormatError, NvidiaVerificationError, RimError
-from attestation.nvidia.evidence import loads_strict
 from attestation.nvidia.ocsp import MAX_OCSP_RESPONSE, check_ocsp_response, ocsp_request
 from attestation.nvidia.rim import MAX_RIM_SIZE
 from attestation.nvidia.spdm import AttestationReport, OpaqueType
 from coco_common.b64 import b64_decode
+from coco_common.strict_json import strict_loads
 
 __all__ = [
     "DEFAULT_OCSP_URL",
@@ -106,7 +106,7 @@ class RimService:
                     raise RimError(f"RIM service answer for {rim_id} is larger than {limit} bytes")
         except httpx.HTTPError as exc:
             raise RimError(f"RIM service unreachable for {rim_id}") from exc
-        doc = loads_strict(body, limit=limit)
+        doc = strict_loads(body, limit=limit, error=RimError, what=f"RIM service answer for {rim_id}")
         if not isinstance(doc, dict) or not isinstance(doc.get("rim"), str):
             raise RimError(f"RIM service answer for {rim_id} has no 'rim' field")
         try:

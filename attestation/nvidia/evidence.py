@@ -31,7 +31,6 @@ __all__ = [
     "decode_report_text",
     "device_nonce",
     "encode_evidence",
-    "loads_strict",
     "parse_evidence",
 ]
 
@@ -58,16 +57,6 @@ def device_nonce(report_data: bytes) -> bytes:
     """The 32-byte device nonce: the first 32 bytes of the report data, zero-padded
     (guest-components' attester and trustee's verifier both do this)."""
     return report_data[:NONCE_SIZE].ljust(NONCE_SIZE, b"\0")
-
-
-def loads_strict(untrusted: bytes | str, *, limit: int = MAX_EVIDENCE_JSON_SIZE) -> Any:
-    """json.loads without duplicate keys or NaN/Infinity, with a size limit."""
-    if len(untrusted) > limit:
-        raise NvidiaFormatError(f"evidence JSON is larger than {limit} bytes")
-    try:
-        return strict_loads(untrusted)
-    except ValueError as exc:
-        raise NvidiaFormatError(f"evidence is not valid JSON: {exc}") from exc
 
 
 def decode_report_text(untrusted: str) -> bytes:
@@ -161,7 +150,9 @@ def _device_sdk(item: Any) -> DeviceEvidence:
 def parse_evidence(untrusted: Any) -> tuple[DeviceEvidence, ...]:
     """Parse either evidence shape (already JSON-decoded, or bytes/str to decode strictly)."""
     if isinstance(untrusted, bytes | str):
-        untrusted = loads_strict(untrusted)
+        untrusted = strict_loads(
+            untrusted, limit=MAX_EVIDENCE_JSON_SIZE, error=NvidiaFormatError, what="NVIDIA evidence"
+        )
     if isinstance(untrusted, dict):
         if set(untrusted) != {"device_evidence_list"}:
             raise NvidiaFormatError('NVIDIA evidence must be {"device_evidence_list": [...]}')

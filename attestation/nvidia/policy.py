@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from attestation.nvidia.errors import NvidiaFormatError, NvidiaPolicyViolation
-from attestation.nvidia.evidence import loads_strict
 from attestation.nvidia.verify import VerifiedDevice
+from coco_common.strict_json import strict_object
 
 __all__ = ["MAX_POLICY_SIZE", "NvidiaPolicy"]
 
@@ -49,9 +49,7 @@ class NvidiaPolicy:
 
     @classmethod
     def from_json(cls, untrusted: bytes) -> NvidiaPolicy:
-        doc = loads_strict(untrusted, limit=MAX_POLICY_SIZE)
-        if not isinstance(doc, dict):
-            raise NvidiaFormatError("policy must be a JSON object")
+        doc = strict_object(untrusted, limit=MAX_POLICY_SIZE, error=NvidiaFormatError, what="NVIDIA policy")
         unknown = set(doc) - set(_LIST_KEYS) - set(_BOOL_KEYS) - {"min_driver_version"}
         if unknown:
             raise NvidiaFormatError(f"unknown policy keys: {sorted(unknown)}")

@@ -73,13 +73,19 @@ def test_unknown_keys_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixt
     ("text", "needle"),
     [
         ("[token_configs.kbs]\ncert = 'x'\n", "token_configs.kbs.url is required"),
-        ("[token_configs.kbs]\nurl = 3\n", "token_configs.kbs.url must be a str"),
+        ("[token_configs.kbs]\nurl = 3\n", "token_configs.kbs.url must be a string, not int"),
         ("[token_configs.kbs]\nurl = 'http://x'\ntee_key_algorithm = 'P-384'\n", "tee_key_algorithm"),
-        ("[eventlog_config]\ninit_pcr = '17'\n", "eventlog_config.init_pcr must be a int"),
+        ("[eventlog_config]\ninit_pcr = '17'\n", "eventlog_config.init_pcr must be an integer, not str"),
         ("[eventlog_config]\ninit_pcr = 99\n", "out of range"),
-        ("[eventlog_config]\nenable_eventlog = 1\n", "eventlog_config.enable_eventlog must be a bool"),
-        ("[eventlog_config]\ninit_pcr = true\n", "eventlog_config.init_pcr has the wrong type"),
-        ("token_configs = 5\n", "[token_configs] must be a table"),
+        (
+            "[eventlog_config]\nenable_eventlog = 1\n",
+            "eventlog_config.enable_eventlog must be a boolean, not int",
+        ),
+        (
+            "[eventlog_config]\ninit_pcr = true\n",
+            "eventlog_config.init_pcr must be an integer, not a boolean",
+        ),
+        ("token_configs = 5\n", "token_configs must be a table, not int"),
         ("[token_configs.kbs\n", "not valid TOML"),
     ],
 )
