@@ -23,9 +23,12 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from attestation.errors import EvidenceFormatError
 from coco_common.cli import add_version, exit_on_closed_pipe
 
 __all__ = [
@@ -36,6 +39,9 @@ __all__ = [
     "EXIT_VERIFIED",
     "main",
     "not_verified",
+    "parse_hex",
+    "parse_time",
+    "read_input",
     "usage_error",
     "verified",
 ]
@@ -89,6 +95,38 @@ def usage_error(tee: str, why: str) -> int:
     """A usage error or unreadable input: no verdict was reached."""
     print(f"coco-verify {tee}: {why}", file=sys.stderr)
     return EXIT_USAGE
+
+
+def parse_time(text: str) -> datetime:
+    """``--at``: an ISO 8601 time (``Z`` accepted); a naive time is UTC."""
+    try:
+        t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise EvidenceFormatError(f"--at {text[:40]!r} is not an ISO 8601 time") from exc
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def parse_hex(text: str | None, what: str, limit: int) -> bytes | None:
+    """An optional hex argument of at most ``limit`` bytes."""
+    if text is None:
+        return None
+    try:
+        out = bytes.fromhex(text)
+    except ValueError as exc:
+        raise EvidenceFormatError(f"{what} is not hex") from exc
+    if len(out) > limit:
+        raise EvidenceFormatError(f"{what} is longer than {limit} bytes")
+    return out
+
+
+def read_input(path: str, limit: int) -> bytes:
+    """At most ``limit`` bytes of an input file (a pipe such as ``<(...)`` too:
+    the read stops at ``limit + 1`` bytes); raises OSError as ``open`` does."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise EvidenceFormatError(f"{Path(path).name} is larger than {limit} bytes")
+    return data
 
 
 def _subcommands() -> dict[str, tuple[str, ModuleType]]:

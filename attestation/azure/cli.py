@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from attestation.azure.errors import AzureFormatError
@@ -29,38 +28,17 @@ from attestation.tdx.kbs import quote_claims
 from attestation.tdx.pck import load_pem_chain
 from attestation.tpm.errors import TpmVerificationError
 from attestation.tpm.quote import INIT_DATA_PCR, init_data_pcr_value
-from attestation.verify_cli import EXIT_NOT_VERIFIED, not_verified, usage_error
+from attestation.verify_cli import (
+    EXIT_NOT_VERIFIED,
+    not_verified,
+    parse_hex,
+    parse_time,
+    read_input,
+    usage_error,
+)
 from attestation.verify_cli import verified as report_verified
 
-__all__ = ["configure", "parse_hex", "parse_time", "read_limited", "run"]
-
-
-def parse_time(text: str) -> datetime:
-    try:
-        t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise AzureFormatError(f"--at {text[:40]!r} is not an ISO 8601 time") from exc
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
-def parse_hex(text: str | None, what: str, limit: int) -> bytes | None:
-    if text is None:
-        return None
-    try:
-        out = bytes.fromhex(text)
-    except ValueError as exc:
-        raise AzureFormatError(f"{what} is not hex") from exc
-    if len(out) > limit:
-        raise AzureFormatError(f"{what} is longer than {limit} bytes")
-    return out
-
-
-def read_limited(path: str, limit: int) -> bytes:
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise AzureFormatError(f"{Path(path).name} is larger than {limit} bytes")
-    return data
+__all__ = ["configure", "run"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -89,14 +67,14 @@ def run(args: argparse.Namespace) -> int:
     tee = args.platform
     try:
         now = parse_time(args.at) if args.at else datetime.now(UTC)
-        doc = read_limited(args.evidence, MAX_EVIDENCE_JSON)
+        doc = read_input(args.evidence, MAX_EVIDENCE_JSON)
         rd = parse_hex(args.expect_report_data, "--expect-report-data", 64)
         init = parse_hex(args.init_data_digest, "--init-data-digest", 64)
         opts: dict[str, Any] = {}
         if args.root_ca:
-            opts["root_ca"] = load_pem_chain(read_limited(args.root_ca, 1 << 20), "--root-ca")[0]
+            opts["root_ca"] = load_pem_chain(read_input(args.root_ca, 1 << 20), "--root-ca")[0]
         if args.collateral:
-            opts["collateral"] = Collateral.from_json(read_limited(args.collateral, 16 << 20))
+            opts["collateral"] = Collateral.from_json(read_input(args.collateral, 16 << 20))
     except OSError as exc:
         return _fail(tee, 2, f"cannot read input: {exc.strerror or exc}")
     except AttestationError as exc:

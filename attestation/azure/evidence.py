@@ -41,13 +41,12 @@ _MAX_BLOB = 64 * 1024
 
 
 def load_json(untrusted: Any, what: str) -> Mapping[str, Any]:
+    """Untrusted evidence as a JSON object (decoded strictly, at most
+    :data:`MAX_EVIDENCE_JSON` bytes, when given as text)."""
     if isinstance(untrusted, (str, bytes, bytearray)):
-        if len(untrusted) > MAX_EVIDENCE_JSON:
-            raise HclFormatError(f"{what} evidence larger than {MAX_EVIDENCE_JSON} bytes")
-        try:
-            untrusted = strict_loads(untrusted)
-        except ValueError as exc:
-            raise HclFormatError(f"{what} evidence is not JSON ({exc})") from exc
+        untrusted = strict_loads(
+            untrusted, limit=MAX_EVIDENCE_JSON, error=HclFormatError, what=f"{what} evidence"
+        )
     if not isinstance(untrusted, Mapping):
         raise HclFormatError(f"{what} evidence must be a JSON object")
     return untrusted

@@ -16,12 +16,18 @@ import argparse
 import hmac
 from typing import Any
 
-from attestation.azure.cli import parse_hex, parse_time, read_limited
 from attestation.cca.errors import CcaVerificationError
 from attestation.cca.kbs import CcaVerifier, appraise_platform, appraise_realm, cca_claims
 from attestation.cca.token import MAX_TOKEN_SIZE
 from attestation.errors import AttestationError, EvidenceFormatError
-from attestation.verify_cli import EXIT_NOT_VERIFIED, not_verified, usage_error
+from attestation.verify_cli import (
+    EXIT_NOT_VERIFIED,
+    not_verified,
+    parse_hex,
+    parse_time,
+    read_input,
+    usage_error,
+)
 from attestation.verify_cli import verified as report_verified
 
 __all__ = ["configure", "run"]
@@ -47,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.at:
             parse_time(args.at)
-        raw = read_limited(args.evidence, 8 * MAX_TOKEN_SIZE)
+        raw = read_input(args.evidence, 8 * MAX_TOKEN_SIZE)
         doc: Any = raw if raw.lstrip()[:1] == b"{" else {"token": list(raw)}
         rd = parse_hex(args.expect_report_data, "--expect-report-data", 64)
         init = parse_hex(args.init_data_digest, "--init-data-digest", 64)

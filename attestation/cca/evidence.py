@@ -18,12 +18,9 @@ __all__ = ["evidence_token"]
 def evidence_token(untrusted: Any) -> bytes:
     """The token bytes of untrusted ``cca`` evidence (JSON text or a parsed value)."""
     if isinstance(untrusted, (str, bytes, bytearray)):
-        if len(untrusted) > 8 * MAX_TOKEN_SIZE:
-            raise CcaFormatError("CCA evidence too large")
-        try:
-            untrusted = strict_loads(untrusted)
-        except ValueError as exc:
-            raise CcaFormatError(f"CCA evidence is not JSON ({exc})") from exc
+        untrusted = strict_loads(
+            untrusted, limit=8 * MAX_TOKEN_SIZE, error=CcaFormatError, what="CCA evidence"
+        )
     if not isinstance(untrusted, Mapping) or set(untrusted) != {"token"}:
         raise CcaFormatError("CCA evidence must be {'token': [bytes]}")
     tok = untrusted["token"]

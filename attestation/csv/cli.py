@@ -16,14 +16,20 @@ from __future__ import annotations
 import argparse
 import hmac
 
-from attestation.azure.cli import parse_hex, parse_time, read_limited
 from attestation.csv.certs import CA_CERT_SIZE, CaCertificate, CsvCertificate, pinned_hrk
 from attestation.csv.errors import CsvVerificationError
 from attestation.csv.evidence import parse_evidence
 from attestation.csv.kbs import csv_claims
 from attestation.csv.verify import verify_chain, verify_report_signature
 from attestation.errors import AttestationError, EvidenceFormatError
-from attestation.verify_cli import EXIT_NOT_VERIFIED, not_verified, usage_error
+from attestation.verify_cli import (
+    EXIT_NOT_VERIFIED,
+    not_verified,
+    parse_hex,
+    parse_time,
+    read_input,
+    usage_error,
+)
 from attestation.verify_cli import verified as report_verified
 
 __all__ = ["configure", "run"]
@@ -48,9 +54,9 @@ def run(args: argparse.Namespace) -> int:
     try:
         if args.at:
             parse_time(args.at)
-        doc = read_limited(args.evidence, 1 << 20)
+        doc = read_input(args.evidence, 1 << 20)
         rd = parse_hex(args.expect_report_data, "--expect-report-data", 64)
-        hsk_cek = read_limited(args.hsk_cek, 8192) if args.hsk_cek else None
+        hsk_cek = read_input(args.hsk_cek, 8192) if args.hsk_cek else None
         report, pek, chip, _ = parse_evidence(doc)
     except OSError as exc:
         return _fail(2, f"cannot read input: {exc.strerror or exc}")

@@ -32,12 +32,7 @@ def _bytes(v: Any, what: str, size: int | None = None, limit: int = 8192) -> byt
 def parse_evidence(untrusted: Any) -> tuple[CsvReport, CsvCertificate, str, bool]:
     """(report, PEK, chip ID, whether the evidence carries an HSK/CEK)."""
     if isinstance(untrusted, (str, bytes, bytearray)):
-        if len(untrusted) > 1 << 20:
-            raise CsvFormatError("CSV evidence too large")
-        try:
-            untrusted = strict_loads(untrusted)
-        except ValueError as exc:
-            raise CsvFormatError(f"CSV evidence is not JSON ({exc})") from exc
+        untrusted = strict_loads(untrusted, limit=1 << 20, error=CsvFormatError, what="CSV evidence")
     if (
         not isinstance(untrusted, Mapping)
         or not {"attestation_report", "cert_chain", "serial_number"} <= set(untrusted)

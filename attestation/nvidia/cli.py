@@ -36,10 +36,10 @@ from attestation.nvidia.evidence import (
 from attestation.nvidia.policy import MAX_POLICY_SIZE, NvidiaPolicy
 from attestation.nvidia.rim import MAX_RIM_SIZE
 from attestation.nvidia.verify import OcspChecker, RimProvider, TrustAnchors, verify_device
-from attestation.verify_cli import not_verified, usage_error, verified
+from attestation.verify_cli import not_verified, parse_time, usage_error, verified
 from coco_common.http import sync_client
 
-__all__ = ["configure", "parse_time", "run"]
+__all__ = ["configure", "run"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -67,14 +67,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--device-root", metavar="PEM", help="device root CA (default: packaged NVIDIA root)")
     parser.add_argument("--rim-root", metavar="PEM", help="RIM root CA (default: packaged NVIDIA root)")
-
-
-def parse_time(text: str) -> datetime:
-    try:
-        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise NvidiaFormatError(f"--at: not an ISO 8601 time: {text!r}") from exc
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 def _read(path: str, limit: int, what: str) -> bytes:

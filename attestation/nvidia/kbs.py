@@ -17,17 +17,18 @@ from attestation.nvidia.errors import NvidiaFormatError
 from attestation.nvidia.evidence import device_nonce, parse_evidence
 from attestation.nvidia.rim import MAX_RIM_SIZE
 from attestation.nvidia.verify import OcspChecker, RimProvider, TrustAnchors, VerifiedDevice, verify_device
+from coco_common.files import FileTooLarge, read_bounded
 from coco_common.http import sync_client
 
 __all__ = ["NvidiaVerifier"]
 
 
 def _read_limited(path: str, limit: int) -> bytes:
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise NvidiaFormatError(f"{path} is larger than {limit} bytes")
-    return data
+    """A configured file (root PEM, RIM) of at most ``limit`` bytes."""
+    try:
+        return read_bounded(path, limit)
+    except FileTooLarge as exc:
+        raise NvidiaFormatError(f"{path} is larger than {limit} bytes") from exc
 
 
 def _load_root(path: str) -> x509.Certificate:

@@ -16,13 +16,19 @@ import hmac
 from datetime import UTC, datetime
 from typing import Any
 
-from attestation.azure.cli import parse_hex, parse_time, read_limited
 from attestation.errors import AttestationError, EvidenceFormatError
 from attestation.sgx.errors import SgxVerificationError
 from attestation.sgx.kbs import SgxVerifier, sgx_claims
 from attestation.tdx.collateral import Collateral
 from attestation.tdx.pck import load_pem_chain
-from attestation.verify_cli import EXIT_NOT_VERIFIED, not_verified, usage_error
+from attestation.verify_cli import (
+    EXIT_NOT_VERIFIED,
+    not_verified,
+    parse_hex,
+    parse_time,
+    read_input,
+    usage_error,
+)
 from attestation.verify_cli import verified as report_verified
 
 __all__ = ["configure", "run"]
@@ -48,14 +54,14 @@ def _fail(code: int, msg: str) -> int:
 def run(args: argparse.Namespace) -> int:
     try:
         now = parse_time(args.at) if args.at else datetime.now(UTC)
-        raw = read_limited(args.quote, _MAX)
+        raw = read_input(args.quote, _MAX)
         doc: Any = raw if raw.lstrip()[:1] == b"{" else {"quote": base64.b64encode(raw).decode()}
         rd = parse_hex(args.expect_report_data, "--expect-report-data", 64)
         opts: dict[str, Any] = {}
         if args.root_ca:
-            opts["root_ca"] = load_pem_chain(read_limited(args.root_ca, 1 << 20), "--root-ca")[0]
+            opts["root_ca"] = load_pem_chain(read_input(args.root_ca, 1 << 20), "--root-ca")[0]
         if args.collateral:
-            opts["collateral"] = Collateral.from_json(read_limited(args.collateral, 16 << 20))
+            opts["collateral"] = Collateral.from_json(read_input(args.collateral, 16 << 20))
     except OSError as exc:
         return _fail(2, f"cannot read input: {exc.strerror or exc}")
     except AttestationError as exc:

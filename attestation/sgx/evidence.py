@@ -18,12 +18,7 @@ MAX_QUOTE = 64 * 1024
 def evidence_quote(untrusted: Any) -> bytes:
     """The quote bytes of untrusted ``sgx`` evidence (JSON text or a parsed value)."""
     if isinstance(untrusted, (str, bytes, bytearray)):
-        if len(untrusted) > 2 * MAX_QUOTE:
-            raise SgxFormatError("SGX evidence too large")
-        try:
-            untrusted = strict_loads(untrusted)
-        except ValueError as exc:
-            raise SgxFormatError(f"SGX evidence is not JSON ({exc})") from exc
+        untrusted = strict_loads(untrusted, limit=2 * MAX_QUOTE, error=SgxFormatError, what="SGX evidence")
     if not isinstance(untrusted, Mapping) or set(untrusted) != {"quote"}:
         raise SgxFormatError("SGX evidence must be {'quote': <base64>}")
     raw = untrusted["quote"]

@@ -15,11 +15,17 @@ import argparse
 import sys
 from datetime import UTC, datetime
 
-from attestation.azure.cli import parse_hex, parse_time, read_limited
 from attestation.errors import AttestationError, EvidenceFormatError
 from attestation.tpm.evidence import MAX_EVIDENCE_JSON
 from attestation.tpm.kbs import TpmVerifier
-from attestation.verify_cli import EXIT_NOT_VERIFIED, not_verified, usage_error
+from attestation.verify_cli import (
+    EXIT_NOT_VERIFIED,
+    not_verified,
+    parse_hex,
+    parse_time,
+    read_input,
+    usage_error,
+)
 from attestation.verify_cli import verified as report_verified
 
 __all__ = ["configure", "run"]
@@ -48,11 +54,11 @@ def _fail(code: int, msg: str) -> int:
 def run(args: argparse.Namespace) -> int:
     try:
         now = parse_time(args.at) if args.at else datetime.now(UTC)
-        doc = read_limited(args.evidence, MAX_EVIDENCE_JSON)
+        doc = read_input(args.evidence, MAX_EVIDENCE_JSON)
         rd = parse_hex(args.expect_report_data, "--expect-report-data", 64)
         init = parse_hex(args.init_data_digest, "--init-data-digest", 64)
-        keys = [read_limited(p, 1 << 20).decode() for p in args.trusted_ak or ()]
-        ca = read_limited(args.ak_ca, 1 << 20).decode() if args.ak_ca else None
+        keys = [read_input(p, 1 << 20).decode() for p in args.trusted_ak or ()]
+        ca = read_input(args.ak_ca, 1 << 20).decode() if args.ak_ca else None
         verifier = TpmVerifier(trusted_ak_keys=keys, ak_ca_pem=ca)
     except OSError as exc:
         return _fail(2, f"cannot read input: {exc.strerror or exc}")

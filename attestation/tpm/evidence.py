@@ -40,12 +40,9 @@ class TpmEvidence:
 
     def __init__(self, untrusted: Any) -> None:
         if isinstance(untrusted, (str, bytes, bytearray)):
-            if len(untrusted) > MAX_EVIDENCE_JSON:
-                raise TpmFormatError("tpm evidence too large")
-            try:
-                untrusted = strict_loads(untrusted)
-            except ValueError as exc:
-                raise TpmFormatError(f"tpm evidence is not JSON ({exc})") from exc
+            untrusted = strict_loads(
+                untrusted, limit=MAX_EVIDENCE_JSON, error=TpmFormatError, what="tpm evidence"
+            )
         if not isinstance(untrusted, Mapping):
             raise TpmFormatError("tpm evidence must be a JSON object")
         extra = set(untrusted) - {"ak_public", "tpm_quote", "event_log", "ak_certificate"}
