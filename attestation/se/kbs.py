@@ -1,5 +1,7 @@
 """The KBS adapter for ``se`` (IBM Secure Execution), trustee-compatible on
-the wire:
+the wire (the checks are :mod:`attestation.se.verify`'s, the
+envelope :mod:`attestation.se.evidence`'s, the host keys
+:mod:`attestation.se.endorsements`'):
 
 * :meth:`SeVerifier.generate_challenge` is the ``/auth`` nonce for an SE
   guest: a JSON ``SeAttestationRequest`` (``request_blob`` = an ARCB for the
@@ -29,7 +31,6 @@ documents are trusted as configured, with a WARNING (trustee's
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
 import json
@@ -37,85 +38,29 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from attestation.se.arcb import (
-    MEASUREMENT_SIZE,
-    TAGS_SIZE,
-    additional_data_phkhs,
-    boot_hdr_tags,
-    build_arcb,
-    ec_coords,
-    measurement,
-)
-from attestation.se.errors import SeFormatError, SeVerificationError
-from coco_common.b64 import b64_decode
-from coco_common.strict_json import strict_loads
+from attestation.se.arcb import MEASUREMENT_SIZE, boot_hdr_tags, build_arcb, ec_coords
+from attestation.se.endorsements import host_keys, load_host_key_document
+from attestation.se.errors import SeVerificationError
+from attestation.se.evidence import parse_response
+from attestation.se.verify import IssuedChallenge, verify_response
 
-__all__ = ["SeVerifier", "load_host_key_document"]
+__all__ = ["SeVerifier"]
 
 log = logging.getLogger(__name__)
 
-_REPORT_DATA_SIZE = 64
 _MAX_PENDING = 4096
-_RESPONSE_FIELDS = {
-    "measurement",
-    "additional_data",
-    "user_data",
-    "cuid",
-    "encr_measurement_key",
-    "encr_request_nonce",
-    "image_hdr_tags",
-}
 
 
 def _read(path: str | Path) -> bytes:
     return Path(path).read_bytes()
-
-
-def load_host_key_document(data: bytes) -> x509.Certificate:
-    try:
-        if data.lstrip().startswith(b"-----BEGIN"):
-            return x509.load_pem_x509_certificate(data)
-        return x509.load_der_x509_certificate(data)
-    except ValueError as exc:
-        raise ValueError("host-key document is not an X.509 certificate") from exc
-
-
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
-@dataclass
-class _Issued:
-    measurement_key: bytes
-    nonce: bytes
-    tags: bytes
-    encr_nonce: bytes
-    expires: float
-
-
-def _b64(doc: Mapping[str, Any], key: str, limit: int) -> bytes:
-    v = doc.get(key)
-    if not isinstance(v, str) or len(v) > limit * 4 // 3 + 4:
-        raise SeFormatError(f"SE response: {key} must be a base64 string")
-    try:
-        return b64_decode(v)
-    except (binascii.Error, ValueError) as exc:
-        raise SeFormatError(f"SE response: {key} is not standard base64") from exc
 
 
 class SeVerifier:
@@ -145,31 +90,15 @@ class SeVerifier:
             raise ValueError("the SE measurement-key wrapping key must be RSA")
         self._rsa = key.public_key()
         self.tags = boot_hdr_tags(_read(se_image_header))
-        docs = [load_host_key_document(_read(p)) for p in host_key_documents]
-        if not docs:
-            raise ValueError("at least one host-key document is needed")
-        at = now or datetime.now(UTC)
-        if hkd_signing_cert is not None:
-            signer = load_host_key_document(_read(hkd_signing_cert))
-            cas = [load_host_key_document(_read(p)) for p in hkd_ca_certs or ()]
-            if cas and not any(_issued_by(signer, ca) for ca in cas):
-                raise ValueError("the host-key signing certificate does not chain to a configured CA")
-            for d in docs:
-                if not _issued_by(d, signer):
-                    raise ValueError("a host-key document is not signed by the host-key signing certificate")
-                if not d.not_valid_before_utc <= at <= d.not_valid_after_utc:
-                    raise ValueError("a host-key document is outside its validity period")
-        else:
-            log.warning("SE host-key documents are NOT verified (no hkd_signing_cert configured)")
-        self.host_keys: list[ec.EllipticCurvePublicKey] = []
-        for d in docs:
-            k = d.public_key()
-            if not isinstance(k, ec.EllipticCurvePublicKey) or not isinstance(k.curve, ec.SECP521R1):
-                raise ValueError("host-key documents must carry P-521 keys")
-            self.host_keys.append(k)
+        self.host_keys = host_keys(
+            [load_host_key_document(_read(p)) for p in host_key_documents],
+            signer=load_host_key_document(_read(hkd_signing_cert)) if hkd_signing_cert is not None else None,
+            cas=[load_host_key_document(_read(p)) for p in hkd_ca_certs or ()],
+            at=now or datetime.now(UTC),
+        )
         self._phkhs = {hashlib.sha256(ec_coords(k)).digest() for k in self.host_keys}
         self._ttl = challenge_ttl_s
-        self._issued: OrderedDict[bytes, _Issued] = OrderedDict()
+        self._issued: OrderedDict[bytes, IssuedChallenge] = OrderedDict()
         self._lock = threading.Lock()
 
     def _encrypt(self, data: bytes) -> bytes:
@@ -186,7 +115,7 @@ class SeVerifier:
                 len(self._issued) >= _MAX_PENDING or next(iter(self._issued.values())).expires < now
             ):
                 self._issued.popitem(last=False)
-            self._issued[hashlib.sha256(encr_key).digest()] = _Issued(
+            self._issued[hashlib.sha256(encr_key).digest()] = IssuedChallenge(
                 arcb.measurement_key, arcb.nonce, self.tags, encr_nonce, now + self._ttl
             )
         b64 = base64.b64encode
@@ -202,7 +131,7 @@ class SeVerifier:
             separators=(",", ":"),
         )
 
-    def _take(self, encr_key: bytes, encr_nonce: bytes, tags: bytes) -> _Issued:
+    def _take(self, encr_key: bytes, encr_nonce: bytes, tags: bytes) -> IssuedChallenge:
         with self._lock:
             issued = self._issued.pop(hashlib.sha256(encr_key).digest(), None)
         if issued is None or issued.expires < time.monotonic():
@@ -223,42 +152,18 @@ class SeVerifier:
         expected_init_data_hash: bytes | None,
         now: datetime,
     ) -> dict[str, Any]:
-        doc = untrusted_evidence
-        if isinstance(doc, (str, bytes, bytearray)):
-            if len(doc) > 64 * 1024:
-                raise SeFormatError("SE evidence too large")
-            try:
-                doc = strict_loads(doc)
-            except ValueError as exc:
-                raise SeFormatError(f"SE evidence is not JSON ({exc})") from exc
-        if not isinstance(doc, Mapping) or set(doc) != _RESPONSE_FIELDS:
-            raise SeFormatError(f"SE evidence must have exactly {sorted(_RESPONSE_FIELDS)}")
-        meas = _b64(doc, "measurement", 64)
-        additional = _b64(doc, "additional_data", 4096)
-        user_data = _b64(doc, "user_data", 256)
-        cuid = _b64(doc, "cuid", 16)
-        encr_key = _b64(doc, "encr_measurement_key", 1024)
-        encr_nonce = _b64(doc, "encr_request_nonce", 1024)
-        tags = _b64(doc, "image_hdr_tags", TAGS_SIZE)
-        if len(cuid) != 16 or len(tags) != TAGS_SIZE or len(meas) != MEASUREMENT_SIZE:
-            raise SeFormatError("SE response fields have the wrong sizes")
-        issued = self._take(encr_key, encr_nonce, tags)
-        expected = expected_report_data[:_REPORT_DATA_SIZE].ljust(_REPORT_DATA_SIZE, b"\x00")
-        if not hmac.compare_digest(user_data[: len(expected)], expected):
-            raise SeVerificationError("USER_DATA in the SE response does not match the expected report data")
-        want = measurement(issued.measurement_key, issued.tags, cuid, user_data, issued.nonce, additional)
-        if not hmac.compare_digest(want, meas):
-            raise SeVerificationError("the SE attestation measurement does not verify")
-        image_phkh, attest_phkh = additional_data_phkhs(additional)
-        if attest_phkh not in self._phkhs:
-            raise SeVerificationError("the SE request was unpacked with a host key this KBS did not use")
+        resp = parse_response(untrusted_evidence)
+        issued = self._take(resp.encr_measurement_key, resp.encr_request_nonce, resp.image_hdr_tags)
+        v = verify_response(
+            resp, issued, expected_report_data=expected_report_data, host_key_hashes=self._phkhs
+        )
         if expected_init_data_hash is not None:
             log.warning("IBM SE verifier does not verify init data; ignoring the init-data digest")
         return {
-            "cuid": cuid.hex(),
+            "cuid": resp.cuid.hex(),
             "report_data": expected_report_data.hex(),
             "version": 0x0100,
-            "image_phkh": image_phkh.hex(),
-            "attestation_phkh": attest_phkh.hex(),
-            "tag": issued.tags[-16:].hex(),
+            "image_phkh": v.image_phkh.hex(),
+            "attestation_phkh": v.attestation_phkh.hex(),
+            "tag": v.tags[-16:].hex(),
         }
