@@ -16,6 +16,7 @@ from datetime import datetime
 from typing import Any
 
 from attestation.azure.verify import VerifiedVtpm, check_init_data, verify_az_snp, verify_az_tdx
+from attestation.replay import BindingSkip
 from attestation.snp.certs import TrustStore
 from attestation.snp.report import AttestationReport
 from attestation.snp.verify import VerifiedReport
@@ -53,34 +54,12 @@ def snp_claims(report: AttestationReport) -> dict[str, Any]:
     }
 
 
-class _Insecure:
-    """TEST ONLY: skip the nonce and user-data binding (recorded evidence replay)."""
-
-    def __init__(self, reason: str | None, tee: str) -> None:
-        self.reason = reason
-        if reason is not None:
-            if not reason.strip():
-                raise ValueError("say why the report-data binding is being skipped")
-            log.warning("INSECURE %s verifier mode: report-data binding disabled (%s)", tee, reason)
-
-    def expected(self, tee: str, expected_report_data: bytes) -> bytes | None:
-        if self.reason is None:
-            return expected_report_data
-        log.warning("INSECURE: %s report-data binding not checked (%s)", tee, self.reason)
-        return None
-
-    def mark(self, claims: dict[str, Any]) -> dict[str, Any]:
-        if self.reason is not None:
-            claims["insecure_report_data_binding_skipped"] = True
-        return claims
-
-
 class _AzVtpmVerifier(ABC):
     """What both Azure adapters share: the TEST-ONLY binding skip, the
     init-data check on PCR 8 and trustee's ``tpm.*`` claim layout."""
 
     tee: str
-    _insecure: _Insecure
+    _insecure: BindingSkip
 
     @abstractmethod
     def _verify_parts(
@@ -98,7 +77,7 @@ class _AzVtpmVerifier(ABC):
     ) -> dict[str, Any]:
         vt, claims = self._verify_parts(
             untrusted_evidence,
-            expected_report_data=self._insecure.expected(self.tee, expected_report_data),
+            expected_report_data=self._insecure.expected(expected_report_data),
             now=now,
         )
         check_init_data(vt.pcrs, expected_init_data_hash)
@@ -121,7 +100,7 @@ class AzSnpVtpmVerifier(_AzVtpmVerifier):
         self, *, trust: TrustStore | None = None, insecure_skip_report_data_binding: str | None = None
     ) -> None:
         self.trust = trust if trust is not None else TrustStore.builtin()
-        self._insecure = _Insecure(insecure_skip_report_data_binding, self.tee)
+        self._insecure = BindingSkip(insecure_skip_report_data_binding, tee=self.tee)
 
     def verify_evidence(
         self, untrusted_evidence: Any, *, expected_report_data: bytes | None, now: datetime
@@ -151,7 +130,7 @@ class AzTdxVtpmVerifier(_AzVtpmVerifier):
 
     def __init__(self, *, insecure_skip_report_data_binding: str | None = None, **tdx_options: Any) -> None:
         self.tdx = TdxVerifier(**tdx_options)
-        self._insecure = _Insecure(insecure_skip_report_data_binding, self.tee)
+        self._insecure = BindingSkip(insecure_skip_report_data_binding, tee=self.tee)
 
     def verify_evidence(
         self, untrusted_evidence: Any, *, expected_report_data: bytes | None, now: datetime

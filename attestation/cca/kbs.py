@@ -39,6 +39,7 @@ from attestation.cca.errors import CcaVerificationError
 from attestation.cca.evidence import evidence_token
 from attestation.cca.token import CcaToken, parse_token
 from attestation.cca.verify import verify_token
+from attestation.replay import BindingSkip
 from coco_common.strict_json import strict_loads
 
 __all__ = ["CcaVerifier", "appraise_platform", "appraise_realm", "cca_claims"]
@@ -120,12 +121,9 @@ class CcaVerifier:
         self.rvs: Any = strict_loads(Path(rv_store).read_bytes()) if rv_store else {}
         if not isinstance(self.rvs, Mapping):
             raise ValueError("CCA reference-value store must be a JSON object")
-        reason = insecure_skip_report_data_binding
-        if reason is not None:
-            if not reason.strip():
-                raise ValueError("say why the report-data binding is being skipped")
-            log.warning("INSECURE cca verifier mode: realm challenge binding disabled (%s)", reason)
-        self._insecure = reason
+        self._insecure = BindingSkip(
+            insecure_skip_report_data_binding, tee=self.tee, what="realm challenge binding"
+        )
 
     def verify_evidence(self, untrusted_evidence: Any) -> CcaToken:
         token = parse_token(evidence_token(untrusted_evidence))
@@ -151,9 +149,8 @@ class CcaVerifier:
     ) -> dict[str, Any]:
         token = self.verify_evidence(untrusted_evidence)
         r = token.realm
-        if self._insecure is not None:
-            log.warning("INSECURE: cca realm challenge not checked (%s)", self._insecure)
-        elif not hmac.compare_digest(expected_report_data[:64].ljust(64, b"\x00"), r.challenge):
+        expected = self._insecure.expected(expected_report_data)
+        if expected is not None and not hmac.compare_digest(expected[:64].ljust(64, b"\x00"), r.challenge):
             raise CcaVerificationError("realm token challenge claim does not match expected_report_data")
         if expected_init_data_hash is not None and not hmac.compare_digest(
             expected_init_data_hash[:64].ljust(64, b"\x00"), r.personalization_value
@@ -162,6 +159,4 @@ class CcaVerifier:
         claims = cca_claims(token)
         claims["platform_reference_values"] = appraise_platform(token, self.rvs)
         claims["realm_reference_values"] = appraise_realm(token, self.rvs)
-        if self._insecure is not None:
-            claims["insecure_report_data_binding_skipped"] = True
-        return claims
+        return self._insecure.mark(claims)

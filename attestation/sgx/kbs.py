@@ -18,6 +18,7 @@ import struct
 from datetime import datetime
 from typing import Any
 
+from attestation.replay import BindingSkip
 from attestation.sgx.errors import SgxFormatError, SgxVerificationError
 from attestation.sgx.evidence import evidence_quote
 from attestation.sgx.verify import verify_sgx_quote
@@ -98,12 +99,9 @@ class SgxVerifier:
         """``insecure_skip_report_data_binding``: TEST ONLY, a reason; REPORT_DATA is not
         compared (recorded quotes in a live handshake); logged and marked in the claims."""
         self.dcap = TdxVerifier(**dcap_options)
-        reason = insecure_skip_report_data_binding
-        if reason is not None:
-            if not reason.strip():
-                raise ValueError("say why the report-data binding is being skipped")
-            log.warning("INSECURE sgx verifier mode: REPORT_DATA binding disabled (%s)", reason)
-        self._insecure = reason
+        self._insecure = BindingSkip(
+            insecure_skip_report_data_binding, tee=self.tee, what="REPORT_DATA binding"
+        )
 
     def verify_evidence(self, untrusted_evidence: Any, *, now: datetime) -> VerifiedQuote:
         return verify_sgx_quote(evidence_quote(untrusted_evidence), dcap=self.dcap, now=now)
@@ -119,15 +117,13 @@ class SgxVerifier:
         v = self.verify_evidence(untrusted_evidence, now=now)
         body = v.quote.body
         assert isinstance(body, EnclaveReport)
-        if self._insecure is not None:
-            log.warning("INSECURE: sgx REPORT_DATA binding not checked (%s)", self._insecure)
-        elif not hmac.compare_digest(expected_report_data[:64].ljust(64, b"\x00"), body.report_data):
+        expected = self._insecure.expected(expected_report_data)
+        if expected is not None and not hmac.compare_digest(
+            expected[:64].ljust(64, b"\x00"), body.report_data
+        ):
             raise SgxVerificationError("REPORT_DATA is different from that in SGX Quote")
         if expected_init_data_hash is not None and not hmac.compare_digest(
             expected_init_data_hash[:64].ljust(64, b"\x00"), body.raw[192:256]
         ):
             raise SgxVerificationError("CONFIGID is different from that in SGX Quote")
-        claims = sgx_claims(v)
-        if self._insecure is not None:
-            claims["insecure_report_data_binding_skipped"] = True
-        return claims
+        return self._insecure.mark(sgx_claims(v))

@@ -32,6 +32,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from attestation.replay import BindingSkip
 from attestation.tpm.quote import INIT_DATA_PCR
 from attestation.tpm.verify import AkAnchors, VerifiedTpm, spki, verify_tpm_evidence
 
@@ -56,12 +57,7 @@ class TpmVerifier:
         ak_ca_pem: str | None = None,
         insecure_skip_report_data_binding: str | None = None,
     ) -> None:
-        reason = insecure_skip_report_data_binding
-        if reason is not None:
-            if not reason.strip():
-                raise ValueError("say why the report-data binding is being skipped")
-            log.warning("INSECURE tpm verifier mode: nonce binding disabled (%s)", reason)
-        self._insecure = reason
+        self._insecure = BindingSkip(insecure_skip_report_data_binding, tee=self.tee, what="nonce binding")
         trusted: set[bytes] = set()
         for item in trusted_ak_keys or ():
             text = item.encode() if "-----BEGIN" in item else Path(item).read_bytes()
@@ -80,17 +76,13 @@ class TpmVerifier:
         expected_init_data_hash: bytes | None,
         now: datetime,
     ) -> dict[str, Any]:
-        if self._insecure is not None:
-            log.warning("INSECURE: tpm nonce binding not checked (%s)", self._insecure)
         claims = self.check(
             untrusted_evidence,
-            expected_report_data=None if self._insecure is not None else expected_report_data,
+            expected_report_data=self._insecure.expected(expected_report_data),
             expected_init_data_hash=expected_init_data_hash,
             now=now,
         )
-        if self._insecure is not None:
-            claims["insecure_report_data_binding_skipped"] = True
-        return claims
+        return self._insecure.mark(claims)
 
     def check(
         self,
