@@ -96,7 +96,7 @@ def _setup_logging(args: argparse.Namespace, config: AaConfig | None) -> None:
         level = config.log_level.lower()
     setup_logging(
         logging.getLevelName(_LEVELS.get(level or "info", logging.INFO)),
-        json_lines=getattr(args, "log_format", "json") == "json",
+        json_lines=args.log_format == "json",
     )
 
 

@@ -22,12 +22,11 @@ from typing import Any
 from attestation.azure.errors import AzureFormatError
 from attestation.azure.evidence import MAX_EVIDENCE_JSON
 from attestation.azure.kbs import AzSnpVtpmVerifier, AzTdxVtpmVerifier, snp_claims
+from attestation.azure.verify import check_init_data
 from attestation.errors import AttestationError, EvidenceFormatError
 from attestation.tdx.collateral import Collateral
 from attestation.tdx.kbs import quote_claims
 from attestation.tdx.pck import load_pem_chain
-from attestation.tpm.errors import TpmVerificationError
-from attestation.tpm.quote import INIT_DATA_PCR, init_data_pcr_value
 from attestation.verify_cli import (
     EXIT_NOT_VERIFIED,
     not_verified,
@@ -88,8 +87,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             vt, vq = AzTdxVtpmVerifier(**opts).verify_evidence(doc, expected_report_data=rd, now=now)
             claims = vt.tpm_claims(quote_claims(vq))
-        if init is not None and vt.pcrs.get(INIT_DATA_PCR) != init_data_pcr_value(init):
-            raise TpmVerificationError(f"PCR {INIT_DATA_PCR} does not match the init-data digest")
+        check_init_data(vt.pcrs, init)
     except EvidenceFormatError as exc:
         return _fail(tee, 2, f"rejected: malformed input: {exc}")
     except AttestationError as exc:
