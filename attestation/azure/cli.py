@@ -28,7 +28,6 @@ from attestation.tdx.collateral import Collateral
 from attestation.tdx.kbs import quote_claims
 from attestation.tdx.pck import load_pem_chain
 from attestation.verify_cli import (
-    EXIT_NOT_VERIFIED,
     not_verified,
     parse_hex,
     parse_time,
@@ -56,12 +55,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _fail(tee: str, code: int, msg: str) -> int:
-    if code == EXIT_NOT_VERIFIED:
-        return not_verified(tee, msg)
-    return usage_error(tee, msg.removeprefix("rejected: "))
-
-
 def run(args: argparse.Namespace) -> int:
     tee = args.platform
     try:
@@ -75,9 +68,9 @@ def run(args: argparse.Namespace) -> int:
         if args.collateral:
             opts["collateral"] = Collateral.from_json(read_input(args.collateral, 16 << 20))
     except OSError as exc:
-        return _fail(tee, 2, f"cannot read input: {exc.strerror or exc}")
+        return usage_error(tee, f"cannot read input: {exc.strerror or exc}")
     except AttestationError as exc:
-        return _fail(tee, 2, f"rejected: malformed input: {exc}")
+        return usage_error(tee, f"malformed input: {exc}")
     try:
         if tee == "az-snp-vtpm":
             if opts:
@@ -89,9 +82,9 @@ def run(args: argparse.Namespace) -> int:
             claims = vt.tpm_claims(quote_claims(vq))
         check_init_data(vt.pcrs, init)
     except EvidenceFormatError as exc:
-        return _fail(tee, 2, f"rejected: malformed input: {exc}")
+        return usage_error(tee, f"malformed input: {exc}")
     except AttestationError as exc:
-        return _fail(tee, 1, f"rejected: {exc}")
+        return not_verified(tee, f"rejected: {exc}")
     if rd is None:
         print(f"coco-verify {tee}: note: nonce not checked (no --expect-report-data)", file=sys.stderr)
     unchecked = [] if rd is not None else ["nonce (no --expect-report-data)"]

@@ -23,7 +23,6 @@ from attestation.csv.kbs import csv_claims
 from attestation.csv.verify import verify_chain, verify_report_signature
 from attestation.errors import AttestationError, EvidenceFormatError
 from attestation.verify_cli import (
-    EXIT_NOT_VERIFIED,
     not_verified,
     parse_hex,
     parse_time,
@@ -44,12 +43,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--at", metavar="TIME", help="accepted for uniformity; unused")
 
 
-def _fail(code: int, msg: str) -> int:
-    if code == EXIT_NOT_VERIFIED:
-        return not_verified("csv", msg)
-    return usage_error("csv", msg.removeprefix("rejected: "))
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         if args.at:
@@ -59,9 +52,9 @@ def run(args: argparse.Namespace) -> int:
         hsk_cek = read_input(args.hsk_cek, 8192) if args.hsk_cek else None
         report, pek, chip, _ = parse_evidence(doc)
     except OSError as exc:
-        return _fail(2, f"cannot read input: {exc.strerror or exc}")
+        return usage_error("csv", f"cannot read input: {exc.strerror or exc}")
     except AttestationError as exc:
-        return _fail(2, f"rejected: malformed input: {exc}")
+        return usage_error("csv", f"malformed input: {exc}")
     try:
         if hsk_cek is not None:
             hsk = CaCertificate.from_bytes(hsk_cek[:CA_CERT_SIZE])
@@ -74,9 +67,9 @@ def run(args: argparse.Namespace) -> int:
         if rd is not None and not hmac.compare_digest(rd.ljust(64, b"\x00"), report.report_data):
             raise CsvVerificationError("REPORT_DATA does not match --expect-report-data")
     except EvidenceFormatError as exc:
-        return _fail(2, f"rejected: malformed input: {exc}")
+        return usage_error("csv", f"malformed input: {exc}")
     except AttestationError as exc:
-        return _fail(1, f"rejected: {exc}")
+        return not_verified("csv", f"rejected: {exc}")
     claims = csv_claims(report, chip)
     claims["chain_verified"] = hsk_cek is not None
     unchecked = [] if rd is not None else ["nonce (no --expect-report-data)"]
