@@ -41,6 +41,8 @@ from typing import Any
 from cdh.errors import ConfigError
 from cdh.files import read_limited
 from coco_common.cli import closest
+from image_pull.errors import PolicyRejected
+from image_pull.registries_conf import ProxyConfig, RegistryConfig
 
 __all__ = [
     "CDH_KBS_DIR",
@@ -50,13 +52,9 @@ __all__ = [
     "MAX_CONFIG_BYTES",
     "OCICRYPT_CONFIG_PATH",
     "CdhConfig",
+    "CdhImageConfig",
     "Credential",
-    "ImageConfig",
     "KbcConfig",
-    "ProxyConfig",
-    "RegistryConfigFile",
-    "RegistryEntry",
-    "RegistryMirror",
     "check_credential_path",
     "describe_unknown",
     "export_environment",
@@ -98,37 +96,9 @@ class Credential:
 
 
 @dataclass(frozen=True)
-class ProxyConfig:
-    https_proxy: str | None = None
-    http_proxy: str | None = None
-    no_proxy: str | None = None
+class CdhImageConfig:
+    """``[image]``: what CDH's PullImage needs (registry settings already in image_pull's types)."""
 
-
-@dataclass(frozen=True)
-class RegistryMirror:
-    location: str
-    insecure: bool = False
-
-
-@dataclass(frozen=True)
-class RegistryEntry:
-    prefix: str
-    location: str
-    insecure: bool = False
-    blocked: bool = False
-    mirrors: tuple[RegistryMirror, ...] = ()
-
-
-@dataclass(frozen=True)
-class RegistryConfigFile:
-    """The ``registries.conf`` subset image-rs understands."""
-
-    unqualified_search_registries: tuple[str, ...] = ()
-    registries: tuple[RegistryEntry, ...] = ()
-
-
-@dataclass(frozen=True)
-class ImageConfig:
     work_dir: Path = DEFAULT_IMAGE_WORK_DIR
     image_security_policy_uri: str | None = None
     image_security_policy: str | None = None
@@ -136,10 +106,10 @@ class ImageConfig:
     sigstore_config: str | None = None
     authenticated_registry_credentials_uri: str | None = None
     registry_configuration_uri: str | None = None
-    registry_config: RegistryConfigFile | None = None
+    registry_config: RegistryConfig | None = None
     max_concurrent_layer_downloads_per_image: int = 3
     extra_root_certificates: tuple[str, ...] = ()
-    image_pull_proxy: ProxyConfig | None = None
+    image_pull_proxy: ProxyConfig | None = None  # image_pull.registries_conf.ProxyConfig
     pull_timeout: float = DEFAULT_PULL_TIMEOUT  # seconds; applies whatever deadline the caller sends
 
 
@@ -149,7 +119,7 @@ class CdhConfig:
     socket: str = DEFAULT_CDH_SOCKET
     aa_socket: str = DEFAULT_AA_SOCKET
     credentials: tuple[Credential, ...] = ()
-    image: ImageConfig = field(default_factory=ImageConfig)
+    image: CdhImageConfig = field(default_factory=CdhImageConfig)
     skip_sealed_secret_verification: bool = False
     log_level: str = "info"
     unknown_keys: tuple[str, ...] = ()  # dotted paths, reported as a warning
@@ -244,55 +214,43 @@ def _credentials(raw: Any, out_unknown: list[str]) -> tuple[Credential, ...]:
 
 def _proxy(raw: Mapping[str, Any], where: str, unknown: list[str]) -> ProxyConfig:
     _unknown(raw, {"https_proxy", "http_proxy", "no_proxy"}, where, unknown)
-    return ProxyConfig(
-        https_proxy=_str(raw, "https_proxy", where),
-        http_proxy=_str(raw, "http_proxy", where),
-        no_proxy=_str(raw, "no_proxy", where),
+    return ProxyConfig.from_list(
+        _str(raw, "https_proxy", where), _str(raw, "http_proxy", where), _str(raw, "no_proxy", where)
     )
 
 
-def parse_registry_config(raw: Mapping[str, Any], where: str, unknown: list[str]) -> RegistryConfigFile:
-    """Parse the ``registries.conf`` subset (inline table or a fetched TOML file)."""
-    _unknown(raw, {"unqualified-search-registries", "registry"}, where, unknown)
-    usr = raw.get("unqualified-search-registries", [])
-    if not isinstance(usr, list) or not all(isinstance(x, str) for x in usr):
-        raise ConfigError(f"{where}unqualified-search-registries must be an array of strings")
-    regs_raw = raw.get("registry", [])
-    if not isinstance(regs_raw, list):
-        raise ConfigError(f"{where}registry must be an array of tables")
-    regs = []
-    for i, r in enumerate(regs_raw):
-        w = f"{where}registry[{i}]."
-        if not isinstance(r, dict):
-            raise ConfigError(f"{where}registry[{i}] must be a table")
-        _unknown(r, {"prefix", "location", "insecure", "blocked", "mirror"}, w, unknown)
-        prefix = _str(r, "prefix", w)
-        location = _str(r, "location", w)
-        if prefix is None and location is None:
-            raise ConfigError(f"{w}prefix or {w}location is required")
-        mirrors = []
-        mraw = r.get("mirror", [])
-        if not isinstance(mraw, list):
-            raise ConfigError(f"{w}mirror must be an array of tables")
-        for j, m in enumerate(mraw):
-            mw = f"{w}mirror[{j}]."
-            if not isinstance(m, dict):
-                raise ConfigError(f"{w}mirror[{j}] must be a table")
-            _unknown(m, {"location", "insecure"}, mw, unknown)
-            loc = _str(m, "location", mw)
-            if loc is None:
-                raise ConfigError(f"{mw}location is required")
-            mirrors.append(RegistryMirror(loc, _bool(m, "insecure", mw)))
-        regs.append(
-            RegistryEntry(
-                prefix=prefix if prefix is not None else location or "",
-                location=location if location is not None else prefix or "",
-                insecure=_bool(r, "insecure", w),
-                blocked=_bool(r, "blocked", w),
-                mirrors=tuple(mirrors),
-            )
-        )
-    return RegistryConfigFile(tuple(usr), tuple(regs))
+_REGISTRY_KEYS = {"prefix", "location", "insecure", "blocked", "mirror"}
+
+
+def _known_only(raw: Any, known: set[str], where: str, unknown: list[str]) -> Any:
+    """``raw`` without its unknown keys (recorded); anything not a table as it is."""
+    if not isinstance(raw, dict):
+        return raw
+    _unknown(raw, known, where, unknown)
+    return {k: v for k, v in raw.items() if k in known}
+
+
+def parse_registry_config(raw: Mapping[str, Any], where: str, unknown: list[str]) -> RegistryConfig:
+    """The ``registries.conf`` subset (inline table or a fetched TOML file), parsed by
+    image_pull's own rules; unknown keys are reported (upstream ignores them), not refused."""
+    doc = _known_only(raw, {"unqualified-search-registries", "registry"}, where, unknown)
+    doc.setdefault("unqualified-search-registries", [])  # none unless configured (image-rs)
+    regs = doc.get("registry", [])
+    if isinstance(regs, list):
+        doc["registry"] = []
+        for i, r in enumerate(regs):
+            entry = _known_only(r, _REGISTRY_KEYS, f"{where}registry[{i}].", unknown)
+            mirrors = entry.get("mirror", []) if isinstance(entry, dict) else None
+            if isinstance(mirrors, list):
+                entry["mirror"] = [
+                    _known_only(m, {"location", "insecure"}, f"{where}registry[{i}].mirror[{j}].", unknown)
+                    for j, m in enumerate(mirrors)
+                ]
+            doc["registry"].append(entry)
+    try:
+        return RegistryConfig.from_mapping(doc)
+    except PolicyRejected as exc:
+        raise ConfigError(f"{where.rstrip('.') or 'registry configuration'}: {exc}") from exc
 
 
 _IMAGE_KEYS = {
@@ -313,7 +271,7 @@ _IMAGE_KEYS = {
 }
 
 
-def _image(raw: Mapping[str, Any], unknown: list[str]) -> ImageConfig:
+def _image(raw: Mapping[str, Any], unknown: list[str]) -> CdhImageConfig:
     w = "image."
     _unknown(raw, _IMAGE_KEYS, w, unknown)
     if "nydus" in raw:
@@ -333,13 +291,13 @@ def _image(raw: Mapping[str, Any], unknown: list[str]) -> ImageConfig:
     if proxy_raw is None:
         proxy = None
     elif isinstance(proxy_raw, str):  # legacy form: https proxy URL + skip_proxy_ips
-        proxy = ProxyConfig(https_proxy=proxy_raw, no_proxy=_str(raw, "skip_proxy_ips", w))
+        proxy = ProxyConfig.from_list(proxy_raw, None, _str(raw, "skip_proxy_ips", w))
     elif isinstance(proxy_raw, dict):
         proxy = _proxy(proxy_raw, f"{w}image_pull_proxy.", unknown)
     else:
         raise ConfigError(f"{w}image_pull_proxy must be a table or a string")
     rc_raw = _table(raw, "registry_config", w)
-    return ImageConfig(
+    return CdhImageConfig(
         work_dir=Path(work_dir) if work_dir else DEFAULT_IMAGE_WORK_DIR,
         image_security_policy_uri=_str(raw, "image_security_policy_uri", w),
         image_security_policy=_str(raw, "image_security_policy", w),
@@ -383,18 +341,16 @@ def _parse_kbc_params(value: str, where: str) -> KbcConfig:
     return KbcConfig(name=name, url=url)
 
 
-def _image_from_cmdline(params: Mapping[str, str]) -> ImageConfig:
+def _image_from_cmdline(params: Mapping[str, str]) -> CdhImageConfig:
     proxy = None
     if any(k in params for k in ("agent.https_proxy", "agent.http_proxy", "agent.no_proxy")):
-        proxy = ProxyConfig(
-            https_proxy=params.get("agent.https_proxy") or None,
-            http_proxy=params.get("agent.http_proxy") or None,
-            no_proxy=params.get("agent.no_proxy") or None,
+        proxy = ProxyConfig.from_list(
+            params.get("agent.https_proxy"), params.get("agent.http_proxy"), params.get("agent.no_proxy")
         )
     policy = None
     if params.get("agent.enable_signature_verification", "false").lower() == "true":
         policy = params.get("agent.image_policy_file") or None
-    return ImageConfig(
+    return CdhImageConfig(
         authenticated_registry_credentials_uri=params.get("agent.image_registry_auth") or None,
         image_security_policy_uri=policy,
         image_pull_proxy=proxy,
@@ -429,6 +385,56 @@ def _read_limited(path: Path, limit: int, what: str) -> bytes:
 # --------------------------------------------------------------------------- entry point
 
 
+def _from_file(
+    path: Path, params: Mapping[str, str], env: Mapping[str, str], unknown: list[str]
+) -> CdhConfig:
+    """``cdh.toml`` (``[image]`` falls back to the kernel command line; ``AA_KBC_PARAMS`` wins)."""
+    raw_bytes = _read_limited(path, MAX_CONFIG_BYTES, "config file")
+    try:
+        raw = tomllib.loads(raw_bytes.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    _unknown(
+        raw,
+        {"socket", "skip_sealed_secret_verification", "aa", "kbc", "credentials", "image", "log"},
+        "",
+        unknown,
+    )
+    kbc_raw = _table(raw, "kbc", "")
+    if kbc_raw is None:
+        raise ConfigError("config file has no [kbc] section (name is required)")
+    _unknown(kbc_raw, {"name", "url", "kbs_cert"}, "kbc.", unknown)
+    name = _str(kbc_raw, "name", "kbc.")
+    if not name:
+        raise ConfigError("kbc.name is required")
+    kbc = KbcConfig(name, _str(kbc_raw, "url", "kbc.") or "", _str(kbc_raw, "kbs_cert", "kbc."))
+    env_kbc = env.get("AA_KBC_PARAMS")
+    if env_kbc:  # a pre-set environment wins over the file (upstream behaviour)
+        kbc = replace(_parse_kbc_params(env_kbc, "AA_KBC_PARAMS"), kbs_cert=kbc.kbs_cert)
+    aa_raw = _table(raw, "aa", "") or {}
+    _unknown(aa_raw, {"aa_socket"}, "aa.", unknown)
+    log_raw = _table(raw, "log", "") or {}
+    _unknown(log_raw, {"level"}, "log.", unknown)
+    image_raw = _table(raw, "image", "")
+    image = _image(image_raw, unknown) if image_raw is not None else _image_from_cmdline(params)
+    return CdhConfig(
+        kbc=kbc,
+        socket=_str(raw, "socket", "") or DEFAULT_CDH_SOCKET,
+        aa_socket=_str(aa_raw, "aa_socket", "aa.") or DEFAULT_AA_SOCKET,
+        credentials=_credentials(raw.get("credentials"), unknown),
+        image=image,
+        skip_sealed_secret_verification=_bool(raw, "skip_sealed_secret_verification", ""),
+        log_level=_str(log_raw, "level", "log.") or "info",
+        source="file",
+    )
+
+
+def _from_kernel(params: Mapping[str, str], env: Mapping[str, str]) -> CdhConfig:
+    kbc_param = env.get("AA_KBC_PARAMS") or params.get("agent.aa_kbc_params")
+    kbc = _parse_kbc_params(kbc_param, "agent.aa_kbc_params") if kbc_param else KbcConfig("offline_fs_kbc")
+    return CdhConfig(kbc=kbc, image=_image_from_cmdline(params), source="kernel")
+
+
 def load_config(
     path: Path | None,
     *,
@@ -449,55 +455,7 @@ def load_config(
             cmdline = ""
     params = parse_kernel_cmdline(cmdline)
     unknown: list[str] = []
-
-    if path is not None:
-        raw_bytes = _read_limited(path, MAX_CONFIG_BYTES, "config file")
-        try:
-            raw = tomllib.loads(raw_bytes.decode())
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-        _unknown(
-            raw,
-            {"socket", "skip_sealed_secret_verification", "aa", "kbc", "credentials", "image", "log"},
-            "",
-            unknown,
-        )
-        kbc_raw = _table(raw, "kbc", "")
-        if kbc_raw is None:
-            raise ConfigError("config file has no [kbc] section (name is required)")
-        _unknown(kbc_raw, {"name", "url", "kbs_cert"}, "kbc.", unknown)
-        name = _str(kbc_raw, "name", "kbc.")
-        if not name:
-            raise ConfigError("kbc.name is required")
-        kbc = KbcConfig(name, _str(kbc_raw, "url", "kbc.") or "", _str(kbc_raw, "kbs_cert", "kbc."))
-        aa_raw = _table(raw, "aa", "") or {}
-        _unknown(aa_raw, {"aa_socket"}, "aa.", unknown)
-        log_raw = _table(raw, "log", "") or {}
-        _unknown(log_raw, {"level"}, "log.", unknown)
-        image_raw = _table(raw, "image", "")
-        image = _image(image_raw, unknown) if image_raw is not None else _image_from_cmdline(params)
-        cfg = CdhConfig(
-            kbc=kbc,
-            socket=_str(raw, "socket", "") or DEFAULT_CDH_SOCKET,
-            aa_socket=_str(aa_raw, "aa_socket", "aa.") or DEFAULT_AA_SOCKET,
-            credentials=_credentials(raw.get("credentials"), unknown),
-            image=image,
-            skip_sealed_secret_verification=_bool(raw, "skip_sealed_secret_verification", ""),
-            log_level=_str(log_raw, "level", "log.") or "info",
-            source="file",
-        )
-        env_kbc = env.get("AA_KBC_PARAMS")
-        if env_kbc:  # a pre-set environment wins over the file (upstream behaviour)
-            cfg = replace(
-                cfg, kbc=replace(_parse_kbc_params(env_kbc, "AA_KBC_PARAMS"), kbs_cert=kbc.kbs_cert)
-            )
-    else:
-        kbc_param = env.get("AA_KBC_PARAMS") or params.get("agent.aa_kbc_params")
-        kbc = (
-            _parse_kbc_params(kbc_param, "agent.aa_kbc_params") if kbc_param else KbcConfig("offline_fs_kbc")
-        )
-        cfg = CdhConfig(kbc=kbc, image=_image_from_cmdline(params), source="kernel")
-
+    cfg = _from_file(path, params, env, unknown) if path is not None else _from_kernel(params, env)
     if kbc_resources := params.get("cdh.kbs_resources"):
         cfg = replace(cfg, credentials=cfg.credentials + _kbs_resources(kbc_resources))
     if auth := env.get("CDH_DEFAULT_IMAGE_AUTHENTICATED_REGISTRY_CREDENTIALS"):

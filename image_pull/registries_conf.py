@@ -31,7 +31,7 @@ from typing import Any
 from image_pull.errors import InvalidReference, PolicyRejected
 from image_pull.reference import DOCKER_HUB, Reference, parse_reference
 
-__all__ = ["Candidate", "Mirror", "RegistryConfig", "RegistryRule"]
+__all__ = ["Candidate", "Mirror", "ProxyConfig", "RegistryConfig", "RegistryRule"]
 
 MAX_CONFIG = 1 << 20
 
@@ -72,10 +72,47 @@ def _str(v: object, what: str) -> str:
     return v
 
 
+def _redact_userinfo(url: str | None) -> str | None:
+    if url is None or "@" not in url:
+        return url
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}***@{rest.rsplit('@', 1)[1]}" if sep else "***"
+
+
+@dataclass(frozen=True, repr=False)
+class ProxyConfig:
+    """HTTP(S) proxies for registry traffic. ``no_proxy`` entries: ``host``, ``host:port``,
+    ``.domain``/``*.domain``/``domain`` (the domain and its subdomains), ``*`` (no proxy at all).
+    CIDR ranges are not supported. The environment is never consulted
+    (:func:`image_pull.registry.http_client` turns this into transports)."""
+
+    https_proxy: str | None = None
+    http_proxy: str | None = None
+    no_proxy: tuple[str, ...] = ()
+
+    @classmethod
+    def from_list(cls, https_proxy: str | None, http_proxy: str | None, no_proxy: str | None) -> ProxyConfig:
+        """From the comma-separated ``no_proxy`` form (environment-variable style)."""
+        entries = tuple(x.strip() for x in (no_proxy or "").split(",") if x.strip())
+        return cls(https_proxy=https_proxy or None, http_proxy=http_proxy or None, no_proxy=entries)
+
+    def __repr__(self) -> str:  # proxy URLs may carry user:password
+        return (
+            f"ProxyConfig(https_proxy={_redact_userinfo(self.https_proxy)!r}, "
+            f"http_proxy={_redact_userinfo(self.http_proxy)!r}, no_proxy={self.no_proxy!r})"
+        )
+
+
 @dataclass(frozen=True)
 class RegistryConfig:
     unqualified_search_registries: tuple[str, ...] = (DOCKER_HUB,)
     registries: tuple[RegistryRule, ...] = field(default_factory=tuple)
+
+    def insecure_hosts(self) -> frozenset[str]:
+        """``host[:port]`` of every location and mirror marked ``insecure`` (plain HTTP allowed)."""
+        hosts = {r.location.split("/", 1)[0] for r in self.registries if r.insecure and r.location}
+        hosts |= {m.location.split("/", 1)[0] for r in self.registries for m in r.mirrors if m.insecure}
+        return frozenset(hosts)
 
     @classmethod
     def from_toml(cls, untrusted: bytes) -> RegistryConfig:

@@ -67,6 +67,7 @@ from image_pull.errors import (
 )
 from image_pull.manifest import MANIFEST_ACCEPT
 from image_pull.reference import Reference, parse_digest
+from image_pull.registries_conf import ProxyConfig
 
 __all__ = [
     "MAX_CONFIG_SIZE",
@@ -76,9 +77,59 @@ __all__ = [
     "FetchedManifest",
     "RegistryClient",
     "RetryPolicy",
+    "http_client",
+    "ssl_context",
 ]
 
 log = logging.getLogger("image_pull.registry")
+
+
+def ssl_context(extra_root_certs: tuple[bytes, ...] = ()) -> ssl.SSLContext:
+    """The system trust store plus ``extra_root_certs`` (PEM)."""
+    ctx = ssl.create_default_context()
+    for pem in extra_root_certs:
+        try:
+            ctx.load_verify_locations(cadata=pem.decode("ascii"))
+        except (ssl.SSLError, UnicodeDecodeError, ValueError) as exc:
+            raise RegistryError("an extra root certificate is not a valid PEM certificate") from exc
+    return ctx
+
+
+def _proxy_mounts(proxy: ProxyConfig, verify: ssl.SSLContext) -> dict[str, httpx.AsyncBaseTransport]:
+    m: dict[str, httpx.AsyncBaseTransport] = {}
+    for entry in proxy.no_proxy:
+        e = entry.strip()
+        if not e:
+            continue
+        if e == "*":
+            return {}
+        dom = e.removeprefix("*.").removeprefix(".")
+        direct = httpx.AsyncHTTPTransport(verify=verify)
+        m[f"all://{dom}"] = direct  # the host itself (host[:port] entries too)
+        if not dom.replace(".", "").isdigit() and ":" not in dom:
+            m[f"all://*.{dom}"] = direct  # and its subdomains, as curl's no_proxy does
+    if proxy.https_proxy:
+        m["https://"] = httpx.AsyncHTTPTransport(proxy=proxy.https_proxy, verify=verify)
+    if proxy.http_proxy:
+        m["http://"] = httpx.AsyncHTTPTransport(proxy=proxy.http_proxy, verify=verify)
+    return m
+
+
+def http_client(
+    extra_root_certs: tuple[bytes, ...] = (), proxy: ProxyConfig | None = None
+) -> httpx.AsyncClient:
+    """The HTTP client for registry traffic: no environment, no automatic redirects
+    (:class:`RegistryClient` follows them by hand), ``proxy`` as configured."""
+    verify = ssl_context(extra_root_certs)
+    mounts = _proxy_mounts(proxy, verify) if proxy is not None else {}
+    return httpx.AsyncClient(
+        verify=verify,
+        mounts=mounts or None,
+        timeout=httpx.Timeout(60.0, connect=30.0),
+        limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+        trust_env=False,
+        follow_redirects=False,
+    )
 
 
 class _NoQueryInHttpxLogs(logging.Filter):
@@ -218,6 +269,11 @@ class RegistryClient:
         self._retry = retry
         self._sleep = sleep
         self._registries: dict[str, _Registry] = {}
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The HTTP client (signature lookaside fetches share its proxy and trust roots)."""
+        return self._http
 
     # ------------------------------------------------------------------ helpers
     def scheme_for(self, endpoint: str) -> str:

@@ -32,7 +32,7 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -58,6 +58,11 @@ def chain_ids(diff_ids: Iterable[str]) -> list[str]:
 def bundle_key(bundle_dir: Path) -> str:
     """Lock key of a bundle directory (one pull at a time into it; GC respects it)."""
     return "sha256:" + hashlib.sha256(str(Path(bundle_dir).resolve()).encode()).hexdigest()
+
+
+def _bundle_id(bundle_dir: Path) -> str:
+    """The ``bundles/<id>.*`` name of a bundle directory's state in the store."""
+    return hashlib.sha256(str(Path(bundle_dir).resolve()).encode()).hexdigest()[:32]
 
 
 def _hex(digest: str) -> str:
@@ -300,12 +305,32 @@ class LayerStore:
                 continue
         return keep
 
+    def new_bundle_state(self, bundle_dir: Path, chain: list[str]) -> Path:
+        """``bundles/<id>.<random>``: the overlay upper/work dirs of a bundle about to be
+        mounted, with ``bundle.json`` naming the bundle and its layers (a GC root)."""
+        d = self.bundles / f"{_bundle_id(bundle_dir)}.{secrets.token_hex(4)}"
+        d.mkdir()
+        (d / "bundle.json").write_text(json.dumps({"bundle": str(bundle_dir.resolve()), "layers": chain}))
+        return d
+
+    def bundle_states(self, bundle_dir: Path) -> list[Path]:
+        """Every ``bundles/<id>.*`` directory of ``bundle_dir`` (overlay state, copy records)."""
+        return list(self.bundles.glob(f"{_bundle_id(bundle_dir)}.*"))
+
+    @contextlib.contextmanager
+    def copying(self, bundle_dir: Path) -> Iterator[None]:
+        """While a flattened copy into ``bundle_dir`` runs (see :meth:`begin_copy`)."""
+        rec = self.begin_copy(bundle_dir)
+        try:
+            yield
+        finally:
+            self.end_copy(rec)
+
     def begin_copy(self, bundle_dir: Path) -> Path:
         """Record that a flattened copy into ``bundle_dir`` starts (call with the bundle's
         lock held): if the process dies mid-copy, :meth:`gc` finds the partial
         ``<bundle>/.rootfs.*`` through this record. :meth:`end_copy` drops it."""
-        key = hashlib.sha256(str(bundle_dir.resolve()).encode()).hexdigest()[:32]
-        d = self.bundles / f"{key}.copy-{secrets.token_hex(4)}"
+        d = self.bundles / f"{_bundle_id(bundle_dir)}.copy-{secrets.token_hex(4)}"
         try:
             d.mkdir()
             (d / "copying.json").write_text(json.dumps({"bundle": str(bundle_dir.resolve())}))

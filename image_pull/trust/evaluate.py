@@ -37,17 +37,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
-
 from image_pull.errors import ImagePullError, InvalidReference
 from image_pull.hooks import PolicyContext
 from image_pull.ocicrypt.layer import provider_refusal
 from image_pull.reference import Reference, parse_reference
-from image_pull.signatures import cosign
-from image_pull.signatures.gpg import dearmor_keyring, verify_signed_message
-from image_pull.signatures.lookaside import fetch_lookaside, fetch_registry_extension
-from image_pull.signatures.payload import COSIGN_TYPE, SIMPLE_SIGNING_TYPE, SignaturePayload, parse_payload
-from image_pull.signatures.registries_d import RegistriesD
 from image_pull.trust.errors import InvalidPolicy, SignatureRejected
 from image_pull.trust.policy import (
     IdentityRule,
@@ -63,6 +56,16 @@ from image_pull.trust.policy import (
     identity_matches,
     parse_identity,
 )
+from image_pull.trust.signatures import cosign
+from image_pull.trust.signatures.gpg import dearmor_keyring, verify_signed_message
+from image_pull.trust.signatures.lookaside import fetch_lookaside, fetch_registry_extension
+from image_pull.trust.signatures.payload import (
+    COSIGN_TYPE,
+    SIMPLE_SIGNING_TYPE,
+    SignaturePayload,
+    parse_payload,
+)
+from image_pull.trust.signatures.registries_d import RegistriesD
 
 __all__ = ["MAX_KEY_BYTES", "Accepted", "TrustPolicy"]
 
@@ -108,7 +111,7 @@ class _Pull:
             base = self.tp.registries_d.lookaside_for(ref)
             for d in self.digests:
                 if base is not None:
-                    out += await fetch_lookaside(base, ref, d, self.tp.http)
+                    out += await fetch_lookaside(base, ref, d, self.ctx.registry.http)
                 try:
                     out += await fetch_registry_extension(self.ctx.registry, ref, d)
                 except SignatureRejected:
@@ -142,14 +145,12 @@ class TrustPolicy:
         registries_d: Path | None = None,
         sigstore_config: bytes | None = None,
         resource_getter: ResourceGetter | None = None,
-        http: httpx.AsyncClient | None = None,
         now: Callable[[], dt.datetime] | None = None,
     ) -> None:
         self.policy = Policy.from_json(policy_json)
         self.registries_d = RegistriesD.load(registries_d, sigstore_config)
         self.has_registries_config = registries_d is not None or sigstore_config is not None
         self.resource_getter = resource_getter
-        self.http = http
         self._now = now or (lambda: dt.datetime.now(dt.UTC))
 
     # ------------------------------------------------------------------ keys

@@ -10,13 +10,13 @@ from cdh.config import (
     DEFAULT_AA_SOCKET,
     DEFAULT_CDH_SOCKET,
     DEFAULT_IMAGE_WORK_DIR,
-    ProxyConfig,
     check_credential_path,
     export_environment,
     load_config,
     parse_kernel_cmdline,
 )
 from cdh.errors import ConfigError
+from image_pull.registries_conf import ProxyConfig
 
 FULL = """
 socket = "unix:///tmp/x/cdh.sock"
@@ -79,7 +79,7 @@ def test_full_current_config(tmp_path: Path) -> None:
     assert i.image_security_policy_uri == "kbs:///default/security-policy/test"
     assert i.extra_root_certificates == ("PEM1", "PEM2")
     assert i.image_pull_proxy == ProxyConfig(
-        "http://127.0.0.1:5432", "http://127.0.0.1:5433", "192.168.0.1,localhost"
+        "http://127.0.0.1:5432", "http://127.0.0.1:5433", ("192.168.0.1", "localhost")
     )
     rc = i.registry_config
     assert rc is not None and rc.unqualified_search_registries == ("docker.io",)
@@ -98,7 +98,7 @@ def test_minimal_config_defaults(tmp_path: Path) -> None:
 def test_legacy_proxy_string(tmp_path: Path) -> None:
     text = '[kbc]\nname = "offline_fs_kbc"\n[image]\nimage_pull_proxy = "http://p:1"\nskip_proxy_ips = "10.0.0.1"\n'
     c = load_config(cfg_file(tmp_path, text), cmdline="", env={})
-    assert c.image.image_pull_proxy == ProxyConfig(https_proxy="http://p:1", no_proxy="10.0.0.1")
+    assert c.image.image_pull_proxy == ProxyConfig(https_proxy="http://p:1", no_proxy=("10.0.0.1",))
     assert c.unknown_keys == ()
 
 
@@ -165,7 +165,7 @@ def test_kernel_cmdline_only() -> None:
     assert c.source == "kernel" and (c.kbc.name, c.kbc.url) == ("cc_kbc", "http://10.0.0.2:8080")
     assert c.image.authenticated_registry_credentials_uri == "kbs:///default/credential/test"
     assert c.image.image_security_policy_uri == "kbs:///default/policy/test"
-    assert c.image.image_pull_proxy == ProxyConfig(https_proxy="http://proxy:3128", no_proxy="localhost")
+    assert c.image.image_pull_proxy == ProxyConfig(https_proxy="http://proxy:3128", no_proxy=("localhost",))
     assert [x.resource_uri for x in c.credentials] == ["kbs:///a/b/c", "kbs:///d/e/f"]
 
 
