@@ -27,10 +27,10 @@ from image_pull.reference import DOCKER_HUB, Reference
 __all__ = [
     "MAX_AUTH_FILE",
     "MAX_TOKEN_RESPONSE",
+    "AuthChallenge",
     "AuthFile",
-    "BearerToken",
-    "Challenge",
     "Credentials",
+    "RegistryToken",
     "parse_challenges",
     "parse_token_response",
 ]
@@ -123,7 +123,7 @@ class AuthFile:
 
 
 @dataclass(frozen=True)
-class Challenge:
+class AuthChallenge:
     scheme: str  # lowercased: "bearer", "basic", ...
     params: Mapping[str, str]
 
@@ -133,9 +133,9 @@ _PARAM_RE = re.compile(rf"\s*({_TOKEN})\s*=\s*(?:\"((?:[^\"\\]|\\.)*)\"|({_TOKEN
 _SCHEME_RE = re.compile(rf"\s*({_TOKEN})(?:\s+|$)")
 
 
-def parse_challenges(headers: list[str]) -> list[Challenge]:
+def parse_challenges(headers: list[str]) -> list[AuthChallenge]:
     """Parse WWW-Authenticate header values into challenges (lenient on junk)."""
-    out: list[Challenge] = []
+    out: list[AuthChallenge] = []
     for header in headers:
         pos = 0
         text = header[:8192]
@@ -163,12 +163,12 @@ def parse_challenges(headers: list[str]) -> list[Challenge]:
                         pos += 1
                         continue
                 break
-            out.append(Challenge(scheme, params))
+            out.append(AuthChallenge(scheme, params))
     return out
 
 
 @dataclass(frozen=True)
-class BearerToken:
+class RegistryToken:
     token: str = field(repr=False)
     expires_at: float  # time.monotonic() based
 
@@ -176,7 +176,7 @@ class BearerToken:
         return (now if now is not None else time.monotonic()) < self.expires_at - 5.0
 
 
-def parse_token_response(untrusted_body: bytes, *, now_monotonic: float, now_wall: float) -> BearerToken:
+def parse_token_response(untrusted_body: bytes, *, now_monotonic: float, now_wall: float) -> RegistryToken:
     if len(untrusted_body) > MAX_TOKEN_RESPONSE:
         raise AuthError("token response larger than 1 MiB")
     try:
@@ -200,4 +200,4 @@ def parse_token_response(untrusted_body: bytes, *, now_monotonic: float, now_wal
             age = max(0.0, now_wall - ts)
         except ValueError:
             age = 0.0
-    return BearerToken(tok, now_monotonic + max(lifetime - age, 0.0))
+    return RegistryToken(tok, now_monotonic + max(lifetime - age, 0.0))

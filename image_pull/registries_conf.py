@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from image_pull.errors import InvalidReference, PolicyRejected
-from image_pull.reference import DOCKER_HUB, Reference, parse_reference
+from image_pull.reference import DOCKER_HUB, Reference, join_reference, parse_reference
 
 __all__ = ["Candidate", "Mirror", "ProxyConfig", "RegistryConfig", "RegistryRule"]
 
@@ -212,7 +212,9 @@ class RegistryConfig:
                 if reg != DOCKER_HUB and repo.startswith("library/"):
                     repo = repo[len("library/") :]
                 try:
-                    starts.append((parse_reference(f"{reg}/{repo}" + _suffix(ref)), "search"))
+                    starts.append(
+                        (parse_reference(join_reference(f"{reg}/{repo}", ref.tag, ref.digest)), "search")
+                    )
                 except InvalidReference:
                     continue
         else:
@@ -236,12 +238,3 @@ class RegistryConfig:
         if not out:
             raise PolicyRejected(f"image {ref} is blocked by a registries.conf rule")
         return out
-
-
-def _suffix(ref: Reference) -> str:
-    s = ""
-    if ref.tag is not None:
-        s += f":{ref.tag}"
-    if ref.digest is not None:
-        s += f"@{ref.digest}"
-    return s

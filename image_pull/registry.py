@@ -36,6 +36,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
 
+from coco_common.http import async_client
 from coco_common.http_body import (
     DECODABLE,
     BodyEncodingError,
@@ -48,10 +49,10 @@ from coco_common.http_body import (
 )
 from coco_common.strict_json import strict_loads
 from image_pull.auth import (
+    AuthChallenge,
     AuthFile,
-    BearerToken,
-    Challenge,
     Credentials,
+    RegistryToken,
     parse_challenges,
     parse_token_response,
 )
@@ -122,13 +123,12 @@ def http_client(
     (:class:`RegistryClient` follows them by hand), ``proxy`` as configured."""
     verify = ssl_context(extra_root_certs)
     mounts = _proxy_mounts(proxy, verify) if proxy is not None else {}
-    return httpx.AsyncClient(
+    return async_client(
         verify=verify,
+        timeout=60.0,
+        connect_timeout=30.0,
         mounts=mounts or None,
-        timeout=httpx.Timeout(60.0, connect=30.0),
         limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
-        trust_env=False,
-        follow_redirects=False,
     )
 
 
@@ -246,8 +246,8 @@ class _Registry:
     def __init__(self) -> None:
         self.pinged = False
         self.ping_error: RegistryError | None = None  # a failed ping fails later requests at once
-        self.challenge: Challenge | None = None
-        self.tokens: dict[str, BearerToken] = {}
+        self.challenge: AuthChallenge | None = None
+        self.tokens: dict[str, RegistryToken] = {}
         self.lock = asyncio.Lock()
 
 
@@ -364,7 +364,7 @@ class RegistryClient:
             await resp.aclose()
         st.pinged = True
 
-    async def _fetch_token(self, ref: Reference, ch: Challenge, scope: str) -> BearerToken:
+    async def _fetch_token(self, ref: Reference, ch: AuthChallenge, scope: str) -> RegistryToken:
         realm = ch.params.get("realm", "")
         try:
             rurl = httpx.URL(realm)
@@ -398,7 +398,7 @@ class RegistryClient:
 
     async def _token_once(
         self, url: httpx.URL, rurl: httpx.URL, headers: dict[str, str], ref: Reference
-    ) -> BearerToken:
+    ) -> RegistryToken:
         resp = await self._send("GET", url, headers, ref, what="token request")
         try:
             if resp.status_code != 200:

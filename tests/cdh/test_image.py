@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -54,7 +55,7 @@ async def test_build_config_fetches_from_kbs_and_files(tmp_path: Path) -> None:
     assert pc.proxy.no_proxy == ("a.local", "b.local")
     # the registry configuration's insecure rule, applied once (by image_pull), to the host
     assert pc.registry_config is not None and pc.insecure_registries == frozenset()
-    async with ImagePuller(pc) as puller:
+    async with ImagePuller(dataclasses.replace(pc, extra_root_certs=())) as puller:
         assert puller.registry.scheme_for("mirror.local:5000") == "http"
         assert puller.registry.scheme_for("r.example") == "https"
     getter = pc.signature_policy.resource_getter  # kbs:// keys of the policy come through the KBC

@@ -22,6 +22,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from coco_common.http import async_client
 from coco_common.http_body import ACCEPT_DECODABLE, DECODABLE, BodyTooLarge, HttpBodyError, read_body
 from image_pull.reference import Reference
 from image_pull.registry import RegistryClient
@@ -71,7 +72,7 @@ async def fetch_lookaside(
     if u.scheme not in ("http", "https"):
         raise SignatureRejected("lookaside URL must be file://, http:// or https://")
     if http is None:
-        async with httpx.AsyncClient(trust_env=False, timeout=httpx.Timeout(60.0, connect=30.0)) as own:
+        async with async_client(timeout=60.0, connect_timeout=30.0) as own:
             return await _fetch_http(base, rel, own)
     return await _fetch_http(base, rel, http)
 
