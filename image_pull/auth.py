@@ -81,7 +81,7 @@ class AuthFile:
         try:
             doc = strict_loads(untrusted.decode("utf-8"))
         except ValueError:  # also duplicate keys and runaway nesting
-            raise AuthError("auth file is not valid JSON") from None
+            raise AuthError("auth file is not valid JSON") from None  # no cause: it quotes credentials
         if not isinstance(doc, dict):
             raise AuthError("auth file is not a JSON object")
         auths = doc.get("auths", {})
@@ -99,6 +99,7 @@ class AuthFile:
             try:
                 raw = base64.b64decode(enc, validate=True).decode("utf-8")
             except (binascii.Error, UnicodeDecodeError):
+                # no cause: the decoder's error may quote the credential
                 raise AuthError("auth file: an 'auth' value is not base64 of user:password") from None
             user, sep, password = raw.partition(":")
             if not sep:
@@ -182,7 +183,7 @@ def parse_token_response(untrusted_body: bytes, *, now_monotonic: float, now_wal
     try:
         doc: Any = strict_loads(untrusted_body.decode("utf-8"))
     except ValueError:  # also duplicate keys and runaway nesting (a RecursionError escaped)
-        raise AuthError("token endpoint did not return JSON") from None
+        raise AuthError("token endpoint did not return JSON") from None  # no cause: it may quote the token
     if not isinstance(doc, dict):
         raise AuthError("token response is not a JSON object")
     tok = doc.get("token") or doc.get("access_token")

@@ -224,8 +224,8 @@ def copy_rootfs(lowers_bottom_first: Sequence[Path], target: Path) -> None:
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if exc.errno == errno.ENOSPC:
-            raise BundleError("no space left while copying the rootfs") from None
-        raise BundleError(f"cannot build the flattened rootfs: {exc.strerror}") from None
+            raise BundleError("no space left while copying the rootfs") from exc
+        raise BundleError(f"cannot build the flattened rootfs: {exc.strerror}") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

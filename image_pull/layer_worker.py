@@ -304,7 +304,7 @@ async def via_thread(
         try:
             nbytes = await _unless_done(download(pipe.put), fut)
         except _ConsumerStopped:
-            raise PipeAborted("the unpacker stopped") from None
+            raise PipeAborted("the unpacker stopped") from None  # the unpacker's error follows
         pipe.finish()
     except PipeAborted:
         # the consumer failed first: its error is the real one

@@ -72,7 +72,7 @@ def strict_json_loads(untrusted: bytes, what: str) -> Any:
     try:
         return strict_loads(untrusted.decode("utf-8"))  # UTF-8 only, as Go decoders
     except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ManifestError(f"{what} is not valid strict JSON: {str(exc)[:80]}") from None
+        raise ManifestError(f"{what} is not valid strict JSON: {str(exc)[:80]}") from exc
 
 
 def _get(
@@ -156,7 +156,7 @@ class Descriptor:
         try:
             digest = parse_digest(_get(untrusted, "digest", str, what))
         except InvalidReference as exc:
-            raise ManifestError(f"{what}: {exc}") from None
+            raise ManifestError(f"{what}: {exc}") from exc
         size = _get(untrusted, "size", int, what)
         if size < 0:
             raise ManifestError(f"{what}: negative size")
@@ -260,8 +260,8 @@ def layer_compression(media_type: str) -> tuple[str, bool]:
     """(compression, encrypted) for a layer media type; ManifestError if unknown."""
     try:
         return LAYER_TYPES[media_type]
-    except KeyError:
-        raise ManifestError(f"unsupported layer media type {media_type[:80]!r}") from None
+    except KeyError as exc:
+        raise ManifestError(f"unsupported layer media type {media_type[:80]!r}") from exc
 
 
 @dataclass(frozen=True)
@@ -313,7 +313,7 @@ def parse_config(untrusted_body: bytes) -> ImageConfig:
         for d in diff_ids:
             parse_digest(d)
     except InvalidReference as exc:
-        raise ManifestError(f"image config diff_ids: {exc}") from None
+        raise ManifestError(f"image config diff_ids: {exc}") from exc
     cfg = doc.get("config") or {}
     if not isinstance(cfg, dict):
         raise ManifestError("image config: config must be an object")

@@ -96,7 +96,7 @@ def _read(path: Path, what: str) -> bytes:
         with open(path, "rb") as f:
             data = f.read(MAX_INPUT_FILE + 1)
     except OSError as exc:
-        raise ImagePullError(f"cannot read {what} {path}: {exc.strerror}") from None
+        raise ImagePullError(f"cannot read {what} {path}: {exc.strerror}") from exc
     if len(data) > MAX_INPUT_FILE:
         raise ImagePullError(f"{what} {path} is larger than 4 MiB")
     return data

@@ -121,7 +121,7 @@ class RegistryConfig:
         try:
             doc = tomllib.loads(untrusted.decode("utf-8"))
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise PolicyRejected(f"registries.conf is not valid TOML: {str(exc)[:80]}") from None
+            raise PolicyRejected(f"registries.conf is not valid TOML: {str(exc)[:80]}") from exc
         return cls.from_mapping(doc)
 
     @classmethod
@@ -193,10 +193,10 @@ class RegistryConfig:
             new = location + full[len(prefix) :]
         try:
             return parse_reference(new)
-        except InvalidReference:
+        except InvalidReference as exc:
             raise PolicyRejected(
                 f"registries.conf rewrites the reference to an invalid one: {new[:80]!r}"
-            ) from None
+            ) from exc
 
     def candidates(self, ref: Reference, *, unqualified: bool = False) -> list[Candidate]:
         """Ordered places to pull ``ref`` from.

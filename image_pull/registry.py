@@ -307,11 +307,11 @@ class RegistryClient:
         try:
             return await read_body(resp, limit, decode=decode, speed=self._retry.speed(), what=what)
         except BodyTooLarge as exc:
-            raise TooLarge(str(exc)) from None
+            raise TooLarge(str(exc)) from exc
         except BodyEncodingError as exc:
-            raise RegistryError(str(exc)) from None
+            raise RegistryError(str(exc)) from exc
         except BodyTransportError as exc:
-            raise TransferError(str(exc)) from None
+            raise TransferError(str(exc)) from exc
 
     async def _error_for(self, resp: httpx.Response, what: str) -> ImagePullError:
         """Turn a non-success response into a typed error with a short reason."""
@@ -368,8 +368,8 @@ class RegistryClient:
         realm = ch.params.get("realm", "")
         try:
             rurl = httpx.URL(realm)
-        except httpx.InvalidURL:
-            raise AuthError("registry sent an invalid token realm") from None
+        except httpx.InvalidURL as exc:
+            raise AuthError("registry sent an invalid token realm") from exc
         if rurl.scheme not in ("https", "http"):
             raise AuthError("registry token realm is not an http(s) URL")
         plain_ok = _hostport(rurl).lower() in self._insecure or self.scheme_for(ref.endpoint) == "http"
@@ -404,7 +404,7 @@ class RegistryClient:
             if resp.status_code != 200:
                 err = await self._error_for(resp, f"token request to {_redact_url(rurl)}")
                 if resp.status_code in (401, 403):
-                    raise AuthError(f"{err}") from None
+                    raise AuthError(f"{err}") from err
                 raise err
             body = await self._read_limited(resp, 1 << 20, "token response", decode=DECODABLE)
         finally:
@@ -461,6 +461,7 @@ class RegistryClient:
                         try:
                             nxt = httpx.URL(urljoin(str(cur), loc))
                         except httpx.InvalidURL:
+                            # no cause: a redirect URL carries signed query tokens
                             raise RegistryError(f"{what}: invalid redirect location") from None
                         if nxt.scheme not in ("http", "https"):
                             raise RegistryError(f"{what}: redirect to a non-HTTP URL")
@@ -477,6 +478,8 @@ class RegistryClient:
                     await resp.aclose()
                     raise RegistryError(f"{what}: more than {MAX_REDIRECTS} redirects")
             except (httpx.TransportError, TimeoutError) as exc:
+                # the errors below drop httpx's cause: its text carries the request URL,
+                # query included (signed blob URLs hold tokens); _redact_url shows the rest
                 if _tls_failure(exc):
                     hp = _hostport(cur)
                     raise RegistryError(
@@ -675,7 +678,7 @@ class RegistryClient:
                 try:
                     check_codings(resp, (), what)
                 except BodyEncodingError as exc:
-                    raise RegistryError(str(exc)) from None
+                    raise RegistryError(str(exc)) from exc
                 cl = resp.headers.get("content-length")
                 if resp.status_code == 200 and cl is not None and cl.isdigit() and int(cl) != size:
                     raise DigestMismatch(f"{what}: registry sends {cl} bytes, descriptor says {size}")
@@ -688,10 +691,10 @@ class RegistryClient:
                             await sink(chunk)
                             if on_bytes is not None:
                                 on_bytes(len(chunk))
-                except BodyTooLarge:
-                    raise DigestMismatch(f"{what}: more data than the descriptor size {size}") from None
+                except BodyTooLarge as exc:
+                    raise DigestMismatch(f"{what}: more data than the descriptor size {size}") from exc
                 except BodyEncodingError as exc:
-                    raise RegistryError(str(exc)) from None
+                    raise RegistryError(str(exc)) from exc
                 except BodyTransportError as exc:
                     interrupted = True
                     log.info("%s: %s at byte %d", what, exc, offset)

@@ -113,7 +113,7 @@ class LayerStore:
             for d in (self.layers, self.staging, self.locks, self.images, self.bundles, self.blobs):
                 d.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot create the layer store in {self.root}: {exc.strerror}") from None
+            raise StoreError(f"cannot create the layer store in {self.root}: {exc.strerror}") from exc
 
     # ------------------------------------------------------------ layers
     def layer_dir(self, chain_id: str) -> Path:
@@ -144,8 +144,8 @@ class LayerStore:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise InsufficientSpace(
                     f"no space (or no free inodes) left in {self.root} for a lock file"
-                ) from None
-            raise StoreError(f"cannot create a lock file in {self.root}: {exc.strerror}") from None
+                ) from exc
+            raise StoreError(f"cannot create a lock file in {self.root}: {exc.strerror}") from exc
         try:
             delay = 0.005
             while True:
@@ -174,8 +174,8 @@ class LayerStore:
                 raise InsufficientSpace(
                     f"no space (or no free inodes) left in {self.root} for a layer; "
                     "free space or run the layer GC"
-                ) from None
-            raise StoreError(f"cannot create a staging dir in {self.root}: {exc.strerror}") from None
+                ) from exc
+            raise StoreError(f"cannot create a staging dir in {self.root}: {exc.strerror}") from exc
         return d
 
     def commit(self, staging: Path, record: LayerRecord) -> Path:
@@ -184,8 +184,8 @@ class LayerStore:
             (staging / "layer.json").write_bytes(record.to_json())
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise InsufficientSpace(f"no space (or no free inodes) left in {self.root}") from None
-            raise StoreError(f"cannot commit layer {record.chain_id}: {exc.strerror}") from None
+                raise InsufficientSpace(f"no space (or no free inodes) left in {self.root}") from exc
+            raise StoreError(f"cannot commit layer {record.chain_id}: {exc.strerror}") from exc
         final = self.layer_dir(record.chain_id)
         try:
             os.rename(staging, final)
@@ -193,7 +193,7 @@ class LayerStore:
             if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
                 shutil.rmtree(staging, ignore_errors=True)  # someone committed it meanwhile
             else:
-                raise StoreError(f"cannot commit layer {record.chain_id}: {exc.strerror}") from None
+                raise StoreError(f"cannot commit layer {record.chain_id}: {exc.strerror}") from exc
         return final / "fs"
 
     def in_live_bundle(self, chain_id: str) -> bool:
@@ -216,7 +216,7 @@ class LayerStore:
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise StoreError(f"cannot remove damaged layer {chain_id}: {exc.strerror}") from None
+            raise StoreError(f"cannot remove damaged layer {chain_id}: {exc.strerror}") from exc
         shutil.rmtree(trash, ignore_errors=True)
 
     @staticmethod
@@ -273,8 +273,8 @@ class LayerStore:
         except OSError as exc:
             tmp.unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise InsufficientSpace(f"no space left in {self.root} to record the image") from None
-            raise StoreError(f"cannot record the image in {self.root}: {exc.strerror}") from None
+                raise InsufficientSpace(f"no space left in {self.root} to record the image") from exc
+            raise StoreError(f"cannot record the image in {self.root}: {exc.strerror}") from exc
 
     def remove_image(self, manifest_digest: str) -> bool:
         try:
@@ -337,8 +337,8 @@ class LayerStore:
         except OSError as exc:
             shutil.rmtree(d, ignore_errors=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise InsufficientSpace(f"no space (or no free inodes) left in {self.root}") from None
-            raise StoreError(f"cannot record the bundle copy in {self.root}: {exc.strerror}") from None
+                raise InsufficientSpace(f"no space (or no free inodes) left in {self.root}") from exc
+            raise StoreError(f"cannot record the bundle copy in {self.root}: {exc.strerror}") from exc
         return d
 
     @staticmethod
@@ -446,7 +446,7 @@ class LayerStore:
         try:
             st = os.statvfs(self.root)
         except OSError as exc:
-            raise StoreError(f"cannot stat the work dir: {exc.strerror}") from None
+            raise StoreError(f"cannot stat the work dir: {exc.strerror}") from exc
         free = st.f_bavail * st.f_frsize
         if free < needed + reserve:
             raise InsufficientSpace(

@@ -71,8 +71,8 @@ def _b64std(v: Any, what: str) -> bytes:
         raise InvalidEncryptedLayer(f"{what} is not a base64 string")
     try:
         return base64.b64decode(v, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidEncryptedLayer(f"{what} is not valid base64") from None
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidEncryptedLayer(f"{what} is not valid base64") from exc
 
 
 @dataclass(frozen=True)

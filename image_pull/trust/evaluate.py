@@ -180,7 +180,7 @@ class TrustPolicy:
             with open(path, "rb") as f:
                 return f.read(MAX_KEY_BYTES + 1)
         except OSError as exc:
-            raise InvalidPolicy(f"cannot read key {path[:80]}: {exc.strerror}") from None
+            raise InvalidPolicy(f"cannot read key {path[:80]}: {exc.strerror}") from exc
 
     # ------------------------------------------------------------------ check
     async def check(self, ctx: PolicyContext) -> Accepted:
@@ -203,7 +203,7 @@ class TrustPolicy:
                 raise SignatureRejected(
                     f"{logical} rejected by policy scope {scope or '(transport default)'!r}, "
                     f"requirement {i + 1} ({_type_name(req)}): {exc}"
-                ) from None
+                ) from exc
         log.info("policy accepted %s (scope %r, %s)", logical, scope, ", ".join(signers) or "no signatures")
         return Accepted(scope, tuple(_type_name(r) for r in reqs), tuple(signers))
 

@@ -76,7 +76,7 @@ def _strict_loads(untrusted: bytes) -> Any:
     try:
         return strict_loads(untrusted)
     except ValueError as exc:
-        raise InvalidPolicy(f"policy is not valid JSON: {str(exc)[:80]}") from None
+        raise InvalidPolicy(f"policy is not valid JSON: {str(exc)[:80]}") from exc
 
 
 def _obj(v: Any, what: str, allowed: set[str], required: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
@@ -101,8 +101,8 @@ def _b64(v: Any, what: str) -> bytes:
     s = _str(v, what)
     try:
         return base64.b64decode(s, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidPolicy(f"{what} is not valid base64") from None
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidPolicy(f"{what} is not valid base64") from exc
 
 
 # ---------------------------------------------------------------------- model
@@ -268,7 +268,7 @@ def _parse_identity_rule(v: Any, what: str) -> IdentityRule:
             s = _validate_prefix(_str(o["signedPrefix"], f"{what}.signedPrefix"), f"{what}.signedPrefix")
             return RemapIdentity(p, s)
     except InvalidReference as exc:
-        raise InvalidPolicy(f"{what}: {exc}") from None
+        raise InvalidPolicy(f"{what}: {exc}") from exc
     raise InvalidPolicy(f"{what}: unknown signedIdentity type {str(t)[:40]!r}")
 
 
@@ -277,8 +277,8 @@ def _validate_prefix(p: str, what: str) -> str:
         return p
     try:
         r = parse_identity(p)
-    except InvalidReference:
-        raise InvalidPolicy(f"{what}: {p[:80]!r} is not a host[:port], namespace or repository") from None
+    except InvalidReference as exc:
+        raise InvalidPolicy(f"{what}: {p[:80]!r} is not a host[:port], namespace or repository") from exc
     if not r.name_only or r.name != p:
         raise InvalidPolicy(f"{what}: {p[:80]!r} must be a fully expanded name without tag or digest")
     return p
@@ -458,8 +458,8 @@ def _validate_docker_scope(scope: str) -> None:
         return
     try:
         r = parse_identity(scope)
-    except InvalidReference:
-        raise InvalidPolicy(f"invalid docker scope {scope[:80]!r}") from None
+    except InvalidReference as exc:
+        raise InvalidPolicy(f"invalid docker scope {scope[:80]!r}") from exc
     host = scope.split("/", 1)[0]
     if "/" in scope and not ("." in host or ":" in host or host == "localhost"):
         raise InvalidPolicy(f"docker scope {scope[:80]!r} must be fully expanded (start with a host)")

@@ -95,8 +95,8 @@ class CosignSignature:
             raise SignatureRejected("not a sigstore-json signature")
         try:
             doc = strict_loads(untrusted_blob[len(prefix) :])
-        except (ValueError, RecursionError):
-            raise SignatureRejected("sigstore-json signature is not valid JSON") from None
+        except (ValueError, RecursionError) as exc:
+            raise SignatureRejected("sigstore-json signature is not valid JSON") from exc
         if not isinstance(doc, dict) or doc.get("mimeType") != COSIGN_PAYLOAD_TYPE:
             raise SignatureRejected("sigstore-json signature has an unexpected mimeType")
         ann = doc.get("annotations")
@@ -130,8 +130,8 @@ def _b64(v: Any, what: str) -> bytes:
         raise SignatureRejected(f"cosign {what} is not a string")
     try:
         return base64.b64decode(v, validate=True)
-    except (binascii.Error, ValueError):
-        raise SignatureRejected(f"cosign {what} is not valid base64") from None
+    except (binascii.Error, ValueError) as exc:
+        raise SignatureRejected(f"cosign {what} is not valid base64") from exc
 
 
 def signature_tag(digest: str) -> str:
@@ -150,7 +150,7 @@ async def fetch_cosign_signatures(
     try:
         doc = parse_manifest_document(fetched.body, fetched.content_type)
     except ManifestError as exc:
-        raise SignatureRejected(f"cosign signature manifest is malformed: {exc}") from None
+        raise SignatureRejected(f"cosign signature manifest is malformed: {exc}") from exc
     if not isinstance(doc, Manifest):
         raise SignatureRejected("cosign signature tag names an index, not a manifest")
     out: list[CosignSignature] = []
@@ -177,8 +177,8 @@ def load_public_keys(data: bytes) -> list[PublicKey]:
                 if b.startswith(b"-----")
                 else serialization.load_der_public_key
             )(b)
-        except (ValueError, TypeError):
-            raise InvalidPolicy("a sigstore public key is not a valid PEM/DER public key") from None
+        except (ValueError, TypeError) as exc:
+            raise InvalidPolicy("a sigstore public key is not a valid PEM/DER public key") from exc
         if not isinstance(k, ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey):
             raise InvalidPolicy("sigstore public keys must be ECDSA, RSA or Ed25519")
         keys.append(k)
@@ -190,8 +190,8 @@ def load_public_keys(data: bytes) -> list[PublicKey]:
 def load_certificates(data: bytes) -> list[x509.Certificate]:
     try:
         certs = x509.load_pem_x509_certificates(data)
-    except ValueError:
-        raise InvalidPolicy("CA material is not a PEM certificate bundle") from None
+    except ValueError as exc:
+        raise InvalidPolicy("CA material is not a PEM certificate bundle") from exc
     return certs
 
 
@@ -253,8 +253,8 @@ def verify_rekor_set(
     """Verify a ``dev.sigstore.cosign/bundle`` SET and that its entry covers this signature."""
     try:
         doc = strict_loads(untrusted_bundle)
-    except (ValueError, RecursionError):
-        raise SignatureRejected("Rekor bundle is not valid JSON") from None
+    except (ValueError, RecursionError) as exc:
+        raise SignatureRejected("Rekor bundle is not valid JSON") from exc
     doc = _strict_obj(doc, {"SignedEntryTimestamp", "Payload"}, "bundle")
     p = _strict_obj(doc["Payload"], {"body", "integratedTime", "logIndex", "logID"}, "Payload")
     set_sig = _b64(doc["SignedEntryTimestamp"], "SignedEntryTimestamp")
@@ -275,8 +275,8 @@ def verify_rekor_set(
         raise SignatureRejected("Rekor SET is not signed by a trusted Rekor key")
     try:
         body = strict_loads(_b64(p["body"], "Rekor body"))
-    except (ValueError, RecursionError):
-        raise SignatureRejected("Rekor entry body is not valid JSON") from None
+    except (ValueError, RecursionError) as exc:
+        raise SignatureRejected("Rekor entry body is not valid JSON") from exc
     if not isinstance(body, dict) or body.get("kind") != "hashedrekord" or body.get("apiVersion") != "0.0.1":
         raise SignatureRejected("Rekor entry is not a hashedrekord 0.0.1")
     try:
@@ -285,8 +285,8 @@ def verify_rekor_set(
         pub_content = spec["signature"]["publicKey"]["content"]
         h = spec["data"]["hash"]
         algo, value = h["algorithm"], h["value"]
-    except (KeyError, TypeError):
-        raise SignatureRejected("Rekor entry lacks signature, key or hash") from None
+    except (KeyError, TypeError) as exc:
+        raise SignatureRejected("Rekor entry lacks signature, key or hash") from exc
     if _b64(sig_content, "Rekor signature") != signature:
         raise SignatureRejected("Rekor entry records another signature")
     if algo != "sha256" or value != hashlib.sha256(payload).hexdigest():
@@ -295,8 +295,8 @@ def verify_rekor_set(
     if signer_cert is not None:
         try:
             rc = x509.load_pem_x509_certificate(pub_pem)
-        except ValueError:
-            raise SignatureRejected("Rekor entry does not record the signing certificate") from None
+        except ValueError as exc:
+            raise SignatureRejected("Rekor entry does not record the signing certificate") from exc
         if rc.public_bytes(serialization.Encoding.DER) != signer_cert.public_bytes(
             serialization.Encoding.DER
         ):
@@ -304,8 +304,8 @@ def verify_rekor_set(
     elif signer_key is not None:
         try:
             rk2 = serialization.load_pem_public_key(pub_pem)
-        except (ValueError, TypeError):
-            raise SignatureRejected("Rekor entry does not record the signing key") from None
+        except (ValueError, TypeError) as exc:
+            raise SignatureRejected("Rekor entry does not record the signing key") from exc
         if not isinstance(rk2, ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey) or (
             _spki(rk2) != _spki(signer_key)
         ):
@@ -406,8 +406,8 @@ def verify_fulcio_certificate(
     try:
         leaf = x509.load_pem_x509_certificate(untrusted_cert)
         chain = x509.load_pem_x509_certificates(untrusted_chain) if untrusted_chain else []
-    except ValueError:
-        raise SignatureRejected("cosign certificate or chain is not valid PEM") from None
+    except ValueError as exc:
+        raise SignatureRejected("cosign certificate or chain is not valid PEM") from exc
     _verify_chain(leaf, chain[:MAX_CHAIN], ca, at)
     _leaf_checks(leaf)
     if _oidc_issuer(leaf) != oidc_issuer:
@@ -435,8 +435,8 @@ def verify_pki_certificate(
     try:
         leaf = x509.load_pem_x509_certificate(untrusted_cert)
         chain = x509.load_pem_x509_certificates(untrusted_chain) if untrusted_chain else []
-    except ValueError:
-        raise SignatureRejected("cosign certificate or chain is not valid PEM") from None
+    except ValueError as exc:
+        raise SignatureRejected("cosign certificate or chain is not valid PEM") from exc
     _verify_chain(leaf, list(intermediates) + chain[:MAX_CHAIN], roots, at)
     _leaf_checks(leaf)
     san = _sans(leaf)
@@ -457,5 +457,5 @@ def verify_pki_certificate(
 def certificate(untrusted_cert: bytes) -> x509.Certificate:
     try:
         return x509.load_pem_x509_certificate(untrusted_cert)
-    except ValueError:
-        raise SignatureRejected("cosign certificate is not valid PEM") from None
+    except ValueError as exc:
+        raise SignatureRejected("cosign certificate is not valid PEM") from exc

@@ -64,7 +64,7 @@ async def fetch_lookaside(
             except FileNotFoundError:
                 break
             except OSError as exc:
-                raise SignatureRejected(f"cannot read lookaside signature {p}: {exc.strerror}") from None
+                raise SignatureRejected(f"cannot read lookaside signature {p}: {exc.strerror}") from exc
             if len(data) > MAX_SIGNATURE_BYTES:
                 raise SignatureRejected("lookaside signature larger than 4 MiB")
             out.append(_legacy_or_simple(data))
@@ -93,12 +93,12 @@ async def _fetch_http(base: str, rel: str, http: httpx.AsyncClient) -> list[byte
                 buf = await read_body(
                     resp, MAX_SIGNATURE_BYTES, decode=DECODABLE, what=f"lookaside signature-{n}"
                 )
-        except BodyTooLarge:
-            raise SignatureRejected("lookaside signature larger than 4 MiB") from None
+        except BodyTooLarge as exc:
+            raise SignatureRejected("lookaside signature larger than 4 MiB") from exc
         except HttpBodyError as exc:
-            raise SignatureRejected(f"cannot fetch lookaside signature: {exc}") from None
+            raise SignatureRejected(f"cannot fetch lookaside signature: {exc}") from exc
         except httpx.HTTPError as exc:
-            raise SignatureRejected(f"cannot fetch lookaside signature: {type(exc).__name__}") from None
+            raise SignatureRejected(f"cannot fetch lookaside signature: {type(exc).__name__}") from exc
         out.append(_legacy_or_simple(buf))
     return out
 
@@ -125,8 +125,8 @@ async def fetch_registry_extension(registry: RegistryClient, ref: Reference, dig
         await resp.aclose()
     try:
         doc = json.loads(body)
-    except (ValueError, RecursionError):
-        raise SignatureRejected("registry signature extension returned invalid JSON") from None
+    except (ValueError, RecursionError) as exc:
+        raise SignatureRejected("registry signature extension returned invalid JSON") from exc
     sigs = doc.get("signatures") if isinstance(doc, dict) else None
     if not isinstance(sigs, list):
         raise SignatureRejected("registry signature extension: no signatures list")
@@ -136,6 +136,6 @@ async def fetch_registry_extension(registry: RegistryClient, ref: Reference, dig
             continue
         try:
             out.append(base64.b64decode(str(s.get("content", "")), validate=True))
-        except (binascii.Error, ValueError):
-            raise SignatureRejected("registry signature extension: content is not base64") from None
+        except (binascii.Error, ValueError) as exc:
+            raise SignatureRejected("registry signature extension: content is not base64") from exc
     return out

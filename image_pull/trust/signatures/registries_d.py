@@ -97,7 +97,7 @@ class RegistriesD:
         try:
             doc = yaml.load(untrusted.decode("utf-8"), Loader=_StrictLoader)  # noqa: S506 - safe loader subclass
         except (UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise InvalidPolicy(f"{what} is not valid YAML: {str(exc)[:80]}") from None
+            raise InvalidPolicy(f"{what} is not valid YAML: {str(exc)[:80]}") from exc
         if doc is None:
             return cls()
         if not isinstance(doc, dict) or set(doc) - {"default-docker", "docker"}:
@@ -143,13 +143,13 @@ class RegistriesD:
             try:
                 files = sorted(p for p in Path(directory).iterdir() if p.suffix == ".yaml" and p.is_file())
             except OSError as exc:
-                raise InvalidPolicy(f"cannot read registries.d {directory}: {exc.strerror}") from None
+                raise InvalidPolicy(f"cannot read registries.d {directory}: {exc.strerror}") from exc
             for f in files[:MAX_FILES]:
                 try:
                     with open(f, "rb") as fh:
                         data = fh.read(MAX_REGISTRIES_D_BYTES + 1)
                 except OSError as exc:
-                    raise InvalidPolicy(f"cannot read {f}: {exc.strerror}") from None
+                    raise InvalidPolicy(f"cannot read {f}: {exc.strerror}") from exc
                 parts.append((f.name, cls.from_yaml(data, f.name)))
         if extra_yaml is not None:
             parts.append(("sigstore_config", cls.from_yaml(extra_yaml, "sigstore_config")))
