@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coco_common.files import write_atomic
 from image_pull.errors import BundleError
 from image_pull.manifest import ImageConfig
 from image_pull.unpack.overlay import OVERLAY_OPAQUE, copy_file_sparse
@@ -466,16 +467,10 @@ class BundleSpec:
 
 
 def _write_config(bundle_dir: Path, spec: bytes) -> None:
-    tmp = bundle_dir / f".config.json.{secrets.token_hex(4)}"
     try:
-        tmp.write_bytes(spec)
-        os.replace(tmp, bundle_dir / "config.json")
+        write_atomic(bundle_dir / "config.json", spec, mode=0o644, fsync=False)  # ephemeral, as the store
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
         raise BundleError(f"cannot write {bundle_dir / 'config.json'}: {exc.strerror}") from exc
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _try_overlay(spec: BundleSpec, rootfs: Path, state: Path) -> bool:

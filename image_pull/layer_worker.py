@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from coco_common.strict_json import strict_loads
 from image_pull.budget import UnpackBudget
 from image_pull.errors import (
     DecryptionError,
@@ -115,7 +116,7 @@ class LayerJob:
 
     @classmethod
     def from_json(cls, text: str) -> LayerJob:
-        doc = json.loads(text)
+        doc = strict_loads(text)
         if not isinstance(doc, dict) or set(doc) != set(cls.__dataclass_fields__):
             raise UnpackError("bad layer job")
         return cls(**doc)
@@ -349,7 +350,7 @@ class _WorkerOutput:
 
     def _progress(self, line: bytes) -> None:
         try:
-            n = int(json.loads(line)["progress"])
+            n = int(strict_loads(line)["progress"])
         except (ValueError, KeyError, TypeError):
             return
         if self.budget is None or self.over_budget is not None:
@@ -381,7 +382,7 @@ class _WorkerOutput:
         if self.over_budget is not None:
             raise self.over_budget
         try:
-            doc = json.loads(out.decode().strip())
+            doc = strict_loads(out.decode().strip())
         except (ValueError, UnicodeDecodeError) as exc:
             tail = err.decode(errors="replace").strip().splitlines()[-1:] or [""]
             raise UnpackError(f"layer worker failed: {tail[0][:200]}") from exc

@@ -32,7 +32,6 @@ __all__ = [
     "layer_compression",
     "parse_config",
     "parse_manifest_document",
-    "strict_json_loads",
 ]
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -64,15 +63,6 @@ LAYER_TYPES: Mapping[str, tuple[str, bool]] = {
 }
 
 MAX_LAYERS = 512
-
-
-def strict_json_loads(untrusted: bytes, what: str) -> Any:
-    """Strict JSON (:func:`coco_common.strict_json.strict_loads`: duplicate keys,
-    NaN/Infinity, invalid UTF-8, runaway nesting rejected) as a ManifestError."""
-    try:
-        return strict_loads(untrusted.decode("utf-8"))  # UTF-8 only, as Go decoders
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ManifestError(f"{what} is not valid strict JSON: {str(exc)[:80]}") from exc
 
 
 def _get(
@@ -213,7 +203,7 @@ def _media_type(content_type: str | None) -> str | None:
 
 def parse_manifest_document(untrusted_body: bytes, content_type: str | None) -> Manifest | Index:
     """Parse a manifest or index body (already digest-checked by the caller)."""
-    doc = strict_json_loads(untrusted_body, "manifest")
+    doc = strict_loads(untrusted_body, error=ManifestError, what="manifest")
     if not isinstance(doc, dict):
         raise ManifestError("manifest is not a JSON object")
     if _get(doc, "schemaVersion", int, "manifest") != 2:
@@ -302,7 +292,7 @@ def _keys(v: Any, what: str) -> tuple[str, ...]:
 
 
 def parse_config(untrusted_body: bytes) -> ImageConfig:
-    doc = strict_json_loads(untrusted_body, "image config")
+    doc = strict_loads(untrusted_body, error=ManifestError, what="image config")
     if not isinstance(doc, dict):
         raise ManifestError("image config is not a JSON object")
     rootfs = _get(doc, "rootfs", dict, "image config")

@@ -240,6 +240,24 @@ def _connection_refused(exc: BaseException) -> bool:
     return False
 
 
+def _fatal_transport_error(exc: BaseException, url: httpx.URL, what: str) -> RegistryError | None:
+    """The error for a transport failure no retry mends (TLS trust, connection refused)."""
+    hp = _hostport(url)
+    if _tls_failure(exc):
+        return RegistryError(
+            f"{what}: TLS handshake with {hp} failed (untrusted or invalid certificate): "
+            f"add the registry's CA (coco-image pull --ca-file CA.pem), or if {hp} serves "
+            f"plain HTTP allow that for it (coco-image pull --plain-http {hp}; "
+            "registries.conf: insecure = true)"
+        )
+    if _connection_refused(exc):
+        return RegistryError(
+            f"{what}: cannot connect to {hp} (connection refused): is the registry "
+            "running, and is the host:port in the image reference right?"
+        )
+    return None
+
+
 class _Registry:
     """Per-endpoint auth state."""
 
@@ -435,6 +453,21 @@ class RegistryClient:
             return f"Bearer {tok.token}"
 
     # ------------------------------------------------------------------ transport
+    def _redirect_target(self, cur: httpx.URL, location: str, what: str) -> httpx.URL:
+        """Where a redirect from ``cur`` goes: http(s) only, never https -> plain http
+        unless that host is configured insecure."""
+        try:
+            nxt = httpx.URL(urljoin(str(cur), location))
+        except httpx.InvalidURL:
+            # no cause: a redirect URL carries signed query tokens
+            raise RegistryError(f"{what}: invalid redirect location") from None
+        if nxt.scheme not in ("http", "https"):
+            raise RegistryError(f"{what}: redirect to a non-HTTP URL")
+        downgrade = cur.scheme == "https" and nxt.scheme == "http"
+        if downgrade and _hostport(nxt).lower() not in self._insecure:
+            raise RegistryError(f"{what}: refusing redirect from https to plain http")
+        return nxt
+
     async def _send(
         self, method: str, url: httpx.URL, headers: dict[str, str], ref: Reference, *, what: str
     ) -> httpx.Response:
@@ -458,16 +491,7 @@ class RegistryClient:
                     if resp.status_code in _REDIRECT_STATUS and "location" in resp.headers:
                         loc = resp.headers["location"]
                         await resp.aclose()
-                        try:
-                            nxt = httpx.URL(urljoin(str(cur), loc))
-                        except httpx.InvalidURL:
-                            # no cause: a redirect URL carries signed query tokens
-                            raise RegistryError(f"{what}: invalid redirect location") from None
-                        if nxt.scheme not in ("http", "https"):
-                            raise RegistryError(f"{what}: redirect to a non-HTTP URL")
-                        downgrade = cur.scheme == "https" and nxt.scheme == "http"
-                        if downgrade and _hostport(nxt).lower() not in self._insecure:
-                            raise RegistryError(f"{what}: refusing redirect from https to plain http")
+                        nxt = self._redirect_target(cur, loc, what)
                         if _origin(nxt) != _origin(cur):
                             hdrs.pop("Authorization", None)
                             log.info("%s: redirected to %s", what, _redact_url(nxt))
@@ -480,19 +504,9 @@ class RegistryClient:
             except (httpx.TransportError, TimeoutError) as exc:
                 # the errors below drop httpx's cause: its text carries the request URL,
                 # query included (signed blob URLs hold tokens); _redact_url shows the rest
-                if _tls_failure(exc):
-                    hp = _hostport(cur)
-                    raise RegistryError(
-                        f"{what}: TLS handshake with {hp} failed (untrusted or invalid certificate): "
-                        f"add the registry's CA (coco-image pull --ca-file CA.pem), or if {hp} serves "
-                        f"plain HTTP allow that for it (coco-image pull --plain-http {hp}; "
-                        "registries.conf: insecure = true)"
-                    ) from None
-                if _connection_refused(exc):
-                    raise RegistryError(
-                        f"{what}: cannot connect to {_hostport(cur)} (connection refused): is the registry "
-                        "running, and is the host:port in the image reference right?"
-                    ) from None
+                fatal = _fatal_transport_error(exc, cur, what)
+                if fatal is not None:
+                    raise fatal from None
                 name = "no response headers in time" if isinstance(exc, TimeoutError) else type(exc).__name__
                 delay = self._delay(attempt, None)
                 if attempt + 1 >= self._retry.attempts or waited + delay > self._retry.max_retry_wait:

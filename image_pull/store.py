@@ -36,6 +36,8 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from coco_common.files import write_atomic
+from coco_common.strict_json import strict_loads
 from image_pull.errors import InsufficientSpace, StoreError
 
 __all__ = ["MAX_CACHED_BLOB", "LayerRecord", "LayerStore", "bundle_key", "chain_ids"]
@@ -87,7 +89,7 @@ class LayerRecord:
     @classmethod
     def from_json(cls, untrusted: bytes) -> LayerRecord | None:
         try:
-            doc = json.loads(untrusted)
+            doc = strict_loads(untrusted)
             if not isinstance(doc, dict):
                 return None
             rec = cls(**doc)
@@ -201,7 +203,7 @@ class LayerStore:
         for f in self.bundles.glob("*/bundle.json"):
             try:
                 with open(f, "rb") as fh:
-                    doc = json.loads(fh.read(MAX_RECORD * 16))
+                    doc = strict_loads(fh.read(MAX_RECORD * 16))
             except (OSError, ValueError):
                 return True  # cannot tell: assume it is used
             if isinstance(doc, dict) and chain_id in doc.get("layers", []):
@@ -242,12 +244,8 @@ class LayerStore:
         algo, _, hexpart = digest.partition(":")
         if len(data) > MAX_CACHED_BLOB or hashlib.new(algo, data).hexdigest() != hexpart:
             return
-        tmp = self.blobs / f".{algo}-{hexpart}.{secrets.token_hex(4)}"
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, self.blobs / f"{algo}-{hexpart}")
-        except OSError:
-            tmp.unlink(missing_ok=True)  # a cache: failing to fill it is not an error
+        with contextlib.suppress(OSError):  # a cache: failing to fill it is not an error
+            write_atomic(self.blobs / f"{algo}-{hexpart}", data, mode=0o644, fsync=False)
 
     # ------------------------------------------------------------ images and GC roots
     def record_image(
@@ -266,12 +264,11 @@ class LayerStore:
             "index_digest": index_digest,
             "layers": chain,
         }
-        tmp = self.images / f".{_hex(manifest_digest)}.{secrets.token_hex(4)}"
         try:
-            tmp.write_text(json.dumps(doc, sort_keys=True))
-            os.replace(tmp, self.images / f"{_hex(manifest_digest)}.json")
+            # a GC root: the rename makes it all-or-nothing; a crash loses only the record
+            data = json.dumps(doc, sort_keys=True).encode()
+            write_atomic(self.images / f"{_hex(manifest_digest)}.json", data, mode=0o644, fsync=False)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise InsufficientSpace(f"no space left in {self.root} to record the image") from exc
             raise StoreError(f"cannot record the image in {self.root}: {exc.strerror}") from exc
@@ -287,7 +284,7 @@ class LayerStore:
         keep: set[str] = set()
         for f in self.images.glob("*.json"):
             try:
-                doc = json.loads(f.read_text())
+                doc = strict_loads(f.read_text())
             except (OSError, ValueError):
                 continue
             for k in ("manifest_digest", "config_digest", "index_digest"):
@@ -299,7 +296,7 @@ class LayerStore:
         keep: set[str] = set()
         for f in list(self.images.glob("*.json")) + list(self.bundles.glob("*/bundle.json")):
             try:
-                doc = json.loads(f.read_text())
+                doc = strict_loads(f.read_text())
                 keep.update(_hex(c) for c in doc.get("layers", []) if isinstance(c, str) and ":" in c)
             except (OSError, ValueError):
                 continue
@@ -349,7 +346,7 @@ class LayerStore:
         """Partial flattened copies of pulls that died mid-copy (their bundle lock is free)."""
         for rec in self.bundles.glob("*/copying.json"):
             try:
-                bundle = Path(str(json.loads(rec.read_text())["bundle"]))
+                bundle = Path(str(strict_loads(rec.read_text())["bundle"]))
             except (OSError, ValueError, KeyError, TypeError):
                 shutil.rmtree(rec.parent, ignore_errors=True)
                 continue
@@ -374,7 +371,7 @@ class LayerStore:
         self._sweep_dead_copies()
         for rec in self.bundles.glob("*/bundle.json"):
             try:
-                doc = json.loads(rec.read_text())
+                doc = strict_loads(rec.read_text())
                 rootfs = Path(str(doc["bundle"])) / "rootfs"
             except (OSError, ValueError, KeyError, TypeError):
                 continue

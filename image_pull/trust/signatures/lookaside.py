@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -24,6 +23,7 @@ import httpx
 
 from coco_common.http import async_client
 from coco_common.http_body import ACCEPT_DECODABLE, DECODABLE, BodyTooLarge, HttpBodyError, read_body
+from coco_common.strict_json import strict_loads
 from image_pull.reference import Reference
 from image_pull.registry import RegistryClient
 from image_pull.trust.errors import SignatureRejected
@@ -124,7 +124,7 @@ async def fetch_registry_extension(registry: RegistryClient, ref: Reference, dig
     finally:
         await resp.aclose()
     try:
-        doc = json.loads(body)
+        doc = strict_loads(body)
     except (ValueError, RecursionError) as exc:
         raise SignatureRejected("registry signature extension returned invalid JSON") from exc
     sigs = doc.get("signatures") if isinstance(doc, dict) else None
