@@ -23,6 +23,7 @@ from cdh.config import CdhImageConfig, describe_unknown, parse_registry_config
 from cdh.errors import CdhError, ConfigError, ImagePullFailed
 from cdh.files import read_limited
 from cdh.kbc import ResourceGetter
+from coco_common.fields import Fields
 from coco_rpc import RpcError, parse_address
 from image_pull.errors import ImagePullError
 from image_pull.registries_conf import RegistryConfig
@@ -95,10 +96,12 @@ class ImagePullService:
                 table = tomllib.loads(raw.decode())
             except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
                 raise ConfigError("registry configuration is not valid TOML") from exc
-            unknown: list[str] = []
-            rc = parse_registry_config(table, "registry_configuration.", unknown)
-            if unknown:
-                log.warning("ignoring unknown registry configuration keys: %s", describe_unknown(unknown))
+            fields = Fields(table, error=ConfigError, where="registry_configuration")
+            rc = parse_registry_config(fields)
+            if fields.notes:
+                log.warning(
+                    "ignoring unknown registry configuration keys: %s", describe_unknown(fields.notes)
+                )
             return rc
         return None
 

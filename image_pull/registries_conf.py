@@ -110,9 +110,11 @@ class RegistryConfig:
 
     def insecure_hosts(self) -> frozenset[str]:
         """``host[:port]`` of every location and mirror marked ``insecure`` (plain HTTP allowed)."""
-        hosts = {r.location.split("/", 1)[0] for r in self.registries if r.insecure and r.location}
-        hosts |= {m.location.split("/", 1)[0] for r in self.registries for m in r.mirrors if m.insecure}
-        return frozenset(hosts)
+        places = [
+            r.location or r.prefix for r in self.registries if r.insecure
+        ]  # location defaults to prefix
+        places += [m.location for r in self.registries for m in r.mirrors if m.insecure]
+        return frozenset(p.split("/", 1)[0] for p in places if not p.startswith("*."))
 
     @classmethod
     def from_toml(cls, untrusted: bytes) -> RegistryConfig:

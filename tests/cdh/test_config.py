@@ -111,6 +111,28 @@ def test_unknown_keys_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixt
     assert "nydus" in caplog.text  # legacy section: accepted, ignored, said so
 
 
+def test_registry_config_is_image_pulls_own_with_unknown_keys_reported(tmp_path: Path) -> None:
+    """[image.registry_config] becomes image_pull's RegistryConfig (its rules, its insecure
+    hosts: a prefix-only entry's location is its prefix); misspelt keys at any depth are
+    reported with their dotted path, not silently dropped."""
+    text = (
+        '[kbc]\nname = "offline_fs_kbc"\n[image.registry_config]\n'
+        '[[image.registry_config.registry]]\nprefix = "a.example:5000/ns"\ninsecure = true\nmirorr = 1\n'
+        '[[image.registry_config.registry.mirror]]\nlocation = "m.example"\ninsecrue = true\n'
+    )
+    c = load_config(cfg_file(tmp_path, text), cmdline="", env={})
+    rc = c.image.registry_config
+    assert rc is not None and rc.unqualified_search_registries == ()
+    assert rc.insecure_hosts() == {"a.example:5000"}  # the mirror's "insecrue" is not "insecure"
+    assert c.unknown_keys == (
+        "image.registry_config.registry[0].mirorr",
+        "image.registry_config.registry[0].mirror[0].insecrue",
+    )
+    bad = '[kbc]\nname = "offline_fs_kbc"\n[image.registry_config]\n[[image.registry_config.registry]]\n'
+    with pytest.raises(ConfigError, match=r"image\.registry_config: .*needs a prefix or a location"):
+        load_config(cfg_file(tmp_path, bad), cmdline="", env={})
+
+
 @pytest.mark.parametrize(
     ("text", "msg"),
     [
