@@ -19,8 +19,6 @@ Flow for one ``+encrypted`` layer descriptor (reference oci.md §4):
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import io
@@ -32,6 +30,7 @@ from typing import Any, BinaryIO
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from coco_common.b64 import b64_decode
 from image_pull.hooks import KeyUnwrapper
 from image_pull.manifest import Descriptor
 from image_pull.ocicrypt.errors import IntegrityError, InvalidEncryptedLayer, KeyUnavailable
@@ -70,8 +69,8 @@ def _b64std(v: Any, what: str) -> bytes:
     if not isinstance(v, str):
         raise InvalidEncryptedLayer(f"{what} is not a base64 string")
     try:
-        return base64.b64decode(v, validate=True)
-    except (binascii.Error, ValueError) as exc:
+        return b64_decode(v)
+    except ValueError as exc:
         raise InvalidEncryptedLayer(f"{what} is not valid base64") from exc
 
 

@@ -27,13 +27,12 @@ may be absent (containers/image makes it optional).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from coco_common.b64 import b64_decode
 from coco_common.cli import closest
 from coco_common.strict_json import strict_loads
 from image_pull.errors import InvalidReference
@@ -100,8 +99,8 @@ def _str(v: Any, what: str, *, empty: bool = False) -> str:
 def _b64(v: Any, what: str) -> bytes:
     s = _str(v, what)
     try:
-        return base64.b64decode(s, validate=True)
-    except (binascii.Error, ValueError) as exc:
+        return b64_decode(s)
+    except ValueError as exc:
         raise InvalidPolicy(f"{what} is not valid base64") from exc
 
 

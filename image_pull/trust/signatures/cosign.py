@@ -24,8 +24,6 @@ Verification (raises :class:`SignatureRejected`, returns the verified payload):
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import hashlib
 from collections.abc import Sequence
@@ -39,6 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from coco_common.b64 import b64_decode
 from coco_common.strict_json import strict_loads
 from image_pull.errors import ManifestError, NotFound
 from image_pull.manifest import Manifest, parse_manifest_document
@@ -129,8 +128,8 @@ def _b64(v: Any, what: str) -> bytes:
     if not isinstance(v, str):
         raise SignatureRejected(f"cosign {what} is not a string")
     try:
-        return base64.b64decode(v, validate=True)
-    except (binascii.Error, ValueError) as exc:
+        return b64_decode(v)
+    except ValueError as exc:
         raise SignatureRejected(f"cosign {what} is not valid base64") from exc
 
 
@@ -403,11 +402,7 @@ def verify_fulcio_certificate(
     at: dt.datetime,
 ) -> PublicKey:
     """Check a Fulcio leaf at time ``at`` (Rekor integratedTime); returns its public key."""
-    try:
-        leaf = x509.load_pem_x509_certificate(untrusted_cert)
-        chain = x509.load_pem_x509_certificates(untrusted_chain) if untrusted_chain else []
-    except ValueError as exc:
-        raise SignatureRejected("cosign certificate or chain is not valid PEM") from exc
+    leaf, chain = _leaf_and_chain(untrusted_cert, untrusted_chain)
     _verify_chain(leaf, chain[:MAX_CHAIN], ca, at)
     _leaf_checks(leaf)
     if _oidc_issuer(leaf) != oidc_issuer:
@@ -422,6 +417,17 @@ def verify_fulcio_certificate(
     return key
 
 
+def _leaf_and_chain(
+    untrusted_cert: bytes, untrusted_chain: bytes | None
+) -> tuple[x509.Certificate, list[x509.Certificate]]:
+    try:
+        leaf = x509.load_pem_x509_certificate(untrusted_cert)
+        chain = x509.load_pem_x509_certificates(untrusted_chain) if untrusted_chain else []
+    except ValueError as exc:
+        raise SignatureRejected("cosign certificate or chain is not valid PEM") from exc
+    return leaf, chain
+
+
 def verify_pki_certificate(
     untrusted_cert: bytes,
     untrusted_chain: bytes | None,
@@ -432,11 +438,7 @@ def verify_pki_certificate(
     subject_email: str | None,
     at: dt.datetime,
 ) -> PublicKey:
-    try:
-        leaf = x509.load_pem_x509_certificate(untrusted_cert)
-        chain = x509.load_pem_x509_certificates(untrusted_chain) if untrusted_chain else []
-    except ValueError as exc:
-        raise SignatureRejected("cosign certificate or chain is not valid PEM") from exc
+    leaf, chain = _leaf_and_chain(untrusted_cert, untrusted_chain)
     _verify_chain(leaf, list(intermediates) + chain[:MAX_CHAIN], roots, at)
     _leaf_checks(leaf)
     san = _sans(leaf)
