@@ -20,11 +20,12 @@ decryption), called from :mod:`image_pull.puller`.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from image_pull.manifest import Manifest
 from image_pull.reference import Reference
 from image_pull.registry import RegistryClient
+from image_pull.stream import Readable
 
 __all__ = ["KeyUnwrapper", "LayerDecryptor", "PolicyCheck", "PolicyContext"]
 
@@ -53,4 +54,4 @@ class PolicyCheck(Protocol):
 
 
 class LayerDecryptor(Protocol):
-    def __call__(self, ciphertext: BinaryIO) -> BinaryIO: ...
+    def __call__(self, ciphertext: Readable) -> Readable: ...

@@ -50,7 +50,7 @@ from image_pull.errors import (
 )
 from image_pull.hooks import LayerDecryptor
 from image_pull.ocicrypt.layer import DecryptingReader
-from image_pull.stream import ChunkPipe, CountingReader, HashingReader, PipeAborted
+from image_pull.stream import ChunkPipe, CountingReader, HashingReader, PipeAborted, Readable, as_binary
 from image_pull.unpack import UnpackOptions, open_decompressed, unpack_layer
 
 __all__ = [
@@ -133,7 +133,7 @@ class LayerResult:
 # ---------------------------------------------------------------------- the work itself
 def unpack_stream(
     received: CountingReader,
-    src: BinaryIO,
+    src: Readable,
     job: LayerJob,
     progress: Callable[[int], None] | None = None,
 ) -> LayerResult:
@@ -143,7 +143,7 @@ def unpack_stream(
     measured against them); ``src`` is what to decompress (``received`` itself, or
     a decrypting reader over it).
     """
-    dec = open_decompressed(src, job.media_type.removesuffix("+encrypted"))
+    dec = open_decompressed(as_binary(src), job.media_type.removesuffix("+encrypted"))
     hr = HashingReader(
         dec,
         job.diff_algo,
@@ -156,7 +156,7 @@ def unpack_stream(
     # hardlinks into lower layers are deferred (the puller copies their targets up)
     opts = UnpackOptions(flatten=job.flatten, defer_missing_hardlinks=not job.flatten)
     stats = unpack_layer(
-        hr,  # type: ignore[arg-type]  # a RawIOBase reader; unpack reads it with read(n)
+        as_binary(hr),
         Path(job.dest),
         options=opts,
         compressed_size=job.compressed_size,
@@ -176,7 +176,7 @@ def run_job(job: LayerJob, stream: BinaryIO) -> dict[str, Any]:
     """The worker's side: unpack ``stream`` and say how it went (the result line)."""
     try:
         received = CountingReader(stream)
-        res = unpack_stream(received, received, job, _report if job.progress else None)  # type: ignore[arg-type]
+        res = unpack_stream(received, received, job, _report if job.progress else None)
         return {
             "ok": True,
             "diff_id": res.diff_id,
@@ -266,8 +266,8 @@ def _consume(
 ) -> LayerResult:
     """The thread consumer: ``pipe`` -> [decrypt] -> :func:`unpack_stream`."""
     try:
-        received = CountingReader(pipe)  # type: ignore[arg-type]  # a RawIOBase reader
-        src: BinaryIO = received  # type: ignore[assignment]
+        received = CountingReader(pipe)
+        src: Readable = received
         if decryptor is not None:
             src = decryptor(src)
         try:

@@ -76,7 +76,7 @@ from image_pull.reference import Reference, is_short_name, parse_reference
 from image_pull.registries_conf import Candidate, ProxyConfig, RegistryConfig
 from image_pull.registry import FetchedManifest, RegistryClient, RetryPolicy, http_client
 from image_pull.store import LayerRecord, LayerStore, bundle_key, chain_ids
-from image_pull.stream import PipeAborted
+from image_pull.stream import PipeAborted, Readable
 from image_pull.unpack.overlay import copy_up_links
 
 __all__ = ["DEFAULT_PULL_TIMEOUT", "ImagePuller", "PullResult", "PullerConfig"]
@@ -418,10 +418,10 @@ class ImagePuller:
         if key is None:
             return None
 
-        def decryptor(ciphertext: object) -> DecryptingReader:
-            return DecryptingReader(ciphertext, key)  # type: ignore[arg-type]
+        def decryptor(ciphertext: Readable) -> Readable:
+            return DecryptingReader(ciphertext, key)
 
-        return decryptor  # type: ignore[return-value]
+        return decryptor
 
     async def _fetch_layer(self, plan: _PullPlan, i: int, dest: Path) -> tuple[int, LayerResult]:
         """Download layer ``i`` and unpack it into ``dest``; checks its diff_id."""

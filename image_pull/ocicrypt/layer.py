@@ -35,6 +35,7 @@ from image_pull.hooks import KeyUnwrapper
 from image_pull.manifest import Descriptor
 from image_pull.ocicrypt.errors import IntegrityError, InvalidEncryptedLayer, KeyUnavailable
 from image_pull.ocicrypt.jwe import PrivateKey, _strict, jwe_decrypt, load_private_key
+from image_pull.stream import Readable
 
 __all__ = [
     "ANNOTATION_JWE",
@@ -108,7 +109,7 @@ class LayerKey:
 class DecryptingReader(io.RawIOBase):
     """Streams plaintext out of ``ciphertext``; at EOF checks HMAC and digest or raises."""
 
-    def __init__(self, ciphertext: BinaryIO, key: LayerKey) -> None:
+    def __init__(self, ciphertext: Readable, key: LayerKey) -> None:
         super().__init__()
         self._inner = ciphertext
         self._dec = Cipher(algorithms.AES(key.symkey), modes.CTR(key.nonce)).decryptor()

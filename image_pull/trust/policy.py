@@ -28,7 +28,7 @@ may be absent (containers/image makes it optional).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 from typing import Any
 
@@ -78,7 +78,7 @@ def _strict_loads(untrusted: bytes) -> Any:
         raise InvalidPolicy(f"policy is not valid JSON: {str(exc)[:80]}") from exc
 
 
-def _obj(v: Any, what: str, allowed: set[str], required: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
+def _obj(v: Any, what: str, allowed: set[str], required: Set[str] = frozenset()) -> dict[str, Any]:
     if not isinstance(v, dict):
         raise InvalidPolicy(f"{what} must be a JSON object")
     unknown = set(v) - allowed
