@@ -41,6 +41,7 @@ from typing import Any
 from cdh.errors import ConfigError
 from cdh.files import read_limited
 from coco_common.fields import Fields
+from coco_common.files import write_atomic
 from image_pull.errors import PolicyRejected
 from image_pull.registries_conf import ProxyConfig, RegistryConfig
 
@@ -449,9 +450,7 @@ def write_ocicrypt_config(socket: str, path: Path = OCICRYPT_CONFIG_PATH) -> Pat
     """Write the ocicrypt key-provider config pointing at this CDH and return its path."""
     body = {"key-providers": {"attestation-agent": {"ttrpc": socket}}}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(body))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(body).encode(), mode=0o644)  # read by the runtime's ocicrypt
     return path
 
 

@@ -23,6 +23,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from coco_common.files import FileTooLarge, read_bounded
 from image_pull.errors import ImagePullError
 from image_pull.progress import ProgressEvent, TtyProgress
 from image_pull.registries_conf import ProxyConfig, RegistryConfig
@@ -93,13 +94,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _read(path: Path, what: str) -> bytes:
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_INPUT_FILE + 1)
+        return read_bounded(path, MAX_INPUT_FILE)
+    except FileTooLarge as exc:
+        raise ImagePullError(f"{what} {path} is larger than 4 MiB") from exc
+    except ValueError as exc:  # not a regular file
+        raise ImagePullError(f"cannot read {what} {path}: not a regular file") from exc
     except OSError as exc:
         raise ImagePullError(f"cannot read {what} {path}: {exc.strerror}") from exc
-    if len(data) > MAX_INPUT_FILE:
-        raise ImagePullError(f"{what} {path} is larger than 4 MiB")
-    return data
 
 
 def _log_progress(ev: ProgressEvent) -> None:

@@ -36,7 +36,7 @@ from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from coco_common.files import write_atomic
+from coco_common.files import read_bounded, write_atomic
 from coco_common.strict_json import strict_loads
 from image_pull.errors import InsufficientSpace, StoreError
 
@@ -130,11 +130,10 @@ class LayerStore:
     def read_record(self, chain_id: str) -> LayerRecord | None:
         """The committed layer's record, or None when absent or unreadable."""
         try:
-            with open(self.layer_dir(chain_id) / "layer.json", "rb") as f:
-                data = f.read(MAX_RECORD + 1)
-        except OSError:
+            data = read_bounded(self.layer_dir(chain_id) / "layer.json", MAX_RECORD)
+        except (OSError, ValueError):  # FileTooLarge is a ValueError
             return None
-        return LayerRecord.from_json(data) if len(data) <= MAX_RECORD else None
+        return LayerRecord.from_json(data)
 
     @contextlib.asynccontextmanager
     async def lock(self, chain_id: str) -> AsyncIterator[None]:
@@ -202,8 +201,7 @@ class LayerStore:
         """Whether a recorded overlay bundle uses the layer as a lower."""
         for f in self.bundles.glob("*/bundle.json"):
             try:
-                with open(f, "rb") as fh:
-                    doc = strict_loads(fh.read(MAX_RECORD * 16))
+                doc = strict_loads(read_bounded(f, MAX_RECORD * 16))
             except (OSError, ValueError):
                 return True  # cannot tell: assume it is used
             if isinstance(doc, dict) and chain_id in doc.get("layers", []):
@@ -232,11 +230,10 @@ class LayerStore:
         if algo not in ("sha256", "sha512"):
             return None
         try:
-            with open(self.blobs / f"{algo}-{hexpart}", "rb") as f:
-                data = f.read(MAX_CACHED_BLOB + 1)
-        except OSError:
+            data = read_bounded(self.blobs / f"{algo}-{hexpart}", MAX_CACHED_BLOB)
+        except (OSError, ValueError):
             return None
-        if len(data) > MAX_CACHED_BLOB or hashlib.new(algo, data).hexdigest() != hexpart:
+        if hashlib.new(algo, data).hexdigest() != hexpart:
             return None
         return data
 
@@ -284,7 +281,7 @@ class LayerStore:
         keep: set[str] = set()
         for f in self.images.glob("*.json"):
             try:
-                doc = strict_loads(f.read_text())
+                doc = strict_loads(read_bounded(f, MAX_RECORD * 16))
             except (OSError, ValueError):
                 continue
             for k in ("manifest_digest", "config_digest", "index_digest"):
@@ -296,7 +293,7 @@ class LayerStore:
         keep: set[str] = set()
         for f in list(self.images.glob("*.json")) + list(self.bundles.glob("*/bundle.json")):
             try:
-                doc = strict_loads(f.read_text())
+                doc = strict_loads(read_bounded(f, MAX_RECORD * 16))
                 keep.update(_hex(c) for c in doc.get("layers", []) if isinstance(c, str) and ":" in c)
             except (OSError, ValueError):
                 continue
@@ -307,7 +304,8 @@ class LayerStore:
         mounted, with ``bundle.json`` naming the bundle and its layers (a GC root)."""
         d = self.bundles / f"{_bundle_id(bundle_dir)}.{secrets.token_hex(4)}"
         d.mkdir()
-        (d / "bundle.json").write_text(json.dumps({"bundle": str(bundle_dir.resolve()), "layers": chain}))
+        doc = {"bundle": str(bundle_dir.resolve()), "layers": chain}
+        write_atomic(d / "bundle.json", json.dumps(doc).encode(), mode=0o644, fsync=False)
         return d
 
     def bundle_states(self, bundle_dir: Path) -> list[Path]:
@@ -330,7 +328,8 @@ class LayerStore:
         d = self.bundles / f"{_bundle_id(bundle_dir)}.copy-{secrets.token_hex(4)}"
         try:
             d.mkdir()
-            (d / "copying.json").write_text(json.dumps({"bundle": str(bundle_dir.resolve())}))
+            doc = {"bundle": str(bundle_dir.resolve())}
+            write_atomic(d / "copying.json", json.dumps(doc).encode(), mode=0o644, fsync=False)
         except OSError as exc:
             shutil.rmtree(d, ignore_errors=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -346,7 +345,7 @@ class LayerStore:
         """Partial flattened copies of pulls that died mid-copy (their bundle lock is free)."""
         for rec in self.bundles.glob("*/copying.json"):
             try:
-                bundle = Path(str(strict_loads(rec.read_text())["bundle"]))
+                bundle = Path(str(strict_loads(read_bounded(rec, MAX_RECORD * 16))["bundle"]))
             except (OSError, ValueError, KeyError, TypeError):
                 shutil.rmtree(rec.parent, ignore_errors=True)
                 continue
@@ -371,7 +370,7 @@ class LayerStore:
         self._sweep_dead_copies()
         for rec in self.bundles.glob("*/bundle.json"):
             try:
-                doc = strict_loads(rec.read_text())
+                doc = strict_loads(read_bounded(rec, MAX_RECORD * 16))
                 rootfs = Path(str(doc["bundle"])) / "rootfs"
             except (OSError, ValueError, KeyError, TypeError):
                 continue

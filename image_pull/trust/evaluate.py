@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from coco_common.files import FileTooLarge, read_bounded
 from image_pull.errors import ImagePullError, InvalidReference
 from image_pull.hooks import PolicyContext
 from image_pull.ocicrypt.layer import provider_refusal
@@ -177,8 +178,11 @@ class TrustPolicy:
         if not path.startswith("/"):
             raise InvalidPolicy(f"key path {location[:80]} must be absolute (or a kbs:// URI)")
         try:
-            with open(path, "rb") as f:
-                return f.read(MAX_KEY_BYTES + 1)
+            return read_bounded(path, MAX_KEY_BYTES)
+        except FileTooLarge as exc:
+            raise InvalidPolicy(f"key {location[:80]} is larger than 4 MiB") from exc
+        except ValueError as exc:
+            raise InvalidPolicy(f"cannot read key {path[:80]}: not a regular file") from exc
         except OSError as exc:
             raise InvalidPolicy(f"cannot read key {path[:80]}: {exc.strerror}") from exc
 

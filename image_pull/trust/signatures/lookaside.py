@@ -21,6 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from coco_common.files import FileTooLarge, read_bounded
 from coco_common.http import async_client
 from coco_common.http_body import ACCEPT_DECODABLE, DECODABLE, BodyTooLarge, HttpBodyError, read_body
 from coco_common.strict_json import strict_loads
@@ -59,14 +60,14 @@ async def fetch_lookaside(
         for n in range(1, MAX_SIGNATURES + 1):
             p = root / f"signature-{n}"
             try:
-                with open(p, "rb") as f:
-                    data = f.read(MAX_SIGNATURE_BYTES + 1)
+                data = read_bounded(p, MAX_SIGNATURE_BYTES)
             except FileNotFoundError:
                 break
-            except OSError as exc:
-                raise SignatureRejected(f"cannot read lookaside signature {p}: {exc.strerror}") from exc
-            if len(data) > MAX_SIGNATURE_BYTES:
-                raise SignatureRejected("lookaside signature larger than 4 MiB")
+            except FileTooLarge as exc:
+                raise SignatureRejected("lookaside signature larger than 4 MiB") from exc
+            except (OSError, ValueError) as exc:
+                why = getattr(exc, "strerror", None) or exc
+                raise SignatureRejected(f"cannot read lookaside signature {p}: {why}") from exc
             out.append(_legacy_or_simple(data))
         return out
     if u.scheme not in ("http", "https"):
