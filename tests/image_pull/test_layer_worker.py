@@ -76,12 +76,15 @@ def test_run_job_reports_result_and_failure(tmp_path: Path) -> None:
 
 def test_the_worker_refuses_a_job_with_unknown_or_missing_fields(tmp_path: Path) -> None:
     good = json.loads(json.dumps(_job(tmp_path, 1).__dict__))
-    for job in ({**good, "extra": 1}, {k: v for k, v in good.items() if k != "dest"}, [1]):
-        cp = subprocess.run(
-            [sys.executable, "-P", "-m", "image_pull.layer_worker", json.dumps(job)],
-            input=b"",
-            capture_output=True,
-            timeout=60,
-        )
-        assert cp.returncode == 2
-        assert json.loads(cp.stdout) == {"ok": False, "error": "unpack", "message": "bad worker invocation"}
+    assert LayerJob.from_json(json.dumps(good)) == _job(tmp_path, 1)
+    for job in ({k: v for k, v in good.items() if k != "dest"}, [1]):
+        with pytest.raises(UnpackError, match="bad layer job"):
+            LayerJob.from_json(json.dumps(job))
+    cp = subprocess.run(
+        [sys.executable, "-P", "-m", "image_pull.layer_worker", json.dumps({**good, "extra": 1})],
+        input=b"",
+        capture_output=True,
+        timeout=60,
+    )
+    assert cp.returncode == 2
+    assert json.loads(cp.stdout) == {"ok": False, "error": "unpack", "message": "bad worker invocation"}
