@@ -106,7 +106,7 @@ class _GzipStream(_ReadOnly):
         try:
             return self._read(size)
         except zlib.error as exc:
-            raise DecompressError(f"corrupt gzip stream: {exc}") from None
+            raise DecompressError(f"corrupt gzip stream: {exc}") from exc
 
     def _read(self, size: int) -> bytes:
         while True:
@@ -242,7 +242,7 @@ class _ZstdStream(_ReadOnly):
         try:
             data: bytes = self._reader.read(size)
         except self._error as exc:
-            raise DecompressError(f"corrupt zstd stream: {exc}") from None
+            raise DecompressError(f"corrupt zstd stream: {exc}") from exc
         if not data and size and not self._frames.at_boundary():
             raise DecompressError("zstd stream is truncated")
         return data
