@@ -74,7 +74,10 @@ def test_expansion_ratio_keeps_its_cause(tmp_path: Path) -> None:
     bomb = bytes(Tar().file("zeros", bytes(1 << 20)))
     with pytest.raises(LimitExceeded, match="expands beyond 1000x") as info:
         unpack_layer(
-            io.BytesIO(bomb), tmp_path / "e", options=UnpackOptions(max_expansion_ratio=1000), compressed_size=1000
+            io.BytesIO(bomb),
+            tmp_path / "e",
+            options=UnpackOptions(max_expansion_ratio=1000),
+            compressed_size=1000,
         )
     assert isinstance(info.value.__cause__, LimitExceeded)
     # the absolute cap (not the ratio) keeps its own message
