@@ -29,7 +29,7 @@ from typing import Any, BinaryIO
 
 from image_pull.errors import ImagePullError, InsufficientSpace, UnpackError
 from image_pull.stream import CountingReader, HashingReader
-from image_pull.unpack import EntryConflict, UnpackOptions, open_decompressed, unpack_layer
+from image_pull.unpack import EntryConflict, UnpackOptions, open_decompressed, read_ahead, unpack_layer
 
 __all__ = ["main", "run_job"]
 
@@ -78,7 +78,11 @@ def run_job(job: dict[str, Any], stream: Any) -> dict[str, Any]:
             budget_left=int(job["budget_left"]) if job.get("budget_left") is not None else None,
             budget_message=str(job.get("budget_message", "the pull's unpacked-size budget is used up"))[:300],
         )
-        deferred = _unpack(hr, Path(job["dest"]), int(job["compressed_size"]), flatten=bool(job["flatten"]))  # type: ignore[arg-type]
+        # gunzip + diff_id on a helper thread (GIL-free C), overlapped with the unpack
+        with read_ahead(hr) as ahead:  # type: ignore[arg-type]
+            deferred = _unpack(
+                ahead, Path(job["dest"]), int(job["compressed_size"]), flatten=bool(job["flatten"])
+            )
         hr.drain()
         return {"ok": True, "diff_id": hr.digest(), "size": hr.count, "deferred": [list(d) for d in deferred]}
     except OSError as exc:

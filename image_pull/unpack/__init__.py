@@ -16,7 +16,7 @@ wrapper around the stream covers the whole layer.  See
 from __future__ import annotations
 
 from .confine import clean_path, openat2_available
-from .decompress import MEDIA_TYPE_CODECS, codec_for_media_type, open_decompressed
+from .decompress import MEDIA_TYPE_CODECS, codec_for_media_type, open_decompressed, read_ahead
 from .errors import (
     DecompressError,
     EntryConflict,
@@ -54,5 +54,6 @@ __all__ = [
     "codec_for_media_type",
     "open_decompressed",
     "openat2_available",
+    "read_ahead",
     "unpack_layer",
 ]

@@ -15,7 +15,7 @@ from typing import Any, BinaryIO, cast
 
 from .errors import DecompressError, UnsupportedEntry
 
-__all__ = ["MEDIA_TYPE_CODECS", "codec_for_media_type", "open_decompressed"]
+__all__ = ["MEDIA_TYPE_CODECS", "codec_for_media_type", "open_decompressed", "read_ahead"]
 
 _RAW_CHUNK = 256 * 1024
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -320,7 +320,18 @@ def open_decompressed(stream: BinaryIO, media_type: str | None = None, *, thread
     overlaps unpacking; close the returned stream when done.
     """
     plain = _open_codec(stream, media_type)
-    return cast(BinaryIO, _Prefetched(plain)) if threaded else plain
+    return read_ahead(plain) if threaded else plain
+
+
+def read_ahead(stream: BinaryIO) -> BinaryIO:
+    """Read ``stream`` on a helper thread, at most 4 MiB ahead of the caller; close it when done.
+
+    For a stream whose reads are GIL-free C work (zlib, zstd, hashlib, a pipe) wrapped
+    around the layer (a decompressor under a digest), so that work overlaps unpacking. The
+    helper is the only reader of ``stream`` until the returned stream reports EOF or an
+    error (re-raised by ``read``); after EOF the caller may read ``stream`` again.
+    """
+    return cast(BinaryIO, _Prefetched(stream))
 
 
 def _open_codec(stream: BinaryIO, media_type: str | None) -> BinaryIO:
