@@ -167,6 +167,7 @@ class _Unpacker:
         self.opts = options
         self.owner = options.preserve_owner
         self.is_root = os.geteuid() == 0
+        self.umask = _process_umask()
         self.written: set[tuple[int, bytes]] = set()
         self.dir_times: dict[bytes, tuple[int, int]] = {}
         self.dir_modes: dict[bytes, int] = {}
@@ -330,12 +331,17 @@ class _Unpacker:
             raise LimitExceeded(
                 f"entry {describe_name(entry.name)}: layer writes more than {self.opts.max_total_bytes} bytes"
             )
+        # Created with its final mode when the umask keeps it whole and no set-id/sticky bit
+        # needs setting after the owner: one fchmod less per file.
+        mode = entry.mode
+        exact = self.umask is not None and not mode & (0o7000 | self.umask)
+        create_mode = mode if exact else 0o600
         try:
-            fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=pfd)
+            fd = os.open(name, _FILE_FLAGS, create_mode, dir_fd=pfd)
         except FileExistsError:
             self._make_room(pfd, name, keep_dir=False)
             try:
-                fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=pfd)
+                fd = os.open(name, _FILE_FLAGS, create_mode, dir_fd=pfd)
             except OSError as exc:
                 raise self._fail(entry, "cannot create file", exc) from exc
         except OSError as exc:
@@ -345,7 +351,8 @@ class _Unpacker:
                 self.reader.copy_data(fd)
             if self.owner:
                 os.fchown(fd, entry.uid, entry.gid)
-            os.fchmod(fd, entry.mode)
+            if not exact:
+                os.fchmod(fd, mode)
             if entry.xattrs:
                 self._set_xattrs(fd, entry, clear=False)
             atime = entry.atime_ns
@@ -726,6 +733,19 @@ class _Frame:
         self.name = name
         self.pending = [os.fsencode(x) for x in os.listdir(fd)]
         self.kept = False
+
+
+def _process_umask() -> int | None:
+    """The process umask, read without changing it (``os.umask`` would, racing other threads);
+    None when ``/proc`` does not say (every file then gets an explicit fchmod)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
 
 
 def unpack_layer(

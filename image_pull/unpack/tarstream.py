@@ -820,6 +820,8 @@ def _decimal(value: bytes, what: str, offset: int) -> int:
 
 def _pax_time(value: bytes, offset: int) -> int:
     whole, dot, frac = value.partition(b".")
+    if len(frac) == 9 and whole.isdigit() and len(whole) <= 20 and frac.isdigit():
+        return int(whole) * 1_000_000_000 + int(frac)  # GNU tar's form
     neg = whole.startswith(b"-")
     if neg:
         whole = whole[1:]
@@ -838,10 +840,15 @@ def _xattr_name(name: str, offset: int) -> str:
 def _verify_checksum(blk: bytes, offset: int) -> None:
     field = blk[148:156]
     digits = field.strip(b" \x00")
-    stored = int(digits, 8) if digits.isdigit() and b"8" not in digits and b"9" not in digits else -1
-    # adler32's low half is 1 + (byte sum mod 65521); each half-block sum is below 65521,
-    # so this is the exact byte sum, computed in C.
-    unsigned = (zlib.adler32(blk[:256]) & 0xFFFF) + (zlib.adler32(blk[256:]) & 0xFFFF) - 2
+    # octal digits only (no sign, underscore or blank); anything else matches no sum
+    stored = int(digits, 8) if digits and not digits.strip(_OCTAL_DIGITS) else -1
+    # adler32's low half is 1 + (byte sum mod 65521), computed in C. A block with at most
+    # 256 non-zero bytes (any real header) sums to at most 65280: exact in one call; else
+    # each half-block sum is below 65521.
+    if blk.count(0) >= 256:
+        unsigned = (zlib.adler32(blk) & 0xFFFF) - 1
+    else:
+        unsigned = (zlib.adler32(blk[:256]) & 0xFFFF) + (zlib.adler32(blk[256:]) & 0xFFFF) - 2
     unsigned += 8 * 32 - sum(field)
     if stored == unsigned:
         return
@@ -853,8 +860,34 @@ def _verify_checksum(blk: bytes, offset: int) -> None:
 _PAX_RECORD = re.compile(rb"([0-9]{1,20}) ([^=\x00]+)=")
 
 
+_PAX_LINE = re.compile(rb"([0-9]{1,20}) ([^=\x00\n]+)=([^\n]*)\n")
+
+
 def _parse_pax(data: bytes, offset: int) -> list[tuple[str, bytes]]:
-    """Parse ``"<len> <key>=<value>\\n"`` records, in order."""
+    """Parse ``"<len> <key>=<value>\\n"`` records, in order.
+
+    Fast path: when newline-free records tile ``data`` exactly and each one's stated
+    length is its actual length, :func:`_parse_pax_records` would read the same records
+    (it finds each end by the stated length): take them from one regex scan.
+    """
+    found = _PAX_LINE.findall(data)
+    total = 0
+    for length, key, value in found:
+        n = len(length) + len(key) + len(value) + 3
+        if int(length) != n:
+            break
+        total += n
+    else:
+        if total == len(data):
+            try:
+                return [(key.decode("utf-8"), value) for _length, key, value in found]
+            except UnicodeDecodeError:
+                pass  # the general parser reports it
+    return _parse_pax_records(data, offset)
+
+
+def _parse_pax_records(data: bytes, offset: int) -> list[tuple[str, bytes]]:
+    """Parse pax records one by one, each end found by its stated length."""
     records: list[tuple[str, bytes]] = []
     pos = 0
     end_all = len(data)
