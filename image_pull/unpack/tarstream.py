@@ -28,8 +28,6 @@ An archive that ends at an entry boundary without the end-of-archive marker
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 import os
 import re
@@ -39,6 +37,8 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, NamedTuple
+
+from coco_common.b64 import b64_decode
 
 from .errors import LimitExceeded, MalformedTar, UnsupportedEntry, describe_name
 
@@ -522,9 +522,9 @@ class TarReader:
                 h.xattrs[_xattr_name(key[13:], offset)] = value
             elif key.startswith("LIBARCHIVE.xattr."):
                 xname = _xattr_name(urllib.parse.unquote(key[17:], errors="strict"), offset)
-                try:
-                    h.xattrs[xname] = base64.b64decode(value + b"=" * (-len(value) % 4), validate=True)
-                except (binascii.Error, ValueError) as exc:
+                try:  # libarchive leaves the padding out
+                    h.xattrs[xname] = b64_decode(value + b"=" * (-len(value) % 4))
+                except ValueError as exc:
                     raise MalformedTar(f"bad LIBARCHIVE.xattr value at offset {offset}") from exc
         return records
 

@@ -127,6 +127,10 @@ def test_libarchive_xattrs_and_binary_values() -> None:
     t.file(b"f", b"")
     ((e, _),) = entries(t.build())
     assert dict(e.xattrs) == {"user.sp ace": b"hi", "security.capability": cap}  # type: ignore[attr-defined]
+    for bad in ("a", "aG!", "aGl", "aGk=="):  # impossible length, off-alphabet, trailing bits, padding
+        t = Tar().pax([("LIBARCHIVE.xattr.user.x", bad)]).file(b"f", b"")
+        with pytest.raises(MalformedTar, match="LIBARCHIVE"):
+            entries(t.build())
 
 
 def test_header_only_types_ignore_size_like_go() -> None:
