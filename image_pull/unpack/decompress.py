@@ -18,6 +18,7 @@ from .errors import DecompressError, UnsupportedEntry
 __all__ = ["MEDIA_TYPE_CODECS", "codec_for_media_type", "open_decompressed", "read_ahead"]
 
 _RAW_CHUNK = 256 * 1024
+_CLOSE_WAIT = 5.0  # seconds: a helper stuck in a read is a daemon thread and dies with the process
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -252,7 +253,8 @@ class _Prefetched(_ReadOnly):
     """Decompress in a helper thread (zlib and zstd release the GIL) while the caller unpacks.
 
     At most ``depth`` chunks wait in the queue. Errors from the helper are raised
-    by ``read``. ``close()`` stops the helper; it is a daemon thread either way.
+    by ``read``. ``close()`` stops the helper and waits for it (bounded); it is a
+    daemon thread either way.
     """
 
     def __init__(self, inner: BinaryIO, chunk: int = 1 << 20, depth: int = 4) -> None:
@@ -306,7 +308,11 @@ class _Prefetched(_ReadOnly):
         return out
 
     def close(self) -> None:
+        """Stop the helper and wait (bounded) for it to leave ``inner``: after close, the
+        caller is again its only reader (and writer of anything its reads report)."""
         self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=_CLOSE_WAIT)
         super().close()
 
 
