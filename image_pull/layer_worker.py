@@ -51,7 +51,7 @@ from image_pull.errors import (
 from image_pull.hooks import LayerDecryptor
 from image_pull.ocicrypt.layer import DecryptingReader
 from image_pull.stream import ChunkPipe, CountingReader, HashingReader, PipeAborted, Readable, as_binary
-from image_pull.unpack import UnpackOptions, open_decompressed, unpack_layer
+from image_pull.unpack import UnpackOptions, open_decompressed, read_ahead, unpack_layer
 
 __all__ = [
     "LayerJob",
@@ -136,12 +136,15 @@ def unpack_stream(
     src: Readable,
     job: LayerJob,
     progress: Callable[[int], None] | None = None,
+    *,
+    ahead: bool = False,
 ) -> LayerResult:
     """Decompress ``src``, hash it (diff_id) and unpack it into ``job.dest``.
 
     ``received`` counts the compressed bytes that arrived (the expansion ratio is
     measured against them); ``src`` is what to decompress (``received`` itself, or
-    a decrypting reader over it).
+    a decrypting reader over it). With ``ahead``, decompression and hashing run on a
+    helper thread (GIL-free C work) overlapped with the unpack.
     """
     dec = open_decompressed(as_binary(src), job.media_type.removesuffix("+encrypted"))
     hr = HashingReader(
@@ -155,12 +158,11 @@ def unpack_stream(
     )
     # hardlinks into lower layers are deferred (the puller copies their targets up)
     opts = UnpackOptions(flatten=job.flatten, defer_missing_hardlinks=not job.flatten)
-    stats = unpack_layer(
-        as_binary(hr),
-        Path(job.dest),
-        options=opts,
-        compressed_size=job.compressed_size,
-    )
+    if ahead:
+        with read_ahead(as_binary(hr)) as stream:
+            stats = unpack_layer(stream, Path(job.dest), options=opts, compressed_size=job.compressed_size)
+    else:
+        stats = unpack_layer(as_binary(hr), Path(job.dest), options=opts, compressed_size=job.compressed_size)
     hr.drain()
     deferred = tuple((os.fsdecode(a), os.fsdecode(b)) for a, b in stats.deferred_hardlinks)
     return LayerResult(hr.digest(), hr.count, deferred)
@@ -176,7 +178,7 @@ def run_job(job: LayerJob, stream: BinaryIO) -> dict[str, Any]:
     """The worker's side: unpack ``stream`` and say how it went (the result line)."""
     try:
         received = CountingReader(stream)
-        res = unpack_stream(received, received, job, _report if job.progress else None)
+        res = unpack_stream(received, received, job, _report if job.progress else None, ahead=True)
         return {
             "ok": True,
             "diff_id": res.diff_id,
