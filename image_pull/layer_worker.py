@@ -227,7 +227,7 @@ def main() -> int:
 
 
 # ---------------------------------------------------------------------- the parent's side
-class _ConsumerStopped(Exception):
+class _ConsumerStopped(ImagePullError):
     """The unpacker ended (with its own error) while the download was still waiting."""
 
 
