@@ -9,9 +9,9 @@ import asyncio
 import json
 import logging
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from attestation.errors import AttestationError as VerifierError
 from attestation.initdata import InitDataError, parse_initdata
@@ -29,7 +29,7 @@ from .ear import Appraisal, EarBroker
 from .errors import AttestationError, KbsError
 from .policy import AttestationPolicies
 from .rvps import ReferenceValues
-from .verifiers import DEVICE_TEES, TEE_CLASS, UnsupportedTee, VerifierRegistry
+from .verifiers import DEV_TEES, DEVICE_TEES, TEE_CLASS, UnsupportedTee, VerifierRegistry
 
 if TYPE_CHECKING:
     from .grpc_api import RemoteReferenceValues
@@ -37,11 +37,16 @@ if TYPE_CHECKING:
 __all__ = ["MAX_ADDITIONAL_EVIDENCE", "AttestationService", "parse_attestation"]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 MAX_ADDITIONAL_EVIDENCE = 8 * 1024 * 1024
 #: base64url length of a 16384-bit modulus, the largest RSA tee-pubkey accepted
 _MAX_RSA_N_B64 = (16384 // 8 * 4 + 2) // 3
 ATTEST_FAILED = "Attestation error: RCAR handshake Attest failed"
+#: an /attest body up to this size is parsed and its token signed on the event loop (a fraction of
+#: a millisecond, less than the hand-over to a thread costs); a larger one in a thread, so the loop
+#: keeps its turn while megabytes of JSON and TOML are read (the GIL is handed over every few ms)
+INLINE_BODY_BYTES = 16 * 1024
 
 
 class _Reject(Exception):
@@ -192,6 +197,11 @@ def _annotate(tee: str, claims: Mapping[str, Any], init_claims: Any, runtime_cla
         raise _Reject(str(exc)) from exc
 
 
+async def _inline(fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+    """``asyncio.to_thread``'s signature, run here: for work known to be small."""
+    return fn(*args, **kwargs)
+
+
 class AttestationService:
     def __init__(
         self,
@@ -219,9 +229,11 @@ class AttestationService:
             v = self.registry.get(tee)
         except UnsupportedTee as exc:
             raise _Reject(str(exc)) from exc
+        # off the event loop: verifiers may fetch collateral with blocking I/O and are CPU-bound;
+        # the development verifiers compare a few bounded fields (no I/O, no crypto): inline
+        run = _inline if tee in DEV_TEES else asyncio.to_thread
         try:
-            # off the event loop: verifiers may fetch collateral with blocking I/O and are CPU-bound
-            claims = await asyncio.to_thread(
+            claims = await run(
                 v.verify,
                 evidence,
                 expected_report_data=report_data,
@@ -264,9 +276,8 @@ class AttestationService:
     async def _attest(self, tee: str, session_nonce: str, alg: str, body: bytes, now: datetime) -> str:
         if tee in DEVICE_TEES:
             raise _Reject(f"{tee} is a device TEE, not a primary TEE")
-        # parsing and bounding up to a few MB of input is CPU work: in a thread, so the event
-        # loop keeps its turn (the GIL is handed over every few ms)
-        init, nonce, key, primary, additional = await asyncio.to_thread(
+        run = _inline if len(body) <= INLINE_BODY_BYTES else asyncio.to_thread
+        init, nonce, key, primary, additional = await run(
             parse_attestation, body, self.limits, strict=self.strict_bodies
         )
         if nonce != session_nonce:
@@ -282,12 +293,12 @@ class AttestationService:
         init_hash: bytes | None = None
         init_claims: dict[str, Any] | None = None
         if init is not None:
-            init_hash, init_claims = await asyncio.to_thread(_init_data, init, self.limits)
+            init_hash, init_claims = await run(_init_data, init, self.limits)
 
         devices: list[tuple[str, str, dict[str, Any]]] = []  # (class, tee, claims)
         if additional:
             try:
-                amap = await asyncio.to_thread(strict_loads, additional)
+                amap = await run(strict_loads, additional)
             except ValueError as exc:
                 raise _Reject("additional evidence is not strict JSON") from exc
             if not isinstance(amap, dict):
@@ -314,7 +325,7 @@ class AttestationService:
             counters[cls] = idx + 1
             dev_annot = _annotate(dtee, claims, None, {"nonce": nonce, "tee-pubkey": jwk})
             submods[f"{cls}{idx}"] = await self._appraise(cls, dev_annot, rv)
-        token = await asyncio.to_thread(self.broker.issue, submods, now=now.timestamp())
+        token = await run(self.broker.issue, submods, now=now.timestamp())
         if len(token) > self.limits.max_token_bytes:
             raise _Reject(f"the token would be larger than {self.limits.max_token_bytes} bytes")
         return token

@@ -12,6 +12,7 @@ The engine runs in worker processes (:mod:`kbs.policy_worker`): this module's
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -225,6 +226,16 @@ class ResourcePolicy:
         return isinstance(result, dict) and result.get("allow") is True
 
 
+@functools.lru_cache(maxsize=16)
+def _builtin_ear_policy(policy_id: str) -> str:
+    """A built-in EAR policy's text (read once: package data), ``default_gpu``'s for a class
+    without one of its own. Only ``default_<class>`` ids of the verifier table reach here."""
+    f = resources.files("kbs.policies") / f"{policy_id}.rego"
+    if f.is_file():
+        return f.read_text()
+    return (resources.files("kbs.policies") / "default_gpu.rego").read_text()
+
+
 @dataclass(frozen=True)
 class TrustResult:
     trust_vector: Mapping[str, int]
@@ -266,10 +277,7 @@ class AttestationPolicies:
         raw = await self._store.get(NS_ATTESTATION_POLICY, pid + ".rego")
         if raw is not None:
             return raw.decode("utf-8", "replace")
-        f = resources.files("kbs.policies") / f"{pid}.rego"
-        if f.is_file():
-            return f.read_text()
-        return (resources.files("kbs.policies") / "default_gpu.rego").read_text()
+        return _builtin_ear_policy(pid)
 
     async def appraise(
         self, tee_class: str, input_doc: Mapping[str, Any], reference_values: Mapping[str, Any]

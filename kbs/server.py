@@ -347,7 +347,8 @@ class _Handlers:
         nonce: str | None = None
         try:  # se: the verifier's attestation request is the nonce (trustee's supplemental challenge)
             extra: Any = auth_extra_params(tee, doc["extra-params"])
-            if isinstance(self.s.service, AttestationService):  # a remote AS or ITA: a random nonce
+            # a remote AS or ITA: a random nonce; only se's verifier issues one (off the loop)
+            if isinstance(self.s.service, AttestationService) and tee == "se":
                 nonce = await asyncio.to_thread(
                     self.s.service.registry.supplemental_challenge, tee, doc["extra-params"]
                 )
