@@ -9,6 +9,7 @@ import asyncio
 import json
 import logging
 import tomllib
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -134,10 +135,19 @@ def parse_attestation(
     return init, rt["nonce"], key, primary, add
 
 
+#: tee-pubkeys that passed :func:`usable_tee_key` lately (clients re-attest with one key)
+_USABLE_KEYS: OrderedDict[TeePubKey, None] = OrderedDict()
+_USABLE_KEYS_MAX = 1024
+
+
 def usable_tee_key(key: TeePubKey) -> None:
     """Refuse a tee-pubkey the KBS could never encrypt a resource to (unsupported curve or
     algorithm, a point off its curve, a weak, malformed or oversized RSA key): found at
-    /attest, not at the first resource GET."""
+    /attest, not at the first resource GET. Whether a key is usable depends on the key alone,
+    so one that passed is remembered (an LRU of :data:`_USABLE_KEYS_MAX`)."""
+    if key in _USABLE_KEYS:
+        _USABLE_KEYS.move_to_end(key)
+        return
     if key.kty == "RSA" and key.n is not None and len(key.n) > _MAX_RSA_N_B64:
         raise _Reject("RSA tee-pubkey is longer than 16384 bits")
     if (key.kty, key.alg) not in (("EC", ALG_ECDH_ES_A256KW), ("RSA", ALG_RSA_OAEP_256), ("RSA", ALG_RSA1_5)):
@@ -148,6 +158,9 @@ def usable_tee_key(key: TeePubKey) -> None:
         raise _Reject(f"tee-pubkey is not usable: {exc}") from exc
     except ValueError as exc:  # cryptography refuses some RSA numbers late (even modulus, size)
         raise _Reject("tee-pubkey is not a usable RSA key") from exc
+    _USABLE_KEYS[key] = None
+    while len(_USABLE_KEYS) > _USABLE_KEYS_MAX:
+        _USABLE_KEYS.popitem(last=False)
 
 
 def _init_data(init: Mapping[str, Any], limits: SecurityConfig) -> tuple[bytes, dict[str, Any]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,9 @@ TRUST_CLAIMS = (
 )
 _TIERS = ("none", "affirming", "warning", "contraindicated")
 LEEWAY_S = 60
+#: own tokens remembered by TokenVerifier.remember_own: how many, and up to what size each
+_REMEMBER_MAX = 1024
+_REMEMBER_MAX_BYTES = 16 * 1024
 #: attestation token signature algorithms (ITA signs with PS384)
 _TOKEN_ALGS = ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA")
 DEFAULT_TEEKEY_PATHS = (
@@ -183,6 +187,8 @@ class TokenVerifier:
         #: a token whose header ``jwk`` is one of them is trusted without x5c or configuration
         self._own = [public_key_to_jwk(k) for k in own_keys]
         self._insecure = insecure_header_jwk
+        #: claims of tokens this process's own broker signed (see remember_own), newest last
+        self._issued: OrderedDict[str, dict[str, Any]] = OrderedDict()
         if not self._certs and not self._jwks and not self._own and not insecure_header_jwk:
             raise ConfigError(
                 "[attestation_token] has no trust material: set trusted_certs_paths, trusted_jwk_sets "
@@ -236,8 +242,46 @@ class TokenVerifier:
             raise TokenVerifierError("token certificate chain is broken")
         raise TokenVerifierError("token certificate chain does not end at a trusted certificate")
 
+    def remember_own(self, token: str) -> None:
+        """``token`` was just signed by this process's own EAR broker: when its key is one this
+        verifier trusts without a chain (``own_keys``), :meth:`verify` of it can only pass the
+        signature check, so its claims are kept and a later :meth:`verify` skips the signature
+        and the key decoding (the time claims are still checked on every use). Tokens from any
+        other source must never be passed here."""
+        if len(token) > _REMEMBER_MAX_BYTES:
+            return
+        try:
+            header, claims = decode_unverified(token)
+        except TokenError:
+            return
+        jwk = header.get("jwk")
+        if not isinstance(jwk, Mapping) or header.get("alg") not in _TOKEN_ALGS:
+            return
+        if not any(all(jwk.get(k) == v for k, v in own.items()) for own in self._own):
+            return
+        self._issued[token] = claims
+        while len(self._issued) > _REMEMBER_MAX:
+            self._issued.popitem(last=False)
+
     def verify(self, untrusted_token: str, *, now: float | None = None) -> dict[str, Any]:
         t = time.time() if now is None else now
+        known = self._issued.get(untrusted_token)
+        if known is not None:
+            self._issued.move_to_end(untrusted_token)
+            claims = dict(known)
+        else:
+            claims = self._verify_signed(untrusted_token, t)
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            raise TokenVerifierError("token has no numeric exp")
+        if t > exp + LEEWAY_S:
+            raise TokenVerifierError("token expired")
+        nbf = claims.get("nbf")
+        if isinstance(nbf, int | float) and t + LEEWAY_S < nbf:
+            raise TokenVerifierError("token not yet valid")
+        return claims
+
+    def _verify_signed(self, untrusted_token: str, t: float) -> dict[str, Any]:
         try:
             header, _ = decode_unverified(untrusted_token)
             if isinstance(header.get("jwk"), Mapping):
@@ -251,14 +295,6 @@ class TokenVerifier:
             _, claims = verify(untrusted_token, key, algorithms=_TOKEN_ALGS)
         except TokenError as exc:
             raise TokenVerifierError(f"token verification failed: {exc}") from exc
-        exp = claims.get("exp")
-        if not isinstance(exp, int | float) or isinstance(exp, bool):
-            raise TokenVerifierError("token has no numeric exp")
-        if t > exp + LEEWAY_S:
-            raise TokenVerifierError("token expired")
-        nbf = claims.get("nbf")
-        if isinstance(nbf, int | float) and t + LEEWAY_S < nbf:
-            raise TokenVerifierError("token not yet valid")
         return claims
 
 

@@ -386,6 +386,8 @@ class _Handlers:
                 except AttestationError:
                     self.s.metrics.inc("kbs_attestations_total", result="rejected")
                     raise
+                if isinstance(self.s.service, AttestationService):  # signed here, by our broker
+                    self.s.tokens.remember_own(token)
                 sess = await self.s.sessions.mark_attested(sess, token)
                 self.s.metrics.inc("kbs_attestations_total", result="ok")
         resp = _json({"token": sess.token})

@@ -1,0 +1,156 @@
+"""What the KBS request path remembers and shares, and that none of it changes an answer: own
+tokens (claims kept, signature and key decoding skipped), usable tee-pubkeys, the policy
+worker pool driven from the event loop, the namespaced memory store."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from kbs import attestation_service
+from kbs.attestation_service import usable_tee_key
+from kbs.ear import Appraisal, EarBroker, TokenVerifier
+from kbs.errors import PolicyEngineError, TokenVerifierError
+from kbs.policy_worker import PolicyWorkers
+from kbs.storage import MemoryStore
+from kbs_client.jwe import TeePubKey
+from kbs_client.tee_key import TeeKeyPair
+
+T0 = 1_764_000_000.0
+SUB = {"cpu0": Appraisal({"hardware": 2}, {"sample": {"svn": "1"}})}
+
+
+def test_an_own_token_is_remembered_with_the_claims_verify_gives() -> None:
+    broker = EarBroker(duration_min=1)
+    tok = broker.issue(SUB, now=T0)
+    fresh = TokenVerifier(own_keys=[broker.key.public_key()]).verify(tok, now=T0)
+    v = TokenVerifier(own_keys=[broker.key.public_key()])
+    v.remember_own(tok)
+    assert tok in v._issued
+    assert v.verify(tok, now=T0) == fresh
+    # the time claims are still checked on every use
+    with pytest.raises(TokenVerifierError, match="expired"):
+        v.verify(tok, now=T0 + 60 + 61)
+    # another string (a tampered signature) is verified in full, and refused
+    head, body, sig = tok.split(".")
+    forged = f"{head}.{body}.{'A' * len(sig)}"
+    with pytest.raises(TokenVerifierError):
+        v.verify(forged, now=T0)
+
+
+def test_only_tokens_of_a_key_trusted_without_a_chain_are_remembered() -> None:
+    """remember_own must not make a verifier accept what it would refuse: without the broker's
+    key in own_keys (trust_own_signer = false) the token stays refused."""
+    broker = EarBroker()
+    tok = broker.issue(SUB, now=T0)
+    other = EarBroker()
+    strict = TokenVerifier(own_keys=[other.key.public_key()])
+    strict.remember_own(tok)
+    assert not strict._issued
+    with pytest.raises(TokenVerifierError):
+        strict.verify(tok, now=T0)
+    insecure = TokenVerifier(insecure_header_jwk=True)
+    insecure.remember_own(tok)
+    assert not insecure._issued  # verified in full each time (it still passes there)
+    assert insecure.verify(tok, now=T0)["iss"]
+
+
+def test_remembered_tokens_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kbs import ear
+
+    monkeypatch.setattr(ear, "_REMEMBER_MAX", 3)
+    broker = EarBroker()
+    v = TokenVerifier(own_keys=[broker.key.public_key()])
+    toks = [broker.issue(SUB, now=T0 + i) for i in range(5)]
+    for t in toks:
+        v.remember_own(t)
+    assert list(v._issued) == toks[2:]
+    assert v.verify(toks[0], now=T0)["iat"] == int(T0)  # forgotten: verified in full
+
+
+def test_usable_key_memo_never_holds_a_refused_key() -> None:
+    attestation_service._USABLE_KEYS.clear()
+    good = TeePubKey.from_json(TeeKeyPair.generate().public_jwk())
+    usable_tee_key(good)
+    assert good in attestation_service._USABLE_KEYS
+    usable_tee_key(good)  # remembered: no probe
+    # a point off the curve: x of one key, y of another
+    off = TeePubKey.from_json({**good.to_jwk(), "y": TeeKeyPair.generate().public_jwk()["y"]})
+    for _ in range(2):
+        with pytest.raises(attestation_service._Reject):
+            usable_tee_key(off)
+    assert off not in attestation_service._USABLE_KEYS
+
+
+async def test_memory_store_lists_one_namespace() -> None:
+    st = MemoryStore()
+    await st.set("kbs_protocol_session", "s1", b"x")
+    await st.set("reference_value", "rv", b"1")
+    await st.set("reference_value", "gone", b"1", ttl_s=-1)
+    assert await st.keys("reference_value") == ["rv"]
+    assert await st.keys("kbs_protocol_session") == ["s1"]
+    assert await st.keys("nothing") == []
+    assert await st.delete("reference_value", "rv") and not await st.delete("reference_value", "rv")
+    assert await st.purge_expired() == 1 and len(st) == 1
+
+
+POLICY = "package policy\nimport rego.v1\nallow := input.n\n"
+SLOW = (
+    "package policy\nimport rego.v1\n"
+    "allow if count([x | some x in numbers.range(1, 100000000); x > input.n]) > 0\n"
+)
+
+
+async def test_worker_pool_bounds_and_serves_concurrent_calls() -> None:
+    pool = PolicyWorkers(1, timeout_s=30)
+    try:
+        got = await asyncio.gather(*(pool.evaluate(POLICY, "data.policy", {"n": i}, {}) for i in range(6)))
+        assert got == [{"allow": i} for i in range(6)]
+        assert len([w for w in pool._all if w.alive()]) == 1  # one worker, the calls queued
+    finally:
+        await pool.close()
+
+
+async def test_a_cancelled_waiter_does_not_lose_the_worker() -> None:
+    pool = PolicyWorkers(1, timeout_s=2)
+    try:
+        slow = asyncio.create_task(pool.evaluate(SLOW, "data.policy", {"n": 0}, {}))
+        await asyncio.sleep(0.2)
+        waiting = asyncio.create_task(pool.evaluate(POLICY, "data.policy", {"n": 1}, {}))
+        await asyncio.sleep(0.05)
+        waiting.cancel()
+        with pytest.raises(PolicyEngineError, match="budget"):
+            await slow  # the budget kills the worker
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        # the pool still hands its (fresh) worker out
+        assert await asyncio.wait_for(pool.evaluate(POLICY, "data.policy", {"n": 2}, {}), 30) == {"allow": 2}
+    finally:
+        await pool.close()
+
+
+async def test_a_call_cancelled_mid_evaluation_replaces_its_worker() -> None:
+    pool = PolicyWorkers(1, timeout_s=30)
+    try:
+        assert await pool.evaluate(POLICY, "data.policy", {"n": 0}, {}) == {"allow": 0}
+        first = pool._all[0]._proc
+        task = asyncio.create_task(pool.evaluate(SLOW, "data.policy", {"n": 0}, {}))
+        await asyncio.sleep(0.3)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert not pool._all[0].alive()  # mid-call: killed, never reused half-way
+        assert await pool.evaluate(POLICY, "data.policy", {"n": 3}, {}) == {"allow": 3}
+        assert pool._all[0]._proc is not first
+    finally:
+        await pool.close()
+
+
+def test_the_pool_serves_one_event_loop_after_another() -> None:
+    pool = PolicyWorkers(1, timeout_s=30)
+    try:
+        for i in range(2):
+            assert asyncio.run(pool.evaluate(POLICY, "data.policy", {"n": i}, {})) == {"allow": i}
+    finally:
+        pool.stop()
