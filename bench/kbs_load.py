@@ -2,6 +2,10 @@
 auth -> attest -> resource, next to a plain HTTP round trip (GET /healthz)
 on the same server in the same run.
 
+KBS CPU is read from /proc: the KBS process alone, and with its descendants
+(the forkserver and the policy workers, where Rego runs). The KBS logs at its
+default level (info: one audit line per released resource), as deployed.
+
     .venv/bin/python bench/kbs_load.py [--clients 16] [--seconds 10] [--storage Memory|LocalFs]
 """
 
