@@ -35,7 +35,7 @@ from .verifiers import DEV_TEES, DEVICE_TEES, TEE_CLASS, UnsupportedTee, Verifie
 if TYPE_CHECKING:
     from .grpc_api import RemoteReferenceValues
 
-__all__ = ["MAX_ADDITIONAL_EVIDENCE", "AttestationService", "parse_attestation"]
+__all__ = ["MAX_ADDITIONAL_EVIDENCE", "AttestationService", "init_data_answer", "parse_attestation"]
 
 log = logging.getLogger(__name__)
 _T = TypeVar("_T")
@@ -186,6 +186,17 @@ def _init_data(init: Mapping[str, Any], limits: SecurityConfig) -> tuple[bytes, 
     return data.digest(), elide_long_strings(claims)
 
 
+def init_data_answer(untrusted_toml: str, limits: SecurityConfig) -> list[Any]:
+    """:func:`_init_data` as a policy worker runs it (JSON out): ``["ok", digest hex, claims]``
+    or ``["reject", reason]``. The largest documents the limits allow cost tomllib tens of ms
+    of CPU that would hold the server's GIL: they are parsed there."""
+    try:
+        digest, claims = _init_data({"body": untrusted_toml}, limits)
+    except _Reject as exc:
+        return ["reject", str(exc)]
+    return ["ok", digest.hex(), claims]
+
+
 def _agent_policy_claims(claims: dict[str, Any]) -> None:
     """As trustee's AS: a ``policy.rego`` entry whose text ends with ``policy_data := {...}``
     (JSON) is replaced by ``agent_policy_claims`` holding that object; otherwise left as is."""
@@ -305,8 +316,13 @@ class AttestationService:
         )
         init_hash: bytes | None = None
         init_claims: dict[str, Any] | None = None
-        if init is not None:
-            init_hash, init_claims = await run(_init_data, init, self.limits)
+        if init is not None and run is _inline:
+            init_hash, init_claims = _init_data(init, self.limits)
+        elif init is not None:  # in a worker process: the parse holds the GIL for tens of ms
+            answer = await self.policies.workers.init_data(str(init["body"]), self.limits)
+            if answer[0] != "ok":
+                raise _Reject(str(answer[1]))
+            init_hash, init_claims = bytes.fromhex(answer[1]), answer[2]
 
         devices: list[tuple[str, str, dict[str, Any]]] = []  # (class, tee, claims)
         if additional:

@@ -253,6 +253,11 @@ class AttestationPolicies:
         self._store = store
         self._workers = workers or shared_workers()
 
+    @property
+    def workers(self) -> PolicyWorkers:
+        """The worker pool this service's evaluations (and large init-data parses) run in."""
+        return self._workers
+
     async def set(self, policy_id: str, policy: bytes) -> None:
         if not policy_id or len(policy_id) > 128 or not all(c.isalnum() or c in "_-." for c in policy_id):
             raise ParsePolicyError("invalid policy id")

@@ -3,7 +3,8 @@ loop keeps serving while a policy is evaluated, an evaluation that runs past
 its time budget is killed, and a policy that crashes the engine (rego-cpp
 segfaults on deep nesting) takes down only its worker. Workers are forked
 from a ``forkserver`` that has the engine loaded, started on demand and
-replaced after a timeout or crash."""
+replaced after a timeout or crash. The largest init-data documents are parsed
+there too (tomllib would hold the server's GIL for tens of milliseconds)."""
 
 from __future__ import annotations
 
@@ -86,6 +87,10 @@ def _serve(conn: Connection) -> None:  # pragma: no cover - runs in the worker p
         try:
             if op == "eval":
                 res: Any = evaluate(*args[:4], with_reference_values=args[4])
+            elif op == "initdata":
+                from .attestation_service import init_data_answer
+
+                res = init_data_answer(*args)
             else:
                 check_rego_inline(args[0])
                 res = None
@@ -107,7 +112,7 @@ def _context() -> Any:
     with _ctx_lock:
         if _ctx is None:
             ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["kbs.policy", "regopy"])
+            ctx.set_forkserver_preload(["kbs.policy", "kbs.attestation_service", "regopy"])
             _ctx = ctx
         return _ctx
 
@@ -293,6 +298,18 @@ class PolicyWorkers:
         except _Failed as exc:
             log.warning("policy evaluation failed: %s", exc.why)
             raise PolicyEngineError(f"policy evaluation failed: {exc.why}") from exc
+        if out[0] == "ok":
+            return out[1]
+        raise PolicyEngineError(str(out[1]))
+
+    async def init_data(self, untrusted_toml: str, limits: Any) -> Any:
+        """:func:`kbs.attestation_service.init_data_answer` in a worker, within the time budget;
+        a crash or timeout is :class:`PolicyEngineError`."""
+        try:
+            out = await self._call(("initdata", (untrusted_toml, limits)))
+        except _Failed as exc:
+            log.warning("init-data parse failed: %s", exc.why)
+            raise PolicyEngineError(f"init-data parse failed: {exc.why}") from exc
         if out[0] == "ok":
             return out[1]
         raise PolicyEngineError(str(out[1]))

@@ -5,6 +5,7 @@ worker pool driven from the event loop, the namespaced memory store."""
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 
@@ -154,3 +155,66 @@ def test_the_pool_serves_one_event_loop_after_another() -> None:
             assert asyncio.run(pool.evaluate(POLICY, "data.policy", {"n": i}, {})) == {"allow": i}
     finally:
         pool.stop()
+
+
+def _big_init_data(items: int, extra: str = "") -> str:
+    inner = "a = [" + ",".join("1" for _ in range(items)) + "]\n" + extra
+    return 'algorithm = "sha256"\nversion = "0.1.0"\n[data]\n"aa.toml" = ' + json.dumps(inner) + "\n"
+
+
+async def test_large_init_data_parsed_in_a_worker_gives_what_the_inline_parse_gives() -> None:
+    from kbs.config import SecurityConfig
+
+    limits = SecurityConfig()
+    doc = _big_init_data(9000, 'when = "2024-01-01"\n')
+    assert len(doc) > attestation_service.INLINE_BODY_BYTES
+    want = attestation_service._init_data({"body": doc}, limits)
+    pool = PolicyWorkers(1, timeout_s=30)
+    try:
+        answer = await pool.init_data(doc, limits)
+        assert answer[0] == "ok" and (bytes.fromhex(answer[1]), answer[2]) == want
+        # a refusal carries its reason; a parse over the element cap is refused there as here
+        over = _big_init_data(limits.max_claims_items + 1)
+        with pytest.raises(attestation_service._Reject) as inline:
+            attestation_service._init_data({"body": over}, limits)
+        assert await pool.init_data(over, limits) == ["reject", str(inline.value)]
+    finally:
+        await pool.close()
+
+
+async def test_an_attest_with_large_init_data_goes_through_the_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The whole /attest path with a body over INLINE_BODY_BYTES: the token carries the claims."""
+    from datetime import UTC, datetime
+
+    from kbs.policy import AttestationPolicies
+    from kbs.rvps import ReferenceValues
+    from kbs.verifiers import VerifierRegistry
+    from kbs_client.jws import decode_unverified
+    from tests.kbs.test_api import attest_body
+
+    calls: list[int] = []
+    pool = PolicyWorkers(1, timeout_s=30)
+    real = pool.init_data
+
+    async def counted(doc: str, limits: object) -> object:
+        calls.append(len(doc))
+        return await real(doc, limits)
+
+    monkeypatch.setattr(pool, "init_data", counted)
+    store = MemoryStore()
+    service = attestation_service.AttestationService(
+        VerifierRegistry(dev_verifiers=("sample",)), EarBroker(), AttestationPolicies(store, pool),
+        ReferenceValues(store),
+    )  # fmt: skip
+    nonce = "bm9uY2U="
+    try:
+        body = json.dumps(attest_body(nonce, TeeKeyPair.generate(), init=_big_init_data(9000))).encode()
+        token = await service.attest(tee="sample", session_nonce=nonce, hash_algorithm="sha384",
+                                     untrusted_body=body, now=datetime.now(UTC))  # fmt: skip
+        assert calls and len(body) > attestation_service.INLINE_BODY_BYTES
+        ae = decode_unverified(token)[1]["submods"]["cpu0"]["ear.veraison.annotated-evidence"]
+        assert ae["init_data_claims"]["aa.toml"]["a"] == [1] * 9000
+    finally:
+        await pool.close()
