@@ -187,8 +187,8 @@ class TokenVerifier:
         #: a token whose header ``jwk`` is one of them is trusted without x5c or configuration
         self._own = [public_key_to_jwk(k) for k in own_keys]
         self._insecure = insecure_header_jwk
-        #: claims of tokens this process's own broker signed (see remember_own), newest last
-        self._issued: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        #: tokens this process's own broker signed with a key in own_keys (remember_own), newest last
+        self._signed: OrderedDict[str, None] = OrderedDict()
         if not self._certs and not self._jwks and not self._own and not insecure_header_jwk:
             raise ConfigError(
                 "[attestation_token] has no trust material: set trusted_certs_paths, trusted_jwk_sets "
@@ -242,33 +242,29 @@ class TokenVerifier:
             raise TokenVerifierError("token certificate chain is broken")
         raise TokenVerifierError("token certificate chain does not end at a trusted certificate")
 
-    def remember_own(self, token: str) -> None:
-        """``token`` was just signed by this process's own EAR broker: when its key is one this
-        verifier trusts without a chain (``own_keys``), :meth:`verify` of it can only pass the
-        signature check, so its claims are kept and a later :meth:`verify` skips the signature
-        and the key decoding (the time claims are still checked on every use). Tokens from any
-        other source must never be passed here."""
-        if len(token) > _REMEMBER_MAX_BYTES:
+    def remember_own(self, token: str, signer_jwk: Mapping[str, Any]) -> None:
+        """``token`` was just signed by this process's own EAR broker, whose header ``jwk`` is
+        ``signer_jwk``: when that key is one this verifier trusts without a chain
+        (``own_keys``), :meth:`verify` of the token can only pass the key and signature
+        checks, so a later :meth:`verify` of it skips them (the claims are still parsed, and
+        the time claims checked, on every use). Tokens from any other source must never be
+        passed here."""
+        if len(token) > _REMEMBER_MAX_BYTES or signer_jwk.get("alg") not in _TOKEN_ALGS:
             return
-        try:
-            header, claims = decode_unverified(token)
-        except TokenError:
+        if not any(all(signer_jwk.get(k) == v for k, v in own.items()) for own in self._own):
             return
-        jwk = header.get("jwk")
-        if not isinstance(jwk, Mapping) or header.get("alg") not in _TOKEN_ALGS:
-            return
-        if not any(all(jwk.get(k) == v for k, v in own.items()) for own in self._own):
-            return
-        self._issued[token] = claims
-        while len(self._issued) > _REMEMBER_MAX:
-            self._issued.popitem(last=False)
+        self._signed[token] = None
+        while len(self._signed) > _REMEMBER_MAX:
+            self._signed.popitem(last=False)
 
     def verify(self, untrusted_token: str, *, now: float | None = None) -> dict[str, Any]:
         t = time.time() if now is None else now
-        known = self._issued.get(untrusted_token)
-        if known is not None:
-            self._issued.move_to_end(untrusted_token)
-            claims = dict(known)
+        if untrusted_token in self._signed:
+            self._signed.move_to_end(untrusted_token)
+            try:
+                _, claims = decode_unverified(untrusted_token)
+            except TokenError as exc:  # cannot happen for a token this process signed
+                raise TokenVerifierError(f"token verification failed: {exc}") from exc
         else:
             claims = self._verify_signed(untrusted_token, t)
         exp = claims.get("exp")

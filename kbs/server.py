@@ -387,7 +387,7 @@ class _Handlers:
                     self.s.metrics.inc("kbs_attestations_total", result="rejected")
                     raise
                 if isinstance(self.s.service, AttestationService):  # signed here, by our broker
-                    self.s.tokens.remember_own(token)
+                    self.s.tokens.remember_own(token, self.s.service.broker.public_jwk)
                 sess = await self.s.sessions.mark_attested(sess, token)
                 self.s.metrics.inc("kbs_attestations_total", result="ok")
         resp = _json({"token": sess.token})

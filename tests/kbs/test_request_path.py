@@ -27,8 +27,8 @@ def test_an_own_token_is_remembered_with_the_claims_verify_gives() -> None:
     tok = broker.issue(SUB, now=T0)
     fresh = TokenVerifier(own_keys=[broker.key.public_key()]).verify(tok, now=T0)
     v = TokenVerifier(own_keys=[broker.key.public_key()])
-    v.remember_own(tok)
-    assert tok in v._issued
+    v.remember_own(tok, broker.public_jwk)
+    assert tok in v._signed
     assert v.verify(tok, now=T0) == fresh
     # the time claims are still checked on every use
     with pytest.raises(TokenVerifierError, match="expired"):
@@ -47,13 +47,13 @@ def test_only_tokens_of_a_key_trusted_without_a_chain_are_remembered() -> None:
     tok = broker.issue(SUB, now=T0)
     other = EarBroker()
     strict = TokenVerifier(own_keys=[other.key.public_key()])
-    strict.remember_own(tok)
-    assert not strict._issued
+    strict.remember_own(tok, broker.public_jwk)
+    assert not strict._signed
     with pytest.raises(TokenVerifierError):
         strict.verify(tok, now=T0)
     insecure = TokenVerifier(insecure_header_jwk=True)
-    insecure.remember_own(tok)
-    assert not insecure._issued  # verified in full each time (it still passes there)
+    insecure.remember_own(tok, broker.public_jwk)
+    assert not insecure._signed  # verified in full each time (it still passes there)
     assert insecure.verify(tok, now=T0)["iss"]
 
 
@@ -65,8 +65,8 @@ def test_remembered_tokens_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     v = TokenVerifier(own_keys=[broker.key.public_key()])
     toks = [broker.issue(SUB, now=T0 + i) for i in range(5)]
     for t in toks:
-        v.remember_own(t)
-    assert list(v._issued) == toks[2:]
+        v.remember_own(t, broker.public_jwk)
+    assert list(v._signed) == toks[2:]
     assert v.verify(toks[0], now=T0)["iat"] == int(T0)  # forgotten: verified in full
 
 
