@@ -102,9 +102,9 @@ def main() -> None:
         asyncio.run(phase(kbs.url, "flow", args.clients, 1.0, keys))
         c0 = cpu_s(pid)
         plain = asyncio.run(phase(kbs.url, "plain", args.clients, args.seconds / 2, keys))
-        c1, t1 = cpu_s(pid), tree_cpu_s(pid)
+        c1, t1, k1 = cpu_s(pid), tree_cpu_s(pid), time.process_time()
         flows = asyncio.run(phase(kbs.url, "flow", args.clients, args.seconds, keys))
-        c2, t2 = cpu_s(pid), tree_cpu_s(pid)
+        c2, t2, k2 = cpu_s(pid), tree_cpu_s(pid), time.process_time()
     load = os.getloadavg()[0]
     print(
         f"kbs_load: storage={args.storage} clients={args.clients} (one KBS process, loopback, {os.cpu_count()} CPUs, "
@@ -122,6 +122,10 @@ def main() -> None:
         f"  KBS CPU: {(c1 - c0) / plain[3] * 1e3:.2f} ms per plain request, {flow_cpu:.2f} ms per flow in the KBS "
         f"process, {flow_tree:.2f} ms with its policy workers (client runs on the same machine)"
     )
+    client = (k2 - k1) / flows[3] * 1e3
+    print(
+        f"  client CPU: {client:.2f} ms per flow (all clients are one process: at most {1e3 / client:.0f} flows/s)"
+    )
     if args.json:
         doc = {
             "clients": args.clients,
@@ -130,7 +134,7 @@ def main() -> None:
             "plain": {"rps": plain[0], "p50_ms": plain[1], "p99_ms": plain[2], "n": plain[3],
                       "kbs_cpu_ms": (c1 - c0) / plain[3] * 1e3},
             "flow": {"rps": flows[0], "p50_ms": flows[1], "p99_ms": flows[2], "n": flows[3],
-                     "kbs_cpu_ms": flow_cpu, "kbs_tree_cpu_ms": flow_tree},
+                     "kbs_cpu_ms": flow_cpu, "kbs_tree_cpu_ms": flow_tree, "client_cpu_ms": client},
         }  # fmt: skip
         args.json.write_text(json.dumps(doc, indent=2))
 
