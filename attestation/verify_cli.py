@@ -41,6 +41,7 @@ __all__ = [
     "Inputs",
     "Verdict",
     "add_evidence_arguments",
+    "dcap_options",
     "main",
     "not_verified",
     "parse_hex",
@@ -179,6 +180,20 @@ class Verdict:
 
 
 _T = TypeVar("_T")
+
+
+def dcap_options(args: argparse.Namespace, _: Inputs) -> dict[str, Any]:
+    """A DCAP verifier's options from ``--root-ca`` and ``--collateral`` (the
+    ``load`` of the subcommands whose evidence chains to the Intel SGX Root CA)."""
+    from attestation.tdx.collateral import Collateral  # only the DCAP subcommands need it
+    from attestation.tdx.pck import load_pem_chain
+
+    opts: dict[str, Any] = {}
+    if args.root_ca:
+        opts["root_ca"] = load_pem_chain(read_input(args.root_ca, 1 << 20), "--root-ca")[0]
+    if args.collateral:
+        opts["collateral"] = Collateral.from_json(read_input(args.collateral, 16 << 20))
+    return opts
 
 
 def run_verify(

@@ -22,10 +22,8 @@ from attestation.azure.errors import AzureFormatError
 from attestation.azure.evidence import MAX_EVIDENCE_JSON
 from attestation.azure.kbs import AzSnpVtpmVerifier, AzTdxVtpmVerifier, snp_claims
 from attestation.azure.verify import check_init_data
-from attestation.tdx.collateral import Collateral
 from attestation.tdx.kbs import quote_claims
-from attestation.tdx.pck import load_pem_chain
-from attestation.verify_cli import Inputs, Verdict, add_evidence_arguments, read_input, run_verify
+from attestation.verify_cli import Inputs, Verdict, add_evidence_arguments, dcap_options, run_verify
 
 __all__ = ["configure", "run"]
 
@@ -44,16 +42,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--collateral", metavar="FILE", help="az-tdx-vtpm: collateral JSON for the TCB status"
     )
-
-
-def _load(args: argparse.Namespace, _: Inputs) -> dict[str, Any]:
-    """The az-tdx-vtpm verifier's options."""
-    opts: dict[str, Any] = {}
-    if args.root_ca:
-        opts["root_ca"] = load_pem_chain(read_input(args.root_ca, 1 << 20), "--root-ca")[0]
-    if args.collateral:
-        opts["collateral"] = Collateral.from_json(read_input(args.collateral, 16 << 20))
-    return opts
 
 
 def _check(args: argparse.Namespace, inputs: Inputs, opts: dict[str, Any]) -> Verdict:
@@ -77,4 +65,4 @@ def _check(args: argparse.Namespace, inputs: Inputs, opts: dict[str, Any]) -> Ve
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_verify(args, args.platform, limit=MAX_EVIDENCE_JSON, load=_load, check=_check)
+    return run_verify(args, args.platform, limit=MAX_EVIDENCE_JSON, load=dcap_options, check=_check)

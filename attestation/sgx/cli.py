@@ -17,9 +17,7 @@ from typing import Any
 
 from attestation.sgx.errors import SgxVerificationError
 from attestation.sgx.kbs import SgxVerifier, sgx_claims
-from attestation.tdx.collateral import Collateral
-from attestation.tdx.pck import load_pem_chain
-from attestation.verify_cli import Inputs, Verdict, add_evidence_arguments, read_input, run_verify
+from attestation.verify_cli import Inputs, Verdict, add_evidence_arguments, dcap_options, run_verify
 
 __all__ = ["configure", "run"]
 
@@ -38,16 +36,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root-ca", metavar="PEM", help="trust this root instead of Intel's (tests)")
 
 
-def _load(args: argparse.Namespace, _: Inputs) -> dict[str, Any]:
-    """The verifier's options."""
-    opts: dict[str, Any] = {}
-    if args.root_ca:
-        opts["root_ca"] = load_pem_chain(read_input(args.root_ca, 1 << 20), "--root-ca")[0]
-    if args.collateral:
-        opts["collateral"] = Collateral.from_json(read_input(args.collateral, 16 << 20))
-    return opts
-
-
 def _check(_: argparse.Namespace, inputs: Inputs, opts: dict[str, Any]) -> Verdict:
     raw, rd = inputs.evidence, inputs.report_data
     doc: Any = raw if raw.lstrip()[:1] == b"{" else {"quote": base64.b64encode(raw).decode()}
@@ -60,4 +48,4 @@ def _check(_: argparse.Namespace, inputs: Inputs, opts: dict[str, Any]) -> Verdi
 
 
 def run(args: argparse.Namespace) -> int:
-    return run_verify(args, "sgx", limit=_MAX, load=_load, check=_check)
+    return run_verify(args, "sgx", limit=_MAX, load=dcap_options, check=_check)
