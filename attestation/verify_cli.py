@@ -135,9 +135,6 @@ def read_input(path: str, limit: int) -> bytes:
     return data
 
 
-_AT_HELP = "verify as of this ISO 8601 time (default: now)"
-
-
 def add_evidence_arguments(
     parser: argparse.ArgumentParser,
     *,
@@ -145,18 +142,22 @@ def add_evidence_arguments(
     report_data_help: str,
     init_data_help: str | None = None,
     evidence_metavar: str = "EVIDENCE",
-    at_help: str = _AT_HELP,
+    at_used: bool = True,
 ) -> None:
     """The arguments every :func:`run_verify` subcommand reads: the evidence file,
     ``--at``, ``--expect-report-data`` and (where the TEE binds init-data)
-    ``--init-data-digest``; each TEE adds its own after these."""
+    ``--init-data-digest``. ``at_used=False``: the TEE's evidence carries no
+    validity period, ``--at`` is accepted for uniformity and listed last."""
     parser.add_argument("evidence", metavar=evidence_metavar, help=evidence_help)
-    parser.add_argument("--at", metavar="TIME", help=at_help)
+    if at_used:
+        parser.add_argument("--at", metavar="TIME", help="verify as of this ISO 8601 time (default: now)")
     parser.add_argument("--expect-report-data", metavar="HEX", help=report_data_help)
     if init_data_help is not None:
         parser.add_argument("--init-data-digest", metavar="HEX", help=init_data_help)
     else:
         parser.set_defaults(init_data_digest=None)
+    if not at_used:
+        parser.add_argument("--at", metavar="TIME", help="accepted for uniformity; unused")
 
 
 @dataclass(frozen=True)

@@ -26,15 +26,15 @@ __all__ = ["configure", "run"]
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = "Verify an Arm CCA attestation token."
+    parser.add_argument("--ta-store", metavar="FILE", required=True, help="trust anchors (tastore.json)")
+    parser.add_argument("--rv-store", metavar="FILE", help="reference values (rvstore.json)")
     add_evidence_arguments(
         parser,
         evidence_help="CBOR token or evidence JSON",
         report_data_help="realm challenge (zero-padded to 64)",
         init_data_help="realm personalization value (padded)",
-        at_help="accepted for uniformity; unused",
+        at_used=False,
     )
-    parser.add_argument("--ta-store", metavar="FILE", required=True, help="trust anchors (tastore.json)")
-    parser.add_argument("--rv-store", metavar="FILE", help="reference values (rvstore.json)")
 
 
 def _load(args: argparse.Namespace, _: Inputs) -> CcaVerifier:

@@ -31,14 +31,14 @@ _Loaded = tuple[CsvReport, CsvCertificate, str, bytes | None]
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = "Verify Hygon CSV evidence (HRK → HSK → CEK → PEK → report)."
+    parser.add_argument("--hsk-cek", metavar="FILE", help="the chip's hsk_cek.cert (HSK + CEK)")
+    parser.add_argument("--pek-only", action="store_true", help="check only the report signature by the PEK")
     add_evidence_arguments(
         parser,
         evidence_help="CSV evidence JSON",
         report_data_help="REPORT_DATA (zero-padded to 64)",
-        at_help="accepted for uniformity; unused",
+        at_used=False,
     )
-    parser.add_argument("--hsk-cek", metavar="FILE", help="the chip's hsk_cek.cert (HSK + CEK)")
-    parser.add_argument("--pek-only", action="store_true", help="check only the report signature by the PEK")
 
 
 def _load(args: argparse.Namespace, inputs: Inputs) -> _Loaded:
