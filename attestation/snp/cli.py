@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
 
     kds = None
     if args.certs_dir or args.kds:
-        http = sync_client() if args.kds else None
+        http = sync_client(trust_env=True) if args.kds else None  # AMD KDS, maybe behind a proxy
         kds = KdsClient(
             cache_dir=Path(args.certs_dir) if args.certs_dir else None, http=http, offline=not args.kds
         )

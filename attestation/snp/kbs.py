@@ -91,7 +91,8 @@ class SnpVerifier:
         if kds is None and (kds_cache_dir is not None or kds_fetch):
             kds = KdsClient(
                 cache_dir=Path(kds_cache_dir) if kds_cache_dir is not None else None,
-                http=sync_client() if kds_fetch else None,
+                # trust_env: AMD KDS is on the internet and may sit behind the host's proxy
+                http=sync_client(trust_env=True) if kds_fetch else None,
                 offline=not kds_fetch,
             )
         self.kds = kds
