@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import os
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 from attestation.errors import AttestationError
+from coco_common.files import write_atomic
 
 __all__ = [
     "HASH_ALGORITHMS",
@@ -102,9 +102,4 @@ class SoftwareRegisters:
             new = hashlib.new(
                 self.hash_algorithm, self.read(pcr) + digest.ljust(self._size, b"\x00")
             ).digest()
-            tmp = self._path(pcr).with_suffix(".tmp")
-            with open(tmp, "wb") as f:
-                f.write(new)
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.replace(self._path(pcr))
+            write_atomic(self._path(pcr), new, mode=0o644)
