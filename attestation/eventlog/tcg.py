@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from typing import Any
 from cryptography.hazmat.primitives import hashes
 
 from attestation.errors import EvidenceFormatError, VerificationError
+from coco_common.strict_json import strict_loads
 
 __all__ = [
     "ALG_NAMES",
@@ -350,9 +350,9 @@ def _event_tag(data: bytes) -> dict[str, Any]:
         if len(parts) != 3:
             raise EventLogFormatError("AAEL event must be '<domain> <operation> <content>'")
         domain, operation, content_text = parts
-        try:
-            content: Any = json.loads(content_text)
-        except (ValueError, RecursionError):
+        try:  # strict: no NaN or duplicate keys reach the claims; anything else stays text
+            content: Any = strict_loads(content_text)
+        except ValueError:
             content = content_text
         details["data"] = {"domain": domain, "operation": operation, "content": content}
         details["unicode_name"] = "AAEL"
