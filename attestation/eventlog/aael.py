@@ -29,7 +29,6 @@ does.
 
 from __future__ import annotations
 
-import base64
 import fcntl
 import hashlib
 import os
@@ -321,9 +320,9 @@ def trim_ccel(ccel: bytes) -> bytes:
 
 def build_cc_eventlog(
     *, ccel_path: str | Path = CCEL_DATA_PATH, aael_path: str | Path | None = None
-) -> str | None:
-    """``cc_eventlog`` for evidence: base64(trimmed CCEL + AAEL + 8x0xFF), the
-    fixed Spec ID header standing in for a missing CCEL; None if neither exists.
+) -> bytes | None:
+    """``cc_eventlog`` for evidence: trimmed CCEL + AAEL + 8x0xFF, the fixed
+    Spec ID header standing in for a missing CCEL; None if neither exists.
     ``aael_path`` defaults to ``$AAEL_PATH`` or :data:`EVENTLOG_PATH`."""
     aael = Path(aael_path if aael_path is not None else os.environ.get("AAEL_PATH", EVENTLOG_PATH))
     log = b""
@@ -337,4 +336,4 @@ def build_cc_eventlog(
         log = (log or EL_HEADER) + body
     if not log:
         return None
-    return base64.b64encode(log + EL_END_FLAG).decode()
+    return log + EL_END_FLAG

@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 from pathlib import Path
@@ -21,6 +20,7 @@ from typing import Any
 from attestation.eventlog.aael import CCEL_DATA_PATH, EVENTLOG_PATH, build_cc_eventlog
 from attestation.tdx.device import TdxGuestDevice, TsmReport
 from attestation.tdx.errors import TdxDeviceUnavailable, TdxError, TdxVerificationError
+from attestation.tdx.evidence import TdxEvidence
 from attestation.tdx.registers import TDX_MEASUREMENTS_DIR, TdxRtmrRegisters
 
 __all__ = ["TdxAttester", "detect"]
@@ -58,12 +58,8 @@ class TdxAttester:
         if len(report_data) > 64:
             raise TdxError("TDX report data must be at most 64 bytes")
         quote = self._tsm.get_quote(report_data.ljust(64, b"\x00"))
-        return {
-            "cc_eventlog": build_cc_eventlog(
-                ccel_path=self._ccel, aael_path=self._aael if self._aael is not None else _default_aael()
-            ),
-            "quote": base64.b64encode(quote).decode(),
-        }
+        aael = self._aael if self._aael is not None else _default_aael()
+        return TdxEvidence(quote, build_cc_eventlog(ccel_path=self._ccel, aael_path=aael)).to_json()
 
     async def get_evidence(self, report_data: bytes) -> Any:
         return await asyncio.to_thread(self._evidence, bytes(report_data))
