@@ -37,7 +37,7 @@ import threading
 from pathlib import Path
 from typing import BinaryIO
 
-from attestation.errors import AttestationError
+from attestation.eventlog.errors import EventLogError
 from attestation.eventlog.registers import HASH_ALGORITHMS, MeasurementRegister
 
 __all__ = [
@@ -49,7 +49,6 @@ __all__ = [
     "EVENTLOG_PATH",
     "WAL_PATH",
     "EventLog",
-    "EventLogError",
     "build_cc_eventlog",
     "encode_aael_record",
     "trim_ccel",
@@ -68,10 +67,6 @@ EL_HEADER = bytes.fromhex(
     "0000000003000000" + "00" * 20 + "25000000" + "00" * 24 + "02000000" + "0c003000" + "12002000" + "00"
 )
 EL_END_FLAG = b"\xff" * 8
-
-
-class EventLogError(AttestationError):
-    """The AAEL could not be written or recovered."""
 
 
 def _event_text(domain: str, operation: str, content: str) -> str:

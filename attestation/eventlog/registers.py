@@ -19,7 +19,7 @@ import hashlib
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from attestation.errors import AttestationError
+from attestation.eventlog.errors import EventLogError
 from coco_common.files import write_atomic
 
 __all__ = [
@@ -90,7 +90,7 @@ class SoftwareRegisters:
         except FileNotFoundError:
             return bytes(self._size)
         if len(value) != self._size:
-            raise AttestationError(f"software register file {self._path(pcr).name} is corrupt")
+            raise EventLogError(f"software register file {self._path(pcr).name} is corrupt")
         return value
 
     def extend(self, pcr: int, digest: bytes) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 
-from attestation.errors import EvidenceFormatError, VerificationError
+from attestation.eventlog.errors import EventLogFormatError, EventLogReplayError
 from coco_common.strict_json import strict_loads
 
 __all__ = [
@@ -34,8 +34,6 @@ __all__ = [
     "MAX_EVENT_LOG_SIZE",
     "DigestValue",
     "EventLogEntry",
-    "EventLogFormatError",
-    "EventLogReplayError",
     "ParsedEventLog",
     "hash_alg",
     "parse_event_log",
@@ -45,14 +43,6 @@ MAX_EVENT_LOG_SIZE = 16 * 1024 * 1024
 EV_NO_ACTION = 0x3
 EV_EVENT_TAG = 0x6
 AAEL_TAGGED_EVENT_ID = 0x4141454C
-
-
-class EventLogFormatError(EvidenceFormatError):
-    """The event log bytes are not a valid TCG2 crypto-agile log."""
-
-
-class EventLogReplayError(VerificationError):
-    """The event log does not replay to the reported register values."""
 
 
 #: TCG algorithm id -> (trustee name, digest size)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from attestation.eventlog.aael import EL_END_FLAG, EL_HEADER, encode_aael_record, trim_ccel
-from attestation.eventlog.tcg import EventLogFormatError, EventLogReplayError, parse_event_log
+from attestation.eventlog.errors import EventLogFormatError, EventLogReplayError
+from attestation.eventlog.tcg import parse_event_log
 
 from ._data import EL, TDX
 
