@@ -19,17 +19,17 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from attestation.azure.verifier import AzSnpVtpmVerifier, AzTdxVtpmVerifier
-from attestation.cca.verifier import CcaVerifier
-from attestation.csv.verifier import CsvVerifier
+from attestation.azure.kbs import AzSnpVtpmVerifier, AzTdxVtpmVerifier
+from attestation.cca.kbs import CcaVerifier
+from attestation.csv.kbs import CsvVerifier
 from attestation.errors import AttestationError, EvidenceFormatError
-from attestation.nvidia.verifier import NvidiaVerifier
+from attestation.nvidia.kbs import NvidiaVerifier
 from attestation.sample.kbs import SampleDeviceVerifier, SampleVerifier
-from attestation.se.verifier import SeVerifier
-from attestation.sgx.verifier import SgxVerifier
+from attestation.se.kbs import SeVerifier
+from attestation.sgx.kbs import SgxVerifier
 from attestation.snp.kbs import SnpVerifier
 from attestation.tdx.kbs import TdxVerifier
-from attestation.tpm.verifier import TpmVerifier
+from attestation.tpm.kbs import TpmVerifier
 from attestation.verifier import EvidenceVerifier
 
 from .errors import ConfigError, KbsError

@@ -9,8 +9,8 @@ from datetime import UTC, datetime
 import pytest
 
 from attestation.errors import AttestationError
+from attestation.nvidia.kbs import NvidiaVerifier
 from attestation.nvidia.policy import NvidiaPolicy
-from attestation.nvidia.verifier import NvidiaVerifier
 from attestation.snp.kbs import SnpVerifier
 from attestation.snp.policy import SnpPolicy
 from attestation.tdx.kbs import TdxVerifier

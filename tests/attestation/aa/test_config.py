@@ -8,13 +8,13 @@ import pytest
 
 from attestation.aa.config import (
     AaConfig,
-    KbsConfig,
+    KbsTokenConfig,
     config_from_kbc_params,
     load_config,
     read_kbc_params,
     resolve_config,
 )
-from attestation.aa.errors import ConfigError
+from attestation.aa.errors import AaConfigError
 
 FULL = """
 [token_configs.kbs]
@@ -56,7 +56,7 @@ def test_json_config(tmp_path: Path) -> None:
     c = load_config(tmp_path / "aa.json")
     assert c.kbs is not None and c.kbs.url == "http://k:1"
     (tmp_path / "dup.json").write_text('{"token_configs": {}, "token_configs": {}}')
-    with pytest.raises(ConfigError, match="duplicate"):
+    with pytest.raises(AaConfigError, match="duplicate"):
         load_config(tmp_path / "dup.json")
 
 
@@ -73,25 +73,31 @@ def test_unknown_keys_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixt
     ("text", "needle"),
     [
         ("[token_configs.kbs]\ncert = 'x'\n", "token_configs.kbs.url is required"),
-        ("[token_configs.kbs]\nurl = 3\n", "token_configs.kbs.url must be a str"),
+        ("[token_configs.kbs]\nurl = 3\n", "token_configs.kbs.url must be a string, not int"),
         ("[token_configs.kbs]\nurl = 'http://x'\ntee_key_algorithm = 'P-384'\n", "tee_key_algorithm"),
-        ("[eventlog_config]\ninit_pcr = '17'\n", "eventlog_config.init_pcr must be a int"),
+        ("[eventlog_config]\ninit_pcr = '17'\n", "eventlog_config.init_pcr must be an integer, not str"),
         ("[eventlog_config]\ninit_pcr = 99\n", "out of range"),
-        ("[eventlog_config]\nenable_eventlog = 1\n", "eventlog_config.enable_eventlog must be a bool"),
-        ("[eventlog_config]\ninit_pcr = true\n", "eventlog_config.init_pcr has the wrong type"),
-        ("token_configs = 5\n", "[token_configs] must be a table"),
+        (
+            "[eventlog_config]\nenable_eventlog = 1\n",
+            "eventlog_config.enable_eventlog must be a boolean, not int",
+        ),
+        (
+            "[eventlog_config]\ninit_pcr = true\n",
+            "eventlog_config.init_pcr must be an integer, not a boolean",
+        ),
+        ("token_configs = 5\n", "token_configs must be a table, not int"),
         ("[token_configs.kbs\n", "not valid TOML"),
     ],
 )
 def test_bad_config(tmp_path: Path, text: str, needle: str) -> None:
     (tmp_path / "aa.toml").write_text(text)
-    with pytest.raises(ConfigError) as ei:
+    with pytest.raises(AaConfigError) as ei:
         load_config(tmp_path / "aa.toml")
     assert needle in str(ei.value)
 
 
 def test_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(AaConfigError, match="cannot read"):
         load_config(tmp_path / "nope.toml")
 
 
@@ -105,13 +111,13 @@ def test_kbc_params(tmp_path: Path) -> None:
     assert c.kbs is not None and c.kbs.url == "http://10.0.2.2:8080" and c.kbs.cert is None
     assert config_from_kbc_params("offline_fs_kbc::null") == AaConfig()
     assert config_from_kbc_params(None).kbs is None
-    # as upstream (KbsConfig::new().ok()): malformed params leave the AA without a KBS, not unstarted
+    # as upstream (KbsTokenConfig::new().ok()): malformed params leave the AA without a KBS, not unstarted
     assert config_from_kbc_params("cc_kbc") == AaConfig()
     assert config_from_kbc_params("cc_kbc::http://a::b") == AaConfig()
     assert config_from_kbc_params("") == AaConfig()
     # and the URL is taken as given (checked at first use)
-    assert config_from_kbc_params("cc_kbc::ftp://x").kbs == KbsConfig("ftp://x")
-    assert config_from_kbc_params("cc_kbc::").kbs == KbsConfig("")
+    assert config_from_kbc_params("cc_kbc::ftp://x").kbs == KbsTokenConfig("ftp://x")
+    assert config_from_kbc_params("cc_kbc::").kbs == KbsTokenConfig("")
     # a set-but-empty AA_KBC_PARAMS is used (upstream env::var is_ok), hiding the cmdline
     assert read_kbc_params({"AA_KBC_PARAMS": ""}, cmdline) == ""
     # a config file wins over the kernel command line

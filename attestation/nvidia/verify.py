@@ -1,4 +1,5 @@
-"""Verify NVIDIA GPU / NVSwitch evidence offline, with explicit trust material and time.
+"""Verify NVIDIA GPU / NVSwitch evidence offline, with explicit trust material
+and time (authenticity; returns :class:`VerifiedDevice`).
 
 Per device:
 
@@ -24,18 +25,14 @@ anchors, time) that fails closed, and the steps above are small.
 
 from __future__ import annotations
 
-import base64
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 
-import httpx
 from cryptography import x509
 
-from attestation._net import read_bounded
-from attestation.errors import EvidenceFormatError, VerificationError
 from attestation.nvidia.certs import (
     arch_of_leaf,
     default_device_root,
@@ -45,24 +42,19 @@ from attestation.nvidia.certs import (
     verify_chain,
     verify_raw_ecdsa_p384,
 )
-from attestation.nvidia.evidence import DeviceEvidence, device_nonce, loads_strict, parse_evidence
-from attestation.nvidia.ocsp import HttpOcspChecker
-from attestation.nvidia.rim import MAX_RIM_SIZE, Rim, RimError, compare_measurements, verify_rim
-from attestation.nvidia.spdm import NONCE_SIZE, AttestationReport, OpaqueType
+from attestation.nvidia.errors import NvidiaFormatError, NvidiaVerificationError, RimError
+from attestation.nvidia.evidence import DeviceEvidence
+from attestation.nvidia.rim import Rim, compare_measurements, verify_rim
+from attestation.nvidia.spdm import NONCE_SIZE, AttestationReport
 
 __all__ = [
-    "DEFAULT_RIM_SERVICE_URL",
-    "NvidiaVerifier",
     "OcspChecker",
-    "RimFiles",
     "RimProvider",
-    "RimService",
     "TrustAnchors",
     "VerifiedDevice",
     "verify_device",
 ]
 
-DEFAULT_RIM_SERVICE_URL = "https://rim.attestation.nvidia.com/v1/rim/"
 _PRODUCT_ARCH = {"GH": "HOPPER", "GB": "BLACKWELL", "LS": "LS10"}
 
 
@@ -99,82 +91,6 @@ class OcspChecker(Protocol):
         root (and the leaf when ``skip_leaf``); raise VerificationError when one
         is revoked or its status cannot be established."""
         ...
-
-
-@dataclass(frozen=True)
-class RimFiles:
-    """A fixed set of RIM documents; each device uses those for its versions."""
-
-    documents: tuple[bytes, ...]
-
-    def __post_init__(self) -> None:
-        for d in self.documents:
-            if len(d) > MAX_RIM_SIZE:
-                raise EvidenceFormatError(f"RIM is larger than {MAX_RIM_SIZE} bytes")
-
-    def rims_for(self, report: AttestationReport, arch: str) -> Sequence[bytes]:
-        return self.documents
-
-
-@dataclass(frozen=True)
-class RimService:
-    """NVIDIA's RIM service (or a mirror): GET ``<base_url><id>`` -> ``{"rim": base64}``.
-
-    IDs: ``NV_GPU_DRIVER_GH100_<driver>`` (Hopper),
-    ``NV_GPU_CC_DRIVER_GB100_<driver>`` (Blackwell),
-    ``NV_GPU_VBIOS_<project>_<sku>_<chip sku>_<VBIOS>`` and
-    ``NV_SWITCH_BIOS_<project>_<sku>_<chip sku>_<BIOS>``."""
-
-    client: httpx.Client
-    base_url: str = DEFAULT_RIM_SERVICE_URL
-    #: RIM documents by ID (RIMs are immutable; each use is re-verified).
-    cache: dict[str, bytes] = field(default_factory=dict, compare=False, repr=False)
-
-    @staticmethod
-    def rim_ids(report: AttestationReport, arch: str) -> list[str]:
-        o = report.opaque
-        ids: list[str] = []
-        driver = o.driver_version
-        if driver and arch == "HOPPER":
-            ids.append(f"NV_GPU_DRIVER_GH100_{driver}")
-        elif driver and arch == "BLACKWELL":
-            ids.append(f"NV_GPU_CC_DRIVER_GB100_{driver}")
-        parts = [o.text(OpaqueType.PROJECT), o.text(OpaqueType.PROJECT_SKU), o.text(OpaqueType.CHIP_SKU)]
-        vbios = o.vbios_version
-        if vbios and all(parts):
-            kind = "NV_SWITCH_BIOS" if arch == "LS10" else "NV_GPU_VBIOS"
-            ids.append(f"{kind}_{parts[0]}_{parts[1]}_{parts[2]}_{vbios.replace('.', '').upper()}")
-        return ids
-
-    def rims_for(self, report: AttestationReport, arch: str) -> Sequence[bytes]:
-        out: list[bytes] = []
-        for rim_id in self.rim_ids(report, arch):
-            cached = self.cache.get(rim_id)
-            if cached is None:
-                cached = self._fetch(rim_id)
-                if len(self.cache) < 256:
-                    self.cache[rim_id] = cached
-            out.append(cached)
-        return out
-
-    def _fetch(self, rim_id: str) -> bytes:
-        limit = 2 * MAX_RIM_SIZE
-        try:
-            with self.client.stream("GET", self.base_url + rim_id) as resp:
-                if resp.status_code != 200:
-                    raise RimError(f"RIM service has no RIM {rim_id} (HTTP {resp.status_code})")
-                body = read_bounded(resp, limit)
-                if body is None:
-                    raise RimError(f"RIM service answer for {rim_id} is larger than {limit} bytes")
-        except httpx.HTTPError as exc:
-            raise RimError(f"RIM service unreachable for {rim_id}") from exc
-        doc = loads_strict(body, limit=limit)
-        if not isinstance(doc, dict) or not isinstance(doc.get("rim"), str):
-            raise RimError(f"RIM service answer for {rim_id} has no 'rim' field")
-        try:
-            return base64.b64decode(doc["rim"], validate=True)
-        except ValueError as exc:
-            raise RimError(f"RIM service answer for {rim_id} is not base64") from exc
 
 
 @dataclass(frozen=True)
@@ -239,21 +155,6 @@ class VerifiedDevice:
         }
 
 
-def _read_limited(path: str, limit: int) -> bytes:
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise EvidenceFormatError(f"{path} is larger than {limit} bytes")
-    return data
-
-
-def _load_root(path: str) -> x509.Certificate:
-    certs = load_pem_chain(_read_limited(path, 64 * 1024))
-    if len(certs) != 1:
-        raise EvidenceFormatError(f"{path} must hold exactly one root certificate")
-    return certs[0]
-
-
 def _rim_matches_device(rim: Rim, report: AttestationReport, arch: str) -> bool:
     product_arch = _PRODUCT_ARCH.get(rim.product[:2].upper())
     if product_arch != arch:
@@ -292,32 +193,32 @@ def verify_device(
     report = AttestationReport.from_bytes(untrusted.report)
     chain = load_pem_chain(untrusted.cert_chain_pem)
     if not chain:
-        raise EvidenceFormatError("device certificate chain is empty")
+        raise NvidiaFormatError("device certificate chain is empty")
     verify_chain(chain, root=anchors.device_root, now=now, what="device certificate")
     arch = arch_of_leaf(chain[0])
     if arch != untrusted.arch:
-        raise VerificationError(f"evidence says {untrusted.arch} but the certificate is for {arch}")
+        raise NvidiaVerificationError(f"evidence says {untrusted.arch} but the certificate is for {arch}")
     try:
         verify_raw_ecdsa_p384(chain[0], report.response.signature, report.signed_bytes)
-    except VerificationError as exc:
-        raise VerificationError("attestation report signature is invalid") from exc
+    except NvidiaVerificationError as exc:
+        raise NvidiaVerificationError("attestation report signature is invalid") from exc
     report_fwid = report.opaque.fwid
     fwid_checked = False
     if report_fwid is not None:
         cert_fwid = leaf_fwid(chain[0])
         if cert_fwid is None:
-            raise VerificationError("report carries an FWID but the leaf certificate has none")
+            raise NvidiaVerificationError("report carries an FWID but the leaf certificate has none")
         if cert_fwid != report_fwid:
-            raise VerificationError("report FWID does not match the leaf certificate's FWID")
+            raise NvidiaVerificationError("report FWID does not match the leaf certificate's FWID")
         fwid_checked = True
     if expected_nonce is not None:
         if len(expected_nonce) != NONCE_SIZE:
             raise ValueError("expected_nonce must be 32 bytes")
         if report.nonce != expected_nonce:
-            raise VerificationError("report nonce does not match the expected nonce")
+            raise NvidiaVerificationError("report nonce does not match the expected nonce")
     if untrusted.nonce is not None and untrusted.nonce != report.nonce:
         # the SDK shape states its nonce; a disagreement means the entry was altered
-        raise VerificationError("evidence 'nonce' field disagrees with the report's nonce")
+        raise NvidiaVerificationError("evidence 'nonce' field disagrees with the report's nonce")
     if ocsp is not None:
         ocsp.check(chain, root=anchors.device_root, now=now, skip_leaf=True)
     verified_rims: tuple[Rim, ...] = ()
@@ -345,78 +246,3 @@ def verify_device(
         measurements_match=measurements_match,
         matched_measurements=matched,
     )
-
-
-class NvidiaVerifier:
-    """EvidenceVerifier for ``nvidia`` additional evidence (KBS side).
-
-    ``verify`` returns ``{"devices": [<claims per device>, ...]}``; the KBS
-    puts each entry in its own EAR submod. Devices cannot bind init-data, so
-    ``expected_init_data_hash`` is not checked here (as in trustee)."""
-
-    tee = "nvidia"
-
-    def __init__(
-        self,
-        *,
-        anchors: TrustAnchors | None = None,
-        rims: RimProvider | None = None,
-        ocsp: OcspChecker | None = None,
-        device_root_path: str | None = None,
-        rim_root_path: str | None = None,
-        rim_files: Sequence[str] = (),
-        rim_service_url: str | None = None,
-        ocsp_url: str | None = None,
-        verbose_claims: bool = False,
-    ) -> None:
-        """Objects (``anchors``, ``rims``, ``ocsp``) or, for a KBS config file
-        (``[attestation_service.verifier_config.nvidia]``), paths and URLs:
-        ``device_root_path`` / ``rim_root_path`` (PEM; default the packaged
-        NVIDIA roots), ``rim_files`` (RIM documents), ``rim_service_url``
-        (e.g. NVIDIA's RIM service) and ``ocsp_url`` (e.g. NVIDIA's responder).
-        Without RIMs ``measurements_match`` is null; without OCSP no
-        revocation check is made. Claims are the compact set unless
-        ``verbose_claims`` (every measurement: ~7 KiB per device)."""
-        if anchors is None:
-            anchors = TrustAnchors.nvidia()
-            if device_root_path or rim_root_path:
-                anchors = TrustAnchors(
-                    device_root=_load_root(device_root_path) if device_root_path else anchors.device_root,
-                    rim_root=_load_root(rim_root_path) if rim_root_path else anchors.rim_root,
-                )
-        if rims is None and rim_files:
-            rims = RimFiles(tuple(_read_limited(p, MAX_RIM_SIZE) for p in rim_files))
-        self._client: httpx.Client | None = None
-        if (rims is None and rim_service_url) or (ocsp is None and ocsp_url):
-            self._client = httpx.Client(timeout=30.0)
-        if rims is None and rim_service_url and self._client is not None:
-            rims = RimService(client=self._client, base_url=rim_service_url.rstrip("/") + "/")
-        if ocsp is None and ocsp_url and self._client is not None:
-            ocsp = HttpOcspChecker(client=self._client, url=ocsp_url)
-        self._anchors = anchors
-        self._rims = rims
-        self._ocsp = ocsp
-        self._verbose = verbose_claims
-
-    def verify_devices(
-        self, untrusted_evidence: Any, *, expected_report_data: bytes, now: datetime
-    ) -> list[VerifiedDevice]:
-        nonce = device_nonce(expected_report_data)
-        devices = parse_evidence(untrusted_evidence)
-        return [
-            verify_device(
-                d, expected_nonce=nonce, anchors=self._anchors, now=now, rims=self._rims, ocsp=self._ocsp
-            )
-            for d in devices
-        ]
-
-    def verify(
-        self,
-        untrusted_evidence: Any,
-        *,
-        expected_report_data: bytes,
-        expected_init_data_hash: bytes | None,
-        now: datetime,
-    ) -> dict[str, Any]:
-        verified = self.verify_devices(untrusted_evidence, expected_report_data=expected_report_data, now=now)
-        return {"devices": [v.claims(verbose=self._verbose) for v in verified]}

@@ -1,4 +1,4 @@
-"""The KBS-side ``sgx`` verifier: trustee's evidence ``{"quote": base64}``
+"""The KBS adapter for ``sgx``: trustee's evidence ``{"quote": base64}``
 holding an SGX DCAP quote (version 3), verified by
 :func:`attestation.tdx.verify.verify_quote` (PCK chain to the Intel SGX Root
 CA, QE binding, quote signature; TCB status when collateral is configured).
@@ -12,32 +12,29 @@ the TCB summary (``tcb_status``, ``advisory_ids``, ...).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
 import logging
 import struct
-from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
-from attestation.errors import EvidenceFormatError, VerificationError
+from attestation.replay import BindingSkip
+from attestation.sgx.errors import SgxFormatError, SgxVerificationError
+from attestation.sgx.evidence import evidence_quote
+from attestation.sgx.verify import verify_sgx_quote
 from attestation.tdx.kbs import TdxVerifier
 from attestation.tdx.quote import EnclaveReport
 from attestation.tdx.verify import VerifiedQuote
-from coco_common.strict_json import strict_loads
 
 __all__ = ["SgxVerifier", "sgx_claims"]
 
 log = logging.getLogger(__name__)
 
-_MAX_QUOTE = 64 * 1024
-
 
 def sgx_claims(v: VerifiedQuote) -> dict[str, Any]:
     q = v.quote
     if not isinstance(q.body, EnclaveReport):
-        raise EvidenceFormatError("not an SGX quote")
+        raise SgxFormatError("not an SGX quote")
     h, b = q.header, q.body.raw
     header = {
         "version": struct.pack("<H", h.version).hex(),
@@ -102,34 +99,12 @@ class SgxVerifier:
         """``insecure_skip_report_data_binding``: TEST ONLY, a reason; REPORT_DATA is not
         compared (recorded quotes in a live handshake); logged and marked in the claims."""
         self.dcap = TdxVerifier(**dcap_options)
-        reason = insecure_skip_report_data_binding
-        if reason is not None:
-            if not reason.strip():
-                raise ValueError("say why the report-data binding is being skipped")
-            log.warning("INSECURE sgx verifier mode: REPORT_DATA binding disabled (%s)", reason)
-        self._insecure = reason
+        self._insecure = BindingSkip(
+            insecure_skip_report_data_binding, tee=self.tee, what="REPORT_DATA binding"
+        )
 
     def verify_evidence(self, untrusted_evidence: Any, *, now: datetime) -> VerifiedQuote:
-        if isinstance(untrusted_evidence, (str, bytes, bytearray)):
-            if len(untrusted_evidence) > 2 * _MAX_QUOTE:
-                raise EvidenceFormatError("SGX evidence too large")
-            try:
-                untrusted_evidence = strict_loads(untrusted_evidence)
-            except ValueError as exc:
-                raise EvidenceFormatError(f"SGX evidence is not JSON ({exc})") from exc
-        if not isinstance(untrusted_evidence, Mapping) or set(untrusted_evidence) != {"quote"}:
-            raise EvidenceFormatError("SGX evidence must be {'quote': <base64>}")
-        raw = untrusted_evidence["quote"]
-        if not isinstance(raw, str) or not raw or len(raw) > _MAX_QUOTE * 4 // 3 + 4:
-            raise EvidenceFormatError("SGX evidence: quote must be a non-empty base64 string")
-        try:
-            quote = base64.b64decode(raw, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise EvidenceFormatError("SGX evidence: quote is not standard base64") from exc
-        v = self.dcap.verify_quote_bytes(quote, now=now)
-        if not isinstance(v.quote.body, EnclaveReport):
-            raise VerificationError("expected an SGX quote (v3), got a TDX quote")
-        return v
+        return verify_sgx_quote(evidence_quote(untrusted_evidence), dcap=self.dcap, now=now)
 
     def verify(
         self,
@@ -142,15 +117,13 @@ class SgxVerifier:
         v = self.verify_evidence(untrusted_evidence, now=now)
         body = v.quote.body
         assert isinstance(body, EnclaveReport)
-        if self._insecure is not None:
-            log.warning("INSECURE: sgx REPORT_DATA binding not checked (%s)", self._insecure)
-        elif not hmac.compare_digest(expected_report_data[:64].ljust(64, b"\x00"), body.report_data):
-            raise VerificationError("REPORT_DATA is different from that in SGX Quote")
+        expected = self._insecure.expected(expected_report_data)
+        if expected is not None and not hmac.compare_digest(
+            expected[:64].ljust(64, b"\x00"), body.report_data
+        ):
+            raise SgxVerificationError("REPORT_DATA is different from that in SGX Quote")
         if expected_init_data_hash is not None and not hmac.compare_digest(
             expected_init_data_hash[:64].ljust(64, b"\x00"), body.raw[192:256]
         ):
-            raise VerificationError("CONFIGID is different from that in SGX Quote")
-        claims = sgx_claims(v)
-        if self._insecure is not None:
-            claims["insecure_report_data_binding_skipped"] = True
-        return claims
+            raise SgxVerificationError("CONFIGID is different from that in SGX Quote")
+        return self._insecure.mark(sgx_claims(v))

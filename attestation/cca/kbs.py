@@ -1,4 +1,4 @@
-"""The KBS-side ``cca`` verifier (trustee's "local" mode): evidence
+"""The KBS adapter for ``cca`` (trustee's "local" mode): evidence
 ``{"token": [CBOR bytes as a JSON byte array]}``.
 
 Checks: the token's structure; the platform token's signature by the CPAK
@@ -27,7 +27,6 @@ Claims (trustee's names): ``realm`` {``cca-realm-personalization-value``,
 from __future__ import annotations
 
 import base64
-import binascii
 import hmac
 import logging
 from collections.abc import Mapping
@@ -35,90 +34,17 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric import ec
-
-from attestation.cca.token import MAX_TOKEN_SIZE, CcaToken, CcaVerificationError, parse_token, verify_token
-from attestation.errors import EvidenceFormatError
+from attestation.cca.endorsements import TrustAnchor, load_trust_anchors
+from attestation.cca.errors import CcaVerificationError
+from attestation.cca.evidence import evidence_token
+from attestation.cca.token import CcaToken, parse_token
+from attestation.cca.verify import verify_token
+from attestation.replay import BindingSkip
 from coco_common.strict_json import strict_loads
 
-__all__ = [
-    "CcaVerifier",
-    "TrustAnchor",
-    "appraise_platform",
-    "appraise_realm",
-    "cca_claims",
-    "evidence_token",
-    "jwk_public_key",
-    "load_trust_anchors",
-]
+__all__ = ["CcaVerifier", "appraise_platform", "appraise_realm", "cca_claims"]
 
 log = logging.getLogger(__name__)
-
-
-class TrustAnchor:
-    def __init__(self, key: ec.EllipticCurvePublicKey, implementation_id: bytes, instance_id: bytes) -> None:
-        self.key = key
-        self.implementation_id = implementation_id
-        self.instance_id = instance_id
-
-
-def _b64url(s: Any) -> int:
-    if not isinstance(s, str):
-        raise ValueError("JWK coordinate must be a string")
-    return int.from_bytes(base64.urlsafe_b64decode(s + "=" * (-len(s) % 4)), "big")
-
-
-def jwk_public_key(jwk: Mapping[str, Any]) -> ec.EllipticCurvePublicKey:
-    curves: dict[str, ec.EllipticCurve] = {
-        "P-256": ec.SECP256R1(),
-        "P-384": ec.SECP384R1(),
-        "P-521": ec.SECP521R1(),
-    }
-    if jwk.get("kty") != "EC" or jwk.get("crv") not in curves:
-        raise ValueError("CPAK must be an EC JWK on P-256/P-384/P-521")
-    return ec.EllipticCurvePublicNumbers(
-        _b64url(jwk["x"]), _b64url(jwk["y"]), curves[jwk["crv"]]
-    ).public_key()
-
-
-def load_trust_anchors(doc: Any) -> list[TrustAnchor]:
-    if not isinstance(doc, list):
-        raise ValueError("CCA trust-anchor store must be a JSON list")
-    out = []
-    for e in doc:
-        if not isinstance(e, Mapping) or not isinstance(e.get("pkey"), Mapping):
-            raise ValueError("CCA trust anchor needs a pkey JWK")
-        out.append(
-            TrustAnchor(
-                jwk_public_key(e["pkey"]),
-                bytes.fromhex(str(e.get("implementation-id", ""))),
-                bytes.fromhex(str(e.get("instance-id", ""))),
-            )
-        )
-    return out
-
-
-def evidence_token(untrusted: Any) -> bytes:
-    if isinstance(untrusted, (str, bytes, bytearray)):
-        if len(untrusted) > 8 * MAX_TOKEN_SIZE:
-            raise EvidenceFormatError("CCA evidence too large")
-        try:
-            untrusted = strict_loads(untrusted)
-        except ValueError as exc:
-            raise EvidenceFormatError(f"CCA evidence is not JSON ({exc})") from exc
-    if not isinstance(untrusted, Mapping) or set(untrusted) != {"token"}:
-        raise EvidenceFormatError("CCA evidence must be {'token': [bytes]}")
-    tok = untrusted["token"]
-    if isinstance(tok, str):  # tolerated: base64
-        try:
-            return base64.b64decode(tok, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise EvidenceFormatError("CCA token string is not base64") from exc
-    if not isinstance(tok, list) or len(tok) > MAX_TOKEN_SIZE:
-        raise EvidenceFormatError("CCA token must be a JSON byte array")
-    if not all(type(b) is int and 0 <= b <= 255 for b in tok):
-        raise EvidenceFormatError("CCA token holds a value that is not a byte")
-    return bytes(tok)
 
 
 def cca_claims(t: CcaToken) -> dict[str, Any]:
@@ -195,12 +121,9 @@ class CcaVerifier:
         self.rvs: Any = strict_loads(Path(rv_store).read_bytes()) if rv_store else {}
         if not isinstance(self.rvs, Mapping):
             raise ValueError("CCA reference-value store must be a JSON object")
-        reason = insecure_skip_report_data_binding
-        if reason is not None:
-            if not reason.strip():
-                raise ValueError("say why the report-data binding is being skipped")
-            log.warning("INSECURE cca verifier mode: realm challenge binding disabled (%s)", reason)
-        self._insecure = reason
+        self._insecure = BindingSkip(
+            insecure_skip_report_data_binding, tee=self.tee, what="realm challenge binding"
+        )
 
     def verify_evidence(self, untrusted_evidence: Any) -> CcaToken:
         token = parse_token(evidence_token(untrusted_evidence))
@@ -226,9 +149,8 @@ class CcaVerifier:
     ) -> dict[str, Any]:
         token = self.verify_evidence(untrusted_evidence)
         r = token.realm
-        if self._insecure is not None:
-            log.warning("INSECURE: cca realm challenge not checked (%s)", self._insecure)
-        elif not hmac.compare_digest(expected_report_data[:64].ljust(64, b"\x00"), r.challenge):
+        expected = self._insecure.expected(expected_report_data)
+        if expected is not None and not hmac.compare_digest(expected[:64].ljust(64, b"\x00"), r.challenge):
             raise CcaVerificationError("realm token challenge claim does not match expected_report_data")
         if expected_init_data_hash is not None and not hmac.compare_digest(
             expected_init_data_hash[:64].ljust(64, b"\x00"), r.personalization_value
@@ -237,6 +159,4 @@ class CcaVerifier:
         claims = cca_claims(token)
         claims["platform_reference_values"] = appraise_platform(token, self.rvs)
         claims["realm_reference_values"] = appraise_realm(token, self.rvs)
-        if self._insecure is not None:
-            claims["insecure_report_data_binding_skipped"] = True
-        return claims
+        return self._insecure.mark(claims)

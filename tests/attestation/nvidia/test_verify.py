@@ -11,10 +11,12 @@ from cryptography import x509
 
 from attestation.errors import EvidenceFormatError, PolicyViolation, VerificationError
 from attestation.nvidia.certs import DEVICE_ROOT_SHA1, default_device_root, leaf_fwid, load_pem_chain
+from attestation.nvidia.endorsements import RimFiles
+from attestation.nvidia.errors import RimError
 from attestation.nvidia.evidence import DeviceEvidence, parse_evidence
+from attestation.nvidia.kbs import NvidiaVerifier
 from attestation.nvidia.policy import NvidiaPolicy
-from attestation.nvidia.rim import RimError
-from attestation.nvidia.verifier import NvidiaVerifier, RimFiles, TrustAnchors, verify_device
+from attestation.nvidia.verify import TrustAnchors, verify_device
 from attestation.verifier import EvidenceVerifier
 
 from .vectors import NONCE_27A, NONCE_931, NOW, POSITIVE, read, report_bytes

@@ -16,11 +16,11 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509 import ocsp
 
 from attestation.errors import VerificationError
+from attestation.nvidia.endorsements import HttpOcspChecker, RimService
+from attestation.nvidia.errors import RimError
 from attestation.nvidia.evidence import DeviceEvidence
-from attestation.nvidia.ocsp import HttpOcspChecker
-from attestation.nvidia.rim import RimError
 from attestation.nvidia.spdm import AttestationReport
-from attestation.nvidia.verifier import RimService, TrustAnchors, verify_device
+from attestation.nvidia.verify import TrustAnchors, verify_device
 
 from .fakegpu import TestGpu
 from .vectors import NONCE_27A, read, report_bytes

@@ -12,12 +12,14 @@ from typing import Any
 
 import pytest
 
+from attestation.azure.errors import AzureBindingError, HclFormatError
 from attestation.azure.evidence import AzSnpEvidence, AzTdxEvidence
-from attestation.azure.hcl import HclFormatError, HclReport, HwReportType
-from attestation.azure.verifier import AzSnpVtpmVerifier, AzTdxVtpmVerifier, AzureBindingError
+from attestation.azure.hcl import HclReport, HwReportType
+from attestation.azure.kbs import AzSnpVtpmVerifier, AzTdxVtpmVerifier
 from attestation.errors import EvidenceFormatError, VerificationError
 from attestation.snp.errors import ChipIdMismatch, ReportSignatureInvalid, TcbMismatch, WrongProductRoot
-from attestation.tpm.quote import QuoteSignatureInvalid, TpmVerificationError, init_data_pcr_value
+from attestation.tpm.errors import QuoteSignatureInvalid, TpmVerificationError
+from attestation.tpm.quote import init_data_pcr_value
 from attestation.verifier import EvidenceVerifier
 
 from ._data import (

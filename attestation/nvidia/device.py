@@ -10,22 +10,17 @@ import ctypes
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
-from attestation.errors import AttestationError, UnsupportedPlatform
+from attestation.nvidia.errors import NvidiaUnavailable, NvmlCallError
 
 __all__ = [
     "ARCH_NAMES",
     "ConfComputeState",
     "NvmlBackend",
-    "NvmlCallError",
     "PynvmlBackend",
 ]
 
 #: NVML_DEVICE_ARCH_* -> the evidence "arch" string.
 ARCH_NAMES = {9: "HOPPER", 10: "BLACKWELL"}
-
-
-class NvmlCallError(AttestationError):
-    """An NVML call failed on a machine that has NVML."""
 
 
 @dataclass(frozen=True)
@@ -101,11 +96,11 @@ class PynvmlBackend:
         try:
             import pynvml
         except ImportError as exc:
-            raise UnsupportedPlatform("no device: nvidia-ml-py is not installed") from exc
+            raise NvidiaUnavailable("no device: nvidia-ml-py is not installed") from exc
         try:
             pynvml.nvmlInit()
         except pynvml.NVMLError as exc:
-            raise UnsupportedPlatform(f"no device: NVML unavailable ({exc})") from exc
+            raise NvidiaUnavailable(f"no device: NVML unavailable ({exc})") from exc
         self._nv = pynvml
 
     def shutdown(self) -> None:

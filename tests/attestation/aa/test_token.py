@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from attestation.aa.agent import AttestationAgent
-from attestation.aa.config import AaConfig, CocoAsConfig, KbsConfig
-from attestation.aa.errors import TokenError
+from attestation.aa.config import AaConfig, CocoAsConfig, KbsTokenConfig
+from attestation.aa.errors import AaTokenError
 from attestation.initdata import parse_initdata
 from attestation.sample import SampleAttester, SampleDeviceAttester
 
@@ -124,7 +124,7 @@ def _pub_matches_jwk(pem: str, jwk: dict[str, str]) -> bool:
 async def test_kbs_token_without_devices() -> None:
     kbs = FakeKbs()
     agent = AttestationAgent(
-        AaConfig(kbs=KbsConfig(URL)), SampleAttester(), devices=[], http_factory=_factory(kbs)
+        AaConfig(kbs=KbsTokenConfig(URL)), SampleAttester(), devices=[], http_factory=_factory(kbs)
     )
     out = json.loads(await agent.get_token("kbs"))
     assert kbs.problems == []
@@ -147,7 +147,7 @@ async def test_kbs_token_composite_with_sampledevice_and_initdata() -> None:
     kbs = FakeKbs()
     toml = b'version = "0.1.0"\nalgorithm = "sha256"\n[data]\n"aa.toml" = "x"\n'
     agent = AttestationAgent(
-        AaConfig(kbs=KbsConfig(URL, tee_key_algorithm="ECDH-ES+A256KW-P521")),
+        AaConfig(kbs=KbsTokenConfig(URL, tee_key_algorithm="ECDH-ES+A256KW-P521")),
         SampleAttester(),
         devices=[SampleDeviceAttester()],
         init_data=parse_initdata(toml),
@@ -165,7 +165,7 @@ async def test_kbs_token_composite_with_sampledevice_and_initdata() -> None:
 async def test_kbs_token_rsa_key() -> None:
     kbs = FakeKbs()
     agent = AttestationAgent(
-        AaConfig(kbs=KbsConfig(URL, tee_key_algorithm="RSA-OAEP-256")),
+        AaConfig(kbs=KbsTokenConfig(URL, tee_key_algorithm="RSA-OAEP-256")),
         SampleAttester(),
         devices=[],
         http_factory=_factory(kbs),
@@ -178,7 +178,7 @@ async def test_kbs_token_rsa_key() -> None:
 async def test_each_get_token_is_a_fresh_handshake() -> None:
     kbs = FakeKbs()
     agent = AttestationAgent(
-        AaConfig(kbs=KbsConfig(URL)), SampleAttester(), devices=[], http_factory=_factory(kbs)
+        AaConfig(kbs=KbsTokenConfig(URL)), SampleAttester(), devices=[], http_factory=_factory(kbs)
     )
     a = json.loads(await agent.get_token("kbs"))
     b = json.loads(await agent.get_token("kbs"))
@@ -188,7 +188,7 @@ async def test_each_get_token_is_a_fresh_handshake() -> None:
 async def test_kbs_retries_then_succeeds_or_gives_up() -> None:
     kbs = FakeKbs(fail_first=2)
     agent = AttestationAgent(
-        AaConfig(kbs=KbsConfig(URL)),
+        AaConfig(kbs=KbsTokenConfig(URL)),
         SampleAttester(),
         devices=[],
         http_factory=_factory(kbs),
@@ -198,29 +198,29 @@ async def test_kbs_retries_then_succeeds_or_gives_up() -> None:
     assert len(kbs.auths) == 3
     dead = FakeKbs(fail_first=100)
     agent2 = AttestationAgent(
-        AaConfig(kbs=KbsConfig(URL)),
+        AaConfig(kbs=KbsTokenConfig(URL)),
         SampleAttester(),
         devices=[],
         http_factory=_factory(dead),
         kbs_retry_delay=0,
     )
-    with pytest.raises(TokenError, match="KBS handshake"):
+    with pytest.raises(AaTokenError, match="KBS handshake"):
         await agent2.get_token("kbs")
     assert len(dead.auths) == 5
 
 
 async def test_token_errors() -> None:
     agent = AttestationAgent(AaConfig(), SampleAttester(), devices=[])
-    with pytest.raises(TokenError, match="kbs token config not configured in config file"):
+    with pytest.raises(AaTokenError, match="kbs token config not configured in config file"):
         await agent.get_token("kbs")
     # an unusable URL is accepted at start-up (as upstream) and refused at use
     for url in ("", "ftp://kbs", "kbs.example:8080"):
-        odd = AttestationAgent(AaConfig(kbs=KbsConfig(url)), SampleAttester(), devices=[])
-        with pytest.raises(TokenError, match="is not an http"):
+        odd = AttestationAgent(AaConfig(kbs=KbsTokenConfig(url)), SampleAttester(), devices=[])
+        with pytest.raises(AaTokenError, match="is not an http"):
             await odd.get_token("kbs")
-    with pytest.raises(TokenError, match="no CoCo AS"):
+    with pytest.raises(AaTokenError, match="no CoCo AS"):
         await agent.get_token("coco_as")
-    with pytest.raises(TokenError, match="unsupported token type"):
+    with pytest.raises(AaTokenError, match="unsupported token type"):
         await agent.get_token("KBS")
 
 
@@ -286,7 +286,7 @@ async def test_device_gets_the_runtime_data_digest_and_accept_hook_runs() -> Non
     kbs = FakeKbs()
     dev = RecordingDevice()
     agent = AttestationAgent(
-        AaConfig(kbs=KbsConfig(URL)), SampleAttester(), devices=[dev], http_factory=_factory(kbs)
+        AaConfig(kbs=KbsTokenConfig(URL)), SampleAttester(), devices=[dev], http_factory=_factory(kbs)
     )
     await agent.get_token("kbs")
     (body,) = kbs.attests

@@ -1,4 +1,4 @@
-"""The KBS-side ``csv`` verifier (Hygon CSV), trustee's evidence shape::
+"""The KBS adapter for ``csv`` (Hygon CSV), trustee's evidence shape::
 
     {"attestation_report": {"magic": [16], "flags": u32, "data": [4096]},
      "cert_chain": {"pek": <csv-rs Certificate JSON>, "hsk_cek": null},
@@ -22,76 +22,21 @@ from __future__ import annotations
 
 import hmac
 import logging
-import re
 import struct
-from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from attestation.csv.certs import (
-    CA_CERT_SIZE,
-    USAGE_CEK,
-    USAGE_HSK,
-    USAGE_PEK,
-    CaCertificate,
-    CsvCertError,
-    CsvCertificate,
-    csv_cert_from_json,
-    pinned_hrk,
-)
+from attestation.csv.certs import CaCertificate, CsvCertificate, pinned_hrk
+from attestation.csv.endorsements import load_hsk_cek
+from attestation.csv.errors import CsvVerificationError
+from attestation.csv.evidence import parse_evidence
 from attestation.csv.report import CsvReport
-from attestation.errors import EvidenceFormatError, VerificationError
-from coco_common.strict_json import strict_loads
+from attestation.csv.verify import verify_chain
 
-__all__ = ["CsvVerifier", "csv_claims", "parse_evidence"]
+__all__ = ["CsvVerifier", "csv_claims"]
 
 log = logging.getLogger(__name__)
-
-_CHIP_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
-
-
-def _bytes(v: Any, what: str, size: int | None = None, limit: int = 8192) -> bytes:
-    if not isinstance(v, list) or len(v) > limit or (size is not None and len(v) != size):
-        raise EvidenceFormatError(f"CSV evidence: {what} must be a byte array")
-    if not all(type(b) is int and 0 <= b <= 255 for b in v):
-        raise EvidenceFormatError(f"CSV evidence: {what} holds a value that is not a byte")
-    return bytes(v)
-
-
-def parse_evidence(untrusted: Any) -> tuple[CsvReport, CsvCertificate, str, bool]:
-    """(report, PEK, chip ID, whether the evidence carries an HSK/CEK)."""
-    if isinstance(untrusted, (str, bytes, bytearray)):
-        if len(untrusted) > 1 << 20:
-            raise EvidenceFormatError("CSV evidence too large")
-        try:
-            untrusted = strict_loads(untrusted)
-        except ValueError as exc:
-            raise EvidenceFormatError(f"CSV evidence is not JSON ({exc})") from exc
-    if (
-        not isinstance(untrusted, Mapping)
-        or not {"attestation_report", "cert_chain", "serial_number"} <= set(untrusted)
-        or set(untrusted) - {"attestation_report", "cert_chain", "serial_number", "cc_eventlog"}
-    ):
-        raise EvidenceFormatError("CSV evidence has the wrong members")
-    rep, chain = untrusted["attestation_report"], untrusted["cert_chain"]
-    if not isinstance(rep, Mapping) or not isinstance(chain, Mapping) or "pek" not in chain:
-        raise EvidenceFormatError("CSV evidence: attestation_report / cert_chain malformed")
-    flags = rep.get("flags")
-    if type(flags) is not int:
-        raise EvidenceFormatError("CSV evidence: report flags is not an integer")
-    report = CsvReport.parse(
-        _bytes(rep.get("magic"), "magic", 16), flags, _bytes(rep.get("data"), "data", 4096)
-    )
-    pek = csv_cert_from_json(chain["pek"])
-    serial = _bytes(untrusted["serial_number"], "serial_number", limit=64).rstrip(b"\x00")
-    try:
-        chip = serial.decode("ascii")
-    except UnicodeDecodeError as exc:
-        raise EvidenceFormatError("CSV serial number is not ASCII") from exc
-    if not _CHIP_ID.fullmatch(chip):
-        raise EvidenceFormatError("CSV serial number has unexpected characters")
-    return report, pek, chip, chain.get("hsk_cek") is not None
 
 
 def csv_claims(report: CsvReport, chip: str) -> dict[str, Any]:
@@ -157,28 +102,9 @@ class CsvVerifier:
         if not self.hrk.signed_by(self.hrk):
             raise ValueError("the Hygon root key certificate is not self-signed")
 
-    def _hsk_cek(self, chip: str) -> tuple[CaCertificate, CsvCertificate]:
-        if self.hsk_cek_dir is None:
-            raise VerificationError(
-                f"no HSK/CEK for CSV chip {chip}: configure hsk_cek_dir (Hygon's KDS is not contacted)"
-            )
-        path = self.hsk_cek_dir / chip / "hsk_cek.cert"
-        try:
-            raw = path.read_bytes()
-        except OSError as exc:
-            raise VerificationError(f"no HSK/CEK for CSV chip {chip} in hsk_cek_dir") from exc
-        return CaCertificate.from_bytes(raw[:CA_CERT_SIZE]), CsvCertificate.from_bytes(raw[CA_CERT_SIZE:])
-
     def verify_chain(self, report: CsvReport, pek: CsvCertificate, chip: str) -> None:
-        hsk, cek = self._hsk_cek(chip)
-        if hsk.usage != USAGE_HSK or not hsk.signed_by(self.hrk):
-            raise CsvCertError("HSK certificate is not signed by the Hygon root key")
-        if cek.usage != USAGE_CEK or not cek.signed_by(hsk.key):
-            raise CsvCertError("CEK certificate is not signed by the HSK")
-        if pek.usage != USAGE_PEK or not pek.signed_by(cek.key):
-            raise CsvCertError("PEK certificate is not signed by this chip's CEK")
-        if not pek.key.verify(report.signed, report.r, report.s):
-            raise CsvCertError("CSV attestation report signature does not verify with the PEK")
+        hsk, cek = load_hsk_cek(self.hsk_cek_dir, chip)
+        verify_chain(report, pek, hrk=self.hrk, hsk=hsk, cek=cek)
 
     def verify(
         self,
@@ -190,10 +116,12 @@ class CsvVerifier:
     ) -> dict[str, Any]:
         report, pek, chip, has_hsk_cek = parse_evidence(untrusted_evidence)
         if has_hsk_cek:
-            raise VerificationError("CSV evidence carrying its own HSK/CEK is not supported; use hsk_cek_dir")
+            raise CsvVerificationError(
+                "CSV evidence carrying its own HSK/CEK is not supported; use hsk_cek_dir"
+            )
         self.verify_chain(report, pek, chip)
         if not hmac.compare_digest(expected_report_data[:64].ljust(64, b"\x00"), report.report_data):
-            raise VerificationError("REPORT_DATA is different from that in CSV Quote")
+            raise CsvVerificationError("REPORT_DATA is different from that in CSV Quote")
         if expected_init_data_hash is not None:
             log.warning("CSV does not support init data hash mechanism; skipped")
         return csv_claims(report, chip)
