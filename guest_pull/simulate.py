@@ -43,6 +43,8 @@ import yaml
 
 from attestation.detect import detect_primary_tee
 from attestation.initdata import ANNOTATION as INITDATA_ANNOTATION
+from coco_common.files import read_bounded
+from coco_common.http import sync_client
 from guest_pull.agent import CdhClient, ImagePullHandler, unseal_env
 from guest_pull.errors import GlueError
 from guest_pull.host import (
@@ -78,12 +80,11 @@ def _free_port() -> int:
 
 def _load_pod(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_POD_BYTES + 1)
+        raw = read_bounded(path, MAX_POD_BYTES)
     except OSError as exc:
         raise GlueError(f"pod: cannot read {path}: {exc.strerror}") from exc
-    if len(raw) > MAX_POD_BYTES:
-        raise GlueError(f"pod: {path} is larger than {MAX_POD_BYTES} bytes")
+    except ValueError as exc:  # larger than MAX_POD_BYTES, or not a regular file
+        raise GlueError(f"pod: {exc}") from exc
     try:
         doc = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
@@ -164,24 +165,25 @@ def _start_kbs(procs: _Procs, work: Path) -> str:
     proc = procs.start([_exe("kbs"), "--config-file", str(cfg)], log)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        if proc.poll() is not None:
-            raise GlueError(
-                f"simulate: kbs exited ({proc.returncode}): {log.read_text(errors='replace')[-500:]}"
-            )
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return url
-        if time.monotonic() > deadline:
-            raise GlueError("simulate: kbs did not become healthy")
-        time.sleep(0.1)
+    with sync_client(timeout=2) as client:
+        while True:
+            if proc.poll() is not None:
+                raise GlueError(
+                    f"simulate: kbs exited ({proc.returncode}): {log.read_text(errors='replace')[-500:]}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(f"{url}/healthz").status_code == 200:
+                    return url
+            if time.monotonic() > deadline:
+                raise GlueError("simulate: kbs did not become healthy")
+            time.sleep(0.1)
 
 
 def _seed(url: str, resources: Mapping[str, bytes]) -> None:
     from kbs_client.policies import builtin_policy
 
     policy = base64.urlsafe_b64encode(builtin_policy("allow_all")).rstrip(b"=").decode()
-    with httpx.Client(base_url=url, timeout=30) as c:
+    with sync_client(base_url=url) as c:
         r = c.post("/kbs/v0/resource-policy", json={"policy": policy})
         if r.status_code != 200:
             raise GlueError(f"simulate: setting the KBS resource policy failed ({r.status_code})")
