@@ -130,14 +130,14 @@ def _profiles(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     from guest_pull.errors import GlueError
-    from guest_pull.simulate import simulate
+    from guest_pull.simulate import read_seed, simulate
 
     resources: dict[str, bytes] = {}
     for item in args.resource or []:
         path, sep, file = item.partition("=")
         if not sep or not path or not file:
             raise GlueError(f"--resource {item!r}: want REPO/TYPE/TAG=FILE")
-        resources[path] = Path(file).read_bytes()
+        resources[path] = read_seed(Path(file), f"--resource {path}")
     _print(
         simulate(
             args.runtime_class,

@@ -56,9 +56,11 @@ from guest_pull.host import (
 from guest_pull.initdata import decode_annotation_value, hypervisor_setting
 from guest_pull.profiles import profile
 
-__all__ = ["simulate"]
+__all__ = ["MAX_POD_BYTES", "MAX_SEED_BYTES", "read_seed", "simulate"]
 
 MAX_POD_BYTES = 1 << 20
+#: a file the simulation seeds into the KBS (``--auth-json``, ``--resource``)
+MAX_SEED_BYTES = 8 << 20
 START_TIMEOUT = 30.0
 
 
@@ -70,6 +72,16 @@ def _exe(name: str) -> str:
     if not found:
         raise GlueError(f"simulate: the {name!r} command is not installed")
     return found
+
+
+def read_seed(path: Path, what: str) -> bytes:
+    """A file to seed into the KBS, bounded; unreadable or too large is a :class:`GlueError`."""
+    try:
+        return read_bounded(path, MAX_SEED_BYTES)
+    except OSError as exc:
+        raise GlueError(f"{what}: cannot read {path}: {exc.strerror}") from exc
+    except ValueError as exc:  # too large, or not a regular file
+        raise GlueError(f"{what}: {exc}") from exc
 
 
 def _free_port() -> int:
@@ -88,9 +100,9 @@ def _load_pod(path: Path) -> dict[str, Any]:
     try:
         doc = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        mark = exc.problem_mark if isinstance(exc, yaml.MarkedYAMLError) else None
+        why = exc.problem if isinstance(exc, yaml.MarkedYAMLError) else None
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        why = getattr(exc, "problem", None)
         raise GlueError(f"pod: {path} is not valid YAML{where}" + (f" ({why})" if why else "")) from exc
     if not isinstance(doc, dict) or doc.get("kind") != "Pod":
         raise GlueError("pod: the document must be a kind: Pod")
@@ -272,7 +284,7 @@ def simulate(
     result: dict[str, Any] = {"runtime_class": runtime_class, "primary_attester": here}
     seed: dict[str, bytes] = dict(resources or {})
     if auth_json is not None:
-        seed["default/credential/simulate"] = auth_json.read_bytes()
+        seed["default/credential/simulate"] = read_seed(auth_json, "--auth-json")
 
     with _workdir(workdir) as work:
         procs = _Procs()

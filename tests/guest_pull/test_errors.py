@@ -16,7 +16,7 @@ from guest_pull.errors import AgentError, GlueError, KernelParamError, PullFaile
 from guest_pull.host import load_annotations
 from guest_pull.initdata import read_annotation_file
 from guest_pull.kernel_params import MAX_CMDLINE_BYTES, read_kernel_params
-from guest_pull.simulate import MAX_POD_BYTES, _load_pod
+from guest_pull.simulate import MAX_POD_BYTES, _load_pod, read_seed
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,6 +95,8 @@ def test_inputs_are_read_bounded(tmp_path: Path) -> None:
         _load_pod(fifo)
     with pytest.raises(GlueError, match="not a regular file"):
         load_annotations(fifo)
+    with pytest.raises(GlueError, match="--auth-json: cannot read"):
+        read_seed(tmp_path / "absent", "--auth-json")
 
 
 def test_json_inputs_are_strict(tmp_path: Path) -> None:
