@@ -195,9 +195,18 @@ getattr(importlib.import_module(module), func)(argv)
 """
 
 #: what an idle AA or CDH must not carry (loaded at first use): the HTTP client,
-#: gRPC, cryptography (~7 MiB resident), importlib.metadata (email, zipfile, csv)
-#: and tempfile (shutil, bz2, lzma, random)
-_FIRST_USE_ONLY = ("httpx", "grpc", "cryptography", "importlib.metadata", "email", "zipfile", "tempfile")
+#: gRPC, cryptography (~7 MiB resident), the image puller (CDH's first PullImage),
+#: importlib.metadata (email, zipfile, csv) and tempfile (shutil, bz2, lzma, random)
+_FIRST_USE_ONLY = (
+    "httpx",
+    "grpc",
+    "cryptography",
+    "image_pull",
+    "importlib.metadata",
+    "email",
+    "zipfile",
+    "tempfile",
+)
 
 
 @pytest.mark.parametrize("daemon", ["attestation-agent", "confidential-data-hub"])
