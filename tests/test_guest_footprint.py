@@ -195,13 +195,18 @@ getattr(importlib.import_module(module), func)(argv)
 """
 
 #: what an idle AA or CDH must not carry (loaded at first use): the HTTP client,
-#: gRPC, cryptography (~7 MiB resident), the image puller (CDH's first PullImage),
+#: gRPC, cryptography (~7 MiB resident), image_pull's engine (CDH's first
+#: PullImage; the registry settings it parses at start are plain data),
 #: importlib.metadata (email, zipfile, csv) and tempfile (shutil, bz2, lzma, random)
 _FIRST_USE_ONLY = (
     "httpx",
     "grpc",
     "cryptography",
-    "image_pull",
+    "image_pull.puller",
+    "image_pull.registry",
+    "image_pull.unpack",
+    "image_pull.trust",
+    "image_pull.ocicrypt",
     "importlib.metadata",
     "email",
     "zipfile",
