@@ -91,7 +91,9 @@ NEEDS_CONFIG = frozenset({"se"})
 
 class UnsupportedTee(KbsError):
     """No verifier for this TEE in this KBS (none exists, it is a dev TEE not enabled,
-    or it needs configuration it was not given)."""
+    or it needs configuration it was not given); answered as trustee's ``AttestationError``."""
+
+    variant = "AttestationError"
 
 
 def auth_extra_params(tee: str, untrusted_params: Any) -> Any:
