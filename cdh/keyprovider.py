@@ -18,10 +18,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from cdh.crypto import CryptoError, b64_std, strict_json, unwrap
+from cdh.crypto import CryptoError, b64_std, unwrap
 from cdh.errors import CdhError, KeyProviderError
 from cdh.kbc import ResourceGetter
 from cdh.sealed_secret import KmsProvider
+from coco_common.strict_json import strict_object
 
 __all__ = ["MAX_KEYPROVIDER_REQUEST_BYTES", "AnnotationPacket", "KbsKeyProvider", "parse_annotation_packet"]
 
@@ -53,12 +54,9 @@ _PACKET_KEYS = {
 
 
 def parse_annotation_packet(untrusted: bytes) -> AnnotationPacket:
-    try:
-        p = strict_json(untrusted)
-    except CryptoError as exc:
-        raise KeyProviderError(f"annotation packet: {exc}") from exc
-    if not isinstance(p, dict):
-        raise KeyProviderError("annotation packet must be a JSON object")
+    p = strict_object(
+        untrusted, limit=MAX_KEYPROVIDER_REQUEST_BYTES, error=KeyProviderError, what="annotation packet"
+    )
     extra = set(p) - _PACKET_KEYS
     if extra:
         raise KeyProviderError(f"unknown fields in annotation packet: {sorted(extra)}")
@@ -116,13 +114,13 @@ class KbsKeyProvider:
 
     async def handle_request(self, untrusted_request: bytes) -> bytes:
         """Answer one ``KeyProviderKeyWrapProtocolInput`` payload (the UnWrapKey RPC)."""
-        if len(untrusted_request) > MAX_KEYPROVIDER_REQUEST_BYTES:
-            raise KeyProviderError("key-provider request too large")
-        try:
-            req = strict_json(untrusted_request)
-        except CryptoError as exc:
-            raise KeyProviderError(f"key-provider request: {exc}") from exc
-        if not isinstance(req, dict) or req.get("op") != "keyunwrap":
+        req = strict_object(
+            untrusted_request,
+            limit=MAX_KEYPROVIDER_REQUEST_BYTES,
+            error=KeyProviderError,
+            what="key-provider request",
+        )
+        if req.get("op") != "keyunwrap":
             raise KeyProviderError('key-provider request op must be "keyunwrap"')
         params = req.get("keyunwrapparams")
         ann = params.get("annotation") if isinstance(params, dict) else None

@@ -29,7 +29,7 @@ from types import MappingProxyType
 from typing import Any
 
 from coco_common.files import read_bounded, write_atomic
-from coco_common.strict_json import strict_loads, strict_object
+from coco_common.strict_json import strict_object
 from coco_rpc import CDH_SOCKET, IMAGE_PULL_SERVICE, SEALED_SECRET_SERVICE, RpcError, connect
 from coco_rpc.protos import api_pb2
 from guest_pull.errors import AgentError, PullFailed
@@ -85,14 +85,12 @@ def image_pull_volume(storage: Storage) -> ImagePullVolume:
     for opt in storage.driver_options:
         key, sep, value = opt.partition("=")
         if sep and key == IMAGE_GUEST_PULL:
-            if len(value) > MAX_DRIVER_OPTION_BYTES:
-                raise AgentError("Storage.driver_options: image_guest_pull value is too large")
-            try:
-                doc = strict_loads(value)
-            except ValueError as exc:
-                raise AgentError("Storage.driver_options: image_guest_pull value is not JSON") from exc
-            if not isinstance(doc, dict):
-                raise AgentError("Storage.driver_options: image_guest_pull must be a JSON object")
+            doc = strict_object(
+                value,
+                limit=MAX_DRIVER_OPTION_BYTES,
+                error=AgentError,
+                what="Storage.driver_options: image_guest_pull value",
+            )
             # absent metadata is an empty map (kata-types serde default; runtime-rs sends {})
             meta = doc.get("metadata", {})
             if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from coco_common.strict_json import strict_loads
+from coco_common.strict_json import strict_object
 from guest_pull.errors import VolumeError
 
 __all__ = [
@@ -179,12 +179,7 @@ def _dm_verity(value: Any) -> DmVerityInfo:
 
 def parse_volume(untrusted_json: bytes | str) -> KataVirtualVolume:
     """Parse and validate one KataVirtualVolume JSON document."""
-    try:
-        doc = strict_loads(untrusted_json)
-    except ValueError as exc:
-        raise VolumeError(f"KataVirtualVolume: not valid JSON ({exc})") from exc
-    if not isinstance(doc, dict):
-        raise VolumeError("KataVirtualVolume: must be a JSON object")
+    doc = strict_object(untrusted_json, error=VolumeError, what="KataVirtualVolume")
     _check_keys(
         doc,
         (

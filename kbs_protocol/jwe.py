@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
 from coco_common.b64 import b64url_decode, b64url_encode
-from coco_common.strict_json import strict_loads
+from coco_common.strict_json import strict_loads, strict_object
 
 from .errors import JweError, TeeKeyError
 
@@ -183,12 +183,7 @@ def encrypt(plaintext: bytes, key: TeePubKey) -> dict[str, str]:
 
 def _parse_jwe(untrusted_jwe: Any) -> tuple[dict[str, Any], str, dict[str, bytes], bytes]:
     if isinstance(untrusted_jwe, bytes | str):
-        if len(untrusted_jwe) > MAX_JWE_BYTES:
-            raise JweError("JWE too large")
-        try:
-            untrusted_jwe = strict_loads(untrusted_jwe)
-        except ValueError as exc:
-            raise JweError("JWE is not JSON") from exc
+        untrusted_jwe = strict_object(untrusted_jwe, limit=MAX_JWE_BYTES, error=JweError, what="JWE")
     if not isinstance(untrusted_jwe, Mapping):
         raise JweError("JWE must be a JSON object")
     parts: dict[str, bytes] = {}

@@ -74,7 +74,7 @@ class TdxAttester:
             return value
         if not self._device.available():
             raise TdxDeviceUnavailable("neither the TDX measurements sysfs nor /dev/tdx_guest is present")
-        return self._device.get_report(bytes(64)).mr_config_id
+        return self._device.get_report(bytes(64)).body.mr_config_id
 
     async def bind_init_data(self, digest: bytes) -> None:
         mr_config_id = await asyncio.to_thread(self._mr_config_id)

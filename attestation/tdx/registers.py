@@ -14,6 +14,7 @@ from typing import Protocol
 from attestation.eventlog.registers import tdx_pcr_to_ccmr
 from attestation.tdx.device import TdxGuestDevice
 from attestation.tdx.errors import TdxDeviceUnavailable, TdxError
+from attestation.tdx.tdreport import TdReport
 
 __all__ = ["TDX_MEASUREMENTS_DIR", "TdxRtmrRegisters"]
 
@@ -21,13 +22,8 @@ TDX_MEASUREMENTS_DIR = "/sys/devices/virtual/misc/tdx_guest/measurements"
 TDX_REGISTER_LEN = 48
 
 
-class _Report(Protocol):
-    @property
-    def rtmrs(self) -> tuple[bytes, bytes, bytes, bytes]: ...
-
-
 class _ReportSource(Protocol):
-    def get_report(self, report_data: bytes) -> _Report: ...
+    def get_report(self, report_data: bytes) -> TdReport: ...
 
 
 class TdxRtmrRegisters:
@@ -58,7 +54,7 @@ class TdxRtmrRegisters:
             return value
         device: _ReportSource = self._device if self._device is not None else TdxGuestDevice()
         report = device.get_report(bytes(64))
-        return report.rtmrs[self.pcr_to_ccmr(pcr) - 1]
+        return report.body.rtmrs[self.pcr_to_ccmr(pcr) - 1]
 
     def extend(self, pcr: int, digest: bytes) -> None:
         if len(digest) > TDX_REGISTER_LEN:

@@ -7,6 +7,10 @@ REPORTMACSTRUCT 256 B (type 4, reserved 12, CPUSVN 16, TEE_TCB_INFO hash 48,
 TDINFO hash 48, REPORTDATA 64, reserved 32, MAC 32), TEE_TCB_INFO 239 B,
 reserved 17, TDINFO 512 B. The MAC is only checkable by the CPU; the two
 SHA-384 hashes inside REPORTMACSTRUCT are checked by :meth:`TdReport.from_bytes`.
+
+The measurement fields are the ones a quote carries: a quote's TD report body is
+TEE_TCB_INFO[8:128] + TDINFO[0:400] + REPORTDATA, so the TDREPORT's are parsed
+into the same :class:`~attestation.tdx.quote.TdReportBody`.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import hashlib
 from dataclasses import dataclass
 
 from attestation.tdx.errors import TdxFormatError
+from attestation.tdx.quote import TdReportBody
 
 __all__ = ["TDREPORT_LEN", "TdReport"]
 
@@ -25,18 +30,9 @@ TDREPORT_LEN = 1024
 class TdReport:
     report_type: bytes
     cpu_svn: bytes
-    report_data: bytes
     mac: bytes
-    tee_tcb_svn: bytes
-    mr_seam: bytes
-    mr_signer_seam: bytes
-    td_attributes: bytes
-    xfam: bytes
-    mr_td: bytes
-    mr_config_id: bytes
-    mr_owner: bytes
-    mr_owner_config: bytes
-    rtmrs: tuple[bytes, bytes, bytes, bytes]
+    #: MRTD, RTMRs, MRCONFIGID, REPORTDATA ... as a quote's TD report body has them
+    body: TdReportBody
     raw: bytes
 
     @classmethod
@@ -52,21 +48,5 @@ class TdReport:
             raise TdxFormatError("TDREPORT TEE_TCB_INFO hash mismatch")
         if hashlib.sha384(td_info).digest() != b[80:128]:
             raise TdxFormatError("TDREPORT TDINFO hash mismatch")
-        t = tee_tcb_info
-        return cls(
-            report_type=b[0:4],
-            cpu_svn=b[16:32],
-            report_data=b[128:192],
-            mac=b[224:256],
-            tee_tcb_svn=t[8:24],
-            mr_seam=t[24:72],
-            mr_signer_seam=t[72:120],
-            td_attributes=td_info[0:8],
-            xfam=td_info[8:16],
-            mr_td=td_info[16:64],
-            mr_config_id=td_info[64:112],
-            mr_owner=td_info[112:160],
-            mr_owner_config=td_info[160:208],
-            rtmrs=(td_info[208:256], td_info[256:304], td_info[304:352], td_info[352:400]),
-            raw=b,
-        )
+        body = TdReportBody.from_bytes(tee_tcb_info[8:128] + td_info[0:400] + b[128:192])
+        return cls(report_type=b[0:4], cpu_svn=b[16:32], mac=b[224:256], body=body, raw=b)

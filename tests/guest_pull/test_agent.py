@@ -17,6 +17,7 @@ from coco_rpc import Code, RpcError, bind
 from coco_rpc.protos import api_pb2
 from coco_rpc.ttrpc import TtrpcServer
 from guest_pull.agent import (
+    MAX_DRIVER_OPTION_BYTES,
     CdhClient,
     ImagePullHandler,
     image_pull_volume,
@@ -141,7 +142,7 @@ def test_driver_options_errors() -> None:
     base = _storage(CONTAINER)
     with pytest.raises(AgentError, match="missing the 'image_guest_pull=' entry"):
         image_pull_volume(Storage("image_guest_pull", ('{"metadata":{}}',), "x", "overlay", (), "/m"))
-    with pytest.raises(AgentError, match="not JSON"):
+    with pytest.raises(AgentError, match="image_guest_pull value: not valid JSON"):
         image_pull_volume(Storage("image_guest_pull", ("image_guest_pull={",), "x", "overlay", (), "/m"))
     with pytest.raises(AgentError, match="metadata map"):
         image_pull_volume(
@@ -150,8 +151,13 @@ def test_driver_options_errors() -> None:
     with pytest.raises(AgentError, match="driver"):
         image_pull_volume(Storage("blk", base.driver_options, "x", "overlay", (), "/m"))
     # the options come from the (untrusted) host: strict JSON, typed errors only
-    for value in ('{"metadata":{"a":"1"},"metadata":{}}', "[" * 100_000 + "]" * 100_000):
-        with pytest.raises(AgentError, match="not JSON"):
+    for value, why in (
+        ('{"metadata":{"a":"1"},"metadata":{}}', "duplicate key"),
+        ("[" * 100_000 + "]" * 100_000, "nested too deeply"),
+        ("[1]", "expected a JSON object"),
+        ("x" * (MAX_DRIVER_OPTION_BYTES + 1), "larger than"),
+    ):
+        with pytest.raises(AgentError, match=why):
             image_pull_volume(
                 Storage("image_guest_pull", (f"image_guest_pull={value}",), "x", "overlay", (), "/m")
             )

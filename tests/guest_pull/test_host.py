@@ -188,7 +188,7 @@ def test_duplicate_keys_rejected() -> None:
 
 def test_deeply_nested_json_is_a_typed_error(tmp_path: Path) -> None:
     deep = "[" * 100_000 + "]" * 100_000
-    with pytest.raises(VolumeError, match="not valid JSON"):
+    with pytest.raises(VolumeError, match="KataVirtualVolume: JSON nested too deeply"):
         parse_volume(deep)
     (tmp_path / "deep.json").write_text(deep)
     with pytest.raises(HostStorageError, match="not valid JSON"):

@@ -130,7 +130,7 @@ async def test_evidence_carries_ccel_and_aael(tmp_path: Path, dev: TdxGuestDevic
 async def test_bind_init_data_via_sysfs_and_ioctl(tmp_path: Path, dev: TdxGuestDevice) -> None:
     a = _attester(tmp_path, dev)
     report = TdReport.from_bytes(TDREPORT.read_bytes())
-    await a.bind_init_data(report.mr_config_id)  # /dev/tdx_guest path
+    await a.bind_init_data(report.body.mr_config_id)  # /dev/tdx_guest path
     with pytest.raises(VerificationError):
         await a.bind_init_data(b"\x01" * 32)
     (tmp_path / "measurements").mkdir()
@@ -138,7 +138,7 @@ async def test_bind_init_data_via_sysfs_and_ioctl(tmp_path: Path, dev: TdxGuestD
     (tmp_path / "measurements" / "mrconfigid").write_bytes(digest + bytes(16))
     await a.bind_init_data(digest)  # sysfs path, 32-byte digest padded to 48
     with pytest.raises(VerificationError):
-        await a.bind_init_data(report.mr_config_id)
+        await a.bind_init_data(report.body.mr_config_id)
 
 
 async def test_no_device_is_unsupported(tmp_path: Path) -> None:
@@ -157,7 +157,7 @@ def test_rtmr_registers_sysfs_and_ioctl_fallback(tmp_path: Path, dev: TdxGuestDe
     a = _attester(tmp_path, dev)
     regs = a.registers()
     report = TdReport.from_bytes(TDREPORT.read_bytes())
-    assert regs.read(17) == report.rtmrs[3] and regs.read(1) == report.rtmrs[0]  # ioctl fallback
+    assert regs.read(17) == report.body.rtmrs[3] and regs.read(1) == report.body.rtmrs[0]  # ioctl fallback
     with pytest.raises(UnsupportedPlatform):
         regs.extend(17, bytes(48))
     m = tmp_path / "measurements"

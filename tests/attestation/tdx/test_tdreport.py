@@ -15,8 +15,8 @@ from ._data import TDREPORT
 def test_tdreport_fields_and_internal_hashes() -> None:
     raw = TDREPORT.read_bytes()
     r = TdReport.from_bytes(raw)
-    assert r.rtmrs[0].hex().startswith("f4ec1a04")
-    assert r.rtmrs[1].hex().startswith("4e5f8826")
+    assert r.body.rtmrs[0].hex().startswith("f4ec1a04")
+    assert r.body.rtmrs[1].hex().startswith("4e5f8826")
     assert hashlib.sha384(raw[512:1024]).digest() == raw[80:128]
     bad = bytearray(raw)
     bad[600] ^= 1  # inside TDINFO -> its hash in REPORTMACSTRUCT no longer matches
