@@ -150,6 +150,16 @@ class _Bit:
         return bool((int(raw) >> self.n) & 1)
 
 
+def _flags_json(obj: object) -> dict[str, object]:
+    """The named :class:`_Bit` flags of ``obj``'s class, in declaration order
+    (``reserved_*`` bits left out): the flags part of ``to_json``."""
+    return {
+        name: getattr(obj, name)
+        for name, attr in vars(type(obj)).items()
+        if isinstance(attr, _Bit) and not name.startswith("reserved")
+    }
+
+
 @dataclass(frozen=True)
 class GuestPolicy:
     """The guest POLICY (8 bytes) chosen by the guest owner at launch."""
@@ -180,15 +190,7 @@ class GuestPolicy:
             "raw": f"{self.raw:#x}",
             "abi_major": self.abi_major,
             "abi_minor": self.abi_minor,
-            "smt_allowed": self.smt_allowed,
-            "migrate_ma": self.migrate_ma,
-            "debug": self.debug,
-            "single_socket": self.single_socket,
-            "cxl_allowed": self.cxl_allowed,
-            "mem_aes_256_xts": self.mem_aes_256_xts,
-            "rapl_dis": self.rapl_dis,
-            "ciphertext_hiding": self.ciphertext_hiding,
-            "page_swap_disable": self.page_swap_disable,
+            **_flags_json(self),
         }
 
 
@@ -207,16 +209,7 @@ class PlatformInfo:
     tio_enabled = _Bit(7)
 
     def to_json(self) -> dict[str, object]:
-        return {
-            "raw": f"{self.raw:#x}",
-            "smt_enabled": self.smt_enabled,
-            "tsme_enabled": self.tsme_enabled,
-            "ecc_enabled": self.ecc_enabled,
-            "rapl_disabled": self.rapl_disabled,
-            "ciphertext_hiding_enabled": self.ciphertext_hiding_enabled,
-            "alias_check_complete": self.alias_check_complete,
-            "tio_enabled": self.tio_enabled,
-        }
+        return {"raw": f"{self.raw:#x}", **_flags_json(self)}
 
 
 @dataclass(frozen=True)
