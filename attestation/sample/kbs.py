@@ -8,6 +8,7 @@ returns trustee's fixed sample claims.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from datetime import datetime
 from typing import Any
 
@@ -18,17 +19,11 @@ from coco_common.b64 import b64_encode
 __all__ = ["SampleDeviceVerifier", "SampleVerifier"]
 
 
-def _check(untrusted_evidence: Any, expected_report_data: bytes, tee: str) -> SampleEvidence:
-    evidence = SampleEvidence.from_json(untrusted_evidence, tee)
-    if evidence.report_data(tee) != expected_report_data:
-        raise SampleVerificationError(f"{tee} report_data does not match the expected runtime data digest")
-    return evidence
+class _ReportDataVerifier(ABC):
+    """Checks the one thing a sample evidence can be checked for, the report-data
+    binding; subclasses name the TEE and say which claims it gives."""
 
-
-class SampleVerifier:
-    """trustee's ``sample`` verifier: byte-equal report data, fixed claims. No signature exists."""
-
-    tee = "sample"
+    tee: str
 
     def verify(
         self,
@@ -38,7 +33,23 @@ class SampleVerifier:
         expected_init_data_hash: bytes | None,
         now: datetime,
     ) -> dict[str, Any]:
-        evidence = _check(untrusted_evidence, expected_report_data, self.tee)
+        evidence = SampleEvidence.from_json(untrusted_evidence, self.tee)
+        if evidence.report_data(self.tee) != expected_report_data:
+            raise SampleVerificationError(
+                f"{self.tee} report_data does not match the expected runtime data digest"
+            )
+        return self._claims(evidence, expected_init_data_hash)
+
+    @abstractmethod
+    def _claims(self, evidence: SampleEvidence, init_data_hash: bytes | None) -> dict[str, Any]: ...
+
+
+class SampleVerifier(_ReportDataVerifier):
+    """trustee's ``sample`` verifier: byte-equal report data, fixed claims. No signature exists."""
+
+    tee = "sample"
+
+    def _claims(self, evidence: SampleEvidence, init_data_hash: bytes | None) -> dict[str, Any]:
         claims: dict[str, Any] = {
             "svn": evidence.svn,
             "report_data": evidence.report_data_b64,
@@ -46,23 +57,15 @@ class SampleVerifier:
             "platform_version": {"major": 1, "minor": 4},
             "debug": False,
         }
-        if expected_init_data_hash is not None:
-            claims["init_data"] = b64_encode(expected_init_data_hash)
+        if init_data_hash is not None:
+            claims["init_data"] = b64_encode(init_data_hash)
         return claims
 
 
-class SampleDeviceVerifier:
+class SampleDeviceVerifier(_ReportDataVerifier):
     """The ``sampledevice`` additional-device verifier: byte-equal report data, the evidence as claims."""
 
     tee = "sampledevice"
 
-    def verify(
-        self,
-        untrusted_evidence: Any,
-        *,
-        expected_report_data: bytes,
-        expected_init_data_hash: bytes | None,
-        now: datetime,
-    ) -> dict[str, Any]:
-        evidence = _check(untrusted_evidence, expected_report_data, self.tee)
+    def _claims(self, evidence: SampleEvidence, init_data_hash: bytes | None) -> dict[str, Any]:
         return {"svn": evidence.svn, "report_data": evidence.report_data_b64}
