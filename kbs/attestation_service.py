@@ -13,12 +13,11 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from attestation.errors import AttestationError as VerifierError
+from attestation.errors import AttestationError
 from attestation.initdata import InitDataError, parse_initdata
 from coco_common.strict_json import strict_loads
 from kbs_client import jwe as client_jwe
-from kbs_client.errors import JweError as ClientJweError
-from kbs_client.errors import TeeKeyError
+from kbs_client.errors import JweError, TeeKeyError
 from kbs_client.jcs import hash_canonical
 from kbs_client.jwe import ALG_ECDH_ES_A256KW, ALG_RSA1_5, ALG_RSA_OAEP_256, TeePubKey
 
@@ -26,7 +25,7 @@ from .annotated import AnnotationError, annotate
 from .bounds import BoundsError, check_shape, elide_long_strings
 from .config import SecurityConfig
 from .ear import Appraisal, EarBroker
-from .errors import AttestationError, KbsError
+from .errors import KbsAttestationError, KbsError
 from .policy import AttestationPolicies
 from .rvps import ReferenceValues
 from .verifiers import DEVICE_TEES, TEE_CLASS, UnsupportedTee, VerifierRegistry
@@ -44,8 +43,10 @@ _MAX_RSA_N_B64 = (16384 // 8 * 4 + 2) // 3
 ATTEST_FAILED = "Attestation error: RCAR handshake Attest failed"
 
 
-class _Reject(Exception):
+class _Reject(KbsAttestationError):
     """Internal: why an /attest failed (logged, never sent to the client)."""
+
+    variant = "AttestationError"
 
 
 def _only(
@@ -139,7 +140,7 @@ def usable_tee_key(key: TeePubKey) -> None:
         raise _Reject("tee-pubkey algorithm is not supported")
     try:
         client_jwe.encrypt(b"probe", key)  # exactly what a resource GET will do with it
-    except ClientJweError as exc:
+    except JweError as exc:
         raise _Reject(f"tee-pubkey is not usable: {exc}") from exc
     except ValueError as exc:  # cryptography refuses some RSA numbers late (even modulus, size)
         raise _Reject("tee-pubkey is not a usable RSA key") from exc
@@ -228,7 +229,7 @@ class AttestationService:
                 expected_init_data_hash=init_hash,
                 now=now,
             )
-        except VerifierError as exc:
+        except AttestationError as exc:
             raise _Reject(f"{tee} evidence rejected: {exc}") from exc
         if not isinstance(claims, dict):
             raise _Reject(f"{tee} verifier returned no claims")
@@ -246,20 +247,20 @@ class AttestationService:
         now: datetime | None = None,
     ) -> str:
         """Verify one /attest body for a session; returns the EAR token or raises
-        :class:`kbs.errors.AttestationError` (details only in the log)."""
+        :class:`kbs.errors.KbsAttestationError` (details only in the log)."""
         t = now if now is not None else datetime.now(UTC)
         try:
             return await self._attest(tee, session_nonce, hash_algorithm, untrusted_body, t)
         except _Reject as exc:
             log.warning("attestation rejected: %s", exc)
-            raise AttestationError(ATTEST_FAILED) from exc
+            raise KbsAttestationError(ATTEST_FAILED) from exc
         except KbsError as exc:
             log.warning("attestation failed: %s: %s", exc.variant, exc.detail)
-            raise AttestationError(ATTEST_FAILED) from exc
+            raise KbsAttestationError(ATTEST_FAILED) from exc
         except (ValueError, TypeError, RecursionError, UnicodeError) as exc:
             # hostile input this code did not foresee: a refusal, never a 500 (details in the log)
             log.warning("attestation failed on unexpected input: %s", type(exc).__name__)
-            raise AttestationError(ATTEST_FAILED) from exc
+            raise KbsAttestationError(ATTEST_FAILED) from exc
 
     async def _attest(self, tee: str, session_nonce: str, alg: str, body: bytes, now: datetime) -> str:
         if tee in DEVICE_TEES:

@@ -1,7 +1,7 @@
 """``kbs-config.toml`` as trustee v0.21 reads it (reference §8), parsed once
 into frozen dataclasses. ``[admin]`` is strict (trustee sets
 ``deny_unknown_fields``); other sections ignore keys we do not use, with a
-warning kept in :attr:`KbsConfig.warnings`, so trustee's own configs load
+warning kept in :attr:`KbsServerConfig.warnings`, so trustee's own configs load
 unchanged. The spellings trustee's serde accepts are accepted here too:
 storage types ``Memory``/``memory``, ``LocalJson``/``local_json``,
 ``LocalFs``/``local_fs``, ``Redis``/``redis``, ``Postgres``/``postgres``;
@@ -27,7 +27,7 @@ import yaml
 from coco_common.cli import closest
 from coco_common.strict_json import strict_loads
 
-from .errors import ConfigError
+from .errors import KbsConfigError
 
 __all__ = [
     "AdminConfig",
@@ -36,7 +36,7 @@ __all__ = [
     "CompatibilityConfig",
     "HttpServerConfig",
     "IdentityProvider",
-    "KbsConfig",
+    "KbsServerConfig",
     "PluginConfig",
     "PostgresConfig",
     "RoleAcl",
@@ -284,7 +284,7 @@ class CompatibilityConfig:
 
 
 @dataclass(frozen=True)
-class KbsConfig:
+class KbsServerConfig:
     http_server: HttpServerConfig
     admin: AdminConfig
     attestation_token: AttestationTokenConfig = field(default_factory=AttestationTokenConfig)
@@ -303,7 +303,7 @@ class KbsConfig:
 def _table(doc: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     v = doc.get(key, {})
     if not isinstance(v, Mapping):
-        raise ConfigError(f"[{key}] must be a table")
+        raise KbsConfigError(f"[{key}] must be a table")
     return v
 
 
@@ -312,16 +312,16 @@ def _typed(tbl: Mapping[str, Any], key: str, typ: type | tuple[type, ...], defau
         return default
     v = tbl[key]
     if typ is int and isinstance(v, bool):
-        raise ConfigError(f"{where}.{key} must be an integer")
+        raise KbsConfigError(f"{where}.{key} must be an integer")
     if not isinstance(v, typ):
-        raise ConfigError(f"{where}.{key} has the wrong type")
+        raise KbsConfigError(f"{where}.{key} has the wrong type")
     return v
 
 
 def _strs(tbl: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
     v = tbl.get(key, [])
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        raise ConfigError(f"{where}.{key} must be a list of strings")
+        raise KbsConfigError(f"{where}.{key} must be a list of strings")
     return tuple(v)
 
 
@@ -343,7 +343,7 @@ def _http(tbl: Mapping[str, Any]) -> HttpServerConfig:
     for sock in sockets:
         host, sep, port = sock.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:
-            raise ConfigError(f"http_server.sockets: {sock!r} is not an address:port")
+            raise KbsConfigError(f"http_server.sockets: {sock!r} is not an address:port")
     cfg = HttpServerConfig(
         sockets=sockets,
         insecure_http=_typed(tbl, "insecure_http", bool, False, w),
@@ -359,20 +359,22 @@ def _http(tbl: Mapping[str, Any]) -> HttpServerConfig:
     )
     for key in ("tls_min_version", "tls_max_version"):
         if getattr(cfg, key) not in (None, "1.2", "1.3"):
-            raise ConfigError(f'http_server.{key} must be "1.2" or "1.3"')
+            raise KbsConfigError(f'http_server.{key} must be "1.2" or "1.3"')
     if cfg.tls_min_version == "1.3" and cfg.tls_max_version == "1.2":
-        raise ConfigError("http_server.tls_min_version cannot be greater than tls_max_version")
+        raise KbsConfigError("http_server.tls_min_version cannot be greater than tls_max_version")
     if cfg.tls_profile not in ("old", "intermediate", "modern", "custom"):
-        raise ConfigError("http_server.tls_profile must be old, intermediate, modern or custom")
+        raise KbsConfigError("http_server.tls_profile must be old, intermediate, modern or custom")
     if not 0 < cfg.payload_request_size <= 1024:
-        raise ConfigError("http_server.payload_request_size must be 1..1024 MiB")
+        raise KbsConfigError("http_server.payload_request_size must be 1..1024 MiB")
     return cfg
 
 
 def _strict(tbl: Mapping[str, Any], allowed: set[str], where: str) -> None:
     extra = sorted(set(tbl) - allowed)
     if extra:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(extra)}{_did_you_mean(extra[0], allowed)}")
+        raise KbsConfigError(
+            f"{where}: unknown field(s) {', '.join(extra)}{_did_you_mean(extra[0], allowed)}"
+        )
 
 
 def _admin(tbl: Mapping[str, Any]) -> AdminConfig:
@@ -381,12 +383,12 @@ def _admin(tbl: Mapping[str, Any]) -> AdminConfig:
     _strict(tbl, {"authorization_mode", "authentication", "authorization"}, "[admin]")
     if "authorization_mode" not in tbl:
         # trustee's AdminConfig is a tagged enum: the tag is required
-        raise ConfigError(
+        raise KbsConfigError(
             "admin.authorization_mode is required (InsecureAllowAll, DenyAll or AuthenticatedAuthorization)"
         )
     mode = tbl["authorization_mode"]
     if mode not in ADMIN_MODES:
-        raise ConfigError(f"admin.authorization_mode must be one of {', '.join(ADMIN_MODES)}")
+        raise KbsConfigError(f"admin.authorization_mode must be one of {', '.join(ADMIN_MODES)}")
     if mode != "AuthenticatedAuthorization":
         return AdminConfig(mode=mode)
     authn = _table(tbl, "authentication")
@@ -398,15 +400,17 @@ def _admin(tbl: Mapping[str, Any]) -> AdminConfig:
     idps: list[IdentityProvider] = []
     raw_idps = bj.get("identity_providers", [])
     if not isinstance(raw_idps, list):
-        raise ConfigError("admin.authentication.bearer_jwt.identity_providers must be a list")
+        raise KbsConfigError("admin.authentication.bearer_jwt.identity_providers must be a list")
     for raw in raw_idps:
         if not isinstance(raw, Mapping):
-            raise ConfigError("admin.authentication.bearer_jwt.identity_providers entries must be tables")
+            raise KbsConfigError("admin.authentication.bearer_jwt.identity_providers entries must be tables")
         _strict(raw, {"issuer", "audience", "public_key_uri", "jwk_set_uri"}, "identity provider")
         vals = {k: raw.get(k) for k in ("issuer", "audience", "public_key_uri", "jwk_set_uri")}
         for k, v in vals.items():
             if not (v is None or isinstance(v, str)):
-                raise ConfigError(f"admin.authentication.bearer_jwt.identity_providers.{k} must be a string")
+                raise KbsConfigError(
+                    f"admin.authentication.bearer_jwt.identity_providers.{k} must be a string"
+                )
         # an entry without a key source, or no entry at all, is refused when the KBS starts
         # (trustee's AdminConfig::validate), not here: see startup_problems
         idps.append(IdentityProvider(**vals))
@@ -415,11 +419,11 @@ def _admin(tbl: Mapping[str, Any]) -> AdminConfig:
     acls: list[RoleAcl] = []
     for raw in ra.get("acls", []):
         if not isinstance(raw, Mapping) or not isinstance(raw.get("role"), str):
-            raise ConfigError("admin.authorization.regex_acl.acls entries need a string role")
+            raise KbsConfigError("admin.authorization.regex_acl.acls entries need a string role")
         _strict(raw, {"role", "allowed_endpoints"}, "acl")
         ep = raw.get("allowed_endpoints")
         if not isinstance(ep, str) or not ep.startswith("^/kbs") or not ep.endswith("$"):
-            raise ConfigError(
+            raise KbsConfigError(
                 "admin.authorization.regex_acl.acls.allowed_endpoints must be a regex anchored as ^/kbs...$"
             )
         acls.append(RoleAcl(raw["role"], ep))
@@ -437,9 +441,9 @@ def _legacy_admin(tbl: Mapping[str, Any]) -> AdminConfig:
         personas.append(LegacyPersona("admin", tbl["auth_public_key"]))
     for raw in tbl.get("personas", []) or []:
         if not isinstance(raw, Mapping) or not isinstance(raw.get("id"), str):
-            raise ConfigError("[[admin.personas]] needs id and public_key_path")
+            raise KbsConfigError("[[admin.personas]] needs id and public_key_path")
         if not isinstance(raw.get("public_key_path"), str):
-            raise ConfigError("[[admin.personas]] needs id and public_key_path")
+            raise KbsConfigError("[[admin.personas]] needs id and public_key_path")
         personas.append(LegacyPersona(raw["id"], raw["public_key_path"]))
     acls = tuple(
         RoleAcl(str(r.get("id")), str(r.get("allowed_endpoints")))
@@ -447,7 +451,7 @@ def _legacy_admin(tbl: Mapping[str, Any]) -> AdminConfig:
         if isinstance(r, Mapping)
     )
     if not personas:
-        raise ConfigError("legacy [admin] needs auth_public_key or personas")
+        raise KbsConfigError("legacy [admin] needs auth_public_key or personas")
     return AdminConfig(mode="Legacy", personas=tuple(personas), acls=acls)
 
 
@@ -504,7 +508,7 @@ def _as(tbl: Mapping[str, Any]) -> AttestationServiceConfig:
     w = "attestation_service"
     raw_type = tbl.get("type", "coco_as_builtin")
     if not isinstance(raw_type, str) or raw_type not in AS_TYPES:
-        raise ConfigError(f"attestation_service.type {raw_type!r} is not one of {', '.join(AS_TYPES)}")
+        raise KbsConfigError(f"attestation_service.type {raw_type!r} is not one of {', '.join(AS_TYPES)}")
     typ = AS_TYPES[raw_type]
     _unused(tbl, _AS_COMMON | _AS_KEYS[typ], w)
     d = AttestationServiceConfig()
@@ -512,7 +516,7 @@ def _as(tbl: Mapping[str, Any]) -> AttestationServiceConfig:
     if typ == "coco_as_grpc":
         pool = _typed(tbl, "pool_size", int, 100, w)
         if pool < 1:
-            raise ConfigError("attestation_service.pool_size must be at least 1")
+            raise KbsConfigError("attestation_service.pool_size must be at least 1")
         return AttestationServiceConfig(
             type=typ,
             timeout_min=timeout,
@@ -522,7 +526,7 @@ def _as(tbl: Mapping[str, Any]) -> AttestationServiceConfig:
     if typ == "intel_ta":
         for k in ("base_url", "api_key", "certs_file"):
             if k not in tbl:
-                raise ConfigError(f"attestation_service.{k} is required for intel_ta")
+                raise KbsConfigError(f"attestation_service.{k} is required for intel_ta")
         return AttestationServiceConfig(
             type=typ,
             timeout_min=timeout,
@@ -536,14 +540,14 @@ def _as(tbl: Mapping[str, Any]) -> AttestationServiceConfig:
     bw = f"{w}.attestation_token_broker"
     _unused(broker, _BROKER_KEYS, bw)
     if broker.get("type", "Ear") not in ("Ear", "ear"):
-        raise ConfigError(f"{bw}.type must be Ear (the only token broker trustee v0.21 has)")
+        raise KbsConfigError(f"{bw}.type must be Ear (the only token broker trustee v0.21 has)")
     signer = _table(broker, "signer")
     _unused(signer, {"key_path", "cert_path", "cert_url"}, f"{bw}.signer")
     rv = _table(tbl, "rvps_config")
     rvw = f"{w}.rvps_config"
     rvps_type = _typed(rv, "type", str, "BuiltIn", rvw)
     if rvps_type not in ("BuiltIn", "GrpcRemote"):
-        raise ConfigError(f"{rvw}.type must be BuiltIn or GrpcRemote")
+        raise KbsConfigError(f"{rvw}.type must be BuiltIn or GrpcRemote")
     _unused(
         rv,
         {"type", "address", "storage", "extractors"} if rvps_type == "BuiltIn" else {"type", "address"},
@@ -551,12 +555,12 @@ def _as(tbl: Mapping[str, Any]) -> AttestationServiceConfig:
     )
     vc = tbl.get("verifier_config", {})
     if not isinstance(vc, Mapping):
-        raise ConfigError("attestation_service.verifier_config must be a table")
+        raise KbsConfigError("attestation_service.verifier_config must be a table")
     ours = {k: v for k, v in vc.items() if k not in UPSTREAM_VERIFIER_SECTIONS}
     theirs = {k: v for k, v in vc.items() if k in UPSTREAM_VERIFIER_SECTIONS}
     for k, v in {**ours, **theirs}.items():
         if not isinstance(v, Mapping):
-            raise ConfigError(f"attestation_service.verifier_config.{k} must be a table")
+            raise KbsConfigError(f"attestation_service.verifier_config.{k} must be a table")
     for k in theirs:
         _warn(
             f"attestation_service.verifier_config.{k} (trustee's verifier options) is kept but not applied: "
@@ -564,7 +568,7 @@ def _as(tbl: Mapping[str, Any]) -> AttestationServiceConfig:
         )
     ast = tbl.get("storage_type")
     if ast is not None and ast not in STORAGE_TYPES:
-        raise ConfigError(
+        raise KbsConfigError(
             f"attestation_service.storage_type {ast!r} is not one of {', '.join(STORAGE_TYPES)}"
         )
     return AttestationServiceConfig(
@@ -589,7 +593,7 @@ def _as(tbl: Mapping[str, Any]) -> AttestationServiceConfig:
 
 def _storage_type(v: Any, where: str) -> str:
     if not isinstance(v, str) or v not in STORAGE_TYPES:
-        raise ConfigError(f"{where} {v!r} is not one of {', '.join(STORAGE_TYPES)}")
+        raise KbsConfigError(f"{where} {v!r} is not one of {', '.join(STORAGE_TYPES)}")
     return STORAGE_TYPES[v]
 
 
@@ -620,7 +624,7 @@ def _storage(tbl: Mapping[str, Any], top_session: Any) -> StorageConfig:
     dp = PostgresConfig()
     port = _typed(pg, "port", int, dp.port, f"{bw}.postgres")
     if not 0 < port < 65536:
-        raise ConfigError(f"{bw}.postgres.port must be 1..65535")
+        raise KbsConfigError(f"{bw}.postgres.port must be 1..65535")
     return StorageConfig(
         storage_type=st,
         local_fs_dir=_typed(lfs, "dir_path", str, d.local_fs_dir, f"{bw}.local_fs"),
@@ -655,7 +659,7 @@ def _security(tbl: Mapping[str, Any]) -> SecurityConfig:
         dev = _strs(tbl, "dev_verifiers", w)
         bad = sorted(set(dev) - set(DEV_VERIFIERS))
         if bad:
-            raise ConfigError(f"security.dev_verifiers: unknown dev verifier(s) {', '.join(bad)}")
+            raise KbsConfigError(f"security.dev_verifiers: unknown dev verifier(s) {', '.join(bad)}")
     ints = {
         k: _typed(tbl, k, int, getattr(d, k), w)
         for k in ("max_sessions", "max_token_bytes", "max_evidence_bytes", "max_init_data_bytes",
@@ -663,52 +667,52 @@ def _security(tbl: Mapping[str, Any]) -> SecurityConfig:
     }  # fmt: skip
     for k, v in ints.items():
         if v < 1:
-            raise ConfigError(f"security.{k} must be positive")
+            raise KbsConfigError(f"security.{k} must be positive")
     timeout = _typed(tbl, "policy_timeout_s", (int, float), d.policy_timeout_s, w)
     if isinstance(timeout, bool) or not 0 < timeout <= 600:
-        raise ConfigError("security.policy_timeout_s must be in (0, 600]")
+        raise KbsConfigError("security.policy_timeout_s must be in (0, 600]")
     return SecurityConfig(dev_verifiers=dev, policy_timeout_s=float(timeout), **ints)
 
 
 def _plugin(raw: Any) -> PluginConfig:
     if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str):
-        raise ConfigError("plugins: every [[plugins]] entry needs a string name")
+        raise KbsConfigError("plugins: every [[plugins]] entry needs a string name")
     if raw["name"] not in PLUGIN_NAMES:
-        raise ConfigError(f"plugins.name {raw['name']!r} is not one of {', '.join(PLUGIN_NAMES)}")
+        raise KbsConfigError(f"plugins.name {raw['name']!r} is not one of {', '.join(PLUGIN_NAMES)}")
     name = PLUGIN_NAMES[raw["name"]]
     opts = {k: v for k, v in raw.items() if k != "name"}
     w = f"plugins.{name}"
     if name == "resource":
         sbt = opts.get("storage_backend_type", "kvstorage")
         if sbt not in ("kvstorage", "aliyun", "aws", "gcp", "vault", "Aliyun", "Aws", "Gcp", "Vault"):
-            raise ConfigError(f"{w}.storage_backend_type {sbt!r} is not a resource backend trustee has")
+            raise KbsConfigError(f"{w}.storage_backend_type {sbt!r} is not a resource backend trustee has")
     elif name == "sample":
         _typed(opts, "item", str, None, w)
     elif name == "pkcs11":
         for k in ("module", "pin"):
             if not isinstance(opts.get(k), str):
-                raise ConfigError(f"{w}.{k} is required (a string)")
+                raise KbsConfigError(f"{w}.{k} is required (a string)")
         _typed(opts, "slot_index", int, 0, w)
         _typed(opts, "lookup_label", str, "", w)
         if opts.get("rsa_mechanism", "RsaPkcsOaep") not in ("RsaPkcsOaep", "RsaPkcsTest"):
-            raise ConfigError(f"{w}.rsa_mechanism must be RsaPkcsOaep or RsaPkcsTest")
+            raise KbsConfigError(f"{w}.rsa_mechanism must be RsaPkcsOaep or RsaPkcsTest")
     elif name == "external":
         backends = opts.get("backends", [])
         if not isinstance(backends, list):
-            raise ConfigError(f"{w}.backends must be a list")
+            raise KbsConfigError(f"{w}.backends must be a list")
         for b in backends:
             if not isinstance(b, Mapping) or not isinstance(b.get("name"), str):
-                raise ConfigError(f"{w}.backends entries need a string name")
+                raise KbsConfigError(f"{w}.backends entries need a string name")
             if not isinstance(b.get("endpoint"), str):
-                raise ConfigError(f"{w}.backends.endpoint must be a string")
+                raise KbsConfigError(f"{w}.backends.endpoint must be a string")
             _typed(b, "timeout_ms", int, None, f"{w}.backends")
             _typed(b, "ca_cert_path", str, None, f"{w}.backends")
             _typed(b, "tls_mode", str, None, f"{w}.backends")
     return PluginConfig(name, opts)
 
 
-def parse_config(doc: Mapping[str, Any], base_dir: str = ".") -> KbsConfig:
-    """Validate ``doc`` as trustee's ``KbsConfig`` deserialisation does; a :class:`ConfigError`
+def parse_config(doc: Mapping[str, Any], base_dir: str = ".") -> KbsServerConfig:
+    """Validate ``doc`` as trustee's ``KbsServerConfig`` deserialisation does; a :class:`KbsConfigError`
     names the offending key."""
     sink: list[str] = []
     tok = _warnings.set(sink)
@@ -719,10 +723,10 @@ def parse_config(doc: Mapping[str, Any], base_dir: str = ".") -> KbsConfig:
     return replace(cfg, warnings=tuple(sink))
 
 
-def _parse(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
+def _parse(doc: Mapping[str, Any], base_dir: str) -> KbsServerConfig:
     for required in ("http_server", "admin"):
         if required not in doc:
-            raise ConfigError(f"the [{required}] section is required")
+            raise KbsConfigError(f"the [{required}] section is required")
     _unused(
         doc,
         {
@@ -740,9 +744,9 @@ def _parse(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
     )
     raw_plugins = doc.get("plugins", []) or []
     if not isinstance(raw_plugins, list):
-        raise ConfigError("plugins must be a list of [[plugins]] tables")
+        raise KbsConfigError("plugins must be a list of [[plugins]] tables")
     pcs = tuple(_plugin(p) for p in raw_plugins)
-    return KbsConfig(
+    return KbsServerConfig(
         http_server=_http(_table(doc, "http_server")),
         admin=_admin(_table(doc, "admin")),
         attestation_token=_token(_table(doc, "attestation_token")),
@@ -825,14 +829,14 @@ def _redact(v: Any) -> Any:
     return v
 
 
-def effective_config(cfg: KbsConfig) -> dict[str, Any]:
+def effective_config(cfg: KbsServerConfig) -> dict[str, Any]:
     """The parsed config as plain JSON-able data (secrets redacted), for ``kbs --check``."""
     out = _redact(asdict(cfg))
     assert isinstance(out, dict)
     return out
 
 
-def startup_problems(cfg: KbsConfig) -> list[str]:
+def startup_problems(cfg: KbsServerConfig) -> list[str]:
     """What would stop this KBS from starting with ``cfg`` although the file loads: checks trustee
     makes when it starts, and services this KBS does not serve. The server refuses to start on any."""
     out: list[str] = []
@@ -884,7 +888,7 @@ class _StrictYamlLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_config(path: str) -> KbsConfig:
+def load_config(path: str) -> KbsServerConfig:
     """Read a TOML (or YAML / JSON, by extension) config file."""
     # relative paths in the file (keys, storage dirs) are read from the working directory, as trustee
     return parse_config(load_document(path), ".")
@@ -897,9 +901,9 @@ def load_document(path: str) -> Mapping[str, Any]:
         with p.open("rb") as fh:
             raw = fh.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+        raise KbsConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
     if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError("config file too large")
+        raise KbsConfigError("config file too large")
     try:
         if p.suffix in (".yaml", ".yml"):
             doc = yaml.load(raw, Loader=_StrictYamlLoader)  # noqa: S506 - a SafeLoader subclass
@@ -908,7 +912,7 @@ def load_document(path: str) -> Mapping[str, Any]:
         else:
             doc = tomllib.loads(raw.decode("utf-8"))
     except (ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"config file {path} does not parse: {exc}") from exc
+        raise KbsConfigError(f"config file {path} does not parse: {exc}") from exc
     if not isinstance(doc, Mapping):
-        raise ConfigError("config file must hold a table")
+        raise KbsConfigError("config file must hold a table")
     return doc

@@ -25,7 +25,7 @@ import grpc
 
 from coco_common.strict_json import strict_loads
 
-from .errors import AttestationError, PluginNotFound, RvpsError
+from .errors import KbsAttestationError, PluginNotFound, RvpsError
 from .protos import attestation_pb2 as as_pb
 from .protos import reference_pb2 as rv_pb
 from .storage import NS_ATTESTATION_POLICY, KvStore
@@ -149,7 +149,7 @@ class AsClient(_Client):
             log.warning(
                 "remote attestation service refused: %s %s", exc.code().name, (exc.details() or "")[:300]
             )
-            raise AttestationError(_ATTEST_FAILED) from exc
+            raise KbsAttestationError(_ATTEST_FAILED) from exc
         return str(resp.attestation_token)
 
     async def set_policy(self, policy_id: str, policy_b64url: str) -> None:
@@ -159,7 +159,7 @@ class AsClient(_Client):
                 as_pb.SetPolicyRequest(policy_id=policy_id, policy=policy_b64url), timeout=CALL_TIMEOUT_S
             )
         except grpc.aio.AioRpcError as exc:
-            raise AttestationError(f"Attestation error: set policy failed: {exc.code().name}") from exc
+            raise KbsAttestationError(f"Attestation error: set policy failed: {exc.code().name}") from exc
 
 
 def _b64url(raw: bytes) -> str:
@@ -228,11 +228,11 @@ class RemoteAttestationService:
                             runtime_data_hash_algorithm=hash_algorithm,
                         )
                     )
-        except AttestationError:
+        except KbsAttestationError:
             raise
         except Exception as exc:  # a malformed body: the details go to the log only
             log.warning("attestation rejected: %s", exc)
-            raise AttestationError(_ATTEST_FAILED) from exc
+            raise KbsAttestationError(_ATTEST_FAILED) from exc
         return await self.client.evaluate(reqs, ["default"])
 
 

@@ -33,7 +33,7 @@ from kbs_client.jcs import hash_canonical
 from .attestation_service import AttestationService, _annotate, _init_data, _Reject
 from .config import load_document, parse_as_server_config, parse_compatibility, security_config
 from .ear import Appraisal, EarBroker
-from .errors import AttestationError, ConfigError, KbsError
+from .errors import KbsAttestationError, KbsConfigError, KbsError
 from .grpc_api import (
     AS_SERVICE,
     MAX_GRPC_MESSAGE,
@@ -136,7 +136,7 @@ class AttestationServer:
             token = await evaluate(self.svc, req)
         except _Reject as exc:
             log.warning("attestation rejected: %s", exc)
-            raise AttestationError("Attestation error: evidence rejected") from exc
+            raise KbsAttestationError("Attestation error: evidence rejected") from exc
         except KbsError as exc:
             log.warning("attestation failed: %s: %s", exc.variant, exc.detail)
             raise
@@ -254,7 +254,7 @@ async def build_service(doc: Any) -> tuple[AttestationService, list[KvStore | Rv
         rvps = ReferenceValues(store, hide_expired=compat.hide_expired_reference_values)
     sec_doc = doc.get("security", {}) if isinstance(doc, dict) else {}
     if not isinstance(sec_doc, dict):
-        raise ConfigError("security must be a table")
+        raise KbsConfigError("security must be a table")
     sec = security_config(sec_doc)
     dev = sec.dev_verifiers or ()
     if dev:

@@ -28,7 +28,7 @@ from coco_common.strict_json import strict_loads
 
 from .config import AttestationServiceConfig
 from .ear import TokenVerifier
-from .errors import AttestationError, KbsError, RvpsError
+from .errors import KbsAttestationError, KbsError, RvpsError
 from .jwks import load_jwk_set
 
 __all__ = ["IntelTrustAuthority", "ItaReferenceValues"]
@@ -53,7 +53,7 @@ def _serde_json(v: Any) -> str:
 
 class _NoPolicies:
     async def set(self, policy_id: str, policy: bytes) -> None:
-        raise AttestationError("Set policy failed: Set Policy API is unimplemented")
+        raise KbsAttestationError("Set policy failed: Set Policy API is unimplemented")
 
     async def list_ids(self) -> list[str]:
         return []
@@ -72,7 +72,7 @@ class ItaReferenceValues:
 class IntelTrustAuthority:
     def __init__(self, cfg: AttestationServiceConfig, *, client: httpx.AsyncClient | None = None) -> None:
         if not cfg.ita_base_url or not cfg.ita_api_key or not cfg.ita_certs_file:
-            raise AttestationError("intel_ta needs base_url, api_key and certs_file")
+            raise KbsAttestationError("intel_ta needs base_url, api_key and certs_file")
         self._base = cfg.ita_base_url.rstrip("/")
         self._api_key = cfg.ita_api_key
         self._policy_ids = list(cfg.ita_policy_ids)
@@ -92,9 +92,9 @@ class IntelTrustAuthority:
         have = {a.lower() for a in algs if isinstance(a, str)}
         need = {"tdx": "sha512", "sgx": "sha256", "az-tdx-vtpm": "sha256"}.get(tee)
         if need is None:
-            raise AttestationError("Attestation error: ITA: Unknown TEE specified")
+            raise KbsAttestationError("Attestation error: ITA: Unknown TEE specified")
         if need not in have:
-            raise AttestationError(f"Attestation error: ITA: {tee} TEE does not support {need}")
+            raise KbsAttestationError(f"Attestation error: ITA: {tee} TEE does not support {need}")
         return need, {"selected-hash-algorithm": need}
 
     def _request(
@@ -147,7 +147,7 @@ class IntelTrustAuthority:
             raise
         except Exception as exc:
             log.warning("attestation rejected: %s", exc)
-            raise AttestationError(_FAILED) from exc
+            raise KbsAttestationError(_FAILED) from exc
         return await self._post(body)
 
     async def _post(self, body: dict[str, Any]) -> str:
@@ -165,10 +165,10 @@ class IntelTrustAuthority:
                 status = r.status_code
         except HttpBodyError as exc:  # too large, refused/corrupt coding, cut mid-body
             log.warning("Intel Trust Authority answer unusable: %s", exc)
-            raise AttestationError(_FAILED) from None
+            raise KbsAttestationError(_FAILED) from exc
         except httpx.HTTPError as exc:
             log.warning("Intel Trust Authority unreachable: %s", type(exc).__name__)
-            raise AttestationError(_FAILED) from exc
+            raise KbsAttestationError(_FAILED) from exc
         try:
             doc = json.loads(raw)
         except ValueError:
@@ -176,16 +176,16 @@ class IntelTrustAuthority:
         if status != 200:
             err = doc.get("error") if isinstance(doc, dict) else None
             log.warning("ITA attestation request failed: status=%s message=%s", status, str(err)[:200])
-            raise AttestationError(_FAILED)
+            raise KbsAttestationError(_FAILED)
         token = doc.get("token") if isinstance(doc, dict) else None
         if not isinstance(token, str):
             log.warning("ITA answer has no token")
-            raise AttestationError(_FAILED)
+            raise KbsAttestationError(_FAILED)
         try:
             self._verifier.verify(token)
         except KbsError as exc:
             log.warning("ITA token refused: %s", exc.detail)
-            raise AttestationError(_FAILED) from exc
+            raise KbsAttestationError(_FAILED) from exc
         return token
 
     async def close(self) -> None:

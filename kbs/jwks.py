@@ -10,7 +10,7 @@ from coco_common.strict_json import strict_loads
 from kbs_client.errors import TokenError
 from kbs_client.jws import PublicVerifyKey, jwk_to_public_key
 
-from .errors import ConfigError
+from .errors import KbsConfigError
 
 __all__ = ["MAX_JWKS_BYTES", "load_jwk_set"]
 
@@ -23,7 +23,7 @@ MAX_JWKS_BYTES = 1024 * 1024
 def load_jwk_set(uri: str, base_dir: str | None = None) -> dict[str, PublicVerifyKey]:
     """``kid`` -> public key for a local JWK set (a path or ``file://`` URI; relative
     paths are taken from ``base_dir`` when given). Keys without a ``kid`` are
-    skipped; anything malformed is a :class:`ConfigError`."""
+    skipped; anything malformed is a :class:`KbsConfigError`."""
     if uri.startswith(("http://", "https://")):
         return _parse(uri, _fetch(uri))
     p = Path(uri.removeprefix("file://"))
@@ -33,9 +33,9 @@ def load_jwk_set(uri: str, base_dir: str | None = None) -> dict[str, PublicVerif
         with p.open("rb") as fh:
             raw = fh.read(MAX_JWKS_BYTES + 1)
     except OSError as exc:
-        raise ConfigError(f"cannot read JWK set {uri}: {exc.strerror}") from exc
+        raise KbsConfigError(f"cannot read JWK set {uri}: {exc.strerror}") from exc
     if len(raw) > MAX_JWKS_BYTES:
-        raise ConfigError(f"JWK set {uri} is larger than {MAX_JWKS_BYTES} bytes")
+        raise KbsConfigError(f"JWK set {uri} is larger than {MAX_JWKS_BYTES} bytes")
     return _parse(uri, raw)
 
 
@@ -51,33 +51,33 @@ def _fetch(uri: str) -> bytes:
     try:
         with httpx.Client(timeout=15, follow_redirects=False) as c, c.stream("GET", uri) as r:
             if r.status_code != 200:
-                raise ConfigError(f"JWK set {uri}: HTTP {r.status_code}")
+                raise KbsConfigError(f"JWK set {uri}: HTTP {r.status_code}")
             return read_body_sync(r, MAX_JWKS_BYTES, decode=DECODABLE, what=f"JWK set {uri}")
-    except BodyTooLarge:
-        raise ConfigError(f"JWK set {uri} is larger than {MAX_JWKS_BYTES} bytes") from None
+    except BodyTooLarge as exc:
+        raise KbsConfigError(f"JWK set {uri} is larger than {MAX_JWKS_BYTES} bytes") from exc
     except HttpBodyError as exc:
-        raise ConfigError(f"cannot fetch JWK set {uri}: {exc}") from None
+        raise KbsConfigError(f"cannot fetch JWK set {uri}: {exc}") from exc
     except httpx.HTTPError as exc:
-        raise ConfigError(f"cannot fetch JWK set {uri}: {type(exc).__name__}") from exc
+        raise KbsConfigError(f"cannot fetch JWK set {uri}: {type(exc).__name__}") from exc
 
 
 def _parse(uri: str, raw: bytes) -> dict[str, PublicVerifyKey]:
     try:
         doc = strict_loads(raw)
     except ValueError as exc:
-        raise ConfigError(f"JWK set {uri} is not valid JSON") from exc
+        raise KbsConfigError(f"JWK set {uri} is not valid JSON") from exc
     keys = doc.get("keys") if isinstance(doc, dict) else None
     if not isinstance(keys, list):
-        raise ConfigError(f"JWK set {uri} has no keys array")
+        raise KbsConfigError(f"JWK set {uri} has no keys array")
     out: dict[str, PublicVerifyKey] = {}
     for k in keys:
         if not isinstance(k, dict):
-            raise ConfigError(f"JWK set {uri}: an entry is not a JSON object")
+            raise KbsConfigError(f"JWK set {uri}: an entry is not a JSON object")
         kid = k.get("kid")
         if not isinstance(kid, str):
             continue
         try:
             out[kid] = jwk_to_public_key(k)
         except TokenError as exc:
-            raise ConfigError(f"JWK set {uri}: bad key {kid[:64]!r}") from exc
+            raise KbsConfigError(f"JWK set {uri}: bad key {kid[:64]!r}") from exc
     return out

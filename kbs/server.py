@@ -22,23 +22,24 @@ from typing import Any
 
 from aiohttp import web
 
-from attestation.errors import AttestationError as VerifierError
+from attestation.errors import AttestationError
 from coco_common.strict_json import strict_loads
 from kbs_client import jwe as client_jwe
 from kbs_client._b64 import unb64url
-from kbs_client.errors import JweError as ClientJweError
+from kbs_client.errors import JweError
 
-from .admin_auth import AdminAuthorizer, AdminDenied
+from .admin_auth import AdminAuthorizer
 from .attestation_service import AttestationService
-from .config import KbsConfig, startup_problems
+from .config import KbsServerConfig, startup_problems
 from .ear import EarBroker, TokenVerifier, extract_tee_pubkey
 from .errors import (
+    AdminAccessDenied,
     AdminAuthAccess,
     AdminAuthInitialization,
-    AttestationError,
-    ConfigError,
-    JweError,
+    KbsAttestationError,
+    KbsConfigError,
     KbsError,
+    KbsJweError,
     ParsePolicyError,
     PluginInternalError,
     PluginNotFound,
@@ -100,7 +101,7 @@ def _audit_fields(request: web.Request, segs: list[str], claims: Any) -> dict[st
 
 @dataclass
 class KbsState:
-    config: KbsConfig
+    config: KbsServerConfig
     store: KvStore
     sessions: SessionStore
     admin: AdminAuthorizer
@@ -114,7 +115,7 @@ class KbsState:
     client_plugins: dict[str, ClientPlugin] = field(default_factory=dict)
 
 
-def _make_store(kind: str, cfg: KbsConfig, cache: dict[str, KvStore]) -> KvStore:
+def _make_store(kind: str, cfg: KbsServerConfig, cache: dict[str, KvStore]) -> KvStore:
     if kind in cache:
         return cache[kind]
     st: KvStore
@@ -130,18 +131,18 @@ def _make_store(kind: str, cfg: KbsConfig, cache: dict[str, KvStore]) -> KvStore
         pg = cfg.storage.postgres
         st = PostgresStore.from_config(pg.db, pg.username, pg.password, pg.host, pg.port)
     else:
-        raise ConfigError(f"storage type {kind} not supported")
+        raise KbsConfigError(f"storage type {kind} not supported")
     cache[kind] = st
     return st
 
 
 async def build_state(
-    cfg: KbsConfig, *, registry: VerifierRegistry | None = None, broker: EarBroker | None = None
+    cfg: KbsServerConfig, *, registry: VerifierRegistry | None = None, broker: EarBroker | None = None
 ) -> KbsState:
     """Everything the HTTP layer needs, built from a parsed config."""
     problems = startup_problems(cfg)
     if problems:
-        raise ConfigError("; ".join(problems))
+        raise KbsConfigError("; ".join(problems))
     cache: dict[str, KvStore] = {}
     base = _make_store(cfg.storage.storage_type, cfg, cache)
     store: KvStore = base
@@ -156,7 +157,7 @@ async def build_state(
                 await st.ping()
             except KbsError as exc:
                 where = "Redis" if isinstance(st, RedisStore) else "PostgreSQL"
-                raise ConfigError(f"the {where} storage backend is not reachable") from exc
+                raise KbsConfigError(f"the {where} storage backend is not reachable") from exc
     a = cfg.attestation_service
     if broker is None:
         kw: dict[str, Any] = {
@@ -319,30 +320,32 @@ class _Handlers:
         try:
             doc = strict_loads(raw)
         except ValueError as exc:
-            raise AttestationError(AUTH_DESERIALIZE) from exc
+            raise KbsAttestationError(AUTH_DESERIALIZE) from exc
         fields = {"version", "tee", "extra-params"}
         if not isinstance(doc, dict) or not fields <= set(doc):
-            raise AttestationError(AUTH_DESERIALIZE)
+            raise KbsAttestationError(AUTH_DESERIALIZE)
         if set(doc) != fields and self.s.config.compatibility.strict_request_bodies:
-            raise AttestationError(AUTH_DESERIALIZE)
+            raise KbsAttestationError(AUTH_DESERIALIZE)
         version, tee = doc["version"], doc["tee"]
         if not isinstance(version, str) or not isinstance(tee, str):
-            raise AttestationError(AUTH_DESERIALIZE)
+            raise KbsAttestationError(AUTH_DESERIALIZE)
         # semver "=0.4.0": build metadata is ignored, a pre-release does not match
         if not _SEMVER.match(version) or version.split("+", 1)[0] != PROTOCOL_VERSION:
-            raise AttestationError(
+            raise KbsAttestationError(
                 "Attestation error: RCAR handshake Auth failed: KBS Client Protocol Version Mismatch: "
                 f"expect ={PROTOCOL_VERSION} while the request is {version[:40]}"
             )
         if tee not in KNOWN_TEES:
-            raise AttestationError(AUTH_DESERIALIZE)
+            raise KbsAttestationError(AUTH_DESERIALIZE)
         if tee in DEVICE_TEES:
             # a device TEE attests an accelerator, not the CPU the workload runs on
-            raise AttestationError(
+            raise KbsAttestationError(
                 f"Attestation error: RCAR handshake Auth failed: {tee} is a device TEE, not a primary TEE"
             )
         if isinstance(self.s.service, AttestationService) and self.s.service.registry.disabled(tee):
-            raise AttestationError(f"Attestation error: RCAR handshake Auth failed: tee {tee} is not enabled")
+            raise KbsAttestationError(
+                f"Attestation error: RCAR handshake Auth failed: tee {tee} is not enabled"
+            )
         alg = "sha512" if tee == "se" else "sha384"
         nonce: str | None = None
         try:  # se: the verifier's attestation request is the nonce (trustee's supplemental challenge)
@@ -351,8 +354,8 @@ class _Handlers:
                 nonce = await asyncio.to_thread(
                     self.s.service.registry.supplemental_challenge, tee, doc["extra-params"]
                 )
-        except (UnsupportedTee, VerifierError) as exc:
-            raise AttestationError(f"Attestation error: RCAR handshake Auth failed: {exc}") from exc
+        except (UnsupportedTee, AttestationError) as exc:
+            raise KbsAttestationError(f"Attestation error: RCAR handshake Auth failed: {exc}") from exc
         if isinstance(self.s.service, IntelTrustAuthority):  # trustee's ITA backend picks the hash
             alg, extra = self.s.service.select_hash_algorithm(tee, doc["extra-params"])
         sess = await self.s.sessions.create(tee, hash_algorithm=alg, nonce=nonce)
@@ -366,11 +369,11 @@ class _Handlers:
         sess = await self.s.sessions.get(request.cookies.get(SESSION_COOKIE))
         if sess is None:
             self.s.metrics.inc("kbs_attestations_total", result="no_session")
-            raise AttestationError("Attestation error: RCAR handshake Attest failed")
+            raise KbsAttestationError("Attestation error: RCAR handshake Attest failed")
         async with self.s.sessions.lock(sess.id):  # one nonce, one attestation
             fresh = await self.s.sessions.get(sess.id)
             if fresh is None:
-                raise AttestationError("Attestation error: RCAR handshake Attest failed")
+                raise KbsAttestationError("Attestation error: RCAR handshake Attest failed")
             sess = fresh
             if sess.token is None:
                 try:
@@ -380,7 +383,7 @@ class _Handlers:
                         hash_algorithm=sess.hash_algorithm,
                         untrusted_body=raw,
                     )
-                except AttestationError:
+                except KbsAttestationError:
                     self.s.metrics.inc("kbs_attestations_total", result="rejected")
                     raise
                 sess = await self.s.sessions.mark_attested(sess, token)
@@ -410,7 +413,7 @@ class _Handlers:
     def _admin(self, request: web.Request, err: type[KbsError]) -> None:
         try:
             role = self.s.admin.check(self.acl_path(request), request.headers.get("Authorization"))
-        except AdminDenied as exc:
+        except AdminAccessDenied as exc:
             log.warning("admin access denied", extra={"path": request.path, "reason": str(exc)})
             if err is AdminAuthInitialization:
                 raise err(f"failed to initialize [admin] configuration: Admin access denied: {exc}") from exc
@@ -471,10 +474,10 @@ class _Handlers:
         tee_key = extract_tee_pubkey(claims, self.s.config.attestation_token.extra_teekey_paths)
         try:
             doc = client_jwe.encrypt(data, tee_key)
-        except ClientJweError as exc:
-            raise JweError(f"JWE error: {exc}") from exc
+        except JweError as exc:
+            raise KbsJweError(f"JWE error: {exc}") from exc
         except ValueError as exc:  # a key cryptography refuses late (tokens from other issuers)
-            raise JweError("JWE error: the tee-pubkey cannot be encrypted to") from exc
+            raise KbsJweError("JWE error: the tee-pubkey cannot be encrypted to") from exc
         self.s.metrics.inc("kbs_resource_requests_total", result="ok")
         log.info("resource released", extra={**audit, "bytes": len(data)})
         return _json(doc)
@@ -544,8 +547,8 @@ class _Handlers:
             tee_key = extract_tee_pubkey(claims, self.s.config.attestation_token.extra_teekey_paths)
             try:
                 return _json(client_jwe.encrypt(data, tee_key))
-            except ClientJweError as exc:
-                raise JweError(f"JWE error: {exc}") from exc
+            except JweError as exc:
+                raise KbsJweError(f"JWE error: {exc}") from exc
         return web.Response(status=200, body=data, content_type="text/xml")
 
     async def sample_plugin(self, request: web.Request) -> web.Response:
@@ -655,7 +658,7 @@ def make_app(state: KbsState) -> web.Application:
     return app
 
 
-def ssl_context(cfg: KbsConfig) -> ssl.SSLContext | None:
+def ssl_context(cfg: KbsServerConfig) -> ssl.SSLContext | None:
     hs = cfg.http_server
     if hs.insecure_http:
         return None
@@ -666,11 +669,11 @@ def ssl_context(cfg: KbsConfig) -> ssl.SSLContext | None:
             with open(path, "rb"):
                 pass
         except OSError as exc:
-            raise ConfigError(f"http_server.{key} {path}: {(exc.strerror or str(exc)).lower()}") from exc
+            raise KbsConfigError(f"http_server.{key} {path}: {(exc.strerror or str(exc)).lower()}") from exc
     try:
         ctx.load_cert_chain(hs.certificate, hs.private_key)
     except ssl.SSLError as exc:
-        if "KEY_VALUES_MISMATCH" in str(exc):
+        if exc.reason == "KEY_VALUES_MISMATCH":  # OpenSSL's reason code, not its text
             msg = (
                 f"http_server.private_key {hs.private_key} does not match "
                 f"http_server.certificate {hs.certificate}"
@@ -680,9 +683,9 @@ def ssl_context(cfg: KbsConfig) -> ssl.SSLContext | None:
                 f"http_server.certificate {hs.certificate} / private_key {hs.private_key}: "
                 f"not a PEM certificate and unencrypted PEM key ({exc.reason or 'SSL error'})"
             )
-        raise ConfigError(msg) from exc
+        raise KbsConfigError(msg) from exc
     except OSError as exc:
-        raise ConfigError(
+        raise KbsConfigError(
             f"cannot load the TLS certificate/key: {(exc.strerror or str(exc)).lower()}"
         ) from exc
     versions = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
@@ -694,7 +697,7 @@ def ssl_context(cfg: KbsConfig) -> ssl.SSLContext | None:
         for attr, v in (("minimum_version", hs.tls_min_version), ("maximum_version", hs.tls_max_version)):
             if v is not None:
                 if v not in versions:
-                    raise ConfigError("tls_min_version / tls_max_version must be 1.2 or 1.3")
+                    raise KbsConfigError("tls_min_version / tls_max_version must be 1.2 or 1.3")
                 setattr(ctx, attr, versions[v])
     else:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -709,7 +712,7 @@ def ssl_context(cfg: KbsConfig) -> ssl.SSLContext | None:
             try:
                 ctx.set_ciphers(":".join(legacy))
             except ssl.SSLError as exc:
-                raise ConfigError("tls_ciphers is not a valid OpenSSL cipher list") from exc
+                raise KbsConfigError("tls_ciphers is not a valid OpenSSL cipher list") from exc
     if hs.tls_groups:
         log.warning("tls_groups: key exchange groups are OpenSSL's defaults here (not configurable)")
     return ctx
@@ -725,7 +728,9 @@ async def _sweeper(state: KbsState, every_s: float = 60.0) -> None:
                 log.info("expired entries removed", extra={"count": n})
 
 
-async def serve(cfg: KbsConfig, *, stop: asyncio.Event | None = None, shutdown_timeout: float = 10.0) -> None:
+async def serve(
+    cfg: KbsServerConfig, *, stop: asyncio.Event | None = None, shutdown_timeout: float = 10.0
+) -> None:
     """Run until SIGTERM/SIGINT (or ``stop``), then drain and close."""
     state = await build_state(cfg)
     app = make_app(state)
@@ -785,22 +790,22 @@ _SET_POLICY_FAILED = "Attestation error: Set Attestation Policy failed"
 
 def _attestation_policy_body(untrusted: bytes) -> tuple[str, bytes]:
     """trustee's ``SetPolicyInput``: string ``policy_id`` and ``policy`` (unpadded base64url)
-    required, other members (``type``) ignored; any failure is trustee's AttestationError
+    required, other members (``type``) ignored; any failure is trustee's KbsAttestationError
     (the reason is logged)."""
     try:
         doc = strict_loads(untrusted)
     except ValueError as exc:
         log.warning("set attestation policy: body is not JSON")
-        raise AttestationError(_SET_POLICY_FAILED) from exc
+        raise KbsAttestationError(_SET_POLICY_FAILED) from exc
     if (
         not isinstance(doc, dict)
         or not isinstance(doc.get("policy_id"), str)
         or not isinstance(doc.get("policy"), str)
     ):
         log.warning("set attestation policy: policy_id and policy must be strings")
-        raise AttestationError(_SET_POLICY_FAILED)
+        raise KbsAttestationError(_SET_POLICY_FAILED)
     try:
         return doc["policy_id"], unb64url(doc["policy"])
     except ValueError as exc:
         log.warning("set attestation policy: policy is not unpadded base64url")
-        raise AttestationError(_SET_POLICY_FAILED) from exc
+        raise KbsAttestationError(_SET_POLICY_FAILED) from exc

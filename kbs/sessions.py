@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from .errors import AttestationError
+from .errors import KbsAttestationError
 from .storage import NS_SESSION, KvStore
 
 __all__ = ["NS_ATTESTED", "Session", "SessionStore", "SessionsExhausted"]
@@ -44,7 +44,7 @@ __all__ = ["NS_ATTESTED", "Session", "SessionStore", "SessionsExhausted"]
 NS_ATTESTED = "kbs_protocol_attested"
 
 
-class SessionsExhausted(AttestationError):
+class SessionsExhausted(KbsAttestationError):
     """Every session slot holds an attested session: /auth is refused until one expires."""
 
     variant = "AttestationError"
@@ -243,7 +243,7 @@ class SessionStore:
         if not await self._store.add(NS_ATTESTED, s.id, claim, ttl_s=self._ttl(ttl)):
             first = await self._store.get(NS_ATTESTED, s.id)
             if first is None or b"\n" not in first:
-                raise AttestationError("Attestation error: RCAR handshake Attest failed")
+                raise KbsAttestationError("Attestation error: RCAR handshake Attest failed")
             return replace(s, token=first.split(b"\n", 1)[1].decode())
         done = replace(s, token=token)
         await self._store.set(NS_SESSION, s.id, done.to_bytes(), ttl_s=self._ttl(ttl))

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .errors import ConfigError, StorageError
+from .errors import KbsConfigError, StorageError
 
 if TYPE_CHECKING:
     from .config import StorageConfig
@@ -155,7 +155,7 @@ class LocalFsStore:
         try:
             self._root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"storage dir {root} is not usable: {exc.strerror}") from exc
+            raise KbsConfigError(f"storage dir {root} is not usable: {exc.strerror}") from exc
 
     def _path(self, ns: str, key: str) -> Path:
         _check_ns(ns)
@@ -411,7 +411,7 @@ class LocalJsonStore:
         try:
             self._root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"storage dir {root} is not usable: {exc.strerror}") from exc
+            raise KbsConfigError(f"storage dir {root} is not usable: {exc.strerror}") from exc
 
     def _file(self, ns: str) -> Path:
         _check_ns(ns)
@@ -628,7 +628,7 @@ class EncryptedStore:
 
     def __init__(self, inner: KvStore, key: bytes, namespaces: frozenset[str]) -> None:
         if len(key) != 32:
-            raise ConfigError("the at-rest key must be 32 bytes")
+            raise KbsConfigError("the at-rest key must be 32 bytes")
         self._inner = inner
         self.native_ttl = bool(getattr(inner, "native_ttl", False))
         self._aead = AESGCM(key)
@@ -674,16 +674,16 @@ def load_at_rest_key(path: str) -> bytes:
     try:
         raw = Path(path).read_bytes()[:1024]
     except OSError as exc:
-        raise ConfigError(f"cannot read the at-rest key file: {exc.strerror}") from exc
+        raise KbsConfigError(f"cannot read the at-rest key file: {exc.strerror}") from exc
     if len(raw) == 32:
         return raw
     text = raw.strip()
     try:
         key = bytes.fromhex(text.decode("ascii"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError("the at-rest key file must hold 32 raw bytes or 64 hex digits") from exc
+        raise KbsConfigError("the at-rest key file must hold 32 raw bytes or 64 hex digits") from exc
     if len(key) != 32:
-        raise ConfigError("the at-rest key must be 32 bytes")
+        raise KbsConfigError("the at-rest key must be 32 bytes")
     return key
 
 
@@ -700,4 +700,4 @@ def open_store(kind: str, cfg: StorageConfig) -> KvStore:
     if kind == "Postgres":
         pg = cfg.postgres
         return PostgresStore.from_config(pg.db, pg.username, pg.password, pg.host, pg.port)
-    raise ConfigError(f"storage type {kind} not supported")
+    raise KbsConfigError(f"storage type {kind} not supported")

@@ -25,6 +25,8 @@ from typing import Any
 from attestation.errors import EvidenceFormatError, VerificationError
 from attestation.verifier import EvidenceVerifier
 
+from .errors import KbsError
+
 __all__ = [
     "DEVICE_TEES",
     "DEV_TEES",
@@ -79,8 +81,10 @@ _LAZY = {
 }
 
 
-class UnsupportedTee(Exception):
-    """No verifier for this TEE in this KBS."""
+class UnsupportedTee(KbsError):
+    """No verifier for this TEE in this KBS (answered as trustee's ``AttestationError``)."""
+
+    variant = "AttestationError"
 
 
 def _sample_fields(untrusted: Any, tee: str) -> tuple[str, str]:
