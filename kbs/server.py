@@ -15,9 +15,7 @@ import signal
 import ssl
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from email.utils import formatdate
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -28,10 +26,10 @@ from kbs_client import jwe as client_jwe
 from kbs_client._b64 import unb64url
 from kbs_client.errors import JweError
 
-from .admin_auth import AdminAuthorizer
+from .app import KbsState, build_state
 from .attestation_service import AttestationService
-from .config import KbsServerConfig, startup_problems
-from .ear import EarBroker, TokenVerifier, extract_tee_pubkey
+from .config import KbsServerConfig
+from .ear import extract_tee_pubkey
 from .errors import (
     AdminAccessDenied,
     AdminAuthAccess,
@@ -47,28 +45,16 @@ from .errors import (
     RvpsError,
     TokenNotFound,
 )
-from .external_plugin import ClientPlugin, ExternalPlugin, PluginCall
-from .grpc_api import AsClient, RemoteAttestationService, RemoteReferenceValues, RvpsClient
-from .intel_ta import IntelTrustAuthority, ItaReferenceValues
-from .metrics import Metrics
-from .policy import RESOURCE_POLICY_ID, AttestationPolicies, ResourcePolicy
-from .policy_worker import PolicyWorkers
-from .rvps import ReferenceValues
-from .sessions import Session, SessionStore
+from .external_plugin import PluginCall
+from .intel_ta import IntelTrustAuthority
+from .policy import RESOURCE_POLICY_ID, AttestationPolicies
+from .sessions import Session
 from .storage import (
     NS_REPOSITORY,
-    EncryptedStore,
-    KvStore,
-    LocalFsStore,
-    LocalJsonStore,
-    MemoryStore,
-    PostgresStore,
-    RedisStore,
-    load_at_rest_key,
 )
-from .verifiers import DEV_TEES, DEVICE_TEES, KNOWN_TEES, UnsupportedTee, VerifierRegistry, auth_extra_params
+from .verifiers import DEVICE_TEES, KNOWN_TEES, UnsupportedTee, auth_extra_params
 
-__all__ = ["KbsState", "build_state", "make_app", "serve", "ssl_context"]
+__all__ = ["make_app", "serve", "ssl_context"]
 
 log = logging.getLogger("kbs")
 
@@ -97,195 +83,6 @@ def _audit_fields(request: web.Request, segs: list[str], claims: Any) -> dict[st
         "claims_sha256": digest,
         "client": request.remote,
     }
-
-
-@dataclass
-class KbsState:
-    config: KbsServerConfig
-    store: KvStore
-    sessions: SessionStore
-    admin: AdminAuthorizer
-    tokens: TokenVerifier
-    service: AttestationService | RemoteAttestationService | IntelTrustAuthority
-    resource_policy: ResourcePolicy
-    rvps: ReferenceValues | RemoteReferenceValues | ItaReferenceValues
-    metrics: Metrics = field(default_factory=Metrics)
-    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    #: trustee's client plugins served through the generic plugin flow (``external``, ``pkcs11``)
-    client_plugins: dict[str, ClientPlugin] = field(default_factory=dict)
-
-
-def _make_store(kind: str, cfg: KbsServerConfig, cache: dict[str, KvStore]) -> KvStore:
-    if kind in cache:
-        return cache[kind]
-    st: KvStore
-    if kind == "Memory":
-        st = MemoryStore()
-    elif kind == "LocalFs":
-        st = LocalFsStore(cfg.storage.local_fs_dir)
-    elif kind == "LocalJson":
-        st = LocalJsonStore(cfg.storage.local_json_dir)
-    elif kind == "Redis":
-        st = RedisStore(cfg.storage.redis_url)
-    elif kind == "Postgres":
-        pg = cfg.storage.postgres
-        st = PostgresStore.from_config(pg.db, pg.username, pg.password, pg.host, pg.port)
-    else:
-        raise KbsConfigError(f"storage type {kind} not supported")
-    cache[kind] = st
-    return st
-
-
-async def build_state(
-    cfg: KbsServerConfig, *, registry: VerifierRegistry | None = None, broker: EarBroker | None = None
-) -> KbsState:
-    """Everything the HTTP layer needs, built from a parsed config."""
-    problems = startup_problems(cfg)
-    if problems:
-        raise KbsConfigError("; ".join(problems))
-    cache: dict[str, KvStore] = {}
-    base = _make_store(cfg.storage.storage_type, cfg, cache)
-    store: KvStore = base
-    if cfg.storage.encryption_key_path:
-        store = EncryptedStore(
-            base, load_at_rest_key(cfg.storage.encryption_key_path), frozenset({NS_REPOSITORY})
-        )
-    sess_store = _make_store(cfg.storage.session_storage_type or cfg.storage.storage_type, cfg, cache)
-    for st in cache.values():
-        if isinstance(st, RedisStore | PostgresStore):
-            try:
-                await st.ping()
-            except KbsError as exc:
-                where = "Redis" if isinstance(st, RedisStore) else "PostgreSQL"
-                raise KbsConfigError(f"the {where} storage backend is not reachable") from exc
-    a = cfg.attestation_service
-    if broker is None:
-        kw: dict[str, Any] = {
-            "duration_min": a.duration_min,
-            "issuer": a.issuer_name,
-            "developer": a.developer_name,
-            "build": a.build_name,
-            "profile": a.profile_name,
-        }
-        broker = (
-            EarBroker.from_files(a.signer_key_path, a.signer_cert_path, **kw)
-            if a.signer_key_path
-            else EarBroker(**kw)
-        )
-    t = cfg.attestation_token
-    # the built-in AS's own signing key is always trusted, besides [attestation_token]'s certs and
-    # JWK sets: the secure setup needs no configuration, and insecure_header_jwk stays an opt-in
-    # off the event loop: a JWK set may be fetched over HTTPS (trustee's ITA configs)
-    tokens = await asyncio.to_thread(
-        TokenVerifier.from_config,
-        t.trusted_certs_paths,
-        t.trusted_jwk_sets,
-        t.insecure_header_jwk,
-        own_keys=[broker.key.public_key()] if cfg.compatibility.trust_own_signer else [],
-    )
-    if t.insecure_header_jwk:
-        log.warning(
-            "INSECURE: [attestation_token] insecure_header_jwk = true: a resource request is granted to ANY "
-            "token signed by the key in its own jwk header, whoever made it; for tests only. Without it "
-            "this KBS trusts its own attestation service's tokens and trusted_certs_paths / trusted_jwk_sets"
-        )
-    sess_kind = cfg.storage.session_storage_type or cfg.storage.storage_type
-    if not a.signer_key_path and sess_kind in ("Redis", "Postgres"):
-        log.warning(
-            "the EAR signing key is ephemeral (no [attestation_service.attestation_token_broker.signer] "
-            "key_path): tokens issued by this replica are refused by other replicas sharing the "
-            "session store; give every replica the same signer key_path"
-        )
-    closers: list[Callable[[], Awaitable[None]]] = [st.close for st in cache.values()]
-    sec = cfg.security
-    workers = PolicyWorkers(sec.policy_workers, timeout_s=sec.policy_timeout_s)
-    closers.append(workers.close)
-    rvps: ReferenceValues | RemoteReferenceValues | ItaReferenceValues
-    service: AttestationService | RemoteAttestationService | IntelTrustAuthority
-    if a.type == "intel_ta":  # Intel Trust Authority (a cloud service) appraises the evidence
-        ita = await asyncio.to_thread(IntelTrustAuthority, a)
-        closers.append(ita.close)
-        service, rvps = ita, ita.rvps
-    elif a.type == "coco_as_grpc":  # a separate attestation service (and the RVPS behind it)
-        as_client = AsClient(a.as_addr or "http://127.0.0.1:50004")
-        rv_client = RvpsClient(a.as_addr or "http://127.0.0.1:50004")
-        closers += [as_client.close, rv_client.close]
-        rvps = RemoteReferenceValues(rv_client, store)
-        service = RemoteAttestationService(as_client)
-    else:
-        if a.rvps_type == "GrpcRemote":  # built-in attestation service, separate RVPS
-            rv_client = RvpsClient(a.rvps_address or "http://127.0.0.1:50003")
-            closers.append(rv_client.close)
-            rvps = RemoteReferenceValues(rv_client, store)
-        else:
-            rvps = ReferenceValues(store, hide_expired=cfg.compatibility.hide_expired_reference_values)
-        dev = sec.dev_verifiers
-        if dev is None:  # unset: on only where tokens are forgeable anyway (insecure_header_jwk)
-            dev = tuple(sorted(DEV_TEES)) if t.insecure_header_jwk else ()
-        if dev:
-            log.warning(
-                "INSECURE: the unsigned development verifiers %s are enabled ([security] dev_verifiers%s): "
-                "a client with no TEE at all can attest as them; the default resource policy refuses them, "
-                "a custom one must too. For tests and demos only",
-                ", ".join(dev),
-                "" if sec.dev_verifiers is not None else " unset, implied by insecure_header_jwk",
-            )
-        policies = AttestationPolicies(store, workers)
-        policies.check_at_upload = cfg.compatibility.check_policy_at_upload
-        service = AttestationService(
-            registry or VerifierRegistry(options=a.verifier_config, dev_verifiers=dev),
-            broker,
-            policies,
-            rvps,
-            verbose_token=a.verbose_token,
-            limits=sec,
-        )
-        service.strict_bodies = cfg.compatibility.strict_request_bodies
-    rp = ResourcePolicy(store, workers)
-    rp.check_at_upload = cfg.compatibility.check_policy_at_upload
-    await rp.install_default()
-    client_plugins: dict[str, ClientPlugin] = {}
-    for pc in cfg.plugin_configs:
-        if pc.name == "external":
-            client_plugins["external"] = ExternalPlugin(pc.options)
-        elif pc.name == "pkcs11":
-            from .pkcs11_plugin import Pkcs11Plugin
-
-            client_plugins["pkcs11"] = await Pkcs11Plugin.open(pc.options)
-        elif pc.name == "nebula-ca":
-            from .nebula_ca_plugin import NebulaCaPlugin
-
-            client_plugins["nebula-ca"] = await asyncio.to_thread(NebulaCaPlugin.open, pc.options)
-    closers += [p.close for p in client_plugins.values()]
-    state = KbsState(
-        config=cfg,
-        store=store,
-        sessions=SessionStore(sess_store, timeout_min=a.timeout_min, max_sessions=sec.max_sessions),
-        admin=AdminAuthorizer(cfg.admin, base_dir=cfg.base_dir),
-        tokens=tokens,
-        service=service,
-        resource_policy=rp,
-        rvps=rvps,
-        closers=closers,
-        client_plugins=client_plugins,
-    )
-    m = state.metrics
-    m.counter("kbs_http_requests_total", "HTTP requests by endpoint, method and status")
-    m.counter("kbs_attestations_total", "RCAR /attest outcomes")
-    m.counter("kbs_sessions_created_total", "RCAR sessions created by /auth")
-    m.counter("kbs_resource_requests_total", "resource GET outcomes")
-    m.gauge("process_resident_memory_bytes", "resident set size", _rss)
-    return state
-
-
-def _rss() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 class _InternalError(KbsError):
@@ -790,7 +587,7 @@ _SET_POLICY_FAILED = "Attestation error: Set Attestation Policy failed"
 
 def _attestation_policy_body(untrusted: bytes) -> tuple[str, bytes]:
     """trustee's ``SetPolicyInput``: string ``policy_id`` and ``policy`` (unpadded base64url)
-    required, other members (``type``) ignored; any failure is trustee's KbsAttestationError
+    required, other members (``type``) ignored; any failure is trustee's AttestationError
     (the reason is logged)."""
     try:
         doc = strict_loads(untrusted)
