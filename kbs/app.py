@@ -31,17 +31,15 @@ from .storage import (
     NS_REPOSITORY,
     EncryptedStore,
     KvStore,
-    LocalFsStore,
-    LocalJsonStore,
-    MemoryStore,
     PostgresStore,
     RedisStore,
     load_at_rest_key,
+    open_store,
 )
 from .trustee_verifiers import verifier_options
 from .verifiers import DEV_TEES, VerifierRegistry
 
-__all__ = ["KbsState", "build_state"]
+__all__ = ["KbsState", "build_state", "make_broker"]
 
 log = logging.getLogger("kbs")
 
@@ -67,24 +65,10 @@ class KbsState:
 
 
 def _make_store(kind: str, cfg: KbsServerConfig, cache: dict[str, KvStore]) -> KvStore:
-    if kind in cache:
-        return cache[kind]
-    st: KvStore
-    if kind == "Memory":
-        st = MemoryStore()
-    elif kind == "LocalFs":
-        st = LocalFsStore(cfg.storage.local_fs_dir)
-    elif kind == "LocalJson":
-        st = LocalJsonStore(cfg.storage.local_json_dir)
-    elif kind == "Redis":
-        st = RedisStore(cfg.storage.redis_url)
-    elif kind == "Postgres":
-        pg = cfg.storage.postgres
-        st = PostgresStore.from_config(pg.db, pg.username, pg.password, pg.host, pg.port)
-    else:
-        raise KbsConfigError(f"storage type {kind} not supported")
-    cache[kind] = st
-    return st
+    """One store per storage type: data and sessions share it when their types agree."""
+    if kind not in cache:
+        cache[kind] = open_store(kind, cfg.storage)
+    return cache[kind]
 
 
 async def _open_stores(cfg: KbsServerConfig) -> tuple[KvStore, KvStore, list[KvStore]]:
@@ -107,7 +91,9 @@ async def _open_stores(cfg: KbsServerConfig) -> tuple[KvStore, KvStore, list[KvS
     return store, sess_store, list(cache.values())
 
 
-def _make_broker(a: AttestationServiceConfig) -> EarBroker:
+def make_broker(a: AttestationServiceConfig) -> EarBroker:
+    """The EAR token broker ``[attestation_token_broker]`` describes (an ephemeral key without
+    ``signer.key_path``)."""
     kw: dict[str, Any] = {
         "duration_min": a.duration_min,
         "issuer": a.issuer_name,
@@ -252,7 +238,7 @@ async def build_state(
     store, sess_store, backends = await _open_stores(cfg)
     closers: list[Closer] = [st.close for st in backends]
     if broker is None:
-        broker = _make_broker(cfg.attestation_service)
+        broker = make_broker(cfg.attestation_service)
     tokens = await _token_verifier(cfg, broker)
     sec = cfg.security
     workers = PolicyWorkers(sec.policy_workers, timeout_s=sec.policy_timeout_s)

@@ -17,17 +17,24 @@ from __future__ import annotations
 import contextvars
 import logging
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from coco_common.cli import closest
+from coco_common.fields import Fields, closest
 from coco_common.strict_json import strict_loads
 
 from .errors import KbsConfigError
+from .trustee_verifiers import SECTIONS as TRUSTEE_VERIFIER_SECTIONS
+from .trustee_verifiers import (
+    TrusteeVerifierConfig,
+    check_overlaps,
+    parse_trustee_verifier_config,
+    trustee_verifier_problems,
+)
 
 __all__ = [
     "AdminConfig",
@@ -91,8 +98,6 @@ PLUGIN_NAMES = {
     "ExternalPlugin": "external",
     "external": "external",
 }
-#: ``[attestation_service.verifier_config]`` sections trustee's verifier crate reads
-UPSTREAM_VERIFIER_SECTIONS = ("nvidia_verifier", "tpm_verifier", "snp_verifier", "dcap_verifier")
 #: what this KBS serves today (anything else loads, and is named by :func:`startup_problems`)
 SERVED_AS_TYPES = ("coco_as_builtin", "coco_as_grpc", "intel_ta")
 SERVED_PLUGINS = ("resource", "sample", "external", "pkcs11", "nebula-ca")
@@ -177,8 +182,9 @@ class AttestationServiceConfig:
     verbose_token: bool = True
     #: verifier constructor options per TEE, passed through as keyword arguments
     verifier_config: Mapping[str, Any] = field(default_factory=dict)
-    #: trustee's ``*_verifier`` sections (``snp_verifier``, ``dcap_verifier`` ...), kept as given
-    upstream_verifier_config: Mapping[str, Any] = field(default_factory=dict)
+    #: trustee's ``*_verifier`` sections (``snp_verifier``, ``dcap_verifier`` ...), applied to the
+    #: verifiers (:mod:`kbs.trustee_verifiers`)
+    trustee_verifier_config: TrusteeVerifierConfig = field(default_factory=TrusteeVerifierConfig)
     #: ``[attestation_service.rvps_config]``: ``BuiltIn`` or ``GrpcRemote`` (+ ``address``)
     rvps_type: str = "BuiltIn"
     rvps_address: str | None = None
@@ -307,25 +313,16 @@ def _table(doc: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     return v
 
 
-def _typed(tbl: Mapping[str, Any], key: str, typ: type | tuple[type, ...], default: Any, where: str) -> Any:
-    if key not in tbl:
-        return default
-    v = tbl[key]
-    if typ is int and isinstance(v, bool):
-        raise KbsConfigError(f"{where}.{key} must be an integer")
-    if not isinstance(v, typ):
-        raise KbsConfigError(f"{where}.{key} has the wrong type")
-    return v
+def _fields(tbl: Mapping[str, Any], where: str) -> Fields:
+    """A typed reader over one table; a wrong type is a :class:`KbsConfigError` naming the key."""
+    return Fields(tbl, error=KbsConfigError, where=where)
 
 
-def _strs(tbl: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
-    v = tbl.get(key, [])
-    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        raise KbsConfigError(f"{where}.{key} must be a list of strings")
-    return tuple(v)
+def _strs(f: Fields, key: str) -> tuple[str, ...]:
+    return tuple(f.list(key, str, []) or ())
 
 
-def _did_you_mean(key: str, known: set[str]) -> str:
+def _did_you_mean(key: str, known: Iterable[str]) -> str:
     hint = closest(key, known)
     return f" (did you mean {hint}?)" if hint else ""
 
@@ -336,27 +333,33 @@ def _unused(tbl: Mapping[str, Any], known: set[str], where: str) -> None:
             _warn(f"{where}.{k} is not a key this KBS reads: ignored{_did_you_mean(k, known)}")
 
 
+def _ignore_unread(f: Fields, *legacy: str) -> None:
+    """Warn about every key of ``f``'s table that was not read (nor is a known ``legacy`` key):
+    trustee's serde ignores unknown keys, this KBS says so."""
+    _unused(f.table, f.used | set(legacy), f.where)
+
+
 def _http(tbl: Mapping[str, Any]) -> HttpServerConfig:
-    w = "http_server"
-    _unused(tbl, set(HttpServerConfig.__dataclass_fields__) | {"sockets"}, w)
-    sockets = _strs(tbl, "sockets", w) or ("127.0.0.1:8080",)
+    f = _fields(tbl, "http_server")
+    sockets = _strs(f, "sockets") or ("127.0.0.1:8080",)
     for sock in sockets:
         host, sep, port = sock.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:
             raise KbsConfigError(f"http_server.sockets: {sock!r} is not an address:port")
     cfg = HttpServerConfig(
         sockets=sockets,
-        insecure_http=_typed(tbl, "insecure_http", bool, False, w),
-        private_key=_typed(tbl, "private_key", str, None, w),
-        certificate=_typed(tbl, "certificate", str, None, w),
-        payload_request_size=_typed(tbl, "payload_request_size", int, 2, w),
-        worker_count=_typed(tbl, "worker_count", int, None, w),
-        tls_profile=_typed(tbl, "tls_profile", str, "intermediate", w),
-        tls_min_version=_typed(tbl, "tls_min_version", str, None, w),
-        tls_max_version=_typed(tbl, "tls_max_version", str, None, w),
-        tls_ciphers=_typed(tbl, "tls_ciphers", str, None, w),
-        tls_groups=_typed(tbl, "tls_groups", str, None, w),
+        insecure_http=bool(f.bool("insecure_http", False)),
+        private_key=f.str("private_key"),
+        certificate=f.str("certificate"),
+        payload_request_size=f.int("payload_request_size", 2) or 0,
+        worker_count=f.int("worker_count"),
+        tls_profile=f.str("tls_profile", "intermediate") or "",
+        tls_min_version=f.str("tls_min_version"),
+        tls_max_version=f.str("tls_max_version"),
+        tls_ciphers=f.str("tls_ciphers"),
+        tls_groups=f.str("tls_groups"),
     )
+    _ignore_unread(f)
     for key in ("tls_min_version", "tls_max_version"):
         if getattr(cfg, key) not in (None, "1.2", "1.3"):
             raise KbsConfigError(f'http_server.{key} must be "1.2" or "1.3"')
@@ -370,11 +373,14 @@ def _http(tbl: Mapping[str, Any]) -> HttpServerConfig:
 
 
 def _strict(tbl: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    """trustee's ``deny_unknown_fields`` tables ([admin], and this KBS's own sections)."""
     extra = sorted(set(tbl) - allowed)
     if extra:
-        raise KbsConfigError(
-            f"{where}: unknown field(s) {', '.join(extra)}{_did_you_mean(extra[0], allowed)}"
-        )
+        hint = _did_you_mean(extra[0], allowed)
+        raise KbsConfigError(f"{where}: unknown field(s) {', '.join(extra)}{hint}")
+
+
+_IDP = "admin.authentication.bearer_jwt.identity_providers"
 
 
 def _admin(tbl: Mapping[str, Any]) -> AdminConfig:
@@ -395,25 +401,34 @@ def _admin(tbl: Mapping[str, Any]) -> AdminConfig:
     authz = _table(tbl, "authorization")
     _strict(authn, {"bearer_jwt"}, "[admin.authentication]")
     _strict(authz, {"regex_acl"}, "[admin.authorization]")
-    bj = _table(authn, "bearer_jwt")
+    return AdminConfig(mode=mode, identity_providers=_idps(_table(authn, "bearer_jwt")), acls=_acls(authz))
+
+
+def _idps(bj: Mapping[str, Any]) -> tuple[IdentityProvider, ...]:
     _strict(bj, {"identity_providers"}, "[admin.authentication.bearer_jwt]")
-    idps: list[IdentityProvider] = []
     raw_idps = bj.get("identity_providers", [])
     if not isinstance(raw_idps, list):
-        raise KbsConfigError("admin.authentication.bearer_jwt.identity_providers must be a list")
+        raise KbsConfigError(f"{_IDP} must be a list")
+    idps: list[IdentityProvider] = []
     for raw in raw_idps:
         if not isinstance(raw, Mapping):
-            raise KbsConfigError("admin.authentication.bearer_jwt.identity_providers entries must be tables")
+            raise KbsConfigError(f"{_IDP} entries must be tables")
         _strict(raw, {"issuer", "audience", "public_key_uri", "jwk_set_uri"}, "identity provider")
-        vals = {k: raw.get(k) for k in ("issuer", "audience", "public_key_uri", "jwk_set_uri")}
-        for k, v in vals.items():
-            if not (v is None or isinstance(v, str)):
-                raise KbsConfigError(
-                    f"admin.authentication.bearer_jwt.identity_providers.{k} must be a string"
-                )
+        f = _fields(raw, _IDP)
         # an entry without a key source, or no entry at all, is refused when the KBS starts
         # (trustee's AdminConfig::validate), not here: see startup_problems
-        idps.append(IdentityProvider(**vals))
+        idps.append(
+            IdentityProvider(
+                issuer=f.str("issuer"),
+                audience=f.str("audience"),
+                public_key_uri=f.str("public_key_uri"),
+                jwk_set_uri=f.str("jwk_set_uri"),
+            )
+        )
+    return tuple(idps)
+
+
+def _acls(authz: Mapping[str, Any]) -> tuple[RoleAcl, ...]:
     ra = _table(authz, "regex_acl")
     _strict(ra, {"acls"}, "[admin.authorization.regex_acl]")
     acls: list[RoleAcl] = []
@@ -427,7 +442,7 @@ def _admin(tbl: Mapping[str, Any]) -> AdminConfig:
                 "admin.authorization.regex_acl.acls.allowed_endpoints must be a regex anchored as ^/kbs...$"
             )
         acls.append(RoleAcl(raw["role"], ep))
-    return AdminConfig(mode=mode, identity_providers=tuple(idps), acls=tuple(acls))
+    return tuple(acls)
 
 
 def _legacy_admin(tbl: Mapping[str, Any]) -> AdminConfig:
@@ -456,139 +471,127 @@ def _legacy_admin(tbl: Mapping[str, Any]) -> AdminConfig:
 
 
 def _token(tbl: Mapping[str, Any]) -> AttestationTokenConfig:
-    w = "attestation_token"
+    f = _fields(tbl, "attestation_token")
     if "insecure_key" in tbl:
         # trustee's verifier config has no deny_unknown_fields: the old key is ignored there too
         _warn("attestation_token.insecure_key is ignored (renamed insecure_header_jwk in trustee v0.21)")
-    _unused(
-        tbl,
-        {
-            "trusted_certs_paths",
-            "trusted_jwk_sets",
-            "extra_teekey_paths",
-            "insecure_header_jwk",
-            "insecure_key",
-        },
-        w,
+    cfg = AttestationTokenConfig(
+        trusted_certs_paths=_strs(f, "trusted_certs_paths"),
+        trusted_jwk_sets=_strs(f, "trusted_jwk_sets"),
+        extra_teekey_paths=_strs(f, "extra_teekey_paths"),
+        insecure_header_jwk=bool(f.bool("insecure_header_jwk", False)),
     )
-    return AttestationTokenConfig(
-        trusted_certs_paths=_strs(tbl, "trusted_certs_paths", w),
-        trusted_jwk_sets=_strs(tbl, "trusted_jwk_sets", w),
-        extra_teekey_paths=_strs(tbl, "extra_teekey_paths", w),
-        insecure_header_jwk=_typed(tbl, "insecure_header_jwk", bool, False, w),
-    )
-
-
-_AS_COMMON = {"type", "timeout"}
-_AS_KEYS = {
-    "coco_as_builtin": {
-        "attestation_token_broker",
-        "rvps_config",
-        "verifier_config",
-        "work_dir",
-        "storage_type",
-    },
-    "coco_as_grpc": {"as_addr", "pool_size"},
-    "intel_ta": {"base_url", "api_key", "certs_file", "allow_unmatched_policy", "policy_ids"},
-}
-_BROKER_KEYS = {
-    "type",
-    "duration_min",
-    "issuer_name",
-    "developer_name",
-    "build_name",
-    "profile_name",
-    "verbose_token",
-    "signer",
-    "policy_dir",
-}
+    _ignore_unread(f, "insecure_key")
+    return cfg
 
 
 def _as(tbl: Mapping[str, Any]) -> AttestationServiceConfig:
-    w = "attestation_service"
+    """``[attestation_service]``: one of trustee's three attestation services."""
     raw_type = tbl.get("type", "coco_as_builtin")
     if not isinstance(raw_type, str) or raw_type not in AS_TYPES:
         raise KbsConfigError(f"attestation_service.type {raw_type!r} is not one of {', '.join(AS_TYPES)}")
+    f = _fields(tbl, "attestation_service")
+    f.str("type")
+    timeout = f.int("timeout", 5) or 0
     typ = AS_TYPES[raw_type]
-    _unused(tbl, _AS_COMMON | _AS_KEYS[typ], w)
-    d = AttestationServiceConfig()
-    timeout = _typed(tbl, "timeout", int, 5, w)
     if typ == "coco_as_grpc":
-        pool = _typed(tbl, "pool_size", int, 100, w)
-        if pool < 1:
-            raise KbsConfigError("attestation_service.pool_size must be at least 1")
-        return AttestationServiceConfig(
-            type=typ,
-            timeout_min=timeout,
-            as_addr=_typed(tbl, "as_addr", str, "http://127.0.0.1:50004", w),
-            pool_size=pool,
-        )
-    if typ == "intel_ta":
-        for k in ("base_url", "api_key", "certs_file"):
-            if k not in tbl:
-                raise KbsConfigError(f"attestation_service.{k} is required for intel_ta")
-        return AttestationServiceConfig(
-            type=typ,
-            timeout_min=timeout,
-            ita_base_url=_typed(tbl, "base_url", str, None, w),
-            ita_api_key=_typed(tbl, "api_key", str, None, w),
-            ita_certs_file=_typed(tbl, "certs_file", str, None, w),
-            ita_allow_unmatched_policy=_typed(tbl, "allow_unmatched_policy", bool, None, w),
-            ita_policy_ids=_strs(tbl, "policy_ids", f"{w}.policy_ids"),
-        )
-    broker = _table(tbl, "attestation_token_broker")
-    bw = f"{w}.attestation_token_broker"
-    _unused(broker, _BROKER_KEYS, bw)
-    if broker.get("type", "Ear") not in ("Ear", "ear"):
-        raise KbsConfigError(f"{bw}.type must be Ear (the only token broker trustee v0.21 has)")
-    signer = _table(broker, "signer")
-    _unused(signer, {"key_path", "cert_path", "cert_url"}, f"{bw}.signer")
-    rv = _table(tbl, "rvps_config")
-    rvw = f"{w}.rvps_config"
-    rvps_type = _typed(rv, "type", str, "BuiltIn", rvw)
-    if rvps_type not in ("BuiltIn", "GrpcRemote"):
-        raise KbsConfigError(f"{rvw}.type must be BuiltIn or GrpcRemote")
-    _unused(
-        rv,
-        {"type", "address", "storage", "extractors"} if rvps_type == "BuiltIn" else {"type", "address"},
-        rvw,
+        cfg = _as_grpc(f, timeout)
+    elif typ == "intel_ta":
+        cfg = _as_ita(f, timeout)
+    else:
+        cfg = _as_builtin(f, timeout)
+    _ignore_unread(f)
+    return cfg
+
+
+def _as_grpc(f: Fields, timeout: int) -> AttestationServiceConfig:
+    """``coco_as_grpc``: a separate attestation service at ``as_addr``."""
+    return AttestationServiceConfig(
+        type="coco_as_grpc",
+        timeout_min=timeout,
+        as_addr=f.str("as_addr", "http://127.0.0.1:50004"),
+        pool_size=f.int("pool_size", 100, min=1),
     )
-    vc = tbl.get("verifier_config", {})
-    if not isinstance(vc, Mapping):
-        raise KbsConfigError("attestation_service.verifier_config must be a table")
-    ours = {k: v for k, v in vc.items() if k not in UPSTREAM_VERIFIER_SECTIONS}
-    theirs = {k: v for k, v in vc.items() if k in UPSTREAM_VERIFIER_SECTIONS}
-    for k, v in {**ours, **theirs}.items():
-        if not isinstance(v, Mapping):
-            raise KbsConfigError(f"attestation_service.verifier_config.{k} must be a table")
-    for k in theirs:
-        _warn(
-            f"attestation_service.verifier_config.{k} (trustee's verifier options) is kept but not applied: "
-            "this KBS's verifiers take their options from verifier_config.<tee>"
-        )
-    ast = tbl.get("storage_type")
+
+
+def _as_ita(f: Fields, timeout: int) -> AttestationServiceConfig:
+    """``intel_ta``: trustee's ``IntelTrustAuthorityConfig``."""
+    for k in ("base_url", "api_key", "certs_file"):
+        if k not in f.table:
+            raise KbsConfigError(f"attestation_service.{k} is required for intel_ta")
+    return AttestationServiceConfig(
+        type="intel_ta",
+        timeout_min=timeout,
+        ita_base_url=f.str("base_url"),
+        ita_api_key=f.str("api_key"),
+        ita_certs_file=f.str("certs_file"),
+        ita_allow_unmatched_policy=f.bool("allow_unmatched_policy"),
+        ita_policy_ids=_strs(f, "policy_ids"),
+    )
+
+
+def _as_builtin(f: Fields, timeout: int) -> AttestationServiceConfig:
+    """``coco_as_builtin``: the token broker, the RVPS and the verifiers' options."""
+    d = AttestationServiceConfig()
+    broker = f.sub("attestation_token_broker") or _fields({}, f"{f.where}.attestation_token_broker")
+    if broker.str("type", "Ear") not in ("Ear", "ear"):
+        raise broker.fail("type", "must be Ear (the only token broker trustee v0.21 has)")
+    broker.str("policy_dir")  # trustee's policy directory: policies live in the store here
+    signer = broker.sub("signer") or _fields({}, f"{broker.where}.signer")
+    rvps_type, rvps_address = _rvps(f.sub("rvps_config") or _fields({}, f"{f.where}.rvps_config"))
+    ours, theirs = _verifier_config(f)
+    f.str("work_dir")  # trustee's working directory: this KBS keeps its state in the store
+    ast = f.str("storage_type")
     if ast is not None and ast not in STORAGE_TYPES:
         raise KbsConfigError(
             f"attestation_service.storage_type {ast!r} is not one of {', '.join(STORAGE_TYPES)}"
         )
-    return AttestationServiceConfig(
-        type=typ,
+    cfg = AttestationServiceConfig(
+        type="coco_as_builtin",
         timeout_min=timeout,
-        duration_min=_typed(broker, "duration_min", int, 5, bw),
-        issuer_name=_typed(broker, "issuer_name", str, d.issuer_name, bw),
-        developer_name=_typed(broker, "developer_name", str, d.developer_name, bw),
-        build_name=_typed(broker, "build_name", str, d.build_name, bw),
-        profile_name=_typed(broker, "profile_name", str, d.profile_name, bw),
-        signer_key_path=_typed(signer, "key_path", str, None, f"{bw}.signer"),
-        signer_cert_path=_typed(signer, "cert_path", str, None, f"{bw}.signer"),
-        signer_cert_url=_typed(signer, "cert_url", str, None, f"{bw}.signer"),
-        verbose_token=_typed(broker, "verbose_token", bool, True, bw),
+        duration_min=broker.int("duration_min", 5) or 0,
+        issuer_name=broker.str("issuer_name", d.issuer_name) or "",
+        developer_name=broker.str("developer_name", d.developer_name) or "",
+        build_name=broker.str("build_name", d.build_name) or "",
+        profile_name=broker.str("profile_name", d.profile_name) or "",
+        signer_key_path=signer.str("key_path"),
+        signer_cert_path=signer.str("cert_path"),
+        signer_cert_url=signer.str("cert_url"),
+        verbose_token=bool(broker.bool("verbose_token", True)),
         verifier_config=ours,
-        upstream_verifier_config=theirs,
+        trustee_verifier_config=theirs,
         rvps_type=rvps_type,
-        rvps_address=_typed(rv, "address", str, None, rvw),
+        rvps_address=rvps_address,
         as_storage_type=STORAGE_TYPES[ast] if ast is not None else None,
     )
+    for g in (broker, signer):
+        _ignore_unread(g)
+    return cfg
+
+
+def _rvps(f: Fields) -> tuple[str, str | None]:
+    """``rvps_config``: ``BuiltIn`` (its storage is the KBS's) or ``GrpcRemote`` at ``address``."""
+    rvps_type = f.str("type", "BuiltIn") or ""
+    if rvps_type not in ("BuiltIn", "GrpcRemote"):
+        raise f.fail("type", "must be BuiltIn or GrpcRemote")
+    address = f.str("address")
+    _ignore_unread(f, *(("storage", "extractors") if rvps_type == "BuiltIn" else ()))
+    return rvps_type, address
+
+
+def _verifier_config(f: Fields) -> tuple[dict[str, Any], TrusteeVerifierConfig]:
+    """``verifier_config``: this KBS's ``<tee>`` tables (constructor options) and trustee's
+    ``*_verifier`` sections (:mod:`kbs.trustee_verifiers`)."""
+    vc = f.get("verifier_config", Mapping, {})
+    for k, v in vc.items():
+        if not isinstance(v, Mapping):
+            raise KbsConfigError(f"attestation_service.verifier_config.{k} must be a table")
+    ours = {k: v for k, v in vc.items() if k not in TRUSTEE_VERIFIER_SECTIONS}
+    theirs = parse_trustee_verifier_config(
+        {k: v for k, v in vc.items() if k in TRUSTEE_VERIFIER_SECTIONS}, _warn
+    )
+    check_overlaps(theirs, ours)
+    return ours, theirs
 
 
 def _storage_type(v: Any, where: str) -> str:
@@ -597,52 +600,49 @@ def _storage_type(v: Any, where: str) -> str:
     return STORAGE_TYPES[v]
 
 
-def _storage(tbl: Mapping[str, Any], top_session: Any) -> StorageConfig:
-    w = "storage_backend"
-    _unused(tbl, {"storage_type", "backends", "session_storage_type", "encryption"}, w)
-    st = _storage_type(tbl.get("storage_type", "Memory"), f"{w}.storage_type")
-    sst: str | None = None
+def _session_storage_type(tbl: Mapping[str, Any], top_session: Any) -> str | None:
     if top_session is not None:
-        sst = _storage_type(top_session, "session_storage_type")
-    elif tbl.get("session_storage_type") is not None:
+        return _storage_type(top_session, "session_storage_type")
+    if tbl.get("session_storage_type") is not None:
         # where this KBS used to read it; trustee reads only the top-level key
         _warn("storage_backend.session_storage_type is read for compatibility (trustee: top level only)")
-        sst = _storage_type(tbl["session_storage_type"], f"{w}.session_storage_type")
-    backends = _table(tbl, "backends")
-    bw = f"{w}.backends"
-    _unused(backends, {"local_fs", "local_json", "redis", "postgres"}, bw)
-    lfs = _table(backends, "local_fs")
-    ljs = _table(backends, "local_json")
-    rds = _table(backends, "redis")
-    pg = _table(backends, "postgres")
-    _unused(lfs, {"dir_path"}, f"{bw}.local_fs")
-    _unused(ljs, {"file_dir_path"}, f"{bw}.local_json")
-    _unused(rds, {"url"}, f"{bw}.redis")
-    _unused(pg, {"db", "username", "password", "port", "host"}, f"{bw}.postgres")
-    enc = _table(tbl, "encryption")
+        return _storage_type(tbl["session_storage_type"], "storage_backend.session_storage_type")
+    return None
+
+
+_BACKENDS = ("local_fs", "local_json", "redis", "postgres")
+
+
+def _storage(tbl: Mapping[str, Any], top_session: Any) -> StorageConfig:
+    f = _fields(tbl, "storage_backend")
+    st = _storage_type(f.get("storage_type", str, "Memory"), "storage_backend.storage_type")
+    sst = _session_storage_type(tbl, top_session)
+    backends = f.sub("backends") or _fields({}, "storage_backend.backends")
+    b = {k: backends.sub(k) or _fields({}, f"{backends.where}.{k}") for k in _BACKENDS}
+    enc = f.sub("encryption") or _fields({}, "storage_backend.encryption")
     d = StorageConfig()
     dp = PostgresConfig()
-    port = _typed(pg, "port", int, dp.port, f"{bw}.postgres")
-    if not 0 < port < 65536:
-        raise KbsConfigError(f"{bw}.postgres.port must be 1..65535")
-    return StorageConfig(
+    pg = b["postgres"]
+    cfg = StorageConfig(
         storage_type=st,
-        local_fs_dir=_typed(lfs, "dir_path", str, d.local_fs_dir, f"{bw}.local_fs"),
-        local_json_dir=_typed(ljs, "file_dir_path", str, d.local_json_dir, f"{bw}.local_json"),
-        redis_url=_typed(rds, "url", str, d.redis_url, f"{bw}.redis"),
+        local_fs_dir=b["local_fs"].str("dir_path", d.local_fs_dir) or "",
+        local_json_dir=b["local_json"].str("file_dir_path", d.local_json_dir) or "",
+        redis_url=b["redis"].str("url", d.redis_url) or "",
         postgres=PostgresConfig(
-            db=_typed(pg, "db", str, dp.db, f"{bw}.postgres"),
-            username=_typed(pg, "username", str, dp.username, f"{bw}.postgres"),
-            password=_typed(pg, "password", str, None, f"{bw}.postgres"),
-            port=port,
-            host=_typed(pg, "host", str, dp.host, f"{bw}.postgres"),
+            db=pg.str("db", dp.db) or "",
+            username=pg.str("username", dp.username) or "",
+            password=pg.str("password"),
+            port=pg.int("port", dp.port, min=1, max=65535) or 0,
+            host=pg.str("host", dp.host) or "",
         ),
-        backends_given=tuple(
-            sorted(k for k in ("local_fs", "local_json", "redis", "postgres") if k in backends)
-        ),
+        backends_given=tuple(sorted(k for k in _BACKENDS if k in backends.table)),
         session_storage_type=sst,
-        encryption_key_path=_typed(enc, "key_path", str, None, f"{w}.encryption"),
+        encryption_key_path=enc.str("key_path"),
     )
+    _ignore_unread(f, "session_storage_type")
+    for g in (backends, *b.values()):
+        _ignore_unread(g)
+    return cfg
 
 
 def security_config(tbl: Mapping[str, Any]) -> SecurityConfig:
@@ -650,28 +650,33 @@ def security_config(tbl: Mapping[str, Any]) -> SecurityConfig:
     return _security(tbl)
 
 
+_SECURITY_INTS = ("max_sessions", "max_token_bytes", "max_evidence_bytes", "max_init_data_bytes",
+                  "max_claims_depth", "max_claims_items", "policy_workers")  # fmt: skip
+
+
 def _security(tbl: Mapping[str, Any]) -> SecurityConfig:
-    w = "security"
     _strict(tbl, set(SecurityConfig.__dataclass_fields__), "[security]")
+    f = _fields(tbl, "security")
     d = SecurityConfig()
     dev: tuple[str, ...] | None = None
     if "dev_verifiers" in tbl:
-        dev = _strs(tbl, "dev_verifiers", w)
+        dev = _strs(f, "dev_verifiers")
         bad = sorted(set(dev) - set(DEV_VERIFIERS))
         if bad:
             raise KbsConfigError(f"security.dev_verifiers: unknown dev verifier(s) {', '.join(bad)}")
-    ints = {
-        k: _typed(tbl, k, int, getattr(d, k), w)
-        for k in ("max_sessions", "max_token_bytes", "max_evidence_bytes", "max_init_data_bytes",
-                  "max_claims_depth", "max_claims_items", "policy_workers")
-    }  # fmt: skip
-    for k, v in ints.items():
+    ints: dict[str, int] = {}
+    for k in _SECURITY_INTS:
+        v = f.int(k, getattr(d, k)) or 0
         if v < 1:
             raise KbsConfigError(f"security.{k} must be positive")
-    timeout = _typed(tbl, "policy_timeout_s", (int, float), d.policy_timeout_s, w)
-    if isinstance(timeout, bool) or not 0 < timeout <= 600:
+        ints[k] = v
+    timeout = f.get("policy_timeout_s", (int, float), d.policy_timeout_s)
+    if not 0 < timeout <= 600:
         raise KbsConfigError("security.policy_timeout_s must be in (0, 600]")
     return SecurityConfig(dev_verifiers=dev, policy_timeout_s=float(timeout), **ints)
+
+
+_RESOURCE_BACKENDS = ("kvstorage", "aliyun", "aws", "gcp", "vault", "Aliyun", "Aws", "Gcp", "Vault")
 
 
 def _plugin(raw: Any) -> PluginConfig:
@@ -681,33 +686,28 @@ def _plugin(raw: Any) -> PluginConfig:
         raise KbsConfigError(f"plugins.name {raw['name']!r} is not one of {', '.join(PLUGIN_NAMES)}")
     name = PLUGIN_NAMES[raw["name"]]
     opts = {k: v for k, v in raw.items() if k != "name"}
-    w = f"plugins.{name}"
+    f = _fields(opts, f"plugins.{name}")
     if name == "resource":
         sbt = opts.get("storage_backend_type", "kvstorage")
-        if sbt not in ("kvstorage", "aliyun", "aws", "gcp", "vault", "Aliyun", "Aws", "Gcp", "Vault"):
-            raise KbsConfigError(f"{w}.storage_backend_type {sbt!r} is not a resource backend trustee has")
+        if sbt not in _RESOURCE_BACKENDS:
+            raise f.fail("storage_backend_type", f"{sbt!r} is not a resource backend trustee has")
     elif name == "sample":
-        _typed(opts, "item", str, None, w)
+        f.str("item")
     elif name == "pkcs11":
-        for k in ("module", "pin"):
-            if not isinstance(opts.get(k), str):
-                raise KbsConfigError(f"{w}.{k} is required (a string)")
-        _typed(opts, "slot_index", int, 0, w)
-        _typed(opts, "lookup_label", str, "", w)
-        if opts.get("rsa_mechanism", "RsaPkcsOaep") not in ("RsaPkcsOaep", "RsaPkcsTest"):
-            raise KbsConfigError(f"{w}.rsa_mechanism must be RsaPkcsOaep or RsaPkcsTest")
+        f.str("module", required=True)
+        f.str("pin", required=True)
+        f.int("slot_index", 0)
+        f.str("lookup_label", "")
+        if f.str("rsa_mechanism", "RsaPkcsOaep") not in ("RsaPkcsOaep", "RsaPkcsTest"):
+            raise f.fail("rsa_mechanism", "must be RsaPkcsOaep or RsaPkcsTest")
     elif name == "external":
-        backends = opts.get("backends", [])
-        if not isinstance(backends, list):
-            raise KbsConfigError(f"{w}.backends must be a list")
-        for b in backends:
-            if not isinstance(b, Mapping) or not isinstance(b.get("name"), str):
-                raise KbsConfigError(f"{w}.backends entries need a string name")
-            if not isinstance(b.get("endpoint"), str):
-                raise KbsConfigError(f"{w}.backends.endpoint must be a string")
-            _typed(b, "timeout_ms", int, None, f"{w}.backends")
-            _typed(b, "ca_cert_path", str, None, f"{w}.backends")
-            _typed(b, "tls_mode", str, None, f"{w}.backends")
+        for b in f.list("backends", Mapping, []) or []:
+            bf = _fields(b, f"{f.where}.backends")
+            bf.str("name", required=True)
+            bf.str("endpoint", required=True)
+            bf.int("timeout_ms")
+            bf.str("ca_cert_path")
+            bf.str("tls_mode")
     return PluginConfig(name, opts)
 
 
@@ -762,9 +762,8 @@ def _parse(doc: Mapping[str, Any], base_dir: str) -> KbsServerConfig:
 
 def _compat(tbl: Mapping[str, Any]) -> CompatibilityConfig:
     _strict(tbl, set(CompatibilityConfig.__dataclass_fields__), "[compatibility]")
-    return CompatibilityConfig(
-        **{k: _typed(tbl, k, bool, True, "compatibility") for k in CompatibilityConfig.__dataclass_fields__}
-    )
+    f = _fields(tbl, "compatibility")
+    return CompatibilityConfig(**{k: bool(f.bool(k, True)) for k in CompatibilityConfig.__dataclass_fields__})
 
 
 def parse_compatibility(doc: Mapping[str, Any]) -> CompatibilityConfig:
@@ -851,6 +850,7 @@ def startup_problems(cfg: KbsServerConfig) -> list[str]:
             if not idp.public_key_uri and not idp.jwk_set_uri:
                 out.append(f"admin: identity_providers[{i}] needs public_key_uri or jwk_set_uri")
     s = cfg.attestation_service
+    out += trustee_verifier_problems(s.trustee_verifier_config)
     if s.type not in SERVED_AS_TYPES:
         out.append(f"attestation_service.type {s.type} is not served by this KBS")
     elif s.rvps_type not in SERVED_RVPS:

@@ -30,9 +30,10 @@ from coco_common.cli import add_version, log_level_type, rust_log_level
 from coco_common.strict_json import strict_loads
 from kbs_client.jcs import hash_canonical
 
+from .app import make_broker
 from .attestation_service import AttestationService, _annotate, _init_data, _Reject
 from .config import load_document, parse_as_server_config, parse_compatibility, security_config
-from .ear import Appraisal, EarBroker
+from .ear import Appraisal
 from .errors import KbsAttestationError, KbsConfigError, KbsError
 from .grpc_api import (
     AS_SERVICE,
@@ -49,6 +50,7 @@ from .protos import attestation_pb2 as as_pb
 from .protos import reference_pb2 as rv_pb
 from .rvps import ReferenceValues
 from .storage import KvStore, open_store
+from .trustee_verifiers import trustee_verifier_problems, verifier_options
 from .verifiers import KNOWN_TEES, TEE_CLASS, VerifierRegistry
 
 __all__ = ["AttestationServer", "evaluate", "main", "serve_grpc"]
@@ -231,19 +233,11 @@ async def build_service(doc: Any) -> tuple[AttestationService, list[KvStore | Rv
     compat = parse_compatibility(doc)  # the [compatibility] keys that concern an attestation service
     for w in warnings:
         log.warning("config: %s", w)
+    problems = trustee_verifier_problems(a.trustee_verifier_config)
+    if problems:
+        raise KbsConfigError("; ".join(problems))
     store = open_store(st.storage_type, st)
-    kw: dict[str, Any] = {
-        "duration_min": a.duration_min,
-        "issuer": a.issuer_name,
-        "developer": a.developer_name,
-        "build": a.build_name,
-        "profile": a.profile_name,
-    }
-    broker = (
-        EarBroker.from_files(a.signer_key_path, a.signer_cert_path, **kw)
-        if a.signer_key_path
-        else EarBroker(**kw)
-    )
+    broker = make_broker(a)
     closers: list[KvStore | RvpsClient] = [store]
     rvps: Any
     if a.rvps_type == "GrpcRemote":
@@ -266,7 +260,7 @@ async def build_service(doc: Any) -> tuple[AttestationService, list[KvStore | Rv
     policies = AttestationPolicies(store, PolicyWorkers(sec.policy_workers, timeout_s=sec.policy_timeout_s))
     policies.check_at_upload = compat.check_policy_at_upload
     svc = AttestationService(
-        VerifierRegistry(options=a.verifier_config, dev_verifiers=dev),
+        VerifierRegistry(options=verifier_options(a), dev_verifiers=dev),
         broker,
         policies,
         rvps,

@@ -249,7 +249,8 @@ class AttestationPolicies:
         f = resources.files("kbs.policies") / f"{pid}.rego"
         if f.is_file():
             return f.read_text()
-        return (resources.files("kbs.policies") / "default_gpu.rego").read_text()
+        # as trustee's token broker: no policy for this TEE class (dcu, nvidia-dpu) is an error
+        raise PolicyEngineError(f"no attestation policy {pid} for TEE class {tee_class}: upload one")
 
     async def appraise(
         self, tee_class: str, input_doc: Mapping[str, Any], reference_values: Mapping[str, Any]

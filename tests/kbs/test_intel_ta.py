@@ -20,8 +20,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from kbs.app import build_state
 from kbs.config import load_config
-from kbs.server import build_state, make_app
+from kbs.server import make_app
 from kbs.storage import NS_REPOSITORY
 from kbs_client.jcs import hash_canonical
 from kbs_client.jws import public_key_to_jwk, sign

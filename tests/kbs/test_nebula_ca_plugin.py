@@ -12,9 +12,10 @@ import httpx
 import pytest
 from aiohttp.test_utils import TestServer
 
+from kbs.app import build_state
 from kbs.config import parse_config
 from kbs.errors import KbsConfigError
-from kbs.server import build_state, make_app
+from kbs.server import make_app
 from kbs_client.tee_key import TeeKeyPair
 
 from .conftest import admin_material, config_doc

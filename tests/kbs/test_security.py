@@ -17,10 +17,10 @@ import httpx
 import pytest
 from aiohttp.test_utils import TestServer
 
+from kbs.app import build_state
 from kbs.config import parse_config
 from kbs.errors import KbsConfigError
 from kbs.policy_worker import PolicyWorkers, policy_nesting
-from kbs.server import build_state
 from kbs.storage import LocalFsStore
 from kbs.verifiers import DEV_TEES, DEVICE_TEES, KNOWN_TEES
 from kbs_client.jcs import hash_canonical

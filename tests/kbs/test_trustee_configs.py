@@ -24,10 +24,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
+from kbs.app import build_state
 from kbs.cli import main as kbs_main
 from kbs.config import KbsServerConfig, load_config, parse_config, startup_problems
 from kbs.errors import KbsConfigError
-from kbs.server import build_state, make_app, ssl_context
+from kbs.server import make_app, ssl_context
 from kbs.storage import NS_REPOSITORY
 from kbs_client.policies import builtin_policy
 from kbs_client.tee_key import TeeKeyPair
