@@ -15,6 +15,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from coco_common.files import read_bounded
 from kbs_client.errors import TokenError
 from kbs_client.jws import PublicVerifyKey, decode_unverified, verify
 
@@ -45,9 +46,11 @@ def _load_public_key(uri: str, base_dir: str) -> PublicVerifyKey:
         if not p.is_absolute():
             p = Path(base_dir) / p
         try:
-            text = p.read_bytes()[:65536]
+            text = read_bounded(p, 65536)
         except OSError as exc:
             raise KbsConfigError(f"cannot read admin public key {uri}: {exc.strerror}") from exc
+        except ValueError as exc:  # too large, not a regular file
+            raise KbsConfigError(f"cannot read admin public key {uri}: {exc}") from exc
     try:
         key = serialization.load_pem_public_key(text)
     except ValueError as exc:

@@ -179,8 +179,8 @@ def _agent_policy_claims(claims: dict[str, Any]) -> None:
     if i < 0:
         return
     try:
-        data = json.loads(rego[i + len("policy_data := ") :])
-    except ValueError:
+        data = strict_loads(rego[i + len("policy_data := ") :])
+    except ValueError:  # not JSON (or JSON with a repeated key): left as the policy text
         return
     del claims["policy.rego"]
     claims["agent_policy_claims"] = data

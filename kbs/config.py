@@ -18,13 +18,14 @@ import contextvars
 import logging
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from coco_common.fields import Fields, closest
+from coco_common.files import FileTooLarge, read_bounded
 from coco_common.strict_json import strict_loads
 
 from .errors import KbsConfigError
@@ -655,7 +656,7 @@ _SECURITY_INTS = ("max_sessions", "max_token_bytes", "max_evidence_bytes", "max_
 
 
 def _security(tbl: Mapping[str, Any]) -> SecurityConfig:
-    _strict(tbl, set(SecurityConfig.__dataclass_fields__), "[security]")
+    _strict(tbl, {x.name for x in fields(SecurityConfig)}, "[security]")
     f = _fields(tbl, "security")
     d = SecurityConfig()
     dev: tuple[str, ...] | None = None
@@ -761,9 +762,9 @@ def _parse(doc: Mapping[str, Any], base_dir: str) -> KbsServerConfig:
 
 
 def _compat(tbl: Mapping[str, Any]) -> CompatibilityConfig:
-    _strict(tbl, set(CompatibilityConfig.__dataclass_fields__), "[compatibility]")
+    _strict(tbl, {x.name for x in fields(CompatibilityConfig)}, "[compatibility]")
     f = _fields(tbl, "compatibility")
-    return CompatibilityConfig(**{k: bool(f.bool(k, True)) for k in CompatibilityConfig.__dataclass_fields__})
+    return CompatibilityConfig(**{x.name: bool(f.bool(x.name, True)) for x in fields(CompatibilityConfig)})
 
 
 def parse_compatibility(doc: Mapping[str, Any]) -> CompatibilityConfig:
@@ -898,12 +899,13 @@ def load_document(path: str) -> Mapping[str, Any]:
     """A TOML (or YAML / JSON, by extension) config file as a table."""
     p = Path(path)
     try:
-        with p.open("rb") as fh:
-            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        raw = read_bounded(p, MAX_CONFIG_BYTES)
+    except FileTooLarge as exc:
+        raise KbsConfigError("config file too large") from exc
     except OSError as exc:
         raise KbsConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise KbsConfigError("config file too large")
+    except ValueError as exc:  # not a regular file
+        raise KbsConfigError(f"cannot read config file {path}: {exc}") from exc
     try:
         if p.suffix in (".yaml", ".yml"):
             doc = yaml.load(raw, Loader=_StrictYamlLoader)  # noqa: S506 - a SafeLoader subclass

@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from coco_common.http import async_client
 from coco_common.http_body import DECODABLE, HttpBodyError, read_body
 from coco_common.strict_json import strict_loads
 
@@ -78,7 +79,7 @@ class IntelTrustAuthority:
         self._policy_ids = list(cfg.ita_policy_ids)
         self._must_match = bool(self._policy_ids) and not bool(cfg.ita_allow_unmatched_policy)
         self._verifier = TokenVerifier(trusted_jwks=load_jwk_set(cfg.ita_certs_file))
-        self._http = client or httpx.AsyncClient(timeout=60, follow_redirects=False)
+        self._http = client or async_client(timeout=60)
         self.policies = _NoPolicies()
         self.rvps = ItaReferenceValues()
 
@@ -170,7 +171,7 @@ class IntelTrustAuthority:
             log.warning("Intel Trust Authority unreachable: %s", type(exc).__name__)
             raise KbsAttestationError(_FAILED) from exc
         try:
-            doc = json.loads(raw)
+            doc = strict_loads(raw, limit=MAX_RESPONSE)
         except ValueError:
             doc = None
         if status != 200:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from coco_common.files import FileTooLarge, read_bounded
 from coco_common.strict_json import strict_loads
 from kbs_client.errors import TokenError
 from kbs_client.jws import PublicVerifyKey, jwk_to_public_key
@@ -30,12 +31,13 @@ def load_jwk_set(uri: str, base_dir: str | None = None) -> dict[str, PublicVerif
     if base_dir is not None and not p.is_absolute():
         p = Path(base_dir) / p
     try:
-        with p.open("rb") as fh:
-            raw = fh.read(MAX_JWKS_BYTES + 1)
+        raw = read_bounded(p, MAX_JWKS_BYTES)
+    except FileTooLarge as exc:
+        raise KbsConfigError(f"JWK set {uri} is larger than {MAX_JWKS_BYTES} bytes") from exc
     except OSError as exc:
         raise KbsConfigError(f"cannot read JWK set {uri}: {exc.strerror}") from exc
-    if len(raw) > MAX_JWKS_BYTES:
-        raise KbsConfigError(f"JWK set {uri} is larger than {MAX_JWKS_BYTES} bytes")
+    except ValueError as exc:  # not a regular file
+        raise KbsConfigError(f"cannot read JWK set {uri}: {exc}") from exc
     return _parse(uri, raw)
 
 
@@ -44,12 +46,13 @@ def _fetch(uri: str) -> bytes:
     portal), read up to :data:`MAX_JWKS_BYTES`; ``http://`` is for local test servers."""
     import httpx
 
+    from coco_common.http import sync_client
     from coco_common.http_body import DECODABLE, BodyTooLarge, HttpBodyError, read_body_sync
 
     if uri.startswith("http://"):
         log.warning("INSECURE: JWK set %s is fetched over plain HTTP", uri)
     try:
-        with httpx.Client(timeout=15, follow_redirects=False) as c, c.stream("GET", uri) as r:
+        with sync_client(timeout=15) as c, c.stream("GET", uri) as r:
             if r.status_code != 200:
                 raise KbsConfigError(f"JWK set {uri}: HTTP {r.status_code}")
             return read_body_sync(r, MAX_JWKS_BYTES, decode=DECODABLE, what=f"JWK set {uri}")

@@ -32,6 +32,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from coco_common.files import FileTooLarge, read_bounded, write_atomic
+from coco_common.strict_json import strict_object
+
 from .errors import KbsConfigError, StorageError
 
 if TYPE_CHECKING:
@@ -66,6 +69,9 @@ _NS = re.compile(r"^[a-z_]+$")
 
 
 class KvStore(Protocol):
+    #: the backend expires values itself (Redis, memory); else readers check the expiry
+    native_ttl: bool
+
     async def get(self, ns: str, key: str) -> bytes | None: ...
 
     async def set(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> None: ...
@@ -173,15 +179,13 @@ class LocalFsStore:
     @staticmethod
     def _read_limited(p: Path, limit: int) -> bytes | None:
         try:
-            with p.open("rb") as fh:
-                data = fh.read(limit + 1)
+            return read_bounded(p, limit)
         except FileNotFoundError:
             return None
-        except OSError as exc:
+        except FileTooLarge as exc:
+            raise StorageError("stored value too large") from exc
+        except (OSError, ValueError) as exc:  # ValueError: not a regular file
             raise StorageError("storage read failed") from exc
-        if len(data) > limit:
-            raise StorageError("stored value too large")
-        return data
 
     @staticmethod
     def _expired(head: bytes) -> bool:
@@ -229,8 +233,13 @@ class LocalFsStore:
         p: Path, chunks: tuple[bytes, ...], *, mtime: float | None = None, exclusive: bool = False
     ) -> bool:
         """Write atomically; ``mtime``: stamp the file (TTL records carry their expiry there, so
-        the sweeper needs no read); ``exclusive``: never replace an existing file (False if one is there)."""
+        the sweeper needs no read); ``exclusive``: never replace an existing file (False if one is there).
+        A plain replace is :func:`coco_common.files.write_atomic` (fsynced); the stamped and
+        create-only writes are this store's own (a link of a complete temp file)."""
         p.parent.mkdir(parents=True, exist_ok=True)
+        if mtime is None and not exclusive:
+            write_atomic(p, b"".join(chunks))
+            return True
         fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -421,11 +430,8 @@ class LocalJsonStore:
         data = LocalFsStore._read_limited(self._file(ns), self.MAX_FILE_BYTES)
         if data is None:
             return {}
-        try:
-            doc = json.loads(data)
-        except ValueError as exc:
-            raise StorageError("stored namespace file is not JSON") from exc
-        if not isinstance(doc, dict) or not all(isinstance(v, str) for v in doc.values()):
+        doc = strict_object(data, limit=self.MAX_FILE_BYTES, error=StorageError, what="stored namespace file")
+        if not all(isinstance(v, str) for v in doc.values()):
             raise StorageError("stored namespace file is not a JSON object of strings")
         return doc
 
@@ -630,7 +636,7 @@ class EncryptedStore:
         if len(key) != 32:
             raise KbsConfigError("the at-rest key must be 32 bytes")
         self._inner = inner
-        self.native_ttl = bool(getattr(inner, "native_ttl", False))
+        self.native_ttl = inner.native_ttl
         self._aead = AESGCM(key)
         self._ns = namespaces
 
@@ -672,9 +678,11 @@ class EncryptedStore:
 
 def load_at_rest_key(path: str) -> bytes:
     try:
-        raw = Path(path).read_bytes()[:1024]
+        raw = read_bounded(Path(path), 1024)
     except OSError as exc:
         raise KbsConfigError(f"cannot read the at-rest key file: {exc.strerror}") from exc
+    except ValueError as exc:  # too large, not a regular file
+        raise KbsConfigError(f"cannot read the at-rest key file: {exc}") from exc
     if len(raw) == 32:
         return raw
     text = raw.strip()
