@@ -33,7 +33,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from coco_common.files import FileTooLarge, read_bounded, write_atomic
-from coco_common.strict_json import strict_object
+from coco_common.strict_json import strict_loads
 
 from .errors import KbsConfigError, StorageError
 
@@ -430,8 +430,8 @@ class LocalJsonStore:
         data = LocalFsStore._read_limited(self._file(ns), self.MAX_FILE_BYTES)
         if data is None:
             return {}
-        doc = strict_object(data, limit=self.MAX_FILE_BYTES, error=StorageError, what="stored namespace file")
-        if not all(isinstance(v, str) for v in doc.values()):
+        doc = strict_loads(data, limit=self.MAX_FILE_BYTES, error=StorageError, what="stored namespace file")
+        if not isinstance(doc, dict) or not all(isinstance(v, str) for v in doc.values()):
             raise StorageError("stored namespace file is not a JSON object of strings")
         return doc
 
