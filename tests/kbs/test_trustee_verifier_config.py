@@ -339,6 +339,15 @@ def test_nvidia_remote_is_refused_at_check(tmp_path: Path, capsys: pytest.Captur
     assert kbs_main(["--config-file", str(f), "--check", "--strict"]) == 1
 
 
+async def test_grpc_as_refuses_docker_composes_remote_nvidia_verifier() -> None:
+    """trustee's docker-compose AS config asks for NRAS: the separate AS does not start on it."""
+    from kbs.grpc_as import build_service
+
+    doc = json.loads((UPSTREAM / "kbs_config_docker-compose_as-config.json").read_text())
+    with pytest.raises(KbsConfigError, match="NRAS"):
+        await build_service(doc)
+
+
 def test_trustee_kbs_test_config_loads_its_tpm_section() -> None:
     cfg = load_config(str(FIXTURES / "trustee" / "configs" / "test_config_kbs.toml"))
     tpm = cfg.attestation_service.trustee_verifier_config.tpm_verifier
