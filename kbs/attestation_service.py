@@ -44,9 +44,17 @@ ATTEST_FAILED = "Attestation error: RCAR handshake Attest failed"
 
 
 class _Reject(KbsAttestationError):
-    """Internal: why an /attest failed (logged, never sent to the client)."""
+    """Internal: why an /attest failed. The reason is what ``str()`` gives (for the log); the
+    client sees only :data:`ATTEST_FAILED`, wherever this error ends up."""
 
     variant = "AttestationError"
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(ATTEST_FAILED)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
 
 
 def _only(

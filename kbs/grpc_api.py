@@ -228,7 +228,8 @@ class RemoteAttestationService:
                             runtime_data_hash_algorithm=hash_algorithm,
                         )
                     )
-        except KbsAttestationError:
+        except KbsAttestationError as exc:  # its detail is for the client, the reason for the log
+            log.warning("attestation rejected: %s", exc)
             raise
         except Exception as exc:  # a malformed body: the details go to the log only
             log.warning("attestation rejected: %s", exc)

@@ -144,7 +144,8 @@ class IntelTrustAuthority:
             if not isinstance(devices, dict):
                 raise ValueError("additional evidence must map TEE names to evidence")
             body = self._request(tee, primary, runtime, devices)
-        except KbsError:
+        except KbsError as exc:  # its detail is for the client, the reason for the log
+            log.warning("attestation rejected: %s", exc)
             raise
         except Exception as exc:
             log.warning("attestation rejected: %s", exc)

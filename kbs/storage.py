@@ -651,20 +651,20 @@ class EncryptedStore:
         except InvalidTag as exc:
             raise StorageError("stored value failed authentication") from exc
 
+    def _seal(self, ns: str, key: str, value: bytes) -> bytes:
+        if ns not in self._ns:
+            return value
+        nonce = os.urandom(12)
+        return self._VERSION + nonce + self._aead.encrypt(nonce, value, f"{ns}/{key}".encode())
+
     async def set(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
-        if ns in self._ns:
-            nonce = os.urandom(12)
-            value = self._VERSION + nonce + self._aead.encrypt(nonce, value, f"{ns}/{key}".encode())
-        await self._inner.set(ns, key, value, ttl_s=ttl_s)
+        await self._inner.set(ns, key, self._seal(ns, key, value), ttl_s=ttl_s)
 
     async def delete(self, ns: str, key: str) -> bool:
         return await self._inner.delete(ns, key)
 
     async def add(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> bool:
-        if ns in self._ns:
-            nonce = os.urandom(12)
-            value = self._VERSION + nonce + self._aead.encrypt(nonce, value, f"{ns}/{key}".encode())
-        return await self._inner.add(ns, key, value, ttl_s=ttl_s)
+        return await self._inner.add(ns, key, self._seal(ns, key, value), ttl_s=ttl_s)
 
     async def keys(self, ns: str) -> list[str]:
         return await self._inner.keys(ns)

@@ -539,3 +539,23 @@ async def test_localfs_value_that_looks_like_a_ttl_record(
         await st.delete("kbs_protocol_session", "s2") and await st.get("kbs_protocol_session", "s2") is None
     )
     assert await st.get("repository", "x/y/z") == lookalike
+
+
+async def test_a_malformed_attest_body_tells_the_client_nothing_more(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The internal reason a body is refused goes to the log; every attestation service answers
+    trustee's fixed text (a separate AS over gRPC included)."""
+    from kbs.attestation_service import ATTEST_FAILED
+    from kbs.errors import KbsAttestationError
+    from kbs.grpc_api import AsClient, RemoteAttestationService
+
+    client = AsClient("http://127.0.0.1:9")
+    try:
+        svc = RemoteAttestationService(client)
+        with caplog.at_level("WARNING"), pytest.raises(KbsAttestationError) as ei:
+            await svc.attest(tee="snp", session_nonce="n", hash_algorithm="sha384", untrusted_body=b"{nope")
+        assert ei.value.detail == ATTEST_FAILED and ei.value.variant == "AttestationError"
+        assert "not strict JSON" in caplog.text
+    finally:
+        await client.close()
