@@ -33,7 +33,15 @@ from .verifiers import DEVICE_TEES, TEE_CLASS, UnsupportedTee, VerifierRegistry
 if TYPE_CHECKING:
     from .grpc_api import RemoteReferenceValues
 
-__all__ = ["MAX_ADDITIONAL_EVIDENCE", "AttestationService", "parse_attestation"]
+__all__ = [
+    "ATTEST_FAILED",
+    "MAX_ADDITIONAL_EVIDENCE",
+    "AttestationService",
+    "EvidenceRejected",
+    "annotate_submod",
+    "init_data_claims",
+    "parse_attestation",
+]
 
 log = logging.getLogger(__name__)
 
@@ -43,9 +51,9 @@ _MAX_RSA_N_B64 = (16384 // 8 * 4 + 2) // 3
 ATTEST_FAILED = "Attestation error: RCAR handshake Attest failed"
 
 
-class _Reject(KbsAttestationError):
-    """Internal: why an /attest failed. The reason is what ``str()`` gives (for the log); the
-    client sees only :data:`ATTEST_FAILED`, wherever this error ends up."""
+class EvidenceRejected(KbsAttestationError):
+    """Why an /attest (or a separate AS's evaluation) failed. The reason is what ``str()``
+    gives (for the log); the client sees only :data:`ATTEST_FAILED`, wherever this ends up."""
 
     variant = "AttestationError"
 
@@ -63,13 +71,13 @@ def _only(
     """``obj`` as an object of ``allowed`` members with every ``required`` one; other members are
     an error, or (``strict`` false, trustee's serde) dropped."""
     if not isinstance(obj, dict):
-        raise _Reject(f"{what} is not an object")
+        raise EvidenceRejected(f"{what} is not an object")
     extra = set(obj) - allowed
     if extra and strict:
-        raise _Reject(f"{what} has unknown fields {sorted(extra)}")
+        raise EvidenceRejected(f"{what} has unknown fields {sorted(extra)}")
     missing = required - set(obj)
     if missing:
-        raise _Reject(f"{what} lacks {sorted(missing)}")
+        raise EvidenceRejected(f"{what} lacks {sorted(missing)}")
     return {k: v for k, v in obj.items() if k in allowed}
 
 
@@ -79,7 +87,7 @@ def _shape(doc: Any, limits: SecurityConfig, what: str, *, depth_slack: int = 0)
             doc, max_depth=limits.max_claims_depth + depth_slack, max_items=limits.max_claims_items, what=what
         )
     except BoundsError as exc:
-        raise _Reject(str(exc)) from exc
+        raise EvidenceRejected(str(exc)) from exc
 
 
 def parse_attestation(
@@ -90,11 +98,11 @@ def parse_attestation(
     false ignores members the protocol does not define, as trustee does."""
     lim = limits or SecurityConfig()
     if len(untrusted_body) > lim.max_evidence_bytes + 4 * lim.max_init_data_bytes + 64 * 1024:
-        raise _Reject("attestation body is larger than the evidence and init-data limits allow")
+        raise EvidenceRejected("attestation body is larger than the evidence and init-data limits allow")
     try:
         doc = strict_loads(untrusted_body)
     except ValueError as exc:
-        raise _Reject(f"attestation body is not strict JSON: {exc}") from exc
+        raise EvidenceRejected(f"attestation body is not strict JSON: {exc}") from exc
     _shape(doc, lim, "attestation body", depth_slack=3)
     doc = _only(
         doc,
@@ -114,27 +122,27 @@ def parse_attestation(
         strict=strict,
     )
     if not isinstance(rt["nonce"], str):
-        raise _Reject("nonce is not a string")
+        raise EvidenceRejected("nonce is not a string")
     try:
         key = TeePubKey.from_json(rt["tee-pubkey"])
     except TeeKeyError as exc:
-        raise _Reject(f"tee-pubkey: {exc}") from exc
+        raise EvidenceRejected(f"tee-pubkey: {exc}") from exc
     usable_tee_key(key)
     add = ev["additional_evidence"]
     if not isinstance(add, str) or len(add) > MAX_ADDITIONAL_EVIDENCE:
-        raise _Reject("additional_evidence must be a string")
+        raise EvidenceRejected("additional_evidence must be a string")
     primary = ev["primary_evidence"]
     if len(add.encode("utf-8")) + len(json.dumps(primary)) > lim.max_evidence_bytes:
-        raise _Reject(f"evidence is larger than {lim.max_evidence_bytes} bytes")
+        raise EvidenceRejected(f"evidence is larger than {lim.max_evidence_bytes} bytes")
     init = doc.get("init-data")
     if init is not None:
         init = _only(init, {"format", "body"}, {"format", "body"}, "init-data", strict=strict)
         if init["format"] != "toml":
-            raise _Reject("Unsupported initdata format")
+            raise EvidenceRejected("Unsupported initdata format")
         if not isinstance(init["body"], str):
-            raise _Reject("init-data body is not a string")
+            raise EvidenceRejected("init-data body is not a string")
         if len(init["body"].encode("utf-8")) > lim.max_init_data_bytes:
-            raise _Reject(f"init-data is larger than {lim.max_init_data_bytes} bytes")
+            raise EvidenceRejected(f"init-data is larger than {lim.max_init_data_bytes} bytes")
     return init, rt["nonce"], key, primary, add
 
 
@@ -143,26 +151,26 @@ def usable_tee_key(key: TeePubKey) -> None:
     algorithm, a point off its curve, a weak, malformed or oversized RSA key): found at
     /attest, not at the first resource GET."""
     if key.kty == "RSA" and key.n is not None and len(key.n) > _MAX_RSA_N_B64:
-        raise _Reject("RSA tee-pubkey is longer than 16384 bits")
+        raise EvidenceRejected("RSA tee-pubkey is longer than 16384 bits")
     if (key.kty, key.alg) not in (("EC", ALG_ECDH_ES_A256KW), ("RSA", ALG_RSA_OAEP_256), ("RSA", ALG_RSA1_5)):
-        raise _Reject("tee-pubkey algorithm is not supported")
+        raise EvidenceRejected("tee-pubkey algorithm is not supported")
     try:
         client_jwe.encrypt(b"probe", key)  # exactly what a resource GET will do with it
     except JweError as exc:
-        raise _Reject(f"tee-pubkey is not usable: {exc}") from exc
+        raise EvidenceRejected(f"tee-pubkey is not usable: {exc}") from exc
     except ValueError as exc:  # cryptography refuses some RSA numbers late (even modulus, size)
-        raise _Reject("tee-pubkey is not a usable RSA key") from exc
+        raise EvidenceRejected("tee-pubkey is not a usable RSA key") from exc
 
 
-def _init_data(init: Mapping[str, Any], limits: SecurityConfig) -> tuple[bytes, dict[str, Any]]:
+def init_data_claims(init: Mapping[str, Any], limits: SecurityConfig) -> tuple[bytes, dict[str, Any]]:
     """(digest of the exact TOML bytes, claims) for a checked initdata document. Long strings
     in the claims are elided to a digest: init-data is unsigned input, copied into the token."""
     try:
         data = parse_initdata(str(init["body"]).encode("utf-8"))
     except InitDataError as exc:
-        raise _Reject(f"init-data rejected: {exc}") from exc
+        raise EvidenceRejected(f"init-data rejected: {exc}") from exc
     except (ValueError, RecursionError) as exc:  # tomllib: nesting, integers over the digit limit
-        raise _Reject("init-data is not TOML this KBS reads") from exc
+        raise EvidenceRejected("init-data is not TOML this KBS reads") from exc
     claims: dict[str, Any] = {}
     for k, v in data.data.items():
         if k in ("aa.toml", "cdh.toml"):
@@ -194,11 +202,13 @@ def _agent_policy_claims(claims: dict[str, Any]) -> None:
     claims["agent_policy_claims"] = data
 
 
-def _annotate(tee: str, claims: Mapping[str, Any], init_claims: Any, runtime_claims: Any) -> dict[str, Any]:
+def annotate_submod(
+    tee: str, claims: Mapping[str, Any], init_claims: Any, runtime_claims: Any
+) -> dict[str, Any]:
     try:
         return annotate(tee, claims, init_data_claims=init_claims, runtime_data_claims=runtime_claims)
     except AnnotationError as exc:
-        raise _Reject(str(exc)) from exc
+        raise EvidenceRejected(str(exc)) from exc
 
 
 class AttestationService:
@@ -227,7 +237,7 @@ class AttestationService:
         try:
             v = self.registry.get(tee)
         except UnsupportedTee as exc:
-            raise _Reject(str(exc)) from exc
+            raise EvidenceRejected(str(exc)) from exc
         try:
             # off the event loop: verifiers may fetch collateral with blocking I/O and are CPU-bound
             claims = await asyncio.to_thread(
@@ -238,9 +248,9 @@ class AttestationService:
                 now=now,
             )
         except AttestationError as exc:
-            raise _Reject(f"{tee} evidence rejected: {exc}") from exc
+            raise EvidenceRejected(f"{tee} evidence rejected: {exc}") from exc
         if not isinstance(claims, dict):
-            raise _Reject(f"{tee} verifier returned no claims")
+            raise EvidenceRejected(f"{tee} verifier returned no claims")
         _shape(claims, self.limits, f"{tee} claims")
         # a verifier's claims may repeat unsigned evidence (the sample svn): bounded in the token
         return dict(elide_long_strings(claims))
@@ -259,7 +269,7 @@ class AttestationService:
         t = now if now is not None else datetime.now(UTC)
         try:
             return await self._attest(tee, session_nonce, hash_algorithm, untrusted_body, t)
-        except _Reject as exc:
+        except EvidenceRejected as exc:
             log.warning("attestation rejected: %s", exc)
             raise KbsAttestationError(ATTEST_FAILED) from exc
         except KbsError as exc:
@@ -272,14 +282,14 @@ class AttestationService:
 
     async def _attest(self, tee: str, session_nonce: str, alg: str, body: bytes, now: datetime) -> str:
         if tee in DEVICE_TEES:
-            raise _Reject(f"{tee} is a device TEE, not a primary TEE")
+            raise EvidenceRejected(f"{tee} is a device TEE, not a primary TEE")
         # parsing and bounding up to a few MB of input is CPU work: in a thread, so the event
         # loop keeps its turn (the GIL is handed over every few ms)
         init, nonce, key, primary, additional = await asyncio.to_thread(
             parse_attestation, body, self.limits, strict=self.strict_bodies
         )
         if nonce != session_nonce:
-            raise _Reject("runtime-data nonce differs from the session nonce")
+            raise EvidenceRejected("runtime-data nonce differs from the session nonce")
         jwk = key.to_jwk()
         device_rd = hash_canonical(alg, {"nonce": nonce, "tee-pubkey": jwk})
         runtime_claims: dict[str, Any] = {"nonce": nonce, "tee-pubkey": jwk}
@@ -291,16 +301,16 @@ class AttestationService:
         init_hash: bytes | None = None
         init_claims: dict[str, Any] | None = None
         if init is not None:
-            init_hash, init_claims = await asyncio.to_thread(_init_data, init, self.limits)
+            init_hash, init_claims = await asyncio.to_thread(init_data_claims, init, self.limits)
 
         devices: list[tuple[str, str, dict[str, Any]]] = []  # (class, tee, claims)
         if additional:
             try:
                 amap = await asyncio.to_thread(strict_loads, additional)
             except ValueError as exc:
-                raise _Reject("additional evidence is not strict JSON") from exc
+                raise EvidenceRejected("additional evidence is not strict JSON") from exc
             if not isinstance(amap, dict):
-                raise _Reject("additional evidence must map TEE names to evidence")
+                raise EvidenceRejected("additional evidence must map TEE names to evidence")
             _shape(amap, self.limits, "additional evidence", depth_slack=1)
             for dtee, dev in amap.items():
                 claims = await self._verify(dtee, dev, device_rd, None, now)
@@ -315,17 +325,17 @@ class AttestationService:
         cpu_claims = await self._verify(tee, primary, primary_rd, init_hash, now)
         rv = await self.rvps.all()
         submods: dict[str, Appraisal] = {}
-        annotated = _annotate(tee, cpu_claims, init_claims, runtime_claims)
+        annotated = annotate_submod(tee, cpu_claims, init_claims, runtime_claims)
         submods["cpu0"] = await self._appraise("cpu", annotated, rv)
         counters: dict[str, int] = {}
         for cls, dtee, claims in devices:
             idx = counters.get(cls, 0)
             counters[cls] = idx + 1
-            dev_annot = _annotate(dtee, claims, None, {"nonce": nonce, "tee-pubkey": jwk})
+            dev_annot = annotate_submod(dtee, claims, None, {"nonce": nonce, "tee-pubkey": jwk})
             submods[f"{cls}{idx}"] = await self._appraise(cls, dev_annot, rv)
         token = await asyncio.to_thread(self.broker.issue, submods, now=now.timestamp())
         if len(token) > self.limits.max_token_bytes:
-            raise _Reject(f"the token would be larger than {self.limits.max_token_bytes} bytes")
+            raise EvidenceRejected(f"the token would be larger than {self.limits.max_token_bytes} bytes")
         return token
 
     async def _appraise(self, cls: str, annotated: dict[str, Any], rv: Mapping[str, Any]) -> Appraisal:

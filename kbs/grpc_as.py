@@ -31,7 +31,7 @@ from coco_common.strict_json import strict_loads
 from kbs_client.jcs import hash_canonical
 
 from .app import make_broker
-from .attestation_service import AttestationService, _annotate, _init_data, _Reject
+from .attestation_service import AttestationService, EvidenceRejected, annotate_submod, init_data_claims
 from .config import load_document, parse_as_server_config, parse_compatibility, security_config
 from .ear import Appraisal
 from .errors import KbsAttestationError, KbsConfigError, KbsError
@@ -106,7 +106,7 @@ async def evaluate(
         init_claims: dict[str, Any] | None = None
         iw = r.WhichOneof("init_data")
         if iw == "init_data_toml":
-            init_hash, init_claims = _init_data({"body": r.init_data_toml}, svc.limits)
+            init_hash, init_claims = init_data_claims({"body": r.init_data_toml}, svc.limits)
         elif iw == "init_data_digest":
             init_hash = _unb64url(r.init_data_digest, "init_data_digest")
         claims = await svc._verify(r.tee, evidence, rd, init_hash, t)
@@ -120,7 +120,7 @@ async def evaluate(
             else [(cls, claims)]
         )
         for part_cls, part in parts:
-            annotated = _annotate(r.tee, part, init_claims, rt_claims)
+            annotated = annotate_submod(r.tee, part, init_claims, rt_claims)
             idx = counters.get(part_cls, 0)
             counters[part_cls] = idx + 1
             submods[f"{part_cls}{idx}"] = await svc._appraise(part_cls, annotated, rv)
@@ -136,7 +136,7 @@ class AttestationServer:
     async def _evaluate(self, req: as_pb.AttestationRequest) -> as_pb.AttestationResponse:
         try:
             token = await evaluate(self.svc, req)
-        except _Reject as exc:
+        except EvidenceRejected as exc:
             log.warning("attestation rejected: %s", exc)
             raise KbsAttestationError("Attestation error: evidence rejected") from exc
         except KbsError as exc:
