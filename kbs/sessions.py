@@ -170,7 +170,7 @@ class SessionStore:
 
     async def _forget(self, sids: list[str]) -> int:
         """Delete sessions (and their claims) from a store that does not expire them itself."""
-        if getattr(self._store, "native_ttl", False):
+        if self._store.native_ttl:
             return 0
         n = 0
         for sid in sids:
@@ -254,7 +254,7 @@ class SessionStore:
     def _ttl(self, ttl_s: float) -> float | None:
         # stores that expire values themselves get the TTL; on the others the record is written
         # exactly as trustee writes it (its own timeout inside) and purge_expired removes it
-        return ttl_s if getattr(self._store, "native_ttl", False) else None
+        return ttl_s if self._store.native_ttl else None
 
     async def purge_expired(self, *, now: float | None = None, limit: int = 10_000) -> int:
         """Remove expired sessions: this replica's from its index (no record is read); every
@@ -262,7 +262,7 @@ class SessionStore:
         n = await self._store.purge_expired()
         t = time.time() if now is None else now
         n += await self._forget(self._pop_expired(self._pending, t) + self._pop_expired(self._attested, t))
-        if getattr(self._store, "native_ttl", False):
+        if self._store.native_ttl:
             return n
         self._sweeps += 1
         if self._sweeps % self.FULL_SCAN_EVERY != 1:
