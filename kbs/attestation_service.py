@@ -38,6 +38,7 @@ __all__ = [
     "MAX_ADDITIONAL_EVIDENCE",
     "AttestationService",
     "EvidenceRejected",
+    "additional_evidence",
     "annotate_submod",
     "init_data_claims",
     "parse_attestation",
@@ -91,11 +92,16 @@ def _shape(doc: Any, limits: SecurityConfig, what: str, *, depth_slack: int = 0)
 
 
 def parse_attestation(
-    untrusted_body: bytes, limits: SecurityConfig | None = None, *, strict: bool = True
+    untrusted_body: bytes,
+    limits: SecurityConfig | None = None,
+    *,
+    strict: bool = True,
+    session_nonce: str | None = None,
 ) -> tuple[dict[str, Any] | None, str, TeePubKey, Any, str]:
     """-> (init_data, nonce, tee_pubkey, primary_evidence, additional_evidence), every part
     within ``limits`` (size, depth, element count) before anything else reads it. ``strict``
-    false ignores members the protocol does not define, as trustee does."""
+    false ignores members the protocol does not define, as trustee does; ``session_nonce``:
+    the runtime data must carry it."""
     lim = limits or SecurityConfig()
     if len(untrusted_body) > lim.max_evidence_bytes + 4 * lim.max_init_data_bytes + 64 * 1024:
         raise EvidenceRejected("attestation body is larger than the evidence and init-data limits allow")
@@ -123,6 +129,8 @@ def parse_attestation(
     )
     if not isinstance(rt["nonce"], str):
         raise EvidenceRejected("nonce is not a string")
+    if session_nonce is not None and rt["nonce"] != session_nonce:
+        raise EvidenceRejected("runtime-data nonce differs from the session nonce")
     try:
         key = TeePubKey.from_json(rt["tee-pubkey"])
     except TeeKeyError as exc:
@@ -144,6 +152,17 @@ def parse_attestation(
         if len(init["body"].encode("utf-8")) > lim.max_init_data_bytes:
             raise EvidenceRejected(f"init-data is larger than {lim.max_init_data_bytes} bytes")
     return init, rt["nonce"], key, primary, add
+
+
+def additional_evidence(untrusted: str) -> dict[str, Any]:
+    """The ``additional_evidence`` string as the map of device TEE name -> evidence it must be."""
+    try:
+        amap = strict_loads(untrusted)
+    except ValueError as exc:
+        raise EvidenceRejected("additional evidence is not strict JSON") from exc
+    if not isinstance(amap, dict):
+        raise EvidenceRejected("additional evidence must map TEE names to evidence")
+    return amap
 
 
 def usable_tee_key(key: TeePubKey) -> None:
@@ -286,10 +305,8 @@ class AttestationService:
         # parsing and bounding up to a few MB of input is CPU work: in a thread, so the event
         # loop keeps its turn (the GIL is handed over every few ms)
         init, nonce, key, primary, additional = await asyncio.to_thread(
-            parse_attestation, body, self.limits, strict=self.strict_bodies
+            parse_attestation, body, self.limits, strict=self.strict_bodies, session_nonce=session_nonce
         )
-        if nonce != session_nonce:
-            raise EvidenceRejected("runtime-data nonce differs from the session nonce")
         jwk = key.to_jwk()
         device_rd = hash_canonical(alg, {"nonce": nonce, "tee-pubkey": jwk})
         runtime_claims: dict[str, Any] = {"nonce": nonce, "tee-pubkey": jwk}
@@ -305,12 +322,7 @@ class AttestationService:
 
         devices: list[tuple[str, str, dict[str, Any]]] = []  # (class, tee, claims)
         if additional:
-            try:
-                amap = await asyncio.to_thread(strict_loads, additional)
-            except ValueError as exc:
-                raise EvidenceRejected("additional evidence is not strict JSON") from exc
-            if not isinstance(amap, dict):
-                raise EvidenceRejected("additional evidence must map TEE names to evidence")
+            amap = await asyncio.to_thread(additional_evidence, additional)
             _shape(amap, self.limits, "additional evidence", depth_slack=1)
             for dtee, dev in amap.items():
                 claims = await self._verify(dtee, dev, device_rd, None, now)

@@ -196,12 +196,12 @@ class RemoteAttestationService:
     async def attest(
         self, *, tee: str, session_nonce: str, hash_algorithm: str, untrusted_body: bytes
     ) -> str:
-        from .attestation_service import parse_attestation
+        from .attestation_service import additional_evidence, parse_attestation
 
         try:
-            init, nonce, key, primary, additional = parse_attestation(untrusted_body)
-            if nonce != session_nonce:
-                raise ValueError("runtime-data nonce differs from the session nonce")
+            init, nonce, key, primary, additional = parse_attestation(
+                untrusted_body, session_nonce=session_nonce
+            )
             jwk = key.to_jwk()
             reqs = [
                 as_pb.IndividualAttestationRequest(
@@ -216,10 +216,7 @@ class RemoteAttestationService:
             if init is not None:
                 reqs[0].init_data_toml = str(init["body"])
             if additional:
-                amap = strict_loads(additional)
-                if not isinstance(amap, dict):
-                    raise ValueError("additional evidence must map TEE names to evidence")
-                for dtee, dev in amap.items():
+                for dtee, dev in additional_evidence(additional).items():
                     reqs.append(
                         as_pb.IndividualAttestationRequest(
                             tee=str(dtee),

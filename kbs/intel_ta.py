@@ -133,16 +133,14 @@ class IntelTrustAuthority:
     async def attest(
         self, *, tee: str, session_nonce: str, hash_algorithm: str, untrusted_body: bytes
     ) -> str:
-        from .attestation_service import parse_attestation
+        from .attestation_service import additional_evidence, parse_attestation
 
         try:
-            _init, nonce, key, primary, additional = parse_attestation(untrusted_body)
-            if nonce != session_nonce:
-                raise ValueError("runtime-data nonce differs from the session nonce")
+            _init, nonce, key, primary, additional = parse_attestation(
+                untrusted_body, session_nonce=session_nonce
+            )
             runtime = {"tee-pubkey": key.to_jwk(), "nonce": nonce, "additional-evidence": additional}
-            devices = strict_loads(additional) if additional else {}
-            if not isinstance(devices, dict):
-                raise ValueError("additional evidence must map TEE names to evidence")
+            devices = additional_evidence(additional) if additional else {}
             body = self._request(tee, primary, runtime, devices)
         except KbsError as exc:  # its detail is for the client, the reason for the log
             log.warning("attestation rejected: %s", exc)
