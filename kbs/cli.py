@@ -110,6 +110,10 @@ def _settings(cfg: KbsServerConfig) -> dict[str, object]:
         "storage": st.storage_type,
         "storage_dir": where,
         "attestation_service": cfg.attestation_service.type,
+        # trustee's verifier_config sections and the TEEs each reaches
+        "trustee_verifier_sections": {
+            k: list(v) for k, v in cfg.attestation_service.trustee_verifier_config.applied_to.items()
+        },
         "trusted_token_certs": len(cfg.attestation_token.trusted_certs_paths),
         "insecure_header_jwk": cfg.attestation_token.insecure_header_jwk,
         "config_warnings": len(cfg.warnings),
