@@ -275,16 +275,22 @@ def check_overlaps(trustee: TrusteeVerifierConfig, ours: Mapping[str, Any]) -> N
 
 
 def trustee_verifier_problems(trustee: TrusteeVerifierConfig) -> list[str]:
-    """Settings this KBS loads but will not start with."""
+    """Settings this KBS loads but will not start with (``kbs --check`` lists them)."""
+    out: list[str] = []
     n = trustee.nvidia_verifier
     if n is not None and n.type == "Remote":
         url = n.verifier_url or "https://nras.attestation.nvidia.com/v4/attest"
-        return [
+        out.append(
             "attestation_service.verifier_config.nvidia_verifier.type = Remote: NVIDIA's remote "
             f"attestation service (NRAS, {url}) is a cloud service this KBS does not call; use "
             'type = "Local" (the GPU evidence is verified here against NVIDIA\'s roots and RIMs)'
-        ]
-    return []
+        )
+    if trustee.tpm_verifier is not None:
+        try:
+            _trusted_aks(trustee.tpm_verifier)
+        except KbsConfigError as exc:
+            out.append(f"attestation_service.verifier_config.{exc.detail}")
+    return out
 
 
 # -- applying --------------------------------------------------------------------------------------

@@ -305,6 +305,9 @@ def test_tpm_trusted_ak_keys_dir(tmp_path: Path) -> None:
     section["max_trusted_ak_keys"] = 100
     with pytest.raises(KbsConfigError, match=r"junk.pem is not a PEM public key"):
         verifier_options(kbs_config(tmp_path, {"tpm_verifier": section}).attestation_service)
+    # kbs --check names it before a start is tried
+    (problem,) = startup_problems(kbs_config(tmp_path, {"tpm_verifier": section}))
+    assert problem.startswith("attestation_service.verifier_config.tpm_verifier.trusted_ak_keys_dir:")
 
 
 # -- NVIDIA: Local / Remote --------------------------------------------------------------------
