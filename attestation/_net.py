@@ -26,6 +26,6 @@ def read_bounded(resp: httpx.Response, limit: int) -> bytes | None:
     except BodyTooLarge:
         return None
     except BodyEncodingError as exc:
-        raise httpx.DecodingError(str(exc)) from None
+        raise httpx.DecodingError(str(exc)) from exc
     except BodyTransportError as exc:
-        raise httpx.ReadError(str(exc)) from None
+        raise httpx.ReadError(str(exc)) from exc

@@ -2,28 +2,24 @@
 
 Primary detection follows guest-components' order (``attester/src/lib.rs``):
 ``tdx`` → ``sgx`` → ``az-tdx-vtpm`` → ``az-snp-vtpm`` → ``snp`` → ``csv`` →
-``cca`` → ``se`` → ``tpm`` → ``sample``; the first
-platform found *for which an attester is installed here* wins. A platform that
-is present but has no attester in this build is skipped with a warning
-(upstream likewise only considers attesters compiled in). ``sample`` is the
-fallback, with a warning, as upstream does.
+``cca`` → ``se`` → ``tpm`` → ``sample``; the first platform found that has an
+attester in :data:`ATTESTERS` wins (``csv`` has none: a CSV guest is skipped
+with a warning, as upstream considers only the attesters compiled in).
+``sample`` is the fallback, with a warning, as upstream does.
 
-Additional devices: ``nvidia`` (through :mod:`attestation.nvidia.attester`,
-when importable and it reports devices) and ``sampledevice`` (when
-``ENABLE_SAMPLE_DEVICE`` is set).
+Additional devices (:data:`DEVICE_PROBES`): ``nvidia`` (NVML reports GPUs
+with CC on) and ``sampledevice`` (when ``ENABLE_SAMPLE_DEVICE`` is set).
 
-Everything reads files under an injectable ``root`` so tests can build a fake
-``/sys`` and ``/dev``. Platform modules (``attestation.snp``,
-``attestation.tdx``, ``attestation.nvidia``) are imported lazily; their absence
-is tolerated.
+Everything reads files under an injectable :class:`HostView` so tests can
+build a fake ``/sys`` and ``/dev``. The registries' factories import their
+platform module on call, so the AA loads only the TEE it runs on; a factory
+never hides an ImportError of this project's modules.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib
-import inspect
 import logging
 import os
 import platform
@@ -31,15 +27,16 @@ import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from attestation.attester import Attester, DeviceAttester
-from attestation.errors import UnsupportedPlatform
+from attestation.errors import AttestationError, UnsupportedPlatform
 from attestation.sample import SampleAttester, SampleDeviceAttester, sample_device_enabled
 
 __all__ = [
+    "ATTESTERS",
+    "DEVICE_PROBES",
     "PRIMARY_ORDER",
-    "Platform",
+    "HostView",
     "detect_devices",
     "detect_primary",
     "detect_primary_tee",
@@ -66,21 +63,9 @@ PRIMARY_ORDER: tuple[str, ...] = (
 TSM_REPORT_DIR = "sys/kernel/config/tsm/report"
 _PROVIDER_LIMIT = 64
 
-# tee name -> (module, class) of the attester implementing it
-_ATTESTER_CLASSES: dict[str, tuple[str, str]] = {
-    "tdx": ("attestation.tdx.attester", "TdxAttester"),
-    "snp": ("attestation.snp.attester", "SnpAttester"),
-    "sgx": ("attestation.sgx.attester", "SgxAttester"),
-    "az-tdx-vtpm": ("attestation.azure.attester", "AzTdxVtpmAttester"),
-    "az-snp-vtpm": ("attestation.azure.attester", "AzSnpVtpmAttester"),
-    "cca": ("attestation.cca.attester", "CcaAttester"),
-    "se": ("attestation.se.attester", "SeAttester"),
-    "tpm": ("attestation.tpm.attester", "TpmAttester"),
-}
-
 
 @dataclass(frozen=True)
-class Platform:
+class HostView:
     """Where to look: the filesystem root, the environment, the CPU architecture."""
 
     root: Path = Path("/")
@@ -99,7 +84,7 @@ def _read_small(path: Path) -> str | None:
         return None
 
 
-def _tsm_provider_is(plat: Platform, provider: str) -> bool:
+def _tsm_provider_is(plat: HostView, provider: str) -> bool:
     """True when the ConfigFS TSM report interface is served by ``provider``.
 
     On a real configfs, creating a directory under ``report`` makes the kernel
@@ -126,14 +111,14 @@ def _tsm_provider_is(plat: Platform, provider: str) -> bool:
     return False
 
 
-def _tpm_present(plat: Platform) -> bool:
+def _tpm_present(plat: HostView) -> bool:
     dev = plat.env.get("AA_TPM_DEVICE")
     if dev:
         return dev.startswith(("unix:", "tcp:")) or plat.path(dev).exists()
     return any(plat.path(f"dev/tpm{i}").exists() for i in range(3))
 
 
-def _azure_hcl_type(plat: Platform) -> str | None:
+def _azure_hcl_type(plat: HostView) -> str | None:
     """``"SNP"``/``"TDX"`` when the vTPM holds an Azure HCL report (NV index
     0x01400001), as upstream's ``is_snp_cvm``/``is_tdx_cvm``; ``None`` otherwise."""
     dev = plat.env.get("AA_TPM_DEVICE") or ""
@@ -149,16 +134,16 @@ def _azure_hcl_type(plat: Platform) -> str | None:
             if tpm.nv_read_public(HCL_REPORT_NV_INDEX) is None:
                 return None
             return HclReport.from_bytes(tpm.nv_read(HCL_REPORT_NV_INDEX)).report_type.name
-    except Exception as exc:  # any failure means "not an Azure CVM"
+    except (AttestationError, OSError) as exc:  # no readable HCL report: not an Azure CVM
         log.debug("no Azure HCL report: %s", exc)
         return None
 
 
-def _gramine_dcap(plat: Platform) -> bool:
+def _gramine_dcap(plat: HostView) -> bool:
     return (_read_small(plat.path("dev/attestation/attestation_type")) or "").strip() == "dcap"
 
 
-_DETECTORS: dict[str, Callable[[Platform], bool]] = {
+_DETECTORS: dict[str, Callable[[HostView], bool]] = {
     "tdx": lambda p: _tsm_provider_is(p, "tdx_guest") or p.path("dev/tdx_guest").exists(),
     "sgx": _gramine_dcap,
     "az-tdx-vtpm": lambda p: _azure_hcl_type(p) == "TDX",
@@ -172,111 +157,142 @@ _DETECTORS: dict[str, Callable[[Platform], bool]] = {
 }
 
 
-def present_platforms(plat: Platform | None = None) -> list[str]:
+def present_platforms(plat: HostView | None = None) -> list[str]:
     """Every platform whose hardware interface is visible, in detection order
     (always ends with ``sample``)."""
-    plat = plat or Platform()
+    plat = plat or HostView()
     return [tee for tee in PRIMARY_ORDER if _DETECTORS[tee](plat)]
 
 
-def _attester_available(tee: str) -> bool:
-    if tee == "sample":
-        return True
-    target = _ATTESTER_CLASSES.get(tee)
-    if target is None:
-        return False
-    try:
-        module = importlib.import_module(target[0])
-    except ImportError:
-        return False
-    return hasattr(module, target[1])
+def _tdx() -> Attester:
+    from attestation.tdx.attester import TdxAttester
+
+    return TdxAttester()
 
 
-def detect_primary_tee(plat: Platform | None = None) -> str:
+def _snp() -> Attester:
+    from attestation.snp.attester import SnpAttester
+
+    return SnpAttester()
+
+
+def _sgx() -> Attester:
+    from attestation.sgx.attester import SgxAttester
+
+    return SgxAttester()
+
+
+def _az_tdx_vtpm() -> Attester:
+    from attestation.azure.attester import AzTdxVtpmAttester
+
+    return AzTdxVtpmAttester()
+
+
+def _az_snp_vtpm() -> Attester:
+    from attestation.azure.attester import AzSnpVtpmAttester
+
+    return AzSnpVtpmAttester()
+
+
+def _cca() -> Attester:
+    from attestation.cca.attester import CcaAttester
+
+    return CcaAttester()
+
+
+def _se() -> Attester:
+    from attestation.se.attester import SeAttester
+
+    return SeAttester()
+
+
+def _tpm() -> Attester:
+    from attestation.tpm.attester import TpmAttester
+
+    return TpmAttester()
+
+
+#: TEE name -> factory of its attester. ``csv`` has no attester (upstream's
+#: needs Hygon's ioctl, which no public vector or emulator exercises).
+ATTESTERS: dict[str, Callable[[], Attester]] = {
+    "tdx": _tdx,
+    "sgx": _sgx,
+    "az-tdx-vtpm": _az_tdx_vtpm,
+    "az-snp-vtpm": _az_snp_vtpm,
+    "snp": _snp,
+    "cca": _cca,
+    "se": _se,
+    "tpm": _tpm,
+    "sample": SampleAttester,
+}
+
+
+def detect_primary_tee(plat: HostView | None = None) -> str:
     """The primary TEE's kbs-types name (``tdx``, ``snp``, ..., or ``sample``)."""
     for tee in present_platforms(plat):
-        if _attester_available(tee):
+        if tee in ATTESTERS:
             if tee == "sample":
                 log.warning("no TEE platform detected; using the sample attester (it proves nothing)")
             return tee
-        log.warning("platform %s detected but no attester for it is installed; skipping it", tee)
+        log.warning("platform %s detected but no attester for it exists here; skipping it", tee)
     raise AssertionError("unreachable: sample is always present")
 
 
 def make_primary_attester(tee: str) -> Attester:
     """Construct the attester for ``tee``; raises :class:`UnsupportedPlatform`
-    if this installation has none for it."""
-    if tee == "sample":
-        return SampleAttester()
-    target = _ATTESTER_CLASSES.get(tee)
-    if target is None:
-        raise UnsupportedPlatform(f"no attester for TEE {tee!r} in this build")
-    try:
-        module = importlib.import_module(target[0])
-        cls = getattr(module, target[1])
-    except (ImportError, AttributeError) as exc:
-        raise UnsupportedPlatform(f"the {tee} attester is not installed") from exc
-    attester = cls()
-    if not isinstance(attester, Attester):
-        raise UnsupportedPlatform(f"{target[0]}.{target[1]} does not implement the Attester protocol")
-    return attester
+    when there is none for it."""
+    factory = ATTESTERS.get(tee)
+    if factory is None:
+        raise UnsupportedPlatform(f"no attester for TEE {tee!r}")
+    return factory()
 
 
-def detect_primary(plat: Platform | None = None) -> Attester:
+def detect_primary(plat: HostView | None = None) -> Attester:
     """Detect the primary TEE and construct its attester."""
     return make_primary_attester(detect_primary_tee(plat))
 
 
-async def _maybe_await(value: Any) -> Any:
-    if inspect.isawaitable(value):
-        return await value
-    return value
+def _nvidia(plat: HostView) -> DeviceAttester | None:
+    """NVIDIA GPUs with CC on; ``None`` without NVML (pynvml), a GPU, or CC mode."""
+    from attestation.nvidia.attester import NvidiaAttester
+    from attestation.nvidia.errors import CcModeDisabled
+
+    try:
+        return NvidiaAttester.detect()
+    except CcModeDisabled as exc:
+        log.warning("NVIDIA GPUs found but not attestable: %s", exc)
+        return None
 
 
-async def _detect_nvidia() -> DeviceAttester | None:
-    try:
-        module = importlib.import_module("attestation.nvidia.attester")
-    except ImportError as exc:
-        log.debug("NVIDIA attester not installed: %s", exc)
-        return None
-    cls = getattr(module, "NvidiaAttester", None)
-    detect = getattr(cls, "detect", None) or getattr(module, "detect", None)
-    if detect is None:
-        log.warning("attestation.nvidia.attester has no detect(); NVIDIA devices are not probed")
-        return None
-    try:
-        if inspect.iscoroutinefunction(detect):
-            found = await detect()
-        else:  # NVML calls block: keep them off the event loop
-            found = await _maybe_await(await asyncio.to_thread(detect))
-    except Exception as exc:  # a broken device (or CC mode off) must not stop the agent
-        log.warning("NVIDIA device detection failed: %s", exc)
-        return None
-    if found is None or found is False:
-        return None
-    if found is True and cls is not None:
-        found = cls()
-    if not isinstance(found, DeviceAttester):
-        log.warning("NVIDIA detect() returned %s, not a device attester; ignoring it", type(found).__name__)
-        return None
-    return found
+def _sampledevice(plat: HostView) -> DeviceAttester | None:
+    return SampleDeviceAttester() if sample_device_enabled(plat.env) else None
+
+
+#: device name -> probe (blocking: NVML calls; run off the event loop).
+DEVICE_PROBES: dict[str, Callable[[HostView], DeviceAttester | None]] = {
+    "nvidia": _nvidia,
+    "sampledevice": _sampledevice,
+}
 
 
 async def detect_devices(
-    plat: Platform | None = None, *, probes: Sequence[str] = ("nvidia", "sampledevice")
+    plat: HostView | None = None, *, probes: Sequence[str] = ("nvidia", "sampledevice")
 ) -> list[DeviceAttester]:
     """Additional attestable devices, in upstream's order. Slow probes (NVML)
-    run here, so callers do this lazily, not before serving."""
-    plat = plat or Platform()
+    run here, so callers do this lazily, not before serving. A device whose
+    probe fails (a typed attestation error) is logged and left out: a broken
+    GPU must not stop the agent."""
+    plat = plat or HostView()
     found: list[DeviceAttester] = []
     for name in probes:
-        if name == "nvidia":
-            nv = await _detect_nvidia()
-            if nv is not None:
-                found.append(nv)
-        elif name == "sampledevice":
-            if sample_device_enabled(plat.env):
-                found.append(SampleDeviceAttester())
-        else:
+        probe = DEVICE_PROBES.get(name)
+        if probe is None:
             raise ValueError(f"unknown device probe {name!r}")
+        try:
+            device = await asyncio.to_thread(probe, plat)
+        except AttestationError as exc:
+            log.warning("%s device detection failed: %s", name, exc)
+            continue
+        if device is not None:
+            found.append(device)
     return found

@@ -1,8 +1,8 @@
 """``coco-verify``: verify SNP, TDX, NVIDIA, Azure vTPM, TPM, SGX, CCA and CSV evidence offline.
 
-Each platform module provides ``configure(parser)`` and ``run(args) -> int``
-in ``attestation.<platform>.cli`` (or the module named in ``_MODULES``); this
-module dispatches, and owns the one
+Each platform's ``attestation.<package>.cli`` provides ``configure(parser)``
+and ``run(args) -> int`` (the table in :func:`_subcommands`); this module
+dispatches, and owns the one
 verdict format and exit-code scheme every platform reports through
 (:func:`verified`, :func:`not_verified`, :func:`usage_error`):
 
@@ -20,12 +20,15 @@ verdict format and exit-code scheme every platform reports through
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import ModuleType
 from typing import Any
 
+from attestation.errors import EvidenceFormatError
 from coco_common.cli import add_version, exit_on_closed_pipe
 
 __all__ = [
@@ -36,6 +39,9 @@ __all__ = [
     "EXIT_VERIFIED",
     "main",
     "not_verified",
+    "parse_hex",
+    "parse_time",
+    "read_input",
     "usage_error",
     "verified",
 ]
@@ -91,19 +97,61 @@ def usage_error(tee: str, why: str) -> int:
     return EXIT_USAGE
 
 
-_PLATFORMS = {
-    "snp": "AMD SEV-SNP attestation report",
-    "tdx": "Intel TDX quote",
-    "nvidia": "NVIDIA GPU attestation report",
-    "az-snp-vtpm": "Azure SEV-SNP vTPM evidence",
-    "az-tdx-vtpm": "Azure TDX vTPM evidence",
-    "tpm": "TPM 2.0 quote",
-    "sgx": "Intel SGX DCAP quote",
-    "cca": "Arm CCA attestation token",
-    "csv": "Hygon CSV attestation report",
-}
-#: subcommands whose module is not ``attestation.<name>.cli``
-_MODULES = {"az-snp-vtpm": "attestation.azure.cli", "az-tdx-vtpm": "attestation.azure.cli"}
+def parse_time(text: str) -> datetime:
+    """``--at``: an ISO 8601 time (``Z`` accepted); a naive time is UTC."""
+    try:
+        t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise EvidenceFormatError(f"--at {text[:40]!r} is not an ISO 8601 time") from exc
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def parse_hex(text: str | None, what: str, limit: int) -> bytes | None:
+    """An optional hex argument of at most ``limit`` bytes."""
+    if text is None:
+        return None
+    try:
+        out = bytes.fromhex(text)
+    except ValueError as exc:
+        raise EvidenceFormatError(f"{what} is not hex") from exc
+    if len(out) > limit:
+        raise EvidenceFormatError(f"{what} is longer than {limit} bytes")
+    return out
+
+
+def read_input(path: str, limit: int) -> bytes:
+    """At most ``limit`` bytes of an input file (a pipe such as ``<(...)`` too:
+    the read stops at ``limit + 1`` bytes); raises OSError as ``open`` does."""
+    with open(path, "rb") as f:
+        data = f.read(limit + 1)
+    if len(data) > limit:
+        raise EvidenceFormatError(f"{Path(path).name} is larger than {limit} bytes")
+    return data
+
+
+def _subcommands() -> dict[str, tuple[str, ModuleType]]:
+    """Subcommand -> (what it verifies, its module). Imported here, not at the
+    top: each platform's CLI imports this module's verdict functions."""
+    from attestation.azure import cli as azure_cli
+    from attestation.cca import cli as cca_cli
+    from attestation.csv import cli as csv_cli
+    from attestation.nvidia import cli as nvidia_cli
+    from attestation.sgx import cli as sgx_cli
+    from attestation.snp import cli as snp_cli
+    from attestation.tdx import cli as tdx_cli
+    from attestation.tpm import cli as tpm_cli
+
+    return {
+        "snp": ("AMD SEV-SNP attestation report", snp_cli),
+        "tdx": ("Intel TDX quote", tdx_cli),
+        "nvidia": ("NVIDIA GPU attestation report", nvidia_cli),
+        "az-snp-vtpm": ("Azure SEV-SNP vTPM evidence", azure_cli),
+        "az-tdx-vtpm": ("Azure TDX vTPM evidence", azure_cli),
+        "tpm": ("TPM 2.0 quote", tpm_cli),
+        "sgx": ("Intel SGX DCAP quote", sgx_cli),
+        "cca": ("Arm CCA attestation token", cca_cli),
+        "csv": ("Hygon CSV attestation report", csv_cli),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -117,23 +165,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="exit 3 (not 0) when the evidence is authentic but something was NOT checked",
     )
     sub = parser.add_subparsers(dest="platform", required=True)
-    for name, help_text in _PLATFORMS.items():
+    for name, (help_text, mod) in _subcommands().items():
         p = sub.add_parser(name, help=f"verify an {help_text}", epilog=EXIT_CODES_HELP)
-        try:
-            mod = importlib.import_module(_MODULES.get(name, f"attestation.{name}.cli"))
-        except ImportError:
-            p.set_defaults(_run=None)
-            continue
         mod.configure(p)
         p.set_defaults(_run=mod.run)
     args = parser.parse_args(argv)
     global _strict
     _strict = args.strict
-    if args._run is None:
-        print(f"coco-verify: {args.platform} verification is not available in this build", file=sys.stderr)
-        return EXIT_USAGE
+    run: Callable[[argparse.Namespace], int] = args._run
     try:
-        rc: int = args._run(args)
+        rc = run(args)
         sys.stdout.flush()
     except BrokenPipeError:  # `coco-verify ... | head`
         exit_on_closed_pipe()

@@ -34,10 +34,11 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from attestation.nvidia.certs import load_pem_chain
+from attestation.nvidia.endorsements import RimFiles
 from attestation.nvidia.evidence import DeviceEvidence
 from attestation.nvidia.rim import _c14n, _parse
 from attestation.nvidia.spdm import AttestationReport
-from attestation.nvidia.verifier import RimFiles, TrustAnchors, verify_device
+from attestation.nvidia.verify import TrustAnchors, verify_device
 
 ROOT = Path(__file__).resolve().parents[1]
 NV = evidence("nvidia")

@@ -35,8 +35,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from attestation.snp.certs import EndorsementCert, TrustStore
 from attestation.snp.evidence import CertTableEntry, SnpEvidence
+from attestation.snp.kbs import SnpVerifier
 from attestation.snp.report import AttestationReport
-from attestation.snp.verifier import SnpVerifier
 from attestation.snp.verify import verify_report
 
 SNP = evidence("snp")

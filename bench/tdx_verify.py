@@ -22,7 +22,7 @@ from _common import evidence, rate
 
 from attestation.tdx.collateral import Collateral, _verify_signatures
 from attestation.tdx.pck import intel_sgx_root_ca
-from attestation.tdx.verifier import verify_quote
+from attestation.tdx.verify import verify_quote
 
 TDX = evidence("tdx")
 

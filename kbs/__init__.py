@@ -8,8 +8,8 @@ Layers, from the wire inwards:
 * :mod:`kbs.app` - the services wired from a parsed :mod:`kbs.config` (start-up only);
 * :mod:`kbs.sessions` - RCAR sessions (``kbs-session-id``);
 * :mod:`kbs.attestation_service` - evidence binding and verification
-  (:mod:`kbs.verifiers`: ``sample``/``sampledevice`` here, ``snp``/``tdx``/``nvidia``
-  from :mod:`attestation`), EAR appraisal (:mod:`kbs.policy`, :mod:`kbs.rvps`)
+  (:mod:`kbs.verifiers`: the registry of every TEE's ``attestation.<tee>.kbs``
+  verifier, ``sample``/``sampledevice`` only when enabled), EAR appraisal (:mod:`kbs.policy`, :mod:`kbs.rvps`)
   and tokens (:mod:`kbs.ear`);
 * :mod:`kbs.admin_auth` - bearer-JWT identity providers with regex ACLs, and the
   older Ed25519 persona keys (``[admin] type = "Simple"`` / ``auth_public_key``);

@@ -39,12 +39,12 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from attestation.snp.certs import MAX_CERT_FILE, EndorsementCert, ProductRoots, RevocationList
+from attestation.snp.endorsements import KDS_BASE_URL, KdsClient
 from attestation.snp.errors import (
     CertificateFormatError,
     EndorsementKeyUnavailable,
     RevocationListUnavailable,
 )
-from attestation.snp.kds import KDS_BASE_URL, KdsClient
 from attestation.snp.report import AttestationReport
 from coco_common.fields import Fields
 from coco_common.files import read_bounded
@@ -372,7 +372,7 @@ def _pccs_client(dcap: DcapSettings) -> Any:
     """trustee's PCS client: the service's scheme and host (its path is ignored, endpoints are
     ``/{sgx,tdx}/certification/v4/...``) and ``update=<tcb_update_type>`` on the TCB info and
     QE identity requests."""
-    from attestation.tdx import PccsClient
+    from attestation.tdx.endorsements import PccsClient
     from coco_common.http import sync_client
 
     u = urlsplit(dcap.collateral_service)

@@ -1,12 +1,14 @@
 """Verifier registry of the built-in attestation service: TEE name ->
 :class:`attestation.verifier.EvidenceVerifier`.
 
-``sample`` and ``sampledevice`` are implemented here (development TEEs:
-their evidence has no signature, only the report-data binding is checked);
-they are registered only when asked for (``dev_verifiers``).
-``snp``, ``tdx``, ``nvidia``, ``az-snp-vtpm``, ``az-tdx-vtpm``, ``tpm`` (and
-the further TEEs listed in ``_LAZY``) come from :mod:`attestation` and are
-imported lazily; a TEE without a verifier is refused as unsupported.
+Every verifier ships in the wheel and is imported here. Verifiers with a
+``[attestation_service.verifier_config.<tee>]`` table are built when the
+registry is (a bad table stops the KBS with a :class:`~kbs.errors.KbsConfigError`),
+the others on first use with their defaults; a TEE whose verifier needs
+configuration it was not given (:data:`NEEDS_CONFIG`) or that has no verifier
+is refused as :class:`UnsupportedTee`. ``sample`` and ``sampledevice``
+(:mod:`attestation.sample.kbs`, development TEEs: their evidence has no
+signature) are registered only when asked for (``dev_verifiers``).
 
 Every TEE name has a class: ``cpu`` TEEs may be the primary TEE of an RCAR
 session, device TEEs (:data:`DEVICE_TEES`) only appear as additional
@@ -14,32 +16,35 @@ evidence next to a CPU TEE."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import importlib
-import logging
-from collections.abc import Mapping
-from datetime import datetime
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from attestation.errors import EvidenceFormatError, VerificationError
+from attestation.azure.kbs import AzSnpVtpmVerifier, AzTdxVtpmVerifier
+from attestation.cca.kbs import CcaVerifier
+from attestation.csv.kbs import CsvVerifier
+from attestation.errors import AttestationError, EvidenceFormatError
+from attestation.nvidia.kbs import NvidiaVerifier
+from attestation.sample.kbs import SampleDeviceVerifier, SampleVerifier
+from attestation.se.kbs import SeVerifier
+from attestation.sgx.kbs import SgxVerifier
+from attestation.snp.kbs import SnpVerifier
+from attestation.tdx.kbs import TdxVerifier
+from attestation.tpm.kbs import TpmVerifier
 from attestation.verifier import EvidenceVerifier
 
-from .errors import KbsError
+from .errors import KbsConfigError, KbsError
 
 __all__ = [
     "DEVICE_TEES",
     "DEV_TEES",
     "KNOWN_TEES",
+    "NEEDS_CONFIG",
     "TEE_CLASS",
-    "SampleDeviceVerifier",
-    "SampleVerifier",
+    "VERIFIERS",
     "UnsupportedTee",
     "VerifierRegistry",
     "auth_extra_params",
 ]
-
-log = logging.getLogger(__name__)
 
 #: every Tee name kbs-types 0.18 knows (reference §2.1); others fail /auth
 KNOWN_TEES = frozenset(
@@ -67,88 +72,28 @@ DEVICE_TEES = frozenset(TEE_CLASS)
 #: development TEEs: no signature exists on their evidence; their verifiers are off by default
 DEV_TEES = frozenset({"sample", "sampledevice"})
 
-_LAZY = {
-    "snp": ("attestation.snp.verifier", "SnpVerifier"),
-    "tdx": ("attestation.tdx.verifier", "TdxVerifier"),
-    "nvidia": ("attestation.nvidia.verifier", "NvidiaVerifier"),
-    "az-snp-vtpm": ("attestation.azure.verifier", "AzSnpVtpmVerifier"),
-    "az-tdx-vtpm": ("attestation.azure.verifier", "AzTdxVtpmVerifier"),
-    "tpm": ("attestation.tpm.verifier", "TpmVerifier"),
-    "sgx": ("attestation.sgx.verifier", "SgxVerifier"),
-    "cca": ("attestation.cca.verifier", "CcaVerifier"),
-    "se": ("attestation.se.verifier", "SeVerifier"),
-    "csv": ("attestation.csv.verifier", "CsvVerifier"),
+#: TEE -> its verifier, called with the TEE's ``verifier_config`` table as keyword arguments
+VERIFIERS: Mapping[str, Callable[..., EvidenceVerifier]] = {
+    "snp": SnpVerifier,
+    "tdx": TdxVerifier,
+    "nvidia": NvidiaVerifier,
+    "az-snp-vtpm": AzSnpVtpmVerifier,
+    "az-tdx-vtpm": AzTdxVtpmVerifier,
+    "tpm": TpmVerifier,
+    "sgx": SgxVerifier,
+    "cca": CcaVerifier,
+    "se": SeVerifier,
+    "csv": CsvVerifier,
 }
+#: TEEs whose verifier cannot run without its ``verifier_config`` table (key material, images)
+NEEDS_CONFIG = frozenset({"se"})
 
 
 class UnsupportedTee(KbsError):
-    """No verifier for this TEE in this KBS (answered as trustee's ``AttestationError``)."""
+    """No verifier for this TEE in this KBS (none exists, it is a dev TEE not enabled,
+    or it needs configuration it was not given); answered as trustee's ``AttestationError``."""
 
     variant = "AttestationError"
-
-
-def _sample_fields(untrusted: Any, tee: str) -> tuple[str, str]:
-    if not isinstance(untrusted, Mapping):
-        raise EvidenceFormatError(f"{tee} evidence must be a JSON object")
-    extra = set(untrusted) - {"svn", "report_data"}
-    if extra:
-        raise EvidenceFormatError(f"{tee} evidence has unknown fields")
-    svn, rd = untrusted.get("svn"), untrusted.get("report_data", "")
-    if not isinstance(svn, str) or not isinstance(rd, str):
-        raise EvidenceFormatError(f"{tee} evidence needs string svn and report_data")
-    return svn, rd
-
-
-def _check_report_data(rd: str, expected: bytes, tee: str) -> None:
-    try:
-        got = base64.b64decode(rd.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError) as exc:
-        raise EvidenceFormatError(f"{tee} report_data is not standard base64") from exc
-    if got != expected:
-        raise VerificationError(f"{tee} report_data does not match the expected runtime data digest")
-
-
-class SampleVerifier:
-    """trustee's ``sample`` verifier: byte-equal report data, fixed claims. No signature exists."""
-
-    tee = "sample"
-
-    def verify(
-        self,
-        untrusted_evidence: Any,
-        *,
-        expected_report_data: bytes,
-        expected_init_data_hash: bytes | None,
-        now: datetime,
-    ) -> dict[str, Any]:
-        svn, rd = _sample_fields(untrusted_evidence, self.tee)
-        _check_report_data(rd, expected_report_data, self.tee)
-        claims: dict[str, Any] = {
-            "svn": svn,
-            "report_data": rd,
-            "launch_digest": "abcde",
-            "platform_version": {"major": 1, "minor": 4},
-            "debug": False,
-        }
-        if expected_init_data_hash is not None:
-            claims["init_data"] = base64.b64encode(expected_init_data_hash).decode()
-        return claims
-
-
-class SampleDeviceVerifier:
-    tee = "sampledevice"
-
-    def verify(
-        self,
-        untrusted_evidence: Any,
-        *,
-        expected_report_data: bytes,
-        expected_init_data_hash: bytes | None,
-        now: datetime,
-    ) -> dict[str, Any]:
-        svn, rd = _sample_fields(untrusted_evidence, self.tee)
-        _check_report_data(rd, expected_report_data, self.tee)
-        return {"svn": svn, "report_data": rd}
 
 
 def auth_extra_params(tee: str, untrusted_params: Any) -> Any:
@@ -176,8 +121,11 @@ class VerifierRegistry:
         options: Mapping[str, Any] | None = None,
         dev_verifiers: tuple[str, ...] = (),
     ) -> None:
-        """``dev_verifiers``: which unsigned development verifiers (:data:`DEV_TEES`) to enable;
-        none by default, so a client with no TEE gets no token."""
+        """``verifiers``: ready verifiers by TEE (they win over ``options``).
+        ``options``: ``verifier_config`` tables by TEE; each configured verifier is built
+        here, so a bad table raises :class:`~kbs.errors.KbsConfigError` at start-up.
+        ``dev_verifiers``: which unsigned development verifiers (:data:`DEV_TEES`) to
+        enable; none by default, so a client with no TEE gets no token."""
         dev: dict[str, EvidenceVerifier] = {
             "sample": SampleVerifier(),
             "sampledevice": SampleDeviceVerifier(),
@@ -188,7 +136,16 @@ class VerifierRegistry:
         self._v: dict[str, EvidenceVerifier] = {t: dev[t] for t in dev_verifiers}
         self._v.update(verifiers or {})
         self._options = dict(options or {})
+        for tee in sorted(self._options.keys() & VERIFIERS.keys() - self._v.keys()):
+            self._v[tee] = self._build(tee)
         self.dev_enabled = frozenset(t for t in DEV_TEES if t in self._v)
+
+    def _build(self, tee: str) -> EvidenceVerifier:
+        opts = self._options.get(tee, {})
+        try:
+            return VERIFIERS[tee](**opts) if isinstance(opts, Mapping) else VERIFIERS[tee]()
+        except (TypeError, ValueError, OSError, AttestationError) as exc:
+            raise KbsConfigError(f"attestation_service.verifier_config.{tee}: {exc}") from exc
 
     def disabled(self, tee: str) -> bool:
         """Whether ``tee`` is a development TEE this registry does not serve."""
@@ -200,19 +157,13 @@ class VerifierRegistry:
             return v
         if tee in DEV_TEES:
             raise UnsupportedTee(f"the dev verifier for tee {tee!r} is not enabled")
-        if tee not in _LAZY:
+        if tee not in VERIFIERS:
             raise UnsupportedTee(f"no verifier for tee {tee!r}")
-        mod_name, cls_name = _LAZY[tee]
-        try:
-            cls = getattr(importlib.import_module(mod_name), cls_name)
-            opts = self._options.get(tee, {})
-            made = cls(**opts) if isinstance(opts, Mapping) else cls()
-        except Exception as exc:  # a verifier that cannot start makes its TEE unsupported
-            log.warning("verifier for %s unavailable: %s", tee, exc)
-            raise UnsupportedTee(f"verifier for tee {tee!r} is unavailable") from exc
-        if not isinstance(made, EvidenceVerifier):
-            raise UnsupportedTee(f"verifier for tee {tee!r} does not fit the EvidenceVerifier contract")
-        self._v[tee] = made
+        if tee in NEEDS_CONFIG:
+            raise UnsupportedTee(
+                f"the verifier for tee {tee!r} needs [attestation_service.verifier_config.{tee}]"
+            )
+        made = self._v[tee] = self._build(tee)
         return made
 
     def supplemental_challenge(self, tee: str, untrusted_params: Any) -> str | None:
@@ -220,8 +171,7 @@ class VerifierRegistry:
         request for the Ultravisor); ``None`` for TEEs that take a random nonce."""
         if tee != "se":
             return None
-        gen = getattr(self.get(tee), "generate_challenge", None)
-        if gen is None:
+        verifier = self.get(tee)
+        if not isinstance(verifier, SeVerifier):
             raise UnsupportedTee(f"verifier for tee {tee!r} cannot issue a challenge")
-        nonce: str = gen(untrusted_params)
-        return nonce
+        return verifier.generate_challenge(untrusted_params)

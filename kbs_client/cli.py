@@ -215,15 +215,15 @@ class _NativeSource:
 
 async def evidence_source(platform: Any = None) -> EvidenceSource:
     """The evidence of this machine's TEE and devices (``platform``: an
-    :class:`attestation.detect.Platform`, the running system by default)."""
+    :class:`attestation.detect.HostView`, the running system by default)."""
     try:
         from attestation.aa.agent import CompositeEvidenceSource
-        from attestation.detect import Platform, detect_devices, detect_primary
+        from attestation.detect import HostView, detect_devices, detect_primary
         from attestation.errors import AttestationError
     except ImportError as exc:
         log.warning("attestation package not installed (%s): using the sample evidence", exc)
         return SampleEvidenceSource()
-    plat = platform if platform is not None else Platform()
+    plat = platform if platform is not None else HostView()
     try:
         inner = CompositeEvidenceSource(detect_primary(plat), await detect_devices(plat))
     except AttestationError as exc:

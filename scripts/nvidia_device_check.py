@@ -37,9 +37,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from attestation.errors import AttestationError, UnsupportedPlatform
-from attestation.nvidia.attester import CcModeDisabled, NvidiaAttester, ReadyState
-from attestation.nvidia.nvml import ARCH_NAMES, PynvmlBackend
-from attestation.nvidia.verifier import NvidiaVerifier
+from attestation.nvidia.attester import NvidiaAttester, ReadyState
+from attestation.nvidia.device import ARCH_NAMES, PynvmlBackend
+from attestation.nvidia.errors import CcModeDisabled
+from attestation.nvidia.kbs import NvidiaVerifier
 
 
 def smi(args: list[str], timeout: float) -> dict[str, Any]:

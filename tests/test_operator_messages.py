@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from attestation.aa.config import parse_config
-from attestation.aa.errors import ConfigError
+from attestation.aa.errors import AaConfigError
 from cdh.config import load_config as load_cdh_config
 from cdh.kbc import _transport_reason
 
@@ -72,7 +72,7 @@ def test_log_level_is_validated(name: str) -> None:
 
 
 def test_aa_config_typos_name_the_closest_key(caplog: pytest.LogCaptureFixture) -> None:
-    with pytest.raises(ConfigError) as ei:
+    with pytest.raises(AaConfigError) as ei:
         parse_config({"token_configs": {"kbs": {"ur": "http://k:8080"}}})
     assert (
         "token_configs.kbs.url is required (found unknown key token_configs.kbs.ur: a typo for url?)"
@@ -88,7 +88,7 @@ def test_aa_config_typos_name_the_closest_key(caplog: pytest.LogCaptureFixture) 
 
 
 def test_aa_cert_must_be_pem_text_not_a_path() -> None:
-    with pytest.raises(ConfigError, match=r"token_configs.kbs.cert must be the PEM text .* not a path"):
+    with pytest.raises(AaConfigError, match=r"token_configs.kbs.cert must be the PEM text .* not a path"):
         parse_config({"token_configs": {"kbs": {"url": "https://k", "cert": "/etc/kbs.crt"}}})
 
 

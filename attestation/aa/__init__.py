@@ -14,27 +14,27 @@ from attestation.aa.config import (
     AaConfig,
     CocoAsConfig,
     EventlogConfig,
-    KbsConfig,
+    KbsTokenConfig,
     load_config,
     resolve_config,
 )
-from attestation.aa.errors import AaError, ConfigError, InitDataBindError, TokenError
+from attestation.aa.errors import AaConfigError, AaError, AaTokenError, InitDataBindError
 from attestation.aa.measure import RuntimeMeasurer
 from attestation.aa.rpc import grpc_service, ttrpc_service
 
 __all__ = [
     "AaConfig",
+    "AaConfigError",
     "AaError",
+    "AaTokenError",
     "AttestationAgent",
     "CocoAsConfig",
     "CompositeEvidenceSource",
-    "ConfigError",
     "EventlogConfig",
     "InitDataBindError",
-    "KbsConfig",
+    "KbsTokenConfig",
     "MeasurementResult",
     "RuntimeMeasurer",
-    "TokenError",
     "grpc_service",
     "load_config",
     "resolve_config",

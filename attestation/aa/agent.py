@@ -8,7 +8,6 @@ are probed lazily on first use, so the socket appears at once.
 from __future__ import annotations
 
 import asyncio
-import base64
 import enum
 import json
 import logging
@@ -17,12 +16,14 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from attestation.aa.config import AaConfig
-from attestation.aa.errors import AaError, InitDataBindError, TokenError
+from attestation.aa.errors import AaError, AaTokenError, InitDataBindError
 from attestation.aa.measure import RuntimeMeasurer
 from attestation.attester import Attester, DeviceAttester
-from attestation.detect import Platform, detect_devices
+from attestation.detect import HostView, detect_devices
 from attestation.errors import AttestationError, UnsupportedPlatform
 from attestation.initdata import InitData
+from coco_common.b64 import b64url_encode
+from coco_common.http import async_client
 from coco_common.http_body import ACCEPT_DECODABLE, DECODABLE, BodyTooLarge, HttpBodyError, read_body
 
 if TYPE_CHECKING:
@@ -62,14 +63,12 @@ HttpFactory = Callable[[str, str | None], "httpx.AsyncClient"]
 
 
 def default_http_factory(base_url: str, cert_pem: str | None) -> httpx.AsyncClient:
-    import httpx
-
     verify: ssl.SSLContext | bool = True
     if cert_pem:
         ctx = ssl.create_default_context()
         ctx.load_verify_locations(cadata=cert_pem)
         verify = ctx
-    return httpx.AsyncClient(verify=verify, timeout=httpx.Timeout(30.0), follow_redirects=False)
+    return async_client(verify=verify, timeout=30.0, trust_env=True)
 
 
 def _http_error() -> type[httpx.HTTPError]:
@@ -117,7 +116,7 @@ class AttestationAgent:
         primary: Attester,
         *,
         devices: Sequence[DeviceAttester] | None = None,
-        platform: Platform | None = None,
+        platform: HostView | None = None,
         init_data: InitData | None = None,
         measurer: RuntimeMeasurer | None = None,
         http_factory: HttpFactory = default_http_factory,
@@ -169,7 +168,7 @@ class AttestationAgent:
             return await self._kbs_token()
         if token_type == "coco_as":
             return await self._coco_as_token()
-        raise TokenError(f"unsupported token type {token_type!r}")
+        raise AaTokenError(f"unsupported token type {token_type!r}")
 
     async def extend_runtime_measurement(
         self, domain: str, operation: str, content: str, register_index: int | None = None
@@ -212,17 +211,15 @@ class AttestationAgent:
     async def _kbs_token(self) -> bytes:
         kbs = self.config.kbs
         if kbs is None:  # upstream's text, then how to configure one
-            raise TokenError(
+            raise AaTokenError(
                 "kbs token config not configured in config file "
                 "([token_configs.kbs] or agent.aa_kbc_params=cc_kbc::<url>)"
             )
         if not kbs.url.startswith(("http://", "https://")):  # accepted at start-up, as upstream
-            raise TokenError(f"the KBS URL {kbs.url[:200]!r} is not an http(s) URL")
-        try:
-            from kbs_client import rcar
-            from kbs_client.tee_key import TeeKeyPair
-        except ImportError as exc:
-            raise TokenError("the KBS client package is not installed") from exc
+            raise AaTokenError(f"the KBS URL {kbs.url[:200]!r} is not an http(s) URL")
+        from kbs_client import rcar  # on first use: keeps the AA's start-up lean
+        from kbs_client.tee_key import TeeKeyPair
+
         source = CompositeEvidenceSource(self.primary, await self.devices())
         init_toml = self.init_data.text if self.init_data is not None else None
         key = TeeKeyPair.generate(kbs.tee_key_algorithm)
@@ -238,7 +235,7 @@ class AttestationAgent:
                     retry_delay=self._kbs_retry_delay,
                 )
         except Exception as exc:
-            raise TokenError(f"KBS handshake with {kbs.url} failed: {exc}") from exc
+            raise AaTokenError(f"KBS handshake with {kbs.url} failed: {exc}") from exc
         for dev in source.device_attesters:
             try:
                 await dev.on_attestation_accepted()
@@ -249,7 +246,7 @@ class AttestationAgent:
     async def _coco_as_token(self) -> bytes:
         cfg = self.config.coco_as
         if cfg is None:
-            raise TokenError("no CoCo AS configured ([token_configs.coco_as])")
+            raise AaTokenError("no CoCo AS configured ([token_configs.coco_as])")
         evidence = await self.primary.get_evidence(b"")
         evidence_json = json.dumps(evidence, separators=(",", ":")).encode()
         # trustee's RESTful AS API (verification_requests), as current guest-components sends it
@@ -257,7 +254,7 @@ class AttestationAgent:
             "verification_requests": [
                 {
                     "tee": self.primary.tee,
-                    "evidence": base64.urlsafe_b64encode(evidence_json).rstrip(b"=").decode(),
+                    "evidence": b64url_encode(evidence_json),
                 }
             ],
             "policy_ids": [],
@@ -270,11 +267,11 @@ class AttestationAgent:
                         resp, MAX_COCO_AS_RESPONSE, decode=DECODABLE, what="CoCo AS response"
                     )
             except BodyTooLarge:
-                raise TokenError("CoCo AS response is too large") from None
+                raise AaTokenError("CoCo AS response is too large") from None
             except HttpBodyError as exc:
-                raise TokenError(f"CoCo AS request failed: {exc}") from None
+                raise AaTokenError(f"CoCo AS request failed: {exc}") from None
             except _http_error() as exc:
-                raise TokenError(f"CoCo AS request failed: {exc}") from exc
+                raise AaTokenError(f"CoCo AS request failed: {exc}") from exc
         if resp.status_code != 200:
-            raise TokenError(f"CoCo AS answered HTTP {resp.status_code}")
+            raise AaTokenError(f"CoCo AS answered HTTP {resp.status_code}")
         return data

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
 import binascii
 import logging
 import os
@@ -22,12 +21,13 @@ from collections.abc import Sequence
 
 from attestation.aa.agent import AttestationAgent
 from attestation.aa.config import AaConfig, resolve_config
-from attestation.aa.errors import AaError, ConfigError, InitDataBindError
+from attestation.aa.errors import AaConfigError, AaError, InitDataBindError
 from attestation.aa.measure import eventlog_path, open_measurer
 from attestation.aa.rpc import grpc_service, ttrpc_service
-from attestation.detect import Platform, detect_primary
+from attestation.detect import HostView, detect_primary
 from attestation.errors import AttestationError, UnsupportedPlatform
 from attestation.initdata import InitData, InitDataError, load_initdata
+from coco_common.b64 import b64_decode
 from coco_common.cli import add_version, version
 from coco_common.logfmt import setup_logging
 from coco_rpc import AA_SOCKET, parse_address, serve
@@ -96,7 +96,7 @@ def _setup_logging(args: argparse.Namespace, config: AaConfig | None) -> None:
         level = config.log_level.lower()
     setup_logging(
         logging.getLevelName(_LEVELS.get(level or "info", logging.INFO)),
-        json_lines=getattr(args, "log_format", "json") == "json",
+        json_lines=args.log_format == "json",
     )
 
 
@@ -106,7 +106,7 @@ def _initdata_digest(args: argparse.Namespace) -> tuple[InitData | None, bytes |
         return data, data.digest()
     if args.initdata_digest:
         try:
-            return None, base64.b64decode(args.initdata_digest, validate=True)
+            return None, b64_decode(args.initdata_digest)
         except (binascii.Error, ValueError) as exc:
             raise InitDataError("--initdata-digest is not standard base64") from exc
     return None, None
@@ -114,7 +114,7 @@ def _initdata_digest(args: argparse.Namespace) -> tuple[InitData | None, bytes |
 
 async def _start(args: argparse.Namespace, config: AaConfig) -> int:
     address = parse_address(args.attestation_sock)
-    primary = detect_primary(Platform())
+    primary = detect_primary(HostView())
     log.info("primary attester: %s", primary.tee)
     log.info(
         "effective settings",
@@ -160,7 +160,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         config = resolve_config(args.config_file)
         _setup_logging(args, config)
         return asyncio.run(_start(args, config))
-    except (ConfigError, InitDataError, InitDataBindError) as exc:
+    except (AaConfigError, InitDataError, InitDataBindError) as exc:
         log.error("cannot start: %s", exc)
         return 1
     except (AaError, AttestationError, ValueError, OSError) as exc:

@@ -36,8 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from attestation.aa.errors import ConfigError
-from coco_common.cli import closest
+from attestation.aa.errors import AaConfigError
+from coco_common.fields import Fields
+from coco_common.files import FileTooLarge, read_bounded
 from coco_common.strict_json import strict_loads
 
 __all__ = [
@@ -47,7 +48,7 @@ __all__ = [
     "AaConfig",
     "CocoAsConfig",
     "EventlogConfig",
-    "KbsConfig",
+    "KbsTokenConfig",
     "config_from_kbc_params",
     "load_config",
     "parse_config",
@@ -67,7 +68,7 @@ KBC_PARAMS_CMDLINE = "agent.aa_kbc_params"
 
 
 @dataclass(frozen=True)
-class KbsConfig:
+class KbsTokenConfig:
     url: str
     cert: str | None = None
     tee_key_algorithm: str = DEFAULT_TEE_KEY_ALGORITHM
@@ -86,7 +87,7 @@ class EventlogConfig:
 
 @dataclass(frozen=True)
 class AaConfig:
-    kbs: KbsConfig | None = None
+    kbs: KbsTokenConfig | None = None
     coco_as: CocoAsConfig | None = None
     eventlog: EventlogConfig = field(default_factory=EventlogConfig)
     log_level: str | None = None
@@ -94,66 +95,9 @@ class AaConfig:
     unknown_keys: tuple[str, ...] = ()
 
 
-class _Reader:
-    """Pulls typed values out of one table, remembering which keys were used."""
-
-    def __init__(self, table: Any, where: str, unknown: list[str], notes: list[str] | None = None) -> None:
-        if not isinstance(table, dict):
-            raise ConfigError(f"aa config: [{where}] must be a table")
-        self.table: dict[str, Any] = table
-        self.where = where
-        self.unknown = unknown
-        #: one "unknown key K in [T] (did you mean X?)" line per unknown key
-        self.notes: list[str] = notes if notes is not None else []
-        self.used: set[str] = set()
-
-    def _name(self, key: str) -> str:
-        return f"{self.where}.{key}" if self.where else key
-
-    def get(
-        self, key: str, kind: type | tuple[type, ...], default: Any = None, *, required: bool = False
-    ) -> Any:
-        self.used.add(key)
-        if key not in self.table:
-            if required:
-                near = closest(key, [k for k in self.table if k not in self.used])
-                hint = f" (found unknown key {self._name(near)}: a typo for {key}?)" if near else ""
-                raise ConfigError(f"aa config: {self._name(key)} is required{hint}")
-            return default
-        value = self.table[key]
-        # bool is an int in Python; keep them apart
-        if (
-            isinstance(value, bool)
-            and kind is not bool
-            and bool not in (kind if isinstance(kind, tuple) else ())
-        ):
-            raise ConfigError(f"aa config: {self._name(key)} has the wrong type (bool)")
-        if not isinstance(value, kind):
-            want = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
-            raise ConfigError(f"aa config: {self._name(key)} must be a {want}, not {type(value).__name__}")
-        return value
-
-    def sub(self, key: str) -> _Reader | None:
-        self.used.add(key)
-        if key not in self.table:
-            return None
-        return _Reader(self.table[key], self._name(key), self.unknown, self.notes)
-
-    def done(self) -> None:
-        for k in self.table:
-            if k not in self.used:
-                self.unknown.append(self._name(k))
-                hint = closest(k, self.used)
-                table = f"[{self.where}]" if self.where else "the top level"
-                self.notes.append(
-                    f"unknown key {self._name(k)} in {table}" + (f" (did you mean {hint}?)" if hint else "")
-                )
-
-
 def parse_config(untrusted_doc: Mapping[str, Any]) -> AaConfig:
     """Check a decoded config document and build an :class:`AaConfig`."""
-    unknown: list[str] = []
-    top = _Reader(dict(untrusted_doc), "", unknown)
+    top = Fields(dict(untrusted_doc), error=AaConfigError, label="aa config")
     kbs = coco_as = None
     tokens = top.sub("token_configs")
     if tokens is not None:
@@ -162,17 +106,15 @@ def parse_config(untrusted_doc: Mapping[str, Any]) -> AaConfig:
             url = k.get("url", str, required=True)  # checked at first use, as upstream
             alg = k.get("tee_key_algorithm", str, DEFAULT_TEE_KEY_ALGORITHM)
             if alg not in TEE_KEY_ALGORITHMS:
-                raise ConfigError(
-                    f"aa config: token_configs.kbs.tee_key_algorithm {alg!r} is not one of "
-                    + ", ".join(TEE_KEY_ALGORITHMS)
-                )
+                raise k.fail("tee_key_algorithm", f"{alg!r} is not one of " + ", ".join(TEE_KEY_ALGORITHMS))
             cert = k.get("cert", str)
             if cert and "-----BEGIN" not in cert:
-                raise ConfigError(
-                    "aa config: token_configs.kbs.cert must be the PEM text of the KBS certificate "
-                    "(-----BEGIN CERTIFICATE----- ...), not a path"
+                raise k.fail(
+                    "cert",
+                    "must be the PEM text of the KBS certificate (-----BEGIN CERTIFICATE----- ...), "
+                    "not a path",
                 )
-            kbs = KbsConfig(url.rstrip("/"), cert or None, alg)
+            kbs = KbsTokenConfig(url.rstrip("/"), cert or None, alg)
             k.done()
         c = tokens.sub("coco_as")
         if c is not None:
@@ -184,7 +126,7 @@ def parse_config(untrusted_doc: Mapping[str, Any]) -> AaConfig:
     if e is not None:
         pcr = e.get("init_pcr", int, DEFAULT_INIT_PCR)
         if not 0 <= pcr < 24:
-            raise ConfigError(f"aa config: eventlog_config.init_pcr {pcr} is out of range 0..23")
+            raise e.fail("init_pcr", f"{pcr} is out of range 0..23")
         eventlog = EventlogConfig(pcr, e.get("enable_eventlog", bool, False))
         e.done()
     level = None
@@ -195,36 +137,37 @@ def parse_config(untrusted_doc: Mapping[str, Any]) -> AaConfig:
     top.done()
     for note in top.notes:
         log.warning("aa config: %s: ignored", note)
-    return AaConfig(kbs, coco_as, eventlog, level, tuple(sorted(unknown)))
+    return AaConfig(kbs, coco_as, eventlog, level, tuple(sorted(top.unknown)))
 
 
 def load_config(path: str | Path) -> AaConfig:
     """Read ``aa.toml`` (or ``.json``)."""
     p = Path(path)
     try:
-        with p.open("rb") as f:
-            raw = f.read(MAX_CONFIG_BYTES + 1)
+        raw = read_bounded(p, MAX_CONFIG_BYTES)
     except OSError as exc:
-        raise ConfigError(f"aa config: cannot read {p}: {exc.strerror}") from exc
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"aa config: {p} is larger than {MAX_CONFIG_BYTES} bytes")
+        raise AaConfigError(f"aa config: cannot read {p}: {exc.strerror}") from exc
+    except FileTooLarge as exc:
+        raise AaConfigError(f"aa config: {p} is larger than {MAX_CONFIG_BYTES} bytes") from exc
+    except ValueError as exc:  # not a regular file
+        raise AaConfigError(f"aa config: {p} is not a regular file") from exc
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise ConfigError(f"aa config: {p} is not UTF-8") from exc
+        raise AaConfigError(f"aa config: {p} is not UTF-8") from exc
     doc: Any
     if p.suffix.lower() == ".json":
         try:
             doc = strict_loads(text)
         except ValueError as exc:
-            raise ConfigError(f"aa config: {p} is not valid JSON: {exc}") from exc
+            raise AaConfigError(f"aa config: {p} is not valid JSON: {exc}") from exc
         if not isinstance(doc, dict):
-            raise ConfigError(f"aa config: {p} must hold a JSON object")
+            raise AaConfigError(f"aa config: {p} must hold a JSON object")
     else:
         try:
             doc = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"aa config: {p} is not valid TOML: {exc}") from exc
+            raise AaConfigError(f"aa config: {p} is not valid TOML: {exc}") from exc
     return parse_config(doc)
 
 
@@ -253,7 +196,7 @@ def config_from_kbc_params(params: str | None) -> AaConfig:
     """Upstream's file-less configuration: ``cc_kbc::<url>`` gives a KBS config
     (the URL taken as it is, checked at first use); any other KBC, none, or a
     malformed value (not exactly one ``::``; logged) gives none, and the agent
-    still starts (upstream: ``KbsConfig::new().ok()``)."""
+    still starts (upstream: ``KbsTokenConfig::new().ok()``)."""
     if params is None:
         return AaConfig()
     kbc, sep, url = params.partition("::")
@@ -266,7 +209,7 @@ def config_from_kbc_params(params: str | None) -> AaConfig:
     if kbc != "cc_kbc":
         log.info("aa_kbc_params names %r: no KBS token configuration", kbc[:64])
         return AaConfig()
-    return AaConfig(kbs=KbsConfig(url.rstrip("/")))
+    return AaConfig(kbs=KbsTokenConfig(url.rstrip("/")))
 
 
 def resolve_config(

@@ -23,9 +23,12 @@ import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from attestation.errors import UnsupportedPlatform
+
+if TYPE_CHECKING:  # imported on use: keeps the AA's start-up lean
+    from attestation.eventlog import EventLog, MeasurementRegister
 
 __all__ = ["DEFAULT_EVENTLOG_PATH", "EventLogMeasurer", "RuntimeMeasurer", "eventlog_path", "open_measurer"]
 
@@ -50,12 +53,11 @@ class EventLogMeasurer:
     """:class:`RuntimeMeasurer` over an :class:`attestation.eventlog.EventLog`
     (its blocking, fsync'ing ``extend`` runs in a worker thread)."""
 
-    def __init__(self, event_log: object) -> None:
+    def __init__(self, event_log: EventLog) -> None:
         self.event_log = event_log
 
     async def extend(self, domain: str, operation: str, content: str, register_index: int | None) -> None:
-        extend = getattr(self.event_log, "extend")  # noqa: B009 - typed loosely on purpose
-        await asyncio.to_thread(extend, domain, operation, content, register_index)
+        await asyncio.to_thread(self.event_log.extend, domain, operation, content, register_index)
 
 
 def eventlog_path(env: Mapping[str, str] | None = None) -> Path:
@@ -70,12 +72,12 @@ def open_measurer(tee: str, *, init_pcr: int, path: Path = DEFAULT_EVENTLOG_PATH
     here; an :class:`attestation.eventlog.EventLogError` (a WAL that matches no
     register, a log held by another process) propagates and stops the agent,
     as upstream refuses to start then."""
-    try:
-        from attestation.eventlog import EventLog, SoftwareRegisters, TdxRtmrRegisters
-    except ImportError as exc:
-        raise UnsupportedPlatform("runtime measurement: attestation.eventlog is not installed") from exc
-    registers: object
+    from attestation.eventlog import EventLog, SoftwareRegisters
+
+    registers: MeasurementRegister
     if tee == "tdx":
+        from attestation.tdx.registers import TdxRtmrRegisters
+
         registers = TdxRtmrRegisters()
     elif tee in ("tpm", "az-snp-vtpm", "az-tdx-vtpm"):
         from attestation.tpm.registers import TpmPcrRegisters

@@ -19,7 +19,6 @@ exists only inside Azure). Init-data is bound by extending PCR 8.
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import ssl
 import time
@@ -27,26 +26,25 @@ from typing import Any
 
 import httpx
 
+from attestation.azure.errors import AzureError, ImdsError
 from attestation.azure.evidence import AzSnpEvidence, AzTdxEvidence, VtpmQuote
 from attestation.azure.hcl import HCL_REPORT_NV_INDEX, REPORT_DATA_NV_INDEX, HclReport, HwReportType
-from attestation.errors import AttestationError
 from attestation.tpm.attester import detect_tpm_device, quote_all_pcrs
-from attestation.tpm.device import DEFAULT_DEVICE, TpmCommandError, open_tpm
+from attestation.tpm.device import DEFAULT_DEVICE, open_tpm
+from attestation.tpm.errors import TpmCommandError
 from attestation.tpm.quote import INIT_DATA_PCR
 from attestation.tpm.structures import ALG_RSASSA, parse_signature
+from coco_common.b64 import b64url_decode, b64url_encode
+from coco_common.http import sync_client
 from coco_common.http_body import DECODABLE, BodyTooLarge, HttpBodyError, read_body_sync
 from coco_common.strict_json import strict_loads
 
-__all__ = ["DEFAULT_IMDS", "VTPM_AK_HANDLE", "AzSnpVtpmAttester", "AzTdxVtpmAttester", "ImdsError"]
+__all__ = ["DEFAULT_IMDS", "VTPM_AK_HANDLE", "AzSnpVtpmAttester", "AzTdxVtpmAttester"]
 
 VTPM_AK_HANDLE = 0x81000003
 DEFAULT_IMDS = "http://169.254.169.254"
 _MAX_IMDS_BODY = 256 * 1024
 _EVIDENCE_VERSION = 2
-
-
-class ImdsError(AttestationError):
-    """Azure IMDS did not give a usable answer."""
 
 
 def _imds_json(client: httpx.Client, method: str, url: str, body: Any = None) -> Any:
@@ -86,7 +84,7 @@ class _AzureVtpm:
 
     def _collect(self, report_data: bytes) -> tuple[bytes, VtpmQuote]:
         if len(report_data) > 64:
-            raise AttestationError("report data longer than 64 bytes")
+            raise AzureError("report data longer than 64 bytes")
         with open_tpm(self.device) as tpm:
             tpm.nv_write_sized(REPORT_DATA_NV_INDEX, report_data)
             if self.report_refresh_wait > 0:
@@ -101,7 +99,7 @@ class _AzureVtpm:
     def _hcl(self, raw: bytes) -> HclReport:
         hcl = HclReport.from_bytes(raw)
         if hcl.report_type is not self._want:
-            raise AttestationError(f"this VM's HCL report is {hcl.report_type.name}, not {self._want.name}")
+            raise AzureError(f"this VM's HCL report is {hcl.report_type.name}, not {self._want.name}")
         return hcl
 
     def _extend(self, digest: bytes) -> None:
@@ -121,7 +119,7 @@ class AzSnpVtpmAttester(_AzureVtpm):
     def _evidence(self, report_data: bytes) -> dict[str, Any]:
         hcl, quote = self._collect(report_data)
         self._hcl(hcl)
-        with httpx.Client(timeout=self.timeout, follow_redirects=False) as client:
+        with sync_client(timeout=self.timeout) as client:
             doc = _imds_json(client, "GET", f"{self.imds_url}/metadata/THIM/amd/certification")
         pem = doc.get("vcekCert") if isinstance(doc, dict) else None
         if not isinstance(pem, str):
@@ -143,14 +141,14 @@ class AzTdxVtpmAttester(_AzureVtpm):
     def _evidence(self, report_data: bytes) -> dict[str, Any]:
         hcl_raw, quote = self._collect(report_data)
         hcl = self._hcl(hcl_raw)
-        body = {"report": base64.urlsafe_b64encode(hcl.hw_report).decode().rstrip("=")}
-        with httpx.Client(timeout=self.timeout, follow_redirects=False) as client:
+        body = {"report": b64url_encode(hcl.hw_report)}
+        with sync_client(timeout=self.timeout) as client:
             doc = _imds_json(client, "POST", f"{self.imds_url}/acc/tdquote", body)
         q = doc.get("quote") if isinstance(doc, dict) else None
         if not isinstance(q, str) or len(q) > _MAX_IMDS_BODY:
             raise ImdsError("IMDS tdquote response has no quote")
         try:
-            td_quote = base64.urlsafe_b64decode(q + "=" * (-len(q) % 4))
+            td_quote = b64url_decode(q)
         except (binascii.Error, ValueError) as exc:
             raise ImdsError("IMDS quote is not base64url") from exc
         return AzTdxEvidence(_EVIDENCE_VERSION, quote, hcl_raw, td_quote).to_json()

@@ -17,48 +17,26 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
+from attestation.azure.errors import AzureFormatError
 from attestation.azure.evidence import MAX_EVIDENCE_JSON
-from attestation.azure.verifier import AzSnpVtpmVerifier, AzTdxVtpmVerifier, snp_claims
+from attestation.azure.kbs import AzSnpVtpmVerifier, AzTdxVtpmVerifier, snp_claims
+from attestation.azure.verify import check_init_data
 from attestation.errors import AttestationError, EvidenceFormatError
 from attestation.tdx.collateral import Collateral
+from attestation.tdx.kbs import quote_claims
 from attestation.tdx.pck import load_pem_chain
-from attestation.tdx.verifier import quote_claims
-from attestation.tpm.quote import INIT_DATA_PCR, TpmVerificationError, init_data_pcr_value
-from attestation.verify_cli import EXIT_NOT_VERIFIED, not_verified, usage_error
+from attestation.verify_cli import (
+    not_verified,
+    parse_hex,
+    parse_time,
+    read_input,
+    usage_error,
+)
 from attestation.verify_cli import verified as report_verified
 
-__all__ = ["configure", "parse_hex", "parse_time", "read_limited", "run"]
-
-
-def parse_time(text: str) -> datetime:
-    try:
-        t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise EvidenceFormatError(f"--at {text[:40]!r} is not an ISO 8601 time") from exc
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
-def parse_hex(text: str | None, what: str, limit: int) -> bytes | None:
-    if text is None:
-        return None
-    try:
-        out = bytes.fromhex(text)
-    except ValueError as exc:
-        raise EvidenceFormatError(f"{what} is not hex") from exc
-    if len(out) > limit:
-        raise EvidenceFormatError(f"{what} is longer than {limit} bytes")
-    return out
-
-
-def read_limited(path: str, limit: int) -> bytes:
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise EvidenceFormatError(f"{Path(path).name} is larger than {limit} bytes")
-    return data
+__all__ = ["configure", "run"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -77,43 +55,36 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _fail(tee: str, code: int, msg: str) -> int:
-    if code == EXIT_NOT_VERIFIED:
-        return not_verified(tee, msg)
-    return usage_error(tee, msg.removeprefix("rejected: "))
-
-
 def run(args: argparse.Namespace) -> int:
     tee = args.platform
     try:
         now = parse_time(args.at) if args.at else datetime.now(UTC)
-        doc = read_limited(args.evidence, MAX_EVIDENCE_JSON)
+        doc = read_input(args.evidence, MAX_EVIDENCE_JSON)
         rd = parse_hex(args.expect_report_data, "--expect-report-data", 64)
         init = parse_hex(args.init_data_digest, "--init-data-digest", 64)
         opts: dict[str, Any] = {}
         if args.root_ca:
-            opts["root_ca"] = load_pem_chain(read_limited(args.root_ca, 1 << 20), "--root-ca")[0]
+            opts["root_ca"] = load_pem_chain(read_input(args.root_ca, 1 << 20), "--root-ca")[0]
         if args.collateral:
-            opts["collateral"] = Collateral.from_json(read_limited(args.collateral, 16 << 20))
+            opts["collateral"] = Collateral.from_json(read_input(args.collateral, 16 << 20))
     except OSError as exc:
-        return _fail(tee, 2, f"cannot read input: {exc.strerror or exc}")
+        return usage_error(tee, f"cannot read input: {exc.strerror or exc}")
     except AttestationError as exc:
-        return _fail(tee, 2, f"rejected: malformed input: {exc}")
+        return usage_error(tee, f"malformed input: {exc}")
     try:
         if tee == "az-snp-vtpm":
             if opts:
-                raise EvidenceFormatError("--root-ca/--collateral apply to az-tdx-vtpm only")
+                raise AzureFormatError("--root-ca/--collateral apply to az-tdx-vtpm only")
             vt, verified = AzSnpVtpmVerifier().verify_evidence(doc, expected_report_data=rd, now=now)
             claims = vt.tpm_claims(snp_claims(verified.report))
         else:
             vt, vq = AzTdxVtpmVerifier(**opts).verify_evidence(doc, expected_report_data=rd, now=now)
             claims = vt.tpm_claims(quote_claims(vq))
-        if init is not None and vt.pcrs.get(INIT_DATA_PCR) != init_data_pcr_value(init):
-            raise TpmVerificationError(f"PCR {INIT_DATA_PCR} does not match the init-data digest")
+        check_init_data(vt.pcrs, init)
     except EvidenceFormatError as exc:
-        return _fail(tee, 2, f"rejected: malformed input: {exc}")
+        return usage_error(tee, f"malformed input: {exc}")
     except AttestationError as exc:
-        return _fail(tee, 1, f"rejected: {exc}")
+        return not_verified(tee, f"rejected: {exc}")
     if rd is None:
         print(f"coco-verify {tee}: note: nonce not checked (no --expect-report-data)", file=sys.stderr)
     unchecked = [] if rd is not None else ["nonce (no --expect-report-data)"]

@@ -27,7 +27,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from attestation.azure.hcl import MAX_HCL_REPORT, HclFormatError
+from attestation.azure.errors import HclFormatError
+from attestation.azure.hcl import MAX_HCL_REPORT
+from coco_common.b64 import b64url_decode
 from coco_common.strict_json import strict_loads
 
 __all__ = ["MAX_EVIDENCE_JSON", "AzSnpEvidence", "AzTdxEvidence", "VtpmQuote", "load_json"]
@@ -39,13 +41,12 @@ _MAX_BLOB = 64 * 1024
 
 
 def load_json(untrusted: Any, what: str) -> Mapping[str, Any]:
+    """Untrusted evidence as a JSON object (decoded strictly, at most
+    :data:`MAX_EVIDENCE_JSON` bytes, when given as text)."""
     if isinstance(untrusted, (str, bytes, bytearray)):
-        if len(untrusted) > MAX_EVIDENCE_JSON:
-            raise HclFormatError(f"{what} evidence larger than {MAX_EVIDENCE_JSON} bytes")
-        try:
-            untrusted = strict_loads(untrusted)
-        except ValueError as exc:
-            raise HclFormatError(f"{what} evidence is not JSON ({exc})") from exc
+        untrusted = strict_loads(
+            untrusted, limit=MAX_EVIDENCE_JSON, error=HclFormatError, what=f"{what} evidence"
+        )
     if not isinstance(untrusted, Mapping):
         raise HclFormatError(f"{what} evidence must be a JSON object")
     return untrusted
@@ -72,7 +73,7 @@ def _b64url(v: Any, what: str, limit: int = _MAX_BLOB) -> bytes:
     if not isinstance(v, str) or len(v) > limit * 4 // 3 + 4:
         raise HclFormatError(f"{what} must be a base64url string")
     try:
-        return base64.b64decode(v + "=" * (-len(v) % 4), altchars=b"-_", validate=True)
+        return b64url_decode(v)
     except (binascii.Error, ValueError) as exc:
         raise HclFormatError(f"{what} is not base64url") from exc
 

@@ -17,7 +17,6 @@ The hardware report binds the runtime data: ``SHA-256(var_data)`` is the first
 
 from __future__ import annotations
 
-import base64
 import binascii
 import enum
 import hashlib
@@ -28,7 +27,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from attestation.errors import EvidenceFormatError
+from attestation.azure.errors import HclFormatError
+from coco_common.b64 import b64url_decode
 from coco_common.strict_json import strict_loads
 
 __all__ = [
@@ -36,7 +36,6 @@ __all__ = [
     "HCL_REPORT_NV_INDEX",
     "MAX_HCL_REPORT",
     "REPORT_DATA_NV_INDEX",
-    "HclFormatError",
     "HclReport",
     "HwReportType",
 ]
@@ -58,10 +57,6 @@ _SHA256 = 1
 _AK_KID = "HCLAkPub"
 
 
-class HclFormatError(EvidenceFormatError):
-    """The HCL report or its runtime data is malformed."""
-
-
 class HwReportType(enum.IntEnum):
     SNP = 2
     TDX = 4
@@ -71,7 +66,7 @@ def _b64url_int(v: Any, what: str) -> int:
     if not isinstance(v, str) or len(v) > 1400:
         raise HclFormatError(f"HCL AK {what} must be a base64url string")
     try:
-        raw = base64.urlsafe_b64decode(v + "=" * (-len(v) % 4))
+        raw = b64url_decode(v)
     except (binascii.Error, ValueError) as exc:
         raise HclFormatError(f"HCL AK {what} is not base64url") from exc
     return int.from_bytes(raw, "big")

@@ -13,18 +13,14 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
+from attestation.cca.errors import CcaDeviceUnavailable, CcaError
 from attestation.cca.token import MAX_TOKEN_SIZE
-from attestation.errors import AttestationError, UnsupportedPlatform
 from attestation.snp.device import TSM_REPORT_ROOT, ConfigfsOps, OsConfigfs
 
-__all__ = ["CcaAttester", "CcaDeviceUnavailable"]
+__all__ = ["CcaAttester"]
 
 _SMALL = 64
 _PROVIDER = b"arm_cca_guest"
-
-
-class CcaDeviceUnavailable(UnsupportedPlatform):
-    """No configfs-tsm CCA provider here, or it failed."""
 
 
 class CcaAttester:
@@ -42,7 +38,7 @@ class CcaAttester:
 
     def _token(self, report_data: bytes) -> bytes:
         if len(report_data) > 64:
-            raise AttestationError("CCA challenge is at most 64 bytes")
+            raise CcaError("CCA challenge is at most 64 bytes")
         try:
             entry = self.ops.make_entry(self.root)
         except OSError as exc:
@@ -72,4 +68,4 @@ class CcaAttester:
         return {"token": list(token)}
 
     async def bind_init_data(self, digest: bytes) -> None:
-        raise UnsupportedPlatform("CCA binds init-data through the realm personalization value at launch")
+        raise CcaDeviceUnavailable("CCA binds init-data through the realm personalization value at launch")

@@ -16,11 +16,17 @@ import argparse
 import hmac
 from typing import Any
 
-from attestation.azure.cli import parse_hex, parse_time, read_limited
-from attestation.cca.token import MAX_TOKEN_SIZE, CcaVerificationError
-from attestation.cca.verifier import CcaVerifier, appraise_platform, appraise_realm, cca_claims
+from attestation.cca.errors import CcaVerificationError
+from attestation.cca.kbs import CcaVerifier, appraise_platform, appraise_realm, cca_claims
+from attestation.cca.token import MAX_TOKEN_SIZE
 from attestation.errors import AttestationError, EvidenceFormatError
-from attestation.verify_cli import EXIT_NOT_VERIFIED, not_verified, usage_error
+from attestation.verify_cli import (
+    not_verified,
+    parse_hex,
+    parse_time,
+    read_input,
+    usage_error,
+)
 from attestation.verify_cli import verified as report_verified
 
 __all__ = ["configure", "run"]
@@ -36,25 +42,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--at", metavar="TIME", help="accepted for uniformity; unused")
 
 
-def _fail(code: int, msg: str) -> int:
-    if code == EXIT_NOT_VERIFIED:
-        return not_verified("cca", msg)
-    return usage_error("cca", msg.removeprefix("rejected: "))
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         if args.at:
             parse_time(args.at)
-        raw = read_limited(args.evidence, 8 * MAX_TOKEN_SIZE)
+        raw = read_input(args.evidence, 8 * MAX_TOKEN_SIZE)
         doc: Any = raw if raw.lstrip()[:1] == b"{" else {"token": list(raw)}
         rd = parse_hex(args.expect_report_data, "--expect-report-data", 64)
         init = parse_hex(args.init_data_digest, "--init-data-digest", 64)
         verifier = CcaVerifier(ta_store=args.ta_store, rv_store=args.rv_store)
     except OSError as exc:
-        return _fail(2, f"cannot read input: {exc.strerror or exc}")
+        return usage_error("cca", f"cannot read input: {exc.strerror or exc}")
     except (AttestationError, ValueError) as exc:
-        return _fail(2, f"rejected: malformed input: {exc}")
+        return usage_error("cca", f"malformed input: {exc}")
     try:
         token = verifier.verify_evidence(doc)
         if rd is not None and not hmac.compare_digest(rd.ljust(64, b"\x00"), token.realm.challenge):
@@ -64,9 +64,9 @@ def run(args: argparse.Namespace) -> int:
         ):
             raise CcaVerificationError("realm personalization value does not match --init-data-digest")
     except EvidenceFormatError as exc:
-        return _fail(2, f"rejected: malformed input: {exc}")
+        return usage_error("cca", f"malformed input: {exc}")
     except AttestationError as exc:
-        return _fail(1, f"rejected: {exc}")
+        return not_verified("cca", f"rejected: {exc}")
     claims = cca_claims(token)
     claims["platform_reference_values"] = appraise_platform(token, verifier.rvs)
     claims["realm_reference_values"] = appraise_realm(token, verifier.rvs)

@@ -25,7 +25,7 @@ from importlib import resources
 from typing import Any
 
 from attestation.csv import sm2
-from attestation.errors import EvidenceFormatError, VerificationError
+from attestation.csv.errors import CsvCertError, CsvFormatError
 
 __all__ = [
     "CA_CERT_SIZE",
@@ -35,7 +35,6 @@ __all__ = [
     "USAGE_HSK",
     "USAGE_PEK",
     "CaCertificate",
-    "CsvCertError",
     "CsvCertificate",
     "PublicKey",
     "csv_cert_from_json",
@@ -49,10 +48,6 @@ USAGE_HRK = 0x0000
 USAGE_HSK = 0x0013
 USAGE_CEK = 0x1004
 USAGE_PEK = 0x1002
-
-
-class CsvCertError(VerificationError):
-    """A Hygon certificate or report signature does not verify."""
 
 
 @dataclass(frozen=True)
@@ -75,7 +70,7 @@ def _key(raw: bytes, uid: bytes) -> PublicKey:
 def _uid(raw: bytes, size_off: int) -> bytes:
     size = struct.unpack_from("<H", raw, size_off)[0]
     if size > 254:
-        raise EvidenceFormatError("Hygon certificate user ID is longer than 254 bytes")
+        raise CsvFormatError("Hygon certificate user ID is longer than 254 bytes")
     return raw[size_off + 2 : size_off + 2 + size]
 
 
@@ -92,7 +87,7 @@ class CaCertificate:
     @classmethod
     def from_bytes(cls, untrusted: bytes) -> CaCertificate:
         if len(untrusted) != CA_CERT_SIZE:
-            raise EvidenceFormatError(f"Hygon CA certificate must be {CA_CERT_SIZE} bytes")
+            raise CsvFormatError(f"Hygon CA certificate must be {CA_CERT_SIZE} bytes")
         usage = struct.unpack_from("<I", untrusted, 36)[0]
         return cls(untrusted, usage, _key(untrusted[64:212], _uid(untrusted, 212)))
 
@@ -109,7 +104,7 @@ class CsvCertificate:
     @classmethod
     def from_bytes(cls, untrusted: bytes) -> CsvCertificate:
         if len(untrusted) != CSV_CERT_SIZE:
-            raise EvidenceFormatError(f"Hygon CSV certificate must be {CSV_CERT_SIZE} bytes")
+            raise CsvFormatError(f"Hygon CSV certificate must be {CSV_CERT_SIZE} bytes")
         usage = struct.unpack_from("<I", untrusted, 8)[0]
         return cls(untrusted, usage, _key(untrusted[16:164], _uid(untrusted, 164)))
 
@@ -134,13 +129,13 @@ def pinned_hrk() -> CaCertificate:
 
 def _bytes(v: Any, size: int, what: str) -> bytes:
     if not isinstance(v, list) or len(v) != size or not all(type(b) is int and 0 <= b <= 255 for b in v):
-        raise EvidenceFormatError(f"CSV certificate field {what} must be {size} bytes")
+        raise CsvFormatError(f"CSV certificate field {what} must be {size} bytes")
     return bytes(v)
 
 
 def _int(v: Any, what: str, limit: int) -> int:
     if type(v) is not int or not 0 <= v < limit:
-        raise EvidenceFormatError(f"CSV certificate field {what} is not a valid integer")
+        raise CsvFormatError(f"CSV certificate field {what} is not a valid integer")
     return v
 
 
@@ -165,15 +160,15 @@ def csv_cert_from_json(untrusted: Any) -> CsvCertificate:
         raw += _bytes(data["user_id"], 254, "user_id") + _bytes(data["sid"], 16, "sid")
         raw += _bytes(data["reserved2"], 608, "reserved2")
         if not isinstance(sigs, list) or len(sigs) != 2:
-            raise EvidenceFormatError("CSV certificate needs two signature slots")
+            raise CsvFormatError("CSV certificate needs two signature slots")
         for s in sigs:
             if not isinstance(s, Mapping):
-                raise EvidenceFormatError("CSV certificate signature slot is not an object")
+                raise CsvFormatError("CSV certificate signature slot is not an object")
             raw += struct.pack(
                 "<II", _int(s["usage"], "sig usage", 1 << 32), _int(s["algo"], "sig algo", 1 << 32)
             )
             raw += _bytes(s["signature"]["r"], 72, "r") + _bytes(s["signature"]["s"], 72, "s")
             raw += _bytes(s["_reserved"], 368, "_reserved")
     except (KeyError, TypeError) as exc:
-        raise EvidenceFormatError(f"CSV certificate JSON is missing {exc}") from exc
+        raise CsvFormatError(f"CSV certificate JSON is missing {exc}") from exc
     return CsvCertificate.from_bytes(raw)

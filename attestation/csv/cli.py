@@ -15,14 +15,20 @@ from __future__ import annotations
 
 import argparse
 import hmac
-import tempfile
-from pathlib import Path
 
-from attestation.azure.cli import parse_hex, parse_time, read_limited
-from attestation.csv.certs import CsvCertError
-from attestation.csv.verifier import CsvVerifier, csv_claims, parse_evidence
-from attestation.errors import AttestationError, EvidenceFormatError, VerificationError
-from attestation.verify_cli import EXIT_NOT_VERIFIED, not_verified, usage_error
+from attestation.csv.certs import CA_CERT_SIZE, CaCertificate, CsvCertificate, pinned_hrk
+from attestation.csv.errors import CsvVerificationError
+from attestation.csv.evidence import parse_evidence
+from attestation.csv.kbs import csv_claims
+from attestation.csv.verify import verify_chain, verify_report_signature
+from attestation.errors import AttestationError, EvidenceFormatError
+from attestation.verify_cli import (
+    not_verified,
+    parse_hex,
+    parse_time,
+    read_input,
+    usage_error,
+)
 from attestation.verify_cli import verified as report_verified
 
 __all__ = ["configure", "run"]
@@ -37,41 +43,33 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--at", metavar="TIME", help="accepted for uniformity; unused")
 
 
-def _fail(code: int, msg: str) -> int:
-    if code == EXIT_NOT_VERIFIED:
-        return not_verified("csv", msg)
-    return usage_error("csv", msg.removeprefix("rejected: "))
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         if args.at:
             parse_time(args.at)
-        doc = read_limited(args.evidence, 1 << 20)
+        doc = read_input(args.evidence, 1 << 20)
         rd = parse_hex(args.expect_report_data, "--expect-report-data", 64)
-        hsk_cek = read_limited(args.hsk_cek, 8192) if args.hsk_cek else None
+        hsk_cek = read_input(args.hsk_cek, 8192) if args.hsk_cek else None
         report, pek, chip, _ = parse_evidence(doc)
     except OSError as exc:
-        return _fail(2, f"cannot read input: {exc.strerror or exc}")
+        return usage_error("csv", f"cannot read input: {exc.strerror or exc}")
     except AttestationError as exc:
-        return _fail(2, f"rejected: malformed input: {exc}")
+        return usage_error("csv", f"malformed input: {exc}")
     try:
         if hsk_cek is not None:
-            with tempfile.TemporaryDirectory() as d:
-                (Path(d) / chip).mkdir()
-                (Path(d) / chip / "hsk_cek.cert").write_bytes(hsk_cek)
-                CsvVerifier(hsk_cek_dir=d).verify_chain(report, pek, chip)
+            hsk = CaCertificate.from_bytes(hsk_cek[:CA_CERT_SIZE])
+            cek = CsvCertificate.from_bytes(hsk_cek[CA_CERT_SIZE:])
+            verify_chain(report, pek, hrk=pinned_hrk(), hsk=hsk, cek=cek)
         elif args.pek_only:
-            if not pek.key.verify(report.signed, report.r, report.s):
-                raise CsvCertError("CSV attestation report signature does not verify with the PEK")
+            verify_report_signature(report, pek)
         else:
-            raise VerificationError(f"no HSK/CEK for chip {chip}: pass --hsk-cek (or --pek-only)")
+            raise CsvVerificationError(f"no HSK/CEK for chip {chip}: pass --hsk-cek (or --pek-only)")
         if rd is not None and not hmac.compare_digest(rd.ljust(64, b"\x00"), report.report_data):
-            raise VerificationError("REPORT_DATA does not match --expect-report-data")
+            raise CsvVerificationError("REPORT_DATA does not match --expect-report-data")
     except EvidenceFormatError as exc:
-        return _fail(2, f"rejected: malformed input: {exc}")
+        return usage_error("csv", f"malformed input: {exc}")
     except AttestationError as exc:
-        return _fail(1, f"rejected: {exc}")
+        return not_verified("csv", f"rejected: {exc}")
     claims = csv_claims(report, chip)
     claims["chain_verified"] = hsk_cek is not None
     unchecked = [] if rd is not None else ["nonce (no --expect-report-data)"]

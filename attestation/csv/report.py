@@ -14,7 +14,7 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from attestation.errors import EvidenceFormatError
+from attestation.csv.errors import CsvFormatError
 
 __all__ = ["REPORT_SIZE", "CsvReport"]
 
@@ -45,13 +45,13 @@ class CsvReport:
     @classmethod
     def parse(cls, magic: bytes, flags: int, data: bytes) -> CsvReport:
         if len(data) != REPORT_SIZE or len(magic) != 16:
-            raise EvidenceFormatError("CSV report must be 4096 bytes with a 16-byte magic")
+            raise CsvFormatError("CSV report must be 4096 bytes with a 16-byte magic")
         if magic == bytes(16) or (magic == _EXT_MAGIC and flags == 0):
             version = 1
         elif magic == _EXT_MAGIC and flags == 1:
             version = 2
         else:
-            raise EvidenceFormatError(f"unsupported CSV report (magic/flags {flags})")
+            raise CsvFormatError(f"unsupported CSV report (magic/flags {flags})")
         if version == 1:
             anonce = struct.unpack_from("<I", data, 188)[0]
             mask = struct.pack("<I", anonce)

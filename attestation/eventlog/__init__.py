@@ -3,7 +3,8 @@ Attestation Agent's runtime-measurement log writer.
 
 For the AA (ExtendRuntimeMeasurement)::
 
-    from attestation.eventlog import EventLog, TdxRtmrRegisters, SoftwareRegisters
+    from attestation.eventlog import EventLog, SoftwareRegisters
+    from attestation.tdx.registers import TdxRtmrRegisters
     log = EventLog(TdxRtmrRegisters())          # or SoftwareRegisters(dir) on sample/dev
     log.extend("github.com/confidential-containers", "PullImage",
                '{"image":"<ref>", "digest":"<digest>"}', register_index=None)
@@ -21,7 +22,6 @@ from attestation.eventlog.aael import (
 from attestation.eventlog.registers import (
     MeasurementRegister,
     SoftwareRegisters,
-    TdxRtmrRegisters,
     tdx_pcr_to_ccmr,
 )
 from attestation.eventlog.tcg import (
@@ -42,7 +42,6 @@ __all__ = [
     "MeasurementRegister",
     "ParsedEventLog",
     "SoftwareRegisters",
-    "TdxRtmrRegisters",
     "build_cc_eventlog",
     "encode_aael_record",
     "parse_event_log",

@@ -88,8 +88,8 @@ def encode_aael_record(text: str, *, ccmr: int, hash_algorithm: str) -> tuple[by
     """The TCG2 record for AAEL ``text`` and its digest."""
     try:
         alg_id, _ = HASH_ALGORITHMS[hash_algorithm]
-    except KeyError:
-        raise ValueError(f"unsupported hash algorithm {hash_algorithm}") from None
+    except KeyError as exc:
+        raise ValueError(f"unsupported hash algorithm {hash_algorithm}") from exc
     body = text.encode()
     tagged = struct.pack("<II", AAEL_TAGGED_EVENT_ID, len(body)) + body
     digest = hashlib.new(hash_algorithm, tagged).digest()
@@ -190,8 +190,8 @@ class EventLog:
         expected = raw[8 : 8 + self._digest_len]
         try:
             text = raw[8 + self._digest_len :].decode()
-        except UnicodeDecodeError:
-            raise EventLogError(f"the WAL {self.wal_path} is corrupt; delete it and restart the AA") from None
+        except UnicodeDecodeError as exc:
+            raise EventLogError(f"the WAL {self.wal_path} is corrupt; delete it and restart the AA") from exc
         return offset, expected, text
 
     def _candidate_pcrs(self) -> list[int]:

@@ -4,10 +4,9 @@ Registers are addressed by TPM-style PCR index, as the AA API
 (``ExtendRuntimeMeasurement.RegisterIndex``) does; each backend maps a PCR to
 its CC measurement register (CC MR) with :meth:`pcr_to_ccmr`.
 
-* :class:`TdxRtmrRegisters`: TDX RTMRs through the kernel's sysfs interface
-  (Linux >= 6.16, ``/sys/devices/virtual/misc/tdx_guest/measurements/rtmr<N>:sha384``;
-  reading gives 48 raw bytes, writing 48 bytes extends). Without it, reads fall
-  back to a TDREPORT from ``/dev/tdx_guest`` and extending is unsupported.
+* TDX RTMRs: :class:`attestation.tdx.registers.TdxRtmrRegisters`; TPM PCRs:
+  :class:`attestation.tpm.registers.TpmPcrRegisters` (each TEE's backend lives
+  with its TEE and uses the mapping here).
 * :class:`SoftwareRegisters`: file-backed registers for the sample platform and
   development; same PCR mapping and hash as TDX, so logs replay the same way.
   Not a security boundary (anyone who can write the files can forge values).
@@ -21,19 +20,14 @@ import os
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from attestation.errors import AttestationError, UnsupportedPlatform
+from attestation.errors import AttestationError
 
 __all__ = [
     "HASH_ALGORITHMS",
-    "TDX_MEASUREMENTS_DIR",
     "MeasurementRegister",
     "SoftwareRegisters",
-    "TdxRtmrRegisters",
     "tdx_pcr_to_ccmr",
 ]
-
-TDX_MEASUREMENTS_DIR = "/sys/devices/virtual/misc/tdx_guest/measurements"
-TDX_REGISTER_LEN = 48
 
 #: kbs-types hash name -> (TCG algorithm id, digest size)
 HASH_ALGORITHMS: dict[str, tuple[int, int]] = {
@@ -57,15 +51,6 @@ def tdx_pcr_to_ccmr(pcr: int) -> int:
     return 4
 
 
-class _Report(Protocol):
-    @property
-    def rtmrs(self) -> tuple[bytes, bytes, bytes, bytes]: ...
-
-
-class _ReportSource(Protocol):
-    def get_report(self, report_data: bytes) -> _Report: ...
-
-
 @runtime_checkable
 class MeasurementRegister(Protocol):
     #: kbs-types hash name of the register bank: "sha384" for TDX
@@ -80,51 +65,6 @@ class MeasurementRegister(Protocol):
     def extend(self, pcr: int, digest: bytes) -> None:
         """Extend the register that ``pcr`` maps to with ``digest``."""
         ...
-
-
-class TdxRtmrRegisters:
-    hash_algorithm = "sha384"
-
-    def __init__(
-        self, measurements_dir: str | Path = TDX_MEASUREMENTS_DIR, *, device: _ReportSource | None = None
-    ) -> None:
-        self._dir = Path(measurements_dir)
-        self._device = device
-
-    @property
-    def has_sysfs(self) -> bool:
-        return self._dir.is_dir()
-
-    def pcr_to_ccmr(self, pcr: int) -> int:
-        return tdx_pcr_to_ccmr(pcr)
-
-    def _path(self, pcr: int) -> Path:
-        return self._dir / f"rtmr{self.pcr_to_ccmr(pcr) - 1}:sha384"
-
-    def read(self, pcr: int) -> bytes:
-        if self.has_sysfs:
-            with open(self._path(pcr), "rb") as f:
-                value = f.read(TDX_REGISTER_LEN + 1)
-            if len(value) != TDX_REGISTER_LEN:
-                raise AttestationError(f"RTMR sysfs file returned {len(value)} bytes, expected 48")
-            return value
-        device: _ReportSource | None = self._device
-        if device is None:
-            from attestation.tdx.device import TdxGuestDevice  # local: avoid a cycle
-
-            device = TdxGuestDevice()
-        report = device.get_report(bytes(64))
-        return report.rtmrs[self.pcr_to_ccmr(pcr) - 1]
-
-    def extend(self, pcr: int, digest: bytes) -> None:
-        if len(digest) > TDX_REGISTER_LEN:
-            raise ValueError("RTMR extend data is at most 48 bytes")
-        if not self.has_sysfs:
-            raise UnsupportedPlatform(
-                f"extending RTMRs needs the kernel's TDX measurements sysfs ({self._dir}, Linux >= 6.16)"
-            )
-        with open(self._path(pcr), "wb", buffering=0) as f:
-            f.write(digest.ljust(TDX_REGISTER_LEN, b"\x00"))
 
 
 class SoftwareRegisters:

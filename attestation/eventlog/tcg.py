@@ -116,8 +116,8 @@ def hash_alg(alg_id: int) -> hashes.HashAlgorithm:
     }
     try:
         return algs[alg_id]
-    except KeyError:
-        raise EventLogFormatError(f"unsupported digest algorithm {alg_id:#x}") from None
+    except KeyError as exc:
+        raise EventLogFormatError(f"unsupported digest algorithm {alg_id:#x}") from exc
 
 
 def _digest(alg_id: int, data: bytes) -> bytes:
@@ -287,8 +287,8 @@ def parse_event_log(untrusted_log: bytes) -> ParsedEventLog:
 def _utf8(b: bytes, what: str) -> str:
     try:
         return b.decode("utf-8")
-    except UnicodeDecodeError:
-        raise EventLogFormatError(f"{what}: event data is not UTF-8") from None
+    except UnicodeDecodeError as exc:
+        raise EventLogFormatError(f"{what}: event data is not UTF-8") from exc
 
 
 def _details(etype: int, data: bytes) -> dict[str, Any]:
@@ -386,8 +386,8 @@ def _efi_variable(data: bytes) -> dict[str, Any]:
         raise EventLogFormatError("EFI variable event: name out of bounds")
     try:
         name = data[i : i + nbytes].decode("utf-16-le")
-    except UnicodeDecodeError:
-        raise EventLogFormatError("EFI variable event: name is not UTF-16") from None
+    except UnicodeDecodeError as exc:
+        raise EventLogFormatError("EFI variable event: name is not UTF-16") from exc
     i += nbytes
     if data_len:
         if i + data_len > len(data):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from attestation.errors import EvidenceFormatError
+from attestation.nvidia.errors import NvidiaFormatError
 
 __all__ = ["Tlv", "parse_all", "parse_one"]
 
@@ -35,31 +35,31 @@ class Tlv:
 
     def children(self) -> list[Tlv]:
         if not self.constructed:
-            raise EvidenceFormatError("DER: primitive element has no children")
+            raise NvidiaFormatError("DER: primitive element has no children")
         return parse_all(self.content)
 
 
 def _read(buf: bytes, pos: int) -> tuple[Tlv, int]:
     if pos + 2 > len(buf):
-        raise EvidenceFormatError("DER: truncated element header")
+        raise NvidiaFormatError("DER: truncated element header")
     tag = buf[pos]
     if tag & 0x1F == 0x1F:
-        raise EvidenceFormatError("DER: multi-byte tags are not supported")
+        raise NvidiaFormatError("DER: multi-byte tags are not supported")
     first = buf[pos + 1]
     pos += 2
     if first < 0x80:
         length = first
     elif first == 0x80:
-        raise EvidenceFormatError("DER: indefinite length")
+        raise NvidiaFormatError("DER: indefinite length")
     else:
         n = first & 0x7F
         if n > 4 or pos + n > len(buf):
-            raise EvidenceFormatError("DER: bad length encoding")
+            raise NvidiaFormatError("DER: bad length encoding")
         length = int.from_bytes(buf[pos : pos + n], "big")
         pos += n
     end = pos + length
     if end > len(buf):
-        raise EvidenceFormatError("DER: element runs past its container")
+        raise NvidiaFormatError("DER: element runs past its container")
     return Tlv(tag, buf[pos:end]), end
 
 
@@ -67,7 +67,7 @@ def parse_one(buf: bytes) -> Tlv:
     """Exactly one element filling ``buf``."""
     tlv, end = _read(buf, 0)
     if end != len(buf):
-        raise EvidenceFormatError("DER: trailing bytes after element")
+        raise NvidiaFormatError("DER: trailing bytes after element")
     return tlv
 
 

@@ -28,18 +28,22 @@ import threading
 from enum import Enum
 from typing import Any
 
-from attestation.errors import AttestationError, UnsupportedPlatform
+from attestation.errors import UnsupportedPlatform
+from attestation.nvidia.device import ARCH_NAMES, ConfComputeState, NvmlBackend, PynvmlBackend
+from attestation.nvidia.errors import (
+    CcModeDisabled,
+    NvidiaError,
+    NvidiaFormatError,
+    NvidiaUnavailable,
+    NvidiaVerificationError,
+    NvmlCallError,
+)
 from attestation.nvidia.evidence import DeviceEvidence, device_nonce, encode_evidence
-from attestation.nvidia.nvml import ARCH_NAMES, ConfComputeState, NvmlBackend, NvmlCallError, PynvmlBackend
 from attestation.nvidia.spdm import AttestationReport
 
-__all__ = ["CcModeDisabled", "NvidiaAttester", "ReadyState", "device_nonce"]
+__all__ = ["NvidiaAttester", "ReadyState", "device_nonce"]
 
 log = logging.getLogger(__name__)
-
-
-class CcModeDisabled(UnsupportedPlatform):
-    """GPUs are present but confidential computing is off."""
 
 
 class ReadyState(Enum):
@@ -54,7 +58,7 @@ def _probe(backend: NvmlBackend) -> tuple[int, ConfComputeState]:
     """Device count and CC state; raises UnsupportedPlatform / CcModeDisabled."""
     count = backend.device_count()
     if count == 0:
-        raise UnsupportedPlatform("no device: NVML reports no GPUs")
+        raise NvidiaUnavailable("no device: NVML reports no GPUs")
     try:
         state = backend.cc_state()
     except NvmlCallError as exc:
@@ -131,14 +135,16 @@ class NvidiaAttester:
                 arch_code = self._backend.device_arch(i)
                 arch = ARCH_NAMES.get(arch_code)
                 if arch is None:
-                    raise UnsupportedPlatform(f"GPU {i}: architecture {arch_code} has no CC attestation")
+                    raise NvidiaUnavailable(f"GPU {i}: architecture {arch_code} has no CC attestation")
                 report = self._backend.attestation_report(i, nonce)
                 try:
                     parsed = AttestationReport.from_bytes(report)
-                except AttestationError as exc:
-                    raise AttestationError(f"GPU {i} returned a malformed attestation report: {exc}") from exc
+                except NvidiaError as exc:
+                    raise NvidiaFormatError(
+                        f"GPU {i} returned a malformed attestation report: {exc}"
+                    ) from exc
                 if parsed.nonce != nonce:
-                    raise AttestationError(f"GPU {i} signed a different nonce than requested")
+                    raise NvidiaVerificationError(f"GPU {i} signed a different nonce than requested")
                 devices.append(
                     DeviceEvidence(
                         arch=arch,

@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 from cryptography.x509.oid import NameOID
 
 from attestation._x509 import is_ca
-from attestation.errors import EvidenceFormatError, VerificationError
 from attestation.nvidia import _der
+from attestation.nvidia.errors import NvidiaFormatError, NvidiaVerificationError
 
 __all__ = [
     "DEVICE_ROOT_SHA1",
@@ -61,7 +61,9 @@ def default_device_root() -> x509.Certificate:
     """NVIDIA Device Identity CA, shipped as package data (checked against its SHA-1 pin)."""
     cert = _load_resource("nvidia_device_root.pem")
     if cert.fingerprint(hashes.SHA1()).hex() != DEVICE_ROOT_SHA1:  # noqa: S303 - a pin, not a signature
-        raise VerificationError("packaged NVIDIA device root does not match its pin; reinstall the package")
+        raise NvidiaVerificationError(
+            "packaged NVIDIA device root does not match its pin; reinstall the package"
+        )
     return cert
 
 
@@ -73,13 +75,13 @@ def default_rim_root() -> x509.Certificate:
 def load_pem_chain(untrusted_pem: bytes) -> tuple[x509.Certificate, ...]:
     """Parse a PEM chain (leaf first). Raises EvidenceFormatError."""
     if len(untrusted_pem) > MAX_CHAIN_SIZE:
-        raise EvidenceFormatError(f"certificate chain is larger than {MAX_CHAIN_SIZE} bytes")
+        raise NvidiaFormatError(f"certificate chain is larger than {MAX_CHAIN_SIZE} bytes")
     try:
         certs = x509.load_pem_x509_certificates(untrusted_pem)
     except ValueError as exc:
-        raise EvidenceFormatError("certificate chain is not a PEM certificate list") from exc
+        raise NvidiaFormatError("certificate chain is not a PEM certificate list") from exc
     if len(certs) > MAX_CHAIN_CERTS:
-        raise EvidenceFormatError(f"certificate chain has more than {MAX_CHAIN_CERTS} certificates")
+        raise NvidiaFormatError(f"certificate chain has more than {MAX_CHAIN_CERTS} certificates")
     return tuple(certs)
 
 
@@ -92,36 +94,36 @@ def arch_of_leaf(leaf: x509.Certificate) -> str:
     """ "HOPPER", "BLACKWELL" or "LS10" from the leaf's CN ("GH100 A01 GSP FMC LF", ...)."""
     cn = _subject_cn(leaf)
     if not cn.endswith("FMC LF"):
-        raise VerificationError(f"leaf certificate {cn!r} is not an NVIDIA attestation key (FMC LF)")
+        raise NvidiaVerificationError(f"leaf certificate {cn!r} is not an NVIDIA attestation key (FMC LF)")
     for prefix, arch in _ARCH_BY_CN_PREFIX.items():
         if cn.startswith(prefix):
             return arch
-    raise VerificationError(f"leaf certificate {cn!r} is not an NVIDIA GPU or NVSwitch attestation key")
+    raise NvidiaVerificationError(f"leaf certificate {cn!r} is not an NVIDIA GPU or NVSwitch attestation key")
 
 
 def verify_raw_ecdsa_p384(cert: x509.Certificate, signature: bytes, data: bytes) -> None:
     """Check a raw r||s ECDSA P-384/SHA-384 signature with ``cert``'s key."""
     key = cert.public_key()
     if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp384r1":
-        raise VerificationError("signing certificate does not hold a P-384 key")
+        raise NvidiaVerificationError("signing certificate does not hold a P-384 key")
     if len(signature) != 96:
-        raise VerificationError("signature is not a 96-byte P-384 r||s value")
+        raise NvidiaVerificationError("signature is not a 96-byte P-384 r||s value")
     der = utils.encode_dss_signature(
         int.from_bytes(signature[:48], "big"), int.from_bytes(signature[48:], "big")
     )
     try:
         key.verify(der, data, ec.ECDSA(hashes.SHA384()))
     except InvalidSignature as exc:
-        raise VerificationError("signature does not verify") from exc
+        raise NvidiaVerificationError("signature does not verify") from exc
 
 
 def _check_time(cert: x509.Certificate, now: datetime, what: str) -> None:
     if now < cert.not_valid_before_utc:
-        raise VerificationError(
+        raise NvidiaVerificationError(
             f"{what} {_subject_cn(cert)!r} is not valid before {cert.not_valid_before_utc}"
         )
     if now > cert.not_valid_after_utc:
-        raise VerificationError(f"{what} {_subject_cn(cert)!r} expired {cert.not_valid_after_utc}")
+        raise NvidiaVerificationError(f"{what} {_subject_cn(cert)!r} expired {cert.not_valid_after_utc}")
 
 
 def verify_chain(
@@ -131,24 +133,24 @@ def verify_chain(
     certificate is valid at ``now``. The chain may end with the root or with
     a certificate the root issued. Raises VerificationError."""
     if not chain:
-        raise VerificationError(f"{what} chain is empty")
+        raise NvidiaVerificationError(f"{what} chain is empty")
     certs = list(chain)
     if certs[-1] != root:
         certs.append(root)
     if len(certs) < 2:
-        raise VerificationError(f"{what} chain holds only the root, not a leaf")
+        raise NvidiaVerificationError(f"{what} chain holds only the root, not a leaf")
     if certs.count(root) != 1 or certs[-1] != root:
-        raise VerificationError(f"{what} chain does not end at the trusted root")
+        raise NvidiaVerificationError(f"{what} chain does not end at the trusted root")
     for i, cert in enumerate(certs):
         _check_time(cert, now, what)
         if i + 1 < len(certs):
             issuer = certs[i + 1]
             if not is_ca(issuer):
-                raise VerificationError(f"{what} chain: {_subject_cn(issuer)!r} is not a CA")
+                raise NvidiaVerificationError(f"{what} chain: {_subject_cn(issuer)!r} is not a CA")
             try:
                 cert.verify_directly_issued_by(issuer)
             except (ValueError, TypeError, InvalidSignature) as exc:
-                raise VerificationError(
+                raise NvidiaVerificationError(
                     f"{what} chain broken: {_subject_cn(cert)!r} is not signed by {_subject_cn(issuer)!r}"
                 ) from exc
 
@@ -184,13 +186,13 @@ def leaf_fwid(leaf: x509.Certificate) -> bytes | None:
             continue
         top = _der.parse_one(value.value)
         if top.tag != 0x30:
-            raise EvidenceFormatError("DICE extension is not a SEQUENCE")
+            raise NvidiaFormatError("DICE extension is not a SEQUENCE")
         kids = top.children()
         if oid == OID_DICE_TCB_INFO:
             # NVIDIA's Hopper layout: the FWID is the last element's digest.
             fwid = _fwid_from_digest_seq(kids[-1]) if kids else None
             if fwid is None:
-                raise EvidenceFormatError("DICE TcbInfo extension has no trailing FWID")
+                raise NvidiaFormatError("DICE TcbInfo extension has no trailing FWID")
             return fwid
         first = kids[0] if kids else None
         if first is not None and first.tag == 0x30:  # SEQUENCE OF DiceTcbInfo
@@ -198,6 +200,6 @@ def leaf_fwid(leaf: x509.Certificate) -> bytes | None:
         else:
             fwid = _fwid_from_tcb_info(top)
         if fwid is None:
-            raise EvidenceFormatError("DICE MultiTcbInfo extension has no FWID")
+            raise NvidiaFormatError("DICE MultiTcbInfo extension has no FWID")
         return fwid
     return None

@@ -19,28 +19,27 @@ import httpx
 
 from attestation.errors import AttestationError, EvidenceFormatError, PolicyViolation
 from attestation.nvidia.certs import MAX_CHAIN_SIZE, arch_of_leaf, load_pem_chain
+from attestation.nvidia.endorsements import (
+    DEFAULT_OCSP_URL,
+    DEFAULT_RIM_SERVICE_URL,
+    HttpOcspChecker,
+    RimFiles,
+    RimService,
+)
+from attestation.nvidia.errors import NvidiaFormatError
 from attestation.nvidia.evidence import (
     MAX_EVIDENCE_JSON_SIZE,
     DeviceEvidence,
     decode_report_text,
-    loads_strict,
     parse_evidence,
 )
-from attestation.nvidia.ocsp import DEFAULT_OCSP_URL, HttpOcspChecker
 from attestation.nvidia.policy import MAX_POLICY_SIZE, NvidiaPolicy
 from attestation.nvidia.rim import MAX_RIM_SIZE
-from attestation.nvidia.verifier import (
-    DEFAULT_RIM_SERVICE_URL,
-    OcspChecker,
-    RimFiles,
-    RimProvider,
-    RimService,
-    TrustAnchors,
-    verify_device,
-)
-from attestation.verify_cli import not_verified, usage_error, verified
+from attestation.nvidia.verify import OcspChecker, RimProvider, TrustAnchors, verify_device
+from attestation.verify_cli import not_verified, parse_time, usage_error, verified
+from coco_common.http import sync_client
 
-__all__ = ["configure", "parse_time", "run"]
+__all__ = ["configure", "run"]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -70,23 +69,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rim-root", metavar="PEM", help="RIM root CA (default: packaged NVIDIA root)")
 
 
-def parse_time(text: str) -> datetime:
-    try:
-        t = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError as exc:
-        raise EvidenceFormatError(f"--at: not an ISO 8601 time: {text!r}") from exc
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
-
-
 def _read(path: str, limit: int, what: str) -> bytes:
     p = Path(path)
     try:
         with p.open("rb") as f:
             data = f.read(limit + 1)
     except OSError as exc:
-        raise EvidenceFormatError(f"cannot read {what} {path}: {exc.strerror}") from exc
+        raise NvidiaFormatError(f"cannot read {what} {path}: {exc.strerror}") from exc
     if len(data) > limit:
-        raise EvidenceFormatError(f"{what} {path} is larger than {limit} bytes")
+        raise NvidiaFormatError(f"{what} {path} is larger than {limit} bytes")
     return data
 
 
@@ -98,18 +89,18 @@ def _load_devices(args: argparse.Namespace) -> tuple[DeviceEvidence, ...]:
         try:
             text = untrusted.decode("ascii").strip()
         except UnicodeDecodeError as exc:
-            raise EvidenceFormatError("REPORT is neither a raw report nor text") from exc
+            raise NvidiaFormatError("REPORT is neither a raw report nor text") from exc
         if text[:1] in ("{", "["):
             if args.cert_chain:
-                raise EvidenceFormatError("--cert-chain is not used with an evidence JSON")
-            return parse_evidence(loads_strict(text))
+                raise NvidiaFormatError("--cert-chain is not used with an evidence JSON")
+            return parse_evidence(text)
         report = decode_report_text(text)
     if not args.cert_chain:
-        raise EvidenceFormatError("--cert-chain is required with a bare report")
+        raise NvidiaFormatError("--cert-chain is required with a bare report")
     pem = _read(args.cert_chain, MAX_CHAIN_SIZE, "certificate chain")
     chain = load_pem_chain(pem)
     if not chain:
-        raise EvidenceFormatError("certificate chain is empty")
+        raise NvidiaFormatError("certificate chain is empty")
     try:
         arch = arch_of_leaf(chain[0])
     except AttestationError:
@@ -137,13 +128,13 @@ def _verify(args: argparse.Namespace, client: httpx.Client | None) -> dict[str, 
         try:
             nonce = bytes.fromhex(args.nonce)
         except ValueError as exc:
-            raise EvidenceFormatError("--nonce is not hex") from exc
+            raise NvidiaFormatError("--nonce is not hex") from exc
         if len(nonce) != 32:
-            raise EvidenceFormatError("--nonce must be 32 bytes (64 hex digits)")
+            raise NvidiaFormatError("--nonce must be 32 bytes (64 hex digits)")
     devices = _load_devices(args)
     rims: RimProvider | None = None
     if args.rim and args.rim_service:
-        raise EvidenceFormatError("use either --rim or --rim-service")
+        raise NvidiaFormatError("use either --rim or --rim-service")
     if args.rim:
         rims = RimFiles(tuple(_read(p, MAX_RIM_SIZE, "RIM") for p in args.rim))
     elif args.rim_service and client is not None:
@@ -165,7 +156,7 @@ def _verify(args: argparse.Namespace, client: httpx.Client | None) -> dict[str, 
 def run(args: argparse.Namespace) -> int:
     try:
         if args.rim_service or args.ocsp:
-            with httpx.Client(timeout=30.0) as client:
+            with sync_client(timeout=30.0, trust_env=True) as client:
                 result = _verify(args, client)
         else:
             result = _verify(args, None)

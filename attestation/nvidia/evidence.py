@@ -18,9 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from attestation.errors import EvidenceFormatError
 from attestation.nvidia.certs import MAX_CHAIN_SIZE
+from attestation.nvidia.errors import NvidiaFormatError
 from attestation.nvidia.spdm import MAX_REPORT_SIZE, NONCE_SIZE
+from coco_common.b64 import b64_decode
 from coco_common.strict_json import strict_loads
 
 __all__ = [
@@ -30,7 +31,6 @@ __all__ = [
     "decode_report_text",
     "device_nonce",
     "encode_evidence",
-    "loads_strict",
     "parse_evidence",
 ]
 
@@ -59,27 +59,17 @@ def device_nonce(report_data: bytes) -> bytes:
     return report_data[:NONCE_SIZE].ljust(NONCE_SIZE, b"\0")
 
 
-def loads_strict(untrusted: bytes | str, *, limit: int = MAX_EVIDENCE_JSON_SIZE) -> Any:
-    """json.loads without duplicate keys or NaN/Infinity, with a size limit."""
-    if len(untrusted) > limit:
-        raise EvidenceFormatError(f"evidence JSON is larger than {limit} bytes")
-    try:
-        return strict_loads(untrusted)
-    except ValueError as exc:
-        raise EvidenceFormatError(f"evidence is not valid JSON: {exc}") from exc
-
-
 def decode_report_text(untrusted: str) -> bytes:
     """A report given as hex (any whitespace ignored) or standard base64."""
     text = "".join(untrusted.split())
     if len(text) > 2 * MAX_REPORT_SIZE + 64:
-        raise EvidenceFormatError(f"report is larger than {MAX_REPORT_SIZE} bytes")
+        raise NvidiaFormatError(f"report is larger than {MAX_REPORT_SIZE} bytes")
     if _HEX.match(text) and text[:4].lower() == "11e0":
         return bytes.fromhex(text)
     try:
-        return base64.b64decode(text, validate=True)
+        return b64_decode(text)
     except (binascii.Error, ValueError) as exc:
-        raise EvidenceFormatError("report is neither hex nor base64") from exc
+        raise NvidiaFormatError("report is neither hex nor base64") from exc
 
 
 def _str(obj: Mapping[str, Any], key: str, *, required: bool = True) -> str | None:
@@ -87,7 +77,7 @@ def _str(obj: Mapping[str, Any], key: str, *, required: bool = True) -> str | No
     if v is None and not required and key not in obj:
         return None
     if not isinstance(v, str):
-        raise EvidenceFormatError(f"evidence field {key!r} must be a string")
+        raise NvidiaFormatError(f"evidence field {key!r} must be a string")
     return v
 
 
@@ -97,27 +87,27 @@ def _cert_chain(text: str) -> bytes:
         pem = stripped.encode()
     else:
         try:
-            pem = base64.b64decode("".join(stripped.split()), validate=True)
+            pem = b64_decode("".join(stripped.split()))
         except (binascii.Error, ValueError) as exc:
-            raise EvidenceFormatError("certificate field is neither PEM nor base64 of PEM") from exc
+            raise NvidiaFormatError("certificate field is neither PEM nor base64 of PEM") from exc
     if len(pem) > MAX_CHAIN_SIZE:
-        raise EvidenceFormatError("certificate chain is too large")
+        raise NvidiaFormatError("certificate chain is too large")
     return pem
 
 
 def _arch(value: str) -> str:
     arch = value.upper()
     if arch not in _ARCHES:
-        raise EvidenceFormatError(f"unknown device architecture {value!r}")
+        raise NvidiaFormatError(f"unknown device architecture {value!r}")
     return arch
 
 
 def _device_gc(item: Any) -> DeviceEvidence:
     if not isinstance(item, dict):
-        raise EvidenceFormatError("device_evidence_list entries must be objects")
+        raise NvidiaFormatError("device_evidence_list entries must be objects")
     extra = set(item) - {"arch", "uuid", "evidence", "certificate"}
     if extra:
-        raise EvidenceFormatError(f"unknown device evidence keys: {sorted(extra)}")
+        raise NvidiaFormatError(f"unknown device evidence keys: {sorted(extra)}")
     return DeviceEvidence(
         arch=_arch(str(_str(item, "arch"))),
         uuid=_str(item, "uuid"),
@@ -128,7 +118,7 @@ def _device_gc(item: Any) -> DeviceEvidence:
 
 def _device_sdk(item: Any) -> DeviceEvidence:
     if not isinstance(item, dict):
-        raise EvidenceFormatError("evidence list entries must be objects")
+        raise NvidiaFormatError("evidence list entries must be objects")
     extra = set(item) - {
         "arch",
         "certificate",
@@ -139,14 +129,14 @@ def _device_sdk(item: Any) -> DeviceEvidence:
         "version",
     }
     if extra:
-        raise EvidenceFormatError(f"unknown device evidence keys: {sorted(extra)}")
+        raise NvidiaFormatError(f"unknown device evidence keys: {sorted(extra)}")
     for k in ("driver_version", "vbios_version", "version"):
         _str(item, k, required=False)
     nonce_text = _str(item, "nonce", required=False)
     nonce = None
     if nonce_text is not None:
         if not _HEX.match(nonce_text) or len(nonce_text) != 64:
-            raise EvidenceFormatError("SDK evidence nonce must be 32 bytes of hex")
+            raise NvidiaFormatError("SDK evidence nonce must be 32 bytes of hex")
         nonce = bytes.fromhex(nonce_text)
     return DeviceEvidence(
         arch=_arch(str(_str(item, "arch"))),
@@ -160,21 +150,23 @@ def _device_sdk(item: Any) -> DeviceEvidence:
 def parse_evidence(untrusted: Any) -> tuple[DeviceEvidence, ...]:
     """Parse either evidence shape (already JSON-decoded, or bytes/str to decode strictly)."""
     if isinstance(untrusted, bytes | str):
-        untrusted = loads_strict(untrusted)
+        untrusted = strict_loads(
+            untrusted, limit=MAX_EVIDENCE_JSON_SIZE, error=NvidiaFormatError, what="NVIDIA evidence"
+        )
     if isinstance(untrusted, dict):
         if set(untrusted) != {"device_evidence_list"}:
-            raise EvidenceFormatError('NVIDIA evidence must be {"device_evidence_list": [...]}')
+            raise NvidiaFormatError('NVIDIA evidence must be {"device_evidence_list": [...]}')
         items = untrusted["device_evidence_list"]
         parse = _device_gc
     elif isinstance(untrusted, list):
         items = untrusted
         parse = _device_sdk
     else:
-        raise EvidenceFormatError("NVIDIA evidence must be a JSON object or list")
+        raise NvidiaFormatError("NVIDIA evidence must be a JSON object or list")
     if not isinstance(items, list) or not items:
-        raise EvidenceFormatError("NVIDIA evidence lists no devices")
+        raise NvidiaFormatError("NVIDIA evidence lists no devices")
     if len(items) > MAX_DEVICES:
-        raise EvidenceFormatError(f"NVIDIA evidence lists more than {MAX_DEVICES} devices")
+        raise NvidiaFormatError(f"NVIDIA evidence lists more than {MAX_DEVICES} devices")
     return tuple(parse(i) for i in items)
 
 

@@ -19,9 +19,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from attestation.errors import EvidenceFormatError, PolicyViolation
-from attestation.nvidia.evidence import loads_strict
-from attestation.nvidia.verifier import VerifiedDevice
+from attestation.nvidia.errors import NvidiaFormatError, NvidiaPolicyViolation
+from attestation.nvidia.verify import VerifiedDevice
+from coco_common.strict_json import strict_object
 
 __all__ = ["MAX_POLICY_SIZE", "NvidiaPolicy"]
 
@@ -34,7 +34,7 @@ def _version_tuple(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(p) for p in text.split("."))
     except ValueError as exc:
-        raise EvidenceFormatError(f"not a dotted numeric version: {text!r}") from exc
+        raise NvidiaFormatError(f"not a dotted numeric version: {text!r}") from exc
 
 
 @dataclass(frozen=True)
@@ -49,27 +49,25 @@ class NvidiaPolicy:
 
     @classmethod
     def from_json(cls, untrusted: bytes) -> NvidiaPolicy:
-        doc = loads_strict(untrusted, limit=MAX_POLICY_SIZE)
-        if not isinstance(doc, dict):
-            raise EvidenceFormatError("policy must be a JSON object")
+        doc = strict_object(untrusted, limit=MAX_POLICY_SIZE, error=NvidiaFormatError, what="NVIDIA policy")
         unknown = set(doc) - set(_LIST_KEYS) - set(_BOOL_KEYS) - {"min_driver_version"}
         if unknown:
-            raise EvidenceFormatError(f"unknown policy keys: {sorted(unknown)}")
+            raise NvidiaFormatError(f"unknown policy keys: {sorted(unknown)}")
         kw: dict[str, Any] = {}
         for k in _BOOL_KEYS:
             if k in doc:
                 if not isinstance(doc[k], bool):
-                    raise EvidenceFormatError(f"policy {k} must be true or false")
+                    raise NvidiaFormatError(f"policy {k} must be true or false")
                 kw[k] = doc[k]
         for k in _LIST_KEYS:
             if k in doc:
                 v = doc[k]
                 if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-                    raise EvidenceFormatError(f"policy {k} must be a list of strings")
+                    raise NvidiaFormatError(f"policy {k} must be a list of strings")
                 kw[k] = tuple(x.lower() for x in v)
         if "min_driver_version" in doc:
             if not isinstance(doc["min_driver_version"], str):
-                raise EvidenceFormatError("policy min_driver_version must be a string")
+                raise NvidiaFormatError("policy min_driver_version must be a string")
             _version_tuple(doc["min_driver_version"])
             kw["min_driver_version"] = doc["min_driver_version"]
         return cls(**kw)
@@ -80,30 +78,30 @@ class NvidiaPolicy:
             o = d.report.opaque
             where = f"device {i} ({d.arch})"
             if self.require_measurements_match and d.measurements_match is not True:
-                raise PolicyViolation(f"{where}: measurements were not compared with RIMs")
+                raise NvidiaPolicyViolation(f"{where}: measurements were not compared with RIMs")
             if self.require_fwid and not d.fwid_checked:
-                raise PolicyViolation(f"{where}: report has no FWID bound to its certificate")
+                raise NvidiaPolicyViolation(f"{where}: report has no FWID bound to its certificate")
             if self.allowed_arch is not None and d.arch.lower() not in self.allowed_arch:
-                raise PolicyViolation(f"{where}: architecture not allowed")
+                raise NvidiaPolicyViolation(f"{where}: architecture not allowed")
             drv = o.driver_version
             if (
                 self.allowed_driver_versions is not None
                 and (drv or "").lower() not in self.allowed_driver_versions
             ):
-                raise PolicyViolation(f"{where}: driver {drv} not allowed")
+                raise NvidiaPolicyViolation(f"{where}: driver {drv} not allowed")
             if self.min_driver_version is not None and (
                 drv is None or _version_tuple(drv) < _version_tuple(self.min_driver_version)
             ):
-                raise PolicyViolation(f"{where}: driver {drv} older than {self.min_driver_version}")
+                raise NvidiaPolicyViolation(f"{where}: driver {drv} older than {self.min_driver_version}")
             vb = o.vbios_version
             if (
                 self.allowed_vbios_versions is not None
                 and (vb or "").lower() not in self.allowed_vbios_versions
             ):
-                raise PolicyViolation(f"{where}: VBIOS {vb} not allowed")
+                raise NvidiaPolicyViolation(f"{where}: VBIOS {vb} not allowed")
             ff = o.feature_flag
             if (
                 self.allowed_feature_flags is not None
                 and (ff or "").lower() not in self.allowed_feature_flags
             ):
-                raise PolicyViolation(f"{where}: feature flag {ff} not allowed")
+                raise NvidiaPolicyViolation(f"{where}: feature flag {ff} not allowed")

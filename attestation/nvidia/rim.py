@@ -23,7 +23,6 @@ SignedInfo subset is rejected when an ancestor carries those attributes.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import re
@@ -34,14 +33,15 @@ from datetime import datetime
 from cryptography import x509
 from lxml import etree
 
-from attestation.errors import EvidenceFormatError, VerificationError
+from attestation.errors import VerificationError
 from attestation.nvidia.certs import verify_chain, verify_raw_ecdsa_p384
+from attestation.nvidia.errors import NvidiaFormatError, RimError
+from coco_common.b64 import b64_decode
 
 __all__ = [
     "MAX_RIM_SIZE",
     "Rim",
     "RimEntry",
-    "RimError",
     "compare_measurements",
     "verify_rim",
 ]
@@ -59,10 +59,6 @@ _ENVELOPED = "http://www.w3.org/2000/09/xmldsig#enveloped-signature"
 _SIG_ECDSA_SHA384 = "http://www.w3.org/2001/04/xmldsig-more#ecdsa-sha384"
 _DIGEST_SHA384 = {"http://www.w3.org/2001/04/xmldsig-more#sha384", "http://www.w3.org/2001/04/xmlenc#sha384"}
 _HASH_ATTR = re.compile(r"^Hash(\d+)$")
-
-
-class RimError(VerificationError):
-    """A RIM is not authentic, not for this device, or its measurements do not match."""
 
 
 @dataclass(frozen=True)
@@ -109,28 +105,28 @@ def _alg(el: etree._Element) -> str:
 
 def _b64(text: str | None, what: str) -> bytes:
     try:
-        return base64.b64decode("".join((text or "").split()), validate=True)
+        return b64_decode("".join((text or "").split()))
     except (binascii.Error, ValueError) as exc:
         raise RimError(f"RIM signature: {what} is not base64") from exc
 
 
 def _parse(untrusted_xml: bytes) -> etree._Element:
     if len(untrusted_xml) > MAX_RIM_SIZE:
-        raise EvidenceFormatError(f"RIM is larger than {MAX_RIM_SIZE} bytes")
+        raise NvidiaFormatError(f"RIM is larger than {MAX_RIM_SIZE} bytes")
     if b"<!DOCTYPE" in untrusted_xml or b"<!ENTITY" in untrusted_xml:
-        raise EvidenceFormatError("RIM must not contain a DTD")
+        raise NvidiaFormatError("RIM must not contain a DTD")
     parser = etree.XMLParser(
         resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False, remove_blank_text=False
     )
     try:
         root = etree.fromstring(untrusted_xml, parser)
     except etree.XMLSyntaxError as exc:
-        raise EvidenceFormatError(f"RIM is not well-formed XML: {exc.msg}") from exc
+        raise NvidiaFormatError(f"RIM is not well-formed XML: {exc.msg}") from exc
     docinfo = root.getroottree().docinfo
     if docinfo.internalDTD is not None or docinfo.externalDTD is not None or docinfo.system_url:
-        raise EvidenceFormatError("RIM must not contain a DTD")
+        raise NvidiaFormatError("RIM must not contain a DTD")
     if root.tag != f"{{{SWID}}}SoftwareIdentity":
-        raise EvidenceFormatError("RIM is not a SWID SoftwareIdentity document")
+        raise NvidiaFormatError("RIM is not a SWID SoftwareIdentity document")
     return root
 
 
@@ -199,7 +195,7 @@ def _verify_xmldsig(root: etree._Element) -> tuple[x509.Certificate, ...]:
 def _parse_payload(root: etree._Element) -> tuple[RimEntry, ...]:
     payload = root.find(f"{{{SWID}}}Payload")
     if payload is None:
-        raise EvidenceFormatError("RIM has no Payload")
+        raise NvidiaFormatError("RIM has no Payload")
     entries: list[RimEntry] = []
     seen: set[int] = set()
     for res in payload.findall(f"{{{SWID}}}Resource"):
@@ -210,10 +206,10 @@ def _parse_payload(root: etree._Element) -> tuple[RimEntry, ...]:
             size = int(res.get("size", ""))
             n_alt = int(res.get("alternatives", ""))
         except ValueError as exc:
-            raise EvidenceFormatError("RIM Resource has a non-integer index/size/alternatives") from exc
+            raise NvidiaFormatError("RIM Resource has a non-integer index/size/alternatives") from exc
         active_text = res.get("active", "")
         if active_text not in ("True", "False", "true", "false"):
-            raise EvidenceFormatError(f"RIM Resource {index}: bad 'active' value")
+            raise NvidiaFormatError(f"RIM Resource {index}: bad 'active' value")
         hashes: dict[int, bytes] = {}
         for attr, val in res.attrib.items():
             qn = etree.QName(attr)
@@ -222,11 +218,11 @@ def _parse_payload(root: etree._Element) -> tuple[RimEntry, ...]:
                 try:
                     hashes[int(m.group(1))] = bytes.fromhex(str(val))
                 except ValueError as exc:
-                    raise EvidenceFormatError(f"RIM Resource {index}: hash is not hex") from exc
+                    raise NvidiaFormatError(f"RIM Resource {index}: hash is not hex") from exc
         if sorted(hashes) != list(range(n_alt)) or n_alt < 1:
-            raise EvidenceFormatError(f"RIM Resource {index}: {n_alt} alternatives declared, hashes differ")
+            raise NvidiaFormatError(f"RIM Resource {index}: {n_alt} alternatives declared, hashes differ")
         if index in seen:
-            raise EvidenceFormatError(f"RIM Resource index {index} appears twice")
+            raise NvidiaFormatError(f"RIM Resource index {index} appears twice")
         seen.add(index)
         entries.append(
             RimEntry(
@@ -238,7 +234,7 @@ def _parse_payload(root: etree._Element) -> tuple[RimEntry, ...]:
             )
         )
     if not entries:
-        raise EvidenceFormatError("RIM has no measurements")
+        raise NvidiaFormatError("RIM has no measurements")
     return tuple(entries)
 
 
@@ -253,7 +249,7 @@ def verify_rim(untrusted_xml: bytes, *, root: x509.Certificate, now: datetime) -
         raise RimError(str(exc)) from exc
     meta = doc.find(f"{{{SWID}}}Meta")
     if meta is None or not meta.get("colloquialVersion"):
-        raise EvidenceFormatError("RIM has no Meta colloquialVersion")
+        raise NvidiaFormatError("RIM has no Meta colloquialVersion")
     return Rim(
         tag_id=str(doc.get("tagId", "")),
         product=str(meta.get("product", doc.get("name", ""))),

@@ -6,7 +6,7 @@ over request || response-without-signature. The signed length is computed
 from the parsed structure, so trailing bytes after the signature (seen in
 real reports) are tolerated and reported, never signed over.
 
-Parsing checks structure only; :mod:`attestation.nvidia.verifier` checks
+Parsing checks structure only; :mod:`attestation.nvidia.verify` checks
 authenticity.
 """
 
@@ -16,7 +16,7 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from attestation.errors import EvidenceFormatError
+from attestation.nvidia.errors import NvidiaFormatError
 
 __all__ = [
     "MAX_REPORT_SIZE",
@@ -111,16 +111,16 @@ class MeasurementRequest:
     @classmethod
     def from_bytes(cls, untrusted: bytes) -> MeasurementRequest:
         if len(untrusted) < REQUEST_SIZE:
-            raise EvidenceFormatError(
+            raise NvidiaFormatError(
                 f"report truncated: {len(untrusted)} bytes, the request alone is {REQUEST_SIZE}"
             )
         version, code, p1, p2 = untrusted[0], untrusted[1], untrusted[2], untrusted[3]
         if version != SPDM_VERSION_11:
-            raise EvidenceFormatError(f"not an SPDM 1.1 request (version byte {version:#04x})")
+            raise NvidiaFormatError(f"not an SPDM 1.1 request (version byte {version:#04x})")
         if code != GET_MEASUREMENTS:
-            raise EvidenceFormatError(f"not a GET_MEASUREMENTS request (code {code:#04x})")
+            raise NvidiaFormatError(f"not a GET_MEASUREMENTS request (code {code:#04x})")
         if not p1 & 0x01:
-            raise EvidenceFormatError("GET_MEASUREMENTS request did not ask for a signature")
+            raise NvidiaFormatError("GET_MEASUREMENTS request did not ask for a signature")
         return cls(version, p1, p2, bytes(untrusted[4:36]), untrusted[36])
 
 
@@ -151,11 +151,11 @@ class OpaqueData:
         pos = 0
         while pos < len(untrusted):
             if pos + 4 > len(untrusted):
-                raise EvidenceFormatError("opaque data: truncated field header")
+                raise NvidiaFormatError("opaque data: truncated field header")
             ftype, fsize = struct.unpack_from("<HH", untrusted, pos)
             pos += 4
             if pos + fsize > len(untrusted):
-                raise EvidenceFormatError(f"opaque data: field {ftype} runs past the end")
+                raise NvidiaFormatError(f"opaque data: field {ftype} runs past the end")
             out.append(OpaqueField(ftype, bytes(untrusted[pos : pos + fsize])))
             pos += fsize
         return cls(tuple(out))
@@ -205,7 +205,7 @@ class OpaqueData:
         if v is None:
             return None
         if len(v) % 4:
-            raise EvidenceFormatError("opaque data: MSRSCNT is not a list of u32")
+            raise NvidiaFormatError("opaque data: MSRSCNT is not a list of u32")
         return struct.unpack(f"<{len(v) // 4}I", v)
 
     def text(self, ftype: OpaqueType) -> str | None:
@@ -256,40 +256,40 @@ def _parse_blocks(record: bytes, count: int) -> tuple[MeasurementBlock, ...]:
     pos = 0
     for _ in range(count):
         if pos + 4 > len(record):
-            raise EvidenceFormatError("measurement record: truncated block header")
+            raise NvidiaFormatError("measurement record: truncated block header")
         index, spec, size = record[pos], record[pos + 1], int.from_bytes(record[pos + 2 : pos + 4], "little")
         pos += 4
         if spec != DMTF_MEASUREMENT_SPEC:
-            raise EvidenceFormatError(f"measurement block {index}: not a DMTF measurement (spec {spec})")
+            raise NvidiaFormatError(f"measurement block {index}: not a DMTF measurement (spec {spec})")
         if pos + size > len(record) or size < 3:
-            raise EvidenceFormatError(f"measurement block {index}: bad size {size}")
+            raise NvidiaFormatError(f"measurement block {index}: bad size {size}")
         value_type = record[pos]
         value_size = int.from_bytes(record[pos + 1 : pos + 3], "little")
         if value_size != size - 3:
-            raise EvidenceFormatError(f"measurement block {index}: value size {value_size} != {size - 3}")
+            raise NvidiaFormatError(f"measurement block {index}: value size {value_size} != {size - 3}")
         if index in seen:
-            raise EvidenceFormatError(f"measurement block {index} appears twice")
+            raise NvidiaFormatError(f"measurement block {index} appears twice")
         seen.add(index)
         blocks.append(MeasurementBlock(index, value_type, bytes(record[pos + 3 : pos + size])))
         pos += size
     if pos != len(record):
-        raise EvidenceFormatError("measurement record: length does not match its blocks")
+        raise NvidiaFormatError("measurement record: length does not match its blocks")
     return tuple(blocks)
 
 
 def _parse_response(untrusted: bytes) -> tuple[MeasurementResponse, int]:
     """Parse a response; return it and the total bytes consumed (with signature)."""
     if len(untrusted) < 8:
-        raise EvidenceFormatError("report truncated: no MEASUREMENTS response header")
+        raise NvidiaFormatError("report truncated: no MEASUREMENTS response header")
     version, code, p1, p2, nblocks = untrusted[0], untrusted[1], untrusted[2], untrusted[3], untrusted[4]
     if version != SPDM_VERSION_11:
-        raise EvidenceFormatError(f"not an SPDM 1.1 response (version byte {version:#04x})")
+        raise NvidiaFormatError(f"not an SPDM 1.1 response (version byte {version:#04x})")
     if code != MEASUREMENTS:
-        raise EvidenceFormatError(f"not a MEASUREMENTS response (code {code:#04x})")
+        raise NvidiaFormatError(f"not a MEASUREMENTS response (code {code:#04x})")
     record_len = int.from_bytes(untrusted[5:8], "little")
     pos = 8
     if pos + record_len + NONCE_SIZE + 2 > len(untrusted):
-        raise EvidenceFormatError("report truncated inside the measurement record")
+        raise NvidiaFormatError("report truncated inside the measurement record")
     blocks = _parse_blocks(bytes(untrusted[pos : pos + record_len]), nblocks)
     pos += record_len
     responder_nonce = bytes(untrusted[pos : pos + NONCE_SIZE])
@@ -297,7 +297,7 @@ def _parse_response(untrusted: bytes) -> tuple[MeasurementResponse, int]:
     opaque_len = int.from_bytes(untrusted[pos : pos + 2], "little")
     pos += 2
     if pos + opaque_len + SIGNATURE_SIZE > len(untrusted):
-        raise EvidenceFormatError("report truncated: opaque data or signature missing")
+        raise NvidiaFormatError("report truncated: opaque data or signature missing")
     opaque = OpaqueData.from_bytes(bytes(untrusted[pos : pos + opaque_len]))
     pos += opaque_len
     signature = bytes(untrusted[pos : pos + SIGNATURE_SIZE])
@@ -319,12 +319,12 @@ class AttestationReport:
     @classmethod
     def from_bytes(cls, untrusted_report: bytes) -> AttestationReport:
         if len(untrusted_report) > MAX_REPORT_SIZE:
-            raise EvidenceFormatError(f"report is {len(untrusted_report)} bytes, more than {MAX_REPORT_SIZE}")
+            raise NvidiaFormatError(f"report is {len(untrusted_report)} bytes, more than {MAX_REPORT_SIZE}")
         request = MeasurementRequest.from_bytes(untrusted_report)
         response, used = _parse_response(untrusted_report[REQUEST_SIZE:])
         trailing = len(untrusted_report) - REQUEST_SIZE - used
         if trailing > MAX_TRAILING_BYTES:
-            raise EvidenceFormatError(f"{trailing} unexpected bytes after the report signature")
+            raise NvidiaFormatError(f"{trailing} unexpected bytes after the report signature")
         signed = bytes(untrusted_report[: REQUEST_SIZE + response.signed_length])
         return cls(request, response, signed, trailing)
 

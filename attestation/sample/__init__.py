@@ -1,5 +1,7 @@
 """The ``sample`` development attester (no TEE hardware) and the
-``sampledevice`` additional-device attester.
+``sampledevice`` additional-device attester, with their KBS-side verifiers
+(:mod:`attestation.sample.kbs`) and evidence envelope
+(:mod:`attestation.sample.evidence`).
 
 Neither proves anything: they exist so the whole stack (AA, KBS handshake,
 CDH) can run on a machine without confidential-computing hardware, exactly as

@@ -1,4 +1,5 @@
-"""Sample attesters: evidence is the runtime data in base64, with no signature.
+"""Sample attesters: evidence is the runtime data in base64, with no signature
+(:mod:`attestation.sample.evidence`).
 
 * ``sample`` (primary): ``{"svn": "1", "report_data": "<std base64 of the runtime data>"}``
 * ``sampledevice`` (additional device, enabled by the ``ENABLE_SAMPLE_DEVICE``
@@ -10,13 +11,13 @@ what trustee's sample verifier compares byte for byte.
 
 from __future__ import annotations
 
-import base64
 import logging
 import os
 from collections.abc import Mapping
 from typing import Any
 
 from attestation.errors import UnsupportedPlatform
+from attestation.sample.evidence import SampleEvidence
 
 __all__ = ["SAMPLE_DEVICE_ENV", "SampleAttester", "SampleDeviceAttester", "sample_device_enabled"]
 
@@ -24,11 +25,6 @@ log = logging.getLogger(__name__)
 
 #: Environment variable that turns the ``sampledevice`` attester on (any value).
 SAMPLE_DEVICE_ENV = "ENABLE_SAMPLE_DEVICE"
-
-
-def _sample_evidence(svn: str, report_data: bytes) -> dict[str, str]:
-    """trustee's sample evidence: the SVN and the report data, standard base64, no signature."""
-    return {"svn": svn, "report_data": base64.b64encode(report_data).decode("ascii")}
 
 
 def sample_device_enabled(env: Mapping[str, str] | None = None) -> bool:
@@ -42,7 +38,7 @@ class SampleAttester:
     tee = "sample"
 
     async def get_evidence(self, report_data: bytes) -> Any:
-        return _sample_evidence("1", bytes(report_data))
+        return SampleEvidence.of("1", bytes(report_data)).to_json()
 
     async def bind_init_data(self, digest: bytes) -> None:
         raise UnsupportedPlatform("the sample attester has no init-data field to bind")
@@ -54,7 +50,7 @@ class SampleDeviceAttester:
     tee = "sampledevice"
 
     async def get_evidence(self, report_data: bytes) -> Any:
-        return _sample_evidence("2", bytes(report_data))
+        return SampleEvidence.of("2", bytes(report_data)).to_json()
 
     async def on_attestation_accepted(self) -> None:
         log.debug("sampledevice: attestation accepted (nothing to do)")

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from attestation.errors import EvidenceFormatError
+from attestation.se.errors import SeFormatError
 
 __all__ = [
     "FLAG_ATTEST_PHKH",
@@ -139,12 +139,12 @@ def build_arcb(
 def boot_hdr_tags(untrusted_hdr: bytes) -> bytes:
     """The 208-byte tags (PLD, ALD, TLD, tag) of an SE header (``pvextract-hdr`` output)."""
     if len(untrusted_hdr) < _HDR_HEAD + 16 or untrusted_hdr[:8] != _HDR_MAGIC:
-        raise EvidenceFormatError("not an IBM Secure Execution header (magic)")
+        raise SeFormatError("not an IBM Secure Execution header (magic)")
     version, size = struct.unpack_from(">II", untrusted_hdr, 8)
     if version != 0x100:
-        raise EvidenceFormatError(f"unsupported SE header version {version:#x}")
+        raise SeFormatError(f"unsupported SE header version {version:#x}")
     if not _HDR_HEAD + 16 <= size <= len(untrusted_hdr):
-        raise EvidenceFormatError("SE header size out of range")
+        raise SeFormatError("SE header size out of range")
     digests = untrusted_hdr[_HDR_HEAD - 3 * 64 : _HDR_HEAD]
     return digests + untrusted_hdr[size - 16 : size]
 
@@ -153,7 +153,7 @@ def measurement(
     key: bytes, tags: bytes, cuid: bytes, user_data: bytes, nonce: bytes | None, additional: bytes
 ) -> bytes:
     if len(tags) != TAGS_SIZE or len(cuid) != 16 or len(user_data) > 256:
-        raise EvidenceFormatError("SE attestation items have the wrong sizes")
+        raise SeFormatError("SE attestation items have the wrong sizes")
     items = (
         tags
         + cuid
@@ -168,5 +168,5 @@ def measurement(
 def additional_data_phkhs(additional: bytes) -> tuple[bytes, bytes]:
     """(image PHKH, attestation PHKH) from additional data requested with both flags."""
     if len(additional) != 2 * PHKH_SIZE:
-        raise EvidenceFormatError("SE additional data must hold the image and attestation PHKH")
+        raise SeFormatError("SE additional data must hold the image and attestation PHKH")
     return additional[:PHKH_SIZE], additional[PHKH_SIZE:]

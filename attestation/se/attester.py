@@ -23,7 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from attestation.errors import AttestationError, UnsupportedPlatform
+from attestation.se.errors import SeDeviceError, SeFormatError, SeUnavailable
+from coco_common.b64 import b64_decode
 from coco_common.strict_json import strict_loads
 
 __all__ = [
@@ -96,9 +97,9 @@ class LinuxUvDevice:
         self, arcb: bytes, user_data: bytes, measurement_size: int, additional_size: int
     ) -> tuple[bytes, bytes, bytes]:
         if len(arcb) > _MAX_ARCB or measurement_size > _MAX_OUT or additional_size > _MAX_OUT:
-            raise AttestationError("SE attestation request sizes exceed the uvdevice limits")
+            raise SeDeviceError("SE attestation request sizes exceed the uvdevice limits")
         if len(user_data) > _USER_DATA_LEN:
-            raise AttestationError("SE user data is at most 256 bytes")
+            raise SeDeviceError("SE user data is at most 256 bytes")
         arcb_buf = ctypes.create_string_buffer(arcb, len(arcb))
         meas_buf = ctypes.create_string_buffer(measurement_size)
         add_buf = ctypes.create_string_buffer(max(additional_size, 1))
@@ -117,15 +118,15 @@ class LinuxUvDevice:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
         except OSError as exc:
-            raise UnsupportedPlatform(f"cannot open {self.path}: {exc.strerror}") from exc
+            raise SeUnavailable(f"cannot open {self.path}: {exc.strerror}") from exc
         try:
             fcntl.ioctl(fd, UVIO_IOCTL_ATT, cb)
         except OSError as exc:
-            raise AttestationError(f"UVIO_IOCTL_ATT failed: {exc.strerror}") from exc
+            raise SeDeviceError(f"UVIO_IOCTL_ATT failed: {exc.strerror}") from exc
         finally:
             os.close(fd)
         if cb.uv_rc != _UVC_RC_EXECUTED:
-            raise AttestationError(
+            raise SeDeviceError(
                 f"the Ultravisor refused the attestation request (rc {cb.uv_rc:#x}, rrc {cb.uv_rrc:#x})"
             )
         return meas_buf.raw[: att.meas_len], add_buf.raw[: att.add_data_len], bytes(att.config_uid)
@@ -134,11 +135,11 @@ class LinuxUvDevice:
 def _b64(doc: Mapping[str, Any], key: str, limit: int) -> bytes:
     v = doc.get(key)
     if not isinstance(v, str) or len(v) > limit * 4 // 3 + 4:
-        raise AttestationError(f"SE attestation request: {key} must be base64")
+        raise SeFormatError(f"SE attestation request: {key} must be base64")
     try:
-        return base64.b64decode(v, validate=True)
+        return b64_decode(v)
     except (binascii.Error, ValueError) as exc:
-        raise AttestationError(f"SE attestation request: {key} is not base64") from exc
+        raise SeFormatError(f"SE attestation request: {key} is not base64") from exc
 
 
 class SeAttester:
@@ -151,12 +152,12 @@ class SeAttester:
         try:
             req = strict_loads(request_json)
         except ValueError as exc:
-            raise AttestationError("the SE challenge is not a JSON SeAttestationRequest") from exc
+            raise SeFormatError("the SE challenge is not a JSON SeAttestationRequest") from exc
         if not isinstance(req, Mapping):
-            raise AttestationError("the SE challenge is not a JSON object")
+            raise SeFormatError("the SE challenge is not a JSON object")
         digest = _b64(req, "runtime_data_digest", _REPORT_DATA_SIZE)
         if len(digest) > _REPORT_DATA_SIZE:
-            raise AttestationError("runtime_data_digest is longer than 64 bytes")
+            raise SeDeviceError("runtime_data_digest is longer than 64 bytes")
         user_data = digest.ljust(_REPORT_DATA_SIZE, b"\x00")
         meas_size, add_size = req.get("measurement_size"), req.get("additional_size")
         if (
@@ -164,7 +165,7 @@ class SeAttester:
             or type(add_size) is not int
             or not (0 < meas_size <= _MAX_OUT and 0 <= add_size <= _MAX_OUT)
         ):
-            raise AttestationError("SE attestation request sizes are invalid")
+            raise SeDeviceError("SE attestation request sizes are invalid")
         measurement, additional, cuid = self.device.attest(
             _b64(req, "request_blob", _MAX_ARCB), user_data, meas_size, add_size
         )
@@ -184,4 +185,4 @@ class SeAttester:
         return await asyncio.to_thread(self._evidence, report_data)
 
     async def bind_init_data(self, digest: bytes) -> None:
-        raise UnsupportedPlatform("IBM SE has no init-data binding (trustee ignores it too)")
+        raise SeUnavailable("IBM SE has no init-data binding (trustee ignores it too)")

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from attestation.errors import AttestationError, UnsupportedPlatform
+from attestation.sgx.errors import SgxError, SgxUnavailable
 
 __all__ = ["GRAMINE_ATTESTATION_DIR", "SgxAttester", "detect_gramine"]
 
@@ -32,23 +32,23 @@ class SgxAttester:
 
     def __init__(self, root: Path = GRAMINE_ATTESTATION_DIR) -> None:
         if os.environ.get("OCCLUM") is not None:
-            raise UnsupportedPlatform("Occlum's DCAP quote ioctl is not implemented (Gramine is)")
+            raise SgxUnavailable("Occlum's DCAP quote ioctl is not implemented (Gramine is)")
         if not detect_gramine(root):
-            raise UnsupportedPlatform(f"no Gramine DCAP attestation interface at {root}")
+            raise SgxUnavailable(f"no Gramine DCAP attestation interface at {root}")
         self.root = root
 
     def _evidence(self, report_data: bytes) -> dict[str, Any]:
         if len(report_data) > 64:
-            raise AttestationError("SGX report data is at most 64 bytes")
+            raise SgxError("SGX report data is at most 64 bytes")
         (self.root / "user_report_data").write_bytes(report_data.ljust(64, b"\x00"))
         with open(self.root / "quote", "rb") as f:
             quote = f.read(_MAX_QUOTE + 1)
         if not quote or len(quote) > _MAX_QUOTE:
-            raise AttestationError("Gramine returned no or an oversized quote")
+            raise SgxError("Gramine returned no or an oversized quote")
         return {"quote": base64.b64encode(quote).decode()}
 
     async def get_evidence(self, report_data: bytes) -> Any:
         return await asyncio.to_thread(self._evidence, report_data)
 
     async def bind_init_data(self, digest: bytes) -> None:
-        raise UnsupportedPlatform("SGX CONFIGID is set at enclave launch; nothing to bind at runtime")
+        raise SgxUnavailable("SGX CONFIGID is set at enclave launch; nothing to bind at runtime")

@@ -16,12 +16,18 @@ import hmac
 from datetime import UTC, datetime
 from typing import Any
 
-from attestation.azure.cli import parse_hex, parse_time, read_limited
-from attestation.errors import AttestationError, EvidenceFormatError, VerificationError
-from attestation.sgx.verifier import SgxVerifier, sgx_claims
+from attestation.errors import AttestationError, EvidenceFormatError
+from attestation.sgx.errors import SgxVerificationError
+from attestation.sgx.kbs import SgxVerifier, sgx_claims
 from attestation.tdx.collateral import Collateral
 from attestation.tdx.pck import load_pem_chain
-from attestation.verify_cli import EXIT_NOT_VERIFIED, not_verified, usage_error
+from attestation.verify_cli import (
+    not_verified,
+    parse_hex,
+    parse_time,
+    read_input,
+    usage_error,
+)
 from attestation.verify_cli import verified as report_verified
 
 __all__ = ["configure", "run"]
@@ -38,36 +44,30 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--root-ca", metavar="PEM", help="trust this root instead of Intel's (tests)")
 
 
-def _fail(code: int, msg: str) -> int:
-    if code == EXIT_NOT_VERIFIED:
-        return not_verified("sgx", msg)
-    return usage_error("sgx", msg.removeprefix("rejected: "))
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         now = parse_time(args.at) if args.at else datetime.now(UTC)
-        raw = read_limited(args.quote, _MAX)
+        raw = read_input(args.quote, _MAX)
         doc: Any = raw if raw.lstrip()[:1] == b"{" else {"quote": base64.b64encode(raw).decode()}
         rd = parse_hex(args.expect_report_data, "--expect-report-data", 64)
         opts: dict[str, Any] = {}
         if args.root_ca:
-            opts["root_ca"] = load_pem_chain(read_limited(args.root_ca, 1 << 20), "--root-ca")[0]
+            opts["root_ca"] = load_pem_chain(read_input(args.root_ca, 1 << 20), "--root-ca")[0]
         if args.collateral:
-            opts["collateral"] = Collateral.from_json(read_limited(args.collateral, 16 << 20))
+            opts["collateral"] = Collateral.from_json(read_input(args.collateral, 16 << 20))
     except OSError as exc:
-        return _fail(2, f"cannot read input: {exc.strerror or exc}")
+        return usage_error("sgx", f"cannot read input: {exc.strerror or exc}")
     except AttestationError as exc:
-        return _fail(2, f"rejected: malformed input: {exc}")
+        return usage_error("sgx", f"malformed input: {exc}")
     try:
         v = SgxVerifier(**opts).verify_evidence(doc, now=now)
         claims = sgx_claims(v)
         if rd is not None and not hmac.compare_digest(rd.ljust(64, b"\x00"), v.quote.body.report_data):
-            raise VerificationError("REPORT_DATA is different from the expected value")
+            raise SgxVerificationError("REPORT_DATA is different from the expected value")
     except EvidenceFormatError as exc:
-        return _fail(2, f"rejected: malformed input: {exc}")
+        return usage_error("sgx", f"malformed input: {exc}")
     except AttestationError as exc:
-        return _fail(1, f"rejected: {exc}")
+        return not_verified("sgx", f"rejected: {exc}")
     unchecked = [] if rd is not None else ["nonce (no --expect-report-data)"]
     if claims.get("tcb_status") is None:
         unchecked.append("TCB status (no --collateral)")

@@ -3,7 +3,7 @@
 validate them against a policy.
 
 Entry points: :class:`attestation.snp.attester.SnpAttester` (guest side),
-:class:`attestation.snp.verifier.SnpVerifier` (KBS side),
+:class:`attestation.snp.kbs.SnpVerifier` (KBS side),
 :func:`attestation.snp.verify.verify_report` and
 :func:`attestation.snp.policy.validate` (library), ``coco-verify snp`` (CLI).
 """

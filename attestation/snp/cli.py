@@ -16,7 +16,6 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-import httpx
 from cryptography.x509.oid import NameOID
 
 from attestation.errors import AttestationError, EvidenceFormatError
@@ -28,15 +27,17 @@ from attestation.snp.certs import (
     TrustStore,
     load_certificates,
 )
-from attestation.snp.errors import SnpFormatError
+from attestation.snp.endorsements import KdsClient
+from attestation.snp.errors import CertificateExpired, EndorsementKeyUnavailable, SnpFormatError
 from attestation.snp.evidence import MAX_EVIDENCE_JSON, SnpEvidence
-from attestation.snp.kds import KdsClient
+from attestation.snp.kbs import SnpVerifier
 from attestation.snp.policy import MAX_POLICY_FILE, SnpPolicy, validate
 from attestation.snp.report import REPORT_SIZE, AttestationReport, Product
-from attestation.snp.verifier import SnpVerifier
 from attestation.snp.verify import check_binding, check_revocation, verify_report
 from attestation.verify_cli import not_verified, usage_error
 from attestation.verify_cli import verified as report
+from coco_common.files import FileTooLarge, read_bounded
+from coco_common.http import sync_client
 
 __all__ = ["configure", "load_report_input", "run"]
 
@@ -71,11 +72,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _read(path: str, limit: int) -> bytes:
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise SnpFormatError(f"{Path(path).name} is larger than {limit} bytes")
-    return data
+    try:
+        return read_bounded(path, limit)
+    except FileTooLarge as exc:
+        raise SnpFormatError(f"{Path(path).name} is larger than {limit} bytes") from exc
+    except ValueError as exc:  # a FIFO, a device, a folder
+        raise SnpFormatError(f"{Path(path).name} is not a regular file") from exc
 
 
 def load_report_input(data: bytes) -> SnpEvidence:
@@ -147,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
 
     kds = None
     if args.certs_dir or args.kds:
-        http = httpx.Client(follow_redirects=False) if args.kds else None
+        http = sync_client() if args.kds else None
         kds = KdsClient(
             cache_dir=Path(args.certs_dir) if args.certs_dir else None, http=http, offline=not args.kds
         )
@@ -163,14 +165,14 @@ def run(args: argparse.Namespace) -> int:
             validate(verified, policy)
     except EvidenceFormatError as exc:
         return _fail(2, f"malformed input: {exc}")
+    except EndorsementKeyUnavailable as exc:
+        if kds is None:  # no VCEK given and nowhere to look for one: no verdict possible
+            return _fail(2, f"{exc} (pass --vcek CERT, --certs-dir DIR or --kds)")
+        return _fail(1, f"rejected: {exc}")
+    except CertificateExpired as exc:
+        return _fail(1, f"rejected: {exc} (--at TIME verifies as of another time)")
     except AttestationError as exc:
-        msg = str(exc)
-        if "no VCEK/VLEK" in msg:
-            msg += " (pass --vcek CERT, --certs-dir DIR or --kds)"
-            return _fail(2, msg)
-        if "expired" in msg or "not yet valid" in msg:
-            msg += " (--at TIME verifies as of another time)"
-        return _fail(1, f"rejected: {msg}")
+        return _fail(1, f"rejected: {exc}")
     finally:
         if kds is not None and kds.http is not None:
             kds.http.close()

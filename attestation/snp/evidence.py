@@ -44,7 +44,6 @@ __all__ = [
     "parse_cert_table",
     "report_from_serde",
     "report_to_serde",
-    "strict_json_loads",
 ]
 
 #: Upper bound for evidence JSON (a report is ~7 KiB as JSON, certs ~5 KiB each).
@@ -63,16 +62,6 @@ CERT_GUIDS: dict[str, uuid.UUID] = {
     "CRL": uuid.UUID("92f81bc3-5811-4d3d-97ff-d19f88dc67ea"),
 }
 _GUID_NAMES = {v: k for k, v in CERT_GUIDS.items()}
-
-
-def strict_json_loads(untrusted: str | bytes) -> Any:
-    """``json.loads`` that rejects duplicate keys, NaN/Infinity and oversized input."""
-    if len(untrusted) > MAX_EVIDENCE_JSON:
-        raise SnpFormatError(f"evidence JSON exceeds {MAX_EVIDENCE_JSON} bytes")
-    try:
-        return strict_loads(untrusted)
-    except ValueError as exc:
-        raise SnpFormatError(f"evidence is not valid JSON: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -333,7 +322,10 @@ class SnpEvidence:
         """Accepts the decoded JSON value, or its text/bytes."""
         if isinstance(untrusted, bytearray):
             untrusted = bytes(untrusted)
-        obj = strict_json_loads(untrusted) if isinstance(untrusted, str | bytes) else untrusted
+        if isinstance(untrusted, str | bytes):
+            what = "evidence is not valid JSON"
+            untrusted = strict_loads(untrusted, limit=MAX_EVIDENCE_JSON, error=SnpFormatError, what=what)
+        obj = untrusted
         ev = _exact_keys(obj, {"attestation_report"}, {"cert_chain"}, "SNP evidence")
         report = report_from_serde(ev["attestation_report"])
         chain_raw = ev.get("cert_chain")

@@ -69,11 +69,11 @@ class LaunchConfig:
 
 
 def _sevsnpmeasure() -> Any:
-    try:
-        from sevsnpmeasure import guest, vcpu_types, vmm_types
-        from sevsnpmeasure.sev_mode import SevMode
-    except ImportError as exc:  # pragma: no cover - it is a declared dependency
-        raise SnpFormatError("sev-snp-measure is not installed") from exc
+    """sev-snp-measure (a declared dependency), imported on first use: only
+    ``measure`` needs it, not the verifier or the guest."""
+    from sevsnpmeasure import guest, vcpu_types, vmm_types
+    from sevsnpmeasure.sev_mode import SevMode
+
     return guest, vcpu_types, vmm_types, SevMode
 
 

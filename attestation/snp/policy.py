@@ -34,10 +34,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from attestation.snp.errors import SnpFormatError, SnpPolicyViolation
-from attestation.snp.evidence import strict_json_loads
 from attestation.snp.report import Product, SigningKey
 from attestation.snp.verify import VerifiedReport, resize
 from coco_common.cli import closest
+from coco_common.strict_json import strict_object
 
 __all__ = ["MAX_POLICY_FILE", "SnpPolicy", "TcbFloor", "validate"]
 
@@ -120,9 +120,7 @@ class SnpPolicy:
 
     @classmethod
     def from_json(cls, untrusted: str | bytes) -> SnpPolicy:
-        obj = strict_json_loads(untrusted)
-        if not isinstance(obj, dict):
-            raise SnpFormatError("policy must be a JSON object")
+        obj = strict_object(untrusted, limit=MAX_POLICY_FILE, error=SnpFormatError, what="policy")
         unknown = set(obj) - _POLICY_KEYS
         if unknown:
             bad = sorted(unknown)[0][:40]

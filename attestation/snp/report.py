@@ -321,7 +321,9 @@ class AttestationReport:
 
     @classmethod
     def from_bytes(cls, untrusted_raw: bytes) -> AttestationReport:
-        """Parse exactly :data:`REPORT_SIZE` bytes."""
+        """Parse exactly :data:`REPORT_SIZE` bytes: size and version, then the
+        version-dependent parts (CPUID and product, mitigation vectors, signature)
+        and every reserved range, then one flat table of fixed-offset fields."""
         data = bytes(untrusted_raw)
         if len(data) < REPORT_SIZE:
             raise ReportSizeError(f"report is truncated: {len(data)} bytes, expected {REPORT_SIZE}")
@@ -343,20 +345,7 @@ class AttestationReport:
         key_info = struct.unpack_from("<I", data, 0x48)[0]
         _zero(data, 0x4C, 0x50, "after KEY_INFO")
 
-        if version >= 3:
-            fam, mod, step = data[0x188], data[0x189], data[0x18A]
-            _zero(data, 0x18B, 0x1A0, "after CPUID")
-            product = product_from_cpuid(fam, mod)
-            if product is None:
-                raise UnknownReportVersion(
-                    f"CPUID family {fam:#x} model {mod:#x} is not a known SEV-SNP generation "
-                    "(Milan, Genoa, Turin); its TCB encoding cannot be read"
-                )
-            cpuid: tuple[int | None, int | None, int | None] = (fam, mod, step)
-        else:
-            _zero(data, 0x188, 0x1A0, "after REPORTED_TCB")
-            product = None
-            cpuid = (None, None, None)
+        product, cpuid = _cpuid_product(data, version)
         turin = product is Product.TURIN
 
         def tcb(off: int) -> TcbVersion:
@@ -364,19 +353,8 @@ class AttestationReport:
 
         _zero(data, 0x1EB, 0x1EC, "after CURRENT version")
         _zero(data, 0x1EF, 0x1F0, "after COMMITTED version")
-        if version >= 5:
-            launch_mit = struct.unpack_from("<Q", data, 0x1F8)[0]
-            current_mit = struct.unpack_from("<Q", data, 0x200)[0]
-            _zero(data, 0x208, SIGNED_REGION_END, "before SIGNATURE")
-        else:
-            launch_mit = current_mit = None
-            _zero(data, 0x1F8, SIGNED_REGION_END, "before SIGNATURE")
-
-        raw_r = data[0x2A0 : 0x2A0 + _SIG_COMPONENT]
-        raw_s = data[0x2E8 : 0x2E8 + _SIG_COMPONENT]
-        _zero(data, 0x2A0 + _SIG_SIGNIFICANT, 0x2E8, "SIGNATURE.R padding")
-        _zero(data, 0x2E8 + _SIG_SIGNIFICANT, 0x330, "SIGNATURE.S padding")
-        _zero(data, 0x330, REPORT_SIZE, "after SIGNATURE")
+        launch_mit, current_mit = _mitigation_vectors(data, version)
+        signature = _signature(data)
 
         chip_id = data[0x1A0:0x1E0]
         if turin and any(chip_id[8:]):
@@ -411,9 +389,7 @@ class AttestationReport:
             launch_tcb=tcb(0x1F0),
             launch_mit_vector=launch_mit,
             current_mit_vector=current_mit,
-            signature=ReportSignature(
-                r=int.from_bytes(raw_r, "little"), s=int.from_bytes(raw_s, "little"), raw_r=raw_r, raw_s=raw_s
-            ),
+            signature=signature,
             product=product,
             raw=data,
         )
@@ -421,3 +397,44 @@ class AttestationReport:
     def hwid(self) -> bytes:
         """The CHIP_ID as AMD KDS and the VCEK hwID use it (8 bytes on Turin)."""
         return self.chip_id[:8] if self.product is Product.TURIN else self.chip_id
+
+
+def _cpuid_product(
+    data: bytes, version: int
+) -> tuple[Product | None, tuple[int | None, int | None, int | None]]:
+    """The product from CPUID (version 3+; checked to be a known generation), else unknown."""
+    if version < 3:
+        _zero(data, 0x188, 0x1A0, "after REPORTED_TCB")
+        return None, (None, None, None)
+    fam, mod, step = data[0x188], data[0x189], data[0x18A]
+    _zero(data, 0x18B, 0x1A0, "after CPUID")
+    product = product_from_cpuid(fam, mod)
+    if product is None:
+        raise UnknownReportVersion(
+            f"CPUID family {fam:#x} model {mod:#x} is not a known SEV-SNP generation "
+            "(Milan, Genoa, Turin); its TCB encoding cannot be read"
+        )
+    return product, (fam, mod, step)
+
+
+def _mitigation_vectors(data: bytes, version: int) -> tuple[int | None, int | None]:
+    """LAUNCH_MIT_VECTOR and CURRENT_MIT_VECTOR (version 5+), the rest of the signed region zero."""
+    if version < 5:
+        _zero(data, 0x1F8, SIGNED_REGION_END, "before SIGNATURE")
+        return None, None
+    launch: int = struct.unpack_from("<Q", data, 0x1F8)[0]
+    current: int = struct.unpack_from("<Q", data, 0x200)[0]
+    _zero(data, 0x208, SIGNED_REGION_END, "before SIGNATURE")
+    return launch, current
+
+
+def _signature(data: bytes) -> ReportSignature:
+    """The ECDSA P-384 R and S (little-endian, zero-padded) and the zero tail."""
+    raw_r = data[0x2A0 : 0x2A0 + _SIG_COMPONENT]
+    raw_s = data[0x2E8 : 0x2E8 + _SIG_COMPONENT]
+    _zero(data, 0x2A0 + _SIG_SIGNIFICANT, 0x2E8, "SIGNATURE.R padding")
+    _zero(data, 0x2E8 + _SIG_SIGNIFICANT, 0x330, "SIGNATURE.S padding")
+    _zero(data, 0x330, REPORT_SIZE, "after SIGNATURE")
+    return ReportSignature(
+        r=int.from_bytes(raw_r, "little"), s=int.from_bytes(raw_s, "little"), raw_r=raw_r, raw_s=raw_s
+    )

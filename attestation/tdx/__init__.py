@@ -1,30 +1,16 @@
 """Intel TDX: DCAP quote parsing (v3/v4/v5), verification against the Intel SGX
 Root CA with explicit time and collateral, TCB status, the guest attester
-(configfs-tsm, /dev/tdx_guest, RTMR sysfs) and ``coco-verify tdx``."""
+(configfs-tsm, /dev/tdx_guest, RTMR sysfs) and ``coco-verify tdx``.
 
-from attestation.tdx.attester import TdxAttester
-from attestation.tdx.collateral import (
-    Collateral,
-    CollateralCache,
-    CollateralError,
-    PccsClient,
-    StaticCollateral,
-)
-from attestation.tdx.quote import Quote
-from attestation.tdx.report import TdReport
-from attestation.tdx.verifier import TdxVerifier, VerifiedQuote, quote_claims, verify_quote
+Entry points: :class:`attestation.tdx.attester.TdxAttester` (guest side),
+:class:`attestation.tdx.kbs.TdxVerifier` (KBS side),
+:func:`attestation.tdx.verify.verify_quote`,
+:func:`attestation.tdx.tcb.evaluate_tcb` and
+:class:`attestation.tdx.policy.TdxPolicy` (library), ``coco-verify tdx`` (CLI).
+Modules follow the TEE vocabulary: ``quote``/``tdreport`` parse, ``evidence``
+the JSON envelope, ``device``/``attester``/``registers`` collect,
+``endorsements`` fetch and cache collateral, ``collateral`` model and check it,
+``verify`` authenticity, ``tcb`` TCB status, ``policy``, ``kbs``, ``errors``.
+"""
 
-__all__ = [
-    "Collateral",
-    "CollateralCache",
-    "CollateralError",
-    "PccsClient",
-    "Quote",
-    "StaticCollateral",
-    "TdReport",
-    "TdxAttester",
-    "TdxVerifier",
-    "VerifiedQuote",
-    "quote_claims",
-    "verify_quote",
-]
+__all__: list[str] = []

@@ -18,10 +18,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from attestation.errors import AttestationError, UnsupportedPlatform, VerificationError
+from attestation.errors import AttestationError
 from attestation.eventlog.aael import CCEL_DATA_PATH, EVENTLOG_PATH, build_cc_eventlog
-from attestation.eventlog.registers import TDX_MEASUREMENTS_DIR, TdxRtmrRegisters
 from attestation.tdx.device import TdxGuestDevice, TsmReport
+from attestation.tdx.errors import TdxDeviceUnavailable, TdxVerificationError
+from attestation.tdx.registers import TDX_MEASUREMENTS_DIR, TdxRtmrRegisters
 
 __all__ = ["TdxAttester", "detect"]
 
@@ -77,14 +78,14 @@ class TdxAttester:
                 raise AttestationError("mrconfigid sysfs file did not return 48 bytes")
             return value
         if not self._device.available():
-            raise UnsupportedPlatform("neither the TDX measurements sysfs nor /dev/tdx_guest is present")
+            raise TdxDeviceUnavailable("neither the TDX measurements sysfs nor /dev/tdx_guest is present")
         return self._device.get_report(bytes(64)).mr_config_id
 
     async def bind_init_data(self, digest: bytes) -> None:
         mr_config_id = await asyncio.to_thread(self._mr_config_id)
         want = digest[:_MRCONFIGID_LEN].ljust(_MRCONFIGID_LEN, b"\x00")
         if mr_config_id != want:
-            raise VerificationError("MRCONFIGID does not match the init-data digest")
+            raise TdxVerificationError("MRCONFIGID does not match the init-data digest")
 
     def evidence_json(self, report_data: bytes) -> str:
         """Synchronous helper: the evidence as a JSON string."""

@@ -13,20 +13,21 @@ TCB status and policy checked, 1 rejected, 2 usage error or unreadable input,
 from __future__ import annotations
 
 import argparse
-import base64
-import binascii
 from datetime import UTC, datetime
-from pathlib import Path
 
 from attestation.errors import AttestationError, EvidenceFormatError, PolicyViolation
 from attestation.eventlog.tcg import parse_event_log
-from attestation.tdx.collateral import Collateral, CollateralCache, PccsClient
-from attestation.tdx.pck import intel_sgx_root_ca, load_pem_chain, parse_pck_extension
+from attestation.tdx.collateral import Collateral
+from attestation.tdx.endorsements import CollateralCache, PccsClient, collateral_for
+from attestation.tdx.errors import UnknownQuoteFormat
+from attestation.tdx.evidence import TdxEvidence
+from attestation.tdx.kbs import quote_claims
+from attestation.tdx.pck import intel_sgx_root_ca
 from attestation.tdx.policy import TdxPolicy
-from attestation.tdx.quote import MAX_QUOTE_SIZE, Quote
-from attestation.tdx.verifier import pck_ca_kind, quote_claims, verify_quote
+from attestation.tdx.quote import MAX_QUOTE_SIZE
+from attestation.tdx.verify import verify_quote
 from attestation.verify_cli import not_verified, usage_error, verified
-from coco_common.strict_json import strict_loads
+from coco_common.files import FileTooLarge, read_bounded
 
 __all__ = ["configure", "parse_time", "run"]
 
@@ -55,13 +56,14 @@ class _Usage(Exception):
 
 
 def _read(path: str, what: str) -> bytes:
-    p = Path(path)
     try:
-        if p.stat().st_size > _MAX_FILE:
-            raise _Usage(f"{what} file {path} is larger than {_MAX_FILE} bytes")
-        return p.read_bytes()
+        return read_bounded(path, _MAX_FILE)
+    except FileTooLarge as exc:
+        raise _Usage(f"{what} file {path} is larger than {_MAX_FILE} bytes") from exc
+    except ValueError as exc:
+        raise _Usage(f"cannot read {what} {path}: not a regular file") from exc
     except OSError as exc:
-        raise _Usage(f"cannot read {what} {path}: {(exc.strerror or str(exc)).lower()}") from None
+        raise _Usage(f"cannot read {what} {path}: {(exc.strerror or str(exc)).lower()}") from exc
 
 
 def _collateral(data: bytes) -> Collateral:
@@ -79,48 +81,30 @@ def _collateral(data: bytes) -> Collateral:
 def _verify(args: argparse.Namespace) -> dict[str, object]:
     try:
         now = parse_time(args.at) if args.at else datetime.now(UTC)
-    except ValueError:
-        raise _Usage(f"--at {args.at[:40]!r} is not an ISO 8601 / RFC 3339 time") from None
+    except ValueError as exc:
+        raise _Usage(f"--at {args.at[:40]!r} is not an ISO 8601 / RFC 3339 time") from exc
     raw = _read(args.quote, "quote")
     eventlog_bytes: bytes | None = _read(args.eventlog, "event log") if args.eventlog else None
     if raw.lstrip()[:1] == b"{":
-        try:
-            ev = strict_loads(raw)
-        except ValueError as exc:
-            raise AttestationError(f"evidence JSON does not parse ({exc})") from exc
-        if (
-            not isinstance(ev, dict)
-            or not isinstance(ev.get("quote"), str)
-            or set(ev) - {"quote", "cc_eventlog"}
-        ):
-            raise AttestationError(
-                "evidence JSON must be {'quote': <base64>, 'cc_eventlog': <base64> | null}"
-            )
-        try:
-            raw = base64.b64decode(ev["quote"], validate=True)
-            if eventlog_bytes is None and ev.get("cc_eventlog"):
-                eventlog_bytes = base64.b64decode(ev["cc_eventlog"], validate=True)
-        except binascii.Error:
-            raise AttestationError("evidence JSON fields are not standard base64") from None
+        evidence = TdxEvidence.from_json(raw)
+        raw = evidence.quote
+        if eventlog_bytes is None:
+            eventlog_bytes = evidence.cc_eventlog
     if len(raw) > MAX_QUOTE_SIZE:
         raise AttestationError("quote file too large")
     collateral = None
     if args.collateral:
         collateral = _collateral(_read(args.collateral, "collateral"))
     elif args.pccs_url:
-        q = Quote.from_bytes(raw)
-        chain = load_pem_chain(q.signature_data.certification_data.pck_chain_pem(), "PCK chain")
         cache = CollateralCache(args.cache_dir) if args.cache_dir else None
-        collateral = PccsClient(args.pccs_url, cache=cache).get(
-            fmspc=parse_pck_extension(chain[0]).fmspc, ca=pck_ca_kind(chain), tdx=q.is_tdx, now=now
-        )
+        collateral = collateral_for(PccsClient(args.pccs_url, cache=cache), raw, now=now)
     verified = verify_quote(raw, root_ca=intel_sgx_root_ca(), now=now, collateral=collateral)
     body = verified.quote.td_body
     if args.expect_report_data is not None:
         try:
             want = bytes.fromhex(args.expect_report_data.removeprefix("0x"))
-        except ValueError:
-            raise _Usage("--expect-report-data is not hex") from None
+        except ValueError as exc:
+            raise _Usage("--expect-report-data is not hex") from exc
         if len(want) > 64 or want.ljust(64, b"\x00") != body.report_data:
             raise AttestationError("REPORTDATA does not match --expect-report-data")
     el = None
@@ -132,7 +116,7 @@ def _verify(args: argparse.Namespace) -> dict[str, object]:
         try:
             policy = TdxPolicy.from_json(_read(args.policy, "policy"))
         except EvidenceFormatError as exc:
-            raise _Usage(f"--policy {args.policy}: {exc}") from None
+            raise _Usage(f"--policy {args.policy}: {exc}") from exc
         policy.check(claims)
     claims["verified_at"] = now.isoformat()  # the time the chain and TCB were judged at
     return claims
@@ -159,10 +143,9 @@ def run(args: argparse.Namespace) -> int:
         return usage_error("tdx", str(exc))
     except PolicyViolation as exc:
         return not_verified("tdx", f"policy violation: {exc}")
+    except UnknownQuoteFormat as exc:
+        return not_verified("tdx", f"not a TDX quote ({exc})")
     except (AttestationError, ValueError) as exc:
-        msg = str(exc)
-        if "attestation key type" in msg or "quote header" in msg:
-            msg = f"not a TDX quote ({msg})"
-        return not_verified("tdx", msg)
+        return not_verified("tdx", str(exc))
     why, unchecked = _why(claims, args)
     return verified("tdx", claims, why, unchecked=unchecked)

@@ -1,5 +1,5 @@
-"""DCAP collateral: TCB info, QE identity, CRLs; their verification; TCB
-status evaluation following Intel's matching rules; a cache and a PCCS client.
+"""DCAP collateral: the model (TCB info, QE identity, CRLs, issuer chains) and
+its authenticity check.
 
 Collateral is read in the JSON shape of dcap-qvl's ``QuoteCollateralV3``
 (``pck_crl_issuer_chain``, ``root_ca_crl`` hex DER, ``pck_crl`` hex DER,
@@ -7,21 +7,11 @@ Collateral is read in the JSON shape of dcap-qvl's ``QuoteCollateralV3``
 hex r||s, ``qe_identity_issuer_chain``, ``qe_identity``, ``qe_identity_signature``)
 or assembled from raw Intel PCS/PCCS v4 responses
 (:meth:`Collateral.from_pcs_responses`). Signed JSON objects are verified over
-their exact bytes and only then parsed.
+their exact bytes and only then parsed (:func:`verify_collateral`).
 
-Matching rules (Intel's DCAP Quote Verification Library, intel/SGXDataCenterAttestationPrimitives
-``QuoteVerification/QVL``, and Intel PCS API v4 "TCB Info" documentation; as also implemented by
-Phala-Network/dcap-qvl ``src/verify.rs`` @ 9bffe30b4da53acc05f2e3a36fafc0f6418973b8):
-TCB levels sorted highest first; the
-first level whose 16 SGX components and PCESVN are all <= the PCK
-certificate's, and (TDX) whose TDX components are all <= TEE_TCB_SVN (from
-index 2 when TEE_TCB_SVN[1] > 0, as Intel's QVL does; dcap-qvl compares all 16),
-gives the platform status; no match is an error. For TDX, TEE_TCB_SVN[1] > 0
-selects the module identity ``TDX_%02X`` (MRSIGNERSEAM, masked
-SEAMATTRIBUTES, module tcbLevel by ISVSVN = TEE_TCB_SVN[0]). The QE identity
-must match MRSIGNER, ISVPRODID, masked MISCSELECT and ATTRIBUTES; its level is
-chosen by ISVSVN. Statuses merge to the most severe; advisory IDs are united.
-``Revoked`` is an error; every other status is returned for policy to judge.
+Where collateral comes from (a fixed bundle, a cache folder, a PCS/PCCS) is
+:mod:`attestation.tdx.endorsements`; what it says about a quote's TCB is
+:mod:`attestation.tdx.tcb`.
 """
 
 from __future__ import annotations
@@ -29,20 +19,15 @@ from __future__ import annotations
 import functools
 import json
 import re
-import urllib.parse
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-import httpx
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from attestation._net import read_bounded
-from attestation.errors import VerificationError
+from attestation.tdx.errors import CollateralError
 from attestation.tdx.pck import (
-    PckExtension,
     check_crl,
     check_crl_current,
     check_validity,
@@ -50,44 +35,28 @@ from attestation.tdx.pck import (
     verify_chain,
     verify_p256_raw,
 )
-from attestation.tdx.quote import EnclaveReport, Quote, TdReportBody
-from coco_common.strict_json import strict_loads
+from coco_common.strict_json import strict_object
 
 __all__ = [
-    "DEFAULT_PCCS_URL",
     "MAX_COLLATERAL_SIZE",
+    "STATUS_SEVERITY",
     "Collateral",
-    "CollateralCache",
-    "CollateralError",
-    "CollateralSource",
-    "PccsClient",
+    "ModuleIdentity",
+    "ModuleTcbLevel",
     "QeIdentity",
-    "StaticCollateral",
     "TcbInfo",
-    "TcbResult",
+    "TcbLevel",
     "VerifiedCollateral",
-    "evaluate_tcb",
     "verify_collateral",
 ]
 
-DEFAULT_PCCS_URL = "https://api.trustedservices.intel.com"
 MAX_COLLATERAL_SIZE = 256 * 1024
 
-
-class CollateralError(VerificationError):
-    """Collateral is missing, malformed, not authentic, stale, or does not fit the quote."""
+# --- field readers -------------------------------------------------------
 
 
-# --- strict JSON ----------------------------------------------------------
-
-
-def _strict_loads(text: str | bytes, what: str) -> Any:
-    if len(text) > MAX_COLLATERAL_SIZE:
-        raise CollateralError(f"{what}: larger than {MAX_COLLATERAL_SIZE} bytes")
-    try:
-        return strict_loads(text)
-    except ValueError as exc:
-        raise CollateralError(f"{what}: not valid JSON ({exc})") from exc
+def _object(text: str | bytes, what: str) -> dict[str, Any]:
+    return strict_object(text, limit=MAX_COLLATERAL_SIZE, error=CollateralError, what=what)
 
 
 def _get(d: dict[str, Any], key: str, typ: type, what: str) -> Any:
@@ -100,8 +69,8 @@ def _get(d: dict[str, Any], key: str, typ: type, what: str) -> Any:
 def _hex(s: str, what: str, length: int | None = None) -> bytes:
     try:
         b = bytes.fromhex(s)
-    except ValueError:
-        raise CollateralError(f"{what}: not hex") from None
+    except ValueError as exc:
+        raise CollateralError(f"{what}: not hex") from exc
     if length is not None and len(b) != length:
         raise CollateralError(f"{what}: expected {length} bytes, got {len(b)}")
     return b
@@ -110,8 +79,8 @@ def _hex(s: str, what: str, length: int | None = None) -> bytes:
 def _time(s: str, what: str) -> datetime:
     try:
         t = datetime.fromisoformat(s.replace("Z", "+00:00"))
-    except ValueError:
-        raise CollateralError(f"{what}: not an RFC 3339 time") from None
+    except ValueError as exc:
+        raise CollateralError(f"{what}: not an RFC 3339 time") from exc
     if t.tzinfo is None:
         raise CollateralError(f"{what}: time without zone")
     return t
@@ -119,7 +88,8 @@ def _time(s: str, what: str) -> datetime:
 
 # --- statuses -------------------------------------------------------------
 
-_SEVERITY = {
+#: TCB statuses, least to most severe (merging keeps the most severe)
+STATUS_SEVERITY = {
     "UpToDate": 0,
     "SWHardeningNeeded": 1,
     "ConfigurationNeeded": 2,
@@ -133,16 +103,9 @@ _SEVERITY = {
 
 
 def _status(s: Any, what: str) -> str:
-    if not isinstance(s, str) or s not in _SEVERITY:
+    if not isinstance(s, str) or s not in STATUS_SEVERITY:
         raise CollateralError(f"{what}: unknown TCB status {s!r}")
     return s
-
-
-def _merge(a: tuple[str, tuple[str, ...]], b: tuple[str, tuple[str, ...]]) -> tuple[str, tuple[str, ...]]:
-    status = b[0] if _SEVERITY[b[0]] > _SEVERITY[a[0]] else a[0]
-    ids = list(a[1])
-    ids += [i for i in b[1] if i not in ids]
-    return status, tuple(ids)
 
 
 # --- parsed signed objects -----------------------------------------------
@@ -210,9 +173,7 @@ class TcbInfo:
 
     @classmethod
     def from_signed_text(cls, text: str) -> TcbInfo:
-        d = _strict_loads(text, "tcbInfo")
-        if not isinstance(d, dict):
-            raise CollateralError("tcbInfo: not an object")
+        d = _object(text, "tcbInfo")
         w = "tcbInfo"
         tid = d.get("id", "SGX")  # v2 SGX TCB info has no id
         if not isinstance(tid, str):
@@ -293,9 +254,7 @@ class QeIdentity:
 
     @classmethod
     def from_signed_text(cls, text: str) -> QeIdentity:
-        d = _strict_loads(text, "qeIdentity")
-        if not isinstance(d, dict):
-            raise CollateralError("qeIdentity: not an object")
+        d = _object(text, "qeIdentity")
         w = "qeIdentity"
         levels = tuple(
             ModuleTcbLevel(
@@ -343,8 +302,8 @@ _FIELDS = (
 def _inner_signed_text(untrusted_body: str, key: str) -> tuple[str, bytes]:
     """From a PCS body ``{"<key>": {...}, "signature": "<hex>"}`` return the exact
     text of the inner object (what Intel signed) and the signature."""
-    outer = _strict_loads(untrusted_body, f"PCS {key} response")
-    if not isinstance(outer, dict) or set(outer) != {key, "signature"}:
+    outer = _object(untrusted_body, f"PCS {key} response")
+    if set(outer) != {key, "signature"}:
         raise CollateralError(f"PCS {key} response must have exactly the keys {key!r} and 'signature'")
     m = re.search(r'"' + key + r'"\s*:\s*', untrusted_body)
     if m is None:
@@ -373,9 +332,7 @@ class Collateral:
 
     @classmethod
     def from_json(cls, untrusted_text: str | bytes) -> Collateral:
-        d = _strict_loads(untrusted_text, "collateral")
-        if not isinstance(d, dict):
-            raise CollateralError("collateral: not a JSON object")
+        d = _object(untrusted_text, "collateral")
         extra = set(d) - set(_FIELDS) - {"pck_certificate_chain"}
         if extra:
             raise CollateralError(f"collateral: unknown keys {sorted(extra)}")
@@ -534,261 +491,3 @@ def verify_collateral(collateral: Collateral, *, root: x509.Certificate, now: da
         if now > b:
             raise CollateralError(f"{what} expired at {b.isoformat()}; fetch fresh collateral or pass a time")
     return VerifiedCollateral(tcb, qe, s.crls)
-
-
-# --- TCB evaluation -------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TcbResult:
-    status: str
-    advisory_ids: tuple[str, ...]
-    platform_status: str
-    qe_status: str
-    module_status: str | None
-    tcb_date: str
-    tcb_evaluation_data_number: int
-    tcb_info_issue_date: datetime
-    tcb_info_next_update: datetime
-
-
-def _module_status(tcb: TcbInfo, body: TdReportBody) -> tuple[str, tuple[str, ...]] | None:
-    isvsvn, version = body.tee_tcb_svn[0], body.tee_tcb_svn[1]
-    mrsigner, attrs, mask = tcb.module_mrsigner, tcb.module_attributes, tcb.module_attributes_mask
-    if mrsigner is None or attrs is None or mask is None:
-        raise CollateralError("TDX TCB info lacks tdxModule")
-    levels: tuple[ModuleTcbLevel, ...] | None = None
-    if version > 0 and tcb.module_identities:
-        want = f"TDX_{version:02X}"
-        ident = next((m for m in tcb.module_identities if m.id.upper() == want), None)
-        if ident is None:
-            raise CollateralError(f"TCB info has no TDX module identity {want}")
-        mrsigner, attrs, mask, levels = (
-            ident.mrsigner,
-            ident.attributes,
-            ident.attributes_mask,
-            ident.tcb_levels,
-        )
-    if body.mr_signer_seam != mrsigner:
-        raise VerificationError("MRSIGNERSEAM does not match the TDX module identity")
-    for a, m, s in zip(attrs, mask, body.seam_attributes, strict=True):
-        if a & m != s & m:
-            raise VerificationError("SEAMATTRIBUTES do not match the TDX module identity")
-    if levels is None:
-        return None
-    for lv in sorted(levels, key=lambda x: x.isvsvn, reverse=True):
-        if isvsvn >= lv.isvsvn:
-            return lv.status, lv.advisory_ids
-    raise VerificationError(f"TDX module ISVSVN {isvsvn} is below every module TCB level")
-
-
-def _qe_status(qe: QeIdentity, report: EnclaveReport, tdx: bool) -> tuple[str, tuple[str, ...]]:
-    want_id, versions = ("TD_QE", (2, 3)) if tdx else ("QE", (2,))
-    if qe.id != want_id or qe.version not in versions:
-        raise CollateralError(f"QE identity {qe.id} v{qe.version} does not fit this quote (need {want_id})")
-    if report.mr_signer != qe.mrsigner:
-        raise VerificationError("QE MRSIGNER does not match the QE identity")
-    if report.isv_prod_id != qe.isvprodid:
-        raise VerificationError("QE ISVPRODID does not match the QE identity")
-    if report.misc_select & qe.miscselect_mask != qe.miscselect & qe.miscselect_mask:
-        raise VerificationError("QE MISCSELECT does not match the QE identity")
-    for a, m, s in zip(qe.attributes, qe.attributes_mask, report.attributes, strict=True):
-        if a & m != s & m:
-            raise VerificationError("QE ATTRIBUTES do not match the QE identity")
-    if report.debug:
-        raise VerificationError("QE report is from a debug enclave")
-    for lv in qe.tcb_levels:
-        if report.isv_svn >= lv.isvsvn:
-            return lv.status, lv.advisory_ids
-    raise VerificationError(f"QE ISVSVN {report.isv_svn} is below every QE identity TCB level")
-
-
-def evaluate_tcb(quote: Quote, pck: PckExtension, collateral: VerifiedCollateral) -> TcbResult:
-    """TCB status of an authentic quote (call after signatures and chains)."""
-    tcb = collateral.tcb_info
-    if pck.fmspc != tcb.fmspc:
-        raise CollateralError(
-            f"collateral is for FMSPC {tcb.fmspc.hex()}, the PCK certificate says {pck.fmspc.hex()}"
-        )
-    if pck.pce_id != tcb.pce_id:
-        raise CollateralError("collateral PCE ID does not match the PCK certificate")
-    tdx = quote.is_tdx
-    if tdx and (tcb.id != "TDX" or tcb.version < 3):
-        raise CollateralError("TDX quote with non-TDX TCB info")
-    if not tdx and tcb.id != "SGX":
-        raise CollateralError("SGX quote with non-SGX TCB info")
-    body = quote.body if isinstance(quote.body, TdReportBody) else None
-    platform: tuple[str, tuple[str, ...]] | None = None
-    tcb_date = ""
-    for lv in tcb.tcb_levels:
-        if pck.pce_svn < lv.pce_svn:
-            continue
-        if any(a < b for a, b in zip(pck.sgx_tcb_components, lv.sgx_components, strict=True)):
-            continue
-        if body is not None:
-            if len(lv.tdx_components) != 16:
-                raise CollateralError("TDX TCB level without 16 TDX components")
-            # Intel QVL (isTdxTcbHigherOrEqual): with a module version in
-            # TEE_TCB_SVN[1], bytes 0..1 are judged by the module identity instead
-            start = 2 if body.tee_tcb_svn[1] > 0 else 0
-            if any(a < b for a, b in zip(body.tee_tcb_svn[start:], lv.tdx_components[start:], strict=True)):
-                continue
-        platform = (lv.status, lv.advisory_ids)
-        tcb_date = lv.tcb_date
-        break
-    if platform is None:
-        raise VerificationError("no TCB level in the collateral matches this platform (TCB unsupported)")
-    platform_only = platform[0]
-    module = _module_status(tcb, body) if body is not None else None
-    if module is not None:
-        platform = _merge(platform, module)
-    qe = _qe_status(collateral.qe_identity, quote.signature_data.qe_report, tdx)
-    final = _merge(platform, qe)
-    if final[0] == "Revoked":
-        raise VerificationError("TCB status is Revoked")
-    return TcbResult(
-        status=final[0],
-        advisory_ids=final[1],
-        platform_status=platform_only,
-        qe_status=qe[0],
-        module_status=module[0] if module else None,
-        tcb_date=tcb_date,
-        tcb_evaluation_data_number=tcb.tcb_evaluation_data_number,
-        tcb_info_issue_date=tcb.issue_date,
-        tcb_info_next_update=tcb.next_update,
-    )
-
-
-# --- sources: static, cache, PCCS ----------------------------------------
-
-
-class CollateralSource(Protocol):
-    def get(self, *, fmspc: bytes, ca: str, tdx: bool, now: datetime) -> Collateral | None:
-        """Collateral for the platform, or None when none is available."""
-        ...
-
-
-class StaticCollateral:
-    """One fixed collateral bundle (offline verification)."""
-
-    def __init__(self, collateral: Collateral) -> None:
-        self._collateral = collateral
-
-    def get(self, *, fmspc: bytes, ca: str, tdx: bool, now: datetime) -> Collateral | None:
-        return self._collateral
-
-
-class CollateralCache:
-    """A directory of collateral JSON files keyed by TEE, FMSPC and PCK CA.
-
-    Entries are served while their TCB info and QE identity are current at
-    ``now``; a stale entry counts as a miss. Entries are only an optimisation:
-    everything served is verified again by the verifier.
-    """
-
-    def __init__(self, directory: str | Path) -> None:
-        self._dir = Path(directory)
-
-    def _path(self, fmspc: bytes, ca: str, tdx: bool) -> Path:
-        if ca not in ("platform", "processor"):
-            raise CollateralError(f"unknown PCK CA kind {ca!r}")
-        return self._dir / f"{'tdx' if tdx else 'sgx'}-{fmspc.hex()}-{ca}.json"
-
-    def get(self, *, fmspc: bytes, ca: str, tdx: bool, now: datetime) -> Collateral | None:
-        p = self._path(fmspc, ca, tdx)
-        try:
-            if p.stat().st_size > MAX_COLLATERAL_SIZE:
-                return None
-            c = Collateral.from_json(p.read_bytes())
-            tcb = TcbInfo.from_signed_text(c.tcb_info)
-            qe = QeIdentity.from_signed_text(c.qe_identity)
-        except (OSError, CollateralError):
-            return None
-        if not (tcb.issue_date <= now <= tcb.next_update and qe.issue_date <= now <= qe.next_update):
-            return None
-        return c
-
-    def put(self, collateral: Collateral, *, fmspc: bytes, ca: str, tdx: bool) -> None:
-        self._dir.mkdir(parents=True, exist_ok=True)
-        p = self._path(fmspc, ca, tdx)
-        tmp = p.with_suffix(".tmp")
-        tmp.write_text(collateral.to_json())
-        tmp.replace(p)
-
-
-class PccsClient:
-    """Fetches collateral from an Intel PCS or a PCCS (v4 API), optionally
-    through a :class:`CollateralCache`. All I/O goes through the injected
-    ``httpx.Client`` (tests pass a client bound to a local server)."""
-
-    def __init__(
-        self,
-        base_url: str = DEFAULT_PCCS_URL,
-        *,
-        client: httpx.Client | None = None,
-        cache: CollateralCache | None = None,
-        timeout: float = 10.0,
-    ) -> None:
-        self._base = base_url.rstrip("/")
-        self._client = client or httpx.Client(timeout=timeout)
-        self._cache = cache
-
-    def _get(self, path: str) -> tuple[httpx.Headers, bytes]:
-        what = path.split("?")[0]
-        try:
-            with self._client.stream("GET", f"{self._base}{path}") as resp:
-                if resp.status_code != 200:
-                    raise CollateralError(f"PCCS {what} answered HTTP {resp.status_code}")
-                body = read_bounded(resp, MAX_COLLATERAL_SIZE)
-                headers = resp.headers
-        except httpx.HTTPError as exc:
-            raise CollateralError(f"PCCS request {what} failed: {type(exc).__name__}") from exc
-        if body is None:
-            raise CollateralError(f"PCCS {what} answer too large")
-        return headers, body
-
-    @staticmethod
-    def _header(headers: httpx.Headers, *names: str) -> str:
-        for n in names:
-            v = headers.get(n)
-            if v:
-                return urllib.parse.unquote(v)
-        raise CollateralError(f"PCCS answer lacks the {names[0]} header")
-
-    @staticmethod
-    def _text(body: bytes, what: str) -> str:
-        try:
-            return body.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise CollateralError(f"PCCS {what} answer is not UTF-8") from exc
-
-    def get(self, *, fmspc: bytes, ca: str, tdx: bool, now: datetime) -> Collateral | None:
-        if self._cache is not None:
-            hit = self._cache.get(fmspc=fmspc, ca=ca, tdx=tdx, now=now)
-            if hit is not None:
-                return hit
-        tee = "tdx" if tdx else "sgx"
-        crl_headers, crl = self._get(f"/sgx/certification/v4/pckcrl?ca={ca}&encoding=der")
-        tcb_headers, tcb = self._get(f"/{tee}/certification/v4/tcb?fmspc={fmspc.hex().upper()}")
-        qe_headers, qe = self._get(f"/{tee}/certification/v4/qe/identity")
-        root_crl: bytes | None
-        try:
-            root_crl = self._get("/sgx/certification/v4/rootcacrl")[1]
-            if root_crl[:1] != b"\x30":  # PCCS serves hex text
-                root_crl = bytes.fromhex(root_crl.decode("ascii").strip())
-        except (CollateralError, ValueError, UnicodeDecodeError):
-            root_crl = None
-        c = Collateral.from_pcs_responses(
-            tcb_info_body=self._text(tcb, "tcb"),
-            tcb_info_issuer_chain=self._header(
-                tcb_headers, "TCB-Info-Issuer-Chain", "SGX-TCB-Info-Issuer-Chain"
-            ),
-            qe_identity_body=self._text(qe, "qe/identity"),
-            qe_identity_issuer_chain=self._header(qe_headers, "SGX-Enclave-Identity-Issuer-Chain"),
-            pck_crl=crl,
-            pck_crl_issuer_chain=self._header(crl_headers, "SGX-PCK-CRL-Issuer-Chain"),
-            root_ca_crl=root_crl,
-        )
-        if self._cache is not None:
-            self._cache.put(c, fmspc=fmspc, ca=ca, tdx=tdx)
-        return c

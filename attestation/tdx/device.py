@@ -13,9 +13,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from attestation.errors import AttestationError, UnsupportedPlatform
+from attestation.errors import AttestationError
+from attestation.tdx.errors import TdxDeviceUnavailable
 from attestation.tdx.quote import MAX_QUOTE_SIZE
-from attestation.tdx.report import TDREPORT_LEN, TdReport
+from attestation.tdx.tdreport import TDREPORT_LEN, TdReport
 
 __all__ = [
     "TDX_CMD_GET_REPORT0",
@@ -79,15 +80,15 @@ class TsmReport:
         if len(report_data) != 64:
             raise ValueError("TDX report data must be 64 bytes")
         if not self.root.is_dir():
-            raise UnsupportedPlatform(f"configfs-tsm report interface {self.root} is not present")
+            raise TdxDeviceUnavailable(f"configfs-tsm report interface {self.root} is not present")
         try:
             d = self._mkdtemp()
         except OSError as exc:
-            raise UnsupportedPlatform(f"cannot create a configfs-tsm report entry: {exc.strerror}") from exc
+            raise TdxDeviceUnavailable(f"cannot create a configfs-tsm report entry: {exc.strerror}") from exc
         try:
             provider = self._read(d / "provider", 64).decode(errors="replace")
             if provider != _PROVIDER + "\n":
-                raise UnsupportedPlatform(f"configfs-tsm provider is {provider.strip()!r}, not {_PROVIDER}")
+                raise TdxDeviceUnavailable(f"configfs-tsm provider is {provider.strip()!r}, not {_PROVIDER}")
             self._write(d / "inblob", report_data)
             quote = self._read(d / "outblob", MAX_QUOTE_SIZE)
             generation = int(self._read(d / "generation", 32).decode().strip())
@@ -124,7 +125,7 @@ class TdxGuestDevice:
         try:
             fd = os.open(self.path, os.O_RDWR)
         except OSError as exc:
-            raise UnsupportedPlatform(f"cannot open {self.path}: {exc.strerror}") from exc
+            raise TdxDeviceUnavailable(f"cannot open {self.path}: {exc.strerror}") from exc
         try:
             self._ioctl(fd, TDX_CMD_GET_REPORT0, buf, True)
         except OSError as exc:

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from attestation._x509 import is_ca
-from attestation.errors import EvidenceFormatError, VerificationError
+from attestation.tdx.errors import TdxFormatError, TdxVerificationError
 
 __all__ = [
     "INTEL_SGX_ROOT_CA_SHA256",
@@ -37,6 +37,7 @@ __all__ = [
     "intel_sgx_root_ca",
     "load_pem_chain",
     "parse_pck_extension",
+    "pck_ca_kind",
     "verify_chain",
     "verify_p256_raw",
 ]
@@ -53,46 +54,46 @@ def intel_sgx_root_ca() -> x509.Certificate:
     cert = x509.load_pem_x509_certificate(pem)
     der = cert.public_bytes(_DER)
     if hashlib.sha256(der).hexdigest() != INTEL_SGX_ROOT_CA_SHA256:
-        raise VerificationError("packaged Intel SGX Root CA does not match its pinned hash")
+        raise TdxVerificationError("packaged Intel SGX Root CA does not match its pinned hash")
     return cert
 
 
 def load_pem_chain(untrusted_pem: bytes | str, what: str) -> list[x509.Certificate]:
     data = untrusted_pem.encode() if isinstance(untrusted_pem, str) else untrusted_pem
     if len(data) > MAX_CHAIN_PEM:
-        raise EvidenceFormatError(f"{what}: certificate chain larger than {MAX_CHAIN_PEM} bytes")
+        raise TdxFormatError(f"{what}: certificate chain larger than {MAX_CHAIN_PEM} bytes")
     try:
         certs = x509.load_pem_x509_certificates(data.rstrip(b"\x00"))
     except ValueError as exc:
-        raise EvidenceFormatError(f"{what}: not a PEM certificate chain") from exc
+        raise TdxFormatError(f"{what}: not a PEM certificate chain") from exc
     if not certs:
-        raise EvidenceFormatError(f"{what}: empty certificate chain")
+        raise TdxFormatError(f"{what}: empty certificate chain")
     return certs
 
 
 def verify_p256_raw(public_key: ec.EllipticCurvePublicKey, raw_sig: bytes, data: bytes, what: str) -> None:
     """Verify an ECDSA-P256/SHA-256 signature given as raw ``r || s``."""
     if len(raw_sig) != 64:
-        raise VerificationError(f"{what}: signature must be 64 bytes (r||s)")
+        raise TdxVerificationError(f"{what}: signature must be 64 bytes (r||s)")
     der = encode_dss_signature(int.from_bytes(raw_sig[:32], "big"), int.from_bytes(raw_sig[32:], "big"))
     try:
         public_key.verify(der, data, ec.ECDSA(hashes.SHA256()))
-    except InvalidSignature:
-        raise VerificationError(f"{what}: signature does not verify") from None
+    except InvalidSignature as exc:
+        raise TdxVerificationError(f"{what}: signature does not verify") from exc
 
 
 def _verify_issued_by(cert: x509.Certificate, issuer: x509.Certificate, what: str) -> None:
     if cert.issuer != issuer.subject:
-        raise VerificationError(f"{what}: issuer name does not match the next certificate's subject")
+        raise TdxVerificationError(f"{what}: issuer name does not match the next certificate's subject")
     try:
         cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        raise VerificationError(f"{what}: certificate signature by its issuer does not verify") from None
+    except (ValueError, TypeError, InvalidSignature) as exc:
+        raise TdxVerificationError(f"{what}: certificate signature by its issuer does not verify") from exc
 
 
 def check_validity(cert: x509.Certificate, now: datetime, what: str) -> None:
     if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
-        raise VerificationError(
+        raise TdxVerificationError(
             f"{what}: certificate not valid at {now.isoformat()} "
             f"(valid {cert.not_valid_before_utc.isoformat()} .. {cert.not_valid_after_utc.isoformat()})"
         )
@@ -106,9 +107,9 @@ def check_crl(
 ) -> None:
     """The CRL is signed by ``issuer`` and (unless ``now`` is None) current at ``now``."""
     if crl.issuer != issuer.subject:
-        raise VerificationError(f"{what}: CRL issuer does not match")
+        raise TdxVerificationError(f"{what}: CRL issuer does not match")
     if not crl.is_signature_valid(issuer.public_key()):  # type: ignore[arg-type]
-        raise VerificationError(f"{what}: CRL signature does not verify")
+        raise TdxVerificationError(f"{what}: CRL signature does not verify")
     if now is not None:
         check_crl_current(crl, now, what)
 
@@ -117,7 +118,7 @@ def check_crl_current(crl: x509.CertificateRevocationList, now: datetime, what: 
     nu = crl.next_update_utc
     if now < crl.last_update_utc or (nu is not None and now > nu):
         window = f"{crl.last_update_utc.isoformat()} .. {nu.isoformat() if nu else 'open'}"
-        raise VerificationError(
+        raise TdxVerificationError(
             f"{what}: CRL not current at {now.isoformat()} "
             f"(valid {window}; --at TIME verifies as of another time)"
         )
@@ -141,15 +142,17 @@ def verify_chain(
     caller. Returns the leaf.
     """
     if not untrusted_chain:
-        raise VerificationError(f"{what}: empty certificate chain")
+        raise TdxVerificationError(f"{what}: empty certificate chain")
     root_der = root.public_bytes(_DER)
     chain = list(untrusted_chain)
     if chain[-1].public_bytes(_DER) == root_der:
         chain = chain[:-1]
     elif chain[-1].subject == root.subject:
-        raise VerificationError(f"{what}: chain ends in a root CA that is not the trusted Intel SGX Root CA")
+        raise TdxVerificationError(
+            f"{what}: chain ends in a root CA that is not the trusted Intel SGX Root CA"
+        )
     if not chain:
-        raise VerificationError(f"{what}: chain has no certificate below the root")
+        raise TdxVerificationError(f"{what}: chain has no certificate below the root")
     full = [*chain, root]
     for i, cert in enumerate(chain):
         _verify_issued_by(cert, full[i + 1], f"{what} [{i}]")
@@ -157,11 +160,11 @@ def verify_chain(
         if now is not None:
             check_validity(cert, now, f"{what} [{i}]")
         if i > 0 and not is_ca(cert):
-            raise VerificationError(f"{what} [{i}]: issuing certificate is not a CA")
+            raise TdxVerificationError(f"{what} [{i}]: issuing certificate is not a CA")
     for crl in crls:
         for i, cert in enumerate(full):
             if cert.issuer == crl.issuer and crl.get_revoked_certificate_by_serial_number(cert.serial_number):
-                raise VerificationError(f"{what} [{i}]: certificate is revoked")
+                raise TdxVerificationError(f"{what} [{i}]: certificate is revoked")
     return chain[0]
 
 
@@ -174,18 +177,18 @@ def _der_items(data: bytes) -> list[tuple[int, bytes]]:
     i = 0
     while i < len(data):
         if i + 2 > len(data):
-            raise EvidenceFormatError("SGX extension: truncated DER")
+            raise TdxFormatError("SGX extension: truncated DER")
         tag = data[i]
         ln = data[i + 1]
         i += 2
         if ln & 0x80:
             nb = ln & 0x7F
             if nb == 0 or nb > 4 or i + nb > len(data):
-                raise EvidenceFormatError("SGX extension: bad DER length")
+                raise TdxFormatError("SGX extension: bad DER length")
             ln = int.from_bytes(data[i : i + nb], "big")
             i += nb
         if i + ln > len(data):
-            raise EvidenceFormatError("SGX extension: truncated DER value")
+            raise TdxFormatError("SGX extension: truncated DER value")
         out.append((tag, data[i : i + ln]))
         i += ln
     return out
@@ -193,7 +196,7 @@ def _der_items(data: bytes) -> list[tuple[int, bytes]]:
 
 def _oid_str(content: bytes) -> str:
     if not content:
-        raise EvidenceFormatError("SGX extension: empty OID")
+        raise TdxFormatError("SGX extension: empty OID")
     parts = [content[0] // 40, content[0] % 40]
     v = 0
     for b in content[1:]:
@@ -208,10 +211,10 @@ def _pairs(seq_content: bytes) -> dict[str, tuple[int, bytes]]:
     out: dict[str, tuple[int, bytes]] = {}
     for tag, content in _der_items(seq_content):
         if tag != 0x30:
-            raise EvidenceFormatError("SGX extension: expected SEQUENCE")
+            raise TdxFormatError("SGX extension: expected SEQUENCE")
         items = _der_items(content)
         if len(items) != 2 or items[0][0] != 0x06:
-            raise EvidenceFormatError("SGX extension: expected SEQUENCE { OID, value }")
+            raise TdxFormatError("SGX extension: expected SEQUENCE { OID, value }")
         out[_oid_str(items[0][1])] = items[1]
     return out
 
@@ -239,18 +242,18 @@ class PckExtension:
 def parse_pck_extension(cert: x509.Certificate) -> PckExtension:
     try:
         ext = cert.extensions.get_extension_for_oid(SGX_EXTENSION_OID).value
-    except x509.ExtensionNotFound:
-        raise EvidenceFormatError("PCK certificate has no SGX extension") from None
+    except x509.ExtensionNotFound as exc:
+        raise TdxFormatError("PCK certificate has no SGX extension") from exc
     raw = ext.value if isinstance(ext, x509.UnrecognizedExtension) else b""
     top = _der_items(raw)
     if len(top) != 1 or top[0][0] != 0x30:
-        raise EvidenceFormatError("SGX extension: not a SEQUENCE")
+        raise TdxFormatError("SGX extension: not a SEQUENCE")
     fields = _pairs(top[0][1])
 
     def get(sub: str, tag: int) -> bytes:
         item = fields.get(f"{_SGX}.{sub}")
         if item is None or item[0] != tag:
-            raise EvidenceFormatError(f"SGX extension: field .{sub} missing or mistyped")
+            raise TdxFormatError(f"SGX extension: field .{sub} missing or mistyped")
         return item[1]
 
     tcb = _pairs(get("2", 0x30))
@@ -258,15 +261,15 @@ def parse_pck_extension(cert: x509.Certificate) -> PckExtension:
     for n in range(1, 17):
         t = tcb.get(f"{_SGX}.2.{n}")
         if t is None or t[0] != 0x02:
-            raise EvidenceFormatError(f"SGX extension: TCB comp{n:02d} missing")
+            raise TdxFormatError(f"SGX extension: TCB comp{n:02d} missing")
         comps.append(int.from_bytes(t[1], "big"))
     pcesvn_t = tcb.get(f"{_SGX}.2.17")
     cpusvn_t = tcb.get(f"{_SGX}.2.18")
     if pcesvn_t is None or pcesvn_t[0] != 0x02 or cpusvn_t is None or cpusvn_t[0] != 0x04:
-        raise EvidenceFormatError("SGX extension: PCESVN/CPUSVN missing")
+        raise TdxFormatError("SGX extension: PCESVN/CPUSVN missing")
     sgx_type_t = fields.get(f"{_SGX}.5")
     if sgx_type_t is None or sgx_type_t[0] != 0x0A:
-        raise EvidenceFormatError("SGX extension: SGX type missing")
+        raise TdxFormatError("SGX extension: SGX type missing")
     piid_t = fields.get(f"{_SGX}.6")
     conf: dict[str, tuple[int, bytes]] = {}
     conf_t = fields.get(f"{_SGX}.7")
@@ -279,7 +282,7 @@ def parse_pck_extension(cert: x509.Certificate) -> PckExtension:
 
     fmspc = get("4", 0x04)
     if len(fmspc) != 6:
-        raise EvidenceFormatError("SGX extension: FMSPC must be 6 bytes")
+        raise TdxFormatError("SGX extension: FMSPC must be 6 bytes")
     return PckExtension(
         ppid=get("1", 0x04),
         sgx_tcb_components=tuple(comps),
@@ -293,3 +296,17 @@ def parse_pck_extension(cert: x509.Certificate) -> PckExtension:
         cached_keys=flag(2),
         smt_enabled=flag(3),
     )
+
+
+def pck_ca_kind(chain: list[x509.Certificate]) -> str:
+    """Which Intel PCK CA issued the leaf: ``"platform"`` or ``"processor"`` (the
+    collateral's ``ca`` parameter)."""
+    if len(chain) < 2:
+        raise TdxVerificationError("PCK chain has no intermediate CA")
+    cns = chain[1].subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
+    cn = cns[0].value if cns else ""
+    if cn == "Intel SGX PCK Platform CA":
+        return "platform"
+    if cn == "Intel SGX PCK Processor CA":
+        return "processor"
+    raise TdxVerificationError(f"unexpected PCK intermediate CA {cn!r}")

@@ -19,9 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from attestation.errors import EvidenceFormatError, PolicyViolation
+from attestation.tdx.errors import TdxFormatError, TdxPolicyViolation
 from coco_common.cli import closest
-from coco_common.strict_json import strict_loads
+from coco_common.strict_json import strict_object
 
 __all__ = ["MAX_POLICY_SIZE", "TdxPolicy"]
 
@@ -31,7 +31,7 @@ _MEASUREMENTS = ("mr_td", "mr_seam", "mr_config_id", "rtmr0", "rtmr1", "rtmr2", 
 
 def _strs(v: Any, key: str) -> tuple[str, ...]:
     if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
-        raise EvidenceFormatError(f"policy: {key} must be a list of strings")
+        raise TdxFormatError(f"policy: {key} must be a list of strings")
     return tuple(v)
 
 
@@ -45,14 +45,7 @@ class TdxPolicy:
 
     @classmethod
     def from_json(cls, untrusted_text: str | bytes) -> TdxPolicy:
-        if len(untrusted_text) > MAX_POLICY_SIZE:
-            raise EvidenceFormatError("policy too large")
-        try:
-            d = strict_loads(untrusted_text)
-        except ValueError as exc:
-            raise EvidenceFormatError(f"policy is not JSON ({exc})") from exc
-        if not isinstance(d, dict):
-            raise EvidenceFormatError("policy must be a JSON object")
+        d = strict_object(untrusted_text, limit=MAX_POLICY_SIZE, error=TdxFormatError, what="policy")
         known = {"allow_debug", "require_sept_ve_disable", "accepted_tcb_statuses", "rejected_advisories"}
         unknown = set(d) - known - set(_MEASUREMENTS)
         if unknown:
@@ -61,12 +54,10 @@ class TdxPolicy:
                 f"{k!r} (did you mean {h!r}?)" if (h := closest(k, allk)) else repr(k)
                 for k in sorted(unknown)
             ]
-            raise EvidenceFormatError(
-                f"policy: unknown keys {', '.join(hints)}; valid keys: {', '.join(allk)}"
-            )
+            raise TdxFormatError(f"policy: unknown keys {', '.join(hints)}; valid keys: {', '.join(allk)}")
         for b in ("allow_debug", "require_sept_ve_disable"):
             if b in d and type(d[b]) is not bool:
-                raise EvidenceFormatError(f"policy: {b} must be true or false")
+                raise TdxFormatError(f"policy: {b} must be true or false")
         meas = tuple(
             (k, tuple(s.lower().removeprefix("0x") for s in _strs(d[k], k))) for k in _MEASUREMENTS if k in d
         )
@@ -80,19 +71,21 @@ class TdxPolicy:
         )
 
     def check(self, claims: dict[str, Any]) -> None:
-        """Raise :class:`PolicyViolation` with the first failed rule."""
+        """Raise :class:`~attestation.tdx.errors.TdxPolicyViolation` with the first failed rule."""
         if claims.get("debug") and not self.allow_debug:
-            raise PolicyViolation("TD is in DEBUG mode and the policy does not allow debug TDs")
+            raise TdxPolicyViolation("TD is in DEBUG mode and the policy does not allow debug TDs")
         td_attrs = claims.get("td_attributes") or {}
         if self.require_sept_ve_disable and not td_attrs.get("septve_disable"):
-            raise PolicyViolation("SEPT_VE_DISABLE is not set")
+            raise TdxPolicyViolation("SEPT_VE_DISABLE is not set")
         if self.accepted_tcb_statuses is not None:
             status = claims.get("tcb_status")
             if status not in self.accepted_tcb_statuses:
-                raise PolicyViolation(f"TCB status {status} is not accepted (give --collateral for a status)")
+                raise TdxPolicyViolation(
+                    f"TCB status {status} is not accepted (give --collateral for a status)"
+                )
         for adv in claims.get("advisory_ids") or []:
             if adv in self.rejected_advisories:
-                raise PolicyViolation(f"platform is affected by rejected advisory {adv}")
+                raise TdxPolicyViolation(f"platform is affected by rejected advisory {adv}")
         for key, allowed in self.measurements:
             if str(claims.get(key, "")).lower() not in allowed:
-                raise PolicyViolation(f"{key} is not in the policy's allow-list")
+                raise TdxPolicyViolation(f"{key} is not in the policy's allow-list")

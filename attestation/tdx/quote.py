@@ -5,7 +5,7 @@ Verification Library" API specification, appendix "Quote Format" (Version 4 and
 Version 5 quote formats; the v3 SGX layout is the "Intel SGX ECDSA Quote Library API"
 appendix "Quote Format"). Parsing
 only checks structure: lengths, known enum values, consistency of the nested
-length fields. Authenticity is :mod:`attestation.tdx.verifier`'s job.
+length fields. Authenticity is :mod:`attestation.tdx.verify`'s job.
 
 Real quotes often carry zero padding after the signature data (fixed-size quote
 buffers); the length fields are authoritative and trailing bytes are ignored,
@@ -18,7 +18,7 @@ import struct
 from dataclasses import dataclass
 from enum import IntEnum
 
-from attestation.errors import EvidenceFormatError
+from attestation.tdx.errors import TdxFormatError, UnknownQuoteFormat
 
 __all__ = [
     "ATTESTATION_KEY_TYPE_ECDSA_P256",
@@ -82,7 +82,7 @@ class _Reader:
 
     def take(self, n: int, field: str) -> bytes:
         if n < 0 or self._pos + n > len(self._data):
-            raise EvidenceFormatError(
+            raise TdxFormatError(
                 f"{self._what} truncated: {field} needs {n} bytes at offset {self._pos}, "
                 f"{len(self._data) - self._pos} left"
             )
@@ -153,7 +153,7 @@ class EnclaveReport:
     @classmethod
     def from_bytes(cls, untrusted: bytes) -> EnclaveReport:
         if len(untrusted) != _ENCLAVE_REPORT_LEN:
-            raise EvidenceFormatError(f"SGX report body must be 384 bytes, got {len(untrusted)}")
+            raise TdxFormatError(f"SGX report body must be 384 bytes, got {len(untrusted)}")
         b = untrusted
         (misc,) = struct.unpack_from("<I", b, 16)
         prod, svn = struct.unpack_from("<HH", b, 256)
@@ -207,7 +207,7 @@ class TdReportBody:
     def from_bytes(cls, untrusted: bytes) -> TdReportBody:
         n = len(untrusted)
         if n not in (_TD10_LEN, _TD15_LEN):
-            raise EvidenceFormatError(f"TD report body must be 584 or 648 bytes, got {n}")
+            raise TdxFormatError(f"TD report body must be 584 or 648 bytes, got {n}")
         b = untrusted
         rtmrs = (b[328:376], b[376:424], b[424:472], b[472:520])
         return cls(
@@ -252,7 +252,7 @@ class CertificationData:
     def pck_chain_pem(self) -> bytes:
         """The PEM PCK chain of a type-5 certification data (NULs stripped)."""
         if self.type != CertificationDataType.PCK_CERT_CHAIN:
-            raise EvidenceFormatError(
+            raise TdxFormatError(
                 f"certification data type {self.type} carries no PCK chain (need type 5); "
                 "fetch the PCK certificate from a PCCS"
             )
@@ -289,7 +289,7 @@ class Quote:
     @property
     def td_body(self) -> TdReportBody:
         if not isinstance(self.body, TdReportBody):
-            raise EvidenceFormatError("not a TDX quote (SGX enclave report body)")
+            raise TdxFormatError("not a TDX quote (SGX enclave report body)")
         return self.body
 
     @property
@@ -299,22 +299,22 @@ class Quote:
     @classmethod
     def from_bytes(cls, untrusted_quote: bytes) -> Quote:
         if len(untrusted_quote) > MAX_QUOTE_SIZE:
-            raise EvidenceFormatError(f"quote larger than {MAX_QUOTE_SIZE} bytes")
+            raise TdxFormatError(f"quote larger than {MAX_QUOTE_SIZE} bytes")
         r = _Reader(untrusted_quote, "quote")
         header = QuoteHeader.from_bytes(r.take(_HEADER_LEN, "header"))
         if header.attestation_key_type != ATTESTATION_KEY_TYPE_ECDSA_P256:
-            raise EvidenceFormatError(
+            raise UnknownQuoteFormat(
                 f"unsupported attestation key type {header.attestation_key_type} (need 2, ECDSA P-256)"
             )
         body: TdReportBody | EnclaveReport
         if header.version == 3:
             if header.tee_type != TEE_TYPE_SGX:
-                raise EvidenceFormatError("version 3 quote with a non-SGX TEE type")
+                raise TdxFormatError("version 3 quote with a non-SGX TEE type")
             body_type = BodyType.SGX_ENCLAVE
             body = EnclaveReport.from_bytes(r.take(_ENCLAVE_REPORT_LEN, "SGX report body"))
         elif header.version == 4:
             if header.tee_type != TEE_TYPE_TDX:
-                raise EvidenceFormatError(f"version 4 quote with TEE type {header.tee_type:#x} (need TDX)")
+                raise TdxFormatError(f"version 4 quote with TEE type {header.tee_type:#x} (need TDX)")
             body_type = BodyType.TD_REPORT_10
             body = TdReportBody.from_bytes(r.take(_TD10_LEN, "TD report body"))
         elif header.version == 5:
@@ -322,18 +322,18 @@ class Quote:
             size = r.u32("body size")
             try:
                 body_type = BodyType(raw_type)
-            except ValueError:
-                raise EvidenceFormatError(f"unknown v5 quote body type {raw_type}") from None
+            except ValueError as exc:
+                raise TdxFormatError(f"unknown v5 quote body type {raw_type}") from exc
             want = {
                 BodyType.SGX_ENCLAVE: _ENCLAVE_REPORT_LEN,
                 BodyType.TD_REPORT_10: _TD10_LEN,
                 BodyType.TD_REPORT_15: _TD15_LEN,
             }[body_type]
             if size != want:
-                raise EvidenceFormatError(f"v5 body type {raw_type} must be {want} bytes, header says {size}")
+                raise TdxFormatError(f"v5 body type {raw_type} must be {want} bytes, header says {size}")
             want_tee = TEE_TYPE_SGX if body_type == BodyType.SGX_ENCLAVE else TEE_TYPE_TDX
             if header.tee_type != want_tee:
-                raise EvidenceFormatError("v5 quote body type does not match the header's TEE type")
+                raise TdxFormatError("v5 quote body type does not match the header's TEE type")
             raw_body = r.take(size, "report body")
             body = (
                 EnclaveReport.from_bytes(raw_body)
@@ -341,7 +341,7 @@ class Quote:
                 else TdReportBody.from_bytes(raw_body)
             )
         else:
-            raise EvidenceFormatError(f"unsupported quote version {header.version} (need 3, 4 or 5)")
+            raise UnknownQuoteFormat(f"unsupported quote version {header.version} (need 3, 4 or 5)")
         signed_len = r.pos
         sig_len = r.u32("signature data length")
         sig_data = _parse_signature_data(r.take(sig_len, "signature data"), nested=header.version >= 4)
@@ -363,7 +363,7 @@ def _parse_signature_data(untrusted: bytes, *, nested: bool) -> QuoteSignatureDa
         ctype = r.u16("certification data type")
         csize = r.u32("certification data size")
         if ctype != CertificationDataType.QE_REPORT_CERTIFICATION_DATA:
-            raise EvidenceFormatError(
+            raise TdxFormatError(
                 f"unsupported outer certification data type {ctype} (need 6, QE report certification data)"
             )
         inner = _Reader(r.take(csize, "QE report certification data"), "QE report certification data")
@@ -377,8 +377,8 @@ def _parse_signature_data(untrusted: bytes, *, nested: bool) -> QuoteSignatureDa
     cert_size = inner.u32("certification data size")
     try:
         CertificationDataType(cert_type)
-    except ValueError:
-        raise EvidenceFormatError(f"unknown certification data type {cert_type}") from None
+    except ValueError as exc:
+        raise TdxFormatError(f"unknown certification data type {cert_type}") from exc
     cert_data = inner.take(cert_size, "certification data")
     return QuoteSignatureData(
         signature=signature,

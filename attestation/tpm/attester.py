@@ -30,8 +30,8 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from attestation.errors import UnsupportedPlatform
-from attestation.tpm.device import Tpm, TpmCommandError, open_tpm
+from attestation.tpm.device import Tpm, open_tpm
+from attestation.tpm.errors import TpmCommandError, TpmUnavailable
 from attestation.tpm.quote import INIT_DATA_PCR
 from attestation.tpm.structures import ALG_ECDSA, ALG_RSASSA, ALG_SHA256, PcrSelection, parse_attest
 
@@ -87,14 +87,14 @@ class TpmAttester:
     ) -> None:
         dev = device or detect_tpm_device()
         if dev is None:
-            raise UnsupportedPlatform("no TPM device (set AA_TPM_DEVICE)")
+            raise TpmUnavailable("no TPM device (set AA_TPM_DEVICE)")
         self.device = dev
         if ak_handle is None:
             raw = os.environ.get("AA_TPM_AK_HANDLE")
             try:
                 ak_handle = int(raw.removeprefix("0x"), 16) if raw else DEFAULT_AK_HANDLE
             except ValueError as exc:
-                raise UnsupportedPlatform(f"AA_TPM_AK_HANDLE {str(raw)[:20]!r} is not hex") from exc
+                raise TpmUnavailable(f"AA_TPM_AK_HANDLE {str(raw)[:20]!r} is not hex") from exc
         self.ak_handle = ak_handle
         self.event_log = event_log
 

@@ -15,10 +15,16 @@ import argparse
 import sys
 from datetime import UTC, datetime
 
-from attestation.azure.cli import parse_hex, parse_time, read_limited
 from attestation.errors import AttestationError, EvidenceFormatError
-from attestation.tpm.verifier import MAX_EVIDENCE_JSON, TpmVerifier
-from attestation.verify_cli import EXIT_NOT_VERIFIED, not_verified, usage_error
+from attestation.tpm.evidence import MAX_EVIDENCE_JSON
+from attestation.tpm.kbs import TpmVerifier
+from attestation.verify_cli import (
+    not_verified,
+    parse_hex,
+    parse_time,
+    read_input,
+    usage_error,
+)
 from attestation.verify_cli import verified as report_verified
 
 __all__ = ["configure", "run"]
@@ -38,31 +44,25 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ak-ca", metavar="PEM", help="CA certificate(s) that issue AK certificates")
 
 
-def _fail(code: int, msg: str) -> int:
-    if code == EXIT_NOT_VERIFIED:
-        return not_verified("tpm", msg)
-    return usage_error("tpm", msg.removeprefix("rejected: "))
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         now = parse_time(args.at) if args.at else datetime.now(UTC)
-        doc = read_limited(args.evidence, MAX_EVIDENCE_JSON)
+        doc = read_input(args.evidence, MAX_EVIDENCE_JSON)
         rd = parse_hex(args.expect_report_data, "--expect-report-data", 64)
         init = parse_hex(args.init_data_digest, "--init-data-digest", 64)
-        keys = [read_limited(p, 1 << 20).decode() for p in args.trusted_ak or ()]
-        ca = read_limited(args.ak_ca, 1 << 20).decode() if args.ak_ca else None
+        keys = [read_input(p, 1 << 20).decode() for p in args.trusted_ak or ()]
+        ca = read_input(args.ak_ca, 1 << 20).decode() if args.ak_ca else None
         verifier = TpmVerifier(trusted_ak_keys=keys, ak_ca_pem=ca)
     except OSError as exc:
-        return _fail(2, f"cannot read input: {exc.strerror or exc}")
+        return usage_error("tpm", f"cannot read input: {exc.strerror or exc}")
     except (AttestationError, ValueError) as exc:
-        return _fail(2, f"rejected: malformed input: {exc}")
+        return usage_error("tpm", f"malformed input: {exc}")
     try:
         claims = verifier.check(doc, expected_report_data=rd, expected_init_data_hash=init, now=now)
     except EvidenceFormatError as exc:
-        return _fail(2, f"rejected: malformed input: {exc}")
+        return usage_error("tpm", f"malformed input: {exc}")
     except AttestationError as exc:
-        return _fail(1, f"rejected: {exc}")
+        return not_verified("tpm", f"rejected: {exc}")
     if rd is None:
         print("coco-verify tpm: note: nonce not checked (no --expect-report-data)", file=sys.stderr)
     unchecked = [] if rd is not None else ["nonce (no --expect-report-data)"]

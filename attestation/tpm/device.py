@@ -18,7 +18,7 @@ import threading
 from dataclasses import dataclass
 from typing import Protocol
 
-from attestation.errors import AttestationError, UnsupportedPlatform
+from attestation.tpm.errors import TpmCommandError, TpmUnavailable
 from attestation.tpm.structures import (
     ALG_NULL,
     ALG_SHA256,
@@ -38,9 +38,7 @@ __all__ = [
     "NvPublic",
     "SocketTransport",
     "Tpm",
-    "TpmCommandError",
     "TpmTransport",
-    "TpmUnavailable",
     "open_tpm",
 ]
 
@@ -72,18 +70,6 @@ NV_OWNERWRITE = 1 << 1
 NV_AUTHWRITE = 1 << 2
 NV_OWNERREAD = 1 << 17
 NV_AUTHREAD = 1 << 18
-
-
-class TpmUnavailable(UnsupportedPlatform):
-    """No TPM at the configured device/socket."""
-
-
-class TpmCommandError(AttestationError):
-    """The TPM answered a command with an error code, or an unusable response."""
-
-    def __init__(self, message: str, code: int | None = None) -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class TpmTransport(Protocol):

@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
-from attestation.errors import VerificationError
+from attestation.tpm.errors import QuoteSignatureInvalid, TpmFormatError, TpmVerificationError
 from attestation.tpm.structures import (
     ALG_ECDSA,
     ALG_RSAPSS,
@@ -27,13 +27,10 @@ from attestation.tpm.structures import (
     ALG_SHA512,
     Attest,
     Signature,
-    TpmFormatError,
 )
 
 __all__ = [
     "INIT_DATA_PCR",
-    "QuoteSignatureInvalid",
-    "TpmVerificationError",
     "check_nonce",
     "check_pcrs",
     "init_data_pcr_value",
@@ -49,14 +46,6 @@ _HASHES: dict[int, type[hashes.HashAlgorithm]] = {
     ALG_SHA384: hashes.SHA384,
     ALG_SHA512: hashes.SHA512,
 }
-
-
-class TpmVerificationError(VerificationError):
-    """A TPM quote parsed but is not authentic or not bound as expected."""
-
-
-class QuoteSignatureInvalid(TpmVerificationError):
-    """The quote was not signed by the attestation key."""
 
 
 def verify_signature(

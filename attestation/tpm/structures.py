@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from attestation.errors import EvidenceFormatError
+from attestation.tpm.errors import TpmFormatError
 
 __all__ = [
     "ALG_ECC",
@@ -35,7 +35,6 @@ __all__ = [
     "PcrSelection",
     "Public",
     "Signature",
-    "TpmFormatError",
     "encode_pcr_selection",
     "hash_size",
     "parse_attest",
@@ -65,10 +64,6 @@ _CURVES: dict[int, type[ec.EllipticCurve]] = {
 }
 #: a quote message is ~150 bytes; public areas and signatures < 1 KiB
 MAX_STRUCTURE = 4096
-
-
-class TpmFormatError(EvidenceFormatError):
-    """A TPM structure is truncated, has trailing bytes or an unknown tag."""
 
 
 class _R:

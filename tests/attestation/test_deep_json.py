@@ -9,12 +9,12 @@ from datetime import UTC, datetime
 import pytest
 
 from attestation.errors import AttestationError
+from attestation.nvidia.kbs import NvidiaVerifier
 from attestation.nvidia.policy import NvidiaPolicy
-from attestation.nvidia.verifier import NvidiaVerifier
+from attestation.snp.kbs import SnpVerifier
 from attestation.snp.policy import SnpPolicy
-from attestation.snp.verifier import SnpVerifier
+from attestation.tdx.kbs import TdxVerifier
 from attestation.tdx.policy import TdxPolicy
-from attestation.tdx.verifier import TdxVerifier
 
 DEEP = "[" * 100_000 + "]" * 100_000
 NOW = datetime(2026, 1, 1, tzinfo=UTC)

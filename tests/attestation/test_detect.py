@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -11,18 +11,19 @@ import pytest
 
 from attestation import detect
 from attestation.detect import (
-    Platform,
+    HostView,
     detect_devices,
     detect_primary_tee,
     make_primary_attester,
     present_platforms,
 )
 from attestation.errors import UnsupportedPlatform
+from attestation.nvidia.errors import CcModeDisabled, NvmlCallError
 from attestation.sample import SampleAttester
 
 
-def _plat(root: Path, env: dict[str, str] | None = None, machine: str = "x86_64") -> Platform:
-    return Platform(root=root, env=env or {}, machine=machine)
+def _plat(root: Path, env: dict[str, str] | None = None, machine: str = "x86_64") -> HostView:
+    return HostView(root=root, env=env or {}, machine=machine)
 
 
 def _touch(root: Path, rel: str) -> None:
@@ -82,12 +83,19 @@ def test_installed_attester_is_chosen(tmp_path: Path, monkeypatch: pytest.Monkey
         async def bind_init_data(self, digest: bytes) -> None:
             return None
 
-    mod = types.ModuleType("attestation.snp.attester")
-    mod.SnpAttester = FakeSnp  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "attestation.snp.attester", mod)
+    monkeypatch.setitem(detect.ATTESTERS, "snp", FakeSnp)
     (tmp_path / "sys/devices/platform/sev-guest").mkdir(parents=True)
     assert detect_primary_tee(_plat(tmp_path)) == "snp"
     assert isinstance(make_primary_attester("snp"), FakeSnp)
+
+
+def test_every_detected_platform_but_csv_has_an_attester() -> None:
+    # the registry is static: each factory imports a module that ships with the project
+    assert set(detect.PRIMARY_ORDER) - set(detect.ATTESTERS) == {"csv"}
+    for tee, factory in detect.ATTESTERS.items():
+        # off-platform a factory gives its attester or a typed "unsupported"; never an ImportError
+        with contextlib.suppress(UnsupportedPlatform):
+            assert factory().tee == tee
 
 
 def test_make_primary_attester() -> None:
@@ -97,30 +105,23 @@ def test_make_primary_attester() -> None:
 
 
 async def test_devices(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # no NVIDIA module answer: simulate "no device"
-    mod = types.ModuleType("attestation.nvidia.attester")
-
-    class NoGpu:
-        tee = "nvidia"
-
-        @classmethod
-        def detect(cls) -> None:
-            return None
-
-    mod.NvidiaAttester = NoGpu  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "attestation.nvidia.attester", mod)
+    monkeypatch.setitem(detect.DEVICE_PROBES, "nvidia", lambda plat: None)  # no GPU
     assert await detect_devices(_plat(tmp_path)) == []
     devs = await detect_devices(_plat(tmp_path, {"ENABLE_SAMPLE_DEVICE": "1"}))
     assert [d.tee for d in devs] == ["sampledevice"]
+    with pytest.raises(ValueError, match="unknown device probe"):
+        await detect_devices(_plat(tmp_path), probes=["fpga"])
+
+
+async def test_nvidia_without_nvml_is_no_device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the real probe: pynvml (nvidia-ml-py) is an optional dependency, absent here
+    monkeypatch.setitem(sys.modules, "pynvml", None)
+    assert await detect_devices(_plat(tmp_path), probes=["nvidia"]) == []
 
 
 async def test_nvidia_device_found(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     class Gpu:
         tee = "nvidia"
-
-        @classmethod
-        async def detect(cls) -> Gpu:
-            return cls()
 
         async def get_evidence(self, report_data: bytes) -> Any:
             return {"device_evidence_list": []}
@@ -128,19 +129,39 @@ async def test_nvidia_device_found(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         async def on_attestation_accepted(self) -> None:
             return None
 
-    mod = types.ModuleType("attestation.nvidia.attester")
-    mod.NvidiaAttester = Gpu  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "attestation.nvidia.attester", mod)
+    monkeypatch.setitem(detect.DEVICE_PROBES, "nvidia", lambda plat: Gpu())
     devs = await detect_devices(_plat(tmp_path, {"ENABLE_SAMPLE_DEVICE": "x"}))
     assert [d.tee for d in devs] == ["nvidia", "sampledevice"]
 
 
-async def test_broken_nvidia_probe_is_tolerated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    mod = types.ModuleType("attestation.nvidia.attester")
+async def test_broken_nvidia_probe_is_tolerated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def boom(plat: Any) -> None:
+        raise NvmlCallError("NVML exploded")
 
-    def boom() -> None:
-        raise RuntimeError("NVML exploded")
-
-    mod.detect = boom  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "attestation.nvidia.attester", mod)
+    monkeypatch.setitem(detect.DEVICE_PROBES, "nvidia", boom)
     assert await detect_devices(_plat(tmp_path)) == []
+    assert "nvidia device detection failed: NVML exploded" in caplog.text
+
+
+async def test_nvidia_cc_off_is_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from attestation.nvidia.attester import NvidiaAttester
+
+    def cc_off(cls: Any) -> None:
+        raise CcModeDisabled("GPUs present but confidential computing is off")
+
+    monkeypatch.setattr(NvidiaAttester, "detect", classmethod(cc_off))
+    assert await detect_devices(_plat(tmp_path), probes=["nvidia"]) == []
+    assert "not attestable: GPUs present but confidential computing is off" in caplog.text
+
+
+async def test_untyped_probe_failure_is_not_hidden(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def bug(plat: Any) -> None:
+        raise RuntimeError("a bug, not a missing device")
+
+    monkeypatch.setitem(detect.DEVICE_PROBES, "nvidia", bug)
+    with pytest.raises(RuntimeError, match="a bug"):
+        await detect_devices(_plat(tmp_path))

@@ -447,12 +447,13 @@ async def test_evidence_verification_does_not_block_the_server() -> None:
     import threading
     from datetime import datetime
 
+    from attestation.sample.kbs import SampleVerifier
     from kbs.attestation_service import AttestationService
     from kbs.ear import EarBroker
     from kbs.policy import AttestationPolicies
     from kbs.rvps import ReferenceValues
     from kbs.storage import MemoryStore
-    from kbs.verifiers import SampleVerifier, VerifierRegistry
+    from kbs.verifiers import VerifierRegistry
 
     release = threading.Event()
 

@@ -24,11 +24,11 @@ from typing import Any
 
 import pytest
 
+from attestation.sample.kbs import SampleVerifier
 from kbs.annotated import AnnotationError, annotate
 from kbs.ear import TRUST_CLAIMS, Appraisal, ear_status
 from kbs.policy import AttestationPolicies
 from kbs.storage import MemoryStore
-from kbs.verifiers import SampleVerifier
 
 Vec = tuple[int, int, int]
 
@@ -176,7 +176,7 @@ NRAS_SWITCH = {
     },
     "measres": "success",
 }
-LOCAL_GPU = {  # attestation/nvidia/verifier.py VerifiedDevice.claims(verbose=False)
+LOCAL_GPU = {  # attestation/nvidia/verify.py VerifiedDevice.claims(verbose=False)
     "arch": "HOPPER",
     "uuid": "GPU-1",
     "driver_version": "550.90.07",
@@ -345,7 +345,7 @@ def _azure_claims(tee: str) -> dict[str, Any]:
     from tests.attestation.azure._data import TDX as TDX_DIR
 
     if tee == "az-snp-vtpm":
-        from attestation.azure.verifier import AzSnpVtpmVerifier
+        from attestation.azure.kbs import AzSnpVtpmVerifier
 
         return AzSnpVtpmVerifier().verify(
             load(SNP_DIR / "evidence-v2.json"),
@@ -353,7 +353,7 @@ def _azure_claims(tee: str) -> dict[str, Any]:
             expected_init_data_hash=None,
             now=AT,
         )
-    from attestation.azure.verifier import AzTdxVtpmVerifier
+    from attestation.azure.kbs import AzTdxVtpmVerifier
 
     return AzTdxVtpmVerifier().verify(
         load(TDX_DIR / "evidence-v1.json"),

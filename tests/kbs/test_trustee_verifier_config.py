@@ -24,7 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from attestation.errors import AttestationError
 from attestation.snp.evidence import SnpEvidence
 from attestation.snp.report import AttestationReport
-from attestation.tpm.verifier import TpmEvidence, TpmVerificationError, parse_attest
+from attestation.tpm.errors import TpmVerificationError
+from attestation.tpm.evidence import TpmEvidence
+from attestation.tpm.structures import parse_attest
 from kbs.cli import main as kbs_main
 from kbs.config import effective_config, load_config, parse_as_server_config, parse_config, startup_problems
 from kbs.errors import KbsConfigError, PolicyEngineError

@@ -29,18 +29,16 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from attestation.azure.attester import AzSnpVtpmAttester, AzTdxVtpmAttester, ImdsError
+from attestation.azure.attester import AzSnpVtpmAttester, AzTdxVtpmAttester
+from attestation.azure.errors import AzureBindingError, ImdsError
 from attestation.azure.evidence import AzSnpEvidence, AzTdxEvidence
 from attestation.azure.hcl import HCL_REPORT_NV_INDEX, REPORT_DATA_NV_INDEX, HclReport, HwReportType
-from attestation.azure.verifier import (
-    AzSnpVtpmVerifier,
-    AzTdxVtpmVerifier,
-    AzureBindingError,
-    verify_vtpm_quote,
-)
+from attestation.azure.kbs import AzSnpVtpmVerifier, AzTdxVtpmVerifier
+from attestation.azure.verify import verify_vtpm_quote
 from attestation.errors import AttestationError
 from attestation.tpm.device import open_tpm
-from attestation.tpm.quote import TpmVerificationError, init_data_pcr_value
+from attestation.tpm.errors import TpmVerificationError
+from attestation.tpm.quote import init_data_pcr_value
 
 from ..tdx._forge import LATER, forge_quote, make_pki
 from ..tpm.swtpm import Swtpm, running_swtpm
@@ -248,9 +246,9 @@ def test_wrong_report_type_and_imds_failures(vtpm: Swtpm) -> None:
 
 def test_detection_reads_the_hcl_report_type(vtpm: Swtpm, tmp_path: Path) -> None:
     """guest-components' order: az-tdx-vtpm, az-snp-vtpm before snp, tpm last."""
-    from attestation.detect import Platform, detect_primary_tee, make_primary_attester
+    from attestation.detect import HostView, detect_primary_tee, make_primary_attester
 
-    plat = Platform(root=tmp_path, env={"AA_TPM_DEVICE": vtpm.address}, machine="x86_64")
+    plat = HostView(root=tmp_path, env={"AA_TPM_DEVICE": vtpm.address}, machine="x86_64")
     td_report = HclReport.from_bytes((TDX / "hcl-report.bin").read_bytes()).hw_report
     _provision_hcl(vtpm, build_hcl(td_report, HwReportType.TDX, _ak(vtpm), b""))
     assert detect_primary_tee(plat) == "az-tdx-vtpm"
@@ -260,5 +258,5 @@ def test_detection_reads_the_hcl_report_type(vtpm: Swtpm, tmp_path: Path) -> Non
     with open_tpm(vtpm.address) as tpm:
         tpm.nv_undefine(HCL_REPORT_NV_INDEX)
     assert detect_primary_tee(plat) == "tpm"
-    assert detect_primary_tee(Platform(root=tmp_path, env={}, machine="x86_64")) == "sample"
+    assert detect_primary_tee(HostView(root=tmp_path, env={}, machine="x86_64")) == "sample"
     assert make_primary_attester("az-snp-vtpm").tee == "az-snp-vtpm"

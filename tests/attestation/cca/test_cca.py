@@ -14,9 +14,10 @@ from typing import Any
 import cbor2
 import pytest
 
-from attestation.cca.attester import CcaAttester, CcaDeviceUnavailable
-from attestation.cca.token import CcaFormatError, CcaVerificationError, parse_token
-from attestation.cca.verifier import CcaVerifier
+from attestation.cca.attester import CcaAttester
+from attestation.cca.errors import CcaDeviceUnavailable, CcaFormatError, CcaVerificationError
+from attestation.cca.kbs import CcaVerifier
+from attestation.cca.token import parse_token
 from attestation.errors import EvidenceFormatError
 from attestation.snp.device import OsConfigfs
 from attestation.verifier import EvidenceVerifier

@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 
 from attestation.csv import sm2
-from attestation.csv.certs import CaCertificate, CsvCertError, CsvCertificate, pinned_hrk
-from attestation.csv.verifier import CsvVerifier, parse_evidence
+from attestation.csv.certs import CaCertificate, CsvCertificate, pinned_hrk
+from attestation.csv.errors import CsvCertError
+from attestation.csv.evidence import parse_evidence
+from attestation.csv.kbs import CsvVerifier
 from attestation.errors import EvidenceFormatError, VerificationError
 from attestation.verifier import EvidenceVerifier
 from attestation.verify_cli import main

@@ -215,7 +215,7 @@ def test_unsupported_extend_leaves_no_wal(tmp_path: Path) -> None:
     """On a TD without the measurements sysfs, extending fails cleanly and the AA
     can still start next time (no dangling WAL)."""
     from attestation.errors import UnsupportedPlatform
-    from attestation.eventlog import TdxRtmrRegisters
+    from attestation.tdx.registers import TdxRtmrRegisters
 
     class NoSysfs(TdxRtmrRegisters):
         def read(self, pcr: int) -> bytes:

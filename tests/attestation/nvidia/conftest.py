@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from attestation.nvidia.verifier import TrustAnchors
+from attestation.nvidia.verify import TrustAnchors
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
 from attestation.errors import UnsupportedPlatform
-from attestation.nvidia.nvml import ConfComputeState, NvmlCallError
+from attestation.nvidia.device import ConfComputeState
+from attestation.nvidia.errors import NvmlCallError
 from attestation.nvidia.spdm import REQUEST_SIZE, AttestationReport
 
 ARCH_HOPPER = 9

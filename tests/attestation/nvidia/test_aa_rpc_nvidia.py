@@ -11,7 +11,7 @@ from attestation.aa.agent import AttestationAgent
 from attestation.aa.config import AaConfig
 from attestation.aa.rpc import ttrpc_service
 from attestation.nvidia.attester import NvidiaAttester
-from attestation.nvidia.verifier import NvidiaVerifier
+from attestation.nvidia.kbs import NvidiaVerifier
 from attestation.sample import SampleAttester
 from coco_rpc.protos import attestation_agent_pb2 as pb
 from coco_rpc.ttrpc import TtrpcServer

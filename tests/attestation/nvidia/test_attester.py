@@ -9,9 +9,11 @@ import pytest
 
 from attestation.attester import DeviceAttester
 from attestation.errors import AttestationError, UnsupportedPlatform
-from attestation.nvidia.attester import CcModeDisabled, NvidiaAttester, ReadyState
-from attestation.nvidia.nvml import PynvmlBackend
-from attestation.nvidia.verifier import NvidiaVerifier, TrustAnchors
+from attestation.nvidia.attester import NvidiaAttester, ReadyState
+from attestation.nvidia.device import PynvmlBackend
+from attestation.nvidia.errors import CcModeDisabled
+from attestation.nvidia.kbs import NvidiaVerifier
+from attestation.nvidia.verify import TrustAnchors
 
 from .fakegpu import ARCH_AMPERE, FakeDevice, FakeNvml, TestGpu, recorded_device
 from .vectors import NONCE_931, NOW, read, report_bytes

@@ -26,10 +26,11 @@ import pytest
 import rfc8785
 
 from attestation.aa.agent import AttestationAgent, CompositeEvidenceSource
-from attestation.aa.config import AaConfig, KbsConfig
+from attestation.aa.config import AaConfig, KbsTokenConfig
 from attestation.errors import VerificationError
 from attestation.nvidia.attester import NvidiaAttester
-from attestation.nvidia.verifier import NvidiaVerifier, TrustAnchors
+from attestation.nvidia.kbs import NvidiaVerifier
+from attestation.nvidia.verify import TrustAnchors
 from attestation.sample.attester import SampleAttester
 from kbs_client import rcar
 from kbs_client.errors import AttestationRejected
@@ -212,7 +213,7 @@ async def test_aa_get_token_sets_gpu_ready_after_acceptance() -> None:
         return httpx.AsyncClient(transport=httpx.MockTransport(kbs.handler))
 
     aa = AttestationAgent(
-        AaConfig(kbs=KbsConfig(url="http://kbs.test")),
+        AaConfig(kbs=KbsTokenConfig(url="http://kbs.test")),
         SampleAttester(),
         devices=[NvidiaAttester(fake)],
         http_factory=http_factory,

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from attestation.errors import UnsupportedPlatform
-from attestation.nvidia.nvml import PynvmlBackend
+from attestation.nvidia.device import PynvmlBackend
 
 SCRIPT = Path(__file__).resolve().parents[3] / "scripts" / "nvidia_device_check.py"
 

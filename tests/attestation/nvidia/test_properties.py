@@ -14,10 +14,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from attestation.errors import AttestationError, EvidenceFormatError, VerificationError
+from attestation.nvidia.errors import RimError
 from attestation.nvidia.evidence import DeviceEvidence, parse_evidence
-from attestation.nvidia.rim import Rim, RimEntry, RimError, compare_measurements
+from attestation.nvidia.kbs import NvidiaVerifier
+from attestation.nvidia.rim import Rim, RimEntry, compare_measurements
 from attestation.nvidia.spdm import AttestationReport
-from attestation.nvidia.verifier import NvidiaVerifier, TrustAnchors, verify_device
+from attestation.nvidia.verify import TrustAnchors, verify_device
 
 from .vectors import NONCE_931, NOW, read, report_bytes
 

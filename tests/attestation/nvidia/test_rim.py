@@ -11,7 +11,8 @@ from cryptography import x509
 
 from attestation.errors import EvidenceFormatError
 from attestation.nvidia.certs import default_rim_root
-from attestation.nvidia.rim import RimError, compare_measurements, verify_rim
+from attestation.nvidia.errors import RimError
+from attestation.nvidia.rim import compare_measurements, verify_rim
 from attestation.nvidia.spdm import AttestationReport
 
 from .vectors import read, report_bytes

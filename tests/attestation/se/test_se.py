@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding
 
 from attestation.errors import AttestationError, EvidenceFormatError
 from attestation.se.arcb import boot_hdr_tags, build_arcb, measurement
-from attestation.se.verifier import SeVerificationError, SeVerifier
+from attestation.se.errors import SeVerificationError
+from attestation.se.kbs import SeVerifier
 from attestation.verifier import EvidenceVerifier
 from kbs.verifiers import auth_extra_params
 

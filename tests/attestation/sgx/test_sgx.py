@@ -14,7 +14,7 @@ import pytest
 
 from attestation.errors import EvidenceFormatError, UnsupportedPlatform, VerificationError
 from attestation.sgx.attester import SgxAttester
-from attestation.sgx.verifier import SgxVerifier
+from attestation.sgx.kbs import SgxVerifier
 from attestation.tdx.collateral import Collateral
 from attestation.verifier import EvidenceVerifier
 from attestation.verify_cli import main

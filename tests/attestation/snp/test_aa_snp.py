@@ -24,7 +24,7 @@ from .test_kbs_handshake import SKIP_BINDING, _source
 
 
 def _agent(att: SnpAttester, url: str = "http://127.0.0.1:1") -> object:
-    cfg = config_mod.AaConfig(kbs=config_mod.KbsConfig(url))
+    cfg = config_mod.AaConfig(kbs=config_mod.KbsTokenConfig(url))
     return agent_mod.AttestationAgent(cfg, att, devices=[], kbs_retry_delay=0.01)
 
 

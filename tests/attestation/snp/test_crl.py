@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from attestation.snp.certs import MAX_CERT_FILE, RevocationList
+from attestation.snp.endorsements import KdsClient, crl_url
 from attestation.snp.errors import (
     CertChainInvalid,
     CertificateExpired,
@@ -19,9 +20,8 @@ from attestation.snp.errors import (
     RevocationListUnavailable,
 )
 from attestation.snp.evidence import CertTableEntry, SnpEvidence
-from attestation.snp.kds import KdsClient, crl_url
+from attestation.snp.kbs import SnpVerifier
 from attestation.snp.report import AttestationReport, Product, TcbVersion
-from attestation.snp.verifier import SnpVerifier
 from attestation.snp.verify import VerifiedReport, check_revocation, verify_report
 from attestation.verify_cli import main
 

@@ -21,8 +21,8 @@ from attestation.snp.device import (
 )
 from attestation.snp.errors import SnpDeviceUnavailable, SnpFormatError
 from attestation.snp.evidence import CertTableEntry, build_cert_table, parse_cert_table
+from attestation.snp.kbs import SnpVerifier
 from attestation.snp.report import AttestationReport
-from attestation.snp.verifier import SnpVerifier
 
 from .fakes import FakeSevGuestIoctl, FakeTsmTree
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from attestation.detect import Platform
+from attestation.detect import HostView
 from attestation.snp.device import TsmReportSource
 from attestation.snp.evidence import CertTableEntry, SnpEvidence, build_cert_table
 from kbs_client.cli import evidence_source, main
@@ -33,7 +33,7 @@ def _snp_guest(root: Path) -> Path:
 
 async def test_no_tee_means_sample(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING):
-        src = await evidence_source(Platform(root=tmp_path, env={}))
+        src = await evidence_source(HostView(root=tmp_path, env={}))
     assert src.tee == "sample" and "sample attester" in caplog.text
     ev = await src.primary_evidence(b"\x01" * 32)
     assert ev["svn"] == "1" and ev["report_data"]
@@ -47,7 +47,7 @@ async def test_snp_guest_uses_the_snp_attester(
     tsm.mkdir()
     fake = FakeTsmTree(report)
     monkeypatch.setattr("attestation.snp.attester.default_sources", lambda: [TsmReportSource(tsm, fake)])
-    src = await evidence_source(Platform(root=_snp_guest(tmp_path / "root"), env={}))
+    src = await evidence_source(HostView(root=_snp_guest(tmp_path / "root"), env={}))
     assert src.tee == "snp"
     ev = SnpEvidence.from_json(await src.primary_evidence(b"\x42" * 48))
     assert ev.report.raw == report and fake.inblobs == [b"\x42" * 48 + bytes(16)]
@@ -58,7 +58,7 @@ async def test_snp_guest_without_a_usable_interface_is_a_clear_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr("attestation.snp.attester.default_sources", lambda: [])
-    src = await evidence_source(Platform(root=_snp_guest(tmp_path), env={}))
+    src = await evidence_source(HostView(root=_snp_guest(tmp_path), env={}))
     with pytest.raises(KbsClientError, match="cannot collect snp evidence"):
         await src.primary_evidence(b"\x42" * 48)
 
@@ -77,7 +77,7 @@ def test_cli_attest_on_an_snp_guest(
     roots["sample"].mkdir()
     with support.start_kbs(tmp_path / "kbs", policy="allow_all", extra_toml=SKIP_BINDING) as kbs:
         for tee, root in roots.items():
-            monkeypatch.setattr("attestation.detect.Platform", lambda root=root: Platform(root=root, env={}))
+            monkeypatch.setattr("attestation.detect.HostView", lambda root=root: HostView(root=root, env={}))
             assert main(["--url", kbs.url, "attest"]) == 0
             token = capsys.readouterr().out.strip()
             _, claims = decode_unverified(token)

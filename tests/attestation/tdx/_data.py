@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
+from pathlib import Path
 
+from attestation.tdx.collateral import Collateral
+from attestation.tdx.pck import intel_sgx_root_ca
 from tests.support.vectors import evidence, vector
 
 TDX = evidence("tdx")
@@ -32,3 +36,25 @@ QVL_SGX_AT = datetime(2025, 7, 1, tzinfo=UTC)
 QVL_OUTDATED_AT = datetime(2026, 3, 1, tzinfo=UTC)
 #: inside trustee tcbInfo.json / enclaveIdentity.json validity
 TRUSTEE_COLL_AT = datetime(2025, 11, 1, tzinfo=UTC)
+
+#: the packaged Intel SGX Root CA every vector chains to
+ROOT = intel_sgx_root_ca()
+
+
+def collateral_from(p: Path) -> Collateral:
+    return Collateral.from_json(p.read_text())
+
+
+def tcb_signing_chain() -> str:
+    """The Intel TCB signing chain (PEM) of the dcap-qvl collateral."""
+    return str(json.loads(QVL_TDX_COLL.read_text())["tcb_info_issuer_chain"])
+
+
+def trustee_collateral() -> Collateral:
+    """trustee's raw PCS tcbInfo / enclaveIdentity answers as one bundle."""
+    return Collateral.from_pcs_responses(
+        tcb_info_body=(TDX / "trustee/tcbInfo.json").read_text(),
+        tcb_info_issuer_chain=tcb_signing_chain(),
+        qe_identity_body=(TDX / "trustee/enclaveIdentity.json").read_text(),
+        qe_identity_issuer_chain=tcb_signing_chain(),
+    )

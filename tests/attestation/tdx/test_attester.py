@@ -14,9 +14,9 @@ from attestation.errors import AttestationError, UnsupportedPlatform, Verificati
 from attestation.eventlog import EventLog, SoftwareRegisters, parse_event_log
 from attestation.tdx.attester import TdxAttester, detect
 from attestation.tdx.device import TDX_CMD_GET_REPORT0, TdxGuestDevice, TsmReport
+from attestation.tdx.kbs import TdxVerifier
 from attestation.tdx.quote import Quote
-from attestation.tdx.report import TdReport
-from attestation.tdx.verifier import TdxVerifier
+from attestation.tdx.tdreport import TdReport
 
 from ._data import CCEL, FIXED_NOW, Q4, TDREPORT
 

@@ -11,7 +11,7 @@ from attestation.errors import AttestationError
 from attestation.eventlog.tcg import parse_event_log
 from attestation.tdx.pck import intel_sgx_root_ca
 from attestation.tdx.quote import Quote
-from attestation.tdx.verifier import verify_quote
+from attestation.tdx.verify import verify_quote
 
 from ._data import CCEL, FIXED_NOW, Q4, Q5
 

@@ -11,7 +11,7 @@ import pytest
 from attestation.errors import AttestationError, EvidenceFormatError, VerificationError
 from attestation.tdx.pck import INTEL_SGX_ROOT_CA_SHA256, intel_sgx_root_ca
 from attestation.tdx.quote import Quote
-from attestation.tdx.verifier import verify_quote
+from attestation.tdx.verify import verify_quote
 
 from ._data import ALL_QUOTES, FIXED_NOW, Q4, Q5
 from ._forge import LATER, forge_quote, make_pki

@@ -22,10 +22,16 @@ from cryptography.x509.oid import NameOID
 from attestation.errors import EvidenceFormatError
 from attestation.eventlog.tcg import EventLogFormatError
 from attestation.tpm.attester import TpmAttester
-from attestation.tpm.device import TpmCommandError, open_tpm
-from attestation.tpm.quote import QuoteSignatureInvalid, TpmVerificationError, init_data_pcr_value
-from attestation.tpm.structures import TpmFormatError, parse_attest, parse_public, parse_signature
-from attestation.tpm.verifier import TpmVerifier
+from attestation.tpm.device import open_tpm
+from attestation.tpm.errors import (
+    QuoteSignatureInvalid,
+    TpmCommandError,
+    TpmFormatError,
+    TpmVerificationError,
+)
+from attestation.tpm.kbs import TpmVerifier
+from attestation.tpm.quote import init_data_pcr_value
+from attestation.tpm.structures import parse_attest, parse_public, parse_signature
 from attestation.verifier import EvidenceVerifier
 
 from .swtpm import Swtpm, running_swtpm
