@@ -40,7 +40,10 @@ from typing import Any
 
 from cdh.errors import ConfigError
 from cdh.files import read_limited
-from coco_common.cli import closest
+from coco_common.fields import Fields
+from coco_common.files import write_atomic
+from image_pull.errors import PolicyRejected
+from image_pull.registries_conf import ProxyConfig, RegistryConfig
 
 __all__ = [
     "CDH_KBS_DIR",
@@ -50,13 +53,9 @@ __all__ = [
     "MAX_CONFIG_BYTES",
     "OCICRYPT_CONFIG_PATH",
     "CdhConfig",
+    "CdhImageConfig",
     "Credential",
-    "ImageConfig",
     "KbcConfig",
-    "ProxyConfig",
-    "RegistryConfigFile",
-    "RegistryEntry",
-    "RegistryMirror",
     "check_credential_path",
     "describe_unknown",
     "export_environment",
@@ -98,37 +97,9 @@ class Credential:
 
 
 @dataclass(frozen=True)
-class ProxyConfig:
-    https_proxy: str | None = None
-    http_proxy: str | None = None
-    no_proxy: str | None = None
+class CdhImageConfig:
+    """``[image]``: what CDH's PullImage needs (registry settings already in image_pull's types)."""
 
-
-@dataclass(frozen=True)
-class RegistryMirror:
-    location: str
-    insecure: bool = False
-
-
-@dataclass(frozen=True)
-class RegistryEntry:
-    prefix: str
-    location: str
-    insecure: bool = False
-    blocked: bool = False
-    mirrors: tuple[RegistryMirror, ...] = ()
-
-
-@dataclass(frozen=True)
-class RegistryConfigFile:
-    """The ``registries.conf`` subset image-rs understands."""
-
-    unqualified_search_registries: tuple[str, ...] = ()
-    registries: tuple[RegistryEntry, ...] = ()
-
-
-@dataclass(frozen=True)
-class ImageConfig:
     work_dir: Path = DEFAULT_IMAGE_WORK_DIR
     image_security_policy_uri: str | None = None
     image_security_policy: str | None = None
@@ -136,10 +107,10 @@ class ImageConfig:
     sigstore_config: str | None = None
     authenticated_registry_credentials_uri: str | None = None
     registry_configuration_uri: str | None = None
-    registry_config: RegistryConfigFile | None = None
+    registry_config: RegistryConfig | None = None
     max_concurrent_layer_downloads_per_image: int = 3
     extra_root_certificates: tuple[str, ...] = ()
-    image_pull_proxy: ProxyConfig | None = None
+    image_pull_proxy: ProxyConfig | None = None  # image_pull.registries_conf.ProxyConfig
     pull_timeout: float = DEFAULT_PULL_TIMEOUT  # seconds; applies whatever deadline the caller sends
 
 
@@ -149,7 +120,7 @@ class CdhConfig:
     socket: str = DEFAULT_CDH_SOCKET
     aa_socket: str = DEFAULT_AA_SOCKET
     credentials: tuple[Credential, ...] = ()
-    image: ImageConfig = field(default_factory=ImageConfig)
+    image: CdhImageConfig = field(default_factory=CdhImageConfig)
     skip_sealed_secret_verification: bool = False
     log_level: str = "info"
     unknown_keys: tuple[str, ...] = ()  # dotted paths, reported as a warning
@@ -159,53 +130,28 @@ class CdhConfig:
 # --------------------------------------------------------------------------- helpers
 
 
-def _str(d: Mapping[str, Any], key: str, where: str) -> str | None:
-    v = d.get(key)
-    if v is None:
-        return None
-    if not isinstance(v, str):
-        raise ConfigError(f"{where}{key} must be a string")
-    return v
+def _fields(table: Any, where: str = "") -> Fields:
+    """A reader over one table of cdh.toml: unknown keys are collected (upstream ignores them)."""
+    return Fields(table, error=ConfigError, where=where)
 
 
-def _bool(d: Mapping[str, Any], key: str, where: str, default: bool = False) -> bool:
-    v = d.get(key, default)
-    if not isinstance(v, bool):
-        raise ConfigError(f"{where}{key} must be a boolean")
-    return v
+def _merge(into: Fields, sub: Fields) -> None:
+    """``sub`` is done: its unknown keys count as ``into``'s."""
+    sub.done()
+    into.unknown.extend(sub.unknown)
+    into.notes.extend(sub.notes)
 
 
-def _table(d: Mapping[str, Any], key: str, where: str) -> dict[str, Any] | None:
-    v = d.get(key)
-    if v is None:
-        return None
-    if not isinstance(v, dict):
-        raise ConfigError(f"{where}{key} must be a table")
-    return v
+def _table(f: Fields, key: str) -> Fields | None:
+    """The sub-table ``key`` with cdh.toml's message for a wrong type."""
+    if key in f.table and not isinstance(f.table[key], dict):
+        raise f.fail(key, "must be a table")
+    return f.sub(key)
 
 
-class _UnknownKey(str):
-    """A dotted unknown key that remembers the closest known key of its table."""
-
-    hint: str | None = None
-
-    def described(self) -> str:
-        table, _, _ = self.rpartition(".")
-        text = f"{self} in [{table}]" if table else f"{self} at the top level"
-        return text + (f" (did you mean {self.hint}?)" if self.hint else "")
-
-
-def _unknown(d: Mapping[str, Any], known: set[str], where: str, out: list[str]) -> None:
-    for k in d:
-        if k not in known:
-            key = _UnknownKey(f"{where}{k}")
-            key.hint = closest(k, known)
-            out.append(key)
-
-
-def describe_unknown(keys: Sequence[str]) -> str:
-    """``kbc.kbs_certs in [kbc] (did you mean kbs_cert?), ...`` for a warning."""
-    return ", ".join(k.described() if isinstance(k, _UnknownKey) else k for k in keys)
+def describe_unknown(notes: Sequence[str]) -> str:
+    """``unknown key kbc.kbs_certs in [kbc] (did you mean kbs_cert?), ...`` for a warning."""
+    return ", ".join(notes)
 
 
 def check_credential_path(path: str) -> PurePosixPath:
@@ -224,137 +170,130 @@ def check_credential_path(path: str) -> PurePosixPath:
     return p
 
 
-def _credentials(raw: Any, out_unknown: list[str]) -> tuple[Credential, ...]:
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        raise ConfigError("credentials must be an array of tables")
+def _credentials(f: Fields) -> tuple[Credential, ...]:
+    raw = f.get("credentials", list, [])
     creds = []
     for i, c in enumerate(raw):
-        where = f"credentials[{i}]."
+        where = f"credentials[{i}]"
         if not isinstance(c, dict):
-            raise ConfigError(f"credentials[{i}] must be a table")
-        _unknown(c, {"resource_uri", "path"}, where, out_unknown)
-        uri, path = _str(c, "resource_uri", where), _str(c, "path", where)
+            raise ConfigError(f"{where} must be a table")
+        cf = _fields(c, where)
+        uri, path = cf.str("resource_uri"), cf.str("path")
         if uri is None or path is None:
-            raise ConfigError(f"{where}resource_uri and {where}path are required")
+            raise ConfigError(f"{where}.resource_uri and {where}.path are required")
+        _merge(f, cf)
         creds.append(Credential(uri, check_credential_path(path)))
     return tuple(creds)
 
 
-def _proxy(raw: Mapping[str, Any], where: str, unknown: list[str]) -> ProxyConfig:
-    _unknown(raw, {"https_proxy", "http_proxy", "no_proxy"}, where, unknown)
-    return ProxyConfig(
-        https_proxy=_str(raw, "https_proxy", where),
-        http_proxy=_str(raw, "http_proxy", where),
-        no_proxy=_str(raw, "no_proxy", where),
-    )
+def _proxy(f: Fields) -> ProxyConfig:
+    return ProxyConfig.from_list(f.str("https_proxy"), f.str("http_proxy"), f.str("no_proxy"))
 
 
-def parse_registry_config(raw: Mapping[str, Any], where: str, unknown: list[str]) -> RegistryConfigFile:
-    """Parse the ``registries.conf`` subset (inline table or a fetched TOML file)."""
-    _unknown(raw, {"unqualified-search-registries", "registry"}, where, unknown)
-    usr = raw.get("unqualified-search-registries", [])
-    if not isinstance(usr, list) or not all(isinstance(x, str) for x in usr):
-        raise ConfigError(f"{where}unqualified-search-registries must be an array of strings")
-    regs_raw = raw.get("registry", [])
-    if not isinstance(regs_raw, list):
-        raise ConfigError(f"{where}registry must be an array of tables")
-    regs = []
-    for i, r in enumerate(regs_raw):
-        w = f"{where}registry[{i}]."
-        if not isinstance(r, dict):
-            raise ConfigError(f"{where}registry[{i}] must be a table")
-        _unknown(r, {"prefix", "location", "insecure", "blocked", "mirror"}, w, unknown)
-        prefix = _str(r, "prefix", w)
-        location = _str(r, "location", w)
-        if prefix is None and location is None:
-            raise ConfigError(f"{w}prefix or {w}location is required")
-        mirrors = []
-        mraw = r.get("mirror", [])
-        if not isinstance(mraw, list):
-            raise ConfigError(f"{w}mirror must be an array of tables")
-        for j, m in enumerate(mraw):
-            mw = f"{w}mirror[{j}]."
-            if not isinstance(m, dict):
-                raise ConfigError(f"{w}mirror[{j}] must be a table")
-            _unknown(m, {"location", "insecure"}, mw, unknown)
-            loc = _str(m, "location", mw)
-            if loc is None:
-                raise ConfigError(f"{mw}location is required")
-            mirrors.append(RegistryMirror(loc, _bool(m, "insecure", mw)))
-        regs.append(
-            RegistryEntry(
-                prefix=prefix if prefix is not None else location or "",
-                location=location if location is not None else prefix or "",
-                insecure=_bool(r, "insecure", w),
-                blocked=_bool(r, "blocked", w),
-                mirrors=tuple(mirrors),
-            )
-        )
-    return RegistryConfigFile(tuple(usr), tuple(regs))
+def _known_only(parent: Fields, raw: Any, known: set[str], where: str) -> Any:
+    """``raw`` without its unknown keys (recorded in ``parent``); a non-table as it is."""
+    if not isinstance(raw, dict):
+        return raw
+    f = _fields(raw, where)
+    f.used.update(known)
+    _merge(parent, f)
+    return {k: v for k, v in raw.items() if k in known}
 
 
-_IMAGE_KEYS = {
-    "work_dir",
-    "image_security_policy_uri",
-    "image_security_policy",
-    "sigstore_config_uri",
-    "sigstore_config",
-    "authenticated_registry_credentials_uri",
-    "registry_configuration_uri",
-    "registry_config",
-    "max_concurrent_layer_downloads_per_image",
-    "extra_root_certificates",
-    "image_pull_proxy",
-    "pull_timeout",  # this implementation: seconds for one pull, even when the caller sets no deadline
-    "skip_proxy_ips",  # legacy (before 2025-05)
-    "nydus",  # legacy (removed 2025-12): accepted and ignored with a warning
-}
+_REGISTRY_KEYS = {"prefix", "location", "insecure", "blocked", "mirror"}
 
 
-def _image(raw: Mapping[str, Any], unknown: list[str]) -> ImageConfig:
-    w = "image."
-    _unknown(raw, _IMAGE_KEYS, w, unknown)
-    if "nydus" in raw:
+def parse_registry_config(f: Fields) -> RegistryConfig:
+    """The ``registries.conf`` subset (inline table or a fetched TOML file), parsed by
+    image_pull's own rules; unknown keys are recorded in ``f`` (upstream ignores them)."""
+    known = {"unqualified-search-registries", "registry"}
+    f.used.update(known)
+    f.done()
+    doc = {k: v for k, v in f.table.items() if k in known}
+    doc.setdefault("unqualified-search-registries", [])  # none unless configured (image-rs)
+    regs = doc.get("registry", [])
+    if isinstance(regs, list):
+        doc["registry"] = []
+        for i, r in enumerate(regs):
+            entry = _known_only(f, r, _REGISTRY_KEYS, f.name(f"registry[{i}]"))
+            mirrors = entry.get("mirror", []) if isinstance(entry, dict) else None
+            if isinstance(mirrors, list):
+                entry["mirror"] = [
+                    _known_only(f, m, {"location", "insecure"}, f.name(f"registry[{i}].mirror[{j}]"))
+                    for j, m in enumerate(mirrors)
+                ]
+            doc["registry"].append(entry)
+    try:
+        return RegistryConfig.from_mapping(doc)
+    except PolicyRejected as exc:
+        raise ConfigError(f"{f.where or 'registry configuration'}: {exc}") from exc
+
+
+def _positive(f: Fields, key: str, default: float, upper: float, what: str, *, whole: bool = False) -> float:
+    """A number in (0, upper], an integer with ``whole`` (TOML ``true`` is not 1)."""
+    f.used.add(key)
+    value = f.table.get(key, default)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or (whole and not isinstance(value, int))
+    ):
+        raise f.fail(key, what)
+    if not 0 < value <= upper:
+        raise f.fail(key, what)
+    return float(value)
+
+
+def _image_proxy(f: Fields) -> ProxyConfig | None:
+    raw = f.table.get("image_pull_proxy")
+    if raw is None:
+        return None
+    if isinstance(raw, str):  # legacy form: https proxy URL + skip_proxy_ips
+        f.used.add("image_pull_proxy")
+        return ProxyConfig.from_list(raw, None, f.str("skip_proxy_ips"))
+    if not isinstance(raw, dict):
+        raise f.fail("image_pull_proxy", "must be a table or a string")
+    sub = f.sub("image_pull_proxy")
+    assert sub is not None
+    proxy = _proxy(sub)
+    sub.done()
+    return proxy
+
+
+def _image(f: Fields) -> CdhImageConfig:
+    """``[image]`` (image-rs ``ImageConfig``, current and legacy spellings)."""
+    if "nydus" in f.table:  # legacy (removed 2025-12): accepted and ignored with a warning
+        f.used.add("nydus")
         log.warning("[image.nydus] is no longer supported upstream and is ignored")
-    work_dir = _str(raw, "work_dir", w)
-    mc = raw.get("max_concurrent_layer_downloads_per_image", 3)
-    if not isinstance(mc, int) or isinstance(mc, bool) or mc < 1:
-        raise ConfigError(f"{w}max_concurrent_layer_downloads_per_image must be a positive integer")
-    pt = raw.get("pull_timeout", DEFAULT_PULL_TIMEOUT)
-    if not isinstance(pt, int | float) or isinstance(pt, bool) or not 0 < pt <= 86400:
-        raise ConfigError(f"{w}pull_timeout must be a number of seconds in (0, 86400]")
-    certs = raw.get("extra_root_certificates", [])
-    if not isinstance(certs, list) or not all(isinstance(c, str) for c in certs):
-        raise ConfigError(f"{w}extra_root_certificates must be an array of PEM strings")
-    proxy_raw = raw.get("image_pull_proxy")
-    proxy: ProxyConfig | None
-    if proxy_raw is None:
-        proxy = None
-    elif isinstance(proxy_raw, str):  # legacy form: https proxy URL + skip_proxy_ips
-        proxy = ProxyConfig(https_proxy=proxy_raw, no_proxy=_str(raw, "skip_proxy_ips", w))
-    elif isinstance(proxy_raw, dict):
-        proxy = _proxy(proxy_raw, f"{w}image_pull_proxy.", unknown)
-    else:
-        raise ConfigError(f"{w}image_pull_proxy must be a table or a string")
-    rc_raw = _table(raw, "registry_config", w)
-    return ImageConfig(
+    f.used.add("skip_proxy_ips")  # legacy (before 2025-05), read with a string image_pull_proxy
+    work_dir = f.str("work_dir")
+    key = "max_concurrent_layer_downloads_per_image"
+    mc = int(_positive(f, key, 3, float("inf"), "must be a positive integer", whole=True))
+    # this implementation: seconds for one pull, even when the caller sets no deadline
+    pt = _positive(
+        f, "pull_timeout", DEFAULT_PULL_TIMEOUT, 86400, "must be a number of seconds in (0, 86400]"
+    )
+    certs = f.get("extra_root_certificates", list, [])
+    if not all(isinstance(c, str) for c in certs):
+        raise f.fail("extra_root_certificates", "must be an array of PEM strings")
+    proxy = _image_proxy(f)
+    rc = _table(f, "registry_config")
+    image = CdhImageConfig(
         work_dir=Path(work_dir) if work_dir else DEFAULT_IMAGE_WORK_DIR,
-        image_security_policy_uri=_str(raw, "image_security_policy_uri", w),
-        image_security_policy=_str(raw, "image_security_policy", w),
-        sigstore_config_uri=_str(raw, "sigstore_config_uri", w),
-        sigstore_config=_str(raw, "sigstore_config", w),
-        authenticated_registry_credentials_uri=_str(raw, "authenticated_registry_credentials_uri", w),
-        registry_configuration_uri=_str(raw, "registry_configuration_uri", w),
-        registry_config=(
-            parse_registry_config(rc_raw, f"{w}registry_config.", unknown) if rc_raw is not None else None
-        ),
+        image_security_policy_uri=f.str("image_security_policy_uri"),
+        image_security_policy=f.str("image_security_policy"),
+        sigstore_config_uri=f.str("sigstore_config_uri"),
+        sigstore_config=f.str("sigstore_config"),
+        authenticated_registry_credentials_uri=f.str("authenticated_registry_credentials_uri"),
+        registry_configuration_uri=f.str("registry_configuration_uri"),
+        registry_config=parse_registry_config(rc) if rc is not None else None,
         max_concurrent_layer_downloads_per_image=mc,
         extra_root_certificates=tuple(certs),
         image_pull_proxy=proxy,
-        pull_timeout=float(pt),
+        pull_timeout=pt,
     )
+    f.done()
+    return image
 
 
 # --------------------------------------------------------------------------- kernel cmdline
@@ -383,18 +322,16 @@ def _parse_kbc_params(value: str, where: str) -> KbcConfig:
     return KbcConfig(name=name, url=url)
 
 
-def _image_from_cmdline(params: Mapping[str, str]) -> ImageConfig:
+def _image_from_cmdline(params: Mapping[str, str]) -> CdhImageConfig:
     proxy = None
     if any(k in params for k in ("agent.https_proxy", "agent.http_proxy", "agent.no_proxy")):
-        proxy = ProxyConfig(
-            https_proxy=params.get("agent.https_proxy") or None,
-            http_proxy=params.get("agent.http_proxy") or None,
-            no_proxy=params.get("agent.no_proxy") or None,
+        proxy = ProxyConfig.from_list(
+            params.get("agent.https_proxy"), params.get("agent.http_proxy"), params.get("agent.no_proxy")
         )
     policy = None
     if params.get("agent.enable_signature_verification", "false").lower() == "true":
         policy = params.get("agent.image_policy_file") or None
-    return ImageConfig(
+    return CdhImageConfig(
         authenticated_registry_credentials_uri=params.get("agent.image_registry_auth") or None,
         image_security_policy_uri=policy,
         image_pull_proxy=proxy,
@@ -429,6 +366,51 @@ def _read_limited(path: Path, limit: int, what: str) -> bytes:
 # --------------------------------------------------------------------------- entry point
 
 
+def _from_file(path: Path, params: Mapping[str, str], env: Mapping[str, str], notes: list[str]) -> CdhConfig:
+    """``cdh.toml`` (``[image]`` falls back to the kernel command line; ``AA_KBC_PARAMS`` wins)."""
+    raw_bytes = _read_limited(path, MAX_CONFIG_BYTES, "config file")
+    try:
+        raw = tomllib.loads(raw_bytes.decode())
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+    f = _fields(raw)
+    kf = _table(f, "kbc")
+    if kf is None:
+        raise ConfigError("config file has no [kbc] section (name is required)")
+    name = kf.str("name")
+    if not name:
+        raise ConfigError("kbc.name is required")
+    kbc = KbcConfig(name, kf.str("url") or "", kf.str("kbs_cert"))
+    kf.done()
+    env_kbc = env.get("AA_KBC_PARAMS")
+    if env_kbc:  # a pre-set environment wins over the file (upstream behaviour)
+        kbc = replace(_parse_kbc_params(env_kbc, "AA_KBC_PARAMS"), kbs_cert=kbc.kbs_cert)
+    af = _table(f, "aa") or _fields({}, "aa")
+    lf = _table(f, "log") or _fields({}, "log")
+    imf = _table(f, "image")
+    image = _image(imf) if imf is not None else _image_from_cmdline(params)
+    cfg = CdhConfig(
+        kbc=kbc,
+        socket=f.str("socket") or DEFAULT_CDH_SOCKET,
+        aa_socket=af.str("aa_socket") or DEFAULT_AA_SOCKET,
+        credentials=_credentials(f),
+        image=image,
+        skip_sealed_secret_verification=bool(f.bool("skip_sealed_secret_verification", False)),
+        log_level=lf.str("level") or "info",
+        source="file",
+    )
+    for t in (af, lf, f):
+        t.done()
+    notes.extend(f.notes)
+    return replace(cfg, unknown_keys=tuple(f.unknown))
+
+
+def _from_kernel(params: Mapping[str, str], env: Mapping[str, str]) -> CdhConfig:
+    kbc_param = env.get("AA_KBC_PARAMS") or params.get("agent.aa_kbc_params")
+    kbc = _parse_kbc_params(kbc_param, "agent.aa_kbc_params") if kbc_param else KbcConfig("offline_fs_kbc")
+    return CdhConfig(kbc=kbc, image=_image_from_cmdline(params), source="kernel")
+
+
 def load_config(
     path: Path | None,
     *,
@@ -448,63 +430,14 @@ def load_config(
         except ConfigError:
             cmdline = ""
     params = parse_kernel_cmdline(cmdline)
-    unknown: list[str] = []
-
-    if path is not None:
-        raw_bytes = _read_limited(path, MAX_CONFIG_BYTES, "config file")
-        try:
-            raw = tomllib.loads(raw_bytes.decode())
-        except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
-        _unknown(
-            raw,
-            {"socket", "skip_sealed_secret_verification", "aa", "kbc", "credentials", "image", "log"},
-            "",
-            unknown,
-        )
-        kbc_raw = _table(raw, "kbc", "")
-        if kbc_raw is None:
-            raise ConfigError("config file has no [kbc] section (name is required)")
-        _unknown(kbc_raw, {"name", "url", "kbs_cert"}, "kbc.", unknown)
-        name = _str(kbc_raw, "name", "kbc.")
-        if not name:
-            raise ConfigError("kbc.name is required")
-        kbc = KbcConfig(name, _str(kbc_raw, "url", "kbc.") or "", _str(kbc_raw, "kbs_cert", "kbc."))
-        aa_raw = _table(raw, "aa", "") or {}
-        _unknown(aa_raw, {"aa_socket"}, "aa.", unknown)
-        log_raw = _table(raw, "log", "") or {}
-        _unknown(log_raw, {"level"}, "log.", unknown)
-        image_raw = _table(raw, "image", "")
-        image = _image(image_raw, unknown) if image_raw is not None else _image_from_cmdline(params)
-        cfg = CdhConfig(
-            kbc=kbc,
-            socket=_str(raw, "socket", "") or DEFAULT_CDH_SOCKET,
-            aa_socket=_str(aa_raw, "aa_socket", "aa.") or DEFAULT_AA_SOCKET,
-            credentials=_credentials(raw.get("credentials"), unknown),
-            image=image,
-            skip_sealed_secret_verification=_bool(raw, "skip_sealed_secret_verification", ""),
-            log_level=_str(log_raw, "level", "log.") or "info",
-            source="file",
-        )
-        env_kbc = env.get("AA_KBC_PARAMS")
-        if env_kbc:  # a pre-set environment wins over the file (upstream behaviour)
-            cfg = replace(
-                cfg, kbc=replace(_parse_kbc_params(env_kbc, "AA_KBC_PARAMS"), kbs_cert=kbc.kbs_cert)
-            )
-    else:
-        kbc_param = env.get("AA_KBC_PARAMS") or params.get("agent.aa_kbc_params")
-        kbc = (
-            _parse_kbc_params(kbc_param, "agent.aa_kbc_params") if kbc_param else KbcConfig("offline_fs_kbc")
-        )
-        cfg = CdhConfig(kbc=kbc, image=_image_from_cmdline(params), source="kernel")
-
+    notes: list[str] = []  # one line per unknown key
+    cfg = _from_file(path, params, env, notes) if path is not None else _from_kernel(params, env)
     if kbc_resources := params.get("cdh.kbs_resources"):
         cfg = replace(cfg, credentials=cfg.credentials + _kbs_resources(kbc_resources))
     if auth := env.get("CDH_DEFAULT_IMAGE_AUTHENTICATED_REGISTRY_CREDENTIALS"):
         cfg = replace(cfg, image=replace(cfg.image, authenticated_registry_credentials_uri=auth))
-    cfg = replace(cfg, unknown_keys=tuple(unknown))
-    if unknown:
-        log.warning("ignoring unknown configuration keys: %s", describe_unknown(unknown))
+    if notes:
+        log.warning("ignoring unknown configuration keys: %s", describe_unknown(notes))
     if cfg.skip_sealed_secret_verification:
         log.warning(
             "INSECURE: skip_sealed_secret_verification = true: sealed secrets are accepted WITHOUT "
@@ -517,9 +450,7 @@ def write_ocicrypt_config(socket: str, path: Path = OCICRYPT_CONFIG_PATH) -> Pat
     """Write the ocicrypt key-provider config pointing at this CDH and return its path."""
     body = {"key-providers": {"attestation-agent": {"ttrpc": socket}}}
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(body))
-    tmp.replace(path)
+    write_atomic(path, json.dumps(body).encode(), mode=0o644)  # read by the runtime's ocicrypt
     return path
 
 

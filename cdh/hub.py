@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from cdh.aa import AaClient
 from cdh.config import CdhConfig
 from cdh.errors import CdhError, ConfigError, ResourceError
-from cdh.image import ImagePullHandler
+from cdh.image import ImagePullService
 from cdh.kbc import CcKbc, OfflineFsKbc, ResourceGetter
 from cdh.keyprovider import KeyUnwrapper
 from cdh.sealed_secret import SEALED_SECRET_DIR, KmsProvider, LocalKekProvider, SecretUnsealer
@@ -94,7 +94,7 @@ class Hub:
             **mount_kwargs,
         )
         self.key_unwrapper = KeyUnwrapper(resources, kms=self.kms)
-        self.images = ImagePullHandler(
+        self.images = ImagePullService(
             cfg.image,
             resources=resources,
             aa=self.aa,

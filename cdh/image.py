@@ -16,20 +16,23 @@ import logging
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Protocol
 
 from cdh.aa import AaClient, MeasurementResult
-from cdh.config import ImageConfig, RegistryConfigFile, describe_unknown, parse_registry_config
+from cdh.config import CdhImageConfig, describe_unknown, parse_registry_config
 from cdh.errors import CdhError, ConfigError, ImagePullFailed
 from cdh.files import read_limited
 from cdh.kbc import ResourceGetter
+from coco_common.fields import Fields
 from coco_rpc import RpcError, parse_address
+from image_pull.errors import ImagePullError
+from image_pull.registries_conf import RegistryConfig
 
-if TYPE_CHECKING:  # image_pull is imported when the first pull needs it
-    from image_pull.hooks import KeyUnwrapper
+if TYPE_CHECKING:  # image_pull's engine is imported when the first pull needs it
+    from image_pull.hooks import KeyUnwrapper, PolicyCheck
     from image_pull.puller import PullerConfig
 
-__all__ = ["MEASUREMENT_DOMAIN", "ImagePullHandler", "measurement_content"]
+__all__ = ["MEASUREMENT_DOMAIN", "ImagePullService", "Puller", "PullerFactory", "measurement_content"]
 
 log = logging.getLogger(__name__)
 
@@ -42,22 +45,36 @@ def measurement_content(image_url: str, digest: str) -> str:
     return '{"image":"' + image_url + '", "digest":"' + digest + '"}'
 
 
-class ImagePullHandler:
+class Pulled(Protocol):
+    @property
+    def manifest_digest(self) -> str: ...
+
+
+class Puller(Protocol):
+    """What PullImage needs of a puller (:class:`image_pull.puller.ImagePuller`)."""
+
+    async def pull(self, image_ref: str, bundle_dir: Path) -> Pulled: ...
+
+
+PullerFactory = Callable[["PullerConfig"], Puller]
+
+
+class ImagePullService:
     def __init__(
         self,
-        cfg: ImageConfig,
+        cfg: CdhImageConfig,
         *,
         resources: ResourceGetter | None,
         aa: AaClient | None,
         key_provider: KeyUnwrapper | None = None,
-        puller_factory: Callable[[Any], Any] | None = None,
+        puller_factory: PullerFactory | None = None,
     ) -> None:
         self.cfg = cfg
         self.resources = resources
         self.aa = aa
         self.key_provider = key_provider
         self._factory = puller_factory
-        self._puller: Any = None
+        self._puller: Puller | None = None
         self._lock = asyncio.Lock()
 
     async def _fetch(self, uri: str) -> bytes:
@@ -70,7 +87,7 @@ class ImagePullHandler:
             raise ConfigError(f"cannot fetch {uri}: no KBC configured")
         return await self.resources.get_resource(uri)
 
-    async def _registry_config(self) -> RegistryConfigFile | None:
+    async def _registry_config(self) -> RegistryConfig | None:
         if self.cfg.registry_config is not None:
             return self.cfg.registry_config
         if self.cfg.registry_configuration_uri:
@@ -79,66 +96,57 @@ class ImagePullHandler:
                 table = tomllib.loads(raw.decode())
             except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
                 raise ConfigError("registry configuration is not valid TOML") from exc
-            unknown: list[str] = []
-            rc = parse_registry_config(table, "registry_configuration.", unknown)
-            if unknown:
-                log.warning("ignoring unknown registry configuration keys: %s", describe_unknown(unknown))
+            fields = Fields(table, error=ConfigError, where="registry_configuration")
+            rc = parse_registry_config(fields)
+            if fields.notes:
+                log.warning(
+                    "ignoring unknown registry configuration keys: %s", describe_unknown(fields.notes)
+                )
             return rc
         return None
 
+    async def _uri_or_inline(self, uri: str | None, inline: str | None) -> bytes | None:
+        if uri:
+            return await self._fetch(uri)
+        return inline.encode() if inline else None
+
+    async def _policy(self) -> PolicyCheck | None:
+        """The signature policy, parsed now: a bad one fails the set-up, with its reason."""
+        c = self.cfg
+        policy = await self._uri_or_inline(c.image_security_policy_uri, c.image_security_policy)
+        if policy is None:
+            return None
+        sigstore = await self._uri_or_inline(c.sigstore_config_uri, c.sigstore_config)
+        from image_pull.trust import TrustPolicy
+
+        return TrustPolicy(
+            policy,
+            sigstore_config=sigstore,
+            resource_getter=self.resources.get_resource if self.resources is not None else None,
+        )
+
     async def build_config(self) -> PullerConfig:
         """The :class:`image_pull.puller.PullerConfig` for ``[image]``."""
-        from image_pull.errors import ImagePullError
-        from image_pull.puller import ProxyConfig, PullerConfig
-        from image_pull.registries_conf import RegistryConfig
+        from image_pull.ocicrypt import LayerDecrypter
+        from image_pull.puller import PullerConfig
 
         c = self.cfg
         auth = None
         if c.authenticated_registry_credentials_uri:
             auth = await self._fetch(c.authenticated_registry_credentials_uri)
-        policy = None
-        if c.image_security_policy_uri:
-            policy = await self._fetch(c.image_security_policy_uri)
-        elif c.image_security_policy:
-            policy = c.image_security_policy.encode()
-        sigstore = None
-        if c.sigstore_config_uri:
-            sigstore = await self._fetch(c.sigstore_config_uri)
-        elif c.sigstore_config:
-            sigstore = c.sigstore_config.encode()
-        rc = await self._registry_config()
-        registry_config = None
-        insecure: frozenset[str] = frozenset()
-        if rc is not None:
-            try:
-                registry_config = RegistryConfig.from_mapping(_registry_dict(rc))
-            except ImagePullError as exc:
-                raise ConfigError(f"registry configuration: {exc}") from exc
-            insecure = frozenset(
-                [r.location for r in rc.registries if r.insecure]
-                + [m.location for r in rc.registries for m in r.mirrors if m.insecure]
-            )
-        proxy = None
-        if c.image_pull_proxy is not None:
-            p = c.image_pull_proxy
-            no_proxy = tuple(x.strip() for x in (p.no_proxy or "").split(",") if x.strip())
-            proxy = ProxyConfig(https_proxy=p.https_proxy, http_proxy=p.http_proxy, no_proxy=no_proxy)
         return PullerConfig(
             work_dir=c.work_dir,
             auth_json=auth,
             extra_root_certs=tuple(x.encode() for x in c.extra_root_certificates),
-            insecure_registries=insecure,
-            registry_config=registry_config,
-            proxy=proxy,
+            registry_config=await self._registry_config(),  # its insecure entries are plain HTTP
+            proxy=c.image_pull_proxy,
             max_concurrent_layers=c.max_concurrent_layer_downloads_per_image,
-            signature_policy=policy,
-            sigstore_config=sigstore,
-            key_provider=self.key_provider,
-            resource_getter=self.resources.get_resource if self.resources is not None else None,
+            signature_policy=await self._policy(),
+            decrypter=LayerDecrypter(key_provider=self.key_provider) if self.key_provider else None,
             pull_timeout=c.pull_timeout,
         )
 
-    async def _get_puller(self) -> Any:
+    async def _get_puller(self) -> Puller:
         if self._puller is None:
             config = await self.build_config()
             if self._factory is not None:
@@ -159,7 +167,7 @@ class ImagePullHandler:
                 puller = await self._get_puller()
             except CdhError as exc:
                 raise ImagePullFailed(f"cannot set up the image client: {exc}") from exc
-            except Exception as exc:  # image_pull missing/broken, or it refused the config
+            except Exception as exc:  # image_pull refused the config, or a factory failed
                 raise ImagePullFailed(f"cannot set up the image client: {_describe(exc)}") from exc
             try:
                 result = await puller.pull(image_url, Path(bundle_path))
@@ -199,26 +207,4 @@ def _describe(exc: Exception) -> str:
     """What of a pull failure may be shown: image_pull's own errors are written
     to be (no credentials in them); any other exception only by its type, as
     its text could carry anything (proxy URLs with passwords, auth.json bytes)."""
-    if isinstance(exc, ImportError):
-        return f"image_pull is unavailable ({type(exc).__name__}: {exc.name})"
-    try:
-        from image_pull.errors import ImagePullError
-    except ImportError:
-        return type(exc).__name__
     return str(exc) if isinstance(exc, ImagePullError) else f"internal error ({type(exc).__name__})"
-
-
-def _registry_dict(rc: RegistryConfigFile) -> dict[str, Any]:
-    return {
-        "unqualified-search-registries": list(rc.unqualified_search_registries),
-        "registry": [
-            {
-                "prefix": r.prefix,
-                "location": r.location,
-                "insecure": r.insecure,
-                "blocked": r.blocked,
-                "mirror": [{"location": m.location, "insecure": m.insecure} for m in r.mirrors],
-            }
-            for r in rc.registries
-        ],
-    }

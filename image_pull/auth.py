@@ -27,10 +27,10 @@ from image_pull.reference import DOCKER_HUB, Reference
 __all__ = [
     "MAX_AUTH_FILE",
     "MAX_TOKEN_RESPONSE",
+    "AuthChallenge",
     "AuthFile",
-    "BearerToken",
-    "Challenge",
     "Credentials",
+    "RegistryToken",
     "parse_challenges",
     "parse_token_response",
 ]
@@ -81,7 +81,7 @@ class AuthFile:
         try:
             doc = strict_loads(untrusted.decode("utf-8"))
         except ValueError:  # also duplicate keys and runaway nesting
-            raise AuthError("auth file is not valid JSON") from None
+            raise AuthError("auth file is not valid JSON") from None  # no cause: it quotes credentials
         if not isinstance(doc, dict):
             raise AuthError("auth file is not a JSON object")
         auths = doc.get("auths", {})
@@ -99,6 +99,7 @@ class AuthFile:
             try:
                 raw = base64.b64decode(enc, validate=True).decode("utf-8")
             except (binascii.Error, UnicodeDecodeError):
+                # no cause: the decoder's error may quote the credential
                 raise AuthError("auth file: an 'auth' value is not base64 of user:password") from None
             user, sep, password = raw.partition(":")
             if not sep:
@@ -123,7 +124,7 @@ class AuthFile:
 
 
 @dataclass(frozen=True)
-class Challenge:
+class AuthChallenge:
     scheme: str  # lowercased: "bearer", "basic", ...
     params: Mapping[str, str]
 
@@ -133,9 +134,9 @@ _PARAM_RE = re.compile(rf"\s*({_TOKEN})\s*=\s*(?:\"((?:[^\"\\]|\\.)*)\"|({_TOKEN
 _SCHEME_RE = re.compile(rf"\s*({_TOKEN})(?:\s+|$)")
 
 
-def parse_challenges(headers: list[str]) -> list[Challenge]:
+def parse_challenges(headers: list[str]) -> list[AuthChallenge]:
     """Parse WWW-Authenticate header values into challenges (lenient on junk)."""
-    out: list[Challenge] = []
+    out: list[AuthChallenge] = []
     for header in headers:
         pos = 0
         text = header[:8192]
@@ -163,12 +164,12 @@ def parse_challenges(headers: list[str]) -> list[Challenge]:
                         pos += 1
                         continue
                 break
-            out.append(Challenge(scheme, params))
+            out.append(AuthChallenge(scheme, params))
     return out
 
 
 @dataclass(frozen=True)
-class BearerToken:
+class RegistryToken:
     token: str = field(repr=False)
     expires_at: float  # time.monotonic() based
 
@@ -176,13 +177,13 @@ class BearerToken:
         return (now if now is not None else time.monotonic()) < self.expires_at - 5.0
 
 
-def parse_token_response(untrusted_body: bytes, *, now_monotonic: float, now_wall: float) -> BearerToken:
+def parse_token_response(untrusted_body: bytes, *, now_monotonic: float, now_wall: float) -> RegistryToken:
     if len(untrusted_body) > MAX_TOKEN_RESPONSE:
         raise AuthError("token response larger than 1 MiB")
     try:
         doc: Any = strict_loads(untrusted_body.decode("utf-8"))
     except ValueError:  # also duplicate keys and runaway nesting (a RecursionError escaped)
-        raise AuthError("token endpoint did not return JSON") from None
+        raise AuthError("token endpoint did not return JSON") from None  # no cause: it may quote the token
     if not isinstance(doc, dict):
         raise AuthError("token response is not a JSON object")
     tok = doc.get("token") or doc.get("access_token")
@@ -200,4 +201,4 @@ def parse_token_response(untrusted_body: bytes, *, now_monotonic: float, now_wal
             age = max(0.0, now_wall - ts)
         except ValueError:
             age = 0.0
-    return BearerToken(tok, now_monotonic + max(lifetime - age, 0.0))
+    return RegistryToken(tok, now_monotonic + max(lifetime - age, 0.0))

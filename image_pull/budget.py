@@ -30,7 +30,7 @@ def free_bytes(path: Path) -> int:
     try:
         st = os.statvfs(path)
     except OSError as exc:
-        raise StoreError(f"cannot stat the work dir: {exc.strerror}") from None
+        raise StoreError(f"cannot stat the work dir: {exc.strerror}") from exc
     return st.f_bavail * st.f_frsize
 
 
@@ -38,7 +38,7 @@ def _fs_size(path: Path) -> int:
     try:
         st = os.statvfs(path)
     except OSError as exc:
-        raise StoreError(f"cannot stat the work dir: {exc.strerror}") from None
+        raise StoreError(f"cannot stat the work dir: {exc.strerror}") from exc
     return st.f_blocks * st.f_frsize
 
 

@@ -19,32 +19,41 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import logging
 import os
 import secrets
 import shutil
 import stat
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from coco_common.files import write_atomic
 from image_pull.errors import BundleError
 from image_pull.manifest import ImageConfig
+from image_pull.unpack.overlay import OVERLAY_OPAQUE, copy_file_sparse
 
 __all__ = [
+    "BundleSpec",
     "build_runtime_config",
-    "copy_file_sparse",
+    "check_empty_rootfs",
+    "check_target",
     "copy_rootfs",
+    "make_bundle",
     "mount_overlay",
     "overlay_supported",
+    "release_bundle",
     "remove_stale_copies",
     "resolve_user",
     "unmount",
 ]
 
+log = logging.getLogger("image_pull.bundle")
+
 DEFAULT_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_PASSWD = 1 << 20
-OVERLAY_OPAQUE = "trusted.overlay.opaque"
 
 
 # ------------------------------------------------------------------ overlay
@@ -193,48 +202,6 @@ def _apply_layer(layer: str, dest: str, links: dict[tuple[int, int], str]) -> No
         os.utime(d, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
-def _copy_range(sfd: int, dfd: int, start: int, end: int) -> None:
-    off = start
-    while off < end:
-        try:
-            n = os.copy_file_range(sfd, dfd, min(end - off, 1 << 30), off, off)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-            data = os.pread(sfd, min(end - off, 1 << 20), off)
-            n = os.pwrite(dfd, data, off) if data else 0
-        if n == 0:
-            raise OSError(errno.EIO, "source file shrank while it was copied")
-        off += n
-
-
-def copy_file_sparse(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
-    """Copy a regular file (never following a symlink), keeping its holes: only the
-    data regions (``SEEK_DATA``/``SEEK_HOLE``) are copied, so a sparse file costs
-    its real blocks, not its apparent size (``shutil.copyfile`` writes holes as zeros)."""
-    sfd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-    try:
-        dfd = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            size = os.fstat(sfd).st_size
-            pos = 0
-            while pos < size:
-                try:
-                    start = os.lseek(sfd, pos, os.SEEK_DATA)
-                except OSError as exc:
-                    if exc.errno == errno.ENXIO:  # only a hole from here to the end
-                        break
-                    raise
-                end = os.lseek(sfd, start, os.SEEK_HOLE)
-                _copy_range(sfd, dfd, start, end)
-                pos = end
-            os.ftruncate(dfd, size)  # a trailing hole
-        finally:
-            os.close(dfd)
-    finally:
-        os.close(sfd)
-
-
 def remove_stale_copies(target: Path) -> None:
     """Remove ``.<target>.<hex>`` dirs that a killed :func:`copy_rootfs` left next to
     ``target``. Call with the bundle's lock held: any such dir is then stale."""
@@ -258,8 +225,8 @@ def copy_rootfs(lowers_bottom_first: Sequence[Path], target: Path) -> None:
     except OSError as exc:
         shutil.rmtree(tmp, ignore_errors=True)
         if exc.errno == errno.ENOSPC:
-            raise BundleError("no space left while copying the rootfs") from None
-        raise BundleError(f"cannot build the flattened rootfs: {exc.strerror}") from None
+            raise BundleError("no space left while copying the rootfs") from exc
+        raise BundleError(f"cannot build the flattened rootfs: {exc.strerror}") from exc
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -364,85 +331,84 @@ _CAPS = [
 ]
 
 
+_BASE_MOUNTS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
+    # (destination, type, source, options), as umoci/runc's default spec
+    ("/proc", "proc", "proc", ()),
+    ("/dev", "tmpfs", "tmpfs", ("nosuid", "strictatime", "mode=755", "size=65536k")),
+    (
+        "/dev/pts",
+        "devpts",
+        "devpts",
+        ("nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"),
+    ),
+    ("/dev/shm", "tmpfs", "shm", ("nosuid", "noexec", "nodev", "mode=1777", "size=65536k")),
+    ("/dev/mqueue", "mqueue", "mqueue", ("nosuid", "noexec", "nodev")),
+    ("/sys", "sysfs", "sysfs", ("nosuid", "noexec", "nodev", "ro")),
+    ("/sys/fs/cgroup", "cgroup", "cgroup", ("nosuid", "noexec", "nodev", "relatime", "ro")),
+)
+_VOLUME_OPTIONS = ("nosuid", "noexec", "nodev", "relatime", "rw")
+_MASKED_PATHS = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/sys/firmware",
+    "/proc/scsi",
+]
+_READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+
+
+def _mounts(cfg: ImageConfig) -> list[dict[str, Any]]:
+    """The runtime's default mounts, then each image Volume as a tmpfs (image-rs)."""
+    rows = list(_BASE_MOUNTS) + [(vol, "tmpfs", "tmpfs", _VOLUME_OPTIONS) for vol in cfg.volumes]
+    out: list[dict[str, Any]] = []
+    for dest, kind, source, options in rows:
+        m: dict[str, Any] = {"destination": dest, "type": kind, "source": source}
+        if options:
+            m["options"] = list(options)
+        out.append(m)
+    return out
+
+
+def _annotations(cfg: ImageConfig, image_ref: str, manifest_digest: str) -> dict[str, str]:
+    """Labels plus image metadata, under the OCI annotation keys."""
+    out: dict[str, str] = dict(cfg.labels)
+    out["org.opencontainers.image.os"] = cfg.os or "linux"
+    optional = {
+        "architecture": cfg.architecture,
+        "variant": cfg.variant,
+        "author": cfg.author,
+        "created": cfg.created,
+        "stopSignal": cfg.stop_signal,
+        "exposedPorts": ",".join(cfg.exposed_ports),
+    }
+    for key, value in optional.items():
+        if value:
+            out[f"org.opencontainers.image.{key}"] = value
+    out["org.opencontainers.image.ref.name"] = image_ref
+    out["io.github.coco-py.image.manifest-digest"] = manifest_digest
+    return out
+
+
 def build_runtime_config(
     cfg: ImageConfig, *, rootfs: Path | None, image_ref: str, manifest_digest: str
 ) -> bytes:
+    """config.json for the image (``rootfs`` is read for user and group names)."""
     if cfg.os and cfg.os != "linux":
         raise BundleError(f"image OS {cfg.os[:20]!r} is not supported (linux only)")
-    args = list(cfg.entrypoint or ()) + list(cfg.cmd or ())
     env = list(cfg.env)
     if not any(e.startswith("PATH=") for e in env):
         env.insert(0, DEFAULT_PATH)
-    mounts: list[dict[str, Any]] = [
-        {"destination": "/proc", "type": "proc", "source": "proc"},
-        {
-            "destination": "/dev",
-            "type": "tmpfs",
-            "source": "tmpfs",
-            "options": ["nosuid", "strictatime", "mode=755", "size=65536k"],
-        },
-        {
-            "destination": "/dev/pts",
-            "type": "devpts",
-            "source": "devpts",
-            "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"],
-        },
-        {
-            "destination": "/dev/shm",
-            "type": "tmpfs",
-            "source": "shm",
-            "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"],
-        },
-        {
-            "destination": "/dev/mqueue",
-            "type": "mqueue",
-            "source": "mqueue",
-            "options": ["nosuid", "noexec", "nodev"],
-        },
-        {
-            "destination": "/sys",
-            "type": "sysfs",
-            "source": "sysfs",
-            "options": ["nosuid", "noexec", "nodev", "ro"],
-        },
-        {
-            "destination": "/sys/fs/cgroup",
-            "type": "cgroup",
-            "source": "cgroup",
-            "options": ["nosuid", "noexec", "nodev", "relatime", "ro"],
-        },
-    ]
-    for vol in cfg.volumes:
-        mounts.append(
-            {
-                "destination": vol,
-                "type": "tmpfs",
-                "source": "tmpfs",
-                "options": ["nosuid", "noexec", "nodev", "relatime", "rw"],
-            }
-        )
-    annotations: dict[str, str] = dict(cfg.labels)
-    annotations["org.opencontainers.image.os"] = cfg.os or "linux"
-    if cfg.architecture:
-        annotations["org.opencontainers.image.architecture"] = cfg.architecture
-    if cfg.variant:
-        annotations["org.opencontainers.image.variant"] = cfg.variant
-    if cfg.author:
-        annotations["org.opencontainers.image.author"] = cfg.author
-    if cfg.created:
-        annotations["org.opencontainers.image.created"] = cfg.created
-    if cfg.stop_signal:
-        annotations["org.opencontainers.image.stopSignal"] = cfg.stop_signal
-    if cfg.exposed_ports:
-        annotations["org.opencontainers.image.exposedPorts"] = ",".join(cfg.exposed_ports)
-    annotations["org.opencontainers.image.ref.name"] = image_ref
-    annotations["io.github.coco-py.image.manifest-digest"] = manifest_digest
     spec: dict[str, Any] = {
         "ociVersion": "1.0.2",
         "process": {
             "terminal": False,
             "user": resolve_user(cfg.user, rootfs),
-            "args": args,
+            "args": list(cfg.entrypoint or ()) + list(cfg.cmd or ()),
             "env": env,
             "cwd": cfg.working_dir or "/",
             "capabilities": {k: list(_CAPS) for k in ("bounding", "effective", "permitted")},
@@ -451,24 +417,144 @@ def build_runtime_config(
         },
         "root": {"path": "rootfs", "readonly": False},
         "hostname": "coco",
-        "mounts": mounts,
-        "annotations": annotations,
+        "mounts": _mounts(cfg),
+        "annotations": _annotations(cfg, image_ref, manifest_digest),
         "linux": {
             "resources": {"devices": [{"allow": False, "access": "rwm"}]},
             "namespaces": [{"type": t} for t in ("pid", "network", "ipc", "uts", "mount")],
-            "maskedPaths": [
-                "/proc/acpi",
-                "/proc/asound",
-                "/proc/kcore",
-                "/proc/keys",
-                "/proc/latency_stats",
-                "/proc/timer_list",
-                "/proc/timer_stats",
-                "/proc/sched_debug",
-                "/sys/firmware",
-                "/proc/scsi",
-            ],
-            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+            "maskedPaths": list(_MASKED_PATHS),
+            "readonlyPaths": list(_READONLY_PATHS),
         },
     }
     return json.dumps(spec, indent=2).encode() + b"\n"
+
+
+# ------------------------------------------------------------------ the bundle
+def check_target(bundle_dir: Path) -> None:
+    """``bundle_dir`` may receive a rootfs and config.json (nothing there yet, no symlinks)."""
+    rootfs = bundle_dir / "rootfs"
+    for p in (rootfs, bundle_dir / "config.json"):
+        if os.path.islink(p):  # mount(8) and the copy would follow it out of the bundle
+            raise BundleError(f"{p} is a symlink; refusing to populate it")
+    if os.path.ismount(rootfs):
+        raise BundleError(
+            f"{rootfs} is already mounted; release the bundle first "
+            f"(coco-image gc --release-bundle {rootfs.parent})"
+        )
+    if rootfs.exists() and (not rootfs.is_dir() or any(rootfs.iterdir())):
+        raise BundleError(f"{rootfs} already exists and is not empty")
+    if (bundle_dir / "config.json").exists():
+        raise BundleError(f"{bundle_dir / 'config.json'} already exists")
+
+
+def check_empty_rootfs(rootfs: Path) -> None:
+    """Right before mounting: ``rootfs`` is still a real, empty directory of the bundle."""
+    st = os.lstat(rootfs)
+    if not stat.S_ISDIR(st.st_mode) or any(os.scandir(rootfs)):
+        raise BundleError(f"{rootfs} changed under the pull (not an empty directory)")
+
+
+@dataclass(frozen=True)
+class BundleSpec:
+    """What goes into one bundle."""
+
+    bundle_dir: Path
+    lowers_bottom_first: tuple[Path, ...]  # committed layer directories
+    image: ImageConfig
+    image_ref: str
+    manifest_digest: str
+    snapshotter: str = "auto"  # "overlay", "copy", or "auto" (overlay, else copy)
+
+
+def _write_config(bundle_dir: Path, spec: bytes) -> None:
+    try:
+        write_atomic(bundle_dir / "config.json", spec, mode=0o644, fsync=False)  # ephemeral, as the store
+    except OSError as exc:
+        raise BundleError(f"cannot write {bundle_dir / 'config.json'}: {exc.strerror}") from exc
+
+
+def _try_overlay(spec: BundleSpec, rootfs: Path, state: Path) -> bool:
+    """Mount the layers at ``rootfs`` (upper/work in ``state``); False: fall back to a copy."""
+    rootfs.mkdir(exist_ok=True)
+    check_empty_rootfs(rootfs)
+    try:
+        mount_overlay(
+            list(reversed(spec.lowers_bottom_first)), state / "upper", state / "work", rootfs, state / "l"
+        )
+    except BundleError:
+        if spec.snapshotter == "overlay":
+            raise
+        log.warning("overlay mount failed; falling back to a flattened copy")
+        return False
+    return True
+
+
+def make_bundle(
+    spec: BundleSpec,
+    *,
+    new_overlay_state: Callable[[], Path],
+    copying: Callable[[], contextlib.AbstractContextManager[None]],
+) -> Path:
+    """Populate ``<bundle>/rootfs`` and write ``<bundle>/config.json``; returns the rootfs.
+
+    Call with the bundle's lock held. ``new_overlay_state`` makes the store directory
+    for an overlay's upper/work dirs (the bundle's GC root); ``copying`` brackets a
+    flattened copy (so GC finds a copy a killed pull left). On failure nothing the
+    call made stays behind.
+    """
+    bundle_dir = spec.bundle_dir
+    check_target(bundle_dir)
+    bundle_dir.mkdir(parents=True, exist_ok=True)
+    rootfs = bundle_dir / "rootfs"
+    # what a pull killed in this step left (we hold the bundle's lock: nobody else is in it)
+    remove_stale_copies(rootfs)
+    for stale in bundle_dir.glob(".config.json.*"):
+        with contextlib.suppress(OSError):
+            stale.unlink()
+    mode = spec.snapshotter
+    if mode == "auto":
+        mode = "overlay" if overlay_supported() else "copy"
+    mounted = copied = False
+    state: Path | None = None
+    try:
+        if mode == "overlay":
+            state = new_overlay_state()
+            mounted = _try_overlay(spec, rootfs, state)
+            if not mounted:
+                shutil.rmtree(state, ignore_errors=True)
+                state = None
+        if not mounted:
+            with copying():
+                copy_rootfs(spec.lowers_bottom_first, rootfs)
+            copied = True
+        config = build_runtime_config(
+            spec.image, rootfs=rootfs, image_ref=spec.image_ref, manifest_digest=spec.manifest_digest
+        )
+        _write_config(bundle_dir, config)
+    except BaseException:
+        if mounted:
+            unmount(rootfs)
+        if state is not None:
+            shutil.rmtree(state, ignore_errors=True)
+        if copied and not os.path.islink(rootfs) and not os.path.ismount(rootfs):
+            shutil.rmtree(rootfs, ignore_errors=True)  # the flattened copy this call made
+        else:
+            with contextlib.suppress(OSError):
+                os.rmdir(rootfs)  # only ever an empty directory: never someone else's files
+        raise
+    return rootfs
+
+
+def release_bundle(bundle_dir: Path, states: Sequence[Path]) -> None:
+    """Unmount/remove ``<bundle>/rootfs`` and its config.json, and the bundle's store
+    ``states`` (call with the bundle's lock held)."""
+    rootfs = bundle_dir / "rootfs"
+    if os.path.ismount(rootfs):
+        unmount(rootfs)
+    for d in states:
+        shutil.rmtree(d, ignore_errors=True)
+    if rootfs.is_dir() and not os.path.ismount(rootfs):
+        shutil.rmtree(rootfs, ignore_errors=True)
+    remove_stale_copies(rootfs)
+    with contextlib.suppress(FileNotFoundError):
+        (bundle_dir / "config.json").unlink()

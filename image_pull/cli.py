@@ -28,12 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     add_version(parser)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, help_text) in _COMMANDS.items():
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue  # subcommand not built yet: the others still work
+        mod = importlib.import_module(module)
         p = sub.add_parser(name, help=help_text)
         mod.configure(p)
         p.set_defaults(_run=mod.run)

@@ -1,12 +1,14 @@
 """Extension points the puller calls: signature policy and layer decryption.
 
 Implemented by :mod:`image_pull.trust` (policy evaluation, signatures from
-:mod:`image_pull.signatures`) and :mod:`image_pull.ocicrypt` (layer decryption),
-called from :mod:`image_pull.puller`.
+:mod:`image_pull.trust.signatures`) and :mod:`image_pull.ocicrypt` (layer
+decryption), called from :mod:`image_pull.puller`.
 
-* :class:`PolicyContext` is everything a signature check needs; the check runs
-  after the manifest and config are verified and **before any layer becomes
-  visible in the bundle**, for cached images too.
+* :class:`PolicyCheck` is what ``PullerConfig.signature_policy`` holds (e.g. a
+  parsed :class:`image_pull.trust.TrustPolicy`): its ``check`` gets a
+  :class:`PolicyContext`, everything a signature check needs. It runs after the
+  manifest and config are verified and **before any layer becomes visible in
+  the bundle**, for cached images too.
 * :class:`LayerDecryptor` wraps the downloaded (verified-as-it-streams)
   ciphertext stream of one encrypted layer and returns a plaintext stream; it
   runs in the layer's worker thread. It must verify integrity (HMAC) by EOF
@@ -17,13 +19,13 @@ called from :mod:`image_pull.puller`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from typing import Protocol
 
 from image_pull.manifest import Manifest
 from image_pull.reference import Reference
 from image_pull.registry import RegistryClient
+from image_pull.stream import Readable
 
 __all__ = ["KeyUnwrapper", "LayerDecryptor", "PolicyCheck", "PolicyContext"]
 
@@ -42,15 +44,14 @@ class PolicyContext:
     index_digest: str | None  # image index digest when the tag named an index
     manifest: Manifest
     manifest_bytes: bytes
-    registry: RegistryClient  # for fetching signatures (cosign .sig tags, registry extension)
-    resource_getter: Callable[[str], Awaitable[bytes]] | None
+    registry: RegistryClient  # for fetching signatures (cosign .sig tags, registry extension, lookaside)
 
 
 class PolicyCheck(Protocol):
-    async def __call__(self, ctx: PolicyContext) -> None:
-        """Return to accept; raise PolicyRejected to reject."""
+    async def check(self, ctx: PolicyContext) -> object:
+        """Return (anything) to accept; raise PolicyRejected to reject."""
         ...
 
 
 class LayerDecryptor(Protocol):
-    def __call__(self, ciphertext: BinaryIO) -> BinaryIO: ...
+    def __call__(self, ciphertext: Readable) -> Readable: ...

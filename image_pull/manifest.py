@@ -32,7 +32,6 @@ __all__ = [
     "layer_compression",
     "parse_config",
     "parse_manifest_document",
-    "strict_json_loads",
 ]
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
@@ -64,15 +63,6 @@ LAYER_TYPES: Mapping[str, tuple[str, bool]] = {
 }
 
 MAX_LAYERS = 512
-
-
-def strict_json_loads(untrusted: bytes, what: str) -> Any:
-    """Strict JSON (:func:`coco_common.strict_json.strict_loads`: duplicate keys,
-    NaN/Infinity, invalid UTF-8, runaway nesting rejected) as a ManifestError."""
-    try:
-        return strict_loads(untrusted.decode("utf-8"))  # UTF-8 only, as Go decoders
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise ManifestError(f"{what} is not valid strict JSON: {str(exc)[:80]}") from None
 
 
 def _get(
@@ -156,7 +146,7 @@ class Descriptor:
         try:
             digest = parse_digest(_get(untrusted, "digest", str, what))
         except InvalidReference as exc:
-            raise ManifestError(f"{what}: {exc}") from None
+            raise ManifestError(f"{what}: {exc}") from exc
         size = _get(untrusted, "size", int, what)
         if size < 0:
             raise ManifestError(f"{what}: negative size")
@@ -213,7 +203,7 @@ def _media_type(content_type: str | None) -> str | None:
 
 def parse_manifest_document(untrusted_body: bytes, content_type: str | None) -> Manifest | Index:
     """Parse a manifest or index body (already digest-checked by the caller)."""
-    doc = strict_json_loads(untrusted_body, "manifest")
+    doc = strict_loads(untrusted_body, error=ManifestError, what="manifest")
     if not isinstance(doc, dict):
         raise ManifestError("manifest is not a JSON object")
     if _get(doc, "schemaVersion", int, "manifest") != 2:
@@ -260,8 +250,8 @@ def layer_compression(media_type: str) -> tuple[str, bool]:
     """(compression, encrypted) for a layer media type; ManifestError if unknown."""
     try:
         return LAYER_TYPES[media_type]
-    except KeyError:
-        raise ManifestError(f"unsupported layer media type {media_type[:80]!r}") from None
+    except KeyError as exc:
+        raise ManifestError(f"unsupported layer media type {media_type[:80]!r}") from exc
 
 
 @dataclass(frozen=True)
@@ -302,7 +292,7 @@ def _keys(v: Any, what: str) -> tuple[str, ...]:
 
 
 def parse_config(untrusted_body: bytes) -> ImageConfig:
-    doc = strict_json_loads(untrusted_body, "image config")
+    doc = strict_loads(untrusted_body, error=ManifestError, what="image config")
     if not isinstance(doc, dict):
         raise ManifestError("image config is not a JSON object")
     rootfs = _get(doc, "rootfs", dict, "image config")
@@ -313,7 +303,7 @@ def parse_config(untrusted_body: bytes) -> ImageConfig:
         for d in diff_ids:
             parse_digest(d)
     except InvalidReference as exc:
-        raise ManifestError(f"image config diff_ids: {exc}") from None
+        raise ManifestError(f"image config diff_ids: {exc}") from exc
     cfg = doc.get("config") or {}
     if not isinstance(cfg, dict):
         raise ManifestError("image config: config must be an object")

@@ -21,10 +21,16 @@ import logging
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from coco_common.files import FileTooLarge, read_bounded
 from image_pull.errors import ImagePullError
 from image_pull.progress import ProgressEvent, TtyProgress
-from image_pull.registries_conf import RegistryConfig
+from image_pull.registries_conf import ProxyConfig, RegistryConfig
+
+if TYPE_CHECKING:
+    from image_pull.hooks import PolicyCheck
+    from image_pull.ocicrypt import LayerDecrypter
 
 __all__ = ["configure", "run"]
 
@@ -88,13 +94,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _read(path: Path, what: str) -> bytes:
     try:
-        with open(path, "rb") as f:
-            data = f.read(MAX_INPUT_FILE + 1)
+        return read_bounded(path, MAX_INPUT_FILE)
+    except FileTooLarge as exc:
+        raise ImagePullError(f"{what} {path} is larger than 4 MiB") from exc
+    except ValueError as exc:  # not a regular file
+        raise ImagePullError(f"cannot read {what} {path}: not a regular file") from exc
     except OSError as exc:
-        raise ImagePullError(f"cannot read {what} {path}: {exc.strerror}") from None
-    if len(data) > MAX_INPUT_FILE:
-        raise ImagePullError(f"{what} {path} is larger than 4 MiB")
-    return data
+        raise ImagePullError(f"cannot read {what} {path}: {exc.strerror}") from exc
 
 
 def _log_progress(ev: ProgressEvent) -> None:
@@ -111,17 +117,34 @@ def _log_progress(ev: ProgressEvent) -> None:
     )
 
 
+def _policy(args: argparse.Namespace) -> PolicyCheck | None:
+    """--policy parsed now: a bad policy fails before the registry is contacted."""
+    if args.policy is None:
+        return None
+    from image_pull.trust import InvalidPolicy, TrustPolicy
+
+    try:
+        return TrustPolicy(_read(args.policy, "policy"), registries_d=args.registries_d)
+    except InvalidPolicy as exc:
+        raise InvalidPolicy(f"--policy {args.policy}: {exc}") from exc
+
+
+def _decrypter(args: argparse.Namespace) -> LayerDecrypter | None:
+    """--decryption-key files loaded now: a bad key fails here, not at the first encrypted layer."""
+    if not args.decryption_key:
+        return None
+    from image_pull.ocicrypt import LayerDecrypter
+
+    return LayerDecrypter(tuple(_read(p, "decryption key") for p in args.decryption_key))
+
+
 async def _main(args: argparse.Namespace) -> int:
-    from image_pull.puller import ImagePuller, ProxyConfig, PullerConfig
+    from image_pull.puller import ImagePuller, PullerConfig
     from image_pull.registry import RetryPolicy
 
     proxy = None
     if args.https_proxy or args.http_proxy:
-        proxy = ProxyConfig(
-            https_proxy=args.https_proxy,
-            http_proxy=args.http_proxy,
-            no_proxy=tuple(x for x in args.no_proxy.split(",") if x.strip()),
-        )
+        proxy = ProxyConfig.from_list(args.https_proxy, args.http_proxy, args.no_proxy)
     config = PullerConfig(
         work_dir=args.work_dir,
         auth_json=_read(args.auth_file, "auth file") if args.auth_file else None,
@@ -132,28 +155,14 @@ async def _main(args: argparse.Namespace) -> int:
         else None,
         proxy=proxy,
         max_concurrent_layers=args.max_concurrent_layers,
-        signature_policy=_read(args.policy, "policy") if args.policy else None,
-        registries_d=args.registries_d,
-        decryption_keys=tuple(_read(p, "decryption key") for p in args.decryption_key),
+        signature_policy=_policy(args),
+        decrypter=_decrypter(args),
         platform=args.platform,
         snapshotter=args.snapshotter,
         pull_timeout=args.timeout,
         max_unpacked_bytes=args.max_unpacked_bytes,
         retry=RetryPolicy(low_speed_limit=args.low_speed_limit, low_speed_time=args.low_speed_time),
     )
-    if config.signature_policy is not None:
-        from image_pull.trust.errors import InvalidPolicy
-        from image_pull.trust.policy import Policy
-
-        try:
-            Policy.from_json(config.signature_policy)  # a bad policy fails now, before the registry
-        except InvalidPolicy as exc:
-            raise InvalidPolicy(f"--policy {args.policy}: {exc}") from None
-    if config.decryption_keys:
-        from image_pull.ocicrypt import load_private_key
-
-        for k in config.decryption_keys:
-            load_private_key(k)  # a bad key file fails now, not at the first encrypted layer
     sinks: list[Callable[[ProgressEvent], None]] = []
     if sys.stderr.isatty():
         sinks.append(TtyProgress(sys.stderr))

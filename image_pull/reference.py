@@ -19,6 +19,7 @@ __all__ = [
     "DOCKER_HUB_ENDPOINT",
     "Reference",
     "is_short_name",
+    "join_reference",
     "normalize_registry",
     "parse_digest",
     "parse_reference",
@@ -100,12 +101,12 @@ class Reference:
         return Reference(normalize_registry(registry), repository or self.repository, self.tag, self.digest)
 
     def __str__(self) -> str:
-        s = self.name
-        if self.tag is not None:
-            s += f":{self.tag}"
-        if self.digest is not None:
-            s += f"@{self.digest}"
-        return s
+        return join_reference(self.name, self.tag, self.digest)
+
+
+def join_reference(name: str, tag: str | None, digest: str | None) -> str:
+    """``name[:tag][@digest]``."""
+    return name + (f":{tag}" if tag is not None else "") + (f"@{digest}" if digest is not None else "")
 
 
 def _split_host(untrusted: str) -> tuple[str | None, str]:

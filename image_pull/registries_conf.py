@@ -29,9 +29,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from image_pull.errors import InvalidReference, PolicyRejected
-from image_pull.reference import DOCKER_HUB, Reference, parse_reference
+from image_pull.reference import DOCKER_HUB, Reference, join_reference, parse_reference
 
-__all__ = ["Candidate", "Mirror", "RegistryConfig", "RegistryRule"]
+__all__ = ["Candidate", "Mirror", "ProxyConfig", "RegistryConfig", "RegistryRule"]
 
 MAX_CONFIG = 1 << 20
 
@@ -72,10 +72,49 @@ def _str(v: object, what: str) -> str:
     return v
 
 
+def _redact_userinfo(url: str | None) -> str | None:
+    if url is None or "@" not in url:
+        return url
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}***@{rest.rsplit('@', 1)[1]}" if sep else "***"
+
+
+@dataclass(frozen=True, repr=False)
+class ProxyConfig:
+    """HTTP(S) proxies for registry traffic. ``no_proxy`` entries: ``host``, ``host:port``,
+    ``.domain``/``*.domain``/``domain`` (the domain and its subdomains), ``*`` (no proxy at all).
+    CIDR ranges are not supported. The environment is never consulted
+    (:func:`image_pull.registry.http_client` turns this into transports)."""
+
+    https_proxy: str | None = None
+    http_proxy: str | None = None
+    no_proxy: tuple[str, ...] = ()
+
+    @classmethod
+    def from_list(cls, https_proxy: str | None, http_proxy: str | None, no_proxy: str | None) -> ProxyConfig:
+        """From the comma-separated ``no_proxy`` form (environment-variable style)."""
+        entries = tuple(x.strip() for x in (no_proxy or "").split(",") if x.strip())
+        return cls(https_proxy=https_proxy or None, http_proxy=http_proxy or None, no_proxy=entries)
+
+    def __repr__(self) -> str:  # proxy URLs may carry user:password
+        return (
+            f"ProxyConfig(https_proxy={_redact_userinfo(self.https_proxy)!r}, "
+            f"http_proxy={_redact_userinfo(self.http_proxy)!r}, no_proxy={self.no_proxy!r})"
+        )
+
+
 @dataclass(frozen=True)
 class RegistryConfig:
     unqualified_search_registries: tuple[str, ...] = (DOCKER_HUB,)
     registries: tuple[RegistryRule, ...] = field(default_factory=tuple)
+
+    def insecure_hosts(self) -> frozenset[str]:
+        """``host[:port]`` of every location and mirror marked ``insecure`` (plain HTTP allowed)."""
+        places = [
+            r.location or r.prefix for r in self.registries if r.insecure
+        ]  # location defaults to prefix
+        places += [m.location for r in self.registries for m in r.mirrors if m.insecure]
+        return frozenset(p.split("/", 1)[0] for p in places if not p.startswith("*."))
 
     @classmethod
     def from_toml(cls, untrusted: bytes) -> RegistryConfig:
@@ -84,7 +123,7 @@ class RegistryConfig:
         try:
             doc = tomllib.loads(untrusted.decode("utf-8"))
         except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise PolicyRejected(f"registries.conf is not valid TOML: {str(exc)[:80]}") from None
+            raise PolicyRejected(f"registries.conf is not valid TOML: {str(exc)[:80]}") from exc
         return cls.from_mapping(doc)
 
     @classmethod
@@ -156,10 +195,10 @@ class RegistryConfig:
             new = location + full[len(prefix) :]
         try:
             return parse_reference(new)
-        except InvalidReference:
+        except InvalidReference as exc:
             raise PolicyRejected(
                 f"registries.conf rewrites the reference to an invalid one: {new[:80]!r}"
-            ) from None
+            ) from exc
 
     def candidates(self, ref: Reference, *, unqualified: bool = False) -> list[Candidate]:
         """Ordered places to pull ``ref`` from.
@@ -175,7 +214,9 @@ class RegistryConfig:
                 if reg != DOCKER_HUB and repo.startswith("library/"):
                     repo = repo[len("library/") :]
                 try:
-                    starts.append((parse_reference(f"{reg}/{repo}" + _suffix(ref)), "search"))
+                    starts.append(
+                        (parse_reference(join_reference(f"{reg}/{repo}", ref.tag, ref.digest)), "search")
+                    )
                 except InvalidReference:
                     continue
         else:
@@ -199,12 +240,3 @@ class RegistryConfig:
         if not out:
             raise PolicyRejected(f"image {ref} is blocked by a registries.conf rule")
         return out
-
-
-def _suffix(ref: Reference) -> str:
-    s = ""
-    if ref.tag is not None:
-        s += f":{ref.tag}"
-    if ref.digest is not None:
-        s += f"@{ref.digest}"
-    return s

@@ -36,6 +36,7 @@ from urllib.parse import urlencode, urljoin, urlsplit
 
 import httpx
 
+from coco_common.http import async_client
 from coco_common.http_body import (
     DECODABLE,
     BodyEncodingError,
@@ -48,10 +49,10 @@ from coco_common.http_body import (
 )
 from coco_common.strict_json import strict_loads
 from image_pull.auth import (
+    AuthChallenge,
     AuthFile,
-    BearerToken,
-    Challenge,
     Credentials,
+    RegistryToken,
     parse_challenges,
     parse_token_response,
 )
@@ -67,6 +68,7 @@ from image_pull.errors import (
 )
 from image_pull.manifest import MANIFEST_ACCEPT
 from image_pull.reference import Reference, parse_digest
+from image_pull.registries_conf import ProxyConfig
 
 __all__ = [
     "MAX_CONFIG_SIZE",
@@ -76,9 +78,58 @@ __all__ = [
     "FetchedManifest",
     "RegistryClient",
     "RetryPolicy",
+    "http_client",
+    "ssl_context",
 ]
 
 log = logging.getLogger("image_pull.registry")
+
+
+def ssl_context(extra_root_certs: tuple[bytes, ...] = ()) -> ssl.SSLContext:
+    """The system trust store plus ``extra_root_certs`` (PEM)."""
+    ctx = ssl.create_default_context()
+    for pem in extra_root_certs:
+        try:
+            ctx.load_verify_locations(cadata=pem.decode("ascii"))
+        except (ssl.SSLError, UnicodeDecodeError, ValueError) as exc:
+            raise RegistryError("an extra root certificate is not a valid PEM certificate") from exc
+    return ctx
+
+
+def _proxy_mounts(proxy: ProxyConfig, verify: ssl.SSLContext) -> dict[str, httpx.AsyncBaseTransport]:
+    m: dict[str, httpx.AsyncBaseTransport] = {}
+    for entry in proxy.no_proxy:
+        e = entry.strip()
+        if not e:
+            continue
+        if e == "*":
+            return {}
+        dom = e.removeprefix("*.").removeprefix(".")
+        direct = httpx.AsyncHTTPTransport(verify=verify)
+        m[f"all://{dom}"] = direct  # the host itself (host[:port] entries too)
+        if not dom.replace(".", "").isdigit() and ":" not in dom:
+            m[f"all://*.{dom}"] = direct  # and its subdomains, as curl's no_proxy does
+    if proxy.https_proxy:
+        m["https://"] = httpx.AsyncHTTPTransport(proxy=proxy.https_proxy, verify=verify)
+    if proxy.http_proxy:
+        m["http://"] = httpx.AsyncHTTPTransport(proxy=proxy.http_proxy, verify=verify)
+    return m
+
+
+def http_client(
+    extra_root_certs: tuple[bytes, ...] = (), proxy: ProxyConfig | None = None
+) -> httpx.AsyncClient:
+    """The HTTP client for registry traffic: no environment, no automatic redirects
+    (:class:`RegistryClient` follows them by hand), ``proxy`` as configured."""
+    verify = ssl_context(extra_root_certs)
+    mounts = _proxy_mounts(proxy, verify) if proxy is not None else {}
+    return async_client(
+        verify=verify,
+        timeout=60.0,
+        connect_timeout=30.0,
+        mounts=mounts or None,
+        limits=httpx.Limits(max_connections=32, max_keepalive_connections=16),
+    )
 
 
 class _NoQueryInHttpxLogs(logging.Filter):
@@ -189,14 +240,32 @@ def _connection_refused(exc: BaseException) -> bool:
     return False
 
 
+def _fatal_transport_error(exc: BaseException, url: httpx.URL, what: str) -> RegistryError | None:
+    """The error for a transport failure no retry mends (TLS trust, connection refused)."""
+    hp = _hostport(url)
+    if _tls_failure(exc):
+        return RegistryError(
+            f"{what}: TLS handshake with {hp} failed (untrusted or invalid certificate): "
+            f"add the registry's CA (coco-image pull --ca-file CA.pem), or if {hp} serves "
+            f"plain HTTP allow that for it (coco-image pull --plain-http {hp}; "
+            "registries.conf: insecure = true)"
+        )
+    if _connection_refused(exc):
+        return RegistryError(
+            f"{what}: cannot connect to {hp} (connection refused): is the registry "
+            "running, and is the host:port in the image reference right?"
+        )
+    return None
+
+
 class _Registry:
     """Per-endpoint auth state."""
 
     def __init__(self) -> None:
         self.pinged = False
         self.ping_error: RegistryError | None = None  # a failed ping fails later requests at once
-        self.challenge: Challenge | None = None
-        self.tokens: dict[str, BearerToken] = {}
+        self.challenge: AuthChallenge | None = None
+        self.tokens: dict[str, RegistryToken] = {}
         self.lock = asyncio.Lock()
 
 
@@ -218,6 +287,11 @@ class RegistryClient:
         self._retry = retry
         self._sleep = sleep
         self._registries: dict[str, _Registry] = {}
+
+    @property
+    def http(self) -> httpx.AsyncClient:
+        """The HTTP client (signature lookaside fetches share its proxy and trust roots)."""
+        return self._http
 
     # ------------------------------------------------------------------ helpers
     def scheme_for(self, endpoint: str) -> str:
@@ -251,11 +325,11 @@ class RegistryClient:
         try:
             return await read_body(resp, limit, decode=decode, speed=self._retry.speed(), what=what)
         except BodyTooLarge as exc:
-            raise TooLarge(str(exc)) from None
+            raise TooLarge(str(exc)) from exc
         except BodyEncodingError as exc:
-            raise RegistryError(str(exc)) from None
+            raise RegistryError(str(exc)) from exc
         except BodyTransportError as exc:
-            raise TransferError(str(exc)) from None
+            raise TransferError(str(exc)) from exc
 
     async def _error_for(self, resp: httpx.Response, what: str) -> ImagePullError:
         """Turn a non-success response into a typed error with a short reason."""
@@ -308,12 +382,12 @@ class RegistryClient:
             await resp.aclose()
         st.pinged = True
 
-    async def _fetch_token(self, ref: Reference, ch: Challenge, scope: str) -> BearerToken:
+    async def _fetch_token(self, ref: Reference, ch: AuthChallenge, scope: str) -> RegistryToken:
         realm = ch.params.get("realm", "")
         try:
             rurl = httpx.URL(realm)
-        except httpx.InvalidURL:
-            raise AuthError("registry sent an invalid token realm") from None
+        except httpx.InvalidURL as exc:
+            raise AuthError("registry sent an invalid token realm") from exc
         if rurl.scheme not in ("https", "http"):
             raise AuthError("registry token realm is not an http(s) URL")
         plain_ok = _hostport(rurl).lower() in self._insecure or self.scheme_for(ref.endpoint) == "http"
@@ -342,13 +416,13 @@ class RegistryClient:
 
     async def _token_once(
         self, url: httpx.URL, rurl: httpx.URL, headers: dict[str, str], ref: Reference
-    ) -> BearerToken:
+    ) -> RegistryToken:
         resp = await self._send("GET", url, headers, ref, what="token request")
         try:
             if resp.status_code != 200:
                 err = await self._error_for(resp, f"token request to {_redact_url(rurl)}")
                 if resp.status_code in (401, 403):
-                    raise AuthError(f"{err}") from None
+                    raise AuthError(f"{err}") from err
                 raise err
             body = await self._read_limited(resp, 1 << 20, "token response", decode=DECODABLE)
         finally:
@@ -379,6 +453,21 @@ class RegistryClient:
             return f"Bearer {tok.token}"
 
     # ------------------------------------------------------------------ transport
+    def _redirect_target(self, cur: httpx.URL, location: str, what: str) -> httpx.URL:
+        """Where a redirect from ``cur`` goes: http(s) only, never https -> plain http
+        unless that host is configured insecure."""
+        try:
+            nxt = httpx.URL(urljoin(str(cur), location))
+        except httpx.InvalidURL:
+            # no cause: a redirect URL carries signed query tokens
+            raise RegistryError(f"{what}: invalid redirect location") from None
+        if nxt.scheme not in ("http", "https"):
+            raise RegistryError(f"{what}: redirect to a non-HTTP URL")
+        downgrade = cur.scheme == "https" and nxt.scheme == "http"
+        if downgrade and _hostport(nxt).lower() not in self._insecure:
+            raise RegistryError(f"{what}: refusing redirect from https to plain http")
+        return nxt
+
     async def _send(
         self, method: str, url: httpx.URL, headers: dict[str, str], ref: Reference, *, what: str
     ) -> httpx.Response:
@@ -402,15 +491,7 @@ class RegistryClient:
                     if resp.status_code in _REDIRECT_STATUS and "location" in resp.headers:
                         loc = resp.headers["location"]
                         await resp.aclose()
-                        try:
-                            nxt = httpx.URL(urljoin(str(cur), loc))
-                        except httpx.InvalidURL:
-                            raise RegistryError(f"{what}: invalid redirect location") from None
-                        if nxt.scheme not in ("http", "https"):
-                            raise RegistryError(f"{what}: redirect to a non-HTTP URL")
-                        downgrade = cur.scheme == "https" and nxt.scheme == "http"
-                        if downgrade and _hostport(nxt).lower() not in self._insecure:
-                            raise RegistryError(f"{what}: refusing redirect from https to plain http")
+                        nxt = self._redirect_target(cur, loc, what)
                         if _origin(nxt) != _origin(cur):
                             hdrs.pop("Authorization", None)
                             log.info("%s: redirected to %s", what, _redact_url(nxt))
@@ -421,19 +502,11 @@ class RegistryClient:
                     await resp.aclose()
                     raise RegistryError(f"{what}: more than {MAX_REDIRECTS} redirects")
             except (httpx.TransportError, TimeoutError) as exc:
-                if _tls_failure(exc):
-                    hp = _hostport(cur)
-                    raise RegistryError(
-                        f"{what}: TLS handshake with {hp} failed (untrusted or invalid certificate): "
-                        f"add the registry's CA (coco-image pull --ca-file CA.pem), or if {hp} serves "
-                        f"plain HTTP allow that for it (coco-image pull --plain-http {hp}; "
-                        "registries.conf: insecure = true)"
-                    ) from None
-                if _connection_refused(exc):
-                    raise RegistryError(
-                        f"{what}: cannot connect to {_hostport(cur)} (connection refused): is the registry "
-                        "running, and is the host:port in the image reference right?"
-                    ) from None
+                # the errors below drop httpx's cause: its text carries the request URL,
+                # query included (signed blob URLs hold tokens); _redact_url shows the rest
+                fatal = _fatal_transport_error(exc, cur, what)
+                if fatal is not None:
+                    raise fatal from None
                 name = "no response headers in time" if isinstance(exc, TimeoutError) else type(exc).__name__
                 delay = self._delay(attempt, None)
                 if attempt + 1 >= self._retry.attempts or waited + delay > self._retry.max_retry_wait:
@@ -619,7 +692,7 @@ class RegistryClient:
                 try:
                     check_codings(resp, (), what)
                 except BodyEncodingError as exc:
-                    raise RegistryError(str(exc)) from None
+                    raise RegistryError(str(exc)) from exc
                 cl = resp.headers.get("content-length")
                 if resp.status_code == 200 and cl is not None and cl.isdigit() and int(cl) != size:
                     raise DigestMismatch(f"{what}: registry sends {cl} bytes, descriptor says {size}")
@@ -632,10 +705,10 @@ class RegistryClient:
                             await sink(chunk)
                             if on_bytes is not None:
                                 on_bytes(len(chunk))
-                except BodyTooLarge:
-                    raise DigestMismatch(f"{what}: more data than the descriptor size {size}") from None
+                except BodyTooLarge as exc:
+                    raise DigestMismatch(f"{what}: more data than the descriptor size {size}") from exc
                 except BodyEncodingError as exc:
-                    raise RegistryError(str(exc)) from None
+                    raise RegistryError(str(exc)) from exc
                 except BodyTransportError as exc:
                     interrupted = True
                     log.info("%s: %s at byte %d", what, exc, offset)

@@ -32,10 +32,12 @@ import json
 import os
 import secrets
 import shutil
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from coco_common.files import read_bounded, write_atomic
+from coco_common.strict_json import strict_loads
 from image_pull.errors import InsufficientSpace, StoreError
 
 __all__ = ["MAX_CACHED_BLOB", "LayerRecord", "LayerStore", "bundle_key", "chain_ids"]
@@ -60,6 +62,11 @@ def bundle_key(bundle_dir: Path) -> str:
     return "sha256:" + hashlib.sha256(str(Path(bundle_dir).resolve()).encode()).hexdigest()
 
 
+def _bundle_id(bundle_dir: Path) -> str:
+    """The ``bundles/<id>.*`` name of a bundle directory's state in the store."""
+    return hashlib.sha256(str(Path(bundle_dir).resolve()).encode()).hexdigest()[:32]
+
+
 def _hex(digest: str) -> str:
     return digest.split(":", 1)[1]
 
@@ -82,7 +89,7 @@ class LayerRecord:
     @classmethod
     def from_json(cls, untrusted: bytes) -> LayerRecord | None:
         try:
-            doc = json.loads(untrusted)
+            doc = strict_loads(untrusted)
             if not isinstance(doc, dict):
                 return None
             rec = cls(**doc)
@@ -108,7 +115,7 @@ class LayerStore:
             for d in (self.layers, self.staging, self.locks, self.images, self.bundles, self.blobs):
                 d.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise StoreError(f"cannot create the layer store in {self.root}: {exc.strerror}") from None
+            raise StoreError(f"cannot create the layer store in {self.root}: {exc.strerror}") from exc
 
     # ------------------------------------------------------------ layers
     def layer_dir(self, chain_id: str) -> Path:
@@ -123,11 +130,10 @@ class LayerStore:
     def read_record(self, chain_id: str) -> LayerRecord | None:
         """The committed layer's record, or None when absent or unreadable."""
         try:
-            with open(self.layer_dir(chain_id) / "layer.json", "rb") as f:
-                data = f.read(MAX_RECORD + 1)
-        except OSError:
+            data = read_bounded(self.layer_dir(chain_id) / "layer.json", MAX_RECORD)
+        except (OSError, ValueError):  # FileTooLarge is a ValueError
             return None
-        return LayerRecord.from_json(data) if len(data) <= MAX_RECORD else None
+        return LayerRecord.from_json(data)
 
     @contextlib.asynccontextmanager
     async def lock(self, chain_id: str) -> AsyncIterator[None]:
@@ -139,8 +145,8 @@ class LayerStore:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise InsufficientSpace(
                     f"no space (or no free inodes) left in {self.root} for a lock file"
-                ) from None
-            raise StoreError(f"cannot create a lock file in {self.root}: {exc.strerror}") from None
+                ) from exc
+            raise StoreError(f"cannot create a lock file in {self.root}: {exc.strerror}") from exc
         try:
             delay = 0.005
             while True:
@@ -169,8 +175,8 @@ class LayerStore:
                 raise InsufficientSpace(
                     f"no space (or no free inodes) left in {self.root} for a layer; "
                     "free space or run the layer GC"
-                ) from None
-            raise StoreError(f"cannot create a staging dir in {self.root}: {exc.strerror}") from None
+                ) from exc
+            raise StoreError(f"cannot create a staging dir in {self.root}: {exc.strerror}") from exc
         return d
 
     def commit(self, staging: Path, record: LayerRecord) -> Path:
@@ -179,8 +185,8 @@ class LayerStore:
             (staging / "layer.json").write_bytes(record.to_json())
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise InsufficientSpace(f"no space (or no free inodes) left in {self.root}") from None
-            raise StoreError(f"cannot commit layer {record.chain_id}: {exc.strerror}") from None
+                raise InsufficientSpace(f"no space (or no free inodes) left in {self.root}") from exc
+            raise StoreError(f"cannot commit layer {record.chain_id}: {exc.strerror}") from exc
         final = self.layer_dir(record.chain_id)
         try:
             os.rename(staging, final)
@@ -188,15 +194,14 @@ class LayerStore:
             if exc.errno in (errno.EEXIST, errno.ENOTEMPTY):
                 shutil.rmtree(staging, ignore_errors=True)  # someone committed it meanwhile
             else:
-                raise StoreError(f"cannot commit layer {record.chain_id}: {exc.strerror}") from None
+                raise StoreError(f"cannot commit layer {record.chain_id}: {exc.strerror}") from exc
         return final / "fs"
 
     def in_live_bundle(self, chain_id: str) -> bool:
         """Whether a recorded overlay bundle uses the layer as a lower."""
         for f in self.bundles.glob("*/bundle.json"):
             try:
-                with open(f, "rb") as fh:
-                    doc = json.loads(fh.read(MAX_RECORD * 16))
+                doc = strict_loads(read_bounded(f, MAX_RECORD * 16))
             except (OSError, ValueError):
                 return True  # cannot tell: assume it is used
             if isinstance(doc, dict) and chain_id in doc.get("layers", []):
@@ -211,7 +216,7 @@ class LayerStore:
         except FileNotFoundError:
             return
         except OSError as exc:
-            raise StoreError(f"cannot remove damaged layer {chain_id}: {exc.strerror}") from None
+            raise StoreError(f"cannot remove damaged layer {chain_id}: {exc.strerror}") from exc
         shutil.rmtree(trash, ignore_errors=True)
 
     @staticmethod
@@ -225,11 +230,10 @@ class LayerStore:
         if algo not in ("sha256", "sha512"):
             return None
         try:
-            with open(self.blobs / f"{algo}-{hexpart}", "rb") as f:
-                data = f.read(MAX_CACHED_BLOB + 1)
-        except OSError:
+            data = read_bounded(self.blobs / f"{algo}-{hexpart}", MAX_CACHED_BLOB)
+        except (OSError, ValueError):
             return None
-        if len(data) > MAX_CACHED_BLOB or hashlib.new(algo, data).hexdigest() != hexpart:
+        if hashlib.new(algo, data).hexdigest() != hexpart:
             return None
         return data
 
@@ -237,12 +241,8 @@ class LayerStore:
         algo, _, hexpart = digest.partition(":")
         if len(data) > MAX_CACHED_BLOB or hashlib.new(algo, data).hexdigest() != hexpart:
             return
-        tmp = self.blobs / f".{algo}-{hexpart}.{secrets.token_hex(4)}"
-        try:
-            tmp.write_bytes(data)
-            os.replace(tmp, self.blobs / f"{algo}-{hexpart}")
-        except OSError:
-            tmp.unlink(missing_ok=True)  # a cache: failing to fill it is not an error
+        with contextlib.suppress(OSError):  # a cache: failing to fill it is not an error
+            write_atomic(self.blobs / f"{algo}-{hexpart}", data, mode=0o644, fsync=False)
 
     # ------------------------------------------------------------ images and GC roots
     def record_image(
@@ -261,15 +261,14 @@ class LayerStore:
             "index_digest": index_digest,
             "layers": chain,
         }
-        tmp = self.images / f".{_hex(manifest_digest)}.{secrets.token_hex(4)}"
         try:
-            tmp.write_text(json.dumps(doc, sort_keys=True))
-            os.replace(tmp, self.images / f"{_hex(manifest_digest)}.json")
+            # a GC root: the rename makes it all-or-nothing; a crash loses only the record
+            data = json.dumps(doc, sort_keys=True).encode()
+            write_atomic(self.images / f"{_hex(manifest_digest)}.json", data, mode=0o644, fsync=False)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise InsufficientSpace(f"no space left in {self.root} to record the image") from None
-            raise StoreError(f"cannot record the image in {self.root}: {exc.strerror}") from None
+                raise InsufficientSpace(f"no space left in {self.root} to record the image") from exc
+            raise StoreError(f"cannot record the image in {self.root}: {exc.strerror}") from exc
 
     def remove_image(self, manifest_digest: str) -> bool:
         try:
@@ -282,7 +281,7 @@ class LayerStore:
         keep: set[str] = set()
         for f in self.images.glob("*.json"):
             try:
-                doc = json.loads(f.read_text())
+                doc = strict_loads(read_bounded(f, MAX_RECORD * 16))
             except (OSError, ValueError):
                 continue
             for k in ("manifest_digest", "config_digest", "index_digest"):
@@ -294,26 +293,48 @@ class LayerStore:
         keep: set[str] = set()
         for f in list(self.images.glob("*.json")) + list(self.bundles.glob("*/bundle.json")):
             try:
-                doc = json.loads(f.read_text())
+                doc = strict_loads(read_bounded(f, MAX_RECORD * 16))
                 keep.update(_hex(c) for c in doc.get("layers", []) if isinstance(c, str) and ":" in c)
             except (OSError, ValueError):
                 continue
         return keep
 
+    def new_bundle_state(self, bundle_dir: Path, chain: list[str]) -> Path:
+        """``bundles/<id>.<random>``: the overlay upper/work dirs of a bundle about to be
+        mounted, with ``bundle.json`` naming the bundle and its layers (a GC root)."""
+        d = self.bundles / f"{_bundle_id(bundle_dir)}.{secrets.token_hex(4)}"
+        d.mkdir()
+        doc = {"bundle": str(bundle_dir.resolve()), "layers": chain}
+        write_atomic(d / "bundle.json", json.dumps(doc).encode(), mode=0o644, fsync=False)
+        return d
+
+    def bundle_states(self, bundle_dir: Path) -> list[Path]:
+        """Every ``bundles/<id>.*`` directory of ``bundle_dir`` (overlay state, copy records)."""
+        return list(self.bundles.glob(f"{_bundle_id(bundle_dir)}.*"))
+
+    @contextlib.contextmanager
+    def copying(self, bundle_dir: Path) -> Iterator[None]:
+        """While a flattened copy into ``bundle_dir`` runs (see :meth:`begin_copy`)."""
+        rec = self.begin_copy(bundle_dir)
+        try:
+            yield
+        finally:
+            self.end_copy(rec)
+
     def begin_copy(self, bundle_dir: Path) -> Path:
         """Record that a flattened copy into ``bundle_dir`` starts (call with the bundle's
         lock held): if the process dies mid-copy, :meth:`gc` finds the partial
         ``<bundle>/.rootfs.*`` through this record. :meth:`end_copy` drops it."""
-        key = hashlib.sha256(str(bundle_dir.resolve()).encode()).hexdigest()[:32]
-        d = self.bundles / f"{key}.copy-{secrets.token_hex(4)}"
+        d = self.bundles / f"{_bundle_id(bundle_dir)}.copy-{secrets.token_hex(4)}"
         try:
             d.mkdir()
-            (d / "copying.json").write_text(json.dumps({"bundle": str(bundle_dir.resolve())}))
+            doc = {"bundle": str(bundle_dir.resolve())}
+            write_atomic(d / "copying.json", json.dumps(doc).encode(), mode=0o644, fsync=False)
         except OSError as exc:
             shutil.rmtree(d, ignore_errors=True)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise InsufficientSpace(f"no space (or no free inodes) left in {self.root}") from None
-            raise StoreError(f"cannot record the bundle copy in {self.root}: {exc.strerror}") from None
+                raise InsufficientSpace(f"no space (or no free inodes) left in {self.root}") from exc
+            raise StoreError(f"cannot record the bundle copy in {self.root}: {exc.strerror}") from exc
         return d
 
     @staticmethod
@@ -324,7 +345,7 @@ class LayerStore:
         """Partial flattened copies of pulls that died mid-copy (their bundle lock is free)."""
         for rec in self.bundles.glob("*/copying.json"):
             try:
-                bundle = Path(str(json.loads(rec.read_text())["bundle"]))
+                bundle = Path(str(strict_loads(read_bounded(rec, MAX_RECORD * 16))["bundle"]))
             except (OSError, ValueError, KeyError, TypeError):
                 shutil.rmtree(rec.parent, ignore_errors=True)
                 continue
@@ -349,7 +370,7 @@ class LayerStore:
         self._sweep_dead_copies()
         for rec in self.bundles.glob("*/bundle.json"):
             try:
-                doc = json.loads(rec.read_text())
+                doc = strict_loads(read_bounded(rec, MAX_RECORD * 16))
                 rootfs = Path(str(doc["bundle"])) / "rootfs"
             except (OSError, ValueError, KeyError, TypeError):
                 continue
@@ -421,7 +442,7 @@ class LayerStore:
         try:
             st = os.statvfs(self.root)
         except OSError as exc:
-            raise StoreError(f"cannot stat the work dir: {exc.strerror}") from None
+            raise StoreError(f"cannot stat the work dir: {exc.strerror}") from exc
         free = st.f_bavail * st.f_frsize
         if free < needed + reserve:
             raise InsufficientSpace(

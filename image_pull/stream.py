@@ -17,7 +17,7 @@ import hashlib
 import io
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Protocol, cast
 
 from image_pull.errors import ImagePullError, InsufficientSpace, UnpackError
 
@@ -31,6 +31,8 @@ __all__ = [
     "CountingReader",
     "HashingReader",
     "PipeAborted",
+    "Readable",
+    "as_binary",
 ]
 
 #: uncompressed bytes per compressed byte received, plus :data:`_RATIO_SLACK`
@@ -41,10 +43,21 @@ _RATIO_SLACK = 1 << 20
 PROGRESS_STEP = 1 << 20
 
 
+class Readable(Protocol):
+    """What the layer pipeline needs of a stream: ``read(n)`` returning bytes (b"" at EOF)."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
+def as_binary(stream: Readable) -> BinaryIO:
+    """``stream`` for an API typed ``BinaryIO`` that only calls ``read(n)`` on it (the unpacker)."""
+    return cast(BinaryIO, stream)
+
+
 class CountingReader(io.RawIOBase):
     """Counts the bytes read through it (the compressed bytes that really arrived)."""
 
-    def __init__(self, inner: BinaryIO) -> None:
+    def __init__(self, inner: Readable) -> None:
         super().__init__()
         self._inner = inner
         # a buffered reader's read(n) waits for n bytes; read1 returns what has arrived,
@@ -175,7 +188,7 @@ class HashingReader(io.RawIOBase):
 
     def __init__(
         self,
-        inner: BinaryIO,
+        inner: Readable,
         algo: str,
         *,
         limit: int,

@@ -52,14 +52,15 @@ def _b64url(v: Any, what: str) -> bytes:
         raise InvalidEncryptedLayer(f"JWE {what} is not a string")
     try:
         return base64.urlsafe_b64decode(v + "=" * (-len(v) % 4))
-    except (binascii.Error, ValueError):
-        raise InvalidEncryptedLayer(f"JWE {what} is not base64url") from None
+    except (binascii.Error, ValueError) as exc:
+        raise InvalidEncryptedLayer(f"JWE {what} is not base64url") from exc
 
 
 def _strict(untrusted: bytes, what: str) -> Any:
     try:
         return strict_loads(untrusted)
     except ValueError as exc:
+        # no cause: the parser's error may quote the decrypted options (the layer key)
         raise InvalidEncryptedLayer(f"{what} is not valid strict JSON: {str(exc)[:80]}") from None
 
 
@@ -183,8 +184,8 @@ def _epk(header: dict[str, Any], key: ec.EllipticCurvePrivateKey) -> ec.Elliptic
     y = int.from_bytes(_b64url(epk.get("y"), "epk.y"), "big")
     try:
         return ec.EllipticCurvePublicNumbers(x, y, curve()).public_key()
-    except ValueError:
-        raise InvalidEncryptedLayer("JWE ephemeral key is not a point on its curve") from None
+    except ValueError as exc:
+        raise InvalidEncryptedLayer("JWE ephemeral key is not a point on its curve") from exc
 
 
 def _unwrap_cek(key: PrivateKey, header: dict[str, Any], encrypted_key: bytes, enc: str) -> bytes:
@@ -195,8 +196,8 @@ def _unwrap_cek(key: PrivateKey, header: dict[str, Any], encrypted_key: bytes, e
         h: hashes.HashAlgorithm = hashes.SHA1() if alg == "RSA-OAEP" else hashes.SHA256()  # noqa: S303
         try:
             return key.decrypt(encrypted_key, _oaep(h))
-        except ValueError:
-            raise KeyUnavailable("RSA-OAEP unwrap failed (another key)") from None
+        except ValueError as exc:
+            raise KeyUnavailable("RSA-OAEP unwrap failed (another key)") from exc
     if isinstance(alg, str) and (alg == "ECDH-ES" or alg in _KW_LEN):
         if not isinstance(key, ec.EllipticCurvePrivateKey):
             raise KeyUnavailable("key type does not fit the recipient")
@@ -210,8 +211,8 @@ def _unwrap_cek(key: PrivateKey, header: dict[str, Any], encrypted_key: bytes, e
         kek = _concat_kdf(z, alg, _KW_LEN[alg], apu, apv)
         try:
             return aes_key_unwrap(kek, encrypted_key)
-        except (InvalidUnwrap, ValueError):
-            raise KeyUnavailable("ECDH-ES key unwrap failed (another key)") from None
+        except (InvalidUnwrap, ValueError) as exc:
+            raise KeyUnavailable("ECDH-ES key unwrap failed (another key)") from exc
     raise InvalidEncryptedLayer(f"unsupported JWE key management algorithm {str(alg)[:30]!r}")
 
 
@@ -227,8 +228,8 @@ def _content_decrypt(enc: str, cek: bytes, iv: bytes, ct: bytes, tag: bytes, aad
     if enc.endswith("GCM"):
         try:
             return AESGCM(cek).decrypt(iv, ct + tag, aad)
-        except (InvalidTag, ValueError):
-            raise KeyUnavailable("JWE content decryption failed (wrong key or tampered)") from None
+        except (InvalidTag, ValueError) as exc:
+            raise KeyUnavailable("JWE content decryption failed (wrong key or tampered)") from exc
     half = len(cek) // 2
     mac_key, enc_key = cek[:half], cek[half:]
     hname = {32: "sha256", 48: "sha384", 64: "sha512"}[len(cek)]
@@ -243,8 +244,8 @@ def _content_decrypt(enc: str, cek: bytes, iv: bytes, ct: bytes, tag: bytes, aad
     u = padding.PKCS7(128).unpadder()
     try:
         return u.update(padded) + u.finalize()
-    except ValueError:
-        raise KeyUnavailable("JWE content padding is invalid") from None
+    except ValueError as exc:
+        raise KeyUnavailable("JWE content padding is invalid") from exc
 
 
 def jwe_decrypt(untrusted_jwe: bytes, keys: Sequence[PrivateKey]) -> bytes:

@@ -19,8 +19,6 @@ Flow for one ``+encrypted`` layer descriptor (reference oci.md §4):
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import hmac
 import io
@@ -32,10 +30,12 @@ from typing import Any, BinaryIO
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from coco_common.b64 import b64_decode
 from image_pull.hooks import KeyUnwrapper
 from image_pull.manifest import Descriptor
 from image_pull.ocicrypt.errors import IntegrityError, InvalidEncryptedLayer, KeyUnavailable
 from image_pull.ocicrypt.jwe import PrivateKey, _strict, jwe_decrypt, load_private_key
+from image_pull.stream import Readable
 
 __all__ = [
     "ANNOTATION_JWE",
@@ -70,9 +70,9 @@ def _b64std(v: Any, what: str) -> bytes:
     if not isinstance(v, str):
         raise InvalidEncryptedLayer(f"{what} is not a base64 string")
     try:
-        return base64.b64decode(v, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidEncryptedLayer(f"{what} is not valid base64") from None
+        return b64_decode(v)
+    except ValueError as exc:
+        raise InvalidEncryptedLayer(f"{what} is not valid base64") from exc
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ class LayerKey:
 class DecryptingReader(io.RawIOBase):
     """Streams plaintext out of ``ciphertext``; at EOF checks HMAC and digest or raises."""
 
-    def __init__(self, ciphertext: BinaryIO, key: LayerKey) -> None:
+    def __init__(self, ciphertext: Readable, key: LayerKey) -> None:
         super().__init__()
         self._inner = ciphertext
         self._dec = Cipher(algorithms.AES(key.symkey), modes.CTR(key.nonce)).decryptor()

@@ -1,4 +1,4 @@
-"""Errors of :mod:`image_pull.trust` and :mod:`image_pull.signatures`.
+"""Errors of :mod:`image_pull.trust` and :mod:`image_pull.trust.signatures`.
 
 PolicyRejected (image_pull.errors)
 ├── InvalidPolicy        containers-policy.json / registries.d / key material is malformed

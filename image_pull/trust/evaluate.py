@@ -37,17 +37,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import httpx
-
+from coco_common.files import FileTooLarge, read_bounded
 from image_pull.errors import ImagePullError, InvalidReference
 from image_pull.hooks import PolicyContext
 from image_pull.ocicrypt.layer import provider_refusal
 from image_pull.reference import Reference, parse_reference
-from image_pull.signatures import cosign
-from image_pull.signatures.gpg import dearmor_keyring, verify_signed_message
-from image_pull.signatures.lookaside import fetch_lookaside, fetch_registry_extension
-from image_pull.signatures.payload import COSIGN_TYPE, SIMPLE_SIGNING_TYPE, SignaturePayload, parse_payload
-from image_pull.signatures.registries_d import RegistriesD
 from image_pull.trust.errors import InvalidPolicy, SignatureRejected
 from image_pull.trust.policy import (
     IdentityRule,
@@ -63,6 +57,16 @@ from image_pull.trust.policy import (
     identity_matches,
     parse_identity,
 )
+from image_pull.trust.signatures import cosign
+from image_pull.trust.signatures.gpg import dearmor_keyring, verify_signed_message
+from image_pull.trust.signatures.lookaside import fetch_lookaside, fetch_registry_extension
+from image_pull.trust.signatures.payload import (
+    COSIGN_TYPE,
+    SIMPLE_SIGNING_TYPE,
+    SignaturePayload,
+    parse_payload,
+)
+from image_pull.trust.signatures.registries_d import RegistriesD
 
 __all__ = ["MAX_KEY_BYTES", "Accepted", "TrustPolicy"]
 
@@ -108,7 +112,7 @@ class _Pull:
             base = self.tp.registries_d.lookaside_for(ref)
             for d in self.digests:
                 if base is not None:
-                    out += await fetch_lookaside(base, ref, d, self.tp.http)
+                    out += await fetch_lookaside(base, ref, d, self.ctx.registry.http)
                 try:
                     out += await fetch_registry_extension(self.ctx.registry, ref, d)
                 except SignatureRejected:
@@ -142,14 +146,12 @@ class TrustPolicy:
         registries_d: Path | None = None,
         sigstore_config: bytes | None = None,
         resource_getter: ResourceGetter | None = None,
-        http: httpx.AsyncClient | None = None,
         now: Callable[[], dt.datetime] | None = None,
     ) -> None:
         self.policy = Policy.from_json(policy_json)
         self.registries_d = RegistriesD.load(registries_d, sigstore_config)
         self.has_registries_config = registries_d is not None or sigstore_config is not None
         self.resource_getter = resource_getter
-        self.http = http
         self._now = now or (lambda: dt.datetime.now(dt.UTC))
 
     # ------------------------------------------------------------------ keys
@@ -176,10 +178,13 @@ class TrustPolicy:
         if not path.startswith("/"):
             raise InvalidPolicy(f"key path {location[:80]} must be absolute (or a kbs:// URI)")
         try:
-            with open(path, "rb") as f:
-                return f.read(MAX_KEY_BYTES + 1)
+            return read_bounded(path, MAX_KEY_BYTES)
+        except FileTooLarge as exc:
+            raise InvalidPolicy(f"key {location[:80]} is larger than 4 MiB") from exc
+        except ValueError as exc:
+            raise InvalidPolicy(f"cannot read key {path[:80]}: not a regular file") from exc
         except OSError as exc:
-            raise InvalidPolicy(f"cannot read key {path[:80]}: {exc.strerror}") from None
+            raise InvalidPolicy(f"cannot read key {path[:80]}: {exc.strerror}") from exc
 
     # ------------------------------------------------------------------ check
     async def check(self, ctx: PolicyContext) -> Accepted:
@@ -202,7 +207,7 @@ class TrustPolicy:
                 raise SignatureRejected(
                     f"{logical} rejected by policy scope {scope or '(transport default)'!r}, "
                     f"requirement {i + 1} ({_type_name(req)}): {exc}"
-                ) from None
+                ) from exc
         log.info("policy accepted %s (scope %r, %s)", logical, scope, ", ".join(signers) or "no signatures")
         return Accepted(scope, tuple(_type_name(r) for r in reqs), tuple(signers))
 

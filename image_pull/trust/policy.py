@@ -27,17 +27,16 @@ may be absent (containers/image makes it optional).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Set
 from dataclasses import dataclass
 from typing import Any
 
+from coco_common.b64 import b64_decode
 from coco_common.cli import closest
 from coco_common.strict_json import strict_loads
 from image_pull.errors import InvalidReference
-from image_pull.reference import Reference, parse_reference
+from image_pull.reference import Reference, join_reference, parse_reference
 from image_pull.trust.errors import InvalidPolicy
 
 __all__ = [
@@ -76,10 +75,10 @@ def _strict_loads(untrusted: bytes) -> Any:
     try:
         return strict_loads(untrusted)
     except ValueError as exc:
-        raise InvalidPolicy(f"policy is not valid JSON: {str(exc)[:80]}") from None
+        raise InvalidPolicy(f"policy is not valid JSON: {str(exc)[:80]}") from exc
 
 
-def _obj(v: Any, what: str, allowed: set[str], required: set[str] = frozenset()) -> dict[str, Any]:  # type: ignore[assignment]
+def _obj(v: Any, what: str, allowed: set[str], required: Set[str] = frozenset()) -> dict[str, Any]:
     if not isinstance(v, dict):
         raise InvalidPolicy(f"{what} must be a JSON object")
     unknown = set(v) - allowed
@@ -100,9 +99,9 @@ def _str(v: Any, what: str, *, empty: bool = False) -> str:
 def _b64(v: Any, what: str) -> bytes:
     s = _str(v, what)
     try:
-        return base64.b64decode(s, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidPolicy(f"{what} is not valid base64") from None
+        return b64_decode(s)
+    except ValueError as exc:
+        raise InvalidPolicy(f"{what} is not valid base64") from exc
 
 
 # ---------------------------------------------------------------------- model
@@ -213,12 +212,7 @@ class ParsedIdentity:
     digest: str | None
 
     def __str__(self) -> str:
-        s = self.name
-        if self.tag is not None:
-            s += f":{self.tag}"
-        if self.digest is not None:
-            s += f"@{self.digest}"
-        return s
+        return join_reference(self.name, self.tag, self.digest)
 
     @property
     def name_only(self) -> bool:
@@ -273,7 +267,7 @@ def _parse_identity_rule(v: Any, what: str) -> IdentityRule:
             s = _validate_prefix(_str(o["signedPrefix"], f"{what}.signedPrefix"), f"{what}.signedPrefix")
             return RemapIdentity(p, s)
     except InvalidReference as exc:
-        raise InvalidPolicy(f"{what}: {exc}") from None
+        raise InvalidPolicy(f"{what}: {exc}") from exc
     raise InvalidPolicy(f"{what}: unknown signedIdentity type {str(t)[:40]!r}")
 
 
@@ -282,8 +276,8 @@ def _validate_prefix(p: str, what: str) -> str:
         return p
     try:
         r = parse_identity(p)
-    except InvalidReference:
-        raise InvalidPolicy(f"{what}: {p[:80]!r} is not a host[:port], namespace or repository") from None
+    except InvalidReference as exc:
+        raise InvalidPolicy(f"{what}: {p[:80]!r} is not a host[:port], namespace or repository") from exc
     if not r.name_only or r.name != p:
         raise InvalidPolicy(f"{what}: {p[:80]!r} must be a fully expanded name without tag or digest")
     return p
@@ -329,113 +323,108 @@ def _count(o: Mapping[str, Any], names: tuple[str, ...]) -> int:
     return sum(1 for n in names if n in o)
 
 
+def _signed_identity(o: Mapping[str, Any], what: str) -> IdentityRule:
+    if "signedIdentity" in o:
+        return _parse_identity_rule(o["signedIdentity"], f"{what}.signedIdentity")
+    return MatchRepoDigestOrExact()
+
+
+def _insecure_accept_anything(v: dict[str, Any], what: str) -> Requirement:
+    _obj(v, what, {"type"})
+    return InsecureAcceptAnything()
+
+
+def _reject(v: dict[str, Any], what: str) -> Requirement:
+    _obj(v, what, {"type"})
+    return Reject()
+
+
+def _signed_by(v: dict[str, Any], what: str) -> Requirement:
+    o = _obj(v, what, {"type", "keyType", "keyPath", "keyPaths", "keyData", "signedIdentity"}, {"keyType"})
+    key_type = _str(o["keyType"], f"{what}.keyType")
+    if key_type not in ("GPGKeys", "signedByGPGKeys", "X509Certificates", "signedByX509CAs"):
+        raise InvalidPolicy(f"{what}: unknown keyType {key_type[:40]!r}")
+    if _count(o, ("keyPath", "keyPaths", "keyData")) != 1:
+        raise InvalidPolicy(f"{what}: exactly one of keyPath, keyPaths and keyData is required")
+    keys = _keys(o, what, "keyPath", "keyPaths", "keyData", None, data_is_pem=False)
+    return SignedBy(key_type, keys, _signed_identity(o, what))
+
+
+def _fulcio(v: Any, what: str) -> FulcioConfig:
+    f = _obj(v, what, {"caPath", "caData", "oidcIssuer", "subjectEmail"}, {"oidcIssuer", "subjectEmail"})
+    if _count(f, ("caPath", "caData")) != 1:
+        raise InvalidPolicy(f"{what}: exactly one of caPath and caData is required")
+    ca = _keys(f, what, "caPath", None, "caData", None, data_is_pem=True)[0]
+    return FulcioConfig(ca, _str(f["oidcIssuer"], "oidcIssuer"), _str(f["subjectEmail"], "subjectEmail"))
+
+
+_PKI_FIELDS = {
+    "caRootsPath",
+    "caRootsData",
+    "caIntermediatesPath",
+    "caIntermediatesData",
+    "subjectHostname",
+    "subjectEmail",
+}
+
+
+def _pki(v: Any, what: str) -> PkiConfig:
+    p = _obj(v, what, _PKI_FIELDS)
+    if _count(p, ("caRootsPath", "caRootsData")) != 1:
+        raise InvalidPolicy(f"{what}: exactly one of caRootsPath and caRootsData is required")
+    if _count(p, ("caIntermediatesPath", "caIntermediatesData")) > 1:
+        raise InvalidPolicy(f"{what}: at most one of caIntermediatesPath and caIntermediatesData")
+    if _count(p, ("subjectHostname", "subjectEmail")) == 0:
+        raise InvalidPolicy(f"{what}: subjectHostname or subjectEmail is required")
+    roots = _keys(p, what, "caRootsPath", None, "caRootsData", None, data_is_pem=True)[0]
+    inter = _keys(p, what, "caIntermediatesPath", None, "caIntermediatesData", None, data_is_pem=True)
+    return PkiConfig(
+        roots,
+        inter[0] if inter else None,
+        _str(p["subjectHostname"], "subjectHostname") if "subjectHostname" in p else None,
+        _str(p["subjectEmail"], "subjectEmail") if "subjectEmail" in p else None,
+    )
+
+
+_SIGSTORE_KEY_FIELDS = ("keyPath", "keyPaths", "keyData", "keyDatas")
+_REKOR_FIELDS = ("rekorPublicKeyPath", "rekorPublicKeyPaths", "rekorPublicKeyData", "rekorPublicKeyDatas")
+
+
+def _sigstore_signed(v: dict[str, Any], what: str) -> Requirement:
+    o = _obj(v, what, {"type", *_SIGSTORE_KEY_FIELDS, "fulcio", "pki", *_REKOR_FIELDS, "signedIdentity"})
+    if _count(o, (*_SIGSTORE_KEY_FIELDS, "fulcio", "pki")) != 1:
+        raise InvalidPolicy(f"{what}: exactly one of keyPath(s), keyData(s), fulcio and pki is required")
+    if _count(o, _REKOR_FIELDS) > 1:
+        raise InvalidPolicy(f"{what}: at most one rekorPublicKey* field is allowed")
+    keys = _keys(o, what, *_SIGSTORE_KEY_FIELDS, data_is_pem=True)
+    rekor = _keys(o, what, *_REKOR_FIELDS, data_is_pem=True)
+    fulcio = _fulcio(o["fulcio"], f"{what}.fulcio") if "fulcio" in o else None
+    if fulcio is not None and not rekor:
+        raise InvalidPolicy(f"{what}: fulcio requires a rekorPublicKey*")
+    pki = _pki(o["pki"], f"{what}.pki") if "pki" in o else None
+    return SigstoreSigned(keys, fulcio, pki, rekor, _signed_identity(o, what), "signedIdentity" in o)
+
+
+#: requirement ``type`` -> its parser (containers-policy.json(5))
+_REQUIREMENT_PARSERS: dict[str, Callable[[dict[str, Any], str], Requirement]] = {
+    "insecureAcceptAnything": _insecure_accept_anything,
+    "reject": _reject,
+    "signedBy": _signed_by,
+    "sigstoreSigned": _sigstore_signed,
+}
+
+
 def _parse_requirement(v: Any, what: str) -> Requirement:
     if not isinstance(v, dict) or "type" not in v:
         raise InvalidPolicy(f"{what} must be an object with a type")
     t = v["type"]
-    if t == "insecureAcceptAnything":
-        _obj(v, what, {"type"})
-        return InsecureAcceptAnything()
-    if t == "reject":
-        _obj(v, what, {"type"})
-        return Reject()
-    if t == "signedBy":
-        o = _obj(
-            v, what, {"type", "keyType", "keyPath", "keyPaths", "keyData", "signedIdentity"}, {"keyType"}
-        )
-        key_type = _str(o["keyType"], f"{what}.keyType")
-        if key_type not in ("GPGKeys", "signedByGPGKeys", "X509Certificates", "signedByX509CAs"):
-            raise InvalidPolicy(f"{what}: unknown keyType {key_type[:40]!r}")
-        if _count(o, ("keyPath", "keyPaths", "keyData")) != 1:
-            raise InvalidPolicy(f"{what}: exactly one of keyPath, keyPaths and keyData is required")
-        ident = (
-            _parse_identity_rule(o["signedIdentity"], f"{what}.signedIdentity")
-            if "signedIdentity" in o
-            else (MatchRepoDigestOrExact())
-        )
-        return SignedBy(
-            key_type, _keys(o, what, "keyPath", "keyPaths", "keyData", None, data_is_pem=False), ident
-        )
-    if t == "sigstoreSigned":
-        key_fields = ("keyPath", "keyPaths", "keyData", "keyDatas")
-        rekor_fields = (
-            "rekorPublicKeyPath",
-            "rekorPublicKeyPaths",
-            "rekorPublicKeyData",
-            "rekorPublicKeyDatas",
-        )
-        o = _obj(v, what, {"type", *key_fields, "fulcio", "pki", *rekor_fields, "signedIdentity"})
-        if _count(o, (*key_fields, "fulcio", "pki")) != 1:
-            raise InvalidPolicy(f"{what}: exactly one of keyPath(s), keyData(s), fulcio and pki is required")
-        if _count(o, rekor_fields) > 1:
-            raise InvalidPolicy(f"{what}: at most one rekorPublicKey* field is allowed")
-        keys = _keys(o, what, "keyPath", "keyPaths", "keyData", "keyDatas", data_is_pem=True)
-        rekor = _keys(
-            o,
-            what,
-            "rekorPublicKeyPath",
-            "rekorPublicKeyPaths",
-            "rekorPublicKeyData",
-            "rekorPublicKeyDatas",
-            data_is_pem=True,
-        )
-        fulcio = None
-        if "fulcio" in o:
-            f = _obj(
-                o["fulcio"],
-                f"{what}.fulcio",
-                {"caPath", "caData", "oidcIssuer", "subjectEmail"},
-                {"oidcIssuer", "subjectEmail"},
-            )
-            if _count(f, ("caPath", "caData")) != 1:
-                raise InvalidPolicy(f"{what}.fulcio: exactly one of caPath and caData is required")
-            ca = _keys(f, f"{what}.fulcio", "caPath", None, "caData", None, data_is_pem=True)[0]
-            fulcio = FulcioConfig(
-                ca, _str(f["oidcIssuer"], "oidcIssuer"), _str(f["subjectEmail"], "subjectEmail")
-            )
-            if not rekor:
-                raise InvalidPolicy(f"{what}: fulcio requires a rekorPublicKey*")
-        pki = None
-        if "pki" in o:
-            p = _obj(
-                o["pki"],
-                f"{what}.pki",
-                {
-                    "caRootsPath",
-                    "caRootsData",
-                    "caIntermediatesPath",
-                    "caIntermediatesData",
-                    "subjectHostname",
-                    "subjectEmail",
-                },
-            )
-            if _count(p, ("caRootsPath", "caRootsData")) != 1:
-                raise InvalidPolicy(f"{what}.pki: exactly one of caRootsPath and caRootsData is required")
-            if _count(p, ("caIntermediatesPath", "caIntermediatesData")) > 1:
-                raise InvalidPolicy(f"{what}.pki: at most one of caIntermediatesPath and caIntermediatesData")
-            if _count(p, ("subjectHostname", "subjectEmail")) == 0:
-                raise InvalidPolicy(f"{what}.pki: subjectHostname or subjectEmail is required")
-            roots = _keys(p, f"{what}.pki", "caRootsPath", None, "caRootsData", None, data_is_pem=True)[0]
-            inter = _keys(
-                p, f"{what}.pki", "caIntermediatesPath", None, "caIntermediatesData", None, data_is_pem=True
-            )
-            pki = PkiConfig(
-                roots,
-                inter[0] if inter else None,
-                _str(p["subjectHostname"], "subjectHostname") if "subjectHostname" in p else None,
-                _str(p["subjectEmail"], "subjectEmail") if "subjectEmail" in p else None,
-            )
-        given = "signedIdentity" in o
-        ident = (
-            _parse_identity_rule(o["signedIdentity"], f"{what}.signedIdentity")
-            if given
-            else (MatchRepoDigestOrExact())
-        )
-        return SigstoreSigned(keys, fulcio, pki, rekor, ident, given)
-    raise InvalidPolicy(f"{what}: unknown requirement type {str(t)[:40]!r}{_type_hint(t)}")
+    parser = _REQUIREMENT_PARSERS.get(t) if isinstance(t, str) else None
+    if parser is None:
+        raise InvalidPolicy(f"{what}: unknown requirement type {str(t)[:40]!r}{_type_hint(t)}")
+    return parser(v, what)
 
 
-_REQUIREMENT_TYPES = ("insecureAcceptAnything", "reject", "signedBy", "sigstoreSigned")
+_REQUIREMENT_TYPES = tuple(_REQUIREMENT_PARSERS)
 
 
 def _type_hint(t: Any) -> str:
@@ -468,8 +457,8 @@ def _validate_docker_scope(scope: str) -> None:
         return
     try:
         r = parse_identity(scope)
-    except InvalidReference:
-        raise InvalidPolicy(f"invalid docker scope {scope[:80]!r}") from None
+    except InvalidReference as exc:
+        raise InvalidPolicy(f"invalid docker scope {scope[:80]!r}") from exc
     host = scope.split("/", 1)[0]
     if "/" in scope and not ("." in host or ":" in host or host == "localhost"):
         raise InvalidPolicy(f"docker scope {scope[:80]!r} must be fully expanded (start with a host)")

@@ -16,13 +16,15 @@ wrapper around the stream covers the whole layer.  See
 from __future__ import annotations
 
 from .confine import clean_path, openat2_available
-from .decompress import MEDIA_TYPE_CODECS, codec_for_media_type, open_decompressed
+from .decompress import MEDIA_TYPE_CODECS, codec_for_media_type, open_decompressed, read_ahead
 from .errors import (
     DecompressError,
     EntryConflict,
     ForbiddenEntry,
+    InsufficientSpace,
     LimitExceeded,
     MalformedTar,
+    MissingHardlinkTarget,
     PathEscape,
     UnpackError,
     UnsupportedEntry,
@@ -36,8 +38,10 @@ __all__ = [
     "EntryConflict",
     "EntryType",
     "ForbiddenEntry",
+    "InsufficientSpace",
     "LimitExceeded",
     "MalformedTar",
+    "MissingHardlinkTarget",
     "PathEscape",
     "ReaderLimits",
     "TarEntry",
@@ -50,5 +54,6 @@ __all__ = [
     "codec_for_media_type",
     "open_decompressed",
     "openat2_available",
+    "read_ahead",
     "unpack_layer",
 ]

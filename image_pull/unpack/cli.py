@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .decompress import open_decompressed
-from .errors import UnpackError
+from .errors import InsufficientSpace, UnpackError
 from .extract import UnpackOptions, unpack_layer
 
 __all__ = ["configure", "run"]
@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         with open_decompressed(raw, args.media_type, threaded=True) as tar_stream:
             stats = unpack_layer(tar_stream, dest, options=options, compressed_size=size)
-    except UnpackError as exc:
+    except (UnpackError, InsufficientSpace) as exc:
         print(f"coco-image unpack-layer: {exc}", file=sys.stderr)
         return 1
     finally:

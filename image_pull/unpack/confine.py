@@ -30,7 +30,7 @@ import stat
 from collections import OrderedDict
 from collections.abc import Callable
 
-from .errors import EntryConflict, PathEscape, describe_name
+from .errors import NO_SPACE_ERRNOS, EntryConflict, PathEscape, describe_name, no_space
 
 __all__ = ["RootDir", "clean_path", "openat2_available"]
 
@@ -182,13 +182,13 @@ class RootDir:
                 self.uses_openat2 = True
             except OSError as exc:
                 if exc.errno == errno.ELOOP:
-                    raise PathEscape(f"too many levels of symbolic links in {describe_name(path)}") from None
+                    raise PathEscape(f"too many levels of symbolic links in {describe_name(path)}") from exc
                 if exc.errno == errno.ENOENT and not create:
-                    raise EntryConflict(f"directory {describe_name(path)} does not exist") from None
+                    raise EntryConflict(f"directory {describe_name(path)} does not exist") from exc
                 if exc.errno not in (errno.ENOENT, errno.ENOTDIR, errno.EAGAIN, errno.ENOSYS, errno.EXDEV):
                     raise EntryConflict(
                         f"cannot open directory {describe_name(path)}: {exc.strerror}"
-                    ) from None
+                    ) from exc
                 fd = -1
         if fd < 0:
             fd = self._walk(path, create)
@@ -220,23 +220,25 @@ class RootDir:
                 parent = top()
                 try:
                     fd = os.open(comp, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
-                except FileNotFoundError:
+                except FileNotFoundError as exc:
                     if not create:
-                        raise EntryConflict(f"directory {describe_name(path)} does not exist") from None
+                        raise EntryConflict(f"directory {describe_name(path)} does not exist") from exc
                     try:
                         os.mkdir(comp, 0o755, dir_fd=parent)
                     except FileExistsError:
                         todo.append(comp)  # raced with ourselves? look again
                         continue
                     except OSError as exc:
+                        if exc.errno in NO_SPACE_ERRNOS:
+                            raise no_space(exc, f"directory {describe_name(path)}") from exc
                         raise EntryConflict(
                             f"cannot create directory in {describe_name(path)}: {exc.strerror}"
-                        ) from None
+                        ) from exc
                     fd = os.open(comp, _O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
                     if self.on_mkdir is not None:
                         self.on_mkdir(parent, os.fstat(parent).st_ino, comp)
                 except OSError as exc:
-                    raise EntryConflict(f"cannot open {describe_name(path)}: {exc.strerror}") from None
+                    raise EntryConflict(f"cannot open {describe_name(path)}: {exc.strerror}") from exc
                 st = os.fstat(fd)
                 if stat.S_ISDIR(st.st_mode):
                     stack.append(fd)

@@ -15,9 +15,10 @@ from typing import Any, BinaryIO, cast
 
 from .errors import DecompressError, UnsupportedEntry
 
-__all__ = ["MEDIA_TYPE_CODECS", "codec_for_media_type", "open_decompressed"]
+__all__ = ["MEDIA_TYPE_CODECS", "codec_for_media_type", "open_decompressed", "read_ahead"]
 
 _RAW_CHUNK = 256 * 1024
+_CLOSE_WAIT = 5.0  # seconds: a helper stuck in a read is a daemon thread and dies with the process
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
@@ -106,7 +107,7 @@ class _GzipStream(_ReadOnly):
         try:
             return self._read(size)
         except zlib.error as exc:
-            raise DecompressError(f"corrupt gzip stream: {exc}") from None
+            raise DecompressError(f"corrupt gzip stream: {exc}") from exc
 
     def _read(self, size: int) -> bytes:
         while True:
@@ -242,7 +243,7 @@ class _ZstdStream(_ReadOnly):
         try:
             data: bytes = self._reader.read(size)
         except self._error as exc:
-            raise DecompressError(f"corrupt zstd stream: {exc}") from None
+            raise DecompressError(f"corrupt zstd stream: {exc}") from exc
         if not data and size and not self._frames.at_boundary():
             raise DecompressError("zstd stream is truncated")
         return data
@@ -252,7 +253,8 @@ class _Prefetched(_ReadOnly):
     """Decompress in a helper thread (zlib and zstd release the GIL) while the caller unpacks.
 
     At most ``depth`` chunks wait in the queue. Errors from the helper are raised
-    by ``read``. ``close()`` stops the helper; it is a daemon thread either way.
+    by ``read``. ``close()`` stops the helper and waits for it (bounded); it is a
+    daemon thread either way.
     """
 
     def __init__(self, inner: BinaryIO, chunk: int = 1 << 20, depth: int = 4) -> None:
@@ -306,7 +308,11 @@ class _Prefetched(_ReadOnly):
         return out
 
     def close(self) -> None:
+        """Stop the helper and wait (bounded) for it to leave ``inner``: after close, the
+        caller is again its only reader (and writer of anything its reads report)."""
         self._stop.set()
+        if self._thread.is_alive() and self._thread is not threading.current_thread():
+            self._thread.join(timeout=_CLOSE_WAIT)
         super().close()
 
 
@@ -320,7 +326,18 @@ def open_decompressed(stream: BinaryIO, media_type: str | None = None, *, thread
     overlaps unpacking; close the returned stream when done.
     """
     plain = _open_codec(stream, media_type)
-    return cast(BinaryIO, _Prefetched(plain)) if threaded else plain
+    return read_ahead(plain) if threaded else plain
+
+
+def read_ahead(stream: BinaryIO) -> BinaryIO:
+    """Read ``stream`` on a helper thread, at most 4 MiB ahead of the caller; close it when done.
+
+    For a stream whose reads are GIL-free C work (zlib, zstd, hashlib, a pipe) wrapped
+    around the layer (a decompressor under a digest), so that work overlaps unpacking. The
+    helper is the only reader of ``stream`` until the returned stream reports EOF or an
+    error (re-raised by ``read``); after EOF the caller may read ``stream`` again.
+    """
+    return cast(BinaryIO, _Prefetched(stream))
 
 
 def _open_codec(stream: BinaryIO, media_type: str | None) -> BinaryIO:

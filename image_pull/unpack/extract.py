@@ -40,12 +40,16 @@ from typing import BinaryIO
 
 from .confine import RootDir, clean_path
 from .errors import (
+    NO_SPACE_ERRNOS,
     EntryConflict,
     ForbiddenEntry,
+    InsufficientSpace,
     LimitExceeded,
+    MissingHardlinkTarget,
     PathEscape,
     UnpackError,
     describe_name,
+    no_space,
 )
 from .tarstream import EntryType, ReaderLimits, TarEntry, TarReader
 
@@ -163,6 +167,7 @@ class _Unpacker:
         self.opts = options
         self.owner = options.preserve_owner
         self.is_root = os.geteuid() == 0
+        self.umask = _process_umask()
         self.written: set[tuple[int, bytes]] = set()
         self.dir_times: dict[bytes, tuple[int, int]] = {}
         self.dir_modes: dict[bytes, int] = {}
@@ -175,13 +180,16 @@ class _Unpacker:
     def mkdir_hook(self, _parent_fd: int, parent_ino: int, name: bytes) -> None:
         self.written.add((parent_ino, name))
 
-    def _fail(self, entry: TarEntry, what: str, exc: OSError | None = None) -> UnpackError:
+    def _fail(
+        self, entry: TarEntry, what: str, exc: OSError | None = None
+    ) -> UnpackError | InsufficientSpace:
+        """The typed error for ``entry`` (chain ``exc`` as its cause): by errno, else EntryConflict."""
         msg = f"entry {describe_name(entry.name)}: {what}"
         if exc is not None:
             if exc.errno == errno.ENAMETOOLONG:
                 return LimitExceeded(f"entry {describe_name(entry.name)}: name too long for the filesystem")
-            if exc.errno == errno.ENOSPC:
-                return UnpackError(f"entry {describe_name(entry.name)}: no space left on the destination")
+            if exc.errno in NO_SPACE_ERRNOS:
+                return no_space(exc, f"entry {describe_name(entry.name)}")
             msg += f" ({exc.strerror})"
         return EntryConflict(msg)
 
@@ -298,7 +306,7 @@ class _Unpacker:
                 ):
                     self.n.xattrs_skipped += 1
                     continue
-                raise self._fail(entry, f"cannot set xattr {key!r}", exc) from None
+                raise self._fail(entry, f"cannot set xattr {key!r}", exc) from exc
 
     def _chown(self, entry: TarEntry, fd: int | None, pfd: int, name: bytes) -> None:
         if not self.owner:
@@ -309,7 +317,7 @@ class _Unpacker:
             else:
                 os.chown(name, entry.uid, entry.gid, dir_fd=pfd, follow_symlinks=False)
         except OSError as exc:
-            raise self._fail(entry, "cannot set owner", exc) from None
+            raise self._fail(entry, "cannot set owner", exc) from exc
 
     @staticmethod
     def _times(entry: TarEntry) -> tuple[int, int]:
@@ -323,28 +331,34 @@ class _Unpacker:
             raise LimitExceeded(
                 f"entry {describe_name(entry.name)}: layer writes more than {self.opts.max_total_bytes} bytes"
             )
+        # Created with its final mode when the umask keeps it whole and no set-id/sticky bit
+        # needs setting after the owner: one fchmod less per file.
+        mode = entry.mode
+        exact = self.umask is not None and not mode & (0o7000 | self.umask)
+        create_mode = mode if exact else 0o600
         try:
-            fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=pfd)
+            fd = os.open(name, _FILE_FLAGS, create_mode, dir_fd=pfd)
         except FileExistsError:
             self._make_room(pfd, name, keep_dir=False)
             try:
-                fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=pfd)
+                fd = os.open(name, _FILE_FLAGS, create_mode, dir_fd=pfd)
             except OSError as exc:
-                raise self._fail(entry, "cannot create file", exc) from None
+                raise self._fail(entry, "cannot create file", exc) from exc
         except OSError as exc:
-            raise self._fail(entry, "cannot create file", exc) from None
+            raise self._fail(entry, "cannot create file", exc) from exc
         try:
             if entry.size or entry.sparse is not None:
                 self.reader.copy_data(fd)
             if self.owner:
                 os.fchown(fd, entry.uid, entry.gid)
-            os.fchmod(fd, entry.mode)
+            if not exact:
+                os.fchmod(fd, mode)
             if entry.xattrs:
                 self._set_xattrs(fd, entry, clear=False)
             atime = entry.atime_ns
             os.utime(fd, ns=(entry.mtime_ns if atime is None else atime, entry.mtime_ns))
         except OSError as exc:
-            raise self._fail(entry, "cannot write file", exc) from None
+            raise self._fail(entry, "cannot write file", exc) from exc
         finally:
             os.close(fd)
         self.written.add((pino, name))
@@ -361,13 +375,13 @@ class _Unpacker:
                 try:
                     os.mkdir(name, 0o700, dir_fd=pfd)
                 except OSError as exc:
-                    raise self._fail(entry, "cannot create directory", exc) from None
+                    raise self._fail(entry, "cannot create directory", exc) from exc
         except OSError as exc:
-            raise self._fail(entry, "cannot create directory", exc) from None
+            raise self._fail(entry, "cannot create directory", exc) from exc
         try:
             dfd = os.open(name, _DIR_OPEN, dir_fd=pfd)
         except OSError as exc:
-            raise self._fail(entry, "cannot open directory", exc) from None
+            raise self._fail(entry, "cannot open directory", exc) from exc
         try:
             self._dir_meta(entry, dfd, path, existed)
         finally:
@@ -395,7 +409,7 @@ class _Unpacker:
             if entry.xattrs or existed:
                 self._set_xattrs(dfd, entry, clear=existed)
         except OSError as exc:
-            raise self._fail(entry, "cannot set directory metadata", exc) from None
+            raise self._fail(entry, "cannot set directory metadata", exc) from exc
         self.dir_times[path] = self._times(entry)
 
     def root_entry(self, entry: TarEntry) -> None:
@@ -413,16 +427,16 @@ class _Unpacker:
             try:
                 os.symlink(entry.linkname, name, dir_fd=pfd)
             except OSError as exc:
-                raise self._fail(entry, "cannot create symlink", exc) from None
+                raise self._fail(entry, "cannot create symlink", exc) from exc
         except OSError as exc:
-            raise self._fail(entry, "cannot create symlink", exc) from None
+            raise self._fail(entry, "cannot create symlink", exc) from exc
         self._chown(entry, None, pfd, name)
         try:
             if entry.xattrs:
                 self._set_xattrs(b"/proc/self/fd/%d/%s" % (pfd, name), entry, clear=False)
             os.utime(name, ns=self._times(entry), dir_fd=pfd, follow_symlinks=False)
         except OSError as exc:
-            raise self._fail(entry, "cannot set symlink metadata", exc) from None
+            raise self._fail(entry, "cannot set symlink metadata", exc) from exc
         self.written.add((pino, name))
         self.n.symlinks += 1
 
@@ -433,17 +447,15 @@ class _Unpacker:
         tparent, _, tname = target.rpartition(b"/")
         try:
             tpfd, _tpino = self.root.directory(tparent, create=False)
-        except EntryConflict:
+        except EntryConflict as exc:
             if self._defer(path, pfd, name, target):
                 return
-            raise self._fail(
-                entry, f"hardlink target {describe_name(entry.linkname)} does not exist"
-            ) from None
+            raise self._missing_target(entry, target) from exc
         if target == path:
             try:
                 os.lstat(name, dir_fd=pfd)
-            except FileNotFoundError:
-                raise self._fail(entry, "hardlink to itself") from None
+            except FileNotFoundError as exc:
+                raise self._fail(entry, "hardlink to itself") from exc
             self.written.add((pino, name))
             self.n.hardlinks += 1
             return
@@ -451,25 +463,29 @@ class _Unpacker:
             try:
                 os.link(tname, name, src_dir_fd=tpfd, dst_dir_fd=pfd, follow_symlinks=False)
                 break
-            except FileExistsError:
+            except FileExistsError as exc:
                 if attempt:
-                    raise self._fail(entry, "cannot create hardlink") from None
+                    raise self._fail(entry, "cannot create hardlink", exc) from exc
                 tst = os.lstat(tname, dir_fd=tpfd)
                 st = os.lstat(name, dir_fd=pfd)
                 if (st.st_dev, st.st_ino) == (tst.st_dev, tst.st_ino):
                     break  # already that file
                 self._make_room(pfd, name, keep_dir=False)
-            except FileNotFoundError:
+            except FileNotFoundError as exc:
                 if self._defer(path, pfd, name, target):
                     return
-                msg = f"hardlink target {describe_name(entry.linkname)} does not exist"
-                raise self._fail(entry, msg) from None
+                raise self._missing_target(entry, target) from exc
             except OSError as exc:
                 if exc.errno == errno.EPERM:
-                    raise self._fail(entry, "hardlink target is a directory or not linkable") from None
-                raise self._fail(entry, "cannot create hardlink", exc) from None
+                    raise self._fail(entry, "hardlink target is a directory or not linkable") from exc
+                raise self._fail(entry, "cannot create hardlink", exc) from exc
         self.written.add((pino, name))
         self.n.hardlinks += 1
+
+    @staticmethod
+    def _missing_target(entry: TarEntry, target: bytes) -> MissingHardlinkTarget:
+        what = f"hardlink target {describe_name(entry.linkname)} does not exist"
+        return MissingHardlinkTarget(f"entry {describe_name(entry.name)}: {what}", target)
 
     def _defer(self, path: bytes, pfd: int, name: bytes, target: bytes) -> bool:
         if not self.opts.defer_missing_hardlinks:
@@ -492,20 +508,20 @@ class _Unpacker:
             try:
                 os.mknod(name, fmt | 0o600, dev, dir_fd=pfd)
                 break
-            except FileExistsError:
+            except FileExistsError as exc:
                 if attempt:
-                    raise self._fail(entry, "cannot create node") from None
+                    raise self._fail(entry, "cannot create node", exc) from exc
                 self._make_room(pfd, name, keep_dir=False)
             except PermissionError as exc:
                 if self.is_root:
-                    raise self._fail(entry, "cannot create node", exc) from None
+                    raise self._fail(entry, "cannot create node", exc) from exc
                 # Rootless (as umoci): an empty regular file stands in for the node.
                 fd = os.open(name, _FILE_FLAGS, 0o600, dir_fd=pfd)
                 os.close(fd)
                 placeholder = True
                 break
             except OSError as exc:
-                raise self._fail(entry, "cannot create node", exc) from None
+                raise self._fail(entry, "cannot create node", exc) from exc
         self._chown(entry, None, pfd, name)
         try:
             os.chmod(name, entry.mode, dir_fd=pfd)
@@ -513,7 +529,7 @@ class _Unpacker:
                 self._set_xattrs(b"/proc/self/fd/%d/%s" % (pfd, name), entry, clear=False)
             os.utime(name, ns=self._times(entry), dir_fd=pfd, follow_symlinks=False)
         except OSError as exc:
-            raise self._fail(entry, "cannot set node metadata", exc) from None
+            raise self._fail(entry, "cannot set node metadata", exc) from exc
         self.written.add((pino, name))
         if fmt == stat.S_IFIFO:
             self.n.fifos += 1
@@ -560,12 +576,12 @@ class _Unpacker:
         try:
             os.mknod(name, stat.S_IFCHR, os.makedev(0, 0), dir_fd=pfd)
             os.chmod(name, 0, dir_fd=pfd)
-        except PermissionError:
+        except PermissionError as exc:
             raise ForbiddenEntry(
                 f"entry {describe_name(entry.name)}: whiteout devices need CAP_MKNOD; unpack with flatten"
-            ) from None
+            ) from exc
         except OSError as exc:
-            raise self._fail(entry, "cannot create whiteout", exc) from None
+            raise self._fail(entry, "cannot create whiteout", exc) from exc
         self.whiteouts.add(parent + b"/" + name if parent else name)
 
     def opaque(self, entry: TarEntry, parent: bytes) -> None:
@@ -587,13 +603,13 @@ class _Unpacker:
         fd = os.open(name, _DIR_OPEN, dir_fd=pfd)
         try:
             os.setxattr(fd, self.opts.overlay_xattr_prefix + "opaque", b"y")
-        except PermissionError:
+        except PermissionError as exc:
             raise ForbiddenEntry(
                 f"entry {describe_name(entry.name)}: opaque directories need CAP_SYS_ADMIN for "
                 "trusted.overlay.*; use overlay_xattr_prefix='user.overlay.' (userxattr mounts) or flatten"
-            ) from None
+            ) from exc
         except OSError as exc:
-            raise self._fail(entry, "cannot mark the directory opaque", exc) from None
+            raise self._fail(entry, "cannot mark the directory opaque", exc) from exc
         finally:
             os.close(fd)
 
@@ -719,6 +735,19 @@ class _Frame:
         self.kept = False
 
 
+def _process_umask() -> int | None:
+    """The process umask, read without changing it (``os.umask`` would, racing other threads);
+    None when ``/proc`` does not say (every file then gets an explicit fchmod)."""
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
 def unpack_layer(
     untrusted_tar: BinaryIO,
     dest: Path,
@@ -732,7 +761,9 @@ def unpack_layer(
     wrapper around it sees every byte. ``dest`` must be an existing directory.
     With ``compressed_size`` the expansion-ratio limit is enforced. On error
     ``dest`` may hold a partial tree: the caller removes it. Raises
-    :class:`UnpackError` subclasses only (OS errors are translated).
+    :class:`UnpackError` subclasses, or :class:`InsufficientSpace` when the
+    destination is full or over quota (ENOSPC/EDQUOT); OS errors are translated,
+    with the ``OSError`` kept as the cause.
     """
     started = time.monotonic()
     cap = options.max_total_bytes
@@ -748,23 +779,23 @@ def unpack_layer(
     try:
         root_dir = RootDir(dest, use_openat2=options.use_openat2)
     except OSError as exc:
-        raise UnpackError(f"cannot open destination directory: {exc.strerror}") from None
+        raise UnpackError(f"cannot open destination directory: {exc.strerror}") from exc
     unpacker = _Unpacker(root_dir, reader, options)
     root_dir.on_mkdir = unpacker.mkdir_hook
     try:
         unpacker.run()
     except LimitExceeded as exc:
-        if compressed_size is not None and cap < options.max_total_bytes and "once decompressed" in str(exc):
+        if cap < options.max_total_bytes and reader.bytes_read > cap:  # the ratio cap, not the size cap
             ratio = f"{options.max_expansion_ratio:g}"
             msg = f"layer expands beyond {ratio}x its compressed size of {compressed_size} bytes"
-            raise LimitExceeded(msg) from None
+            raise LimitExceeded(msg) from exc
         raise
-    except UnpackError:
+    except (UnpackError, InsufficientSpace):
         raise
     except OSError as exc:
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise UnpackError("no space left on the destination") from None
-        raise UnpackError(f"unpack failed: {exc.strerror or exc}") from None
+        if exc.errno in NO_SPACE_ERRNOS:
+            raise no_space(exc) from exc
+        raise UnpackError(f"unpack failed: {exc.strerror or exc}") from exc
     finally:
         root_dir.close()
     n = unpacker.n

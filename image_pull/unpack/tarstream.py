@@ -28,8 +28,6 @@ An archive that ends at an entry boundary without the end-of-archive marker
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 import os
 import re
@@ -39,6 +37,8 @@ import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO, NamedTuple
+
+from coco_common.b64 import b64_decode
 
 from .errors import LimitExceeded, MalformedTar, UnsupportedEntry, describe_name
 
@@ -330,11 +330,9 @@ class TarReader:
         return self.position - start
 
     def _read_entry(self) -> TarEntry | None:
-        limits = self._limits
-        local: list[tuple[str, bytes]] = []
-        long_name: bytes | None = None
-        long_link: bytes | None = None
-        meta_bytes = 0
+        """Read header blocks up to the next file entry: extension headers (pax ``x``/``g``,
+        GNU ``L``/``K``) accumulate for it, a GNU volume label is skipped."""
+        pending: _Pending | None = None
         while True:
             offset = self._base + self._pos
             got = len(self._buf) - self._pos
@@ -348,7 +346,7 @@ class TarReader:
             blk = self._buf[self._pos : self._pos + BLOCK]
             self._pos += BLOCK
             if blk == _ZERO_BLOCK:
-                if local or long_name is not None or long_link is not None:
+                if pending is not None and pending.holds_entry_data():
                     raise MalformedTar(f"extension header without a following entry at offset {offset}")
                 self._done = True
                 self.saw_end_marker = True
@@ -358,230 +356,233 @@ class TarReader:
             size = _number(blk[124:136], "size", offset)
             if size < 0:
                 raise MalformedTar(f"negative size at offset {offset}")
-            if flag in (b"x", b"g", b"L", b"K"):
-                meta_bytes += size
-                if meta_bytes > limits.max_meta_bytes:
-                    raise LimitExceeded(f"extended headers of {meta_bytes} bytes at offset {offset}")
-                data = self._take(size, "an extended header")
-                pad = -size % BLOCK
-                if len(self._buf) - self._pos >= pad:
-                    self._pos += pad
-                else:
-                    self._discard(pad)
-                if flag == b"x":
-                    local.extend(_parse_pax(data, offset))
-                elif flag == b"g":
-                    for key, value in _parse_pax(data, offset):
-                        if value:
-                            self._globals[key] = value
-                        else:
-                            self._globals.pop(key, None)
-                    if len(self._globals) > limits.max_global_records:
-                        raise LimitExceeded(f"too many pax global records at offset {offset}")
-                elif flag == b"L":
-                    long_name = data.split(b"\x00", 1)[0]
-                else:
-                    long_link = data.split(b"\x00", 1)[0]
+            if flag in _EXTENSION_FLAGS:
+                if pending is None:
+                    pending = _Pending()
+                self._extension(pending, flag, size, offset)
                 continue
             if flag == b"V":  # GNU volume label: not a file
                 if self._discard(size + (-size % BLOCK)) < size:
                     raise MalformedTar(f"archive truncated at offset {offset}")
-                local.clear()
-                long_name = long_link = None
+                if pending is not None:
+                    pending.forget_entry_data()
                 continue
             kind = _TYPES.get(flag)
             if kind is None:
                 raise UnsupportedEntry(f"unsupported tar entry type {flag!r} at offset {offset}")
-            return self._build(blk, flag, kind, size, offset, local, long_name, long_link)
+            return self._build(blk, flag, kind, size, offset, pending)
+
+    def _extension(self, pending: _Pending, flag: bytes, size: int, offset: int) -> None:
+        """Read one extension header's data into ``pending`` (globals into the reader)."""
+        pending.meta_bytes += size
+        if pending.meta_bytes > self._limits.max_meta_bytes:
+            raise LimitExceeded(f"extended headers of {pending.meta_bytes} bytes at offset {offset}")
+        data = self._take(size, "an extended header")
+        pad = -size % BLOCK
+        if len(self._buf) - self._pos >= pad:
+            self._pos += pad
+        else:
+            self._discard(pad)
+        if flag == b"x":
+            pending.local.extend(_parse_pax(data, offset))
+        elif flag == b"g":
+            for key, value in _parse_pax(data, offset):
+                if value:
+                    self._globals[key] = value
+                else:
+                    self._globals.pop(key, None)
+            if len(self._globals) > self._limits.max_global_records:
+                raise LimitExceeded(f"too many pax global records at offset {offset}")
+        elif flag == b"L":
+            pending.long_name = data.split(b"\x00", 1)[0]
+        else:
+            pending.long_link = data.split(b"\x00", 1)[0]
 
     def _build(
-        self,
-        blk: bytes,
-        flag: bytes,
-        kind: EntryType,
-        size: int,
-        offset: int,
-        local: list[tuple[str, bytes]],
-        long_name: bytes | None,
-        long_link: bytes | None,
+        self, blk: bytes, flag: bytes, kind: EntryType, size: int, offset: int, pending: _Pending | None
     ) -> TarEntry:
-        limits = self._limits
-        (f_name, f_mode, f_uid, f_gid, f_mtime, f_link, magic, f_major, f_minor, f_prefix) = _FIELDS.unpack(
-            blk
-        )
-        name = f_name.split(b"\x00", 1)[0]
-        gnu = magic == b"ustar  \x00"
-        if magic[:6] == b"ustar\x00" and f_prefix[0]:
-            name = f_prefix.split(b"\x00", 1)[0] + b"/" + name
-        linkname = f_link.split(b"\x00", 1)[0] if f_link[0] else b""
-        if long_name is not None:
-            name = long_name
-        if long_link is not None:
-            linkname = long_link
-        cache = _NUMBERS
-        mode = cache.get(f_mode)
-        if mode is None:
-            mode = _cached_number(f_mode, "mode", offset)
-        uid = cache.get(f_uid)
-        if uid is None:
-            uid = _cached_number(f_uid, "uid", offset)
-        gid = cache.get(f_gid)
-        if gid is None:
-            gid = _cached_number(f_gid, "gid", offset)
-        mtime_ns: int | None = None  # from pax, else the header field (parsed below)
-        atime_ns: int | None = None
-        devmajor = devminor = 0
-        if kind is EntryType.CHAR or kind is EntryType.BLOCK:
-            devmajor = _number(f_major, "devmajor", offset)
-            devminor = _number(f_minor, "devminor", offset)
-        if flag == b"\x00" and name.endswith(b"/"):
-            kind = EntryType.DIRECTORY
-        real_size = size
-        sparse: tuple[tuple[int, int], ...] | None = None
-        if flag == b"S":
-            if not gnu:
-                raise MalformedTar(f"GNU sparse entry without GNU magic at offset {offset}")
-            sparse, real_size = self._gnu_sparse(blk, offset)
-
-        # pax records: globals first, then this entry's (empty local value = unset).
-        xattrs: dict[str, bytes] = {}
-        sparse_offsets: list[int] = []
-        sparse_numbytes: list[int] = []
+        """Make the entry for header ``blk``: the header's fields, then GNU long names, then
+        pax records (globals first, then the entry's own), then checks on the result."""
+        h = self._header_fields(blk, flag, kind, size, offset)
         records: dict[str, bytes] | None = None
-        if local and not self._globals:
-            fast = _apply_simple_records(local, offset)
-            if fast is not None:
-                local = []
-                if fast.name is not None:
-                    name = fast.name
-                if fast.linkname is not None:
-                    linkname = fast.linkname
-                if fast.size is not None:
-                    size = real_size = fast.size
-                if fast.uid is not None:
-                    uid = fast.uid
-                if fast.gid is not None:
-                    gid = fast.gid
-                if fast.mtime_ns is not None:
-                    mtime_ns = fast.mtime_ns
-                atime_ns = fast.atime_ns
-                xattrs = fast.xattrs
-        if local or self._globals:
-            records = dict(self._globals)
-            for key, value in local:
-                if key.startswith(("SCHILY.xattr.", "LIBARCHIVE.xattr.")):
-                    records[key] = value
-                elif key == "GNU.sparse.offset":
-                    sparse_offsets.append(_decimal(value, key, offset))
-                elif key == "GNU.sparse.numbytes":
-                    sparse_numbytes.append(_decimal(value, key, offset))
-                elif value:
-                    records[key] = value
-                else:
-                    records.pop(key, None)
-            for key, value in records.items():
-                if key == "path":
-                    name = value
-                elif key == "mtime":
-                    mtime_ns = _pax_time(value, offset)
-                elif key == "atime":
-                    atime_ns = _pax_time(value, offset)
-                elif key == "linkpath":
-                    linkname = value
-                elif key == "size":
-                    size = real_size = _decimal(value, key, offset)
-                elif key == "uid":
-                    uid = _decimal(value, key, offset)
-                elif key == "gid":
-                    gid = _decimal(value, key, offset)
-                elif key.startswith("SCHILY.xattr."):
-                    xattrs[_xattr_name(key[13:], offset)] = value
-                elif key.startswith("LIBARCHIVE.xattr."):
-                    xname = _xattr_name(urllib.parse.unquote(key[17:], errors="strict"), offset)
-                    try:
-                        xattrs[xname] = base64.b64decode(value + b"=" * (-len(value) % 4), validate=True)
-                    except (binascii.Error, ValueError) as exc:
-                        raise MalformedTar(f"bad LIBARCHIVE.xattr value at offset {offset}") from exc
-        if mtime_ns is None:
-            mtime_ns = _number(f_mtime, "mtime", offset) * 1_000_000_000
-        if xattrs:
-            if len(xattrs) > limits.max_xattrs:
-                raise LimitExceeded(f"{len(xattrs)} xattrs on one entry at offset {offset}")
-            for xname, xvalue in xattrs.items():
-                if len(xvalue) > limits.max_xattr_value:
-                    raise LimitExceeded(f"xattr {xname!r} value of {len(xvalue)} bytes at offset {offset}")
-
-        # pax sparse formats.
+        if pending is not None:
+            if pending.long_name is not None:
+                h.name = pending.long_name
+            if pending.long_link is not None:
+                h.linkname = pending.long_link
+        if flag == b"\x00" and h.name.endswith(b"/"):
+            h.kind = EntryType.DIRECTORY  # v7 directory: by the header's or GNU long name, not pax path
+        if pending is not None:
+            if pending.local or self._globals:
+                records = self._apply_pax(h, pending.local, offset)
+        elif self._globals:
+            records = self._apply_pax(h, [], offset)
+        if h.mtime_ns is None:
+            h.mtime_ns = _number(h.mtime_field, "mtime", offset) * 1_000_000_000
+        if h.xattrs:
+            self._check_xattrs(h.xattrs, offset)
         pax_sparse_1 = False
         if records is not None and (
-            "GNU.sparse.major" in records or "GNU.sparse.map" in records or sparse_offsets
+            "GNU.sparse.major" in records or "GNU.sparse.map" in records or h.sparse_offsets
         ):
-            major = records.get("GNU.sparse.major", b"0")
-            minor = records.get("GNU.sparse.minor", b"0" if sparse_offsets else b"1")
-            sname = records.get("GNU.sparse.name")
-            if sname:
-                name = sname
-            if (major, minor) == (b"1", b"0"):
-                pax_sparse_1 = True
-                rs = records.get("GNU.sparse.realsize")
-            else:
-                rs = records.get("GNU.sparse.size")
-                if major == b"0" and minor == b"1" and "GNU.sparse.map" in records:
-                    raw_map = records["GNU.sparse.map"].split(b",")
-                    nums = [_decimal(x, "GNU.sparse.map", offset) for x in raw_map]
-                    if len(nums) % 2:
-                        raise MalformedTar(f"odd GNU.sparse.map at offset {offset}")
-                    sparse = tuple(zip(nums[0::2], nums[1::2], strict=True))
-                elif major == b"0" and minor == b"0":
-                    if len(sparse_offsets) != len(sparse_numbytes):
-                        raise MalformedTar(f"unpaired GNU.sparse.offset/numbytes at offset {offset}")
-                    sparse = tuple(zip(sparse_offsets, sparse_numbytes, strict=True))
-                else:
-                    raise UnsupportedEntry(f"unsupported GNU sparse version at offset {offset}")
-            if rs is None:
-                raise MalformedTar(f"sparse entry without a real size at offset {offset}")
-            real_size = _decimal(rs, "GNU.sparse.realsize", offset)
-
-        if b"\x00" in name or b"\x00" in linkname:
-            raise MalformedTar(f"NUL byte in a name at offset {offset}")
-        if len(name) > limits.max_name_length or len(linkname) > limits.max_name_length:
-            raise LimitExceeded(
-                f"name longer than {limits.max_name_length} bytes at offset {offset}: {describe_name(name)}"
-            )
-        if kind is not EntryType.REGULAR:
-            if flag in _HEADER_ONLY:
-                size = 0  # links, devices, directories, FIFOs carry no data (as Go's archive/tar)
-            real_size = 0  # a GNU dumpdir ('D') keeps its data size: skipped, never extracted
-            sparse = None
-        if uid < 0 or gid < 0:
-            raise MalformedTar(f"negative uid/gid at offset {offset}")
-        if devmajor < 0 or devminor < 0:
-            raise MalformedTar(f"negative device number at offset {offset}")
-
-        self._remaining = size
-        self._padding = -size % BLOCK
+            pax_sparse_1 = self._pax_sparse(h, records, offset)
+        self._check_entry(h, flag, offset)
+        self._remaining = h.size
+        self._padding = -h.size % BLOCK
         if pax_sparse_1:
-            sparse = self._pax1_sparse_map(offset)
-            size = self._remaining
-        if sparse is not None:
-            sparse = _check_sparse(sparse, real_size, size, limits.max_sparse_regions, offset)
+            h.sparse = self._pax1_sparse_map(offset)
+            h.size = self._remaining
+        if h.sparse is not None:
+            h.sparse = _check_sparse(h.sparse, h.real_size, h.size, self._limits.max_sparse_regions, offset)
         return TarEntry(
-            name,
-            kind,
-            mode & 0o7777,
-            uid,
-            gid,
-            mtime_ns,
-            atime_ns,
-            size,
-            real_size,
-            linkname,
-            devmajor,
-            devminor,
-            tuple(xattrs.items()) if xattrs else (),
-            sparse,
+            h.name,
+            h.kind,
+            h.mode & 0o7777,
+            h.uid,
+            h.gid,
+            h.mtime_ns,
+            h.atime_ns,
+            h.size,
+            h.real_size,
+            h.linkname,
+            h.devmajor,
+            h.devminor,
+            tuple(h.xattrs.items()) if h.xattrs else (),
+            h.sparse,
             offset,
         )
+
+    def _header_fields(self, blk: bytes, flag: bytes, kind: EntryType, size: int, offset: int) -> _Fields:
+        """The values the 512-byte header itself gives (ustar prefix, GNU old sparse map)."""
+        h = _Fields()
+        f_name, f_mode, f_uid, f_gid, h.mtime_field, f_link, magic, f_major, f_minor, f_prefix = (
+            _FIELDS.unpack(blk)
+        )
+        name = f_name.split(b"\x00", 1)[0]
+        if magic[:6] == b"ustar\x00" and f_prefix[0]:
+            name = f_prefix.split(b"\x00", 1)[0] + b"/" + name
+        h.name = name
+        h.linkname = f_link.split(b"\x00", 1)[0] if f_link[0] else b""
+        cache = _NUMBERS
+        mode = cache.get(f_mode)
+        h.mode = _cached_number(f_mode, "mode", offset) if mode is None else mode
+        uid = cache.get(f_uid)
+        h.uid = _cached_number(f_uid, "uid", offset) if uid is None else uid
+        gid = cache.get(f_gid)
+        h.gid = _cached_number(f_gid, "gid", offset) if gid is None else gid
+        if kind is EntryType.CHAR or kind is EntryType.BLOCK:
+            h.devmajor = _number(f_major, "devmajor", offset)
+            h.devminor = _number(f_minor, "devminor", offset)
+        h.kind = kind
+        h.size = h.real_size = size
+        if flag == b"S":
+            if magic != b"ustar  \x00":
+                raise MalformedTar(f"GNU sparse entry without GNU magic at offset {offset}")
+            h.sparse, h.real_size = self._gnu_sparse(blk, offset)
+        return h
+
+    def _apply_pax(self, h: _Fields, local: list[tuple[str, bytes]], offset: int) -> dict[str, bytes] | None:
+        """Apply the pax records to ``h``: the global ones first, then the entry's own in order.
+
+        An empty value unsets a keyword (the header's field applies again, as in Go's
+        archive/tar), except that an empty ``SCHILY.xattr.*`` value is an empty xattr (as GNU
+        tar restores it; Go drops it). Returns the merged records for the sparse step, or
+        None when the entry's records were simple and took the fast path (no sparse keys).
+        """
+        if local and not self._globals and _apply_simple_records(h, local, offset):
+            return None
+        records = dict(self._globals)
+        for key, value in local:
+            if key.startswith(("SCHILY.xattr.", "LIBARCHIVE.xattr.")):
+                records[key] = value
+            elif key == "GNU.sparse.offset":
+                h.sparse_offsets.append(_decimal(value, key, offset))
+            elif key == "GNU.sparse.numbytes":
+                h.sparse_numbytes.append(_decimal(value, key, offset))
+            elif value:
+                records[key] = value
+            else:
+                records.pop(key, None)
+        for key, value in records.items():
+            if key == "path":
+                h.name = value
+            elif key == "mtime":
+                h.mtime_ns = _pax_time(value, offset)
+            elif key == "atime":
+                h.atime_ns = _pax_time(value, offset)
+            elif key == "linkpath":
+                h.linkname = value
+            elif key == "size":
+                h.size = h.real_size = _decimal(value, key, offset)
+            elif key == "uid":
+                h.uid = _decimal(value, key, offset)
+            elif key == "gid":
+                h.gid = _decimal(value, key, offset)
+            elif key.startswith("SCHILY.xattr."):
+                h.xattrs[_xattr_name(key[13:], offset)] = value
+            elif key.startswith("LIBARCHIVE.xattr."):
+                xname = _xattr_name(urllib.parse.unquote(key[17:], errors="strict"), offset)
+                try:  # libarchive leaves the padding out
+                    h.xattrs[xname] = b64_decode(value + b"=" * (-len(value) % 4))
+                except ValueError as exc:
+                    raise MalformedTar(f"bad LIBARCHIVE.xattr value at offset {offset}") from exc
+        return records
+
+    def _check_xattrs(self, xattrs: dict[str, bytes], offset: int) -> None:
+        limits = self._limits
+        if len(xattrs) > limits.max_xattrs:
+            raise LimitExceeded(f"{len(xattrs)} xattrs on one entry at offset {offset}")
+        for xname, xvalue in xattrs.items():
+            if len(xvalue) > limits.max_xattr_value:
+                raise LimitExceeded(f"xattr {xname!r} value of {len(xvalue)} bytes at offset {offset}")
+
+    def _pax_sparse(self, h: _Fields, records: dict[str, bytes], offset: int) -> bool:
+        """Apply the pax GNU sparse formats 0.0, 0.1 and 1.0; return True for 1.0, whose map
+        is read from the start of the entry data (by :meth:`_pax1_sparse_map`)."""
+        offsets, numbytes = h.sparse_offsets, h.sparse_numbytes
+        major = records.get("GNU.sparse.major", b"0")
+        minor = records.get("GNU.sparse.minor", b"0" if offsets else b"1")
+        sname = records.get("GNU.sparse.name")
+        if sname:
+            h.name = sname
+        version_1 = (major, minor) == (b"1", b"0")
+        if version_1:
+            rs = records.get("GNU.sparse.realsize")
+        else:
+            rs = records.get("GNU.sparse.size")
+            if major == b"0" and minor == b"1" and "GNU.sparse.map" in records:
+                raw_map = records["GNU.sparse.map"].split(b",")
+                nums = [_decimal(x, "GNU.sparse.map", offset) for x in raw_map]
+                if len(nums) % 2:
+                    raise MalformedTar(f"odd GNU.sparse.map at offset {offset}")
+                h.sparse = tuple(zip(nums[0::2], nums[1::2], strict=True))
+            elif major == b"0" and minor == b"0":
+                if len(offsets) != len(numbytes):
+                    raise MalformedTar(f"unpaired GNU.sparse.offset/numbytes at offset {offset}")
+                h.sparse = tuple(zip(offsets, numbytes, strict=True))
+            else:
+                raise UnsupportedEntry(f"unsupported GNU sparse version at offset {offset}")
+        if rs is None:
+            raise MalformedTar(f"sparse entry without a real size at offset {offset}")
+        h.real_size = _decimal(rs, "GNU.sparse.realsize", offset)
+        return version_1
+
+    def _check_entry(self, h: _Fields, flag: bytes, offset: int) -> None:
+        """Refuse what no entry may be; drop the data of header-only types."""
+        if b"\x00" in h.name or b"\x00" in h.linkname:
+            raise MalformedTar(f"NUL byte in a name at offset {offset}")
+        limit = self._limits.max_name_length
+        if len(h.name) > limit or len(h.linkname) > limit:
+            raise LimitExceeded(f"name longer than {limit} bytes at offset {offset}: {describe_name(h.name)}")
+        if h.kind is not EntryType.REGULAR:
+            if flag in _HEADER_ONLY:
+                h.size = 0  # links, devices, directories, FIFOs carry no data (as Go's archive/tar)
+            h.real_size = 0  # a GNU dumpdir ('D') keeps its data size: skipped, never extracted
+            h.sparse = None
+        if h.uid < 0 or h.gid < 0:
+            raise MalformedTar(f"negative uid/gid at offset {offset}")
+        if h.devmajor < 0 or h.devminor < 0:
+            raise MalformedTar(f"negative device number at offset {offset}")
 
     def _gnu_sparse(self, blk: bytes, offset: int) -> tuple[tuple[tuple[int, int], ...], int]:
         regions: list[tuple[int, int]] = []
@@ -687,54 +688,118 @@ def _number(field: bytes, what: str, offset: int) -> int:
     raise MalformedTar(f"bad {what} field at offset {offset}")
 
 
-class _Simple:
-    __slots__ = ("atime_ns", "gid", "linkname", "mtime_ns", "name", "size", "uid", "xattrs")
+class _Pending:
+    """Extension headers read so far for the next entry."""
+
+    __slots__ = ("local", "long_link", "long_name", "meta_bytes")
 
     def __init__(self) -> None:
-        self.name: bytes | None = None
-        self.linkname: bytes | None = None
-        self.size: int | None = None
-        self.uid: int | None = None
-        self.gid: int | None = None
-        self.mtime_ns: int | None = None
+        self.local: list[tuple[str, bytes]] = []
+        self.long_name: bytes | None = None
+        self.long_link: bytes | None = None
+        self.meta_bytes = 0  # all extension data of this entry, a volume label's included
+
+    def holds_entry_data(self) -> bool:
+        return bool(self.local) or self.long_name is not None or self.long_link is not None
+
+    def forget_entry_data(self) -> None:
+        self.local.clear()
+        self.long_name = self.long_link = None
+
+
+class _Fields:
+    """One entry's values while its headers are applied; becomes a :class:`TarEntry`."""
+
+    __slots__ = (
+        "atime_ns",
+        "devmajor",
+        "devminor",
+        "gid",
+        "kind",
+        "linkname",
+        "mode",
+        "mtime_field",
+        "mtime_ns",
+        "name",
+        "real_size",
+        "size",
+        "sparse",
+        "sparse_numbytes",
+        "sparse_offsets",
+        "uid",
+        "xattrs",
+    )
+    name: bytes
+    linkname: bytes
+    kind: EntryType
+    mode: int
+    uid: int
+    gid: int
+    mtime_field: bytes
+    size: int
+    real_size: int
+
+    def __init__(self) -> None:
+        self.mtime_ns: int | None = None  # from pax, else the header field
         self.atime_ns: int | None = None
+        self.devmajor = self.devminor = 0
         self.xattrs: dict[str, bytes] = {}
+        self.sparse: tuple[tuple[int, int], ...] | None = None
+        self.sparse_offsets: list[int] = []  # pax GNU sparse 0.0 records
+        self.sparse_numbytes: list[int] = []
 
 
-def _apply_simple_records(local: list[tuple[str, bytes]], offset: int) -> _Simple | None:
-    """One pass over this entry's pax records when no global records apply.
+def _apply_simple_records(h: _Fields, local: list[tuple[str, bytes]], offset: int) -> bool:
+    """Apply this entry's pax records in one pass when no global records apply.
 
-    Returns None (use the general path) on anything unusual: an empty value
-    (which unsets a keyword), GNU sparse keywords, libarchive xattrs.
+    Returns False, with ``h`` untouched, on anything unusual (use the general path): an
+    empty value (which unsets a keyword), GNU sparse keywords, libarchive xattrs.
     """
-    out = _Simple()
+    name = linkname = None
+    size = uid = gid = mtime_ns = atime_ns = None
+    xattrs: dict[str, bytes] = {}
     for key, value in local:
         if not value:
-            return None
+            return False
         if key == "mtime":
-            out.mtime_ns = _pax_time(value, offset)
+            mtime_ns = _pax_time(value, offset)
         elif key == "atime":
-            out.atime_ns = _pax_time(value, offset)
+            atime_ns = _pax_time(value, offset)
         elif key == "ctime":
             continue
         elif key == "path":
-            out.name = value
+            name = value
         elif key == "linkpath":
-            out.linkname = value
+            linkname = value
         elif key == "size":
-            out.size = _decimal(value, key, offset)
+            size = _decimal(value, key, offset)
         elif key == "uid":
-            out.uid = _decimal(value, key, offset)
+            uid = _decimal(value, key, offset)
         elif key == "gid":
-            out.gid = _decimal(value, key, offset)
+            gid = _decimal(value, key, offset)
         elif key.startswith("SCHILY.xattr."):
-            out.xattrs[_xattr_name(key[13:], offset)] = value
+            xattrs[_xattr_name(key[13:], offset)] = value
         elif key.startswith(("GNU.sparse.", "LIBARCHIVE.")):
-            return None
-    return out
+            return False
+    if name is not None:
+        h.name = name
+    if linkname is not None:
+        h.linkname = linkname
+    if size is not None:
+        h.size = h.real_size = size
+    if uid is not None:
+        h.uid = uid
+    if gid is not None:
+        h.gid = gid
+    if mtime_ns is not None:
+        h.mtime_ns = mtime_ns
+    h.atime_ns = atime_ns
+    h.xattrs = xattrs
+    return True
 
 
 _HEADER_ONLY = frozenset({b"1", b"2", b"3", b"4", b"5", b"6"})
+_EXTENSION_FLAGS = frozenset({b"x", b"g", b"L", b"K"})
 
 _NUMBERS: dict[bytes, int] = {}
 """Parsed mode/uid/gid fields: a handful of distinct values fill most archives."""
@@ -755,6 +820,8 @@ def _decimal(value: bytes, what: str, offset: int) -> int:
 
 def _pax_time(value: bytes, offset: int) -> int:
     whole, dot, frac = value.partition(b".")
+    if len(frac) == 9 and whole.isdigit() and len(whole) <= 20 and frac.isdigit():
+        return int(whole) * 1_000_000_000 + int(frac)  # GNU tar's form
     neg = whole.startswith(b"-")
     if neg:
         whole = whole[1:]
@@ -773,10 +840,15 @@ def _xattr_name(name: str, offset: int) -> str:
 def _verify_checksum(blk: bytes, offset: int) -> None:
     field = blk[148:156]
     digits = field.strip(b" \x00")
-    stored = int(digits, 8) if digits.isdigit() and b"8" not in digits and b"9" not in digits else -1
-    # adler32's low half is 1 + (byte sum mod 65521); each half-block sum is below 65521,
-    # so this is the exact byte sum, computed in C.
-    unsigned = (zlib.adler32(blk[:256]) & 0xFFFF) + (zlib.adler32(blk[256:]) & 0xFFFF) - 2
+    # octal digits only (no sign, underscore or blank); anything else matches no sum
+    stored = int(digits, 8) if digits and not digits.strip(_OCTAL_DIGITS) else -1
+    # adler32's low half is 1 + (byte sum mod 65521), computed in C. A block with at most
+    # 256 non-zero bytes (any real header) sums to at most 65280: exact in one call; else
+    # each half-block sum is below 65521.
+    if blk.count(0) >= 256:
+        unsigned = (zlib.adler32(blk) & 0xFFFF) - 1
+    else:
+        unsigned = (zlib.adler32(blk[:256]) & 0xFFFF) + (zlib.adler32(blk[256:]) & 0xFFFF) - 2
     unsigned += 8 * 32 - sum(field)
     if stored == unsigned:
         return
@@ -788,8 +860,34 @@ def _verify_checksum(blk: bytes, offset: int) -> None:
 _PAX_RECORD = re.compile(rb"([0-9]{1,20}) ([^=\x00]+)=")
 
 
+_PAX_LINE = re.compile(rb"([0-9]{1,20}) ([^=\x00\n]+)=([^\n]*)\n")
+
+
 def _parse_pax(data: bytes, offset: int) -> list[tuple[str, bytes]]:
-    """Parse ``"<len> <key>=<value>\\n"`` records, in order."""
+    """Parse ``"<len> <key>=<value>\\n"`` records, in order.
+
+    Fast path: when newline-free records tile ``data`` exactly and each one's stated
+    length is its actual length, :func:`_parse_pax_records` would read the same records
+    (it finds each end by the stated length): take them from one regex scan.
+    """
+    found = _PAX_LINE.findall(data)
+    total = 0
+    for length, key, value in found:
+        n = len(length) + len(key) + len(value) + 3
+        if int(length) != n:
+            break
+        total += n
+    else:
+        if total == len(data):
+            try:
+                return [(key.decode("utf-8"), value) for _length, key, value in found]
+            except UnicodeDecodeError:
+                pass  # the general parser reports it
+    return _parse_pax_records(data, offset)
+
+
+def _parse_pax_records(data: bytes, offset: int) -> list[tuple[str, bytes]]:
+    """Parse pax records one by one, each end found by its stated length."""
     records: list[tuple[str, bytes]] = []
     pos = 0
     end_all = len(data)

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from cdh.config import CdhConfig, ImageConfig, KbcConfig
+from cdh.config import CdhConfig, CdhImageConfig, KbcConfig
 from cdh.hub import Hub, build_services
 from coco_rpc import RpcError, bind, serve
 from coco_rpc.protos import attestation_agent_pb2 as aa_pb2
@@ -135,7 +135,7 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         kbc=KbcConfig("offline_fs_kbc"),
         socket=f"unix://{cdh_sock}",
         aa_socket=f"unix://{aa_sock}",
-        image=ImageConfig(work_dir=tmp_path / "work"),
+        image=CdhImageConfig(work_dir=tmp_path / "work"),
     )
     hub = Hub(
         cfg,

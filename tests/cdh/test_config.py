@@ -10,13 +10,13 @@ from cdh.config import (
     DEFAULT_AA_SOCKET,
     DEFAULT_CDH_SOCKET,
     DEFAULT_IMAGE_WORK_DIR,
-    ProxyConfig,
     check_credential_path,
     export_environment,
     load_config,
     parse_kernel_cmdline,
 )
 from cdh.errors import ConfigError
+from image_pull.registries_conf import ProxyConfig
 
 FULL = """
 socket = "unix:///tmp/x/cdh.sock"
@@ -79,7 +79,7 @@ def test_full_current_config(tmp_path: Path) -> None:
     assert i.image_security_policy_uri == "kbs:///default/security-policy/test"
     assert i.extra_root_certificates == ("PEM1", "PEM2")
     assert i.image_pull_proxy == ProxyConfig(
-        "http://127.0.0.1:5432", "http://127.0.0.1:5433", "192.168.0.1,localhost"
+        "http://127.0.0.1:5432", "http://127.0.0.1:5433", ("192.168.0.1", "localhost")
     )
     rc = i.registry_config
     assert rc is not None and rc.unqualified_search_registries == ("docker.io",)
@@ -98,7 +98,7 @@ def test_minimal_config_defaults(tmp_path: Path) -> None:
 def test_legacy_proxy_string(tmp_path: Path) -> None:
     text = '[kbc]\nname = "offline_fs_kbc"\n[image]\nimage_pull_proxy = "http://p:1"\nskip_proxy_ips = "10.0.0.1"\n'
     c = load_config(cfg_file(tmp_path, text), cmdline="", env={})
-    assert c.image.image_pull_proxy == ProxyConfig(https_proxy="http://p:1", no_proxy="10.0.0.1")
+    assert c.image.image_pull_proxy == ProxyConfig(https_proxy="http://p:1", no_proxy=("10.0.0.1",))
     assert c.unknown_keys == ()
 
 
@@ -109,6 +109,28 @@ def test_unknown_keys_are_reported(tmp_path: Path, caplog: pytest.LogCaptureFixt
     assert set(c.unknown_keys) == {"kbc.ulr", "image.work_dri"}
     assert "kbc.ulr" in caplog.text and "image.work_dri" in caplog.text
     assert "nydus" in caplog.text  # legacy section: accepted, ignored, said so
+
+
+def test_registry_config_is_image_pulls_own_with_unknown_keys_reported(tmp_path: Path) -> None:
+    """[image.registry_config] becomes image_pull's RegistryConfig (its rules, its insecure
+    hosts: a prefix-only entry's location is its prefix); misspelt keys at any depth are
+    reported with their dotted path, not silently dropped."""
+    text = (
+        '[kbc]\nname = "offline_fs_kbc"\n[image.registry_config]\n'
+        '[[image.registry_config.registry]]\nprefix = "a.example:5000/ns"\ninsecure = true\nmirorr = 1\n'
+        '[[image.registry_config.registry.mirror]]\nlocation = "m.example"\ninsecrue = true\n'
+    )
+    c = load_config(cfg_file(tmp_path, text), cmdline="", env={})
+    rc = c.image.registry_config
+    assert rc is not None and rc.unqualified_search_registries == ()
+    assert rc.insecure_hosts() == {"a.example:5000"}  # the mirror's "insecrue" is not "insecure"
+    assert c.unknown_keys == (
+        "image.registry_config.registry[0].mirorr",
+        "image.registry_config.registry[0].mirror[0].insecrue",
+    )
+    bad = '[kbc]\nname = "offline_fs_kbc"\n[image.registry_config]\n[[image.registry_config.registry]]\n'
+    with pytest.raises(ConfigError, match=r"image\.registry_config: .*needs a prefix or a location"):
+        load_config(cfg_file(tmp_path, bad), cmdline="", env={})
 
 
 @pytest.mark.parametrize(
@@ -165,7 +187,7 @@ def test_kernel_cmdline_only() -> None:
     assert c.source == "kernel" and (c.kbc.name, c.kbc.url) == ("cc_kbc", "http://10.0.0.2:8080")
     assert c.image.authenticated_registry_credentials_uri == "kbs:///default/credential/test"
     assert c.image.image_security_policy_uri == "kbs:///default/policy/test"
-    assert c.image.image_pull_proxy == ProxyConfig(https_proxy="http://proxy:3128", no_proxy="localhost")
+    assert c.image.image_pull_proxy == ProxyConfig(https_proxy="http://proxy:3128", no_proxy=("localhost",))
     assert [x.resource_uri for x in c.credentials] == ["kbs:///a/b/c", "kbs:///d/e/f"]
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
 import pytest
 
-from cdh.config import ImageConfig, ProxyConfig, RegistryConfigFile, RegistryEntry, RegistryMirror
+from cdh.config import CdhImageConfig
 from cdh.errors import ConfigError, ImagePullFailed
-from cdh.image import ImagePullHandler, measurement_content
+from cdh.image import ImagePullService, measurement_content
+from image_pull.puller import ImagePuller
+from image_pull.registries_conf import Mirror, ProxyConfig, RegistryConfig, RegistryRule
+from image_pull.trust import InvalidPolicy, TrustPolicy
 from tests.cdh.conftest import DictResources
 
 AUTH = json.dumps({"auths": {"r.example": {"auth": "dTpw"}}}).encode()
@@ -31,55 +35,70 @@ def test_measurement_content_bytes() -> None:
 async def test_build_config_fetches_from_kbs_and_files(tmp_path: Path) -> None:
     pol = tmp_path / "policy.json"
     pol.write_text('{"default":[{"type":"insecureAcceptAnything"}]}')
-    cfg = ImageConfig(
+    cfg = CdhImageConfig(
         work_dir=tmp_path / "w",
         authenticated_registry_credentials_uri="kbs:///default/credential/test",
         image_security_policy_uri=f"file://{pol}",
         registry_configuration_uri="kbs:///default/registry-configuration/test",
         max_concurrent_layer_downloads_per_image=7,
         extra_root_certificates=("PEM-A",),
-        image_pull_proxy=ProxyConfig(https_proxy="http://p:1", no_proxy="a.local, b.local"),
+        image_pull_proxy=ProxyConfig.from_list("http://p:1", None, "a.local, b.local"),
     )
     res = DictResources(
         {"kbs:///default/credential/test": AUTH, "kbs:///default/registry-configuration/test": REGCONF}
     )
-    pc = await ImagePullHandler(cfg, resources=res, aa=None).build_config()
+    pc = await ImagePullService(cfg, resources=res, aa=None).build_config()
     assert pc.work_dir == tmp_path / "w" and pc.auth_json == AUTH
-    assert pc.signature_policy == pol.read_bytes()
+    assert isinstance(pc.signature_policy, TrustPolicy)  # parsed when the client is set up
     assert pc.max_concurrent_layers == 7 and pc.extra_root_certs == (b"PEM-A",)
     assert pc.proxy is not None and pc.proxy.https_proxy == "http://p:1"
     assert pc.proxy.no_proxy == ("a.local", "b.local")
-    assert pc.registry_config is not None and pc.insecure_registries == frozenset({"mirror.local:5000/foo"})
-    assert (
-        pc.resource_getter is not None and await pc.resource_getter("kbs:///default/credential/test") == AUTH
-    )
+    # the registry configuration's insecure rule, applied once (by image_pull), to the host
+    assert pc.registry_config is not None and pc.insecure_registries == frozenset()
+    async with ImagePuller(dataclasses.replace(pc, extra_root_certs=())) as puller:
+        assert puller.registry.scheme_for("mirror.local:5000") == "http"
+        assert puller.registry.scheme_for("r.example") == "https"
+    getter = pc.signature_policy.resource_getter  # kbs:// keys of the policy come through the KBC
+    assert getter is not None and await getter("kbs:///default/credential/test") == AUTH
 
 
 async def test_inline_registry_config_and_policy_win(tmp_path: Path) -> None:
-    cfg = ImageConfig(
+    cfg = CdhImageConfig(
         work_dir=tmp_path,
         image_security_policy='{"default":[{"type":"reject"}]}',
         registry_configuration_uri="kbs:///never/fetched/x",
-        registry_config=RegistryConfigFile(
-            ("docker.io",), (RegistryEntry("a", "a", mirrors=(RegistryMirror("m:1", insecure=True),)),)
+        registry_config=RegistryConfig(
+            ("docker.io",), (RegistryRule("a", "a", mirrors=(Mirror("m:1", insecure=True),)),)
         ),
     )
     res = DictResources()
-    pc = await ImagePullHandler(cfg, resources=res, aa=None).build_config()
-    assert pc.signature_policy == b'{"default":[{"type":"reject"}]}'
-    assert pc.insecure_registries == frozenset({"m:1"}) and res.calls == []
+    pc = await ImagePullService(cfg, resources=res, aa=None).build_config()
+    assert isinstance(pc.signature_policy, TrustPolicy)
+    assert pc.registry_config is not None and pc.registry_config.insecure_hosts() == {"m:1"}
+    assert res.calls == []
+
+
+async def test_a_bad_policy_fails_the_set_up_with_its_reason(tmp_path: Path) -> None:
+    """The policy is parsed when the image client is set up: a bad one is refused there,
+    naming what is wrong, before any registry is contacted."""
+    cfg = CdhImageConfig(work_dir=tmp_path, image_security_policy='{"default":[{"type":"signedby"}]}')
+    h = ImagePullService(cfg, resources=None, aa=None)
+    with pytest.raises(InvalidPolicy, match="did you mean 'signedBy'"):
+        await h.build_config()
+    with pytest.raises(ImagePullFailed, match=r"cannot set up the image client: .*did you mean 'signedBy'"):
+        await h.pull("127.0.0.1:9/x:1", str(tmp_path / "b"))
 
 
 async def test_build_failures_are_clear(tmp_path: Path) -> None:
-    h = ImagePullHandler(
-        ImageConfig(work_dir=tmp_path, authenticated_registry_credentials_uri="kbs:///no/such/auth"),
+    h = ImagePullService(
+        CdhImageConfig(work_dir=tmp_path, authenticated_registry_credentials_uri="kbs:///no/such/auth"),
         resources=DictResources(),
         aa=None,
     )
     with pytest.raises(ImagePullFailed, match="cannot set up the image client"):
         await h.pull("r/x:1", str(tmp_path / "b"))
-    bad = ImagePullHandler(
-        ImageConfig(work_dir=tmp_path, registry_configuration_uri="kbs:///r/c/t"),
+    bad = ImagePullService(
+        CdhImageConfig(work_dir=tmp_path, registry_configuration_uri="kbs:///r/c/t"),
         resources=DictResources({"kbs:///r/c/t": b"[[[not toml"}),
         aa=None,
     )
@@ -102,9 +121,9 @@ async def test_only_image_pull_errors_reach_the_message(tmp_path: Path) -> None:
         async def pull(self, image_ref: str, bundle_dir: Path) -> None:
             raise self.exc
 
-    def handler(factory: object) -> ImagePullHandler:
-        return ImagePullHandler(
-            ImageConfig(work_dir=tmp_path), resources=None, aa=None, puller_factory=factory
+    def handler(factory: object) -> ImagePullService:
+        return ImagePullService(
+            CdhImageConfig(work_dir=tmp_path), resources=None, aa=None, puller_factory=factory
         )  # type: ignore[arg-type]
 
     leak = RuntimeError("proxy http://user:hunter2@proxy:3128 refused")

@@ -9,9 +9,9 @@ import pytest
 
 import cdh.image
 import cdh.kbc
-from cdh.config import MAX_CONFIG_BYTES, ImageConfig, load_config
+from cdh.config import MAX_CONFIG_BYTES, CdhImageConfig, load_config
 from cdh.errors import ConfigError, ResourceError, SealedSecretError, SecureMountError
-from cdh.image import ImagePullHandler
+from cdh.image import ImagePullService
 from cdh.kbc import OfflineFsKbc
 from cdh.sealed_secret import MAX_KEY_FILE_BYTES, LocalKekProvider
 from cdh.secure_mount import MAX_KEY_BYTES, SecureMounter
@@ -62,8 +62,8 @@ async def test_image_file_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     pol = tmp_path / "policy.json"
     pol.write_text('{"default":[{"type":"reject"}]}')
     monkeypatch.setattr(cdh.image, "MAX_FILE_BYTES", pol.stat().st_size - 1)
-    h = ImagePullHandler(
-        ImageConfig(work_dir=tmp_path, image_security_policy_uri=f"file://{pol}"), resources=None, aa=None
+    h = ImagePullService(
+        CdhImageConfig(work_dir=tmp_path, image_security_policy_uri=f"file://{pol}"), resources=None, aa=None
     )
     with pytest.raises(ConfigError, match=TOO_LARGE):
         await h.build_config()

@@ -261,7 +261,7 @@ def test_space_check(tmp_path: Path) -> None:
 @pytest.mark.skipif(not ROOT, reason="needs root: mknod whiteouts, trusted.* xattrs")
 def test_hardlinks_into_lower_layers_are_copied_up_like_overlayfs(tmp_path: Path) -> None:
     from image_pull.errors import UnpackError
-    from image_pull.puller import _copy_up_links
+    from image_pull.unpack.overlay import copy_up_links
 
     l0 = _layer(tmp_path, "l0")
     (l0 / "bin").mkdir(mode=0o711)
@@ -277,16 +277,16 @@ def test_hardlinks_into_lower_layers_are_copied_up_like_overlayfs(tmp_path: Path
     os.setxattr(l1 / "opq", "trusted.overlay.opaque", b"y")
     top = _layer(tmp_path, "l2")
     (top / "etc").mkdir()
-    _copy_up_links(top, (("etc/hard", "bin/app"),), [l1, l0])
+    copy_up_links(top, (("etc/hard", "bin/app"),), [l1, l0])
     assert (top / "bin/app").read_bytes() == b"app" and (top / "bin/app").stat().st_mode & stat.S_ISUID
     assert stat.S_IMODE((top / "bin").stat().st_mode) == 0o711  # parent metadata copied too
     assert (top / "etc/hard").stat().st_ino == (top / "bin/app").stat().st_ino
     assert not (l0 / "bin/app").stat().st_nlink > 1  # the lower layer is untouched
     for target in ("gone", "opq/hidden", "nosuch"):
         with pytest.raises(UnpackError, match="does not exist"):
-            _copy_up_links(top, (("etc/x", target),), [l1, l0])
+            copy_up_links(top, (("etc/x", target),), [l1, l0])
     with pytest.raises(UnpackError, match="symlink"):
-        _copy_up_links(top, (("etc/y", "sym/passwd"),), [l1, l0])
+        copy_up_links(top, (("etc/y", "sym/passwd"),), [l1, l0])
 
 
 @pytest.mark.root

@@ -348,7 +348,8 @@ def test_tty_progress_line() -> None:
 
 
 def test_proxy_credentials_stay_out_of_the_config_repr(tmp_path: Path) -> None:
-    from image_pull.puller import ProxyConfig, PullerConfig
+    from image_pull.puller import PullerConfig
+    from image_pull.registries_conf import ProxyConfig
 
     proxy = ProxyConfig(https_proxy="http://alice:s3cret@proxy.example:3128", http_proxy="http://p:8080")
     text = repr(PullerConfig(work_dir=tmp_path, proxy=proxy))

@@ -52,17 +52,16 @@ def test_help_shows_work_dir_default_and_version(capsys: pytest.CaptureFixture[s
 
 @pytest.mark.root
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: mounts a tmpfs on the bundle's rootfs")
-async def test_mounted_bundle_names_the_release_command(tmp_path: Path) -> None:
+def test_mounted_bundle_names_the_release_command(tmp_path: Path) -> None:
+    from image_pull.bundle import check_target
     from image_pull.errors import ImagePullError
-    from image_pull.puller import ImagePuller, PullerConfig
 
     rootfs = tmp_path / "b" / "rootfs"
     rootfs.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(rootfs)], check=True)
     try:
-        async with ImagePuller(PullerConfig(work_dir=tmp_path / "w")) as puller:
-            with pytest.raises(ImagePullError) as ei:
-                puller._check_bundle_target(tmp_path / "b")
+        with pytest.raises(ImagePullError) as ei:
+            check_target(tmp_path / "b")
         assert f"coco-image gc --release-bundle {tmp_path / 'b'}" in str(ei.value)
     finally:
         subprocess.run(["umount", str(rootfs)], check=False)
@@ -225,8 +224,8 @@ def test_wrong_port_says_connection_refused(tmp_path: Path, capsys: pytest.Captu
 
 
 def test_gpgv_nodata_is_called_corrupt(signed: Signed, tmp_path: Path) -> None:
-    from image_pull.signatures.gpg import verify_signed_message
     from image_pull.trust import SignatureRejected
+    from image_pull.trust.signatures.gpg import verify_signed_message
 
     (tmp_path / "p").write_bytes(b"hello\n")
     h.run(["gpg", "--batch", "--yes", "--compress-level", "0", "--local-user", signed.key.fpr, "--sign",

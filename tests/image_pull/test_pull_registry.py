@@ -481,7 +481,7 @@ def test_cli_prints_digest_and_fails_with_one_line(
 async def test_http_proxy_and_no_proxy(
     registry: RegistryServer, images: dict[str, str], tmp_path: Path, cleanup_mounts: None
 ) -> None:
-    from image_pull.puller import ProxyConfig
+    from image_pull.registries_conf import ProxyConfig
 
     proxy = FaultProxy(
         ("127.0.0.1", registry.port)
@@ -929,13 +929,15 @@ async def test_failed_bundle_never_deletes_files_it_did_not_make(
 ) -> None:
     """Someone fills <bundle>/rootfs between the pull's checks and its mount: the pull fails
     and leaves those files alone (its cleanup removed the whole rootfs tree)."""
-    real = ImagePuller._check_bundle_target_dir
+    from image_pull import bundle as bundle_mod
+
+    real = bundle_mod.check_empty_rootfs
 
     def racer(rootfs: Path) -> None:
         (rootfs / "theirs.txt").write_text("not the puller's")
         real(rootfs)
 
-    monkeypatch.setattr(ImagePuller, "_check_bundle_target_dir", staticmethod(racer))
+    monkeypatch.setattr(bundle_mod, "check_empty_rootfs", racer)
     bundle = tmp_path / "b"
     with pytest.raises(BundleError, match="changed under the pull"):
         await pull(config_for(registry, tmp_path / "w", snapshotter="overlay"), images["std"], bundle)

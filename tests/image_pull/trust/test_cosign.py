@@ -11,15 +11,15 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from image_pull.signatures.cosign import (
+from image_pull.trust.errors import InvalidPolicy, SignatureRejected
+from image_pull.trust.signatures.cosign import (
     load_certificates,
     load_public_keys,
     verify_fulcio_certificate,
     verify_rekor_set,
     verify_with_key,
 )
-from image_pull.signatures.payload import COSIGN_TYPE, SIMPLE_SIGNING_TYPE, parse_payload
-from image_pull.trust.errors import InvalidPolicy, SignatureRejected
+from image_pull.trust.signatures.payload import COSIGN_TYPE, SIMPLE_SIGNING_TYPE, parse_payload
 from tests.image_pull.trust.helpers import FakeFulcio, cosign_payload, ec_key, pub_pem, rekor_bundle
 
 T0 = dt.datetime(2025, 6, 1, 12, 0, tzinfo=dt.UTC)

@@ -13,10 +13,10 @@ import pytest
 
 from image_pull.reference import parse_reference
 from image_pull.registry import RegistryClient
-from image_pull.signatures.gpg import dearmor_keyring, verify_signed_message
-from image_pull.signatures.lookaside import fetch_lookaside, fetch_registry_extension
-from image_pull.signatures.registries_d import RegistriesD
 from image_pull.trust.errors import InvalidPolicy, SignatureRejected
+from image_pull.trust.signatures.gpg import dearmor_keyring, verify_signed_message
+from image_pull.trust.signatures.lookaside import fetch_lookaside, fetch_registry_extension
+from image_pull.trust.signatures.registries_d import RegistriesD
 from tests.image_pull.trust.helpers import gpg_key, run
 from tests.support.registry import have_tools
 

@@ -24,10 +24,10 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cdh.keyprovider import KeyUnwrapper as CdhKeyUnwrapper
 from image_pull.errors import DecryptionError, DigestMismatch, PolicyRejected
-from image_pull.ocicrypt import IntegrityError, KeyUnavailable, jwe_decrypt, load_private_key
+from image_pull.ocicrypt import IntegrityError, KeyUnavailable, LayerDecrypter, jwe_decrypt, load_private_key
 from image_pull.puller import ImagePuller, PullerConfig, PullResult
 from image_pull.store import LayerStore, chain_ids
-from image_pull.trust import InvalidPolicy, SignatureRejected
+from image_pull.trust import InvalidPolicy, SignatureRejected, TrustPolicy
 from tests.image_pull.trust import helpers as h
 from tests.support.registry import RegistryServer, have_tools, layer_tar, umoci_image
 
@@ -226,7 +226,21 @@ class FakeKbs:
         return KEK
 
 
+def _parsed(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The policy bytes (+ where its signatures and keys come from) and the decryption
+    keys/key provider become what PullerConfig takes: a TrustPolicy and a LayerDecrypter."""
+    policy = cfg.pop("signature_policy", None)
+    sources = {k: cfg.pop(k) for k in ("registries_d", "sigstore_config", "resource_getter") if k in cfg}
+    if policy is not None:
+        cfg["signature_policy"] = TrustPolicy(policy, **sources)
+    keys, provider = cfg.pop("decryption_keys", ()), cfg.pop("key_provider", None)
+    if keys or provider is not None:
+        cfg["decrypter"] = LayerDecrypter(keys, provider)
+    return cfg
+
+
 async def pull(env: Env, repo_tag: str, bundle: str, *, work: str = "work", **cfg: Any) -> PullResult:
+    cfg = _parsed(cfg)
     config = PullerConfig(
         work_dir=env.tmp / "runs" / work,
         auth_json=env.reg.authfile.read_bytes(),
@@ -642,7 +656,7 @@ def test_cli_policy_registries_d_and_decryption_key(env: Env, tmp_path: Path) ->
 
 
 async def test_keys_from_kbs_uris_through_the_resource_getter(env: Env) -> None:
-    """keyPath kbs:///... is fetched through PullerConfig.resource_getter (CDH's GetResource)."""
+    """keyPath kbs:///... is fetched through TrustPolicy's resource_getter (CDH's GetResource)."""
     asked: list[str] = []
     store = {
         "kbs:///default/keys/signer": env.signer.pub.read_bytes(),
@@ -757,23 +771,24 @@ async def test_signed_image_index(env: Env, tmp_path: Path) -> None:
 
 async def test_cdh_image_section_policy_and_sigstore_config(env: Env) -> None:
     """CDH's [image] (inline image_security_policy + sigstore_config, auth via file://) drives the
-    same checks through ImagePullHandler."""
-    from cdh.config import ImageConfig, RegistryConfigFile, RegistryEntry
+    same checks through ImagePullService."""
+    from cdh.config import CdhImageConfig
     from cdh.errors import ImagePullFailed
-    from cdh.image import ImagePullHandler
+    from cdh.image import ImagePullService
+    from image_pull.registries_conf import RegistryConfig, RegistryRule
 
     policy_json = policy(env, signed_by(env.signer.pub)).decode()
     sigstore_yaml = f"default-docker:\n  sigstore: file://{env.tmp / 'sigstore'}\n"
-    cfg = ImageConfig(
+    cfg = CdhImageConfig(
         work_dir=env.tmp / "runs" / "cdh-work",
         image_security_policy=policy_json,
         sigstore_config=sigstore_yaml,
         authenticated_registry_credentials_uri=f"file://{env.reg.authfile}",
-        registry_config=RegistryConfigFile(
-            registries=(RegistryEntry(prefix=env.reg.host, location=env.reg.host, insecure=True),)
+        registry_config=RegistryConfig(
+            registries=(RegistryRule(prefix=env.reg.host, location=env.reg.host, insecure=True),)
         ),
     )
-    handler = ImagePullHandler(cfg, resources=None, aa=None)
+    handler = ImagePullService(cfg, resources=None, aa=None)
     bundle = env.tmp / "runs" / "cdh-signed"
     digest = await handler.pull(f"{env.reg.host}/t/signed:1", str(bundle))
     assert digest == env.digests["img"]

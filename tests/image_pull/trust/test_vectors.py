@@ -24,8 +24,8 @@ from image_pull.hooks import PolicyContext
 from image_pull.manifest import Manifest, parse_manifest_document
 from image_pull.reference import Reference, parse_reference
 from image_pull.registry import FetchedManifest, RegistryClient
-from image_pull.signatures.cosign import ANN_BUNDLE, CosignSignature
 from image_pull.trust import SignatureRejected, TrustPolicy
+from image_pull.trust.signatures.cosign import ANN_BUNDLE, CosignSignature
 from tests.image_pull.trust.helpers import FakeFulcio
 
 V = Path(__file__).parent / "vectors"
@@ -90,7 +90,6 @@ def ctx_for(image: str, manifest_path: Path, registry: Any) -> PolicyContext:
         manifest=man,
         manifest_bytes=body,
         registry=registry,
-        resource_getter=None,
     )
 
 

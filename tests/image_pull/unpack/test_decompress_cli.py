@@ -7,6 +7,7 @@ import io
 import os
 import subprocess
 import sys
+import time
 import zlib
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from image_pull.unpack import (
     UnsupportedEntry,
     codec_for_media_type,
     open_decompressed,
+    read_ahead,
 )
 
 from .tarbuild import Tar
@@ -178,3 +180,54 @@ def test_threaded_prefetch_stops_on_close() -> None:
     thread = s._thread  # type: ignore[attr-defined]
     thread.join(timeout=5)
     assert not thread.is_alive()
+
+
+class _SlowCounting(io.RawIOBase):
+    """Counts reads, each a little slow, so the helper is inside one when close() comes."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = io.BytesIO(data)
+        self.active = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:
+        self.active += 1
+        try:
+            time.sleep(0.01)
+            return self._data.read(n)
+        finally:
+            self.active -= 1
+
+
+def test_read_ahead_close_waits_for_the_helper_to_leave_the_stream() -> None:
+    inner = _SlowCounting(bytes(64 << 20))
+    ahead = read_ahead(inner)  # type: ignore[arg-type]
+    assert len(ahead.read(10)) == 10
+    ahead.close()
+    assert inner.active == 0  # the caller is the stream's only reader again
+    assert not ahead._thread.is_alive()  # type: ignore[attr-defined]
+
+
+def test_read_ahead_reads_the_whole_stream_through_a_wrapper() -> None:
+    import hashlib
+
+    data = os.urandom(3 << 20)
+    seen = hashlib.sha256()
+
+    class Hashing(io.RawIOBase):
+        def __init__(self) -> None:
+            self._src = io.BytesIO(data)
+
+        def readable(self) -> bool:
+            return True
+
+        def read(self, n: int = -1) -> bytes:
+            chunk = self._src.read(n)
+            seen.update(chunk)
+            return chunk
+
+    with read_ahead(Hashing()) as ahead:  # type: ignore[arg-type]
+        assert read_all(ahead, 77_777) == data
+    assert seen.hexdigest() == hashlib.sha256(data).hexdigest()

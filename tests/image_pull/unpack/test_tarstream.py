@@ -127,6 +127,10 @@ def test_libarchive_xattrs_and_binary_values() -> None:
     t.file(b"f", b"")
     ((e, _),) = entries(t.build())
     assert dict(e.xattrs) == {"user.sp ace": b"hi", "security.capability": cap}  # type: ignore[attr-defined]
+    for bad in ("a", "aG!", "aGl", "aGk=="):  # impossible length, off-alphabet, trailing bits, padding
+        t = Tar().pax([("LIBARCHIVE.xattr.user.x", bad)]).file(b"f", b"")
+        with pytest.raises(MalformedTar, match="LIBARCHIVE"):
+            entries(t.build())
 
 
 def test_header_only_types_ignore_size_like_go() -> None:
@@ -293,3 +297,69 @@ def test_gnu_tar_incremental_archive(tmp_path: Path) -> None:
     )
     got = entries((tmp_path / "i.tar").read_bytes())
     assert (b"./sub/f", b"incremental") in [(e.name, b) for e, b in got]  # type: ignore[attr-defined]
+
+
+def _with_checksum(blk: bytearray, value: int) -> bytes:
+    blk[148:156] = b"%06o\x00 " % value
+    return bytes(blk)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_header_checksum_matches_the_byte_sum_exactly(seed: int) -> None:
+    """Headers dense with high bytes (sums above 65521) are checked exactly: the stored sum
+    must be the unsigned (or, as old tars wrote it, signed) byte sum, not one off by 65521."""
+    import random
+
+    from image_pull.unpack.tarstream import _verify_checksum
+
+    rng = random.Random(seed)
+    for dense in (0, 200, 300, 504):
+        blk = bytearray(header(b"f"))
+        for i in rng.sample([i for i in range(512) if not 148 <= i < 156], dense):
+            blk[i] = rng.randrange(128, 256)
+        blk[148:156] = b" " * 8
+        unsigned = sum(blk)
+        signed = unsigned - 256 * sum(1 for b in blk if b >= 128)
+        _verify_checksum(_with_checksum(blk, unsigned), 0)
+        if signed >= 0:
+            _verify_checksum(_with_checksum(blk, signed), 0)
+        for wrong in (unsigned + 1, unsigned - 65521, unsigned + 65521, unsigned - 1):
+            if wrong < 0 or wrong == signed or wrong >= 8**6:
+                continue
+            with pytest.raises(MalformedTar, match="checksum"):
+                _verify_checksum(_with_checksum(blk, wrong), 0)
+    blk = bytearray(header(b"f"))
+    for bad in (b"0000 8\x00 ", b"+01234\x00 ", b"0_1234\x00 ", b"        "):
+        blk[148:156] = bad
+        with pytest.raises(MalformedTar, match="checksum"):
+            _verify_checksum(bytes(blk), 0)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"30 mtime=1765061069.601946355\n30 atime=1765061069.605946355\n",
+        b"030 mtime=1765061069.60194635\n",  # zero-padded length
+        b"19 comment=a\nb=c\n12 path=x=y\n",  # a value with a newline, and with '='
+        b"11 path=ab\n",  # stated length one short
+        b"13 path=ab\n",  # one long
+        b"10 path=\n\x00\x00\x00",  # empty value, NUL padding
+        b"9 path=a\n\x00",
+        b"12 p\xffth=ab\n",  # not UTF-8
+        b"12 pa\nh=ab\n",  # newline in the key
+        b"11 path=ab\nx",
+        b"",
+    ],
+)
+def test_pax_fast_path_reads_what_the_record_parser_reads(data: bytes) -> None:
+    from image_pull.unpack.tarstream import _parse_pax, _parse_pax_records
+
+    try:
+        expected: object = _parse_pax_records(data, 0)
+    except MalformedTar as exc:
+        expected = type(exc)
+    try:
+        got: object = _parse_pax(data, 0)
+    except MalformedTar as exc:
+        got = type(exc)
+    assert got == expected

@@ -409,3 +409,14 @@ def test_flatten_whiteout_of_own_directory_empties_lower_content(tmp_path: Path)
     upper = Tar().dir("d").file("d/mine").file(".wh.d")
     root = layered(tmp_path, bytes(lower), bytes(upper))
     assert sorted(os.listdir(root / "d")) == ["mine"]
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o666, 0o777, 0o000, 0o400, 0o4755, 0o2711, 0o1777, 0o620])
+def test_file_modes_are_exact_whatever_the_umask(tmp_path: Path, mode: int) -> None:
+    old = os.umask(0o027)
+    try:
+        unpack(bytes(Tar().file("f", b"data", mode=mode)), tmp_path / "l")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.lstat(tmp_path / "l/f").st_mode) == mode
+    assert os.stat(tmp_path / "l/f").st_size == 4

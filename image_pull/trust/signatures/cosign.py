@@ -24,8 +24,6 @@ Verification (raises :class:`SignatureRejected`, returns the verified payload):
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import hashlib
 from collections.abc import Sequence
@@ -39,6 +37,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from coco_common.b64 import b64_decode
 from coco_common.strict_json import strict_loads
 from image_pull.errors import ManifestError, NotFound
 from image_pull.manifest import Manifest, parse_manifest_document
@@ -95,8 +94,8 @@ class CosignSignature:
             raise SignatureRejected("not a sigstore-json signature")
         try:
             doc = strict_loads(untrusted_blob[len(prefix) :])
-        except (ValueError, RecursionError):
-            raise SignatureRejected("sigstore-json signature is not valid JSON") from None
+        except (ValueError, RecursionError) as exc:
+            raise SignatureRejected("sigstore-json signature is not valid JSON") from exc
         if not isinstance(doc, dict) or doc.get("mimeType") != COSIGN_PAYLOAD_TYPE:
             raise SignatureRejected("sigstore-json signature has an unexpected mimeType")
         ann = doc.get("annotations")
@@ -129,9 +128,9 @@ def _b64(v: Any, what: str) -> bytes:
     if not isinstance(v, str):
         raise SignatureRejected(f"cosign {what} is not a string")
     try:
-        return base64.b64decode(v, validate=True)
-    except (binascii.Error, ValueError):
-        raise SignatureRejected(f"cosign {what} is not valid base64") from None
+        return b64_decode(v)
+    except ValueError as exc:
+        raise SignatureRejected(f"cosign {what} is not valid base64") from exc
 
 
 def signature_tag(digest: str) -> str:
@@ -150,7 +149,7 @@ async def fetch_cosign_signatures(
     try:
         doc = parse_manifest_document(fetched.body, fetched.content_type)
     except ManifestError as exc:
-        raise SignatureRejected(f"cosign signature manifest is malformed: {exc}") from None
+        raise SignatureRejected(f"cosign signature manifest is malformed: {exc}") from exc
     if not isinstance(doc, Manifest):
         raise SignatureRejected("cosign signature tag names an index, not a manifest")
     out: list[CosignSignature] = []
@@ -177,8 +176,8 @@ def load_public_keys(data: bytes) -> list[PublicKey]:
                 if b.startswith(b"-----")
                 else serialization.load_der_public_key
             )(b)
-        except (ValueError, TypeError):
-            raise InvalidPolicy("a sigstore public key is not a valid PEM/DER public key") from None
+        except (ValueError, TypeError) as exc:
+            raise InvalidPolicy("a sigstore public key is not a valid PEM/DER public key") from exc
         if not isinstance(k, ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey):
             raise InvalidPolicy("sigstore public keys must be ECDSA, RSA or Ed25519")
         keys.append(k)
@@ -190,8 +189,8 @@ def load_public_keys(data: bytes) -> list[PublicKey]:
 def load_certificates(data: bytes) -> list[x509.Certificate]:
     try:
         certs = x509.load_pem_x509_certificates(data)
-    except ValueError:
-        raise InvalidPolicy("CA material is not a PEM certificate bundle") from None
+    except ValueError as exc:
+        raise InvalidPolicy("CA material is not a PEM certificate bundle") from exc
     return certs
 
 
@@ -253,8 +252,8 @@ def verify_rekor_set(
     """Verify a ``dev.sigstore.cosign/bundle`` SET and that its entry covers this signature."""
     try:
         doc = strict_loads(untrusted_bundle)
-    except (ValueError, RecursionError):
-        raise SignatureRejected("Rekor bundle is not valid JSON") from None
+    except (ValueError, RecursionError) as exc:
+        raise SignatureRejected("Rekor bundle is not valid JSON") from exc
     doc = _strict_obj(doc, {"SignedEntryTimestamp", "Payload"}, "bundle")
     p = _strict_obj(doc["Payload"], {"body", "integratedTime", "logIndex", "logID"}, "Payload")
     set_sig = _b64(doc["SignedEntryTimestamp"], "SignedEntryTimestamp")
@@ -275,8 +274,8 @@ def verify_rekor_set(
         raise SignatureRejected("Rekor SET is not signed by a trusted Rekor key")
     try:
         body = strict_loads(_b64(p["body"], "Rekor body"))
-    except (ValueError, RecursionError):
-        raise SignatureRejected("Rekor entry body is not valid JSON") from None
+    except (ValueError, RecursionError) as exc:
+        raise SignatureRejected("Rekor entry body is not valid JSON") from exc
     if not isinstance(body, dict) or body.get("kind") != "hashedrekord" or body.get("apiVersion") != "0.0.1":
         raise SignatureRejected("Rekor entry is not a hashedrekord 0.0.1")
     try:
@@ -285,8 +284,8 @@ def verify_rekor_set(
         pub_content = spec["signature"]["publicKey"]["content"]
         h = spec["data"]["hash"]
         algo, value = h["algorithm"], h["value"]
-    except (KeyError, TypeError):
-        raise SignatureRejected("Rekor entry lacks signature, key or hash") from None
+    except (KeyError, TypeError) as exc:
+        raise SignatureRejected("Rekor entry lacks signature, key or hash") from exc
     if _b64(sig_content, "Rekor signature") != signature:
         raise SignatureRejected("Rekor entry records another signature")
     if algo != "sha256" or value != hashlib.sha256(payload).hexdigest():
@@ -295,8 +294,8 @@ def verify_rekor_set(
     if signer_cert is not None:
         try:
             rc = x509.load_pem_x509_certificate(pub_pem)
-        except ValueError:
-            raise SignatureRejected("Rekor entry does not record the signing certificate") from None
+        except ValueError as exc:
+            raise SignatureRejected("Rekor entry does not record the signing certificate") from exc
         if rc.public_bytes(serialization.Encoding.DER) != signer_cert.public_bytes(
             serialization.Encoding.DER
         ):
@@ -304,8 +303,8 @@ def verify_rekor_set(
     elif signer_key is not None:
         try:
             rk2 = serialization.load_pem_public_key(pub_pem)
-        except (ValueError, TypeError):
-            raise SignatureRejected("Rekor entry does not record the signing key") from None
+        except (ValueError, TypeError) as exc:
+            raise SignatureRejected("Rekor entry does not record the signing key") from exc
         if not isinstance(rk2, ec.EllipticCurvePublicKey | rsa.RSAPublicKey | ed25519.Ed25519PublicKey) or (
             _spki(rk2) != _spki(signer_key)
         ):
@@ -403,11 +402,7 @@ def verify_fulcio_certificate(
     at: dt.datetime,
 ) -> PublicKey:
     """Check a Fulcio leaf at time ``at`` (Rekor integratedTime); returns its public key."""
-    try:
-        leaf = x509.load_pem_x509_certificate(untrusted_cert)
-        chain = x509.load_pem_x509_certificates(untrusted_chain) if untrusted_chain else []
-    except ValueError:
-        raise SignatureRejected("cosign certificate or chain is not valid PEM") from None
+    leaf, chain = _leaf_and_chain(untrusted_cert, untrusted_chain)
     _verify_chain(leaf, chain[:MAX_CHAIN], ca, at)
     _leaf_checks(leaf)
     if _oidc_issuer(leaf) != oidc_issuer:
@@ -422,6 +417,17 @@ def verify_fulcio_certificate(
     return key
 
 
+def _leaf_and_chain(
+    untrusted_cert: bytes, untrusted_chain: bytes | None
+) -> tuple[x509.Certificate, list[x509.Certificate]]:
+    try:
+        leaf = x509.load_pem_x509_certificate(untrusted_cert)
+        chain = x509.load_pem_x509_certificates(untrusted_chain) if untrusted_chain else []
+    except ValueError as exc:
+        raise SignatureRejected("cosign certificate or chain is not valid PEM") from exc
+    return leaf, chain
+
+
 def verify_pki_certificate(
     untrusted_cert: bytes,
     untrusted_chain: bytes | None,
@@ -432,11 +438,7 @@ def verify_pki_certificate(
     subject_email: str | None,
     at: dt.datetime,
 ) -> PublicKey:
-    try:
-        leaf = x509.load_pem_x509_certificate(untrusted_cert)
-        chain = x509.load_pem_x509_certificates(untrusted_chain) if untrusted_chain else []
-    except ValueError:
-        raise SignatureRejected("cosign certificate or chain is not valid PEM") from None
+    leaf, chain = _leaf_and_chain(untrusted_cert, untrusted_chain)
     _verify_chain(leaf, list(intermediates) + chain[:MAX_CHAIN], roots, at)
     _leaf_checks(leaf)
     san = _sans(leaf)
@@ -457,5 +459,5 @@ def verify_pki_certificate(
 def certificate(untrusted_cert: bytes) -> x509.Certificate:
     try:
         return x509.load_pem_x509_certificate(untrusted_cert)
-    except ValueError:
-        raise SignatureRejected("cosign certificate is not valid PEM") from None
+    except ValueError as exc:
+        raise SignatureRejected("cosign certificate is not valid PEM") from exc

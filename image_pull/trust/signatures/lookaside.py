@@ -16,13 +16,15 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from coco_common.files import FileTooLarge, read_bounded
+from coco_common.http import async_client
 from coco_common.http_body import ACCEPT_DECODABLE, DECODABLE, BodyTooLarge, HttpBodyError, read_body
+from coco_common.strict_json import strict_loads
 from image_pull.reference import Reference
 from image_pull.registry import RegistryClient
 from image_pull.trust.errors import SignatureRejected
@@ -58,20 +60,20 @@ async def fetch_lookaside(
         for n in range(1, MAX_SIGNATURES + 1):
             p = root / f"signature-{n}"
             try:
-                with open(p, "rb") as f:
-                    data = f.read(MAX_SIGNATURE_BYTES + 1)
+                data = read_bounded(p, MAX_SIGNATURE_BYTES)
             except FileNotFoundError:
                 break
-            except OSError as exc:
-                raise SignatureRejected(f"cannot read lookaside signature {p}: {exc.strerror}") from None
-            if len(data) > MAX_SIGNATURE_BYTES:
-                raise SignatureRejected("lookaside signature larger than 4 MiB")
+            except FileTooLarge as exc:
+                raise SignatureRejected("lookaside signature larger than 4 MiB") from exc
+            except (OSError, ValueError) as exc:
+                why = getattr(exc, "strerror", None) or exc
+                raise SignatureRejected(f"cannot read lookaside signature {p}: {why}") from exc
             out.append(_legacy_or_simple(data))
         return out
     if u.scheme not in ("http", "https"):
         raise SignatureRejected("lookaside URL must be file://, http:// or https://")
     if http is None:
-        async with httpx.AsyncClient(trust_env=False, timeout=httpx.Timeout(60.0, connect=30.0)) as own:
+        async with async_client(timeout=60.0, connect_timeout=30.0) as own:
             return await _fetch_http(base, rel, own)
     return await _fetch_http(base, rel, http)
 
@@ -92,12 +94,12 @@ async def _fetch_http(base: str, rel: str, http: httpx.AsyncClient) -> list[byte
                 buf = await read_body(
                     resp, MAX_SIGNATURE_BYTES, decode=DECODABLE, what=f"lookaside signature-{n}"
                 )
-        except BodyTooLarge:
-            raise SignatureRejected("lookaside signature larger than 4 MiB") from None
+        except BodyTooLarge as exc:
+            raise SignatureRejected("lookaside signature larger than 4 MiB") from exc
         except HttpBodyError as exc:
-            raise SignatureRejected(f"cannot fetch lookaside signature: {exc}") from None
+            raise SignatureRejected(f"cannot fetch lookaside signature: {exc}") from exc
         except httpx.HTTPError as exc:
-            raise SignatureRejected(f"cannot fetch lookaside signature: {type(exc).__name__}") from None
+            raise SignatureRejected(f"cannot fetch lookaside signature: {type(exc).__name__}") from exc
         out.append(_legacy_or_simple(buf))
     return out
 
@@ -123,9 +125,9 @@ async def fetch_registry_extension(registry: RegistryClient, ref: Reference, dig
     finally:
         await resp.aclose()
     try:
-        doc = json.loads(body)
-    except (ValueError, RecursionError):
-        raise SignatureRejected("registry signature extension returned invalid JSON") from None
+        doc = strict_loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise SignatureRejected("registry signature extension returned invalid JSON") from exc
     sigs = doc.get("signatures") if isinstance(doc, dict) else None
     if not isinstance(sigs, list):
         raise SignatureRejected("registry signature extension: no signatures list")
@@ -135,6 +137,6 @@ async def fetch_registry_extension(registry: RegistryClient, ref: Reference, dig
             continue
         try:
             out.append(base64.b64decode(str(s.get("content", "")), validate=True))
-        except (binascii.Error, ValueError):
-            raise SignatureRejected("registry signature extension: content is not base64") from None
+        except (binascii.Error, ValueError) as exc:
+            raise SignatureRejected("registry signature extension: content is not base64") from exc
     return out

@@ -41,7 +41,7 @@ def _loads(untrusted: bytes) -> Any:
     try:
         return strict_loads(untrusted)
     except ValueError as exc:
-        raise SignatureRejected(f"signature payload is not valid strict JSON: {str(exc)[:80]}") from None
+        raise SignatureRejected(f"signature payload is not valid strict JSON: {str(exc)[:80]}") from exc
 
 
 def _exact(v: Any, keys: set[str], what: str) -> dict[str, Any]:

@@ -101,8 +101,8 @@ def dearmor_keyring(data: bytes) -> bytes:
                 i += 1
             try:
                 out += base64.b64decode("".join(b64), validate=True)
-            except (binascii.Error, ValueError):
-                raise InvalidPolicy("GPG key armor is not valid base64") from None
+            except (binascii.Error, ValueError) as exc:
+                raise InvalidPolicy("GPG key armor is not valid base64") from exc
         i += 1
     if not out:
         raise InvalidPolicy("no PGP PUBLIC KEY BLOCK in the key material")
@@ -151,8 +151,8 @@ def verify_signed_message(untrusted_blob: bytes, keyring: bytes, *, gpgv: str = 
                 stdin=subprocess.DEVNULL,
                 check=False,
             )
-        except subprocess.TimeoutExpired:
-            raise SignatureRejected("gpgv timed out") from None
+        except subprocess.TimeoutExpired as exc:
+            raise SignatureRejected("gpgv timed out") from exc
         status = [
             ln[9:].split(" ")
             for ln in cp.stdout.decode("utf-8", "replace").splitlines()

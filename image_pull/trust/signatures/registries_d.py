@@ -27,6 +27,7 @@ from typing import Any
 
 import yaml
 
+from coco_common.files import FileTooLarge, read_bounded
 from image_pull.reference import Reference
 from image_pull.trust.errors import InvalidPolicy
 from image_pull.trust.policy import docker_scopes
@@ -97,7 +98,7 @@ class RegistriesD:
         try:
             doc = yaml.load(untrusted.decode("utf-8"), Loader=_StrictLoader)  # noqa: S506 - safe loader subclass
         except (UnicodeDecodeError, yaml.YAMLError) as exc:
-            raise InvalidPolicy(f"{what} is not valid YAML: {str(exc)[:80]}") from None
+            raise InvalidPolicy(f"{what} is not valid YAML: {str(exc)[:80]}") from exc
         if doc is None:
             return cls()
         if not isinstance(doc, dict) or set(doc) - {"default-docker", "docker"}:
@@ -143,13 +144,14 @@ class RegistriesD:
             try:
                 files = sorted(p for p in Path(directory).iterdir() if p.suffix == ".yaml" and p.is_file())
             except OSError as exc:
-                raise InvalidPolicy(f"cannot read registries.d {directory}: {exc.strerror}") from None
+                raise InvalidPolicy(f"cannot read registries.d {directory}: {exc.strerror}") from exc
             for f in files[:MAX_FILES]:
                 try:
-                    with open(f, "rb") as fh:
-                        data = fh.read(MAX_REGISTRIES_D_BYTES + 1)
-                except OSError as exc:
-                    raise InvalidPolicy(f"cannot read {f}: {exc.strerror}") from None
+                    data = read_bounded(f, MAX_REGISTRIES_D_BYTES)
+                except FileTooLarge as exc:
+                    raise InvalidPolicy(f"{f.name} is larger than 1 MiB") from exc
+                except (OSError, ValueError) as exc:
+                    raise InvalidPolicy(f"cannot read {f}: {getattr(exc, 'strerror', None) or exc}") from exc
                 parts.append((f.name, cls.from_yaml(data, f.name)))
         if extra_yaml is not None:
             parts.append(("sigstore_config", cls.from_yaml(extra_yaml, "sigstore_config")))
