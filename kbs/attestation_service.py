@@ -9,9 +9,10 @@ import asyncio
 import json
 import logging
 import tomllib
-from collections.abc import Mapping
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from attestation.errors import AttestationError
 from attestation.initdata import InitDataError, parse_initdata
@@ -28,7 +29,7 @@ from .ear import Appraisal, EarBroker
 from .errors import KbsAttestationError, KbsError
 from .policy import AttestationPolicies
 from .rvps import ReferenceValues
-from .verifiers import DEVICE_TEES, TEE_CLASS, UnsupportedTee, VerifierRegistry
+from .verifiers import DEV_TEES, DEVICE_TEES, TEE_CLASS, UnsupportedTee, VerifierRegistry
 
 if TYPE_CHECKING:
     from .grpc_api import RemoteReferenceValues
@@ -40,16 +41,22 @@ __all__ = [
     "EvidenceRejected",
     "additional_evidence",
     "annotate_submod",
+    "init_data_answer",
     "init_data_claims",
     "parse_attestation",
 ]
 
 log = logging.getLogger(__name__)
+_T = TypeVar("_T")
 
 MAX_ADDITIONAL_EVIDENCE = 8 * 1024 * 1024
 #: base64url length of a 16384-bit modulus, the largest RSA tee-pubkey accepted
 _MAX_RSA_N_B64 = (16384 // 8 * 4 + 2) // 3
 ATTEST_FAILED = "Attestation error: RCAR handshake Attest failed"
+#: an /attest body up to this size is parsed and its token signed on the event loop (a fraction of
+#: a millisecond, less than the hand-over to a thread costs); a larger one in a thread, so the loop
+#: keeps its turn while megabytes of JSON and TOML are read (the GIL is handed over every few ms)
+INLINE_BODY_BYTES = 16 * 1024
 
 
 class EvidenceRejected(KbsAttestationError):
@@ -165,10 +172,19 @@ def additional_evidence(untrusted: str) -> dict[str, Any]:
     return amap
 
 
+#: tee-pubkeys that passed :func:`usable_tee_key` lately (clients re-attest with one key)
+_USABLE_KEYS: OrderedDict[TeePubKey, None] = OrderedDict()
+_USABLE_KEYS_MAX = 1024
+
+
 def usable_tee_key(key: TeePubKey) -> None:
     """Refuse a tee-pubkey the KBS could never encrypt a resource to (unsupported curve or
     algorithm, a point off its curve, a weak, malformed or oversized RSA key): found at
-    /attest, not at the first resource GET."""
+    /attest, not at the first resource GET. Whether a key is usable depends on the key alone,
+    so one that passed is remembered (an LRU of :data:`_USABLE_KEYS_MAX`)."""
+    if key in _USABLE_KEYS:
+        _USABLE_KEYS.move_to_end(key)
+        return
     if key.kty == "RSA" and key.n is not None and len(key.n) > _MAX_RSA_N_B64:
         raise EvidenceRejected("RSA tee-pubkey is longer than 16384 bits")
     if (key.kty, key.alg) not in (("EC", ALG_ECDH_ES_A256KW), ("RSA", ALG_RSA_OAEP_256), ("RSA", ALG_RSA1_5)):
@@ -179,6 +195,9 @@ def usable_tee_key(key: TeePubKey) -> None:
         raise EvidenceRejected(f"tee-pubkey is not usable: {exc}") from exc
     except ValueError as exc:  # cryptography refuses some RSA numbers late (even modulus, size)
         raise EvidenceRejected("tee-pubkey is not a usable RSA key") from exc
+    _USABLE_KEYS[key] = None
+    while len(_USABLE_KEYS) > _USABLE_KEYS_MAX:
+        _USABLE_KEYS.popitem(last=False)
 
 
 def init_data_claims(init: Mapping[str, Any], limits: SecurityConfig) -> tuple[bytes, dict[str, Any]]:
@@ -202,6 +221,17 @@ def init_data_claims(init: Mapping[str, Any], limits: SecurityConfig) -> tuple[b
     _agent_policy_claims(claims)
     _shape(claims, limits, "init-data claims")
     return data.digest(), elide_long_strings(claims)
+
+
+def init_data_answer(untrusted_toml: str, limits: SecurityConfig) -> list[Any]:
+    """:func:`init_data_claims` as a policy worker runs it (JSON out): ``["ok", digest hex, claims]``
+    or ``["reject", reason]``. The largest documents the limits allow cost tomllib tens of ms
+    of CPU that would hold the server's GIL: they are parsed there."""
+    try:
+        digest, claims = init_data_claims({"body": untrusted_toml}, limits)
+    except EvidenceRejected as exc:
+        return ["reject", str(exc)]
+    return ["ok", digest.hex(), claims]
 
 
 def _agent_policy_claims(claims: dict[str, Any]) -> None:
@@ -228,6 +258,11 @@ def annotate_submod(
         return annotate(tee, claims, init_data_claims=init_claims, runtime_data_claims=runtime_claims)
     except AnnotationError as exc:
         raise EvidenceRejected(str(exc)) from exc
+
+
+async def _inline(fn: Callable[..., _T], /, *args: Any, **kwargs: Any) -> _T:
+    """``asyncio.to_thread``'s signature, run here: for work known to be small."""
+    return fn(*args, **kwargs)
 
 
 class AttestationService:
@@ -257,9 +292,11 @@ class AttestationService:
             v = self.registry.get(tee)
         except UnsupportedTee as exc:
             raise EvidenceRejected(str(exc)) from exc
+        # off the event loop: verifiers may fetch collateral with blocking I/O and are CPU-bound;
+        # the development verifiers compare a few bounded fields (no I/O, no crypto): inline
+        run = _inline if tee in DEV_TEES else asyncio.to_thread
         try:
-            # off the event loop: verifiers may fetch collateral with blocking I/O and are CPU-bound
-            claims = await asyncio.to_thread(
+            claims = await run(
                 v.verify,
                 evidence,
                 expected_report_data=report_data,
@@ -302,9 +339,8 @@ class AttestationService:
     async def _attest(self, tee: str, session_nonce: str, alg: str, body: bytes, now: datetime) -> str:
         if tee in DEVICE_TEES:
             raise EvidenceRejected(f"{tee} is a device TEE, not a primary TEE")
-        # parsing and bounding up to a few MB of input is CPU work: in a thread, so the event
-        # loop keeps its turn (the GIL is handed over every few ms)
-        init, nonce, key, primary, additional = await asyncio.to_thread(
+        run = _inline if len(body) <= INLINE_BODY_BYTES else asyncio.to_thread
+        init, nonce, key, primary, additional = await run(
             parse_attestation, body, self.limits, strict=self.strict_bodies, session_nonce=session_nonce
         )
         jwk = key.to_jwk()
@@ -317,12 +353,17 @@ class AttestationService:
         )
         init_hash: bytes | None = None
         init_claims: dict[str, Any] | None = None
-        if init is not None:
-            init_hash, init_claims = await asyncio.to_thread(init_data_claims, init, self.limits)
+        if init is not None and run is _inline:
+            init_hash, init_claims = init_data_claims(init, self.limits)
+        elif init is not None:  # in a worker process: the parse holds the GIL for tens of ms
+            answer = await self.policies.workers.init_data(str(init["body"]), self.limits)
+            if answer[0] != "ok":
+                raise EvidenceRejected(str(answer[1]))
+            init_hash, init_claims = bytes.fromhex(answer[1]), answer[2]
 
         devices: list[tuple[str, str, dict[str, Any]]] = []  # (class, tee, claims)
         if additional:
-            amap = await asyncio.to_thread(additional_evidence, additional)
+            amap = await run(additional_evidence, additional)
             _shape(amap, self.limits, "additional evidence", depth_slack=1)
             for dtee, dev in amap.items():
                 claims = await self._verify(dtee, dev, device_rd, None, now)
@@ -345,7 +386,7 @@ class AttestationService:
             counters[cls] = idx + 1
             dev_annot = annotate_submod(dtee, claims, None, {"nonce": nonce, "tee-pubkey": jwk})
             submods[f"{cls}{idx}"] = await self._appraise(cls, dev_annot, rv)
-        token = await asyncio.to_thread(self.broker.issue, submods, now=now.timestamp())
+        token = await run(self.broker.issue, submods, now=now.timestamp())
         if len(token) > self.limits.max_token_bytes:
             raise EvidenceRejected(f"the token would be larger than {self.limits.max_token_bytes} bytes")
         return token

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +54,9 @@ TRUST_CLAIMS = (
 )
 _TIERS = ("none", "affirming", "warning", "contraindicated")
 LEEWAY_S = 60
+#: own tokens remembered by TokenVerifier.remember_own: how many, and up to what size each
+_REMEMBER_MAX = 1024
+_REMEMBER_MAX_BYTES = 16 * 1024
 #: attestation token signature algorithms (ITA signs with PS384)
 _TOKEN_ALGS = ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA")
 DEFAULT_TEEKEY_PATHS = (
@@ -183,6 +187,8 @@ class TokenVerifier:
         #: a token whose header ``jwk`` is one of them is trusted without x5c or configuration
         self._own = [public_key_to_jwk(k) for k in own_keys]
         self._insecure = insecure_header_jwk
+        #: tokens this process's own broker signed with a key in own_keys (remember_own), newest last
+        self._signed: OrderedDict[str, None] = OrderedDict()
         if not self._certs and not self._jwks and not self._own and not insecure_header_jwk:
             raise KbsConfigError(
                 "[attestation_token] has no trust material: set trusted_certs_paths, trusted_jwk_sets "
@@ -236,8 +242,42 @@ class TokenVerifier:
             raise TokenVerifierError("token certificate chain is broken")
         raise TokenVerifierError("token certificate chain does not end at a trusted certificate")
 
+    def remember_own(self, token: str, signer_jwk: Mapping[str, Any]) -> None:
+        """``token`` was just signed by this process's own EAR broker, whose header ``jwk`` is
+        ``signer_jwk``: when that key is one this verifier trusts without a chain
+        (``own_keys``), :meth:`verify` of the token can only pass the key and signature
+        checks, so a later :meth:`verify` of it skips them (the claims are still parsed, and
+        the time claims checked, on every use). Tokens from any other source must never be
+        passed here."""
+        if len(token) > _REMEMBER_MAX_BYTES or signer_jwk.get("alg") not in _TOKEN_ALGS:
+            return
+        if not any(all(signer_jwk.get(k) == v for k, v in own.items()) for own in self._own):
+            return
+        self._signed[token] = None
+        while len(self._signed) > _REMEMBER_MAX:
+            self._signed.popitem(last=False)
+
     def verify(self, untrusted_token: str, *, now: float | None = None) -> dict[str, Any]:
         t = time.time() if now is None else now
+        if untrusted_token in self._signed:
+            self._signed.move_to_end(untrusted_token)
+            try:
+                _, claims = decode_unverified(untrusted_token)
+            except TokenError as exc:  # cannot happen for a token this process signed
+                raise TokenVerifierError(f"token verification failed: {exc}") from exc
+        else:
+            claims = self._verify_signed(untrusted_token, t)
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float) or isinstance(exp, bool):
+            raise TokenVerifierError("token has no numeric exp")
+        if t > exp + LEEWAY_S:
+            raise TokenVerifierError("token expired")
+        nbf = claims.get("nbf")
+        if isinstance(nbf, int | float) and t + LEEWAY_S < nbf:
+            raise TokenVerifierError("token not yet valid")
+        return claims
+
+    def _verify_signed(self, untrusted_token: str, t: float) -> dict[str, Any]:
         try:
             header, _ = decode_unverified(untrusted_token)
             if isinstance(header.get("jwk"), Mapping):
@@ -251,14 +291,6 @@ class TokenVerifier:
             _, claims = verify(untrusted_token, key, algorithms=_TOKEN_ALGS)
         except TokenError as exc:
             raise TokenVerifierError(f"token verification failed: {exc}") from exc
-        exp = claims.get("exp")
-        if not isinstance(exp, int | float) or isinstance(exp, bool):
-            raise TokenVerifierError("token has no numeric exp")
-        if t > exp + LEEWAY_S:
-            raise TokenVerifierError("token expired")
-        nbf = claims.get("nbf")
-        if isinstance(nbf, int | float) and t + LEEWAY_S < nbf:
-            raise TokenVerifierError("token not yet valid")
         return claims
 
 

@@ -3,17 +3,23 @@ loop keeps serving while a policy is evaluated, an evaluation that runs past
 its time budget is killed, and a policy that crashes the engine (rego-cpp
 segfaults on deep nesting) takes down only its worker. Workers are forked
 from a ``forkserver`` that has the engine loaded, started on demand and
-replaced after a timeout or crash."""
+replaced after a timeout or crash. The largest init-data documents are parsed
+there too (tomllib would hold the server's GIL for tens of milliseconds)."""
 
 from __future__ import annotations
 
 import asyncio
 import atexit
+import collections
+import json
 import logging
 import multiprocessing
+import os
+import pickle
+import socket
+import struct
 import threading
 from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -26,6 +32,10 @@ log = logging.getLogger(__name__)
 #: deepest bracket nesting accepted in an uploaded policy (rego-cpp recurses per level)
 MAX_POLICY_DEPTH = 64
 _OPEN, _CLOSE = "([{", ")]}"
+#: workers run this much nicer than the server: when the CPUs are short, the event loop (every
+#: cheap request, /healthz) goes before a policy that burns its whole time budget. The budget is
+#: wall-clock, so a policy never gets more than it did
+WORKER_NICENESS = 5
 
 
 def policy_nesting(text: str) -> int:
@@ -62,6 +72,13 @@ class _Failed(Exception):
 def _serve(conn: Connection) -> None:  # pragma: no cover - runs in the worker process
     from .policy import check_rego_inline, evaluate
 
+    os.nice(WORKER_NICENESS)
+
+    def answer(status: str, value: Any) -> None:
+        # JSON, never pickle: a worker that a hostile policy subverted cannot make the server
+        # run code by what it answers
+        conn.send_bytes(json.dumps([status, value]).encode())
+
     while True:
         try:
             op, args = conn.recv()
@@ -70,16 +87,20 @@ def _serve(conn: Connection) -> None:  # pragma: no cover - runs in the worker p
         try:
             if op == "eval":
                 res: Any = evaluate(*args[:4], with_reference_values=args[4])
+            elif op == "initdata":
+                from .attestation_service import init_data_answer
+
+                res = init_data_answer(*args)
             else:
                 check_rego_inline(args[0])
                 res = None
-            conn.send(("ok", res))
+            answer("ok", res)
         except ParsePolicyError as exc:
-            conn.send(("parse", exc.detail))
+            answer("parse", exc.detail)
         except PolicyEngineError as exc:
-            conn.send(("engine", exc.detail))
+            answer("engine", exc.detail)
         except Exception as exc:  # anything the engine raises is a failed evaluation
-            conn.send(("engine", f"policy engine failed ({type(exc).__name__})"))
+            answer("engine", f"policy engine failed ({type(exc).__name__})")
 
 
 _ctx_lock = threading.Lock()
@@ -91,81 +112,174 @@ def _context() -> Any:
     with _ctx_lock:
         if _ctx is None:
             ctx = multiprocessing.get_context("forkserver")
-            ctx.set_forkserver_preload(["kbs.policy", "regopy"])
+            ctx.set_forkserver_preload(["kbs.policy", "kbs.attestation_service", "regopy"])
             _ctx = ctx
         return _ctx
 
 
+#: the largest answer read back from a worker (a policy's value as JSON)
+MAX_ANSWER_BYTES = 16 * 1024 * 1024
+#: answers up to this size are decoded on the event loop, larger ones in a thread
+_INLINE_ANSWER_BYTES = 64 * 1024
+_HEADER = struct.Struct("!i")  # multiprocessing.connection's frame header: a signed length
+
+
 class _Worker:
+    """One worker process. The parent's end of its socket pair is driven by the event loop
+    (no thread per call): the request goes out, the answer comes back as one frame in
+    :mod:`multiprocessing.connection`'s format, which the worker's ``Connection`` speaks."""
+
     def __init__(self) -> None:
         self._proc: Any = None
-        self._conn: Connection | None = None
+        self._sock: socket.socket | None = None
 
-    def _start(self) -> Connection:
+    def alive(self) -> bool:
+        return self._sock is not None and self._proc is not None and self._proc.is_alive()
+
+    def start(self) -> None:
+        """Fork a worker from the forkserver (blocking: a round trip to it, and on first use
+        the forkserver's own start; callers run this in a thread)."""
+        self.stop()
         ctx = _context()
         parent: Connection
         child: Connection
-        parent, child = ctx.Pipe()
+        parent, child = ctx.Pipe()  # duplex: a socket pair
         proc = ctx.Process(target=_serve, args=(child,), daemon=True, name="kbs-policy")
         proc.start()
         child.close()
-        self._proc, self._conn = proc, parent
-        return parent
+        sock = socket.socket(fileno=os.dup(parent.fileno()))
+        parent.close()
+        sock.setblocking(False)
+        self._proc, self._sock = proc, sock
 
     def stop(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-        if self._proc is not None:
-            if self._proc.is_alive():
-                self._proc.kill()
-            self._proc.join(5)
-        self._proc = self._conn = None
+        """Kill the process and drop the socket (never blocks: the forkserver reaps it)."""
+        if self._sock is not None:
+            self._sock.close()
+        if self._proc is not None and self._proc.is_alive():
+            self._proc.kill()
+        self._proc = self._sock = None
 
-    def call(self, msg: tuple[str, tuple[Any, ...]], timeout_s: float) -> tuple[Any, ...]:
-        """Blocking round trip (run in a thread). Raises :class:`_Failed` on timeout or crash,
-        after which the worker is replaced on the next call."""
-        conn = self._conn if self._proc is not None and self._proc.is_alive() else None
-        if conn is None:
-            self.stop()
-            conn = self._start()
+    async def call(self, msg: tuple[str, tuple[Any, ...]], timeout_s: float) -> tuple[Any, ...]:
+        """One round trip within ``timeout_s``. Raises :class:`_Failed` on timeout, crash or a
+        malformed answer, and on cancellation stops the worker (it is mid-call): the next call
+        gets a fresh one."""
+        assert self._sock is not None and self._proc is not None
+        sock, loop = self._sock, asyncio.get_running_loop()
+        data = pickle.dumps(msg, protocol=pickle.HIGHEST_PROTOCOL)
+        done = False
         try:
-            conn.send(msg)
-            if not conn.poll(timeout_s):
-                self.stop()
-                raise _Failed(f"ran past its {timeout_s:g} s budget")
-            out = conn.recv()
+            async with asyncio.timeout(timeout_s):
+                await loop.sock_sendall(sock, _HEADER.pack(len(data)) + data)
+                (size,) = _HEADER.unpack(await _recv_exactly(loop, sock, _HEADER.size))
+                if not 0 <= size <= MAX_ANSWER_BYTES:
+                    raise _Failed(f"the policy engine answered more than {MAX_ANSWER_BYTES} bytes")
+                raw = await _recv_exactly(loop, sock, size)
+                out = (
+                    json.loads(raw)
+                    if size <= _INLINE_ANSWER_BYTES
+                    else await asyncio.to_thread(json.loads, raw)
+                )
+            done = True
+        except TimeoutError as exc:
+            raise _Failed(f"ran past its {timeout_s:g} s budget") from exc
         except (EOFError, OSError) as exc:
             code = self._proc.exitcode if self._proc is not None else None
-            self.stop()
             raise _Failed(f"the policy engine died (exit {code})") from exc
-        if not isinstance(out, tuple):
+        except ValueError as exc:  # not JSON (UnicodeDecodeError included)
+            raise _Failed("the policy engine answered nonsense") from exc
+        finally:
+            if not done:
+                self.stop()
+        if not (isinstance(out, list) and len(out) == 2 and isinstance(out[0], str)):
             self.stop()
             raise _Failed("the policy engine answered nonsense")
-        return out
+        return tuple(out)
+
+
+async def _recv_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    view, got = memoryview(buf), 0
+    while got < n:
+        k = await loop.sock_recv_into(sock, view[got:])
+        if k == 0:
+            raise EOFError("the policy worker closed its end")
+        got += k
+    return bytes(buf)
 
 
 class PolicyWorkers:
-    """Up to ``count`` worker processes, each owned by one thread of a private executor: calls
-    queue in the executor, so a burst of expensive evaluations never takes the event loop's
-    threads, and the pool serves any event loop."""
+    """Up to ``count`` worker processes. A call takes an idle worker, or waits (in the event
+    loop, no thread held) until one is handed back: at most ``count`` evaluations run at a
+    time, each within the time budget. The pool serves any event loop, one after another or
+    several at once (the idle list is guarded by a lock, waiters are woken on their own loop)."""
 
     def __init__(self, count: int = 2, *, timeout_s: float = 5.0) -> None:
         self.timeout_s = timeout_s
-        self._pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="kbs-policy")
-        self._local = threading.local()
-        self._all: list[_Worker] = []
         self._lock = threading.Lock()
+        self._all = [_Worker() for _ in range(max(1, count))]
+        self._idle = list(self._all)
+        self._waiters: collections.deque[asyncio.Future[None]] = collections.deque()
 
-    def _blocking(self, msg: tuple[str, tuple[Any, ...]]) -> tuple[Any, ...]:
-        w = getattr(self._local, "worker", None)
-        if w is None:
-            w = self._local.worker = _Worker()
+    async def _acquire(self) -> _Worker:
+        loop = asyncio.get_running_loop()
+        while True:
             with self._lock:
-                self._all.append(w)
-        return w.call(msg, self.timeout_s)
+                if self._idle:
+                    return self._idle.pop()
+                fut: asyncio.Future[None] = loop.create_future()
+                self._waiters.append(fut)
+            try:
+                await fut
+            except asyncio.CancelledError:
+                with self._lock:
+                    woken = fut.done() and not fut.cancelled()
+                    if fut in self._waiters:
+                        self._waiters.remove(fut)
+                if woken:  # the hand-over meant for this call goes to the next one
+                    self._wake_one()
+                raise
+
+    def _release(self, w: _Worker) -> None:
+        with self._lock:
+            self._idle.append(w)
+        self._wake_one()
+
+    def _wake_one(self) -> None:
+        while True:
+            with self._lock:
+                if not self._waiters:
+                    return
+                fut = self._waiters.popleft()
+            if fut.done():
+                continue
+            try:
+                fut.get_loop().call_soon_threadsafe(self._resolve, fut)
+                return
+            except RuntimeError:  # that loop is closed: the next waiter
+                continue
+
+    def _resolve(self, fut: asyncio.Future[None]) -> None:
+        if fut.done():  # cancelled meanwhile
+            self._wake_one()
+        else:
+            fut.set_result(None)
 
     async def _call(self, msg: tuple[str, tuple[Any, ...]]) -> tuple[Any, ...]:
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._blocking, msg)
+        w = await self._acquire()
+        try:
+            if not w.alive():
+                starting = asyncio.get_running_loop().run_in_executor(None, w.start)
+                try:
+                    await asyncio.shield(starting)
+                except asyncio.CancelledError:  # the start goes on: the worker is free after it
+                    starting.add_done_callback(lambda _: self._release(w))
+                    w = None  # type: ignore[assignment]
+                    raise
+            return await w.call(msg, self.timeout_s)
+        finally:
+            if w is not None:
+                self._release(w)
 
     async def evaluate(
         self,
@@ -188,6 +302,18 @@ class PolicyWorkers:
             return out[1]
         raise PolicyEngineError(str(out[1]))
 
+    async def init_data(self, untrusted_toml: str, limits: Any) -> Any:
+        """:func:`kbs.attestation_service.init_data_answer` in a worker, within the time budget;
+        a crash or timeout is :class:`PolicyEngineError`."""
+        try:
+            out = await self._call(("initdata", (untrusted_toml, limits)))
+        except _Failed as exc:
+            log.warning("init-data parse failed: %s", exc.why)
+            raise PolicyEngineError(f"init-data parse failed: {exc.why}") from exc
+        if out[0] == "ok":
+            return out[1]
+        raise PolicyEngineError(str(out[1]))
+
     async def check(self, policy: str) -> None:
         """Parse-check a policy in a worker; a failure, crash or timeout is :class:`ParsePolicyError`."""
         depth = policy_nesting(policy)
@@ -202,15 +328,12 @@ class PolicyWorkers:
             raise ParsePolicyError(f"policy refused: {out[1]}")
 
     def stop(self) -> None:
-        """Stop every worker process (blocking; idempotent)."""
-        self._pool.shutdown(wait=True, cancel_futures=True)
-        with self._lock:
-            workers, self._all = self._all, []
-        for w in workers:
+        """Stop every worker process (idempotent; a later call starts fresh ones)."""
+        for w in self._all:
             w.stop()
 
     async def close(self) -> None:
-        await asyncio.to_thread(self.stop)
+        self.stop()
 
 
 _shared: PolicyWorkers | None = None

@@ -98,23 +98,27 @@ class MemoryStore:
     native_ttl = True
 
     def __init__(self) -> None:
-        self._data: dict[tuple[str, str], tuple[bytes, float | None]] = {}
+        #: namespace -> key -> (value, expiry): listing a namespace never walks the others
+        #: (the sessions, up to max_sessions of them, live beside the reference values)
+        self._data: dict[str, dict[str, tuple[bytes, float | None]]] = {}
 
     async def get(self, ns: str, key: str) -> bytes | None:
-        item = self._data.get((ns, key))
+        space = self._data.get(ns, {})
+        item = space.get(key)
         if item is None:
             return None
         if item[1] is not None and item[1] <= time.time():
-            self._data.pop((ns, key), None)
+            space.pop(key, None)
             return None
         return item[0]
 
     async def set(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
         _check_ns(ns)
-        self._data[(ns, key)] = (bytes(value), time.time() + ttl_s if ttl_s is not None else None)
+        exp = time.time() + ttl_s if ttl_s is not None else None
+        self._data.setdefault(ns, {})[key] = (bytes(value), exp)
 
     async def delete(self, ns: str, key: str) -> bool:
-        return self._data.pop((ns, key), None) is not None
+        return self._data.get(ns, {}).pop(key, None) is not None
 
     async def add(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> bool:
         if await self.get(ns, key) is not None:
@@ -124,20 +128,23 @@ class MemoryStore:
 
     async def keys(self, ns: str) -> list[str]:
         now = time.time()
-        return sorted(k for (n, k), (_, exp) in self._data.items() if n == ns and (exp is None or exp > now))
+        return sorted(k for k, (_, exp) in self._data.get(ns, {}).items() if exp is None or exp > now)
 
     async def purge_expired(self) -> int:
         now = time.time()
-        dead = [k for k, (_, exp) in self._data.items() if exp is not None and exp <= now]
-        for k in dead:
-            self._data.pop(k, None)
-        return len(dead)
+        n = 0
+        for space in self._data.values():
+            dead = [k for k, (_, exp) in space.items() if exp is not None and exp <= now]
+            for k in dead:
+                space.pop(k, None)
+            n += len(dead)
+        return n
 
     async def close(self) -> None:
         return None
 
     def __len__(self) -> int:
-        return len(self._data)
+        return sum(len(space) for space in self._data.values())
 
 
 _EXP = struct.Struct(">d")

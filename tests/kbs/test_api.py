@@ -443,6 +443,7 @@ async def test_metrics_labels_are_bounded_and_cannot_inject_lines(kbs: Kbs, http
 async def test_evidence_verification_does_not_block_the_server() -> None:
     # verifiers may fetch collateral (AMD KDS, Intel PCS, NVIDIA OCSP/RIM) with blocking I/O and
     # spend CPU on signatures: they run off the event loop, so other requests are served meanwhile
+    # (registered as snp here: only the development verifiers, which do neither, run inline)
     import asyncio
     import threading
     from datetime import datetime
@@ -466,7 +467,7 @@ async def test_evidence_verification_does_not_block_the_server() -> None:
 
     store = MemoryStore()
     service = AttestationService(
-        VerifierRegistry({"sample": Blocking()}),
+        VerifierRegistry({"snp": Blocking()}),
         EarBroker(),
         AttestationPolicies(store),
         ReferenceValues(store),
@@ -474,7 +475,7 @@ async def test_evidence_verification_does_not_block_the_server() -> None:
     nonce = "bm9uY2U="
     body = json.dumps(attest_body(nonce, TeeKeyPair.generate())).encode()
     task = asyncio.create_task(
-        service.attest(tee="sample", session_nonce=nonce, hash_algorithm="sha384", untrusted_body=body)
+        service.attest(tee="snp", session_nonce=nonce, hash_algorithm="sha384", untrusted_body=body)
     )
     await asyncio.sleep(0.05)
     release.set()  # only runs if the loop is free while verify() waits
