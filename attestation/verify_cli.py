@@ -23,12 +23,13 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, TypeVar
 
-from attestation.errors import EvidenceFormatError
+from attestation.errors import AttestationError, EvidenceFormatError
 from coco_common.cli import add_version, exit_on_closed_pipe
 
 __all__ = [
@@ -37,11 +38,16 @@ __all__ = [
     "EXIT_UNCHECKED",
     "EXIT_USAGE",
     "EXIT_VERIFIED",
+    "Inputs",
+    "Verdict",
+    "add_evidence_arguments",
+    "dcap_options",
     "main",
     "not_verified",
     "parse_hex",
     "parse_time",
     "read_input",
+    "run_verify",
     "usage_error",
     "verified",
 ]
@@ -127,6 +133,106 @@ def read_input(path: str, limit: int) -> bytes:
     if len(data) > limit:
         raise EvidenceFormatError(f"{Path(path).name} is larger than {limit} bytes")
     return data
+
+
+def add_evidence_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    evidence_help: str,
+    report_data_help: str,
+    init_data_help: str | None = None,
+    evidence_metavar: str = "EVIDENCE",
+    at_used: bool = True,
+) -> None:
+    """The arguments every :func:`run_verify` subcommand reads: the evidence file,
+    ``--at``, ``--expect-report-data`` and (where the TEE binds init-data)
+    ``--init-data-digest``. ``at_used=False``: the TEE's evidence carries no
+    validity period, ``--at`` is accepted for uniformity and listed last."""
+    parser.add_argument("evidence", metavar=evidence_metavar, help=evidence_help)
+    if at_used:
+        parser.add_argument("--at", metavar="TIME", help="verify as of this ISO 8601 time (default: now)")
+    parser.add_argument("--expect-report-data", metavar="HEX", help=report_data_help)
+    if init_data_help is not None:
+        parser.add_argument("--init-data-digest", metavar="HEX", help=init_data_help)
+    else:
+        parser.set_defaults(init_data_digest=None)
+    if not at_used:
+        parser.add_argument("--at", metavar="TIME", help="accepted for uniformity; unused")
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What :func:`run_verify` reads before the TEE's own inputs, in this order."""
+
+    now: datetime
+    evidence: bytes
+    report_data: bytes | None
+    init_data: bytes | None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Authentic evidence: its claims, why it is authentic, and what was NOT
+    checked besides the nonce (which :func:`run_verify` names itself)."""
+
+    claims: Mapping[str, Any]
+    why: str
+    unchecked: Sequence[str] = ()
+
+
+_T = TypeVar("_T")
+
+
+def dcap_options(args: argparse.Namespace, _: Inputs) -> dict[str, Any]:
+    """A DCAP verifier's options from ``--root-ca`` and ``--collateral`` (the
+    ``load`` of the subcommands whose evidence chains to the Intel SGX Root CA)."""
+    from attestation.tdx.collateral import Collateral  # only the DCAP subcommands need it
+    from attestation.tdx.pck import load_pem_chain
+
+    opts: dict[str, Any] = {}
+    if args.root_ca:
+        opts["root_ca"] = load_pem_chain(read_input(args.root_ca, 1 << 20), "--root-ca")[0]
+    if args.collateral:
+        opts["collateral"] = Collateral.from_json(read_input(args.collateral, 16 << 20))
+    return opts
+
+
+def run_verify(
+    args: argparse.Namespace,
+    tee: str,
+    *,
+    limit: int,
+    load: Callable[[argparse.Namespace, Inputs], _T],
+    check: Callable[[argparse.Namespace, Inputs, _T], Verdict],
+) -> int:
+    """One verify subcommand configured by :func:`add_evidence_arguments`.
+
+    Reads :class:`Inputs` (evidence at most ``limit`` bytes), then ``load`` reads
+    the TEE's own inputs; a failure there is a usage error (exit 2). ``check``
+    verifies: an :class:`~attestation.errors.EvidenceFormatError` is a usage error,
+    any other :class:`~attestation.errors.AttestationError` a rejection (exit 1);
+    otherwise the :class:`Verdict` is reported, with the nonce named as NOT
+    checked when there is no ``--expect-report-data``."""
+    try:
+        inputs = Inputs(
+            now=parse_time(args.at) if args.at else datetime.now(UTC),
+            evidence=read_input(args.evidence, limit),
+            report_data=parse_hex(args.expect_report_data, "--expect-report-data", 64),
+            init_data=parse_hex(args.init_data_digest, "--init-data-digest", 64),
+        )
+        loaded = load(args, inputs)
+    except OSError as exc:
+        return usage_error(tee, f"cannot read input: {exc.strerror or exc}")
+    except (AttestationError, ValueError) as exc:
+        return usage_error(tee, f"malformed input: {exc}")
+    try:
+        verdict = check(args, inputs, loaded)
+    except EvidenceFormatError as exc:
+        return usage_error(tee, f"malformed input: {exc}")
+    except AttestationError as exc:
+        return not_verified(tee, f"rejected: {exc}")
+    unchecked = [] if inputs.report_data is not None else ["nonce (no --expect-report-data)"]
+    return verified(tee, verdict.claims, verdict.why, unchecked=[*unchecked, *verdict.unchecked])
 
 
 def _subcommands() -> dict[str, tuple[str, ModuleType]]:

@@ -26,19 +26,20 @@ __all__ = ["RESERVE", "UnpackBudget", "free_bytes"]
 RESERVE = 32 << 20
 
 
-def free_bytes(path: Path) -> int:
+def _statvfs(path: Path) -> os.statvfs_result:
     try:
-        st = os.statvfs(path)
+        return os.statvfs(path)
     except OSError as exc:
         raise StoreError(f"cannot stat the work dir: {exc.strerror}") from exc
+
+
+def free_bytes(path: Path) -> int:
+    st = _statvfs(path)
     return st.f_bavail * st.f_frsize
 
 
 def _fs_size(path: Path) -> int:
-    try:
-        st = os.statvfs(path)
-    except OSError as exc:
-        raise StoreError(f"cannot stat the work dir: {exc.strerror}") from exc
+    st = _statvfs(path)
     return st.f_blocks * st.f_frsize
 
 

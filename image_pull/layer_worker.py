@@ -26,7 +26,6 @@ class name. The worker never touches the network and writes only below ``dest``.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import enum
 import errno
@@ -37,7 +36,7 @@ import sys
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from coco_common.strict_json import strict_loads
 from image_pull.budget import UnpackBudget
@@ -48,10 +47,16 @@ from image_pull.errors import (
     InsufficientSpace,
     UnpackError,
 )
-from image_pull.hooks import LayerDecryptor
-from image_pull.ocicrypt.layer import DecryptingReader
 from image_pull.stream import ChunkPipe, CountingReader, HashingReader, PipeAborted, Readable, as_binary
 from image_pull.unpack import UnpackOptions, open_decompressed, read_ahead, unpack_layer
+
+if TYPE_CHECKING:
+    # The worker process imports none of these (asyncio, and httpx and cryptography behind
+    # the hooks): about 0.1 s of start-up per layer. The parent's side imports asyncio where
+    # it runs.
+    import asyncio
+
+    from image_pull.hooks import LayerDecryptor
 
 __all__ = [
     "LayerJob",
@@ -234,6 +239,8 @@ class _ConsumerStopped(ImagePullError):
 async def _unless_done(download: Awaitable[int], consumer: asyncio.Future[Any]) -> int:
     """Run ``download`` unless ``consumer`` (the unpacker) finishes first: an unpacker
     that failed must not wait for a registry that holds the connection open."""
+    import asyncio
+
     task = asyncio.ensure_future(download)
     try:
         await asyncio.wait({task, consumer}, return_when=asyncio.FIRST_COMPLETED)
@@ -267,6 +274,8 @@ def _consume(
     pipe: ChunkPipe, job: LayerJob, decryptor: LayerDecryptor | None, budget: UnpackBudget | None
 ) -> LayerResult:
     """The thread consumer: ``pipe`` -> [decrypt] -> :func:`unpack_stream`."""
+    from image_pull.ocicrypt.layer import DecryptingReader  # the parent's side only
+
     try:
         received = CountingReader(pipe)
         src: Readable = received
@@ -299,6 +308,8 @@ async def via_thread(
     download: Download, job: LayerJob, decryptor: LayerDecryptor | None, budget: UnpackBudget | None
 ) -> tuple[int, LayerResult]:
     """Download into a thread that unpacks; returns (bytes downloaded, result)."""
+    import asyncio
+
     loop = asyncio.get_running_loop()
     pipe = ChunkPipe(loop)
     job = _job_with_budget(job, budget)
@@ -340,6 +351,8 @@ class _WorkerOutput:
         self.dest = dest
         self.budget = budget
         self.over_budget: ImagePullError | None = None
+        import asyncio
+
         self.out_task = asyncio.ensure_future(self._results(proc.stdout))
         self.err_task = asyncio.ensure_future(self._tail(proc.stderr, 4096))
 
@@ -406,6 +419,8 @@ def _failure(doc: dict[str, Any]) -> ImagePullError:
 
 
 async def _spawn(job: LayerJob) -> asyncio.subprocess.Process:
+    import asyncio
+
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-P",  # no cwd on sys.path: modules in the caller's directory must not run as the worker
@@ -427,6 +442,8 @@ async def via_process(
     download: Download, job: LayerJob, budget: UnpackBudget | None
 ) -> tuple[int, LayerResult]:
     """Download into a worker process that unpacks; returns (bytes downloaded, result)."""
+    import asyncio
+
     job = _job_with_budget(job, budget)
     proc = await _spawn(job)
     assert proc.stdin is not None

@@ -20,59 +20,51 @@ from attestation.csv.certs import CA_CERT_SIZE, CaCertificate, CsvCertificate, p
 from attestation.csv.errors import CsvVerificationError
 from attestation.csv.evidence import parse_evidence
 from attestation.csv.kbs import csv_claims
+from attestation.csv.report import CsvReport
 from attestation.csv.verify import verify_chain, verify_report_signature
-from attestation.errors import AttestationError, EvidenceFormatError
-from attestation.verify_cli import (
-    not_verified,
-    parse_hex,
-    parse_time,
-    read_input,
-    usage_error,
-)
-from attestation.verify_cli import verified as report_verified
+from attestation.verify_cli import Inputs, Verdict, add_evidence_arguments, read_input, run_verify
 
 __all__ = ["configure", "run"]
+
+_Loaded = tuple[CsvReport, CsvCertificate, str, bytes | None]
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.description = "Verify Hygon CSV evidence (HRK → HSK → CEK → PEK → report)."
-    parser.add_argument("evidence", metavar="EVIDENCE", help="CSV evidence JSON")
     parser.add_argument("--hsk-cek", metavar="FILE", help="the chip's hsk_cek.cert (HSK + CEK)")
     parser.add_argument("--pek-only", action="store_true", help="check only the report signature by the PEK")
-    parser.add_argument("--expect-report-data", metavar="HEX", help="REPORT_DATA (zero-padded to 64)")
-    parser.add_argument("--at", metavar="TIME", help="accepted for uniformity; unused")
+    add_evidence_arguments(
+        parser,
+        evidence_help="CSV evidence JSON",
+        report_data_help="REPORT_DATA (zero-padded to 64)",
+        at_used=False,
+    )
+
+
+def _load(args: argparse.Namespace, inputs: Inputs) -> _Loaded:
+    hsk_cek = read_input(args.hsk_cek, 8192) if args.hsk_cek else None
+    report, pek, chip, _ = parse_evidence(inputs.evidence)
+    return report, pek, chip, hsk_cek
+
+
+def _check(args: argparse.Namespace, inputs: Inputs, loaded: _Loaded) -> Verdict:
+    report, pek, chip, hsk_cek = loaded
+    rd = inputs.report_data
+    if hsk_cek is not None:
+        hsk = CaCertificate.from_bytes(hsk_cek[:CA_CERT_SIZE])
+        cek = CsvCertificate.from_bytes(hsk_cek[CA_CERT_SIZE:])
+        verify_chain(report, pek, hrk=pinned_hrk(), hsk=hsk, cek=cek)
+    elif args.pek_only:
+        verify_report_signature(report, pek)
+    else:
+        raise CsvVerificationError(f"no HSK/CEK for chip {chip}: pass --hsk-cek (or --pek-only)")
+    if rd is not None and not hmac.compare_digest(rd.ljust(64, b"\x00"), report.report_data):
+        raise CsvVerificationError("REPORT_DATA does not match --expect-report-data")
+    claims = csv_claims(report, chip)
+    claims["chain_verified"] = hsk_cek is not None
+    unchecked = [] if hsk_cek is not None else ["HSK/CEK chain to the Hygon root (--pek-only)"]
+    return Verdict(claims, "CSV report signature", unchecked)
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        if args.at:
-            parse_time(args.at)
-        doc = read_input(args.evidence, 1 << 20)
-        rd = parse_hex(args.expect_report_data, "--expect-report-data", 64)
-        hsk_cek = read_input(args.hsk_cek, 8192) if args.hsk_cek else None
-        report, pek, chip, _ = parse_evidence(doc)
-    except OSError as exc:
-        return usage_error("csv", f"cannot read input: {exc.strerror or exc}")
-    except AttestationError as exc:
-        return usage_error("csv", f"malformed input: {exc}")
-    try:
-        if hsk_cek is not None:
-            hsk = CaCertificate.from_bytes(hsk_cek[:CA_CERT_SIZE])
-            cek = CsvCertificate.from_bytes(hsk_cek[CA_CERT_SIZE:])
-            verify_chain(report, pek, hrk=pinned_hrk(), hsk=hsk, cek=cek)
-        elif args.pek_only:
-            verify_report_signature(report, pek)
-        else:
-            raise CsvVerificationError(f"no HSK/CEK for chip {chip}: pass --hsk-cek (or --pek-only)")
-        if rd is not None and not hmac.compare_digest(rd.ljust(64, b"\x00"), report.report_data):
-            raise CsvVerificationError("REPORT_DATA does not match --expect-report-data")
-    except EvidenceFormatError as exc:
-        return usage_error("csv", f"malformed input: {exc}")
-    except AttestationError as exc:
-        return not_verified("csv", f"rejected: {exc}")
-    claims = csv_claims(report, chip)
-    claims["chain_verified"] = hsk_cek is not None
-    unchecked = [] if rd is not None else ["nonce (no --expect-report-data)"]
-    if hsk_cek is None:
-        unchecked.append("HSK/CEK chain to the Hygon root (--pek-only)")
-    return report_verified("csv", claims, "CSV report signature", unchecked=unchecked)
+    return run_verify(args, "csv", limit=1 << 20, load=_load, check=_check)

@@ -15,18 +15,16 @@ from attestation.eventlog.aael import (
     EVENTLOG_PATH,
     WAL_PATH,
     EventLog,
-    EventLogError,
     build_cc_eventlog,
     encode_aael_record,
 )
+from attestation.eventlog.errors import EventLogError, EventLogFormatError, EventLogReplayError
 from attestation.eventlog.registers import (
     MeasurementRegister,
     SoftwareRegisters,
     tdx_pcr_to_ccmr,
 )
 from attestation.eventlog.tcg import (
-    EventLogFormatError,
-    EventLogReplayError,
     ParsedEventLog,
     parse_event_log,
 )

@@ -29,7 +29,6 @@ does.
 
 from __future__ import annotations
 
-import base64
 import fcntl
 import hashlib
 import os
@@ -38,7 +37,7 @@ import threading
 from pathlib import Path
 from typing import BinaryIO
 
-from attestation.errors import AttestationError
+from attestation.eventlog.errors import EventLogError
 from attestation.eventlog.registers import HASH_ALGORITHMS, MeasurementRegister
 
 __all__ = [
@@ -50,7 +49,6 @@ __all__ = [
     "EVENTLOG_PATH",
     "WAL_PATH",
     "EventLog",
-    "EventLogError",
     "build_cc_eventlog",
     "encode_aael_record",
     "trim_ccel",
@@ -69,10 +67,6 @@ EL_HEADER = bytes.fromhex(
     "0000000003000000" + "00" * 20 + "25000000" + "00" * 24 + "02000000" + "0c003000" + "12002000" + "00"
 )
 EL_END_FLAG = b"\xff" * 8
-
-
-class EventLogError(AttestationError):
-    """The AAEL could not be written or recovered."""
 
 
 def _event_text(domain: str, operation: str, content: str) -> str:
@@ -321,9 +315,9 @@ def trim_ccel(ccel: bytes) -> bytes:
 
 def build_cc_eventlog(
     *, ccel_path: str | Path = CCEL_DATA_PATH, aael_path: str | Path | None = None
-) -> str | None:
-    """``cc_eventlog`` for evidence: base64(trimmed CCEL + AAEL + 8x0xFF), the
-    fixed Spec ID header standing in for a missing CCEL; None if neither exists.
+) -> bytes | None:
+    """``cc_eventlog`` for evidence: trimmed CCEL + AAEL + 8x0xFF, the fixed
+    Spec ID header standing in for a missing CCEL; None if neither exists.
     ``aael_path`` defaults to ``$AAEL_PATH`` or :data:`EVENTLOG_PATH`."""
     aael = Path(aael_path if aael_path is not None else os.environ.get("AAEL_PATH", EVENTLOG_PATH))
     log = b""
@@ -337,4 +331,4 @@ def build_cc_eventlog(
         log = (log or EL_HEADER) + body
     if not log:
         return None
-    return base64.b64encode(log + EL_END_FLAG).decode()
+    return log + EL_END_FLAG

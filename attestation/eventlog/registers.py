@@ -16,11 +16,11 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import os
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from attestation.errors import AttestationError
+from attestation.eventlog.errors import EventLogError
+from coco_common.files import write_atomic
 
 __all__ = [
     "HASH_ALGORITHMS",
@@ -90,7 +90,7 @@ class SoftwareRegisters:
         except FileNotFoundError:
             return bytes(self._size)
         if len(value) != self._size:
-            raise AttestationError(f"software register file {self._path(pcr).name} is corrupt")
+            raise EventLogError(f"software register file {self._path(pcr).name} is corrupt")
         return value
 
     def extend(self, pcr: int, digest: bytes) -> None:
@@ -102,9 +102,4 @@ class SoftwareRegisters:
             new = hashlib.new(
                 self.hash_algorithm, self.read(pcr) + digest.ljust(self._size, b"\x00")
             ).digest()
-            tmp = self._path(pcr).with_suffix(".tmp")
-            with open(tmp, "wb") as f:
-                f.write(new)
-                f.flush()
-                os.fsync(f.fileno())
-            tmp.replace(self._path(pcr))
+            write_atomic(self._path(pcr), new, mode=0o644)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -25,7 +24,8 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 
-from attestation.errors import EvidenceFormatError, VerificationError
+from attestation.eventlog.errors import EventLogFormatError, EventLogReplayError
+from coco_common.strict_json import strict_loads
 
 __all__ = [
     "ALG_NAMES",
@@ -34,8 +34,6 @@ __all__ = [
     "MAX_EVENT_LOG_SIZE",
     "DigestValue",
     "EventLogEntry",
-    "EventLogFormatError",
-    "EventLogReplayError",
     "ParsedEventLog",
     "hash_alg",
     "parse_event_log",
@@ -45,14 +43,6 @@ MAX_EVENT_LOG_SIZE = 16 * 1024 * 1024
 EV_NO_ACTION = 0x3
 EV_EVENT_TAG = 0x6
 AAEL_TAGGED_EVENT_ID = 0x4141454C
-
-
-class EventLogFormatError(EvidenceFormatError):
-    """The event log bytes are not a valid TCG2 crypto-agile log."""
-
-
-class EventLogReplayError(VerificationError):
-    """The event log does not replay to the reported register values."""
 
 
 #: TCG algorithm id -> (trustee name, digest size)
@@ -350,9 +340,9 @@ def _event_tag(data: bytes) -> dict[str, Any]:
         if len(parts) != 3:
             raise EventLogFormatError("AAEL event must be '<domain> <operation> <content>'")
         domain, operation, content_text = parts
-        try:
-            content: Any = json.loads(content_text)
-        except (ValueError, RecursionError):
+        try:  # strict: no NaN or duplicate keys reach the claims; anything else stays text
+            content: Any = strict_loads(content_text)
+        except ValueError:
             content = content_text
         details["data"] = {"domain": domain, "operation": operation, "content": content}
         details["unicode_name"] = "AAEL"

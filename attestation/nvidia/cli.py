@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 from datetime import UTC, datetime
-from pathlib import Path
 
 import httpx
 
@@ -36,7 +35,7 @@ from attestation.nvidia.evidence import (
 from attestation.nvidia.policy import MAX_POLICY_SIZE, NvidiaPolicy
 from attestation.nvidia.rim import MAX_RIM_SIZE
 from attestation.nvidia.verify import OcspChecker, RimProvider, TrustAnchors, verify_device
-from attestation.verify_cli import not_verified, parse_time, usage_error, verified
+from attestation.verify_cli import not_verified, parse_time, read_input, usage_error, verified
 from coco_common.http import sync_client
 
 __all__ = ["configure", "run"]
@@ -70,15 +69,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def _read(path: str, limit: int, what: str) -> bytes:
-    p = Path(path)
+    """:func:`~attestation.verify_cli.read_input`, its errors naming ``what``."""
     try:
-        with p.open("rb") as f:
-            data = f.read(limit + 1)
+        return read_input(path, limit)
     except OSError as exc:
         raise NvidiaFormatError(f"cannot read {what} {path}: {exc.strerror}") from exc
-    if len(data) > limit:
-        raise NvidiaFormatError(f"{what} {path} is larger than {limit} bytes")
-    return data
+    except EvidenceFormatError as exc:
+        raise NvidiaFormatError(f"{what} {path} is larger than {limit} bytes") from exc
 
 
 def _load_devices(args: argparse.Namespace) -> tuple[DeviceEvidence, ...]:

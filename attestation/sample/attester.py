@@ -16,7 +16,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from attestation.errors import UnsupportedPlatform
+from attestation.sample.errors import SampleUnsupported
 from attestation.sample.evidence import SampleEvidence
 
 __all__ = ["SAMPLE_DEVICE_ENV", "SampleAttester", "SampleDeviceAttester", "sample_device_enabled"]
@@ -41,7 +41,7 @@ class SampleAttester:
         return SampleEvidence.of("1", bytes(report_data)).to_json()
 
     async def bind_init_data(self, digest: bytes) -> None:
-        raise UnsupportedPlatform("the sample attester has no init-data field to bind")
+        raise SampleUnsupported("the sample attester has no init-data field to bind")
 
 
 class SampleDeviceAttester:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from attestation.errors import EvidenceFormatError
+from attestation.sample.errors import SampleFormatError
 from coco_common.b64 import b64_decode, b64_encode
 
 __all__ = ["SampleEvidence"]
@@ -32,12 +32,12 @@ class SampleEvidence:
     def from_json(cls, untrusted: Any, tee: str) -> SampleEvidence:
         """From parsed JSON; ``tee`` names the TEE in error messages."""
         if not isinstance(untrusted, Mapping):
-            raise EvidenceFormatError(f"{tee} evidence must be a JSON object")
+            raise SampleFormatError(f"{tee} evidence must be a JSON object")
         if set(untrusted) - {"svn", "report_data"}:
-            raise EvidenceFormatError(f"{tee} evidence has unknown fields")
+            raise SampleFormatError(f"{tee} evidence has unknown fields")
         svn, rd = untrusted.get("svn"), untrusted.get("report_data", "")
         if not isinstance(svn, str) or not isinstance(rd, str):
-            raise EvidenceFormatError(f"{tee} evidence needs string svn and report_data")
+            raise SampleFormatError(f"{tee} evidence needs string svn and report_data")
         return cls(svn, rd)
 
     def report_data(self, tee: str) -> bytes:
@@ -45,7 +45,7 @@ class SampleEvidence:
         try:
             return b64_decode(self.report_data_b64)
         except ValueError as exc:
-            raise EvidenceFormatError(f"{tee} report_data is not standard base64") from exc
+            raise SampleFormatError(f"{tee} report_data is not standard base64") from exc
 
     def to_json(self) -> dict[str, str]:
         return {"svn": self.svn, "report_data": self.report_data_b64}

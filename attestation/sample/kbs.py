@@ -11,7 +11,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from attestation.errors import VerificationError
+from attestation.sample.errors import SampleVerificationError
 from attestation.sample.evidence import SampleEvidence
 from coco_common.b64 import b64_encode
 
@@ -21,7 +21,7 @@ __all__ = ["SampleDeviceVerifier", "SampleVerifier"]
 def _check(untrusted_evidence: Any, expected_report_data: bytes, tee: str) -> SampleEvidence:
     evidence = SampleEvidence.from_json(untrusted_evidence, tee)
     if evidence.report_data(tee) != expected_report_data:
-        raise VerificationError(f"{tee} report_data does not match the expected runtime data digest")
+        raise SampleVerificationError(f"{tee} report_data does not match the expected runtime data digest")
     return evidence
 
 

@@ -11,8 +11,9 @@ from collections.abc import Sequence
 from datetime import datetime
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from attestation._x509 import issued_by
 
 __all__ = ["host_keys", "load_host_key_document"]
 
@@ -29,14 +30,6 @@ def load_host_key_document(data: bytes) -> x509.Certificate:
         raise ValueError("host-key document is not an X.509 certificate") from exc
 
 
-def _issued_by(cert: x509.Certificate, issuer: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(issuer)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
 def host_keys(
     docs: Sequence[x509.Certificate],
     *,
@@ -51,10 +44,10 @@ def host_keys(
     if not docs:
         raise ValueError("at least one host-key document is needed")
     if signer is not None:
-        if cas and not any(_issued_by(signer, ca) for ca in cas):
+        if cas and not any(issued_by(signer, ca) for ca in cas):
             raise ValueError("the host-key signing certificate does not chain to a configured CA")
         for d in docs:
-            if not _issued_by(d, signer):
+            if not issued_by(d, signer):
                 raise ValueError("a host-key document is not signed by the host-key signing certificate")
             if not d.not_valid_before_utc <= at <= d.not_valid_after_utc:
                 raise ValueError("a host-key document is outside its validity period")

@@ -34,9 +34,8 @@ from attestation.snp.kbs import SnpVerifier
 from attestation.snp.policy import MAX_POLICY_FILE, SnpPolicy, validate
 from attestation.snp.report import REPORT_SIZE, AttestationReport, Product
 from attestation.snp.verify import check_binding, check_revocation, verify_report
-from attestation.verify_cli import not_verified, usage_error
+from attestation.verify_cli import not_verified, parse_hex, parse_time, read_input, usage_error
 from attestation.verify_cli import verified as report
-from coco_common.files import FileTooLarge, read_bounded
 from coco_common.http import sync_client
 
 __all__ = ["configure", "load_report_input", "run"]
@@ -71,15 +70,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _read(path: str, limit: int) -> bytes:
-    try:
-        return read_bounded(path, limit)
-    except FileTooLarge as exc:
-        raise SnpFormatError(f"{Path(path).name} is larger than {limit} bytes") from exc
-    except ValueError as exc:  # a FIFO, a device, a folder
-        raise SnpFormatError(f"{Path(path).name} is not a regular file") from exc
-
-
 def load_report_input(data: bytes) -> SnpEvidence:
     """Raw bytes, hex text, or evidence JSON → :class:`SnpEvidence`."""
     stripped = data.strip()
@@ -92,14 +82,6 @@ def load_report_input(data: bytes) -> SnpEvidence:
             raise SnpFormatError("hex report text is malformed") from exc
         return SnpEvidence(AttestationReport.from_bytes(raw), None)
     return SnpEvidence(AttestationReport.from_bytes(data), None)
-
-
-def _parse_time(text: str) -> datetime:
-    try:
-        t = datetime.fromisoformat(text)
-    except ValueError as exc:
-        raise SnpFormatError(f"--at {text[:40]!r} is not an ISO 8601 time") from exc
-    return t if t.tzinfo is not None else t.replace(tzinfo=UTC)
 
 
 def _load_roots(pem: bytes) -> TrustStore:
@@ -120,36 +102,27 @@ def _load_roots(pem: bytes) -> TrustStore:
     return TrustStore(roots)
 
 
-def _fail(code: int, msg: str) -> int:
-    return not_verified("snp", msg) if code == 1 else usage_error("snp", msg)
-
-
 def run(args: argparse.Namespace) -> int:
     try:
-        now = _parse_time(args.at) if args.at else datetime.now(UTC)
-        evidence = load_report_input(_read(args.report, MAX_EVIDENCE_JSON))
-        endorsement = EndorsementCert.from_bytes(_read(args.vcek, MAX_CERT_FILE)) if args.vcek else None
-        expected = None
-        if args.expect_report_data is not None:
-            try:
-                expected = bytes.fromhex(args.expect_report_data)
-            except ValueError as exc:
-                raise SnpFormatError("--expect-report-data is not hex") from exc
-            if len(expected) > 64:
-                raise SnpFormatError("--expect-report-data is longer than 64 bytes")
-        policy = SnpPolicy.from_json(_read(args.policy, MAX_POLICY_FILE)) if args.policy else None
-        trust = _load_roots(_read(args.roots, MAX_CERT_FILE)) if args.roots else None
-        crl_bytes = _read(args.crl, 4 * MAX_CERT_FILE) if args.crl else None
+        now = parse_time(args.at) if args.at else datetime.now(UTC)
+        evidence = load_report_input(read_input(args.report, MAX_EVIDENCE_JSON))
+        endorsement = EndorsementCert.from_bytes(read_input(args.vcek, MAX_CERT_FILE)) if args.vcek else None
+        expected = parse_hex(args.expect_report_data, "--expect-report-data", 64)
+        policy = SnpPolicy.from_json(read_input(args.policy, MAX_POLICY_FILE)) if args.policy else None
+        trust = _load_roots(read_input(args.roots, MAX_CERT_FILE)) if args.roots else None
+        crl_bytes = read_input(args.crl, 4 * MAX_CERT_FILE) if args.crl else None
     except OSError as exc:
-        return _fail(2, f"cannot read input {exc.filename or ''}: {(exc.strerror or str(exc)).lower()}")
+        return usage_error(
+            "snp", f"cannot read input {exc.filename or ''}: {(exc.strerror or str(exc)).lower()}"
+        )
     except EvidenceFormatError as exc:
-        return _fail(2, f"malformed input: {exc}")
+        return usage_error("snp", f"malformed input: {exc}")
     except AttestationError as exc:  # e.g. a --roots bundle whose ARK does not sign its ASK
-        return _fail(2, f"unusable trust material: {exc}")
+        return usage_error("snp", f"unusable trust material: {exc}")
 
     kds = None
     if args.certs_dir or args.kds:
-        http = sync_client() if args.kds else None
+        http = sync_client(trust_env=True) if args.kds else None  # AMD KDS, maybe behind a proxy
         kds = KdsClient(
             cache_dir=Path(args.certs_dir) if args.certs_dir else None, http=http, offline=not args.kds
         )
@@ -164,15 +137,15 @@ def run(args: argparse.Namespace) -> int:
         if policy is not None:
             validate(verified, policy)
     except EvidenceFormatError as exc:
-        return _fail(2, f"malformed input: {exc}")
+        return usage_error("snp", f"malformed input: {exc}")
     except EndorsementKeyUnavailable as exc:
         if kds is None:  # no VCEK given and nowhere to look for one: no verdict possible
-            return _fail(2, f"{exc} (pass --vcek CERT, --certs-dir DIR or --kds)")
-        return _fail(1, f"rejected: {exc}")
+            return usage_error("snp", f"{exc} (pass --vcek CERT, --certs-dir DIR or --kds)")
+        return not_verified("snp", f"rejected: {exc}")
     except CertificateExpired as exc:
-        return _fail(1, f"rejected: {exc} (--at TIME verifies as of another time)")
+        return not_verified("snp", f"rejected: {exc} (--at TIME verifies as of another time)")
     except AttestationError as exc:
-        return _fail(1, f"rejected: {exc}")
+        return not_verified("snp", f"rejected: {exc}")
     finally:
         if kds is not None and kds.http is not None:
             kds.http.close()

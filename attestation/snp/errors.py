@@ -1,39 +1,47 @@
 """Errors raised by :mod:`attestation.snp`.
 
-Every error here subclasses one of the shared :mod:`attestation.errors`
-classes, so callers that only know the shared tree keep working::
+One root, :class:`SnpError`; each class also subclasses the shared
+:mod:`attestation.errors` category it belongs to (in brackets), so callers
+that only know the shared tree (the KBS, ``coco-verify``) keep working::
 
     AttestationError
-    ├── EvidenceFormatError
-    │   └── SnpFormatError ............ bytes/JSON are not a well-formed report or evidence
-    │       ├── ReportSizeError ....... truncated or oversized report
-    │       ├── UnknownReportVersion .. a version this code does not know how to read
-    │       └── CertificateFormatError  a VCEK/VLEK/root that does not parse
-    ├── VerificationError
-    │   └── SnpVerificationError
-    │       ├── ReportSignatureInvalid  ECDSA signature over the report fails
-    │       ├── CertChainInvalid ...... ARK → ASK/ASVK → VCEK/VLEK does not verify
-    │       ├── WrongProductRoot ...... key chains to another product's root
-    │       ├── CertificateExpired .... a certificate (or the CRL) is outside its validity at ``now``
-    │       ├── CertificateRevoked .... the ASK/ASVK or VCEK/VLEK is on AMD's CRL
-    │       ├── TcbMismatch ........... VCEK/VLEK TCB extensions differ from REPORTED_TCB
-    │       ├── ChipIdMismatch ........ VCEK hwID differs from CHIP_ID
-    │       ├── SigningKeyMismatch .... report says VLEK, cert is a VCEK (or similar)
-    │       ├── EndorsementKeyUnavailable  no VCEK/VLEK given, cached, or fetchable
-    │       ├── RevocationListUnavailable  CRL checking asked for, but no usable CRL
-    │       ├── ReportDataMismatch .... REPORT_DATA is not the expected binding
-    │       └── HostDataMismatch ...... HOST_DATA is not the expected init-data digest
-    ├── PolicyViolation
-    │   └── SnpPolicyViolation ........ authentic report the policy does not accept
-    └── UnsupportedPlatform
-        └── SnpDeviceUnavailable ...... no configfs-tsm/sev-guest here, or the device failed
+    └── SnpError ............................ root of this package
+        ├── SnpFormatError .................. (EvidenceFormatError) bytes/JSON are not a
+        │   │                                 well-formed report or evidence
+        │   ├── ReportSizeError ............. truncated or oversized report
+        │   ├── UnknownReportVersion ........ a version this code does not know how to read
+        │   └── CertificateFormatError ...... a VCEK/VLEK/root that does not parse
+        ├── SnpVerificationError ............ (VerificationError)
+        │   ├── ReportSignatureInvalid ...... ECDSA signature over the report fails
+        │   ├── CertChainInvalid ............ ARK → ASK/ASVK → VCEK/VLEK does not verify
+        │   ├── WrongProductRoot ............ key chains to another product's root
+        │   ├── CertificateExpired .......... a certificate (or the CRL) is outside its
+        │   │                                 validity at ``now``
+        │   ├── CertificateRevoked .......... the ASK/ASVK or VCEK/VLEK is on AMD's CRL
+        │   ├── TcbMismatch ................. VCEK/VLEK TCB extensions differ from REPORTED_TCB
+        │   ├── ChipIdMismatch .............. VCEK hwID differs from CHIP_ID
+        │   ├── SigningKeyMismatch .......... report says VLEK, cert is a VCEK (or similar)
+        │   ├── EndorsementKeyUnavailable ... no VCEK/VLEK given, cached, or fetchable
+        │   ├── RevocationListUnavailable ... CRL checking asked for, but no usable CRL
+        │   ├── ReportDataMismatch .......... REPORT_DATA is not the expected binding
+        │   └── HostDataMismatch ............ HOST_DATA is not the expected init-data digest
+        ├── SnpPolicyViolation .............. (PolicyViolation) authentic report the policy
+        │                                     does not accept
+        └── SnpDeviceUnavailable ............ (UnsupportedPlatform) no configfs-tsm/sev-guest
+                                              here, or the device failed
 
 Messages never contain secrets; report fields are public by construction.
 """
 
 from __future__ import annotations
 
-from attestation.errors import EvidenceFormatError, PolicyViolation, UnsupportedPlatform, VerificationError
+from attestation.errors import (
+    AttestationError,
+    EvidenceFormatError,
+    PolicyViolation,
+    UnsupportedPlatform,
+    VerificationError,
+)
 
 __all__ = [
     "CertChainInvalid",
@@ -49,6 +57,7 @@ __all__ = [
     "RevocationListUnavailable",
     "SigningKeyMismatch",
     "SnpDeviceUnavailable",
+    "SnpError",
     "SnpFormatError",
     "SnpPolicyViolation",
     "SnpVerificationError",
@@ -58,7 +67,11 @@ __all__ = [
 ]
 
 
-class SnpFormatError(EvidenceFormatError):
+class SnpError(AttestationError):
+    """Root of every error raised by :mod:`attestation.snp`."""
+
+
+class SnpFormatError(SnpError, EvidenceFormatError):
     """SNP report bytes or evidence JSON are malformed."""
 
 
@@ -74,7 +87,7 @@ class CertificateFormatError(SnpFormatError):
     """A certificate does not parse or lacks a required AMD extension."""
 
 
-class SnpVerificationError(VerificationError):
+class SnpVerificationError(SnpError, VerificationError):
     """The report parsed but is not authentic or not bound as expected."""
 
 
@@ -126,9 +139,9 @@ class HostDataMismatch(SnpVerificationError):
     """HOST_DATA is not the expected init-data digest (resized to 32 bytes)."""
 
 
-class SnpPolicyViolation(PolicyViolation):
+class SnpPolicyViolation(SnpError, PolicyViolation):
     """An authentic report that the validation policy rejects."""
 
 
-class SnpDeviceUnavailable(UnsupportedPlatform):
+class SnpDeviceUnavailable(SnpError, UnsupportedPlatform):
     """Neither configfs-tsm (provider sev_guest) nor /dev/sev-guest is usable."""

@@ -13,12 +13,11 @@ KDS fetches are off by default: ``SnpVerifier()`` is fully offline.
 
 from __future__ import annotations
 
-import logging
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from attestation.replay import BindingSkip
 from attestation.snp.certs import EndorsementCert, TrustStore
 from attestation.snp.endorsements import KdsClient
 from attestation.snp.errors import EndorsementKeyUnavailable, SigningKeyMismatch, SnpVerificationError
@@ -27,29 +26,7 @@ from attestation.snp.report import SigningKey
 from attestation.snp.verify import VerifiedReport, check_binding, check_revocation, verify_report
 from coco_common.http import sync_client
 
-__all__ = ["InsecureSkipReportDataBinding", "SnpVerifier"]
-
-log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class InsecureSkipReportDataBinding:
-    """TEST ONLY: accept SNP evidence whose REPORT_DATA does not match the
-    session's expected binding.
-
-    Exists so a *recorded* hardware report (whose REPORT_DATA was fixed when it
-    was captured) can be driven through a live KBS handshake in tests. With it,
-    evidence is replayable; never configure it in a real deployment. Every use
-    is logged at WARNING and marked in the claims
-    (``"insecure_report_data_binding_skipped": true``).
-    """
-
-    reason: str
-
-    def __post_init__(self) -> None:
-        if not self.reason.strip():
-            raise ValueError("say why the report-data binding is being skipped")
-        log.warning("INSECURE SNP verifier mode: REPORT_DATA binding disabled (%s)", self.reason)
+__all__ = ["SnpVerifier"]
 
 
 class SnpVerifier:
@@ -69,8 +46,9 @@ class SnpVerifier:
     :param check_crl: reject chains with a revoked ASK/ASVK or VCEK/VLEK, using the
         product's CRL from the KDS cache folder (``crl-<product>.der``) or KDS;
         no current CRL is an error.
-    :param insecure_skip_report_data_binding: see :class:`InsecureSkipReportDataBinding`;
-        a string is taken as its ``reason`` (so the KBS config can set it).
+    :param insecure_skip_report_data_binding: TEST ONLY: why REPORT_DATA is not
+        compared (recorded evidence replayed into a live handshake); see
+        :class:`attestation.replay.BindingSkip`.
     """
 
     tee = "snp"
@@ -85,26 +63,25 @@ class SnpVerifier:
         kds_cache_dir: str | Path | None = None,
         kds_fetch: bool = False,
         check_crl: bool = False,
-        insecure_skip_report_data_binding: InsecureSkipReportDataBinding | str | None = None,
+        insecure_skip_report_data_binding: str | None = None,
     ) -> None:
         self.trust = trust if trust is not None else TrustStore.builtin()
         if kds is None and (kds_cache_dir is not None or kds_fetch):
             kds = KdsClient(
                 cache_dir=Path(kds_cache_dir) if kds_cache_dir is not None else None,
-                http=sync_client() if kds_fetch else None,
+                # trust_env: AMD KDS is on the internet and may sit behind the host's proxy
+                http=sync_client(trust_env=True) if kds_fetch else None,
                 offline=not kds_fetch,
             )
         self.kds = kds
         if check_crl and kds is None:
             raise ValueError("check_crl needs kds_cache_dir or kds_fetch (where the CRL comes from)")
         self.check_crl = check_crl
-        if isinstance(insecure_skip_report_data_binding, str):
-            insecure_skip_report_data_binding = InsecureSkipReportDataBinding(
-                insecure_skip_report_data_binding
-            )
         self.required_vmpl = required_vmpl
         self.min_report_version = min_report_version
-        self._insecure = insecure_skip_report_data_binding
+        self._insecure = BindingSkip(
+            insecure_skip_report_data_binding, tee=self.tee, what="REPORT_DATA binding"
+        )
 
     def endorsement_for(self, evidence: SnpEvidence) -> EndorsementCert:
         """The VCEK/VLEK to check ``evidence`` with."""
@@ -157,16 +134,9 @@ class SnpVerifier:
             raise SnpVerificationError(
                 f"report comes from VMPL {verified.report.vmpl}, VMPL {self.required_vmpl} is required"
             )
-        if self._insecure is not None:
-            log.warning("INSECURE: SNP REPORT_DATA binding not checked (%s)", self._insecure.reason)
-            check_binding(verified, expected_init_data_hash=expected_init_data_hash)
-        else:
-            check_binding(
-                verified,
-                expected_report_data=expected_report_data,
-                expected_init_data_hash=expected_init_data_hash,
-            )
-        claims = verified.trustee_claims()
-        if self._insecure is not None:
-            claims["insecure_report_data_binding_skipped"] = True
-        return claims
+        check_binding(
+            verified,
+            expected_report_data=self._insecure.expected(expected_report_data),
+            expected_init_data_hash=expected_init_data_hash,
+        )
+        return self._insecure.mark(verified.trustee_claims())

@@ -31,12 +31,12 @@ from __future__ import annotations
 
 import hmac
 from dataclasses import dataclass
-from typing import Any
 
 from attestation.snp.errors import SnpFormatError, SnpPolicyViolation
 from attestation.snp.report import Product, SigningKey
 from attestation.snp.verify import VerifiedReport, resize
 from coco_common.cli import closest
+from coco_common.fields import Fields
 from coco_common.strict_json import strict_object
 
 __all__ = ["MAX_POLICY_FILE", "SnpPolicy", "TcbFloor", "validate"]
@@ -74,28 +74,59 @@ class TcbFloor:
     fmc: int | None = None
 
 
-def _hex(v: Any, key: str, max_len: int, exact: int | None = None) -> bytes:
-    if not isinstance(v, str):
-        raise SnpFormatError(f"policy {key} must be a hex string")
+def _hex(f: Fields, key: str, text: str, max_len: int, exact: int | None = None) -> bytes:
+    """Hex of at most ``max_len`` (or exactly ``exact``) bytes; ``text`` is what ``key`` held."""
     try:
-        b = bytes.fromhex(v)
+        b = bytes.fromhex(text)
     except ValueError as exc:
-        raise SnpFormatError(f"policy {key} is not hex") from exc
+        raise f.fail(key, "is not hex") from exc
     if len(b) > max_len or (exact is not None and len(b) != exact):
-        raise SnpFormatError(f"policy {key} has the wrong length")
+        raise f.fail(key, "has the wrong length")
     return b
 
 
-def _uint(v: Any, key: str, bits: int = 8) -> int:
-    if type(v) is not int or not 0 <= v < (1 << bits):
-        raise SnpFormatError(f"policy {key} must be an unsigned {bits}-bit integer")
-    return v
+def _digests(f: Fields, key: str, size: int) -> frozenset[bytes] | None:
+    """A non-empty array of hex digests of ``size`` bytes each."""
+    items = f.list(key, str)
+    if items is None:
+        return None
+    if not items:
+        raise f.fail(key, "must be a non-empty array")
+    return frozenset(_hex(f, f"{key}[]", x, size, size) for x in items)
 
 
-def _bool(v: Any, key: str) -> bool:
-    if type(v) is not bool:
-        raise SnpFormatError(f"policy {key} must be true or false")
-    return v
+def _tcb_floor(f: Fields) -> TcbFloor | None:
+    if f.get("min_tcb", dict) is None:
+        return None
+    t = Fields(f.table["min_tcb"], error=SnpFormatError, where="min_tcb", label="policy", unknown="error")
+    spl = {k: t.int(k, 0, min=0, max=255) or 0 for k in ("bootloader", "tee", "snp", "microcode")}
+    floor = TcbFloor(**spl, fmc=t.int("fmc", min=0, max=255))
+    t.done()
+    return floor
+
+
+def _firmware(f: Fields) -> tuple[int, int] | None:
+    v = f.str("min_firmware")
+    if v is None:
+        return None
+    parts = v.split(".")
+    if len(parts) != 2 or not all(p.isdigit() and len(p) <= 3 for p in parts):
+        raise f.fail("min_firmware", "must look like '1.55'")
+    return int(parts[0]), int(parts[1])
+
+
+def _signing_keys(f: Fields) -> frozenset[SigningKey] | None:
+    keys = f.list("signing_keys", str)
+    if keys is None:
+        return None
+    if not all(x.upper() in ("VCEK", "VLEK") for x in keys):
+        raise f.fail("signing_keys", "must be an array of 'vcek'/'vlek'")
+    return frozenset(SigningKey[x.upper()] for x in keys)
+
+
+def _resized(f: Fields, key: str, size: int) -> bytes | None:
+    text = f.str(key)
+    return None if text is None else resize(_hex(f, key, text, 64), size)
 
 
 @dataclass(frozen=True)
@@ -130,58 +161,26 @@ class SnpPolicy:
                 + (f" (did you mean {hint!r}?)" if hint else "")
                 + f"; valid keys: {', '.join(sorted(_POLICY_KEYS))}"
             )
-        kw: dict[str, Any] = {}
-        if "min_tcb" in obj:
-            t = obj["min_tcb"]
-            if not isinstance(t, dict) or set(t) - {"bootloader", "tee", "snp", "microcode", "fmc"}:
-                raise SnpFormatError("policy min_tcb must be an object of bootloader/tee/snp/microcode/fmc")
-            kw["min_tcb"] = TcbFloor(
-                **{k: _uint(v, f"min_tcb.{k}") for k, v in t.items()},
-            )
-        if "measurements" in obj:
-            m = obj["measurements"]
-            if not isinstance(m, list) or not m:
-                raise SnpFormatError("policy measurements must be a non-empty array")
-            kw["measurements"] = frozenset(_hex(x, "measurements[]", 48, 48) for x in m)
-        for key in ("allow_debug", "allow_migration_agent"):
-            if key in obj:
-                kw[key] = _bool(obj[key], key)
-        if "vmpl" in obj:
-            kw["vmpl"] = _uint(obj["vmpl"], "vmpl", 2)
-        if "host_data" in obj:
-            kw["host_data"] = resize(_hex(obj["host_data"], "host_data", 64), 32)
-        if "report_data" in obj:
-            kw["report_data"] = resize(_hex(obj["report_data"], "report_data", 64), 64)
-        if "min_guest_svn" in obj:
-            kw["min_guest_svn"] = _uint(obj["min_guest_svn"], "min_guest_svn", 32)
-        if "min_firmware" in obj:
-            v = obj["min_firmware"]
-            parts = v.split(".") if isinstance(v, str) else []
-            if len(parts) != 2 or not all(p.isdigit() and len(p) <= 3 for p in parts):
-                raise SnpFormatError("policy min_firmware must look like '1.55'")
-            kw["min_firmware"] = (int(parts[0]), int(parts[1]))
-        if "products" in obj:
-            p = obj["products"]
-            if not isinstance(p, list) or not all(isinstance(x, str) for x in p):
-                raise SnpFormatError("policy products must be an array of names")
-            kw["products"] = frozenset(Product.from_name(x) for x in p)
-        if "signing_keys" in obj:
-            s = obj["signing_keys"]
-            if not isinstance(s, list) or not all(
-                isinstance(x, str) and x.upper() in ("VCEK", "VLEK") for x in s
-            ):
-                raise SnpFormatError("policy signing_keys must be an array of 'vcek'/'vlek'")
-            kw["signing_keys"] = frozenset(SigningKey[x.upper()] for x in s)
-        for key in ("id_key_digests", "author_key_digests"):
-            if key in obj:
-                d = obj[key]
-                if not isinstance(d, list) or not d:
-                    raise SnpFormatError(f"policy {key} must be a non-empty array")
-                kw[key] = frozenset(_hex(x, f"{key}[]", 48, 48) for x in d)
-        for key in ("family_id", "image_id"):
-            if key in obj:
-                kw[key] = _hex(obj[key], key, 16, 16)
-        return cls(**kw)
+        f = Fields(obj, error=SnpFormatError, label="policy")
+        products = f.list("products", str)
+        family_id, image_id = f.hex("family_id", size=16), f.hex("image_id", size=16)
+        return cls(
+            min_tcb=_tcb_floor(f),
+            measurements=_digests(f, "measurements", 48),
+            allow_debug=bool(f.bool("allow_debug", False)),
+            allow_migration_agent=bool(f.bool("allow_migration_agent", False)),
+            vmpl=f.int("vmpl", min=0, max=3),
+            host_data=_resized(f, "host_data", 32),
+            report_data=_resized(f, "report_data", 64),
+            min_guest_svn=f.int("min_guest_svn", min=0, max=0xFFFFFFFF),
+            min_firmware=_firmware(f),
+            products=frozenset(Product.from_name(x) for x in products) if products is not None else None,
+            signing_keys=_signing_keys(f),
+            id_key_digests=_digests(f, "id_key_digests", 48),
+            author_key_digests=_digests(f, "author_key_digests", 48),
+            family_id=family_id,
+            image_id=image_id,
+        )
 
 
 def validate(verified: VerifiedReport, policy: SnpPolicy) -> VerifiedReport:

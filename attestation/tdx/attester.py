@@ -12,16 +12,15 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 from pathlib import Path
 from typing import Any
 
-from attestation.errors import AttestationError
 from attestation.eventlog.aael import CCEL_DATA_PATH, EVENTLOG_PATH, build_cc_eventlog
 from attestation.tdx.device import TdxGuestDevice, TsmReport
-from attestation.tdx.errors import TdxDeviceUnavailable, TdxVerificationError
+from attestation.tdx.errors import TdxDeviceUnavailable, TdxError, TdxVerificationError
+from attestation.tdx.evidence import TdxEvidence
 from attestation.tdx.registers import TDX_MEASUREMENTS_DIR, TdxRtmrRegisters
 
 __all__ = ["TdxAttester", "detect"]
@@ -57,14 +56,10 @@ class TdxAttester:
 
     def _evidence(self, report_data: bytes) -> dict[str, Any]:
         if len(report_data) > 64:
-            raise AttestationError("TDX report data must be at most 64 bytes")
+            raise TdxError("TDX report data must be at most 64 bytes")
         quote = self._tsm.get_quote(report_data.ljust(64, b"\x00"))
-        return {
-            "cc_eventlog": build_cc_eventlog(
-                ccel_path=self._ccel, aael_path=self._aael if self._aael is not None else _default_aael()
-            ),
-            "quote": base64.b64encode(quote).decode(),
-        }
+        aael = self._aael if self._aael is not None else _default_aael()
+        return TdxEvidence(quote, build_cc_eventlog(ccel_path=self._ccel, aael_path=aael)).to_json()
 
     async def get_evidence(self, report_data: bytes) -> Any:
         return await asyncio.to_thread(self._evidence, bytes(report_data))
@@ -75,7 +70,7 @@ class TdxAttester:
             with open(sysfs, "rb") as f:
                 value = f.read(_MRCONFIGID_LEN + 1)
             if len(value) != _MRCONFIGID_LEN:
-                raise AttestationError("mrconfigid sysfs file did not return 48 bytes")
+                raise TdxError("mrconfigid sysfs file did not return 48 bytes")
             return value
         if not self._device.available():
             raise TdxDeviceUnavailable("neither the TDX measurements sysfs nor /dev/tdx_guest is present")

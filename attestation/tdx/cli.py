@@ -26,17 +26,11 @@ from attestation.tdx.pck import intel_sgx_root_ca
 from attestation.tdx.policy import TdxPolicy
 from attestation.tdx.quote import MAX_QUOTE_SIZE
 from attestation.tdx.verify import verify_quote
-from attestation.verify_cli import not_verified, usage_error, verified
-from coco_common.files import FileTooLarge, read_bounded
+from attestation.verify_cli import not_verified, parse_time, read_input, usage_error, verified
 
-__all__ = ["configure", "parse_time", "run"]
+__all__ = ["configure", "run"]
 
 _MAX_FILE = 16 * 1024 * 1024
-
-
-def parse_time(text: str) -> datetime:
-    t = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    return t if t.tzinfo else t.replace(tzinfo=UTC)
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -57,11 +51,9 @@ class _Usage(Exception):
 
 def _read(path: str, what: str) -> bytes:
     try:
-        return read_bounded(path, _MAX_FILE)
-    except FileTooLarge as exc:
-        raise _Usage(f"{what} file {path} is larger than {_MAX_FILE} bytes") from exc
-    except ValueError as exc:
-        raise _Usage(f"cannot read {what} {path}: not a regular file") from exc
+        return read_input(path, _MAX_FILE)
+    except EvidenceFormatError as exc:  # over the limit
+        raise _Usage(f"{what} file {exc}") from exc
     except OSError as exc:
         raise _Usage(f"cannot read {what} {path}: {(exc.strerror or str(exc)).lower()}") from exc
 
@@ -81,8 +73,8 @@ def _collateral(data: bytes) -> Collateral:
 def _verify(args: argparse.Namespace) -> dict[str, object]:
     try:
         now = parse_time(args.at) if args.at else datetime.now(UTC)
-    except ValueError as exc:
-        raise _Usage(f"--at {args.at[:40]!r} is not an ISO 8601 / RFC 3339 time") from exc
+    except EvidenceFormatError as exc:
+        raise _Usage(str(exc)) from exc
     raw = _read(args.quote, "quote")
     eventlog_bytes: bytes | None = _read(args.eventlog, "event log") if args.eventlog else None
     if raw.lstrip()[:1] == b"{":

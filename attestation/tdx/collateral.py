@@ -35,6 +35,7 @@ from attestation.tdx.pck import (
     verify_chain,
     verify_p256_raw,
 )
+from coco_common.fields import Fields
 from coco_common.strict_json import strict_object
 
 __all__ = [
@@ -59,11 +60,9 @@ def _object(text: str | bytes, what: str) -> dict[str, Any]:
     return strict_object(text, limit=MAX_COLLATERAL_SIZE, error=CollateralError, what=what)
 
 
-def _get(d: dict[str, Any], key: str, typ: type, what: str) -> Any:
-    v = d.get(key)
-    if type(v) is not typ:  # no bool-as-int coercion
-        raise CollateralError(f"{what}: field {key!r} missing or not a {typ.__name__}")
-    return v
+def _get(d: Any, key: str, typ: type, what: str) -> Any:
+    """The required field ``key`` of the object ``d``, of type ``typ`` (no bool as int)."""
+    return Fields(d, error=CollateralError, label=what).get(key, typ, required=True)
 
 
 def _hex(s: str, what: str, length: int | None = None) -> bytes:

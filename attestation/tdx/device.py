@@ -13,8 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from attestation.errors import AttestationError
-from attestation.tdx.errors import TdxDeviceUnavailable
+from attestation.tdx.errors import TdxDeviceUnavailable, TdxError
 from attestation.tdx.quote import MAX_QUOTE_SIZE
 from attestation.tdx.tdreport import TDREPORT_LEN, TdReport
 
@@ -69,7 +68,7 @@ class TsmReport:
         with open(p, "rb") as f:
             data = f.read(limit + 1)
         if len(data) > limit:
-            raise AttestationError(f"configfs-tsm {p.name} larger than {limit} bytes")
+            raise TdxError(f"configfs-tsm {p.name} larger than {limit} bytes")
         return data
 
     def _write(self, p: Path, data: bytes) -> None:
@@ -93,14 +92,12 @@ class TsmReport:
             quote = self._read(d / "outblob", MAX_QUOTE_SIZE)
             generation = int(self._read(d / "generation", 32).decode().strip())
             if generation != 1:
-                raise AttestationError(
-                    f"configfs-tsm entry was written concurrently (generation {generation})"
-                )
+                raise TdxError(f"configfs-tsm entry was written concurrently (generation {generation})")
             if not quote:
-                raise AttestationError("configfs-tsm returned an empty quote")
+                raise TdxError("configfs-tsm returned an empty quote")
             return quote
         except OSError as exc:
-            raise AttestationError(f"configfs-tsm quote generation failed: {exc.strerror}") from exc
+            raise TdxError(f"configfs-tsm quote generation failed: {exc.strerror}") from exc
         finally:
             self._rmdir(d)
 
@@ -129,7 +126,7 @@ class TdxGuestDevice:
         try:
             self._ioctl(fd, TDX_CMD_GET_REPORT0, buf, True)
         except OSError as exc:
-            raise AttestationError(f"TDX_CMD_GET_REPORT0 failed: {exc.strerror}") from exc
+            raise TdxError(f"TDX_CMD_GET_REPORT0 failed: {exc.strerror}") from exc
         finally:
             os.close(fd)
         return TdReport.from_bytes(bytes(buf[64:]))

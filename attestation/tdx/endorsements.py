@@ -98,7 +98,8 @@ class PccsClient:
         timeout: float = 10.0,
     ) -> None:
         self._base = base_url.rstrip("/")
-        self._client = client or sync_client(timeout=timeout)
+        # trust_env: Intel PCS (or a PCCS) may sit behind the host's HTTP(S)_PROXY, as before
+        self._client = client or sync_client(timeout=timeout, trust_env=True)
         self._cache = cache
 
     def _get(self, path: str) -> tuple[httpx.Headers, bytes]:

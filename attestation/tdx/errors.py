@@ -1,35 +1,42 @@
 """Errors raised by :mod:`attestation.tdx` (the DCAP quote code here also
 serves SGX and Azure TDX evidence).
 
-Every error here subclasses one of the shared :mod:`attestation.errors`
-classes, so callers that only know the shared tree keep working::
+One root, :class:`TdxError`; each class also subclasses the shared
+:mod:`attestation.errors` category it belongs to (in brackets), so callers
+that only know the shared tree (the KBS, ``coco-verify``) keep working::
 
     AttestationError
-    ├── EvidenceFormatError
-    │   └── TdxFormatError ........ quote, TDREPORT, evidence JSON, PCK certificate or
-    │       │                       policy file that does not parse
-    │       └── UnknownQuoteFormat  not a DCAP quote this code reads (attestation
-    │                               key type, version)
-    ├── VerificationError
-    │   └── TdxVerificationError .. signature, PCK chain, QE binding, REPORTDATA /
-    │       │                       MRCONFIGID binding, event log replay, TCB level
-    │       └── CollateralError ... collateral missing, malformed, not authentic,
-    │                               stale, or not for this quote's platform
-    ├── PolicyViolation
-    │   └── TdxPolicyViolation .... authentic quote the policy does not accept
-    └── UnsupportedPlatform
-        └── TdxDeviceUnavailable .. no configfs-tsm / /dev/tdx_guest here
+    └── TdxError ....................... root of this package (device and ioctl failures)
+        ├── TdxFormatError ............. (EvidenceFormatError) quote, TDREPORT, evidence
+        │   │                            JSON, PCK certificate or policy that does not parse
+        │   └── UnknownQuoteFormat ..... not a DCAP quote this code reads (attestation
+        │                                key type, version)
+        ├── TdxVerificationError ....... (VerificationError) signature, PCK chain, QE
+        │   │                            binding, REPORTDATA / MRCONFIGID binding, TCB level
+        │   └── CollateralError ........ collateral missing, malformed, not authentic,
+        │                                stale, or not for this quote's platform
+        ├── TdxPolicyViolation ......... (PolicyViolation) authentic quote the policy
+        │                                does not accept
+        └── TdxDeviceUnavailable ....... (UnsupportedPlatform) no configfs-tsm /
+                                         /dev/tdx_guest here
 
 Messages never contain secrets; quote fields are public by construction.
 """
 
 from __future__ import annotations
 
-from attestation.errors import EvidenceFormatError, PolicyViolation, UnsupportedPlatform, VerificationError
+from attestation.errors import (
+    AttestationError,
+    EvidenceFormatError,
+    PolicyViolation,
+    UnsupportedPlatform,
+    VerificationError,
+)
 
 __all__ = [
     "CollateralError",
     "TdxDeviceUnavailable",
+    "TdxError",
     "TdxFormatError",
     "TdxPolicyViolation",
     "TdxVerificationError",
@@ -37,7 +44,11 @@ __all__ = [
 ]
 
 
-class TdxFormatError(EvidenceFormatError):
+class TdxError(AttestationError):
+    """Root of every error raised by :mod:`attestation.tdx` (a device or ioctl failure itself)."""
+
+
+class TdxFormatError(TdxError, EvidenceFormatError):
     """TDX (or SGX DCAP) bytes or JSON are malformed."""
 
 
@@ -46,7 +57,7 @@ class UnknownQuoteFormat(TdxFormatError):
     or quote version (an SNP report, say)."""
 
 
-class TdxVerificationError(VerificationError):
+class TdxVerificationError(TdxError, VerificationError):
     """The quote parsed but is not authentic, not bound as expected, or its TCB is unusable."""
 
 
@@ -54,9 +65,9 @@ class CollateralError(TdxVerificationError):
     """Collateral is missing, malformed, not authentic, stale, or does not fit the quote."""
 
 
-class TdxPolicyViolation(PolicyViolation):
+class TdxPolicyViolation(TdxError, PolicyViolation):
     """An authentic quote that the appraisal policy rejects."""
 
 
-class TdxDeviceUnavailable(UnsupportedPlatform):
+class TdxDeviceUnavailable(TdxError, UnsupportedPlatform):
     """Neither configfs-tsm (provider tdx_guest) nor /dev/tdx_guest is usable."""

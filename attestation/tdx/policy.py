@@ -21,18 +21,13 @@ from typing import Any
 
 from attestation.tdx.errors import TdxFormatError, TdxPolicyViolation
 from coco_common.cli import closest
+from coco_common.fields import Fields
 from coco_common.strict_json import strict_object
 
 __all__ = ["MAX_POLICY_SIZE", "TdxPolicy"]
 
 MAX_POLICY_SIZE = 256 * 1024
 _MEASUREMENTS = ("mr_td", "mr_seam", "mr_config_id", "rtmr0", "rtmr1", "rtmr2", "rtmr3")
-
-
-def _strs(v: Any, key: str) -> tuple[str, ...]:
-    if not isinstance(v, list) or not all(isinstance(s, str) for s in v):
-        raise TdxFormatError(f"policy: {key} must be a list of strings")
-    return tuple(v)
 
 
 @dataclass(frozen=True)
@@ -55,18 +50,18 @@ class TdxPolicy:
                 for k in sorted(unknown)
             ]
             raise TdxFormatError(f"policy: unknown keys {', '.join(hints)}; valid keys: {', '.join(allk)}")
-        for b in ("allow_debug", "require_sept_ve_disable"):
-            if b in d and type(d[b]) is not bool:
-                raise TdxFormatError(f"policy: {b} must be true or false")
+        f = Fields(d, error=TdxFormatError, label="policy")
         meas = tuple(
-            (k, tuple(s.lower().removeprefix("0x") for s in _strs(d[k], k))) for k in _MEASUREMENTS if k in d
+            (k, tuple(s.lower().removeprefix("0x") for s in v))
+            for k in _MEASUREMENTS
+            if (v := f.list(k, str)) is not None
         )
-        acc = d.get("accepted_tcb_statuses")
+        acc = f.list("accepted_tcb_statuses", str)
         return cls(
-            allow_debug=d.get("allow_debug", False),
-            require_sept_ve_disable=d.get("require_sept_ve_disable", True),
-            accepted_tcb_statuses=_strs(acc, "accepted_tcb_statuses") if acc is not None else None,
-            rejected_advisories=_strs(d.get("rejected_advisories", []), "rejected_advisories"),
+            allow_debug=bool(f.bool("allow_debug", False)),
+            require_sept_ve_disable=bool(f.bool("require_sept_ve_disable", True)),
+            accepted_tcb_statuses=tuple(acc) if acc is not None else None,
+            rejected_advisories=tuple(f.list("rejected_advisories", str) or ()),
             measurements=meas,
         )
 

@@ -11,10 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from attestation.errors import AttestationError
 from attestation.eventlog.registers import tdx_pcr_to_ccmr
 from attestation.tdx.device import TdxGuestDevice
-from attestation.tdx.errors import TdxDeviceUnavailable
+from attestation.tdx.errors import TdxDeviceUnavailable, TdxError
 
 __all__ = ["TDX_MEASUREMENTS_DIR", "TdxRtmrRegisters"]
 
@@ -55,7 +54,7 @@ class TdxRtmrRegisters:
             with open(self._path(pcr), "rb") as f:
                 value = f.read(TDX_REGISTER_LEN + 1)
             if len(value) != TDX_REGISTER_LEN:
-                raise AttestationError(f"RTMR sysfs file returned {len(value)} bytes, expected 48")
+                raise TdxError(f"RTMR sysfs file returned {len(value)} bytes, expected 48")
             return value
         device: _ReportSource = self._device if self._device is not None else TdxGuestDevice()
         report = device.get_report(bytes(64))

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from attestation.tdx.collateral import Collateral, verify_collateral
@@ -70,7 +71,8 @@ def verify_quote(
         raise ValueError("now must be timezone-aware")
     try:
         return _verify_quote(untrusted_quote, root_ca=root_ca, now=now, collateral=collateral)
-    except (ValueError, TypeError, RecursionError) as exc:  # malformed certificates/keys inside cryptography
+    # malformed certificates/keys inside cryptography (an unknown key algorithm is UnsupportedAlgorithm)
+    except (ValueError, TypeError, RecursionError, UnsupportedAlgorithm) as exc:
         raise TdxFormatError(
             f"malformed certificate or key material in the quote: {type(exc).__name__}"
         ) from exc

@@ -22,9 +22,9 @@ from datetime import datetime
 from typing import Any
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
+from attestation._x509 import issued_by
 from attestation.eventlog.tcg import EV_NO_ACTION, ParsedEventLog, parse_event_log
 from attestation.tpm.errors import TpmFormatError, TpmVerificationError
 from attestation.tpm.evidence import TpmEvidence
@@ -78,14 +78,6 @@ def replay_pcrs(log: ParsedEventLog) -> dict[int, bytes]:
     return values
 
 
-def _issued_by(cert: x509.Certificate, ca: x509.Certificate) -> bool:
-    try:
-        cert.verify_directly_issued_by(ca)
-    except (ValueError, TypeError, InvalidSignature):
-        return False
-    return True
-
-
 def spki(key: Any) -> bytes:
     """The DER SubjectPublicKeyInfo of a public key."""
     out: bytes = key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
@@ -106,7 +98,7 @@ def _ak_trust(ev: TpmEvidence, anchors: AkAnchors, now: datetime) -> str:
         if not cert.not_valid_before_utc <= now <= cert.not_valid_after_utc:
             raise TpmVerificationError("ak_certificate is not valid at the verification time")
         for ca in anchors.cas:
-            if _issued_by(cert, ca) and ca.not_valid_before_utc <= now <= ca.not_valid_after_utc:
+            if issued_by(cert, ca) and ca.not_valid_before_utc <= now <= ca.not_valid_after_utc:
                 return "certificate"
         raise TpmVerificationError("ak_certificate does not chain to a configured AK CA")
     if anchors.keys or anchors.cas:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -10,7 +11,19 @@ from pathlib import Path
 
 import pytest
 
-from attestation.verify_cli import EXIT_NOT_VERIFIED, EXIT_UNCHECKED, EXIT_USAGE, EXIT_VERIFIED, main
+from attestation import verify_cli
+from attestation.errors import AttestationError, EvidenceFormatError
+from attestation.verify_cli import (
+    EXIT_NOT_VERIFIED,
+    EXIT_UNCHECKED,
+    EXIT_USAGE,
+    EXIT_VERIFIED,
+    Inputs,
+    Verdict,
+    add_evidence_arguments,
+    main,
+    run_verify,
+)
 
 from .nvidia.vectors import NONCE_931, fixture_path
 from .tdx._data import Q4, QVL_TDX, QVL_TDX_COLL
@@ -120,3 +133,59 @@ def test_stale_collateral_and_report_data_mismatch_say_why(capsys: pytest.Captur
     assert "(valid 20" in err and "--at TIME" in err
     rc = main(["--strict", "tdx", str(Q4), "--expect-report-data", "00" * 64])
     assert rc == EXIT_NOT_VERIFIED and "REPORTDATA" in capsys.readouterr().err
+
+
+def _verify_args(tmp_path: Path, *extra: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    add_evidence_arguments(parser, evidence_help="e", report_data_help="r")
+    (tmp_path / "ev").write_bytes(b"evidence")
+    return parser.parse_args([str(tmp_path / "ev"), *extra])
+
+
+def test_run_verify_maps_each_phase_to_its_exit_status(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The plumbing the azure/tpm/cca/csv/sgx subcommands share: a failure while
+    loading is a usage error, a format error while checking too, any other
+    attestation error a rejection; without --expect-report-data the nonce is
+    named as NOT checked, before the TEE's own unchecked items."""
+
+    def load(_: argparse.Namespace, inputs: Inputs) -> bytes:
+        return inputs.evidence.upper()
+
+    def check(_: argparse.Namespace, inputs: Inputs, loaded: bytes) -> Verdict:
+        assert inputs.init_data is None  # no --init-data-digest configured: None, not absent
+        return Verdict({"e": loaded.decode()}, "fine", ["TCB status"])
+
+    monkeypatch.setattr(verify_cli, "_strict", False)  # an earlier main(["--strict", ...]) set it
+
+    rc = run_verify(_verify_args(tmp_path), "t", limit=64, load=load, check=check)
+    out, _ = capsys.readouterr()
+    assert rc == EXIT_VERIFIED
+    assert (
+        out.splitlines()[0]
+        == "verified: yes t fine; NOT checked: nonce (no --expect-report-data), TCB status"
+    )
+    assert json.loads(out.split("\n", 1)[1]) == {"e": "EVIDENCE"}
+
+    def bad_value(_: argparse.Namespace, __: Inputs) -> bytes:
+        raise ValueError("bad PEM")
+
+    def rejected(_: argparse.Namespace, __: Inputs, ___: bytes) -> Verdict:
+        raise AttestationError("signature")
+
+    def malformed(_: argparse.Namespace, __: Inputs, ___: bytes) -> Verdict:
+        raise EvidenceFormatError("truncated")
+
+    args = _verify_args(tmp_path, "--expect-report-data", "00")
+    assert run_verify(args, "t", limit=64, load=bad_value, check=check) == EXIT_USAGE
+    assert capsys.readouterr().err == "coco-verify t: malformed input: bad PEM\n"
+    assert run_verify(args, "t", limit=64, load=load, check=rejected) == EXIT_NOT_VERIFIED
+    assert capsys.readouterr().out == "verified: no t rejected: signature\n"
+    assert run_verify(args, "t", limit=64, load=load, check=malformed) == EXIT_USAGE
+    assert capsys.readouterr().err == "coco-verify t: malformed input: truncated\n"
+    assert run_verify(args, "t", limit=4, load=load, check=check) == EXIT_USAGE
+    assert capsys.readouterr().err == "coco-verify t: malformed input: ev is larger than 4 bytes\n"
+    (tmp_path / "ev").unlink()
+    assert run_verify(args, "t", limit=64, load=load, check=check) == EXIT_USAGE
+    assert "cannot read input: No such file or directory" in capsys.readouterr().err

@@ -88,3 +88,14 @@ def test_the_worker_refuses_a_job_with_unknown_or_missing_fields(tmp_path: Path)
     )
     assert cp.returncode == 2
     assert json.loads(cp.stdout) == {"ok": False, "error": "unpack", "message": "bad worker invocation"}
+
+
+def test_worker_process_imports_no_network_or_crypto_stack() -> None:
+    """One worker process per layer: its start-up is paid per layer (asyncio, httpx and
+    cryptography cost about 0.1 s of it and belong to the parent's side)."""
+    code = (
+        "import sys, image_pull.layer_worker as w; assert callable(w.main); "
+        "print(sorted(m for m in ('asyncio', 'httpx', 'cryptography', 'image_pull.registry') if m in sys.modules))"
+    )
+    cp = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, check=True)
+    assert cp.stdout.strip() == "[]", cp.stdout

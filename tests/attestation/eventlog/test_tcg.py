@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from attestation.eventlog.aael import EL_END_FLAG, EL_HEADER, encode_aael_record, trim_ccel
-from attestation.eventlog.tcg import EventLogFormatError, EventLogReplayError, parse_event_log
+from attestation.eventlog.errors import EventLogFormatError, EventLogReplayError
+from attestation.eventlog.tcg import parse_event_log
 
 from ._data import EL, TDX
 
@@ -123,6 +124,22 @@ def test_upstream_fallback_header_with_aael_events() -> None:
     import hashlib
 
     assert parsed.replay(4) == hashlib.sha384(bytes(48) + digest).digest()
+
+
+@pytest.mark.parametrize(
+    ("content", "parsed"),
+    [
+        ('{"image":"x","n":1}', {"image": "x", "n": 1}),
+        ('{"n": NaN}', '{"n": NaN}'),  # not JSON: kept as text, never a NaN in the claims
+        ('{"a":1,"a":2}', '{"a":1,"a":2}'),  # duplicate keys: kept as text
+        ("[" * 5000, "[" * 5000),  # too deep: kept as text
+    ],
+)
+def test_aael_content_is_strict_json_or_text(content: str, parsed: object) -> None:
+    rec, _ = encode_aael_record(f"coco.com op {content}", ccmr=4, hash_algorithm="sha384")
+    (e,) = parse_event_log(EL_HEADER + rec + EL_END_FLAG).entries
+    assert e.details["data"]["content"] == parsed
+    json.dumps(e.details, allow_nan=False)
 
 
 def test_trim_ccel_stops_at_the_end_marker() -> None:

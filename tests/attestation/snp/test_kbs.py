@@ -12,7 +12,7 @@ import pytest
 from attestation.errors import EvidenceFormatError, VerificationError
 from attestation.snp.errors import EndorsementKeyUnavailable, HostDataMismatch, ReportDataMismatch
 from attestation.snp.evidence import CertTableEntry, SnpEvidence
-from attestation.snp.kbs import InsecureSkipReportDataBinding, SnpVerifier
+from attestation.snp.kbs import SnpVerifier
 from attestation.snp.report import AttestationReport
 from attestation.verifier import EvidenceVerifier
 
@@ -97,14 +97,18 @@ def test_malformed_evidence_is_a_format_error() -> None:
 
 def test_insecure_hook_is_explicit_and_marked(fx: Path, caplog: pytest.LogCaptureFixture) -> None:
     with pytest.raises(ValueError):
-        InsecureSkipReportDataBinding("  ")
+        SnpVerifier(insecure_skip_report_data_binding="  ")
     ev = _evidence(fx, "trustee/test-report.bin", "trustee/test-vcek.der")
     with caplog.at_level(logging.WARNING):
-        v = SnpVerifier(
-            insecure_skip_report_data_binding=InsecureSkipReportDataBinding("recorded report in a test")
-        )
+        v = SnpVerifier(insecure_skip_report_data_binding="recorded report in a test")
         claims = v.verify(ev, expected_report_data=b"\x77" * 48, expected_init_data_hash=None, now=TODAY)
     assert claims["insecure_report_data_binding_skipped"] is True
-    assert "INSECURE" in caplog.text
+    assert (
+        "INSECURE snp verifier mode: REPORT_DATA binding disabled (recorded report in a test)" in caplog.text
+    )
+    assert "INSECURE: snp REPORT_DATA binding not checked" in caplog.text
+    assert "insecure_report_data_binding_skipped" not in SnpVerifier().verify(
+        ev, expected_report_data=bytes.fromhex(claims["report_data"]), expected_init_data_hash=None, now=TODAY
+    )
     with pytest.raises(HostDataMismatch):  # init-data binding is still enforced
         v.verify(ev, expected_report_data=b"", expected_init_data_hash=b"\x01" * 32, now=TODAY)

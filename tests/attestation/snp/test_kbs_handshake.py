@@ -5,7 +5,7 @@ configfs-tsm tree that serves a *recorded* Milan report with its VCEK.
 Honest caveat: a recorded report's REPORT_DATA is fixed, so it cannot carry
 the digest of this session's nonce and TEE key. The KBS is therefore started
 with the explicit, test-only ``insecure_skip_report_data_binding`` verifier
-option (:class:`attestation.snp.kbs.InsecureSkipReportDataBinding`); the
+option (:class:`attestation.replay.BindingSkip`); the
 test also shows that without it the very same handshake is rejected. Chain,
 signature, TCB, VMPL and init-data checks stay on.
 """

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import contextlib
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from attestation.errors import AttestationError
+from attestation.errors import AttestationError, EvidenceFormatError
 from attestation.eventlog.tcg import parse_event_log
 from attestation.tdx.pck import intel_sgx_root_ca
 from attestation.tdx.quote import Quote
@@ -40,6 +41,15 @@ def test_mutated_quotes_fail_cleanly(which: int, edits: list[tuple[int, int]], c
     original = Quote.from_bytes(QUOTES[which])
     assert v.quote.signed_bytes == original.signed_bytes
     assert v.quote.signature_data.qe_report == original.signature_data.qe_report
+
+
+def test_a_pck_key_with_an_unknown_algorithm_is_a_format_error() -> None:
+    """Found by the fuzz test above: one bit flipped in the PCK certificate's key
+    algorithm OID made cryptography raise UnsupportedAlgorithm, not an AttestationError."""
+    data = bytearray(QUOTES[1])
+    data[3543] ^= 1
+    with pytest.raises(EvidenceFormatError, match="UnsupportedAlgorithm"):
+        verify_quote(bytes(data), root_ca=ROOT, now=FIXED_NOW)
 
 
 @settings(max_examples=150, deadline=None)

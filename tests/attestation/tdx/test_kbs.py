@@ -9,7 +9,8 @@ import json
 import pytest
 
 from attestation.errors import EvidenceFormatError, VerificationError
-from attestation.eventlog.tcg import EventLogReplayError, parse_event_log
+from attestation.eventlog.errors import EventLogReplayError
+from attestation.eventlog.tcg import parse_event_log
 from attestation.tdx.collateral import Collateral
 from attestation.tdx.endorsements import StaticCollateral
 from attestation.tdx.kbs import TdxVerifier, quote_claims

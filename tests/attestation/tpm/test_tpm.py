@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from attestation.errors import EvidenceFormatError
-from attestation.eventlog.tcg import EventLogFormatError
+from attestation.eventlog.errors import EventLogFormatError
 from attestation.tpm.attester import TpmAttester
 from attestation.tpm.device import open_tpm
 from attestation.tpm.errors import (
