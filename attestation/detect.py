@@ -23,7 +23,6 @@ import contextlib
 import logging
 import os
 import platform
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -94,6 +93,8 @@ def _tsm_provider_is(plat: HostView, provider: str) -> bool:
     report = plat.path(TSM_REPORT_DIR)
     if not report.is_dir():
         return False
+    import tempfile  # only where a TSM report interface exists: ~1 MiB off every AA's idle RSS
+
     with contextlib.suppress(OSError):
         entry = Path(tempfile.mkdtemp(prefix="aa-probe-", dir=report))
         try:

@@ -192,7 +192,8 @@ def footprint_rows(doc: dict[str, Any] | str) -> list[Row]:
                         x["exec_to_socket_ready_ms"] / fl["exec_to_socket_ready_ms"],
                         f"<= {half_ms:.0f} ms (half of {base['ready_ms']:.0f})",
                         x["exec_to_socket_ready_ms"] <= half_ms,
-                        f"min-max {x['exec_to_socket_ready_ms_min_max']}; this checkout's venv"))  # fmt: skip
+                        f"min-max {x['exec_to_socket_ready_ms_min_max']}; CPU to ready {x['cpu_ms_to_socket_ready']:.0f} ms "
+                        f"(listener {fl['cpu_ms_to_socket_ready']:.0f} ms); this checkout's venv"))  # fmt: skip
         rows.append(Row(f"{name}: idle RSS", f"{x['idle_rss_mib']:.1f} MiB",
                         f"bare python listener {fl['idle_rss_mib']:.1f} MiB",
                         x["idle_rss_mib"] / fl["idle_rss_mib"],

@@ -1,5 +1,10 @@
 """Symmetric unwrapping shared by sealed-secret envelopes and the key provider,
-plus strict JSON parsing for security-relevant input."""
+ES256 verification of sealed secrets, plus strict JSON parsing for
+security-relevant input.
+
+This module is the CDH's one door to ``cryptography``, and it opens it at the
+first unwrap, unseal or verification: the idle daemon does not carry the
+library (~7 MiB of resident memory, ~30 ms of start-up)."""
 
 from __future__ import annotations
 
@@ -8,13 +13,18 @@ import binascii
 import json
 from typing import Any
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from coco_common.strict_json import strict_loads
 
-__all__ = ["CryptoError", "b64_std", "b64url", "strict_json", "unwrap"]
+__all__ = [
+    "CryptoError",
+    "aes_gcm_open",
+    "aes_gcm_seal",
+    "b64_std",
+    "b64url",
+    "strict_json",
+    "unwrap",
+    "verify_es256",
+]
 
 
 class CryptoError(ValueError):
@@ -64,13 +74,56 @@ def unwrap(key: bytes, iv: bytes, data: bytes, wrap_type: str) -> bytes:
     if wrap_type == "A256GCM":
         if len(iv) != 12:
             raise CryptoError("A256GCM needs a 12-byte IV")
-        try:
-            return AESGCM(key).decrypt(iv, data, None)
-        except InvalidTag as exc:
-            raise CryptoError("A256GCM authentication failed (wrong key or tampered data)") from exc
+        return aes_gcm_open(key, iv, data)
     if wrap_type == "A256CTR":
         if len(iv) != 16:
             raise CryptoError("A256CTR needs a 16-byte IV")
+        from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+
         d = Cipher(algorithms.AES(key), modes.CTR(iv)).decryptor()
         return d.update(data) + d.finalize()
     raise CryptoError(f"unsupported wrap type {wrap_type!r} (A256GCM or A256CTR)")
+
+
+def aes_gcm_open(key: bytes, nonce: bytes, data: bytes) -> bytes:
+    """AES-GCM decryption of ``data`` (ciphertext || 16-byte tag), no associated data."""
+    from cryptography.exceptions import InvalidTag
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    try:
+        return AESGCM(key).decrypt(nonce, data, None)
+    except InvalidTag as exc:
+        raise CryptoError("A256GCM authentication failed (wrong key or tampered data)") from exc
+
+
+def aes_gcm_seal(key: bytes, nonce: bytes, plaintext: bytes) -> bytes:
+    """AES-GCM encryption: ciphertext || 16-byte tag, no associated data."""
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+    return AESGCM(key).encrypt(nonce, plaintext, None)
+
+
+def verify_es256(x: bytes, y: bytes, signing_input: bytes, signature: bytes) -> bool:
+    """Whether ``signature`` (``r || s``, 32 bytes each) over ``signing_input``
+    verifies with the P-256 public key ``(x, y)``. A point that is not on
+    P-256 is a :class:`CryptoError`."""
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
+    try:
+        key = ec.EllipticCurvePublicNumbers(
+            int.from_bytes(x, "big"), int.from_bytes(y, "big"), ec.SECP256R1()
+        ).public_key()
+    except ValueError as exc:
+        raise CryptoError("not a point on P-256") from exc
+    half = len(signature) // 2
+    der = encode_dss_signature(
+        int.from_bytes(signature[:half], "big"), int.from_bytes(signature[half:], "big")
+    )
+    try:
+        key.verify(der, signing_input, ec.ECDSA(hashes.SHA256()))
+    except InvalidSignature:
+        return False
+    return True

@@ -20,13 +20,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-from cdh.crypto import CryptoError, b64_std, b64url, strict_json, unwrap
+from cdh.crypto import (
+    CryptoError,
+    aes_gcm_open,
+    aes_gcm_seal,
+    b64_std,
+    b64url,
+    strict_json,
+    unwrap,
+    verify_es256,
+)
 from cdh.errors import CdhError, SealedSecretError
 from cdh.files import read_limited
 from cdh.kbc import ResourceGetter, parse_resource_uri
@@ -184,7 +187,8 @@ def parse_sealed_secret(untrusted_secret: bytes) -> SealedSecret:
     return SealedSecret(alg, kid, f"{h64}.{p64}".encode(), signature, _parse_payload(payload))
 
 
-def _jwk_to_key(untrusted_jwk: bytes) -> ec.EllipticCurvePublicKey:
+def _jwk_point(untrusted_jwk: bytes) -> tuple[bytes, bytes]:
+    """The ``(x, y)`` coordinates of an EC P-256 JWK (on the curve or not: :func:`verify_es256` checks)."""
     try:
         jwk = _obj(strict_json(untrusted_jwk, limit=MAX_KEY_FILE_BYTES), "verification key")
         if jwk.get("kty") != "EC" or jwk.get("crv") != "P-256":
@@ -194,12 +198,7 @@ def _jwk_to_key(untrusted_jwk: bytes) -> ec.EllipticCurvePublicKey:
         raise SealedSecretError(f"verification key is not a valid JWK: {exc}") from exc
     if len(x) != 32 or len(y) != 32:
         raise SealedSecretError("verification key coordinates must be 32 bytes")
-    try:
-        return ec.EllipticCurvePublicNumbers(
-            int.from_bytes(x, "big"), int.from_bytes(y, "big"), ec.SECP256R1()
-        ).public_key()
-    except ValueError as exc:
-        raise SealedSecretError("verification key is not a point on P-256") from exc
+    return x, y
 
 
 def _read_key_file(key_dir: Path, kid: str) -> bytes:
@@ -238,16 +237,15 @@ class LocalKekProvider:
     async def decrypt(self, ciphertext: bytes, key_id: str, annotations: Mapping[str, Any]) -> bytes:
         if len(ciphertext) < 12 + 16:
             raise SealedSecretError("wrapped key too short")
+        kek = self._kek(key_id)
         try:
-            return AESGCM(self._kek(key_id)).decrypt(ciphertext[:12], ciphertext[12:], None)
-        except Exception as exc:
-            if isinstance(exc, SealedSecretError):
-                raise
+            return aes_gcm_open(kek, ciphertext[:12], ciphertext[12:])
+        except CryptoError as exc:
             raise SealedSecretError(f"KEK {key_id!r} cannot unwrap this key") from exc
 
     def encrypt(self, plaintext: bytes, key_id: str) -> bytes:
         nonce = os.urandom(12)
-        return nonce + AESGCM(self._kek(key_id)).encrypt(nonce, plaintext, None)
+        return nonce + aes_gcm_seal(self._kek(key_id), nonce, plaintext)
 
 
 class SecretUnsealer:
@@ -270,7 +268,7 @@ class SecretUnsealer:
                 "INSECURE: sealed secret signatures are NOT verified (skip_sealed_secret_verification)"
             )
 
-    async def _verification_key(self, kid: str) -> ec.EllipticCurvePublicKey:
+    async def _verification_key(self, kid: str) -> tuple[bytes, bytes]:
         try:
             parse_resource_uri(kid)
             is_uri = True
@@ -283,21 +281,20 @@ class SecretUnsealer:
                 raise SealedSecretError(f"cannot fetch verification key {kid!r}: {exc}") from exc
         else:
             raw = _read_key_file(self.key_dir, kid)
-        return _jwk_to_key(raw)
+        return _jwk_point(raw)
 
     async def verify(self, sealed: SealedSecret) -> None:
         if sealed.alg != "ES256":
             raise SealedSecretError(f"unsupported sealed secret alg {sealed.alg!r} (ES256 only)")
         if len(sealed.signature) != 64:
             raise SealedSecretError("ES256 signature must be 64 bytes")
-        key = await self._verification_key(sealed.kid)
-        der = encode_dss_signature(
-            int.from_bytes(sealed.signature[:32], "big"), int.from_bytes(sealed.signature[32:], "big")
-        )
+        x, y = await self._verification_key(sealed.kid)
         try:
-            key.verify(der, sealed.signing_input, ec.ECDSA(hashes.SHA256()))
-        except InvalidSignature as exc:
-            raise SealedSecretError(f"signature does not verify with key {sealed.kid!r}") from exc
+            valid = verify_es256(x, y, sealed.signing_input, sealed.signature)
+        except CryptoError as exc:
+            raise SealedSecretError("verification key is not a point on P-256") from exc
+        if not valid:
+            raise SealedSecretError(f"signature does not verify with key {sealed.kid!r}")
 
     async def unseal(self, untrusted_secret: bytes) -> bytes:
         sealed = parse_sealed_secret(untrusted_secret)

@@ -8,3 +8,5 @@
 - :mod:`coco_common.http_body`: bounded reading of HTTP bodies, after decoding;
 - :mod:`coco_common.cli` and :mod:`coco_common.logfmt`: one voice for the commands and daemons.
 """
+
+__version__ = "0.1.0"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import secrets
 import stat
 from pathlib import Path
 
@@ -66,7 +65,9 @@ def write_atomic(path: str | os.PathLike[str], data: bytes, *, mode: int = 0o600
     partial ``path`` nor a stray copy of ``data`` remains. ``fsync=False`` skips
     the flushes (for caches whose loss costs only a refetch)."""
     target = Path(path)
-    tmp = target.with_name(f".{target.name}.{secrets.token_hex(8)}")
+    # os.urandom, not secrets.token_hex (the same bytes): secrets pulls in random,
+    # hmac and bisect, which every daemon importing this module would carry idle
+    tmp = target.with_name(f".{target.name}.{os.urandom(8).hex()}")
     flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     fd = os.open(tmp, flags, mode)
     try:

@@ -116,8 +116,12 @@ class _WarnLimiter:
         log.warning(msg, *args)
 
 
-class _FrameTimeout(Exception):
-    """A frame (or a response write) did not complete within the frame timeout."""
+class _FrameTimeout(RpcError):
+    """A frame (or a response write) did not complete within the frame timeout: the
+    server closes that connection (never sent to the peer as a status)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(Code.DEADLINE_EXCEEDED, message)
 
 
 class _Connection:
@@ -288,7 +292,7 @@ class TtrpcServer:
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
         except _FrameTimeout as exc:
-            self._warn.warn("ttRPC: closing connection %s: %s", conn.name, exc)
+            self._warn.warn("ttRPC: closing connection %s: %s", conn.name, exc.message)
             conn.abort()
         except TimeoutError:
             log.debug("ttRPC: closing connection %s: idle for %ss", conn.name, self.limits.idle_timeout)
@@ -402,7 +406,7 @@ class TtrpcServer:
         except ConnectionError:
             pass
         except _FrameTimeout as exc:
-            self._warn.warn("ttRPC: closing connection %s: %s", conn.name, exc)
+            self._warn.warn("ttRPC: closing connection %s: %s", conn.name, exc.message)
             conn.abort()
         finally:
             self._release(conn, [conn.budget, self._budget], cost)

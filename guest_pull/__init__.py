@@ -19,6 +19,7 @@ from guest_pull.errors import (
     HostStorageError,
     KernelParamError,
     ProfileError,
+    PullFailed,
     VolumeError,
 )
 from guest_pull.host import guest_pull_storages, image_guest_pull_storage
@@ -38,6 +39,7 @@ __all__ = [
     "KernelParamError",
     "KernelParams",
     "ProfileError",
+    "PullFailed",
     "RuntimeClassProfile",
     "Storage",
     "VolumeError",

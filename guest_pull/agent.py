@@ -18,7 +18,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -29,11 +28,11 @@ from pathlib import Path, PurePosixPath
 from types import MappingProxyType
 from typing import Any
 
-from coco_common.strict_json import strict_loads
+from coco_common.files import read_bounded, write_atomic
+from coco_common.strict_json import strict_loads, strict_object
 from coco_rpc import CDH_SOCKET, IMAGE_PULL_SERVICE, SEALED_SECRET_SERVICE, RpcError, connect
 from coco_rpc.protos import api_pb2
-from guest_pull._fs import write_atomic
-from guest_pull.errors import AgentError
+from guest_pull.errors import AgentError, PullFailed
 from guest_pull.host import (
     CRI_CONTAINER_TYPE,
     CRIO_CONTAINER_TYPE,
@@ -182,7 +181,9 @@ class ImagePullHandler:
         try:
             digest = await self.cdh.pull_image(storage.source, str(bundle), timeout=self.image_pull_timeout)
         except RpcError as exc:
-            raise AgentError(f"CDH PullImage of {storage.source} failed: {exc.message}") from exc
+            raise PullFailed(
+                f"CDH PullImage of {storage.source} failed: {exc.message}", image=storage.source
+            ) from exc
         self.digests[container_id] = digest
         log.info("pulled %s (%s) into %s", storage.source, digest, bundle)
         return bundle / "rootfs"
@@ -191,14 +192,14 @@ class ImagePullHandler:
         """Copy the built-in pause bundle (config.json + its one binary)."""
         src_config = self.pause_bundle / "config.json"
         try:
-            with src_config.open("rb") as f:
-                raw = f.read(MAX_PAUSE_CONFIG_BYTES + 1)
-            config = json.loads(raw)
+            raw = read_bounded(src_config, MAX_PAUSE_CONFIG_BYTES)
         except OSError as exc:
             raise AgentError(f"pause bundle: cannot read {src_config}: {exc.strerror}") from exc
-        except ValueError as exc:
-            raise AgentError("pause bundle: config.json is not JSON") from exc
-        args = config.get("process", {}).get("args") if isinstance(config, dict) else None
+        except ValueError as exc:  # too large, or not a regular file
+            raise AgentError(f"pause bundle: {exc}") from exc
+        config = strict_object(raw, error=AgentError, what="pause bundle: config.json")
+        process = config.get("process")
+        args = process.get("args") if isinstance(process, dict) else None
         if not isinstance(args, list) or not args or not isinstance(args[0], str):
             raise AgentError("pause bundle: config.json has no process.args[0]")
         rel = PurePosixPath(args[0])
@@ -323,7 +324,7 @@ async def _unseal_entry(cdh: CdhClient, root: Path, link: Path, timeout: float) 
     unsealed = target.with_name(target.name + UNSEALED_SUFFIX)
     tmp_link = link.with_name(f".{name}.unsealed-link")
     try:
-        write_atomic(unsealed, plain, mode)
+        write_atomic(unsealed, plain, mode=mode)
     except OSError as exc:
         raise AgentError(f"sealed volume: cannot write {name}{UNSEALED_SUFFIX}: {exc.strerror}") from exc
     try:

@@ -26,8 +26,9 @@ from typing import Any
 
 from attestation.errors import AttestationError
 from coco_common.cli import add_version
-from guest_pull.errors import AgentError, GlueError
-from image_pull.errors import ImagePullError
+from coco_common.files import read_bounded
+from coco_common.strict_json import strict_object
+from guest_pull.errors import AgentError, GlueError, PullFailed
 
 __all__ = ["build_parser", "main", "run"]
 
@@ -70,9 +71,10 @@ def _agent_storage(args: argparse.Namespace) -> int:
     from guest_pull.storage import Storage
 
     try:
-        doc = json.loads(Path(args.storage).read_bytes()[: 1 << 20])
-    except (OSError, ValueError) as exc:
+        raw = read_bounded(args.storage, 1 << 20)
+    except (OSError, ValueError) as exc:  # unreadable, too large, or not a regular file
         raise AgentError(f"--storage: cannot read a JSON Storage: {exc}") from exc
+    doc = strict_object(raw, error=AgentError, what="--storage: not a JSON Storage")
     storage = Storage.from_json(doc)
     timeout = args.timeout
     if timeout is None:
@@ -128,14 +130,14 @@ def _profiles(args: argparse.Namespace) -> int:
 
 def _simulate(args: argparse.Namespace) -> int:
     from guest_pull.errors import GlueError
-    from guest_pull.simulate import simulate
+    from guest_pull.simulate import read_seed, simulate
 
     resources: dict[str, bytes] = {}
     for item in args.resource or []:
         path, sep, file = item.partition("=")
         if not sep or not path or not file:
             raise GlueError(f"--resource {item!r}: want REPO/TYPE/TAG=FILE")
-        resources[path] = Path(file).read_bytes()
+        resources[path] = read_seed(Path(file), f"--resource {path}")
     _print(
         simulate(
             args.runtime_class,
@@ -208,12 +210,25 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _flag_hint(args: argparse.Namespace, msg: str) -> str:
-    """The pull's TLS hint names coco-image's flags; say which one ``simulate`` takes."""
-    if getattr(args, "func", None) is _simulate and "TLS handshake with " in msg:
-        host = msg.split("TLS handshake with ", 1)[1].split(" ", 1)[0][:100]
-        return f" [in coco-guest-pull simulate: --insecure-registry {host} for a registry without TLS]"
-    return ""
+def _registry(image: str) -> str:
+    """The registry host[:port] of an image reference (docker's rule: the first
+    component when it has a dot or a colon, or is ``localhost``)."""
+    first, sep, _ = image.partition("/")
+    if sep and ("." in first or ":" in first or first == "localhost"):
+        return first[:100]
+    return "docker.io"
+
+
+def _flag_hint(args: argparse.Namespace, exc: Exception) -> str:
+    """CDH's pull error names coco-image's flags (``--plain-http``); ``simulate``
+    configures plain HTTP with ``--insecure-registry``: name it for a failed pull
+    from a registry the simulation reached over TLS."""
+    if args.func is not _simulate or not isinstance(exc, PullFailed):
+        return ""
+    host = _registry(exc.image)
+    if host in (args.insecure_registry or []):
+        return ""
+    return f" [in coco-guest-pull simulate: --insecure-registry {host} for a registry without TLS]"
 
 
 def run(argv: Sequence[str] | None = None) -> int:
@@ -221,14 +236,13 @@ def run(argv: Sequence[str] | None = None) -> int:
     try:
         rc: int = args.func(args)
         return rc
-    except (ImagePullError, AttestationError) as exc:
-        sys.stderr.write(f"coco-guest-pull: error: {exc}{_flag_hint(args, str(exc))}\n")
+    except (GlueError, AttestationError) as exc:
+        sys.stderr.write(f"coco-guest-pull: error: {exc}{_flag_hint(args, exc)}\n")
         # 2: the input or the arguments are wrong; 1: an operation (a CDH call, a pull) failed
         from coco_rpc import RpcError
 
         failed_call = isinstance(exc, AgentError) and isinstance(exc.__cause__, RpcError)
-        operational = failed_call or not isinstance(exc, (GlueError, AttestationError))
-        return 1 if operational else 2
+        return 1 if failed_call else 2
 
 
 def main() -> None:

@@ -1,13 +1,24 @@
-"""Errors of the Kata guest-pull glue (rooted in :class:`image_pull.errors.ImagePullError`)."""
+"""Errors of the Kata guest-pull glue, all under :class:`GlueError`.
+
+The glue does not pull: CDH does, in its own process, so an image pull's
+failure reaches the glue as a ttRPC error (kept as the cause of a
+:class:`PullFailed`), never as one of ``image_pull``'s errors.
+"""
 
 from __future__ import annotations
 
-from image_pull.errors import ImagePullError
+__all__ = [
+    "AgentError",
+    "GlueError",
+    "HostStorageError",
+    "KernelParamError",
+    "ProfileError",
+    "PullFailed",
+    "VolumeError",
+]
 
-__all__ = ["AgentError", "GlueError", "HostStorageError", "KernelParamError", "ProfileError", "VolumeError"]
 
-
-class GlueError(ImagePullError):
+class GlueError(Exception):
     """Root of the guest-pull glue's errors. Messages name the offending field."""
 
 
@@ -21,6 +32,14 @@ class HostStorageError(GlueError):
 
 class AgentError(GlueError):
     """The agent side cannot handle a Storage (driver options, pause bundle, CDH call)."""
+
+
+class PullFailed(AgentError):
+    """CDH's ``PullImage`` of :attr:`image` failed (the ttRPC error is the cause)."""
+
+    def __init__(self, message: str, *, image: str) -> None:
+        super().__init__(message)
+        self.image = image
 
 
 class KernelParamError(GlueError):

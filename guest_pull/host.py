@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from coco_common.files import FileTooLarge, read_bounded
 from coco_common.strict_json import strict_loads
 from guest_pull.errors import HostStorageError
 from guest_pull.gojson import go_marshal
@@ -89,17 +90,14 @@ def load_annotations(path: str | Path) -> dict[str, str]:
     """Read a JSON object of annotations (size-limited, duplicate keys rejected)."""
     p = Path(path)
     try:
-        with p.open("rb") as f:
-            raw = f.read(4 * MAX_ANNOTATIONS_BYTES + 1)
+        raw = read_bounded(p, 4 * MAX_ANNOTATIONS_BYTES)
+    except FileTooLarge as exc:
+        raise HostStorageError(f"annotations: file {p} is too large") from exc
     except OSError as exc:
         raise HostStorageError(f"annotations: cannot read {p}: {exc.strerror}") from exc
-    if len(raw) > 4 * MAX_ANNOTATIONS_BYTES:
-        raise HostStorageError(f"annotations: file {p} is too large")
-
-    try:
-        doc = strict_loads(raw)
-    except ValueError as exc:
-        raise HostStorageError(f"annotations: {p} is not valid JSON ({exc})") from exc
+    except ValueError as exc:  # not a regular file
+        raise HostStorageError(f"annotations: {exc}") from exc
+    doc = strict_loads(raw, error=HostStorageError, what=f"annotations: {p} is not valid JSON")
     return _check_annotations(doc)
 
 

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import base64
-import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -34,7 +33,8 @@ from attestation.initdata import (
     parse_initdata,
     tee_digest,
 )
-from guest_pull._fs import write_atomic
+from coco_common.files import read_bounded, write_atomic
+from coco_common.strict_json import strict_object
 
 __all__ = [
     "CONSUMED_ENTRIES",
@@ -75,17 +75,15 @@ def read_annotation_file(path: str | Path) -> DecodedAnnotation:
     containing ``io.katacontainers.config.hypervisor.cc_init_data``."""
     p = Path(path)
     try:
-        with p.open("rb") as f:
-            raw = f.read(MAX_ANNOTATION_BYTES * 2 + 1)
+        raw = read_bounded(p, MAX_ANNOTATION_BYTES * 2)
     except OSError as exc:
         raise InitDataError(f"initdata: cannot read {p}: {exc.strerror}") from exc
+    except ValueError as exc:  # too large, or not a regular file
+        raise InitDataError(f"initdata: {exc}") from exc
     text = raw.strip()
     if text.startswith(b"{"):
-        try:
-            doc = json.loads(text)
-        except ValueError as exc:
-            raise InitDataError(f"initdata: {p} is not valid JSON") from exc
-        value = doc.get(ANNOTATION) if isinstance(doc, dict) else None
+        doc = strict_object(text, error=InitDataError, what=f"initdata: {p} is not valid JSON")
+        value = doc.get(ANNOTATION)
         if not isinstance(value, str):
             raise InitDataError(f"initdata: {p} has no string annotation {ANNOTATION}")
         return decode_annotation_value(value)

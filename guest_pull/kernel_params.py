@@ -18,6 +18,7 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from coco_common.files import read_bounded
 from guest_pull.errors import KernelParamError
 
 __all__ = [
@@ -132,8 +133,9 @@ def parse_kernel_params(cmdline: str) -> KernelParams:
 
 def read_kernel_params(path: str | Path = "/proc/cmdline") -> KernelParams:
     try:
-        with Path(path).open("rb") as f:
-            raw = f.read(MAX_CMDLINE_BYTES + 1)
+        raw = read_bounded(path, MAX_CMDLINE_BYTES)
     except OSError as exc:
         raise KernelParamError(f"cannot read {path}: {exc.strerror}") from exc
+    except ValueError as exc:  # larger than any kernel's command line, or not a regular file
+        raise KernelParamError(str(exc)) from exc
     return parse_kernel_params(raw.decode("utf-8", "replace"))

@@ -43,6 +43,8 @@ import yaml
 
 from attestation.detect import detect_primary_tee
 from attestation.initdata import ANNOTATION as INITDATA_ANNOTATION
+from coco_common.files import read_bounded
+from coco_common.http import sync_client
 from guest_pull.agent import CdhClient, ImagePullHandler, unseal_env
 from guest_pull.errors import GlueError
 from guest_pull.host import (
@@ -54,9 +56,11 @@ from guest_pull.host import (
 from guest_pull.initdata import decode_annotation_value, hypervisor_setting
 from guest_pull.profiles import profile
 
-__all__ = ["simulate"]
+__all__ = ["MAX_POD_BYTES", "MAX_SEED_BYTES", "read_seed", "simulate"]
 
 MAX_POD_BYTES = 1 << 20
+#: a file the simulation seeds into the KBS (``--auth-json``, ``--resource``)
+MAX_SEED_BYTES = 8 << 20
 START_TIMEOUT = 30.0
 
 
@@ -70,6 +74,16 @@ def _exe(name: str) -> str:
     return found
 
 
+def read_seed(path: Path, what: str) -> bytes:
+    """A file to seed into the KBS, bounded; unreadable or too large is a :class:`GlueError`."""
+    try:
+        return read_bounded(path, MAX_SEED_BYTES)
+    except OSError as exc:
+        raise GlueError(f"{what}: cannot read {path}: {exc.strerror}") from exc
+    except ValueError as exc:  # too large, or not a regular file
+        raise GlueError(f"{what}: {exc}") from exc
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -78,18 +92,17 @@ def _free_port() -> int:
 
 def _load_pod(path: Path) -> dict[str, Any]:
     try:
-        with path.open("rb") as f:
-            raw = f.read(MAX_POD_BYTES + 1)
+        raw = read_bounded(path, MAX_POD_BYTES)
     except OSError as exc:
         raise GlueError(f"pod: cannot read {path}: {exc.strerror}") from exc
-    if len(raw) > MAX_POD_BYTES:
-        raise GlueError(f"pod: {path} is larger than {MAX_POD_BYTES} bytes")
+    except ValueError as exc:  # larger than MAX_POD_BYTES, or not a regular file
+        raise GlueError(f"pod: {exc}") from exc
     try:
         doc = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        mark = exc.problem_mark if isinstance(exc, yaml.MarkedYAMLError) else None
+        why = exc.problem if isinstance(exc, yaml.MarkedYAMLError) else None
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        why = getattr(exc, "problem", None)
         raise GlueError(f"pod: {path} is not valid YAML{where}" + (f" ({why})" if why else "")) from exc
     if not isinstance(doc, dict) or doc.get("kind") != "Pod":
         raise GlueError("pod: the document must be a kind: Pod")
@@ -164,24 +177,25 @@ def _start_kbs(procs: _Procs, work: Path) -> str:
     proc = procs.start([_exe("kbs"), "--config-file", str(cfg)], log)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + START_TIMEOUT
-    while True:
-        if proc.poll() is not None:
-            raise GlueError(
-                f"simulate: kbs exited ({proc.returncode}): {log.read_text(errors='replace')[-500:]}"
-            )
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return url
-        if time.monotonic() > deadline:
-            raise GlueError("simulate: kbs did not become healthy")
-        time.sleep(0.1)
+    with sync_client(timeout=2) as client:
+        while True:
+            if proc.poll() is not None:
+                raise GlueError(
+                    f"simulate: kbs exited ({proc.returncode}): {log.read_text(errors='replace')[-500:]}"
+                )
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(f"{url}/healthz").status_code == 200:
+                    return url
+            if time.monotonic() > deadline:
+                raise GlueError("simulate: kbs did not become healthy")
+            time.sleep(0.1)
 
 
 def _seed(url: str, resources: Mapping[str, bytes]) -> None:
     from kbs_client.policies import builtin_policy
 
     policy = base64.urlsafe_b64encode(builtin_policy("allow_all")).rstrip(b"=").decode()
-    with httpx.Client(base_url=url, timeout=30) as c:
+    with sync_client(base_url=url) as c:
         r = c.post("/kbs/v0/resource-policy", json={"policy": policy})
         if r.status_code != 200:
             raise GlueError(f"simulate: setting the KBS resource policy failed ({r.status_code})")
@@ -270,7 +284,7 @@ def simulate(
     result: dict[str, Any] = {"runtime_class": runtime_class, "primary_attester": here}
     seed: dict[str, bytes] = dict(resources or {})
     if auth_json is not None:
-        seed["default/credential/simulate"] = auth_json.read_bytes()
+        seed["default/credential/simulate"] = read_seed(auth_json, "--auth-json")
 
     with _workdir(workdir) as work:
         procs = _Procs()

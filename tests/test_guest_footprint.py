@@ -176,3 +176,68 @@ def test_kbs_client_exports_load_on_first_use() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)
     assert out.stdout.strip() == "kbs_client.tee_key"
+
+
+#: runs a daemon's real start-up in this interpreter and, once its socket is there,
+#: prints what it has imported (a daemon thread watches; the daemon keeps the main thread)
+_IDLE_PROBE = """
+import importlib, json, os, sys, threading, time
+sock, target, argv = sys.argv[1], sys.argv[2], sys.argv[3:]
+def watch():
+    while not os.path.exists(sock):
+        time.sleep(0.01)
+    time.sleep(0.2)
+    print(json.dumps(sorted(sys.modules)), flush=True)
+    os._exit(0)
+threading.Thread(target=watch, daemon=True).start()
+module, func = target.split(":")
+getattr(importlib.import_module(module), func)(argv)
+"""
+
+#: what an idle AA or CDH must not carry (loaded at first use): the HTTP client,
+#: gRPC, cryptography (~7 MiB resident), image_pull's engine (CDH's first
+#: PullImage; the registry settings it parses at start are plain data),
+#: importlib.metadata (email, zipfile, csv) and tempfile (shutil, bz2, lzma, random)
+_FIRST_USE_ONLY = (
+    "httpx",
+    "grpc",
+    "cryptography",
+    "image_pull.puller",
+    "image_pull.registry",
+    "image_pull.unpack",
+    "image_pull.trust",
+    "image_pull.ocicrypt",
+    "importlib.metadata",
+    "email",
+    "zipfile",
+    "tempfile",
+)
+
+
+@pytest.mark.parametrize("daemon", ["attestation-agent", "confidential-data-hub"])
+def test_idle_daemon_loads_heavy_libraries_only_at_first_use(daemon: str, tmp_path: Path) -> None:
+    """The daemons' real start-up (config, attester detection, the Hub, the ttRPC
+    socket), not only their imports: what they load before serving is idle cost."""
+    sock = tmp_path / "daemon.sock"
+    if daemon == "attestation-agent":
+        (tmp_path / "aa.toml").write_text('[token_configs.kbs]\nurl = "http://127.0.0.1:9"\n')
+        args = ["attestation.aa.cli:run", "-a", f"unix://{sock}", "-c", str(tmp_path / "aa.toml")]
+    else:
+        (tmp_path / "cdh.toml").write_text(
+            f'socket = "unix://{sock}"\n[aa]\naa_socket = "unix://{tmp_path / "aa.sock"}"\n'
+            '[kbc]\nname = "cc_kbc"\nurl = "http://127.0.0.1:9"\n'
+            f'[image]\nwork_dir = "{tmp_path / "image"}"\n'
+        )
+        args = ["cdh.cli:main", "-c", str(tmp_path / "cdh.toml")]
+    cp = subprocess.run(
+        [sys.executable, "-c", _IDLE_PROBE, str(sock), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert cp.returncode == 0, cp.stderr
+    loaded = json.loads(cp.stdout)
+    assert "coco_rpc.ttrpc" in loaded  # it did get to serving
+    heavy = sorted(m for m in loaded if any(m == h or m.startswith(h + ".") for h in _FIRST_USE_ONLY))
+    assert heavy == []

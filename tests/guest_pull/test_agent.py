@@ -24,7 +24,7 @@ from guest_pull.agent import (
     unseal_env,
     unseal_sealed_mounts,
 )
-from guest_pull.errors import AgentError
+from guest_pull.errors import AgentError, PullFailed
 from guest_pull.host import guest_pull_storages
 from guest_pull.storage import Storage
 
@@ -91,8 +91,11 @@ async def test_pull_failure_and_timeout(tmp_path: Path, cdh: Any) -> None:
     fake, client = cdh
     h = ImagePullHandler(client, run_dir=tmp_path / "run")
     bad = _storage({**CONTAINER, "io.kubernetes.cri.image-name": "registry.invalid/missing:1"})
-    with pytest.raises(AgentError, match="not found"):
+    with pytest.raises(PullFailed, match="not found") as info:
         await h.create_device(bad, CID)
+    # typed: the image and CDH's ttRPC error travel with it (the cause, not only its text)
+    assert info.value.image == "registry.invalid/missing:1"
+    assert isinstance(info.value.__cause__, RpcError) and info.value.__cause__.code == Code.INTERNAL
     fake.delay = 2.0
     slow = ImagePullHandler(client, run_dir=tmp_path / "run", image_pull_timeout=0.3)
     with pytest.raises(AgentError, match="PullImage"):

@@ -204,13 +204,7 @@ def test_tls_registry_hint_names_the_real_flags(
     assert rc == 1
     assert f"TLS handshake with {host} failed" in err
     assert "coco-image pull --ca-file CA.pem" in err and f"coco-image pull --plain-http {host}" in err
-    # coco-guest-pull simulate takes --insecure-registry instead
-    from guest_pull.cli import _flag_hint, build_parser
-
-    args = build_parser().parse_args(["simulate", "--runtime-class", "kata-qemu-coco-dev", "pod.yaml"])
-    assert _flag_hint(args, err) == (
-        f" [in coco-guest-pull simulate: --insecure-registry {host} for a registry without TLS]"
-    )
+    # (coco-guest-pull simulate's own flag: tests/guest_pull/test_errors.py)
 
 
 def test_wrong_port_says_connection_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
