@@ -95,7 +95,7 @@ async def bench(n: int, json_out: Path | None = None) -> int:
             try:
                 await k.get_resource(URI)
             finally:
-                fresh_fetches += k.tokens.fetches
+                fresh_fetches += k.resource_client().handshakes
                 await k.close()
 
         fresh_med = summarize("in-process, fresh token per call", await timed(n, fresh))
@@ -110,7 +110,9 @@ async def bench(n: int, json_out: Path | None = None) -> int:
 
         print(f"  token reuse is {fresh_med / reuse_med:.1f}x faster than re-attesting per call (in process)")
         print(f"  cdh ttRPC hop adds {cdh_med - reuse_med:.2f} ms; KBS HTTP floor {http_med:.2f} ms")
-        print(f"  AA GetToken calls: reused client {reuse.tokens.fetches}, fresh mode {fresh_fetches}")
+        print(
+            f"  AA GetToken calls: reused client {reuse.resource_client().handshakes}, fresh mode {fresh_fetches}"
+        )
         cdh_pid = s.procs[-1].pid
         print(f"  CDH peak RSS {peak_rss_kib(cdh_pid) / 1024:.1f} MiB")
         if json_out is not None:

@@ -30,9 +30,9 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kbs.config import SecurityConfig
-from kbs_client.jcs import hash_canonical
 from kbs_client.sample import sample_evidence
 from kbs_client.tee_key import TeeKeyPair
+from kbs_protocol.jcs import hash_canonical
 from tests.support.kbs import start_kbs
 
 EXPENSIVE = """package policy

@@ -38,7 +38,17 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results"
 PARTS = ("pull", "unpack", "kbs", "hostile", "cdh", "footprint")
-PACKAGES = ("attestation", "kbs_client", "kbs", "cdh", "image_pull", "guest_pull", "coco_rpc", "coco_common")
+PACKAGES = (
+    "attestation",
+    "kbs_protocol",
+    "kbs_client",
+    "kbs",
+    "cdh",
+    "image_pull",
+    "guest_pull",
+    "coco_rpc",
+    "coco_common",
+)
 
 # The guest daemons' figures before this round (README, "Measured here"): the
 # "halve" target of exec -> socket ready and idle RSS is taken against these.

@@ -5,8 +5,8 @@ Modules:
 
 * :mod:`cdh.config` — ``cdh.toml`` (current and legacy keys), kernel-cmdline
   fallback, environment overrides, ocicrypt key-provider config.
-* :mod:`cdh.kbc` — resource URIs, ``cc_kbc`` (token from AA, reused),
-  ``offline_fs_kbc``.
+* :mod:`cdh.kbc` — resource URIs, ``cc_kbc`` (an adapter over
+  :class:`kbs_client.resources.ResourceClient` with the token from AA), ``offline_fs_kbc``.
 * :mod:`cdh.sealed_secret` — ``sealed.`` ES256 JWS secrets (vault/envelope).
 * :mod:`cdh.secure_mount` — LUKS2 block-device mounts via cryptsetup.
 * :mod:`cdh.keyprovider` — ocicrypt ``UnWrapKey``.
@@ -19,8 +19,6 @@ Where we differ from upstream on purpose (none of it is on the wire):
 
 * one KBS token is reused across resource fetches until it expires or the
   KBS rejects it (upstream attests again for every resource);
-* a missing resource (KBS 401 ``PluginInternalError``) does not trigger a new
-  attestation; only ``TokenNotFound``/``TokenVerifierError`` do;
 * SecureMount with ``sourceType=empty`` refuses a device that already holds a
   LUKS header or already has a detached header, instead of reformatting it;
 * the KBS connection takes its trust anchors (``[kbc] kbs_cert``, else the

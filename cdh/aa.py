@@ -15,7 +15,7 @@ from coco_rpc import AA_SERVICE, Code, RpcError, connect
 from coco_rpc.client import RpcClient
 from coco_rpc.protos import attestation_agent_pb2 as aa_pb2
 
-__all__ = ["GET_TOKEN_TIMEOUT", "MEASURE_TIMEOUT", "AaClient", "MeasurementResult"]
+__all__ = ["GET_TOKEN_TIMEOUT", "MEASURE_TIMEOUT", "AaClient", "ExtendResult"]
 
 R = TypeVar("R", bound=Message)
 
@@ -23,7 +23,9 @@ GET_TOKEN_TIMEOUT = 50.0  # upstream CDH -> AA GetToken
 MEASURE_TIMEOUT = 10.0  # upstream CDH -> AA ExtendRuntimeMeasurement
 
 
-class MeasurementResult(enum.IntEnum):
+class ExtendResult(enum.IntEnum):
+    """What AA answers to ExtendRuntimeMeasurement (proto ``RuntimeMeasurementResult``)."""
+
     OK = 0
     NOT_SUPPORTED = 1
     NOT_ENABLED = 2
@@ -97,9 +99,7 @@ class AaClient:
         )
         return resp.Evidence
 
-    async def extend_runtime_measurement(
-        self, domain: str, operation: str, content: str
-    ) -> MeasurementResult:
+    async def extend_runtime_measurement(self, domain: str, operation: str, content: str) -> ExtendResult:
         resp = await self._call(
             "ExtendRuntimeMeasurement",
             aa_pb2.ExtendRuntimeMeasurementRequest(Domain=domain, Operation=operation, Content=content),
@@ -107,4 +107,4 @@ class AaClient:
             self.measure_timeout,
             idempotent=False,
         )
-        return MeasurementResult(int(resp.Result))
+        return ExtendResult(int(resp.Result))

@@ -24,6 +24,7 @@ from aiohttp import web
 
 from cdh.aa import AaClient
 from cdh.crypto import CryptoError, b64url, strict_json
+from cdh.errors import ResourceError
 from cdh.kbc import parse_resource_uri
 from coco_common.cli import add_log_options, add_version, configure_logging
 from coco_rpc import AA_SERVICE, AA_SOCKET, CDH_SOCKET, GET_RESOURCE_SERVICE, RpcClient, RpcError, connect
@@ -51,49 +52,60 @@ def _loopback(remote: str | None) -> bool:
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def make_app(cdh_addr: str, aa_addr: str, features: str = "resource") -> web.Application:
-    enabled = _FEATURES.get(features)
-    if enabled is None:
-        raise ValueError(f"unknown feature set {features!r} (resource, attestation, all)")
-    aa = AaClient(aa_addr)
-    clients: dict[str, RpcClient] = {}  # created on the running loop (gRPC channels need one)
+@web.middleware
+async def _guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Loopback peers only; a backend failure is a 500 with its message."""
+    if not _loopback(request.remote):
+        return web.Response(status=403, text="forbidden: loopback clients only")
+    try:
+        return await handler(request)
+    except RpcError as exc:
+        return web.Response(status=500, text=exc.message)
 
-    def cdh() -> RpcClient:
-        if "cdh" not in clients:
-            clients["cdh"] = connect(cdh_addr)
-        return clients["cdh"]
 
-    @web.middleware
-    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if not _loopback(request.remote):
-            return web.Response(status=403, text="forbidden: loopback clients only")
+def _runtime_data(request: web.Request) -> bytes:
+    rd = request.query.get("runtime_data")
+    if rd is None:
+        raise web.HTTPBadRequest(text="runtime_data is required")
+    if request.query.get("encoding") == "base64":
         try:
-            return await handler(request)
-        except RpcError as exc:
-            return web.Response(status=500, text=exc.message)
+            return b64url(rd)
+        except CryptoError as exc:
+            raise web.HTTPBadRequest(text="runtime_data is not URL-safe base64") from exc
+    return rd.encode()
 
-    def need(feature: str) -> None:
-        if feature not in enabled:
+
+class _Api:
+    """The handlers, over one AA client and one CDH client (made on the running loop:
+    gRPC channels need one)."""
+
+    def __init__(self, cdh_addr: str, aa_addr: str, features: str) -> None:
+        enabled = _FEATURES.get(features)
+        if enabled is None:
+            raise ValueError(f"unknown feature set {features!r} (resource, attestation, all)")
+        self.enabled = enabled
+        self.features = features
+        self.cdh_addr = cdh_addr
+        self.aa_addr = aa_addr
+        self.aa = AaClient(aa_addr)
+        self._cdh: RpcClient | None = None
+
+    def cdh(self) -> RpcClient:
+        if self._cdh is None:
+            self._cdh = connect(self.cdh_addr)
+        return self._cdh
+
+    def need(self, feature: str) -> None:
+        if feature not in self.enabled:
             raise web.HTTPNotFound(
                 text=f"feature {feature!r} is not enabled (start api-server-rest with -f {feature} or -f all)"
             )
 
-    def runtime_data(request: web.Request) -> bytes:
-        rd = request.query.get("runtime_data")
-        if rd is None:
-            raise web.HTTPBadRequest(text="runtime_data is required")
-        if request.query.get("encoding") == "base64":
+    async def info(self, request: web.Request) -> web.Response:
+        body: dict[str, object] = {"version": VERSION, "feature": self.features}
+        if "attestation" in self.enabled:
             try:
-                return b64url(rd)
-            except CryptoError as exc:
-                raise web.HTTPBadRequest(text="runtime_data is not URL-safe base64") from exc
-        return rd.encode()
-
-    async def info(request: web.Request) -> web.Response:
-        body: dict[str, object] = {"version": VERSION, "feature": features}
-        if "attestation" in enabled:
-            try:
-                client = connect(aa_addr)
+                client = connect(self.aa_addr)
                 try:
                     t = await client.call(
                         AA_SERVICE,
@@ -109,15 +121,14 @@ def make_app(cdh_addr: str, aa_addr: str, features: str = "resource") -> web.App
                 pass
         return web.json_response(body)
 
-    async def resource(request: web.Request) -> web.Response:
-        need("resource")
-        path = request.match_info["path"]
-        uri = f"kbs:///{path}"
+    async def resource(self, request: web.Request) -> web.Response:
+        self.need("resource")
+        uri = f"kbs:///{request.match_info['path']}"
         try:
             parse_resource_uri(uri)
-        except Exception as exc:
+        except ResourceError as exc:
             raise web.HTTPBadRequest(text=str(exc)) from exc
-        r = await cdh().call(
+        r = await self.cdh().call(
             GET_RESOURCE_SERVICE,
             "GetResource",
             api_pb2.GetResourceRequest(ResourcePath=uri),
@@ -126,26 +137,25 @@ def make_app(cdh_addr: str, aa_addr: str, features: str = "resource") -> web.App
         )
         return web.Response(body=r.Resource, content_type="application/octet-stream")
 
-    async def token(request: web.Request) -> web.Response:
-        need("attestation")
+    async def token(self, request: web.Request) -> web.Response:
+        self.need("attestation")
         tt = request.query.get("token_type")
         if not tt:
             raise web.HTTPBadRequest(text="token_type is required")
-        return web.Response(body=await aa.get_token(tt), content_type="application/octet-stream")
+        return web.Response(body=await self.aa.get_token(tt), content_type="application/octet-stream")
 
-    async def evidence(request: web.Request) -> web.Response:
-        need("attestation")
-        return web.Response(
-            body=await aa.get_evidence(runtime_data(request)), content_type="application/json"
-        )
-
-    async def additional(request: web.Request) -> web.Response:
-        need("attestation")
-        ev = await aa.get_additional_evidence(runtime_data(request))
+    async def evidence(self, request: web.Request) -> web.Response:
+        self.need("attestation")
+        ev = await self.aa.get_evidence(_runtime_data(request))
         return web.Response(body=ev, content_type="application/json")
 
-    async def aael(request: web.Request) -> web.Response:
-        need("attestation")
+    async def additional(self, request: web.Request) -> web.Response:
+        self.need("attestation")
+        ev = await self.aa.get_additional_evidence(_runtime_data(request))
+        return web.Response(body=ev, content_type="application/json")
+
+    async def aael(self, request: web.Request) -> web.Response:
+        self.need("attestation")
         raw = await request.content.read(MAX_BODY_BYTES + 1)
         if len(raw) > MAX_BODY_BYTES:
             raise web.HTTPRequestEntityTooLarge(max_size=MAX_BODY_BYTES, actual_size=len(raw))
@@ -156,22 +166,25 @@ def make_app(cdh_addr: str, aa_addr: str, features: str = "resource") -> web.App
                 raise TypeError
         except (CryptoError, KeyError, TypeError) as exc:
             raise web.HTTPBadRequest(text='body must be {"domain","operation","content"} strings') from exc
-        res = await aa.extend_runtime_measurement(d, o, c)
+        res = await self.aa.extend_runtime_measurement(d, o, c)
         return web.json_response({"result": res.name})
 
-    async def cleanup(app: web.Application) -> None:
-        await aa.close()
-        for c in clients.values():
-            await c.close()
+    async def cleanup(self, app: web.Application) -> None:
+        await self.aa.close()
+        if self._cdh is not None:
+            await self._cdh.close()
 
-    app = web.Application(middlewares=[guard], client_max_size=MAX_BODY_BYTES)
-    app.router.add_get("/info", info)
-    app.router.add_get("/cdh/resource/{path:[^/]+/[^/]+/[^/]+}", resource)
-    app.router.add_get("/aa/token", token)
-    app.router.add_get("/aa/evidence", evidence)
-    app.router.add_get("/aa/additional-evidence", additional)
-    app.router.add_post("/aa/aael", aael)
-    app.on_cleanup.append(cleanup)
+
+def make_app(cdh_addr: str, aa_addr: str, features: str = "resource") -> web.Application:
+    api = _Api(cdh_addr, aa_addr, features)
+    app = web.Application(middlewares=[_guard], client_max_size=MAX_BODY_BYTES)
+    app.router.add_get("/info", api.info)
+    app.router.add_get("/cdh/resource/{path:[^/]+/[^/]+/[^/]+}", api.resource)
+    app.router.add_get("/aa/token", api.token)
+    app.router.add_get("/aa/evidence", api.evidence)
+    app.router.add_get("/aa/additional-evidence", api.additional)
+    app.router.add_post("/aa/aael", api.aael)
+    app.on_cleanup.append(api.cleanup)
     return app
 
 

@@ -38,7 +38,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from cdh.errors import ConfigError
+from cdh.errors import CdhConfigError
 from cdh.files import read_limited
 from coco_common.fields import Fields
 from coco_common.files import write_atomic
@@ -132,7 +132,7 @@ class CdhConfig:
 
 def _fields(table: Any, where: str = "") -> Fields:
     """A reader over one table of cdh.toml: unknown keys are collected (upstream ignores them)."""
-    return Fields(table, error=ConfigError, where=where)
+    return Fields(table, error=CdhConfigError, where=where)
 
 
 def _merge(into: Fields, sub: Fields) -> None:
@@ -158,15 +158,15 @@ def check_credential_path(path: str) -> PurePosixPath:
     """A credential path must be absolute, under ``/run/confidential-containers/cdh/kbs``
     and free of ``.``/``..`` segments (upstream rule) and of control characters."""
     if not path.startswith("/"):
-        raise ConfigError(f"credential path {path!r} is not absolute")
+        raise CdhConfigError(f"credential path {path!r} is not absolute")
     if not path.isprintable():
-        raise ConfigError(f"credential path {path!r} contains control characters")
+        raise CdhConfigError(f"credential path {path!r} contains control characters")
     raw_parts = path.split("/")[1:]
     if any(p in (".", "..") for p in raw_parts):
-        raise ConfigError(f"credential path {path!r} contains '.' or '..'")
+        raise CdhConfigError(f"credential path {path!r} contains '.' or '..'")
     p = PurePosixPath(path)
     if p == CDH_KBS_DIR or not p.is_relative_to(CDH_KBS_DIR):
-        raise ConfigError(f"credential path {path!r} is not under {CDH_KBS_DIR}")
+        raise CdhConfigError(f"credential path {path!r} is not under {CDH_KBS_DIR}")
     return p
 
 
@@ -176,11 +176,11 @@ def _credentials(f: Fields) -> tuple[Credential, ...]:
     for i, c in enumerate(raw):
         where = f"credentials[{i}]"
         if not isinstance(c, dict):
-            raise ConfigError(f"{where} must be a table")
+            raise CdhConfigError(f"{where} must be a table")
         cf = _fields(c, where)
         uri, path = cf.str("resource_uri"), cf.str("path")
         if uri is None or path is None:
-            raise ConfigError(f"{where}.resource_uri and {where}.path are required")
+            raise CdhConfigError(f"{where}.resource_uri and {where}.path are required")
         _merge(f, cf)
         creds.append(Credential(uri, check_credential_path(path)))
     return tuple(creds)
@@ -226,7 +226,7 @@ def parse_registry_config(f: Fields) -> RegistryConfig:
     try:
         return RegistryConfig.from_mapping(doc)
     except PolicyRejected as exc:
-        raise ConfigError(f"{f.where or 'registry configuration'}: {exc}") from exc
+        raise CdhConfigError(f"{f.where or 'registry configuration'}: {exc}") from exc
 
 
 def _positive(f: Fields, key: str, default: float, upper: float, what: str, *, whole: bool = False) -> float:
@@ -318,7 +318,7 @@ def parse_kernel_cmdline(text: str) -> dict[str, str]:
 def _parse_kbc_params(value: str, where: str) -> KbcConfig:
     name, sep, url = value.partition("::")
     if not sep or not name:
-        raise ConfigError(f"{where} must look like <kbc name>::<kbs url>")
+        raise CdhConfigError(f"{where} must look like <kbc name>::<kbs url>")
     return KbcConfig(name=name, url=url)
 
 
@@ -351,7 +351,7 @@ def _kbs_resources(value: str) -> tuple[Credential, ...]:
             log.warning("cdh.kbs_resources: skipping %r (not <uri>::<path>)", item[:200])
             continue
         if not uri or not path:
-            raise ConfigError("cdh.kbs_resources entries must look like <uri>::<path>")
+            raise CdhConfigError("cdh.kbs_resources entries must look like <uri>::<path>")
         creds.append(Credential(uri, check_credential_path(path)))
     return tuple(creds)
 
@@ -360,7 +360,7 @@ def _read_limited(path: Path, limit: int, what: str) -> bytes:
     try:
         return read_limited(path, limit)
     except OSError as exc:
-        raise ConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
+        raise CdhConfigError(f"cannot read {what} {path}: {exc.strerror}") from exc
 
 
 # --------------------------------------------------------------------------- entry point
@@ -372,14 +372,14 @@ def _from_file(path: Path, params: Mapping[str, str], env: Mapping[str, str], no
     try:
         raw = tomllib.loads(raw_bytes.decode())
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        raise CdhConfigError(f"config file {path} is not valid TOML: {exc}") from exc
     f = _fields(raw)
     kf = _table(f, "kbc")
     if kf is None:
-        raise ConfigError("config file has no [kbc] section (name is required)")
+        raise CdhConfigError("config file has no [kbc] section (name is required)")
     name = kf.str("name")
     if not name:
-        raise ConfigError("kbc.name is required")
+        raise CdhConfigError("kbc.name is required")
     kbc = KbcConfig(name, kf.str("url") or "", kf.str("kbs_cert"))
     kf.done()
     env_kbc = env.get("AA_KBC_PARAMS")
@@ -427,7 +427,7 @@ def load_config(
             cmdline = _read_limited(cmdline_path, MAX_CMDLINE_BYTES, "kernel command line").decode(
                 errors="replace"
             )
-        except ConfigError:
+        except CdhConfigError:
             cmdline = ""
     params = parse_kernel_cmdline(cmdline)
     notes: list[str] = []  # one line per unknown key

@@ -8,11 +8,10 @@ library (~7 MiB of resident memory, ~30 ms of start-up)."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
 from typing import Any
 
+from cdh.errors import CdhError
+from coco_common.b64 import b64_decode, b64url_decode
 from coco_common.strict_json import strict_loads
 
 __all__ = [
@@ -27,43 +26,34 @@ __all__ = [
 ]
 
 
-class CryptoError(ValueError):
+class CryptoError(CdhError):
     """Bad key, IV, tag or encoding. Messages carry no key or plaintext bytes."""
 
 
 def strict_json(untrusted: bytes | str, *, limit: int = 1 << 20) -> Any:
-    """Parse JSON rejecting oversize input, duplicate keys, NaN/Infinity and
-    runaway nesting (:func:`coco_common.strict_json.strict_loads`)."""
-    if len(untrusted) > limit:
-        raise CryptoError(f"JSON document larger than {limit} bytes")
-    try:
-        return strict_loads(untrusted)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise CryptoError("malformed JSON") from exc
-    except ValueError as exc:  # duplicate key, NaN/Infinity, nesting
-        raise CryptoError(f"JSON: {exc}") from exc
+    """:func:`coco_common.strict_json.strict_loads` with a limit (1 MiB unless given):
+    oversize input, duplicate keys, NaN/Infinity and runaway nesting are a :class:`CryptoError`."""
+    return strict_loads(untrusted, limit=limit, error=CryptoError, what="JSON")
 
 
-def b64url(untrusted: str) -> bytes:
-    """Decode unpadded (or padded) base64url, strictly."""
-    if not isinstance(untrusted, str) or any(c not in _B64URL for c in untrusted.rstrip("=")):
-        raise CryptoError("bad base64url")
+def b64url(untrusted: object) -> bytes:
+    """Decode base64url (padding optional), strictly."""
+    if not isinstance(untrusted, str):
+        raise CryptoError("expected a base64url string")
     try:
-        return base64.urlsafe_b64decode(untrusted + "=" * (-len(untrusted) % 4))
-    except (binascii.Error, ValueError) as exc:
+        return b64url_decode(untrusted)
+    except ValueError as exc:
         raise CryptoError("bad base64url") from exc
 
 
 def b64_std(untrusted: object) -> bytes:
+    """Decode standard padded base64, strictly."""
     if not isinstance(untrusted, str):
         raise CryptoError("expected a base64 string")
     try:
-        return base64.b64decode(untrusted, validate=True)
-    except (binascii.Error, ValueError) as exc:
+        return b64_decode(untrusted)
+    except ValueError as exc:
         raise CryptoError("bad base64") from exc
-
-
-_B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
 
 
 def unwrap(key: bytes, iv: bytes, data: bytes, wrap_type: str) -> bytes:

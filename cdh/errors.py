@@ -7,15 +7,15 @@ plaintexts); the RPC layer turns them into ``"[CDH] [ERROR]: <message>"``.
 from __future__ import annotations
 
 __all__ = [
+    "CdhConfigError",
     "CdhError",
-    "ConfigError",
     "ImagePullFailed",
     "KeyProviderError",
+    "NoSuchResource",
     "ResourceError",
-    "ResourceNotFound",
     "SealedSecretError",
     "SecureMountError",
-    "TokenError",
+    "TokenUnavailable",
 ]
 
 
@@ -23,7 +23,7 @@ class CdhError(Exception):
     """Root of every error raised by :mod:`cdh`."""
 
 
-class ConfigError(CdhError):
+class CdhConfigError(CdhError):
     """``cdh.toml``, the kernel command line or the environment is invalid."""
 
 
@@ -31,11 +31,11 @@ class ResourceError(CdhError):
     """A resource could not be fetched (bad URI, KBS refused, decryption failed)."""
 
 
-class ResourceNotFound(ResourceError):
+class NoSuchResource(ResourceError):
     """The KBS or the offline store has no such resource."""
 
 
-class TokenError(ResourceError):
+class TokenUnavailable(ResourceError):
     """The Attestation Agent could not provide a KBS token."""
 
 

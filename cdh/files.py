@@ -5,15 +5,20 @@ from __future__ import annotations
 import errno
 from pathlib import Path
 
+from coco_common.files import FileTooLarge, read_bounded
+
 __all__ = ["read_limited"]
 
 
 def read_limited(path: Path, limit: int) -> bytes:
-    """The contents of ``path``. More than ``limit`` bytes is ``OSError(EFBIG,
-    "larger than <limit> bytes")``, so callers report it as they report any
-    other unreadable file (by ``strerror``)."""
-    with path.open("rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path))
-    return data
+    """The contents of the regular file ``path``
+    (:func:`coco_common.files.read_bounded`), with every failure an ``OSError``
+    so callers report it as they report any other unreadable file (by
+    ``strerror``): more than ``limit`` bytes is ``EFBIG`` "larger than <limit>
+    bytes", a FIFO, device or directory ``EINVAL`` "not a regular file"."""
+    try:
+        return read_bounded(path, limit)
+    except FileTooLarge as exc:
+        raise OSError(errno.EFBIG, f"larger than {limit} bytes", str(path)) from exc
+    except ValueError as exc:
+        raise OSError(errno.EINVAL, "not a regular file", str(path)) from exc

@@ -12,12 +12,13 @@ from typing import Any, TypeVar
 
 from cdh.aa import AaClient
 from cdh.config import CdhConfig
-from cdh.errors import CdhError, ConfigError, ResourceError
+from cdh.errors import CdhConfigError, CdhError, ResourceError
 from cdh.image import ImagePullService
-from cdh.kbc import CcKbc, OfflineFsKbc, ResourceGetter
-from cdh.keyprovider import KeyUnwrapper
+from cdh.kbc import CcKbc, Kbc, OfflineFsKbc
+from cdh.keyprovider import KbsKeyProvider
 from cdh.sealed_secret import SEALED_SECRET_DIR, KmsProvider, LocalKekProvider, SecretUnsealer
 from cdh.secure_mount import CommandRunner, SecureMounter
+from coco_common.files import write_atomic
 from coco_rpc import Code, RpcError, Service, bind
 from coco_rpc.protos import api_pb2, keyprovider_pb2
 
@@ -43,7 +44,7 @@ class Hub:
         self,
         cfg: CdhConfig,
         *,
-        resources: ResourceGetter | None = None,
+        resources: Kbc | None = None,
         aa: AaClient | None = None,
         runner: CommandRunner | None = None,
         sealed_secret_dir: Path = SEALED_SECRET_DIR,
@@ -53,7 +54,7 @@ class Hub:
         puller_factory: Callable[[Any], Any] | None = None,
         env: Mapping[str, str] | None = None,
     ) -> None:
-        """Raises :class:`cdh.errors.ConfigError` for a KBC name other than
+        """Raises :class:`cdh.errors.CdhConfigError` for a KBC name other than
         ``cc_kbc`` / ``offline_fs_kbc`` (upstream's start-up fails there too, with this text)."""
         self.cfg = cfg
         env = os.environ if env is None else env
@@ -69,7 +70,7 @@ class Hub:
             elif cfg.kbc.name == "offline_fs_kbc":
                 resources = OfflineFsKbc()
             else:
-                raise ConfigError(
+                raise CdhConfigError(
                     f"kbs client creation failed: unknown kbc name {cfg.kbc.name[:64]}, only support "
                     "`cc_kbc`(feature `kbs`) and `offline_fs_kbc`."
                 )
@@ -93,7 +94,7 @@ class Hub:
             unseal=lambda s: self.unsealer.unseal(s.encode()),
             **mount_kwargs,
         )
-        self.key_unwrapper = KeyUnwrapper(resources, kms=self.kms)
+        self.key_unwrapper = KbsKeyProvider(resources, kms=self.kms)
         self.images = ImagePullService(
             cfg.image,
             resources=resources,
@@ -122,24 +123,17 @@ class Hub:
             log.info("credential %s written to %s", cred.resource_uri, path)
 
     async def close(self) -> None:
-        close = getattr(self.resources, "close", None)
-        if close is not None:
-            await close()
+        await self.resources.close()
         if self._kbc_aa is not None:
             await self._kbc_aa.close()
         await self.aa.close()
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` (mode 0600) through a fresh temporary file:
-    a leftover or planted symlink at the temporary name is never written through."""
+    """Replace ``path`` with ``data`` (mode 0600) all at once
+    (:func:`coco_common.files.write_atomic`: a planted link is never written through)."""
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    tmp.replace(path)
+    write_atomic(path, data, mode=0o600)
 
 
 def _fail(what: str, exc: BaseException) -> RpcError:

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from cdh.aa import AaClient, MeasurementResult
+from cdh.aa import AaClient, ExtendResult
 from cdh.config import CdhImageConfig, describe_unknown, parse_registry_config
-from cdh.errors import CdhError, ConfigError, ImagePullFailed
+from cdh.errors import CdhConfigError, CdhError, ImagePullFailed
 from cdh.files import read_limited
 from cdh.kbc import ResourceGetter
 from coco_common.fields import Fields
@@ -82,9 +82,9 @@ class ImagePullService:
             try:
                 return read_limited(Path(uri[len("file://") :]), MAX_FILE_BYTES)
             except OSError as exc:
-                raise ConfigError(f"cannot read {uri}: {exc.strerror}") from exc
+                raise CdhConfigError(f"cannot read {uri}: {exc.strerror}") from exc
         if self.resources is None:
-            raise ConfigError(f"cannot fetch {uri}: no KBC configured")
+            raise CdhConfigError(f"cannot fetch {uri}: no KBC configured")
         return await self.resources.get_resource(uri)
 
     async def _registry_config(self) -> RegistryConfig | None:
@@ -95,8 +95,8 @@ class ImagePullService:
             try:
                 table = tomllib.loads(raw.decode())
             except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-                raise ConfigError("registry configuration is not valid TOML") from exc
-            fields = Fields(table, error=ConfigError, where="registry_configuration")
+                raise CdhConfigError("registry configuration is not valid TOML") from exc
+            fields = Fields(table, error=CdhConfigError, where="registry_configuration")
             rc = parse_registry_config(fields)
             if fields.notes:
                 log.warning(
@@ -199,7 +199,7 @@ class ImagePullService:
             )
         except RpcError as exc:
             raise ImagePullFailed(f"cannot record the pull in the AA event log: {exc.message}") from exc
-        if res is not MeasurementResult.OK:
+        if res is not ExtendResult.OK:
             log.warning("runtime measurement of the pull not recorded: %s", res.name)
 
 

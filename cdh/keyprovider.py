@@ -23,7 +23,7 @@ from cdh.errors import CdhError, KeyProviderError
 from cdh.kbc import ResourceGetter
 from cdh.sealed_secret import KmsProvider
 
-__all__ = ["MAX_KEYPROVIDER_REQUEST_BYTES", "AnnotationPacket", "KeyUnwrapper", "parse_annotation_packet"]
+__all__ = ["MAX_KEYPROVIDER_REQUEST_BYTES", "AnnotationPacket", "KbsKeyProvider", "parse_annotation_packet"]
 
 MAX_KEYPROVIDER_REQUEST_BYTES = 1 << 20
 
@@ -79,8 +79,9 @@ def parse_annotation_packet(untrusted: bytes) -> AnnotationPacket:
     return AnnotationPacket(kid, wrapped, iv, wrap_type, provider, version, settings, annotations)
 
 
-class KeyUnwrapper:
-    """Implements the key-provider protocol's ``keyunwrap`` operation."""
+class KbsKeyProvider:
+    """The ocicrypt key provider of the CDH: the key-provider protocol's ``keyunwrap``
+    operation, with keys from KBS resources (provider ``kbs``) or a KMS."""
 
     def __init__(self, resources: ResourceGetter, *, kms: Mapping[str, KmsProvider] | None = None) -> None:
         self.resources = resources

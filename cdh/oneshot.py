@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import json
 import logging
 import sys
 from collections.abc import Sequence
@@ -27,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from cdh.config import load_config
-from cdh.errors import CdhError
+from cdh.errors import CdhError, SecureMountError
 from cdh.files import read_limited
 from cdh.hub import Hub
+from coco_common.b64 import b64_encode
 from coco_common.cli import add_log_options, add_version, configure_logging
+from coco_common.strict_json import strict_object
 from coco_rpc import (
     GET_RESOURCE_SERVICE,
     IMAGE_PULL_SERVICE,
@@ -55,9 +55,11 @@ def _read(path: Path) -> bytes:
 
 
 def _storage(path: Path) -> dict[str, Any]:
-    spec = json.loads(_read(path))
-    if not isinstance(spec, dict) or not isinstance(spec.get("volume_type"), str):
-        raise ValueError("storage file must be a JSON object with volume_type, options, flags, mount_point")
+    spec = strict_object(_read(path), error=SecureMountError, what=f"storage file {path}")
+    if not isinstance(spec.get("volume_type"), str):
+        raise SecureMountError(
+            "storage file must be a JSON object with volume_type, options, flags, mount_point"
+        )
     return spec
 
 
@@ -195,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.cmd == "pull-image":
         print(f"image digest: {out.decode()}")
     else:
-        print(base64.b64encode(out).decode())
+        print(b64_encode(out))
     return 0
 
 

@@ -20,7 +20,6 @@ mapping, delete the header) so nothing stays mapped or mounted.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import logging
 import os
@@ -33,6 +32,7 @@ from typing import Protocol
 
 from cdh.errors import CdhError, SecureMountError
 from cdh.files import read_limited
+from coco_common.b64 import b64url_encode
 
 __all__ = [
     "EPHEMERAL_KEY_BYTES",
@@ -215,6 +215,18 @@ KeySource = Callable[[str], Awaitable[bytes]]
 """Resolves ``kbs://`` URIs or unseals ``sealed.`` secrets to key bytes."""
 
 
+#: the steps to take back, each named for the log, in the order they were taken
+_Undo = list[tuple[str, Callable[[], Awaitable[None]]]]
+
+
+async def _roll_back(undo: _Undo) -> None:
+    for what, fn in reversed(undo):
+        try:
+            await fn()
+        except Exception as exc:
+            log.error("secure mount rollback step %r failed: %s", what, exc)
+
+
 class SecureMounter:
     def __init__(
         self,
@@ -287,7 +299,7 @@ class SecureMounter:
         return key
 
     def header_path(self, device: Path) -> Path:
-        name = base64.urlsafe_b64encode(str(device).encode()).rstrip(b"=").decode()
+        name = b64url_encode(str(device).encode())
         return self.header_dir / f"{name}.header"
 
     # ---------------------------------------------------------------- steps
@@ -317,114 +329,124 @@ class SecureMounter:
             await self._luks2(opts, Path(mount_point))
 
     async def _luks2(self, opts: BlockDeviceOptions, mount_point: Path) -> None:
+        """Format (an empty source), open, then link or mount; any failure, or a cancellation,
+        undoes the steps already taken, newest first."""
         device = self.resolve_device(opts)
         mapper_dev = self.mapper_dir / opts.mapper_name
         if mapper_dev.exists() or mapper_dev.is_symlink():
             raise SecureMountError(f"mapping {opts.mapper_name} already exists")
         key = await self._key(opts)
-        undo: list[tuple[str, Callable[[], Awaitable[None]]]] = []
+        undo: _Undo = []
         try:
-            header: Path | None = None
-            if opts.source_type == "empty":
-                header = self.header_path(device)
-                probe = await self.runner.run(["cryptsetup", "isLuks", str(device)])
-                if probe.returncode == 0:
-                    raise SecureMountError(
-                        f"{device} already holds a LUKS header; refusing to format it as an empty source"
-                    )
-                self.header_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-                try:
-                    fd = os.open(header, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                except FileExistsError as exc:
-                    raise SecureMountError(
-                        f"{device} already has a detached LUKS header (already formatted); refusing to format"
-                    ) from exc
-                hdr = header
-
-                async def _rm_header() -> None:
-                    hdr.unlink(missing_ok=True)
-
-                undo.append(("remove header", _rm_header))
-                try:
-                    os.ftruncate(fd, HEADER_SIZE)
-                finally:
-                    os.close(fd)
-                fmt = [
-                    "cryptsetup",
-                    "--batch-mode",
-                    "luksFormat",
-                    "--type",
-                    "luks2",
-                    "--cipher",
-                    "aes-xts-plain64",
-                    "--sector-size",
-                    "4096",
-                    "--header",
-                    str(header),
-                ]
-                if opts.data_integrity:
-                    fmt += ["--integrity", "hmac-sha256", "--integrity-no-wipe", "--integrity-no-journal"]
-                fmt += [str(device), "-"]
-                await self._run(fmt, stdin=key, what="cryptsetup luksFormat")
-            openc = ["cryptsetup", "luksOpen"]
-            if header is not None:
-                openc += ["--header", str(header)]
-            openc += ["-d", "-", str(device), opts.mapper_name]
-            opened = False
-
-            async def _close() -> None:
-                # also when luksOpen was interrupted after it created the mapping
-                if opened or mapper_dev.exists():
-                    close = ["cryptsetup", "luksClose", opts.mapper_name]
-                    await self._run(close, what="cryptsetup luksClose")
-
-            undo.append(("close mapping", _close))
-            await self._run(openc, stdin=key, what="cryptsetup luksOpen")
-            opened = True
-
+            header = (
+                await self._format_empty(opts, device, key, undo) if opts.source_type == "empty" else None
+            )
+            await self._open(opts, device, header, key, mapper_dev, undo)
             if opts.target_type == "device":
-                mount_point.parent.mkdir(parents=True, exist_ok=True)
-                if mount_point.exists() or mount_point.is_symlink():
-                    raise SecureMountError(f"{mount_point} already exists")
-                mount_point.symlink_to(mapper_dev)
-
-                async def _unlink() -> None:
-                    mount_point.unlink(missing_ok=True)
-
-                undo.append(("remove symlink", _unlink))
+                self._link(mount_point, mapper_dev, undo)
             else:
                 if opts.source_type == "empty":
                     await self._mkfs(opts, mapper_dev)
-                created = not mount_point.exists()
-                mount_point.mkdir(parents=True, exist_ok=True)
-                if created:
-
-                    async def _rmdir() -> None:
-                        with contextlib.suppress(OSError):
-                            mount_point.rmdir()
-
-                    undo.append(("remove mount point", _rmdir))
-
-                was_mounted = os.path.ismount(mount_point)  # someone else's: never undone
-
-                async def _umount() -> None:
-                    # an interrupted mount tool may leave the kernel's mount in place
-                    if not was_mounted and os.path.ismount(mount_point):
-                        await self._run(["umount", str(mount_point)], what="umount")
-
-                undo.append(("unmount", _umount))
-                await self._run(
-                    ["mount", "-t", opts.filesystem_type, "-o", "noatime", str(mapper_dev), str(mount_point)],
-                    what="mount",
-                )
+                await self._mount(opts, mapper_dev, mount_point, undo)
         except BaseException:
-            for what, fn in reversed(undo):
-                try:
-                    await fn()
-                except Exception as exc:
-                    log.error("secure mount rollback step %r failed: %s", what, exc)
+            await _roll_back(undo)
             raise
         log.info("secure mount of %s at %s done (mapping %s)", device, mount_point, opts.mapper_name)
+
+    async def _format_empty(self, opts: BlockDeviceOptions, device: Path, key: bytes, undo: _Undo) -> Path:
+        """A fresh detached LUKS2 header for ``device`` (never over an existing one), then luksFormat."""
+        header = self.header_path(device)
+        probe = await self.runner.run(["cryptsetup", "isLuks", str(device)])
+        if probe.returncode == 0:
+            raise SecureMountError(
+                f"{device} already holds a LUKS header; refusing to format it as an empty source"
+            )
+        self.header_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        try:
+            fd = os.open(header, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError as exc:
+            raise SecureMountError(
+                f"{device} already has a detached LUKS header (already formatted); refusing to format"
+            ) from exc
+
+        async def _rm_header() -> None:
+            header.unlink(missing_ok=True)
+
+        undo.append(("remove header", _rm_header))
+        try:
+            os.ftruncate(fd, HEADER_SIZE)
+        finally:
+            os.close(fd)
+        fmt = ["cryptsetup", "--batch-mode", "luksFormat", "--type", "luks2", "--cipher", "aes-xts-plain64"]
+        fmt += ["--sector-size", "4096", "--header", str(header)]
+        if opts.data_integrity:
+            fmt += ["--integrity", "hmac-sha256", "--integrity-no-wipe", "--integrity-no-journal"]
+        fmt += [str(device), "-"]
+        await self._run(fmt, stdin=key, what="cryptsetup luksFormat")
+        return header
+
+    async def _open(
+        self,
+        opts: BlockDeviceOptions,
+        device: Path,
+        header: Path | None,
+        key: bytes,
+        mapper_dev: Path,
+        undo: _Undo,
+    ) -> None:
+        openc = ["cryptsetup", "luksOpen"]
+        if header is not None:
+            openc += ["--header", str(header)]
+        openc += ["-d", "-", str(device), opts.mapper_name]
+        opened = False
+
+        async def _close() -> None:
+            # also when luksOpen was interrupted after it created the mapping
+            if opened or mapper_dev.exists():
+                await self._run(["cryptsetup", "luksClose", opts.mapper_name], what="cryptsetup luksClose")
+
+        undo.append(("close mapping", _close))
+        await self._run(openc, stdin=key, what="cryptsetup luksOpen")
+        opened = True
+
+    @staticmethod
+    def _link(mount_point: Path, mapper_dev: Path, undo: _Undo) -> None:
+        """``target_type=device``: the mount point becomes a link to the mapping."""
+        mount_point.parent.mkdir(parents=True, exist_ok=True)
+        if mount_point.exists() or mount_point.is_symlink():
+            raise SecureMountError(f"{mount_point} already exists")
+        mount_point.symlink_to(mapper_dev)
+
+        async def _unlink() -> None:
+            mount_point.unlink(missing_ok=True)
+
+        undo.append(("remove symlink", _unlink))
+
+    async def _mount(
+        self, opts: BlockDeviceOptions, mapper_dev: Path, mount_point: Path, undo: _Undo
+    ) -> None:
+        created = not mount_point.exists()
+        mount_point.mkdir(parents=True, exist_ok=True)
+        if created:
+
+            async def _rmdir() -> None:
+                with contextlib.suppress(OSError):
+                    mount_point.rmdir()
+
+            undo.append(("remove mount point", _rmdir))
+
+        was_mounted = os.path.ismount(mount_point)  # someone else's: never undone
+
+        async def _umount() -> None:
+            # an interrupted mount tool may leave the kernel's mount in place
+            if not was_mounted and os.path.ismount(mount_point):
+                await self._run(["umount", str(mount_point)], what="umount")
+
+        undo.append(("unmount", _umount))
+        await self._run(
+            ["mount", "-t", opts.filesystem_type, "-o", "noatime", str(mapper_dev), str(mount_point)],
+            what="mount",
+        )
 
     async def _mkfs(self, opts: BlockDeviceOptions, mapper_dev: Path) -> None:
         user = list(opts.mkfs_opts)

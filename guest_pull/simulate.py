@@ -192,7 +192,7 @@ def _start_kbs(procs: _Procs, work: Path) -> str:
 
 
 def _seed(url: str, resources: Mapping[str, bytes]) -> None:
-    from kbs_client.policies import builtin_policy
+    from kbs_protocol.policies import builtin_policy
 
     policy = base64.urlsafe_b64encode(builtin_policy("allow_all")).rstrip(b"=").decode()
     with sync_client(base_url=url) as c:

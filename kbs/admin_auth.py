@@ -16,8 +16,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from coco_common.files import read_bounded
-from kbs_client.errors import TokenError
-from kbs_client.jws import PublicVerifyKey, decode_unverified, verify
+from kbs_protocol.errors import TokenError
+from kbs_protocol.jws import PublicVerifyKey, decode_unverified, verify
 
 from .config import AdminConfig
 from .errors import AdminAccessDenied, KbsConfigError

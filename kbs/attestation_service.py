@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from attestation.errors import AttestationError
 from attestation.initdata import InitDataError, parse_initdata
 from coco_common.strict_json import strict_loads
-from kbs_client import jwe as client_jwe
-from kbs_client.errors import JweError, TeeKeyError
-from kbs_client.jcs import hash_canonical
-from kbs_client.jwe import ALG_ECDH_ES_A256KW, ALG_RSA1_5, ALG_RSA_OAEP_256, TeePubKey
+from kbs_protocol import jwe as wire_jwe
+from kbs_protocol.errors import JweError, TeeKeyError
+from kbs_protocol.jcs import hash_canonical
+from kbs_protocol.jwe import ALG_ECDH_ES_A256KW, ALG_RSA1_5, ALG_RSA_OAEP_256, TeePubKey
 
 from .annotated import AnnotationError, annotate
 from .bounds import BoundsError, check_shape, elide_long_strings
@@ -190,7 +190,7 @@ def usable_tee_key(key: TeePubKey) -> None:
     if (key.kty, key.alg) not in (("EC", ALG_ECDH_ES_A256KW), ("RSA", ALG_RSA_OAEP_256), ("RSA", ALG_RSA1_5)):
         raise EvidenceRejected("tee-pubkey algorithm is not supported")
     try:
-        client_jwe.encrypt(b"probe", key)  # exactly what a resource GET will do with it
+        wire_jwe.encrypt(b"probe", key)  # exactly what a resource GET will do with it
     except JweError as exc:
         raise EvidenceRejected(f"tee-pubkey is not usable: {exc}") from exc
     except ValueError as exc:  # cryptography refuses some RSA numbers late (even modulus, size)

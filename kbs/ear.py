@@ -18,9 +18,9 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from attestation._x509 import is_ca
-from kbs_client.errors import TeeKeyError, TokenError
-from kbs_client.jwe import TeePubKey
-from kbs_client.jws import (
+from kbs_protocol.errors import TeeKeyError, TokenError
+from kbs_protocol.jwe import TeePubKey
+from kbs_protocol.jws import (
     PublicVerifyKey,
     decode_unverified,
     jwk_to_public_key,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 
+from kbs_protocol.errors import ERROR_TYPE_PREFIX
+
 __all__ = [
     "ERROR_TYPE_PREFIX",
     "AdminAccessDenied",
@@ -30,8 +32,6 @@ __all__ = [
     "TokenNotFound",
     "TokenVerifierError",
 ]
-
-ERROR_TYPE_PREFIX = "https://github.com/confidential-containers/kbs/errors/"
 
 
 class KbsError(Exception):

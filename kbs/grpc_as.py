@@ -28,7 +28,7 @@ import grpc
 
 from coco_common.cli import add_version, log_level_type, rust_log_level
 from coco_common.strict_json import strict_loads
-from kbs_client.jcs import hash_canonical
+from kbs_protocol.jcs import hash_canonical
 
 from .app import make_broker
 from .attestation_service import AttestationService, EvidenceRejected, annotate_submod, init_data_claims

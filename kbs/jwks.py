@@ -8,8 +8,8 @@ from pathlib import Path
 
 from coco_common.files import FileTooLarge, read_bounded
 from coco_common.strict_json import strict_loads
-from kbs_client.errors import TokenError
-from kbs_client.jws import PublicVerifyKey, jwk_to_public_key
+from kbs_protocol.errors import TokenError
+from kbs_protocol.jws import PublicVerifyKey, jwk_to_public_key
 
 from .errors import KbsConfigError
 

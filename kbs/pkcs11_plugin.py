@@ -19,16 +19,17 @@ Config: ``[[plugins]] name = "pkcs11"``, ``module`` (the PKCS#11 library), ``slo
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Mapping
 from typing import Any
+
+from kbs_protocol.errors import InvalidUri
+from kbs_protocol.uri import parse_resource_segments
 
 from .errors import KbsConfigError, PluginInternalError
 from .external_plugin import PluginCall
 
 __all__ = ["Pkcs11Plugin"]
 
-_SEGMENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 #: largest resource or wrap-key body accepted
 MAX_BODY = 1024 * 1024
 
@@ -103,9 +104,12 @@ class Pkcs11Plugin:
             if c.method == "GET":
                 return bytes(await self._run(self._unwrap, c.body))
             raise _fail("invalid method")
-        if len(c.path) != 4 or c.path[0] != "resource" or not all(_SEGMENT.match(x) for x in c.path[1:]):
+        if len(c.path) != 4 or c.path[0] != "resource":
             raise _fail("accessed path is invalid")
-        label = "/".join(c.path[1:])
+        try:
+            label = "/".join(parse_resource_segments(c.path[1:]))
+        except InvalidUri as exc:
+            raise _fail("accessed path is invalid") from exc
         if c.method == "GET":
             return bytes(await self._run(self._read, label))
         if c.method == "POST":

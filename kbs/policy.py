@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
-from kbs_client.policies import builtin_policy
+from kbs_protocol.policies import builtin_policy
 
 from .ear import TRUST_CLAIMS
 from .errors import ParsePolicyError, PolicyEngineError

@@ -22,10 +22,11 @@ from typing import Any
 from aiohttp import web
 
 from attestation.errors import AttestationError
+from coco_common.b64 import b64url_decode
 from coco_common.strict_json import strict_loads
-from kbs_client import jwe as client_jwe
-from kbs_client._b64 import unb64url
-from kbs_client.errors import JweError
+from kbs_protocol import jwe as wire_jwe
+from kbs_protocol.errors import InvalidUri, JweError
+from kbs_protocol.uri import parse_resource_segments
 
 from .app import KbsState, build_state
 from .attestation_service import AttestationService
@@ -65,7 +66,6 @@ GIL_SWITCH_S = 0.001
 SESSION_COOKIE = "kbs-session-id"
 AUTH_DESERIALIZE = "Attestation error: RCAR handshake Auth failed: deserialize Request"
 _SEMVER = re.compile(r"^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-[0-9A-Za-z.-]+)?(?:\+[0-9A-Za-z.-]+)?$")
-_SEGMENT = re.compile(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]*$")
 
 
 def _audit_fields(request: web.Request, segs: list[str], claims: Any) -> dict[str, Any]:
@@ -224,9 +224,10 @@ class _Handlers:
 
     @staticmethod
     def _resource_key(segs: list[str]) -> str:
-        if len(segs) != 3 or not all(_SEGMENT.match(x) for x in segs):
-            raise PluginInternalError("Plugin internal error: invalid resource path")
-        return "/".join(segs)
+        try:
+            return "/".join(parse_resource_segments(segs))
+        except InvalidUri as exc:
+            raise PluginInternalError("Plugin internal error: invalid resource path") from exc
 
     async def resource(self, request: web.Request, segs: list[str]) -> web.Response:
         if request.method == "GET":
@@ -275,7 +276,7 @@ class _Handlers:
             raise PluginInternalError("Plugin internal error")
         tee_key = extract_tee_pubkey(claims, self.s.config.attestation_token.extra_teekey_paths)
         try:
-            doc = client_jwe.encrypt(data, tee_key)
+            doc = wire_jwe.encrypt(data, tee_key)
         except JweError as exc:
             raise KbsJweError(f"JWE error: {exc}") from exc
         except ValueError as exc:  # a key cryptography refuses late (tokens from other issuers)
@@ -348,7 +349,7 @@ class _Handlers:
         if await plugin.encrypted(call):
             tee_key = extract_tee_pubkey(claims, self.s.config.attestation_token.extra_teekey_paths)
             try:
-                return _json(client_jwe.encrypt(data, tee_key))
+                return _json(wire_jwe.encrypt(data, tee_key))
             except JweError as exc:
                 raise KbsJweError(f"JWE error: {exc}") from exc
         return web.Response(status=200, body=data, content_type="text/xml")
@@ -593,7 +594,7 @@ def _resource_policy_body(untrusted: bytes) -> bytes:
             "Failed to parse policy: `policy` field is not a string in SetPolicy Request Json"
         )
     try:
-        return unb64url(doc["policy"])
+        return b64url_decode(doc["policy"], allow_padding=False)
     except ValueError as exc:
         raise ParsePolicyError("Failed to parse policy: Failed to decode policy") from exc
 
@@ -618,7 +619,7 @@ def _attestation_policy_body(untrusted: bytes) -> tuple[str, bytes]:
         log.warning("set attestation policy: policy_id and policy must be strings")
         raise KbsAttestationError(_SET_POLICY_FAILED)
     try:
-        return doc["policy_id"], unb64url(doc["policy"])
+        return doc["policy_id"], b64url_decode(doc["policy"], allow_padding=False)
     except ValueError as exc:
         log.warning("set attestation policy: policy is not unpadded base64url")
         raise KbsAttestationError(_SET_POLICY_FAILED) from exc

@@ -1,5 +1,6 @@
-"""The KBS protocol (RCAR 0.4.0) client side: TEE key pairs and JWE,
-resource URIs, the attestation flow, the admin client and ``kbs-client``."""
+"""The KBS protocol (RCAR 0.4.0) client side: TEE key pairs, the attestation
+flow, the token-reusing resource client, the admin client and ``kbs-client``.
+The wire code it shares with the KBS (URIs, JWE, JWS, JCS) is :mod:`kbs_protocol`."""
 
 from __future__ import annotations
 
@@ -9,29 +10,22 @@ from typing import TYPE_CHECKING, Any
 from .errors import (
     AdminDenied,
     AttestationRejected,
-    InvalidUri,
-    JweError,
     KbsClientError,
     KbsHttpError,
     PolicyDenied,
     ProtocolError,
     ResourceNotFound,
-    TeeKeyError,
-    TokenError,
     TransportError,
     Unauthorized,
     VersionMismatch,
 )
-from .uri import ResourceUri
 
-# The rest is loaded on first use (PEP 562): importing kbs_client.uri or
-# kbs_client.errors (as the CDH does at start-up) must not pull in httpx and
-# the crypto stack.
+# The rest is loaded on first use (PEP 562): importing kbs_client.errors (as the
+# CDH does at start-up) must not pull in httpx and the crypto stack.
 _LAZY = {
     "AdminClient": "admin",
     "BearerToken": "admin",
     "Ed25519Signer": "admin",
-    "TeePubKey": "jwe",
     "PROTOCOL_VERSION": "rcar",
     "Attestation": "rcar",
     "EvidenceSource": "rcar",
@@ -46,7 +40,6 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from .admin import AdminClient, BearerToken, Ed25519Signer
-    from .jwe import TeePubKey
     from .rcar import PROTOCOL_VERSION, Attestation, EvidenceSource, attest
     from .resources import ResourceClient, TokenProvider, get_resource
     from .sample import SampleEvidenceSource, sample_evidence
@@ -71,20 +64,14 @@ __all__ = [
     "BearerToken",
     "Ed25519Signer",
     "EvidenceSource",
-    "InvalidUri",
-    "JweError",
     "KbsClientError",
     "KbsHttpError",
     "PolicyDenied",
     "ProtocolError",
     "ResourceClient",
     "ResourceNotFound",
-    "ResourceUri",
     "SampleEvidenceSource",
-    "TeeKeyError",
     "TeeKeyPair",
-    "TeePubKey",
-    "TokenError",
     "TokenProvider",
     "TransportError",
     "Unauthorized",

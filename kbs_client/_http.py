@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import ssl
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,9 +20,9 @@ from coco_common.http_body import (
     read_body,
 )
 from coco_common.strict_json import strict_loads
+from kbs_protocol.errors import ERROR_TYPE_PREFIX
 
 from .errors import (
-    ERROR_TYPE_PREFIX,
     AdminDenied,
     AttestationRejected,
     KbsHttpError,
@@ -29,6 +30,7 @@ from .errors import (
     PolicyInvalid,
     ProtocolError,
     ResourceNotFound,
+    TooLarge,
     TransportError,
     Unauthorized,
     VersionMismatch,
@@ -51,10 +53,7 @@ class Reply:
     session_id: str | None
 
     def json(self) -> Any:
-        try:
-            return strict_loads(self.body)
-        except ValueError as exc:
-            raise ProtocolError("KBS answer is not JSON") from exc
+        return strict_loads(self.body, error=ProtocolError, what="KBS answer")
 
 
 def _session_from(resp: httpx.Response) -> str | None:
@@ -83,6 +82,7 @@ async def request(
     headers: Mapping[str, str] | None = None,
     session_id: str | None = None,
     timeout: float = 60.0,
+    limit: int = MAX_RESPONSE_BYTES,
 ) -> Reply:
     hdrs = {"Accept-Encoding": ACCEPT_DECODABLE, **(headers or {})}
     if session_id is not None:
@@ -92,13 +92,13 @@ async def request(
         hdrs.setdefault("Content-Type", "application/json")
     try:
         async with http.stream(method, url, content=content, headers=hdrs, timeout=timeout) as resp:
-            body = await read_body(resp, MAX_RESPONSE_BYTES, decode=DECODABLE, what="KBS answer")
-    except BodyTooLarge:
-        raise ProtocolError("KBS answer too large") from None
+            body = await read_body(resp, limit, decode=DECODABLE, what="KBS answer")
+    except BodyTooLarge as exc:
+        raise TooLarge(f"KBS answer larger than {limit} bytes") from exc
     except BodyEncodingError as exc:
-        raise ProtocolError(str(exc)) from None
+        raise ProtocolError(str(exc)) from exc
     except BodyTransportError as exc:
-        raise TransportError(f"{method} {url}: {exc}") from None
+        raise TransportError(f"{method} {url}: {exc}") from exc
     except httpx.HTTPError as exc:
         raise transport_error(method, url, exc) from exc
     finally:
@@ -128,7 +128,8 @@ def transport_error(method: str, url: str, exc: httpx.HTTPError) -> TransportErr
             why = e.verify_message or "certificate verify failed"
             return TransportError(
                 f"TLS: the certificate of the KBS at {where} is not trusted ({why}); "
-                "pass its CA with --cert-file (kbs_cert / cert in the AA/CDH config)",
+                "give its CA certificate (kbs-client --cert-file; [kbc] kbs_cert in cdh.toml; "
+                "token_configs.kbs.cert in aa.toml)",
                 retryable=False,
             )
     for e in chain:
@@ -166,6 +167,20 @@ def transport_error(method: str, url: str, exc: httpx.HTTPError) -> TransportErr
     return TransportError(f"{method} {url}: {type(exc).__name__}: {exc}")
 
 
+_VARIANT = re.compile(r"[A-Za-z][A-Za-z0-9]{0,63}")
+
+
+def _variant(untrusted_type: str) -> str:
+    """The trustee variant name ending an RFC 7807 ``type`` (``.../errors/PolicyDeny``), or ""
+    when it is no such name: it ends up in messages and logs, so no crafted line breaks."""
+    name = untrusted_type.removeprefix(ERROR_TYPE_PREFIX).rsplit("/", 1)[-1]
+    return name if _VARIANT.fullmatch(name) else ""
+
+
+def _printable(untrusted: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in untrusted)
+
+
 def kbs_error(reply: Reply, context: Context) -> KbsHttpError:
     """Translate a KBS error answer into the typed exception for ``context``."""
     etype, detail = "", ""
@@ -173,10 +188,10 @@ def kbs_error(reply: Reply, context: Context) -> KbsHttpError:
         doc = strict_loads(reply.body[:65536]) if reply.body else {}
         if isinstance(doc, dict):
             t, d = doc.get("type"), doc.get("detail")
-            etype = t.removeprefix(ERROR_TYPE_PREFIX) if isinstance(t, str) else ""
-            detail = d[:500] if isinstance(d, str) else ""
+            etype = _variant(t) if isinstance(t, str) else ""
+            detail = _printable(d[:500]) if isinstance(d, str) else ""
     except ValueError:
-        detail = reply.body[:200].decode("utf-8", "replace")
+        detail = _printable(reply.body[:200].decode("utf-8", "replace"))
     st = reply.status
     if context in ("auth", "attest"):
         if "Protocol Version Mismatch" in detail:

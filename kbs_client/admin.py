@@ -16,11 +16,13 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from coco_common.b64 import b64_encode, b64url_decode, b64url_encode
+from kbs_protocol.errors import TokenError
+from kbs_protocol.jws import sign
+from kbs_protocol.uri import parse_resource_path
+
 from . import _http
-from ._b64 import b64std, b64url, unb64url
-from .errors import KbsClientError, ProtocolError, TokenError
-from .jws import sign
-from .uri import parse_resource_path
+from .errors import KbsClientError, ProtocolError
 
 __all__ = [
     "AdminAuth",
@@ -122,7 +124,7 @@ class Ed25519Signer:
 def sample_reference_value_message(values: dict[str, Any]) -> dict[str, str]:
     """The RVPS message for the ``sample`` extractor (payload: padded std base64)."""
     payload = json.dumps(values, separators=(",", ":")).encode()
-    return {"version": "0.1.0", "type": "sample", "payload": b64std(payload)}
+    return {"version": "0.1.0", "type": "sample", "payload": b64_encode(payload)}
 
 
 class AdminClient:
@@ -167,7 +169,7 @@ class AdminClient:
         await self._call("DELETE", f"/kbs/v0/resource/{repo}/{typ}/{tag}")
 
     async def set_resource_policy(self, rego: bytes) -> None:
-        await self._call("POST", "/kbs/v0/resource-policy", json_body={"policy": b64url(rego)})
+        await self._call("POST", "/kbs/v0/resource-policy", json_body={"policy": b64url_encode(rego)})
 
     async def list_resource_policies(self) -> list[str]:
         doc = (await self._call("GET", "/kbs/v0/resource-policy")).json()
@@ -191,14 +193,14 @@ class AdminClient:
         if not isinstance(pol, str):
             raise ProtocolError(f"{kind} answer has no policy (does this KBS serve policy read-back?)")
         try:
-            return unb64url(pol)
+            return b64url_decode(pol, allow_padding=False)
         except ValueError as exc:
             raise ProtocolError(f"{kind} answer is not base64url") from exc
 
     async def set_attestation_policy(
         self, rego: bytes, *, policy_id: str = "default_cpu", policy_type: str = "rego"
     ) -> None:
-        body = {"type": policy_type, "policy_id": policy_id, "policy": b64url(rego)}
+        body = {"type": policy_type, "policy_id": policy_id, "policy": b64url_encode(rego)}
         await self._call("POST", "/kbs/v0/attestation-policy", json_body=body)
 
     async def register_reference_value(self, message: dict[str, Any]) -> None:

@@ -22,15 +22,16 @@ from typing import Any
 
 import httpx
 
+from coco_common.b64 import b64_encode
 from coco_common.cli import add_version, exit_on_closed_pipe, rust_log_level
+from coco_common.http import async_client
+from kbs_protocol.errors import KbsProtocolError
+from kbs_protocol.policies import builtin_policy
 
-from ._b64 import b64std
 from .admin import AdminAuth, AdminClient, Anonymous, BearerToken, Ed25519Signer
-from .errors import KbsClientError, PolicyDenied, TransportError, Unauthorized
-from .policies import builtin_policy
-from .rcar import EvidenceSource, attest
-from .resources import get_resource
-from .sample import SampleEvidenceSource
+from .errors import KbsClientError, TransportError
+from .rcar import Attestation, EvidenceSource, attest
+from .resources import ResourceClient, get_resource
 from .tee_key import TeeKeyPair
 
 __all__ = ["build_parser", "evidence_source", "main"]
@@ -151,11 +152,9 @@ def _http(args: argparse.Namespace) -> httpx.AsyncClient:
     verify: ssl.SSLContext | bool = True
     if args.cert_file:
         verify = _tls_context(args.cert_file)
-    return httpx.AsyncClient(
-        verify=verify,
-        timeout=60.0,
-        headers={"User-Agent": "kbs-client-py/0.1"},
-        trust_env=True,
+    # a command-line tool: the operator's proxy variables apply, as they do to upstream's kbs-client
+    return async_client(
+        verify=verify, timeout=60.0, headers={"User-Agent": "kbs-client-py/0.1"}, trust_env=True
     )
 
 
@@ -216,13 +215,10 @@ class _NativeSource:
 async def evidence_source(platform: Any = None) -> EvidenceSource:
     """The evidence of this machine's TEE and devices (``platform``: an
     :class:`attestation.detect.HostView`, the running system by default)."""
-    try:
-        from attestation.aa.agent import CompositeEvidenceSource
-        from attestation.detect import HostView, detect_devices, detect_primary
-        from attestation.errors import AttestationError
-    except ImportError as exc:
-        log.warning("attestation package not installed (%s): using the sample evidence", exc)
-        return SampleEvidenceSource()
+    from attestation.aa.agent import CompositeEvidenceSource
+    from attestation.detect import HostView, detect_devices, detect_primary
+    from attestation.errors import AttestationError
+
     plat = platform if platform is not None else HostView()
     try:
         inner = CompositeEvidenceSource(detect_primary(plat), await detect_devices(plat))
@@ -246,33 +242,27 @@ async def _run(args: argparse.Namespace) -> None:
                     raise KbsClientError("--attestation-token needs --tee-key-file")
                 token = _read(args.attestation_token, "--attestation-token").decode().strip()
                 data = await get_resource(http, args.url, args.path, token=token, key=key)
-                print(b64std(data), file=out)
+                print(b64_encode(data), file=out)
                 return
             source = await evidence_source()
-            last: KbsClientError | None = None
-            for _ in range(3):  # as guest-components: a 401 on the resource re-runs the handshake
-                att = await attest(http, args.url, source, key=key, init_data_toml=args.init_data)
-                if args.command == "attest":
-                    print(att.token, file=out)
-                    return
-                try:
-                    data = await get_resource(
-                        http, args.url, args.path, token=att.token, key=key, session_id=att.session_id
-                    )
-                except (Unauthorized, PolicyDenied) as exc:
-                    last = exc
-                    continue
-                print(b64std(data), file=out)
+
+            async def handshake() -> Attestation:
+                return await attest(http, args.url, source, key=key, init_data_toml=args.init_data)
+
+            if args.command == "attest":
+                print((await handshake()).token, file=out)
                 return
-            assert last is not None
-            raise last
+            # as guest-components: a 401 on the resource re-runs the handshake (3 requests in all)
+            data = await ResourceClient(http, args.url, handshake).get(args.path)
+            print(b64_encode(data), file=out)
+            return
 
         admin = AdminClient(http, args.url, _admin_auth(args))
         cmd = args.config_command
         if cmd == "set-attestation-policy":
             pol = _read(args.policy_file, "--policy-file")
             await admin.set_attestation_policy(pol, policy_id=args.policy_id, policy_type=args.policy_type)
-            print(f"Set attestation policy success \n policy: {b64std(pol)}", file=out)
+            print(f"Set attestation policy success \n policy: {b64_encode(pol)}", file=out)
         elif cmd == "set-resource-policy":
             if args.policy_file:
                 pol = _read(args.policy_file, "--policy-file")
@@ -290,7 +280,7 @@ async def _run(args: argparse.Namespace) -> None:
             elif b"allow" not in pol:
                 log.warning("the policy defines no 'allow': the KBS would deny every request")
             await admin.set_resource_policy(pol)
-            print(f"Set resource policy success \n policy: {b64std(pol)}", file=out)
+            print(f"Set resource policy success \n policy: {b64_encode(pol)}", file=out)
         elif cmd == "get-resource-policy":
             out.write((await admin.get_resource_policy(args.policy_id)).decode("utf-8", "replace"))
         elif cmd == "get-attestation-policy":
@@ -298,7 +288,7 @@ async def _run(args: argparse.Namespace) -> None:
         elif cmd == "set-resource":
             data = _read(args.resource_file, "--resource-file")
             await admin.set_resource(args.path.removeprefix("/"), data)
-            print(f"Set resource success \n resource: {b64std(data)}", file=out)
+            print(f"Set resource success \n resource: {b64_encode(data)}", file=out)
         elif cmd == "delete-resource":
             await admin.delete_resource(args.path.removeprefix("/"))
             print("Delete resource success", file=out)
@@ -322,7 +312,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(_run(args))
     except BrokenPipeError:
         exit_on_closed_pipe()
-    except KbsClientError as exc:
+    except KbsProtocolError as exc:  # kbs_client's errors and the wire code's (JweError, ...)
         label = "" if type(exc) in (KbsClientError, TransportError) else f"{type(exc).__name__}: "
         print(f"Error: {label}{exc}", file=sys.stderr)
         return 1

@@ -4,6 +4,7 @@
 
     KbsClientError
      +-- ProtocolError            malformed or unexpected KBS answer
+     |    +-- TooLarge            the answer or the resource is over the client's limit
      +-- KbsHttpError             KBS answered with an RFC 7807 error (status, type, detail)
      |    +-- AttestationRejected /attest (or /auth) refused: 401
      |    |    +-- VersionMismatch  the KBS speaks another protocol version
@@ -12,42 +13,43 @@
      |    +-- ResourceNotFound    no such resource (trustee: 401 PluginInternalError, or 404)
      |    +-- AdminDenied         admin call refused (401 AdminAuth*)
      |    +-- PolicyInvalid       the KBS refused an uploaded policy (ParsePolicyError ...)
-     +-- JweError                 JWE could not be decrypted or built
-     +-- InvalidUri               not a valid kbs:// resource URI / path
-     +-- TeeKeyError              bad TEE key material
-     +-- TokenError               a JWT could not be parsed, signed or verified
      +-- TransportError           the HTTP request itself failed
+
+:class:`KbsClientError` derives from :class:`kbs_protocol.errors.KbsProtocolError`:
+the wire code's own errors (``JweError``, ``TeeKeyError``, ``TokenError``,
+``InvalidUri``) live in :mod:`kbs_protocol.errors`.
 """
 
 from __future__ import annotations
 
+from kbs_protocol.errors import KbsProtocolError
+
 __all__ = [
     "AdminDenied",
     "AttestationRejected",
-    "InvalidUri",
-    "JweError",
     "KbsClientError",
     "KbsHttpError",
     "PolicyDenied",
     "PolicyInvalid",
     "ProtocolError",
     "ResourceNotFound",
-    "TeeKeyError",
-    "TokenError",
+    "TooLarge",
     "TransportError",
     "Unauthorized",
     "VersionMismatch",
 ]
 
-ERROR_TYPE_PREFIX = "https://github.com/confidential-containers/kbs/errors/"
 
-
-class KbsClientError(Exception):
+class KbsClientError(KbsProtocolError):
     """Root of every error raised by :mod:`kbs_client`."""
 
 
 class ProtocolError(KbsClientError):
     """The KBS answered something this client cannot interpret."""
+
+
+class TooLarge(ProtocolError):
+    """The KBS answer, or the resource it carries, is larger than the client accepts."""
 
 
 class KbsHttpError(KbsClientError):
@@ -87,22 +89,6 @@ class AdminDenied(KbsHttpError):
 
 class PolicyInvalid(KbsHttpError):
     """The KBS refused an uploaded policy (``ParsePolicyError`` and kin): fix the policy file."""
-
-
-class JweError(KbsClientError):
-    """A JWE could not be decrypted (wrong key, tampered) or built (unsupported key)."""
-
-
-class InvalidUri(KbsClientError):
-    """Not a valid ``kbs://`` resource URI or resource path."""
-
-
-class TeeKeyError(KbsClientError):
-    """TEE key material is malformed or uses an unsupported algorithm."""
-
-
-class TokenError(KbsClientError):
-    """A JWT (attestation token, admin token) is malformed, expired or its signature fails."""
 
 
 class TransportError(KbsClientError):

@@ -8,9 +8,9 @@ plain functions; :func:`attest` strings them together over an injected
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,17 +18,19 @@ from typing import Any, Protocol, runtime_checkable
 
 import httpx
 
+from coco_common.b64 import b64_encode
+from kbs_protocol.errors import TokenError
+from kbs_protocol.jcs import HASH_ALGORITHMS, hash_canonical
+from kbs_protocol.jws import decode_unverified
+
 from . import _http
 from .errors import (
     AttestationRejected,
     KbsClientError,
     ProtocolError,
-    TokenError,
     TransportError,
     VersionMismatch,
 )
-from .jcs import HASH_ALGORITHMS, hash_canonical
-from .jws import decode_unverified
 from .tee_key import TeeKeyPair
 
 __all__ = [
@@ -113,26 +115,44 @@ class Attestation:
 
     @classmethod
     def from_token(cls, token: str, key: TeeKeyPair, session_id: str | None = None) -> Attestation:
+        """A token the KBS just issued: it must be a readable JWT."""
         try:
             _, claims = decode_unverified(token)
         except TokenError as exc:
             raise ProtocolError(f"KBS token unreadable: {exc}") from exc
-        exp = claims.get("exp")
-        return cls(
-            token=token,
-            key=key,
-            claims=claims,
-            expires_at=float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None,
-            session_id=session_id,
-        )
+        return cls(token=token, key=key, claims=claims, expires_at=_expiry(claims), session_id=session_id)
+
+    @classmethod
+    def opaque(cls, token: str, key: TeeKeyPair) -> Attestation:
+        """A token handed over by someone else (the Attestation Agent's ``GetToken``): its
+        claims are read when they can be, for the expiry only; one that cannot be read
+        has no known expiry and is used until the KBS rejects it."""
+        try:
+            _, claims = decode_unverified(token)
+        except TokenError:
+            claims = {}
+        return cls(token=token, key=key, claims=claims, expires_at=_expiry(claims))
 
     def is_fresh(self, now: float | None = None, margin: float = 5.0) -> bool:
         """True while ``exp`` / ``nbf`` (unverified) say the token is usable."""
         t = time.time() if now is None else now
         nbf = self.claims.get("nbf")
-        if isinstance(nbf, int | float) and t < float(nbf):
+        if isinstance(nbf, int | float) and not isinstance(nbf, bool) and t < nbf:
             return False
         return self.expires_at is None or t + margin < self.expires_at
+
+
+def _expiry(claims: Mapping[str, Any]) -> float | None:
+    """The ``exp`` claim as epoch seconds; None when absent or no usable time (a bool,
+    a string, an integer too large for a float, infinity)."""
+    exp = claims.get("exp")
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        return None
+    try:
+        value = float(exp)
+    except OverflowError:
+        return None
+    return value if math.isfinite(value) else None
 
 
 def auth_body(tee: str) -> dict[str, Any]:
@@ -152,7 +172,7 @@ def se_request_with_digest(nonce: str, digest: bytes) -> bytes:
         raise ProtocolError("Failed to deserialize SeAttestationRequest from nonce") from exc
     if not isinstance(req, dict):
         raise ProtocolError("Failed to deserialize SeAttestationRequest from nonce")
-    req["runtime_data_digest"] = base64.b64encode(digest).decode()
+    req["runtime_data_digest"] = b64_encode(digest)
     return json.dumps(req).encode()
 
 

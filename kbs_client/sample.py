@@ -1,10 +1,11 @@
-"""The protocol's development ``sample`` TEE evidence (reference §9.1)."""
+"""The protocol's development ``sample`` TEE as an evidence source (reference §9.1):
+the evidence itself is :class:`attestation.sample.evidence.SampleEvidence`."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from ._b64 import b64std
+from attestation.sample.evidence import SampleEvidence
 
 __all__ = ["SAMPLE_SVN", "SampleEvidenceSource", "sample_evidence"]
 
@@ -13,7 +14,7 @@ SAMPLE_SVN = "1"
 
 def sample_evidence(report_data: bytes) -> dict[str, str]:
     """``{"svn":"1","report_data":<std base64 of the raw bytes, unpadded digest>}``."""
-    return {"svn": SAMPLE_SVN, "report_data": b64std(report_data)}
+    return SampleEvidence.of(SAMPLE_SVN, report_data).to_json()
 
 
 class SampleEvidenceSource:

@@ -7,9 +7,9 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from ._b64 import b64url
-from .errors import TeeKeyError
-from .jwe import ALG_ECDH_ES_A256KW, ALG_RSA1_5, ALG_RSA_OAEP_256, TeePubKey, decrypt
+from coco_common.b64 import b64url_encode
+from kbs_protocol.errors import TeeKeyError
+from kbs_protocol.jwe import ALG_ECDH_ES_A256KW, ALG_RSA1_5, ALG_RSA_OAEP_256, TeePubKey, decrypt
 
 __all__ = ["ALGORITHMS", "DEFAULT_ALGORITHM", "TeeKeyPair"]
 
@@ -89,15 +89,15 @@ class TeeKeyPair:
                 "kty": "EC",
                 "crv": crv,
                 "alg": self._alg,
-                "x": b64url(nums.x.to_bytes(size, "big")),
-                "y": b64url(nums.y.to_bytes(size, "big")),
+                "x": b64url_encode(nums.x.to_bytes(size, "big")),
+                "y": b64url_encode(nums.y.to_bytes(size, "big")),
             }
         rnums = self._key.public_key().public_numbers()
         return {
             "kty": "RSA",
             "alg": self._alg,
-            "n": b64url(rnums.n.to_bytes((rnums.n.bit_length() + 7) // 8, "big")),
-            "e": b64url(rnums.e.to_bytes((rnums.e.bit_length() + 7) // 8, "big")),
+            "n": b64url_encode(rnums.n.to_bytes((rnums.n.bit_length() + 7) // 8, "big")),
+            "e": b64url_encode(rnums.e.to_bytes((rnums.e.bit_length() + 7) // 8, "big")),
         }
 
     def public_jwk(self) -> dict[str, str]:

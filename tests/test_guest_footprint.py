@@ -120,7 +120,7 @@ print(json.dumps({"modules": seen, "roots": sorted({n.split(".")[0] for n in sys
 
 def test_no_guest_module_imports_a_server_dependency() -> None:
     """Every module of the guest packages, not only the entry points."""
-    guest = "attestation,cdh,image_pull,guest_pull,kbs_client,coco_rpc,coco_common"
+    guest = "attestation,cdh,image_pull,guest_pull,kbs_client,kbs_protocol,coco_rpc,coco_common"
     cp = subprocess.run(
         [sys.executable, "-c", _WALK, guest, "cdh.api_server_rest"],
         cwd=ROOT,
@@ -159,7 +159,7 @@ def test_daemon_start_up_leaves_grpc_and_httpx_unloaded(module: str) -> None:
     """AA and CDH serve ttRPC on a Unix socket: grpcio is loaded only for a gRPC address and
     httpx with the first HTTP client, so neither costs start-up time or idle memory."""
     code = (
-        f"import json, sys, {module}, kbs_client.uri, kbs_client.errors; "
+        f"import json, sys, {module}, kbs_protocol.uri, kbs_client.errors; "
         "print(json.dumps([m for m in ('grpc', 'httpx', 'kbs_client.admin') if m in sys.modules]))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT)

@@ -15,7 +15,7 @@ import pytest
 from attestation.aa.config import parse_config
 from attestation.aa.errors import AaConfigError
 from cdh.config import load_config as load_cdh_config
-from cdh.kbc import _transport_reason
+from kbs_client._http import transport_error
 
 SCRIPTS = {
     "attestation-agent": "attestation.aa.cli:main",
@@ -102,17 +102,19 @@ def test_cdh_config_typo_names_the_closest_key(tmp_path: Path, caplog: pytest.Lo
 
 
 def test_cdh_names_tls_as_the_cause() -> None:
+    """The CDH's KBS requests go through kbs_client: its transport errors name the
+    cause and the CDH's setting that fixes it."""
     err = ssl.SSLCertVerificationError(1, "certificate verify failed")
     err.verify_message = "self-signed certificate"
     exc = httpx.ConnectError("[SSL: CERTIFICATE_VERIFY_FAILED]")
     exc.__cause__ = err
-    assert _transport_reason(exc) == (
-        "TLS: the KBS certificate is not trusted (self-signed certificate); "
-        "set [kbc] kbs_cert to the KBS's CA certificate (PEM)"
-    )
+    msg = str(transport_error("GET", "https://k:8080/kbs/v0/resource/a/b/c", exc))
+    assert "the certificate of the KBS at k:8080 is not trusted (self-signed certificate)" in msg
+    assert "kbs_cert" in msg
     refused = httpx.ConnectError("All connection attempts failed")
     refused.__cause__ = ConnectionRefusedError(111, "refused")
-    assert "connection refused; is the KBS running" in _transport_reason(refused)
+    msg = str(transport_error("GET", "http://k:8080/kbs/v0/resource/a/b/c", refused))
+    assert "cannot connect to k:8080 (connection refused): is the KBS running" in msg
 
 
 def test_oneshot_without_config_or_socket_says_what_it_does(

@@ -20,9 +20,9 @@ import httpx
 import pytest
 
 from kbs_client.errors import AttestationRejected
-from kbs_client.jws import decode_unverified
 from kbs_client.rcar import attest
 from kbs_client.resources import get_resource
+from kbs_protocol.jws import decode_unverified
 
 support = pytest.importorskip(
     "tests.support.kbs", reason="tests/support/kbs.py (reference KBS fixture) missing"

@@ -3,7 +3,7 @@
 ``fake_kbs``: a small KBS resource endpoint on 127.0.0.1 (aiohttp) that
 checks ``Authorization: Bearer`` against the tokens it issued and answers
 with a JWE encrypted to the token's TEE key exactly as trustee does
-(kbs_client.jwe.encrypt). It stands in for the attestation half (the AA
+(kbs_protocol.jwe.encrypt). It stands in for the attestation half (the AA
 side is a function handing out tokens), which is covered end to end with
 the real AA and reference KBS in test_e2e.py.
 """
@@ -22,8 +22,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from kbs_client.jwe import TeePubKey, encrypt
 from kbs_client.tee_key import TeeKeyPair
+from kbs_protocol.jwe import TeePubKey, encrypt
 
 
 def b64u(b: bytes) -> str:
@@ -110,12 +110,15 @@ class DictResources:
         self.calls: list[str] = []
 
     async def get_resource(self, uri: str) -> bytes:
-        from cdh.errors import ResourceNotFound
+        from cdh.errors import NoSuchResource
 
         self.calls.append(uri)
         if uri not in self.items:
-            raise ResourceNotFound(f"no {uri}")
+            raise NoSuchResource(f"no {uri}")
         return self.items[uri]
+
+    async def close(self) -> None:
+        pass
 
 
 from tests.cdh.inproc import env  # noqa: E402,F401 (fixture shared by test_rpc and test_clients)

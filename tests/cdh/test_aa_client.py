@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from cdh.aa import AaClient, MeasurementResult
+from cdh.aa import AaClient, ExtendResult
 from coco_rpc import Code, RpcError, bind, serve
 from coco_rpc.protos import attestation_agent_pb2 as aa_pb2
 from tests.cdh.stack import unix_listening, wait_listening
@@ -25,7 +25,7 @@ async def test_reconnects_after_aa_restart(tmp_path: Path) -> None:
             assert aa.socket_path == sock
             wait_listening(sock)  # start_aa only waits for the file (bind), not for listen()
             # the AA's event log is off by default: NOT_ENABLED (CDH only warns on it)
-            assert await client.extend_runtime_measurement("d", "o", "c") is MeasurementResult.NOT_ENABLED
+            assert await client.extend_runtime_measurement("d", "o", "c") is ExtendResult.NOT_ENABLED
             with pytest.raises(RpcError):
                 await client.get_token("no-such-type")
         with pytest.raises(RpcError) as ei:
@@ -34,7 +34,7 @@ async def test_reconnects_after_aa_restart(tmp_path: Path) -> None:
         with start_aa(tmp_path):
             wait_listening(sock)
             # exactly one call: the client must reconnect by itself
-            assert await client.extend_runtime_measurement("d", "o", "c") is MeasurementResult.NOT_ENABLED
+            assert await client.extend_runtime_measurement("d", "o", "c") is ExtendResult.NOT_ENABLED
     finally:
         await client.close()
 

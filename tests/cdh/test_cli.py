@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from cdh.config import CdhConfig, KbcConfig, load_config
-from cdh.errors import ConfigError, ResourceError
+from cdh.errors import CdhConfigError, ResourceError
 from cdh.hub import Hub
 from coco_rpc.protos import api_pb2
 from tests.cdh.conftest import DictResources
@@ -73,7 +73,7 @@ def test_cdh_process_unknown_kbc(tmp_path: Path) -> None:
 
 def test_unknown_kbc_in_hub() -> None:
     cfg = CdhConfig(kbc=KbcConfig("foo_kbc"))
-    with pytest.raises(ConfigError, match="kbs client creation failed: unknown kbc name foo_kbc"):
+    with pytest.raises(CdhConfigError, match="kbs client creation failed: unknown kbc name foo_kbc"):
         Hub(cfg, env={})
 
 

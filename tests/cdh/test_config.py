@@ -15,7 +15,7 @@ from cdh.config import (
     load_config,
     parse_kernel_cmdline,
 )
-from cdh.errors import ConfigError
+from cdh.errors import CdhConfigError
 from image_pull.registries_conf import ProxyConfig
 
 FULL = """
@@ -129,7 +129,7 @@ def test_registry_config_is_image_pulls_own_with_unknown_keys_reported(tmp_path:
         "image.registry_config.registry[0].mirror[0].insecrue",
     )
     bad = '[kbc]\nname = "offline_fs_kbc"\n[image.registry_config]\n[[image.registry_config.registry]]\n'
-    with pytest.raises(ConfigError, match=r"image\.registry_config: .*needs a prefix or a location"):
+    with pytest.raises(CdhConfigError, match=r"image\.registry_config: .*needs a prefix or a location"):
         load_config(cfg_file(tmp_path, bad), cmdline="", env={})
 
 
@@ -148,7 +148,7 @@ def test_registry_config_is_image_pulls_own_with_unknown_keys_reported(tmp_path:
     ],
 )
 def test_bad_configs(tmp_path: Path, text: str, msg: str) -> None:
-    with pytest.raises(ConfigError, match=msg):
+    with pytest.raises(CdhConfigError, match=msg):
         load_config(cfg_file(tmp_path, text), cmdline="", env={})
 
 
@@ -166,12 +166,12 @@ def test_bad_configs(tmp_path: Path, text: str, msg: str) -> None:
     ],
 )
 def test_credential_path_escape(tmp_path: Path, path: str) -> None:
-    with pytest.raises(ConfigError):
+    with pytest.raises(CdhConfigError):
         check_credential_path(path)
     text = (
         f'[kbc]\nname = "offline_fs_kbc"\n[[credentials]]\nresource_uri = "kbs:///a/b/c"\npath = "{path}"\n'
     )
-    with pytest.raises(ConfigError):
+    with pytest.raises(CdhConfigError):
         load_config(cfg_file(tmp_path, text), cmdline="", env={})
 
 
@@ -265,7 +265,7 @@ def test_malformed_kbs_resources_items_are_skipped(caplog: pytest.LogCaptureFixt
     ]
     assert "garbage" in caplog.text and "also-garbage" in caplog.text
     # an item with '::' is used, so a path outside the credentials directory still stops the start
-    with pytest.raises(ConfigError, match="not under"):
+    with pytest.raises(CdhConfigError, match="not under"):
         load_config(None, cmdline="cdh.kbs_resources=kbs:///a/b/c::/etc/passwd", env={})
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import json
 import os
 from collections.abc import Iterator
@@ -16,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cdh.aa import AaClient
-from cdh.errors import ResourceNotFound
+from cdh.errors import NoSuchResource
 from cdh.kbc import CcKbc
 from coco_rpc.protos import api_pb2, keyprovider_pb2
 from tests.cdh.stack import Stack, start_stack
@@ -128,21 +129,22 @@ async def test_token_reused_against_real_aa_and_kbs(stack: Stack) -> None:
     """In process: CcKbc + AaClient against the real AA and KBS."""
     aa = AaClient(f"unix://{stack.aa_sock}")
     kbc = CcKbc(stack.kbs_url, lambda: aa.get_token("kbs"))
+    rc = kbc.resource_client()
     try:
         got = await asyncio.gather(*(kbc.get_resource("kbs:///default/cdh/secret") for _ in range(5)))
         assert got == [SECRET] * 5
         assert await kbc.get_resource("kbs:///default/image-kek/k1") == KEK
-        assert kbc.tokens.fetches == 1
-        with pytest.raises(ResourceNotFound):
+        assert rc.handshakes == 1
+        with pytest.raises(NoSuchResource):
             await kbc.get_resource("kbs:///default/cdh/missing")
         # trustee answers a missing resource with 401: as upstream, that re-attests (3 requests)
-        assert kbc.tokens.fetches == 3
+        assert rc.handshakes == 3
         # a token the KBS rejects is replaced
-        cur = await kbc.tokens.get()
-        assert kbc.tokens.fetches == 4
-        kbc.tokens._token = type(cur)(cur.token[:-4] + "AAAA", cur.tee_keypair_pem, None)
+        cur = await rc.attestation()
+        assert rc.handshakes == 4
+        rc._current = dataclasses.replace(cur, token=cur.token[:-4] + "AAAA", expires_at=None)
         assert await kbc.get_resource("kbs:///default/cdh/secret") == SECRET
-        assert kbc.tokens.fetches == 5
+        assert rc.handshakes == 5
     finally:
         await kbc.close()
         await aa.close()
@@ -152,7 +154,7 @@ async def test_kbc_tokens_come_from_a_preset_aa_socket(stack: Stack, tmp_path: P
     """As upstream's cc_kbc plugin: the KBS token comes from the AA at AA_SOCKET
     when the environment sets it, not from [aa] aa_socket."""
     from cdh.config import CdhConfig, KbcConfig
-    from cdh.errors import TokenError
+    from cdh.errors import TokenUnavailable
     from cdh.hub import Hub
 
     cfg = CdhConfig(kbc=KbcConfig("cc_kbc", stack.kbs_url), aa_socket=f"unix://{tmp_path}/no-aa.sock")
@@ -163,7 +165,7 @@ async def test_kbc_tokens_come_from_a_preset_aa_socket(stack: Stack, tmp_path: P
         await hub.close()
     hub = Hub(cfg, env={})
     try:
-        with pytest.raises(TokenError):
+        with pytest.raises(TokenUnavailable):
             await hub.get_resource("kbs:///default/cdh/secret")
     finally:
         await hub.close()

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from cdh.config import CdhImageConfig
-from cdh.errors import ConfigError, ImagePullFailed
+from cdh.errors import CdhConfigError, ImagePullFailed
 from cdh.image import ImagePullService, measurement_content
 from image_pull.puller import ImagePuller
 from image_pull.registries_conf import Mirror, ProxyConfig, RegistryConfig, RegistryRule
@@ -102,7 +102,7 @@ async def test_build_failures_are_clear(tmp_path: Path) -> None:
         resources=DictResources({"kbs:///r/c/t": b"[[[not toml"}),
         aa=None,
     )
-    with pytest.raises(ConfigError, match="not valid TOML"):
+    with pytest.raises(CdhConfigError, match="not valid TOML"):
         await bad.build_config()
     with pytest.raises(ImagePullFailed, match="absolute"):
         await h.pull("r/x:1", "relative/bundle")

@@ -7,11 +7,17 @@ import ssl
 
 import pytest
 
-from cdh.errors import ConfigError, ResourceError, ResourceNotFound, TokenError
-from cdh.kbc import CcKbc, OfflineFsKbc, TokenCache, parse_resource_uri, parse_token_response
+from cdh.errors import CdhConfigError, NoSuchResource, ResourceError, TokenUnavailable
+from cdh.kbc import CcKbc, OfflineFsKbc, parse_resource_uri, parse_token_response
 from coco_rpc import Code, RpcError
+from kbs_client.rcar import Attestation
+from kbs_client.tee_key import TeeKeyPair
+from kbs_protocol.jwe import encrypt
 from tests.cdh.conftest import FakeKbs, b64u, make_jwt, serve_fake_kbs
 from tests.support.registry import make_ca
+
+KEY = TeeKeyPair.generate()
+PEM = KEY.private_pem()
 
 # ----------------------------------------------------------------------------- URIs
 
@@ -69,7 +75,7 @@ async def test_offline_fs(tmp_path) -> None:
     kbc = OfflineFsKbc([a, tmp_path / "missing.json"], env={"OFFLINE_FS_KBC_EXTRA_FILE_PATH": str(b)})
     assert await kbc.get_resource("kbs:///default/key/1") == b"one"
     assert await kbc.get_resource("kbs:///default/key/2") == b"two"
-    with pytest.raises(ResourceNotFound):
+    with pytest.raises(NoSuchResource):
         await kbc.get_resource("kbs:///default/key/3")
     with pytest.raises(ResourceError, match="base64"):
         await kbc.get_resource("kbs:///bad/x/y")
@@ -84,8 +90,8 @@ async def test_offline_fs(tmp_path) -> None:
 
 def test_parse_token_response() -> None:
     tok = parse_token_response(json.dumps({"token": make_jwt(1234, "a"), "tee_keypair": "PEM"}).encode())
-    assert tok.expires_at == 1234
-    assert "PEM" not in repr(tok)
+    assert tok.token == make_jwt(1234, "a") and tok.tee_keypair_pem == "PEM"
+    assert "PEM" not in repr(tok) and "ey" not in repr(tok)
     for bad in (
         b"nope",
         b"[]",
@@ -93,18 +99,26 @@ def test_parse_token_response() -> None:
         b'{"token": "x"}',
         b'{"token": "a.b.c", "token": "d.e.f", "tee_keypair": "x"}',  # which one would be used?
     ):
-        with pytest.raises(TokenError):
+        with pytest.raises(TokenUnavailable):
             parse_token_response(bad)
-    # an exp that is no usable time means "no expiry known" (the KBS's rejection then
-    # triggers the refetch), not an OverflowError escaping as an internal error
+
+
+def test_aa_token_expiry_is_read_leniently() -> None:
+    """An exp that is no usable time means "no expiry known" (the KBS's rejection then
+    triggers the refetch), not an OverflowError escaping as an internal error."""
+    assert Attestation.opaque(make_jwt(1234, "a"), KEY).expires_at == 1234
     for exp in ("1" + "0" * 400, "1e400", "true", '"soon"'):
         claims = b'{"exp": ' + exp.encode() + b"}"
         token = f"{b64u(b'{}')}.{b64u(claims)}.sig"
-        body = json.dumps({"token": token, "tee_keypair": "k"}).encode()
-        assert parse_token_response(body).expires_at is None
+        assert Attestation.opaque(token, KEY).expires_at is None
+    assert Attestation.opaque("not a jwt", KEY).expires_at is None
 
 
-async def test_token_cache_single_flight_and_expiry() -> None:
+def _kbc(fetch, **kw) -> CcKbc:  # type: ignore[no-untyped-def]
+    return CcKbc("http://kbs.invalid", fetch, **kw)
+
+
+async def test_token_single_flight_and_expiry() -> None:
     now = [1000.0]
     calls = 0
     gate = asyncio.Event()
@@ -113,39 +127,50 @@ async def test_token_cache_single_flight_and_expiry() -> None:
         nonlocal calls
         calls += 1
         await gate.wait()
-        return json.dumps({"token": make_jwt(now[0] + 60, str(calls)), "tee_keypair": "k"}).encode()
+        return json.dumps({"token": make_jwt(now[0] + 60, str(calls)), "tee_keypair": PEM}).encode()
 
-    cache = TokenCache(fetch, clock=lambda: now[0])
-    tasks = [asyncio.create_task(cache.get()) for _ in range(10)]
+    rc = _kbc(fetch, clock=lambda: now[0]).resource_client()
+    tasks = [asyncio.create_task(rc.attestation()) for _ in range(10)]
     await asyncio.sleep(0.01)
     gate.set()
     toks = await asyncio.gather(*tasks)
     assert calls == 1 and all(t is toks[0] for t in toks)
-    assert await cache.get() is toks[0]
+    assert await rc.attestation() is toks[0]
     now[0] += 55  # within the 10 s safety margin of exp: refresh
-    t2 = await cache.get()
+    t2 = await rc.attestation()
     assert calls == 2 and t2 is not toks[0]
 
 
-async def test_token_cache_failure_is_not_cached() -> None:
+async def test_token_failure_is_shared_and_not_kept() -> None:
     n = 0
+    gate = asyncio.Event()
 
     async def fetch() -> bytes:
         nonlocal n
         n += 1
         if n == 1:
+            await gate.wait()
             raise RpcError(Code.UNAVAILABLE, "AA down")
         if n == 2:  # text of an unexpected exception is not repeated (it could hold the key)
             raise ValueError("-----BEGIN PRIVATE KEY----- MIGHAgEA")
-        return json.dumps({"token": make_jwt(None, "x"), "tee_keypair": "k"}).encode()
+        if n == 3:
+            return json.dumps({"token": make_jwt(None, "x"), "tee_keypair": "not a key"}).encode()
+        return json.dumps({"token": make_jwt(None, "x"), "tee_keypair": PEM}).encode()
 
-    cache = TokenCache(fetch)
-    with pytest.raises(TokenError, match="AA down"):
-        await cache.get()
-    with pytest.raises(TokenError, match="ValueError") as ei:
-        await cache.get()
+    rc = _kbc(fetch).resource_client()
+    waiting = [asyncio.create_task(rc.attestation()) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    gate.set()
+    for got in await asyncio.gather(*waiting, return_exceptions=True):  # one AA call, one answer for all
+        assert isinstance(got, TokenUnavailable) and "AA down" in str(got)
+    assert n == 1
+    with pytest.raises(TokenUnavailable, match="ValueError") as ei:
+        await rc.attestation()
     assert "PRIVATE" not in str(ei.value)
-    assert (await cache.get()).token.endswith(".sig")
+    with pytest.raises(TokenUnavailable, match="tee_keypair is not a usable key"):
+        await rc.attestation()
+    assert (await rc.attestation()).token.endswith(".sig")
+    assert rc.handshakes == 4
 
 
 # ----------------------------------------------------------------------------- cc_kbc over HTTP
@@ -159,7 +184,7 @@ async def test_cc_kbc_reuses_one_token(fake_kbs: FakeKbs) -> None:
         assert await kbc.get_resource("kbs://ignored.host:1/default/key/2") == b"\x00" * 5000
         got = await asyncio.gather(*(kbc.get_resource("kbs:///default/key/1") for _ in range(8)))
         assert got == [b"secret-1"] * 8
-        assert fake_kbs.issued == 1 and kbc.tokens.fetches == 1
+        assert fake_kbs.issued == 1 and kbc.resource_client().handshakes == 1
         assert len({t for _, t in fake_kbs.requests}) == 1
     finally:
         await kbc.close()
@@ -210,11 +235,11 @@ async def test_cc_kbc_missing_resource_reattests_as_upstream(fake_kbs: FakeKbs) 
     token client treats every 401 alike: new token, retry, three requests in all."""
     kbc = CcKbc(fake_kbs.url, fake_kbs.issue)
     try:
-        with pytest.raises(ResourceNotFound, match=r"PluginInternalError.*unauthorized after 3 attempts"):
+        with pytest.raises(NoSuchResource, match=r"PluginInternalError.*unauthorized after 3 attempts"):
             await kbc.get_resource("kbs:///a/b/missing")
         assert len(fake_kbs.requests) == 3 and fake_kbs.issued == 3
         assert len({t for _, t in fake_kbs.requests}) == 3  # each retry with a fresh token
-        with pytest.raises(ResourceNotFound):  # 404: no retry, no new token
+        with pytest.raises(NoSuchResource):  # 404: no retry, no new token
             await kbc.get_resource("kbs+nope:///a/b")
         assert len(fake_kbs.requests) == 4 and fake_kbs.issued == 4  # the last 401 dropped the token
     finally:
@@ -235,23 +260,18 @@ async def test_cc_kbc_retries_any_401_up_to_three_times() -> None:
 
     async def issue() -> bytes:
         issued[0] += 1
-        return json.dumps({"token": make_jwt(None, f"t{issued[0]}"), "tee_keypair": "k"}).encode()
+        return json.dumps({"token": make_jwt(None, f"t{issued[0]}"), "tee_keypair": PEM}).encode()
 
     def kbs(request: httpx.Request) -> httpx.Response:
         seen.append(request.headers["Authorization"])
-        return answers.pop(0) if answers else httpx.Response(200, content=b"jwe")
+        return answers.pop(0) if answers else httpx.Response(200, json=encrypt(b"plain", KEY.pubkey))
 
-    kbc = CcKbc(
-        "http://kbs.invalid",
-        issue,
-        http=httpx.AsyncClient(transport=httpx.MockTransport(kbs)),
-        decrypt=lambda pem, body: b"plain:" + body,
-    )
+    kbc = CcKbc("http://kbs.invalid", issue, http=httpx.AsyncClient(transport=httpx.MockTransport(kbs)))
     try:
-        assert await kbc.get_resource("kbs:///a/b/c") == b"plain:jwe"
+        assert await kbc.get_resource("kbs:///a/b/c") == b"plain"
         assert issued[0] == 3 and len(seen) == 3 and len(set(seen)) == 3
         # the token that finally worked is reused
-        assert await kbc.get_resource("kbs:///a/b/c") == b"plain:jwe"
+        assert await kbc.get_resource("kbs:///a/b/c") == b"plain"
         assert issued[0] == 3 and seen[-1] == seen[-2]
 
         answers.extend([httpx.Response(401, content=b"")] * 5)
@@ -278,7 +298,7 @@ async def test_cc_kbc_concurrent_401s_share_one_new_token(fake_kbs: FakeKbs) -> 
 
 async def test_cc_kbc_unreachable_kbs() -> None:
     async def issue() -> bytes:
-        return json.dumps({"token": make_jwt(None, "x"), "tee_keypair": "k"}).encode()
+        return json.dumps({"token": make_jwt(None, "x"), "tee_keypair": PEM}).encode()
 
     kbc = CcKbc("http://127.0.0.1:9", issue)
     try:
@@ -365,13 +385,13 @@ async def test_cc_kbc_deeply_nested_answers_are_plain_errors() -> None:
     async def issue() -> bytes:
         claims = b'{"exp": ' + deep + b"}"
         token = f"{b64u(b'{}')}.{b64u(claims)}.sig"
-        return json.dumps({"token": token, "tee_keypair": "k"}).encode()
+        return json.dumps({"token": token, "tee_keypair": PEM}).encode()
 
     kbc = CcKbc("http://kbs.invalid", issue, http=httpx.AsyncClient(transport=httpx.MockTransport(kbs)))
     try:
         with pytest.raises(ResourceError, match="HTTP 403"):
             await kbc.get_resource("kbs:///a/b/c")
-        assert (await kbc.tokens.get()).expires_at is None
+        assert (await kbc.resource_client().attestation()).expires_at is None
     finally:
         await kbc.close()
 
@@ -380,7 +400,7 @@ def test_cc_kbc_bad_kbs_cert_is_a_config_error() -> None:
     async def issue() -> bytes:
         return b""
 
-    with pytest.raises(ConfigError, match="kbs_cert"):
+    with pytest.raises(CdhConfigError, match="kbs_cert"):
         CcKbc("https://kbs.invalid", issue, kbs_cert="-----BEGIN CERTIFICATE-----\nnope\n")
 
 
@@ -395,7 +415,7 @@ async def test_kbs_error_type_is_not_echoed_raw() -> None:
         return httpx.Response(403, content=body.encode())
 
     async def issue() -> bytes:
-        return json.dumps({"token": make_jwt(None, "t"), "tee_keypair": "k"}).encode()
+        return json.dumps({"token": make_jwt(None, "t"), "tee_keypair": PEM}).encode()
 
     kbc = CcKbc("http://kbs.invalid", issue, http=httpx.AsyncClient(transport=httpx.MockTransport(kbs)))
     try:

@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from cdh.errors import KeyProviderError
-from cdh.keyprovider import KeyUnwrapper, parse_annotation_packet
+from cdh.keyprovider import KbsKeyProvider, parse_annotation_packet
 from tests.cdh.conftest import DictResources
 
 OPTS = json.dumps({"cipher": "AES_256_CTR_HMAC_SHA256", "key": "a2V5", "cipheroptions": {}}).encode()
@@ -42,7 +42,7 @@ def packet(kek: bytes, wrap: str, kid: str = "kbs:///default/image-kek/k1") -> d
 @pytest.mark.parametrize("wrap", ["A256GCM", "A256CTR"])
 async def test_unwrap_returns_integer_array(wrap: str) -> None:
     kek = os.urandom(32)
-    u = KeyUnwrapper(DictResources({"kbs:///default/image-kek/k1": kek}))
+    u = KbsKeyProvider(DictResources({"kbs:///default/image-kek/k1": kek}))
     out = await u.handle_request(request(packet(kek, wrap)))
     doc = json.loads(out)
     arr = doc["keyunwrapresults"]["optsdata"]
@@ -53,7 +53,9 @@ async def test_unwrap_returns_integer_array(wrap: str) -> None:
 
 async def test_unwrap_errors() -> None:
     kek = os.urandom(32)
-    u = KeyUnwrapper(DictResources({"kbs:///default/image-kek/k1": kek, "kbs:///default/short/k": b"x" * 16}))
+    u = KbsKeyProvider(
+        DictResources({"kbs:///default/image-kek/k1": kek, "kbs:///default/short/k": b"x" * 16})
+    )
     with pytest.raises(KeyProviderError, match="authentication failed"):
         await u.handle_request(request(packet(os.urandom(32), "A256GCM")))
     with pytest.raises(KeyProviderError, match="cannot get the key"):
@@ -92,7 +94,7 @@ def test_packet_defaults_and_strictness() -> None:
 
 async def test_image_pull_hook_form() -> None:
     kek = os.urandom(32)
-    u = KeyUnwrapper(DictResources({"kbs:///default/image-kek/k1": kek}))
+    u = KbsKeyProvider(DictResources({"kbs:///default/image-kek/k1": kek}))
     pk = json.dumps(packet(kek, "A256GCM")).encode()
     assert await u.unwrap_key(base64.b64encode(pk)) == OPTS
     assert await u.unwrap_key(pk) == OPTS
@@ -102,7 +104,7 @@ async def test_image_pull_hook_form() -> None:
 
 async def test_annotation_as_byte_array() -> None:
     kek = os.urandom(32)
-    u = KeyUnwrapper(DictResources({"kbs:///default/image-kek/k1": kek}))
+    u = KbsKeyProvider(DictResources({"kbs:///default/image-kek/k1": kek}))
     pk = json.dumps(packet(kek, "A256CTR")).encode()
     body = {"op": "keyunwrap", "keyunwrapparams": {"annotation": list(pk)}}
     out = json.loads(await u.handle_request(json.dumps(body).encode()))
@@ -121,7 +123,7 @@ async def test_untrusted_names_are_quoted_in_errors(tmp_path) -> None:
     from tests.cdh.test_sealed_secret import seal, vault
 
     kek = os.urandom(32)
-    u = KeyUnwrapper(OfflineFsKbc([], env={}))  # a real KBC: its own errors quote too
+    u = KbsKeyProvider(OfflineFsKbc([], env={}))  # a real KBC: its own errors quote too
     with pytest.raises(KeyProviderError) as ei:
         await u.handle_request(request(packet(kek, "A256GCM", kid="kbs:///a/b/c\nINFO forged")))
     assert "\n" not in str(ei.value)

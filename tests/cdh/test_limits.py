@@ -10,7 +10,7 @@ import pytest
 import cdh.image
 import cdh.kbc
 from cdh.config import MAX_CONFIG_BYTES, CdhImageConfig, load_config
-from cdh.errors import ConfigError, ResourceError, SealedSecretError, SecureMountError
+from cdh.errors import CdhConfigError, ResourceError, SealedSecretError, SecureMountError
 from cdh.image import ImagePullService
 from cdh.kbc import OfflineFsKbc
 from cdh.sealed_secret import MAX_KEY_FILE_BYTES, LocalKekProvider
@@ -23,7 +23,7 @@ TOO_LARGE = "larger than|too large"
 def test_config_file(tmp_path: Path) -> None:
     p = tmp_path / "cdh.toml"
     p.write_bytes(b'[kbc]\nname = "offline_fs_kbc"\n' + b"#" * MAX_CONFIG_BYTES)
-    with pytest.raises(ConfigError, match=TOO_LARGE):
+    with pytest.raises(CdhConfigError, match=TOO_LARGE):
         load_config(p, cmdline="", env={})
 
 
@@ -65,5 +65,5 @@ async def test_image_file_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     h = ImagePullService(
         CdhImageConfig(work_dir=tmp_path, image_security_policy_uri=f"file://{pol}"), resources=None, aa=None
     )
-    with pytest.raises(ConfigError, match=TOO_LARGE):
+    with pytest.raises(CdhConfigError, match=TOO_LARGE):
         await h.build_config()

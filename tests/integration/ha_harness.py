@@ -50,11 +50,11 @@ from typing import Any
 
 import httpx
 
-from kbs_client.jcs import hash_canonical
-from kbs_client.policies import builtin_policy
 from kbs_client.rcar import auth_body
 from kbs_client.sample import sample_evidence
 from kbs_client.tee_key import TeeKeyPair
+from kbs_protocol.jcs import hash_canonical
+from kbs_protocol.policies import builtin_policy
 from tests.support.fleet import Fleet, PgStore, RedisServer, StoreServer, proc_fds, proc_rss_kib
 from tests.support.postgres import postgres_available
 

@@ -18,8 +18,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from kbs.app import KbsState, build_state
 from kbs.config import parse_config
 from kbs.server import make_app
-from kbs_client.jws import sign
-from kbs_client.policies import builtin_policy
+from kbs_protocol.jws import sign
+from kbs_protocol.policies import builtin_policy
 
 
 @dataclass

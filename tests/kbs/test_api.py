@@ -12,13 +12,13 @@ import httpx
 import pytest
 
 from kbs.storage import NS_REPOSITORY
-from kbs_client.jcs import hash_canonical
-from kbs_client.jws import decode_unverified
-from kbs_client.policies import builtin_policy
 from kbs_client.rcar import attest, auth_body
 from kbs_client.resources import get_resource
 from kbs_client.sample import SampleEvidenceSource, sample_evidence
 from kbs_client.tee_key import TeeKeyPair
+from kbs_protocol.jcs import hash_canonical
+from kbs_protocol.jws import decode_unverified
+from kbs_protocol.policies import builtin_policy
 
 from .conftest import Kbs
 
@@ -497,7 +497,7 @@ def _foreign_token(tee_jwk: Any, *, x5c: list[str] | None = None) -> str:
     tok = EarBroker(key).issue(sub)
     if x5c is None:
         return tok
-    from kbs_client.jws import public_key_to_jwk, sign
+    from kbs_protocol.jws import public_key_to_jwk, sign
 
     _, claims = decode_unverified(tok)
     jwk = {**public_key_to_jwk(key.public_key()), "alg": "ES256", "x5c": x5c}
@@ -517,7 +517,7 @@ async def test_secure_default_refuses_foreign_header_jwk(kbs: Kbs, http: httpx.A
     _, claims = decode_unverified(_foreign_token(key.public_jwk()))
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    from kbs_client.jws import sign
+    from kbs_protocol.jws import sign
 
     spoof = sign(claims, ec.generate_private_key(ec.SECP256R1()), alg="ES256", header={"jwk": own})
     r = await http.get(url, headers={"Authorization": f"Bearer {spoof}"})

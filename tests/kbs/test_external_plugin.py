@@ -12,8 +12,8 @@ from aiohttp.test_utils import TestServer
 from kbs.app import build_state
 from kbs.config import load_config
 from kbs.server import make_app
-from kbs_client.policies import builtin_policy
 from kbs_client.tee_key import TeeKeyPair
+from kbs_protocol.policies import builtin_policy
 from tests.support.echo_plugin import echo_plugin
 
 from .test_api import attest_body, do_attest, handshake

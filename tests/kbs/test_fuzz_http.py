@@ -26,9 +26,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from kbs.verifiers import KNOWN_TEES
-from kbs_client.jcs import hash_canonical
 from kbs_client.sample import sample_evidence
 from kbs_client.tee_key import TeeKeyPair
+from kbs_protocol.jcs import hash_canonical
 from tests.support.kbs import RunningKbs, start_kbs
 
 MAX_EXAMPLES = 150

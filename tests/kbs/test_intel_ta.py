@@ -24,11 +24,11 @@ from kbs.app import build_state
 from kbs.config import load_config
 from kbs.server import make_app
 from kbs.storage import NS_REPOSITORY
-from kbs_client.jcs import hash_canonical
-from kbs_client.jws import public_key_to_jwk, sign
-from kbs_client.policies import builtin_policy
 from kbs_client.rcar import auth_body
 from kbs_client.tee_key import TeeKeyPair
+from kbs_protocol.jcs import hash_canonical
+from kbs_protocol.jws import public_key_to_jwk, sign
+from kbs_protocol.policies import builtin_policy
 
 CONFIG = (
     Path(__file__).resolve().parents[1] / "fixtures" / "trustee" / "configs"

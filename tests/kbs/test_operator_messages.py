@@ -166,7 +166,7 @@ def test_admin_refusals_name_the_fix(tmp_path: Path) -> None:
     from kbs.admin_auth import AdminAuthorizer
     from kbs.config import AdminConfig, IdentityProvider, RoleAcl
     from kbs.errors import AdminAccessDenied
-    from kbs_client.jws import sign
+    from kbs_protocol.jws import sign
 
     from .conftest import admin_material
 

@@ -14,7 +14,7 @@ from kbs import policy as kbs_policy
 from kbs.annotated import annotate
 from kbs.errors import PolicyEngineError
 from kbs.policy import evaluate
-from kbs_client.policies import BUILTIN_POLICIES, builtin_policy
+from kbs_protocol.policies import BUILTIN_POLICIES, builtin_policy
 from tests.kbs.test_default_policies import CPU_ROWS, DEVICE_ROWS, SNP
 
 _RV_MODULE = kbs_policy._RV_MODULE

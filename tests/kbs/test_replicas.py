@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from kbs_client.jcs import hash_canonical
 from kbs_client.rcar import auth_body
 from kbs_client.sample import sample_evidence
 from kbs_client.tee_key import TeeKeyPair
+from kbs_protocol.jcs import hash_canonical
 from tests.support.kbs import free_port, start_kbs
 
 pytestmark = pytest.mark.skipif(

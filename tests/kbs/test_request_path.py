@@ -15,8 +15,8 @@ from kbs.ear import Appraisal, EarBroker, TokenVerifier
 from kbs.errors import PolicyEngineError, TokenVerifierError
 from kbs.policy_worker import PolicyWorkers
 from kbs.storage import MemoryStore
-from kbs_client.jwe import TeePubKey
 from kbs_client.tee_key import TeeKeyPair
+from kbs_protocol.jwe import TeePubKey
 
 T0 = 1_764_000_000.0
 SUB = {"cpu0": Appraisal({"hardware": 2}, {"sample": {"svn": "1"}})}
@@ -191,7 +191,7 @@ async def test_an_attest_with_large_init_data_goes_through_the_worker(
     from kbs.policy import AttestationPolicies
     from kbs.rvps import ReferenceValues
     from kbs.verifiers import VerifierRegistry
-    from kbs_client.jws import decode_unverified
+    from kbs_protocol.jws import decode_unverified
     from tests.kbs.test_api import attest_body
 
     calls: list[int] = []

@@ -23,11 +23,11 @@ from kbs.errors import KbsConfigError
 from kbs.policy_worker import PolicyWorkers, policy_nesting
 from kbs.storage import LocalFsStore
 from kbs.verifiers import DEV_TEES, DEVICE_TEES, KNOWN_TEES
-from kbs_client.jcs import hash_canonical
-from kbs_client.jws import decode_unverified
-from kbs_client.policies import builtin_policy
 from kbs_client.sample import sample_evidence
 from kbs_client.tee_key import TeeKeyPair
+from kbs_protocol.jcs import hash_canonical
+from kbs_protocol.jws import decode_unverified
+from kbs_protocol.policies import builtin_policy
 
 from .conftest import Kbs, admin_material, config_doc, start
 from .test_api import attest_body, do_attest, etype, handshake

@@ -31,9 +31,9 @@ from kbs.config import parse_config
 from kbs.grpc_api import RvpsClient
 from kbs.server import make_app
 from kbs.storage import NS_REPOSITORY
-from kbs_client.policies import builtin_policy
 from kbs_client.sample import SAMPLE_SVN
 from kbs_client.tee_key import TeeKeyPair
+from kbs_protocol.policies import builtin_policy
 from tests.support.kbs import free_port
 
 from .conftest import admin_material, config_doc

@@ -19,10 +19,10 @@ import pytest
 from kbs.rvps import ReferenceValues, decode_reference_value
 from kbs.sessions import Session, SessionStore
 from kbs.storage import LocalFsStore, LocalJsonStore, PostgresStore
-from kbs_client.jcs import hash_canonical
 from kbs_client.rcar import auth_body
 from kbs_client.sample import sample_evidence
 from kbs_client.tee_key import TeeKeyPair
+from kbs_protocol.jcs import hash_canonical
 from tests.support.kbs import start_kbs
 from tests.support.postgres import PostgresServer, postgres_server
 

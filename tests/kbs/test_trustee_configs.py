@@ -30,8 +30,8 @@ from kbs.config import KbsServerConfig, load_config, parse_config, startup_probl
 from kbs.errors import KbsConfigError
 from kbs.server import make_app, ssl_context
 from kbs.storage import NS_REPOSITORY
-from kbs_client.policies import builtin_policy
 from kbs_client.tee_key import TeeKeyPair
+from kbs_protocol.policies import builtin_policy
 from tests.support.kbs import free_port
 
 from .test_api import attest_body, do_attest, handshake

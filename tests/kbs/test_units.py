@@ -20,8 +20,8 @@ from kbs.ear import Appraisal, EarBroker, TokenVerifier, ear_status, extract_tee
 from kbs.errors import AdminAccessDenied, KbsConfigError, StorageError, TokenVerifierError
 from kbs.jwks import load_jwk_set
 from kbs.storage import EncryptedStore, LocalFsStore, MemoryStore
-from kbs_client.jws import sign
 from kbs_client.tee_key import TeeKeyPair
+from kbs_protocol.jws import sign
 
 from .conftest import admin_material, config_doc
 
@@ -312,7 +312,7 @@ async def test_attest_garbage_is_attestation_error(body: dict[str, Any]) -> None
 
 async def test_jwks_kid_token_verification(tmp_path: Path) -> None:
     k = ec.generate_private_key(ec.SECP256R1())
-    from kbs_client.jws import public_key_to_jwk
+    from kbs_protocol.jws import public_key_to_jwk
 
     (tmp_path / "jwks.json").write_text(
         json.dumps({"keys": [{**public_key_to_jwk(k.public_key()), "kid": "ita-1"}]})

@@ -17,8 +17,8 @@ from kbs.config import parse_config
 from kbs.errors import KbsConfigError
 from kbs.rvps import RV_LIFETIME_S, ReferenceValues
 from kbs.storage import NS_REPOSITORY, MemoryStore
-from kbs_client.policies import builtin_policy
 from kbs_client.tee_key import TeeKeyPair
+from kbs_protocol.policies import builtin_policy
 
 from .conftest import Kbs, start
 from .test_api import attest_body, do_attest, handshake
@@ -172,7 +172,7 @@ async def test_trust_own_signer_off_is_trustees_token_trust(tmp_path: Path) -> N
 
 
 async def test_init_data_policy_rego_becomes_agent_policy_claims(kbs: Kbs, http: httpx.AsyncClient) -> None:
-    from kbs_client.jws import decode_unverified
+    from kbs_protocol.jws import decode_unverified
 
     rego = 'package agent_policy\ndefault CreateContainerRequest := false\npolicy_data := {\n  "containers": [{"image": "x"}]\n}\n'
     toml = f'algorithm = "sha384"\nversion = "0.1.0"\n[data]\n"policy.rego" = \'\'\'\n{rego}\'\'\'\nk = "v"\n'
@@ -208,7 +208,7 @@ def test_identity_providers_tried_in_order(tmp_path: Path) -> None:
         acls=(RoleAcl("admin", "^/kbs/.+$"),),
     )
     az = AdminAuthorizer(cfg)
-    from kbs_client.jws import sign
+    from kbs_protocol.jws import sign
 
     now = int(time.time())
 

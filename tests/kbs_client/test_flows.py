@@ -16,21 +16,23 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from kbs_client import jwe
 from kbs_client.errors import (
     AttestationRejected,
     PolicyDenied,
     ProtocolError,
     ResourceNotFound,
+    TooLarge,
+    TransportError,
     Unauthorized,
     VersionMismatch,
 )
-from kbs_client.jcs import hash_canonical
-from kbs_client.jws import sign
 from kbs_client.rcar import Attestation, attest
 from kbs_client.resources import ResourceClient, get_resource
 from kbs_client.sample import SampleEvidenceSource
 from kbs_client.tee_key import TeeKeyPair
+from kbs_protocol import jwe
+from kbs_protocol.jcs import hash_canonical
+from kbs_protocol.jws import sign
 
 ERR = "https://github.com/confidential-containers/kbs/errors/"
 
@@ -281,6 +283,55 @@ async def test_resource_client_gives_up_after_attempts() -> None:
         fake.deny = False
         with pytest.raises(ResourceNotFound):
             await rc.get("default/key/nope")
+
+
+async def test_resource_client_retries_every_401_and_nothing_else() -> None:
+    """As guest-components' token client: any 401 (a missing resource is trustee's 401
+    PluginInternalError) drops the token and retries, ``attempts`` requests in all; a 404
+    or a transport failure is final at once, with the token kept."""
+    fake = FakeKbs()
+    async with client(fake) as http:
+        rc = ResourceClient.attesting(http, URL, SampleEvidenceSource(), attest_attempts=1, attempts=3)
+        with pytest.raises(ResourceNotFound) as ei:
+            await rc.get("default/key/nope")
+        assert ei.value.status == 401 and fake.auth_calls == 3 and fake.resource_calls == 3
+        with pytest.raises(ResourceNotFound) as ei:
+            await rc.get("kbs+nope:///x/y")
+        assert ei.value.status == 404 and fake.auth_calls == 4 and fake.resource_calls == 3
+        assert await rc.get("default/key/k1") == b"secret-1" and fake.auth_calls == 4
+
+    def refuse(req: httpx.Request) -> httpx.Response:
+        raise httpx.ConnectError("refused", request=req)
+
+    async with httpx.AsyncClient(transport=httpx.MockTransport(refuse)) as http:
+        calls = 0
+
+        async def provider() -> Attestation:
+            nonlocal calls
+            calls += 1
+            return Attestation.opaque("e30.e30.AAAA", TeeKeyPair.generate())
+
+        rc = ResourceClient(http, URL, provider)
+        with pytest.raises(TransportError):
+            await rc.get("default/key/k1")
+        assert calls == 1
+
+
+async def test_resource_client_bounds_the_resource() -> None:
+    fake = FakeKbs()
+    fake.resources["default/key/big"] = b"x" * 5000
+    async with client(fake) as http:
+
+        async def provider() -> Attestation:
+            return await attest(http, URL, SampleEvidenceSource(), attempts=1)
+
+        rc = ResourceClient(http, URL, provider, max_resource_bytes=4096)
+        assert await rc.get("default/key/k1") == b"secret-1"
+        with pytest.raises(TooLarge, match="larger than 4096 bytes"):
+            await rc.get("default/key/big")
+        fake.resources["default/key/huge"] = b"x" * 100_000  # the JWE itself is over the read limit
+        with pytest.raises(TooLarge, match="KBS answer larger than"):
+            await rc.get("default/key/huge")
 
 
 async def test_token_provider_mode() -> None:

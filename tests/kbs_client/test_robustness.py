@@ -11,15 +11,16 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kbs_client import jwe
-from kbs_client._b64 import b64url
-from kbs_client.errors import InvalidUri, JweError, KbsHttpError, ProtocolError, TeeKeyError, TokenError
-from kbs_client.jws import decode_unverified
+from coco_common.b64 import b64url_encode
+from kbs_client.errors import KbsHttpError, ProtocolError
 from kbs_client.rcar import attest
 from kbs_client.resources import get_resource
 from kbs_client.sample import SampleEvidenceSource
 from kbs_client.tee_key import TeeKeyPair
-from kbs_client.uri import ResourceUri
+from kbs_protocol import jwe
+from kbs_protocol.errors import InvalidUri, JweError, TeeKeyError, TokenError
+from kbs_protocol.jws import decode_unverified
+from kbs_protocol.uri import ResourceUri
 
 KEY = TeeKeyPair.generate()
 GOOD = jwe.encrypt(b"payload", KEY.pubkey)
@@ -85,7 +86,7 @@ def test_jwe_json_text_limits() -> None:
 
 
 def _with_header(header_json: bytes, **members: Any) -> dict[str, Any]:
-    return {**GOOD, "protected": b64url(header_json), **members}
+    return {**GOOD, "protected": b64url_encode(header_json), **members}
 
 
 def test_jwe_malformed_header_members_raise_jwe_error() -> None:
@@ -106,13 +107,13 @@ def test_jwe_and_jws_reject_duplicate_keys() -> None:
     text = json.dumps(GOOD)
     with pytest.raises(JweError):
         KEY.decrypt(text[:-1] + ', "iv": "' + GOOD["iv"] + '"}')
-    dup_claims = b64url(b'{"alg":"ES256"}') + "." + b64url(b'{"exp":1,"exp":2}') + ".AAAA"
+    dup_claims = b64url_encode(b'{"alg":"ES256"}') + "." + b64url_encode(b'{"exp":1,"exp":2}') + ".AAAA"
     with pytest.raises(TokenError):
         decode_unverified(dup_claims)
-    dup_header = b64url(b'{"alg":"ES256","alg":"none"}') + "." + b64url(b"{}") + ".AAAA"
+    dup_header = b64url_encode(b'{"alg":"ES256","alg":"none"}') + "." + b64url_encode(b"{}") + ".AAAA"
     with pytest.raises(TokenError):
         decode_unverified(dup_header)
-    nan_claims = b64url(b'{"alg":"ES256"}') + "." + b64url(b'{"exp":NaN}') + ".AAAA"
+    nan_claims = b64url_encode(b'{"alg":"ES256"}') + "." + b64url_encode(b'{"exp":NaN}') + ".AAAA"
     with pytest.raises(TokenError):
         decode_unverified(nan_claims)
 
@@ -124,7 +125,7 @@ def test_deeply_nested_json_is_a_typed_error() -> None:
     with pytest.raises(JweError):
         KEY.decrypt(_with_header(deep))
     with pytest.raises(TokenError):
-        decode_unverified(b64url(deep) + "." + b64url(b"{}") + ".AAAA")
+        decode_unverified(b64url_encode(deep) + "." + b64url_encode(b"{}") + ".AAAA")
 
 
 async def test_deeply_nested_kbs_answers_are_typed_errors() -> None:

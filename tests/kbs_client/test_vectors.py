@@ -12,12 +12,12 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import aes_key_wrap
 
-from kbs_client import jwe
-from kbs_client.errors import JweError, TeeKeyError
-from kbs_client.jcs import canonicalize, hash_canonical
 from kbs_client.rcar import attestation_body, device_report_data, primary_report_data
 from kbs_client.sample import sample_evidence
 from kbs_client.tee_key import TeeKeyPair
+from kbs_protocol import jwe
+from kbs_protocol.errors import JweError, TeeKeyError
+from kbs_protocol.jcs import canonicalize, hash_canonical
 
 NONCE = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="
 

@@ -37,8 +37,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
-from kbs_client.jws import sign
-from kbs_client.policies import builtin_policy
+from kbs_protocol.jws import sign
+from kbs_protocol.policies import builtin_policy
 
 __all__ = ["RunningKbs", "free_port", "kbs_server", "make_admin_token", "start_kbs", "write_config"]
 

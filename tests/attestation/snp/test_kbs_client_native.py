@@ -16,7 +16,7 @@ from attestation.snp.device import TsmReportSource
 from attestation.snp.evidence import CertTableEntry, SnpEvidence, build_cert_table
 from kbs_client.cli import evidence_source, main
 from kbs_client.errors import KbsClientError
-from kbs_client.jws import decode_unverified
+from kbs_protocol.jws import decode_unverified
 
 from .fakes import FakeTsmTree
 from .test_kbs_handshake import SKIP_BINDING

@@ -25,9 +25,9 @@ from attestation.snp.evidence import CertTableEntry, build_cert_table
 from attestation.snp.measure import reference_value_message, reference_values
 from attestation.snp.report import AttestationReport
 from kbs_client.errors import AttestationRejected, PolicyDenied
-from kbs_client.jws import decode_unverified
 from kbs_client.rcar import attest
 from kbs_client.resources import get_resource
+from kbs_protocol.jws import decode_unverified
 
 from .fakes import FakeTsmTree
 

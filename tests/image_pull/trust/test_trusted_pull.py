@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from cdh.keyprovider import KeyUnwrapper as CdhKeyUnwrapper
+from cdh.keyprovider import KbsKeyProvider
 from image_pull.errors import DecryptionError, DigestMismatch, PolicyRejected
 from image_pull.ocicrypt import IntegrityError, KeyUnavailable, LayerDecrypter, jwe_decrypt, load_private_key
 from image_pull.puller import ImagePuller, PullerConfig, PullResult
@@ -574,7 +574,7 @@ async def test_tampered_and_swapped_layers_commit_nothing(env: Env, repo: str, b
 
 async def test_key_provider_annotation_through_cdh_unwrapper(env: Env) -> None:
     kbs = FakeKbs()
-    unwrapper = CdhKeyUnwrapper(kbs)  # type: ignore[arg-type]
+    unwrapper = KbsKeyProvider(kbs)  # type: ignore[arg-type]
     res = await pull(env, "t/enc-provider:1", "prov", work="prov", key_provider=unwrapper)
     check_rootfs(res)
     assert kbs.asked and set(kbs.asked) == {KEK_URI}

@@ -24,9 +24,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.keywrap import InvalidUnwrap, aes_key_unwrap, aes_key_wrap
 
+from coco_common.b64 import b64url_decode, b64url_encode
 from coco_common.strict_json import strict_loads
 
-from ._b64 import b64url, unb64url
 from .errors import JweError, TeeKeyError
 
 __all__ = [
@@ -103,7 +103,7 @@ class TeePubKey:
         assert self.x is not None and self.y is not None
         curve, size = _CURVES[self.crv]
         try:
-            x, y = unb64url(self.x), unb64url(self.y)
+            x, y = b64url_decode(self.x, allow_padding=False), b64url_decode(self.y, allow_padding=False)
         except ValueError as exc:
             raise JweError("tee-pubkey x/y are not base64url") from exc
         if len(x) != size or len(y) != size:
@@ -120,8 +120,8 @@ class TeePubKey:
             raise JweError("not an RSA key")
         assert self.n is not None and self.e is not None
         try:
-            n = int.from_bytes(unb64url(self.n), "big")
-            e = int.from_bytes(unb64url(self.e), "big")
+            n = int.from_bytes(b64url_decode(self.n, allow_padding=False), "big")
+            e = int.from_bytes(b64url_decode(self.e, allow_padding=False), "big")
             key = rsa.RSAPublicNumbers(e, n).public_key()
         except ValueError as exc:
             raise JweError("tee-pubkey n/e do not form an RSA key") from exc
@@ -153,8 +153,8 @@ def encrypt(plaintext: bytes, key: TeePubKey) -> dict[str, str]:
         epk = {
             "crv": str(key.crv),
             "kty": "EC",
-            "x": b64url(nums.x.to_bytes(size, "big")),
-            "y": b64url(nums.y.to_bytes(size, "big")),
+            "x": b64url_encode(nums.x.to_bytes(size, "big")),
+            "y": b64url_encode(nums.y.to_bytes(size, "big")),
         }
         kek = _concat_kdf(eph.exchange(ec.ECDH(), peer), ALG_ECDH_ES_A256KW)
         encrypted_key = aes_key_wrap(kek, cek)
@@ -169,15 +169,15 @@ def encrypt(plaintext: bytes, key: TeePubKey) -> dict[str, str]:
         header = {"alg": ALG_RSA1_5, "enc": ENC_A256GCM}
     else:
         raise JweError(f"unsupported tee-pubkey algorithm {key.kty}/{key.alg}")
-    protected = b64url(_header_json(header))
+    protected = b64url_encode(_header_json(header))
     iv = os.urandom(12)
     sealed = AESGCM(cek).encrypt(iv, plaintext, protected.encode("ascii"))
     return {
         "protected": protected,
-        "encrypted_key": b64url(encrypted_key),
-        "iv": b64url(iv),
-        "ciphertext": b64url(sealed[:-16]),
-        "tag": b64url(sealed[-16:]),
+        "encrypted_key": b64url_encode(encrypted_key),
+        "iv": b64url_encode(iv),
+        "ciphertext": b64url_encode(sealed[:-16]),
+        "tag": b64url_encode(sealed[-16:]),
     }
 
 
@@ -198,12 +198,12 @@ def _parse_jwe(untrusted_jwe: Any) -> tuple[dict[str, Any], str, dict[str, bytes
             raise JweError(f"JWE member {name!r} missing or not a string")
         if name != "protected":
             try:
-                parts[name] = unb64url(val)
+                parts[name] = b64url_decode(val, allow_padding=False)
             except ValueError as exc:
                 raise JweError(f"JWE member {name!r} is not base64url") from exc
     protected = untrusted_jwe["protected"]
     try:
-        header = strict_loads(unb64url(protected))
+        header = strict_loads(b64url_decode(protected, allow_padding=False))
     except ValueError as exc:
         raise JweError("JWE protected header is not base64url JSON") from exc
     if not isinstance(header, dict):

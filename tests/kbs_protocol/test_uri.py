@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from kbs_client.errors import InvalidUri
-from kbs_client.uri import ResourceUri, parse_resource_path
+from kbs_protocol.errors import InvalidUri
+from kbs_protocol.uri import ResourceUri, parse_resource_path, parse_resource_segments
 
 
 @pytest.mark.parametrize(
@@ -70,3 +70,19 @@ def test_trailing_newline_in_a_part_is_refused(text: str) -> None:
     # `$` in a regex matches before a final newline; each part must match whole.
     with pytest.raises(InvalidUri):
         ResourceUri.parse(text)
+
+
+@pytest.mark.parametrize(
+    "segs",
+    [["a", "b"], ["a", "b", "c", "d"], ["a", "", "c"], ["a", "..", "c"], ["a", ".b", "c"], ["a", "b", "c\n"]],
+)
+def test_segments_grammar_refuses(segs: list[str]) -> None:
+    """The KBS checks the segments it was routed with (no re-split on "/"): the same grammar."""
+    with pytest.raises(InvalidUri):
+        parse_resource_segments(segs)
+
+
+def test_segments_are_not_re_split() -> None:
+    with pytest.raises(InvalidUri):
+        parse_resource_segments(["a/b", "c"])  # two segments, whatever a join would make of them
+    assert parse_resource_segments(["A-1", "_t", "x.y"]) == ("A-1", "_t", "x.y")

@@ -13,9 +13,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
+from coco_common.b64 import b64url_decode, b64url_encode
 from coco_common.strict_json import strict_loads
 
-from ._b64 import b64url, unb64url
 from .errors import TokenError
 
 __all__ = [
@@ -61,7 +61,7 @@ def sign(
 ) -> str:
     """Sign ``claims`` as a compact JWT with header ``{"alg", "typ":"JWT", **header}``."""
     hdr = {"alg": alg, "typ": "JWT", **(header or {})}
-    signing_input = b64url(_json(hdr)) + "." + b64url(_json(dict(claims)))
+    signing_input = b64url_encode(_json(hdr)) + "." + b64url_encode(_json(dict(claims)))
     data = signing_input.encode("ascii")
     if alg in _EC:
         curve, h, size = _EC[alg]
@@ -80,7 +80,7 @@ def sign(
         sig = key.sign(data, pad, _RSA[alg])
     else:
         raise TokenError(f"unsupported JWS algorithm {alg!r}")
-    return signing_input + "." + b64url(sig)
+    return signing_input + "." + b64url_encode(sig)
 
 
 def _rsa_padding(alg: str) -> padding.AsymmetricPadding:
@@ -96,9 +96,9 @@ def _split(untrusted_token: str) -> tuple[dict[str, Any], dict[str, Any], bytes,
     if len(parts) != 3:
         raise TokenError("token is not a compact JWS")
     try:
-        header = strict_loads(unb64url(parts[0]))
-        claims = strict_loads(unb64url(parts[1]))
-        sig = unb64url(parts[2])
+        header = strict_loads(b64url_decode(parts[0], allow_padding=False))
+        claims = strict_loads(b64url_decode(parts[1], allow_padding=False))
+        sig = b64url_decode(parts[2], allow_padding=False)
     except ValueError as exc:
         raise TokenError("token is not valid base64url JSON") from exc
     if not isinstance(header, dict) or not isinstance(claims, dict):
@@ -148,16 +148,16 @@ def public_key_to_jwk(key: PublicVerifyKey) -> dict[str, str]:
     if isinstance(key, ec.EllipticCurvePublicKey):
         crv, size = _CRV[key.curve.name]
         n = key.public_numbers()
-        return {"kty": "EC", "crv": crv, "x": b64url(n.x.to_bytes(size, "big")),
-                "y": b64url(n.y.to_bytes(size, "big"))}  # fmt: skip
+        return {"kty": "EC", "crv": crv, "x": b64url_encode(n.x.to_bytes(size, "big")),
+                "y": b64url_encode(n.y.to_bytes(size, "big"))}  # fmt: skip
     if isinstance(key, ed25519.Ed25519PublicKey):
         from cryptography.hazmat.primitives import serialization
 
         raw = key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
-        return {"kty": "OKP", "crv": "Ed25519", "x": b64url(raw)}
+        return {"kty": "OKP", "crv": "Ed25519", "x": b64url_encode(raw)}
     rn = key.public_numbers()
-    return {"kty": "RSA", "n": b64url(rn.n.to_bytes((rn.n.bit_length() + 7) // 8, "big")),
-            "e": b64url(rn.e.to_bytes((rn.e.bit_length() + 7) // 8, "big"))}  # fmt: skip
+    return {"kty": "RSA", "n": b64url_encode(rn.n.to_bytes((rn.n.bit_length() + 7) // 8, "big")),
+            "e": b64url_encode(rn.e.to_bytes((rn.e.bit_length() + 7) // 8, "big"))}  # fmt: skip
 
 
 def jwk_to_public_key(untrusted_jwk: Any) -> PublicVerifyKey:
@@ -169,14 +169,16 @@ def jwk_to_public_key(untrusted_jwk: Any) -> PublicVerifyKey:
             crv = _CRV_BY_NAME.get(str(untrusted_jwk.get("crv")))
             if crv is None:
                 raise TokenError("unsupported JWK curve")
-            x = int.from_bytes(unb64url(str(untrusted_jwk.get("x"))), "big")
-            y = int.from_bytes(unb64url(str(untrusted_jwk.get("y"))), "big")
+            x = int.from_bytes(b64url_decode(untrusted_jwk.get("x", ""), allow_padding=False), "big")
+            y = int.from_bytes(b64url_decode(untrusted_jwk.get("y", ""), allow_padding=False), "big")
             return ec.EllipticCurvePublicNumbers(x, y, crv).public_key()
         if kty == "OKP" and untrusted_jwk.get("crv") == "Ed25519":
-            return ed25519.Ed25519PublicKey.from_public_bytes(unb64url(str(untrusted_jwk.get("x"))))
+            return ed25519.Ed25519PublicKey.from_public_bytes(
+                b64url_decode(untrusted_jwk.get("x", ""), allow_padding=False)
+            )
         if kty == "RSA":
-            n = int.from_bytes(unb64url(str(untrusted_jwk.get("n"))), "big")
-            e = int.from_bytes(unb64url(str(untrusted_jwk.get("e"))), "big")
+            n = int.from_bytes(b64url_decode(untrusted_jwk.get("n", ""), allow_padding=False), "big")
+            e = int.from_bytes(b64url_decode(untrusted_jwk.get("e", ""), allow_padding=False), "big")
             return rsa.RSAPublicNumbers(e, n).public_key()
     except ValueError as exc:
         raise TokenError("JWK key members are invalid") from exc

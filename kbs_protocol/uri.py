@@ -8,12 +8,19 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import quote
 
 from .errors import InvalidUri
 
-__all__ = ["MAX_URI_LENGTH", "RESOURCE_PLUGIN", "ResourceUri", "parse_resource_path"]
+__all__ = [
+    "MAX_URI_LENGTH",
+    "RESOURCE_PLUGIN",
+    "ResourceUri",
+    "parse_resource_path",
+    "parse_resource_segments",
+]
 
 RESOURCE_PLUGIN = "resource"
 MAX_URI_LENGTH = 4096
@@ -29,12 +36,18 @@ def parse_resource_path(text: str) -> tuple[str, str, str]:
     """``repo/type/tag`` (a leading ``/`` is allowed) -> its three checked segments."""
     if len(text) > MAX_URI_LENGTH:
         raise InvalidUri("resource path too long")
-    segs = text.removeprefix("/").split("/")
+    return parse_resource_segments(text.removeprefix("/").split("/"))
+
+
+def parse_resource_segments(segs: Sequence[str]) -> tuple[str, str, str]:
+    """The three segments ``repo``, ``type``, ``tag`` of a resource path, checked: the one
+    grammar the client sends and the KBS accepts (letters, digits, ``_ - .``; no segment
+    starts with ``.``, so neither ``.`` nor ``..`` can be one)."""
     if len(segs) != 3:
         raise InvalidUri(f"resource path must be repo/type/tag, got {len(segs)} segment(s)")
     for s in segs:
         if not _SEGMENT.fullmatch(s):
-            raise InvalidUri(f"invalid resource path segment {s!r}")
+            raise InvalidUri(f"invalid resource path segment {s[:200]!r}")
     return segs[0], segs[1], segs[2]
 
 
