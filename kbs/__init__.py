@@ -4,7 +4,8 @@ Start it with ``kbs --config-file kbs-config.toml`` (trustee v0.21 format).
 Layers, from the wire inwards:
 
 * :mod:`kbs.server` - aiohttp API (``/kbs/v0/...``, ``/healthz``, ``/metrics``),
-  trustee status codes and RFC 7807 bodies (:mod:`kbs.errors`);
+  trustee status codes and RFC 7807 bodies (:mod:`kbs.errors`, rooted at ``KbsError``);
+* :mod:`kbs.app` - the services wired from a parsed :mod:`kbs.config` (start-up only);
 * :mod:`kbs.sessions` - RCAR sessions (``kbs-session-id``);
 * :mod:`kbs.attestation_service` - evidence binding and verification
   (:mod:`kbs.verifiers`: the registry of every TEE's ``attestation.<tee>.kbs``
@@ -17,7 +18,9 @@ Layers, from the wire inwards:
 Config keys beyond trustee's (all optional):
 ``[storage_backend.backends.redis] url``,
 ``[storage_backend.encryption] key_path`` (32-byte key: resources sealed at rest),
-``[attestation_service] verifier_config.<tee>`` (keyword arguments for that verifier).
+``[attestation_service] verifier_config.<tee>`` (keyword arguments for that verifier);
+trustee's own ``verifier_config`` sections (``snp_verifier``, ``dcap_verifier``,
+``tpm_verifier``, ``nvidia_verifier``) are applied too (:mod:`kbs.trustee_verifiers`).
 Where trustee is lenient and this KBS is not: an ``[admin]`` without
 ``authorization_mode`` is DenyAll (trustee: InsecureAllowAll); /auth and /attest
 bodies with duplicate or unknown keys are refused (still 401, as trustee).

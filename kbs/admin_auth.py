@@ -15,21 +15,18 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from coco_common.files import read_bounded
 from kbs_protocol.errors import TokenError
 from kbs_protocol.jws import PublicVerifyKey, decode_unverified, verify
 
 from .config import AdminConfig
-from .errors import ConfigError
+from .errors import AdminAccessDenied, KbsConfigError
 from .jwks import load_jwk_set
 
-__all__ = ["AdminAuthorizer", "AdminDenied"]
+__all__ = ["AdminAuthorizer"]
 
 log = logging.getLogger(__name__)
 LEEWAY_S = 60
-
-
-class AdminDenied(Exception):
-    """Admin access denied; the message is safe to show."""
 
 
 def _algs_for(key: PublicVerifyKey) -> tuple[str, ...]:
@@ -49,15 +46,17 @@ def _load_public_key(uri: str, base_dir: str) -> PublicVerifyKey:
         if not p.is_absolute():
             p = Path(base_dir) / p
         try:
-            text = p.read_bytes()[:65536]
+            text = read_bounded(p, 65536)
         except OSError as exc:
-            raise ConfigError(f"cannot read admin public key {uri}: {exc.strerror}") from exc
+            raise KbsConfigError(f"cannot read admin public key {uri}: {exc.strerror}") from exc
+        except ValueError as exc:  # too large, not a regular file
+            raise KbsConfigError(f"cannot read admin public key {uri}: {exc}") from exc
     try:
         key = serialization.load_pem_public_key(text)
     except ValueError as exc:
-        raise ConfigError(f"admin public key {uri} is not a PEM public key") from exc
+        raise KbsConfigError(f"admin public key {uri} is not a PEM public key") from exc
     if not isinstance(key, ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey):
-        raise ConfigError("admin public keys must be Ed25519, EC or RSA")
+        raise KbsConfigError("admin public keys must be Ed25519, EC or RSA")
     return key
 
 
@@ -88,30 +87,30 @@ class AdminAuthorizer:
 
     def _token(self, authorization: str | None) -> str:
         if not authorization or not authorization.startswith("Bearer "):
-            raise AdminDenied("no bearer token")
+            raise AdminAccessDenied("no bearer token")
         tok = authorization[len("Bearer ") :].strip()
         if not tok or len(tok) > 64 * 1024:
-            raise AdminDenied("no bearer token")
+            raise AdminAccessDenied("no bearer token")
         return tok
 
     @staticmethod
     def _times(claims: dict[str, Any], now: float) -> None:
         exp = claims.get("exp")
         if not isinstance(exp, int | float) or isinstance(exp, bool):
-            raise AdminDenied("token has no numeric exp")
+            raise AdminAccessDenied("token has no numeric exp")
         if now > exp + LEEWAY_S:
             when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(float(exp)))
-            raise AdminDenied(f"token expired at {when}; mint a new one")
+            raise AdminAccessDenied(f"token expired at {when}; mint a new one")
         nbf = claims.get("nbf")
         if isinstance(nbf, int | float) and now + LEEWAY_S < nbf:
-            raise AdminDenied("token not yet valid")
+            raise AdminAccessDenied("token not yet valid")
 
     def _authenticate(self, tok: str, now: float) -> str:
         """Returns the role."""
         try:
             header, _ = decode_unverified(tok)
         except TokenError as exc:
-            raise AdminDenied("malformed token") from exc
+            raise AdminAccessDenied("malformed token") from exc
         mismatch = ""
         for idp in self._idps:
             keys: Sequence[PublicVerifyKey]
@@ -144,14 +143,14 @@ class AdminAuthorizer:
                         continue
                 role = claims.get("role")
                 if not isinstance(role, str):
-                    raise AdminDenied(
+                    raise AdminAccessDenied(
                         "token has no role claim; add a 'role' that an [admin.authorization.regex_acl] "
                         "acls entry names"
                     )
                 return role
         if mismatch:
-            raise AdminDenied(f"token not accepted by a trusted identity provider: {mismatch}")
-        raise AdminDenied("token not signed by a trusted identity provider")
+            raise AdminAccessDenied(f"token not accepted by a trusted identity provider: {mismatch}")
+        raise AdminAccessDenied("token not signed by a trusted identity provider")
 
     def _legacy(self, tok: str, now: float) -> str:
         for pid, key in self._personas:
@@ -161,15 +160,15 @@ class AdminAuthorizer:
                 continue
             self._times(claims, now)
             return pid
-        raise AdminDenied("token not signed by an admin key")
+        raise AdminAccessDenied("token not signed by an admin key")
 
     def check(self, request_uri: str, authorization: str | None, *, now: float | None = None) -> str:
-        """Raise :class:`AdminDenied` unless the request may proceed; returns the role/persona."""
+        """Raise :class:`AdminAccessDenied` unless the request may proceed; returns the role/persona."""
         t = time.time() if now is None else now
         if self.mode == "InsecureAllowAll":
             return "insecure"
         if self.mode == "DenyAll":
-            raise AdminDenied("admin API disabled (DenyAll)")
+            raise AdminAccessDenied("admin API disabled (DenyAll)")
         tok = self._token(authorization)
         role = self._legacy(tok, t) if self.mode == "Legacy" else self._authenticate(tok, t)
         if self.mode == "Legacy" and not self._acls:
@@ -177,4 +176,4 @@ class AdminAuthorizer:
         for r, rx in self._acls:
             if r == role and rx.fullmatch(request_uri):
                 return role
-        raise AdminDenied(f"role {role!r} may not access this endpoint")
+        raise AdminAccessDenied(f"role {role!r} may not access this endpoint")

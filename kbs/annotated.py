@@ -11,11 +11,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .errors import KbsAttestationError
+
 __all__ = ["AnnotationError", "annotate"]
 
 
-class AnnotationError(ValueError):
-    """A verifier returned ``init_data`` / ``report_data`` that is not a string."""
+class AnnotationError(KbsAttestationError, ValueError):
+    """A verifier returned ``init_data`` / ``report_data`` that is not a string (an attestation
+    failure: trustee's ``AttestationError``)."""
+
+    variant = "AttestationError"
 
 
 def annotate(

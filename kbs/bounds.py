@@ -8,14 +8,19 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
+from .errors import KbsAttestationError
+
 __all__ = ["MAX_CLAIM_STRING", "BoundsError", "check_shape", "elide_long_strings"]
 
 #: longest string copied verbatim from unsigned input into a token; longer ones become a digest
 MAX_CLAIM_STRING = 8 * 1024
 
 
-class BoundsError(ValueError):
-    """A document exceeds a bound or holds text that cannot be encoded; the message is safe to log."""
+class BoundsError(KbsAttestationError, ValueError):
+    """A document exceeds a bound or holds text that cannot be encoded; the message is safe to log.
+    Bounds guard evidence and claims: an attestation failure (trustee's ``AttestationError``)."""
+
+    variant = "AttestationError"
 
 
 def _encodable(s: str) -> bool:

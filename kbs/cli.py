@@ -19,8 +19,8 @@ from collections.abc import Sequence
 
 from coco_common.cli import add_version, log_level_type, rust_log_level
 
-from .config import KbsConfig, effective_config, load_config, startup_problems
-from .errors import ConfigError, KbsError
+from .config import KbsServerConfig, effective_config, load_config, startup_problems
+from .errors import KbsConfigError, KbsError
 from .logs import setup_logging
 from .server import serve
 
@@ -66,12 +66,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error("--strict goes with --check")
     if args.check:
         return _check(args.config_file, strict=args.strict)
-    cfg: KbsConfig | None = None
+    cfg: KbsServerConfig | None = None
     try:
         cfg = load_config(args.config_file)
         problems = startup_problems(cfg)
         if problems:
-            raise ConfigError("; ".join(problems))
+            raise KbsConfigError("; ".join(problems))
         logging.getLogger("kbs").info("effective settings", extra=_settings(cfg))
         asyncio.run(serve(cfg))
     except KbsError as exc:
@@ -96,7 +96,7 @@ def _os_startup_error(exc: OSError, sockets: Sequence[str]) -> str:
     return f"{(exc.strerror or str(exc)).lower()}" + (f": {exc.filename}" if exc.filename else "")
 
 
-def _settings(cfg: KbsConfig) -> dict[str, object]:
+def _settings(cfg: KbsServerConfig) -> dict[str, object]:
     """The security-relevant effective settings, for one INFO line at start (no secret)."""
     st = cfg.storage
     where = {"LocalFs": st.local_fs_dir, "LocalJson": st.local_json_dir}.get(st.storage_type)
@@ -110,6 +110,10 @@ def _settings(cfg: KbsConfig) -> dict[str, object]:
         "storage": st.storage_type,
         "storage_dir": where,
         "attestation_service": cfg.attestation_service.type,
+        # trustee's verifier_config sections and the TEEs each reaches
+        "trustee_verifier_sections": {
+            k: list(v) for k, v in cfg.attestation_service.trustee_verifier_config.applied_to.items()
+        },
         "trusted_token_certs": len(cfg.attestation_token.trusted_certs_paths),
         "insecure_header_jwk": cfg.attestation_token.insecure_header_jwk,
         "config_warnings": len(cfg.warnings),

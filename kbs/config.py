@@ -1,7 +1,7 @@
 """``kbs-config.toml`` as trustee v0.21 reads it (reference §8), parsed once
 into frozen dataclasses. ``[admin]`` is strict (trustee sets
 ``deny_unknown_fields``); other sections ignore keys we do not use, with a
-warning kept in :attr:`KbsConfig.warnings`, so trustee's own configs load
+warning kept in :attr:`KbsServerConfig.warnings`, so trustee's own configs load
 unchanged. The spellings trustee's serde accepts are accepted here too:
 storage types ``Memory``/``memory``, ``LocalJson``/``local_json``,
 ``LocalFs``/``local_fs``, ``Redis``/``redis``, ``Postgres``/``postgres``;
@@ -17,17 +17,25 @@ from __future__ import annotations
 import contextvars
 import logging
 import tomllib
-from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from coco_common.cli import closest
+from coco_common.fields import Fields, closest
+from coco_common.files import FileTooLarge, read_bounded
 from coco_common.strict_json import strict_loads
 
-from .errors import ConfigError
+from .errors import KbsConfigError
+from .trustee_verifiers import SECTIONS as TRUSTEE_VERIFIER_SECTIONS
+from .trustee_verifiers import (
+    TrusteeVerifierConfig,
+    check_overlaps,
+    parse_trustee_verifier_config,
+    trustee_verifier_problems,
+)
 
 __all__ = [
     "AdminConfig",
@@ -36,7 +44,7 @@ __all__ = [
     "CompatibilityConfig",
     "HttpServerConfig",
     "IdentityProvider",
-    "KbsConfig",
+    "KbsServerConfig",
     "PluginConfig",
     "PostgresConfig",
     "RoleAcl",
@@ -91,8 +99,6 @@ PLUGIN_NAMES = {
     "ExternalPlugin": "external",
     "external": "external",
 }
-#: ``[attestation_service.verifier_config]`` sections trustee's verifier crate reads
-UPSTREAM_VERIFIER_SECTIONS = ("nvidia_verifier", "tpm_verifier", "snp_verifier", "dcap_verifier")
 #: what this KBS serves today (anything else loads, and is named by :func:`startup_problems`)
 SERVED_AS_TYPES = ("coco_as_builtin", "coco_as_grpc", "intel_ta")
 SERVED_PLUGINS = ("resource", "sample", "external", "pkcs11", "nebula-ca")
@@ -177,8 +183,9 @@ class AttestationServiceConfig:
     verbose_token: bool = True
     #: verifier constructor options per TEE, passed through as keyword arguments
     verifier_config: Mapping[str, Any] = field(default_factory=dict)
-    #: trustee's ``*_verifier`` sections (``snp_verifier``, ``dcap_verifier`` ...), kept as given
-    upstream_verifier_config: Mapping[str, Any] = field(default_factory=dict)
+    #: trustee's ``*_verifier`` sections (``snp_verifier``, ``dcap_verifier`` ...), applied to the
+    #: verifiers (:mod:`kbs.trustee_verifiers`)
+    trustee_verifier_config: TrusteeVerifierConfig = field(default_factory=TrusteeVerifierConfig)
     #: ``[attestation_service.rvps_config]``: ``BuiltIn`` or ``GrpcRemote`` (+ ``address``)
     rvps_type: str = "BuiltIn"
     rvps_address: str | None = None
@@ -284,7 +291,7 @@ class CompatibilityConfig:
 
 
 @dataclass(frozen=True)
-class KbsConfig:
+class KbsServerConfig:
     http_server: HttpServerConfig
     admin: AdminConfig
     attestation_token: AttestationTokenConfig = field(default_factory=AttestationTokenConfig)
@@ -303,29 +310,20 @@ class KbsConfig:
 def _table(doc: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     v = doc.get(key, {})
     if not isinstance(v, Mapping):
-        raise ConfigError(f"[{key}] must be a table")
+        raise KbsConfigError(f"[{key}] must be a table")
     return v
 
 
-def _typed(tbl: Mapping[str, Any], key: str, typ: type | tuple[type, ...], default: Any, where: str) -> Any:
-    if key not in tbl:
-        return default
-    v = tbl[key]
-    if typ is int and isinstance(v, bool):
-        raise ConfigError(f"{where}.{key} must be an integer")
-    if not isinstance(v, typ):
-        raise ConfigError(f"{where}.{key} has the wrong type")
-    return v
+def _fields(tbl: Mapping[str, Any], where: str) -> Fields:
+    """A typed reader over one table; a wrong type is a :class:`KbsConfigError` naming the key."""
+    return Fields(tbl, error=KbsConfigError, where=where)
 
 
-def _strs(tbl: Mapping[str, Any], key: str, where: str) -> tuple[str, ...]:
-    v = tbl.get(key, [])
-    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
-        raise ConfigError(f"{where}.{key} must be a list of strings")
-    return tuple(v)
+def _strs(f: Fields, key: str) -> tuple[str, ...]:
+    return tuple(f.list(key, str, []) or ())
 
 
-def _did_you_mean(key: str, known: set[str]) -> str:
+def _did_you_mean(key: str, known: Iterable[str]) -> str:
     hint = closest(key, known)
     return f" (did you mean {hint}?)" if hint else ""
 
@@ -336,43 +334,54 @@ def _unused(tbl: Mapping[str, Any], known: set[str], where: str) -> None:
             _warn(f"{where}.{k} is not a key this KBS reads: ignored{_did_you_mean(k, known)}")
 
 
+def _ignore_unread(f: Fields, *legacy: str) -> None:
+    """Warn about every key of ``f``'s table that was not read (nor is a known ``legacy`` key):
+    trustee's serde ignores unknown keys, this KBS says so."""
+    _unused(f.table, f.used | set(legacy), f.where)
+
+
 def _http(tbl: Mapping[str, Any]) -> HttpServerConfig:
-    w = "http_server"
-    _unused(tbl, set(HttpServerConfig.__dataclass_fields__) | {"sockets"}, w)
-    sockets = _strs(tbl, "sockets", w) or ("127.0.0.1:8080",)
+    f = _fields(tbl, "http_server")
+    sockets = _strs(f, "sockets") or ("127.0.0.1:8080",)
     for sock in sockets:
         host, sep, port = sock.rpartition(":")
         if not sep or not host or not port.isdigit() or int(port) > 65535:
-            raise ConfigError(f"http_server.sockets: {sock!r} is not an address:port")
+            raise KbsConfigError(f"http_server.sockets: {sock!r} is not an address:port")
     cfg = HttpServerConfig(
         sockets=sockets,
-        insecure_http=_typed(tbl, "insecure_http", bool, False, w),
-        private_key=_typed(tbl, "private_key", str, None, w),
-        certificate=_typed(tbl, "certificate", str, None, w),
-        payload_request_size=_typed(tbl, "payload_request_size", int, 2, w),
-        worker_count=_typed(tbl, "worker_count", int, None, w),
-        tls_profile=_typed(tbl, "tls_profile", str, "intermediate", w),
-        tls_min_version=_typed(tbl, "tls_min_version", str, None, w),
-        tls_max_version=_typed(tbl, "tls_max_version", str, None, w),
-        tls_ciphers=_typed(tbl, "tls_ciphers", str, None, w),
-        tls_groups=_typed(tbl, "tls_groups", str, None, w),
+        insecure_http=bool(f.bool("insecure_http", False)),
+        private_key=f.str("private_key"),
+        certificate=f.str("certificate"),
+        payload_request_size=f.int("payload_request_size", 2) or 0,
+        worker_count=f.int("worker_count"),
+        tls_profile=f.str("tls_profile", "intermediate") or "",
+        tls_min_version=f.str("tls_min_version"),
+        tls_max_version=f.str("tls_max_version"),
+        tls_ciphers=f.str("tls_ciphers"),
+        tls_groups=f.str("tls_groups"),
     )
+    _ignore_unread(f)
     for key in ("tls_min_version", "tls_max_version"):
         if getattr(cfg, key) not in (None, "1.2", "1.3"):
-            raise ConfigError(f'http_server.{key} must be "1.2" or "1.3"')
+            raise KbsConfigError(f'http_server.{key} must be "1.2" or "1.3"')
     if cfg.tls_min_version == "1.3" and cfg.tls_max_version == "1.2":
-        raise ConfigError("http_server.tls_min_version cannot be greater than tls_max_version")
+        raise KbsConfigError("http_server.tls_min_version cannot be greater than tls_max_version")
     if cfg.tls_profile not in ("old", "intermediate", "modern", "custom"):
-        raise ConfigError("http_server.tls_profile must be old, intermediate, modern or custom")
+        raise KbsConfigError("http_server.tls_profile must be old, intermediate, modern or custom")
     if not 0 < cfg.payload_request_size <= 1024:
-        raise ConfigError("http_server.payload_request_size must be 1..1024 MiB")
+        raise KbsConfigError("http_server.payload_request_size must be 1..1024 MiB")
     return cfg
 
 
 def _strict(tbl: Mapping[str, Any], allowed: set[str], where: str) -> None:
+    """trustee's ``deny_unknown_fields`` tables ([admin], and this KBS's own sections)."""
     extra = sorted(set(tbl) - allowed)
     if extra:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(extra)}{_did_you_mean(extra[0], allowed)}")
+        hint = _did_you_mean(extra[0], allowed)
+        raise KbsConfigError(f"{where}: unknown field(s) {', '.join(extra)}{hint}")
+
+
+_IDP = "admin.authentication.bearer_jwt.identity_providers"
 
 
 def _admin(tbl: Mapping[str, Any]) -> AdminConfig:
@@ -381,49 +390,60 @@ def _admin(tbl: Mapping[str, Any]) -> AdminConfig:
     _strict(tbl, {"authorization_mode", "authentication", "authorization"}, "[admin]")
     if "authorization_mode" not in tbl:
         # trustee's AdminConfig is a tagged enum: the tag is required
-        raise ConfigError(
+        raise KbsConfigError(
             "admin.authorization_mode is required (InsecureAllowAll, DenyAll or AuthenticatedAuthorization)"
         )
     mode = tbl["authorization_mode"]
     if mode not in ADMIN_MODES:
-        raise ConfigError(f"admin.authorization_mode must be one of {', '.join(ADMIN_MODES)}")
+        raise KbsConfigError(f"admin.authorization_mode must be one of {', '.join(ADMIN_MODES)}")
     if mode != "AuthenticatedAuthorization":
         return AdminConfig(mode=mode)
     authn = _table(tbl, "authentication")
     authz = _table(tbl, "authorization")
     _strict(authn, {"bearer_jwt"}, "[admin.authentication]")
     _strict(authz, {"regex_acl"}, "[admin.authorization]")
-    bj = _table(authn, "bearer_jwt")
+    return AdminConfig(mode=mode, identity_providers=_idps(_table(authn, "bearer_jwt")), acls=_acls(authz))
+
+
+def _idps(bj: Mapping[str, Any]) -> tuple[IdentityProvider, ...]:
     _strict(bj, {"identity_providers"}, "[admin.authentication.bearer_jwt]")
-    idps: list[IdentityProvider] = []
     raw_idps = bj.get("identity_providers", [])
     if not isinstance(raw_idps, list):
-        raise ConfigError("admin.authentication.bearer_jwt.identity_providers must be a list")
+        raise KbsConfigError(f"{_IDP} must be a list")
+    idps: list[IdentityProvider] = []
     for raw in raw_idps:
         if not isinstance(raw, Mapping):
-            raise ConfigError("admin.authentication.bearer_jwt.identity_providers entries must be tables")
+            raise KbsConfigError(f"{_IDP} entries must be tables")
         _strict(raw, {"issuer", "audience", "public_key_uri", "jwk_set_uri"}, "identity provider")
-        vals = {k: raw.get(k) for k in ("issuer", "audience", "public_key_uri", "jwk_set_uri")}
-        for k, v in vals.items():
-            if not (v is None or isinstance(v, str)):
-                raise ConfigError(f"admin.authentication.bearer_jwt.identity_providers.{k} must be a string")
+        f = _fields(raw, _IDP)
         # an entry without a key source, or no entry at all, is refused when the KBS starts
         # (trustee's AdminConfig::validate), not here: see startup_problems
-        idps.append(IdentityProvider(**vals))
+        idps.append(
+            IdentityProvider(
+                issuer=f.str("issuer"),
+                audience=f.str("audience"),
+                public_key_uri=f.str("public_key_uri"),
+                jwk_set_uri=f.str("jwk_set_uri"),
+            )
+        )
+    return tuple(idps)
+
+
+def _acls(authz: Mapping[str, Any]) -> tuple[RoleAcl, ...]:
     ra = _table(authz, "regex_acl")
     _strict(ra, {"acls"}, "[admin.authorization.regex_acl]")
     acls: list[RoleAcl] = []
     for raw in ra.get("acls", []):
         if not isinstance(raw, Mapping) or not isinstance(raw.get("role"), str):
-            raise ConfigError("admin.authorization.regex_acl.acls entries need a string role")
+            raise KbsConfigError("admin.authorization.regex_acl.acls entries need a string role")
         _strict(raw, {"role", "allowed_endpoints"}, "acl")
         ep = raw.get("allowed_endpoints")
         if not isinstance(ep, str) or not ep.startswith("^/kbs") or not ep.endswith("$"):
-            raise ConfigError(
+            raise KbsConfigError(
                 "admin.authorization.regex_acl.acls.allowed_endpoints must be a regex anchored as ^/kbs...$"
             )
         acls.append(RoleAcl(raw["role"], ep))
-    return AdminConfig(mode=mode, identity_providers=tuple(idps), acls=tuple(acls))
+    return tuple(acls)
 
 
 def _legacy_admin(tbl: Mapping[str, Any]) -> AdminConfig:
@@ -437,9 +457,9 @@ def _legacy_admin(tbl: Mapping[str, Any]) -> AdminConfig:
         personas.append(LegacyPersona("admin", tbl["auth_public_key"]))
     for raw in tbl.get("personas", []) or []:
         if not isinstance(raw, Mapping) or not isinstance(raw.get("id"), str):
-            raise ConfigError("[[admin.personas]] needs id and public_key_path")
+            raise KbsConfigError("[[admin.personas]] needs id and public_key_path")
         if not isinstance(raw.get("public_key_path"), str):
-            raise ConfigError("[[admin.personas]] needs id and public_key_path")
+            raise KbsConfigError("[[admin.personas]] needs id and public_key_path")
         personas.append(LegacyPersona(raw["id"], raw["public_key_path"]))
     acls = tuple(
         RoleAcl(str(r.get("id")), str(r.get("allowed_endpoints")))
@@ -447,198 +467,183 @@ def _legacy_admin(tbl: Mapping[str, Any]) -> AdminConfig:
         if isinstance(r, Mapping)
     )
     if not personas:
-        raise ConfigError("legacy [admin] needs auth_public_key or personas")
+        raise KbsConfigError("legacy [admin] needs auth_public_key or personas")
     return AdminConfig(mode="Legacy", personas=tuple(personas), acls=acls)
 
 
 def _token(tbl: Mapping[str, Any]) -> AttestationTokenConfig:
-    w = "attestation_token"
+    f = _fields(tbl, "attestation_token")
     if "insecure_key" in tbl:
         # trustee's verifier config has no deny_unknown_fields: the old key is ignored there too
         _warn("attestation_token.insecure_key is ignored (renamed insecure_header_jwk in trustee v0.21)")
-    _unused(
-        tbl,
-        {
-            "trusted_certs_paths",
-            "trusted_jwk_sets",
-            "extra_teekey_paths",
-            "insecure_header_jwk",
-            "insecure_key",
-        },
-        w,
+    cfg = AttestationTokenConfig(
+        trusted_certs_paths=_strs(f, "trusted_certs_paths"),
+        trusted_jwk_sets=_strs(f, "trusted_jwk_sets"),
+        extra_teekey_paths=_strs(f, "extra_teekey_paths"),
+        insecure_header_jwk=bool(f.bool("insecure_header_jwk", False)),
     )
-    return AttestationTokenConfig(
-        trusted_certs_paths=_strs(tbl, "trusted_certs_paths", w),
-        trusted_jwk_sets=_strs(tbl, "trusted_jwk_sets", w),
-        extra_teekey_paths=_strs(tbl, "extra_teekey_paths", w),
-        insecure_header_jwk=_typed(tbl, "insecure_header_jwk", bool, False, w),
-    )
-
-
-_AS_COMMON = {"type", "timeout"}
-_AS_KEYS = {
-    "coco_as_builtin": {
-        "attestation_token_broker",
-        "rvps_config",
-        "verifier_config",
-        "work_dir",
-        "storage_type",
-    },
-    "coco_as_grpc": {"as_addr", "pool_size"},
-    "intel_ta": {"base_url", "api_key", "certs_file", "allow_unmatched_policy", "policy_ids"},
-}
-_BROKER_KEYS = {
-    "type",
-    "duration_min",
-    "issuer_name",
-    "developer_name",
-    "build_name",
-    "profile_name",
-    "verbose_token",
-    "signer",
-    "policy_dir",
-}
+    _ignore_unread(f, "insecure_key")
+    return cfg
 
 
 def _as(tbl: Mapping[str, Any]) -> AttestationServiceConfig:
-    w = "attestation_service"
+    """``[attestation_service]``: one of trustee's three attestation services."""
     raw_type = tbl.get("type", "coco_as_builtin")
     if not isinstance(raw_type, str) or raw_type not in AS_TYPES:
-        raise ConfigError(f"attestation_service.type {raw_type!r} is not one of {', '.join(AS_TYPES)}")
+        raise KbsConfigError(f"attestation_service.type {raw_type!r} is not one of {', '.join(AS_TYPES)}")
+    f = _fields(tbl, "attestation_service")
+    f.str("type")
+    timeout = f.int("timeout", 5) or 0
     typ = AS_TYPES[raw_type]
-    _unused(tbl, _AS_COMMON | _AS_KEYS[typ], w)
-    d = AttestationServiceConfig()
-    timeout = _typed(tbl, "timeout", int, 5, w)
     if typ == "coco_as_grpc":
-        pool = _typed(tbl, "pool_size", int, 100, w)
-        if pool < 1:
-            raise ConfigError("attestation_service.pool_size must be at least 1")
-        return AttestationServiceConfig(
-            type=typ,
-            timeout_min=timeout,
-            as_addr=_typed(tbl, "as_addr", str, "http://127.0.0.1:50004", w),
-            pool_size=pool,
-        )
-    if typ == "intel_ta":
-        for k in ("base_url", "api_key", "certs_file"):
-            if k not in tbl:
-                raise ConfigError(f"attestation_service.{k} is required for intel_ta")
-        return AttestationServiceConfig(
-            type=typ,
-            timeout_min=timeout,
-            ita_base_url=_typed(tbl, "base_url", str, None, w),
-            ita_api_key=_typed(tbl, "api_key", str, None, w),
-            ita_certs_file=_typed(tbl, "certs_file", str, None, w),
-            ita_allow_unmatched_policy=_typed(tbl, "allow_unmatched_policy", bool, None, w),
-            ita_policy_ids=_strs(tbl, "policy_ids", f"{w}.policy_ids"),
-        )
-    broker = _table(tbl, "attestation_token_broker")
-    bw = f"{w}.attestation_token_broker"
-    _unused(broker, _BROKER_KEYS, bw)
-    if broker.get("type", "Ear") not in ("Ear", "ear"):
-        raise ConfigError(f"{bw}.type must be Ear (the only token broker trustee v0.21 has)")
-    signer = _table(broker, "signer")
-    _unused(signer, {"key_path", "cert_path", "cert_url"}, f"{bw}.signer")
-    rv = _table(tbl, "rvps_config")
-    rvw = f"{w}.rvps_config"
-    rvps_type = _typed(rv, "type", str, "BuiltIn", rvw)
-    if rvps_type not in ("BuiltIn", "GrpcRemote"):
-        raise ConfigError(f"{rvw}.type must be BuiltIn or GrpcRemote")
-    _unused(
-        rv,
-        {"type", "address", "storage", "extractors"} if rvps_type == "BuiltIn" else {"type", "address"},
-        rvw,
+        cfg = _as_grpc(f, timeout)
+    elif typ == "intel_ta":
+        cfg = _as_ita(f, timeout)
+    else:
+        cfg = _as_builtin(f, timeout)
+    _ignore_unread(f)
+    return cfg
+
+
+def _as_grpc(f: Fields, timeout: int) -> AttestationServiceConfig:
+    """``coco_as_grpc``: a separate attestation service at ``as_addr``."""
+    return AttestationServiceConfig(
+        type="coco_as_grpc",
+        timeout_min=timeout,
+        as_addr=f.str("as_addr", "http://127.0.0.1:50004"),
+        pool_size=f.int("pool_size", 100, min=1),
     )
-    vc = tbl.get("verifier_config", {})
-    if not isinstance(vc, Mapping):
-        raise ConfigError("attestation_service.verifier_config must be a table")
-    ours = {k: v for k, v in vc.items() if k not in UPSTREAM_VERIFIER_SECTIONS}
-    theirs = {k: v for k, v in vc.items() if k in UPSTREAM_VERIFIER_SECTIONS}
-    for k, v in {**ours, **theirs}.items():
-        if not isinstance(v, Mapping):
-            raise ConfigError(f"attestation_service.verifier_config.{k} must be a table")
-    for k in theirs:
-        _warn(
-            f"attestation_service.verifier_config.{k} (trustee's verifier options) is kept but not applied: "
-            "this KBS's verifiers take their options from verifier_config.<tee>"
-        )
-    ast = tbl.get("storage_type")
+
+
+def _as_ita(f: Fields, timeout: int) -> AttestationServiceConfig:
+    """``intel_ta``: trustee's ``IntelTrustAuthorityConfig``."""
+    for k in ("base_url", "api_key", "certs_file"):
+        if k not in f.table:
+            raise KbsConfigError(f"attestation_service.{k} is required for intel_ta")
+    return AttestationServiceConfig(
+        type="intel_ta",
+        timeout_min=timeout,
+        ita_base_url=f.str("base_url"),
+        ita_api_key=f.str("api_key"),
+        ita_certs_file=f.str("certs_file"),
+        ita_allow_unmatched_policy=f.bool("allow_unmatched_policy"),
+        ita_policy_ids=_strs(f, "policy_ids"),
+    )
+
+
+def _as_builtin(f: Fields, timeout: int) -> AttestationServiceConfig:
+    """``coco_as_builtin``: the token broker, the RVPS and the verifiers' options."""
+    d = AttestationServiceConfig()
+    broker = f.sub("attestation_token_broker") or _fields({}, f"{f.where}.attestation_token_broker")
+    if broker.str("type", "Ear") not in ("Ear", "ear"):
+        raise broker.fail("type", "must be Ear (the only token broker trustee v0.21 has)")
+    broker.str("policy_dir")  # trustee's policy directory: policies live in the store here
+    signer = broker.sub("signer") or _fields({}, f"{broker.where}.signer")
+    rvps_type, rvps_address = _rvps(f.sub("rvps_config") or _fields({}, f"{f.where}.rvps_config"))
+    ours, theirs = _verifier_config(f)
+    f.str("work_dir")  # trustee's working directory: this KBS keeps its state in the store
+    ast = f.str("storage_type")
     if ast is not None and ast not in STORAGE_TYPES:
-        raise ConfigError(
+        raise KbsConfigError(
             f"attestation_service.storage_type {ast!r} is not one of {', '.join(STORAGE_TYPES)}"
         )
-    return AttestationServiceConfig(
-        type=typ,
+    cfg = AttestationServiceConfig(
+        type="coco_as_builtin",
         timeout_min=timeout,
-        duration_min=_typed(broker, "duration_min", int, 5, bw),
-        issuer_name=_typed(broker, "issuer_name", str, d.issuer_name, bw),
-        developer_name=_typed(broker, "developer_name", str, d.developer_name, bw),
-        build_name=_typed(broker, "build_name", str, d.build_name, bw),
-        profile_name=_typed(broker, "profile_name", str, d.profile_name, bw),
-        signer_key_path=_typed(signer, "key_path", str, None, f"{bw}.signer"),
-        signer_cert_path=_typed(signer, "cert_path", str, None, f"{bw}.signer"),
-        signer_cert_url=_typed(signer, "cert_url", str, None, f"{bw}.signer"),
-        verbose_token=_typed(broker, "verbose_token", bool, True, bw),
+        duration_min=broker.int("duration_min", 5) or 0,
+        issuer_name=broker.str("issuer_name", d.issuer_name) or "",
+        developer_name=broker.str("developer_name", d.developer_name) or "",
+        build_name=broker.str("build_name", d.build_name) or "",
+        profile_name=broker.str("profile_name", d.profile_name) or "",
+        signer_key_path=signer.str("key_path"),
+        signer_cert_path=signer.str("cert_path"),
+        signer_cert_url=signer.str("cert_url"),
+        verbose_token=bool(broker.bool("verbose_token", True)),
         verifier_config=ours,
-        upstream_verifier_config=theirs,
+        trustee_verifier_config=theirs,
         rvps_type=rvps_type,
-        rvps_address=_typed(rv, "address", str, None, rvw),
+        rvps_address=rvps_address,
         as_storage_type=STORAGE_TYPES[ast] if ast is not None else None,
     )
+    for g in (broker, signer):
+        _ignore_unread(g)
+    return cfg
+
+
+def _rvps(f: Fields) -> tuple[str, str | None]:
+    """``rvps_config``: ``BuiltIn`` (its storage is the KBS's) or ``GrpcRemote`` at ``address``."""
+    rvps_type = f.str("type", "BuiltIn") or ""
+    if rvps_type not in ("BuiltIn", "GrpcRemote"):
+        raise f.fail("type", "must be BuiltIn or GrpcRemote")
+    address = f.str("address")
+    _ignore_unread(f, *(("storage", "extractors") if rvps_type == "BuiltIn" else ()))
+    return rvps_type, address
+
+
+def _verifier_config(f: Fields) -> tuple[dict[str, Any], TrusteeVerifierConfig]:
+    """``verifier_config``: this KBS's ``<tee>`` tables (constructor options) and trustee's
+    ``*_verifier`` sections (:mod:`kbs.trustee_verifiers`)."""
+    vc = f.get("verifier_config", Mapping, {})
+    for k, v in vc.items():
+        if not isinstance(v, Mapping):
+            raise KbsConfigError(f"attestation_service.verifier_config.{k} must be a table")
+    ours = {k: v for k, v in vc.items() if k not in TRUSTEE_VERIFIER_SECTIONS}
+    theirs = parse_trustee_verifier_config(
+        {k: v for k, v in vc.items() if k in TRUSTEE_VERIFIER_SECTIONS}, _warn
+    )
+    check_overlaps(theirs, ours)
+    return ours, theirs
 
 
 def _storage_type(v: Any, where: str) -> str:
     if not isinstance(v, str) or v not in STORAGE_TYPES:
-        raise ConfigError(f"{where} {v!r} is not one of {', '.join(STORAGE_TYPES)}")
+        raise KbsConfigError(f"{where} {v!r} is not one of {', '.join(STORAGE_TYPES)}")
     return STORAGE_TYPES[v]
 
 
-def _storage(tbl: Mapping[str, Any], top_session: Any) -> StorageConfig:
-    w = "storage_backend"
-    _unused(tbl, {"storage_type", "backends", "session_storage_type", "encryption"}, w)
-    st = _storage_type(tbl.get("storage_type", "Memory"), f"{w}.storage_type")
-    sst: str | None = None
+def _session_storage_type(tbl: Mapping[str, Any], top_session: Any) -> str | None:
     if top_session is not None:
-        sst = _storage_type(top_session, "session_storage_type")
-    elif tbl.get("session_storage_type") is not None:
+        return _storage_type(top_session, "session_storage_type")
+    if tbl.get("session_storage_type") is not None:
         # where this KBS used to read it; trustee reads only the top-level key
         _warn("storage_backend.session_storage_type is read for compatibility (trustee: top level only)")
-        sst = _storage_type(tbl["session_storage_type"], f"{w}.session_storage_type")
-    backends = _table(tbl, "backends")
-    bw = f"{w}.backends"
-    _unused(backends, {"local_fs", "local_json", "redis", "postgres"}, bw)
-    lfs = _table(backends, "local_fs")
-    ljs = _table(backends, "local_json")
-    rds = _table(backends, "redis")
-    pg = _table(backends, "postgres")
-    _unused(lfs, {"dir_path"}, f"{bw}.local_fs")
-    _unused(ljs, {"file_dir_path"}, f"{bw}.local_json")
-    _unused(rds, {"url"}, f"{bw}.redis")
-    _unused(pg, {"db", "username", "password", "port", "host"}, f"{bw}.postgres")
-    enc = _table(tbl, "encryption")
+        return _storage_type(tbl["session_storage_type"], "storage_backend.session_storage_type")
+    return None
+
+
+_BACKENDS = ("local_fs", "local_json", "redis", "postgres")
+
+
+def _storage(tbl: Mapping[str, Any], top_session: Any) -> StorageConfig:
+    f = _fields(tbl, "storage_backend")
+    st = _storage_type(f.get("storage_type", str, "Memory"), "storage_backend.storage_type")
+    sst = _session_storage_type(tbl, top_session)
+    backends = f.sub("backends") or _fields({}, "storage_backend.backends")
+    b = {k: backends.sub(k) or _fields({}, f"{backends.where}.{k}") for k in _BACKENDS}
+    enc = f.sub("encryption") or _fields({}, "storage_backend.encryption")
     d = StorageConfig()
     dp = PostgresConfig()
-    port = _typed(pg, "port", int, dp.port, f"{bw}.postgres")
-    if not 0 < port < 65536:
-        raise ConfigError(f"{bw}.postgres.port must be 1..65535")
-    return StorageConfig(
+    pg = b["postgres"]
+    cfg = StorageConfig(
         storage_type=st,
-        local_fs_dir=_typed(lfs, "dir_path", str, d.local_fs_dir, f"{bw}.local_fs"),
-        local_json_dir=_typed(ljs, "file_dir_path", str, d.local_json_dir, f"{bw}.local_json"),
-        redis_url=_typed(rds, "url", str, d.redis_url, f"{bw}.redis"),
+        local_fs_dir=b["local_fs"].str("dir_path", d.local_fs_dir) or "",
+        local_json_dir=b["local_json"].str("file_dir_path", d.local_json_dir) or "",
+        redis_url=b["redis"].str("url", d.redis_url) or "",
         postgres=PostgresConfig(
-            db=_typed(pg, "db", str, dp.db, f"{bw}.postgres"),
-            username=_typed(pg, "username", str, dp.username, f"{bw}.postgres"),
-            password=_typed(pg, "password", str, None, f"{bw}.postgres"),
-            port=port,
-            host=_typed(pg, "host", str, dp.host, f"{bw}.postgres"),
+            db=pg.str("db", dp.db) or "",
+            username=pg.str("username", dp.username) or "",
+            password=pg.str("password"),
+            port=pg.int("port", dp.port, min=1, max=65535) or 0,
+            host=pg.str("host", dp.host) or "",
         ),
-        backends_given=tuple(
-            sorted(k for k in ("local_fs", "local_json", "redis", "postgres") if k in backends)
-        ),
+        backends_given=tuple(sorted(k for k in _BACKENDS if k in backends.table)),
         session_storage_type=sst,
-        encryption_key_path=_typed(enc, "key_path", str, None, f"{w}.encryption"),
+        encryption_key_path=enc.str("key_path"),
     )
+    _ignore_unread(f, "session_storage_type")
+    for g in (backends, *b.values()):
+        _ignore_unread(g)
+    return cfg
 
 
 def security_config(tbl: Mapping[str, Any]) -> SecurityConfig:
@@ -646,69 +651,69 @@ def security_config(tbl: Mapping[str, Any]) -> SecurityConfig:
     return _security(tbl)
 
 
+_SECURITY_INTS = ("max_sessions", "max_token_bytes", "max_evidence_bytes", "max_init_data_bytes",
+                  "max_claims_depth", "max_claims_items", "policy_workers")  # fmt: skip
+
+
 def _security(tbl: Mapping[str, Any]) -> SecurityConfig:
-    w = "security"
-    _strict(tbl, set(SecurityConfig.__dataclass_fields__), "[security]")
+    _strict(tbl, {x.name for x in fields(SecurityConfig)}, "[security]")
+    f = _fields(tbl, "security")
     d = SecurityConfig()
     dev: tuple[str, ...] | None = None
     if "dev_verifiers" in tbl:
-        dev = _strs(tbl, "dev_verifiers", w)
+        dev = _strs(f, "dev_verifiers")
         bad = sorted(set(dev) - set(DEV_VERIFIERS))
         if bad:
-            raise ConfigError(f"security.dev_verifiers: unknown dev verifier(s) {', '.join(bad)}")
-    ints = {
-        k: _typed(tbl, k, int, getattr(d, k), w)
-        for k in ("max_sessions", "max_token_bytes", "max_evidence_bytes", "max_init_data_bytes",
-                  "max_claims_depth", "max_claims_items", "policy_workers")
-    }  # fmt: skip
-    for k, v in ints.items():
+            raise KbsConfigError(f"security.dev_verifiers: unknown dev verifier(s) {', '.join(bad)}")
+    ints: dict[str, int] = {}
+    for k in _SECURITY_INTS:
+        v = f.int(k, getattr(d, k)) or 0
         if v < 1:
-            raise ConfigError(f"security.{k} must be positive")
-    timeout = _typed(tbl, "policy_timeout_s", (int, float), d.policy_timeout_s, w)
-    if isinstance(timeout, bool) or not 0 < timeout <= 600:
-        raise ConfigError("security.policy_timeout_s must be in (0, 600]")
+            raise KbsConfigError(f"security.{k} must be positive")
+        ints[k] = v
+    timeout = f.get("policy_timeout_s", (int, float), d.policy_timeout_s)
+    if not 0 < timeout <= 600:
+        raise KbsConfigError("security.policy_timeout_s must be in (0, 600]")
     return SecurityConfig(dev_verifiers=dev, policy_timeout_s=float(timeout), **ints)
+
+
+_RESOURCE_BACKENDS = ("kvstorage", "aliyun", "aws", "gcp", "vault", "Aliyun", "Aws", "Gcp", "Vault")
 
 
 def _plugin(raw: Any) -> PluginConfig:
     if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str):
-        raise ConfigError("plugins: every [[plugins]] entry needs a string name")
+        raise KbsConfigError("plugins: every [[plugins]] entry needs a string name")
     if raw["name"] not in PLUGIN_NAMES:
-        raise ConfigError(f"plugins.name {raw['name']!r} is not one of {', '.join(PLUGIN_NAMES)}")
+        raise KbsConfigError(f"plugins.name {raw['name']!r} is not one of {', '.join(PLUGIN_NAMES)}")
     name = PLUGIN_NAMES[raw["name"]]
     opts = {k: v for k, v in raw.items() if k != "name"}
-    w = f"plugins.{name}"
+    f = _fields(opts, f"plugins.{name}")
     if name == "resource":
         sbt = opts.get("storage_backend_type", "kvstorage")
-        if sbt not in ("kvstorage", "aliyun", "aws", "gcp", "vault", "Aliyun", "Aws", "Gcp", "Vault"):
-            raise ConfigError(f"{w}.storage_backend_type {sbt!r} is not a resource backend trustee has")
+        if sbt not in _RESOURCE_BACKENDS:
+            raise f.fail("storage_backend_type", f"{sbt!r} is not a resource backend trustee has")
     elif name == "sample":
-        _typed(opts, "item", str, None, w)
+        f.str("item")
     elif name == "pkcs11":
-        for k in ("module", "pin"):
-            if not isinstance(opts.get(k), str):
-                raise ConfigError(f"{w}.{k} is required (a string)")
-        _typed(opts, "slot_index", int, 0, w)
-        _typed(opts, "lookup_label", str, "", w)
-        if opts.get("rsa_mechanism", "RsaPkcsOaep") not in ("RsaPkcsOaep", "RsaPkcsTest"):
-            raise ConfigError(f"{w}.rsa_mechanism must be RsaPkcsOaep or RsaPkcsTest")
+        f.str("module", required=True)
+        f.str("pin", required=True)
+        f.int("slot_index", 0)
+        f.str("lookup_label", "")
+        if f.str("rsa_mechanism", "RsaPkcsOaep") not in ("RsaPkcsOaep", "RsaPkcsTest"):
+            raise f.fail("rsa_mechanism", "must be RsaPkcsOaep or RsaPkcsTest")
     elif name == "external":
-        backends = opts.get("backends", [])
-        if not isinstance(backends, list):
-            raise ConfigError(f"{w}.backends must be a list")
-        for b in backends:
-            if not isinstance(b, Mapping) or not isinstance(b.get("name"), str):
-                raise ConfigError(f"{w}.backends entries need a string name")
-            if not isinstance(b.get("endpoint"), str):
-                raise ConfigError(f"{w}.backends.endpoint must be a string")
-            _typed(b, "timeout_ms", int, None, f"{w}.backends")
-            _typed(b, "ca_cert_path", str, None, f"{w}.backends")
-            _typed(b, "tls_mode", str, None, f"{w}.backends")
+        for b in f.list("backends", Mapping, []) or []:
+            bf = _fields(b, f"{f.where}.backends")
+            bf.str("name", required=True)
+            bf.str("endpoint", required=True)
+            bf.int("timeout_ms")
+            bf.str("ca_cert_path")
+            bf.str("tls_mode")
     return PluginConfig(name, opts)
 
 
-def parse_config(doc: Mapping[str, Any], base_dir: str = ".") -> KbsConfig:
-    """Validate ``doc`` as trustee's ``KbsConfig`` deserialisation does; a :class:`ConfigError`
+def parse_config(doc: Mapping[str, Any], base_dir: str = ".") -> KbsServerConfig:
+    """Validate ``doc`` as trustee's ``KbsServerConfig`` deserialisation does; a :class:`KbsConfigError`
     names the offending key."""
     sink: list[str] = []
     tok = _warnings.set(sink)
@@ -719,10 +724,10 @@ def parse_config(doc: Mapping[str, Any], base_dir: str = ".") -> KbsConfig:
     return replace(cfg, warnings=tuple(sink))
 
 
-def _parse(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
+def _parse(doc: Mapping[str, Any], base_dir: str) -> KbsServerConfig:
     for required in ("http_server", "admin"):
         if required not in doc:
-            raise ConfigError(f"the [{required}] section is required")
+            raise KbsConfigError(f"the [{required}] section is required")
     _unused(
         doc,
         {
@@ -740,9 +745,9 @@ def _parse(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
     )
     raw_plugins = doc.get("plugins", []) or []
     if not isinstance(raw_plugins, list):
-        raise ConfigError("plugins must be a list of [[plugins]] tables")
+        raise KbsConfigError("plugins must be a list of [[plugins]] tables")
     pcs = tuple(_plugin(p) for p in raw_plugins)
-    return KbsConfig(
+    return KbsServerConfig(
         http_server=_http(_table(doc, "http_server")),
         admin=_admin(_table(doc, "admin")),
         attestation_token=_token(_table(doc, "attestation_token")),
@@ -757,10 +762,9 @@ def _parse(doc: Mapping[str, Any], base_dir: str) -> KbsConfig:
 
 
 def _compat(tbl: Mapping[str, Any]) -> CompatibilityConfig:
-    _strict(tbl, set(CompatibilityConfig.__dataclass_fields__), "[compatibility]")
-    return CompatibilityConfig(
-        **{k: _typed(tbl, k, bool, True, "compatibility") for k in CompatibilityConfig.__dataclass_fields__}
-    )
+    _strict(tbl, {x.name for x in fields(CompatibilityConfig)}, "[compatibility]")
+    f = _fields(tbl, "compatibility")
+    return CompatibilityConfig(**{x.name: bool(f.bool(x.name, True)) for x in fields(CompatibilityConfig)})
 
 
 def parse_compatibility(doc: Mapping[str, Any]) -> CompatibilityConfig:
@@ -825,14 +829,14 @@ def _redact(v: Any) -> Any:
     return v
 
 
-def effective_config(cfg: KbsConfig) -> dict[str, Any]:
+def effective_config(cfg: KbsServerConfig) -> dict[str, Any]:
     """The parsed config as plain JSON-able data (secrets redacted), for ``kbs --check``."""
     out = _redact(asdict(cfg))
     assert isinstance(out, dict)
     return out
 
 
-def startup_problems(cfg: KbsConfig) -> list[str]:
+def startup_problems(cfg: KbsServerConfig) -> list[str]:
     """What would stop this KBS from starting with ``cfg`` although the file loads: checks trustee
     makes when it starts, and services this KBS does not serve. The server refuses to start on any."""
     out: list[str] = []
@@ -847,6 +851,7 @@ def startup_problems(cfg: KbsConfig) -> list[str]:
             if not idp.public_key_uri and not idp.jwk_set_uri:
                 out.append(f"admin: identity_providers[{i}] needs public_key_uri or jwk_set_uri")
     s = cfg.attestation_service
+    out += trustee_verifier_problems(s.trustee_verifier_config)
     if s.type not in SERVED_AS_TYPES:
         out.append(f"attestation_service.type {s.type} is not served by this KBS")
     elif s.rvps_type not in SERVED_RVPS:
@@ -884,7 +889,7 @@ class _StrictYamlLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def load_config(path: str) -> KbsConfig:
+def load_config(path: str) -> KbsServerConfig:
     """Read a TOML (or YAML / JSON, by extension) config file."""
     # relative paths in the file (keys, storage dirs) are read from the working directory, as trustee
     return parse_config(load_document(path), ".")
@@ -894,12 +899,13 @@ def load_document(path: str) -> Mapping[str, Any]:
     """A TOML (or YAML / JSON, by extension) config file as a table."""
     p = Path(path)
     try:
-        with p.open("rb") as fh:
-            raw = fh.read(MAX_CONFIG_BYTES + 1)
+        raw = read_bounded(p, MAX_CONFIG_BYTES)
+    except FileTooLarge as exc:
+        raise KbsConfigError("config file too large") from exc
     except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError("config file too large")
+        raise KbsConfigError(f"cannot read config file {path}: {exc.strerror}") from exc
+    except ValueError as exc:  # not a regular file
+        raise KbsConfigError(f"cannot read config file {path}: {exc}") from exc
     try:
         if p.suffix in (".yaml", ".yml"):
             doc = yaml.load(raw, Loader=_StrictYamlLoader)  # noqa: S506 - a SafeLoader subclass
@@ -908,7 +914,7 @@ def load_document(path: str) -> Mapping[str, Any]:
         else:
             doc = tomllib.loads(raw.decode("utf-8"))
     except (ValueError, yaml.YAMLError) as exc:
-        raise ConfigError(f"config file {path} does not parse: {exc}") from exc
+        raise KbsConfigError(f"config file {path} does not parse: {exc}") from exc
     if not isinstance(doc, Mapping):
-        raise ConfigError("config file must hold a table")
+        raise KbsConfigError("config file must hold a table")
     return doc

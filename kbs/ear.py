@@ -29,7 +29,7 @@ from kbs_protocol.jws import (
     verify,
 )
 
-from .errors import ConfigError, TokenVerifierError
+from .errors import KbsConfigError, TokenVerifierError
 from .jwks import load_jwk_set
 
 __all__ = [
@@ -130,7 +130,7 @@ class EarBroker:
     ) -> None:
         self.key = key if key is not None else ec.generate_private_key(ec.SECP256R1())
         if not isinstance(self.key.curve, ec.SECP256R1):
-            raise ConfigError("the EAR signing key must be EC P-256")
+            raise KbsConfigError("the EAR signing key must be EC P-256")
         jwk: dict[str, Any] = {**public_key_to_jwk(self.key.public_key()), "alg": "ES256"}
         if cert_chain_der:
             jwk["x5c"] = [base64.b64encode(c).decode() for c in cert_chain_der]
@@ -146,9 +146,9 @@ class EarBroker:
             key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
             certs = x509.load_pem_x509_certificates(Path(cert_path).read_bytes()) if cert_path else []
         except (OSError, ValueError) as exc:
-            raise ConfigError(f"cannot load the EAR signer: {exc}") from exc
+            raise KbsConfigError(f"cannot load the EAR signer: {exc}") from exc
         if not isinstance(key, ec.EllipticCurvePrivateKey):
-            raise ConfigError("the EAR signing key must be EC P-256")
+            raise KbsConfigError("the EAR signing key must be EC P-256")
         return cls(key, cert_chain_der=[c.public_bytes(serialization.Encoding.DER) for c in certs], **kw)
 
     @property
@@ -190,7 +190,7 @@ class TokenVerifier:
         #: tokens this process's own broker signed with a key in own_keys (remember_own), newest last
         self._signed: OrderedDict[str, None] = OrderedDict()
         if not self._certs and not self._jwks and not self._own and not insecure_header_jwk:
-            raise ConfigError(
+            raise KbsConfigError(
                 "[attestation_token] has no trust material: set trusted_certs_paths, trusted_jwk_sets "
                 "or insecure_header_jwk = true"
             )
@@ -209,7 +209,7 @@ class TokenVerifier:
             try:
                 certs.extend(x509.load_pem_x509_certificates(Path(p).read_bytes()))
             except (OSError, ValueError) as exc:
-                raise ConfigError(f"cannot load trusted cert {p}: {exc}") from exc
+                raise KbsConfigError(f"cannot load trusted cert {p}: {exc}") from exc
         jwks: dict[str, PublicVerifyKey] = {}
         for js in jwk_sets:
             jwks.update(load_jwk_set(js))

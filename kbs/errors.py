@@ -1,6 +1,9 @@
-"""The KBS error tree. Each class is one trustee ``Error`` variant: its name
-is the RFC 7807 ``type`` suffix and it carries trustee's HTTP status (404 for
-``PluginNotFound`` / ``InvalidRequestPath``, 401 for everything else)."""
+"""The KBS error tree: :class:`KbsError` is the root of every error the KBS
+raises. Each class maps to one trustee ``Error`` variant: :attr:`KbsError.variant`
+is the RFC 7807 ``type`` suffix (the class name, unless the class names it
+explicitly because its own name says more, e.g. :class:`KbsAttestationError`
+is trustee's ``AttestationError``) and the class carries trustee's HTTP status
+(404 for ``PluginNotFound`` / ``InvalidRequestPath``, 401 for everything else)."""
 
 from __future__ import annotations
 
@@ -9,13 +12,15 @@ import json
 from kbs_protocol.errors import ERROR_TYPE_PREFIX
 
 __all__ = [
+    "ERROR_TYPE_PREFIX",
+    "AdminAccessDenied",
     "AdminAuthAccess",
     "AdminAuthInitialization",
-    "AttestationError",
-    "ConfigError",
     "InvalidRequestPath",
-    "JweError",
+    "KbsAttestationError",
+    "KbsConfigError",
     "KbsError",
+    "KbsJweError",
     "ParsePolicyError",
     "PluginInternalError",
     "PluginNotFound",
@@ -67,8 +72,10 @@ class KbsError(Exception):
         return json.dumps(body, separators=(",", ":")).encode()
 
 
-class ConfigError(KbsError):
+class KbsConfigError(KbsError):
     """The configuration file is invalid (startup only; never sent to clients)."""
+
+    variant = "ConfigError"
 
 
 class StorageError(KbsError):
@@ -86,7 +93,15 @@ class AdminAuthAccess(KbsError):
     pass
 
 
-class AttestationError(KbsError):
+class AdminAccessDenied(KbsError):
+    """An admin request is refused by ``[admin]`` (no, expired or untrusted token, role not
+    allowed); the detail is safe to show. The server answers it as ``AdminAuthAccess``."""
+
+    variant = "AdminAuthAccess"
+
+
+class KbsAttestationError(KbsError):
+    variant = "AttestationError"
     trustee_prefix = "Attestation error: "
 
 
@@ -94,7 +109,8 @@ class InvalidRequestPath(KbsError):
     status = 404
 
 
-class JweError(KbsError):
+class KbsJweError(KbsError):
+    variant = "JweError"
     trustee_text = "JWE failed"
 
 

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 
 import grpc
 
-from .errors import ConfigError, PluginInternalError
+from .errors import KbsConfigError, PluginInternalError
 from .grpc_api import MAX_GRPC_MESSAGE, grpc_target
 from .protos import plugin_pb2 as pb
 
@@ -57,13 +57,13 @@ class ExternalBackend:
         opts = [("grpc.max_receive_message_length", MAX_PLUGIN_RESPONSE)]
         if tls:
             if not ca_cert_path:
-                raise ConfigError(
+                raise KbsConfigError(
                     f"plugins.external.backends {name}: an https:// endpoint needs ca_cert_path"
                 )
             try:
                 ca = Path(ca_cert_path).read_bytes()
             except OSError as exc:
-                raise ConfigError(f"plugins.external.backends {name}: cannot read ca_cert_path") from exc
+                raise KbsConfigError(f"plugins.external.backends {name}: cannot read ca_cert_path") from exc
             self._ch = grpc.aio.secure_channel(
                 target, grpc.ssl_channel_credentials(root_certificates=ca), options=opts
             )
@@ -122,7 +122,7 @@ class ExternalPlugin:
         for b in options.get("backends", []):
             name = b["name"]
             if name in self.backends:
-                raise ConfigError(f"Duplicate backend name '{name}' in external plugin config")
+                raise KbsConfigError(f"Duplicate backend name '{name}' in external plugin config")
             self.backends[name] = ExternalBackend(
                 name, b["endpoint"], timeout_ms=b.get("timeout_ms"), ca_cert_path=b.get("ca_cert_path")
             )

@@ -25,7 +25,7 @@ import grpc
 
 from coco_common.strict_json import strict_loads
 
-from .errors import AttestationError, PluginNotFound, RvpsError
+from .errors import KbsAttestationError, PluginNotFound, RvpsError
 from .protos import attestation_pb2 as as_pb
 from .protos import reference_pb2 as rv_pb
 from .storage import NS_ATTESTATION_POLICY, KvStore
@@ -149,7 +149,7 @@ class AsClient(_Client):
             log.warning(
                 "remote attestation service refused: %s %s", exc.code().name, (exc.details() or "")[:300]
             )
-            raise AttestationError(_ATTEST_FAILED) from exc
+            raise KbsAttestationError(_ATTEST_FAILED) from exc
         return str(resp.attestation_token)
 
     async def set_policy(self, policy_id: str, policy_b64url: str) -> None:
@@ -159,7 +159,7 @@ class AsClient(_Client):
                 as_pb.SetPolicyRequest(policy_id=policy_id, policy=policy_b64url), timeout=CALL_TIMEOUT_S
             )
         except grpc.aio.AioRpcError as exc:
-            raise AttestationError(f"Attestation error: set policy failed: {exc.code().name}") from exc
+            raise KbsAttestationError(f"Attestation error: set policy failed: {exc.code().name}") from exc
 
 
 def _b64url(raw: bytes) -> str:
@@ -196,12 +196,12 @@ class RemoteAttestationService:
     async def attest(
         self, *, tee: str, session_nonce: str, hash_algorithm: str, untrusted_body: bytes
     ) -> str:
-        from .attestation_service import parse_attestation
+        from .attestation_service import additional_evidence, parse_attestation
 
         try:
-            init, nonce, key, primary, additional = parse_attestation(untrusted_body)
-            if nonce != session_nonce:
-                raise ValueError("runtime-data nonce differs from the session nonce")
+            init, nonce, key, primary, additional = parse_attestation(
+                untrusted_body, session_nonce=session_nonce
+            )
             jwk = key.to_jwk()
             reqs = [
                 as_pb.IndividualAttestationRequest(
@@ -216,10 +216,7 @@ class RemoteAttestationService:
             if init is not None:
                 reqs[0].init_data_toml = str(init["body"])
             if additional:
-                amap = strict_loads(additional)
-                if not isinstance(amap, dict):
-                    raise ValueError("additional evidence must map TEE names to evidence")
-                for dtee, dev in amap.items():
+                for dtee, dev in additional_evidence(additional).items():
                     reqs.append(
                         as_pb.IndividualAttestationRequest(
                             tee=str(dtee),
@@ -228,11 +225,12 @@ class RemoteAttestationService:
                             runtime_data_hash_algorithm=hash_algorithm,
                         )
                     )
-        except AttestationError:
+        except KbsAttestationError as exc:  # its detail is for the client, the reason for the log
+            log.warning("attestation rejected: %s", exc)
             raise
         except Exception as exc:  # a malformed body: the details go to the log only
             log.warning("attestation rejected: %s", exc)
-            raise AttestationError(_ATTEST_FAILED) from exc
+            raise KbsAttestationError(_ATTEST_FAILED) from exc
         return await self.client.evaluate(reqs, ["default"])
 
 

@@ -30,10 +30,11 @@ from coco_common.cli import add_version, log_level_type, rust_log_level
 from coco_common.strict_json import strict_loads
 from kbs_protocol.jcs import hash_canonical
 
-from .attestation_service import AttestationService, _annotate, _init_data, _Reject
+from .app import make_broker
+from .attestation_service import AttestationService, EvidenceRejected, annotate_submod, init_data_claims
 from .config import load_document, parse_as_server_config, parse_compatibility, security_config
-from .ear import Appraisal, EarBroker
-from .errors import AttestationError, ConfigError, KbsError
+from .ear import Appraisal
+from .errors import KbsAttestationError, KbsConfigError, KbsError
 from .grpc_api import (
     AS_SERVICE,
     MAX_GRPC_MESSAGE,
@@ -49,6 +50,7 @@ from .protos import attestation_pb2 as as_pb
 from .protos import reference_pb2 as rv_pb
 from .rvps import ReferenceValues
 from .storage import KvStore, open_store
+from .trustee_verifiers import trustee_verifier_problems, verifier_options
 from .verifiers import KNOWN_TEES, TEE_CLASS, VerifierRegistry
 
 __all__ = ["AttestationServer", "evaluate", "main", "serve_grpc"]
@@ -104,7 +106,7 @@ async def evaluate(
         init_claims: dict[str, Any] | None = None
         iw = r.WhichOneof("init_data")
         if iw == "init_data_toml":
-            init_hash, init_claims = _init_data({"body": r.init_data_toml}, svc.limits)
+            init_hash, init_claims = init_data_claims({"body": r.init_data_toml}, svc.limits)
         elif iw == "init_data_digest":
             init_hash = _unb64url(r.init_data_digest, "init_data_digest")
         claims = await svc._verify(r.tee, evidence, rd, init_hash, t)
@@ -118,7 +120,7 @@ async def evaluate(
             else [(cls, claims)]
         )
         for part_cls, part in parts:
-            annotated = _annotate(r.tee, part, init_claims, rt_claims)
+            annotated = annotate_submod(r.tee, part, init_claims, rt_claims)
             idx = counters.get(part_cls, 0)
             counters[part_cls] = idx + 1
             submods[f"{part_cls}{idx}"] = await svc._appraise(part_cls, annotated, rv)
@@ -134,9 +136,9 @@ class AttestationServer:
     async def _evaluate(self, req: as_pb.AttestationRequest) -> as_pb.AttestationResponse:
         try:
             token = await evaluate(self.svc, req)
-        except _Reject as exc:
+        except EvidenceRejected as exc:
             log.warning("attestation rejected: %s", exc)
-            raise AttestationError("Attestation error: evidence rejected") from exc
+            raise KbsAttestationError("Attestation error: evidence rejected") from exc
         except KbsError as exc:
             log.warning("attestation failed: %s: %s", exc.variant, exc.detail)
             raise
@@ -231,19 +233,11 @@ async def build_service(doc: Any) -> tuple[AttestationService, list[KvStore | Rv
     compat = parse_compatibility(doc)  # the [compatibility] keys that concern an attestation service
     for w in warnings:
         log.warning("config: %s", w)
+    problems = trustee_verifier_problems(a.trustee_verifier_config)
+    if problems:
+        raise KbsConfigError("; ".join(problems))
     store = open_store(st.storage_type, st)
-    kw: dict[str, Any] = {
-        "duration_min": a.duration_min,
-        "issuer": a.issuer_name,
-        "developer": a.developer_name,
-        "build": a.build_name,
-        "profile": a.profile_name,
-    }
-    broker = (
-        EarBroker.from_files(a.signer_key_path, a.signer_cert_path, **kw)
-        if a.signer_key_path
-        else EarBroker(**kw)
-    )
+    broker = make_broker(a)
     closers: list[KvStore | RvpsClient] = [store]
     rvps: Any
     if a.rvps_type == "GrpcRemote":
@@ -254,7 +248,7 @@ async def build_service(doc: Any) -> tuple[AttestationService, list[KvStore | Rv
         rvps = ReferenceValues(store, hide_expired=compat.hide_expired_reference_values)
     sec_doc = doc.get("security", {}) if isinstance(doc, dict) else {}
     if not isinstance(sec_doc, dict):
-        raise ConfigError("security must be a table")
+        raise KbsConfigError("security must be a table")
     sec = security_config(sec_doc)
     dev = sec.dev_verifiers or ()
     if dev:
@@ -266,7 +260,7 @@ async def build_service(doc: Any) -> tuple[AttestationService, list[KvStore | Rv
     policies = AttestationPolicies(store, PolicyWorkers(sec.policy_workers, timeout_s=sec.policy_timeout_s))
     policies.check_at_upload = compat.check_policy_at_upload
     svc = AttestationService(
-        VerifierRegistry(options=a.verifier_config, dev_verifiers=dev),
+        VerifierRegistry(options=verifier_options(a), dev_verifiers=dev),
         broker,
         policies,
         rvps,

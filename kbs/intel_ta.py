@@ -23,12 +23,13 @@ from typing import Any
 
 import httpx
 
+from coco_common.http import async_client
 from coco_common.http_body import DECODABLE, HttpBodyError, read_body
 from coco_common.strict_json import strict_loads
 
 from .config import AttestationServiceConfig
 from .ear import TokenVerifier
-from .errors import AttestationError, KbsError, RvpsError
+from .errors import KbsAttestationError, KbsError, RvpsError
 from .jwks import load_jwk_set
 
 __all__ = ["IntelTrustAuthority", "ItaReferenceValues"]
@@ -53,7 +54,7 @@ def _serde_json(v: Any) -> str:
 
 class _NoPolicies:
     async def set(self, policy_id: str, policy: bytes) -> None:
-        raise AttestationError("Set policy failed: Set Policy API is unimplemented")
+        raise KbsAttestationError("Set policy failed: Set Policy API is unimplemented")
 
     async def list_ids(self) -> list[str]:
         return []
@@ -72,13 +73,13 @@ class ItaReferenceValues:
 class IntelTrustAuthority:
     def __init__(self, cfg: AttestationServiceConfig, *, client: httpx.AsyncClient | None = None) -> None:
         if not cfg.ita_base_url or not cfg.ita_api_key or not cfg.ita_certs_file:
-            raise AttestationError("intel_ta needs base_url, api_key and certs_file")
+            raise KbsAttestationError("intel_ta needs base_url, api_key and certs_file")
         self._base = cfg.ita_base_url.rstrip("/")
         self._api_key = cfg.ita_api_key
         self._policy_ids = list(cfg.ita_policy_ids)
         self._must_match = bool(self._policy_ids) and not bool(cfg.ita_allow_unmatched_policy)
         self._verifier = TokenVerifier(trusted_jwks=load_jwk_set(cfg.ita_certs_file))
-        self._http = client or httpx.AsyncClient(timeout=60, follow_redirects=False)
+        self._http = client or async_client(timeout=60)
         self.policies = _NoPolicies()
         self.rvps = ItaReferenceValues()
 
@@ -92,9 +93,9 @@ class IntelTrustAuthority:
         have = {a.lower() for a in algs if isinstance(a, str)}
         need = {"tdx": "sha512", "sgx": "sha256", "az-tdx-vtpm": "sha256"}.get(tee)
         if need is None:
-            raise AttestationError("Attestation error: ITA: Unknown TEE specified")
+            raise KbsAttestationError("Attestation error: ITA: Unknown TEE specified")
         if need not in have:
-            raise AttestationError(f"Attestation error: ITA: {tee} TEE does not support {need}")
+            raise KbsAttestationError(f"Attestation error: ITA: {tee} TEE does not support {need}")
         return need, {"selected-hash-algorithm": need}
 
     def _request(
@@ -132,22 +133,21 @@ class IntelTrustAuthority:
     async def attest(
         self, *, tee: str, session_nonce: str, hash_algorithm: str, untrusted_body: bytes
     ) -> str:
-        from .attestation_service import parse_attestation
+        from .attestation_service import additional_evidence, parse_attestation
 
         try:
-            _init, nonce, key, primary, additional = parse_attestation(untrusted_body)
-            if nonce != session_nonce:
-                raise ValueError("runtime-data nonce differs from the session nonce")
+            _init, nonce, key, primary, additional = parse_attestation(
+                untrusted_body, session_nonce=session_nonce
+            )
             runtime = {"tee-pubkey": key.to_jwk(), "nonce": nonce, "additional-evidence": additional}
-            devices = strict_loads(additional) if additional else {}
-            if not isinstance(devices, dict):
-                raise ValueError("additional evidence must map TEE names to evidence")
+            devices = additional_evidence(additional) if additional else {}
             body = self._request(tee, primary, runtime, devices)
-        except KbsError:
+        except KbsError as exc:  # its detail is for the client, the reason for the log
+            log.warning("attestation rejected: %s", exc)
             raise
         except Exception as exc:
             log.warning("attestation rejected: %s", exc)
-            raise AttestationError(_FAILED) from exc
+            raise KbsAttestationError(_FAILED) from exc
         return await self._post(body)
 
     async def _post(self, body: dict[str, Any]) -> str:
@@ -165,27 +165,27 @@ class IntelTrustAuthority:
                 status = r.status_code
         except HttpBodyError as exc:  # too large, refused/corrupt coding, cut mid-body
             log.warning("Intel Trust Authority answer unusable: %s", exc)
-            raise AttestationError(_FAILED) from None
+            raise KbsAttestationError(_FAILED) from exc
         except httpx.HTTPError as exc:
             log.warning("Intel Trust Authority unreachable: %s", type(exc).__name__)
-            raise AttestationError(_FAILED) from exc
+            raise KbsAttestationError(_FAILED) from exc
         try:
-            doc = json.loads(raw)
+            doc = strict_loads(raw, limit=MAX_RESPONSE)
         except ValueError:
             doc = None
         if status != 200:
             err = doc.get("error") if isinstance(doc, dict) else None
             log.warning("ITA attestation request failed: status=%s message=%s", status, str(err)[:200])
-            raise AttestationError(_FAILED)
+            raise KbsAttestationError(_FAILED)
         token = doc.get("token") if isinstance(doc, dict) else None
         if not isinstance(token, str):
             log.warning("ITA answer has no token")
-            raise AttestationError(_FAILED)
+            raise KbsAttestationError(_FAILED)
         try:
             self._verifier.verify(token)
         except KbsError as exc:
             log.warning("ITA token refused: %s", exc.detail)
-            raise AttestationError(_FAILED) from exc
+            raise KbsAttestationError(_FAILED) from exc
         return token
 
     async def close(self) -> None:

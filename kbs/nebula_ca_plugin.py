@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, PluginInternalError
+from .errors import KbsConfigError, PluginInternalError
 from .external_plugin import PluginCall
 
 __all__ = ["NebulaCaPlugin"]
@@ -48,14 +48,14 @@ def _fail(msg: str) -> PluginInternalError:
 def _version_tuple(v: str) -> tuple[int, ...]:
     m = re.match(r"^(\d+)\.(\d+)\.(\d+)", v)
     if not m:
-        raise ConfigError(f"plugins.nebula-ca: cannot parse nebula-cert version {v[:40]!r}")
+        raise KbsConfigError(f"plugins.nebula-ca: cannot parse nebula-cert version {v[:40]!r}")
     return tuple(int(x) for x in m.groups())
 
 
 def _run(argv: list[str]) -> str:
     r = subprocess.run(argv, capture_output=True, timeout=60, check=False)
     if r.returncode != 0:
-        raise ConfigError(f"plugins.nebula-ca: {Path(argv[0]).name} {argv[1]} failed")
+        raise KbsConfigError(f"plugins.nebula-ca: {Path(argv[0]).name} {argv[1]} failed")
     return r.stdout.decode("utf-8", "replace")
 
 
@@ -72,22 +72,22 @@ class NebulaCaPlugin:
     def open(cls, options: Mapping[str, Any]) -> NebulaCaPlugin:
         binary = shutil.which(str(options.get("nebula_cert_bin_path") or "nebula-cert"))
         if binary is None:
-            raise ConfigError("plugins.nebula-ca: nebula-cert not found")
+            raise KbsConfigError("plugins.nebula-ca: nebula-cert not found")
         out = _run([binary, "--version"]).strip()
         version = out.removeprefix("Version: ").strip()
         need = str(options.get("min_nebula_cert_version") or MIN_VERSION)
         if _version_tuple(version) < _version_tuple(need):
-            raise ConfigError(f"plugins.nebula-ca: nebula-cert {version} is older than {need}")
+            raise KbsConfigError(f"plugins.nebula-ca: nebula-cert {version} is older than {need}")
         work = Path(str(options.get("work_dir") or DEFAULT_WORK_DIR))
         p = cls(binary, work)
         try:
             p.crt.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"plugins.nebula-ca: work_dir is not usable: {exc.strerror}") from exc
+            raise KbsConfigError(f"plugins.nebula-ca: work_dir is not usable: {exc.strerror}") from exc
         if not p.crt.exists() and not p.key.exists():
             ca = options.get("ca_config") or {}
             if not isinstance(ca, Mapping):
-                raise ConfigError("plugins.nebula-ca.ca_config must be a table")
+                raise KbsConfigError("plugins.nebula-ca.ca_config must be a table")
             args = ["-name", str(ca.get("name") or DEFAULT_CA_NAME)]
             for k in _CA_STR[1:]:
                 if ca.get(k) is not None:
@@ -97,7 +97,7 @@ class NebulaCaPlugin:
                     args += [f"-{k.replace('_', '-')}", str(int(ca[k]))]
             _run([binary, "ca", *args, "-out-crt", str(p.crt), "-out-key", str(p.key)])
         if not p.crt.exists() or not p.key.exists():
-            raise ConfigError("plugins.nebula-ca: Nebula CA not found (ca.crt and ca.key must both exist)")
+            raise KbsConfigError("plugins.nebula-ca: Nebula CA not found (ca.crt and ca.key must both exist)")
         _run([binary, "print", "-path", str(p.crt)])
         return p
 

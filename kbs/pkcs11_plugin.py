@@ -25,7 +25,7 @@ from typing import Any
 from kbs_protocol.errors import InvalidUri
 from kbs_protocol.uri import parse_resource_segments
 
-from .errors import ConfigError, PluginInternalError
+from .errors import KbsConfigError, PluginInternalError
 from .external_plugin import PluginCall
 
 __all__ = ["Pkcs11Plugin"]
@@ -49,11 +49,11 @@ class Pkcs11Plugin:
     async def open(cls, options: Mapping[str, Any]) -> Pkcs11Plugin:
         module, pin = options.get("module"), options.get("pin")
         if not isinstance(module, str) or not isinstance(pin, str):
-            raise ConfigError("plugins.pkcs11: module and pin are required strings")
+            raise KbsConfigError("plugins.pkcs11: module and pin are required strings")
         slot_index = options.get("slot_index", 0)
         mech = options.get("rsa_mechanism", "RsaPkcsOaep")
         if mech not in ("RsaPkcsOaep", "RsaPkcsTest"):
-            raise ConfigError("plugins.pkcs11.rsa_mechanism must be RsaPkcsOaep or RsaPkcsTest")
+            raise KbsConfigError("plugins.pkcs11.rsa_mechanism must be RsaPkcsOaep or RsaPkcsTest")
         label = options.get("lookup_label", "")
 
         def _open() -> Any:
@@ -62,15 +62,15 @@ class Pkcs11Plugin:
             lib = pkcs11.lib(module)
             slots = lib.get_slots(token_present=True)
             if not isinstance(slot_index, int) or not 0 <= slot_index < len(slots):
-                raise ConfigError("plugins.pkcs11.slot_index: slot index out of range")
+                raise KbsConfigError("plugins.pkcs11.slot_index: slot index out of range")
             return slots[slot_index].get_token().open(rw=True, user_pin=pin)
 
         try:
             session = await asyncio.to_thread(_open)
-        except ConfigError:
+        except KbsConfigError:
             raise
         except Exception as exc:  # the module's own errors; the PIN is never part of them
-            raise ConfigError(
+            raise KbsConfigError(
                 f"plugins.pkcs11: cannot open a session on the token: {type(exc).__name__}"
             ) from exc
         return cls(session, str(label), str(mech))

@@ -228,12 +228,13 @@ class ResourcePolicy:
 
 @functools.lru_cache(maxsize=16)
 def _builtin_ear_policy(policy_id: str) -> str:
-    """A built-in EAR policy's text (read once: package data), ``default_gpu``'s for a class
-    without one of its own. Only ``default_<class>`` ids of the verifier table reach here."""
+    """A built-in EAR policy's text (read once: package data). As trustee's token broker, a TEE
+    class without one (``dcu``, ``nvidia-dpu``) is an error until a policy is uploaded under
+    that id. Only ``default_<class>`` ids of the verifier table reach here."""
     f = resources.files("kbs.policies") / f"{policy_id}.rego"
     if f.is_file():
         return f.read_text()
-    return (resources.files("kbs.policies") / "default_gpu.rego").read_text()
+    raise PolicyEngineError(f"no attestation policy {policy_id}: upload one under that id")
 
 
 @dataclass(frozen=True)

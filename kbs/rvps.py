@@ -57,7 +57,7 @@ def encode_reference_value(name: str, value: Any, expires_at: float) -> bytes:
 
 def decode_reference_value(raw: bytes) -> tuple[float, Any]:
     """(expiry as a POSIX time, value) of a stored ``ReferenceValue``; ValueError if malformed."""
-    rec = json.loads(raw)
+    rec = strict_loads(raw)
     if not isinstance(rec, dict) or "value" not in rec or not isinstance(rec.get("expiration"), str):
         raise ValueError("not a reference value record")
     exp = datetime.strptime(rec["expiration"], "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)

@@ -16,32 +16,30 @@ import ssl
 import sys
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
 from email.utils import formatdate
-from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from attestation.errors import AttestationError as VerifierError
+from attestation.errors import AttestationError
 from coco_common.b64 import b64url_decode
 from coco_common.strict_json import strict_loads
 from kbs_protocol import jwe as wire_jwe
-from kbs_protocol.errors import InvalidUri
-from kbs_protocol.errors import JweError as WireJweError
+from kbs_protocol.errors import InvalidUri, JweError
 from kbs_protocol.uri import parse_resource_segments
 
-from .admin_auth import AdminAuthorizer, AdminDenied
+from .app import KbsState, build_state
 from .attestation_service import AttestationService
-from .config import KbsConfig, startup_problems
-from .ear import EarBroker, TokenVerifier, extract_tee_pubkey
+from .config import KbsServerConfig
+from .ear import extract_tee_pubkey
 from .errors import (
+    AdminAccessDenied,
     AdminAuthAccess,
     AdminAuthInitialization,
-    AttestationError,
-    ConfigError,
-    JweError,
+    KbsAttestationError,
+    KbsConfigError,
     KbsError,
+    KbsJweError,
     ParsePolicyError,
     PluginInternalError,
     PluginNotFound,
@@ -49,28 +47,16 @@ from .errors import (
     RvpsError,
     TokenNotFound,
 )
-from .external_plugin import ClientPlugin, ExternalPlugin, PluginCall
-from .grpc_api import AsClient, RemoteAttestationService, RemoteReferenceValues, RvpsClient
-from .intel_ta import IntelTrustAuthority, ItaReferenceValues
-from .metrics import Metrics
-from .policy import RESOURCE_POLICY_ID, AttestationPolicies, ResourcePolicy
-from .policy_worker import PolicyWorkers
-from .rvps import ReferenceValues
-from .sessions import Session, SessionStore
+from .external_plugin import PluginCall
+from .intel_ta import IntelTrustAuthority
+from .policy import RESOURCE_POLICY_ID, AttestationPolicies
+from .sessions import Session
 from .storage import (
     NS_REPOSITORY,
-    EncryptedStore,
-    KvStore,
-    LocalFsStore,
-    LocalJsonStore,
-    MemoryStore,
-    PostgresStore,
-    RedisStore,
-    load_at_rest_key,
 )
-from .verifiers import DEV_TEES, DEVICE_TEES, KNOWN_TEES, UnsupportedTee, VerifierRegistry, auth_extra_params
+from .verifiers import DEVICE_TEES, KNOWN_TEES, UnsupportedTee, auth_extra_params
 
-__all__ = ["KbsState", "build_state", "make_app", "serve", "ssl_context"]
+__all__ = ["make_app", "serve", "ssl_context"]
 
 log = logging.getLogger("kbs")
 
@@ -99,195 +85,6 @@ def _audit_fields(request: web.Request, segs: list[str], claims: Any) -> dict[st
         "claims_sha256": digest,
         "client": request.remote,
     }
-
-
-@dataclass
-class KbsState:
-    config: KbsConfig
-    store: KvStore
-    sessions: SessionStore
-    admin: AdminAuthorizer
-    tokens: TokenVerifier
-    service: AttestationService | RemoteAttestationService | IntelTrustAuthority
-    resource_policy: ResourcePolicy
-    rvps: ReferenceValues | RemoteReferenceValues | ItaReferenceValues
-    metrics: Metrics = field(default_factory=Metrics)
-    closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
-    #: trustee's client plugins served through the generic plugin flow (``external``, ``pkcs11``)
-    client_plugins: dict[str, ClientPlugin] = field(default_factory=dict)
-
-
-def _make_store(kind: str, cfg: KbsConfig, cache: dict[str, KvStore]) -> KvStore:
-    if kind in cache:
-        return cache[kind]
-    st: KvStore
-    if kind == "Memory":
-        st = MemoryStore()
-    elif kind == "LocalFs":
-        st = LocalFsStore(cfg.storage.local_fs_dir)
-    elif kind == "LocalJson":
-        st = LocalJsonStore(cfg.storage.local_json_dir)
-    elif kind == "Redis":
-        st = RedisStore(cfg.storage.redis_url)
-    elif kind == "Postgres":
-        pg = cfg.storage.postgres
-        st = PostgresStore.from_config(pg.db, pg.username, pg.password, pg.host, pg.port)
-    else:
-        raise ConfigError(f"storage type {kind} not supported")
-    cache[kind] = st
-    return st
-
-
-async def build_state(
-    cfg: KbsConfig, *, registry: VerifierRegistry | None = None, broker: EarBroker | None = None
-) -> KbsState:
-    """Everything the HTTP layer needs, built from a parsed config."""
-    problems = startup_problems(cfg)
-    if problems:
-        raise ConfigError("; ".join(problems))
-    cache: dict[str, KvStore] = {}
-    base = _make_store(cfg.storage.storage_type, cfg, cache)
-    store: KvStore = base
-    if cfg.storage.encryption_key_path:
-        store = EncryptedStore(
-            base, load_at_rest_key(cfg.storage.encryption_key_path), frozenset({NS_REPOSITORY})
-        )
-    sess_store = _make_store(cfg.storage.session_storage_type or cfg.storage.storage_type, cfg, cache)
-    for st in cache.values():
-        if isinstance(st, RedisStore | PostgresStore):
-            try:
-                await st.ping()
-            except KbsError as exc:
-                where = "Redis" if isinstance(st, RedisStore) else "PostgreSQL"
-                raise ConfigError(f"the {where} storage backend is not reachable") from exc
-    a = cfg.attestation_service
-    if broker is None:
-        kw: dict[str, Any] = {
-            "duration_min": a.duration_min,
-            "issuer": a.issuer_name,
-            "developer": a.developer_name,
-            "build": a.build_name,
-            "profile": a.profile_name,
-        }
-        broker = (
-            EarBroker.from_files(a.signer_key_path, a.signer_cert_path, **kw)
-            if a.signer_key_path
-            else EarBroker(**kw)
-        )
-    t = cfg.attestation_token
-    # the built-in AS's own signing key is always trusted, besides [attestation_token]'s certs and
-    # JWK sets: the secure setup needs no configuration, and insecure_header_jwk stays an opt-in
-    # off the event loop: a JWK set may be fetched over HTTPS (trustee's ITA configs)
-    tokens = await asyncio.to_thread(
-        TokenVerifier.from_config,
-        t.trusted_certs_paths,
-        t.trusted_jwk_sets,
-        t.insecure_header_jwk,
-        own_keys=[broker.key.public_key()] if cfg.compatibility.trust_own_signer else [],
-    )
-    if t.insecure_header_jwk:
-        log.warning(
-            "INSECURE: [attestation_token] insecure_header_jwk = true: a resource request is granted to ANY "
-            "token signed by the key in its own jwk header, whoever made it; for tests only. Without it "
-            "this KBS trusts its own attestation service's tokens and trusted_certs_paths / trusted_jwk_sets"
-        )
-    sess_kind = cfg.storage.session_storage_type or cfg.storage.storage_type
-    if not a.signer_key_path and sess_kind in ("Redis", "Postgres"):
-        log.warning(
-            "the EAR signing key is ephemeral (no [attestation_service.attestation_token_broker.signer] "
-            "key_path): tokens issued by this replica are refused by other replicas sharing the "
-            "session store; give every replica the same signer key_path"
-        )
-    closers: list[Callable[[], Awaitable[None]]] = [st.close for st in cache.values()]
-    sec = cfg.security
-    workers = PolicyWorkers(sec.policy_workers, timeout_s=sec.policy_timeout_s)
-    closers.append(workers.close)
-    rvps: ReferenceValues | RemoteReferenceValues | ItaReferenceValues
-    service: AttestationService | RemoteAttestationService | IntelTrustAuthority
-    if a.type == "intel_ta":  # Intel Trust Authority (a cloud service) appraises the evidence
-        ita = await asyncio.to_thread(IntelTrustAuthority, a)
-        closers.append(ita.close)
-        service, rvps = ita, ita.rvps
-    elif a.type == "coco_as_grpc":  # a separate attestation service (and the RVPS behind it)
-        as_client = AsClient(a.as_addr or "http://127.0.0.1:50004")
-        rv_client = RvpsClient(a.as_addr or "http://127.0.0.1:50004")
-        closers += [as_client.close, rv_client.close]
-        rvps = RemoteReferenceValues(rv_client, store)
-        service = RemoteAttestationService(as_client)
-    else:
-        if a.rvps_type == "GrpcRemote":  # built-in attestation service, separate RVPS
-            rv_client = RvpsClient(a.rvps_address or "http://127.0.0.1:50003")
-            closers.append(rv_client.close)
-            rvps = RemoteReferenceValues(rv_client, store)
-        else:
-            rvps = ReferenceValues(store, hide_expired=cfg.compatibility.hide_expired_reference_values)
-        dev = sec.dev_verifiers
-        if dev is None:  # unset: on only where tokens are forgeable anyway (insecure_header_jwk)
-            dev = tuple(sorted(DEV_TEES)) if t.insecure_header_jwk else ()
-        if dev:
-            log.warning(
-                "INSECURE: the unsigned development verifiers %s are enabled ([security] dev_verifiers%s): "
-                "a client with no TEE at all can attest as them; the default resource policy refuses them, "
-                "a custom one must too. For tests and demos only",
-                ", ".join(dev),
-                "" if sec.dev_verifiers is not None else " unset, implied by insecure_header_jwk",
-            )
-        policies = AttestationPolicies(store, workers)
-        policies.check_at_upload = cfg.compatibility.check_policy_at_upload
-        service = AttestationService(
-            registry or VerifierRegistry(options=a.verifier_config, dev_verifiers=dev),
-            broker,
-            policies,
-            rvps,
-            verbose_token=a.verbose_token,
-            limits=sec,
-        )
-        service.strict_bodies = cfg.compatibility.strict_request_bodies
-    rp = ResourcePolicy(store, workers)
-    rp.check_at_upload = cfg.compatibility.check_policy_at_upload
-    await rp.install_default()
-    client_plugins: dict[str, ClientPlugin] = {}
-    for pc in cfg.plugin_configs:
-        if pc.name == "external":
-            client_plugins["external"] = ExternalPlugin(pc.options)
-        elif pc.name == "pkcs11":
-            from .pkcs11_plugin import Pkcs11Plugin
-
-            client_plugins["pkcs11"] = await Pkcs11Plugin.open(pc.options)
-        elif pc.name == "nebula-ca":
-            from .nebula_ca_plugin import NebulaCaPlugin
-
-            client_plugins["nebula-ca"] = await asyncio.to_thread(NebulaCaPlugin.open, pc.options)
-    closers += [p.close for p in client_plugins.values()]
-    state = KbsState(
-        config=cfg,
-        store=store,
-        sessions=SessionStore(sess_store, timeout_min=a.timeout_min, max_sessions=sec.max_sessions),
-        admin=AdminAuthorizer(cfg.admin, base_dir=cfg.base_dir),
-        tokens=tokens,
-        service=service,
-        resource_policy=rp,
-        rvps=rvps,
-        closers=closers,
-        client_plugins=client_plugins,
-    )
-    m = state.metrics
-    m.counter("kbs_http_requests_total", "HTTP requests by endpoint, method and status")
-    m.counter("kbs_attestations_total", "RCAR /attest outcomes")
-    m.counter("kbs_sessions_created_total", "RCAR sessions created by /auth")
-    m.counter("kbs_resource_requests_total", "resource GET outcomes")
-    m.gauge("process_resident_memory_bytes", "resident set size", _rss)
-    return state
-
-
-def _rss() -> float:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return float(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 class _InternalError(KbsError):
@@ -322,30 +119,32 @@ class _Handlers:
         try:
             doc = strict_loads(raw)
         except ValueError as exc:
-            raise AttestationError(AUTH_DESERIALIZE) from exc
+            raise KbsAttestationError(AUTH_DESERIALIZE) from exc
         fields = {"version", "tee", "extra-params"}
         if not isinstance(doc, dict) or not fields <= set(doc):
-            raise AttestationError(AUTH_DESERIALIZE)
+            raise KbsAttestationError(AUTH_DESERIALIZE)
         if set(doc) != fields and self.s.config.compatibility.strict_request_bodies:
-            raise AttestationError(AUTH_DESERIALIZE)
+            raise KbsAttestationError(AUTH_DESERIALIZE)
         version, tee = doc["version"], doc["tee"]
         if not isinstance(version, str) or not isinstance(tee, str):
-            raise AttestationError(AUTH_DESERIALIZE)
+            raise KbsAttestationError(AUTH_DESERIALIZE)
         # semver "=0.4.0": build metadata is ignored, a pre-release does not match
         if not _SEMVER.match(version) or version.split("+", 1)[0] != PROTOCOL_VERSION:
-            raise AttestationError(
+            raise KbsAttestationError(
                 "Attestation error: RCAR handshake Auth failed: KBS Client Protocol Version Mismatch: "
                 f"expect ={PROTOCOL_VERSION} while the request is {version[:40]}"
             )
         if tee not in KNOWN_TEES:
-            raise AttestationError(AUTH_DESERIALIZE)
+            raise KbsAttestationError(AUTH_DESERIALIZE)
         if tee in DEVICE_TEES:
             # a device TEE attests an accelerator, not the CPU the workload runs on
-            raise AttestationError(
+            raise KbsAttestationError(
                 f"Attestation error: RCAR handshake Auth failed: {tee} is a device TEE, not a primary TEE"
             )
         if isinstance(self.s.service, AttestationService) and self.s.service.registry.disabled(tee):
-            raise AttestationError(f"Attestation error: RCAR handshake Auth failed: tee {tee} is not enabled")
+            raise KbsAttestationError(
+                f"Attestation error: RCAR handshake Auth failed: tee {tee} is not enabled"
+            )
         alg = "sha512" if tee == "se" else "sha384"
         nonce: str | None = None
         try:  # se: the verifier's attestation request is the nonce (trustee's supplemental challenge)
@@ -355,8 +154,8 @@ class _Handlers:
                 nonce = await asyncio.to_thread(
                     self.s.service.registry.supplemental_challenge, tee, doc["extra-params"]
                 )
-        except (UnsupportedTee, VerifierError) as exc:
-            raise AttestationError(f"Attestation error: RCAR handshake Auth failed: {exc}") from exc
+        except (UnsupportedTee, AttestationError) as exc:
+            raise KbsAttestationError(f"Attestation error: RCAR handshake Auth failed: {exc}") from exc
         if isinstance(self.s.service, IntelTrustAuthority):  # trustee's ITA backend picks the hash
             alg, extra = self.s.service.select_hash_algorithm(tee, doc["extra-params"])
         sess = await self.s.sessions.create(tee, hash_algorithm=alg, nonce=nonce)
@@ -370,11 +169,11 @@ class _Handlers:
         sess = await self.s.sessions.get(request.cookies.get(SESSION_COOKIE))
         if sess is None:
             self.s.metrics.inc("kbs_attestations_total", result="no_session")
-            raise AttestationError("Attestation error: RCAR handshake Attest failed")
+            raise KbsAttestationError("Attestation error: RCAR handshake Attest failed")
         async with self.s.sessions.lock(sess.id):  # one nonce, one attestation
             fresh = await self.s.sessions.get(sess.id)
             if fresh is None:
-                raise AttestationError("Attestation error: RCAR handshake Attest failed")
+                raise KbsAttestationError("Attestation error: RCAR handshake Attest failed")
             sess = fresh
             if sess.token is None:
                 try:
@@ -384,7 +183,7 @@ class _Handlers:
                         hash_algorithm=sess.hash_algorithm,
                         untrusted_body=raw,
                     )
-                except AttestationError:
+                except KbsAttestationError:
                     self.s.metrics.inc("kbs_attestations_total", result="rejected")
                     raise
                 if isinstance(self.s.service, AttestationService):  # signed here, by our broker
@@ -416,7 +215,7 @@ class _Handlers:
     def _admin(self, request: web.Request, err: type[KbsError]) -> None:
         try:
             role = self.s.admin.check(self.acl_path(request), request.headers.get("Authorization"))
-        except AdminDenied as exc:
+        except AdminAccessDenied as exc:
             log.warning("admin access denied", extra={"path": request.path, "reason": str(exc)})
             if err is AdminAuthInitialization:
                 raise err(f"failed to initialize [admin] configuration: Admin access denied: {exc}") from exc
@@ -478,10 +277,10 @@ class _Handlers:
         tee_key = extract_tee_pubkey(claims, self.s.config.attestation_token.extra_teekey_paths)
         try:
             doc = wire_jwe.encrypt(data, tee_key)
-        except WireJweError as exc:
-            raise JweError(f"JWE error: {exc}") from exc
+        except JweError as exc:
+            raise KbsJweError(f"JWE error: {exc}") from exc
         except ValueError as exc:  # a key cryptography refuses late (tokens from other issuers)
-            raise JweError("JWE error: the tee-pubkey cannot be encrypted to") from exc
+            raise KbsJweError("JWE error: the tee-pubkey cannot be encrypted to") from exc
         self.s.metrics.inc("kbs_resource_requests_total", result="ok")
         log.info("resource released", extra={**audit, "bytes": len(data)})
         return _json(doc)
@@ -551,8 +350,8 @@ class _Handlers:
             tee_key = extract_tee_pubkey(claims, self.s.config.attestation_token.extra_teekey_paths)
             try:
                 return _json(wire_jwe.encrypt(data, tee_key))
-            except WireJweError as exc:
-                raise JweError(f"JWE error: {exc}") from exc
+            except JweError as exc:
+                raise KbsJweError(f"JWE error: {exc}") from exc
         return web.Response(status=200, body=data, content_type="text/xml")
 
     async def sample_plugin(self, request: web.Request) -> web.Response:
@@ -662,7 +461,7 @@ def make_app(state: KbsState) -> web.Application:
     return app
 
 
-def ssl_context(cfg: KbsConfig) -> ssl.SSLContext | None:
+def ssl_context(cfg: KbsServerConfig) -> ssl.SSLContext | None:
     hs = cfg.http_server
     if hs.insecure_http:
         return None
@@ -673,11 +472,11 @@ def ssl_context(cfg: KbsConfig) -> ssl.SSLContext | None:
             with open(path, "rb"):
                 pass
         except OSError as exc:
-            raise ConfigError(f"http_server.{key} {path}: {(exc.strerror or str(exc)).lower()}") from exc
+            raise KbsConfigError(f"http_server.{key} {path}: {(exc.strerror or str(exc)).lower()}") from exc
     try:
         ctx.load_cert_chain(hs.certificate, hs.private_key)
     except ssl.SSLError as exc:
-        if "KEY_VALUES_MISMATCH" in str(exc):
+        if exc.reason == "KEY_VALUES_MISMATCH":  # OpenSSL's reason code, not its text
             msg = (
                 f"http_server.private_key {hs.private_key} does not match "
                 f"http_server.certificate {hs.certificate}"
@@ -687,9 +486,9 @@ def ssl_context(cfg: KbsConfig) -> ssl.SSLContext | None:
                 f"http_server.certificate {hs.certificate} / private_key {hs.private_key}: "
                 f"not a PEM certificate and unencrypted PEM key ({exc.reason or 'SSL error'})"
             )
-        raise ConfigError(msg) from exc
+        raise KbsConfigError(msg) from exc
     except OSError as exc:
-        raise ConfigError(
+        raise KbsConfigError(
             f"cannot load the TLS certificate/key: {(exc.strerror or str(exc)).lower()}"
         ) from exc
     versions = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
@@ -701,7 +500,7 @@ def ssl_context(cfg: KbsConfig) -> ssl.SSLContext | None:
         for attr, v in (("minimum_version", hs.tls_min_version), ("maximum_version", hs.tls_max_version)):
             if v is not None:
                 if v not in versions:
-                    raise ConfigError("tls_min_version / tls_max_version must be 1.2 or 1.3")
+                    raise KbsConfigError("tls_min_version / tls_max_version must be 1.2 or 1.3")
                 setattr(ctx, attr, versions[v])
     else:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -716,7 +515,7 @@ def ssl_context(cfg: KbsConfig) -> ssl.SSLContext | None:
             try:
                 ctx.set_ciphers(":".join(legacy))
             except ssl.SSLError as exc:
-                raise ConfigError("tls_ciphers is not a valid OpenSSL cipher list") from exc
+                raise KbsConfigError("tls_ciphers is not a valid OpenSSL cipher list") from exc
     if hs.tls_groups:
         log.warning("tls_groups: key exchange groups are OpenSSL's defaults here (not configurable)")
     return ctx
@@ -732,7 +531,9 @@ async def _sweeper(state: KbsState, every_s: float = 60.0) -> None:
                 log.info("expired entries removed", extra={"count": n})
 
 
-async def serve(cfg: KbsConfig, *, stop: asyncio.Event | None = None, shutdown_timeout: float = 10.0) -> None:
+async def serve(
+    cfg: KbsServerConfig, *, stop: asyncio.Event | None = None, shutdown_timeout: float = 10.0
+) -> None:
     """Run until SIGTERM/SIGINT (or ``stop``), then drain and close."""
     # a thread parsing a large /attest body holds the GIL; the event loop gets it back within
     # 1 ms instead of Python's 5 ms, so cheap requests are not queued behind it
@@ -744,7 +545,7 @@ async def serve(cfg: KbsConfig, *, stop: asyncio.Event | None = None, shutdown_t
         sys.setswitchinterval(switch)
 
 
-async def _serve(cfg: KbsConfig, stop: asyncio.Event | None, shutdown_timeout: float) -> None:
+async def _serve(cfg: KbsServerConfig, stop: asyncio.Event | None, shutdown_timeout: float) -> None:
     state = await build_state(cfg)
     app = make_app(state)
     runner = web.AppRunner(
@@ -809,16 +610,16 @@ def _attestation_policy_body(untrusted: bytes) -> tuple[str, bytes]:
         doc = strict_loads(untrusted)
     except ValueError as exc:
         log.warning("set attestation policy: body is not JSON")
-        raise AttestationError(_SET_POLICY_FAILED) from exc
+        raise KbsAttestationError(_SET_POLICY_FAILED) from exc
     if (
         not isinstance(doc, dict)
         or not isinstance(doc.get("policy_id"), str)
         or not isinstance(doc.get("policy"), str)
     ):
         log.warning("set attestation policy: policy_id and policy must be strings")
-        raise AttestationError(_SET_POLICY_FAILED)
+        raise KbsAttestationError(_SET_POLICY_FAILED)
     try:
         return doc["policy_id"], b64url_decode(doc["policy"], allow_padding=False)
     except ValueError as exc:
         log.warning("set attestation policy: policy is not unpadded base64url")
-        raise AttestationError(_SET_POLICY_FAILED) from exc
+        raise KbsAttestationError(_SET_POLICY_FAILED) from exc

@@ -35,7 +35,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from .errors import AttestationError
+from .errors import KbsAttestationError
 from .storage import NS_SESSION, KvStore
 
 __all__ = ["NS_ATTESTED", "Session", "SessionStore", "SessionsExhausted"]
@@ -44,7 +44,7 @@ __all__ = ["NS_ATTESTED", "Session", "SessionStore", "SessionsExhausted"]
 NS_ATTESTED = "kbs_protocol_attested"
 
 
-class SessionsExhausted(AttestationError):
+class SessionsExhausted(KbsAttestationError):
     """Every session slot holds an attested session: /auth is refused until one expires."""
 
     variant = "AttestationError"
@@ -170,7 +170,7 @@ class SessionStore:
 
     async def _forget(self, sids: list[str]) -> int:
         """Delete sessions (and their claims) from a store that does not expire them itself."""
-        if getattr(self._store, "native_ttl", False):
+        if self._store.native_ttl:
             return 0
         n = 0
         for sid in sids:
@@ -243,7 +243,7 @@ class SessionStore:
         if not await self._store.add(NS_ATTESTED, s.id, claim, ttl_s=self._ttl(ttl)):
             first = await self._store.get(NS_ATTESTED, s.id)
             if first is None or b"\n" not in first:
-                raise AttestationError("Attestation error: RCAR handshake Attest failed")
+                raise KbsAttestationError("Attestation error: RCAR handshake Attest failed")
             return replace(s, token=first.split(b"\n", 1)[1].decode())
         done = replace(s, token=token)
         await self._store.set(NS_SESSION, s.id, done.to_bytes(), ttl_s=self._ttl(ttl))
@@ -254,7 +254,7 @@ class SessionStore:
     def _ttl(self, ttl_s: float) -> float | None:
         # stores that expire values themselves get the TTL; on the others the record is written
         # exactly as trustee writes it (its own timeout inside) and purge_expired removes it
-        return ttl_s if getattr(self._store, "native_ttl", False) else None
+        return ttl_s if self._store.native_ttl else None
 
     async def purge_expired(self, *, now: float | None = None, limit: int = 10_000) -> int:
         """Remove expired sessions: this replica's from its index (no record is read); every
@@ -262,7 +262,7 @@ class SessionStore:
         n = await self._store.purge_expired()
         t = time.time() if now is None else now
         n += await self._forget(self._pop_expired(self._pending, t) + self._pop_expired(self._attested, t))
-        if getattr(self._store, "native_ttl", False):
+        if self._store.native_ttl:
             return n
         self._sweeps += 1
         if self._sweeps % self.FULL_SCAN_EVERY != 1:

@@ -32,7 +32,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .errors import ConfigError, StorageError
+from coco_common.files import FileTooLarge, read_bounded, write_atomic
+from coco_common.strict_json import strict_loads
+
+from .errors import KbsConfigError, StorageError
 
 if TYPE_CHECKING:
     from .config import StorageConfig
@@ -66,6 +69,9 @@ _NS = re.compile(r"^[a-z_]+$")
 
 
 class KvStore(Protocol):
+    #: the backend expires values itself (Redis, memory); else readers check the expiry
+    native_ttl: bool
+
     async def get(self, ns: str, key: str) -> bytes | None: ...
 
     async def set(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> None: ...
@@ -162,7 +168,7 @@ class LocalFsStore:
         try:
             self._root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"storage dir {root} is not usable: {exc.strerror}") from exc
+            raise KbsConfigError(f"storage dir {root} is not usable: {exc.strerror}") from exc
 
     def _path(self, ns: str, key: str) -> Path:
         _check_ns(ns)
@@ -180,15 +186,13 @@ class LocalFsStore:
     @staticmethod
     def _read_limited(p: Path, limit: int) -> bytes | None:
         try:
-            with p.open("rb") as fh:
-                data = fh.read(limit + 1)
+            return read_bounded(p, limit)
         except FileNotFoundError:
             return None
-        except OSError as exc:
+        except FileTooLarge as exc:
+            raise StorageError("stored value too large") from exc
+        except (OSError, ValueError) as exc:  # ValueError: not a regular file
             raise StorageError("storage read failed") from exc
-        if len(data) > limit:
-            raise StorageError("stored value too large")
-        return data
 
     @staticmethod
     def _expired(head: bytes) -> bool:
@@ -236,8 +240,13 @@ class LocalFsStore:
         p: Path, chunks: tuple[bytes, ...], *, mtime: float | None = None, exclusive: bool = False
     ) -> bool:
         """Write atomically; ``mtime``: stamp the file (TTL records carry their expiry there, so
-        the sweeper needs no read); ``exclusive``: never replace an existing file (False if one is there)."""
+        the sweeper needs no read); ``exclusive``: never replace an existing file (False if one is there).
+        A plain replace is :func:`coco_common.files.write_atomic` (fsynced); the stamped and
+        create-only writes are this store's own (a link of a complete temp file)."""
         p.parent.mkdir(parents=True, exist_ok=True)
+        if mtime is None and not exclusive:
+            write_atomic(p, b"".join(chunks))
+            return True
         fd, tmp = tempfile.mkstemp(dir=p.parent, prefix=".tmp-")
         try:
             with os.fdopen(fd, "wb") as fh:
@@ -418,7 +427,7 @@ class LocalJsonStore:
         try:
             self._root.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise ConfigError(f"storage dir {root} is not usable: {exc.strerror}") from exc
+            raise KbsConfigError(f"storage dir {root} is not usable: {exc.strerror}") from exc
 
     def _file(self, ns: str) -> Path:
         _check_ns(ns)
@@ -428,10 +437,7 @@ class LocalJsonStore:
         data = LocalFsStore._read_limited(self._file(ns), self.MAX_FILE_BYTES)
         if data is None:
             return {}
-        try:
-            doc = json.loads(data)
-        except ValueError as exc:
-            raise StorageError("stored namespace file is not JSON") from exc
+        doc = strict_loads(data, limit=self.MAX_FILE_BYTES, error=StorageError, what="stored namespace file")
         if not isinstance(doc, dict) or not all(isinstance(v, str) for v in doc.values()):
             raise StorageError("stored namespace file is not a JSON object of strings")
         return doc
@@ -635,9 +641,9 @@ class EncryptedStore:
 
     def __init__(self, inner: KvStore, key: bytes, namespaces: frozenset[str]) -> None:
         if len(key) != 32:
-            raise ConfigError("the at-rest key must be 32 bytes")
+            raise KbsConfigError("the at-rest key must be 32 bytes")
         self._inner = inner
-        self.native_ttl = bool(getattr(inner, "native_ttl", False))
+        self.native_ttl = inner.native_ttl
         self._aead = AESGCM(key)
         self._ns = namespaces
 
@@ -652,20 +658,20 @@ class EncryptedStore:
         except InvalidTag as exc:
             raise StorageError("stored value failed authentication") from exc
 
+    def _seal(self, ns: str, key: str, value: bytes) -> bytes:
+        if ns not in self._ns:
+            return value
+        nonce = os.urandom(12)
+        return self._VERSION + nonce + self._aead.encrypt(nonce, value, f"{ns}/{key}".encode())
+
     async def set(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
-        if ns in self._ns:
-            nonce = os.urandom(12)
-            value = self._VERSION + nonce + self._aead.encrypt(nonce, value, f"{ns}/{key}".encode())
-        await self._inner.set(ns, key, value, ttl_s=ttl_s)
+        await self._inner.set(ns, key, self._seal(ns, key, value), ttl_s=ttl_s)
 
     async def delete(self, ns: str, key: str) -> bool:
         return await self._inner.delete(ns, key)
 
     async def add(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> bool:
-        if ns in self._ns:
-            nonce = os.urandom(12)
-            value = self._VERSION + nonce + self._aead.encrypt(nonce, value, f"{ns}/{key}".encode())
-        return await self._inner.add(ns, key, value, ttl_s=ttl_s)
+        return await self._inner.add(ns, key, self._seal(ns, key, value), ttl_s=ttl_s)
 
     async def keys(self, ns: str) -> list[str]:
         return await self._inner.keys(ns)
@@ -679,18 +685,20 @@ class EncryptedStore:
 
 def load_at_rest_key(path: str) -> bytes:
     try:
-        raw = Path(path).read_bytes()[:1024]
+        raw = read_bounded(Path(path), 1024)
     except OSError as exc:
-        raise ConfigError(f"cannot read the at-rest key file: {exc.strerror}") from exc
+        raise KbsConfigError(f"cannot read the at-rest key file: {exc.strerror}") from exc
+    except ValueError as exc:  # too large, not a regular file
+        raise KbsConfigError(f"cannot read the at-rest key file: {exc}") from exc
     if len(raw) == 32:
         return raw
     text = raw.strip()
     try:
         key = bytes.fromhex(text.decode("ascii"))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise ConfigError("the at-rest key file must hold 32 raw bytes or 64 hex digits") from exc
+        raise KbsConfigError("the at-rest key file must hold 32 raw bytes or 64 hex digits") from exc
     if len(key) != 32:
-        raise ConfigError("the at-rest key must be 32 bytes")
+        raise KbsConfigError("the at-rest key must be 32 bytes")
     return key
 
 
@@ -707,4 +715,4 @@ def open_store(kind: str, cfg: StorageConfig) -> KvStore:
     if kind == "Postgres":
         pg = cfg.postgres
         return PostgresStore.from_config(pg.db, pg.username, pg.password, pg.host, pg.port)
-    raise ConfigError(f"storage type {kind} not supported")
+    raise KbsConfigError(f"storage type {kind} not supported")

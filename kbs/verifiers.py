@@ -3,7 +3,7 @@
 
 Every verifier ships in the wheel and is imported here. Verifiers with a
 ``[attestation_service.verifier_config.<tee>]`` table are built when the
-registry is (a bad table stops the KBS with a :class:`~kbs.errors.ConfigError`),
+registry is (a bad table stops the KBS with a :class:`~kbs.errors.KbsConfigError`),
 the others on first use with their defaults; a TEE whose verifier needs
 configuration it was not given (:data:`NEEDS_CONFIG`) or that has no verifier
 is refused as :class:`UnsupportedTee`. ``sample`` and ``sampledevice``
@@ -32,7 +32,7 @@ from attestation.tdx.kbs import TdxVerifier
 from attestation.tpm.kbs import TpmVerifier
 from attestation.verifier import EvidenceVerifier
 
-from .errors import ConfigError, KbsError
+from .errors import KbsConfigError, KbsError
 
 __all__ = [
     "DEVICE_TEES",
@@ -123,7 +123,7 @@ class VerifierRegistry:
     ) -> None:
         """``verifiers``: ready verifiers by TEE (they win over ``options``).
         ``options``: ``verifier_config`` tables by TEE; each configured verifier is built
-        here, so a bad table raises :class:`~kbs.errors.ConfigError` at start-up.
+        here, so a bad table raises :class:`~kbs.errors.KbsConfigError` at start-up.
         ``dev_verifiers``: which unsigned development verifiers (:data:`DEV_TEES`) to
         enable; none by default, so a client with no TEE gets no token."""
         dev: dict[str, EvidenceVerifier] = {
@@ -145,7 +145,7 @@ class VerifierRegistry:
         try:
             return VERIFIERS[tee](**opts) if isinstance(opts, Mapping) else VERIFIERS[tee]()
         except (TypeError, ValueError, OSError, AttestationError) as exc:
-            raise ConfigError(f"attestation_service.verifier_config.{tee}: {exc}") from exc
+            raise KbsConfigError(f"attestation_service.verifier_config.{tee}: {exc}") from exc
 
     def disabled(self, tee: str) -> bool:
         """Whether ``tee`` is a development TEE this registry does not serve."""

@@ -602,12 +602,8 @@ def run_kbs_container(work: Path, registry_host: str, auth: Path, digest: str) -
 
 def dev_verifiers_toml() -> str:
     """Development verifiers (the sample TEE) are off in the image's default
-    configuration; this run switches the sample one on, explicitly, where the
-    KBS has the switch (``[security] dev_verifiers``)."""
-    from kbs import config as kbs_config
-
-    if not hasattr(kbs_config, "DEV_VERIFIERS"):
-        return ""
+    configuration; this run switches the sample one on, explicitly
+    (``[security] dev_verifiers``)."""
     return '\n# this run only: the unsigned sample TEE, for kbs-client without TEE hardware\n[security]\ndev_verifiers = ["sample"]\n'
 
 

@@ -15,8 +15,9 @@ from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
+from kbs.app import KbsState, build_state
 from kbs.config import parse_config
-from kbs.server import KbsState, build_state, make_app
+from kbs.server import make_app
 from kbs_protocol.jws import sign
 from kbs_protocol.policies import builtin_policy
 

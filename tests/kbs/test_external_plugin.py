@@ -9,8 +9,9 @@ from pathlib import Path
 import httpx
 from aiohttp.test_utils import TestServer
 
+from kbs.app import build_state
 from kbs.config import load_config
-from kbs.server import build_state, make_app
+from kbs.server import make_app
 from kbs_client.tee_key import TeeKeyPair
 from kbs_protocol.policies import builtin_policy
 from tests.support.echo_plugin import echo_plugin

@@ -20,8 +20,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from kbs.app import build_state
 from kbs.config import load_config
-from kbs.server import build_state, make_app
+from kbs.server import make_app
 from kbs.storage import NS_REPOSITORY
 from kbs_client.rcar import auth_body
 from kbs_client.tee_key import TeeKeyPair

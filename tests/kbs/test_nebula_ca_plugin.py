@@ -12,9 +12,10 @@ import httpx
 import pytest
 from aiohttp.test_utils import TestServer
 
+from kbs.app import build_state
 from kbs.config import parse_config
-from kbs.errors import ConfigError
-from kbs.server import build_state, make_app
+from kbs.errors import KbsConfigError
+from kbs.server import make_app
 from kbs_client.tee_key import TeeKeyPair
 
 from .conftest import admin_material, config_doc
@@ -42,7 +43,7 @@ async def test_nebula_credentials_for_attested_callers(tmp_path: Path) -> None:
         9,
         5,
     ):  # Debian 12 ships 1.6.1: trustee would refuse it; this KBS needs the key
-        with pytest.raises(ConfigError, match=r"older than 1\.9\.5"):
+        with pytest.raises(KbsConfigError, match=r"older than 1\.9\.5"):
             await build_state(parse_config(doc, str(tmp_path)))
         plugin["min_nebula_cert_version"] = _version()
     state = await build_state(parse_config(doc, str(tmp_path)))

@@ -163,8 +163,9 @@ def test_rust_log_is_honoured(tmp_path: Path) -> None:
 
 
 def test_admin_refusals_name_the_fix(tmp_path: Path) -> None:
-    from kbs.admin_auth import AdminAuthorizer, AdminDenied
+    from kbs.admin_auth import AdminAuthorizer
     from kbs.config import AdminConfig, IdentityProvider, RoleAcl
+    from kbs.errors import AdminAccessDenied
     from kbs_protocol.jws import sign
 
     from .conftest import admin_material
@@ -182,7 +183,7 @@ def test_admin_refusals_name_the_fix(tmp_path: Path) -> None:
     now = int(time.time())
 
     def check(**claims: object) -> str:
-        with pytest.raises(AdminDenied) as ei:
+        with pytest.raises(AdminAccessDenied) as ei:
             az.check("/kbs/v0/resource-policy", "Bearer " + sign(claims, key, alg="EdDSA"))
         return str(ei.value)
 

@@ -16,8 +16,9 @@ from aiohttp.test_utils import TestServer
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from kbs.app import build_state
 from kbs.config import parse_config
-from kbs.server import build_state, make_app
+from kbs.server import make_app
 from kbs_client.tee_key import TeeKeyPair
 
 from .conftest import admin_material, config_doc

@@ -79,7 +79,7 @@ def test_usable_key_memo_never_holds_a_refused_key() -> None:
     # a point off the curve: x of one key, y of another
     off = TeePubKey.from_json({**good.to_jwk(), "y": TeeKeyPair.generate().public_jwk()["y"]})
     for _ in range(2):
-        with pytest.raises(attestation_service._Reject):
+        with pytest.raises(attestation_service.EvidenceRejected):
             usable_tee_key(off)
     assert off not in attestation_service._USABLE_KEYS
 
@@ -168,15 +168,15 @@ async def test_large_init_data_parsed_in_a_worker_gives_what_the_inline_parse_gi
     limits = SecurityConfig()
     doc = _big_init_data(9000, 'when = "2024-01-01"\n')
     assert len(doc) > attestation_service.INLINE_BODY_BYTES
-    want = attestation_service._init_data({"body": doc}, limits)
+    want = attestation_service.init_data_claims({"body": doc}, limits)
     pool = PolicyWorkers(1, timeout_s=30)
     try:
         answer = await pool.init_data(doc, limits)
         assert answer[0] == "ok" and (bytes.fromhex(answer[1]), answer[2]) == want
         # a refusal carries its reason; a parse over the element cap is refused there as here
         over = _big_init_data(limits.max_claims_items + 1)
-        with pytest.raises(attestation_service._Reject) as inline:
-            attestation_service._init_data({"body": over}, limits)
+        with pytest.raises(attestation_service.EvidenceRejected) as inline:
+            attestation_service.init_data_claims({"body": over}, limits)
         assert await pool.init_data(over, limits) == ["reject", str(inline.value)]
     finally:
         await pool.close()

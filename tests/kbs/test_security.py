@@ -17,10 +17,10 @@ import httpx
 import pytest
 from aiohttp.test_utils import TestServer
 
+from kbs.app import build_state
 from kbs.config import parse_config
-from kbs.errors import ConfigError
+from kbs.errors import KbsConfigError
 from kbs.policy_worker import PolicyWorkers, policy_nesting
-from kbs.server import build_state
 from kbs.storage import LocalFsStore
 from kbs.verifiers import DEV_TEES, DEVICE_TEES, KNOWN_TEES
 from kbs_client.sample import sample_evidence
@@ -135,7 +135,7 @@ async def test_f01_dev_verifiers_warn_loudly(tmp_path: Path, caplog: pytest.LogC
 )  # fmt: skip
 def test_security_section_is_strict(tmp_path: Path, security: dict[str, Any], msg: str) -> None:
     _, pub = admin_material(tmp_path)
-    with pytest.raises(ConfigError, match=msg):
+    with pytest.raises(KbsConfigError, match=msg):
         parse_config(config_doc(tmp_path, pub, security=security))
 
 

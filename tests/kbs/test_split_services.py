@@ -26,9 +26,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from kbs.app import build_state
 from kbs.config import parse_config
 from kbs.grpc_api import RvpsClient
-from kbs.server import build_state, make_app
+from kbs.server import make_app
 from kbs.storage import NS_REPOSITORY
 from kbs_client.sample import SAMPLE_SVN
 from kbs_client.tee_key import TeeKeyPair

@@ -24,10 +24,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.x509.oid import NameOID
 
+from kbs.app import build_state
 from kbs.cli import main as kbs_main
-from kbs.config import KbsConfig, load_config, parse_config, startup_problems
-from kbs.errors import ConfigError
-from kbs.server import build_state, make_app, ssl_context
+from kbs.config import KbsServerConfig, load_config, parse_config, startup_problems
+from kbs.errors import KbsConfigError
+from kbs.server import make_app, ssl_context
 from kbs.storage import NS_REPOSITORY
 from kbs_client.tee_key import TeeKeyPair
 from kbs_protocol.policies import builtin_policy
@@ -252,7 +253,7 @@ async def replay_ita() -> AsyncIterator[str]:
         await srv.close()
 
 
-def _localise(cfg: KbsConfig, tmp: Path, as_addr: str, as_cert: Path, ita: str = "") -> KbsConfig:
+def _localise(cfg: KbsServerConfig, tmp: Path, as_addr: str, as_cert: Path, ita: str = "") -> KbsServerConfig:
     """The only changes made to trustee's files: nothing outside the test's directory is read or
     written, and the AS address is the test's ``grpc-as`` (whose certificate stands in for the
     configured trust anchors)."""
@@ -348,5 +349,5 @@ async def test_servable_trustee_configs_complete_rcar(
 
 async def test_unservable_config_is_refused_at_build(tmp_path: Path) -> None:
     cfg = load_config(str(FIXTURES / "configs" / "test_data_configs_coco-as-builtin-3.toml"))
-    with pytest.raises(ConfigError, match="needs at least one identity_providers entry"):
+    with pytest.raises(KbsConfigError, match="needs at least one identity_providers entry"):
         await build_state(cfg)

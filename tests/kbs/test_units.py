@@ -14,10 +14,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from kbs import storage as storage_mod
-from kbs.admin_auth import AdminAuthorizer, AdminDenied
+from kbs.admin_auth import AdminAuthorizer
 from kbs.config import AdminConfig, IdentityProvider, RoleAcl, load_config, parse_config
 from kbs.ear import Appraisal, EarBroker, TokenVerifier, ear_status, extract_tee_pubkey, tier
-from kbs.errors import ConfigError, StorageError, TokenVerifierError
+from kbs.errors import AdminAccessDenied, KbsConfigError, StorageError, TokenVerifierError
 from kbs.jwks import load_jwk_set
 from kbs.storage import EncryptedStore, LocalFsStore, MemoryStore
 from kbs_client.tee_key import TeeKeyPair
@@ -84,26 +84,26 @@ def test_bad_configs(tmp_path: Path, mutate: Any, msg: str) -> None:
     _, pub = admin_material(tmp_path)
     doc = config_doc(tmp_path, pub)
     mutate(doc)
-    with pytest.raises(ConfigError, match=msg):
+    with pytest.raises(KbsConfigError, match=msg):
         parse_config(doc)
 
 
 def test_config_file_errors(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="cannot read"):
+    with pytest.raises(KbsConfigError, match="cannot read"):
         load_config(str(tmp_path / "missing.toml"))
     (tmp_path / "bad.toml").write_text("[[[")
-    with pytest.raises(ConfigError, match="does not parse"):
+    with pytest.raises(KbsConfigError, match="does not parse"):
         load_config(str(tmp_path / "bad.toml"))
     # JSON configs are as strict as TOML ones: a repeated security setting is an error, not "last wins"
     (tmp_path / "dup.json").write_text(
         '{"attestation_token": {"insecure_header_jwk": false, "insecure_header_jwk": true}}'
     )
-    with pytest.raises(ConfigError, match="does not parse"):
+    with pytest.raises(KbsConfigError, match="does not parse"):
         load_config(str(tmp_path / "dup.json"))
     (tmp_path / "dup.yaml").write_text(
         "attestation_token:\n  insecure_header_jwk: false\n  insecure_header_jwk: true\n"
     )
-    with pytest.raises(ConfigError, match="duplicate"):
+    with pytest.raises(KbsConfigError, match="duplicate"):
         load_config(str(tmp_path / "dup.yaml"))
 
 
@@ -195,7 +195,7 @@ def test_ear_status_and_token_checks() -> None:
     with pytest.raises(TokenVerifierError, match="expired"):
         v.verify(tok, now=int(t0) + 60 + 61)
     # without trust material the verifier refuses to exist; with an unrelated cert, tokens fail
-    with pytest.raises(ConfigError):
+    with pytest.raises(KbsConfigError):
         TokenVerifier()
     # the built-in AS's own key is trust material: its tokens verify without x5c, others do not
     own = TokenVerifier(own_keys=[broker.key.public_key()])
@@ -217,7 +217,7 @@ def test_ear_status_and_token_checks() -> None:
         h, p, s = good.split(".")
         with pytest.raises(TokenVerifierError):
             strict.verify(h + "." + p[:-2] + ("A" if p[-2] != "A" else "B") + p[-1] + "." + s)
-    with pytest.raises(ConfigError):
+    with pytest.raises(KbsConfigError):
         EarBroker(ec.generate_private_key(ec.SECP384R1()))
 
 
@@ -243,20 +243,20 @@ def test_admin_auth_ec_idp_and_modes() -> None:
     now = int(time.time())
     tok = sign({"role": "ops", "exp": now + 60}, k, alg="ES256")
     assert a.check("/kbs/v0/resource/default/a/b", f"Bearer {tok}") == "ops"
-    with pytest.raises(AdminDenied, match="may not access"):
+    with pytest.raises(AdminAccessDenied, match="may not access"):
         a.check("/kbs/v0/resource/other/a/b", f"Bearer {tok}")
-    with pytest.raises(AdminDenied, match="exp"):
+    with pytest.raises(AdminAccessDenied, match="exp"):
         a.check(
             "/kbs/v0/resource/default/a/b",
             f"Bearer {sign({'role': 'ops', 'exp': str(now + 60)}, k, alg='ES256')}",
         )
-    with pytest.raises(AdminDenied):
+    with pytest.raises(AdminAccessDenied):
         a.check(
             "/kbs/v0/resource/default/a/b",
             f"Bearer {sign({'role': 'ops', 'exp': now + 60}, ed25519.Ed25519PrivateKey.generate(), alg='EdDSA')}",
         )
     assert AdminAuthorizer(AdminConfig(mode="InsecureAllowAll")).check("/kbs/v0/x", None) == "insecure"
-    with pytest.raises(AdminDenied):
+    with pytest.raises(AdminAccessDenied):
         AdminAuthorizer(AdminConfig(mode="DenyAll")).check("/kbs/v0/x", f"Bearer {tok}")
 
 
@@ -303,9 +303,9 @@ _SERVICE = _service()
     )
 )
 async def test_attest_garbage_is_attestation_error(body: dict[str, Any]) -> None:
-    from kbs.errors import AttestationError
+    from kbs.errors import KbsAttestationError
 
-    with pytest.raises(AttestationError):
+    with pytest.raises(KbsAttestationError):
         await _SERVICE.attest(tee="sample", session_nonce="N", hash_algorithm="sha384",
                               untrusted_body=json.dumps(body).encode())  # fmt: skip
 
@@ -376,12 +376,12 @@ def test_session_repr_hides_bearer_credentials() -> None:
 def test_bad_jwk_sets_are_config_errors(tmp_path: Path, content: bytes) -> None:
     # token-verifier and admin identity-provider JWK sets are read by one loader
     (tmp_path / "jwks.json").write_bytes(content)
-    with pytest.raises(ConfigError, match="JWK set"):
+    with pytest.raises(KbsConfigError, match="JWK set"):
         load_jwk_set(str(tmp_path / "jwks.json"))
-    with pytest.raises(ConfigError):
+    with pytest.raises(KbsConfigError):
         TokenVerifier.from_config([], [str(tmp_path / "jwks.json")], False)
     idp = IdentityProvider(jwk_set_uri="jwks.json")
-    with pytest.raises(ConfigError):
+    with pytest.raises(KbsConfigError):
         AdminAuthorizer(
             AdminConfig(mode="AuthenticatedAuthorization", identity_providers=(idp,)), base_dir=str(tmp_path)
         )
@@ -539,3 +539,23 @@ async def test_localfs_value_that_looks_like_a_ttl_record(
         await st.delete("kbs_protocol_session", "s2") and await st.get("kbs_protocol_session", "s2") is None
     )
     assert await st.get("repository", "x/y/z") == lookalike
+
+
+async def test_a_malformed_attest_body_tells_the_client_nothing_more(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The internal reason a body is refused goes to the log; every attestation service answers
+    trustee's fixed text (a separate AS over gRPC included)."""
+    from kbs.attestation_service import ATTEST_FAILED
+    from kbs.errors import KbsAttestationError
+    from kbs.grpc_api import AsClient, RemoteAttestationService
+
+    client = AsClient("http://127.0.0.1:9")
+    try:
+        svc = RemoteAttestationService(client)
+        with caplog.at_level("WARNING"), pytest.raises(KbsAttestationError) as ei:
+            await svc.attest(tee="snp", session_nonce="n", hash_algorithm="sha384", untrusted_body=b"{nope")
+        assert ei.value.detail == ATTEST_FAILED and ei.value.variant == "AttestationError"
+        assert "not strict JSON" in caplog.text
+    finally:
+        await client.close()

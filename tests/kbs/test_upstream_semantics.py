@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from kbs.config import parse_config
-from kbs.errors import ConfigError
+from kbs.errors import KbsConfigError
 from kbs.rvps import RV_LIFETIME_S, ReferenceValues
 from kbs.storage import NS_REPOSITORY, MemoryStore
 from kbs_client.tee_key import TeeKeyPair
@@ -55,7 +55,7 @@ async def test_attestation_policy_needs_policy_id(kbs: Kbs, http: httpx.AsyncCli
     assert r.status_code == 401 and _err(r) == "AttestationError"
     assert r.json()["detail"] == "Attestation error: Set Attestation Policy failed"  # trustee's text
     assert await kbs.state.service.policies.list_ids() == []  # nothing stored under a made-up id
-    # trustee's SetPolicyInput: any failure to read it is the same AttestationError
+    # trustee's SetPolicyInput: any failure to read it is the same KbsAttestationError
     for raw in (b"{", b"[]", json.dumps({"policy_id": 5, "policy": pol}).encode(),
                 json.dumps({"policy_id": "default_cpu", "policy": "!!"}).encode(),
                 json.dumps({"policy_id": "default_cpu"}).encode()):  # fmt: skip
@@ -121,7 +121,7 @@ async def test_policy_syntax_check_at_upload_unless_compatibility_says(tmp_path:
 
 
 def test_admin_mode_is_required(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"admin\.authorization_mode is required"):
+    with pytest.raises(KbsConfigError, match=r"admin\.authorization_mode is required"):
         parse_config({"http_server": {"insecure_http": True}, "admin": {}})
 
 
@@ -136,7 +136,7 @@ async def test_expired_reference_values_hidden_unless_compatibility_says(tmp_pat
     cfg = parse_config({"http_server": {"insecure_http": True}, "admin": {"authorization_mode": "DenyAll"},
                         "compatibility": {"hide_expired_reference_values": False}})  # fmt: skip
     assert cfg.compatibility.hide_expired_reference_values is False
-    with pytest.raises(ConfigError, match="unknown field"):
+    with pytest.raises(KbsConfigError, match="unknown field"):
         parse_config({"http_server": {"insecure_http": True}, "admin": {"authorization_mode": "DenyAll"},
                       "compatibility": {"trust_everything": True}})  # fmt: skip
 
@@ -146,7 +146,7 @@ async def test_trust_own_signer_off_is_trustees_token_trust(tmp_path: Path) -> N
     trustee; with insecure_header_jwk they are accepted again (trustee's documented setup)."""
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    with pytest.raises(ConfigError, match="no trust material"):
+    with pytest.raises(KbsConfigError, match="no trust material"):
         await start(tmp_path / "a", compatibility={"trust_own_signer": False})
     kbs, server = await start(
         tmp_path / "b",
@@ -192,8 +192,9 @@ async def test_init_data_policy_rego_becomes_agent_policy_claims(kbs: Kbs, http:
 def test_identity_providers_tried_in_order(tmp_path: Path) -> None:
     """trustee's bearer_jwt: a token that verifies with a provider's key but names another issuer
     or audience is tried against the next provider (two providers may share one key)."""
-    from kbs.admin_auth import AdminAuthorizer, AdminDenied
+    from kbs.admin_auth import AdminAuthorizer
     from kbs.config import AdminConfig, IdentityProvider, RoleAcl
+    from kbs.errors import AdminAccessDenied
 
     from .conftest import admin_material
 
@@ -219,7 +220,7 @@ def test_identity_providers_tried_in_order(tmp_path: Path) -> None:
     assert az.check("/kbs/v0/resource-policy", tok("idp-2")) == "admin"
     assert az.check("/kbs/v0/resource-policy", tok("idp-1")) == "admin"
     for bad in (tok("idp-3"), tok("idp-2", aud="other")):
-        with pytest.raises(AdminDenied, match="trusted identity provider"):
+        with pytest.raises(AdminAccessDenied, match="trusted identity provider"):
             az.check("/kbs/v0/resource-policy", bad)
 
 
@@ -271,8 +272,8 @@ async def test_trustee_error_texts_when_compatibility_says(tmp_path: Path) -> No
     """Audit K15: by default error details say what failed; ``[compatibility]
     detailed_error_texts = false`` gives trustee's error.rs texts (reason only in the log)."""
     from kbs.errors import (
-        AttestationError,
-        JweError,
+        KbsAttestationError,
+        KbsJweError,
         ParsePolicyError,
         PluginInternalError,
         RvpsError,
@@ -286,10 +287,10 @@ async def test_trustee_error_texts_when_compatibility_says(tmp_path: Path) -> No
     assert PluginInternalError("Illegal HTTP method").trustee_detail() == "Plugin internal error"
     assert StorageError("disk full").trustee_detail() == "Plugin internal error"
     assert SerdeError("bad").trustee_detail() == "Serialize/Deserialize failed"
-    assert JweError("JWE error: x").trustee_detail() == "JWE failed"
+    assert KbsJweError("JWE error: x").trustee_detail() == "JWE failed"
     assert RvpsError("x").trustee_detail() == "RVPS configuration failed: x"
     assert ParsePolicyError("Failed to parse policy: y").trustee_detail() == "Failed to parse policy: y"
-    assert AttestationError("Attestation error: z").trustee_detail() == "Attestation error: z"
+    assert KbsAttestationError("Attestation error: z").trustee_detail() == "Attestation error: z"
 
     for detailed in (True, False):
         (tmp_path / str(detailed)).mkdir()

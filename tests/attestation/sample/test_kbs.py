@@ -14,7 +14,7 @@ from attestation.sample import SampleAttester, SampleDeviceAttester
 from attestation.sample.kbs import SampleDeviceVerifier, SampleVerifier
 from attestation.snp.kbs import SnpVerifier
 from attestation.verifier import EvidenceVerifier
-from kbs.errors import ConfigError, KbsError
+from kbs.errors import KbsConfigError, KbsError
 from kbs.verifiers import VERIFIERS, UnsupportedTee, VerifierRegistry
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
@@ -101,14 +101,14 @@ def test_registry_refuses_unknown_and_unconfigured_tees() -> None:
 
 def test_a_bad_verifier_config_fails_at_start_with_its_cause(tmp_path: Path) -> None:
     """A configured verifier is built with the registry: a bad table is a start-up
-    ConfigError naming the table, not an 'unsupported TEE' later."""
-    with pytest.raises(ConfigError, match=r"verifier_config\.snp: .*check_crl") as info:
+    KbsConfigError naming the table, not an 'unsupported TEE' later."""
+    with pytest.raises(KbsConfigError, match=r"verifier_config\.snp: .*check_crl") as info:
         VerifierRegistry(options={"snp": {"check_crl": True}})
     assert isinstance(info.value.__cause__, ValueError)
-    with pytest.raises(ConfigError, match=r"verifier_config\.tdx") as info:
+    with pytest.raises(KbsConfigError, match=r"verifier_config\.tdx") as info:
         VerifierRegistry(options={"tdx": {"root_ca_pem": str(tmp_path / "absent.pem")}})
     assert isinstance(info.value.__cause__, OSError)
-    with pytest.raises(ConfigError, match=r"verifier_config\.snp"):
+    with pytest.raises(KbsConfigError, match=r"verifier_config\.snp"):
         VerifierRegistry(options={"snp": {"no_such_option": 1}})
     configured = VerifierRegistry(options={"snp": {"required_vmpl": None}})
     assert isinstance(configured.get("snp"), SnpVerifier)
