@@ -25,6 +25,7 @@ from .intel_ta import IntelTrustAuthority, ItaReferenceValues
 from .metrics import Metrics
 from .policy import AttestationPolicies, ResourcePolicy
 from .policy_worker import PolicyWorkers
+from .resource_store import ResourceStore, open_resources
 from .rvps import ReferenceValues
 from .sessions import SessionStore
 from .storage import (
@@ -52,6 +53,8 @@ Rvps = ReferenceValues | RemoteReferenceValues | ItaReferenceValues
 class KbsState:
     config: KbsServerConfig
     store: KvStore
+    #: where resources live: the store's ``repository`` namespace, or Vault
+    resources: ResourceStore
     sessions: SessionStore
     admin: AdminAuthorizer
     tokens: TokenVerifier
@@ -249,10 +252,13 @@ async def build_state(
     await rp.install_default()
     client_plugins = await _client_plugins(cfg)
     closers += [p.close for p in client_plugins.values()]
+    resources = open_resources(cfg, store)
+    closers.append(resources.close)
     timeout_min = cfg.attestation_service.timeout_min
     state = KbsState(
         config=cfg,
         store=store,
+        resources=resources,
         sessions=SessionStore(sess_store, timeout_min=timeout_min, max_sessions=sec.max_sessions),
         admin=AdminAuthorizer(cfg.admin, base_dir=cfg.base_dir),
         tokens=tokens,

@@ -36,6 +36,7 @@ from .trustee_verifiers import (
     parse_trustee_verifier_config,
     trustee_verifier_problems,
 )
+from .vault_kv import parse_vault_config
 
 __all__ = [
     "AdminConfig",
@@ -692,6 +693,9 @@ def _plugin(raw: Any) -> PluginConfig:
         sbt = opts.get("storage_backend_type", "kvstorage")
         if sbt not in _RESOURCE_BACKENDS:
             raise f.fail("storage_backend_type", f"{sbt!r} is not a resource backend trustee has")
+        if str(sbt).lower() == "vault":
+            for line in parse_vault_config(opts, KbsConfigError).warnings():
+                _warn(line)
     elif name == "sample":
         f.str("item")
     elif name == "pkcs11":
@@ -816,7 +820,7 @@ def parse_rvps_server_config(doc: Mapping[str, Any]) -> tuple[StorageConfig, lis
     return st, sink
 
 
-_SECRET_KEYS = frozenset({"password", "ita_api_key", "api_key", "pin"})
+_SECRET_KEYS = frozenset({"password", "ita_api_key", "api_key", "pin", "token"})
 
 
 def _redact(v: Any) -> Any:
@@ -863,7 +867,10 @@ def startup_problems(cfg: KbsServerConfig) -> list[str]:
     for p in cfg.plugin_configs:
         if p.name not in SERVED_PLUGINS:
             out.append(f"plugins: {p.name} is not served by this KBS")
-        elif p.name == "resource" and p.options.get("storage_backend_type", "kvstorage") != "kvstorage":
+        elif p.name == "resource" and str(p.options.get("storage_backend_type", "kvstorage")).lower() not in (
+            "kvstorage",
+            "vault",
+        ):
             out.append(
                 f"plugins.resource.storage_backend_type {p.options['storage_backend_type']} is not served"
             )

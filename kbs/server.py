@@ -51,9 +51,6 @@ from .external_plugin import PluginCall
 from .intel_ta import IntelTrustAuthority
 from .policy import RESOURCE_POLICY_ID, AttestationPolicies
 from .sessions import Session
-from .storage import (
-    NS_REPOSITORY,
-)
 from .verifiers import DEVICE_TEES, KNOWN_TEES, UnsupportedTee, auth_extra_params
 
 __all__ = ["make_app", "serve", "ssl_context"]
@@ -249,13 +246,13 @@ class _Handlers:
             self._admin(request, AdminAuthInitialization)
             key = self._resource_key(segs)
             data = await request.read()
-            await self.s.store.set(NS_REPOSITORY, key, data)
+            await self.s.resources.set(key, data)
             log.info("resource stored", extra={"resource": key, "bytes": len(data)})
             return web.Response(status=200, content_type="text/xml")
         if request.method == "DELETE":
             self._admin(request, AdminAuthInitialization)
             key = self._resource_key(segs)
-            if not await self.s.store.delete(NS_REPOSITORY, key):
+            if not await self.s.resources.delete(key):
                 raise PluginInternalError("Plugin internal error: resource not found")
             log.info("resource deleted", extra={"resource": key})
             return web.Response(status=200)
@@ -270,7 +267,7 @@ class _Handlers:
             log.info("resource refused by the resource policy", extra=audit)
             raise PolicyDeny("Access denied by policy")
         key = self._resource_key(segs)
-        data = await self.s.store.get(NS_REPOSITORY, key)
+        data = await self.s.resources.get(key)
         if data is None:
             log.info("resource not found", extra=audit)  # the wire answer stays trustee's
             raise PluginInternalError("Plugin internal error")

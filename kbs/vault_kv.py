@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote, urlsplit
 
+from coco_common.fields import closest
 from coco_common.http import async_client
 from coco_common.http_body import HttpBodyError, read_body
 from coco_common.strict_json import strict_object
@@ -51,10 +52,16 @@ class VaultKvConfig:
     mount_path: str = "secret"
     verify_ssl: bool = True
     ca_certs: tuple[str, ...] = ()
+    #: keys given that the backend does not know (trustee ignores them; we say so)
+    unknown: tuple[str, ...] = ()
 
     def warnings(self) -> list[str]:
-        """What is insecure about this configuration, one line each."""
-        out = []
+        """What is insecure or ignored in this configuration, one line each."""
+        out = [
+            f"plugins.resource.{k} is not a key of the Vault resource backend: ignored"
+            + (f" (did you mean {hint}?)" if (hint := closest(k, _KEYS)) else "")
+            for k in self.unknown
+        ]
         if urlsplit(self.vault_url).scheme == "http":
             out.append(
                 f"INSECURE: plugins.resource.vault_url {self.vault_url} is plain http: "
@@ -86,10 +93,8 @@ def parse_vault_config(opts: Mapping[str, Any], error: type[Exception]) -> Vault
     cas = opts.get("ca_certs") or []
     if not isinstance(cas, list) or not all(isinstance(c, str) for c in cas):
         raise error(f"{w}.ca_certs must be a list of PEM file paths")
-    for k in opts:
-        if k not in _KEYS and k != "name":
-            raise error(f"{w}.{k} is not a key of the Vault resource backend ({', '.join(_KEYS[1:])})")
-    return VaultKvConfig(url, str(opts["token"]), mount.strip("/"), verify, tuple(cas))
+    unknown = tuple(k for k in opts if k not in _KEYS and k != "name")
+    return VaultKvConfig(url, str(opts["token"]), mount.strip("/"), verify, tuple(cas), unknown)
 
 
 def _verify(cfg: VaultKvConfig) -> bool | ssl.SSLContext:

@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import json
 import logging
+import subprocess
+import sys
 from pathlib import Path
 
+import httpx
 import pytest
 
 from kbs.errors import StorageError
 from kbs.vault_kv import VaultKvBackend, VaultKvConfig, parse_vault_config
+from kbs_client.rcar import attest
+from kbs_client.resources import get_resource
+from kbs_client.sample import SampleEvidenceSource
+from kbs_protocol.uri import ResourceUri
+from tests.support.kbs import start_kbs
 from tests.support.openbao import OpenBao, openbao
 
 __all__ = ["openbao"]  # re-exported fixture
@@ -118,7 +126,6 @@ def test_config_is_checked_like_trustees(tmp_path: Path) -> None:
         ({**base, "vault_url": "ftp://v"}, "must be an http:// or https:// URL"),
         ({**base, "verify_ssl": "no"}, "verify_ssl must be true or false"),
         ({**base, "ca_certs": "/x.pem"}, "ca_certs must be a list"),
-        ({**base, "mount": "kv"}, "plugins.resource.mount is not a key"),
     ]:
         with pytest.raises(ValueError, match=msg):
             parse_vault_config(bad, ValueError)
@@ -127,3 +134,43 @@ def test_config_is_checked_like_trustees(tmp_path: Path) -> None:
         .warnings()[0]
         .startswith("INSECURE: plugins.resource.vault_url http://v is plain http")
     )
+
+
+async def test_a_kbs_keeps_its_resources_in_vault(bao: OpenBao, tmp_path: Path) -> None:
+    """trustee's own plugin table, a KBS process, the admin API and an attested client:
+    the resource is written to and read from OpenBao, never the KBS's local store."""
+    plugin = f"""
+[[plugins]]
+name = "resource"
+storage_backend_type = "Vault"
+vault_url = "{bao.url}"
+token = "{bao.token}"
+mount_path = "kv"
+verify_ssl = true
+ca_certs = ["{bao.ca}"]
+"""
+    with start_kbs(
+        tmp_path / "kbs", extra_toml=plugin, resources={"default/key/vaulted": b"from-vault"}
+    ) as kbs:
+        status, body = bao.call("GET", "kv/default/key/vaulted")
+        assert status == 200 and json.loads(body)["data"]["data"] == list(b"from-vault")
+        assert not [p for p in kbs.storage_dir.rglob("*") if "vaulted" in p.name]  # nothing local
+        # a value an operator put straight into Vault is served too
+        assert bao.call("POST", "kv/default/key/cli", b'{"data": "put-with-bao"}')[0] == 204
+        async with httpx.AsyncClient(timeout=30) as http:
+            att = await attest(http, kbs.url, SampleEvidenceSource(), attempts=1)
+            for path, want in [("default/key/vaulted", b"from-vault"), ("default/key/cli", b"put-with-bao")]:
+                uri = ResourceUri.parse(f"kbs:///{path}")
+                assert await get_resource(http, kbs.url, uri, token=att.token, key=att.key) == want
+        kbs.delete_resource("default/key/vaulted")
+        assert bao.call("GET", "kv/default/key/vaulted")[0] == 404
+        log = kbs.log_text()
+        assert bao.token not in log
+        # kbs --check shows the backend, with the token redacted
+        out = subprocess.run(
+            [sys.executable, "-m", "kbs.cli", "--config-file", str(kbs.config_path), "--check"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert out.returncode == 0, out.stderr
+        assert bao.token not in out.stdout + out.stderr
+        assert '"storage_backend_type": "Vault"' in out.stdout and "<redacted>" in out.stdout
