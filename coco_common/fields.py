@@ -12,7 +12,7 @@ class with the dotted key in the message, so the user knows where to look.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Literal
 
 from coco_common.cli import closest
@@ -175,9 +175,6 @@ class Fields:
             unknown=self.mode,
             _shared=(self.unknown, self.notes),
         )
-
-    def keys(self) -> Iterable[builtins.str]:
-        return self.table.keys()
 
     # -- the end ----------------------------------------------------------------
     def done(self) -> None:

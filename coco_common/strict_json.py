@@ -30,15 +30,18 @@ def _constant(name: str) -> Any:
     raise ValueError(f"non-standard JSON constant {name}")
 
 
-def _size(untrusted: str | bytes | bytearray) -> int:
-    if isinstance(untrusted, str):
-        # a str's UTF-8 length is at most 4x its length: skip the encode when it cannot matter
-        return len(untrusted.encode("utf-8", "surrogatepass"))
-    return len(untrusted)
+def _over(untrusted: str | bytes | bytearray, limit: int) -> bool:
+    """True when the document is larger than ``limit`` bytes (a str counted as UTF-8)."""
+    if len(untrusted) > limit:
+        return True
+    if isinstance(untrusted, str) and 4 * len(untrusted) > limit:
+        # a character is at most 4 bytes of UTF-8: encode only when that could matter
+        return len(untrusted.encode("utf-8", "surrogatepass")) > limit
+    return False
 
 
 def _parse(untrusted: str | bytes | bytearray, limit: int | None) -> Any:
-    if limit is not None and (len(untrusted) > limit or _size(untrusted) > limit):
+    if limit is not None and _over(untrusted, limit):
         raise ValueError(f"larger than {limit} bytes")
     try:
         return json.loads(untrusted, object_pairs_hook=_object, parse_constant=_constant)
