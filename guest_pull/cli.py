@@ -67,7 +67,6 @@ def _host_storage(args: argparse.Namespace) -> int:
 
 def _agent_storage(args: argparse.Namespace) -> int:
     from guest_pull.agent import CdhClient, ImagePullHandler
-    from guest_pull.errors import AgentError
     from guest_pull.storage import Storage
 
     try:
@@ -129,7 +128,6 @@ def _profiles(args: argparse.Namespace) -> int:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from guest_pull.errors import GlueError
     from guest_pull.simulate import read_seed, simulate
 
     resources: dict[str, bytes] = {}

@@ -130,11 +130,23 @@ def _copy_up(src: Path, dst: Path) -> None:
     os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
 
 
+def _no_symlink_parents(layer_fs: Path, rel: str) -> None:
+    """``rel``'s parent directories in ``layer_fs`` are not symlinks: a later entry of the
+    layer may have replaced a deferred link's directory by one, which would lead out of it."""
+    cur = layer_fs
+    for p in rel.split("/")[:-1]:
+        cur = cur / p
+        if os.path.islink(cur):
+            raise UnpackError(f"hardlink {rel[:80]!r} goes through a symlink in the layer")
+
+
 def copy_up_links(
     layer_fs: Path, deferred: Sequence[tuple[str, str]], lowers_top_first: Sequence[Path]
 ) -> None:
     """Make hardlinks to lower-layer files the way overlayfs would: copy the target up, then link."""
     for link_rel, target_rel in deferred:
+        _no_symlink_parents(layer_fs, link_rel)
+        _no_symlink_parents(layer_fs, target_rel)
         dst_target = layer_fs / target_rel
         if not os.path.lexists(dst_target):
             found = find_in_lowers(target_rel, lowers_top_first)

@@ -26,6 +26,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from coco_common.files import read_bounded
 from image_pull.trust.errors import InvalidPolicy, SignatureRejected
 
 __all__ = ["GPGV", "MAX_SIGNATURE_BYTES", "VerifiedMessage", "dearmor_keyring", "verify_signed_message"]
@@ -173,7 +174,10 @@ def verify_signed_message(untrusted_blob: bytes, keyring: bytes, *, gpgv: str = 
         out = home / "out"
         if not out.is_file():
             raise SignatureRejected("GPG signature carries no signed content")
-        payload = out.read_bytes()
+        try:  # a compressed message can inflate far beyond the signature's size
+            payload = read_bounded(out, MAX_SIGNATURE_BYTES)
+        except ValueError as exc:
+            raise SignatureRejected("GPG signed content is larger than 4 MiB") from exc
         v = valid[0]
         primary = v[10] if len(v) > 10 else v[1]
         return VerifiedMessage(payload, v[1], primary)

@@ -420,3 +420,28 @@ def test_file_modes_are_exact_whatever_the_umask(tmp_path: Path, mode: int) -> N
         os.umask(old)
     assert stat.S_IMODE(os.lstat(tmp_path / "l/f").st_mode) == mode
     assert os.stat(tmp_path / "l/f").st_size == 4
+
+
+def test_deferred_hardlink_under_a_directory_later_replaced_by_a_symlink_stays_in_the_layer(
+    tmp_path: Path,
+) -> None:
+    from image_pull.unpack.overlay import copy_up_links
+
+    lower = tmp_path / "lower"
+    lower.mkdir()
+    (lower / "a").write_bytes(b"lower file")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "x").write_bytes(b"not the layer's")
+    t = (
+        Tar()
+        .dir("d")
+        .hardlink("d/x", "a")  # deferred: the target lives in the lower layer
+        .symlink("d", os.fspath(outside))  # then d itself becomes a link out of the layer
+    )
+    stats = unpack(bytes(t), tmp_path / "l", defer_missing_hardlinks=True)
+    deferred = [(os.fsdecode(a), os.fsdecode(b)) for a, b in stats.deferred_hardlinks]
+    with pytest.raises(ImagePullError, match="symlink"):
+        copy_up_links(tmp_path / "l", deferred, [lower])
+    assert (outside / "x").read_bytes() == b"not the layer's"  # neither unlinked nor replaced
+    assert os.stat(outside / "x").st_nlink == 1
