@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import ctypes
 import fcntl
 import os
@@ -138,7 +137,7 @@ def _b64(doc: Mapping[str, Any], key: str, limit: int) -> bytes:
         raise SeFormatError(f"SE attestation request: {key} must be base64")
     try:
         return b64_decode(v)
-    except (binascii.Error, ValueError) as exc:
+    except ValueError as exc:
         raise SeFormatError(f"SE attestation request: {key} is not base64") from exc
 
 
