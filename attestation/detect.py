@@ -229,8 +229,13 @@ ATTESTERS: dict[str, Callable[[], Attester]] = {
 
 
 def detect_primary_tee(plat: HostView | None = None) -> str:
-    """The primary TEE's kbs-types name (``tdx``, ``snp``, ..., or ``sample``)."""
-    for tee in present_platforms(plat):
+    """The primary TEE's kbs-types name (``tdx``, ``snp``, ..., or ``sample``).
+    Probes in order and stops at the first match: the later probes (a TSM
+    report directory made, the vTPM opened) are not run for nothing."""
+    plat = plat or HostView()
+    for tee in PRIMARY_ORDER:
+        if not _DETECTORS[tee](plat):
+            continue
         if tee in ATTESTERS:
             if tee == "sample":
                 log.warning("no TEE platform detected; using the sample attester (it proves nothing)")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import binascii
 import logging
 import os
 import sys
@@ -107,7 +106,7 @@ def _initdata_digest(args: argparse.Namespace) -> tuple[InitData | None, bytes |
     if args.initdata_digest:
         try:
             return None, b64_decode(args.initdata_digest)
-        except (binascii.Error, ValueError) as exc:
+        except ValueError as exc:
             raise InitDataError("--initdata-digest is not standard base64") from exc
     return None, None
 

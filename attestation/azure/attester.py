@@ -19,7 +19,6 @@ exists only inside Azure). Init-data is bound by extending PCR 8.
 from __future__ import annotations
 
 import asyncio
-import binascii
 import ssl
 import time
 from typing import Any
@@ -149,7 +148,7 @@ class AzTdxVtpmAttester(_AzureVtpm):
             raise ImdsError("IMDS tdquote response has no quote")
         try:
             td_quote = b64url_decode(q)
-        except (binascii.Error, ValueError) as exc:
+        except ValueError as exc:
             raise ImdsError("IMDS quote is not base64url") from exc
         return AzTdxEvidence(_EVIDENCE_VERSION, quote, hcl_raw, td_quote).to_json()
 

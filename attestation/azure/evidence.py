@@ -22,7 +22,6 @@ puts the caller's report data into the HCL runtime data's ``user-data``.
 from __future__ import annotations
 
 import base64
-import binascii
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -74,7 +73,7 @@ def _b64url(v: Any, what: str, limit: int = _MAX_BLOB) -> bytes:
         raise HclFormatError(f"{what} must be a base64url string")
     try:
         return b64url_decode(v)
-    except (binascii.Error, ValueError) as exc:
+    except ValueError as exc:
         raise HclFormatError(f"{what} is not base64url") from exc
 
 

@@ -17,7 +17,6 @@ The hardware report binds the runtime data: ``SHA-256(var_data)`` is the first
 
 from __future__ import annotations
 
-import binascii
 import enum
 import hashlib
 import struct
@@ -67,7 +66,7 @@ def _b64url_int(v: Any, what: str) -> int:
         raise HclFormatError(f"HCL AK {what} must be a base64url string")
     try:
         raw = b64url_decode(v)
-    except (binascii.Error, ValueError) as exc:
+    except ValueError as exc:
         raise HclFormatError(f"HCL AK {what} is not base64url") from exc
     return int.from_bytes(raw, "big")
 

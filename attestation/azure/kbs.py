@@ -9,7 +9,6 @@ hex, ``init_data`` = PCR 8 hex).
 
 from __future__ import annotations
 
-import base64
 import logging
 from abc import ABC, abstractmethod
 from datetime import datetime
@@ -22,6 +21,7 @@ from attestation.snp.report import AttestationReport
 from attestation.snp.verify import VerifiedReport
 from attestation.tdx.kbs import TdxVerifier, quote_claims
 from attestation.tdx.verify import VerifiedQuote
+from coco_common.b64 import b64_encode
 
 __all__ = ["AzSnpVtpmVerifier", "AzTdxVtpmVerifier", "snp_claims"]
 
@@ -34,7 +34,6 @@ def snp_claims(report: AttestationReport) -> dict[str, Any]:
     def s(v: object) -> str:
         return str(v).lower() if isinstance(v, bool) else str(v)
 
-    b64 = base64.b64encode
     return {
         "policy_abi_major": s(report.policy.abi_major),
         "policy_abi_minor": s(report.policy.abi_minor),
@@ -48,9 +47,9 @@ def snp_claims(report: AttestationReport) -> dict[str, Any]:
         "reported_tcb_microcode": s(report.reported_tcb.microcode),
         "platform_tsme_enabled": s(report.platform_info.tsme_enabled),
         "platform_smt_enabled": s(report.platform_info.smt_enabled),
-        "measurement": b64(report.measurement).decode(),
-        "report_data": b64(report.report_data).decode(),
-        "init_data": b64(report.host_data).decode(),
+        "measurement": b64_encode(report.measurement),
+        "report_data": b64_encode(report.report_data),
+        "init_data": b64_encode(report.host_data),
     }
 
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import binascii
 from collections.abc import Mapping
 from typing import Any
 
@@ -27,7 +26,7 @@ def evidence_token(untrusted: Any) -> bytes:
     if isinstance(tok, str):  # tolerated: base64
         try:
             return b64_decode(tok)
-        except (binascii.Error, ValueError) as exc:
+        except ValueError as exc:
             raise CcaFormatError("CCA token string is not base64") from exc
     if not isinstance(tok, list) or len(tok) > MAX_TOKEN_SIZE:
         raise CcaFormatError("CCA token must be a JSON byte array")

@@ -26,7 +26,6 @@ Claims (trustee's names): ``realm`` {``cca-realm-personalization-value``,
 
 from __future__ import annotations
 
-import base64
 import hmac
 import logging
 from collections.abc import Mapping
@@ -40,6 +39,7 @@ from attestation.cca.evidence import evidence_token
 from attestation.cca.token import CcaToken, parse_token
 from attestation.cca.verify import verify_token
 from attestation.replay import BindingSkip
+from coco_common.b64 import b64_encode
 from coco_common.strict_json import strict_loads
 
 __all__ = ["CcaVerifier", "appraise_platform", "appraise_realm", "cca_claims"]
@@ -48,19 +48,18 @@ log = logging.getLogger(__name__)
 
 
 def cca_claims(t: CcaToken) -> dict[str, Any]:
-    b64 = base64.b64encode
     r, p = t.realm, t.platform
     return {
         "realm": {
-            "cca-realm-personalization-value": b64(r.personalization_value).decode(),
-            "cca-realm-initial-measurement": b64(r.initial_measurement).decode(),
-            "cca-realm-extensible-measurements": [b64(m).decode() for m in r.extensible_measurements],
+            "cca-realm-personalization-value": b64_encode(r.personalization_value),
+            "cca-realm-initial-measurement": b64_encode(r.initial_measurement),
+            "cca-realm-extensible-measurements": [b64_encode(m) for m in r.extensible_measurements],
             "cca-realm-hash-algo-id": r.hash_algo_id,
-            "cca-realm-challenge": b64(r.challenge).decode(),
+            "cca-realm-challenge": b64_encode(r.challenge),
         },
         "platform": {
-            "cca-platform-instance-id": b64(p.instance_id).decode(),
-            "cca-platform-implementation-id": b64(p.implementation_id).decode(),
+            "cca-platform-instance-id": b64_encode(p.instance_id),
+            "cca-platform-implementation-id": b64_encode(p.implementation_id),
         },
         "report_data": r.challenge.hex(),
         "init_data": r.personalization_value.hex(),

@@ -7,8 +7,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from attestation.csv.certs import CA_CERT_SIZE, CaCertificate, CsvCertificate
-from attestation.csv.errors import CsvVerificationError
+from attestation.csv.certs import CA_CERT_SIZE, CSV_CERT_SIZE, CaCertificate, CsvCertificate
+from attestation.csv.errors import CsvFormatError, CsvVerificationError
+from coco_common.files import FileTooLarge, read_bounded
 
 __all__ = ["load_hsk_cek"]
 
@@ -22,7 +23,10 @@ def load_hsk_cek(hsk_cek_dir: Path | None, chip: str) -> tuple[CaCertificate, Cs
         )
     path = hsk_cek_dir / chip / "hsk_cek.cert"
     try:
-        raw = path.read_bytes()
-    except OSError as exc:
+        # the chip ID (from the evidence) picks the file: read no more than a pair
+        raw = read_bounded(path, CA_CERT_SIZE + CSV_CERT_SIZE)
+    except FileTooLarge as exc:
+        raise CsvFormatError(f"hsk_cek.cert for CSV chip {chip} is not an HSK and a CEK") from exc
+    except (OSError, ValueError) as exc:
         raise CsvVerificationError(f"no HSK/CEK for CSV chip {chip} in hsk_cek_dir") from exc
     return CaCertificate.from_bytes(raw[:CA_CERT_SIZE]), CsvCertificate.from_bytes(raw[CA_CERT_SIZE:])

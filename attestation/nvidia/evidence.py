@@ -12,7 +12,6 @@ Unknown keys, duplicate keys and wrong types are errors.
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -68,7 +67,7 @@ def decode_report_text(untrusted: str) -> bytes:
         return bytes.fromhex(text)
     try:
         return b64_decode(text)
-    except (binascii.Error, ValueError) as exc:
+    except ValueError as exc:
         raise NvidiaFormatError("report is neither hex nor base64") from exc
 
 
@@ -88,7 +87,7 @@ def _cert_chain(text: str) -> bytes:
     else:
         try:
             pem = b64_decode("".join(stripped.split()))
-        except (binascii.Error, ValueError) as exc:
+        except ValueError as exc:
             raise NvidiaFormatError("certificate field is neither PEM nor base64 of PEM") from exc
     if len(pem) > MAX_CHAIN_SIZE:
         raise NvidiaFormatError("certificate chain is too large")

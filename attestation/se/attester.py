@@ -14,8 +14,6 @@ the flow against a software Ultravisor (tests); it has not run on an SE guest.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import ctypes
 import fcntl
 import os
@@ -24,7 +22,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from attestation.se.errors import SeDeviceError, SeFormatError, SeUnavailable
-from coco_common.b64 import b64_decode
+from coco_common.b64 import b64_decode, b64_encode
 from coco_common.strict_json import strict_loads
 
 __all__ = [
@@ -138,7 +136,7 @@ def _b64(doc: Mapping[str, Any], key: str, limit: int) -> bytes:
         raise SeFormatError(f"SE attestation request: {key} must be base64")
     try:
         return b64_decode(v)
-    except (binascii.Error, ValueError) as exc:
+    except ValueError as exc:
         raise SeFormatError(f"SE attestation request: {key} is not base64") from exc
 
 
@@ -169,12 +167,11 @@ class SeAttester:
         measurement, additional, cuid = self.device.attest(
             _b64(req, "request_blob", _MAX_ARCB), user_data, meas_size, add_size
         )
-        b64 = base64.b64encode
         return {
-            "measurement": b64(measurement).decode(),
-            "additional_data": b64(additional).decode(),
-            "user_data": b64(user_data).decode(),
-            "cuid": b64(cuid).decode(),
+            "measurement": b64_encode(measurement),
+            "additional_data": b64_encode(additional),
+            "user_data": b64_encode(user_data),
+            "cuid": b64_encode(cuid),
             "encr_measurement_key": req.get("encr_measurement_key"),
             "encr_request_nonce": req.get("encr_request_nonce"),
             "image_hdr_tags": req.get("image_hdr_tags"),

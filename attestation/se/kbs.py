@@ -30,7 +30,6 @@ documents are trusted as configured, with a WARNING (trustee's
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
 import json
@@ -51,6 +50,7 @@ from attestation.se.endorsements import host_keys, load_host_key_document
 from attestation.se.errors import SeVerificationError
 from attestation.se.evidence import parse_response
 from attestation.se.verify import IssuedChallenge, verify_response
+from coco_common.b64 import b64_encode
 
 __all__ = ["SeVerifier"]
 
@@ -118,15 +118,14 @@ class SeVerifier:
             self._issued[hashlib.sha256(encr_key).digest()] = IssuedChallenge(
                 arcb.measurement_key, arcb.nonce, self.tags, encr_nonce, now + self._ttl
             )
-        b64 = base64.b64encode
         return json.dumps(
             {
-                "request_blob": b64(arcb.blob).decode(),
+                "request_blob": b64_encode(arcb.blob),
                 "measurement_size": MEASUREMENT_SIZE,
                 "additional_size": arcb.additional_size,
-                "encr_measurement_key": b64(encr_key).decode(),
-                "encr_request_nonce": b64(encr_nonce).decode(),
-                "image_hdr_tags": b64(self.tags).decode(),
+                "encr_measurement_key": b64_encode(encr_key),
+                "encr_request_nonce": b64_encode(encr_nonce),
+                "image_hdr_tags": b64_encode(self.tags),
             },
             separators=(",", ":"),
         )

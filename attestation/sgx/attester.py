@@ -7,12 +7,12 @@ implemented here: an Occlum guest is refused with :class:`UnsupportedPlatform`.
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 from pathlib import Path
 from typing import Any
 
 from attestation.sgx.errors import SgxError, SgxUnavailable
+from coco_common.b64 import b64_encode
 
 __all__ = ["GRAMINE_ATTESTATION_DIR", "SgxAttester", "detect_gramine"]
 
@@ -45,7 +45,7 @@ class SgxAttester:
             quote = f.read(_MAX_QUOTE + 1)
         if not quote or len(quote) > _MAX_QUOTE:
             raise SgxError("Gramine returned no or an oversized quote")
-        return {"quote": base64.b64encode(quote).decode()}
+        return {"quote": b64_encode(quote)}
 
     async def get_evidence(self, report_data: bytes) -> Any:
         return await asyncio.to_thread(self._evidence, report_data)

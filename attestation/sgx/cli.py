@@ -11,13 +11,13 @@ one line and exits 1 (2 for unreadable input or usage errors).
 from __future__ import annotations
 
 import argparse
-import base64
 import hmac
 from typing import Any
 
 from attestation.sgx.errors import SgxVerificationError
 from attestation.sgx.kbs import SgxVerifier, sgx_claims
 from attestation.verify_cli import Inputs, Verdict, add_evidence_arguments, dcap_options, run_verify
+from coco_common.b64 import b64_encode
 
 __all__ = ["configure", "run"]
 
@@ -38,7 +38,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def _check(_: argparse.Namespace, inputs: Inputs, opts: dict[str, Any]) -> Verdict:
     raw, rd = inputs.evidence, inputs.report_data
-    doc: Any = raw if raw.lstrip()[:1] == b"{" else {"quote": base64.b64encode(raw).decode()}
+    doc: Any = raw if raw.lstrip()[:1] == b"{" else {"quote": b64_encode(raw)}
     v = SgxVerifier(**opts).verify_evidence(doc, now=inputs.now)
     claims = sgx_claims(v)
     if rd is not None and not hmac.compare_digest(rd.ljust(64, b"\x00"), v.quote.body.report_data):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import binascii
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,6 +25,6 @@ def evidence_quote(untrusted: Any) -> bytes:
         raise SgxFormatError("SGX evidence: quote must be a non-empty base64 string")
     try:
         quote = b64_decode(raw)
-    except (binascii.Error, ValueError) as exc:
+    except ValueError as exc:
         raise SgxFormatError("SGX evidence: quote is not standard base64") from exc
     return quote

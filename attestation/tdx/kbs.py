@@ -18,6 +18,7 @@ from typing import Any
 from cryptography import x509
 
 from attestation.eventlog.tcg import ParsedEventLog, parse_event_log
+from attestation.initdata import resize_digest
 from attestation.tdx.collateral import Collateral
 from attestation.tdx.endorsements import (
     CollateralCache,
@@ -151,13 +152,6 @@ def quote_claims(v: VerifiedQuote, event_log: ParsedEventLog | None = None) -> d
     return claims
 
 
-def _regularize(data: bytes, size: int) -> bytes:
-    """Zero-pad or truncate to ``size``, as trustee's ``regularize_data`` and Kata's
-    ``adjustProperLength`` do (a SHA-512 init-data digest fills MRCONFIGID's 48 bytes
-    with its first 48)."""
-    return data[:size].ljust(size, b"\x00")
-
-
 class TdxVerifier:
     """KBS-side verifier for tee ``"tdx"`` evidence
     ``{"cc_eventlog": <b64> | null, "quote": <b64>}`` (trustee's shape).
@@ -220,10 +214,11 @@ class TdxVerifier:
         evidence = TdxEvidence.from_json(untrusted_evidence)
         v = self.verify_quote_bytes(evidence.quote, now=now)
         body = v.quote.td_body
-        if _regularize(expected_report_data, 64) != body.report_data:
+        if resize_digest(expected_report_data, 64) != body.report_data:
             raise TdxVerificationError("REPORTDATA in the TDX quote does not match the expected report data")
         if expected_init_data_hash is not None and (
-            _regularize(expected_init_data_hash, 48) != body.mr_config_id
+            # a SHA-512 init-data digest fills MRCONFIGID's 48 bytes with its first 48
+            resize_digest(expected_init_data_hash, 48) != body.mr_config_id
         ):
             raise TdxVerificationError("MRCONFIGID in the TDX quote does not match the init-data digest")
         el: ParsedEventLog | None = None

@@ -20,7 +20,6 @@ first of /dev/tpmrm0, /dev/tpm0) and ``AA_TPM_AK_HANDLE`` (hex, default
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import os
 from collections.abc import Mapping
@@ -34,6 +33,7 @@ from attestation.tpm.device import Tpm, open_tpm
 from attestation.tpm.errors import TpmCommandError, TpmUnavailable
 from attestation.tpm.quote import INIT_DATA_PCR
 from attestation.tpm.structures import ALG_ECDSA, ALG_RSASSA, ALG_SHA256, PcrSelection, parse_attest
+from coco_common.b64 import b64_encode
 
 __all__ = [
     "DEFAULT_AK_HANDLE",
@@ -112,10 +112,10 @@ class TpmAttester:
             serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
         )
         ev: dict[str, Any] = {
-            "ak_public": base64.b64encode(spki).decode(),
+            "ak_public": b64_encode(spki),
             "tpm_quote": {
-                "signature": base64.b64encode(signature).decode(),
-                "message": base64.b64encode(message).decode(),
+                "signature": b64_encode(signature),
+                "message": b64_encode(message),
                 "pcrs": [p.hex() for p in pcrs],
             },
         }
@@ -126,7 +126,7 @@ class TpmAttester:
             except OSError:
                 log = b""
             if log and len(log) <= _MAX_EVENT_LOG:
-                ev["event_log"] = base64.b64encode(log).decode()
+                ev["event_log"] = b64_encode(log)
         return ev
 
     async def get_evidence(self, report_data: bytes) -> Any:

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import binascii
 from collections.abc import Mapping
 from typing import Any
 
@@ -31,7 +30,7 @@ def _b64(v: Any, what: str, limit: int) -> bytes:
         raise TpmFormatError(f"tpm evidence: {what} must be a base64 string")
     try:
         return b64_decode(v)
-    except (binascii.Error, ValueError) as exc:
+    except ValueError as exc:
         raise TpmFormatError(f"tpm evidence: {what} is not standard base64") from exc
 
 
