@@ -19,6 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 import httpx
 
 from coco_common.b64 import b64_encode
+from coco_common.strict_json import strict_object
 from kbs_protocol.errors import TokenError
 from kbs_protocol.jcs import HASH_ALGORITHMS, hash_canonical
 from kbs_protocol.jws import decode_unverified
@@ -166,12 +167,9 @@ def auth_body(tee: str) -> dict[str, Any]:
 def se_request_with_digest(nonce: str, digest: bytes) -> bytes:
     """IBM SE: the ``/auth`` nonce is a JSON ``SeAttestationRequest``; the
     attester receives it with ``runtime_data_digest`` (base64) added."""
-    try:
-        req = json.loads(nonce)
-    except ValueError as exc:
-        raise ProtocolError("Failed to deserialize SeAttestationRequest from nonce") from exc
-    if not isinstance(req, dict):
-        raise ProtocolError("Failed to deserialize SeAttestationRequest from nonce")
+    req = strict_object(
+        nonce, error=ProtocolError, what="Failed to deserialize SeAttestationRequest from nonce"
+    )
     req["runtime_data_digest"] = b64_encode(digest)
     return json.dumps(req).encode()
 

@@ -7,9 +7,9 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from coco_common.b64 import b64url_encode
 from kbs_protocol.errors import TeeKeyError
 from kbs_protocol.jwe import ALG_ECDH_ES_A256KW, ALG_RSA1_5, ALG_RSA_OAEP_256, TeePubKey, decrypt
+from kbs_protocol.jws import public_key_to_jwk
 
 __all__ = ["ALGORITHMS", "DEFAULT_ALGORITHM", "TeeKeyPair"]
 
@@ -41,7 +41,8 @@ class TeeKeyPair:
             raise TeeKeyError("unsupported TEE key type")
         self._key: PrivateKey = key
         self._alg = alg
-        self._pub = TeePubKey.from_json(self._make_jwk())
+        # kty/crv/x/y or kty/n/e as any public key's JWK, plus the algorithm
+        self._pub = TeePubKey.from_json({**public_key_to_jwk(key.public_key()), "alg": alg})
 
     @classmethod
     def generate(cls, algorithm: str = DEFAULT_ALGORITHM) -> TeeKeyPair:
@@ -80,25 +81,6 @@ class TeeKeyPair:
     @property
     def pubkey(self) -> TeePubKey:
         return self._pub
-
-    def _make_jwk(self) -> dict[str, str]:
-        if isinstance(self._key, ec.EllipticCurvePrivateKey):
-            nums = self._key.public_key().public_numbers()
-            crv, size = ("P-256", 32) if self._key.curve.name == "secp256r1" else ("P-521", 66)
-            return {
-                "kty": "EC",
-                "crv": crv,
-                "alg": self._alg,
-                "x": b64url_encode(nums.x.to_bytes(size, "big")),
-                "y": b64url_encode(nums.y.to_bytes(size, "big")),
-            }
-        rnums = self._key.public_key().public_numbers()
-        return {
-            "kty": "RSA",
-            "alg": self._alg,
-            "n": b64url_encode(rnums.n.to_bytes((rnums.n.bit_length() + 7) // 8, "big")),
-            "e": b64url_encode(rnums.e.to_bytes((rnums.e.bit_length() + 7) // 8, "big")),
-        }
 
     def public_jwk(self) -> dict[str, str]:
         """The ``tee-pubkey`` JWK exactly as guest-components sends it."""

@@ -19,6 +19,7 @@ from kbs_client.errors import (
     AdminDenied,
     KbsHttpError,
     PolicyInvalid,
+    ProtocolError,
     ResourceNotFound,
     TransportError,
 )
@@ -212,3 +213,11 @@ def test_plain_http_to_a_tls_kbs_names_https_and_is_not_retried(
     )
     assert "RemoteProtocolError" not in err and "ReadError" not in err
     assert not [r for r in caplog.records if "RCAR attempt" in r.getMessage()]
+
+
+@pytest.mark.parametrize("nonce", ['{"a": 1, "a": 2}', '{"a": NaN}', "[1]", "not json"])
+def test_se_nonce_is_parsed_strictly(nonce: str) -> None:
+    from kbs_client.rcar import se_request_with_digest
+
+    with pytest.raises(ProtocolError, match="SeAttestationRequest"):
+        se_request_with_digest(nonce, b"\0" * 32)
