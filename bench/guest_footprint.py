@@ -107,7 +107,8 @@ _ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 def _daemon(args: list[str], sock: Path, idle: float, log: Path) -> tuple[float, float, int]:
     sock.unlink(missing_ok=True)
     t0 = time.monotonic()
-    proc = subprocess.Popen(args, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=_ENV)
+    with log.open("ab") as out:  # the child keeps its own descriptor
+        proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, env=_ENV)
     try:
         t1 = _ready(sock, proc)
         cpu = _cpu_s(proc.pid)
@@ -195,7 +196,8 @@ def main() -> int:
         for _ in range(a.reps):
             runs["floor"].append(_daemon(floor, floor_sock, a.idle, log))
             runs["attestation-agent"].append(_daemon(aa, aa_sock, a.idle, log))
-        aa_proc = subprocess.Popen(aa, stdout=log.open("ab"), stderr=subprocess.STDOUT, env=_ENV)
+        with log.open("ab") as aa_log:
+            aa_proc = subprocess.Popen(aa, stdout=aa_log, stderr=subprocess.STDOUT, env=_ENV)
         try:
             _ready(aa_sock, aa_proc)
             _daemon(cdh, cdh_sock, 0, log)  # warm-up

@@ -56,14 +56,18 @@ async def _read_frame(reader: asyncio.StreamReader) -> tuple[int, int, int, byte
     header = await reader.readexactly(_HEADER.size)
     length, stream_id, mtype, flags = _HEADER.unpack(header)
     if length > MESSAGE_LENGTH_MAX:
-        remaining = length
-        while remaining:
-            chunk = await reader.read(min(remaining, 1 << 16))
-            if not chunk:
-                raise asyncio.IncompleteReadError(b"", remaining)
-            remaining -= len(chunk)
+        await _skip(reader, length)
         return stream_id, mtype, flags, None
     return stream_id, mtype, flags, await reader.readexactly(length)
+
+
+async def _skip(reader: asyncio.StreamReader, n: int) -> None:
+    """Consume ``n`` bytes without keeping them (bounded memory)."""
+    while n:
+        chunk = await reader.read(min(n, 1 << 16))
+        if not chunk:
+            raise asyncio.IncompleteReadError(b"", n)
+        n -= len(chunk)
 
 
 def _parse_request(body: bytes) -> ttrpc_pb2.Request | None:
@@ -153,11 +157,7 @@ class _Connection:
         """Consume ``n`` body bytes without keeping them (bounded memory)."""
         try:
             async with asyncio.timeout(self.limits.frame_timeout):
-                while n:
-                    chunk = await self.reader.read(min(n, 1 << 16))
-                    if not chunk:
-                        raise asyncio.IncompleteReadError(b"", n)
-                    n -= len(chunk)
+                await _skip(self.reader, n)
         except TimeoutError as exc:
             raise _FrameTimeout(f"a frame body did not arrive in {self.limits.frame_timeout}s") from exc
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import socket
 import struct
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +22,7 @@ import pytest
 from coco_rpc.protos import api_pb2, attestation_agent_pb2, ttrpc_pb2
 from tests.cdh.stack import Stack, start_stack
 from tests.support.aa import ttrpc_call
+from tests.support.stall import StallServer
 
 pytestmark = pytest.mark.slow
 
@@ -39,34 +39,10 @@ def _status_kib(pid: int, field: str) -> int:
     raise AssertionError(f"{field} missing for {pid}")
 
 
-class _Stall:
-    """A TCP listener on 127.0.0.1 that accepts and never answers."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.held: list[socket.socket] = []
-        threading.Thread(target=self._run, daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            try:
-                self.held.append(self.sock.accept()[0])
-            except OSError:
-                return
-
-    def close(self) -> None:
-        self.sock.close()
-        for c in self.held:
-            c.close()
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, _Stall]]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, StallServer]]:
     tmp = tmp_path_factory.mktemp("hold")
-    stall = _Stall()
+    stall = StallServer()
     with start_stack(tmp, cdh=False) as s:
         s.start_cdh(f'[image]\nwork_dir = "{tmp / "images"}"\n')
         s.set_resource("default/cdh/secret", SECRET)
@@ -119,7 +95,7 @@ def _memory_hold(path: Path, n: int = 100) -> tuple[list[socket.socket], int]:
     return socks, _push(conns)
 
 
-def test_memory_hold_keeps_aa_and_cdh_bounded_and_answering(stack: tuple[Stack, _Stall]) -> None:
+def test_memory_hold_keeps_aa_and_cdh_bounded_and_answering(stack: tuple[Stack, StallServer]) -> None:
     s, _ = stack
     assert s.aa_sock is not None and s.cdh_sock is not None
     aa_pid, cdh_pid = s.procs[1].pid, s.procs[2].pid
@@ -142,7 +118,7 @@ def test_memory_hold_keeps_aa_and_cdh_bounded_and_answering(stack: tuple[Stack, 
     assert sent_aa < 100 * MiB and sent_cdh < 100 * MiB
 
 
-def test_in_flight_pull_hold_keeps_cdh_bounded_and_answering(stack: tuple[Stack, _Stall]) -> None:
+def test_in_flight_pull_hold_keeps_cdh_bounded_and_answering(stack: tuple[Stack, StallServer]) -> None:
     s, stall = stack
     assert s.cdh_sock is not None
     cdh_pid = s.procs[2].pid
@@ -179,7 +155,7 @@ def test_in_flight_pull_hold_keeps_cdh_bounded_and_answering(stack: tuple[Stack,
     assert sent < 100 * MiB
 
 
-def test_junk_frames_do_not_flood_the_logs(stack: tuple[Stack, _Stall]) -> None:
+def test_junk_frames_do_not_flood_the_logs(stack: tuple[Stack, StallServer]) -> None:
     s, _ = stack
     assert s.aa_sock is not None and s.cdh_sock is not None
     logs = [s.tmp / "aa.log", s.tmp / "cdh.log"]

@@ -50,6 +50,7 @@ from typing import Any
 
 import httpx
 
+from coco_common.b64 import b64url_encode
 from kbs_client.rcar import auth_body
 from kbs_client.sample import sample_evidence
 from kbs_client.tee_key import TeeKeyPair
@@ -128,12 +129,6 @@ class RunResult:
     store: str
     ok: bool
     summary: dict[str, Any]
-
-
-def _b64url(raw: bytes) -> str:
-    import base64
-
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
 
 
 class _Load:
@@ -249,7 +244,7 @@ class _Load:
                 if seq % 5 == 0:
                     allow = (seq // 5) % 2 == 0
                     p = PolicyWrite(seq, allow, time.monotonic())
-                    body = {"policy": _b64url(ALLOW if allow else DENY_GATED)}
+                    body = {"policy": b64url_encode(ALLOW if allow else DENY_GATED)}
                     p.status = await self._admin(c, "POST", "/kbs/v0/resource-policy", json=body)
                     p.end = time.monotonic()
                     self.policies.append(p)
@@ -339,7 +334,7 @@ async def _read_back(fleet: Fleet, keys: list[str]) -> dict[str, bytes | None]:
     out: dict[str, bytes | None] = {}
     async with httpx.AsyncClient(base_url=fleet.url, timeout=15) as c:
         headers = {"Authorization": f"Bearer {fleet.admin_token()}"}
-        r = await c.post("/kbs/v0/resource-policy", json={"policy": _b64url(ALLOW)}, headers=headers)
+        r = await c.post("/kbs/v0/resource-policy", json={"policy": b64url_encode(ALLOW)}, headers=headers)
         if r.status_code != 200:
             raise RuntimeError(f"read-back: policy {r.status_code}")
         key = TeeKeyPair.generate()
@@ -456,7 +451,7 @@ def run_store(kind: str, workdir: Path, *, seconds: float, clients: int) -> RunR
             ):
                 if c.post(path, content=body).status_code != 200:
                     raise RuntimeError(f"seeding {path} failed")
-            if c.post("/kbs/v0/resource-policy", json={"policy": _b64url(ALLOW)}).status_code != 200:
+            if c.post("/kbs/v0/resource-policy", json={"policy": b64url_encode(ALLOW)}).status_code != 200:
                 raise RuntimeError("setting the resource policy failed")
         load = _Load(fleet, seconds, clients)
         load.writes.append(Write(0, RES, b"seed", 0.0, 0.0, 200))

@@ -12,10 +12,8 @@ import base64
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 import tests.cdh.conftest  # noqa: F401 (first: test_sealed_secret imports it back)
 from tests.cdh.stack import Stack, start_stack
 from tests.cdh.test_sealed_secret import jwk_of, seal, vault
+from tests.support.stall import StallServer
 
 pytestmark = pytest.mark.slow
 
@@ -91,36 +90,10 @@ def go_client(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
     return [str(out / "ttrpc_client"), "-descriptors", str(desc)]
 
 
-class _StalledRegistry:
-    """A TCP listener on 127.0.0.1 that accepts connections and never answers."""
-
-    def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.held: list[socket.socket] = []
-        self._t = threading.Thread(target=self._accept, daemon=True)
-        self._t.start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.held.append(conn)
-
-    def close(self) -> None:
-        self.sock.close()
-        for c in self.held:
-            c.close()
-
-
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, _StalledRegistry]]:
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, StallServer]]:
     tmp = tmp_path_factory.mktemp("stack")
-    registry = _StalledRegistry()
+    registry = StallServer(16)
     with start_stack(tmp, cdh=False) as s:
         s.start_cdh(f'[image]\nwork_dir = "{tmp / "images"}"\n')
         s.set_resource("default/cdh/secret", SECRET)
@@ -133,7 +106,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, _St
 @pytest.fixture(scope="module")
 def stalled_aa(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     """An attestation-agent whose KBS accepts connections and never answers."""
-    kbs = _StalledRegistry()
+    kbs = StallServer(16)
     s = Stack(tmp_path_factory.mktemp("stalled-aa"), kbs_url=f"http://127.0.0.1:{kbs.port}")
     try:
         s.start_aa()

@@ -6,7 +6,6 @@ KBS -> AS (evaluate, set policy), KBS -> AS -> RVPS (register, query), KBS (buil
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import json
 import os
 import socket
@@ -21,10 +20,6 @@ from typing import Any
 import httpx
 import pytest
 from aiohttp.test_utils import TestServer
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from kbs.app import build_state
 from kbs.config import parse_config
@@ -34,7 +29,7 @@ from kbs.storage import NS_REPOSITORY
 from kbs_client.sample import SAMPLE_SVN
 from kbs_client.tee_key import TeeKeyPair
 from kbs_protocol.policies import builtin_policy
-from tests.support.kbs import free_port
+from tests.support.kbs import free_port, self_signed
 
 from .conftest import admin_material, config_doc
 from .test_api import attest_body, do_attest, handshake
@@ -72,24 +67,6 @@ def _serve(tmp: Path, name: str, argv: list[str], port: int) -> Iterator[Path]:
             proc.wait(10)
 
 
-def _signer(tmp: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "grpc-as signer")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
-    kp, cp = tmp / "as.key", tmp / "as.pem"
-    kp.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption()))  # fmt: skip
-    cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return kp, cp
-
-
 def _claims(token: str) -> dict[str, Any]:
     body = token.split(".")[1]
     return dict(json.loads(base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))))
@@ -102,7 +79,7 @@ def split(tmp_path: Path) -> Iterator[dict[str, Any]]:
     (tmp_path / "rvps.json").write_text(json.dumps({
         "storage": {"storage_type": "LocalJson", "backends": {"local_json": {"file_dir_path": str(tmp_path / "rvps")}}},
     }))  # fmt: skip
-    kp, cp = _signer(tmp_path)
+    kp, cp = self_signed(tmp_path, "as", common_name="grpc-as signer", ca=True)
     (tmp_path / "as.json").write_text(json.dumps({
         "work_dir": "/var/lib/attestation-service/",
         "rvps_config": {"type": "GrpcRemote", "address": f"http://127.0.0.1:{rvps_port}"},

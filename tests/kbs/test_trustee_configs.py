@@ -32,7 +32,7 @@ from kbs.server import make_app, ssl_context
 from kbs.storage import NS_REPOSITORY
 from kbs_client.tee_key import TeeKeyPair
 from kbs_protocol.policies import builtin_policy
-from tests.support.kbs import free_port
+from tests.support.kbs import free_port, self_signed
 
 from .test_api import attest_body, do_attest, handshake
 from .test_intel_ta import tdx_attest_body
@@ -225,10 +225,10 @@ def _work_dir(tmp: Path) -> None:
 @pytest.fixture(scope="module")
 def grpc_as(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """One separate ``grpc-as`` for the ``coco_as_grpc`` configs: (address, its signer certificate)."""
-    from .test_split_services import _serve, _signer
+    from .test_split_services import _serve
 
     tmp = tmp_path_factory.mktemp("grpc-as")
-    kp, cp = _signer(tmp)
+    kp, cp = self_signed(tmp, "as", common_name="grpc-as signer", ca=True)
     (tmp / "as.json").write_text(json.dumps({
         "attestation_token_broker": {"signer": {"key_path": str(kp), "cert_path": str(cp)}},
         "storage_backend": {"storage_type": "Memory"},

@@ -204,10 +204,10 @@ def test_ear_status_and_token_checks() -> None:
         own.verify(EarBroker().issue(sub, now=t0), now=t0)
     import tempfile
 
-    from tests.support.kbs import _signer
+    from tests.support.kbs import self_signed
 
     with tempfile.TemporaryDirectory() as d:
-        kp, cp = _signer(Path(d))
+        kp, cp = self_signed(Path(d), "ear-signer", common_name="test EAR signer")
         strict = TokenVerifier.from_config([str(cp)], [], False)
         with pytest.raises(TokenVerifierError, match="x5c"):
             strict.verify(tok, now=t0)  # no x5c

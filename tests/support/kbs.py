@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import datetime as dt
+import ipaddress
 import json
 import os
 import socket
@@ -40,7 +41,15 @@ from cryptography.x509.oid import NameOID
 from kbs_protocol.jws import sign
 from kbs_protocol.policies import builtin_policy
 
-__all__ = ["RunningKbs", "free_port", "kbs_server", "make_admin_token", "start_kbs", "write_config"]
+__all__ = [
+    "RunningKbs",
+    "free_port",
+    "kbs_server",
+    "make_admin_token",
+    "self_signed",
+    "start_kbs",
+    "write_config",
+]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -61,11 +70,16 @@ def make_admin_token(
     return sign(claims, key, alg="EdDSA")
 
 
-def _signer(tmp: Path) -> tuple[Path, Path]:
+def self_signed(
+    tmp: Path, stem: str, *, common_name: str, ips: tuple[str, ...] = (), ca: bool = False
+) -> tuple[Path, Path]:
+    """A fresh P-256 key and a one-day self-signed certificate for it (``ips`` as
+    subjectAltNames, ``ca`` a critical BasicConstraints CA=true), written as
+    ``<stem>.key`` and ``<stem>.pem`` under ``tmp``; returns (key path, cert path)."""
     key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test EAR signer")])
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = dt.datetime.now(dt.UTC)
-    cert = (
+    builder = (
         x509.CertificateBuilder()
         .subject_name(name)
         .issuer_name(name)
@@ -73,9 +87,15 @@ def _signer(tmp: Path) -> tuple[Path, Path]:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
         .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
     )
-    kp, cp = tmp / "ear-signer.key", tmp / "ear-signer.pem"
+    if ips:
+        sans = [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    if ca:
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+    cert = builder.sign(key, hashes.SHA256())
+    tmp.mkdir(parents=True, exist_ok=True)
+    kp, cp = tmp / f"{stem}.key", tmp / f"{stem}.pem"
     kp.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                      serialization.NoEncryption()))  # fmt: skip
     cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
@@ -109,7 +129,7 @@ def write_config(
     if trusted_signer or signer_key:
         kp, cp = tmp / "ear-signer.key", tmp / "ear-signer.pem"
         if not (kp.exists() and cp.exists()):  # replicas in one tmp dir share the signer
-            kp, cp = _signer(tmp)
+            kp, cp = self_signed(tmp, "ear-signer", common_name="test EAR signer")
         signer = f'[attestation_service.attestation_token_broker.signer]\nkey_path = "{kp}"\n'
         if trusted_signer:
             tok += f'trusted_certs_paths = ["{cp}"]\n'

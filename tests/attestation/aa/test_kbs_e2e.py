@@ -5,24 +5,18 @@ returned token and decrypted with the returned TEE key."""
 from __future__ import annotations
 
 import base64
-import datetime as dt
 import hashlib
-import ipaddress
 import json
 import ssl
 from pathlib import Path
 from typing import Any
 
 import httpx
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from coco_rpc.protos import attestation_agent_pb2 as pb
 from kbs_client.tee_key import TeeKeyPair
 from tests.support.aa import AaProcess, start_aa
-from tests.support.kbs import start_kbs
+from tests.support.kbs import self_signed, start_kbs
 
 SECRET = b"resource bytes only an attested guest may read"
 INITDATA = b'version = "0.1.0"\nalgorithm = "sha384"\n[data]\n"aa.toml" = "x"\n'
@@ -91,37 +85,8 @@ def test_composite_with_sampledevice_and_initdata(tmp_path: Path) -> None:
             assert "sampledevice" in submods["gpu0"]["ear.veraison.annotated-evidence"]
 
 
-def _tls(tmp: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kbs test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False
-        )
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    tmp.mkdir(parents=True, exist_ok=True)
-    kp, cp = tmp / "tls.key", tmp / "tls.pem"
-    kp.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-        )
-    )
-    cp.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return kp, cp
-
-
 def test_https_kbs_with_cert_from_config(tmp_path: Path) -> None:
-    kp, cp = _tls(tmp_path / "tls")
+    kp, cp = self_signed(tmp_path / "tls", "tls", common_name="kbs test", ips=("127.0.0.1",), ca=True)
     with start_kbs(tmp_path / "kbs", resources={"default/key/k1": SECRET}, tls=(kp, cp)) as kbs:
         pem = cp.read_text().replace("\n", "\\n")
         cfg = f'[token_configs.kbs]\nurl = "{kbs.url}"\ncert = "{pem}"\n'
