@@ -26,6 +26,7 @@ from typing import Any
 
 import grpc
 
+from coco_common.b64 import b64_encode
 from coco_common.cli import add_version, log_level_type, rust_log_level
 from coco_common.strict_json import strict_loads
 from kbs_protocol.jcs import hash_canonical
@@ -152,7 +153,7 @@ class AttestationServer:
     async def _challenge(self, req: as_pb.ChallengeRequest) -> as_pb.ChallengeResponse:
         if req.inner.get("tee") == "se":
             raise ValueError("IBM SE challenges are not supported by this attestation service")
-        return as_pb.ChallengeResponse(attestation_challenge=base64.b64encode(os.urandom(32)).decode())
+        return as_pb.ChallengeResponse(attestation_challenge=b64_encode(os.urandom(32)))
 
     async def _rv_register(
         self, req: rv_pb.ReferenceValueRegisterRequest

@@ -5,7 +5,6 @@ admin endpoints, ``/healthz`` and ``/metrics``."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import json
@@ -22,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from attestation.errors import AttestationError
-from coco_common.b64 import b64url_decode
+from coco_common.b64 import b64url_decode, b64url_encode
 from coco_common.strict_json import strict_loads
 from kbs_protocol import jwe as wire_jwe
 from kbs_protocol.errors import InvalidUri, JweError
@@ -313,7 +312,7 @@ class _Handlers:
             text = await policies.text(policy_id)
         if text is None:
             raise PluginNotFound(f"{kind} {policy_id[:64]} not found")
-        return _json({"policy_id": policy_id, "policy": base64.urlsafe_b64encode(text).decode().rstrip("=")})
+        return _json({"policy_id": policy_id, "policy": b64url_encode(text)})
 
     async def reference_value(self, request: web.Request, rest: list[str]) -> web.Response:
         self._admin(request, AdminAuthAccess)
