@@ -559,3 +559,11 @@ async def test_a_malformed_attest_body_tells_the_client_nothing_more(
         assert "not strict JSON" in caplog.text
     finally:
         await client.close()
+
+
+def test_grpc_as_refuses_base64url_with_foreign_characters() -> None:
+    from kbs.grpc_as import _unb64url
+
+    assert _unb64url("aGk", "evidence") == b"hi"
+    with pytest.raises(ValueError, match="evidence is not URL-safe base64"):
+        _unb64url("a.Gk=", "evidence")  # the lenient decoder dropped "." and answered b"hi"
