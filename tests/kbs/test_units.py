@@ -567,3 +567,19 @@ def test_grpc_as_refuses_base64url_with_foreign_characters() -> None:
     assert _unb64url("aGk", "evidence") == b"hi"
     with pytest.raises(ValueError, match="evidence is not URL-safe base64"):
         _unb64url("a.Gk=", "evidence")  # the lenient decoder dropped "." and answered b"hi"
+
+
+def test_key_and_name_patterns_refuse_a_trailing_newline() -> None:
+    """``$`` matches before a final newline: the checks use fullmatch."""
+    from kbs.errors import PluginInternalError
+    from kbs.nebula_ca_plugin import NebulaCaPlugin
+    from kbs.storage import LocalJsonStore
+
+    ok = {"name": "node1", "ip": "10.9.0.2/24", "duration": "8760h", "groups": "kbs,test"}
+    assert NebulaCaPlugin._params(ok)[:4] == ["-name", "node1", "-ip", "10.9.0.2/24"]
+    for k in ("name", "duration"):
+        with pytest.raises(PluginInternalError):
+            NebulaCaPlugin._params({**ok, k: ok[k] + "\n"})
+    assert LocalJsonStore._key("a/b.c") == "a/b.c"
+    with pytest.raises(StorageError, match="invalid storage key"):
+        LocalJsonStore._key("a/b.c\n")
