@@ -125,7 +125,7 @@ class _Handlers:
         if not isinstance(version, str) or not isinstance(tee, str):
             raise KbsAttestationError(AUTH_DESERIALIZE)
         # semver "=0.4.0": build metadata is ignored, a pre-release does not match
-        if not _SEMVER.match(version) or version.split("+", 1)[0] != PROTOCOL_VERSION:
+        if not _SEMVER.fullmatch(version) or version.split("+", 1)[0] != PROTOCOL_VERSION:
             raise KbsAttestationError(
                 "Attestation error: RCAR handshake Auth failed: KBS Client Protocol Version Mismatch: "
                 f"expect ={PROTOCOL_VERSION} while the request is {version[:40]}"

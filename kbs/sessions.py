@@ -127,7 +127,7 @@ def _rfc3339(t: float) -> str:
 
 
 def _parse_rfc3339(v: Any) -> float:
-    m = _RFC3339.match(v) if isinstance(v, str) else None
+    m = _RFC3339.fullmatch(v) if isinstance(v, str) else None
     if m is None:
         raise ValueError("session timeout is not RFC 3339")
     day, hms, frac, tz = m.groups()

@@ -90,7 +90,7 @@ class KvStore(Protocol):
 
 
 def _check_ns(ns: str) -> None:
-    if not _NS.match(ns):
+    if not _NS.fullmatch(ns):
         raise StorageError("invalid storage namespace")
 
 
