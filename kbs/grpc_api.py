@@ -25,7 +25,7 @@ import grpc
 from coco_common.b64 import b64url_encode
 from coco_common.strict_json import strict_loads
 
-from .errors import KbsAttestationError, PluginNotFound, RvpsError
+from .errors import KbsAttestationError, KbsError, PluginNotFound, RvpsError
 from .protos import attestation_pb2 as as_pb
 from .protos import reference_pb2 as rv_pb
 from .storage import NS_ATTESTATION_POLICY, KvStore
@@ -284,11 +284,9 @@ def make_handler(fn: Callable[[Any], Awaitable[Any]], req_type: Any, resp_type: 
             return await fn(req)
         except ValueError as exc:
             await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)[:500])
-        except Exception as exc:
-            from .errors import KbsError
-
-            if isinstance(exc, KbsError):
-                await ctx.abort(grpc.StatusCode.ABORTED, f"{exc.variant}: {exc.detail}"[:500])
+        except KbsError as exc:
+            await ctx.abort(grpc.StatusCode.ABORTED, f"{exc.variant}: {exc.detail}"[:500])
+        except Exception:
             log.exception("gRPC handler failed")
             await ctx.abort(grpc.StatusCode.INTERNAL, "internal error")
         raise AssertionError("unreachable")  # pragma: no cover - ctx.abort raises

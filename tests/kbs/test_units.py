@@ -583,3 +583,27 @@ def test_key_and_name_patterns_refuse_a_trailing_newline() -> None:
     assert LocalJsonStore._key("a/b.c") == "a/b.c"
     with pytest.raises(StorageError, match="invalid storage key"):
         LocalJsonStore._key("a/b.c\n")
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [(ValueError("bad"), "INVALID_ARGUMENT"), (StorageError("x"), "ABORTED"), (KeyError("x"), "INTERNAL")],
+)
+async def test_grpc_handler_maps_errors_to_statuses(exc: Exception, code: str) -> None:
+    from kbs.grpc_api import make_handler
+
+    class Aborted(Exception):
+        pass
+
+    class Msg:
+        FromString = SerializeToString = None
+
+    class Ctx:
+        async def abort(self, status: Any, details: str) -> None:
+            raise Aborted(status.name)
+
+    async def fn(req: Any) -> Any:
+        raise exc
+
+    with pytest.raises(Aborted, match=f"^{code}$"):
+        await make_handler(fn, Msg, Msg).unary_unary(object(), Ctx())
