@@ -9,7 +9,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from cryptography import x509
@@ -18,6 +17,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from attestation._x509 import is_ca
+from coco_common.files import read_bounded
 from kbs_protocol.errors import TeeKeyError, TokenError
 from kbs_protocol.jwe import TeePubKey
 from kbs_protocol.jws import (
@@ -57,6 +57,8 @@ LEEWAY_S = 60
 #: own tokens remembered by TokenVerifier.remember_own: how many, and up to what size each
 _REMEMBER_MAX = 1024
 _REMEMBER_MAX_BYTES = 16 * 1024
+#: largest PEM file (signer key, certificate chain, trusted certs) read
+MAX_PEM_BYTES = 1024 * 1024
 #: attestation token signature algorithms (ITA signs with PS384)
 _TOKEN_ALGS = ("ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA")
 DEFAULT_TEEKEY_PATHS = (
@@ -143,8 +145,10 @@ class EarBroker:
     @classmethod
     def from_files(cls, key_path: str, cert_path: str | None, **kw: Any) -> EarBroker:
         try:
-            key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
-            certs = x509.load_pem_x509_certificates(Path(cert_path).read_bytes()) if cert_path else []
+            key = serialization.load_pem_private_key(read_bounded(key_path, MAX_PEM_BYTES), password=None)
+            certs = (
+                x509.load_pem_x509_certificates(read_bounded(cert_path, MAX_PEM_BYTES)) if cert_path else []
+            )
         except (OSError, ValueError) as exc:
             raise KbsConfigError(f"cannot load the EAR signer: {exc}") from exc
         if not isinstance(key, ec.EllipticCurvePrivateKey):
@@ -207,7 +211,7 @@ class TokenVerifier:
         certs: list[x509.Certificate] = []
         for p in certs_paths:
             try:
-                certs.extend(x509.load_pem_x509_certificates(Path(p).read_bytes()))
+                certs.extend(x509.load_pem_x509_certificates(read_bounded(p, MAX_PEM_BYTES)))
             except (OSError, ValueError) as exc:
                 raise KbsConfigError(f"cannot load trusted cert {p}: {exc}") from exc
         jwks: dict[str, PublicVerifyKey] = {}

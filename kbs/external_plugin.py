@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Protocol
 
 import grpc
 
+from coco_common.files import read_bounded
+
+from .ear import MAX_PEM_BYTES
 from .errors import KbsConfigError, PluginInternalError
 from .grpc_api import MAX_GRPC_MESSAGE, grpc_target
 from .protos import plugin_pb2 as pb
@@ -61,8 +63,8 @@ class ExternalBackend:
                     f"plugins.external.backends {name}: an https:// endpoint needs ca_cert_path"
                 )
             try:
-                ca = Path(ca_cert_path).read_bytes()
-            except OSError as exc:
+                ca = read_bounded(ca_cert_path, MAX_PEM_BYTES)
+            except (OSError, ValueError) as exc:
                 raise KbsConfigError(f"plugins.external.backends {name}: cannot read ca_cert_path") from exc
             self._ch = grpc.aio.secure_channel(
                 target, grpc.ssl_channel_credentials(root_certificates=ca), options=opts

@@ -13,7 +13,6 @@ with ``{"tee-pubkey","nonce"}``; evidence as URL-safe base64 (no padding) of its
 from __future__ import annotations
 
 import asyncio
-import base64
 import importlib.resources as resources
 import json
 import logging
@@ -23,9 +22,10 @@ from typing import Any
 
 import grpc
 
+from coco_common.b64 import b64url_encode
 from coco_common.strict_json import strict_loads
 
-from .errors import KbsAttestationError, PluginNotFound, RvpsError
+from .errors import KbsAttestationError, KbsError, PluginNotFound, RvpsError
 from .protos import attestation_pb2 as as_pb
 from .protos import reference_pb2 as rv_pb
 from .storage import NS_ATTESTATION_POLICY, KvStore
@@ -162,10 +162,6 @@ class AsClient(_Client):
             raise KbsAttestationError(f"Attestation error: set policy failed: {exc.code().name}") from exc
 
 
-def _b64url(raw: bytes) -> str:
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
 def _compact(v: Any) -> str:
     return json.dumps(v, separators=(",", ":"), ensure_ascii=False)
 
@@ -178,7 +174,7 @@ class _RemotePolicies:
 
     async def set(self, policy_id: str, policy: bytes) -> None:
         # on the wire as trustee's KBS forwards it: the base64url text the admin sent
-        await self._client.set_policy(policy_id, _b64url(policy))
+        await self._client.set_policy(policy_id, b64url_encode(policy))
 
     async def list_ids(self) -> list[str]:
         # trustee has no such route; this KBS lists only policies it stores itself
@@ -206,7 +202,7 @@ class RemoteAttestationService:
             reqs = [
                 as_pb.IndividualAttestationRequest(
                     tee=tee,
-                    evidence=_b64url(_compact(primary).encode()),
+                    evidence=b64url_encode(_compact(primary).encode()),
                     structured_runtime_data=_compact(
                         {"tee-pubkey": jwk, "nonce": nonce, "additional-evidence": additional}
                     ),
@@ -220,7 +216,7 @@ class RemoteAttestationService:
                     reqs.append(
                         as_pb.IndividualAttestationRequest(
                             tee=str(dtee),
-                            evidence=_b64url(_compact(dev).encode()),
+                            evidence=b64url_encode(_compact(dev).encode()),
                             structured_runtime_data=_compact({"tee-pubkey": jwk, "nonce": nonce}),
                             runtime_data_hash_algorithm=hash_algorithm,
                         )
@@ -288,11 +284,9 @@ def make_handler(fn: Callable[[Any], Awaitable[Any]], req_type: Any, resp_type: 
             return await fn(req)
         except ValueError as exc:
             await ctx.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)[:500])
-        except Exception as exc:
-            from .errors import KbsError
-
-            if isinstance(exc, KbsError):
-                await ctx.abort(grpc.StatusCode.ABORTED, f"{exc.variant}: {exc.detail}"[:500])
+        except KbsError as exc:
+            await ctx.abort(grpc.StatusCode.ABORTED, f"{exc.variant}: {exc.detail}"[:500])
+        except Exception:
             log.exception("gRPC handler failed")
             await ctx.abort(grpc.StatusCode.INTERNAL, "internal error")
         raise AssertionError("unreachable")  # pragma: no cover - ctx.abort raises

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import base64
-import binascii
 import hashlib
 import logging
 import os
@@ -26,6 +24,7 @@ from typing import Any
 
 import grpc
 
+from coco_common.b64 import b64_encode, b64url_decode
 from coco_common.cli import add_version, log_level_type, rust_log_level
 from coco_common.strict_json import strict_loads
 from kbs_protocol.jcs import hash_canonical
@@ -64,8 +63,8 @@ _ALGS = ("sha256", "sha384", "sha512")
 
 def _unb64url(v: str, what: str) -> bytes:
     try:
-        return base64.urlsafe_b64decode(v + "=" * (-len(v) % 4))
-    except (binascii.Error, ValueError) as exc:
+        return b64url_decode(v)
+    except ValueError as exc:
         raise ValueError(f"{what} is not URL-safe base64") from exc
 
 
@@ -152,7 +151,7 @@ class AttestationServer:
     async def _challenge(self, req: as_pb.ChallengeRequest) -> as_pb.ChallengeResponse:
         if req.inner.get("tee") == "se":
             raise ValueError("IBM SE challenges are not supported by this attestation service")
-        return as_pb.ChallengeResponse(attestation_challenge=base64.b64encode(os.urandom(32)).decode())
+        return as_pb.ChallengeResponse(attestation_challenge=b64_encode(os.urandom(32)))
 
     async def _rv_register(
         self, req: rv_pb.ReferenceValueRegisterRequest

@@ -15,7 +15,6 @@ answers from a local server."""
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -23,6 +22,7 @@ from typing import Any
 
 import httpx
 
+from coco_common.b64 import b64_encode
 from coco_common.http import async_client
 from coco_common.http_body import DECODABLE, HttpBodyError, read_body
 from coco_common.strict_json import strict_loads
@@ -41,10 +41,6 @@ USER_AGENT = "Confidential-containers-trustee coco-py-kbs"
 #: largest ITA answer read
 MAX_RESPONSE = 1024 * 1024
 _FAILED = "Attestation error: RCAR handshake Attest failed"
-
-
-def _b64(raw: bytes) -> str:
-    return base64.b64encode(raw).decode()
 
 
 def _serde_json(v: Any) -> str:
@@ -106,7 +102,10 @@ class IntelTrustAuthority:
             raise ValueError(f"Intel Trust Authority: TEE {tee} is not supported by this KBS")
         if not isinstance(primary, dict) or not isinstance(primary.get("quote"), str):
             raise ValueError("evidence has no quote")
-        ev: dict[str, Any] = {"quote": primary["quote"], "runtime_data": _b64(_serde_json(runtime).encode())}
+        ev: dict[str, Any] = {
+            "quote": primary["quote"],
+            "runtime_data": b64_encode(_serde_json(runtime).encode()),
+        }
         if isinstance(primary.get("user_data"), str):
             ev["user_data"] = primary["user_data"]
         if isinstance(primary.get("cc_eventlog"), str):

@@ -113,7 +113,7 @@ class NebulaCaPlugin:
         name, ip = q.get("name"), q.get("ip")
         if not name or not ip:
             raise _fail("the credential needs the name and ip query parameters")
-        if not _NAME.match(name):
+        if not _NAME.fullmatch(name):
             raise _fail("name is not a valid host name")
         try:
             ipaddress.ip_interface(ip)
@@ -123,13 +123,13 @@ class NebulaCaPlugin:
             raise _fail("ip must be an address with a prefix length, e.g. 10.9.0.2/24")
         args = ["-name", name, "-ip", ip]
         if q.get("duration") is not None:
-            if not _DURATION.match(q["duration"]):
+            if not _DURATION.fullmatch(q["duration"]):
                 raise _fail("duration is not a Go duration such as 8760h")
             args += ["-duration", q["duration"]]
         for k in ("groups", "subnets"):
             v = q.get(k)
             if v is not None:
-                if not all(_LIST_ITEM.match(x.strip()) for x in v.split(",")):
+                if not all(_LIST_ITEM.fullmatch(x.strip()) for x in v.split(",")):
                     raise _fail(f"{k} is not a comma-separated list")
                 args += [f"-{k}", v]
         return args

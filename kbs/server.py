@@ -5,7 +5,6 @@ admin endpoints, ``/healthz`` and ``/metrics``."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import hashlib
 import json
@@ -22,7 +21,7 @@ from typing import Any
 from aiohttp import web
 
 from attestation.errors import AttestationError
-from coco_common.b64 import b64url_decode
+from coco_common.b64 import b64url_decode, b64url_encode
 from coco_common.strict_json import strict_loads
 from kbs_protocol import jwe as wire_jwe
 from kbs_protocol.errors import InvalidUri, JweError
@@ -126,7 +125,7 @@ class _Handlers:
         if not isinstance(version, str) or not isinstance(tee, str):
             raise KbsAttestationError(AUTH_DESERIALIZE)
         # semver "=0.4.0": build metadata is ignored, a pre-release does not match
-        if not _SEMVER.match(version) or version.split("+", 1)[0] != PROTOCOL_VERSION:
+        if not _SEMVER.fullmatch(version) or version.split("+", 1)[0] != PROTOCOL_VERSION:
             raise KbsAttestationError(
                 "Attestation error: RCAR handshake Auth failed: KBS Client Protocol Version Mismatch: "
                 f"expect ={PROTOCOL_VERSION} while the request is {version[:40]}"
@@ -313,7 +312,7 @@ class _Handlers:
             text = await policies.text(policy_id)
         if text is None:
             raise PluginNotFound(f"{kind} {policy_id[:64]} not found")
-        return _json({"policy_id": policy_id, "policy": base64.urlsafe_b64encode(text).decode().rstrip("=")})
+        return _json({"policy_id": policy_id, "policy": b64url_encode(text)})
 
     async def reference_value(self, request: web.Request, rest: list[str]) -> web.Response:
         self._admin(request, AdminAuthAccess)

@@ -22,7 +22,6 @@ on one session, on one replica or several, all end with that one token."""
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import json
 import os
@@ -34,6 +33,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
+
+from coco_common.b64 import b64_encode
 
 from .errors import KbsAttestationError
 from .storage import NS_SESSION, KvStore
@@ -126,7 +127,7 @@ def _rfc3339(t: float) -> str:
 
 
 def _parse_rfc3339(v: Any) -> float:
-    m = _RFC3339.match(v) if isinstance(v, str) else None
+    m = _RFC3339.fullmatch(v) if isinstance(v, str) else None
     if m is None:
         raise ValueError("session timeout is not RFC 3339")
     day, hms, frac, tz = m.groups()
@@ -196,7 +197,7 @@ class SessionStore:
         s = Session(
             id=uuid.uuid4().hex,
             tee=tee,
-            nonce=nonce if nonce is not None else base64.b64encode(os.urandom(32)).decode(),
+            nonce=nonce if nonce is not None else b64_encode(os.urandom(32)),
             expires_at=t + self.timeout_s,
             hash_algorithm=hash_algorithm,
         )

@@ -90,7 +90,7 @@ class KvStore(Protocol):
 
 
 def _check_ns(ns: str) -> None:
-    if not _NS.match(ns):
+    if not _NS.fullmatch(ns):
         raise StorageError("invalid storage namespace")
 
 
@@ -450,7 +450,7 @@ class LocalJsonStore:
 
     @staticmethod
     def _key(key: str) -> str:
-        if not _JSON_KEY.match(key):
+        if not _JSON_KEY.fullmatch(key):
             raise StorageError("invalid storage key")
         return key
 
@@ -583,7 +583,7 @@ class PostgresStore:
         return bytes(row[0]) if row is not None and row[0] is not None else None
 
     async def set(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> None:
-        if not _JSON_KEY.match(key):
+        if not _JSON_KEY.fullmatch(key):
             raise StorageError("invalid storage key")
         if len(value) > MAX_VALUE_BYTES:
             raise StorageError("value too large")
@@ -600,7 +600,7 @@ class PostgresStore:
 
     async def add(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> bool:
         """Create-only (``ON CONFLICT DO NOTHING``: atomic across replicas)."""
-        if not _JSON_KEY.match(key):
+        if not _JSON_KEY.fullmatch(key):
             raise StorageError("invalid storage key")
         if len(value) > MAX_VALUE_BYTES:
             raise StorageError("value too large")

@@ -559,3 +559,51 @@ async def test_a_malformed_attest_body_tells_the_client_nothing_more(
         assert "not strict JSON" in caplog.text
     finally:
         await client.close()
+
+
+def test_grpc_as_refuses_base64url_with_foreign_characters() -> None:
+    from kbs.grpc_as import _unb64url
+
+    assert _unb64url("aGk", "evidence") == b"hi"
+    with pytest.raises(ValueError, match="evidence is not URL-safe base64"):
+        _unb64url("a.Gk=", "evidence")  # the lenient decoder dropped "." and answered b"hi"
+
+
+def test_key_and_name_patterns_refuse_a_trailing_newline() -> None:
+    """``$`` matches before a final newline: the checks use fullmatch."""
+    from kbs.errors import PluginInternalError
+    from kbs.nebula_ca_plugin import NebulaCaPlugin
+    from kbs.storage import LocalJsonStore
+
+    ok = {"name": "node1", "ip": "10.9.0.2/24", "duration": "8760h", "groups": "kbs,test"}
+    assert NebulaCaPlugin._params(ok)[:4] == ["-name", "node1", "-ip", "10.9.0.2/24"]
+    for k in ("name", "duration"):
+        with pytest.raises(PluginInternalError):
+            NebulaCaPlugin._params({**ok, k: ok[k] + "\n"})
+    assert LocalJsonStore._key("a/b.c") == "a/b.c"
+    with pytest.raises(StorageError, match="invalid storage key"):
+        LocalJsonStore._key("a/b.c\n")
+
+
+@pytest.mark.parametrize(
+    ("exc", "code"),
+    [(ValueError("bad"), "INVALID_ARGUMENT"), (StorageError("x"), "ABORTED"), (KeyError("x"), "INTERNAL")],
+)
+async def test_grpc_handler_maps_errors_to_statuses(exc: Exception, code: str) -> None:
+    from kbs.grpc_api import make_handler
+
+    class Aborted(Exception):
+        pass
+
+    class Msg:
+        FromString = SerializeToString = None
+
+    class Ctx:
+        async def abort(self, status: Any, details: str) -> None:
+            raise Aborted(status.name)
+
+    async def fn(req: Any) -> Any:
+        raise exc
+
+    with pytest.raises(Aborted, match=f"^{code}$"):
+        await make_handler(fn, Msg, Msg).unary_unary(object(), Ctx())

@@ -235,7 +235,7 @@ def test_negative_tiers_as_rust_ear(v: int, t: str) -> None:
 
 async def test_small_route_semantics(kbs: Kbs, http: httpx.AsyncClient) -> None:
     # protocol version matched as semver "=0.4.0": build metadata ignored, pre-release refused
-    for version, ok in (("0.4.0+build.7", True), ("0.4.0-rc1", False)):
+    for version, ok in (("0.4.0+build.7", True), ("0.4.0-rc1", False), ("0.4.0+build.7\n", False)):
         r = await http.post(
             f"{kbs.url}/kbs/v0/auth", json={"version": version, "tee": "sample", "extra-params": ""}
         )
