@@ -115,7 +115,7 @@ def test_rekor_set_binds_signature_key_and_payload() -> None:
         verify_rekor_set(
             bundle,
             [rekor.public_key()],
-            signature=sig[:-1] + b"\x00",
+            signature=sig[:-1] + bytes([sig[-1] ^ 1]),  # always differs from sig
             payload=payload,
             signer_key=signer.public_key(),
         )
