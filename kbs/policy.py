@@ -126,6 +126,68 @@ def _compiled(policy: str, query: str, data_json: str, with_reference_values: bo
     return plan
 
 
+def _input(doc: Any) -> Any:
+    """``regopy.Input(doc)``, built with the engine's own input calls but without regopy's
+    per-node ABC checks and string buffers (2-3x faster on a token's claims). Anything other
+    than plain JSON types goes to ``regopy.Input`` itself, which decides as before."""
+    from regopy import Input, RegoError
+    from regopy import rego_shared as lib
+
+    rego = lib.rego
+    handle = lib.rego_new_input()
+    put_str, put_obj, put_item, put_arr = (
+        rego.regoInputString,
+        rego.regoInputObject,
+        rego.regoInputObjectItem,
+        rego.regoInputArray,
+    )
+
+    def add(v: Any) -> int:
+        t = type(v)
+        if t is str:
+            return int(put_str(handle, v.encode("utf-8")))
+        if t is dict:
+            for k, x in v.items():
+                if type(k) is not str:
+                    raise _NotPlain
+                if put_str(handle, k.encode("utf-8")) or add(x) or put_item(handle):
+                    return 1
+            return int(put_obj(handle, len(v)))
+        if t is list:
+            for x in v:
+                if add(x):
+                    return 1
+            return int(put_arr(handle, len(v)))
+        if t is bool:
+            return int(rego.regoInputBoolean(handle, v))
+        if t is int:
+            return int(rego.regoInputInt(handle, v))
+        if t is float:
+            return int(rego.regoInputFloat(handle, v))
+        if v is None:
+            return int(rego.regoInputNull(handle))
+        raise _NotPlain
+
+    try:
+        failed = add(doc)
+    except _NotPlain:
+        lib.rego_free_input(handle)
+        return Input(doc)
+    except BaseException:
+        lib.rego_free_input(handle)
+        raise
+    if failed:
+        lib.rego_free_input(handle)
+        raise RegoError("Unable to create input", failed)
+    out = Input.__new__(Input)
+    out._impl = handle  # freed by Input.__del__, as regopy's own
+    return out
+
+
+class _NotPlain(Exception):
+    """A value regopy.Input converts itself (sets, other mappings and sequences)."""
+
+
 def evaluate(
     policy: str,
     query: str,
@@ -137,11 +199,11 @@ def evaluate(
     """Evaluate ``query`` in this process and return its JSON value, or None when undefined.
     The input is handed to the engine as a value (linear in its size; the engine's JSON-term
     parser is quadratic in array length)."""
-    from regopy import Input, RegoError
+    from regopy import RegoError
 
     plan = _compiled(policy, query, json.dumps(dict(data_doc), sort_keys=True), with_reference_values)
     try:
-        plan.runner.set_input(Input(input_doc))
+        plan.runner.set_input(_input(input_doc))
         out = plan.runner.query_bundle(plan.bundle)
     except RegoError as exc:
         raise PolicyEngineError("policy evaluation failed") from exc
