@@ -70,7 +70,7 @@ class _Failed(Exception):
 
 
 def _serve(conn: Connection) -> None:  # pragma: no cover - runs in the worker process
-    from .policy import check_rego_inline, evaluate
+    from .policy import check_rego_inline, evaluate, evaluate_rules
 
     os.nice(WORKER_NICENESS)
 
@@ -87,6 +87,8 @@ def _serve(conn: Connection) -> None:  # pragma: no cover - runs in the worker p
         try:
             if op == "eval":
                 res: Any = evaluate(*args[:4], with_reference_values=args[4])
+            elif op == "rules":
+                res = evaluate_rules(*args[:4], with_reference_values=args[4])
             elif op == "initdata":
                 from .attestation_service import init_data_answer
 
@@ -301,6 +303,29 @@ class PolicyWorkers:
         if out[0] == "ok":
             return out[1]
         raise PolicyEngineError(str(out[1]))
+
+    async def evaluate_rules(
+        self,
+        policy: str,
+        rules: tuple[str, ...],
+        input_doc: Any,
+        data_doc: Mapping[str, Any],
+        *,
+        with_reference_values: bool = False,
+    ) -> dict[str, Any]:
+        """:func:`kbs.policy.evaluate_rules` in a worker; any failure is :class:`PolicyEngineError`."""
+        try:
+            out = await self._call(
+                ("rules", (policy, tuple(rules), input_doc, dict(data_doc), with_reference_values))
+            )
+        except _Failed as exc:
+            log.warning("policy evaluation failed: %s", exc.why)
+            raise PolicyEngineError(f"policy evaluation failed: {exc.why}") from exc
+        if out[0] != "ok":
+            raise PolicyEngineError(str(out[1]))
+        if not isinstance(out[1], dict):
+            raise PolicyEngineError("policy evaluation failed: the policy engine answered nonsense")
+        return out[1]
 
     async def init_data(self, untrusted_toml: str, limits: Any) -> Any:
         """:func:`kbs.attestation_service.init_data_answer` in a worker, within the time budget;
