@@ -218,3 +218,22 @@ async def test_an_attest_with_large_init_data_goes_through_the_worker(
         assert ae["init_data_claims"]["aa.toml"]["a"] == [1] * 9000
     finally:
         await pool.close()
+
+
+async def test_policy_workers_run_below_the_server() -> None:
+    """A policy burning its time budget must not take the CPU from the event loop: workers run
+    WORKER_NICENESS nicer than the server, as batch tasks (no wake-up preemption); both read back from the kernel."""
+    import os
+
+    from kbs.policy_worker import WORKER_NICENESS
+
+    pool = PolicyWorkers(1)
+    try:
+        assert await pool.evaluate(POLICY, "data.policy", {"n": 1}, {}) == {"allow": 1}
+        w = pool._all[0]
+        pid = w._proc.pid
+        want = min(19, os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICENESS)
+        assert os.getpriority(os.PRIO_PROCESS, pid) == want
+        assert os.sched_getscheduler(pid) == os.SCHED_BATCH
+    finally:
+        pool.stop()
