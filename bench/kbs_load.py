@@ -142,14 +142,14 @@ def main() -> None:
     ap.add_argument("--client", choices=["go", "python"], default="go",
                     help="load generator: bench/kbs_loadgen (Go; python when go is missing) or kbs_client")  # fmt: skip
     ap.add_argument("--kbs-from", type=Path, metavar="DIR",
-                    help="run the KBS of another checkout (its kbs/ package first on PYTHONPATH): before/after")  # fmt: skip
+                    help="run the KBS of another checkout (its packages first on sys.path): before/after")  # fmt: skip
     ap.add_argument("--json", type=Path, help="write the figures here too")
     args = ap.parse_args()
     if args.kbs_from is not None:
         import tests.support.kbs as support
 
-        os.environ["PYTHONPATH"] = str(args.kbs_from.resolve())
-        support._kbs_cmd = lambda: [sys.executable, "-m", "kbs.cli"]  # that checkout's kbs, this venv
+        boot = f"import sys; sys.path.insert(0, {str(args.kbs_from.resolve())!r}); from kbs.cli import main; sys.exit(main())"
+        support._kbs_cmd = lambda: [sys.executable, "-c", boot]  # that checkout's kbs, this venv
     keys = [TeeKeyPair.generate() for _ in range(32)]  # key generation is the client's cost, not the KBS's
     with tempfile.TemporaryDirectory() as d, start_kbs(Path(d), storage=args.storage,
                                                        resources={"default/bench/secret": b"bench-secret"}) as kbs:  # fmt: skip
