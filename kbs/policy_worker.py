@@ -17,6 +17,7 @@ import logging
 import multiprocessing
 import os
 import pickle
+import select
 import socket
 import struct
 import threading
@@ -147,7 +148,15 @@ class _Worker:
         self._sock: socket.socket | None = None
 
     def alive(self) -> bool:
-        return self._sock is not None and self._proc is not None and self._proc.is_alive()
+        """True while the process runs: its sentinel (the forkserver's end of a pipe) is not yet
+        readable. One select() instead of is_alive()'s selector set-up on every call."""
+        if self._sock is None or self._proc is None:
+            return False
+        try:
+            ended, _, _ = select.select([self._proc.sentinel], [], [], 0)
+        except (OSError, ValueError):  # closed under us: treat as gone
+            return False
+        return not ended
 
     def start(self) -> None:
         """Fork a worker from the forkserver (blocking: a round trip to it, and on first use

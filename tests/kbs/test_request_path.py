@@ -237,3 +237,23 @@ async def test_policy_workers_run_below_the_server() -> None:
         assert os.sched_getscheduler(pid) == os.SCHED_BATCH
     finally:
         pool.stop()
+
+
+async def test_a_worker_killed_between_calls_is_replaced_before_the_next() -> None:
+    """alive() sees a worker that died while idle (OOM killer, an operator's kill): the next
+    call starts a fresh one instead of failing on the dead socket."""
+    import os
+    import signal
+
+    pool = PolicyWorkers(1)
+    try:
+        assert await pool.evaluate(POLICY, "data.policy", {"n": 1}, {}) == {"allow": 1}
+        w = pool._all[0]
+        old = w._proc.pid
+        os.kill(old, signal.SIGKILL)
+        w._proc.join(10)
+        assert not w.alive()
+        assert await pool.evaluate(POLICY, "data.policy", {"n": 2}, {}) == {"allow": 2}
+        assert w.alive() and w._proc.pid != old
+    finally:
+        pool.stop()
