@@ -38,6 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from attestation._binding import resize
 from attestation.errors import AttestationError
 from coco_common.b64 import b64_decode, b64_encode
 from coco_common.cli import closest
@@ -61,7 +62,6 @@ __all__ = [
     "load_initdata",
     "parse_image",
     "parse_initdata",
-    "resize_digest",
     "tee_digest",
 ]
 
@@ -226,14 +226,9 @@ def parse_image(untrusted_image: bytes) -> InitData:
     return parse_initdata(_gunzip(untrusted_image[header : header + length], "initdata image"))
 
 
-def resize_digest(digest: bytes, length: int) -> bytes:
-    """Truncate or zero-pad ``digest`` to ``length`` bytes (Kata's ``adjustProperLength``)."""
-    return digest[:length].ljust(length, b"\0")
-
-
 def tee_digest(digest: bytes, tee: str) -> bytes:
     """``digest`` resized for ``tee``'s init-data field (``snp`` 32, ``tdx`` 48, ``cca`` 64)."""
     try:
-        return resize_digest(digest, DIGEST_LENGTHS[tee])
+        return resize(digest, DIGEST_LENGTHS[tee])
     except KeyError as exc:
         raise InitDataError(f"initdata: no init-data field known for TEE {tee!r}") from exc

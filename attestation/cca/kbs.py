@@ -32,6 +32,7 @@ from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
 
+from attestation._binding import resize
 from attestation._files import read_config_file
 from attestation.cca.endorsements import TrustAnchor, load_trust_anchors
 from attestation.cca.errors import CcaVerificationError
@@ -156,10 +157,10 @@ class CcaVerifier:
         token = self.verify_evidence(untrusted_evidence)
         r = token.realm
         expected = self._insecure.expected(expected_report_data)
-        if expected is not None and not hmac.compare_digest(expected[:64].ljust(64, b"\x00"), r.challenge):
+        if expected is not None and not hmac.compare_digest(resize(expected, 64), r.challenge):
             raise CcaVerificationError("realm token challenge claim does not match expected_report_data")
         if expected_init_data_hash is not None and not hmac.compare_digest(
-            expected_init_data_hash[:64].ljust(64, b"\x00"), r.personalization_value
+            resize(expected_init_data_hash, 64), r.personalization_value
         ):
             raise CcaVerificationError("init data hash is different from that in CCA token")
         claims = cca_claims(token)

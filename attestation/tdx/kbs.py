@@ -16,9 +16,9 @@ from typing import Any
 
 from cryptography import x509
 
+from attestation._binding import resize
 from attestation._files import read_config_file
 from attestation.eventlog.tcg import ParsedEventLog, parse_event_log
-from attestation.initdata import resize_digest
 from attestation.tdx.collateral import MAX_COLLATERAL_SIZE, Collateral
 from attestation.tdx.endorsements import (
     CollateralCache,
@@ -218,11 +218,11 @@ class TdxVerifier:
         evidence = TdxEvidence.from_json(untrusted_evidence)
         v = self.verify_quote_bytes(evidence.quote, now=now)
         body = v.quote.td_body
-        if resize_digest(expected_report_data, 64) != body.report_data:
+        if resize(expected_report_data, 64) != body.report_data:
             raise TdxVerificationError("REPORTDATA in the TDX quote does not match the expected report data")
         if expected_init_data_hash is not None and (
             # a SHA-512 init-data digest fills MRCONFIGID's 48 bytes with its first 48
-            resize_digest(expected_init_data_hash, 48) != body.mr_config_id
+            resize(expected_init_data_hash, 48) != body.mr_config_id
         ):
             raise TdxVerificationError("MRCONFIGID in the TDX quote does not match the init-data digest")
         el: ParsedEventLog | None = None
