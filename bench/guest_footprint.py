@@ -41,6 +41,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))
 
+from tests.support.procfs import status_kib  # noqa: E402
 from tests.support.registry import RegistryServer, layer_tar, umoci_image  # noqa: E402
 
 
@@ -69,13 +70,6 @@ def _site_size(site: Path) -> dict[str, object]:
         "mib": round(size / (1 << 20), 1),
         "distributions": len([d for d in dists if d.lower() not in skip]),
     }
-
-
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def _ready(path: Path, proc: subprocess.Popen[bytes], limit: float = 60.0) -> float:
@@ -113,7 +107,7 @@ def _daemon(args: list[str], sock: Path, idle: float, log: Path) -> tuple[float,
         t1 = _ready(sock, proc)
         cpu = _cpu_s(proc.pid)
         time.sleep(idle)
-        return t1 - t0, cpu, _rss_kib(proc.pid)
+        return t1 - t0, cpu, status_kib(proc.pid, "VmRSS")
     finally:
         proc.terminate()
         proc.wait(10)
