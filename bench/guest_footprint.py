@@ -110,9 +110,9 @@ _FIRST_CALL = {
 
 def _daemon(
     args: list[str], sock: Path, idle: float, log: Path, call: tuple[str, str, bytes] | None = None
-) -> tuple[float, float, int, int]:
-    """exec -> ready (s), CPU to ready (s), VmRSS after ``idle`` s (KiB), and VmRSS
-    ``idle`` s after one ``call`` (KiB; 0 without one)."""
+) -> tuple[float, float, int, int, float]:
+    """exec -> ready (s), CPU to ready (s), VmRSS after ``idle`` s (KiB), VmRSS
+    ``idle`` s after one ``call`` (KiB) and that call's wall time (s; 0 without one)."""
     sock.unlink(missing_ok=True)
     t0 = time.monotonic()
     with log.open("ab") as out:  # the child keeps its own descriptor
@@ -122,18 +122,20 @@ def _daemon(
         cpu = _cpu_s(proc.pid)
         time.sleep(idle)
         rss = status_kib(proc.pid, "VmRSS")
-        after = 0
+        after, call_s = 0, 0.0
         if call is not None:
+            t2 = time.monotonic()
             ttrpc_call(sock, *call, timeout=30)
+            call_s = time.monotonic() - t2
             time.sleep(idle)
             after = status_kib(proc.pid, "VmRSS")
-        return t1 - t0, cpu, rss, after
+        return t1 - t0, cpu, rss, after, call_s
     finally:
         proc.terminate()
         proc.wait(10)
 
 
-def _summary(rows: list[tuple[float, float, int, int]]) -> dict[str, object]:
+def _summary(rows: list[tuple[float, float, int, int, float]]) -> dict[str, object]:
     med = statistics.median
     out: dict[str, object] = {
         "exec_to_socket_ready_ms": round(med(r[0] for r in rows) * 1000, 1),
@@ -144,6 +146,7 @@ def _summary(rows: list[tuple[float, float, int, int]]) -> dict[str, object]:
     }  # fmt: skip
     if rows[0][3]:
         out["rss_after_first_call_mib"] = round(med(r[3] for r in rows) / 1024, 1)
+        out["first_call_ms"] = round(med(r[4] for r in rows) * 1000, 1)
     return out
 
 
@@ -165,7 +168,7 @@ def _measure(bins: dict[str, Path], tmp: Path, reps: int, idle: float) -> dict[s
     aa = {k: [str(b / "attestation-agent"), "--attestation_sock", f"unix://{aa_sock}", "-c", str(tmp / "aa.toml")]
           for k, b in bins.items()}  # fmt: skip
     cdh = {k: [str(b / "confidential-data-hub"), "-c", str(tmp / "cdh.toml")] for k, b in bins.items()}
-    runs: dict[str, list[tuple[float, float, int, int]]] = {"floor": []}
+    runs: dict[str, list[tuple[float, float, int, int, float]]] = {"floor": []}
     for k in bins:
         _daemon(aa[k], aa_sock, 0, log)  # warm-up: bytecode caches, page cache
     for _ in range(reps):
@@ -226,6 +229,8 @@ def main() -> int:
                          "interleaved with this one's, for a before/after in one run")  # fmt: skip
     ap.add_argument("--json", type=Path, help="write the JSON document here too")
     a = ap.parse_args()
+    if a.baseline and not a.checkout:
+        ap.error("--baseline compares checkouts: use it with --checkout")
     tmp = Path(tempfile.mkdtemp(prefix="bench-footprint-", dir="/var/tmp"))
     try:
         out: dict[str, object] = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
