@@ -170,7 +170,13 @@ class _Unpacker:
         self.opts = options
         self.owner = options.preserve_owner
         self.is_root = os.geteuid() == 0
-        self.umask = _process_umask()
+        umask = _process_umask()
+        # mode bits that need an fchmod after creation (None: every file gets one)
+        self.fchmod_bits = None if umask is None else 0o7000 | umask
+        self.euid = os.geteuid()
+        self.egid = os.getegid()
+        self.new_gids: dict[int, int] = {}  # parent inode -> gid a new file gets there
+        self.new_gids_gen = -1
         self.written: set[tuple[int, bytes]] = set()
         self.dir_times: dict[bytes, tuple[int, int]] = {}
         self.dir_modes: dict[bytes, int] = {}
@@ -324,6 +330,19 @@ class _Unpacker:
         except OSError as exc:
             raise self._fail(entry, "cannot set owner", exc) from exc
 
+    def _new_gid(self, pfd: int, pino: int) -> int:
+        """The group a file created in this directory gets: the directory's when it is
+        set-group-ID, else ours. Cached per directory until a directory changes."""
+        if self.new_gids_gen != self.root.generation:
+            self.new_gids.clear()
+            self.new_gids_gen = self.root.generation
+        gid = self.new_gids.get(pino)
+        if gid is None:
+            st = os.fstat(pfd)
+            gid = st.st_gid if st.st_mode & stat.S_ISGID else self.egid
+            self.new_gids[pino] = gid
+        return gid
+
     @staticmethod
     def _times(entry: TarEntry) -> tuple[int, int]:
         return (entry.atime_ns if entry.atime_ns is not None else entry.mtime_ns, entry.mtime_ns)
@@ -339,7 +358,8 @@ class _Unpacker:
         # Created with its final mode when the umask keeps it whole and no set-id/sticky bit
         # needs setting after the owner: one fchmod less per file.
         mode = entry.mode
-        exact = self.umask is not None and not mode & (0o7000 | self.umask)
+        bits = self.fchmod_bits
+        exact = bits is not None and not mode & bits
         create_mode = mode if exact else 0o600
         try:
             fd = os.open(name, _FILE_FLAGS, create_mode, dir_fd=pfd)
@@ -354,7 +374,7 @@ class _Unpacker:
         try:
             if entry.size or entry.sparse is not None:
                 self.reader.copy_data(fd)
-            if self.owner:
+            if self.owner and (entry.uid != self.euid or entry.gid != self._new_gid(pfd, pino)):
                 os.fchown(fd, entry.uid, entry.gid)
             if not exact:
                 os.fchmod(fd, mode)
@@ -403,6 +423,7 @@ class _Unpacker:
         self.dir_times[path] = (st.st_atime_ns, st.st_mtime_ns)
 
     def _dir_meta(self, entry: TarEntry, dfd: int, path: bytes, existed: bool) -> None:
+        self.new_gids_gen = -1  # its owner or set-group-ID bit may change
         try:
             if self.owner:
                 os.fchown(dfd, entry.uid, entry.gid)

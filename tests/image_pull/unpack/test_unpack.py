@@ -558,3 +558,34 @@ def test_deferred_hardlink_keeps_the_lower_file_when_a_later_entry_takes_the_tar
         assert os.stat(layer / "d/f").st_ino != os.stat(layer / "x").st_ino
     else:
         assert is_whiteout(layer / ("d/f" if later == "whiteout" else "d"))
+
+
+@needs_root
+def test_owner_is_exact_when_the_chown_of_files_already_ours_is_skipped(tmp_path: Path) -> None:
+    """Files that creation already gives our uid/gid skip the fchown; a set-group-ID parent
+    gives its own group instead, so there the chown must still happen (and after the parent's
+    metadata changes later in the layer)."""
+    t = (
+        Tar()
+        .dir("sg", mode=0o2775, uid=0, gid=50)
+        .file("sg/ours", b"x", uid=0, gid=0)
+        .file("sg/theirs", b"x", uid=0, gid=50)
+        .dir("plain", mode=0o755, uid=0, gid=0)
+        .file("plain/ours", b"x", uid=0, gid=0)
+        .file("plain/other", b"x", uid=7, gid=8)
+        .dir("plain", mode=0o2755, uid=0, gid=60)  # becomes set-group-ID later in the layer
+        .file("plain/late", b"x", uid=0, gid=0)
+    )
+    dest = tmp_path / "l"
+    unpack(bytes(t), dest)
+    owners = {
+        p: (os.lstat(dest / p).st_uid, os.lstat(dest / p).st_gid)
+        for p in ("sg/ours", "sg/theirs", "plain/ours", "plain/other", "plain/late")
+    }
+    assert owners == {
+        "sg/ours": (0, 0),
+        "sg/theirs": (0, 50),
+        "plain/ours": (0, 0),
+        "plain/other": (7, 8),
+        "plain/late": (0, 0),
+    }
