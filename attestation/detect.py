@@ -24,7 +24,7 @@ import logging
 import os
 import platform
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from attestation.attester import Attester, DeviceAttester
@@ -70,9 +70,17 @@ class HostView:
     root: Path = Path("/")
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     machine: str = field(default_factory=platform.machine)
+    #: what one detection pass found out already (the vTPM's HCL report type)
+    _seen: dict[str, str | None] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def path(self, rel: str) -> Path:
         return self.root / rel.lstrip("/")
+
+
+def _one_pass(plat: HostView | None) -> HostView:
+    """A view for one detection pass: a probe's answer is kept for the pass only
+    (between passes the platform may change, e.g. an NV index defined)."""
+    return replace(plat) if plat is not None else HostView()
 
 
 def _read_small(path: Path) -> str | None:
@@ -121,7 +129,14 @@ def _tpm_present(plat: HostView) -> bool:
 
 def _azure_hcl_type(plat: HostView) -> str | None:
     """``"SNP"``/``"TDX"`` when the vTPM holds an Azure HCL report (NV index
-    0x01400001), as upstream's ``is_snp_cvm``/``is_tdx_cvm``; ``None`` otherwise."""
+    0x01400001), as upstream's ``is_snp_cvm``/``is_tdx_cvm``; ``None`` otherwise.
+    Both Azure probes ask; the vTPM is opened once a pass."""
+    if "azure-hcl" not in plat._seen:
+        plat._seen["azure-hcl"] = _read_azure_hcl_type(plat)
+    return plat._seen["azure-hcl"]
+
+
+def _read_azure_hcl_type(plat: HostView) -> str | None:
     dev = plat.env.get("AA_TPM_DEVICE") or ""
     if not dev.startswith(("unix:", "tcp:")):
         dev = str(plat.path(dev or "dev/tpmrm0"))
@@ -161,7 +176,7 @@ _DETECTORS: dict[str, Callable[[HostView], bool]] = {
 def present_platforms(plat: HostView | None = None) -> list[str]:
     """Every platform whose hardware interface is visible, in detection order
     (always ends with ``sample``)."""
-    plat = plat or HostView()
+    plat = _one_pass(plat)
     return [tee for tee in PRIMARY_ORDER if _DETECTORS[tee](plat)]
 
 
@@ -232,7 +247,7 @@ def detect_primary_tee(plat: HostView | None = None) -> str:
     """The primary TEE's kbs-types name (``tdx``, ``snp``, ..., or ``sample``).
     Probes in order and stops at the first match: the later probes (a TSM
     report directory made, the vTPM opened) are not run for nothing."""
-    plat = plat or HostView()
+    plat = _one_pass(plat)
     for tee in PRIMARY_ORDER:
         if not _DETECTORS[tee](plat):
             continue

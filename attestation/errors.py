@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "AttestationError",
+    "ConfigFileError",
     "EvidenceFormatError",
     "PolicyViolation",
     "UnsupportedPlatform",
@@ -29,3 +30,9 @@ class PolicyViolation(AttestationError):
 
 class UnsupportedPlatform(AttestationError):
     """The platform or device needed for an operation is not present here."""
+
+
+class ConfigFileError(AttestationError):
+    """A file a verifier's configuration names cannot be used: missing,
+    unreadable, not a regular file or larger than its kind may be. The message
+    names the file, never its content."""

@@ -26,8 +26,6 @@ Carriers:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import gzip
 import hashlib
 import io
@@ -40,7 +38,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from attestation._binding import resize
 from attestation.errors import AttestationError
+from coco_common.b64 import b64_decode, b64_encode
 from coco_common.cli import closest
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,6 @@ __all__ = [
     "load_initdata",
     "parse_image",
     "parse_initdata",
-    "resize_digest",
     "tee_digest",
 ]
 
@@ -182,6 +181,8 @@ def _gunzip(untrusted_gz: bytes, what: str) -> bytes:
 
 def decode_annotation_bytes(untrusted_value: str | bytes) -> tuple[bytes, bytes]:
     """Base64-decode the annotation value; returns ``(gzip blob, TOML bytes)``."""
+    # surrounding whitespace goes (a YAML block scalar leaves a newline): kata's Go
+    # runtime decodes the annotation with encoding/base64, which skips newlines
     if isinstance(untrusted_value, str):
         try:
             raw = untrusted_value.strip().encode("ascii")
@@ -191,9 +192,9 @@ def decode_annotation_bytes(untrusted_value: str | bytes) -> tuple[bytes, bytes]
         raw = bytes(untrusted_value).strip()
     if len(raw) > MAX_ANNOTATION_BYTES:
         raise InitDataError(f"annotation {ANNOTATION}: larger than {MAX_ANNOTATION_BYTES} bytes")
-    try:
-        gz = base64.b64decode(raw, validate=True)
-    except (binascii.Error, ValueError) as exc:
+    try:  # as kata's STANDARD engine: canonical padding, no stray trailing bits
+        gz = b64_decode(raw)
+    except ValueError as exc:
         raise InitDataError(f"annotation {ANNOTATION}: not standard base64") from exc
     return gz, _gunzip(gz, f"annotation {ANNOTATION}")
 
@@ -205,7 +206,7 @@ def decode_annotation(untrusted_value: str | bytes) -> InitData:
 
 def encode_annotation(toml_bytes: bytes) -> str:
     """The annotation value for ``toml_bytes`` (deterministic gzip, mtime 0)."""
-    return base64.b64encode(gzip.compress(toml_bytes, mtime=0)).decode("ascii")
+    return b64_encode(gzip.compress(toml_bytes, mtime=0))
 
 
 def build_image(gzip_blob: bytes) -> bytes:
@@ -225,14 +226,9 @@ def parse_image(untrusted_image: bytes) -> InitData:
     return parse_initdata(_gunzip(untrusted_image[header : header + length], "initdata image"))
 
 
-def resize_digest(digest: bytes, length: int) -> bytes:
-    """Truncate or zero-pad ``digest`` to ``length`` bytes (Kata's ``adjustProperLength``)."""
-    return digest[:length].ljust(length, b"\0")
-
-
 def tee_digest(digest: bytes, tee: str) -> bytes:
     """``digest`` resized for ``tee``'s init-data field (``snp`` 32, ``tdx`` 48, ``cca`` 64)."""
     try:
-        return resize_digest(digest, DIGEST_LENGTHS[tee])
+        return resize(digest, DIGEST_LENGTHS[tee])
     except KeyError as exc:
         raise InitDataError(f"initdata: no init-data field known for TEE {tee!r}") from exc

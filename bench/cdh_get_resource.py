@@ -36,6 +36,7 @@ from cdh.kbc import CcKbc  # noqa: E402
 from coco_rpc.protos import api_pb2  # noqa: E402
 from tests.cdh.stack import start_stack  # noqa: E402
 from tests.support.aa import ttrpc_call  # noqa: E402
+from tests.support.procfs import status_kib  # noqa: E402
 
 URI = "kbs:///default/bench/secret"
 
@@ -55,13 +56,6 @@ async def timed(n: int, fn: Callable[[], Awaitable[object]]) -> list[float]:
         await fn()
         out.append(time.perf_counter() - t0)
     return out
-
-
-def peak_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1])
-    return 0
 
 
 async def bench(n: int, json_out: Path | None = None) -> int:
@@ -114,7 +108,7 @@ async def bench(n: int, json_out: Path | None = None) -> int:
             f"  AA GetToken calls: reused client {reuse.resource_client().handshakes}, fresh mode {fresh_fetches}"
         )
         cdh_pid = s.procs[-1].pid
-        print(f"  CDH peak RSS {peak_rss_kib(cdh_pid) / 1024:.1f} MiB")
+        print(f"  CDH peak RSS {status_kib(cdh_pid, 'VmHWM') / 1024:.1f} MiB")
         if json_out is not None:
             doc = {"n": n, "cdh_ttrpc_ms": cdh_med, "in_process_reused_ms": reuse_med,
                    "in_process_fresh_ms": fresh_med, "plain_http_ms": http_med,

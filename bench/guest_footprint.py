@@ -41,6 +41,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.append(str(ROOT))
 
+from tests.support.aa import ttrpc_call  # noqa: E402
+from tests.support.procfs import status_kib  # noqa: E402
 from tests.support.registry import RegistryServer, layer_tar, umoci_image  # noqa: E402
 
 
@@ -71,13 +73,6 @@ def _site_size(site: Path) -> dict[str, object]:
     }
 
 
-def _rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
-
-
 def _ready(path: Path, proc: subprocess.Popen[bytes], limit: float = 60.0) -> float:
     start = time.monotonic()
     while time.monotonic() - start < limit:
@@ -104,7 +99,20 @@ def _cpu_s(pid: int) -> float:
 _ENV = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
 
 
-def _daemon(args: list[str], sock: Path, idle: float, log: Path) -> tuple[float, float, int]:
+#: one real call per daemon for the "after its first call" figure: both load the
+#: server, protobuf and the service (AA answers GetTeeType; CDH refuses a malformed
+#: sealed secret without any network)
+_FIRST_CALL = {
+    "attestation-agent": ("attestation_agent.AttestationAgentService", "GetTeeType", b""),
+    "confidential-data-hub": ("api.SealedSecretService", "UnsealSecret", b"\x0a\x03bad"),
+}
+
+
+def _daemon(
+    args: list[str], sock: Path, idle: float, log: Path, call: tuple[str, str, bytes] | None = None
+) -> tuple[float, float, int, int, float]:
+    """exec -> ready (s), CPU to ready (s), VmRSS after ``idle`` s (KiB), VmRSS
+    ``idle`` s after one ``call`` (KiB) and that call's wall time (s; 0 without one)."""
     sock.unlink(missing_ok=True)
     t0 = time.monotonic()
     with log.open("ab") as out:  # the child keeps its own descriptor
@@ -113,10 +121,77 @@ def _daemon(args: list[str], sock: Path, idle: float, log: Path) -> tuple[float,
         t1 = _ready(sock, proc)
         cpu = _cpu_s(proc.pid)
         time.sleep(idle)
-        return t1 - t0, cpu, _rss_kib(proc.pid)
+        rss = status_kib(proc.pid, "VmRSS")
+        after, call_s = 0, 0.0
+        if call is not None:
+            t2 = time.monotonic()
+            ttrpc_call(sock, *call, timeout=30)
+            call_s = time.monotonic() - t2
+            time.sleep(idle)
+            after = status_kib(proc.pid, "VmRSS")
+        return t1 - t0, cpu, rss, after, call_s
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def _summary(rows: list[tuple[float, float, int, int, float]]) -> dict[str, object]:
+    med = statistics.median
+    out: dict[str, object] = {
+        "exec_to_socket_ready_ms": round(med(r[0] for r in rows) * 1000, 1),
+        "exec_to_socket_ready_ms_min_max": [round(min(r[0] for r in rows) * 1000, 1), round(max(r[0] for r in rows) * 1000, 1)],
+        "cpu_ms_to_socket_ready": round(med(r[1] for r in rows) * 1000, 1),
+        "idle_rss_mib": round(med(r[2] for r in rows) / 1024, 1),
+        "idle_rss_mib_min_max": [round(min(r[2] for r in rows) / 1024, 1), round(max(r[2] for r in rows) / 1024, 1)],
+    }  # fmt: skip
+    if rows[0][3]:
+        out["rss_after_first_call_mib"] = round(med(r[3] for r in rows) / 1024, 1)
+        out["first_call_ms"] = round(med(r[4] for r in rows) * 1000, 1)
+    return out
+
+
+def _measure(bins: dict[str, Path], tmp: Path, reps: int, idle: float) -> dict[str, dict[str, object]]:
+    """The floor and both daemons from each ``bins`` entry (label -> a venv's bin/),
+    interleaved: every repetition starts each one once, in turn."""
+    aa_sock, cdh_sock, floor_sock = tmp / "aa.sock", tmp / "cdh.sock", tmp / "floor.sock"
+    (tmp / "aa.toml").write_text('[token_configs.kbs]\nurl = "http://127.0.0.1:9"\n')
+    (tmp / "cdh.toml").write_text(
+        f'socket = "unix://{cdh_sock}"\n[aa]\naa_socket = "unix://{aa_sock}"\n'
+        '[kbc]\nname = "cc_kbc"\nurl = "http://127.0.0.1:9"\n'
+        f'[image]\nwork_dir = "{tmp / "image-work"}"\n'
+    )
+    log = tmp / "daemons.log"
+    first = next(iter(bins.values()))
+    floor = [str(first / "python"), "-c",
+             "import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(); time.sleep(3600)",
+             str(floor_sock)]  # fmt: skip
+    aa = {k: [str(b / "attestation-agent"), "--attestation_sock", f"unix://{aa_sock}", "-c", str(tmp / "aa.toml")]
+          for k, b in bins.items()}  # fmt: skip
+    cdh = {k: [str(b / "confidential-data-hub"), "-c", str(tmp / "cdh.toml")] for k, b in bins.items()}
+    runs: dict[str, list[tuple[float, float, int, int, float]]] = {"floor": []}
+    for k in bins:
+        _daemon(aa[k], aa_sock, 0, log)  # warm-up: bytecode caches, page cache
+    for _ in range(reps):
+        runs["floor"].append(_daemon(floor, floor_sock, idle, log))
+        for k in bins:
+            runs.setdefault(f"{k}attestation-agent", []).append(
+                _daemon(aa[k], aa_sock, idle, log, _FIRST_CALL["attestation-agent"])
+            )
+    with log.open("ab") as aa_log:  # the CDH's AA: the first label's
+        aa_proc = subprocess.Popen(aa[next(iter(bins))], stdout=aa_log, stderr=subprocess.STDOUT, env=_ENV)
+    try:
+        _ready(aa_sock, aa_proc)
+        for k in bins:
+            _daemon(cdh[k], cdh_sock, 0, log)  # warm-up
+        for _ in range(reps):
+            for k in bins:
+                runs.setdefault(f"{k}confidential-data-hub", []).append(
+                    _daemon(cdh[k], cdh_sock, idle, log, _FIRST_CALL["confidential-data-hub"])
+                )
+    finally:
+        aa_proc.terminate()
+        aa_proc.wait(10)
+    return {name: _summary(rows) for name, rows in runs.items()}
 
 
 # ru_maxrss survives execve, so a child forked from this (large) process would
@@ -149,8 +224,13 @@ def main() -> int:
     ap.add_argument("--size-mb", type=int, default=64, help="uncompressed size of the pulled image")
     ap.add_argument("--checkout", action="store_true",
                     help="daemons only, from this checkout's .venv (no wheel, no fresh venvs, no pull)")  # fmt: skip
+    ap.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                    help="with --checkout: also start the daemons of another checkout (its .venv), "
+                         "interleaved with this one's, for a before/after in one run")  # fmt: skip
     ap.add_argument("--json", type=Path, help="write the JSON document here too")
     a = ap.parse_args()
+    if a.baseline and not a.checkout:
+        ap.error("--baseline compares checkouts: use it with --checkout")
     tmp = Path(tempfile.mkdtemp(prefix="bench-footprint-", dir="/var/tmp"))
     try:
         out: dict[str, object] = {"python": sys.version.split()[0], "cpus": os.cpu_count()}
@@ -167,54 +247,15 @@ def main() -> int:
                 "server_set_for_scale": _site_size(server_site),
             }
             bin_ = tmp / "guest" / "bin"
-        aa_sock, cdh_sock = tmp / "aa.sock", tmp / "cdh.sock"
-        (tmp / "aa.toml").write_text('[token_configs.kbs]\nurl = "http://127.0.0.1:9"\n')
-        (tmp / "cdh.toml").write_text(
-            f'socket = "unix://{cdh_sock}"\n[aa]\naa_socket = "unix://{aa_sock}"\n'
-            '[kbc]\nname = "cc_kbc"\nurl = "http://127.0.0.1:9"\n'
-            f'[image]\nwork_dir = "{tmp / "image-work"}"\n'
-        )
-        floor_sock = tmp / "floor.sock"
-        floor = [str(bin_ / "python"), "-c",
-                 "import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(); time.sleep(3600)",
-                 str(floor_sock)]  # fmt: skip
-        log = tmp / "daemons.log"
-        aa = [
-            str(bin_ / "attestation-agent"),
-            "--attestation_sock",
-            f"unix://{aa_sock}",
-            "-c",
-            str(tmp / "aa.toml"),
-        ]
-        cdh = [str(bin_ / "confidential-data-hub"), "-c", str(tmp / "cdh.toml")]
-        runs: dict[str, list[tuple[float, float, int]]] = {
-            "floor": [],
-            "attestation-agent": [],
-            "confidential-data-hub": [],
-        }
-        _daemon(aa, aa_sock, 0, log)  # warm-up: bytecode caches, page cache
-        for _ in range(a.reps):
-            runs["floor"].append(_daemon(floor, floor_sock, a.idle, log))
-            runs["attestation-agent"].append(_daemon(aa, aa_sock, a.idle, log))
-        with log.open("ab") as aa_log:
-            aa_proc = subprocess.Popen(aa, stdout=aa_log, stderr=subprocess.STDOUT, env=_ENV)
-        try:
-            _ready(aa_sock, aa_proc)
-            _daemon(cdh, cdh_sock, 0, log)  # warm-up
-            for _ in range(a.reps):
-                runs["confidential-data-hub"].append(_daemon(cdh, cdh_sock, a.idle, log))
-        finally:
-            aa_proc.terminate()
-            aa_proc.wait(10)
-        out["daemons"] = {
-            name: {
-                "exec_to_socket_ready_ms": round(statistics.median(t for t, _, _ in rows) * 1000, 1),
-                "exec_to_socket_ready_ms_min_max": [round(min(t for t, _, _ in rows) * 1000, 1), round(max(t for t, _, _ in rows) * 1000, 1)],
-                "cpu_ms_to_socket_ready": round(statistics.median(c for _, c, _ in rows) * 1000, 1),
-                "idle_rss_mib": round(statistics.median(r for _, _, r in rows) / 1024, 1),
+        bins = {"": bin_}
+        if a.baseline:
+            bins["baseline "] = a.baseline.resolve() / ".venv" / "bin"
+        measured = _measure(bins, tmp, a.reps, a.idle)
+        out["daemons"] = {k: v for k, v in measured.items() if not k.startswith("baseline ")}
+        if a.baseline:
+            out["baseline"] = {"checkout": str(a.baseline)} | {
+                k.removeprefix("baseline "): v for k, v in measured.items() if k.startswith("baseline ")
             }
-            for name, rows in runs.items()
-        }  # fmt: skip
 
         if a.checkout:
             print(json.dumps(out, indent=2))

@@ -19,13 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from kbs_client.rcar import auth_body
 from tests.support.kbs import start_kbs
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
+from tests.support.procfs import status_kib
 
 
 async def flood(url: str, n: int, conc: int = 32) -> float:
@@ -49,9 +43,9 @@ def main() -> None:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d, start_kbs(Path(d), storage=args.storage) as kbs:
         assert kbs.proc is not None
-        before = rss_kib(kbs.proc.pid)
+        before = status_kib(kbs.proc.pid, "VmRSS")
         dt = asyncio.run(flood(kbs.url, args.sessions))
-        after = rss_kib(kbs.proc.pid)
+        after = status_kib(kbs.proc.pid, "VmRSS")
         held = (
             len(list((Path(d) / "storage" / "kbs_protocol_session").glob("*")))
             if args.storage == "LocalFs"

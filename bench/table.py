@@ -211,7 +211,9 @@ def footprint_rows(doc: dict[str, Any] | str) -> list[Row]:
                         f"bare python listener {fl['idle_rss_mib']:.1f} MiB",
                         x["idle_rss_mib"] / fl["idle_rss_mib"],
                         f"<= {half_rss:.1f} MiB (half of {base['rss_mib']:.0f})",
-                        x["idle_rss_mib"] <= half_rss))  # fmt: skip
+                        x["idle_rss_mib"] <= half_rss,
+                        (f"{x['rss_after_first_call_mib']:.1f} MiB after one call, which took "
+                         f"{x['first_call_ms']:.0f} ms" if "first_call_ms" in x else "")))  # fmt: skip
     return rows
 
 

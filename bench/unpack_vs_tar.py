@@ -48,8 +48,8 @@ with open(sys.argv[1], "rb") as raw:
     with open_decompressed(raw, threaded=True) as layer:
         stats = unpack_layer(layer, Path(sys.argv[2]))
     wall = time.monotonic() - t
-hwm = [l.split()[1] for l in open("/proc/self/status") if l.startswith("VmHWM:")]
-print(wall, stats.entries, hwm[0] if hwm else "0")
+from tests.support.procfs import status_kib
+print(wall, stats.entries, status_kib("self", "VmHWM"))
 """
 TIME = shutil.which("time") or ("/usr/bin/time" if os.path.exists("/usr/bin/time") else None)
 

@@ -138,6 +138,11 @@ class Descriptor:
     annotations: Mapping[str, str] = field(default_factory=dict)
     platform: Platform | None = None
 
+    @property
+    def encrypted(self) -> bool:
+        """An ocicrypt-encrypted layer (media type ``...+encrypted``)."""
+        return self.media_type.endswith("+encrypted")
+
     @classmethod
     def from_json(cls, untrusted: Any, what: str) -> Descriptor:
         if not isinstance(untrusted, dict):

@@ -39,6 +39,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import httpx
 
@@ -70,7 +71,6 @@ from image_pull.manifest import (
     parse_config,
     parse_manifest_document,
 )
-from image_pull.ocicrypt.layer import DecryptingReader, LayerDecrypter, LayerKey, is_encrypted
 from image_pull.progress import ProgressEvent
 from image_pull.reference import Reference, is_short_name, parse_reference
 from image_pull.registries_conf import Candidate, ProxyConfig, RegistryConfig
@@ -78,6 +78,9 @@ from image_pull.registry import FetchedManifest, RegistryClient, RetryPolicy, ht
 from image_pull.store import LayerRecord, LayerStore, bundle_key, chain_ids
 from image_pull.stream import PipeAborted, Readable
 from image_pull.unpack.overlay import copy_up_links
+
+if TYPE_CHECKING:
+    from image_pull.ocicrypt.layer import LayerDecrypter, LayerKey
 
 __all__ = ["DEFAULT_PULL_TIMEOUT", "ImagePuller", "PullResult", "PullerConfig"]
 
@@ -165,7 +168,7 @@ class _PullPlan:
     committed: list[asyncio.Event]
 
     def key_for(self, desc: Descriptor) -> LayerKey | None:
-        return self.keys.get(_key_id(desc)) if is_encrypted(desc) else None
+        return self.keys.get(_key_id(desc)) if desc.encrypted else None
 
 
 def _unwrap_group(eg: BaseExceptionGroup[BaseException]) -> BaseException:
@@ -208,7 +211,14 @@ class ImagePuller:
         )
         self.store = LayerStore(config.work_dir)
         self.platform = Platform.parse(config.platform) if config.platform else Platform.host()
-        self._decrypter = config.decrypter if config.decrypter is not None else LayerDecrypter()
+        self._decrypter = config.decrypter  # the default one is made for the first encrypted layer
+
+    def _layer_decrypter(self) -> LayerDecrypter:
+        if self._decrypter is None:
+            from image_pull.ocicrypt.layer import LayerDecrypter  # cryptography: only when needed
+
+            self._decrypter = LayerDecrypter()
+        return self._decrypter
 
     async def aclose(self) -> None:
         if self._owns_http:
@@ -370,8 +380,8 @@ class ImagePuller:
         any download, and for cached layers too."""
         keys: dict[_KeyId, LayerKey] = {}
         for desc in manifest.layers:
-            if is_encrypted(desc):
-                keys[_key_id(desc)] = await self._decrypter.unwrap(desc)
+            if desc.encrypted:
+                keys[_key_id(desc)] = await self._layer_decrypter().unwrap(desc)
         return keys
 
     # ------------------------------------------------------------------ layers
@@ -419,6 +429,8 @@ class ImagePuller:
             return None
 
         def decryptor(ciphertext: Readable) -> Readable:
+            from image_pull.ocicrypt.layer import DecryptingReader
+
             return DecryptingReader(ciphertext, key)
 
         return decryptor

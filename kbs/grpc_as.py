@@ -62,8 +62,9 @@ _ALGS = ("sha256", "sha384", "sha512")
 
 
 def _unb64url(v: str, what: str) -> bytes:
+    """base64url as trustee's grpc-as decodes it (``URL_SAFE_NO_PAD``): ``=`` is an error."""
     try:
-        return b64url_decode(v)
+        return b64url_decode(v, allow_padding=False)
     except ValueError as exc:
         raise ValueError(f"{what} is not URL-safe base64") from exc
 

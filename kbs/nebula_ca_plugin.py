@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -25,6 +26,8 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+from coco_common.files import read_bounded
 
 from .errors import KbsConfigError, PluginInternalError
 from .external_plugin import PluginCall
@@ -39,6 +42,8 @@ _DURATION = re.compile(r"^(\d{1,6}(h|m|s|ms))+$")
 _LIST_ITEM = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,127}$")
 _CA_STR = ("name", "curve", "duration", "groups", "ips", "out_qr", "subnets")
 _CA_INT = ("argon_iterations", "argon_memory", "argon_parallelism")
+#: a Nebula certificate or key file (a PEM of a few hundred bytes)
+_CERT_FILE_LIMIT = 64 * 1024
 
 
 def _fail(msg: str) -> PluginInternalError:
@@ -67,6 +72,26 @@ class NebulaCaPlugin:
         self.key = work_dir / "ca" / "ca.key"
         #: nebula-cert runs at most this many at once
         self._sem = asyncio.Semaphore(4)
+        #: ca.crt as last read, and the (inode, size, mtime) it was read at
+        self._ca: tuple[tuple[int, int, int], bytes] | None = None
+
+    def _ca_crt(self) -> bytes:
+        """ca.crt, read again only when the file changed (an operator replaced the CA).
+        Blocking: called at start and in a worker thread per request."""
+        st = os.stat(self.crt)
+        stamp = (st.st_ino, st.st_size, st.st_mtime_ns)
+        if self._ca is None or self._ca[0] != stamp:
+            self._ca = (stamp, read_bounded(self.crt, _CERT_FILE_LIMIT))
+        return self._ca[1]
+
+    def _credential(self, node_crt: Path, node_key: Path) -> bytes:
+        """The answer: trustee's JSON of byte arrays (blocking reads, in a worker thread)."""
+        out = {
+            "node_crt": list(read_bounded(node_crt, _CERT_FILE_LIMIT)),
+            "node_key": list(read_bounded(node_key, _CERT_FILE_LIMIT)),
+            "ca_crt": list(self._ca_crt()),
+        }
+        return json.dumps(out, separators=(",", ":")).encode()
 
     @classmethod
     def open(cls, options: Mapping[str, Any]) -> NebulaCaPlugin:
@@ -99,6 +124,10 @@ class NebulaCaPlugin:
         if not p.crt.exists() or not p.key.exists():
             raise KbsConfigError("plugins.nebula-ca: Nebula CA not found (ca.crt and ca.key must both exist)")
         _run([binary, "print", "-path", str(p.crt)])
+        try:
+            p._ca_crt()
+        except (OSError, ValueError) as exc:
+            raise KbsConfigError(f"plugins.nebula-ca: {p.crt} cannot be read: {exc}") from exc
         return p
 
     # --- trustee's ClientPlugin -----------------------------------------------------------
@@ -161,9 +190,10 @@ class NebulaCaPlugin:
                 await self._exec("sign", *args, "-ca-key", str(self.key), "-ca-crt", str(self.crt),
                                  "-out-key", str(nk), "-out-crt", str(nc))  # fmt: skip
                 await self._exec("verify", "-ca", str(self.crt), "-crt", str(nc))
-                out = {"node_crt": list(nc.read_bytes()), "node_key": list(nk.read_bytes()),
-                       "ca_crt": list(self.crt.read_bytes())}  # fmt: skip
-        return json.dumps(out, separators=(",", ":")).encode()
+                try:
+                    return await asyncio.to_thread(self._credential, nc, nk)
+                except (OSError, ValueError) as exc:
+                    raise _fail("the Nebula certificate files cannot be read") from exc
 
     async def close(self) -> None:
         return None

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import contextlib
 import json
 import os
@@ -32,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from coco_common.b64 import b64url_decode
 from coco_common.files import FileTooLarge, read_bounded, write_atomic
 from coco_common.strict_json import strict_loads
 
@@ -412,6 +412,15 @@ class RedisStore:
 _JSON_KEY = re.compile(r"^[A-Za-z0-9._/-]{1,1024}$")
 
 
+def _json_value(text: str) -> bytes:
+    """A LocalJson value as trustee's ``URL_SAFE`` engine decodes it: the URL-safe
+    alphabet with canonical padding; a damaged or hand-edited value is an error,
+    never bytes made up by skipping what does not fit."""
+    if len(text) % 4:
+        raise ValueError("base64 padding missing")
+    return b64url_decode(text)
+
+
 class LocalJsonStore:
     """trustee's ``LocalJson``: one file per namespace, ``<dir>/<ns>``, holding a JSON object
     of key -> URL-safe base64 (with padding) of the value. Each write replaces the file
@@ -460,8 +469,8 @@ class LocalJsonStore:
         if v is None:
             return None
         try:
-            return base64.urlsafe_b64decode(v.encode())
-        except (ValueError, binascii.Error) as exc:
+            return _json_value(v)
+        except ValueError as exc:
             raise StorageError("stored value is not base64") from exc
 
     async def set(self, ns: str, key: str, value: bytes, *, ttl_s: float | None = None) -> None:

@@ -167,13 +167,24 @@ class VaultKvBackend:
             raise StorageError(f"Vault refused writing {key}: HTTP {resp.status_code}")
 
     async def delete(self, key: str) -> bool:
-        """True when the secret existed (KV v1 deletes answer 204 either way, so look first)."""
-        existed = await self.get(key) is not None
+        """True when the secret existed.
+
+        trustee's Vault plugin has no delete (its resource backends only read and
+        write); this KBS's admin ``DELETE`` answers "resource not found" for a
+        missing resource whatever the backend, and a KV v1 delete answers 204
+        either way, so the existence is asked first: by status only, the value is
+        neither read nor parsed (a secret with any content can be deleted)."""
+        resp = await self._call("GET", key)
+        await resp.aclose()
+        if resp.status_code == 404:
+            return False
+        if resp.status_code != 200:
+            raise StorageError(f"Vault refused reading {key}: HTTP {resp.status_code}")
         resp = await self._call("DELETE", key)
         await resp.aclose()
         if resp.status_code not in (200, 204):
             raise StorageError(f"Vault refused deleting {key}: HTTP {resp.status_code}")
-        return existed
+        return True
 
     async def close(self) -> None:
         await self._http.aclose()

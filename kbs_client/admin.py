@@ -53,12 +53,6 @@ class BearerToken:
     token: str
 
     @classmethod
-    def from_file(cls, path: str) -> BearerToken:
-        with open(path, "rb") as fh:
-            raw = fh.read(MAX_ADMIN_TOKEN_BYTES + 1)
-        return cls.from_bytes(raw, path)
-
-    @classmethod
     def from_bytes(cls, raw: bytes, path: str = "admin token file") -> BearerToken:
         """A compact JWS token. The errors never quote the content: the wrong file
         passed here is often a private key."""

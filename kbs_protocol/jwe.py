@@ -29,6 +29,7 @@ from coco_common.b64 import b64url_decode, b64url_encode
 from coco_common.strict_json import strict_loads, strict_object
 
 from .errors import JweError, TeeKeyError
+from .jws import public_key_to_jwk
 
 __all__ = [
     "ALG_ECDH_ES_A256KW",
@@ -156,14 +157,9 @@ def encrypt(plaintext: bytes, key: TeePubKey) -> dict[str, str]:
     if key.alg == ALG_ECDH_ES_A256KW and key.kty == "EC":
         peer = key.ec_public_key()
         eph = ec.generate_private_key(peer.curve)
-        size = _CURVES[str(key.crv)][1]
-        nums = eph.public_key().public_numbers()
-        epk = {
-            "crv": str(key.crv),
-            "kty": "EC",
-            "x": b64url_encode(nums.x.to_bytes(size, "big")),
-            "y": b64url_encode(nums.y.to_bytes(size, "big")),
-        }
+        jwk = public_key_to_jwk(eph.public_key())
+        # in the order kbs-types serialises its epk: guests recompute the AAD from it
+        epk = {k: jwk[k] for k in ("crv", "kty", "x", "y")}
         kek = _concat_kdf(eph.exchange(ec.ECDH(), peer), ALG_ECDH_ES_A256KW)
         encrypted_key = aes_key_wrap(kek, cek)
         header = {"alg": ALG_ECDH_ES_A256KW, "enc": ENC_A256GCM, "epk": epk}

@@ -30,9 +30,10 @@ import hmac
 import logging
 from collections.abc import Mapping
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
+from attestation._binding import resize
+from attestation._files import read_config_file
 from attestation.cca.endorsements import TrustAnchor, load_trust_anchors
 from attestation.cca.errors import CcaVerificationError
 from attestation.cca.evidence import evidence_token
@@ -45,6 +46,9 @@ from coco_common.strict_json import strict_loads
 __all__ = ["CcaVerifier", "appraise_platform", "appraise_realm", "cca_claims"]
 
 log = logging.getLogger(__name__)
+
+#: a trustee tastore.json / rvstore.json: CPAKs or reference values per platform
+_STORE_LIMIT = 4 << 20
 
 
 def cca_claims(t: CcaToken) -> dict[str, Any]:
@@ -115,9 +119,13 @@ class CcaVerifier:
     ) -> None:
         anchors = list(trust_anchors or [])
         if ta_store is not None:
-            anchors += load_trust_anchors(strict_loads(Path(ta_store).read_bytes()))
+            anchors += load_trust_anchors(
+                strict_loads(read_config_file(ta_store, _STORE_LIMIT, "CCA ta_store"))
+            )
         self.anchors = anchors
-        self.rvs: Any = strict_loads(Path(rv_store).read_bytes()) if rv_store else {}
+        self.rvs: Any = (
+            strict_loads(read_config_file(rv_store, _STORE_LIMIT, "CCA rv_store")) if rv_store else {}
+        )
         if not isinstance(self.rvs, Mapping):
             raise ValueError("CCA reference-value store must be a JSON object")
         self._insecure = BindingSkip(
@@ -149,10 +157,10 @@ class CcaVerifier:
         token = self.verify_evidence(untrusted_evidence)
         r = token.realm
         expected = self._insecure.expected(expected_report_data)
-        if expected is not None and not hmac.compare_digest(expected[:64].ljust(64, b"\x00"), r.challenge):
+        if expected is not None and not hmac.compare_digest(resize(expected, 64), r.challenge):
             raise CcaVerificationError("realm token challenge claim does not match expected_report_data")
         if expected_init_data_hash is not None and not hmac.compare_digest(
-            expected_init_data_hash[:64].ljust(64, b"\x00"), r.personalization_value
+            resize(expected_init_data_hash, 64), r.personalization_value
         ):
             raise CcaVerificationError("init data hash is different from that in CCA token")
         claims = cca_claims(token)

@@ -27,6 +27,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from attestation._binding import resize
 from attestation.csv.certs import CaCertificate, CsvCertificate, pinned_hrk
 from attestation.csv.endorsements import load_hsk_cek
 from attestation.csv.errors import CsvVerificationError
@@ -120,7 +121,7 @@ class CsvVerifier:
                 "CSV evidence carrying its own HSK/CEK is not supported; use hsk_cek_dir"
             )
         self.verify_chain(report, pek, chip)
-        if not hmac.compare_digest(expected_report_data[:64].ljust(64, b"\x00"), report.report_data):
+        if not hmac.compare_digest(resize(expected_report_data, 64), report.report_data):
             raise CsvVerificationError("REPORT_DATA is different from that in CSV Quote")
         if expected_init_data_hash is not None:
             log.warning("CSV does not support init data hash mechanism; skipped")

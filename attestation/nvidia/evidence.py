@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from attestation._binding import resize
 from attestation.nvidia.certs import MAX_CHAIN_SIZE
 from attestation.nvidia.errors import NvidiaFormatError
 from attestation.nvidia.spdm import MAX_REPORT_SIZE, NONCE_SIZE
@@ -55,7 +56,7 @@ class DeviceEvidence:
 def device_nonce(report_data: bytes) -> bytes:
     """The 32-byte device nonce: the first 32 bytes of the report data, zero-padded
     (guest-components' attester and trustee's verifier both do this)."""
-    return report_data[:NONCE_SIZE].ljust(NONCE_SIZE, b"\0")
+    return resize(report_data, NONCE_SIZE)
 
 
 def decode_report_text(untrusted: str) -> bytes:

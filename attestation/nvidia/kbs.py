@@ -11,28 +11,20 @@ from typing import Any
 import httpx
 from cryptography import x509
 
+from attestation._files import PEM_LIMIT, read_config_file
 from attestation.nvidia.certs import load_pem_chain
 from attestation.nvidia.endorsements import HttpOcspChecker, RimFiles, RimService
 from attestation.nvidia.errors import NvidiaFormatError
 from attestation.nvidia.evidence import device_nonce, parse_evidence
 from attestation.nvidia.rim import MAX_RIM_SIZE
 from attestation.nvidia.verify import OcspChecker, RimProvider, TrustAnchors, VerifiedDevice, verify_device
-from coco_common.files import FileTooLarge, read_bounded
 from coco_common.http import sync_client
 
 __all__ = ["NvidiaVerifier"]
 
 
-def _read_limited(path: str, limit: int) -> bytes:
-    """A configured file (root PEM, RIM) of at most ``limit`` bytes."""
-    try:
-        return read_bounded(path, limit)
-    except FileTooLarge as exc:
-        raise NvidiaFormatError(f"{path} is larger than {limit} bytes") from exc
-
-
 def _load_root(path: str) -> x509.Certificate:
-    certs = load_pem_chain(_read_limited(path, 64 * 1024))
+    certs = load_pem_chain(read_config_file(path, PEM_LIMIT, "NVIDIA root certificate"))
     if len(certs) != 1:
         raise NvidiaFormatError(f"{path} must hold exactly one root certificate")
     return certs[0]
@@ -76,7 +68,7 @@ class NvidiaVerifier:
                     rim_root=_load_root(rim_root_path) if rim_root_path else anchors.rim_root,
                 )
         if rims is None and rim_files:
-            rims = RimFiles(tuple(_read_limited(p, MAX_RIM_SIZE) for p in rim_files))
+            rims = RimFiles(tuple(read_config_file(p, MAX_RIM_SIZE, "NVIDIA RIM") for p in rim_files))
         self._client: httpx.Client | None = None
         if (rims is None and rim_service_url) or (ocsp is None and ocsp_url):
             self._client = sync_client(timeout=30.0, trust_env=True)

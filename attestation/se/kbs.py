@@ -39,12 +39,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
+from attestation._files import PEM_LIMIT, read_config_file
 from attestation.se.arcb import MEASUREMENT_SIZE, boot_hdr_tags, build_arcb, ec_coords
 from attestation.se.endorsements import host_keys, load_host_key_document
 from attestation.se.errors import SeVerificationError
@@ -59,8 +59,8 @@ log = logging.getLogger(__name__)
 _MAX_PENDING = 4096
 
 
-def _read(path: str | Path) -> bytes:
-    return Path(path).read_bytes()
+#: an SE header is a few pages (host-key slots, encrypted and tag areas)
+_SE_HEADER_LIMIT = 64 << 10
 
 
 class SeVerifier:
@@ -85,15 +85,27 @@ class SeVerifier:
         challenge_ttl_s: float = 300.0,
         now: datetime | None = None,
     ) -> None:
-        key = serialization.load_pem_private_key(_read(measurement_key_private), None)
+        key_pem = read_config_file(measurement_key_private, PEM_LIMIT, "SE measurement-key wrapping key")
+        key = serialization.load_pem_private_key(key_pem, None)
         if not isinstance(key, rsa.RSAPrivateKey):
             raise ValueError("the SE measurement-key wrapping key must be RSA")
         self._rsa = key.public_key()
-        self.tags = boot_hdr_tags(_read(se_image_header))
+        self.tags = boot_hdr_tags(read_config_file(se_image_header, _SE_HEADER_LIMIT, "SE image header"))
+        signer = (
+            read_config_file(hkd_signing_cert, PEM_LIMIT, "SE host-key signing certificate")
+            if hkd_signing_cert is not None
+            else None
+        )
         self.host_keys = host_keys(
-            [load_host_key_document(_read(p)) for p in host_key_documents],
-            signer=load_host_key_document(_read(hkd_signing_cert)) if hkd_signing_cert is not None else None,
-            cas=[load_host_key_document(_read(p)) for p in hkd_ca_certs or ()],
+            [
+                load_host_key_document(read_config_file(p, PEM_LIMIT, "SE host-key document"))
+                for p in host_key_documents
+            ],
+            signer=load_host_key_document(signer) if signer is not None else None,
+            cas=[
+                load_host_key_document(read_config_file(p, PEM_LIMIT, "SE host-key CA certificate"))
+                for p in hkd_ca_certs or ()
+            ],
             at=now or datetime.now(UTC),
         )
         self._phkhs = {hashlib.sha256(ec_coords(k)).digest() for k in self.host_keys}

@@ -10,6 +10,7 @@ import hmac
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from attestation._binding import resize
 from attestation.se.arcb import additional_data_phkhs, measurement
 from attestation.se.errors import SeVerificationError
 from attestation.se.evidence import SeResponse
@@ -46,7 +47,7 @@ def verify_response(
     host_key_hashes: Collection[bytes],
 ) -> VerifiedSeResponse:
     """Raise SeVerificationError unless ``resp`` answers ``issued`` authentically."""
-    expected = expected_report_data[:_REPORT_DATA_SIZE].ljust(_REPORT_DATA_SIZE, b"\x00")
+    expected = resize(expected_report_data, _REPORT_DATA_SIZE)
     if not hmac.compare_digest(resp.user_data[: len(expected)], expected):
         raise SeVerificationError("USER_DATA in the SE response does not match the expected report data")
     want = measurement(

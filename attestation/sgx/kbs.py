@@ -18,6 +18,7 @@ import struct
 from datetime import datetime
 from typing import Any
 
+from attestation._binding import resize
 from attestation.replay import BindingSkip
 from attestation.sgx.errors import SgxFormatError, SgxVerificationError
 from attestation.sgx.evidence import evidence_quote
@@ -118,12 +119,10 @@ class SgxVerifier:
         body = v.quote.body
         assert isinstance(body, EnclaveReport)
         expected = self._insecure.expected(expected_report_data)
-        if expected is not None and not hmac.compare_digest(
-            expected[:64].ljust(64, b"\x00"), body.report_data
-        ):
+        if expected is not None and not hmac.compare_digest(resize(expected, 64), body.report_data):
             raise SgxVerificationError("REPORT_DATA is different from that in SGX Quote")
         if expected_init_data_hash is not None and not hmac.compare_digest(
-            expected_init_data_hash[:64].ljust(64, b"\x00"), body.raw[192:256]
+            resize(expected_init_data_hash, 64), body.raw[192:256]
         ):
             raise SgxVerificationError("CONFIGID is different from that in SGX Quote")
         return self._insecure.mark(sgx_claims(v))

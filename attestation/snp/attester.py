@@ -19,11 +19,11 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from attestation._binding import resize
 from attestation.snp.device import RawReport, ReportSource, default_sources
 from attestation.snp.errors import SnpDeviceUnavailable, SnpVerificationError
 from attestation.snp.evidence import SnpEvidence, parse_cert_table
 from attestation.snp.report import AttestationReport
-from attestation.snp.verify import resize
 
 __all__ = ["SnpAttester"]
 

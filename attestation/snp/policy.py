@@ -32,9 +32,10 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
+from attestation._binding import resize
 from attestation.snp.errors import SnpFormatError, SnpPolicyViolation
 from attestation.snp.report import Product, SigningKey
-from attestation.snp.verify import VerifiedReport, resize
+from attestation.snp.verify import VerifiedReport
 from coco_common.cli import closest
 from coco_common.fields import Fields
 from coco_common.strict_json import strict_object

@@ -27,6 +27,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from attestation._binding import resize
 from attestation.snp.certs import EndorsementCert, RevocationList, TrustStore, check_validity
 from attestation.snp.errors import (
     CertChainInvalid,
@@ -47,7 +48,6 @@ __all__ = [
     "VerifiedReport",
     "check_binding",
     "check_revocation",
-    "resize",
     "verify_report",
 ]
 
@@ -55,11 +55,6 @@ _ECDSA_P384_SHA384 = 1
 _P384_ORDER = (
     0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFC7634D81F4372DDF581A0DB248B0A77AECEC196ACCC52973
 )
-
-
-def resize(data: bytes, size: int) -> bytes:
-    """Zero-pad or truncate ``data`` to ``size`` bytes (trustee ``regularize_data``)."""
-    return data[:size] + b"\0" * max(0, size - len(data))
 
 
 @dataclass(frozen=True)

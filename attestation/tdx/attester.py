@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from attestation._binding import resize
 from attestation.eventlog.aael import CCEL_DATA_PATH, EVENTLOG_PATH, build_cc_eventlog
 from attestation.tdx.device import TdxGuestDevice, TsmReport
 from attestation.tdx.errors import TdxDeviceUnavailable, TdxError, TdxVerificationError
@@ -78,7 +79,7 @@ class TdxAttester:
 
     async def bind_init_data(self, digest: bytes) -> None:
         mr_config_id = await asyncio.to_thread(self._mr_config_id)
-        want = digest[:_MRCONFIGID_LEN].ljust(_MRCONFIGID_LEN, b"\x00")
+        want = resize(digest, _MRCONFIGID_LEN)
         if mr_config_id != want:
             raise TdxVerificationError("MRCONFIGID does not match the init-data digest")
 

@@ -12,14 +12,14 @@ MRCONFIGID bindings, replays the event log into the RTMRs and returns claims.
 from __future__ import annotations
 
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 
+from attestation._binding import resize
+from attestation._files import read_config_file
 from attestation.eventlog.tcg import ParsedEventLog, parse_event_log
-from attestation.initdata import resize_digest
-from attestation.tdx.collateral import Collateral
+from attestation.tdx.collateral import MAX_COLLATERAL_SIZE, Collateral
 from attestation.tdx.endorsements import (
     CollateralCache,
     CollateralSource,
@@ -29,7 +29,7 @@ from attestation.tdx.endorsements import (
 )
 from attestation.tdx.errors import TdxVerificationError
 from attestation.tdx.evidence import TdxEvidence
-from attestation.tdx.pck import intel_sgx_root_ca, load_pem_chain
+from attestation.tdx.pck import MAX_CHAIN_PEM, intel_sgx_root_ca, load_pem_chain
 from attestation.tdx.quote import Quote, QuoteHeader, TdReportBody
 from attestation.tdx.verify import VerifiedQuote, verify_quote
 
@@ -181,12 +181,16 @@ class TdxVerifier:
         root_ca_pem: str | None = None,
     ) -> None:
         if root_ca is None and root_ca_pem is not None:
-            root_ca = load_pem_chain(Path(root_ca_pem).read_bytes(), "root CA file")[0]
+            root_ca = load_pem_chain(
+                read_config_file(root_ca_pem, MAX_CHAIN_PEM, "TDX root CA"), "root CA file"
+            )[0]
         self._root = root_ca if root_ca is not None else intel_sgx_root_ca()
         if collateral is None and collateral_service:
             if collateral_service.startswith("file://"):
-                path = Path(collateral_service.removeprefix("file://"))
-                collateral = Collateral.from_json(path.read_bytes())
+                path = collateral_service.removeprefix("file://")
+                collateral = Collateral.from_json(
+                    read_config_file(path, MAX_COLLATERAL_SIZE, "TDX collateral")
+                )
             else:
                 cache = CollateralCache(collateral_cache_dir) if collateral_cache_dir else None
                 collateral = PccsClient(collateral_service, cache=cache)
@@ -214,11 +218,11 @@ class TdxVerifier:
         evidence = TdxEvidence.from_json(untrusted_evidence)
         v = self.verify_quote_bytes(evidence.quote, now=now)
         body = v.quote.td_body
-        if resize_digest(expected_report_data, 64) != body.report_data:
+        if resize(expected_report_data, 64) != body.report_data:
             raise TdxVerificationError("REPORTDATA in the TDX quote does not match the expected report data")
         if expected_init_data_hash is not None and (
             # a SHA-512 init-data digest fills MRCONFIGID's 48 bytes with its first 48
-            resize_digest(expected_init_data_hash, 48) != body.mr_config_id
+            resize(expected_init_data_hash, 48) != body.mr_config_id
         ):
             raise TdxVerificationError("MRCONFIGID in the TDX quote does not match the init-data digest")
         el: ParsedEventLog | None = None

@@ -29,6 +29,7 @@ from attestation.tdx.errors import TdxFormatError, TdxVerificationError
 
 __all__ = [
     "INTEL_SGX_ROOT_CA_SHA256",
+    "MAX_CHAIN_PEM",
     "SGX_EXTENSION_OID",
     "PckExtension",
     "check_crl",

@@ -29,6 +29,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from attestation._binding import resize
 from attestation.tpm.device import Tpm, open_tpm
 from attestation.tpm.errors import TpmCommandError, TpmUnavailable
 from attestation.tpm.quote import INIT_DATA_PCR
@@ -99,7 +100,7 @@ class TpmAttester:
         self.event_log = event_log
 
     def _evidence(self, report_data: bytes) -> dict[str, Any]:
-        nonce = report_data[:_REPORT_DATA_SIZE].ljust(_REPORT_DATA_SIZE, b"\x00")
+        nonce = resize(report_data, _REPORT_DATA_SIZE)
         with open_tpm(self.device) as tpm:
             pub = tpm.read_public(self.ak_handle)
             scheme = (

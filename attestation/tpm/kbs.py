@@ -26,12 +26,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from attestation._files import PEM_BUNDLE_LIMIT, PEM_LIMIT, read_config_file
 from attestation.replay import BindingSkip
 from attestation.tpm.quote import INIT_DATA_PCR
 from attestation.tpm.verify import AkAnchors, VerifiedTpm, spki, verify_tpm_evidence
@@ -60,11 +60,17 @@ class TpmVerifier:
         self._insecure = BindingSkip(insecure_skip_report_data_binding, tee=self.tee, what="nonce binding")
         trusted: set[bytes] = set()
         for item in trusted_ak_keys or ():
-            text = item.encode() if "-----BEGIN" in item else Path(item).read_bytes()
+            text = (
+                item.encode() if "-----BEGIN" in item else read_config_file(item, PEM_LIMIT, "trusted AK key")
+            )
             trusted.add(spki(serialization.load_pem_public_key(text)))
         cas: list[x509.Certificate] = []
         if ak_ca_pem:
-            text = ak_ca_pem.encode() if "-----BEGIN" in ak_ca_pem else Path(ak_ca_pem).read_bytes()
+            text = (
+                ak_ca_pem.encode()
+                if "-----BEGIN" in ak_ca_pem
+                else read_config_file(ak_ca_pem, PEM_BUNDLE_LIMIT, "AK CA certificates")
+            )
             cas = x509.load_pem_x509_certificates(text)
         self.anchors = AkAnchors(frozenset(trusted), tuple(cas))
 

@@ -24,6 +24,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from attestation._binding import resize
 from attestation._x509 import issued_by
 from attestation.eventlog.tcg import EV_NO_ACTION, ParsedEventLog, parse_event_log
 from attestation.tpm.errors import TpmFormatError, TpmVerificationError
@@ -132,7 +133,7 @@ def verify_tpm_evidence(
     # current attesters send the report data resized to 32 bytes, earlier ones to 64
     size = 64 if len(attest.extra_data) == 64 else _NONCE_SIZE
     if expected_report_data is not None:
-        check_nonce(attest, expected_report_data[:size].ljust(size, b"\x00"))
+        check_nonce(attest, resize(expected_report_data, size))
     if expected_init_data_hash is not None and (
         INIT_DATA_PCR not in pcrs
         or not hmac.compare_digest(pcrs[INIT_DATA_PCR], init_data_pcr_value(expected_init_data_hash))

@@ -2,7 +2,7 @@
 
 from image_pull.ocicrypt.errors import IntegrityError, InvalidEncryptedLayer, KeyUnavailable
 from image_pull.ocicrypt.jwe import jwe_decrypt, load_private_key
-from image_pull.ocicrypt.layer import DecryptingReader, LayerDecrypter, LayerKey, is_encrypted
+from image_pull.ocicrypt.layer import DecryptingReader, LayerDecrypter, LayerKey
 
 __all__ = [
     "DecryptingReader",
@@ -11,7 +11,6 @@ __all__ = [
     "KeyUnavailable",
     "LayerDecrypter",
     "LayerKey",
-    "is_encrypted",
     "jwe_decrypt",
     "load_private_key",
 ]

@@ -46,7 +46,6 @@ __all__ = [
     "DecryptingReader",
     "LayerDecrypter",
     "LayerKey",
-    "is_encrypted",
     "provider_refusal",
 ]
 
@@ -60,10 +59,6 @@ CIPHER = "AES_256_CTR_HMAC_SHA256"
 MAX_ANNOTATION = 1 << 20
 MAX_WRAPPED_ENTRIES = 64
 MAX_OPTS = 64 << 10
-
-
-def is_encrypted(desc: Descriptor) -> bool:
-    return desc.media_type.endswith("+encrypted")
 
 
 def _b64std(v: Any, what: str) -> bytes:

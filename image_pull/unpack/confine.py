@@ -141,6 +141,9 @@ class RootDir:
         self.on_mkdir = on_mkdir
         self._retired: list[int] = []
         self.uses_openat2 = False
+        self.generation = 0
+        """Counts :meth:`invalidate` calls: what a caller cached about directories is stale
+        once it changes."""
 
     def close(self) -> None:
         self.invalidate()
@@ -156,6 +159,7 @@ class RootDir:
         """
         self._retired.extend(fd for fd, _ino in self._cache.values())
         self._cache.clear()
+        self.generation += 1
 
     def release(self) -> None:
         """Close descriptors retired by :meth:`invalidate` (call between entries)."""

@@ -11,7 +11,10 @@ silent):
   existing non-directory, or a directory when the entry is not one, is
   removed and recreated; directory onto directory keeps the directory;
 * hardlink targets resolve inside DEST and must exist (earlier in this layer
-  or, when flattening, in a lower layer);
+  or, when flattening, in a lower layer); a deferred link (target in a lower
+  layer, overlay form) that a later entry replaces, or whose directory a later
+  entry replaces or removes, is dropped, as GNU tar would remove the link it
+  had made (it is not brought back by a directory of that name made later);
 * overlay form (default): ``.wh.<name>`` becomes a 0:0 character device
   (mode 0), ``.wh..wh..opq`` sets ``<prefix>opaque=y`` on its directory;
   flattened form: the whiteout deletes ``<name>``, the opaque marker deletes
@@ -167,11 +170,19 @@ class _Unpacker:
         self.opts = options
         self.owner = options.preserve_owner
         self.is_root = os.geteuid() == 0
-        self.umask = _process_umask()
+        umask = _process_umask()
+        # mode bits that need an fchmod after creation (None: every file gets one)
+        self.fchmod_bits = None if umask is None else 0o7000 | umask
+        self.euid = os.geteuid()
+        self.egid = os.getegid()
+        self.new_gids: dict[int, int] = {}  # parent inode -> gid a new file gets there
+        self.new_gids_gen = -1
         self.written: set[tuple[int, bytes]] = set()
         self.dir_times: dict[bytes, tuple[int, int]] = {}
         self.dir_modes: dict[bytes, int] = {}
         self.deferred: dict[bytes, bytes] = {}
+        self.deferred_at: dict[bytes, int] = {}  # link path -> entry number it was deferred at
+        self.replaced: dict[bytes, int] = {}  # path -> last entry number that removed or replaced it
         self.whiteouts: set[bytes] = set()  # overlay form: whiteout devices made by this layer
         self.n = _Counts()
 
@@ -319,6 +330,19 @@ class _Unpacker:
         except OSError as exc:
             raise self._fail(entry, "cannot set owner", exc) from exc
 
+    def _new_gid(self, pfd: int, pino: int) -> int:
+        """The group a file created in this directory gets: the directory's when it is
+        set-group-ID, else ours. Cached per directory until a directory changes."""
+        if self.new_gids_gen != self.root.generation:
+            self.new_gids.clear()
+            self.new_gids_gen = self.root.generation
+        gid = self.new_gids.get(pino)
+        if gid is None:
+            st = os.fstat(pfd)
+            gid = st.st_gid if st.st_mode & stat.S_ISGID else self.egid
+            self.new_gids[pino] = gid
+        return gid
+
     @staticmethod
     def _times(entry: TarEntry) -> tuple[int, int]:
         return (entry.atime_ns if entry.atime_ns is not None else entry.mtime_ns, entry.mtime_ns)
@@ -334,7 +358,8 @@ class _Unpacker:
         # Created with its final mode when the umask keeps it whole and no set-id/sticky bit
         # needs setting after the owner: one fchmod less per file.
         mode = entry.mode
-        exact = self.umask is not None and not mode & (0o7000 | self.umask)
+        bits = self.fchmod_bits
+        exact = bits is not None and not mode & bits
         create_mode = mode if exact else 0o600
         try:
             fd = os.open(name, _FILE_FLAGS, create_mode, dir_fd=pfd)
@@ -349,7 +374,7 @@ class _Unpacker:
         try:
             if entry.size or entry.sparse is not None:
                 self.reader.copy_data(fd)
-            if self.owner:
+            if self.owner and (entry.uid != self.euid or entry.gid != self._new_gid(pfd, pino)):
                 os.fchown(fd, entry.uid, entry.gid)
             if not exact:
                 os.fchmod(fd, mode)
@@ -398,6 +423,7 @@ class _Unpacker:
         self.dir_times[path] = (st.st_atime_ns, st.st_mtime_ns)
 
     def _dir_meta(self, entry: TarEntry, dfd: int, path: bytes, existed: bool) -> None:
+        self.new_gids_gen = -1  # its owner or set-group-ID bit may change
         try:
             if self.owner:
                 os.fchown(dfd, entry.uid, entry.gid)
@@ -492,6 +518,7 @@ class _Unpacker:
             return False
         self._make_room(pfd, name, keep_dir=False)
         self.deferred[path] = self.deferred.get(target, target)
+        self.deferred_at[path] = self.n.entries
         self.n.hardlinks += 1
         return True
 
@@ -674,16 +701,18 @@ class _Unpacker:
                 if any(c.startswith(_META_PREFIX) for c in path.split(b"/")):
                     continue  # aufs metadata (.wh..wh.plnk, ...): never extracted
             if name.startswith(_WHITEOUT):
-                if self.deferred:
-                    self.deferred.pop((parent + b"/" if parent else b"") + name[4:], None)
                 self.whiteout(entry, parent, name[4:])
+                if self.deferred:
+                    self._whited_out((parent + b"/" if parent else b"") + name[4:])
                 continue
             if not path:
                 self.root_entry(entry)
                 continue
+            kind = entry.kind
             if self.deferred:
                 self.deferred.pop(path, None)  # a later entry replaces a deferred link
-            kind = entry.kind
+                if kind is not EntryType.DIRECTORY:  # ... or the directory that holds some
+                    self.replaced[path] = n.entries
             pfd, pino = self.parent_dir(parent)
             if parent not in self.dir_times:
                 self._keep_times(parent, pfd)
@@ -700,6 +729,35 @@ class _Unpacker:
         reader.drain()
         root.release()
         self._finish_dirs()
+        if self.deferred:
+            self._drop_orphaned_links()
+
+    def _whited_out(self, path: bytes) -> None:
+        """After a whiteout of ``path``: a deferred link there is gone, and so are those under
+        it when the directory went (a directory this layer made itself survives its whiteout)."""
+        self.deferred.pop(path, None)
+        try:
+            self.root.directory(path, create=False)
+        except (EntryConflict, PathEscape):
+            self.replaced[path] = self.n.entries
+
+    def _drop_orphaned_links(self) -> None:
+        """Forget deferred links whose directory a later entry of the layer removed or replaced
+        (by a file, a link, a node or a whiteout): GNU tar, and umoci on a flattened rootfs,
+        make the link at once and then remove it with its directory, so it never reaches the
+        result, even when a yet later entry makes a directory of that name again."""
+        replaced = self.replaced
+        for link in list(self.deferred):
+            at = self.deferred_at[link]
+            parts = link.split(b"/")
+            if any(replaced.get(b"/".join(parts[:i]), -1) > at for i in range(1, len(parts))):
+                del self.deferred[link]
+                continue
+            try:  # whatever else took the directory away (a flattened whiteout of a lower one)
+                self.root.directory(link.rpartition(b"/")[0], create=False)
+            except (EntryConflict, PathEscape):
+                del self.deferred[link]
+        self.root.release()
 
     def _finish_dirs(self) -> None:
         for path, mode in self.dir_modes.items():

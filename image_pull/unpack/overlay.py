@@ -140,22 +140,69 @@ def _no_symlink_parents(layer_fs: Path, rel: str) -> None:
             raise UnpackError(f"hardlink {rel[:80]!r} goes through a symlink in the layer")
 
 
+def _taken_in_layer(layer_fs: Path, target_rel: str) -> bool:
+    """True when an entry of the layer itself holds the target's place: something at
+    ``target_rel``, or a non-directory (file, symlink, whiteout) or an opaque directory on
+    its way. The extractor defers a link only while its target is absent from the layer, so
+    such an entry came later than the link. Never follows a symlink in the layer."""
+    cur = layer_fs
+    parts = target_rel.split("/")
+    for p in parts[:-1]:
+        cur = cur / p
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISDIR(st.st_mode) or any(_has_xattr(cur, name) for name in _OPAQUE_NAMES):
+            return True
+    return os.path.lexists(cur / parts[-1])
+
+
+def _has_xattr(path: Path, name: str) -> bool:
+    try:
+        return os.getxattr(path, name, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+_OPAQUE_NAMES = (OVERLAY_OPAQUE, "user.overlay.opaque")
+
+
 def copy_up_links(
     layer_fs: Path, deferred: Sequence[tuple[str, str]], lowers_top_first: Sequence[Path]
 ) -> None:
-    """Make hardlinks to lower-layer files the way overlayfs would: copy the target up, then link."""
+    """Make hardlinks to lower-layer files the way overlayfs would: copy the target up, then link.
+
+    A target whose place a later entry of the same layer took (replaced, whited out, or under
+    a directory replaced, whited out or made opaque) is not copied there: as with GNU tar on
+    a flattened root, the link keeps the file the lower layer had, so that file is copied to
+    the (first) link itself and further links to the same target share it. OS errors become
+    :class:`UnpackError`.
+    """
+    placed: dict[str, Path] = {}
     for link_rel, target_rel in deferred:
         _no_symlink_parents(layer_fs, link_rel)
-        _no_symlink_parents(layer_fs, target_rel)
-        dst_target = layer_fs / target_rel
-        if not os.path.lexists(dst_target):
-            found = find_in_lowers(target_rel, lowers_top_first)
-            if found is None:
-                raise UnpackError(f"hardlink target {target_rel[:80]!r} does not exist")
-            low, src = found
-            _make_parents(layer_fs, low, target_rel)
-            _copy_up(src, dst_target)
         link = layer_fs / link_rel
-        if os.path.lexists(link):
-            os.unlink(link)
-        os.link(dst_target, link, follow_symlinks=False)
+        try:
+            src = placed.get(target_rel)
+            if src is None:
+                found = find_in_lowers(target_rel, lowers_top_first)
+                if found is None:
+                    raise UnpackError(f"hardlink target {target_rel[:80]!r} does not exist")
+                low, lower_file = found
+                if os.path.lexists(link):
+                    os.unlink(link)
+                if _taken_in_layer(layer_fs, target_rel):
+                    _copy_up(lower_file, link)
+                    placed[target_rel] = link
+                    continue
+                _make_parents(layer_fs, low, target_rel)
+                src = layer_fs / target_rel
+                _copy_up(lower_file, src)
+                placed[target_rel] = src
+            elif os.path.lexists(link):
+                os.unlink(link)
+            os.link(src, link, follow_symlinks=False)
+        except OSError as exc:
+            msg = f"cannot make hardlink {link_rel[:80]!r} to {target_rel[:80]!r}: {exc.strerror or exc}"
+            raise UnpackError(msg) from exc

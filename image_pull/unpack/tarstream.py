@@ -819,9 +819,11 @@ def _decimal(value: bytes, what: str, offset: int) -> int:
 
 
 def _pax_time(value: bytes, offset: int) -> int:
+    if 10 < len(value) <= 30 and value[-10] == 0x2E:  # GNU tar's form: <seconds>.<9 digits>
+        digits = value[:-10] + value[-9:]
+        if digits.isdigit():  # ASCII digits only, so int() reads exactly them
+            return int(digits)
     whole, dot, frac = value.partition(b".")
-    if len(frac) == 9 and whole.isdigit() and len(whole) <= 20 and frac.isdigit():
-        return int(whole) * 1_000_000_000 + int(frac)  # GNU tar's form
     neg = whole.startswith(b"-")
     if neg:
         whole = whole[1:]
@@ -860,7 +862,10 @@ def _verify_checksum(blk: bytes, offset: int) -> None:
 _PAX_RECORD = re.compile(rb"([0-9]{1,20}) ([^=\x00]+)=")
 
 
-_PAX_LINE = re.compile(rb"([0-9]{1,20}) ([^=\x00\n]+)=([^\n]*)\n")
+_PAX_LINE = re.compile(rb"(([0-9]{1,20}) ([^=\x00\n]+)=([^\n]*)\n)")
+
+
+_PAX_KEYS = {k.encode(): k for k in ("path", "linkpath", "size", "uid", "gid", "mtime", "atime", "ctime")}
 
 
 def _parse_pax(data: bytes, offset: int) -> list[tuple[str, bytes]]:
@@ -872,15 +877,18 @@ def _parse_pax(data: bytes, offset: int) -> list[tuple[str, bytes]]:
     """
     found = _PAX_LINE.findall(data)
     total = 0
-    for length, key, value in found:
-        n = len(length) + len(key) + len(value) + 3
+    for record, length, _key, _value in found:
+        n = len(record)
         if int(length) != n:
             break
         total += n
     else:
         if total == len(data):
+            keys = _PAX_KEYS
             try:
-                return [(key.decode("utf-8"), value) for _length, key, value in found]
+                return [
+                    (keys.get(key) or key.decode("utf-8"), value) for _record, _length, key, value in found
+                ]
             except UnicodeDecodeError:
                 pass  # the general parser reports it
     return _parse_pax_records(data, offset)

@@ -19,7 +19,6 @@ from attestation.initdata import (
     load_initdata,
     parse_image,
     parse_initdata,
-    resize_digest,
     tee_digest,
 )
 
@@ -84,6 +83,24 @@ def test_annotation_round_trip_and_errors() -> None:
         decode_annotation("A" * ((1 << 20) + 4))
 
 
+def test_annotation_base64_is_canonical_as_katas() -> None:
+    """Stray trailing bits before the padding (which a lenient decoder drops) and
+    missing padding are refused, as kata's STANDARD engine does; a trailing newline
+    (a YAML block scalar) is not an error."""
+    toml = next(t for t in (TOML + b"#" * n for n in range(64)) if len(gzip.compress(t, mtime=0)) % 3)
+    value = encode_annotation(toml)
+    assert value.endswith("=")
+    body = value.rstrip("=")
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    stray = body[:-1] + alphabet[alphabet.index(body[-1]) + 1] + value[len(body) :]
+    assert base64.b64decode(stray, validate=True) == base64.b64decode(value)  # what the lenient path took
+    with pytest.raises(InitDataError, match="not standard base64"):
+        decode_annotation(stray)
+    with pytest.raises(InitDataError, match="not standard base64"):
+        decode_annotation(body)
+    assert decode_annotation(value + "\n").raw == decode_annotation(value).raw
+
+
 def test_image_layout_is_byte_exact() -> None:
     gz = gzip.compress(TOML, mtime=0)
     img = build_image(gz)
@@ -110,7 +127,6 @@ def test_digest_placement_per_tee() -> None:
     assert tee_digest(d, "tdx") == d
     assert tee_digest(hashlib.sha256(TOML).digest(), "tdx") == hashlib.sha256(TOML).digest() + b"\0" * 16
     assert tee_digest(d, "cca") == d + b"\0" * 16
-    assert resize_digest(b"\x01\x02", 4) == b"\x01\x02\0\0"
     with pytest.raises(InitDataError):
         tee_digest(d, "sample")
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import base64
 import json
 import os
+import socket
+import struct
 import subprocess
 import sys
 import time
@@ -16,7 +18,7 @@ import pytest
 from cdh.config import CdhConfig, KbcConfig, load_config
 from cdh.errors import CdhConfigError, ResourceError
 from cdh.hub import Hub
-from coco_rpc.protos import api_pb2
+from coco_rpc.protos import api_pb2, ttrpc_pb2
 from tests.cdh.conftest import DictResources
 from tests.cdh.stack import unix_listening
 from tests.support.aa import ttrpc_call
@@ -47,14 +49,59 @@ def test_cdh_process_offline_fs(tmp_path: Path) -> None:
                 break
             time.sleep(0.05)
         assert unix_listening(sock), (tmp_path / "cdh.log").read_text()
+        # connected while the CDH holds its socket without the services (the Kata
+        # agent connects at start and calls later): served after the first request
+        early = socket.socket(socket.AF_UNIX)
+        early.settimeout(30)
+        early.connect(str(sock))
         req = api_pb2.GetResourceRequest(ResourcePath="kbs:///default/k/v").SerializeToString()
         code, msg, out = ttrpc_call(sock, "api.GetResourceService", "GetResource", req)
         assert code == 0, msg
         assert api_pb2.GetResourceResponse.FromString(out).Resource == b"offline-value"
+        with early:
+            frame = ttrpc_pb2.Request(
+                service="api.GetResourceService", method="GetResource", payload=req
+            ).SerializeToString()
+            early.sendall(struct.pack(">IIBB", len(frame), 1, 1, 0) + frame)
+            resp = ttrpc_pb2.Response.FromString(_frame_body(early))
+        assert resp.status.code == 0, resp.status.message
+        assert api_pb2.GetResourceResponse.FromString(resp.payload).Resource == b"offline-value"
     finally:
         proc.terminate()
         assert proc.wait(10) == 0
     assert not sock.exists()  # socket removed on shutdown
+
+
+def _frame_body(s: socket.socket) -> bytes:
+    def exactly(n: int) -> bytes:
+        buf = b""
+        while len(buf) < n:
+            chunk = s.recv(n - len(buf))
+            assert chunk, "the CDH closed the connection"
+            buf += chunk
+        return buf
+
+    return exactly(struct.unpack(">IIBB", exactly(10))[0])
+
+
+def test_cdh_stops_cleanly_before_any_request(tmp_path: Path) -> None:
+    sock = tmp_path / "cdh.sock"
+    (tmp_path / "cdh.toml").write_text(
+        f'socket = "unix://{sock}"\n[aa]\naa_socket = "unix://{tmp_path}/aa.sock"\n[kbc]\nname = "offline_fs_kbc"\n'
+    )
+    env = {**os.environ, "OCICRYPT_KEYPROVIDER_CONFIG": str(tmp_path / "oc.json")}
+    env.pop("AA_KBC_PARAMS", None)
+    proc = subprocess.Popen([CDH, "-c", str(tmp_path / "cdh.toml")], stderr=subprocess.DEVNULL, env=env)
+    try:
+        for _ in range(300):
+            if unix_listening(sock) or proc.poll() is not None:
+                break
+            time.sleep(0.05)
+        assert unix_listening(sock)
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+    assert not sock.exists()
 
 
 def test_cdh_process_unknown_kbc(tmp_path: Path) -> None:

@@ -16,6 +16,7 @@ from image_pull.bundle import unmount
 from tests.cdh.stack import Stack, start_stack
 from tests.support.aa import ttrpc_call
 from tests.support.hostile_registry import HostileRegistry
+from tests.support.procfs import status_kib
 
 pytestmark = pytest.mark.slow
 
@@ -60,11 +61,7 @@ def get_resource(stack: Stack) -> bytes:
 
 def cdh_hwm(stack: Stack) -> int:
     """Peak RSS (VmHWM) of the CDH process so far, in bytes."""
-    cdh = stack.procs[-1]
-    for line in Path(f"/proc/{cdh.pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmHWM")
+    return status_kib(stack.procs[-1].pid, "VmHWM") * 1024
 
 
 def test_deadline_applies_when_the_caller_sets_none(stack: Stack, reg: HostileRegistry) -> None:

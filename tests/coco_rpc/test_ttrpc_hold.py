@@ -22,6 +22,7 @@ import pytest
 from coco_rpc.protos import api_pb2, attestation_agent_pb2, ttrpc_pb2
 from tests.cdh.stack import Stack, start_stack
 from tests.support.aa import ttrpc_call
+from tests.support.procfs import status_kib
 from tests.support.stall import StallServer
 
 pytestmark = pytest.mark.slow
@@ -30,13 +31,6 @@ MiB = 1 << 20
 #: The bound issue-level acceptance sets for the guest daemons under attack.
 RSS_LIMIT = 200 * MiB
 SECRET = os.urandom(16)
-
-
-def _status_kib(pid: int, field: str) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError(f"{field} missing for {pid}")
 
 
 @pytest.fixture(scope="module")
@@ -100,11 +94,11 @@ def test_memory_hold_keeps_aa_and_cdh_bounded_and_answering(stack: tuple[Stack, 
     assert s.aa_sock is not None and s.cdh_sock is not None
     aa_pid, cdh_pid = s.procs[1].pid, s.procs[2].pid
     _normal_calls(s)
-    base = {"aa": _status_kib(aa_pid, "VmRSS"), "cdh": _status_kib(cdh_pid, "VmRSS")}
+    base = {"aa": status_kib(aa_pid, "VmRSS") * 1024, "cdh": status_kib(cdh_pid, "VmRSS") * 1024}
     held_aa, sent_aa = _memory_hold(s.aa_sock)
     held_cdh, sent_cdh = _memory_hold(s.cdh_sock)
     _normal_calls(s)  # answered while every hostile connection holds its frame
-    peak = {"aa": _status_kib(aa_pid, "VmHWM"), "cdh": _status_kib(cdh_pid, "VmHWM")}
+    peak = {"aa": status_kib(aa_pid, "VmHWM") * 1024, "cdh": status_kib(cdh_pid, "VmHWM") * 1024}
     print(
         f"\nF5 memory hold: AA RSS {base['aa'] / MiB:.0f} MiB -> peak {peak['aa'] / MiB:.0f} MiB "
         f"({sent_aa / MiB:.0f} MiB accepted from 100 peers); CDH RSS {base['cdh'] / MiB:.0f} MiB -> "
@@ -144,7 +138,7 @@ def test_in_flight_pull_hold_keeps_cdh_bounded_and_answering(stack: tuple[Stack,
     socks = [c[0] for c in conns]
     sent = _push(conns, rounds_without_progress=250)
     _normal_calls(s)
-    peak = _status_kib(cdh_pid, "VmHWM")
+    peak = status_kib(cdh_pid, "VmHWM") * 1024
     print(
         f"\nF5 in-flight hold: CDH peak RSS {peak / MiB:.0f} MiB ({sent / MiB:.0f} MiB of 384 MiB taken in)"
     )

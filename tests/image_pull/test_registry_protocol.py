@@ -617,3 +617,18 @@ async def test_head_manifest(status: int, header: str | None, want: str | None) 
 
     rc, _, _ = client(handler, auth=None)
     assert await rc.head_manifest(REF) == want
+
+
+def test_registry_tls_context_reads_the_system_trust_store_before_its_first_connection() -> None:
+    import ssl
+
+    from image_pull.registry import ssl_context
+
+    reference = ssl.create_default_context()
+    ctx = ssl_context()
+    for attr in ("verify_mode", "check_hostname", "options", "verify_flags", "minimum_version", "protocol"):
+        assert getattr(ctx, attr) == getattr(reference, attr), attr
+    assert ctx.cert_store_stats()["x509_ca"] == 0  # not read while the pull starts up
+    ctx.wrap_bio(ssl.MemoryBIO(), ssl.MemoryBIO(), server_hostname="registry.example")
+    assert ctx.cert_store_stats() == reference.cert_store_stats()  # read before any handshake
+    assert ssl_context().get_ca_certs() == []  # each context reads it for itself

@@ -101,3 +101,41 @@ def test_bundle_runc_refuses_is_reported(tmp_path: Path) -> None:
     assert "refused" in out, out
     assert "runc" in str(out["refused"]) and "/bin/absent" in str(out["refused"]), out
     assert not list((tmp_path / "state" / "runc").glob("t*"))
+
+
+FLOOD = b"""#!/bin/sh
+busybox yes 0123456789abcdef | busybox head -c 100663296
+busybox yes fedcba9876543210 | busybox head -c 100663296 >&2
+echo "last words" >&2
+"""
+
+MEASURING_DRIVER = """
+import json, resource, sys
+from pathlib import Path
+from vm.guest.guest_scenario import run_container
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = run_container(sys.argv[1], Path(sys.argv[2]), state=Path(sys.argv[3]))
+out["grew_kib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+print(json.dumps(out))
+"""
+
+
+def test_a_container_flooding_its_output_is_read_bounded(tmp_path: Path) -> None:
+    """96 MiB on stdout and on stderr: the report keeps the head of stdout and the tail
+    of stderr, and reading them does not take the files into memory."""
+    bundle = _bundle(tmp_path, ("/bin/flood",))
+    (bundle / "rootfs/bin/flood").write_bytes(FLOOD)
+    (bundle / "rootfs/bin/flood").chmod(0o755)
+    state = tmp_path / "state"
+    state.mkdir()
+    cp = subprocess.run(
+        [sys.executable, "-c", MEASURING_DRIVER, f"f{os.getpid()}", str(bundle), str(state)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )  # fmt: skip
+    assert cp.returncode == 0, cp.stderr[-2000:]
+    out = json.loads(cp.stdout.strip().splitlines()[-1])
+    assert out["container_exit"] == 0
+    assert out["container_stdout"] == ("0123456789abcdef\n" * 200)[:2000]
+    err = str(out["container_stderr"])
+    assert len(err) == 500 and err.endswith("last words\n") and "\nfedcba9876543210\n" in err
+    assert out["grew_kib"] < 16 * 1024, out["grew_kib"]

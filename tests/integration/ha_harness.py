@@ -56,8 +56,9 @@ from kbs_client.sample import sample_evidence
 from kbs_client.tee_key import TeeKeyPair
 from kbs_protocol.jcs import hash_canonical
 from kbs_protocol.policies import builtin_policy
-from tests.support.fleet import Fleet, PgStore, RedisServer, StoreServer, proc_fds, proc_rss_kib
+from tests.support.fleet import Fleet, PgStore, RedisServer, StoreServer, proc_fds
 from tests.support.postgres import postgres_available
+from tests.support.procfs import status_kib
 
 __all__ = ["RunResult", "main", "run_store"]
 
@@ -254,7 +255,7 @@ class _Load:
     def _sample(self, label: str) -> None:
         for r in self.fleet.replicas:
             if r.proc is not None and r.proc.poll() is None:
-                self.samples.setdefault(r.name, {})[f"rss_{label}_kib"] = proc_rss_kib(r.pid)
+                self.samples.setdefault(r.name, {})[f"rss_{label}_kib"] = status_kib(r.pid, "VmRSS")
                 self.samples[r.name][f"fds_{label}"] = proc_fds(r.pid)
 
     async def _fault(
@@ -283,7 +284,7 @@ class _Load:
         # the restarted process is new: its leak baseline starts now
         self.samples.pop(victim.name, None)
         if victim.proc is not None and victim.proc.poll() is None:
-            self.samples[victim.name] = {"rss_early_kib": proc_rss_kib(victim.pid),
+            self.samples[victim.name] = {"rss_early_kib": status_kib(victim.pid, "VmRSS"),
                                          "fds_early": proc_fds(victim.pid)}  # fmt: skip
         await asyncio.sleep(max(0.0, d * 0.40 - (time.monotonic() - self.t0)))
         store = f.store

@@ -94,3 +94,48 @@ async def test_nebula_credentials_for_attested_callers(tmp_path: Path) -> None:
     for c in state.closers:
         await c()
     assert ca_crt.read_bytes() == before
+
+
+async def test_ca_crt_is_read_at_start_and_again_only_when_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per request only the node files are read (in a worker thread, not on the event
+    loop); ca.crt is read at start and again only after the file changed."""
+    import os
+    import threading
+
+    import kbs.nebula_ca_plugin as mod
+    from kbs.external_plugin import PluginCall
+    from kbs.nebula_ca_plugin import NebulaCaPlugin
+
+    plugin = NebulaCaPlugin.open(
+        {"work_dir": str(tmp_path / "nebula"), "ca_config": {"name": "t"}, "min_nebula_cert_version": "1.0.0"}
+    )
+    crt = tmp_path / "nebula" / "ca" / "ca.crt"
+    reads: list[tuple[str, bool]] = []  # (file name, on the event loop's thread)
+
+    def note(path: object) -> None:
+        reads.append((Path(str(path)).name, threading.current_thread() is threading.main_thread()))
+
+    real_read_bytes, real_bounded = Path.read_bytes, getattr(mod, "read_bounded", None)
+
+    def read_bytes(self: Path) -> bytes:
+        note(self)
+        return real_read_bytes(self)
+
+    def bounded(path: str, limit: int) -> bytes:
+        note(path)
+        assert real_bounded is not None
+        return real_bounded(path, limit)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    monkeypatch.setattr(mod, "read_bounded", bounded, raising=False)
+    call = PluginCall(b"", {"name": "node1", "ip": "10.9.0.2/24"}, ["credential"], "GET")
+    for _ in range(2):
+        assert bytes(json.loads(await plugin.handle(call))["ca_crt"]) == real_read_bytes(crt)
+    assert sorted(reads) == sorted([("node.crt", False), ("node.key", False)] * 2)
+    reads.clear()
+    st = crt.stat()
+    os.utime(crt, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # the operator replaced it
+    await plugin.handle(call)
+    assert ("ca.crt", False) in reads and [r for r in reads if r[0] == "ca.crt"] == [("ca.crt", False)]

@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from kbs.errors import StorageError
 from kbs.rvps import ReferenceValues, decode_reference_value
 from kbs.sessions import Session, SessionStore
 from kbs.storage import LocalFsStore, LocalJsonStore, PostgresStore
@@ -54,6 +55,19 @@ async def test_localjson_layout_is_trustees(tmp_path: Path) -> None:
     (tmp_path / "repository").write_text("[1]")
     with pytest.raises(Exception, match="not a JSON object"):
         await st.get("repository", "x")
+
+
+async def test_localjson_values_decode_as_trustees_url_safe(tmp_path: Path) -> None:
+    """trustee reads LocalJson values with Rust's ``URL_SAFE`` engine: URL-safe alphabet,
+    canonical padding. A value outside that is an error, not bytes a lenient decoder
+    made up by dropping characters or guessing the padding."""
+    st = LocalJsonStore(str(tmp_path))
+    good = base64.urlsafe_b64encode(b"\xfb\xff!").decode()
+    for bad in ("+/8h", "-_8", "-_8h!", "-.8h", "-_9=", "-_8h===="):
+        (tmp_path / "repository").write_text(json.dumps({"k": good, "bad": bad}))
+        assert await st.get("repository", "k") == b"\xfb\xff!"
+        with pytest.raises(StorageError, match="not base64"):
+            await st.get("repository", "bad")
 
 
 async def test_sessions_are_stored_as_trustee_records(tmp_path: Path) -> None:

@@ -567,6 +567,8 @@ def test_grpc_as_refuses_base64url_with_foreign_characters() -> None:
     assert _unb64url("aGk", "evidence") == b"hi"
     with pytest.raises(ValueError, match="evidence is not URL-safe base64"):
         _unb64url("a.Gk=", "evidence")  # the lenient decoder dropped "." and answered b"hi"
+    with pytest.raises(ValueError, match="evidence is not URL-safe base64"):
+        _unb64url("aGk=", "evidence")  # trustee's URL_SAFE_NO_PAD refuses padding
 
 
 def test_key_and_name_patterns_refuse_a_trailing_newline() -> None:

@@ -174,3 +174,41 @@ ca_certs = ["{bao.ca}"]
         assert out.returncode == 0, out.stderr
         assert bao.token not in out.stdout + out.stderr
         assert '"storage_backend_type": "Vault"' in out.stdout and "<redacted>" in out.stdout
+
+
+async def test_delete_asks_for_existence_by_status_only(bao: OpenBao) -> None:
+    """A secret an operator put without a 'data' key (unreadable as a resource) can still be
+    deleted: delete looks at the status of the read, never at the value."""
+    assert bao.call("POST", "kv/prod/secret/odd", b'{"value": "x"}')[0] == 204
+    vault = VaultKvBackend(_cfg(bao))
+    try:
+        assert await vault.delete("prod/secret/odd") is True
+        assert bao.call("GET", "kv/prod/secret/odd")[0] == 404
+        assert await vault.delete("prod/secret/odd") is False
+    finally:
+        await vault.close()
+    # a refused read is a refused delete, not "not found"
+    vault = VaultKvBackend(_cfg(bao, token="s.wrong-token-value"))
+    try:
+        with pytest.raises(StorageError, match="HTTP 403"):
+            await vault.delete("default/key/k1")
+    finally:
+        await vault.close()
+
+
+async def test_insecure_settings_are_logged_once(caplog: pytest.LogCaptureFixture) -> None:
+    """The config check lists the warning (for --check) and the backend logs it, once."""
+    from kbs.config import parse_config
+    from kbs.resource_store import open_resources
+    from kbs.storage import MemoryStore
+
+    plugin = {"name": "resource", "storage_backend_type": "Vault", "vault_url": "https://127.0.0.1:9"}
+    doc = {"http_server": {"insecure_http": True}, "admin": {"authorization_mode": "DenyAll"}}
+    doc["plugins"] = [{**plugin, "token": "t", "verify_ssl": False}]
+    with caplog.at_level(logging.WARNING):
+        cfg = parse_config(doc)
+        backend = open_resources(cfg, MemoryStore())
+    await backend.close()
+    said = [r for r in caplog.records if "INSECURE: plugins.resource.verify_ssl = false" in r.getMessage()]
+    assert len(said) == 1
+    assert [w for w in cfg.warnings if w.startswith("INSECURE: plugins.resource.verify_ssl")]

@@ -35,7 +35,6 @@ __all__ = [
     "StoreServer",
     "TcpGate",
     "proc_fds",
-    "proc_rss_kib",
 ]
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,13 +60,6 @@ def _stop(proc: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, wait:
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
-
-
-def proc_rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def proc_fds(pid: int) -> int:

@@ -300,6 +300,19 @@ def become_subreaper() -> None:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
+def _head(path: Path, limit: int) -> str:
+    """The first ``limit`` bytes of a file the container wrote (it may write without end)."""
+    with path.open("rb") as f:
+        return f.read(limit).decode(errors="replace")
+
+
+def _tail(path: Path, limit: int) -> str:
+    """The last ``limit`` bytes of a file the container (or runc) wrote."""
+    with path.open("rb") as f:
+        f.seek(max(0, os.fstat(f.fileno()).st_size - limit))
+        return f.read(limit).decode(errors="replace")
+
+
 def run_container(cid: str, bundle: Path, *, state: Path = Path("/run")) -> dict[str, Any]:
     """Run the bundle with runc, unchanged: create (refusals surface here), start,
     wait for the container's exit, return its exit status and stdout. runc keeps
@@ -315,7 +328,7 @@ def run_container(cid: str, bundle: Path, *, state: Path = Path("/run")) -> dict
             stdin=subprocess.DEVNULL, stdout=out, stderr=err, timeout=CONTAINER_TIMEOUT_S,
         )  # fmt: skip
     if cp.returncode != 0:
-        raise RuncRefused(f"runc create: {err_p.read_text(errors='replace')[-400:].strip()}")
+        raise RuncRefused(f"runc create: {_tail(err_p, 4096)[-400:].strip()}")
     pid = int(pid_p.read_text())
     try:
         st = subprocess.run([*runc, "start", cid], capture_output=True, text=True, timeout=120)
@@ -333,14 +346,14 @@ def run_container(cid: str, bundle: Path, *, state: Path = Path("/run")) -> dict
     finally:
         subprocess.run([*runc, "delete", "--force", cid], capture_output=True, timeout=120)
     code = os.waitstatus_to_exitcode(status)
-    stdout = out_p.read_text(errors="replace")
+    stdout = _head(out_p, 8192)
     say(f"runc: container {cid[:12]} exited {code} after {time.monotonic() - t:.1f}s; stdout:")
     for line in stdout.splitlines()[:20]:
         say(f"  | {line}")
     return {
         "container_exit": code,
         "container_stdout": stdout[:2000],
-        "container_stderr": err_p.read_text(errors="replace")[-500:],
+        "container_stderr": _tail(err_p, 4096)[-500:],
         "container_seconds": round(time.monotonic() - t, 1),
     }
 

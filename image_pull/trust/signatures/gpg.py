@@ -20,13 +20,14 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import selectors
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from coco_common.files import read_bounded
 from image_pull.trust.errors import InvalidPolicy, SignatureRejected
 
 __all__ = ["GPGV", "MAX_SIGNATURE_BYTES", "VerifiedMessage", "dearmor_keyring", "verify_signed_message"]
@@ -35,6 +36,10 @@ GPGV = "gpgv"
 MAX_SIGNATURE_BYTES = 4 << 20
 MAX_KEYRING_BYTES = 4 << 20
 GPGV_TIMEOUT = 30.0
+#: what gpgv may write besides the signed content: a few status lines per
+#: signature and a few diagnostics; more means a hostile or broken message
+MAX_STATUS_BYTES = 64 << 10
+MAX_STDERR_BYTES = 64 << 10
 _BAD_STATUS = frozenset(
     {
         "BADSIG",
@@ -116,6 +121,73 @@ def _packet_tag(first: int) -> int:
     return first & 0x3F if first & 0x40 else (first & 0x3C) >> 2
 
 
+def _run_gpgv(argv: list[str], sig: str, env: dict[str, str]) -> tuple[int, bytes, bytes]:
+    """Run gpgv on ``sig``: its exit status, ``--status-fd`` output and signed content.
+
+    Nothing gpgv writes touches the disk or grows without bound: the signed
+    content comes over stdout and the status lines over a pipe of their own, each
+    read up to its limit; one byte more (a compression bomb, a flood of packets)
+    stops gpgv and rejects the signature."""
+    status_r, status_w = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [*argv, "--status-fd", str(status_w), "--output", "-", "--", sig],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            pass_fds=(status_w,),
+            env=env,
+        )
+    except BaseException:
+        os.close(status_r)
+        raise
+    finally:
+        os.close(status_w)
+    stdout, stderr = proc.stdout, proc.stderr
+    if stdout is None or stderr is None:  # pragma: no cover - both are pipes above
+        raise RuntimeError("gpgv pipes missing")
+    content_fd = stdout.fileno()
+    limits = {
+        content_fd: (MAX_SIGNATURE_BYTES, "GPG signed content is larger than 4 MiB"),
+        status_r: (MAX_STATUS_BYTES, "gpgv wrote more than 64 KiB of status output"),
+        stderr.fileno(): (MAX_STDERR_BYTES, "gpgv wrote more than 64 KiB of diagnostics"),
+    }
+    with proc, open(status_r, "rb", buffering=0):
+        try:
+            deadline = time.monotonic() + GPGV_TIMEOUT
+            out = _drain(limits, deadline)
+            returncode = proc.wait(timeout=max(deadline - time.monotonic(), 0.001))
+        except subprocess.TimeoutExpired as exc:
+            raise SignatureRejected("gpgv timed out") from exc
+        finally:
+            if proc.returncode is None:  # stopped early: a limit, the deadline, an error
+                proc.kill()
+                proc.wait()
+    return returncode, out[status_r], out[content_fd]
+
+
+def _drain(limits: dict[int, tuple[int, str]], deadline: float) -> dict[int, bytes]:
+    """Read every fd in ``limits`` to its end, each no further than its limit, by ``deadline``."""
+    bufs = {fd: bytearray() for fd in limits}
+    with selectors.DefaultSelector() as sel:
+        for fd in limits:
+            sel.register(fd, selectors.EVENT_READ)
+        while sel.get_map():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise SignatureRejected("gpgv timed out")
+            for key, _ in sel.select(left):
+                limit, too_much = limits[key.fd]
+                chunk = os.read(key.fd, min(1 << 16, limit + 1 - len(bufs[key.fd])))
+                if not chunk:
+                    sel.unregister(key.fd)
+                    continue
+                bufs[key.fd] += chunk
+                if len(bufs[key.fd]) > limit:
+                    raise SignatureRejected(too_much)
+    return {fd: bytes(buf) for fd, buf in bufs.items()}
+
+
 def verify_signed_message(untrusted_blob: bytes, keyring: bytes, *, gpgv: str = GPGV) -> VerifiedMessage:
     """Verify an OpenPGP signed message against ``keyring`` (binary) and return its content."""
     if len(untrusted_blob) > MAX_SIGNATURE_BYTES:
@@ -131,32 +203,11 @@ def verify_signed_message(untrusted_blob: bytes, keyring: bytes, *, gpgv: str = 
         (home / "trusted.gpg").write_bytes(keyring)
         (home / "sig").write_bytes(untrusted_blob)
         env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C", "LC_ALL": "C", "GNUPGHOME": tmp}
-        try:
-            cp = subprocess.run(
-                [
-                    exe,
-                    "--homedir",
-                    tmp,
-                    "--keyring",
-                    str(home / "trusted.gpg"),
-                    "--status-fd",
-                    "1",
-                    "--output",
-                    str(home / "out"),
-                    "--",
-                    str(home / "sig"),
-                ],
-                capture_output=True,
-                timeout=GPGV_TIMEOUT,
-                env=env,
-                stdin=subprocess.DEVNULL,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise SignatureRejected("gpgv timed out") from exc
+        argv = [exe, "--homedir", tmp, "--keyring", str(home / "trusted.gpg")]
+        returncode, status_out, payload = _run_gpgv(argv, str(home / "sig"), env)
         status = [
             ln[9:].split(" ")
-            for ln in cp.stdout.decode("utf-8", "replace").splitlines()
+            for ln in status_out.decode("utf-8", "replace").splitlines()
             if ln.startswith("[GNUPG:] ")
         ]
         kinds = [s[0] for s in status]
@@ -165,19 +216,14 @@ def verify_signed_message(untrusted_blob: bytes, keyring: bytes, *, gpgv: str = 
             raise SignatureRejected("GPG signature is not by a trusted key")
         if bad:
             raise SignatureRejected(_why_bad(bad))
-        if cp.returncode != 0 and not _SIG_SEEN.intersection(kinds):
+        if returncode != 0 and not _SIG_SEEN.intersection(kinds):
             # gpgv gave up before reaching any signature (e.g. "zlib inflate problem")
             raise SignatureRejected(_why_bad({"NODATA"}))
         valid = [s for s in status if s[0] == "VALIDSIG"]
-        if cp.returncode != 0 or kinds.count("GOODSIG") != 1 or len(valid) != 1 or kinds.count("NEWSIG") > 1:
+        if returncode != 0 or kinds.count("GOODSIG") != 1 or len(valid) != 1 or kinds.count("NEWSIG") > 1:
             raise SignatureRejected("GPG signature did not verify with the trusted keys")
-        out = home / "out"
-        if not out.is_file():
+        if not payload:
             raise SignatureRejected("GPG signature carries no signed content")
-        try:  # a compressed message can inflate far beyond the signature's size
-            payload = read_bounded(out, MAX_SIGNATURE_BYTES)
-        except ValueError as exc:
-            raise SignatureRejected("GPG signed content is larger than 4 MiB") from exc
         v = valid[0]
         primary = v[10] if len(v) > 10 else v[1]
         return VerifiedMessage(payload, v[1], primary)

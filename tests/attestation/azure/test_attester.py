@@ -260,3 +260,32 @@ def test_detection_reads_the_hcl_report_type(vtpm: Swtpm, tmp_path: Path) -> Non
     assert detect_primary_tee(plat) == "tpm"
     assert detect_primary_tee(HostView(root=tmp_path, env={}, machine="x86_64")) == "sample"
     assert make_primary_attester("az-snp-vtpm").tee == "az-snp-vtpm"
+
+
+def test_detection_opens_the_vtpm_once_a_pass(
+    vtpm: Swtpm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The az-tdx-vtpm and az-snp-vtpm probes share one read of the HCL report per
+    detection pass; the next pass reads it again (the vTPM may have changed)."""
+    import attestation.tpm.device as device
+    from attestation.detect import HostView, detect_primary_tee, present_platforms
+
+    opened: list[str] = []
+    real_open = device.open_tpm
+
+    def counting_open(address: str) -> Any:
+        opened.append(address)
+        return real_open(address)
+
+    monkeypatch.setattr(device, "open_tpm", counting_open)
+    plat = HostView(root=tmp_path, env={"AA_TPM_DEVICE": vtpm.address}, machine="x86_64")
+    snp_report = HclReport.from_bytes((SNP / "hcl-report.bin").read_bytes()).hw_report
+    _provision_hcl(vtpm, build_hcl(snp_report, HwReportType.SNP, _ak(vtpm), b""))
+    opened.clear()
+    assert detect_primary_tee(plat) == "az-snp-vtpm"  # the az-tdx-vtpm probe asked first
+    assert len(opened) == 1
+    assert "az-snp-vtpm" in present_platforms(plat) and "az-tdx-vtpm" not in present_platforms(plat)
+    assert len(opened) == 3  # one more per pass
+    td_report = HclReport.from_bytes((TDX / "hcl-report.bin").read_bytes()).hw_report
+    _provision_hcl(vtpm, build_hcl(td_report, HwReportType.TDX, _ak(vtpm), b""))
+    assert detect_primary_tee(plat) == "az-tdx-vtpm"  # not the SNP answer of an earlier pass

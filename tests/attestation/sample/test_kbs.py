@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from attestation.errors import EvidenceFormatError, VerificationError
+from attestation.errors import ConfigFileError, EvidenceFormatError, VerificationError
 from attestation.sample import SampleAttester, SampleDeviceAttester
 from attestation.sample.kbs import SampleDeviceVerifier, SampleVerifier
 from attestation.snp.kbs import SnpVerifier
@@ -107,7 +107,8 @@ def test_a_bad_verifier_config_fails_at_start_with_its_cause(tmp_path: Path) -> 
     assert isinstance(info.value.__cause__, ValueError)
     with pytest.raises(KbsConfigError, match=r"verifier_config\.tdx") as info:
         VerifierRegistry(options={"tdx": {"root_ca_pem": str(tmp_path / "absent.pem")}})
-    assert isinstance(info.value.__cause__, OSError)
+    assert isinstance(info.value.__cause__, ConfigFileError)  # naming the file, the OSError kept
+    assert isinstance(info.value.__cause__.__cause__, FileNotFoundError)
     with pytest.raises(KbsConfigError, match=r"verifier_config\.snp"):
         VerifierRegistry(options={"snp": {"no_such_option": 1}})
     configured = VerifierRegistry(options={"snp": {"required_vmpl": None}})

@@ -6,6 +6,7 @@ cleartext signatures and literal-only messages made by real gpg."""
 from __future__ import annotations
 
 import base64
+import sys
 from pathlib import Path
 
 import httpx
@@ -204,6 +205,55 @@ def test_gpg_expired_key(tmp_path: Path) -> None:
     blob = sign(env, fpr, tmp_path, *past, "--sign")
     with pytest.raises(SignatureRejected, match="made by a key that has expired"):
         verify_signed_message(blob, pub)
+
+
+@needs_gpg
+def test_gpg_compression_bomb_never_lands_on_disk(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A small signed message inflating to 16 MiB is refused once 4 MiB of content
+    arrive, and the content is never written to disk (checked on every file left
+    in gpgv's working directory as it is cleaned up)."""
+    import tempfile
+
+    from image_pull.trust.signatures import gpg
+
+    k = gpg_key(tmp_path / "k")
+    (tmp_path / "payload").write_bytes(b"\0" * (16 << 20))
+    sign_bomb = ["gpg", "--batch", "--yes", "--local-user", k.fpr, "--compress-algo", "zlib", "-z", "9"]
+    blob = run([*sign_bomb, "--sign", "--output", "-", str(tmp_path / "payload")], k.env)
+    assert len(blob) < gpg.MAX_SIGNATURE_BYTES
+    sizes: list[int] = []
+
+    class Watched(tempfile.TemporaryDirectory[str]):
+        def cleanup(self) -> None:
+            sizes.extend(p.stat().st_size for p in Path(self.name).rglob("*") if p.is_file())
+            super().cleanup()
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", Watched)  # the one gpg.py uses
+    with pytest.raises(SignatureRejected, match="signed content is larger than 4 MiB"):
+        verify_signed_message(blob, k.pub.read_bytes())
+    assert sizes and max(sizes) < gpg.MAX_SIGNATURE_BYTES
+
+
+@pytest.mark.parametrize(
+    "stream,match",
+    [("status", "more than 64 KiB of status output"), ("stderr", "more than 64 KiB of diagnostics")],
+)
+def test_gpgv_output_flood_is_cut_off(tmp_path: Path, stream: str, match: str) -> None:
+    """gpgv's status and diagnostic streams are read up to a limit, not into memory
+    whole. Real gpgv cannot be made to write megabytes of status lines on demand,
+    so a stand-in executable plays a gpgv that floods the stream it is given."""
+    fake = tmp_path / "flooding-gpgv"
+    fake.write_text(
+        f"#!{sys.executable}\n"
+        "import os, sys\n"
+        f"fd = int(sys.argv[sys.argv.index('--status-fd') + 1]) if {stream == 'status'!r} else 2\n"
+        "line = b'[GNUPG:] NEWSIG\\n' * 4096\n"
+        "for _ in range(256):\n"
+        "    os.write(fd, line)\n"
+    )
+    fake.chmod(0o755)
+    with pytest.raises(SignatureRejected, match=match):
+        verify_signed_message(b"\xa3\x01signed", b"\x99keyring", gpgv=str(fake))
 
 
 async def test_kbs_key_refusal_keeps_its_reason() -> None:

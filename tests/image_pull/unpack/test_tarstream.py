@@ -363,3 +363,32 @@ def test_pax_fast_path_reads_what_the_record_parser_reads(data: bytes) -> None:
     except MalformedTar as exc:
         got = type(exc)
     assert got == expected
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [
+        (b"1765061069.601946355", 1765061069_601946355),  # GNU tar's form (the fast path)
+        (b"0.000000001", 1),
+        (b"12345678901234567890.123456789", 12345678901234567890_123456789),  # 20 digits: the most
+        (b"1765061069.6", 1765061069_600000000),
+        (b"1765061069.1234567891", 1765061069_123456789),  # beyond ns: truncated
+        (b"1765061069", 1765061069_000000000),
+        (b"-1.500000000", -1_500000000),
+        (b"123456789012345678901.123456789", MalformedTar),  # 21 digits
+        (b"1.2.345678901", MalformedTar),
+        (b"1 .123456789", MalformedTar),
+        (b"+1.123456789", MalformedTar),
+        (b"1_0.123456789", MalformedTar),
+        (b"\xd9\xa1.123456789", MalformedTar),  # non-ASCII digit
+        (b".123456789", MalformedTar),
+    ],
+)
+def test_pax_time(value: bytes, expected: object) -> None:
+    from image_pull.unpack.tarstream import _pax_time
+
+    if expected is MalformedTar:
+        with pytest.raises(MalformedTar):
+            _pax_time(value, 0)
+    else:
+        assert _pax_time(value, 0) == expected

@@ -422,7 +422,7 @@ def test_file_modes_are_exact_whatever_the_umask(tmp_path: Path, mode: int) -> N
     assert os.stat(tmp_path / "l/f").st_size == 4
 
 
-def test_deferred_hardlink_under_a_directory_later_replaced_by_a_symlink_stays_in_the_layer(
+def test_deferred_hardlink_under_a_directory_later_replaced_by_a_symlink_never_leaves_the_layer(
     tmp_path: Path,
 ) -> None:
     from image_pull.unpack.overlay import copy_up_links
@@ -440,8 +440,152 @@ def test_deferred_hardlink_under_a_directory_later_replaced_by_a_symlink_stays_i
         .symlink("d", os.fspath(outside))  # then d itself becomes a link out of the layer
     )
     stats = unpack(bytes(t), tmp_path / "l", defer_missing_hardlinks=True)
-    deferred = [(os.fsdecode(a), os.fsdecode(b)) for a, b in stats.deferred_hardlinks]
+    assert stats.deferred_hardlinks == ()  # the link went with its directory
+    copy_up_links(tmp_path / "l", (), [lower])
+    # and the copy-up itself refuses a link path through a symlink, should one reach it
     with pytest.raises(ImagePullError, match="symlink"):
-        copy_up_links(tmp_path / "l", deferred, [lower])
+        copy_up_links(tmp_path / "l", [("d/x", "a")], [lower])
     assert (outside / "x").read_bytes() == b"not the layer's"  # neither unlinked nor replaced
     assert os.stat(outside / "x").st_nlink == 1
+
+
+def _tarfile_layer(*members: tuple[str, str, bytes | str]) -> bytes:
+    """A layer built with Python's tarfile: (kind, name, data or link target) per member."""
+    import tarfile
+
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        for kind, name, arg in members:
+            info = tarfile.TarInfo(name)
+            info.mtime = 1_600_000_000
+            body = None
+            if kind == "dir":
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+            elif kind == "file":
+                assert isinstance(arg, bytes)
+                info.size, body = len(arg), io.BytesIO(arg)
+            else:
+                assert isinstance(arg, str)
+                info.type = tarfile.LNKTYPE if kind == "hardlink" else tarfile.SYMTYPE
+                info.linkname = arg
+            tf.addfile(info, body)
+    return out.getvalue()
+
+
+def _gnu_tar_flattened(tmp_path: Path, *layers: bytes) -> Path:
+    """What GNU tar makes of the layers extracted one over the other, replacing directories
+    as image unpackers do (no whiteout handling)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("tar") is None:
+        pytest.skip("GNU tar is not installed")
+    dest = tmp_path / "gnu"
+    dest.mkdir()
+    for i, data in enumerate(layers):
+        (tmp_path / f"gnu{i}.tar").write_bytes(data)
+        argv = ["tar", "--recursive-unlink", "-xf", str(tmp_path / f"gnu{i}.tar"), "-C", str(dest)]
+        subprocess.run(argv, check=True, capture_output=True)
+    return dest
+
+
+@pytest.mark.parametrize(
+    "replacement",
+    [("file", "d", b"a file now"), ("symlink", "d", "a"), ("hardlink", "d", "a")],
+    ids=["file", "symlink", "hardlink-to-lower"],
+)
+def test_deferred_hardlink_dropped_with_its_directory_replaced_later_in_the_layer(
+    tmp_path: Path, replacement: tuple[str, str, bytes | str]
+) -> None:
+    """A pending link under a directory that a later entry replaces goes with the directory,
+    as with GNU tar (which makes the link, then removes it with its directory); the copy-up
+    used to meet the pending link and fail with a raw FileNotFoundError/NotADirectoryError."""
+    from image_pull.unpack.overlay import copy_up_links
+
+    lower_tar = _tarfile_layer(("file", "a", b"lower a"))
+    upper_tar = _tarfile_layer(("dir", "d", b""), ("hardlink", "d/x", "a"), replacement)
+    lower = tmp_path / "lower"
+    unpack(lower_tar, lower)
+    stats = unpack(upper_tar, tmp_path / "l", defer_missing_hardlinks=True)
+    assert all(link != b"d/x" for link, _target in stats.deferred_hardlinks)
+    deferred = [(os.fsdecode(a), os.fsdecode(b)) for a, b in stats.deferred_hardlinks]
+    copy_up_links(tmp_path / "l", deferred, [lower])
+    gnu = _gnu_tar_flattened(tmp_path, lower_tar, upper_tar)
+    for root in (gnu, tmp_path / "l"):
+        assert not os.path.isdir(root / "d") and os.path.lexists(root / "d"), root
+    if replacement[0] == "hardlink":  # the replacement itself is a link into the lower layer
+        assert (tmp_path / "l/d").read_bytes() == (gnu / "d").read_bytes() == b"lower a"
+        assert os.stat(tmp_path / "l/d").st_ino == os.stat(tmp_path / "l/a").st_ino
+
+
+def test_deferred_hardlink_whose_directory_is_replaced_and_made_again_stays_dropped(
+    tmp_path: Path,
+) -> None:
+    t = Tar().dir("d").hardlink("d/x", "lower/a").file("d").dir("d").file("d/y", b"y")
+    stats = unpack(bytes(t), tmp_path / "l", defer_missing_hardlinks=True)
+    assert stats.deferred_hardlinks == ()
+    assert (tmp_path / "l/d/y").read_bytes() == b"y"
+
+
+@needs_root
+@pytest.mark.parametrize("later", ["replaced", "whiteout", "parent-whiteout"])
+def test_deferred_hardlink_keeps_the_lower_file_when_a_later_entry_takes_the_target_place(
+    tmp_path: Path, later: str
+) -> None:
+    """The link was made while the target was the lower layer's file: it keeps that file (as
+    GNU tar extracting the layers in order does), whatever the layer later puts at the target."""
+    from image_pull.unpack.overlay import copy_up_links, is_whiteout
+
+    lower_tar = _tarfile_layer(("dir", "d", b""), ("file", "d/f", b"lower f"))
+    last = {
+        "replaced": ("file", "d/f", b"new f"),
+        "whiteout": ("file", "d/.wh.f", b""),
+        "parent-whiteout": ("file", ".wh.d", b""),
+    }[later]
+    upper_tar = _tarfile_layer(("hardlink", "x", "d/f"), ("hardlink", "y", "d/f"), last)
+    lower = tmp_path / "lower"
+    unpack(lower_tar, lower)
+    layer = tmp_path / "l"
+    stats = unpack(upper_tar, layer, defer_missing_hardlinks=True)
+    deferred = [(os.fsdecode(a), os.fsdecode(b)) for a, b in stats.deferred_hardlinks]
+    copy_up_links(layer, deferred, [lower])
+    assert (layer / "x").read_bytes() == b"lower f"
+    assert os.stat(layer / "y").st_ino == os.stat(layer / "x").st_ino
+    if later == "replaced":
+        gnu = _gnu_tar_flattened(tmp_path, lower_tar, upper_tar)
+        assert (gnu / "x").read_bytes() == b"lower f" and (gnu / "d/f").read_bytes() == b"new f"
+        assert (layer / "d/f").read_bytes() == b"new f"
+        assert os.stat(layer / "d/f").st_ino != os.stat(layer / "x").st_ino
+    else:
+        assert is_whiteout(layer / ("d/f" if later == "whiteout" else "d"))
+
+
+@needs_root
+def test_owner_is_exact_when_the_chown_of_files_already_ours_is_skipped(tmp_path: Path) -> None:
+    """Files that creation already gives our uid/gid skip the fchown; a set-group-ID parent
+    gives its own group instead, so there the chown must still happen (and after the parent's
+    metadata changes later in the layer)."""
+    t = (
+        Tar()
+        .dir("sg", mode=0o2775, uid=0, gid=50)
+        .file("sg/ours", b"x", uid=0, gid=0)
+        .file("sg/theirs", b"x", uid=0, gid=50)
+        .dir("plain", mode=0o755, uid=0, gid=0)
+        .file("plain/ours", b"x", uid=0, gid=0)
+        .file("plain/other", b"x", uid=7, gid=8)
+        .dir("plain", mode=0o2755, uid=0, gid=60)  # becomes set-group-ID later in the layer
+        .file("plain/late", b"x", uid=0, gid=0)
+    )
+    dest = tmp_path / "l"
+    unpack(bytes(t), dest)
+    owners = {
+        p: (os.lstat(dest / p).st_uid, os.lstat(dest / p).st_gid)
+        for p in ("sg/ours", "sg/theirs", "plain/ours", "plain/other", "plain/late")
+    }
+    assert owners == {
+        "sg/ours": (0, 0),
+        "sg/theirs": (0, 50),
+        "plain/ours": (0, 0),
+        "plain/other": (7, 8),
+        "plain/late": (0, 0),
+    }
