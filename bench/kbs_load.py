@@ -134,6 +134,15 @@ def py_phase(
     return (*r, time.process_time() - k0)
 
 
+def use_kbs_from(checkout: Path) -> None:
+    """Make start_kbs run the KBS of another checkout (its packages first on sys.path, this venv):
+    before/after in one sitting, against the same load generator."""
+    import tests.support.kbs as support
+
+    boot = f"import sys; sys.path.insert(0, {str(checkout.resolve())!r}); from kbs.cli import main; sys.exit(main())"
+    support._kbs_cmd = lambda: [sys.executable, "-c", boot]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--clients", type=int, default=16)
@@ -146,10 +155,7 @@ def main() -> None:
     ap.add_argument("--json", type=Path, help="write the figures here too")
     args = ap.parse_args()
     if args.kbs_from is not None:
-        import tests.support.kbs as support
-
-        boot = f"import sys; sys.path.insert(0, {str(args.kbs_from.resolve())!r}); from kbs.cli import main; sys.exit(main())"
-        support._kbs_cmd = lambda: [sys.executable, "-c", boot]  # that checkout's kbs, this venv
+        use_kbs_from(args.kbs_from)
     keys = [TeeKeyPair.generate() for _ in range(32)]  # key generation is the client's cost, not the KBS's
     with tempfile.TemporaryDirectory() as d, start_kbs(Path(d), storage=args.storage,
                                                        resources={"default/bench/secret": b"bench-secret"}) as kbs:  # fmt: skip
