@@ -135,11 +135,14 @@ def py_phase(
 
 
 def use_kbs_from(checkout: Path) -> None:
-    """Make start_kbs run the KBS of another checkout (its packages first on sys.path, this venv):
-    before/after in one sitting, against the same load generator."""
+    """Make start_kbs run the KBS of another checkout (its packages first on sys.path, this venv,
+    started in that directory): before/after in one sitting, against the same load generator."""
     import tests.support.kbs as support
 
-    boot = f"import sys; sys.path.insert(0, {str(checkout.resolve())!r}); from kbs.cli import main; sys.exit(main())"
+    # from there, so its forkserver (Python 3.11 ignores the sys.path handed to it) preloads that
+    # checkout's policy modules too
+    where = str(checkout.resolve())
+    boot = f"import os, sys; os.chdir({where!r}); sys.path.insert(0, {where!r}); from kbs.cli import main; sys.exit(main())"
     support._kbs_cmd = lambda: [sys.executable, "-c", boot]
 
 
