@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import compileall
 import hashlib
 import io
 import json
@@ -196,6 +197,15 @@ def floor(reg: RegistryServer, repo: str) -> tuple[float, float]:
     return time.monotonic() - t0, time.process_time() - c0
 
 
+def byte_compile(checkout: Path) -> None:
+    """Write the .pyc files of ``checkout``'s packages, as a wheel install does: with
+    PYTHONDONTWRITEBYTECODE set (or a read-only tree) every worker process would
+    otherwise compile every module it imports, some 25 ms each, on both sides."""
+    for pkg in sorted(checkout.iterdir()):
+        if (pkg / "__init__.py").is_file() and pkg.name not in ("tests", "bench", "scripts"):
+            compileall.compile_dir(pkg, quiet=1)
+
+
 LABELS = {
     "coco": "coco-image pull",
     "base": "baseline pull",
@@ -254,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{tool} is not installed", file=sys.stderr)
             return 2
     a.cache.mkdir(parents=True, exist_ok=True)
+    for checkout in [ROOT, *([a.baseline] if a.baseline else [])]:
+        byte_compile(checkout)
     t = time.monotonic()
     ref = build_image(a.cache, a.size_mb, a.layers)
     index = json.loads((Path(ref.rsplit(":", 1)[0]) / "index.json").read_text())
