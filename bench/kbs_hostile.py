@@ -146,7 +146,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--hostile", type=int, default=2, help="hostile clients")
+    ap.add_argument(
+        "--kbs-from", type=Path, metavar="DIR", help="run the KBS of another checkout (before/after)"
+    )
     args = ap.parse_args()
+    if args.kbs_from is not None:
+        from bench.kbs_load import use_kbs_from
+
+        use_kbs_from(args.kbs_from)
     limits = SecurityConfig()
     init = heaviest_init_data(limits)
     print(

@@ -159,15 +159,18 @@ def kbs_rows(sweep: dict[int, dict[str, Any] | str]) -> list[Row]:
             )
         ]
     f, p = at16["flow"], at16["plain"]
-    cpu_ok = f["kbs_cpu_ms"] <= 2.5
+    # the target counts the KBS process and its policy workers (where Rego runs)
+    cpu = f.get("kbs_tree_cpu_ms", f["kbs_cpu_ms"])
+    gen = at16.get("generator", "python")
     return [
         Row("KBS flows/s, 16 clients", f"{f['rps']:.0f} flows/s, p99 {f['p99_ms']:.0f} ms",
             f"GET /healthz {p['rps']:.0f} req/s, p99 {p['p99_ms']:.1f} ms", p["rps"] / f["rps"],
-            ">= 208 flows/s (2x 104)", f["rps"] >= 208, "ratio: plain requests per flow"),
-        Row("KBS CPU per flow, 16 clients", f"{f['kbs_cpu_ms']:.2f} ms", f"plain request {p['kbs_cpu_ms']:.2f} ms",
-            f["kbs_cpu_ms"] / p["kbs_cpu_ms"] if p["kbs_cpu_ms"] else None, "<= 2.5 ms", cpu_ok,
-            "3 requests per flow; clients share the 2 cores"
-            + (f"; {f['kbs_tree_cpu_ms']:.2f} ms with the policy workers" if "kbs_tree_cpu_ms" in f else "")
+            ">= 208 flows/s (2x 104)", f["rps"] >= 208,
+            "ratio: plain requests per flow"
+            + (f"; load generator ({gen}) {f['client_cpu_ms']:.2f} ms CPU per flow" if "client_cpu_ms" in f else "")),
+        Row("KBS CPU per flow, 16 clients", f"{cpu:.2f} ms", f"plain request {p['kbs_cpu_ms']:.2f} ms",
+            cpu / p["kbs_cpu_ms"] if p["kbs_cpu_ms"] else None, "<= 2.5 ms (KBS + policy workers)", cpu <= 2.5,
+            f"3 requests per flow; {f['kbs_cpu_ms']:.2f} ms in the KBS process, the rest in its policy workers"
             + (f"; load average {at16['load_average']:.1f}" if "load_average" in at16 else "")),
     ]  # fmt: skip
 
@@ -258,10 +261,10 @@ def plot(doc: dict[str, Any], path: Path) -> str | None:
         a3 = a2.twinx()
         a3.plot(
             xs,
-            [sweep[c]["flow"]["kbs_cpu_ms"] for c in xs],
+            [sweep[c]["flow"].get("kbs_tree_cpu_ms", sweep[c]["flow"]["kbs_cpu_ms"]) for c in xs],
             "s--",
             color="tab:orange",
-            label="KBS CPU ms/flow",
+            label="KBS CPU ms/flow (with workers)",
         )
         a3.set_ylabel("KBS CPU per flow (ms)")
         a2.legend(loc="upper center", fontsize=8)

@@ -27,7 +27,7 @@ from .policy import AttestationPolicies, ResourcePolicy
 from .policy_worker import PolicyWorkers
 from .resource_store import ResourceStore, open_resources
 from .rvps import ReferenceValues
-from .sessions import SessionStore
+from .sessions import MAX_RECORD_BYTES, SessionStore
 from .storage import (
     NS_REPOSITORY,
     EncryptedStore,
@@ -259,7 +259,13 @@ async def build_state(
         config=cfg,
         store=store,
         resources=resources,
-        sessions=SessionStore(sess_store, timeout_min=timeout_min, max_sessions=sec.max_sessions),
+        sessions=SessionStore(
+            sess_store,
+            timeout_min=timeout_min,
+            max_sessions=sec.max_sessions,
+            # an attested record carries its token
+            max_record_bytes=max(MAX_RECORD_BYTES, sec.max_token_bytes + 64 * 1024),
+        ),
         admin=AdminAuthorizer(cfg.admin, base_dir=cfg.base_dir),
         tokens=tokens,
         service=service,

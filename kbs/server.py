@@ -404,6 +404,7 @@ def make_app(state: KbsState) -> web.Application:
     ) -> web.StreamResponse:
         t0 = time.perf_counter()
         status = 500
+        debug = log.isEnabledFor(logging.DEBUG)
         try:
             resp = await handler(request)
             status = resp.status
@@ -430,15 +431,16 @@ def make_app(state: KbsState) -> web.Application:
             ep = _endpoint(request.path)
             m.inc("kbs_http_requests_total", endpoint=ep, method=request.method, status=str(status))
             m.observe(dt, endpoint=ep)
-            log.debug(
-                "request",
-                extra={
-                    "method": request.method,
-                    "path": request.path,
-                    "status": status,
-                    "ms": round(dt * 1e3, 2),
-                },
-            )
+            if debug:
+                log.debug(
+                    "request",
+                    extra={
+                        "method": request.method,
+                        "path": request.path,
+                        "status": status,
+                        "ms": round(dt * 1e3, 2),
+                    },
+                )
 
     app = web.Application(
         middlewares=[observe], client_max_size=state.config.http_server.payload_request_size * 1024 * 1024

@@ -35,14 +35,32 @@ from datetime import UTC, datetime
 from typing import Any
 
 from coco_common.b64 import b64_encode
+from coco_common.strict_json import strict_loads
 
-from .errors import KbsAttestationError
+from .errors import KbsAttestationError, StorageError
 from .storage import NS_SESSION, KvStore
 
-__all__ = ["NS_ATTESTED", "Session", "SessionStore", "SessionsExhausted"]
+__all__ = [
+    "MAX_RECORD_BYTES",
+    "NS_ATTESTED",
+    "Session",
+    "SessionRecordError",
+    "SessionStore",
+    "SessionsExhausted",
+]
 
 #: the create-only claim an attestation makes on its session (value: expiry, newline, token)
 NS_ATTESTED = "kbs_protocol_attested"
+#: the largest stored session record parsed (an attested one carries its token: 128 KiB by default)
+MAX_RECORD_BYTES = 1024 * 1024
+#: parsed records remembered by their bytes (/attest reads its session twice), up to this size each
+_PARSED_MAX = 512
+_PARSED_MAX_BYTES = 8 * 1024
+
+
+class SessionRecordError(StorageError):
+    """A stored session record that is not one: oversized, not strict JSON (duplicate
+    members, NaN), or not trustee's ``SessionStatus`` shape."""
 
 
 class SessionsExhausted(KbsAttestationError):
@@ -84,9 +102,18 @@ class Session:
         ).encode()
 
     @classmethod
-    def from_bytes(cls, raw: bytes) -> Session:
-        """Parse a stored session (trustee's form; raises ValueError/KeyError/TypeError)."""
-        d = json.loads(raw)
+    def from_bytes(cls, untrusted: bytes, *, limit: int = MAX_RECORD_BYTES) -> Session:
+        """Parse a stored session (trustee's form), at most ``limit`` bytes of strict JSON;
+        anything else raises :class:`SessionRecordError`. The store is shared with other
+        replicas (and trustee's), so its records are input like any other."""
+        d = strict_loads(untrusted, limit=limit, error=SessionRecordError, what="session record")
+        try:
+            return cls._from_doc(d)
+        except (KeyError, TypeError, ValueError) as exc:
+            raise SessionRecordError(f"session record: {type(exc).__name__}: {str(exc)[:80]}") from exc
+
+    @classmethod
+    def _from_doc(cls, d: Any) -> Session:
         if not isinstance(d, dict) or len(d) != 1:
             raise ValueError("not a session record")
         ((tag, body),) = d.items()
@@ -105,6 +132,8 @@ class Session:
         if tag != "Authed":
             raise ValueError("unknown session state")
         req, ch = body["request"], body["challenge"]
+        if not isinstance(req, dict) or not isinstance(ch, dict):
+            raise TypeError("request / challenge")
         tee, nonce = req["tee"], ch["nonce"]
         if not isinstance(tee, str) or not isinstance(nonce, str):
             raise TypeError("tee / nonce")
@@ -143,10 +172,20 @@ class SessionStore:
     #: sweeps between full scans of the session namespace (60 s sweeps: hourly)
     FULL_SCAN_EVERY = 60
 
-    def __init__(self, store: KvStore, *, timeout_min: int = 5, max_sessions: int = 10000) -> None:
+    def __init__(
+        self,
+        store: KvStore,
+        *,
+        timeout_min: int = 5,
+        max_sessions: int = 10000,
+        max_record_bytes: int = MAX_RECORD_BYTES,
+    ) -> None:
         self._store = store
         self.timeout_s = timeout_min * 60
         self.max_sessions = max_sessions
+        self.max_record_bytes = max_record_bytes
+        #: record bytes -> the Session they parse to (the same bytes always give the same one)
+        self._parsed: OrderedDict[bytes, Session] = OrderedDict()
         #: sessions this replica created, oldest first: id -> expiry
         self._pending: OrderedDict[str, float] = OrderedDict()
         self._attested: OrderedDict[str, float] = OrderedDict()
@@ -227,12 +266,25 @@ class SessionStore:
         if raw is None:
             return None
         try:
-            s = Session.from_bytes(raw)
-        except (ValueError, KeyError, TypeError):
+            s = self._parse(raw)
+        except SessionRecordError:
             return None
         if s.expires_at <= (time.time() if now is None else now):
             await self._store.delete(NS_SESSION, s.id)
             return None
+        return s
+
+    def _parse(self, raw: bytes) -> Session:
+        s = self._parsed.get(raw)
+        if s is not None:
+            self._parsed.move_to_end(raw)
+            return s
+        s = Session.from_bytes(raw, limit=self.max_record_bytes)
+        if len(raw) > _PARSED_MAX_BYTES:
+            return s
+        self._parsed[raw] = s
+        while len(self._parsed) > _PARSED_MAX:
+            self._parsed.popitem(last=False)
         return s
 
     async def mark_attested(self, s: Session, token: str, *, now: float | None = None) -> Session:
@@ -273,8 +325,8 @@ class SessionStore:
             if raw is None:
                 continue
             try:
-                expired = Session.from_bytes(raw).expires_at <= t
-            except (ValueError, KeyError, TypeError):
+                expired = Session.from_bytes(raw, limit=self.max_record_bytes).expires_at <= t
+            except SessionRecordError:
                 continue  # not ours to judge (trustee skips records it cannot parse, too)
             if expired and await self._store.delete(NS_SESSION, sid):
                 await self._store.delete(NS_ATTESTED, sid)

@@ -11,6 +11,7 @@ received ``protected`` string as AAD, as RFC 7516 says.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -102,19 +103,7 @@ class TeePubKey:
         if self.kty != "EC" or self.crv not in _CURVES:
             raise JweError(f"unsupported EC curve {self.crv!r} (P-256 and P-521 only)")
         assert self.x is not None and self.y is not None
-        curve, size = _CURVES[self.crv]
-        try:
-            x, y = b64url_decode(self.x, allow_padding=False), b64url_decode(self.y, allow_padding=False)
-        except ValueError as exc:
-            raise JweError("tee-pubkey x/y are not base64url") from exc
-        if len(x) != size or len(y) != size:
-            raise JweError(f"tee-pubkey x/y must be {size} bytes for {self.crv}")
-        try:
-            return ec.EllipticCurvePublicNumbers(
-                int.from_bytes(x, "big"), int.from_bytes(y, "big"), curve
-            ).public_key()
-        except ValueError as exc:
-            raise JweError("tee-pubkey is not a point on its curve") from exc
+        return _ec_public_key(self.crv, self.x, self.y)
 
     def rsa_public_key(self) -> rsa.RSAPublicKey:
         if self.kty != "RSA":
@@ -129,6 +118,25 @@ class TeePubKey:
         if key.key_size < 2048:
             raise JweError("RSA tee-pubkey shorter than 2048 bits")
         return key
+
+
+@functools.lru_cache(maxsize=1024)
+def _ec_public_key(crv: str, x_b64: str, y_b64: str) -> ec.EllipticCurvePublicKey:
+    """The checked public key of a JWK's members. Remembered (keys are immutable): one TEE key
+    serves a client's /attest check and each resource it fetches. Failures are not cached."""
+    curve, size = _CURVES[crv]
+    try:
+        x, y = b64url_decode(x_b64, allow_padding=False), b64url_decode(y_b64, allow_padding=False)
+    except ValueError as exc:
+        raise JweError("tee-pubkey x/y are not base64url") from exc
+    if len(x) != size or len(y) != size:
+        raise JweError(f"tee-pubkey x/y must be {size} bytes for {crv}")
+    try:
+        return ec.EllipticCurvePublicNumbers(
+            int.from_bytes(x, "big"), int.from_bytes(y, "big"), curve
+        ).public_key()
+    except ValueError as exc:
+        raise JweError("tee-pubkey is not a point on its curve") from exc
 
 
 def _concat_kdf(z: bytes, alg: str) -> bytes:

@@ -46,3 +46,6 @@ def test_kbs_rows_use_the_16_client_run() -> None:
     flows, cpu = table.kbs_rows({1: "exit 1", 16: doc})
     assert flows.met is True and flows.ratio == 8.0
     assert cpu.met is True and cpu.ratio == 20.0
+    # the CPU target counts the policy workers too, when the run measured them
+    doc["flow"]["kbs_tree_cpu_ms"] = 3.0
+    assert table.kbs_rows({16: doc})[1].met is False

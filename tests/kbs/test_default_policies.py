@@ -564,3 +564,13 @@ async def test_policy_trust_vector_only_set_claims_and_names_checked() -> None:
     res = await pol.appraise("cpu", {"sample": {}}, {})
     assert dict(res.trust_vector) == dict.fromkeys(TRUST_CLAIMS, 0)
     assert Appraisal(res.trust_vector, {}).to_json()["ear.status"] == "none"
+    # no rule of its own in package policy: nothing set, every claim 0
+    await pol.set("default_cpu", b'package other\nimport rego.v1\ntrust_claims := {"hardware": 2}\n')
+    res = await pol.appraise("cpu", {"sample": {}}, {})
+    assert dict(res.trust_vector) == dict.fromkeys(TRUST_CLAIMS, 0)
+    # extensions without trust_claims: every claim 0, the extension kept
+    await pol.set(
+        "default_cpu", b'package policy\nimport rego.v1\nextensions := [{"name": "e", "value": 1}]\n'
+    )
+    res = await pol.appraise("cpu", {"sample": {}}, {})
+    assert dict(res.trust_vector) == dict.fromkeys(TRUST_CLAIMS, 0) and res.extensions == {"e": 1}

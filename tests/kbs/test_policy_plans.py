@@ -13,7 +13,7 @@ import pytest
 from kbs import policy as kbs_policy
 from kbs.annotated import annotate
 from kbs.errors import PolicyEngineError
-from kbs.policy import evaluate
+from kbs.policy import evaluate, evaluate_rules
 from kbs_protocol.policies import BUILTIN_POLICIES, builtin_policy
 from tests.kbs.test_default_policies import CPU_ROWS, DEVICE_ROWS, SNP
 
@@ -118,3 +118,42 @@ def test_runtime_errors_stay_engine_errors() -> None:
     assert evaluate(pol, "data.policy", {"a": True}, {}) == {"x": 1}
     with pytest.raises(PolicyEngineError):
         evaluate(pol, "data.policy", {"a": True, "b": True}, {})
+
+
+@pytest.mark.parametrize(
+    ("cls", "annotated", "rvs"), [c[1:] for c in _EAR_CASES], ids=[c[0] for c in _EAR_CASES]
+)
+def test_ear_rules_match_the_whole_package(cls: str, annotated: dict[str, Any], rvs: dict[str, Any]) -> None:  # fmt: skip
+    """The appraisal evaluates trust_claims and extensions only (as trustee, rule by rule):
+    the same values as evaluating the whole package."""
+    text = _ear_policy(cls)
+    data = {"reference_values": rvs}
+    want = _interpreted(text, annotated, data, rv=True)
+    got = evaluate_rules(text, ("trust_claims", "extensions"), annotated, data, with_reference_values=True)
+    assert got == {k: want[k] for k in ("trust_claims", "extensions") if k in want}
+
+
+@pytest.mark.parametrize("name", sorted(BUILTIN_POLICIES))
+def test_resource_allow_rule_matches_the_whole_package(name: str) -> None:
+    text = builtin_policy(name).decode()
+    for plugin in ("resource", "nebula-ca"):
+        for claims in _RESOURCE_INPUTS:
+            data = {"plugin": plugin, "resource-path": ["default", "key", "k1"], "query": {"a": "b"}}
+            want = _interpreted(text, claims, data, rv=False)
+            assert evaluate_rules(text, ("allow",), claims, data) == {"allow": want["allow"]}
+
+
+def test_rules_are_evaluated_one_by_one() -> None:
+    """A default false is false (not undefined), an absent rule is left out, a rule in error
+    is an error, and an error in a rule not asked for does not matter (trustee's eval_rule)."""
+    pol = (
+        "package policy\nimport rego.v1\ndefault allow := false\nallow if input.ok\n"
+        "x := 1 if input.a\nx := 2 if input.b\n"
+    )
+    assert evaluate_rules(pol, ("allow", "missing"), {}, {}) == {"allow": False}
+    assert evaluate_rules(pol, ("allow",), {"ok": True, "a": True, "b": True}, {}) == {"allow": True}
+    with pytest.raises(PolicyEngineError):
+        evaluate(pol, "data.policy", {"a": True, "b": True}, {})
+    with pytest.raises(PolicyEngineError):
+        evaluate_rules(pol, ("x",), {"a": True, "b": True}, {})
+    assert evaluate_rules("package other\nallow := true\n", ("allow",), {}, {}) == {}

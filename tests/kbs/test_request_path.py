@@ -218,3 +218,45 @@ async def test_an_attest_with_large_init_data_goes_through_the_worker(
         assert ae["init_data_claims"]["aa.toml"]["a"] == [1] * 9000
     finally:
         await pool.close()
+
+
+async def test_policy_workers_run_below_the_server() -> None:
+    """A policy burning its time budget must not take the CPU from the event loop: workers run
+    WORKER_NICENESS nicer than the server, as batch tasks (no wake-up preemption); both read back from the kernel."""
+    import os
+
+    from kbs.policy_worker import WORKER_NICENESS
+
+    pool = PolicyWorkers(1)
+    try:
+        assert await pool.evaluate(POLICY, "data.policy", {"n": 1}, {}) == {"allow": 1}
+        w = pool._all[0]
+        pid = w._proc.pid
+        want = min(19, os.getpriority(os.PRIO_PROCESS, 0) + WORKER_NICENESS)
+        assert os.getpriority(os.PRIO_PROCESS, pid) == want
+        assert os.sched_getscheduler(pid) == os.SCHED_BATCH
+    finally:
+        pool.stop()
+
+
+async def test_a_worker_killed_between_calls_is_replaced_before_the_next() -> None:
+    """alive() sees a worker that died while idle (OOM killer, an operator's kill): the next
+    call starts a fresh one instead of failing on the dead socket."""
+    import os
+    import signal
+
+    pool = PolicyWorkers(1)
+    try:
+        assert await pool.evaluate(POLICY, "data.policy", {"n": 1}, {}) == {"allow": 1}
+        w = pool._all[0]
+        old = w._proc.pid
+        os.kill(old, signal.SIGKILL)
+        for _ in range(200):  # the forkserver reports the exit on the sentinel
+            if not w.alive():
+                break
+            await asyncio.sleep(0.05)
+        assert not w.alive()
+        assert await pool.evaluate(POLICY, "data.policy", {"n": 2}, {}) == {"allow": 2}
+        assert w.alive() and w._proc.pid != old
+    finally:
+        pool.stop()

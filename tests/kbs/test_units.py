@@ -609,3 +609,45 @@ async def test_grpc_handler_maps_errors_to_statuses(exc: Exception, code: str) -
 
     with pytest.raises(Aborted, match=f"^{code}$"):
         await make_handler(fn, Msg, Msg).unary_unary(object(), Ctx())
+
+
+def test_stored_session_records_are_strict_json_within_a_limit() -> None:
+    """Session records come from a store other replicas (and trustee's) share: a record with a
+    repeated member, NaN, over the size limit or of the wrong shape is refused with the
+    package's typed error, never parsed leniently (json.loads took the last "token")."""
+    import asyncio
+
+    from kbs.errors import KbsError
+    from kbs.sessions import Session, SessionRecordError, SessionStore
+
+    good = Session("ab" * 16, "sample", "nonce", time.time() + 60, token="t.o.k")
+    body = good.to_bytes()
+    assert Session.from_bytes(body).token == "t.o.k"
+    dup = body.replace(b'"token": "t.o.k"', b'"token": "t.o.k", "token": "other"')
+    assert dup != body
+    bad = [
+        dup,
+        b'{"Attested": {"token": "x", "id": "y", "timeout": NaN}}',
+        body[:-1] + b" " * (64 * 1024) + b"}",
+        b'{"Authed": {"request": [], "challenge": {}, "id": "x", "timeout": "2030-01-01T00:00:00Z"}}',
+        b"[]",
+    ]
+    for raw in bad:
+        with pytest.raises(SessionRecordError) as info:
+            Session.from_bytes(raw, limit=32 * 1024)
+        assert isinstance(info.value, KbsError)
+    store = MemoryStore()
+    sessions = SessionStore(store, max_record_bytes=32 * 1024)
+
+    async def go() -> list[Session | None]:
+        out = []
+        for raw in bad:
+            await store.set("kbs_protocol_session", good.id, raw)
+            out.append(await sessions.get(good.id))
+        await store.set("kbs_protocol_session", good.id, body)
+        out.append(await sessions.get(good.id))
+        return out
+
+    got = asyncio.run(go())
+    assert got[:-1] == [None] * len(bad)
+    assert got[-1] is not None and got[-1].token == "t.o.k"
