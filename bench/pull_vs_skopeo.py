@@ -7,7 +7,10 @@ local htpasswd-protected docker-registry, then for each target filesystem
 
 * coco-image pull (fresh work dir: no layer cache) into a bundle,
 * skopeo copy docker://... oci:... then umoci unpack (the peer),
-* the floor: download + sha256 + gunzip + diff_id sha256, no unpack (Python, one pass).
+* the floor: download + sha256 + gunzip + diff_id sha256, no unpack (Python, one pass,
+  gunzip on zlib-ng: the inflater the pull itself ships with),
+* with ``--baseline CHECKOUT``: the same pull from another checkout's sources
+  (``PYTHONPATH=CHECKOUT``, this venv), interleaved with ours: a before/after.
 
 Each measured step starts after an (untimed) ``sync`` and the two sides
 alternate who goes first, so write-back of one side's files is not billed to
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import compileall
 import hashlib
 import io
 import json
@@ -36,8 +40,9 @@ import tarfile
 import tempfile
 import time
 import urllib.request
-import zlib
 from pathlib import Path
+
+from zlib_ng import zlib_ng
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -166,7 +171,9 @@ def umount_under(path: Path) -> None:
 
 
 def floor(reg: RegistryServer, repo: str) -> tuple[float, float]:
-    """One-pass download + sha256 + gunzip + diff_id sha256 of every layer (no unpack)."""
+    """One-pass download + sha256 + gunzip + diff_id sha256 of every layer (no unpack).
+
+    gunzip on zlib-ng, the inflater the pull uses: the floor of this work with our tools."""
     auth = "Basic " + base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
     t0 = time.monotonic()
     c0 = time.process_time()
@@ -182,12 +189,63 @@ def floor(reg: RegistryServer, repo: str) -> tuple[float, float]:
             )
         )
         h1, h2 = hashlib.sha256(), hashlib.sha256()
-        d = zlib.decompressobj(wbits=31)
+        d = zlib_ng.decompressobj(wbits=31)
         while chunk := r.read(1 << 20):
             h1.update(chunk)
             h2.update(d.decompress(chunk))
         assert "sha256:" + h1.hexdigest() == layer["digest"]
     return time.monotonic() - t0, time.process_time() - c0
+
+
+def byte_compile(checkout: Path) -> None:
+    """Write the .pyc files of ``checkout``'s packages, as a wheel install does: with
+    PYTHONDONTWRITEBYTECODE set (or a read-only tree) every worker process would
+    otherwise compile every module it imports, some 25 ms each, on both sides."""
+    for pkg in sorted(checkout.iterdir()):
+        if (pkg / "__init__.py").is_file() and pkg.name not in ("tests", "bench", "scripts"):
+            compileall.compile_dir(pkg, quiet=1)
+
+
+LABELS = {
+    "coco": "coco-image pull",
+    "base": "baseline pull",
+    "peer": "skopeo+umoci",
+    "floor": "floor (dl+sha+gz)",
+}
+
+
+def one_rep(
+    reg: RegistryServer,
+    work: Path,
+    rep: int,
+    baseline: Path | None,
+    rows: dict[str, list[tuple[float, float, int]]],
+) -> None:
+    """One round: our pull, the baseline's (if any) and the peer's, in an order that rotates with ``rep``."""
+    coco_cmd = [str(ROOT / ".venv/bin/coco-image"), "pull", f"{reg.host}/bench/img:bench",
+                "--plain-http", reg.host, "--auth-file", str(reg.authfile)]  # fmt: skip
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    skopeo_cmd = ["skopeo", "copy", "--quiet", "--src-tls-verify=false", "--src-creds", f"{USER}:{PASSWORD}",
+                  f"docker://{reg.host}/bench/img:bench", f"oci:{work}/oci:bench"]  # fmt: skip
+    umoci_cmd = ["umoci", "unpack", "--image", f"{work}/oci:bench", str(work / "ubundle")]
+    who = ["coco", "peer"] + (["base"] if baseline else [])
+    # rotate who goes first, and start each step with no dirty pages of the previous one
+    # pending (os.sync, untimed), so write-back lands on its owner
+    for name in who[rep % len(who) :] + who[: rep % len(who)]:
+        os.sync()
+        if name in ("coco", "base"):
+            dirs = ["--work-dir", str(work / f"{name}-store"), "--bundle", str(work / f"{name}-bundle")]
+            run_env = env | {"PYTHONPATH": str(baseline)} if name == "base" else env
+            rows[name].append(measured(coco_cmd + dirs, run_env))
+            continue
+        s = measured(skopeo_cmd)
+        os.sync()
+        u = measured(umoci_cmd)
+        rows["skopeo"].append(s)
+        rows["umoci"].append(u)
+        rows["peer"].append((s[0] + u[0], s[1] + u[1], max(s[2], u[2])))
+    fw, fc = floor(reg, "bench/img")
+    rows["floor"].append((fw, fc, 0))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -198,19 +256,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--targets", default="shm,disk")
     ap.add_argument("--cache", type=Path, default=Path("/var/tmp/coco-py-bench"))
     ap.add_argument("--json", type=Path, help="write the results here too")
+    ap.add_argument("--baseline", type=Path, metavar="CHECKOUT",
+                    help="also pull with another checkout's sources (PYTHONPATH, this venv), interleaved")  # fmt: skip
     a = ap.parse_args(argv)
     for tool in ("docker-registry", "skopeo", "umoci"):
         if shutil.which(tool) is None:
             print(f"{tool} is not installed", file=sys.stderr)
             return 2
     a.cache.mkdir(parents=True, exist_ok=True)
+    for checkout in [ROOT, *([a.baseline] if a.baseline else [])]:
+        byte_compile(checkout)
     t = time.monotonic()
     ref = build_image(a.cache, a.size_mb, a.layers)
     index = json.loads((Path(ref.rsplit(":", 1)[0]) / "index.json").read_text())
     print(
         f"image: {a.size_mb} MB uncompressed, {a.layers} layers (built/cached in {time.monotonic() - t:.1f} s)"
     )
-    coco = str(ROOT / ".venv/bin/coco-image")
     bases = {"shm": Path("/dev/shm"), "disk": Path("/var/tmp")}
     results: dict[str, dict[str, list[tuple[float, float, int]]]] = {}
     regdir = Path(tempfile.mkdtemp(prefix="bench-reg-"))
@@ -228,49 +289,12 @@ def main(argv: list[str] | None = None) -> int:
                 "umoci": [],
                 "peer": [],
                 "floor": [],
+                **({"base": []} if a.baseline else {}),
             }
             for rep in range(a.reps):
                 work = Path(tempfile.mkdtemp(prefix="bench-", dir=base))
                 try:
-                    coco_cmd = [
-                        coco,
-                        "pull",
-                        f"{reg.host}/bench/img:bench",
-                        "--plain-http",
-                        reg.host,
-                        "--work-dir",
-                        str(work / "store"),
-                        "--bundle",
-                        str(work / "bundle"),
-                        "--auth-file",
-                        str(reg.authfile),
-                    ]
-                    skopeo_cmd = [
-                        "skopeo",
-                        "copy",
-                        "--quiet",
-                        "--src-tls-verify=false",
-                        "--src-creds",
-                        f"{USER}:{PASSWORD}",
-                        f"docker://{reg.host}/bench/img:bench",
-                        f"oci:{work}/oci:bench",
-                    ]
-                    umoci_cmd = ["umoci", "unpack", "--image", f"{work}/oci:bench", str(work / "ubundle")]
-                    # alternate who goes first, and start each step with no dirty pages of the
-                    # previous one pending (os.sync, untimed), so write-back lands on its owner
-                    for who in ("coco", "peer") if rep % 2 == 0 else ("peer", "coco"):
-                        os.sync()
-                        if who == "coco":
-                            rows["coco"].append(measured(coco_cmd))
-                            continue
-                        s = measured(skopeo_cmd)
-                        os.sync()
-                        u = measured(umoci_cmd)
-                        rows["skopeo"].append(s)
-                        rows["umoci"].append(u)
-                        rows["peer"].append((s[0] + u[0], s[1] + u[1], max(s[2], u[2])))
-                    fw, fc = floor(reg, "bench/img")
-                    rows["floor"].append((fw, fc, 0))
+                    one_rep(reg, work, rep, a.baseline, rows)
                 finally:
                     umount_under(work)
                     shutil.rmtree(work, ignore_errors=True)
@@ -286,15 +310,17 @@ def main(argv: list[str] | None = None) -> int:
     def low(xs: list[tuple[float, float, int]], i: int) -> float:
         return min(x[i] for x in xs)
 
-    out: dict[str, object] = {"size_mb": a.size_mb, "layers": a.layers, "reps": a.reps, "targets": {}}
+    out: dict[str, object] = {"size_mb": a.size_mb, "layers": a.layers, "reps": a.reps, "targets": {},
+                              "floor_inflater": f"zlib-ng {zlib_ng.ZLIBNG_VERSION}",
+                              "load_average": os.getloadavg()}  # fmt: skip
+    if a.baseline:
+        out["baseline"] = str(a.baseline)
     print(f"\n{'target':6} {'what':18} {'wall med':>9} {'wall min':>9} {'cpu med':>8} {'peak RSS MB':>12}")
     for target, rows in results.items():
         tgt: dict[str, object] = {}
-        for name in ("coco", "skopeo", "umoci", "peer", "floor"):
+        for name in [n for n in ("coco", "base", "skopeo", "umoci", "peer", "floor") if n in rows]:
             w, wmin, c, r = med(rows[name], 0), low(rows[name], 0), med(rows[name], 1), med(rows[name], 2)
-            label = {"coco": "coco-image pull", "peer": "skopeo+umoci", "floor": "floor (dl+sha+gz)"}.get(
-                name, name
-            )
+            label = LABELS.get(name, name)
             print(f"{target:6} {label:18} {w:9.2f} {wmin:9.2f} {c:8.2f} {r / 1024:12.1f}")
             tgt[name] = {
                 "wall_s": w,
@@ -308,8 +334,15 @@ def main(argv: list[str] | None = None) -> int:
         ratio_cpu = med(rows["coco"], 1) / med(rows["peer"], 1)
         print(
             f"{target:6} coco/(skopeo+umoci): wall median {ratio:.3f}, wall min {ratio_min:.3f}, "
-            f"cpu {ratio_cpu:.3f}   (goal <= 0.5)\n"
+            f"cpu {ratio_cpu:.3f}   (goal <= 0.35); coco/floor: wall median "
+            f"{med(rows['coco'], 0) / med(rows['floor'], 0):.2f} (goal <= 1.4)"
         )
+        if "base" in rows:
+            print(
+                f"{target:6} coco/baseline ({a.baseline}): wall median {med(rows['coco'], 0) / med(rows['base'], 0):.3f}, "
+                f"cpu median {med(rows['coco'], 1) / med(rows['base'], 1):.3f}"
+            )
+        print()
         tgt["ratio_wall"] = ratio
         tgt["ratio_wall_min"] = ratio_min
         tgt["ratio_cpu"] = ratio_cpu

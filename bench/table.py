@@ -128,7 +128,8 @@ def pull_rows(doc: dict[str, Any] | str) -> list[Row]:
         rows.append(_missing("pull + unpack vs the floor, tmpfs", "<= 1.4", "tmpfs not run"))
     else:
         rows.append(_ratio_row("pull + unpack vs the floor, tmpfs", t["coco"]["wall_s"], t["floor"]["wall_s"],
-                               "s", "floor (dl+sha256+gunzip+diff_id)", 1.4, note=size))  # fmt: skip
+                               "s", "floor (dl+sha256+gunzip+diff_id)", 1.4,
+                               note=f"{size}; the floor gunzips with {doc.get('floor_inflater', 'zlib')}, as the pull does"))  # fmt: skip
     return rows
 
 

@@ -21,6 +21,10 @@ def test_pull_rows_give_ratio_and_verdict() -> None:
     assert tmpfs.ratio == 0.25 and tmpfs.met is True
     floor = by["pull + unpack vs the floor, tmpfs"]
     assert floor.ratio == 1.25 and floor.met is True
+    assert floor.note is not None and "gunzips with zlib," in floor.note  # a document from before zlib-ng
+    doc = _pull(1.0, 4.0, 0.8) | {"floor_inflater": "zlib-ng 2.3.3"}
+    floor = {r.what: r for r in table.pull_rows(doc)}["pull + unpack vs the floor, tmpfs"]
+    assert floor.note is not None and "gunzips with zlib-ng 2.3.3, as the pull does" in floor.note
     ext4 = by["pull + unpack vs skopeo + umoci, ext4"]
     assert ext4.ours == "not measured" and ext4.met is None and ext4.note == "target not run"
 

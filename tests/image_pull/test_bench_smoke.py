@@ -38,6 +38,8 @@ def test_bench_runs_at_tiny_size(tmp_path: Path) -> None:
             str(tmp_path / "cache"),
             "--json",
             str(out),
+            "--baseline",  # this checkout again, through PYTHONPATH: the before/after path runs
+            str(ROOT),
         ],
         capture_output=True,
         timeout=300,
@@ -46,7 +48,9 @@ def test_bench_runs_at_tiny_size(tmp_path: Path) -> None:
     assert cp.returncode == 0, cp.stderr.decode()[-2000:]
     res = json.loads(out.read_text())
     shm = res["targets"]["shm"]
-    for name in ("coco", "skopeo", "umoci", "peer", "floor"):
+    for name in ("coco", "base", "skopeo", "umoci", "peer", "floor"):
         assert shm[name]["wall_s"] > 0
     assert shm["ratio_wall"] > 0
+    assert res["floor_inflater"].startswith("zlib-ng ") and res["baseline"] == str(ROOT)
     assert b"coco/(skopeo+umoci): wall median" in cp.stdout
+    assert b"coco/baseline" in cp.stdout
