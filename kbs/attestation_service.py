@@ -344,7 +344,6 @@ class AttestationService:
             parse_attestation, body, self.limits, strict=self.strict_bodies, session_nonce=session_nonce
         )
         jwk = key.to_jwk()
-        device_rd = hash_canonical(alg, {"nonce": nonce, "tee-pubkey": jwk})
         runtime_claims: dict[str, Any] = {"nonce": nonce, "tee-pubkey": jwk}
         if self.verbose:  # unsigned input: verbatim only up to MAX_CLAIM_STRING
             runtime_claims["additional-evidence"] = elide_long_strings(additional)
@@ -363,6 +362,7 @@ class AttestationService:
 
         devices: list[tuple[str, str, dict[str, Any]]] = []  # (class, tee, claims)
         if additional:
+            device_rd = hash_canonical(alg, {"nonce": nonce, "tee-pubkey": jwk})
             amap = await run(additional_evidence, additional)
             _shape(amap, self.limits, "additional evidence", depth_slack=1)
             for dtee, dev in amap.items():

@@ -24,6 +24,8 @@ class BoundsError(KbsAttestationError, ValueError):
 
 
 def _encodable(s: str) -> bool:
+    if type(s) is str and s.isascii():  # a flag CPython keeps (O(1)): ASCII always encodes
+        return True
     try:
         s.encode("utf-8")
     except UnicodeEncodeError:
@@ -42,7 +44,10 @@ def check_shape(untrusted: Any, *, max_depth: int, max_items: int, what: str) ->
         items += 1
         if items > max_items:
             raise BoundsError(f"{what} holds more than {max_items} values")
-        if isinstance(node, dict):
+        if isinstance(node, str):  # the most common node first
+            if not _encodable(node):
+                raise BoundsError(f"{what} has a string that is not valid Unicode text")
+        elif isinstance(node, dict):
             if depth > max_depth:
                 raise BoundsError(f"{what} nests deeper than {max_depth}")
             for k, v in node.items():
@@ -54,9 +59,6 @@ def check_shape(untrusted: Any, *, max_depth: int, max_items: int, what: str) ->
             if depth > max_depth:
                 raise BoundsError(f"{what} nests deeper than {max_depth}")
             stack.extend((v, depth + 1) for v in node)
-        elif isinstance(node, str):
-            if not _encodable(node):
-                raise BoundsError(f"{what} has a string that is not valid Unicode text")
         elif node is not None and not isinstance(node, bool | int | float):
             raise BoundsError(f"{what} holds a {type(node).__name__}")
 

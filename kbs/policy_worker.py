@@ -230,6 +230,13 @@ async def _recv_exactly(loop: asyncio.AbstractEventLoop, sock: socket.socket, n:
     return bytes(buf)
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 class PolicyWorkers:
     """Up to ``count`` worker processes. A call takes an idle worker, or waits (in the event
     loop, no thread held) until one is handed back: at most ``count`` evaluations run at a
@@ -275,8 +282,12 @@ class PolicyWorkers:
                 fut = self._waiters.popleft()
             if fut.done():
                 continue
+            loop = fut.get_loop()
+            if loop is _running_loop():  # this thread's loop: no wake-up through its self-pipe
+                fut.set_result(None)
+                return
             try:
-                fut.get_loop().call_soon_threadsafe(self._resolve, fut)
+                loop.call_soon_threadsafe(self._resolve, fut)
                 return
             except RuntimeError:  # that loop is closed: the next waiter
                 continue

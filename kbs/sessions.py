@@ -164,8 +164,11 @@ def _parse_rfc3339(v: Any) -> float:
     return dt.timestamp() + (int(frac.ljust(9, "0")) / 1e9 if frac else 0.0)
 
 
+_SESSION_ID = re.compile(r"[0-9a-f]{32}")
+
+
 def _valid_id(sid: str) -> bool:
-    return len(sid) == 32 and all(c in "0123456789abcdef" for c in sid)
+    return _SESSION_ID.fullmatch(sid) is not None
 
 
 class SessionStore:

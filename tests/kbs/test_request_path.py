@@ -40,6 +40,33 @@ def test_an_own_token_is_remembered_with_the_claims_verify_gives() -> None:
         v.verify(forged, now=T0)
 
 
+def test_a_remembered_token_reads_its_claims_as_strictly_as_a_fresh_one() -> None:
+    """The remembered path parses only the claims, with the C parser: a claim set that
+    strict JSON refuses (NaN, which json.dumps writes) is refused there too, with the same
+    error class, and an ordinary one gives the same dict."""
+    from kbs_protocol.jws import sign
+
+    broker = EarBroker()
+    v = TokenVerifier(own_keys=[broker.key.public_key()])
+    bad = sign(
+        {"exp": T0 + 60, "x": float("nan")}, broker.key, alg="ES256", header={"jwk": broker.public_jwk}
+    )
+    with pytest.raises(TokenVerifierError):
+        TokenVerifier(own_keys=[broker.key.public_key()]).verify(bad, now=T0)
+    v.remember_own(bad, broker.public_jwk)
+    assert bad in v._signed
+    with pytest.raises(TokenVerifierError, match="base64url JSON"):
+        v.verify(bad, now=T0)
+    ok = sign(
+        {"exp": T0 + 60, "n": [1, 2.5, None, "\u00e9"]},
+        broker.key,
+        alg="ES256",
+        header={"jwk": broker.public_jwk},
+    )
+    v.remember_own(ok, broker.public_jwk)
+    assert v.verify(ok, now=T0) == TokenVerifier(own_keys=[broker.key.public_key()]).verify(ok, now=T0)
+
+
 def test_only_tokens_of_a_key_trusted_without_a_chain_are_remembered() -> None:
     """remember_own must not make a verifier accept what it would refuse: without the broker's
     key in own_keys (trust_own_signer = false) the token stays refused."""
