@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -323,10 +324,68 @@ class ResourcePolicy:
         raw = await self._store.get(NS_KBS, self.KEY)
         if raw is None:
             raw = builtin_policy("default")
-        text = raw.decode("utf-8", "replace")
         data = {"plugin": plugin, "resource-path": resource_path, "query": dict(query)}
+        known = _constant_outcome(raw, claims, data)
+        if known is not None:
+            return known
+        text = raw.decode("utf-8", "replace")
         result = await self._workers.evaluate_rules(text, ("allow",), dict(claims), data)
         return result.get("allow") is True
+
+
+@functools.cache
+def _constant_policies() -> tuple[bytes, bytes]:
+    return builtin_policy("allow_all"), builtin_policy("deny_all")
+
+
+def _constant_outcome(raw: bytes, claims: Mapping[str, Any], data: Mapping[str, Any]) -> bool | None:
+    """The ``allow`` of the exact built-in ``allow_all`` (``data.plugin == "resource"``) or
+    ``deny_all`` (never) text, known without the engine; None for any other text. Only when
+    the engine could not fail on this input either (:func:`_engine_safe`): otherwise the
+    worker evaluates it and fails as before."""
+    allow_all, deny_all = _constant_policies()
+    if raw != allow_all and raw != deny_all:
+        return None
+    if not (_engine_safe(dict(claims), 0) and _engine_safe(dict(data), 0)):
+        return None
+    return raw == allow_all and data.get("plugin") == "resource"
+
+
+#: deeper documents go to the engine, which decides as before (a recursion limit, say)
+_SAFE_DEPTH = 64
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _engine_safe(v: Any, depth: int) -> bool:
+    """True when ``v`` is plain JSON that :func:`_input` hands to the engine without an
+    error (strings UTF-8 without NUL, 64-bit ints, finite floats, string keys) and whose
+    JSON text the engine reads as data."""
+    t = type(v)
+    if t is str:
+        return _safe_str(v)
+    if t is dict:
+        return depth < _SAFE_DEPTH and all(
+            type(k) is str and _safe_str(k) and _engine_safe(x, depth + 1) for k, x in v.items()
+        )
+    if t is list:
+        return depth < _SAFE_DEPTH and all(_engine_safe(x, depth + 1) for x in v)
+    if t is int:
+        return _INT64_MIN <= v <= _INT64_MAX
+    if t is float:
+        return math.isfinite(v)
+    return t is bool or v is None
+
+
+def _safe_str(s: str) -> bool:
+    if "\x00" in s:
+        return False
+    if s.isascii():
+        return True
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=16)
