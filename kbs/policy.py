@@ -370,9 +370,9 @@ def _engine_safe(v: Any, depth: int) -> bool:
     if t is list:
         return depth < _SAFE_DEPTH and all(_engine_safe(x, depth + 1) for x in v)
     if t is int:
-        return _INT64_MIN <= v <= _INT64_MAX
+        return bool(_INT64_MIN <= v <= _INT64_MAX)
     if t is float:
-        return math.isfinite(v)
+        return bool(math.isfinite(v))
     return t is bool or v is None
 
 
