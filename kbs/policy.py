@@ -356,31 +356,42 @@ _SAFE_DEPTH = 64
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 
-def _engine_safe(v: Any, depth: int) -> bool:
-    """True when ``v`` is plain JSON that :func:`_input` hands to the engine without an
+def _engine_safe(doc: Any, depth: int) -> bool:
+    """True when ``doc`` is plain JSON that :func:`_input` hands to the engine without an
     error (strings UTF-8 without NUL, 64-bit ints, finite floats, string keys) and whose
-    JSON text the engine reads as data."""
-    t = type(v)
-    if t is str:
-        return _safe_str(v)
-    if t is dict:
-        return depth < _SAFE_DEPTH and all(
-            type(k) is str and _safe_str(k) and _engine_safe(x, depth + 1) for k, x in v.items()
-        )
-    if t is list:
-        return depth < _SAFE_DEPTH and all(_engine_safe(x, depth + 1) for x in v)
-    if t is int:
-        return bool(_INT64_MIN <= v <= _INT64_MAX)
-    if t is float:
-        return bool(math.isfinite(v))
-    return t is bool or v is None
+    JSON text the engine reads as data. One pass over a stack, no call per node."""
+    todo: list[tuple[Any, int]] = [(doc, depth)]
+    while todo:
+        v, d = todo.pop()
+        t = type(v)
+        if t is str:
+            if not (v.isascii() and "\x00" not in v) and not _safe_str(v):
+                return False
+        elif t is dict:
+            if d >= _SAFE_DEPTH:
+                return False
+            for key, x in v.items():
+                if type(key) is not str or not ((key.isascii() and "\x00" not in key) or _safe_str(key)):
+                    return False
+                todo.append((x, d + 1))
+        elif t is list:
+            if d >= _SAFE_DEPTH:
+                return False
+            todo.extend((x, d + 1) for x in v)
+        elif t is int:
+            if not _INT64_MIN <= v <= _INT64_MAX:
+                return False
+        elif t is float:
+            if not math.isfinite(v):
+                return False
+        elif t is not bool and v is not None:
+            return False
+    return True
 
 
 def _safe_str(s: str) -> bool:
     if "\x00" in s:
         return False
-    if s.isascii():
-        return True
     try:
         s.encode("utf-8")
     except UnicodeEncodeError:  # a lone surrogate
