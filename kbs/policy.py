@@ -7,7 +7,9 @@
   ``extensions``, with ``query_reference_value(name)`` backed by the RVPS.
 
 The engine runs in worker processes (:mod:`kbs.policy_worker`): this module's
-:func:`evaluate` is what a worker executes.
+:func:`evaluate` is what a worker executes. The exact texts of the built-in
+``allow_all`` and ``deny_all`` resource policies are decided without a worker, on
+input the engine would take as it is (any other text, or input, goes to a worker).
 """
 
 from __future__ import annotations
