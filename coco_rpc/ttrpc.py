@@ -431,7 +431,8 @@ class TtrpcServer:
             req.ClearField("payload")
         timeout = req.timeout_nano / 1e9 if req.timeout_nano > 0 else None
         try:
-            result = await asyncio.wait_for(method.handler(msg), timeout)
+            async with asyncio.timeout(timeout):  # in this task: no second task per request
+                result = await method.handler(msg)
         except RpcError:
             raise
         except TimeoutError as exc:

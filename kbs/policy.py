@@ -7,7 +7,9 @@
   ``extensions``, with ``query_reference_value(name)`` backed by the RVPS.
 
 The engine runs in worker processes (:mod:`kbs.policy_worker`): this module's
-:func:`evaluate` is what a worker executes.
+:func:`evaluate` is what a worker executes. The exact texts of the built-in
+``allow_all`` and ``deny_all`` resource policies are decided without a worker, on
+input the engine would take as it is (any other text, or input, goes to a worker).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import math
 import re
 from collections import OrderedDict
 from collections.abc import Mapping
@@ -323,10 +326,79 @@ class ResourcePolicy:
         raw = await self._store.get(NS_KBS, self.KEY)
         if raw is None:
             raw = builtin_policy("default")
-        text = raw.decode("utf-8", "replace")
         data = {"plugin": plugin, "resource-path": resource_path, "query": dict(query)}
+        known = _constant_outcome(raw, claims, data)
+        if known is not None:
+            return known
+        text = raw.decode("utf-8", "replace")
         result = await self._workers.evaluate_rules(text, ("allow",), dict(claims), data)
         return result.get("allow") is True
+
+
+@functools.cache
+def _constant_policies() -> tuple[bytes, bytes]:
+    return builtin_policy("allow_all"), builtin_policy("deny_all")
+
+
+def _constant_outcome(raw: bytes, claims: Mapping[str, Any], data: Mapping[str, Any]) -> bool | None:
+    """The ``allow`` of the exact built-in ``allow_all`` (``data.plugin == "resource"``) or
+    ``deny_all`` (never) text, known without the engine; None for any other text. Only when
+    the engine could not fail on this input either (:func:`_engine_safe`): otherwise the
+    worker evaluates it and fails as before."""
+    allow_all, deny_all = _constant_policies()
+    if raw != allow_all and raw != deny_all:
+        return None
+    if not (_engine_safe(dict(claims), 0) and _engine_safe(dict(data), 0)):
+        return None
+    return raw == allow_all and data.get("plugin") == "resource"
+
+
+#: deeper documents go to the engine, which decides as before (a recursion limit, say)
+_SAFE_DEPTH = 64
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
+def _engine_safe(doc: Any, depth: int) -> bool:
+    """True when ``doc`` is plain JSON that :func:`_input` hands to the engine without an
+    error (strings UTF-8 without NUL, 64-bit ints, finite floats, string keys) and whose
+    JSON text the engine reads as data. One pass over a stack, no call per node."""
+    todo: list[tuple[Any, int]] = [(doc, depth)]
+    while todo:
+        v, d = todo.pop()
+        t = type(v)
+        if t is str:
+            if not (v.isascii() and "\x00" not in v) and not _safe_str(v):
+                return False
+        elif t is dict:
+            if d >= _SAFE_DEPTH:
+                return False
+            for key, x in v.items():
+                if type(key) is not str or not ((key.isascii() and "\x00" not in key) or _safe_str(key)):
+                    return False
+                todo.append((x, d + 1))
+        elif t is list:
+            if d >= _SAFE_DEPTH:
+                return False
+            todo.extend((x, d + 1) for x in v)
+        elif t is int:
+            if not _INT64_MIN <= v <= _INT64_MAX:
+                return False
+        elif t is float:
+            if not math.isfinite(v):
+                return False
+        elif t is not bool and v is not None:
+            return False
+    return True
+
+
+def _safe_str(s: str) -> bool:
+    if "\x00" in s:
+        return False
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
 
 
 @functools.lru_cache(maxsize=16)
