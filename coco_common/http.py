@@ -12,25 +12,13 @@ daemons that never make a request do not pay for it at start-up."""
 
 from __future__ import annotations
 
-import importlib.util
 import ssl
-import sys
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import httpx
 
 __all__ = ["async_client", "sync_client"]
-
-
-def _note_absent_sniffio() -> None:
-    """httpcore runs ``import sniffio`` several times per request to learn which async library
-    runs it, and falls back to asyncio when that fails. Without sniffio installed every one of
-    those imports searches ``sys.path`` again (~50 us each, a fifth of a millisecond per
-    request); recording the absence once (None in ``sys.modules``) makes them fail at once
-    with the same ImportError."""
-    if "sniffio" not in sys.modules and importlib.util.find_spec("sniffio") is None:
-        sys.modules["sniffio"] = None  # type: ignore[assignment]
 
 
 def _options(
@@ -64,8 +52,6 @@ def async_client(
 ) -> httpx.AsyncClient:
     """An :class:`httpx.AsyncClient` with the project's defaults (see the module)."""
     import httpx
-
-    _note_absent_sniffio()
 
     return httpx.AsyncClient(**_options(verify, timeout, connect_timeout, trust_env, kwargs))
 

@@ -7,8 +7,6 @@ import base64
 import json
 import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import httpx
@@ -213,25 +211,3 @@ def test_clients_ignore_the_environment_and_redirects(monkeypatch: pytest.Monkey
     assert a.trust_env is False and a.follow_redirects is False
     assert a.timeout.connect == 2 and a.timeout.read == 7 and a.headers["x-a"] == "1"
     assert sync_client(trust_env=True).trust_env is True
-
-
-def test_async_client_records_an_absent_sniffio_once() -> None:
-    """httpcore imports sniffio on every request: without it installed, the absence is noted
-    so those imports fail at once (same ImportError) instead of searching sys.path each time;
-    an installed sniffio is left alone. Run in a child: it changes sys.modules."""
-    code = (
-        "import importlib.util, sys\n"
-        "absent = importlib.util.find_spec('sniffio') is None\n"
-        "from coco_common.http import async_client\n"
-        "async_client()\n"
-        "assert ('sniffio' in sys.modules and sys.modules['sniffio'] is None) == absent\n"
-        "try:\n"
-        "    import sniffio\n"
-        "except ImportError:\n"
-        "    assert absent\n"
-        "else:\n"
-        "    assert not absent\n"
-    )
-    root = Path(__file__).resolve().parents[2]
-    cp = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, timeout=60)
-    assert cp.returncode == 0, cp.stderr.decode()[-800:]
