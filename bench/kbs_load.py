@@ -155,12 +155,16 @@ def main() -> None:
                     help="load generator: bench/kbs_loadgen (Go; python when go is missing) or kbs_client")  # fmt: skip
     ap.add_argument("--kbs-from", type=Path, metavar="DIR",
                     help="run the KBS of another checkout (its packages first on sys.path): before/after")  # fmt: skip
+    ap.add_argument("--resource-policy", type=Path, metavar="REGO",
+                    help="this resource policy instead of the built-in allow_all (which the KBS decides "
+                         "without a policy worker; any other text is evaluated by one)")  # fmt: skip
     ap.add_argument("--json", type=Path, help="write the figures here too")
     args = ap.parse_args()
     if args.kbs_from is not None:
         use_kbs_from(args.kbs_from)
     keys = [TeeKeyPair.generate() for _ in range(32)]  # key generation is the client's cost, not the KBS's
-    with tempfile.TemporaryDirectory() as d, start_kbs(Path(d), storage=args.storage,
+    policy = args.resource_policy.read_bytes() if args.resource_policy else "allow_all"
+    with tempfile.TemporaryDirectory() as d, start_kbs(Path(d), storage=args.storage, policy=policy,
                                                        resources={"default/bench/secret": b"bench-secret"}) as kbs:  # fmt: skip
         assert kbs.proc is not None
         pid = kbs.proc.pid
