@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from attestation.errors import AttestationError
 from attestation.initdata import InitDataError, parse_initdata
-from coco_common.strict_json import strict_loads
+from coco_common.strict_json import strict_loads, strict_object
 from kbs_protocol import jwe as wire_jwe
 from kbs_protocol.errors import JweError, TeeKeyError
 from kbs_protocol.jcs import hash_canonical
@@ -163,13 +163,7 @@ def parse_attestation(
 
 def additional_evidence(untrusted: str) -> dict[str, Any]:
     """The ``additional_evidence`` string as the map of device TEE name -> evidence it must be."""
-    try:
-        amap = strict_loads(untrusted)
-    except ValueError as exc:
-        raise EvidenceRejected("additional evidence is not strict JSON") from exc
-    if not isinstance(amap, dict):
-        raise EvidenceRejected("additional evidence must map TEE names to evidence")
-    return amap
+    return strict_object(untrusted, error=EvidenceRejected, what="additional evidence")
 
 
 #: tee-pubkeys that passed :func:`usable_tee_key` lately (clients re-attest with one key)

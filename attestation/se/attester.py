@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from attestation.se.errors import SeDeviceError, SeFormatError, SeUnavailable
 from coco_common.b64 import b64_decode, b64_encode
-from coco_common.strict_json import strict_loads
+from coco_common.strict_json import strict_object
 
 __all__ = [
     "UVIO_IOCTL_ATT",
@@ -147,12 +147,7 @@ class SeAttester:
         self.device = device if device is not None else LinuxUvDevice()
 
     def _evidence(self, request_json: bytes) -> dict[str, Any]:
-        try:
-            req = strict_loads(request_json)
-        except ValueError as exc:
-            raise SeFormatError("the SE challenge is not a JSON SeAttestationRequest") from exc
-        if not isinstance(req, Mapping):
-            raise SeFormatError("the SE challenge is not a JSON object")
+        req = strict_object(request_json, error=SeFormatError, what="the SE challenge (SeAttestationRequest)")
         digest = _b64(req, "runtime_data_digest", _REPORT_DATA_SIZE)
         if len(digest) > _REPORT_DATA_SIZE:
             raise SeDeviceError("runtime_data_digest is longer than 64 bytes")
