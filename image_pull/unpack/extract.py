@@ -169,11 +169,11 @@ class _Unpacker:
         self.reader = reader
         self.opts = options
         self.owner = options.preserve_owner
-        self.is_root = os.geteuid() == 0
         umask = _process_umask()
         # mode bits that need an fchmod after creation (None: every file gets one)
         self.fchmod_bits = None if umask is None else 0o7000 | umask
         self.euid = os.geteuid()
+        self.is_root = self.euid == 0
         self.egid = os.getegid()
         self.new_gids: dict[int, int] = {}  # parent inode -> gid a new file gets there
         self.new_gids_gen = -1
